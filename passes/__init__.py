@@ -1,0 +1,1 @@
+"""Graph passes, imported as ``snncc.passes`` (never as top-level ``passes``)."""

@@ -1,0 +1,74 @@
+"""Compile options and the context object handed explicitly to every pass."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["CompileOptions", "QuantClipParams", "CompileContext", "TARGETS"]
+
+TARGETS = ("qann", "ort", "loihi")
+
+
+@dataclass(frozen=True)
+class QuantClipParams:
+    """Parameters of one QCFS quantized clip ``y = lam * clip(floor(z*L/lam + phi)/L, 0, 1)``.
+
+    ``lam`` is a float32 array of shape ``()`` (per layer) or ``(C,)`` (per channel, axis 1).
+    ``phi`` is 0.5 for plain QCFS rounding and 0.0 when the bias shift +lam/(2L) was folded into
+    the producer's bias (seed 000), which turns the rounding into a pure floor.
+    """
+
+    lam: np.ndarray
+    levels: int
+    phi: float = 0.5
+    source: str = "calibration"  # "calibration" | "pattern"
+
+    @property
+    def per_channel(self) -> bool:
+        return self.lam.ndim == 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lam": np.asarray(self.lam).tolist(), "levels": self.levels, "phi": self.phi,
+                "source": self.source}
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything the user chose. Validated by :func:`snncc.driver.make_options`."""
+
+    target: str = "ort"
+    timesteps: int = 4
+    neuron: str = "if"
+    levels: int | None = None              # L; None = derived from the neuron and T, else 8
+    calib_path: str | None = None
+    calib_method: str = "max"              # max | percentile | mse
+    calib_percentile: float = 99.99
+    calib_per_channel: bool = False
+    calib_max_samples: int = 256
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    bias_shift: bool | None = None         # None = what the neuron needs
+    maxpool: str = "auto"                  # auto | avg | gate
+    allow_analog: bool = False
+    schedule: str = "folded"               # folded | streaming
+    neuron_params: Mapping[str, Any] = field(default_factory=dict)
+    opset: int = 17
+
+
+@dataclass
+class CompileContext:
+    """Explicit state shared by the passes of one compilation (no ambient globals).
+
+    ``quant`` maps the output tensor name of each activation site to its clip parameters; it is
+    filled by calibration or by reading QCFS patterns, and read by fold-batchnorm (bias shift),
+    relu-to-quant-clip and insert-neurons. ``calibration`` holds raw statistics per site.
+    ``notes`` collects facts for the compile report (islands kept analog, latency, ...).
+    """
+
+    options: CompileOptions
+    quant: dict[str, QuantClipParams] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("snncc"))

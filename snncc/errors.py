@@ -1,0 +1,146 @@
+"""Typed errors and diagnostics.
+
+Every user-facing failure is an :class:`SnnccError`. The CLI maps it to exit code 2 and prints the
+message without a traceback (``--debug`` shows it). Messages always have the shape::
+
+    <pass>: node <label> (<domain>::<op_type>): <what is wrong>. Hint: <how to fix>.
+
+When several nodes are at fault, the checking code collects them all and raises once.
+Tests assert on the stable ``code`` strings, never on prose. The codes are listed in README.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+__all__ = [
+    "Diagnostic",
+    "SnnccError",
+    "ModelInputError",
+    "UnsupportedNodeError",
+    "OptionError",
+    "CalibrationError",
+    "PassError",
+    "PreconditionError",
+    "VerificationError",
+    "BackendCapabilityError",
+    "RuntimeLibraryError",
+]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding about one graph site.
+
+    ``code`` is a stable identifier such as ``SNN-E201``; ``node`` is a node label from
+    :func:`snncc.ir.node_label` (or a tensor / file name where no node applies).
+    """
+
+    code: str
+    message: str
+    pass_name: str = ""
+    node: str = ""
+    hint: str = ""
+    severity: str = "error"
+
+    def format(self) -> str:
+        where = f"{self.pass_name}: " if self.pass_name else ""
+        if self.node:
+            where += f"node {self.node}: "
+        text = f"{where}{self.message}"
+        if self.hint:
+            text += f". Hint: {self.hint}"
+        return f"[{self.code}] {text}"
+
+
+class SnnccError(Exception):
+    """Base class of every error caused by user input or configuration."""
+
+    code = "SNN-E000"
+
+    def __init__(self, message: str | None = None, *, diagnostics: Sequence[Diagnostic] = (),
+                 code: str | None = None, hint: str = ""):
+        self.diagnostics = tuple(diagnostics)
+        if code is not None:
+            self.code = code
+        self.hint = hint
+        if message is None:
+            message = f"{len(self.diagnostics)} problem(s) found"
+        self.message = message
+        super().__init__(self.render())
+
+    @property
+    def codes(self) -> set[str]:
+        """All codes carried by this error, its own and its diagnostics'."""
+        return {self.code, *(d.code for d in self.diagnostics)}
+
+    def render(self) -> str:
+        head = f"[{self.code}] {self.message}"
+        if self.hint:
+            head += f". Hint: {self.hint}"
+        if not self.diagnostics:
+            return head
+        lines = [head + ":"] + [f"  - {d.format()}" for d in self.diagnostics]
+        return "\n".join(lines)
+
+
+class ModelInputError(SnnccError):
+    """The model file itself is unusable: unreadable, corrupt, cyclic, dynamic without a hint..."""
+
+    code = "SNN-E100"
+
+
+class UnsupportedNodeError(SnnccError):
+    """One or more nodes have no spiking (or supported) equivalent. Carries one diagnostic each."""
+
+    code = "SNN-E200"
+
+
+class OptionError(SnnccError):
+    """An option value is invalid (unknown neuron, T <= 0, bad neuron parameter...)."""
+
+    code = "SNN-E300"
+
+
+class CalibrationError(SnnccError):
+    """Calibration data is missing, unreadable or does not fit the model inputs."""
+
+    code = "SNN-E400"
+
+
+class PassError(SnnccError):
+    """An unexpected failure inside a pass, wrapped with the pass name and the passes before it."""
+
+    code = "SNN-E500"
+
+    def __init__(self, pass_name: str, previous: Iterable[str], cause: BaseException):
+        self.pass_name = pass_name
+        self.previous = tuple(previous)
+        before = ", ".join(self.previous) or "none"
+        super().__init__(f"pass '{pass_name}' failed (passes run before it: {before}): "
+                         f"{type(cause).__name__}: {cause}",
+                         hint="rerun with --debug for the traceback and report it with the model")
+
+
+class PreconditionError(SnnccError):
+    """A pass was asked to run on a graph that does not meet its preconditions."""
+
+    code = "SNN-E510"
+
+
+class VerificationError(SnnccError):
+    """The structural verifier found a broken graph."""
+
+    code = "SNN-E520"
+
+
+class BackendCapabilityError(SnnccError):
+    """The backend cannot express some part of the graph; checked before anything is emitted."""
+
+    code = "SNN-E600"
+
+
+class RuntimeLibraryError(SnnccError):
+    """The C++ kernel library is missing or could not be loaded."""
+
+    code = "SNN-E700"

@@ -1,0 +1,300 @@
+"""Thin facade over onnx-graphsurgeon: the only module (with ``passes/``) that touches gs objects.
+
+Backends and the driver consume ONNX protos, never gs objects.
+
+Performance rules (measured: looking tensors up by name inside a per-node loop is quadratic):
+- never call ``graph.tensors()`` or ``cleanup()`` inside a per-node loop;
+- build name maps once per pass (:func:`tensor_map`);
+- the pipeline runs ``cleanup().toposort()`` once after each modifying pass; passes never do.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from snncc.errors import Diagnostic, ModelInputError, VerificationError
+
+__all__ = [
+    "Graph", "Node", "Tensor", "Constant", "Variable", "Model", "SNN_DOMAIN", "SNN_DOMAIN_VERSION",
+    "load", "to_proto", "save", "node_label", "producer", "consumers", "tensor_map",
+    "unique_name", "new_const", "const_value", "is_const", "replace_all_uses", "remove_node",
+    "bypass_node", "verify", "check_onnx", "infer_shapes",
+]
+
+Graph = gs.Graph
+Node = gs.Node
+Tensor = gs.Tensor
+Constant = gs.Constant
+Variable = gs.Variable
+
+SNN_DOMAIN = "snncc.ops"
+SNN_DOMAIN_VERSION = 1
+
+
+@dataclass
+class Model:
+    """A loaded model: the gs graph plus what gs would lose on a round trip."""
+
+    graph: gs.Graph
+    opset: int
+    ir_version: int
+    provenance: dict[str, str] = field(default_factory=dict)  # node name -> source module path
+    metadata: dict[str, str] = field(default_factory=dict)    # model-level metadata_props
+    functions: list[onnx.FunctionProto] = field(default_factory=list)  # model-local functions
+    name_counter: Counter = field(default_factory=Counter)
+
+
+def _read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    if isinstance(source, onnx.ModelProto):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise ModelInputError(f"model file '{path}' does not exist", code="SNN-E101",
+                              hint="check the path")
+    try:
+        return onnx.load(str(path), load_external_data=True)
+    except Exception as exc:  # protobuf raises several unrelated types for corrupt files
+        raise ModelInputError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {exc})",
+                              code="SNN-E102",
+                              hint="the file may be truncated or not ONNX; re-export it") from exc
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def load(source: str | os.PathLike | onnx.ModelProto) -> Model:
+    """Read a model, keep provenance and metadata, check names, and import it into gs."""
+    proto = _read_proto(source)
+    if not proto.graph.node:
+        raise ModelInputError("the model has no nodes", code="SNN-E102",
+                              hint="the file may be truncated or empty; re-export it")
+    provenance = {}
+    for node in proto.graph.node:
+        for prop in node.metadata_props:
+            if prop.key in ("pkg.torch.onnx.name_scopes", "namespace", "module"):
+                provenance[node.name] = prop.value
+    outputs = Counter(o for n in proto.graph.node for o in n.output if o)
+    dups = sorted(name for name, c in outputs.items() if c > 1)
+    if dups:
+        raise ModelInputError("tensor names are produced more than once: " + ", ".join(dups[:10]),
+                              code="SNN-E103", hint="the graph is not valid SSA; re-export it")
+    try:
+        graph = gs.import_onnx(proto)
+    except Exception as exc:
+        raise ModelInputError(f"the graph could not be imported ({type(exc).__name__}: {exc})",
+                              code="SNN-E102", hint="run onnx.checker on the model") from exc
+    return Model(graph=graph, opset=_default_opset(proto), ir_version=proto.ir_version,
+                 provenance=provenance,
+                 metadata={p.key: p.value for p in proto.metadata_props},
+                 functions=list(proto.functions))
+
+
+def to_proto(model: Model, *, opset: int | None = None) -> onnx.ModelProto:
+    """Export with an explicit opset (never gs's default), our domain import and functions."""
+    graph = model.graph
+    graph.opset = opset or model.opset
+    proto = gs.export_onnx(graph, do_type_check=False)
+    domains = {imp.domain: imp.version for imp in proto.opset_import}
+    domains[""] = graph.opset
+    used = {n.domain for n in proto.graph.node} | {n.domain for f in model.functions for n in f.node}
+    if SNN_DOMAIN in used or model.functions:
+        domains[SNN_DOMAIN] = SNN_DOMAIN_VERSION
+    del proto.opset_import[:]
+    for dom, ver in sorted(domains.items()):
+        proto.opset_import.append(onnx.helper.make_opsetid(dom, ver))
+    del proto.functions[:]
+    proto.functions.extend(model.functions)
+    proto.ir_version = max(proto.ir_version, 8)
+    for key, value in model.metadata.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    for node in proto.graph.node:
+        src = model.provenance.get(node.name)
+        if src:
+            node.doc_string = f"from {src}"
+    return proto
+
+
+def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write atomically: a temp file in the same folder, renamed into place only when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(proto.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+def node_label(node: gs.Node, provenance: dict[str, str] | None = None) -> str:
+    """``'/layer1/Relu' (ai.onnx::Relu, from layer1.relu)`` for messages."""
+    dom = node.domain or "ai.onnx"
+    src = (provenance or {}).get(node.name)
+    extra = f", from {src}" if src else ""
+    return f"'{node.name}' ({dom}::{node.op}{extra})"
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
+    """Name -> tensor, built once per pass."""
+    return graph.tensors()
+
+
+def unique_name(model_or_graph: Any, hint: str) -> str:
+    """One name allocator for all passes: ``<hint>`` then ``<hint>_1``, ``<hint>_2``...
+
+    Names are made unique against a counter kept on the graph, so passes never scan all tensors.
+    """
+    graph = model_or_graph.graph if isinstance(model_or_graph, Model) else model_or_graph
+    counter = graph.__dict__.setdefault("_snncc_names", None)
+    if counter is None:
+        counter = Counter()
+        existing = set(graph.tensors()) | {n.name for n in graph.nodes}
+        graph._snncc_names = counter
+        graph._snncc_existing = existing
+    existing = graph._snncc_existing
+    base = hint
+    name = base
+    while name in existing:
+        counter[base] += 1
+        name = f"{base}_{counter[base]}"
+    existing.add(name)
+    return name
+
+
+def new_const(graph: gs.Graph, hint: str, array: Any, dtype=np.float32) -> gs.Constant:
+    arr = np.asarray(array, dtype=dtype) if dtype is not None else np.asarray(array)
+    return gs.Constant(unique_name(graph, hint), arr)
+
+
+def is_const(tensor: gs.Tensor) -> bool:
+    return isinstance(tensor, gs.Constant)
+
+
+def const_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of a constant tensor (initializer or Constant-node output), else None."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    prod = producer(tensor)
+    if prod is not None and prod.op == "Constant" and "value" in prod.attrs:
+        val = prod.attrs["value"]
+        return np.asarray(val.values if isinstance(val, gs.Constant) else val)
+    return None
+
+
+def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every consumer of ``old`` (and graph outputs) read ``new`` instead."""
+    for node in list(old.outputs):
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+    graph.outputs = [new if t is old else t for t in graph.outputs]
+
+
+def remove_node(graph: gs.Graph, node: gs.Node) -> None:
+    """Detach a node whose outputs are no longer used (refuses otherwise)."""
+    for out in node.outputs:
+        if out.outputs or out in graph.outputs:
+            raise VerificationError(f"cannot remove {node_label(node)}: output '{out.name}' is "
+                                    "still used", code="SNN-E521")
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def bypass_node(graph: gs.Graph, node: gs.Node, keep_input: int = 0) -> None:
+    """Remove a single-output pass-through node (Identity, Dropout) by rewiring its consumers."""
+    src = node.inputs[keep_input]
+    out = node.outputs[0]
+    if out in graph.outputs and src in graph.inputs:
+        # graph input feeding a graph output directly: keep an Identity to stay valid
+        return
+    if out in graph.outputs:
+        # keep the output name stable: rename the source tensor when it is not a graph input
+        prod = producer(src)
+        if prod is not None and not isinstance(src, gs.Constant) and len(src.outputs) == 1:
+            node.inputs.clear()
+            node.outputs.clear()
+            prod.outputs[prod.outputs.index(src)] = out
+            return
+    replace_all_uses(graph, out, src)
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+# ----------------------------------------------------------------------------------- checks
+
+def verify(graph: gs.Graph) -> list[Diagnostic]:
+    """Cheap structural verifier: every input is produced, names unique, graph acyclic & sorted."""
+    diags: list[Diagnostic] = []
+    seen: set[str] = {t.name for t in graph.inputs}
+    produced: Counter = Counter()
+    for node in graph.nodes:
+        for out in node.outputs:
+            produced[out.name] += 1
+    for node in graph.nodes:
+        for t in node.inputs:
+            if not t.name or isinstance(t, gs.Constant):
+                continue
+            if t.name not in seen and t.name not in produced:
+                diags.append(Diagnostic("SNN-E522", f"input '{t.name}' is produced by no node",
+                                        node=node_label(node), pass_name="verify"))
+            elif t.name not in seen:
+                diags.append(Diagnostic("SNN-E523", f"input '{t.name}' is used before it is "
+                                        "produced (not topologically sorted)",
+                                        node=node_label(node), pass_name="verify"))
+        for out in node.outputs:
+            seen.add(out.name)
+    for name, count in produced.items():
+        if count > 1:
+            diags.append(Diagnostic("SNN-E524", f"tensor '{name}' has {count} producers",
+                                    pass_name="verify"))
+    for out in graph.outputs:
+        if out.name not in seen and not isinstance(out, gs.Constant):
+            diags.append(Diagnostic("SNN-E522", f"graph output '{out.name}' is never produced",
+                                    pass_name="verify"))
+    return diags
+
+
+def check_onnx(proto: onnx.ModelProto) -> None:
+    """Full onnx.checker plus strict shape inference; raises VerificationError."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise VerificationError(f"onnx.checker rejected the model: {exc}", code="SNN-E525") from exc
+
+
+def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference with data propagation (keeps going on unknown custom ops)."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:
+        return proto
+
+
+def iter_ops(graph: gs.Graph) -> Iterable[tuple[gs.Node, str]]:
+    for node in graph.nodes:
+        yield node, node.op

@@ -1,0 +1,142 @@
+"""The neuron registry: adding a neuron is one module here plus one C++ kernel plus one op-table line.
+
+Each neuron module defines a :class:`NeuronSpec` and registers it with :func:`register_neuron`.
+Passes, backends and tests look neurons up by key and never branch on a neuron name.
+The exact arithmetic every implementation must follow is in ``docs/neuron-ops.md``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from snncc.context import CompileOptions, QuantClipParams
+from snncc.errors import OptionError
+
+__all__ = ["AttrSpec", "NeuronSpec", "NEURONS", "register_neuron", "get_neuron",
+           "COMMON_ATTRS", "validate_attrs"]
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    """One ONNX attribute: the single source for schema, validation messages and docs.
+
+    ``kind`` is ``int``, ``float``, ``floats`` or ``string``. ``check`` returns an error sentence
+    or None. ``choices`` lists the accepted values of a string/int attribute.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None
+    choices: Sequence[Any] | None = None
+
+
+def _positive_int(v: Any) -> str | None:
+    return None if isinstance(v, (int, np.integer)) and v >= 1 else "must be an integer >= 1"
+
+
+COMMON_ATTRS: tuple[AttrSpec, ...] = (
+    AttrSpec("T", "int", 1, "number of time slices processed by this call", _positive_int),
+    AttrSpec("const_input", "int", 0,
+             "1: x is [N,...], a current constant over the T slices; 0: x is [T*N,...]",
+             choices=(0, 1)),
+)
+
+
+@dataclass(frozen=True)
+class LoihiInfo:
+    """How the neuron maps onto a Loihi 2 compartment (used by the Loihi backend)."""
+
+    spike: str                 # "binary" | "graded"
+    reset: str                 # what the neuron does: "subtract" | "zero" | ...
+    supported: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class NeuronSpec:
+    """Everything the compiler knows about one neuron type.
+
+    Callables (all pure):
+      reference(x, attrs, state=None, step=0) -> (y, state_out)
+          NumPy float32 reference of the op, bit-exact with the C++ kernel and function body.
+      function_proto() -> onnx.FunctionProto
+          the model-local ONNX function (domain snncc.ops) used when no kernel is registered.
+      from_quant_clip(clip, options) -> dict
+          neuron attributes (without T / const_input) for one QCFS clip site.
+      levels_for(T, options) -> int | None
+          the ANN quantization levels L this neuron wants at T steps (None: no preference).
+      total_steps(T, attrs) -> int, counted_steps(T, attrs) -> int
+          slices the schedule must run, and how many trailing slices the output decodes.
+      events(y, attrs) -> np.ndarray (int64, y's shape)
+          unit spike events per output element (graded outputs count several), for SynOps.
+      maxpool_exact(T, attrs) -> bool
+          True when MaxPool(neuron(x)) == neuron(MaxPool(x)) holds exactly (monotone map).
+    """
+
+    key: str
+    op_type: str
+    doc: str
+    attributes: tuple[AttrSpec, ...]
+    state_planes: int
+    reference: Callable[..., tuple[np.ndarray, np.ndarray]]
+    function_proto: Callable[[], onnx.FunctionProto]
+    from_quant_clip: Callable[[QuantClipParams, CompileOptions], dict[str, Any]]
+    events: Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]
+    levels_for: Callable[[int, CompileOptions], int | None] = lambda T, o: None
+    total_steps: Callable[[int, Mapping[str, Any]], int] = lambda T, a: T
+    counted_steps: Callable[[int, Mapping[str, Any]], int] = lambda T, a: T
+    maxpool_exact: Callable[[int, Mapping[str, Any]], bool] = lambda T, a: T == 1
+    needs_bias_shift: bool = False
+    loihi: LoihiInfo = field(default_factory=lambda: LoihiInfo("binary", "subtract"))
+    since_version: int = 1
+
+    @property
+    def all_attributes(self) -> tuple[AttrSpec, ...]:
+        return COMMON_ATTRS + self.attributes
+
+
+NEURONS: dict[str, NeuronSpec] = {}
+
+
+def register_neuron(spec: NeuronSpec) -> NeuronSpec:
+    if spec.key in NEURONS:
+        raise ValueError(f"neuron {spec.key!r} registered twice")
+    NEURONS[spec.key] = spec
+    return spec
+
+
+def get_neuron(key: str) -> NeuronSpec:
+    from snncc import neurons as _  # noqa: F401  (import populates the registry)
+
+    try:
+        return NEURONS[key]
+    except KeyError:
+        raise OptionError(f"unknown neuron {key!r}", code="SNN-E301",
+                          hint="choose one of: " + ", ".join(sorted(NEURONS))) from None
+
+
+def validate_attrs(spec: NeuronSpec, attrs: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Fill defaults and validate; raises OptionError naming the attribute and the fix."""
+    known = {a.name: a for a in spec.all_attributes}
+    unknown = sorted(set(attrs) - set(known))
+    if unknown:
+        raise OptionError(f"{where}neuron '{spec.key}' has no attribute(s) {', '.join(unknown)}",
+                          code="SNN-E302", hint="valid attributes: " + ", ".join(known))
+    out: dict[str, Any] = {}
+    for name, a in known.items():
+        value = attrs.get(name, a.default)
+        problem = None
+        if a.choices is not None and value not in a.choices:
+            problem = "must be one of " + ", ".join(map(str, a.choices))
+        elif a.check is not None:
+            problem = a.check(value)
+        if problem:
+            raise OptionError(f"{where}neuron '{spec.key}': attribute {name}={value!r} {problem}",
+                              code="SNN-E303", hint=a.doc)
+        out[name] = value
+    return out

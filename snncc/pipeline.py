@@ -1,0 +1,140 @@
+"""The pass manager and the one function that fixes the pass order.
+
+Order of events for each pass: ``requires`` -> ``run`` -> (if modified) ``cleanup().toposort()``
+-> structural ``verify`` (after each pass or only at the ends) -> instruments' ``after`` hooks.
+Unexpected exceptions are wrapped in :class:`PassError` naming the pass and those before it;
+:class:`SnnccError` subclasses (user errors) pass through untouched.
+"""
+from __future__ import annotations
+
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from snncc import ir
+from snncc.context import CompileContext, CompileOptions
+from snncc.errors import PassError, SnnccError, VerificationError
+from snncc.passes.base import Pass, PassResult
+
+__all__ = ["Pipeline", "PipelineReport", "PassRow", "default_pipeline", "frontend_passes",
+           "DumpAfter"]
+
+
+@dataclass
+class PassRow:
+    name: str
+    modified: bool
+    counts: dict[str, int]
+    declines: list[dict[str, str]]
+    ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pass": self.name, "changed": self.modified, "counts": self.counts,
+                "declined": self.declines, "ms": round(self.ms, 3)}
+
+
+@dataclass
+class PipelineReport:
+    rows: list[PassRow] = field(default_factory=list)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.rows]
+
+    def format(self) -> str:
+        lines = [f"{'pass':<22} {'changed':<8} {'ms':>8}  counts / declines"]
+        for r in self.rows:
+            counts = ", ".join(f"{k}={v}" for k, v in r.counts.items()) or "-"
+            lines.append(f"{r.name:<22} {str(r.modified):<8} {r.ms:>8.1f}  {counts}")
+            for d in r.declines:
+                lines.append(f"{'':<41}declined {d['node']}: [{d['code']}] {d['reason']}")
+        return "\n".join(lines)
+
+
+Instrument = Callable[[Pass, ir.Model, CompileContext], None]
+
+
+class DumpAfter:
+    """Instrument backing ``--dump-after PASS``: writes the graph after the named passes."""
+
+    def __init__(self, names: Sequence[str], directory: str | Path):
+        self.names = set(names)
+        self.directory = Path(directory)
+
+    def __call__(self, pass_: Pass, model: ir.Model, ctx: CompileContext) -> None:
+        if pass_.name in self.names or "all" in self.names:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            ir.save(ir.to_proto(model), self.directory / f"after-{pass_.name}.onnx")
+
+
+class Pipeline:
+    def __init__(self, passes: Sequence[Pass], *, verify: str = "ends",
+                 instruments: Sequence[Instrument] = (), progress: Callable | None = None):
+        if verify not in ("off", "ends", "each"):
+            raise ValueError(f"verify must be off|ends|each, not {verify!r}")
+        self.passes = list(passes)
+        self.verify = verify
+        self.instruments = list(instruments)
+        self.progress = progress
+
+    @staticmethod
+    def _verify(model: ir.Model, after: str) -> None:
+        diags = ir.verify(model.graph)
+        if diags:
+            raise VerificationError(f"graph is malformed after '{after}'", diagnostics=diags)
+
+    def run(self, model: ir.Model, ctx: CompileContext) -> PipelineReport:
+        report = PipelineReport()
+        done: list[str] = []
+        if self.verify != "off":
+            self._verify(model, "load")
+        for i, p in enumerate(self.passes):
+            if self.progress:
+                self.progress(p.name)
+            start = time.perf_counter()
+            try:
+                p.requires(model, ctx)
+                result: PassResult = p.run(model, ctx)
+                if result.modified:
+                    model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            except SnnccError:
+                raise
+            except Exception as exc:
+                raise PassError(p.name, done, exc) from exc
+            ms = (time.perf_counter() - start) * 1e3
+            last = i == len(self.passes) - 1
+            if self.verify == "each" or (self.verify == "ends" and last):
+                self._verify(model, p.name)
+            for inst in self.instruments:
+                inst(p, model, ctx)
+            report.rows.append(PassRow(p.name, result.modified, dict(result.counts),
+                                       [d.to_json() for d in result.declines], ms))
+            done.append(p.name)
+        return report
+
+
+def frontend_passes(options: CompileOptions) -> list[Pass]:
+    """The target-independent passes, in their fixed order."""
+    from snncc.passes.canonicalize import CanonicalizePass
+    from snncc.passes.fold_batchnorm import FoldBatchNormPass
+    from snncc.passes.relu_to_quant_clip import ReluToQuantClipPass
+
+    return [CanonicalizePass(), FoldBatchNormPass(), ReluToQuantClipPass()]
+
+
+def default_pipeline(options: CompileOptions, **kwargs: Any) -> Pipeline:
+    """The one place that fixes the pass order for a target.
+
+    canonicalize -> fold-batchnorm -> relu-to-quant-clip [-> insert-neurons -> backend lowering].
+    Calibration is not a pass: the driver runs it between canonicalize and fold-batchnorm when
+    activation scales are needed (it fills ``ctx.quant``).
+    """
+    passes = frontend_passes(options)
+    if options.target != "qann":
+        from snncc.backends.registry import get_backend
+        from snncc.passes.insert_neurons import InsertNeuronsPass
+
+        passes.append(InsertNeuronsPass())
+        passes.extend(get_backend(options.target).lowering_passes(options))
+    return Pipeline(passes, **kwargs)
