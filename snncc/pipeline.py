@@ -116,19 +116,22 @@ class Pipeline:
 
 def frontend_passes(options: CompileOptions) -> list[Pass]:
     """The target-independent passes, in their fixed order."""
+    from snncc.passes.calibrate import CalibratePass
     from snncc.passes.canonicalize import CanonicalizePass
     from snncc.passes.fold_batchnorm import FoldBatchNormPass
     from snncc.passes.relu_to_quant_clip import ReluToQuantClipPass
 
-    return [CanonicalizePass(), FoldBatchNormPass(), ReluToQuantClipPass()]
+    return [CanonicalizePass(), CalibratePass(), FoldBatchNormPass(), ReluToQuantClipPass()]
 
 
 def default_pipeline(options: CompileOptions, **kwargs: Any) -> Pipeline:
     """The one place that fixes the pass order for a target.
 
-    canonicalize -> fold-batchnorm -> relu-to-quant-clip [-> insert-neurons -> backend lowering].
-    Calibration is not a pass: the driver runs it between canonicalize and fold-batchnorm when
-    activation scales are needed (it fills ``ctx.quant``).
+    canonicalize -> calibrate -> fold-batchnorm -> relu-to-quant-clip
+    [-> insert-neurons -> the backend's lowering passes, e.g. schedule-timesteps for ort].
+    ``calibrate`` changes no node: it fills ``ctx.quant`` with (lambda, L) per activation site, from
+    QCFS patterns already in the graph or from calibration data, because fold-batchnorm's bias
+    shift needs lambda before relu-to-quant-clip runs.
     """
     passes = frontend_passes(options)
     if options.target != "qann":

@@ -1,0 +1,42 @@
+"""The backend protocol: check what can be handled before emitting anything."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from snncc.context import CompileContext, CompileOptions
+from snncc.errors import Diagnostic
+from snncc.ir import Model
+from snncc.passes.base import Pass
+
+__all__ = ["Backend", "Artifact"]
+
+
+@dataclass
+class Artifact:
+    """What a backend wrote: the main path, every file, and facts for the compile report."""
+
+    path: Path
+    files: list[Path] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    name: str
+    #: "file" when -o names a file, "dir" when it names a directory
+    output_kind: str = "file"
+
+    def lowering_passes(self, options: CompileOptions) -> Sequence[Pass]:
+        """Target-specific passes run after insert-neurons."""
+        return ()
+
+    def check(self, model: Model, ctx: CompileContext) -> list[Diagnostic]:
+        """Everything the backend cannot express, found before emission (empty = fine)."""
+        return []
+
+    @abc.abstractmethod
+    def emit(self, model: Model, ctx: CompileContext, out: Path) -> Artifact:
+        """Write the output. The driver guarantees atomicity: ``out`` is a temporary path that is
+        renamed into place only when emit returns without error."""

@@ -1,0 +1,20 @@
+"""Backend registry: target name -> backend. Backends never import each other."""
+from __future__ import annotations
+
+from snncc.backends.base import Backend
+from snncc.errors import OptionError
+
+__all__ = ["get_backend", "BACKENDS"]
+
+BACKENDS = ("ort", "loihi")
+
+
+def get_backend(name: str) -> Backend:
+    if name == "ort":
+        from snncc.backends.ort.backend import OrtBackend
+        return OrtBackend()
+    if name == "loihi":
+        from snncc.backends.loihi.backend import LoihiBackend
+        return LoihiBackend()
+    raise OptionError(f"unknown target {name!r}", code="SNN-E304",
+                      hint="choose one of: qann, " + ", ".join(BACKENDS))
