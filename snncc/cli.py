@@ -1,0 +1,275 @@
+"""Command-line interface: ``snncc inspect | compile | run | report | finetune``.
+
+User errors (:class:`SnnccError`) print one clear message and exit with code 2; ``--debug`` shows
+the traceback. Heavy imports (torch, matplotlib) happen only inside the subcommand that needs them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from snncc import __version__
+from snncc.errors import OptionError, SnnccError
+
+__all__ = ["main", "build_parser"]
+
+NEURON_KEYS = ("if", "bitserial", "mt", "gn", "srp", "lif")
+
+
+def _parse_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """``input=1x3x32x32`` or ``1x3x32x32`` (for the single input)."""
+    name, _, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x") if d)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}; write NAME=1x3x32x32") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}; dimensions must be positive")
+    return (name or None), shape
+
+
+def _parse_kv(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"bad neuron parameter {text!r}; write KEY=VALUE")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    if "," in value:
+        return key, [float(v) for v in value.split(",")]
+    return key, value
+
+
+def _input_shapes(model: str, shapes: Sequence[tuple[str | None, tuple[int, ...]]]) -> dict:
+    if not shapes:
+        return {}
+    if any(name is None for name, _ in shapes):
+        import onnx
+
+        from snncc import ir
+
+        proto = ir._read_proto(model)
+        inits = {i.name for i in proto.graph.initializer}
+        inputs = [i.name for i in proto.graph.input if i.name not in inits]
+        if len(inputs) != 1 or len(shapes) != 1:
+            raise OptionError("--input-shape without a name needs a model with one input",
+                              code="SNN-E312", hint="write --input-shape NAME=1x3x32x32 for "
+                              "each of: " + ", ".join(inputs))
+        del onnx
+        return {inputs[0]: shapes[0][1]}
+    return {name: shape for name, shape in shapes}
+
+
+# ------------------------------------------------------------------------------- subcommands
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from snncc.inspect import format_inspect, inspect_model
+
+    report = inspect_model(args.model, _input_shapes(args.model, args.input_shape))
+    print(json.dumps(report, indent=2, default=str) if args.json else format_inspect(report))
+    return 0
+
+
+def _neuron_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = dict(args.neuron_param or [])
+    for key in ("tau", "mt_preset", "mt_mode", "mt_n"):
+        value = getattr(args, key)
+        if value is not None:
+            params[key.replace("mt_", "") if key != "tau" else key] = value
+    return params
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from snncc.driver import compile_model, make_options
+
+    options = make_options(
+        target=args.target, timesteps=args.timesteps, neuron=args.neuron, levels=args.levels,
+        calib_path=args.calib, calib_method=args.calib_method, calib_percentile=args.percentile,
+        calib_per_channel=args.per_channel, calib_max_samples=args.calib_samples,
+        input_shapes=_input_shapes(args.model, args.input_shape), bias_shift=args.bias_shift,
+        maxpool=args.maxpool, allow_analog=args.allow_analog, schedule=args.schedule,
+        neuron_params=_neuron_params(args))
+    result = compile_model(args.model, args.output, options, report_path=args.report,
+                           dump_after=args.dump_after or (), verify=args.verify)
+    if not args.quiet:
+        from snncc.pipeline import PipelineReport, PassRow
+
+        rows = PipelineReport([PassRow(r["pass"], r["changed"], r["counts"],
+                                       r["declined"], r["ms"]) for r in result.report["passes"]])
+        print(rows.format())
+        for key, value in result.report["notes"].items():
+            print(f"{key}: {value}")
+        print(f"wrote {result.output} in {result.report['seconds']:.2f} s")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from snncc.run import run_command
+
+    return run_command(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from snncc.report import report_command
+
+    return report_command(args)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from snncc.train.cli import run_finetune
+
+    return run_finetune(args)
+
+
+# ------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snncc",
+        description="Compile a trained ONNX CNN into an ultra-low-latency spiking neural network.",
+        epilog="Example: snncc compile model.onnx -T 4 --neuron mt --calib calib.npz -o snn.onnx")
+    parser.add_argument("--version", action="version", version=f"snncc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each pass and decision")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    shape_help = "fix dynamic dimensions, e.g. input=1x3x32x32 (repeatable)"
+
+    p = sub.add_parser("inspect", help="list inputs, layers, MACs and unsupported ops",
+                       description="Show the opset, inputs and shapes, each node grouped as "
+                       "linear/activation/pooling/other, every op snncc cannot convert, and MACs "
+                       "per layer and in total.")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
+                   help=shape_help)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("compile", help="compile an ONNX CNN to a QANN or a spiking network",
+                       description="Run the pass pipeline (canonicalize, calibrate, "
+                       "fold-batchnorm, relu-to-quant-clip, insert-neurons, schedule-timesteps) "
+                       "and emit the chosen target. Nothing is written unless it succeeds.")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .onnx file (qann, ort) or directory (loihi)")
+    p.add_argument("--target", default="ort", choices=("qann", "ort", "loihi"),
+                   help="qann: quantized-clip ANN; ort: ONNX Runtime SNN (default); "
+                   "loihi: Loihi 2 netlist")
+    p.add_argument("-T", "--timesteps", type=int, default=4, help="timesteps (default 4)")
+    p.add_argument("--neuron", default="if", choices=NEURON_KEYS,
+                   help="spiking neuron model (default if)")
+    p.add_argument("--levels", "-L", type=int, default=None,
+                   help="quantization levels L of the clip (default: what the neuron needs at "
+                   "T, e.g. T for if, 2^T-1 for bitserial; 8 for --target qann)")
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calib", metavar="FILE", help=".npy or .npz of input samples (N x shape)")
+    g.add_argument("--calib-method", default="max", choices=("max", "percentile", "mse"),
+                   help="how lambda is chosen from activations (default max)")
+    g.add_argument("--percentile", type=float, default=99.99,
+                   help="percentile for --calib-method percentile (default 99.99)")
+    g.add_argument("--per-channel", action="store_true", help="one lambda per channel")
+    g.add_argument("--calib-samples", type=int, default=256,
+                   help="at most this many samples are used (default 256)")
+    g = p.add_argument_group("conversion")
+    g.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
+                   help=shape_help)
+    g.add_argument("--bias-shift", dest="bias_shift", action="store_true", default=None,
+                   help="fold +lambda/(2L) into the bias feeding each activation "
+                   "(default: on for bitserial)")
+    g.add_argument("--no-bias-shift", dest="bias_shift", action="store_false")
+    g.add_argument("--maxpool", default="auto", choices=("auto", "avg", "gate"),
+                   help="auto: exact where possible else spike gating; avg: replace by "
+                   "AveragePool (models trained that way); gate: always spike gating")
+    g.add_argument("--allow-analog", action="store_true",
+                   help="keep ops with no spiking form (Sigmoid, LRN, ...) as analog islands")
+    g.add_argument("--schedule", default="folded", choices=("folded", "streaming"),
+                   help="folded: time in the batch, one run; streaming: one-step model with "
+                   "explicit membrane state")
+    g = p.add_argument_group("neuron parameters")
+    g.add_argument("--tau", type=int, help="gn: members per group; srp: pre-run steps")
+    g.add_argument("--mt-preset", choices=("equidistant", "pow2"),
+                   help="mt threshold preset (default equidistant)")
+    g.add_argument("--mt-mode", choices=("parallel", "cascade"), help="mt firing mode")
+    g.add_argument("--mt-n", type=int, help="mt: number of thresholds")
+    g.add_argument("--neuron-param", type=_parse_kv, action="append", metavar="KEY=VALUE",
+                   help="any other neuron parameter (repeatable)")
+    g = p.add_argument_group("diagnostics")
+    g.add_argument("--report", metavar="FILE.json",
+                   help="write the compile report: one row per pass with changes, counts, "
+                   "declined sites with reasons, and time")
+    g.add_argument("--dump-after", action="append", metavar="PASS",
+                   help="write the graph after PASS (or 'all') next to the output")
+    g.add_argument("--verify", default="ends", choices=("off", "ends", "each"),
+                   help="structural verification after each pass or only at the ends")
+    g.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run a compiled model on inputs; print outputs and spikes",
+                       description="Run a compiled .onnx (ONNX Runtime, with the C++ kernels "
+                       "when built) or a Loihi output directory (bit-accurate simulator).")
+    p.add_argument("model", help="compiled .onnx file or Loihi output directory")
+    p.add_argument("--input", required=True, metavar="X.npy|X.npz",
+                   help="inputs (.npy, or .npz with the input name or 'x'; labels 'y' optional)")
+    p.add_argument("-o", "--output", metavar="OUT.npz", help="save outputs and spike counts")
+    p.add_argument("--no-library", action="store_true",
+                   help="use the portable ONNX function bodies instead of the C++ kernels")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per run (default 256)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="write a Markdown/HTML report with plots",
+                       description="Spike rates, SynOps and energy per layer, core use and "
+                       "accuracy against T.")
+    try:
+        from snncc.report import add_report_arguments
+        add_report_arguments(p)
+    except ImportError:
+        pass
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("finetune", help="QCFS fine-tuning / IIR training (needs torch)",
+                       description="Fine-tune an ONNX CNN with trainable-lambda QCFS activations "
+                       "(optionally with the spike-count regulariser), or train LIF/MT SNNs "
+                       "directly, and export a graph snncc compiles without calibration.")
+    try:
+        from snncc.train.cli import add_finetune_arguments
+        add_finetune_arguments(p)
+    except ImportError:
+        pass
+    p.set_defaults(func=cmd_finetune)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SnnccError as exc:
+        if args.debug:
+            raise
+        print(f"snncc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal bug: say so briefly, trace only with --debug
+        if args.debug:
+            raise
+        print(f"snncc {args.command}: internal error: {type(exc).__name__}: {exc}\n"
+              "Rerun with --debug for the traceback and report it with the model.",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The compile driver: validate options, run the pipeline, let the backend check then emit.
+
+Data flows one way: front end (``ir.load``) -> passes (``pipeline.default_pipeline``) -> backend.
+Nothing is written to the output path unless compilation succeeds: files are written to a
+temporary sibling and renamed into place, directories likewise.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from snncc import __version__, ir
+from snncc.context import TARGETS, CompileContext, CompileOptions
+from snncc.errors import BackendCapabilityError, OptionError
+from snncc.pipeline import DumpAfter, PipelineReport, default_pipeline
+
+__all__ = ["make_options", "compile_model", "CompileResult", "MAX_TIMESTEPS", "CALIB_METHODS"]
+
+log = logging.getLogger("snncc.driver")
+
+MAX_TIMESTEPS = 64
+CALIB_METHODS = ("max", "percentile", "mse")
+MAXPOOL_MODES = ("auto", "avg", "gate")
+SCHEDULES = ("folded", "streaming")
+
+
+def _choice(name: str, value: Any, allowed: Sequence[Any], code: str) -> None:
+    if value not in allowed:
+        raise OptionError(f"unknown {name} {value!r}", code=code,
+                          hint="choose one of: " + ", ".join(map(str, allowed)))
+
+
+def make_options(**kw: Any) -> CompileOptions:
+    """Build validated CompileOptions; resolves levels and bias shift from the chosen neuron."""
+    opts = CompileOptions(**kw)
+    _choice("target", opts.target, TARGETS, "SNN-E304")
+    _choice("calibration method", opts.calib_method, CALIB_METHODS, "SNN-E305")
+    _choice("max-pool treatment", opts.maxpool, MAXPOOL_MODES, "SNN-E306")
+    _choice("schedule", opts.schedule, SCHEDULES, "SNN-E307")
+    if not isinstance(opts.timesteps, int) or opts.timesteps < 1:
+        raise OptionError(f"-T must be a positive integer, got {opts.timesteps!r}", code="SNN-E308",
+                          hint="snncc targets T = 1 to 8 timesteps; try -T 4")
+    if opts.timesteps > MAX_TIMESTEPS:
+        raise OptionError(f"-T {opts.timesteps} is beyond the supported range 1..{MAX_TIMESTEPS}",
+                          code="SNN-E308", hint="snncc targets T = 1 to 8 timesteps; try -T 4")
+    if opts.levels is not None and not (1 <= opts.levels <= 65535):
+        raise OptionError(f"--levels must be in 1..65535, got {opts.levels}", code="SNN-E309",
+                          hint="QCFS uses L = 4, 8 or 16")
+    if not (50.0 < opts.calib_percentile <= 100.0):
+        raise OptionError(f"--percentile must be in (50, 100], got {opts.calib_percentile}",
+                          code="SNN-E310", hint="typical values are 99.9 and 99.99")
+    if opts.calib_path is not None and not Path(opts.calib_path).is_file():
+        raise OptionError(f"calibration file '{opts.calib_path}' does not exist", code="SNN-E311",
+                          hint="pass a .npy or .npz file of input samples")
+    if opts.target == "qann":
+        levels = opts.levels or 8
+        shift = bool(opts.bias_shift)
+    else:
+        from snncc.neurons import get_neuron
+
+        spec = get_neuron(opts.neuron)
+        levels = opts.levels or spec.levels_for(opts.timesteps, opts) or 8
+        shift = spec.needs_bias_shift if opts.bias_shift is None else opts.bias_shift
+    return replace(opts, levels=levels, bias_shift=shift)
+
+
+@dataclass
+class CompileResult:
+    output: Path
+    report: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+
+
+def _quant_table(ctx: CompileContext) -> dict[str, Any]:
+    return {name: p.to_json() for name, p in sorted(ctx.quant.items())}
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
+                  options: CompileOptions, *, report_path: str | os.PathLike | None = None,
+                  dump_after: Sequence[str] = (), dump_dir: str | os.PathLike | None = None,
+                  verify: str = "ends") -> CompileResult:
+    """Compile ``model_path`` into ``out`` (a file for qann/ort, a directory for loihi)."""
+    start = time.perf_counter()
+    out = Path(out)
+    model = ir.load(model_path)
+    ctx = CompileContext(options)
+    instruments = []
+    if dump_after:
+        instruments.append(DumpAfter(dump_after, dump_dir or out.parent / f"{out.name}.dump"))
+    pipeline = default_pipeline(options, verify=verify, instruments=instruments)
+    rows: PipelineReport = pipeline.run(model, ctx)
+
+    artifact_report: dict[str, Any] = {}
+    files: list[Path] = []
+    if options.target == "qann":
+        proto = ir.to_proto(model, opset=options.opset)
+        ir.check_onnx(proto)
+        ir.save(proto, out)
+        files = [out]
+    else:
+        from snncc.backends.registry import get_backend
+
+        backend = get_backend(options.target)
+        diags = backend.check(model, ctx)
+        if diags:
+            raise BackendCapabilityError(f"the {backend.name} backend cannot express this model",
+                                         diagnostics=diags)
+        artifact = _emit_atomically(backend, model, ctx, out)
+        artifact_report = artifact.report
+        files = artifact.files
+
+    report = {
+        "snncc_version": __version__,
+        "model": str(model_path),
+        "output": str(out),
+        "options": {k: (dict(v) if isinstance(v, Mapping) else v)
+                    for k, v in options.__dict__.items()},
+        "passes": rows.to_json(),
+        "quant": _quant_table(ctx),
+        "notes": ctx.notes,
+        "backend": artifact_report,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    if report_path:
+        _write_json_atomic(Path(report_path), report)
+    return CompileResult(out, report, files)
+
+
+def _emit_atomically(backend, model: ir.Model, ctx: CompileContext, out: Path):
+    """Emit into a temporary sibling and rename it into place only on success."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if backend.output_kind == "dir":
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            artifact = backend.emit(model, ctx, tmp)
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            os.replace(tmp, out)
+            artifact.files = [out / Path(f).relative_to(tmp) for f in artifact.files]
+            artifact.path = out
+            return artifact
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp_out = tmpdir / out.name
+        artifact = backend.emit(model, ctx, tmp_out)
+        moved = []
+        for f in artifact.files or [tmp_out]:
+            dest = out.parent / Path(f).name
+            os.replace(f, dest)
+            moved.append(dest)
+        artifact.path = out
+        artifact.files = moved
+        return artifact
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
