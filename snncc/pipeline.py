@@ -87,7 +87,8 @@ class Pipeline:
     def run(self, model: ir.Model, ctx: CompileContext) -> PipelineReport:
         report = PipelineReport()
         done: list[str] = []
-        if self.verify != "off":
+        # canonicalize checks raw models itself, with clearer messages (dangling inputs, cycles)
+        if self.verify != "off" and not (self.passes and self.passes[0].name == "canonicalize"):
             self._verify(model, "load")
         for i, p in enumerate(self.passes):
             if self.progress:

@@ -1,0 +1,517 @@
+"""canonicalize: bring any ONNX CNN export into the one form the other passes expect.
+
+Input: any model with IR version >= 3 and default-domain opset 7..21 (newer is tried), as loaded
+by :func:`snncc.ir.load` (which already rejects missing, truncated and non-SSA files with
+SNN-E101/E102/E103; gs drops initializers that old IR-3 exports list as graph inputs).
+
+Output, the canonical graph:
+
+- default-domain opset ``options.opset`` (17), converted with ``onnx.version_converter``;
+  activations newer than that (Gelu, Mish, Swish) are first decomposed into older ops
+  (Gelu: 0.5*x*(1+erf(x/sqrt 2)) or its tanh form; Mish: x*tanh(softplus(x));
+  Swish: x*sigmoid(alpha*x));
+- every graph input has a float32 type and a static shape except a symbolic batch dim 0
+  (the input's own symbol, else ``N``); ``options.input_shapes`` fixes dynamic dims;
+- weights computed by constant subgraphs (Constant, ConstantOfShape, arithmetic on
+  initializers, Shape->Gather chains over static dims) are folded into initializers;
+- no Dropout, no Identity, no Sum: Sum(a, b, c) becomes Add(Add(a, b), c);
+- BatchNormalization is kept as a node (fold-batchnorm handles it and its Mul/Add form);
+- Reshape / Flatten are batch-agnostic, because later schedules fold time into the batch
+  (batch dim becomes T*N): a constant Reshape target whose dim 0 is the export batch B becomes
+  -1 (0 when the target already has a -1), e.g. [1, 512] -> [-1, 512]; Flatten(axis=0) with
+  B = 1 becomes Flatten(axis=1);
+- every tensor has a shape from ONNX shape inference (strict, with data propagation).
+
+Shapes are fixed in this order so that a batch hard-coded by a Reshape never leaks into a folded
+Shape: (1) make the batch symbolic, convert, infer; (2) fold constants without folding Shape
+nodes; (3) rewrite Dropout/Identity/Sum/Reshape/Flatten; (4) infer again; (5) fold Shape chains.
+Conversions and inference run on an exported proto whose large float weights are lifted into
+graph inputs (placeholders), so weights are never serialised or copied.
+
+Errors (all problems of a kind collected, raised once):
+- ModelInputError SNN-E111 non-float32 graph input, SNN-E112 tensor produced by nothing
+  (missing initializer or input), SNN-E113 cycle, SNN-E114 dynamic non-batch dim without
+  ``--input-shape``, SNN-E115 ``--input-shape`` names an unknown input, SNN-E116 ``--input-shape``
+  conflicts with the model, SNN-E117 opset older than 7, SNN-E118 opset conversion failed,
+  SNN-E119 shape inference failed; several at once: SNN-E110 carrying each diagnostic.
+- UnsupportedNodeError SNN-E201 (only without ``--allow-analog``): activations with no spiking
+  equivalent (see :mod:`snncc.op_classes`); SNN-E202 marks composite forms (x*Sigmoid(x),
+  erf-GELU, x*HardSigmoid(x), x*tanh(softplus(x))); SNN-E203 a Softmax/LogSoftmax that is not
+  the model's last op.
+
+Declines (the graph is left as it is at that site): DROPOUT_MASK_USED, DROPOUT_TRAINING_MODE,
+RESHAPE_MIXES_BATCH (a Reshape that moves data between the batch and other dims),
+FLATTEN_MIXES_BATCH.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from typing import Callable, Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import version_converter
+
+from snncc import ir
+from snncc.context import CompileContext, CompileOptions
+from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
+from snncc.op_classes import OUTPUT_ONLY, PATTERN_HINTS, op_info
+from snncc.passes.base import Decline, Pass, PassResult
+
+__all__ = ["CanonicalizePass", "unsupported_nodes", "check_model_input"]
+
+logger = logging.getLogger("snncc.passes.canonicalize")
+
+NAME = "canonicalize"
+MIN_OPSET = 7
+LIFT_MIN_ELEMENTS = 1024  # float constants at least this big skip serialisation
+_PASS_THROUGH = frozenset({"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+class CanonicalizePass(Pass):
+    name = NAME
+
+    def run(self, model: ir.Model, ctx: CompileContext) -> PassResult:
+        options = ctx.options
+        batch = check_model_input(model.graph, options)
+        if not options.allow_analog:
+            bad = unsupported_nodes(model.graph, options)
+            if bad:
+                raise UnsupportedNodeError(
+                    f"{len(bad)} node(s) have no spiking equivalent", diagnostics=bad,
+                    code="SNN-E201", hint="retrain with ReLU, or compile with --allow-analog")
+        counts: Counter = Counter()
+        declines: list[Decline] = []
+        source_opset = model.opset
+        if source_opset < MIN_OPSET:
+            raise ModelInputError(f"{NAME}: the model uses opset {source_opset}", code="SNN-E117",
+                                  hint=f"re-export it with opset {MIN_OPSET} or newer (17 is best)")
+        if source_opset > options.opset:
+            counts["ops_decomposed"] = _decompose_new_ops(model.graph)
+        _rebuild(model, options.opset)
+        if source_opset != options.opset:
+            counts["opset_converted_from"] = source_opset
+        counts["constants_folded"] = _fold_constants(model.graph, fold_shapes=False)
+        _rewrite(model.graph, batch, counts, declines)
+        _rebuild(model, options.opset)
+        counts["constants_folded"] += _fold_constants(model.graph, fold_shapes=True)
+        counts = Counter({k: v for k, v in counts.items() if v})
+        logger.debug("%s: %s", NAME, dict(counts))
+        return PassResult(modified=True, counts=dict(counts), declines=tuple(declines))
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def _diag(code: str, message: str, node: str = "", hint: str = "",
+          severity: str = "error") -> Diagnostic:
+    return Diagnostic(code, message, pass_name=NAME, node=node, hint=hint, severity=severity)
+
+
+def check_model_input(graph: gs.Graph, options: CompileOptions) -> int:
+    """Check inputs, dangling tensors and cycles; fix input shapes; return the export batch size.
+
+    Graph inputs end up with a symbolic dim 0 (their own symbol, else ``N``) and static other
+    dims. All problems are collected and raised as one :class:`ModelInputError`.
+    """
+    diags = _check_structure(graph) + _check_inputs(graph, options.input_shapes)
+    if len(diags) == 1:
+        raise ModelInputError(diagnostics=diags, code=diags[0].code,
+                              message=f"{NAME}: the model failed an input check")
+    if diags:
+        raise ModelInputError(diagnostics=diags, code="SNN-E110",
+                              message=f"{NAME}: the model failed {len(diags)} input checks")
+    batch = None  # the first input with a static batch decides
+    for inp in graph.inputs:
+        given = options.input_shapes.get(inp.name)
+        dims = list(given) if given is not None else list(inp.shape)
+        if batch is None and dims and _is_static(dims[0]):
+            batch = int(dims[0])
+        if dims:
+            dims[0] = inp.shape[0] if inp.shape and isinstance(inp.shape[0], str) else "N"
+        inp.shape = dims
+    return batch or 1
+
+
+def _check_structure(graph: gs.Graph) -> list[Diagnostic]:
+    diags = []
+    for inp in graph.inputs:
+        if inp.dtype is None or np.dtype(inp.dtype) != np.float32:
+            got = "no element type" if inp.dtype is None else f"element type {np.dtype(inp.dtype)}"
+            diags.append(_diag("SNN-E111", f"graph input '{inp.name}' has {got}; snncc compiles "
+                               "float32 models", hint="export the model with a float32 input "
+                               "(cast integer or half-precision inputs in the model's caller)"))
+    known = {t.name for t in graph.inputs}
+    missing: dict[str, str] = {}
+    for node in graph.nodes:
+        for t in node.inputs:
+            if (t.name and not isinstance(t, gs.Constant) and not t.inputs
+                    and t.name not in known):
+                missing.setdefault(t.name, ir.node_label(node))
+    diags += [_diag("SNN-E112", f"input '{name}' is produced by no node, initializer or graph "
+                    "input", node=label, hint="the export dropped a weight or the file is "
+                    "incomplete; re-export with the weights included")
+              for name, label in missing.items()]
+    index = {id(n): i for i, n in enumerate(graph.nodes)}
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(len(graph.nodes)))
+    for i, node in enumerate(graph.nodes):
+        for out in node.outputs:
+            dag.add_edges_from((i, index[id(c)]) for c in out.outputs if id(c) in index)
+    try:
+        cycle = nx.find_cycle(dag)
+    except nx.NetworkXNoCycle:
+        cycle = []
+    if cycle:
+        names = " -> ".join(ir.node_label(graph.nodes[a]) for a, _ in cycle)
+        diags.append(_diag("SNN-E113", f"the graph has a cycle: {names}",
+                           hint="ONNX graphs must be acyclic; re-export the model"))
+    return diags
+
+
+def _is_static(d) -> bool:
+    return isinstance(d, (int, np.integer)) and d > 0
+
+
+def _check_inputs(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]) -> list[Diagnostic]:
+    diags = []
+    names = [t.name for t in graph.inputs]
+    for name in input_shapes:
+        if name not in names:
+            diags.append(_diag("SNN-E115", f"--input-shape names '{name}', which is not a graph "
+                               "input", hint="graph inputs are: " + ", ".join(names)))
+    for inp in graph.inputs:
+        given = input_shapes.get(inp.name)
+        shape = inp.shape
+        if given is not None:
+            if shape is not None and len(shape) != len(given):
+                diags.append(_diag("SNN-E116", f"--input-shape gives {len(given)} dims for "
+                                   f"'{inp.name}', the model has {len(shape)} ({_fmt(shape)})",
+                                   hint=f"use --input-shape {inp.name}={_fmt(shape)}"))
+                continue
+            clash = [i for i, (d, g) in enumerate(zip(shape or [], given))
+                     if i > 0 and _is_static(d) and d != g]
+            if clash or any(not _is_static(g) for g in given):
+                diags.append(_diag("SNN-E116", f"--input-shape {_fmt(given)} for '{inp.name}' "
+                                   f"does not fit the model's {_fmt(shape)}",
+                                   hint="give positive sizes that agree with the model's fixed "
+                                   "dims"))
+            continue
+        if shape is None or any(not _is_static(d) for d in shape[1:]):
+            diags.append(_diag("SNN-E114", f"graph input '{inp.name}' has dynamic dims "
+                               f"({_fmt(shape)}) besides the batch",
+                               hint=f"fix them with --input-shape {inp.name}=" + _fmt(
+                                   [1, *(d if _is_static(d) else "<size>"
+                                         for d in (shape or ["", "<dims>"])[1:])])))
+    return diags
+
+
+def _fmt(shape) -> str:
+    return "unknown rank" if shape is None else "x".join(str(d) for d in shape)
+
+
+# ----------------------------------------------------------------------------- unsupported ops
+
+def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnostic]:
+    """Every node whose activation has no spiking equivalent, one diagnostic each.
+
+    Composite forms are reported once, as the activation they spell (SNN-E202); a Softmax or
+    LogSoftmax is fine when only reshapes follow it to a graph output (else SNN-E203). The
+    severity is ``warning`` when ``options.allow_analog`` keeps such nodes as analog islands.
+    """
+    severity = "warning" if options.allow_analog else "error"
+    outputs = {id(t) for t in graph.outputs}
+    diags = []
+    for node in graph.nodes:
+        info = op_info(node.op, node.domain or "")
+        if info.spiking or _inside_pattern(node):
+            continue
+        label = ir.node_label(node)
+        pattern = _pattern(node)
+        if pattern:
+            diags.append(_diag("SNN-E202", f"{pattern} has no spiking equivalent", label,
+                               PATTERN_HINTS[pattern], severity))
+        elif node.op in OUTPUT_ONLY:
+            if not _is_final(node.outputs[0], outputs):
+                diags.append(_diag("SNN-E203", f"{node.op} is not the last op of the model",
+                                   label, info.hint, severity))
+        else:
+            diags.append(_diag("SNN-E201", f"{node.op} has no spiking equivalent", label,
+                               info.hint, severity))
+    return diags
+
+
+def _times_own_input(node: gs.Node) -> bool:
+    """The node's output multiplies its own input: x * f(x)."""
+    x = node.inputs[0]
+    return any(c.op == "Mul" and x in c.inputs for c in node.outputs[0].outputs)
+
+
+def _pattern(node: gs.Node) -> str | None:
+    if node.op == "Sigmoid" and _times_own_input(node):
+        return "SiLU"
+    if node.op == "HardSigmoid" and _times_own_input(node):
+        return "HardSwish"
+    if node.op == "Erf":
+        return "GELU"
+    if node.op == "Softplus" and any(c.op == "Tanh" for c in node.outputs[0].outputs):
+        return "Mish"
+    return None
+
+
+def _inside_pattern(node: gs.Node) -> bool:
+    """The Tanh of x*tanh(softplus(x)): already reported with its Softplus."""
+    prod = ir.producer(node.inputs[0]) if node.inputs else None
+    return node.op == "Tanh" and prod is not None and prod.op == "Softplus"
+
+
+def _is_final(tensor: gs.Tensor, outputs: set[int]) -> bool:
+    if id(tensor) in outputs:
+        return True
+    return bool(tensor.outputs) and all(
+        c.op in _PASS_THROUGH and _is_final(c.outputs[0], outputs) for c in tensor.outputs)
+
+
+# ----------------------------------------------------------------------------- rebuild helper
+
+def _rebuild(model: ir.Model, opset: int) -> None:
+    """Convert to ``opset`` if needed and infer every shape, rebuilding ``model.graph`` in place.
+
+    Large float constants are swapped for same-named graph inputs before export and put back
+    after import, so neither the converter nor shape inference sees (or copies) the weights.
+    Shapes of intermediate tensors are dropped first so stale ones cannot override inference.
+    """
+    graph = model.graph
+    lifted: dict[str, gs.Constant] = {}
+    placeholders: dict[str, gs.Variable] = {}
+    graph_outputs = {id(t) for t in graph.outputs}
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant):
+                if (id(t) not in graph_outputs and np.dtype(t.dtype).kind == "f"
+                        and math.prod(t.shape) >= LIFT_MIN_ELEMENTS):
+                    if t.name not in placeholders:
+                        lifted[t.name] = t
+                        placeholders[t.name] = gs.Variable(t.name, dtype=t.dtype,
+                                                           shape=list(t.shape))
+                    node.inputs[i] = placeholders[t.name]
+        for out in node.outputs:
+            if isinstance(out, gs.Variable):
+                out.shape = None
+    graph.inputs.extend(placeholders.values())
+    proto = ir.to_proto(model)
+    if model.opset != opset:
+        try:
+            proto = version_converter.convert_version(proto, opset)
+        except Exception as exc:  # the converter raises RuntimeError / ValueError
+            raise ModelInputError(f"{NAME}: converting opset {model.opset} to {opset} failed: "
+                                  f"{exc}", code="SNN-E118",
+                                  hint=f"re-export the model with opset {opset}") from exc
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except Exception as exc:  # InferenceError, or RuntimeError from the C++ side
+        raise ModelInputError(f"{NAME}: shape inference failed: {exc}", code="SNN-E119",
+                              hint="check --input-shape and run onnx.checker on the model"
+                              ) from exc
+    new = gs.import_onnx(proto)
+    for node in new.nodes:
+        for i, t in enumerate(node.inputs):
+            const = lifted.get(t.name)
+            if const is not None:
+                node.inputs[i] = const
+    new.inputs = [t for t in new.inputs if t.name not in lifted]
+    model.graph = new
+    model.opset = opset
+
+
+# ----------------------------------------------------------------------------- rewrites
+
+def _fold_constants(graph: gs.Graph, *, fold_shapes: bool) -> int:
+    """gs constant folding (evaluated with ORT); drops the nodes it made dead, returns how many.
+
+    Folding turns the folded outputs into constants (and may detach them from their producer);
+    the producers must go before the next export or their outputs would also be initializers.
+    """
+    graph.fold_constants(fold_shapes=fold_shapes, recurse_subgraphs=False)
+    keep, dead = [], 0
+    for node in graph.nodes:
+        if all(isinstance(t, gs.Constant) for t in node.outputs):  # gs may also clear them
+            node.inputs.clear()
+            node.outputs.clear()
+            dead += 1
+        else:
+            keep.append(node)
+    graph.nodes = keep
+    return dead
+
+
+def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Decline]) -> None:
+    """Remove Dropout/Identity, expand Sum, make Reshape/Flatten batch-agnostic; keeps order."""
+    nodes: list[gs.Node] = []
+    for node in graph.nodes:
+        if node.op == "Identity":
+            ir.bypass_node(graph, node)
+            counts["identity_removed"] += not node.outputs
+        elif node.op == "Dropout":
+            reason = _dropout_blocker(graph, node)
+            if reason:
+                declines.append(Decline(ir.node_label(node), *reason))
+            else:
+                ir.bypass_node(graph, node)
+                counts["dropout_removed"] += not node.outputs
+        elif node.op == "Sum":
+            nodes.extend(_sum_to_adds(graph, node))
+            counts["sum_rewritten"] += 1
+        elif node.op == "Reshape":
+            _fix_reshape(graph, node, batch, counts, declines)
+        elif node.op == "Flatten":
+            _fix_flatten(node, batch, counts, declines)
+        if node.outputs:
+            nodes.append(node)
+    graph.nodes = nodes
+
+
+def _dropout_blocker(graph: gs.Graph, node: gs.Node) -> tuple[str, str] | None:
+    if len(node.outputs) > 1 and (node.outputs[1].outputs or node.outputs[1] in graph.outputs):
+        return "DROPOUT_MASK_USED", "the dropout mask is consumed"
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        mode = ir.const_value(node.inputs[2])
+        if mode is None or bool(mode):
+            return "DROPOUT_TRAINING_MODE", "training_mode is true or not a constant"
+    return None
+
+
+def _sum_to_adds(graph: gs.Graph, node: gs.Node) -> list[gs.Node]:
+    """Sum(a, b, c, ...) -> Add(Add(a, b), c) ...; a one-input Sum is bypassed."""
+    if len(node.inputs) == 1:
+        ir.bypass_node(graph, node)
+        return []
+    terms, out = list(node.inputs), node.outputs[0]
+    node.inputs.clear()
+    node.outputs.clear()
+    adds: list[gs.Node] = []
+    acc = terms[0]
+    for k, term in enumerate(terms[1:], start=1):
+        res = out if k == len(terms) - 1 else gs.Variable(
+            ir.unique_name(graph, f"{NAME}/sum_partial"), dtype=out.dtype)
+        adds.append(gs.Node("Add", ir.unique_name(graph, f"{NAME}/sum_add"),
+                            inputs=[acc, term], outputs=[res]))
+        acc = res
+    return adds
+
+
+def _per_sample(shape) -> int | None:
+    if shape is None or not all(_is_static(d) for d in shape[1:]):
+        return None
+    return math.prod(int(d) for d in shape[1:])
+
+
+def _is_batch_dim(d, batch: int) -> bool:
+    return isinstance(d, str) or d is None or d == batch
+
+
+def _fix_reshape(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter,
+                 declines: list[Decline]) -> None:
+    """Constant target on batch-major data: dim 0 = export batch -> -1 (0 beside a -1).
+
+    A target that does not keep every sample apart (e.g. [4, 64] or [-1, 128] on [N, 256]) is
+    declined: no rewrite makes it batch-agnostic.
+    """
+    target = ir.const_value(node.inputs[1])
+    data = node.inputs[0].shape
+    if (target is None or target.ndim != 1 or target.size == 0 or not data
+            or not _is_batch_dim(data[0], batch) or node.attrs.get("allowzero", 0)):
+        return
+    per_sample = _per_sample(data)
+    rest = target[1:]
+    if per_sample is None and -1 not in rest:
+        return  # dynamic dims: cannot judge
+    keeps_samples = -1 in rest or math.prod(int(d) for d in rest) == per_sample
+    if keeps_samples and target[0] in (-1, 0):
+        return
+    if keeps_samples and target[0] == batch:
+        fixed = np.concatenate([[0 if -1 in rest else -1], rest])
+        node.inputs[1] = ir.new_const(graph, f"{NAME}/reshape_shape", fixed, dtype=np.int64)
+        counts["reshape_batch_fixed"] += 1
+        return
+    declines.append(Decline(ir.node_label(node), "RESHAPE_MIXES_BATCH",
+                            f"target {target.tolist()} moves data between the samples of the "
+                            f"batch (input {_fmt(data)})"))
+
+
+def _fix_flatten(node: gs.Node, batch: int, counts: Counter, declines: list[Decline]) -> None:
+    shape = node.inputs[0].shape
+    axis = node.attrs.get("axis", 1)
+    if shape is None:
+        return
+    axis = axis + len(shape) if axis < 0 else axis
+    if axis == 1:
+        return
+    if axis == 0 and batch == 1:
+        node.attrs["axis"] = 1
+        counts["flatten_batch_fixed"] += 1
+    else:
+        declines.append(Decline(ir.node_label(node), "FLATTEN_MIXES_BATCH",
+                                f"Flatten(axis={axis}) merges the batch with other dims"))
+
+
+# ----------------------------------------------------------------------------- newer activations
+
+def _emit(graph: gs.Graph, nodes: list[gs.Node], op: str, inputs: list) -> gs.Variable:
+    out = gs.Variable(ir.unique_name(graph, f"{NAME}/{op.lower()}"), dtype=np.float32)
+    nodes.append(gs.Node(op, ir.unique_name(graph, f"{NAME}/{op}"), inputs=inputs, outputs=[out]))
+    return out
+
+
+def _gelu(graph: gs.Graph, nodes: list, x: gs.Tensor, attrs: dict) -> gs.Tensor:
+    def op(name, *inputs):
+        return _emit(graph, nodes, name, list(inputs))
+
+    def c(value):
+        return ir.new_const(graph, f"{NAME}/gelu_const", value)
+
+    if attrs.get("approximate", "none") == "tanh":
+        cube = op("Mul", op("Mul", x, x), x)
+        inner = op("Mul", op("Add", x, op("Mul", cube, c(0.044715))), c(math.sqrt(2 / math.pi)))
+        core = op("Tanh", inner)
+    else:
+        core = op("Erf", op("Div", x, c(math.sqrt(2.0))))
+    return op("Mul", op("Mul", x, c(0.5)), op("Add", core, c(1.0)))
+
+
+def _mish(graph: gs.Graph, nodes: list, x: gs.Tensor, attrs: dict) -> gs.Tensor:
+    soft = _emit(graph, nodes, "Softplus", [x])
+    return _emit(graph, nodes, "Mul", [x, _emit(graph, nodes, "Tanh", [soft])])
+
+
+def _swish(graph: gs.Graph, nodes: list, x: gs.Tensor, attrs: dict) -> gs.Tensor:
+    alpha = attrs.get("alpha", 1.0)
+    scaled = x if alpha == 1.0 else _emit(
+        graph, nodes, "Mul", [x, ir.new_const(graph, f"{NAME}/swish_alpha", alpha)])
+    return _emit(graph, nodes, "Mul", [x, _emit(graph, nodes, "Sigmoid", [scaled])])
+
+
+_DECOMPOSE: dict[str, Callable[[gs.Graph, list, gs.Tensor, dict], gs.Tensor]] = {
+    "Gelu": _gelu, "Mish": _mish, "Swish": _swish}
+
+
+def _decompose_new_ops(graph: gs.Graph) -> int:
+    """Spell activations the version converter cannot take below their opset in older ops."""
+    nodes: list[gs.Node] = []
+    done = 0
+    for node in graph.nodes:
+        build = _DECOMPOSE.get(node.op) if node.domain in (None, "", "ai.onnx") else None
+        if build is None:
+            nodes.append(node)
+            continue
+        x, out = node.inputs[0], node.outputs[0]
+        node.inputs.clear()
+        node.outputs.clear()
+        result = build(graph, nodes, x, node.attrs)
+        ir.producer(result).outputs[0] = out
+        done += 1
+    graph.nodes = nodes
+    return done

@@ -1,0 +1,98 @@
+"""The single table that classifies ONNX ops for snncc.
+
+Every op belongs to one group: ``linear`` (weighted layers, the ones that count MACs),
+``activation``, ``pooling`` or ``other`` (everything else: BatchNorm, Add, Concat, Reshape...).
+Activations with no spiking equivalent are marked ``spiking=False`` and carry a hint; canonicalize
+rejects them unless ``--allow-analog`` is given, and ``snncc inspect`` lists them.
+Composite activations that exporters spell out as several ops (x*Sigmoid(x) for SiLU, the erf
+form of GELU, x*HardSigmoid(x), x*tanh(softplus(x))) have their own hints in
+:data:`PATTERN_HINTS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["LINEAR", "ACTIVATION", "POOLING", "OTHER", "GROUPS", "OpInfo", "OPS", "op_info",
+           "OUTPUT_ONLY", "PATTERN_HINTS"]
+
+LINEAR, ACTIVATION, POOLING, OTHER = "linear", "activation", "pooling", "other"
+GROUPS = (LINEAR, ACTIVATION, POOLING, OTHER)
+
+_ANALOG = "or compile with --allow-analog to keep it as a non-spiking layer"
+_RETRAIN = ("retrain the model with nn.ReLU (or a clipped ReLU such as ReLU6) in its place, "
+            + _ANALOG)
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """How snncc sees one ONNX op: its group, whether spikes can express it, and a hint if not."""
+
+    group: str
+    spiking: bool = True
+    hint: str = ""
+
+
+def _unsupported(hint: str = _RETRAIN) -> OpInfo:
+    return OpInfo(ACTIVATION, spiking=False, hint=hint)
+
+
+OPS: dict[str, OpInfo] = {
+    # weighted layers
+    "Conv": OpInfo(LINEAR),
+    "ConvTranspose": OpInfo(LINEAR),
+    "Gemm": OpInfo(LINEAR),
+    "MatMul": OpInfo(LINEAR),
+    # activations a spiking neuron reproduces (ReLU and clipped ReLU)
+    "Relu": OpInfo(ACTIVATION),
+    "Clip": OpInfo(ACTIVATION),
+    # pooling
+    "AveragePool": OpInfo(POOLING),
+    "MaxPool": OpInfo(POOLING),
+    "GlobalAveragePool": OpInfo(POOLING),
+    "GlobalMaxPool": OpInfo(POOLING),
+    # activations with no spiking equivalent
+    "Sigmoid": _unsupported(),
+    "HardSigmoid": _unsupported(),
+    "HardSwish": _unsupported(),
+    "Swish": _unsupported("SiLU/Swish has no spiking equivalent: " + _RETRAIN),
+    "Gelu": _unsupported(),
+    "Erf": _unsupported("Erf is the core of an exported GELU: " + _RETRAIN),
+    "Tanh": _unsupported(),
+    "Softplus": _unsupported(),
+    "Softsign": _unsupported(),
+    "Mish": _unsupported(),
+    "Elu": _unsupported(),
+    "Celu": _unsupported(),
+    "Selu": _unsupported(),
+    "LeakyRelu": _unsupported("spikes cannot carry the negative slope: " + _RETRAIN),
+    "PRelu": _unsupported("spikes cannot carry the negative slope: " + _RETRAIN),
+    "ThresholdedRelu": _unsupported(),
+    "Shrink": _unsupported(),
+    "LRN": _unsupported("remove local response normalisation (BatchNorm is supported) and "
+                        "retrain, " + _ANALOG),
+    "Softmax": _unsupported("Softmax/LogSoftmax is only supported as the last op of the model; "
+                            + _ANALOG),
+    "LogSoftmax": _unsupported("Softmax/LogSoftmax is only supported as the last op of the "
+                               "model; " + _ANALOG),
+    "Hardmax": _unsupported("Hardmax is not supported; " + _ANALOG),
+}
+
+#: Ops that are fine when nothing but reshapes follow them up to a graph output.
+OUTPUT_ONLY = frozenset({"Softmax", "LogSoftmax"})
+
+#: Hints for activations exported as several ops, keyed by the activation's usual name.
+PATTERN_HINTS = {
+    "SiLU": "SiLU (x*Sigmoid(x)) has no spiking equivalent: " + _RETRAIN,
+    "HardSwish": "HardSwish (x*HardSigmoid(x)) has no spiking equivalent: " + _RETRAIN,
+    "GELU": "GELU has no spiking equivalent: " + _RETRAIN,
+    "Mish": "Mish (x*tanh(softplus(x))) has no spiking equivalent: " + _RETRAIN,
+}
+
+_DEFAULT = OpInfo(OTHER)
+
+
+def op_info(op_type: str, domain: str = "") -> OpInfo:
+    """The table entry for an op; ops of other domains and unlisted ops are ``other``."""
+    if domain not in ("", "ai.onnx"):
+        return _DEFAULT
+    return OPS.get(op_type, _DEFAULT)

@@ -1,0 +1,180 @@
+"""canonicalize over the zoo: outputs preserved, canonical invariants, batch-agnostic reshapes."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import zoo
+from helpers import assert_pass_equivalent, op_types, run_ort, run_passes, tiny_model
+
+from snncc import ir
+from snncc.context import CompileOptions
+from snncc.errors import UnsupportedNodeError
+from snncc.passes.canonicalize import CanonicalizePass, unsupported_nodes
+
+
+def _options(name: str, **kw) -> CompileOptions:
+    kw.setdefault("allow_analog", True)
+    return CompileOptions(target="qann", input_shapes=zoo.INPUT_SHAPES.get(name, {}), **kw)
+
+
+def _feeds(name: str, model: onnx.ModelProto, batch: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """Random inputs of the given batch; other dims from the model or its --input-shape."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = zoo.INPUT_SHAPES.get(name, {}).get(inp.name) or [
+            d.dim_value for d in inp.type.tensor_type.shape.dim]
+        feeds[inp.name] = rng.normal(0, 1, size=(batch, *dims[1:])).astype(np.float32)
+    return feeds
+
+
+def _canonical(name: str) -> onnx.ModelProto:
+    out, _, _ = run_passes(zoo.ZOO[name](), [CanonicalizePass()], options=_options(name))
+    return out
+
+
+def assert_canonical(model: onnx.ModelProto) -> None:
+    """The invariants every canonical graph satisfies."""
+    assert not {"Dropout", "Identity", "Sum", "Constant"} & set(op_types(model))
+    assert {(i.domain, i.version) for i in model.opset_import} >= {("", 17)}
+    inits = {i.name: i for i in model.graph.initializer}
+    assert not inits.keys() & {i.name for i in model.graph.input}
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        assert dims[0].dim_param and all(d.dim_value > 0 for d in dims[1:]), inp
+    typed = {v.name: v for v in (*model.graph.value_info, *model.graph.output)}
+    for node in model.graph.node:
+        for out in node.output:
+            assert typed[out].type.tensor_type.HasField("shape"), out
+        if node.op_type == "Reshape" and node.input[1] in inits:
+            assert onnx.numpy_helper.to_array(inits[node.input[1]])[0] in (-1, 0), node.name
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_preserves_outputs_and_is_canonical(name):
+    model = zoo.ZOO[name]()
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], options=_options(name),
+                                            feeds=_feeds(name, model, batch=1), rtol=1e-5)
+    assert report.rows[0].modified
+    assert_canonical(out)
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_batch_agnostic(name):
+    """Batch 3 through the canonical model equals three batch-1 runs of the original."""
+    model = zoo.ZOO[name]()
+    feeds = _feeds(name, model, batch=3)
+    got = run_ort(_canonical(name), feeds)
+    for i in range(3):
+        want = run_ort(model, {k: v[i:i + 1] for k, v in feeds.items()})
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g[i:i + 1], w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, counts, ops", [
+    ("ir3_opset7_inits_as_inputs", {"opset_converted_from": 7, "dropout_removed": 1},
+     ["Conv", "BatchNormalization", "Relu", "MaxPool", "Flatten", "Gemm"]),
+    ("opset21", {"opset_converted_from": 21}, None),
+    ("dropout_identity", {"dropout_removed": 1, "identity_removed": 2, "constants_folded": 1},
+     ["Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm"]),
+    ("sum3", {"sum_rewritten": 1},
+     ["Conv", "Conv", "Conv", "Add", "Add", "Relu", "GlobalAveragePool", "Flatten", "Gemm"]),
+    ("bn_node", {}, ["Conv", "BatchNormalization", "Relu", "GlobalAveragePool", "Flatten",
+                     "Gemm"]),
+    ("bn_mul_add", {}, ["Conv", "Mul", "Add", "Relu", "GlobalAveragePool", "Flatten", "Gemm"]),
+    ("constant_weights", {}, ["Conv", "Relu", "Reshape", "Gemm"]),
+    ("reshape_batch1", {"reshape_batch_fixed": 1}, None),
+    ("reshape_batch1_minus1", {"reshape_batch_fixed": 1}, None),
+    ("channel_shuffle", {"reshape_batch_fixed": 2}, None),
+    ("flatten_axis0", {"flatten_batch_fixed": 1}, None),
+    ("act_gelu_op", {"ops_decomposed": 1, "opset_converted_from": 20}, None),
+    ("act_mish_op", {"ops_decomposed": 1, "opset_converted_from": 18}, None),
+])
+def test_counts_and_ops(name, counts, ops):
+    out, report, _ = run_passes(zoo.ZOO[name](), [CanonicalizePass()], options=_options(name))
+    row = report.rows[0]
+    assert {k: row.counts.get(k) for k in counts} == counts
+    if ops is not None:
+        assert op_types(out) == ops
+    if name == "constant_weights":
+        assert row.counts["constants_folded"] > 0
+
+
+def test_initializers_listed_as_inputs_are_dropped():
+    model = zoo.ir3_opset7_inits_as_inputs()
+    assert len(model.graph.input) > 1
+    out = _canonical("ir3_opset7_inits_as_inputs")
+    assert [i.name for i in out.graph.input] == ["x"]
+
+
+def test_input_shape_fixes_dynamic_dims():
+    out = _canonical("dynamic_hw")
+    dims = out.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, 8, 8]
+
+
+def test_batch_taken_from_shape_stays_dynamic():
+    """x.view(x.size(0), -1): folding must not bake the batch into a constant."""
+    assert "Shape" in op_types(_canonical("view_batch_from_shape"))
+
+
+@pytest.mark.parametrize("name", sorted(zoo.UNSUPPORTED))
+def test_unsupported_activation_rejected(name):
+    with pytest.raises(UnsupportedNodeError) as info:
+        run_passes(zoo.ZOO[name](), [CanonicalizePass()], options=_options(name,
+                                                                           allow_analog=False))
+    (diag,) = info.value.diagnostics
+    assert info.value.code == "SNN-E201"
+    assert diag.code in {"SNN-E201", "SNN-E202", "SNN-E203"}
+    assert zoo.UNSUPPORTED[name] in diag.message and diag.hint
+
+
+def test_all_unsupported_reported_at_once():
+    with pytest.raises(UnsupportedNodeError) as info:
+        run_passes(zoo.act_many(), [CanonicalizePass()], options=_options("act_many",
+                                                                          allow_analog=False))
+    ops = sorted(d.node.split("::")[1].rstrip(")") for d in info.value.diagnostics)
+    assert ops == ["LeakyRelu", "Sigmoid", "Tanh"]
+
+
+@pytest.mark.parametrize("name, code", [("act_silu_pattern", "SNN-E202"),
+                                        ("act_gelu_erf", "SNN-E202"),
+                                        ("act_mish_pattern", "SNN-E202"),
+                                        ("act_softmax_inside", "SNN-E203")])
+def test_pattern_codes(name, code):
+    diags = unsupported_nodes(ir.load(zoo.ZOO[name]()).graph, CompileOptions())
+    assert [d.code for d in diags] == [code]
+    assert diags[0].severity == "error"
+
+
+def test_analog_allowed_turns_findings_into_warnings():
+    diags = unsupported_nodes(ir.load(zoo.act_many()).graph, CompileOptions(allow_analog=True))
+    assert {d.severity for d in diags} == {"warning"}
+
+
+@pytest.mark.parametrize("name", ["softmax_output", "logsoftmax_output", "opset13"])
+def test_final_softmax_is_fine(name):
+    run_passes(zoo.ZOO[name](), [CanonicalizePass()], options=_options(name, allow_analog=False))
+
+
+RESHAPE_MIXING_BATCH = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,4,8,8] x) => (float[4,64] y) <int64[2] s = {4, 64}> { y = Reshape(x, s) }
+"""
+
+DROPOUT_TRAINING = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,4] x) => (float[1,4] y) <float r = {0.5}, bool t = {1}> { y = Dropout(x, r, t) }
+"""
+
+
+@pytest.mark.parametrize("text, code", [(RESHAPE_MIXING_BATCH, "RESHAPE_MIXES_BATCH"),
+                                        (DROPOUT_TRAINING, "DROPOUT_TRAINING_MODE")])
+def test_declines(text, code):
+    out, report, _ = run_passes(tiny_model(text), [CanonicalizePass()])
+    assert code in {d["code"] for d in report.rows[0].declines}
+    assert op_types(out) == op_types(tiny_model(text))

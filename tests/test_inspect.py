@@ -1,0 +1,62 @@
+"""snncc inspect: groups, unsupported ops, hand-computed MACs."""
+from __future__ import annotations
+
+import onnx
+import pytest
+import zoo
+
+from snncc.inspect import format_inspect, inspect_model
+
+CONV_3_4_K3_8x8 = 4 * 8 * 8 * 3 * 3 * 3  # Cout*Hout*Wout * Cin*kH*kW
+
+
+@pytest.mark.parametrize("name, macs", [
+    ("act_many", [CONV_3_4_K3_8x8, 4 * 64 * 4 * 9, 4 * 64 * 4 * 9, 4 * 5]),
+    ("pools", [CONV_3_4_K3_8x8, 4 * 4 * 4 * 4 * 9, 4 * 5]),        # second conv after 2x2 pool
+    ("channel_shuffle", [8 * 64 * 27, 4 * 64 * (8 // 2) * 9, 4 * 5]),  # groups=2
+    ("matmul_add_head", [CONV_3_4_K3_8x8, 4 * 5]),
+    ("reshape_batch1", [CONV_3_4_K3_8x8, 256 * 5]),
+])
+def test_macs_per_layer_and_total(name, macs):
+    report = inspect_model(zoo.ZOO[name]())
+    assert [layer["macs"] for layer in report["macs"]["layers"]] == macs
+    assert report["macs"]["total"] == sum(macs) and report["macs"]["complete"]
+
+
+def test_groups_and_versions():
+    report = inspect_model(zoo.ir3_opset7_inits_as_inputs())
+    assert (report["ir_version"], report["opset"]) == (3, 7)
+    ops = {group: [n["op"] for n in nodes] for group, nodes in report["nodes"].items()}
+    assert ops == {"linear": ["Conv", "Gemm"], "activation": ["Relu"], "pooling": ["MaxPool"],
+                   "other": ["BatchNormalization", "Flatten"]}
+    assert report["inputs"][0] == {"name": "x", "dtype": "float32", "shape": [1, 3, 8, 8]}
+    assert report["unsupported"] == [] and report["problems"] == []
+
+
+def test_unsupported_listed_with_hints():
+    report = inspect_model(zoo.act_many())
+    assert len(report["unsupported"]) == 3
+    assert all(u["code"] == "SNN-E201" and u["hint"] for u in report["unsupported"])
+
+
+def test_dynamic_model_reports_problem_then_uses_input_shape():
+    report = inspect_model(zoo.dynamic_hw())
+    assert [p["code"] for p in report["problems"]] == ["SNN-E114"]
+    assert not report["macs"]["complete"]
+    report = inspect_model(zoo.dynamic_hw(), {"x": [1, 3, 8, 8]})
+    assert report["problems"] == [] and report["macs"]["complete"]
+    assert report["canonical_inputs"][0]["shape"] == ["batch", 3, 8, 8]
+
+
+def test_from_path_and_text(tmp_path):
+    model = zoo.sum3()
+    path = tmp_path / "sum3.onnx"
+    onnx.save(model, path)
+    before = model.SerializeToString()
+    report = inspect_model(path)
+    assert model.SerializeToString() == before
+    text = format_inspect(report)
+    assert f"total MACs per sample: {report['macs']['total']:,}" in text
+    for nodes in report["nodes"].values():
+        for node in nodes:
+            assert node["node"] in text
