@@ -55,11 +55,10 @@ def prepare(tmp: Path) -> tuple[Path, Path, Path]:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from examples.export_models import export
-    from examples.models import build
+    from examples.export_models import export, random_model
 
     plain = tmp / "resnet34.onnx"
-    export(build("resnet34"), plain, (1, 3, 32, 32), dynamic_batch=True)
+    export(random_model("resnet34", (1, 3, 32, 32)), plain, (1, 3, 32, 32), dynamic_batch=True)
     calib = tmp / "calib.npy"
     np.save(calib, np.random.default_rng(0).random((256, 3, 32, 32), dtype=np.float32))
     qcfs = tmp / "resnet34_qcfs.onnx"

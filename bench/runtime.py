@@ -1,0 +1,117 @@
+"""Time per image of compiled SNNs in ONNX Runtime, as ratios within one run (issue 3 benchmark).
+
+For each model (the bundled MNIST CNN and the exported ResNet-18/34):
+  * ANN in ORT (the source model), SNN at T with our C++ kernels -> ratio SNN / (T x ANN)
+    (target <= 1.15);
+  * the portable function-body fallback (no library) against our kernels;
+  * the streaming one-step model, per step, against the folded model's time / T.
+All sessions use the same ORT settings (default graph optimisations, intra-op threads = cores).
+
+    python bench/runtime.py [--models mnist,resnet18] [-T 4] [--neuron if] [--batch 16]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def session(path: Path, library: bool) -> ort.InferenceSession:
+    if library:
+        from snncc.runtime import session_options
+        so = session_options()
+    else:
+        so = ort.SessionOptions()
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def best_time(fn, repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def prepare(name: str, tmp: Path) -> tuple[Path, tuple[int, ...]]:
+    if name == "mnist":
+        return ROOT / "examples" / "mnist_cnn.onnx", (1, 28, 28)
+    from examples.export_models import export, random_model
+
+    path = tmp / f"{name}.onnx"
+    export(random_model(name, (1, 3, 32, 32)), path, (1, 3, 32, 32), dynamic_batch=True)
+    return path, (3, 32, 32)
+
+
+def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Path) -> dict:
+    from snncc.driver import compile_model, make_options
+
+    src, shape = prepare(name, tmp)
+    rng = np.random.default_rng(0)
+    calib = tmp / f"{name}_calib.npy"
+    np.save(calib, rng.random((64, *shape), dtype=np.float32))
+    x = rng.random((batch, *shape), dtype=np.float32)
+    out = {}
+    for schedule in ("folded", "streaming"):
+        path = tmp / f"{name}_{schedule}.onnx"
+        compile_model(src, path, make_options(target="ort", timesteps=T, neuron=neuron,
+                                              calib_path=str(calib), schedule=schedule))
+        out[schedule] = path
+    ann = session(src, False)
+    in_name = ann.get_inputs()[0].name
+    t_ann = best_time(lambda: ann.run(None, {in_name: x}), repeat)
+    snn = session(out["folded"], True)
+    t_snn = best_time(lambda: snn.run(None, {in_name: x}), repeat)
+    fallback = session(out["folded"], False)
+    t_fb = best_time(lambda: fallback.run(None, {in_name: x}), max(1, repeat // 2))
+    stream = session(out["streaming"], True)
+    feeds = {}
+    for i in stream.get_inputs():
+        if i.name == in_name:
+            feeds[i.name] = x
+        elif i.name == "step":
+            feeds[i.name] = np.array(1, dtype=np.int64)
+        else:
+            dims = [batch if not isinstance(d, int) else d for d in i.shape]
+            feeds[i.name] = np.zeros(dims, dtype=np.float32)
+    t_step = best_time(lambda: stream.run(None, feeds), repeat)
+    return {"model": name, "T": T, "neuron": neuron, "batch": batch,
+            "ann_ms_per_img": 1e3 * t_ann / batch, "snn_ms_per_img": 1e3 * t_snn / batch,
+            "snn_over_T_ann": t_snn / (T * t_ann), "fallback_over_kernels": t_fb / t_snn,
+            "stream_step_over_folded_per_step": t_step / (t_snn / T)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mnist,resnet18,resnet34")
+    ap.add_argument("-T", type=int, default=4)
+    ap.add_argument("--neuron", default="if")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args()
+    print(f"T={args.T} neuron={args.neuron} batch={args.batch} cores={len(os.sched_getaffinity(0))}"
+          f" onnxruntime={ort.__version__}\n")
+    print("| model | ANN ms/img | SNN ms/img | SNN/(T*ANN) | fallback/kernels | stream step/(folded/T) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as d:
+        for name in args.models.split(","):
+            r = bench_model(name, args.T, args.neuron, args.batch, args.repeat, Path(d))
+            print(f"| {name} | {r['ann_ms_per_img']:.3f} | {r['snn_ms_per_img']:.3f} | "
+                  f"{r['snn_over_T_ann']:.2f} | {r['fallback_over_kernels']:.2f} | "
+                  f"{r['stream_step_over_folded_per_step']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
