@@ -2,7 +2,6 @@
 bundled MNIST artefacts classify at the accuracy recorded in examples/README.md."""
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
