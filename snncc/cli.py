@@ -59,7 +59,7 @@ def _input_shapes(model: str, shapes: Sequence[tuple[str | None, tuple[int, ...]
         inputs = [i.name for i in proto.graph.input if i.name not in inits]
         if len(inputs) != 1 or len(shapes) != 1:
             raise OptionError("--input-shape without a name needs a model with one input",
-                              code="SNN-E312", hint="write --input-shape NAME=1x3x32x32 for "
+                              code="SNN-E358", hint="write --input-shape NAME=1x3x32x32 for "
                               "each of: " + ", ".join(inputs))
         del onnx
         return {inputs[0]: shapes[0][1]}

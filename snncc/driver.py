@@ -40,24 +40,24 @@ def _choice(name: str, value: Any, allowed: Sequence[Any], code: str) -> None:
 def make_options(**kw: Any) -> CompileOptions:
     """Build validated CompileOptions; resolves levels and bias shift from the chosen neuron."""
     opts = CompileOptions(**kw)
-    _choice("target", opts.target, TARGETS, "SNN-E304")
-    _choice("calibration method", opts.calib_method, CALIB_METHODS, "SNN-E305")
-    _choice("max-pool treatment", opts.maxpool, MAXPOOL_MODES, "SNN-E306")
-    _choice("schedule", opts.schedule, SCHEDULES, "SNN-E307")
+    _choice("target", opts.target, TARGETS, "SNN-E350")
+    _choice("calibration method", opts.calib_method, CALIB_METHODS, "SNN-E351")
+    _choice("max-pool treatment", opts.maxpool, MAXPOOL_MODES, "SNN-E352")
+    _choice("schedule", opts.schedule, SCHEDULES, "SNN-E353")
     if not isinstance(opts.timesteps, int) or opts.timesteps < 1:
-        raise OptionError(f"-T must be a positive integer, got {opts.timesteps!r}", code="SNN-E308",
+        raise OptionError(f"-T must be a positive integer, got {opts.timesteps!r}", code="SNN-E354",
                           hint="snncc targets T = 1 to 8 timesteps; try -T 4")
     if opts.timesteps > MAX_TIMESTEPS:
         raise OptionError(f"-T {opts.timesteps} is beyond the supported range 1..{MAX_TIMESTEPS}",
-                          code="SNN-E308", hint="snncc targets T = 1 to 8 timesteps; try -T 4")
+                          code="SNN-E354", hint="snncc targets T = 1 to 8 timesteps; try -T 4")
     if opts.levels is not None and not (1 <= opts.levels <= 65535):
-        raise OptionError(f"--levels must be in 1..65535, got {opts.levels}", code="SNN-E309",
+        raise OptionError(f"--levels must be in 1..65535, got {opts.levels}", code="SNN-E355",
                           hint="QCFS uses L = 4, 8 or 16")
     if not (50.0 < opts.calib_percentile <= 100.0):
         raise OptionError(f"--percentile must be in (50, 100], got {opts.calib_percentile}",
-                          code="SNN-E310", hint="typical values are 99.9 and 99.99")
+                          code="SNN-E356", hint="typical values are 99.9 and 99.99")
     if opts.calib_path is not None and not Path(opts.calib_path).is_file():
-        raise OptionError(f"calibration file '{opts.calib_path}' does not exist", code="SNN-E311",
+        raise OptionError(f"calibration file '{opts.calib_path}' does not exist", code="SNN-E357",
                           hint="pass a .npy or .npz file of input samples")
     if opts.target == "qann":
         levels = opts.levels or 8

@@ -16,5 +16,5 @@ def get_backend(name: str) -> Backend:
     if name == "loihi":
         from snncc.backends.loihi.backend import LoihiBackend
         return LoihiBackend()
-    raise OptionError(f"unknown target {name!r}", code="SNN-E304",
+    raise OptionError(f"unknown target {name!r}", code="SNN-E350",
                       hint="choose one of: qann, " + ", ".join(BACKENDS))

@@ -64,8 +64,9 @@ class NeuronSpec:
     Callables (all pure):
       reference(x, attrs, state=None, step=0) -> (y, state_out)
           NumPy float32 reference of the op, bit-exact with the C++ kernel and function body.
-      function_proto() -> onnx.FunctionProto
-          the model-local ONNX function (domain snncc.ops) used when no kernel is registered.
+      function_proto(opset=17) -> onnx.FunctionProto
+          the model-local ONNX function (domain snncc.ops) used when no kernel is registered;
+          it implements the folded form (x -> y) and must use the model's opset (>= 13).
       from_quant_clip(clip, options) -> dict
           neuron attributes (without T / const_input) for one QCFS clip site.
       levels_for(T, options) -> int | None
@@ -84,7 +85,7 @@ class NeuronSpec:
     attributes: tuple[AttrSpec, ...]
     state_planes: int
     reference: Callable[..., tuple[np.ndarray, np.ndarray]]
-    function_proto: Callable[[], onnx.FunctionProto]
+    function_proto: Callable[..., onnx.FunctionProto]
     from_quant_clip: Callable[[QuantClipParams, CompileOptions], dict[str, Any]]
     events: Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]
     levels_for: Callable[[int, CompileOptions], int | None] = lambda T, o: None

@@ -1,0 +1,168 @@
+"""``BitSerialNeuron`` (key ``bitserial``, seed 000): accumulate T slices, then send the T bits of
+the QCFS level q one per slice (neurons.md §2, docs/neuron-ops.md).
+
+With B = bits or T, L = float32(2^B - 1), unit = θ / L, inv_unit = L / θ, inv_B = 1 / float32(B)::
+
+    folded:    acc = 0 ; for t: acc = acc + x_t ; U = acc * inv_B + v_init * unit
+               (const_input: U = x + v_init * unit)
+               q = clip(floor(U * inv_unit), 0, L) ; y_k = bit_k(q) ? float32(B * 2^k) * unit : 0
+    streaming: slice at global step g, k = g mod B:
+               y = bit_k(q_state) ? float32(B*2^k)*unit : 0 ; acc = acc + x ;
+               if k == B-1: q_state = clip(floor((acc*inv_B + v_init*unit)*inv_unit), 0, L),
+                            acc = 0           (one B-slice epoch of delay per bit-serial layer)
+
+The mean of the B output slices is q*unit, the QCFS(L = 2^T - 1) value. State planes: (acc, q);
+the folded call returns (0, q), the state at the end of an epoch. Conversion: θ = λ, bits = T,
+v_init = φ (0.5 rounds like QCFS; 0 when the bias shift λ/(2L) was folded upstream); L must be
+2^T - 1 (SNN-E308). Events: one per set bit.
+
+MaxPool does not commute with this neuron for T > 1: a slice carries one bit of q, and the
+per-slice max of bits is not the bits of the max (q = 2 and q = 1 give 0b11). So
+``maxpool_exact`` is T == 1, as for the other neurons.
+
+The model-local function implements the folded form only (input x, output y) and takes B = T
+(the ``bits`` attribute is used by the streaming reference / kernel).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from snncc.context import CompileOptions, QuantClipParams
+from snncc.errors import OptionError
+from snncc.neurons import common as c
+from snncc.neurons.registry import AttrSpec, LoihiInfo, NeuronSpec, register_neuron, validate_attrs
+
+MAX_BITS = 16
+
+ATTRIBUTES = (
+    c.THETA,
+    c.v_init_attr(0.5, "the unit theta/L"),
+    AttrSpec("bits", "int", 0, f"bits per value B (0: B = T), at most {MAX_BITS}",
+             c.check_int(0, MAX_BITS)),
+)
+
+
+class _Code:
+    """The float32 constants of one call, derived exactly as the op doc writes them."""
+
+    def __init__(self, a: Mapping[str, Any], theta: np.ndarray, bits: int):
+        self.bits = bits
+        self.levels = c.F32(2 ** bits - 1)
+        self.unit = theta / self.levels
+        self.inv_unit = self.levels / theta
+        self.inv_bits = c.F32(1) / c.F32(bits)
+        self.offset = c.F32(a["v_init"]) * self.unit
+
+    def level(self, mean: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor((mean + self.offset) * self.inv_unit), c.ZERO, self.levels)
+
+    def slice(self, q: np.ndarray, k: int) -> np.ndarray:
+        bit = (q.astype(np.int64) >> k) & 1
+        return c.emit(bit == 1, c.F32(self.bits * 2 ** k) * self.unit)
+
+
+def reference(x: Any, attrs: Mapping[str, Any], state: Any = None, step: int = 0):
+    a = validate_attrs(SPEC, attrs)
+    T = a["T"]
+    xs = c.time_major(x, T, a["const_input"])
+    shape = xs.shape[1:]
+    theta = c.per_channel(a["theta"], xs[0])
+    if state is None:
+        if a["bits"] not in (0, T) or T > MAX_BITS:
+            raise OptionError(f"bitserial: the folded call has T={T} slices but bits="
+                              f"{a['bits']} (at most {MAX_BITS})", code="SNN-E312",
+                              hint="the folded form sends one bit per slice: set bits to 0 or T")
+        c.check_step(step, None)
+        code = _Code(a, theta, T)
+        if a["const_input"]:
+            mean = xs[0]
+        else:
+            acc = np.zeros(shape, dtype=c.F32)
+            for t in range(T):
+                acc = acc + xs[t]
+            mean = acc * code.inv_bits
+        q = code.level(mean)
+        y = np.stack([code.slice(q, k) for k in range(T)])
+        return y.reshape((-1,) + shape[1:]), np.stack([np.zeros(shape, c.F32), q])
+    code = _Code(a, theta, a["bits"] or T)
+    acc, q = c.start_state(state, step, 2, shape,
+                           lambda: [np.zeros(shape, c.F32), np.zeros(shape, c.F32)])
+    ys = np.empty(xs.shape, dtype=c.F32)
+    for t in range(T):
+        k = (int(step) + t) % code.bits
+        ys[t] = code.slice(q, k)
+        acc = acc + xs[t]
+        if k == code.bits - 1:
+            q, acc = code.level(acc * code.inv_bits), np.zeros(shape, c.F32)
+    return ys.reshape((-1,) + shape[1:]), np.stack([acc, q])
+
+
+def _accumulate(b: c.FunctionBuilder, acc: str, x_t: str):
+    return [b.op("Add", acc, x_t)]
+
+
+def function_proto(opset: int = c.FUNCTION_OPSET):
+    b = c.FunctionBuilder()
+    attrs = {a.name: a for a in SPEC.all_attributes}
+    folded = b.folded_input(attrs)
+    theta = b.channel_param(attrs["theta"])
+    zero = b.const(0.0)
+    bits = b.op("Cast", folded.steps, to=c.FLOAT)
+    levels = b.op("Cast", b.op("Sub", b.op("Pow", b.const(2, np.int64), folded.steps),
+                               b.const(1, np.int64)), to=c.FLOAT)
+    unit = b.op("Div", theta, levels)
+    inv_unit = b.op("Div", levels, theta)
+    offset = b.op("Mul", b.attr(attrs["v_init"]), unit)
+    (acc,) = b.scan([(c.expand_plane(b, folded, zero), c.PLANE)], [(folded.x_tm, c.PLANE)],
+                    _accumulate)
+    mean = b.op("Where", b.op("Cast", b.attr(attrs["const_input"]), to=c.BOOL),
+                b.op("Gather", folded.x_tm, b.const(0, np.int64), axis=0),
+                b.op("Mul", acc, b.op("Div", b.const(1.0), bits)))
+    q = b.op("Clip", b.op("Floor", b.op("Mul", b.op("Add", mean, offset), inv_unit)), zero, levels)
+
+    def emit_bit(sb: c.FunctionBuilder, rest: str, weight: str, _k: str):
+        bit = sb.op("Mod", rest, sb.const(2.0), fmod=1)
+        y = sb.op("Where", sb.op("Equal", bit, sb.const(1.0)), sb.op("Mul", weight, unit), zero)
+        return [sb.op("Floor", sb.op("Mul", rest, sb.const(0.5))),
+                sb.op("Mul", weight, sb.const(2.0)), y]
+
+    slots = b.op("Range", zero, bits, b.const(1.0))
+    *_, y_tm = b.scan([(q, c.PLANE), (bits, c.SCALAR)], [(slots, c.SCALAR)], emit_bit,
+                      scan_outputs=[c.PLANE])
+    return b.function(SPEC.op_type, SPEC.all_attributes,
+                      b.op("Reshape", y_tm, folded.out_shape), SPEC.doc, opset)
+
+
+def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str, Any]:
+    T, L = options.timesteps, clip.levels
+    if L != 2 ** T - 1:
+        fits = L >= 1 and not (L & (L + 1))
+        raise OptionError(f"bitserial needs L = 2^T - 1 = {2 ** T - 1} levels at T={T}, the "
+                          f"clip has L={L}", code="SNN-E308",
+                          hint=f"-T {int(math.log2(L + 1))}" if fits else
+                          f"retrain the QCFS model with L = 2^T - 1 (e.g. {2 ** T - 1})")
+    return {"theta": c.float32_list(clip.lam), "v_init": float(clip.phi), "bits": T}
+
+
+SPEC = register_neuron(NeuronSpec(
+    key="bitserial",
+    op_type="BitSerialNeuron",
+    doc="Bit-serial neuron (seed 000): accumulate the slices, quantize once to q in 0..2^B-1, "
+        "send bit k of q in slice k with weight B*2^k*theta/L. The model-local function "
+        "implements the folded form only (input x, output y; B = T).",
+    attributes=ATTRIBUTES,
+    state_planes=2,
+    reference=reference,
+    function_proto=function_proto,
+    from_quant_clip=from_quant_clip,
+    events=c.binary_events,
+    levels_for=lambda T, options: 2 ** T - 1,
+    needs_bias_shift=True,
+    loihi=LoihiInfo("binary", "none (accumulate an epoch, then emit the bits of q)",
+                    supported=False, note=(
+                        "needs an epoch accumulator and bit-serial readout with slice-dependent "
+                        "weights; no public Lava/NetX neuron does this")),
+))

@@ -1,0 +1,104 @@
+"""``GroupNeuron`` (key ``gn``): τ IF members sharing one membrane, a multi-level output.
+
+Per slice (neurons.md §4.2, docs/neuron-ops.md), u = θ / float32(τ), inv_u = float32(τ) / θ::
+
+    v(0) = v_init * u
+    v = v + x_t ; c = clip(floor(v * inv_u), 0, τ) ; v = v - c*u ; y = c*u
+
+Events: c unit spikes per slice. Conversion: θ = λ, v_init = φ, τ = L / T (must be exact,
+SNN-E307) unless ``--neuron-param tau=...`` overrides it. With τ·T = L and a constant input the
+mean output equals the QCFS clip exactly (neurons.md §4.3). ``levels_for``: L = τ·T with
+τ = ``neuron_params['tau']`` or 4.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from snncc.context import CompileOptions, QuantClipParams
+from snncc.neurons import common as c
+from snncc.neurons.registry import AttrSpec, LoihiInfo, NeuronSpec, register_neuron, validate_attrs
+
+DEFAULT_TAU = 4
+
+ATTRIBUTES = (
+    c.THETA,
+    AttrSpec("tau", "int", DEFAULT_TAU, "members per group (levels per slice), >= 1",
+             c.check_int(1)),
+    c.v_init_attr(0.5, "the unit u = theta/tau"),
+)
+
+
+def _unit(a: Mapping[str, Any], theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    tau = c.F32(a["tau"])
+    return theta / tau, tau / theta
+
+
+def _init(a: dict, theta: np.ndarray, shape: tuple[int, ...]) -> c.Planes:
+    return [c.broadcast_plane(c.F32(a["v_init"]) * _unit(a, theta)[0], shape)]
+
+
+def _update(a: dict, theta: np.ndarray, planes: c.Planes, x_t: np.ndarray, g: int):
+    u, inv_u = _unit(a, theta)
+    v = c.charge(planes[0], x_t)
+    count = np.clip(np.floor(v * inv_u), c.ZERO, c.F32(a["tau"]))
+    y = count * u
+    return [v - y], y
+
+
+def reference(x: Any, attrs: Mapping[str, Any], state: Any = None, step: int = 0):
+    return c.run_slices(SPEC, x, attrs, state, step, _init, _update)
+
+
+def _function_planes(b: c.FunctionBuilder, folded: c.FoldedInput, v: dict):
+    tau = b.op("Cast", v["tau"], to=c.FLOAT)
+    v["tau_f"], v["u"], v["inv_u"] = tau, b.op("Div", v["theta"], tau), b.op("Div", tau, v["theta"])
+    return [(c.expand_plane(b, folded, b.op("Mul", v["v_init"], v["u"])), c.PLANE)]
+
+
+def _function_step(b: c.FunctionBuilder, v: dict, membrane: str, x_t: str):
+    m = b.op("Add", membrane, x_t)
+    count = b.op("Clip", b.op("Floor", b.op("Mul", m, v["inv_u"])), b.const(0.0), v["tau_f"])
+    y = b.op("Mul", count, v["u"])
+    return [b.op("Sub", m, y), y]
+
+
+def function_proto(opset: int = c.FUNCTION_OPSET):
+    return c.scan_neuron_function(SPEC.op_type, SPEC.all_attributes, _function_planes,
+                                  _function_step, SPEC.doc, opset)
+
+
+def events(y: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
+    a = validate_attrs(SPEC, attrs)
+    y = np.asarray(y, dtype=c.F32)
+    u = _unit(a, c.per_channel(a["theta"], y))[0]
+    return np.rint(y / u).astype(np.int64)
+
+
+def _tau(options: CompileOptions) -> int | None:
+    return c.neuron_param_int(options, "tau", None)
+
+
+def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str, Any]:
+    tau = _tau(options) or c.members_per_slice(clip.levels, options.timesteps, "gn")
+    return {"theta": c.float32_list(clip.lam), "tau": tau, "v_init": float(clip.phi)}
+
+
+SPEC = register_neuron(NeuronSpec(
+    key="gn",
+    op_type="GroupNeuron",
+    doc="Group neuron: tau IF members on one membrane, c = clip(floor(v/u), 0, tau) unit spikes "
+        "of value u = theta/tau per slice, soft reset by c*u. The model-local function "
+        "implements the folded form only (input x, output y).",
+    attributes=ATTRIBUTES,
+    state_planes=1,
+    reference=reference,
+    function_proto=function_proto,
+    from_quant_clip=from_quant_clip,
+    events=events,
+    levels_for=lambda T, options: (_tau(options) or DEFAULT_TAU) * T,
+    loihi=LoihiInfo("graded", "subtract", supported=False, note=(
+        "needs a graded spike c*u with c = floor(v/u) clipped to tau; no public Lava/NetX neuron "
+        "computes that (a Loihi 2 microcoded neuron could)")),
+))
