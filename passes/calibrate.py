@@ -1,0 +1,99 @@
+"""calibrate: fill ``ctx.quant`` with ``(lam, L, phi)`` for every activation site; changes no node.
+
+Sites (:func:`snncc.passes.quant_clip.activation_sites`): QCFS patterns, ReLU nodes and
+Clip(0, max) nodes. Keys are the site's OUTPUT tensor name.
+
+* A QCFS pattern already carries its parameters: ``ctx.quant[y]`` is read from it (source
+  ``pattern``), no data needed.
+* Every other site needs data: ``options.calib_path`` (.npy / .npz, see
+  :mod:`snncc.calibration`), at most ``options.calib_max_samples`` samples. ORT runs a copy of the
+  graph with every site's INPUT ``z`` added as an output; lambda is chosen per layer, or per
+  channel (axis 1) with ``options.calib_per_channel``, by ``options.calib_method``
+  (``max`` | ``percentile`` with ``options.calib_percentile`` | ``mse``). For a Clip(0, max)
+  site lambda is capped at ``max``. ``L = options.levels`` (8 when None), ``phi = 0.5``.
+
+``ctx.calibration[y]`` records per site: ``min``, ``max`` (of z), ``lam``, ``levels``, ``method``,
+``samples`` (values seen) and ``subsampled`` (percentile/mse used a bounded subsample).
+
+Errors: no data while some site is not a QCFS pattern -> :class:`CalibrationError` SNN-E401 listing
+the sites; bad files -> SNN-E402..E410 (see :func:`snncc.calibration.load_samples`); unknown
+method or percentile -> SNN-E411; ORT failure -> SNN-E412.
+
+Counts: ``from_pattern``, ``calibrated``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from snncc import calibration, ir
+from snncc.context import CompileContext, QuantClipParams
+from snncc.errors import CalibrationError, Diagnostic
+from snncc.passes.base import Pass, PassResult
+from snncc.passes.quant_clip import activation_sites
+
+__all__ = ["CalibratePass"]
+
+DEFAULT_LEVELS = 8
+
+
+class CalibratePass(Pass):
+    """``progress``: tqdm bar (None = only on a terminal); ``batch_size`` for dynamic batch axes;
+    ``max_values``: per-site sample budget of percentile/mse."""
+
+    name = "calibrate"
+
+    def __init__(self, *, progress: bool | None = None, batch_size: int = 8,
+                 max_values: int = 1 << 20, seed: int = 0):
+        self.progress, self.batch_size, self.max_values, self.seed = (progress, batch_size,
+                                                                      max_values, seed)
+
+    def run(self, model: ir.Model, ctx: CompileContext) -> PassResult:
+        options = ctx.options
+        levels = options.levels or DEFAULT_LEVELS
+        records = ctx.calibration if isinstance(ctx.calibration, dict) else {}
+        sites = activation_sites(model.graph, model.provenance)
+        need = [s for s in sites if s.kind != "pattern"]
+        for site in sites:
+            if site.kind == "pattern":
+                ctx.quant[site.y.name] = site.params
+                records[site.y.name] = {"method": "pattern", "lam": site.params.lam.tolist(),
+                                        "levels": site.params.levels}
+        if need:
+            if not options.calib_path:
+                raise CalibrationError(
+                    f"{self.name}: {len(need)} activation(s) need calibration data",
+                    code="SNN-E401",
+                    diagnostics=[Diagnostic("SNN-E401", f"activation '{s.y.name}' is not a QCFS "
+                                            "pattern", pass_name=self.name, node=s.label)
+                                 for s in need],
+                    hint="pass --calib FILE (.npy/.npz samples) or export a QCFS-trained graph")
+            if options.calib_method not in calibration.METHODS:
+                raise CalibrationError(
+                    f"{self.name}: unknown calibration method '{options.calib_method}'; "
+                    f"accepted: {', '.join(calibration.METHODS)}", code="SNN-E411",
+                    hint="pass --calib-method max|percentile|mse")
+            proto = ir.to_proto(model)
+            samples = calibration.load_samples(options.calib_path,
+                                               calibration.model_inputs(proto),
+                                               max_samples=options.calib_max_samples)
+            names = list(dict.fromkeys(s.z.name for s in need))
+            stats = calibration.collect_statistics(
+                proto, names, samples, per_channel=options.calib_per_channel,
+                batch_size=self.batch_size, max_values=self.max_values, progress=self.progress,
+                seed=self.seed)
+            for site in need:
+                st = stats[site.z.name]
+                lam = calibration.choose_lambda(st, options.calib_method, levels=levels,
+                                                percentile=options.calib_percentile)
+                if site.clip_max is not None:
+                    lam = np.minimum(lam, np.float32(site.clip_max))
+                ctx.quant[site.y.name] = QuantClipParams(lam=lam, levels=levels, phi=0.5,
+                                                         source="calibration")
+                records[site.y.name] = {"min": np.asarray(st.min).tolist(),
+                                        "max": np.asarray(st.max).tolist(), "lam": lam.tolist(),
+                                        "levels": levels, "method": options.calib_method,
+                                        "samples": st.count, "subsampled": st.subsampled}
+                ctx.logger.debug("%s: %s lambda=%s", self.name, site.label, lam)
+        ctx.calibration = records
+        return PassResult(modified=False, counts={"from_pattern": len(sites) - len(need),
+                                                  "calibrated": len(need)})
