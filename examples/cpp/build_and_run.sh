@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build examples/cpp/classify and run it:  examples/cpp/build_and_run.sh MODEL.onnx [INPUT.f32]
+#   BUILD_DIR      build directory (default: build/examples-cpp at the repository root)
+#   ORT_LIBRARY    ONNX Runtime shared library (default: the onnxruntime Python wheel's capi/libonnxruntime.so.1.*)
+#   SNNCC_ORT_HEADERS, SNNCC_RUNTIME_LIB   as for scripts/build_runtime.sh / snncc.runtime
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+die() { echo "build_and_run.sh: error: $*" >&2; exit 1; }
+[[ $# -ge 1 && $# -le 2 ]] || die "usage: $0 MODEL.onnx [INPUT.f32]"
+
+"$ROOT/scripts/build_runtime.sh" >/dev/null   # headers + kernel library (idempotent)
+ORT_INC="${SNNCC_ORT_HEADERS:-$ROOT/third_party/onnxruntime-headers/usr/include/onnxruntime}"
+KERNELS="${SNNCC_RUNTIME_LIB:-$ROOT/runtime/_lib/libsnncc_ops.so}"
+if [[ -z "${ORT_LIBRARY:-}" ]]; then
+    CAPI="$(python3 -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))')" \
+        || die "python3 cannot import onnxruntime; set ORT_LIBRARY"
+    ORT_LIBRARY="$(ls "$CAPI"/libonnxruntime.so.1.* 2>/dev/null | head -n 1)"
+    [[ -n "$ORT_LIBRARY" ]] || die "no libonnxruntime.so.1.* in $CAPI; set ORT_LIBRARY"
+fi
+BUILD_DIR="${BUILD_DIR:-$ROOT/build/examples-cpp}"
+
+cmake -S "$ROOT/examples/cpp" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
+      -DORT_INCLUDE_DIR="$ORT_INC" -DORT_LIBRARY="$ORT_LIBRARY" >/dev/null || die "cmake configure failed"
+cmake --build "$BUILD_DIR" >/dev/null || die "cmake build failed"
+exec "$BUILD_DIR/classify" "$1" "$KERNELS" ${2:+"$2"}

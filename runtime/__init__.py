@@ -1,0 +1,59 @@
+"""Loader of the snncc C++ neuron kernel library (``libsnncc_ops.so``, domain ``snncc.ops``).
+
+The library implements every neuron op of ``docs/neuron-ops.md`` as a native ONNX Runtime kernel.
+When it is registered, ORT runs these kernels instead of the model-local ONNX functions with the same
+names. Build it with ``scripts/build_runtime.sh``; ``SNNCC_RUNTIME_LIB`` overrides its location.
+
+Errors: SNN-E701 the library file is missing; SNN-E702 ONNX Runtime refused to load it.
+"""
+from __future__ import annotations
+
+import os
+
+import onnxruntime as ort
+
+from snncc.errors import RuntimeLibraryError
+
+__all__ = ["DOMAIN", "OP_NAMES", "library_path", "is_built", "register", "session_options", "op_names"]
+
+DOMAIN = "snncc.ops"
+# Same names, same order as the SNNCC_NEURON_OPS table in csrc/ops.cc (tests/runtime checks both ways).
+OP_NAMES = ("IFNeuron", "LIFNeuron", "GroupNeuron", "MTNeuron", "BitSerialNeuron", "SRPNeuron")
+ENV_VAR = "SNNCC_RUNTIME_LIB"
+_BUILD_HINT = "run scripts/build_runtime.sh"
+
+
+def library_path() -> str:
+    """Path of the kernel library: ``$SNNCC_RUNTIME_LIB`` or ``_lib/libsnncc_ops.so`` next to this package."""
+    override = os.environ.get(ENV_VAR)
+    if override:
+        return os.path.abspath(override)
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", "libsnncc_ops.so")
+
+
+def is_built() -> bool:
+    return os.path.isfile(library_path())
+
+
+def op_names() -> list[str]:
+    """The op types (domain ``snncc.ops``) the library provides."""
+    return list(OP_NAMES)
+
+
+def register(so: ort.SessionOptions) -> ort.SessionOptions:
+    """Register the kernel library with ``so`` (in place) and return it."""
+    path = library_path()
+    if not os.path.isfile(path):
+        raise RuntimeLibraryError(f"runtime: the kernel library {path} does not exist", code="SNN-E701",
+                                  hint=f"{_BUILD_HINT}, or set {ENV_VAR} to the built libsnncc_ops.so")
+    try:
+        so.register_custom_ops_library(path)
+    except Exception as exc:  # ORT raises its own exception types (Fail, RuntimeException...)
+        raise RuntimeLibraryError(f"runtime: ONNX Runtime could not load {path}: {exc}", code="SNN-E702",
+                                  hint=f"rebuild it ({_BUILD_HINT}) for this machine") from exc
+    return so
+
+
+def session_options() -> ort.SessionOptions:
+    """New ``SessionOptions`` with the kernel library registered."""
+    return register(ort.SessionOptions())

@@ -1,0 +1,339 @@
+// Shared machinery of the snncc neuron kernels (contract: docs/neuron-ops.md).
+//
+// Every kernel is a struct-form ONNX Runtime lite custom op with the signature
+//   Compute(ctx, x, optional state, optional step) -> y, optional state_out
+// Attributes are read and validated once in the constructor (a bad attribute throws, which makes
+// session creation fail); shapes are checked per call and reported as an INVALID_ARGUMENT status.
+// Kernel members are read-only after construction: the membrane state lives only in tensors, so one
+// session may be run from many threads at once.
+//
+// Work split: one slice holds E = N*C*inner elements. They are cut into chunks of kChunk contiguous
+// elements that ORT's intra-op thread pool runs in parallel; each chunk keeps its state in local
+// arrays and loops over the slices in order, with a branch-free, vectorisable inner loop.
+#pragma once
+
+#define ORT_API_MANUAL_INIT
+#include "onnxruntime_cxx_api.h"
+#undef ORT_API_MANUAL_INIT
+#include "onnxruntime_lite_custom_op.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace snncc {
+
+using Ort::Custom::Tensor;
+using OptionalInput = std::optional<const Tensor<float>*>;
+using OptionalStep = std::optional<const Tensor<int64_t>*>;
+using OptionalOutput = std::optional<Tensor<float>*>;
+
+constexpr int64_t kChunk = 1024;  // elements per parallel work item (fits the local arrays in L1)
+
+// ---------------------------------------------------------------------------------------------
+// Attributes
+
+// Reads node attributes with defaults; every problem throws an Ort::Exception whose message names
+// the op, the node and the attribute (ORT turns it into a failed session creation).
+class AttrReader {
+ public:
+  AttrReader(const OrtKernelInfo* info, const char* op_type);
+
+  int64_t Int(const char* name, int64_t fallback) const;
+  float Float(const char* name, float fallback) const;
+  std::vector<float> Floats(const char* name, const std::vector<float>& fallback) const;
+  std::string String(const char* name, const std::string& fallback) const;
+
+  [[noreturn]] void Fail(const std::string& what) const;
+  const std::string& where() const { return where_; }
+  // Inputs must be (x) or (x, state, step), outputs (y) or (y, state_out), none left unnamed.
+  void CheckArity() const;
+
+ private:
+  bool Present(const char* name) const;
+  Ort::ConstKernelInfo info_;
+  std::string where_;  // "snncc.ops::IFNeuron node 'name'"
+};
+
+// Attributes present on every neuron op.
+struct CommonAttrs {
+  CommonAttrs(const AttrReader& attrs, float v_init_default);
+
+  std::string where;          // for messages
+  int64_t T;                  // slices per call
+  bool const_input;           // x is [N, ...] and repeats over the slices
+  std::vector<float> theta;   // length 1 or C, > 0
+  float v_init;
+};
+
+// ---------------------------------------------------------------------------------------------
+// One call: geometry, pointers, validated inputs
+
+struct Call {
+  int64_t T = 1, N = 0, C = 0, inner = 1;
+  int64_t E = 0;                  // elements per slice = N*C*inner
+  bool const_input = false;
+  const float* x = nullptr;
+  float* y = nullptr;
+  const float* state_in = nullptr;  // nullptr: start from the initial state
+  float* state_out = nullptr;       // nullptr: not requested
+  int64_t step = 0;                 // global index of slice 0
+  const std::vector<float>* theta = nullptr;
+
+  // Input current of slice t (time-major rows t*N + n; const_input repeats row n).
+  const float* XSlice(int64_t t) const { return const_input ? x : x + t * E; }
+  float* YSlice(int64_t t) const { return y + t * E; }
+  // Plane p of the incoming / outgoing state ([S, N, C, ...]).
+  const float* StateIn(int64_t p) const { return state_in + p * E; }
+  float* StateOut(int64_t p) const { return state_out + p * E; }
+  // theta broadcast along axis 1 for elements [begin, begin + len) of a slice.
+  void FillTheta(int64_t begin, int64_t len, float* out) const;
+};
+
+// Checks shapes, reads step, allocates y (and state_out). A non-OK status names the op and the problem.
+// `state_planes` is S of the neuron.
+Ort::Status PrepareCall(const CommonAttrs& attrs, int64_t state_planes, const Tensor<float>& x,
+                        const OptionalInput& state, const OptionalStep& step, Tensor<float>& y,
+                        const OptionalOutput& state_out, Call& call);
+
+Ort::Status InvalidArgument(const std::string& where, const std::string& what);
+
+// ---------------------------------------------------------------------------------------------
+// Definitions (inline, so that the kernel files share them without a separate source file)
+
+inline AttrReader::AttrReader(const OrtKernelInfo* info, const char* op_type) : info_(info) {
+  std::string node;
+  try {
+    node = info_.GetNodeName();
+  } catch (const Ort::Exception&) {
+  }
+  where_ = std::string("snncc.ops::") + op_type + " node '" + node + "'";
+}
+
+inline void AttrReader::Fail(const std::string& what) const {
+  throw Ort::Exception(where_ + ": " + what, ORT_INVALID_ARGUMENT);
+}
+
+// True when the node carries the attribute with any type (ORT has no direct query).
+inline bool AttrReader::Present(const char* name) const {
+  const OrtKernelInfo* p = info_;
+  const OrtApi& api = Ort::GetApi();
+  int64_t i = 0;
+  float f = 0;
+  size_t n = 0;
+  auto ok = [](OrtStatus* s) {
+    const bool good = s == nullptr;
+    Ort::GetApi().ReleaseStatus(s);
+    return good;
+  };
+  return ok(api.KernelInfoGetAttribute_int64(p, name, &i)) ||
+         ok(api.KernelInfoGetAttribute_float(p, name, &f)) ||
+         ok(api.KernelInfoGetAttribute_string(p, name, nullptr, &n)) ||
+         ok(api.KernelInfoGetAttributeArray_float(p, name, nullptr, &n)) ||
+         ok(api.KernelInfoGetAttributeArray_int64(p, name, nullptr, &n));
+}
+
+inline void AttrReader::CheckArity() const {
+  const size_t inputs = info_.GetInputCount(), outputs = info_.GetOutputCount();
+  if (inputs != 1 && inputs != 3)
+    Fail("inputs must be (x) or (x, state, step), got " + std::to_string(inputs) + " inputs");
+  if (outputs != 1 && outputs != 2)
+    Fail("outputs must be (y) or (y, state_out), got " + std::to_string(outputs) + " outputs");
+  for (size_t i = 0; i < inputs; ++i)
+    if (info_.GetInputName(i).empty()) Fail("input " + std::to_string(i) + " has an empty name (omitted)");
+  for (size_t i = 0; i < outputs; ++i)
+    if (info_.GetOutputName(i).empty()) Fail("output " + std::to_string(i) + " has an empty name (omitted)");
+}
+
+inline int64_t AttrReader::Int(const char* name, int64_t fallback) const {
+  int64_t value = 0;
+  OrtStatus* s = Ort::GetApi().KernelInfoGetAttribute_int64(info_, name, &value);
+  if (s == nullptr) return value;
+  Ort::GetApi().ReleaseStatus(s);
+  if (Present(name)) Fail(std::string("attribute '") + name + "' must be an int");
+  return fallback;
+}
+
+inline float AttrReader::Float(const char* name, float fallback) const {
+  float value = 0;
+  OrtStatus* s = Ort::GetApi().KernelInfoGetAttribute_float(info_, name, &value);
+  if (s == nullptr) {
+    if (!std::isfinite(value)) Fail(std::string("attribute '") + name + "' must be finite");
+    return value;
+  }
+  Ort::GetApi().ReleaseStatus(s);
+  if (Present(name)) Fail(std::string("attribute '") + name + "' must be a float");
+  return fallback;
+}
+
+inline std::vector<float> AttrReader::Floats(const char* name, const std::vector<float>& fallback) const {
+  size_t n = 0;
+  OrtStatus* s = Ort::GetApi().KernelInfoGetAttributeArray_float(info_, name, nullptr, &n);
+  if (s != nullptr) {
+    Ort::GetApi().ReleaseStatus(s);
+    if (Present(name)) Fail(std::string("attribute '") + name + "' must be a list of floats");
+    return fallback;
+  }
+  if (n == 0) {  // ORT reads an ints attribute as an empty float list
+    OrtStatus* ints = Ort::GetApi().KernelInfoGetAttributeArray_int64(info_, name, nullptr, &n);
+    const bool has_ints = ints == nullptr && n > 0;
+    Ort::GetApi().ReleaseStatus(ints);
+    if (has_ints) Fail(std::string("attribute '") + name + "' must be a list of floats, got ints");
+    n = 0;
+  }
+  std::vector<float> values(n);
+  if (n > 0) Ort::ThrowOnError(Ort::GetApi().KernelInfoGetAttributeArray_float(info_, name, values.data(), &n));
+  for (float v : values)
+    if (!std::isfinite(v)) Fail(std::string("attribute '") + name + "' must hold finite values");
+  return values;
+}
+
+inline std::string AttrReader::String(const char* name, const std::string& fallback) const {
+  size_t n = 0;
+  OrtStatus* s = Ort::GetApi().KernelInfoGetAttribute_string(info_, name, nullptr, &n);
+  if (s != nullptr) {
+    Ort::GetApi().ReleaseStatus(s);
+    if (Present(name)) Fail(std::string("attribute '") + name + "' must be a string");
+    return fallback;
+  }
+  std::string value(n, '\0');
+  Ort::ThrowOnError(Ort::GetApi().KernelInfoGetAttribute_string(info_, name, &value[0], &n));
+  value.resize(n > 0 ? n - 1 : 0);  // n counts the terminating NUL
+  return value;
+}
+
+inline CommonAttrs::CommonAttrs(const AttrReader& attrs, float v_init_default)
+    : where(attrs.where()),
+      T(attrs.Int("T", 1)),
+      const_input(attrs.Int("const_input", 0) != 0),
+      theta(attrs.Floats("theta", {1.0f})),
+      v_init(attrs.Float("v_init", v_init_default)) {
+  attrs.CheckArity();
+  if (T < 1) attrs.Fail("attribute 'T' must be an integer >= 1, got " + std::to_string(T));
+  const int64_t ci = attrs.Int("const_input", 0);
+  if (ci != 0 && ci != 1) attrs.Fail("attribute 'const_input' must be 0 or 1, got " + std::to_string(ci));
+  if (theta.empty()) attrs.Fail("attribute 'theta' must hold 1 or C values, got an empty list");
+  for (float t : theta)
+    if (!(t > 0.0f)) attrs.Fail("attribute 'theta' must be > 0, got " + std::to_string(t));
+}
+
+inline Ort::Status InvalidArgument(const std::string& where, const std::string& what) {
+  return Ort::Status((where + ": " + what).c_str(), ORT_INVALID_ARGUMENT);
+}
+
+inline std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+inline void Call::FillTheta(int64_t begin, int64_t len, float* out) const {
+  const std::vector<float>& th = *theta;
+  if (th.size() == 1) {
+    std::fill(out, out + len, th[0]);
+    return;
+  }
+  // element e of a slice belongs to channel (e / inner) % C; walk runs of equal channel
+  int64_t e = begin;
+  const int64_t end = begin + len;
+  while (e < end) {
+    const int64_t run_end = std::min(end, (e / inner + 1) * inner);
+    std::fill(out + (e - begin), out + (run_end - begin), th[static_cast<size_t>((e / inner) % C)]);
+    e = run_end;
+  }
+}
+
+inline Ort::Status PrepareCall(const CommonAttrs& attrs, int64_t state_planes, const Tensor<float>& x,
+                               const OptionalInput& state, const OptionalStep& step, Tensor<float>& y,
+                               const OptionalOutput& state_out, Call& call) {
+  const std::string& where = attrs.where;
+  const std::vector<int64_t>& xs = x.Shape();
+  if (xs.size() < 2) return InvalidArgument(where, "input x must have rank >= 2 ([T*N, C, ...]), got " + ShapeText(xs));
+  call.T = attrs.T;
+  call.const_input = attrs.const_input;
+  if (!attrs.const_input && xs[0] % attrs.T != 0)
+    return InvalidArgument(where, "dim 0 of x (" + std::to_string(xs[0]) + ") is not a multiple of T=" +
+                                      std::to_string(attrs.T) + " (x is time-major [T*N, C, ...])");
+  call.N = attrs.const_input ? xs[0] : xs[0] / attrs.T;
+  call.C = xs[1];
+  call.inner = 1;
+  for (size_t i = 2; i < xs.size(); ++i) call.inner *= xs[i];
+  call.E = call.N * call.C * call.inner;
+  if (attrs.theta.size() != 1 && static_cast<int64_t>(attrs.theta.size()) != call.C)
+    return InvalidArgument(where, "attribute 'theta' has " + std::to_string(attrs.theta.size()) +
+                                      " values but x has C=" + std::to_string(call.C) + " channels (need 1 or C)");
+  call.theta = &attrs.theta;
+  call.x = x.Data();
+
+  std::vector<int64_t> state_shape{state_planes, call.N};
+  state_shape.insert(state_shape.end(), xs.begin() + 1, xs.end());
+  call.step = 0;
+  call.state_in = nullptr;
+  if (state.has_value() && step.has_value()) {  // both or neither: CommonAttrs checked the node's arity
+    if ((*step)->NumberOfElement() != 1)
+      return InvalidArgument(where, "input step must be an int64 scalar, got shape " + ShapeText((*step)->Shape()));
+    call.step = *(*step)->Data();
+    if (call.step < 0) return InvalidArgument(where, "input step must be >= 0, got " + std::to_string(call.step));
+    if ((*state)->Shape() != state_shape)
+      return InvalidArgument(where, "input state must have shape " + ShapeText(state_shape) + " ([S, N, C, ...]), got " +
+                                        ShapeText((*state)->Shape()));
+    if (call.step > 0) call.state_in = (*state)->Data();  // at global step 0 the initial state replaces it
+  }
+
+  std::vector<int64_t> y_shape(xs);
+  y_shape[0] = call.T * call.N;
+  call.y = y.Allocate(y_shape);
+  call.state_out = state_out.has_value() ? (*state_out)->Allocate(state_shape) : nullptr;
+  return Ort::Status(nullptr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parallel loop over the elements of one slice, in chunks of kChunk: fn(begin, len).
+
+template <class Fn>
+void ForEachChunk(OrtKernelContext* context, int64_t E, Fn& fn) {
+  struct Job {
+    Fn* fn;
+    int64_t E;
+  } job{&fn, E};
+  const int64_t chunks = (E + kChunk - 1) / kChunk;
+  if (chunks == 0) return;
+  if (chunks == 1) {
+    fn(int64_t{0}, E);
+    return;
+  }
+  Ort::KernelContext(context).ParallelFor(
+      [](void* data, size_t i) {
+        const Job& j = *static_cast<const Job*>(data);
+        const int64_t begin = static_cast<int64_t>(i) * kChunk;
+        (*j.fn)(begin, std::min(kChunk, j.E - begin));
+      },
+      static_cast<size_t>(chunks), 0, &job);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact float helpers (bit-identical to NumPy float32)
+
+// clip(floor(z), 0, hi) for hi >= 0 an integer-valued float below 2^24, using SSE2-vectorisable
+// conversions: z is first clamped to [-1, hi + 1], which leaves the result unchanged.
+inline float FloorClip(float z, float hi) {
+  float zc = z < -1.0f ? -1.0f : z;
+  zc = zc > hi + 1.0f ? hi + 1.0f : zc;
+  const float truncated = static_cast<float>(static_cast<int32_t>(zc));
+  const float floored = truncated > zc ? truncated - 1.0f : truncated;
+  const float low = floored < 0.0f ? 0.0f : floored;
+  return low > hi ? hi : low;
+}
+
+}  // namespace snncc
+
+// Defines the factory `snncc::Make<Op>()` that ops.cc lists; Op is both the struct and the op name.
+#define SNNCC_DEFINE_OP(Op)                                                   \
+  namespace snncc {                                                           \
+  Ort::Custom::OrtLiteCustomOp* Make##Op() {                                  \
+    return Ort::Custom::CreateLiteCustomOp<Op>(#Op, "CPUExecutionProvider"); \
+  }                                                                           \
+  }

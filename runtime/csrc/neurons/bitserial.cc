@@ -1,0 +1,115 @@
+// BitSerialNeuron (key "bitserial"): accumulate, then fire the bits of the quantized value.
+// State planes: acc, q.   B = bits or T ; L = float(2^B - 1) ; unit = theta / L ; inv_unit = L / theta
+//   folded (no state; needs B == T): acc = sum_t x_t ; U = acc * (1/B) + v_init * unit
+//          (const_input: U = x + v_init * unit) ; q = clip(floor(U * inv_unit), 0, L)
+//          slice k carries bit k of q: y_k = bit_k(q) ? float(B * 2^k) * unit : 0 ; state_out = (0, q)
+//   streaming (state given), slice at global step g, k = g mod B:
+//          y = bit_k(q) ? float(B * 2^k) * unit : 0 ; acc = acc + x ;
+//          if k == B-1: q = clip(floor((acc * (1/B) + v_init * unit) * inv_unit), 0, L), acc = 0
+#include "../neuron_common.h"
+
+namespace snncc {
+
+constexpr int64_t kMaxBits = 16;  // as snncc/neurons/bitserial.py MAX_BITS
+
+struct BitSerialNeuron {
+  BitSerialNeuron(const OrtApi*, const OrtKernelInfo* info) : BitSerialNeuron(AttrReader(info, "BitSerialNeuron")) {}
+  explicit BitSerialNeuron(const AttrReader& attrs) : attrs_(attrs, 0.5f), bits_(attrs.Int("bits", 0)) {
+    if (bits_ < 0 || bits_ > kMaxBits)
+      attrs.Fail("attribute 'bits' must be in [0, 16] (0: use T), got " + std::to_string(bits_));
+    if (bits_ == 0 && attrs_.T > kMaxBits)
+      attrs.Fail("attribute 'T' must be <= 16 when 'bits' is 0 (B = T bits), got " + std::to_string(attrs_.T));
+  }
+
+  Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& x, OptionalInput state,
+                      OptionalStep step, Tensor<float>& y, OptionalOutput state_out) {
+    Call call;
+    Ort::Status status = PrepareCall(attrs_, 2, x, state, step, y, state_out, call);
+    if (!status.IsOK()) return status;
+    const bool streaming = state.has_value();
+    const int64_t B = bits_ > 0 ? bits_ : attrs_.T;
+    if (!streaming && B != attrs_.T)
+      return InvalidArgument(attrs_.where, "the folded schedule (no state input) needs bits == T or bits == 0, got bits=" +
+                                               std::to_string(bits_) + ", T=" + std::to_string(attrs_.T));
+    const float L = static_cast<float>((int64_t{1} << B) - 1);
+    const float inv_B = 1.0f / static_cast<float>(B);
+    const float v_init = attrs_.v_init;
+    auto chunk = [&](int64_t begin, int64_t len) {
+      float unit[kChunk], inv_unit[kChunk], shift[kChunk], acc[kChunk], q[kChunk];
+      call.FillTheta(begin, len, unit);
+      for (int64_t j = 0; j < len; ++j) {
+        inv_unit[j] = L / unit[j];
+        unit[j] = unit[j] / L;
+        shift[j] = v_init * unit[j];
+      }
+      if (streaming) {
+        Stream(call, begin, len, B, L, inv_B, unit, inv_unit, shift, acc, q);
+      } else {
+        Fold(call, begin, len, B, L, inv_B, unit, inv_unit, shift, acc, q);
+      }
+      if (call.state_out) {
+        std::copy_n(acc, len, call.StateOut(0) + begin);
+        std::copy_n(q, len, call.StateOut(1) + begin);
+      }
+    };
+    ForEachChunk(context, call.E, chunk);
+    return status;
+  }
+
+  // y = bit k of q times float(B * 2^k) * unit, for one slice.
+  static void EmitBit(float* yt, const float* q, const float* unit, int64_t len, int64_t B, int64_t k) {
+    const float weight = static_cast<float>(B << k);
+    for (int64_t j = 0; j < len; ++j) {
+      const float value = weight * unit[j];
+      const int32_t bit = (static_cast<int32_t>(q[j]) >> k) & 1;
+      yt[j] = bit != 0 ? value : 0.0f;
+    }
+  }
+
+  static void Fold(const Call& call, int64_t begin, int64_t len, int64_t B, float L, float inv_B,
+                   const float* unit, const float* inv_unit, const float* shift, float* acc, float* q) {
+    if (call.const_input) {
+      const float* x0 = call.XSlice(0) + begin;
+      for (int64_t j = 0; j < len; ++j) q[j] = FloorClip((x0[j] + shift[j]) * inv_unit[j], L);
+    } else {
+      std::fill(acc, acc + len, 0.0f);
+      for (int64_t t = 0; t < call.T; ++t) {
+        const float* xt = call.XSlice(t) + begin;
+        for (int64_t j = 0; j < len; ++j) acc[j] = acc[j] + xt[j];
+      }
+      for (int64_t j = 0; j < len; ++j) q[j] = FloorClip((acc[j] * inv_B + shift[j]) * inv_unit[j], L);
+    }
+    std::fill(acc, acc + len, 0.0f);
+    for (int64_t k = 0; k < B; ++k) EmitBit(call.YSlice(k) + begin, q, unit, len, B, k);
+  }
+
+  static void Stream(const Call& call, int64_t begin, int64_t len, int64_t B, float L, float inv_B,
+                     const float* unit, const float* inv_unit, const float* shift, float* acc, float* q) {
+    if (call.state_in) {
+      std::copy_n(call.StateIn(0) + begin, len, acc);
+      std::copy_n(call.StateIn(1) + begin, len, q);
+    } else {
+      std::fill(acc, acc + len, 0.0f);
+      std::fill(q, q + len, 0.0f);
+    }
+    for (int64_t t = 0; t < call.T; ++t) {
+      const int64_t k = (call.step + t) % B;
+      EmitBit(call.YSlice(t) + begin, q, unit, len, B, k);
+      const float* xt = call.XSlice(t) + begin;
+      for (int64_t j = 0; j < len; ++j) acc[j] = acc[j] + xt[j];
+      if (k == B - 1) {
+        for (int64_t j = 0; j < len; ++j) {
+          q[j] = FloorClip((acc[j] * inv_B + shift[j]) * inv_unit[j], L);
+          acc[j] = 0.0f;
+        }
+      }
+    }
+  }
+
+  CommonAttrs attrs_;
+  int64_t bits_;
+};
+
+}  // namespace snncc
+
+SNNCC_DEFINE_OP(BitSerialNeuron)

@@ -1,0 +1,46 @@
+// IFNeuron (key "if"): QCFS integrate-and-fire, soft reset, fires on m >= theta. State planes: v.
+//   init: v = v_init * theta
+//   each slice: m = v + x ; s = m >= theta ; v = s ? m - theta : m ; y = s ? theta : 0
+#include "../neuron_common.h"
+
+namespace snncc {
+
+struct IFNeuron {
+  IFNeuron(const OrtApi*, const OrtKernelInfo* info) : attrs_(AttrReader(info, "IFNeuron"), 0.5f) {}
+
+  Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& x, OptionalInput state,
+                      OptionalStep step, Tensor<float>& y, OptionalOutput state_out) {
+    Call call;
+    Ort::Status status = PrepareCall(attrs_, 1, x, state, step, y, state_out, call);
+    if (!status.IsOK()) return status;
+    const float v_init = attrs_.v_init;
+    auto chunk = [&](int64_t begin, int64_t len) {
+      float th[kChunk], v[kChunk];
+      call.FillTheta(begin, len, th);
+      if (call.state_in) {
+        std::copy_n(call.StateIn(0) + begin, len, v);
+      } else {
+        for (int64_t j = 0; j < len; ++j) v[j] = v_init * th[j];
+      }
+      for (int64_t t = 0; t < call.T; ++t) {
+        const float* xt = call.XSlice(t) + begin;
+        float* yt = call.YSlice(t) + begin;
+        for (int64_t j = 0; j < len; ++j) {
+          const float m = v[j] + xt[j];
+          const bool s = m >= th[j];
+          v[j] = s ? m - th[j] : m;
+          yt[j] = s ? th[j] : 0.0f;
+        }
+      }
+      if (call.state_out) std::copy_n(v, len, call.StateOut(0) + begin);
+    };
+    ForEachChunk(context, call.E, chunk);
+    return status;
+  }
+
+  CommonAttrs attrs_;
+};
+
+}  // namespace snncc
+
+SNNCC_DEFINE_OP(IFNeuron)

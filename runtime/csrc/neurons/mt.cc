@@ -1,0 +1,95 @@
+// MTNeuron (key "mt"): multi-threshold neuron, thresholds theta_k = theta * fractions[k]. State planes: v.
+//   init: v = v_init * theta ; each slice: m = v + x, then
+//   parallel: y = 0 ; for k = n-1 .. 0: y = (m >= theta_k) ? theta_k : y      (soft reset: v = m - y)
+//   cascade:  r = m ; y = 0 ; for k = 0 .. n-1: if r >= theta_k: r -= theta_k, y += theta_k   (soft: v = r)
+//   hard reset (both modes): v = (y > 0) ? 0 : m
+#include "../neuron_common.h"
+
+namespace snncc {
+
+struct MTNeuron {
+  MTNeuron(const OrtApi*, const OrtKernelInfo* info) : MTNeuron(AttrReader(info, "MTNeuron")) {}
+  explicit MTNeuron(const AttrReader& attrs)
+      : attrs_(attrs, 0.5f),
+        fractions_(attrs.Floats("fractions", {1.0f})),
+        cascade_(ParseChoice(attrs, "mode", "parallel", "cascade")),
+        hard_reset_(ParseChoice(attrs, "reset", "soft", "hard")) {
+    if (fractions_.empty()) attrs.Fail("attribute 'fractions' must hold at least one value");
+    for (size_t k = 0; k < fractions_.size(); ++k) {
+      if (!(fractions_[k] > 0.0f && fractions_[k] <= 1.0f)) attrs.Fail("attribute 'fractions' must be in (0, 1]");
+      if (k > 0 && !(fractions_[k] < fractions_[k - 1]))
+        attrs.Fail("attribute 'fractions' must be strictly descending");
+    }
+  }
+
+  // false for `first`, true for `second`; anything else is an error.
+  static bool ParseChoice(const AttrReader& attrs, const char* name, const char* first, const char* second) {
+    const std::string value = attrs.String(name, first);
+    if (value != first && value != second)
+      attrs.Fail(std::string("attribute '") + name + "' must be '" + first + "' or '" + second + "', got '" +
+                 value + "'");
+    return value == second;
+  }
+
+  Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& x, OptionalInput state,
+                      OptionalStep step, Tensor<float>& y, OptionalOutput state_out) {
+    Call call;
+    Ort::Status status = PrepareCall(attrs_, 1, x, state, step, y, state_out, call);
+    if (!status.IsOK()) return status;
+    const float v_init = attrs_.v_init;
+    const int64_t n = static_cast<int64_t>(fractions_.size());
+    auto chunk = [&](int64_t begin, int64_t len) {
+      float th[kChunk], v[kChunk], m[kChunk], r[kChunk], out[kChunk];
+      std::vector<float> th_k(static_cast<size_t>(n * len));  // threshold k of element j at k*len + j
+      call.FillTheta(begin, len, th);
+      for (int64_t k = 0; k < n; ++k)
+        for (int64_t j = 0; j < len; ++j) th_k[k * len + j] = th[j] * fractions_[k];
+      if (call.state_in) {
+        std::copy_n(call.StateIn(0) + begin, len, v);
+      } else {
+        for (int64_t j = 0; j < len; ++j) v[j] = v_init * th[j];
+      }
+      for (int64_t t = 0; t < call.T; ++t) {
+        const float* xt = call.XSlice(t) + begin;
+        for (int64_t j = 0; j < len; ++j) {
+          m[j] = v[j] + xt[j];
+          r[j] = m[j];
+          out[j] = 0.0f;
+        }
+        if (cascade_) {
+          for (int64_t k = 0; k < n; ++k) {
+            const float* tk = th_k.data() + k * len;
+            for (int64_t j = 0; j < len; ++j) {
+              // r - 0 == r and out + 0 == out exactly (out starts at +0 and only grows)
+              const float fired = r[j] >= tk[j] ? tk[j] : 0.0f;
+              r[j] = r[j] - fired;
+              out[j] = out[j] + fired;
+            }
+          }
+        } else {
+          for (int64_t k = n - 1; k >= 0; --k) {
+            const float* tk = th_k.data() + k * len;
+            for (int64_t j = 0; j < len; ++j) out[j] = m[j] >= tk[j] ? tk[j] : out[j];
+          }
+        }
+        float* yt = call.YSlice(t) + begin;
+        for (int64_t j = 0; j < len; ++j) {
+          const float soft = cascade_ ? r[j] : m[j] - out[j];
+          v[j] = hard_reset_ ? (out[j] > 0.0f ? 0.0f : m[j]) : soft;
+          yt[j] = out[j];
+        }
+      }
+      if (call.state_out) std::copy_n(v, len, call.StateOut(0) + begin);
+    };
+    ForEachChunk(context, call.E, chunk);
+    return status;
+  }
+
+  CommonAttrs attrs_;
+  std::vector<float> fractions_;
+  bool cascade_, hard_reset_;
+};
+
+}  // namespace snncc
+
+SNNCC_DEFINE_OP(MTNeuron)
