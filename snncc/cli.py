@@ -103,10 +103,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
         rows = PipelineReport([PassRow(r["pass"], r["changed"], r["counts"],
                                        r["declined"], r["ms"]) for r in result.report["passes"]])
         print(rows.format())
-        for key, value in result.report["notes"].items():
-            print(f"{key}: {value}")
+        _print_notes(result.report["notes"])
         print(f"wrote {result.output} in {result.report['seconds']:.2f} s")
     return 0
+
+
+def _print_notes(notes: dict[str, Any]) -> None:
+    """One short line per compile note; the full detail is in the --report JSON."""
+    for key, value in notes.items():
+        if key == "neurons":
+            kinds: dict[str, int] = {}
+            for site in value:
+                kinds[site["neuron"]] = kinds.get(site["neuron"], 0) + 1
+            value = ", ".join(f"{n} x {k}" for k, n in kinds.items())
+        elif isinstance(value, (list, dict)) and not value:
+            continue
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = f"{len(value)}: " + ", ".join(map(str, value[:5])) + (" ..." if len(value) > 5 else "")
+        print(f"{key}: {value}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

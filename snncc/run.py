@@ -79,7 +79,7 @@ def run_command(args: argparse.Namespace) -> int:
         x, labels = load_inputs(args.input, names[0] if names else None)
         result = run_compiled(target, x, use_library=not args.no_library,
                               batch_size=args.batch_size)
-        outputs = result.outputs
+        outputs = next(iter(result.outputs.values()))
         activity = result.activity()
     summary = _summary(outputs, labels, activity)
     if args.output:

@@ -161,6 +161,7 @@ SPEC = register_neuron(NeuronSpec(
     events=c.binary_events,
     levels_for=lambda T, options: 2 ** T - 1,
     needs_bias_shift=True,
+    window_attr="bits",
     loihi=LoihiInfo("binary", "none (accumulate an epoch, then emit the bits of q)",
                     supported=False, note=(
                         "needs an epoch accumulator and bit-serial readout with slice-dependent "

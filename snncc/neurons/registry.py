@@ -77,6 +77,11 @@ class NeuronSpec:
           unit spike events per output element (graded outputs count several), for SynOps.
       maxpool_exact(T, attrs) -> bool
           True when MaxPool(neuron(x)) == neuron(MaxPool(x)) holds exactly (monotone map).
+
+    ``window_attr`` names the attribute holding the window length of an accumulate-then-fire
+    neuron (bit-serial: ``bits``). Such a neuron's output depends only on the mean current of its
+    window, so the schedule may pool that mean before it (exact MaxPool), and in streaming it
+    fires one window late (the schedule sets the attribute to the window length).
     """
 
     key: str
@@ -93,6 +98,7 @@ class NeuronSpec:
     counted_steps: Callable[[int, Mapping[str, Any]], int] = lambda T, a: T
     maxpool_exact: Callable[[int, Mapping[str, Any]], bool] = lambda T, a: T == 1
     needs_bias_shift: bool = False
+    window_attr: str | None = None
     loihi: LoihiInfo = field(default_factory=lambda: LoihiInfo("binary", "subtract"))
     since_version: int = 1
 

@@ -1,0 +1,656 @@
+"""schedule-timesteps: lay the spiking graph out in time, for ONNX Runtime.
+
+Every neuron op of the graph runs ``S = spec.total_steps(T, attrs)`` slices and the network output
+is the mean over the last ``C = spec.counted_steps(T, attrs)`` slices (docs/neuron-ops.md). All
+neurons of one graph must agree on S and C (SNN-E245).
+
+Folded schedule (``--schedule folded``, default)
+------------------------------------------------
+Time is folded into the batch: a *temporal* tensor is ``[S*N, ...]`` (time-major, row ``t*N+n``),
+a *static* tensor ``[N, ...]``. Graph inputs are static; neuron outputs are temporal; an op from
+:data:`TIME_OPS` (linear, per-row ops: Conv, Gemm, MatMul, Add, Mul by a non-temporal factor,
+Concat, pools, reshapes, BatchNormalization as an affine map...) is temporal iff one of its inputs
+is (``Shape``/``Size`` outputs never are), and a static input derived from a graph input is
+repeated over time with ``Tile(repeats=[S, 1, ...])`` (one Tile per tensor). Static ops run once,
+so the first layer's analog current is computed once and its neuron gets ``const_input=1``. Every
+neuron gets ``T=S``.
+A temporal graph output is decoded::
+
+    y[S*N, ...] -> Reshape [S, -1, ...rest] -> Slice [S-C:S] on axis 0 -> ReduceMean(axis 0)
+
+The graph output keeps its name; the temporal tensor is renamed. A trailing ``Softmax`` /
+``LogSoftmax`` (its outputs are graph outputs) runs after the decode. Ops touching the batch axis
+(Flatten axis 0, Transpose moving axis 0, Concat/Split/Squeeze/Unsqueeze/Reduce/Slice on axis 0,
+Gemm transA) fail with SNN-E242; a temporal Reshape with a literal batch size with SNN-E243
+(canonicalize makes them batch-agnostic).
+
+MaxPool (``--maxpool``)
+-----------------------
+* ``avg``: every MaxPool becomes AveragePool (same kernel/strides/pads, count_include_pad=0), for
+  models trained that way.
+* ``auto``: a MaxPool that consumes a neuron output (directly or through Identity) moves in front
+  of the neuron, ``x -> MaxPool -> neuron``, when ``spec.maxpool_exact(T, attrs)`` or the neuron
+  accumulates its whole window before firing (``spec.window_attr``). The neuron then sees the
+  pooled time-mean of its input current as a constant current (``const_input=1``; the mean is
+  inserted only when ``S > 1``). This is exact because the decoded output is a monotone map of
+  that mean current: T = 1 neurons see one slice, the bit-serial neuron quantizes the window mean
+  (pooling its per-slice bits instead would not be exact). If the neuron output has other
+  consumers, the neuron is duplicated. Other MaxPools with a temporal input are spike-gated
+  (below); the streaming schedule swaps only when ``S == 1``.
+* ``gate``: spike gating for every MaxPool with a temporal input. Per output window the spike of
+  the input unit with the highest cumulative (weighted) spike count so far, the current slice
+  included, passes (ties: the first unit in MaxPool order)::
+
+      v = Reshape(x, [S, -1, ...rest]) ; c = CumSum(v, axis 0) ; c' = Reshape(c, Shape(x))
+      _, idx = MaxPool(c')                          # same attributes, flat indices into x
+      y = Reshape(GatherElements(Reshape(x, [-1]), Reshape(idx, [-1])), Shape(idx))
+
+  Streaming keeps the running sum as a state pair ``state_in/<node>`` / ``state_out/<node>``
+  shaped like the MaxPool input. Gating approximates max pooling; it is not exact.
+
+MaxPools whose input is static stay as they are. ``ctx.notes["maxpool"]`` maps each MaxPool to its
+treatment; counts ``maxpool_swapped``, ``maxpool_gated``, ``maxpool_avg``.
+
+Analog islands (``--allow-analog``)
+-----------------------------------
+An op with no spiking form (Sigmoid, Tanh, LRN, a product of two temporal tensors...) and a temporal
+input becomes a non-spiking island: each temporal input is decoded (mean over the counted slices),
+the op runs once on ``[N, ...]``, and its static result reaches the next neuron as a constant
+current through the ordinary static/temporal rules. Islands are listed in
+``ctx.notes["analog_islands"]``. Without the flag such an op fails with SNN-E244.
+
+Streaming schedule (``--schedule streaming``)
+---------------------------------------------
+A one-step model: every neuron op gets ``T=1``, ``const_input=0`` (and the window attribute ``= S``
+for accumulate-then-fire neurons), inputs ``(x, state_in/<node>, step)`` and outputs
+``(y, state_out/<node>)``. States are ``[state_planes, N, ...]`` graph inputs/outputs; ``step`` is
+one shared int64 scalar graph input. The graph outputs are the per-step outputs (no decode).
+Protocol: feed the analog input at every step; start with zero states and ``step = 0``; after each
+call feed ``state_out/*`` back as ``state_in/*`` and increase ``step`` by one; run
+``model.metadata["snncc.steps"]`` steps and average the outputs of the steps from
+``metadata["snncc.decode_from"]`` on (SRP decodes the steps ``>= tau``). A bit-serial layer fires
+the bits of epoch e during epoch e+1 (docs/neuron-ops.md), so a network whose longest chain has D
+neurons is exact from epoch D on: run ``(D+1)*S`` steps and decode the last S. Trailing
+Softmax/LogSoftmax are dropped (apply them to the averaged output); analog islands need the folded
+schedule (SNN-E322). Streaming needs the kernel library: the model-local functions implement the
+folded form only.
+
+Notes: ``ctx.notes["latency_steps"]`` (S, or ``(D+1)*S`` for bit-serial neurons, pipelined);
+``ctx.notes["schedule"]``; model metadata ``snncc.*`` for :mod:`snncc.simulate`.
+"""
+from __future__ import annotations
+
+import logging
+
+import networkx as nx
+import numpy as np
+
+from snncc import ir
+from snncc.context import CompileContext, CompileOptions
+from snncc.errors import Diagnostic, OptionError, UnsupportedNodeError
+from snncc.passes.base import Pass, PassResult
+from snncc.passes.insert_neurons import spec_for_op
+
+__all__ = ["ScheduleTimestepsPass", "TIME_OPS", "SCHEDULES", "MAXPOOL_MODES"]
+
+logger = logging.getLogger("snncc.passes.schedule_timesteps")
+
+SCHEDULES = ("folded", "streaming")
+MAXPOOL_MODES = ("auto", "avg", "gate")
+PREFIX = "schedule-timesteps"
+
+#: Per-row ops that commute with time folding: op -> input indices that may be temporal
+#: (None: any). "Mul" takes at most one temporal factor.
+TIME_OPS: dict[str, tuple[int, ...] | None] = {
+    **{op: (0,) for op in (
+        "Conv", "ConvTranspose", "Gemm", "MatMul", "Div", "AveragePool", "GlobalAveragePool",
+        "BatchNormalization", "Flatten", "Reshape", "Transpose", "Pad", "Identity", "Dropout",
+        "Neg", "Squeeze", "Unsqueeze", "Slice", "Split", "ReduceMean", "ReduceSum", "Resize",
+        "DepthToSpace", "SpaceToDepth")},
+    **{op: None for op in ("Add", "Sub", "Sum", "Concat")},
+    "Mul": (0, 1),
+}
+TRAILING = ("Softmax", "LogSoftmax")
+#: Ops whose output describes a tensor instead of holding its values: never temporal. The shape of
+#: a temporal tensor has S*N rows, which is what a reshape of that tensor needs.
+META_OPS = ("Shape", "Size")
+_AXIS_ATTR_OPS = ("Concat", "Split", "Flatten")
+_AXES_OPS = ("Squeeze", "Unsqueeze", "ReduceMean", "ReduceSum")
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _is_neuron(node: ir.Node) -> bool:
+    return node.domain == ir.SNN_DOMAIN
+
+
+def _bit_serial(spec) -> bool:
+    """Accumulate-then-fire neurons (``spec.window_attr``) fire a whole window's bits one epoch
+    later (docs/neuron-ops.md): their output depends only on the window's mean current."""
+    return spec.window_attr is not None
+
+
+def _hint(node: ir.Node) -> str:
+    """The node's name, or its first output's name for unnamed nodes."""
+    return node.name or node.outputs[0].name
+
+
+def _topological(graph: ir.Graph) -> list[ir.Node]:
+    """Nodes in a dependency order, stable with respect to the node list (no graph mutation)."""
+    index = {id(n): i for i, n in enumerate(graph.nodes)}
+    dag = nx.DiGraph()
+    dag.add_nodes_from(index.values())
+    for node in graph.nodes:
+        for t in node.inputs:
+            for prod in t.inputs:
+                if id(prod) in index:
+                    dag.add_edge(index[id(prod)], index[id(node)])
+    return [graph.nodes[i] for i in nx.lexicographical_topological_sort(dag)]
+
+
+def _const_ints(node: ir.Node, attr: str | None, input_index: int) -> list[int] | None:
+    """An int list given as attribute ``attr`` or as constant input ``input_index``."""
+    if attr is not None and attr in node.attrs:
+        return [int(v) for v in np.atleast_1d(node.attrs[attr])]
+    if len(node.inputs) > input_index and node.inputs[input_index].name:
+        value = ir.const_value(node.inputs[input_index])
+        return None if value is None else [int(v) for v in np.atleast_1d(value)]
+    return None
+
+
+def _touches_batch(node: ir.Node, rank: int | None) -> bool:
+    """Whether the op mixes rows of the batch axis (which holds time in the folded schedule)."""
+    def is_zero(axis: int) -> bool:
+        return axis == 0 or (rank is not None and axis == -rank)
+
+    op = node.op
+    if op in _AXIS_ATTR_OPS:
+        return is_zero(int(node.attrs.get("axis", 1 if op == "Flatten" else 0)))
+    if op == "Transpose":
+        perm = node.attrs.get("perm")
+        return (perm is None and rank != 1) or (perm is not None and list(perm)[0] != 0)
+    if op in _AXES_OPS:
+        axes = _const_ints(node, "axes", 1)
+        if axes is None:
+            keeps = op.startswith("Reduce") and node.attrs.get("noop_with_empty_axes", 0)
+            return not keeps and op != "Unsqueeze"
+        return any(is_zero(a) for a in axes)
+    if op == "Slice":
+        axes = _const_ints(node, None, 3)
+        starts = ir.const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        if axes is None:
+            return starts is None or np.atleast_1d(starts).size > 0
+        return any(is_zero(a) for a in axes)
+    if op == "Gemm":
+        return bool(node.attrs.get("transA", 0))
+    return False
+
+
+def _literal_batch(node: ir.Node) -> bool:
+    """A Reshape whose constant target shape fixes the batch size (or flattens the batch)."""
+    if node.op != "Reshape":
+        return False
+    shape = ir.const_value(node.inputs[1])
+    if shape is None:
+        return False
+    shape = np.atleast_1d(shape)
+    return shape.size < 2 or int(shape[0]) > 0
+
+
+class _Emitter:
+    """Builds the standard-op subgraphs of this pass (names under ``schedule-timesteps/``)."""
+
+    def __init__(self, graph: ir.Graph, opset: int, slices: int):
+        self.graph, self.opset, self.S = graph, opset, slices
+
+    def var(self, hint: str, dtype=np.float32, shape=None) -> ir.Variable:
+        return ir.Variable(ir.unique_name(self.graph, f"{PREFIX}/{hint}"), dtype=dtype, shape=shape)
+
+    def const(self, hint: str, value, dtype=np.int64) -> ir.Constant:
+        return ir.new_const(self.graph, f"{PREFIX}/{hint}", value, dtype=dtype)
+
+    def op(self, op: str, inputs: list, hint: str, *, attrs: dict | None = None,
+           outputs: list | None = None, dtype=np.float32) -> list[ir.Tensor]:
+        outs = outputs or [self.var(f"{hint}/{op}", dtype)]
+        name = ir.unique_name(self.graph, f"{PREFIX}/{hint}/{op}")
+        self.graph.nodes.append(ir.Node(op, name=name, attrs=attrs or {}, inputs=inputs,
+                                        outputs=outs))
+        return outs
+
+    def rest_shape(self, x: ir.Tensor, hint: str) -> ir.Tensor:
+        """Shape(x)[1:] as an int64 tensor."""
+        shape = self.op("Shape", [x], hint, dtype=np.int64)[0]
+        return self.op("Slice", [shape, self.const(f"{hint}/one", [1]),
+                                 self.const(f"{hint}/end", [_INT64_MAX])], hint, dtype=np.int64)[0]
+
+    def time_view(self, x: ir.Tensor, hint: str) -> ir.Tensor:
+        """[S*N, ...] -> [S, N, ...]."""
+        target = self.op("Concat", [self.const(f"{hint}/S", [self.S, -1]),
+                                    self.rest_shape(x, hint)], hint, attrs={"axis": 0},
+                         dtype=np.int64)[0]
+        return self.op("Reshape", [x, target], hint)[0]
+
+    def mean_time(self, v: ir.Tensor, hint: str, out: ir.Tensor | None = None) -> ir.Tensor:
+        """ReduceMean over axis 0 without keeping it."""
+        if self.opset >= 18:
+            return self.op("ReduceMean", [v, self.const(f"{hint}/axis", [0])], hint,
+                           attrs={"keepdims": 0}, outputs=[out] if out else None)[0]
+        return self.op("ReduceMean", [v], hint, attrs={"axes": [0], "keepdims": 0},
+                       outputs=[out] if out else None)[0]
+
+    def decode(self, x: ir.Tensor, first: int, hint: str, out: ir.Tensor | None = None
+               ) -> ir.Tensor:
+        """Mean of the slices ``first..S-1`` of a temporal tensor: [S*N, ...] -> [N, ...]."""
+        v = self.time_view(x, hint)
+        if first > 0:
+            v = self.op("Slice", [v, self.const(f"{hint}/first", [first]),
+                                  self.const(f"{hint}/last", [self.S]),
+                                  self.const(f"{hint}/axis0", [0])], hint)[0]
+        return self.mean_time(v, hint, out)
+
+    def tile(self, x: ir.Tensor, rank: int, hint: str) -> ir.Tensor:
+        """[N, ...] -> [S*N, ...], time-major."""
+        return self.op("Tile", [x, self.const(f"{hint}/repeats", [self.S] + [1] * (rank - 1))],
+                       hint)[0]
+
+    def gate(self, node: ir.Node, cumulative: ir.Tensor, x: ir.Tensor, hint: str) -> None:
+        """Rewrite MaxPool ``node`` (input x) as the spike gate of its window (module doc)."""
+        attrs = {k: v for k, v in node.attrs.items() if k != "storage_order"}
+        pooled = self.var(f"{hint}/pooled")
+        indices = self.var(f"{hint}/indices", dtype=np.int64)
+        out = node.outputs[0]
+        self.op("MaxPool", [cumulative], hint, attrs=attrs, outputs=[pooled, indices])
+        flat = self.const(f"{hint}/flat", [-1])
+        picked = self.op("GatherElements", [self.op("Reshape", [x, flat], hint)[0],
+                                            self.op("Reshape", [indices, flat], hint,
+                                                    dtype=np.int64)[0]], hint)[0]
+        node.inputs.clear()
+        node.outputs.clear()
+        self.op("Reshape", [picked, self.op("Shape", [indices], hint, dtype=np.int64)[0]], hint,
+                outputs=[out])
+
+
+class ScheduleTimestepsPass(Pass):
+    name = "schedule-timesteps"
+
+    def requires(self, model: ir.Model, ctx: CompileContext) -> None:
+        o = ctx.options
+        if o.schedule not in SCHEDULES:
+            raise OptionError(f"unknown schedule {o.schedule!r}", code="SNN-E320",
+                              hint="choose one of: " + ", ".join(SCHEDULES))
+        if o.maxpool not in MAXPOOL_MODES:
+            raise OptionError(f"unknown maxpool treatment {o.maxpool!r}", code="SNN-E321",
+                              hint="choose one of: " + ", ".join(MAXPOOL_MODES))
+        if not isinstance(o.timesteps, int) or o.timesteps < 1:
+            raise OptionError(f"timesteps={o.timesteps!r} must be an integer >= 1",
+                              code="SNN-E323", hint="pass e.g. -T 4")
+
+    # ---------------------------------------------------------------------------------- run
+
+    def run(self, model: ir.Model, ctx: CompileContext) -> PassResult:
+        graph, options = model.graph, ctx.options
+        neurons = [n for n in graph.nodes if _is_neuron(n)]
+        if not neurons:
+            logger.info("schedule-timesteps: the graph has no neuron ops; nothing to schedule")
+            return PassResult(modified=False, counts={"neurons": 0})
+        slices, counted, bit_serial = self._slices(neurons, options.timesteps)
+        self.shapes = self._shapes(model)
+        self.emit = _Emitter(graph, model.opset, slices)
+        self.counts: dict[str, int] = {"neurons": len(neurons)}
+        self.notes_maxpool: dict[str, str] = {}
+        self.diags: list[Diagnostic] = []
+        self.model, self.ctx = model, ctx
+        streaming = options.schedule == "streaming"
+
+        pooled = self._treat_maxpools(options, slices, streaming)
+        if streaming:
+            depth = self._stream(pooled)
+        else:
+            depth = self._fold(pooled, counted)
+        if self.diags:
+            codes = {d.code for d in self.diags}
+            code = "SNN-E322" if codes == {"SNN-E322"} else sorted(codes)[0]
+            cls = OptionError if code == "SNN-E322" else UnsupportedNodeError
+            raise cls("schedule-timesteps: the graph cannot be laid out in time",
+                      diagnostics=self.diags, code=code)
+
+        latency = (depth + 1) * slices if bit_serial else slices
+        steps, decode_from = (latency, latency - slices) if streaming and bit_serial else \
+            (slices, slices - counted)
+        ctx.notes["latency_steps"] = latency
+        ctx.notes["maxpool"] = self.notes_maxpool
+        ctx.notes["schedule"] = {"schedule": options.schedule, "total_slices": slices,
+                                 "counted_slices": counted, "steps": steps,
+                                 "decode_from": decode_from, "spiking_depth": depth}
+        model.metadata.update({"snncc.schedule": options.schedule, "snncc.timesteps":
+                               str(options.timesteps), "snncc.steps": str(steps),
+                               "snncc.decode_from": str(decode_from)})
+        return PassResult(modified=True, counts=self.counts)
+
+    # ------------------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _slices(neurons: list[ir.Node], T: int) -> tuple[int, int, bool]:
+        """(S, C, whether a neuron is bit-serial); SNN-E245 when the neurons disagree."""
+        per_node = {}
+        bit_serial = False
+        for node in neurons:
+            spec = spec_for_op(node.op)
+            per_node[_hint(node)] = (spec.total_steps(T, node.attrs),
+                                     spec.counted_steps(T, node.attrs))
+            bit_serial |= _bit_serial(spec)
+        kinds = set(per_node.values())
+        if len(kinds) != 1:
+            listing = ", ".join(f"{n}: S={s}, C={c}" for n, (s, c) in sorted(per_node.items()))
+            raise UnsupportedNodeError(
+                f"schedule-timesteps: the neuron ops need different numbers of slices ({listing})",
+                code="SNN-E245", hint="use one neuron type and one T for the whole model")
+        slices, counted = kinds.pop()
+        return slices, counted, bit_serial
+
+    @staticmethod
+    def _shapes(model: ir.Model) -> dict[str, list | None]:
+        """Tensor shapes as loaded; ONNX shape inference fills the gaps (run once)."""
+        tensors = ir.tensor_map(model.graph)
+        shapes = {name: t.shape for name, t in tensors.items()}
+        if any(s is None for name, s in shapes.items() if isinstance(tensors[name], ir.Variable)):
+            inferred = ir.infer_shapes(ir.to_proto(model))
+            for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+                if shapes.get(vi.name) is None and vi.type.tensor_type.HasField("shape"):
+                    shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else
+                                       (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
+        return shapes
+
+    def _rank(self, t: ir.Tensor) -> int | None:
+        shape = self.shapes.get(t.name)
+        return None if shape is None else len(shape)
+
+    def _diag(self, code: str, node: ir.Node, what: str, hint: str) -> None:
+        self.diags.append(Diagnostic(code, what, pass_name=self.name,
+                                     node=ir.node_label(node, self.model.provenance), hint=hint))
+
+    def _neuron_source(self, t: ir.Tensor) -> tuple[ir.Node | None, list[ir.Node]]:
+        """The neuron producing ``t`` directly or through Identity nodes, and those nodes."""
+        chain = []
+        prod = ir.producer(t)
+        while prod is not None and prod.op == "Identity" and len(prod.outputs[0].outputs) == 1:
+            chain.append(prod)
+            prod = ir.producer(prod.inputs[0])
+        return (prod if prod is not None and _is_neuron(prod) else None), chain
+
+    # ---------------------------------------------------------------------------- maxpool
+
+    def _treat_maxpools(self, options: CompileOptions, slices: int, streaming: bool) -> set[int]:
+        """avg replacement and exact swaps; returns ids of MaxPools that pool a neuron current."""
+        graph = self.model.graph
+        pooled: set[int] = set()
+        for mp in [n for n in graph.nodes if n.op == "MaxPool"]:
+            if len(mp.outputs) > 1 and (mp.outputs[1].outputs or mp.outputs[1] in graph.outputs):
+                self._diag("SNN-E248", mp, "the MaxPool indices output is used", "export the "
+                           "model without return_indices")
+                continue
+            if options.maxpool == "avg":
+                self._to_average(mp)
+                continue
+            if options.maxpool != "auto" or (streaming and slices != 1):
+                continue
+            neuron, chain = self._neuron_source(mp.inputs[0])
+            if neuron is None:
+                continue
+            spec = spec_for_op(neuron.op)
+            if not (spec.maxpool_exact(options.timesteps, neuron.attrs) or _bit_serial(spec)):
+                continue
+            self.notes_maxpool[_hint(mp)] = "swapped"
+            pooled.add(id(self._swap(mp, neuron, chain)))
+            self.counts["maxpool_swapped"] = self.counts.get("maxpool_swapped", 0) + 1
+        return pooled
+
+    def _to_average(self, mp: ir.Node) -> None:
+        if any(d != 1 for d in mp.attrs.get("dilations", [1])):
+            self._diag("SNN-E249", mp, "a dilated MaxPool has no AveragePool equivalent",
+                       "use --maxpool auto or gate")
+            return
+        attrs = {k: v for k, v in mp.attrs.items() if k in
+                 ("kernel_shape", "strides", "pads", "auto_pad", "ceil_mode")}
+        attrs["count_include_pad"] = 0
+        hint = _hint(mp)
+        x, y = mp.inputs[0], mp.outputs[0]
+        mp.inputs.clear()
+        mp.outputs.clear()
+        self.emit.op("AveragePool", [x], hint, attrs=attrs, outputs=[y])
+        self.notes_maxpool[hint] = "avg"
+        self.counts["maxpool_avg"] = self.counts.get("maxpool_avg", 0) + 1
+
+    def _swap(self, mp: ir.Node, neuron: ir.Node, chain: list[ir.Node]) -> ir.Node:
+        """x -> neuron -> [Identity]* -> MaxPool -> p  becomes  x -> MaxPool -> neuron -> p."""
+        graph = self.model.graph
+        x, a, p = neuron.inputs[0], neuron.outputs[0], mp.outputs[0]
+        hint = _hint(mp)
+        shape = self.shapes.get(p.name)
+        pooled_x = self.emit.var(f"{hint}/pooled_current", shape=shape)
+        self.shapes[pooled_x.name] = shape
+        sole = len(a.outputs) == 1 and a not in graph.outputs
+        new_mp = ir.Node("MaxPool", name=ir.unique_name(graph, f"{PREFIX}/{hint}/MaxPool"),
+                         attrs={k: v for k, v in mp.attrs.items() if k != "storage_order"},
+                         inputs=[x], outputs=[pooled_x])
+        graph.nodes.append(new_mp)
+        for n in [mp] + (chain if sole else []):
+            n.inputs.clear()
+            n.outputs.clear()
+        if sole:
+            neuron.inputs[0] = pooled_x
+            neuron.outputs[0] = p
+        else:
+            name = ir.unique_name(graph, f"{_hint(neuron)}/pooled")
+            graph.nodes.append(ir.Node(neuron.op, name=name, attrs=dict(neuron.attrs),
+                                       inputs=[pooled_x], outputs=[p], domain=ir.SNN_DOMAIN))
+        return new_mp
+
+    # ----------------------------------------------------------------------------- folded
+
+    def _fold(self, pooled: set[int], counted: int) -> int:
+        graph, emit, S = self.model.graph, self.emit, self.emit.S
+        first = S - counted
+        temporal: set[str] = set()
+        batched: set[str] = {t.name for t in graph.inputs}
+        depth: dict[str, int] = {}
+        tiles: dict[str, ir.Tensor] = {}
+        islands: list[str] = []
+        for node in _topological(graph):
+            outputs = list(node.outputs)
+            if not outputs:
+                continue
+            hint = _hint(node)
+            t_idx = [i for i, t in enumerate(node.inputs) if t.name in temporal]
+            d = max((depth.get(t.name, 0) for t in node.inputs), default=0)
+            if _is_neuron(node):
+                node.attrs["T"] = S
+                node.attrs["const_input"] = 0 if t_idx else 1
+                self._count("const_input", not t_idx)
+                d += 1
+                temporal.update(t.name for t in node.outputs)
+            elif node.op in META_OPS:
+                pass
+            elif not t_idx:
+                if any(t.name in batched for t in node.inputs):
+                    batched.update(t.name for t in outputs)
+            elif id(node) in pooled:  # one slice: pool it as it is; else its time-mean
+                if S == 1:
+                    temporal.update(t.name for t in outputs)
+                else:
+                    node.inputs[0] = emit.decode(node.inputs[0], 0, hint)
+                    batched.update(t.name for t in outputs)
+            elif node.op == "MaxPool":
+                x = node.inputs[0]
+                self._note_gate(node)
+                emit.gate(node, self._cumulative_folded(x, hint), x, hint)
+                temporal.add(outputs[0].name)
+            elif self._time_op_ok(node, t_idx):
+                self._check_axes(node)
+                for i, t in enumerate(node.inputs):
+                    if i not in t_idx and t.name in batched:
+                        node.inputs[i] = self._tiled(t, tiles, node)
+                temporal.update(t.name for t in node.outputs)
+            else:
+                trailing = node.op in TRAILING and all(o in graph.outputs for o in node.outputs)
+                if not (trailing or self.ctx.options.allow_analog):
+                    self._unsupported(node)
+                    continue
+                for i in t_idx:
+                    node.inputs[i] = emit.decode(node.inputs[i], first, hint)
+                batched.update(t.name for t in outputs)
+                if not trailing:
+                    islands.append(ir.node_label(node, self.model.provenance))
+            for t in outputs:
+                depth[t.name] = d
+        self._decode_outputs(temporal, first)
+        for t in ir.tensor_map(graph).values():
+            if t.name in temporal and isinstance(t, ir.Variable) and t.shape is not None:
+                t.shape = [None] + list(t.shape[1:])
+        self.ctx.notes["analog_islands"] = islands
+        self.counts["tiles"] = len(tiles)
+        self.counts["analog_islands"] = len(islands)
+        return max(depth.values(), default=0)
+
+    def _count(self, key: str, when: bool = True) -> None:
+        if when:
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _note_gate(self, node: ir.Node) -> None:
+        self.notes_maxpool[_hint(node)] = "gated"
+        self._count("maxpool_gated")
+
+    def _time_op_ok(self, node: ir.Node, t_idx: list[int]) -> bool:
+        if node.op not in TIME_OPS or node.domain not in ("", "ai.onnx", None):
+            return False
+        allowed = TIME_OPS[node.op]
+        if allowed is None:
+            return True
+        return set(t_idx) <= set(allowed) and (node.op != "Mul" or len(t_idx) == 1)
+
+    def _check_axes(self, node: ir.Node) -> None:
+        if _literal_batch(node):
+            self._diag("SNN-E243", node, "the Reshape target fixes or merges the batch "
+                       "dimension, which holds time in the folded schedule", "run canonicalize "
+                       "(it rewrites the batch dimension to -1), or re-export with a dynamic batch")
+        elif _touches_batch(node, self._rank(node.inputs[0])):
+            self._diag("SNN-E242", node, f"{node.op} works across the batch axis, which holds "
+                       "time in the folded schedule", "keep axis 0 out of reshapes, "
+                       "transposes, concatenations and reductions")
+
+    def _tiled(self, t: ir.Tensor, tiles: dict[str, ir.Tensor], node: ir.Node) -> ir.Tensor:
+        """``t`` repeated over the S slices (one Tile per tensor; none needed when S == 1)."""
+        if self.emit.S == 1:
+            return t
+        if t.name not in tiles:
+            rank = self._rank(t)
+            if rank is None:
+                self._diag("SNN-E247", node, f"the rank of '{t.name}' is unknown, so it cannot "
+                           "be repeated over time", "run canonicalize (shape inference) first")
+                return t
+            tiles[t.name] = self.emit.tile(t, rank, t.name)
+        return tiles[t.name]
+
+    def _cumulative_folded(self, x: ir.Tensor, hint: str) -> ir.Tensor:
+        emit = self.emit
+        summed = emit.op("CumSum", [emit.time_view(x, hint), emit.const(f"{hint}/axis", 0)],
+                         hint)[0]
+        shape = emit.op("Shape", [x], hint, dtype=np.int64)[0]
+        return emit.op("Reshape", [summed, shape], hint)[0]
+
+    def _unsupported(self, node: ir.Node) -> None:
+        self._diag("SNN-E244", node, f"{node.op} has no spiking form and its input carries "
+                   "spikes", "retrain without it, or compile with --allow-analog to keep it as "
+                   "a non-spiking island (folded schedule)")
+
+    def _decode_outputs(self, temporal: set[str], first: int) -> None:
+        graph = self.model.graph
+        for out in list(graph.outputs):
+            if out.name not in temporal:
+                continue
+            inner = self.emit.var(f"{out.name}/time")
+            prod = ir.producer(out)
+            for node in list(out.outputs):
+                for i, t in enumerate(node.inputs):
+                    if t is out:
+                        node.inputs[i] = inner
+            prod.outputs[prod.outputs.index(out)] = inner
+            temporal.add(inner.name)
+            temporal.discard(out.name)
+            self.emit.decode(inner, first, f"{out.name}/decode", out=out)
+            self._count("decoded_outputs")
+
+    # -------------------------------------------------------------------------- streaming
+
+    def _stream(self, pooled: set[int]) -> int:
+        graph, emit = self.model.graph, self.emit
+        step = ir.Variable(ir.unique_name(graph, "step"), dtype=np.int64, shape=[])
+        graph.inputs.append(step)
+        temporal: set[str] = set()
+        depth: dict[str, int] = {}
+        dropped: list[str] = []
+        for node in _topological(graph):
+            outputs = list(node.outputs)
+            if not outputs:
+                continue
+            hint = _hint(node)
+            t_idx = [i for i, t in enumerate(node.inputs) if t.name in temporal]
+            d = max((depth.get(t.name, 0) for t in node.inputs), default=0)
+            if _is_neuron(node):
+                self._stream_neuron(node, step)
+                d += 1
+                temporal.add(node.outputs[0].name)
+            elif not t_idx or id(node) in pooled or node.op in META_OPS:
+                pass
+            elif node.op == "MaxPool":
+                x = node.inputs[0]
+                state_in, state_out = self._state_pair(node, self.shapes.get(x.name))
+                cumulative = emit.op("Add", [state_in, x], hint, outputs=[state_out])[0]
+                self._note_gate(node)
+                emit.gate(node, cumulative, x, hint)
+                temporal.add(outputs[0].name)
+            elif self._time_op_ok(node, t_idx):
+                temporal.update(t.name for t in node.outputs)
+            elif node.op in TRAILING and all(o in graph.outputs for o in node.outputs):
+                dropped.append(node.outputs[0].name)
+                ir.bypass_node(graph, node)
+            elif self.ctx.options.allow_analog:
+                self._diag("SNN-E322", node, f"{node.op} would be an analog island, which needs "
+                           "the whole spike train", "use --schedule folded")
+            else:
+                self._unsupported(node)
+            for t in outputs:
+                depth[t.name] = d
+        self.ctx.notes["streaming_dropped_softmax"] = dropped
+        self.ctx.notes["analog_islands"] = []
+        return max(depth.values(), default=0)
+
+    def _state_pair(self, node: ir.Node, shape) -> tuple[ir.Variable, ir.Variable]:
+        graph = self.model.graph
+        name = _hint(node)
+        if shape is None:
+            self._diag("SNN-E247", node, "the input shape is unknown, so the state tensor "
+                       "cannot be declared", "run canonicalize (shape inference) first")
+        state_in = ir.Variable(ir.unique_name(graph, f"state_in/{name}"), dtype=np.float32,
+                               shape=shape)
+        state_out = ir.Variable(ir.unique_name(graph, f"state_out/{name}"), dtype=np.float32,
+                                shape=shape)
+        graph.inputs.append(state_in)
+        graph.outputs.append(state_out)
+        self._count("state_pairs")
+        return state_in, state_out
+
+    def _stream_neuron(self, node: ir.Node, step: ir.Variable) -> None:
+        spec = spec_for_op(node.op)
+        if _bit_serial(spec):
+            node.attrs[spec.window_attr] = self.emit.S
+        node.attrs["T"] = 1
+        node.attrs["const_input"] = 0
+        x_shape = self.shapes.get(node.inputs[0].name)
+        shape = None if x_shape is None else [spec.state_planes] + list(x_shape)
+        state_in, state_out = self._state_pair(node, shape)
+        while len(node.inputs) > 1:
+            node.inputs.pop()
+        while len(node.outputs) > 1:
+            node.outputs.pop()
+        node.inputs.extend([state_in, step])
+        node.outputs.append(state_out)

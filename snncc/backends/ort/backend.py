@@ -1,0 +1,122 @@
+"""The ONNX Runtime backend: a spiking ONNX model plus a JSON manifest.
+
+Lowering: schedule-timesteps (folded or streaming, see :mod:`snncc.passes.schedule_timesteps`).
+Output ``OUT.onnx``: the model with ``snncc.ops`` neuron nodes, the model-local function of every
+neuron op (so plain ONNX Runtime runs it; with :func:`snncc.runtime.session_options` the C++
+kernels replace the functions) and the opset imports; it passes ``onnx.checker`` with
+``full_check``. ``OUT.onnx.json`` next to it records the snncc version, neuron, T, schedule, op
+names and the kernel library version the model was built for.
+
+check() codes: SNN-E601 a ``snncc.ops`` op that is not a registered neuron; SNN-E602 a node of a
+domain ONNX Runtime does not know; SNN-E603 a neuron op without its model-local function;
+SNN-E604 a ReLU-like activation left (insert-neurons did not run); SNN-E605 a neuron op that
+schedule-timesteps did not lay out (no schedule metadata).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import snncc
+from snncc import ir
+from snncc.backends.base import Artifact, Backend
+from snncc.context import CompileContext, CompileOptions
+from snncc.errors import BackendCapabilityError, Diagnostic
+from snncc.passes.base import Pass
+from snncc.passes.insert_neurons import spec_for_op
+from snncc.passes.quant_clip import activation_sites
+from snncc.passes.schedule_timesteps import ScheduleTimestepsPass
+
+__all__ = ["OrtBackend", "ORT_DOMAINS"]
+
+logger = logging.getLogger("snncc.backends.ort")
+
+#: Domains ONNX Runtime's CPU provider (plus our library / functions) can run.
+ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", ir.SNN_DOMAIN)
+
+
+def _library_version() -> str:
+    """The op-set version of the kernel library the model targets (the domain version)."""
+    from snncc import runtime
+
+    return f"{runtime.DOMAIN}:{ir.SNN_DOMAIN_VERSION} ({', '.join(runtime.op_names())})"
+
+
+class OrtBackend(Backend):
+    name = "ort"
+    output_kind = "file"
+
+    def lowering_passes(self, options: CompileOptions) -> Sequence[Pass]:
+        return [ScheduleTimestepsPass()]
+
+    def check(self, model: ir.Model, ctx: CompileContext) -> list[Diagnostic]:
+        functions = {(f.domain, f.name) for f in model.functions}
+        diags = []
+        neurons = False
+        for node in model.graph.nodes:
+            label = ir.node_label(node, model.provenance)
+            domain = node.domain or ""
+            if domain == ir.SNN_DOMAIN:
+                neurons = True
+                if spec_for_op(node.op) is None:
+                    diags.append(Diagnostic("SNN-E601", f"'{node.op}' is not a registered neuron "
+                                            "op", "ort", label, "re-export the model with a "
+                                            "registered neuron"))
+                elif (domain, node.op) not in functions:
+                    diags.append(Diagnostic("SNN-E603", "the neuron op has no model-local "
+                                            "function", "ort", label, "run insert-neurons, "
+                                            "which adds it"))
+            elif domain not in ORT_DOMAINS:
+                diags.append(Diagnostic("SNN-E602", f"domain '{domain}' is unknown to ONNX "
+                                        "Runtime", "ort", label, "replace the node with "
+                                        "standard ONNX ops"))
+        diags += [Diagnostic("SNN-E604", "ReLU-like activation left in the spiking model", "ort",
+                             site.label, "run relu-to-quant-clip and insert-neurons")
+                  for site in activation_sites(model.graph, model.provenance)
+                  if site.kind != "pattern"]
+        if neurons and "snncc.schedule" not in model.metadata:
+            diags.append(Diagnostic("SNN-E605", "the neuron ops were not laid out in time",
+                                    "ort", "", "run schedule-timesteps (the ort lowering)"))
+        return diags
+
+    def emit(self, model: ir.Model, ctx: CompileContext, out: Path) -> Artifact:
+        diags = self.check(model, ctx)
+        if diags:
+            raise BackendCapabilityError("ort: the model cannot be emitted", diagnostics=diags,
+                                         code=diags[0].code)
+        out = Path(out)
+        proto = ir.to_proto(model)
+        ir.check_onnx(proto)
+        ir.save(proto, out)
+        ops = Counter(n.op_type for n in proto.graph.node)
+        neuron_ops = sorted({n.op_type for n in proto.graph.node if n.domain == ir.SNN_DOMAIN})
+        o = ctx.options
+        manifest = {
+            "snncc_version": snncc.__version__,
+            "neuron": o.neuron,
+            "timesteps": o.timesteps,
+            "schedule": o.schedule,
+            # the model-local functions implement the folded form only
+            "requires_runtime_library": o.schedule == "streaming",
+            "neuron_ops": neuron_ops,
+            "domain": {"name": ir.SNN_DOMAIN, "version": ir.SNN_DOMAIN_VERSION},
+            "runtime_library": _library_version(),
+            "opset": model.opset,
+            "latency_steps": ctx.notes.get("latency_steps"),
+            "steps": ctx.notes.get("schedule", {}).get("steps"),
+            "decode_from": ctx.notes.get("schedule", {}).get("decode_from"),
+            "inputs": [i.name for i in proto.graph.input],
+            "outputs": [i.name for i in proto.graph.output],
+        }
+        manifest_path = out.with_name(out.name + ".json")
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        logger.info("ort: wrote %s (%d nodes, %d neuron ops)", out, len(proto.graph.node),
+                    sum(ops[k] for k in neuron_ops))
+        report = {"nodes": len(proto.graph.node), "ops": dict(sorted(ops.items())),
+                  "neuron_nodes": sum(ops[k] for k in neuron_ops), "manifest": str(manifest_path),
+                  **{k: manifest[k] for k in ("neuron_ops", "latency_steps", "schedule", "steps",
+                                               "decode_from")}}
+        return Artifact(path=out, files=[out, manifest_path], report=report)

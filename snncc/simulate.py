@@ -1,0 +1,174 @@
+"""Run a compiled spiking ONNX model in ONNX Runtime and count its spikes.
+
+:func:`run_compiled` handles both schedules. A folded model runs once. A streaming model (model
+metadata ``snncc.schedule == "streaming"``) runs step by step following the protocol of
+:mod:`snncc.passes.schedule_timesteps`: zero states, ``step`` = 0, 1, ..., the states fed back,
+and the outputs averaged over the steps from ``snncc.decode_from`` on.
+
+Spike counts: every neuron output becomes an extra graph output of a copy of the model, and per
+neuron node ``spikes`` = nonzero output elements and ``events`` = ``spec.events(y, attrs)`` (graded
+outputs count several unit events), summed over all slices (a SRP pre-run included).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from snncc.ir import SNN_DOMAIN
+from snncc.passes.insert_neurons import spec_for_op
+
+__all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "node_attrs"]
+
+
+@dataclass
+class RunResult:
+    """Graph outputs by name, and spikes / unit events per neuron node (None when not counted),
+    summed over all samples and slices. ``units_per_layer``: neurons per sample of each node."""
+
+    outputs: dict[str, np.ndarray]
+    spikes_per_layer: dict[str, int] | None = field(default=None)
+    events_per_layer: dict[str, int] | None = field(default=None)
+    samples: int = 0
+    slices: int = 1
+    units_per_layer: dict[str, int] = field(default_factory=dict)
+
+    def activity(self) -> dict[str, Any]:
+        """Per layer: events and spikes per sample, and the firing rate (spikes per neuron and
+        slice); empty without spike counts."""
+        if self.spikes_per_layer is None:
+            return {}
+        n = max(self.samples, 1)
+        layers = [{"name": name, "events_per_sample": self.events_per_layer[name] / n,
+                   "spikes_per_sample": spikes / n,
+                   "rate": spikes / (n * self.slices * max(self.units_per_layer.get(name, 1), 1))}
+                  for name, spikes in self.spikes_per_layer.items()]
+        return {"events_per_layer": dict(self.events_per_layer), "layers": layers}
+
+
+def neuron_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in proto.graph.node if n.domain == SNN_DOMAIN]
+
+
+def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes as Python values (strings decoded)."""
+    out = {}
+    for a in node.attribute:
+        value = onnx.helper.get_attribute_value(a)
+        out[a.name] = value.decode() if isinstance(value, bytes) else value
+    return out
+
+
+def with_neuron_outputs(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy whose graph also outputs every neuron's first output; node name -> tensor name."""
+    out = copy.deepcopy(proto)
+    present = {o.name for o in out.graph.output}
+    names = {}
+    for node in neuron_nodes(out):
+        names[node.name] = node.output[0]
+        if node.output[0] not in present:
+            out.graph.output.append(onnx.helper.make_tensor_value_info(
+                node.output[0], onnx.TensorProto.FLOAT, None))
+            present.add(node.output[0])
+    return out, names
+
+
+def _session(proto: onnx.ModelProto, use_library: bool, optimize: bool) -> ort.InferenceSession:
+    if use_library:
+        from snncc.runtime import session_options
+        so = session_options()
+    else:
+        so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _zero_states(proto: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
+    states = {}
+    for inp in proto.graph.input:
+        if inp.name.startswith("state_in/"):
+            dims = [d.dim_value if d.HasField("dim_value") else batch
+                    for d in inp.type.tensor_type.shape.dim]
+            states[inp.name] = np.zeros(dims, dtype=np.float32)
+    return states
+
+
+def _data_inputs(proto: onnx.ModelProto) -> list[str]:
+    inits = {i.name for i in proto.graph.initializer}
+    return [i.name for i in proto.graph.input if i.name not in inits and i.name != "step"
+            and not i.name.startswith("state_in/")]
+
+
+def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
+                 inputs: Mapping[str, np.ndarray] | np.ndarray, *, use_library: bool = True,
+                 spike_counts: bool = True, optimize: bool = True,
+                 batch_size: int | None = None) -> RunResult:
+    """Run a compiled model on ``inputs`` (name -> array, or one array for a single-input model),
+    in batches of ``batch_size`` samples (all at once by default). ``optimize=False`` disables ORT
+    graph optimisations (bit-exact comparisons)."""
+    proto = model_path if isinstance(model_path, onnx.ModelProto) else onnx.load(str(model_path))
+    if not isinstance(inputs, Mapping):
+        inputs = {_data_inputs(proto)[0]: inputs}
+    meta = {p.key: p.value for p in proto.metadata_props}
+    names: dict[str, str] = {}
+    if spike_counts:
+        proto, names = with_neuron_outputs(proto)
+    attrs = {n.name: node_attrs(n) for n in neuron_nodes(proto)}
+    ops = {n.name: n.op_type for n in neuron_nodes(proto)}
+    sess = _session(proto, use_library, optimize)
+    out_names = [o.name for o in sess.get_outputs()]
+    wanted = [o.name for o in proto.graph.output
+              if not o.name.startswith("state_out/") and o.name not in names.values()] or out_names
+    result = RunResult({}, {n: 0 for n in names} if spike_counts else None,
+                       {n: 0 for n in names} if spike_counts else None,
+                       samples=len(next(iter(inputs.values()))),
+                       slices=int(meta.get("snncc.steps", 1)))
+
+    def count(values: dict[str, np.ndarray]) -> None:
+        for node, tensor in names.items():
+            y = values[tensor]
+            result.units_per_layer[node] = y.size // max(y.shape[0], 1) if y.ndim else 1
+            result.spikes_per_layer[node] += int(np.count_nonzero(y))
+            result.events_per_layer[node] += int(np.sum(spec_for_op(ops[node]).events(y,
+                                                                                   attrs[node])))
+
+    size = batch_size or result.samples or 1
+    chunks = []
+    for start in range(0, max(result.samples, 1), size):
+        feeds = {k: v[start:start + size] for k, v in inputs.items()}
+        if meta.get("snncc.schedule") == "streaming":
+            chunks.append(_run_streaming(sess, proto, meta, feeds, out_names, wanted, count))
+        else:
+            values = dict(zip(out_names, sess.run(out_names, feeds)))
+            count(values)
+            chunks.append({k: values[k] for k in wanted})
+    result.outputs = {k: np.concatenate([c[k] for c in chunks]) for k in wanted}
+    return result
+
+
+def _run_streaming(sess: ort.InferenceSession, proto: onnx.ModelProto, meta: dict[str, str],
+                   feeds: dict[str, np.ndarray], out_names: list[str], wanted: list[str],
+                   count: Callable[[dict[str, np.ndarray]], None]) -> dict[str, np.ndarray]:
+    """The step loop of the streaming protocol; returns the mean of the counted steps."""
+    steps, decode_from = int(meta["snncc.steps"]), int(meta["snncc.decode_from"])
+    batch = len(next(iter(feeds.values())))
+    feeds = {**feeds, **_zero_states(proto, batch)}
+    sums: dict[str, np.ndarray] = {}
+    for g in range(steps):
+        feeds["step"] = np.array(g, dtype=np.int64)
+        values = dict(zip(out_names, sess.run(out_names, feeds)))
+        count(values)
+        for k in list(feeds):
+            if k.startswith("state_in/"):
+                feeds[k] = values["state_out/" + k[len("state_in/"):]]
+        if g >= decode_from:
+            for k in wanted:
+                sums[k] = values[k] if k not in sums else sums[k] + values[k]
+    n = np.float32(steps - decode_from)
+    return {k: (v / n).astype(np.float32) for k, v in sums.items()}
