@@ -119,7 +119,8 @@ def _print_notes(notes: dict[str, Any]) -> None:
         elif isinstance(value, (list, dict)) and not value:
             continue
         elif isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
+            value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in value.items() if isinstance(v, (int, float, str)))
         elif isinstance(value, list):
             value = f"{len(value)}: " + ", ".join(map(str, value[:5])) + (" ..." if len(value) > 5 else "")
         print(f"{key}: {value}")

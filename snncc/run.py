@@ -63,8 +63,14 @@ def run_command(args: argparse.Namespace) -> int:
         from snncc.backends.loihi.simulator import run_netlist
 
         x, labels = load_inputs(args.input)
-        outputs, events = run_netlist(target, x)
-        activity = {"events_per_layer": {k: float(v) for k, v in events.items()}}
+        outs, events = run_netlist(target, x)
+        outputs = next(iter(outs.values()))
+        n = max(len(x), 1)
+        activity = {"events_per_layer": {k: float(v.sum()) for k, v in events.items()},
+                    "layers": [{"name": k, "events_per_sample": float(v.sum()) / n,
+                                "spikes_per_sample": float(np.count_nonzero(v)) / n,
+                                "rate": float(v.sum()) / (n * v[0].size)}
+                               for k, v in events.items()]}
     else:
         from snncc.simulate import run_compiled
 

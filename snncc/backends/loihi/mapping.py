@@ -1,0 +1,235 @@
+"""Core mapping: split every group's neurons across Loihi cores under per-core limits.
+
+Resources of a core (configurable :class:`CoreLimits`, defaults in docs/netlist.md):
+
+* neurons (compartments);
+* synaptic memory: every synapse of the core's neurons is stored expanded (no weight sharing),
+  ``bits_per_synapse`` each, structural fan-in including zero weights;
+* input axons: distinct source neurons that send spikes to the core (exact receptive-field union
+  per source group);
+* output axons: per neuron, the number of distinct destination cores it must reach.
+
+Algorithm. Groups are visited from the outputs back to the input (networkx topological order,
+reversed), so the destination cores of every neuron are known when its own group is split. A
+group's neurons are ordered H, W, C (all channels of a pixel together, which keeps receptive fields
+compact) and cut greedily into the longest contiguous chunks that fit one core (galloping + binary
+search; every resource is monotone in the chunk length). Chunks that do not fill a core are then
+packed first-fit-decreasing into shared cores (summing their axons, an upper bound). The lower
+bound is ``max(ceil(neurons / limit), ceil(synapse bits / limit), ceil(neurons that send
+spikes / out-axon limit))`` (every sending neuron needs at least one output axon). A spiking
+neuron that alone exceeds a limit can never be mapped: SNN-E640, collected for all groups; a
+non-spiking readout that does is accumulated by the host instead (``host_groups``, with the
+reason). More cores than ``max_cores``: SNN-E641. The analog input is injected by the host.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import networkx as nx
+import numpy as np
+
+from snncc.backends.loihi.netlist import Block, Netlist, conv2d, conv2d_adjoint
+from snncc.errors import Diagnostic
+
+__all__ = ["CoreLimits", "map_cores", "hwc_order", "fanin_map", "source_mask"]
+
+PASS = "loihi-map"
+RESOURCES = ("neurons", "synapse_bits", "in_axons", "out_axons")
+
+
+@dataclass(frozen=True)
+class CoreLimits:
+    """Per-core limits assumed for Loihi 2 (sources and caveats in docs/netlist.md)."""
+
+    neurons: int = 8192             # "up to ~8k neurons per core" (secondary source)
+    synapse_bytes: int = 128 * 1024  # 128 KB SRAM per core (secondary; Loihi 1: 128 KiB)
+    in_axons: int = 8192            # ASSUMED: Loihi 1's 4096 scaled with the neuron count
+    out_axons: int = 8192           # ASSUMED, as in_axons (Intel publishes no Loihi 2 value)
+    bits_per_synapse: int = 8       # an 8-bit weight per synapse, dense encoding
+    max_cores: int | None = None    # None: any number of chips (128 cores each)
+
+    @classmethod
+    def loihi1(cls) -> "CoreLimits":
+        """Loihi 1 (nengo-loihi ``block.py``): 1024 compartments, 4096 in/out axons,
+        16384 x 64-bit synapse words, 128 cores per chip."""
+        return cls(neurons=1024, synapse_bytes=128 * 1024, in_axons=4096, out_axons=4096)
+
+    @property
+    def synapse_bits(self) -> int:
+        return self.synapse_bytes * 8
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "synapse_bits": self.synapse_bits}
+
+
+def hwc_order(view: tuple[int, int, int]) -> np.ndarray:
+    """Flat (C, H, W) indices listed pixel by pixel, channels innermost."""
+    return np.arange(int(np.prod(view))).reshape(view).transpose(1, 2, 0).ravel()
+
+
+def fanin_map(block: Block) -> np.ndarray:
+    """Structural synapses per destination neuron of the block: [rows, H, W] int64."""
+    if block.kind == "dense":
+        return np.full((block.rows,) + block.out_hw, int(np.prod(block.src_view)), np.int64)
+    ones = np.ones((1,) + block.src_view, dtype=np.int64)
+    return conv2d(ones, np.ones(block.shape, np.int64), block.stride, block.pads, block.groups,
+                  block.out_hw)[0]
+
+
+def source_mask(block: Block, dst_mask: np.ndarray) -> np.ndarray:
+    """Source neurons [*src_view] (bool) that reach the destination neurons in ``dst_mask``."""
+    rows = dst_mask[block.offset:block.offset + block.rows]
+    if not rows.any():
+        return np.zeros(block.src_view, dtype=bool)
+    if block.kind == "dense":
+        return np.ones(block.src_view, dtype=bool)
+    g = block.groups
+    per_group = rows.reshape(g, -1, *rows.shape[1:]).any(axis=1).astype(np.int64)
+    kernel = np.ones((g, 1) + block.shape[2:], dtype=np.int64)
+    reach = conv2d_adjoint(per_group[None], kernel, block.stride, block.pads, g,
+                           block.src_view[1:])[0] > 0
+    return np.repeat(reach, block.shape[1], axis=0)
+
+
+class _GroupSplitter:
+    def __init__(self, net: Netlist, name: str, limits: CoreLimits, dest: np.ndarray):
+        self.g = net.group(name)
+        self.blocks = net.blocks_into(name)
+        self.limits = limits
+        self.order = hwc_order(self.g.view)
+        fanin = np.zeros(self.g.view, dtype=np.int64)
+        for b in self.blocks:
+            fanin[b.offset:b.offset + b.rows] += fanin_map(b)
+        bits = fanin.reshape(-1)[self.order] * limits.bits_per_synapse
+        self.cum_bits = np.concatenate([[0], np.cumsum(bits)])
+        self.cum_out = np.concatenate([[0], np.cumsum(dest[self.order])])
+
+    def dst_mask(self, a: int, b: int) -> np.ndarray:
+        mask = np.zeros(self.g.size, dtype=bool)
+        mask[self.order[a:b]] = True
+        return mask.reshape(self.g.view)
+
+    def sources(self, a: int, b: int) -> dict[str, np.ndarray]:
+        """Source group -> neurons needed by chunk [a, b) (union over that group's blocks)."""
+        mask = self.dst_mask(a, b)
+        out: dict[str, np.ndarray] = {}
+        for blk in self.blocks:
+            m = source_mask(blk, mask).reshape(-1)
+            out[blk.src] = m if blk.src not in out else out[blk.src] | m
+        return out
+
+    def cost(self, a: int, b: int) -> dict[str, int]:
+        return {"neurons": b - a, "synapse_bits": int(self.cum_bits[b] - self.cum_bits[a]),
+                "in_axons": int(sum(m.sum() for m in self.sources(a, b).values())),
+                "out_axons": int(self.cum_out[b] - self.cum_out[a])}
+
+    def fits(self, cost: dict[str, int]) -> bool:
+        lim = self.limits
+        return (cost["neurons"] <= lim.neurons and cost["synapse_bits"] <= lim.synapse_bits
+                and cost["in_axons"] <= lim.in_axons and cost["out_axons"] <= lim.out_axons)
+
+    def split(self) -> tuple[list[tuple[int, int, dict[str, int]]], dict[str, int] | None]:
+        """Chunks (start, stop, cost); or the cost of a single neuron that does not fit."""
+        n, a, chunks = self.g.size, 0, []
+        while a < n:
+            first = self.cost(a, a + 1)
+            if not self.fits(first):
+                return chunks, first
+            good, step = a + 1, 1
+            bad = None
+            while good < n:
+                b = min(n, a + 2 * step)
+                if self.fits(self.cost(a, b)):
+                    good, step = b, 2 * step
+                else:
+                    bad = b
+                    break
+            if bad is not None:
+                while bad - good > 1:
+                    mid = (good + bad) // 2
+                    good, bad = (mid, bad) if self.fits(self.cost(a, mid)) else (good, mid)
+            chunks.append((a, good, self.cost(a, good)))
+            a = good
+        return chunks, None
+
+
+def _over(cost: dict[str, int], limits: CoreLimits) -> str:
+    return ", ".join(f"{r} {cost[r]} > {getattr(limits, r)}" for r in RESOURCES
+                     if cost[r] > getattr(limits, r))
+
+
+def _pack(chunks: list[dict], limits: CoreLimits) -> list[dict]:
+    caps = {"neurons": limits.neurons, "synapse_bits": limits.synapse_bits,
+            "in_axons": limits.in_axons, "out_axons": limits.out_axons}
+    order = sorted(chunks, key=lambda c: -max(c["cost"][r] / caps[r] for r in RESOURCES))
+    cores: list[dict] = []
+    for ch in order:
+        for core in cores:
+            if all(core["use"][r] + ch["cost"][r] <= caps[r] for r in RESOURCES):
+                break
+        else:
+            core = {"chunks": [], "use": dict.fromkeys(RESOURCES, 0)}
+            cores.append(core)
+        core["chunks"].append({k: ch[k] for k in ("group", "start", "stop")})
+        for r in RESOURCES:
+            core["use"][r] += ch["cost"][r]
+    out = []
+    for i, core in enumerate(cores):
+        out.append({"id": i, "chunks": core["chunks"], **core["use"],
+                    "utilisation": {r: core["use"][r] / caps[r] for r in RESOURCES}})
+    return out
+
+
+def map_cores(net: Netlist, limits: CoreLimits = CoreLimits()) -> tuple[dict, list[Diagnostic]]:
+    """Place every neuron / readout group on cores; returns (mapping report, diagnostics)."""
+    graph = net.graph()
+    if not nx.is_directed_acyclic_graph(graph):
+        raise ValueError("the netlist has a cycle")
+    dest = {g.name: np.zeros(g.size, dtype=np.int64) for g in net.groups}
+    chunks: list[dict] = []
+    groups: dict[str, dict] = {}
+    diags: list[Diagnostic] = []
+    host: list[dict] = []
+    kinds = {g.name: g.kind for g in net.groups}
+    for name in reversed(list(nx.topological_sort(graph))):
+        if kinds[name] == "input":
+            continue
+        splitter = _GroupSplitter(net, name, limits, dest[name])
+        parts, failed = splitter.split()
+        if failed is not None and kinds[name] == "readout":
+            # a non-spiking readout too wide for one core is accumulated by the host
+            for blk in net.blocks_into(name):
+                dest[blk.src] += 1
+            host.append({"group": name, "reason": _over(failed, limits)})
+            continue
+        if failed is not None:
+            diags.append(Diagnostic(
+                "SNN-E640", f"group {name}: a single neuron exceeds the core limits even when "
+                f"the layer is split ({_over(failed, limits)})", pass_name=PASS,
+                node=net.group(name).source,
+                hint="reduce the layer's fan-in (fewer input channels or features), or raise "
+                     "the limits in CoreLimits if the target allows it"))
+            continue
+        for a, b, cost in parts:
+            chunks.append({"group": name, "start": a, "stop": b, "cost": cost})
+            for src, mask in splitter.sources(a, b).items():
+                dest[src] += mask
+        groups[name] = {"chunks": len(parts), "neurons": net.group(name).size,
+                        "synapse_bits": int(splitter.cum_bits[-1])}
+    cores = _pack(chunks, limits)
+    total_neurons = sum(v["neurons"] for v in groups.values())
+    total_bits = sum(v["synapse_bits"] for v in groups.values())
+    senders = sum(int(np.count_nonzero(dest[name])) for name in groups)
+    bound = max(math.ceil(total_neurons / limits.neurons),
+                math.ceil(total_bits / limits.synapse_bits),
+                math.ceil(senders / limits.out_axons), 1 if groups else 0)
+    if limits.max_cores is not None and len(cores) > limits.max_cores:
+        diags.append(Diagnostic("SNN-E641", f"the network needs {len(cores)} cores, more than "
+                                f"max_cores={limits.max_cores}", pass_name=PASS,
+                                hint="use a smaller network or allow more chips"))
+    report = {"limits": limits.to_json(), "order": "hwc", "cores_used": len(cores),
+              "lower_bound": bound, "ratio_to_bound": len(cores) / bound if bound else 1.0,
+              "total_neurons": total_neurons, "total_synapse_bits": total_bits,
+              "groups": groups, "host_groups": host, "cores": cores}
+    return report, diags

@@ -1,0 +1,792 @@
+"""The backend-neutral netlist: neuron groups joined by synapse blocks, saved as JSON + NPZ.
+
+A :class:`Group` is one population (the graph input, one neuron op, or a non-spiking readout that
+accumulates the network output). A :class:`Block` is one set of synapses from a source group into
+a slice of a destination group: ``conv`` (shared kernel, stride, begin pads, groups, explicit
+output size) or ``dense`` (a matrix over the flattened source). Every block reads the *values*
+its source sends (a spike of payload p from channel c is worth ``p * unit[c]``) and writes a
+current into channels ``[offset, offset + rows)`` of the destination's 3-D ``view``.
+
+:func:`lower` builds the netlist from the ANN-shaped ONNX graph that insert-neurons produces
+(neuron ops in domain ``snncc.ops``, one per activation site). Linear ops between neurons are
+composed into the blocks: average pooling folds into the following (or preceding) conv as a
+strided conv, a residual Add or a Concat becomes several blocks into one group, Flatten + Gemm
+becomes a dense block. :mod:`snncc.backends.loihi.quantize` then adds the integer fields, and
+:func:`save` / :func:`load` write and read ``netlist.json`` + ``netlist.npz`` (docs/netlist.md).
+
+Error codes (all collected, raised once): SNN-E270 op with no Loihi form, SNN-E271 unsupported
+attribute, SNN-E272 non-constant weights, SNN-E273 linear chain that cannot be folded,
+SNN-E275 concat / shape not expressible, SNN-E276 missing input shape; SNN-E650 unreadable
+netlist directory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from snncc.errors import BackendCapabilityError, Diagnostic, ModelInputError, UnsupportedNodeError
+from snncc.ir import SNN_DOMAIN
+
+__all__ = ["FORMAT", "VERSION", "Group", "Block", "Netlist", "lower", "save", "load",
+           "conv2d", "conv2d_adjoint", "block_apply"]
+
+FORMAT = "snncc-netlist"
+VERSION = 1
+PASS = "loihi-lower"
+#: Largest composed kernel (elements) the lowering builds before giving up (SNN-E273).
+MAX_FOLDED_ELEMENTS = 1 << 26
+
+
+# ----------------------------------------------------------------------------- data model
+
+@dataclass
+class Group:
+    """One population. ``kind``: ``input`` (analog graph input), ``neuron``, ``readout``."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]            # per sample, as in the ONNX graph (no batch axis)
+    view: tuple[int, int, int]        # (C, H, W) view of the neurons, C-order = flat order
+    neuron: str = ""                  # registry key when kind == "neuron"
+    attrs: dict[str, Any] = field(default_factory=dict)
+    spike: str = "analog"             # analog | binary | graded | none
+    source: str = ""                  # ONNX node (or tensor) the group comes from
+    bias: np.ndarray | None = None    # float bias current per neuron, shape `view`
+    # fixed point, filled by quantize.quantize
+    frac_bits: int = 0
+    unit: np.ndarray | None = None        # float value of one payload unit, per channel
+    state_unit: np.ndarray | None = None  # float value of 2**frac_bits state, per channel
+    fixed: dict[str, Any] = field(default_factory=dict)
+    bias_mant: np.ndarray | None = None
+    bias_exp: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.view))
+
+
+@dataclass
+class Block:
+    """Synapses ``src -> dst[offset : offset + rows]`` (rows along axis 0 of ``dst_view``)."""
+
+    name: str
+    src: str
+    dst: str
+    kind: str                               # conv | dense
+    weight: np.ndarray | None               # float64; conv [O, Cin/g, kh, kw], dense [O, F_in]
+    src_view: tuple[int, int, int]
+    dst_view: tuple[int, int, int]
+    offset: int = 0
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int] = (0, 0)          # begin pads (top, left); the end is implied by dst
+    groups: int = 1
+    mant: np.ndarray | None = None          # int8 mantissas, filled by quantize
+    exp: int = 0
+
+    @property
+    def rows(self) -> int:
+        return int(self.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple((self.weight if self.weight is not None else self.mant).shape)
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return self.dst_view[1], self.dst_view[2]
+
+
+@dataclass
+class Netlist:
+    groups: list[Group]                     # topological order, the input group first
+    blocks: list[Block]
+    outputs: list[dict[str, Any]]           # {"name", "group"}: graph output -> group decoded
+    timesteps: int
+    total_steps: int
+    counted_steps: int
+    ann_macs: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def group(self, name: str) -> Group:
+        return self._groups()[name]
+
+    def _groups(self) -> dict[str, Group]:
+        return {g.name: g for g in self.groups}
+
+    def blocks_into(self, name: str) -> list[Block]:
+        return [b for b in self.blocks if b.dst == name]
+
+    def graph(self) -> nx.MultiDiGraph:
+        """Groups as nodes, one edge per block (key = block name)."""
+        g = nx.MultiDiGraph()
+        g.add_nodes_from(gr.name for gr in self.groups)
+        g.add_edges_from((b.src, b.dst, b.name) for b in self.blocks)
+        return g
+
+
+# ----------------------------------------------------------------------------- linear kernels
+
+def _padded(x: np.ndarray, pads: tuple[int, int], need: tuple[int, int]) -> np.ndarray:
+    b, c, h, w = x.shape
+    hp, wp = max(need[0], pads[0] + h), max(need[1], pads[1] + w)
+    out = np.zeros((b, c, hp, wp), dtype=x.dtype)
+    out[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w] = x
+    return out
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, stride: tuple[int, int], pads: tuple[int, int],
+           groups: int, out_hw: tuple[int, int]) -> np.ndarray:
+    """Grouped 2-D convolution of ``x`` [B, C, H, W] with ``w`` [O, C/g, kh, kw], zero padding
+    ``pads`` at the begin, output exactly ``out_hw``. Exact for integer dtypes."""
+    (sh, sw), (ho, wo) = stride, out_hw
+    o, cg, kh, kw = w.shape
+    xp = _padded(x, pads, ((ho - 1) * sh + kh, (wo - 1) * sw + kw))
+    bsz = x.shape[0]
+    xg = xp.reshape(bsz, groups, cg, xp.shape[2], xp.shape[3])
+    wg = w.reshape(groups, o // groups, cg, kh, kw)
+    out = np.zeros((bsz, groups, o // groups, ho, wo), dtype=np.result_type(x, w))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xg[:, :, :, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
+            out += np.einsum("bgchw,goc->bgohw", patch, wg[:, :, :, i, j], optimize=True)
+    return out.reshape(bsz, o, ho, wo)
+
+
+def conv2d_adjoint(y: np.ndarray, w: np.ndarray, stride: tuple[int, int], pads: tuple[int, int],
+                   groups: int, in_hw: tuple[int, int]) -> np.ndarray:
+    """The transpose of :func:`conv2d`: ``y`` [B, O, ho, wo] -> [B, C, H, W]."""
+    (sh, sw) = stride
+    o, cg, kh, kw = w.shape
+    bsz, _, ho, wo = y.shape
+    hp = max(in_hw[0] + pads[0], (ho - 1) * sh + kh)
+    wp = max(in_hw[1] + pads[1], (wo - 1) * sw + kw)
+    out = np.zeros((bsz, groups, cg, hp, wp), dtype=np.result_type(y, w))
+    yg = y.reshape(bsz, groups, o // groups, ho, wo)
+    wg = w.reshape(groups, o // groups, cg, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, :, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw] += np.einsum(
+                "bgohw,goc->bgchw", yg, wg[:, :, :, i, j], optimize=True)
+    out = out[:, :, :, pads[0]:pads[0] + in_hw[0], pads[1]:pads[1] + in_hw[1]]
+    return out.reshape(bsz, groups * cg, in_hw[0], in_hw[1])
+
+
+def block_apply(block: Block, x: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """The block's output rows for source values ``x`` [B, *src_view] -> [B, rows, H, W]."""
+    w = block.weight if weight is None else weight
+    if block.kind == "conv":
+        return conv2d(x.reshape((-1,) + block.src_view), w, block.stride, block.pads,
+                      block.groups, block.out_hw)
+    flat = x.reshape(x.shape[0], -1) @ w.T
+    return flat.reshape((x.shape[0], w.shape[0]) + block.out_hw)
+
+
+# ----------------------------------------------------------------------------- lowering
+
+@dataclass
+class _Term:
+    """One source's contribution to a tensor: a conv or dense map, rows at ``offset``."""
+
+    src: str
+    kind: str
+    weight: np.ndarray
+    src_view: tuple[int, int, int]
+    offset: int = 0
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int] = (0, 0)
+    groups: int = 1
+
+
+@dataclass
+class _Expr:
+    """A tensor as a sum of terms plus a bias; ``view`` is its (C, H, W) view."""
+
+    shape: tuple[int, ...]
+    view: tuple[int, int, int]
+    terms: list[_Term]
+    bias: np.ndarray                      # shape `view`
+
+
+class _LowerError(Exception):
+    def __init__(self, code: str, message: str, hint: str = ""):
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+
+def _view_of(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(shape) == 3:
+        return tuple(int(s) for s in shape)
+    if len(shape) == 1:
+        return (int(shape[0]), 1, 1)
+    if len(shape) == 2:
+        return (int(shape[0]), int(shape[1]), 1)
+    raise _LowerError("SNN-E275", f"tensors of rank {len(shape) + 1} are not supported",
+                      "the Loihi backend takes [N, C], [N, C, H] or [N, C, H, W] tensors")
+
+
+def _identity(src: str, view: tuple[int, int, int], shape: tuple[int, ...]) -> _Expr:
+    c = view[0]
+    term = _Term(src, "conv", np.ones((c, 1, 1, 1)), view, groups=c)
+    return _Expr(shape, view, [term], np.zeros(view))
+
+
+def _full_weight(w: np.ndarray, groups: int) -> np.ndarray:
+    """[O, C/g, kh, kw] -> [O, C, kh, kw] with zeros off the group diagonal."""
+    o, cg = w.shape[:2]
+    if groups == 1:
+        return w
+    full = np.zeros((o, cg * groups) + w.shape[2:])
+    og = o // groups
+    for g in range(groups):
+        full[g * og:(g + 1) * og, g * cg:(g + 1) * cg] = w[g * og:(g + 1) * og]
+    return full
+
+
+def _compress_groups(w: np.ndarray, candidates: Iterable[int]) -> tuple[np.ndarray, int]:
+    """The largest g in ``candidates`` for which full weight ``w`` is block-diagonal."""
+    o, c = w.shape[:2]
+    for g in sorted(set(candidates), reverse=True):
+        if g <= 1 or o % g or c % g:
+            continue
+        og, cg = o // g, c // g
+        mask = np.zeros((o, c), dtype=bool)
+        for i in range(g):
+            mask[i * og:(i + 1) * og, i * cg:(i + 1) * cg] = True
+        if not np.any(w[~mask]):
+            return np.stack([w[i * og:(i + 1) * og, i * cg:(i + 1) * cg]
+                             for i in range(g)]).reshape(o, cg, *w.shape[2:]), g
+    return w, 1
+
+
+def _trim_rows(term: _Term) -> _Term | None:
+    """Drop all-zero leading/trailing output rows (a term placed inside a wider tensor)."""
+    nz = np.flatnonzero(np.any(term.weight.reshape(term.weight.shape[0], -1) != 0, axis=1))
+    if nz.size == 0:
+        return None
+    lo, hi = int(nz[0]), int(nz[-1]) + 1
+    if (lo, hi) == (0, term.weight.shape[0]):
+        return term
+    if term.kind == "conv" and term.groups > 1:
+        og = term.weight.shape[0] // term.groups
+        lo, hi = lo // og * og, -(-hi // og) * og
+        if (lo, hi) == (0, term.weight.shape[0]):
+            return term
+        cg = term.weight.shape[1]
+        src_lo, src_hi = lo // og * cg, hi // og * cg
+        if (src_lo, src_hi) != (0, term.src_view[0]):
+            return term  # the kept groups read a channel slice: keep the full, sparse term
+        groups = (hi - lo) // og
+        return _Term(term.src, term.kind, term.weight[lo:hi], term.src_view, term.offset + lo,
+                     term.stride, term.pads, groups)
+    return _Term(term.src, term.kind, term.weight[lo:hi], term.src_view, term.offset + lo,
+                 term.stride, term.pads, term.groups)
+
+
+def _conv_after(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarray,
+                stride2: tuple[int, int], pads2: tuple[int, int, int, int], groups2: int,
+                out_hw: tuple[int, int]) -> _Term | None:
+    """Compose ``conv2(term)``; exact, or raises SNN-E273."""
+    if term.kind != "conv":
+        raise _LowerError("SNN-E273", "a conv or pooling follows a dense map (Gemm/MatMul) "
+                          "without a neuron in between", "put a neuron between them")
+    rows = term.weight.shape[0]
+    if (term.weight.shape[1:] == (1, 1, 1) and term.groups == rows == term.src_view[0]
+            and term.offset == 0 and rows == mid_view[0] and term.stride == (1, 1)
+            and term.pads == (0, 0) and term.src_view == mid_view):
+        # the term is a per-channel scale (a neuron's identity): scale conv2's input channels
+        cg = w2.shape[1]
+        scale = term.weight[:, 0, 0, 0].reshape(groups2, 1, cg, 1, 1)
+        w = (w2.reshape(groups2, -1, cg, *w2.shape[2:]) * scale).reshape(w2.shape)
+        return _trim_rows(_Term(term.src, "conv", w, term.src_view, 0, stride2,
+                                (pads2[0], pads2[1]), groups2))
+    w1 = _full_weight(term.weight, term.groups)                # [M, C, k1h, k1w]
+    w2f = _full_weight(w2, groups2)[:, term.offset:term.offset + w1.shape[0]]  # [O, M, k2h, k2w]
+    (s1h, s1w), (p1t, p1l) = term.stride, term.pads
+    h0, w0 = term.src_view[1:]
+    h1, w1o = mid_view[1:]
+    for axis, (s1, p1, k1, k2, s2, p2b, p2e, n_in, n_mid, n_out) in enumerate((
+            (s1h, p1t, w1.shape[2], w2.shape[2], stride2[0], pads2[0], pads2[2], h0, h1,
+             out_hw[0]),
+            (s1w, p1l, w1.shape[3], w2.shape[3], stride2[1], pads2[1], pads2[3], w0, w1o,
+             out_hw[1]))):
+        low_ok = p2b == 0 or k1 <= s1 + p1
+        last = (n_out - 1) * s2 - p2b + k2 - 1
+        high_ok = last < n_mid or n_mid * s1 - p1 >= n_in
+        if not (low_ok and high_ok):
+            raise _LowerError("SNN-E273", "the padding of a conv/pool reads positions that the "
+                              "previous linear layer computes from real inputs, so the two "
+                              "cannot be folded into one conv",
+                              "put a neuron between them, or remove the padding")
+    kh = w1.shape[2] + (w2.shape[2] - 1) * s1h
+    kw = w1.shape[3] + (w2.shape[3] - 1) * s1w
+    if w2f.shape[0] * w1.shape[1] * kh * kw > MAX_FOLDED_ELEMENTS:
+        raise _LowerError("SNN-E273", f"folding gives a {kh}x{kw} kernel with "
+                          f"{w2f.shape[0]}x{w1.shape[1]} channels, too large",
+                          "put a neuron between the linear layers")
+    w = np.zeros((w2f.shape[0], w1.shape[1], kh, kw))
+    for a in range(w2.shape[2]):
+        for b in range(w2.shape[3]):
+            w[:, :, a * s1h:a * s1h + w1.shape[2], b * s1w:b * s1w + w1.shape[3]] += np.einsum(
+                "om,mckl->ockl", w2f[:, :, a, b], w1)
+    cands = [groups2, term.groups, math.gcd(w.shape[0], w.shape[1])]
+    w, g = _compress_groups(w, cands + [d for d in range(2, cands[-1] + 1) if cands[-1] % d == 0])
+    new = _Term(term.src, "conv", w, term.src_view, 0, (s1h * stride2[0], s1w * stride2[1]),
+                (p1t + pads2[0] * s1h, p1l + pads2[1] * s1w), g)
+    return _trim_rows(new)
+
+
+def _dense_after(term: _Term, in_view: tuple[int, int, int], wg: np.ndarray) -> _Term | None:
+    """Compose a matrix ``wg`` [F_out, F_in] (F_in = prod(in_view)) after ``term``."""
+    c, h, w = in_view
+    rows = term.weight.shape[0]
+    cols = wg[:, term.offset * h * w:(term.offset + rows) * h * w]
+    if term.kind == "dense":
+        dense = cols @ term.weight
+    else:
+        y = cols.reshape(cols.shape[0], rows, h, w)
+        dense = conv2d_adjoint(y, term.weight, term.stride, term.pads, term.groups,
+                               term.src_view[1:]).reshape(cols.shape[0], -1)
+    return _trim_rows(_Term(term.src, "dense", dense, term.src_view))
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def _spatial(attrs: dict[str, Any], k: tuple[int, int]) -> tuple[tuple[int, int],
+                                                                   tuple[int, int, int, int]]:
+    strides = tuple(attrs.get("strides", (1, 1)))
+    pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
+    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise _LowerError("SNN-E271", f"auto_pad={attrs['auto_pad']} is not supported",
+                          "canonicalize the model (explicit pads)")
+    if any(d != 1 for d in attrs.get("dilations", (1, 1))):
+        raise _LowerError("SNN-E271", "dilated convolutions are not supported",
+                          "use dilation 1")
+    if attrs.get("ceil_mode", 0):
+        raise _LowerError("SNN-E271", "ceil_mode=1 pooling is not supported",
+                          "export the pooling with ceil_mode=0")
+    return (int(strides[0]), int(strides[1])), tuple(int(p) for p in pads)
+
+
+def _out_hw(view, k, stride, pads) -> tuple[int, int]:
+    return ((view[1] + pads[0] + pads[2] - k[0]) // stride[0] + 1,
+            (view[2] + pads[1] + pads[3] - k[1]) // stride[1] + 1)
+
+
+class _Lowering:
+    def __init__(self, proto: onnx.ModelProto, timesteps: int):
+        from snncc.passes.insert_neurons import spec_for_op
+        from snncc.neurons.registry import validate_attrs
+
+        self.spec_for_op, self.validate = spec_for_op, validate_attrs
+        self.proto, self.T = proto, timesteps
+        self.inits = {i.name: numpy_helper.to_array(i).astype(np.float64)
+                      if numpy_helper.to_array(i).dtype.kind == "f"
+                      else numpy_helper.to_array(i) for i in proto.graph.initializer}
+        self.values: dict[str, _Expr] = {}
+        self.groups: list[Group] = []
+        self.blocks: list[Block] = []
+        self.diags: list[Diagnostic] = []
+        self.ann_macs = 0
+        self.steps: set[tuple[int, int]] = set()
+
+    # -- helpers
+    def _diag(self, node: onnx.NodeProto | None, err: _LowerError) -> None:
+        where = f"'{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})" if node else ""
+        self.diags.append(Diagnostic(err.code, err.message, pass_name=PASS, node=where,
+                                     hint=err.hint))
+
+    def _const_input(self, node, i: int) -> np.ndarray:
+        if i >= len(node.input) or not node.input[i]:
+            return None
+        if node.input[i] in self.inits:
+            return self.inits[node.input[i]]
+        raise _LowerError("SNN-E272", f"input {i} ('{node.input[i]}') is not a constant",
+                          "weights, biases and shapes must be initializers")
+
+    def _expr(self, name: str) -> _Expr:
+        if name in self.values:
+            return self.values[name]
+        if name in self.inits:
+            raise _LowerError("SNN-E272", f"'{name}' is a constant where a tensor is expected",
+                              "fold constant subgraphs before compiling")
+        raise _LowerError("SNN-E270", f"input '{name}' is produced by no node",
+                          "the graph is malformed; run onnx.checker on it")
+
+    def _new_group(self, g: Group, expr: _Expr | None) -> None:
+        self.groups.append(g)
+        for i, t in enumerate(expr.terms if expr else []):
+            self.blocks.append(Block(f"{g.name}/in{i}", t.src, g.name, t.kind, t.weight,
+                                     t.src_view, g.view, t.offset, t.stride, t.pads, t.groups))
+
+    # -- driver
+    def run(self) -> Netlist:
+        graph = self.proto.graph
+        graph_inputs = [i for i in graph.input if i.name not in self.inits]
+        if len(graph_inputs) != 1:
+            raise UnsupportedNodeError(f"{PASS}: the model has {len(graph_inputs)} inputs",
+                                       code="SNN-E276", hint="the Loihi backend takes one input")
+        inp = graph_inputs[0]
+        dims = [d.dim_value if d.HasField("dim_value") else 0
+                for d in inp.type.tensor_type.shape.dim][1:]
+        if not dims or any(d <= 0 for d in dims):
+            raise ModelInputError(f"{PASS}: input '{inp.name}' has no static shape {dims}",
+                                  code="SNN-E276", hint="pass --input-shape")
+        shape = tuple(dims)
+        view = _view_of(shape)
+        self.groups.append(Group(inp.name, "input", shape, view, source=inp.name))
+        self.values[inp.name] = _identity(inp.name, view, shape)
+        failed: set[str] = set()
+        for node in graph.node:
+            if failed.intersection(node.input):
+                failed.update(node.output)      # downstream of a reported node: no new noise
+                continue
+            try:
+                self._node(node)
+            except _LowerError as err:
+                self._diag(node, err)
+                failed.update(node.output)
+        outputs = []
+        for out in graph.output:
+            if out.name not in self.values:
+                continue  # its producer was diagnosed
+            outputs.append({"name": out.name, "group": self._output_group(out.name)})
+        if self.diags:
+            raise UnsupportedNodeError(f"{PASS}: the graph cannot be lowered for Loihi",
+                                       diagnostics=self.diags,
+                                       code=sorted({d.code for d in self.diags})[0])
+        if len(self.steps) > 1:
+            raise UnsupportedNodeError(f"{PASS}: neurons disagree on the number of slices "
+                                       f"{sorted(self.steps)}", code="SNN-E275",
+                                       hint="use one neuron type per network")
+        total, counted = next(iter(self.steps)) if self.steps else (self.T, self.T)
+        return Netlist(self.groups, self.blocks, outputs, self.T, total, counted, self.ann_macs)
+
+    def _output_group(self, name: str) -> str:
+        expr = self.values[name]
+        for g in self.groups:
+            if g.kind != "input" and self.values.get(f"@group:{g.name}") is expr:
+                return g.name
+        g = Group(f"readout:{name}", "readout", expr.shape, expr.view, spike="none",
+                  source=name, bias=expr.bias)
+        self._new_group(g, expr)
+        return g.name
+
+    def _node(self, node: onnx.NodeProto) -> None:
+        if node.domain == SNN_DOMAIN:
+            return self._neuron(node)
+        handler = getattr(self, f"_op_{node.op_type}", None)
+        if handler is None or node.domain not in ("", "ai.onnx"):
+            hint = ("use --maxpool avg (or train with average pooling)" if node.op_type == "MaxPool"
+                    else "the Loihi backend maps Conv, Gemm, MatMul, Add, Mul, Concat, "
+                         "AveragePool, GlobalAveragePool, Flatten, Reshape and neuron ops")
+            raise _LowerError("SNN-E270", f"op {node.op_type} has no Loihi form", hint)
+        handler(node)
+
+    # -- neurons
+    def _neuron(self, node: onnx.NodeProto) -> None:
+        spec = self.spec_for_op(node.op_type)
+        if spec is None:
+            raise _LowerError("SNN-E270", f"unknown neuron op {node.op_type}",
+                              "compile with a registered neuron")
+        expr = self._expr(node.input[0])
+        attrs = _attrs(node)
+        attrs.update(T=self.T, const_input=0)
+        attrs = self.validate(spec, attrs, where=f"node '{node.name}': ")
+        theta = np.asarray(attrs["theta"], dtype=np.float64).reshape(-1)
+        if theta.size not in (1, expr.view[0]) or (theta.size > 1 and len(expr.shape) == 1
+                                                   and expr.view[0] != expr.shape[0]):
+            raise _LowerError("SNN-E275", f"theta has {theta.size} values for a tensor of "
+                              f"shape {expr.shape}", "use one theta per channel")
+        total = spec.total_steps(self.T, attrs)
+        self.steps.add((total, spec.counted_steps(self.T, attrs)))
+        attrs["T"] = total
+        jsonable = {k: (list(map(float, v)) if isinstance(v, (list, tuple)) else v)
+                    for k, v in attrs.items()}
+        g = Group(node.name or node.output[0], "neuron", expr.shape, expr.view, neuron=spec.key,
+                  attrs=jsonable, spike=spec.loihi.spike, source=node.name, bias=expr.bias)
+        if spec.key == "bitserial":
+            g.spike = "graded"  # slice k carries payload B * 2**k (docs/netlist.md)
+        self._new_group(g, expr)
+        out = _identity(g.name, expr.view, expr.shape)
+        self.values[node.output[0]] = out
+        self.values[f"@group:{g.name}"] = out
+
+    # -- linear ops
+    def _op_Identity(self, node):
+        self.values[node.output[0]] = self._expr(node.input[0])
+
+    _op_Dropout = _op_Identity
+
+    def _op_Conv(self, node):
+        x = self._expr(node.input[0])
+        w = self._const_input(node, 1)
+        b = self._const_input(node, 2)
+        attrs = _attrs(node)
+        if len(x.shape) != 3 or w.ndim != 4:
+            raise _LowerError("SNN-E271", "only 2-D convolutions are supported",
+                              "use Conv2d")
+        stride, pads = _spatial(attrs, w.shape[2:])
+        groups = int(attrs.get("group", 1))
+        out_hw = _out_hw(x.view, w.shape[2:], stride, pads)
+        self.ann_macs += int(w.shape[0] * out_hw[0] * out_hw[1] * np.prod(w.shape[1:]))
+        self._conv_like(node, x, w, stride, pads, groups, out_hw, b)
+
+    def _conv_like(self, node, x: _Expr, w, stride, pads, groups, out_hw, b=None):
+        view = (w.shape[0],) + out_hw
+        terms = [t for t in (_conv_after(t, x.view, w, stride, pads, groups, out_hw)
+                             for t in x.terms) if t is not None]
+        bias = conv2d(x.bias[None], w, stride, pads[:2], groups, out_hw)[0]
+        if b is not None:
+            bias = bias + b.reshape(-1, 1, 1)
+        self.values[node.output[0]] = _Expr(view, view, terms, bias)
+
+    def _op_AveragePool(self, node):
+        x = self._expr(node.input[0])
+        attrs = _attrs(node)
+        k = tuple(attrs["kernel_shape"])
+        stride, pads = _spatial(attrs, k)
+        if any(pads) and not attrs.get("count_include_pad", 0):
+            raise _LowerError("SNN-E271", "padded average pooling with count_include_pad=0 "
+                              "has position-dependent weights",
+                              "pool without padding or with count_include_pad=1")
+        self._pool(node, x, k, stride, pads)
+
+    def _pool(self, node, x: _Expr, k, stride, pads):
+        c = x.view[0]
+        w = np.full((c, 1) + tuple(k), 1.0 / (k[0] * k[1]))
+        self._conv_like(node, x, w, stride, pads, c, _out_hw(x.view, k, stride, pads))
+
+    def _op_GlobalAveragePool(self, node):
+        x = self._expr(node.input[0])
+        self._pool(node, x, x.view[1:], (1, 1), (0, 0, 0, 0))
+
+    def _flatten(self, node, x: _Expr):
+        size = int(np.prod(x.shape))
+        self.values[node.output[0]] = _Expr((size,), x.view, x.terms, x.bias)
+
+    def _op_Flatten(self, node):
+        if _attrs(node).get("axis", 1) != 1:
+            raise _LowerError("SNN-E271", "Flatten must keep the batch axis (axis=1)",
+                              "flatten with axis=1")
+        self._flatten(node, self._expr(node.input[0]))
+
+    def _op_Reshape(self, node):
+        x = self._expr(node.input[0])
+        target = [int(v) for v in self._const_input(node, 1)]
+        size = int(np.prod(x.shape))
+        rest = [d for d in target[1:]]
+        if target[0] in (0, -1, 1) and (rest in ([-1], [size])):
+            return self._flatten(node, x)
+        raise _LowerError("SNN-E271", f"Reshape to {target} is not a flatten",
+                          "only Reshape(x, [N, -1]) (a flatten) is supported")
+
+    def _matrix(self, node, x: _Expr, wg: np.ndarray, bias: np.ndarray | None):
+        if len(x.shape) != 1 or wg.shape[1] != x.shape[0]:
+            raise _LowerError("SNN-E271", f"Gemm/MatMul on a tensor of shape {x.shape}",
+                              "flatten before the fully connected layer")
+        self.ann_macs += int(wg.size)
+        terms = [t for t in (_dense_after(t, x.view, wg) for t in x.terms) if t is not None]
+        b = wg @ x.bias.reshape(-1)
+        if bias is not None:
+            b = b + np.broadcast_to(bias.reshape(-1), b.shape)
+        n = wg.shape[0]
+        self.values[node.output[0]] = _Expr((n,), (n, 1, 1), terms, b.reshape(n, 1, 1))
+
+    def _op_Gemm(self, node):
+        attrs = _attrs(node)
+        if attrs.get("transA", 0):
+            raise _LowerError("SNN-E271", "Gemm with transA=1", "export without transA")
+        w = self._const_input(node, 1)
+        w = w.T if not attrs.get("transB", 0) else w
+        c = self._const_input(node, 2)
+        self._matrix(node, self._expr(node.input[0]), w * attrs.get("alpha", 1.0),
+                     None if c is None else c * attrs.get("beta", 1.0))
+
+    def _op_MatMul(self, node):
+        w = self._const_input(node, 1)
+        if w.ndim != 2:
+            raise _LowerError("SNN-E271", "MatMul with a non-matrix weight", "use a 2-D weight")
+        self._matrix(node, self._expr(node.input[0]), w.T, None)
+
+    def _op_Add(self, node):
+        a, b = node.input[:2]
+        if a in self.inits or b in self.inits:
+            x = self._expr(b if a in self.inits else a)
+            c = self.inits[a if a in self.inits else b]
+            bias = x.bias + self._bcast(c, x)
+            self.values[node.output[0]] = _Expr(x.shape, x.view, x.terms, bias)
+            return
+        x, y = self._expr(a), self._expr(b)
+        if x.shape != y.shape or x.view != y.view:
+            raise _LowerError("SNN-E275", f"Add of shapes {x.shape} and {y.shape}",
+                              "both operands must have the same shape")
+        self.values[node.output[0]] = _Expr(x.shape, x.view, x.terms + y.terms, x.bias + y.bias)
+
+    def _bcast(self, c: np.ndarray, x: _Expr) -> np.ndarray:
+        arr = np.asarray(c, dtype=np.float64)
+        if arr.ndim > len(x.shape):
+            arr = arr.reshape(arr.shape[arr.ndim - len(x.shape):])
+        try:
+            return np.broadcast_to(arr, x.shape).reshape(x.view)
+        except ValueError:
+            raise _LowerError("SNN-E275", f"constant of shape {arr.shape} does not broadcast "
+                              f"to {x.shape}", "use a per-channel constant") from None
+
+    def _op_Mul(self, node):
+        a, b = node.input[:2]
+        if not (a in self.inits or b in self.inits):
+            raise _LowerError("SNN-E270", "product of two tensors has no Loihi form",
+                              "only multiplication by a constant is supported")
+        x = self._expr(b if a in self.inits else a)
+        c = np.asarray(self.inits[a if a in self.inits else b], dtype=np.float64)
+        per = c.reshape(-1)
+        if per.size == 1:
+            scale = np.full(x.view[0], per[0])
+        elif len(x.shape) == 3 and c.size == x.view[0] and c.shape[-2:] in ((1, 1),):
+            scale = per
+        elif len(x.shape) == 1 and c.size == x.shape[0] and x.view[0] == x.shape[0]:
+            scale = per
+        else:
+            raise _LowerError("SNN-E275", f"Mul by a constant of shape {c.shape}",
+                              "only scalar or per-channel factors are supported")
+        terms = []
+        for t in x.terms:
+            s = scale[t.offset:t.offset + t.weight.shape[0]]
+            terms.append(_Term(t.src, t.kind, t.weight * s.reshape((-1,) + (1,) *
+                                                                    (t.weight.ndim - 1)),
+                               t.src_view, t.offset, t.stride, t.pads, t.groups))
+        self.values[node.output[0]] = _Expr(x.shape, x.view, terms,
+                                            x.bias * scale.reshape(-1, 1, 1))
+
+    def _op_Concat(self, node):
+        if _attrs(node).get("axis") not in (1, -len(self._expr(node.input[0]).shape) - 1):
+            raise _LowerError("SNN-E275", "Concat must join channels (axis 1)",
+                              "concatenate along the channel axis")
+        parts = [self._expr(n) for n in node.input]
+        if any(p.view[1:] != parts[0].view[1:] or len(p.shape) != len(parts[0].shape)
+               or (len(p.shape) == 1 and p.view[1:] != (1, 1)) for p in parts):
+            raise _LowerError("SNN-E275", "Concat of tensors with different spatial sizes "
+                              "or of flattened feature maps", "concatenate channels of "
+                              "equally sized feature maps")
+        terms, off = [], 0
+        for p in parts:
+            for t in p.terms:
+                terms.append(_Term(t.src, t.kind, t.weight, t.src_view, t.offset + off,
+                                   t.stride, t.pads, t.groups))
+            off += p.view[0]
+        view = (off,) + parts[0].view[1:]
+        shape = (off,) + tuple(parts[0].shape[1:])
+        self.values[node.output[0]] = _Expr(shape, view, terms,
+                                            np.concatenate([p.bias for p in parts]))
+
+
+def lower(proto: onnx.ModelProto, timesteps: int) -> Netlist:
+    """Lower the ANN-shaped spiking graph (after insert-neurons) to a float netlist.
+
+    Raises :class:`UnsupportedNodeError` listing every node that has no Loihi form.
+    """
+    return _Lowering(proto, timesteps).run()
+
+
+# ----------------------------------------------------------------------------- files
+
+_GROUP_ARRAYS = ("bias", "unit", "state_unit", "bias_mant", "bias_exp")
+
+
+def save(net: Netlist, out_dir: str | os.PathLike, *, with_float: bool = True) -> list[Path]:
+    """Write ``netlist.json`` and ``netlist.npz`` into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    groups = []
+    for i, g in enumerate(net.groups):
+        entry = {"name": g.name, "kind": g.kind, "shape": list(g.shape), "view": list(g.view),
+                 "neuron": g.neuron, "attrs": g.attrs, "spike": g.spike, "source": g.source,
+                 "frac_bits": g.frac_bits, "fixed": g.fixed, "arrays": {}}
+        for key in _GROUP_ARRAYS:
+            value = getattr(g, key)
+            if value is not None and (with_float or key not in ("bias",)):
+                entry["arrays"][key] = f"g{i}/{key}"
+                arrays[f"g{i}/{key}"] = value
+        groups.append(entry)
+    blocks = []
+    for i, b in enumerate(net.blocks):
+        entry = {"name": b.name, "src": b.src, "dst": b.dst, "kind": b.kind,
+                 "src_view": list(b.src_view), "dst_view": list(b.dst_view), "offset": b.offset,
+                 "stride": list(b.stride), "pads": list(b.pads), "groups": b.groups,
+                 "exp": b.exp, "arrays": {}}
+        for key in ("weight", "mant"):
+            value = getattr(b, key)
+            if value is not None and (with_float or key != "weight"):
+                entry["arrays"][key] = f"b{i}/{key}"
+                arrays[f"b{i}/{key}"] = value
+        blocks.append(entry)
+    doc = {"format": FORMAT, "version": VERSION, "timesteps": net.timesteps,
+           "total_steps": net.total_steps, "counted_steps": net.counted_steps,
+           "ann_macs": net.ann_macs, "outputs": net.outputs, "meta": net.meta,
+           "groups": groups, "blocks": blocks}
+    jpath, npath = out / "netlist.json", out / "netlist.npz"
+    jpath.write_text(json.dumps(doc, indent=1, default=_json_default))
+    np.savez_compressed(npath, **arrays)
+    return [jpath, npath]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def load(out_dir: str | os.PathLike) -> Netlist:
+    """Read a netlist written by :func:`save`; SNN-E650 when missing or of another version."""
+    out = Path(out_dir)
+    jpath, npath = out / "netlist.json", out / "netlist.npz"
+    if not jpath.is_file() or not npath.is_file():
+        raise BackendCapabilityError(f"'{out}' holds no netlist.json/netlist.npz",
+                                     code="SNN-E650",
+                                     hint="pass the directory written by snncc compile "
+                                          "--target loihi")
+    try:
+        doc = json.loads(jpath.read_text())
+        arrays = dict(np.load(npath))
+    except (OSError, ValueError) as exc:
+        raise BackendCapabilityError(f"'{out}': unreadable netlist ({exc})", code="SNN-E650",
+                                     hint="recompile the model") from exc
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise BackendCapabilityError(f"'{jpath}' is format {doc.get('format')!r} version "
+                                     f"{doc.get('version')!r}, expected {FORMAT!r} {VERSION}",
+                                     code="SNN-E650", hint="recompile with this snncc")
+    groups = []
+    for e in doc["groups"]:
+        g = Group(e["name"], e["kind"], tuple(e["shape"]), tuple(e["view"]), e["neuron"],
+                  e["attrs"], e["spike"], e["source"], frac_bits=e["frac_bits"],
+                  fixed=e["fixed"])
+        for key, ref in e["arrays"].items():
+            setattr(g, key, arrays[ref])
+        groups.append(g)
+    blocks = []
+    for e in doc["blocks"]:
+        arr = {k: arrays[ref] for k, ref in e["arrays"].items()}
+        blocks.append(Block(e["name"], e["src"], e["dst"], e["kind"], arr.get("weight"),
+                            tuple(e["src_view"]), tuple(e["dst_view"]), e["offset"],
+                            tuple(e["stride"]), tuple(e["pads"]), e["groups"], arr.get("mant"),
+                            e["exp"]))
+    return Netlist(groups, blocks, doc["outputs"], doc["timesteps"], doc["total_steps"],
+                   doc["counted_steps"], doc["ann_macs"], doc["meta"])

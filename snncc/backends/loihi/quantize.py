@@ -1,0 +1,268 @@
+"""Fixed-point parameters for Loihi: fold spike values into weights, 8-bit weight mantissas with a
+per-block exponent, threshold / bias mantissas, decays.
+
+Units (docs/netlist.md): every group g has per channel c a *state unit* ``su[c]`` (the float value
+that ``2**F`` state integers stand for; F = ``frac_bits``) and a *payload unit* ``unit[c]`` (the
+float value of one unit of the spike payload it sends):
+
+========= ===================== ============= ===================================================
+neuron    state unit            payload unit  integer thresholds (state units x 2**F)
+========= ===================== ============= ===================================================
+if, srp   theta                 theta         1
+lif       theta                 amplitude     1, voltage decay round(4096 * (1 - leak))
+gn        theta / tau           theta / tau   c = floor(v / 2**F) clipped to tau
+mt        theta * g             theta * g     fractions / g (g = the smallest fraction)
+bitserial theta / L             theta / L     q = floor(U / 2**F) clipped to L = 2**B - 1
+readout   1                     -             none (accumulates)
+input     -                     2**-in_bits   analog values sent as graded payloads
+========= ===================== ============= ===================================================
+
+Per-channel thresholds thus fold into the incoming weights and biases (one threshold mantissa per
+group). A block from s to d gets ``W_fold[o, i] = W[o, i] * unit_s[i] / su_d[o] * 2**F_d``,
+stored as ``mant * 2**exp`` with ``mant`` in [-128, 127] and the smallest ``exp`` in
+[0, weight_exp_max] that avoids saturation; ``F_d`` is chosen so that the largest threshold is
+about ``2**vth_target_bits``. Biases become ``bias_mant * 2**bias_exp`` per neuron (13-bit signed
+magnitude mantissa, exponent 0..7). Every block and group gets an error record; saturation is an
+error (SNN-E630 weights, SNN-E631 biases), as is a threshold that does not fit (SNN-E632) or a
+neuron parameter with no fixed-point form (SNN-E633).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from snncc.backends.loihi.netlist import Block, Group, Netlist
+from snncc.errors import Diagnostic
+
+__all__ = ["FixedPoint", "quantize", "folded_weight", "weight_int"]
+
+PASS = "loihi-quantize"
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """Word widths assumed for Loihi 2 (Loihi 1 widths from nengo-loihi / Lava where Loihi 2
+    publishes none; see docs/netlist.md). All configurable."""
+
+    weight_bits: int = 8            # signed mantissa
+    weight_exp_max: int = 13        # Loihi 1: scale 2**(6 + wgtExp), wgtExp <= 7
+    state_bits: int = 24            # u, v saturate at +-2**23
+    vth_target_bits: int = 16       # the largest threshold of a group is ~2**16
+    vth_mant_bits: int = 17
+    vth_exp: int = 6                # vth = vth_mant * 2**6
+    bias_mant_bits: int = 13        # signed magnitude
+    bias_exp_max: int = 7
+    decay_bits: int = 12
+    input_frac_bits: int = 8        # the analog input is sent as round(x * 2**8)
+    payload_bits: int = 24          # graded spike payload (Lava's fixed-point models use 24)
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _per_channel(values: Any, channels: int) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    return np.broadcast_to(arr, (channels,)).copy()
+
+
+def _neuron_units(g: Group, fp: FixedPoint) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """(payload unit, state unit, largest threshold in state units, fixed fields w/o 2**F)."""
+    a, c = g.attrs, g.view[0]
+    theta = _per_channel(a.get("theta", 1.0), c)
+    key = g.neuron
+    if key in ("if", "srp"):
+        fixed = {"thresholds": [1], "compare": ">=", "reset": "subtract", "v_init": a["v_init"]}
+        if key == "srp":
+            fixed.update(tau=int(a["tau"]), tol=float(a["tol"]))
+        return theta, theta, 1, fixed
+    if key == "lif":
+        leak = float(a["leak"])
+        if not 0.0 <= leak <= 1.0:
+            raise ValueError(f"leak={leak} has no 12-bit decay (needs 0 <= leak <= 1)")
+        decay = int(round((1.0 - leak) * (1 << fp.decay_bits)))
+        return (_per_channel(a["amplitude"], c), theta, 1,
+                {"thresholds": [1], "compare": ">", "reset": "subtract", "v_init": a["v_init"],
+                 "decay_v": decay, "decay_exact": decay == (1.0 - leak) * (1 << fp.decay_bits)})
+    if key == "gn":
+        tau = int(a["tau"])
+        u = theta / tau
+        return u, u, tau, {"tau": tau, "v_init": a["v_init"], "reset": "subtract"}
+    if key == "mt":
+        fr = np.asarray(a["fractions"], dtype=np.float64)
+        ratios = fr / fr[-1]
+        if np.any(np.abs(ratios - np.round(ratios)) > 1e-6):
+            raise ValueError(f"fractions {fr.tolist()} are not integer multiples of the "
+                             "smallest one, so the graded payload has no integer unit")
+        u = theta * fr[-1]
+        return u, u, float(ratios[0]), {
+            "thresholds": [int(r) for r in np.round(ratios)], "mode": a["mode"],
+            "reset": a["reset"], "v_init": float(a["v_init"]) / fr[-1]}
+    if key == "bitserial":
+        bits = int(a.get("bits") or a["T"])
+        levels = (1 << bits) - 1
+        u = theta / levels
+        return u, u, float(bits * levels), {"bits": bits, "levels": levels,
+                                            "v_init": a["v_init"]}
+    raise ValueError(f"neuron '{key}' has no Loihi fixed-point model")
+
+
+def _readout_frac_bits(net: Netlist, g: Group, fp: FixedPoint) -> int:
+    """Worst-case bound of |current| x steps must fit the state (sign bit + one spare)."""
+    bound = np.abs(g.bias).reshape(g.view[0], -1).max(axis=1) if g.bias is not None else 0.0
+    total = np.zeros(g.view[0]) + bound
+    for b in net.blocks_into(g.name):
+        src = net.group(b.src)
+        peak = _peak_payload(src, fp) * src.unit.max()
+        w = np.abs(b.weight).reshape(b.rows, -1).sum(axis=1)
+        total[b.offset:b.offset + b.rows] += w * peak
+    top = max(float(total.max()) * net.total_steps, 1e-30)
+    return int(np.clip(fp.state_bits - 2 - math.ceil(math.log2(top)), fp.vth_exp,
+                       fp.vth_target_bits))
+
+
+def _peak_payload(g: Group, fp: FixedPoint) -> float:
+    if g.kind == "input":
+        return float(1 << (fp.payload_bits - 1))
+    f = g.fixed
+    if g.neuron == "gn":
+        return f["tau"]
+    if g.neuron == "mt":
+        return sum(f["thresholds"]) if f["mode"] == "cascade" else f["thresholds"][0]
+    if g.neuron == "bitserial":
+        return f["bits"] << (f["bits"] - 1)
+    return 1.0
+
+
+def _units(g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> None:
+    if g.kind == "input":
+        g.unit = np.full(g.view[0], 2.0 ** -fp.input_frac_bits)
+        g.fixed = {"input_frac_bits": fp.input_frac_bits}
+        return
+    if g.kind == "readout":
+        g.unit = g.state_unit = np.ones(g.view[0])
+        return
+    try:
+        unit, su, top, fixed = _neuron_units(g, fp)
+    except ValueError as exc:
+        diags.append(Diagnostic("SNN-E633", str(exc), pass_name=PASS, node=g.source,
+                                hint="choose neuron parameters with a fixed-point form"))
+        unit, su, top, fixed = np.ones(g.view[0]), np.ones(g.view[0]), 1.0, {}
+    g.unit, g.state_unit, g.fixed = unit, su, fixed
+    g.frac_bits = fp.vth_target_bits - math.ceil(math.log2(max(top, 1.0)))
+    if g.frac_bits < fp.vth_exp:
+        diags.append(Diagnostic("SNN-E632", f"the largest threshold ({top:g} units) leaves "
+                                f"{g.frac_bits} fraction bits, fewer than {fp.vth_exp}",
+                                pass_name=PASS, node=g.source,
+                                hint="use fewer levels per neuron or raise vth_target_bits"))
+
+
+def _fix_thresholds(g: Group, fp: FixedPoint) -> None:
+    """Integer thresholds and initial values (in state integers)."""
+    one = 1 << g.frac_bits
+    f = g.fixed
+    if "thresholds" in f:
+        f["vth"] = [t * one for t in f["thresholds"]]
+        f["vth_mant"] = [v >> fp.vth_exp for v in f["vth"]]
+    if g.neuron in ("gn", "bitserial"):
+        f["vth"] = [one]                         # one payload unit
+        f["vth_mant"] = [one >> fp.vth_exp]
+    f["v_init_int"] = int(round(float(f.get("v_init", 0.0)) * one))
+    if g.neuron == "srp":
+        f["keep_above"] = int(math.floor(f["tol"] * one))
+
+
+def folded_weight(block: Block, src: Group, dst: Group) -> np.ndarray:
+    """``W * unit_src[in channel] / state_unit_dst[out channel] * 2**F_dst`` (float64)."""
+    w = block.weight
+    rows = block.rows
+    out_scale = 2.0 ** dst.frac_bits / dst.state_unit[block.offset:block.offset + rows]
+    if block.kind == "conv":
+        o, cg = w.shape[:2]
+        og = o // block.groups
+        in_ch = (np.arange(o)[:, None] // og) * cg + np.arange(cg)[None, :]
+        scale = src.unit[in_ch] * out_scale[:, None]
+        return w * scale[:, :, None, None]
+    hw = src.view[1] * src.view[2]
+    in_scale = src.unit[np.arange(w.shape[1]) // hw]
+    return w * in_scale[None, :] * out_scale[:, None]
+
+
+def weight_int(block: Block) -> np.ndarray:
+    """The integer weights the simulator uses: ``mant * 2**exp`` as int64."""
+    return block.mant.astype(np.int64) << block.exp
+
+
+def _quantize_block(b: Block, wf: np.ndarray, fp: FixedPoint) -> dict[str, Any]:
+    top = (1 << (fp.weight_bits - 1)) - 1
+    peak = float(np.abs(wf).max()) if wf.size else 0.0
+    exp = max(0, math.ceil(math.log2(peak / top))) if peak > 0 else 0
+    saturated = exp > fp.weight_exp_max
+    exp = min(exp, fp.weight_exp_max)
+    mant = np.clip(np.round(wf / 2.0 ** exp), -top - 1, top)
+    b.mant, b.exp = mant.astype(np.int8), int(exp)
+    err = mant * 2.0 ** exp - wf
+    nonzero = wf != 0
+    return {"block": b.name, "exp": b.exp, "saturated": bool(saturated),
+            "max_rel_err": float(np.abs(err).max() / peak) if peak else 0.0,
+            "rms_rel_err": float(np.sqrt(np.mean(err ** 2)) / peak) if peak else 0.0,
+            "exact": bool(not np.any(err)),
+            "zeroed": int(np.count_nonzero(nonzero & (mant == 0)))}
+
+
+def _quantize_bias(g: Group, fp: FixedPoint) -> dict[str, Any]:
+    one = 2.0 ** g.frac_bits
+    bf = (g.bias if g.bias is not None else np.zeros(g.view)) / \
+        g.state_unit.reshape(-1, 1, 1) * one
+    top = (1 << (fp.bias_mant_bits - 1)) - 1
+    mag = np.abs(bf)
+    exp = np.where(mag > top, np.ceil(np.log2(np.maximum(mag, 1.0) / top)), 0).astype(np.int64)
+    saturated = bool(np.any(exp > fp.bias_exp_max))
+    exp = np.minimum(exp, fp.bias_exp_max)
+    mant = np.clip(np.round(bf / 2.0 ** exp), -top, top)
+    g.bias_mant, g.bias_exp = mant.astype(np.int16), exp.astype(np.int8)
+    err = mant * 2.0 ** exp - bf
+    return {"group": g.name, "saturated": saturated,
+            "max_abs_err": float(np.abs(err).max() / one) if err.size else 0.0,
+            "exact": bool(not np.any(err))}
+
+
+def quantize(net: Netlist, fp: FixedPoint = FixedPoint()) -> tuple[dict[str, Any],
+                                                                   list[Diagnostic]]:
+    """Fill the integer fields of ``net`` in place; returns (error report, diagnostics)."""
+    diags: list[Diagnostic] = []
+    for g in net.groups:
+        _units(g, fp, diags)
+    for g in net.groups:
+        if g.kind == "readout":
+            g.frac_bits = _readout_frac_bits(net, g, fp)
+        if g.kind in ("neuron", "readout"):
+            _fix_thresholds(g, fp)
+    weights = []
+    for b in net.blocks:
+        src, dst = net.group(b.src), net.group(b.dst)
+        rec = _quantize_block(b, folded_weight(b, src, dst), fp)
+        weights.append(rec)
+        if rec["saturated"]:
+            diags.append(Diagnostic(
+                "SNN-E630", f"block {b.name}: weights need an exponent above "
+                f"{fp.weight_exp_max}, so 8-bit mantissas saturate (max relative error "
+                f"{rec['max_rel_err']:.3g})", pass_name=PASS, node=dst.source,
+                hint="the weights are too large for the threshold of the target layer; "
+                     "recalibrate (a larger theta) or rescale the layer"))
+    biases = []
+    for g in net.groups:
+        if g.kind in ("neuron", "readout"):
+            rec = _quantize_bias(g, fp)
+            biases.append(rec)
+            if rec["saturated"]:
+                diags.append(Diagnostic(
+                    "SNN-E631", f"group {g.name}: biases exceed the 13-bit mantissa with "
+                    f"exponent <= {fp.bias_exp_max} (max error {rec['max_abs_err']:.3g})",
+                    pass_name=PASS, node=g.source, hint="recalibrate (a larger theta)"))
+    report = {"fixed_point": fp.to_json(), "weights": weights, "biases": biases,
+              "all_exact": all(r["exact"] for r in weights + biases)}
+    net.meta["quantization"] = report
+    return report, diags

@@ -1,0 +1,288 @@
+"""``snncc report``: a Markdown or HTML page with PNG plots (matplotlib, Agg backend).
+
+:func:`write_report` takes one dict; every key is optional and its section is left out when
+absent:
+
+* ``title`` (str), ``notes`` (list of str)
+* ``accuracy``: ``{"name": value}`` side by side (e.g. QANN, ORT SNN, Loihi emulated, Loihi
+  hardware reset-to-zero)
+* ``accuracy_vs_T``: ``{"T": [1, 2, 4], "series": {"ORT SNN": [...], ...}}``
+* ``synops``: :func:`snncc.analysis.synops.count_synops` report (spike rates, SynOps per layer,
+  per core when mapped)
+* ``energy``: :func:`snncc.analysis.energy.estimate` result
+* ``mapping``: :func:`snncc.backends.loihi.mapping.map_cores` report (``cores.json``)
+* ``quantization``: the ``meta.quantization`` record of a netlist
+
+The page is written to ``out_path`` (``.html`` gives HTML, anything else Markdown); the plots go
+to ``<stem>_files/`` next to it. Returns every written path.
+
+:func:`report_command` (``snncc report MODEL.onnx --data X.npz -T 1,2,4``) compiles the model for
+every T (ORT, and Loihi with ``--target loihi``), runs it on the data, and writes the page: the
+accuracy of the ORT SNN, of the Loihi netlist with its neurons' own (emulated) semantics and with
+stock hardware semantics (reset to zero) side by side, and for the largest T the SynOps (events
+measured on the data), energy and core mapping.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["write_report", "add_report_arguments", "report_command"]
+
+Table = tuple[Sequence[str], Sequence[Sequence[Any]]]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class _Page:
+    def __init__(self, html_out: bool):
+        self.html = html_out
+        self.parts: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>" if self.html
+                          else f"{'#' * level} {text}\n")
+
+    def para(self, text: str) -> None:
+        self.parts.append(f"<p>{html.escape(text)}</p>" if self.html else text + "\n")
+
+    def table(self, head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self.html:
+            cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) +
+                           "</tr>" for r in rows)
+            self.parts.append(f"<table><tr>{cells}</tr>{body}</table>")
+        else:
+            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+            self.parts.append("\n".join(lines) + "\n")
+
+    def image(self, rel: str, alt: str) -> None:
+        self.parts.append(f'<img src="{html.escape(rel)}" alt="{html.escape(alt)}">'
+                          if self.html else f"![{alt}]({rel})\n")
+
+    def render(self, title: str) -> str:
+        if not self.html:
+            return "\n".join(self.parts)
+        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+                "</title></head><body>" + "\n".join(self.parts) + "</body></html>\n")
+
+
+def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str,
+         log: bool = False) -> None:
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(labels) + 2), 3.2))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar([x + i * width for x in range(len(labels))], values, width, label=name)
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(out_path: str | os.PathLike, data: Mapping[str, Any]) -> list[Path]:
+    """Write the report page and its plots; returns the written paths."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figs = out.parent / f"{out.stem}_files"
+    figs.mkdir(exist_ok=True)
+    page = _Page(out.suffix.lower() in (".html", ".htm"))
+    title = data.get("title", "snncc report")
+    page.heading(title, 1)
+    written: list[Path] = []
+
+    def plot(name: str, alt: str, draw) -> None:
+        path = figs / name
+        draw(path)
+        written.append(path)
+        page.image(f"{figs.name}/{name}", alt)
+
+    for note in data.get("notes", ()):
+        page.para(note)
+    if "accuracy" in data:
+        page.heading("Accuracy")
+        page.table(["run", "accuracy"], list(data["accuracy"].items()))
+    if "accuracy_vs_T" in data:
+        acc = data["accuracy_vs_T"]
+        page.heading("Accuracy vs T")
+        page.table(["T", *acc["series"]], [[t, *(s[i] for s in acc["series"].values())]
+                                          for i, t in enumerate(acc["T"])])
+
+        def draw_acc(path: Path) -> None:
+            fig, ax = plt.subplots(figsize=(4.5, 3.2))
+            for name, values in acc["series"].items():
+                ax.plot(acc["T"], values, marker="o", label=name)
+            ax.set_xlabel("T")
+            ax.set_ylabel("accuracy")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+        plot("accuracy_vs_T.png", "accuracy vs T", draw_acc)
+    syn = data.get("synops")
+    if syn:
+        layers = syn["layers"]
+        names = list(layers)
+        page.heading("Spikes and synaptic operations (per inference)")
+        page.table(["layer", "neurons", "events", "spike rate", "SynOps", "MACs"],
+                   [[n, r.get("neurons", ""), r.get("events", ""), r.get("spike_rate", ""),
+                     r["synops"], r["macs"]] for n, r in layers.items()])
+        page.para(f"Total: {syn['total_synops']:.4g} SynOps, {syn['total_macs']:.4g} MACs "
+                  f"(analog layers), ANN {syn['ann_macs']:.4g} MACs, {syn['steps']} slices.")
+        rated = [n for n in names if "spike_rate" in layers[n]]
+        plot("spike_rates.png", "spike rate per layer", lambda p: _bar(
+            p, rated, {"events / (neuron x slice)": [layers[n]["spike_rate"] for n in rated]},
+            "spike rate"))
+        plot("synops.png", "SynOps per layer", lambda p: _bar(
+            p, names, {"SynOps": [layers[n]["synops"] for n in names],
+                       "MACs": [layers[n]["macs"] for n in names]}, "ops per inference"))
+    energy = data.get("energy")
+    if energy:
+        page.heading("Energy per inference")
+        models = energy["models"]
+        page.table(["model", "SNN pJ", "ANN pJ", "ANN / SNN", "constants (source)"],
+                   [[k, m["snn_pj"], m["ann_pj"], m["ratio"], m["constants"]["source"]]
+                    for k, m in models.items()])
+        plot("energy.png", "ANN vs SNN energy", lambda p: _bar(
+            p, list(models), {"SNN": [m["snn_pj"] for m in models.values()],
+                              "ANN (45 nm MACs)": [m["ann_pj"] for m in models.values()]},
+            "pJ per inference", log=True))
+    mapping = data.get("mapping")
+    if mapping:
+        page.heading("Loihi core mapping")
+        page.para(f"{mapping['cores_used']} cores used, lower bound {mapping['lower_bound']} "
+                  f"(ratio {mapping['ratio_to_bound']:.3f}).")
+        cores = mapping["cores"]
+        resources = list(cores[0]["utilisation"]) if cores else []
+
+        def draw_cores(path: Path) -> None:
+            fig, ax = plt.subplots(figsize=(6, 3.2))
+            for r in resources:
+                ax.plot([c["utilisation"][r] for c in cores], marker=".", linestyle="",
+                        label=r)
+            ax.set_xlabel("core")
+            ax.set_ylabel("utilisation")
+            ax.set_ylim(0, 1.05)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+        plot("cores.png", "core utilisation", draw_cores)
+    quant = data.get("quantization")
+    if quant:
+        page.heading("Fixed-point quantization")
+        page.table(["block", "exp", "max rel. error", "rms rel. error", "exact"],
+                   [[w["block"], w["exp"], w["max_rel_err"], w["rms_rel_err"], w["exact"]]
+                    for w in quant["weights"]])
+    out.write_text(page.render(title))
+    return [out, *written]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="the source ONNX CNN")
+    p.add_argument("--data", required=True, metavar="X.npz",
+                   help="samples ('x', or the input name) and labels 'y' for accuracy")
+    p.add_argument("-T", "--timesteps", default="4",
+                   help="comma-separated T values for accuracy vs T (default 4)")
+    p.add_argument("--target", default="loihi", choices=("ort", "loihi"),
+                   help="loihi also runs the netlist simulator and the core mapping")
+    p.add_argument("--neuron", default="if", help="neuron model (default if)")
+    p.add_argument("--calib", metavar="FILE", help="calibration samples (default: --data)")
+    p.add_argument("--samples", type=int, default=256, help="samples used (default 256)")
+    p.add_argument("-o", "--output", default="report.md", help="report .md or .html")
+
+
+def _accuracy(out: np.ndarray, labels: np.ndarray | None) -> float | None:
+    if labels is None or out.ndim != 2:
+        return None
+    return float((out.argmax(axis=1) == labels[:len(out)]).mean())
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from snncc.analysis.energy import estimate
+    from snncc.analysis.synops import count_synops, ort_events
+    from snncc.backends.loihi.simulator import run_netlist
+    from snncc.driver import compile_model, make_options
+    from snncc.errors import OptionError
+    from snncc.run import load_inputs
+    from snncc.simulate import run_compiled
+
+    try:
+        ts = [int(t) for t in str(args.timesteps).split(",")]
+    except ValueError:
+        raise OptionError(f"-T {args.timesteps!r} is not a comma-separated list of integers",
+                          code="SNN-E660", hint="e.g. -T 1,2,4") from None
+    x, labels = load_inputs(args.data)
+    x = x[:args.samples]
+    calib = args.calib or args.data
+    series: dict[str, list[Any]] = {"ORT SNN": []}
+    if args.target == "loihi":
+        series.update({"Loihi emulated": [], "Loihi hardware (reset to 0)": []})
+    data: dict[str, Any] = {"title": f"snncc report: {Path(args.model).name}",
+                            "notes": [f"{len(x)} samples, neuron {args.neuron}, "
+                                      f"target {args.target}"]}
+    for T in ts:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            opts = make_options(target="ort", timesteps=T, neuron=args.neuron, calib_path=calib)
+            compile_model(args.model, tmp / "snn.onnx", opts, dump_after=["insert-neurons"],
+                          dump_dir=tmp / "dump")
+            ort_out = next(iter(run_compiled(tmp / "snn.onnx", x, use_library=False,
+                                             spike_counts=False).outputs.values()))
+            series["ORT SNN"].append(_accuracy(ort_out, labels))
+            if args.target == "loihi":
+                compile_model(args.model, tmp / "loihi", make_options(
+                    target="loihi", timesteps=T, neuron=args.neuron, calib_path=calib))
+                out, events = run_netlist(tmp / "loihi", x)
+                hw, _ = run_netlist(tmp / "loihi", x, semantics="hardware")
+                series["Loihi emulated"].append(_accuracy(next(iter(out.values())), labels))
+                series["Loihi hardware (reset to 0)"].append(
+                    _accuracy(next(iter(hw.values())), labels))
+                mapping = json.loads((tmp / "loihi" / "cores.json").read_text())
+                syn = count_synops(tmp / "loihi", events, mapping=mapping)
+                meta = json.loads((tmp / "loihi" / "netlist.json").read_text())["meta"]
+                data.update(mapping=mapping, quantization=meta["quantization"])
+            else:
+                import onnx
+                events = ort_events(onnx.load(str(tmp / "snn.onnx")), {_input_name(tmp): x})
+                syn = count_synops(onnx.load(str(tmp / "dump" / "after-insert-neurons.onnx")),
+                                   events, timesteps=T)
+            data.update(synops=syn, energy=estimate(syn))
+    if labels is not None:
+        data["accuracy_vs_T"] = {"T": ts, "series": series}
+        data["accuracy"] = {f"{name} (T={ts[-1]})": values[-1]
+                            for name, values in series.items()}
+    for path in write_report(args.output, data):
+        print(f"wrote {path}")
+    return 0
+
+
+def _input_name(tmp: Path) -> str:
+    import onnx
+    proto = onnx.load(str(tmp / "snn.onnx"), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    return next(i.name for i in proto.graph.input if i.name not in inits)

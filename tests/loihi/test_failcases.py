@@ -1,0 +1,102 @@
+"""Bad input gives clear, coded errors, all collected, and nothing is written."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loihi import Graph
+from snncc.backends.loihi.backend import LoihiBackend
+from snncc.backends.loihi.mapping import CoreLimits
+from snncc.backends.registry import get_backend
+from snncc.context import CompileContext, CompileOptions
+from snncc.errors import SnnccError
+
+CTX = CompileContext(CompileOptions(target="loihi", timesteps=4))
+
+
+def unsupported_ops():
+    g = Graph((2, 8, 8))
+    s = g.neuron(g.conv("x", 2, 4))
+    m = g.op("MaxPool", [s], kernel_shape=[3, 3], pads=[1] * 4)
+    prod = g.op("Mul", [s, s])
+    return g.model(g.neuron(g.conv(g.op("Add", [m, prod]), 4, 4)))
+
+
+def saturating_weights():
+    g = Graph((2, 8, 8))
+    s = g.neuron(g.conv("x", 2, 4))
+    return g.model(g.neuron(g.conv(s, 4, 4, weight=np.full((4, 4, 3, 3), 2.0, np.float32),
+                                   bias=False),
+                            theta=[2.0 ** -6]))
+
+
+def saturating_bias():
+    g = Graph((1, 4, 4))
+    conv = g.conv("x", 1, 2, bias=False)
+    return g.model(g.neuron(g.op("Add", [conv, g.const(np.full((2, 1, 1), 300.0,
+                                                                np.float32))]), theta=[1.0]))
+
+
+def wide_dense():
+    g = Graph((8, 8, 8))
+    s = g.neuron(g.conv("x", 8, 8))
+    return g.model(g.neuron(g.gemm(g.op("Flatten", [s], axis=1), 512, 4)))
+
+
+def dilated_conv_and_reshape():
+    g = Graph((2, 8, 8))
+    s = g.neuron(g.conv("x", 2, 4))
+    d = g.op("Conv", [s, g.const(g.dyadic((4, 4, 3, 3)))], kernel_shape=[3, 3], pads=[2] * 4,
+             dilations=[2, 2])
+    r = g.op("Reshape", [s, g.const(np.array([-1, 4, 64], np.int64))])
+    back = g.op("Reshape", [r, g.const(np.array([-1, 4, 8, 8], np.int64))])
+    return g.model(g.neuron(g.op("Add", [d, back])))
+
+
+def non_constant_weight():
+    g = Graph((2, 8, 8))
+    w = g.op("Identity", [g.const(g.dyadic((4, 2, 3, 3)))])
+    return g.model(g.neuron(g.op("Conv", ["x", w], kernel_shape=[3, 3], pads=[1] * 4)))
+
+
+CASES = {  # builder, backend, expected codes (all collected)
+    "maxpool_and_product": (unsupported_ops, LoihiBackend(), {"SNN-E270"}, 2),
+    "weights_saturate": (saturating_weights, LoihiBackend(), {"SNN-E630"}, 1),
+    "bias_saturates": (saturating_bias, LoihiBackend(), {"SNN-E631"}, 1),
+    "fan_in_exceeds_core": (wide_dense, LoihiBackend(limits=CoreLimits(in_axons=256)),
+                            {"SNN-E640"}, 1),
+    "dilation_and_reshape": (dilated_conv_and_reshape, LoihiBackend(), {"SNN-E271"}, 2),
+    "non_constant_weight": (non_constant_weight, LoihiBackend(), {"SNN-E272"}, 1),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_check_collects_and_emit_writes_nothing(tmp_path, case):
+    build, backend, codes, count = CASES[case]
+    model = build()
+    diags = backend.check(model, CTX)
+    assert {d.code for d in diags} == codes and len(diags) >= count
+    assert all(d.hint and d.node for d in diags if d.code != "SNN-E641")
+    with pytest.raises(SnnccError) as err:
+        backend.emit(model, CTX, tmp_path / "out")
+    assert codes <= err.value.codes
+    assert not (tmp_path / "out").exists()
+
+
+def test_saturation_reports_the_error_introduced():
+    (diag,) = LoihiBackend().check(saturating_weights(), CTX)
+    assert "max relative error" in diag.message
+
+
+def test_registry_returns_this_backend():
+    backend = get_backend("loihi")
+    assert isinstance(backend, LoihiBackend) and backend.output_kind == "dir"
+
+
+def test_two_inputs_are_rejected():
+    g = Graph((2, 4, 4))
+    model = g.model(g.neuron(g.op("Add", ["x", "x"])))
+    model.graph.input.append(model.graph.input[0])
+    model.graph.input[1].name = "x2"
+    (diag,) = LoihiBackend().check(model, CTX)
+    assert diag.code == "SNN-E276"

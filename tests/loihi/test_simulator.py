@@ -1,0 +1,105 @@
+"""The integer simulator agrees exactly with the ORT model where the semantics coincide."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loihi import Graph, dyadic_input, ort_reference, residual_pool_model
+from snncc.backends.loihi import netlist as nl
+from snncc.backends.loihi.backend import LoihiBackend
+from snncc.backends.loihi.quantize import quantize
+from snncc.backends.loihi.simulator import run_netlist, simulate
+from snncc.context import CompileContext, CompileOptions
+from snncc.errors import SnnccError
+
+EXACT = {  # neuron op and attributes whose quantized netlist is exact (dyadic units)
+    "if": ("IFNeuron", {}),
+    "if_per_channel": ("IFNeuron", {"theta": [2.0, 1.0, 1.0, 2.0]}),
+    "gn": ("GroupNeuron", {"tau": 4}),
+    "mt_parallel": ("MTNeuron", {"fractions": [1.0, 0.75, 0.5, 0.25], "mode": "parallel"}),
+    "mt_cascade_hard": ("MTNeuron", {"fractions": [0.5, 0.25, 0.125], "mode": "cascade",
+                                     "reset": "hard"}),
+    "lif": ("LIFNeuron", {"leak": 1.0}),
+    "lif_leak": ("LIFNeuron", {"leak": 0.75}),
+    "srp": ("SRPNeuron", {"tau": 2}),
+    "bitserial": ("BitSerialNeuron", {"theta": [0.9375]}),   # unit theta/15 = 1/16
+}
+
+
+def _run(op, attrs, T=4, seed=0):
+    model = residual_pool_model(seed, op, **attrs)
+    x = dyadic_input((3, 2, 8, 8), seed=seed + 1)
+    net = nl.lower(model, T)
+    report, diags = quantize(net)
+    return model, x, net, report, diags
+
+
+@pytest.mark.parametrize("case", EXACT)
+def test_exact_agreement_with_ort(case):
+    op, attrs = EXACT[case]
+    model, x, net, report, diags = _run(op, attrs)
+    assert not diags and report["all_exact"]
+    sim = simulate(net, x)
+    ref = ort_reference(model, x, 4)
+    (name, out), = sim.outputs.items()
+    np.testing.assert_array_equal(out, ref.outputs[name])
+    assert {k: int(v.sum()) for k, v in sim.events.items()} == ref.events_per_layer
+    assert sim.saturations == 0
+
+
+def test_inexact_weights_are_reported_not_hidden():
+    # per-channel thresholds 4x apart need 10 mantissa bits for 1/16-step weights
+    model, x, net, report, _ = _run("IFNeuron", {"theta": [2.0, 1.0, 0.5, 1.0]})
+    assert not report["all_exact"]
+    assert 0 < max(w["max_rel_err"] for w in report["weights"]) < 2 ** -7
+    out = simulate(net, x).outputs
+    ref = ort_reference(model, x, 4).outputs
+    assert np.abs(out["gemm20"] - ref["gemm20"]).max() < 0.1
+
+
+def one_neuron(op="IFNeuron", current=0.75, **attrs):
+    """x [N, 1, 1, 1] -> 1x1 conv (weight = current) -> neuron, output = decoded spikes."""
+    g = Graph((1, 1, 1))
+    conv = g.conv("x", 1, 1, k=1, weight=np.full((1, 1, 1, 1), current), bias=False)
+    return g.model(g.neuron(conv, op, **attrs))
+
+
+@pytest.mark.parametrize("semantics,expected", [
+    ("emulated", 0.75),   # m: 1.25 s, 1.0 s (>=), 0.75, 1.5 s -> 3 spikes / 4
+    ("hardware", 0.5),    # m: 1.25 s reset 0, 0.75, 1.5 s reset 0, 0.75 -> 2 spikes / 4
+])
+def test_reset_semantics_by_hand(semantics, expected):
+    net = nl.lower(one_neuron(), 4)
+    quantize(net)
+    out = simulate(net, np.ones((1, 1, 1, 1), np.float32), semantics=semantics).outputs
+    assert out[net.outputs[0]["name"]].item() == expected
+
+
+def test_hardware_semantics_differ_and_are_reported(tmp_path):
+    model, x, *_ = _run("IFNeuron", {})
+    ctx = CompileContext(CompileOptions(target="loihi", timesteps=4))
+    art = LoihiBackend().emit(model, ctx, tmp_path / "out")
+    assert art.report["reset"]["emulated_soft_reset"] == ["if"]
+    emulated, ev = run_netlist(tmp_path / "out", x)
+    hardware, _ = run_netlist(tmp_path / "out", x, semantics="hardware")
+    ref = ort_reference(model, x, 4)
+    np.testing.assert_array_equal(emulated["gemm20"], ref.outputs["gemm20"])
+    assert not np.array_equal(hardware["gemm20"], emulated["gemm20"])
+    assert {k: int(v.sum()) for k, v in ev.items()} == ref.events_per_layer
+
+
+def test_bad_inputs_to_the_simulator():
+    net = nl.lower(one_neuron(), 4)
+    quantize(net)
+    with pytest.raises(SnnccError) as err:
+        simulate(net, np.ones((1, 2, 2, 2), np.float32))
+    assert err.value.code == "SNN-E651"
+    with pytest.raises(SnnccError) as err:
+        simulate(net, np.ones((1, 1, 1, 1), np.float32), semantics="chip")
+    assert err.value.code == "SNN-E651"
+
+
+def test_membrane_saturation_is_counted():
+    net = nl.lower(one_neuron(current=-100.0), 4)
+    quantize(net)
+    assert simulate(net, np.full((1, 1, 1, 1), 100.0, np.float32)).saturations > 0
