@@ -84,6 +84,14 @@ class _Page:
                 "</title></head><body>" + "\n".join(self.parts) + "</body></html>\n")
 
 
+def short_label(name: str) -> str:
+    """'/features/features.0/features.0.2/Relu/IFNeuron' -> 'features.0.2' for plot axes."""
+    parts = [p for p in name.split("/") if p]
+    while len(parts) > 1 and (parts[-1].endswith("Neuron") or parts[-1] in ("Relu", "Clip")):
+        parts.pop()
+    return parts[-1] if parts else name
+
+
 def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str,
          log: bool = False) -> None:
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(labels) + 2), 3.2))
@@ -91,7 +99,7 @@ def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]
     for i, (name, values) in enumerate(series.items()):
         ax.bar([x + i * width for x in range(len(labels))], values, width, label=name)
     ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))])
-    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+    ax.set_xticklabels([short_label(lb) for lb in labels], rotation=45, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
