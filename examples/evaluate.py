@@ -45,7 +45,7 @@ def mnist() -> tuple[Path, Path, np.ndarray, np.ndarray]:
             data["x"].astype(np.float32), data["y"])
 
 
-def resnet(name: str, tmp: Path) -> tuple[Path, Path, np.ndarray, None]:
+def resnet(name: str, tmp: Path, images: int) -> tuple[Path, Path, np.ndarray, None]:
     from examples.export_models import export, random_model
 
     path = tmp / f"{name}.onnx"
@@ -53,7 +53,7 @@ def resnet(name: str, tmp: Path) -> tuple[Path, Path, np.ndarray, None]:
     rng = np.random.default_rng(0)
     calib = tmp / "calib.npy"
     np.save(calib, rng.random((128, 3, 32, 32), dtype=np.float32))
-    return path, calib, rng.random((200, 3, 32, 32), dtype=np.float32), None
+    return path, calib, rng.random((images, 3, 32, 32), dtype=np.float32), None
 
 
 def table_qann(args, tmp: Path) -> str:
@@ -79,7 +79,7 @@ def table_snn(args, tmp: Path) -> str:
     if args.model == "mnist":
         model, calib, x, y = mnist()
     else:
-        model, calib, x, y = resnet(args.model, tmp)
+        model, calib, x, y = resnet(args.model, tmp, args.images)
     ann_pred = predict(model, x)
     head = (f"{args.model}: accuracy (agreement of predictions with the QANN at the neuron's L) "
             f"on {len(x)} images; calibration {args.calib_method}.")
@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("-T", default="1,2,4,8")
     ap.add_argument("--calib-method", default="max")
     ap.add_argument("--library", action="store_true", help="use the C++ kernels")
+    ap.add_argument("--images", type=int, default=64, help="random images for the ResNet models")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
