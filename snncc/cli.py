@@ -54,7 +54,7 @@ def _input_shapes(model: str, shapes: Sequence[tuple[str | None, tuple[int, ...]
 
         from snncc import ir
 
-        proto = ir._read_proto(model)
+        proto = ir.read_proto(model)
         inits = {i.name for i in proto.graph.initializer}
         inputs = [i.name for i in proto.graph.input if i.name not in inits]
         if len(inputs) != 1 or len(shapes) != 1:

@@ -24,7 +24,7 @@ from snncc.errors import Diagnostic, ModelInputError, VerificationError
 
 __all__ = [
     "Graph", "Node", "Tensor", "Constant", "Variable", "Model", "SNN_DOMAIN", "SNN_DOMAIN_VERSION",
-    "load", "to_proto", "save", "node_label", "producer", "consumers", "tensor_map",
+    "load", "read_proto", "to_proto", "save", "node_label", "producer", "consumers", "tensor_map",
     "unique_name", "new_const", "const_value", "is_const", "replace_all_uses", "remove_node",
     "bypass_node", "verify", "check_onnx", "infer_shapes",
 ]
@@ -52,7 +52,7 @@ class Model:
     name_counter: Counter = field(default_factory=Counter)
 
 
-def _read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+def read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if isinstance(source, onnx.ModelProto):
         return source
     path = Path(source)
@@ -76,7 +76,7 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 
 def load(source: str | os.PathLike | onnx.ModelProto) -> Model:
     """Read a model, keep provenance and metadata, check names, and import it into gs."""
-    proto = _read_proto(source)
+    proto = read_proto(source)
     if not proto.graph.node:
         raise ModelInputError("the model has no nodes", code="SNN-E102",
                               hint="the file may be truncated or empty; re-export it")

@@ -45,6 +45,18 @@ def load_inputs(path: str | Path, input_name: str | None = None) -> tuple[np.nda
     return x.astype(np.float32), labels
 
 
+def _check_shape(proto, name: str, x: np.ndarray) -> None:
+    """Samples must match the model input in every non-batch dimension that the model fixes."""
+    inp = next(i for i in proto.graph.input if i.name == name)
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in inp.type.tensor_type.shape.dim]
+    want = ["N"] + [d if d else "?" for d in dims[1:]]
+    if x.ndim != len(dims) or any(d and d != g for d, g in zip(dims[1:], x.shape[1:])):
+        raise ModelInputError(f"samples have shape {list(x.shape)} but the model input '{name}' "
+                              f"is {want}", code="SNN-E105",
+                              hint="pass samples shaped like the model input (N first)")
+
+
 def _summary(outputs: np.ndarray, labels: np.ndarray | None, activity: dict[str, Any]) -> dict:
     summary: dict[str, Any] = {"samples": int(outputs.shape[0]),
                                "output_shape": list(outputs.shape)}
@@ -78,11 +90,13 @@ def run_command(args: argparse.Namespace) -> int:
 
         from snncc import ir
 
-        proto = ir._read_proto(target)
+        proto = ir.read_proto(target)
         inits = {i.name for i in proto.graph.initializer}
         names = [i.name for i in proto.graph.input if i.name not in inits]
         del onnx
         x, labels = load_inputs(args.input, names[0] if names else None)
+        if names:
+            _check_shape(proto, names[0], x)
         result = run_compiled(target, x, use_library=not args.no_library,
                               batch_size=args.batch_size)
         outputs = next(iter(result.outputs.values()))

@@ -1,0 +1,341 @@
+"""Load an ONNX CNN as a trainable torch module (our own builder, not onnx2torch).
+
+Why not onnx2torch (checked with torch 2.13.0+cpu): ``import onnx2torch`` imports torchvision
+(its NMS/RoIAlign converters), and the PyPI torchvision wheels either require another torch
+(0.29 needs torch >= 2.14) or, at the matching version (0.28.0, installed with ``--no-deps``), fail
+to load their operators against the CPU torch build (``operator torchvision::nms does not exist``).
+Its converted modules also carry TorchScript-export hooks of their own, while we need a plain module
+whose activations we can swap and whose export we control. The op set of the CNNs snncc compiles is
+small, so :class:`OnnxGraphModule` interprets the graph directly:
+
+* every float initializer becomes a trainable ``nn.Parameter``; shape-like inputs (Reshape shape,
+  Clip bounds, Squeeze/Unsqueeze/Split sizes) must be constants and are read once;
+* every ``Relu`` node becomes its own ``nn.ReLU`` child module, every ``MaxPool`` an
+  ``nn.MaxPool2d`` (so :mod:`snncc.train.qcfs` and :mod:`snncc.train.iir` can swap them by type) and
+  every ``BatchNormalization`` a :class:`BatchNorm` module (a torch ``_BatchNorm``, so callers can
+  freeze its statistics as for ``nn.BatchNorm2d``; its four inputs must be initializers);
+* ``forward`` runs the nodes in graph order; the module has one input and one output.
+
+Supported ops: Conv (2-D), Gemm, MatMul, Add, Sub, Mul, Div, BatchNormalization, Relu, Clip,
+AveragePool, MaxPool, GlobalAveragePool, Flatten, Reshape, Concat, Split, Transpose, Softmax,
+Squeeze, Unsqueeze, Identity, Dropout, Constant. Anything else raises ``SNN-E801`` listing every such node;
+an unsupported form of a supported op (auto_pad, 1-D/3-D pooling...) raises ``SNN-E802``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
+
+__all__ = ["OnnxGraphModule", "SUPPORTED_OPS", "load_onnx_module"]
+
+PASS = "finetune"
+
+# input positions read as constants (never trained)
+_STATIC_INPUTS = {"Reshape": (1,), "Clip": (1, 2), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,)}
+_MODULE_INPUTS = {"BatchNormalization": (1, 2, 3, 4)}  # owned by the node's BatchNorm module
+
+
+@dataclass
+class _Step:
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+    module: str | None = None  # key in OnnxGraphModule.layers
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return f"'{node.name or node.output[0]}' ({node.domain or 'ai.onnx'}::{node.op_type})"
+
+
+def _key(name: str, taken: set[str]) -> str:
+    """A torch-safe attribute name derived from an ONNX name, unique within ``taken``."""
+    base = re.sub(r"\W", "_", name).strip("_") or "t"
+    if base[0].isdigit():
+        base = "t_" + base
+    key, i = base, 1
+    while key in taken:
+        key, i = f"{base}_{i}", i + 1
+    taken.add(key)
+    return key
+
+
+def _pool_padding(node: onnx.NodeProto, attrs: dict[str, Any], problems: list[Diagnostic]) -> tuple[int, int]:
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    if len(pads) != 4 or pads[:2] != pads[2:]:
+        problems.append(Diagnostic("SNN-E802", f"asymmetric or non-2-D pads {pads}", PASS, _label(node),
+                                   "re-export the model with symmetric padding"))
+        return (0, 0)
+    return (pads[0], pads[1])
+
+
+class BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNormalization over axis 1 of an input of any rank >= 2 (ONNX semantics)."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"BatchNormalization needs rank >= 2, got {x.dim()}")
+
+
+class OnnxGraphModule(nn.Module):
+    """A torch module that evaluates an ONNX CNN graph node by node (see the module docstring)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        super().__init__()
+        graph = model.graph
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in inits]
+        if len(inputs) != 1 or len(graph.output) != 1:
+            raise ModelInputError(
+                f"{PASS}: the model has {len(inputs)} input(s) and {len(graph.output)} output(s)",
+                code="SNN-E808", hint="fine-tuning needs a classifier with one image input and one logits output")
+        self.input_name = inputs[0].name
+        self.output_name = graph.output[0].name
+        self.input_dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                           for d in inputs[0].type.tensor_type.shape.dim]
+        self.params = nn.ParameterDict()
+        self.layers = nn.ModuleDict()
+        self._tensor_key: dict[str, str] = {}   # ONNX tensor name -> key in params / buffers
+        self._consts: dict[str, np.ndarray] = {}
+        taken: set[str] = set()
+        problems: list[Diagnostic] = []
+        self.steps: list[_Step] = []
+        for node in graph.node:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            step = _Step(node.op_type, node.name or node.output[0], list(node.input), list(node.output), attrs)
+            if node.domain not in ("", "ai.onnx") or node.op_type not in _OPS:
+                problems.append(Diagnostic("SNN-E801", "op not supported by the fine-tuning builder", PASS,
+                                           _label(node), "supported: " + ", ".join(SUPPORTED_OPS)))
+                continue
+            if node.op_type == "Constant":
+                self._consts[node.output[0]] = onnx.numpy_helper.to_array(attrs["value"])
+                continue
+            static = _STATIC_INPUTS.get(node.op_type, ())
+            owned = _MODULE_INPUTS.get(node.op_type, ())
+            for pos, name in enumerate(node.input):
+                if not name:
+                    continue
+                if pos in static or pos in owned:
+                    if name not in inits and name not in self._consts:
+                        problems.append(Diagnostic("SNN-E802", f"input {pos} ('{name}') must be a constant",
+                                                   PASS, _label(node), "fold shape computations before fine-tuning"))
+                    elif name in inits:
+                        self._consts[name] = inits[name]
+                    continue
+                if name in inits and name not in self._tensor_key:
+                    arr = inits[name]
+                    key = _key(name, taken)
+                    self._tensor_key[name] = key
+                    tensor = torch.from_numpy(np.array(arr))
+                    if not np.issubdtype(arr.dtype, np.floating):
+                        self.register_buffer(key, tensor)
+                    else:
+                        self.params[key] = nn.Parameter(tensor)
+            self._add_layer(node, step, attrs, taken, problems)
+            self.steps.append(step)
+        if problems:
+            codes = {d.code for d in problems}
+            raise UnsupportedNodeError(f"{PASS}: {len(problems)} node(s) cannot be loaded for training",
+                                       diagnostics=problems, code="SNN-E801" if "SNN-E801" in codes else "SNN-E802")
+
+    def _add_layer(self, node: onnx.NodeProto, step: _Step, attrs: dict[str, Any], taken: set[str],
+                   problems: list[Diagnostic]) -> None:
+        """Create the child module of a Relu / MaxPool / AveragePool / BatchNormalization node; check op forms."""
+        op = node.op_type
+        if op in ("Conv", "AveragePool", "MaxPool") and attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            problems.append(Diagnostic("SNN-E802", "auto_pad is not supported", PASS, _label(node),
+                                       "re-export the model with explicit pads"))
+            return
+        if op == "Relu":
+            step.module = _key(step.name, taken)
+            self.layers[step.module] = nn.ReLU()
+        elif op in ("MaxPool", "AveragePool"):
+            kernel = list(attrs.get("kernel_shape", []))
+            if len(kernel) != 2 or list(attrs.get("dilations", [1, 1])) != [1, 1]:
+                problems.append(Diagnostic("SNN-E802", "only 2-D pooling without dilation is supported", PASS,
+                                           _label(node), "use 2-D pooling"))
+                return
+            stride = tuple(attrs.get("strides", [1, 1]))
+            padding = _pool_padding(node, attrs, problems)
+            ceil = bool(attrs.get("ceil_mode", 0))
+            step.module = _key(step.name, taken)
+            if op == "MaxPool":
+                self.layers[step.module] = nn.MaxPool2d(tuple(kernel), stride, padding, ceil_mode=ceil)
+            else:
+                self.layers[step.module] = nn.AvgPool2d(tuple(kernel), stride, padding, ceil_mode=ceil,
+                                                        count_include_pad=bool(attrs.get("count_include_pad", 0)))
+        elif op == "BatchNormalization" and all(n in self._consts for n in node.input[1:5]):
+            scale, bias, mean, var = (self._consts[n] for n in node.input[1:5])
+            step.module = _key(step.name, taken)
+            bn = BatchNorm(len(scale), eps=attrs.get("epsilon", 1e-5))
+            for tensor, value in zip((bn.weight, bn.bias, bn.running_mean, bn.running_var), (scale, bias, mean, var)):
+                tensor.data.copy_(torch.from_numpy(np.array(value, np.float32)))
+            self.layers[step.module] = bn
+        elif op == "Conv" and len(attrs.get("kernel_shape", [0, 0])) != 2:
+            problems.append(Diagnostic("SNN-E802", "only 2-D convolution is supported", PASS, _label(node),
+                                       "use Conv2d"))
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        key = self._tensor_key[name]
+        return self.params[key] if key in self.params else getattr(self, key)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        env: dict[str, torch.Tensor] = {self.input_name: x}
+
+        def get(name: str) -> torch.Tensor | None:
+            if not name:
+                return None
+            if name in env:
+                return env[name]
+            if name in self._tensor_key:
+                return self._tensor(name)
+            return torch.as_tensor(self._consts[name])
+
+        for step in self.steps:
+            fn = _OPS[step.op]
+            if step.module is not None:
+                out = self.layers[step.module](get(step.inputs[0]))
+            else:
+                out = fn(self, step, get)
+            if isinstance(out, tuple):
+                env.update(zip(step.outputs, out))
+            else:
+                env[step.outputs[0]] = out
+        return env[self.output_name]
+
+    def const(self, name: str) -> np.ndarray:
+        return self._consts[name]
+
+
+def _conv(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
+    x, w, b = get(s.inputs[0]), get(s.inputs[1]), get(s.inputs[2]) if len(s.inputs) > 2 else None
+    pads = list(s.attrs.get("pads", [0, 0, 0, 0]))
+    if pads[:2] != pads[2:]:
+        x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+        pads = [0, 0]
+    return F.conv2d(x, w, b, tuple(s.attrs.get("strides", [1, 1])), tuple(pads[:2]),
+                    tuple(s.attrs.get("dilations", [1, 1])), s.attrs.get("group", 1))
+
+
+def _gemm(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
+    a, b = get(s.inputs[0]), get(s.inputs[1])
+    c = get(s.inputs[2]) if len(s.inputs) > 2 else None
+    alpha, beta = s.attrs.get("alpha", 1.0), s.attrs.get("beta", 1.0)
+    trans_a, trans_b = s.attrs.get("transA", 0), s.attrs.get("transB", 0)
+    if trans_b and not trans_a and alpha == 1.0 and beta == 1.0:
+        return F.linear(a, b, c)
+    y = (a.t() if trans_a else a) @ (b.t() if trans_b else b)
+    if alpha != 1.0:
+        y = y * alpha
+    if c is not None:
+        y = y + (c * beta if beta != 1.0 else c)
+    return y
+
+
+def _clip(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
+    lo = float(m.const(s.inputs[1])) if len(s.inputs) > 1 and s.inputs[1] else None
+    hi = float(m.const(s.inputs[2])) if len(s.inputs) > 2 and s.inputs[2] else None
+    return torch.clamp(get(s.inputs[0]), lo, hi)
+
+
+def _reshape(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
+    x = get(s.inputs[0])
+    shape = [x.shape[i] if d == 0 and not s.attrs.get("allowzero", 0) else int(d)
+             for i, d in enumerate(m.const(s.inputs[1]).tolist())]
+    return x.reshape(shape)
+
+
+def _axes(m: OnnxGraphModule, s: _Step) -> list[int]:
+    if len(s.inputs) > 1 and s.inputs[1]:
+        return [int(a) for a in m.const(s.inputs[1]).reshape(-1)]
+    return list(s.attrs.get("axes", []))
+
+
+def _squeeze(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
+    x = get(s.inputs[0])
+    axes = _axes(m, s)
+    return torch.squeeze(x, tuple(axes)) if axes else torch.squeeze(x)
+
+
+def _unsqueeze(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
+    x = get(s.inputs[0])
+    axes = _axes(m, s)
+    out_rank = x.dim() + len(axes)
+    for a in sorted(a % out_rank for a in axes):
+        x = x.unsqueeze(a)
+    return x
+
+
+def _transpose(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
+    x = get(s.inputs[0])
+    return x.permute(*(s.attrs.get("perm") or reversed(range(x.dim()))))
+
+
+def _split(m: OnnxGraphModule, s: _Step, get: Callable) -> tuple[torch.Tensor, ...]:
+    x = get(s.inputs[0])
+    axis = s.attrs.get("axis", 0)
+    if len(s.inputs) > 1 and s.inputs[1]:
+        sizes = [int(v) for v in m.const(s.inputs[1])]
+    elif "split" in s.attrs:
+        sizes = list(s.attrs["split"])
+    else:
+        n = len(s.outputs)
+        sizes = [-(-x.shape[axis] // n)] * n
+    return tuple(torch.split(x, sizes, dim=axis))
+
+
+def _flatten(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
+    x = get(s.inputs[0])
+    axis = s.attrs.get("axis", 1) % max(x.dim(), 1)
+    if axis == 0:
+        return x.reshape(1, -1)
+    x = torch.flatten(x, axis)
+    return x if axis == 1 else torch.flatten(x, 0, axis - 1)
+
+
+_OPS: dict[str, Callable[[OnnxGraphModule, _Step, Callable], torch.Tensor]] = {
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": lambda m, s, g: torch.matmul(g(s.inputs[0]), g(s.inputs[1])),
+    "Add": lambda m, s, g: g(s.inputs[0]) + g(s.inputs[1]),
+    "Sub": lambda m, s, g: g(s.inputs[0]) - g(s.inputs[1]),
+    "Mul": lambda m, s, g: g(s.inputs[0]) * g(s.inputs[1]),
+    "Div": lambda m, s, g: g(s.inputs[0]) / g(s.inputs[1]),
+    "BatchNormalization": None,  # module
+    "Relu": None,          # module
+    "MaxPool": None,       # module
+    "AveragePool": None,   # module
+    "Clip": _clip,
+    "GlobalAveragePool": lambda m, s, g: F.adaptive_avg_pool2d(g(s.inputs[0]), 1),
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Concat": lambda m, s, g: torch.cat([g(n) for n in s.inputs], dim=s.attrs["axis"]),
+    "Transpose": _transpose,
+    "Softmax": lambda m, s, g: torch.softmax(g(s.inputs[0]), dim=s.attrs.get("axis", -1)),
+    "Split": _split,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Identity": lambda m, s, g: g(s.inputs[0]),
+    "Dropout": lambda m, s, g: g(s.inputs[0]),
+    "Constant": None,      # folded at load time
+}
+SUPPORTED_OPS = tuple(sorted(_OPS))
+
+
+def load_onnx_module(path_or_proto: Any) -> OnnxGraphModule:
+    """Read an ONNX file (or proto) and build the trainable module; raises typed errors."""
+    from snncc import ir
+
+    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else ir.read_proto(path_or_proto)
+    return OnnxGraphModule(proto)

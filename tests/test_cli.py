@@ -1,0 +1,107 @@
+"""The CLI end to end on the bundled MNIST CNN: outputs, reports, and user errors.
+
+User errors exit with code 2, print one message with a code and no traceback, and leave no output.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from snncc.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+MNIST = str(EXAMPLES / "mnist_cnn.onnx")
+CALIB = str(EXAMPLES / "mnist_calib.npz")
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("inspect", "compile", "run", "report", "finetune"):
+        assert cmd in out
+
+
+def test_inspect_prints_macs(capsys):
+    assert main(["inspect", MNIST]) == 0
+    out = capsys.readouterr().out
+    assert "total MACs per sample: 2,321,920" in out
+    assert "cannot convert: none" in out
+
+
+def test_compile_qann_writes_model_and_report(tmp_path):
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    assert main(["compile", MNIST, "--target", "qann", "-L", "8", "--calib", CALIB,
+                 "-o", str(out), "--report", str(report), "-q"]) == 0
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    rows = json.loads(report.read_text())["passes"]
+    assert [r["pass"] for r in rows] == ["canonicalize", "calibrate", "fold-batchnorm",
+                                         "relu-to-quant-clip"]
+    assert all({"changed", "counts", "declined", "ms"} <= set(r) for r in rows)
+
+
+def test_compile_ort_then_run_reports_accuracy_and_spikes(tmp_path, capsys):
+    out = tmp_path / "snn.onnx"
+    assert main(["compile", MNIST, "-T", "4", "--neuron", "bitserial", "--calib", CALIB,
+                 "-o", str(out), "-q"]) == 0
+    data = np.load(EXAMPLES / "mnist_test.npz")
+    x = tmp_path / "x.npz"
+    np.savez(x, x=data["x"][:50], y=data["y"][:50])
+    assert main(["run", str(out), "--input", str(x), "--json", "--no-library"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["samples"] == 50 and summary["accuracy"] > 0.9
+    assert len(summary["activity"]["layers"]) == 4
+
+
+def test_dump_after_writes_the_intermediate_graph(tmp_path):
+    out = tmp_path / "q.onnx"
+    assert main(["compile", MNIST, "--target", "qann", "--calib", CALIB, "-o", str(out), "-q",
+                 "--dump-after", "fold-batchnorm"]) == 0
+    dumped = list(tmp_path.glob("*.dump/after-fold-batchnorm.onnx"))
+    assert dumped and "BatchNormalization" not in {n.op_type for n in onnx.load(str(dumped[0])).graph.node}
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["compile", MNIST, "-T", "0"], "SNN-E354"),
+    (["compile", MNIST, "-T", "100000"], "SNN-E354"),
+    (["compile", MNIST, "--neuron", "gn", "--tau", "0", "--calib", CALIB], "SNN-E309"),
+    (["compile", MNIST, "--calib-method", "percentile", "--percentile", "20", "--calib", CALIB],
+     "SNN-E356"),
+    (["compile", MNIST, "-T", "4", "--neuron", "if"], "SNN-E401"),   # no calibration data
+    (["compile", "/no/such/model.onnx"], "SNN-E101"),
+])
+def test_user_errors_exit_2_without_output_or_traceback(tmp_path, capsys, argv, code):
+    out = tmp_path / "out.onnx"
+    assert main([*argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert code in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_corrupt_model_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(Path(MNIST).read_bytes()[:5000])
+    assert main(["compile", str(bad), "--calib", CALIB, "-o", str(tmp_path / "o.onnx")]) == 2
+    assert "SNN-E102" in capsys.readouterr().err
+
+
+def test_run_rejects_wrong_input_shape(tmp_path, capsys):
+    out = tmp_path / "snn.onnx"
+    assert main(["compile", MNIST, "-T", "2", "--neuron", "bitserial", "--calib", CALIB,
+                 "-o", str(out), "-q"]) == 0
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 1, 20, 20), np.float32))
+    assert main(["run", str(out), "--input", str(x)]) == 2
+    assert "SNN-E105" in capsys.readouterr().err
+
+
+def test_failed_loihi_compile_leaves_no_directory(tmp_path, capsys):
+    out = tmp_path / "loihi"
+    assert main(["compile", MNIST, "--target", "loihi", "-T", "4", "-o", str(out)]) == 2
+    assert "SNN-E401" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.iterdir())

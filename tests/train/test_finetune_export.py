@@ -1,0 +1,206 @@
+"""ONNX in -> trainable module -> ONNX out: loader, QCFS / LIF / MT export, the CLI command, errors."""
+import argparse
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from helpers import run_ort, tiny_model  # noqa: E402
+from snncc.errors import CalibrationError, OptionError, UnsupportedNodeError  # noqa: E402
+from snncc.train.cli import add_finetune_arguments, run_finetune  # noqa: E402
+from snncc.train.export import export_onnx  # noqa: E402
+from snncc.train.iir import LIF, MTNeuron, convert_to_snn, run_snn  # noqa: E402
+from snncc.train.onnx_to_torch import load_onnx_module  # noqa: E402
+from snncc.train.qcfs import QCFS, replace_relu_with_qcfs  # noqa: E402
+
+QCFS_CHAIN = ["Div", "Mul", "Add", "Floor", "Div", "Clip", "Mul"]
+
+INITS = {"w1": (4, 1, 3, 3), "b1": (4,), "bn_scale": (4,), "bn_bias": (4,), "bn_mean": (4,), "bn_var": (4,),
+         "w2": (8, 36), "b2": (8,), "w3": (3, 8), "b3": (3,)}
+CNN_TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+net (float[N, 1, 6, 6] input) => (float[N, 3] logits)
+<%s, int64[2] shape = {-1, 36}>
+{
+    c = Conv <pads = [1, 1, 1, 1]> (input, w1, b1)
+    bn = BatchNormalization (c, bn_scale, bn_bias, bn_mean, bn_var)
+    r1 = Relu (bn)
+    p = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (r1)
+    f = Reshape (p, shape)
+    g = Gemm <transB = 1> (f, w2, b2)
+    r2 = Relu (g)
+    logits = Gemm <transB = 1> (r2, w3, b3)
+}
+""" % ", ".join(f"float[{','.join(map(str, s))}] {n} = {{{','.join(['0'] * int(np.prod(s)))}}}"
+                for n, s in INITS.items())
+
+
+def _cnn_model(dyadic=True):
+    return tiny_model(CNN_TEXT, dyadic=dyadic)
+
+
+def _dyadic_net():
+    """A torch CNN whose weights and inputs are multiples of 1/64: float32 sums are exact in any order."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.round(p * 64) / 64)
+    return net
+
+
+def _dyadic_input(n=16, seed=0):
+    return np.round(np.random.default_rng(seed).normal(0, 1, (n, 1, 6, 6)) * 8).astype(np.float32) / 8
+
+
+def test_loader_matches_ort_and_exposes_swappable_layers():
+    model = _cnn_model()
+    net = load_onnx_module(model).eval()
+    x = _dyadic_input()
+    # BatchNormalization divides by sqrt(var + eps): not exact, and torch/ORT order its ops differently
+    np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(), run_ort(model, {"input": x})[0],
+                               rtol=1e-5, atol=1e-5)
+    kinds = sorted(type(m).__name__ for m in net.layers.values())
+    assert kinds == ["BatchNorm", "MaxPool2d", "ReLU", "ReLU"]
+    assert net.input_dims == ["N", 1, 6, 6]
+    assert sum(p.numel() for p in net.parameters()) == 4 * 9 + 4 + 4 + 4 + 8 * 36 + 8 + 3 * 8 + 3
+
+
+def test_loaded_graph_exports_with_its_ops_and_a_free_batch():
+    """Flatten / GlobalAveragePool come back as themselves, and the batch size is not baked in."""
+    model = tiny_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 2, 4, 4] input) => (float[N, 3] logits)
+        <float[3, 2, 1, 1] w = {1, 0.5, -1, 0.25, 0.5, 2}, float[3, 3] w2 = {1, 0, 0, 0, 1, 0, 0, 0, 1}> {
+            c = Conv (input, w)
+            r = Relu (c)
+            p = GlobalAveragePool (r)
+            f = Flatten (p)
+            logits = MatMul (f, w2)
+        }""", dyadic=True)
+    net = load_onnx_module(model)
+    replace_relu_with_qcfs(net, 4, 2.0)
+    net.eval()
+    x = np.round(np.random.default_rng(0).normal(0, 1, (5, 2, 4, 4)) * 8).astype(np.float32) / 8
+    proto = export_onnx(net, torch.from_numpy(x[:1]), input_dims=net.input_dims)
+    assert [n.op_type for n in proto.graph.node] == ["Conv", *QCFS_CHAIN, "GlobalAveragePool", "Flatten", "MatMul"]
+    np.testing.assert_array_equal(run_ort(proto, {"input": x})[0], net(torch.from_numpy(x)).detach().numpy())
+
+
+def test_qcfs_export_runs_in_ort_and_equals_torch_exactly():
+    """Exact: the conv/linear sums are exact (dyadic data), every QCFS op is one correctly rounded
+    float32 operation in the same order in torch and ORT, and λ is stored as the same float32."""
+    net = _dyadic_net()
+    replace_relu_with_qcfs(net, 4, {"1": 1.37, "5": 2.9})
+    net.eval()
+    x = _dyadic_input(64)
+    proto = export_onnx(net, torch.from_numpy(x[:1]))
+    onnx.checker.check_model(proto, full_check=True)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops == ["Conv", *QCFS_CHAIN, "AveragePool", "Flatten", "Gemm", *QCFS_CHAIN, "Gemm"]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert inits["/1.lambda"].shape == () and inits["/1.lambda"] == np.float32(1.37)
+    assert inits["/5.L"] == np.float32(4) and inits["/5.half"] == np.float32(0.5)
+    assert [o.domain for o in proto.opset_import] == [""] and proto.opset_import[0].version == 17
+    want = net(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_array_equal(run_ort(proto, {"input": x})[0], want)
+
+
+@pytest.mark.parametrize("kind", ["lif", "mt"])
+def test_snn_export_has_the_documented_nodes(kind):
+    net = _dyadic_net()
+    convert_to_snn(net, LIF if kind == "lif" else (lambda: MTNeuron("cascade", 3)))
+    with torch.no_grad():
+        net[1].threshold.fill_(0.75)
+        net[5].threshold.fill_(1.5)
+        if kind == "lif":
+            net[1].leak.fill_(0.875)
+    run_snn(net, torch.ones(2, 1, 6, 6), 2).sum().backward()  # membranes now hold an autograd graph
+    proto = export_onnx(net, torch.zeros(1, 1, 6, 6), metadata={"kind": "snn", "timesteps": 2})
+    onnx.checker.check_model(proto)
+    ops = [(n.op_type, n.domain) for n in proto.graph.node]
+    op = "LIFNeuron" if kind == "lif" else "MTNeuron"
+    assert ops == [("Conv", ""), (op, "snncc.ops"), ("AveragePool", ""), ("Flatten", ""), ("Gemm", ""),
+                   (op, "snncc.ops"), ("Gemm", "")]
+    assert {(o.domain, o.version) for o in proto.opset_import} == {("", 17), ("snncc.ops", 1)}
+    neurons = [n for n in proto.graph.node if n.domain == "snncc.ops"]
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in neurons]
+    if kind == "lif":
+        assert attrs[0] == {"theta": [0.75], "leak": 0.875, "amplitude": 1.0, "v_init": 0.0}
+        assert attrs[1]["theta"] == [1.5] and attrs[1]["leak"] == 1.0
+    else:
+        assert attrs[0] == {"theta": [0.75], "fractions": [1.0, 0.5, 0.25], "mode": b"cascade",
+                            "reset": b"soft", "v_init": 0.0}
+    assert neurons[0].input[0] == proto.graph.node[0].output[0]
+    assert {p.key for p in proto.metadata_props} == {"snncc.train"}
+
+
+def _run_cli(tmp_path, *extra):
+    model_path = tmp_path / "cnn.onnx"
+    onnx.save(_cnn_model(dyadic=False), model_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (40, 1, 6, 6)).astype(np.float32)
+    y = (x[:, 0, :3].mean(axis=(1, 2)) > 0).astype(np.int64)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    np.savez(tmp_path / "val.npz", x=x[:16], y=y[:16])
+    parser = argparse.ArgumentParser()
+    add_finetune_arguments(parser)
+    args = parser.parse_args([str(model_path), "--data", str(tmp_path / "train.npz"), "--val",
+                              str(tmp_path / "val.npz"), "-o", str(tmp_path / "out.onnx"), "--epochs", "1",
+                              "--batch-size", "16", "--no-progress", *extra])
+    assert run_finetune(args) == 0
+    return onnx.load(tmp_path / "out.onnx"), x
+
+
+def test_cli_qcfs_finetune_writes_a_runnable_qcfs_model(tmp_path):
+    out, x = _run_cli(tmp_path, "-L", "8", "--sparsity", "1e-6", "--maxpool", "avg", "--lambda-init", "p99")
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("Floor") == 2 and "MaxPool" not in ops and "AveragePool" in ops and "Relu" not in ops
+    assert "BatchNormalization" in ops
+    assert out.graph.input[0].name == "input" and out.graph.output[0].name == "logits"
+    assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert sorted(float(v) for k, v in inits.items() if k.endswith(".L")) == [8.0, 8.0]
+    assert run_ort(out, {"input": x[:5]})[0].shape == (5, 3)
+
+
+def test_cli_iir_writes_every_stage(tmp_path):
+    out, x = _run_cli(tmp_path, "--iir", "--timesteps", "2,1", "--threshold-steps", "2")
+    assert (tmp_path / "out.T2.onnx").exists() and (tmp_path / "out.T1.onnx").exists()
+    assert out == onnx.load(tmp_path / "out.T1.onnx")
+    assert [n.op_type for n in out.graph.node].count("LIFNeuron") == 2
+    assert "MaxPool" in [n.op_type for n in out.graph.node]  # kept without --maxpool avg
+
+
+def test_unsupported_ops_are_listed_together():
+    model = tiny_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[1, 4] x) => (float[1, 4] y) <float[4, 4] w = {0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0}> {
+            a = MatMul (x, w)
+            b = Sigmoid (a)
+            y = Tanh (b)
+        }""")
+    with pytest.raises(UnsupportedNodeError) as err:
+        load_onnx_module(model)
+    assert err.value.code == "SNN-E801" and len(err.value.diagnostics) == 2
+
+
+def test_bad_data_and_options(tmp_path):
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 1, 6, 6)))
+    with pytest.raises(CalibrationError) as err:
+        _run_cli(tmp_path, "--data", str(tmp_path / "bad.npz"))
+    assert err.value.code == "SNN-E803"
+    with pytest.raises(OptionError) as err:
+        _run_cli(tmp_path, "--iir", "--sparsity", "1e-8")
+    assert err.value.code == "SNN-E804"
+
+
+def test_importing_the_cli_module_does_not_import_torch():
+    code = "import sys, snncc.train, snncc.train.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
