@@ -26,6 +26,7 @@ __all__ = ["make_options", "compile_model", "CompileResult", "MAX_TIMESTEPS", "C
 log = logging.getLogger("snncc.driver")
 
 MAX_TIMESTEPS = 64
+MAX_LEVELS = 2 ** 24
 CALIB_METHODS = ("max", "percentile", "mse")
 MAXPOOL_MODES = ("auto", "avg", "gate")
 SCHEDULES = ("folded", "streaming")
@@ -50,8 +51,9 @@ def make_options(**kw: Any) -> CompileOptions:
     if opts.timesteps > MAX_TIMESTEPS:
         raise OptionError(f"-T {opts.timesteps} is beyond the supported range 1..{MAX_TIMESTEPS}",
                           code="SNN-E354", hint="snncc targets T = 1 to 8 timesteps; try -T 4")
-    if opts.levels is not None and not (1 <= opts.levels <= 65535):
-        raise OptionError(f"--levels must be in 1..65535, got {opts.levels}", code="SNN-E355",
+    if opts.levels is not None and not (1 <= opts.levels <= MAX_LEVELS):
+        raise OptionError(f"--levels must be in 1..{MAX_LEVELS} (float32 counts exactly up to "
+                          f"2^24), got {opts.levels}", code="SNN-E355",
                           hint="QCFS uses L = 4, 8 or 16")
     if not (50.0 < opts.calib_percentile <= 100.0):
         raise OptionError(f"--percentile must be in (50, 100], got {opts.calib_percentile}",
