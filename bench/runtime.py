@@ -35,14 +35,18 @@ def session(path: Path, library: bool) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def best_time(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved_medians(fns: dict, repeat: int) -> dict:
+    """Median time of each callable, measured round-robin so that background load hits every
+    variant alike (ratios within one run stay meaningful on a shared machine)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict = {k: [] for k in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def prepare(name: str, tmp: Path) -> tuple[Path, tuple[int, ...]]:
@@ -71,11 +75,8 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
         out[schedule] = path
     ann = session(src, False)
     in_name = ann.get_inputs()[0].name
-    t_ann = best_time(lambda: ann.run(None, {in_name: x}), repeat)
     snn = session(out["folded"], True)
-    t_snn = best_time(lambda: snn.run(None, {in_name: x}), repeat)
     fallback = session(out["folded"], False)
-    t_fb = best_time(lambda: fallback.run(None, {in_name: x}), max(1, repeat // 2))
     stream = session(out["streaming"], True)
     feeds = {}
     for i in stream.get_inputs():
@@ -86,7 +87,12 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
         else:
             dims = [batch if not isinstance(d, int) else d for d in i.shape]
             feeds[i.name] = np.zeros(dims, dtype=np.float32)
-    t_step = best_time(lambda: stream.run(None, feeds), repeat)
+    t = interleaved_medians({
+        "ann": lambda: ann.run(None, {in_name: x}),
+        "snn": lambda: snn.run(None, {in_name: x}),
+        "fallback": lambda: fallback.run(None, {in_name: x}),
+        "step": lambda: stream.run(None, feeds)}, repeat)
+    t_ann, t_snn, t_fb, t_step = t["ann"], t["snn"], t["fallback"], t["step"]
     return {"model": name, "T": T, "neuron": neuron, "batch": batch,
             "ann_ms_per_img": 1e3 * t_ann / batch, "snn_ms_per_img": 1e3 * t_snn / batch,
             "snn_over_T_ann": t_snn / (T * t_ann), "fallback_over_kernels": t_fb / t_snn,
@@ -99,7 +105,7 @@ def main() -> None:
     ap.add_argument("-T", type=int, default=4)
     ap.add_argument("--neuron", default="if")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args()
     print(f"T={args.T} neuron={args.neuron} batch={args.batch} cores={len(os.sched_getaffinity(0))}"
           f" onnxruntime={ort.__version__}\n")
