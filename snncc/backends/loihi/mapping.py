@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import networkx as nx
 import numpy as np
 
-from snncc.backends.loihi.netlist import Block, Netlist, conv2d, conv2d_adjoint
+from snncc.backends.loihi.netlist import Block, Netlist, conv2d
 from snncc.errors import Diagnostic
 
 __all__ = ["CoreLimits", "map_cores", "hwc_order", "fanin_map", "source_mask"]
@@ -85,11 +85,25 @@ def source_mask(block: Block, dst_mask: np.ndarray) -> np.ndarray:
     if block.kind == "dense":
         return np.ones(block.src_view, dtype=bool)
     g = block.groups
-    per_group = rows.reshape(g, -1, *rows.shape[1:]).any(axis=1).astype(np.int64)
-    kernel = np.ones((g, 1) + block.shape[2:], dtype=np.int64)
-    reach = conv2d_adjoint(per_group[None], kernel, block.stride, block.pads, g,
-                           block.src_view[1:])[0] > 0
+    per_group = rows.reshape(g, -1, *rows.shape[1:]).any(axis=1)
+    reach = _dilate(per_group, block.shape[2:], block.stride, block.pads, block.src_view[1:])
     return np.repeat(reach, block.shape[1], axis=0)
+
+
+def _dilate(dst: np.ndarray, kernel_hw: tuple[int, int], stride: tuple[int, int],
+            pads: tuple[int, int], in_hw: tuple[int, int]) -> np.ndarray:
+    """Input positions [G, H, W] read by the destination positions ``dst`` [G, ho, wo]: the
+    adjoint of a convolution with an all-ones kernel, as boolean slices (the mapper calls this
+    for every candidate core slice, so it must be cheap)."""
+    (kh, kw), (sh, sw) = kernel_hw, stride
+    g, ho, wo = dst.shape
+    hp = max(in_hw[0] + pads[0], (ho - 1) * sh + kh)
+    wp = max(in_hw[1] + pads[1], (wo - 1) * sw + kw)
+    reach = np.zeros((g, hp, wp), dtype=bool)
+    for i in range(kh):
+        for j in range(kw):
+            reach[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw] |= dst
+    return reach[:, pads[0]:pads[0] + in_hw[0], pads[1]:pads[1] + in_hw[1]]
 
 
 class _GroupSplitter:
