@@ -14,7 +14,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,8 +24,8 @@ from snncc.errors import Diagnostic, ModelInputError, VerificationError
 
 __all__ = [
     "Graph", "Node", "Tensor", "Constant", "Variable", "Model", "SNN_DOMAIN", "SNN_DOMAIN_VERSION",
-    "load", "read_proto", "to_proto", "save", "node_label", "producer", "consumers", "tensor_map",
-    "unique_name", "new_const", "const_value", "is_const", "replace_all_uses", "remove_node",
+    "load", "read_proto", "to_proto", "save", "node_label", "producer", "tensor_map",
+    "unique_name", "new_const", "const_value", "is_const", "replace_all_uses",
     "bypass_node", "verify", "check_onnx", "infer_shapes",
 ]
 
@@ -155,10 +155,6 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
 
 
-def consumers(tensor: gs.Tensor) -> list[gs.Node]:
-    return list(tensor.outputs)
-
-
 def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
     """Name -> tensor, built once per pass."""
     return graph.tensors()
@@ -213,16 +209,6 @@ def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
             if t is old:
                 node.inputs[i] = new
     graph.outputs = [new if t is old else t for t in graph.outputs]
-
-
-def remove_node(graph: gs.Graph, node: gs.Node) -> None:
-    """Detach a node whose outputs are no longer used (refuses otherwise)."""
-    for out in node.outputs:
-        if out.outputs or out in graph.outputs:
-            raise VerificationError(f"cannot remove {node_label(node)}: output '{out.name}' is "
-                                    "still used", code="SNN-E521")
-    node.inputs.clear()
-    node.outputs.clear()
 
 
 def bypass_node(graph: gs.Graph, node: gs.Node, keep_input: int = 0) -> None:
@@ -288,13 +274,12 @@ def check_onnx(proto: onnx.ModelProto) -> None:
 
 
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX shape inference with data propagation (keeps going on unknown custom ops)."""
+    """Best-effort ONNX shape inference with data propagation.
+
+    Returns the model unchanged when inference fails (e.g. on custom ops without schemas);
+    callers treat missing shapes as unknown and report a clear error where they need one.
+    """
     try:
         return onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception:
         return proto
-
-
-def iter_ops(graph: gs.Graph) -> Iterable[tuple[gs.Node, str]]:
-    for node in graph.nodes:
-        yield node, node.op
