@@ -8,7 +8,7 @@ OUT=examples/results/reports
 mkdir -p "$OUT"
 for neuron in if lif gn mt bitserial srp; do
   snncc report examples/mnist_cnn.onnx --data examples/mnist_test.npz --calib examples/mnist_calib.npz \
-    -T 4 --neuron "$neuron" --target loihi --samples 256 -o "$OUT/mnist_$neuron.md"
+    -T 4 --neuron "$neuron" --calib-method mse --target loihi --samples 256 -o "$OUT/mnist_$neuron.md"
 done
 tmp=$(mktemp -d)
 python examples/export_models.py resnet18 -o "$tmp/resnet18.onnx" --dynamic-batch

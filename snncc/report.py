@@ -220,6 +220,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    help="loihi also runs the netlist simulator and the core mapping")
     p.add_argument("--neuron", default="if", help="neuron model (default if)")
     p.add_argument("--calib", metavar="FILE", help="calibration samples (default: --data)")
+    p.add_argument("--calib-method", default="max", choices=("max", "percentile", "mse"),
+                   help="how lambda is chosen from the calibration samples (default max)")
     p.add_argument("--samples", type=int, default=256, help="samples used (default 256)")
     p.add_argument("-o", "--output", default="report.md", help="report .md or .html")
 
@@ -252,11 +254,12 @@ def report_command(args: argparse.Namespace) -> int:
         series.update({"Loihi emulated": [], "Loihi hardware (reset to 0)": []})
     data: dict[str, Any] = {"title": f"snncc report: {Path(args.model).name}",
                             "notes": [f"{len(x)} samples, neuron {args.neuron}, "
-                                      f"target {args.target}"]}
+                                      f"target {args.target}, calibration {args.calib_method}"]}
     for T in ts:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            opts = make_options(target="ort", timesteps=T, neuron=args.neuron, calib_path=calib)
+            opts = make_options(target="ort", timesteps=T, neuron=args.neuron, calib_path=calib,
+                                calib_method=args.calib_method)
             compile_model(args.model, tmp / "snn.onnx", opts, dump_after=["insert-neurons"],
                           dump_dir=tmp / "dump")
             ort_out = next(iter(run_compiled(tmp / "snn.onnx", x, use_library=False,
@@ -266,7 +269,8 @@ def report_command(args: argparse.Namespace) -> int:
             ref = labels if labels is not None else ort_out.argmax(axis=1)
             if args.target == "loihi":
                 compile_model(args.model, tmp / "loihi", make_options(
-                    target="loihi", timesteps=T, neuron=args.neuron, calib_path=calib))
+                    target="loihi", timesteps=T, neuron=args.neuron, calib_path=calib,
+                    calib_method=args.calib_method))
                 out, events = run_netlist(tmp / "loihi", x)
                 hw, _ = run_netlist(tmp / "loihi", x, semantics="hardware")
                 series["Loihi emulated"].append(_accuracy(next(iter(out.values())), ref))
