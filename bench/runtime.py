@@ -4,10 +4,13 @@ For each model (the bundled MNIST CNN and the exported ResNet-18/34):
   * ANN in ORT (the source model), SNN at T with our C++ kernels -> ratio SNN / (T x ANN)
     (target <= 1.15);
   * the portable function-body fallback (no library) against our kernels;
-  * the streaming one-step model, per step, against the folded model's time / T.
+  * the streaming one-step model: T steps against T x the ANN, and one step against the folded
+    model's time / T. Folding time into the batch multiplies the working set by T; on small
+    models whose ANN is cache-bound this costs more than the extra arithmetic, and the
+    streaming schedule (working set N) is the faster choice.
 All sessions use the same ORT settings (default graph optimisations, intra-op threads = cores).
 
-    python bench/runtime.py [--models mnist,resnet18] [-T 4] [--neuron if] [--batch 16]
+    python bench/runtime.py [--models mnist,resnet18] [-T 4] [--neuron if] [--batch 1,4,16]
 """
 from __future__ import annotations
 
@@ -26,12 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+THREADS = {"intra_op": 0}  # 0 = ORT's default (one per core)
+
+
 def session(path: Path, library: bool) -> ort.InferenceSession:
     if library:
         from snncc.runtime import session_options
         so = session_options()
     else:
         so = ort.SessionOptions()
+    so.intra_op_num_threads = THREADS["intra_op"]
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -96,7 +103,8 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
     return {"model": name, "T": T, "neuron": neuron, "batch": batch,
             "ann_ms_per_img": 1e3 * t_ann / batch, "snn_ms_per_img": 1e3 * t_snn / batch,
             "snn_over_T_ann": t_snn / (T * t_ann), "fallback_over_kernels": t_fb / t_snn,
-            "stream_step_over_folded_per_step": t_step / (t_snn / T)}
+            "stream_step_over_folded_per_step": t_step / (t_snn / T),
+            "stream_T_steps_over_T_ann": t_step / t_ann}
 
 
 def main() -> None:
@@ -104,19 +112,26 @@ def main() -> None:
     ap.add_argument("--models", default="mnist,resnet18,resnet34")
     ap.add_argument("-T", type=int, default=4)
     ap.add_argument("--neuron", default="if")
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", default="16", help="batch size(s), comma-separated")
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="ORT intra-op threads for every session (default: one per core); use 1 "
+                    "when other work shares the machine, as spinning workers then distort timings")
     args = ap.parse_args()
-    print(f"T={args.T} neuron={args.neuron} batch={args.batch} cores={len(os.sched_getaffinity(0))}"
+    THREADS["intra_op"] = args.threads
+    print(f"threads={args.threads or 'default'} T={args.T} neuron={args.neuron} batch={args.batch} cores={len(os.sched_getaffinity(0))}"
           f" onnxruntime={ort.__version__}\n")
-    print("| model | ANN ms/img | SNN ms/img | SNN/(T*ANN) | fallback/kernels | stream step/(folded/T) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | batch | ANN ms/img | SNN ms/img | SNN/(T*ANN) | streaming T steps/(T*ANN) "
+          "| fallback/kernels | stream step/(folded/T) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as d:
         for name in args.models.split(","):
-            r = bench_model(name, args.T, args.neuron, args.batch, args.repeat, Path(d))
-            print(f"| {name} | {r['ann_ms_per_img']:.3f} | {r['snn_ms_per_img']:.3f} | "
-                  f"{r['snn_over_T_ann']:.2f} | {r['fallback_over_kernels']:.2f} | "
-                  f"{r['stream_step_over_folded_per_step']:.2f} |", flush=True)
+            for batch in (int(b) for b in str(args.batch).split(",")):
+                r = bench_model(name, args.T, args.neuron, batch, args.repeat, Path(d))
+                print(f"| {name} | {batch} | {r['ann_ms_per_img']:.3f} | {r['snn_ms_per_img']:.3f}"
+                      f" | {r['snn_over_T_ann']:.2f} | {r['stream_T_steps_over_T_ann']:.2f} | "
+                      f"{r['fallback_over_kernels']:.2f} | "
+                      f"{r['stream_step_over_folded_per_step']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
