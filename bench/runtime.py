@@ -29,16 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-THREADS = {"intra_op": 0}  # 0 = ORT's default (one per core)
-
-
-def session(path: Path, library: bool) -> ort.InferenceSession:
+def session(path: Path, library: bool, threads: int) -> ort.InferenceSession:
+    """An ORT session; ``threads`` = intra-op threads (0: ORT's default, one per core)."""
     if library:
         from snncc.runtime import session_options
         so = session_options()
     else:
         so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS["intra_op"]
+    so.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -66,7 +64,8 @@ def prepare(name: str, tmp: Path) -> tuple[Path, tuple[int, ...]]:
     return path, (3, 32, 32)
 
 
-def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Path) -> dict:
+def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Path,
+                threads: int) -> dict:
     from snncc.driver import compile_model, make_options
 
     src, shape = prepare(name, tmp)
@@ -80,11 +79,11 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
         compile_model(src, path, make_options(target="ort", timesteps=T, neuron=neuron,
                                               calib_path=str(calib), schedule=schedule))
         out[schedule] = path
-    ann = session(src, False)
+    ann = session(src, False, threads)
     in_name = ann.get_inputs()[0].name
-    snn = session(out["folded"], True)
-    fallback = session(out["folded"], False)
-    stream = session(out["streaming"], True)
+    snn = session(out["folded"], True, threads)
+    fallback = session(out["folded"], False, threads)
+    stream = session(out["streaming"], True, threads)
     feeds = {}
     for i in stream.get_inputs():
         if i.name == in_name:
@@ -118,7 +117,6 @@ def main() -> None:
                     help="ORT intra-op threads for every session (default: one per core); use 1 "
                     "when other work shares the machine, as spinning workers then distort timings")
     args = ap.parse_args()
-    THREADS["intra_op"] = args.threads
     print(f"threads={args.threads or 'default'} T={args.T} neuron={args.neuron} batch={args.batch} cores={len(os.sched_getaffinity(0))}"
           f" onnxruntime={ort.__version__}\n")
     print("| model | batch | ANN ms/img | SNN ms/img | SNN/(T*ANN) | streaming T steps/(T*ANN) "
@@ -127,7 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for name in args.models.split(","):
             for batch in (int(b) for b in str(args.batch).split(",")):
-                r = bench_model(name, args.T, args.neuron, batch, args.repeat, Path(d))
+                r = bench_model(name, args.T, args.neuron, batch, args.repeat, Path(d), args.threads)
                 print(f"| {name} | {batch} | {r['ann_ms_per_img']:.3f} | {r['snn_ms_per_img']:.3f}"
                       f" | {r['snn_over_T_ann']:.2f} | {r['stream_T_steps_over_T_ann']:.2f} | "
                       f"{r['fallback_over_kernels']:.2f} | "
