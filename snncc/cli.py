@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from snncc import __version__
@@ -50,8 +49,6 @@ def _input_shapes(model: str, shapes: Sequence[tuple[str | None, tuple[int, ...]
     if not shapes:
         return {}
     if any(name is None for name, _ in shapes):
-        import onnx
-
         from snncc import ir
 
         proto = ir.read_proto(model)
@@ -61,7 +58,6 @@ def _input_shapes(model: str, shapes: Sequence[tuple[str | None, tuple[int, ...]
             raise OptionError("--input-shape without a name needs a model with one input",
                               code="SNN-E358", hint="write --input-shape NAME=1x3x32x32 for "
                               "each of: " + ", ".join(inputs))
-        del onnx
         return {inputs[0]: shapes[0][1]}
     return {name: shape for name, shape in shapes}
 

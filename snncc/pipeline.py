@@ -8,7 +8,6 @@ Unexpected exceptions are wrapped in :class:`PassError` naming the pass and thos
 from __future__ import annotations
 
 import time
-import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence

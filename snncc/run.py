@@ -84,16 +84,12 @@ def run_command(args: argparse.Namespace) -> int:
                                 "rate": float(v.sum()) / (n * v[0].size)}
                                for k, v in events.items()]}
     else:
-        from snncc.simulate import run_compiled
-
-        import onnx
-
         from snncc import ir
+        from snncc.simulate import run_compiled
 
         proto = ir.read_proto(target)
         inits = {i.name for i in proto.graph.initializer}
         names = [i.name for i in proto.graph.input if i.name not in inits]
-        del onnx
         x, labels = load_inputs(args.input, names[0] if names else None)
         if names:
             _check_shape(proto, names[0], x)

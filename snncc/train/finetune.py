@@ -56,6 +56,37 @@ class FinetuneResult:
     lambdas: dict[str, float]
 
 
+@dataclass
+class TrainingSetup:
+    """What every trainer starts from: a copy of the module on the device, loaders, and the
+    source network's validation accuracy (None without validation data)."""
+
+    model: nn.Module
+    device: torch.device
+    train: tuple
+    train_loader: Iterable
+    val_loader: Iterable | None
+    ann_acc: float | None
+
+
+def prepare_training(module: nn.Module, train_data: DataLike, val_data: DataLike | None, *,
+                     batch_size: int, seed: int, device, maxpool: str) -> TrainingSetup:
+    """Seed, pick the device, build loaders, copy the module, measure it, swap MaxPool if asked."""
+    check_option(maxpool in ("keep", "avg"), f"maxpool={maxpool!r} is not keep|avg",
+                 "use --maxpool avg or keep")
+    torch.manual_seed(seed)
+    dev = pick_device(device)
+    train = as_arrays(train_data, "training data")
+    val = as_arrays(val_data, "validation data") if val_data is not None else None
+    train_loader = make_loader(train, batch_size, shuffle=True, seed=seed)
+    val_loader = make_loader(val, 256, shuffle=False) if val is not None else None
+    model = copy.deepcopy(module).to(dev)
+    ann_acc = evaluate(model, model, val_loader, dev) if val_loader is not None else None
+    if maxpool == "avg":
+        replace_maxpool_with_avgpool(model)
+    return TrainingSetup(model, dev, train, train_loader, val_loader, ann_acc)
+
+
 def check_option(ok: bool, what: str, hint: str) -> None:
     if not ok:
         raise OptionError(f"finetune: {what}", code="SNN-E804", hint=hint)
@@ -196,19 +227,11 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
     check_option(sparsity >= 0, f"sparsity kappa={sparsity} must be >= 0", "use e.g. --sparsity 1e-8")
     check_option(lr > 0 and batch_size >= 1 and val_every >= 1, "lr, batch size and val_every must be positive",
                  "use e.g. --lr 0.01 --batch-size 128")
-    check_option(maxpool in ("keep", "avg"), f"maxpool={maxpool!r} is not keep|avg", "use --maxpool avg or keep")
     lam = _lambda_init(lambda_init)
-    torch.manual_seed(seed)
-    dev = pick_device(device)
-    train = as_arrays(train_data, "training data")
-    val = as_arrays(val_data, "validation data") if val_data is not None else None
-    train_loader = make_loader(train, batch_size, shuffle=True, seed=seed)
-    val_loader = make_loader(val, 256, shuffle=False) if val is not None else None
-
-    model = copy.deepcopy(module).to(dev)
-    ann_acc = evaluate(model, model, val_loader, dev) if val_loader is not None else None
-    if maxpool == "avg":
-        replace_maxpool_with_avgpool(model)
+    setup = prepare_training(module, train_data, val_data, batch_size=batch_size, seed=seed,
+                             device=device, maxpool=maxpool)
+    model, dev, train = setup.model, setup.device, setup.train
+    train_loader, val_loader, ann_acc = setup.train_loader, setup.val_loader, setup.ann_acc
     if lam is None:
         lam = _percentile_lambdas(model, torch.from_numpy(train[0][:512]).to(dev), float(str(lambda_init)[1:]))
     sites = replace_relu_with_qcfs(model, levels, lam)

@@ -32,7 +32,6 @@ to T = 1; per stage Adam (amsgrad), lr 1e-4, divided by 5 at 60/80/90 % of the s
 """
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -41,9 +40,9 @@ import torch
 from torch import nn
 
 from snncc.errors import ModelInputError
-from snncc.train.data import DataLike, as_arrays, make_loader
-from snncc.train.finetune import EpochStats, check_option, evaluate, fit, percentile, pick_device
-from snncc.train.qcfs import replace_maxpool_with_avgpool, replace_modules
+from snncc.train.data import DataLike
+from snncc.train.finetune import EpochStats, check_option, evaluate, fit, percentile, prepare_training
+from snncc.train.qcfs import replace_modules
 
 __all__ = ["SpikeFn", "SpikingNeuron", "LIF", "MTNeuron", "MT_FRACTIONS", "convert_to_snn", "spiking_neurons",
            "run_snn", "init_thresholds", "StageResult", "SnnResult", "train_snn"]
@@ -258,18 +257,10 @@ def train_snn(module: nn.Module, train_data: DataLike, val_data: DataLike | None
     check_option(0 < threshold_percentile <= 100 and threshold_steps >= 1 and threshold_batch >= 1,
                  "threshold percentile in (0, 100], steps >= 1 and batch >= 1 are required",
                  "use e.g. --threshold-percentile 90")
-    check_option(maxpool in ("keep", "avg"), f"maxpool={maxpool!r} is not keep|avg", "use --maxpool avg or keep")
-    torch.manual_seed(seed)
-    dev = pick_device(device)
-    train = as_arrays(train_data, "training data")
-    val = as_arrays(val_data, "validation data") if val_data is not None else None
-    train_loader = make_loader(train, batch_size, shuffle=True, seed=seed)
-    val_loader = make_loader(val, 256, shuffle=False) if val is not None else None
-
-    model = copy.deepcopy(module).to(dev)
-    ann_acc = evaluate(model, model, val_loader, dev) if val_loader is not None else None
-    if maxpool == "avg":
-        replace_maxpool_with_avgpool(model)
+    setup = prepare_training(module, train_data, val_data, batch_size=batch_size, seed=seed,
+                             device=device, maxpool=maxpool)
+    model, dev, train = setup.model, setup.device, setup.train
+    train_loader, val_loader, ann_acc = setup.train_loader, setup.val_loader, setup.ann_acc
     sites = convert_to_snn(model, (lambda: MTNeuron(mt, mt_thresholds)) if mt else LIF)
     if not sites:
         raise ModelInputError("finetune: the model has no nn.ReLU activation to make spiking", code="SNN-E805",

@@ -16,7 +16,7 @@ from snncc.train.cli import add_finetune_arguments, run_finetune  # noqa: E402
 from snncc.train.export import export_onnx  # noqa: E402
 from snncc.train.iir import LIF, MTNeuron, convert_to_snn, run_snn  # noqa: E402
 from snncc.train.onnx_to_torch import load_onnx_module  # noqa: E402
-from snncc.train.qcfs import QCFS, replace_relu_with_qcfs  # noqa: E402
+from snncc.train.qcfs import replace_relu_with_qcfs  # noqa: E402
 
 QCFS_CHAIN = ["Div", "Mul", "Add", "Floor", "Div", "Clip", "Mul"]
 
