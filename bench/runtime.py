@@ -37,6 +37,9 @@ def session(path: Path, library: bool, threads: int) -> ort.InferenceSession:
     else:
         so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    # every session owns a thread pool whose workers spin after a run; with several sessions
+    # measured round-robin, that spinning steals the cores from the next one
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
