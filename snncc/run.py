@@ -112,8 +112,8 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"predictions (first 10): {summary['predictions_head']}")
         rows = summary["activity"].get("layers", [])
         if rows:
-            print(f"{'layer':<40} {'events/sample':>14} {'rate':>8}")
+            print(f"{'layer':<48} {'events/sample':>14} {'rate':>8}")
             for row in rows:
-                print(f"{row['name'][:40]:<40} {row['events_per_sample']:>14.1f} "
-                      f"{row['rate']:>8.4f}")
+                name = row["name"] if len(row["name"]) <= 48 else "…" + row["name"][-47:]
+                print(f"{name:<48} {row['events_per_sample']:>14.1f} {row['rate']:>8.4f}")
     return 0
