@@ -402,3 +402,42 @@ def scan_neuron_function(op_type: str, attributes: Sequence[AttrSpec],
 def expand_plane(b: FunctionBuilder, folded: FoldedInput, value: str) -> str:
     """A per-slice plane [N, C, R] filled with a broadcastable value (Expand, no arithmetic)."""
     return b.op("Expand", value, folded.slice_shape)
+
+
+# ----------------------------------------------------------------------------- Loihi integer models
+# Shared pieces of the LoihiInfo callables (registry.LoihiInfo documents their contracts).
+
+def channel_values(values: Any, channels: int) -> np.ndarray:
+    """A scalar or per-channel attribute as float64 [channels]."""
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    return np.broadcast_to(arr, (channels,)).copy()
+
+
+def loihi_if_fixed_point(attrs: Mapping[str, Any], theta: np.ndarray, fp: Any
+                         ) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """IF-style neuron: one threshold of one state unit (theta), fire on ``>=``, soft reset."""
+    return theta, theta, 1, {"thresholds": [1], "compare": ">=", "reset": "subtract",
+                             "v_init": attrs["v_init"]}
+
+
+def loihi_unit_threshold(fixed: Mapping[str, Any], one: int, fp: Any) -> dict:
+    """Integer fields of a graded neuron whose threshold is one payload unit."""
+    return {"vth": [one], "vth_mant": [one >> fp.vth_exp]}
+
+
+def loihi_if_fire(sim: Any, fixed: Mapping[str, Any], v: np.ndarray, x_t: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Charge, fire against ``vth[0]`` (``fixed["compare"]``; ``>`` under ``sim.hw``) and
+    subtract the threshold (reset to 0 under ``sim.hw``); returns (spikes as bool, v)."""
+    vth = fixed["vth"][0]
+    m = sim.sat(v + x_t)
+    s = m > vth if (sim.hw or fixed["compare"] == ">") else m >= vth
+    return s, np.where(s, 0 if sim.hw else m - vth, m)
+
+
+def loihi_if_int_step(sim: Any, g: Any, fixed: Mapping[str, Any], v: np.ndarray,
+                      x_t: np.ndarray, t: int, keep: np.ndarray) -> tuple:
+    """``LoihiInfo.int_step`` of a binary soft-reset neuron (payload = events = spikes)."""
+    s, v = loihi_if_fire(sim, fixed, v, x_t)
+    y = s.astype(np.int64)
+    return y, y, v, keep

@@ -85,6 +85,22 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
     return {"theta": c.float32_list(clip.lam), "tau": tau, "v_init": float(clip.phi)}
 
 
+# -- Loihi integer model (registry.LoihiInfo): payload count = floor(v / unit) clipped to tau
+
+def _loihi_fixed_point(attrs, theta, fp):
+    tau = int(attrs["tau"])
+    u = theta / tau
+    return u, u, tau, {"tau": tau, "v_init": attrs["v_init"], "reset": "subtract"}
+
+
+def _loihi_int_step(sim, g, fixed, v, x_t, t, keep):
+    one = 1 << g.frac_bits
+    m = sim.sat(v + x_t)
+    count = np.clip(np.floor_divide(m, one), 0, fixed["tau"])
+    v = np.where(count > 0, 0, m) if sim.hw else m - count * one
+    return count, count, v, keep
+
+
 SPEC = register_neuron(NeuronSpec(
     key="gn",
     op_type="GroupNeuron",
@@ -98,7 +114,10 @@ SPEC = register_neuron(NeuronSpec(
     from_quant_clip=from_quant_clip,
     events=events,
     levels_for=lambda T, options: (_tau(options) or DEFAULT_TAU) * T,
-    loihi=LoihiInfo("graded", "subtract", supported=False, note=(
-        "needs a graded spike c*u with c = floor(v/u) clipped to tau; no public Lava/NetX neuron "
-        "computes that (a Loihi 2 microcoded neuron could)")),
+    loihi=LoihiInfo("graded", "subtract", note=(
+        "emulated as a Loihi 2 microcoded neuron with a graded spike c*u, c = floor(v/u) clipped "
+        "to tau (soft reset; the hardware semantics reset v to 0 after any spike); no public "
+        "Lava/NetX neuron computes that, so no NetX export"),
+        fixed_point=_loihi_fixed_point, int_fields=c.loihi_unit_threshold,
+        peak_payload=lambda fixed: fixed["tau"], int_step=_loihi_int_step),
 ))

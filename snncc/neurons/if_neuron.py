@@ -69,5 +69,6 @@ SPEC = register_neuron(NeuronSpec(
     levels_for=lambda T, options: T,
     loihi=LoihiInfo("binary", "subtract", note=(
         "theta folds into the next layer's weights; public Lava/NetX CUBA neurons fire on v > vth "
-        "and reset v to 0, so a chip run equals this op only at T == 1 (up to threshold ties)")),
+        "and reset v to 0, so a chip run equals this op only at T == 1 (up to threshold ties)"),
+        netx=True, fixed_point=c.loihi_if_fixed_point, int_step=c.loihi_if_int_step),
 ))

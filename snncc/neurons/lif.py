@@ -70,6 +70,25 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
     return {"theta": c.float32_list(lam), "amplitude": float(lam[0]), "leak": 1.0, "v_init": 0.0}
 
 
+# -- Loihi integer model (registry.LoihiInfo): 12-bit voltage decay, then the IF rule with ``>``
+
+def _loihi_fixed_point(attrs, theta, fp):
+    leak = float(attrs["leak"])
+    if not 0.0 <= leak <= 1.0:
+        raise ValueError(f"leak={leak} has no 12-bit decay (needs 0 <= leak <= 1)")
+    decay = int(round((1.0 - leak) * (1 << fp.decay_bits)))
+    return (c.channel_values(attrs["amplitude"], theta.shape[0]), theta, 1,
+            {"thresholds": [1], "compare": ">", "reset": "subtract", "v_init": attrs["v_init"],
+             "decay_v": decay, "decay_exact": decay == (1.0 - leak) * (1 << fp.decay_bits)})
+
+
+def _loihi_int_step(sim, g, fixed, v, x_t, t, keep):
+    if fixed["decay_v"]:
+        keep_frac = (1 << sim.fp.decay_bits) - fixed["decay_v"]
+        v = np.sign(v) * ((np.abs(v) * keep_frac) >> sim.fp.decay_bits)
+    return c.loihi_if_int_step(sim, g, fixed, v, x_t, t, keep)
+
+
 SPEC = register_neuron(NeuronSpec(
     key="lif",
     op_type="LIFNeuron",
@@ -86,5 +105,5 @@ SPEC = register_neuron(NeuronSpec(
     loihi=LoihiInfo("binary", "subtract", note=(
         "strict > matches Loihi; leak maps to the 12-bit voltage decay 4096*(1-leak); Loihi "
         "resets v to 0 instead of subtracting theta, so a chip run equals this op only at "
-        "T == 1")),
+        "T == 1"), netx=True, fixed_point=_loihi_fixed_point, int_step=_loihi_int_step),
 ))

@@ -195,6 +195,48 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
             "mode": "cascade", "reset": "soft", "v_init": float(clip.phi) * 2.0 ** (1 - n)}
 
 
+# -- Loihi integer model (registry.LoihiInfo): thresholds in units of the smallest fraction
+
+def _loihi_fixed_point(attrs, theta, fp):
+    fr = np.asarray(attrs["fractions"], dtype=np.float64)
+    ratios = fr / fr[-1]
+    if np.any(np.abs(ratios - np.round(ratios)) > 1e-6):
+        raise ValueError(f"fractions {fr.tolist()} are not integer multiples of the "
+                         "smallest one, so the graded payload has no integer unit")
+    u = theta * fr[-1]
+    return u, u, float(ratios[0]), {
+        "thresholds": [int(r) for r in np.round(ratios)], "mode": attrs["mode"],
+        "reset": attrs["reset"], "v_init": float(attrs["v_init"]) / fr[-1]}
+
+
+def _loihi_peak_payload(fixed):
+    return sum(fixed["thresholds"]) if fixed["mode"] == "cascade" else fixed["thresholds"][0]
+
+
+def _loihi_int_step(sim, g, fixed, v, x_t, t, keep):
+    one = 1 << g.frac_bits
+    m = sim.sat(v + x_t)
+    vth = fixed["vth"]
+    y = np.zeros_like(m)
+    count = np.zeros_like(m)
+    if fixed["mode"] == "parallel":
+        for th in reversed(vth):
+            passed = m >= th
+            y = np.where(passed, th, y)
+            count += passed
+        rest = m - y
+    else:
+        rest = m
+        for th in vth:
+            fired = rest >= th
+            rest = rest - th * fired
+            y = y + th * fired
+            count += fired
+    hard = sim.hw or fixed["reset"] == "hard"
+    v = np.where(y > 0, 0, m) if hard else rest
+    return y // one, count, v, keep
+
+
 SPEC = register_neuron(NeuronSpec(
     key="mt",
     op_type="MTNeuron",
@@ -208,8 +250,10 @@ SPEC = register_neuron(NeuronSpec(
     from_quant_clip=from_quant_clip,
     events=events,
     levels_for=levels_for,
-    loihi=LoihiInfo("graded", "subtract (soft) | zero (hard)", supported=False, note=(
-        "the output is a threshold value or a sum of them; no public Lava/NetX neuron has "
-        "several thresholds (a Loihi 2 microcoded neuron, or one binary channel per threshold, "
-        "could)")),
+    loihi=LoihiInfo("graded", "subtract (soft) | zero (hard)", note=(
+        "emulated as a Loihi 2 microcoded neuron whose graded spike is a threshold value or a sum "
+        "of them (reset as the op's attribute says; the hardware semantics reset v to 0 after "
+        "any spike); no public Lava/NetX neuron has several thresholds, so no NetX export"),
+        fixed_point=_loihi_fixed_point, peak_payload=_loihi_peak_payload,
+        int_step=_loihi_int_step),
 ))

@@ -49,12 +49,43 @@ COMMON_ATTRS: tuple[AttrSpec, ...] = (
 
 @dataclass(frozen=True)
 class LoihiInfo:
-    """How the neuron maps onto a Loihi 2 compartment (used by the Loihi backend)."""
+    """How the neuron maps onto a Loihi 2 compartment (used by the Loihi backend).
+
+    ``spike`` is ``"binary"`` or ``"graded"``; ``reset`` says what the neuron does after a spike;
+    ``netx`` is True when a NetX CUBA layer can express the neuron (binary spikes, one threshold,
+    at most a voltage decay). The integer model is a set of pure NumPy callables; the backend
+    passes its own objects in (neuron modules never import the backend) and reads only public
+    attributes: ``fp`` (word widths: ``decay_bits``, ``vth_exp``, ...), ``g`` (the netlist group:
+    ``frac_bits``, ``fixed``, ``name``), ``sim`` (``sim.sat(v)`` clips to the state range and
+    counts, ``sim.hw`` selects the stock CUBA rule: fire on ``v > vth``, reset to 0; ``sim.fp``).
+
+    fixed_point(attrs, theta, fp) -> (payload_unit, state_unit, top, fixed)
+        per-channel float units (``theta`` is float64 [C]), the largest threshold in state units,
+        and the group's fixed-point fields (JSON-able); raises ValueError when a parameter has no
+        fixed-point form. None: the neuron has no Loihi model.
+    int_fields(fixed, one, fp) -> dict
+        extra integer fields once ``one = 2**frac_bits`` is known (after the generic ``vth``,
+        ``vth_mant`` from ``fixed["thresholds"]`` and ``v_init_int``).
+    peak_payload(fixed) -> float
+        the largest payload of one spike in payload units (None: 1).
+    int_step(sim, g, fixed, v, x_t, t, keep) -> (payload, events, v, keep)
+        one slice of a per-slice neuron on int64 arrays (``keep``: a per-neuron bool mask the
+        neuron may use; starts all True).
+    int_run(sim, g, x, steps) -> (payload, events)
+        the whole window at once, for window neurons (``x``: int64 [S|1, N, *view]); used instead
+        of ``int_step`` when set.
+    """
 
     spike: str                 # "binary" | "graded"
     reset: str                 # what the neuron does: "subtract" | "zero" | ...
     supported: bool = True
     note: str = ""
+    netx: bool = False
+    fixed_point: Callable[..., tuple[np.ndarray, np.ndarray, float, dict]] | None = None
+    int_fields: Callable[..., dict] | None = None
+    peak_payload: Callable[[Mapping[str, Any]], float] | None = None
+    int_step: Callable[..., tuple] | None = None
+    int_run: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)

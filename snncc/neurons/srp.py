@@ -12,6 +12,7 @@ Conversion: θ = λ, v_init = φ, tol = 0.001, τ = ``--neuron-param tau=...`` (
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -89,6 +90,31 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
             "tol": 0.001}
 
 
+# -- Loihi integer model (registry.LoihiInfo): the IF rule plus the tau pre-run mask
+
+def _loihi_fixed_point(attrs, theta, fp):
+    unit, state_unit, top, fixed = c.loihi_if_fixed_point(attrs, theta, fp)
+    fixed.update(tau=int(attrs["tau"]), tol=float(attrs["tol"]))
+    return unit, state_unit, top, fixed
+
+
+def _loihi_int_fields(fixed, one, fp):
+    return {"keep_above": int(math.floor(fixed["tol"] * one))}
+
+
+def _loihi_int_step(sim, g, fixed, v, x_t, t, keep):
+    s, v = c.loihi_if_fire(sim, fixed, v, x_t)
+    y = s
+    tau = fixed["tau"]
+    if t >= tau:
+        y = s & keep
+    if t == tau - 1:
+        keep = v > fixed["keep_above"]
+        v = np.full_like(v, fixed["v_init_int"])
+    y = y.astype(np.int64)
+    return y, y, v, keep
+
+
 SPEC = register_neuron(NeuronSpec(
     key="srp",
     op_type="SRPNeuron",
@@ -105,7 +131,9 @@ SPEC = register_neuron(NeuronSpec(
     total_steps=lambda T, attrs: attrs.get("tau", DEFAULT_TAU) + T,
     counted_steps=lambda T, attrs: T,
     maxpool_exact=lambda T, attrs: False,
-    loihi=LoihiInfo("binary", "subtract", supported=False, note=(
-        "needs a per-neuron mask bit set at global step tau and a global membrane restart; "
-        "public Lava/NetX neurons have neither (LIFReset only restarts periodically)")),
+    loihi=LoihiInfo("binary", "subtract", note=(
+        "emulated as a microcoded neuron: the IF rule (soft reset; the hardware semantics reset "
+        "v to 0) plus a per-neuron mask bit set at global step tau and a membrane restart; public "
+        "Lava/NetX neurons have neither (LIFReset only restarts periodically), so no NetX export"),
+        fixed_point=_loihi_fixed_point, int_fields=_loihi_int_fields, int_step=_loihi_int_step),
 ))

@@ -519,8 +519,6 @@ class _Lowering:
                     for k, v in attrs.items()}
         g = Group(node.name or node.output[0], "neuron", expr.shape, expr.view, neuron=spec.key,
                   attrs=jsonable, spike=spec.loihi.spike, source=node.name, bias=expr.bias)
-        if spec.key == "bitserial":
-            g.spike = "graded"  # slice k carries payload B * 2**k (docs/netlist.md)
         self._new_group(g, expr)
         out = _identity(g.name, expr.view, expr.shape)
         self.values[node.output[0]] = out

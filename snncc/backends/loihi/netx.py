@@ -32,12 +32,12 @@ import h5py
 import numpy as np
 
 from snncc.backends.loihi.netlist import Block, Group, Netlist
+from snncc.neurons.registry import get_neuron
 
 __all__ = ["LOADABLE", "write_netx", "check_netx"]
 
 LOADABLE = ("input", "conv", "flatten", "dense")
 NEURON_TYPES = ("CUBA", "LOIHI", "SDNN")
-NETX_NEURONS = ("if", "lif")
 VTH_MANT_MAX = (1 << 17) - 1
 I_DECAY_FULL = 4096       # du = 4095: the current keeps 1/4096 (Lava's du = iDecay - 1)
 #: The input encoder written for the ``input`` layer: CUBA IF with vThMant 128 driven by
@@ -60,6 +60,11 @@ def _neuron(layer: h5py.Group, vth: int, v_decay: int = 0) -> None:
     n.create_dataset("gradedSpike", data=np.bool_(False))
 
 
+def _netx_neuron(g: Group) -> bool:
+    """A neuron group whose neuron NetX CUBA can express (``LoihiInfo.netx``)."""
+    return g.kind == "neuron" and get_neuron(g.neuron).loihi.netx
+
+
 def _why_not(net: Netlist, g: Group, prev: Group, flat: bool) -> str | None:
     blocks = net.blocks_into(g.name)
     if len(blocks) != 1:
@@ -68,7 +73,7 @@ def _why_not(net: Netlist, g: Group, prev: Group, flat: bool) -> str | None:
     b = blocks[0]
     if b.src != prev.name:
         return f"reads '{b.src}', not the previous NetX layer '{prev.name}'"
-    if g.kind == "neuron" and g.neuron not in NETX_NEURONS:
+    if g.kind == "neuron" and not _netx_neuron(g):
         return (f"neuron '{g.neuron}' ({g.spike} spikes) has no NetX neuron: CUBA sends binary "
                 "spikes and resets to zero, SDNN is a sigma-delta neuron")
     if b.offset != 0 or b.rows != g.view[0]:
@@ -164,7 +169,7 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
             if g.kind == "readout":
                 notes.append(f"{g.name}: the readout is a non-spiking CUBA layer (vThMant "
                              f"{VTH_MANT_MAX}); read its voltage after the run")
-            elif g.neuron in NETX_NEURONS:
+            elif _netx_neuron(g):
                 notes.append(f"{g.name}: NetX CUBA fires on v > vth and resets v to 0, snncc's "
                              f"'{g.neuron}' subtracts the threshold (hardware semantics)")
             prev = g

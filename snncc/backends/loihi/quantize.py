@@ -17,6 +17,9 @@ readout   1                     -             none (accumulates)
 input     -                     2**-in_bits   analog values sent as graded payloads
 ========= ===================== ============= ===================================================
 
+A neuron's row is its module's ``LoihiInfo`` (``fixed_point``, ``int_fields``, ``peak_payload``;
+see :class:`snncc.neurons.registry.LoihiInfo`); this module never branches on neuron names.
+
 Per-channel thresholds thus fold into the incoming weights and biases (one threshold mantissa per
 group). A block from s to d gets ``W_fold[o, i] = W[o, i] * unit_s[i] / su_d[o] * 2**F_d``,
 stored as ``mant * 2**exp`` with ``mant`` in [-128, 127] and the smallest ``exp`` in
@@ -36,6 +39,8 @@ import numpy as np
 
 from snncc.backends.loihi.netlist import Block, Group, Netlist
 from snncc.errors import Diagnostic
+from snncc.neurons.common import channel_values
+from snncc.neurons.registry import LoihiInfo, get_neuron
 
 __all__ = ["FixedPoint", "quantize", "folded_weight", "weight_int"]
 
@@ -63,50 +68,16 @@ class FixedPoint:
         return asdict(self)
 
 
-def _per_channel(values: Any, channels: int) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    return np.broadcast_to(arr, (channels,)).copy()
+def _loihi(g: Group) -> LoihiInfo:
+    return get_neuron(g.neuron).loihi
 
 
 def _neuron_units(g: Group, fp: FixedPoint) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """(payload unit, state unit, largest threshold in state units, fixed fields w/o 2**F)."""
-    a, c = g.attrs, g.view[0]
-    theta = _per_channel(a.get("theta", 1.0), c)
-    key = g.neuron
-    if key in ("if", "srp"):
-        fixed = {"thresholds": [1], "compare": ">=", "reset": "subtract", "v_init": a["v_init"]}
-        if key == "srp":
-            fixed.update(tau=int(a["tau"]), tol=float(a["tol"]))
-        return theta, theta, 1, fixed
-    if key == "lif":
-        leak = float(a["leak"])
-        if not 0.0 <= leak <= 1.0:
-            raise ValueError(f"leak={leak} has no 12-bit decay (needs 0 <= leak <= 1)")
-        decay = int(round((1.0 - leak) * (1 << fp.decay_bits)))
-        return (_per_channel(a["amplitude"], c), theta, 1,
-                {"thresholds": [1], "compare": ">", "reset": "subtract", "v_init": a["v_init"],
-                 "decay_v": decay, "decay_exact": decay == (1.0 - leak) * (1 << fp.decay_bits)})
-    if key == "gn":
-        tau = int(a["tau"])
-        u = theta / tau
-        return u, u, tau, {"tau": tau, "v_init": a["v_init"], "reset": "subtract"}
-    if key == "mt":
-        fr = np.asarray(a["fractions"], dtype=np.float64)
-        ratios = fr / fr[-1]
-        if np.any(np.abs(ratios - np.round(ratios)) > 1e-6):
-            raise ValueError(f"fractions {fr.tolist()} are not integer multiples of the "
-                             "smallest one, so the graded payload has no integer unit")
-        u = theta * fr[-1]
-        return u, u, float(ratios[0]), {
-            "thresholds": [int(r) for r in np.round(ratios)], "mode": a["mode"],
-            "reset": a["reset"], "v_init": float(a["v_init"]) / fr[-1]}
-    if key == "bitserial":
-        bits = int(a.get("bits") or a["T"])
-        levels = (1 << bits) - 1
-        u = theta / levels
-        return u, u, float(bits * levels), {"bits": bits, "levels": levels,
-                                            "v_init": a["v_init"]}
-    raise ValueError(f"neuron '{key}' has no Loihi fixed-point model")
+    fixed_point = _loihi(g).fixed_point
+    if fixed_point is None:
+        raise ValueError(f"neuron '{g.neuron}' has no Loihi fixed-point model")
+    return fixed_point(g.attrs, channel_values(g.attrs.get("theta", 1.0), g.view[0]), fp)
 
 
 def _readout_frac_bits(net: Netlist, g: Group, fp: FixedPoint) -> int:
@@ -126,14 +97,8 @@ def _readout_frac_bits(net: Netlist, g: Group, fp: FixedPoint) -> int:
 def _peak_payload(g: Group, fp: FixedPoint) -> float:
     if g.kind == "input":
         return float(1 << (fp.payload_bits - 1))
-    f = g.fixed
-    if g.neuron == "gn":
-        return f["tau"]
-    if g.neuron == "mt":
-        return sum(f["thresholds"]) if f["mode"] == "cascade" else f["thresholds"][0]
-    if g.neuron == "bitserial":
-        return f["bits"] << (f["bits"] - 1)
-    return 1.0
+    peak = _loihi(g).peak_payload if g.kind == "neuron" else None
+    return 1.0 if peak is None else peak(g.fixed)
 
 
 def _units(g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> None:
@@ -166,12 +131,10 @@ def _fix_thresholds(g: Group, fp: FixedPoint) -> None:
     if "thresholds" in f:
         f["vth"] = [t * one for t in f["thresholds"]]
         f["vth_mant"] = [v >> fp.vth_exp for v in f["vth"]]
-    if g.neuron in ("gn", "bitserial"):
-        f["vth"] = [one]                         # one payload unit
-        f["vth_mant"] = [one >> fp.vth_exp]
     f["v_init_int"] = int(round(float(f.get("v_init", 0.0)) * one))
-    if g.neuron == "srp":
-        f["keep_above"] = int(math.floor(f["tol"] * one))
+    int_fields = _loihi(g).int_fields if g.kind == "neuron" else None
+    if int_fields is not None:
+        f.update(int_fields(f, one, fp))
 
 
 def folded_weight(block: Block, src: Group, dst: Group) -> np.ndarray:

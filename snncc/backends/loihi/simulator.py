@@ -7,6 +7,10 @@ source payloads with integer weights ``mant << exp``, plus ``bias_mant << bias_e
 that only depends on the analog input is computed once. Membranes saturate at the 24-bit state
 range (counted in :class:`SimResult`).
 
+Each neuron's integer dynamics are its module's ``LoihiInfo.int_step`` (per slice) or
+``int_run`` (window neurons); the simulator passes itself in as ``sim`` (``sim.sat``, ``sim.hw``,
+``sim.fp``).
+
 ``semantics``:
 
 * ``"emulated"`` (default): the neuron's own rule (soft reset, ``>=`` where the op says so) in
@@ -26,7 +30,8 @@ import numpy as np
 
 from snncc.backends.loihi.netlist import Group, Netlist, block_apply, load
 from snncc.backends.loihi.quantize import FixedPoint, weight_int
-from snncc.errors import BackendCapabilityError
+from snncc.errors import BackendCapabilityError, OptionError
+from snncc.neurons.registry import get_neuron
 
 __all__ = ["SEMANTICS", "SimResult", "simulate", "run_netlist"]
 
@@ -78,8 +83,18 @@ class _Sim:
 
     # ------------------------------------------------------------------ neuron dynamics
     def run_neuron(self, g: Group, x: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        if g.neuron == "bitserial":
-            return self._bitserial(g, x, steps)
+        """The neuron's integer model from its ``LoihiInfo``: ``int_run`` over the window, or
+        ``int_step`` slice by slice."""
+        try:
+            model = get_neuron(g.neuron).loihi
+        except OptionError:
+            model = None
+        if model is not None and model.int_run is not None:
+            return model.int_run(self, g, x, steps)
+        if model is None or model.int_step is None:
+            raise BackendCapabilityError(f"group {g.name}: neuron '{g.neuron}' cannot be "
+                                         "simulated", code="SNN-E652",
+                                         hint="recompile the netlist")
         f = g.fixed
         x = np.broadcast_to(x, (steps,) + x.shape[1:])
         pay = np.zeros(x.shape, dtype=np.int64)
@@ -87,68 +102,7 @@ class _Sim:
         v = np.full(x.shape[1:], f["v_init_int"], dtype=np.int64)
         keep = np.ones(x.shape[1:], dtype=bool)
         for t in range(steps):
-            pay[t], ev[t], v, keep = self._step(g, f, v, x[t], t, keep)
-        return pay, ev
-
-    def _step(self, g: Group, f: dict, v, x_t, t: int, keep):
-        one = 1 << g.frac_bits
-        if g.neuron in ("if", "srp", "lif"):
-            vth = f["vth"][0]
-            if g.neuron == "lif" and f["decay_v"]:
-                keep_frac = (1 << self.fp.decay_bits) - f["decay_v"]
-                v = np.sign(v) * ((np.abs(v) * keep_frac) >> self.fp.decay_bits)
-            m = self.sat(v + x_t)
-            s = m > vth if (self.hw or f["compare"] == ">") else m >= vth
-            v = np.where(s, 0 if self.hw else m - vth, m)
-            y = s
-            if g.neuron == "srp":
-                tau = f["tau"]
-                if t >= tau:
-                    y = s & keep
-                if t == tau - 1:
-                    keep = v > f["keep_above"]
-                    v = np.full_like(v, f["v_init_int"])
-            return y.astype(np.int64), y.astype(np.int64), v, keep
-        if g.neuron == "gn":
-            m = self.sat(v + x_t)
-            c = np.clip(np.floor_divide(m, one), 0, f["tau"])
-            v = np.where(c > 0, 0, m) if self.hw else m - c * one
-            return c, c, v, keep
-        if g.neuron == "mt":
-            m = self.sat(v + x_t)
-            vth = f["vth"]
-            y = np.zeros_like(m)
-            count = np.zeros_like(m)
-            if f["mode"] == "parallel":
-                for th in reversed(vth):
-                    passed = m >= th
-                    y = np.where(passed, th, y)
-                    count += passed
-                rest = m - y
-            else:
-                rest = m
-                for th in vth:
-                    fired = rest >= th
-                    rest = rest - th * fired
-                    y = y + th * fired
-                    count += fired
-            hard = self.hw or f["reset"] == "hard"
-            v = np.where(y > 0, 0, m) if hard else rest
-            return y // one, count, v, keep
-        raise BackendCapabilityError(f"group {g.name}: neuron '{g.neuron}' cannot be simulated",
-                                     code="SNN-E652", hint="recompile the netlist")
-
-    def _bitserial(self, g: Group, x: np.ndarray, steps: int):
-        f = g.fixed
-        bits, one = f["bits"], 1 << g.frac_bits
-        acc = bits * x[0] if x.shape[0] == 1 else x.sum(axis=0)
-        q = np.clip(np.floor_divide(acc + bits * f["v_init_int"], bits * one), 0, f["levels"])
-        pay = np.zeros((steps,) + q.shape, dtype=np.int64)
-        ev = np.zeros_like(pay)
-        for k in range(min(steps, bits)):
-            bit = (q >> k) & 1
-            ev[k] = bit
-            pay[k] = bit * (bits << k)
+            pay[t], ev[t], v, keep = model.int_step(self, g, f, v, x[t], t, keep)
         return pay, ev
 
 
