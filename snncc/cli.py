@@ -92,7 +92,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         maxpool=args.maxpool, allow_analog=args.allow_analog, schedule=args.schedule,
         neuron_params=_neuron_params(args))
     result = compile_model(args.model, args.output, options, report_path=args.report,
-                           dump_after=args.dump_after or (), verify=args.verify)
+                           dump_after=args.dump_after or (), verify=args.verify,
+                           force=args.force)
     if not args.quiet:
         from snncc.pipeline import PipelineReport, PassRow
 
@@ -170,8 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "fold-batchnorm, relu-to-quant-clip, insert-neurons, schedule-timesteps) "
                        "and emit the chosen target. Nothing is written unless it succeeds.")
     p.add_argument("model", help="ONNX model file")
-    p.add_argument("-o", "--output", required=True,
-                   help="output .onnx file (qann, ort) or directory (loihi)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output .onnx file (qann, ort) or directory (loihi); default: beside the "
+                   "model, MODEL.snn.onnx / MODEL.qann.onnx / MODEL.loihi/")
+    p.add_argument("--force", action="store_true",
+                   help="write into an existing directory that snncc did not create (nothing "
+                   "else there is deleted); inputs are never overwritten")
     p.add_argument("--target", default="ort", choices=("qann", "ort", "loihi"),
                    help="qann: quantized-clip ANN; ort: ONNX Runtime SNN (default); "
                    "loihi: Loihi 2 netlist")

@@ -19,9 +19,10 @@ from typing import Any, Mapping, Sequence
 from snncc import __version__, ir
 from snncc.context import TARGETS, CompileContext, CompileOptions
 from snncc.errors import BackendCapabilityError, OptionError
+from snncc.outputs import Output, atomic_dir, atomic_file, check_outputs, default_output
 from snncc.pipeline import DumpAfter, PipelineReport, default_pipeline
 
-__all__ = ["make_options", "compile_model", "CompileResult", "MAX_TIMESTEPS", "CALIB_METHODS"]
+__all__ = ["make_options", "compile_model", "declared_outputs", "CompileResult", "MAX_TIMESTEPS", "CALIB_METHODS"]
 
 log = logging.getLogger("snncc.driver")
 
@@ -85,26 +86,49 @@ def _quant_table(ctx: CompileContext) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+
+
+def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
+                     dump_after: Sequence[str] = (), dump_dir=None) -> list[Output]:
+    """Every path a compile writes: the output, the ORT manifest, the report, the dump folder."""
+    kind = "dir" if options.target == "loihi" else "file"
+    outs = [Output(out, kind, "-o")]
+    if options.target == "ort":
+        outs.append(Output(out.with_name(out.name + ".json"), "file", "-o (manifest)"))
+    if report_path:
+        outs.append(Output(Path(report_path), "file", "--report"))
+    if dump_after:
+        outs.append(Output(Path(dump_dir or out.parent / f"{out.name}.dump"), "dir",
+                           "--dump-after"))
+    return outs
 
 
 def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
                   options: CompileOptions, *, report_path: str | os.PathLike | None = None,
                   dump_after: Sequence[str] = (), dump_dir: str | os.PathLike | None = None,
-                  verify: str = "ends") -> CompileResult:
-    """Compile ``model_path`` into ``out`` (a file for qann/ort, a directory for loihi)."""
+                  verify: str = "ends", force: bool = False) -> CompileResult:
+    """Compile ``model_path`` into ``out`` (a file for qann/ort, a directory for loihi).
+
+    ``out=None`` writes beside the model (:func:`snncc.outputs.default_output`). Every output is
+    checked before any work starts (:func:`snncc.outputs.check_outputs`; ``force`` allows writing
+    into a foreign non-empty directory) and written atomically.
+    """
     start = time.perf_counter()
-    out = Path(out)
+    out = Path(out) if out is not None else default_output(model_path, options.target)
+    check_outputs(declared_outputs(out, options, report_path=report_path, dump_after=dump_after,
+                                   dump_dir=dump_dir),
+                  [model_path, options.calib_path], force=force)
     model = ir.load(model_path)
     ctx = CompileContext(options)
-    instruments = []
-    if dump_after:
-        instruments.append(DumpAfter(dump_after, dump_dir or out.parent / f"{out.name}.dump"))
-    pipeline = default_pipeline(options, verify=verify, instruments=instruments)
+    dump = DumpAfter(dump_after, dump_dir or out.parent / f"{out.name}.dump") if dump_after else None
+    pipeline = default_pipeline(options, verify=verify, instruments=[dump] if dump else [])
+    known = [p.name for p in pipeline.passes]
+    unknown = sorted(set(dump_after) - set(known) - {"all"})
+    if unknown:
+        raise OptionError(f"--dump-after names unknown pass(es) {', '.join(unknown)}",
+                          code="SNN-E359", hint="choose from: all, " + ", ".join(known))
     rows: PipelineReport = pipeline.run(model, ctx)
 
     artifact_report: dict[str, Any] = {}
@@ -138,35 +162,30 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
         "backend": artifact_report,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if dump:
+        files += dump.write()
     if report_path:
         _write_json_atomic(Path(report_path), report)
     return CompileResult(out, report, files)
 
 
 def _emit_atomically(backend, model: ir.Model, ctx: CompileContext, out: Path):
-    """Emit into a temporary sibling and rename it into place only on success."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Emit into a temporary sibling and move it into place only on success."""
     if backend.output_kind == "dir":
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             artifact = backend.emit(model, ctx, tmp)
-            if out.exists():
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
-            os.replace(tmp, out)
             artifact.files = [out / Path(f).relative_to(tmp) for f in artifact.files]
-            artifact.path = out
-            return artifact
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        artifact.path = out
+        return artifact
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.snncc-", dir=out.parent))
     try:
-        tmp_out = tmpdir / out.name
-        artifact = backend.emit(model, ctx, tmp_out)
+        artifact = backend.emit(model, ctx, tmpdir / out.name)
         moved = []
-        for f in artifact.files or [tmp_out]:
+        for f in artifact.files or [tmpdir / out.name]:
             dest = out.parent / Path(f).name
-            os.replace(f, dest)
+            with atomic_file(dest) as tmp:
+                os.replace(f, tmp)
             moved.append(dest)
         artifact.path = out
         artifact.files = moved

@@ -19,6 +19,7 @@ __all__ = [
     "ModelInputError",
     "UnsupportedNodeError",
     "OptionError",
+    "OutputPathError",
     "CalibrationError",
     "PassError",
     "PreconditionError",
@@ -100,6 +101,12 @@ class OptionError(SnnccError):
     """An option value is invalid (unknown neuron, T <= 0, bad neuron parameter...)."""
 
     code = "SNN-E300"
+
+
+class OutputPathError(OptionError):
+    """An output path would overwrite an input, a foreign directory or another output."""
+
+    code = "SNN-E360"
 
 
 class CalibrationError(SnnccError):

@@ -10,7 +10,6 @@ Performance rules (measured: looking tensors up by name inside a per-node loop i
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,17 +127,10 @@ def to_proto(model: Model, *, opset: int | None = None) -> onnx.ModelProto:
 
 def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write atomically: a temp file in the same folder, renamed into place only when complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from snncc.outputs import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -55,16 +55,28 @@ Instrument = Callable[[Pass, ir.Model, CompileContext], None]
 
 
 class DumpAfter:
-    """Instrument backing ``--dump-after PASS``: writes the graph after the named passes."""
+    """Instrument backing ``--dump-after PASS``: keeps the graph after the named passes.
+
+    The graphs are held in memory and written by :meth:`write` (the driver calls it once the
+    compile succeeded), so a failed compile leaves no dump folder behind.
+    """
 
     def __init__(self, names: Sequence[str], directory: str | Path):
         self.names = set(names)
         self.directory = Path(directory)
+        self.graphs: dict[str, bytes] = {}
 
     def __call__(self, pass_: Pass, model: ir.Model, ctx: CompileContext) -> None:
         if pass_.name in self.names or "all" in self.names:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            ir.save(ir.to_proto(model), self.directory / f"after-{pass_.name}.onnx")
+            self.graphs[pass_.name] = ir.to_proto(model).SerializeToString()
+
+    def write(self) -> list[Path]:
+        from snncc.outputs import atomic_dir
+
+        with atomic_dir(self.directory) as tmp:
+            for name, data in self.graphs.items():
+                (tmp / f"after-{name}.onnx").write_bytes(data)
+        return [self.directory / f"after-{name}.onnx" for name in self.graphs]
 
 
 class Pipeline:

@@ -1,0 +1,229 @@
+"""Output paths: snncc writes only its declared outputs, atomically, and never destroys anything else.
+
+Every command that writes files declares them first (:func:`check_outputs`) and then writes each
+through :func:`atomic_file` or :func:`atomic_dir`. The rules, checked before any work starts and
+all reported at once:
+
+* **Never an input.** An output may not be (or, for a directory output, contain) any input file:
+  the model, calibration or data file. ``--force`` does not change this (SNN-E360).
+* **Never twice.** Two outputs of one command may not be the same path (SNN-E361).
+* **Never a place.** ``.``, ``~``, ``/`` and any directory that holds the current directory are
+  refused as directory outputs (SNN-E362), with or without ``--force``.
+* **Same kind only.** A file output replaces an existing regular file; an existing directory (or
+  anything that is not a regular file) in its place is refused (SNN-E363). A directory output
+  replaces a directory snncc itself wrote (it holds :data:`MARKER`, listing the files snncc put
+  there) or an empty directory; an existing file in its place is refused (SNN-E363).
+* **Foreign directories need --force.** A non-empty directory that snncc did not write, or one
+  that holds files beyond what its marker lists, is refused unless ``force`` (SNN-E364). With
+  ``--force`` snncc writes its files into it and deletes nothing it did not write.
+
+Writing: a file goes to a temporary sibling ``.NAME.snncc-XXXX`` and is renamed into place only
+when the writer finished (so a failure or Ctrl-C leaves no half-written output, and concurrent
+writers to one path leave one complete file). A directory is written into a temporary sibling;
+then, if the destination does not exist, the whole directory is renamed into place, otherwise each
+file is renamed into it and the files that the previous marker listed and the new output no longer
+has are removed. Modes follow the umask (0666/0777 masked), not the 0600/0700 of temporary files.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from snncc import __version__
+from snncc.errors import Diagnostic, OutputPathError
+
+__all__ = ["MARKER", "Output", "check_outputs", "atomic_file", "atomic_dir", "default_output",
+           "same_path"]
+
+#: File that marks a directory as written by snncc; lists the files snncc put there.
+MARKER = ".snncc-output.json"
+
+_DEFAULT_SUFFIX = {"qann": ".qann.onnx", "ort": ".snn.onnx", "loihi": ".loihi", "nir": ".nir"}
+
+
+@dataclass(frozen=True)
+class Output:
+    """A declared output: its path, ``kind`` ("file" or "dir") and the option that named it."""
+
+    path: Path
+    kind: str = "file"
+    option: str = "-o"
+
+
+def default_output(model: str | os.PathLike, target: str) -> Path:
+    """The output beside the input when ``-o`` is not given: ``resnet34.snn.onnx``,
+    ``resnet34.qann.onnx``, ``resnet34.loihi/``, ``resnet34.nir``."""
+    model = Path(model)
+    stem = model.name[: -len(model.suffix)] if model.suffix else model.name
+    return model.with_name(stem + _DEFAULT_SUFFIX.get(target, f".{target}"))
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name one file (after ~, .., links; hard links by inode)."""
+    ra, rb = _resolve(a), _resolve(b)
+    if ra == rb or ra.resolve() == rb.resolve():
+        return True
+    try:
+        return os.path.samefile(ra, rb)
+    except OSError:
+        return False
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def _marker_files(directory: Path) -> set[str] | None:
+    """Files listed by the directory's marker, or None when it has no readable marker."""
+    try:
+        doc = json.loads((directory / MARKER).read_text())
+        return {str(f) for f in doc["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _dir_contents(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()}
+
+
+def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike | None] = (), *,
+                  force: bool = False, command: str = "compile") -> None:
+    """Refuse outputs that would touch anything but the declared output (rules in the module doc).
+
+    Raises one :class:`OutputPathError` listing every problem; returns None when all is well.
+    """
+    diags: list[Diagnostic] = []
+    ins = [Path(p) for p in inputs if p is not None]
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    seen: list[Output] = []
+    for out in outputs:
+        path = _resolve(out.path)
+        where = f"{out.option} '{out.path}'"
+        for other in seen:
+            if same_path(other.path, path):
+                diags.append(Diagnostic("SNN-E361", f"{where} is the same path as {other.option}",
+                                        command, hint="give each output its own path"))
+        seen.append(out)
+        if out.kind == "dir" and (str(out.path).strip() in (".", "..", "~", "/", "")
+                                  or path.resolve() in (home, Path("/"))
+                                  or _is_within(cwd, path)):
+            diags.append(Diagnostic(
+                "SNN-E362", f"{where} names the current, home or root directory (or one that "
+                "holds the current directory)", command,
+                hint="name a new directory, e.g. -o out/model.loihi"))
+            continue
+        for inp in ins:
+            clash = same_path(inp, path) or (out.kind == "dir" and _is_within(_resolve(inp), path))
+            if clash:
+                diags.append(Diagnostic(
+                    "SNN-E360", f"{where} would overwrite the input '{inp}'", command,
+                    hint="choose another output path; snncc never writes over its inputs"))
+        if not os.path.lexists(path):
+            continue
+        if out.kind == "file":
+            if not path.is_file():
+                diags.append(Diagnostic(
+                    "SNN-E363", f"{where} exists and is not a regular file (it is a "
+                    f"{'directory' if path.is_dir() else 'special file'})", command,
+                    hint=f"name a file, e.g. {out.option} {Path(out.path) / 'model.onnx'}"
+                    if path.is_dir() else "name a regular file"))
+            continue
+        if not path.is_dir():
+            diags.append(Diagnostic("SNN-E363", f"{where} exists and is a file, not a directory",
+                                    command, hint="name a directory that does not exist yet"))
+            continue
+        contents = _dir_contents(path)
+        listed = _marker_files(path)
+        foreign = contents - (listed | {MARKER} if listed is not None else set())
+        if foreign and not force:
+            what = ("files snncc did not write" if listed is not None
+                    else "files and was not written by snncc")
+            diags.append(Diagnostic(
+                "SNN-E364", f"{where} is a non-empty directory that holds {what} "
+                f"({len(foreign)}: {', '.join(sorted(foreign)[:3])}"
+                f"{' ...' if len(foreign) > 3 else ''})", command,
+                hint="name a new directory, or pass --force to write snncc's files into it "
+                "(nothing else there is deleted)"))
+    if diags:
+        raise OutputPathError(f"{command}: refusing to write the output", diagnostics=diags,
+                              code=diags[0].code)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_tree(path: Path) -> None:
+    mask = _umask()
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for p in path.rglob("*"):
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; rename it onto ``path`` only on success."""
+    path = _resolve(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.snncc-", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        _chmod_tree(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory to fill; install it at ``path`` only on success.
+
+    Installing writes :data:`MARKER` (the list of files) and never deletes a file that the
+    previous marker did not list (see the module doc).
+    """
+    path = _resolve(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.snncc-", dir=path.parent))
+    try:
+        yield tmp
+        files = sorted(_dir_contents(tmp) - {MARKER})
+        (tmp / MARKER).write_text(json.dumps({"snncc_version": __version__, "files": files},
+                                             indent=1) + "\n")
+        _chmod_tree(tmp)
+        if not path.exists():
+            try:
+                os.rename(tmp, path)
+                return
+            except OSError:  # another process created it meanwhile: merge below
+                pass
+        old = {f for f in _marker_files(path) or set()
+               if not Path(f).is_absolute() and ".." not in Path(f).parts}
+        for rel in files:
+            dest = path / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, dest)
+        for rel in sorted(old - set(files)):
+            with contextlib.suppress(OSError):
+                (path / rel).unlink()
+        os.replace(tmp / MARKER, path / MARKER)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
