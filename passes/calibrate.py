@@ -23,6 +23,8 @@ Counts: ``from_pattern``, ``calibrated``.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from snncc import calibration, ir
@@ -31,9 +33,25 @@ from snncc.errors import CalibrationError, Diagnostic
 from snncc.passes.base import Pass, PassResult
 from snncc.passes.quant_clip import activation_sites
 
-__all__ = ["CalibratePass"]
+__all__ = ["CalibratePass", "METHODS", "split_holdout"]
 
 DEFAULT_LEVELS = 8
+#: ``snn``: per-channel/per-layer MSE start, then the SNN-aware walk (snncc.snn_calibration)
+METHODS = (*calibration.METHODS, "snn")
+#: fewest samples calibration keeps when held-out samples are taken for the fidelity estimate
+MIN_CALIB_SAMPLES = 32
+
+
+def split_holdout(samples: dict[str, np.ndarray], holdout: int
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """(calibration samples, held-out samples or None): the last ``holdout`` samples are held
+    out, as long as at least :data:`MIN_CALIB_SAMPLES` remain for calibration (else fewer)."""
+    n = len(next(iter(samples.values())))
+    k = min(holdout, n - MIN_CALIB_SAMPLES)
+    if holdout <= 0 or k < 1:
+        return samples, None
+    return ({name: a[: n - k] for name, a in samples.items()},
+            {name: a[n - k:] for name, a in samples.items()})
 
 
 class CalibratePass(Pass):
@@ -67,23 +85,26 @@ class CalibratePass(Pass):
                                             "pattern", pass_name=self.name, node=s.label)
                                  for s in need],
                     hint="pass --calib FILE (.npy/.npz samples) or export a QCFS-trained graph")
-            if options.calib_method not in calibration.METHODS:
+            if options.calib_method not in METHODS:
                 raise CalibrationError(
                     f"{self.name}: unknown calibration method '{options.calib_method}'; "
-                    f"accepted: {', '.join(calibration.METHODS)}", code="SNN-E411",
-                    hint="pass --calib-method max|percentile|mse")
+                    f"accepted: {', '.join(METHODS)}", code="SNN-E411",
+                    hint="pass --calib-method " + "|".join(METHODS))
             proto = ir.to_proto(model)
+            holdout = options.fidelity_samples
             samples = calibration.load_samples(options.calib_path,
                                                calibration.model_inputs(proto),
-                                               max_samples=options.calib_max_samples)
+                                               max_samples=options.calib_max_samples + holdout)
+            samples, ctx.holdout = split_holdout(samples, holdout)
             names = list(dict.fromkeys(s.z.name for s in need))
             stats = calibration.collect_statistics(
                 proto, names, samples, per_channel=options.calib_per_channel,
                 batch_size=self.batch_size, max_values=self.max_values, progress=self.progress,
                 seed=self.seed)
+            method = "mse" if options.calib_method == "snn" else options.calib_method
             for site in need:
                 st = stats[site.z.name]
-                lam = calibration.choose_lambda(st, options.calib_method, levels=levels,
+                lam = calibration.choose_lambda(st, method, levels=levels,
                                                 percentile=options.calib_percentile)
                 if site.clip_max is not None:
                     lam = np.minimum(lam, np.float32(site.clip_max))
@@ -94,6 +115,34 @@ class CalibratePass(Pass):
                                         "levels": levels, "method": options.calib_method,
                                         "samples": st.count, "subsampled": st.subsampled}
                 ctx.logger.debug("%s: %s lambda=%s", self.name, site.label, lam)
+            if options.calib_method == "snn":
+                self._refine(proto, need, samples, ctx, records)
         ctx.calibration = records
         return PassResult(modified=False, counts={"from_pattern": len(sites) - len(need),
                                                   "calibrated": len(need)})
+
+    def _refine(self, proto, need, samples, ctx: CompileContext, records) -> None:
+        """The SNN-aware walk over the calibrated sites, in graph order."""
+        from snncc.snn_calibration import Site, refine_sites
+
+        options = ctx.options
+        spec = None
+        if options.target != "qann":
+            from snncc.neurons import get_neuron
+            spec = get_neuron(options.neuron)
+        order = {n.name: i for i, n in enumerate(proto.graph.node)}
+        producer = {o: n.name for n in proto.graph.node for o in n.output}
+        sites = sorted({s.y.name: s for s in need}.values(),
+                       key=lambda s: order.get(producer.get(s.y.name, ""), -1))
+        refined, reports = refine_sites(
+            proto, [Site(s.z.name, s.y.name, s.label) for s in sites], ctx.quant, samples,
+            options, neuron_spec=spec, progress=self.progress)
+        for site, rep in zip(sites, reports):
+            params = refined[site.y.name]
+            if site.clip_max is not None:
+                params = dataclasses.replace(params, lam=np.minimum(
+                    params.lam, np.float32(site.clip_max)).astype(np.float32))
+            ctx.quant[site.y.name] = params
+            records[site.y.name].update(lam=np.asarray(params.lam).tolist(), method="snn",
+                                        snn=rep.to_json())
+        ctx.notes["snn_calibration"] = [r.to_json() for r in reports]

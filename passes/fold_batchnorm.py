@@ -41,6 +41,10 @@ produced by a Conv, Gemm or Add-with-constant whose output feeds only that Add (
 walked through). A Conv/Gemm without bias gets one. If no such producer exists (or ``z`` has other
 users), an explicit ``Add(z, shift)`` is inserted before the activation. QCFS patterns present in
 the graph are re-emitted with ``phi = 0``. Counts: ``bias_shifted``, ``shift_add_inserted``.
+
+Calibrated bias (whatever ``options.bias_shift``): a site whose params carry ``bias`` (a per-channel
+current chosen by SNN-aware calibration, :mod:`snncc.snn_calibration`) gets it added the same way
+(together with the rounding shift when both apply); its params then have ``bias = None``.
 """
 from __future__ import annotations
 
@@ -110,9 +114,8 @@ class FoldBatchNormPass(Pass):
                 continue
             if folded:
                 counts[f"{kind}_folded"] += 1
-        if ctx.options.bias_shift:
-            for site in activation_sites(graph, model.provenance):
-                self._shift_site(site, ctx, counts)
+        for site in activation_sites(graph, model.provenance):
+            self._shift_site(site, ctx, counts)
         return PassResult(modified=bool(counts), counts=dict(counts), declines=tuple(declines))
 
     # ------------------------------------------------------------------ folding
@@ -287,10 +290,14 @@ class FoldBatchNormPass(Pass):
 
     def _shift_site(self, site: ActivationSite, ctx: CompileContext, counts: Counter) -> None:
         params = ctx.quant.get(site.y.name)
-        if params is None or params.phi == 0:
+        rounding = bool(ctx.options.bias_shift) and params is not None and params.phi != 0
+        if params is None or not (rounding or params.bias is not None):
             return
         lam = np.asarray(params.lam, np.float32)
-        shift = np.float32(params.phi) * lam / np.float32(params.levels)
+        shift = np.float32(params.phi) * lam / np.float32(params.levels) if rounding \
+            else np.zeros_like(lam)
+        if params.bias is not None:
+            shift = (shift + np.asarray(params.bias, np.float32)).astype(np.float32)
         z = site.z
         sole_user = len(z.outputs) == 1 and z.outputs[0] is site.nodes[0] \
             and z.name not in self._outputs
@@ -300,7 +307,7 @@ class FoldBatchNormPass(Pass):
             counts["bias_shifted"] += 1
         else:
             rank = tensor_rank(z)
-            if lam.ndim == 1 and rank is None:
+            if shift.ndim == 1 and rank is None:
                 raise PreconditionError(f"{self.name}: node {site.label}: per-channel bias shift "
                                         f"needs the rank of '{z.name}', which is unknown",
                                         code="SNN-E223", hint="run canonicalize first")
@@ -315,7 +322,7 @@ class FoldBatchNormPass(Pass):
             first.inputs[[i for i, t in enumerate(first.inputs) if t is z][0]] = shifted
             z = shifted
             counts["shift_add_inserted"] += 1
-        new = dataclasses.replace(params, phi=0.0)
+        new = dataclasses.replace(params, phi=0.0 if rounding else params.phi, bias=None)
         ctx.quant[site.y.name] = new
         if site.kind == "pattern":
             for n in site.nodes:

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "T, e.g. T for if, 2^T-1 for bitserial; 8 for --target qann)")
     g = p.add_argument_group("calibration")
     g.add_argument("--calib", metavar="FILE", help=".npy or .npz of input samples (N x shape)")
-    g.add_argument("--calib-method", default="max", choices=("max", "percentile", "mse"),
+    g.add_argument("--calib-method", default="max", choices=("max", "percentile", "mse", "snn"),
                    help="how lambda is chosen from activations (default max)")
     g.add_argument("--percentile", type=float, default=99.99,
                    help="percentile for --calib-method percentile (default 99.99)")

@@ -19,20 +19,27 @@ class QuantClipParams:
     ``lam`` is a float32 array of shape ``()`` (per layer) or ``(C,)`` (per channel, axis 1).
     ``phi`` is 0.5 for plain QCFS rounding and 0.0 when the bias shift +lam/(2L) was folded into
     the producer's bias (seed 000), which turns the rounding into a pure floor.
+    ``bias`` (float32 ``()`` or ``(C,)``, or None) is a current to add to the clip's input ``z``,
+    chosen by SNN-aware calibration; fold-batchnorm folds it into the producer's bias and sets it
+    back to None.
     """
 
     lam: np.ndarray
     levels: int
     phi: float = 0.5
     source: str = "calibration"  # "calibration" | "pattern"
+    bias: np.ndarray | None = None
 
     @property
     def per_channel(self) -> bool:
         return self.lam.ndim == 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"lam": np.asarray(self.lam).tolist(), "levels": self.levels, "phi": self.phi,
-                "source": self.source}
+        out = {"lam": np.asarray(self.lam).tolist(), "levels": self.levels, "phi": self.phi,
+               "source": self.source}
+        if self.bias is not None:
+            out["bias"] = np.asarray(self.bias).tolist()
+        return out
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class CompileOptions:
     allow_analog: bool = False
     schedule: str = "folded"               # folded | streaming
     neuron_params: Mapping[str, Any] = field(default_factory=dict)
+    fidelity_samples: int = 0             # calibration samples held out for the fidelity check
     opset: int = 17
 
 
@@ -70,5 +78,6 @@ class CompileContext:
     options: CompileOptions
     quant: dict[str, QuantClipParams] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
+    holdout: dict[str, np.ndarray] | None = None   # held-out samples (fidelity estimate)
     notes: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("snncc"))

@@ -28,7 +28,7 @@ log = logging.getLogger("snncc.driver")
 
 MAX_TIMESTEPS = 64
 MAX_LEVELS = 2 ** 24
-CALIB_METHODS = ("max", "percentile", "mse")
+CALIB_METHODS = ("max", "percentile", "mse", "snn")
 MAXPOOL_MODES = ("auto", "avg", "gate")
 SCHEDULES = ("folded", "streaming")
 
@@ -62,6 +62,12 @@ def make_options(**kw: Any) -> CompileOptions:
     if opts.calib_path is not None and not Path(opts.calib_path).is_file():
         raise OptionError(f"calibration file '{opts.calib_path}' does not exist", code="SNN-E357",
                           hint="pass a .npy or .npz file of input samples")
+    if opts.calib_max_samples is not None and not (
+            isinstance(opts.calib_max_samples, int) and opts.calib_max_samples >= 1):
+        raise OptionError(f"--calib-samples must be at least 1, got {opts.calib_max_samples!r}",
+                          code="SNN-E365", hint="e.g. --calib-samples 256")
+    from snncc.neurons.registry import validate_neuron_params
+    validate_neuron_params(opts)  # SNN-E301/E302/E309/E314 before any work
     if opts.target == "qann":
         levels = opts.levels or 8
         shift = bool(opts.bias_shift)
