@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = ["CompileOptions", "QuantClipParams", "CompileContext", "TARGETS"]
 
-TARGETS = ("qann", "ort", "loihi")
+TARGETS = ("qann", "ort", "loihi", "nir")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class CompileOptions:
     bias_shift: bool | None = None         # None = what the neuron needs
     maxpool: str = "auto"                  # auto | avg | gate
     allow_analog: bool = False
+    allow_lossy: bool = False              # nir: export soft-reset neurons anyway
     schedule: str = "folded"               # folded | streaming
     neuron_params: Mapping[str, Any] = field(default_factory=dict)
     fidelity_samples: int = 0             # calibration samples held out for the fidelity check
