@@ -110,21 +110,57 @@ def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]
     plt.close(fig)
 
 
-def write_report(out_path: str | os.PathLike, data: Mapping[str, Any]) -> list[Path]:
-    """Write the report page and its plots; returns the written paths."""
+#: The plot files a report writes into ``<stem>_files/``.
+PLOTS = ("accuracy_vs_T.png", "spike_rates.png", "synops.png", "energy.png", "cores.png")
+
+
+def plots_dir(out_path: str | os.PathLike) -> Path:
+    """The folder beside the page that holds its plots: ``<stem>_files``."""
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figs = out.parent / f"{out.stem}_files"
-    figs.mkdir(exist_ok=True)
+    return out.parent / f"{out.stem}_files"
+
+
+def check_report_outputs(out_path: str | os.PathLike,
+                         inputs: Sequence[str | os.PathLike | None] = ()) -> None:
+    """Refuse a page or plot folder that would touch an input or anything snncc did not write
+    (:func:`snncc.outputs.check_outputs`). A plot folder from an earlier report that holds
+    nothing but report plots (written before folders carried snncc's marker) is replaced."""
+    from snncc.outputs import MARKER, Output, check_outputs
+
+    figs = plots_dir(out_path)
+    ours = figs.is_dir() and all(p.is_file() and p.name in (*PLOTS, MARKER)
+                                 for p in figs.iterdir())
+    check_outputs([Output(Path(out_path), "file", "-o"), Output(figs, "dir", "-o (plots)")],
+                  inputs, force=ours, command="report")
+
+
+def write_report(out_path: str | os.PathLike, data: Mapping[str, Any], *,
+                 inputs: Sequence[str | os.PathLike | None] = ()) -> list[Path]:
+    """Write the report page and its plots; returns the written paths.
+
+    The outputs are checked first (:func:`check_report_outputs`, never one of ``inputs``) and
+    written atomically: the page and its plot folder appear together, or not at all.
+    """
+    from snncc.outputs import atomic_dir, atomic_file
+
+    check_report_outputs(out_path, inputs)
+    out = Path(out_path)
+    figs = plots_dir(out)
+    with atomic_dir(figs) as tmp_figs, atomic_file(out) as tmp_page:
+        written = _render(out, figs, tmp_figs, tmp_page, data)
+    return [out, *written]
+
+
+def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
+            data: Mapping[str, Any]) -> list[Path]:
     page = _Page(out.suffix.lower() in (".html", ".htm"))
     title = data.get("title", "snncc report")
     page.heading(title, 1)
     written: list[Path] = []
 
     def plot(name: str, alt: str, draw) -> None:
-        path = figs / name
-        draw(path)
-        written.append(path)
+        draw(tmp_figs / name)
+        written.append(figs / name)
         page.image(f"{figs.name}/{name}", alt)
 
     for note in data.get("notes", ()):
@@ -204,8 +240,8 @@ def write_report(out_path: str | os.PathLike, data: Mapping[str, Any]) -> list[P
         page.table(["block", "exp", "max rel. error", "rms rel. error", "exact"],
                    [[w["block"], w["exp"], w["max_rel_err"], w["rms_rel_err"], w["exact"]]
                     for w in quant["weights"]])
-    out.write_text(page.render(title))
-    return [out, *written]
+    tmp_page.write_text(page.render(title))
+    return written
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -222,7 +258,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", metavar="FILE", help="calibration samples (default: --data)")
     p.add_argument("--calib-method", default="max", choices=("max", "percentile", "mse"),
                    help="how lambda is chosen from the calibration samples (default max)")
-    p.add_argument("--samples", type=int, default=256, help="samples used (default 256)")
+    p.add_argument("--samples", type=int, default=256,
+                   help="samples used, at least 1 (default 256)")
     p.add_argument("-o", "--output", default="report.md", help="report .md or .html")
 
 
@@ -246,6 +283,14 @@ def report_command(args: argparse.Namespace) -> int:
     except ValueError:
         raise OptionError(f"-T {args.timesteps!r} is not a comma-separated list of integers",
                           code="SNN-E660", hint="e.g. -T 1,2,4") from None
+    if args.samples < 1:
+        raise OptionError(f"--samples must be at least 1, got {args.samples}", code="SNN-E661",
+                          hint="e.g. --samples 256")
+    inputs = [args.model, args.data, args.calib]
+    check_report_outputs(args.output, inputs)
+    for T in ts:  # every option checked before the first (slow) compile
+        make_options(target=args.target, timesteps=T, neuron=args.neuron,
+                     calib_path=args.calib or args.data, calib_method=args.calib_method)
     x, labels = load_inputs(args.data)
     x = x[:args.samples]
     calib = args.calib or args.data
@@ -295,7 +340,7 @@ def report_command(args: argparse.Namespace) -> int:
     elif args.target == "loihi":
         data["accuracy"] = {f"{name} (T={ts[-1]}): agreement with the ORT SNN (no labels)":
                             values[-1] for name, values in series.items() if name != "ORT SNN"}
-    for path in write_report(args.output, data):
+    for path in write_report(args.output, data, inputs=inputs):
         print(f"wrote {path}")
     return 0
 

@@ -1,48 +1,147 @@
-"""``snncc run``: feed inputs to a compiled model and summarise outputs and spike activity."""
+"""``snncc run``: feed inputs to a compiled model and summarise outputs and spike activity.
+
+Inputs are checked before anything runs, each problem with its own code: an unreadable file or
+no array for an input (SNN-E104), samples not shaped like the model input (SNN-E105), labels
+``y`` that are not one per sample (SNN-E680), NaN or Inf values (SNN-E681), no samples
+(SNN-E682), a multi-input model without an array for every input (SNN-E683), and
+``--batch-size`` below 1 (SNN-E684). A model with several inputs takes each from the ``.npz``
+array of the same name. ``-o`` is checked like every snncc output (:mod:`snncc.outputs`: never an
+input, never a directory) and written atomically to exactly the path given.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from snncc.errors import ModelInputError
+from snncc.errors import Diagnostic, ModelInputError, OptionError, OutputPathError
 
-__all__ = ["load_inputs", "run_command"]
+__all__ = ["load_inputs", "load_feeds", "run_command"]
 
 
-def load_inputs(path: str | Path, input_name: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read samples (and labels 'y' if present) from .npy or .npz."""
+def _open(path: str | Path):
     path = Path(path)
     if not path.is_file():
-        raise ModelInputError(f"input file '{path}' does not exist", code="SNN-E104",
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise ModelInputError(f"input file '{path}' {what}", code="SNN-E104",
                               hint="pass a .npy or .npz file of samples")
     try:
-        data = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except Exception as exc:
         raise ModelInputError(f"'{path}' is not a readable .npy/.npz file ({exc})",
                               code="SNN-E104", hint="save inputs with numpy.save or savez") from exc
+
+
+def _read(data, path: Path, key: str) -> np.ndarray:
+    try:
+        return data[key]
+    except Exception as exc:  # a damaged member of an otherwise readable .npz
+        raise ModelInputError(f"array '{key}' in '{path}' is unreadable ({exc})",
+                              code="SNN-E104", hint="save inputs with numpy.savez") from exc
+
+
+def _check_samples(x: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """Floating point, at least one dimension, at least one sample, every value finite."""
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ModelInputError(f"{what} in '{path}' are {x.dtype}, not floating point",
+                              code="SNN-E104", hint="convert the samples to float32")
+    if x.ndim == 0:
+        raise ModelInputError(f"{what} in '{path}' are a single number, not a batch of samples",
+                              code="SNN-E105", hint="pass samples shaped [N, ...] (N first)")
+    if x.shape[0] == 0 or x.size == 0:
+        raise ModelInputError(f"{what} in '{path}' hold no samples (shape {list(x.shape)})",
+                              code="SNN-E682", hint="pass at least one sample")
+    bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise ModelInputError(f"{what} in '{path}' hold {bad} NaN or Inf value(s) (of {x.size})",
+                              code="SNN-E681",
+                              hint="a spiking network maps NaN/Inf to finite spikes silently; "
+                              "clean or drop those samples")
+    return x.astype(np.float32)
+
+
+def _check_labels(labels: Any, n: int, path: Path) -> np.ndarray | None:
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != n:
+        raise ModelInputError(f"labels 'y' in '{path}' have shape {list(labels.shape)}, but there "
+                              f"are {n} samples", code="SNN-E680",
+                              hint=f"store one class index per sample: y of shape [{n}]")
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)) \
+            or labels.dtype == np.bool_:
+        raise ModelInputError(f"labels 'y' in '{path}' are {labels.dtype}, not class indices",
+                              code="SNN-E680", hint="store y as integers")
+    if not np.all(np.isfinite(labels)):
+        raise ModelInputError(f"labels 'y' in '{path}' hold NaN or Inf", code="SNN-E680",
+                              hint="store y as integers")
+    return labels
+
+
+def load_feeds(path: str | Path, input_names: Sequence[str]
+               ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Samples for every model input (and labels 'y' if present) from .npy or .npz.
+
+    One input: a .npy, or the .npz array named after the input, else ``x``, else the only array
+    besides ``y``. Several inputs: the .npz must hold an array named after each (SNN-E683).
+    Every array is checked (see the module doc) and all share the sample count N (SNN-E105).
+    """
+    path = Path(path)
+    names = list(input_names) or ["x"]
+    data = _open(path)
     labels = None
     if isinstance(data, np.lib.npyio.NpzFile):
         keys = list(data.files)
-        key = input_name if input_name in keys else ("x" if "x" in keys else None)
-        if key is None:
-            candidates = [k for k in keys if k != "y"]
-            if len(candidates) != 1:
-                raise ModelInputError(f"'{path}' has arrays {keys}; none is named "
-                                      f"'{input_name}' or 'x'", code="SNN-E104",
-                                      hint="name the input array after the model input or 'x'")
-            key = candidates[0]
-        x = data[key]
-        labels = data["y"] if "y" in keys else None
+        if len(names) == 1:
+            name = names[0]
+            key = name if name in keys else ("x" if "x" in keys else None)
+            if key is None:
+                candidates = [k for k in keys if k != "y"]
+                if len(candidates) != 1:
+                    wanted = f"'{name}' or 'x'" if name != "x" else "'x'"
+                    raise ModelInputError(f"'{path}' has arrays {keys}; none is named {wanted}",
+                                          code="SNN-E104",
+                                          hint="name the input array after the model input or 'x'")
+                key = candidates[0]
+            arrays = {name: _read(data, path, key)}
+        else:
+            missing = [n for n in names if n not in keys]
+            if missing:
+                raise ModelInputError(
+                    f"the model has {len(names)} inputs ({', '.join(names)}) but '{path}' has no "
+                    f"array named {', '.join(repr(m) for m in missing)} (it has {keys})",
+                    code="SNN-E683", hint="save one array per model input, named after it: "
+                    "numpy.savez(FILE, " + ", ".join(f"{n}=..." for n in names) + ")")
+            arrays = {n: _read(data, path, n) for n in names}
+        labels = _read(data, path, "y") if "y" in keys else None
     else:
-        x = data
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ModelInputError(f"inputs in '{path}' are {x.dtype}, not floating point",
-                              code="SNN-E104", hint="convert the samples to float32")
-    return x.astype(np.float32), labels
+        if len(names) > 1:
+            raise ModelInputError(f"the model has {len(names)} inputs ({', '.join(names)}) but "
+                                  f"'{path}' is a single .npy array", code="SNN-E683",
+                                  hint="save one array per model input in a .npz, named after "
+                                  "it: numpy.savez(FILE, " + ", ".join(f"{n}=..." for n in names)
+                                  + ")")
+        arrays = {names[0]: data}
+    feeds = {n: _check_samples(np.asarray(a), path,
+                               "inputs" if len(arrays) == 1 else f"input '{n}'")
+             for n, a in arrays.items()}
+    counts = {n: len(a) for n, a in feeds.items()}
+    if len(set(counts.values())) > 1:
+        raise ModelInputError(f"the inputs in '{path}' disagree on the number of samples "
+                              f"({', '.join(f'{n}: {c}' for n, c in counts.items())})",
+                              code="SNN-E105", hint="give every input the same N")
+    return feeds, _check_labels(labels, next(iter(counts.values())), path)
+
+
+def load_inputs(path: str | Path, input_name: str | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Samples for a single-input model (and labels 'y' if present); see :func:`load_feeds`."""
+    feeds, labels = load_feeds(path, [input_name or "x"])
+    return next(iter(feeds.values())), labels
 
 
 def _check_shape(proto, name: str, x: np.ndarray) -> None:
@@ -69,7 +168,38 @@ def _summary(outputs: np.ndarray, labels: np.ndarray | None, activity: dict[str,
     return summary
 
 
+def _check_run_output(args: argparse.Namespace) -> Path | None:
+    """Refuse a bad ``-o`` before any work (the rules of :mod:`snncc.outputs`)."""
+    from snncc.outputs import Output, check_outputs
+
+    if not args.output:
+        return None
+    out = Path(args.output)
+    model = Path(args.model)
+    where = Path(os.path.abspath(os.path.expanduser(out))).resolve()
+    if model.is_dir() and model.resolve() in where.parents:
+        raise OutputPathError("run: refusing to write the output", code="SNN-E360", diagnostics=[
+            Diagnostic("SNN-E360", f"-o '{out}' lies inside the input model directory '{model}'",
+                       "run", hint="write the outputs outside the compiled model")])
+    check_outputs([Output(out, "file", "-o")], [args.model, args.input], command="run")
+    return out
+
+
+def _write_outputs(out: Path, outputs: np.ndarray, summary: dict[str, Any]) -> None:
+    from snncc.outputs import atomic_file
+
+    events = {f"events/{k}": np.asarray(v)
+              for k, v in summary["activity"].get("events_per_layer", {}).items()}
+    with atomic_file(out) as tmp:
+        with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a path
+            np.savez_compressed(f, outputs=outputs, **events)
+
+
 def run_command(args: argparse.Namespace) -> int:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {args.batch_size}",
+                          code="SNN-E684", hint="e.g. --batch-size 256")
+    out = _check_run_output(args)
     target = Path(args.model)
     if target.is_dir():
         from snncc.backends.loihi.simulator import run_netlist
@@ -85,23 +215,21 @@ def run_command(args: argparse.Namespace) -> int:
                                for k, v in events.items()]}
     else:
         from snncc import ir
-        from snncc.simulate import run_compiled
+        from snncc.simulate import data_inputs, run_compiled
 
         proto = ir.read_proto(target)
-        inits = {i.name for i in proto.graph.initializer}
-        names = [i.name for i in proto.graph.input if i.name not in inits]
-        x, labels = load_inputs(args.input, names[0] if names else None)
-        if names:
-            _check_shape(proto, names[0], x)
-        result = run_compiled(target, x, use_library=not args.no_library,
-                              batch_size=args.batch_size)
+        names = data_inputs(proto)
+        feeds, labels = load_feeds(args.input, names)
+        for name, x in feeds.items():
+            if name in names:
+                _check_shape(proto, name, x)
+        result = run_compiled(proto, feeds if names else next(iter(feeds.values())),
+                              use_library=not args.no_library, batch_size=args.batch_size)
         outputs = next(iter(result.outputs.values()))
         activity = result.activity()
     summary = _summary(outputs, labels, activity)
-    if args.output:
-        np.savez_compressed(args.output, outputs=outputs,
-                            **{f"events/{k}": np.asarray(v) for k, v in
-                               summary["activity"].get("events_per_layer", {}).items()})
+    if out is not None:
+        _write_outputs(out, outputs, summary)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

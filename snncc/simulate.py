@@ -20,10 +20,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from snncc.errors import ModelInputError, OptionError, RuntimeLibraryError, SnnccError
 from snncc.ir import SNN_DOMAIN
 from snncc.passes.insert_neurons import spec_for_op
 
-__all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "node_attrs"]
+__all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "node_attrs",
+           "data_inputs"]
 
 
 @dataclass
@@ -99,7 +101,8 @@ def _zero_states(proto: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
     return states
 
 
-def _data_inputs(proto: onnx.ModelProto) -> list[str]:
+def data_inputs(proto: onnx.ModelProto) -> list[str]:
+    """The inputs a caller feeds: graph inputs that are not initializers, ``step`` or states."""
     inits = {i.name for i in proto.graph.initializer}
     return [i.name for i in proto.graph.input if i.name not in inits and i.name != "step"
             and not i.name.startswith("state_in/")]
@@ -113,15 +116,45 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     in batches of ``batch_size`` samples (all at once by default). ``optimize=False`` disables ORT
     graph optimisations (bit-exact comparisons)."""
     proto = model_path if isinstance(model_path, onnx.ModelProto) else onnx.load(str(model_path))
+    if batch_size is not None and batch_size < 1:
+        raise OptionError(f"batch size must be at least 1, got {batch_size}", code="SNN-E684",
+                          hint="e.g. --batch-size 256")
+    wanted_inputs = data_inputs(proto)
     if not isinstance(inputs, Mapping):
-        inputs = {_data_inputs(proto)[0]: inputs}
+        if len(wanted_inputs) != 1:
+            raise ModelInputError(f"the model has {len(wanted_inputs)} inputs "
+                                  f"({', '.join(wanted_inputs)}); one array cannot feed them",
+                                  code="SNN-E683", hint="pass a mapping input name -> samples")
+        inputs = {wanted_inputs[0]: inputs}
+    missing = [n for n in wanted_inputs if n not in inputs]
+    if missing:
+        raise ModelInputError(f"no samples for the model input(s) {', '.join(missing)}",
+                              code="SNN-E683", hint="feed every input: "
+                              + ", ".join(wanted_inputs))
+    if not inputs or any(np.size(v) == 0 for v in inputs.values()):
+        raise ModelInputError("no samples to run", code="SNN-E682",
+                              hint="pass at least one sample")
     meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("snncc.schedule") == "streaming" and not use_library:
+        raise RuntimeLibraryError(
+            "a --schedule streaming model runs only with the C++ kernel library: the portable "
+            "ONNX function bodies implement the folded form only (no state inputs)",
+            code="SNN-E703", hint="drop --no-library (build the kernels with "
+            "scripts/build_runtime.sh), or compile with --schedule folded")
     names: dict[str, str] = {}
     if spike_counts:
         proto, names = with_neuron_outputs(proto)
     attrs = {n.name: node_attrs(n) for n in neuron_nodes(proto)}
     ops = {n.name: n.op_type for n in neuron_nodes(proto)}
-    sess = _session(proto, use_library, optimize)
+    try:
+        sess = _session(proto, use_library, optimize)
+    except SnnccError:
+        raise
+    except Exception as exc:  # ORT rejects the graph: not a model snncc (or ORT) can run
+        raise ModelInputError(f"ONNX Runtime cannot load the model ({type(exc).__name__}: "
+                              f"{str(exc).strip()[:300]})", code="SNN-E102",
+                              hint="run a model written by snncc compile (or any valid "
+                              "ONNX model)") from exc
     out_names = [o.name for o in sess.get_outputs()]
     wanted = [o.name for o in proto.graph.output
               if not o.name.startswith("state_out/") and o.name not in names.values()] or out_names

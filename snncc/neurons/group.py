@@ -114,6 +114,8 @@ SPEC = register_neuron(NeuronSpec(
     from_quant_clip=from_quant_clip,
     events=events,
     levels_for=lambda T, options: (_tau(options) or DEFAULT_TAU) * T,
+    params=(AttrSpec("tau", "int", None, "members per group; L' = tau*T", c.check_int(1)),),
+    level_params=("tau",),
     loihi=LoihiInfo("graded", "subtract", note=(
         "emulated as a Loihi 2 microcoded neuron with a graded spike c*u, c = floor(v/u) clipped "
         "to tau (soft reset; the hardware semantics reset v to 0 after any spike); no public "

@@ -7,7 +7,8 @@ Per slice (neurons.md §5.3, docs/neuron-ops.md)::
     cascade:  r = m ; y = 0 ; for k = 0 .. n-1: if r >= θ_k: r = r - θ_k ; y = y + θ_k
     soft reset: v = m - y (parallel), v = r (cascade) ; hard reset: v = (y > 0) ? 0 : m
 
-Conversion presets (``--neuron-param preset=...``; ``n`` = ``--neuron-param n=...`` or derived):
+Conversion presets (``--neuron-param preset=...``; ``n`` = ``--neuron-param n=...`` or derived;
+``--mt-mode cascade`` alone selects ``pow2``, a mode that contradicts the preset is SNN-E309):
 
 * ``equidistant`` (default): fractions (n, n-1, ..., 1)/n, parallel, soft, n = L / T (exact,
   SNN-E307), v_init = φ/n (φ times the smallest threshold). This is GN with τ = n, so with
@@ -155,8 +156,14 @@ def events(y: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
     return count
 
 
+#: The firing mode each preset converts with (``--mt-mode`` may name it, or choose the preset).
+PRESET_MODE = {"equidistant": "parallel", "pow2": "cascade"}
+
+
 def _preset(options: CompileOptions) -> str:
-    preset = options.neuron_params.get("preset", "equidistant")
+    mode = options.neuron_params.get("mode")
+    default = "pow2" if mode == "cascade" else "equidistant"
+    preset = options.neuron_params.get("preset", default)
     if preset not in PRESETS:
         raise OptionError(f"mt preset {preset!r} is unknown", code="SNN-E309",
                           hint="choose preset=" + " or preset=".join(PRESETS))
@@ -165,6 +172,15 @@ def _preset(options: CompileOptions) -> str:
 
 def _n(options: CompileOptions) -> int | None:
     return c.neuron_param_int(options, "n", None)
+
+
+def _check_params(params: Mapping[str, Any]) -> str | None:
+    preset, mode = params.get("preset"), params.get("mode")
+    if preset in PRESET_MODE and mode is not None and PRESET_MODE[preset] != mode:
+        return (f"preset {preset} converts with mode {PRESET_MODE[preset]}, not {mode} "
+                f"(mode {mode} goes with preset "
+                f"{next(k for k, v in PRESET_MODE.items() if v == mode)})")
+    return None
 
 
 def levels_for(T: int, options: CompileOptions) -> int:
@@ -250,6 +266,14 @@ SPEC = register_neuron(NeuronSpec(
     from_quant_clip=from_quant_clip,
     events=events,
     levels_for=levels_for,
+    params=(AttrSpec("preset", "string", "equidistant", "equidistant (parallel) or pow2 "
+                     "(cascade) thresholds", choices=PRESETS),
+            AttrSpec("n", "int", None, "thresholds per neuron; L' = n*T (equidistant) or "
+                     "(2^n - 1)*T (pow2)", c.check_int(1)),
+            AttrSpec("mode", "string", None, "parallel (preset equidistant) or cascade (preset "
+                     "pow2)", choices=tuple(PRESET_MODE.values()))),
+    level_params=("n",),
+    check_params=_check_params,
     loihi=LoihiInfo("graded", "subtract (soft) | zero (hard)", note=(
         "emulated as a Loihi 2 microcoded neuron whose graded spike is a threshold value or a sum "
         "of them (reset as the op's attribute says; the hardware semantics reset v to 0 after "

@@ -16,7 +16,7 @@ from snncc.context import CompileOptions, QuantClipParams
 from snncc.errors import OptionError
 
 __all__ = ["AttrSpec", "NeuronSpec", "NEURONS", "register_neuron", "get_neuron",
-           "COMMON_ATTRS", "validate_attrs"]
+           "COMMON_ATTRS", "validate_attrs", "validate_neuron_params"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,12 @@ class NeuronSpec:
       maxpool_exact(T, attrs) -> bool
           True when MaxPool(neuron(x)) == neuron(MaxPool(x)) holds exactly (monotone map).
 
+    ``params`` are the conversion parameters the neuron reads from ``options.neuron_params``
+    (``--tau``, ``--neuron-param KEY=VALUE``), described like attributes; ``level_params`` are
+    those of them that fix the levels per slice, so that ``levels_for`` must then equal an
+    explicit ``-L``; ``check_params(params) -> str | None`` checks them together.
+    :func:`validate_neuron_params` applies all three before any work.
+
     ``window_attr`` names the attribute holding the window length of an accumulate-then-fire
     neuron (bit-serial: ``bits``). Such a neuron's output depends only on the mean current of its
     window, so the schedule may pool that mean before it (exact MaxPool), and in streaming it
@@ -129,6 +135,9 @@ class NeuronSpec:
     counted_steps: Callable[[int, Mapping[str, Any]], int] = lambda T, a: T
     maxpool_exact: Callable[[int, Mapping[str, Any]], bool] = lambda T, a: T == 1
     needs_bias_shift: bool = False
+    params: tuple[AttrSpec, ...] = ()
+    level_params: tuple[str, ...] = ()
+    check_params: Callable[[Mapping[str, Any]], str | None] | None = None
     window_attr: str | None = None
     loihi: LoihiInfo = field(default_factory=lambda: LoihiInfo("binary", "subtract"))
     since_version: int = 1
@@ -178,3 +187,46 @@ def validate_attrs(spec: NeuronSpec, attrs: Mapping[str, Any], where: str = "") 
                               code="SNN-E303", hint=a.doc)
         out[name] = value
     return out
+
+
+def validate_neuron_params(options: CompileOptions) -> None:
+    """Check ``options.neuron_params`` against ``options.neuron`` before any work.
+
+    Raises OptionError: SNN-E301 unknown neuron, SNN-E302 a parameter the neuron does not read
+    (listing those it does), SNN-E309 a bad value or combination, SNN-E314 a parameter that fixes
+    the levels per slice contradicting an explicit ``-L`` (e.g. gn ``tau * T != L``). Called by
+    :func:`snncc.driver.make_options`.
+    """
+    spec = get_neuron(options.neuron)
+    given = dict(options.neuron_params or {})
+    known = {p.name: p for p in spec.params}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        valid = "; ".join(f"{p.name}: {p.doc}" for p in spec.params)
+        raise OptionError(f"neuron '{spec.key}' has no parameter(s) {', '.join(unknown)}",
+                          code="SNN-E302", hint=f"valid parameters of '{spec.key}': {valid}"
+                          if valid else f"'{spec.key}' takes no parameters; drop them")
+    for name, value in given.items():
+        p = known[name]
+        problem = None
+        if p.choices is not None and value not in p.choices:
+            problem = "must be one of " + ", ".join(map(str, p.choices))
+        elif p.check is not None:
+            problem = p.check(value)
+        if problem:
+            raise OptionError(f"neuron parameter {name}={value!r} of '{spec.key}' {problem}",
+                              code="SNN-E309", hint=p.doc)
+    problem = spec.check_params(given) if spec.check_params is not None else None
+    if problem:
+        raise OptionError(f"neuron '{spec.key}': {problem}", code="SNN-E309",
+                          hint="; ".join(f"{p.name}: {p.doc}" for p in spec.params))
+    fixed = [n for n in spec.level_params if n in given]
+    if options.target != "qann" and options.levels is not None and fixed:
+        levels = spec.levels_for(options.timesteps, options)
+        if levels is not None and levels != options.levels:
+            params = ", ".join(f"{n}={given[n]}" for n in fixed)
+            raise OptionError(
+                f"neuron '{spec.key}' with {params} at T={options.timesteps} has "
+                f"L' = {levels} levels, but -L {options.levels} was given", code="SNN-E314",
+                hint=f"drop -L (L = {levels}), or drop {', '.join(fixed)} to derive it from "
+                f"L / T, or set them so that L' = L")

@@ -128,6 +128,7 @@ SPEC = register_neuron(NeuronSpec(
     from_quant_clip=from_quant_clip,
     events=c.binary_events,
     levels_for=lambda T, options: T,
+    params=(AttrSpec("tau", "int", DEFAULT_TAU, "pre-run steps, >= 0", c.check_int(0)),),
     total_steps=lambda T, attrs: attrs.get("tau", DEFAULT_TAU) + T,
     counted_steps=lambda T, attrs: T,
     maxpool_exact=lambda T, attrs: False,
