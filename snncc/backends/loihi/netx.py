@@ -1,26 +1,50 @@
 """Export the sequential part of a quantized netlist as a lava-dl NetX HDF5 file (``.net``), and
-check a file against what NetX's reader expects (lava-dl is not installable here).
+check a file against what NetX's reader expects.
 
-The reader (``lava.lib.dl.netx.hdf5.Network``; ecosystem.md B2) walks ``layer/0 .. layer/n-1`` in
-order and connects each layer to the previous one; it instantiates only ``input``, ``conv``,
-``flatten`` and ``dense``. Encodings followed exactly:
+The reader (``lava.lib.dl.netx.hdf5.Network``, lava-dl 0.6; ecosystem.md B2) walks
+``layer/0 .. layer/n-1`` in order and connects each layer to the previous one; it instantiates
+only ``input``, ``conv``, ``flatten`` and ``dense``. Encodings followed exactly (checked against
+the reader's source and in real Lava by ``tests/loihi/test_lava.py``):
 
 * ``type``: fixed-length bytes, shape (1,), dtype ``S10`` (read as ``value[0].decode('ascii')``);
-* ``shape``: (C, H, W) for input/conv (reversed to Lava's x, y, z), (features,) for dense;
+* ``shape``: (C, H, W) for input/conv, reversed by the reader to Lava's (x, y, c) = (W, H, C);
+  (features,) for dense;
+* the ``input`` layer has no neuron: the reader then connects ``Network.inp`` straight to the
+  first synapse, which takes graded input (``input_message_bits``). The runner sends the analog
+  input as snncc does, ``round(x * 2**input_frac_bits)`` per step, in (x, y, c) order;
 * conv: ``inChannels``, ``outChannels``, ``kernelSize``, ``stride``, ``padding``, ``dilation``
   (pairs in (y, x) order, reversed by the reader), ``groups``, ``weight`` PyTorch layout
-  (out, in/groups, kH, kW), optional ``bias`` (per neuron);
-* dense: ``inFeatures``, ``outFeatures``, ``weight`` (out, in), optional ``bias``;
+  (out, in/groups, kH, kW) (the reader flips and transposes it; Lava's conv flips back), optional
+  ``bias`` per neuron in the neuron shape (x, y, c) = (W, H, C), or per channel (C,);
+* flatten: Lava flattens (x, y, c) after transposing to (c, y, x), i.e. snncc's C-order;
+* dense: ``inFeatures``, ``outFeatures``, ``weight`` (out, in), optional ``bias`` (features,);
 * ``neuron``: ``type`` (``CUBA``), ``vThMant``, ``iDecay``, ``vDecay``, ``refDelay``,
-  ``wgtExp``, ``gradedSpike``; the reader maps ``du = iDecay - 1``, ``dv = vDecay``,
-  ``vth = vThMant`` (all x 2**6 in Lava, like weights and biases);
-* weights and biases are read with ``astype(int)``: weights are even integers in [-256, 254]
-  (``2 * mant``), so ``vThMant`` and biases are rescaled by ``2 / 2**exp``.
+  ``wgtExp``, ``gradedSpike``; the reader maps ``du = iDecay - 1`` (4095: the current lasts one
+  step), ``dv = vDecay``, ``vth = vThMant`` and ``bias_exp = 6``: weights, biases and thresholds
+  all count in the same *NetX unit* (Lava's state is that x 64);
+* weights and biases are read with ``astype(int)``.
+
+NetX units. A group whose incoming blocks have exponents ``e_b`` (integer weight ``mant << e_b``
+state integers) counts in NetX units of ``2**(e - 1 + extra)`` state integers, ``e = min(e_b)``:
+NetX weights are ``2 * mant << (e_b - e) >> extra`` (integers in [-256, 254]), thresholds
+``vth * 2**(1 - e - extra)`` and biases rounded to the unit (NetX has no weight exponent and a
+fixed bias exponent, so a bias finer than the unit is rounded). ``extra`` is 0 unless a bias
+would not fit Lava's 16-bit bias word or the threshold its 17 bits; one extra bit keeps the
+weights exact (``mant``), more round them (noted). :func:`netx_params` computes these values;
+the simulator's ``semantics="hardware"`` uses the same ones, so that the Lava run of the exported
+file and ``snncc run DIR --semantics hardware`` agree bit for bit.
+
+Root attributes ``snncc_*`` (ignored by the reader) tell a runner how to drive the file: total and
+counted steps, the input scale and message bits, and the readout (``voltage`` of a non-spiking
+last layer, or ``spikes`` of a spiking one). Layers run pipelined: layer j (1-based) sees the
+input of local step k at Lava step j + 1 + k; ``Network(reset_interval=total_steps,
+reset_offset=1)`` clears each layer when its window starts, which equals the simulator's
+undelayed schedule with v = 0 at the start.
 
 What NetX cannot express is never dropped silently: :func:`write_netx` returns the groups it did
 not export with the reason (residual adds and concats, graded or microcoded neurons, a layer after
-one of those), plus notes on where the NetX semantics differ (reset to zero, strict ``>``,
-current decay, the input encoder, the readout).
+one of those), plus notes. When not even one layer can be exported it writes no file and returns
+the reason (``path`` None, ``reason``).
 """
 from __future__ import annotations
 
@@ -31,18 +55,18 @@ from typing import Any
 import h5py
 import numpy as np
 
-from snncc.backends.loihi.netlist import Block, Group, Netlist
+from snncc.backends.loihi.netlist import Group, Netlist
 from snncc.neurons.registry import get_neuron
 
-__all__ = ["LOADABLE", "write_netx", "check_netx"]
+__all__ = ["LOADABLE", "write_netx", "check_netx", "netx_params", "netx_exportable",
+           "VTH_MANT_MAX", "BIAS_MANT_MAX"]
 
 LOADABLE = ("input", "conv", "flatten", "dense")
 NEURON_TYPES = ("CUBA", "LOIHI", "SDNN")
 VTH_MANT_MAX = (1 << 17) - 1
-I_DECAY_FULL = 4096       # du = 4095: the current keeps 1/4096 (Lava's du = iDecay - 1)
-#: The input encoder written for the ``input`` layer: CUBA IF with vThMant 128 driven by
-#: 2*64*x - 64 + 64 = 128*x, i.e. about x spikes per step for x in [0, 1].
-INPUT_WEIGHT, INPUT_BIAS, INPUT_VTH = 64, 64, 128
+BIAS_MANT_MAX = (1 << 12) - 1  # 13-bit signed bias mantissa of Loihi's CUBA neuron
+BIAS_LAVA_MAX = (1 << 15) - 1  # Lava's CPU model holds bias_mant in int16 (wraps beyond)
+I_DECAY_FULL = 4096       # du = 4095: the current keeps nothing (Lava's du = iDecay - 1)
 
 
 def _type(group: h5py.Group, name: str) -> None:
@@ -60,9 +84,50 @@ def _neuron(layer: h5py.Group, vth: int, v_decay: int = 0) -> None:
     n.create_dataset("gradedSpike", data=np.bool_(False))
 
 
-def _netx_neuron(g: Group) -> bool:
-    """A neuron group whose neuron NetX CUBA can express (``LoihiInfo.netx``)."""
+def netx_exportable(g: Group) -> bool:
+    """A group NetX's CUBA neuron can express: a binary neuron with ``LoihiInfo.netx`` (IF, LIF)
+    or a readout (a non-spiking CUBA layer)."""
+    if g.kind == "readout":
+        return True
     return g.kind == "neuron" and get_neuron(g.neuron).loihi.netx
+
+
+def netx_params(net: Netlist, g: Group) -> dict[str, Any]:
+    """The group's parameters in NetX units (see the module doc): ``e``, ``extra``, ``unit``
+    (state integers per NetX unit), ``vth`` (int; ``VTH_MANT_MAX`` for a readout), ``vth_exact``,
+    ``bias`` (int64, shape ``view``), ``bias_err`` (largest rounding error, NetX units),
+    ``decay_v``, ``weights`` {block name: int64 NetX weights}, ``weights_exact``.
+    """
+    blocks = net.blocks_into(g.name)
+    e = min((b.exp for b in blocks), default=0)
+    bias_state = g.bias_mant.astype(np.float64) * 2.0 ** g.bias_exp.astype(np.float64)
+    vth_state = float(VTH_MANT_MAX) if g.kind == "readout" else float(g.fixed["vth"][0])
+    extra = 0
+    while True:   # the finest NetX unit whose bias and threshold fit Lava's words
+        scale = 2.0 ** (1 - e - extra)
+        top_bias = float(np.abs(bias_state).max(initial=0.0)) * scale
+        if g.kind == "readout":
+            if round(top_bias) <= BIAS_LAVA_MAX:
+                break
+        elif round(top_bias) <= BIAS_LAVA_MAX and round(vth_state * scale) <= VTH_MANT_MAX:
+            break
+        extra += 1
+    vth_float = float(VTH_MANT_MAX) if g.kind == "readout" else vth_state * scale
+    vth = int(min(round(vth_float), VTH_MANT_MAX))
+    bias_f = (bias_state * scale).reshape(g.view)
+    bias = np.round(bias_f).astype(np.int64)
+    weights, exact = {}, True
+    for b in blocks:
+        w = 2 * b.mant.astype(np.int64) << (b.exp - e)
+        if extra:
+            exact = exact and not np.any(w % (1 << extra))
+            w = np.round(w / 2.0 ** extra).astype(np.int64)
+        weights[b.name] = w
+    return {"e": e, "extra": extra, "unit": 2.0 ** (e - 1 + extra), "vth": vth,
+            "vth_exact": vth == vth_float, "bias": bias,
+            "bias_err": float(np.abs(bias_f - bias).max(initial=0.0)),
+            "decay_v": int(g.fixed.get("decay_v", 0) or 0), "weights": weights,
+            "weights_exact": exact}
 
 
 def _why_not(net: Netlist, g: Group, prev: Group, flat: bool) -> str | None:
@@ -73,9 +138,10 @@ def _why_not(net: Netlist, g: Group, prev: Group, flat: bool) -> str | None:
     b = blocks[0]
     if b.src != prev.name:
         return f"reads '{b.src}', not the previous NetX layer '{prev.name}'"
-    if g.kind == "neuron" and not _netx_neuron(g):
+    if not netx_exportable(g):
         return (f"neuron '{g.neuron}' ({g.spike} spikes) has no NetX neuron: CUBA sends binary "
-                "spikes and resets to zero, SDNN is a sigma-delta neuron")
+                "spikes and resets to zero; SDNN (sigma-delta) sends the change of a "
+                "rounded activation, not this neuron's payload (docs/netlist.md, section 8)")
     if b.offset != 0 or b.rows != g.view[0]:
         return "the block fills only part of the layer"
     if b.kind == "conv":
@@ -90,60 +156,86 @@ def _why_not(net: Netlist, g: Group, prev: Group, flat: bool) -> str | None:
     return None
 
 
-def _scaled(b: Block, g: Group, extra_exp: int) -> tuple[np.ndarray, float, np.ndarray]:
-    """(even weights, vThMant, bias) in NetX units, before rounding."""
-    exp = b.exp + extra_exp
-    k = 2.0 / 2.0 ** exp
-    vth = g.fixed["vth"][0] * k if g.kind == "neuron" else float(VTH_MANT_MAX)
-    bias = (g.bias_mant.astype(np.float64) * 2.0 ** g.bias_exp) * k
-    return 2 * b.mant.astype(np.int64), vth, bias
+def _plan(net: Netlist) -> tuple[list[Group], list[dict[str, str]]]:
+    """The exported groups (a sequential prefix) and the others with reasons."""
+    exported, skipped = [], []
+    prev, flat, stopped = net.groups[0], False, None
+    for g in net.groups[1:]:
+        if stopped is None:
+            stopped = _why_not(net, g, prev, flat)
+            if stopped is None:
+                b = net.blocks_into(g.name)[0]
+                flat = flat or b.kind == "dense"
+                exported.append(g)
+                prev = g
+                continue
+            skipped.append({"group": g.name, "reason": stopped})
+        else:
+            skipped.append({"group": g.name, "reason": "follows a layer NetX cannot express "
+                            "(NetX connects layers in sequence)"})
+    return exported, skipped
 
 
 def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
     """Write the longest sequential prefix of ``net`` that NetX can load; returns
-    ``{"layers": [...], "not_exported": [{"group", "reason"}], "notes": [...]}``."""
+    ``{"path", "layers", "not_exported": [{"group", "reason"}], "notes", "reason"}``.
+
+    When no layer can be exported, nothing is written: ``path`` is None and ``reason`` says why
+    (a NetX file with only an input layer would load as nothing Lava can run)."""
     path = Path(path)
-    exported, skipped, notes = [], [], []
+    exported, skipped = _plan(net)
     inp = net.groups[0]
-    notes.append("input: NetX re-encodes the input with CUBA neurons (2*w*x - w + b, vThMant "
-                 f"{INPUT_VTH}); snncc feeds the analog current directly, so the first layer "
-                 "sees rate-coded spikes in NetX")
+    fp = net.meta.get("quantization", {}).get("fixed_point", {})
+    in_bits, payload_bits = int(fp.get("input_frac_bits", 8)), int(fp.get("payload_bits", 24))
+    if not exported:
+        first = skipped[0] if skipped else {"group": "-", "reason": "the netlist has no layers"}
+        reason = (f"no layer NetX can express: the first layer '{first['group']}' "
+                  f"{first['reason']}; network.net not written")
+        return {"path": None, "layers": [], "not_exported": skipped, "notes": [],
+                "reason": reason}
+    notes = [f"input: sent to the first synapse as graded payloads round(x * 2**{in_bits}) "
+             "every step (Network(..., input_message_bits="
+             f"{payload_bits})); the input layer has no neuron"]
+    last = exported[-1]
+    readout = "voltage" if last.kind == "readout" else "spikes"
     with h5py.File(path, "w") as f:
+        f.attrs.update({"snncc_format": "snncc-netx", "snncc_version": 1,
+                        "snncc_total_steps": int(net.total_steps),
+                        "snncc_counted_steps": int(net.counted_steps),
+                        "snncc_input_frac_bits": in_bits,
+                        "snncc_input_message_bits": payload_bits,
+                        "snncc_readout": readout, "snncc_readout_group": last.name})
         sim = f.create_group("simulation")
         sim.create_dataset("Ts", data=np.int64(1))
         sim.create_dataset("tSample", data=np.int64(net.total_steps))
         layers = f.create_group("layer")
         first = layers.create_group("0")
         _type(first, "input")
-        first.create_dataset("shape", data=np.asarray(inp.view, dtype=np.int64))
-        first.create_dataset("weight", data=np.int64(INPUT_WEIGHT))
-        first.create_dataset("bias", data=np.int64(INPUT_BIAS))
-        _neuron(first, INPUT_VTH)
-        prev, flat, stopped = inp, False, None
-        for g in net.groups[1:]:
-            if stopped is None:
-                stopped = _why_not(net, g, prev, flat)
-                if stopped is not None:
-                    skipped.append({"group": g.name, "reason": stopped})
-                    continue
-            else:
-                skipped.append({"group": g.name, "reason": "follows a layer NetX cannot "
-                                "express (NetX connects layers in sequence)"})
-                continue
+        first.create_dataset("shape", data=np.asarray(inp.view if len(inp.shape) != 1
+                                                      else inp.shape, dtype=np.int64))
+        prev = inp
+        for g in exported:
             b = net.blocks_into(g.name)[0]
-            weight, vth, bias = _scaled(b, g, net.meta.get("quantization", {}).get(
-                "fixed_point", {}).get("input_frac_bits", 0) if prev is inp else 0)
-            vth_int = int(round(min(vth, VTH_MANT_MAX)))
-            if vth != vth_int:
-                notes.append(f"{g.name}: vThMant {vth:g} rounded to {vth_int}")
-            if np.any(bias != np.round(bias)):
-                notes.append(f"{g.name}: biases rounded to integers (max error "
-                             f"{np.abs(bias - np.round(bias)).max():.3g} NetX units)")
-            if b.kind == "dense" and len(prev.shape) == 3 and not flat:
+            p = netx_params(net, g)
+            weight, bias = p["weights"][b.name], p["bias"]
+            if p["extra"]:
+                notes.append(f"{g.name}: NetX unit {p['unit']:g} state integers, 2**"
+                             f"{p['extra']} coarser than the weights need, so that the biases "
+                             f"fit Lava's 16-bit bias word" + ("" if p["weights_exact"] else
+                                                              "; weights rounded"))
+            if not p["vth_exact"]:
+                notes.append(f"{g.name}: vThMant rounded/clipped to {p['vth']}")
+            if p["bias_err"]:
+                notes.append(f"{g.name}: biases rounded to NetX units (max error "
+                             f"{p['bias_err']:.3g}; the hardware semantics use the same values)")
+            if np.abs(bias).max(initial=0) > BIAS_MANT_MAX:
+                notes.append(f"{g.name}: biases up to {int(np.abs(bias).max())} NetX units "
+                             f"exceed the 13-bit mantissa (+-{BIAS_MANT_MAX}) of Loihi's CUBA "
+                             "neuron; Lava's CPU model holds them, a chip would not")
+            if b.kind == "dense" and len(prev.shape) == 3 and prev is not inp:
                 fl = layers.create_group(str(len(layers)))
                 _type(fl, "flatten")
                 fl.create_dataset("shape", data=np.asarray([prev.size], dtype=np.int64))
-                flat = True
             layer = layers.create_group(str(len(layers)))
             if b.kind == "conv":
                 _type(layer, "conv")
@@ -155,25 +247,30 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
                 layer.create_dataset("padding", data=np.asarray(b.pads, np.int64))
                 layer.create_dataset("dilation", data=np.asarray((1, 1), np.int64))
                 layer.create_dataset("groups", data=np.int64(b.groups))
-                layer.create_dataset("bias", data=np.round(bias).astype(np.float32))
+                per_channel = bias.reshape(bias.shape[0], -1)
+                if np.all(per_channel == per_channel[:, :1]):
+                    bias_out = per_channel[:, 0]                      # (C,): channel-wise
+                else:
+                    bias_out = bias.transpose(2, 1, 0)                # (W, H, C) = Lava (x, y, c)
             else:
                 _type(layer, "dense")
                 layer.create_dataset("shape", data=np.asarray([g.size], dtype=np.int64))
                 layer.create_dataset("inFeatures", data=np.int64(b.shape[1]))
                 layer.create_dataset("outFeatures", data=np.int64(b.rows))
-                layer.create_dataset("bias", data=np.round(bias).reshape(-1).astype(np.float32))
-                flat = True
-            layer.create_dataset("weight", data=weight.astype(np.float32))
-            _neuron(layer, vth_int, g.fixed.get("decay_v", 0))
-            exported.append(g.name)
+                bias_out = bias.reshape(-1)
+            layer.create_dataset("bias", data=bias_out.astype(np.int64))
+            layer.create_dataset("weight", data=weight.astype(np.int64))
+            _neuron(layer, p["vth"], p["decay_v"])
             if g.kind == "readout":
                 notes.append(f"{g.name}: the readout is a non-spiking CUBA layer (vThMant "
-                             f"{VTH_MANT_MAX}); read its voltage after the run")
-            elif _netx_neuron(g):
-                notes.append(f"{g.name}: NetX CUBA fires on v > vth and resets v to 0, snncc's "
-                             f"'{g.neuron}' subtracts the threshold (hardware semantics)")
+                             f"{VTH_MANT_MAX}); its voltage over the counted steps is the output")
+            elif g.fixed.get("reset", "subtract") != "zero" or g.fixed.get("compare") == ">=":
+                notes.append(f"{g.name}: NetX CUBA fires on v > vth, resets v to 0 and starts "
+                             f"at v = 0; snncc's '{g.neuron}' runs its own rule under the "
+                             "emulated semantics (the hardware semantics equal NetX)")
             prev = g
-    return {"path": str(path), "layers": exported, "not_exported": skipped, "notes": notes}
+    return {"path": path.name, "layers": [g.name for g in exported], "not_exported": skipped,
+            "notes": notes, "reason": ""}
 
 
 # ----------------------------------------------------------------------------- checker
@@ -246,8 +343,9 @@ def _check_weight(layer: h5py.Group, where: str, shape: tuple[int, ...],
     if w.shape[:len(shape)] != shape or w.ndim not in (len(shape), len(shape) + 1) or \
             (w.ndim == len(shape) + 1 and w.shape[-1] != 1):
         problems.append(f"{where}/weight: shape {w.shape}, expected {shape}")
-    if w.size and (w.min() < -256 or w.max() > 254 or np.any(np.mod(w, 2))):
-        problems.append(f"{where}/weight: 8-bit weights must be even integers in [-256, 254]")
+    if w.size and (w.min() < -256 or w.max() > 254):
+        problems.append(f"{where}/weight: weights must fit 8 bits with the sign: integers in "
+                        "[-256, 254] (Lava's optimize_weight_bits shifts them into the word)")
 
 
 def check_netx(path: str | os.PathLike) -> list[str]:
@@ -277,7 +375,8 @@ def check_netx(path: str | os.PathLike) -> list[str]:
                 problems.append(f"{where}: the input layer must be layer 0 and only there")
             shape = _int_array(layer, "shape", where, problems)
             if kind == "input":
-                _check_neuron(layer, where, problems)
+                if "neuron" in layer:
+                    _check_neuron(layer, where, problems)
                 prev = tuple(int(s) for s in shape) if shape is not None else None
             elif kind == "flatten":
                 flat = True
@@ -305,7 +404,12 @@ def check_netx(path: str | os.PathLike) -> list[str]:
                         problems.append(f"{where}: shape {shape.tolist()} != conv output "
                                         f"{[int(cout), *out]}")
                 if "bias" in layer:
-                    _integral(layer, "bias", where, problems)
+                    bias = _integral(layer, "bias", where, problems)
+                    lava_shape = tuple(int(v) for v in shape[::-1])   # (x, y, c)
+                    if bias.shape not in (lava_shape, (int(cout),)):
+                        problems.append(f"{where}/bias: shape {bias.shape}; the reader takes "
+                                        f"the neuron shape (x, y, c) = {lava_shape} or one "
+                                        f"value per channel ({int(cout)},)")
                 prev = tuple(int(v) for v in shape)
             else:  # dense
                 fin = _int_array(layer, "inFeatures", where, problems)

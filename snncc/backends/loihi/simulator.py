@@ -17,8 +17,17 @@ Each neuron's integer dynamics are its module's ``LoihiInfo.int_step`` (per slic
   integer arithmetic, as a Loihi 2 microcoded neuron runs it. Agrees exactly with the ONNX model
   whenever the quantized weights, biases and thresholds are exact (``meta.quantization.all_exact``)
   and float32 arithmetic of the ONNX model is exact (dyadic values).
-* ``"hardware"``: the stock Loihi CUBA rule: fire on ``v > vth`` and reset v to 0 (graded neurons
-  reset to 0 after any spike). Same payloads; reported side by side with the emulated accuracy.
+* ``"hardware"``: stock Loihi as the NetX export deploys it. Groups a NetX CUBA neuron expresses
+  (IF, LIF and the readout; ``netx.netx_exportable``) run Lava's bit-accurate CUBA model
+  (``PyLifModelBitAcc``) on their NetX parameters (:func:`snncc.backends.loihi.netx.netx_params`:
+  thresholds and biases in NetX units, biases rounded as the file holds them): v starts at 0,
+  ``u = a << 6`` (one-step current, wrapped to 24 bits as Lava does, after the conv's own 24-bit
+  wrap), ``v = decay(v) + u + bias << 6`` clipped to +-(2**23 - 1), fire on ``v > vth << 6``, reset
+  v to 0. The readout is a non-spiking CUBA layer whose voltage over the counted steps is the
+  output (``SimResult.raw``: Lava's integer voltage, bit for bit what ``examples/lava/run_netx.py``
+  reads). Graded and microcoded neurons (GN, MT, bit-serial, SRP) have no stock CUBA form; they
+  keep their own rule with ``>`` and a reset to 0 after any spike. Reported side by side with the
+  emulated accuracy.
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from snncc.backends.loihi.netlist import Group, Netlist, block_apply, load
+from snncc.backends.loihi.netx import netx_exportable, netx_params
 from snncc.backends.loihi.quantize import FixedPoint, weight_int
 from snncc.errors import BackendCapabilityError, OptionError
 from snncc.neurons.registry import get_neuron
@@ -46,6 +56,10 @@ class SimResult:
     events: dict[str, np.ndarray]                   # group -> int64 [N, *shape], all slices
     payloads: dict[str, np.ndarray] = field(default_factory=dict)  # group -> [S|1, N, *view]
     saturations: int = 0                            # membrane updates clipped to 24 bits
+    #: hardware semantics: per CUBA group the integer the Lava run reads: a readout's voltage
+    #: (Lava units, NetX units x 64) over the counted steps, a spiking group's spike counts over
+    #: the counted steps; int64 [N, *shape]
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _Sim:
@@ -62,13 +76,17 @@ class _Sim:
             v = np.clip(v, self.lo, self.hi)
         return v
 
-    def current(self, g: Group, payloads: dict[str, np.ndarray], n: int) -> np.ndarray:
+    def current(self, g: Group, payloads: dict[str, np.ndarray], n: int,
+                weights: dict[str, np.ndarray] | None = None,
+                bias: np.ndarray | None = None) -> np.ndarray:
+        """Input current per slice [S|1, N, *view] (int64): blocks with their integer weights
+        (``weights`` overrides them by block name) plus the bias (``bias`` overrides it)."""
         blocks = self.net.blocks_into(g.name)
         steps = max((payloads[b.src].shape[0] for b in blocks), default=1)
         cur = np.zeros((steps, n) + g.view, dtype=np.int64)
         for b in blocks:
             p = payloads[b.src]
-            w = weight_int(b)
+            w = weight_int(b) if weights is None else weights[b.name]
             x = p.reshape((-1,) + b.src_view)
             fan_in = w[0].size if b.kind == "conv" else w.shape[1]
             if int(np.abs(x).max(initial=0)) * int(np.abs(w).max(initial=0)) * fan_in < 2 ** 53:
@@ -78,8 +96,38 @@ class _Sim:
             else:
                 out = block_apply(b, x, w)
             cur[:, :, b.offset:b.offset + b.rows] += out.reshape(p.shape[:2] + out.shape[1:])
-        bias = g.bias_mant.astype(np.int64) << g.bias_exp.astype(np.int64)
-        return cur + bias
+        return cur + (_bias_int(g) if bias is None else bias)
+
+    # ------------------------------------------------------------------ stock CUBA (hardware)
+    def run_cuba(self, g: Group, payloads: dict[str, np.ndarray], n: int, steps: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Lava's ``PyLifModelBitAcc`` (and ``LIFReset`` from the start of the window) on the
+        group's NetX parameters (weights, threshold and bias as ``network.net`` holds them).
+        Returns (spikes as int64 payload [S, N, *view], voltage after each step, same shape)."""
+        p = netx_params(self.net, g)
+        a = self.current(g, payloads, n, weights=p["weights"], bias=0)   # NetX units
+        if any(b.kind == "conv" for b in self.net.blocks_into(g.name)):
+            a = _wrap_signed(a, 24)                # Lava's conv synapse: signed_clamp(x, 24)
+        a = np.broadcast_to(a, (steps,) + a.shape[1:])
+        top = (1 << (LAVA_UV_BITS - 1))
+        bias = p["bias"].astype(np.int64) << LAVA_SHIFT
+        vth = np.int64(p["vth"]) << LAVA_SHIFT
+        keep = (1 << LAVA_DECAY_BITS) - p["decay_v"]
+        v = np.zeros(a.shape[1:], dtype=np.int64)
+        spikes = np.zeros(a.shape, dtype=np.int64)
+        volts = np.zeros(a.shape, dtype=np.int64)
+        for t in range(steps):
+            d = a[t] << LAVA_SHIFT
+            u = np.where(d > top, d - 2 * top, d)
+            u = np.where(u <= -top, d + 2 * top, u)
+            dv = v * keep
+            v = np.sign(dv) * (np.abs(dv) >> LAVA_DECAY_BITS) + u + bias
+            clipped = np.clip(v, -top + 1, top - 1)
+            self.saturations += int(np.count_nonzero(clipped != v))
+            s = clipped > vth
+            v = np.where(s, 0, clipped)
+            spikes[t], volts[t] = s, v
+        return spikes, volts
 
     # ------------------------------------------------------------------ neuron dynamics
     def run_neuron(self, g: Group, x: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +154,20 @@ class _Sim:
         return pay, ev
 
 
+#: Lava's bit-accurate CUBA: 24-bit u and v, inputs / thresholds / biases shifted left by 6,
+#: 12-bit decays (lava.proc.lif.models.AbstractPyLifModelFixed)
+LAVA_UV_BITS, LAVA_SHIFT, LAVA_DECAY_BITS = 24, 6, 12
+
+
+def _bias_int(g: Group) -> np.ndarray:
+    return g.bias_mant.astype(np.int64) << g.bias_exp.astype(np.int64)
+
+
+def _wrap_signed(x: np.ndarray, bits: int) -> np.ndarray:
+    base = 1 << bits
+    return (x + base // 2) % base - base // 2
+
+
 def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
              fp: FixedPoint | None = None) -> SimResult:
     """Run the quantized netlist on the analog input ``x`` [N, *input shape]."""
@@ -124,8 +186,25 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
     top = (1 << (fp.payload_bits - 1)) - 1
     payloads = {inp.name: np.clip(np.round(x * 2.0 ** fp.input_frac_bits), -top, top)
                 .astype(np.int64).reshape((1, n) + inp.view)}
-    events, values = {}, {}
+    events, values, raw = {}, {}, {}
     for g in net.groups[1:]:
+        if sim.hw and netx_exportable(g):
+            spikes, volts = sim.run_cuba(g, payloads, n, steps)
+            first = steps - counted
+            if g.kind == "readout":
+                # the voltage gained over the counted steps (Lava units), decoded like the
+                # emulated readout: NetX unit = 2**(e-1) state integers, state / 2**F = su
+                r = volts[-1] - (volts[first - 1] if first > 0 else 0)
+                raw[g.name] = r.reshape((n,) + g.shape)
+                unit = netx_params(net, g)["unit"]
+                values[g.name] = r / 2.0 ** LAVA_SHIFT * unit / counted / \
+                    2.0 ** g.frac_bits * g.state_unit.reshape(-1, 1, 1)
+                continue
+            payloads[g.name] = spikes
+            events[g.name] = spikes.sum(axis=0).reshape((n,) + g.shape)
+            raw[g.name] = spikes[first:].sum(axis=0).reshape((n,) + g.shape)
+            values[g.name] = spikes[first:].sum(axis=0) / counted * g.unit.reshape(-1, 1, 1)
+            continue
         cur = sim.current(g, payloads, n)
         if g.kind == "readout":
             per_step = np.broadcast_to(cur, (steps,) + cur.shape[1:])[steps - counted:]
@@ -142,7 +221,7 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
                        fp.state_bits)
     outputs = {o["name"]: values[o["group"]].reshape((n,) + net.group(o["group"]).shape)
                .astype(np.float32) for o in net.outputs}
-    return SimResult(outputs, events, payloads, sim.saturations)
+    return SimResult(outputs, events, payloads, sim.saturations, raw)
 
 
 def run_netlist(out_dir: str | os.PathLike | Netlist, x: np.ndarray, *,
