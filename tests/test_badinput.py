@@ -375,3 +375,24 @@ def test_report_refuses_a_foreign_plot_folder(corpus, tmp_path, capsys):
     (tmp_path / "r_files" / "holiday.jpg").write_bytes(b"\xff\xd8 a photo")
     expect_error(capsys, [corpus.root, tmp_path], ["report", corpus.model, "--data",
                  corpus.data, "-o", tmp_path / "r.md"], "SNN-E364")
+
+
+def test_report_writes_page_and_plots_atomically_with_the_umask(corpus, tmp_path, capsys):
+    legacy = tmp_path / "r_files"  # a plot folder from before folders carried snncc's marker
+    legacy.mkdir()
+    (legacy / "energy.png").write_bytes(b"old plot")
+    before = snapshot(corpus.root)
+    old = os.umask(0o027)
+    try:
+        for _ in range(2):
+            expect_ok(capsys, ["report", corpus.model, "--data", corpus.data, "--calib",
+                               corpus.calib, "-T", "1", "--target", "ort", "--samples", "4",
+                               "-o", tmp_path / "r.md"])
+    finally:
+        os.umask(old)
+    assert snapshot(corpus.root) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md", "r_files"]
+    assert (legacy / "energy.png").read_bytes() != b"old plot" and (legacy / MARKER).is_file()
+    assert not list(tmp_path.rglob(".*.snncc-*"))
+    for p in tmp_path.rglob("*"):  # the legacy folder keeps its own mode
+        assert p == legacy or p.stat().st_mode & 0o777 == (0o750 if p.is_dir() else 0o640), p
