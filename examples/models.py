@@ -253,3 +253,34 @@ def build(name: str, **kw) -> nn.Module:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     return MODELS[name](**kw)
+
+
+class SmallResNet(nn.Module):
+    """Small ResNet for 1-channel digits: conv-BN-ReLU stem, BasicBlocks with conv1x1-BN shortcuts,
+    global average pool, FC. No max-pool anywhere.
+
+    ``widths`` gives the stem width and then one BasicBlock per further entry (each widens, so each
+    shortcut is a 1x1 conv + BN); the default (16, 32, 64) has 5 ReLUs, 4 of them in residual blocks.
+    For images of 16 pixels or more the stem is followed by a 2x2 AvgPool and every block has stride
+    2 (28 -> 14 -> 7 -> 4); smaller images (8x8 digits) skip the pool and the first block keeps stride 1.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+                 widths: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        large = image_size >= 16
+        stem: list[nn.Module] = [conv_bn_relu(in_channels, widths[0])]
+        if large:
+            stem.append(nn.AvgPool2d(2))
+        self.stem = nn.Sequential(*stem)
+        blocks = [BasicBlock(cin, cout, stride=2 if (large or i > 0) else 1)
+                  for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:]))]
+        self.layers = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(self.stem(x)))
+
+
+MODELS["small_resnet"] = SmallResNet
+INPUT_SHAPES["small_resnet"] = (1, 1, 28, 28)
