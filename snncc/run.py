@@ -4,7 +4,7 @@ Inputs are checked before anything runs, each problem with its own code: an unre
 no array for an input (SNN-E104), samples not shaped like the model input (SNN-E105), labels
 ``y`` that are not one per sample (SNN-E680), NaN or Inf values (SNN-E681), no samples
 (SNN-E682), a multi-input model without an array for every input (SNN-E683), and
-``--batch-size`` below 1 (SNN-E684). A model with several inputs takes each from the ``.npz``
+``--batch-size`` below 1 (SNN-E684); ONNX Runtime refusing the samples is SNN-E685. A model with several inputs takes each from the ``.npz``
 array of the same name. ``-o`` is checked like every snncc output (:mod:`snncc.outputs`: never an
 input, never a directory) and written atomically to exactly the path given.
 """
@@ -205,7 +205,7 @@ def run_command(args: argparse.Namespace) -> int:
         from snncc.backends.loihi.simulator import run_netlist
 
         x, labels = load_inputs(args.input)
-        outs, events = run_netlist(target, x)
+        outs, events = run_netlist(target, x, semantics=getattr(args, "semantics", "emulated"))
         outputs = next(iter(outs.values()))
         n = max(len(x), 1)
         activity = {"events_per_layer": {k: float(v.sum()) for k, v in events.items()},

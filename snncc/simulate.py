@@ -172,17 +172,49 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
                                                                                    attrs[node])))
 
     size = batch_size or result.samples or 1
+    fixed = _fixed_batch(proto, wanted_inputs)
+    if fixed is not None:  # e.g. an ANN exported with batch 1: run it in batches of that size
+        size = fixed
+        if result.samples % fixed and names:
+            raise ModelInputError(f"the model fixes its batch at {fixed}, and {result.samples} "
+                                  "samples are not a multiple of it", code="SNN-E105",
+                                  hint=f"pass a multiple of {fixed} samples")
     chunks = []
     for start in range(0, max(result.samples, 1), size):
         feeds = {k: v[start:start + size] for k, v in inputs.items()}
-        if meta.get("snncc.schedule") == "streaming":
-            chunks.append(_run_streaming(sess, proto, meta, feeds, out_names, wanted, count))
-        else:
-            values = dict(zip(out_names, sess.run(out_names, feeds)))
-            count(values)
-            chunks.append({k: values[k] for k in wanted})
+        n = len(next(iter(feeds.values())))
+        if fixed is not None and n < fixed:  # pad the last batch; the padding is dropped
+            feeds = {k: np.concatenate([v, np.zeros((fixed - n, *v.shape[1:]), v.dtype)])
+                     for k, v in feeds.items()}
+        try:
+            if meta.get("snncc.schedule") == "streaming":
+                chunk = _run_streaming(sess, proto, meta, feeds, out_names, wanted, count)
+            else:
+                values = dict(zip(out_names, sess.run(out_names, feeds)))
+                count(values)
+                chunk = {k: values[k] for k in wanted}
+        except SnnccError:
+            raise
+        except Exception as exc:  # ORT refuses these inputs (a dimension the model fixes...)
+            raise ModelInputError(f"ONNX Runtime failed on these inputs ({type(exc).__name__}: "
+                                  f"{str(exc).strip()[:300]})", code="SNN-E685",
+                                  hint="pass samples shaped and typed like the model input; "
+                                  "if they are, rerun with --debug and report it") from exc
+        chunks.append({k: v[:n] for k, v in chunk.items()})
     result.outputs = {k: np.concatenate([c[k] for c in chunks]) for k in wanted}
     return result
+
+
+def _fixed_batch(proto: onnx.ModelProto, names: list[str]) -> int | None:
+    """The batch size every data input fixes (dim 0 > 0), or None when any leaves it free."""
+    sizes = set()
+    for inp in proto.graph.input:
+        if inp.name in names:
+            dims = inp.type.tensor_type.shape.dim
+            if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
+                return None
+            sizes.add(dims[0].dim_value)
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _run_streaming(sess: ort.InferenceSession, proto: onnx.ModelProto, meta: dict[str, str],

@@ -21,7 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 import zoo
 
 __all__ = ["Corpus", "build_corpus", "snapshot", "two_input_model", "lstm_only_model",
-           "nan_weight_model", "no_output_model", "cycle_model", "channel_mismatch_model"]
+           "nan_weight_model", "no_output_model", "cycle_model", "channel_mismatch_model",
+           "free_shape_model"]
 
 F = TensorProto.FLOAT
 
@@ -115,6 +116,16 @@ def channel_mismatch_model() -> onnx.ModelProto:
                   [helper.make_tensor_value_info("y", F, None)], inits, check=False)
 
 
+def free_shape_model() -> onnx.ModelProto:
+    """Flatten -> Gemm(192 -> 5) with every input dimension symbolic: only 3x8x8 samples fit."""
+    rng = np.random.default_rng(10)
+    inits = [_w("fw", rng.normal(0, .5, (5, 192))), _w("fb", rng.normal(0, .5, (5,)))]
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1)]
+    return _model(nodes, [helper.make_tensor_value_info("x", F, ["N", "C", "H", "W"])],
+                  [helper.make_tensor_value_info("y", F, ["N", 5])], inits)
+
+
 @dataclass
 class Corpus:
     """Paths of the corpus files (all under ``root``)."""
@@ -132,7 +143,8 @@ FILES = {
     "model": "tiny.onnx", "two": "two.onnx", "lstm": "lstm.onnx", "nan_w": "nan_w.onnx",
     "no_out": "no_out.onnx", "cycle": "cycle.onnx", "chan": "chan.onnx", "sigmoid": "sigmoid.onnx",
     "act_many": "act_many.onnx", "truncated": "truncated.onnx", "not_onnx": "not_onnx.onnx",
-    "empty_model": "empty.onnx", "model_dir": "model_dir.onnx",
+    "empty_model": "empty.onnx", "model_dir": "model_dir.onnx", "free": "free.onnx",
+    "batch1": "batch1.onnx",
     # calibration
     "calib": "calib.npz", "two_calib": "two_calib.npz", "calib_shape": "calib_shape.npz",
     "calib_nan": "calib_nan.npz", "calib_empty": "calib_empty.npz", "calib_int": "calib_int.npz",
@@ -165,6 +177,8 @@ def build_corpus(root: str | os.PathLike) -> Corpus:
     onnx.save(two_input_model(), c.two)
     onnx.save(zoo.ZOO["act_sigmoid"](), c.sigmoid)
     onnx.save(zoo.act_many(), c.act_many)
+    onnx.save(free_shape_model(), c.free)
+    onnx.save(zoo.reshape_batch1(), c.batch1)
     for name, build in (("lstm", lstm_only_model), ("nan_w", nan_weight_model),
                         ("no_out", no_output_model), ("cycle", cycle_model),
                         ("chan", channel_mismatch_model)):

@@ -304,6 +304,7 @@ RUN_CASES = {
     "streaming-without-library": (lambda c: [c.stream, "--input", c.data, "--no-library"],
                                   "SNN-E703"),
     "model-truncated": (lambda c: [c.truncated, "--input", c.data], "SNN-E102"),
+    "ort-refuses-inputs": (lambda c: [c.free, "--input", c.x_shape, "--no-library"], "SNN-E685"),
     "model-missing": (lambda c: [c.root / "nope.onnx", "--input", c.data], "SNN-E101"),
     "loihi-nan-input": (lambda c: [c.loihi, "--input", c.x_nan], "SNN-E681"),
     "loihi-wrong-shape": (lambda c: [c.loihi, "--input", c.x_shape], "SNN-E651"),
@@ -332,6 +333,12 @@ def test_run_feeds_every_input_of_a_two_input_model(corpus, capsys):
                              "--no-library"])
     summary = json.loads(out)
     assert summary["samples"] == 4 and summary["output_shape"] == [4, 5]
+
+
+def test_run_feeds_a_batch_1_model_one_sample_at_a_time(corpus, capsys):
+    summary = json.loads(expect_ok(capsys, ["run", corpus.batch1, "--input", corpus.data,
+                                            "--json", "--no-library"]))
+    assert summary["samples"] == 6 and summary["output_shape"] == [6, 5]
 
 
 def test_run_writes_exactly_the_given_output(corpus, tmp_path, capsys):
