@@ -19,7 +19,9 @@ Output, the canonical graph:
 - Reshape / Flatten are batch-agnostic, because later schedules fold time into the batch
   (batch dim becomes T*N): a constant Reshape target whose dim 0 is the export batch B becomes
   -1 (0 when the target already has a -1), e.g. [1, 512] -> [-1, 512]; Flatten(axis=0) with
-  B = 1 becomes Flatten(axis=1);
+  B = 1 becomes Flatten(axis=1); a target read from ``Shape(y)`` (the opset < 13 Softmax
+  conversion writes ``Reshape(Softmax(Flatten(y)), Shape(y))``) becomes the constant
+  ``[0, *y.shape[1:]]`` when y's other dims are static and the sample sizes agree;
 - every tensor has a shape from ONNX shape inference (strict, with data propagation).
 
 Shapes are fixed in this order so that a batch hard-coded by a Reshape never leaks into a folded
@@ -33,11 +35,23 @@ Errors (all problems of a kind collected, raised once):
   (missing initializer or input), SNN-E113 cycle, SNN-E114 dynamic non-batch dim without
   ``--input-shape``, SNN-E115 ``--input-shape`` names an unknown input, SNN-E116 ``--input-shape``
   conflicts with the model, SNN-E117 opset older than 7, SNN-E118 opset conversion failed,
-  SNN-E119 shape inference failed; several at once: SNN-E110 carrying each diagnostic.
+  SNN-E119 shape inference failed, SNN-E120 a weight holds NaN or Inf, SNN-E121 the model has no
+  outputs, SNN-E122 a layer's weight does not fit its input channels (Conv / ConvTranspose
+  in-channels x groups, bias or BatchNormalization lengths); several at once: SNN-E110 carrying
+  each diagnostic.
 - UnsupportedNodeError SNN-E201 (only without ``--allow-analog``): activations with no spiking
-  equivalent (see :mod:`snncc.op_classes`); SNN-E202 marks composite forms (x*Sigmoid(x),
-  erf-GELU, x*HardSigmoid(x), x*tanh(softplus(x))); SNN-E203 a Softmax/LogSoftmax that is not
-  the model's last op.
+  equivalent (see :mod:`snncc.op_classes`; recurrent LSTM/GRU/RNN too); SNN-E202 marks composite
+  forms (x*Sigmoid(x), erf-GELU, x*HardSigmoid(x), x*tanh(softplus(x))); SNN-E203 a
+  Softmax/LogSoftmax with a spiking layer after it (it is fine in the output head); SNN-E204 the
+  model has no activation to convert at all (an SNN with no neurons), checked last.
+
+What converts is decided by one function, :func:`conversion_roles`, shared with ``snncc inspect``
+and schedule-timesteps: every node is *spiking* (ReLU / clipped ReLU / QCFS clip / neuron op),
+*time* (fed by spikes and a per-row op from :data:`snncc.op_classes.TIME_OPS`, or a MaxPool: runs
+on the spike train), *head* (any other op computed from spikes with no spiking layer after it: the
+output head, which runs once on the decoded output), *island* (fed by spikes, not a time op, a
+spiking layer after it: needs ``--allow-analog``) or *static* (the rest: not computed from spikes;
+runs once, on analog data). Softmax / LogSoftmax must be *head* (else SNN-E203).
 
 Declines (the graph is left as it is at that site): DROPOUT_MASK_USED, DROPOUT_TRAINING_MODE,
 RESHAPE_MIXES_BATCH (a Reshape that moves data between the batch and other dims),
@@ -59,10 +73,13 @@ from onnx import version_converter
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
-from snncc.op_classes import OUTPUT_ONLY, PATTERN_HINTS, op_info
+from snncc.op_classes import (META_OPS, OUTPUT_ONLY, PATTERN_HINTS, RECURRENT, TIME_OPS,
+                               op_info)
 from snncc.passes.base import Decline, Pass, PassResult
+from snncc.passes.quant_clip import activation_sites
 
-__all__ = ["CanonicalizePass", "unsupported_nodes", "check_model_input"]
+__all__ = ["CanonicalizePass", "unsupported_nodes", "check_model_input", "conversion_roles",
+           "no_activation", "SPIKING", "STATIC", "TIME", "HEAD", "ISLAND"]
 
 logger = logging.getLogger("snncc.passes.canonicalize")
 
@@ -73,7 +90,12 @@ _PASS_THROUGH = frozenset({"Identity", "Dropout", "Reshape", "Flatten", "Squeeze
 
 
 class CanonicalizePass(Pass):
+    """``require_activation=False`` (used by ``snncc inspect``) skips the SNN-E204 check."""
+
     name = NAME
+
+    def __init__(self, require_activation: bool = True):
+        self.require_activation = require_activation
 
     def run(self, model: ir.Model, ctx: CompileContext) -> PassResult:
         options = ctx.options
@@ -99,6 +121,12 @@ class CanonicalizePass(Pass):
         _rewrite(model.graph, batch, counts, declines)
         _rebuild(model, options.opset)
         counts["constants_folded"] += _fold_constants(model.graph, fold_shapes=True)
+        _check_layers(model.graph)
+        if self.require_activation:
+            diag = no_activation(model.graph)
+            if diag is not None:
+                raise UnsupportedNodeError(f"{NAME}: the model has no activation to convert",
+                                           diagnostics=[diag], code="SNN-E204")
         counts = Counter({k: v for k, v in counts.items() if v})
         logger.debug("%s: %s", NAME, dict(counts))
         return PassResult(modified=True, counts=dict(counts), declines=tuple(declines))
@@ -169,6 +197,40 @@ def _check_structure(graph: gs.Graph) -> list[Diagnostic]:
         names = " -> ".join(ir.node_label(graph.nodes[a]) for a, _ in cycle)
         diags.append(_diag("SNN-E113", f"the graph has a cycle: {names}",
                            hint="ONNX graphs must be acyclic; re-export the model"))
+    if not graph.outputs:
+        diags.append(_diag("SNN-E121", "the model has no outputs, so nothing it computes could "
+                           "be kept", hint="re-export the model with its output (the logits) "
+                           "declared as a graph output"))
+    return diags + _check_finite(graph)
+
+
+def _check_finite(graph: gs.Graph) -> list[Diagnostic]:
+    """SNN-E120 for every float weight (initializer or Constant node) holding NaN or Inf."""
+    consts: dict[str, tuple[np.ndarray, str]] = {}
+    for node in graph.nodes:
+        for t in node.inputs:
+            if isinstance(t, gs.Constant) and t.name not in consts:
+                consts[t.name] = (t.values, ir.node_label(node))
+        if node.op == "Constant":
+            for key in ("value", "value_float", "value_floats"):
+                if key in node.attrs and node.outputs:
+                    val = node.attrs[key]
+                    consts.setdefault(node.outputs[0].name, (
+                        val.values if isinstance(val, gs.Constant) else val, ir.node_label(node)))
+    diags = []
+    for name, (values, label) in consts.items():
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "fc" or arr.size == 0:
+            continue
+        finite = np.isfinite(arr)
+        if finite.all():
+            continue
+        nan, inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        what = " and ".join(w for w, n in ((f"{nan} NaN", nan), (f"{inf} Inf", inf)) if n)
+        diags.append(_diag("SNN-E120", f"weight '{name}' {_fmt(arr.shape)} holds {what} "
+                           f"value(s) of {arr.size}", node=label,
+                           hint="the model's weights are broken (diverged training or a bad "
+                           "export); retrain or re-export it, snncc needs finite weights"))
     return diags
 
 
@@ -202,11 +264,32 @@ def _check_inputs(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]) ->
             continue
         if shape is None or any(not _is_static(d) for d in shape[1:]):
             diags.append(_diag("SNN-E114", f"graph input '{inp.name}' has dynamic dims "
-                               f"({_fmt(shape)}) besides the batch",
-                               hint=f"fix them with --input-shape {inp.name}=" + _fmt(
-                                   [1, *(d if _is_static(d) else "<size>"
-                                         for d in (shape or ["", "<dims>"])[1:])])))
+                               f"({_fmt(shape)}) besides the batch", hint=_e114_hint(inp)))
     return diags
+
+
+def _e114_hint(inp: gs.Variable) -> str:
+    """The --input-shape to give; a recurrent consumer's sequence axis is not taken for the
+    batch (dim 0 of an LSTM/GRU/RNN input is time unless layout=1)."""
+    shape = inp.shape
+
+    def size(d, name: str = "size") -> str:
+        return str(d) if _is_static(d) else f"<{d if isinstance(d, str) and d else name}>"
+
+    if shape is None:
+        return (f"give every dim with --input-shape {inp.name}=1x<dims> (the batch first, "
+                "e.g. 1x3x224x224)")
+    rnn = next((c for c in inp.outputs if c.op in RECURRENT and not c.attrs.get("layout", 0)
+                and c.inputs and c.inputs[0] is inp), None)
+    if rnn is not None and len(shape) == 3:
+        return (f"'{inp.name}' is the [sequence, batch, features] input of {rnn.op} "
+                f"{ir.node_label(rnn)}: dim 0 is the sequence axis, not the batch that snncc "
+                f"puts first, and {rnn.op} has no spiking equivalent; snncc converts "
+                "feed-forward CNNs (batch first: --input-shape "
+                f"{inp.name}=1x{size(shape[1], 'batch')}x{size(shape[2], 'features')} is only "
+                "how it would read this input)")
+    return f"fix them with --input-shape {inp.name}=" + "x".join(
+        ["1", *(size(d) for d in shape[1:])]) + " (dim 0 is the batch)"
 
 
 def _fmt(shape) -> str:
@@ -219,11 +302,12 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
     """Every node whose activation has no spiking equivalent, one diagnostic each.
 
     Composite forms are reported once, as the activation they spell (SNN-E202); a Softmax or
-    LogSoftmax is fine when only reshapes follow it to a graph output (else SNN-E203). The
-    severity is ``warning`` when ``options.allow_analog`` keeps such nodes as analog islands.
+    LogSoftmax is fine only where :func:`conversion_roles` puts it in the output head (else
+    SNN-E203). The severity is ``warning`` when ``options.allow_analog`` keeps such
+    nodes as analog islands.
     """
     severity = "warning" if options.allow_analog else "error"
-    outputs = {id(t) for t in graph.outputs}
+    roles = conversion_roles(graph)
     diags = []
     for node in graph.nodes:
         info = op_info(node.op, node.domain or "")
@@ -235,9 +319,9 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
             diags.append(_diag("SNN-E202", f"{pattern} has no spiking equivalent", label,
                                PATTERN_HINTS[pattern], severity))
         elif node.op in OUTPUT_ONLY:
-            if not _is_final(node.outputs[0], outputs):
-                diags.append(_diag("SNN-E203", f"{node.op} is not the last op of the model",
-                                   label, info.hint, severity))
+            if roles.get(id(node)) != HEAD:
+                diags.append(_diag("SNN-E203", f"{node.op} is not in the output head (after the "
+                                   "last spiking layer)", label, info.hint, severity))
         else:
             diags.append(_diag("SNN-E201", f"{node.op} has no spiking equivalent", label,
                                info.hint, severity))
@@ -268,12 +352,96 @@ def _inside_pattern(node: gs.Node) -> bool:
     return node.op == "Tanh" and prod is not None and prod.op == "Softplus"
 
 
-def _is_final(tensor: gs.Tensor, outputs: set[int]) -> bool:
+def feeds_only_outputs(tensor: gs.Tensor, outputs: set[int]) -> bool:
+    """Only reshapes (and Identity/Dropout) lie between ``tensor`` and graph outputs."""
     if id(tensor) in outputs:
         return True
     return bool(tensor.outputs) and all(
-        c.op in _PASS_THROUGH and _is_final(c.outputs[0], outputs) for c in tensor.outputs)
+        c.op in _PASS_THROUGH and c.outputs and feeds_only_outputs(c.outputs[0], outputs)
+        for c in tensor.outputs)
 
+
+# ----------------------------------------------------------------------------- what converts
+
+SPIKING, STATIC, TIME, HEAD, ISLAND = "spiking", "static", "time", "head", "island"
+
+
+def _spiking_nodes(graph: gs.Graph) -> set[int]:
+    ids = {id(n) for site in activation_sites(graph) for n in site.nodes}
+    return ids | {id(n) for n in graph.nodes if n.domain == ir.SNN_DOMAIN}
+
+
+def _order(graph: gs.Graph) -> list[gs.Node]:
+    """Nodes in dependency order (the node list itself when the graph has a cycle)."""
+    index = {id(n): i for i, n in enumerate(graph.nodes)}
+    dag = nx.DiGraph()
+    dag.add_nodes_from(index.values())
+    for i, node in enumerate(graph.nodes):
+        for out in node.outputs:
+            dag.add_edges_from((i, index[id(c)]) for c in out.outputs if id(c) in index)
+    try:
+        return [graph.nodes[i] for i in nx.lexicographical_topological_sort(dag)]
+    except nx.NetworkXUnfeasible:
+        return list(graph.nodes)
+
+
+def time_op_ok(op: str, domain: str | None, spiking_inputs: Sequence[int]) -> bool:
+    """Whether ``op`` runs on spike trains as they are with spikes on those input indices."""
+    if op not in TIME_OPS or domain not in ("", "ai.onnx", None):
+        return False
+    allowed = TIME_OPS[op]
+    if allowed is None:
+        return True
+    return set(spiking_inputs) <= set(allowed) and (op != "Mul" or len(spiking_inputs) == 1)
+
+
+def conversion_roles(graph: gs.Graph) -> dict[int, str]:
+    """``id(node) -> role`` (module doc): the one rule for what converts, shared by canonicalize,
+    ``snncc inspect`` and schedule-timesteps. Works before (ReLU, QCFS clips) and after neuron
+    insertion (``snncc.ops`` nodes)."""
+    spiking = _spiking_nodes(graph)
+    order = _order(graph)
+    below: dict[int, bool] = {}  # a spiking node lies downstream
+    for node in reversed(order):
+        below[id(node)] = any(id(c) in spiking or below.get(id(c), False)
+                              for out in node.outputs for c in out.outputs)
+    carries: set[int] = set()  # ids of tensors that carry spikes
+    after: set[int] = set()    # ids of tensors computed from spikes (decoded or not)
+    roles: dict[int, str] = {}
+    for node in order:
+        t_idx = [i for i, t in enumerate(node.inputs) if id(t) in carries]
+        derived = bool(t_idx) or any(id(t) in after for t in node.inputs)
+        domain = node.domain or ""
+        if id(node) in spiking:
+            role = SPIKING
+        elif node.op in META_OPS and domain in ("", "ai.onnx"):
+            role = STATIC
+        elif t_idx and ((node.op == "MaxPool" and domain in ("", "ai.onnx"))
+                        or time_op_ok(node.op, domain, t_idx)):
+            role = TIME
+        elif derived and not below[id(node)]:
+            role = HEAD
+        else:
+            role = ISLAND if t_idx else STATIC
+        roles[id(node)] = role
+        if role in (SPIKING, TIME):
+            carries.update(id(t) for t in node.outputs)
+        if derived or role == SPIKING:
+            after.update(id(t) for t in node.outputs)
+    return roles
+
+
+def no_activation(graph: gs.Graph) -> Diagnostic | None:
+    """SNN-E204 when nothing in the graph would become a neuron (an SNN without neurons)."""
+    if _spiking_nodes(graph):
+        return None
+    ops = Counter(n.op for n in graph.nodes)
+    listing = ", ".join(f"{op} x{k}" if k > 1 else op for op, k in ops.most_common(8))
+    outs = ", ".join(f"'{t.name}'" for t in graph.outputs[:4]) or "none"
+    return _diag("SNN-E204", f"no ReLU, clipped ReLU or QCFS activation feeds the outputs "
+                 f"({outs}), so the SNN would have no neurons (ops: {listing or 'none'})",
+                 hint="snncc converts CNNs whose hidden layers use ReLU (or ReLU6 / a QCFS "
+                 "clip); a model without one has nothing to turn into spikes")
 
 # ----------------------------------------------------------------------------- rebuild helper
 
@@ -422,6 +590,9 @@ def _fix_reshape(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter,
     """
     target = ir.const_value(node.inputs[1])
     data = node.inputs[0].shape
+    if target is None:
+        _fix_reshape_to_shape(graph, node, batch, counts)
+        return
     if (target is None or target.ndim != 1 or target.size == 0 or not data
             or not _is_batch_dim(data[0], batch) or node.attrs.get("allowzero", 0)):
         return
@@ -440,6 +611,80 @@ def _fix_reshape(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter,
     declines.append(Decline(ir.node_label(node), "RESHAPE_MIXES_BATCH",
                             f"target {target.tolist()} moves data between the samples of the "
                             f"batch (input {_fmt(data)})"))
+
+
+def _fix_reshape_to_shape(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter) -> None:
+    """Reshape(x, Shape(y)) -> Reshape(x, [0, *y.shape[1:]]) for batch-major x and y with static
+    other dims and equal sample sizes (the same result for every batch size, and no Shape of a
+    spike train that would carry the folded T*N rows)."""
+    prod = ir.producer(node.inputs[1])
+    if prod is None or prod.op != "Shape" or prod.attrs.get("start", 0) != 0 or \
+            prod.attrs.get("end") is not None or node.attrs.get("allowzero", 0):
+        return
+    data, ref = node.inputs[0].shape, prod.inputs[0].shape
+    if not data or not ref or not _is_batch_dim(data[0], batch) or \
+            not _is_batch_dim(ref[0], batch) or _per_sample(data) is None or \
+            _per_sample(data) != _per_sample(ref):
+        return
+    target = np.array([0, *(int(d) for d in ref[1:])], dtype=np.int64)
+    node.inputs[1] = ir.new_const(graph, f"{NAME}/reshape_shape", target, dtype=np.int64)
+    counts["reshape_shape_fixed"] += 1
+
+
+def _check_layers(graph: gs.Graph) -> None:
+    """SNN-E122: weights whose sizes do not fit the channels they are applied to.
+
+    ONNX shape inference leaves these to the runtime (Conv in-channels vs W), where they would
+    surface as an ONNX Runtime failure during calibration.
+    """
+    diags = []
+
+    def bad(node: gs.Node, what: str, hint: str) -> None:
+        diags.append(_diag("SNN-E122", what, ir.node_label(node), hint))
+
+    for node in graph.nodes:
+        if node.op not in ("Conv", "ConvTranspose", "BatchNormalization") or \
+                (node.domain or "") not in ("", "ai.onnx") or len(node.inputs) < 2:
+            continue
+        x = node.inputs[0].shape
+        cin = int(x[1]) if x and len(x) > 1 and _is_static(x[1]) else None
+        if node.op == "BatchNormalization":
+            for t, role in zip(node.inputs[1:5], ("scale", "bias", "mean", "var")):
+                if cin and t.shape and len(t.shape) == 1 and _is_static(t.shape[0]) \
+                        and int(t.shape[0]) != cin:
+                    bad(node, f"BatchNormalization {role} '{t.name}' has {t.shape[0]} values "
+                        f"for an input of {cin} channels", "the model is inconsistent; "
+                        "re-export it")
+            continue
+        w = node.inputs[1].shape
+        if not w or len(w) < 3 or not all(_is_static(d) for d in w[:2]):
+            continue
+        group = int(node.attrs.get("group", 1))
+        if node.op == "Conv":
+            cout, per_group = int(w[0]), int(w[1])
+            if cin is not None and per_group * group != cin:
+                bad(node, f"weight '{node.inputs[1].name}' {_fmt(w)} expects {per_group} x "
+                    f"group {group} = {per_group * group} input channels, the input "
+                    f"'{node.inputs[0].name}' has {cin} ({_fmt(x)})", "the previous layer's "
+                    "output channels must equal the Conv's in-channels x groups; fix the model "
+                    "definition and re-export it")
+            if cout % group:
+                bad(node, f"{cout} output channels do not split into group {group}",
+                    "fix the model definition and re-export it")
+        else:
+            cout = int(w[1]) * group
+            if cin is not None and int(w[0]) != cin:
+                bad(node, f"weight '{node.inputs[1].name}' {_fmt(w)} expects {w[0]} input "
+                    f"channels, the input '{node.inputs[0].name}' has {cin} ({_fmt(x)})",
+                    "fix the model definition and re-export it")
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            b = node.inputs[2].shape
+            if b and len(b) == 1 and _is_static(b[0]) and int(b[0]) != cout:
+                bad(node, f"bias '{node.inputs[2].name}' has {b[0]} values for {cout} output "
+                    "channels", "fix the model definition and re-export it")
+    if diags:
+        raise ModelInputError(diagnostics=diags, code="SNN-E122",
+                              message=f"{NAME}: {len(diags)} layer(s) do not fit their input")
 
 
 def _fix_flatten(node: gs.Node, batch: int, counts: Counter, declines: list[Decline]) -> None:

@@ -18,11 +18,18 @@ A temporal graph output is decoded::
 
     y[S*N, ...] -> Reshape [S, -1, ...rest] -> Slice [S-C:S] on axis 0 -> ReduceMean(axis 0)
 
-The graph output keeps its name; the temporal tensor is renamed. A trailing ``Softmax`` /
-``LogSoftmax`` (its outputs are graph outputs) runs after the decode. Ops touching the batch axis
-(Flatten axis 0, Transpose moving axis 0, Concat/Split/Squeeze/Unsqueeze/Reduce/Slice on axis 0,
-Gemm transA) fail with SNN-E242; a temporal Reshape with a literal batch size with SNN-E243
-(canonicalize makes them batch-agnostic).
+The graph output keeps its name; the temporal tensor is renamed.
+
+Output head: an op fed by spikes that is not a per-row time op and has no neuron after it (role
+*head* of :func:`snncc.passes.canonicalize.conversion_roles`, the rule ``snncc inspect`` and
+canonicalize use too) runs once on the decoded output: each spiking input is decoded first, so a
+Softmax / LogSoftmax after ``GlobalAveragePool -> Flatten -> Gemm`` sees the time-mean of the
+logits, exactly what the SNN without the head outputs. Linear ops before it stay on the spike
+train, since the mean commutes with them. Listed in ``ctx.notes["output_head"]``.
+
+Ops touching the batch axis (Flatten axis 0, Transpose moving axis 0,
+Concat/Split/Squeeze/Unsqueeze/Reduce/Slice on axis 0, Gemm transA) fail with SNN-E242; a
+temporal Reshape with a literal batch size with SNN-E243 (canonicalize makes them batch-agnostic).
 
 MaxPool (``--maxpool``)
 -----------------------
@@ -70,10 +77,10 @@ call feed ``state_out/*`` back as ``state_in/*`` and increase ``step`` by one; r
 ``model.metadata["snncc.steps"]`` steps and average the outputs of the steps from
 ``metadata["snncc.decode_from"]`` on (SRP decodes the steps ``>= tau``). A bit-serial layer fires
 the bits of epoch e during epoch e+1 (docs/neuron-ops.md), so a network whose longest chain has D
-neurons is exact from epoch D on: run ``(D+1)*S`` steps and decode the last S. Trailing
-Softmax/LogSoftmax are dropped (apply them to the averaged output); analog islands need the folded
-schedule (SNN-E322). Streaming needs the kernel library: the model-local functions implement the
-folded form only.
+neurons is exact from epoch D on: run ``(D+1)*S`` steps and decode the last S. A head
+Softmax/LogSoftmax with only reshapes after it is dropped (apply it to the averaged output); other
+head ops and analog islands need the folded schedule (SNN-E322). Streaming needs the kernel
+library: the model-local functions implement the folded form only.
 
 Notes: ``ctx.notes["latency_steps"]`` (S, or ``(D+1)*S`` for bit-serial neurons, pipelined);
 ``ctx.notes["schedule"]``; model metadata ``snncc.*`` for :mod:`snncc.simulate`.
@@ -88,7 +95,10 @@ import numpy as np
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
 from snncc.errors import Diagnostic, OptionError, UnsupportedNodeError
+from snncc.op_classes import META_OPS as _META_OPS
+from snncc.op_classes import OUTPUT_ONLY, TIME_OPS
 from snncc.passes.base import Pass, PassResult
+from snncc.passes.canonicalize import HEAD, conversion_roles, feeds_only_outputs, time_op_ok
 from snncc.passes.insert_neurons import spec_for_op
 
 __all__ = ["ScheduleTimestepsPass", "TIME_OPS", "SCHEDULES", "MAXPOOL_MODES"]
@@ -99,21 +109,11 @@ SCHEDULES = ("folded", "streaming")
 MAXPOOL_MODES = ("auto", "avg", "gate")
 PREFIX = "schedule-timesteps"
 
-#: Per-row ops that commute with time folding: op -> input indices that may be temporal
-#: (None: any). "Mul" takes at most one temporal factor.
-TIME_OPS: dict[str, tuple[int, ...] | None] = {
-    **{op: (0,) for op in (
-        "Conv", "ConvTranspose", "Gemm", "MatMul", "Div", "AveragePool", "GlobalAveragePool",
-        "BatchNormalization", "Flatten", "Reshape", "Transpose", "Pad", "Identity", "Dropout",
-        "Neg", "Squeeze", "Unsqueeze", "Slice", "Split", "ReduceMean", "ReduceSum", "Resize",
-        "DepthToSpace", "SpaceToDepth")},
-    **{op: None for op in ("Add", "Sub", "Sum", "Concat")},
-    "Mul": (0, 1),
-}
-TRAILING = ("Softmax", "LogSoftmax")
+# TIME_OPS (per-row ops that commute with time folding) lives in snncc.op_classes, the one table.
+TRAILING = tuple(sorted(OUTPUT_ONLY))
 #: Ops whose output describes a tensor instead of holding its values: never temporal. The shape of
 #: a temporal tensor has S*N rows, which is what a reshape of that tensor needs.
-META_OPS = ("Shape", "Size")
+META_OPS = tuple(sorted(_META_OPS))
 _AXIS_ATTR_OPS = ("Concat", "Split", "Flatten")
 _AXES_OPS = ("Squeeze", "Unsqueeze", "ReduceMean", "ReduceSum")
 _INT64_MAX = np.iinfo(np.int64).max
@@ -455,6 +455,8 @@ class ScheduleTimestepsPass(Pass):
         depth: dict[str, int] = {}
         tiles: dict[str, ir.Tensor] = {}
         islands: list[str] = []
+        head: list[str] = []
+        roles = conversion_roles(graph)
         for node in _topological(graph):
             outputs = list(node.outputs)
             if not outputs:
@@ -491,15 +493,14 @@ class ScheduleTimestepsPass(Pass):
                         node.inputs[i] = self._tiled(t, tiles, node)
                 temporal.update(t.name for t in node.outputs)
             else:
-                trailing = node.op in TRAILING and all(o in graph.outputs for o in node.outputs)
-                if not (trailing or self.ctx.options.allow_analog):
+                in_head = roles.get(id(node)) == HEAD
+                if not (in_head or self.ctx.options.allow_analog):
                     self._unsupported(node)
                     continue
                 for i in t_idx:
                     node.inputs[i] = emit.decode(node.inputs[i], first, hint)
                 batched.update(t.name for t in outputs)
-                if not trailing:
-                    islands.append(ir.node_label(node, self.model.provenance))
+                (head if in_head else islands).append(ir.node_label(node, self.model.provenance))
             for t in outputs:
                 depth[t.name] = d
         self._decode_outputs(temporal, first)
@@ -507,6 +508,9 @@ class ScheduleTimestepsPass(Pass):
             if t.name in temporal and isinstance(t, ir.Variable) and t.shape is not None:
                 t.shape = [None] + list(t.shape[1:])
         self.ctx.notes["analog_islands"] = islands
+        self.ctx.notes["output_head"] = head
+        if head:
+            self.counts["output_head_ops"] = len(head)
         self.counts["tiles"] = len(tiles)
         self.counts["analog_islands"] = len(islands)
         return max(depth.values(), default=0)
@@ -520,12 +524,7 @@ class ScheduleTimestepsPass(Pass):
         self._count("maxpool_gated")
 
     def _time_op_ok(self, node: ir.Node, t_idx: list[int]) -> bool:
-        if node.op not in TIME_OPS or node.domain not in ("", "ai.onnx", None):
-            return False
-        allowed = TIME_OPS[node.op]
-        if allowed is None:
-            return True
-        return set(t_idx) <= set(allowed) and (node.op != "Mul" or len(t_idx) == 1)
+        return time_op_ok(node.op, node.domain, t_idx)
 
     def _check_axes(self, node: ir.Node) -> None:
         if _literal_batch(node):
@@ -588,6 +587,8 @@ class ScheduleTimestepsPass(Pass):
         temporal: set[str] = set()
         depth: dict[str, int] = {}
         dropped: list[str] = []
+        roles = conversion_roles(graph)
+        outputs_ids = {id(t) for t in graph.outputs}
         for node in _topological(graph):
             outputs = list(node.outputs)
             if not outputs:
@@ -610,9 +611,16 @@ class ScheduleTimestepsPass(Pass):
                 temporal.add(outputs[0].name)
             elif self._time_op_ok(node, t_idx):
                 temporal.update(t.name for t in node.outputs)
-            elif node.op in TRAILING and all(o in graph.outputs for o in node.outputs):
+            elif (node.op in TRAILING and roles.get(id(node)) == HEAD
+                  and feeds_only_outputs(node.outputs[0], outputs_ids)):
                 dropped.append(node.outputs[0].name)
                 ir.bypass_node(graph, node)
+                temporal.add(dropped[-1])
+            elif roles.get(id(node)) == HEAD:
+                self._diag("SNN-E322", node, f"{node.op} belongs to the output head, which runs "
+                           "once on the decoded output; a streaming model emits per-step outputs",
+                           "use --schedule folded, or end the model at the logits and apply "
+                           f"{node.op} to the averaged output")
             elif self.ctx.options.allow_analog:
                 self._diag("SNN-E322", node, f"{node.op} would be an analog island, which needs "
                            "the whole spike train", "use --schedule folded")

@@ -4,8 +4,16 @@ The report holds the opset and IR version, the inputs with their shapes, every n
 linear / activation / pooling / other (see :mod:`snncc.op_classes`), every op snncc cannot
 convert (with a hint), and the multiply-accumulates per sample of each linear layer and in total.
 The model is canonicalized first (on its own copy, with analog activations allowed) so that every
-shape is known; when canonicalize rejects the model, the report lists why and falls back to the
-raw graph (no MACs where shapes are unknown).
+shape is known; when canonicalize rejects the model for a reason the options can fix (dynamic dims
+without ``--input-shape``, opset conversion, shape inference), the report lists why and falls
+back to the raw graph (no MACs where shapes are unknown). A model that is broken in itself (a
+tensor produced by nothing, a cycle, NaN/Inf weights, no outputs, channel mismatch:
+:data:`FATAL`) raises the same error as ``snncc compile``.
+
+What converts is decided by :func:`snncc.passes.canonicalize.conversion_roles`, the rule compile
+uses: ``unsupported`` lists the canonicalize findings (SNN-E201..E203), ops that would be analog
+islands in an SNN (SNN-E244, as schedule-timesteps raises it) and a model with no activation
+(SNN-E204); ``output_head`` lists the ops that run once on the decoded SNN output.
 
 MACs per sample are (output elements per sample) x (fan-in of one output):
 Conv: Cout*Hout*Wout * Cin/groups*kH*kW; ConvTranspose: (input elements per sample) *
@@ -22,10 +30,13 @@ import onnx
 
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
-from snncc.errors import ModelInputError
+from snncc.errors import Diagnostic, ModelInputError
 from snncc.op_classes import GROUPS, LINEAR, op_info
 
-__all__ = ["inspect_model", "format_inspect"]
+__all__ = ["inspect_model", "format_inspect", "FATAL"]
+
+#: canonicalize codes that make the model unusable whatever the options: raised, not listed.
+FATAL = frozenset({"SNN-E112", "SNN-E113", "SNN-E120", "SNN-E121", "SNN-E122"})
 
 
 def _dims(shape) -> list | None:
@@ -62,7 +73,8 @@ def _layer_macs(node: ir.Node) -> int | None:
 def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
                   input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Build the inspect report (a JSON-ready dict) for a model file or proto."""
-    from snncc.passes.canonicalize import CanonicalizePass, unsupported_nodes
+    from snncc.passes.canonicalize import (HEAD, ISLAND, CanonicalizePass, conversion_roles,
+                                           no_activation, unsupported_nodes)
     from snncc.pipeline import Pipeline
 
     model = ir.load(path_or_proto)
@@ -77,9 +89,12 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     options = CompileOptions(target="qann", allow_analog=True,
                              input_shapes={k: tuple(v) for k, v in (input_shapes or {}).items()})
     try:
-        Pipeline([CanonicalizePass()], verify="off").run(model, CompileContext(options))
+        Pipeline([CanonicalizePass(require_activation=False)], verify="off").run(
+            model, CompileContext(options))
         report["canonicalized"] = True
     except ModelInputError as exc:
+        if exc.codes & FATAL:
+            raise
         report["problems"] = [{"code": d.code, "message": d.format()}
                               for d in exc.diagnostics] or [{"code": exc.code,
                                                              "message": str(exc)}]
@@ -99,9 +114,26 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
             layers.append({"node": node.name, "op": node.op, "macs": entry["macs"]})
         groups[group].append(entry)
     report["nodes"] = groups
+    diags = list(unsupported_nodes(graph, CompileOptions(target="qann")))
+    roles = conversion_roles(graph)
+    flagged = {d.node for d in diags}
+    for node in graph.nodes:
+        label = ir.node_label(node)
+        if roles.get(id(node)) == ISLAND and label not in flagged:
+            diags.append(Diagnostic(
+                "SNN-E244", f"{node.op} has no spiking form and its input carries spikes (SNN "
+                "targets; the qann target keeps it)", pass_name="schedule-timesteps", node=label,
+                hint="retrain without it, or compile with --allow-analog to keep it as a "
+                "non-spiking island (folded schedule)"))
+    missing = no_activation(graph)
+    if missing is not None:
+        diags.append(missing)
     report["unsupported"] = [
-        {"node": d.node, "code": d.code, "message": d.message, "hint": d.hint}
-        for d in unsupported_nodes(graph, CompileOptions(target="qann"))]
+        {"node": d.node, "code": d.code, "message": d.message, "hint": d.hint} for d in diags]
+    report["output_head"] = [
+        {"node": n.name, "op": n.op} for n in graph.nodes
+        if roles.get(id(n)) == HEAD and op_info(n.op, n.domain or "").group != LINEAR
+        and n.op not in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")]
     known = [layer["macs"] for layer in layers if layer["macs"] is not None]
     report["macs"] = {"layers": layers, "total": sum(known),
                       "complete": len(known) == len(layers)}
@@ -129,9 +161,14 @@ def format_inspect(report: Mapping[str, Any]) -> str:
     if report["unsupported"]:
         lines.append(f"cannot convert ({len(report['unsupported'])}):")
         for u in report["unsupported"]:
-            lines.append(f"  [{u['code']}] {u['node']}: {u['message']}. Hint: {u['hint']}")
+            where = f" {u['node']}:" if u["node"] else ""
+            lines.append(f"  [{u['code']}]{where} {u['message']}. Hint: {u['hint']}")
     else:
         lines.append("cannot convert: none")
+    head = report.get("output_head") or []
+    if head:
+        lines.append("output head (runs once on the decoded SNN output): " + ", ".join(
+            f"{h['op']} {h['node']}".rstrip() for h in head))
     macs = report["macs"]
     note = "" if macs["complete"] else " (some layers have unknown shapes)"
     lines.append(f"total MACs per sample: {macs['total']:,}{note}")

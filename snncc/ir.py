@@ -55,6 +55,9 @@ def read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if isinstance(source, onnx.ModelProto):
         return source
     path = Path(source)
+    if path.is_dir():
+        raise ModelInputError(f"'{path}' is a directory, not an ONNX model file", code="SNN-E101",
+                              hint="give the path of the .onnx file inside it")
     if not path.is_file():
         raise ModelInputError(f"model file '{path}' does not exist", code="SNN-E101",
                               hint="check the path")

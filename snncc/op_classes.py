@@ -7,13 +7,21 @@ rejects them unless ``--allow-analog`` is given, and ``snncc inspect`` lists the
 Composite activations that exporters spell out as several ops (x*Sigmoid(x) for SiLU, the erf
 form of GELU, x*HardSigmoid(x), x*tanh(softplus(x))) have their own hints in
 :data:`PATTERN_HINTS`.
+
+How ops behave once time is folded into the batch (``[S*N, ...]``, schedule-timesteps) is also
+tabled here, so that the front end (canonicalize, inspect) and the scheduler decide the same way
+(:func:`snncc.passes.canonicalize.conversion_roles`): :data:`TIME_OPS` are per-row ops that run on
+spike trains as they are (linear in time, so decoding after them equals decoding before);
+:data:`META_OPS` never carry spikes; :data:`OUTPUT_ONLY` ops are allowed without
+``--allow-analog`` only in the output head (after the last spiking layer), where they run once
+on the decoded output.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 __all__ = ["LINEAR", "ACTIVATION", "POOLING", "OTHER", "GROUPS", "OpInfo", "OPS", "op_info",
-           "OUTPUT_ONLY", "PATTERN_HINTS"]
+           "OUTPUT_ONLY", "PATTERN_HINTS", "TIME_OPS", "META_OPS", "RECURRENT"]
 
 LINEAR, ACTIVATION, POOLING, OTHER = "linear", "activation", "pooling", "other"
 GROUPS = (LINEAR, ACTIVATION, POOLING, OTHER)
@@ -21,6 +29,9 @@ GROUPS = (LINEAR, ACTIVATION, POOLING, OTHER)
 _ANALOG = "or compile with --allow-analog to keep it as a non-spiking layer"
 _RETRAIN = ("retrain the model with nn.ReLU (or a clipped ReLU such as ReLU6) in its place, "
             + _ANALOG)
+
+_HEAD_ONLY = ("Softmax/LogSoftmax is supported only in the output head, after the last ReLU "
+              "(there it runs once on the decoded output); " + _ANALOG)
 
 
 @dataclass(frozen=True)
@@ -70,14 +81,20 @@ OPS: dict[str, OpInfo] = {
     "Shrink": _unsupported(),
     "LRN": _unsupported("remove local response normalisation (BatchNorm is supported) and "
                         "retrain, " + _ANALOG),
-    "Softmax": _unsupported("Softmax/LogSoftmax is only supported as the last op of the model; "
-                            + _ANALOG),
-    "LogSoftmax": _unsupported("Softmax/LogSoftmax is only supported as the last op of the "
-                               "model; " + _ANALOG),
+    "Softmax": _unsupported(_HEAD_ONLY),
+    "LogSoftmax": _unsupported(_HEAD_ONLY),
     "Hardmax": _unsupported("Hardmax is not supported; " + _ANALOG),
+    # recurrent layers: sigmoid/tanh gates inside one op
+    **{op: OpInfo(OTHER, spiking=False, hint=(
+        f"{op} is a recurrent layer whose gates (sigmoid, tanh) have no spiking equivalent; "
+        "snncc converts feed-forward CNNs with ReLU activations"))
+       for op in ("LSTM", "GRU", "RNN")},
 }
 
-#: Ops that are fine when nothing but reshapes follow them up to a graph output.
+#: Recurrent ops (their input X is [seq, batch, ...] unless layout=1).
+RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
+
+#: Ops that are fine in the output head: no spiking layer (ReLU) follows them.
 OUTPUT_ONLY = frozenset({"Softmax", "LogSoftmax"})
 
 #: Hints for activations exported as several ops, keyed by the activation's usual name.
@@ -87,6 +104,21 @@ PATTERN_HINTS = {
     "GELU": "GELU has no spiking equivalent: " + _RETRAIN,
     "Mish": "Mish (x*tanh(softplus(x))) has no spiking equivalent: " + _RETRAIN,
 }
+
+#: Per-row ops that commute with folding time into the batch: op -> input indices that may carry
+#: spikes (None: any). "Mul" takes at most one spiking factor (checked by the users).
+TIME_OPS: dict[str, tuple[int, ...] | None] = {
+    **{op: (0,) for op in (
+        "Conv", "ConvTranspose", "Gemm", "MatMul", "Div", "AveragePool", "GlobalAveragePool",
+        "BatchNormalization", "Flatten", "Reshape", "Transpose", "Pad", "Identity", "Dropout",
+        "Neg", "Squeeze", "Unsqueeze", "Slice", "Split", "ReduceMean", "ReduceSum", "Resize",
+        "DepthToSpace", "SpaceToDepth")},
+    **{op: None for op in ("Add", "Sub", "Sum", "Concat")},
+    "Mul": (0, 1),
+}
+
+#: Ops whose output describes a tensor instead of holding its values: never spiking.
+META_OPS = frozenset({"Shape", "Size"})
 
 _DEFAULT = OpInfo(OTHER)
 

@@ -1,6 +1,10 @@
 """Unusable model inputs fail with typed errors and stable codes (ir.load and canonicalize)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -10,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from snncc import ir
 from snncc.context import CompileOptions
-from snncc.errors import ModelInputError
+from snncc.errors import ModelInputError, UnsupportedNodeError
+from snncc.inspect import format_inspect, inspect_model
 from snncc.passes.canonicalize import CanonicalizePass
 
 F = TensorProto.FLOAT
@@ -159,3 +164,151 @@ def test_shape_inference_failure():
     with pytest.raises(ModelInputError) as info:
         _canonicalize(model)
     assert info.value.code == "SNN-E119"
+
+
+# ----------------------------------------------------------------------- issue 9: front end
+
+def test_directory_is_not_called_missing(tmp_path):
+    with pytest.raises(ModelInputError) as info:
+        ir.load(tmp_path)
+    assert info.value.code == "SNN-E101"
+    assert "is a directory" in str(info.value) and "does not exist" not in str(info.value)
+
+
+def _lstm_model(x_shape=(5, 1, 10)) -> onnx.ModelProto:
+    """One LSTM layer and nothing else: X [seq, batch, 10] -> Y [seq, 1, batch, 8]."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.1, (1, 32, 10)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.normal(0, 0.1, (1, 32, 8)).astype(np.float32), "R")
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=8, name="lstm")]
+    return _graph_model(nodes, [helper.make_tensor_value_info("x", F, list(x_shape))],
+                        [helper.make_tensor_value_info("y", F, None)], [w, r])
+
+
+def test_lstm_is_not_convertible():
+    with pytest.raises(UnsupportedNodeError) as info:
+        _canonicalize(_lstm_model())
+    (diag,) = info.value.diagnostics
+    assert (diag.code, diag.node) == ("SNN-E201", "'lstm' (ai.onnx::LSTM)") and diag.hint
+
+
+def test_model_without_activation_is_an_error():
+    """With --allow-analog the LSTM passes the op check, and nothing is left to spike."""
+    with pytest.raises(UnsupportedNodeError) as info:
+        _canonicalize(_lstm_model(), allow_analog=True)
+    (diag,) = info.value.diagnostics
+    assert info.value.code == diag.code == "SNN-E204"
+    assert "'y'" in diag.message and "LSTM" in diag.message and diag.hint
+
+
+def test_inspect_lists_lstm_and_no_activation():
+    report = inspect_model(_lstm_model())
+    assert [(u["code"], u["node"]) for u in report["unsupported"]] == [
+        ("SNN-E201", "'lstm' (ai.onnx::LSTM)"), ("SNN-E204", "")]
+    assert "cannot convert (2)" in format_inspect(report)
+
+
+def test_lstm_dynamic_hint_names_the_sequence_axis():
+    with pytest.raises(ModelInputError) as info:
+        _canonicalize(_lstm_model(("seq", "batch", 10)))
+    (diag,) = info.value.diagnostics
+    assert diag.code == "SNN-E114"
+    assert "sequence axis" in diag.hint and "'lstm'" in diag.hint
+    assert "=1x<size>x10" not in diag.hint  # the sequence axis is not taken for the batch
+
+
+@pytest.mark.parametrize("target", ["qann", "ort"])
+def test_cli_refuses_lstm_only_model(tmp_path, target):
+    path, out = tmp_path / "lstm.onnx", tmp_path / "out.onnx"
+    onnx.save(_lstm_model(), path)
+    before = path.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "snncc", "compile", str(path), "--target", target,
+                           "--allow-analog", "-L", "4", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "[SNN-E204]" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["lstm.onnx"]
+
+
+def _conv_relu(w: np.ndarray, *, bias: np.ndarray | None = None, x_shape=(1, 3, 8, 8),
+               op: str = "Conv", **attrs) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(w.astype(np.float32), "W")]
+    ins = ["x", "W"]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.astype(np.float32), "B"))
+        ins.append("B")
+    nodes = [helper.make_node(op, ins, ["c"], name="conv", **attrs),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    return _graph_model(nodes, [helper.make_tensor_value_info("x", F, list(x_shape))],
+                        [helper.make_tensor_value_info("y", F, None)], inits)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_rejected(bad):
+    w = np.ones((4, 3, 3, 3), np.float32)
+    w[1, 2, 0, 0] = bad
+    with pytest.raises(ModelInputError) as info:
+        _canonicalize(_conv_relu(w))
+    (diag,) = info.value.diagnostics
+    assert diag.code == "SNN-E120" and "'W'" in diag.message and "'conv'" in diag.node
+    assert ("NaN" if np.isnan(bad) else "Inf") in diag.message and diag.hint
+
+
+def test_non_finite_constant_node_is_rejected():
+    nodes = [helper.make_node("Constant", [], ["k"], name="k",
+                              value=numpy_helper.from_array(np.array([np.nan], np.float32))),
+             helper.make_node("Mul", ["x", "k"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", F, [1, 4])],
+                         [helper.make_tensor_value_info("y", F, [1, 4])])
+    with pytest.raises(ModelInputError) as info:
+        _canonicalize(model)
+    assert info.value.code == "SNN-E120" and "'k'" in str(info.value)
+
+
+def test_model_without_outputs():
+    model = _conv_relu(np.ones((4, 3, 3, 3)))
+    del model.graph.output[:]
+    with pytest.raises(ModelInputError) as info:
+        _canonicalize(model)
+    assert info.value.code == "SNN-E121" and info.value.diagnostics[0].hint
+
+
+@pytest.mark.parametrize("w_shape, bias, op, attrs, expect", [
+    ((4, 5, 3, 3), None, "Conv", {}, "expects 5 x group 1 = 5 input channels"),
+    ((6, 3, 3, 3), None, "Conv", {"group": 3}, "expects 3 x group 3 = 9 input channels"),
+    ((4, 3, 3, 3), 5, "Conv", {}, "bias 'B' has 5 values for 4 output channels"),
+    ((5, 4, 3, 3), None, "ConvTranspose", {}, "expects 5 input channels"),
+])
+def test_channel_mismatch_is_a_front_end_error(w_shape, bias, op, attrs, expect):
+    model = _conv_relu(np.ones(w_shape), bias=None if bias is None else np.zeros(bias), op=op,
+                       x_shape=(1, 3, 8, 8), **attrs)
+    with pytest.raises(ModelInputError) as info:
+        _canonicalize(model)
+    (diag,) = info.value.diagnostics
+    assert info.value.code == diag.code == "SNN-E122" and diag.node == f"'conv' (ai.onnx::{op})"
+    assert expect in diag.message and diag.hint
+
+
+def test_grouped_conv_that_fits_is_fine():
+    _canonicalize(_conv_relu(np.ones((6, 1, 3, 3)), x_shape=(1, 3, 8, 8), group=3))
+
+
+def test_inspect_raises_what_compile_raises_on_a_cycle():
+    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["b"], name="relu")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", F, [1, 4])],
+                         [helper.make_tensor_value_info("b", F, [1, 4])])
+    with pytest.raises(ModelInputError) as info:
+        inspect_model(model)
+    assert info.value.code == "SNN-E113"
+
+
+def test_cli_inspect_cycle_exits_2(tmp_path):
+    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["b"], name="relu")]
+    path = tmp_path / "cycle.onnx"
+    onnx.save(_graph_model(nodes, [helper.make_tensor_value_info("x", F, [1, 4])],
+                           [helper.make_tensor_value_info("b", F, [1, 4])]), path)
+    proc = subprocess.run([sys.executable, "-m", "snncc", "inspect", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "[SNN-E113]" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,173 @@
+"""Output heads: Softmax / LogSoftmax / Flatten / Reshape / GlobalAveragePool after the last
+spiking layer run once on the decoded SNN output, and ``inspect`` agrees with ``compile``.
+
+The exactness claim: the SNN with a head outputs head(decoded logits) of the same SNN without the
+head, bit for bit (the same decode feeds the same ONNX Runtime op).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from helpers import op_types, run_ort
+from onnx import TensorProto, helper, numpy_helper
+
+from snncc import ir
+from snncc.context import CompileContext
+from snncc.driver import make_options
+from snncc.errors import SnnccError
+from snncc.inspect import inspect_model
+from snncc.pipeline import default_pipeline
+
+F = TensorProto.FLOAT
+CLASSES = 5
+
+
+def _net(head: str, *, seed: int = 3) -> onnx.ModelProto:
+    """Conv-Relu-Conv-Relu-GAP-Flatten-Gemm, then ``head`` ("" = the logits are the output)."""
+    rng = np.random.default_rng(seed)
+
+    def w(name, *shape, scale=0.5):
+        return numpy_helper.from_array(rng.normal(0, scale, shape).astype(np.float32), name)
+
+    inits = [w("w1", 6, 3, 3, 3), w("b1", 6, scale=0.1), w("w2", 8, 6, 3, 3), w("b2", 8, scale=0.1),
+             w("wf", CLASSES, 8), w("bf", CLASSES, scale=0.1)]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["a1"], name="relu1"),
+             helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["a2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["a2"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1, name="fc")]
+    out = "logits"
+    if head == "softmax":
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1, name="softmax"))
+        out = "probs"
+    elif head == "logsoftmax":
+        nodes.append(helper.make_node("LogSoftmax", ["logits"], ["probs"], axis=1, name="lsm"))
+        out = "probs"
+    elif head == "reshape_softmax":  # [N,5] -> [N,5,1,1] -> Softmax(axis 1) -> [N,5]
+        inits += [numpy_helper.from_array(np.array([-1, CLASSES, 1, 1], np.int64), "s4"),
+                  numpy_helper.from_array(np.array([-1, CLASSES], np.int64), "s2")]
+        nodes += [helper.make_node("Reshape", ["logits", "s4"], ["r4"], name="reshape4"),
+                  helper.make_node("Softmax", ["r4"], ["p4"], axis=1, name="softmax"),
+                  helper.make_node("Reshape", ["p4", "s2"], ["probs"], name="reshape2")]
+        out = "probs"
+    graph = helper.make_graph(nodes, "head_" + (head or "none"),
+                              [helper.make_tensor_value_info("x", F, ["N", 3, 6, 6])],
+                              [helper.make_tensor_value_info(out, F, ["N", CLASSES])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _head_op(logits: np.ndarray, head: str) -> np.ndarray:
+    """The head alone, run by ONNX Runtime (the same kernel the compiled SNN uses)."""
+    op = "LogSoftmax" if head == "logsoftmax" else "Softmax"
+    graph = helper.make_graph([helper.make_node(op, ["l"], ["p"], axis=1)], "head",
+                              [helper.make_tensor_value_info("l", F, ["N", CLASSES])],
+                              [helper.make_tensor_value_info("p", F, ["N", CLASSES])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return run_ort(model, {"l": logits})[0]
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("calib") / "calib.npy"
+    np.save(path, np.random.default_rng(0).normal(0, 1, (32, 3, 6, 6)).astype(np.float32))
+    return str(path)
+
+
+def _compile(model: onnx.ModelProto, calib: str, **kw):
+    opts = make_options(calib_path=calib, **{"timesteps": 4, "neuron": "if",
+                                             "calib_method": "max", **kw})
+    m, ctx = ir.load(model), CompileContext(opts)
+    default_pipeline(opts, verify="ends").run(m, ctx)
+    return ir.to_proto(m), ctx
+
+
+@pytest.mark.parametrize("head", ["softmax", "logsoftmax", "reshape_softmax"])
+@pytest.mark.parametrize("neuron, T", [("if", 4), ("bitserial", 2)])
+def test_head_runs_once_on_the_decoded_logits(calib, head, neuron, T):
+    x = np.random.default_rng(5).normal(0, 1, (7, 3, 6, 6)).astype(np.float32)
+    plain, _ = _compile(_net(""), calib, neuron=neuron, timesteps=T)
+    headed, ctx = _compile(_net(head), calib, neuron=neuron, timesteps=T)
+    assert ctx.notes["analog_islands"] == []
+    assert [h.split("::")[1].rstrip(")") for h in ctx.notes["output_head"]] == [
+        "LogSoftmax" if head == "logsoftmax" else "Softmax"]
+    ops = op_types(headed)
+    assert ops.index("ReduceMean") < ops.index("LogSoftmax" if head == "logsoftmax"
+                                               else "Softmax")
+    logits = run_ort(plain, {"x": x})[0]
+    got = run_ort(headed, {"x": x})[0]
+    assert got.shape == logits.shape == (7, CLASSES)
+    np.testing.assert_array_equal(got, _head_op(logits, head))
+
+
+def test_head_streaming_drops_softmax_before_reshape(calib):
+    """Streaming leaves the decode to the caller: a head Softmax with only reshapes after it is
+    dropped, the SNN's per-step output is then the logits'."""
+    out, ctx = _compile(_net("reshape_softmax"), calib, schedule="streaming")
+    assert "Softmax" not in op_types(out)
+    assert ctx.notes["streaming_dropped_softmax"]
+
+
+def test_island_before_a_spiking_layer_agrees_with_inspect(calib):
+    """x*x on spikes, then a ReLU: inspect predicts SNN-E244, compile raises it."""
+    model = _net("")
+    graph = model.graph
+    relu2 = next(n for n in graph.node if n.name == "relu2")
+    sq = helper.make_node("Mul", ["a1", "a1"], ["sq"], name="square")
+    conv2 = next(n for n in graph.node if n.name == "conv2")
+    conv2.input[0] = "sq"
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes[:2] + [sq] + nodes[2:])
+    assert relu2.input[0] == "c2"
+    report = inspect_model(model)
+    assert [(u["code"], u["node"]) for u in report["unsupported"]] == [
+        ("SNN-E244", "'square' (ai.onnx::Mul)")]
+    with pytest.raises(SnnccError) as err:
+        _compile(model, calib)
+    assert err.value.codes == {"SNN-E244"}
+    assert "'square'" in str(err.value)
+
+
+@pytest.mark.parametrize("head", ["softmax", "logsoftmax", "reshape_softmax"])
+def test_inspect_lists_the_head(head):
+    report = inspect_model(_net(head))
+    assert report["unsupported"] == []
+    assert [h["op"] for h in report["output_head"]] == [
+        "LogSoftmax" if head == "logsoftmax" else "Softmax"]
+
+
+def _squeezenet() -> str | None:
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                        "light_squeezenet.onnx")
+    return path if os.path.isfile(path) else None
+
+
+@pytest.mark.skipif(_squeezenet() is None, reason="onnx ships no light_squeezenet.onnx")
+def test_model_zoo_squeezenet_compiles_and_inspect_agrees(tmp_path):
+    """conv10 -> Relu -> GlobalAveragePool -> Softmax (opset 9: Flatten/Softmax/Reshape(Shape))."""
+    model = _squeezenet()
+    report = inspect_model(model)
+    assert report["unsupported"] == []
+    assert [h["op"] for h in report["output_head"]] == ["Softmax"]
+    calib = tmp_path / "calib.npy"
+    x = np.random.default_rng(0).random((2, 3, 224, 224)).astype(np.float32)
+    np.save(calib, x)
+    out = tmp_path / "squeezenet.snn.onnx"
+    proc = subprocess.run([sys.executable, "-m", "snncc", "compile", model, "-T", "4", "--neuron",
+                           "if", "--calib", str(calib), "--calib-method", "max", "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    snn = onnx.load(out)
+    probs = run_ort(snn, {"data_0": x[:1]}, library=True)[0]
+    assert probs.shape == (1, 1000, 1, 1)
+    np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)
