@@ -71,6 +71,11 @@ class CalibratePass(Pass):
         records = ctx.calibration if isinstance(ctx.calibration, dict) else {}
         sites = activation_sites(model.graph, model.provenance)
         need = [s for s in sites if s.kind != "pattern"]
+        if not need and options.calib_path and options.fidelity_samples:
+            proto = ir.to_proto(model)  # no calibration needed: all samples may measure fidelity
+            ctx.holdout = calibration.load_samples(options.calib_path,
+                                                   calibration.model_inputs(proto),
+                                                   max_samples=options.fidelity_samples)
         for site in sites:
             if site.kind == "pattern":
                 ctx.quant[site.y.name] = site.params

@@ -88,12 +88,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
         target=args.target, timesteps=args.timesteps, neuron=args.neuron, levels=args.levels,
         calib_path=args.calib, calib_method=args.calib_method, calib_percentile=args.percentile,
         calib_per_channel=args.per_channel, calib_max_samples=args.calib_samples,
+        fidelity_samples=args.fidelity_samples,
         input_shapes=_input_shapes(args.model, args.input_shape), bias_shift=args.bias_shift,
-        maxpool=args.maxpool, allow_analog=args.allow_analog, schedule=args.schedule,
+        maxpool=args.maxpool, allow_analog=args.allow_analog, allow_lossy=args.allow_lossy,
+        schedule=args.schedule,
         neuron_params=_neuron_params(args))
     result = compile_model(args.model, args.output, options, report_path=args.report,
                            dump_after=args.dump_after or (), verify=args.verify,
-                           force=args.force)
+                           force=args.force, min_agreement=args.min_agreement)
+    for warning in result.warnings:
+        print(f"snncc compile: {warning}", file=sys.stderr)
     if not args.quiet:
         from snncc.pipeline import PipelineReport, PassRow
 
@@ -101,6 +105,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                        r["declined"], r["ms"]) for r in result.report["passes"]])
         print(rows.format())
         _print_notes(result.report["notes"])
+        if result.report.get("fidelity"):
+            from snncc.fidelity import summary
+            print(summary(result.report["fidelity"]))
         print(f"wrote {result.output} in {result.report['seconds']:.2f} s")
     return 0
 
@@ -113,6 +120,11 @@ def _print_notes(notes: dict[str, Any]) -> None:
             for site in value:
                 kinds[site["neuron"]] = kinds.get(site["neuron"], 0) + 1
             value = ", ".join(f"{n} x {k}" for k, n in kinds.items())
+        elif key == "snn_calibration" and value:
+            before = sum(r["rel_error_before"] for r in value) / len(value)
+            after = sum(r["rel_error_after"] for r in value) / len(value)
+            key, value = "calibration (snn)", (f"mean relative layer error {before:.3f} -> "
+                                               f"{after:.3f} over {len(value)} layers")
         elif isinstance(value, (list, dict)) and not value:
             continue
         elif isinstance(value, dict):
@@ -177,9 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="write into an existing directory that snncc did not create (nothing "
                    "else there is deleted); inputs are never overwritten")
-    p.add_argument("--target", default="ort", choices=("qann", "ort", "loihi"),
+    p.add_argument("--target", default="ort", choices=("qann", "ort", "loihi", "nir"),
                    help="qann: quantized-clip ANN; ort: ONNX Runtime SNN (default); "
-                   "loihi: Loihi 2 netlist")
+                   "loihi: Loihi 2 netlist; nir: NIR file (IF/LIF networks)")
+    p.add_argument("--allow-lossy", action="store_true",
+                   help="nir: export soft-reset neurons although NIR resets to v_reset (the "
+                   "report notes the difference)")
     p.add_argument("-T", "--timesteps", type=int, default=4, help="timesteps (default 4)")
     p.add_argument("--neuron", default="if", choices=NEURON_KEYS,
                    help="spiking neuron model (default if)")
@@ -188,13 +203,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "T, e.g. T for if, 2^T-1 for bitserial; 8 for --target qann)")
     g = p.add_argument_group("calibration")
     g.add_argument("--calib", metavar="FILE", help=".npy or .npz of input samples (N x shape)")
-    g.add_argument("--calib-method", default="max", choices=("max", "percentile", "mse", "snn"),
-                   help="how lambda is chosen from activations (default max)")
+    g.add_argument("--calib-method", default="snn", choices=("snn", "mse", "percentile", "max"),
+                   help="how lambda is chosen: snn = SNN-aware, layer by layer, lambda and bias "
+                   "from the simulated spiking layer (default); mse / percentile / max = from "
+                   "the ANN activations only")
     g.add_argument("--percentile", type=float, default=99.99,
                    help="percentile for --calib-method percentile (default 99.99)")
-    g.add_argument("--per-channel", action="store_true", help="one lambda per channel")
+    g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                   help="one lambda per channel (default)")
+    g.add_argument("--per-layer", dest="per_channel", action="store_false",
+                   help="one lambda per layer")
     g.add_argument("--calib-samples", type=int, default=256,
                    help="at most this many samples are used (default 256)")
+    g.add_argument("--fidelity-samples", type=int, default=64, metavar="N",
+                   help="hold out the last N calibration samples to measure ANN vs QANN vs SNN "
+                   "(default 64; at least 32 samples stay for calibration)")
+    g.add_argument("--no-fidelity", dest="fidelity_samples", action="store_const", const=0,
+                   help="skip the fidelity estimate (all samples calibrate)")
+    g.add_argument("--min-agreement", type=float, metavar="X",
+                   help="fail (exit 2, nothing written) when the SNN agrees with the ANN on fewer "
+                   "than this fraction of held-out samples, e.g. 0.97")
     g = p.add_argument_group("conversion")
     g.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
                    help=shape_help)
@@ -240,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the portable ONNX function bodies instead of the C++ kernels")
     p.add_argument("--batch-size", type=int, default=256, help="samples per run (default 256)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--semantics", choices=("emulated", "hardware"), default="emulated",
+                   help="Loihi directory: 'emulated' (default) runs each neuron's own rule as a "
+                   "microcoded neuron; 'hardware' runs stock Loihi CUBA neurons as network.net "
+                   "deploys them (v from 0, fire on >, reset to 0; bit-equal to Lava)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="write a Markdown/HTML report with plots",

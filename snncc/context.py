@@ -51,9 +51,9 @@ class CompileOptions:
     neuron: str = "if"
     levels: int | None = None              # L; None = derived from the neuron and T, else 8
     calib_path: str | None = None
-    calib_method: str = "max"              # max | percentile | mse
+    calib_method: str = "snn"              # snn | mse | percentile | max
     calib_percentile: float = 99.99
-    calib_per_channel: bool = False
+    calib_per_channel: bool = True
     calib_max_samples: int = 256
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     bias_shift: bool | None = None         # None = what the neuron needs

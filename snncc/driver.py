@@ -18,9 +18,9 @@ from typing import Any, Mapping, Sequence
 
 from snncc import __version__, ir
 from snncc.context import TARGETS, CompileContext, CompileOptions
-from snncc.errors import BackendCapabilityError, OptionError
+from snncc.errors import BackendCapabilityError, FidelityError, OptionError
 from snncc.outputs import Output, atomic_dir, atomic_file, check_outputs, default_output
-from snncc.pipeline import DumpAfter, PipelineReport, default_pipeline
+from snncc.pipeline import DumpAfter, PipelineReport, Snapshot, default_pipeline
 
 __all__ = ["make_options", "compile_model", "declared_outputs", "CompileResult", "MAX_TIMESTEPS", "CALIB_METHODS"]
 
@@ -60,8 +60,12 @@ def make_options(**kw: Any) -> CompileOptions:
         raise OptionError(f"--percentile must be in (50, 100], got {opts.calib_percentile}",
                           code="SNN-E356", hint="typical values are 99.9 and 99.99")
     if opts.calib_path is not None and not Path(opts.calib_path).is_file():
-        raise OptionError(f"calibration file '{opts.calib_path}' does not exist", code="SNN-E357",
+        what = "is a directory" if Path(opts.calib_path).is_dir() else "does not exist"
+        raise OptionError(f"calibration file '{opts.calib_path}' {what}", code="SNN-E357",
                           hint="pass a .npy or .npz file of input samples")
+    if not isinstance(opts.fidelity_samples, int) or opts.fidelity_samples < 0:
+        raise OptionError(f"--fidelity-samples must be 0 or more, got {opts.fidelity_samples!r}",
+                          code="SNN-E366", hint="e.g. --fidelity-samples 64, or --no-fidelity")
     if opts.calib_max_samples is not None and not (
             isinstance(opts.calib_max_samples, int) and opts.calib_max_samples >= 1):
         raise OptionError(f"--calib-samples must be at least 1, got {opts.calib_max_samples!r}",
@@ -85,6 +89,8 @@ class CompileResult:
     output: Path
     report: dict[str, Any]
     files: list[Path] = field(default_factory=list)
+    #: what the CLI shows on stderr (e.g. a fidelity below the warning level, with hints)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _quant_table(ctx: CompileContext) -> dict[str, Any]:
@@ -114,12 +120,17 @@ def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
 def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
                   options: CompileOptions, *, report_path: str | os.PathLike | None = None,
                   dump_after: Sequence[str] = (), dump_dir: str | os.PathLike | None = None,
-                  verify: str = "ends", force: bool = False) -> CompileResult:
+                  verify: str = "ends", force: bool = False,
+                  min_agreement: float | None = None) -> CompileResult:
     """Compile ``model_path`` into ``out`` (a file for qann/ort, a directory for loihi).
 
     ``out=None`` writes beside the model (:func:`snncc.outputs.default_output`). Every output is
     checked before any work starts (:func:`snncc.outputs.check_outputs`; ``force`` allows writing
     into a foreign non-empty directory) and written atomically.
+
+    With calibration samples and ``options.fidelity_samples > 0``, the held-out samples measure
+    ANN vs QANN vs SNN (:mod:`snncc.fidelity`) before anything is written; ``min_agreement``
+    turns an SNN-ANN top-1 agreement below it into :class:`FidelityError` (nothing written).
     """
     start = time.perf_counter()
     out = Path(out) if out is not None else default_output(model_path, options.target)
@@ -129,7 +140,10 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     model = ir.load(model_path)
     ctx = CompileContext(options)
     dump = DumpAfter(dump_after, dump_dir or out.parent / f"{out.name}.dump") if dump_after else None
-    pipeline = default_pipeline(options, verify=verify, instruments=[dump] if dump else [])
+    snap = Snapshot(["canonicalize", "relu-to-quant-clip"]) \
+        if options.calib_path and options.fidelity_samples else None
+    pipeline = default_pipeline(options, verify=verify,
+                                instruments=[i for i in (dump, snap) if i is not None])
     known = [p.name for p in pipeline.passes]
     unknown = sorted(set(dump_after) - set(known) - {"all"})
     if unknown:
@@ -139,12 +153,9 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
 
     artifact_report: dict[str, Any] = {}
     files: list[Path] = []
-    if options.target == "qann":
-        proto = ir.to_proto(model, opset=options.opset)
-        ir.check_onnx(proto)
-        ir.save(proto, out)
-        files = [out]
-    else:
+    warnings: list[str] = []
+    backend = None
+    if options.target != "qann":
         from snncc.backends.registry import get_backend
 
         backend = get_backend(options.target)
@@ -152,6 +163,15 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
         if diags:
             raise BackendCapabilityError(f"the {backend.name} backend cannot express this model",
                                          diagnostics=diags)
+    fid = _fidelity(snap, backend, model, ctx) if snap is not None and ctx.holdout else None
+    if fid is not None:
+        warnings += _check_fidelity(fid, options, min_agreement)
+    if backend is None:
+        proto = ir.to_proto(model, opset=options.opset)
+        ir.check_onnx(proto)
+        ir.save(proto, out)
+        files = [out]
+    else:
         artifact = _emit_atomically(backend, model, ctx, out)
         artifact_report = artifact.report
         files = artifact.files
@@ -166,13 +186,57 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
         "quant": _quant_table(ctx),
         "notes": ctx.notes,
         "backend": artifact_report,
+        "fidelity": fid,
         "seconds": round(time.perf_counter() - start, 3),
     }
     if dump:
         files += dump.write()
     if report_path:
         _write_json_atomic(Path(report_path), report)
-    return CompileResult(out, report, files)
+    return CompileResult(out, report, files, warnings)
+
+
+def _fidelity(snap: Snapshot, backend, model: ir.Model, ctx: CompileContext) -> dict[str, Any]:
+    """ANN vs QANN vs SNN on the held-out calibration samples (see :mod:`snncc.fidelity`)."""
+    from snncc import fidelity
+
+    feeds = ctx.holdout or {}
+    sites = list(ctx.quant)
+    ann_proto, qann_proto = snap.proto("canonicalize"), snap.proto("relu-to-quant-clip")
+
+    def produced(proto) -> list[str]:
+        names = {o for n in proto.graph.node for o in n.output}
+        return [s for s in sites if s in names]
+
+    ann, ann_layers = fidelity.run_reference(ann_proto, feeds, produced(ann_proto))
+    qann, qann_layers = fidelity.run_reference(qann_proto, feeds, produced(qann_proto))
+    predicted = backend.predict(model, ctx, feeds) if backend is not None else None
+    snn, snn_layers = predicted if predicted is not None else (None, None)
+    fid = fidelity.measure(ann, qann, snn, qann_layers, snn_layers, ann_layers)
+    if backend is not None and snn is None:
+        fid["note"] = f"the {backend.name} target cannot evaluate this model at compile time"
+    return fid
+
+
+def _check_fidelity(fid: dict[str, Any], options: CompileOptions,
+                    min_agreement: float | None) -> list[str]:
+    """Warnings for a low agreement; FidelityError below ``min_agreement``."""
+    from snncc import fidelity
+
+    key = "snn_vs_ann" if "snn_vs_ann" in fid else "qann_vs_ann"
+    agree = fid[key]["top1_agreement"]
+    hints = fidelity.hints(options, fid)
+    if min_agreement is not None and agree < min_agreement:
+        raise FidelityError(f"compile: {fidelity.summary(fid)}; below --min-agreement "
+                            f"{min_agreement:g}", code="SNN-E370",
+                            hint="try, in this order: " + "; ".join(hints) if hints else
+                            "lower --min-agreement")
+    if agree < fidelity.WARN_BELOW:
+        lines = [f"warning: the compiled network agrees with the ANN on only {100 * agree:.1f} % "
+                 f"of {fid['samples']} held-out samples. To get closer, try (best first):"]
+        lines += [f"  {i + 1}. {h}" for i, h in enumerate(hints)]
+        return ["\n".join(lines)]
+    return []
 
 
 def _emit_atomically(backend, model: ir.Model, ctx: CompileContext, out: Path):

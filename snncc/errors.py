@@ -20,6 +20,7 @@ __all__ = [
     "UnsupportedNodeError",
     "OptionError",
     "OutputPathError",
+    "FidelityError",
     "CalibrationError",
     "PassError",
     "PreconditionError",
@@ -107,6 +108,12 @@ class OutputPathError(OptionError):
     """An output path would overwrite an input, a foreign directory or another output."""
 
     code = "SNN-E360"
+
+
+class FidelityError(SnnccError):
+    """The compiled network is further from the ANN than ``--min-agreement`` allows."""
+
+    code = "SNN-E370"
 
 
 class CalibrationError(SnnccError):

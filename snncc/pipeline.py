@@ -18,7 +18,7 @@ from snncc.errors import PassError, SnnccError, VerificationError
 from snncc.passes.base import Pass, PassResult
 
 __all__ = ["Pipeline", "PipelineReport", "PassRow", "default_pipeline", "frontend_passes",
-           "DumpAfter"]
+           "DumpAfter", "Snapshot"]
 
 
 @dataclass
@@ -54,7 +54,24 @@ class PipelineReport:
 Instrument = Callable[[Pass, ir.Model, CompileContext], None]
 
 
-class DumpAfter:
+class Snapshot:
+    """Instrument that keeps the serialized graph after the named passes (``"all"``: every one)."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = set(names)
+        self.graphs: dict[str, bytes] = {}
+
+    def __call__(self, pass_: Pass, model: ir.Model, ctx: CompileContext) -> None:
+        if pass_.name in self.names or "all" in self.names:
+            self.graphs[pass_.name] = ir.to_proto(model).SerializeToString()
+
+    def proto(self, name: str) -> "onnx.ModelProto":
+        import onnx
+
+        return onnx.load_from_string(self.graphs[name])
+
+
+class DumpAfter(Snapshot):
     """Instrument backing ``--dump-after PASS``: keeps the graph after the named passes.
 
     The graphs are held in memory and written by :meth:`write` (the driver calls it once the
@@ -62,13 +79,8 @@ class DumpAfter:
     """
 
     def __init__(self, names: Sequence[str], directory: str | Path):
-        self.names = set(names)
+        super().__init__(names)
         self.directory = Path(directory)
-        self.graphs: dict[str, bytes] = {}
-
-    def __call__(self, pass_: Pass, model: ir.Model, ctx: CompileContext) -> None:
-        if pass_.name in self.names or "all" in self.names:
-            self.graphs[pass_.name] = ir.to_proto(model).SerializeToString()
 
     def write(self) -> list[Path]:
         from snncc.outputs import atomic_dir

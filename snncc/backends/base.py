@@ -36,6 +36,15 @@ class Backend(abc.ABC):
         """Everything the backend cannot express, found before emission (empty = fine)."""
         return []
 
+    def predict(self, model: Model, ctx: CompileContext, feeds: dict[str, Any]
+                ) -> tuple[Any, dict[str, Any] | None] | None:
+        """Run the compiled network as the target will, for the fidelity estimate.
+
+        Returns (outputs ``[N, ...]``, per-site time-mean layer outputs or None), or None when the
+        backend cannot evaluate itself (then no SNN fidelity is reported).
+        """
+        return None
+
     @abc.abstractmethod
     def emit(self, model: Model, ctx: CompileContext, out: Path) -> Artifact:
         """Write the output. The driver guarantees atomicity: ``out`` is a temporary path that is

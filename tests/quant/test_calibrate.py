@@ -25,6 +25,8 @@ def relu_model(batch: str = "N", act: str = "Relu(x)"):
 def calibrate(model, tmp_path, data, **options):
     path = tmp_path / "calib.npy"
     np.save(path, data)
+    options.setdefault("calib_method", "max")      # these tests pin the statistics methods
+    options.setdefault("calib_per_channel", False)
     ctx = CompileContext(CompileOptions(target="qann", calib_path=str(path), **options))
     out, report, ctx = run_passes(model, [CalibratePass(progress=False, batch_size=5)], ctx=ctx)
     return ctx, report.rows[0]
@@ -151,7 +153,8 @@ def test_bad_calibration_files(tmp_path, code, name, write):
 def test_npz_keyed_by_input_and_unknown_method(tmp_path):
     path = tmp_path / "calib.npz"
     np.savez(path, x=heavy_tailed())
-    ok = CompileContext(CompileOptions(target="qann", calib_path=str(path)))
+    ok = CompileContext(CompileOptions(target="qann", calib_path=str(path), calib_method="max",
+                                       calib_per_channel=False))
     run_passes(relu_model(), [CalibratePass(progress=False)], ctx=ok)
     assert ok.quant["y"].lam > 0
     bad = CompileContext(CompileOptions(target="qann", calib_path=str(path), calib_method="kl"))

@@ -6,6 +6,9 @@ directory:
 
 * ``netlist.json`` + ``netlist.npz``: the versioned netlist (docs/netlist.md);
 * ``cores.json``: the core mapping (cores used, lower bound, per-core utilisation);
+* ``synops.json``: per group neurons, synapses and fan-out per spike; with calibration samples
+  also the spikes, SynOps and energy per inference measured by the simulator, and the ANN's MACs
+  and energy (:func:`snncc.analysis.synops.synops_section`);
 * ``network.net``: the NetX HDF5 file of the sequential prefix NetX can load; what it cannot
   express is listed in ``netlist.json`` ``meta.netx`` and in the artifact report.
 
@@ -16,6 +19,7 @@ accuracies; the artifact report says which groups differ.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +27,13 @@ from typing import Any
 import onnx
 
 from snncc import ir
+from snncc.analysis.synops import format_synops_line, loihi_samples, synops_section
 from snncc.backends.base import Artifact, Backend
 from snncc.backends.loihi import netlist as nl
 from snncc.backends.loihi.mapping import CoreLimits, map_cores
 from snncc.backends.loihi.netx import write_netx
 from snncc.backends.loihi.quantize import FixedPoint, quantize
+from snncc.backends.loihi.simulator import run_netlist
 from snncc.context import CompileContext
 from snncc.errors import BackendCapabilityError, Diagnostic, SnnccError
 
@@ -75,6 +81,16 @@ class LoihiBackend(Backend):
     def check(self, model: ir.Model, ctx: CompileContext) -> list[Diagnostic]:
         return list(self._prepare(model, ctx).diagnostics)
 
+    def predict(self, model: ir.Model, ctx: CompileContext, feeds: dict):
+        """The bit-accurate simulator (emulated soft reset), for the fidelity estimate."""
+        from snncc.backends.loihi.simulator import run_netlist
+
+        prepared = self._prepare(model, ctx)
+        if prepared.net is None or len(feeds) != 1:
+            return None
+        outputs, _ = run_netlist(prepared.net, next(iter(feeds.values())))
+        return next(iter(outputs.values())), None
+
     def emit(self, model: ir.Model, ctx: CompileContext, out: Path) -> Artifact:
         prepared = self._prepare(model, ctx)
         if prepared.diagnostics:
@@ -94,7 +110,12 @@ class LoihiBackend(Backend):
         files = nl.save(net, out)
         cores = out / "cores.json"
         cores.write_text(_dumps(mapping))
-        files += [cores, out / "network.net"]
+        files += [cores] + ([out / "network.net"] if netx["path"] else [])
+        if not netx["path"]:  # never a stub: no layer NetX can run, no file
+            logging.getLogger("snncc.backends.loihi").warning("loihi: %s", netx["reason"])
+        synops = self._synops(net, mapping, ctx)
+        (out / "synops.json").write_text(_dumps(synops))
+        files.append(out / "synops.json")
         quant = net.meta["quantization"]
         report = {
             "cores_used": mapping["cores_used"], "lower_bound": mapping["lower_bound"],
@@ -102,11 +123,28 @@ class LoihiBackend(Backend):
             "quantization_exact": quant["all_exact"],
             "max_weight_rel_err": max((w["max_rel_err"] for w in quant["weights"]), default=0.0),
             "netx_layers": netx["layers"], "netx_not_exported": netx["not_exported"],
-            "netx_notes": netx["notes"], "reset": net.meta["reset"],
+            "netx_notes": netx["notes"], "netx": netx["reason"] or "network.net: "
+            f"{len(netx['layers'])} layers", "reset": net.meta["reset"],
             "groups": len(net.groups), "blocks": len(net.blocks),
-            "steps": net.total_steps, "counted_steps": net.counted_steps}
+            "steps": net.total_steps, "counted_steps": net.counted_steps,
+            "synops": format_synops_line(synops)}
         ctx.notes["loihi"] = report
         return Artifact(path=out, files=files, report=report)
+
+    @staticmethod
+    def _synops(net: nl.Netlist, mapping: dict[str, Any], ctx: CompileContext) -> dict[str, Any]:
+        """``synops.json``: the static structure always; with calibration samples also the
+        spikes, SynOps and energy measured by the bit-accurate simulator (emulated semantics, the
+        neurons' own rules) on up to ``ARTIFACT_SAMPLES`` of them."""
+        path = ctx.options.calib_path
+        if not path:
+            return synops_section(net, timesteps=ctx.options.timesteps)
+        inp = net.groups[0]
+        x = loihi_samples(path, inp.name, inp.shape)
+        _, events = run_netlist(net, x)
+        return synops_section(net, events, mapping=mapping, timesteps=ctx.options.timesteps,
+                              source="loihi netlist simulator (emulated semantics), "
+                                     f"{len(x)} calibration samples")
 
 
 def _dumps(value: Any) -> str:

@@ -20,6 +20,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import onnx
+
 import snncc
 from snncc import ir
 from snncc.backends.base import Artifact, Backend
@@ -81,6 +84,39 @@ class OrtBackend(Backend):
             diags.append(Diagnostic("SNN-E605", "the neuron ops were not laid out in time",
                                     "ort", "", "run schedule-timesteps (the ort lowering)"))
         return diags
+
+    def predict(self, model: ir.Model, ctx: CompileContext, feeds: dict[str, np.ndarray],
+                batch: int = 16):
+        """Folded models only: ORT with the kernel library (the model-local functions when it is
+        not built); per neuron layer the mean over the counted slices."""
+        sched = ctx.notes.get("schedule", {})
+        if ctx.options.schedule != "folded" or not sched:
+            return None
+        import onnxruntime as ort
+
+        from snncc import runtime
+
+        proto = ir.to_proto(model)
+        layers = [n.output[0] for n in proto.graph.node if n.domain == ir.SNN_DOMAIN]
+        first = proto.graph.output[0].name
+        for name in layers:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(
+                name, onnx.TensorProto.FLOAT, None))
+        so = runtime.session_options() if runtime.is_built() else ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(proto.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+        steps, start = int(sched["steps"]), int(sched["decode_from"])
+        n = len(next(iter(feeds.values())))
+        outs: list[np.ndarray] = []
+        means: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+        for i in range(0, n, batch):
+            values = sess.run([first, *layers], {k: v[i:i + batch] for k, v in feeds.items()})
+            outs.append(values[0])
+            for name, y in zip(layers, values[1:]):
+                y = y.reshape((steps, -1) + y.shape[1:])
+                means[name].append(y[start:].mean(axis=0))
+        return np.concatenate(outs), {k: np.concatenate(v) for k, v in means.items()}
 
     def emit(self, model: ir.Model, ctx: CompileContext, out: Path) -> Artifact:
         diags = self.check(model, ctx)

@@ -1,0 +1,152 @@
+"""Fidelity at compile time: how close the compiled network is to the one the user gave.
+
+On calibration samples held out from calibration (``--fidelity-samples``, default
+:data:`DEFAULT_SAMPLES`), the driver runs three networks: the ANN (the canonical graph, before
+any quantization), the QANN (the graph after relu-to-quant-clip) and the SNN (the target's own
+execution: ONNX Runtime with the kernel library for ``ort``, the bit-accurate simulator for
+``loihi``). For each pair it reports
+
+* ``top1_agreement``: the fraction of samples whose arg-max class agrees;
+* ``rel_logit_error``: ``||a - b|| / ||b||`` over all outputs (b the reference, the later name);
+
+and per neuron layer (ORT target) the relative error of the layer's time-mean output against the
+QANN activation at the same site (``rel_error``) and against the ANN activation
+(``rel_error_vs_ann``); ``error_grows_from`` names the layer whose error against the ANN grows
+most over the layer before (None while every layer stays below :data:`GROWTH_LEVEL`). SNN-aware calibration fits each layer to the ANN, not to the QANN, so
+its SNN may be closer to the ANN than its QANN is. The estimate is made on held-out samples, never
+on the samples calibration was fitted to.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+__all__ = ["DEFAULT_SAMPLES", "WARN_BELOW", "run_reference", "pair", "measure", "summary",
+           "hints"]
+
+#: held-out calibration samples used for the estimate by default
+DEFAULT_SAMPLES = 64
+#: below this top-1 agreement of the SNN with the ANN, compile warns
+WARN_BELOW = 0.95
+#: a layer whose relative error passes this is where "error grows"
+GROWTH_LEVEL = 0.1
+
+
+def run_reference(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
+                  extra: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run a plain ONNX model (ANN or QANN): (first output, extra tensors by name)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    g = model.graph
+    for vi in [*g.input, *g.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "batch"
+    del g.value_info[:]
+    present = {o.name for o in g.output}
+    for name in extra:
+        if name not in present:
+            g.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                               None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    first = g.output[0].name
+    names = [first, *[n for n in extra if n != first]]
+    values = sess.run(names, dict(feeds))
+    return values[0], dict(zip(names[1:], values[1:]))
+
+
+@dataclass(frozen=True)
+class Pair:
+    top1_agreement: float
+    rel_logit_error: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"top1_agreement": round(self.top1_agreement, 4),
+                "rel_logit_error": round(self.rel_logit_error, 4)}
+
+
+def _rel(a: np.ndarray, ref: np.ndarray) -> float:
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    denom = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(a - ref)) / denom if denom > 0 else float(np.linalg.norm(a))
+
+
+def pair(a: np.ndarray, ref: np.ndarray) -> Pair:
+    a2, r2 = a.reshape(len(a), -1), ref.reshape(len(ref), -1)
+    agree = float(np.mean(a2.argmax(1) == r2.argmax(1))) if a2.shape[1] > 1 else float("nan")
+    return Pair(agree, _rel(a, ref))
+
+
+def measure(ann: np.ndarray, qann: np.ndarray, snn: np.ndarray | None,
+            qann_layers: Mapping[str, np.ndarray] | None = None,
+            snn_layers: Mapping[str, np.ndarray] | None = None,
+            ann_layers: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """The ``fidelity`` section of the compile report from the three networks' outputs.
+
+    ``qann_layers`` / ``snn_layers`` / ``ann_layers``: per site (activation output name) the QANN
+    activation, the SNN layer's time-mean output and the ANN activation, in graph order.
+    """
+    out: dict[str, Any] = {"samples": int(len(ann)), "qann_vs_ann": pair(qann, ann).to_json()}
+    if snn is None:
+        return out
+    out["snn_vs_qann"] = pair(snn, qann).to_json()
+    out["snn_vs_ann"] = pair(snn, ann).to_json()
+    rows = []
+    for name, ref in (qann_layers or {}).items():
+        if snn_layers and name in snn_layers:
+            row = {"layer": name, "rel_error": round(_rel(snn_layers[name], ref), 5)}
+            if ann_layers and name in ann_layers:
+                row["rel_error_vs_ann"] = round(_rel(snn_layers[name], ann_layers[name]), 5)
+            rows.append(row)
+    out["per_layer"] = rows
+    errors = [r.get("rel_error_vs_ann", r["rel_error"]) for r in rows]
+    jumps = [e - (errors[i - 1] if i else 0.0) for i, e in enumerate(errors)]
+    grows = rows[int(np.argmax(jumps))]["layer"] if rows and max(errors) >= GROWTH_LEVEL \
+        else None
+    out["error_grows_from"] = grows
+    return out
+
+
+def summary(fid: Mapping[str, Any]) -> str:
+    """One line: 'SNN agrees with the ANN on 97.2 % of 64 held-out samples; ...'."""
+    n = fid["samples"]
+    if "snn_vs_ann" not in fid:
+        q = fid["qann_vs_ann"]
+        return (f"fidelity: QANN agrees with the ANN on {100 * q['top1_agreement']:.1f} % of {n} "
+                f"held-out samples (relative logit error {q['rel_logit_error']:.3f})")
+    s, q = fid["snn_vs_ann"], fid["qann_vs_ann"]
+    text = (f"fidelity: SNN agrees with the ANN on {100 * s['top1_agreement']:.1f} % of {n} "
+            f"held-out samples (QANN {100 * q['top1_agreement']:.1f} %; relative logit error "
+            f"{s['rel_logit_error']:.3f})")
+    if fid.get("error_grows_from"):
+        text += f"; error grows from layer {fid['error_grows_from']}"
+    return text
+
+
+def hints(options: Any, fid: Mapping[str, Any]) -> list[str]:
+    """Ranked, concrete ways to a closer SNN, most effective first (measured on the trained
+    examples, examples/results/defaults.md)."""
+    out = []
+    if options.calib_method != "snn":
+        out.append("--calib-method snn (SNN-aware calibration of lambda and bias per layer)")
+    if not options.calib_per_channel:
+        out.append("--per-channel (one lambda per channel)")
+    if options.neuron != "bitserial" and options.timesteps >= 2:
+        out.append(f"--neuron bitserial (equals its {2 ** options.timesteps - 1}-level QANN at "
+                   f"T = {options.timesteps})")
+    if options.timesteps < 8:
+        out.append(f"-T {min(2 * options.timesteps, 8)} (more timesteps)")
+    q = fid.get("qann_vs_ann", {}).get("top1_agreement", 1.0)
+    if q < WARN_BELOW or options.timesteps <= 2:
+        out.append("snncc finetune MODEL.onnx --data TRAIN.npz (QCFS fine-tuning recovers the "
+                   "quantization loss)")
+    return out
