@@ -306,6 +306,7 @@ RUN_CASES = {
     "model-truncated": (lambda c: [c.truncated, "--input", c.data], "SNN-E102"),
     "ort-refuses-inputs": (lambda c: [c.free, "--input", c.x_shape, "--no-library"], "SNN-E685"),
     "model-missing": (lambda c: [c.root / "nope.onnx", "--input", c.data], "SNN-E101"),
+    "model-is-a-foreign-directory": (lambda c: [c.model_dir, "--input", c.data], "SNN-E650"),
     "loihi-nan-input": (lambda c: [c.loihi, "--input", c.x_nan], "SNN-E681"),
     "loihi-wrong-shape": (lambda c: [c.loihi, "--input", c.x_shape], "SNN-E651"),
     "output-is-directory": (lambda c: [c.snn, "--input", c.data, "-o", c.model_dir], "SNN-E363"),
