@@ -101,7 +101,8 @@ from snncc.passes.base import Pass, PassResult
 from snncc.passes.canonicalize import HEAD, conversion_roles, feeds_only_outputs, time_op_ok
 from snncc.passes.insert_neurons import spec_for_op
 
-__all__ = ["ScheduleTimestepsPass", "TIME_OPS", "SCHEDULES", "MAXPOOL_MODES"]
+__all__ = ["ScheduleTimestepsPass", "TIME_OPS", "SCHEDULES", "MAXPOOL_MODES",
+           "batch_axis_problem"]
 
 logger = logging.getLogger("snncc.passes.schedule_timesteps")
 
@@ -194,6 +195,21 @@ def _literal_batch(node: ir.Node) -> bool:
         return False
     shape = np.atleast_1d(shape)
     return shape.size < 2 or int(shape[0]) > 0
+
+
+def batch_axis_problem(node: ir.Node, rank: int | None) -> tuple[str, str, str] | None:
+    """(code, what, hint) when a spike-carrying op cannot run with time folded into the batch:
+    SNN-E243 a Reshape with a literal batch, SNN-E242 an op across axis 0. ``snncc inspect``
+    predicts the same with this function."""
+    if _literal_batch(node):
+        return ("SNN-E243", "the Reshape target fixes or merges the batch dimension, which holds "
+                "time in the folded schedule", "run canonicalize (it rewrites the batch "
+                "dimension to -1), or re-export with a dynamic batch")
+    if _touches_batch(node, rank):
+        return ("SNN-E242", f"{node.op} works across the batch axis, which holds time in the "
+                "folded schedule", "keep axis 0 out of reshapes, transposes, concatenations and "
+                "reductions")
+    return None
 
 
 class _Emitter:
@@ -527,14 +543,9 @@ class ScheduleTimestepsPass(Pass):
         return time_op_ok(node.op, node.domain, t_idx)
 
     def _check_axes(self, node: ir.Node) -> None:
-        if _literal_batch(node):
-            self._diag("SNN-E243", node, "the Reshape target fixes or merges the batch "
-                       "dimension, which holds time in the folded schedule", "run canonicalize "
-                       "(it rewrites the batch dimension to -1), or re-export with a dynamic batch")
-        elif _touches_batch(node, self._rank(node.inputs[0])):
-            self._diag("SNN-E242", node, f"{node.op} works across the batch axis, which holds "
-                       "time in the folded schedule", "keep axis 0 out of reshapes, "
-                       "transposes, concatenations and reductions")
+        problem = batch_axis_problem(node, self._rank(node.inputs[0]))
+        if problem:
+            self._diag(*problem[:1], node, *problem[1:])
 
     def _tiled(self, t: ir.Tensor, tiles: dict[str, ir.Tensor], node: ir.Node) -> ir.Tensor:
         """``t`` repeated over the S slices (one Tile per tensor; none needed when S == 1)."""

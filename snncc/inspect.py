@@ -12,8 +12,8 @@ tensor produced by nothing, a cycle, NaN/Inf weights, no outputs, channel mismat
 
 What converts is decided by :func:`snncc.passes.canonicalize.conversion_roles`, the rule compile
 uses: ``unsupported`` lists the canonicalize findings (SNN-E201..E203), ops that would be analog
-islands in an SNN (SNN-E244, as schedule-timesteps raises it) and a model with no activation
-(SNN-E204); ``output_head`` lists the ops that run once on the decoded SNN output.
+islands in an SNN (SNN-E244) or work across the batch axis that holds time (SNN-E242/E243), as
+schedule-timesteps raises them, and a model with no activation (SNN-E204); ``output_head`` lists the ops that run once on the decoded SNN output.
 
 MACs per sample are (output elements per sample) x (fan-in of one output):
 Conv: Cout*Hout*Wout * Cin/groups*kH*kW; ConvTranspose: (input elements per sample) *
@@ -73,8 +73,9 @@ def _layer_macs(node: ir.Node) -> int | None:
 def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
                   input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Build the inspect report (a JSON-ready dict) for a model file or proto."""
-    from snncc.passes.canonicalize import (HEAD, ISLAND, CanonicalizePass, conversion_roles,
-                                           no_activation, unsupported_nodes)
+    from snncc.passes.canonicalize import (HEAD, ISLAND, TIME, CanonicalizePass,
+                                           conversion_roles, no_activation, unsupported_nodes)
+    from snncc.passes.schedule_timesteps import batch_axis_problem
     from snncc.pipeline import Pipeline
 
     model = ir.load(path_or_proto)
@@ -119,12 +120,20 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     flagged = {d.node for d in diags}
     for node in graph.nodes:
         label = ir.node_label(node)
-        if roles.get(id(node)) == ISLAND and label not in flagged:
+        role = roles.get(id(node))
+        if role == ISLAND and label not in flagged:
             diags.append(Diagnostic(
                 "SNN-E244", f"{node.op} has no spiking form and its input carries spikes (SNN "
                 "targets; the qann target keeps it)", pass_name="schedule-timesteps", node=label,
                 hint="retrain without it, or compile with --allow-analog to keep it as a "
                 "non-spiking island (folded schedule)"))
+        elif role == TIME and node.inputs:
+            shape = node.inputs[0].shape
+            problem = batch_axis_problem(node, None if shape is None else len(shape))
+            if problem:
+                code, what, hint = problem
+                diags.append(Diagnostic(code, what + " (SNN targets)",
+                                        pass_name="schedule-timesteps", node=label, hint=hint))
     missing = no_activation(graph)
     if missing is not None:
         diags.append(missing)

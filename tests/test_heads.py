@@ -117,25 +117,58 @@ def test_head_streaming_drops_softmax_before_reshape(calib):
     assert ctx.notes["streaming_dropped_softmax"]
 
 
-def test_island_before_a_spiking_layer_agrees_with_inspect(calib):
-    """x*x on spikes, then a ReLU: inspect predicts SNN-E244, compile raises it."""
+def test_streaming_refuses_a_head_it_cannot_drop(calib):
+    """Softmax then a scale: the scale would run on a per-step Softmax, which is not the head."""
+    model = _net("softmax")
+    model.graph.node[-1].output[0] = "p"
+    model.graph.node.append(helper.make_node("Mul", ["p", "k"], ["probs"], name="scale"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "k"))
+    with pytest.raises(SnnccError) as err:
+        _compile(model, calib, schedule="streaming")
+    assert {(d.code, d.node) for d in err.value.diagnostics} == {
+        ("SNN-E322", "'softmax' (ai.onnx::Softmax)")}
+    _compile(model, calib)  # folded: decode, then Softmax and the scale once
+
+
+def _between_relus(*nodes: onnx.NodeProto, inits=()) -> onnx.ModelProto:
+    """The plain net with ``nodes`` (a1 -> ... -> 'mid') inserted before conv2."""
     model = _net("")
     graph = model.graph
-    relu2 = next(n for n in graph.node if n.name == "relu2")
-    sq = helper.make_node("Mul", ["a1", "a1"], ["sq"], name="square")
-    conv2 = next(n for n in graph.node if n.name == "conv2")
-    conv2.input[0] = "sq"
-    nodes = list(graph.node)
+    kept = list(graph.node)
+    next(n for n in kept if n.name == "conv2").input[0] = "mid"
     del graph.node[:]
-    graph.node.extend(nodes[:2] + [sq] + nodes[2:])
-    assert relu2.input[0] == "c2"
-    report = inspect_model(model)
-    assert [(u["code"], u["node"]) for u in report["unsupported"]] == [
-        ("SNN-E244", "'square' (ai.onnx::Mul)")]
+    graph.node.extend(kept[:2] + list(nodes) + kept[2:])
+    graph.initializer.extend(inits)
+    return model
+
+
+AGREEMENT = {
+    "island": (_between_relus(helper.make_node("Mul", ["a1", "a1"], ["mid"], name="square")),
+               {("SNN-E244", "'square' (ai.onnx::Mul)")}),
+    "batch_axis": (_between_relus(
+        helper.make_node("Transpose", ["a1"], ["t"], perm=[1, 0, 2, 3], name="t1"),
+        helper.make_node("Transpose", ["t"], ["mid"], perm=[1, 0, 2, 3], name="t2")),
+        {("SNN-E242", "'t1' (ai.onnx::Transpose)"), ("SNN-E242", "'t2' (ai.onnx::Transpose)")}),
+    "softmax_inside": (_between_relus(
+        helper.make_node("Softmax", ["a1"], ["mid"], axis=1, name="sm")),
+        {("SNN-E203", "'sm' (ai.onnx::Softmax)")}),
+    "head": (_net("reshape_softmax"), set()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AGREEMENT))
+def test_inspect_and_compile_agree(calib, name):
+    """What inspect lists as not convertible is exactly what compile rejects (codes and nodes)."""
+    model, expected = AGREEMENT[name]
+    listed = {(u["code"], u["node"]) for u in inspect_model(model)["unsupported"]}
+    assert listed == expected
+    if not expected:
+        _compile(model, calib)
+        return
     with pytest.raises(SnnccError) as err:
         _compile(model, calib)
-    assert err.value.codes == {"SNN-E244"}
-    assert "'square'" in str(err.value)
+    raised = {(d.code, d.node) for d in err.value.diagnostics}
+    assert raised == expected
 
 
 @pytest.mark.parametrize("head", ["softmax", "logsoftmax", "reshape_softmax"])
