@@ -1,19 +1,25 @@
 """``snncc finetune``: arguments and the command (torch is imported only when the command runs).
 
-    snncc finetune MODEL.onnx --data TRAIN.npz [--val VAL.npz] -L 4 --epochs N [--sparsity K] -o OUT.onnx
-    snncc finetune MODEL.onnx --data TRAIN.npz --iir [--timesteps 5,4,3,2,1] -o OUT.onnx
-    snncc finetune MODEL.onnx --data TRAIN.npz --mt cascade [--mt-thresholds 4] [--timesteps 1] -o OUT.onnx
+    snncc finetune MODEL.onnx --data TRAIN [--val VAL] [-L 4] [--epochs 3] -o OUT.onnx
+    snncc finetune MODEL.onnx --data TRAIN --snn-timesteps 4 -o OUT.onnx      # IF SNN in the loop
+    snncc finetune MODEL.onnx --data TRAIN --iir [--timesteps 5,4,3,2,1] -o OUT.onnx
+    snncc finetune MODEL.onnx --data TRAIN --mt cascade [--mt-thresholds 4] [--timesteps 1] -o OUT.onnx
+    torchrun --nproc_per_node N -m snncc finetune MODEL.onnx --data TRAIN ... -o OUT.onnx
 
-QCFS mode writes OUT.onnx with the QCFS pattern. SNN mode (``--iir`` or ``--mt``) writes every
-stage as ``OUT.T<T>.onnx`` and the last stage also as OUT.onnx; compile those with
-``snncc compile --neuron lif`` (or ``mt``) and no calibration.
+TRAIN / VAL: an ``.npz`` (keys x, y), an ``x.npy``/``y.npy`` pair (memory-mapped) or an image folder
+(one subfolder per class); see :mod:`snncc.train.data`. QCFS mode writes OUT.onnx with the QCFS
+pattern. SNN mode (``--iir`` or ``--mt``) writes every stage as ``OUT.T<T>.onnx`` and the last stage
+also as OUT.onnx; compile those with ``snncc compile --neuron lif`` (or ``mt``) and no calibration.
+Every output is declared and checked first (:mod:`snncc.outputs`) and written atomically; under
+torchrun only rank 0 writes and prints.
 """
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from snncc.errors import OptionError
+from snncc.errors import CalibrationError, OptionError
 
 __all__ = ["add_finetune_arguments", "run_finetune"]
 
@@ -26,23 +32,67 @@ def _timesteps(text: str) -> list[int]:
     return values
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) <= 0:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}; write HxW, e.g. 224x224, or one number")
+    return dims[0], dims[1]
+
+
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX CNN with ReLU activations")
-    parser.add_argument("--data", required=True, help=".npz training data with keys x (images) and y (labels)")
-    parser.add_argument("--val", help=".npz validation data (same keys)")
+    parser.add_argument("--data", required=True,
+                        help="training data: .npz (keys x, y), x.npy/y.npy pair or a directory holding them "
+                             "(memory-mapped), or an image folder ROOT/<class>/<image>")
+    parser.add_argument("--val", help="validation data (same forms)")
     parser.add_argument("-o", "--output", required=True, help="output ONNX path")
     parser.add_argument("-L", "--levels", type=int, default=4, help="QCFS quantization steps L (default 4)")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs (per stage in SNN mode; default 10)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs (default 3 for QCFS; per stage in SNN mode, default 10)")
     parser.add_argument("--sparsity", type=float, default=0.0, metavar="KAPPA",
                         help="weight of the spike-count regulariser (seed 000; e.g. 1e-8; default 0 = off)")
     parser.add_argument("--maxpool", choices=("keep", "avg"), default="keep",
                         help="avg: turn MaxPool into AvgPool before training (default keep)")
-    parser.add_argument("--lambda-init", default="8.0",
-                        help="initial QCFS lambda: a number (default 8.0, as in the QCFS repos) or pNN, "
-                             "the NN-th percentile of each ReLU output on one batch (e.g. p99.9)")
-    parser.add_argument("--lr", type=float, help="learning rate (default 0.01 SGD for QCFS, 1e-4 Adam for SNN)")
-    parser.add_argument("--batch-size", type=int, help="batch size (default 128 for QCFS, 64 for SNN)")
+    rec = parser.add_argument_group("QCFS recipe")
+    rec.add_argument("--lambda-init", default="mse",
+                     help="initial lambda: mse (default; per channel, the calibration code of compile), max, "
+                          "pNN (per-channel NN-th percentile, e.g. p99.9) or a number (one per layer, e.g. 8.0)")
+    rec.add_argument("--calib-samples", type=int, default=256,
+                     help="training images used to initialise lambda (default 256)")
+    rec.add_argument("--distill", type=float, default=0.5, metavar="ALPHA",
+                     help="weight of the distillation loss from the source ANN (default 0.5; 0 = cross-entropy only)")
+    rec.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    rec.add_argument("--warmup", type=float, default=0.3,
+                     help="fraction of the steps spent warming the learning rate up (one-cycle; default 0.3)")
+    rec.add_argument("--bn", choices=("freeze", "train"), default="freeze",
+                     help="BatchNorm statistics: freeze (default) or train (update them)")
+    rec.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
+    rec.add_argument("--snn-timesteps", type=int, metavar="T",
+                     help="train with the IF SNN at T timesteps in the loop (for `compile --neuron if -T T`)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 0.01 SGD for QCFS, 1e-4 Adam for SNN)")
+    parser.add_argument("--batch-size", type=int, help="batch size per process (default 64)")
     parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default 1)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--input-size", type=_size, metavar="HxW",
+                      help="resize image-folder images to HxW (default: the model's input size)")
+    data.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling to [0, 1], "
+                                                   "e.g. 0.485,0.456,0.406")
+    data.add_argument("--std", type=_floats, help="per-channel std divided by, e.g. 0.229,0.224,0.225")
+    data.add_argument("--workers", type=int, default=None,
+                      help="DataLoader worker processes (default 0 for .npz, 4 for images and .npy)")
     snn = parser.add_argument_group("SNN training (IIR-SNN, multi-threshold)")
     snn.add_argument("--iir", action="store_true", help="train a LIF SNN with the IIR schedule (seed 001)")
     snn.add_argument("--mt", choices=("parallel", "cascade"),
@@ -55,13 +105,106 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     snn.add_argument("--threshold-steps", type=int, default=500,
                      help="steps run per layer for the initial thresholds (default 500)")
     snn.add_argument("--threshold-batch", type=int, default=512, help="images in the threshold batch (default 512)")
-    parser.add_argument("--device", help="torch device (default cuda when available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run = parser.add_argument_group("running")
+    run.add_argument("--checkpoint", metavar="FILE.pt", help="write a checkpoint after every epoch (QCFS mode)")
+    run.add_argument("--resume", metavar="FILE.pt", help="continue from a checkpoint written by --checkpoint")
+    run.add_argument("--device", help="torch device (default cuda when available, else cpu; torchrun: one GPU "
+                                      "per process, cuda:LOCAL_RANK)")
+    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _stage_path(output: Path, T: int) -> Path:
     return output.with_name(f"{output.stem}.T{T}{output.suffix or '.onnx'}")
+
+
+def _check_args(args: argparse.Namespace, snn: bool) -> None:
+    def need(ok: bool, what: str, hint: str) -> None:
+        if not ok:
+            raise OptionError(f"finetune: {what}", code="SNN-E804", hint=hint)
+
+    need(args.epochs is None or args.epochs >= 1, f"--epochs {args.epochs} must be >= 1", "e.g. --epochs 3")
+    need(args.batch_size is None or args.batch_size >= 1, f"--batch-size {args.batch_size} must be >= 1",
+         "e.g. --batch-size 64")
+    need(args.levels >= 1, f"-L {args.levels} must be >= 1", "e.g. -L 4")
+    need(args.lr is None or args.lr > 0, f"--lr {args.lr} must be > 0", "e.g. --lr 0.01")
+    need(args.val_every >= 1, f"--val-every {args.val_every} must be >= 1", "e.g. --val-every 1")
+    need(args.workers is None or args.workers >= 0, f"--workers {args.workers} must be >= 0", "e.g. --workers 4")
+    need(args.calib_samples >= 1, f"--calib-samples {args.calib_samples} must be >= 1", "e.g. --calib-samples 256")
+    need(args.snn_timesteps is None or args.snn_timesteps >= 1, f"--snn-timesteps {args.snn_timesteps} must be >= 1",
+         "e.g. --snn-timesteps 4")
+    if snn:
+        if args.sparsity:
+            raise OptionError("finetune: --sparsity applies to QCFS fine-tuning, not to --iir/--mt", code="SNN-E804",
+                              hint="drop --sparsity or --iir/--mt")
+        need(not (args.checkpoint or args.resume or args.snn_timesteps),
+             "--checkpoint, --resume and --snn-timesteps apply to QCFS fine-tuning, not to --iir/--mt",
+             "drop them or --iir/--mt")
+        need(all(t >= 1 for t in args.timesteps), f"--timesteps {args.timesteps} must be >= 1", "e.g. 5,4,3,2,1")
+
+
+def _init_distributed(device: str | None) -> bool:
+    """Join the torchrun process group (gloo on CPU, nccl on CUDA); False when not under torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda") if device else torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    try:
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    except (RuntimeError, ValueError) as exc:
+        raise OptionError(f"finetune: cannot join the torchrun process group with {backend} ({exc})",
+                          code="SNN-E812", hint="start with torchrun --nproc_per_node N -m snncc finetune ...; "
+                          "check --rdzv-endpoint / MASTER_ADDR and MASTER_PORT") from exc
+    return True
+
+
+def _num_classes(module, sample_shape) -> int | None:
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = module.eval()(torch.zeros(1, *sample_shape))
+    except Exception:   # the shape check reports it
+        return None
+    return int(out.shape[1]) if out.dim() == 2 else None
+
+
+def _open(path: str, module, args: argparse.Namespace, what: str):
+    from snncc.train.data import check_input_shape, check_labels, open_dataset
+
+    dims = module.input_dims
+    channels = dims[1] if len(dims) > 1 and isinstance(dims[1], int) and dims[1] > 0 else None
+    size = args.input_size
+    if size is None and len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:]):
+        size = (dims[2], dims[3])
+    ds = open_dataset(path, channels=channels, size=size, mean=args.mean, std=args.std, what=what)
+    check_input_shape(ds, dims, what)
+    classes = _num_classes(module, ds.sample_shape)
+    check_labels(ds.y, len(ds), classes, f"{what} '{path}'")
+    return ds
+
+
+def _load_checkpoint(path: str, levels: int) -> dict:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        ok = isinstance(state, dict) and {"model", "optimizer", "scheduler", "epoch"} <= set(state)
+    except Exception as exc:  # torch raises many types for foreign or truncated files
+        raise CalibrationError(f"finetune: cannot read checkpoint '{path}' ({type(exc).__name__}: {exc})",
+                               code="SNN-E811", hint="give a file written by --checkpoint") from None
+    if not ok:
+        raise CalibrationError(f"finetune: '{path}' is not an snncc finetune checkpoint", code="SNN-E811",
+                               hint="give a file written by --checkpoint")
+    if state.get("levels") != levels:
+        raise CalibrationError(f"finetune: checkpoint '{path}' was written with -L {state.get('levels')}, not "
+                               f"-L {levels}", code="SNN-E811", hint="resume with the same options")
+    return state
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -70,48 +213,91 @@ def run_finetune(args: argparse.Namespace) -> int:
     except ImportError:
         raise OptionError("finetune: torch is not installed", code="SNN-E807",
                           hint="pip install 'snncc[train]' (torch==2.13.0)") from None
-    from snncc.train.data import check_input_shape, load_npz
-    from snncc.train.export import export_onnx
-    from snncc.train.onnx_to_torch import load_onnx_module
+    from snncc.outputs import Output, atomic_file, check_outputs, same_path
 
     snn = args.iir or args.mt is not None
-    if snn and args.sparsity:
-        raise OptionError("finetune: --sparsity applies to QCFS fine-tuning, not to --iir/--mt", code="SNN-E804",
-                          hint="drop --sparsity or --iir/--mt")
-    module = load_onnx_module(args.model)
-    train = load_npz(args.data)
-    check_input_shape(train[0], module.input_dims, "training data")
-    val = None
-    if args.val:
-        val = load_npz(args.val)
-        check_input_shape(val[0], module.input_dims, "validation data")
-    batch = module.input_dims[0] if isinstance(module.input_dims[0], int) and module.input_dims[0] > 0 else 1
-    sample = torch.from_numpy(train[0][:1]).expand(batch, *train[0].shape[1:]).contiguous()
+    _check_args(args, snn)
     output = Path(args.output)
-    common = dict(epochs=args.epochs, maxpool=args.maxpool, val_every=args.val_every, device=args.device,
-                  seed=args.seed, progress=not args.no_progress)
+    outs = [Output(output, "file", "-o")]
+    if snn:
+        outs += [Output(_stage_path(output, T), "file", "-o (stage)") for T in dict.fromkeys(args.timesteps)]
+    if args.checkpoint:
+        outs.append(Output(Path(args.checkpoint), "file", "--checkpoint"))
+    inputs = [args.model, args.data, args.val]
+    if args.resume and not (args.checkpoint and same_path(args.resume, args.checkpoint)):
+        inputs.append(args.resume)   # resuming into the same checkpoint file is allowed
+    check_outputs(outs, inputs=inputs, command="finetune")
+
+    distributed = _init_distributed(args.device)
+    try:
+        return _run(args, snn, output, distributed, atomic_file)
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, atomic_file) -> int:
+    import torch
+
+    from snncc import ir
+    from snncc.train.export import export_onnx
+    from snncc.train.finetune import dist_info
+    from snncc.train.onnx_to_torch import load_onnx_module
+
+    rank = dist_info()[0]
+    say = print if rank == 0 else (lambda *a, **k: None)
+    module = load_onnx_module(args.model)
+    train = _open(args.data, module, args, "training data")
+    val = _open(args.val, module, args, "validation data") if args.val else None
+    workers = args.workers if args.workers is not None else (0 if type(train).__name__ == "ArrayDataset" else 4)
+    batch = module.input_dims[0] if isinstance(module.input_dims[0], int) and module.input_dims[0] > 0 else 1
+    first = train[0][0].unsqueeze(0)
+    sample = first.expand(batch, *first.shape[1:]).contiguous()
+    common = dict(maxpool=args.maxpool, val_every=args.val_every, device=args.device, seed=args.seed,
+                  progress=not args.no_progress and rank == 0)
     names = dict(input_name=module.input_name, output_name=module.output_name, input_dims=module.input_dims)
 
     if not snn:
         from snncc.train.finetune import finetune_module
 
-        res = finetune_module(module, train, val, levels=args.levels, sparsity=args.sparsity,
-                              lr=args.lr or 0.01, batch_size=args.batch_size or 128,
-                              lambda_init=args.lambda_init, **common)
-        export_onnx(res.module, sample, str(output), **names,
-                    metadata={"kind": "qcfs", "levels": args.levels, "sparsity": args.sparsity})
+        resume = _load_checkpoint(args.resume, args.levels) if args.resume else None
+
+        def save_checkpoint(state: dict) -> None:
+            if args.checkpoint and rank == 0:
+                state["levels"] = args.levels
+                with atomic_file(args.checkpoint) as tmp:
+                    torch.save(state, tmp)
+
+        res = finetune_module(module, train, val, levels=args.levels, epochs=args.epochs or 3,
+                              sparsity=args.sparsity, lr=args.lr or 0.01, batch_size=args.batch_size or 64,
+                              lambda_init=args.lambda_init, calib_samples=args.calib_samples, distill=args.distill,
+                              temperature=args.temperature, warmup=args.warmup, bn=args.bn,
+                              weight_decay=args.weight_decay, snn_timesteps=args.snn_timesteps, workers=workers,
+                              resume=resume, on_epoch_end=save_checkpoint, **common)
+        if rank == 0:
+            meta = {"kind": "qcfs", "levels": args.levels, "sparsity": args.sparsity, "lambda_init": args.lambda_init,
+                    "distill": args.distill, "epochs": args.epochs or 3}
+            if args.snn_timesteps:
+                meta["trained_for"] = f"if T={args.snn_timesteps}"
+            export_onnx(res.module, sample, str(output), **names, metadata=meta)
         last = res.history[-1] if res.history else None
-        print(f"QCFS L={args.levels}: val acc ANN {_fmt(res.ann_val_acc)} -> QCFS before training "
-              f"{_fmt(res.qcfs_init_val_acc)} -> after {_fmt(res.val_acc)}")
+        snn_note = f" (IF SNN T={args.snn_timesteps}; QANN {_fmt(res.qann_val_acc)})" if args.snn_timesteps else ""
+        say(f"QCFS L={args.levels}: val acc ANN {_fmt(res.ann_val_acc)} -> QCFS before training "
+            f"{_fmt(res.qcfs_init_val_acc)} -> after {_fmt(res.val_acc)}{snn_note}")
         if last and last.bits_per_neuron:
-            print("bits per neuron: " + ", ".join(f"{k} {v:.3f}" for k, v in last.bits_per_neuron.items()))
-        print(f"wrote {output}")
+            say("bits per neuron: " + ", ".join(f"{k} {v:.3f}" for k, v in last.bits_per_neuron.items()))
+        say(f"wrote {output}")
         return 0
 
+    if distributed:
+        raise OptionError("finetune: --iir/--mt train in one process only", code="SNN-E812",
+                          hint="run SNN training without torchrun")
     from snncc.train.iir import train_snn
 
     neuron = "mt" if args.mt else "lif"
-    written: list[Path] = []
+    protos = []
 
     def export_stage(stage, model) -> None:
         meta = {"kind": "snn", "neuron": neuron, "timesteps": stage.T,
@@ -119,16 +305,15 @@ def run_finetune(args: argparse.Namespace) -> int:
         if args.mt:
             meta["mt_mode"] = args.mt
         path = _stage_path(output, stage.T)
-        export_onnx(model, sample, str(path), **names, metadata=meta)
-        written.append(path)
-        print(f"stage T={stage.T}: val acc {_fmt(stage.init_val_acc)} at start -> {_fmt(stage.val_acc)}; wrote {path}")
+        protos.append(export_onnx(model, sample, str(path), **names, metadata=meta))
+        say(f"stage T={stage.T}: val acc {_fmt(stage.init_val_acc)} at start -> {_fmt(stage.val_acc)}; wrote {path}")
 
     res = train_snn(module, train, val, timesteps=args.timesteps, mt=args.mt, mt_thresholds=args.mt_thresholds,
-                    lr=args.lr or 1e-4, batch_size=args.batch_size or 64,
+                    epochs=args.epochs or 10, lr=args.lr or 1e-4, batch_size=args.batch_size or 64,
                     threshold_percentile=args.threshold_percentile, threshold_steps=args.threshold_steps,
                     threshold_batch=args.threshold_batch, on_stage_end=export_stage, **common)
-    output.write_bytes(written[-1].read_bytes())
-    print(f"ANN val acc {_fmt(res.ann_val_acc)}; wrote {output} (= stage T={res.stages[-1].T})")
+    ir.save(protos[-1], output)
+    say(f"ANN val acc {_fmt(res.ann_val_acc)}; wrote {output} (= stage T={res.stages[-1].T})")
     return 0
 
 

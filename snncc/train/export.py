@@ -70,7 +70,9 @@ def _scalar(name: str, value: float) -> onnx.TensorProto:
 
 def _qcfs_nodes(x: str, y: str, prefix: str, m: QCFS) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     lam = m.lam.detach().cpu().numpy().astype(np.float32)
-    inits = [onnx.numpy_helper.from_array(lam.reshape(()), f"{prefix}.lambda"), _scalar(f"{prefix}.L", m.levels),
+    # per channel: shape (C, 1, ..., 1) so that C lands on axis 1 of the input (compile reads it so)
+    lam = lam.reshape(()) if lam.ndim == 0 else lam.reshape(-1, *([1] * max((m.rank or 2) - 2, 0)))
+    inits = [onnx.numpy_helper.from_array(lam, f"{prefix}.lambda"), _scalar(f"{prefix}.L", m.levels),
              _scalar(f"{prefix}.half", 0.5), _scalar(f"{prefix}.zero", 0.0), _scalar(f"{prefix}.one", 1.0)]
     chain = [("Div", [f"{prefix}.lambda"]), ("Mul", [f"{prefix}.L"]), ("Add", [f"{prefix}.half"]), ("Floor", []),
              ("Div", [f"{prefix}.L"]), ("Clip", [f"{prefix}.zero", f"{prefix}.one"]), ("Mul", [f"{prefix}.lambda"])]
@@ -119,6 +121,12 @@ def export_onnx(module: nn.Module, sample: torch.Tensor, path: str | None = None
         if isinstance(m, SpikingNeuron):
             m.reset_state()  # drop membrane tensors (they may hold an autograd graph, which cannot be copied)
     model = copy.deepcopy(module).cpu().eval()
+    for m in model.modules():
+        if isinstance(m, QCFS):
+            m.timesteps = None   # export the QCFS clip, not the training-time IF emulation
+    if any(isinstance(m, QCFS) and m.lam.dim() == 1 and m.rank is None for m in model.modules()):
+        with torch.no_grad():
+            model(sample.detach().cpu())   # learn each per-channel QCFS input's rank
     acts: list[tuple[str, nn.Module]] = []
 
     def marker(name: str, old: nn.Module) -> nn.Module:

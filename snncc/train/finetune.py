@@ -1,38 +1,72 @@
 """QCFS fine-tuning of a ReLU CNN (neurons.md §1.1, §2.6) and the training loop shared with IIR.
 
 ``finetune_module`` copies the module, optionally turns MaxPool into AvgPool, replaces every
-``nn.ReLU`` by a :class:`~snncc.train.qcfs.QCFS` with a trainable λ, and trains with the QCFS recipe
-(SGD, momentum 0.9, weight decay 5e-4 on all parameters including λ, cosine learning rate) plus the
-optional spike-count regulariser κ·Σ R. Validation accuracy is measured every ``val_every`` epochs.
+``nn.ReLU`` by a :class:`~snncc.train.qcfs.QCFS` with a trainable λ and trains it. The default
+recipe (measured in examples/results/training/README.md) is the one that keeps an L = 4 QANN at the
+ANN's accuracy in a few epochs:
 
-λ initialisation: the repos use 8.0 when training from scratch (the default here too). For
-fine-tuning a trained ReLU net, ``lambda_init="p99.9"`` sets each λ to the 99.9th percentile of that
-site's ReLU output on one training batch, so the clip starts near the layer's actual range.
+* **λ per channel from the calibration code that compile uses**: the pre-activation of every ReLU
+  on the first ``calib_samples`` training images goes through :class:`snncc.calibration.SiteStats`
+  and :func:`snncc.calibration.choose_lambda` (``method="mse"``, per channel, at L levels). Other
+  starts: ``"max"``, ``"percentile"`` / ``"pNN"`` (per channel too) or a number (one λ per layer,
+  the QCFS repos' 8.0 from scratch).
+* **Distillation from the source network** (on by default): loss = (1 − α)·CE(y) + α·τ²·
+  KL(softmax(teacher/τ) ‖ softmax(student/τ)) with α = 0.5, τ = 4; the teacher is the input
+  module itself (the ONNX ANN run in torch), frozen, in eval mode.
+* **SGD** momentum 0.9, weight decay 5e-4, batch 64, a **one-cycle** learning rate (linear
+  warm-up over the first ``warmup`` fraction of the steps to ``lr`` = 0.01, then cosine to ~0),
+  stepped every batch.
+* **BatchNorm** frozen (``bn="freeze"``, default): running statistics are not updated, γ and β
+  train; ``bn="train"`` updates the statistics as in ordinary training.
+
+``snn_timesteps = T`` trains with the IF SNN in the loop (tandem learning): every QCFS runs as the
+IF neuron ``snncc compile --neuron if -T T`` puts there, on T folded time slices, and the loss is
+on the mean over T of the logits (what the compiled SNN outputs); gradients go through the QCFS
+clip of the time-mean input. Use it when the IF SNN at low T is the target; the exported graph is
+the same QCFS pattern.
+
+Distributed: when ``torch.distributed`` is initialised (``torchrun``), the module is wrapped in
+DistributedDataParallel, the training data is split by a DistributedSampler, validation is split
+across ranks and summed. Only the caller decides who writes (rank 0 in the CLI).
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from snncc.errors import ModelInputError, OptionError
-from snncc.train.data import DataLike, as_arrays, make_loader
-from snncc.train.qcfs import qcfs_modules, replace_maxpool_with_avgpool, replace_relu_with_qcfs
+from snncc.train.data import DataLike, as_dataset, first_images, make_loader
+from snncc.train.qcfs import (qcfs_modules, replace_maxpool_with_avgpool, replace_relu_with_qcfs,
+                              set_spiking)
 from snncc.train.sparsity import SpikeCountRegularizer
 
 __all__ = ["EpochStats", "FinetuneResult", "finetune_module", "pick_device", "percentile", "evaluate",
-           "fit", "check_option"]
+           "fit", "check_option", "calibrate_lambdas", "Distillation", "freeze_batchnorm", "dist_info"]
 
 log = logging.getLogger("snncc.train.finetune")
 
 ExtraLoss = Callable[[], tuple[torch.Tensor, dict[str, float]]]
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without an initialised process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 @dataclass
@@ -42,6 +76,7 @@ class EpochStats:
     train_acc: float
     val_acc: float | None = None
     bits_per_neuron: dict[str, float] = field(default_factory=dict)
+    samples_per_s: float = 0.0
 
 
 @dataclass
@@ -52,8 +87,9 @@ class FinetuneResult:
     history: list[EpochStats]
     ann_val_acc: float | None        # the input ReLU module
     qcfs_init_val_acc: float | None  # after the ReLU -> QCFS swap, before training
-    val_acc: float | None            # at the end
-    lambdas: dict[str, float]
+    val_acc: float | None            # at the end (of the IF SNN when snn_timesteps is set)
+    lambdas: dict[str, float]        # mean λ per site
+    qann_val_acc: float | None = None  # the QANN at the end (differs from val_acc with snn_timesteps)
 
 
 @dataclass
@@ -63,28 +99,37 @@ class TrainingSetup:
 
     model: nn.Module
     device: torch.device
-    train: tuple
+    train: Dataset
     train_loader: Iterable
     val_loader: Iterable | None
     ann_acc: float | None
+    sampler: Any = None
 
 
 def prepare_training(module: nn.Module, train_data: DataLike, val_data: DataLike | None, *,
-                     batch_size: int, seed: int, device, maxpool: str) -> TrainingSetup:
-    """Seed, pick the device, build loaders, copy the module, measure it, swap MaxPool if asked."""
+                     batch_size: int, seed: int, device, maxpool: str, workers: int = 0) -> TrainingSetup:
+    """Seed, pick the device, build loaders (sharded when distributed), copy the module, measure
+    it, swap MaxPool if asked."""
     check_option(maxpool in ("keep", "avg"), f"maxpool={maxpool!r} is not keep|avg",
                  "use --maxpool avg or keep")
     torch.manual_seed(seed)
     dev = pick_device(device)
-    train = as_arrays(train_data, "training data")
-    val = as_arrays(val_data, "validation data") if val_data is not None else None
-    train_loader = make_loader(train, batch_size, shuffle=True, seed=seed)
-    val_loader = make_loader(val, 256, shuffle=False) if val is not None else None
+    rank, world = dist_info()
+    train = as_dataset(train_data, "training data")
+    val = as_dataset(val_data, "validation data") if val_data is not None else None
+    # one permutation per (seed, epoch), also in one process: a resumed run sees the same batches
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    if world > 1 and val is not None:
+        val = Subset(val, range(rank, len(val), world))
+    train_loader = make_loader(train, batch_size, shuffle=True, seed=seed, workers=workers, sampler=sampler)
+    val_loader = make_loader(val, 256, shuffle=False, workers=workers) if val is not None else None
     model = copy.deepcopy(module).to(dev)
     ann_acc = evaluate(model, model, val_loader, dev) if val_loader is not None else None
     if maxpool == "avg":
         replace_maxpool_with_avgpool(model)
-    return TrainingSetup(model, dev, train, train_loader, val_loader, ann_acc)
+    return TrainingSetup(model, dev, train, train_loader, val_loader, ann_acc, sampler)
 
 
 def check_option(ok: bool, what: str, hint: str) -> None:
@@ -93,10 +138,22 @@ def check_option(ok: bool, what: str, hint: str) -> None:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else cuda when available, else cpu."""
+    """The given device, else cuda when available, else cpu (under torchrun: cuda:LOCAL_RANK)."""
     if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise OptionError(f"finetune: device '{device}' requested but CUDA is not available", code="SNN-E804",
+                              hint="use --device cpu, or install a CUDA build of torch")
+        if dev.type == "cuda" and dev.index is None and dist_info()[1] > 1:
+            import os
+
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return dev
+    if torch.cuda.is_available():
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def percentile(t: torch.Tensor, p: float) -> float:
@@ -114,7 +171,8 @@ def percentile(t: torch.Tensor, p: float) -> float:
 @torch.no_grad()
 def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, loader: Iterable,
              device: torch.device) -> float:
-    """Top-1 accuracy of ``forward`` (module in eval mode)."""
+    """Top-1 accuracy of ``forward`` (module in eval mode); summed over ranks when distributed
+    (each rank holds its own shard of the validation data)."""
     was_training = module.training
     module.eval()
     correct = total = 0
@@ -123,29 +181,75 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Module,
         correct += int((logits.argmax(1).cpu() == y).sum())
         total += len(y)
     module.train(was_training)
+    if dist_info()[1] > 1:
+        import torch.distributed as dist
+
+        counts = torch.tensor([correct, total], dtype=torch.float64,
+                              device=device if device.type == "cuda" else "cpu")
+        dist.all_reduce(counts)
+        correct, total = int(counts[0]), int(counts[1])
     return correct / max(total, 1)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Every BatchNorm in eval mode: running statistics fixed, γ and β still trainable."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class Distillation:
+    """(1 − α)·CE + α·τ²·KL(teacher/τ ‖ student/τ) with a frozen teacher (α = 0: plain CE)."""
+
+    def __init__(self, teacher: nn.Module | None, alpha: float = 0.5, temperature: float = 4.0):
+        self.teacher = teacher.eval() if teacher is not None else None
+        if self.teacher is not None:
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        self.alpha, self.temperature = float(alpha), float(temperature)
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, y)
+        if self.teacher is None or self.alpha == 0:
+            return ce
+        tau = self.temperature
+        with torch.no_grad():
+            target = F.log_softmax(self.teacher(x) / tau, dim=1)
+        kd = F.kl_div(F.log_softmax(logits / tau, dim=1), target, log_target=True, reduction="batchmean")
+        return (1 - self.alpha) * ce + self.alpha * tau * tau * kd
 
 
 def fit(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], train_loader, val_loader,
         epochs: int, optimizer: torch.optim.Optimizer, scheduler, device: torch.device, *,
+        criterion: Criterion | None = None, scheduler_per_step: bool = False,
         extra_loss: ExtraLoss | None = None, after_step: Callable[[], None] | None = None,
         train_mode: Callable[[], None] | None = None, val_every: int = 1, progress: bool = True,
-        desc: str = "train") -> list[EpochStats]:
-    """Cross-entropy training with tqdm bars; validation every ``val_every`` epochs and at the end.
+        desc: str = "train", start_epoch: int = 1, sampler=None,
+        on_epoch_end: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+    """Training with tqdm bars (epoch, loss, accuracy, samples/s, then validation accuracy);
+    validation every ``val_every`` epochs and at the end.
 
-    ``train_mode`` puts the module in training mode at the start of each epoch (default
-    ``module.train()``); ``after_step`` runs after every optimizer step.
+    ``criterion(logits, y, x)`` defaults to cross-entropy. ``train_mode`` puts the module in
+    training mode at the start of each epoch (default ``module.train()``); ``after_step`` runs
+    after every optimizer step; the scheduler steps per batch with ``scheduler_per_step``, else per
+    epoch. Epochs run from ``start_epoch`` (resume) to ``epochs``; ``on_epoch_end`` sees each
+    epoch's stats (checkpoints).
     """
     history = []
-    for epoch in range(1, epochs + 1):
+    world = dist_info()[1]
+    for epoch in range(start_epoch, epochs + 1):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
         (train_mode or module.train)()
         loss_sum = correct = seen = 0
         bits_sum: dict[str, float] = {}   # bits/neuron summed over batches (weighted by batch size)
-        bar = tqdm(train_loader, desc=f"{desc} {epoch}/{epochs}", disable=not progress, leave=False)
-        for x, y in bar:
+        bar = tqdm(total=len(train_loader), desc=f"{desc} epoch {epoch}/{epochs}", disable=not progress, leave=True,
+                   unit="batch")   # updated by hand: it stays open for the validation accuracy
+        start = time.perf_counter()
+        for x, y in train_loader:
             x, y = x.to(device), y.to(device)
             logits = forward(x)
-            loss = F.cross_entropy(logits, y)
+            loss = criterion(logits, y, x) if criterion is not None else F.cross_entropy(logits, y)
             if extra_loss is not None:
                 reg, batch_bits = extra_loss()
                 loss = loss + reg
@@ -154,104 +258,216 @@ def fit(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], trai
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler_per_step:
+                scheduler.step()
             if after_step is not None:
                 after_step()
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(y)
-            postfix = {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.3f}"}
+            rate = seen * world / max(time.perf_counter() - start, 1e-9)
+            postfix = {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.3f}",
+                       "samples/s": f"{rate:.0f}"}
             bits = {k: v / seen for k, v in bits_sum.items()}
             if bits:
                 postfix["bits/neuron"] = f"{sum(bits.values()) / len(bits):.3f}"
-            bar.set_postfix(postfix)
-        scheduler.step()
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+        if not scheduler_per_step:
+            scheduler.step()
         stats = EpochStats(epoch, loss_sum / max(seen, 1), correct / max(seen, 1),
-                           bits_per_neuron={k: v / max(seen, 1) for k, v in bits_sum.items()})
+                           bits_per_neuron={k: v / max(seen, 1) for k, v in bits_sum.items()},
+                           samples_per_s=seen * world / max(time.perf_counter() - start, 1e-9))
         if val_loader is not None and (epoch % val_every == 0 or epoch == epochs):
             stats.val_acc = evaluate(forward, module, val_loader, device)
-        log.info("%s epoch %d/%d: loss %.4f train acc %.4f val acc %s%s", desc, epoch, epochs, stats.loss,
-                 stats.train_acc, "-" if stats.val_acc is None else f"{stats.val_acc:.4f}",
+            if progress:
+                bar.set_postfix({"loss": f"{stats.loss:.4f}", "acc": f"{stats.train_acc:.3f}",
+                                 "samples/s": f"{stats.samples_per_s:.0f}", "val acc": f"{stats.val_acc:.4f}"})
+        bar.close()
+        log.info("%s epoch %d/%d: loss %.4f train acc %.4f val acc %s, %.0f samples/s%s", desc, epoch, epochs,
+                 stats.loss, stats.train_acc, "-" if stats.val_acc is None else f"{stats.val_acc:.4f}",
+                 stats.samples_per_s,
                  "".join(f"\n  {k}: {v:.3f} bits/neuron" for k, v in stats.bits_per_neuron.items()))
         history.append(stats)
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
     return history
 
 
+def _relu_modules(module: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in module.named_modules() if type(m) is nn.ReLU}
+
+
 @torch.no_grad()
-def _percentile_lambdas(module: nn.Module, x: torch.Tensor, p: float) -> dict[str, float]:
-    """λ per ReLU module = p-th percentile of its output on one batch (max, or 1.0, if that is 0)."""
-    out: dict[str, float] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, o, name=name: out.__setitem__(
-        name, percentile(o, p) or float(o.max()) or 1.0))
-        for name, m in module.named_modules() if type(m) is nn.ReLU]
+def calibrate_lambdas(module: nn.Module, images: torch.Tensor, levels: int, method: str = "mse", *,
+                      per_channel: bool = True, percentile: float = 99.99, batch_size: int = 64,
+                      seed: int = 0) -> dict[str, np.ndarray]:
+    """λ per ``nn.ReLU`` site (per channel or per layer) from its pre-activations on ``images``, with
+    the calibration code of ``snncc compile`` (:class:`~snncc.calibration.SiteStats` and
+    :func:`~snncc.calibration.choose_lambda`)."""
+    from snncc.calibration import SiteStats, choose_lambda
+
+    sites = _relu_modules(module)
+    stats = {name: SiteStats(per_channel, 1 << 20) for name in sites}
+    rng = np.random.default_rng(seed)
+    n = len(images)
+
+    def hook(name: str):
+        def pre(mod, inp):
+            z = inp[0].detach().float().cpu().numpy()
+            st = stats[name]
+            st.per_channel = st.per_channel and z.ndim >= 2
+            st.update(z, n, rng)
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in sites.items()]
     was_training = module.training
     module.eval()
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
     try:
-        module(x)
+        for start in range(0, n, batch_size):
+            module(images[start:start + batch_size].to(device))
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
         module.train(was_training)
-    return out
+    return {name: choose_lambda(stats[name], method, levels=levels, percentile=percentile)
+            for name in sites if stats[name].max is not None}
 
 
-def _lambda_init(value: float | str) -> float | None:
-    """8.0 -> 8.0; "p99.9" -> None (percentile 99.9, computed later); otherwise SNN-E804."""
-    if isinstance(value, str) and value.startswith("p"):
+def _lambda_init(value: float | str) -> tuple[str, float]:
+    """("mse"|"max", 0) / ("percentile", p) / ("const", λ); otherwise SNN-E804."""
+    text = str(value).strip().lower()
+    if text in ("mse", "max"):
+        return text, 0.0
+    if text.startswith("p"):
         try:
-            p = float(value[1:])
+            p = float(text[1:])
         except ValueError:
             p = -1.0
-        check_option(0 < p <= 100, f"lambda init {value!r} is not a percentile", "use e.g. p99.9, or a number")
-        return None
+        check_option(0 < p <= 100, f"lambda init {value!r} is not a percentile", "use e.g. p99.9, mse or a number")
+        return "percentile", p
     try:
         lam = float(value)
     except (TypeError, ValueError):
         lam = -1.0
-    check_option(lam > 0, f"lambda init {value!r} must be a positive number or pNN", "e.g. 8.0 or p99.9")
-    return lam
+    check_option(lam > 0 and math.isfinite(lam), f"lambda init {value!r} must be mse, max, pNN or a positive number",
+                 "e.g. mse (default), p99.9 or 8.0")
+    return "const", lam
 
 
 def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike | None = None, *,
-                    levels: int = 4, epochs: int = 10, sparsity: float = 0.0, lr: float = 0.01,
-                    batch_size: int = 128, lambda_init: float | str = 8.0, maxpool: str = "keep",
+                    levels: int = 4, epochs: int = 3, sparsity: float = 0.0, lr: float = 0.01,
+                    batch_size: int = 64, lambda_init: float | str = "mse", calib_samples: int = 256,
+                    distill: float = 0.5, temperature: float = 4.0, warmup: float = 0.3, bn: str = "freeze",
+                    weight_decay: float = 5e-4, snn_timesteps: int | None = None, maxpool: str = "keep",
                     val_every: int = 1, device: str | torch.device | None = None, seed: int = 0,
-                    progress: bool = True) -> FinetuneResult:
-    """Fine-tune a copy of ``module`` as a QCFS ANN with ``levels`` quantization steps.
+                    progress: bool = True, workers: int = 0, resume: dict | None = None,
+                    on_epoch_end: Callable[[dict], None] | None = None) -> FinetuneResult:
+    """Fine-tune a copy of ``module`` as a QCFS ANN with ``levels`` quantization steps (recipe in
+    the module doc).
 
-    ``train_data``/``val_data``: ``(x, y)`` arrays or ``.npz`` paths. ``sparsity`` is κ of the
-    spike-count regulariser (0 = off; bits per neuron are reported either way). ``maxpool="avg"``
-    turns every MaxPool2d into AvgPool2d first. Returns the trained copy and its history.
+    ``train_data``/``val_data``: datasets, ``(x, y)`` arrays or paths (:func:`snncc.train.data.open_dataset`).
+    ``distill`` is α (0 = cross-entropy only); ``sparsity`` is κ of the spike-count regulariser
+    (0 = off; bits per neuron are reported either way). ``resume`` is a checkpoint dict written
+    through ``on_epoch_end`` (which receives one after every epoch: model, optimizer, scheduler,
+    epoch, history).
     """
     check_option(levels >= 1, f"levels L={levels} must be >= 1", "use e.g. -L 4")
-    check_option(epochs >= 0, f"epochs={epochs} must be >= 0", "use e.g. --epochs 10")
+    check_option(epochs >= 0, f"epochs={epochs} must be >= 0", "use e.g. --epochs 3")
     check_option(sparsity >= 0, f"sparsity kappa={sparsity} must be >= 0", "use e.g. --sparsity 1e-8")
     check_option(lr > 0 and batch_size >= 1 and val_every >= 1, "lr, batch size and val_every must be positive",
-                 "use e.g. --lr 0.01 --batch-size 128")
-    lam = _lambda_init(lambda_init)
+                 "use e.g. --lr 0.01 --batch-size 64")
+    check_option(0 <= distill <= 1 and temperature > 0, f"distillation weight {distill} must lie in [0, 1] and "
+                 f"temperature {temperature} be > 0", "e.g. --distill 0.5 --temperature 4")
+    check_option(0 < warmup < 1, f"warm-up fraction {warmup} must lie in (0, 1)", "e.g. --warmup 0.3")
+    check_option(bn in ("freeze", "train"), f"bn={bn!r} is not freeze|train", "use --bn freeze or --bn train")
+    check_option(calib_samples >= 1, f"calib samples {calib_samples} must be >= 1", "e.g. --calib-samples 256")
+    check_option(snn_timesteps is None or snn_timesteps >= 1, f"SNN timesteps {snn_timesteps} must be >= 1",
+                 "e.g. --snn-timesteps 4")
+    method, value = _lambda_init(lambda_init)
     setup = prepare_training(module, train_data, val_data, batch_size=batch_size, seed=seed,
-                             device=device, maxpool=maxpool)
+                             device=device, maxpool=maxpool, workers=workers)
     model, dev, train = setup.model, setup.device, setup.train
     train_loader, val_loader, ann_acc = setup.train_loader, setup.val_loader, setup.ann_acc
-    if lam is None:
-        lam = _percentile_lambdas(model, torch.from_numpy(train[0][:512]).to(dev), float(str(lambda_init)[1:]))
+    teacher = copy.deepcopy(module).to(dev) if distill > 0 else None   # the source network as it is
+    if resume is not None:
+        lam = {k[: -len(".lam")]: v.cpu().numpy() for k, v in resume["model"].items() if k.endswith(".lam")}
+    elif method == "const":
+        lam = value
+    else:
+        lam = calibrate_lambdas(model, first_images(train, calib_samples), levels,
+                                "percentile" if method == "percentile" else method, percentile=value or 99.99,
+                                seed=seed)
     sites = replace_relu_with_qcfs(model, levels, lam)
     if not sites:
         raise ModelInputError("finetune: the model has no nn.ReLU activation to replace", code="SNN-E805",
                               hint="QCFS fine-tuning needs ReLU activations (nn.ReLU modules)")
     model.to(dev)
-    init_acc = evaluate(model, model, val_loader, dev) if val_loader is not None else None
-    log.info("QCFS L=%d at %d sites; val acc ANN %s -> QCFS before training %s", levels, len(sites),
-             ann_acc, init_acc)
+    rank, world = dist_info()
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not snn_timesteps:
+            return net(x)
+        T = int(snn_timesteps)
+        out = net(x.repeat(T, *([1] * (x.dim() - 1))))
+        return out.reshape(T, x.shape[0], *out.shape[1:]).mean(0)
+
+    set_spiking(model, snn_timesteps)
+    init_acc = evaluate(forward, model, val_loader, dev) if val_loader is not None and resume is None else None
+    log.info("QCFS L=%d at %d sites (lambda init %s); val acc ANN %s -> before training %s", levels, len(sites),
+             lambda_init, ann_acc, init_acc)
+
+    def train_mode() -> None:
+        model.train()
+        if bn == "freeze":
+            freeze_batchnorm(model)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps = max(epochs * len(train_loader), 2)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup,
+                                                    anneal_strategy="cos", cycle_momentum=False,
+                                                    div_factor=25.0, final_div_factor=1e3)
+    history: list[EpochStats] = []
+    start_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history = [EpochStats(**h) for h in resume.get("history", [])]
+        start_epoch = int(resume["epoch"]) + 1
+        ann_acc, init_acc = resume.get("ann_val_acc", ann_acc), resume.get("init_val_acc")
+        if "torch_rng" in resume:
+            torch.set_rng_state(resume["torch_rng"])
+
+    def epoch_end(stats: EpochStats) -> None:
+        history.append(stats)
+        if on_epoch_end is not None:
+            on_epoch_end({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "epoch": stats.epoch,
+                          "history": [vars(h) for h in history], "ann_val_acc": ann_acc, "init_val_acc": init_acc,
+                          "torch_rng": torch.get_rng_state()})
+
     reg = SpikeCountRegularizer(qcfs_modules(model), sparsity)
     try:
-        history = fit(model, model, train_loader, val_loader, epochs, optimizer, scheduler, dev, extra_loss=reg,
-                      val_every=val_every, progress=progress, desc="qcfs")
+        fit(model, forward, train_loader, val_loader, epochs, optimizer, scheduler, dev,
+            criterion=Distillation(teacher, distill, temperature), scheduler_per_step=True,
+            extra_loss=reg, train_mode=train_mode, val_every=val_every, progress=progress and rank == 0,
+            desc="qcfs" if not snn_timesteps else f"qcfs+IF T={snn_timesteps}", start_epoch=start_epoch,
+            sampler=setup.sampler, on_epoch_end=epoch_end)
     finally:
         reg.close()
     final = history[-1].val_acc if history else init_acc
+    qann_acc = final
+    if snn_timesteps:
+        set_spiking(model, None)
+        qann_acc = evaluate(model, model, val_loader, dev) if val_loader is not None else None
+    model.eval()
     return FinetuneResult(model, history, ann_acc, init_acc, final,
-                          {name: m.lam.item() for name, m in qcfs_modules(model).items()})
-
+                          {name: float(m.lam.detach().mean()) for name, m in qcfs_modules(model).items()},
+                          qann_acc)

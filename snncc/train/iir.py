@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from snncc.errors import ModelInputError
-from snncc.train.data import DataLike
+from snncc.train.data import DataLike, first_images
 from snncc.train.finetune import EpochStats, check_option, evaluate, fit, percentile, prepare_training
 from snncc.train.qcfs import replace_modules
 
@@ -267,7 +267,7 @@ def train_snn(module: nn.Module, train_data: DataLike, val_data: DataLike | None
                               hint="SNN training converts ReLU activations (nn.ReLU modules)")
     model.to(dev)
     neurons = spiking_neurons(model)
-    batch = torch.from_numpy(train[0][:threshold_batch]).to(dev)
+    batch = first_images(train, threshold_batch).to(dev)
     model.eval()
     with torch.no_grad():
         run_snn(model, batch[:1], 1)   # rejects reused neurons before the threshold search

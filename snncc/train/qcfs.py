@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = ["FloorSTE", "QCFS", "replace_modules", "replace_relu_with_qcfs", "replace_maxpool_with_avgpool",
-           "qcfs_modules"]
+           "qcfs_modules", "set_spiking"]
 
 
 class FloorSTE(torch.autograd.Function):
@@ -33,32 +34,72 @@ class FloorSTE(torch.autograd.Function):
 
 
 class QCFS(nn.Module):
-    """Quantization-clip-floor-shift activation; ``lam`` is a trainable scalar (one per layer).
+    """Quantization-clip-floor-shift activation with a trainable λ: a scalar, or one per channel
+    (axis 1 of the input; shape ``(C,)``).
 
     ``record=True`` keeps the last output in ``last_output`` (used by the spike-count regulariser).
+
+    ``timesteps = T`` (SNN in the loop): the input holds T time slices folded into the batch
+    (slice-major, ``T*B x ...``, as ``snncc compile``'s folded schedule), and the forward value is the
+    exact output of the IF neuron that compile puts here (θ = λ, v(0) = θ/2, soft reset, fires on
+    ``>=``, emits θ): ``y_t = θ·s_t``. The gradient is that of the QCFS clip of the time-mean input
+    (tandem learning: spikes forward, rates backward), broadcast to every slice.
     """
 
-    def __init__(self, levels: int, lam: float = 8.0):
+    def __init__(self, levels: int, lam: float | np.ndarray | torch.Tensor = 8.0):
         super().__init__()
         self.levels = int(levels)
-        self.lam = nn.Parameter(torch.tensor(float(lam)))
+        self.lam = nn.Parameter(torch.as_tensor(np.asarray(lam, np.float32)).clone().reshape(-1)
+                                if np.ndim(lam) else torch.tensor(float(lam)))
         self.record = False
         self.last_output: torch.Tensor | None = None
+        self.rank: int | None = None   # rank of the last input (the exporter shapes per-channel λ by it)
+        self.timesteps: int | None = None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def lam_for(self, z: torch.Tensor) -> torch.Tensor:
+        """λ broadcastable against ``z`` (per channel on axis 1)."""
+        lam = self.lam
+        if lam.dim() == 1 and z.dim() > 2:
+            lam = lam.reshape(-1, *([1] * (z.dim() - 2)))
+        return lam
+
+    def quantize(self, z: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         L = float(self.levels)
-        x = z / self.lam
+        x = z / lam
         x = x * L
         x = x + 0.5
         x = FloorSTE.apply(x)
         x = x / L
         x = torch.clamp(x, 0.0, 1.0)
-        a = x * self.lam
+        return x * lam
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.rank = z.dim()
+        lam = self.lam_for(z)
+        a = self.quantize(z, lam) if not self.timesteps else self._spiking(z, lam)
         self.last_output = a if self.record else None
         return a
 
+    def _spiking(self, z: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        T = int(self.timesteps)
+        zt = z.reshape(T, -1, *z.shape[1:])
+        rate = self.quantize(zt.mean(0), lam)          # the gradient path
+        with torch.no_grad():
+            theta = lam.detach()
+            v = (0.5 * theta).expand_as(zt[0])
+            out = []
+            for t in range(T):
+                m = v + zt[t]
+                s = m >= theta
+                v = torch.where(s, m - theta, m)
+                out.append(torch.where(s, theta, torch.zeros_like(m)))
+            spikes = torch.stack(out)
+        return (spikes + (rate - rate.detach()).unsqueeze(0)).reshape(z.shape)
+
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, lam={self.lam.item():.4g}"
+        lam = self.lam.detach()
+        text = f"{lam.item():.4g}" if lam.dim() == 0 else f"per channel ({lam.numel()}), mean {lam.mean():.4g}"
+        return f"levels={self.levels}, lam={text}" + (f", IF in the loop T={self.timesteps}" if self.timesteps else "")
 
 
 def replace_modules(module: nn.Module, match: Callable[[nn.Module], bool],
@@ -74,7 +115,8 @@ def replace_modules(module: nn.Module, match: Callable[[nn.Module], bool],
 
 
 def replace_relu_with_qcfs(module: nn.Module, levels: int, lam: float | dict[str, float] = 8.0) -> list[str]:
-    """Swap each ``nn.ReLU`` child for a :class:`QCFS` (λ from ``lam``, per name if a dict).
+    """Swap each ``nn.ReLU`` child for a :class:`QCFS` (λ from ``lam``, per name if a dict; a
+    dict value may be a per-channel array).
 
     Functional ``F.relu`` calls are not modules and stay ReLUs.
     """
@@ -91,4 +133,10 @@ def replace_maxpool_with_avgpool(module: nn.Module) -> list[str]:
 
 def qcfs_modules(module: nn.Module) -> dict[str, QCFS]:
     return {name: m for name, m in module.named_modules() if isinstance(m, QCFS)}
+
+
+def set_spiking(module: nn.Module, timesteps: int | None) -> None:
+    """Run every QCFS of ``module`` as an IF neuron over ``timesteps`` folded slices (None: QCFS)."""
+    for m in qcfs_modules(module).values():
+        m.timesteps = timesteps
 

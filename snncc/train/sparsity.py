@@ -47,7 +47,7 @@ class BitDecompose(torch.autograd.Function):
 
 def level_bits(a: torch.Tensor, qcfs: QCFS) -> torch.Tensor:
     """The bit planes of the integer levels of a QCFS output ``a`` (differentiable by the surrogate)."""
-    q = a * float(qcfs.levels) / qcfs.lam
+    q = a * float(qcfs.levels) / qcfs.lam_for(a)
     return BitDecompose.apply(q, bits_for_levels(qcfs.levels))
 
 
