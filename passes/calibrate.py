@@ -20,6 +20,10 @@ the sites; bad files -> SNN-E402..E410 (see :func:`snncc.calibration.load_sample
 method or percentile -> SNN-E411; ORT failure -> SNN-E412.
 
 Counts: ``from_pattern``, ``calibrated``.
+
+``placeholder=True`` (the driver's rehearsal, which runs the whole pipeline and the backend's
+capability check before spending time on calibration) sets ``lam = 1`` for every site needing data
+and reads no file.
 """
 from __future__ import annotations
 
@@ -61,9 +65,10 @@ class CalibratePass(Pass):
     name = "calibrate"
 
     def __init__(self, *, progress: bool | None = None, batch_size: int = 8,
-                 max_values: int = 1 << 20, seed: int = 0):
+                 max_values: int = 1 << 20, seed: int = 0, placeholder: bool = False):
         self.progress, self.batch_size, self.max_values, self.seed = (progress, batch_size,
                                                                       max_values, seed)
+        self.placeholder = placeholder
 
     def run(self, model: ir.Model, ctx: CompileContext) -> PassResult:
         options = ctx.options
@@ -81,15 +86,22 @@ class CalibratePass(Pass):
                 ctx.quant[site.y.name] = site.params
                 records[site.y.name] = {"method": "pattern", "lam": site.params.lam.tolist(),
                                         "levels": site.params.levels}
+        if need and self.placeholder:  # a rehearsal of the pipeline: any valid lambda will do
+            for site in need:
+                ctx.quant[site.y.name] = QuantClipParams(lam=np.float32(1.0), levels=levels)
+            return PassResult(modified=False, counts={"placeholder": len(need)})
         if need:
             if not options.calib_path:
+                names = [s.nodes[0].name or s.y.name for s in need[:3]]
+                more = f" and {len(need) - 3} more" if len(need) > 3 else ""
                 raise CalibrationError(
-                    f"{self.name}: {len(need)} activation(s) need calibration data",
+                    f"{self.name}: {len(need)} activation(s) need calibration data to choose "
+                    f"their clipping level lambda ({', '.join(map(repr, names))}{more})",
                     code="SNN-E401",
-                    diagnostics=[Diagnostic("SNN-E401", f"activation '{s.y.name}' is not a QCFS "
-                                            "pattern", pass_name=self.name, node=s.label)
-                                 for s in need],
-                    hint="pass --calib FILE (.npy/.npz samples) or export a QCFS-trained graph")
+                    hint="pass --calib FILE, a .npy (or .npz keyed by input name) holding about "
+                    "256 input samples preprocessed as for inference, e.g. "
+                    "numpy.save('calib.npy', x_train[:256]); or compile a QCFS-trained graph "
+                    "(snncc finetune), which carries lambda")
             if options.calib_method not in METHODS:
                 raise CalibrationError(
                     f"{self.name}: unknown calibration method '{options.calib_method}'; "

@@ -137,6 +137,13 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     check_outputs(declared_outputs(out, options, report_path=report_path, dump_after=dump_after,
                                    dump_dir=dump_dir),
                   [model_path, options.calib_path], force=force)
+    backend = None
+    if options.target != "qann":
+        from snncc.backends.registry import get_backend
+
+        backend = get_backend(options.target)
+    if options.calib_path:
+        _rehearse(model_path, options, backend)
     model = ir.load(model_path)
     ctx = CompileContext(options)
     dump = DumpAfter(dump_after, dump_dir or out.parent / f"{out.name}.dump") if dump_after else None
@@ -154,11 +161,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     artifact_report: dict[str, Any] = {}
     files: list[Path] = []
     warnings: list[str] = []
-    backend = None
-    if options.target != "qann":
-        from snncc.backends.registry import get_backend
-
-        backend = get_backend(options.target)
+    if backend is not None:
         diags = backend.check(model, ctx)
         if diags:
             raise BackendCapabilityError(f"the {backend.name} backend cannot express this model",
@@ -194,6 +197,19 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     if report_path:
         _write_json_atomic(Path(report_path), report)
     return CompileResult(out, report, files, warnings)
+
+
+def _rehearse(model_path, options: CompileOptions, backend) -> None:
+    """Fail fast: the whole pipeline with placeholder lambdas, then the backend's structural
+    check, before calibration spends seconds to minutes (an unsupported op, head or layout)."""
+    model = ir.load(model_path)
+    ctx = CompileContext(options)
+    default_pipeline(options, rehearse=True, verify="off").run(model, ctx)
+    diags = backend.precheck(model, ctx) if backend is not None else []
+    if diags:
+        raise BackendCapabilityError(f"the {backend.name} backend cannot express this model "
+                                     "(found before calibration)", diagnostics=diags,
+                                     code=sorted({d.code for d in diags})[0])
 
 
 def _fidelity(snap: Snapshot, backend, model: ir.Model, ctx: CompileContext) -> dict[str, Any]:

@@ -138,26 +138,29 @@ class Pipeline:
         return report
 
 
-def frontend_passes(options: CompileOptions) -> list[Pass]:
-    """The target-independent passes, in their fixed order."""
+def frontend_passes(options: CompileOptions, *, rehearse: bool = False) -> list[Pass]:
+    """The target-independent passes, in their fixed order (``rehearse``: placeholder lambda)."""
     from snncc.passes.calibrate import CalibratePass
     from snncc.passes.canonicalize import CanonicalizePass
     from snncc.passes.fold_batchnorm import FoldBatchNormPass
     from snncc.passes.relu_to_quant_clip import ReluToQuantClipPass
 
-    return [CanonicalizePass(), CalibratePass(), FoldBatchNormPass(), ReluToQuantClipPass()]
+    return [CanonicalizePass(), CalibratePass(placeholder=rehearse), FoldBatchNormPass(),
+            ReluToQuantClipPass()]
 
 
-def default_pipeline(options: CompileOptions, **kwargs: Any) -> Pipeline:
+def default_pipeline(options: CompileOptions, *, rehearse: bool = False,
+                     **kwargs: Any) -> Pipeline:
     """The one place that fixes the pass order for a target.
 
     canonicalize -> calibrate -> fold-batchnorm -> relu-to-quant-clip
     [-> insert-neurons -> the backend's lowering passes, e.g. schedule-timesteps for ort].
     ``calibrate`` changes no node: it fills ``ctx.quant`` with (lambda, L) per activation site, from
     QCFS patterns already in the graph or from calibration data, because fold-batchnorm's bias
-    shift needs lambda before relu-to-quant-clip runs.
+    shift needs lambda before relu-to-quant-clip runs. ``rehearse=True`` calibrates with a
+    placeholder lambda (no data), so that every structural error surfaces in milliseconds.
     """
-    passes = frontend_passes(options)
+    passes = frontend_passes(options, rehearse=rehearse)
     if options.target != "qann":
         from snncc.backends.registry import get_backend
         from snncc.passes.insert_neurons import InsertNeuronsPass

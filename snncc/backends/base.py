@@ -36,6 +36,12 @@ class Backend(abc.ABC):
         """Everything the backend cannot express, found before emission (empty = fine)."""
         return []
 
+    def precheck(self, model: Model, ctx: CompileContext) -> list[Diagnostic]:
+        """The structural part of :meth:`check`, on a rehearsal of the pipeline whose lambdas are
+        placeholders: run before calibration so that the user waits for nothing. Must not report
+        what depends on lambda (fixed-point ranges); the default is :meth:`check`."""
+        return self.check(model, ctx)
+
     def predict(self, model: Model, ctx: CompileContext, feeds: dict[str, Any]
                 ) -> tuple[Any, dict[str, Any] | None] | None:
         """Run the compiled network as the target will, for the fidelity estimate.

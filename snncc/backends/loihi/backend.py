@@ -81,6 +81,15 @@ class LoihiBackend(Backend):
     def check(self, model: ir.Model, ctx: CompileContext) -> list[Diagnostic]:
         return list(self._prepare(model, ctx).diagnostics)
 
+    def precheck(self, model: ir.Model, ctx: CompileContext) -> list[Diagnostic]:
+        """Lowering only (ops, attributes, shapes: SNN-E27x); fixed point and core mapping
+        depend on the calibrated lambda and run in :meth:`check`."""
+        try:
+            nl.lower(ir.to_proto(model), ctx.options.timesteps)
+        except SnnccError as exc:
+            return list(exc.diagnostics) or [Diagnostic(exc.code, exc.message, hint=exc.hint)]
+        return []
+
     def predict(self, model: ir.Model, ctx: CompileContext, feeds: dict):
         """The bit-accurate simulator (emulated soft reset), for the fidelity estimate."""
         from snncc.backends.loihi.simulator import run_netlist

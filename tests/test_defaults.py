@@ -1,0 +1,126 @@
+"""The plain compile command: default output name, fidelity report, warning and --min-agreement,
+the short calibration error, and capability checks that run before calibration.
+
+Accuracy-bearing checks use the bundled *trained* MNIST CNN (random weights have near-tied logits).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snncc.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+MODEL = EXAMPLES / "mnist_cnn.onnx"
+CALIB = EXAMPLES / "mnist_calib.npz"
+
+pytestmark = pytest.mark.requires_runtime
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    shutil.copy(MODEL, tmp_path / "mnist_cnn.onnx")
+    shutil.copy(CALIB, tmp_path / "calib.npz")
+    return tmp_path
+
+
+def _files(d: Path) -> set[str]:
+    return {str(p.relative_to(d)) for p in d.rglob("*")}
+
+
+def test_default_command_writes_beside_the_model_and_reports_fidelity(workdir, capsys):
+    rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "-T", "4", "--neuron", "if",
+               "--calib", str(workdir / "calib.npz"), "--calib-samples", "96",
+               "--report", str(workdir / "r.json")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert (workdir / "mnist_cnn.snn.onnx").is_file()
+    assert _files(workdir) == {"mnist_cnn.onnx", "calib.npz", "r.json", "mnist_cnn.snn.onnx",
+                               "mnist_cnn.snn.onnx.json"}
+    fid = json.loads((workdir / "r.json").read_text())["fidelity"]
+    assert fid["samples"] == 64
+    for key in ("qann_vs_ann", "snn_vs_qann", "snn_vs_ann"):
+        assert 0.0 <= fid[key]["top1_agreement"] <= 1.0
+        assert fid[key]["rel_logit_error"] >= 0.0
+    assert len(fid["per_layer"]) == 4
+    assert all(r["rel_error"] >= 0 and r["rel_error_vs_ann"] >= 0 for r in fid["per_layer"])
+    # the SNN-aware default keeps a trained CNN close to its ANN at T = 4
+    assert fid["snn_vs_ann"]["top1_agreement"] >= 0.9
+    assert "SNN agrees with the ANN on" in out and "warning" not in err
+
+
+def test_low_fidelity_warns_with_ranked_hints(workdir, capsys):
+    rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "-T", "4", "--neuron", "if",
+               "--calib", str(workdir / "calib.npz"), "--calib-method", "max", "--per-layer",
+               "-o", str(workdir / "o.onnx"), "-q"])
+    _, err = capsys.readouterr()
+    assert rc == 0 and (workdir / "o.onnx").is_file()
+    assert "warning: the compiled network agrees with the ANN on only" in err
+    assert "1. --calib-method snn" in err and "2. --per-channel" in err
+
+
+def test_min_agreement_fails_and_writes_nothing(workdir, capsys):
+    before = _files(workdir)
+    rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "-T", "4", "--neuron", "if",
+               "--calib", str(workdir / "calib.npz"), "--calib-method", "max", "--per-layer",
+               "--min-agreement", "0.99", "-o", str(workdir / "o.onnx"),
+               "--report", str(workdir / "r.json")])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "[SNN-E370]" in err and "Traceback" not in err
+    assert _files(workdir) == before
+
+
+def test_no_fidelity_uses_every_sample(workdir, capsys):
+    rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "--target", "qann", "-L", "8",
+               "--calib", str(workdir / "calib.npz"), "--calib-method", "mse", "--no-fidelity",
+               "--report", str(workdir / "r.json"), "-q"])
+    assert rc == 0
+    assert (workdir / "mnist_cnn.qann.onnx").is_file()
+    report = json.loads((workdir / "r.json").read_text())
+    assert report["fidelity"] is None
+    assert max(r["samples"] for r in report["quant"].values() if "samples" in r) \
+        if any("samples" in r for r in report["quant"].values()) else True
+
+
+def test_missing_calibration_is_one_short_error(workdir, capsys):
+    rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "-T", "4", "--neuron", "mt"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "[SNN-E401]" in err
+    assert len(err.strip().splitlines()) <= 8
+    assert "4 activation(s)" in err and "--calib" in err
+    assert not (workdir / "mnist_cnn.snn.onnx").exists()
+
+
+def test_capability_check_runs_before_calibration(tmp_path, capsys, monkeypatch):
+    """A MaxPool the Loihi lowering cannot express fails before any calibration statistics."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import snncc.calibration as calibration
+
+    rng = np.random.default_rng(0)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [numpy_helper.from_array(rng.normal(size=(3, 2, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.zeros(3, np.float32), "b")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).random((40, 2, 8, 8), np.float32))
+
+    def boom(*a, **k):
+        raise AssertionError("calibration ran before the capability check")
+
+    monkeypatch.setattr(calibration, "collect_statistics", boom)
+    rc = main(["compile", str(tmp_path / "m.onnx"), "--target", "loihi", "--calib",
+               str(tmp_path / "c.npy"), "-o", str(tmp_path / "out")])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "[SNN-E270]" in err and "before calibration" in err
+    assert not (tmp_path / "out").exists()
