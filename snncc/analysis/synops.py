@@ -29,7 +29,9 @@ from snncc.backends.loihi.mapping import hwc_order
 from snncc.backends.loihi.netlist import Block, Netlist, conv2d, conv2d_adjoint, load, lower
 from snncc.errors import BackendCapabilityError
 
-__all__ = ["fanout_map", "synops_per_target", "count_synops", "ort_events"]
+__all__ = ["fanout_map", "synops_per_target", "count_synops", "ort_events", "static_synops",
+           "synops_section", "artifact_synops", "format_synops_line", "CaptureAfter",
+           "ARTIFACT_SAMPLES"]
 
 
 def fanout_map(block: Block) -> np.ndarray:
@@ -166,3 +168,180 @@ def ort_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> d
         ev = spec_for_op(node.op_type).events(y, node_attrs(node))
         out[node.name] = ev.reshape((-1, batch) + y.shape[1:]).sum(axis=0)
     return out
+
+
+# ----------------------------------------------------------------------------- artifact section
+
+#: Calibration samples simulated for the measured part of an artifact's SynOp section.
+ARTIFACT_SAMPLES = 64
+
+_DEFINITION = ("SynOps per inference = sum over source neurons of unit events x synapses leaving "
+               "the neuron (exact structural fan-out); blocks fed by the analog input count "
+               "MACs instead. fanout_per_spike = synapses leaving one neuron of the group "
+               "(mean and max); synapses_in = stored synapses into the group.")
+
+
+def static_synops(net: Netlist) -> dict[str, Any]:
+    """Per group: neurons, synapses into and out of it, fan-out per spike (mean, max). No data
+    needed: the structure of the netlist alone."""
+    groups: dict[str, dict[str, Any]] = {}
+    fan: dict[str, np.ndarray] = {}
+    for g in net.groups:
+        groups[g.name] = {"kind": g.kind, "neuron": g.neuron, "neurons": g.size,
+                          "synapses_in": 0, "synapses_out": 0}
+    for b in net.blocks:
+        f = fanout_map(b)
+        total = int(f.sum())
+        groups[b.dst]["synapses_in"] += total
+        groups[b.src]["synapses_out"] += total
+        fan[b.src] = f.reshape(-1) + fan[b.src] if b.src in fan else f.reshape(-1).copy()
+    for name, row in groups.items():
+        f = fan.get(name)
+        row["fanout_per_spike"] = float(f.mean()) if f is not None else 0.0
+        row["fanout_max"] = int(f.max()) if f is not None else 0
+    return {"groups": groups,
+            "neurons": sum(r["neurons"] for r in groups.values() if r["kind"] != "input"),
+            "synapses": sum(r["synapses_in"] for r in groups.values()),
+            "ann_macs": int(net.ann_macs)}
+
+
+def synops_section(net: Netlist, events: Mapping[str, np.ndarray] | None = None, *,
+                   mapping: Mapping[str, Any] | None = None, source: str = "",
+                   timesteps: int | None = None) -> dict[str, Any]:
+    """The SynOp section of an artifact (``synops.json`` of a Loihi directory, ``synops`` of the
+    ORT ``--report``): the static structure always; with ``events`` (per group, int [N, *shape],
+    as :func:`run_netlist` or :func:`ort_events` give them) also the measured spikes and SynOps
+    per inference, the energy under every model of :mod:`snncc.analysis.energy` and the ANN's
+    MACs and energy side by side."""
+    from snncc.analysis.energy import DEFAULT_MODELS, estimate
+
+    static = static_synops(net)
+    ann_pj = static["ann_macs"] * DEFAULT_MODELS["digital45nm"].e_mac_pj
+    section: dict[str, Any] = {
+        "format": "snncc-synops", "version": 1, "available": True, "definition": _DEFINITION,
+        "timesteps": timesteps if timesteps is not None else net.timesteps,
+        "steps": net.total_steps, **static,
+        "ann": {"macs": static["ann_macs"], "energy_pj": ann_pj,
+                "energy_model": "digital45nm (FP32 MAC 4.6 pJ)"},
+        "measured": None, "energy": None}
+    if events is None:
+        return section
+    syn = count_synops(net, events, mapping=mapping)
+    for name, row in syn["layers"].items():
+        target = section["groups"].setdefault(name, {})
+        target.update({k: row[k] for k in ("events", "spike_rate") if k in row},
+                      synops_in=row["synops"], macs_in=row["macs"])
+    section["measured"] = {
+        "source": source, "samples": syn["batch"],
+        "spikes_per_inference": float(sum(r.get("events", 0.0) for r in syn["layers"].values())),
+        "synops_per_inference": syn["total_synops"], "macs_per_inference": syn["total_macs"],
+        "neuron_updates": syn["neuron_updates"], "analog_once": syn["analog_once"]}
+    if "cores" in syn:
+        section["measured"].update(cores=syn["cores"], host_synops=syn["host_synops"])
+    energy = estimate(syn)
+    section["energy"] = {name: {"snn_pj": m["snn_pj"], "ann_pj": m["ann_pj"],
+                                "ann_over_snn": m["ratio"], "breakdown": m["breakdown"],
+                                "source": m["constants"]["source"]}
+                         for name, m in energy["models"].items()}
+    return section
+
+
+def loihi_samples(path: str | os.PathLike, input_name: str, input_shape: tuple[int, ...],
+                  limit: int = ARTIFACT_SAMPLES) -> np.ndarray:
+    """Up to ``limit`` calibration samples for the one input of a netlist (same checks as the
+    calibrate pass)."""
+    from snncc.calibration import InputSpec, load_samples
+
+    spec = InputSpec(input_name, (None, *input_shape), np.dtype(np.float32))
+    return load_samples(path, [spec], max_samples=limit)[input_name]
+
+
+def _stream_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray]
+                   ) -> dict[str, np.ndarray]:
+    """Per-position events of a *streaming* compiled model (step protocol of
+    :mod:`snncc.simulate`), with the kernel library."""
+    from snncc.passes.insert_neurons import spec_for_op
+    from snncc.simulate import (_run_streaming, _session, neuron_nodes, node_attrs,
+                                with_neuron_outputs)
+
+    proto, names = with_neuron_outputs(compiled)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    sess = _session(proto, True, False)
+    out_names = [o.name for o in sess.get_outputs()]
+    nodes = {n.name: n for n in neuron_nodes(proto)}
+    acc: dict[str, np.ndarray] = {}
+
+    def count(values: dict[str, np.ndarray]) -> None:
+        for node, tensor in names.items():
+            ev = spec_for_op(nodes[node].op_type).events(values[tensor], node_attrs(nodes[node]))
+            acc[node] = ev.astype(np.int64) + acc[node] if node in acc else ev.astype(np.int64)
+
+    _run_streaming(sess, proto, meta, dict(inputs), out_names, out_names[:1], count)
+    return acc
+
+
+def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto | Any,
+                    samples: Mapping[str, np.ndarray] | None, options: Any) -> dict[str, Any]:
+    """The SynOp section for an ORT SNN (the ``synops`` key of ``compile --report``).
+
+    ``snn_proto``: the compiled spiking model (what the ORT backend wrote, folded or streaming).
+    ``ann_proto``: the ANN-shaped spiking graph after insert-neurons (``ModelProto`` or
+    ``ir.Model``; :class:`CaptureAfter` keeps it during the pipeline): it gives the structure
+    (synapses, fan-out, ANN MACs). ``samples``: calibration inputs (name -> array), of which the
+    first :data:`ARTIFACT_SAMPLES` are run to measure spikes; None gives the static part only.
+    A model the structural lowering cannot express (e.g. analog islands) gives
+    ``{"available": False, "reason": ...}`` instead of failing the compile.
+    """
+    from snncc import ir
+    from snncc.errors import SnnccError
+
+    if not isinstance(ann_proto, onnx.ModelProto):
+        ann_proto = ir.to_proto(ann_proto)
+    if not isinstance(snn_proto, onnx.ModelProto):
+        snn_proto = ir.to_proto(snn_proto)
+    try:
+        net = lower(ann_proto, options.timesteps)
+    except SnnccError as exc:
+        return {"available": False, "reason": exc.render()}
+    if not samples:
+        return synops_section(net, timesteps=options.timesteps)
+    feeds = {k: np.asarray(v)[:ARTIFACT_SAMPLES] for k, v in samples.items()}
+    meta = {p.key: p.value for p in snn_proto.metadata_props}
+    if meta.get("snncc.schedule") == "streaming":
+        events, source = _stream_events(snn_proto, feeds), "ONNX Runtime (streaming, kernels)"
+    else:
+        events, source = ort_events(snn_proto, feeds), "ONNX Runtime (folded)"
+    return synops_section(net, events, source=source, timesteps=options.timesteps)
+
+
+def format_synops_line(section: Mapping[str, Any] | None) -> str:
+    """One line of totals for ``compile``: measured SynOps and the 45 nm energies when samples
+    were run, else the static synapse count."""
+    if not section or not section.get("available", True):
+        reason = (section or {}).get("reason", "no section")
+        return f"SynOps: not available ({reason.splitlines()[0]})"
+    ann = section["ann"]
+    m = section.get("measured")
+    if not m:
+        return (f"SynOps: {section['synapses']:.3g} synapses, {section['neurons']} neurons "
+                f"(ANN MACs {ann['macs']:.3g}); no calibration samples, no measured SynOps")
+    e = section["energy"]["digital45nm"]
+    line = (f"SynOps/inference {m['synops_per_inference']:.3g} (ANN MACs {ann['macs']:.3g}); "
+            f"energy 45nm: SNN {e['snn_pj'] * 1e-6:.3g} uJ vs ANN {e['ann_pj'] * 1e-6:.3g} uJ")
+    if "loihi" in section["energy"]:
+        line += f"; Loihi {section['energy']['loihi']['snn_pj'] * 1e-6:.3g} uJ"
+    return line + f" ({m['samples']} samples)"
+
+
+class CaptureAfter:
+    """Pipeline instrument that keeps a copy of the graph after one pass (e.g. insert-neurons,
+    for :func:`artifact_synops`): ``proto`` is None until the pass ran."""
+
+    def __init__(self, pass_name: str = "insert-neurons"):
+        self.pass_name = pass_name
+        self.proto: onnx.ModelProto | None = None
+
+    def __call__(self, pass_: Any, model: Any, ctx: Any) -> None:
+        if pass_.name == self.pass_name:
+            from snncc import ir
+            self.proto = ir.to_proto(model)
