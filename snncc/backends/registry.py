@@ -6,7 +6,7 @@ from snncc.errors import OptionError
 
 __all__ = ["get_backend", "BACKENDS"]
 
-BACKENDS = ("ort", "loihi")
+BACKENDS = ("ort", "loihi", "nir")
 
 
 def get_backend(name: str) -> Backend:
@@ -16,5 +16,8 @@ def get_backend(name: str) -> Backend:
     if name == "loihi":
         from snncc.backends.loihi.backend import LoihiBackend
         return LoihiBackend()
+    if name == "nir":
+        from snncc.backends.nir.backend import NirBackend
+        return NirBackend()
     raise OptionError(f"unknown target {name!r}", code="SNN-E350",
                       hint="choose one of: qann, " + ", ".join(BACKENDS))

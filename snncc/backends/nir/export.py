@@ -1,0 +1,448 @@
+"""Build a NIR graph (``nir.NIRGraph``) from the ANN-shaped spiking graph after insert-neurons.
+
+Mapping (NIR 1.0 primitives; shapes exclude the batch axis, time is discrete with dt = 1):
+
+* graph input -> ``Input``; graph output -> ``Output`` (a ``Scale`` before it when the value
+  still carries a pending factor, see below);
+* ``Conv`` (2-D, symmetric pads) -> ``Conv2d``; ``Gemm`` -> ``Affine``; ``MatMul`` by a constant
+  matrix -> ``Linear``; a constant ``Add`` after a Conv/Gemm folds into its bias;
+* ``AveragePool`` / ``GlobalAveragePool`` -> ``SumPool2d``; ``Flatten`` / ``Reshape(N, -1)`` ->
+  ``Flatten(start_dim=0)``; ``Identity`` / ``Dropout`` vanish;
+* ``IFNeuron`` -> ``IF(r=1, v_threshold, v_reset=0)``; ``LIFNeuron`` -> ``IF`` when leak == 1,
+  else ``LIF(tau = 1/(1-leak), r = tau, v_leak = 0)`` (forward Euler with dt = 1 gives
+  ``v = leak*v + I``).
+
+Spike amplitudes: NIR neurons emit unit spikes, snncc's neurons emit theta (IF) or amplitude (LIF)
+per spike. That factor, the 1/k of average pooling and any constant ``Mul`` are carried as a
+pending per-channel scale and folded into the next Conv/Affine weights (per input channel) or
+into the next neuron's threshold, so the file needs no ``Scale`` node except before an output
+that still carries one. This keeps it loadable by importers that lack Scale/AvgPool2d (Norse).
+
+What NIR cannot express (:func:`lossy_notes`): NIR IF/LIF reset to ``v_reset`` (no reset by
+subtraction), fire on ``v > v_threshold`` (IF fires on ``>=``) and start at v = 0 (IF starts at
+``v_init * theta``). Graded neurons (gn, mt, bitserial, srp) send multi-level spikes, which no
+NIR neuron has: refused.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from snncc.errors import Diagnostic
+from snncc.ir import SNN_DOMAIN
+
+__all__ = ["build_graph", "lossy_notes", "ExportResult", "RESET_NOTE"]
+
+PASS = "nir-export"
+RESET_NOTE = ("NIR's IF/LIF reset the membrane to v_reset (0) after a spike; snncc's neurons "
+              "reset by subtraction (soft reset), so the exported network is not the compiled "
+              "one: residual charge above the threshold is lost at every spike")
+GRADED_REASONS = {
+    "gn": "neuron 'gn' sends graded spikes c*u (up to tau unit spikes in one slice)",
+    "mt": "neuron 'mt' sends multi-level spikes (one of several threshold values per slice)",
+    "bitserial": "neuron 'bitserial' accumulates a window, then sends bit k of the count as a "
+                 "graded payload 2^k",
+    "srp": "neuron 'srp' masks neurons after a pre-run and restarts their membrane (no NIR "
+           "neuron has a mask or a restart), and its soft reset has no NIR form",
+}
+GRADED = set(GRADED_REASONS)
+
+
+@dataclass
+class ExportResult:
+    graph: Any                      # nir.NIRGraph
+    nodes: list[str]                # NIR node names in order
+    neurons: dict[str, str]         # NIR node name -> snncc neuron key
+    notes: list[str]
+
+
+@dataclass
+class _Value:
+    node: str                       # NIR node producing it
+    shape: tuple[int, ...]          # per sample
+    scale: np.ndarray | None        # pending factor per channel (3-D) or per feature (1-D)
+
+
+class _Refuse(Exception):
+    def __init__(self, code: str, message: str, hint: str):
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def lossy_notes(proto: onnx.ModelProto) -> dict[str, list[str]]:
+    """Per neuron key present in the graph: what the NIR form loses (empty list = exact)."""
+    from snncc.passes.insert_neurons import spec_for_op
+
+    notes: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        if node.domain != SNN_DOMAIN:
+            continue
+        spec = spec_for_op(node.op_type)
+        if spec is None or spec.key in GRADED:
+            continue
+        a = _attrs(node)
+        lost = notes.setdefault(spec.key, [])
+        if spec.loihi.reset == "subtract" and RESET_NOTE not in lost:
+            lost.append(RESET_NOTE)
+        if spec.key == "if":
+            extra = ["IF fires on v >= theta, NIR on v > v_threshold (ties differ)"]
+            if float(a.get("v_init", 0.5)) != 0.0:
+                extra.append("IF starts at v_init*theta, NIR neurons at v = 0")
+            lost += [e for e in extra if e not in lost]
+        elif spec.key == "lif" and float(a.get("v_init", 0.0)) != 0.0:
+            if "LIF starts at v_init*theta, NIR neurons at v = 0" not in lost:
+                lost.append("LIF starts at v_init*theta, NIR neurons at v = 0")
+    return notes
+
+
+class _Builder:
+    def __init__(self, proto: onnx.ModelProto):
+        import nir
+
+        self.nir = nir
+        self.proto = proto
+        self.inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+        self.values: dict[str, _Value] = {}
+        self.nodes: dict[str, Any] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.neurons: dict[str, str] = {}
+        self.diags: list[Diagnostic] = []
+        self.used: set[str] = set()
+
+    # -- helpers
+    def _name(self, onnx_name: str, fallback: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", onnx_name or fallback).strip("_.") or fallback
+        name, i = base, 1
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}"
+        self.used.add(name)
+        return name
+
+    def _add(self, name: str, node: Any, src: _Value | None) -> str:
+        self.nodes[name] = node
+        if src is not None:
+            self.edges.append((src.node, name))
+        return name
+
+    def _const(self, node: onnx.NodeProto, i: int) -> np.ndarray | None:
+        if i >= len(node.input) or not node.input[i]:
+            return None
+        if node.input[i] not in self.inits:
+            raise _Refuse("SNN-E693", f"input {i} ('{node.input[i]}') is not a constant",
+                          "weights, biases and shapes must be initializers")
+        return np.asarray(self.inits[node.input[i]], dtype=np.float64)
+
+    def _value(self, name: str) -> _Value:
+        if name not in self.values:
+            raise _Refuse("SNN-E692", f"input '{name}' comes from a node the export skipped",
+                          "see the other diagnostics")
+        return self.values[name]
+
+    @staticmethod
+    def _pads(attrs: dict[str, Any], k: tuple[int, int]) -> tuple[int, int]:
+        if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise _Refuse("SNN-E693", f"auto_pad={attrs['auto_pad']} is not supported",
+                          "export with explicit pads")
+        pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
+        if pads[:2] != pads[2:]:
+            raise _Refuse("SNN-E693", f"asymmetric pads {pads}: NIR padding is symmetric",
+                          "pad symmetrically")
+        return pads[0], pads[1]
+
+    # -- driver
+    def run(self) -> ExportResult:
+        nir = self.nir
+        graph = self.proto.graph
+        inputs = [i for i in graph.input if i.name not in self.inits]
+        if len(inputs) != 1:
+            raise _Refuse("SNN-E692", f"the model has {len(inputs)} inputs",
+                          "the NIR export takes one input")
+        dims = [d.dim_value if d.HasField("dim_value") else 0
+                for d in inputs[0].type.tensor_type.shape.dim][1:]
+        if not dims or any(d <= 0 for d in dims):
+            raise _Refuse("SNN-E693", f"input '{inputs[0].name}' has no static shape {dims}",
+                          "pass --input-shape")
+        name = self._name("input", "input")
+        self._add(name, nir.Input(input_type={"input": np.array(dims)}), None)
+        self.values[inputs[0].name] = _Value(name, tuple(dims), None)
+        failed: set[str] = set()
+        for node in graph.node:
+            try:
+                if failed.intersection(node.input):
+                    failed.update(node.output)  # downstream of a reported node: only its kind
+                    self._kind_only(node)
+                    continue
+                self._node(node)
+            except _Refuse as err:
+                where = f"'{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})"
+                self.diags.append(Diagnostic(err.code, err.message, PASS, where, err.hint))
+                failed.update(node.output)
+        order = list(self.nodes)
+        for out in graph.output:
+            if out.name not in self.values:
+                continue
+            v = self.values[out.name]
+            if v.scale is not None:
+                full = self._broadcast(v.scale, v.shape)
+                v = _Value(self._add(self._name(f"scale_{out.name}", "scale"),
+                                     nir.Scale(scale=full.astype(np.float32)), v),
+                           v.shape, None)
+            self._add(self._name(f"output_{out.name}", "output"),
+                      nir.Output(output_type={"output": np.array(v.shape)}), v)
+        return ExportResult(None, order, self.neurons, [])
+
+    @staticmethod
+    def _broadcast(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if len(shape) == 3:
+            return np.broadcast_to(scale.reshape(-1, 1, 1), shape).copy()
+        return np.broadcast_to(scale.reshape(-1), shape).copy()
+
+    def _kind_only(self, node: onnx.NodeProto) -> None:
+        """Refuse a node by its kind alone (op without a NIR form, graded neuron)."""
+        if node.domain == SNN_DOMAIN:
+            from snncc.passes.insert_neurons import spec_for_op
+            spec = spec_for_op(node.op_type)
+            if spec is not None and spec.key in ("if", "lif"):
+                return
+        elif getattr(self, f"_op_{node.op_type}", None) is not None and \
+                node.domain in ("", "ai.onnx") and (node.op_type not in ("Add", "Mul") or
+                                                   any(i in self.inits for i in node.input)):
+            return
+        self._node(node)
+
+    def _node(self, node: onnx.NodeProto) -> None:
+        if node.domain == SNN_DOMAIN:
+            return self._neuron(node)
+        handler = getattr(self, f"_op_{node.op_type}", None)
+        if handler is None or node.domain not in ("", "ai.onnx"):
+            raise _Refuse("SNN-E692", f"op {node.op_type} has no NIR form in snncc's export",
+                          "the NIR export maps Conv, Gemm, MatMul, AveragePool, "
+                          "GlobalAveragePool, Flatten, Reshape (flatten), Mul/Add by a "
+                          "constant and IF/LIF neurons; use --target ort or loihi")
+        handler(node)
+
+    # -- neurons
+    def _neuron(self, node: onnx.NodeProto) -> None:
+        from snncc.passes.insert_neurons import spec_for_op
+
+        nir = self.nir
+        spec = spec_for_op(node.op_type)
+        if spec is None:
+            raise _Refuse("SNN-E692", f"unknown neuron op {node.op_type}",
+                          "compile with --neuron if or lif")
+        if spec.key not in ("if", "lif"):
+            raise _Refuse("SNN-E691", GRADED_REASONS.get(spec.key, f"neuron '{spec.key}' has "
+                          "no NIR form") + "; NIR's IF/LIF send binary spikes and reset to "
+                          "v_reset", "compile with --neuron if or --neuron lif for NIR")
+        x = self._value(node.input[0])
+        a = _attrs(node)
+        shape = x.shape
+        channels = shape[0]
+        theta = np.asarray(a.get("theta", [1.0]), dtype=np.float64).reshape(-1)
+        if theta.size not in (1, channels):
+            raise _Refuse("SNN-E693", f"theta has {theta.size} values for shape {shape}",
+                          "use one theta per channel")
+        theta = np.broadcast_to(theta, (channels,)) if theta.size == 1 else theta
+        s_in = x.scale if x.scale is not None else np.ones(channels)
+        if np.any(s_in <= 0):
+            raise _Refuse("SNN-E693", "a non-positive constant factor feeds the neuron",
+                          "scale by positive constants only")
+        vth = self._broadcast(theta / s_in, shape).astype(np.float32)
+        ones = np.ones(shape, dtype=np.float32)
+        zeros = np.zeros(shape, dtype=np.float32)
+        leak = float(a.get("leak", 1.0))
+        if spec.key == "if" or leak == 1.0:
+            nn = nir.IF(r=ones, v_threshold=vth, v_reset=zeros)
+        else:
+            tau = np.full(shape, 1.0 / (1.0 - leak), dtype=np.float32)
+            nn = nir.LIF(tau=tau, r=tau.copy(), v_leak=zeros, v_threshold=vth, v_reset=zeros)
+        name = self._add(self._name(node.name, spec.key), nn, x)
+        self.neurons[name] = spec.key
+        amp = theta if spec.key == "if" else np.full(channels, float(a.get("amplitude", 1.0)))
+        self.values[node.output[0]] = _Value(name, shape, amp.astype(np.float64))
+
+    # -- linear ops
+    def _op_Identity(self, node):
+        self.values[node.output[0]] = self._value(node.input[0])
+
+    _op_Dropout = _op_Identity
+
+    def _op_Conv(self, node):
+        x = self._value(node.input[0])
+        w = self._const(node, 1)
+        b = self._const(node, 2)
+        a = _attrs(node)
+        if len(x.shape) != 3 or w.ndim != 4:
+            raise _Refuse("SNN-E693", "only 2-D convolutions are supported", "use Conv2d")
+        groups = int(a.get("group", 1))
+        if x.scale is not None:
+            cg, og = w.shape[1], w.shape[0] // groups
+            idx = (np.arange(w.shape[0])[:, None] // og) * cg + np.arange(cg)[None, :]
+            w = w * x.scale[idx][:, :, None, None]
+        stride = tuple(int(s) for s in a.get("strides", [1, 1]))
+        dil = tuple(int(d) for d in a.get("dilations", [1, 1]))
+        pad = self._pads(a, w.shape[2:])
+        bias = np.zeros(w.shape[0]) if b is None else b.reshape(-1)
+        conv = self.nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=w.astype(np.float32),
+                               stride=stride, padding=pad, dilation=dil, groups=groups,
+                               bias=bias.astype(np.float32))
+        out = conv.output_type["output"]
+        name = self._add(self._name(node.name, "conv"), conv, x)
+        self.values[node.output[0]] = _Value(name, tuple(int(d) for d in out), None)
+
+    def _affine(self, node, x: _Value, w: np.ndarray, bias: np.ndarray | None):
+        if len(x.shape) != 1 or w.shape[1] != x.shape[0]:
+            raise _Refuse("SNN-E693", f"Gemm/MatMul on a tensor of shape {x.shape}",
+                          "flatten before the fully connected layer")
+        if x.scale is not None:
+            w = w * x.scale.reshape(1, -1)
+        if bias is None:
+            nn = self.nir.Linear(weight=w.astype(np.float32))
+        else:
+            nn = self.nir.Affine(weight=w.astype(np.float32),
+                                 bias=np.broadcast_to(bias.reshape(-1), (w.shape[0],))
+                                 .astype(np.float32))
+        name = self._add(self._name(node.name, "affine"), nn, x)
+        self.values[node.output[0]] = _Value(name, (w.shape[0],), None)
+
+    def _op_Gemm(self, node):
+        a = _attrs(node)
+        if a.get("transA", 0):
+            raise _Refuse("SNN-E693", "Gemm with transA=1", "export without transA")
+        w = self._const(node, 1)
+        w = w.T if not a.get("transB", 0) else w
+        c = self._const(node, 2)
+        self._affine(node, self._value(node.input[0]), w * a.get("alpha", 1.0),
+                     None if c is None else c * a.get("beta", 1.0))
+
+    def _op_MatMul(self, node):
+        w = self._const(node, 1)
+        if w is None or w.ndim != 2:
+            raise _Refuse("SNN-E693", "MatMul with a non-matrix weight", "use a 2-D weight")
+        self._affine(node, self._value(node.input[0]), w.T, None)
+
+    def _sumpool(self, node, x: _Value, k, stride, pad):
+        if len(x.shape) != 3:
+            raise _Refuse("SNN-E693", "pooling of a tensor that is not C x H x W", "pool 2-D maps")
+        pool = self.nir.SumPool2d(kernel_size=np.array(k), stride=np.array(stride),
+                                  padding=np.array(pad))
+        h = (x.shape[1] + 2 * pad[0] - k[0]) // stride[0] + 1
+        w = (x.shape[2] + 2 * pad[1] - k[1]) // stride[1] + 1
+        name = self._add(self._name(node.name, "pool"), pool, x)
+        scale = (x.scale if x.scale is not None else np.ones(x.shape[0])) / (k[0] * k[1])
+        self.values[node.output[0]] = _Value(name, (x.shape[0], h, w), scale)
+
+    def _op_AveragePool(self, node):
+        a = _attrs(node)
+        k = tuple(int(v) for v in a["kernel_shape"])
+        if a.get("ceil_mode", 0):
+            raise _Refuse("SNN-E693", "ceil_mode=1 pooling is not supported",
+                          "export the pooling with ceil_mode=0")
+        pad = self._pads(a, k)
+        if any(pad) and not a.get("count_include_pad", 0):
+            raise _Refuse("SNN-E693", "padded average pooling with count_include_pad=0 has "
+                          "position-dependent weights", "pool without padding")
+        stride = tuple(int(s) for s in a.get("strides", [1, 1]))
+        self._sumpool(node, self._value(node.input[0]), k, stride, pad)
+
+    def _op_GlobalAveragePool(self, node):
+        x = self._value(node.input[0])
+        self._sumpool(node, x, tuple(x.shape[1:]), (1, 1), (0, 0))
+
+    def _flatten(self, node, x: _Value):
+        if len(x.shape) == 1:
+            self.values[node.output[0]] = x
+            return
+        size = int(np.prod(x.shape))
+        flat = self.nir.Flatten(input_type={"input": np.array(x.shape)}, start_dim=0,
+                                end_dim=-1)
+        name = self._add(self._name(node.name, "flatten"), flat, x)
+        scale = None if x.scale is None else np.repeat(x.scale, size // x.shape[0])
+        self.values[node.output[0]] = _Value(name, (size,), scale)
+
+    def _op_Flatten(self, node):
+        if _attrs(node).get("axis", 1) != 1:
+            raise _Refuse("SNN-E693", "Flatten must keep the batch axis (axis=1)",
+                          "flatten with axis=1")
+        self._flatten(node, self._value(node.input[0]))
+
+    def _op_Reshape(self, node):
+        x = self._value(node.input[0])
+        target = [int(v) for v in self._const(node, 1)]
+        size = int(np.prod(x.shape))
+        if target[0] in (0, -1, 1) and target[1:] in ([-1], [size]):
+            return self._flatten(node, x)
+        raise _Refuse("SNN-E693", f"Reshape to {target} is not a flatten",
+                      "only Reshape(x, [N, -1]) (a flatten) is supported")
+
+    def _channel_const(self, c: np.ndarray, x: _Value) -> np.ndarray | None:
+        """A constant that is one value per channel (or a scalar) of x, as [C]; else None."""
+        c = np.asarray(c, dtype=np.float64)
+        while c.ndim > len(x.shape):
+            if c.shape[0] != 1:
+                return None
+            c = c[0]
+        if c.size == 1:
+            return np.full(x.shape[0], float(c.reshape(-1)[0]))
+        if c.shape[0] == x.shape[0] and c.size == x.shape[0]:
+            return c.reshape(-1)
+        return None
+
+    def _op_Mul(self, node):
+        a, b = node.input[:2]
+        if not (a in self.inits or b in self.inits):
+            raise _Refuse("SNN-E692", "product of two tensors has no NIR form",
+                          "only multiplication by a constant is supported")
+        x = self._value(b if a in self.inits else a)
+        c = self._channel_const(self.inits[a if a in self.inits else b], x)
+        if c is None:
+            raise _Refuse("SNN-E693", "Mul by a constant that is not per channel",
+                          "use a scalar or per-channel factor")
+        scale = (x.scale if x.scale is not None else np.ones(x.shape[0])) * c
+        self.values[node.output[0]] = _Value(x.node, x.shape, scale)
+
+    def _op_Add(self, node):
+        a, b = node.input[:2]
+        if not (a in self.inits or b in self.inits):
+            raise _Refuse("SNN-E692", "Add of two tensors (a residual connection) is not "
+                          "exported to NIR", "the NIR export takes sequential networks")
+        x = self._value(b if a in self.inits else a)
+        c = self._channel_const(self.inits[a if a in self.inits else b], x)
+        producer = self.nodes.get(x.node)
+        if c is None or x.scale is not None or \
+                not isinstance(producer, (self.nir.Conv2d, self.nir.Affine)) or \
+                sum(1 for e in self.edges if e[0] == x.node):
+            raise _Refuse("SNN-E693", "Add of a constant that does not fold into the bias of "
+                          "the Conv/Gemm before it", "fold constants into the layer's bias")
+        producer.bias = (np.asarray(producer.bias, np.float64) + c).astype(np.float32)
+        self.values[node.output[0]] = x
+
+
+def build_graph(proto: onnx.ModelProto) -> tuple[ExportResult | None, list[Diagnostic]]:
+    """The NIR graph of ``proto`` (after insert-neurons), or the diagnostics of everything that
+    has no NIR form (all collected). Requires the ``nir`` package."""
+    b = _Builder(proto)
+    try:
+        res = b.run()
+    except _Refuse as err:
+        return None, [Diagnostic(err.code, err.message, PASS, "", err.hint)]
+    if b.diags:
+        return None, b.diags
+    graph = b.nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata={}, type_check=True)
+    res.graph = graph
+    res.nodes = list(b.nodes)
+    return res, []

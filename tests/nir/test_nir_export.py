@@ -1,0 +1,260 @@
+"""NIR export (--target nir): what is refused and why, the file nir.read gives back, and the
+network a real NIR consumer (Norse) runs compared with snncc's own simulators.
+
+No ``__init__.py`` here on purpose: ``tests/`` is on sys.path, and a package named ``nir`` would
+shadow the real ``nir`` module.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nir = pytest.importorskip("nir")
+
+from loihi import Graph, dyadic_input, ort_reference, residual_pool_model  # noqa: E402
+from snncc.backends.loihi import netlist as nl  # noqa: E402
+from snncc.backends.loihi.quantize import quantize  # noqa: E402
+from snncc.backends.loihi.simulator import simulate  # noqa: E402
+from snncc.backends.nir.backend import NirBackend  # noqa: E402
+from snncc.backends.nir.export import RESET_NOTE, build_graph  # noqa: E402
+from snncc.cli import main  # noqa: E402
+from snncc.context import CompileContext, CompileOptions  # noqa: E402
+from snncc.driver import compile_model, make_options  # noqa: E402
+from snncc.errors import SnnccError  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+DIGITS = str(EXAMPLES / "digits_cnn.onnx")
+DIGITS_CALIB = str(EXAMPLES / "digits_cnn_calib.npz")
+
+
+# ----------------------------------------------------------------------------- references
+
+def _chain(graph) -> list[str]:
+    nxt = dict(graph.edges)
+    cur = next(k for k, v in graph.nodes.items() if isinstance(v, nir.Input))
+    order = []
+    while cur in nxt:
+        cur = nxt[cur]
+        order.append(cur)
+    return order
+
+
+def _conv(x, w, b, stride, pad, groups):
+    from snncc.backends.loihi.netlist import conv2d
+    kh, kw = w.shape[2:]
+    out_hw = ((x.shape[2] + 2 * pad[0] - kh) // stride[0] + 1,
+              (x.shape[3] + 2 * pad[1] - kw) // stride[1] + 1)
+    return conv2d(x, w, tuple(stride), tuple(pad), groups, out_hw) + b.reshape(1, -1, 1, 1)
+
+
+def nir_reference(graph, x: np.ndarray, T: int, *, soft: bool = False, v_init: float = 0.0):
+    """NumPy float64 run of a sequential NIR graph in discrete time (dt = 1), the analog input
+    fed every step, the output averaged over the steps. Default: NIR's own IF (v starts at 0,
+    fire on v > v_threshold, reset to v_reset). ``soft=True``: snncc's IF rule instead (v starts
+    at v_init * v_threshold, fire on >=, subtract the threshold)."""
+    order = _chain(graph)
+    state: dict[str, np.ndarray] = {}
+    acc = 0.0
+    for _ in range(T):
+        h = x.astype(np.float64)
+        for name in order:
+            n = graph.nodes[name]
+            if isinstance(n, nir.Conv2d):
+                h = _conv(h, n.weight.astype(np.float64), n.bias.astype(np.float64), n.stride,
+                          n.padding, n.groups)
+            elif isinstance(n, nir.SumPool2d):
+                c = h.shape[1]
+                w = np.ones((c, 1, *n.kernel_size))
+                h = _conv(h, w, np.zeros(c), n.stride, n.padding, c)
+            elif isinstance(n, nir.Flatten):
+                h = h.reshape(h.shape[0], -1)
+            elif isinstance(n, (nir.Affine, nir.Linear)):
+                h = h @ n.weight.T.astype(np.float64) + \
+                    (n.bias if isinstance(n, nir.Affine) else 0.0)
+            elif isinstance(n, nir.Scale):
+                h = h * n.scale
+            elif isinstance(n, nir.IF):
+                vth = n.v_threshold.astype(np.float64)
+                v = state.get(name, v_init * vth if soft else 0.0) + n.r * h
+                z = (v >= vth) if soft else (v > vth)
+                state[name] = np.where(z, v - vth, v) if soft else np.where(z, n.v_reset, v)
+                h = z.astype(np.float64)
+            elif not isinstance(n, nir.Output):
+                raise AssertionError(f"reference has no rule for {type(n).__name__}")
+        acc = acc + h
+    return acc / T
+
+
+def pooled_model(v_init: float = 0.5):
+    """conv -> IF -> avgpool -> Mul -> conv -> IF -> GAP -> flatten -> gemm (no residuals)."""
+    g = Graph((2, 8, 8), seed=5)
+    s1 = g.neuron(g.conv("x", 2, 4), theta=[0.5, 0.25, 1.0, 0.5], v_init=v_init)
+    p = g.op("AveragePool", [s1], kernel_shape=[2, 2], strides=[2, 2])
+    m = g.op("Mul", [p, g.const(np.array([[[0.5]], [[2.0]], [[1.0]], [[0.25]]], np.float32))])
+    s2 = g.neuron(g.conv(m, 4, 6, stride=1), theta=[0.75], v_init=v_init)
+    gap = g.op("GlobalAveragePool", [s2])
+    return g.model(g.gemm(g.op("Flatten", [gap], axis=1), 6, 5))
+
+
+def sequential_model(v_init: float = 0.0):
+    """conv -> IF -> conv/2 -> IF -> flatten -> gemm with dyadic values (exact on Loihi)."""
+    g = Graph((2, 8, 8), seed=3)
+    s1 = g.neuron(g.conv("x", 2, 4), v_init=v_init, theta=[0.5])
+    s2 = g.neuron(g.conv(s1, 4, 6, stride=2), v_init=v_init, theta=[1.0])
+    return g.model(g.gemm(g.op("Flatten", [s2], axis=1), 6 * 4 * 4, 5))
+
+
+def emit(model, tmp_path, *, allow_lossy=True, name="net.nir"):
+    backend = NirBackend()
+    ctx = CompileContext(CompileOptions(target="nir", timesteps=4, allow_lossy=allow_lossy))
+    diags = backend.check(model, ctx)
+    if diags:
+        return None, diags
+    art = backend.emit(model, ctx, tmp_path / name)
+    return art, []
+
+
+# ----------------------------------------------------------------------------- structure
+
+def test_round_trip_with_nir_read(tmp_path):
+    art, diags = emit(pooled_model(), tmp_path)
+    assert not diags and art.files == [tmp_path / "net.nir"]
+    g = nir.read(tmp_path / "net.nir")                  # type-checks the shapes again
+    kinds = [type(g.nodes[n]).__name__ for n in _chain(g)]
+    assert kinds == ["Conv2d", "IF", "SumPool2d", "Conv2d", "IF", "SumPool2d", "Flatten",
+                     "Affine", "Output"]
+    assert art.report["node_types"]["IF"] == 2 and art.report["lossy"] is True
+    ifs = [g.nodes[n] for n in _chain(g) if isinstance(g.nodes[n], nir.IF)]
+    # theta per channel; spike amplitudes, the 1/4 of the pool and the Mul fold into weights
+    np.testing.assert_array_equal(ifs[0].v_threshold[:, 0, 0], [0.5, 0.25, 1.0, 0.5])
+    assert np.all(ifs[0].r == 1) and np.all(ifs[0].v_reset == 0)
+    assert g.metadata["producer"] == "snncc" and "v_reset" in g.metadata["lossy"]
+
+
+def test_export_is_the_compiled_network_up_to_the_neuron_rule(tmp_path):
+    """Run with snncc's own IF rule, the exported graph equals the ORT SNN: the export changes
+    nothing but the neuron rule that NIR cannot express."""
+    model = pooled_model()
+    emit(model, tmp_path)
+    g = nir.read(tmp_path / "net.nir")
+    x = dyadic_input((12, 2, 8, 8))
+    ref = next(iter(ort_reference(model, x, 4).outputs.values()))
+    out = nir_reference(g, x, 4, soft=True, v_init=0.5)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    hard = nir_reference(g, x, 4)                       # NIR's own rule differs
+    assert not np.allclose(hard, ref, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+def test_soft_reset_is_refused_by_default_and_names_the_reset():
+    diags = NirBackend().check(pooled_model(), CompileContext(CompileOptions(target="nir")))
+    assert {d.code for d in diags} == {"SNN-E690"}
+    assert "reset" in diags[0].message and "v_reset" in diags[0].message
+    assert "--allow-lossy" in diags[0].hint
+
+
+def test_residuals_are_refused_with_every_node_listed():
+    diags = NirBackend().check(residual_pool_model(), CompileContext(
+        CompileOptions(target="nir", allow_lossy=True)))
+    codes = [d.code for d in diags]
+    assert codes.count("SNN-E692") >= 2                # the residual Add and the Concat
+    assert any("Add" in d.node for d in diags) and any("Concat" in d.node for d in diags)
+
+
+@pytest.mark.parametrize("op", ["GroupNeuron", "MTNeuron", "BitSerialNeuron", "SRPNeuron"])
+def test_graded_neurons_are_refused(op):
+    g = Graph((2, 4, 4))
+    model = g.model(g.gemm(g.op("Flatten", [g.op(op, [g.conv("x", 2, 2)],
+                                                 domain="snncc.ops")], axis=1), 32, 3))
+    diags = NirBackend().check(model, CompileContext(CompileOptions(target="nir",
+                                                                    allow_lossy=True)))
+    assert [d.code for d in diags] == ["SNN-E691"]
+    assert "NIR" in diags[0].message
+
+
+def test_compile_refuses_lossy_and_writes_nothing(tmp_path):
+    out = tmp_path / "d.nir"
+    with pytest.raises(SnnccError) as err:
+        compile_model(DIGITS, out, make_options(target="nir", timesteps=4,
+                                                calib_path=DIGITS_CALIB))
+    assert "SNN-E690" in err.value.codes and RESET_NOTE.split(";")[0][:20] in str(err.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_compile_allow_lossy_writes_file_and_report(tmp_path):
+    out, report = tmp_path / "d.nir", tmp_path / "r.json"
+    assert main(["compile", DIGITS, "--target", "nir", "-T", "4", "--calib", DIGITS_CALIB,
+                 "--allow-lossy", "-o", str(out), "--report", str(report), "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.nir", "r.json"]
+    g = nir.read(out)
+    assert sum(isinstance(n, nir.IF) for n in g.nodes.values()) == 4
+    rep = json.loads(report.read_text())
+    assert rep["options"]["allow_lossy"] is True
+    assert rep["backend"]["lossy"] is True
+    assert any("v_reset" in n for n in rep["backend"]["lossy_notes"])
+
+
+def test_cli_lossy_refusal_exit_code(tmp_path, capsys):
+    out = tmp_path / "d.nir"
+    assert main(["compile", DIGITS, "--target", "nir", "--calib", DIGITS_CALIB,
+                 "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "SNN-E690" in err and "Traceback" not in err and not out.exists()
+
+
+def test_graded_neuron_compile_is_refused(tmp_path):
+    with pytest.raises(SnnccError) as err:
+        compile_model(DIGITS, tmp_path / "m.nir", make_options(
+            target="nir", timesteps=4, neuron="mt", calib_path=DIGITS_CALIB, allow_lossy=True))
+    assert "SNN-E691" in err.value.codes and not (tmp_path / "m.nir").exists()
+
+
+# ----------------------------------------------------------------------------- real consumer
+
+def _norse_run(path: Path, x: np.ndarray, T: int) -> np.ndarray:
+    """Norse's NIR import runs the file; one sample at a time (unbatched C x H x W input, as
+    Norse's Flatten(start_dim=0) then flattens the sample only)."""
+    torch = pytest.importorskip("torch")
+    norse = pytest.importorskip("norse.torch")
+    net = norse.from_nir(nir.read(path), ignore_warnings=True)
+    outs = []
+    with torch.no_grad():
+        for sample in x:
+            state, acc = None, 0.0
+            for _ in range(T):
+                y, state = net(torch.from_numpy(np.ascontiguousarray(sample)), state)
+                acc = acc + y.double().numpy()
+            outs.append(acc / T)
+    return np.stack(outs)
+
+
+def test_norse_runs_the_file_like_loihi_hardware_semantics(tmp_path):
+    """Reset-to-zero IF starting at v = 0 is the same rule in NIR and in stock Loihi: Norse's
+    run of the file equals the bit-accurate simulator in hardware semantics (dyadic values, so
+    the fixed point is exact) and the NumPy NIR reference."""
+    pytest.importorskip("norse.torch")
+    model = sequential_model(v_init=0.0)
+    emit(model, tmp_path)
+    x = dyadic_input((24, 2, 8, 8)) * np.float32(0.5)
+    T = 4
+    ours = _norse_run(tmp_path / "net.nir", x, T)
+    np.testing.assert_allclose(ours, nir_reference(nir.read(tmp_path / "net.nir"), x, T),
+                               atol=1e-6)
+    net = nl.lower(model, T)
+    quantize(net)
+    assert net.meta["quantization"]["all_exact"]
+    hw = next(iter(simulate(net, x, semantics="hardware").outputs.values()))
+    np.testing.assert_allclose(ours, hw, atol=1e-6)
+
+
+def test_norse_runs_the_pooled_export(tmp_path):
+    """SumPool2d, per-channel thresholds and folded scales: Norse equals the NumPy reference."""
+    pytest.importorskip("norse.torch")
+    emit(pooled_model(), tmp_path)
+    x = dyadic_input((8, 2, 8, 8))
+    np.testing.assert_allclose(_norse_run(tmp_path / "net.nir", x, 4),
+                               nir_reference(nir.read(tmp_path / "net.nir"), x, 4), atol=1e-5)
