@@ -366,9 +366,16 @@ def feeds_only_outputs(tensor: gs.Tensor, outputs: set[int]) -> bool:
 SPIKING, STATIC, TIME, HEAD, ISLAND = "spiking", "static", "time", "head", "island"
 
 
+def _legacy_relu_clip(node: gs.Node) -> bool:
+    """Clip(min=0, max>0) in the attribute form of opsets < 11 (before conversion)."""
+    return (node.op == "Clip" and len(node.inputs) == 1 and node.attrs.get("min", None) == 0
+            and node.attrs.get("max", 1.0) > 0)
+
+
 def _spiking_nodes(graph: gs.Graph) -> set[int]:
     ids = {id(n) for site in activation_sites(graph) for n in site.nodes}
-    return ids | {id(n) for n in graph.nodes if n.domain == ir.SNN_DOMAIN}
+    return ids | {id(n) for n in graph.nodes
+                  if n.domain == ir.SNN_DOMAIN or _legacy_relu_clip(n)}
 
 
 def _order(graph: gs.Graph) -> list[gs.Node]:

@@ -183,3 +183,41 @@ def test_declines(text, code):
     out, report, _ = run_passes(tiny_model(text), [CanonicalizePass(require_activation=False)])
     assert code in {d["code"] for d in report.rows[0].declines}
     assert op_types(out) == op_types(tiny_model(text))
+
+
+
+def _opset9(nodes, out_shape, **weights) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
+             for name, shape in weights.items()]
+    graph = helper.make_graph(
+        [helper.make_node(*n[:3], **(n[3] if len(n) > 3 else {})) for n in nodes], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, out_shape)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=7)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_opset9_relu6_clip_then_softmax_is_a_head():
+    """Clip(min=0, max=6) in the attribute form (opset < 11) spikes, so the Softmax after it is
+    the output head, before and after conversion."""
+    model = _opset9([("Conv", ["x", "w"], ["c"]), ("Clip", ["c"], ["a"], {"min": 0.0, "max": 6.0}),
+                     ("GlobalAveragePool", ["a"], ["g"]), ("Flatten", ["g"], ["f"]),
+                     ("Gemm", ["f", "wf", "bf"], ["l"], {"transB": 1}), ("Softmax", ["l"], ["p"])],
+                    [1, 5], w=(4, 3, 3, 3), wf=(5, 4), bf=(5,))
+    assert unsupported_nodes(ir.load(model).graph, CompileOptions()) == []
+    out, _, _ = run_passes(model, [CanonicalizePass()], options=_options("", allow_analog=False))
+    assert op_types(out)[-1] == "Softmax"
+
+
+def test_reshape_to_shape_of_batch_major_tensor_becomes_constant():
+    """The opset-9 Softmax conversion writes Reshape(Softmax(Flatten(y)), Shape(y))."""
+    model = _opset9([("Conv", ["x", "w"], ["c"]), ("Relu", ["c"], ["a"]),
+                     ("GlobalAveragePool", ["a"], ["y"]), ("Softmax", ["y"], ["p"])],
+                    [1, 4, 1, 1], w=(4, 3, 3, 3))
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()],
+                                            options=_options("", allow_analog=False))
+    assert report.rows[0].counts.get("reshape_shape_fixed") == 1
+    assert "Shape" not in op_types(out)
