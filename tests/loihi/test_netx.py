@@ -36,6 +36,7 @@ def seq(tmp_path):
 def test_sequential_network_is_fully_exported(seq):
     net, info, path = seq
     assert info["layers"] == [g.name for g in net.groups[1:]] and not info["not_exported"]
+    assert info["path"] == "network.net" and info["reason"] == ""
     assert check_netx(path) == []
     with h5py.File(path, "r") as f:
         types = [f["layer"][str(i)]["type"][0].decode("ascii") for i in range(len(f["layer"]))]
@@ -43,6 +44,9 @@ def test_sequential_network_is_fully_exported(seq):
         for i in range(len(types)):
             t = f["layer"][str(i)]["type"]
             assert t.dtype == np.dtype("S10") and t.shape == (1,)
+        # the input layer has no neuron: Lava feeds the graded input to the first synapse
+        assert "neuron" not in f["layer/0"] and list(f["layer/0/shape"][()]) == [2, 8, 8]
+        assert f.attrs["snncc_total_steps"] == 4 and f.attrs["snncc_readout"] == "voltage"
         conv = f["layer/2"]
         assert conv["weight"].shape == (6, 4, 3, 3)
         assert list(conv["stride"][()]) == [2, 2] and list(conv["padding"][()]) == [1, 1]
@@ -67,9 +71,62 @@ def test_residual_and_graded_layers_are_listed(tmp_path):
     assert "residual add or concat" in reasons[net.groups[2].name]
     assert set(reasons) == {g.name for g in net.groups[2:]}
     assert check_netx(tmp_path / "a.net") == []
-    net, info = exported(sequential("GroupNeuron", tau=4), tmp_path / "b.net")
-    assert "no NetX neuron" in info["not_exported"][0]["reason"] and info["layers"] == []
+    with h5py.File(tmp_path / "a.net", "r") as f:   # a spiking last layer: read its spikes
+        assert f.attrs["snncc_readout"] == "spikes"
     assert any("resets v to 0" in n for n in exported(sequential(), tmp_path / "c.net")[1]["notes"])
+
+
+@pytest.mark.parametrize("op,attrs", [("GroupNeuron", {"tau": 4}), ("MTNeuron", {}),
+                                      ("BitSerialNeuron", {"theta": [0.9375]})])
+def test_no_stub_file_when_no_layer_can_be_exported(tmp_path, op, attrs):
+    """A graded first layer: nothing NetX can run, so no file at all (not an input-only stub)."""
+    net, info = exported(sequential(op, **attrs), tmp_path / "b.net")
+    assert info["path"] is None and info["layers"] == [] and not (tmp_path / "b.net").exists()
+    assert "no NetX neuron" in info["not_exported"][0]["reason"]
+    assert "network.net not written" in info["reason"] and net.groups[1].name in info["reason"]
+
+
+def test_backend_writes_no_stub_and_says_why(tmp_path, caplog):
+    from snncc.backends.loihi.backend import LoihiBackend
+    from snncc.context import CompileContext, CompileOptions
+
+    ctx = CompileContext(CompileOptions(target="loihi", timesteps=4))
+    with caplog.at_level("WARNING"):
+        art = LoihiBackend().emit(sequential("GroupNeuron", tau=4), ctx, tmp_path / "out")
+    assert not (tmp_path / "out" / "network.net").exists()
+    assert all(f.name != "network.net" for f in art.files)
+    assert "network.net not written" in art.report["netx"]
+    assert any("network.net not written" in r.getMessage() for r in caplog.records)
+
+
+def varied_bias_model():
+    """H != W and a bias that differs per position (a constant Add of shape [C, H, W]), so the
+    per-neuron bias must be written in Lava's (x, y, c) neuron shape."""
+    g = Graph((2, 6, 8))
+    c = g.conv("x", 2, 3)
+    c = g.op("Add", [c, g.const(g.dyadic((1, 3, 6, 8), 0.25))])
+    s1 = g.neuron(c, "IFNeuron")
+    s2 = g.neuron(g.conv(s1, 3, 4), "IFNeuron")    # per-channel bias
+    return g.model(g.gemm(g.op("Flatten", [s2], axis=1), 4 * 6 * 8, 5))
+
+
+def test_bias_is_written_in_lavas_neuron_layout(tmp_path):
+    from snncc.backends.loihi.netx import netx_params
+
+    net, info = exported(varied_bias_model(), tmp_path / "v.net")
+    assert check_netx(tmp_path / "v.net") == []
+    with h5py.File(tmp_path / "v.net", "r") as f:
+        conv1, conv2 = f["layer/1"], f["layer/2"]
+        lava_shape = tuple(conv1["shape"][()][::-1])          # what the reader builds: (x, y, c)
+        assert lava_shape == (8, 6, 3)
+        b1 = conv1["bias"][()]
+        assert b1.shape == lava_shape                          # neuron-wise, as the reader wants
+        want = netx_params(net, net.groups[1])["bias"]          # (C, H, W)
+        np.testing.assert_array_equal(b1, want.transpose(2, 1, 0))
+        assert len(np.unique(b1[:, :, 0])) > 1                # it does vary per position
+        b2 = conv2["bias"][()]
+        assert b2.shape == (4,)                                # channel-wise when uniform
+        np.testing.assert_array_equal(b2, netx_params(net, net.groups[2])["bias"][:, 0, 0])
 
 
 def _corrupt(path, edit):
@@ -83,8 +140,10 @@ def _replace(f, key, value, dtype=None):
 
 
 CORRUPTIONS = {
-    "odd weight": (lambda f: _replace(f, "layer/1/weight", f["layer/1/weight"][()] + 1),
-                   "even integers"),
+    "fractional weight": (lambda f: _replace(f, "layer/1/weight",
+                                             f["layer/1/weight"][()] + 0.5), "not integers"),
+    "bias in (C, H, W)": (lambda f: _replace(f, "layer/1/bias", np.zeros((4, 8, 8))),
+                          "neuron shape (x, y, c)"),
     "weight out of range": (lambda f: _replace(f, "layer/1/weight",
                                                f["layer/1/weight"][()] * 0 + 300), "[-256, 254]"),
     "fractional bias": (lambda f: _replace(f, "layer/1/bias", f["layer/1/bias"][()] + 0.5),

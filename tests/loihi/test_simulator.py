@@ -64,12 +64,15 @@ def one_neuron(op="IFNeuron", current=0.75, **attrs):
     return g.model(g.neuron(conv, op, **attrs))
 
 
-@pytest.mark.parametrize("semantics,expected", [
-    ("emulated", 0.75),   # m: 1.25 s, 1.0 s (>=), 0.75, 1.5 s -> 3 spikes / 4
-    ("hardware", 0.5),    # m: 1.25 s reset 0, 0.75, 1.5 s reset 0, 0.75 -> 2 spikes / 4
+@pytest.mark.parametrize("current,semantics,expected", [
+    (0.75, "emulated", 0.75),   # v0 = 0.5: 1.25 s, 1.0 s (>=), 0.75, 1.5 s -> 3 spikes / 4
+    # hardware: v0 = 0, v_init 0.5 spread as bias 0.125 per step, fire on >, reset to 0:
+    (0.75, "hardware", 0.5),    # 0.875, 1.75 s, 0.875, 1.75 s -> 2 spikes / 4
+    (0.375, "emulated", 0.5),   # 0.875, 1.25 s, 0.625, 1.0 s (>=) -> 2 spikes / 4
+    (0.375, "hardware", 0.25),  # 0.5, 1.0 (not > 1), 1.5 s, 0.5 -> 1 spike / 4
 ])
-def test_reset_semantics_by_hand(semantics, expected):
-    net = nl.lower(one_neuron(), 4)
+def test_reset_semantics_by_hand(current, semantics, expected):
+    net = nl.lower(one_neuron(current=current), 4)
     quantize(net)
     out = simulate(net, np.ones((1, 1, 1, 1), np.float32), semantics=semantics).outputs
     assert out[net.outputs[0]["name"]].item() == expected

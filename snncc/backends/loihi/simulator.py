@@ -43,7 +43,7 @@ from snncc.backends.loihi.quantize import FixedPoint, weight_int
 from snncc.errors import BackendCapabilityError, OptionError
 from snncc.neurons.registry import get_neuron
 
-__all__ = ["SEMANTICS", "SimResult", "simulate", "run_netlist"]
+__all__ = ["SEMANTICS", "SimResult", "simulate", "run_netlist", "decode_voltage"]
 
 logger = logging.getLogger("snncc.backends.loihi.simulator")
 
@@ -168,6 +168,16 @@ def _wrap_signed(x: np.ndarray, bits: int) -> np.ndarray:
     return (x + base // 2) % base - base // 2
 
 
+def decode_voltage(net: Netlist, g: Group, raw: np.ndarray) -> np.ndarray:
+    """A hardware readout's value from its Lava voltage over the counted steps (``raw``, Lava
+    units, [N, *shape] or [N, *view]): NetX unit = ``unit`` state integers, ``2**F`` state
+    integers = one state unit; float64 [N, *view] (``simulate`` casts outputs to float32)."""
+    unit = netx_params(net, g)["unit"]
+    raw = np.asarray(raw).reshape((-1,) + g.view)
+    return raw / 2.0 ** LAVA_SHIFT * unit / net.counted_steps / 2.0 ** g.frac_bits * \
+        g.state_unit.reshape(-1, 1, 1)
+
+
 def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
              fp: FixedPoint | None = None) -> SimResult:
     """Run the quantized netlist on the analog input ``x`` [N, *input shape]."""
@@ -196,9 +206,7 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
                 # emulated readout: NetX unit = 2**(e-1) state integers, state / 2**F = su
                 r = volts[-1] - (volts[first - 1] if first > 0 else 0)
                 raw[g.name] = r.reshape((n,) + g.shape)
-                unit = netx_params(net, g)["unit"]
-                values[g.name] = r / 2.0 ** LAVA_SHIFT * unit / counted / \
-                    2.0 ** g.frac_bits * g.state_unit.reshape(-1, 1, 1)
+                values[g.name] = decode_voltage(net, g, r)
                 continue
             payloads[g.name] = spikes
             events[g.name] = spikes.sum(axis=0).reshape((n,) + g.shape)

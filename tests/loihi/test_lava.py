@@ -1,0 +1,69 @@
+"""The NetX file in real Lava: its readout equals ``snncc run DIR --semantics hardware`` bit for bit.
+
+Runs whenever the Lava environment of ``scripts/lava_env.sh`` exists (``.venv-lava/`` or the
+interpreter named by ``SNNCC_LAVA_PYTHON``); skipped otherwise. The network is the bundled trained
+MNIST CNN (a VGG-style IF network, T = 4) compiled as a user would; a handful of test images run
+in Lava's CPU simulation with the bit-accurate fixed-point models (``examples/lava/run_netx.py``).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LAVA_PY = Path(os.environ.get("SNNCC_LAVA_PYTHON", ROOT / ".venv-lava" / "bin" / "python"))
+SAMPLES = 6
+
+pytestmark = pytest.mark.skipif(not LAVA_PY.is_file(),
+                                reason=f"no Lava environment at {LAVA_PY} "
+                                       "(build it with: bash scripts/lava_env.sh)")
+
+
+def _snncc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snncc", *args], capture_output=True, text=True,
+                          check=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lava")
+    out = tmp / "mnist_if_t4"
+    _snncc("compile", "examples/mnist_cnn.onnx", "--calib", "examples/mnist_calib.npz", "-T",
+           "4", "--neuron", "if", "--target", "loihi", "--no-fidelity", "-q", "-o", str(out))
+    test = np.load(ROOT / "examples" / "mnist_test.npz")
+    x = test["x"][:SAMPLES].astype(np.float32)
+    np.save(tmp / "x.npy", x)
+    lava_out = tmp / "lava.npy"
+    subprocess.run([str(LAVA_PY), str(ROOT / "examples" / "lava" / "run_netx.py"),
+                    str(out / "network.net"), str(tmp / "x.npy"), str(lava_out)],
+                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return out, tmp, x, np.load(lava_out)
+
+
+def test_lava_readout_equals_the_hardware_simulation_bit_for_bit(exported):
+    from snncc.backends.loihi import netlist as nl
+    from snncc.backends.loihi.simulator import decode_voltage, simulate
+
+    out, tmp, x, lava = exported
+    net = nl.load(out)
+    netx = net.meta["netx"]
+    assert netx["layers"] == [g.name for g in net.groups[1:]]   # the whole network in NetX
+    readout = net.group(netx["layers"][-1])
+    assert readout.kind == "readout" and lava.shape == (SAMPLES, 10) and lava.dtype == np.int64
+    sim = simulate(net, x, semantics="hardware")
+    np.testing.assert_array_equal(sim.raw[readout.name].reshape(SAMPLES, -1), lava)
+    assert np.any(lava != 0)
+    # the decoded Lava readout is exactly what `snncc run DIR --semantics hardware` reports
+    _snncc("run", str(out), "--input", str(tmp / "x.npy"), "--semantics", "hardware", "-o",
+           str(tmp / "hw.npz"))
+    hw = np.load(tmp / "hw.npz")["outputs"]
+    decoded = decode_voltage(net, readout, lava).reshape(hw.shape).astype(np.float32)
+    np.testing.assert_array_equal(hw, decoded)
+    emulated = simulate(net, x).outputs[net.outputs[0]["name"]]
+    assert not np.array_equal(hw, emulated)    # the semantics do differ ...
+    assert (hw.argmax(1) == emulated.argmax(1)).mean() >= 0.5   # ... but not wildly
