@@ -102,6 +102,9 @@ class CanonicalizePass(Pass):
         batch = check_model_input(model.graph, options)
         if not options.allow_analog:
             bad = unsupported_nodes(model.graph, options)
+            missing = no_activation(model.graph) if bad and self.require_activation else None
+            if missing is not None:
+                bad.append(missing)  # all at once: fixing the ops above would not be enough
             if bad:
                 raise UnsupportedNodeError(
                     f"{len(bad)} node(s) have no spiking equivalent", diagnostics=bad,
@@ -433,7 +436,7 @@ def conversion_roles(graph: gs.Graph) -> dict[int, str]:
         roles[id(node)] = role
         if role in (SPIKING, TIME):
             carries.update(id(t) for t in node.outputs)
-        if derived or role == SPIKING:
+        if role == SPIKING or (derived and node.op not in META_OPS):  # a shape is no value
             after.update(id(t) for t in node.outputs)
     return roles
 

@@ -11,9 +11,11 @@ tensor produced by nothing, a cycle, NaN/Inf weights, no outputs, channel mismat
 :data:`FATAL`) raises the same error as ``snncc compile``.
 
 What converts is decided by :func:`snncc.passes.canonicalize.conversion_roles`, the rule compile
-uses: ``unsupported`` lists the canonicalize findings (SNN-E201..E203), ops that would be analog
-islands in an SNN (SNN-E244) or work across the batch axis that holds time (SNN-E242/E243), as
-schedule-timesteps raises them, and a model with no activation (SNN-E204); ``output_head`` lists the ops that run once on the decoded SNN output.
+uses: ``unsupported`` lists the canonicalize findings on the graph as given (SNN-E201..E203,
+where compile checks them), then, on the canonical graph, ops that would be analog islands in an
+SNN (SNN-E244) or work across the batch axis that holds time (SNN-E242/E243), as
+schedule-timesteps raises them, and a model with no activation (SNN-E204). ``output_head`` lists
+the ops that run once on the decoded SNN output.
 
 MACs per sample are (output elements per sample) x (fan-in of one output):
 Conv: Cout*Hout*Wout * Cin/groups*kH*kW; ConvTranspose: (input elements per sample) *
@@ -79,6 +81,7 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     from snncc.pipeline import Pipeline
 
     model = ir.load(path_or_proto)
+    raw = ir.load(path_or_proto)  # compile checks activations before any rewrite: so do we
     report: dict[str, Any] = {
         "source": "<proto>" if isinstance(path_or_proto, onnx.ModelProto) else str(path_or_proto),
         "ir_version": model.ir_version,
@@ -100,7 +103,7 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
                               for d in exc.diagnostics] or [{"code": exc.code,
                                                              "message": str(exc)}]
         report["canonicalized"] = False
-        model = ir.load(path_or_proto)
+        model = raw
     graph = model.graph
     report["canonical_inputs"] = [{"name": t.name, "shape": _dims(t.shape)} for t in graph.inputs]
     report["outputs"] = [{"name": t.name, "shape": _dims(t.shape)} for t in graph.outputs]
@@ -115,13 +118,12 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
             layers.append({"node": node.name, "op": node.op, "macs": entry["macs"]})
         groups[group].append(entry)
     report["nodes"] = groups
-    diags = list(unsupported_nodes(graph, CompileOptions(target="qann")))
+    diags = list(unsupported_nodes(raw.graph, CompileOptions(target="qann")))
     roles = conversion_roles(graph)
-    flagged = {d.node for d in diags}
     for node in graph.nodes:
         label = ir.node_label(node)
         role = roles.get(id(node))
-        if role == ISLAND and label not in flagged:
+        if role == ISLAND and op_info(node.op, node.domain or "").spiking:
             diags.append(Diagnostic(
                 "SNN-E244", f"{node.op} has no spiking form and its input carries spikes (SNN "
                 "targets; the qann target keeps it)", pass_name="schedule-timesteps", node=label,

@@ -188,8 +188,9 @@ def _lstm_model(x_shape=(5, 1, 10)) -> onnx.ModelProto:
 def test_lstm_is_not_convertible():
     with pytest.raises(UnsupportedNodeError) as info:
         _canonicalize(_lstm_model())
-    (diag,) = info.value.diagnostics
-    assert (diag.code, diag.node) == ("SNN-E201", "'lstm' (ai.onnx::LSTM)") and diag.hint
+    lstm, nothing = info.value.diagnostics  # both at once: without the LSTM nothing is left
+    assert (lstm.code, lstm.node) == ("SNN-E201", "'lstm' (ai.onnx::LSTM)") and lstm.hint
+    assert nothing.code == "SNN-E204"
 
 
 def test_model_without_activation_is_an_error():
