@@ -106,3 +106,32 @@ def test_membrane_saturation_is_counted():
     net = nl.lower(one_neuron(current=-100.0), 4)
     quantize(net)
     assert simulate(net, np.full((1, 1, 1, 1), 100.0, np.float32)).saturations > 0
+
+
+def test_run_command_semantics_option(tmp_path, capsys):
+    """`snncc run DIR --semantics hardware|emulated` picks the simulator's semantics."""
+    from snncc.cli import main
+
+    model, x, *_ = _run("IFNeuron", {})
+    ctx = CompileContext(CompileOptions(target="loihi", timesteps=4))
+    LoihiBackend().emit(model, ctx, tmp_path / "out")
+    np.save(tmp_path / "x.npy", x)
+    outs = {}
+    for sem in ("emulated", "hardware"):
+        assert main(["run", str(tmp_path / "out"), "--input", str(tmp_path / "x.npy"),
+                     "--semantics", sem, "-o", str(tmp_path / f"{sem}.npz")]) == 0
+        outs[sem] = np.load(tmp_path / f"{sem}.npz")["outputs"]
+    want = {sem: run_netlist(tmp_path / "out", x, semantics=sem)[0]["gemm20"]
+            for sem in outs}
+    for sem in outs:
+        np.testing.assert_array_equal(outs[sem], want[sem])
+    assert not np.array_equal(outs["emulated"], outs["hardware"])
+    assert main(["run", str(tmp_path / "out"), "--input", str(tmp_path / "x.npy"),
+                 "--semantics", "hardware"]) == 0   # the default -o-less path prints
+
+
+def test_hardware_membrane_saturation_is_counted():
+    net = nl.lower(one_neuron(current=-100.0), 4)
+    quantize(net)
+    res = simulate(net, np.full((1, 1, 1, 1), 100.0, np.float32), semantics="hardware")
+    assert res.saturations > 0
