@@ -137,15 +137,29 @@ def test_round_trip_with_nir_read(tmp_path):
 def test_export_is_the_compiled_network_up_to_the_neuron_rule(tmp_path):
     """Run with snncc's own IF rule, the exported graph equals the ORT SNN: the export changes
     nothing but the neuron rule that NIR cannot express."""
-    model = pooled_model()
+    model = pooled_model(v_init=0.0)
     emit(model, tmp_path)
     g = nir.read(tmp_path / "net.nir")
     x = dyadic_input((12, 2, 8, 8))
     ref = next(iter(ort_reference(model, x, 4).outputs.values()))
-    out = nir_reference(g, x, 4, soft=True, v_init=0.5)
+    out = nir_reference(g, x, 4, soft=True)
     np.testing.assert_allclose(out, ref, atol=1e-5)
     hard = nir_reference(g, x, 4)                       # NIR's own rule differs
     assert not np.allclose(hard, ref, atol=1e-5)
+
+
+def test_initial_charge_becomes_a_bias_current(tmp_path):
+    """NIR neurons start at v = 0: IF's v_init*theta is added to the feeding layer's bias as
+    v_init*theta/T per step (the NetX export's rule), and the report says so."""
+    art, _ = emit(pooled_model(v_init=0.5), tmp_path, name="half.nir")
+    emit(pooled_model(v_init=0.0), tmp_path, name="zero.nir")
+    half, zero = nir.read(tmp_path / "half.nir"), nir.read(tmp_path / "zero.nir")
+    convs = [n for n in _chain(half) if isinstance(half.nodes[n], nir.Conv2d)]
+    np.testing.assert_allclose(half.nodes[convs[0]].bias - zero.nodes[convs[0]].bias,
+                               0.5 * np.array([0.5, 0.25, 1.0, 0.5]) / 4, atol=1e-7)
+    np.testing.assert_allclose(half.nodes[convs[1]].bias - zero.nodes[convs[1]].bias,
+                               0.5 * 0.75 / 4, atol=1e-7)
+    assert any("bias current" in n for n in art.report["lossy_notes"])
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -247,6 +261,20 @@ def test_norse_runs_the_file_like_loihi_hardware_semantics(tmp_path):
     net = nl.lower(model, T)
     quantize(net)
     assert net.meta["quantization"]["all_exact"]
+    hw = next(iter(simulate(net, x, semantics="hardware").outputs.values()))
+    np.testing.assert_allclose(ours, hw, atol=1e-6)
+
+
+def test_norse_runs_the_initial_charge_export_like_loihi_hardware(tmp_path):
+    """With v_init = 0.5 both targets give the initial charge as a bias current v_init*theta/T:
+    Norse on the file and the hardware-semantics simulator agree again."""
+    pytest.importorskip("norse.torch")
+    model = sequential_model(v_init=0.5)
+    emit(model, tmp_path)
+    x = dyadic_input((24, 2, 8, 8)) * np.float32(0.5)
+    ours = _norse_run(tmp_path / "net.nir", x, 4)
+    net = nl.lower(model, 4)
+    quantize(net)
     hw = next(iter(simulate(net, x, semantics="hardware").outputs.values()))
     np.testing.assert_allclose(ours, hw, atol=1e-6)
 

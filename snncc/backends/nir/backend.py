@@ -52,17 +52,18 @@ class NirBackend(Backend):
             self._cache = (*key, result)
             return result
         proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
-        res, diags = build_graph(proto)
+        res, diags = build_graph(proto, ctx.options.timesteps)
         lossy = lossy_notes(proto)
         if not getattr(ctx.options, "allow_lossy", False):
             for key_, notes in sorted(lossy.items()):
-                if notes:
-                    diags.append(Diagnostic(
-                        "SNN-E690", f"neuron '{key_}' resets by subtraction (soft reset), but "
-                        "NIR's IF/LIF reset to v_reset: the NIR network would not be the "
-                        "compiled one (" + "; ".join(notes[1:] or ["reset only"]) + ")", PASS,
-                        "", "pass --allow-lossy to export anyway (the report records the "
-                        "difference), or use --target loihi / ort for the exact network"))
+                if not notes:
+                    continue
+                more = f" (also: {'; '.join(notes[1:])})" if notes[1:] else ""
+                diags.append(Diagnostic(
+                    "SNN-E690", f"neuron '{key_}' resets by subtraction (soft reset), but NIR's "
+                    f"IF/LIF reset to v_reset: the NIR network would not be the compiled "
+                    f"one{more}", PASS, "", "pass --allow-lossy to export anyway (the report "
+                    "records the difference), or use --target loihi / ort for the exact network"))
         result = (res, diags)
         self._cache = (*key, result)
         return result
@@ -79,7 +80,7 @@ class NirBackend(Backend):
                                          code=sorted({d.code for d in diags})[0])
         proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
         lossy = {k: v for k, v in lossy_notes(proto).items() if v}
-        notes = [f"{k}: {n}" for k, v in sorted(lossy.items()) for n in v]
+        notes = [f"{k}: {n}" for k, v in sorted(lossy.items()) for n in v] + list(res.notes)
         res.graph.metadata = {"producer": "snncc", "timesteps": int(ctx.options.timesteps),
                               "dt": 1.0, "lossy": "; ".join(notes) or "none"}
         out = Path(out)

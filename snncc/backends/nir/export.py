@@ -20,7 +20,8 @@ that still carries one. This keeps it loadable by importers that lack Scale/AvgP
 
 What NIR cannot express (:func:`lossy_notes`): NIR IF/LIF reset to ``v_reset`` (no reset by
 subtraction), fire on ``v > v_threshold`` (IF fires on ``>=``) and start at v = 0 (IF starts at
-``v_init * theta``). Graded neurons (gn, mt, bitserial, srp) send multi-level spikes, which no
+``v_init * theta``: without a leak that charge becomes a bias current ``v_init*theta/T`` on the
+Conv/Affine feeding the neuron, as the NetX export does; otherwise it is dropped, with a note). Graded neurons (gn, mt, bitserial, srp) send multi-level spikes, which no
 NIR neuron has: refused.
 """
 from __future__ import annotations
@@ -97,23 +98,19 @@ def lossy_notes(proto: onnx.ModelProto) -> dict[str, list[str]]:
         lost = notes.setdefault(spec.key, [])
         if spec.loihi.reset == "subtract" and RESET_NOTE not in lost:
             lost.append(RESET_NOTE)
-        if spec.key == "if":
-            extra = ["IF fires on v >= theta, NIR on v > v_threshold (ties differ)"]
-            if float(a.get("v_init", 0.5)) != 0.0:
-                extra.append("IF starts at v_init*theta, NIR neurons at v = 0")
-            lost += [e for e in extra if e not in lost]
-        elif spec.key == "lif" and float(a.get("v_init", 0.0)) != 0.0:
-            if "LIF starts at v_init*theta, NIR neurons at v = 0" not in lost:
-                lost.append("LIF starts at v_init*theta, NIR neurons at v = 0")
+        tie = "IF fires on v >= theta, NIR on v > v_threshold (ties differ)"
+        if spec.key == "if" and tie not in lost:
+            lost.append(tie)
     return notes
 
 
 class _Builder:
-    def __init__(self, proto: onnx.ModelProto):
+    def __init__(self, proto: onnx.ModelProto, timesteps: int):
         import nir
 
         self.nir = nir
         self.proto = proto
+        self.timesteps = timesteps
         self.inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
         self.values: dict[str, _Value] = {}
         self.nodes: dict[str, Any] = {}
@@ -121,6 +118,7 @@ class _Builder:
         self.neurons: dict[str, str] = {}
         self.diags: list[Diagnostic] = []
         self.used: set[str] = set()
+        self.notes: list[str] = []
 
     # -- helpers
     def _name(self, onnx_name: str, fallback: str) -> str:
@@ -203,7 +201,7 @@ class _Builder:
                            v.shape, None)
             self._add(self._name(f"output_{out.name}", "output"),
                       nir.Output(output_type={"output": np.array(v.shape)}), v)
-        return ExportResult(None, order, self.neurons, [])
+        return ExportResult(None, order, self.neurons, self.notes)
 
     @staticmethod
     def _broadcast(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -265,6 +263,10 @@ class _Builder:
         ones = np.ones(shape, dtype=np.float32)
         zeros = np.zeros(shape, dtype=np.float32)
         leak = float(a.get("leak", 1.0))
+        v_init = float(a.get("v_init", 0.0))
+        if v_init:
+            self._initial_charge(node, x, spec.key, v_init * theta / s_in, leak,
+                                 int(a.get("T", self.timesteps)) or 1)
         if spec.key == "if" or leak == 1.0:
             nn = nir.IF(r=ones, v_threshold=vth, v_reset=zeros)
         else:
@@ -274,6 +276,24 @@ class _Builder:
         self.neurons[name] = spec.key
         amp = theta if spec.key == "if" else np.full(channels, float(a.get("amplitude", 1.0)))
         self.values[node.output[0]] = _Value(name, shape, amp.astype(np.float64))
+
+    def _initial_charge(self, node, x: _Value, key: str, charge: np.ndarray, leak: float,
+                        steps: int) -> None:
+        """NIR neurons start at v = 0. Without a leak, the initial charge (stored units, per
+        channel) is given instead as a bias current charge/steps over the window, added to the
+        bias of the Conv/Affine that feeds only this neuron (as the NetX export does); the
+        threshold then sees the same total charge, spread in time. Else it is dropped."""
+        producer = self.nodes.get(x.node)
+        alone = not any(src == x.node for src, _ in self.edges)
+        if leak == 1.0 and alone and isinstance(producer, (self.nir.Conv2d, self.nir.Affine)):
+            producer.bias = (np.asarray(producer.bias, np.float64) + charge / steps
+                             ).astype(np.float32)
+            note = (f"{key}: the initial charge v_init*theta is a bias current "
+                    f"v_init*theta/{steps} over the {steps} steps (NIR neurons start at v = 0)")
+        else:
+            note = f"{key}: the initial charge v_init*theta is dropped (NIR neurons start at v = 0)"
+        if note not in self.notes:
+            self.notes.append(note)
 
     # -- linear ops
     def _op_Identity(self, node):
@@ -432,10 +452,12 @@ class _Builder:
         self.values[node.output[0]] = x
 
 
-def build_graph(proto: onnx.ModelProto) -> tuple[ExportResult | None, list[Diagnostic]]:
+def build_graph(proto: onnx.ModelProto, timesteps: int = 4
+                ) -> tuple[ExportResult | None, list[Diagnostic]]:
     """The NIR graph of ``proto`` (after insert-neurons), or the diagnostics of everything that
-    has no NIR form (all collected). Requires the ``nir`` package."""
-    b = _Builder(proto)
+    has no NIR form (all collected). ``timesteps``: T where a neuron has no ``T`` attribute.
+    Requires the ``nir`` package."""
+    b = _Builder(proto, timesteps)
     try:
         res = b.run()
     except _Refuse as err:
