@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 nir = pytest.importorskip("nir")
 
@@ -286,3 +287,22 @@ def test_norse_runs_the_pooled_export(tmp_path):
     x = dyadic_input((8, 2, 8, 8))
     np.testing.assert_allclose(_norse_run(tmp_path / "net.nir", x, 4),
                                nir_reference(nir.read(tmp_path / "net.nir"), x, 4), atol=1e-5)
+
+
+def test_lif_maps_to_lif_or_if(tmp_path):
+    """leak < 1: NIR LIF with tau = 1/(1-leak), r = tau (forward Euler, dt = 1: v = leak*v + I);
+    leak == 1 is an IF. The spike amplitude folds into the next layer's weights."""
+    g = Graph((2, 4, 4), seed=2)
+    s1 = g.neuron(g.conv("x", 2, 3), "LIFNeuron", theta=[0.5], leak=0.75, amplitude=0.5)
+    s2 = g.neuron(g.conv(s1, 3, 3), "LIFNeuron", theta=[1.0], leak=1.0, amplitude=1.0)
+    model = g.model(g.gemm(g.op("Flatten", [s2], axis=1), 48, 2))
+    res, diags = build_graph(model)
+    assert diags == []
+    nodes = [res.graph.nodes[n] for n in res.nodes]
+    lif = next(n for n in nodes if isinstance(n, nir.LIF))
+    assert np.allclose(lif.tau, 4.0) and np.allclose(lif.r, 4.0) and np.allclose(lif.v_leak, 0)
+    assert np.allclose(lif.v_threshold, 0.5)
+    assert sum(isinstance(n, nir.IF) for n in nodes) == 1
+    convs = [n for n in nodes if isinstance(n, nir.Conv2d)]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    np.testing.assert_allclose(convs[1].weight, inits[model.graph.node[2].input[1]] * 0.5)
