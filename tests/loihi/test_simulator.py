@@ -135,3 +135,28 @@ def test_hardware_membrane_saturation_is_counted():
     quantize(net)
     res = simulate(net, np.full((1, 1, 1, 1), 100.0, np.float32), semantics="hardware")
     assert res.saturations > 0
+
+
+def _pool_model(pool_op: str, **pool_attrs):
+    g = Graph((2, 8, 8))
+    s1 = g.neuron(g.conv("x", 2, 4), "IFNeuron")
+    p = g.op(pool_op, [s1], kernel_shape=[2, 2], strides=[2, 2], pads=[1] * 4, **pool_attrs)
+    s2 = g.neuron(g.conv(p, 4, 4, k=2, pad=0), "IFNeuron")    # 5x5 -> 4x4: GAP 1/16
+    gap = g.op("GlobalAveragePool", [s2])
+    return g.model(g.gemm(g.op("Flatten", [gap], axis=1), 4, 3))
+
+
+def test_maxpool_avg_lowers_as_average_pool_counting_the_padding():
+    """`--maxpool avg` on Loihi: MaxPool runs as AveragePool(count_include_pad=1), exactly."""
+    with pytest.raises(SnnccError) as err:
+        nl.lower(_pool_model("MaxPool"), 4)
+    assert err.value.code == "SNN-E270"
+    net = nl.lower(_pool_model("MaxPool"), 4, maxpool="avg")
+    report, diags = quantize(net)
+    x = dyadic_input((3, 2, 8, 8), seed=3)
+    ref = ort_reference(_pool_model("AveragePool", count_include_pad=1), x, 4)
+    assert report["all_exact"] and not diags          # 1/4 weights: dyadic
+    (name, value), = simulate(net, x).outputs.items()
+    np.testing.assert_array_equal(value, ref.outputs[name])
+    assert {k: int(v.sum()) for k, v in simulate(net, x).events.items()} == \
+        ref.events_per_layer

@@ -67,7 +67,7 @@ class LoihiBackend(Backend):
             return self._cache[2]
         proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
         try:
-            net = nl.lower(proto, ctx.options.timesteps)
+            net = nl.lower(proto, ctx.options.timesteps, ctx.options.maxpool)
         except SnnccError as exc:
             diags = list(exc.diagnostics) or [Diagnostic(exc.code, exc.message, hint=exc.hint)]
             prepared = _Prepared(None, None, diags)
@@ -85,7 +85,8 @@ class LoihiBackend(Backend):
         """Lowering only (ops, attributes, shapes: SNN-E27x); fixed point and core mapping
         depend on the calibrated lambda and run in :meth:`check`."""
         try:
-            nl.lower(ir.to_proto(model), ctx.options.timesteps)
+            nl.lower(ir.to_proto(model), ctx.options.timesteps,
+                     ctx.options.maxpool)
         except SnnccError as exc:
             return list(exc.diagnostics) or [Diagnostic(exc.code, exc.message, hint=exc.hint)]
         return []

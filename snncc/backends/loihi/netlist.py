@@ -388,12 +388,12 @@ def _out_hw(view, k, stride, pads) -> tuple[int, int]:
 
 
 class _Lowering:
-    def __init__(self, proto: onnx.ModelProto, timesteps: int):
+    def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto"):
         from snncc.passes.insert_neurons import spec_for_op
         from snncc.neurons.registry import validate_attrs
 
         self.spec_for_op, self.validate = spec_for_op, validate_attrs
-        self.proto, self.T = proto, timesteps
+        self.proto, self.T, self.maxpool = proto, timesteps, maxpool
         self.inits = {i.name: numpy_helper.to_array(i).astype(np.float64)
                       if numpy_helper.to_array(i).dtype.kind == "f"
                       else numpy_helper.to_array(i) for i in proto.graph.initializer}
@@ -490,6 +490,8 @@ class _Lowering:
         if node.domain == SNN_DOMAIN:
             return self._neuron(node)
         handler = getattr(self, f"_op_{node.op_type}", None)
+        if node.op_type == "MaxPool" and self.maxpool == "avg":
+            handler = self._maxpool_as_avg
         if handler is None or node.domain not in ("", "ai.onnx"):
             hint = ("use --maxpool avg (or train with average pooling)" if node.op_type == "MaxPool"
                     else "the Loihi backend maps Conv, Gemm, MatMul, Add, Mul, Concat, "
@@ -563,6 +565,21 @@ class _Lowering:
                               "has position-dependent weights",
                               "pool without padding or with count_include_pad=1")
         self._pool(node, x, k, stride, pads)
+
+    def _maxpool_as_avg(self, node):
+        """``--maxpool avg``: MaxPool -> AveragePool with the same kernel, strides and pads,
+        counting the padding (PyTorch's AvgPool2d default, as ``snncc finetune --maxpool avg``
+        trains): one strided conv, exact. (Not counting it would need per-position weights.)"""
+        if len(node.output) > 1 and node.output[1]:
+            raise _LowerError("SNN-E271", "the MaxPool indices output is used",
+                              "export the model without MaxPool indices")
+        attrs = _attrs(node)
+        if any(d != 1 for d in attrs.get("dilations", (1, 1))):
+            raise _LowerError("SNN-E271", "a dilated MaxPool has no AveragePool equivalent",
+                              "use an undilated MaxPool")
+        k = tuple(attrs["kernel_shape"])
+        stride, pads = _spatial(attrs, k)
+        self._pool(node, self._expr(node.input[0]), k, stride, pads)
 
     def _pool(self, node, x: _Expr, k, stride, pads):
         c = x.view[0]
@@ -693,12 +710,14 @@ class _Lowering:
                                             np.concatenate([p.bias for p in parts]))
 
 
-def lower(proto: onnx.ModelProto, timesteps: int) -> Netlist:
+def lower(proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto") -> Netlist:
     """Lower the ANN-shaped spiking graph (after insert-neurons) to a float netlist.
 
-    Raises :class:`UnsupportedNodeError` listing every node that has no Loihi form.
+    ``maxpool="avg"`` (``--maxpool avg``) lowers MaxPool as AveragePool counting the padding;
+    otherwise MaxPool has no Loihi form. Raises :class:`UnsupportedNodeError` listing every node
+    that has no Loihi form.
     """
-    return _Lowering(proto, timesteps).run()
+    return _Lowering(proto, timesteps, maxpool).run()
 
 
 # ----------------------------------------------------------------------------- files
