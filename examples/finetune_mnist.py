@@ -1,11 +1,13 @@
 """Full run of ``snncc finetune``: ReLU ANN -> QCFS fine-tune (and optionally IIR) -> compiled SNN.
 
-    python examples/finetune_mnist.py [--dataset mnist|digits] [-L 4] [--epochs 10] [--sparsity 1e-6]
-                                      [--iir --iir-epochs 3 --timesteps 5,4,3,2,1] [--out-dir DIR]
+    python examples/finetune_mnist.py [--dataset mnist|digits] [-L 4] [--epochs 3] [--sparsity 1e-6]
+                                      [--snn-timesteps 4] [--iir --iir-epochs 3 --timesteps 5,4,3,2,1]
+                                      [--out-dir DIR]
 
 1. trains MnistCNN (examples/models.py) as a ReLU ANN and exports it (examples/export_models.py);
 2. writes the train/val splits as .npz (keys x, y) and runs ``snncc finetune`` on the ONNX file,
-   exactly as the command line does;
+   exactly as the command line does (the default recipe: per-channel MSE λ, distillation from the
+   ANN, one-cycle SGD; ``--snn-timesteps T`` trains with the IF SNN at T in the loop);
 3. compiles the QCFS model with ``--neuron if -T L`` (no calibration: λ and L come from the graph)
    and, with ``--iir``, every IIR stage with ``--neuron lif -T T``;
 4. prints test accuracy of the ANN, the fine-tuned QCFS ANN and the compiled SNNs (ONNX Runtime).
@@ -47,9 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", choices=["mnist", "digits"], default="mnist")
     parser.add_argument("--ann-epochs", type=int, default=10)
     parser.add_argument("-L", "--levels", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=10, help="QCFS fine-tuning epochs")
+    parser.add_argument("--epochs", type=int, default=3, help="QCFS fine-tuning epochs")
     parser.add_argument("--sparsity", type=float, default=0.0)
-    parser.add_argument("--lambda-init", default="p99.9")
+    parser.add_argument("--lambda-init", default="mse")
+    parser.add_argument("--snn-timesteps", type=int, help="train with the IF SNN at T in the loop")
     parser.add_argument("--iir", action="store_true", help="also run the IIR schedule")
     parser.add_argument("--iir-epochs", type=int, default=3, help="epochs per IIR stage")
     parser.add_argument("--timesteps", default="5,4,3,2,1")
@@ -78,8 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     common = [str(ann_path), "--data", str(out / "train.npz"), "--val", str(out / "val.npz"), "--seed",
               str(args.seed)]
     qcfs_path = out / "qcfs.onnx"
+    loop = ["--snn-timesteps", str(args.snn_timesteps)] if args.snn_timesteps else []
     run_finetune(ft.parse_args(common + ["-L", str(args.levels), "--epochs", str(args.epochs), "--sparsity",
-                                         str(args.sparsity), "--lambda-init", args.lambda_init, "-o", str(qcfs_path)]))
+                                         str(args.sparsity), "--lambda-init", args.lambda_init, *loop,
+                                         "-o", str(qcfs_path)]))
     rows.append((f"QCFS ANN L={args.levels}", accuracy(qcfs_path, x_test, y_test)))
     for T in sorted({1, 2, args.levels, 2 * args.levels}):
         snn = out / f"qcfs_if_T{T}.onnx"

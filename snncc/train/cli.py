@@ -82,7 +82,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     rec.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
     rec.add_argument("--snn-timesteps", type=int, metavar="T",
                      help="train with the IF SNN at T timesteps in the loop (for `compile --neuron if -T T`)")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default 0.01 SGD for QCFS, 1e-4 Adam for SNN)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 0.003 SGD one-cycle for QCFS, 1e-4 Adam for SNN)")
     parser.add_argument("--batch-size", type=int, help="batch size per process (default 64)")
     parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default 1)")
     data = parser.add_argument_group("data")
@@ -271,7 +271,7 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
                     torch.save(state, tmp)
 
         res = finetune_module(module, train, val, levels=args.levels, epochs=args.epochs or 3,
-                              sparsity=args.sparsity, lr=args.lr or 0.01, batch_size=args.batch_size or 64,
+                              sparsity=args.sparsity, lr=args.lr or 0.003, batch_size=args.batch_size or 64,
                               lambda_init=args.lambda_init, calib_samples=args.calib_samples, distill=args.distill,
                               temperature=args.temperature, warmup=args.warmup, bn=args.bn,
                               weight_decay=args.weight_decay, snn_timesteps=args.snn_timesteps, workers=workers,

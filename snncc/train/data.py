@@ -249,7 +249,7 @@ def open_dataset(path: str | os.PathLike, *, channels: int | None = None, size: 
     if p.is_dir() and not (p / "x.npy").is_file():
         return _image_folder(p, channels or 3, size, pre, labels, num_classes)
     if p.is_dir() or p.suffix == ".npy":
-        x_path, y_path = _npy_pair(p)
+        x_path, y_path = _npy_pair(p) if labels or p.is_dir() else (p, None)
         if not x_path.is_file():
             raise _fail("SNN-E803", f"{where}: '{x_path}' does not exist", "save the images with np.save")
         try:

@@ -14,6 +14,8 @@ small, so :class:`OnnxGraphModule` interprets the graph directly:
   ``nn.MaxPool2d`` (so :mod:`snncc.train.qcfs` and :mod:`snncc.train.iir` can swap them by type) and
   every ``BatchNormalization`` a :class:`BatchNorm` module (a torch ``_BatchNorm``, so callers can
   freeze its statistics as for ``nn.BatchNorm2d``; its four inputs must be initializers);
+* an ``Identity`` of an initializer (how the exporter shares equal initializers) is folded: its
+  output becomes an initializer of its own;
 * ``forward`` runs the nodes in graph order; the module has one input and one output.
 
 Supported ops: Conv (2-D), Gemm, MatMul, Add, Sub, Mul, Div, BatchNormalization, Relu, Clip,
@@ -112,6 +114,11 @@ class OnnxGraphModule(nn.Module):
         problems: list[Diagnostic] = []
         self.steps: list[_Step] = []
         for node in graph.node:
+            if node.op_type == "Identity" and node.input[0] in inits and node.domain in ("", "ai.onnx"):
+                # the TorchScript exporter shares equal initializers through Identity nodes: each user
+                # gets its own copy (trained separately, exported as a plain initializer)
+                inits[node.output[0]] = np.array(inits[node.input[0]])
+                continue
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             step = _Step(node.op_type, node.name or node.output[0], list(node.input), list(node.output), attrs)
             if node.domain not in ("", "ai.onnx") or node.op_type not in _OPS:
