@@ -31,7 +31,7 @@ from snncc.errors import BackendCapabilityError
 
 __all__ = ["fanout_map", "synops_per_target", "count_synops", "ort_events", "static_synops",
            "synops_section", "artifact_synops", "format_synops_line", "CaptureAfter",
-           "ARTIFACT_SAMPLES"]
+           "ARTIFACT_SAMPLES", "artifact_sample_count"]
 
 
 def fanout_map(block: Block) -> np.ndarray:
@@ -174,6 +174,16 @@ def ort_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> d
 
 #: Calibration samples simulated for the measured part of an artifact's SynOp section.
 ARTIFACT_SAMPLES = 64
+#: ... fewer for big networks: at most this many ANN MACs x slices simulated in all (about 10 s
+#: of the Loihi simulator on one core), but always at least one sample.
+ARTIFACT_MAC_STEPS = 1e9
+
+
+def artifact_sample_count(ann_macs: int, steps: int, available: int, *,
+                          budget: float = ARTIFACT_MAC_STEPS) -> int:
+    """How many calibration samples an artifact's SynOp measurement runs."""
+    budget = int(budget // max(1, int(ann_macs) * max(1, int(steps))))
+    return max(1, min(ARTIFACT_SAMPLES, available, budget))
 
 _DEFINITION = ("SynOps per inference = sum over source neurons of unit events x synapses leaving "
                "the neuron (exact structural fan-out); blocks fed by the analog input count "
@@ -288,7 +298,8 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
     ``ann_proto``: the ANN-shaped spiking graph after insert-neurons (``ModelProto`` or
     ``ir.Model``; :class:`CaptureAfter` keeps it during the pipeline): it gives the structure
     (synapses, fan-out, ANN MACs). ``samples``: calibration inputs (name -> array), of which the
-    first :data:`ARTIFACT_SAMPLES` are run to measure spikes; None gives the static part only.
+    first :data:`ARTIFACT_SAMPLES` (fewer for big networks: :func:`artifact_sample_count`) are
+    run to measure spikes; None gives the static part only.
     A model the structural lowering cannot express (e.g. analog islands) gives
     ``{"available": False, "reason": ...}`` instead of failing the compile.
     """
@@ -305,7 +316,10 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
         return {"available": False, "reason": exc.render()}
     if not samples:
         return synops_section(net, timesteps=options.timesteps)
-    feeds = {k: np.asarray(v)[:ARTIFACT_SAMPLES] for k, v in samples.items()}
+    n = artifact_sample_count(net.ann_macs, net.total_steps,
+                              min(len(v) for v in samples.values()),
+                              budget=10 * ARTIFACT_MAC_STEPS)   # ONNX Runtime is faster
+    feeds = {k: np.asarray(v)[:n] for k, v in samples.items()}
     meta = {p.key: p.value for p in snn_proto.metadata_props}
     if meta.get("snncc.schedule") == "streaming":
         events, source = _stream_events(snn_proto, feeds), "ONNX Runtime (streaming, kernels)"

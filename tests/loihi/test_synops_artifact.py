@@ -150,3 +150,11 @@ def test_streaming_schedule_counts_the_same_spikes(digits_ort, tmp_path):
         folded["measured"]["synops_per_inference"])
     assert stream["measured"]["spikes_per_inference"] == folded["measured"][
         "spikes_per_inference"]
+
+
+def test_sample_count_shrinks_with_the_network():
+    from snncc.analysis.synops import ARTIFACT_MAC_STEPS, artifact_sample_count
+    assert artifact_sample_count(190_720, 4, 256) == ARTIFACT_SAMPLES        # digits CNN
+    assert artifact_sample_count(190_720, 4, 10) == 10                       # fewer given
+    assert artifact_sample_count(1_800_000_000, 4, 256) == 1                 # ResNet-18 224
+    assert artifact_sample_count(ARTIFACT_MAC_STEPS // 40, 4, 256) == 10

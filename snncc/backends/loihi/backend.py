@@ -27,7 +27,8 @@ from typing import Any
 import onnx
 
 from snncc import ir
-from snncc.analysis.synops import format_synops_line, loihi_samples, synops_section
+from snncc.analysis.synops import (artifact_sample_count, format_synops_line, loihi_samples,
+                                   synops_section)
 from snncc.backends.base import Artifact, Backend
 from snncc.backends.loihi import netlist as nl
 from snncc.backends.loihi.mapping import CoreLimits, map_cores
@@ -145,12 +146,14 @@ class LoihiBackend(Backend):
     def _synops(net: nl.Netlist, mapping: dict[str, Any], ctx: CompileContext) -> dict[str, Any]:
         """``synops.json``: the static structure always; with calibration samples also the
         spikes, SynOps and energy measured by the bit-accurate simulator (emulated semantics, the
-        neurons' own rules) on up to ``ARTIFACT_SAMPLES`` of them."""
+        neurons' own rules) on up to ``ARTIFACT_SAMPLES`` of them (fewer for big networks,
+        :func:`snncc.analysis.synops.artifact_sample_count`)."""
         path = ctx.options.calib_path
         if not path:
             return synops_section(net, timesteps=ctx.options.timesteps)
         inp = net.groups[0]
         x = loihi_samples(path, inp.name, inp.shape)
+        x = x[:artifact_sample_count(net.ann_macs, net.total_steps, len(x))]
         _, events = run_netlist(net, x)
         return synops_section(net, events, mapping=mapping, timesteps=ctx.options.timesteps,
                               source="loihi netlist simulator (emulated semantics), "
