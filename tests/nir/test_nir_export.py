@@ -21,6 +21,7 @@ from snncc.backends.loihi.quantize import quantize  # noqa: E402
 from snncc.backends.loihi.simulator import simulate  # noqa: E402
 from snncc.backends.nir.backend import NirBackend  # noqa: E402
 from snncc.backends.nir.export import RESET_NOTE, build_graph  # noqa: E402
+from snncc.backends.nir.simulate import run_graph  # noqa: E402
 from snncc.cli import main  # noqa: E402
 from snncc.context import CompileContext, CompileOptions  # noqa: E402
 from snncc.driver import compile_model, make_options  # noqa: E402
@@ -147,6 +148,25 @@ def test_export_is_the_compiled_network_up_to_the_neuron_rule(tmp_path):
     np.testing.assert_allclose(out, ref, atol=1e-5)
     hard = nir_reference(g, x, 4)                       # NIR's own rule differs
     assert not np.allclose(hard, ref, atol=1e-5)
+
+
+def test_fidelity_run_is_nir_semantics(tmp_path):
+    """predict (the compile-time fidelity estimate) runs the graph as NIR defines it: equal to
+    the independent reference here, and to the hardware-semantics simulator on exact values."""
+    model = sequential_model(v_init=0.5)
+    backend = NirBackend()
+    ctx = CompileContext(CompileOptions(target="nir", timesteps=4, allow_lossy=True))
+    x = dyadic_input((10, 2, 8, 8)) * np.float32(0.5)
+    out, layers = backend.predict(model, ctx, {"x": x})
+    art = backend.emit(model, ctx, tmp_path / "net.nir")
+    np.testing.assert_allclose(out, nir_reference(nir.read(art.path), x, 4), atol=1e-6)
+    net = nl.lower(model, 4)
+    quantize(net)
+    hw = next(iter(simulate(net, x, semantics="hardware").outputs.values()))
+    np.testing.assert_allclose(out, hw, atol=1e-6)
+    refused = NirBackend().predict(model, CompileContext(CompileOptions(target="nir")),
+                                   {"x": x})
+    assert refused is None and layers is None
 
 
 def test_initial_charge_becomes_a_bias_current(tmp_path):
@@ -285,8 +305,12 @@ def test_norse_runs_the_pooled_export(tmp_path):
     pytest.importorskip("norse.torch")
     emit(pooled_model(), tmp_path)
     x = dyadic_input((8, 2, 8, 8))
-    np.testing.assert_allclose(_norse_run(tmp_path / "net.nir", x, 4),
-                               nir_reference(nir.read(tmp_path / "net.nir"), x, 4), atol=1e-5)
+    ours = _norse_run(tmp_path / "net.nir", x, 4)
+    np.testing.assert_allclose(ours, nir_reference(nir.read(tmp_path / "net.nir"), x, 4),
+                               atol=1e-5)
+    # the compile-time fidelity run (snncc.backends.nir.simulate) computes the same
+    np.testing.assert_allclose(ours, next(iter(run_graph(nir.read(tmp_path / "net.nir"), x,
+                                                         4).values())), atol=1e-5)
 
 
 def test_lif_maps_to_lif_or_if(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from snncc import ir
@@ -70,6 +71,17 @@ class NirBackend(Backend):
 
     def check(self, model: ir.Model, ctx: CompileContext) -> list[Diagnostic]:
         return list(self._build(model, ctx)[1])
+
+    def predict(self, model: ir.Model, ctx: CompileContext, feeds: dict):
+        """What a NIR consumer computes (NIR's reset-to-zero neurons, dt = 1), for the
+        compile-time fidelity estimate; None when the model cannot be exported."""
+        from snncc.backends.nir.simulate import run_graph
+
+        res, diags = self._build(model, ctx)
+        if res is None or diags or len(feeds) != 1:
+            return None
+        outputs = run_graph(res.graph, next(iter(feeds.values())), ctx.options.timesteps)
+        return next(iter(outputs.values())).astype(np.float32), None
 
     def emit(self, model: ir.Model, ctx: CompileContext, out: Path) -> Artifact:
         import nir
