@@ -30,7 +30,7 @@ from snncc.backends.loihi.netlist import Block, Netlist, conv2d, conv2d_adjoint,
 from snncc.errors import BackendCapabilityError
 
 __all__ = ["fanout_map", "synops_per_target", "count_synops", "ort_events", "static_synops",
-           "synops_section", "artifact_synops", "format_synops_line", "CaptureAfter",
+           "synops_section", "artifact_synops", "format_synops_line",
            "ARTIFACT_SAMPLES", "artifact_sample_count"]
 
 
@@ -296,7 +296,7 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
 
     ``snn_proto``: the compiled spiking model (what the ORT backend wrote, folded or streaming).
     ``ann_proto``: the ANN-shaped spiking graph after insert-neurons (``ModelProto`` or
-    ``ir.Model``; :class:`CaptureAfter` keeps it during the pipeline): it gives the structure
+    ``ir.Model``; ``pipeline.Snapshot(["insert-neurons"])`` keeps it): it gives the structure
     (synapses, fan-out, ANN MACs). ``samples``: calibration inputs (name -> array), of which the
     first :data:`ARTIFACT_SAMPLES` (fewer for big networks: :func:`artifact_sample_count`) are
     run to measure spikes; None gives the static part only.
@@ -346,16 +346,3 @@ def format_synops_line(section: Mapping[str, Any] | None) -> str:
         line += f"; Loihi {section['energy']['loihi']['snn_pj'] * 1e-6:.3g} uJ"
     return line + f" ({m['samples']} samples)"
 
-
-class CaptureAfter:
-    """Pipeline instrument that keeps a copy of the graph after one pass (e.g. insert-neurons,
-    for :func:`artifact_synops`): ``proto`` is None until the pass ran."""
-
-    def __init__(self, pass_name: str = "insert-neurons"):
-        self.pass_name = pass_name
-        self.proto: onnx.ModelProto | None = None
-
-    def __call__(self, pass_: Any, model: Any, ctx: Any) -> None:
-        if pass_.name == self.pass_name:
-            from snncc import ir
-            self.proto = ir.to_proto(model)
