@@ -311,7 +311,7 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
     if not isinstance(snn_proto, onnx.ModelProto):
         snn_proto = ir.to_proto(snn_proto)
     try:
-        net = lower(ann_proto, options.timesteps)
+        net = lower(ann_proto, options.timesteps, getattr(options, "maxpool", "auto"))
     except SnnccError as exc:
         return {"available": False, "reason": exc.render()}
     if not samples:

@@ -330,3 +330,22 @@ def test_lif_maps_to_lif_or_if(tmp_path):
     convs = [n for n in nodes if isinstance(n, nir.Conv2d)]
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     np.testing.assert_allclose(convs[1].weight, inits[model.graph.node[2].input[1]] * 0.5)
+
+
+def test_maxpool_refused_unless_maxpool_avg():
+    """MaxPool of spikes has no NIR form; --maxpool avg exports it as the average pool counting
+    the padding (the Loihi lowering's rule): the same graph as an explicit AveragePool."""
+    def model(op, **attrs):
+        g = Graph((2, 8, 8), seed=4)
+        s1 = g.neuron(g.conv("x", 2, 4))
+        p = g.op(op, [s1], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], **attrs)
+        return g.model(g.gemm(g.op("Flatten", [p], axis=1), 64, 3))
+
+    diags = build_graph(model("MaxPool"))[1]
+    assert [d.code for d in diags] == ["SNN-E692"] and "--maxpool avg" in diags[0].hint
+    as_avg, diags = build_graph(model("MaxPool"), maxpool="avg")
+    ref, _ = build_graph(model("AveragePool", count_include_pad=1))
+    assert diags == []
+    x = dyadic_input((4, 2, 8, 8))
+    np.testing.assert_array_equal(next(iter(run_graph(as_avg.graph, x, 4).values())),
+                                  next(iter(run_graph(ref.graph, x, 4).values())))

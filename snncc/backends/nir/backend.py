@@ -53,7 +53,7 @@ class NirBackend(Backend):
             self._cache = (*key, result)
             return result
         proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
-        res, diags = build_graph(proto, ctx.options.timesteps)
+        res, diags = build_graph(proto, ctx.options.timesteps, ctx.options.maxpool)
         lossy = lossy_notes(proto)
         if not getattr(ctx.options, "allow_lossy", False):
             for key_, notes in sorted(lossy.items()):

@@ -6,7 +6,8 @@ Mapping (NIR 1.0 primitives; shapes exclude the batch axis, time is discrete wit
   still carries a pending factor, see below);
 * ``Conv`` (2-D, symmetric pads) -> ``Conv2d``; ``Gemm`` -> ``Affine``; ``MatMul`` by a constant
   matrix -> ``Linear``; a constant ``Add`` after a Conv/Gemm folds into its bias;
-* ``AveragePool`` / ``GlobalAveragePool`` -> ``SumPool2d``; ``Flatten`` / ``Reshape(N, -1)`` ->
+* ``AveragePool`` / ``GlobalAveragePool`` (and ``MaxPool`` under ``--maxpool avg``, counting the
+  padding as the Loihi lowering does) -> ``SumPool2d``; ``Flatten`` / ``Reshape(N, -1)`` ->
   ``Flatten(start_dim=0)``; ``Identity`` / ``Dropout`` vanish;
 * ``IFNeuron`` -> ``IF(r=1, v_threshold, v_reset=0)``; ``LIFNeuron`` -> ``IF`` when leak == 1,
   else ``LIF(tau = 1/(1-leak), r = tau, v_leak = 0)`` (forward Euler with dt = 1 gives
@@ -105,12 +106,13 @@ def lossy_notes(proto: onnx.ModelProto) -> dict[str, list[str]]:
 
 
 class _Builder:
-    def __init__(self, proto: onnx.ModelProto, timesteps: int):
+    def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto"):
         import nir
 
         self.nir = nir
         self.proto = proto
         self.timesteps = timesteps
+        self.maxpool = maxpool
         self.inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
         self.values: dict[str, _Value] = {}
         self.nodes: dict[str, Any] = {}
@@ -226,6 +228,11 @@ class _Builder:
         if node.domain == SNN_DOMAIN:
             return self._neuron(node)
         handler = getattr(self, f"_op_{node.op_type}", None)
+        if node.op_type == "MaxPool":
+            if self.maxpool != "avg":
+                raise _Refuse("SNN-E692", "MaxPool of spikes has no NIR form",
+                              "use --maxpool avg (or train with average pooling)")
+            handler = self._maxpool_as_avg
         if handler is None or node.domain not in ("", "ai.onnx"):
             raise _Refuse("SNN-E692", f"op {node.op_type} has no NIR form in snncc's export",
                           "the NIR export maps Conv, Gemm, MatMul, AveragePool, "
@@ -379,6 +386,20 @@ class _Builder:
         stride = tuple(int(s) for s in a.get("strides", [1, 1]))
         self._sumpool(node, self._value(node.input[0]), k, stride, pad)
 
+    def _maxpool_as_avg(self, node):
+        """``--maxpool avg``: MaxPool as an average pool counting the padding (as the Loihi
+        lowering does): SumPool2d with zero padding and 1/k folded into the next layer."""
+        a = _attrs(node)
+        if len(node.output) > 1 and node.output[1]:
+            raise _Refuse("SNN-E693", "the MaxPool indices output is used",
+                          "export the model without MaxPool indices")
+        if any(int(d) != 1 for d in a.get("dilations", (1, 1))) or a.get("ceil_mode", 0):
+            raise _Refuse("SNN-E693", "a dilated or ceil_mode MaxPool has no average-pool form",
+                          "use an undilated MaxPool with ceil_mode=0")
+        k = tuple(int(v) for v in a["kernel_shape"])
+        stride = tuple(int(s) for s in a.get("strides", [1, 1]))
+        self._sumpool(node, self._value(node.input[0]), k, stride, self._pads(a, k))
+
     def _op_GlobalAveragePool(self, node):
         x = self._value(node.input[0])
         self._sumpool(node, x, tuple(x.shape[1:]), (1, 1), (0, 0))
@@ -452,12 +473,13 @@ class _Builder:
         self.values[node.output[0]] = x
 
 
-def build_graph(proto: onnx.ModelProto, timesteps: int = 4
+def build_graph(proto: onnx.ModelProto, timesteps: int = 4, maxpool: str = "auto"
                 ) -> tuple[ExportResult | None, list[Diagnostic]]:
     """The NIR graph of ``proto`` (after insert-neurons), or the diagnostics of everything that
-    has no NIR form (all collected). ``timesteps``: T where a neuron has no ``T`` attribute.
-    Requires the ``nir`` package."""
-    b = _Builder(proto, timesteps)
+    has no NIR form (all collected). ``timesteps``: T where a neuron has no ``T`` attribute;
+    ``maxpool="avg"`` (``--maxpool avg``) exports MaxPool as an average pool. Requires the
+    ``nir`` package."""
+    b = _Builder(proto, timesteps, maxpool)
     try:
         res = b.run()
     except _Refuse as err:
