@@ -115,7 +115,7 @@ class CalibratePass(Pass):
             samples, ctx.holdout = split_holdout(samples, holdout)
             names = list(dict.fromkeys(s.z.name for s in need))
             stats = calibration.collect_statistics(
-                proto, names, samples, per_channel=options.calib_per_channel,
+                proto, names, samples, per_channel=options.calib_per_channel is not False,
                 batch_size=self.batch_size, max_values=self.max_values, progress=self.progress,
                 seed=self.seed)
             method = "mse" if options.calib_method == "snn" else options.calib_method

@@ -209,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the ANN activations only")
     g.add_argument("--percentile", type=float, default=99.99,
                    help="percentile for --calib-method percentile (default 99.99)")
-    g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
-                   help="one lambda per channel (default)")
+    g.add_argument("--per-channel", dest="per_channel", action="store_true", default=None,
+                   help="one lambda per channel (default, except for neurons with one threshold "
+                   "per layer: lif)")
     g.add_argument("--per-layer", dest="per_channel", action="store_false",
                    help="one lambda per layer")
     g.add_argument("--calib-samples", type=int, default=256,

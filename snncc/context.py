@@ -53,7 +53,7 @@ class CompileOptions:
     calib_path: str | None = None
     calib_method: str = "snn"              # snn | mse | percentile | max
     calib_percentile: float = 99.99
-    calib_per_channel: bool = True
+    calib_per_channel: bool | None = None  # None = per channel unless the neuron cannot
     calib_max_samples: int = 256
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     bias_shift: bool | None = None         # None = what the neuron needs

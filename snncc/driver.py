@@ -72,16 +72,20 @@ def make_options(**kw: Any) -> CompileOptions:
                           code="SNN-E365", hint="e.g. --calib-samples 256")
     from snncc.neurons.registry import validate_neuron_params
     validate_neuron_params(opts)  # SNN-E301/E302/E309/E314 before any work
+    per_channel = opts.calib_per_channel
     if opts.target == "qann":
         levels = opts.levels or 8
         shift = bool(opts.bias_shift)
+        per_channel = True if per_channel is None else per_channel
     else:
         from snncc.neurons import get_neuron
 
         spec = get_neuron(opts.neuron)
         levels = opts.levels or spec.levels_for(opts.timesteps, opts) or 8
         shift = spec.needs_bias_shift if opts.bias_shift is None else opts.bias_shift
-    return replace(opts, levels=levels, bias_shift=shift)
+        if per_channel is None:
+            per_channel = spec.per_channel_threshold
+    return replace(opts, levels=levels, bias_shift=shift, calib_per_channel=per_channel)
 
 
 @dataclass

@@ -26,8 +26,9 @@ already calibrated:
    smallest mean squared error between the layer's decoded output (mean over the counted slices)
    and the ANN activation wins (ties: the larger lambda).
 3. **Bias.** A per-channel current ``b`` is added to ``z``: ``b += mean over samples and
-   positions of (ANN activation - decoded output)``, re-simulating after each of
-   :data:`BIAS_ROUNDS` rounds; a round that does not lower the site's error is undone.
+   positions of (ANN activation - decoded output)``, re-simulating after each of up to
+   :data:`BIAS_ROUNDS` rounds; a round that does not lower the site's error is undone and ends
+   the rounds.
 4. The site's spike train with the chosen ``(lam, b)`` feeds the segments downstream.
 
 The bias ends up in ``QuantClipParams.bias``; fold-batchnorm adds it to the bias of the linear op
@@ -59,8 +60,8 @@ logger = logging.getLogger("snncc.snn_calibration")
 
 #: Factors of the starting lambda tried per channel.
 SCALES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3)
-#: Rounds of bias correction per site.
-BIAS_ROUNDS = 3
+#: Rounds of bias correction per site (a round that does not lower the error ends them).
+BIAS_ROUNDS = 6
 #: Bytes the stored spike trains and ANN activations may take; more samples are dropped.
 MEMORY_BUDGET = 3 << 30
 

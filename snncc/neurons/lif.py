@@ -91,6 +91,7 @@ def _loihi_int_step(sim, g, fixed, v, x_t, t, keep):
 
 SPEC = register_neuron(NeuronSpec(
     key="lif",
+    per_channel_threshold=False,
     op_type="LIFNeuron",
     doc="IIR-SNN LIF neuron: u = leak*u + x, fire on u > theta, soft reset, output amplitude "
         "per spike. The model-local function implements the folded form only (input x, "

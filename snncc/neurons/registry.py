@@ -135,6 +135,8 @@ class NeuronSpec:
     counted_steps: Callable[[int, Mapping[str, Any]], int] = lambda T, a: T
     maxpool_exact: Callable[[int, Mapping[str, Any]], bool] = lambda T, a: T == 1
     needs_bias_shift: bool = False
+    #: False when the op takes one threshold per layer (calibration then defaults to per layer)
+    per_channel_threshold: bool = True
     params: tuple[AttrSpec, ...] = ()
     level_params: tuple[str, ...] = ()
     check_params: Callable[[Mapping[str, Any]], str | None] | None = None
