@@ -105,6 +105,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                        r["declined"], r["ms"]) for r in result.report["passes"]])
         print(rows.format())
         _print_notes(result.report["notes"])
+        if result.report.get("synops"):
+            from snncc.analysis.synops import format_synops_line
+            print(format_synops_line(result.report["synops"]))
+        elif result.report["backend"].get("synops"):
+            print(result.report["backend"]["synops"])
         if result.report.get("fidelity"):
             from snncc.fidelity import summary
             print(summary(result.report["fidelity"]))
@@ -129,7 +134,8 @@ def _print_notes(notes: dict[str, Any]) -> None:
             continue
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in value.items() if isinstance(v, (int, float, str)))
+                              for k, v in value.items()
+                              if isinstance(v, (int, float, str)) and k != "synops")
         elif isinstance(value, list):
             value = f"{len(value)}: " + ", ".join(map(str, value[:5])) + (" ..." if len(value) > 5 else "")
         print(f"{key}: {value}")

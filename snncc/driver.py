@@ -151,8 +151,9 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     model = ir.load(model_path)
     ctx = CompileContext(options)
     dump = DumpAfter(dump_after, dump_dir or out.parent / f"{out.name}.dump") if dump_after else None
-    snap = Snapshot(["canonicalize", "relu-to-quant-clip"]) \
-        if options.calib_path and options.fidelity_samples else None
+    fidelity_wanted = bool(options.calib_path and options.fidelity_samples)
+    snap = Snapshot((["canonicalize", "relu-to-quant-clip"] if fidelity_wanted else [])
+                    + (["insert-neurons"] if options.target == "ort" else []))
     pipeline = default_pipeline(options, verify=verify,
                                 instruments=[i for i in (dump, snap) if i is not None])
     known = [p.name for p in pipeline.passes]
@@ -170,9 +171,10 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
         if diags:
             raise BackendCapabilityError(f"the {backend.name} backend cannot express this model",
                                          diagnostics=diags)
-    fid = _fidelity(snap, backend, model, ctx) if snap is not None and ctx.holdout else None
+    fid = _fidelity(snap, backend, model, ctx) if fidelity_wanted and ctx.holdout else None
     if fid is not None:
         warnings += _check_fidelity(fid, options, min_agreement)
+    synops = _synops(snap, model, ctx) if options.target == "ort" else None
     if backend is None:
         proto = ir.to_proto(model, opset=options.opset)
         ir.check_onnx(proto)
@@ -194,6 +196,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
         "notes": ctx.notes,
         "backend": artifact_report,
         "fidelity": fid,
+        "synops": synops if synops is not None else artifact_report.get("synops_section"),
         "seconds": round(time.perf_counter() - start, 3),
     }
     if dump:
@@ -201,6 +204,20 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     if report_path:
         _write_json_atomic(Path(report_path), report)
     return CompileResult(out, report, files, warnings)
+
+
+def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext) -> dict[str, Any]:
+    """The ORT target's SynOp section (snncc.analysis.synops), measured on the held-out samples,
+    else on the first calibration samples, else static only."""
+    from snncc import calibration
+    from snncc.analysis.synops import ARTIFACT_SAMPLES, artifact_synops
+
+    samples = ctx.holdout
+    snn = ir.to_proto(model)
+    if samples is None and ctx.options.calib_path:
+        samples = calibration.load_samples(ctx.options.calib_path, calibration.model_inputs(snn),
+                                           max_samples=ARTIFACT_SAMPLES)
+    return artifact_synops(snn, snap.proto("insert-neurons"), samples, ctx.options)
 
 
 def _rehearse(model_path, options: CompileOptions, backend) -> None:
