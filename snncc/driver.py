@@ -213,11 +213,11 @@ def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext) -> dict[str, A
     from snncc.analysis.synops import ARTIFACT_SAMPLES, artifact_synops
 
     samples = ctx.holdout
-    snn = ir.to_proto(model)
+    ann = snap.proto("insert-neurons")
     if samples is None and ctx.options.calib_path:
-        samples = calibration.load_samples(ctx.options.calib_path, calibration.model_inputs(snn),
+        samples = calibration.load_samples(ctx.options.calib_path, calibration.model_inputs(ann),
                                            max_samples=ARTIFACT_SAMPLES)
-    return artifact_synops(snn, snap.proto("insert-neurons"), samples, ctx.options)
+    return artifact_synops(ir.to_proto(model), ann, samples, ctx.options)
 
 
 def _rehearse(model_path, options: CompileOptions, backend) -> None:

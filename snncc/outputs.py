@@ -54,6 +54,7 @@ class Output:
     path: Path
     kind: str = "file"
     option: str = "-o"
+    example: str = "model.onnx"   # a file name to suggest when the path is a directory
 
 
 def default_output(model: str | os.PathLike, target: str) -> Path:
@@ -136,8 +137,8 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 diags.append(Diagnostic(
                     "SNN-E363", f"{where} exists and is not a regular file (it is a "
                     f"{'directory' if path.is_dir() else 'special file'})", command,
-                    hint=f"name a file, e.g. {out.option} {Path(out.path) / 'model.onnx'}"
-                    if path.is_dir() else "name a regular file"))
+                    hint=f"name a file inside it, e.g. {out.option.split()[0]} "
+                    f"{Path(out.path) / out.example}" if path.is_dir() else "name a regular file"))
             continue
         if not path.is_dir():
             diags.append(Diagnostic("SNN-E363", f"{where} exists and is a file, not a directory",

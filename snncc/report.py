@@ -130,7 +130,7 @@ def check_report_outputs(out_path: str | os.PathLike,
     figs = plots_dir(out_path)
     ours = figs.is_dir() and all(p.is_file() and p.name in (*PLOTS, MARKER)
                                  for p in figs.iterdir())
-    check_outputs([Output(Path(out_path), "file", "-o"), Output(figs, "dir", "-o (plots)")],
+    check_outputs([Output(Path(out_path), "file", "-o", "report.md"), Output(figs, "dir", "-o (plots)")],
                   inputs, force=ours, command="report")
 
 
