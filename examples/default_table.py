@@ -133,7 +133,7 @@ def common_defaults(data: dict) -> tuple[dict, list[str]]:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -149,7 +149,8 @@ def markdown(data: dict, command: str) -> str:
         command,
         "```",
         "",
-        f"snncc {data['snncc_version']} at commit {data['git_commit']}, {data['date']}; "
+        f"snncc {data['snncc_version']} at commit {data['git_commit']} (`-dirty`: with uncommitted "
+        f"changes), {data['date']}; "
         f"{data['seconds']:.0f} s in all. Each cell is the test accuracy (%) of",
         "",
         "```sh",
