@@ -4,8 +4,13 @@ Every neuron op of the graph runs ``S = spec.total_steps(T, attrs)`` slices and 
 is the mean over the last ``C = spec.counted_steps(T, attrs)`` slices (docs/neuron-ops.md). All
 neurons of one graph must agree on S and C (SNN-E245).
 
-Folded schedule (``--schedule folded``, default)
-------------------------------------------------
+Schedules: ``auto`` (default) resolves to ``window`` when every neuron of the graph is driven by
+its window-mean current (``spec.window_mean_driven``: bit-serial; any neuron at S = 1 gains
+nothing, so ``folded``) and the output decodes the whole window (S == C), else to ``folded``.
+The resolved name is what ``ctx.notes["schedule"]`` and the ``snncc.schedule`` metadata record.
+
+Folded schedule (``--schedule folded``)
+---------------------------------------
 Time is folded into the batch: a *temporal* tensor is ``[S*N, ...]`` (time-major, row ``t*N+n``),
 a *static* tensor ``[N, ...]``. Graph inputs are static; neuron outputs are temporal; an op from
 :data:`TIME_OPS` (linear, per-row ops: Conv, Gemm, MatMul, Add, Mul by a non-temporal factor,
@@ -30,6 +35,23 @@ train, since the mean commutes with them. Listed in ``ctx.notes["output_head"]``
 Ops touching the batch axis (Flatten axis 0, Transpose moving axis 0,
 Concat/Split/Squeeze/Unsqueeze/Reduce/Slice on axis 0, Gemm transA) fail with SNN-E242; a
 temporal Reshape with a literal batch size with SNN-E243 (canonicalize makes them batch-agnostic).
+
+Window-collapsed schedule (``--schedule window``)
+-------------------------------------------------
+The folded layout, except that a neuron output is decoded where it is produced when that is
+exact: when every path from it through per-row time ops (affine maps: they commute with the
+mean over time) ends in a neuron whose spikes depend only on its window-mean current
+(``spec.window_mean_driven``), a graph output, an output-head op or analog island, or an exactly
+swapped MaxPool (all of which see only the mean over the window). A gated MaxPool, a product of
+two spike-derived tensors or any other neuron keeps the train. The neuron keeps its whole train
+as its output (renamed ``schedule-timesteps/<name>/train``; spike counts are those of the folded
+schedule), followed by the decode ``Reshape [S, -1] -> MatMul([1/S]*S) -> Reshape [-1, ...rest]``
+(``decode`` when the shape is unknown); the ops after it run once on ``[N, ...]`` and the next
+neuron gets ``const_input=1``. For bit-serial that is every layer: linear ops run once per window
+(about the ANN's MACs), the neurons still emit the T bits of q. Equal to the folded schedule up
+to float32 summation order (``W mean_t(y_t) + b`` against ``mean_t(W y_t + b)``): bit-exact when
+the sums are exact (tests/snn/test_window_collapsed.py). Needs S == C (no-op otherwise). Count
+``collapsed``: neurons decoded at their output.
 
 MaxPool (``--maxpool``)
 -----------------------
@@ -106,7 +128,7 @@ __all__ = ["ScheduleTimestepsPass", "TIME_OPS", "SCHEDULES", "MAXPOOL_MODES",
 
 logger = logging.getLogger("snncc.passes.schedule_timesteps")
 
-SCHEDULES = ("folded", "streaming")
+SCHEDULES = ("auto", "folded", "window", "streaming")
 MAXPOOL_MODES = ("auto", "avg", "gate")
 PREFIX = "schedule-timesteps"
 
@@ -315,13 +337,15 @@ class ScheduleTimestepsPass(Pass):
         self.notes_maxpool: dict[str, str] = {}
         self.diags: list[Diagnostic] = []
         self.model, self.ctx = model, ctx
-        streaming = options.schedule == "streaming"
+        schedule = self._resolve(options.schedule, neurons, options.timesteps, slices, counted)
+        streaming = schedule == "streaming"
 
         pooled = self._treat_maxpools(options, slices, streaming)
         if streaming:
             depth = self._stream(pooled)
         else:
-            depth = self._fold(pooled, counted)
+            collapse = self._collapsible(pooled) if schedule == "window" else set()
+            depth = self._fold(pooled, counted, collapse)
         if self.diags:
             codes = {d.code for d in self.diags}
             code = "SNN-E322" if codes == {"SNN-E322"} else sorted(codes)[0]
@@ -334,15 +358,81 @@ class ScheduleTimestepsPass(Pass):
             (slices, slices - counted)
         ctx.notes["latency_steps"] = latency
         ctx.notes["maxpool"] = self.notes_maxpool
-        ctx.notes["schedule"] = {"schedule": options.schedule, "total_slices": slices,
+        ctx.notes["schedule"] = {"schedule": schedule, "total_slices": slices,
                                  "counted_slices": counted, "steps": steps,
                                  "decode_from": decode_from, "spiking_depth": depth}
-        model.metadata.update({"snncc.schedule": options.schedule, "snncc.timesteps":
+        model.metadata.update({"snncc.schedule": schedule, "snncc.timesteps":
                                str(options.timesteps), "snncc.steps": str(steps),
                                "snncc.decode_from": str(decode_from)})
         return PassResult(modified=True, counts=self.counts)
 
     # ------------------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _resolve(schedule: str, neurons: list[ir.Node], T: int, slices: int, counted: int
+                 ) -> str:
+        """``auto``: ``window`` when it is exact for the whole graph (every neuron is driven by
+        its window-mean current, ``spec.window_mean_driven``, and the output decodes the whole
+        window) and saves work (S > 1); else ``folded``."""
+        if schedule != "auto":
+            return schedule
+        driven = all(spec_for_op(n.op).window_mean_driven(T, n.attrs) for n in neurons)
+        return "window" if driven and slices == counted and slices > 1 else "folded"
+
+    def _collapsible(self, pooled: set[int]) -> set[str]:
+        """Neuron outputs that may be decoded where they are produced (window schedule).
+
+        A spike train may be replaced by its time-mean (then static, ``[N, ...]``) when every
+        path from it through per-row time ops (affine: they commute with the mean) ends in a
+        consumer that only sees the mean over the whole window: a neuron whose output depends
+        only on its window-mean current (``spec.window_mean_driven``), a graph output, an output
+        head op or analog island, or an exactly swapped MaxPool (these decode their input). A
+        gated MaxPool (not affine) or any other neuron keeps the whole train. Only when every
+        decode averages the whole window (S == C)."""
+        sched = self.emit.S
+        graph = self.model.graph
+        counted = {spec_for_op(n.op).counted_steps(self.ctx.options.timesteps, n.attrs)
+                   for n in graph.nodes if _is_neuron(n)}
+        if counted != {sched}:
+            return set()
+        memo: dict[int, bool] = {}
+        T = self.ctx.options.timesteps
+
+        def ok(t: ir.Tensor) -> bool:
+            if id(t) in memo:
+                return memo[id(t)]
+            memo[id(t)] = False  # cycles never occur; a guard all the same
+            good = True
+            for c in list(t.outputs):
+                if _is_neuron(c):
+                    good = spec_for_op(c.op).window_mean_driven(T, c.attrs)
+                elif c.op in META_OPS or id(c) in pooled:
+                    good = True
+                elif c.op == "MaxPool":
+                    good = False
+                elif time_op_ok(c.op, c.domain, [i for i, x in enumerate(c.inputs) if x is t]):
+                    if c.op in ("Mul", "Div") and any(x is not t and _spike_derived(x)
+                                                      for x in c.inputs):
+                        good = False  # a product of two trains is not the product of means
+                    else:
+                        good = all(ok(o) for o in c.outputs)
+                else:  # output head / analog island (decodes its inputs) or an error later
+                    good = True
+                if not good:
+                    break
+            memo[id(t)] = good
+            return good
+
+        def _spike_derived(x: ir.Tensor, seen: set[int] | None = None) -> bool:
+            seen = set() if seen is None else seen
+            prod = ir.producer(x)
+            if prod is None or id(prod) in seen or prod.op in META_OPS:
+                return False
+            seen.add(id(prod))
+            return _is_neuron(prod) or any(_spike_derived(i, seen) for i in prod.inputs)
+
+        return {n.outputs[0].name for n in graph.nodes if _is_neuron(n) and n.outputs
+                and ok(n.outputs[0])}
 
     @staticmethod
     def _slices(neurons: list[ir.Node], T: int) -> tuple[int, int, bool]:
@@ -463,9 +553,10 @@ class ScheduleTimestepsPass(Pass):
 
     # ----------------------------------------------------------------------------- folded
 
-    def _fold(self, pooled: set[int], counted: int) -> int:
+    def _fold(self, pooled: set[int], counted: int, collapse: set[str]) -> int:
         graph, emit, S = self.model.graph, self.emit, self.emit.S
         first = S - counted
+        self.window_static: set[str] = set()  # static tensors computed from decoded spikes
         temporal: set[str] = set()
         batched: set[str] = {t.name for t in graph.inputs}
         depth: dict[str, int] = {}
@@ -486,11 +577,18 @@ class ScheduleTimestepsPass(Pass):
                 self._count("const_input", not t_idx)
                 d += 1
                 temporal.update(t.name for t in node.outputs)
+                if node.outputs[0].name in collapse:
+                    self._collapse(node, temporal, batched)
             elif node.op in META_OPS:
                 pass
             elif not t_idx:
                 if any(t.name in batched for t in node.inputs):
                     batched.update(t.name for t in outputs)
+                if any(t.name in self.window_static for t in node.inputs):  # decoded spikes
+                    if roles.get(id(node)) == HEAD:
+                        head.append(ir.node_label(node, self.model.provenance))
+                    else:
+                        self.window_static.update(t.name for t in outputs)
             elif id(node) in pooled:  # one slice: pool it as it is; else its time-mean
                 if S == 1:
                     temporal.update(t.name for t in outputs)
@@ -530,6 +628,35 @@ class ScheduleTimestepsPass(Pass):
         self.counts["tiles"] = len(tiles)
         self.counts["analog_islands"] = len(islands)
         return max(depth.values(), default=0)
+
+    def _collapse(self, node: ir.Node, temporal: set[str], batched: set[str]) -> None:
+        """Window schedule: decode the neuron's spike train where it is produced, so that the
+        ops after it run once on ``[N, ...]``; the neuron keeps its whole train as output (spike
+        counts), renamed ``schedule-timesteps/<name>/train``."""
+        y = node.outputs[0]
+        hint = _hint(node)
+        train = self.emit.var(f"{y.name}/train")
+        node.outputs[0] = train
+        temporal.discard(y.name)
+        temporal.add(train.name)
+        batched.add(y.name)
+        self.window_static.add(y.name)
+        shape = self.shapes.get(y.name)
+        S = self.emit.S
+        if shape is not None and len(shape) >= 2 and all(isinstance(d, int) and d > 0
+                                                         for d in shape[1:]):
+            # the mean over the window as a [1, S] x [S, rest] product: MLAS runs it about 3x
+            # faster than ReduceMean over axis 0 (a float summation order, as any decode)
+            view = self.emit.op("Reshape", [train, self.emit.const(f"{hint}/window", [S, -1])],
+                                hint)[0]
+            mean = self.emit.op("MatMul", [self.emit.const(f"{hint}/mean_weights",
+                                                           np.full((1, S), 1.0 / S),
+                                                           dtype=np.float32), view], hint)[0]
+            self.emit.op("Reshape", [mean, self.emit.const(f"{hint}/rest", [-1] +
+                                                           list(shape[1:]))], hint, outputs=[y])
+        else:
+            self.emit.decode(train, 0, hint, out=y)
+        self._count("collapsed")
 
     def _count(self, key: str, when: bool = True) -> None:
         if when:

@@ -243,9 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "AveragePool (models trained that way); gate: always spike gating")
     g.add_argument("--allow-analog", action="store_true",
                    help="keep ops with no spiking form (Sigmoid, LRN, ...) as analog islands")
-    g.add_argument("--schedule", default="folded", choices=("folded", "streaming"),
-                   help="folded: time in the batch, one run; streaming: one-step model with "
-                   "explicit membrane state")
+    g.add_argument("--schedule", default="auto",
+                   choices=("auto", "folded", "window", "streaming"),
+                   help="auto (default): window where it is exact (bit-serial), else folded; "
+                   "folded: time in the batch, one run; window: linear layers run once per "
+                   "window on the decoded value where the next neuron sees only the window mean "
+                   "(same spikes, fewer MACs); streaming: one-step model with explicit "
+                   "membrane state")
     g = p.add_argument_group("neuron parameters")
     g.add_argument("--tau", type=int, help="gn: members per group; srp: pre-run steps")
     g.add_argument("--mt-preset", choices=("equidistant", "pow2"),

@@ -60,7 +60,7 @@ class CompileOptions:
     maxpool: str = "auto"                  # auto | avg | gate
     allow_analog: bool = False
     allow_lossy: bool = False              # nir: export soft-reset neurons anyway
-    schedule: str = "folded"               # folded | streaming
+    schedule: str = "auto"                 # auto | folded | window | streaming
     neuron_params: Mapping[str, Any] = field(default_factory=dict)
     fidelity_samples: int = 0             # calibration samples held out for the fidelity check
     opset: int = 17

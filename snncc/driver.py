@@ -30,7 +30,7 @@ MAX_TIMESTEPS = 64
 MAX_LEVELS = 2 ** 24
 CALIB_METHODS = ("max", "percentile", "mse", "snn")
 MAXPOOL_MODES = ("auto", "avg", "gate")
-SCHEDULES = ("folded", "streaming")
+SCHEDULES = ("auto", "folded", "window", "streaming")
 
 
 def _choice(name: str, value: Any, allowed: Sequence[Any], code: str) -> None:

@@ -148,6 +148,13 @@ class NeuronSpec:
     def all_attributes(self) -> tuple[AttrSpec, ...]:
         return COMMON_ATTRS + self.attributes
 
+    def window_mean_driven(self, T: int, attrs: Mapping[str, Any]) -> bool:
+        """True when the neuron's output spikes depend on its input only through the mean
+        current over its whole window: accumulate-then-fire neurons (``window_attr``), and any
+        neuron that runs one slice. Linear ops feeding such a neuron may then run once on the
+        decoded (time-mean) value instead of once per slice (the window-collapsed schedule)."""
+        return self.window_attr is not None or self.total_steps(T, attrs) == 1
+
 
 NEURONS: dict[str, NeuronSpec] = {}
 

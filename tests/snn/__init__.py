@@ -159,8 +159,11 @@ def qann_levels(model: onnx.ModelProto, x: dict, sites: Sequence[int]) -> list[n
 def snn_levels(proto: onnx.ModelProto, x: dict, sites: Sequence[int], *, slices: int,
                counted: int, unit: float) -> list[np.ndarray]:
     """Per site i, the decoded neuron output a{i} of a folded model in units of lambda/L:
-    mean over the counted slices of [S, N, ...], divided by the unit."""
+    mean over the counted slices of [S, N, ...], divided by the unit. In a window-collapsed
+    model a{i} is already the decoded [N, ...] value."""
     names = [f"a{i}" for i in sites]
     out = run_ort(with_outputs(proto, names), x, outputs=names)
+    if {p.key: p.value for p in proto.metadata_props}.get("snncc.schedule") == "window":
+        return [y / np.float32(unit) for y in out]
     return [y.reshape((slices, -1) + y.shape[1:])[slices - counted:].mean(axis=0) / np.float32(unit)
             for y in out]

@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: a spiking ONNX model plus a JSON manifest.
 
-Lowering: schedule-timesteps (folded or streaming, see :mod:`snncc.passes.schedule_timesteps`).
+Lowering: schedule-timesteps (auto, folded, window or streaming, see :mod:`snncc.passes.schedule_timesteps`).
 Output ``OUT.onnx``: the model with ``snncc.ops`` neuron nodes, the model-local function of every
 neuron op (so plain ONNX Runtime runs it; with :func:`snncc.runtime.session_options` the C++
 kernels replace the functions) and the opset imports; it passes ``onnx.checker`` with
@@ -87,10 +87,10 @@ class OrtBackend(Backend):
 
     def predict(self, model: ir.Model, ctx: CompileContext, feeds: dict[str, np.ndarray],
                 batch: int = 16):
-        """Folded models only: ORT with the kernel library (the model-local functions when it is
-        not built); per neuron layer the mean over the counted slices."""
+        """Folded and window models: ORT with the kernel library (the model-local functions when
+        it is not built); per neuron layer the mean over the counted slices."""
         sched = ctx.notes.get("schedule", {})
-        if ctx.options.schedule != "folded" or not sched:
+        if sched.get("schedule") not in ("folded", "window"):
             return None
         import onnxruntime as ort
 
@@ -134,7 +134,7 @@ class OrtBackend(Backend):
             "snncc_version": snncc.__version__,
             "neuron": o.neuron,
             "timesteps": o.timesteps,
-            "schedule": o.schedule,
+            "schedule": ctx.notes.get("schedule", {}).get("schedule", o.schedule),
             # the model-local functions implement the folded form only
             "requires_runtime_library": o.schedule == "streaming",
             "neuron_ops": neuron_ops,

@@ -1,0 +1,154 @@
+"""Window-collapsed vs folded schedule: time per image in ONNX Runtime, ratios within one process
+(issue 12).
+
+For each trained bundled network (``examples/mnist_cnn.onnx``, ``examples/mnist_resnet.onnx``) and
+batch size, the variants below are timed round-robin in one process (interleaved rounds, thread
+spinning off, medians), so that background load on a shared machine hits every variant alike:
+
+* ``ann``: the source ANN in ORT;
+* ``<neuron>/<schedule>``: the compiled SNN at T with the C++ kernel library, for each
+  ``--variants`` entry (default: bit-serial folded and window, IF folded);
+* ``qann`` (a variant name): the L = 2^T - 1 quantized ANN (standard ops), the floor for a
+  standard-op window decode.
+
+Reported: ms per image, ``t / ANN`` and ``t / (T x ANN)``. The spread column is the
+interquartile range of the per-round ratios to the ANN of the same round, relative to their
+median: the noise of the ratio on a loaded machine.
+
+    python bench/window.py [--nets cnn,resnet] [-T 4] [--batch 1,16,100] [--rounds 9]
+        [--threads 2] [--variants bitserial/folded,bitserial/window,if/folded] [-o FILE.md]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NETS = {"cnn": ("mnist_cnn.onnx", "mnist_calib.npz", "mnist_test.npz"),
+        "resnet": ("mnist_resnet.onnx", "mnist_resnet_calib.npz", "mnist_resnet_test.npz")}
+
+
+def session(path: Path, library: bool, threads: int) -> ort.InferenceSession:
+    if library:
+        from snncc.runtime import session_options
+        so = session_options()
+    else:
+        so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Per-round times of each callable, measured round-robin after one warm-up call each."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def compile_variants(net: str, T: int, variants: list[str], tmp: Path) -> dict[str, Path]:
+    from snncc.driver import compile_model, make_options
+
+    model, calib, _ = NETS[net]
+    out = {}
+    for v in variants:
+        path = tmp / f"{net}_{v.replace('/', '_')}_T{T}.onnx"
+        if v == "qann":  # the L = 2^T - 1 quantized ANN bit-serial reproduces (standard ops)
+            opts = make_options(target="qann", levels=2 ** T - 1,
+                                calib_path=str(ROOT / "examples" / calib))
+        else:
+            neuron, schedule = v.split("/")
+            opts = make_options(target="ort", timesteps=T, neuron=neuron, schedule=schedule,
+                                calib_path=str(ROOT / "examples" / calib))
+        compile_model(str(ROOT / "examples" / model), path, opts)
+        out[v] = path
+    return out
+
+
+def bench(net: str, T: int, batches: list[int], rounds: int, threads: int, variants: list[str],
+          tmp: Path) -> list[dict]:
+    model, _, test = NETS[net]
+    paths = compile_variants(net, T, variants, tmp)
+    x_all = np.load(ROOT / "examples" / test)["x"].astype(np.float32)
+    ann = session(ROOT / "examples" / model, False, threads)
+    in_name = ann.get_inputs()[0].name
+    sessions = {"ann": ann, **{v: session(p, v != "qann", threads) for v, p in paths.items()}}
+    rows = []
+    for batch in batches:
+        x = x_all[:batch]
+        fns = {k: (lambda s=s: s.run(None, {in_name: x})) for k, s in sessions.items()}
+        times = interleaved(fns, rounds)
+        t_ann = statistics.median(times["ann"])
+        for k in sessions:
+            ratios = [t / a for t, a in zip(times[k], times["ann"])]
+            q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+            med = statistics.median(ratios)
+            rows.append({"net": net, "batch": batch, "variant": k, "T": T,
+                         "ms_per_img": 1e3 * statistics.median(times[k]) / batch,
+                         "over_ann": statistics.median(times[k]) / t_ann,
+                         "over_T_ann": statistics.median(times[k]) / (T * t_ann),
+                         "spread": (q[2] - q[0]) / med if med else 0.0})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| net | batch | variant | ms/img | t / ANN | t / (T x ANN) | ratio IQR / median |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['net']} | {r['batch']} | {r['variant']} | {r['ms_per_img']:.4f} | "
+                     f"{r['over_ann']:.2f} | {r['over_T_ann']:.2f} | {r['spread']:.0%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", default="cnn,resnet")
+    ap.add_argument("-T", type=int, default=4)
+    ap.add_argument("--batch", default="1,16,100")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", default="bitserial/folded,bitserial/window,if/folded")
+    ap.add_argument("-o", "--out", help="also write the table (markdown) to this file")
+    args = ap.parse_args()
+    if args.out:
+        from snncc.outputs import Output, check_outputs
+        check_outputs([Output(args.out, "file", "-o")], force=True)
+    variants = [v for v in args.variants.split(",") if v]
+    batches = [int(b) for b in args.batch.split(",")]
+    load = os.getloadavg()[0]
+    head = (f"# bench/window.py -T {args.T} --batch {args.batch} --rounds {args.rounds} "
+            f"--threads {args.threads} --variants {args.variants}\n\n"
+            f"onnxruntime {ort.__version__}, {len(os.sched_getaffinity(0))} cores, load average "
+            f"{load:.1f} at start (shared machine). Medians of interleaved rounds.\n")
+    print(head, flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for net in args.nets.split(","):
+            rows += bench(net, args.T, batches, args.rounds, args.threads, variants, Path(d))
+            print(table([r for r in rows if r["net"] == net]) + "\n", flush=True)
+    if args.out:
+        from snncc.outputs import atomic_file
+        with atomic_file(args.out) as tmp:
+            Path(tmp).write_text(head + "\n" + table(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
