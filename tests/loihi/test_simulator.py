@@ -160,3 +160,19 @@ def test_maxpool_avg_lowers_as_average_pool_counting_the_padding():
     np.testing.assert_array_equal(value, ref.outputs[name])
     assert {k: int(v.sum()) for k, v in simulate(net, x).events.items()} == \
         ref.events_per_layer
+
+
+@pytest.mark.parametrize("semantics", ["emulated", "hardware"])
+def test_large_conv_blocks_through_onnxruntime_are_exact(monkeypatch, semantics):
+    """Big float32 conv blocks run through ONNX Runtime's Conv; integer sums below 2**24 keep
+    them exact: identical to the NumPy path (forced here on a small net)."""
+    from snncc.backends.loihi import simulator as sim_mod
+
+    _, x, net, _, _ = _run("IFNeuron", {})
+    want = simulate(net, x, semantics=semantics)
+    monkeypatch.setattr(sim_mod, "ORT_MIN_WORK", 0)
+    got = simulate(net, x, semantics=semantics)
+    for k in want.outputs:
+        np.testing.assert_array_equal(got.outputs[k], want.outputs[k])
+    for k in want.events:
+        np.testing.assert_array_equal(got.events[k], want.events[k])

@@ -151,6 +151,15 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride: tuple[int, int], pads: tuple[in
     o, cg, kh, kw = w.shape
     xp = _padded(x, pads, ((ho - 1) * sh + kh, (wo - 1) * sw + kw))
     bsz = x.shape[0]
+    if groups == 1 and kh * kw > 1:
+        # im2col in channels-last order (contiguous runs of C when gathering), then one
+        # matrix product (BLAS for floats) instead of one einsum per tap
+        xh = np.ascontiguousarray(xp.transpose(0, 2, 3, 1))            # [B, Hp, Wp, C]
+        win = np.lib.stride_tricks.sliding_window_view(xh, (kh, kw), axis=(1, 2))
+        win = win[:, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw]     # [B, ho, wo, C, kh, kw]
+        cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(bsz * ho * wo, kh * kw * cg)
+        wm = w.transpose(0, 2, 3, 1).reshape(o, -1).T.astype(np.result_type(x, w), copy=False)
+        return (cols @ wm).reshape(bsz, ho, wo, o).transpose(0, 3, 1, 2)
     xg = xp.reshape(bsz, groups, cg, xp.shape[2], xp.shape[3])
     wg = w.reshape(groups, o // groups, cg, kh, kw)
     out = np.zeros((bsz, groups, o // groups, ho, wo), dtype=np.result_type(x, w))

@@ -39,7 +39,7 @@ import numpy as np
 
 from snncc.backends.loihi.netlist import Group, Netlist, block_apply, load
 from snncc.backends.loihi.netx import netx_exportable, netx_params
-from snncc.backends.loihi.quantize import FixedPoint, weight_int
+from snncc.backends.loihi.quantize import FixedPoint
 from snncc.errors import BackendCapabilityError, OptionError
 from snncc.neurons.registry import get_neuron
 
@@ -68,6 +68,7 @@ class _Sim:
         self.lo, self.hi = -(1 << (fp.state_bits - 1)), (1 << (fp.state_bits - 1)) - 1
         self.fp = fp
         self.saturations = 0
+        self.sessions: dict = {}
 
     def sat(self, v: np.ndarray) -> np.ndarray:
         bad = (v < self.lo) | (v > self.hi)
@@ -83,20 +84,67 @@ class _Sim:
         (``weights`` overrides them by block name) plus the bias (``bias`` overrides it)."""
         blocks = self.net.blocks_into(g.name)
         steps = max((payloads[b.src].shape[0] for b in blocks), default=1)
-        cur = np.zeros((steps, n) + g.view, dtype=np.int64)
+        cur = None
         for b in blocks:
             p = payloads[b.src]
-            w = weight_int(b) if weights is None else weights[b.name]
+            # integer weights mant << exp: multiply by the mantissas, shift the sums
+            w, shift = ((b.mant.astype(np.int64), b.exp) if weights is None
+                        else (weights[b.name], 0))
             x = p.reshape((-1,) + b.src_view)
             fan_in = w[0].size if b.kind == "conv" else w.shape[1]
-            if int(np.abs(x).max(initial=0)) * int(np.abs(w).max(initial=0)) * fan_in < 2 ** 53:
-                # every partial sum is an integer below 2**53: float64 (BLAS) is exact
-                out = np.rint(block_apply(b, x.astype(np.float64), w.astype(np.float64)))
+            peak = max(int(x.max(initial=0)), -int(x.min(initial=0)))
+            bound = peak * max(int(w.max(initial=0)), -int(w.min(initial=0))) * fan_in
+            if bound < 2 ** 53:
+                # every partial sum is an integer below 2**24 (2**53), so float32 (float64)
+                # BLAS / ONNX Runtime give exact integers in any summation order
+                ft = np.float32 if bound < 2 ** 24 else np.float64
+                xf = x.astype(ft)
+                if ft is np.float32 and b.kind == "conv" and x.size * w[0].size > ORT_MIN_WORK:
+                    out = self.ort_conv(b, xf, w, weights is not None)
+                else:
+                    out = block_apply(b, xf, w.astype(ft))
                 out = out.astype(np.int64)
             else:
                 out = block_apply(b, x, w)
-            cur[:, :, b.offset:b.offset + b.rows] += out.reshape(p.shape[:2] + out.shape[1:])
-        return cur + (_bias_int(g) if bias is None else bias)
+            if shift:
+                out <<= shift
+            out = out.reshape(p.shape[:2] + out.shape[1:])
+            if cur is None and p.shape[0] == steps and b.offset == 0 and b.rows == g.view[0]:
+                cur = out
+                continue
+            if cur is None:
+                cur = np.zeros((steps, n) + g.view, dtype=np.int64)
+            cur[:, :, b.offset:b.offset + b.rows] += out
+        if cur is None:
+            cur = np.zeros((steps, n) + g.view, dtype=np.int64)
+        cur += _bias_int(g) if bias is None else bias
+        return cur
+
+    def ort_conv(self, b, x: np.ndarray, w: np.ndarray, hw: bool) -> np.ndarray:
+        """A large float32 conv block through ONNX Runtime's Conv (MLAS): exact like the NumPy
+        path, because every partial sum is an integer below 2**24 (checked by the caller)."""
+        key = (b.name, hw)
+        sess = self.sessions.get(key)
+        (sh, sw), (ho, wo) = b.stride, b.out_hw
+        kh, kw = w.shape[2:]
+        need = ((ho - 1) * sh + kh, (wo - 1) * sw + kw)
+        if sess is None:
+            import onnxruntime as ort
+            from onnx import TensorProto, helper, numpy_helper
+
+            node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(b.stride),
+                                    group=b.groups, pads=[0, 0, 0, 0])
+            graph = helper.make_graph(
+                [node], "block", [helper.make_tensor_value_info(
+                    "x", TensorProto.FLOAT, ["N", b.src_view[0], None, None])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                [numpy_helper.from_array(w.astype(np.float32), "w")])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            sess = ort.InferenceSession(model.SerializeToString(),
+                                        providers=["CPUExecutionProvider"])
+            self.sessions[key] = sess
+        xp = _pad_begin(x, b.pads, need)
+        return sess.run(None, {"x": xp})[0][:, :, :ho, :wo]
 
     # ------------------------------------------------------------------ stock CUBA (hardware)
     def run_cuba(self, g: Group, payloads: dict[str, np.ndarray], n: int, steps: int
@@ -157,6 +205,19 @@ class _Sim:
 #: Lava's bit-accurate CUBA: 24-bit u and v, inputs / thresholds / biases shifted left by 6,
 #: 12-bit decays (lava.proc.lif.models.AbstractPyLifModelFixed)
 LAVA_UV_BITS, LAVA_SHIFT, LAVA_DECAY_BITS = 24, 6, 12
+
+
+#: conv blocks with more multiply-adds than this (per call) run through ONNX Runtime
+ORT_MIN_WORK = 1 << 22
+
+
+def _pad_begin(x: np.ndarray, pads: tuple[int, int], need: tuple[int, int]) -> np.ndarray:
+    """``x`` [B, C, H, W] with ``pads`` zeros at the begin, cut or zero-extended to ``need``."""
+    b, c, h, w = x.shape
+    out = np.zeros((b, c, need[0], need[1]), dtype=x.dtype)
+    hh, ww = min(h, need[0] - pads[0]), min(w, need[1] - pads[1])
+    out[:, :, pads[0]:pads[0] + hh, pads[1]:pads[1] + ww] = x[:, :, :hh, :ww]
+    return out
 
 
 def _bias_int(g: Group) -> np.ndarray:
