@@ -361,8 +361,10 @@ RECIPES = [  # (key, label, extra snncc finetune arguments)
     ("old", "old defaults: λ = 8.0 per layer, cross-entropy only, lr 0.01, batch 128",
      ["--lambda-init", "8.0", "--distill", "0", "--lr", "0.01", "--batch-size", "128"]),
     ("ce", "per-channel MSE λ, cross-entropy only", ["--distill", "0"]),
-    ("default", "**defaults**: per-channel MSE λ + distillation", []),
+    ("default", "**defaults**: per-channel MSE λ + distillation, BN folded, lr 0.003", []),
     ("lr01", "defaults at a peak `--lr 0.01` (the design note's value)", ["--lr", "0.01"]),
+    ("bn_freeze", "defaults, BatchNorm kept with frozen statistics (`--bn freeze`)", ["--bn", "freeze"]),
+    ("bn_freeze01", "`--bn freeze` at `--lr 0.01`", ["--bn", "freeze", "--lr", "0.01"]),
     ("bn_train", "defaults, BatchNorm statistics trained (`--bn train`)", ["--bn", "train"]),
     ("snn4", "defaults + IF SNN in the loop at T = 4 (`--snn-timesteps 4`)", ["--snn-timesteps", "4"]),
 ]
@@ -460,7 +462,7 @@ def run_recipe(net: str, work: Path, seed: int) -> dict:
         with timer(f"{net}: unevenness"):
             x = x_test[:500]
             res["unevenness"] = {"post_training": unevenness(work / "ptq.onnx", work / "ptq_if4.onnx", x)}
-            for key in ("old", "default", "snn4"):
+            for key in ("old", "default", "lr01", "snn4"):
                 res["unevenness"][key] = unevenness(work / f"{key}.onnx", work / f"{key}_if4.onnx", x)
     res["commands"], res["wall_s"] = commands, timer.stages
     return res
@@ -488,7 +490,7 @@ def recipe_table(r: dict) -> list[str]:
 def unevenness_md(r: dict) -> list[str]:
     u = r["unevenness"]
     names = {"post_training": "post-training", "old": "old defaults", "default": "defaults",
-             "snn4": "IF in the loop"}
+             "lr01": "lr 0.01", "snn4": "IF in the loop"}
     lines = ["Per spiking layer of the IF SNN at T = 4 (500 test images): the share of neurons whose QANN "
              "output is 0, the share **of those** that fire anyway, and the SNN's spike count over the QANN's "
              "level sum (1.00 = same mean output).", "",

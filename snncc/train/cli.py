@@ -77,8 +77,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     rec.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     rec.add_argument("--warmup", type=float, default=0.3,
                      help="fraction of the steps spent warming the learning rate up (one-cycle; default 0.3)")
-    rec.add_argument("--bn", choices=("freeze", "train"), default="freeze",
-                     help="BatchNorm statistics: freeze (default) or train (update them)")
+    rec.add_argument("--bn", choices=("fold", "freeze", "train"), default="fold",
+                     help="BatchNorm: fold into the convolutions (default), freeze its statistics, or train them")
     rec.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
     rec.add_argument("--snn-timesteps", type=int, metavar="T",
                      help="train with the IF SNN at T timesteps in the loop (for `compile --neuron if -T T`)")

@@ -224,6 +224,48 @@ class OnnxGraphModule(nn.Module):
     def const(self, name: str) -> np.ndarray:
         return self._consts[name]
 
+    @torch.no_grad()
+    def fold_batchnorm(self) -> int:
+        """Fold every BatchNormalization that is the sole consumer of a Conv output into that Conv
+        (W·γ/σ, (b − μ)·γ/σ + β, as ``snncc compile``'s fold-batchnorm does); returns how many.
+
+        Training the folded weights avoids what frozen BN statistics do to SGD: a channel with gain
+        γ/σ = 15 sees its weight gradient scaled by 15² and can diverge at a normal learning rate.
+        """
+        uses: dict[str, int] = {self.output_name: 1}
+        for st in self.steps:
+            for name in st.inputs:
+                uses[name] = uses.get(name, 0) + 1
+        producer = {out: st for st in self.steps for out in st.outputs}
+        folded = 0
+        for bn_step in [st for st in self.steps if st.op == "BatchNormalization" and st.module is not None]:
+            conv = producer.get(bn_step.inputs[0])
+            if conv is None or conv.op != "Conv" or uses.get(bn_step.inputs[0], 0) != 1 \
+                    or uses.get(conv.inputs[1], 0) != 1 or conv.inputs[1] not in self._tensor_key:
+                continue
+            bn = self.layers[bn_step.module]
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            w = self._tensor(conv.inputs[1])
+            if len(conv.inputs) > 2 and conv.inputs[2] and uses.get(conv.inputs[2], 0) == 1 \
+                    and conv.inputs[2] in self._tensor_key:
+                b = self._tensor(conv.inputs[2])
+            else:
+                if len(conv.inputs) > 2 and conv.inputs[2]:
+                    continue   # a shared or constant bias: leave this pair alone
+                name = f"{conv.name}.bias_folded"
+                key = _key(name, set(self.params.keys()) | set(dict(self.named_buffers())))
+                self.params[key] = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype))
+                self._tensor_key[name] = key
+                conv.inputs = [*conv.inputs[:2], name]
+                b = self.params[key]
+            w.mul_(scale.reshape(-1, *([1] * (w.dim() - 1))))
+            b.copy_((b - bn.running_mean) * scale + bn.bias)
+            conv.outputs = [bn_step.outputs[0]]
+            self.steps.remove(bn_step)
+            del self.layers[bn_step.module]
+            folded += 1
+        return folded
+
 
 def _conv(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
     x, w, b = get(s.inputs[0]), get(s.inputs[1]), get(s.inputs[2]) if len(s.inputs) > 2 else None

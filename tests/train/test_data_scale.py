@@ -173,13 +173,15 @@ def test_outputs_never_overwrite_inputs_or_directories(tmp_path):
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == snapshot
 
 
-def test_cli_error_is_exit_2_without_traceback(tmp_path):
+def test_cli_error_is_exit_2_without_traceback(tmp_path, capsys):
+    from snncc.cli import main
+
     model = _tiny_onnx(tmp_path / "m.onnx")
     x, y = _blobs(8)
     np.savez(tmp_path / "d.npz", x=x, y=y + 5)
-    proc = subprocess.run([sys.executable, "-m", "snncc", "finetune", str(model), "--data", str(tmp_path / "d.npz"),
-                           "-o", str(tmp_path / "o.onnx")], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2 and "[SNN-E809]" in proc.stderr and "Traceback" not in proc.stderr
+    assert main(["finetune", str(model), "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "[SNN-E809]" in err and "Traceback" not in err and not (tmp_path / "o.onnx").exists()
 
 
 # ------------------------------------------------------------------------------- resume

@@ -162,7 +162,7 @@ def test_cli_qcfs_finetune_writes_a_runnable_qcfs_model(tmp_path):
     out, x = _run_cli(tmp_path, "-L", "8", "--sparsity", "1e-6", "--maxpool", "avg", "--lambda-init", "p99")
     ops = [n.op_type for n in out.graph.node]
     assert ops.count("Floor") == 2 and "MaxPool" not in ops and "AveragePool" in ops and "Relu" not in ops
-    assert "BatchNormalization" in ops
+    assert "BatchNormalization" not in ops   # folded into the Conv by default (--bn fold)
     assert out.graph.input[0].name == "input" and out.graph.output[0].name == "logits"
     assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}

@@ -119,3 +119,8 @@ def test_bundled_residual_net_loads_with_shared_initializers():
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     with torch.no_grad():
         np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), want, rtol=1e-4, atol=1e-4)
+    n_bn = sum(1 for s in module.steps if s.op == "BatchNormalization")
+    assert module.fold_batchnorm() == n_bn == 7   # every Conv -> BN pair, shortcut ones included
+    assert not any(s.op == "BatchNormalization" for s in module.steps)
+    with torch.no_grad():
+        np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), want, rtol=1e-4, atol=1e-4)
