@@ -151,7 +151,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride: tuple[int, int], pads: tuple[in
     o, cg, kh, kw = w.shape
     xp = _padded(x, pads, ((ho - 1) * sh + kh, (wo - 1) * sw + kw))
     bsz = x.shape[0]
-    if groups == 1 and kh * kw > 1:
+    if groups == 1:
         # im2col in channels-last order (contiguous runs of C when gathering), then one
         # matrix product (BLAS for floats) instead of one einsum per tap
         xh = np.ascontiguousarray(xp.transpose(0, 2, 3, 1))            # [B, Hp, Wp, C]
