@@ -9,11 +9,14 @@ spinning off, medians), so that background load on a shared machine hits every v
 * ``<neuron>/<schedule>``: the compiled SNN at T with the C++ kernel library, for each
   ``--variants`` entry (default: bit-serial folded and window, IF folded);
 * ``qann`` (a variant name): the L = 2^T - 1 quantized ANN (standard ops), the floor for a
-  standard-op window decode.
+  standard-op window decode;
+* ``<variant>@K``: the same model, the batch run as consecutive calls of at most K images
+  (tiling the batch keeps the ``[T*K, ...]`` working set in cache).
 
-Reported: ms per image, ``t / ANN`` and ``t / (T x ANN)``. The spread column is the
-interquartile range of the per-round ratios to the ANN of the same round, relative to their
-median: the noise of the ratio on a loaded machine.
+Reported: ms per image (median over rounds), ``t / ANN`` (the median over rounds of the ratio
+to the ANN run of the same round: paired, so that load changes between rounds cancel) and
+``t / (T x ANN)``. The spread column is the interquartile range of those per-round ratios
+relative to their median: the noise of the ratio on a loaded machine.
 
     python bench/window.py [--nets cnn,resnet] [-T 4] [--batch 1,16,100] [--rounds 9]
         [--threads 2] [--variants bitserial/folded,bitserial/window,if/folded] [-o FILE.md]
@@ -69,7 +72,7 @@ def compile_variants(net: str, T: int, variants: list[str], tmp: Path) -> dict[s
 
     model, calib, _ = NETS[net]
     out = {}
-    for v in variants:
+    for v in {v.split("@")[0] for v in variants}:
         path = tmp / f"{net}_{v.replace('/', '_')}_T{T}.onnx"
         if v == "qann":  # the L = 2^T - 1 quantized ANN bit-serial reproduces (standard ops)
             opts = make_options(target="qann", levels=2 ** T - 1,
@@ -94,17 +97,27 @@ def bench(net: str, T: int, batches: list[int], rounds: int, threads: int, varia
     rows = []
     for batch in batches:
         x = x_all[:batch]
-        fns = {k: (lambda s=s: s.run(None, {in_name: x})) for k, s in sessions.items()}
-        times = interleaved(fns, rounds)
+
+        def call(sess, tile: int | None, x=x):
+            if tile is None or tile >= len(x):
+                return sess.run(None, {in_name: x})
+            return [sess.run(None, {in_name: x[i:i + tile]}) for i in range(0, len(x), tile)]
+
+        fns = {"ann": lambda: call(ann, None)}
+        for v in variants:
+            base, _, tile = v.partition("@")
+            fns[v] = (lambda s=sessions[base], t=int(tile) if tile else None: call(s, t))
+        sessions_timed = fns
+        times = interleaved(sessions_timed, rounds)
         t_ann = statistics.median(times["ann"])
-        for k in sessions:
+        for k in sessions_timed:
             ratios = [t / a for t, a in zip(times[k], times["ann"])]
             q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
             med = statistics.median(ratios)
             rows.append({"net": net, "batch": batch, "variant": k, "T": T,
                          "ms_per_img": 1e3 * statistics.median(times[k]) / batch,
-                         "over_ann": statistics.median(times[k]) / t_ann,
-                         "over_T_ann": statistics.median(times[k]) / (T * t_ann),
+                         "ann_ms_per_img": 1e3 * t_ann / batch,
+                         "over_ann": med, "over_T_ann": med / T,
                          "spread": (q[2] - q[0]) / med if med else 0.0})
     return rows
 

@@ -140,3 +140,21 @@ def test_trained_mnist_cnn_window_matches_folded(mnist_pair):
     assert b.spikes_per_layer == a.spikes_per_layer      # popcount of q, layer by layer
     assert b.events_per_layer == a.events_per_layer
     assert len(b.spikes_per_layer) == 4
+
+
+def test_cli_default_is_auto_and_folded_keeps_the_t_fold_graph(tmp_path, capsys):
+    import json
+
+    from snncc.cli import main
+
+    base = ["compile", str(EXAMPLES / "mnist_cnn.onnx"), "-T", "2", "--neuron", "bitserial",
+            "--calib", str(EXAMPLES / "mnist_calib.npz"), "--calib-method", "max", "-q"]
+    for extra, want in (([], "window"), (["--schedule", "folded"], "folded")):
+        out = tmp_path / f"{want}.onnx"
+        assert main([*base, *extra, "-o", str(out)]) == 0
+        manifest = json.loads(out.with_name(out.name + ".json").read_text())
+        assert manifest["schedule"] == want
+        assert _meta(onnx.load(str(out)))["snncc.schedule"] == want
+    ops = {k: op_types(onnx.load(str(tmp_path / f"{k}.onnx"))) for k in ("window", "folded")}
+    assert ops["window"].count("Conv") == ops["folded"].count("Conv") == 3
+    assert "ReduceMean" in ops["folded"] and ops["window"].count("MatMul") == 4

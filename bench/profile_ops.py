@@ -1,0 +1,99 @@
+"""Where the time of a compiled SNN goes, per op type and per image, at several batch sizes
+(ONNX Runtime's profiler; issue 12: why the folded SNN's ratio to T x ANN grows with the batch).
+
+For each variant (the ANN, ``<neuron>/<schedule>`` compiled from the bundled MNIST CNN or ResNet
+at T) and batch size, the model runs ``--runs`` times under the profiler; the kernel times of
+the nodes are summed per op type and divided by runs x batch. Reorder* are ORT's layout
+conversions (NCHW <-> NCHWc) around ops that have no blocked-layout kernel (our neuron ops,
+ReduceMean...).
+
+    python bench/profile_ops.py [--net cnn] [-T 4] [--batch 16,100]
+        [--variants ann,if/folded,bitserial/window] [--runs 20] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.window import NETS, compile_variants  # noqa: E402
+
+
+def profile(path: Path, library: bool, x: np.ndarray, runs: int, threads: int, tmp: Path
+            ) -> dict[str, float]:
+    if library:
+        from snncc.runtime import session_options
+        so = session_options()
+    else:
+        so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp / "prof")
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    for _ in range(3):
+        sess.run(None, {name: x})
+    sess.end_profiling()
+    so.profile_file_prefix = str(tmp / "prof2")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    for _ in range(3):  # warm-up, then the measured runs
+        sess.run(None, {name: x})
+    for _ in range(runs):
+        sess.run(None, {name: x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"].get("op_name", "?")] += e["dur"]
+    scale = 1.0 / ((runs + 3) * len(x))  # the warm-up runs are in the same profile
+    return {k: v * scale for k, v in per_op.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--net", default="cnn", choices=sorted(NETS))
+    ap.add_argument("-T", type=int, default=4)
+    ap.add_argument("--batch", default="16,100")
+    ap.add_argument("--variants", default="ann,if/folded,bitserial/window")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    variants = args.variants.split(",")
+    model, _, test = NETS[args.net]
+    x_all = np.load(ROOT / "examples" / test)["x"].astype(np.float32)
+    print(f"# bench/profile_ops.py --net {args.net} -T {args.T} --batch {args.batch} --variants "
+          f"{args.variants} --runs {args.runs} --threads {args.threads}\n\nus per image of node "
+          f"kernel time, per op type (load average {os.getloadavg()[0]:.1f})\n")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        paths = compile_variants(args.net, args.T, [v for v in variants if v != "ann"], tmp)
+        paths["ann"] = ROOT / "examples" / model
+        for v in variants:
+            rows = {}
+            for b in (int(b) for b in args.batch.split(",")):
+                rows[b] = profile(paths[v], v != "ann", x_all[:b], args.runs, args.threads, tmp)
+            ops = sorted({k for r in rows.values() for k in r},
+                         key=lambda k: -max(r.get(k, 0.0) for r in rows.values()))
+            print(f"## {v}\n\n| op | " + " | ".join(f"batch {b}" for b in rows) + " |")
+            print("|---|" + "---:|" * len(rows))
+            for k in ops:
+                print(f"| {k} | " + " | ".join(f"{r.get(k, 0.0):.2f}" for r in rows.values())
+                      + " |")
+            print("| **total** | " + " | ".join(f"{sum(r.values()):.2f}" for r in rows.values())
+                  + " |\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
