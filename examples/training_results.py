@@ -180,7 +180,7 @@ def run_dataset(ds: str, work: Path, seed: int, smoke: bool = False) -> dict:
             qcfs[L] = work / f"qcfs_L{L}.onnx"
             epochs = cfg["qcfs_epochs"] if L == BASE_LEVELS else cfg["bitserial_epochs"]
             finetune([str(ann_path), *common, "-L", str(L), "--epochs", str(epochs), "--lambda-init", "p99.9",
-                      "--distill", "0", "-o", str(qcfs[L])], commands)
+                      "--distill", "0", "--snn-timesteps", "0", "-o", str(qcfs[L])], commands)
         res["qcfs"][L] = acc(predict(qcfs[L], x_test))
 
     with timer("compile + run neurons"):
@@ -201,7 +201,7 @@ def run_dataset(ds: str, work: Path, seed: int, smoke: bool = False) -> dict:
         with timer(f"sparsity: QCFS fine-tune L=3 kappa={kappa:g}"):
             sources[f"{kappa:g}"] = work / f"qcfs_L3_kappa{kappa:g}.onnx"
             finetune([str(ann_path), *common, "-L", "3", "--epochs", str(cfg["bitserial_epochs"]), "--lambda-init",
-                      "p99.9", "--distill", "0", "--sparsity", str(kappa), "-o", str(sources[f"{kappa:g}"])], commands)
+                      "p99.9", "--distill", "0", "--snn-timesteps", "0", "--sparsity", str(kappa), "-o", str(sources[f"{kappa:g}"])], commands)
     with timer("sparsity: spike counts and SynOps"):
         res["sparsity"] = {"neuron": "bitserial", "T": SPARSE_T, "L": 3, "runs": {}}
         for label, src in sources.items():
@@ -357,16 +357,17 @@ NETS = {  # bundled trained networks (examples/trained_models.json) and the spli
     "digits_resnet": ("digits", "digits_resnet.onnx"),
 }
 RECIPE_EPOCHS = 3
-RECIPES = [  # (key, label, extra snncc finetune arguments)
-    ("old", "old defaults: λ = 8.0 per layer, cross-entropy only, lr 0.01, batch 128",
-     ["--lambda-init", "8.0", "--distill", "0", "--lr", "0.01", "--batch-size", "128"]),
-    ("ce", "per-channel MSE λ, cross-entropy only", ["--distill", "0"]),
-    ("default", "**defaults**: per-channel MSE λ + distillation, BN folded, lr 0.003", []),
-    ("lr01", "defaults at a peak `--lr 0.01` (the design note's value)", ["--lr", "0.01"]),
-    ("bn_freeze", "defaults, BatchNorm kept with frozen statistics (`--bn freeze`)", ["--bn", "freeze"]),
-    ("bn_freeze01", "`--bn freeze` at `--lr 0.01`", ["--bn", "freeze", "--lr", "0.01"]),
-    ("bn_train", "defaults, BatchNorm statistics trained (`--bn train`)", ["--bn", "train"]),
-    ("snn4", "defaults + IF SNN in the loop at T = 4 (`--snn-timesteps 4`)", ["--snn-timesteps", "4"]),
+RECIPES = [  # (key, label, extra snncc finetune arguments); 3 epochs each
+    ("old", "old defaults: λ = 8.0 per layer, cross-entropy only, lr 0.01, batch 128, no IF loop",
+     ["--lambda-init", "8.0", "--distill", "0", "--lr", "0.01", "--batch-size", "128", "--snn-timesteps", "0"]),
+    ("ce", "QANN only: per-channel MSE λ, cross-entropy only", ["--distill", "0", "--snn-timesteps", "0"]),
+    ("qann", "QANN only: per-channel MSE λ + distillation, BN folded, lr 0.003", ["--snn-timesteps", "0"]),
+    ("lr01", "QANN only, peak `--lr 0.01` (the design note's value)", ["--snn-timesteps", "0", "--lr", "0.01"]),
+    ("bn_freeze", "QANN only, BatchNorm kept with frozen statistics (`--bn freeze`)",
+     ["--snn-timesteps", "0", "--bn", "freeze"]),
+    ("bn_freeze01", "QANN only, `--bn freeze` at `--lr 0.01`", ["--snn-timesteps", "0", "--bn", "freeze", "--lr", "0.01"]),
+    ("bn_train", "QANN only, BatchNorm statistics trained (`--bn train`)", ["--snn-timesteps", "0", "--bn", "train"]),
+    ("default", "**defaults** = QANN recipe + IF SNN at T = L = 4 in the loop", []),
 ]
 EVALS = [("qann", None, None), ("if4", "if", 4), ("gn1", "gn", 1), ("if8", "if", 8)]
 
@@ -376,14 +377,13 @@ def _load_split(ds: str, seed: int):
 
 
 def _quant_sites(proto: onnx.ModelProto) -> list[tuple[str, np.ndarray, int]]:
-    """(output name, λ, L) of every exported QCFS chain, in graph order."""
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
-    sites = []
-    for node in proto.graph.node:
-        if node.op_type == "Mul" and node.name.endswith("/Mul_6") and node.input[1].endswith(".lambda"):
-            prefix = node.input[1][: -len(".lambda")]
-            sites.append((node.output[0], inits[node.input[1]], int(inits[prefix + ".L"])))
-    return sites
+    """(output name, λ, L) of every quantized clip (exported QCFS or compile-emitted), in graph order."""
+    import onnx_graphsurgeon as gs
+
+    from passes.quant_clip import find_quant_clips
+
+    return [(site.y.name, np.asarray(site.params.lam, np.float32), int(site.params.levels))
+            for site in find_quant_clips(gs.import_onnx(proto))]
 
 
 def unevenness(qcfs_path: Path, snn_path: Path, x: np.ndarray) -> list[dict]:
@@ -462,7 +462,7 @@ def run_recipe(net: str, work: Path, seed: int) -> dict:
         with timer(f"{net}: unevenness"):
             x = x_test[:500]
             res["unevenness"] = {"post_training": unevenness(work / "ptq.onnx", work / "ptq_if4.onnx", x)}
-            for key in ("old", "default", "lr01", "snn4"):
+            for key in ("old", "qann", "lr01", "default"):
                 res["unevenness"][key] = unevenness(work / f"{key}.onnx", work / f"{key}_if4.onnx", x)
     res["commands"], res["wall_s"] = commands, timer.stages
     return res
@@ -489,8 +489,8 @@ def recipe_table(r: dict) -> list[str]:
 
 def unevenness_md(r: dict) -> list[str]:
     u = r["unevenness"]
-    names = {"post_training": "post-training", "old": "old defaults", "default": "defaults",
-             "lr01": "lr 0.01", "snn4": "IF in the loop"}
+    names = {"post_training": "post-training", "old": "old defaults", "qann": "QANN only",
+             "lr01": "QANN only, lr 0.01", "default": "defaults (IF in the loop)"}
     lines = ["Per spiking layer of the IF SNN at T = 4 (500 test images): the share of neurons whose QANN "
              "output is 0, the share **of those** that fire anyway, and the SNN's spike count over the QANN's "
              "level sum (1.00 = same mean output).", "",

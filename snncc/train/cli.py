@@ -1,7 +1,7 @@
 """``snncc finetune``: arguments and the command (torch is imported only when the command runs).
 
     snncc finetune MODEL.onnx --data TRAIN [--val VAL] [-L 4] [--epochs 3] -o OUT.onnx
-    snncc finetune MODEL.onnx --data TRAIN --snn-timesteps 4 -o OUT.onnx      # IF SNN in the loop
+    snncc finetune MODEL.onnx --data TRAIN --snn-timesteps 0 -o OUT.onnx      # the QANN alone, no IF SNN in the loop
     snncc finetune MODEL.onnx --data TRAIN --iir [--timesteps 5,4,3,2,1] -o OUT.onnx
     snncc finetune MODEL.onnx --data TRAIN --mt cascade [--mt-thresholds 4] [--timesteps 1] -o OUT.onnx
     torchrun --nproc_per_node N -m snncc finetune MODEL.onnx --data TRAIN ... -o OUT.onnx
@@ -81,7 +81,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                      help="BatchNorm: fold into the convolutions (default), freeze its statistics, or train them")
     rec.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
     rec.add_argument("--snn-timesteps", type=int, metavar="T",
-                     help="train with the IF SNN at T timesteps in the loop (for `compile --neuron if -T T`)")
+                     help="train with the IF SNN at T timesteps in the loop, as `compile --neuron if -T T` builds it "
+                          "(default: T = L when L <= 8, else off; 0 = off: train the QANN alone)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default 0.003 SGD one-cycle for QCFS, 1e-4 Adam for SNN)")
     parser.add_argument("--batch-size", type=int, help="batch size per process (default 64)")
     parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default 1)")
@@ -131,13 +132,13 @@ def _check_args(args: argparse.Namespace, snn: bool) -> None:
     need(args.val_every >= 1, f"--val-every {args.val_every} must be >= 1", "e.g. --val-every 1")
     need(args.workers is None or args.workers >= 0, f"--workers {args.workers} must be >= 0", "e.g. --workers 4")
     need(args.calib_samples >= 1, f"--calib-samples {args.calib_samples} must be >= 1", "e.g. --calib-samples 256")
-    need(args.snn_timesteps is None or args.snn_timesteps >= 1, f"--snn-timesteps {args.snn_timesteps} must be >= 1",
-         "e.g. --snn-timesteps 4")
+    need(args.snn_timesteps is None or args.snn_timesteps >= 0, f"--snn-timesteps {args.snn_timesteps} must be >= 0",
+         "e.g. --snn-timesteps 4, or 0 for none")
     if snn:
         if args.sparsity:
             raise OptionError("finetune: --sparsity applies to QCFS fine-tuning, not to --iir/--mt", code="SNN-E804",
                               hint="drop --sparsity or --iir/--mt")
-        need(not (args.checkpoint or args.resume or args.snn_timesteps),
+        need(not (args.checkpoint or args.resume or args.snn_timesteps),  # None (auto) is fine here
              "--checkpoint, --resume and --snn-timesteps apply to QCFS fine-tuning, not to --iir/--mt",
              "drop them or --iir/--mt")
         need(all(t >= 1 for t in args.timesteps), f"--timesteps {args.timesteps} must be >= 1", "e.g. 5,4,3,2,1")
@@ -270,20 +271,21 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
                 with atomic_file(args.checkpoint) as tmp:
                     torch.save(state, tmp)
 
+        loop_T = args.snn_timesteps if args.snn_timesteps is not None else (args.levels if args.levels <= 8 else 0)
         res = finetune_module(module, train, val, levels=args.levels, epochs=args.epochs or 3,
                               sparsity=args.sparsity, lr=args.lr or 0.003, batch_size=args.batch_size or 64,
                               lambda_init=args.lambda_init, calib_samples=args.calib_samples, distill=args.distill,
                               temperature=args.temperature, warmup=args.warmup, bn=args.bn,
-                              weight_decay=args.weight_decay, snn_timesteps=args.snn_timesteps, workers=workers,
+                              weight_decay=args.weight_decay, snn_timesteps=loop_T or None, workers=workers,
                               resume=resume, on_epoch_end=save_checkpoint, **common)
         if rank == 0:
             meta = {"kind": "qcfs", "levels": args.levels, "sparsity": args.sparsity, "lambda_init": args.lambda_init,
                     "distill": args.distill, "epochs": args.epochs or 3}
-            if args.snn_timesteps:
-                meta["trained_for"] = f"if T={args.snn_timesteps}"
+            if loop_T:
+                meta["trained_for"] = f"if T={loop_T}"
             export_onnx(res.module, sample, str(output), **names, metadata=meta)
         last = res.history[-1] if res.history else None
-        snn_note = f" (IF SNN T={args.snn_timesteps}; QANN {_fmt(res.qann_val_acc)})" if args.snn_timesteps else ""
+        snn_note = f" (IF SNN T={loop_T}; QANN {_fmt(res.qann_val_acc)})" if loop_T else ""
         say(f"QCFS L={args.levels}: val acc ANN {_fmt(res.ann_val_acc)} -> QCFS before training "
             f"{_fmt(res.qcfs_init_val_acc)} -> after {_fmt(res.val_acc)}{snn_note}")
         if last and last.bits_per_neuron:
