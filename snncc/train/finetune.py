@@ -182,7 +182,7 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Module,
     was_training = module.training
     module.eval()
     correct = total = 0
-    for x, y in loader:
+    for x, y in _batches(loader):
         logits = forward(x.to(device))
         correct += int((logits.argmax(1).cpu() == y).sum())
         total += len(y)
@@ -195,6 +195,32 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Module,
         dist.all_reduce(counts)
         correct, total = int(counts[0]), int(counts[1])
     return correct / max(total, 1)
+
+
+def _batches(loader: Iterable):
+    """Iterate a DataLoader; a coded error raised in a worker process comes back with its code.
+
+    (torch re-raises a worker's exception as ``type(exc)(text with the worker traceback)``, which
+    loses the code; the last ``[SNN-E...] message`` line of that text is the original message.)
+    """
+    import re
+
+    from snncc.errors import SnnccError
+
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except SnnccError as exc:
+            found = re.findall(r"\[(SNN-E\d+)\] (.*)", str(exc))
+            if "worker process" not in str(exc) or not found:
+                raise
+            code, text = found[-1]
+            message, _, hint = text.partition(". Hint: ")
+            raise type(exc)(message, code=code, hint=hint) from None
+        yield batch
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -252,7 +278,7 @@ def fit(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], trai
         bar = tqdm(total=len(train_loader), desc=f"{desc} epoch {epoch}/{epochs}", disable=not progress, leave=True,
                    unit="batch")   # updated by hand: it stays open for the validation accuracy
         start = time.perf_counter()
-        for x, y in train_loader:
+        for x, y in _batches(train_loader):
             x, y = x.to(device), y.to(device)
             logits = forward(x)
             loss = criterion(logits, y, x) if criterion is not None else F.cross_entropy(logits, y)

@@ -131,6 +131,11 @@ def test_bad_data_gives_a_coded_error_and_writes_nothing(tmp_path, case, code, c
                   "--workers", "0")
     assert err.value.code == code, str(err.value)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before   # nothing written
+    if case == "bad_image":   # read in a DataLoader worker process: the same code and message
+        with pytest.raises(CalibrationError) as err:
+            _finetune(model, "--data", data, "-o", tmp_path / "out.onnx", "--epochs", "1", "--no-progress",
+                      "--workers", "1", "--calib-samples", "1")   # λ from image 0: the bad one is read in training
+        assert err.value.code == code and "9.png" in err.value.message and "Traceback" not in str(err.value)
 
 
 def test_image_folder_trains_end_to_end(tmp_path):
