@@ -62,7 +62,7 @@ class CompileOptions:
     allow_lossy: bool = False              # nir: export soft-reset neurons anyway
     schedule: str = "auto"                 # auto | folded | window | streaming
     neuron_params: Mapping[str, Any] = field(default_factory=dict)
-    fidelity_samples: int = 0             # calibration samples held out for the fidelity check
+    fidelity_samples: int = 0             # samples held out for the fidelity check (CLI: 64)
     opset: int = 17
 
 

@@ -132,13 +132,21 @@ def summary(fid: Mapping[str, Any]) -> str:
     return text
 
 
+def _per_channel_ok(options: Any) -> bool:
+    if options.target == "qann":
+        return True
+    from snncc.neurons import get_neuron
+
+    return get_neuron(options.neuron).per_channel_threshold
+
+
 def hints(options: Any, fid: Mapping[str, Any]) -> list[str]:
     """Ranked, concrete ways to a closer SNN, most effective first (measured on the trained
     examples, examples/results/defaults.md)."""
     out = []
     if options.calib_method != "snn":
         out.append("--calib-method snn (SNN-aware calibration of lambda and bias per layer)")
-    if not options.calib_per_channel:
+    if not options.calib_per_channel and _per_channel_ok(options):
         out.append("--per-channel (one lambda per channel)")
     if options.neuron != "bitserial" and options.timesteps >= 2:
         out.append(f"--neuron bitserial (equals its {2 ** options.timesteps - 1}-level QANN at "
