@@ -46,15 +46,18 @@ METHODS = (*calibration.METHODS, "snn")
 MIN_CALIB_SAMPLES = 32
 
 
-def split_holdout(samples: dict[str, np.ndarray], holdout: int
+def split_holdout(samples: dict[str, np.ndarray], holdout: int, limit: int | None = None
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """(calibration samples, held-out samples or None): the last ``holdout`` samples are held
-    out, as long as at least :data:`MIN_CALIB_SAMPLES` remain for calibration (else fewer)."""
+    out as long as ``min(MIN_CALIB_SAMPLES, limit)`` remain to calibrate (else fewer are held
+    out); calibration uses at most ``limit`` samples."""
     n = len(next(iter(samples.values())))
-    k = min(holdout, n - MIN_CALIB_SAMPLES)
+    limit = n if limit is None else limit
+    k = min(holdout, n - min(MIN_CALIB_SAMPLES, limit))
     if holdout <= 0 or k < 1:
-        return samples, None
-    return ({name: a[: n - k] for name, a in samples.items()},
+        return {name: a[:limit] for name, a in samples.items()}, None
+    keep = min(limit, n - k)
+    return ({name: a[:keep] for name, a in samples.items()},
             {name: a[n - k:] for name, a in samples.items()})
 
 
@@ -112,7 +115,8 @@ class CalibratePass(Pass):
             samples = calibration.load_samples(options.calib_path,
                                                calibration.model_inputs(proto),
                                                max_samples=options.calib_max_samples + holdout)
-            samples, ctx.holdout = split_holdout(samples, holdout)
+            samples, ctx.holdout = split_holdout(samples, holdout, options.calib_max_samples)
+            ctx.notes["calibration_samples"] = len(next(iter(samples.values())))
             names = list(dict.fromkeys(s.z.name for s in need))
             stats = calibration.collect_statistics(
                 proto, names, samples, per_channel=options.calib_per_channel is not False,

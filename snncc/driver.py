@@ -20,6 +20,7 @@ from snncc import __version__, ir
 from snncc.context import TARGETS, CompileContext, CompileOptions
 from snncc.errors import BackendCapabilityError, FidelityError, OptionError
 from snncc.outputs import Output, atomic_dir, atomic_file, check_outputs, default_output
+from snncc.passes.calibrate import MIN_CALIB_SAMPLES
 from snncc.pipeline import DumpAfter, PipelineReport, Snapshot, default_pipeline
 
 __all__ = ["make_options", "compile_model", "declared_outputs", "CompileResult", "MAX_TIMESTEPS", "CALIB_METHODS"]
@@ -137,6 +138,14 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     turns an SNN-ANN top-1 agreement below it into :class:`FidelityError` (nothing written).
     """
     start = time.perf_counter()
+    if min_agreement is not None:
+        if not 0.0 <= min_agreement <= 1.0:
+            raise OptionError(f"--min-agreement must be a fraction in [0, 1], got {min_agreement}",
+                              code="SNN-E367", hint="e.g. --min-agreement 0.97")
+        if not (options.calib_path and options.fidelity_samples):
+            raise OptionError("--min-agreement needs the fidelity estimate: calibration samples "
+                              "(--calib) and --fidelity-samples above 0", code="SNN-E368",
+                              hint="drop --no-fidelity / pass --calib, or drop --min-agreement")
     out = Path(out) if out is not None else default_output(model_path, options.target)
     check_outputs(declared_outputs(out, options, report_path=report_path, dump_after=dump_after,
                                    dump_dir=dump_dir),
@@ -172,6 +181,11 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
             raise BackendCapabilityError(f"the {backend.name} backend cannot express this model",
                                          diagnostics=diags)
     fid = _fidelity(snap, backend, model, ctx) if fidelity_wanted and ctx.holdout else None
+    if min_agreement is not None and fid is None:
+        raise OptionError("--min-agreement: no samples could be held out for the fidelity "
+                          f"estimate (the calibration file needs more than "
+                          f"{MIN_CALIB_SAMPLES} samples)", code="SNN-E368",
+                          hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
         warnings += _check_fidelity(fid, options, min_agreement)
     synops = _synops(snap, model, ctx) if options.target == "ort" else None
@@ -262,6 +276,10 @@ def _check_fidelity(fid: dict[str, Any], options: CompileOptions,
 
     key = "snn_vs_ann" if "snn_vs_ann" in fid else "qann_vs_ann"
     agree = fid[key]["top1_agreement"]
+    if agree is None:  # one output per sample: nothing to gate on
+        return []
+    what = "the compiled network" if key == "snn_vs_ann" else "the QANN (the target cannot " \
+        "evaluate the SNN at compile time)"
     hints = fidelity.hints(options, fid)
     if min_agreement is not None and agree < min_agreement:
         raise FidelityError(f"compile: {fidelity.summary(fid)}; below --min-agreement "
@@ -269,7 +287,7 @@ def _check_fidelity(fid: dict[str, Any], options: CompileOptions,
                             hint="try, in this order: " + "; ".join(hints) if hints else
                             "lower --min-agreement")
     if agree < fidelity.WARN_BELOW:
-        lines = [f"warning: the compiled network agrees with the ANN on only {100 * agree:.1f} % "
+        lines = [f"warning: {what} agrees with the ANN on only {100 * agree:.1f} % "
                  f"of {fid['samples']} held-out samples. To get closer, try (best first):"]
         lines += [f"  {i + 1}. {h}" for i, h in enumerate(hints)]
         return ["\n".join(lines)]

@@ -66,11 +66,12 @@ def run_reference(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
 
 @dataclass(frozen=True)
 class Pair:
-    top1_agreement: float
+    top1_agreement: float | None   # None: one output value per sample, no arg-max to compare
     rel_logit_error: float
 
-    def to_json(self) -> dict[str, float]:
-        return {"top1_agreement": round(self.top1_agreement, 4),
+    def to_json(self) -> dict[str, float | None]:
+        return {"top1_agreement": None if self.top1_agreement is None
+                else round(self.top1_agreement, 4),
                 "rel_logit_error": round(self.rel_logit_error, 4)}
 
 
@@ -82,7 +83,7 @@ def _rel(a: np.ndarray, ref: np.ndarray) -> float:
 
 def pair(a: np.ndarray, ref: np.ndarray) -> Pair:
     a2, r2 = a.reshape(len(a), -1), ref.reshape(len(ref), -1)
-    agree = float(np.mean(a2.argmax(1) == r2.argmax(1))) if a2.shape[1] > 1 else float("nan")
+    agree = float(np.mean(a2.argmax(1) == r2.argmax(1))) if a2.shape[1] > 1 else None
     return Pair(agree, _rel(a, ref))
 
 
@@ -116,16 +117,20 @@ def measure(ann: np.ndarray, qann: np.ndarray, snn: np.ndarray | None,
     return out
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
 def summary(fid: Mapping[str, Any]) -> str:
     """One line: 'SNN agrees with the ANN on 97.2 % of 64 held-out samples; ...'."""
     n = fid["samples"]
     if "snn_vs_ann" not in fid:
         q = fid["qann_vs_ann"]
-        return (f"fidelity: QANN agrees with the ANN on {100 * q['top1_agreement']:.1f} % of {n} "
+        return (f"fidelity: QANN agrees with the ANN on {_pct(q['top1_agreement'])} of {n} "
                 f"held-out samples (relative logit error {q['rel_logit_error']:.3f})")
     s, q = fid["snn_vs_ann"], fid["qann_vs_ann"]
-    text = (f"fidelity: SNN agrees with the ANN on {100 * s['top1_agreement']:.1f} % of {n} "
-            f"held-out samples (QANN {100 * q['top1_agreement']:.1f} %; relative logit error "
+    text = (f"fidelity: SNN agrees with the ANN on {_pct(s['top1_agreement'])} of {n} "
+            f"held-out samples (QANN {_pct(q['top1_agreement'])}; relative logit error "
             f"{s['rel_logit_error']:.3f})")
     if fid.get("error_grows_from"):
         text += f"; error grows from layer {fid['error_grows_from']}"

@@ -15,7 +15,8 @@ all reported at once:
   there) or an empty directory; an existing file in its place is refused (SNN-E363).
 * **Foreign directories need --force.** A non-empty directory that snncc did not write, or one
   that holds files beyond what its marker lists, is refused unless ``force`` (SNN-E364). With
-  ``--force`` snncc writes its files into it and deletes nothing it did not write.
+  ``--force`` snncc writes its files into it and deletes nothing it did not write; a foreign file
+  with the name of one of snncc's files is refused too (SNN-E364, found before anything moves).
 
 Writing: a file goes to a temporary sibling ``.NAME.snncc-XXXX`` and is renamed into place only
 when the writer finished (so a failure or Ctrl-C leaves no half-written output, and concurrent
@@ -195,11 +196,12 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, *, adopt: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a temporary sibling directory to fill; install it at ``path`` only on success.
 
-    Installing writes :data:`MARKER` (the list of files) and never deletes a file that the
-    previous marker did not list (see the module doc).
+    Installing writes :data:`MARKER` (the list of files) and never deletes or replaces a file
+    that the previous marker did not list (see the module doc). ``adopt``: file names to treat as
+    snncc's own although no marker lists them (outputs of versions that wrote no marker).
     """
     path = _resolve(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,8 +218,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                 return
             except OSError:  # another process created it meanwhile: merge below
                 pass
-        old = {f for f in _marker_files(path) or set()
+        old = {f for f in (_marker_files(path) or set()) | set(adopt)
                if not Path(f).is_absolute() and ".." not in Path(f).parts}
+        foreign = sorted(f for f in files if f not in old and os.path.lexists(path / f))
+        if foreign:  # --force into a foreign folder: never replace a file snncc did not write
+            raise OutputPathError(
+                f"refusing to write into '{path}': it holds files of the same names that snncc "
+                f"did not write ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})",
+                code="SNN-E364", hint="move those files away, or name a new directory")
         for rel in files:
             dest = path / rel
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -146,7 +146,7 @@ def write_report(out_path: str | os.PathLike, data: Mapping[str, Any], *,
     check_report_outputs(out_path, inputs)
     out = Path(out_path)
     figs = plots_dir(out)
-    with atomic_dir(figs) as tmp_figs, atomic_file(out) as tmp_page:
+    with atomic_dir(figs, adopt=PLOTS) as tmp_figs, atomic_file(out) as tmp_page:
         written = _render(out, figs, tmp_figs, tmp_page, data)
     return [out, *written]
 

@@ -82,8 +82,40 @@ def test_no_fidelity_uses_every_sample(workdir, capsys):
     assert (workdir / "mnist_cnn.qann.onnx").is_file()
     report = json.loads((workdir / "r.json").read_text())
     assert report["fidelity"] is None
-    assert max(r["samples"] for r in report["quant"].values() if "samples" in r) \
-        if any("samples" in r for r in report["quant"].values()) else True
+    assert report["notes"]["calibration_samples"] == 256
+
+
+def test_calib_samples_bounds_calibration_and_holdout(workdir, capsys):
+    rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "--target", "qann",
+               "--calib", str(workdir / "calib.npz"), "--calib-method", "max",
+               "--calib-samples", "10", "--report", str(workdir / "r.json"), "-q"])
+    assert rc == 0
+    report = json.loads((workdir / "r.json").read_text())
+    assert report["notes"]["calibration_samples"] == 10
+    assert report["fidelity"]["samples"] == 64
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--min-agreement", "1.5"], "SNN-E367"),
+    (["--min-agreement", "0.9", "--no-fidelity"], "SNN-E368"),
+])
+def test_min_agreement_needs_a_fidelity_estimate(workdir, capsys, argv, code):
+    rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "--calib", str(workdir / "calib.npz"),
+               "-o", str(workdir / "o.onnx"), *argv])
+    _, err = capsys.readouterr()
+    assert rc == 2 and f"[{code}]" in err and not (workdir / "o.onnx").exists()
+
+
+def test_window_schedule_reports_per_layer_fidelity(workdir):
+    """Bit-serial runs window-collapsed by default: its per-layer rows are still there, and its
+    time-mean outputs equal the QANN's (rel_error 0 up to float summation order)."""
+    rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "--neuron", "bitserial", "-T", "3",
+               "--calib", str(workdir / "calib.npz"), "--calib-samples", "64",
+               "--report", str(workdir / "r.json"), "-q"])
+    assert rc == 0
+    fid = json.loads((workdir / "r.json").read_text())["fidelity"]
+    assert len(fid["per_layer"]) == 4
+    assert all(r["rel_error"] < 1e-5 for r in fid["per_layer"])
 
 
 def test_missing_calibration_is_one_short_error(workdir, capsys):

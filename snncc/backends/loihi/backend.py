@@ -60,11 +60,11 @@ class LoihiBackend(Backend):
                  limits: CoreLimits = CoreLimits()):
         self.fixed_point = fixed_point
         self.limits = limits
-        self._cache: tuple[int, Any, _Prepared] | None = None
+        self._cache: tuple[Any, Any, _Prepared] | None = None
 
     def _prepare(self, model: ir.Model | onnx.ModelProto, ctx: CompileContext) -> _Prepared:
-        key = (id(model), ctx.options)
-        if self._cache is not None and self._cache[:2] == key:
+        key = (model, ctx.options)  # the model object itself: an id() could be reused
+        if self._cache is not None and self._cache[0] is model and self._cache[1] == ctx.options:
             return self._cache[2]
         proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
         try:

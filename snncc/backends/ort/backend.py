@@ -97,7 +97,10 @@ class OrtBackend(Backend):
         from snncc import runtime
 
         proto = ir.to_proto(model)
-        layers = [n.output[0] for n in proto.graph.node if n.domain == ir.SNN_DOMAIN]
+        # every site's activation tensor: a neuron's spike train [S*N, ...] (folded), or its
+        # decoded window mean [N, ...] (window schedule: the train is renamed, the site keeps y)
+        produced = {o for node in proto.graph.node for o in node.output}
+        layers = [name for name in ctx.quant if name in produced]
         first = proto.graph.output[0].name
         for name in layers:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(
@@ -111,11 +114,14 @@ class OrtBackend(Backend):
         outs: list[np.ndarray] = []
         means: dict[str, list[np.ndarray]] = {name: [] for name in layers}
         for i in range(0, n, batch):
-            values = sess.run([first, *layers], {k: v[i:i + batch] for k, v in feeds.items()})
+            part = {k: v[i:i + batch] for k, v in feeds.items()}
+            rows = len(next(iter(part.values())))
+            values = sess.run([first, *layers], part)
             outs.append(values[0])
             for name, y in zip(layers, values[1:]):
-                y = y.reshape((steps, -1) + y.shape[1:])
-                means[name].append(y[start:].mean(axis=0))
+                if y.shape[0] == steps * rows and steps > 1:
+                    y = y.reshape((steps, -1) + y.shape[1:])[start:].mean(axis=0)
+                means[name].append(y)
         return np.concatenate(outs), {k: np.concatenate(v) for k, v in means.items()}
 
     def emit(self, model: ir.Model, ctx: CompileContext, out: Path) -> Artifact:
