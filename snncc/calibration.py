@@ -5,7 +5,9 @@ which tensors to observe.
 
 Samples (:func:`load_samples`): a ``.npy`` file holds one array ``[N, *input_shape[1:]]`` for a
 single-input model; a ``.npz`` file holds one array per input, keyed by input name (a single
-array is accepted for a single-input model whatever its key). Arrays must be float (for float
+array is accepted for a single-input model whatever its key); a directory is read as
+``snncc finetune --data`` reads one (an image folder or an ``x.npy`` pair, memory-mapped; needs
+torch and PIL), only as many images as are used. Arrays must be float (for float
 inputs), finite, and match the model input shape except the batch axis.
 
 Statistics (:func:`collect_statistics`): ORT (graph optimisations off) runs the model in
@@ -105,11 +107,34 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                     "objects)") from exc
 
 
+def _read_folder(path: Path, inputs: Sequence[InputSpec], max_samples: int | None
+                 ) -> dict[str, np.ndarray]:
+    """A directory, as ``snncc finetune --data`` reads it: an image folder (one subfolder per
+    class; PNG/JPEG via PIL, resized to the model input) or an ``x.npy`` (+ ``y.npy``) pair read
+    memory-mapped; only the first ``max_samples`` images are read."""
+    if len(inputs) != 1:
+        raise _fail("SNN-E407", f"'{path}' is a folder but the model has {len(inputs)} inputs",
+                    "save a .npz keyed by input name")
+    shape = inputs[0].shape
+    try:
+        from snncc.train.data import open_dataset
+    except ImportError as exc:
+        raise _fail("SNN-E403", f"reading the folder '{path}' needs torch and PIL ({exc})",
+                    "pip install -e .[train], or save the samples with numpy.save") from exc
+    size = tuple(shape[2:4]) if len(shape) == 4 and None not in shape[2:4] else None
+    ds = open_dataset(path, channels=shape[1] if len(shape) > 1 else None, size=size,
+                      labels=False, what="calibration data")
+    n = len(ds) if max_samples is None else min(len(ds), max_samples)
+    if n == 0:
+        raise _fail("SNN-E408", f"'{path}' holds no samples", "provide at least one sample")
+    return {"": np.stack([np.asarray(ds[i], dtype=np.float32) for i in range(n)])}
+
+
 def load_samples(path: str | Path, inputs: Sequence[InputSpec], *,
                  max_samples: int | None = None) -> dict[str, np.ndarray]:
     """Read and validate calibration samples; returns input name -> array (at most max_samples)."""
     path = Path(path)
-    arrays = _read_arrays(path)
+    arrays = _read_folder(path, inputs, max_samples) if path.is_dir() else _read_arrays(path)
     names = [spec.name for spec in inputs]
     if len(arrays) == 1 and len(inputs) == 1:
         arrays = {names[0]: next(iter(arrays.values()))}

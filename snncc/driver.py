@@ -60,10 +60,9 @@ def make_options(**kw: Any) -> CompileOptions:
     if not (50.0 < opts.calib_percentile <= 100.0):
         raise OptionError(f"--percentile must be in (50, 100], got {opts.calib_percentile}",
                           code="SNN-E356", hint="typical values are 99.9 and 99.99")
-    if opts.calib_path is not None and not Path(opts.calib_path).is_file():
-        what = "is a directory" if Path(opts.calib_path).is_dir() else "does not exist"
-        raise OptionError(f"calibration file '{opts.calib_path}' {what}", code="SNN-E357",
-                          hint="pass a .npy or .npz file of input samples")
+    if opts.calib_path is not None and not Path(opts.calib_path).exists():
+        raise OptionError(f"calibration data '{opts.calib_path}' does not exist", code="SNN-E357",
+                          hint="pass a .npy or .npz file of input samples, or an image folder")
     if not isinstance(opts.fidelity_samples, int) or opts.fidelity_samples < 0:
         raise OptionError(f"--fidelity-samples must be 0 or more, got {opts.fidelity_samples!r}",
                           code="SNN-E366", hint="e.g. --fidelity-samples 64, or --no-fidelity")

@@ -156,3 +156,25 @@ def test_capability_check_runs_before_calibration(tmp_path, capsys, monkeypatch)
     _, err = capsys.readouterr()
     assert rc == 2 and "[SNN-E270]" in err and "before calibration" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.requires_torch
+def test_calibration_reads_the_folder_forms_finetune_reads(workdir, capsys):
+    """--calib accepts an image folder (PNG, one subfolder per class) and an x.npy folder."""
+    from PIL import Image
+
+    x = np.load(workdir / "calib.npz")["input"][:40]
+    for i, img in enumerate(x):
+        (workdir / "imgs" / str(i % 10)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img[0] * 255).round().astype(np.uint8)).save(
+            workdir / "imgs" / str(i % 10) / f"{i}.png")
+    (workdir / "npy").mkdir()
+    np.save(workdir / "npy" / "x.npy", x)
+    for src in ("imgs", "npy"):
+        rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "--target", "qann",
+                   "--calib", str(workdir / src), "--calib-method", "max", "--no-fidelity",
+                   "-o", str(workdir / f"{src}.onnx"), "--report", str(workdir / f"{src}.json"),
+                   "-q"])
+        assert rc == 0, capsys.readouterr().err
+        assert json.loads((workdir / f"{src}.json").read_text())["notes"][
+            "calibration_samples"] == 40
