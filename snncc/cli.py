@@ -278,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.npz", help="save outputs and spike counts")
     p.add_argument("--no-library", action="store_true",
                    help="use the portable ONNX function bodies instead of the C++ kernels")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per run (default 256)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="samples per ONNX Runtime call (default 16: the [T*N, ...] tensors of a "
+                   "folded SNN stay cache-sized; bench/results/window.md)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--semantics", choices=("emulated", "hardware"), default="emulated",
                    help="Loihi directory: 'emulated' (default) runs each neuron's own rule as a "
