@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from snncc import __version__, ir
+from snncc import __version__, fidelity, ir
 from snncc.context import TARGETS, CompileContext, CompileOptions
-from snncc.errors import BackendCapabilityError, FidelityError, OptionError
+from snncc.errors import BackendCapabilityError, OptionError
 from snncc.outputs import Output, atomic_dir, atomic_file, check_outputs, default_output
 from snncc.passes.calibrate import MIN_CALIB_SAMPLES
 from snncc.pipeline import DumpAfter, PipelineReport, Snapshot, default_pipeline
@@ -179,14 +179,15 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
         if diags:
             raise BackendCapabilityError(f"the {backend.name} backend cannot express this model",
                                          diagnostics=diags)
-    fid = _fidelity(snap, backend, model, ctx) if fidelity_wanted and ctx.holdout else None
+    fid = fidelity.estimate(snap.proto("canonicalize"), snap.proto("relu-to-quant-clip"),
+                            backend, model, ctx) if fidelity_wanted and ctx.holdout else None
     if min_agreement is not None and fid is None:
         raise OptionError("--min-agreement: no samples could be held out for the fidelity "
                           f"estimate (the calibration file needs more than "
                           f"{MIN_CALIB_SAMPLES} samples)", code="SNN-E368",
                           hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
-        warnings += _check_fidelity(fid, options, min_agreement)
+        warnings += fidelity.check(fid, options, min_agreement)
     synops = _synops(snap, model, ctx) if options.target == "ort" else None
     if backend is None:
         proto = ir.to_proto(model, opset=options.opset)
@@ -244,53 +245,6 @@ def _rehearse(model_path, options: CompileOptions, backend) -> None:
         raise BackendCapabilityError(f"the {backend.name} backend cannot express this model "
                                      "(found before calibration)", diagnostics=diags,
                                      code=sorted({d.code for d in diags})[0])
-
-
-def _fidelity(snap: Snapshot, backend, model: ir.Model, ctx: CompileContext) -> dict[str, Any]:
-    """ANN vs QANN vs SNN on the held-out calibration samples (see :mod:`snncc.fidelity`)."""
-    from snncc import fidelity
-
-    feeds = ctx.holdout or {}
-    sites = list(ctx.quant)
-    ann_proto, qann_proto = snap.proto("canonicalize"), snap.proto("relu-to-quant-clip")
-
-    def produced(proto) -> list[str]:
-        names = {o for n in proto.graph.node for o in n.output}
-        return [s for s in sites if s in names]
-
-    ann, ann_layers = fidelity.run_reference(ann_proto, feeds, produced(ann_proto))
-    qann, qann_layers = fidelity.run_reference(qann_proto, feeds, produced(qann_proto))
-    predicted = backend.predict(model, ctx, feeds) if backend is not None else None
-    snn, snn_layers = predicted if predicted is not None else (None, None)
-    fid = fidelity.measure(ann, qann, snn, qann_layers, snn_layers, ann_layers)
-    if backend is not None and snn is None:
-        fid["note"] = f"the {backend.name} target cannot evaluate this model at compile time"
-    return fid
-
-
-def _check_fidelity(fid: dict[str, Any], options: CompileOptions,
-                    min_agreement: float | None) -> list[str]:
-    """Warnings for a low agreement; FidelityError below ``min_agreement``."""
-    from snncc import fidelity
-
-    key = "snn_vs_ann" if "snn_vs_ann" in fid else "qann_vs_ann"
-    agree = fid[key]["top1_agreement"]
-    if agree is None:  # one output per sample: nothing to gate on
-        return []
-    what = "the compiled network" if key == "snn_vs_ann" else "the QANN (the target cannot " \
-        "evaluate the SNN at compile time)"
-    hints = fidelity.hints(options, fid)
-    if min_agreement is not None and agree < min_agreement:
-        raise FidelityError(f"compile: {fidelity.summary(fid)}; below --min-agreement "
-                            f"{min_agreement:g}", code="SNN-E370",
-                            hint="try, in this order: " + "; ".join(hints) if hints else
-                            "lower --min-agreement")
-    if agree < fidelity.WARN_BELOW:
-        lines = [f"warning: {what} agrees with the ANN on only {100 * agree:.1f} % "
-                 f"of {fid['samples']} held-out samples. To get closer, try (best first):"]
-        lines += [f"  {i + 1}. {h}" for i, h in enumerate(hints)]
-        return ["\n".join(lines)]
-    return []
 
 
 def _emit_atomically(backend, model: ir.Model, ctx: CompileContext, out: Path):

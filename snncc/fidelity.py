@@ -26,7 +26,7 @@ import onnx
 import onnxruntime as ort
 
 __all__ = ["DEFAULT_SAMPLES", "WARN_BELOW", "run_reference", "pair", "measure", "summary",
-           "hints"]
+           "hints", "estimate", "check"]
 
 #: held-out calibration samples used for the estimate by default
 DEFAULT_SAMPLES = 64
@@ -163,3 +163,49 @@ def hints(options: Any, fid: Mapping[str, Any]) -> list[str]:
         out.append("snncc finetune MODEL.onnx --data TRAIN.npz (QCFS fine-tuning recovers the "
                    "quantization loss)")
     return out
+
+
+def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: Any,
+             model: Any, ctx: Any) -> dict[str, Any]:
+    """ANN vs QANN vs SNN on ``ctx.holdout``: the graphs after canonicalize and after
+    relu-to-quant-clip run in plain ORT, the compiled ``model`` through ``backend.predict``
+    (``backend=None``: the qann target, no SNN)."""
+    feeds = ctx.holdout or {}
+    sites = list(ctx.quant)
+
+    def produced(proto: onnx.ModelProto) -> list[str]:
+        names = {o for n in proto.graph.node for o in n.output}
+        return [s for s in sites if s in names]
+
+    ann, ann_layers = run_reference(ann_proto, feeds, produced(ann_proto))
+    qann, qann_layers = run_reference(qann_proto, feeds, produced(qann_proto))
+    predicted = backend.predict(model, ctx, feeds) if backend is not None else None
+    snn, snn_layers = predicted if predicted is not None else (None, None)
+    fid = measure(ann, qann, snn, qann_layers, snn_layers, ann_layers)
+    if backend is not None and snn is None:
+        fid["note"] = f"the {backend.name} target cannot evaluate this model at compile time"
+    return fid
+
+
+def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None) -> list[str]:
+    """Warnings (for stderr) when the agreement is below :data:`WARN_BELOW`;
+    :class:`~snncc.errors.FidelityError` (SNN-E370) below ``min_agreement``."""
+    from snncc.errors import FidelityError
+
+    key = "snn_vs_ann" if "snn_vs_ann" in fid else "qann_vs_ann"
+    agree = fid[key]["top1_agreement"]
+    if agree is None:  # one output per sample: nothing to gate on
+        return []
+    what = "the compiled network" if key == "snn_vs_ann" else "the QANN (the target cannot " \
+        "evaluate the SNN at compile time)"
+    ranked = hints(options, fid)
+    if min_agreement is not None and agree < min_agreement:
+        raise FidelityError(f"compile: {summary(fid)}; below --min-agreement {min_agreement:g}",
+                            code="SNN-E370", hint="try, in this order: " + "; ".join(ranked)
+                            if ranked else "lower --min-agreement")
+    if agree < WARN_BELOW:
+        lines = [f"warning: {what} agrees with the ANN on only {100 * agree:.1f} % "
+                 f"of {fid['samples']} held-out samples. To get closer, try (best first):"]
+        lines += [f"  {i + 1}. {h}" for i, h in enumerate(ranked)]
+        return ["\n".join(lines)]
+    return []
