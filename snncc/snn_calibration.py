@@ -311,7 +311,7 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
                                                  _Neuron(neuron_spec, options, start[site.y]))
             result[site.y] = params
             reports.append(report)
-            if any(last_use.get(site.y, -1) > j for j in range(i, len(sites))):
+            if last_use.get(site.y, -1) > i:  # a later segment reads this train
                 trains[site.y] = train.reshape((-1,) + train.shape[2:])
             for name in [k for k in trains if last_use.get(k, -1) <= i]:
                 del trains[name]
