@@ -176,6 +176,13 @@ def get_neuron(key: str) -> NeuronSpec:
                           hint="choose one of: " + ", ".join(sorted(NEURONS))) from None
 
 
+def _problem(a: AttrSpec, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``a`` (its ``choices``, then its ``check``), or None."""
+    if a.choices is not None and value not in a.choices:
+        return "must be one of " + ", ".join(map(str, a.choices))
+    return a.check(value) if a.check is not None else None
+
+
 def validate_attrs(spec: NeuronSpec, attrs: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """Fill defaults and validate; raises OptionError naming the attribute and the fix."""
     known = {a.name: a for a in spec.all_attributes}
@@ -186,11 +193,7 @@ def validate_attrs(spec: NeuronSpec, attrs: Mapping[str, Any], where: str = "") 
     out: dict[str, Any] = {}
     for name, a in known.items():
         value = attrs.get(name, a.default)
-        problem = None
-        if a.choices is not None and value not in a.choices:
-            problem = "must be one of " + ", ".join(map(str, a.choices))
-        elif a.check is not None:
-            problem = a.check(value)
+        problem = _problem(a, value)
         if problem:
             raise OptionError(f"{where}neuron '{spec.key}': attribute {name}={value!r} {problem}",
                               code="SNN-E303", hint=a.doc)
@@ -217,11 +220,7 @@ def validate_neuron_params(options: CompileOptions) -> None:
                           if valid else f"'{spec.key}' takes no parameters; drop them")
     for name, value in given.items():
         p = known[name]
-        problem = None
-        if p.choices is not None and value not in p.choices:
-            problem = "must be one of " + ", ".join(map(str, p.choices))
-        elif p.check is not None:
-            problem = p.check(value)
+        problem = _problem(p, value)
         if problem:
             raise OptionError(f"neuron parameter {name}={value!r} of '{spec.key}' {problem}",
                               code="SNN-E309", hint=p.doc)
