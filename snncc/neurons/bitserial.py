@@ -33,7 +33,8 @@ import numpy as np
 from snncc.context import CompileOptions, QuantClipParams
 from snncc.errors import OptionError
 from snncc.neurons import common as c
-from snncc.neurons.registry import AttrSpec, LoihiInfo, NeuronSpec, register_neuron, validate_attrs
+from snncc.neurons.registry import (AttrSpec, LoihiInfo, NeuronSpec, NirInfo, register_neuron,
+                                    validate_attrs)
 
 MAX_BITS = 16
 
@@ -192,4 +193,7 @@ SPEC = register_neuron(NeuronSpec(
         "no public Lava/NetX neuron does this, so no NetX export"),
         fixed_point=_loihi_fixed_point, int_fields=c.loihi_unit_threshold,
         peak_payload=lambda fixed: fixed["bits"] << (fixed["bits"] - 1), int_run=_loihi_int_run),
+    nir=NirInfo(refusal=(
+        "neuron 'bitserial' accumulates a window, then sends bit k of the count as a graded "
+        "payload 2^k")),
 ))

@@ -18,7 +18,8 @@ import numpy as np
 
 from snncc.context import CompileOptions, QuantClipParams
 from snncc.neurons import common as c
-from snncc.neurons.registry import AttrSpec, LoihiInfo, NeuronSpec, register_neuron, validate_attrs
+from snncc.neurons.registry import (AttrSpec, LoihiInfo, NeuronSpec, NirInfo, register_neuron,
+                                    validate_attrs)
 
 DEFAULT_TAU = 4
 
@@ -122,4 +123,5 @@ SPEC = register_neuron(NeuronSpec(
         "Lava/NetX neuron computes that, so no NetX export"),
         fixed_point=_loihi_fixed_point, int_fields=c.loihi_unit_threshold,
         peak_payload=lambda fixed: fixed["tau"], int_step=_loihi_int_step),
+    nir=NirInfo(refusal="neuron 'gn' sends graded spikes c*u (up to tau unit spikes in one slice)"),
 ))

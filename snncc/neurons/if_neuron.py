@@ -16,7 +16,7 @@ import numpy as np
 
 from snncc.context import CompileOptions, QuantClipParams
 from snncc.neurons import common as c
-from snncc.neurons.registry import LoihiInfo, NeuronSpec, register_neuron
+from snncc.neurons.registry import LoihiInfo, NeuronSpec, NirInfo, register_neuron
 
 ATTRIBUTES = (c.THETA, c.v_init_attr(0.5, "theta"))
 
@@ -71,4 +71,6 @@ SPEC = register_neuron(NeuronSpec(
         "theta folds into the next layer's weights; public Lava/NetX CUBA neurons fire on v > vth "
         "and reset v to 0, so a chip run equals this op only at T == 1 (up to threshold ties)"),
         netx=True, fixed_point=c.loihi_if_fixed_point, int_step=c.loihi_if_int_step),
+    nir=NirInfo("IF", soft_reset=True, lossy=(
+        "IF fires on v >= theta, NIR on v > v_threshold (ties differ)",)),
 ))

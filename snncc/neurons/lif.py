@@ -19,7 +19,7 @@ import numpy as np
 from snncc.context import CompileOptions, QuantClipParams
 from snncc.errors import OptionError
 from snncc.neurons import common as c
-from snncc.neurons.registry import AttrSpec, LoihiInfo, NeuronSpec, register_neuron
+from snncc.neurons.registry import AttrSpec, LoihiInfo, NeuronSpec, NirInfo, register_neuron
 
 ATTRIBUTES = (
     c.THETA,
@@ -107,4 +107,5 @@ SPEC = register_neuron(NeuronSpec(
         "strict > matches Loihi; leak maps to the 12-bit voltage decay 4096*(1-leak); Loihi "
         "resets v to 0 instead of subtracting theta, so a chip run equals this op only at "
         "T == 1"), netx=True, fixed_point=_loihi_fixed_point, int_step=_loihi_int_step),
+    nir=NirInfo("LIF", leak_attr="leak", amplitude_attr="amplitude", soft_reset=True),
 ))

@@ -38,7 +38,8 @@ import numpy as np
 from snncc.context import CompileOptions, QuantClipParams
 from snncc.errors import OptionError
 from snncc.neurons import common as c
-from snncc.neurons.registry import AttrSpec, LoihiInfo, NeuronSpec, register_neuron, validate_attrs
+from snncc.neurons.registry import (AttrSpec, LoihiInfo, NeuronSpec, NirInfo, register_neuron,
+                                    validate_attrs)
 
 PRESETS = ("equidistant", "pow2")
 DEFAULT_N = 4
@@ -280,4 +281,6 @@ SPEC = register_neuron(NeuronSpec(
         "any spike); no public Lava/NetX neuron has several thresholds, so no NetX export"),
         fixed_point=_loihi_fixed_point, peak_payload=_loihi_peak_payload,
         int_step=_loihi_int_step),
+    nir=NirInfo(refusal=(
+        "neuron 'mt' sends multi-level spikes (one of several threshold values per slice)")),
 ))

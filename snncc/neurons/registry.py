@@ -15,8 +15,8 @@ import onnx
 from snncc.context import CompileOptions, QuantClipParams
 from snncc.errors import OptionError
 
-__all__ = ["AttrSpec", "NeuronSpec", "NEURONS", "register_neuron", "get_neuron",
-           "COMMON_ATTRS", "validate_attrs", "validate_neuron_params"]
+__all__ = ["AttrSpec", "NeuronSpec", "LoihiInfo", "NirInfo", "NEURONS", "register_neuron",
+           "get_neuron", "COMMON_ATTRS", "validate_attrs", "validate_neuron_params"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,28 @@ class LoihiInfo:
 
 
 @dataclass(frozen=True)
+class NirInfo:
+    """How the neuron maps onto a NIR 1.0 neuron node (used by the NIR export, which reads only
+    these fields and never branches on a neuron name).
+
+    ``node`` is ``"IF"`` (always ``nir.IF``), ``"LIF"`` (``nir.LIF``, or ``nir.IF`` when the leak
+    is 1) or None when the neuron has no NIR form; ``refusal`` then says why (the SNN-E691
+    message; empty: a generic one). ``leak_attr`` names the attribute holding the per-slice
+    membrane factor (None: no leak); ``amplitude_attr`` the attribute holding the value sent per
+    spike (None: theta is sent). ``soft_reset``: the neuron resets by subtraction, which NIR's
+    reset-to-``v_reset`` neurons cannot express (a lossy export); ``lossy`` lists what else the
+    NIR form loses.
+    """
+
+    node: str | None = None
+    refusal: str = ""
+    leak_attr: str | None = None
+    amplitude_attr: str | None = None
+    soft_reset: bool = False
+    lossy: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class NeuronSpec:
     """Everything the compiler knows about one neuron type.
 
@@ -142,6 +164,7 @@ class NeuronSpec:
     check_params: Callable[[Mapping[str, Any]], str | None] | None = None
     window_attr: str | None = None
     loihi: LoihiInfo = field(default_factory=lambda: LoihiInfo("binary", "subtract"))
+    nir: NirInfo = field(default_factory=NirInfo)
     since_version: int = 1
 
     @property

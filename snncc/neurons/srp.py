@@ -19,7 +19,7 @@ import numpy as np
 
 from snncc.context import CompileOptions, QuantClipParams
 from snncc.neurons import common as c
-from snncc.neurons.registry import AttrSpec, LoihiInfo, NeuronSpec, register_neuron
+from snncc.neurons.registry import AttrSpec, LoihiInfo, NeuronSpec, NirInfo, register_neuron
 
 DEFAULT_TAU = 4
 
@@ -137,4 +137,7 @@ SPEC = register_neuron(NeuronSpec(
         "v to 0) plus a per-neuron mask bit set at global step tau and a membrane restart; public "
         "Lava/NetX neurons have neither (LIFReset only restarts periodically), so no NetX export"),
         fixed_point=_loihi_fixed_point, int_fields=_loihi_int_fields, int_step=_loihi_int_step),
+    nir=NirInfo(refusal=(
+        "neuron 'srp' masks neurons after a pre-run and restarts their membrane (no NIR neuron "
+        "has a mask or a restart), and its soft reset has no NIR form")),
 ))

@@ -22,8 +22,13 @@ that still carries one. This keeps it loadable by importers that lack Scale/AvgP
 What NIR cannot express (:func:`lossy_notes`): NIR IF/LIF reset to ``v_reset`` (no reset by
 subtraction), fire on ``v > v_threshold`` (IF fires on ``>=``) and start at v = 0 (IF starts at
 ``v_init * theta``: without a leak that charge becomes a bias current ``v_init*theta/T`` on the
-Conv/Affine feeding the neuron, as the NetX export does; otherwise it is dropped, with a note). Graded neurons (gn, mt, bitserial, srp) send multi-level spikes, which no
-NIR neuron has: refused.
+Conv/Affine feeding the neuron, as the NetX export does; otherwise it is dropped, with a note).
+Graded neurons (gn, mt, bitserial) send multi-level spikes, which no NIR neuron has, and srp
+masks and restarts neurons: refused.
+
+Every neuron fact used here (the NIR node kind, the leak and amplitude attributes, the reset,
+what is lost, why a neuron has no NIR form) is its registry entry's
+:class:`snncc.neurons.registry.NirInfo`; this module never branches on a neuron name.
 """
 from __future__ import annotations
 
@@ -44,15 +49,6 @@ PASS = "nir-export"
 RESET_NOTE = ("NIR's IF/LIF reset the membrane to v_reset (0) after a spike; snncc's neurons "
               "reset by subtraction (soft reset), so the exported network is not the compiled "
               "one: residual charge above the threshold is lost at every spike")
-GRADED_REASONS = {
-    "gn": "neuron 'gn' sends graded spikes c*u (up to tau unit spikes in one slice)",
-    "mt": "neuron 'mt' sends multi-level spikes (one of several threshold values per slice)",
-    "bitserial": "neuron 'bitserial' accumulates a window, then sends bit k of the count as a "
-                 "graded payload 2^k",
-    "srp": "neuron 'srp' masks neurons after a pre-run and restarts their membrane (no NIR "
-           "neuron has a mask or a restart), and its soft reset has no NIR form",
-}
-GRADED = set(GRADED_REASONS)
 
 
 @dataclass
@@ -93,15 +89,12 @@ def lossy_notes(proto: onnx.ModelProto) -> dict[str, list[str]]:
         if node.domain != SNN_DOMAIN:
             continue
         spec = spec_for_op(node.op_type)
-        if spec is None or spec.key in GRADED:
+        if spec is None or spec.nir.node is None:
             continue
-        a = _attrs(node)
         lost = notes.setdefault(spec.key, [])
-        if spec.loihi.reset == "subtract" and RESET_NOTE not in lost:
-            lost.append(RESET_NOTE)
-        tie = "IF fires on v >= theta, NIR on v > v_threshold (ties differ)"
-        if spec.key == "if" and tie not in lost:
-            lost.append(tie)
+        for note in ((RESET_NOTE,) if spec.nir.soft_reset else ()) + spec.nir.lossy:
+            if note not in lost:
+                lost.append(note)
     return notes
 
 
@@ -216,7 +209,7 @@ class _Builder:
         if node.domain == SNN_DOMAIN:
             from snncc.passes.insert_neurons import spec_for_op
             spec = spec_for_op(node.op_type)
-            if spec is not None and spec.key in ("if", "lif"):
+            if spec is not None and spec.nir.node is not None:
                 return
         elif getattr(self, f"_op_{node.op_type}", None) is not None and \
                 node.domain in ("", "ai.onnx") and (node.op_type not in ("Add", "Mul") or
@@ -249,10 +242,11 @@ class _Builder:
         if spec is None:
             raise _Refuse("SNN-E692", f"unknown neuron op {node.op_type}",
                           "compile with --neuron if or lif")
-        if spec.key not in ("if", "lif"):
-            raise _Refuse("SNN-E691", GRADED_REASONS.get(spec.key, f"neuron '{spec.key}' has "
-                          "no NIR form") + "; NIR's IF/LIF send binary spikes and reset to "
-                          "v_reset", "compile with --neuron if or --neuron lif for NIR")
+        info = spec.nir
+        if info.node is None:
+            raise _Refuse("SNN-E691", (info.refusal or f"neuron '{spec.key}' has no NIR form") +
+                          "; NIR's IF/LIF send binary spikes and reset to v_reset",
+                          "compile with --neuron if or --neuron lif for NIR")
         x = self._value(node.input[0])
         a = _attrs(node)
         shape = x.shape
@@ -269,19 +263,20 @@ class _Builder:
         vth = self._broadcast(theta / s_in, shape).astype(np.float32)
         ones = np.ones(shape, dtype=np.float32)
         zeros = np.zeros(shape, dtype=np.float32)
-        leak = float(a.get("leak", 1.0))
+        leak = float(a.get(info.leak_attr, 1.0)) if info.leak_attr else 1.0
         v_init = float(a.get("v_init", 0.0))
         if v_init:
             self._initial_charge(node, x, spec.key, v_init * theta / s_in, leak,
                                  int(a.get("T", self.timesteps)) or 1)
-        if spec.key == "if" or leak == 1.0:
+        if info.node == "IF" or leak == 1.0:
             nn = nir.IF(r=ones, v_threshold=vth, v_reset=zeros)
         else:
             tau = np.full(shape, 1.0 / (1.0 - leak), dtype=np.float32)
             nn = nir.LIF(tau=tau, r=tau.copy(), v_leak=zeros, v_threshold=vth, v_reset=zeros)
         name = self._add(self._name(node.name, spec.key), nn, x)
         self.neurons[name] = spec.key
-        amp = theta if spec.key == "if" else np.full(channels, float(a.get("amplitude", 1.0)))
+        amp = theta if info.amplitude_attr is None else \
+            np.full(channels, float(a.get(info.amplitude_attr, 1.0)))
         self.values[node.output[0]] = _Value(name, shape, amp.astype(np.float64))
 
     def _initial_charge(self, node, x: _Value, key: str, charge: np.ndarray, leak: float,
