@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from snncc.backends.common import matrix_weights, node_attrs as _attrs
 from snncc.errors import BackendCapabilityError, Diagnostic, ModelInputError, UnsupportedNodeError
 from snncc.ir import SNN_DOMAIN
 
@@ -367,14 +368,6 @@ def _dense_after(term: _Term, in_view: tuple[int, int, int], wg: np.ndarray) -> 
     return _trim_rows(_Term(term.src, "dense", dense, term.src_view))
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    out = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
-
-
 def _spatial(attrs: dict[str, Any], k: tuple[int, int]) -> tuple[tuple[int, int],
                                                                    tuple[int, int, int, int]]:
     strides = tuple(attrs.get("strides", (1, 1)))
@@ -632,20 +625,11 @@ class _Lowering:
         self.values[node.output[0]] = _Expr((n,), (n, 1, 1), terms, b.reshape(n, 1, 1))
 
     def _op_Gemm(self, node):
-        attrs = _attrs(node)
-        if attrs.get("transA", 0):
-            raise _LowerError("SNN-E271", "Gemm with transA=1", "export without transA")
-        w = self._const_input(node, 1)
-        w = w.T if not attrs.get("transB", 0) else w
-        c = self._const_input(node, 2)
-        self._matrix(node, self._expr(node.input[0]), w * attrs.get("alpha", 1.0),
-                     None if c is None else c * attrs.get("beta", 1.0))
+        w, bias = matrix_weights(node, self._const_input,
+                                 lambda message, hint: _LowerError("SNN-E271", message, hint))
+        self._matrix(node, self._expr(node.input[0]), w, bias)
 
-    def _op_MatMul(self, node):
-        w = self._const_input(node, 1)
-        if w.ndim != 2:
-            raise _LowerError("SNN-E271", "MatMul with a non-matrix weight", "use a 2-D weight")
-        self._matrix(node, self._expr(node.input[0]), w.T, None)
+    _op_MatMul = _op_Gemm
 
     def _op_Add(self, node):
         a, b = node.input[:2]

@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from snncc.backends.common import matrix_weights, node_attrs as _attrs
 from snncc.errors import Diagnostic
 from snncc.ir import SNN_DOMAIN
 
@@ -70,14 +71,6 @@ class _Refuse(Exception):
     def __init__(self, code: str, message: str, hint: str):
         super().__init__(message)
         self.code, self.message, self.hint = code, message, hint
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    out = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
 
 
 def lossy_notes(proto: onnx.ModelProto) -> dict[str, list[str]]:
@@ -342,20 +335,11 @@ class _Builder:
         self.values[node.output[0]] = _Value(name, (w.shape[0],), None)
 
     def _op_Gemm(self, node):
-        a = _attrs(node)
-        if a.get("transA", 0):
-            raise _Refuse("SNN-E693", "Gemm with transA=1", "export without transA")
-        w = self._const(node, 1)
-        w = w.T if not a.get("transB", 0) else w
-        c = self._const(node, 2)
-        self._affine(node, self._value(node.input[0]), w * a.get("alpha", 1.0),
-                     None if c is None else c * a.get("beta", 1.0))
+        w, bias = matrix_weights(node, self._const,
+                                 lambda message, hint: _Refuse("SNN-E693", message, hint))
+        self._affine(node, self._value(node.input[0]), w, bias)
 
-    def _op_MatMul(self, node):
-        w = self._const(node, 1)
-        if w is None or w.ndim != 2:
-            raise _Refuse("SNN-E693", "MatMul with a non-matrix weight", "use a 2-D weight")
-        self._affine(node, self._value(node.input[0]), w.T, None)
+    _op_MatMul = _op_Gemm
 
     def _sumpool(self, node, x: _Value, k, stride, pad):
         if len(x.shape) != 3:
