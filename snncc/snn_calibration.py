@@ -36,9 +36,10 @@ producing ``z`` (or inserts an ``Add``), so the QANN and every target see the sa
 current. For the ``qann`` target the "neuron" is the quantized clip itself (one slice), which
 makes the walk a bias-corrected QANN calibration.
 
-Cost: one segment run and ``len(SCALES) + BIAS_ROUNDS + 1`` neuron simulations per site, over at
-most ``max_samples`` samples; stored spike trains are freed after their last use. Memory is
-bounded by :data:`MEMORY_BUDGET` (the sample count is lowered to fit).
+Cost: one segment run and up to ``len(SCALES) + BIAS_ROUNDS + 2`` neuron simulations per site;
+stored spike trains are freed after their last use. The sample count is lowered (to at least
+:data:`MIN_SAMPLES`) so that the stored trains fit :data:`MEMORY_BUDGET` and the largest site
+simulates at most :data:`SIMULATION_BUDGET` values per slice.
 """
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ SCALES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3)
 BIAS_ROUNDS = 6
 #: Bytes the stored spike trains and ANN activations may take; more samples are dropped.
 MEMORY_BUDGET = 3 << 30
+#: Values per time slice that the largest site may simulate; more samples are dropped (at least
+#: :data:`MIN_SAMPLES` stay). Large feature maps give every channel plenty of positions anyway:
+#: a 224x224 ResNet walks 16 samples, the MNIST nets all 256.
+SIMULATION_BUDGET = 8_000_000
+MIN_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -261,9 +267,10 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
     first = _Neuron(neuron_spec, options, start[sites[0].y])
     S = first.steps(np.asarray(start[sites[0].y].lam))[0]
     per_sample = 4 * sum(sizes) * (1 + S)
-    keep = max(8, min(n, int(MEMORY_BUDGET // max(per_sample, 1))))
+    keep = max(MIN_SAMPLES, min(n, int(MEMORY_BUDGET // max(per_sample, 1)),
+                                int(SIMULATION_BUDGET // max(max(sizes), 1))))
     if keep < n:
-        logger.info("snn calibration: %d of %d samples fit the memory budget", keep, n)
+        logger.info("snn calibration: %d of %d samples fit the memory and time budget", keep, n)
         inputs = {k: v[:keep] for k, v in inputs.items()}
         n = keep
     targets: dict[str, np.ndarray] = {}
