@@ -23,7 +23,7 @@ from snncc.errors import Diagnostic, ModelInputError, VerificationError
 
 __all__ = [
     "Graph", "Node", "Tensor", "Constant", "Variable", "Model", "SNN_DOMAIN", "SNN_DOMAIN_VERSION",
-    "load", "read_proto", "to_proto", "save", "node_label", "producer", "tensor_map",
+    "load", "read_proto", "to_proto", "save", "node_label", "node_attrs", "producer", "tensor_map",
     "unique_name", "new_const", "const_value", "is_const", "replace_all_uses",
     "bypass_node", "verify", "check_onnx", "infer_shapes",
 ]
@@ -137,6 +137,15 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    """An ONNX node's attributes as Python values (strings decoded)."""
+    out = {}
+    for a in node.attribute:
+        value = onnx.helper.get_attribute_value(a)
+        out[a.name] = value.decode() if isinstance(value, bytes) else value
+    return out
+
 
 def node_label(node: gs.Node, provenance: dict[str, str] | None = None) -> str:
     """``'/layer1/Relu' (ai.onnx::Relu, from layer1.relu)`` for messages."""

@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from snncc.errors import ModelInputError, OptionError, RuntimeLibraryError, SnnccError
-from snncc.ir import SNN_DOMAIN
+from snncc.ir import SNN_DOMAIN, node_attrs
 from snncc.passes.insert_neurons import spec_for_op
 
 __all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "node_attrs",
@@ -55,15 +55,6 @@ class RunResult:
 
 def neuron_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in proto.graph.node if n.domain == SNN_DOMAIN]
-
-
-def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    """A node's attributes as Python values (strings decoded)."""
-    out = {}
-    for a in node.attribute:
-        value = onnx.helper.get_attribute_value(a)
-        out[a.name] = value.decode() if isinstance(value, bytes) else value
-    return out
 
 
 def with_neuron_outputs(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:

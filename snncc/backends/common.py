@@ -11,16 +11,9 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from snncc.ir import node_attrs
+
 __all__ = ["node_attrs", "matrix_weights"]
-
-
-def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    """The node's attributes as Python values (strings decoded)."""
-    out = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
 
 
 def matrix_weights(node: onnx.NodeProto, const: Callable[[onnx.NodeProto, int], Any],
