@@ -256,8 +256,9 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    help="loihi also runs the netlist simulator and the core mapping")
     p.add_argument("--neuron", default="if", help="neuron model (default if)")
     p.add_argument("--calib", metavar="FILE", help="calibration samples (default: --data)")
-    p.add_argument("--calib-method", default="max", choices=("max", "percentile", "mse"),
-                   help="how lambda is chosen from the calibration samples (default max)")
+    p.add_argument("--calib-method", default="snn", choices=("snn", "mse", "percentile", "max"),
+                   help="how lambda is chosen from the calibration samples (default snn, as "
+                   "compile: SNN-aware, per channel)")
     p.add_argument("--samples", type=int, default=256,
                    help="samples used, at least 1 (default 256)")
     p.add_argument("-o", "--output", default="report.md", help="report .md or .html")
