@@ -33,10 +33,8 @@ import argparse
 import copy
 import importlib.util
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +44,7 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import interleaved_medians, session  # noqa: E402
 
 NETS = {"cnn": ("mnist_cnn.onnx", "mnist_calib.npz", "mnist_test.npz"),
         "resnet": ("mnist_resnet.onnx", "mnist_resnet_calib.npz", "mnist_resnet_test.npz")}
@@ -83,25 +82,13 @@ def torch_ann(net: str, ann_path: Path, x: np.ndarray):
     return model
 
 
-def ort_session(path: Path, library: bool, threads: int) -> ort.InferenceSession:
-    if library:
-        from snncc.runtime import session_options
-        so = session_options()
-    else:
-        so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def snncc_runner(ann_path: Path, calib: Path, neuron: str, T: int, tmp: Path, threads: int):
     from snncc.driver import compile_model, make_options
 
     out = tmp / f"{ann_path.stem}_{neuron}_T{T}.onnx"
     compile_model(str(ann_path), out, make_options(target="ort", timesteps=T, neuron=neuron,
                                                    calib_path=str(calib)))
-    sess = ort_session(out, True, threads)
+    sess = session(out, True, threads)
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
 
@@ -159,18 +146,6 @@ def accuracy(run, x: np.ndarray, y: np.ndarray, batch: int) -> float:
     return float((np.concatenate(preds) == y).mean())
 
 
-def timed(fns: dict, rounds: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def bench_net(net: str, Ts: list[int], samples: int, batch: int, rounds: int, threads: int,
               tmp: Path) -> tuple[list[dict], dict]:
     import torch
@@ -181,7 +156,7 @@ def bench_net(net: str, Ts: list[int], samples: int, batch: int, rounds: int, th
     x, y = data["x"][:samples].astype(np.float32), data["y"][:samples]
     calib = np.load(calib_path)["input"].astype(np.float32)
     model = torch_ann(net, ann_path, x)
-    ann_sess = ort_session(ann_path, False, threads)
+    ann_sess = session(ann_path, False, threads)
     in_name = ann_sess.get_inputs()[0].name
     with torch.no_grad():
         ann_acc = float((model(torch.from_numpy(x)).numpy().argmax(1) == y).mean())
@@ -201,7 +176,7 @@ def bench_net(net: str, Ts: list[int], samples: int, batch: int, rounds: int, th
                "ann (torch)": lambda: model(torch.from_numpy(xb)),
                **{k: (lambda r=r: r(xb)) for k, r in runners.items()}}
         with torch.no_grad():
-            t = timed(fns, rounds)
+            t = interleaved_medians(fns, rounds)
         refs.setdefault("ann_ort_ms", []).append(1e3 * t["ann (ORT)"] / batch)
         refs.setdefault("ann_torch_ms", []).append(1e3 * t["ann (torch)"] / batch)
         for k, run in runners.items():

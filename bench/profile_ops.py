@@ -25,19 +25,14 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import session_options  # noqa: E402
 
 from bench.window import NETS, compile_variants  # noqa: E402
 
 
 def profile(path: Path, library: bool, x: np.ndarray, runs: int, threads: int, tmp: Path
             ) -> dict[str, float]:
-    if library:
-        from snncc.runtime import session_options
-        so = session_options()
-    else:
-        so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so = session_options(library, threads)
     so.enable_profiling = True
     so.profile_file_prefix = str(tmp / "prof")
     so.log_severity_level = 3

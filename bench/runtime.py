@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,34 +25,7 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def session(path: Path, library: bool, threads: int) -> ort.InferenceSession:
-    """An ORT session; ``threads`` = intra-op threads (0: ORT's default, one per core)."""
-    if library:
-        from snncc.runtime import session_options
-        so = session_options()
-    else:
-        so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    # every session owns a thread pool whose workers spin after a run; with several sessions
-    # measured round-robin, that spinning steals the cores from the next one
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def interleaved_medians(fns: dict, repeat: int) -> dict:
-    """Median time of each callable, measured round-robin so that background load hits every
-    variant alike (ratios within one run stay meaningful on a shared machine)."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+from bench.common import interleaved_medians, session  # noqa: E402
 
 
 def prepare(name: str, tmp: Path) -> tuple[Path, tuple[int, ...]]:

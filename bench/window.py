@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,35 +35,10 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import interleaved, session  # noqa: E402
 
 NETS = {"cnn": ("mnist_cnn.onnx", "mnist_calib.npz", "mnist_test.npz"),
         "resnet": ("mnist_resnet.onnx", "mnist_resnet_calib.npz", "mnist_resnet_test.npz")}
-
-
-def session(path: Path, library: bool, threads: int) -> ort.InferenceSession:
-    if library:
-        from snncc.runtime import session_options
-        so = session_options()
-    else:
-        so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
-    """Per-round times of each callable, measured round-robin after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def compile_variants(net: str, T: int, variants: list[str], tmp: Path) -> dict[str, Path]:

@@ -1,0 +1,54 @@
+"""What every benchmark here shares: ORT sessions set up alike, and interleaved timing.
+
+Sessions: ``threads`` intra-op threads (0: one per core), one inter-op thread, no spinning
+(every session owns a thread pool whose workers spin after a run; with several sessions measured
+round-robin that spinning steals the cores from the next one), the kernel library when
+``library``. Timing: one warm-up call each, then ``rounds`` rounds calling every variant in turn,
+so background load on a shared machine hits every variant alike and ratios within one run stay
+meaningful.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import onnxruntime as ort
+
+__all__ = ["session_options", "session", "interleaved", "interleaved_medians"]
+
+
+def session_options(library: bool, threads: int) -> ort.SessionOptions:
+    if library:
+        from snncc.runtime import session_options as with_library
+        so = with_library()
+    else:
+        so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+def session(path: Path, library: bool, threads: int) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(library, threads),
+                                providers=["CPUExecutionProvider"])
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Per-round seconds of each callable, measured round-robin after one warm-up call each."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in interleaved(fns, rounds).items()}
