@@ -33,6 +33,7 @@ import argparse
 import copy
 import importlib.util
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
