@@ -129,6 +129,16 @@ def neuron_param_int(options: CompileOptions, name: str, default: int | None, lo
     return value
 
 
+def check_slice_levels(what: str, per_slice: int, levels: int, T: int, given: str) -> None:
+    """SNN-E314 when a neuron parameter fixes ``per_slice`` levels per slice but the clip (e.g. a
+    QCFS-trained graph's own L) has ``levels != per_slice * T``: the SNN would not reproduce it."""
+    if per_slice * T != levels:
+        raise OptionError(f"{what}: {given} at T={T} gives L' = {per_slice * T} levels, but the "
+                          f"clip has L={levels}", code="SNN-E314",
+                          hint=f"drop {given.split('=')[0]} to derive it from L / T, or use "
+                          f"-T {levels // per_slice if levels % per_slice == 0 else T}")
+
+
 def members_per_slice(levels: int, T: int, what: str) -> int:
     """L / T for neurons whose T slices together give L levels; SNN-E307 when not exact."""
     if levels % T:
