@@ -46,6 +46,7 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
+from snncc import ir
 from snncc.errors import CalibrationError
 
 __all__ = ["METHODS", "InputSpec", "SiteStats", "model_inputs", "load_samples",
@@ -233,18 +234,6 @@ class SiteStats:
         return np.concatenate(self.parts, axis=-1)
 
 
-def _with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    present = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
-    for name in names:
-        if name not in present:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(
-                name, onnx.TensorProto.FLOAT, None))
-            present.add(name)
-    return model
-
-
 def collect_statistics(proto: onnx.ModelProto, names: Sequence[str],
                        samples: Mapping[str, np.ndarray], *, per_channel: bool = False,
                        batch_size: int = 8, max_values: int = 1 << 20,
@@ -262,7 +251,7 @@ def collect_statistics(proto: onnx.ModelProto, names: Sequence[str],
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(_with_outputs(proto, names).SerializeToString(), options,
+        session = ort.InferenceSession(ir.with_outputs(proto, names).SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise _fail("SNN-E412", f"ONNX Runtime could not load the model for calibration "

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from snncc import ir
+
 __all__ = ["DEFAULT_SAMPLES", "WARN_BELOW", "run_reference", "pair", "measure", "summary",
            "hints", "estimate", "check"]
 
@@ -39,20 +41,8 @@ GROWTH_LEVEL = 0.1
 def run_reference(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
                   extra: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Run a plain ONNX model (ANN or QANN): (first output, extra tensors by name)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
+    model = ir.with_outputs(proto, extra, free_batch=True)
     g = model.graph
-    for vi in [*g.input, *g.output]:
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims):
-            dims[0].Clear()
-            dims[0].dim_param = "batch"
-    del g.value_info[:]
-    present = {o.name for o in g.output}
-    for name in extra:
-        if name not in present:
-            g.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
-                                                               None))
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3

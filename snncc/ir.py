@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
@@ -23,7 +23,7 @@ from snncc.errors import Diagnostic, ModelInputError, VerificationError
 
 __all__ = [
     "Graph", "Node", "Tensor", "Constant", "Variable", "Model", "SNN_DOMAIN", "SNN_DOMAIN_VERSION",
-    "load", "read_proto", "to_proto", "save", "node_label", "node_attrs", "producer", "tensor_map",
+    "load", "read_proto", "to_proto", "save", "node_label", "node_attrs", "with_outputs", "producer", "tensor_map",
     "unique_name", "new_const", "const_value", "is_const", "replace_all_uses",
     "bypass_node", "verify", "check_onnx", "infer_shapes",
 ]
@@ -137,6 +137,34 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+def with_outputs(proto: onnx.ModelProto, names: Sequence[str] = (), *,
+                 free_batch: bool = False) -> onnx.ModelProto:
+    """A copy of ``proto`` that also outputs the tensors ``names`` (float32, shape unknown).
+
+    ``free_batch``: graph inputs and outputs get a symbolic first dimension and the intermediate
+    shapes are dropped, so any batch size runs (canonicalize makes Reshape/Flatten
+    batch-agnostic); used to run calibration and fidelity batches on fixed-batch exports.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    g = model.graph
+    if free_batch:
+        inits = {i.name for i in g.initializer}
+        for vi in [*g.input, *g.output]:
+            dims = vi.type.tensor_type.shape.dim
+            if vi.name not in inits and len(dims):
+                dims[0].Clear()
+                dims[0].dim_param = "batch"
+        del g.value_info[:]
+    present = {o.name for o in g.output} | {i.name for i in g.input}
+    for name in names:
+        if name not in present:
+            g.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                               None))
+            present.add(name)
+    return model
+
 
 def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     """An ONNX node's attributes as Python values (strings decoded)."""

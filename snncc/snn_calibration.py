@@ -52,6 +52,7 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
+from snncc import ir
 from snncc.context import CompileOptions, QuantClipParams
 from snncc.errors import CalibrationError
 
@@ -106,17 +107,6 @@ def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
     options.log_severity_level = 3
     return ort.InferenceSession(proto.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
-
-
-def _free_batch(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
-    """A copy of ``vi`` whose first dimension is symbolic (segments run [S*N, ...] batches)."""
-    out = onnx.ValueInfoProto()
-    out.CopyFrom(vi)
-    dims = out.type.tensor_type.shape.dim
-    if len(dims):
-        dims[0].Clear()
-        dims[0].dim_param = "batch"
-    return out
 
 
 class _Segments:
@@ -176,7 +166,7 @@ class _Segments:
 
     def _input_info(self, name: str, shapes: Mapping[str, tuple[int, ...]]):
         if name in self.value_info and name in self.graph_inputs:
-            return _free_batch(self.value_info[name])
+            return self.value_info[name]  # the walk made the model batch-agnostic
         shape = ["batch", *shapes[name][1:]]
         return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
 
@@ -255,13 +245,13 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
     quantized clip (qann target). Returns the new params and one report per site."""
     if not sites:
         return dict(start), []
-    proto = _batch_agnostic(proto)
+    proto = ir.with_outputs(proto, free_batch=True)
     segments = _Segments(proto, sites)
     inputs = {k: np.asarray(v, np.float32) for k, v in samples.items()}
     n = len(next(iter(inputs.values())))
 
     # ANN activations at every site (the targets), in batches; sample count bounded by memory
-    ann = _session(_with_outputs(proto, [s.y for s in sites]))
+    ann = _session(ir.with_outputs(proto, [s.y for s in sites]))
     probe = {k: v[:1] for k, v in inputs.items()}
     sizes = [int(np.prod(a.shape[1:])) for a in ann.run([s.y for s in sites], probe)]
     first = _Neuron(neuron_spec, options, start[sites[0].y])
@@ -375,28 +365,3 @@ def _refine_site(site: Site, z: np.ndarray, const: bool, target: np.ndarray,
                         float(np.mean(best_lam / np.where(lam0 > 0, lam0, 1))),
                         float(np.mean(np.abs(bias))))
     return new, best_train, report
-
-
-def _batch_agnostic(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose graph inputs/outputs have a symbolic batch and no intermediate shapes, so
-    any batch size runs (canonicalize already made Reshape/Flatten batch-agnostic)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    g = model.graph
-    inits = {i.name for i in g.initializer}
-    for vi in [*g.input, *g.output]:
-        if vi.name not in inits:
-            vi.CopyFrom(_free_batch(vi))
-    del g.value_info[:]
-    return model
-
-
-def _with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    present = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in present:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(
-                name, onnx.TensorProto.FLOAT, None))
-    return model
