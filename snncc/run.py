@@ -181,8 +181,9 @@ def _check_run_output(args: argparse.Namespace) -> Path | None:
         raise OutputPathError("run: refusing to write the output", code="SNN-E360", diagnostics=[
             Diagnostic("SNN-E360", f"-o '{out}' lies inside the input model directory '{model}'",
                        "run", hint="write the outputs outside the compiled model")])
-    check_outputs([Output(out, "file", "-o", "outputs.npz")], [args.model, args.input],
-                  command="run")
+    # the compiled model's manifest (MODEL.onnx.json) belongs to the model: never an output
+    check_outputs([Output(out, "file", "-o", "outputs.npz")],
+                  [args.model, f"{args.model}.json", args.input], command="run")
     return out
 
 
