@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantization levels L of the clip (default: what the neuron needs at "
                    "T, e.g. T for if, 2^T-1 for bitserial; 8 for --target qann)")
     g = p.add_argument_group("calibration")
-    g.add_argument("--calib", metavar="FILE", help=".npy or .npz of input samples (N x shape)")
+    g.add_argument("--calib", metavar="FILE", help=".npy or .npz of input samples (N x shape), "
+                   "preprocessed as for inference; or a folder: images in one subfolder per "
+                   "class (PNG/JPEG) or an x.npy")
     g.add_argument("--calib-method", default="snn", choices=("snn", "mse", "percentile", "max"),
                    help="how lambda is chosen: snn = SNN-aware, layer by layer, lambda and bias "
                    "from the simulated spiking layer (default); mse / percentile / max = from "
