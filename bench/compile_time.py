@@ -3,7 +3,8 @@
 Measures, each in a fresh subprocess so that peak RSS belongs to that job alone:
   1. loading the model only (the floor: protobuf parse + gs import);
   2. the passes only (the model carries a QCFS pattern, so no calibration is needed);
-  3. the passes with calibration on 256 images (max and percentile).
+  3. the passes with calibration on 256 images (max, percentile, and the default snn: the
+     SNN-aware walk, here with the quantized clip as its neuron since the target is qann).
 Prints a Markdown table; ``--json`` writes the figures.
 
     python bench/compile_time.py [--model resnet34.onnx] [--repeat 3]
@@ -82,6 +83,8 @@ def main() -> None:
                                                       str(tmp / "o2.onnx"), str(calib), "max"),
             "passes + calibration, 256 images, percentile": (
                 "compile", str(plain), str(tmp / "o3.onnx"), str(calib), "percentile"),
+            "passes + calibration, 256 images, snn (the default; its walk keeps 122)": (
+                "compile", str(plain), str(tmp / "o4.onnx"), str(calib), "snn"),
         }
         results = {}
         for label, job in rows.items():
