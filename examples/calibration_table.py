@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from examples.default_table import MANIFEST, error_of, snncc  # noqa: E402
+from examples.default_table import MANIFEST, error_of, load_nets, snncc  # noqa: E402
 from snncc.outputs import Output, atomic_file, check_outputs  # noqa: E402
 
 NEURONS = ("if", "bitserial", "mt", "gn", "srp")
@@ -51,14 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--nets", nargs="+")
     args = parser.parse_args(argv)
-    manifest = json.loads(MANIFEST.read_text())
-    names = args.nets or list(manifest)
-    nets = {}
-    for name in names:
-        entry = dict(manifest[name])
-        for key in ("onnx", "calib", "test"):
-            entry[f"{key}_path"] = HERE / entry[key]
-        nets[name] = entry
+    nets = load_nets(args.nets or list(json.loads(MANIFEST.read_text())))
     out_json = args.out.with_suffix(".json")
     check_outputs([Output(args.out, "file", "--out"), Output(out_json, "file", "--out (json)")],
                   [p for n in nets.values() for p in (n["onnx_path"], n["calib_path"],

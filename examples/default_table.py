@@ -46,6 +46,19 @@ SHOWN_OPTIONS = ("calib_method", "calib_per_channel", "calib_max_samples", "cali
                  "fidelity_samples", "schedule")
 
 
+def load_nets(names: list[str]) -> dict[str, dict]:
+    """The named entries of trained_models.json, with absolute ``onnx_path``, ``calib_path`` and
+    ``test_path``."""
+    manifest = json.loads(MANIFEST.read_text())
+    nets = {}
+    for name in names:
+        entry = dict(manifest[name])
+        for key in ("onnx", "calib", "test"):
+            entry[f"{key}_path"] = HERE / entry[key]
+        nets[name] = entry
+    return nets
+
+
 def snncc(argv: list[str]) -> tuple[int, str, str]:
     """Run ``snncc ARGV`` in this process; return (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
@@ -224,12 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in manifest]
     if unknown:
         parser.error(f"unknown net(s) {', '.join(unknown)}; choose from {', '.join(manifest)}")
-    nets = {}
-    for name in names:
-        entry = dict(manifest[name])
-        for key in ("onnx", "calib", "test"):
-            entry[f"{key}_path"] = HERE / entry[key]
-        nets[name] = entry
+    nets = load_nets(names)
     inputs = [p for n in nets.values() for p in (n["onnx_path"], n["calib_path"], n["test_path"])]
     check_outputs([Output(out_md, "file", "--out"), Output(out_json, "file", "--out (json)")], inputs)
 
