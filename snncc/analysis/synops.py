@@ -291,7 +291,8 @@ def _stream_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray]
 
 
 def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto | Any,
-                    samples: Mapping[str, np.ndarray] | None, options: Any) -> dict[str, Any]:
+                    samples: Mapping[str, np.ndarray] | None, options: Any, *,
+                    events: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """The SynOp section for an ORT SNN (the ``synops`` key of ``compile --report``).
 
     ``snn_proto``: the compiled spiking model (what the ORT backend wrote, folded or streaming).
@@ -300,6 +301,8 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
     (synapses, fan-out, ANN MACs). ``samples``: calibration inputs (name -> array), of which the
     first :data:`ARTIFACT_SAMPLES` (fewer for big networks: :func:`artifact_sample_count`) are
     run to measure spikes; None gives the static part only.
+    ``events``: per-position events already measured on ``samples`` (node -> int64 [N, ...],
+    :func:`ort_events`' form, e.g. by the compile-time fidelity run); used instead of a new run.
     A model the structural lowering cannot express (e.g. analog islands) gives
     ``{"available": False, "reason": ...}`` instead of failing the compile.
     """
@@ -316,6 +319,9 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
         return {"available": False, "reason": exc.render()}
     if not samples:
         return synops_section(net, timesteps=options.timesteps)
+    if events is not None:
+        return synops_section(net, dict(events), source="ONNX Runtime (kernels, fidelity run)",
+                              timesteps=options.timesteps)
     n = artifact_sample_count(net.ann_macs, net.total_steps,
                               min(len(v) for v in samples.values()),
                               budget=10 * ARTIFACT_MAC_STEPS)   # ONNX Runtime is faster

@@ -88,7 +88,9 @@ class OrtBackend(Backend):
     def predict(self, model: ir.Model, ctx: CompileContext, feeds: dict[str, np.ndarray],
                 batch: int = 16):
         """Folded and window models: ORT with the kernel library (the model-local functions when
-        it is not built); per neuron layer the mean over the counted slices."""
+        it is not built); per neuron layer the mean over the counted slices. The per-position
+        events of every neuron node go to ``ctx.measured_events`` for the SynOp section, so the
+        SNN runs once on the held-out samples."""
         sched = ctx.notes.get("schedule", {})
         if sched.get("schedule") not in ("folded", "window"):
             return None
@@ -98,13 +100,18 @@ class OrtBackend(Backend):
 
         proto = ir.to_proto(model)
         # every site's activation tensor: a neuron's spike train [S*N, ...] (folded), or its
-        # decoded window mean [N, ...] (window schedule: the train is renamed, the site keeps y)
+        # decoded window mean [N, ...] (window schedule: the train is renamed, the site keeps y);
+        # and every neuron's own output, whose events the SynOp section counts
         produced = {o for node in proto.graph.node for o in node.output}
         layers = [name for name in ctx.quant if name in produced]
+        neurons = [n for n in proto.graph.node if n.domain == ir.SNN_DOMAIN]
         first = proto.graph.output[0].name
-        for name in layers:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(
-                name, onnx.TensorProto.FLOAT, None))
+        fetch = list(dict.fromkeys([first, *layers, *(n.output[0] for n in neurons)]))
+        present = {o.name for o in proto.graph.output}
+        for name in fetch:
+            if name not in present:
+                proto.graph.output.append(onnx.helper.make_tensor_value_info(
+                    name, onnx.TensorProto.FLOAT, None))
         so = runtime.session_options() if runtime.is_built() else ort.SessionOptions()
         so.log_severity_level = 3
         sess = ort.InferenceSession(proto.SerializeToString(), so,
@@ -113,15 +120,22 @@ class OrtBackend(Backend):
         n = len(next(iter(feeds.values())))
         outs: list[np.ndarray] = []
         means: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+        events: dict[str, list[np.ndarray]] = {node.name: [] for node in neurons}
         for i in range(0, n, batch):
             part = {k: v[i:i + batch] for k, v in feeds.items()}
             rows = len(next(iter(part.values())))
-            values = sess.run([first, *layers], part)
-            outs.append(values[0])
-            for name, y in zip(layers, values[1:]):
+            values = dict(zip(fetch, sess.run(fetch, part)))
+            outs.append(values[first])
+            for name in layers:
+                y = values[name]
                 if y.shape[0] == steps * rows and steps > 1:
                     y = y.reshape((steps, -1) + y.shape[1:])[start:].mean(axis=0)
                 means[name].append(y)
+            for node in neurons:  # unit events summed over all slices, as synops.ort_events
+                y = values[node.output[0]]
+                ev = spec_for_op(node.op_type).events(y, ir.node_attrs(node))
+                events[node.name].append(ev.reshape((-1, rows) + y.shape[1:]).sum(axis=0))
+        ctx.measured_events = {k: np.concatenate(v) for k, v in events.items()}
         return np.concatenate(outs), {k: np.concatenate(v) for k, v in means.items()}
 
     def emit(self, model: ir.Model, ctx: CompileContext, out: Path) -> Artifact:
