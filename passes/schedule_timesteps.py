@@ -51,7 +51,10 @@ neuron gets ``const_input=1``. For bit-serial that is every layer: linear ops ru
 (about the ANN's MACs), the neurons still emit the T bits of q. Equal to the folded schedule up
 to float32 summation order (``W mean_t(y_t) + b`` against ``mean_t(W y_t + b)``): bit-exact when
 the sums are exact (tests/snn/test_window_collapsed.py). Needs S == C (no-op otherwise). Count
-``collapsed``: neurons decoded at their output.
+``collapsed``: neurons decoded at their output. A neuron with ``spec.decoded_attr`` (bit-serial:
+``decoded=1``) writes the window mean q*unit itself, [N, ...]: no train, no decode ops, about one
+quantizer pass instead of T bit planes plus a mean (count ``decoded_by_neuron``); its events are
+still those of the train (popcount of q).
 
 MaxPool (``--maxpool``)
 -----------------------
@@ -635,6 +638,15 @@ class ScheduleTimestepsPass(Pass):
         counts), renamed ``schedule-timesteps/<name>/train``."""
         y = node.outputs[0]
         hint = _hint(node)
+        spec = spec_for_op(node.op)
+        if spec.decoded_attr and len(node.inputs) == 1:  # the kernel writes the mean itself
+            node.attrs[spec.decoded_attr] = 1
+            temporal.discard(y.name)
+            batched.add(y.name)
+            self.window_static.add(y.name)
+            self._count("collapsed")
+            self._count("decoded_by_neuron")
+            return
         train = self.emit.var(f"{y.name}/train")
         node.outputs[0] = train
         temporal.discard(y.name)

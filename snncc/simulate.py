@@ -157,10 +157,14 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     def count(values: dict[str, np.ndarray]) -> None:
         for node, tensor in names.items():
             y = values[tensor]
+            spec = spec_for_op(ops[node])
+            ev = spec.events(y, attrs[node])
             result.units_per_layer[node] = y.size // max(y.shape[0], 1) if y.ndim else 1
-            result.spikes_per_layer[node] += int(np.count_nonzero(y))
-            result.events_per_layer[node] += int(np.sum(spec_for_op(ops[node]).events(y,
-                                                                                   attrs[node])))
+            # a decoded output (window mean) holds no spike elements: its events are binary
+            # spikes of the train it stands for (bit-serial: popcount of q)
+            decoded = spec.decoded_attr and attrs[node].get(spec.decoded_attr)
+            result.spikes_per_layer[node] += int(np.sum(ev) if decoded else np.count_nonzero(y))
+            result.events_per_layer[node] += int(np.sum(ev))
 
     size = batch_size or result.samples or 1
     fixed = _fixed_batch(proto, wanted_inputs)

@@ -101,7 +101,8 @@ def test_head_runs_once_on_the_decoded_logits(calib, head, neuron, T):
     assert [h.split("::")[1].rstrip(")") for h in ctx.notes["output_head"]] == [
         "LogSoftmax" if head == "logsoftmax" else "Softmax"]
     ops = op_types(headed)
-    decode = "ReduceMean" if ctx.notes["schedule"]["schedule"] == "folded" else "MatMul"
+    # folded: a ReduceMean decodes the logits; window (bit-serial): each neuron writes its mean
+    decode = "ReduceMean" if ctx.notes["schedule"]["schedule"] == "folded" else "BitSerialNeuron"
     assert ops.index(decode) < ops.index("LogSoftmax" if head == "logsoftmax" else "Softmax")
     logits = run_ort(plain, {"x": x})[0]
     got = run_ort(headed, {"x": x})[0]

@@ -20,6 +20,10 @@ MaxPool does not commute with this neuron for T > 1: a slice carries one bit of 
 per-slice max of bits is not the bits of the max (q = 2 and q = 1 give 0b11). So
 ``maxpool_exact`` is T == 1, as for the other neurons.
 
+``decoded = 1`` (folded form only; the window-collapsed schedule sets it): the output is the mean
+of the B slices, y = q * unit, with one row per sample ([N, ...]); the kernel never writes the bit
+planes. Its events are popcount(q), q = rint(y / unit): the spike counts of the folded trains.
+
 The model-local function implements the folded form only (input x, output y) and takes B = T
 (the ``bits`` attribute is used by the streaming reference / kernel).
 """
@@ -43,6 +47,9 @@ ATTRIBUTES = (
     c.v_init_attr(0.5, "the unit theta/L"),
     AttrSpec("bits", "int", 0, f"bits per value B (0: B = T), at most {MAX_BITS}",
              c.check_int(0, MAX_BITS)),
+    AttrSpec("decoded", "int", 0, "1: the folded call outputs the window mean q * unit as one row "
+             "per sample ([N, ...], the window-collapsed schedule) instead of the B bit slices",
+             c.check_int(0, 1)),
 )
 
 
@@ -86,8 +93,15 @@ def reference(x: Any, attrs: Mapping[str, Any], state: Any = None, step: int = 0
                 acc = acc + xs[t]
             mean = acc * code.inv_bits
         q = code.level(mean)
+        planes = np.stack([np.zeros(shape, c.F32), q])
+        if a["decoded"]:
+            return (q * code.unit).astype(c.F32, copy=False), planes
         y = np.stack([code.slice(q, k) for k in range(T)])
-        return y.reshape((-1,) + shape[1:]), np.stack([np.zeros(shape, c.F32), q])
+        return y.reshape((-1,) + shape[1:]), planes
+    if a["decoded"]:
+        raise OptionError("bitserial: decoded=1 is an output of the folded call (no state)",
+                          code="SNN-E312", hint="streaming calls emit the bit slices: set decoded "
+                          "to 0")
     code = _Code(a, theta, a["bits"] or T)
     acc, q = c.start_state(state, step, 2, shape,
                            lambda: [np.zeros(shape, c.F32), np.zeros(shape, c.F32)])
@@ -133,8 +147,20 @@ def function_proto(opset: int = c.FUNCTION_OPSET):
     slots = b.op("Range", zero, bits, b.const(1.0))
     *_, y_tm = b.scan([(q, c.PLANE), (bits, c.SCALAR)], [(slots, c.SCALAR)], emit_bit,
                       scan_outputs=[c.PLANE])
+    # decoded = 1 picks q * unit instead of the slices, branch-free: both flattened end to end,
+    # then the slice [decoded * |y|, decoded ? |y| + |d| : |y|) of that vector
+    flat = b.const([-1], np.int64)
+    y_flat = b.op("Reshape", y_tm, flat)
+    d_flat = b.op("Reshape", b.op("Mul", q, unit), flat)
+    size_y, size_d = (b.op("Reshape", b.op("Size", v), b.const([1], np.int64))
+                      for v in (y_flat, d_flat))
+    decoded = b.op("Cast", b.attr(attrs["decoded"]), to=c.BOOL)
+    start = b.op("Where", decoded, size_y, b.const([0], np.int64))
+    stop = b.op("Where", decoded, b.op("Add", size_y, size_d), size_y)
+    chosen = b.op("Slice", b.op("Concat", y_flat, d_flat, axis=0), start, stop,
+                  b.const([0], np.int64))
     return b.function(SPEC.op_type, SPEC.all_attributes,
-                      b.op("Reshape", y_tm, folded.out_shape), SPEC.doc, opset)
+                      b.op("Reshape", chosen, folded.out_shape), SPEC.doc, opset)
 
 
 def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str, Any]:
@@ -146,6 +172,17 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
                           hint=f"-T {int(math.log2(L + 1))}" if fits else
                           f"retrain the QCFS model with L = 2^T - 1 (e.g. {2 ** T - 1})")
     return {"theta": c.float32_list(clip.lam), "v_init": float(clip.phi), "bits": T}
+
+
+def _events(y: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
+    """One event per set bit: per nonzero slice element, or popcount(q) of a decoded output."""
+    if not attrs.get("decoded"):
+        return c.binary_events(y, attrs)
+    y = np.asarray(y, dtype=c.F32)
+    bits = int(attrs.get("bits") or attrs["T"])
+    theta = c.per_channel(attrs.get("theta", [1.0]), y)
+    q = np.rint(y * (c.F32(2 ** bits - 1) / theta)).astype(np.int64)
+    return sum((q >> k) & 1 for k in range(bits)).astype(np.int64)
 
 
 # -- Loihi integer model (registry.LoihiInfo): a window neuron, q in units of theta / L
@@ -183,10 +220,11 @@ SPEC = register_neuron(NeuronSpec(
     reference=reference,
     function_proto=function_proto,
     from_quant_clip=from_quant_clip,
-    events=c.binary_events,
+    events=_events,
     levels_for=lambda T, options: 2 ** T - 1,
     needs_bias_shift=True,
     window_attr="bits",
+    decoded_attr="decoded",
     loihi=LoihiInfo("graded", "none (accumulate an epoch, then emit the bits of q)", note=(
         "emulated as a Loihi 2 microcoded window neuron: an epoch accumulator, then bit k of q "
         "in slice k as the graded payload B * 2**k (the slice weight folded into the payload); "

@@ -141,6 +141,10 @@ class NeuronSpec:
     neuron (bit-serial: ``bits``). Such a neuron's output depends only on the mean current of its
     window, so the schedule may pool that mean before it (exact MaxPool), and in streaming it
     fires one window late (the schedule sets the attribute to the window length).
+
+    ``decoded_attr`` names an int attribute that, set to 1, makes the folded call output its
+    window mean ([N, ...], what the window-collapsed schedule decodes) instead of the slices;
+    ``events`` must then still count the spikes of the slices (bit-serial: popcount of q).
     """
 
     key: str
@@ -163,6 +167,7 @@ class NeuronSpec:
     level_params: tuple[str, ...] = ()
     check_params: Callable[[Mapping[str, Any]], str | None] | None = None
     window_attr: str | None = None
+    decoded_attr: str | None = None
     loihi: LoihiInfo = field(default_factory=lambda: LoihiInfo("binary", "subtract"))
     nir: NirInfo = field(default_factory=NirInfo)
     since_version: int = 1

@@ -25,7 +25,7 @@ VARIANTS = {
            {"fractions": [1.0, 0.5, 0.25], "mode": "cascade"},
            {"fractions": [1.0, 0.6, 0.3], "mode": "cascade", "reset": "hard"},
            {"fractions": [0.9, 0.4], "reset": "hard"}],
-    "bitserial": [{}, {"v_init": 0.0}],
+    "bitserial": [{}, {"v_init": 0.0}, {"decoded": 1}],
     "srp": [{"tau": 2}, {"tau": 0}, {"tau": 5, "tol": 0.1}],
 }
 CASES = [(k, v) for k in KEYS for v in VARIANTS.get(k, [{}])]

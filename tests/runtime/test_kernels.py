@@ -358,6 +358,42 @@ def test_bitserial_folded_mean_is_qann_value():
     np.testing.assert_array_equal(y.reshape(4, *x.shape).mean(axis=0, dtype=np.float64), q * np.float64(unit))
 
 
+@pytest.mark.parametrize("T", [1, 3, 4])
+@pytest.mark.parametrize("const_input", [0, 1])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["layer", "channel"])
+def test_bitserial_decoded_writes_the_window_mean(T, const_input, per_channel):
+    """decoded=1 (the window-collapsed schedule): y = q * unit, one row per sample, the same q
+    as the slices of decoded=0, and events = popcount(q) = the nonzero slice elements."""
+    from snncc.neurons import NEURONS
+
+    rng = np.random.default_rng(T + 7 * const_input)
+    theta = [float(t) for t in rng.uniform(0.5, 2.0, size=3).astype(F32)] if per_channel else [1.25]
+    x = make_input(rng, T, const_input, C=3)
+    attrs = {"T": T, "const_input": const_input, "theta": theta, "bits": 0, "v_init": 0.5}
+    slices, s_slices = kernel_session(neuron_model("BitSerialNeuron", attrs)).run(None, {"x": x})
+    dec_attrs = {**attrs, "decoded": 1}
+    y, state = kernel_session(neuron_model("BitSerialNeuron", dec_attrs)).run(None, {"x": x})
+    assert y.shape == (2,) + x.shape[1:]
+    np.testing.assert_array_equal(state, s_slices)
+    unit = (np.asarray(theta, F32) / F32(2 ** T - 1)).reshape(-1, 1, 1)
+    np.testing.assert_array_equal(y, state[1] * unit)
+    np.testing.assert_allclose(y, slices.reshape((T, 2) + x.shape[1:]).mean(axis=0), rtol=1e-6)
+    off_y, off_state = NEURONS["bitserial"].reference(x, dict(dec_attrs))
+    np.testing.assert_array_equal(y, off_y)
+    np.testing.assert_array_equal(state, off_state)
+    events = NEURONS["bitserial"].events(y, dec_attrs)
+    np.testing.assert_array_equal(events, (slices != 0).reshape((T, 2) + x.shape[1:]).sum(axis=0))
+    assert events.sum() > 0
+
+
+def test_bitserial_decoded_refuses_streaming():
+    attrs = {"T": 2, "bits": 2, "decoded": 1}
+    sess = kernel_session(neuron_model("BitSerialNeuron", attrs, streaming=True))
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="decoded=1"):
+        sess.run(None, {"x": np.ones((2, 3), F32), "state": np.zeros((2, 1, 3), F32),
+                        "step": np.array(0, np.int64)})
+
+
 def test_optional_state_output_may_be_absent():
     rng = np.random.default_rng(2)
     x = make_input(rng, 3, 0)
@@ -372,7 +408,7 @@ DEFAULTS = {  # the registry's AttrSpec defaults (docs/neuron-ops.md), which the
     "GroupNeuron": (ref_gn, {"theta": [1.0], "tau": 4, "v_init": 0.5}),
     "MTNeuron": (ref_mt, {"theta": [1.0], "fractions": [1.0], "mode": "parallel", "reset": "soft",
                           "v_init": 0.5}),
-    "BitSerialNeuron": (ref_bitserial, {"theta": [1.0], "v_init": 0.5, "bits": 0}),
+    "BitSerialNeuron": (ref_bitserial, {"theta": [1.0], "v_init": 0.5, "bits": 0, "decoded": 0}),
     "SRPNeuron": (ref_srp, {"theta": [1.0], "tau": 4, "v_init": 0.5, "tol": 0.001}),
 }
 
@@ -444,6 +480,7 @@ BAD_ATTRS = [
     ("MTNeuron", {"fractions": [1.0], "mode": "serial"}, "'mode' must be 'parallel' or 'cascade'"),
     ("MTNeuron", {"fractions": [1.0], "reset": "zero"}, "'reset' must be 'soft' or 'hard'"),
     ("BitSerialNeuron", {"bits": 17}, "'bits' must be in [0, 16]"),
+    ("BitSerialNeuron", {"decoded": 2}, "'decoded' must be 0 or 1"),
     ("BitSerialNeuron", {"T": 17}, "'T' must be <= 16"),
     ("SRPNeuron", {"tau": -1}, "'tau' must be an integer >= 0"),
 ]

@@ -61,16 +61,15 @@ def test_bitserial_window_equals_folded_exactly(net, T, phi):
         "window"
     assert _meta(folded)["snncc.schedule"] == "folded"
     assert report.rows[-1].counts["collapsed"] == 3  # every neuron decoded where it fires
-    # the linear ops run once: no Tile, and no Conv/Gemm/Add reads a spike train
-    trains = {n.output[0] for n in window.graph.node if n.domain == SNN_DOMAIN}
-    assert "Tile" not in op_types(window)
-    assert not [n for n in window.graph.node
-                if n.op_type in ("Conv", "Gemm", "Add", "MaxPool") and set(n.input) & trains]
-    # every neuron gets the window-mean current and still fires its T slices
+    # the linear ops run once: no Tile, no decode ops, and no Conv/Gemm/Add reads a spike train
+    assert "Tile" not in op_types(window) and "MatMul" not in op_types(window)
+    # every neuron gets the window-mean current and writes its window mean itself (decoded=1:
+    # q * unit, one row per sample) instead of its T bit slices
     for n in window.graph.node:
         if n.domain == SNN_DOMAIN:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-            assert (attrs["T"], attrs["const_input"]) == (T, 1)
+            assert (attrs["T"], attrs["const_input"], attrs["decoded"]) == (T, 1, 1)
+    assert report.rows[-1].counts["decoded_by_neuron"] == 3
     x = feeds(model, batch=5, scale=2.0)
     _assert_same_run(folded, window, x)
 
@@ -157,4 +156,5 @@ def test_cli_default_is_auto_and_folded_keeps_the_t_fold_graph(tmp_path, capsys)
         assert _meta(onnx.load(str(out)))["snncc.schedule"] == want
     ops = {k: op_types(onnx.load(str(tmp_path / f"{k}.onnx"))) for k in ("window", "folded")}
     assert ops["window"].count("Conv") == ops["folded"].count("Conv") == 3
-    assert "ReduceMean" in ops["folded"] and ops["window"].count("MatMul") == 4
+    assert "ReduceMean" in ops["folded"] and "MatMul" not in ops["window"]
+    assert ops["window"].count("BitSerialNeuron") == ops["folded"].count("BitSerialNeuron") == 4

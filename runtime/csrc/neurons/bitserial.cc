@@ -3,6 +3,8 @@
 //   folded (no state; needs B == T): acc = sum_t x_t ; U = acc * (1/B) + v_init * unit
 //          (const_input: U = x + v_init * unit) ; q = clip(floor(U * inv_unit), 0, L)
 //          slice k carries bit k of q: y_k = bit_k(q) ? float(B * 2^k) * unit : 0 ; state_out = (0, q)
+//   decoded (folded, attribute decoded=1): y = q * unit, one row per sample ([N, ...]): the mean of
+//          the B bit slices (the window-collapsed schedule's output; events = popcount(q))
 //   streaming (state given), slice at global step g, k = g mod B:
 //          y = bit_k(q) ? float(B * 2^k) * unit : 0 ; acc = acc + x ;
 //          if k == B-1: q = clip(floor((acc * (1/B) + v_init * unit) * inv_unit), 0, L), acc = 0
@@ -14,7 +16,10 @@ constexpr int64_t kMaxBits = 16;  // as snncc/neurons/bitserial.py MAX_BITS
 
 struct BitSerialNeuron {
   BitSerialNeuron(const OrtApi*, const OrtKernelInfo* info) : BitSerialNeuron(AttrReader(info, "BitSerialNeuron")) {}
-  explicit BitSerialNeuron(const AttrReader& attrs) : attrs_(attrs, 0.5f), bits_(attrs.Int("bits", 0)) {
+  explicit BitSerialNeuron(const AttrReader& attrs)
+      : attrs_(attrs, 0.5f), bits_(attrs.Int("bits", 0)), decoded_(attrs.Int("decoded", 0)) {
+    if (decoded_ != 0 && decoded_ != 1)
+      attrs.Fail("attribute 'decoded' must be 0 or 1, got " + std::to_string(decoded_));
     if (bits_ < 0 || bits_ > kMaxBits)
       attrs.Fail("attribute 'bits' must be in [0, 16] (0: use T), got " + std::to_string(bits_));
     if (bits_ == 0 && attrs_.T > kMaxBits)
@@ -24,9 +29,11 @@ struct BitSerialNeuron {
   Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& x, OptionalInput state,
                       OptionalStep step, Tensor<float>& y, OptionalOutput state_out) {
     Call call;
-    Ort::Status status = PrepareCall(attrs_, 2, x, state, step, y, state_out, call);
-    if (!status.IsOK()) return status;
     const bool streaming = state.has_value();
+    if (streaming && decoded_)
+      return InvalidArgument(attrs_.where, "decoded=1 is a folded-schedule output (no state input)");
+    Ort::Status status = PrepareCall(attrs_, 2, x, state, step, y, state_out, call, decoded_ != 0);
+    if (!status.IsOK()) return status;
     const int64_t B = bits_ > 0 ? bits_ : attrs_.T;
     if (!streaming && B != attrs_.T)
       return InvalidArgument(attrs_.where, "the folded schedule (no state input) needs bits == T or bits == 0, got bits=" +
@@ -34,6 +41,7 @@ struct BitSerialNeuron {
     const float L = static_cast<float>((int64_t{1} << B) - 1);
     const float inv_B = 1.0f / static_cast<float>(B);
     const float v_init = attrs_.v_init;
+    if (decoded_) return Decoded(context, call, L, inv_B);
     auto chunk = [&](int64_t begin, int64_t len) {
       float unit[kChunk], inv_unit[kChunk], shift[kChunk], acc[kChunk], q[kChunk];
       call.FillTheta(begin, len, unit);
@@ -56,6 +64,49 @@ struct BitSerialNeuron {
     return status;
   }
 
+  // decoded=1: y = q * unit per element, with the per-channel constants computed once per call
+  // (the same float32 expressions as the chunked path) and applied per run of one channel.
+  Ort::Status Decoded(OrtKernelContext* context, const Call& call, float L, float inv_B) const {
+    const size_t n_theta = attrs_.theta.size();
+    std::vector<float> unit(n_theta), inv_unit(n_theta), shift(n_theta);
+    for (size_t i = 0; i < n_theta; ++i) {
+      inv_unit[i] = L / attrs_.theta[i];
+      unit[i] = attrs_.theta[i] / L;
+      shift[i] = attrs_.v_init * unit[i];
+    }
+    auto chunk = [&](int64_t begin, int64_t len) {
+      float acc[kChunk];
+      if (call.state_out) std::fill_n(call.StateOut(0) + begin, len, 0.0f);
+      float* q_out = call.state_out ? call.StateOut(1) : nullptr;
+      const int64_t end = begin + len;
+      for (int64_t e = begin; e < end;) {  // runs of one channel, at most kChunk long
+        const int64_t stop = std::min({end, (e / call.inner + 1) * call.inner, e + kChunk});
+        const size_t c = n_theta == 1 ? 0 : static_cast<size_t>((e / call.inner) % call.C);
+        const float u = unit[c], iu = inv_unit[c], sh = shift[c];
+        const int64_t n = stop - e;
+        float* y = call.y + e;
+        if (call.const_input) {
+          const float* x = call.x + e;
+          for (int64_t j = 0; j < n; ++j) acc[j] = (x[j] + sh) * iu;
+        } else {
+          const float* x0 = call.XSlice(0) + e;
+          for (int64_t j = 0; j < n; ++j) acc[j] = 0.0f + x0[j];
+          for (int64_t t = 1; t < call.T; ++t) {
+            const float* xt = call.XSlice(t) + e;
+            for (int64_t j = 0; j < n; ++j) acc[j] = acc[j] + xt[j];
+          }
+          for (int64_t j = 0; j < n; ++j) acc[j] = (acc[j] * inv_B + sh) * iu;
+        }
+        FloorClipArray(acc, n, L);
+        for (int64_t j = 0; j < n; ++j) y[j] = acc[j] * u;
+        if (q_out) std::copy_n(acc, n, q_out + e);
+        e = stop;
+      }
+    };
+    ForEachChunk(context, call.E, chunk, 16 * kChunk);
+    return Ort::Status(nullptr);
+  }
+
   // y = bit k of q times float(B * 2^k) * unit, for one slice.
   static void EmitBit(float* yt, const float* q, const float* unit, int64_t len, int64_t B, int64_t k) {
     const float weight = static_cast<float>(B << k);
@@ -70,14 +121,16 @@ struct BitSerialNeuron {
                    const float* unit, const float* inv_unit, const float* shift, float* acc, float* q) {
     if (call.const_input) {
       const float* x0 = call.XSlice(0) + begin;
-      for (int64_t j = 0; j < len; ++j) q[j] = FloorClip((x0[j] + shift[j]) * inv_unit[j], L);
+      for (int64_t j = 0; j < len; ++j) q[j] = (x0[j] + shift[j]) * inv_unit[j];
+      FloorClipArray(q, len, L);
     } else {
       std::fill(acc, acc + len, 0.0f);
       for (int64_t t = 0; t < call.T; ++t) {
         const float* xt = call.XSlice(t) + begin;
         for (int64_t j = 0; j < len; ++j) acc[j] = acc[j] + xt[j];
       }
-      for (int64_t j = 0; j < len; ++j) q[j] = FloorClip((acc[j] * inv_B + shift[j]) * inv_unit[j], L);
+      for (int64_t j = 0; j < len; ++j) q[j] = (acc[j] * inv_B + shift[j]) * inv_unit[j];
+      FloorClipArray(q, len, L);
     }
     std::fill(acc, acc + len, 0.0f);
     for (int64_t k = 0; k < B; ++k) EmitBit(call.YSlice(k) + begin, q, unit, len, B, k);
@@ -108,6 +161,7 @@ struct BitSerialNeuron {
 
   CommonAttrs attrs_;
   int64_t bits_;
+  int64_t decoded_;
 };
 
 }  // namespace snncc
