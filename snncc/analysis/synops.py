@@ -64,7 +64,7 @@ def _netlist(source: Any, timesteps: int | None) -> Netlist:
     if timesteps is None:
         raise BackendCapabilityError("count_synops on an ONNX model needs timesteps",
                                      code="SNN-E670", hint="pass timesteps=T")
-    return lower(source, timesteps)
+    return lower(source, timesteps, relay=False)
 
 
 def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
@@ -82,7 +82,7 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
     """
     net = _netlist(source, timesteps)
     kinds = {g.name: g for g in net.groups}
-    spiking = [g for g in net.groups if g.kind == "neuron"]
+    spiking = [g for g in net.groups if g.kind in ("neuron", "relay")]
     missing = [g.name for g in spiking if g.name not in events_per_layer]
     if missing:
         raise BackendCapabilityError("events are missing for: " + ", ".join(missing),
@@ -122,7 +122,7 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
             continue
         row = layers.setdefault(g.name, {"synops": 0.0, "macs": 0.0})
         row["neurons"] = g.size
-        if g.kind == "neuron":
+        if g.kind in ("neuron", "relay"):
             events = float(np.asarray(events_per_layer[g.name]).sum()) / batch
             row["events"] = events
             row["spike_rate"] = events / (g.size * steps)
@@ -314,7 +314,8 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
     if not isinstance(snn_proto, onnx.ModelProto):
         snn_proto = ir.to_proto(snn_proto)
     try:
-        net = lower(ann_proto, options.timesteps, getattr(options, "maxpool", "auto"))
+        net = lower(ann_proto, options.timesteps, getattr(options, "maxpool", "auto"),
+                    relay=False)   # ONNX Runtime events have no relay groups
     except SnnccError as exc:
         return {"available": False, "reason": exc.render()}
     if not samples:

@@ -176,3 +176,40 @@ def test_large_conv_blocks_through_onnxruntime_are_exact(monkeypatch, semantics)
         np.testing.assert_array_equal(got.outputs[k], want.outputs[k])
     for k in want.events:
         np.testing.assert_array_equal(got.events[k], want.events[k])
+
+
+def _border_pool_model(op="IFNeuron", **attrs):
+    """conv -> neuron -> 2x2/2 pool of a 7x7 map -> padded 3x3 conv: the conv's padding reads
+    pooled position 3, which one composed conv would compute from the real input column 6."""
+    g = Graph((2, 7, 7), 4)
+    s1 = g.neuron(g.conv("x", 2, 4), op, **attrs)
+    p = g.op("AveragePool", [s1], kernel_shape=[2, 2], strides=[2, 2])
+    s2 = g.neuron(g.conv(p, 4, 4), op, **attrs)
+    return g.model(g.gemm(g.op("Flatten", [s2], axis=1), 36, 3))   # no 1/9 of a 3x3 GAP
+
+
+@pytest.mark.parametrize("case", ["if", "gn", "bitserial"])
+def test_relay_group_lowers_a_chain_one_conv_cannot_express(case):
+    """Where pool + padded conv cannot fold into one conv (SNN-E273 without relays), a relay
+    group sends the pooled current on (weights 64 = 1/4 of the spikes, exact) and the netlist
+    agrees with ONNX Runtime bit for bit, events of every neuron included."""
+    op, attrs = EXACT[case]
+    model = _border_pool_model(op, **attrs)
+    with pytest.raises(SnnccError) as err:
+        nl.lower(model, 4, relay=False)
+    assert err.value.code == "SNN-E273"
+    net = nl.lower(model, 4)
+    relays = [g for g in net.groups if g.kind == "relay"]
+    assert len(relays) == 1 and relays[0].view == (4, 3, 3)
+    report, diags = quantize(net)
+    assert not diags and report["all_exact"]
+    x = dyadic_input((3, 2, 7, 7), seed=5)
+    sim = simulate(net, x)
+    ref = ort_reference(model, x, 4)
+    (name, out), = sim.outputs.items()
+    np.testing.assert_array_equal(out, ref.outputs[name])
+    neurons = {k: int(v.sum()) for k, v in sim.events.items() if k != relays[0].name}
+    assert neurons == ref.events_per_layer and sum(neurons.values()) > 0
+    assert sim.saturations == 0
+    # the relay is saved and loaded like any group, and its graded events are counted
+    assert sim.events[relays[0].name].sum() > 0

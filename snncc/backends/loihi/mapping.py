@@ -177,17 +177,30 @@ def _pack(chunks: list[dict], limits: CoreLimits) -> list[dict]:
     caps = {"neurons": limits.neurons, "synapse_bits": limits.synapse_bits,
             "in_axons": limits.in_axons, "out_axons": limits.out_axons}
     order = sorted(chunks, key=lambda c: -max(c["cost"][r] / caps[r] for r in RESOURCES))
-    cores: list[dict] = []
-    for ch in order:
-        for core in cores:
-            if all(core["use"][r] + ch["cost"][r] <= caps[r] for r in RESOURCES):
-                break
+    # first fit over the open cores only: a core that cannot take the per-resource minimum of
+    # all chunk costs can take no chunk, so dropping it leaves the first fit unchanged (and most
+    # chunks fill a core); the fit test is one vectorised comparison
+    costs = np.array([[ch["cost"][r] for r in RESOURCES] for ch in order], dtype=np.int64)
+    cap = np.array([caps[r] for r in RESOURCES], dtype=np.int64)
+    least = costs.min(axis=0) if len(order) else np.zeros(len(RESOURCES), np.int64)
+    use = np.zeros((len(order), len(RESOURCES)), dtype=np.int64)
+    members: list[list[dict]] = []
+    open_cores: list[int] = []
+    for ch, cost in zip(order, costs):
+        idx = np.asarray(open_cores, dtype=np.int64)
+        fit = np.flatnonzero(np.all(use[idx] + cost <= cap, axis=1)) if idx.size else idx
+        if fit.size:
+            core = int(idx[fit[0]])
         else:
-            core = {"chunks": [], "use": dict.fromkeys(RESOURCES, 0)}
-            cores.append(core)
-        core["chunks"].append({k: ch[k] for k in ("group", "start", "stop")})
-        for r in RESOURCES:
-            core["use"][r] += ch["cost"][r]
+            core = len(members)
+            members.append([])
+            open_cores.append(core)
+        members[core].append({k: ch[k] for k in ("group", "start", "stop")})
+        use[core] += cost
+        if np.any(use[core] + least > cap):
+            open_cores.remove(core)
+    cores = [{"chunks": m, "use": dict(zip(RESOURCES, map(int, use[i])))}
+             for i, m in enumerate(members)]
     out = []
     for i, core in enumerate(cores):
         out.append({"id": i, "chunks": core["chunks"], **core["use"],

@@ -1,7 +1,8 @@
 """The backend-neutral netlist: neuron groups joined by synapse blocks, saved as JSON + NPZ.
 
-A :class:`Group` is one population (the graph input, one neuron op, or a non-spiking readout that
-accumulates the network output). A :class:`Block` is one set of synapses from a source group into
+A :class:`Group` is one population (the graph input, one neuron op, a non-spiking readout that
+accumulates the network output, or a relay: a graded pass-through that sends its input current
+each slice, inserted where a chain of linear ops cannot be composed into one conv). A :class:`Block` is one set of synapses from a source group into
 a slice of a destination group: ``conv`` (shared kernel, stride, begin pads, groups, explicit
 output size) or ``dense`` (a matrix over the flattened source). Every block reads the *values*
 its source sends (a spike of payload p from channel c is worth ``p * unit[c]``) and writes a
@@ -51,7 +52,8 @@ MAX_FOLDED_ELEMENTS = 1 << 26
 
 @dataclass
 class Group:
-    """One population. ``kind``: ``input`` (analog graph input), ``neuron``, ``readout``."""
+    """One population. ``kind``: ``input`` (analog graph input), ``neuron``, ``readout``,
+    ``relay`` (graded pass-through of its current, zero delay)."""
 
     name: str
     kind: str
@@ -227,9 +229,12 @@ class _Expr:
 
 
 class _LowerError(Exception):
-    def __init__(self, code: str, message: str, hint: str = ""):
+    """``relay``: a linear chain that one conv cannot express but a relay group can (the
+    lowering then materialises the chain's input as a relay and composes from there)."""
+
+    def __init__(self, code: str, message: str, hint: str = "", relay: bool = False):
         super().__init__(message)
-        self.code, self.message, self.hint = code, message, hint
+        self.code, self.message, self.hint, self.relay = code, message, hint, relay
 
 
 def _view_of(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -307,7 +312,8 @@ def _conv_after(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarray,
     """Compose ``conv2(term)``; exact, or raises SNN-E273."""
     if term.kind != "conv":
         raise _LowerError("SNN-E273", "a conv or pooling follows a dense map (Gemm/MatMul) "
-                          "without a neuron in between", "put a neuron between them")
+                          "without a neuron in between", "put a neuron between them",
+                          relay=True)
     rows = term.weight.shape[0]
     if (term.weight.shape[1:] == (1, 1, 1) and term.groups == rows == term.src_view[0]
             and term.offset == 0 and rows == mid_view[0] and term.stride == (1, 1)
@@ -335,13 +341,13 @@ def _conv_after(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarray,
             raise _LowerError("SNN-E273", "the padding of a conv/pool reads positions that the "
                               "previous linear layer computes from real inputs, so the two "
                               "cannot be folded into one conv",
-                              "put a neuron between them, or remove the padding")
+                              "put a neuron between them, or remove the padding", relay=True)
     kh = w1.shape[2] + (w2.shape[2] - 1) * s1h
     kw = w1.shape[3] + (w2.shape[3] - 1) * s1w
     if w2f.shape[0] * w1.shape[1] * kh * kw > MAX_FOLDED_ELEMENTS:
         raise _LowerError("SNN-E273", f"folding gives a {kh}x{kw} kernel with "
                           f"{w2f.shape[0]}x{w1.shape[1]} channels, too large",
-                          "put a neuron between the linear layers")
+                          "put a neuron between the linear layers", relay=True)
     w = np.zeros((w2f.shape[0], w1.shape[1], kh, kw))
     for a in range(w2.shape[2]):
         for b in range(w2.shape[3]):
@@ -390,12 +396,13 @@ def _out_hw(view, k, stride, pads) -> tuple[int, int]:
 
 
 class _Lowering:
-    def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto"):
+    def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto",
+                 relay: bool = True):
         from snncc.passes.insert_neurons import spec_for_op
         from snncc.neurons.registry import validate_attrs
 
         self.spec_for_op, self.validate = spec_for_op, validate_attrs
-        self.proto, self.T, self.maxpool = proto, timesteps, maxpool
+        self.proto, self.T, self.maxpool, self.relay = proto, timesteps, maxpool, relay
         self.inits = {i.name: numpy_helper.to_array(i).astype(np.float64)
                       if numpy_helper.to_array(i).dtype.kind == "f"
                       else numpy_helper.to_array(i) for i in proto.graph.initializer}
@@ -548,10 +555,26 @@ class _Lowering:
         self.ann_macs += int(w.shape[0] * out_hw[0] * out_hw[1] * np.prod(w.shape[1:]))
         self._conv_like(node, x, w, stride, pads, groups, out_hw, b)
 
+    def _relayed(self, node, x: _Expr, compose):
+        """``compose(term)`` over the terms of ``x``; where one conv cannot express the chain
+        (``_LowerError.relay``), ``x`` becomes a relay group first and the composition starts
+        from it (docs/netlist.md: relay groups)."""
+        try:
+            return x, [t for t in map(compose, x.terms) if t is not None]
+        except _LowerError as err:
+            if not (err.relay and self.relay):
+                raise
+        name = f"{node.name or node.output[0]}/relay"
+        g = Group(name, "relay", x.shape, x.view, spike="graded", source=node.name,
+                  bias=x.bias)
+        self._new_group(g, x)
+        x = _identity(name, x.view, x.shape)
+        return x, [t for t in map(compose, x.terms) if t is not None]
+
     def _conv_like(self, node, x: _Expr, w, stride, pads, groups, out_hw, b=None):
         view = (w.shape[0],) + out_hw
-        terms = [t for t in (_conv_after(t, x.view, w, stride, pads, groups, out_hw)
-                             for t in x.terms) if t is not None]
+        x, terms = self._relayed(node, x, lambda t: _conv_after(t, x.view, w, stride, pads,
+                                                                 groups, out_hw))
         bias = conv2d(x.bias[None], w, stride, pads[:2], groups, out_hw)[0]
         if b is not None:
             bias = bias + b.reshape(-1, 1, 1)
@@ -703,14 +726,17 @@ class _Lowering:
                                             np.concatenate([p.bias for p in parts]))
 
 
-def lower(proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto") -> Netlist:
+def lower(proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto", *,
+          relay: bool = True) -> Netlist:
     """Lower the ANN-shaped spiking graph (after insert-neurons) to a float netlist.
 
     ``maxpool="avg"`` (``--maxpool avg``) lowers MaxPool as AveragePool counting the padding;
-    otherwise MaxPool has no Loihi form. Raises :class:`UnsupportedNodeError` listing every node
-    that has no Loihi form.
+    otherwise MaxPool has no Loihi form. A linear chain that one conv cannot express (a padded
+    conv reading border positions of a pooled map, a too large composed kernel, a conv after a
+    dense map) gets a relay group in between (``relay=False``: SNN-E273 instead). Raises
+    :class:`UnsupportedNodeError` listing every node that has no Loihi form.
     """
-    return _Lowering(proto, timesteps, maxpool).run()
+    return _Lowering(proto, timesteps, maxpool, relay).run()
 
 
 # ----------------------------------------------------------------------------- files

@@ -145,6 +145,9 @@ def _why_not(net: Netlist, g: Group, prev: Group, flat: bool) -> str | None:
     b = blocks[0]
     if b.src != prev.name:
         return f"reads '{b.src}', not the previous NetX layer '{prev.name}'"
+    if g.kind == "relay":
+        return ("a relay (graded pass-through of its current, inserted where a chain of linear "
+                "ops is not one conv) has no NetX neuron")
     if not netx_exportable(g):
         return (f"neuron '{g.neuron}' ({g.spike} spikes) has no NetX neuron: CUBA sends binary "
                 "spikes and resets to zero; SDNN (sigma-delta) sends the change of a "

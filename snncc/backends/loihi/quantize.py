@@ -14,8 +14,14 @@ gn        theta / tau           theta / tau   c = floor(v / 2**F) clipped to tau
 mt        theta * g             theta * g     fractions / g (g = the smallest fraction)
 bitserial theta / L             theta / L     q = floor(U / 2**F) clipped to L = 2**B - 1
 readout   1                     -             none (accumulates)
+relay     see below             = state unit  none: F = 0, sends its current as the payload
 input     -                     2**-in_bits   analog values sent as graded payloads
 ========= ===================== ============= ===================================================
+
+A relay's state unit per channel is the smallest incoming weight ``W * unit_s`` when every
+weight is a multiple of it up to 64 (a pooling window: all weights 1, so the payload counts the
+spikes in the window and the next block keeps its precision), else the largest weight / 64 (7-bit
+weights). Its payload is its current.
 
 A neuron's row is its module's ``LoihiInfo`` (``fixed_point``, ``int_fields``, ``peak_payload``;
 see :class:`snncc.neurons.registry.LoihiInfo`); this module never branches on neuron names.
@@ -94,9 +100,42 @@ def _readout_frac_bits(net: Netlist, g: Group, fp: FixedPoint) -> int:
                        fp.vth_target_bits))
 
 
+#: a relay's largest incoming folded weight (see the table above)
+RELAY_WEIGHT = 64
+
+
+def _relay_units(net: Netlist, g: Group, fp: FixedPoint) -> None:
+    """State / payload unit per channel of a relay (F = 0) and its peak payload."""
+    g.frac_bits, g.state_unit = 0, np.ones(g.view[0])
+    rows: list[list[np.ndarray]] = [[] for _ in range(g.view[0])]
+    blocks = [(b, net.group(b.src)) for b in net.blocks_into(g.name)]
+    for b, src in blocks:   # W * unit_src with su = 1, F = 0
+        w = np.abs(folded_weight(b, src, g)).reshape(b.rows, -1)
+        for r in range(b.rows):
+            rows[b.offset + r].append(w[r][w[r] > 0])
+    su = np.ones(g.view[0])
+    for c, parts in enumerate(rows):
+        w = np.concatenate(parts) if parts else np.zeros(0)
+        if w.size == 0:
+            continue
+        step = w.min()   # equal weights (pooling) or small multiples of one: integer payloads
+        ratio = w / step
+        exact = np.all(np.abs(ratio - np.round(ratio)) < 1e-9) and ratio.max() <= RELAY_WEIGHT
+        su[c] = step if exact else w.max() / RELAY_WEIGHT
+    g.unit = g.state_unit = su
+    bound = np.abs(g.bias).reshape(g.view[0], -1).max(axis=1) / su if g.bias is not None \
+        else np.zeros(g.view[0])
+    for b, src in blocks:
+        w = np.abs(folded_weight(b, src, g)).reshape(b.rows, -1).sum(axis=1)
+        bound[b.offset:b.offset + b.rows] += w * _peak_payload(src, fp)
+    g.fixed = {"peak_payload": float(bound.max(initial=0.0))}
+
+
 def _peak_payload(g: Group, fp: FixedPoint) -> float:
     if g.kind == "input":
         return float(1 << (fp.payload_bits - 1))
+    if g.kind == "relay":
+        return float(g.fixed["peak_payload"])
     peak = _loihi(g).peak_payload if g.kind == "neuron" else None
     return 1.0 if peak is None else peak(g.fixed)
 
@@ -109,6 +148,8 @@ def _units(g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> None:
     if g.kind == "readout":
         g.unit = g.state_unit = np.ones(g.view[0])
         return
+    if g.kind == "relay":
+        return  # after its sources: quantize() calls _relay_units in topological order
     try:
         unit, su, top, fixed = _neuron_units(g, fp)
     except ValueError as exc:
@@ -198,6 +239,14 @@ def quantize(net: Netlist, fp: FixedPoint = FixedPoint()) -> tuple[dict[str, Any
     diags: list[Diagnostic] = []
     for g in net.groups:
         _units(g, fp, diags)
+        if g.kind == "relay":
+            _relay_units(net, g, fp)
+            if g.fixed["peak_payload"] > (1 << (fp.payload_bits - 1)) - 1:
+                diags.append(Diagnostic(
+                    "SNN-E634", f"relay {g.name}: its current can reach "
+                    f"{g.fixed['peak_payload']:.3g} units, beyond the {fp.payload_bits}-bit "
+                    "payload", pass_name=PASS, node=g.source,
+                    hint="put a neuron between the linear layers"))
     for g in net.groups:
         if g.kind == "readout":
             g.frac_bits = _readout_frac_bits(net, g, fp)
@@ -217,7 +266,7 @@ def quantize(net: Netlist, fp: FixedPoint = FixedPoint()) -> tuple[dict[str, Any
                      "recalibrate (a larger theta) or rescale the layer"))
     biases = []
     for g in net.groups:
-        if g.kind in ("neuron", "readout"):
+        if g.kind in ("neuron", "readout", "relay"):
             rec = _quantize_bias(g, fp)
             biases.append(rec)
             if rec["saturated"]:

@@ -280,7 +280,13 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
             values[g.name] = per_step.sum(axis=0) / counted / 2.0 ** g.frac_bits * \
                 g.state_unit.reshape(-1, 1, 1)
             continue
-        pay, ev = sim.run_neuron(g, cur, steps)
+        if g.kind == "relay":  # sends its current (F = 0: state integers = payload units)
+            pay = np.clip(cur, -top, top)
+            sim.saturations += int(np.count_nonzero(pay != cur))
+            ev = np.broadcast_to(pay != 0, (steps,) + pay.shape[1:]).astype(np.int64)
+            pay = np.broadcast_to(pay, (steps,) + pay.shape[1:])
+        else:
+            pay, ev = sim.run_neuron(g, cur, steps)
         payloads[g.name] = pay
         events[g.name] = ev.sum(axis=0).reshape((n,) + g.shape)
         values[g.name] = pay[steps - counted:].sum(axis=0) / counted * \
