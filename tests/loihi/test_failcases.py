@@ -22,18 +22,33 @@ def unsupported_ops():
     return g.model(g.neuron(g.conv(g.op("Add", [m, prod]), 4, 4)))
 
 
-def saturating_weights():
+def saturating_weights(theta: float = 2.0 ** -14):
+    """One input spike worth 2 / theta thresholds: at 2**-14 even the fewest fraction bits
+    (vth_exp) leave the 8-bit mantissa over the largest exponent."""
     g = Graph((2, 8, 8))
     s = g.neuron(g.conv("x", 2, 4))
     return g.model(g.neuron(g.conv(s, 4, 4, weight=np.full((4, 4, 3, 3), 2.0, np.float32),
                                    bias=False),
-                            theta=[2.0 ** -6]))
+                            theta=[theta]))
+
+
+def test_large_weights_lower_the_fraction_bits_instead_of_saturating():
+    """2 / 2**-6 = 128 thresholds per spike is 2**23 state integers at the default F = 16: with
+    mantissas up to 127 that needs exponent 17, 4 above Loihi's 13, so the quantizer lowers that
+    group's F to 12 and the weights stay exact."""
+    from snncc.backends.loihi.netlist import lower
+    from snncc.backends.loihi.quantize import quantize
+
+    net = lower(saturating_weights(2.0 ** -6), 4)
+    report, diags = quantize(net)
+    assert not diags and report["all_exact"]
+    assert [g.frac_bits for g in net.groups if g.kind == "neuron"] == [16, 12]
 
 
 def saturating_bias():
     g = Graph((1, 4, 4))
     conv = g.conv("x", 1, 2, bias=False)
-    return g.model(g.neuron(g.op("Add", [conv, g.const(np.full((2, 1, 1), 300.0,
+    return g.model(g.neuron(g.op("Add", [conv, g.const(np.full((2, 1, 1), 3e4,
                                                                 np.float32))]), theta=[1.0]))
 
 

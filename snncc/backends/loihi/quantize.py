@@ -30,7 +30,8 @@ Per-channel thresholds thus fold into the incoming weights and biases (one thres
 group). A block from s to d gets ``W_fold[o, i] = W[o, i] * unit_s[i] / su_d[o] * 2**F_d``,
 stored as ``mant * 2**exp`` with ``mant`` in [-128, 127] and the smallest ``exp`` in
 [0, weight_exp_max] that avoids saturation; ``F_d`` is chosen so that the largest threshold is
-about ``2**vth_target_bits``. Biases become ``bias_mant * 2**bias_exp`` per neuron (13-bit signed
+about ``2**vth_target_bits``, lowered (not below ``vth_exp``) where an incoming weight or a
+bias would otherwise saturate its mantissa. Biases become ``bias_mant * 2**bias_exp`` per neuron (13-bit signed
 magnitude mantissa, exponent 0..7). Every block and group gets an error record; saturation is an
 error (SNN-E630 weights, SNN-E631 biases), as is a threshold that does not fit (SNN-E632) or a
 neuron parameter with no fixed-point form (SNN-E633).
@@ -165,6 +166,27 @@ def _units(g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> None:
                                 hint="use fewer levels per neuron or raise vth_target_bits"))
 
 
+def _fit_frac_bits(net: Netlist, g: Group, fp: FixedPoint) -> None:
+    """Lower a neuron group's F (not below ``vth_exp``) by as many bits as its largest incoming
+    folded weight or bias would exceed the mantissa at the largest exponent: a layer whose single
+    input spike is worth many thresholds (big untrained or badly scaled nets) keeps exact-as-can-be
+    weights instead of saturating them (SNN-E630/E631), at the price of threshold precision."""
+    over = 0
+    top_w = (1 << (fp.weight_bits - 1)) - 1
+    for b in net.blocks_into(g.name):
+        peak = float(np.abs(folded_weight(b, net.group(b.src), g)).max(initial=0.0))
+        if peak > 0:
+            over = max(over, math.ceil(math.log2(peak / top_w)) - fp.weight_exp_max)
+    if g.bias is not None:
+        top_b = (1 << (fp.bias_mant_bits - 1)) - 1
+        peak = float((np.abs(g.bias) / g.state_unit.reshape(-1, 1, 1)).max(initial=0.0))
+        peak *= 2.0 ** g.frac_bits
+        if peak > 0:
+            over = max(over, math.ceil(math.log2(peak / top_b)) - fp.bias_exp_max)
+    if over > 0:
+        g.frac_bits = max(fp.vth_exp, g.frac_bits - over)
+
+
 def _fix_thresholds(g: Group, fp: FixedPoint) -> None:
     """Integer thresholds and initial values (in state integers)."""
     one = 1 << g.frac_bits
@@ -248,6 +270,8 @@ def quantize(net: Netlist, fp: FixedPoint = FixedPoint()) -> tuple[dict[str, Any
                     "payload", pass_name=PASS, node=g.source,
                     hint="put a neuron between the linear layers"))
     for g in net.groups:
+        if g.kind == "neuron":
+            _fit_frac_bits(net, g, fp)
         if g.kind == "readout":
             g.frac_bits = _readout_frac_bits(net, g, fp)
         if g.kind in ("neuron", "readout"):
