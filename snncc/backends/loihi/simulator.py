@@ -69,6 +69,8 @@ class _Sim:
         self.fp = fp
         self.saturations = 0
         self.sessions: dict = {}
+        self.peaks: dict = {}
+        self.f32: dict = {}
 
     def sat(self, v: np.ndarray) -> np.ndarray:
         bad = (v < self.lo) | (v > self.hi)
@@ -92,18 +94,21 @@ class _Sim:
                         else (weights[b.name], 0))
             x = p.reshape((-1,) + b.src_view)
             fan_in = w[0].size if b.kind == "conv" else w.shape[1]
-            peak = max(int(x.max(initial=0)), -int(x.min(initial=0)))
+            peak = self.peak(b.src, p)
             bound = peak * max(int(w.max(initial=0)), -int(w.min(initial=0))) * fan_in
-            if bound < 2 ** 53:
-                # every partial sum is an integer below 2**24 (2**53), so float32 (float64)
-                # BLAS / ONNX Runtime give exact integers in any summation order
+            if bound < 2 ** 24 and b.kind == "conv" and x.size * w[0].size > ORT_MIN_WORK:
+                # every partial sum is an integer below 2**24: ONNX Runtime's float32 Conv
+                # (MLAS) gives exact integers in any summation order; the shift goes into the
+                # weights when the sums stay below 2**24 with it
+                fold = bound << shift < 2 ** 24
+                out = self.ort_conv(b, self.as_float32(b.src, x), w << shift if fold else w,
+                                    (weights is not None, fold)).astype(np.int64)
+                shift = 0 if fold else shift
+            elif bound < 2 ** 53:
+                # below 2**24 (2**53): float32 (float64) BLAS sums are exact in any order
                 ft = np.float32 if bound < 2 ** 24 else np.float64
-                xf = x.astype(ft)
-                if ft is np.float32 and b.kind == "conv" and x.size * w[0].size > ORT_MIN_WORK:
-                    out = self.ort_conv(b, xf, w, weights is not None)
-                else:
-                    out = block_apply(b, xf, w.astype(ft))
-                out = out.astype(np.int64)
+                xf = self.as_float32(b.src, x) if ft is np.float32 else x.astype(ft)
+                out = block_apply(b, xf, w.astype(ft)).astype(np.int64)
             else:
                 out = block_apply(b, x, w)
             if shift:
@@ -120,20 +125,39 @@ class _Sim:
         cur += _bias_int(g) if bias is None else bias
         return cur
 
-    def ort_conv(self, b, x: np.ndarray, w: np.ndarray, hw: bool) -> np.ndarray:
+    def peak(self, name: str, p: np.ndarray) -> int:
+        """max |payload| of a group (cached: a residual source feeds several blocks)."""
+        key = (name, id(p))
+        if key not in self.peaks:
+            self.peaks[key] = max(int(p.max(initial=0)), -int(p.min(initial=0)))
+        return self.peaks[key]
+
+    def as_float32(self, name: str, x: np.ndarray) -> np.ndarray:
+        """A group's integer payloads as float32 (exact: |payload| < 2**24), converted once."""
+        key = (name, x.shape)
+        if self.f32.get("key") != key:
+            self.f32 = {"key": key, "value": x.astype(np.float32)}
+        return self.f32["value"]
+
+    def ort_conv(self, b, x: np.ndarray, w: np.ndarray, hw: object) -> np.ndarray:
         """A large float32 conv block through ONNX Runtime's Conv (MLAS): exact like the NumPy
         path, because every partial sum is an integer below 2**24 (checked by the caller)."""
-        key = (b.name, hw)
-        sess = self.sessions.get(key)
         (sh, sw), (ho, wo) = b.stride, b.out_hw
         kh, kw = w.shape[2:]
         need = ((ho - 1) * sh + kh, (wo - 1) * sw + kw)
+        h, wd = x.shape[2:]
+        # the conv pads itself where the padded input covers x (no copy); else pad/crop here
+        ends = (need[0] - b.pads[0] - h, need[1] - b.pads[1] - wd)
+        own = min(ends) >= 0
+        key = (b.name, hw, own)
+        sess = self.sessions.get(key)
         if sess is None:
             import onnxruntime as ort
             from onnx import TensorProto, helper, numpy_helper
 
+            pads = [b.pads[0], b.pads[1], ends[0], ends[1]] if own else [0, 0, 0, 0]
             node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(b.stride),
-                                    group=b.groups, pads=[0, 0, 0, 0])
+                                    group=b.groups, pads=pads)
             graph = helper.make_graph(
                 [node], "block", [helper.make_tensor_value_info(
                     "x", TensorProto.FLOAT, ["N", b.src_view[0], None, None])],
@@ -143,7 +167,7 @@ class _Sim:
             sess = ort.InferenceSession(model.SerializeToString(),
                                         providers=["CPUExecutionProvider"])
             self.sessions[key] = sess
-        xp = _pad_begin(x, b.pads, need)
+        xp = x if own else _pad_begin(x, b.pads, need)
         return sess.run(None, {"x": xp})[0][:, :, :ho, :wo]
 
     # ------------------------------------------------------------------ stock CUBA (hardware)
