@@ -32,7 +32,7 @@ import dataclasses
 import numpy as np
 
 from snncc import calibration, ir
-from snncc.context import CompileContext, QuantClipParams
+from snncc.context import FIDELITY_AUTO_MAX, CompileContext, QuantClipParams
 from snncc.errors import CalibrationError, Diagnostic
 from snncc.passes.base import Pass, PassResult
 from snncc.passes.quant_clip import activation_sites
@@ -79,11 +79,11 @@ class CalibratePass(Pass):
         records = ctx.calibration if isinstance(ctx.calibration, dict) else {}
         sites = activation_sites(model.graph, model.provenance)
         need = [s for s in sites if s.kind != "pattern"]
-        if not need and options.calib_path and options.fidelity_samples:
+        if not need and options.calib_path and options.wants_fidelity:
             proto = ir.to_proto(model)  # no calibration needed: all samples may measure fidelity
-            ctx.holdout = calibration.load_samples(options.calib_path,
-                                                   calibration.model_inputs(proto),
-                                                   max_samples=options.fidelity_samples)
+            ctx.holdout = calibration.load_samples(
+                options.calib_path, calibration.model_inputs(proto),
+                max_samples=options.fidelity_samples or FIDELITY_AUTO_MAX)
         for site in sites:
             if site.kind == "pattern":
                 ctx.quant[site.y.name] = site.params
@@ -111,10 +111,12 @@ class CalibratePass(Pass):
                     f"accepted: {', '.join(METHODS)}", code="SNN-E411",
                     hint="pass --calib-method " + "|".join(METHODS))
             proto = ir.to_proto(model)
-            holdout = options.fidelity_samples
-            samples = calibration.load_samples(options.calib_path,
-                                               calibration.model_inputs(proto),
-                                               max_samples=options.calib_max_samples + holdout)
+            samples = calibration.load_samples(
+                options.calib_path, calibration.model_inputs(proto),
+                max_samples=options.calib_max_samples + (options.fidelity_samples
+                                                         if options.fidelity_samples is not None
+                                                         else FIDELITY_AUTO_MAX))
+            holdout = options.fidelity_holdout(len(next(iter(samples.values()))))
             samples, ctx.holdout = split_holdout(samples, holdout, options.calib_max_samples)
             ctx.notes["calibration_samples"] = len(next(iter(samples.values())))
             names = list(dict.fromkeys(s.z.name for s in need))

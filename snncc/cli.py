@@ -225,9 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one lambda per layer")
     g.add_argument("--calib-samples", type=int, default=256,
                    help="at most this many samples are used (default 256)")
-    g.add_argument("--fidelity-samples", type=int, default=64, metavar="N",
+    g.add_argument("--fidelity-samples", type=int, default=None, metavar="N",
                    help="hold out the last N calibration samples to measure ANN vs QANN vs SNN "
-                   "(default 64; at least 32 samples stay for calibration)")
+                   "(default: those beyond --calib-samples, at least 32 and at most 64, so 32 of "
+                   "a 256-sample file; at least 32 samples stay for calibration)")
     g.add_argument("--no-fidelity", dest="fidelity_samples", action="store_const", const=0,
                    help="skip the fidelity estimate (all samples calibrate)")
     g.add_argument("--min-agreement", type=float, metavar="X",

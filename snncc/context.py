@@ -12,6 +12,12 @@ __all__ = ["CompileOptions", "QuantClipParams", "CompileContext", "TARGETS"]
 TARGETS = ("qann", "ort", "loihi", "nir")
 
 
+#: auto fidelity hold-out: at least this many samples ...
+FIDELITY_MIN = 32
+#: ... and at most this many (more only when --fidelity-samples asks)
+FIDELITY_AUTO_MAX = 64
+
+
 @dataclass(frozen=True)
 class QuantClipParams:
     """Parameters of one QCFS quantized clip ``y = lam * clip(floor(z*L/lam + phi)/L, 0, 1)``.
@@ -62,8 +68,21 @@ class CompileOptions:
     allow_lossy: bool = False              # nir: export soft-reset neurons anyway
     schedule: str = "auto"                 # auto | folded | window | streaming
     neuron_params: Mapping[str, Any] = field(default_factory=dict)
-    fidelity_samples: int = 0             # samples held out for the fidelity check (CLI: 64)
+    #: samples held out for the fidelity check; None (the CLI default) = auto: the samples beyond
+    #: calib_max_samples, at least FIDELITY_MIN and at most FIDELITY_AUTO_MAX
+    fidelity_samples: int | None = 0
     opset: int = 17
+
+    @property
+    def wants_fidelity(self) -> bool:
+        return self.fidelity_samples is None or self.fidelity_samples > 0
+
+    def fidelity_holdout(self, available: int) -> int:
+        """Samples to hold out of ``available`` calibration samples (before split_holdout keeps
+        enough to calibrate)."""
+        if self.fidelity_samples is not None:
+            return self.fidelity_samples
+        return min(FIDELITY_AUTO_MAX, max(FIDELITY_MIN, available - self.calib_max_samples))
 
 
 @dataclass

@@ -63,7 +63,8 @@ def make_options(**kw: Any) -> CompileOptions:
     if opts.calib_path is not None and not Path(opts.calib_path).exists():
         raise OptionError(f"calibration data '{opts.calib_path}' does not exist", code="SNN-E357",
                           hint="pass a .npy or .npz file of input samples, or an image folder")
-    if not isinstance(opts.fidelity_samples, int) or opts.fidelity_samples < 0:
+    if opts.fidelity_samples is not None and (not isinstance(opts.fidelity_samples, int)
+                                              or opts.fidelity_samples < 0):
         raise OptionError(f"--fidelity-samples must be 0 or more, got {opts.fidelity_samples!r}",
                           code="SNN-E366", hint="e.g. --fidelity-samples 64, or --no-fidelity")
     if opts.calib_max_samples is not None and not (
@@ -141,7 +142,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
         if not 0.0 <= min_agreement <= 1.0:
             raise OptionError(f"--min-agreement must be a fraction in [0, 1], got {min_agreement}",
                               code="SNN-E367", hint="e.g. --min-agreement 0.97")
-        if not (options.calib_path and options.fidelity_samples):
+        if not (options.calib_path and options.wants_fidelity):
             raise OptionError("--min-agreement needs the fidelity estimate: calibration samples "
                               "(--calib) and --fidelity-samples above 0", code="SNN-E368",
                               hint="drop --no-fidelity / pass --calib, or drop --min-agreement")
@@ -159,7 +160,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     model = ir.load(model_path)
     ctx = CompileContext(options)
     dump = DumpAfter(dump_after, dump_dir or out.parent / f"{out.name}.dump") if dump_after else None
-    fidelity_wanted = bool(options.calib_path and options.fidelity_samples)
+    fidelity_wanted = bool(options.calib_path and options.wants_fidelity)
     snap = Snapshot((["canonicalize", "relu-to-quant-clip"] if fidelity_wanted else [])
                     + (["insert-neurons"] if options.target == "ort" else []))
     pipeline = default_pipeline(options, verify=verify,

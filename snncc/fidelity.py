@@ -1,7 +1,8 @@
 """Fidelity at compile time: how close the compiled network is to the one the user gave.
 
-On calibration samples held out from calibration (``--fidelity-samples``, default
-:data:`DEFAULT_SAMPLES`), the driver runs three networks: the ANN (the canonical graph, before
+On calibration samples held out from calibration (``--fidelity-samples``; by default the samples
+beyond ``--calib-samples``, at least 32 and at most 64: ``CompileOptions.fidelity_holdout``), the
+driver runs three networks: the ANN (the canonical graph, before
 any quantization), the QANN (the graph after relu-to-quant-clip) and the SNN (the target's own
 execution: ONNX Runtime with the kernel library for ``ort``, the bit-accurate simulator for
 ``loihi``). For each pair it reports
@@ -27,11 +28,9 @@ import onnxruntime as ort
 
 from snncc import ir
 
-__all__ = ["DEFAULT_SAMPLES", "WARN_BELOW", "run_reference", "pair", "measure", "summary",
+__all__ = ["WARN_BELOW", "run_reference", "pair", "measure", "summary",
            "hints", "estimate", "check"]
 
-#: held-out calibration samples used for the estimate by default
-DEFAULT_SAMPLES = 64
 #: below this top-1 agreement of the SNN with the ANN, compile warns
 WARN_BELOW = 0.95
 #: a layer whose relative error passes this is where "error grows"
