@@ -254,7 +254,8 @@ class OnnxGraphModule(nn.Module):
                     continue   # a shared or constant bias: leave this pair alone
                 name = f"{conv.name}.bias_folded"
                 key = _key(name, set(self.params.keys()) | set(dict(self.named_buffers())))
-                self.params[key] = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype))
+                self.params[key] = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype,
+                                                             device=w.device))
                 self._tensor_key[name] = key
                 conv.inputs = [*conv.inputs[:2], name]
                 b = self.params[key]

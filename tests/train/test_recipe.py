@@ -95,11 +95,12 @@ def test_default_recipe_runs_with_one_cycle_and_frozen_bn(tmp_path):
     res = finetune_module(net, _blobs(64, 0), _blobs(32, 1), epochs=2, batch_size=16, progress=False)
     assert len(res.history) == 2 and res.ann_val_acc is not None and res.val_acc is not None
     trained_bn = res.module[0]
-    assert torch.equal(trained_bn.running_mean, before)        # statistics frozen by default
+    # (.cpu(): on a GPU machine the default device is cuda)
+    assert torch.equal(trained_bn.running_mean.cpu(), before)  # statistics frozen by default
     assert all(isinstance(m, QCFS) and m.lam.dim() == 1 for m in res.module.modules() if isinstance(m, QCFS))
     res = finetune_module(net, _blobs(64, 0), epochs=1, batch_size=16, progress=False, bn="train",
                           snn_timesteps=2, distill=0.0)
-    assert not torch.equal(res.module[0].running_mean, before)
+    assert not torch.equal(res.module[0].running_mean.cpu(), before)
     assert res.qann_val_acc is None and all(m.timesteps is None for m in res.module.modules()
                                            if isinstance(m, QCFS))
 
@@ -124,3 +125,16 @@ def test_bundled_residual_net_loads_with_shared_initializers():
     assert not any(s.op == "BatchNormalization" for s in module.steps)
     with torch.no_grad():
         np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_fold_batchnorm_creates_its_bias_on_the_weights_device():
+    """A Conv without bias gets a new bias parameter when its BN folds in; it must live where the
+    weights live. It was created on the CPU, so `snncc finetune --device cuda` failed with
+    'Expected all tensors to be on the same device' (found on a GPU machine). The meta device
+    shows the same mismatch without a GPU."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "digits_cnn.onnx"
+    module = load_onnx_module(path).to("meta")
+    assert module.fold_batchnorm() == 3
+    assert {p.device.type for p in module.parameters()} == {"meta"}
