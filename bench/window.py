@@ -1,9 +1,10 @@
 """Window-collapsed vs folded schedule: time per image in ONNX Runtime, ratios within one process
 (issue 12).
 
-For each trained bundled network (``examples/mnist_cnn.onnx``, ``examples/mnist_resnet.onnx``) and
-batch size, the variants below are timed round-robin in one process (interleaved rounds, thread
-spinning off, medians), so that background load on a shared machine hits every variant alike:
+For each trained bundled network (``examples/mnist_cnn.onnx``, ``examples/mnist_resnet.onnx``; or
+an ImageNet-shaped ``resnet18`` / ``resnet34`` with random weights, timing only) and batch size,
+the variants below are timed round-robin in one process (interleaved rounds, thread spinning
+off, medians), so that background load on a shared machine hits every variant alike:
 
 * ``ann``: the source ANN in ORT;
 * ``<neuron>/<schedule>``: the compiled SNN at T with the C++ kernel library, for each
@@ -41,31 +42,59 @@ NETS = {"cnn": ("mnist_cnn.onnx", "mnist_calib.npz", "mnist_test.npz"),
         "resnet": ("mnist_resnet.onnx", "mnist_resnet_calib.npz", "mnist_resnet_test.npz")}
 
 
-def compile_variants(net: str, T: int, variants: list[str], tmp: Path) -> dict[str, Path]:
+#: ImageNet-shaped nets with random weights (timing only: no accuracy is read from them), built
+#: in the temporary directory: torchvision stem, 224x224, 1000 classes; max calibration on 16
+#: random images (the calibration method does not change the graph that runs)
+RANDOM_NETS = ("resnet18", "resnet34")
+
+
+def _net_files(net: str, tmp: Path, batch: int) -> tuple[Path, Path, np.ndarray, str | None]:
+    """(model, calibration file, test inputs, calibration method override) of ``net``."""
+    if net not in RANDOM_NETS:
+        model, calib, test = NETS[net]
+        x = np.load(ROOT / "examples" / test)["x"].astype(np.float32)
+        return ROOT / "examples" / model, ROOT / "examples" / calib, x, None
+    import torch
+
+    from examples.export_models import build, export, model_kwargs
+
+    shape = (1, 3, 224, 224)
+    path = tmp / f"{net}.onnx"
+    torch.manual_seed(0)
+    export(build(net, **model_kwargs(net, shape, 1000), stem="torchvision"), path, shape,
+           dynamic_batch=True)
+    rng = np.random.default_rng(0)
+    calib = tmp / f"{net}_calib.npy"
+    np.save(calib, rng.random((16, *shape[1:]), dtype=np.float32))
+    return path, calib, rng.random((batch, *shape[1:]), dtype=np.float32), "max"
+
+
+def compile_variants(net: str, T: int, variants: list[str], tmp: Path,
+                     files: tuple | None = None) -> dict[str, Path]:
     from snncc.driver import compile_model, make_options
 
-    model, calib, _ = NETS[net]
+    model, calib, _, method = files or _net_files(net, tmp, 1)
+    extra = {"calib_method": method} if method else {}
     out = {}
     for v in {v.split("@")[0] for v in variants}:
         path = tmp / f"{net}_{v.replace('/', '_')}_T{T}.onnx"
         if v == "qann":  # the L = 2^T - 1 quantized ANN bit-serial reproduces (standard ops)
-            opts = make_options(target="qann", levels=2 ** T - 1,
-                                calib_path=str(ROOT / "examples" / calib))
+            opts = make_options(target="qann", levels=2 ** T - 1, calib_path=str(calib), **extra)
         else:
             neuron, schedule = v.split("/")
             opts = make_options(target="ort", timesteps=T, neuron=neuron, schedule=schedule,
-                                calib_path=str(ROOT / "examples" / calib))
-        compile_model(str(ROOT / "examples" / model), path, opts)
+                                calib_path=str(calib), **extra)
+        compile_model(str(model), path, opts)
         out[v] = path
     return out
 
 
 def bench(net: str, T: int, batches: list[int], rounds: int, threads: int, variants: list[str],
           tmp: Path) -> list[dict]:
-    model, _, test = NETS[net]
-    paths = compile_variants(net, T, variants, tmp)
-    x_all = np.load(ROOT / "examples" / test)["x"].astype(np.float32)
-    ann = session(ROOT / "examples" / model, False, threads)
+    files = _net_files(net, tmp, max(batches))
+    model, _, x_all, _ = files
+    paths = compile_variants(net, T, variants, tmp, files)
+    ann = session(model, False, threads)
     in_name = ann.get_inputs()[0].name
     sessions = {"ann": ann, **{v: session(p, v != "qann", threads) for v, p in paths.items()}}
     rows = []
@@ -107,7 +136,9 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nets", default="cnn,resnet")
+    ap.add_argument("--nets", default="cnn,resnet",
+                    help="cnn, resnet (trained, bundled), resnet18, resnet34 (224x224, random "
+                         "weights: timing only)")
     ap.add_argument("-T", type=int, default=4)
     ap.add_argument("--batch", default="1,16,100")
     ap.add_argument("--rounds", type=int, default=9)

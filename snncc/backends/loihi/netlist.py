@@ -2,9 +2,10 @@
 
 A :class:`Group` is one population (the graph input, one neuron op, a non-spiking readout that
 accumulates the network output, or a relay: a graded pass-through that sends its input current
-each slice, inserted where a chain of linear ops cannot be composed into one conv). A :class:`Block` is one set of synapses from a source group into
-a slice of a destination group: ``conv`` (shared kernel, stride, begin pads, groups, explicit
-output size) or ``dense`` (a matrix over the flattened source). Every block reads the *values*
+each slice, inserted where a chain of linear ops cannot be composed into one conv). A
+:class:`Block` is one set of synapses from a source group into a slice of a destination group:
+``conv`` (shared kernel, stride, begin pads, groups, explicit output size) or ``dense`` (a matrix
+over the flattened source). Every block reads the *values*
 its source sends (a spike of payload p from channel c is worth ``p * unit[c]``) and writes a
 current into channels ``[offset, offset + rows)`` of the destination's 3-D ``view``.
 

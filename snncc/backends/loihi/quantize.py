@@ -31,10 +31,11 @@ group). A block from s to d gets ``W_fold[o, i] = W[o, i] * unit_s[i] / su_d[o] 
 stored as ``mant * 2**exp`` with ``mant`` in [-128, 127] and the smallest ``exp`` in
 [0, weight_exp_max] that avoids saturation; ``F_d`` is chosen so that the largest threshold is
 about ``2**vth_target_bits``, lowered (not below ``vth_exp``) where an incoming weight or a
-bias would otherwise saturate its mantissa. Biases become ``bias_mant * 2**bias_exp`` per neuron (13-bit signed
-magnitude mantissa, exponent 0..7). Every block and group gets an error record; saturation is an
-error (SNN-E630 weights, SNN-E631 biases), as is a threshold that does not fit (SNN-E632) or a
-neuron parameter with no fixed-point form (SNN-E633).
+bias would otherwise saturate its mantissa. Biases become ``bias_mant * 2**bias_exp`` per neuron
+(13-bit signed magnitude mantissa, exponent 0..7). Every block and group gets an error record;
+saturation is an error (SNN-E630 weights, SNN-E631 biases), as is a threshold that does not fit
+(SNN-E632), a neuron parameter with no fixed-point form (SNN-E633) or a relay whose current can
+exceed the payload (SNN-E634).
 """
 from __future__ import annotations
 
