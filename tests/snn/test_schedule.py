@@ -203,7 +203,7 @@ def test_maxpool_spike_gating(key, T, mode):
     out, report, ctx = compile_snn(model, options(key, T, maxpool=mode))
     assert ctx.notes["maxpool"] == {"p": "gated"}
     assert report.rows[-1].counts["maxpool_gated"] == 1
-    assert {"CumSum", "GatherElements"} <= set(op_types(out))
+    assert {"MatMul", "GatherElements"} <= set(op_types(out))   # MatMul: the running sum
     x = feeds(model)
     got = run_ort(out, x)[0]
     assert got.shape == (3, 3) and np.all(np.isfinite(got))
@@ -215,6 +215,24 @@ def test_maxpool_gating_streams_with_a_state():
     out, _, ctx = compile_snn(maxpool_net(lam=2.0, levels=4), streaming(options("if", 4)))
     assert "state_in/p" in {i.name for i in out.graph.input}
     assert ctx.notes["maxpool"] == {"p": "gated"}
+
+
+@pytest.mark.requires_runtime
+@pytest.mark.parametrize("key, T", [("if", 4), ("mt", 2)])
+def test_maxpool_gating_folded_equals_streaming(key, T):
+    """The folded gate's running sum (a lower-triangular MatMul over the slices) and the
+    streaming gate's running-sum state give the same gated spikes: equal outputs and events."""
+    from snncc.simulate import run_compiled
+
+    model = maxpool_net(lam=2.0, levels=4)
+    folded, _, _ = compile_snn(model, options(key, T, maxpool="gate"))
+    stream, _, _ = compile_snn(model, streaming(options(key, T, maxpool="gate")))
+    x = feeds(model, batch=6, scale=2.0)
+    a = run_compiled(folded, x, use_library=True, optimize=False)
+    b = run_compiled(stream, x, use_library=True, optimize=False)
+    [k] = a.outputs
+    np.testing.assert_array_equal(b.outputs[k], a.outputs[k])
+    assert a.events_per_layer == b.events_per_layer and sum(a.events_per_layer.values()) > 0
 
 
 def test_maxpool_avg_replaces():
