@@ -46,11 +46,13 @@ def test_default_command_writes_beside_the_model_and_reports_fidelity(workdir, c
     for key in ("qann_vs_ann", "snn_vs_qann", "snn_vs_ann"):
         assert 0.0 <= fid[key]["top1_agreement"] <= 1.0
         assert fid[key]["rel_logit_error"] >= 0.0
+        lo, hi = fid[key]["top1_agreement_95"]
+        assert 0.0 <= lo <= fid[key]["top1_agreement"] <= hi <= 1.0 and hi - lo > 0.05
     assert len(fid["per_layer"]) == 4
     assert all(r["rel_error"] >= 0 and r["rel_error_vs_ann"] >= 0 for r in fid["per_layer"])
     # the SNN-aware default keeps a trained CNN close to its ANN at T = 4
     assert fid["snn_vs_ann"]["top1_agreement"] >= 0.9
-    assert "SNN agrees with the ANN on" in out and "warning" not in err
+    assert "SNN agrees with the ANN on" in out and "95 % interval" in out and "warning" not in err
 
 
 def test_low_fidelity_warns_with_ranked_hints(workdir, capsys):
@@ -195,3 +197,13 @@ def test_calibration_reads_the_folder_forms_finetune_reads(workdir, capsys):
         assert rc == 0, capsys.readouterr().err
         assert json.loads((workdir / f"{src}.json").read_text())["notes"][
             "calibration_samples"] == 40
+
+
+def test_wilson_interval():
+    """The 95 % interval printed with the estimate (Wilson score; checked against the formula's
+    textbook values)."""
+    from snncc.fidelity import wilson_interval
+
+    assert wilson_interval(1.0, 32) == pytest.approx((0.8928, 1.0), abs=1e-4)
+    assert wilson_interval(0.5, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    assert wilson_interval(0.9, 0) == (0.0, 1.0)
