@@ -74,7 +74,7 @@ MaxPool (``--maxpool``)
   included, passes (ties: the first unit in MaxPool order)::
 
       v = Reshape(x, [S, -1]) ; c = MatMul(tril(ones(S, S)), v) ; c' = Reshape(c, Shape(x))
-                                                    # (= CumSum over the slices, faster)
+                                # (= CumSum over the slices, faster; CumSum itself when S > 32)
       _, idx = MaxPool(c')                          # same attributes, flat indices into x
       y = Reshape(GatherElements(Reshape(x, [-1]), Reshape(idx, [-1])), Shape(idx))
 
@@ -133,6 +133,8 @@ __all__ = ["ScheduleTimestepsPass", "TIME_OPS", "SCHEDULES", "MAXPOOL_MODES",
 logger = logging.getLogger("snncc.passes.schedule_timesteps")
 
 SCHEDULES = ("auto", "folded", "window", "streaming")
+#: the MaxPool gate's running sum is a triangular MatMul up to this many slices, else CumSum
+MATMUL_CUMSUM_MAX = 32
 MAXPOOL_MODES = ("auto", "avg", "gate")
 PREFIX = "schedule-timesteps"
 
@@ -701,14 +703,20 @@ class ScheduleTimestepsPass(Pass):
         return tiles[t.name]
 
     def _cumulative_folded(self, x: ir.Tensor, hint: str) -> ir.Tensor:
-        """Running sum over the slices as a lower-triangular [S, S] x [S, rest] product: the same
-        sequential float sums as CumSum over axis 0, and faster (ResNet-34, IF, batch 16: 177 ms
-        against CumSum's 259 of a 2.3 s run)."""
+        """Running sum over the slices. Up to :data:`MATMUL_CUMSUM_MAX` slices it is a
+        lower-triangular [S, S] x [S, rest] product: the same sequential float sums as CumSum
+        over axis 0, and faster (ResNet-34, IF, batch 16: 177 ms against CumSum's 259 of a 2.3 s
+        run). Beyond, the product costs S^2 and MLAS adds blocks of the K axis (above 128) in
+        another order, so CumSum stays."""
         emit, S = self.emit, self.emit.S
+        shape = emit.op("Shape", [x], hint, dtype=np.int64)[0]
+        if S > MATMUL_CUMSUM_MAX:
+            summed = emit.op("CumSum", [emit.time_view(x, hint),
+                                        emit.const(f"{hint}/axis", 0)], hint)[0]
+            return emit.op("Reshape", [summed, shape], hint)[0]
         view = emit.op("Reshape", [x, emit.const(f"{hint}/window", [S, -1])], hint)[0]
         lower = emit.const(f"{hint}/cumulative", np.tril(np.ones((S, S))), dtype=np.float32)
         summed = emit.op("MatMul", [lower, view], hint)[0]
-        shape = emit.op("Shape", [x], hint, dtype=np.int64)[0]
         return emit.op("Reshape", [summed, shape], hint)[0]
 
     def _unsupported(self, node: ir.Node) -> None:

@@ -179,7 +179,7 @@ def _events(y: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
     if not attrs.get("decoded"):
         return c.binary_events(y, attrs)
     y = np.asarray(y, dtype=c.F32)
-    bits = int(attrs.get("bits") or attrs["T"])
+    bits = int(attrs.get("bits") or attrs.get("T", 1))
     theta = c.per_channel(attrs.get("theta", [1.0]), y)
     q = np.rint(y * (c.F32(2 ** bits - 1) / theta)).astype(np.int64)
     return sum((q >> k) & 1 for k in range(bits)).astype(np.int64)
@@ -188,7 +188,7 @@ def _events(y: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
 # -- Loihi integer model (registry.LoihiInfo): a window neuron, q in units of theta / L
 
 def _loihi_fixed_point(attrs, theta, fp):
-    bits = int(attrs.get("bits") or attrs["T"])
+    bits = int(attrs.get("bits") or attrs.get("T", 1))
     levels = (1 << bits) - 1
     u = theta / levels
     return u, u, float(bits * levels), {"bits": bits, "levels": levels, "v_init": attrs["v_init"]}

@@ -218,14 +218,17 @@ def test_maxpool_gating_streams_with_a_state():
 
 
 @pytest.mark.requires_runtime
-@pytest.mark.parametrize("key, T", [("if", 4), ("mt", 2)])
+@pytest.mark.parametrize("key, T", [("if", 4), ("mt", 2), ("if", 40)])
 def test_maxpool_gating_folded_equals_streaming(key, T):
-    """The folded gate's running sum (a lower-triangular MatMul over the slices) and the
-    streaming gate's running-sum state give the same gated spikes: equal outputs and events."""
+    """The folded gate's running sum (a lower-triangular MatMul over the slices; CumSum above
+    MATMUL_CUMSUM_MAX) and the streaming gate's running-sum state give the same gated spikes:
+    equal outputs and events."""
+    from snncc.passes.schedule_timesteps import MATMUL_CUMSUM_MAX
     from snncc.simulate import run_compiled
 
-    model = maxpool_net(lam=2.0, levels=4)
+    model = maxpool_net(lam=2.0, levels=4 if T < 8 else T)
     folded, _, _ = compile_snn(model, options(key, T, maxpool="gate"))
+    assert ("CumSum" in op_types(folded)) == (T > MATMUL_CUMSUM_MAX)
     stream, _, _ = compile_snn(model, streaming(options(key, T, maxpool="gate")))
     x = feeds(model, batch=6, scale=2.0)
     a = run_compiled(folded, x, use_library=True, optimize=False)
