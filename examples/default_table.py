@@ -180,7 +180,7 @@ def markdown(data: dict, command: str) -> str:
     same, varied = common_defaults(data)
     if same:
         lines += ["Defaults in effect (from the compile reports): "
-                  + ", ".join(f"`{k}={v}`" for k, v in same.items())
+                  + ", ".join(f"`{k}={'auto' if v is None else v}`" for k, v in same.items())
                   + (f"; differing between cells: {', '.join(varied)}" if varied else ""), ""]
     ts = data["timesteps"]
     for name, net in data["nets"].items():
