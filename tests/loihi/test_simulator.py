@@ -213,3 +213,17 @@ def test_relay_group_lowers_a_chain_one_conv_cannot_express(case):
     assert sim.saturations == 0
     # the relay is saved and loaded like any group, and its graded events are counted
     assert sim.events[relays[0].name].sum() > 0
+
+
+def test_netx_export_stops_at_a_relay_and_says_why(tmp_path):
+    """A relay is a graded pass-through: NetX has no such neuron, so the export keeps the layers
+    before it and lists the relay (and what follows) with reasons."""
+    from snncc.backends.loihi.netx import check_netx, write_netx
+
+    net = nl.lower(_border_pool_model(), 4)
+    quantize(net)
+    meta = write_netx(net, tmp_path / "network.net")
+    assert len(meta["layers"]) >= 1 and check_netx(tmp_path / "network.net") == []
+    reasons = {s["group"]: s["reason"] for s in meta["not_exported"]}
+    relay = next(g.name for g in net.groups if g.kind == "relay")
+    assert "relay" in reasons[relay] and "no NetX neuron" in reasons[relay]
