@@ -32,7 +32,7 @@ import dataclasses
 import numpy as np
 
 from snncc import calibration, ir
-from snncc.context import FIDELITY_AUTO_MAX, CompileContext, QuantClipParams
+from snncc.context import CompileContext, QuantClipParams
 from snncc.errors import CalibrationError, Diagnostic
 from snncc.passes.base import Pass, PassResult
 from snncc.passes.quant_clip import activation_sites
@@ -83,7 +83,7 @@ class CalibratePass(Pass):
             proto = ir.to_proto(model)  # no calibration needed: all samples may measure fidelity
             ctx.holdout = calibration.load_samples(
                 options.calib_path, calibration.model_inputs(proto),
-                max_samples=options.fidelity_samples or FIDELITY_AUTO_MAX)
+                max_samples=options.fidelity_max)
         for site in sites:
             if site.kind == "pattern":
                 ctx.quant[site.y.name] = site.params
@@ -113,9 +113,7 @@ class CalibratePass(Pass):
             proto = ir.to_proto(model)
             samples = calibration.load_samples(
                 options.calib_path, calibration.model_inputs(proto),
-                max_samples=options.calib_max_samples + (options.fidelity_samples
-                                                         if options.fidelity_samples is not None
-                                                         else FIDELITY_AUTO_MAX))
+                max_samples=options.calib_max_samples + options.fidelity_max)
             holdout = options.fidelity_holdout(len(next(iter(samples.values()))))
             samples, ctx.holdout = split_holdout(samples, holdout, options.calib_max_samples)
             ctx.notes["calibration_samples"] = len(next(iter(samples.values())))

@@ -77,6 +77,11 @@ class CompileOptions:
     def wants_fidelity(self) -> bool:
         return self.fidelity_samples is None or self.fidelity_samples > 0
 
+    @property
+    def fidelity_max(self) -> int:
+        """The most samples the fidelity check may hold out (what to load beyond calibration)."""
+        return FIDELITY_AUTO_MAX if self.fidelity_samples is None else self.fidelity_samples
+
     def fidelity_holdout(self, available: int) -> int:
         """Samples to hold out of ``available`` calibration samples (before split_holdout keeps
         enough to calibrate)."""

@@ -109,10 +109,11 @@ RELAY_WEIGHT = 64
 def _relay_units(net: Netlist, g: Group, fp: FixedPoint) -> None:
     """State / payload unit per channel of a relay (F = 0) and its peak payload."""
     g.frac_bits, g.state_unit = 0, np.ones(g.view[0])
+    # |W| * unit_src per block (su = 1, F = 0), computed once: the unit choice and the bound
+    blocks = [(b, net.group(b.src), np.abs(folded_weight(b, net.group(b.src), g))
+               .reshape(b.rows, -1)) for b in net.blocks_into(g.name)]
     rows: list[list[np.ndarray]] = [[] for _ in range(g.view[0])]
-    blocks = [(b, net.group(b.src)) for b in net.blocks_into(g.name)]
-    for b, src in blocks:   # W * unit_src with su = 1, F = 0
-        w = np.abs(folded_weight(b, src, g)).reshape(b.rows, -1)
+    for b, _, w in blocks:
         for r in range(b.rows):
             rows[b.offset + r].append(w[r][w[r] > 0])
     su = np.ones(g.view[0])
@@ -127,9 +128,9 @@ def _relay_units(net: Netlist, g: Group, fp: FixedPoint) -> None:
     g.unit = g.state_unit = su
     bound = np.abs(g.bias).reshape(g.view[0], -1).max(axis=1) / su if g.bias is not None \
         else np.zeros(g.view[0])
-    for b, src in blocks:
-        w = np.abs(folded_weight(b, src, g)).reshape(b.rows, -1).sum(axis=1)
-        bound[b.offset:b.offset + b.rows] += w * _peak_payload(src, fp)
+    for b, src, w in blocks:
+        rows_su = su[b.offset:b.offset + b.rows]
+        bound[b.offset:b.offset + b.rows] += w.sum(axis=1) / rows_su * _peak_payload(src, fp)
     g.fixed = {"peak_payload": float(bound.max(initial=0.0))}
 
 

@@ -69,8 +69,8 @@ class _Sim:
         self.fp = fp
         self.saturations = 0
         self.sessions: dict = {}
-        self.peaks: dict = {}
-        self.f32: dict = {}
+        self.peaks: dict[str, int] = {}
+        self.f32: tuple[str | None, np.ndarray | None] = (None, None)
 
     def sat(self, v: np.ndarray) -> np.ndarray:
         bad = (v < self.lo) | (v > self.hi)
@@ -126,18 +126,17 @@ class _Sim:
         return cur
 
     def peak(self, name: str, p: np.ndarray) -> int:
-        """max |payload| of a group (cached: a residual source feeds several blocks)."""
-        key = (name, id(p))
-        if key not in self.peaks:
-            self.peaks[key] = max(int(p.max(initial=0)), -int(p.min(initial=0)))
-        return self.peaks[key]
+        """max |payload| of a group (set once per run; a residual source feeds several blocks)."""
+        if name not in self.peaks:
+            self.peaks[name] = max(int(p.max(initial=0)), -int(p.min(initial=0)))
+        return self.peaks[name]
 
     def as_float32(self, name: str, x: np.ndarray) -> np.ndarray:
-        """A group's integer payloads as float32 (exact: |payload| < 2**24), converted once."""
-        key = (name, x.shape)
-        if self.f32.get("key") != key:
-            self.f32 = {"key": key, "value": x.astype(np.float32)}
-        return self.f32["value"]
+        """A group's integer payloads as float32 (exact: |payload| < 2**24), converted once for
+        the blocks it feeds in a row (only the latest group is kept)."""
+        if self.f32[0] != name:
+            self.f32 = (name, x.astype(np.float32))
+        return self.f32[1]
 
     def ort_conv(self, b, x: np.ndarray, w: np.ndarray, hw: object) -> np.ndarray:
         """A large float32 conv block through ONNX Runtime's Conv (MLAS): exact like the NumPy
