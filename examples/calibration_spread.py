@@ -32,9 +32,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from data import load_digits_split, load_mnist_subset  # noqa: E402
-from default_table import MANIFEST, ROOT, git_commit, load_nets, one_cell  # noqa: E402
+from default_table import (ROOT, declare_table_outputs, git_commit, one_cell,  # noqa: E402
+                           select_nets)
 from snncc import __version__  # noqa: E402
-from snncc.outputs import Output, atomic_file, check_outputs  # noqa: E402
+from snncc.outputs import atomic_file  # noqa: E402
 
 CONFIGS = (("bitserial", 4), ("mt", 4), ("gn", 4), ("srp", 4), ("if", 4), ("if", 8))
 TARGET_GAP = {4: 0.3, 8: 1.0}      # issue 8: points below the ANN allowed (if at T = 4: none)
@@ -95,15 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
-    manifest = json.loads(MANIFEST.read_text())
-    names = args.nets or list(manifest)
-    unknown = [n for n in names if n not in manifest]
-    if unknown:
-        parser.error(f"unknown net(s) {', '.join(unknown)}; choose from {', '.join(manifest)}")
-    nets = load_nets(names)
-    out_md, out_json = args.out, args.out.with_suffix(".json")
-    inputs = [p for n in nets.values() for p in (n["onnx_path"], n["calib_path"], n["test_path"])]
-    check_outputs([Output(out_md, "file", "--out"), Output(out_json, "file", "--out (json)")], inputs)
+    nets = select_nets(parser, args.nets)
+    out_md = args.out
+    out_json = declare_table_outputs(out_md, nets)
     command = "python examples/calibration_spread.py" + (
         "" if out_md == DEFAULT_OUT else f" --out {os.path.relpath(out_md, ROOT)}") + (
         "" if args.seeds == 5 else f" --seeds {args.seeds}") + (

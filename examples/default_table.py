@@ -59,6 +59,25 @@ def load_nets(names: list[str]) -> dict[str, dict]:
     return nets
 
 
+def select_nets(parser: argparse.ArgumentParser, wanted: list[str] | None) -> dict[str, dict]:
+    """``load_nets`` of the wanted names (all when None); an argparse error names unknown ones."""
+    manifest = json.loads(MANIFEST.read_text())
+    names = wanted or list(manifest)
+    unknown = [n for n in names if n not in manifest]
+    if unknown:
+        parser.error(f"unknown net(s) {', '.join(unknown)}; choose from {', '.join(manifest)}")
+    return load_nets(names)
+
+
+def declare_table_outputs(out_md: Path, nets: dict[str, dict]) -> Path:
+    """Check the Markdown table and the JSON beside it as the only outputs (never over a net's
+    files); returns the JSON path."""
+    out_json = out_md.with_suffix(".json")
+    inputs = [p for n in nets.values() for p in (n["onnx_path"], n["calib_path"], n["test_path"])]
+    check_outputs([Output(out_md, "file", "--out"), Output(out_json, "file", "--out (json)")], inputs)
+    return out_json
+
+
 def snncc(argv: list[str]) -> tuple[int, str, str]:
     """Run ``snncc ARGV`` in this process; return (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
@@ -231,15 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     out_md = args.out
-    out_json = out_md.with_suffix(".json")
-    manifest = json.loads(MANIFEST.read_text())
-    names = args.nets or list(manifest)
-    unknown = [n for n in names if n not in manifest]
-    if unknown:
-        parser.error(f"unknown net(s) {', '.join(unknown)}; choose from {', '.join(manifest)}")
-    nets = load_nets(names)
-    inputs = [p for n in nets.values() for p in (n["onnx_path"], n["calib_path"], n["test_path"])]
-    check_outputs([Output(out_md, "file", "--out"), Output(out_json, "file", "--out (json)")], inputs)
+    nets = select_nets(parser, args.nets)
+    out_json = declare_table_outputs(out_md, nets)
 
     command = "python examples/default_table.py" + (
         "" if out_md == DEFAULT_OUT else f" --out {os.path.relpath(out_md, ROOT)}")
