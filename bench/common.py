@@ -1,4 +1,5 @@
-"""What every benchmark here shares: ORT sessions set up alike, and interleaved timing.
+"""What every benchmark here shares: the bundled trained nets, ORT sessions set up alike, and
+interleaved timing.
 
 Sessions: ``threads`` intra-op threads (0: one per core), one inter-op thread, no spinning
 (every session owns a thread pool whose workers spin after a run; with several sessions measured
@@ -16,7 +17,23 @@ from typing import Callable
 
 import onnxruntime as ort
 
-__all__ = ["session_options", "session", "interleaved", "interleaved_medians"]
+__all__ = ["EXAMPLES", "NETS", "bundled", "bundled_inputs", "session_options", "session",
+           "interleaved", "interleaved_medians"]
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+#: the trained example nets the benchmarks run: (model, calibration, test) file names in examples/
+NETS = {"cnn": ("mnist_cnn.onnx", "mnist_calib.npz", "mnist_test.npz"),
+        "resnet": ("mnist_resnet.onnx", "mnist_resnet_calib.npz", "mnist_resnet_test.npz")}
+
+
+def bundled(net: str) -> tuple[Path, Path, Path]:
+    """(model, calibration, test) paths of the bundled net ``net``."""
+    return tuple(EXAMPLES / name for name in NETS[net])  # type: ignore[return-value]
+
+
+def bundled_inputs() -> list[Path]:
+    """Every bundled file a benchmark reads: what an output path must never name."""
+    return [path for net in NETS for path in bundled(net)]
 
 
 def session_options(library: bool, threads: int) -> ort.SessionOptions:

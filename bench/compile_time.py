@@ -72,6 +72,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per row; the best is reported")
     ap.add_argument("--json", help="write figures to this file")
     args = ap.parse_args()
+    if args.json:  # refused before the minutes of work, not after
+        sys.path.insert(0, str(ROOT))
+        from snncc.outputs import Output, check_outputs
+        check_outputs([Output(args.json, "file", "--json")], command="bench/compile_time.py")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         plain, qcfs, calib = prepare(tmp)
@@ -99,7 +103,9 @@ def main() -> None:
         if r["passes_ms"]:
             print(f"\n{label}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in r["passes_ms"].items()))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        from snncc.outputs import atomic_file
+        with atomic_file(args.json) as tmp_json:
+            tmp_json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

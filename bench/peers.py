@@ -50,10 +50,7 @@ import onnxruntime as ort  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import interleaved_medians, session  # noqa: E402
-
-NETS = {"cnn": ("mnist_cnn.onnx", "mnist_calib.npz", "mnist_test.npz"),
-        "resnet": ("mnist_resnet.onnx", "mnist_resnet_calib.npz", "mnist_resnet_test.npz")}
+from bench.common import NETS, bundled, bundled_inputs, interleaved_medians, session  # noqa: E402
 
 
 def have(module: str) -> bool:
@@ -156,9 +153,8 @@ def bench_net(net: str, Ts: list[int], samples: int, batch: int, rounds: int, th
               tmp: Path) -> tuple[list[dict], dict]:
     import torch
 
-    model_file, calib_file, test_file = NETS[net]
-    ann_path, calib_path = ROOT / "examples" / model_file, ROOT / "examples" / calib_file
-    data = np.load(ROOT / "examples" / test_file)
+    ann_path, calib_path, test_path = bundled(net)
+    data = np.load(test_path)
     x, y = data["x"][:samples].astype(np.float32), data["y"][:samples]
     calib = np.load(calib_path)["input"].astype(np.float32)
     model = torch_ann(net, ann_path, x)
@@ -229,7 +225,7 @@ def main() -> None:
     args = ap.parse_args()
     from snncc.outputs import Output, atomic_file, check_outputs
 
-    check_outputs([Output(args.out, "file", "-o")], force=True)
+    check_outputs([Output(args.out, "file", "-o")], bundled_inputs(), command="bench")
     import torch
     torch.set_num_threads(args.threads)
     skipped = [m for m in ("spikingjelly", "sinabs") if not have(m)]

@@ -25,9 +25,9 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import session_options  # noqa: E402
+from bench.common import NETS, session_options  # noqa: E402
 
-from bench.window import NETS, compile_variants  # noqa: E402
+from bench.window import _net_files, compile_variants  # noqa: E402
 
 
 def profile(path: Path, library: bool, x: np.ndarray, runs: int, threads: int, tmp: Path
@@ -35,7 +35,6 @@ def profile(path: Path, library: bool, x: np.ndarray, runs: int, threads: int, t
     so = session_options(library, threads)
     so.enable_profiling = True
     so.profile_file_prefix = str(tmp / "prof")
-    so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     for _ in range(3):
@@ -66,15 +65,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     variants = args.variants.split(",")
-    model, _, test = NETS[args.net]
-    x_all = np.load(ROOT / "examples" / test)["x"].astype(np.float32)
     print(f"# bench/profile_ops.py --net {args.net} -T {args.T} --batch {args.batch} --variants "
           f"{args.variants} --runs {args.runs} --threads {args.threads}\n\nus per image of node "
           f"kernel time, per op type (load average {os.getloadavg()[0]:.1f})\n")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        paths = compile_variants(args.net, args.T, [v for v in variants if v != "ann"], tmp)
-        paths["ann"] = ROOT / "examples" / model
+        files = _net_files(args.net, tmp, 0)
+        model, _, x_all, _ = files
+        paths = compile_variants(args.net, args.T, [v for v in variants if v != "ann"], tmp, files)
+        paths["ann"] = model
         for v in variants:
             rows = {}
             for b in (int(b) for b in args.batch.split(",")):

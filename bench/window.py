@@ -36,10 +36,7 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import interleaved, session  # noqa: E402
-
-NETS = {"cnn": ("mnist_cnn.onnx", "mnist_calib.npz", "mnist_test.npz"),
-        "resnet": ("mnist_resnet.onnx", "mnist_resnet_calib.npz", "mnist_resnet_test.npz")}
+from bench.common import bundled, bundled_inputs, interleaved, session  # noqa: E402
 
 
 #: ImageNet-shaped nets with random weights (timing only: no accuracy is read from them), built
@@ -51,9 +48,8 @@ RANDOM_NETS = ("resnet18", "resnet34")
 def _net_files(net: str, tmp: Path, batch: int) -> tuple[Path, Path, np.ndarray, str | None]:
     """(model, calibration file, test inputs, calibration method override) of ``net``."""
     if net not in RANDOM_NETS:
-        model, calib, test = NETS[net]
-        x = np.load(ROOT / "examples" / test)["x"].astype(np.float32)
-        return ROOT / "examples" / model, ROOT / "examples" / calib, x, None
+        model, calib, test = bundled(net)
+        return model, calib, np.load(test)["x"].astype(np.float32), None
     import torch
 
     from examples.export_models import build, export, model_kwargs
@@ -69,11 +65,12 @@ def _net_files(net: str, tmp: Path, batch: int) -> tuple[Path, Path, np.ndarray,
     return path, calib, rng.random((batch, *shape[1:]), dtype=np.float32), "max"
 
 
-def compile_variants(net: str, T: int, variants: list[str], tmp: Path,
-                     files: tuple | None = None) -> dict[str, Path]:
+def compile_variants(net: str, T: int, variants: list[str], tmp: Path, files: tuple
+                     ) -> dict[str, Path]:
+    """Compile each variant of ``net`` (``files`` from :func:`_net_files`) into ``tmp``."""
     from snncc.driver import compile_model, make_options
 
-    model, calib, _, method = files or _net_files(net, tmp, 1)
+    model, calib, _, method = files
     extra = {"calib_method": method} if method else {}
     out = {}
     for v in {v.split("@")[0] for v in variants}:
@@ -110,10 +107,9 @@ def bench(net: str, T: int, batches: list[int], rounds: int, threads: int, varia
         for v in variants:
             base, _, tile = v.partition("@")
             fns[v] = (lambda s=sessions[base], t=int(tile) if tile else None: call(s, t))
-        sessions_timed = fns
-        times = interleaved(sessions_timed, rounds)
+        times = interleaved(fns, rounds)
         t_ann = statistics.median(times["ann"])
-        for k in sessions_timed:
+        for k in fns:
             ratios = [t / a for t, a in zip(times[k], times["ann"])]
             q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
             med = statistics.median(ratios)
@@ -148,7 +144,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.out:
         from snncc.outputs import Output, check_outputs
-        check_outputs([Output(args.out, "file", "-o")], force=True)
+        check_outputs([Output(args.out, "file", "-o")], bundled_inputs(), command="bench")
     variants = [v for v in args.variants.split(",") if v]
     batches = [int(b) for b in args.batch.split(",")]
     load = os.getloadavg()[0]
