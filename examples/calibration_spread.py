@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from data import load_digits_split, load_mnist_subset  # noqa: E402
-from default_table import (ROOT, declare_table_outputs, git_commit, one_cell,  # noqa: E402
-                           select_nets)
+sys.path.insert(0, str(HERE.parent))
+from examples.data import load_digits_split, load_mnist_subset  # noqa: E402
+from examples.default_table import (ROOT, declare_table_outputs, git_commit,  # noqa: E402
+                                    one_cell, select_nets)
 from snncc import __version__  # noqa: E402
 from snncc.outputs import atomic_file  # noqa: E402
 
@@ -82,11 +82,6 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def accuracy(net: dict, neuron: str, t: int, work: Path) -> float | None:
-    cell = one_cell(net, neuron, t, work)
-    return cell.get("accuracy")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -123,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
                 sets.append(path)
             rows = []
             for neuron, t in CONFIGS:
-                row = {"neuron": neuron, "T": t, "bundled": accuracy(net, neuron, t, work),
+                row = {"neuron": neuron, "T": t, "bundled": one_cell(net, neuron, t, work).get("accuracy"),
                        "drawn": []}
                 done += 1
                 for path in sets:
-                    row["drawn"].append(accuracy(dict(net, calib_path=path), neuron, t, work))
+                    row["drawn"].append(one_cell(dict(net, calib_path=path), neuron, t, work).get("accuracy"))
                     done += 1
                 print(f"[{done}/{total}] {name} {neuron} T={t}: bundled {pct(row['bundled'])}, "
                       f"drawn {[pct(a) for a in row['drawn']]}", file=sys.stderr, flush=True)

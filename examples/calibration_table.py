@@ -20,8 +20,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from examples.default_table import MANIFEST, error_of, load_nets, snncc  # noqa: E402
-from snncc.outputs import Output, atomic_file, check_outputs  # noqa: E402
+from examples.default_table import (declare_table_outputs, error_of, select_nets,  # noqa: E402
+                                    snncc)
+from snncc.outputs import atomic_file  # noqa: E402
 
 NEURONS = ("if", "bitserial", "mt", "gn", "srp")
 METHODS = (("max", "layer"), ("max", "channel"), ("mse", "layer"), ("mse", "channel"),
@@ -51,11 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--nets", nargs="+")
     args = parser.parse_args(argv)
-    nets = load_nets(args.nets or list(json.loads(MANIFEST.read_text())))
-    out_json = args.out.with_suffix(".json")
-    check_outputs([Output(args.out, "file", "--out"), Output(out_json, "file", "--out (json)")],
-                  [p for n in nets.values() for p in (n["onnx_path"], n["calib_path"],
-                                                       n["test_path"])])
+    nets = select_nets(parser, args.nets)
+    out_json = declare_table_outputs(args.out, nets)
     data: dict = {}
     lines = ["# Calibration: method x granularity x neuron at T = 4, and sample count", "",
              "Regenerate with `python examples/calibration_table.py`. Test accuracy (%) with "

@@ -46,10 +46,14 @@ SHOWN_OPTIONS = ("calib_method", "calib_per_channel", "calib_max_samples", "cali
                  "fidelity_samples", "schedule")
 
 
-def load_nets(names: list[str]) -> dict[str, dict]:
-    """The named entries of trained_models.json, with absolute ``onnx_path``, ``calib_path`` and
-    ``test_path``."""
+def select_nets(parser: argparse.ArgumentParser, wanted: list[str] | None) -> dict[str, dict]:
+    """The wanted entries of trained_models.json (all when None), with absolute ``onnx_path``,
+    ``calib_path`` and ``test_path``; an argparse error names unknown ones."""
     manifest = json.loads(MANIFEST.read_text())
+    names = wanted or list(manifest)
+    unknown = [n for n in names if n not in manifest]
+    if unknown:
+        parser.error(f"unknown net(s) {', '.join(unknown)}; choose from {', '.join(manifest)}")
     nets = {}
     for name in names:
         entry = dict(manifest[name])
@@ -57,16 +61,6 @@ def load_nets(names: list[str]) -> dict[str, dict]:
             entry[f"{key}_path"] = HERE / entry[key]
         nets[name] = entry
     return nets
-
-
-def select_nets(parser: argparse.ArgumentParser, wanted: list[str] | None) -> dict[str, dict]:
-    """``load_nets`` of the wanted names (all when None); an argparse error names unknown ones."""
-    manifest = json.loads(MANIFEST.read_text())
-    names = wanted or list(manifest)
-    unknown = [n for n in names if n not in manifest]
-    if unknown:
-        parser.error(f"unknown net(s) {', '.join(unknown)}; choose from {', '.join(manifest)}")
-    return load_nets(names)
 
 
 def declare_table_outputs(out_md: Path, nets: dict[str, dict]) -> Path:
