@@ -11,7 +11,6 @@ outputs count several unit events), summed over all slices (a SRP pre-run includ
 """
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -21,11 +20,12 @@ import onnx
 import onnxruntime as ort
 
 from snncc.errors import ModelInputError, OptionError, RuntimeLibraryError, SnnccError
+from snncc import ir
 from snncc.ir import SNN_DOMAIN, node_attrs
 from snncc.passes.insert_neurons import spec_for_op
 
-__all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "node_attrs",
-           "data_inputs"]
+__all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "summed_events",
+           "node_attrs", "data_inputs"]
 
 
 @dataclass
@@ -59,16 +59,16 @@ def neuron_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def with_neuron_outputs(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
     """A copy whose graph also outputs every neuron's first output; node name -> tensor name."""
-    out = copy.deepcopy(proto)
-    present = {o.name for o in out.graph.output}
-    names = {}
-    for node in neuron_nodes(out):
-        names[node.name] = node.output[0]
-        if node.output[0] not in present:
-            out.graph.output.append(onnx.helper.make_tensor_value_info(
-                node.output[0], onnx.TensorProto.FLOAT, None))
-            present.add(node.output[0])
-    return out, names
+    names = {node.name: node.output[0] for node in neuron_nodes(proto)}
+    return ir.with_outputs(proto, list(names.values())), names
+
+
+def summed_events(node: onnx.NodeProto, y: np.ndarray, attrs: Mapping[str, Any],
+                  rows: int) -> np.ndarray:
+    """Unit events of neuron ``node`` per sample and position, summed over the slices of its
+    output ``y`` (``[S*rows, ...]``, or ``[rows, ...]`` decoded): int64 ``[rows, ...]``."""
+    ev = spec_for_op(node.op_type).events(y, attrs)
+    return ev.reshape((-1, rows) + y.shape[1:]).sum(axis=0)
 
 
 def _session(proto: onnx.ModelProto, use_library: bool, optimize: bool) -> ort.InferenceSession:
@@ -136,7 +136,11 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     if spike_counts:
         proto, names = with_neuron_outputs(proto)
     attrs = {n.name: node_attrs(n) for n in neuron_nodes(proto)}
-    ops = {n.name: n.op_type for n in neuron_nodes(proto)}
+    specs = {n.name: spec_for_op(n.op_type) for n in neuron_nodes(proto)}
+    # a decoded output (window mean) holds no spike elements: its events are binary spikes of
+    # the train it stands for (bit-serial: popcount of q)
+    decoded = {k: bool(spec.decoded_attr and attrs[k].get(spec.decoded_attr))
+               for k, spec in specs.items()}
     try:
         sess = _session(proto, use_library, optimize)
     except SnnccError:
@@ -157,13 +161,10 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     def count(values: dict[str, np.ndarray]) -> None:
         for node, tensor in names.items():
             y = values[tensor]
-            spec = spec_for_op(ops[node])
-            ev = spec.events(y, attrs[node])
+            ev = specs[node].events(y, attrs[node])
             result.units_per_layer[node] = y.size // max(y.shape[0], 1) if y.ndim else 1
-            # a decoded output (window mean) holds no spike elements: its events are binary
-            # spikes of the train it stands for (bit-serial: popcount of q)
-            decoded = spec.decoded_attr and attrs[node].get(spec.decoded_attr)
-            result.spikes_per_layer[node] += int(np.sum(ev) if decoded else np.count_nonzero(y))
+            result.spikes_per_layer[node] += int(np.sum(ev) if decoded[node]
+                                                 else np.count_nonzero(y))
             result.events_per_layer[node] += int(np.sum(ev))
 
     size = batch_size or result.samples or 1

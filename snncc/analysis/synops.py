@@ -152,8 +152,7 @@ def ort_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> d
     node name -> int64 [N, *shape] summed over slices (``spec.events`` per slice)."""
     import onnxruntime as ort
 
-    from snncc.passes.insert_neurons import spec_for_op
-    from snncc.simulate import neuron_nodes, node_attrs, with_neuron_outputs
+    from snncc.simulate import neuron_nodes, node_attrs, summed_events, with_neuron_outputs
 
     proto, names = with_neuron_outputs(compiled)
     so = ort.SessionOptions()
@@ -164,9 +163,7 @@ def ort_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> d
     batch = next(iter(inputs.values())).shape[0]
     out = {}
     for node in neuron_nodes(proto):
-        y = values[names[node.name]]
-        ev = spec_for_op(node.op_type).events(y, node_attrs(node))
-        out[node.name] = ev.reshape((-1, batch) + y.shape[1:]).sum(axis=0)
+        out[node.name] = summed_events(node, values[names[node.name]], node_attrs(node), batch)
     return out
 
 

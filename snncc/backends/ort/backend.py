@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnx
 
 import snncc
 from snncc import ir
@@ -32,6 +31,7 @@ from snncc.passes.base import Pass
 from snncc.passes.insert_neurons import spec_for_op
 from snncc.passes.quant_clip import activation_sites
 from snncc.passes.schedule_timesteps import ScheduleTimestepsPass
+from snncc.simulate import neuron_nodes, summed_events
 
 __all__ = ["OrtBackend", "ORT_DOMAINS"]
 
@@ -104,14 +104,11 @@ class OrtBackend(Backend):
         # and every neuron's own output, whose events the SynOp section counts
         produced = {o for node in proto.graph.node for o in node.output}
         layers = [name for name in ctx.quant if name in produced]
-        neurons = [n for n in proto.graph.node if n.domain == ir.SNN_DOMAIN]
+        neurons = neuron_nodes(proto)
         first = proto.graph.output[0].name
         fetch = list(dict.fromkeys([first, *layers, *(n.output[0] for n in neurons)]))
-        present = {o.name for o in proto.graph.output}
-        for name in fetch:
-            if name not in present:
-                proto.graph.output.append(onnx.helper.make_tensor_value_info(
-                    name, onnx.TensorProto.FLOAT, None))
+        proto = ir.with_outputs(proto, fetch)
+        attrs = {node.name: ir.node_attrs(node) for node in neurons}
         so = runtime.session_options() if runtime.is_built() else ort.SessionOptions()
         so.log_severity_level = 3
         sess = ort.InferenceSession(proto.SerializeToString(), so,
@@ -132,9 +129,8 @@ class OrtBackend(Backend):
                     y = y.reshape((steps, -1) + y.shape[1:])[start:].mean(axis=0)
                 means[name].append(y)
             for node in neurons:  # unit events summed over all slices, as synops.ort_events
-                y = values[node.output[0]]
-                ev = spec_for_op(node.op_type).events(y, ir.node_attrs(node))
-                events[node.name].append(ev.reshape((-1, rows) + y.shape[1:]).sum(axis=0))
+                events[node.name].append(
+                    summed_events(node, values[node.output[0]], attrs[node.name], rows))
         ctx.measured_events = {k: np.concatenate(v) for k, v in events.items()}
         return np.concatenate(outs), {k: np.concatenate(v) for k, v in means.items()}
 
