@@ -79,7 +79,7 @@ class CalibratePass(Pass):
         records = ctx.calibration if isinstance(ctx.calibration, dict) else {}
         sites = activation_sites(model.graph, model.provenance)
         need = [s for s in sites if s.kind != "pattern"]
-        if not need and options.calib_path and options.wants_fidelity:
+        if not need and options.wants_fidelity:
             proto = ir.to_proto(model)  # no calibration needed: all samples may measure fidelity
             ctx.holdout = calibration.load_samples(
                 options.calib_path, calibration.model_inputs(proto),

@@ -75,7 +75,9 @@ class CompileOptions:
 
     @property
     def wants_fidelity(self) -> bool:
-        return self.fidelity_samples is None or self.fidelity_samples > 0
+        """A fidelity estimate is due: calibration data is given and not all of it calibrates."""
+        return bool(self.calib_path) and (self.fidelity_samples is None
+                                          or self.fidelity_samples > 0)
 
     @property
     def fidelity_max(self) -> int:

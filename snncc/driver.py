@@ -142,7 +142,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
         if not 0.0 <= min_agreement <= 1.0:
             raise OptionError(f"--min-agreement must be a fraction in [0, 1], got {min_agreement}",
                               code="SNN-E367", hint="e.g. --min-agreement 0.97")
-        if not (options.calib_path and options.wants_fidelity):
+        if not options.wants_fidelity:
             raise OptionError("--min-agreement needs the fidelity estimate: calibration samples "
                               "(--calib) and --fidelity-samples above 0", code="SNN-E368",
                               hint="drop --no-fidelity / pass --calib, or drop --min-agreement")
@@ -160,7 +160,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     model = ir.load(model_path)
     ctx = CompileContext(options)
     dump = DumpAfter(dump_after, dump_dir or out.parent / f"{out.name}.dump") if dump_after else None
-    fidelity_wanted = bool(options.calib_path and options.wants_fidelity)
+    fidelity_wanted = options.wants_fidelity
     snap = Snapshot((["canonicalize", "relu-to-quant-clip"] if fidelity_wanted else [])
                     + (["insert-neurons"] if options.target == "ort" else []))
     pipeline = default_pipeline(options, verify=verify,

@@ -29,8 +29,9 @@ import onnx
 import onnxruntime as ort
 
 from snncc import ir
+from snncc.errors import FidelityError
 
-__all__ = ["WARN_BELOW", "run_reference", "pair", "measure", "summary",
+__all__ = ["WARN_BELOW", "run_reference", "pair", "wilson_interval", "measure", "summary",
            "hints", "estimate", "check"]
 
 #: below this top-1 agreement of the SNN with the ANN, compile warns
@@ -199,8 +200,6 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
 def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None) -> list[str]:
     """Warnings (for stderr) when the agreement is below :data:`WARN_BELOW`;
     :class:`~snncc.errors.FidelityError` (SNN-E370) below ``min_agreement``."""
-    from snncc.errors import FidelityError
-
     key = "snn_vs_ann" if "snn_vs_ann" in fid else "qann_vs_ann"
     agree = fid[key]["top1_agreement"]
     if agree is None:  # one output per sample: nothing to gate on

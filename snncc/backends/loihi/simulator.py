@@ -68,7 +68,6 @@ class _Sim:
         self.lo, self.hi = -(1 << (fp.state_bits - 1)), (1 << (fp.state_bits - 1)) - 1
         self.fp = fp
         self.saturations = 0
-        self.sessions: dict = {}
         self.peaks: dict[str, int] = {}
         self.f32: tuple[str | None, np.ndarray | None] = (None, None)
 
@@ -101,8 +100,8 @@ class _Sim:
                 # (MLAS) gives exact integers in any summation order; the shift goes into the
                 # weights when the sums stay below 2**24 with it
                 fold = bound << shift < 2 ** 24
-                out = self.ort_conv(b, self.as_float32(b.src, x), w << shift if fold else w,
-                                    (weights is not None, fold)).astype(np.int64)
+                out = self.ort_conv(b, self.as_float32(b.src, x),
+                                    w << shift if fold else w).astype(np.int64)
                 shift = 0 if fold else shift
             elif bound < 2 ** 53:
                 # below 2**24 (2**53): float32 (float64) BLAS sums are exact in any order
@@ -138,9 +137,13 @@ class _Sim:
             self.f32 = (name, x.astype(np.float32))
         return self.f32[1]
 
-    def ort_conv(self, b, x: np.ndarray, w: np.ndarray, hw: object) -> np.ndarray:
+    def ort_conv(self, b, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         """A large float32 conv block through ONNX Runtime's Conv (MLAS): exact like the NumPy
-        path, because every partial sum is an integer below 2**24 (checked by the caller)."""
+        path, because every partial sum is an integer below 2**24 (checked by the caller).
+        Each block runs once per simulation, so the one-node session is not kept."""
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
         (sh, sw), (ho, wo) = b.stride, b.out_hw
         kh, kw = w.shape[2:]
         need = ((ho - 1) * sh + kh, (wo - 1) * sw + kw)
@@ -148,24 +151,17 @@ class _Sim:
         # the conv pads itself where the padded input covers x (no copy); else pad/crop here
         ends = (need[0] - b.pads[0] - h, need[1] - b.pads[1] - wd)
         own = min(ends) >= 0
-        key = (b.name, hw, own)
-        sess = self.sessions.get(key)
-        if sess is None:
-            import onnxruntime as ort
-            from onnx import TensorProto, helper, numpy_helper
-
-            pads = [b.pads[0], b.pads[1], ends[0], ends[1]] if own else [0, 0, 0, 0]
-            node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(b.stride),
-                                    group=b.groups, pads=pads)
-            graph = helper.make_graph(
-                [node], "block", [helper.make_tensor_value_info(
-                    "x", TensorProto.FLOAT, ["N", b.src_view[0], None, None])],
-                [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                [numpy_helper.from_array(w.astype(np.float32), "w")])
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-            sess = ort.InferenceSession(model.SerializeToString(),
-                                        providers=["CPUExecutionProvider"])
-            self.sessions[key] = sess
+        pads = [b.pads[0], b.pads[1], ends[0], ends[1]] if own else [0, 0, 0, 0]
+        node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(b.stride),
+                                group=b.groups, pads=pads)
+        graph = helper.make_graph(
+            [node], "block", [helper.make_tensor_value_info(
+                "x", TensorProto.FLOAT, ["N", b.src_view[0], None, None])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(w.astype(np.float32), "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        sess = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
         xp = x if own else _pad_begin(x, b.pads, need)
         return sess.run(None, {"x": xp})[0][:, :, :ho, :wo]
 
@@ -306,7 +302,7 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
         if g.kind == "relay":  # sends its current (F = 0: state integers = payload units)
             pay = np.clip(cur, -top, top)
             sim.saturations += int(np.count_nonzero(pay != cur))
-            ev = np.broadcast_to(pay != 0, (steps,) + pay.shape[1:]).astype(np.int64)
+            ev = np.broadcast_to((pay != 0).astype(np.int64), (steps,) + pay.shape[1:])
             pay = np.broadcast_to(pay, (steps,) + pay.shape[1:])
         else:
             pay, ev = sim.run_neuron(g, cur, steps)
