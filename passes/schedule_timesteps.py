@@ -642,36 +642,36 @@ class ScheduleTimestepsPass(Pass):
         y = node.outputs[0]
         hint = _hint(node)
         spec = spec_for_op(node.op)
+        temporal.discard(y.name)
+        batched.add(y.name)
+        self.window_static.add(y.name)
+        self._count("collapsed")
         if spec.decoded_attr and len(node.inputs) == 1:  # the kernel writes the mean itself
             node.attrs[spec.decoded_attr] = 1
-            temporal.discard(y.name)
-            batched.add(y.name)
-            self.window_static.add(y.name)
-            self._count("collapsed")
             self._count("decoded_by_neuron")
             return
         train = self.emit.var(f"{y.name}/train")
         node.outputs[0] = train
-        temporal.discard(y.name)
         temporal.add(train.name)
-        batched.add(y.name)
-        self.window_static.add(y.name)
         shape = self.shapes.get(y.name)
         S = self.emit.S
         if shape is not None and len(shape) >= 2 and all(isinstance(d, int) and d > 0
                                                          for d in shape[1:]):
             # the mean over the window as a [1, S] x [S, rest] product: MLAS runs it about 3x
             # faster than ReduceMean over axis 0 (a float summation order, as any decode)
-            view = self.emit.op("Reshape", [train, self.emit.const(f"{hint}/window", [S, -1])],
-                                hint)[0]
-            mean = self.emit.op("MatMul", [self.emit.const(f"{hint}/mean_weights",
-                                                           np.full((1, S), 1.0 / S),
-                                                           dtype=np.float32), view], hint)[0]
+            mean = self._slice_matmul(train, np.full((1, S), 1.0 / S), "mean_weights", hint)
             self.emit.op("Reshape", [mean, self.emit.const(f"{hint}/rest", [-1] +
                                                            list(shape[1:]))], hint, outputs=[y])
         else:
             self.emit.decode(train, 0, hint, out=y)
-        self._count("collapsed")
+
+    def _slice_matmul(self, x: ir.Tensor, weights: np.ndarray, name: str, hint: str
+                      ) -> ir.Tensor:
+        """``weights`` [R, S] times ``x`` viewed as [S, rest] (its slices as rows): [R, rest]."""
+        view = self.emit.op("Reshape", [x, self.emit.const(f"{hint}/window", [self.emit.S, -1])],
+                            hint)[0]
+        return self.emit.op("MatMul", [self.emit.const(f"{hint}/{name}", weights,
+                                                       dtype=np.float32), view], hint)[0]
 
     def _count(self, key: str, when: bool = True) -> None:
         if when:
@@ -714,9 +714,7 @@ class ScheduleTimestepsPass(Pass):
             summed = emit.op("CumSum", [emit.time_view(x, hint),
                                         emit.const(f"{hint}/axis", 0)], hint)[0]
             return emit.op("Reshape", [summed, shape], hint)[0]
-        view = emit.op("Reshape", [x, emit.const(f"{hint}/window", [S, -1])], hint)[0]
-        lower = emit.const(f"{hint}/cumulative", np.tril(np.ones((S, S))), dtype=np.float32)
-        summed = emit.op("MatMul", [lower, view], hint)[0]
+        summed = self._slice_matmul(x, np.tril(np.ones((S, S))), "cumulative", hint)
         return emit.op("Reshape", [summed, shape], hint)[0]
 
     def _unsupported(self, node: ir.Node) -> None:
