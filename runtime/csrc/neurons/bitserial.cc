@@ -45,11 +45,7 @@ struct BitSerialNeuron {
     auto chunk = [&](int64_t begin, int64_t len) {
       float unit[kChunk], inv_unit[kChunk], shift[kChunk], acc[kChunk], q[kChunk];
       call.FillTheta(begin, len, unit);
-      for (int64_t j = 0; j < len; ++j) {
-        inv_unit[j] = L / unit[j];
-        unit[j] = unit[j] / L;
-        shift[j] = v_init * unit[j];
-      }
+      for (int64_t j = 0; j < len; ++j) Constants(unit[j], L, v_init, unit[j], inv_unit[j], shift[j]);
       if (streaming) {
         Stream(call, begin, len, B, L, inv_B, unit, inv_unit, shift, acc, q);
       } else {
@@ -64,16 +60,20 @@ struct BitSerialNeuron {
     return status;
   }
 
+  // unit = theta / L, inv_unit = L / theta, shift = v_init * unit: the op doc's float32
+  // expressions, shared by the chunked path and the decoded one (bit-exact with each other).
+  static void Constants(float theta, float L, float v_init, float& unit, float& inv_unit, float& shift) {
+    inv_unit = L / theta;
+    unit = theta / L;
+    shift = v_init * unit;
+  }
+
   // decoded=1: y = q * unit per element, with the per-channel constants computed once per call
-  // (the same float32 expressions as the chunked path) and applied per run of one channel.
+  // and applied per run of one channel.
   Ort::Status Decoded(OrtKernelContext* context, const Call& call, float L, float inv_B) const {
     const size_t n_theta = attrs_.theta.size();
     std::vector<float> unit(n_theta), inv_unit(n_theta), shift(n_theta);
-    for (size_t i = 0; i < n_theta; ++i) {
-      inv_unit[i] = L / attrs_.theta[i];
-      unit[i] = attrs_.theta[i] / L;
-      shift[i] = attrs_.v_init * unit[i];
-    }
+    for (size_t i = 0; i < n_theta; ++i) Constants(attrs_.theta[i], L, attrs_.v_init, unit[i], inv_unit[i], shift[i]);
     auto chunk = [&](int64_t begin, int64_t len) {
       float acc[kChunk];
       if (call.state_out) std::fill_n(call.StateOut(0) + begin, len, 0.0f);
