@@ -82,7 +82,7 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
     """
     net = _netlist(source, timesteps)
     kinds = {g.name: g for g in net.groups}
-    spiking = [g for g in net.groups if g.kind in ("neuron", "relay")]
+    spiking = [g for g in net.groups if g.sends_events]
     missing = [g.name for g in spiking if g.name not in events_per_layer]
     if missing:
         raise BackendCapabilityError("events are missing for: " + ", ".join(missing),
@@ -122,7 +122,7 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
             continue
         row = layers.setdefault(g.name, {"synops": 0.0, "macs": 0.0})
         row["neurons"] = g.size
-        if g.kind in ("neuron", "relay"):
+        if g.sends_events:
             events = float(np.asarray(events_per_layer[g.name]).sum()) / batch
             row["events"] = events
             row["spike_rate"] = events / (g.size * steps)

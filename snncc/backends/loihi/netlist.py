@@ -77,6 +77,11 @@ class Group:
     def size(self) -> int:
         return int(np.prod(self.view))
 
+    @property
+    def sends_events(self) -> bool:
+        """A neuron or a relay: its payloads are events whose count the SynOp figures need."""
+        return self.kind in ("neuron", "relay")
+
 
 @dataclass
 class Block:

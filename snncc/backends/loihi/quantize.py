@@ -178,13 +178,12 @@ def _fit_frac_bits(net: Netlist, g: Group, fp: FixedPoint) -> None:
     for b in net.blocks_into(g.name):
         peak = float(np.abs(folded_weight(b, net.group(b.src), g)).max(initial=0.0))
         if peak > 0:
-            over = max(over, math.ceil(math.log2(peak / top_w)) - fp.weight_exp_max)
+            over = max(over, _exponent(peak, top_w) - fp.weight_exp_max)
     if g.bias is not None:
-        top_b = (1 << (fp.bias_mant_bits - 1)) - 1
-        peak = float((np.abs(g.bias) / g.state_unit.reshape(-1, 1, 1)).max(initial=0.0))
-        peak *= 2.0 ** g.frac_bits
+        peak = float(np.abs(_folded_bias(g)).max(initial=0.0))
         if peak > 0:
-            over = max(over, math.ceil(math.log2(peak / top_b)) - fp.bias_exp_max)
+            over = max(over, _exponent(peak, (1 << (fp.bias_mant_bits - 1)) - 1)
+                       - fp.bias_exp_max)
     if over > 0:
         g.frac_bits = max(fp.vth_exp, g.frac_bits - over)
 
@@ -218,6 +217,17 @@ def folded_weight(block: Block, src: Group, dst: Group) -> np.ndarray:
     return w * in_scale[None, :] * out_scale[:, None]
 
 
+def _exponent(peak: float, top: int) -> int:
+    """The smallest exponent e with peak / 2**e <= top (peak > 0)."""
+    return math.ceil(math.log2(peak / top))
+
+
+def _folded_bias(g: Group) -> np.ndarray:
+    """The group's bias in state integers at its F: ``bias / state_unit * 2**F`` (float64)."""
+    bias = g.bias if g.bias is not None else np.zeros(g.view)
+    return bias / g.state_unit.reshape(-1, 1, 1) * 2.0 ** g.frac_bits
+
+
 def weight_int(block: Block) -> np.ndarray:
     """The integer weights the simulator uses: ``mant * 2**exp`` as int64."""
     return block.mant.astype(np.int64) << block.exp
@@ -226,7 +236,7 @@ def weight_int(block: Block) -> np.ndarray:
 def _quantize_block(b: Block, wf: np.ndarray, fp: FixedPoint) -> dict[str, Any]:
     top = (1 << (fp.weight_bits - 1)) - 1
     peak = float(np.abs(wf).max()) if wf.size else 0.0
-    exp = max(0, math.ceil(math.log2(peak / top))) if peak > 0 else 0
+    exp = max(0, _exponent(peak, top)) if peak > 0 else 0
     saturated = exp > fp.weight_exp_max
     exp = min(exp, fp.weight_exp_max)
     mant = np.clip(np.round(wf / 2.0 ** exp), -top - 1, top)
@@ -242,8 +252,7 @@ def _quantize_block(b: Block, wf: np.ndarray, fp: FixedPoint) -> dict[str, Any]:
 
 def _quantize_bias(g: Group, fp: FixedPoint) -> dict[str, Any]:
     one = 2.0 ** g.frac_bits
-    bf = (g.bias if g.bias is not None else np.zeros(g.view)) / \
-        g.state_unit.reshape(-1, 1, 1) * one
+    bf = _folded_bias(g)
     top = (1 << (fp.bias_mant_bits - 1)) - 1
     mag = np.abs(bf)
     exp = np.where(mag > top, np.ceil(np.log2(np.maximum(mag, 1.0) / top)), 0).astype(np.int64)
