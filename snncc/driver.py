@@ -183,9 +183,10 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     fid = fidelity.estimate(snap.proto("canonicalize"), snap.proto("relu-to-quant-clip"),
                             backend, model, ctx) if fidelity_wanted and ctx.holdout else None
     if min_agreement is not None and fid is None:
+        kept = min(MIN_CALIB_SAMPLES, options.calib_max_samples or MIN_CALIB_SAMPLES)
         raise OptionError("--min-agreement: no samples could be held out for the fidelity "
-                          f"estimate (the calibration file needs more than "
-                          f"{MIN_CALIB_SAMPLES} samples)", code="SNN-E368",
+                          f"estimate (the calibration file needs more than {kept} samples)",
+                          code="SNN-E368",
                           hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
         warnings += fidelity.check(fid, options, min_agreement)

@@ -129,13 +129,15 @@ def neuron_param_int(options: CompileOptions, name: str, default: int | None, lo
     return value
 
 
-def check_slice_levels(what: str, per_slice: int, levels: int, T: int, given: str) -> None:
-    """SNN-E314 when a neuron parameter fixes ``per_slice`` levels per slice but the clip (e.g. a
-    QCFS-trained graph's own L) has ``levels != per_slice * T``: the SNN would not reproduce it."""
+def check_slice_levels(what: str, per_slice: int, levels: int, T: int, param: str,
+                       value: int) -> None:
+    """SNN-E314 when the neuron parameter ``param=value`` fixes ``per_slice`` levels per slice but
+    the clip (e.g. a QCFS-trained graph's own L) has ``levels != per_slice * T``: the SNN would not
+    reproduce it."""
     if per_slice * T != levels:
-        raise OptionError(f"{what}: {given} at T={T} gives L' = {per_slice * T} levels, but the "
-                          f"clip has L={levels}", code="SNN-E314",
-                          hint=f"drop {given.split('=')[0]} to derive it from L / T, or use "
+        raise OptionError(f"{what}: {param}={value} at T={T} gives L' = {per_slice * T} levels, "
+                          f"but the clip has L={levels}", code="SNN-E314",
+                          hint=f"drop {param} to derive it from L / T, or use "
                           f"-T {levels // per_slice if levels % per_slice == 0 else T}")
 
 

@@ -84,7 +84,7 @@ def _tau(options: CompileOptions) -> int | None:
 def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str, Any]:
     tau = _tau(options)
     if tau:
-        c.check_slice_levels("gn", tau, clip.levels, options.timesteps, f"tau={tau}")
+        c.check_slice_levels("gn", tau, clip.levels, options.timesteps, "tau", tau)
     else:
         tau = c.members_per_slice(clip.levels, options.timesteps, "gn")
     return {"theta": c.float32_list(clip.lam), "tau": tau, "v_init": float(clip.phi)}

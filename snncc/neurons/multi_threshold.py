@@ -194,14 +194,14 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
     n = _n(options)
     if _preset(options) == "equidistant":
         if n:
-            c.check_slice_levels("mt", n, clip.levels, options.timesteps, f"n={n}")
+            c.check_slice_levels("mt", n, clip.levels, options.timesteps, "n", n)
         n = n or c.members_per_slice(clip.levels, options.timesteps, "mt")
         return {"theta": c.float32_list(lam),
                 "fractions": c.float32_list([(n - k) / n for k in range(n)]),
                 "mode": "parallel", "reset": "soft", "v_init": float(c.F32(clip.phi / n))}
     if n:
         per_slice = 2 ** n - 1
-        c.check_slice_levels("mt pow2", per_slice, clip.levels, options.timesteps, f"n={n}")
+        c.check_slice_levels("mt pow2", per_slice, clip.levels, options.timesteps, "n", n)
     else:
         per_slice = c.members_per_slice(clip.levels, options.timesteps, "mt")
         if per_slice & (per_slice + 1):
