@@ -106,8 +106,9 @@ def _readout_frac_bits(net: Netlist, g: Group, fp: FixedPoint) -> int:
 RELAY_WEIGHT = 64
 
 
-def _relay_units(net: Netlist, g: Group, fp: FixedPoint) -> None:
-    """State / payload unit per channel of a relay (F = 0) and its peak payload."""
+def _relay_units(net: Netlist, g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> None:
+    """State / payload unit per channel of a relay (F = 0) and its peak payload (SNN-E634 when
+    that exceeds the payload width); its sources must have their units already."""
     g.frac_bits, g.state_unit = 0, np.ones(g.view[0])
     # |W| * unit_src per block (su = 1, F = 0), computed once: the unit choice and the bound
     blocks = [(b, net.group(b.src), np.abs(folded_weight(b, net.group(b.src), g))
@@ -132,6 +133,11 @@ def _relay_units(net: Netlist, g: Group, fp: FixedPoint) -> None:
         rows_su = su[b.offset:b.offset + b.rows]
         bound[b.offset:b.offset + b.rows] += w.sum(axis=1) / rows_su * _peak_payload(src, fp)
     g.fixed = {"peak_payload": float(bound.max(initial=0.0))}
+    if g.fixed["peak_payload"] > (1 << (fp.payload_bits - 1)) - 1:
+        diags.append(Diagnostic(
+            "SNN-E634", f"relay {g.name}: its current can reach {g.fixed['peak_payload']:.3g} "
+            f"units, beyond the {fp.payload_bits}-bit payload", pass_name=PASS, node=g.source,
+            hint="put a neuron between the linear layers"))
 
 
 def _peak_payload(g: Group, fp: FixedPoint) -> float:
@@ -143,7 +149,9 @@ def _peak_payload(g: Group, fp: FixedPoint) -> float:
     return 1.0 if peak is None else peak(g.fixed)
 
 
-def _units(g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> None:
+def _units(net: Netlist, g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> None:
+    """Units, F and fixed fields of ``g``; called in topological order (a relay's units follow
+    from its sources')."""
     if g.kind == "input":
         g.unit = np.full(g.view[0], 2.0 ** -fp.input_frac_bits)
         g.fixed = {"input_frac_bits": fp.input_frac_bits}
@@ -152,7 +160,8 @@ def _units(g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> None:
         g.unit = g.state_unit = np.ones(g.view[0])
         return
     if g.kind == "relay":
-        return  # after its sources: quantize() calls _relay_units in topological order
+        _relay_units(net, g, fp, diags)
+        return
     try:
         unit, su, top, fixed = _neuron_units(g, fp)
     except ValueError as exc:
@@ -271,15 +280,7 @@ def quantize(net: Netlist, fp: FixedPoint = FixedPoint()) -> tuple[dict[str, Any
     """Fill the integer fields of ``net`` in place; returns (error report, diagnostics)."""
     diags: list[Diagnostic] = []
     for g in net.groups:
-        _units(g, fp, diags)
-        if g.kind == "relay":
-            _relay_units(net, g, fp)
-            if g.fixed["peak_payload"] > (1 << (fp.payload_bits - 1)) - 1:
-                diags.append(Diagnostic(
-                    "SNN-E634", f"relay {g.name}: its current can reach "
-                    f"{g.fixed['peak_payload']:.3g} units, beyond the {fp.payload_bits}-bit "
-                    "payload", pass_name=PASS, node=g.source,
-                    hint="put a neuron between the linear layers"))
+        _units(net, g, fp, diags)
     for g in net.groups:
         if g.kind == "neuron":
             _fit_frac_bits(net, g, fp)
