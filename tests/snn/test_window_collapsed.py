@@ -22,7 +22,7 @@ import pytest
 from helpers import op_types
 from snn import compile_snn, deep_net, feeds, maxpool_net, options, residual_net
 
-from snncc.ir import SNN_DOMAIN
+from snncc.ir import SNN_DOMAIN, node_attrs
 from snncc.neurons import get_neuron
 from snncc.simulate import run_compiled
 
@@ -67,7 +67,7 @@ def test_bitserial_window_equals_folded_exactly(net, T, phi):
     # q * unit, one row per sample) instead of its T bit slices
     for n in window.graph.node:
         if n.domain == SNN_DOMAIN:
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            attrs = node_attrs(n)
             assert (attrs["T"], attrs["const_input"], attrs["decoded"]) == (T, 1, 1)
     assert report.rows[-1].counts["decoded_by_neuron"] == 3
     x = feeds(model, batch=5, scale=2.0)
