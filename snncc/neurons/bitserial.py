@@ -148,7 +148,8 @@ def function_proto(opset: int = c.FUNCTION_OPSET):
     *_, y_tm = b.scan([(q, c.PLANE), (bits, c.SCALAR)], [(slots, c.SCALAR)], emit_bit,
                       scan_outputs=[c.PLANE])
     # decoded = 1 picks q * unit instead of the slices, branch-free: both flattened end to end,
-    # then the slice [decoded * |y|, decoded ? |y| + |d| : |y|) of that vector
+    # then the slice [decoded * |y|, decoded ? |y| + |d| : |y|) of that vector. This portable
+    # body (used only without the kernel library) computes both forms; the kernel computes one.
     flat = b.const([-1], np.int64)
     y_flat = b.op("Reshape", y_tm, flat)
     d_flat = b.op("Reshape", b.op("Mul", q, unit), flat)
