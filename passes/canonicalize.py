@@ -527,12 +527,16 @@ def _fold_constants(graph: gs.Graph, *, fold_shapes: bool) -> int:
 
 
 def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Decline]) -> None:
-    """Remove Dropout/Identity, expand Sum, make Reshape/Flatten batch-agnostic; keeps order."""
+    """Remove Dropout/Identity and redundant ReLUs, expand Sum, make
+    Reshape/Flatten batch-agnostic; keeps order."""
     nodes: list[gs.Node] = []
     for node in graph.nodes:
         if node.op == "Identity":
             ir.bypass_node(graph, node)
             counts["identity_removed"] += not node.outputs
+        elif _redundant_relu(graph, node):
+            ir.bypass_node(graph, node)  # Relu(Relu(x)) is Relu(x): one neuron layer, not two
+            counts["redundant_relu_removed"] += not node.outputs
         elif node.op == "Dropout":
             reason = _dropout_blocker(graph, node)
             if reason:
@@ -550,6 +554,32 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         if node.outputs:
             nodes.append(node)
     graph.nodes = nodes
+
+
+def _non_negative(tensor: gs.Tensor) -> bool:
+    """Produced by a Relu, or by a Clip whose constant lower bound is >= 0."""
+    prod = ir.producer(tensor)
+    return prod is not None and (prod.op == "Relu" or _clips_at_zero(prod))
+
+
+def _clips_at_zero(node: gs.Node) -> bool:
+    """A Clip whose constant lower bound is >= 0 (so a Relu before it changes nothing)."""
+    if node.op != "Clip":
+        return False
+    if len(node.inputs) > 1 and node.inputs[1].name:  # opset >= 11: min is an input
+        low = ir.const_value(node.inputs[1])
+        return low is not None and low.size == 1 and float(low.reshape(())) >= 0
+    return float(node.attrs.get("min", -np.inf)) >= 0
+
+
+def _redundant_relu(graph: gs.Graph, node: gs.Node) -> bool:
+    """Relu(Relu(x)), Relu(Clip(x, 0, b)), or a Relu read only by a Clip(·, 0, b)."""
+    if node.op != "Relu":
+        return False
+    out = node.outputs[0]
+    return _non_negative(node.inputs[0]) or (
+        out not in graph.outputs and len(out.outputs) == 1 and _clips_at_zero(out.outputs[0])
+        and out.outputs[0].inputs[0] is out)
 
 
 def _dropout_blocker(graph: gs.Graph, node: gs.Node) -> tuple[str, str] | None:
@@ -623,22 +653,85 @@ def _fix_reshape(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter,
                             f"batch (input {_fmt(data)})"))
 
 
+_BATCH = "batch"  # the batch dimension in a shape computed by _shape_value
+
+
 def _fix_reshape_to_shape(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter) -> None:
-    """Reshape(x, Shape(y)) -> Reshape(x, [0, *y.shape[1:]]) for batch-major x and y with static
-    other dims and equal sample sizes (the same result for every batch size, and no Shape of a
-    spike train that would carry the folded T*N rows)."""
-    prod = ir.producer(node.inputs[1])
-    if prod is None or prod.op != "Shape" or prod.attrs.get("start", 0) != 0 or \
-            prod.attrs.get("end") is not None or node.attrs.get("allowzero", 0):
+    """A target computed from shapes -> a constant one, when it keeps every sample apart.
+
+    Reshape(x, Shape(y)) (the opset-9 Softmax conversion) and PyTorch's
+    ``x.view(x.size(0), -1)`` (Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])) become
+    Reshape(x, [0, ...]): the same result for every batch size, and no Shape of a spike train
+    that would carry the folded T*N rows (backends without Shape ops can then lower it).
+    """
+    if node.attrs.get("allowzero", 0):
         return
-    data, ref = node.inputs[0].shape, prod.inputs[0].shape
-    if not data or not ref or not _is_batch_dim(data[0], batch) or \
-            not _is_batch_dim(ref[0], batch) or _per_sample(data) is None or \
-            _per_sample(data) != _per_sample(ref):
+    dims = _shape_value(node.inputs[1], batch)
+    data = node.inputs[0].shape
+    if not dims or not data or not _is_batch_dim(data[0], batch) or dims[0] != _BATCH or \
+            _BATCH in dims[1:]:
         return
-    target = np.array([0, *(int(d) for d in ref[1:])], dtype=np.int64)
+    rest = [int(d) for d in dims[1:]]
+    per_sample = _per_sample(data)
+    if any(d < -1 for d in rest) or rest.count(-1) > 1 or per_sample is None or (
+            -1 not in rest and math.prod(rest) != per_sample):
+        return
+    target = np.array([0, *rest], dtype=np.int64)
     node.inputs[1] = ir.new_const(graph, f"{NAME}/reshape_shape", target, dtype=np.int64)
     counts["reshape_shape_fixed"] += 1
+
+
+def _shape_value(tensor: gs.Tensor, batch: int, depth: int = 0) -> list | None:
+    """The value of a 1-D int shape tensor built from constants and Shape ops, with
+    :data:`_BATCH` for the batch dimension of a batch-major tensor; None when it depends on
+    anything else (Shape/Gather/Unsqueeze/Concat/Slice/Squeeze/Cast/Mul only)."""
+    const = ir.const_value(tensor)
+    if const is not None:
+        return [int(v) for v in np.asarray(const).reshape(-1)] \
+            if np.asarray(const).dtype.kind in "iu" else None
+    prod = ir.producer(tensor)
+    if prod is None or depth > 16:
+        return None
+    op, ins = prod.op, prod.inputs
+
+    def arg(i: int) -> list | None:
+        return _shape_value(ins[i], batch, depth + 1) if len(ins) > i and ins[i].name else None
+
+    if op == "Shape":
+        shape = ins[0].shape
+        if not shape:
+            return None
+        dims = [_BATCH if i == 0 and _is_batch_dim(d, batch) else d for i, d in enumerate(shape)]
+        dims = dims[prod.attrs.get("start", 0):prod.attrs.get("end", len(dims))]
+        return dims if all(d == _BATCH or _is_static(d) for d in dims) else None
+    if op == "Cast":
+        return arg(0)
+    if op == "Concat" and prod.attrs.get("axis") in (0, -1):
+        parts = [_shape_value(t, batch, depth + 1) for t in ins]
+        return None if any(p is None for p in parts) else [d for p in parts for d in p]
+    if op == "Gather" and prod.attrs.get("axis", 0) == 0:
+        data, index = arg(0), ir.const_value(ins[1])
+        if data is None or index is None or index.dtype.kind not in "iu":
+            return None
+        try:
+            return [data[int(i)] for i in np.asarray(index).reshape(-1)]
+        except IndexError:
+            return None
+    if op in ("Unsqueeze", "Squeeze"):  # on a scalar or 1-element value: the same list
+        return arg(0)
+    if op == "Slice":
+        data, starts, ends = arg(0), arg(1), arg(2)
+        axes, steps = (arg(3) if len(ins) > 3 else None), (arg(4) if len(ins) > 4 else None)
+        if data is None or starts is None or ends is None or axes not in (None, [0]) or \
+                steps not in (None, [1]) or _BATCH in starts + ends:
+            return None
+        return data[starts[0]:ends[0]]
+    if op == "Mul":
+        a, b = arg(0), arg(1)
+        if a is None or b is None or _BATCH in a + b or len(a) != len(b):
+            return None
+        return [int(x) * int(y) for x, y in zip(a, b)]
+    return None
 
 
 def _check_layers(graph: gs.Graph) -> None:

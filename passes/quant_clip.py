@@ -389,6 +389,7 @@ def find_quant_clips(graph: gs.Graph) -> list[QuantClipSite]:
     """Every quantized-clip chain in ``graph`` (emitted or QCFS-exported), in graph order."""
     outputs = {t.name for t in graph.outputs}
     sites = []
+    claimed: set[int] = set()  # nodes of sites found so far: a chain never reaches into another
     for u, f, floor_nodes in _floor_units(graph):
         if u.name in outputs or (len(floor_nodes) == 1 and len(u.outputs) != 1):
             continue
@@ -396,8 +397,8 @@ def find_quant_clips(graph: gs.Graph) -> list[QuantClipSite]:
         cur = u
         while len(head) < _MAX_CHAIN:
             prod = ir.producer(cur)
-            if prod is None or not _is_chain_op(prod) or (head and _sole_consumer(outputs, cur)
-                                                           is None):
+            if prod is None or not _is_chain_op(prod) or id(prod) in claimed or \
+                    (head and _sole_consumer(outputs, cur) is None):
                 break
             head.insert(0, prod)
             cur = prod.inputs[_single_variable(prod)[0]]
@@ -413,22 +414,26 @@ def find_quant_clips(graph: gs.Graph) -> list[QuantClipSite]:
         site = _best_site(head, floor_nodes, tail, u)
         if site is not None:
             sites.append(site)
+            claimed.update(id(n) for n in site.nodes)
     return sites
 
 
 def _best_site(head, floor_nodes, tail, u) -> QuantClipSite | None:
-    for n_tail in range(len(tail), 0, -1):
-        for n_head in range(len(head), -1, -1):
-            used_head = head[len(head) - n_head:]
-            if used_head and used_head[0].op in ("Add", "Sub"):
-                continue
-            z = used_head[0].inputs[_single_variable(used_head[0])[0]] if used_head else u
-            params = _solve(used_head, floor_nodes, tail[:n_tail], z)
-            if params is not None:
-                y = tail[n_tail - 1].outputs[0]
-                return QuantClipSite(z=z, y=y, params=params,
-                                     nodes=list(used_head) + list(floor_nodes)
-                                     + list(tail[:n_tail]))
+    """The split that covers the most nodes (ties: the longer head). Counting both sides keeps a
+    chain whole rather than letting its tail run into the head of a chain right after it, which
+    a shorter head would also solve (Mul(lam)·Div(lam) cancel)."""
+    splits = sorted(((n_head + n_tail, n_head, n_tail) for n_tail in range(len(tail), 0, -1)
+                     for n_head in range(len(head), -1, -1)), reverse=True)
+    for _, n_head, n_tail in splits:
+        used_head = head[len(head) - n_head:]
+        if used_head and used_head[0].op in ("Add", "Sub"):
+            continue
+        z = used_head[0].inputs[_single_variable(used_head[0])[0]] if used_head else u
+        params = _solve(used_head, floor_nodes, tail[:n_tail], z)
+        if params is not None:
+            y = tail[n_tail - 1].outputs[0]
+            return QuantClipSite(z=z, y=y, params=params,
+                                 nodes=list(used_head) + list(floor_nodes) + list(tail[:n_tail]))
     return None
 
 

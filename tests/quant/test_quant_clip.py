@@ -132,6 +132,22 @@ def test_site_boundaries(lead, lam, z):
     assert site.z.name == z and len(site.nodes) == 7 and site.params.phi == 0.5
 
 
+def test_back_to_back_sites_stay_apart():
+    """Two chains in a row (e.g. Relu then Relu6): the second chain's head stops at the first
+    chain's output scale instead of taking it, so the sites share no node."""
+    body, levels = VARIANTS["old_repo"]
+    second = body.replace("Div(x, lam)", "Div(y1, lam)")
+    for name in "abcdef":
+        second = second.replace(f"{name} = ", f"{name}2 = ").replace(f"({name},", f"({name}2,") \
+            .replace(f"({name})", f"({name}2)")
+    model = _model(second, levels, np.array(2.0, np.float32),
+                   lead=body.replace("y = Mul(f, lam)", "y1 = Mul(f, lam)"))
+    first, last = find_quant_clips(ir.load(model).graph)
+    assert (first.z.name, first.y.name, last.z.name, last.y.name) == ("x", "y1", "y1", "y")
+    assert not {id(n) for n in first.nodes} & {id(n) for n in last.nodes}
+    assert len(first.nodes) == len(last.nodes) == 7
+
+
 @pytest.mark.parametrize("body, levels", [
     ("a = Div(x, lam) \n b = Mul(a, L) \n c = Add(b, half) \n d = Floor(c) \n y = Div(d, L)", 8),
     ("b = Floor(x) \n c = Mul(b, half) \n y = Clip(c, zero, L)", 8),
