@@ -67,6 +67,16 @@ class _Value:
     scale: np.ndarray | None        # pending factor per channel (3-D) or per feature (1-D)
 
 
+def _ungrouped(w: np.ndarray, groups: int) -> np.ndarray:
+    """The dense [O, C, kh, kw] weight of a grouped conv weight [O, C/groups, kh, kw]."""
+    o, cg = w.shape[:2]
+    og = o // groups
+    dense = np.zeros((o, cg * groups) + w.shape[2:], dtype=w.dtype)
+    for g in range(groups):
+        dense[g * og:(g + 1) * og, g * cg:(g + 1) * cg] = w[g * og:(g + 1) * og]
+    return dense
+
+
 class _Refuse(Exception):
     def __init__(self, code: str, message: str, hint: str):
         super().__init__(message)
@@ -304,16 +314,20 @@ class _Builder:
         if len(x.shape) != 3 or w.ndim != 4:
             raise _Refuse("SNN-E693", "only 2-D convolutions are supported", "use Conv2d")
         groups = int(a.get("group", 1))
+        if groups > 1:
+            # nir's Conv2d types its input as weight.shape[1] channels, so a grouped weight
+            # fails NIR's own type check: export the same conv with block-diagonal weights
+            w = _ungrouped(w, groups)
+            self.notes.append(f"{node.name}: the conv with groups={groups} is exported as a "
+                              "dense Conv2d with block-diagonal (zero-padded) weights")
         if x.scale is not None:
-            cg, og = w.shape[1], w.shape[0] // groups
-            idx = (np.arange(w.shape[0])[:, None] // og) * cg + np.arange(cg)[None, :]
-            w = w * x.scale[idx][:, :, None, None]
+            w = w * x.scale.reshape(1, -1, 1, 1)
         stride = tuple(int(s) for s in a.get("strides", [1, 1]))
         dil = tuple(int(d) for d in a.get("dilations", [1, 1]))
         pad = self._pads(a, w.shape[2:])
         bias = np.zeros(w.shape[0]) if b is None else b.reshape(-1)
         conv = self.nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=w.astype(np.float32),
-                               stride=stride, padding=pad, dilation=dil, groups=groups,
+                               stride=stride, padding=pad, dilation=dil, groups=1,
                                bias=bias.astype(np.float32))
         out = conv.output_type["output"]
         name = self._add(self._name(node.name, "conv"), conv, x)

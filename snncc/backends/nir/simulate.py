@@ -21,7 +21,14 @@ from snncc.backends.loihi.netlist import conv2d
 __all__ = ["run_graph"]
 
 
-def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride, pad, groups: int) -> np.ndarray:
+def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride, pad, groups: int,
+          dilation=(1, 1)) -> np.ndarray:
+    dh, dw = (int(d) for d in dilation)
+    if (dh, dw) != (1, 1):  # the dilated kernel, zeros between the taps
+        k = w.shape[2:]
+        wide = np.zeros(w.shape[:2] + ((k[0] - 1) * dh + 1, (k[1] - 1) * dw + 1), w.dtype)
+        wide[:, :, ::dh, ::dw] = w
+        w = wide
     kh, kw = w.shape[2:]
     out_hw = ((x.shape[2] + 2 * int(pad[0]) - kh) // int(stride[0]) + 1,
               (x.shape[3] + 2 * int(pad[1]) - kw) // int(stride[1]) + 1)
@@ -67,7 +74,8 @@ def run_graph(graph: Any, x: np.ndarray, steps: int) -> dict[str, np.ndarray]:
                 continue
             h = sum(vals[p] for p in preds[name])
             if isinstance(n, nir.Conv2d):
-                h = _conv(h, f64(n.weight), f64(n.bias), n.stride, n.padding, n.groups)
+                h = _conv(h, f64(n.weight), f64(n.bias), n.stride, n.padding, n.groups,
+                          n.dilation)
             elif isinstance(n, (nir.SumPool2d, nir.AvgPool2d)):
                 k = tuple(int(v) for v in n.kernel_size)
                 c = h.shape[1]
