@@ -278,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="compiled .onnx file or Loihi output directory")
     p.add_argument("--input", required=True, metavar="X.npy|X.npz",
                    help="inputs (.npy, or .npz with the input name or 'x'; labels 'y' optional)")
-    p.add_argument("-o", "--output", metavar="OUT.npz", help="save outputs and spike counts")
+    p.add_argument("-o", "--output", metavar="OUT.npz",
+                   help="save the outputs ('outputs': the first; 'output/NAME': each by name) "
+                        "and the spike events per layer ('events/LAYER')")
     p.add_argument("--no-library", action="store_true",
                    help="use the portable ONNX function bodies instead of the C++ kernels")
     p.add_argument("--batch-size", type=int, default=16,

@@ -156,9 +156,13 @@ def _check_shape(proto, name: str, x: np.ndarray) -> None:
                               hint="pass samples shaped like the model input (N first)")
 
 
-def _summary(outputs: np.ndarray, labels: np.ndarray | None, activity: dict[str, Any]) -> dict:
+def _summary(all_outputs: dict[str, np.ndarray], labels: np.ndarray | None,
+             activity: dict[str, Any]) -> dict:
+    """Predictions and accuracy from the first output; every output's shape by name."""
+    outputs = next(iter(all_outputs.values()))
     summary: dict[str, Any] = {"samples": int(outputs.shape[0]),
-                               "output_shape": list(outputs.shape)}
+                               "output_shape": list(outputs.shape),
+                               "outputs": {k: list(v.shape) for k, v in all_outputs.items()}}
     if outputs.ndim == 2:
         pred = outputs.argmax(axis=1)
         summary["predictions_head"] = pred[:10].tolist()
@@ -187,14 +191,18 @@ def _check_run_output(args: argparse.Namespace) -> Path | None:
     return out
 
 
-def _write_outputs(out: Path, outputs: np.ndarray, summary: dict[str, Any]) -> None:
+def _write_outputs(out: Path, all_outputs: dict[str, np.ndarray], summary: dict[str, Any]
+                   ) -> None:
+    """``outputs``: the first model output; ``output/<name>``: every output by name;
+    ``events/<layer>``: spike events per layer."""
     from snncc.outputs import atomic_file
 
     events = {f"events/{k}": np.asarray(v)
               for k, v in summary["activity"].get("events_per_layer", {}).items()}
+    named = {f"output/{k}": np.asarray(v) for k, v in all_outputs.items()}
     with atomic_file(out) as tmp:
         with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a path
-            np.savez_compressed(f, outputs=outputs, **events)
+            np.savez_compressed(f, outputs=next(iter(all_outputs.values())), **named, **events)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -207,8 +215,8 @@ def run_command(args: argparse.Namespace) -> int:
         from snncc.backends.loihi.simulator import run_netlist
 
         x, labels = load_inputs(args.input)
-        outs, events = run_netlist(target, x, semantics=getattr(args, "semantics", "emulated"))
-        outputs = next(iter(outs.values()))
+        all_outputs, events = run_netlist(target, x,
+                                          semantics=getattr(args, "semantics", "emulated"))
         n = max(len(x), 1)
         activity = {"events_per_layer": {k: float(v.sum()) for k, v in events.items()},
                     "layers": [{"name": k, "events_per_sample": float(v.sum()) / n,
@@ -227,15 +235,18 @@ def run_command(args: argparse.Namespace) -> int:
                 _check_shape(proto, name, x)
         result = run_compiled(proto, feeds if names else next(iter(feeds.values())),
                               use_library=not args.no_library, batch_size=args.batch_size)
-        outputs = next(iter(result.outputs.values()))
+        all_outputs = dict(result.outputs)
         activity = result.activity()
-    summary = _summary(outputs, labels, activity)
+    summary = _summary(all_outputs, labels, activity)
     if out is not None:
-        _write_outputs(out, outputs, summary)
+        _write_outputs(out, all_outputs, summary)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"samples: {summary['samples']}  output shape: {summary['output_shape']}")
+        if len(summary["outputs"]) > 1:
+            print("outputs: " + ", ".join(f"{k} {v}" for k, v in summary["outputs"].items())
+                  + f" (predictions and accuracy from {next(iter(summary['outputs']))})")
         if "accuracy" in summary:
             print(f"accuracy: {summary['accuracy']:.4f}")
         if "predictions_head" in summary:

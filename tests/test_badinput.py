@@ -352,6 +352,24 @@ def test_run_writes_exactly_the_given_output(corpus, tmp_path, capsys):
     assert snapshot(corpus.root) == before
 
 
+def test_run_saves_every_output(corpus, tmp_path, capsys):
+    """A two-head model: both heads are saved by name; predictions come from the first."""
+    import onnx
+
+    model = onnx.load(corpus.snn)
+    first = model.graph.output[0]
+    model.graph.node.append(onnx.helper.make_node("Neg", [first.name], ["negated"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("negated", first.type.tensor_type
+                                                                 .elem_type, None))
+    onnx.save(model, tmp_path / "two_heads.onnx")
+    out = expect_ok(capsys, ["run", tmp_path / "two_heads.onnx", "--input", corpus.data, "-o",
+                             tmp_path / "res.npz", "--no-library"])
+    assert f"outputs: {first.name} [6, 5], negated [6, 5]" in out
+    saved = np.load(tmp_path / "res.npz")
+    np.testing.assert_array_equal(saved[f"output/{first.name}"], saved["outputs"])
+    np.testing.assert_array_equal(saved["output/negated"], -saved["outputs"])
+
+
 # ------------------------------------------------------------------------------ report
 
 REPORT_CASES = {
