@@ -68,6 +68,16 @@ def dilated_conv_and_reshape():
     return g.model(g.neuron(g.op("Add", [d, back])))
 
 
+def chained_pool_problems():
+    """Two ceil_mode pools in a chain: the second is downstream of the first's error and is
+    still reported (its attribute is wrong whatever its input)."""
+    g = Graph((2, 8, 8))
+    s = g.neuron(g.conv("x", 2, 4))
+    p = g.op("AveragePool", [s], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
+    s2 = g.neuron(g.conv(p, 4, 4))
+    return g.model(g.op("AveragePool", [s2], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1))
+
+
 def non_constant_weight():
     g = Graph((2, 8, 8))
     w = g.op("Identity", [g.const(g.dyadic((4, 2, 3, 3)))])
@@ -82,6 +92,7 @@ CASES = {  # builder, backend, expected codes (all collected)
                             {"SNN-E640"}, 1),
     "dilation_and_reshape": (dilated_conv_and_reshape, LoihiBackend(), {"SNN-E271"}, 2),
     "non_constant_weight": (non_constant_weight, LoihiBackend(), {"SNN-E272"}, 1),
+    "chained_pool_problems": (chained_pool_problems, LoihiBackend(), {"SNN-E271"}, 2),
 }
 
 

@@ -468,7 +468,12 @@ class _Lowering:
         failed: set[str] = set()
         for node in graph.node:
             if failed.intersection(node.input):
-                failed.update(node.output)      # downstream of a reported node: no new noise
+                # downstream of a reported node: only what the node gets wrong on its own
+                failed.update(node.output)
+                try:
+                    self._own_check(node)
+                except _LowerError as err:
+                    self._diag(node, err)
                 continue
             try:
                 self._node(node)
@@ -504,6 +509,18 @@ class _Lowering:
     def _node(self, node: onnx.NodeProto) -> None:
         if node.domain == SNN_DOMAIN:
             return self._neuron(node)
+        self._handler(node)(node)
+
+    def _own_check(self, node: onnx.NodeProto) -> None:
+        """The errors a node has whatever its inputs: no Loihi form for the op, or pooling /
+        conv attributes (auto_pad, dilations, ceil_mode) that the lowering refuses."""
+        if node.domain == SNN_DOMAIN:
+            return
+        self._handler(node)
+        if node.op_type in ("Conv", "AveragePool", "MaxPool"):
+            _spatial(_attrs(node), (0, 0))
+
+    def _handler(self, node: onnx.NodeProto):
         handler = getattr(self, f"_op_{node.op_type}", None)
         if node.op_type == "MaxPool" and self.maxpool == "avg":
             handler = self._maxpool_as_avg
@@ -512,7 +529,7 @@ class _Lowering:
                     else "the Loihi backend maps Conv, Gemm, MatMul, Add, Mul, Concat, "
                          "AveragePool, GlobalAveragePool, Flatten, Reshape and neuron ops")
             raise _LowerError("SNN-E270", f"op {node.op_type} has no Loihi form", hint)
-        handler(node)
+        return handler
 
     # -- neurons
     def _neuron(self, node: onnx.NodeProto) -> None:
