@@ -251,11 +251,13 @@ def _rehearse(model_path, options: CompileOptions, backend) -> None:
 
 
 def _emit_atomically(backend, model: ir.Model, ctx: CompileContext, out: Path):
-    """Emit into a temporary sibling and move it into place only on success."""
+    """Emit into a temporary sibling and move it into place only on success; paths in the
+    artifact's report then name the final files, not the temporary ones."""
     if backend.output_kind == "dir":
         with atomic_dir(out) as tmp:
             artifact = backend.emit(model, ctx, tmp)
             artifact.files = [out / Path(f).relative_to(tmp) for f in artifact.files]
+            artifact.report = _relocated(artifact.report, tmp, out)
         artifact.path = out
         return artifact
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -270,6 +272,19 @@ def _emit_atomically(backend, model: ir.Model, ctx: CompileContext, out: Path):
             moved.append(dest)
         artifact.path = out
         artifact.files = moved
+        artifact.report = _relocated(artifact.report, tmpdir, out.parent)
         return artifact
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _relocated(value: Any, staging: Path, final: Path) -> Any:
+    """``value`` (a report: dicts, lists, strings) with paths under ``staging`` moved to
+    ``final``."""
+    if isinstance(value, dict):
+        return {k: _relocated(v, staging, final) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocated(v, staging, final) for v in value]
+    if isinstance(value, str) and value.startswith(str(staging)):
+        return str(final) + value[len(str(staging)):]
+    return value

@@ -46,9 +46,11 @@ def test_compile_qann_writes_model_and_report(tmp_path):
 
 
 def test_compile_ort_then_run_reports_accuracy_and_spikes(tmp_path, capsys):
-    out = tmp_path / "snn.onnx"
+    out, report = tmp_path / "snn.onnx", tmp_path / "r.json"
     assert main(["compile", MNIST, "-T", "4", "--neuron", "bitserial", "--calib", CALIB,
-                 "-o", str(out), "-q"]) == 0
+                 "-o", str(out), "--report", str(report), "-q"]) == 0
+    # the report names the manifest where it ended up, not the temporary staging copy
+    assert json.loads(report.read_text())["backend"]["manifest"] == f"{out}.json"
     data = np.load(EXAMPLES / "mnist_test.npz")
     x = tmp_path / "x.npz"
     np.savez(x, x=data["x"][:50], y=data["y"][:50])

@@ -336,8 +336,11 @@ def format_synops_line(section: Mapping[str, Any] | None) -> str:
     """One line of totals for ``compile``: measured SynOps and the 45 nm energies when samples
     were run, else the static synapse count."""
     if not section or not section.get("available", True):
-        reason = (section or {}).get("reason", "no section")
-        return f"SynOps: not available ({reason.splitlines()[0]})"
+        lines = (section or {}).get("reason", "no section").splitlines()
+        items = [line.strip()[2:] for line in lines[1:] if line.strip().startswith("- ")]
+        reason = (items[0] if items else lines[0]).split(". Hint: ")[0]  # the first diagnostic
+        more = f"; {len(items) - 1} more in the report" if len(items) > 1 else ""
+        return f"SynOps: not available ({reason}{more})"
     ann = section["ann"]
     m = section.get("measured")
     if not m:
