@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the graph after PASS (or 'all') next to the output")
     g.add_argument("--verify", default="ends", choices=("off", "ends", "each"),
                    help="structural verification after each pass or only at the ends")
-    g.add_argument("-q", "--quiet", action="store_true", help="print nothing on success but warnings (stderr), e.g. low fidelity")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing on success but warnings (stderr), e.g. low fidelity")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run a compiled model on inputs; print outputs and spikes",
