@@ -104,7 +104,9 @@ call feed ``state_out/*`` back as ``state_in/*`` and increase ``step`` by one; r
 ``metadata["snncc.decode_from"]`` on (SRP decodes the steps ``>= tau``). A bit-serial layer fires
 the bits of epoch e during epoch e+1 (docs/neuron-ops.md), so a network whose longest chain has D
 neurons is exact from epoch D on: run ``(D+1)*S`` steps and decode the last S. A head
-Softmax/LogSoftmax with only reshapes after it is dropped (apply it to the averaged output); other
+Softmax/LogSoftmax with only reshapes after it is dropped: apply it to the averaged output (when
+it is itself the graph output, metadata ``snncc.output_head`` records it, JSON
+``{output: {"op": "LogSoftmax", "axis": 1}}``, and :mod:`snncc.simulate` applies it); other
 head ops and analog islands need the folded schedule (SNN-E322). Streaming needs the kernel
 library: the model-local functions implement the folded form only.
 
@@ -113,6 +115,7 @@ Notes: ``ctx.notes["latency_steps"]`` (S, or ``(D+1)*S`` for bit-serial neurons,
 """
 from __future__ import annotations
 
+import json
 import logging
 
 import networkx as nx
@@ -748,6 +751,7 @@ class ScheduleTimestepsPass(Pass):
         temporal: set[str] = set()
         depth: dict[str, int] = {}
         dropped: list[str] = []
+        heads: dict[str, dict[str, object]] = {}  # output -> the dropped Softmax/LogSoftmax
         roles = conversion_roles(graph)
         outputs_ids = {id(t) for t in graph.outputs}
         for node in _topological(graph):
@@ -775,6 +779,9 @@ class ScheduleTimestepsPass(Pass):
             elif (node.op in TRAILING and roles.get(id(node)) == HEAD
                   and feeds_only_outputs(node.outputs[0], outputs_ids)):
                 dropped.append(node.outputs[0].name)
+                if id(node.outputs[0]) in outputs_ids:  # no reshape after: the axis still holds
+                    heads[node.outputs[0].name] = {"op": node.op,
+                                                   "axis": int(node.attrs.get("axis", -1))}
                 ir.bypass_node(graph, node)
                 temporal.add(dropped[-1])
             elif roles.get(id(node)) == HEAD:
@@ -790,6 +797,8 @@ class ScheduleTimestepsPass(Pass):
             for t in outputs:
                 depth[t.name] = d
         self.ctx.notes["streaming_dropped_softmax"] = dropped
+        if heads:  # for the step loop's user: apply it to the averaged output
+            self.model.metadata["snncc.output_head"] = json.dumps(heads, sort_keys=True)
         self.ctx.notes["analog_islands"] = []
         return max(depth.values(), default=0)
 

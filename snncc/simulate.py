@@ -11,6 +11,7 @@ outputs count several unit events), summed over all slices (a SRP pre-run includ
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -232,4 +233,14 @@ def _run_streaming(sess: ort.InferenceSession, proto: onnx.ModelProto, meta: dic
             for k in wanted:
                 sums[k] = values[k] if k not in sums else sums[k] + values[k]
     n = np.float32(steps - decode_from)
-    return {k: (v / n).astype(np.float32) for k, v in sums.items()}
+    means = {k: (v / n).astype(np.float32) for k, v in sums.items()}
+    for name, head in json.loads(meta.get("snncc.output_head", "{}")).items():
+        if name in means:  # the Softmax/LogSoftmax that streaming leaves to the step loop
+            means[name] = _apply_head(means[name], head["op"], int(head["axis"]))
+    return means
+
+
+def _apply_head(x: np.ndarray, op: str, axis: int) -> np.ndarray:
+    shifted = x - x.max(axis=axis, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    return (log_p if op == "LogSoftmax" else np.exp(log_p)).astype(np.float32)

@@ -118,6 +118,25 @@ def test_head_streaming_drops_softmax_before_reshape(calib):
     assert ctx.notes["streaming_dropped_softmax"]
 
 
+@pytest.mark.requires_runtime
+@pytest.mark.parametrize("head", ["softmax", "logsoftmax"])
+def test_streaming_run_applies_the_dropped_head(calib, head):
+    """The metadata names the dropped head; run_compiled (snncc run) applies it to the averaged
+    streaming output, which then equals the folded model's head output."""
+    import json
+
+    from snncc.simulate import run_compiled
+
+    x = np.random.default_rng(5).normal(0, 1, (7, 3, 6, 6)).astype(np.float32)
+    folded, _ = _compile(_net(head), calib)
+    streamed, _ = _compile(_net(head), calib, schedule="streaming")
+    meta = {p.key: p.value for p in streamed.metadata_props}
+    op = "LogSoftmax" if head == "logsoftmax" else "Softmax"
+    assert json.loads(meta["snncc.output_head"]) == {"probs": {"op": op, "axis": 1}}
+    got = run_compiled(streamed, x).outputs["probs"]
+    np.testing.assert_allclose(got, run_compiled(folded, x).outputs["probs"], atol=1e-5)
+
+
 def test_streaming_refuses_a_head_it_cannot_drop(calib):
     """Softmax then a scale: the scale would run on a per-step Softmax, which is not the head."""
     model = _net("softmax")
