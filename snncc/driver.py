@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 from snncc import __version__, fidelity, ir
 from snncc.context import TARGETS, CompileContext, CompileOptions
 from snncc.errors import BackendCapabilityError, OptionError
-from snncc.outputs import Output, atomic_dir, atomic_file, check_outputs, default_output
+from snncc.outputs import (Output, atomic_dir, atomic_file, check_outputs, default_output,
+                           write_errors)
 from snncc.passes.calibrate import MIN_CALIB_SAMPLES
 from snncc.pipeline import DumpAfter, PipelineReport, Snapshot, default_pipeline
 
@@ -112,10 +113,11 @@ def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
     """Every path a compile writes: the output, the ORT manifest, the report, the dump folder."""
     kind = "dir" if options.target == "loihi" else "file"
     outs = [Output(out, kind, "-o")]
-    if options.target == "ort":
-        outs.append(Output(out.with_name(out.name + ".json"), "file", "-o (manifest)"))
+    if options.target == "ort" and out.name:  # no name: the -o check reports it
+        outs.append(Output(out.with_name(out.name + ".json"), "file", "-o (manifest)",
+                           implied=True))
     if report_path:
-        outs.append(Output(Path(report_path), "file", "--report"))
+        outs.append(Output(Path(report_path), "file", "--report", "report.json"))
     if dump_after:
         outs.append(Output(Path(dump_dir or out.parent / f"{out.name}.dump"), "dir",
                            "--dump-after"))
@@ -260,10 +262,12 @@ def _emit_atomically(backend, model: ir.Model, ctx: CompileContext, out: Path):
             artifact.report = _relocated(artifact.report, tmp, out)
         artifact.path = out
         return artifact
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.snncc-", dir=out.parent))
+    with write_errors(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.snncc-", dir=out.parent))
     try:
-        artifact = backend.emit(model, ctx, tmpdir / out.name)
+        with write_errors(out):
+            artifact = backend.emit(model, ctx, tmpdir / out.name)
         moved = []
         for f in artifact.files or [tmpdir / out.name]:
             dest = out.parent / Path(f).name

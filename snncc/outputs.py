@@ -13,6 +13,12 @@ all reported at once:
   anything that is not a regular file) in its place is refused (SNN-E363). A directory output
   replaces a directory snncc itself wrote (it holds :data:`MARKER`, listing the files snncc put
   there) or an empty directory; an existing file in its place is refused (SNN-E363).
+* **A place that can hold it.** An output whose parent is a file, or whose nearest existing
+  parent directory is not writable (or a file output with no name, like ``.``), is refused
+  (SNN-E369); a write that still fails (a full disk, ``/proc``) is reported with that code too.
+* **Implied files are snncc's.** A file snncc names after ``-o`` (the ORT manifest
+  ``MODEL.onnx.json``) replaces an existing file only when snncc wrote it (JSON with
+  ``snncc_version``); another file there is refused unless ``force`` (SNN-E364).
 * **Foreign directories need --force.** A non-empty directory that snncc did not write, or one
   that holds files beyond what its marker lists, is refused unless ``force`` (SNN-E364). With
   ``--force`` snncc writes its files into it and deletes nothing it did not write; a foreign file
@@ -40,7 +46,7 @@ from snncc import __version__
 from snncc.errors import Diagnostic, OutputPathError
 
 __all__ = ["MARKER", "Output", "check_outputs", "atomic_file", "atomic_dir", "default_output",
-           "same_path"]
+           "same_path", "write_errors"]
 
 #: File that marks a directory as written by snncc; lists the files snncc put there.
 MARKER = ".snncc-output.json"
@@ -56,6 +62,7 @@ class Output:
     kind: str = "file"
     option: str = "-o"
     example: str = "model.onnx"   # a file name to suggest when the path is a directory
+    implied: bool = False         # named by snncc after another output (the ORT manifest)
 
 
 def default_output(model: str | os.PathLike, target: str) -> Path:
@@ -99,16 +106,38 @@ def _dir_contents(directory: Path) -> set[str]:
     return {str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()}
 
 
+def _written_by_snncc(path: Path) -> bool:
+    try:
+        return "snncc_version" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError, UnicodeDecodeError):
+        return False
+
+
+def _place_problem(path: Path) -> str | None:
+    """Why no file or directory can be created at ``path`` (None when one can, as far as the
+    file system says before trying)."""
+    parent = path.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"'{parent}' is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"the directory '{parent}' is not writable"
+    return None
+
+
 def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike | None] = (), *,
-                  force: bool = False, command: str = "compile") -> None:
+                  force: bool = False, command: str = "compile", has_force: bool = True) -> None:
     """Refuse outputs that would touch anything but the declared output (rules in the module doc).
 
     Raises one :class:`OutputPathError` listing every problem; returns None when all is well.
+    ``has_force``: the command has a ``--force`` option to suggest.
     """
     diags: list[Diagnostic] = []
     ins = [Path(p) for p in inputs if p is not None]
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
     seen: list[Output] = []
+    places: set[str] = set()
     for out in outputs:
         path = _resolve(out.path)
         where = f"{out.option} '{out.path}'"
@@ -125,6 +154,19 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 "holds the current directory)", command,
                 hint="name a new directory, e.g. -o out/model.loihi"))
             continue
+        if out.kind == "file" and (not str(out.path).strip() or Path(out.path).name in ("", ".", "..")):
+            diags.append(Diagnostic("SNN-E369", f"{where} names no file", command,
+                                    hint=f"name a file, e.g. {out.option.split()[0]} "
+                                    f"{out.example}"))
+            continue
+        problem = _place_problem(path)
+        if problem in places:  # the manifest beside -o: said once
+            continue
+        if problem:
+            places.add(problem)
+            diags.append(Diagnostic("SNN-E369", f"{where} cannot be created: {problem}", command,
+                                    hint="choose a path in a writable directory"))
+            continue
         for inp in ins:
             clash = same_path(inp, path) or (out.kind == "dir" and _is_within(_resolve(inp), path))
             if clash:
@@ -135,11 +177,18 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
             continue
         if out.kind == "file":
             if not path.is_file():
+                hint = ("choose another -o" if out.implied else
+                        f"name a file inside it, e.g. {out.option.split()[0]} "
+                        f"{Path(out.path) / out.example}" if path.is_dir() else
+                        "name a regular file")
                 diags.append(Diagnostic(
-                    "SNN-E363", f"{where} exists and is not a regular file (it is a "
-                    f"{'directory' if path.is_dir() else 'special file'})", command,
-                    hint=f"name a file inside it, e.g. {out.option.split()[0]} "
-                    f"{Path(out.path) / out.example}" if path.is_dir() else "name a regular file"))
+                    "SNN-E363", f"{where} exists and is not a regular file (it is "
+                    f"a {'directory' if path.is_dir() else 'special file'})", command, hint=hint))
+            elif out.implied and not force and not _written_by_snncc(path):
+                diags.append(Diagnostic(
+                    "SNN-E364", f"{where} exists and was not written by snncc",
+                    command, hint="choose another -o" + (", or pass --force to replace it"
+                                                          if has_force else "")))
             continue
         if not path.is_dir():
             diags.append(Diagnostic("SNN-E363", f"{where} exists and is a file, not a directory",
@@ -155,8 +204,9 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 "SNN-E364", f"{where} is a non-empty directory that holds {what} "
                 f"({len(foreign)}: {', '.join(sorted(foreign)[:3])}"
                 f"{' ...' if len(foreign) > 3 else ''})", command,
-                hint="name a new directory, or pass --force to write snncc's files into it "
-                "(nothing else there is deleted)"))
+                hint="name a new directory" + (", or pass --force to write snncc's files into "
+                                               "it (nothing else there is deleted)"
+                                               if has_force else "")))
     if diags:
         raise OutputPathError(f"{command}: refusing to write the output", diagnostics=diags,
                               code=diags[0].code)
@@ -179,17 +229,32 @@ def _chmod_tree(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OS error while writing ``path`` (a full disk, a read-only or special file system
+    that the up-front check could not see) into SNN-E369 instead of an internal error."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputPathError(f"writing '{path}' failed: {exc.strerror or exc}",
+                              code="SNN-E369",
+                              hint="choose a path in a writable directory with free space"
+                              ) from exc
+
+
+@contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write; rename it onto ``path`` only on success."""
     path = _resolve(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.snncc-", dir=path.parent)
-    os.close(fd)
+    with write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.snncc-", dir=path.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        _chmod_tree(tmp_path)
-        os.replace(tmp_path, path)
+        with write_errors(path):
+            yield tmp_path
+            _chmod_tree(tmp_path)
+            os.replace(tmp_path, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -204,10 +269,12 @@ def atomic_dir(path: str | os.PathLike, *, adopt: Sequence[str] = ()) -> Iterato
     snncc's own although no marker lists them (outputs of versions that wrote no marker).
     """
     path = _resolve(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.snncc-", dir=path.parent))
+    with write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.snncc-", dir=path.parent))
     try:
-        yield tmp
+        with write_errors(path):
+            yield tmp
         files = sorted(_dir_contents(tmp) - {MARKER})
         (tmp / MARKER).write_text(json.dumps({"snncc_version": __version__, "files": files},
                                              indent=1) + "\n")

@@ -131,7 +131,7 @@ def check_report_outputs(out_path: str | os.PathLike,
     ours = figs.is_dir() and all(p.is_file() and p.name in (*PLOTS, MARKER)
                                  for p in figs.iterdir())
     check_outputs([Output(Path(out_path), "file", "-o", "report.md"), Output(figs, "dir", "-o (plots)")],
-                  inputs, force=ours, command="report")
+                  inputs, force=ours, command="report", has_force=False)
 
 
 def write_report(out_path: str | os.PathLike, data: Mapping[str, Any], *,

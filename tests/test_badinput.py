@@ -185,6 +185,54 @@ def test_file_output_on_a_directory_is_refused(corpus, tmp_path, capsys, target)
                  corpus.calib, "--target", target, "-o", tmp_path / "adir"], "SNN-E363")
 
 
+@pytest.mark.parametrize("command", ["compile", "compile-report", "run", "report"])
+def test_output_under_a_file_or_unwritable_directory_is_refused_up_front(corpus, tmp_path, capsys,
+                                                                        command, monkeypatch):
+    """A parent that is a file, or a directory that cannot be written: SNN-E369 before any
+    work (was an internal FileExistsError / OSError, exit 1, after the compile)."""
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "locked").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p).name == "locked"
+                        else real_access(p, mode, **kw))  # root ignores chmod 555
+    for bad in (tmp_path / "afile" / "x", tmp_path / "locked" / "x"):
+        argv = {"compile": ["compile", corpus.model, "--calib", corpus.calib, "-o", bad],
+                "compile-report": ["compile", corpus.model, "--calib", corpus.calib, "-o",
+                                   tmp_path / "ok.onnx", "--report", bad],
+                "run": ["run", corpus.snn, "--input", corpus.data, "-o", bad],
+                "report": ["report", corpus.model, "--data", corpus.data, "--calib",
+                           corpus.calib, "-o", bad]}[command]
+        err = expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E369")
+        assert err.count("[SNN-E369]") == 2  # the header and one line (not one per file)
+
+
+def test_output_with_no_name_is_refused(corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for out in (".", ""):
+        expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib",
+                     corpus.calib, "-o", out], "SNN-E369")
+
+
+def test_a_foreign_file_where_the_manifest_goes_needs_force(corpus, tmp_path, capsys):
+    """MODEL.onnx.json is named by snncc, not by the user: replace it only if snncc wrote it."""
+    (tmp_path / "m.onnx.json").write_text("precious")
+    argv = ["compile", corpus.model, "--calib", corpus.calib, "-o", tmp_path / "m.onnx", "-q"]
+    expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E364")
+    expect_ok(capsys, [*argv, "--force"])
+    assert "snncc_version" in (tmp_path / "m.onnx.json").read_text()
+    expect_ok(capsys, argv)  # now it is snncc's own manifest: replaced without --force
+
+
+def test_a_failing_write_is_a_coded_error(tmp_path):
+    from snncc.errors import OutputPathError
+    from snncc.outputs import atomic_file
+
+    with pytest.raises(OutputPathError) as err:
+        with atomic_file(tmp_path / "o.bin"):
+            raise OSError(28, "No space left on device")
+    assert err.value.code == "SNN-E369" and not list(tmp_path.iterdir())
+
+
 def test_loihi_output_on_a_file_is_refused(corpus, tmp_path, capsys):
     (tmp_path / "afile").write_text("mine")
     expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib",
