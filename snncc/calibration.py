@@ -123,12 +123,16 @@ def _read_folder(path: Path, inputs: Sequence[InputSpec], max_samples: int | Non
         raise _fail("SNN-E403", f"reading the folder '{path}' needs torch and PIL ({exc})",
                     "pip install -e .[train], or save the samples with numpy.save") from exc
     size = tuple(shape[2:4]) if len(shape) == 4 and None not in shape[2:4] else None
-    ds = open_dataset(path, channels=shape[1] if len(shape) > 1 else None, size=size,
-                      labels=False, what="calibration data")
-    n = len(ds) if max_samples is None else min(len(ds), max_samples)
-    if n == 0:
-        raise _fail("SNN-E408", f"'{path}' holds no samples", "provide at least one sample")
-    return {"": np.stack([np.asarray(ds[i], dtype=np.float32) for i in range(n)])}
+    try:  # the finetune reader's errors, told as calibration errors
+        ds = open_dataset(path, channels=shape[1] if len(shape) > 1 else None, size=size,
+                          labels=False, what="calibration data")
+        n = len(ds) if max_samples is None else min(len(ds), max_samples)
+        if n == 0:
+            raise _fail("SNN-E408", f"'{path}' holds no samples", "provide at least one sample")
+        return {"": np.stack([np.asarray(ds[i], dtype=np.float32) for i in range(n)])}
+    except CalibrationError as exc:
+        raise _fail(exc.code, exc.message.removeprefix("finetune: ").removeprefix(
+            "calibrate: "), exc.hint) from exc
 
 
 def load_samples(path: str | Path, inputs: Sequence[InputSpec], *,
@@ -139,6 +143,8 @@ def load_samples(path: str | Path, inputs: Sequence[InputSpec], *,
     names = [spec.name for spec in inputs]
     if len(arrays) == 1 and len(inputs) == 1:
         arrays = {names[0]: next(iter(arrays.values()))}
+    elif len(inputs) == 1 and names[0] not in arrays and "x" in arrays:
+        arrays = {names[0]: arrays["x"]}  # the x / y layout of run --input and report --data
     elif "" in arrays:
         raise _fail("SNN-E407", f"'{path}' holds one array but the model has {len(inputs)} "
                     f"inputs ({', '.join(names)})", "save a .npz keyed by input name")

@@ -123,6 +123,19 @@ def test_compile_bad_input(corpus, tmp_path, capsys, case, target):
                   "--report", tmp_path / "r.json"], code)
 
 
+def test_calibration_reads_the_x_y_layout_of_run_and_report(corpus, tmp_path, capsys):
+    """The labelled data file of run --input / report --data is also calibration data."""
+    expect_ok(capsys, ["compile", corpus.model, "--calib", corpus.data, "-o",
+                       tmp_path / "o.onnx", "-q", "--no-fidelity"])
+
+
+def test_a_calibration_folder_error_is_told_as_calibration(corpus, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    err = expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib",
+                       tmp_path / "empty", "-o", tmp_path / "o.onnx"], "SNN-E810")
+    assert "calibrate:" in err and "finetune" not in err
+
+
 def test_all_unsupported_activations_reported_at_once(corpus, tmp_path, capsys):
     err = expect_error(capsys, [corpus.root, tmp_path],
                        ["compile", corpus.act_many, "--calib", corpus.calib, "-o",
