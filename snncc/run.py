@@ -79,6 +79,10 @@ def _check_labels(labels: Any, n: int, path: Path) -> np.ndarray | None:
     if not np.all(np.isfinite(labels)):
         raise ModelInputError(f"labels 'y' in '{path}' hold NaN or Inf", code="SNN-E680",
                               hint="store y as integers")
+    if np.any(labels < 0) or np.any(labels != np.round(labels)):
+        raise ModelInputError(f"labels 'y' in '{path}' are not class indices (negative or "
+                              "fractional values)", code="SNN-E680",
+                              hint="store y as the integer class index of each sample")
     return labels
 
 
@@ -237,6 +241,12 @@ def run_command(args: argparse.Namespace) -> int:
                               use_library=not args.no_library, batch_size=args.batch_size)
         all_outputs = dict(result.outputs)
         activity = result.activity()
+    first = next(iter(all_outputs.values()))
+    if labels is not None and first.ndim == 2 and len(labels) and labels.max() >= first.shape[1]:
+        raise ModelInputError(f"labels 'y' in '{args.input}' go up to {int(labels.max())}, but "
+                              f"the model has {first.shape[1]} outputs", code="SNN-E680",
+                              hint="store y as class indices 0.."
+                                   f"{first.shape[1] - 1}")
     summary = _summary(all_outputs, labels, activity)
     if out is not None:
         _write_outputs(out, all_outputs, summary)

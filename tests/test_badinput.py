@@ -384,6 +384,17 @@ def test_run_bad_input(corpus, tmp_path, capsys, case):
     expect_error(capsys, [corpus.root, tmp_path], ["run", *argv(corpus)], code)
 
 
+@pytest.mark.parametrize("labels", ["negative", "fractional", "out-of-range"])
+def test_run_labels_that_are_not_class_indices(corpus, tmp_path, capsys, labels):
+    """Accuracy 0.0000 with exit 0 was the old answer; the model has 5 outputs."""
+    data = np.load(corpus.data)
+    y = {"negative": -data["y"] - 1, "fractional": data["y"] + 0.5,
+         "out-of-range": data["y"] + 100}[labels]
+    np.savez(tmp_path / "d.npz", x=data["x"], y=y)
+    expect_error(capsys, [corpus.root, tmp_path], ["run", corpus.snn, "--input",
+                 tmp_path / "d.npz", "--no-library", "-o", tmp_path / "o.npz"], "SNN-E680")
+
+
 def test_run_ambiguous_npz_names_the_input_once(corpus, tmp_path, capsys):
     err = expect_error(capsys, [corpus.root], ["run", corpus.snn, "--input",
                                                corpus.x_ambiguous], "SNN-E104")
