@@ -91,6 +91,12 @@ def test_load_rejects_missing_and_foreign_files(tmp_path, net):
     with pytest.raises(SnnccError) as err:
         nl.load(tmp_path)
     assert err.value.code == "SNN-E650"
+    nl.save(net, tmp_path)
+    data = (tmp_path / "netlist.npz").read_bytes()
+    (tmp_path / "netlist.npz").write_bytes(data[:1000])  # truncated: was an internal BadZipFile
+    with pytest.raises(SnnccError) as err:
+        nl.load(tmp_path)
+    assert err.value.code == "SNN-E650"
 
 
 def test_conv_kernels_match_onnx_conv():

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -824,8 +825,9 @@ def load(out_dir: str | os.PathLike) -> Netlist:
                                           "--target loihi")
     try:
         doc = json.loads(jpath.read_text())
-        arrays = dict(np.load(npath))
-    except (OSError, ValueError) as exc:
+        with np.load(npath, allow_pickle=False) as npz:
+            arrays = dict(npz)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:  # a truncated .npz
         raise BackendCapabilityError(f"'{out}': unreadable netlist ({exc})", code="SNN-E650",
                                      hint="recompile the model") from exc
     if doc.get("format") != FORMAT or doc.get("version") != VERSION:
