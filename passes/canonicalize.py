@@ -73,8 +73,8 @@ from onnx import version_converter
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
-from snncc.op_classes import (META_OPS, OUTPUT_ONLY, PATTERN_HINTS, RECURRENT, TIME_OPS,
-                               op_info)
+from snncc.op_classes import (META_OPS, ORT_DOMAINS, OUTPUT_ONLY, PATTERN_HINTS, RECURRENT,
+                               TIME_OPS, op_info)
 from snncc.passes.base import Decline, Pass, PassResult
 from snncc.passes.quant_clip import activation_sites
 
@@ -100,15 +100,21 @@ class CanonicalizePass(Pass):
     def run(self, model: ir.Model, ctx: CompileContext) -> PassResult:
         options = ctx.options
         batch = check_model_input(model.graph, options)
-        if not options.allow_analog:
-            bad = unsupported_nodes(model.graph, options)
+        bad = unsupported_nodes(model.graph, options)
+        if options.allow_analog:  # analog islands allowed: only what cannot run at all
+            bad = [d for d in bad if d.severity == "error"]
+        else:
             missing = no_activation(model.graph) if bad and self.require_activation else None
             if missing is not None:
                 bad.append(missing)  # all at once: fixing the ops above would not be enough
-            if bad:
-                raise UnsupportedNodeError(
-                    f"{len(bad)} node(s) have no spiking equivalent", diagnostics=bad,
-                    code="SNN-E201", hint="retrain with ReLU, or compile with --allow-analog")
+        if bad and all(d.code == "SNN-E205" for d in bad):
+            raise UnsupportedNodeError(
+                f"{len(bad)} node(s) of op domains ONNX Runtime does not know", diagnostics=bad,
+                code="SNN-E205", hint="replace them with standard ONNX ops")
+        if bad:
+            raise UnsupportedNodeError(
+                f"{len(bad)} node(s) have no spiking equivalent", diagnostics=bad,
+                code="SNN-E201", hint="retrain with ReLU, or compile with --allow-analog")
         counts: Counter = Counter()
         declines: list[Decline] = []
         source_opset = model.opset
@@ -313,10 +319,15 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
     roles = conversion_roles(graph)
     diags = []
     for node in graph.nodes:
+        label = ir.node_label(node)
+        if (node.domain or "") not in ORT_DOMAINS:  # nothing runs it: not even a head
+            diags.append(_diag("SNN-E205", f"op {node.op} of domain '{node.domain}' is unknown to "
+                               "ONNX Runtime, so snncc can neither calibrate nor run the model",
+                               label, "replace it with standard ONNX ops", "error"))
+            continue
         info = op_info(node.op, node.domain or "")
         if info.spiking or _inside_pattern(node):
             continue
-        label = ir.node_label(node)
         pattern = _pattern(node)
         if pattern:
             diags.append(_diag("SNN-E202", f"{pattern} has no spiking equivalent", label,

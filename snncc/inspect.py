@@ -32,8 +32,8 @@ import onnx
 
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
-from snncc.errors import Diagnostic, ModelInputError
-from snncc.op_classes import GROUPS, LINEAR, op_info
+from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
+from snncc.op_classes import GROUPS, LINEAR, ORT_DOMAINS, op_info
 
 __all__ = ["inspect_model", "format_inspect", "FATAL"]
 
@@ -96,7 +96,7 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
         Pipeline([CanonicalizePass(require_activation=False)], verify="off").run(
             model, CompileContext(options))
         report["canonicalized"] = True
-    except ModelInputError as exc:
+    except (ModelInputError, UnsupportedNodeError) as exc:  # e.g. SNN-E205: listed below
         if exc.codes & FATAL:
             raise
         report["problems"] = [{"code": d.code, "message": d.format()}
@@ -144,7 +144,8 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     report["output_head"] = [
         {"node": n.name, "op": n.op} for n in graph.nodes
         if roles.get(id(n)) == HEAD and op_info(n.op, n.domain or "").group != LINEAR
-        and n.op not in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")]
+        and n.op not in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")
+        and (n.domain or "") in ORT_DOMAINS]
     known = [layer["macs"] for layer in layers if layer["macs"] is not None]
     report["macs"] = {"layers": layers, "total": sum(known),
                       "complete": len(known) == len(layers)}

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Op domains ONNX Runtime runs (with the snncc kernels for ``snncc.ops``); a node of any other
+#: domain cannot run, so snncc can neither calibrate nor execute a model that has one.
+ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "snncc.ops")
+
 __all__ = ["LINEAR", "ACTIVATION", "POOLING", "OTHER", "GROUPS", "OpInfo", "OPS", "op_info",
            "OUTPUT_ONLY", "PATTERN_HINTS", "TIME_OPS", "META_OPS", "RECURRENT"]
 

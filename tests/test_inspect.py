@@ -60,3 +60,30 @@ def test_from_path_and_text(tmp_path):
     for nodes in report["nodes"].values():
         for node in nodes:
             assert node["node"] in text
+
+
+def test_an_op_of_an_unknown_domain_cannot_convert_in_inspect_or_compile(tmp_path):
+    """A custom-domain op after the last ReLU looked like an output head to inspect, while
+    compile failed on it (ONNX Runtime cannot run it, so nothing can be calibrated)."""
+    import numpy as np
+
+    from snncc.driver import compile_model, make_options
+    from snncc.errors import SnnccError
+
+    model = zoo.matmul_add_head()
+    node = model.graph.node[-1]
+    model.graph.node.append(onnx.helper.make_node("Foo", [node.output[0]], ["foo"], name="foo",
+                                                  domain="my.ops"))
+    model.graph.output[0].name = "foo"
+    model.opset_import.append(onnx.helper.make_opsetid("my.ops", 1))
+    report = inspect_model(model)
+    assert [u["code"] for u in report["unsupported"]] == ["SNN-E205"]
+    assert "Foo" not in [h["op"] for h in report["output_head"]]
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).random((8, 3, 8, 8), np.float32))
+    for analog in (False, True):
+        with pytest.raises(SnnccError) as err:
+            compile_model(tmp_path / "m.onnx", tmp_path / "o.onnx", make_options(
+                calib_path=str(tmp_path / "c.npy"), allow_analog=analog))
+        assert err.value.code == "SNN-E205"
+    assert not (tmp_path / "o.onnx").exists()

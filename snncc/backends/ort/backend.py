@@ -27,6 +27,7 @@ from snncc import ir
 from snncc.backends.base import Artifact, Backend
 from snncc.context import CompileContext, CompileOptions
 from snncc.errors import BackendCapabilityError, Diagnostic
+from snncc.op_classes import ORT_DOMAINS
 from snncc.passes.base import Pass
 from snncc.passes.insert_neurons import spec_for_op
 from snncc.passes.quant_clip import activation_sites
@@ -36,10 +37,6 @@ from snncc.simulate import neuron_nodes, summed_events
 __all__ = ["OrtBackend", "ORT_DOMAINS"]
 
 logger = logging.getLogger("snncc.backends.ort")
-
-#: Domains ONNX Runtime's CPU provider (plus our library / functions) can run.
-ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", ir.SNN_DOMAIN)
-
 
 def _library_version() -> str:
     """The op-set version of the kernel library the model targets (the domain version)."""
