@@ -96,6 +96,10 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if path.suffix not in (".npy", ".npz"):
         raise _fail("SNN-E404", f"calibration file '{path}' has suffix '{path.suffix}'; "
                     "accepted: .npy, .npz", "save the samples with numpy.save or numpy.savez")
+    problem = not_numpy(path)
+    if problem:
+        raise _fail("SNN-E403", f"'{path}' {problem}", "save the samples with numpy.save or "
+                    "numpy.savez")
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
@@ -106,6 +110,19 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise _fail("SNN-E403", f"'{path}' is not a readable NumPy file ({type(exc).__name__}: "
                     f"{exc})", "re-save it with numpy.save / numpy.savez (no pickled "
                     "objects)") from exc
+
+
+def not_numpy(path: Path) -> str | None:
+    """Why ``path`` is not a .npy / .npz file at all (None when it starts like one): numpy would
+    otherwise call a text file 'pickled data'."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if head.startswith(b"\x93NUMPY") or head.startswith(b"PK"):
+        return None
+    return "is not a NumPy .npy/.npz file (it starts with neither header)"
 
 
 def _read_folder(path: Path, inputs: Sequence[InputSpec], max_samples: int | None

@@ -29,6 +29,12 @@ def _open(path: str | Path):
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise ModelInputError(f"input file '{path}' {what}", code="SNN-E104",
                               hint="pass a .npy or .npz file of samples")
+    from snncc.calibration import not_numpy
+
+    problem = not_numpy(path)
+    if problem:
+        raise ModelInputError(f"input file '{path}' {problem}", code="SNN-E104",
+                              hint="save inputs with numpy.save or savez")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:

@@ -129,6 +129,15 @@ def test_calibration_reads_the_x_y_layout_of_run_and_report(corpus, tmp_path, ca
                        tmp_path / "o.onnx", "-q", "--no-fidelity"])
 
 
+def test_a_text_file_is_not_called_pickled_data(corpus, tmp_path, capsys):
+    (tmp_path / "t.npz").write_text("hello")
+    err = expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib",
+                       tmp_path / "t.npz", "-o", tmp_path / "o.onnx"], "SNN-E403")
+    err += expect_error(capsys, [corpus.root, tmp_path], ["run", corpus.snn, "--input",
+                        tmp_path / "t.npz"], "SNN-E104")
+    assert err.count("is not a NumPy .npy/.npz file") == 2 and "pickled" not in err
+
+
 def test_a_calibration_folder_error_is_told_as_calibration(corpus, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     err = expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib",
