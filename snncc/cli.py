@@ -254,11 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(same spikes, fewer MACs); streaming: one-step model with explicit "
                    "membrane state")
     g = p.add_argument_group("neuron parameters")
-    g.add_argument("--tau", type=int, help="gn: members per group; srp: pre-run steps")
+    g.add_argument("--tau", type=int, help="gn: members per group, 1..2^23 (the op's range), "
+                   "with tau*T <= 2^24 levels like -L; srp: pre-run steps, 0..64 (like -T: "
+                   "every pre-run slice holds the whole batch of activations)")
     g.add_argument("--mt-preset", choices=("equidistant", "pow2"),
                    help="mt threshold preset (default equidistant)")
     g.add_argument("--mt-mode", choices=("parallel", "cascade"), help="mt firing mode")
-    g.add_argument("--mt-n", type=int, help="mt: number of thresholds")
+    g.add_argument("--mt-n", type=int, help="mt: number of thresholds, 1..64 (each slice "
+                   "compares with all n, so time grows with n; more equidistant levels per "
+                   "slice: --neuron gn); pow2 also needs (2^n - 1)*T <= 2^24")
     g.add_argument("--neuron-param", type=_parse_kv, action="append", metavar="KEY=VALUE",
                    help="any other neuron parameter (repeatable)")
     g = p.add_argument_group("diagnostics")

@@ -7,9 +7,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["CompileOptions", "QuantClipParams", "CompileContext", "TARGETS"]
+__all__ = ["CompileOptions", "QuantClipParams", "CompileContext", "TARGETS", "MAX_TIMESTEPS",
+           "MAX_LEVELS"]
 
 TARGETS = ("qann", "ort", "loihi", "nir")
+
+#: the largest -T (SNN-E354); neurons reuse it to bound other slice counts (srp's pre-run tau)
+MAX_TIMESTEPS = 64
+#: the most quantization levels: -L (SNN-E355) and every L' a neuron derives (SNN-E309), since
+#: float32 counts integers exactly only up to 2^24
+MAX_LEVELS = 2 ** 24
 
 
 #: auto fidelity hold-out: at least this many samples ...

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from snncc import __version__, fidelity, ir
-from snncc.context import TARGETS, CompileContext, CompileOptions
+from snncc.context import MAX_LEVELS, MAX_TIMESTEPS, TARGETS, CompileContext, CompileOptions
 from snncc.errors import BackendCapabilityError, OptionError
 from snncc.outputs import (Output, atomic_dir, atomic_file, check_outputs, default_output,
                            write_errors)
@@ -28,8 +28,6 @@ __all__ = ["make_options", "compile_model", "declared_outputs", "CompileResult",
 
 log = logging.getLogger("snncc.driver")
 
-MAX_TIMESTEPS = 64
-MAX_LEVELS = 2 ** 24
 CALIB_METHODS = ("max", "percentile", "mse", "snn")
 MAXPOOL_MODES = ("auto", "avg", "gate")
 SCHEDULES = ("auto", "folded", "window", "streaming")

@@ -14,7 +14,9 @@ With B = bits or T, L = float32(2^B - 1), unit = θ / L, inv_unit = L / θ, inv_
 The mean of the B output slices is q*unit, the QCFS(L = 2^T - 1) value. State planes: (acc, q);
 the folded call returns (0, q), the state at the end of an epoch. Conversion: θ = λ, bits = T,
 v_init = φ (0.5 rounds like QCFS; 0 when the bias shift λ/(2L) was folded upstream); L must be
-2^T - 1 (SNN-E308). Events: one per set bit.
+2^T - 1 (SNN-E308). Events: one per set bit. T is at most MAX_BITS = 16, the range of the
+``bits`` attribute (the C++ kernel's too): SNN-E354 before any work, since the levels
+L = 2^T - 1 of a larger T neither fit the op nor count exactly in float32 beyond T = 24.
 
 MaxPool does not commute with this neuron for T > 1: a slice carries one bit of q, and the
 per-slice max of bits is not the bits of the max (q = 2 and q = 1 give 0b11). So
@@ -164,6 +166,17 @@ def function_proto(opset: int = c.FUNCTION_OPSET):
                       b.op("Reshape", chosen, folded.out_shape), SPEC.doc, opset)
 
 
+def _check_options(options: CompileOptions) -> None:
+    """SNN-E354: -T beyond the ``bits`` range (one bit of the level per slice, so B = T)."""
+    T = options.timesteps
+    if T > MAX_BITS:
+        raise OptionError(f"bitserial supports T <= {MAX_BITS}, got -T {T}: it sends one bit of "
+                          f"the level per slice, and the op's bits attribute is at most "
+                          f"{MAX_BITS}", code="SNN-E354",
+                          hint=f"use -T {MAX_BITS} or less (L = 2^T - 1 levels, e.g. -T 4 for "
+                               f"L = 15), or a per-slice neuron such as --neuron if")
+
+
 def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str, Any]:
     T, L = options.timesteps, clip.levels
     if L != 2 ** T - 1:
@@ -223,6 +236,7 @@ SPEC = register_neuron(NeuronSpec(
     from_quant_clip=from_quant_clip,
     events=_events,
     levels_for=lambda T, options: 2 ** T - 1,
+    check_options=_check_options,
     needs_bias_shift=True,
     window_attr="bits",
     decoded_attr="decoded",

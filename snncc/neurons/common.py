@@ -9,11 +9,14 @@ Error codes raised here and by the neuron modules (all :class:`~snncc.errors.Opt
 * ``SNN-E306`` ``state`` / ``step`` are inconsistent with ``x`` or with each other;
 * ``SNN-E307`` the clip's levels L are not a multiple of T (gn, mt: members per slice = L / T);
 * ``SNN-E308`` bitserial needs L = 2^T - 1;
-* ``SNN-E309`` an ``options.neuron_params`` value is invalid;
+* ``SNN-E309`` an ``options.neuron_params`` value is invalid, or out of the neuron's bounds
+  (srp tau <= 64, gn tau <= 2^23, mt n <= 64, each L' = levels_for(T) <= 2^24; also a per-slice
+  count derived as L / T);
 * ``SNN-E310`` mt pow2: the levels per slice L / T are not 2^n - 1;
 * ``SNN-E311`` lif: a per-channel lambda cannot be the scalar spike ``amplitude``;
 * ``SNN-E312`` bitserial: ``bits`` does not match the folded call, or exceeds 16;
-* ``SNN-E313`` a model-local function was asked for an opset below 13.
+* ``SNN-E313`` a model-local function was asked for an opset below 13;
+* ``SNN-E354`` (the ``-T`` code) bitserial at T > 16.
 
 All arithmetic in the references is float32, one rounding per operation, in the order of
 ``docs/neuron-ops.md``; Python scalars are turned into ``np.float32`` before they meet arrays.
@@ -139,6 +142,15 @@ def check_slice_levels(what: str, per_slice: int, levels: int, T: int, param: st
                           f"but the clip has L={levels}", code="SNN-E314",
                           hint=f"drop {param} to derive it from L / T, or use "
                           f"-T {levels // per_slice if levels % per_slice == 0 else T}")
+
+
+def dividing_timesteps(levels: int, per_slice_max: int, T_max: int) -> int | None:
+    """The smallest T <= ``T_max`` that divides ``levels`` with at most ``per_slice_max`` levels
+    per slice (for hints on a too large derived per-slice count), or None."""
+    for T in range(max(1, -(-levels // per_slice_max)), T_max + 1):
+        if levels % T == 0:
+            return T
+    return None
 
 
 def members_per_slice(levels: int, T: int, what: str) -> int:

@@ -9,6 +9,10 @@ Events: c unit spikes per slice. Conversion: θ = λ, v_init = φ, τ = L / T (m
 SNN-E307) unless ``--neuron-param tau=...`` overrides it. With τ·T = L and a constant input the
 mean output equals the QCFS clip exactly (neurons.md §4.3). ``levels_for``: L = τ·T with
 τ = ``neuron_params['tau']`` or 4.
+
+Bounds (SNN-E309, before any work): τ <= MAX_TAU = 2^23, the range of the C++ kernel's ``tau``
+attribute (``runtime/csrc/neurons/gn.cc``; also the attribute check here), and L' = τ·T <= 2^24
+(MAX_LEVELS, the ``-L`` limit; checked by the registry for every neuron).
 """
 from __future__ import annotations
 
@@ -16,17 +20,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from snncc.context import CompileOptions, QuantClipParams
+from snncc.context import MAX_TIMESTEPS, CompileOptions, QuantClipParams
+from snncc.errors import OptionError
 from snncc.neurons import common as c
 from snncc.neurons.registry import (AttrSpec, LoihiInfo, NeuronSpec, NirInfo, register_neuron,
                                     validate_attrs)
 
 DEFAULT_TAU = 4
+#: the largest ``tau`` the C++ kernel accepts (gn.cc: "an integer in [1, 2^23]")
+MAX_TAU = 2 ** 23
 
 ATTRIBUTES = (
     c.THETA,
-    AttrSpec("tau", "int", DEFAULT_TAU, "members per group (levels per slice), >= 1",
-             c.check_int(1)),
+    AttrSpec("tau", "int", DEFAULT_TAU, "members per group (levels per slice), 1..2^23",
+             c.check_int(1, MAX_TAU)),
     c.v_init_attr(0.5, "the unit u = theta/tau"),
 )
 
@@ -81,12 +88,29 @@ def _tau(options: CompileOptions) -> int | None:
     return c.neuron_param_int(options, "tau", None)
 
 
+def _check_derived_tau(levels: int, T: int) -> None:
+    """SNN-E309 when tau derived as L / T exceeds the kernel's MAX_TAU (only at T = 1)."""
+    if levels // T > MAX_TAU:
+        better = c.dividing_timesteps(levels, MAX_TAU, MAX_TIMESTEPS)
+        raise OptionError(f"gn: L={levels} at T={T} gives tau = L/T = {levels // T} members per "
+                          f"group, more than the op allows (2^23 = {MAX_TAU})", code="SNN-E309",
+                          hint=(f"use -T {better} (tau = {levels // better}), " if better else "")
+                          + "use a smaller -L, or set --tau")
+
+
+def _check_options(options: CompileOptions) -> None:
+    """With an explicit -L and no tau, the derived tau = L / T must fit the kernel."""
+    if _tau(options) is None and options.levels is not None:
+        _check_derived_tau(options.levels, options.timesteps)
+
+
 def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str, Any]:
     tau = _tau(options)
     if tau:
         c.check_slice_levels("gn", tau, clip.levels, options.timesteps, "tau", tau)
     else:
         tau = c.members_per_slice(clip.levels, options.timesteps, "gn")
+        _check_derived_tau(clip.levels, options.timesteps)
     return {"theta": c.float32_list(clip.lam), "tau": tau, "v_init": float(clip.phi)}
 
 
@@ -119,8 +143,10 @@ SPEC = register_neuron(NeuronSpec(
     from_quant_clip=from_quant_clip,
     events=events,
     levels_for=lambda T, options: (_tau(options) or DEFAULT_TAU) * T,
-    params=(AttrSpec("tau", "int", None, "members per group; L' = tau*T", c.check_int(1)),),
+    params=(AttrSpec("tau", "int", None, "members per group, 1..2^23 (the op's attribute "
+                     "range); L' = tau*T must be <= 2^24 like -L", c.check_int(1, MAX_TAU)),),
     level_params=("tau",),
+    check_options=_check_options,
     loihi=LoihiInfo("graded", "subtract", note=(
         "emulated as a Loihi 2 microcoded neuron with a graded spike c*u, c = floor(v/u) clipped "
         "to tau (soft reset; the hardware semantics reset v to 0 after any spike); no public "

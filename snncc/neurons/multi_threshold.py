@@ -23,6 +23,13 @@ Conversion presets (``--neuron-param preset=...``; ``n`` = ``--neuron-param n=..
 
 ``levels_for``: n·T (equidistant) or (2^n - 1)·T (pow2), n = ``neuron_params['n']`` or 4.
 
+Bounds (SNN-E309, before any work): n <= MAX_N = 64, given or derived as L / T. Each slice
+compares the membrane with all n thresholds, one after the other (an inner loop in the C++ kernel,
+an inner Scan in the function), so compile, verification and run time grow linearly with n
+(n = 10^4 took over a minute to compile the small digits CNN); 64 thresholds cover the
+per-slice level counts of QCFS models (L = 4 to 16) with room to spare, and more equidistant
+levels per slice are ``gn`` (τ = n, the same output at a constant cost per slice). The registry bounds L' <= 2^24 (MAX_LEVELS) as well, which caps pow2 at n <= 24 (T = 1).
+
 The model-local function supports the folded form only. It turns the string attributes into
 booleans without extra domains: ``Size(Unique(Concat([mode], ["cascade"]))) == 1`` iff
 mode == "cascade" (likewise reset == "hard"), computes both modes each slice and selects with
@@ -35,7 +42,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from snncc.context import CompileOptions, QuantClipParams
+from snncc.context import MAX_TIMESTEPS, CompileOptions, QuantClipParams
 from snncc.errors import OptionError
 from snncc.neurons import common as c
 from snncc.neurons.registry import (AttrSpec, LoihiInfo, NeuronSpec, NirInfo, register_neuron,
@@ -43,6 +50,8 @@ from snncc.neurons.registry import (AttrSpec, LoihiInfo, NeuronSpec, NirInfo, re
 
 PRESETS = ("equidistant", "pow2")
 DEFAULT_N = 4
+#: the most thresholds per neuron (see the module doc: cost grows linearly with n)
+MAX_N = 64
 
 ATTRIBUTES = (
     c.THETA,
@@ -184,6 +193,25 @@ def _check_params(params: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _check_derived_n(n: int, levels: int, T: int) -> None:
+    """SNN-E309 when the equidistant n derived as L / T exceeds MAX_N."""
+    if n > MAX_N:
+        better = c.dividing_timesteps(levels, MAX_N, MAX_TIMESTEPS)
+        fix = f"use -T {better} (n = {levels // better}), or " if better else ""
+        raise OptionError(f"mt: L={levels} at T={T} gives n = L/T = {n} thresholds per neuron, "
+                          f"more than {MAX_N}", code="SNN-E309",
+                          hint=f"{fix}use --neuron gn (tau = L/T gives the same equidistant "
+                               f"output at a constant cost per slice); mt compares the membrane "
+                               f"with all n thresholds each slice, so its time grows with n")
+
+
+def _check_options(options: CompileOptions) -> None:
+    """With an explicit -L and no n, the derived equidistant n = L / T must be <= MAX_N."""
+    T, L = options.timesteps, options.levels
+    if _n(options) is None and L is not None and L % T == 0 and _preset(options) == "equidistant":
+        _check_derived_n(L // T, L, T)
+
+
 def levels_for(T: int, options: CompileOptions) -> int:
     n = _n(options) or DEFAULT_N
     return (n if _preset(options) == "equidistant" else 2 ** n - 1) * T
@@ -195,7 +223,9 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
     if _preset(options) == "equidistant":
         if n:
             c.check_slice_levels("mt", n, clip.levels, options.timesteps, "n", n)
-        n = n or c.members_per_slice(clip.levels, options.timesteps, "mt")
+        if not n:
+            n = c.members_per_slice(clip.levels, options.timesteps, "mt")
+            _check_derived_n(n, clip.levels, options.timesteps)
         return {"theta": c.float32_list(lam),
                 "fractions": c.float32_list([(n - k) / n for k in range(n)]),
                 "mode": "parallel", "reset": "soft", "v_init": float(c.F32(clip.phi / n))}
@@ -272,12 +302,16 @@ SPEC = register_neuron(NeuronSpec(
     levels_for=levels_for,
     params=(AttrSpec("preset", "string", "equidistant", "equidistant (parallel) or pow2 "
                      "(cascade) thresholds", choices=PRESETS),
-            AttrSpec("n", "int", None, "thresholds per neuron; L' = n*T (equidistant) or "
-                     "(2^n - 1)*T (pow2)", c.check_int(1)),
+            AttrSpec("n", "int", None, f"thresholds per neuron, 1..{MAX_N}: each slice compares "
+                     "the membrane with all n thresholds, so time grows with n (for more "
+                     "equidistant levels per slice use --neuron gn, tau = n: the same output at "
+                     "a constant cost); L' = n*T (equidistant) or (2^n - 1)*T (pow2) must be "
+                     "<= 2^24 like -L", c.check_int(1, MAX_N)),
             AttrSpec("mode", "string", None, "parallel (preset equidistant) or cascade (preset "
                      "pow2)", choices=tuple(PRESET_MODE.values()))),
     level_params=("n",),
     check_params=_check_params,
+    check_options=_check_options,
     loihi=LoihiInfo("graded", "subtract (soft) | zero (hard)", note=(
         "emulated as a Loihi 2 microcoded neuron whose graded spike is a threshold value or a sum "
         "of them (reset as the op's attribute says; the hardware semantics reset v to 0 after "

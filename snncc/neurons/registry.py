@@ -6,13 +6,13 @@ The exact arithmetic every implementation must follow is in ``docs/neuron-ops.md
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
-from snncc.context import CompileOptions, QuantClipParams
+from snncc.context import MAX_LEVELS, CompileOptions, QuantClipParams
 from snncc.errors import OptionError
 
 __all__ = ["AttrSpec", "NeuronSpec", "LoihiInfo", "NirInfo", "NEURONS", "register_neuron",
@@ -135,7 +135,10 @@ class NeuronSpec:
     (``--tau``, ``--neuron-param KEY=VALUE``), described like attributes; ``level_params`` are
     those of them that fix the levels per slice, so that ``levels_for`` must then equal an
     explicit ``-L``; ``check_params(params) -> str | None`` checks them together.
-    :func:`validate_neuron_params` applies all three before any work.
+    ``check_options(options) -> None`` checks the whole compile options (``-T``, an explicit
+    ``-L``, the parameters) against limits of the op and raises OptionError itself (e.g.
+    bitserial: T <= 16 bits). :func:`validate_neuron_params` applies all of them, and bounds the
+    derived levels L' = ``levels_for`` by 2^24, before any work.
 
     ``window_attr`` names the attribute holding the window length of an accumulate-then-fire
     neuron (bit-serial: ``bits``). Such a neuron's output depends only on the mean current of its
@@ -166,6 +169,7 @@ class NeuronSpec:
     params: tuple[AttrSpec, ...] = ()
     level_params: tuple[str, ...] = ()
     check_params: Callable[[Mapping[str, Any]], str | None] | None = None
+    check_options: Callable[[CompileOptions], None] | None = None
     window_attr: str | None = None
     decoded_attr: str | None = None
     loihi: LoihiInfo = field(default_factory=lambda: LoihiInfo("binary", "subtract"))
@@ -233,8 +237,11 @@ def validate_neuron_params(options: CompileOptions) -> None:
     """Check ``options.neuron_params`` against ``options.neuron`` before any work.
 
     Raises OptionError: SNN-E301 unknown neuron, SNN-E302 a parameter the neuron does not read
-    (listing those it does), SNN-E309 a bad value or combination, SNN-E314 a parameter that fixes
-    the levels per slice contradicting an explicit ``-L`` (e.g. gn ``tau * T != L``). Called by
+    (listing those it does), SNN-E309 a bad value or combination, or derived levels
+    L' = ``levels_for(T)`` above 2^24 (MAX_LEVELS, the ``-L`` limit), SNN-E314 a parameter that
+    fixes the levels per slice contradicting an explicit ``-L`` (e.g. gn ``tau * T != L``), and
+    whatever the neuron's ``check_options`` raises (e.g. SNN-E354 bitserial T > 16). The checks
+    that involve T run for the spiking targets only (``qann`` uses no neuron). Called by
     :func:`snncc.driver.make_options`.
     """
     spec = get_neuron(options.neuron)
@@ -257,7 +264,13 @@ def validate_neuron_params(options: CompileOptions) -> None:
         raise OptionError(f"neuron '{spec.key}': {problem}", code="SNN-E309",
                           hint="; ".join(f"{p.name}: {p.doc}" for p in spec.params))
     fixed = [n for n in spec.level_params if n in given]
-    if options.target != "qann" and options.levels is not None and fixed:
+    if options.target == "qann":
+        return
+    if spec.check_options is not None:
+        spec.check_options(options)
+    if fixed or options.levels is None:
+        _check_level_bound(spec, options, fixed)
+    if options.levels is not None and fixed:
         levels = spec.levels_for(options.timesteps, options)
         if levels is not None and levels != options.levels:
             params = ", ".join(f"{n}={given[n]}" for n in fixed)
@@ -266,3 +279,44 @@ def validate_neuron_params(options: CompileOptions) -> None:
                 f"L' = {levels} levels, but -L {options.levels} was given", code="SNN-E314",
                 hint=f"drop -L (L = {levels}), or drop {', '.join(fixed)} to derive it from "
                 f"L / T, or set them so that L' = L")
+
+
+def _check_level_bound(spec: NeuronSpec, options: CompileOptions, fixed: Sequence[str]) -> None:
+    """SNN-E309 when the levels the neuron derives, L' = ``levels_for(T)``, exceed MAX_LEVELS.
+
+    Float32 counts integers exactly only up to 2^24, the bound ``-L`` has too (SNN-E355); above
+    it the clip's L rounds (2^31 - 2 becomes 2^31) and nothing downstream can match it. The
+    parameter values are bounded by their own checks first, so ``levels_for`` stays cheap.
+    """
+    T = options.timesteps
+    levels = spec.levels_for(T, options)
+    if levels is None or levels <= MAX_LEVELS:
+        return
+    given = options.neuron_params
+    what = ", ".join(f"{n}={given[n]}" for n in fixed) if fixed else f"T={T}"
+    hint = "float32 counts levels exactly only up to 2^24 (the -L limit too); "
+    best = _largest_fitting(spec, options, fixed[0]) if fixed else None
+    if best is not None:
+        hint += f"use {fixed[0]} <= {best} at T={T}, or a smaller -T"
+    elif fixed:
+        hint += f"lower -T (at T={T} even {fixed[0]}=1 is too many levels)"
+    else:
+        hint += "lower -T"
+    raise OptionError(f"neuron '{spec.key}': {what} too large: at T={T} it gives L' = {levels} "
+                      f"levels, but L' must be <= 2^24 = {MAX_LEVELS}", code="SNN-E309",
+                      hint=hint)
+
+
+def _largest_fitting(spec: NeuronSpec, options: CompileOptions, name: str) -> int | None:
+    """The largest value of the int parameter ``name`` (below the given one) whose
+    L' = ``levels_for`` fits MAX_LEVELS, or None; ``levels_for`` grows with it (bisection)."""
+    lo, hi = 0, int(options.neuron_params[name])  # lo fits (0: none does), hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        trial = replace(options, neuron_params={**options.neuron_params, name: mid})
+        levels = spec.levels_for(options.timesteps, trial)
+        if levels is None or levels <= MAX_LEVELS:
+            lo = mid
+        else:
+            hi = mid
+    return lo or None

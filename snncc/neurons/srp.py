@@ -8,7 +8,9 @@ Per slice at global step g (neurons.md §6.3, docs/neuron-ops.md)::
     if g == tau - 1: keep = (v > tol * θ) ? 1 : 0 ; v = v_init * θ
 
 The schedule runs τ + T slices and decodes the last T. State planes: (v, keep as 0/1).
-Conversion: θ = λ, v_init = φ, tol = 0.001, τ = ``--neuron-param tau=...`` (default 4).
+Conversion: θ = λ, v_init = φ, tol = 0.001, τ = ``--neuron-param tau=...`` (default 4), at most
+MAX_TIMESTEPS (64, the ``-T`` limit): the pre-run slices hold the whole activation batch like the
+counted ones, so an unbounded τ exhausts memory (SNN-E309, checked before any work).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from snncc.context import CompileOptions, QuantClipParams
+from snncc.context import MAX_TIMESTEPS, CompileOptions, QuantClipParams
 from snncc.neurons import common as c
 from snncc.neurons.registry import AttrSpec, LoihiInfo, NeuronSpec, NirInfo, register_neuron
 
@@ -128,7 +130,11 @@ SPEC = register_neuron(NeuronSpec(
     from_quant_clip=from_quant_clip,
     events=c.binary_events,
     levels_for=lambda T, options: T,
-    params=(AttrSpec("tau", "int", DEFAULT_TAU, "pre-run steps, >= 0", c.check_int(0)),),
+    params=(AttrSpec("tau", "int", DEFAULT_TAU,
+                     f"pre-run steps, 0..{MAX_TIMESTEPS}: the schedule runs tau + T slices, each "
+                     f"holding the whole batch of activations, so tau is bounded like -T "
+                     f"(1..{MAX_TIMESTEPS}); a few steps suffice (default {DEFAULT_TAU})",
+                     c.check_int(0, MAX_TIMESTEPS)),),
     total_steps=lambda T, attrs: attrs.get("tau", DEFAULT_TAU) + T,
     counted_steps=lambda T, attrs: T,
     maxpool_exact=lambda T, attrs: False,
