@@ -59,7 +59,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                              "(memory-mapped), or an image folder ROOT/<class>/<image>")
     parser.add_argument("--val", help="validation data (same forms)")
     parser.add_argument("-o", "--output", required=True, help="output ONNX path")
-    parser.add_argument("-L", "--levels", type=int, default=4, help="QCFS quantization steps L (default 4)")
+    parser.add_argument("-L", "--levels", type=int, default=None,
+                        help="QCFS quantization steps L (default 4; QCFS mode only)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs (default 3 for QCFS; per stage in SNN mode, default 10)")
     parser.add_argument("--sparsity", type=float, default=0.0, metavar="KAPPA",
@@ -67,19 +68,19 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maxpool", choices=("keep", "avg"), default="keep",
                         help="avg: turn MaxPool into AvgPool before training (default keep)")
     rec = parser.add_argument_group("QCFS recipe")
-    rec.add_argument("--lambda-init", default="mse",
+    rec.add_argument("--lambda-init", default=None,
                      help="initial lambda: mse (default; per channel, the calibration code of compile), max, "
                           "pNN (per-channel NN-th percentile, e.g. p99.9) or a number (one per layer, e.g. 8.0)")
-    rec.add_argument("--calib-samples", type=int, default=256,
+    rec.add_argument("--calib-samples", type=int, default=None,
                      help="training images used to initialise lambda (default 256)")
-    rec.add_argument("--distill", type=float, default=0.5, metavar="ALPHA",
+    rec.add_argument("--distill", type=float, default=None, metavar="ALPHA",
                      help="weight of the distillation loss from the source ANN (default 0.5; 0 = cross-entropy only)")
-    rec.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
-    rec.add_argument("--warmup", type=float, default=0.3,
+    rec.add_argument("--temperature", type=float, default=None, help="distillation temperature (default 4)")
+    rec.add_argument("--warmup", type=float, default=None,
                      help="fraction of the steps spent warming the learning rate up (one-cycle; default 0.3)")
-    rec.add_argument("--bn", choices=("fold", "freeze", "train"), default="fold",
+    rec.add_argument("--bn", choices=("fold", "freeze", "train"), default=None,
                      help="BatchNorm: fold into the convolutions (default), freeze its statistics, or train them")
-    rec.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
+    rec.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (default 5e-4; >= 0)")
     rec.add_argument("--snn-timesteps", type=int, metavar="T",
                      help="train with the IF SNN at T timesteps in the loop, as `compile --neuron if -T T` builds it "
                           "(default: T = L when L <= 8, else off; 0 = off: train the QANN alone)")
@@ -119,7 +120,18 @@ def _stage_path(output: Path, T: int) -> Path:
     return output.with_name(f"{output.stem}.T{T}{output.suffix or '.onnx'}")
 
 
+# QCFS-only options (argparse default None, so that an explicit one can be told apart): flag, default
+_QCFS_ONLY = {"levels": ("-L", 4), "lambda_init": ("--lambda-init", "mse"), "calib_samples": ("--calib-samples", 256),
+              "distill": ("--distill", 0.5), "temperature": ("--temperature", 4.0), "warmup": ("--warmup", 0.3),
+              "bn": ("--bn", "fold"), "weight_decay": ("--weight-decay", 5e-4)}
+
+
 def _check_args(args: argparse.Namespace, snn: bool) -> None:
+    """Refuse bad values and option clashes (SNN-E804) and fill in the QCFS defaults."""
+    import math
+
+    from snncc.context import MAX_LEVELS, MAX_TIMESTEPS  # what `snncc compile` accepts for -L / -T
+
     def need(ok: bool, what: str, hint: str) -> None:
         if not ok:
             raise OptionError(f"finetune: {what}", code="SNN-E804", hint=hint)
@@ -127,13 +139,20 @@ def _check_args(args: argparse.Namespace, snn: bool) -> None:
     need(args.epochs is None or args.epochs >= 1, f"--epochs {args.epochs} must be >= 1", "e.g. --epochs 3")
     need(args.batch_size is None or args.batch_size >= 1, f"--batch-size {args.batch_size} must be >= 1",
          "e.g. --batch-size 64")
-    need(args.levels >= 1, f"-L {args.levels} must be >= 1", "e.g. -L 4")
-    need(args.lr is None or args.lr > 0, f"--lr {args.lr} must be > 0", "e.g. --lr 0.01")
+    need(args.levels is None or 1 <= args.levels <= MAX_LEVELS,
+         f"-L {args.levels} must lie in 1..{MAX_LEVELS} (what snncc compile accepts)", "e.g. -L 4")
+    need(args.lr is None or 0 < args.lr < math.inf, f"--lr {args.lr} must be > 0 and finite", "e.g. --lr 0.01")
     need(args.val_every >= 1, f"--val-every {args.val_every} must be >= 1", "e.g. --val-every 1")
     need(args.workers is None or args.workers >= 0, f"--workers {args.workers} must be >= 0", "e.g. --workers 4")
-    need(args.calib_samples >= 1, f"--calib-samples {args.calib_samples} must be >= 1", "e.g. --calib-samples 256")
-    need(args.snn_timesteps is None or args.snn_timesteps >= 0, f"--snn-timesteps {args.snn_timesteps} must be >= 0",
-         "e.g. --snn-timesteps 4, or 0 for none")
+    need(args.calib_samples is None or args.calib_samples >= 1, f"--calib-samples {args.calib_samples} must be >= 1",
+         "e.g. --calib-samples 256")
+    need(args.weight_decay is None or 0 <= args.weight_decay < math.inf,
+         f"--weight-decay {args.weight_decay} must be >= 0 and finite", "e.g. --weight-decay 5e-4, or 0 for none")
+    need(math.isfinite(args.sparsity) and args.sparsity >= 0, f"--sparsity {args.sparsity} must be >= 0 and finite",
+         "e.g. --sparsity 1e-8, or 0 for off")
+    need(args.snn_timesteps is None or 0 <= args.snn_timesteps <= MAX_TIMESTEPS,
+         f"--snn-timesteps {args.snn_timesteps} must lie in 0..{MAX_TIMESTEPS} (snncc compile accepts -T up to "
+         f"{MAX_TIMESTEPS})", "e.g. --snn-timesteps 4, or 0 for none")
     if snn:
         if args.sparsity:
             raise OptionError("finetune: --sparsity applies to QCFS fine-tuning, not to --iir/--mt", code="SNN-E804",
@@ -141,7 +160,17 @@ def _check_args(args: argparse.Namespace, snn: bool) -> None:
         need(not (args.checkpoint or args.resume or args.snn_timesteps),  # None (auto) is fine here
              "--checkpoint, --resume and --snn-timesteps apply to QCFS fine-tuning, not to --iir/--mt",
              "drop them or --iir/--mt")
-        need(all(t >= 1 for t in args.timesteps), f"--timesteps {args.timesteps} must be >= 1", "e.g. 5,4,3,2,1")
+        given = [flag for key, (flag, _) in _QCFS_ONLY.items() if getattr(args, key) is not None]
+        need(not given, f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to QCFS fine-tuning and "
+             "would be ignored with --iir/--mt (LIF/MT neurons have no QCFS levels or recipe)",
+             f"drop {', '.join(given)}" + (", or use --mt-thresholds N for multi-threshold neurons"
+                                           if "-L" in given else ""))
+        need(all(1 <= t <= MAX_TIMESTEPS for t in args.timesteps),
+             f"--timesteps {args.timesteps} must lie in 1..{MAX_TIMESTEPS} (snncc compile accepts -T up to "
+             f"{MAX_TIMESTEPS})", "e.g. 5,4,3,2,1")
+    for key, (_, default) in _QCFS_ONLY.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
 
 
 def _init_distributed(device: str | None) -> bool:
@@ -176,10 +205,11 @@ def _num_classes(module, sample_shape) -> int | None:
 
 
 def _open(path: str, module, args: argparse.Namespace, what: str):
-    from snncc.train.data import check_input_shape, check_labels, open_dataset
+    from snncc.train.data import check_input_shape, check_labels, check_normalisation, open_dataset
 
     dims = module.input_dims
     channels = dims[1] if len(dims) > 1 and isinstance(dims[1], int) and dims[1] > 0 else None
+    check_normalisation(args.mean, args.std, channels, f"the model input '{module.input_name}'")
     size = args.input_size
     if size is None and len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:]):
         size = (dims[2], dims[3])
@@ -216,8 +246,11 @@ def run_finetune(args: argparse.Namespace) -> int:
                           hint="pip install 'snncc[train]' (torch==2.13.0)") from None
     from snncc.outputs import Output, atomic_file, check_outputs, same_path
 
+    from snncc.train.finetune import pick_device
+
     snn = args.iir or args.mt is not None
     _check_args(args, snn)
+    pick_device(args.device)   # a bad --device is refused before anything is read or written
     output = Path(args.output)
     outs = [Output(output, "file", "-o")]
     if snn:

@@ -17,8 +17,10 @@ they are unless ``mean``/``std`` are given. The result must be what the ONNX mod
 input; e.g. ImageNet models: ``--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225``.
 
 Every problem is a coded :class:`~snncc.errors.CalibrationError`: SNN-E803 (file missing,
-unreadable, no labels, shapes), SNN-E809 (labels not integers, negative or >= the number of
-classes), SNN-E810 (image folder without class folders, an empty class folder, an unreadable image).
+unreadable or corrupt, no labels, shapes, images that are not numbers or hold NaN/Inf), SNN-E804
+(``mean``/``std`` not finite, ``std`` not positive, or not one value or one per channel), SNN-E809
+(labels not integers, negative or >= the number of classes), SNN-E810 (image folder without class
+folders, an empty class folder, an unreadable image).
 
 The loader function is shared with calibration (``--calib`` of compile): ``open_dataset(path,
 labels=False)`` gives the images only.
@@ -36,8 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 from snncc.errors import CalibrationError
 
 __all__ = ["Arrays", "ArrayDataset", "NpyPairDataset", "ImageFolderDataset", "Preprocess", "open_dataset",
-           "load_npz", "as_arrays", "as_dataset", "check_input_shape", "check_labels", "make_loader",
-           "first_images", "IMAGE_SUFFIXES"]
+           "load_npz", "as_arrays", "as_dataset", "check_input_shape", "check_labels", "check_images",
+           "check_normalisation", "make_loader", "first_images", "IMAGE_SUFFIXES"]
 
 Arrays = tuple[np.ndarray, np.ndarray]
 DataLike = Union[Arrays, "os.PathLike[str]", str, Dataset]
@@ -53,8 +55,12 @@ class Preprocess:
     """``x / 255`` for integer data, then ``(x - mean) / std`` when given (per channel or one value)."""
 
     def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
-        self.mean = None if mean is None else np.asarray(mean, np.float32)
-        self.std = None if std is None else np.asarray(std, np.float32)
+        self.mean = None if mean is None else np.asarray(mean, np.float32).reshape(-1)
+        self.std = None if std is None else np.asarray(std, np.float32).reshape(-1)
+        for flag, values in (("--mean", self.mean), ("--std", self.std)):
+            if values is not None and (values.size == 0 or not np.all(np.isfinite(values))):
+                raise _fail("SNN-E804", f"{flag} {values.tolist()} must be finite numbers",
+                            "e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225")
         if self.std is not None and np.any(self.std <= 0):
             raise _fail("SNN-E804", f"--std {list(self.std)} must be positive", "e.g. --std 0.229,0.224,0.225")
 
@@ -70,6 +76,45 @@ class Preprocess:
             if self.std is not None:
                 x = x / (self.std.reshape(shape) if self.std.size > 1 else self.std.reshape(()))
         return x
+
+
+def check_normalisation(mean: Sequence[float] | None, std: Sequence[float] | None, channels: int | None,
+                        where: str = "the data") -> None:
+    """``mean``/``std`` hold one value, or one per channel (``channels``; None: not known, no check)."""
+    if channels is None:
+        return
+    for flag, values in (("--mean", mean), ("--std", std)):
+        if values is not None and len(values) not in (1, channels):
+            raise _fail("SNN-E804", f"{flag} has {len(values)} values but {where} has {channels} channel"
+                        f"{'s' if channels != 1 else ''}",
+                        "give one value" + (f" (used for every channel) or {channels}, one per channel"
+                                            if channels != 1 else ""))
+
+
+def check_images(x: np.ndarray, where: str, chunk: int = 1 << 24) -> None:
+    """Images are numbers (integer, bool or float) and, when float, hold no NaN or Inf.
+
+    Memory-mapped arrays are scanned in chunks of about ``chunk`` values, so they are never
+    loaded whole.
+    """
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.issubdtype(x.dtype, np.complexfloating):
+        raise _fail("SNN-E803", f"{where}: images have dtype {x.dtype}, not real numbers",
+                    "save the images as uint8 (0..255) or float32")
+    if not np.issubdtype(x.dtype, np.floating) or x.size == 0:
+        return
+    per_sample = max(1, int(np.prod(x.shape[1:])))
+    step = max(1, chunk // per_sample)
+    bad = first = 0
+    for start in range(0, len(x), step):
+        part = np.asarray(x[start:start + step])
+        finite = np.isfinite(part).reshape(len(part), -1).all(axis=1)
+        if not finite.all():
+            if not bad:
+                first = start + int(np.argmin(finite))
+            bad += int((~finite).sum())
+    if bad:
+        raise _fail("SNN-E803", f"{where}: {bad} image(s) of {len(x)} hold NaN or Inf values (the first: "
+                    f"sample {first})", "clean or drop those samples (one NaN makes every trained weight NaN)")
 
 
 class ArrayDataset(Dataset):
@@ -178,9 +223,13 @@ def _read_labels(path: Path, where: str) -> np.ndarray:
         raise _fail("SNN-E803", f"{where} has no labels: '{path}' does not exist",
                     "save the integer class labels with np.save(y_path, labels)")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise _fail("SNN-E803", f"cannot read labels '{path}' ({exc})", "re-save them with np.save") from exc
+        y = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several unrelated types for truncated or foreign files
+        raise _fail("SNN-E803", f"cannot read labels '{path}' ({type(exc).__name__}: {exc})",
+                    "re-save them with np.save") from None
+    if not isinstance(y, np.ndarray):
+        raise _fail("SNN-E803", f"labels '{path}' are an .npz archive, not one array", "re-save them with np.save")
+    return y
 
 
 def check_labels(y: np.ndarray, n: int, num_classes: int | None, where: str) -> np.ndarray:
@@ -247,6 +296,7 @@ def open_dataset(path: str | os.PathLike, *, channels: int | None = None, size: 
     if not p.exists():
         raise _fail("SNN-E803", f"{where} does not exist", "check the path")
     if p.is_dir() and not (p / "x.npy").is_file():
+        check_normalisation(mean, std, channels or 3, where)
         return _image_folder(p, channels or 3, size, pre, labels, num_classes)
     if p.is_dir() or p.suffix == ".npy":
         x_path, y_path = _npy_pair(p) if labels or p.is_dir() else (p, None)
@@ -254,19 +304,30 @@ def open_dataset(path: str | os.PathLike, *, channels: int | None = None, size: 
             raise _fail("SNN-E803", f"{where}: '{x_path}' does not exist", "save the images with np.save")
         try:
             x = np.load(x_path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise _fail("SNN-E803", f"cannot read '{x_path}' ({exc})",
-                        "save the images with np.save (no pickled objects)") from exc
-        if x.ndim < 2 or len(x) == 0:
-            raise _fail("SNN-E803", f"{where}: images have shape {list(x.shape)}", "N x C x H x W, N >= 1")
+        except Exception as exc:  # numpy raises several unrelated types for truncated or foreign files
+            raise _fail("SNN-E803", f"cannot read '{x_path}' ({type(exc).__name__}: {exc})",
+                        "save the images with np.save (no pickled objects)") from None
+        if not isinstance(x, np.ndarray) or x.ndim < 2 or len(x) == 0:
+            raise _fail("SNN-E803", f"{where}: images have shape {list(getattr(x, 'shape', []))}",
+                        "N x C x H x W, N >= 1")
+        check_normalisation(mean, std, x.shape[1], where)
         y = check_labels(_read_labels(y_path, where), len(x), num_classes, where) if labels else None
+        if labels:   # calibration (labels=False) checks the samples it reads itself (SNN-E409)
+            try:
+                check_images(x, where)
+            except (OSError, ValueError) as exc:   # a truncated memory map
+                raise _fail("SNN-E803", f"cannot read '{x_path}' ({type(exc).__name__}: {exc})",
+                            "save the images with np.save (no pickled objects)") from None
         ds = NpyPairDataset(x_path, y, tuple(x.shape), pre, where)
         del x
         return ds
     x, y = load_npz(p, labels=labels)
     if x.ndim < 2 or len(x) == 0:
         raise _fail("SNN-E803", f"{where}: images have shape {list(x.shape)}", "N x C x H x W, N >= 1")
+    check_normalisation(mean, std, x.shape[1], where)
     y = check_labels(y, len(x), num_classes, where) if labels else None
+    if labels:
+        check_images(x, where)
     return ArrayDataset(x, y, pre, where)
 
 
@@ -283,10 +344,12 @@ def load_npz(path: str | os.PathLike, labels: bool = True) -> tuple[np.ndarray, 
                             + (" (no labels)" if "y" in missing else ""),
                             "save it with np.savez(path, x=images, y=labels)")
             return f["x"], (f["y"] if labels else None)
-    except (OSError, ValueError, EOFError) as exc:
-        raise _fail("SNN-E803", f"cannot read data file '{path}' ({exc})",
+    except CalibrationError:
+        raise
+    except Exception as exc:  # numpy / zipfile / zlib raise several unrelated types for corrupt files
+        raise _fail("SNN-E803", f"cannot read data file '{path}' ({type(exc).__name__}: {exc})",
                     "give an .npz file with keys x (images) and y (labels), an x.npy/y.npy pair or an "
-                    "image folder") from exc
+                    "image folder") from None
 
 
 def as_arrays(data, what: str = "data") -> Arrays:
@@ -310,7 +373,9 @@ def as_dataset(data: DataLike, what: str = "data", num_classes: int | None = Non
     x, y = (np.asarray(a) for a in data)
     if x.ndim < 2 or len(x) == 0:
         raise _fail("SNN-E803", f"{what} needs x with N >= 1 samples (got x {x.shape})", "N x C x H x W")
-    return ArrayDataset(x, check_labels(y, len(x), num_classes, what), where=what)
+    y = check_labels(y, len(x), num_classes, what)
+    check_images(x, what)
+    return ArrayDataset(x, y, where=what)
 
 
 def check_input_shape(dataset_or_x, dims: Sequence[int | str | None], what: str = "data") -> None:

@@ -149,10 +149,24 @@ def check_option(ok: bool, what: str, hint: str) -> None:
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """The given device, else cuda when available, else cpu (under torchrun: cuda:LOCAL_RANK)."""
     if device is not None:
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            raise OptionError(f"finetune: device '{device}' is not a torch device", code="SNN-E804",
+                              hint="use --device cpu, cuda or cuda:N") from None
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise OptionError(f"finetune: device '{device}' cannot train (device type '{dev.type}')",
+                              code="SNN-E804", hint="use --device cpu, cuda or cuda:N")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise OptionError(f"finetune: device '{device}' requested but CUDA is not available", code="SNN-E804",
                               hint="use --device cpu, or install a CUDA build of torch")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise OptionError(f"finetune: device '{device}' requested but there are only "
+                              f"{torch.cuda.device_count()} CUDA device(s)", code="SNN-E804",
+                              hint=f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise OptionError(f"finetune: device '{device}' requested but MPS is not available", code="SNN-E804",
+                              hint="use --device cpu")
         if dev.type == "cuda" and dev.index is None and dist_info()[1] > 1:
             import os
 
@@ -408,17 +422,24 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
     through ``on_epoch_end`` (which receives one after every epoch: model, optimizer, scheduler,
     epoch, history).
     """
-    check_option(levels >= 1, f"levels L={levels} must be >= 1", "use e.g. -L 4")
+    from snncc.context import MAX_LEVELS, MAX_TIMESTEPS  # what `snncc compile` accepts for -L / -T
+
+    check_option(1 <= levels <= MAX_LEVELS, f"levels L={levels} must lie in 1..{MAX_LEVELS} (what compile accepts)",
+                 "use e.g. -L 4")
     check_option(epochs >= 0, f"epochs={epochs} must be >= 0", "use e.g. --epochs 3")
-    check_option(sparsity >= 0, f"sparsity kappa={sparsity} must be >= 0", "use e.g. --sparsity 1e-8")
-    check_option(lr > 0 and batch_size >= 1 and val_every >= 1, "lr, batch size and val_every must be positive",
-                 "use e.g. --lr 0.01 --batch-size 64")
-    check_option(0 <= distill <= 1 and temperature > 0, f"distillation weight {distill} must lie in [0, 1] and "
-                 f"temperature {temperature} be > 0", "e.g. --distill 0.5 --temperature 4")
+    check_option(0 <= sparsity < math.inf, f"sparsity kappa={sparsity} must be >= 0 and finite",
+                 "use e.g. --sparsity 1e-8")
+    check_option(0 < lr < math.inf and batch_size >= 1 and val_every >= 1,
+                 "lr, batch size and val_every must be positive (and lr finite)", "use e.g. --lr 0.01 --batch-size 64")
+    check_option(0 <= weight_decay < math.inf, f"weight decay {weight_decay} must be >= 0 and finite",
+                 "e.g. --weight-decay 5e-4, or 0 for none")
+    check_option(0 <= distill <= 1 and 0 < temperature < math.inf, f"distillation weight {distill} must lie in "
+                 f"[0, 1] and temperature {temperature} be > 0 and finite", "e.g. --distill 0.5 --temperature 4")
     check_option(0 < warmup < 1, f"warm-up fraction {warmup} must lie in (0, 1)", "e.g. --warmup 0.3")
     check_option(bn in ("fold", "freeze", "train"), f"bn={bn!r} is not fold|freeze|train", "use --bn fold")
     check_option(calib_samples >= 1, f"calib samples {calib_samples} must be >= 1", "e.g. --calib-samples 256")
-    check_option(snn_timesteps is None or snn_timesteps >= 1, f"SNN timesteps {snn_timesteps} must be >= 1",
+    check_option(snn_timesteps is None or 1 <= snn_timesteps <= MAX_TIMESTEPS,
+                 f"SNN timesteps {snn_timesteps} must lie in 1..{MAX_TIMESTEPS} (what compile accepts for -T)",
                  "e.g. --snn-timesteps 4")
     method, value = _lambda_init(lambda_init)
     setup = prepare_training(module, train_data, val_data, batch_size=batch_size, seed=seed,

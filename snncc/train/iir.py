@@ -247,8 +247,11 @@ def train_snn(module: nn.Module, train_data: DataLike, val_data: DataLike | None
     """Convert a copy of the ReLU ``module`` to an SNN (LIF, or MT when ``mt`` is given) and train it
     at each T of ``timesteps`` in turn, each stage starting from the previous one (IIR schedule)."""
 
-    check_option(len(timesteps) >= 1 and all(int(t) >= 1 for t in timesteps),
-                 f"timesteps {list(timesteps)} must be integers >= 1", "use e.g. --timesteps 5,4,3,2,1")
+    from snncc.context import MAX_TIMESTEPS  # what `snncc compile` accepts for -T
+
+    check_option(len(timesteps) >= 1 and all(1 <= int(t) <= MAX_TIMESTEPS for t in timesteps),
+                 f"timesteps {list(timesteps)} must be integers in 1..{MAX_TIMESTEPS} (what compile accepts for -T)",
+                 "use e.g. --timesteps 5,4,3,2,1")
     check_option(epochs >= 0 and lr > 0 and batch_size >= 1 and val_every >= 1,
                  "epochs >= 0, lr > 0, batch size >= 1 and val_every >= 1 are required", "see snncc finetune --help")
     check_option(mt in (None, "parallel", "cascade"), f"mt mode {mt!r} is not parallel|cascade",
