@@ -74,19 +74,45 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _neuron_params(args: argparse.Namespace) -> dict[str, Any]:
+    from snncc.errors import OptionError
+
     params: dict[str, Any] = dict(args.neuron_param or [])
     for key in ("tau", "mt_preset", "mt_mode", "mt_n"):
         value = getattr(args, key)
         if value is not None:
-            params[key.replace("mt_", "") if key != "tau" else key] = value
+            name = key.replace("mt_", "") if key != "tau" else key
+            if name in params and str(params[name]) != str(value):
+                raise OptionError(f"--{key.replace('_', '-')} {value} and --neuron-param "
+                                  f"{name}={params[name]} disagree", code="SNN-E309",
+                                  hint="give the parameter once")
+            params[name] = value
     return params
+
+
+def _qann_ignores(args: argparse.Namespace) -> list[str]:
+    """Spiking options given with --target qann, which has no neurons or time (they would be
+    silently ignored)."""
+    given = [flag for flag, value in (("-T", args.timesteps), ("--neuron", args.neuron),
+                                      ("--tau", args.tau), ("--mt-n", args.mt_n),
+                                      ("--mt-preset", args.mt_preset),
+                                      ("--mt-mode", args.mt_mode),
+                                      ("--neuron-param", args.neuron_param)) if value]
+    if args.schedule != "auto":
+        given.append("--schedule")
+    return given
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from snncc.driver import compile_model, make_options
 
+    if args.target == "qann" and _qann_ignores(args):
+        print(f"snncc compile: warning: ignored with --target qann: "
+              f"{', '.join(_qann_ignores(args))} (a quantized-clip ANN has no neurons or "
+              "timesteps; its levels come from -L, default 8)", file=sys.stderr)
     options = make_options(
-        target=args.target, timesteps=args.timesteps, neuron=args.neuron, levels=args.levels,
+        target=args.target, timesteps=4 if args.timesteps is None else args.timesteps,
+        neuron=args.neuron or "if",
+        levels=args.levels,
         calib_path=args.calib, calib_method=args.calib_method, calib_percentile=args.percentile,
         calib_per_channel=args.per_channel, calib_max_samples=args.calib_samples,
         fidelity_samples=args.fidelity_samples,
@@ -202,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-lossy", action="store_true",
                    help="nir: export soft-reset neurons although NIR resets to v_reset (the "
                    "report notes the difference)")
-    p.add_argument("-T", "--timesteps", type=int, default=4, help="timesteps (default 4)")
-    p.add_argument("--neuron", default="if", choices=NEURON_KEYS,
+    p.add_argument("-T", "--timesteps", type=int, default=None, help="timesteps (default 4)")
+    p.add_argument("--neuron", default=None, choices=NEURON_KEYS,
                    help="spiking neuron model (default if)")
     p.add_argument("--levels", "-L", type=int, default=None,
                    help="quantization levels L of the clip (default: what the neuron needs at "
@@ -292,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per ONNX Runtime call (default 16: the [T*N, ...] tensors of a "
                    "folded SNN stay cache-sized; bench/results/window.md)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--semantics", choices=("emulated", "hardware"), default="emulated",
+    p.add_argument("--semantics", choices=("emulated", "hardware"), default=None,
                    help="Loihi directory: 'emulated' (default) runs each neuron's own rule as a "
                    "microcoded neuron; 'hardware' runs stock Loihi CUBA neurons as network.net "
                    "deploys them (v from 0, fire on >, reset to 0; bit-equal to Lava)")

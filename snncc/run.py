@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -221,12 +222,18 @@ def run_command(args: argparse.Namespace) -> int:
                           code="SNN-E684", hint="e.g. --batch-size 256")
     out = _check_run_output(args)
     target = Path(args.model)
+    ignored = ([f for f, v in (("--no-library", args.no_library),
+                               ("--batch-size", args.batch_size not in (None, 16))) if v]
+               if target.is_dir() else (["--semantics"] if args.semantics else []))
+    if ignored:
+        kind = "a Loihi directory" if target.is_dir() else "an ONNX model"
+        print(f"snncc run: warning: ignored for {kind}: {', '.join(ignored)}", file=sys.stderr)
     if target.is_dir():
         from snncc.backends.loihi.simulator import run_netlist
 
         x, labels = load_inputs(args.input)
         all_outputs, events = run_netlist(target, x,
-                                          semantics=getattr(args, "semantics", "emulated"))
+                                          semantics=getattr(args, "semantics", None) or "emulated")
         n = max(len(x), 1)
         activity = {"events_per_layer": {k: float(v.sum()) for k, v in events.items()},
                     "layers": [{"name": k, "events_per_sample": float(v.sum()) / n,

@@ -145,6 +145,22 @@ def test_a_calibration_folder_error_is_told_as_calibration(corpus, tmp_path, cap
     assert "calibrate:" in err and "finetune" not in err
 
 
+def test_a_neuron_parameter_given_twice_must_agree(corpus, tmp_path, capsys):
+    expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib", corpus.calib,
+                 "--neuron", "gn", "--tau", "3", "--neuron-param", "tau=4", "-o",
+                 tmp_path / "o.onnx"], "SNN-E309")
+
+
+def test_options_that_do_not_apply_are_named_as_ignored(corpus, tmp_path, capsys):
+    assert main([str(a) for a in ["compile", corpus.model, "--calib", corpus.calib, "--target",
+                                  "qann", "-T", "3", "--neuron", "gn", "-o", tmp_path / "q.onnx",
+                                  "-q"]]) == 0
+    assert "ignored with --target qann: -T, --neuron" in capsys.readouterr().err
+    assert main(["run", str(corpus.snn), "--input", str(corpus.data), "--semantics", "hardware",
+                 "--no-library"]) == 0
+    assert "ignored for an ONNX model: --semantics" in capsys.readouterr().err
+
+
 def test_all_unsupported_activations_reported_at_once(corpus, tmp_path, capsys):
     err = expect_error(capsys, [corpus.root, tmp_path],
                        ["compile", corpus.act_many, "--calib", corpus.calib, "-o",
