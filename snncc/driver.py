@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from snncc import __version__, fidelity, ir
 from snncc.context import MAX_LEVELS, MAX_TIMESTEPS, TARGETS, CompileContext, CompileOptions
 from snncc.errors import BackendCapabilityError, OptionError
@@ -39,9 +41,56 @@ def _choice(name: str, value: Any, allowed: Sequence[Any], code: str) -> None:
                           hint="choose one of: " + ", ".join(map(str, allowed)))
 
 
+_INT_OPTIONS = ("timesteps", "levels", "fidelity_samples", "calib_max_samples")
+_BOOL_OPTIONS = ("bias_shift", "calib_per_channel", "allow_analog", "allow_lossy")
+
+
+def _api_type_error(name: str, value: Any, want: str) -> OptionError:
+    return OptionError(f"option {name}={value!r} ({type(value).__name__}) must be {want}",
+                       code="SNN-E349", hint=f"pass {name} as {want}")
+
+
+def _typed(kw: dict[str, Any]) -> dict[str, Any]:
+    """Python-API values of the right type (numpy scalars become Python ones), else SNN-E349:
+    e.g. levels=4.5 or timesteps=True would otherwise compile something else than asked."""
+    kw = dict(kw)
+    for name in _INT_OPTIONS:
+        value = kw.get(name)
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise _api_type_error(name, value, "an integer")
+        kw[name] = int(value)
+    for name in _BOOL_OPTIONS:
+        value = kw.get(name)
+        if value is not None:
+            if not isinstance(value, (bool, np.bool_)):
+                raise _api_type_error(name, value, "True, False or None")
+            kw[name] = bool(value)
+    value = kw.get("calib_percentile")
+    if value is not None:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            raise _api_type_error("calib_percentile", value, "a number")
+        kw["calib_percentile"] = float(value)
+    value = kw.get("calib_path")
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise _api_type_error("calib_path", value, "a path (str or os.PathLike)")
+    for name in ("input_shapes", "neuron_params"):
+        if name in kw and kw[name] is not None and not isinstance(kw[name], Mapping):
+            raise _api_type_error(name, kw[name], "a mapping (dict)")
+    return kw
+
+
 def make_options(**kw: Any) -> CompileOptions:
-    """Build validated CompileOptions; resolves levels and bias shift from the chosen neuron."""
-    opts = CompileOptions(**kw)
+    """Build validated CompileOptions; resolves levels and bias shift from the chosen neuron.
+
+    Values of the wrong type (Python API) are SNN-E349; numpy integers are taken as ints."""
+    try:
+        opts = CompileOptions(**_typed(kw))
+    except TypeError as exc:  # an unknown keyword
+        raise OptionError(f"make_options: {exc}", code="SNN-E349",
+                          hint="the options are the fields of snncc.context.CompileOptions"
+                          ) from None
     _choice("target", opts.target, TARGETS, "SNN-E350")
     _choice("calibration method", opts.calib_method, CALIB_METHODS, "SNN-E351")
     _choice("max-pool treatment", opts.maxpool, MAXPOOL_MODES, "SNN-E352")
@@ -138,7 +187,21 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     turns an SNN-ANN top-1 agreement below it into :class:`FidelityError` (nothing written).
     """
     start = time.perf_counter()
+    if not isinstance(options, CompileOptions):
+        raise _api_type_error("options", options, "CompileOptions from make_options(...)")
+    for name, value in (("model_path", model_path), ("out", out), ("report_path", report_path),
+                        ("dump_dir", dump_dir)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise _api_type_error(name, value, "a path (str or os.PathLike)")
+    if verify not in ("off", "ends", "each"):
+        raise OptionError(f"verify={verify!r} is not one of off, ends, each", code="SNN-E349",
+                          hint="verify='ends' (the default)")
+    if isinstance(dump_after, str):
+        dump_after = [dump_after]
     if min_agreement is not None:
+        if isinstance(min_agreement, (bool, np.bool_)) or not isinstance(
+                min_agreement, (int, float, np.number)):
+            raise _api_type_error("min_agreement", min_agreement, "a number in [0, 1]")
         if not 0.0 <= min_agreement <= 1.0:
             raise OptionError(f"--min-agreement must be a fraction in [0, 1], got {min_agreement}",
                               code="SNN-E367", hint="e.g. --min-agreement 0.97")

@@ -107,11 +107,19 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     """Run a compiled model on ``inputs`` (name -> array, or one array for a single-input model),
     in batches of ``batch_size`` samples (all at once by default). ``optimize=False`` disables ORT
     graph optimisations (bit-exact comparisons)."""
-    proto = model_path if isinstance(model_path, onnx.ModelProto) else onnx.load(str(model_path))
-    if batch_size is not None and batch_size < 1:
-        raise OptionError(f"batch size must be at least 1, got {batch_size}", code="SNN-E684",
-                          hint="e.g. --batch-size 256")
+    if not isinstance(model_path, (str, os.PathLike, onnx.ModelProto)):
+        raise OptionError(f"model {model_path!r} is not a path or an onnx.ModelProto",
+                          code="SNN-E349", hint="pass the compiled model's path")
+    proto = ir.read_proto(model_path)  # SNN-E101 / E102 like the CLI
+    if batch_size is not None and (isinstance(batch_size, (bool, np.bool_)) or not isinstance(
+            batch_size, (int, np.integer)) or batch_size < 1):
+        raise OptionError(f"batch size must be an integer of at least 1, got {batch_size!r}",
+                          code="SNN-E684", hint="e.g. --batch-size 256")
     wanted_inputs = data_inputs(proto)
+    if not isinstance(inputs, Mapping) and (not isinstance(inputs, np.ndarray) or inputs.ndim < 1):
+        raise ModelInputError(f"inputs must be an array of samples or a mapping input name -> "
+                              f"samples, not {type(inputs).__name__}", code="SNN-E683",
+                              hint="e.g. run_compiled(model, x) with x of shape [N, C, H, W]")
     if not isinstance(inputs, Mapping):
         if len(wanted_inputs) != 1:
             raise ModelInputError(f"the model has {len(wanted_inputs)} inputs "

@@ -1,0 +1,53 @@
+"""The Python API refuses values of the wrong type with a coded error (SNN-E349 and the run
+codes), instead of a TypeError/AttributeError from deep inside or, worse, compiling something
+else than asked (levels=4.5, timesteps=True)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snncc.driver import compile_model, make_options
+from snncc.errors import SnnccError
+from snncc.simulate import run_compiled
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+MODEL = str(EXAMPLES / "mnist_cnn.onnx")
+CALIB = str(EXAMPLES / "mnist_calib.npz")
+X = np.zeros((2, 1, 28, 28), np.float32)
+
+
+@pytest.mark.parametrize("call, code", [
+    (lambda: make_options(target="qann", levels="8"), "SNN-E349"),
+    (lambda: make_options(target="qann", levels=4.5), "SNN-E349"),
+    (lambda: make_options(timesteps=True), "SNN-E349"),
+    (lambda: make_options(calib_percentile="x"), "SNN-E349"),
+    (lambda: make_options(calib_path=123), "SNN-E349"),
+    (lambda: make_options(neuron_params=[1, 2]), "SNN-E349"),
+    (lambda: make_options(input_shapes="input=1x1x28x28"), "SNN-E349"),
+    (lambda: make_options(bias_shift="yes"), "SNN-E349"),
+    (lambda: make_options(no_such_option=1), "SNN-E349"),
+    (lambda: compile_model(MODEL, "o.onnx", {"timesteps": 2}), "SNN-E349"),
+    (lambda: compile_model(5, "o.onnx", make_options()), "SNN-E349"),
+    (lambda: compile_model(MODEL, "o.onnx", make_options(calib_path=CALIB), verify="bogus"),
+     "SNN-E349"),
+    (lambda: compile_model(MODEL, "o.onnx", make_options(calib_path=CALIB), min_agreement="x"),
+     "SNN-E349"),
+    (lambda: run_compiled("no/such/model.onnx", X), "SNN-E101"),
+    (lambda: run_compiled(CALIB, X), "SNN-E102"),
+    (lambda: run_compiled(MODEL, X, batch_size=2.5), "SNN-E684"),
+    (lambda: run_compiled(MODEL, None), "SNN-E683"),
+])
+def test_wrong_types_are_coded_errors(tmp_path, monkeypatch, call, code):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SnnccError) as err:
+        call()
+    assert err.value.code == code
+    assert not list(tmp_path.iterdir())
+
+
+def test_numpy_integers_are_taken_as_ints():
+    """T read from an npz or a numpy-typed config."""
+    opts = make_options(timesteps=np.int64(4), levels=np.int32(4), neuron="mt")
+    assert (opts.timesteps, opts.levels) == (4, 4) and type(opts.timesteps) is int
