@@ -216,6 +216,20 @@ def _write_outputs(out: Path, all_outputs: dict[str, np.ndarray], summary: dict[
             np.savez_compressed(f, outputs=next(iter(all_outputs.values())), **named, **events)
 
 
+def _netlist_activity(net, events: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+    """The activity table of a Loihi run, in the units of :meth:`RunResult.activity`: the rate is
+    per neuron and slice. The simulator keeps events summed over the slices, so spikes equal
+    events for binary-spike groups and are not known (None) for graded ones."""
+    spike = {g.name: g.spike for g in net.groups}
+    layers = []
+    for k, v in events.items():
+        total = float(v.sum())
+        layers.append({"name": k, "events_per_sample": total / n,
+                       "spikes_per_sample": total / n if spike.get(k) == "binary" else None,
+                       "rate": total / (n * max(net.total_steps, 1) * max(v[0].size, 1))})
+    return {"events_per_layer": {k: float(v.sum()) for k, v in events.items()}, "layers": layers}
+
+
 def run_command(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {args.batch_size}",
@@ -229,17 +243,14 @@ def run_command(args: argparse.Namespace) -> int:
         kind = "a Loihi directory" if target.is_dir() else "an ONNX model"
         print(f"snncc run: warning: ignored for {kind}: {', '.join(ignored)}", file=sys.stderr)
     if target.is_dir():
+        from snncc.backends.loihi.netlist import load
         from snncc.backends.loihi.simulator import run_netlist
 
+        net = load(target)
         x, labels = load_inputs(args.input)
-        all_outputs, events = run_netlist(target, x,
+        all_outputs, events = run_netlist(net, x,
                                           semantics=getattr(args, "semantics", None) or "emulated")
-        n = max(len(x), 1)
-        activity = {"events_per_layer": {k: float(v.sum()) for k, v in events.items()},
-                    "layers": [{"name": k, "events_per_sample": float(v.sum()) / n,
-                                "spikes_per_sample": float(np.count_nonzero(v)) / n,
-                                "rate": float(v.sum()) / (n * v[0].size)}
-                               for k, v in events.items()]}
+        activity = _netlist_activity(net, events, max(len(x), 1))
     else:
         from snncc import ir
         from snncc.simulate import data_inputs, run_compiled

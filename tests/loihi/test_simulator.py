@@ -227,3 +227,24 @@ def test_netx_export_stops_at_a_relay_and_says_why(tmp_path):
     reasons = {s["group"]: s["reason"] for s in meta["not_exported"]}
     relay = next(g.name for g in net.groups if g.kind == "relay")
     assert "relay" in reasons[relay] and "no NetX neuron" in reasons[relay]
+
+
+def test_run_reports_rates_in_the_units_of_an_onnx_run(tmp_path, capsys):
+    """Spikes per neuron and slice, as RunResult.activity: the Loihi table divided the events by
+    the neurons only (T times larger for the same spikes)."""
+    import json
+
+    from snncc.cli import main
+
+    model, x, *_ = _run("IFNeuron", {})
+    LoihiBackend().emit(model, CompileContext(CompileOptions(target="loihi", timesteps=4)),
+                        tmp_path / "out")
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(tmp_path / "out"), "--input", str(tmp_path / "x.npy"),
+                 "--json"]) == 0
+    got = {r["name"]: r for r in json.loads(capsys.readouterr().out)["activity"]["layers"]}
+    want = {r["name"]: r for r in ort_reference(model, x, 4).activity()["layers"]}
+    assert got.keys() == want.keys()
+    for name, row in want.items():
+        assert got[name]["rate"] == pytest.approx(row["rate"])
+        assert got[name]["spikes_per_sample"] == pytest.approx(row["spikes_per_sample"])
