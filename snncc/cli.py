@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "and emit the chosen target. Nothing is written unless it succeeds.")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("-o", "--output", default=None,
-                   help="output .onnx file (qann, ort) or directory (loihi); default: beside the "
-                   "model, MODEL.snn.onnx / MODEL.qann.onnx / MODEL.loihi/")
+                   help="output .onnx file (qann, ort), directory (loihi) or .nir file (nir); "
+                   "default: beside the model, MODEL.snn.onnx / MODEL.qann.onnx / MODEL.loihi/ "
+                   "/ MODEL.nir")
     p.add_argument("--force", action="store_true",
                    help="write into an existing directory that snncc did not create (nothing "
                    "else there is deleted); inputs are never overwritten")
