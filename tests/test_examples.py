@@ -117,3 +117,19 @@ def test_bundled_model_accuracy():
     assert logits.shape == (1000, 10)
     accuracy = float((logits.argmax(1) == test["y"]).mean())
     assert accuracy >= recorded_test_accuracy() - 0.005
+
+
+def test_the_readme_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's Python block that calls compile_model runs as written (from a folder with
+    the repo's examples/ and an out/ beside it) and gives the quoted-table accuracy range."""
+    import re
+
+    text = (EXAMPLES.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "compile_model" in b)
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    acc = (scope["run"].outputs["logits"].argmax(1) == scope["test"]["y"]).mean()
+    assert acc > 0.97 and scope["res"].report["fidelity"]["snn_vs_ann"]["top1_agreement"] > 0.9
