@@ -154,7 +154,8 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 "holds the current directory)", command,
                 hint="name a new directory, e.g. -o out/model.loihi"))
             continue
-        if out.kind == "file" and (not str(out.path).strip() or Path(out.path).name in ("", ".", "..")):
+        if out.kind == "file" and (not str(out.path).strip()
+                                   or Path(out.path).name in ("", ".", "..")):
             diags.append(Diagnostic("SNN-E369", f"{where} names no file", command,
                                     hint=f"name a file, e.g. {out.option.split()[0]} "
                                     f"{out.example}"))

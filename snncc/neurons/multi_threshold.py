@@ -28,7 +28,8 @@ compares the membrane with all n thresholds, one after the other (an inner loop 
 an inner Scan in the function), so compile, verification and run time grow linearly with n
 (n = 10^4 took over a minute to compile the small digits CNN); 64 thresholds cover the
 per-slice level counts of QCFS models (L = 4 to 16) with room to spare, and more equidistant
-levels per slice are ``gn`` (τ = n, the same output at a constant cost per slice). The registry bounds L' <= 2^24 (MAX_LEVELS) as well, which caps pow2 at n <= 24 (T = 1).
+levels per slice are ``gn`` (τ = n, the same output at a constant cost per slice). The registry
+bounds L' <= 2^24 (MAX_LEVELS) as well, which caps pow2 at n <= 24 (T = 1).
 
 The model-local function supports the folded form only. It turns the string attributes into
 booleans without extra domains: ``Size(Unique(Concat([mode], ["cascade"]))) == 1`` iff
