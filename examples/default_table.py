@@ -92,9 +92,12 @@ def error_of(stderr: str, rc: int) -> dict:
 
 
 def one_cell(net: dict, neuron: str, t: int, work: Path) -> dict:
-    """Compile with defaults and run on the test split; accuracy or the error."""
+    """Compile with defaults and run on the test split; accuracy or the error. ``neuron="qann"``
+    compiles the quantized-clip ANN with L = ``t`` levels (``--target qann -L t``) instead."""
     out, report = work / f"{neuron}_T{t}.snn.onnx", work / f"{neuron}_T{t}.json"
-    compile_argv = ["compile", str(net["onnx_path"]), "-T", str(t), "--neuron", neuron,
+    what = ["--target", "qann", "-L", str(t)] if neuron == "qann" else ["-T", str(t), "--neuron",
+                                                                       neuron]
+    compile_argv = ["compile", str(net["onnx_path"]), *what,
                     "--calib", str(net["calib_path"]), "-o", str(out), "-q", "--report", str(report)]
     start = time.perf_counter()
     rc, _, err = snncc(compile_argv)
