@@ -21,7 +21,6 @@ written are ``--out`` (Markdown) and the same data as JSON beside it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -36,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from examples.data import load_digits_split, load_mnist_subset  # noqa: E402
 from examples.default_table import (ROOT, declare_table_outputs, git_commit,  # noqa: E402
-                                    one_cell, select_nets)
+                                    one_cell, select_nets, table_parser)
 from snncc import __version__  # noqa: E402
 from snncc.outputs import atomic_file  # noqa: E402
 
@@ -89,11 +88,8 @@ def markdown(data: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="Markdown table to write; the JSON goes beside it (default: %(default)s)")
+    parser = table_parser(__doc__, DEFAULT_OUT)
     parser.add_argument("--seeds", type=int, default=5, help="drawn calibration sets per net")
-    parser.add_argument("--nets", nargs="+", help="only these nets of trained_models.json")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")

@@ -10,7 +10,6 @@ folder; only the Markdown and JSON tables are written.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -21,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 from examples.default_table import (declare_table_outputs, error_of, select_nets,  # noqa: E402
-                                    snncc)
+                                    snncc, table_parser)
 from snncc.outputs import atomic_file  # noqa: E402
 
 NEURONS = ("if", "bitserial", "mt", "gn", "srp")
@@ -48,9 +47,7 @@ def accuracy(net: dict, work: Path, neuron: str, extra: list[str]) -> tuple[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--nets", nargs="+")
+    parser = table_parser(__doc__, DEFAULT_OUT)
     args = parser.parse_args(argv)
     nets = select_nets(parser, args.nets)
     out_json = declare_table_outputs(args.out, nets)

@@ -46,6 +46,16 @@ SHOWN_OPTIONS = ("calib_method", "calib_per_channel", "calib_max_samples", "cali
                  "fidelity_samples", "schedule")
 
 
+def table_parser(doc: str, default_out: Path) -> argparse.ArgumentParser:
+    """The options every results-table script shares: ``--out`` (Markdown; the JSON goes beside
+    it) and ``--nets``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help="Markdown table to write; the JSON goes beside it (default: %(default)s)")
+    parser.add_argument("--nets", nargs="+", help="only these nets of trained_models.json")
+    return parser
+
+
 def select_nets(parser: argparse.ArgumentParser, wanted: list[str] | None) -> dict[str, dict]:
     """The wanted entries of trained_models.json (all when None), with absolute ``onnx_path``,
     ``calib_path`` and ``test_path``; an argparse error names unknown ones."""
@@ -229,10 +239,7 @@ def markdown(data: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="Markdown table to write; the JSON goes beside it (default: %(default)s)")
-    parser.add_argument("--nets", nargs="+", help="only these nets of trained_models.json")
+    parser = table_parser(__doc__, DEFAULT_OUT)
     parser.add_argument("--neurons", nargs="+", default=list(NEURONS), choices=NEURONS)
     parser.add_argument("-T", "--timesteps", nargs="+", type=int, default=list(TIMESTEPS))
     parser.add_argument("--render", type=Path, metavar="JSON",

@@ -105,10 +105,11 @@ def _qann_ignores(args: argparse.Namespace) -> list[str]:
 def cmd_compile(args: argparse.Namespace) -> int:
     from snncc.driver import compile_model, make_options
 
-    if args.target == "qann" and _qann_ignores(args):
-        print(f"snncc compile: warning: ignored with --target qann: "
-              f"{', '.join(_qann_ignores(args))} (a quantized-clip ANN has no neurons or "
-              "timesteps; its levels come from -L, default 8)", file=sys.stderr)
+    ignored = _qann_ignores(args) if args.target == "qann" else []
+    if ignored:
+        print(f"snncc compile: warning: ignored with --target qann: {', '.join(ignored)} (a "
+              "quantized-clip ANN has no neurons or timesteps; its levels come from -L, default "
+              "8)", file=sys.stderr)
     options = make_options(
         target=args.target, timesteps=4 if args.timesteps is None else args.timesteps,
         neuron=args.neuron or "if",

@@ -84,32 +84,18 @@ def source_mask(block: Block, dst_mask: np.ndarray) -> np.ndarray:
         return np.zeros(block.src_view, dtype=bool)
     if block.kind == "dense":
         return np.ones(block.src_view, dtype=bool)
-    g = block.groups
-    per_group = rows.reshape(g, -1, *rows.shape[1:]).any(axis=1)
-    reach = _dilate(per_group, block.shape[2:], block.stride, block.pads, block.src_view[1:])
-    return np.repeat(reach, block.shape[1], axis=0)
-
-
-def _dilate(dst: np.ndarray, kernel_hw: tuple[int, int], stride: tuple[int, int],
-            pads: tuple[int, int], in_hw: tuple[int, int]) -> np.ndarray:
-    """Input positions [G, H, W] read by the destination positions ``dst`` [G, ho, wo]: the
-    adjoint of a convolution with an all-ones kernel, as boolean slices (the mapper calls this
-    for every candidate core slice, so it must be cheap)."""
-    (kh, kw), (sh, sw) = kernel_hw, stride
-    g, ho, wo = dst.shape
-    hp = max(in_hw[0] + pads[0], (ho - 1) * sh + kh)
-    wp = max(in_hw[1] + pads[1], (wo - 1) * sw + kw)
-    reach = np.zeros((g, hp, wp), dtype=bool)
-    for i in range(kh):
-        for j in range(kw):
-            reach[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw] |= dst
-    return reach[:, pads[0]:pads[0] + in_hw[0], pads[1]:pads[1] + in_hw[1]]
+    r0, reach = _reach_rows(rows, 0, block)
+    out = np.zeros(block.src_view, dtype=bool)
+    out[:, r0:r0 + reach.shape[1]] = reach
+    return out
 
 
 def _reach_rows(rows: np.ndarray, h0: int, blk: Block) -> tuple[int, np.ndarray]:
     """The source neurons of conv block ``blk`` read by its destination rows ``rows``
     [rows, nh, W] (which start at destination row ``h0``): (first source row, mask
-    [C_in, nr, W_in]), the rows of :func:`source_mask` that can be non-zero."""
+    [C_in, nr, W_in]) of the source rows that can be read. The adjoint of a convolution with an
+    all-ones kernel, as boolean slices (the mapper calls this for every candidate core slice, so
+    it works on the band of rows only)."""
     (kh, kw), (sh, sw), (pt, pl) = blk.shape[2:], blk.stride, blk.pads
     c_in, in_h, in_w = blk.src_view
     g, (_, nh, wo) = blk.groups, rows.shape
