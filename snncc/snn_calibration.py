@@ -39,7 +39,12 @@ makes the walk a bias-corrected QANN calibration.
 Cost: one segment run and up to ``len(SCALES) + BIAS_ROUNDS + 2`` neuron simulations per site;
 stored spike trains are freed after their last use. The sample count is lowered (to at least
 :data:`MIN_SAMPLES`) so that the stored trains fit :data:`MEMORY_BUDGET` and the largest site
-simulates at most :data:`SIMULATION_BUDGET` values per slice.
+simulates at most :data:`SIMULATION_BUDGET` values per slice. A site that still holds more (a
+224x224 map keeps 16 samples of 64 x 224 x 224 = 51 M values) searches lambda and bias on a fixed
+subset of its spatial positions (the same for every sample and channel, at most
+:data:`SEARCH_BUDGET` values per slice; the neurons are element-wise, so the subset is
+simulated exactly) and simulates the whole map once, with the chosen values, for the train that
+feeds the layers downstream. Its reported errors are those of the subset.
 """
 from __future__ import annotations
 
@@ -71,6 +76,8 @@ MEMORY_BUDGET = 3 << 30
 #: a 224x224 ResNet walks 16 samples, the MNIST nets all 256.
 SIMULATION_BUDGET = 8_000_000
 MIN_SAMPLES = 16
+#: Values per time slice above which a site searches lambda and bias on a subset of its positions.
+SEARCH_BUDGET = SIMULATION_BUDGET
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,24 @@ class _Neuron:
         return y.reshape((S, -1) + y.shape[1:])
 
 
+def _search_subset(z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, target)`` itself, or both restricted to a fixed subset of spatial positions when the
+    target holds more than :data:`SIMULATION_BUDGET` values (see the module doc): ``[..., C, P]``.
+    """
+    if target.ndim < 3 or target.size <= SEARCH_BUDGET:
+        return z, target
+    positions = int(np.prod(target.shape[2:]))
+    keep = max(1, SEARCH_BUDGET // (target.shape[0] * target.shape[1]))
+    if keep >= positions:
+        return z, target
+    chosen = np.sort(np.random.default_rng(0).choice(positions, keep, replace=False))
+
+    def cut(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a.reshape(a.shape[:2] + (positions,))[:, :, chosen])
+
+    return cut(z), cut(target)
+
+
 def _channel_mse(decoded: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Mean squared error per channel (axis 1) over samples and positions."""
     d = (decoded - target).astype(np.float64)
@@ -323,6 +348,7 @@ def _refine_site(site: Site, z: np.ndarray, const: bool, target: np.ndarray,
     lam0 = np.asarray(params.lam, np.float32)
     per_channel = lam0.ndim == 1 and target.ndim >= 2
     _, counted = neuron.steps(lam0)
+    full_z, (z, target) = z, _search_subset(z, target)
     norm = float(np.mean(target.astype(np.float64) ** 2)) or 1.0
 
     def simulate(lam: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -361,6 +387,9 @@ def _refine_site(site: Site, z: np.ndarray, const: bool, target: np.ndarray,
     bias32 = bias.astype(np.float32)
     new = replace(params, lam=best_lam,
                   bias=bias32 if np.any(bias32) else None)
+    if z is not full_z:  # searched on a subset: the train downstream needs the whole map
+        current = full_z if new.bias is None else full_z + _bcast(bias32, full_z.ndim)
+        best_train = neuron.run(current, best_lam, const)
     report = SiteReport(site.label or site.y, float(np.mean(err0)) / norm, total / norm,
                         float(np.mean(best_lam / np.where(lam0 > 0, lam0, 1))),
                         float(np.mean(np.abs(bias))))

@@ -26,7 +26,8 @@ import numpy as np
 import onnx
 
 from snncc.backends.loihi.mapping import hwc_order
-from snncc.backends.loihi.netlist import Block, Netlist, conv2d, conv2d_adjoint, load, lower
+from snncc.backends.loihi.netlist import (Block, Netlist, conv_box_sum, conv_fanout, load,
+                                          lower)
 from snncc.errors import BackendCapabilityError
 
 __all__ = ["fanout_map", "synops_per_target", "count_synops", "ort_events", "static_synops",
@@ -38,9 +39,7 @@ def fanout_map(block: Block) -> np.ndarray:
     """Synapses leaving every source neuron of the block: int64 [*src_view]."""
     if block.kind == "dense":
         return np.full(block.src_view, block.rows, dtype=np.int64)
-    ones = np.ones((1, block.rows) + block.out_hw, dtype=np.int64)
-    return conv2d_adjoint(ones, np.ones(block.shape, np.int64), block.stride, block.pads,
-                          block.groups, block.src_view[1:])[0]
+    return conv_fanout(block)
 
 
 def synops_per_target(block: Block, events: np.ndarray) -> np.ndarray:
@@ -49,8 +48,7 @@ def synops_per_target(block: Block, events: np.ndarray) -> np.ndarray:
     ev = events.reshape((-1,) + block.src_view).sum(axis=0, keepdims=True).astype(np.int64)
     if block.kind == "dense":
         return np.full((block.rows,) + block.out_hw, int(ev.sum()), dtype=np.int64)
-    return conv2d(ev, np.ones(block.shape, np.int64), block.stride, block.pads, block.groups,
-                  block.out_hw)[0]
+    return conv_box_sum(block, ev[0])
 
 
 def _netlist(source: Any, timesteps: int | None) -> Netlist:

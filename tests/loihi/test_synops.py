@@ -163,3 +163,33 @@ def test_report_writes_page_and_plots(tmp_path, suffix):
         "accuracy_vs_T": {"T": [1, 2], "series": {"ORT": [0.5, 0.9]}}, "notes": ["n"]})
     assert paths[0].read_text().count("r_files/") == 4
     assert all(p.stat().st_size > 0 and p.suffix == ".png" for p in paths[1:])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_separable_counts_equal_the_ones_convolutions(seed):
+    """conv_fanout / conv_fanin / conv_box_sum (window matrices) equal conv2d and its adjoint
+    with a ones kernel, on random shapes: groups, strides, uneven pads, inputs wider than the
+    outputs read."""
+    rng = np.random.default_rng(seed)
+    groups = int(rng.choice([1, 2, 4]))
+    cin, rows = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
+    kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    h, w = int(rng.integers(kh, 14)), int(rng.integers(kw, 14))
+    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    pads = (int(rng.integers(0, kh)), int(rng.integers(0, kw)))
+    out_hw = ((h + 2 * pads[0] - kh) // stride[0] + 1 - int(rng.integers(0, 2)),
+              (w + pads[1] - kw) // stride[1] + 1)
+    out_hw = (max(1, out_hw[0]), max(1, out_hw[1]))
+    block = nl.Block("b", "s", "d", "conv", np.ones((rows, cin // groups, kh, kw)),
+                     (cin, h, w), (rows,) + out_hw, stride=stride, pads=pads, groups=groups)
+    ones_w = np.ones(block.shape, np.int64)
+    adj = nl.conv2d_adjoint(np.ones((1, rows) + out_hw, np.int64), ones_w, stride, pads,
+                            groups, (h, w))[0]
+    assert np.array_equal(nl.conv_fanout(block), adj)
+    assert np.array_equal(fanout_map(block), adj)
+    fwd = nl.conv2d(np.ones((1, cin, h, w), np.int64), ones_w, stride, pads, groups, out_hw)[0]
+    assert np.array_equal(nl.conv_fanin(block), fwd)
+    ev = rng.integers(0, 9, (3, cin, h, w))
+    ref = nl.conv2d(ev.sum(axis=0, keepdims=True), ones_w, stride, pads, groups, out_hw)[0]
+    assert np.array_equal(nl.conv_box_sum(block, ev.sum(axis=0)), ref)
+    assert np.array_equal(synops_per_target(block, ev), ref)

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from snncc.context import QuantClipParams
 from snncc.driver import compile_model, make_options
 from snncc.neurons import get_neuron
 from snncc.snn_calibration import Site, _Neuron, refine_sites
@@ -40,7 +41,6 @@ SITES = [Site("z1", "r1"), Site("c2", "y")]
 
 
 def _start(levels: int) -> dict:
-    from snncc.context import QuantClipParams
     return {s.y: QuantClipParams(lam=np.full(4, 1.5, np.float32), levels=levels) for s in SITES}
 
 
@@ -154,3 +154,32 @@ def test_fold_batchnorm_adds_the_calibrated_bias(residual):
 
     before, after = z_of(model), z_of(out)
     np.testing.assert_allclose(after, before + bias.reshape(1, -1, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("neuron, const", [("if", False), ("srp", True)])
+def test_large_sites_search_on_a_position_subset(monkeypatch, neuron, const):
+    """Above SEARCH_BUDGET values a site picks lambda and bias on a fixed subset of positions
+    (the same choice as a walk given only that subset), and still returns the whole-map train,
+    simulated with the chosen values, for the layers downstream."""
+    import snncc.snn_calibration as sc
+    options = make_options(neuron=neuron, timesteps=4)
+    spec = get_neuron(neuron)
+    start = QuantClipParams(lam=np.full(3, 1.2, np.float32), levels=options.levels)
+    n = 8
+    target = np.maximum(RNG.normal(0.3, 0.5, (n, 3, 7, 9)), 0).astype(np.float32)
+    z = RNG.normal(0.3, 0.6, ((1 if const else 4) * n, 3, 7, 9))
+    z = z.astype(np.float32)
+    neuron_ = _Neuron(spec, options, start)
+    monkeypatch.setattr(sc, "SEARCH_BUDGET", n * 3 * 20)
+    sub_z, sub_target = sc._search_subset(z, target)
+    assert sub_z.shape[-1] == 20 and sub_target.shape == (n, 3, 20)
+    params, train, _ = sc._refine_site(Site("z", "y"), z, const, target, neuron_)
+    monkeypatch.setattr(sc, "SEARCH_BUDGET", 10 ** 9)
+    direct, _, _ = sc._refine_site(Site("z", "y"), sub_z, const, sub_target, neuron_)
+    assert np.array_equal(params.lam, direct.lam)
+    assert (params.bias is None) == (direct.bias is None)
+    if params.bias is not None:
+        assert np.array_equal(params.bias, direct.bias)
+    current = z if params.bias is None else z + params.bias.reshape(1, -1, 1, 1)
+    assert train.shape[1:] == (n, 3, 7, 9)
+    assert np.array_equal(train, neuron_.run(current, params.lam, const))

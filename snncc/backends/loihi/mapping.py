@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import networkx as nx
 import numpy as np
 
-from snncc.backends.loihi.netlist import Block, Netlist, conv2d
+from snncc.backends.loihi.netlist import Block, Netlist, conv_fanin
 from snncc.errors import Diagnostic
 
 __all__ = ["CoreLimits", "map_cores", "hwc_order", "fanin_map", "source_mask"]
@@ -72,9 +72,7 @@ def fanin_map(block: Block) -> np.ndarray:
     """Structural synapses per destination neuron of the block: [rows, H, W] int64."""
     if block.kind == "dense":
         return np.full((block.rows,) + block.out_hw, int(np.prod(block.src_view)), np.int64)
-    ones = np.ones((1,) + block.src_view, dtype=np.int64)
-    return conv2d(ones, np.ones(block.shape, np.int64), block.stride, block.pads, block.groups,
-                  block.out_hw)[0]
+    return conv_fanin(block)
 
 
 def source_mask(block: Block, dst_mask: np.ndarray) -> np.ndarray:

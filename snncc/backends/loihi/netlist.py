@@ -41,7 +41,8 @@ from snncc.errors import BackendCapabilityError, Diagnostic, ModelInputError, Un
 from snncc.ir import SNN_DOMAIN
 
 __all__ = ["FORMAT", "VERSION", "Group", "Block", "Netlist", "lower", "save", "load",
-           "conv2d", "conv2d_adjoint", "block_apply"]
+           "conv2d", "conv2d_adjoint", "block_apply", "window_matrix", "conv_fanout", "conv_fanin",
+           "conv_box_sum"]
 
 FORMAT = "snncc-netlist"
 VERSION = 1
@@ -197,6 +198,50 @@ def conv2d_adjoint(y: np.ndarray, w: np.ndarray, stride: tuple[int, int], pads: 
                 "bgohw,goc->bgchw", yg, wg[:, :, :, i, j], optimize=True)
     out = out[:, :, :, pads[0]:pads[0] + in_hw[0], pads[1]:pads[1] + in_hw[1]]
     return out.reshape(bsz, groups * cg, in_hw[0], in_hw[1])
+
+
+def window_matrix(size: int, out: int, kernel: int, stride: int, pad: int) -> np.ndarray:
+    """int64 [out, size]: 1 where output position ``o`` of a 1-D window of ``kernel`` taps,
+    ``stride`` and begin padding ``pad`` (as :func:`conv2d`) reads input position ``i``."""
+    i = np.arange(size)[None, :] + pad
+    o = np.arange(out)[:, None] * stride
+    return ((i >= o) & (i < o + kernel)).astype(np.int64)
+
+
+def _windows(block: Block) -> tuple[np.ndarray, np.ndarray]:
+    _, _, kh, kw = block.shape
+    (_, h, w), (ho, wo) = block.src_view, block.out_hw
+    return (window_matrix(h, ho, kh, block.stride[0], block.pads[0]),
+            window_matrix(w, wo, kw, block.stride[1], block.pads[1]))
+
+
+def conv_fanout(block: Block) -> np.ndarray:
+    """Synapses leaving each source position of a conv block (every tap counts, zero weights
+    too): int64 [*src_view]. Equals ``conv2d_adjoint`` of ones with a ones kernel, computed from
+    the two 1-D window matrices (the count is separable)."""
+    ah, aw = _windows(block)
+    per_group = block.rows // block.groups
+    plane = per_group * np.outer(ah.sum(axis=0), aw.sum(axis=0))
+    return np.broadcast_to(plane, block.src_view).copy()
+
+
+def conv_fanin(block: Block) -> np.ndarray:
+    """Synapses into each destination of a conv block: int64 [rows, *out_hw]; equals
+    :func:`conv2d` of ones with a ones kernel."""
+    ah, aw = _windows(block)
+    plane = block.shape[1] * np.outer(ah.sum(axis=1), aw.sum(axis=1))
+    return np.broadcast_to(plane, (block.rows,) + block.out_hw).copy()
+
+
+def conv_box_sum(block: Block, values: np.ndarray) -> np.ndarray:
+    """:func:`conv2d` of one integer map ``values`` [*src_view] with a ones kernel of the
+    block's shape: per destination row, the sum over its group's channels and its window.
+    int64 [rows, *out_hw], exact."""
+    ah, aw = _windows(block)
+    c, h, w = block.src_view
+    per_group = values.astype(np.int64).reshape(block.groups, c // block.groups, h, w).sum(axis=1)
+    boxed = np.matmul(np.matmul(ah, per_group), aw.T)                  # [groups, ho, wo]
+    return np.repeat(boxed, block.rows // block.groups, axis=0)
 
 
 def block_apply(block: Block, x: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
