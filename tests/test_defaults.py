@@ -207,3 +207,21 @@ def test_wilson_interval():
     assert wilson_interval(1.0, 32) == pytest.approx((0.8928, 1.0), abs=1e-4)
     assert wilson_interval(0.5, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
     assert wilson_interval(0.9, 0) == (0.0, 1.0)
+
+
+def test_fidelity_batches_by_memory_without_changing_the_estimate(workdir, monkeypatch):
+    """The SNN run of the fidelity check takes fewer samples per batch when its fetched tensors
+    would pass PREDICT_BYTES (big maps); the report is the same either way."""
+    import snncc.backends.ort.backend as ort_backend
+
+    def report(limit: int) -> dict:
+        monkeypatch.setattr(ort_backend, "PREDICT_BYTES", limit)
+        out = workdir / f"r{limit}.json"
+        assert main(["compile", str(workdir / "mnist_cnn.onnx"), "-T", "4", "--neuron", "mt",
+                     "--calib", str(workdir / "calib.npz"), "--calib-samples", "64", "-q",
+                     "--calib-method", "max", "-o", str(workdir / f"m{limit}.onnx"),
+                     "--report", str(out)]) == 0
+        rep = json.loads(out.read_text())
+        return {"fidelity": rep["fidelity"], "synops": rep.get("synops", {}).get("measured")}
+
+    assert report(1) == report(1 << 30)
