@@ -226,7 +226,7 @@ class _Neuron:
 
 def _search_subset(z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(z, target)`` itself, or both restricted to a fixed subset of spatial positions when the
-    target holds more than :data:`SIMULATION_BUDGET` values (see the module doc): ``[..., C, P]``.
+    target holds more than :data:`SEARCH_BUDGET` values (see the module doc): ``[..., C, P]``.
     """
     if target.ndim < 3 or target.size <= SEARCH_BUDGET:
         return z, target

@@ -92,7 +92,7 @@ class OrtBackend(Backend):
         events of every neuron node go to ``ctx.measured_events`` for the SynOp section, so the
         SNN runs once on the held-out samples.
 
-        The first call runs one sample; the others run up to ``batch`` samples, as many as keep
+        The first ORT call runs one sample; the others run up to ``batch`` samples, as many as keep
         the fetched spike trains within :data:`PREDICT_BYTES` (a 224x224 ResNet-34 fetches about
         56 MB per sample at T = 4: batches of 16 took its compile's peak memory from 2.1 GB
         without the check to 7.0 GB; now 3.9 GB)."""
