@@ -78,6 +78,8 @@ SIMULATION_BUDGET = 8_000_000
 MIN_SAMPLES = 16
 #: Values per time slice above which a site searches lambda and bias on a subset of its positions.
 SEARCH_BUDGET = SIMULATION_BUDGET
+#: Bytes of output per ORT call of a segment model (and fewer rows per call above it).
+RUN_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,38 @@ class _Segments:
         model.ir_version = self.proto.ir_version
         return model, inputs
 
+    def activation(self, site: Site, shapes: Mapping[str, tuple[int, ...]], z: np.ndarray,
+                   inputs: Mapping[str, np.ndarray], batch: int) -> np.ndarray:
+        """The ANN's activation ``y`` of ``site`` from its pre-activation ``z``: the nodes between
+        the two (a Relu, a Clip, a QCFS pattern) with their constants. Should ``y`` read anything
+        else, the whole ANN computes it from the graph inputs instead."""
+        nodes: dict[int, onnx.NodeProto] = {}
+        stack, seen = [site.y], set()
+        while stack:
+            name = stack.pop()
+            if name in seen or not name or name == site.z or name in self.inits:
+                continue
+            seen.add(name)
+            node = self.producer.get(name)
+            if node is None or name in self.graph_inputs or (name != site.y and
+                                                             name in self.site_y):
+                session = _session(ir.with_outputs(self.proto, [site.y]))
+                return _run(session, site.y, inputs, batch)
+            nodes[id(node)] = node
+            stack.extend(node.input)
+        order = {id(n): i for i, n in enumerate(self.proto.graph.node)}
+        chain = sorted(nodes.values(), key=lambda n: order[id(n)])
+        used = {t for n in chain for t in n.input}
+        graph = onnx.helper.make_graph(
+            chain, f"activation_{site.y}",
+            [onnx.helper.make_tensor_value_info(site.z, onnx.TensorProto.FLOAT,
+                                                ["batch", *shapes[site.y][1:]])],
+            [onnx.helper.make_tensor_value_info(site.y, onnx.TensorProto.FLOAT, None)],
+            [i for i in self.proto.graph.initializer if i.name in used])
+        model = onnx.helper.make_model(graph, opset_imports=list(self.proto.opset_import))
+        model.ir_version = self.proto.ir_version
+        return _run(_session(model), site.y, {site.z: z}, batch)
+
     def _input_info(self, name: str, shapes: Mapping[str, tuple[int, ...]]):
         if name in self.value_info and name in self.graph_inputs:
             return self.value_info[name]  # the walk made the model batch-agnostic
@@ -181,11 +215,20 @@ class _Segments:
 def _run(session: ort.InferenceSession, output: str, feeds: Mapping[str, np.ndarray],
          batch: int) -> np.ndarray:
     n = len(next(iter(feeds.values())))
-    parts = []
+    out = None
     for start in range(0, n, batch):
-        parts.append(session.run([output], {k: v[start:start + batch]
-                                            for k, v in feeds.items()})[0])
-    return np.concatenate(parts)
+        part = session.run([output], {k: v[start:start + batch] for k, v in feeds.items()})[0]
+        if out is None:
+            out = np.empty((n,) + part.shape[1:], part.dtype)
+        out[start:start + len(part)] = part
+    return out
+
+
+def _rows(batch: int, shape: Sequence[int]) -> int:
+    """Rows per ORT call of a segment whose output rows have ``shape[1:]``: ``batch``, or fewer
+    where a call's output would pass :data:`RUN_BYTES` (ORT keeps the largest call's
+    intermediate tensors in its arena until the session is freed)."""
+    return max(1, min(batch, RUN_BYTES // max(4 * int(np.prod(shape[1:])), 1)))
 
 
 # ------------------------------------------------------------------------------ neuron simulation
@@ -275,10 +318,12 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
     inputs = {k: np.asarray(v, np.float32) for k, v in samples.items()}
     n = len(next(iter(inputs.values())))
 
-    # ANN activations at every site (the targets), in batches; sample count bounded by memory
+    # sample count bounded by memory and simulation time (site sizes from a one-sample probe)
     ann = _session(ir.with_outputs(proto, [s.y for s in sites]))
     probe = {k: v[:1] for k, v in inputs.items()}
-    sizes = [int(np.prod(a.shape[1:])) for a in ann.run([s.y for s in sites], probe)]
+    probed = ann.run([s.y for s in sites], probe)
+    del ann
+    sizes = [int(np.prod(a.shape[1:])) for a in probed]
     first = _Neuron(neuron_spec, options, start[sites[0].y])
     S = first.steps(np.asarray(start[sites[0].y].lam))[0]
     per_sample = 4 * sum(sizes) * (1 + S)
@@ -288,14 +333,6 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
         logger.info("snn calibration: %d of %d samples fit the memory and time budget", keep, n)
         inputs = {k: v[:keep] for k, v in inputs.items()}
         n = keep
-    targets: dict[str, np.ndarray] = {}
-    names = [s.y for s in sites]
-    for start_i in range(0, n, batch_size):
-        outs = ann.run(names, {k: v[start_i:start_i + batch_size] for k, v in inputs.items()})
-        for name, value in zip(names, outs):
-            targets.setdefault(name, []).append(value)  # type: ignore[arg-type]
-    targets = {k: np.concatenate(v) for k, v in targets.items()}
-    del ann
 
     # last use of each site output, to free spike trains early
     needs = {s.z: segments.needs(s.z)[1] for s in sites}
@@ -305,7 +342,10 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
             last_use[name] = i
 
     trains: dict[str, np.ndarray] = {}       # site y -> [S*N, ...] spike train
-    shapes = {s.y: targets[s.y].shape for s in sites}
+    # site y -> the ANN's activation [N, ...]: the site's target, and the input of the ANN's
+    # own segments downstream (so only the activations still to be read are held, like trains)
+    ann_y: dict[str, np.ndarray] = {}
+    shapes = {s.y: (n,) + a.shape[1:] for s, a in zip(sites, probed)}
     result = dict(start)
     reports: list[SiteReport] = []
     with tqdm(total=len(sites), desc="calibrate (snn)", unit="layer",
@@ -323,21 +363,29 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
                     feeds[name] = np.tile(inputs[name], (S,) + (1,) * (inputs[name].ndim - 1)) \
                         if temporal else inputs[name]
             try:
-                z = _run(_session(model), site.z, feeds, batch_size * (S if temporal else 1))
+                session = _session(model)
+                rows = _rows(batch_size * (S if temporal else 1), shapes[site.y])
+                z = _run(session, site.z, feeds, rows)
+                rows = _rows(batch_size, shapes[site.y])
+                target = segments.activation(site, shapes, _run(
+                    session, site.z, {k: ann_y.get(k, inputs.get(k)) for k in seg_inputs},
+                    rows), inputs, rows)
+                del session  # frees its arena before the simulations
             except Exception as exc:  # ORT failures on odd graphs: say where
                 raise CalibrationError(
                     f"calibrate: ONNX Runtime failed on the segment before {site.label or site.y} "
                     f"({type(exc).__name__}: {exc})", code="SNN-E413",
                     hint="use --calib-method mse, which needs no segment models") from exc
-            params, train, report = _refine_site(site, z, not temporal, targets[site.y],
+            params, train, report = _refine_site(site, z, not temporal, target,
                                                  _Neuron(neuron_spec, options, start[site.y]))
             result[site.y] = params
             reports.append(report)
             if last_use.get(site.y, -1) > i:  # a later segment reads this train
                 trains[site.y] = train.reshape((-1,) + train.shape[2:])
+                ann_y[site.y] = target
             for name in [k for k in trains if last_use.get(k, -1) <= i]:
-                del trains[name]
-            del targets[site.y]
+                del trains[name], ann_y[name]
+            del z, target, train
             bar.update(1)
     return result, reports
 

@@ -183,3 +183,21 @@ def test_large_sites_search_on_a_position_subset(monkeypatch, neuron, const):
     current = z if params.bias is None else z + params.bias.reshape(1, -1, 1, 1)
     assert train.shape[1:] == (n, 3, 7, 9)
     assert np.array_equal(train, neuron_.run(current, params.lam, const))
+
+
+def test_targets_come_from_the_segments_exactly():
+    """The walk computes each site's ANN activation from the ANN's own upstream activations, one
+    segment at a time; a site whose activation reads more than its z falls back to the whole
+    ANN. Both equal the ANN's activation bit for bit."""
+    import snncc.snn_calibration as sc
+    from snncc import ir
+    proto = ir.with_outputs(_model(residual=True), free_batch=True)
+    full = sc._session(ir.with_outputs(proto, ["r1", "y"])).run(["r1", "y"], {"x": X})
+    sites = [Site("z1", "r1"), Site("z2", "y")]
+    segments = sc._Segments(proto, sites)
+    shapes = {"r1": full[0].shape, "y": full[1].shape}
+    z2 = sc._run(sc._session(segments.model("z2", shapes)[0]), "z2", {"r1": full[0]}, 16)
+    assert np.array_equal(segments.activation(sites[1], shapes, z2, {"x": X}, 16), full[1])
+    # y = Relu(Add(c2, r1)) read from c2 needs r1 too: the whole ANN computes it
+    odd = sc._Segments(proto, [sites[0], Site("c2", "y")])
+    assert np.array_equal(odd.activation(Site("c2", "y"), shapes, z2, {"x": X}, 16), full[1])
