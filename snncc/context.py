@@ -113,7 +113,7 @@ class CompileContext:
     quant: dict[str, QuantClipParams] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     holdout: dict[str, np.ndarray] | None = None   # held-out samples (fidelity estimate)
-    #: neuron node -> int64 [N, ...] unit events over all slices, measured on ``holdout`` by the
+    #: neuron node -> integer [N, ...] unit events over all slices, measured on ``holdout`` by the
     #: backend's predict (reused by the SynOp section instead of a second run)
     measured_events: dict[str, np.ndarray] | None = None
     notes: dict[str, Any] = field(default_factory=dict)

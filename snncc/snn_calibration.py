@@ -36,8 +36,10 @@ producing ``z`` (or inserts an ``Add``), so the QANN and every target see the sa
 current. For the ``qann`` target the "neuron" is the quantized clip itself (one slice), which
 makes the walk a bias-corrected QANN calibration.
 
-Cost: one segment run and up to ``len(SCALES) + BIAS_ROUNDS + 2`` neuron simulations per site;
-stored spike trains are freed after their last use. The sample count is lowered (to at least
+Cost per site: two runs of its segment (on the upstream spike trains, and on the ANN's own
+upstream activations, which give the site's target through its activation node) and up to
+``len(SCALES) + BIAS_ROUNDS + 2`` neuron simulations; stored spike trains and ANN activations are
+freed once their last reader has run. The sample count is lowered (to at least
 :data:`MIN_SAMPLES`) so that the stored trains fit :data:`MEMORY_BUDGET` and the largest site
 simulates at most :data:`SIMULATION_BUDGET` values per slice. A site that still holds more (a
 224x224 map keeps 16 samples of 64 x 224 x 224 = 51 M values) searches lambda and bias on a fixed
@@ -173,8 +175,8 @@ class _Segments:
         model.ir_version = self.proto.ir_version
         return model, inputs
 
-    def activation(self, site: Site, shapes: Mapping[str, tuple[int, ...]], z: np.ndarray,
-                   inputs: Mapping[str, np.ndarray], batch: int) -> np.ndarray:
+    def activation(self, site: Site, z: np.ndarray, inputs: Mapping[str, np.ndarray],
+                   batch: int) -> np.ndarray:
         """The ANN's activation ``y`` of ``site`` from its pre-activation ``z``: the nodes between
         the two (a Relu, a Clip, a QCFS pattern) with their constants. Should ``y`` read anything
         else, the whole ANN computes it from the graph inputs instead."""
@@ -198,7 +200,7 @@ class _Segments:
         graph = onnx.helper.make_graph(
             chain, f"activation_{site.y}",
             [onnx.helper.make_tensor_value_info(site.z, onnx.TensorProto.FLOAT,
-                                                ["batch", *shapes[site.y][1:]])],
+                                                ["batch", *z.shape[1:]])],
             [onnx.helper.make_tensor_value_info(site.y, onnx.TensorProto.FLOAT, None)],
             [i for i in self.proto.graph.initializer if i.name in used])
         model = onnx.helper.make_model(graph, opset_imports=list(self.proto.opset_import))
@@ -220,6 +222,8 @@ def _run(session: ort.InferenceSession, output: str, feeds: Mapping[str, np.ndar
         part = session.run([output], {k: v[start:start + batch] for k, v in feeds.items()})[0]
         if out is None:
             out = np.empty((n,) + part.shape[1:], part.dtype)
+        if len(part) != min(batch, n - start):
+            raise ValueError(f"the segment gave {len(part)} rows for {min(batch, n - start)}")
         out[start:start + len(part)] = part
     return out
 
@@ -265,6 +269,31 @@ class _Neuron:
         a.update(T=S, const_input=int(const))
         y, _ = self.spec.reference(z, a)
         return y.reshape((S, -1) + y.shape[1:])
+
+    def run_in_parts(self, z: np.ndarray, lam: np.ndarray, const: bool,
+                     bias: np.ndarray | None) -> np.ndarray:
+        """:meth:`run` on ``z`` plus the per-channel ``bias``, a few samples at a time."""
+        def part(x: np.ndarray) -> np.ndarray:
+            return self.run(x if bias is None else x + _bcast(bias, x.ndim), lam, const)
+        return _in_parts(part, z, const, self.steps(lam)[0])
+
+
+def _in_parts(run: Callable[[np.ndarray], np.ndarray], z: np.ndarray, const: bool,
+              steps: int) -> np.ndarray:
+    """``run`` (an element-wise simulation ``[S*k or k, ...] -> [S, k, ...]``) over a few
+    samples at a time, so that its temporaries stay near :data:`SEARCH_BUDGET` values per slice
+    instead of the whole map's: the result is the same, ``[S, N, ...]``."""
+    n = len(z) if const else len(z) // steps
+    zt = z if const else z.reshape((steps, n) + z.shape[1:])
+    per = max(1, SEARCH_BUDGET // max(1, int(np.prod(z.shape[1:]))))
+    out = None
+    for a in range(0, n, per):
+        part = zt[a:a + per] if const else zt[:, a:a + per].reshape((-1,) + z.shape[1:])
+        train = run(part)
+        if out is None:
+            out = np.empty((train.shape[0], n) + train.shape[2:], train.dtype)
+        out[:, a:a + train.shape[1]] = train
+    return out
 
 
 def _search_subset(z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -367,15 +396,17 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
                 rows = _rows(batch_size * (S if temporal else 1), shapes[site.y])
                 z = _run(session, site.z, feeds, rows)
                 rows = _rows(batch_size, shapes[site.y])
-                target = segments.activation(site, shapes, _run(
+                target = segments.activation(site, _run(
                     session, site.z, {k: ann_y.get(k, inputs.get(k)) for k in seg_inputs},
                     rows), inputs, rows)
-                del session  # frees its arena before the simulations
+                del session, feeds  # free its arena before the simulations
             except Exception as exc:  # ORT failures on odd graphs: say where
                 raise CalibrationError(
                     f"calibrate: ONNX Runtime failed on the segment before {site.label or site.y} "
                     f"({type(exc).__name__}: {exc})", code="SNN-E413",
                     hint="use --calib-method mse, which needs no segment models") from exc
+            for name in [k for k in trains if last_use.get(k, -1) <= i]:  # read for the last time
+                del trains[name], ann_y[name]
             params, train, report = _refine_site(site, z, not temporal, target,
                                                  _Neuron(neuron_spec, options, start[site.y]))
             result[site.y] = params
@@ -383,8 +414,6 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
             if last_use.get(site.y, -1) > i:  # a later segment reads this train
                 trains[site.y] = train.reshape((-1,) + train.shape[2:])
                 ann_y[site.y] = target
-            for name in [k for k in trains if last_use.get(k, -1) <= i]:
-                del trains[name], ann_y[name]
             del z, target, train
             bar.update(1)
     return result, reports
@@ -436,8 +465,7 @@ def _refine_site(site: Site, z: np.ndarray, const: bool, target: np.ndarray,
     new = replace(params, lam=best_lam,
                   bias=bias32 if np.any(bias32) else None)
     if z is not full_z:  # searched on a subset: the train downstream needs the whole map
-        current = full_z if new.bias is None else full_z + _bcast(bias32, full_z.ndim)
-        best_train = neuron.run(current, best_lam, const)
+        best_train = neuron.run_in_parts(full_z, best_lam, const, new.bias)
     report = SiteReport(site.label or site.y, float(np.mean(err0)) / norm, total / norm,
                         float(np.mean(best_lam / np.where(lam0 > 0, lam0, 1))),
                         float(np.mean(np.abs(bias))))

@@ -121,7 +121,7 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
         row = layers.setdefault(g.name, {"synops": 0.0, "macs": 0.0})
         row["neurons"] = g.size
         if g.sends_events:
-            events = float(np.asarray(events_per_layer[g.name]).sum()) / batch
+            events = float(np.asarray(events_per_layer[g.name]).sum(dtype=np.int64)) / batch
             row["events"] = events
             row["spike_rate"] = events / (g.size * steps)
     report = {"steps": steps, "batch": batch, "analog_once": analog_once, "blocks": blocks,
@@ -296,7 +296,7 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
     (synapses, fan-out, ANN MACs). ``samples``: calibration inputs (name -> array), of which the
     first :data:`ARTIFACT_SAMPLES` (fewer for big networks: :func:`artifact_sample_count`) are
     run to measure spikes; None gives the static part only.
-    ``events``: per-position events already measured on ``samples`` (node -> int64 [N, ...],
+    ``events``: per-position events already measured on ``samples`` (node -> integer [N, ...],
     :func:`ort_events`' form, e.g. by the compile-time fidelity run); used instead of a new run.
     A model the structural lowering cannot express (e.g. analog islands) gives
     ``{"available": False, "reason": ...}`` instead of failing the compile.

@@ -197,7 +197,7 @@ def test_targets_come_from_the_segments_exactly():
     segments = sc._Segments(proto, sites)
     shapes = {"r1": full[0].shape, "y": full[1].shape}
     z2 = sc._run(sc._session(segments.model("z2", shapes)[0]), "z2", {"r1": full[0]}, 16)
-    assert np.array_equal(segments.activation(sites[1], shapes, z2, {"x": X}, 16), full[1])
+    assert np.array_equal(segments.activation(sites[1], z2, {"x": X}, 16), full[1])
     # y = Relu(Add(c2, r1)) read from c2 needs r1 too: the whole ANN computes it
     odd = sc._Segments(proto, [sites[0], Site("c2", "y")])
-    assert np.array_equal(odd.activation(Site("c2", "y"), shapes, z2, {"x": X}, 16), full[1])
+    assert np.array_equal(odd.activation(Site("c2", "y"), z2, {"x": X}, 16), full[1])
