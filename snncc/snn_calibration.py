@@ -134,6 +134,7 @@ class _Segments:
             for out in node.output:
                 self.producer[out] = node
         self.value_info = {vi.name: vi for vi in (*graph.input, *graph.value_info, *graph.output)}
+        self.order = {id(n): i for i, n in enumerate(graph.node)}
 
     def needs(self, z: str) -> tuple[list[onnx.NodeProto], list[str]]:
         """The nodes computing ``z`` from graph inputs / site outputs, and the inputs they read."""
@@ -159,21 +160,26 @@ class _Segments:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     raise CalibrationError(f"calibrate: node '{node.name}' has a subgraph",
                                            code="SNN-E413", hint="use --calib-method mse")
-        order = {id(n): i for i, n in enumerate(self.proto.graph.node)}
-        return sorted(nodes.values(), key=lambda n: order[id(n)]), sorted(set(inputs))
+        return sorted(nodes.values(), key=lambda n: self.order[id(n)]), sorted(set(inputs))
+
+    def _submodel(self, title: str, nodes: Sequence[onnx.NodeProto], inputs: list,
+                  output: str) -> onnx.ModelProto:
+        """``nodes`` (in graph order) as a model reading ``inputs`` (value infos) and writing
+        ``output``, with the initializers they use."""
+        used = {t for n in nodes for t in n.input}
+        graph = onnx.helper.make_graph(
+            list(nodes), title, inputs,
+            [onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)],
+            [i for i in self.proto.graph.initializer if i.name in used])
+        model = onnx.helper.make_model(graph, opset_imports=list(self.proto.opset_import))
+        model.ir_version = self.proto.ir_version
+        return model
 
     def model(self, z: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[onnx.ModelProto,
                                                                             list[str]]:
         nodes, inputs = self.needs(z)
-        used = {t for n in nodes for t in n.input}
-        graph = onnx.helper.make_graph(
-            nodes, f"segment_{z}",
-            [self._input_info(name, shapes) for name in inputs],
-            [onnx.helper.make_tensor_value_info(z, onnx.TensorProto.FLOAT, None)],
-            [i for i in self.proto.graph.initializer if i.name in used])
-        model = onnx.helper.make_model(graph, opset_imports=list(self.proto.opset_import))
-        model.ir_version = self.proto.ir_version
-        return model, inputs
+        infos = [self._input_info(name, shapes) for name in inputs]
+        return self._submodel(f"segment_{z}", nodes, infos, z), inputs
 
     def activation(self, site: Site, z: np.ndarray, inputs: Mapping[str, np.ndarray],
                    batch: int) -> np.ndarray:
@@ -194,17 +200,10 @@ class _Segments:
                 return _run(session, site.y, inputs, batch)
             nodes[id(node)] = node
             stack.extend(node.input)
-        order = {id(n): i for i, n in enumerate(self.proto.graph.node)}
-        chain = sorted(nodes.values(), key=lambda n: order[id(n)])
-        used = {t for n in chain for t in n.input}
-        graph = onnx.helper.make_graph(
-            chain, f"activation_{site.y}",
-            [onnx.helper.make_tensor_value_info(site.z, onnx.TensorProto.FLOAT,
-                                                ["batch", *z.shape[1:]])],
-            [onnx.helper.make_tensor_value_info(site.y, onnx.TensorProto.FLOAT, None)],
-            [i for i in self.proto.graph.initializer if i.name in used])
-        model = onnx.helper.make_model(graph, opset_imports=list(self.proto.opset_import))
-        model.ir_version = self.proto.ir_version
+        chain = sorted(nodes.values(), key=lambda n: self.order[id(n)])
+        info = onnx.helper.make_tensor_value_info(site.z, onnx.TensorProto.FLOAT,
+                                                  ["batch", *z.shape[1:]])
+        model = self._submodel(f"activation_{site.y}", chain, [info], site.y)
         return _run(_session(model), site.y, {site.z: z}, batch)
 
     def _input_info(self, name: str, shapes: Mapping[str, tuple[int, ...]]):
