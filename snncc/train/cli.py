@@ -263,13 +263,20 @@ def run_finetune(args: argparse.Namespace) -> int:
     check_outputs(outs, inputs=inputs, command="finetune")
 
     distributed = _init_distributed(args.device)
-    try:
+    if not distributed:
         return _run(args, snn, output, distributed, atomic_file)
-    finally:
-        if distributed:
-            import torch.distributed as dist
+    import torch.distributed as dist
 
-            dist.destroy_process_group()
+    try:
+        code = _run(args, snn, output, distributed, atomic_file)
+        # Every rank waits here (rank 0 exports meanwhile). The wait also lets gloo's worker
+        # threads drop their last collective, whose tensor is a Python object, while the
+        # interpreter is alive: a rank that exits within a few ms of its last all_reduce
+        # otherwise aborts in finalization ("terminate called without an active exception").
+        dist.barrier()
+        return code
+    finally:
+        dist.destroy_process_group()
 
 
 def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, atomic_file) -> int:
