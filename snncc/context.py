@@ -113,8 +113,10 @@ class CompileContext:
     quant: dict[str, QuantClipParams] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     holdout: dict[str, np.ndarray] | None = None   # held-out samples (fidelity estimate)
-    #: neuron node -> integer [N, ...] unit events over all slices, measured on ``holdout`` by the
-    #: backend's predict (reused by the SynOp section instead of a second run)
+    #: neuron node -> int64 [1, ...] unit events over all slices, summed over the
+    #: ``measured_samples`` held-out samples by the backend's predict (reused by the SynOp section
+    #: instead of a second run)
     measured_events: dict[str, np.ndarray] | None = None
+    measured_samples: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("snncc"))

@@ -297,7 +297,8 @@ def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext) -> dict[str, A
         samples = calibration.load_samples(ctx.options.calib_path, calibration.model_inputs(ann),
                                            max_samples=ARTIFACT_SAMPLES)
     return artifact_synops(ir.to_proto(model), ann, samples, ctx.options,
-                           events=ctx.measured_events if samples is ctx.holdout else None)
+                           events=ctx.measured_events if samples is ctx.holdout else None,
+                           events_samples=ctx.measured_samples)
 
 
 def _rehearse(model_path, options: CompileOptions, backend) -> None:

@@ -31,7 +31,7 @@ import onnxruntime as ort
 from snncc import ir
 from snncc.errors import FidelityError
 
-__all__ = ["WARN_BELOW", "run_reference", "pair", "wilson_interval", "measure", "summary",
+__all__ = ["WARN_BELOW", "Reference", "LayerErrors", "pair", "wilson_interval", "measure", "summary",
            "hints", "estimate", "check"]
 
 #: below this top-1 agreement of the SNN with the ANN, compile warns
@@ -40,20 +40,25 @@ WARN_BELOW = 0.95
 GROWTH_LEVEL = 0.1
 
 
-def run_reference(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
-                  extra: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Run a plain ONNX model (ANN or QANN): (first output, extra tensors by name)."""
-    model = ir.with_outputs(proto, extra, free_batch=True)
-    g = model.graph
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
-    first = g.output[0].name
-    names = [first, *[n for n in extra if n != first]]
-    values = sess.run(names, dict(feeds))
-    return values[0], dict(zip(names[1:], values[1:]))
+class Reference:
+    """A plain ONNX model (ANN or QANN) in one ORT session, run part by part over the samples:
+    its first output and, on request, the activation tensors ``extra``."""
+
+    def __init__(self, proto: onnx.ModelProto, extra: Sequence[str] = ()):
+        model = ir.with_outputs(proto, extra, free_batch=True)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(model.SerializeToString(), so,
+                                            providers=["CPUExecutionProvider"])
+        self.first = model.graph.output[0].name
+        self.extra = [n for n in extra if n != self.first]
+
+    def run(self, feeds: Mapping[str, np.ndarray], layers: bool = True
+            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        names = [self.first, *(self.extra if layers else ())]
+        values = self.session.run(names, dict(feeds))
+        return values[0], dict(zip(names[1:], values[1:]))
 
 
 def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -94,27 +99,59 @@ def pair(a: np.ndarray, ref: np.ndarray) -> Pair:
     return Pair(agree, _rel(a, ref), len(a2))
 
 
-def measure(ann: np.ndarray, qann: np.ndarray, snn: np.ndarray | None,
-            qann_layers: Mapping[str, np.ndarray] | None = None,
-            snn_layers: Mapping[str, np.ndarray] | None = None,
-            ann_layers: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """The ``fidelity`` section of the compile report from the three networks' outputs.
+def _squares(a: np.ndarray, ref: np.ndarray | None = None) -> float:
+    """sum((a - ref)^2) in float64 (sum(a^2) without ``ref``)."""
+    d = np.asarray(a, np.float64).ravel()
+    if ref is not None:
+        d = d - np.asarray(ref, np.float64).ravel()
+    return float(np.dot(d, d))
 
-    ``qann_layers`` / ``snn_layers`` / ``ann_layers``: per site (activation output name) the QANN
-    activation, the SNN layer's time-mean output and the ANN activation, in graph order.
-    """
+
+class LayerErrors:
+    """Per neuron layer, the relative error of the SNN's time-mean output against the QANN and
+    the ANN activation (``||s - r|| / ||r||``, as :func:`pair`), from running sums over parts of
+    the samples: a 224x224 ResNet-34 holds about 190 MB of activations per sample and network."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, dict[str, float]] = {}
+
+    def add(self, snn: Mapping[str, np.ndarray], qann: Mapping[str, np.ndarray],
+            ann: Mapping[str, np.ndarray]) -> None:
+        for name, q in qann.items():   # QANN (graph) order
+            if name not in snn:
+                continue
+            s = snn[name]
+            acc = self.sums.setdefault(name, {"snn": 0.0, "dq": 0.0, "q": 0.0})
+            acc["snn"] += _squares(s)
+            acc["dq"] += _squares(s, q)
+            acc["q"] += _squares(q)
+            if name in ann:
+                acc["da"] = acc.get("da", 0.0) + _squares(s, ann[name])
+                acc["a"] = acc.get("a", 0.0) + _squares(ann[name])
+
+    def rows(self) -> list[dict[str, Any]]:
+        def rel(diff: float, ref: float, own: float) -> float:
+            return round(float(np.sqrt(diff / ref)) if ref > 0 else float(np.sqrt(own)), 5)
+
+        out = []
+        for name, acc in self.sums.items():
+            row = {"layer": name, "rel_error": rel(acc["dq"], acc["q"], acc["snn"])}
+            if "da" in acc:
+                row["rel_error_vs_ann"] = rel(acc["da"], acc["a"], acc["snn"])
+            out.append(row)
+        return out
+
+
+def measure(ann: np.ndarray, qann: np.ndarray, snn: np.ndarray | None,
+            per_layer: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The ``fidelity`` section of the compile report from the three networks' outputs and the
+    per-layer rows of :class:`LayerErrors` (graph order)."""
     out: dict[str, Any] = {"samples": int(len(ann)), "qann_vs_ann": pair(qann, ann).to_json()}
     if snn is None:
         return out
     out["snn_vs_qann"] = pair(snn, qann).to_json()
     out["snn_vs_ann"] = pair(snn, ann).to_json()
-    rows = []
-    for name, ref in (qann_layers or {}).items():
-        if snn_layers and name in snn_layers:
-            row = {"layer": name, "rel_error": round(_rel(snn_layers[name], ref), 5)}
-            if ann_layers and name in ann_layers:
-                row["rel_error_vs_ann"] = round(_rel(snn_layers[name], ann_layers[name]), 5)
-            rows.append(row)
+    rows = [dict(r) for r in per_layer]
     out["per_layer"] = rows
     errors = [r.get("rel_error_vs_ann", r["rel_error"]) for r in rows]
     jumps = [e - (errors[i - 1] if i else 0.0) for i, e in enumerate(errors)]
@@ -175,11 +212,16 @@ def hints(options: Any, fid: Mapping[str, Any]) -> list[str]:
     return out
 
 
+#: samples per ORT call for the ANN and QANN where no SNN part sets the size
+REFERENCE_PART = 16
+
+
 def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: Any,
              model: Any, ctx: Any) -> dict[str, Any]:
     """ANN vs QANN vs SNN on ``ctx.holdout``: the graphs after canonicalize and after
     relu-to-quant-clip run in plain ORT, the compiled ``model`` through ``backend.predict``
-    (``backend=None``: the qann target, no SNN)."""
+    (``backend=None``: the qann target, no SNN). All three run part by part (the backend's
+    parts), and only the outputs and per-layer running sums are kept."""
     feeds = ctx.holdout or {}
     sites = list(ctx.quant)
 
@@ -187,12 +229,28 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
         names = {o for n in proto.graph.node for o in n.output}
         return [s for s in sites if s in names]
 
-    ann, ann_layers = run_reference(ann_proto, feeds, produced(ann_proto))
-    qann, qann_layers = run_reference(qann_proto, feeds, produced(qann_proto))
-    predicted = backend.predict(model, ctx, feeds) if backend is not None else None
-    snn, snn_layers = predicted if predicted is not None else (None, None)
-    fid = measure(ann, qann, snn, qann_layers, snn_layers, ann_layers)
-    if backend is not None and snn is None:
+    ann_ref = Reference(ann_proto, produced(ann_proto))
+    qann_ref = Reference(qann_proto, produced(qann_proto))
+    parts = backend.predict(model, ctx, feeds) if backend is not None else None
+    n = len(next(iter(feeds.values())))
+    if parts is None:
+        parts = ((slice(i, i + REFERENCE_PART), None, None) for i in range(0, n, REFERENCE_PART))
+    anns, qanns, snns = [], [], []
+    errors = LayerErrors()
+    for rows, snn, snn_layers in parts:
+        part = {k: v[rows] for k, v in feeds.items()}
+        ann, ann_layers = ann_ref.run(part, layers=bool(snn_layers))
+        qann, qann_layers = qann_ref.run(part, layers=bool(snn_layers))
+        anns.append(ann)
+        qanns.append(qann)
+        if snn is not None:
+            snns.append(snn)
+        if snn_layers:
+            errors.add(snn_layers, qann_layers, ann_layers)
+        del snn_layers, ann_layers, qann_layers
+    snn_all = np.concatenate(snns) if snns else None
+    fid = measure(np.concatenate(anns), np.concatenate(qanns), snn_all, errors.rows())
+    if backend is not None and snn_all is None:
         fid["note"] = f"the {backend.name} target cannot evaluate this model at compile time"
     return fid
 

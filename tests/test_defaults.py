@@ -209,6 +209,24 @@ def test_wilson_interval():
     assert wilson_interval(0.9, 0) == (0.0, 1.0)
 
 
+def test_layer_errors_over_parts_equal_the_whole():
+    """The per-layer errors of the fidelity estimate are kept as running sums over parts of the
+    held-out samples; they equal the relative errors of the whole arrays."""
+    from snncc.fidelity import LayerErrors, _rel
+
+    rng = np.random.default_rng(0)
+    snn, qann, ann = (rng.normal(size=(10, 3, 4, 4)).astype(np.float32) for _ in range(3))
+    zero = np.zeros((10, 2), np.float32)
+    errors = LayerErrors()
+    for rows in (slice(0, 1), slice(1, 7), slice(7, 10)):
+        errors.add({"a": snn[rows], "z": snn[rows, 0, 0, :2]},
+                   {"a": qann[rows], "z": zero[rows]}, {"a": ann[rows]})
+    assert errors.rows() == [
+        {"layer": "a", "rel_error": round(_rel(snn, qann), 5),
+         "rel_error_vs_ann": round(_rel(snn, ann), 5)},
+        {"layer": "z", "rel_error": round(_rel(snn[:, 0, 0, :2], zero), 5)}]
+
+
 def test_fidelity_batches_by_memory_without_changing_the_estimate(workdir, monkeypatch):
     """The SNN run of the fidelity check takes fewer samples per batch when its fetched tensors
     would pass PREDICT_BYTES (big maps); the report is the same either way."""

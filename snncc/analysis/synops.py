@@ -67,8 +67,8 @@ def _netlist(source: Any, timesteps: int | None) -> Netlist:
 
 def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
                  events_per_layer: Mapping[str, np.ndarray], *, timesteps: int | None = None,
-                 analog_once: bool = True, mapping: Mapping[str, Any] | None = None
-                 ) -> dict[str, Any]:
+                 analog_once: bool = True, mapping: Mapping[str, Any] | None = None,
+                 summed_over: int | None = None) -> dict[str, Any]:
     """Count SynOps and MACs per inference.
 
     ``source``: a netlist, a compiled Loihi directory, or the ANN-shaped ONNX model after
@@ -76,7 +76,9 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
     named after the neuron nodes. ``events_per_layer[group]``: int array [N, *shape], events
     over all slices. ``mapping``: the report of :func:`snncc.backends.loihi.mapping.map_cores`,
     to add ``cores`` (SynOps received by each core's neurons) and ``host_synops`` (received by
-    readouts the host accumulates).
+    readouts the host accumulates). ``summed_over``: the events are already summed over this
+    many samples, each array [1, *shape] (what the compile-time fidelity run keeps: per-sample
+    counts of a 224x224 ResNet-34 take about 190 MB per sample).
     """
     net = _netlist(source, timesteps)
     kinds = {g.name: g for g in net.groups}
@@ -97,6 +99,11 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
                 f"{', '.join(map(str, g.shape))}] with one N for all layers", code="SNN-E670",
                 hint="give per-position event counts summed over slices, not totals")
         batch = ev.shape[0]
+    if summed_over is not None:
+        if batch not in (None, 1):
+            raise BackendCapabilityError(f"events summed over samples have {batch} rows, not 1",
+                                         code="SNN-E670", hint="sum over axis 0 with keepdims")
+        batch = summed_over
     batch = batch or 1
     steps = net.total_steps
     per_neuron = {g.name: np.zeros(g.view) for g in net.groups if g.kind != "input"}
@@ -212,12 +219,13 @@ def static_synops(net: Netlist) -> dict[str, Any]:
 
 def synops_section(net: Netlist, events: Mapping[str, np.ndarray] | None = None, *,
                    mapping: Mapping[str, Any] | None = None, source: str = "",
-                   timesteps: int | None = None) -> dict[str, Any]:
+                   timesteps: int | None = None, summed_over: int | None = None
+                   ) -> dict[str, Any]:
     """The SynOp section of an artifact (``synops.json`` of a Loihi directory, ``synops`` of the
     ORT ``--report``): the static structure always; with ``events`` (per group, int [N, *shape],
     as :func:`run_netlist` or :func:`ort_events` give them) also the measured spikes and SynOps
     per inference, the energy under every model of :mod:`snncc.analysis.energy` and the ANN's
-    MACs and energy side by side."""
+    MACs and energy side by side. ``summed_over``: as :func:`count_synops`."""
     from snncc.analysis.energy import DEFAULT_MODELS, estimate
 
     static = static_synops(net)
@@ -231,7 +239,7 @@ def synops_section(net: Netlist, events: Mapping[str, np.ndarray] | None = None,
         "measured": None, "energy": None}
     if events is None:
         return section
-    syn = count_synops(net, events, mapping=mapping)
+    syn = count_synops(net, events, mapping=mapping, summed_over=summed_over)
     for name, row in syn["layers"].items():
         target = section["groups"].setdefault(name, {})
         target.update({k: row[k] for k in ("events", "spike_rate") if k in row},
@@ -287,7 +295,8 @@ def _stream_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray]
 
 def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto | Any,
                     samples: Mapping[str, np.ndarray] | None, options: Any, *,
-                    events: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+                    events: Mapping[str, np.ndarray] | None = None,
+                    events_samples: int | None = None) -> dict[str, Any]:
     """The SynOp section for an ORT SNN (the ``synops`` key of ``compile --report``).
 
     ``snn_proto``: the compiled spiking model (what the ORT backend wrote, folded or streaming).
@@ -298,6 +307,8 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
     run to measure spikes; None gives the static part only.
     ``events``: per-position events already measured on ``samples`` (node -> integer [N, ...],
     :func:`ort_events`' form, e.g. by the compile-time fidelity run); used instead of a new run.
+    With ``events_samples`` they are sums over that many samples, [1, ...] (as the fidelity run
+    keeps them).
     A model the structural lowering cannot express (e.g. analog islands) gives
     ``{"available": False, "reason": ...}`` instead of failing the compile.
     """
@@ -317,7 +328,7 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
         return synops_section(net, timesteps=options.timesteps)
     if events is not None:
         return synops_section(net, dict(events), source="ONNX Runtime (kernels, fidelity run)",
-                              timesteps=options.timesteps)
+                              timesteps=options.timesteps, summed_over=events_samples)
     n = artifact_sample_count(net.ann_macs, net.total_steps,
                               min(len(v) for v in samples.values()),
                               budget=10 * ARTIFACT_MAC_STEPS)   # ONNX Runtime is faster

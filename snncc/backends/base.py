@@ -4,7 +4,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from snncc.context import CompileContext, CompileOptions
 from snncc.errors import Diagnostic
@@ -43,11 +43,14 @@ class Backend(abc.ABC):
         return self.check(model, ctx)
 
     def predict(self, model: Model, ctx: CompileContext, feeds: dict[str, Any]
-                ) -> tuple[Any, dict[str, Any] | None] | None:
+                ) -> Iterator[tuple[slice, Any, dict[str, Any] | None]] | None:
         """Run the compiled network as the target will, for the fidelity estimate.
 
-        Returns (outputs ``[N, ...]``, per-site time-mean layer outputs or None), or None when the
-        backend cannot evaluate itself (then no SNN fidelity is reported).
+        Returns an iterator over parts of the samples, each ``(rows, outputs [n, ...], per-site
+        time-mean layer outputs or None)``, with ``rows`` the part's slice of ``feeds``; or None
+        when the backend cannot evaluate itself (then no SNN fidelity is reported). One session or
+        simulator serves every part, and the estimate keeps only running sums of each part's
+        layers, so its memory does not grow with the number of held-out samples.
         """
         return None
 

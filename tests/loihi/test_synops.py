@@ -92,6 +92,12 @@ def test_synops_are_events_times_fanout(case):
     hand = float((src_events * brute_fanout(*CASES[case])).sum()) / 2
     assert rep["layers"][block.dst]["synops"] == hand
     assert synops_per_target(block, src_events).sum() / 2 == hand
+    # the fidelity run keeps only the sum over its samples
+    summed = {k: v.sum(axis=0, keepdims=True) for k, v in events.items()}
+    assert count_synops(net, summed, summed_over=2) == rep
+    with pytest.raises(SnnccError) as err:
+        count_synops(net, events, summed_over=2)
+    assert err.value.code == "SNN-E670"
 
 
 def test_dense_fanout_is_out_features():

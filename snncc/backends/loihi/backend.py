@@ -99,8 +99,9 @@ class LoihiBackend(Backend):
         prepared = self._prepare(model, ctx)
         if prepared.net is None or len(feeds) != 1:
             return None
-        outputs, _ = run_netlist(prepared.net, next(iter(feeds.values())))
-        return next(iter(outputs.values())), None
+        x = next(iter(feeds.values()))
+        outputs, _ = run_netlist(prepared.net, x)
+        return iter([(slice(0, len(x)), next(iter(outputs.values())), None)])
 
     def emit(self, model: ir.Model, ctx: CompileContext, out: Path) -> Artifact:
         prepared = self._prepare(model, ctx)

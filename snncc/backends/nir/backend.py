@@ -80,8 +80,9 @@ class NirBackend(Backend):
         res, diags = self._build(model, ctx)
         if res is None or diags or len(feeds) != 1:
             return None
-        outputs = run_graph(res.graph, next(iter(feeds.values())), ctx.options.timesteps)
-        return next(iter(outputs.values())).astype(np.float32), None
+        x = next(iter(feeds.values()))
+        outputs = run_graph(res.graph, x, ctx.options.timesteps)
+        return iter([(slice(0, len(x)), next(iter(outputs.values())).astype(np.float32), None)])
 
     def emit(self, model: ir.Model, ctx: CompileContext, out: Path) -> Artifact:
         import nir
