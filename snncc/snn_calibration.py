@@ -59,9 +59,10 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
-from snncc import ir
+from snncc import ir, runtime
 from snncc.context import CompileOptions, QuantClipParams
 from snncc.errors import CalibrationError
+from snncc.passes.insert_neurons import normalize_attrs
 
 __all__ = ["SCALES", "BIAS_ROUNDS", "Site", "refine_sites", "SiteReport"]
 
@@ -266,7 +267,10 @@ class _Neuron:
         a = self.attrs(lam)
         S, _ = self.steps(lam)
         a.update(T=S, const_input=int(const))
-        y, _ = self.spec.reference(z, a)
+        if runtime.is_built():   # the C++ kernel: bit for bit the reference, 4-6x faster
+            y = runtime.run_neuron(self.spec.op_type, z, normalize_attrs(self.spec, a))
+        else:
+            y, _ = self.spec.reference(z, a)
         return y.reshape((S, -1) + y.shape[1:])
 
     def run_in_parts(self, z: np.ndarray, lam: np.ndarray, const: bool,

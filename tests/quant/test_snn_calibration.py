@@ -58,6 +58,32 @@ def test_walk_never_raises_a_sites_error(neuron, T):
         assert lam.shape == (4,) and np.all(lam > 0)
 
 
+@pytest.mark.requires_runtime
+@pytest.mark.parametrize("neuron, T", [("if", 4), ("mt", 4), ("gn", 2), ("srp", 2), ("bitserial", 3),
+                                       ("lif", 4)])
+def test_walk_on_the_kernels_equals_the_walk_on_the_references(monkeypatch, neuron, T):
+    """The walk simulates its sites with the C++ kernels when the library is built; it picks
+    exactly what the NumPy references make it pick."""
+    from snncc import runtime
+
+    if not runtime.is_built():
+        pytest.skip("the kernel library is not built")
+    options = make_options(neuron=neuron, timesteps=T)
+    model = _model(residual=True)
+    lam = np.float32(1.5) if neuron == "lif" else np.full(4, 1.5, np.float32)   # lif: per layer
+    start = {s.y: QuantClipParams(lam=lam, levels=options.levels) for s in SITES}
+
+    def walk():
+        refined, reports = refine_sites(model, SITES, start, {"x": X}, options,
+                                        neuron_spec=get_neuron(neuron), progress=False)
+        return ({k: (v.lam.tolist(), None if v.bias is None else v.bias.tolist())
+                 for k, v in refined.items()}, [r.to_json() for r in reports])
+
+    kernels = walk()
+    monkeypatch.setattr(runtime, "is_built", lambda: False)
+    assert walk() == kernels
+
+
 def test_residual_segments_take_the_upstream_spike_train():
     model = _model(residual=True)
     options = make_options(neuron="if", timesteps=4)
