@@ -209,6 +209,30 @@ def test_wilson_interval():
     assert wilson_interval(0.9, 0) == (0.0, 1.0)
 
 
+@pytest.mark.requires_runtime
+def test_streaming_models_get_the_snn_estimate(workdir):
+    """A --schedule streaming compile runs its step protocol for the estimate: the same SNN
+    agreement and logit error as the folded compile (it used to fall back to the QANN's, and
+    warn about it)."""
+    from snncc import runtime
+
+    if not runtime.is_built():
+        pytest.skip("the kernel library is not built")
+
+    def fid(schedule: str) -> dict:
+        out = workdir / f"{schedule}.json"
+        assert main(["compile", str(workdir / "mnist_cnn.onnx"), "-T", "4", "--neuron", "if",
+                     "--calib", str(workdir / "calib.npz"), "--calib-samples", "64", "-q",
+                     "--calib-method", "max", "--schedule", schedule,
+                     "-o", str(workdir / f"{schedule}.onnx"), "--report", str(out)]) == 0
+        return json.loads(out.read_text())["fidelity"]
+
+    streaming, folded = fid("streaming"), fid("folded")
+    assert "note" not in streaming and streaming["per_layer"] == []
+    assert streaming["snn_vs_ann"] == folded["snn_vs_ann"]
+    assert streaming["qann_vs_ann"] == folded["qann_vs_ann"]
+
+
 def test_layer_errors_over_parts_equal_the_whole():
     """The per-layer errors of the fidelity estimate are kept as running sums over parts of the
     held-out samples; they equal the relative errors of the whole arrays."""
