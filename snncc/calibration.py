@@ -181,8 +181,16 @@ def load_samples(path: str | Path, inputs: Sequence[InputSpec], *,
         expected = ("N",) + tuple("?" if d is None else d for d in spec.shape[1:])
         if arr.ndim != len(spec.shape) or any(d is not None and d != a
                                               for d, a in zip(spec.shape[1:], arr.shape[1:])):
+            one = "x".join(str(d) for d in expected[1:])
+            if arr.ndim == len(spec.shape) - 1:
+                fix = "stack samples along a new first axis (one sample is " + one + ")"
+            elif arr.ndim == len(spec.shape):
+                fix = (f"each sample must be {one} (channels, size), as the model input; "
+                       "preprocess the data for this model")
+            else:
+                fix = f"give an array [N, {', '.join(map(str, expected[1:]))}]"
             raise _fail("SNN-E406", f"samples for '{spec.name}' have shape {arr.shape}, the input "
-                        f"expects {expected}", "stack samples along a new first axis")
+                        f"expects {expected}", fix)
         if arr.shape[0] == 0:
             raise _fail("SNN-E408", f"'{path}' holds no samples for '{spec.name}'",
                         "provide at least one sample")

@@ -100,7 +100,8 @@ def make_options(**kw: Any) -> CompileOptions:
                           hint="snncc targets T = 1 to 8 timesteps; try -T 4")
     if opts.timesteps > MAX_TIMESTEPS:
         raise OptionError(f"-T {opts.timesteps} is beyond the supported range 1..{MAX_TIMESTEPS}",
-                          code="SNN-E354", hint="snncc targets T = 1 to 8 timesteps; try -T 4")
+                          code="SNN-E354", hint=f"give -T from 1 to {MAX_TIMESTEPS}; snncc is "
+                          "built for 1 to 8 (-T 4 is a good start)")
     if opts.levels is not None and not (1 <= opts.levels <= MAX_LEVELS):
         raise OptionError(f"--levels must be in 1..{MAX_LEVELS} (float32 counts exactly up to "
                           f"2^24), got {opts.levels}", code="SNN-E355",

@@ -83,7 +83,7 @@ class Pair:
                                "rel_logit_error": round(self.rel_logit_error, 4)}
         if self.top1_agreement is not None and self.samples:
             lo, hi = wilson_interval(self.top1_agreement, self.samples)
-            out["top1_agreement_95"] = [round(lo, 4), round(hi, 4)]
+            out["top1_agreement_95"] = [round(float(lo), 4), round(float(hi), 4)]
         return out
 
 

@@ -37,8 +37,10 @@ from snncc.op_classes import GROUPS, LINEAR, ORT_DOMAINS, op_info
 
 __all__ = ["inspect_model", "format_inspect", "FATAL"]
 
-#: canonicalize codes that make the model unusable whatever the options: raised, not listed.
-FATAL = frozenset({"SNN-E112", "SNN-E113", "SNN-E120", "SNN-E121", "SNN-E122"})
+#: canonicalize codes that make the model unusable whatever the options, or that say the
+#: user's --input-shape is wrong (E115, E116; exit 2 as in compile): raised, not listed.
+FATAL = frozenset({"SNN-E112", "SNN-E113", "SNN-E115", "SNN-E116", "SNN-E120", "SNN-E121",
+                   "SNN-E122"})
 
 
 def _dims(shape) -> list | None:

@@ -48,6 +48,24 @@ def test_dynamic_model_reports_problem_then_uses_input_shape():
     assert report["canonical_inputs"][0]["shape"] == ["batch", 3, 8, 8]
 
 
+@pytest.mark.parametrize("shapes, code", [({"x": [1, 4, 8, 8]}, "SNN-E116"),
+                                          ({"y": [1, 3, 8, 8]}, "SNN-E115")])
+def test_a_wrong_input_shape_is_an_error_not_a_listed_problem(tmp_path, capsys, shapes, code):
+    """A wrong --input-shape is the user's error: inspect exits 2 as compile does (it used to list
+    it as a model problem, exit 0 and print MACs of a half-inferred graph)."""
+    from snncc.cli import main
+    from snncc.errors import SnnccError
+
+    with pytest.raises(SnnccError) as err:
+        inspect_model(zoo.dynamic_hw(), shapes)
+    assert err.value.code == "SNN-E110" or code in err.value.codes
+    path = tmp_path / "m.onnx"
+    onnx.save(zoo.dynamic_hw(), path)
+    name, dims = next(iter(shapes.items()))
+    assert main(["inspect", str(path), "--input-shape", f"{name}={'x'.join(map(str, dims))}"]) == 2
+    assert code in capsys.readouterr().err
+
+
 def test_from_path_and_text(tmp_path):
     model = zoo.sum3()
     path = tmp_path / "sum3.onnx"

@@ -360,5 +360,6 @@ def format_synops_line(section: Mapping[str, Any] | None) -> str:
             f"energy 45nm: SNN {e['snn_pj'] * 1e-6:.3g} uJ vs ANN {e['ann_pj'] * 1e-6:.3g} uJ")
     if "loihi" in section["energy"]:
         line += f"; Loihi {section['energy']['loihi']['snn_pj'] * 1e-6:.3g} uJ"
-    return line + f" ({m['samples']} samples)"
+    n = int(m["samples"])
+    return line + f" (measured on {n} sample{'' if n == 1 else 's'})"
 

@@ -94,7 +94,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                                                    "e.g. 0.485,0.456,0.406")
     data.add_argument("--std", type=_floats, help="per-channel std divided by, e.g. 0.229,0.224,0.225")
     data.add_argument("--workers", type=int, default=None,
-                      help="DataLoader worker processes (default 0 for .npz, 4 for images and .npy)")
+                      help="DataLoader worker processes (default 0 for .npz; for images and .npy 4, at most "
+                           "the CPU count)")
     snn = parser.add_argument_group("SNN training (IIR-SNN, multi-threshold)")
     snn.add_argument("--iir", action="store_true", help="train a LIF SNN with the IIR schedule (seed 001)")
     snn.add_argument("--mt", choices=("parallel", "cascade"),
@@ -292,7 +293,11 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
     module = load_onnx_module(args.model)
     train = _open(args.data, module, args, "training data")
     val = _open(args.val, module, args, "validation data") if args.val else None
-    workers = args.workers if args.workers is not None else (0 if type(train).__name__ == "ArrayDataset" else 4)
+    # image folders decode in worker processes: up to 4, never more than the CPUs this process
+    # may use (torch warns three times otherwise)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = args.workers if args.workers is not None else \
+        (0 if type(train).__name__ == "ArrayDataset" else min(4, cpus))
     batch = module.input_dims[0] if isinstance(module.input_dims[0], int) and module.input_dims[0] > 0 else 1
     first = train[0][0].unsqueeze(0)
     sample = first.expand(batch, *first.shape[1:]).contiguous()

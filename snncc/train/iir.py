@@ -189,12 +189,17 @@ def run_snn(module: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
 
 @torch.no_grad()
 def init_thresholds(module: nn.Module, x: torch.Tensor, steps: int, pct: float = 90.0,
-                    scale: float = 1.0) -> dict[str, float]:
-    """Set θ layer by layer (§3.2); returns the thresholds by neuron name."""
+                    scale: float = 1.0, progress: bool = False) -> dict[str, float]:
+    """Set θ layer by layer (§3.2); returns the thresholds by neuron name. ``steps`` forward
+    passes per layer (minutes on a CPU with the defaults), shown as a bar with ``progress``."""
+    from tqdm.auto import tqdm
+
     was_training = module.training
     module.eval()
     neurons = spiking_neurons(module)
     found: dict[str, float] = {}
+    bar = tqdm(total=len(neurons) * steps, desc="initial thresholds", unit="pass",
+               disable=not progress, leave=False)
     for name, neuron in neurons.items():   # named_modules order = definition order
         for n in neurons.values():
             n.reset_state()
@@ -207,12 +212,14 @@ def init_thresholds(module: nn.Module, x: torch.Tensor, steps: int, pct: float =
                 best = max(best, neuron.probe_value)
             finally:
                 neuron.probe = None
+            bar.update()
         if best <= 0:
             log.warning("layer %s: %g-th percentile of its input current is %g <= 0; threshold set to 1.0",
                         name, pct, best)
             best = 1.0
         neuron.threshold.fill_(best * scale)
         found[name] = best * scale
+    bar.close()
     for n in neurons.values():
         n.reset_state()
     module.train(was_training)
@@ -274,7 +281,8 @@ def train_snn(module: nn.Module, train_data: DataLike, val_data: DataLike | None
     model.eval()
     with torch.no_grad():
         run_snn(model, batch[:1], 1)   # rejects reused neurons before the threshold search
-    thresholds = init_thresholds(model, batch, threshold_steps, threshold_percentile)
+    thresholds = init_thresholds(model, batch, threshold_steps, threshold_percentile,
+                                 progress=progress)
     log.info("initial thresholds: %s", {k: round(v, 4) for k, v in thresholds.items()})
 
     def train_mode() -> None:

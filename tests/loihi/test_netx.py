@@ -99,6 +99,21 @@ def test_backend_writes_no_stub_and_says_why(tmp_path, caplog):
     assert any("network.net not written" in r.getMessage() for r in caplog.records)
 
 
+def test_backend_warns_when_network_net_is_a_prefix(tmp_path, caplog):
+    """A residual net: network.net holds the layers before the first add, and the compile says
+    so (it used to print only 'network.net: 1 layers')."""
+    from snncc.backends.loihi.backend import LoihiBackend
+    from snncc.context import CompileContext, CompileOptions
+
+    ctx = CompileContext(CompileOptions(target="loihi", timesteps=4))
+    with caplog.at_level("WARNING"):
+        art = LoihiBackend().emit(residual_pool_model(0), ctx, tmp_path / "out")
+    total = len(art.report["netx_layers"]) + len(art.report["netx_not_exported"])
+    assert art.report["netx"] == f"network.net: 1 of {total} layers (a sequential prefix)"
+    assert any(f"holds the first 1 of {total} layers" in r.getMessage()
+               and "residual add" in r.getMessage() for r in caplog.records)
+
+
 def varied_bias_model():
     """H != W and a bias that differs per position (a constant Add of shape [C, H, W]), so the
     per-neuron bias must be written in Lava's (x, y, c) neuron shape."""

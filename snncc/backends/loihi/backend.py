@@ -123,8 +123,16 @@ class LoihiBackend(Backend):
         cores = out / "cores.json"
         cores.write_text(_dumps(mapping))
         files += [cores] + ([out / "network.net"] if netx["path"] else [])
+        netx_text = netx["reason"] or f"network.net: {len(netx['layers'])} layers"
         if not netx["path"]:  # never a stub: no layer NetX can run, no file
             logging.getLogger("snncc.backends.loihi").warning("loihi: %s", netx["reason"])
+        elif netx["not_exported"]:   # a prefix only: say so where the user looks
+            stop, total = netx["not_exported"][0], len(netx["layers"]) + len(netx["not_exported"])
+            netx_text = f"network.net: {len(netx['layers'])} of {total} layers (a sequential prefix)"
+            logging.getLogger("snncc.backends.loihi").warning(
+                "loihi: network.net holds the first %d of %d layers: '%s' %s; the netlist and "
+                "snncc run hold the whole network", len(netx["layers"]), total, stop["group"],
+                stop["reason"])
         synops = self._synops(net, mapping, ctx)
         (out / "synops.json").write_text(_dumps(synops))
         files.append(out / "synops.json")
@@ -135,8 +143,7 @@ class LoihiBackend(Backend):
             "quantization_exact": quant["all_exact"],
             "max_weight_rel_err": max((w["max_rel_err"] for w in quant["weights"]), default=0.0),
             "netx_layers": netx["layers"], "netx_not_exported": netx["not_exported"],
-            "netx_notes": netx["notes"], "netx": netx["reason"] or "network.net: "
-            f"{len(netx['layers'])} layers", "reset": net.meta["reset"],
+            "netx_notes": netx["notes"], "netx": netx_text, "reset": net.meta["reset"],
             "groups": len(net.groups), "blocks": len(net.blocks),
             "steps": net.total_steps, "counted_steps": net.counted_steps,
             "synops": format_synops_line(synops)}
