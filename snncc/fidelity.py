@@ -187,6 +187,8 @@ def summary(fid: Mapping[str, Any]) -> str:
             f"{s['rel_logit_error']:.3f}")
     if fid.get("error_grows_from"):
         text += f"; error grows from layer {fid['error_grows_from']}"
+    for name, v in fid.get("variants", {}).items():
+        text += f"; {v['what'].split(' (')[0]} {_pct(v['top1_agreement'])}"
     return text
 
 
@@ -255,9 +257,15 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
             errors.add(snn_layers, qann_layers, ann_layers)
         del snn_layers, ann_layers, qann_layers
     snn_all = np.concatenate(snns) if snns else None
-    fid = measure(np.concatenate(anns), np.concatenate(qanns), snn_all, errors.rows())
+    ann_all = np.concatenate(anns)
+    fid = measure(ann_all, np.concatenate(qanns), snn_all, errors.rows())
     if backend is not None and snn_all is None:
         fid["note"] = f"the {backend.name} target cannot evaluate this model at compile time"
+    if backend is not None and snn_all is not None:
+        variants = backend.predict_variants(model, ctx, feeds)
+        if variants:
+            fid["variants"] = {name: {"what": what, **pair(np.asarray(out), ann_all).to_json()}
+                               for name, (what, out) in variants.items()}
     return fid
 
 
@@ -275,9 +283,19 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None) -> 
         raise FidelityError(f"compile: {summary(fid)}; below --min-agreement {min_agreement:g}",
                             code="SNN-E370", hint="try, in this order: " + "; ".join(ranked)
                             if ranked else "lower --min-agreement")
+    out = []
     if agree < WARN_BELOW:
         lines = [f"warning: {what} agrees with the ANN on only {100 * agree:.1f} % "
                  f"of {fid['samples']} held-out samples. To get closer, try (best first):"]
         lines += [f"  {i + 1}. {h}" for i, h in enumerate(ranked)]
-        return ["\n".join(lines)]
-    return []
+        out.append("\n".join(lines))
+    for v in fid.get("variants", {}).values():
+        low = v["top1_agreement"]
+        if low is not None and low < WARN_BELOW:
+            out.append(f"warning: on {v['what']}, the SNN agrees with the ANN on only "
+                       f"{100 * low:.1f} % of {fid['samples']} held-out samples; the main "
+                       "estimate is for the netlist's soft-reset neurons, which need a Loihi 2 "
+                       "microcoded neuron. What stock neurons lose depends strongly on T: "
+                       "compile other -T values and compare with snncc run DIR --semantics "
+                       "hardware")
+    return out

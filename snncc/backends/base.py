@@ -54,6 +54,13 @@ class Backend(abc.ABC):
         """
         return None
 
+    def predict_variants(self, model: Model, ctx: CompileContext, feeds: dict[str, Any]
+                         ) -> dict[str, tuple[str, Any]]:
+        """Other semantics the emitted files may run under, for the fidelity estimate: name ->
+        (what it is, outputs ``[N, ...]``). Reported beside the main estimate and warned about
+        when low; ``--min-agreement`` gates only the main one. Default: none."""
+        return {}
+
     @abc.abstractmethod
     def emit(self, model: Model, ctx: CompileContext, out: Path) -> Artifact:
         """Write the output. The driver guarantees atomicity: ``out`` is a temporary path that is
