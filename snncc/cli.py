@@ -102,6 +102,26 @@ def _qann_ignores(args: argparse.Namespace) -> list[str]:
     return given
 
 
+def _trained_timesteps(path: str) -> tuple[int, str] | None:
+    """(T, what) when ``snncc finetune`` trained the model for a number of timesteps: an SNN
+    stage (``--iir``/``--mt``) or a QCFS net trained with the IF SNN in the loop."""
+    import onnx
+
+    try:
+        proto = onnx.load(path, load_external_data=False)
+        meta = json.loads({p.key: p.value for p in proto.metadata_props}.get("snncc.train", "{}"))
+    except Exception:   # the front end reports unreadable models
+        return None
+    if not isinstance(meta, dict):
+        return None
+    if meta.get("kind") == "snn" and isinstance(meta.get("timesteps"), int):
+        return meta["timesteps"], f"a {meta.get('neuron', 'spiking')} SNN stage of snncc finetune"
+    trained = str(meta.get("trained_for", ""))
+    if meta.get("kind") == "qcfs" and trained.startswith("if T=") and trained[5:].isdigit():
+        return int(trained[5:]), "a QCFS net trained with the IF SNN in the loop"
+    return None
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from snncc.driver import compile_model, make_options
 
@@ -110,8 +130,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"snncc compile: warning: ignored with --target qann: {', '.join(ignored)} (a "
               "quantized-clip ANN has no neurons or timesteps; its levels come from -L, default "
               "8)", file=sys.stderr)
+    timesteps = 4 if args.timesteps is None else args.timesteps
+    trained = _trained_timesteps(args.model) if args.target != "qann" else None
+    if trained and trained[0] != timesteps:
+        if args.timesteps is None:   # the best measured choice is what it was trained for
+            timesteps = trained[0]
+            if not args.quiet:
+                print(f"snncc compile: note: -T {timesteps}: the model is {trained[1]}, trained "
+                      f"at T = {timesteps} (give -T to choose another)", file=sys.stderr)
+        else:
+            print(f"snncc compile: warning: the model is {trained[1]}, trained at T = "
+                  f"{trained[0]}; -T {timesteps} runs it at another T than it learned",
+                  file=sys.stderr)
     options = make_options(
-        target=args.target, timesteps=4 if args.timesteps is None else args.timesteps,
+        target=args.target, timesteps=timesteps,
         neuron=args.neuron or "if",
         levels=args.levels,
         calib_path=args.calib, calib_method=args.calib_method, calib_percentile=args.percentile,
@@ -230,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-lossy", action="store_true",
                    help="nir: export soft-reset neurons although NIR resets to v_reset (the "
                    "report notes the difference)")
-    p.add_argument("-T", "--timesteps", type=int, default=None, help="timesteps (default 4)")
+    p.add_argument("-T", "--timesteps", type=int, default=None,
+                   help="timesteps (default 4, or the T snncc finetune trained the model for)")
     p.add_argument("--neuron", default=None, choices=NEURON_KEYS,
                    help="spiking neuron model (default if)")
     p.add_argument("--levels", "-L", type=int, default=None,

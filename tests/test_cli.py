@@ -107,3 +107,28 @@ def test_failed_loihi_compile_leaves_no_directory(tmp_path, capsys):
     assert main(["compile", MNIST, "--target", "loihi", "-T", "4", "-o", str(out)]) == 2
     assert "SNN-E401" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_compile_defaults_T_to_what_finetune_trained_for(tmp_path, capsys):
+    """A model from snncc finetune that was trained at some T (an SNN stage, or QCFS with the IF
+    SNN in the loop) compiles at that T unless -T says otherwise; a different -T is warned about
+    (a finetune --iir output used to compile silently at T = 4 from the stage trained at T = 1)."""
+    proto = onnx.load(EXAMPLES / "mnist_cnn.onnx")
+    onnx.helper.set_model_props(proto, {"snncc.train": json.dumps(
+        {"kind": "qcfs", "levels": 4, "trained_for": "if T=2"})})
+    onnx.save(proto, tmp_path / "q.onnx")
+    calib = str(EXAMPLES / "mnist_calib.npz")
+
+    def compile_(*extra: str) -> tuple[int, str]:
+        out = tmp_path / f"r{len(extra)}.json"
+        assert main(["compile", str(tmp_path / "q.onnx"), "--calib", calib, "--calib-method", "max",
+                     "--no-fidelity", "-o", str(tmp_path / f"o{len(extra)}.onnx"),
+                     "--report", str(out), *extra]) == 0
+        return json.loads(out.read_text())["options"]["timesteps"], capsys.readouterr().err
+
+    T, err = compile_()
+    assert T == 2 and "note: -T 2" in err and "trained at T = 2" in err
+    T, err = compile_("-T", "4")
+    assert T == 4 and "warning" in err and "trained at T = 2; -T 4" in err
+    T, err = compile_("-T", "2")
+    assert T == 2 and "trained" not in err
