@@ -66,7 +66,7 @@ def run_neuron(op_type: str, x: np.ndarray, attrs: Mapping[str, Any]) -> np.ndar
     """One neuron op's kernel on ``x`` in the folded form: its output ``y``. ``attrs`` are the
     node's attributes as plain Python values (``T``, ``const_input`` and the op's own, as
     insert-neurons writes them). One single-node session per call (a few ms); the SNN-aware
-    calibration simulates its sites with it, 4-6x faster than the NumPy references and equal to
+    calibration simulates its sites with it, 3-6x faster than the NumPy references and equal to
     them bit for bit (tests/runtime/test_kernels.py)."""
     from onnx import TensorProto, helper
 

@@ -267,7 +267,7 @@ class _Neuron:
         a = self.attrs(lam)
         S, _ = self.steps(lam)
         a.update(T=S, const_input=int(const))
-        if runtime.is_built():   # the C++ kernel: bit for bit the reference, 4-6x faster
+        if runtime.is_built():   # the C++ kernel: bit for bit the reference, 3-6x faster
             y = runtime.run_neuron(self.spec.op_type, z, normalize_attrs(self.spec, a))
         else:
             y, _ = self.spec.reference(z, a)

@@ -117,7 +117,7 @@ class OrtBackend(Backend):
         proto = ir.to_proto(model)
         n = len(next(iter(feeds.values())))
         out = run_compiled(proto, feeds, spike_counts=False, batch_size=batch).outputs
-        return iter([(slice(0, n), out[proto.graph.output[0].name], None)])
+        return iter([(slice(0, n), next(iter(out.values())), None)])   # state outputs excluded
 
     def _predict_parts(self, model: ir.Model, ctx: CompileContext, feeds: dict[str, np.ndarray],
                        batch: int, steps: int, start: int):
