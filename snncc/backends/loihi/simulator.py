@@ -68,13 +68,20 @@ class _Sim:
         self.lo, self.hi = -(1 << (fp.state_bits - 1)), (1 << (fp.state_bits - 1)) - 1
         self.fp = fp
         self.saturations = 0
+        self.group = ""                                  # the group being simulated
+        self.by_group: dict[str, int] = {}               # its saturations
         self.peaks: dict[str, int] = {}
         self.f32: tuple[str | None, np.ndarray | None] = (None, None)
+
+    def clipped(self, count: int) -> None:
+        if count:
+            self.saturations += count
+            self.by_group[self.group] = self.by_group.get(self.group, 0) + count
 
     def sat(self, v: np.ndarray) -> np.ndarray:
         bad = (v < self.lo) | (v > self.hi)
         if bad.any():
-            self.saturations += int(bad.sum())
+            self.clipped(int(bad.sum()))
             v = np.clip(v, self.lo, self.hi)
         return v
 
@@ -190,7 +197,7 @@ class _Sim:
             dv = v * keep
             v = np.sign(dv) * (np.abs(dv) >> LAVA_DECAY_BITS) + u + bias
             clipped = np.clip(v, -top + 1, top - 1)
-            self.saturations += int(np.count_nonzero(clipped != v))
+            self.clipped(int(np.count_nonzero(clipped != v)))
             s = clipped > vth
             v = np.where(s, 0, clipped)
             spikes[t], volts[t] = s, v
@@ -278,6 +285,7 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
                 .astype(np.int64).reshape((1, n) + inp.view)}
     events, values, raw = {}, {}, {}
     for g in net.groups[1:]:
+        sim.group = g.name
         if sim.hw and netx_exportable(g):
             spikes, volts = sim.run_cuba(g, payloads, n, steps)
             first = steps - counted
@@ -301,7 +309,7 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
             continue
         if g.kind == "relay":  # sends its current (F = 0: state integers = payload units)
             pay = np.clip(cur, -top, top)
-            sim.saturations += int(np.count_nonzero(pay != cur))
+            sim.clipped(int(np.count_nonzero(pay != cur)))
             ev = np.broadcast_to((pay != 0).astype(np.int64), (steps,) + pay.shape[1:])
             pay = np.broadcast_to(pay, (steps,) + pay.shape[1:])
         else:
@@ -311,8 +319,11 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
         values[g.name] = pay[steps - counted:].sum(axis=0) / counted * \
             g.unit.reshape(-1, 1, 1)
     if sim.saturations:
-        logger.warning("%d membrane updates saturated at %d bits", sim.saturations,
-                       fp.state_bits)
+        worst = max(sim.by_group, key=sim.by_group.get)
+        logger.warning("%d membrane updates saturated at %d bits (%d in '%s'); the simulator "
+                       "clips them as Loihi does, so its outputs, accuracy and fidelity figures "
+                       "include their effect", sim.saturations, fp.state_bits,
+                       sim.by_group[worst], worst)
     outputs = {o["name"]: values[o["group"]].reshape((n,) + net.group(o["group"]).shape)
                .astype(np.float32) for o in net.outputs}
     return SimResult(outputs, events, payloads, sim.saturations, raw)
