@@ -182,11 +182,18 @@ def load_samples(path: str | Path, inputs: Sequence[InputSpec], *,
         if arr.ndim != len(spec.shape) or any(d is not None and d != a
                                               for d, a in zip(spec.shape[1:], arr.shape[1:])):
             one = "x".join(str(d) for d in expected[1:])
-            if arr.ndim == len(spec.shape) - 1:
-                fix = "stack samples along a new first axis (one sample is " + one + ")"
+
+            def fits(have: tuple, want: tuple) -> bool:
+                return len(have) == len(want) and all(w is None or w == h
+                                                      for h, w in zip(have, want))
+
+            if fits(arr.shape, tuple(spec.shape[1:])):
+                fix = "stack samples along a new first axis (this is one sample)"
+            elif len(spec.shape) > 2 and fits(arr.shape[1:], tuple(spec.shape[2:])):
+                fix = "add the channel axis: x[:, None] (each sample must be " + one + ")"
             elif arr.ndim == len(spec.shape):
-                fix = (f"each sample must be {one} (channels, size), as the model input; "
-                       "preprocess the data for this model")
+                fix = f"each sample must be {one}, as the model input; preprocess the data " \
+                      "for this model"
             else:
                 fix = f"give an array [N, {', '.join(map(str, expected[1:]))}]"
             raise _fail("SNN-E406", f"samples for '{spec.name}' have shape {arr.shape}, the input "

@@ -102,9 +102,11 @@ def _qann_ignores(args: argparse.Namespace) -> list[str]:
     return given
 
 
-def _trained_timesteps(path: str) -> tuple[int, str] | None:
-    """(T, what) when ``snncc finetune`` trained the model for a number of timesteps: an SNN
-    stage (``--iir``/``--mt``) or a QCFS net trained with the IF SNN in the loop."""
+def _trained_timesteps(path: str, neuron: str | None) -> tuple[int, str] | None:
+    """(T, what) when ``snncc finetune`` trained the model for a number of timesteps and
+    ``neuron`` (``--neuron``, None when not given) is the one it trained with: an SNN stage
+    (``--iir``/``--mt``, whose neurons are in the graph) or a QCFS net trained with the IF SNN in
+    the loop (for gn at T = 1 or bit-serial, whose T counts bits, the IF's T means nothing)."""
     import onnx
 
     try:
@@ -114,10 +116,12 @@ def _trained_timesteps(path: str) -> tuple[int, str] | None:
         return None
     if not isinstance(meta, dict):
         return None
-    if meta.get("kind") == "snn" and isinstance(meta.get("timesteps"), int):
+    if meta.get("kind") == "snn" and isinstance(meta.get("timesteps"), int) and \
+            neuron in (None, meta.get("neuron")):
         return meta["timesteps"], f"a {meta.get('neuron', 'spiking')} SNN stage of snncc finetune"
     trained = str(meta.get("trained_for", ""))
-    if meta.get("kind") == "qcfs" and trained.startswith("if T=") and trained[5:].isdigit():
+    if meta.get("kind") == "qcfs" and trained.startswith("if T=") and trained[5:].isdigit() and \
+            neuron in (None, "if"):
         return int(trained[5:]), "a QCFS net trained with the IF SNN in the loop"
     return None
 
@@ -131,7 +135,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
               "quantized-clip ANN has no neurons or timesteps; its levels come from -L, default "
               "8)", file=sys.stderr)
     timesteps = 4 if args.timesteps is None else args.timesteps
-    trained = _trained_timesteps(args.model) if args.target != "qann" else None
+    trained = _trained_timesteps(args.model, args.neuron) if args.target != "qann" else None
     if trained and trained[0] != timesteps:
         if args.timesteps is None:   # the best measured choice is what it was trained for
             timesteps = trained[0]

@@ -264,8 +264,10 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
     if backend is not None and snn_all is not None:
         variants = backend.predict_variants(model, ctx, feeds)
         if variants:
-            fid["variants"] = {name: {"what": what, **pair(np.asarray(out), ann_all).to_json()}
-                               for name, (what, out) in variants.items()}
+            fid["variants"] = {
+                name: {**{k: v for k, v in var.items() if k != "outputs"},
+                       **pair(np.asarray(var["outputs"]), ann_all).to_json()}
+                for name, var in variants.items()}
     return fid
 
 
@@ -293,9 +295,7 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None) -> 
         low = v["top1_agreement"]
         if low is not None and low < WARN_BELOW:
             out.append(f"warning: on {v['what']}, the SNN agrees with the ANN on only "
-                       f"{100 * low:.1f} % of {fid['samples']} held-out samples; the main "
-                       "estimate is for the netlist's soft-reset neurons, which need a Loihi 2 "
-                       "microcoded neuron. What stock neurons lose depends strongly on T: "
-                       "compile other -T values and compare with snncc run DIR --semantics "
-                       "hardware")
+                       f"{100 * low:.1f} % of {fid['samples']} held-out samples"
+                       + (f" ({v['saturations']} membrane updates saturated)"
+                          if v.get("saturations") else "") + f"; {v.get('advice', '')}")
     return out

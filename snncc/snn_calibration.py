@@ -61,7 +61,7 @@ from tqdm import tqdm
 
 from snncc import ir, runtime
 from snncc.context import CompileOptions, QuantClipParams
-from snncc.errors import CalibrationError
+from snncc.errors import CalibrationError, RuntimeLibraryError
 from snncc.passes.insert_neurons import normalize_attrs
 
 __all__ = ["SCALES", "BIAS_ROUNDS", "Site", "refine_sites", "SiteReport"]
@@ -267,9 +267,8 @@ class _Neuron:
         a = self.attrs(lam)
         S, _ = self.steps(lam)
         a.update(T=S, const_input=int(const))
-        if runtime.is_built():   # the C++ kernel: bit for bit the reference, 3-6x faster
-            y = runtime.run_neuron(self.spec.op_type, z, normalize_attrs(self.spec, a))
-        else:
+        y = _kernel(self.spec, z, a)
+        if y is None:
             y, _ = self.spec.reference(z, a)
         return y.reshape((S, -1) + y.shape[1:])
 
@@ -279,6 +278,25 @@ class _Neuron:
         def part(x: np.ndarray) -> np.ndarray:
             return self.run(x if bias is None else x + _bcast(bias, x.ndim), lam, const)
         return _in_parts(part, z, const, self.steps(lam)[0])
+
+
+#: False once the kernel library failed to load in this process (the references then simulate)
+_KERNELS_OK = [True]
+
+
+def _kernel(spec: Any, z: np.ndarray, attrs: dict[str, Any]) -> np.ndarray | None:
+    """The neuron's C++ kernel on ``z`` (bit for bit its NumPy reference, 3-6x faster), or None
+    where there is none: the library is not built or does not load (e.g. built for another
+    onnxruntime; calibration needs no library, so it falls back with a log line), or the neuron
+    was registered without a kernel."""
+    if not (_KERNELS_OK[0] and runtime.is_built() and spec.op_type in runtime.OP_NAMES):
+        return None
+    try:
+        return runtime.run_neuron(spec.op_type, z, normalize_attrs(spec, attrs))
+    except RuntimeLibraryError as exc:
+        _KERNELS_OK[0] = False
+        logger.info("snn calibration: simulating with the NumPy references (%s)", exc.message)
+        return None
 
 
 def _in_parts(run: Callable[[np.ndarray], np.ndarray], z: np.ndarray, const: bool,

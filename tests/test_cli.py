@@ -132,3 +132,20 @@ def test_compile_defaults_T_to_what_finetune_trained_for(tmp_path, capsys):
     assert T == 4 and "warning" in err and "trained at T = 2; -T 4" in err
     T, err = compile_("-T", "2")
     assert T == 2 and "trained" not in err
+    T, err = compile_("--neuron", "gn", "-T", "1")   # gn at T = 1: the IF's T does not apply
+    assert T == 1 and "trained" not in err
+    T, err = compile_("--neuron", "bitserial")
+    assert T == 4 and "trained" not in err
+
+
+@pytest.mark.parametrize("shape, hint", [((1, 28, 28), "this is one sample"),
+                                         ((8, 28, 28), "x[:, None]"),
+                                         ((8, 3, 32, 32), "each sample must be 1x28x28")])
+def test_calibration_shape_error_says_what_is_wrong(tmp_path, capsys, shape, hint):
+    """SNN-E406's hint depends on the mistake: one sample, a missing channel axis, or data
+    for another model."""
+    np.save(tmp_path / "c.npy", np.zeros(shape, np.float32))
+    assert main(["compile", str(EXAMPLES / "mnist_cnn.onnx"), "--calib", str(tmp_path / "c.npy"),
+                 "-o", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "SNN-E406" in err and hint in err and not (tmp_path / "x.onnx").exists()

@@ -50,15 +50,19 @@ class Backend(abc.ABC):
         time-mean layer outputs or None)``, with ``rows`` the part's slice of ``feeds``; or None
         when the backend cannot evaluate itself (then no SNN fidelity is reported). One session or
         simulator serves every part, and the estimate keeps only running sums of each part's
-        layers, so its memory does not grow with the number of held-out samples.
+        layers. ORT's folded and window models yield parts bounded in memory, so the estimate's
+        memory does not grow with the held-out samples; Loihi, NIR and streaming models yield one
+        part (outputs only, no layers).
         """
         return None
 
     def predict_variants(self, model: Model, ctx: CompileContext, feeds: dict[str, Any]
-                         ) -> dict[str, tuple[str, Any]]:
+                         ) -> dict[str, dict[str, Any]]:
         """Other semantics the emitted files may run under, for the fidelity estimate: name ->
-        (what it is, outputs ``[N, ...]``). Reported beside the main estimate and warned about
-        when low; ``--min-agreement`` gates only the main one. Default: none."""
+        ``{"what", "outputs" [N, ...], "advice"}`` (plus any counts to report, e.g.
+        ``saturations``). Reported beside the main estimate and warned about below
+        ``fidelity.WARN_BELOW`` with the advice; ``--min-agreement`` gates only the main one.
+        Default: none."""
         return {}
 
     @abc.abstractmethod

@@ -274,6 +274,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         # threads drop their last collective, whose tensor is a Python object, while the
         # interpreter is alive: a rank that exits within a few ms of its last all_reduce
         # otherwise aborts in finalization ("terminate called without an active exception").
+        # A rank that raised skips it and exits non-zero; torchrun then stops the ranks still
+        # waiting here (SIGTERM), as it does for any failed rank.
         dist.barrier()
         return code
     finally:

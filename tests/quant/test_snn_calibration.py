@@ -84,6 +84,33 @@ def test_walk_on_the_kernels_equals_the_walk_on_the_references(monkeypatch, neur
     assert walk() == kernels
 
 
+@pytest.mark.requires_runtime
+def test_walk_falls_back_to_the_references_when_the_library_does_not_load(monkeypatch, tmp_path):
+    """A library file that onnxruntime cannot load (e.g. built for another version) must not
+    stop a compile that needs no kernels: the walk simulates with the references instead."""
+    import snncc.snn_calibration as sc
+    from snncc import runtime
+
+    options = make_options(neuron="if", timesteps=4)
+    model = _model()
+    start = {s.y: QuantClipParams(lam=np.full(4, 1.5, np.float32), levels=options.levels)
+             for s in SITES}
+
+    def walk():
+        refined, _ = refine_sites(model, SITES, start, {"x": X}, options,
+                                  neuron_spec=get_neuron("if"), progress=False)
+        return {k: v.lam.tolist() for k, v in refined.items()}
+
+    monkeypatch.setattr(runtime, "is_built", lambda: False)
+    want = walk()
+    monkeypatch.undo()
+    (tmp_path / "junk.so").write_bytes(b"not a library")
+    monkeypatch.setenv(runtime.ENV_VAR, str(tmp_path / "junk.so"))
+    monkeypatch.setattr(sc, "_KERNELS_OK", [True])
+    assert walk() == want
+    assert sc._KERNELS_OK == [False]
+
+
 def test_residual_segments_take_the_upstream_spike_train():
     model = _model(residual=True)
     options = make_options(neuron="if", timesteps=4)
