@@ -56,6 +56,7 @@ class SimResult:
     events: dict[str, np.ndarray]                   # group -> int64 [N, *shape], all slices
     payloads: dict[str, np.ndarray] = field(default_factory=dict)  # group -> [S|1, N, *view]
     saturations: int = 0                            # membrane updates clipped to 24 bits
+    saturated: dict[str, int] = field(default_factory=dict)   # the same, per group
     #: hardware semantics: per CUBA group the integer the Lava run reads: a readout's voltage
     #: (Lava units, NetX units x 64) over the counted steps, a spiking group's spike counts over
     #: the counted steps; int64 [N, *shape]
@@ -318,15 +319,9 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
         events[g.name] = ev.sum(axis=0).reshape((n,) + g.shape)
         values[g.name] = pay[steps - counted:].sum(axis=0) / counted * \
             g.unit.reshape(-1, 1, 1)
-    if sim.saturations:
-        worst = max(sim.by_group, key=sim.by_group.get)
-        logger.warning("%d membrane updates saturated at %d bits (%d in '%s'); the simulator "
-                       "clips them as Loihi does, so its outputs, accuracy and fidelity figures "
-                       "include their effect", sim.saturations, fp.state_bits,
-                       sim.by_group[worst], worst)
     outputs = {o["name"]: values[o["group"]].reshape((n,) + net.group(o["group"]).shape)
                .astype(np.float32) for o in net.outputs}
-    return SimResult(outputs, events, payloads, sim.saturations, raw)
+    return SimResult(outputs, events, payloads, sim.saturations, sim.by_group, raw)
 
 
 def run_netlist(out_dir: str | os.PathLike | Netlist, x: np.ndarray, *,
@@ -339,4 +334,10 @@ def run_netlist(out_dir: str | os.PathLike | Netlist, x: np.ndarray, *,
     """
     net = out_dir if isinstance(out_dir, Netlist) else load(out_dir)
     res = simulate(net, x, semantics=semantics)
+    if res.saturations:
+        worst = max(res.saturated, key=res.saturated.get)
+        logger.warning("%d membrane updates saturated at %d bits (%d in '%s'); the simulator "
+                       "clips them as Loihi does, so its outputs, accuracy and fidelity figures "
+                       "include their effect", res.saturations, FixedPoint().state_bits,
+                       res.saturated[worst], worst)
     return res.outputs, res.events

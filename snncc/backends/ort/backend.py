@@ -160,8 +160,7 @@ class OrtBackend(Backend):
             for node in neurons:  # unit events summed over all slices and samples
                 part_sum = summed_events(node, values[node.output[0]], attrs[node.name], rows
                                          ).sum(axis=0, keepdims=True, dtype=np.int64)
-                events[node.name] = events[node.name] + part_sum if node.name in events \
-                    else part_sum
+                events[node.name] = part_sum + events.get(node.name, 0)
             out = values[first]
             del values
             yield slice(i, i + rows), out, means
