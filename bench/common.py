@@ -49,7 +49,12 @@ def session_options(library: bool, threads: int) -> ort.SessionOptions:
     return so
 
 
-def session(path: Path, library: bool, threads: int) -> ort.InferenceSession:
+def session(path: Path, library: bool, threads: int, blocked: bool = True) -> ort.InferenceSession:
+    """ORT session of ``path``; with the kernel library and ``blocked``, the neurons run inside
+    ORT's NCHWc layout (``snncc.runtime.layout``, what ``snncc run`` does)."""
+    if library and blocked:
+        from snncc.runtime.layout import session as blocked_session
+        return blocked_session(path, session_options(library, threads))
     return ort.InferenceSession(str(path), session_options(library, threads),
                                 providers=["CPUExecutionProvider"])
 

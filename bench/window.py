@@ -12,7 +12,10 @@ off, medians), so that background load on a shared machine hits every variant al
 * ``qann`` (a variant name): the L = 2^T - 1 quantized ANN (standard ops), the floor for a
   standard-op window decode;
 * ``<variant>@K``: the same model, the batch run as consecutive calls of at most K images
-  (tiling the batch keeps the ``[T*K, ...]`` working set in cache).
+  (tiling the batch keeps the ``[T*K, ...]`` working set in cache);
+* ``<variant>:plain``: the same model with ORT's own layout handling, which wraps every neuron
+  in a reorder out of and back into its blocked (NCHWc) layout; without ``:plain`` the neurons
+  run inside the blocked layout (``snncc.runtime.layout``, the default of ``snncc run``).
 
 Reported: ms per image (median over rounds), ``t / ANN`` (the median over rounds of the ratio
 to the ANN run of the same round: paired, so that load changes between rounds cancel) and
@@ -20,7 +23,7 @@ to the ANN run of the same round: paired, so that load changes between rounds ca
 relative to their median: the noise of the ratio on a loaded machine.
 
     python bench/window.py [--nets cnn,resnet] [-T 4] [--batch 1,16,100] [--rounds 9]
-        [--threads 2] [--variants bitserial/folded,bitserial/window,if/folded] [-o FILE.md]
+        [--threads 2] [--variants bitserial/window:plain,bitserial/window,if/folded] [-o FILE.md]
 """
 from __future__ import annotations
 
@@ -65,6 +68,11 @@ def _net_files(net: str, tmp: Path, batch: int) -> tuple[Path, Path, np.ndarray,
     return path, calib, rng.random((batch, *shape[1:]), dtype=np.float32), "max"
 
 
+def _base(variant: str) -> str:
+    """``if/folded`` of ``if/folded:plain@16``."""
+    return variant.split("@")[0].split(":")[0]
+
+
 def compile_variants(net: str, T: int, variants: list[str], tmp: Path, files: tuple
                      ) -> dict[str, Path]:
     """Compile each variant of ``net`` (``files`` from :func:`_net_files`) into ``tmp``."""
@@ -73,7 +81,7 @@ def compile_variants(net: str, T: int, variants: list[str], tmp: Path, files: tu
     model, calib, _, method = files
     extra = {"calib_method": method} if method else {}
     out = {}
-    for v in {v.split("@")[0] for v in variants}:
+    for v in {_base(v) for v in variants}:
         path = tmp / f"{net}_{v.replace('/', '_')}_T{T}.onnx"
         if v == "qann":  # the L = 2^T - 1 quantized ANN bit-serial reproduces (standard ops)
             opts = make_options(target="qann", levels=2 ** T - 1, calib_path=str(calib), **extra)
@@ -93,7 +101,12 @@ def bench(net: str, T: int, batches: list[int], rounds: int, threads: int, varia
     paths = compile_variants(net, T, variants, tmp, files)
     ann = session(model, False, threads)
     in_name = ann.get_inputs()[0].name
-    sessions = {"ann": ann, **{v: session(p, v != "qann", threads) for v, p in paths.items()}}
+    sessions = {"ann": ann}
+    for v in variants:
+        key = v.split("@")[0]
+        if key not in sessions:
+            sessions[key] = session(paths[_base(v)], _base(v) != "qann", threads,
+                                    blocked=not key.endswith(":plain"))
     rows = []
     for batch in batches:
         x = x_all[:batch]
@@ -105,8 +118,8 @@ def bench(net: str, T: int, batches: list[int], rounds: int, threads: int, varia
 
         fns = {"ann": lambda: call(ann, None)}
         for v in variants:
-            base, _, tile = v.partition("@")
-            fns[v] = (lambda s=sessions[base], t=int(tile) if tile else None: call(s, t))
+            key, _, tile = v.partition("@")
+            fns[v] = (lambda s=sessions[key], t=int(tile) if tile else None: call(s, t))
         times = interleaved(fns, rounds)
         t_ann = statistics.median(times["ann"])
         for k in fns:
@@ -139,7 +152,8 @@ def main() -> None:
     ap.add_argument("--batch", default="1,16,100")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--variants", default="bitserial/folded,bitserial/window,if/folded")
+    ap.add_argument("--variants", default="bitserial/window:plain,bitserial/window,"
+                    "if/folded:plain,if/folded,mt/folded:plain,mt/folded")
     ap.add_argument("-o", "--out", help="also write the table (markdown) to this file")
     args = ap.parse_args()
     if args.out:

@@ -4,6 +4,9 @@ The library implements every neuron op of ``docs/neuron-ops.md`` as a native ONN
 When it is registered, ORT runs these kernels instead of the model-local ONNX functions with the same
 names. Build it with ``scripts/build_runtime.sh``; ``SNNCC_RUNTIME_LIB`` overrides its location.
 
+:func:`snncc.runtime.layout.session` also runs the kernels inside ORT's blocked (NCHWc) layout,
+which removes two tensor copies per neuron (``snncc run`` and ``run_compiled`` use it).
+
 Errors: SNN-E701 the library file is missing; SNN-E702 ONNX Runtime refused to load it.
 """
 from __future__ import annotations

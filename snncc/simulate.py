@@ -73,6 +73,9 @@ def summed_events(node: onnx.NodeProto, y: np.ndarray, attrs: Mapping[str, Any],
 
 
 def _session(proto: onnx.ModelProto, use_library: bool, optimize: bool) -> ort.InferenceSession:
+    if use_library and optimize:  # the kernels inside ORT's blocked layout: same outputs, faster
+        from snncc.runtime.layout import session
+        return session(proto)
     if use_library:
         from snncc.runtime import session_options
         so = session_options()

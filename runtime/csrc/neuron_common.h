@@ -70,6 +70,7 @@ struct CommonAttrs {
   bool const_input;           // x is [N, ...] and repeats over the slices
   std::vector<float> theta;   // length 1 or C, > 0
   float v_init;
+  int64_t channel_block;      // 0 or 1: x is [.., C, ...] plain; B > 1: ORT's NCHWc blocks of B channels
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -85,6 +86,10 @@ struct Call {
   float* state_out = nullptr;       // nullptr: not requested
   int64_t step = 0;                 // global index of slice 0
   const std::vector<float>* theta = nullptr;
+  // Channels per block of ONNX Runtime's NCHWc layout (1: plain). Blocked, the 4-D shape
+  // [N, C, H, W] holds [N, C/B, H, W, B] in memory: element e of a slice belongs to channel
+  // ((e / (B*inner)) % (C/B)) * B + e % B, instead of (e / inner) % C.
+  int64_t block = 1;
 
   // Input current of slice t (time-major rows t*N + n; const_input repeats row n).
   const float* XSlice(int64_t t) const { return const_input ? x : x + t * E; }
@@ -94,6 +99,8 @@ struct Call {
   float* StateOut(int64_t p) const { return state_out + p * E; }
   // theta broadcast along axis 1 for elements [begin, begin + len) of a slice.
   void FillTheta(int64_t begin, int64_t len, float* out) const;
+  // table[channel of e] for elements [begin, begin + len) of a slice (table: C values).
+  void FillPerChannel(int64_t begin, int64_t len, const float* table, float* out) const;
 };
 
 // Checks shapes, reads step, allocates y (and state_out). A non-OK status names the op and the problem.
@@ -213,8 +220,10 @@ inline CommonAttrs::CommonAttrs(const AttrReader& attrs, float v_init_default)
       T(attrs.Int("T", 1)),
       const_input(attrs.Int("const_input", 0) != 0),
       theta(attrs.Floats("theta", {1.0f})),
-      v_init(attrs.Float("v_init", v_init_default)) {
+      v_init(attrs.Float("v_init", v_init_default)),
+      channel_block(attrs.Int("channel_block", 0)) {
   attrs.CheckArity();
+  if (channel_block < 0) attrs.Fail("attribute 'channel_block' must be >= 0, got " + std::to_string(channel_block));
   if (T < 1) attrs.Fail("attribute 'T' must be an integer >= 1, got " + std::to_string(T));
   const int64_t ci = attrs.Int("const_input", 0);
   if (ci != 0 && ci != 1) attrs.Fail("attribute 'const_input' must be 0 or 1, got " + std::to_string(ci));
@@ -233,18 +242,54 @@ inline std::string ShapeText(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+// out[k] = base[k % B] for the (end - e) elements from e, a multiple of B: returns end.
+template <int64_t B>
+inline int64_t RepeatBlock(const float* base, float* out, int64_t e, int64_t end) {
+  for (int64_t k = 0; k < end - e; k += B)
+    for (int64_t l = 0; l < B; ++l) out[k + l] = base[l];
+  return end;
+}
+
 inline void Call::FillTheta(int64_t begin, int64_t len, float* out) const {
   const std::vector<float>& th = *theta;
   if (th.size() == 1) {
     std::fill(out, out + len, th[0]);
     return;
   }
-  // element e of a slice belongs to channel (e / inner) % C; walk runs of equal channel
+  FillPerChannel(begin, len, th.data(), out);
+}
+
+inline void Call::FillPerChannel(int64_t begin, int64_t len, const float* table, float* out) const {
   int64_t e = begin;
   const int64_t end = begin + len;
+  if (block > 1) {
+    // runs of one channel block (B*inner elements) repeat its B values, lane e % B first
+    const int64_t span = block * inner;
+    while (e < end) {
+      const int64_t run_end = std::min(end, (e / span + 1) * span);
+      const float* base = table + ((e / span) % (C / block)) * block;
+      if (e % block == 0 && (run_end - e) % block == 0) {  // whole blocks: the usual case
+        if (block == 16) {
+          e = RepeatBlock<16>(base, out + (e - begin), e, run_end);
+          continue;
+        }
+        if (block == 8) {
+          e = RepeatBlock<8>(base, out + (e - begin), e, run_end);
+          continue;
+        }
+      }
+      int64_t lane = e % block;
+      for (; e < run_end; ++e) {
+        out[e - begin] = base[lane];
+        lane = lane + 1 == block ? 0 : lane + 1;
+      }
+    }
+    return;
+  }
+  // element e of a slice belongs to channel (e / inner) % C; walk runs of equal channel
   while (e < end) {
     const int64_t run_end = std::min(end, (e / inner + 1) * inner);
-    std::fill(out + (e - begin), out + (run_end - begin), th[static_cast<size_t>((e / inner) % C)]);
+    std::fill(out + (e - begin), out + (run_end - begin), table[(e / inner) % C]);
     e = run_end;
   }
 }
@@ -269,6 +314,10 @@ inline Ort::Status PrepareCall(const CommonAttrs& attrs, int64_t state_planes, c
     return InvalidArgument(where, "attribute 'theta' has " + std::to_string(attrs.theta.size()) +
                                       " values but x has C=" + std::to_string(call.C) + " channels (need 1 or C)");
   call.theta = &attrs.theta;
+  call.block = attrs.channel_block > 1 ? attrs.channel_block : 1;
+  if (call.block > 1 && (xs.size() < 3 || call.C % call.block != 0))
+    return InvalidArgument(where, "attribute 'channel_block' is " + std::to_string(call.block) +
+                                      " but x " + ShapeText(xs) + " has no spatial axes or C is not a multiple of it");
   call.x = x.Data();
 
   std::vector<int64_t> state_shape{state_planes, call.N};

@@ -75,19 +75,17 @@ struct BitSerialNeuron {
     std::vector<float> unit(n_theta), inv_unit(n_theta), shift(n_theta);
     for (size_t i = 0; i < n_theta; ++i) Constants(attrs_.theta[i], L, attrs_.v_init, unit[i], inv_unit[i], shift[i]);
     auto chunk = [&](int64_t begin, int64_t len) {
-      float acc[kChunk];
+      float acc[kChunk], cu[kChunk], ciu[kChunk], csh[kChunk];
       if (call.state_out) std::fill_n(call.StateOut(0) + begin, len, 0.0f);
       float* q_out = call.state_out ? call.StateOut(1) : nullptr;
       const int64_t end = begin + len;
-      for (int64_t e = begin; e < end;) {  // runs of one channel, at most kChunk long
-        const int64_t stop = std::min({end, (e / call.inner + 1) * call.inner, e + kChunk});
-        const size_t c = n_theta == 1 ? 0 : static_cast<size_t>((e / call.inner) % call.C);
-        const float u = unit[c], iu = inv_unit[c], sh = shift[c];
-        const int64_t n = stop - e;
+      // q = FloorClip(U * inv_unit) and y = q * unit on elements [e, e + n), with the constants
+      // of element j given by u(j), iu(j), sh(j)
+      auto run = [&](int64_t e, int64_t n, auto u, auto iu, auto sh) {
         float* y = call.y + e;
         if (call.const_input) {
           const float* x = call.x + e;
-          for (int64_t j = 0; j < n; ++j) acc[j] = (x[j] + sh) * iu;
+          for (int64_t j = 0; j < n; ++j) acc[j] = (x[j] + sh(j)) * iu(j);
         } else {
           const float* x0 = call.XSlice(0) + e;
           for (int64_t j = 0; j < n; ++j) acc[j] = 0.0f + x0[j];
@@ -95,11 +93,29 @@ struct BitSerialNeuron {
             const float* xt = call.XSlice(t) + e;
             for (int64_t j = 0; j < n; ++j) acc[j] = acc[j] + xt[j];
           }
-          for (int64_t j = 0; j < n; ++j) acc[j] = (acc[j] * inv_B + sh) * iu;
+          for (int64_t j = 0; j < n; ++j) acc[j] = (acc[j] * inv_B + sh(j)) * iu(j);
         }
         FloorClipArray(acc, n, L);
-        for (int64_t j = 0; j < n; ++j) y[j] = acc[j] * u;
+        for (int64_t j = 0; j < n; ++j) y[j] = acc[j] * u(j);
         if (q_out) std::copy_n(acc, n, q_out + e);
+      };
+      if (call.block > 1 && n_theta > 1) {  // NCHWc: the channels cycle within a run
+        for (int64_t e = begin; e < end; e += kChunk) {
+          const int64_t n = std::min(end - e, kChunk);
+          call.FillPerChannel(e, n, unit.data(), cu);
+          call.FillPerChannel(e, n, inv_unit.data(), ciu);
+          call.FillPerChannel(e, n, shift.data(), csh);
+          run(e, n, [&](int64_t j) { return cu[j]; }, [&](int64_t j) { return ciu[j]; },
+              [&](int64_t j) { return csh[j]; });
+        }
+        return;
+      }
+      for (int64_t e = begin; e < end;) {  // runs of one channel, at most kChunk long
+        const int64_t stop = std::min({end, (e / call.inner + 1) * call.inner, e + kChunk});
+        const size_t c = n_theta == 1 ? 0 : static_cast<size_t>((e / call.inner) % call.C);
+        const float u = unit[c], iu = inv_unit[c], sh = shift[c];
+        run(e, stop - e, [u](int64_t) { return u; }, [iu](int64_t) { return iu; },
+            [sh](int64_t) { return sh; });
         e = stop;
       }
     };

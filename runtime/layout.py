@@ -1,0 +1,187 @@
+"""Neuron kernels inside ONNX Runtime's blocked (NCHWc) layout: the same outputs, fewer copies.
+
+On x86-64, ORT's ``ORT_ENABLE_ALL`` optimisation runs Conv, pools, Add and Relu in the NCHWc
+layout (channels in blocks of B = 8 or 16, ``MlasNchwcGetBlockSize``), and wraps every op it does
+not know, our neuron kernels included, in a ``ReorderOutput`` (back to NCHW) and a
+``ReorderInput`` (to NCHWc again). On an SNN those two copies of every spike tensor cost more than
+the neurons themselves (bench/results/profile_cnn.md). The ANN does not pay them: its ReLU is
+fused into the blocked convolution.
+
+:func:`blocked_model` lets ORT optimise the model once, then removes each
+``ReorderOutput -> neuron -> ReorderInput`` sandwich and gives the neuron
+``channel_block = B``: the kernel reads and writes the blocked tensor directly (only its channel
+index per element changes, docs/neuron-ops.md), so the outputs are bit-identical. The result is
+hardware-specific (B and the reordered weights), so it is made on the machine that runs it, by
+:func:`session`, and never written next to the compiled model.
+
+A neuron whose spike train is also read in NCHW (a graph output, as when spike counts are
+fetched, or a Flatten) moves too, with one ReorderOutput for those readers. Streaming neurons
+move too: their state tensors (``state_in/*``, ``state_out/*``, same shapes) then hold the
+membrane in the blocked order. The protocol only passes them from one step to the next of the
+same session (step 0 ignores them), so only a caller that reads membrane values itself sees the
+difference; it should pass ``blocked=False``. Left as they are: neurons without a blocked
+consumer (nothing to save), and everything on a machine without NCHWc (B = 1: ORT inserts no
+reorders).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from snncc.runtime import DOMAIN, session_options
+
+__all__ = ["block_size", "blocked_model", "session"]
+
+logger = logging.getLogger(__name__)
+
+_NCHWC = "com.microsoft.nchwc"
+
+
+def _optimized(model: onnx.ModelProto, so: ort.SessionOptions) -> onnx.ModelProto:
+    """The model as ORT optimises it at ORT_ENABLE_ALL with ``so``'s library registrations."""
+    with tempfile.TemporaryDirectory(prefix="snncc-layout-") as tmp:
+        path = os.path.join(tmp, "optimized.onnx")
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = path
+        so.log_severity_level = 3  # ORT warns that the saved layout is hardware-specific: it is
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return onnx.load(path)
+
+
+@functools.lru_cache(maxsize=1)
+def block_size() -> int:
+    """ORT's NCHWc block size on this machine (1 when ORT does not use the layout here).
+
+    Measured, not guessed from CPU flags: a 64-channel 1x1 convolution followed by an op ORT
+    keeps in NCHW is optimised, and the blocked tensor before its ReorderOutput is read back with
+    channel c at width w holding c + 1000 w."""
+    C, W = 64, 2
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 1, W])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 1, W])
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [C, C, 1, 1],
+                                np.eye(C, dtype=np.float32).ravel().tolist())
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]),
+                               helper.make_node("Floor", ["c"], ["y"])], "probe", [x], [y], [weight])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        opt = _optimized(probe, ort.SessionOptions())
+        reorder = [n for n in opt.graph.node if n.op_type == "ReorderOutput" and n.domain == _NCHWC]
+        if not reorder:
+            return 1
+        del opt.graph.output[:]
+        opt.graph.output.append(helper.make_tensor_value_info(reorder[0].input[0],
+                                                              TensorProto.FLOAT, None))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(opt.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        feed = (np.arange(C, dtype=np.float32)[:, None] + 1000.0 * np.arange(W)).reshape(1, C, 1, W)
+        flat = sess.run(None, {"x": feed.astype(np.float32)})[0].ravel()
+        block = int(np.argmax(flat >= 1000.0))
+        ok = block > 1 and C % block == 0 and np.array_equal(flat[:block], np.arange(block))
+        return block if ok else 1
+    except Exception as exc:  # an ORT without the contrib layout ops: run in plain layout
+        logger.debug("layout: NCHWc probe failed (%s); neurons keep the plain layout", exc)
+        return 1
+
+
+def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return int(a.i)
+    return default
+
+
+def blocked_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """(ORT-optimised model with neurons in the blocked layout, neurons moved). With no NCHWc on
+    this machine, or nothing to move, returns (model, 0) unchanged."""
+    block = block_size()
+    if block <= 1 or not any(n.domain == DOMAIN for n in model.graph.node):
+        return model, 0
+    opt = _optimized(model, session_options())
+    graph = opt.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in graph.output}
+    drop: set[int] = set()
+    rename: dict[str, str] = {}
+    added: list[onnx.NodeProto] = []
+    moved = 0
+    for node in graph.node:
+        if node.domain != DOMAIN or len(node.input) not in (1, 3) or len(node.output) not in (1, 2):
+            continue
+        before = producer.get(node.input[0])
+        if (before is None or before.op_type != "ReorderOutput" or before.domain != _NCHWC
+                or _attr_int(before, "channels_last", 0) != 0
+                or _attr_int(before, "channels", 0) % block != 0
+                or len(consumers.get(node.input[0], [])) != 1 or node.input[0] in graph_outputs):
+            continue
+        after = consumers.get(node.output[0], [])
+        blocked = [c for c in after if c.op_type == "ReorderInput" and c.domain == _NCHWC
+                   and _attr_int(c, "channels_last", 0) == 0]
+        if not blocked:  # one reorder before it or one after it: nothing saved
+            continue
+        plain = node.output[0]
+        if len(blocked) < len(after) or plain in graph_outputs:
+            # NCHW readers remain (a fetched spike train, a Flatten...): one ReorderOutput serves
+            # them, in place of the ReorderOutput + ReorderInput pair around the neuron
+            node.output[0] = f"{plain}/nchwc"
+            added.append(helper.make_node("ReorderOutput", [node.output[0]], [plain],
+                                          name=f"{node.name}/ReorderOutput", domain=_NCHWC,
+                                          channels=_attr_int(before, "channels", 0),
+                                          channels_last=0))
+        node.input[0] = before.input[0]
+        drop.add(id(before))
+        for c in blocked:
+            drop.add(id(c))
+            rename[c.output[0]] = node.output[0]
+        node.attribute.append(helper.make_attribute("channel_block", block))
+        moved += 1
+    if not moved:
+        return model, 0
+    kept = []
+    for n in graph.node:  # each new ReorderOutput right after its neuron: still topological
+        if id(n) not in drop:
+            kept.append(n)
+            kept.extend(a for a in added if a.input[0] in n.output)
+    for n in kept:
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = rename[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return opt, moved
+
+
+def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions | None = None,
+            *, blocked: bool = True, **kwargs: Any) -> ort.InferenceSession:
+    """An ORT session of a compiled model with the kernel library registered. ``blocked`` (the
+    default) runs the neurons in ORT's blocked layout where that removes reorders
+    (:func:`blocked_model`; bit-identical outputs). ``so`` (default :func:`session_options`) is
+    used as given, thread counts included; it must have the kernel library registered."""
+    so = so if so is not None else session_options()
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
+    moved = 0
+    if blocked and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
+        try:
+            proto, moved = blocked_model(proto)
+        except Exception as exc:  # e.g. a model ORT cannot save (> 2 GB): the plain layout
+            logger.debug("layout: kept the plain layout (%s)", exc)
+            proto, moved = proto, 0
+    if moved:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        logger.debug("layout: %d neuron(s) run in the NCHWc layout (block %d)", moved, block_size())
+    return ort.InferenceSession(proto.SerializeToString(), so, **{
+        "providers": ["CPUExecutionProvider"], **kwargs})
+

@@ -1,0 +1,167 @@
+"""Neurons inside ONNX Runtime's blocked (NCHWc) layout (runtime/layout.py), bit for bit.
+
+* kernel level: every neuron op with ``channel_block = B`` on a blocked tensor equals the plain
+  kernel's output in the same blocked order (B = 8 and 16, whatever this machine uses);
+* model level: a compiled bundled net in :func:`snncc.runtime.layout.session` gives exactly the
+  outputs of ORT's own session at the same optimisation level, with and without fetched spike
+  trains, and the reorders around its neurons are gone where this machine has NCHWc.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from snncc.neurons import NEURONS
+from snncc.runtime import DOMAIN, run_neuron, session_options
+from snncc.runtime import layout
+
+pytestmark = pytest.mark.requires_runtime
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+C, H, W, N, T = 32, 3, 5, 2, 4
+
+
+def blocked(a: np.ndarray, block: int) -> np.ndarray:
+    """[R, C, H, W] in plain order -> the same values in NCHWc memory order, shape unchanged."""
+    r, c, h, w = a.shape
+    return np.ascontiguousarray(a.reshape(r, c // block, block, h, w).transpose(0, 1, 3, 4, 2)
+                                ).reshape(r, c, h, w)
+
+
+def _attrs(key: str, const_input: int, **extra) -> dict:
+    spec = NEURONS[key]
+    attrs = {a.name: a.default for a in spec.all_attributes}
+    rng = np.random.default_rng(7)
+    attrs.update(T=T, const_input=const_input,
+                 theta=[float(v) for v in rng.uniform(0.3, 2.0, C).astype(np.float32)], **extra)
+    if key == "mt":
+        attrs["fractions"] = [1.0, 0.5, 0.25]
+    if key == "lif":
+        attrs["leak"] = 0.75
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+
+
+CASES = [(key, ci, {}) for key in sorted(NEURONS) for ci in (0, 1)] + [
+    ("bitserial", 0, {"decoded": 1}), ("bitserial", 1, {"decoded": 1})]
+
+
+@pytest.mark.parametrize("block", [8, 16])
+@pytest.mark.parametrize("key, const_input, extra", CASES,
+                         ids=[f"{k}-c{c}{'-decoded' if e else ''}" for k, c, e in CASES])
+def test_kernel_in_blocked_layout_equals_plain(key, const_input, extra, block):
+    rng = np.random.default_rng(3)
+    rows = N if const_input else T * N
+    x = rng.normal(0.4, 1.0, (rows, C, H, W)).astype(np.float32)
+    attrs = _attrs(key, const_input, **extra)
+    op = NEURONS[key].op_type
+    plain = run_neuron(op, x, attrs)
+    inside = run_neuron(op, blocked(x, block), {**attrs, "channel_block": block})
+    np.testing.assert_array_equal(inside, blocked(plain, block))
+    assert np.count_nonzero(plain) > 0
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    so = session_options()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def test_channel_block_errors():
+    x = np.zeros((T * N, 12, H, W), np.float32)   # 12 channels are not a multiple of 8
+    with pytest.raises(Exception, match="channel_block"):
+        run_neuron("IFNeuron", x, {"T": T, "theta": [1.0] * 12, "channel_block": 8})
+    with pytest.raises(Exception, match="channel_block"):
+        run_neuron("IFNeuron", x, {"T": T, "theta": [1.0], "channel_block": -1})
+
+
+def test_block_size_is_what_ort_uses_here():
+    b = layout.block_size()
+    assert b in (1, 4, 8, 16)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    from snncc.driver import compile_model, make_options
+
+    out = {}
+    tmp = tmp_path_factory.mktemp("layout")
+    for net in ("mnist_cnn", "mnist_resnet"):
+        for neuron, schedule in (("if", "folded"), ("mt", "folded"), ("bitserial", "window"),
+                                 ("if", "streaming")):
+            path = tmp / f"{net}_{neuron}_{schedule}.onnx"
+            compile_model(str(EXAMPLES / f"{net}.onnx"), path, make_options(
+                neuron=neuron, timesteps=T, schedule=schedule, calib_method="max",
+                calib_path=str(EXAMPLES / "mnist_calib.npz"), calib_max_samples=64))
+            out[net, neuron if schedule != "streaming" else "if-streaming"] = onnx.load(path)
+    return out
+
+
+@pytest.mark.parametrize("net", ["mnist_cnn", "mnist_resnet"])
+@pytest.mark.parametrize("neuron", ["if", "mt", "bitserial"])
+@pytest.mark.parametrize("fetch_trains", [False, True])
+def test_blocked_session_equals_ort_session(compiled, net, neuron, fetch_trains):
+    from snncc.simulate import with_neuron_outputs
+
+    model = compiled[net, neuron]
+    if fetch_trains:
+        model, _ = with_neuron_outputs(model)
+    x = np.load(EXAMPLES / "mnist_test.npz")["x"][:48].astype(np.float32)
+    plain = _session(model).run(None, {"input": x})
+    rewritten, moved = layout.blocked_model(model)
+    inside = layout.session(model).run(None, {"input": x})
+    assert len(plain) == len(inside)
+    for a, b in zip(plain, inside):
+        np.testing.assert_array_equal(b, a)
+    if layout.block_size() > 1 and not (fetch_trains and net == "mnist_cnn"):
+        assert moved > 0
+        kinds = [n.op_type for n in rewritten.graph.node]
+        moved_nodes = [n for n in rewritten.graph.node if n.domain == DOMAIN
+                       and any(a.name == "channel_block" for a in n.attribute)]
+        assert len(moved_nodes) == moved
+        # every moved neuron reads a blocked conv/add output and no ReorderInput follows it
+        producers = {o: n for n in rewritten.graph.node for o in n.output}
+        for n in moved_nodes:
+            assert producers[n.input[0]].op_type != "ReorderOutput"
+        assert kinds.count("ReorderInput") < [n.op_type for n in layout._optimized(
+            model, session_options()).graph.node].count("ReorderInput")
+
+
+def test_plain_session_when_asked(compiled):
+    model = compiled["mnist_cnn", "if"]
+    x = np.load(EXAMPLES / "mnist_test.npz")["x"][:8].astype(np.float32)
+    a = layout.session(model, blocked=False).run(None, {"input": x})[0]
+    b = layout.session(model).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_model_without_neurons_is_left_alone():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [x], [y]))
+    assert layout.blocked_model(model) == (model, 0)
+
+
+@pytest.mark.parametrize("net", ["mnist_cnn", "mnist_resnet"])
+def test_streaming_run_equals_plain_layout(compiled, net, monkeypatch):
+    """The step protocol with blocked state tensors: outputs and spike counts of run_compiled
+    (which uses the blocked session) equal those of the plain layout."""
+    from snncc.simulate import run_compiled
+
+    model = compiled[net, "if-streaming"]
+    x = np.load(EXAMPLES / "mnist_test.npz")["x"][:24].astype(np.float32)
+    _, moved = layout.blocked_model(model)
+    if layout.block_size() > 1:
+        assert moved > 0
+    inside = run_compiled(model, x, batch_size=10)
+    monkeypatch.setattr(layout, "blocked_model", lambda m: (m, 0))
+    plain = run_compiled(model, x, batch_size=10)
+    for k in plain.outputs:
+        np.testing.assert_array_equal(inside.outputs[k], plain.outputs[k])
+    assert inside.spikes_per_layer == plain.spikes_per_layer
+    assert inside.events_per_layer == plain.events_per_layer
