@@ -9,6 +9,9 @@ For each model (the bundled MNIST CNN and the exported ResNet-18/34):
     models whose ANN is cache-bound this costs more than the extra arithmetic, and the
     streaming schedule (working set N) is the faster choice.
 All sessions use the same ORT settings (default graph optimisations, intra-op threads = cores).
+The SNN sessions run the neurons inside ORT's blocked layout (``snncc.runtime.layout``, as
+``snncc run`` does); the last two columns repeat the ratios with ORT's plain handling of the
+custom ops (a reorder out of and back into the blocked layout around every neuron).
 
     python bench/runtime.py [--models mnist,resnet18] [-T 4] [--neuron if] [--batch 1,4,16]
 """
@@ -56,8 +59,10 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
     ann = session(src, False, threads)
     in_name = ann.get_inputs()[0].name
     snn = session(out["folded"], True, threads)
+    snn_plain = session(out["folded"], True, threads, blocked=False)
     fallback = session(out["folded"], False, threads)
     stream = session(out["streaming"], True, threads)
+    stream_plain = session(out["streaming"], True, threads, blocked=False)
     feeds = {}
     for i in stream.get_inputs():
         if i.name == in_name:
@@ -70,14 +75,19 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
     t = interleaved_medians({
         "ann": lambda: ann.run(None, {in_name: x}),
         "snn": lambda: snn.run(None, {in_name: x}),
+        "snn_plain": lambda: snn_plain.run(None, {in_name: x}),
         "fallback": lambda: fallback.run(None, {in_name: x}),
-        "step": lambda: stream.run(None, feeds)}, repeat)
+        "step": lambda: stream.run(None, feeds),
+        "step_plain": lambda: stream_plain.run(None, feeds)}, repeat)
     t_ann, t_snn, t_fb, t_step = t["ann"], t["snn"], t["fallback"], t["step"]
+    t_snn_plain, t_step_plain = t["snn_plain"], t["step_plain"]
     return {"model": name, "T": T, "neuron": neuron, "batch": batch,
             "ann_ms_per_img": 1e3 * t_ann / batch, "snn_ms_per_img": 1e3 * t_snn / batch,
             "snn_over_T_ann": t_snn / (T * t_ann), "fallback_over_kernels": t_fb / t_snn,
             "stream_step_over_folded_per_step": t_step / (t_snn / T),
-            "stream_T_steps_over_T_ann": t_step / t_ann}
+            "stream_T_steps_over_T_ann": t_step / t_ann,
+            "plain_snn_over_T_ann": t_snn_plain / (T * t_ann),
+            "plain_stream_step_over_folded_per_step": t_step_plain / (t_snn_plain / T)}
 
 
 def main() -> None:
@@ -94,8 +104,9 @@ def main() -> None:
     print(f"threads={args.threads or 'default'} T={args.T} neuron={args.neuron} batch={args.batch} cores={len(os.sched_getaffinity(0))}"
           f" onnxruntime={ort.__version__}\n")
     print("| model | batch | ANN ms/img | SNN ms/img | SNN/(T*ANN) | streaming T steps/(T*ANN) "
-          "| fallback/kernels | stream step/(folded/T) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| fallback/kernels | stream step/(folded/T) | plain layout: SNN/(T*ANN) | "
+          "plain layout: stream step/(folded/T) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as d:
         for name in args.models.split(","):
             for batch in (int(b) for b in str(args.batch).split(",")):
@@ -103,7 +114,9 @@ def main() -> None:
                 print(f"| {name} | {batch} | {r['ann_ms_per_img']:.3f} | {r['snn_ms_per_img']:.3f}"
                       f" | {r['snn_over_T_ann']:.2f} | {r['stream_T_steps_over_T_ann']:.2f} | "
                       f"{r['fallback_over_kernels']:.2f} | "
-                      f"{r['stream_step_over_folded_per_step']:.2f} |", flush=True)
+                      f"{r['stream_step_over_folded_per_step']:.2f} | "
+                      f"{r['plain_snn_over_T_ann']:.2f} | "
+                      f"{r['plain_stream_step_over_folded_per_step']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ struct GroupNeuron {
     if (!status.IsOK()) return status;
     const float v_init = attrs_.v_init, tau = static_cast<float>(tau_);
     auto chunk = [&](int64_t begin, int64_t len) {
-      float u[kChunk], inv_u[kChunk], v[kChunk];
+      float u[kChunk], inv_u[kChunk], v[kChunk], m[kChunk], c[kChunk];
       call.FillTheta(begin, len, u);
       for (int64_t j = 0; j < len; ++j) {
         inv_u[j] = tau / u[j];
@@ -34,10 +34,13 @@ struct GroupNeuron {
         const float* xt = call.XSlice(t) + begin;
         float* yt = call.YSlice(t) + begin;
         for (int64_t j = 0; j < len; ++j) {
-          const float m = v[j] + xt[j];
-          const float c = FloorClip(m * inv_u[j], tau);
-          const float out = c * u[j];
-          v[j] = m - out;
+          m[j] = v[j] + xt[j];
+          c[j] = m[j] * inv_u[j];
+        }
+        FloorClipArray(c, len, tau);  // c = FloorClip(m * inv_u, tau), four lanes at a time
+        for (int64_t j = 0; j < len; ++j) {
+          const float out = c[j] * u[j];
+          v[j] = m[j] - out;
           yt[j] = out;
         }
       }

@@ -39,6 +39,7 @@ struct MTNeuron {
     const float v_init = attrs_.v_init;
     const int64_t n = static_cast<int64_t>(fractions_.size());
     auto chunk = [&](int64_t begin, int64_t len) {
+      if (!cascade_ && !hard_reset_ && n <= kFusedMax) return ParallelSoft(call, begin, len, n, v_init);
       float th[kChunk], v[kChunk], m[kChunk], r[kChunk], out[kChunk];
       std::vector<float> th_k(static_cast<size_t>(n * len));  // threshold k of element j at k*len + j
       call.FillTheta(begin, len, th);
@@ -83,6 +84,49 @@ struct MTNeuron {
     };
     ForEachChunk(context, call.E, chunk);
     return status;
+  }
+
+  // The default form (parallel, soft reset, at most kFusedMax thresholds) in one pass per slice:
+  // the same selects in the same order as the general loop, with the threshold count a
+  // compile-time constant so that the element loop vectorises.
+  static constexpr int64_t kFusedMax = 8;
+
+  void ParallelSoft(const Call& call, int64_t begin, int64_t len, int64_t n, float v_init) const {
+    switch (n) {
+      case 1: return ParallelSoftN<1>(call, begin, len, v_init);
+      case 2: return ParallelSoftN<2>(call, begin, len, v_init);
+      case 3: return ParallelSoftN<3>(call, begin, len, v_init);
+      case 4: return ParallelSoftN<4>(call, begin, len, v_init);
+      case 5: return ParallelSoftN<5>(call, begin, len, v_init);
+      case 6: return ParallelSoftN<6>(call, begin, len, v_init);
+      case 7: return ParallelSoftN<7>(call, begin, len, v_init);
+      default: return ParallelSoftN<8>(call, begin, len, v_init);
+    }
+  }
+
+  template <int N>
+  void ParallelSoftN(const Call& call, int64_t begin, int64_t len, float v_init) const {
+    float th[kChunk], v[kChunk], th_k[N][kChunk];
+    call.FillTheta(begin, len, th);
+    for (int k = 0; k < N; ++k)
+      for (int64_t j = 0; j < len; ++j) th_k[k][j] = th[j] * fractions_[k];
+    if (call.state_in) {
+      std::copy_n(call.StateIn(0) + begin, len, v);
+    } else {
+      for (int64_t j = 0; j < len; ++j) v[j] = v_init * th[j];
+    }
+    for (int64_t t = 0; t < call.T; ++t) {
+      const float* xt = call.XSlice(t) + begin;
+      float* yt = call.YSlice(t) + begin;
+      for (int64_t j = 0; j < len; ++j) {
+        const float m = v[j] + xt[j];
+        float out = 0.0f;
+        for (int k = N - 1; k >= 0; --k) out = m >= th_k[k][j] ? th_k[k][j] : out;
+        v[j] = m - out;
+        yt[j] = out;
+      }
+    }
+    if (call.state_out) std::copy_n(v, len, call.StateOut(0) + begin);
   }
 
   CommonAttrs attrs_;
