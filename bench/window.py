@@ -43,9 +43,10 @@ from bench.common import bundled, bundled_inputs, interleaved, session  # noqa: 
 
 
 #: ImageNet-shaped nets with random weights (timing only: no accuracy is read from them), built
-#: in the temporary directory: torchvision stem, 224x224, 1000 classes; max calibration on 16
-#: random images (the calibration method does not change the graph that runs)
-RANDOM_NETS = ("resnet18", "resnet34")
+#: in the temporary directory: torchvision stem (``resnet34q``: the QCFS stem, 3x3 stride 1 and
+#: no max-pool, the layout of the QCFS/SRP/GN ImageNet ResNet-34), 224x224, 1000 classes; max
+#: calibration on 16 random images (the calibration method does not change the graph that runs)
+RANDOM_NETS = ("resnet18", "resnet34", "resnet34q")
 
 
 def _net_files(net: str, tmp: Path, batch: int) -> tuple[Path, Path, np.ndarray, str | None]:
@@ -60,7 +61,8 @@ def _net_files(net: str, tmp: Path, batch: int) -> tuple[Path, Path, np.ndarray,
     shape = (1, 3, 224, 224)
     path = tmp / f"{net}.onnx"
     torch.manual_seed(0)
-    export(build(net, **model_kwargs(net, shape, 1000), stem="torchvision"), path, shape,
+    arch, stem = (net[:-1], "qcfs") if net.endswith("q") else (net, "torchvision")
+    export(build(arch, **model_kwargs(arch, shape, 1000), stem=stem), path, shape,
            dynamic_batch=True)
     rng = np.random.default_rng(0)
     calib = tmp / f"{net}_calib.npy"
@@ -146,8 +148,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", default="cnn,resnet",
-                    help="cnn, resnet (trained, bundled), resnet18, resnet34 (224x224, random "
-                         "weights: timing only)")
+                    help="cnn, resnet (trained, bundled), resnet18, resnet34, resnet34q (224x224, "
+                         "random weights: timing only; resnet34q has the QCFS stem)")
     ap.add_argument("-T", type=int, default=4)
     ap.add_argument("--batch", default="1,16,100")
     ap.add_argument("--rounds", type=int, default=9)
