@@ -164,7 +164,7 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     batches = [int(b) for b in args.batch.split(",")]
     load = os.getloadavg()[0]
-    head = (f"# bench/window.py -T {args.T} --batch {args.batch} --rounds {args.rounds} "
+    head = (f"# bench/window.py --nets {args.nets} -T {args.T} --batch {args.batch} --rounds {args.rounds} "
             f"--threads {args.threads} --variants {args.variants}\n\n"
             f"onnxruntime {ort.__version__}, {len(os.sched_getaffinity(0))} cores, load average "
             f"{load:.1f} at start (shared machine). Medians of interleaved rounds.\n")
