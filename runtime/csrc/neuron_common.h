@@ -99,6 +99,15 @@ struct Call {
   float* StateOut(int64_t p) const { return state_out + p * E; }
   // theta broadcast along axis 1 for elements [begin, begin + len) of a slice.
   void FillTheta(int64_t begin, int64_t len, float* out) const;
+  // Membrane of elements [begin, begin + len): state plane 0 when a state is carried in, else
+  // the initial v_init * scale[j] (scale: theta, or the neuron's unit, per element).
+  void StartMembrane(int64_t begin, int64_t len, float v_init, const float* scale, float* v) const {
+    if (state_in) {
+      std::copy_n(StateIn(0) + begin, len, v);
+    } else {
+      for (int64_t j = 0; j < len; ++j) v[j] = v_init * scale[j];
+    }
+  }
   // table[channel of e] for elements [begin, begin + len) of a slice (table: C values).
   void FillPerChannel(int64_t begin, int64_t len, const float* table, float* out) const;
 };

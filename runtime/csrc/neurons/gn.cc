@@ -25,11 +25,7 @@ struct GroupNeuron {
         inv_u[j] = tau / u[j];
         u[j] = u[j] / tau;
       }
-      if (call.state_in) {
-        std::copy_n(call.StateIn(0) + begin, len, v);
-      } else {
-        for (int64_t j = 0; j < len; ++j) v[j] = v_init * u[j];
-      }
+      call.StartMembrane(begin, len, v_init, u, v);
       for (int64_t t = 0; t < call.T; ++t) {
         const float* xt = call.XSlice(t) + begin;
         float* yt = call.YSlice(t) + begin;

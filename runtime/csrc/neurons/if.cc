@@ -17,11 +17,7 @@ struct IFNeuron {
     auto chunk = [&](int64_t begin, int64_t len) {
       float th[kChunk], v[kChunk];
       call.FillTheta(begin, len, th);
-      if (call.state_in) {
-        std::copy_n(call.StateIn(0) + begin, len, v);
-      } else {
-        for (int64_t j = 0; j < len; ++j) v[j] = v_init * th[j];
-      }
+      call.StartMembrane(begin, len, v_init, th, v);
       for (int64_t t = 0; t < call.T; ++t) {
         const float* xt = call.XSlice(t) + begin;
         float* yt = call.YSlice(t) + begin;

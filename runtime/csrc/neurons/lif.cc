@@ -23,11 +23,7 @@ struct LIFNeuron {
     auto chunk = [&call, v_init, leak, amplitude](int64_t begin, int64_t len) {
       float th[kChunk], u[kChunk];
       call.FillTheta(begin, len, th);
-      if (call.state_in) {
-        std::copy_n(call.StateIn(0) + begin, len, u);
-      } else {
-        for (int64_t j = 0; j < len; ++j) u[j] = v_init * th[j];
-      }
+      call.StartMembrane(begin, len, v_init, th, u);
       for (int64_t t = 0; t < call.T; ++t) {
         const float* xt = call.XSlice(t) + begin;
         float* yt = call.YSlice(t) + begin;

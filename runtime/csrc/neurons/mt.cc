@@ -45,11 +45,7 @@ struct MTNeuron {
       call.FillTheta(begin, len, th);
       for (int64_t k = 0; k < n; ++k)
         for (int64_t j = 0; j < len; ++j) th_k[k * len + j] = th[j] * fractions_[k];
-      if (call.state_in) {
-        std::copy_n(call.StateIn(0) + begin, len, v);
-      } else {
-        for (int64_t j = 0; j < len; ++j) v[j] = v_init * th[j];
-      }
+      call.StartMembrane(begin, len, v_init, th, v);
       for (int64_t t = 0; t < call.T; ++t) {
         const float* xt = call.XSlice(t) + begin;
         for (int64_t j = 0; j < len; ++j) {
@@ -110,11 +106,7 @@ struct MTNeuron {
     call.FillTheta(begin, len, th);
     for (int k = 0; k < N; ++k)
       for (int64_t j = 0; j < len; ++j) th_k[k][j] = th[j] * fractions_[k];
-    if (call.state_in) {
-      std::copy_n(call.StateIn(0) + begin, len, v);
-    } else {
-      for (int64_t j = 0; j < len; ++j) v[j] = v_init * th[j];
-    }
+    call.StartMembrane(begin, len, v_init, th, v);
     for (int64_t t = 0; t < call.T; ++t) {
       const float* xt = call.XSlice(t) + begin;
       float* yt = call.YSlice(t) + begin;
