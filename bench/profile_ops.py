@@ -4,8 +4,10 @@
 For each variant (the ANN, ``<neuron>/<schedule>`` compiled from the bundled MNIST CNN or ResNet
 at T) and batch size, the model runs ``--runs`` times under the profiler; the kernel times of
 the nodes are summed per op type and divided by runs x batch. Reorder* are ORT's layout
-conversions (NCHW <-> NCHWc) around ops that have no blocked-layout kernel (our neuron ops,
-ReduceMean...).
+conversions (NCHW <-> NCHWc) around ops that have no blocked-layout kernel (ReduceMean...; our
+neuron ops under ``<variant>:plain``, ORT's own layout handling; without it they run inside the
+blocked layout, ``snncc.runtime.layout``). A ``<neuron>/streaming`` variant profiles one step
+(step 1, zero states): its figures are per step, to set against a quarter of the folded run.
 
     python bench/profile_ops.py [--net cnn] [-T 4] [--batch 16,100]
         [--variants ann,if/folded,bitserial/window] [--runs 20] [--threads 2]
@@ -27,25 +29,47 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import NETS, session_options  # noqa: E402
 
-from bench.window import _net_files, compile_variants  # noqa: E402
+from bench.window import _base, _net_files, compile_variants  # noqa: E402
 
 
-def profile(path: Path, library: bool, x: np.ndarray, runs: int, threads: int, tmp: Path
-            ) -> dict[str, float]:
+def _session(path: Path, so: ort.SessionOptions, library: bool, blocked: bool
+             ) -> ort.InferenceSession:
+    if library and blocked:
+        from snncc.runtime.layout import session
+        return session(path, so)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _feeds(sess: ort.InferenceSession, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The input; for a streaming model also step 1 and zero states (one mid-window step)."""
+    feeds = {}
+    for i, inp in enumerate(sess.get_inputs()):
+        if i == 0:
+            feeds[inp.name] = x
+        elif inp.name == "step":
+            feeds[inp.name] = np.array(1, dtype=np.int64)
+        else:
+            dims = [d if isinstance(d, int) else len(x) for d in inp.shape]
+            feeds[inp.name] = np.zeros(dims, dtype=np.float32)
+    return feeds
+
+
+def profile(path: Path, library: bool, x: np.ndarray, runs: int, threads: int, tmp: Path,
+            blocked: bool = True) -> dict[str, float]:
     so = session_options(library, threads)
     so.enable_profiling = True
     so.profile_file_prefix = str(tmp / "prof")
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    sess = _session(path, so, library, blocked)
+    feeds = _feeds(sess, x)
     for _ in range(3):
-        sess.run(None, {name: x})
+        sess.run(None, feeds)
     sess.end_profiling()
     so.profile_file_prefix = str(tmp / "prof2")
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = _session(path, so, library, blocked)
     for _ in range(3):  # warm-up, then the measured runs
-        sess.run(None, {name: x})
+        sess.run(None, feeds)
     for _ in range(runs):
-        sess.run(None, {name: x})
+        sess.run(None, feeds)
     events = json.loads(Path(sess.end_profiling()).read_text())
     per_op: dict[str, float] = collections.Counter()
     for e in events:
@@ -77,7 +101,8 @@ def main() -> None:
         for v in variants:
             rows = {}
             for b in (int(b) for b in args.batch.split(",")):
-                rows[b] = profile(paths[v], v != "ann", x_all[:b], args.runs, args.threads, tmp)
+                rows[b] = profile(paths[_base(v)], v != "ann", x_all[:b], args.runs,
+                                  args.threads, tmp, blocked=not v.endswith(":plain"))
             ops = sorted({k for r in rows.values() for k in r},
                          key=lambda k: -max(r.get(k, 0.0) for r in rows.values()))
             print(f"## {v}\n\n| op | " + " | ".join(f"batch {b}" for b in rows) + " |")

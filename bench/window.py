@@ -71,8 +71,15 @@ def _net_files(net: str, tmp: Path, batch: int) -> tuple[Path, Path, np.ndarray,
 
 
 def _base(variant: str) -> str:
-    """``if/folded`` of ``if/folded:plain@16``."""
+    """``if/folded`` of ``if/folded:plain@16`` (or ``if/folded@16:plain``)."""
     return variant.split("@")[0].split(":")[0]
+
+
+def _key_tile(variant: str) -> tuple[str, int | None]:
+    """(session key, tile) of a variant: ``if/folded:plain@16`` -> ("if/folded:plain", 16)."""
+    base, plain = _base(variant), ":plain" in variant
+    tile = variant.partition("@")[2].split(":")[0]
+    return base + (":plain" if plain else ""), int(tile) if tile else None
 
 
 def compile_variants(net: str, T: int, variants: list[str], tmp: Path, files: tuple
@@ -105,7 +112,7 @@ def bench(net: str, T: int, batches: list[int], rounds: int, threads: int, varia
     in_name = ann.get_inputs()[0].name
     sessions = {"ann": ann}
     for v in variants:
-        key = v.split("@")[0]
+        key = _key_tile(v)[0]
         if key not in sessions:
             sessions[key] = session(paths[_base(v)], _base(v) != "qann", threads,
                                     blocked=not key.endswith(":plain"))
@@ -120,8 +127,8 @@ def bench(net: str, T: int, batches: list[int], rounds: int, threads: int, varia
 
         fns = {"ann": lambda: call(ann, None)}
         for v in variants:
-            key, _, tile = v.partition("@")
-            fns[v] = (lambda s=sessions[key], t=int(tile) if tile else None: call(s, t))
+            key, tile = _key_tile(v)
+            fns[v] = (lambda s=sessions[key], t=tile: call(s, t))
         times = interleaved(fns, rounds)
         t_ann = statistics.median(times["ann"])
         for k in fns:

@@ -25,6 +25,7 @@ reorders).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -45,14 +46,30 @@ logger = logging.getLogger(__name__)
 _NCHWC = "com.microsoft.nchwc"
 
 
-def _optimized(model: onnx.ModelProto, so: ort.SessionOptions) -> onnx.ModelProto:
-    """The model as ORT optimises it at ORT_ENABLE_ALL with ``so``'s library registrations."""
+_PROTO_LIMIT = 2**31 - 1  # protobuf's serialisation limit: larger models keep the plain layout
+
+
+@contextlib.contextmanager
+def _options(so: ort.SessionOptions, level: ort.GraphOptimizationLevel, save_to: str = ""):
+    """``so`` with another optimisation level (and optimised-model path) for one session; the
+    caller's values come back afterwards."""
+    old = (so.graph_optimization_level, so.optimized_model_filepath, so.log_severity_level)
+    so.graph_optimization_level, so.optimized_model_filepath = level, save_to
+    if save_to:
+        so.log_severity_level = 3  # ORT warns that the saved layout is hardware-specific: it is
+    try:
+        yield so
+    finally:
+        so.graph_optimization_level, so.optimized_model_filepath, so.log_severity_level = old
+
+
+def _optimized(model: onnx.ModelProto, so: ort.SessionOptions, **kwargs: Any) -> onnx.ModelProto:
+    """The model as ORT optimises it at ORT_ENABLE_ALL under ``so`` and ``kwargs``."""
     with tempfile.TemporaryDirectory(prefix="snncc-layout-") as tmp:
         path = os.path.join(tmp, "optimized.onnx")
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = path
-        so.log_severity_level = 3  # ORT warns that the saved layout is hardware-specific: it is
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        with _options(so, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, path):
+            ort.InferenceSession(model.SerializeToString(), so,
+                                 **{"providers": ["CPUExecutionProvider"], **kwargs})
         return onnx.load(path)
 
 
@@ -100,14 +117,29 @@ def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
-def blocked_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """(ORT-optimised model with neurons in the blocked layout, neurons moved). With no NCHWc on
-    this machine, or nothing to move, returns (model, 0) unchanged."""
+def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name the subgraphs of ``graph``'s nodes (If, Loop, Scan bodies) read."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names.update(i for n in sub.node for i in n.input)
+                names |= _subgraph_names(sub)
+    return names
+
+
+def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
+                  **kwargs: Any) -> tuple[onnx.ModelProto, int]:
+    """(ORT-optimised model with neurons in the blocked layout, neurons moved). ORT optimises
+    under ``so`` (default :func:`session_options`) and ``kwargs`` (``disabled_optimizers``...),
+    as the session that runs the model would. With no NCHWc on this machine, or nothing to
+    move, returns (model, 0) unchanged."""
     block = block_size()
     if block <= 1 or not any(n.domain == DOMAIN for n in model.graph.node):
         return model, 0
-    opt = _optimized(model, session_options())
+    opt = _optimized(model, so if so is not None else session_options(), **kwargs)
     graph = opt.graph
+    read_in_subgraphs = _subgraph_names(graph)
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
@@ -124,8 +156,10 @@ def blocked_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         before = producer.get(node.input[0])
         if (before is None or before.op_type != "ReorderOutput" or before.domain != _NCHWC
                 or _attr_int(before, "channels_last", 0) != 0
+                or _attr_int(before, "channels", 0) <= 0
                 or _attr_int(before, "channels", 0) % block != 0
-                or len(consumers.get(node.input[0], [])) != 1 or node.input[0] in graph_outputs):
+                or len(consumers.get(node.input[0], [])) != 1 or node.input[0] in graph_outputs
+                or node.input[0] in read_in_subgraphs):
             continue
         after = consumers.get(node.output[0], [])
         blocked = [c for c in after if c.op_type == "ReorderInput" and c.domain == _NCHWC
@@ -133,7 +167,7 @@ def blocked_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if not blocked:  # one reorder before it or one after it: nothing saved
             continue
         plain = node.output[0]
-        if len(blocked) < len(after) or plain in graph_outputs:
+        if len(blocked) < len(after) or plain in graph_outputs or plain in read_in_subgraphs:
             # NCHW readers remain (a fetched spike train, a Flatten...): one ReorderOutput serves
             # them, in place of the ReorderOutput + ReorderInput pair around the neuron
             node.output[0] = f"{plain}/nchwc"
@@ -168,20 +202,24 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
             *, blocked: bool = True, **kwargs: Any) -> ort.InferenceSession:
     """An ORT session of a compiled model with the kernel library registered. ``blocked`` (the
     default) runs the neurons in ORT's blocked layout where that removes reorders
-    (:func:`blocked_model`; bit-identical outputs). ``so`` (default :func:`session_options`) is
-    used as given, thread counts included; it must have the kernel library registered."""
+    (:func:`blocked_model`; bit-identical outputs). ``so`` (default :func:`session_options`; it
+    must have the kernel library registered) and ``kwargs`` go to ORT as given; ``so`` is left as
+    it was. A model that protobuf cannot serialise (over 2 GB) keeps ORT's own layout."""
     so = so if so is not None else session_options()
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
-    moved = 0
+    kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
+    src: str | bytes | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     if blocked and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
         try:
-            proto, moved = blocked_model(proto)
-        except Exception as exc:  # e.g. a model ORT cannot save (> 2 GB): the plain layout
-            logger.debug("layout: kept the plain layout (%s)", exc)
-            proto, moved = proto, 0
-    if moved:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        logger.debug("layout: %d neuron(s) run in the NCHWc layout (block %d)", moved, block_size())
-    return ort.InferenceSession(proto.SerializeToString(), so, **{
-        "providers": ["CPUExecutionProvider"], **kwargs})
-
+            proto = model if src is None else onnx.load(src)
+            moved = 0
+            if proto.ByteSize() <= _PROTO_LIMIT:
+                proto, moved = blocked_model(proto, so, **kwargs)
+            if moved:
+                logger.debug("layout: %d neuron(s) in the NCHWc layout (block %d)", moved,
+                             block_size())
+                with _options(so, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+                    return ort.InferenceSession(proto.SerializeToString(), so, **kwargs)
+        except Exception as exc:  # anything ORT cannot optimise and save: its own layout
+            logger.debug("layout: kept ORT's own layout (%s)", exc)
+    return ort.InferenceSession(src if src is not None else model.SerializeToString(), so,
+                                **kwargs)

@@ -251,12 +251,11 @@ inline std::string ShapeText(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-// out[k] = base[k % B] for the (end - e) elements from e, a multiple of B: returns end.
+// out[k] = base[k % B] for k < count, a multiple of B.
 template <int64_t B>
-inline int64_t RepeatBlock(const float* base, float* out, int64_t e, int64_t end) {
-  for (int64_t k = 0; k < end - e; k += B)
+inline void RepeatBlock(const float* base, float* out, int64_t count) {
+  for (int64_t k = 0; k < count; k += B)
     for (int64_t l = 0; l < B; ++l) out[k + l] = base[l];
-  return end;
 }
 
 inline void Call::FillTheta(int64_t begin, int64_t len, float* out) const {
@@ -278,12 +277,10 @@ inline void Call::FillPerChannel(int64_t begin, int64_t len, const float* table,
       const int64_t run_end = std::min(end, (e / span + 1) * span);
       const float* base = table + ((e / span) % (C / block)) * block;
       if (e % block == 0 && (run_end - e) % block == 0) {  // whole blocks: the usual case
-        if (block == 16) {
-          e = RepeatBlock<16>(base, out + (e - begin), e, run_end);
-          continue;
-        }
-        if (block == 8) {
-          e = RepeatBlock<8>(base, out + (e - begin), e, run_end);
+        if (block == 16 || block == 8) {
+          if (block == 16) RepeatBlock<16>(base, out + (e - begin), run_end - e);
+          if (block == 8) RepeatBlock<8>(base, out + (e - begin), run_end - e);
+          e = run_end;
           continue;
         }
       }

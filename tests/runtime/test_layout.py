@@ -165,3 +165,32 @@ def test_streaming_run_equals_plain_layout(compiled, net, monkeypatch):
         np.testing.assert_array_equal(inside.outputs[k], plain.outputs[k])
     assert inside.spikes_per_layer == plain.spikes_per_layer
     assert inside.events_per_layer == plain.events_per_layer
+
+
+def test_session_leaves_the_callers_options_alone(compiled, tmp_path):
+    """The caller's SessionOptions keep their level (a second session from them is blocked
+    again), and a path works like a ModelProto."""
+    model = compiled["mnist_resnet", "mt"]
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    so = session_options()
+    x = np.load(EXAMPLES / "mnist_test.npz")["x"][:8].astype(np.float32)
+    first = layout.session(path, so).run(None, {"input": x})[0]
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert so.optimized_model_filepath == ""
+    second = layout.session(model, so).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(first, second)
+
+
+def test_orts_own_options_reach_the_rewrite(compiled):
+    """With ORT's NCHWc transformer disabled by the caller there is nothing to move."""
+    model = compiled["mnist_resnet", "if"]
+    off = {"disabled_optimizers": ["NchwcTransformer"]}
+    assert layout.blocked_model(model, **off)[1] == 0
+    x = np.load(EXAMPLES / "mnist_test.npz")["x"][:8].astype(np.float32)
+    so = session_options()
+    so.log_severity_level = 3
+    ort_own = ort.InferenceSession(model.SerializeToString(), so,
+                                   providers=["CPUExecutionProvider"], **off)
+    np.testing.assert_array_equal(layout.session(model, **off).run(None, {"input": x})[0],
+                                  ort_own.run(None, {"input": x})[0])
