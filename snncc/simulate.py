@@ -23,6 +23,7 @@ import onnxruntime as ort
 from snncc.errors import ModelInputError, OptionError, RuntimeLibraryError, SnnccError
 from snncc import ir
 from snncc.ir import SNN_DOMAIN, node_attrs
+from snncc.neurons.common import binary_events
 from snncc.passes.insert_neurons import spec_for_op
 
 __all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "summed_events",
@@ -173,8 +174,13 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     def count(values: dict[str, np.ndarray]) -> None:
         for node, tensor in names.items():
             y = values[tensor]
-            ev = specs[node].events(y, attrs[node])
             result.units_per_layer[node] = y.size // max(y.shape[0], 1) if y.ndim else 1
+            if specs[node].events is binary_events:  # one event per spike: a single count
+                n = int(np.count_nonzero(y))
+                result.spikes_per_layer[node] += n
+                result.events_per_layer[node] += n
+                continue
+            ev = specs[node].events(y, attrs[node])
             result.spikes_per_layer[node] += int(np.sum(ev) if decoded[node]
                                                  else np.count_nonzero(y))
             result.events_per_layer[node] += int(np.sum(ev))
