@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnxruntime as ort
 
-__all__ = ["EXAMPLES", "NETS", "bundled", "bundled_inputs", "session_options", "session",
+__all__ = ["EXAMPLES", "NETS", "bundled", "bundled_inputs", "session_options", "session", "step_feeds",
            "interleaved", "interleaved_medians"]
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -49,14 +50,31 @@ def session_options(library: bool, threads: int) -> ort.SessionOptions:
     return so
 
 
-def session(path: Path, library: bool, threads: int, blocked: bool = True) -> ort.InferenceSession:
-    """ORT session of ``path``; with the kernel library and ``blocked``, the neurons run inside
-    ORT's NCHWc layout (``snncc.runtime.layout``, what ``snncc run`` does)."""
+def session(path: Path, library: bool, threads: int, blocked: bool = True,
+            so: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """ORT session of ``path`` (options ``so``, default :func:`session_options`); with the kernel
+    library and ``blocked``, the neurons run inside ORT's NCHWc layout
+    (``snncc.runtime.layout``, what ``snncc run`` does)."""
+    so = so if so is not None else session_options(library, threads)
     if library and blocked:
         from snncc.runtime.layout import session as blocked_session
-        return blocked_session(path, session_options(library, threads))
-    return ort.InferenceSession(str(path), session_options(library, threads),
-                                providers=["CPUExecutionProvider"])
+        return blocked_session(path, so)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def step_feeds(sess: ort.InferenceSession, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Feeds of ``sess`` for input ``x`` (its first input); for a streaming model also step 1
+    and zero states, i.e. one mid-window step."""
+    feeds = {}
+    for i, inp in enumerate(sess.get_inputs()):
+        if i == 0:
+            feeds[inp.name] = x
+        elif inp.name == "step":
+            feeds[inp.name] = np.array(1, dtype=np.int64)
+        else:
+            dims = [d if isinstance(d, int) else len(x) for d in inp.shape]
+            feeds[inp.name] = np.zeros(dims, dtype=np.float32)
+    return feeds
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

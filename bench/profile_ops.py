@@ -27,31 +27,9 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import NETS, session_options  # noqa: E402
+from bench.common import NETS, session, session_options, step_feeds  # noqa: E402
 
 from bench.window import _base, _net_files, compile_variants  # noqa: E402
-
-
-def _session(path: Path, so: ort.SessionOptions, library: bool, blocked: bool
-             ) -> ort.InferenceSession:
-    if library and blocked:
-        from snncc.runtime.layout import session
-        return session(path, so)
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _feeds(sess: ort.InferenceSession, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The input; for a streaming model also step 1 and zero states (one mid-window step)."""
-    feeds = {}
-    for i, inp in enumerate(sess.get_inputs()):
-        if i == 0:
-            feeds[inp.name] = x
-        elif inp.name == "step":
-            feeds[inp.name] = np.array(1, dtype=np.int64)
-        else:
-            dims = [d if isinstance(d, int) else len(x) for d in inp.shape]
-            feeds[inp.name] = np.zeros(dims, dtype=np.float32)
-    return feeds
 
 
 def profile(path: Path, library: bool, x: np.ndarray, runs: int, threads: int, tmp: Path,
@@ -59,13 +37,13 @@ def profile(path: Path, library: bool, x: np.ndarray, runs: int, threads: int, t
     so = session_options(library, threads)
     so.enable_profiling = True
     so.profile_file_prefix = str(tmp / "prof")
-    sess = _session(path, so, library, blocked)
-    feeds = _feeds(sess, x)
+    sess = session(path, library, threads, blocked, so)
+    feeds = step_feeds(sess, x)
     for _ in range(3):
         sess.run(None, feeds)
     sess.end_profiling()
     so.profile_file_prefix = str(tmp / "prof2")
-    sess = _session(path, so, library, blocked)
+    sess = session(path, library, threads, blocked, so)
     for _ in range(3):  # warm-up, then the measured runs
         sess.run(None, feeds)
     for _ in range(runs):

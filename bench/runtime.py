@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import interleaved_medians, session  # noqa: E402
+from bench.common import interleaved_medians, session, step_feeds  # noqa: E402
 
 
 def prepare(name: str, tmp: Path) -> tuple[Path, tuple[int, ...]]:
@@ -63,15 +63,7 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
     fallback = session(out["folded"], False, threads)
     stream = session(out["streaming"], True, threads)
     stream_plain = session(out["streaming"], True, threads, blocked=False)
-    feeds = {}
-    for i in stream.get_inputs():
-        if i.name == in_name:
-            feeds[i.name] = x
-        elif i.name == "step":
-            feeds[i.name] = np.array(1, dtype=np.int64)
-        else:
-            dims = [batch if not isinstance(d, int) else d for d in i.shape]
-            feeds[i.name] = np.zeros(dims, dtype=np.float32)
+    feeds = step_feeds(stream, x)
     t = interleaved_medians({
         "ann": lambda: ann.run(None, {in_name: x}),
         "snn": lambda: snn.run(None, {in_name: x}),

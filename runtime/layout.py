@@ -44,8 +44,6 @@ __all__ = ["block_size", "blocked_model", "session"]
 logger = logging.getLogger(__name__)
 
 _NCHWC = "com.microsoft.nchwc"
-
-
 _PROTO_LIMIT = 2**31 - 1  # protobuf's serialisation limit: larger models keep the plain layout
 
 
@@ -207,7 +205,7 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     it was. A model that protobuf cannot serialise (over 2 GB) keeps ORT's own layout."""
     so = so if so is not None else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
-    src: str | bytes | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    src: str | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     if blocked and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
         try:
             proto = model if src is None else onnx.load(src)
