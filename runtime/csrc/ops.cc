@@ -3,6 +3,7 @@
 // Built against API-21 headers without linking ONNX Runtime: the API table comes from the caller.
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "neuron_common.h"
@@ -25,6 +26,92 @@ SNNCC_NEURON_OPS(SNNCC_DECLARE_FACTORY)
 namespace {
 constexpr const char* kDomain = "snncc.ops";
 
+// Output 0 may reuse input 0's buffer (ORT decides: only when both have the same known size and
+// input 0 has no other reader). Every kernel reads an element of x before writing the same element
+// of y, and never reads an x element after writing it.
+size_t ORT_API_CALL MayInplace(int** input_index, int** output_index) {
+  *input_index = new int[1]{0};
+  *output_index = new int[1]{0};
+  return 1;
+}
+void ORT_API_CALL ReleaseMayInplace(int* input_index, int* output_index) {
+  delete[] input_index;
+  delete[] output_index;
+}
+
+// Output 0's shape from input 0's, so that ORT knows when the two have the same size (the
+// condition for the in-place reuse above) and can plan memory: y = x, except that a constant-input
+// folded neuron repeats its rows T times ([N, ...] -> [T*N, ...]) and a decoded one averages them
+// ([T*N, ...] -> [N, ...]). A symbolic batch "b" becomes "<T>*b" (and back). Where the shape cannot
+// be told (unknown rank, an attribute unreadable), the output's shape is left unknown.
+int64_t IntAttr(Ort::ShapeInferContext& ctx, const char* name, int64_t fallback) {
+  try {
+    return ctx.GetAttrInt(name);
+  } catch (const Ort::Exception&) {
+    return fallback;
+  }
+}
+
+// Output 0 := float tensor of `shape` (through the C API: the C++ wrapper's SetOutputShape writes
+// -2 for a symbolic dimension, which ORT rejects). A shape ORT does not take stays unknown.
+void SetShape(OrtShapeInferContext* ctx, const Ort::ShapeInferContext::Shape& shape) {
+  const OrtApi& api = Ort::GetApi();
+  std::vector<int64_t> dims;
+  std::vector<const char*> symbols;
+  for (const auto& dim : shape) {
+    dims.push_back(dim.IsInt() ? dim.AsInt() : -1);
+    symbols.push_back(dim.IsInt() ? "" : dim.AsSym());
+  }
+  auto ok = [&api](OrtStatus* status) {
+    if (status == nullptr) return true;
+    api.ReleaseStatus(status);
+    return false;
+  };
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  if (!ok(api.CreateTensorTypeAndShapeInfo(&info))) return;
+  ok(api.SetTensorElementType(info, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)) &&
+      ok(api.SetDimensions(info, dims.data(), dims.size())) &&
+      ok(api.SetSymbolicDimensions(info, symbols.data(), symbols.size())) &&
+      ok(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, info));
+  api.ReleaseTensorTypeAndShapeInfo(info);
+}
+
+OrtStatusPtr ORT_API_CALL InferShape(const OrtCustomOp*, OrtShapeInferContext* ort_ctx) {
+  try {
+    Ort::ShapeInferContext ctx(&Ort::GetApi(), ort_ctx);
+    Ort::ShapeInferContext::Shape y = ctx.GetInputShape(0);
+    if (y.empty()) return nullptr;
+    for (const auto& dim : y)  // an unnamed unknown dimension cannot be written back
+      if (dim.IsInt() && dim.AsInt() < 0) return nullptr;
+    const int64_t T = IntAttr(ctx, "T", 0);
+    const bool const_input = IntAttr(ctx, "const_input", 0) != 0, decoded = IntAttr(ctx, "decoded", 0) != 0;
+    if (T < 1) return nullptr;
+    const std::string prefix = std::to_string(T) + "*";
+    std::string symbol;
+    if (const_input && !decoded) {  // [N, ...] -> [T*N, ...]
+      if (y[0].IsInt()) {
+        y[0] = Ort::ShapeInferContext::SymbolicInteger(y[0].AsInt() * T);
+      } else {
+        symbol = prefix + y[0].AsSym();
+        y[0] = Ort::ShapeInferContext::SymbolicInteger(symbol.c_str());
+      }
+    } else if (decoded && !const_input) {  // [T*N, ...] -> [N, ...]
+      if (y[0].IsInt()) {
+        if (y[0].AsInt() % T != 0) return nullptr;
+        y[0] = Ort::ShapeInferContext::SymbolicInteger(y[0].AsInt() / T);
+      } else {
+        const std::string dim = y[0].AsSym();
+        if (dim.compare(0, prefix.size(), prefix) != 0) return nullptr;
+        symbol = dim.substr(prefix.size());
+        y[0] = Ort::ShapeInferContext::SymbolicInteger(symbol.c_str());
+      }
+    }
+    SetShape(ort_ctx, y);
+  } catch (const std::exception&) {
+  }
+  return nullptr;
+}
+
 // The domain and its ops must outlive every session that uses them: they live until unload.
 struct Library {
   std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>> ops;
@@ -34,7 +121,12 @@ struct Library {
 #define SNNCC_ADD_OP(Op) ops.emplace_back(Make##Op());
     SNNCC_NEURON_OPS(SNNCC_ADD_OP)
 #undef SNNCC_ADD_OP
-    for (auto& op : ops) domain.Add(op.get());
+    for (auto& op : ops) {
+      op->GetMayInplace = MayInplace;
+      op->ReleaseMayInplace = ReleaseMayInplace;
+      op->InferOutputShapeFn = InferShape;
+      domain.Add(op.get());
+    }
   }
 };
 

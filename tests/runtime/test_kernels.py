@@ -402,6 +402,73 @@ def test_optional_state_output_may_be_absent():
     np.testing.assert_array_equal(y, ref_if(x, attrs)[0])
 
 
+# ------------------------------------------------------------------------------------------------
+# In-place reuse and output shapes (runtime/csrc/ops.cc: MayInplace, InferShape)
+
+def _behind_an_add(op_type: str, attrs: dict[str, Any], shape: list, *, streaming: bool = False):
+    """x -> Add(x, 0) -> neuron: the neuron reads an intermediate with one reader and a known
+    shape, so ORT may let y reuse its buffer."""
+    inputs = ["pre", "state", "step"] if streaming else ["pre"]
+    nodes = [helper.make_node("Add", ["x", "zero"], ["pre"]),
+             helper.make_node(op_type, inputs, ["y", "state_out"], domain=DOMAIN, **attrs)]
+    graph_inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    if streaming:
+        graph_inputs += [helper.make_tensor_value_info("state", TensorProto.FLOAT, None),
+                         helper.make_tensor_value_info("step", TensorProto.INT64, [])]
+    graph = helper.make_graph(nodes, "inplace", graph_inputs,
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                               for o in ("y", "state_out")],
+                              initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                   helper.make_opsetid(DOMAIN, 1)])
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["folded", "streaming"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_output_written_over_its_input_equals_reference(case, streaming):
+    """Every kernel reads an element before it writes the same element of y, so y may take x's
+    buffer: the outputs stay exact, at a size of several chunks."""
+    rng = np.random.default_rng(11)
+    T, C = 3, 5
+    theta = [float(t) for t in rng.uniform(0.5, 2.0, size=C).astype(F32)]
+    extra = {"bits": 3} if case.key == "bitserial" else {}
+    attrs = full_attrs(case, T, 0, theta, **extra)
+    x = make_input(rng, T, 0, N=4, C=C, spatial=(20, 30))
+    model = _behind_an_add(case.op_type, attrs, ["rows", C, 20, 30], streaming=streaming)
+    sess = kernel_session(model)
+    assert sess.get_outputs()[0].shape == ["rows", C, 20, 30]  # the precondition of the reuse
+    feeds = {"x": x}
+    if streaming:
+        feeds.update(state=np.zeros((case.planes,) + (4,) + x.shape[1:], F32), step=np.array(0))
+    y, state = sess.run(None, feeds)
+    check_against_references(case, attrs, x, y, state, state=feeds.get("state"))
+
+
+@pytest.mark.parametrize("attrs, shape, want", [
+    ({"T": 4}, ["n", 3, 5], ["n", 3, 5]),
+    ({"T": 4, "const_input": 1}, ["n", 3, 5], ["4*n", 3, 5]),
+    ({"T": 4, "const_input": 1}, [2, 3, 5], [8, 3, 5]),
+    ({"T": 4}, [None, 3, 5], []),          # an unnamed dimension: the output's shape is unknown
+    ({"T": 4}, None, []),
+], ids=["same", "repeat-symbolic", "repeat-static", "unnamed", "unknown-rank"])
+def test_output_shape_follows_the_input(attrs, shape, want):
+    model = neuron_model("IFNeuron", {**attrs, "theta": [1.0]})
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, shape))
+    assert kernel_session(model).get_outputs()[0].shape == want
+
+
+def test_decoded_output_shape_undoes_the_repeat():
+    nodes = [helper.make_node("IFNeuron", ["x"], ["h"], domain=DOMAIN, T=4, const_input=1, theta=[1.0]),
+             helper.make_node("BitSerialNeuron", ["h"], ["y"], domain=DOMAIN, T=4, decoded=1, theta=[1.0])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)])
+    sess = kernel_session(model)
+    assert sess.get_outputs()[0].shape == ["n", 3]
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype(F32)
+    assert sess.run(None, {"x": x})[0].shape == (2, 3)
+
+
 DEFAULTS = {  # the registry's AttrSpec defaults (docs/neuron-ops.md), which the kernels must share
     "IFNeuron": (ref_if, {"theta": [1.0], "v_init": 0.5}),
     "LIFNeuron": (ref_lif, {"theta": [1.0], "leak": 1.0, "amplitude": 1.0, "v_init": 0.0}),
