@@ -4,7 +4,9 @@
 # 1. ONNX Runtime C/C++ API headers: $SNNCC_ORT_HEADERS (a directory holding
 #    onnxruntime_lite_custom_op.h) if set, else third_party/onnxruntime-headers, fetched on first use
 #    from Debian trixie's libonnxruntime-dev .deb with a private apt configuration (nothing installed).
-# 2. CMake Release build into runtime/build, then copy the library to runtime/_lib/.
+# 2. CMake Release build into runtime/build, then copy the library to runtime/_lib/. The library is
+#    tuned for this machine's CPU (-march=native); SNNCC_PORTABLE=1 builds one that runs on any CPU
+#    of the compiler's default target (for a library copied to other machines). Same outputs.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +41,8 @@ fi
 
 command -v cmake >/dev/null || die "cmake not found (apt-get install cmake g++)"
 cmake -S "$ROOT/runtime" -B "$ROOT/runtime/build" -DCMAKE_BUILD_TYPE=Release \
-      -DORT_INCLUDE_DIR="$ORT_INC" >/dev/null || die "cmake configure failed"
+      -DORT_INCLUDE_DIR="$ORT_INC" -DSNNCC_NATIVE="$([[ "${SNNCC_PORTABLE:-0}" == 1 ]] && echo OFF || echo ON)" \
+      >/dev/null || die "cmake configure failed"
 cmake --build "$ROOT/runtime/build" --parallel || die "cmake build failed"
 mkdir -p "$ROOT/runtime/_lib"
 cp "$ROOT/runtime/build/libsnncc_ops.so" "$ROOT/runtime/_lib/libsnncc_ops.so.tmp"

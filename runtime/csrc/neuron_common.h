@@ -20,7 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #if defined(__SSE2__)
-#include <emmintrin.h>
+#include <immintrin.h>
 #endif
 #include <cstdint>
 #include <optional>
@@ -388,12 +388,34 @@ inline float FloorClip(float z, float hi) {
   return low > hi ? hi : low;
 }
 
-// a[j] = FloorClip(a[j], hi) for j < n. With SSE2 (every x86-64) four lanes at a time through
-// max/min/truncate, which GCC does not derive from FloorClip's NaN-safe selects (those compile to
+// a[j] = FloorClip(a[j], hi) for j < n. 16, 8 or 4 lanes at a time (AVX-512, AVX2, or SSE2: every
+// x86-64; the widest the build targets) through max/min/truncate, which GCC does not derive from FloorClip's NaN-safe selects (those compile to
 // about 3x more blend instructions). Equal to FloorClip for every input, NaN included (both give
 // 0: max(NaN, -1) = -1 here, and a NaN truncates to INT_MIN there).
+// (GCC 12 flags its own AVX-512 conversion intrinsics with -Wmaybe-uninitialized: a false alarm.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 inline void FloorClipArray(float* a, int64_t n, float hi) {
   int64_t j = 0;
+#if defined(__AVX512F__)
+  const __m512 lo16 = _mm512_set1_ps(-1.0f), top16 = _mm512_set1_ps(hi + 1.0f), h16 = _mm512_set1_ps(hi);
+  const __m512 zero16 = _mm512_setzero_ps(), one16 = _mm512_set1_ps(1.0f);
+  for (; j + 16 <= n; j += 16) {
+    const __m512 zc = _mm512_min_ps(_mm512_max_ps(_mm512_loadu_ps(a + j), lo16), top16);
+    const __m512 t = _mm512_cvtepi32_ps(_mm512_cvttps_epi32(zc));
+    const __m512 floored = _mm512_mask_sub_ps(t, _mm512_cmp_ps_mask(t, zc, _CMP_GT_OQ), t, one16);
+    _mm512_storeu_ps(a + j, _mm512_min_ps(_mm512_max_ps(floored, zero16), h16));
+  }
+#elif defined(__AVX2__)
+  const __m256 lo8 = _mm256_set1_ps(-1.0f), top8 = _mm256_set1_ps(hi + 1.0f), h8 = _mm256_set1_ps(hi);
+  const __m256 zero8 = _mm256_setzero_ps(), one8 = _mm256_set1_ps(1.0f);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 zc = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(a + j), lo8), top8);
+    const __m256 t = _mm256_cvtepi32_ps(_mm256_cvttps_epi32(zc));
+    const __m256 floored = _mm256_sub_ps(t, _mm256_and_ps(_mm256_cmp_ps(t, zc, _CMP_GT_OQ), one8));
+    _mm256_storeu_ps(a + j, _mm256_min_ps(_mm256_max_ps(floored, zero8), h8));
+  }
+#endif
 #if defined(__SSE2__)
   const __m128 lo = _mm_set1_ps(-1.0f), top = _mm_set1_ps(hi + 1.0f), h = _mm_set1_ps(hi);
   const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.0f);
@@ -406,6 +428,7 @@ inline void FloorClipArray(float* a, int64_t n, float hi) {
 #endif
   for (; j < n; ++j) a[j] = FloorClip(a[j], hi);
 }
+#pragma GCC diagnostic pop
 
 }  // namespace snncc
 

@@ -33,7 +33,7 @@ struct GroupNeuron {
           m[j] = v[j] + xt[j];
           c[j] = m[j] * inv_u[j];
         }
-        FloorClipArray(c, len, tau);  // c = FloorClip(m * inv_u, tau), four lanes at a time
+        FloorClipArray(c, len, tau);  // c = FloorClip(m * inv_u, tau), a vector at a time
         for (int64_t j = 0; j < len; ++j) {
           const float out = c[j] * u[j];
           v[j] = m[j] - out;
