@@ -1,15 +1,15 @@
 """Where the time of a compiled SNN goes, per op type and per image, at several batch sizes
 (ONNX Runtime's profiler; issue 12: why the folded SNN's ratio to T x ANN grows with the batch).
 
-For each variant (the ANN, ``<neuron>/<schedule>`` compiled from the bundled MNIST CNN or ResNet
-at T) and batch size, the model runs ``--runs`` times under the profiler; the kernel times of
+For each variant (the ANN, ``<neuron>/<schedule>`` compiled from the bundled MNIST CNN or ResNet,
+or an ImageNet-shaped random-weight ResNet of ``bench/window.py``, at T) and batch size, the model runs ``--runs`` times under the profiler; the kernel times of
 the nodes are summed per op type and divided by runs x batch. Reorder* are ORT's layout
 conversions (NCHW <-> NCHWc) around ops that have no blocked-layout kernel (ReduceMean...; our
 neuron ops under ``<variant>:plain``, ORT's own layout handling; without it they run inside the
 blocked layout, ``snncc.runtime.layout``). A ``<neuron>/streaming`` variant profiles one step
 (step 1, zero states): its figures are per step, to set against a quarter of the folded run.
 
-    python bench/profile_ops.py [--net cnn] [-T 4] [--batch 16,100]
+    python bench/profile_ops.py [--net cnn|resnet|resnet18|resnet34|resnet34q] [-T 4] [--batch 16,100]
         [--variants ann,if/folded,bitserial/window] [--runs 20] [--threads 2]
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import NETS, session, session_options, step_feeds  # noqa: E402
 
-from bench.window import _base, _net_files, compile_variants  # noqa: E402
+from bench.window import RANDOM_NETS, _base, _net_files, compile_variants  # noqa: E402
 
 
 def profile(path: Path, library: bool, x: np.ndarray, runs: int, threads: int, tmp: Path,
@@ -59,7 +59,7 @@ def profile(path: Path, library: bool, x: np.ndarray, runs: int, threads: int, t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--net", default="cnn", choices=sorted(NETS))
+    ap.add_argument("--net", default="cnn", choices=sorted(NETS) + list(RANDOM_NETS))
     ap.add_argument("-T", type=int, default=4)
     ap.add_argument("--batch", default="16,100")
     ap.add_argument("--variants", default="ann,if/folded,bitserial/window")
@@ -72,7 +72,7 @@ def main() -> None:
           f"kernel time, per op type (load average {os.getloadavg()[0]:.1f})\n")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        files = _net_files(args.net, tmp, 0)
+        files = _net_files(args.net, tmp, max(int(b) for b in args.batch.split(",")))
         model, _, x_all, _ = files
         paths = compile_variants(args.net, args.T, [v for v in variants if v != "ann"], tmp, files)
         paths["ann"] = model
