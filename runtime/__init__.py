@@ -19,12 +19,15 @@ import onnxruntime as ort
 
 from snncc.errors import RuntimeLibraryError
 
-__all__ = ["DOMAIN", "OP_NAMES", "library_path", "is_built", "register", "session_options", "op_names",
+__all__ = ["DOMAIN", "OP_NAMES", "RUNTIME_OP_NAMES", "library_path", "is_built", "register", "session_options", "op_names",
            "run_neuron"]
 
 DOMAIN = "snncc.ops"
 # Same names, same order as the SNNCC_NEURON_OPS table in csrc/ops.cc (tests/runtime checks both ways).
 OP_NAMES = ("IFNeuron", "LIFNeuron", "GroupNeuron", "MTNeuron", "BitSerialNeuron", "SRPNeuron")
+# Runtime ops (SNNCC_RUNTIME_OPS in csrc/ops.cc): never in a compiled model; snncc.runtime.layout
+# puts them in place of a standard-op pattern on the machine that runs it.
+RUNTIME_OP_NAMES = ("SpikeGateMaxPool",)
 ENV_VAR = "SNNCC_RUNTIME_LIB"
 _BUILD_HINT = "run scripts/build_runtime.sh"
 

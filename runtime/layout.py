@@ -14,7 +14,9 @@ index per element changes, docs/neuron-ops.md), so the outputs are bit-identical
 hardware-specific (B and the reordered weights), so it is made on the machine that runs it, by
 :func:`session`, and never written next to the compiled model.
 
-A neuron whose spike train is also read in NCHW (a graph output, as when spike counts are
+Our ops that follow one another (a neuron and the spike gate after it, which :func:`session`
+first makes one kernel, :mod:`snncc.runtime.gates`) move together, each the only reader of the
+one before. A neuron whose spike train is also read in NCHW (a graph output, as when spike counts are
 fetched, or a Flatten) moves too, with one ReorderOutput for those readers. Streaming neurons
 move too: their state tensors (``state_in/*``, ``state_out/*``, same shapes) then hold the
 membrane in the blocked order. The protocol only passes them from one step to the next of the
@@ -38,6 +40,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from snncc.runtime import DOMAIN, session_options
+from snncc.runtime.gates import fuse_gates
 
 __all__ = ["block_size", "blocked_model", "session"]
 
@@ -148,38 +151,56 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
     rename: dict[str, str] = {}
     added: list[onnx.NodeProto] = []
     moved = 0
+    def ours(n: onnx.NodeProto) -> bool:
+        return n.domain == DOMAIN and len(n.input) in (1, 3) and len(n.output) in (1, 2)
+
+    def private(name: str) -> bool:  # read by one node only, and not from outside the graph
+        return (len(consumers.get(name, [])) == 1 and name not in graph_outputs
+                and name not in read_in_subgraphs)
+
+    chained: set[int] = set()
     for node in graph.node:
-        if node.domain != DOMAIN or len(node.input) not in (1, 3) or len(node.output) not in (1, 2):
+        if not ours(node) or id(node) in chained:
             continue
         before = producer.get(node.input[0])
         if (before is None or before.op_type != "ReorderOutput" or before.domain != _NCHWC
                 or _attr_int(before, "channels_last", 0) != 0
                 or _attr_int(before, "channels", 0) <= 0
                 or _attr_int(before, "channels", 0) % block != 0
-                or len(consumers.get(node.input[0], [])) != 1 or node.input[0] in graph_outputs
-                or node.input[0] in read_in_subgraphs):
+                or not private(node.input[0])):
             continue
-        after = consumers.get(node.output[0], [])
+        # a chain of our ops, each the only reader of the previous one's output (a neuron and
+        # the spike gate after it): all move together
+        chain = [node]
+        while private(chain[-1].output[0]):
+            nxt = consumers[chain[-1].output[0]][0]
+            if not ours(nxt) or nxt.input[0] != chain[-1].output[0]:
+                break
+            chain.append(nxt)
+        last = chain[-1]
+        after = consumers.get(last.output[0], [])
         blocked = [c for c in after if c.op_type == "ReorderInput" and c.domain == _NCHWC
                    and _attr_int(c, "channels_last", 0) == 0]
         if not blocked:  # one reorder before it or one after it: nothing saved
             continue
-        plain = node.output[0]
+        plain = last.output[0]
         if len(blocked) < len(after) or plain in graph_outputs or plain in read_in_subgraphs:
             # NCHW readers remain (a fetched spike train, a Flatten...): one ReorderOutput serves
             # them, in place of the ReorderOutput + ReorderInput pair around the neuron
-            node.output[0] = f"{plain}/nchwc"
-            added.append(helper.make_node("ReorderOutput", [node.output[0]], [plain],
-                                          name=f"{node.name}/ReorderOutput", domain=_NCHWC,
+            last.output[0] = f"{plain}/nchwc"
+            added.append(helper.make_node("ReorderOutput", [last.output[0]], [plain],
+                                          name=f"{last.name}/ReorderOutput", domain=_NCHWC,
                                           channels=_attr_int(before, "channels", 0),
                                           channels_last=0))
         node.input[0] = before.input[0]
         drop.add(id(before))
         for c in blocked:
             drop.add(id(c))
-            rename[c.output[0]] = node.output[0]
-        node.attribute.append(helper.make_attribute("channel_block", block))
-        moved += 1
+            rename[c.output[0]] = last.output[0]
+        for n in chain:
+            n.attribute.append(helper.make_attribute("channel_block", block))
+            chained.add(id(n))
+        moved += len(chain)
     if not moved:
         return model, 0
     kept = []
@@ -199,8 +220,9 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
 def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions | None = None,
             *, blocked: bool = True, **kwargs: Any) -> ort.InferenceSession:
     """An ORT session of a compiled model with the kernel library registered. ``blocked`` (the
-    default) runs the neurons in ORT's blocked layout where that removes reorders
-    (:func:`blocked_model`; bit-identical outputs). ``so`` (default :func:`session_options`; it
+    default) runs each spike gate as one kernel (:func:`~snncc.runtime.gates.fuse_gates`) and the
+    neurons in ORT's blocked layout where that removes reorders (:func:`blocked_model`);
+    bit-identical outputs. ``so`` (default :func:`session_options`; it
     must have the kernel library registered) and ``kwargs`` go to ORT as given; ``so`` is left as
     it was. A model that protobuf cannot serialise (over 2 GB) keeps ORT's own layout."""
     so = so if so is not None else session_options()
@@ -209,14 +231,18 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     if blocked and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
         try:
             proto = model if src is None else onnx.load(src)
-            moved = 0
+            moved = gates = 0
             if proto.ByteSize() <= _PROTO_LIMIT:
+                proto, gates = fuse_gates(proto)
                 proto, moved = blocked_model(proto, so, **kwargs)
-            if moved:
-                logger.debug("layout: %d neuron(s) in the NCHWc layout (block %d)", moved,
-                             block_size())
+            if moved or gates:
+                logger.debug("layout: %d neuron(s) in the NCHWc layout (block %d), %d spike "
+                             "gate(s) as one kernel", moved, block_size(), gates)
+            if moved:  # already optimised by ORT, for this machine
                 with _options(so, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
                     return ort.InferenceSession(proto.SerializeToString(), so, **kwargs)
+            if gates:
+                return ort.InferenceSession(proto.SerializeToString(), so, **kwargs)
         except Exception as exc:  # anything ORT cannot optimise and save: its own layout
             logger.debug("layout: kept ORT's own layout (%s)", exc)
     return ort.InferenceSession(src if src is not None else model.SerializeToString(), so,

@@ -48,6 +48,7 @@ class AttrReader {
   int64_t Int(const char* name, int64_t fallback) const;
   float Float(const char* name, float fallback) const;
   std::vector<float> Floats(const char* name, const std::vector<float>& fallback) const;
+  std::vector<int64_t> Ints(const char* name, const std::vector<int64_t>& fallback) const;
   std::string String(const char* name, const std::string& fallback) const;
 
   [[noreturn]] void Fail(const std::string& what) const;
@@ -186,6 +187,19 @@ inline float AttrReader::Float(const char* name, float fallback) const {
   Ort::GetApi().ReleaseStatus(s);
   if (Present(name)) Fail(std::string("attribute '") + name + "' must be a float");
   return fallback;
+}
+
+inline std::vector<int64_t> AttrReader::Ints(const char* name, const std::vector<int64_t>& fallback) const {
+  size_t n = 0;
+  OrtStatus* s = Ort::GetApi().KernelInfoGetAttributeArray_int64(info_, name, nullptr, &n);
+  if (s != nullptr) {
+    Ort::GetApi().ReleaseStatus(s);
+    if (Present(name)) Fail(std::string("attribute '") + name + "' must be a list of ints");
+    return fallback;
+  }
+  std::vector<int64_t> values(n);
+  if (n > 0) Ort::ThrowOnError(Ort::GetApi().KernelInfoGetAttributeArray_int64(info_, name, values.data(), &n));
+  return values;
 }
 
 inline std::vector<float> AttrReader::Floats(const char* name, const std::vector<float>& fallback) const {

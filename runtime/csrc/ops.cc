@@ -18,9 +18,14 @@
   X(BitSerialNeuron)        \
   X(SRPNeuron)
 
+// Runtime ops: not emitted by the compiler; snncc.runtime.layout substitutes them on the machine
+// that runs a model (snncc/runtime/__init__.py RUNTIME_OP_NAMES lists the same names).
+#define SNNCC_RUNTIME_OPS(X) X(SpikeGateMaxPool)
+
 namespace snncc {
 #define SNNCC_DECLARE_FACTORY(Op) Ort::Custom::OrtLiteCustomOp* Make##Op();
 SNNCC_NEURON_OPS(SNNCC_DECLARE_FACTORY)
+SNNCC_RUNTIME_OPS(SNNCC_DECLARE_FACTORY)
 #undef SNNCC_DECLARE_FACTORY
 
 namespace {
@@ -120,13 +125,14 @@ struct Library {
   Library() {
 #define SNNCC_ADD_OP(Op) ops.emplace_back(Make##Op());
     SNNCC_NEURON_OPS(SNNCC_ADD_OP)
-#undef SNNCC_ADD_OP
-    for (auto& op : ops) {
+    for (auto& op : ops) {  // neurons: y has x's shape (or T times / 1/T of its rows)
       op->GetMayInplace = MayInplace;
       op->ReleaseMayInplace = ReleaseMayInplace;
       op->InferOutputShapeFn = InferShape;
-      domain.Add(op.get());
     }
+    SNNCC_RUNTIME_OPS(SNNCC_ADD_OP)
+#undef SNNCC_ADD_OP
+    for (auto& op : ops) domain.Add(op.get());
   }
 };
 

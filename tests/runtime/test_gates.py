@@ -1,0 +1,185 @@
+"""The spike gate as one kernel (runtime/csrc/gate.cc, runtime/gates.py), bit for bit.
+
+* kernel: ``SpikeGateMaxPool`` equals the schedule-timesteps pass's standard-op gate (cumulative
+  MatMul, MaxPool with indices, GatherElements) under ORT, for binary and graded spike trains,
+  ties, several pool geometries and T, in the plain layout and in ORT's blocked one;
+* model: a compiled net with a gated max-pool stem runs in :func:`snncc.runtime.layout.session`
+  with the gate fused (and, where this machine has NCHWc, moved into the blocked layout together
+  with the neuron before it), and gives exactly the outputs of ORT's own session.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from snncc.runtime import DOMAIN, RUNTIME_OP_NAMES, layout, session_options
+from snncc.runtime.gates import fuse_gates
+
+pytestmark = pytest.mark.requires_runtime
+
+F32 = np.float32
+
+
+def _session(model: onnx.ModelProto, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+    so = session_options()
+    so.graph_optimization_level = level
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _gate_model(T: int, pool: dict) -> onnx.ModelProto:
+    """x -> the pass's standard-op gate -> y (passes/schedule_timesteps.py, ``gate``)."""
+    tril = helper.make_tensor("tril", TensorProto.FLOAT, [T, T], np.tril(np.ones((T, T), F32)).ravel())
+    window = helper.make_tensor("window", TensorProto.INT64, [2], [T, -1])
+    flat = helper.make_tensor("flat", TensorProto.INT64, [1], [-1])
+    nodes = [
+        helper.make_node("Reshape", ["x", "window"], ["v"]),
+        helper.make_node("MatMul", ["tril", "v"], ["c"]),
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Reshape", ["c", "xs"], ["c4"]),
+        helper.make_node("MaxPool", ["c4"], ["pooled", "idx"], **pool),
+        helper.make_node("Reshape", ["x", "flat"], ["xf"]),
+        helper.make_node("Reshape", ["idx", "flat"], ["idxf"]),
+        helper.make_node("GatherElements", ["xf", "idxf"], ["g"]),
+        helper.make_node("Shape", ["idx"], ["is"]),
+        helper.make_node("Reshape", ["g", "is"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "gate", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [tril, window, flat])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _kernel(T: int, pool: dict, block: int = 1) -> ort.InferenceSession:
+    attrs = {"kernel_shape": pool["kernel_shape"], "strides": pool.get("strides", [1, 1]),
+             "pads": pool.get("pads", [0, 0, 0, 0]), "dilations": pool.get("dilations", [1, 1]),
+             "ceil_mode": pool.get("ceil_mode", 0)}
+    if block > 1:
+        attrs["channel_block"] = block
+    node = helper.make_node("SpikeGateMaxPool", ["x"], ["y"], domain=DOMAIN, T=T, **attrs)
+    graph = helper.make_graph([node], "k", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                            helper.make_opsetid(DOMAIN, 1)]))
+
+
+def _trains(rng, T, N, C, H, W, kind):
+    if kind == "binary":  # IF: theta per channel or nothing
+        theta = rng.uniform(0.3, 2.0, C).astype(F32)[None, :, None, None]
+        return ((rng.random((T * N, C, H, W)) < 0.4) * theta).astype(F32)
+    if kind == "graded":  # MT: several spike sizes per channel
+        sizes = rng.uniform(0.1, 1.5, (4, C)).astype(F32)
+        pick = rng.integers(0, 5, (T * N, C, H, W))
+        out = np.zeros((T * N, C, H, W), F32)
+        for k in range(4):
+            out = np.where(pick == k + 1, sizes[k][None, :, None, None], out)
+        return out.astype(F32)
+    return rng.normal(0.0, 1.0, (T * N, C, H, W)).astype(F32)  # any float values
+
+
+def _blocked(a: np.ndarray, block: int) -> np.ndarray:
+    r, c, h, w = a.shape
+    return np.ascontiguousarray(a.reshape(r, c // block, block, h, w).transpose(0, 1, 3, 4, 2)).reshape(r, c, h, w)
+
+
+POOLS = {
+    "3x3s2p1": {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},  # torchvision stem
+    "2x2s2": {"kernel_shape": [2, 2], "strides": [2, 2]},
+    "3x3s1": {"kernel_shape": [3, 3]},
+    "3x2-ceil-asym": {"kernel_shape": [3, 2], "strides": [2, 3], "pads": [0, 1, 1, 0], "ceil_mode": 1},
+    "dilated": {"kernel_shape": [2, 3], "strides": [1, 2], "dilations": [2, 2], "pads": [1, 2, 1, 2]},
+}
+
+
+@pytest.mark.parametrize("kind", ["binary", "graded", "float"])
+@pytest.mark.parametrize("T", [1, 3, 4])
+@pytest.mark.parametrize("pool", sorted(POOLS))
+def test_kernel_equals_standard_op_gate(pool, T, kind):
+    rng = np.random.default_rng(T * 7 + len(pool))
+    N, C, H, W = 2, 16, 9, 11
+    x = _trains(rng, T, N, C, H, W, kind)
+    want = _session(_gate_model(T, POOLS[pool])).run(None, {"x": x})[0]
+    got = _kernel(T, POOLS[pool]).run(None, {"x": x})[0]
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    for block in (8, 16):  # ORT's NCHWc order in and out
+        inside = _kernel(T, POOLS[pool], block).run(None, {"x": _blocked(x, block)})[0]
+        np.testing.assert_array_equal(inside, _blocked(want, block))
+
+
+def test_kernel_refuses_bad_input():
+    sess = _kernel(4, POOLS["2x2s2"])
+    with pytest.raises(Exception, match="not a multiple of T=4"):
+        sess.run(None, {"x": np.zeros((6, 2, 4, 4), F32)})
+    with pytest.raises(Exception, match="channel_block"):
+        _kernel(4, POOLS["2x2s2"], 8).run(None, {"x": np.zeros((4, 12, 4, 4), F32)})
+
+
+def test_fuse_gates_replaces_the_pattern_only():
+    model = _gate_model(4, POOLS["3x3s2p1"])
+    fused, count = fuse_gates(model)
+    assert count == 1 and [n.op_type for n in fused.graph.node] == ["SpikeGateMaxPool"]
+    assert not fused.graph.initializer  # the pattern's constants went with it
+    assert len(model.graph.node) == 10  # the caller's model is not changed
+    x = _trains(np.random.default_rng(0), 4, 2, 8, 12, 12, "graded")
+    np.testing.assert_array_equal(_session(fused).run(None, {"x": x})[0],
+                                  _session(model).run(None, {"x": x})[0])
+    # a reader of the cumulative sum outside the pattern, or another ceil of the tril: left alone
+    other = _gate_model(4, POOLS["3x3s2p1"])
+    other.graph.output.append(helper.make_tensor_value_info("c4", TensorProto.FLOAT, None))
+    assert fuse_gates(other)[1] == 0
+    upper = _gate_model(4, POOLS["3x3s2p1"])
+    upper.graph.initializer[0].CopyFrom(helper.make_tensor(
+        "tril", TensorProto.FLOAT, [4, 4], np.triu(np.ones((4, 4), F32)).ravel()))
+    assert fuse_gates(upper)[1] == 0
+
+
+def test_runtime_op_table_matches_loader_list():
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / "runtime" / "csrc" / "ops.cc").read_text()
+    table = re.search(r"#define SNNCC_RUNTIME_OPS\(X\)(.*?)\n", source).group(1)
+    assert tuple(re.findall(r"X\((\w+)\)", table)) == RUNTIME_OP_NAMES
+
+
+@pytest.fixture(scope="module")
+def stem_nets(tmp_path_factory):
+    """A small ResNet-18 with the torchvision stem (7x7/2 conv, 3x3/2 max-pool), compiled."""
+    import torch
+
+    from examples.export_models import build, export, model_kwargs
+    from snncc.driver import compile_model, make_options
+
+    tmp = tmp_path_factory.mktemp("gates")
+    shape = (1, 3, 48, 48)
+    torch.manual_seed(0)
+    src = tmp / "r18.onnx"
+    export(build("resnet18", **model_kwargs("resnet18", shape, 10), stem="torchvision"), src, shape,
+           dynamic_batch=True)
+    calib = tmp / "calib.npy"
+    np.save(calib, np.random.default_rng(0).random((16, 3, 48, 48), dtype=F32))
+    out = {}
+    for neuron in ("if", "mt"):
+        path = tmp / f"r18_{neuron}.onnx"
+        compile_model(str(src), path, make_options(neuron=neuron, timesteps=4, calib_method="max",
+                                                   calib_path=str(calib)))
+        out[neuron] = onnx.load(path)
+    return out
+
+
+@pytest.mark.parametrize("neuron", ["if", "mt"])
+def test_session_with_fused_gate_equals_ort_session(stem_nets, neuron):
+    model = stem_nets[neuron]
+    assert fuse_gates(model)[1] == 1
+    x = np.random.default_rng(1).random((6, 3, 48, 48), dtype=F32)
+    want = _session(model, ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(None, {"input": x})
+    got = layout.session(model).run(None, {"input": x})
+    np.testing.assert_array_equal(got[0], want[0])
+    if layout.block_size() > 1:  # the gate and the stem neuron run in the blocked layout
+        rewritten, moved = layout.blocked_model(fuse_gates(model)[0])
+        gates = [n for n in rewritten.graph.node if n.op_type == "SpikeGateMaxPool"]
+        assert len(gates) == 1 and any(a.name == "channel_block" for a in gates[0].attribute)
