@@ -19,7 +19,18 @@ from onnx import helper, numpy_helper
 
 from snncc.runtime import DOMAIN
 
-__all__ = ["fuse_gates"]
+__all__ = ["fuse_gates", "wiring"]
+
+
+def wiring(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto],
+                                             dict[str, list[onnx.NodeProto]], set[str]]:
+    """(producer of each tensor, readers of each tensor, graph output names) of ``graph``."""
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return producer, readers, {o.name for o in graph.output}
 
 
 def _const(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
@@ -43,12 +54,7 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     that differs in any way (CumSum form, auto_pad, other readers of its tensors) is left as
     it is. ``model`` itself is not changed."""
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    outputs = {o.name for o in graph.output}
+    producer, readers, outputs = wiring(graph)
 
     def made_by(name: str, op: str) -> onnx.NodeProto | None:
         node = producer.get(name)

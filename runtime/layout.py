@@ -40,7 +40,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from snncc.runtime import DOMAIN, session_options
-from snncc.runtime.gates import fuse_gates
+from snncc.runtime.gates import fuse_gates, wiring
 
 __all__ = ["block_size", "blocked_model", "session"]
 
@@ -141,12 +141,7 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
     opt = _optimized(model, so if so is not None else session_options(), **kwargs)
     graph = opt.graph
     read_in_subgraphs = _subgraph_names(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    graph_outputs = {o.name for o in graph.output}
+    producer, consumers, graph_outputs = wiring(graph)
     drop: set[int] = set()
     rename: dict[str, str] = {}
     added: list[onnx.NodeProto] = []
