@@ -74,9 +74,15 @@ struct SpikeGateMaxPool {
     std::vector<int64_t> h0, hn, w0, wn;
     taps(H, Ho, 0, h0, hn);
     taps(W, Wo, 1, w0, wn);
-    const int64_t dh = dilations_[0], dw = dilations_[1];
+    const int64_t dh = dilations_[0], dw = dilations_[1], sw = strides_[1];
+    // [jlo, jhi): the output columns whose whole window is inside the row (no padding, no clip)
+    int64_t jlo = 0, jhi = 0;
+    while (jlo < Wo && (w0[jlo] != jlo * sw - pads_[1] || wn[jlo] != kernel_[1])) ++jlo;
+    jhi = jlo;
+    while (jhi < Wo && w0[jhi] == jhi * sw - pads_[1] && wn[jhi] == kernel_[1]) ++jhi;
     auto work = [&](int64_t begin, int64_t len) {
-      std::vector<float> cum(static_cast<size_t>(H * W * Bk)), top(static_cast<size_t>(Bk));
+      std::vector<float> cum(static_cast<size_t>(H * W * Bk)), top(static_cast<size_t>(Bk)),
+          row(static_cast<size_t>(Wo));
       for (int64_t g = begin; g < begin + len; ++g) {
         // group g holds Bk channels; element (h, w, lane) of the group sits at base + (h*W + w)*Bk + lane
         // (plain layout: Bk = 1, one channel plane)
@@ -87,7 +93,32 @@ struct SpikeGateMaxPool {
           float* yt = out + t * out_slice + out_base;
           for (int64_t k = 0; k < H * W * Bk; ++k) cum[k] = cum[k] + 1.0f * xt[k];
           for (int64_t i = 0; i < Ho; ++i) {
+            // plain layout: the columns whose window lies inside the row run a tap at a time
+            // over all of them (vectorised; the same comparisons in the same order per column)
+            const bool rows = Bk == 1 && hn[i] > 0 && jhi > jlo;
+            if (rows) {
+              float* best = &row[0];
+              float* pick = yt + i * Wo;
+              bool first = true;
+              for (int64_t a = 0, h = h0[i]; a < hn[i]; ++a, h += dh) {
+                for (int64_t b = 0; b < kernel_[1]; ++b) {
+                  const int64_t base = h * W + b * dw - pads_[1];  // + j * sw >= 0 for j >= jlo
+                  const float* c = cum.data();
+                  if (first) {
+                    for (int64_t j = jlo; j < jhi; ++j) best[j] = c[base + j * sw], pick[j] = xt[base + j * sw];
+                    first = false;
+                    continue;
+                  }
+                  for (int64_t j = jlo; j < jhi; ++j) {  // strict >: the first maximum stays
+                    const bool more = c[base + j * sw] > best[j];
+                    best[j] = more ? c[base + j * sw] : best[j];
+                    pick[j] = more ? xt[base + j * sw] : pick[j];
+                  }
+                }
+              }
+            }
             for (int64_t j = 0; j < Wo; ++j) {
+              if (rows && j >= jlo && j < jhi) continue;
               float* best = &top[0];
               float* pick = yt + (i * Wo + j) * Bk;
               if (hn[i] == 0 || wn[j] == 0) {  // only padding under the window (ORT: index -1)
