@@ -406,11 +406,13 @@ def test_optional_state_output_may_be_absent():
 # In-place reuse and output shapes (runtime/csrc/ops.cc: MayInplace, InferShape)
 
 def _behind_an_add(op_type: str, attrs: dict[str, Any], shape: list, *, streaming: bool = False):
-    """x -> Add(x, 0) -> neuron: the neuron reads an intermediate with one reader and a known
-    shape, so ORT may let y reuse its buffer."""
+    """x -> Add(x, 0) -> neuron -> Add(., 0) -> y: the neuron reads an intermediate with one
+    reader and a known shape and writes one that is not a graph output, so ORT lets its output
+    reuse its input's buffer (it never does for a graph output)."""
     inputs = ["pre", "state", "step"] if streaming else ["pre"]
     nodes = [helper.make_node("Add", ["x", "zero"], ["pre"]),
-             helper.make_node(op_type, inputs, ["y", "state_out"], domain=DOMAIN, **attrs)]
+             helper.make_node(op_type, inputs, ["spikes", "state_out"], domain=DOMAIN, **attrs),
+             helper.make_node("Add", ["spikes", "zero"], ["y"])]
     graph_inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
     if streaming:
         graph_inputs += [helper.make_tensor_value_info("state", TensorProto.FLOAT, None),

@@ -163,9 +163,10 @@ struct BitSerialNeuron {
     }
     for (int64_t t = 0; t < call.T; ++t) {
       const int64_t k = (call.step + t) % B;
-      EmitBit(call.YSlice(t) + begin, q, unit, len, B, k);
+      // x_t is read before y_t is written: y may take x's buffer (ops.cc, MayInplace)
       const float* xt = call.XSlice(t) + begin;
       for (int64_t j = 0; j < len; ++j) acc[j] = acc[j] + xt[j];
+      EmitBit(call.YSlice(t) + begin, q, unit, len, B, k);
       if (k == B - 1) {
         for (int64_t j = 0; j < len; ++j) {
           q[j] = FloorClip((acc[j] * inv_B + shift[j]) * inv_unit[j], L);
