@@ -45,14 +45,21 @@ def _const(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     return None
 
 
+def _is_const(graph: onnx.GraphProto, name: str, value: list[int]) -> bool:
+    """Whether tensor ``name`` is a constant equal to ``value``."""
+    a = _const(graph, name)
+    return a is not None and a.ndim == 1 and a.tolist() == value
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """(model with every 2-D spike gate as one ``SpikeGateMaxPool``, number replaced). A pattern
-    that differs in any way (CumSum form, auto_pad, other readers of its tensors) is left as
-    it is. ``model`` itself is not changed."""
+    that differs in any way is left as it is: the CumSum form, auto_pad, dilation, padding as
+    wide as the kernel, other Reshape targets, other readers of its tensors. ``model`` itself is
+    not changed."""
     graph = model.graph
     producer, readers, outputs = wiring(graph)
 
@@ -61,13 +68,19 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         return node if node is not None and node.op_type == op and node.domain in ("", "ai.onnx") else None
 
     replace: list[tuple[list[onnx.NodeProto], onnx.NodeProto]] = []
+    names = {n.name for n in graph.node}
     for pool in graph.node:
         if pool.op_type != "MaxPool" or len(pool.output) != 2 or not pool.output[1]:
             continue
         attrs = _attrs(pool)
         kernel = list(attrs.get("kernel_shape", []))
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        # dilation 1 and pads below the kernel: every window holds a real element (a window of
+        # padding only gives ORT a negative index, which the gather wraps around)
         if (len(kernel) != 2 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
-                or attrs.get("storage_order", 0) != 0 or readers.get(pool.output[0])):
+                or attrs.get("storage_order", 0) != 0 or readers.get(pool.output[0])
+                or list(attrs.get("dilations", [1, 1])) != [1, 1] or len(pads) != 4
+                or any(p >= kernel[k % 2] for k, p in enumerate(pads))):
             continue
         shaped = made_by(pool.input[0], "Reshape")
         matmul = made_by(shaped.input[0], "MatMul") if shaped is not None else None
@@ -79,6 +92,10 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if not np.array_equal(tril, np.tril(np.ones((T, T), tril.dtype))):
             continue
         x = window.input[0]
+        shape_x = made_by(shaped.input[1], "Shape")
+        if (not _is_const(graph, window.input[1], [T, -1]) or shape_x is None
+                or shape_x.input[0] != x):
+            continue
         idx_reader = readers.get(pool.output[1], [])
         flat_idx = next((r for r in idx_reader if r.op_type == "Reshape"), None)
         shape_idx = next((r for r in idx_reader if r.op_type == "Shape"), None)
@@ -89,20 +106,23 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         flat_x = made_by(gather.input[0], "Reshape")
         last = readers.get(gather.output[0], [])
         if (flat_x is None or flat_x.input[0] != x or len(last) != 1 or last[0].op_type != "Reshape"
-                or last[0].input[1] != shape_idx.output[0]):
+                or last[0].input[1] != shape_idx.output[0] or _attrs(gather).get("axis", 0) != 0
+                or not _is_const(graph, flat_x.input[1], [-1])
+                or not _is_const(graph, flat_idx.input[1], [-1])):
             continue
         last = last[0]
-        shape_x = made_by(shaped.input[1], "Shape")
-        nodes = [window, matmul, shaped, pool, flat_idx, shape_idx, flat_x, gather, last]
-        if shape_x is not None and shape_x.input[0] == x:
-            nodes.append(shape_x)
+        nodes = [window, matmul, shaped, pool, flat_idx, shape_idx, flat_x, gather, last, shape_x]
         inside = {id(n) for n in nodes}
         ok = all(all(id(r) in inside for r in readers.get(o, [])) and o not in outputs
                  for n in nodes if n is not last for o in n.output)
         if not ok:
             continue
+        name = f"{pool.name or 'gate'}/SpikeGateMaxPool"
+        while name in names:
+            name += "_"
+        names.add(name)
         fused = helper.make_node(
-            "SpikeGateMaxPool", [x], [last.output[0]], name=f"{pool.name}/SpikeGateMaxPool",
+            "SpikeGateMaxPool", [x], [last.output[0]], name=name,
             domain=DOMAIN, T=T, kernel_shape=kernel,
             strides=list(attrs.get("strides", [1, 1])), pads=list(attrs.get("pads", [0, 0, 0, 0])),
             dilations=list(attrs.get("dilations", [1, 1])), ceil_mode=int(attrs.get("ceil_mode", 0)))

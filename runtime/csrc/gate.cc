@@ -121,7 +121,8 @@ struct SpikeGateMaxPool {
               if (rows && j >= jlo && j < jhi) continue;
               float* best = &top[0];
               float* pick = yt + (i * Wo + j) * Bk;
-              if (hn[i] == 0 || wn[j] == 0) {  // only padding under the window (ORT: index -1)
+              if (hn[i] == 0 || wn[j] == 0) {  // only padding under the window: 0 (ORT's index would
+                // be negative; fuse_gates only fuses geometries where this cannot happen)
                 std::fill(pick, pick + Bk, 0.0f);
                 continue;
               }

@@ -131,6 +131,23 @@ def test_fuse_gates_replaces_the_pattern_only():
     other = _gate_model(4, POOLS["3x3s2p1"])
     other.graph.output.append(helper.make_tensor_value_info("c4", TensorProto.FLOAT, None))
     assert fuse_gates(other)[1] == 0
+    assert fuse_gates(_gate_model(4, POOLS["dilated"]))[1] == 0  # windows of padding only possible
+    wrong = _gate_model(4, POOLS["3x3s2p1"])  # the window Reshape to [-1, T] instead of [T, -1]
+    wrong.graph.initializer[1].CopyFrom(helper.make_tensor("window", TensorProto.INT64, [2], [-1, 4]))
+    assert fuse_gates(wrong)[1] == 0
+    twice = _gate_model(4, POOLS["3x3s2p1"])  # two unnamed gates get two names
+    second = onnx.ModelProto()
+    second.CopyFrom(twice)
+    for n in second.graph.node:
+        n.input[:] = [i + "2" if i not in ("tril", "window", "flat") else i for i in n.input]
+        n.output[:] = [o + "2" for o in n.output]
+    twice.graph.node.extend(second.graph.node)
+    twice.graph.input.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, None))
+    twice.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, None))
+    fused2, count = fuse_gates(twice)
+    assert count == 2 and len({n.name for n in fused2.graph.node}) == 2
+    np.testing.assert_array_equal(_session(fused2).run(None, {"x": x, "x2": x})[1],
+                                  _session(model).run(None, {"x": x})[0])
     upper = _gate_model(4, POOLS["3x3s2p1"])
     upper.graph.initializer[0].CopyFrom(helper.make_tensor(
         "tril", TensorProto.FLOAT, [4, 4], np.triu(np.ones((4, 4), F32)).ravel()))
