@@ -19,8 +19,8 @@ import onnxruntime as ort
 
 from snncc.errors import RuntimeLibraryError
 
-__all__ = ["DOMAIN", "OP_NAMES", "RUNTIME_OP_NAMES", "library_path", "is_built", "register", "session_options", "op_names",
-           "run_neuron"]
+__all__ = ["DOMAIN", "OP_NAMES", "RUNTIME_OP_NAMES", "library_path", "is_built", "register",
+           "session_options", "op_names", "run_neuron"]
 
 DOMAIN = "snncc.ops"
 # Same names, same order as the SNNCC_NEURON_OPS table in csrc/ops.cc (tests/runtime checks both ways).

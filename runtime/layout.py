@@ -16,8 +16,8 @@ hardware-specific (B and the reordered weights), so it is made on the machine th
 
 Our ops that follow one another (a neuron and the spike gate after it, which :func:`session`
 first makes one kernel, :mod:`snncc.runtime.gates`) move together, each the only reader of the
-one before. A neuron whose spike train is also read in NCHW (a graph output, as when spike counts are
-fetched, or a Flatten) moves too, with one ReorderOutput for those readers. Streaming neurons
+one before. A neuron whose spike train is also read in NCHW (a graph output, as when spike
+counts are fetched, or a Flatten) moves too, with one ReorderOutput for those readers. Streaming neurons
 move too: their state tensors (``state_in/*``, ``state_out/*``, same shapes) then hold the
 membrane in the blocked order. The protocol only passes them from one step to the next of the
 same session (step 0 ignores them), so only a caller that reads membrane values itself sees the
@@ -146,6 +146,7 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
     rename: dict[str, str] = {}
     added: list[onnx.NodeProto] = []
     moved = 0
+
     def ours(n: onnx.NodeProto) -> bool:
         return n.domain == DOMAIN and len(n.input) in (1, 3) and len(n.output) in (1, 2)
 
