@@ -17,9 +17,9 @@ hardware-specific (B and the reordered weights), so it is made on the machine th
 Our ops that follow one another (a neuron and the spike gate after it, which :func:`session`
 first makes one kernel, :mod:`snncc.runtime.gates`) move together, each the only reader of the
 one before. A neuron whose spike train is also read in NCHW (a graph output, as when spike
-counts are fetched, or a Flatten) moves too, with one ReorderOutput for those readers. Streaming neurons
-move too: their state tensors (``state_in/*``, ``state_out/*``, same shapes) then hold the
-membrane in the blocked order. The protocol only passes them from one step to the next of the
+counts are fetched, or a Flatten) moves too, with one ReorderOutput for those readers.
+Streaming neurons move too: their state tensors (``state_in/*``, ``state_out/*``, same shapes)
+then hold the membrane in the blocked order. The protocol only passes them from one step to the next of the
 same session (step 0 ignores them), so only a caller that reads membrane values itself sees the
 difference; it should pass ``blocked=False``. Left as they are: neurons without a blocked
 consumer (nothing to save), and everything on a machine without NCHWc (B = 1: ORT inserts no
