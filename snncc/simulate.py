@@ -244,19 +244,17 @@ class StreamStepper:
         self.step_value = np.zeros((), dtype=np.int64)  # the bindings read it in place
         step = ort.OrtValue.ortvalue_from_numpy(self.step_value)
         names = [k[len("state_in/"):] for k in states]
-        sets = [{n: ort.OrtValue.ortvalue_from_numpy(np.array(states["state_in/" + n], np.float32))
+        sets = [{n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(states["state_in/" + n]))
                  for n in names},
                 {n: ort.OrtValue.ortvalue_from_numpy(np.empty_like(states["state_in/" + n]))
                  for n in names}]
         self.others = [o for o in out_names if not o.startswith("state_out/")]
-        # the bound inputs may use these arrays' memory: they live as long as the stepper
-        self.inputs = {k: np.ascontiguousarray(v) for k, v in feeds.items()
-                       if not k.startswith("state_in/") and k != "step"}
         self.bindings = []
         for now, nxt in ((sets[0], sets[1]), (sets[1], sets[0])):
             bind = sess.io_binding()
-            for k, v in self.inputs.items():
-                bind.bind_cpu_input(k, v)
+            for k, v in feeds.items():
+                if not k.startswith("state_in/") and k != "step":
+                    bind.bind_cpu_input(k, np.ascontiguousarray(v))
             bind.bind_ortvalue_input("step", step)
             for n in names:
                 bind.bind_ortvalue_input("state_in/" + n, now[n])
