@@ -5,9 +5,7 @@ For each model (the bundled MNIST CNN and the exported ResNet-18/34):
     (target <= 1.15);
   * the portable function-body fallback (no library) against our kernels;
   * the streaming one-step model: T steps against T x the ANN, and one step against the folded
-    model's time / T; a step as ``snncc run`` takes it (``snncc.simulate.StreamStepper``: IO
-    binding, the states stay in ORT buffers between steps) and, in its own column, as a plain
-    ``sess.run`` with NumPy states. Folding time into the batch multiplies the working set by T; on small
+    model's time / T. Folding time into the batch multiplies the working set by T; on small
     models whose ANN is cache-bound this costs more than the extra arithmetic, and the
     streaming schedule (working set N) is the faster choice.
 All sessions use the same ORT settings (default graph optimisations, intra-op threads = cores).
@@ -31,7 +29,6 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import interleaved_medians, session, step_feeds  # noqa: E402
-from snncc.simulate import StreamStepper  # noqa: E402
 
 
 def prepare(name: str, tmp: Path) -> tuple[Path, tuple[int, ...]]:
@@ -67,26 +64,19 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
     stream = session(out["streaming"], True, threads)
     stream_plain = session(out["streaming"], True, threads, blocked=False)
     feeds = step_feeds(stream, x)
-    # one mid-window step as snncc run takes it (StreamStepper: IO binding, states kept in ORT
-    # buffers between steps), and as a plain sess.run with NumPy states
-    stepper, stepper_plain = (
-        StreamStepper(s, feeds, {k: v for k, v in feeds.items() if k.startswith("state_in/")},
-                      [o.name for o in s.get_outputs()]) for s in (stream, stream_plain))
     t = interleaved_medians({
         "ann": lambda: ann.run(None, {in_name: x}),
         "snn": lambda: snn.run(None, {in_name: x}),
         "snn_plain": lambda: snn_plain.run(None, {in_name: x}),
         "fallback": lambda: fallback.run(None, {in_name: x}),
-        "step": lambda: stepper.step(1),
-        "step_run": lambda: stream.run(None, feeds),
-        "step_plain": lambda: stepper_plain.step(1)}, repeat)
+        "step": lambda: stream.run(None, feeds),
+        "step_plain": lambda: stream_plain.run(None, feeds)}, repeat)
     t_ann, t_snn, t_fb, t_step = t["ann"], t["snn"], t["fallback"], t["step"]
     t_snn_plain, t_step_plain = t["snn_plain"], t["step_plain"]
     return {"model": name, "T": T, "neuron": neuron, "batch": batch,
             "ann_ms_per_img": 1e3 * t_ann / batch, "snn_ms_per_img": 1e3 * t_snn / batch,
             "snn_over_T_ann": t_snn / (T * t_ann), "fallback_over_kernels": t_fb / t_snn,
             "stream_step_over_folded_per_step": t_step / (t_snn / T),
-            "run_step_over_folded_per_step": t["step_run"] / (t_snn / T),
             "stream_T_steps_over_T_ann": t_step / t_ann,
             "plain_snn_over_T_ann": t_snn_plain / (T * t_ann),
             "plain_stream_step_over_folded_per_step": t_step_plain / (t_snn_plain / T)}
@@ -106,9 +96,9 @@ def main() -> None:
     print(f"threads={args.threads or 'default'} T={args.T} neuron={args.neuron} batch={args.batch} cores={len(os.sched_getaffinity(0))}"
           f" onnxruntime={ort.__version__}\n")
     print("| model | batch | ANN ms/img | SNN ms/img | SNN/(T*ANN) | streaming T steps/(T*ANN) "
-          "| fallback/kernels | stream step/(folded/T) | same, sess.run step | "
-          "plain layout: SNN/(T*ANN) | plain layout: stream step/(folded/T) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| fallback/kernels | stream step/(folded/T) | plain layout: SNN/(T*ANN) | "
+          "plain layout: stream step/(folded/T) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as d:
         for name in args.models.split(","):
             for batch in (int(b) for b in str(args.batch).split(",")):
@@ -117,7 +107,6 @@ def main() -> None:
                       f" | {r['snn_over_T_ann']:.2f} | {r['stream_T_steps_over_T_ann']:.2f} | "
                       f"{r['fallback_over_kernels']:.2f} | "
                       f"{r['stream_step_over_folded_per_step']:.2f} | "
-                      f"{r['run_step_over_folded_per_step']:.2f} | "
                       f"{r['plain_snn_over_T_ann']:.2f} | "
                       f"{r['plain_stream_step_over_folded_per_step']:.2f} |", flush=True)
 

@@ -231,60 +231,21 @@ def _fixed_batch(proto: onnx.ModelProto, names: list[str]) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-class StreamStepper:
-    """One step of the streaming protocol at a time, through ORT's IO binding: each step's state
-    outputs go into preallocated buffers that the next step reads as its state inputs (two sets,
-    two bindings made once, used in turn), so no state is copied into or out of Python and
-    nothing is rebound per step but the step number (bench/runtime.py compares it with a plain
-    ``sess.run`` with NumPy states)."""
-
-    def __init__(self, sess: ort.InferenceSession, feeds: dict[str, np.ndarray],
-                 states: dict[str, np.ndarray], out_names: list[str]) -> None:
-        self.sess = sess
-        self.step_value = np.zeros((), dtype=np.int64)  # the bindings read it in place
-        step = ort.OrtValue.ortvalue_from_numpy(self.step_value)
-        names = [k[len("state_in/"):] for k in states]
-        sets = [{n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(states["state_in/" + n]))
-                 for n in names},
-                {n: ort.OrtValue.ortvalue_from_numpy(np.empty_like(states["state_in/" + n]))
-                 for n in names}]
-        self.others = [o for o in out_names if not o.startswith("state_out/")]
-        self.bindings = []
-        for now, nxt in ((sets[0], sets[1]), (sets[1], sets[0])):
-            bind = sess.io_binding()
-            for k, v in feeds.items():
-                if not k.startswith("state_in/") and k != "step":
-                    bind.bind_cpu_input(k, np.ascontiguousarray(v))
-            bind.bind_ortvalue_input("step", step)
-            for n in names:
-                bind.bind_ortvalue_input("state_in/" + n, now[n])
-                bind.bind_ortvalue_output("state_out/" + n, nxt[n])
-            for o in self.others:
-                bind.bind_output(o)
-            self.bindings.append(bind)
-        self.skip, self.turn = len(names), 0
-
-    def step(self, g: int) -> dict[str, np.ndarray]:
-        """Run global step ``g``; returns the outputs other than the states."""
-        self.step_value[()] = g
-        bind = self.bindings[self.turn]
-        self.sess.run_with_iobinding(bind)
-        self.turn ^= 1
-        outs = bind.get_outputs()[self.skip:]  # in binding order: the states first
-        return {o: v.numpy() for o, v in zip(self.others, outs)}
-
-
 def _run_streaming(sess: ort.InferenceSession, proto: onnx.ModelProto, meta: dict[str, str],
                    feeds: dict[str, np.ndarray], out_names: list[str], wanted: list[str],
                    count: Callable[[dict[str, np.ndarray]], None]) -> dict[str, np.ndarray]:
     """The step loop of the streaming protocol; returns the mean of the counted steps."""
     steps, decode_from = int(meta["snncc.steps"]), int(meta["snncc.decode_from"])
     batch = len(next(iter(feeds.values())))
-    stepper = StreamStepper(sess, feeds, _zero_states(proto, batch), out_names)
+    feeds = {**feeds, **_zero_states(proto, batch)}
     sums: dict[str, np.ndarray] = {}
     for g in range(steps):
-        values = stepper.step(g)
+        feeds["step"] = np.array(g, dtype=np.int64)
+        values = dict(zip(out_names, sess.run(out_names, feeds)))
         count(values)
+        for k in list(feeds):
+            if k.startswith("state_in/"):
+                feeds[k] = values["state_out/" + k[len("state_in/"):]]
         if g >= decode_from:
             for k in wanted:
                 sums[k] = values[k] if k not in sums else sums[k] + values[k]
