@@ -8,8 +8,6 @@
 // added in slice order); per output position and slice, y_t = x_t at the first position of the
 // window, in row-major order and skipping padding, where c_t is largest (ORT's MaxPool indices:
 // strict >). channel_block = B > 1: x and y are ORT's NCHWc tensors (blocks of B channels).
-#include <limits>
-
 #include "neuron_common.h"
 
 namespace snncc {
