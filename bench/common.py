@@ -4,12 +4,14 @@ interleaved timing.
 Sessions: ``threads`` intra-op threads (0: one per core), one inter-op thread, no spinning
 (every session owns a thread pool whose workers spin after a run; with several sessions measured
 round-robin that spinning steals the cores from the next one), the kernel library when
-``library``. Timing: one warm-up call each, then ``rounds`` rounds calling every variant in turn,
-so background load on a shared machine hits every variant alike and ratios within one run stay
-meaningful.
+``library``. Timing: one warm-up call each, then ``rounds`` rounds calling every variant once,
+in an order shuffled every round (seeded): background load on a shared machine hits every
+variant alike, ratios within one run stay meaningful, and no variant always runs after the same
+one (a variant that sweeps much memory leaves the caches cold for whatever follows it).
 """
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from pathlib import Path
@@ -78,14 +80,17 @@ def step_feeds(sess: ort.InferenceSession, x: np.ndarray) -> dict[str, np.ndarra
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Per-round seconds of each callable, measured round-robin after one warm-up call each."""
+    """Per-round seconds of each callable: one warm-up call each, then ``rounds`` rounds of one
+    call each, in a freshly shuffled order every round."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    order, rng = list(fns), random.Random(0)
     for _ in range(rounds):
-        for k, fn in fns.items():
+        rng.shuffle(order)
+        for k in order:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - t0)
     return times
 
