@@ -27,7 +27,7 @@ from snncc.neurons.common import binary_events
 from snncc.passes.insert_neurons import spec_for_op
 
 __all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "summed_events",
-           "node_attrs", "data_inputs"]
+           "node_attrs", "data_inputs", "StreamStepper", "in_place_states"]
 
 
 @dataclass
@@ -231,21 +231,92 @@ def _fixed_batch(proto: onnx.ModelProto, names: list[str]) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+class StreamStepper:
+    """The streaming protocol's step loop through ORT's IO binding, each state updated in place.
+
+    ``state_out/X`` is bound to the very buffer bound as ``state_in/X``: the op that writes it is
+    the only reader of ``state_in/X`` and reads each element before writing it (every neuron
+    kernel works chunk by chunk, state in, then state out; the spike gate's running sum is an
+    elementwise Add). A state written in place needs no fresh output buffer per step, its lines
+    are still in cache when they are written, and nothing passes through NumPy. A state whose
+    ``state_in`` has any other reader gets ORT's own output buffer, passed on to the next step.
+    Data inputs are bound once; only the step number changes, in place."""
+
+    def __init__(self, sess: ort.InferenceSession, proto: onnx.ModelProto,
+                 inputs: Mapping[str, np.ndarray], out_names: list[str]) -> None:
+        self.sess = sess
+        self.binding = sess.io_binding()
+        batch = len(next(iter(inputs.values())))
+        self._keep = {k: np.ascontiguousarray(v) for k, v in inputs.items()}  # bound memory
+        for k, v in self._keep.items():
+            self.binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v))
+        self.step_value = np.zeros((), dtype=np.int64)  # the binding reads it in place
+        self._keep["step"] = self.step_value
+        self.binding.bind_ortvalue_input("step", ort.OrtValue.ortvalue_from_numpy(self.step_value))
+        in_place = in_place_states(proto)
+        self.order: list[str] = []  # output names in binding order (that of get_outputs())
+        self.passed: list[str] = []  # states that go through ORT's output buffers
+        for k, v in _zero_states(proto, batch).items():
+            name = k[len("state_in/"):]
+            value = ort.OrtValue.ortvalue_from_numpy(v)
+            self._keep[k] = v
+            self.binding.bind_ortvalue_input(k, value)
+            if name in in_place:
+                self.binding.bind_ortvalue_output("state_out/" + name, value)
+            else:
+                self.binding.bind_output("state_out/" + name)
+                self.passed.append(name)
+            self.order.append("state_out/" + name)
+        self.others = [o for o in out_names if not o.startswith("state_out/")]
+        for o in self.others:
+            self.binding.bind_output(o)
+        self.order += self.others
+        self.buffers: dict[str, np.ndarray] = {}  # the other outputs' own arrays, after step one
+
+    def step(self, g: int) -> dict[str, np.ndarray]:
+        """Run global step ``g``; returns copies of the outputs other than the states."""
+        self.step_value[()] = g
+        self.sess.run_with_iobinding(self.binding)
+        if self.buffers and not self.passed:
+            return {o: buf.copy() for o, buf in self.buffers.items()}
+        outs = dict(zip(self.order, self.binding.get_outputs()))
+        for name in self.passed:  # this step's state in, a fresh buffer for the next one's
+            self.binding.bind_ortvalue_input("state_in/" + name, outs["state_out/" + name])
+            self.binding.bind_output("state_out/" + name)
+        if not self.buffers:  # shapes known now: later steps write into arrays of our own
+            for o in self.others:
+                self.buffers[o] = np.array(outs[o].numpy())
+                self._keep[o] = self.buffers[o]
+                self.binding.bind_ortvalue_output(o, ort.OrtValue.ortvalue_from_numpy(self.buffers[o]))
+        return {o: buf.copy() for o, buf in self.buffers.items()}
+
+
+def in_place_states(proto: onnx.ModelProto) -> set[str]:
+    """States ``X`` whose ``state_in/X`` has one reader, the node that writes ``state_out/X``."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in proto.graph.node:
+        for name in set(node.input):
+            readers.setdefault(name, []).append(node)
+    out = set()
+    for inp in proto.graph.input:
+        if inp.name.startswith("state_in/"):
+            name = inp.name[len("state_in/"):]
+            nodes = readers.get(inp.name, [])
+            if len(nodes) == 1 and "state_out/" + name in nodes[0].output:
+                out.add(name)
+    return out
+
+
 def _run_streaming(sess: ort.InferenceSession, proto: onnx.ModelProto, meta: dict[str, str],
                    feeds: dict[str, np.ndarray], out_names: list[str], wanted: list[str],
                    count: Callable[[dict[str, np.ndarray]], None]) -> dict[str, np.ndarray]:
     """The step loop of the streaming protocol; returns the mean of the counted steps."""
     steps, decode_from = int(meta["snncc.steps"]), int(meta["snncc.decode_from"])
-    batch = len(next(iter(feeds.values())))
-    feeds = {**feeds, **_zero_states(proto, batch)}
+    stepper = StreamStepper(sess, proto, feeds, out_names)
     sums: dict[str, np.ndarray] = {}
     for g in range(steps):
-        feeds["step"] = np.array(g, dtype=np.int64)
-        values = dict(zip(out_names, sess.run(out_names, feeds)))
+        values = stepper.step(g)
         count(values)
-        for k in list(feeds):
-            if k.startswith("state_in/"):
-                feeds[k] = values["state_out/" + k[len("state_in/"):]]
         if g >= decode_from:
             for k in wanted:
                 sums[k] = values[k] if k not in sums else sums[k] + values[k]
