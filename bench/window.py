@@ -12,7 +12,7 @@ off, medians), so that background load on a shared machine hits every variant al
 * ``qann`` (a variant name): the L = 2^T - 1 quantized ANN (standard ops), the floor for a
   standard-op window decode;
 * ``<variant>@K``: the same model, the batch run as consecutive calls of at most K images
-  (tiling the batch keeps the ``[T*K, ...]`` working set in cache);
+  (tiling the batch keeps the ``[T*K, ...]`` working set in cache); ``ann@K`` tiles the ANN;
 * ``<variant>:plain``: the same model with ORT's own layout handling, which wraps every neuron
   in a reorder out of and back into its blocked (NCHWc) layout; without ``:plain`` the neurons
   run inside the blocked layout (``snncc.runtime.layout``, the default of ``snncc run``).
@@ -90,7 +90,7 @@ def compile_variants(net: str, T: int, variants: list[str], tmp: Path, files: tu
     model, calib, _, method = files
     extra = {"calib_method": method} if method else {}
     out = {}
-    for v in {_base(v) for v in variants}:
+    for v in {_base(v) for v in variants} - {"ann"}:  # ann@K: the source ANN, tiled
         path = tmp / f"{net}_{v.replace('/', '_')}_T{T}.onnx"
         if v == "qann":  # the L = 2^T - 1 quantized ANN bit-serial reproduces (standard ops)
             opts = make_options(target="qann", levels=2 ** T - 1, calib_path=str(calib), **extra)

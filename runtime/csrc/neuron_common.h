@@ -35,6 +35,7 @@ using OptionalStep = std::optional<const Tensor<int64_t>*>;
 using OptionalOutput = std::optional<Tensor<float>*>;
 
 constexpr int64_t kChunk = 1024;  // elements per parallel work item (fits the local arrays in L1)
+constexpr int64_t kShortRun = 64;  // runs of one channel shorter than this take per-element constants
 
 // ---------------------------------------------------------------------------------------------
 // Attributes
@@ -303,6 +304,15 @@ inline void Call::FillPerChannel(int64_t begin, int64_t len, const float* table,
         out[e - begin] = base[lane];
         lane = lane + 1 == block ? 0 : lane + 1;
       }
+    }
+    return;
+  }
+  if (inner == 1) {  // [N, C] (a dense layer): the table itself repeats along the slice
+    while (e < end) {
+      const int64_t c = e % C;
+      const int64_t n = std::min(end - e, C - c);
+      std::copy_n(table + c, n, out + (e - begin));
+      e += n;
     }
     return;
   }

@@ -297,7 +297,8 @@ def test_folded_matches_reference(case, T, const_input, per_channel, ties):
     check_against_references(case, attrs, x, y, state)
 
 
-@pytest.mark.parametrize("shape", [(6, 5), (3, 2, 7), (3, 4, 40, 40)], ids=["rank2", "rank3", "multichunk"])
+@pytest.mark.parametrize("shape", [(6, 5), (3, 2, 7), (3, 4, 40, 40), (2499, 7)],
+                         ids=["rank2", "rank3", "multichunk", "rank2-multichunk"])
 @pytest.mark.parametrize("case", CASES[:1] + CASES[3:4] + CASES[5:6], ids=["if", "gn", "mt-cascade"])
 def test_any_rank_and_chunking(case, shape):
     rng = np.random.default_rng(7)
@@ -384,6 +385,26 @@ def test_bitserial_decoded_writes_the_window_mean(T, const_input, per_channel):
     events = NEURONS["bitserial"].events(y, dec_attrs)
     np.testing.assert_array_equal(events, (slices != 0).reshape((T, 2) + x.shape[1:]).sum(axis=0))
     assert events.sum() > 0
+
+
+@pytest.mark.parametrize("const_input", [0, 1])
+def test_bitserial_decoded_dense_layer_per_channel(const_input):
+    """A dense layer's [N, C] input (runs of one channel are one element long) with one theta
+    per channel, over several parallel work items that start mid-row: the NumPy reference."""
+    from snncc.neurons import NEURONS
+
+    rng = np.random.default_rng(11)
+    T, C = 4, 7
+    theta = [float(t) for t in rng.uniform(0.5, 2.0, size=C).astype(F32)]
+    n = 2400 if const_input else 4 * 2400
+    x = rng.normal(0.5, 1.0, size=(n, C)).astype(F32)
+    attrs = {"T": T, "const_input": const_input, "theta": theta, "bits": 0, "v_init": 0.5,
+             "decoded": 1}
+    y, state = kernel_session(neuron_model("BitSerialNeuron", attrs)).run(None, {"x": x})
+    want_y, want_state = NEURONS["bitserial"].reference(x, dict(attrs))
+    assert y.shape == (2400, C) and np.count_nonzero(y) > 0
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(state, want_state)
 
 
 def test_bitserial_decoded_refuses_streaming():

@@ -99,7 +99,9 @@ struct BitSerialNeuron {
         for (int64_t j = 0; j < n; ++j) y[j] = acc[j] * u(j);
         if (q_out) std::copy_n(acc, n, q_out + e);
       };
-      if (call.block > 1 && n_theta > 1) {  // NCHWc: the channels cycle within a run
+      // NCHWc (the channels cycle within a run) or short runs of one channel (a dense layer's
+      // [N, C]: runs of one element): constants per element
+      if (n_theta > 1 && (call.block > 1 || call.inner < kShortRun)) {
         for (int64_t e = begin; e < end; e += kChunk) {
           const int64_t n = std::min(end - e, kChunk);
           call.FillPerChannel(e, n, unit.data(), cu);
