@@ -41,6 +41,7 @@ from onnx import TensorProto, helper
 
 from snncc.runtime import DOMAIN, session_options
 from snncc.runtime.gates import fuse_gates, wiring
+from snncc.runtime.pools import fuse_avg_pools
 
 __all__ = ["block_size", "blocked_model", "session"]
 
@@ -216,7 +217,10 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
 def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions | None = None,
             *, blocked: bool = True, **kwargs: Any) -> ort.InferenceSession:
     """An ORT session of a compiled model with the kernel library registered. ``blocked`` (the
-    default) runs each spike gate as one kernel (:func:`~snncc.runtime.gates.fuse_gates`) and the
+    default) runs each spike gate as one kernel (:func:`~snncc.runtime.gates.fuse_gates`), the
+    neurons in ORT's blocked layout where that removes reorders (:func:`blocked_model`), and
+    there each window-decoded bit-serial neuron with the AveragePool after it as one kernel
+    (:func:`~snncc.runtime.pools.fuse_avg_pools`); the
     neurons in ORT's blocked layout where that removes reorders (:func:`blocked_model`);
     bit-identical outputs. ``so`` (default :func:`session_options`; it
     must have the kernel library registered) and ``kwargs`` go to ORT as given; ``so`` is left as
@@ -227,13 +231,16 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     if blocked and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
         try:
             proto = model if src is None else onnx.load(src)
-            moved = gates = 0
+            moved = gates = pools = 0
             if proto.ByteSize() <= _PROTO_LIMIT:
                 proto, gates = fuse_gates(proto)
                 proto, moved = blocked_model(proto, so, **kwargs)
-            if moved or gates:
+                if moved:
+                    proto, pools = fuse_avg_pools(proto)
+            if moved or gates or pools:
                 logger.debug("layout: %d neuron(s) in the NCHWc layout (block %d), %d spike "
-                             "gate(s) as one kernel", moved, block_size(), gates)
+                             "gate(s) and %d neuron + average pool pair(s) as one kernel",
+                             moved, block_size(), gates, pools)
             if moved:  # already optimised by ORT, for this machine
                 with _options(so, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
                     return ort.InferenceSession(proto.SerializeToString(), so, **kwargs)

@@ -20,7 +20,7 @@
 
 // Runtime ops: not emitted by the compiler; snncc.runtime.layout substitutes them on the machine
 // that runs a model (snncc/runtime/__init__.py RUNTIME_OP_NAMES lists the same names).
-#define SNNCC_RUNTIME_OPS(X) X(SpikeGateMaxPool)
+#define SNNCC_RUNTIME_OPS(X) X(SpikeGateMaxPool) X(BitSerialAveragePool)
 
 namespace snncc {
 #define SNNCC_DECLARE_FACTORY(Op) Ort::Custom::OrtLiteCustomOp* Make##Op();
