@@ -220,9 +220,7 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     default) runs each spike gate as one kernel (:func:`~snncc.runtime.gates.fuse_gates`), the
     neurons in ORT's blocked layout where that removes reorders (:func:`blocked_model`), and
     there each window-decoded bit-serial neuron with the AveragePool after it as one kernel
-    (:func:`~snncc.runtime.pools.fuse_avg_pools`); the
-    neurons in ORT's blocked layout where that removes reorders (:func:`blocked_model`);
-    bit-identical outputs. ``so`` (default :func:`session_options`; it
+    (:func:`~snncc.runtime.pools.fuse_avg_pools`); bit-identical outputs. ``so`` (default :func:`session_options`; it
     must have the kernel library registered) and ``kwargs`` go to ORT as given; ``so`` is left as
     it was. A model that protobuf cannot serialise (over 2 GB) keeps ORT's own layout."""
     so = so if so is not None else session_options()

@@ -234,10 +234,10 @@ def _fixed_batch(proto: onnx.ModelProto, names: list[str]) -> int | None:
 class StreamStepper:
     """The streaming protocol's step loop through ORT's IO binding, each state updated in place.
 
-    ``state_out/X`` is bound to the very buffer bound as ``state_in/X``: the op that writes it is
-    the only reader of ``state_in/X`` and reads each element before writing it (every neuron
-    kernel works chunk by chunk, state in, then state out; the spike gate's running sum is an
-    elementwise Add). A state written in place needs no fresh output buffer per step, its lines
+    ``state_out/X`` is bound to the very buffer bound as ``state_in/X`` when the op that writes it
+    is the only reader of ``state_in/X`` and is known to read each element before writing it
+    (:func:`in_place_states`: every neuron kernel works chunk by chunk, state in, then state out;
+    the spike gate's running sum is an elementwise Add). A state written in place needs no fresh output buffer per step, its lines
     are still in cache when they are written, and nothing passes through NumPy. A state whose
     ``state_in`` has any other reader gets ORT's own output buffer, passed on to the next step.
     Data inputs are bound once; only the step number changes, in place."""
@@ -292,18 +292,43 @@ class StreamStepper:
 
 
 def in_place_states(proto: onnx.ModelProto) -> set[str]:
-    """States ``X`` whose ``state_in/X`` has one reader, the node that writes ``state_out/X``."""
+    """States ``X`` that may be written into the buffer they are read from: ``state_in/X`` has
+    exactly one reader, it writes ``state_out/X``, and it is an op known to read each element
+    before writing it: one of our neuron kernels (state at input 1, output 1) or an elementwise
+    Add of two same-shape tensors (the gate's running sum; the schedule declares both with the
+    MaxPool input's shape). Nothing else: an op such as Gemm may write its output before it has
+    read all of its input. A state read inside a subgraph or also fetched as a graph output is
+    never written in place."""
+    from snncc.runtime.layout import _subgraph_names
+
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in proto.graph.node:
         for name in set(node.input):
             readers.setdefault(name, []).append(node)
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
+                       for d in v.type.tensor_type.shape.dim]
+              for v in list(proto.graph.input) + list(proto.graph.output)
+              + list(proto.graph.value_info) if v.type.tensor_type.HasField("shape")}
+    hidden = _subgraph_names(proto.graph) | {o.name for o in proto.graph.output}
     out = set()
     for inp in proto.graph.input:
-        if inp.name.startswith("state_in/"):
-            name = inp.name[len("state_in/"):]
-            nodes = readers.get(inp.name, [])
-            if len(nodes) == 1 and "state_out/" + name in nodes[0].output:
-                out.add(name)
+        if not inp.name.startswith("state_in/") or inp.name in hidden:
+            continue
+        name = inp.name[len("state_in/"):]
+        nodes = readers.get(inp.name, [])
+        if len(nodes) != 1:
+            continue
+        node = nodes[0]
+        if node.domain == SNN_DOMAIN:
+            ok = (len(node.input) == 3 and node.input[1] == inp.name and len(node.output) == 2
+                  and node.output[1] == "state_out/" + name)
+        else:
+            ok = (node.op_type == "Add" and node.domain in ("", "ai.onnx") and len(node.input) == 2
+                  and list(node.output) == ["state_out/" + name]
+                  and shapes.get(node.input[0]) is not None
+                  and shapes.get(node.input[0]) == shapes.get(node.input[1]))
+        if ok:
+            out.add(name)
     return out
 
 

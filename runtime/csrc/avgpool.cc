@@ -29,8 +29,11 @@ struct BitSerialAveragePool {
         kernel_(attrs.Ints("kernel_shape", {})),
         strides_(attrs.Ints("strides", {1, 1})),
         block_(attrs.Int("channel_block", 1)) {
+    // the BitSerialNeuron's own limits (bitserial.cc): B = bits or T, at most 16
     if (T_ < 1) attrs.Fail("attribute 'T' must be >= 1, got " + std::to_string(T_));
+    if (T_ > 16) attrs.Fail("attribute 'T' must be <= 16 (B = T bits), got " + std::to_string(T_));
     if (bits_ != 0 && bits_ != T_) attrs.Fail("attribute 'bits' must be 0 or T");
+    if (const_input_ != 0 && const_input_ != 1) attrs.Fail("attribute 'const_input' must be 0 or 1");
     if (theta_.empty()) attrs.Fail("attribute 'theta' must not be empty");
     for (float t : theta_) if (!(t > 0.0f)) attrs.Fail("attribute 'theta' must be > 0");
     if (kernel_.size() != 2 || strides_.size() != 2) attrs.Fail("a 2-D pool needs kernel_shape[2] and strides[2]");

@@ -138,6 +138,10 @@ def test_kernel_refuses_bad_input():
         _kernel(neuron, POOLS["2x2s2"]).run(None, {"x": np.zeros((4, 3, 4, 4), F32)})
     with pytest.raises(Exception, match="does not fit"):
         _kernel(neuron, POOLS["3x3s1"]).run(None, {"x": np.zeros((4, 2, 2, 4), F32)})
+    for bad, match in (({"T": 17}, "must be <= 16"), ({"T": 4, "bits": 3}, "'bits' must be 0 or T"),
+                       ({"T": 4, "const_input": 2}, "'const_input' must be 0 or 1")):
+        with pytest.raises(Exception, match=match):
+            _kernel({**neuron, **bad}, POOLS["2x2s2"])
 
 
 @pytest.mark.skipif(layout.block_size() <= 1, reason="ORT uses no blocked layout on this machine")

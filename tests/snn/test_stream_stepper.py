@@ -76,3 +76,48 @@ def test_a_state_read_elsewhere_is_not_written_in_place():
     kept, stepper = assert_stepper_equals_plain(probed, feeds(model, batch=4), 6, False)
     assert stepper.passed == [name[len("state_in/"):]]
     assert any(np.any(k["probe"]) for k in kept)  # the probe saw nonzero membranes
+
+
+@pytest.mark.requires_runtime
+def test_an_op_that_may_write_before_reading_keeps_its_state_out_of_place():
+    """state_out = Gemm(state_in, W, C=x): ORT's Gemm copies C into its output before reading A,
+    so the state cannot share a buffer; the stepper still equals the plain loop."""
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [0.0, 1.0, 1.0, 0.0])
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["state_in/s", "w", "x"], ["state_out/s"]),
+         helper.make_node("Identity", ["state_out/s"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("state_in/s", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("step", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("state_out/s", TensorProto.FLOAT, [1, 2])], [w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert in_place_states(proto) == set()
+    x = {"x": np.array([[1.0, 2.0]], np.float32)}
+    kept, stepper = assert_stepper_equals_plain(proto, x, 4, False)
+    assert stepper.passed == ["s"] and kept[-1]["y"].tolist() != kept[0]["y"].tolist()
+
+
+@pytest.mark.requires_runtime
+@pytest.mark.parametrize("neuron", ["if", "bitserial", "srp"])
+def test_blocked_layout_states_in_place(neuron, tmp_path):
+    """The bundled MNIST CNN (16-channel maps: its neurons and their states move into ORT's
+    blocked layout), streaming: the stepper in the blocked session equals the plain loop."""
+    from pathlib import Path
+
+    from snncc.driver import compile_model, make_options
+    from snncc.runtime import layout
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    out = tmp_path / "m.onnx"
+    compile_model(str(examples / "mnist_cnn.onnx"), out,
+                  make_options(target="ort", timesteps=4, neuron=neuron, schedule="streaming",
+                               calib_path=str(examples / "mnist_calib.npz"), fidelity_samples=0))
+    proto = onnx.load(str(out))
+    if layout.block_size() > 1:
+        assert layout.blocked_model(proto)[1] > 0
+    x = {proto.graph.input[0].name: np.load(examples / "mnist_test.npz")["x"][:6].astype(np.float32)}
+    steps = int({p.key: p.value for p in proto.metadata_props}["snncc.steps"])
+    assert_stepper_equals_plain(proto, x, steps, True)
