@@ -7,9 +7,9 @@ For each model (the bundled MNIST CNN and the exported ResNet-18/34):
   * the streaming one-step model: T steps against T x the ANN, and one step against the folded
     model's time / T; a step as ``snncc run`` takes it (``snncc.simulate.StreamStepper``: IO
     binding, every state written in place) and, in its own column, as a plain ``sess.run`` with
-    NumPy states (the protocol as written). Folding time into the batch multiplies the working set by T; on small
-    models whose ANN is cache-bound this costs more than the extra arithmetic, and the
-    streaming schedule (working set N) is the faster choice.
+    NumPy states (the protocol as written). Folding time into the batch multiplies the working
+    set by T; on small models whose ANN is cache-bound this costs more than the extra
+    arithmetic, and the streaming schedule (working set N) is the faster choice.
 All sessions use the same ORT settings (default graph optimisations, intra-op threads = cores).
 The SNN sessions run the neurons inside ORT's blocked layout (``snncc.runtime.layout``, as
 ``snncc run`` does); the last two columns repeat the ratios with ORT's plain handling of the
@@ -70,8 +70,9 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
     feeds = step_feeds(stream, x)
     # one mid-window step as snncc run takes it (states in place), and as a plain sess.run
     proto = onnx.load(str(out["streaming"]))
-    stepper, stepper_plain = (StreamStepper(s, proto, {in_name: x}, [o.name for o in s.get_outputs()])
-                              for s in (stream, stream_plain))
+    stepper, stepper_plain = (
+        StreamStepper(s, proto, {in_name: x}, [o.name for o in s.get_outputs()])
+        for s in (stream, stream_plain))
     t = interleaved_medians({
         "ann": lambda: ann.run(None, {in_name: x}),
         "snn": lambda: snn.run(None, {in_name: x}),

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from snncc.runtime import DOMAIN
 
-__all__ = ["fuse_gates", "wiring"]
+__all__ = ["fuse_gates", "subgraph_reads", "wiring"]
 
 
 def wiring(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto],
@@ -31,6 +31,17 @@ def wiring(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto],
         for i in n.input:
             readers.setdefault(i, []).append(n)
     return producer, readers, {o.name for o in graph.output}
+
+
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name the subgraphs of ``graph``'s nodes (If, Loop, Scan bodies) read."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names.update(i for n in sub.node for i in n.input)
+                names |= subgraph_reads(sub)
+    return names
 
 
 def _const(graph: onnx.GraphProto, name: str) -> np.ndarray | None:

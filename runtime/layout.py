@@ -40,7 +40,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from snncc.runtime import DOMAIN, session_options
-from snncc.runtime.gates import fuse_gates, wiring
+from snncc.runtime.gates import fuse_gates, subgraph_reads, wiring
 from snncc.runtime.pools import fuse_avg_pools
 
 __all__ = ["block_size", "blocked_model", "session"]
@@ -119,17 +119,6 @@ def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
-def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name the subgraphs of ``graph``'s nodes (If, Loop, Scan bodies) read."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                names.update(i for n in sub.node for i in n.input)
-                names |= _subgraph_names(sub)
-    return names
-
-
 def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
                   **kwargs: Any) -> tuple[onnx.ModelProto, int]:
     """(ORT-optimised model with neurons in the blocked layout, neurons moved). ORT optimises
@@ -141,7 +130,7 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
         return model, 0
     opt = _optimized(model, so if so is not None else session_options(), **kwargs)
     graph = opt.graph
-    read_in_subgraphs = _subgraph_names(graph)
+    read_in_subgraphs = subgraph_reads(graph)
     producer, consumers, graph_outputs = wiring(graph)
     drop: set[int] = set()
     rename: dict[str, str] = {}
@@ -220,9 +209,9 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     default) runs each spike gate as one kernel (:func:`~snncc.runtime.gates.fuse_gates`), the
     neurons in ORT's blocked layout where that removes reorders (:func:`blocked_model`), and
     there each window-decoded bit-serial neuron with the AveragePool after it as one kernel
-    (:func:`~snncc.runtime.pools.fuse_avg_pools`); bit-identical outputs. ``so`` (default :func:`session_options`; it
-    must have the kernel library registered) and ``kwargs`` go to ORT as given; ``so`` is left as
-    it was. A model that protobuf cannot serialise (over 2 GB) keeps ORT's own layout."""
+    (:func:`~snncc.runtime.pools.fuse_avg_pools`); bit-identical outputs. ``so`` (default
+    :func:`session_options`; it must have the kernel library registered) and ``kwargs`` go to
+    ORT as given; ``so`` is left as it was. A model that protobuf cannot serialise (over 2 GB) keeps ORT's own layout."""
     so = so if so is not None else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
     src: str | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)

@@ -237,10 +237,11 @@ class StreamStepper:
     ``state_out/X`` is bound to the very buffer bound as ``state_in/X`` when the op that writes it
     is the only reader of ``state_in/X`` and is known to read each element before writing it
     (:func:`in_place_states`: every neuron kernel works chunk by chunk, state in, then state out;
-    the spike gate's running sum is an elementwise Add). A state written in place needs no fresh output buffer per step, its lines
-    are still in cache when they are written, and nothing passes through NumPy. A state whose
-    ``state_in`` has any other reader gets ORT's own output buffer, passed on to the next step.
-    Data inputs are bound once; only the step number changes, in place."""
+    the spike gate's running sum is an elementwise Add). A state written in place needs no fresh
+    output buffer per step, its lines are still in cache when they are written, and nothing
+    passes through NumPy. Every other state gets ORT's own output buffer, a fresh one per step,
+    passed on to the next step. Data inputs are bound once; only the step number changes, in
+    place."""
 
     def __init__(self, sess: ort.InferenceSession, proto: onnx.ModelProto,
                  inputs: Mapping[str, np.ndarray], out_names: list[str]) -> None:
@@ -287,7 +288,8 @@ class StreamStepper:
             for o in self.others:
                 self.buffers[o] = np.array(outs[o].numpy())
                 self._keep[o] = self.buffers[o]
-                self.binding.bind_ortvalue_output(o, ort.OrtValue.ortvalue_from_numpy(self.buffers[o]))
+                self.binding.bind_ortvalue_output(
+                    o, ort.OrtValue.ortvalue_from_numpy(self.buffers[o]))
         return {o: buf.copy() for o, buf in self.buffers.items()}
 
 
@@ -299,7 +301,7 @@ def in_place_states(proto: onnx.ModelProto) -> set[str]:
     MaxPool input's shape). Nothing else: an op such as Gemm may write its output before it has
     read all of its input. A state read inside a subgraph or also fetched as a graph output is
     never written in place."""
-    from snncc.runtime.layout import _subgraph_names
+    from snncc.runtime.gates import subgraph_reads
 
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in proto.graph.node:
@@ -309,7 +311,7 @@ def in_place_states(proto: onnx.ModelProto) -> set[str]:
                        for d in v.type.tensor_type.shape.dim]
               for v in list(proto.graph.input) + list(proto.graph.output)
               + list(proto.graph.value_info) if v.type.tensor_type.HasField("shape")}
-    hidden = _subgraph_names(proto.graph) | {o.name for o in proto.graph.output}
+    hidden = subgraph_reads(proto.graph) | {o.name for o in proto.graph.output}
     out = set()
     for inp in proto.graph.input:
         if not inp.name.startswith("state_in/") or inp.name in hidden:
