@@ -135,6 +135,7 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
     drop: set[int] = set()
     rename: dict[str, str] = {}
     added: list[onnx.NodeProto] = []
+    moved_adds: set[int] = set()
     moved = 0
 
     def ours(n: onnx.NodeProto) -> bool:
@@ -144,17 +145,46 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
         return (len(consumers.get(name, [])) == 1 and name not in graph_outputs
                 and name not in read_in_subgraphs)
 
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
+                       for d in v.type.tensor_type.shape.dim]
+              for v in graph.value_info if v.type.tensor_type.HasField("shape")}
+
+    def nchwc_source(name: str) -> tuple[str, int] | None:
+        """(NCHWc tensor, channels) behind plain tensor ``name``: the input of the ReorderOutput
+        that makes it (ORT's, or one added for a moved neuron), channels a multiple of B."""
+        r = producer.get(name)
+        if (r is None or r.op_type != "ReorderOutput" or r.domain != _NCHWC
+                or _attr_int(r, "channels_last", 0) != 0 or _attr_int(r, "channels", 0) <= 0
+                or _attr_int(r, "channels", 0) % block != 0):
+            return None
+        return r.input[0], _attr_int(r, "channels", 0)
+
+    def blocked_add(n: onnx.NodeProto | None) -> list[tuple[str, int]] | None:
+        """The NCHWc sources of an elementwise Add of two plain tensors that both have one
+        (a residual block's sum: the conv branch and the shortcut), when both have the same
+        known 4-D shape: then the Add gives the same sums on the blocked tensors."""
+        if (n is None or n.op_type != "Add" or n.domain not in ("", "ai.onnx")
+                or len(n.input) != 2 or len(n.output) != 1):
+            return None
+        srcs = [nchwc_source(i) for i in n.input]
+        if any(x is None for x in srcs) or srcs[0][1] != srcs[1][1]:  # type: ignore[index]
+            return None
+        a, b = (shapes.get(i) for i in n.input)
+        if a is None or a != b or len(a) != 4 or any(d in (0, "") for d in a):
+            return None
+        return srcs  # type: ignore[return-value]
+
     chained: set[int] = set()
     for node in graph.node:
-        if not ours(node) or id(node) in chained:
+        if not ours(node) or id(node) in chained or not private(node.input[0]):
             continue
         before = producer.get(node.input[0])
-        if (before is None or before.op_type != "ReorderOutput" or before.domain != _NCHWC
-                or _attr_int(before, "channels_last", 0) != 0
-                or _attr_int(before, "channels", 0) <= 0
-                or _attr_int(before, "channels", 0) % block != 0
-                or not private(node.input[0])):
+        source = nchwc_source(node.input[0])
+        # a neuron after a residual Add: the Add moves into the blocked layout with it
+        add_sources = blocked_add(before) if source is None else None
+        if source is None and add_sources is None:
             continue
+        channels = (source or add_sources[0])[1]  # type: ignore[index]
         # a chain of our ops, each the only reader of the previous one's output (a neuron and
         # the spike gate after it): all move together
         chain = [node]
@@ -171,15 +201,22 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
             continue
         plain = last.output[0]
         if len(blocked) < len(after) or plain in graph_outputs or plain in read_in_subgraphs:
-            # NCHW readers remain (a fetched spike train, a Flatten...): one ReorderOutput serves
-            # them, in place of the ReorderOutput + ReorderInput pair around the neuron
+            # NCHW readers remain (a fetched spike train, a Flatten, the next residual Add...):
+            # one ReorderOutput serves them, in place of the ReorderOutput + ReorderInput pair
+            # around the neuron (dropped again below if a blocked Add takes its readers over)
             last.output[0] = f"{plain}/nchwc"
-            added.append(helper.make_node("ReorderOutput", [last.output[0]], [plain],
-                                          name=f"{last.name}/ReorderOutput", domain=_NCHWC,
-                                          channels=_attr_int(before, "channels", 0),
-                                          channels_last=0))
-        node.input[0] = before.input[0]
-        drop.add(id(before))
+            reorder = helper.make_node("ReorderOutput", [last.output[0]], [plain],
+                                       name=f"{last.name}/ReorderOutput", domain=_NCHWC,
+                                       channels=channels, channels_last=0)
+            added.append(reorder)
+            producer[plain] = reorder
+        if source is not None:
+            node.input[0] = source[0]
+            drop.add(id(before))
+        else:  # the Add reads the blocked tensors; ReorderOutputs left unread are dropped below
+            for k, (name, _) in enumerate(add_sources):  # type: ignore[arg-type]
+                before.input[k] = name  # type: ignore[union-attr]
+            moved_adds.add(id(before))
         for c in blocked:
             drop.add(id(c))
             rename[c.output[0]] = last.output[0]
@@ -198,6 +235,10 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
         for k, name in enumerate(n.input):
             if name in rename:
                 n.input[k] = rename[name]
+    if moved_adds:  # ReorderOutputs whose only reader was a residual Add now in NCHWc
+        read = {i for n in kept for i in n.input} | graph_outputs | read_in_subgraphs
+        kept = [n for n in kept if not (n.op_type == "ReorderOutput" and n.domain == _NCHWC
+                                        and n.output[0] not in read)]
     del graph.node[:]
     graph.node.extend(kept)
     return opt, moved

@@ -194,3 +194,64 @@ def test_orts_own_options_reach_the_rewrite(compiled):
                                    providers=["CPUExecutionProvider"], **off)
     np.testing.assert_array_equal(layout.session(model, **off).run(None, {"input": x})[0],
                                   ort_own.run(None, {"input": x})[0])
+
+
+@pytest.fixture(scope="module")
+def residual(tmp_path_factory):
+    """A tiny trained-shape-agnostic residual net with identity shortcuts (16-channel maps),
+    compiled folded (IF, MT) and streaming (IF): its block sums are Adds of a conv branch and
+    the previous block's neuron output, which ORT leaves in NCHW."""
+    import torch
+
+    from snncc.driver import compile_model, make_options
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(16, 16, 3, padding=1)
+            self.c2 = torch.nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.c2(torch.relu(self.c1(x))) + x)
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), Block(),
+                              Block(), torch.nn.Conv2d(16, 8, 1)).eval()
+    d = tmp_path_factory.mktemp("residual")
+    torch.onnx.export(net, torch.zeros(1, 3, 12, 12), str(d / "r.onnx"), input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    np.save(d / "c.npy", np.random.default_rng(0).random((32, 3, 12, 12), dtype=np.float32))
+    out = {}
+    for neuron, schedule in (("if", "folded"), ("mt", "folded"), ("if", "streaming")):
+        path = d / f"{neuron}_{schedule}.onnx"
+        compile_model(str(d / "r.onnx"), path, make_options(
+            target="ort", timesteps=4, neuron=neuron, schedule=schedule,
+            calib_path=str(d / "c.npy"), fidelity_samples=0))
+        out[neuron, schedule] = onnx.load(str(path))
+    return out
+
+
+@pytest.mark.skipif(layout.block_size() <= 1, reason="ORT uses no blocked layout on this machine")
+@pytest.mark.parametrize("neuron, schedule", [("if", "folded"), ("mt", "folded"), ("if", "streaming")])
+def test_residual_adds_move_with_their_neurons(residual, neuron, schedule):
+    """Each block's Add and the neuron after it run in the blocked layout: no reorder is left
+    inside the net, and the outputs (streaming: every step) equal ORT's own session."""
+    from snncc.simulate import StreamStepper
+
+    model = residual[neuron, schedule]
+    opt, moved = layout.blocked_model(model)
+    kinds = [n.op_type for n in opt.graph.node]
+    assert moved == 5 and kinds.count("Add") == 2
+    assert kinds.count("ReorderInput") == 0 and kinds.count("ReorderOutput") <= 1  # the output
+    x = np.random.default_rng(1).random((3, 3, 12, 12), dtype=np.float32)
+    inside, plain = layout.session(model), layout.session(model, blocked=False)
+    if schedule == "folded":
+        for a, b in zip(inside.run(None, {"x": x}), plain.run(None, {"x": x})):
+            np.testing.assert_array_equal(a, b)
+        return
+    steppers = [StreamStepper(s, model, {"x": x}, [o.name for o in s.get_outputs()])
+                for s in (inside, plain)]
+    for g in range(4):
+        a, b = (s.step(g) for s in steppers)
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"step {g}, {k}")
