@@ -16,7 +16,9 @@ hardware-specific (B and the reordered weights), so it is made on the machine th
 
 Our ops that follow one another (a neuron and the spike gate after it, which :func:`session`
 first makes one kernel, :mod:`snncc.runtime.gates`) move together, each the only reader of the
-one before. A neuron whose spike train is also read in NCHW (a graph output, as when spike
+one before. A neuron after a residual block's Add (the conv branch plus the previous block's
+spikes, which ORT keeps in NCHW because one input comes from our op) moves with that Add when
+both its inputs have a blocked source of the same shape: the Add then reads the blocked tensors. A neuron whose spike train is also read in NCHW (a graph output, as when spike
 counts are fetched, or a Flatten) moves too, with one ReorderOutput for those readers.
 Streaming neurons move too: their state tensors (``state_in/*``, ``state_out/*``, same shapes)
 then hold the membrane in the blocked order. The protocol only passes them from one step to the next of the
