@@ -33,14 +33,9 @@ struct SpikeGateMaxPool {
     if (block_ < 1) attrs.Fail("attribute 'channel_block' must be >= 1");
   }
 
-  // ORT's pooled size of one axis (onnxruntime pool_attributes.h ComputeOutputSize).
+  // ORT's pooled size of one axis
   int64_t Pooled(int64_t in, int64_t axis) const {
-    const int64_t span = (kernel_[axis] - 1) * dilations_[axis] + 1;
-    const int64_t room = in + pads_[axis] + pads_[axis + 2] - span;
-    if (ceil_ == 0) return room / strides_[axis] + 1;
-    int64_t out = (room + strides_[axis] - 1) / strides_[axis] + 1;
-    if ((out - 1) * strides_[axis] >= in + pads_[axis]) --out;
-    return out;
+    return PooledSize(in, kernel_[axis], strides_[axis], pads_[axis], pads_[axis + 2], dilations_[axis], ceil_ != 0);
   }
 
   Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& x, Tensor<float>& y) {

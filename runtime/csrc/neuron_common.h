@@ -398,6 +398,18 @@ void ForEachChunk(OrtKernelContext* context, int64_t E, Fn& fn, int64_t chunk = 
       static_cast<size_t>(chunks), 0, &job);
 }
 
+// ORT's pooled size of one axis (onnxruntime pool_attributes.h ComputeOutputSize): input size
+// `in`, kernel k, stride s, pads p0/p1, dilation d, ceil mode `ceil`. Shared by the gate kernel
+// and the shape inference of ops.cc.
+inline int64_t PooledSize(int64_t in, int64_t k, int64_t s, int64_t p0, int64_t p1, int64_t d, bool ceil) {
+  const int64_t span = (k - 1) * d + 1;
+  const int64_t room = in + p0 + p1 - span;
+  if (!ceil) return room / s + 1;
+  int64_t out = (room + s - 1) / s + 1;
+  if ((out - 1) * s >= in + p0) --out;
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Exact float helpers (bit-identical to NumPy float32)
 

@@ -117,6 +117,41 @@ OrtStatusPtr ORT_API_CALL InferShape(const OrtCustomOp*, OrtShapeInferContext* o
   return nullptr;
 }
 
+std::vector<int64_t> IntsAttr(Ort::ShapeInferContext& ctx, const char* name, std::vector<int64_t> fallback) {
+  try {
+    return ctx.GetAttrInts(name);
+  } catch (const Ort::Exception&) {
+    return fallback;
+  }
+}
+
+// SpikeGateMaxPool: y = [T*N, C, Ho, Wo] from x = [T*N, C, H, W] with ORT's MaxPool size, when H
+// and W are known numbers (else unknown). Without it ORT's optimised model has no shape for the
+// gate's output, and snncc.runtime.layout cannot tell that a residual Add reading it adds two
+// tensors of one shape.
+OrtStatusPtr ORT_API_CALL InferGateShape(const OrtCustomOp*, OrtShapeInferContext* ort_ctx) {
+  try {
+    Ort::ShapeInferContext ctx(&Ort::GetApi(), ort_ctx);
+    Ort::ShapeInferContext::Shape y = ctx.GetInputShape(0);
+    if (y.size() != 4 || !y[2].IsInt() || !y[3].IsInt()) return nullptr;
+    for (const auto& dim : y)
+      if (dim.IsInt() && dim.AsInt() < 0) return nullptr;
+    const std::vector<int64_t> k = IntsAttr(ctx, "kernel_shape", {}), s = IntsAttr(ctx, "strides", {1, 1}),
+                               p = IntsAttr(ctx, "pads", {0, 0, 0, 0}), d = IntsAttr(ctx, "dilations", {1, 1});
+    if (k.size() != 2 || s.size() != 2 || p.size() != 4 || d.size() != 2) return nullptr;
+    const bool ceil = IntAttr(ctx, "ceil_mode", 0) != 0;
+    for (int axis = 0; axis < 2; ++axis) {
+      if (k[axis] < 1 || s[axis] < 1 || d[axis] < 1) return nullptr;
+      const int64_t out = PooledSize(y[2 + axis].AsInt(), k[axis], s[axis], p[axis], p[axis + 2], d[axis], ceil);
+      if (out < 1) return nullptr;
+      y[2 + axis] = Ort::ShapeInferContext::SymbolicInteger(out);
+    }
+    SetShape(ort_ctx, y);
+  } catch (const std::exception&) {
+  }
+  return nullptr;
+}
+
 // The domain and its ops must outlive every session that uses them: they live until unload.
 struct Library {
   std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>> ops;
@@ -130,8 +165,11 @@ struct Library {
       op->ReleaseMayInplace = ReleaseMayInplace;
       op->InferOutputShapeFn = InferShape;
     }
+    const size_t neurons = ops.size();
     SNNCC_RUNTIME_OPS(SNNCC_ADD_OP)
 #undef SNNCC_ADD_OP
+    for (size_t i = neurons; i < ops.size(); ++i)  // the gate: its pooled shape
+      if (std::string(ops[i]->GetName(ops[i].get())) == "SpikeGateMaxPool") ops[i]->InferOutputShapeFn = InferGateShape;
     for (auto& op : ops) domain.Add(op.get());
   }
 };
