@@ -17,9 +17,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from snncc.ir import node_attrs
 from snncc.runtime import DOMAIN
 
-__all__ = ["fuse_gates", "subgraph_reads", "wiring"]
+__all__ = ["fuse_gates", "subgraph_reads", "value_shapes", "wiring"]
 
 
 def wiring(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto],
@@ -31,6 +32,15 @@ def wiring(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto],
         for i in n.input:
             readers.setdefault(i, []).append(n)
     return producer, readers, {o.name for o in graph.output}
+
+
+def value_shapes(graph: onnx.GraphProto) -> dict[str, list]:
+    """Declared shapes of ``graph``'s inputs, outputs and value_info: name -> dims (an int, or the
+    symbol of a symbolic dimension)."""
+    return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
+                     for d in v.type.tensor_type.shape.dim]
+            for v in list(graph.input) + list(graph.output) + list(graph.value_info)
+            if v.type.tensor_type.HasField("shape")}
 
 
 def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
@@ -62,10 +72,6 @@ def _is_const(graph: onnx.GraphProto, name: str, value: list[int]) -> bool:
     return a is not None and a.ndim == 1 and a.tolist() == value
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """(model with every 2-D spike gate as one ``SpikeGateMaxPool``, number replaced). A pattern
     that differs in any way is left as it is: the CumSum form, auto_pad, dilation, padding as
@@ -83,7 +89,7 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     for pool in graph.node:
         if pool.op_type != "MaxPool" or len(pool.output) != 2 or not pool.output[1]:
             continue
-        attrs = _attrs(pool)
+        attrs = node_attrs(pool)
         kernel = list(attrs.get("kernel_shape", []))
         pads = list(attrs.get("pads", [0, 0, 0, 0]))
         # dilation 1 and pads below the kernel: every window holds a real element (a window of
@@ -117,7 +123,7 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         flat_x = made_by(gather.input[0], "Reshape")
         last = readers.get(gather.output[0], [])
         if (flat_x is None or flat_x.input[0] != x or len(last) != 1 or last[0].op_type != "Reshape"
-                or last[0].input[1] != shape_idx.output[0] or _attrs(gather).get("axis", 0) != 0
+                or last[0].input[1] != shape_idx.output[0] or node_attrs(gather).get("axis", 0) != 0
                 or not _is_const(graph, flat_x.input[1], [-1])
                 or not _is_const(graph, flat_idx.input[1], [-1])):
             continue

@@ -42,7 +42,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from snncc.runtime import DOMAIN, session_options
-from snncc.runtime.gates import fuse_gates, subgraph_reads, wiring
+from snncc.runtime.gates import fuse_gates, subgraph_reads, value_shapes, wiring
 from snncc.runtime.pools import fuse_avg_pools
 
 __all__ = ["block_size", "blocked_model", "session"]
@@ -147,9 +147,7 @@ def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
         return (len(consumers.get(name, [])) == 1 and name not in graph_outputs
                 and name not in read_in_subgraphs)
 
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
-                       for d in v.type.tensor_type.shape.dim]
-              for v in graph.value_info if v.type.tensor_type.HasField("shape")}
+    shapes = value_shapes(graph)
 
     def nchwc_source(name: str) -> tuple[str, int] | None:
         """(NCHWc tensor, channels) behind plain tensor ``name``: the input of the ReorderOutput

@@ -18,16 +18,13 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from snncc.ir import node_attrs
 from snncc.runtime import DOMAIN
 from snncc.runtime.gates import wiring
 
 __all__ = ["fuse_avg_pools"]
 
 NCHWC = "com.microsoft.nchwc"
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def fuse_avg_pools(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -52,14 +49,14 @@ def fuse_avg_pools(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if (neuron.domain != DOMAIN or neuron.op_type != "BitSerialNeuron"
                 or len(neuron.input) != 1 or len(neuron.output) != 1):
             continue
-        attrs = _attrs(neuron)
+        attrs = node_attrs(neuron)
         y = neuron.output[0]
         after = readers.get(y, [])
         block = int(attrs.get("channel_block", 0))
         if attrs.get("decoded", 0) != 1 or block < 2 or y in outputs or len(after) != 1:
             continue
         pool = after[0]
-        p = _attrs(pool)
+        p = node_attrs(pool)
         kernel = list(p.get("kernel_shape", []))
         if (pool.op_type != "AveragePool" or pool.domain != NCHWC or len(pool.output) != 1
                 or len(pool.input) != 1 or pool.input[0] != y or len(kernel) != 2

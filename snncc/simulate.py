@@ -301,16 +301,13 @@ def in_place_states(proto: onnx.ModelProto) -> set[str]:
     MaxPool input's shape). Nothing else: an op such as Gemm may write its output before it has
     read all of its input. A state read inside a subgraph or also fetched as a graph output is
     never written in place."""
-    from snncc.runtime.gates import subgraph_reads
+    from snncc.runtime.gates import subgraph_reads, value_shapes
 
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in proto.graph.node:
         for name in set(node.input):
             readers.setdefault(name, []).append(node)
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
-                       for d in v.type.tensor_type.shape.dim]
-              for v in list(proto.graph.input) + list(proto.graph.output)
-              + list(proto.graph.value_info) if v.type.tensor_type.HasField("shape")}
+    shapes = value_shapes(proto.graph)
     hidden = subgraph_reads(proto.graph) | {o.name for o in proto.graph.output}
     out = set()
     for inp in proto.graph.input:
