@@ -60,6 +60,54 @@ struct BitSerialAveragePool {
     }
   }
 
+#if defined(__AVX512F__)
+  // Groups [begin, begin + len) with Bk = 16: the same arithmetic as the generic path below, one
+  // vector per position (16 lanes = 16 channels), the kh decoded rows kept in a small buffer.
+  void Pool16(const float* in, float* out, int64_t begin, int64_t len, int64_t C, int64_t H,
+              int64_t W, int64_t Ho, int64_t Wo, int64_t slice, float L, float inv_B,
+              const std::vector<float>& unit, const std::vector<float>& inv_unit,
+              const std::vector<float>& shift) const {
+    const int64_t kh = kernel_[0], kw = kernel_[1], sh = strides_[0], sw = strides_[1];
+    const int64_t row = W * 16;
+    const FloorClip16 clip(L);
+    const __m512 vB = _mm512_set1_ps(inv_B), vcount = _mm512_set1_ps(static_cast<float>(kh * kw));
+    std::vector<float> rows(static_cast<size_t>(kh * row));
+    for (int64_t g = begin; g < begin + len; ++g) {
+      const int64_t c0 = (g % (C / 16)) * 16;
+      const __m512 u = _mm512_loadu_ps(&unit[c0]), iu = _mm512_loadu_ps(&inv_unit[c0]),
+                   sft = _mm512_loadu_ps(&shift[c0]);
+      const int64_t in_base = g * H * row, out_base = g * Ho * Wo * 16;
+      for (int64_t i = 0; i < Ho; ++i) {
+        for (int64_t a = 0; a < kh; ++a) {
+          const float* x0 = in + in_base + (i * sh + a) * row;
+          float* r = &rows[a * row];
+          for (int64_t k = 0; k < row; k += 16) {
+            __m512 z;
+            if (const_input_) {
+              z = _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(x0 + k), sft), iu);
+            } else {
+              __m512 acc = _mm512_add_ps(_mm512_setzero_ps(), _mm512_loadu_ps(x0 + k));
+              for (int64_t t = 1; t < T_; ++t)
+                acc = _mm512_add_ps(acc, _mm512_loadu_ps(x0 + t * slice + k));
+              z = _mm512_mul_ps(_mm512_add_ps(_mm512_mul_ps(acc, vB), sft), iu);
+            }
+            _mm512_storeu_ps(r + k, _mm512_mul_ps(clip(z), u));
+          }
+        }
+        float* o = out + out_base + i * Wo * 16;
+        for (int64_t j = 0; j < Wo; ++j) {
+          const float* first = rows.data() + j * sw * 16;
+          __m512 sum = _mm512_loadu_ps(first);
+          for (int64_t a = 0; a < kh; ++a)
+            for (int64_t b = a == 0 ? 1 : 0; b < kw; ++b)
+              sum = _mm512_add_ps(sum, _mm512_loadu_ps(first + a * row + b * 16));
+          _mm512_storeu_ps(o + j * 16, _mm512_div_ps(sum, vcount));
+        }
+      }
+    }
+  }
+#endif
+
   Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& x, Tensor<float>& z) {
     const std::vector<int64_t>& shape = x.Shape();
     if (shape.size() != 4)
@@ -92,6 +140,15 @@ struct BitSerialAveragePool {
     const int64_t Bk = block_, groups = N * (C / Bk);  // a group: Bk channels of one sample
     const int64_t slice = N * C * H * W, row = W * Bk;
     const float count = static_cast<float>(kh * kw);
+#if defined(__AVX512F__)
+    if (Bk == 16) {  // one channel block = one vector: decode and pool in registers
+      auto work16 = [&](int64_t begin, int64_t len) {
+        Pool16(in, out, begin, len, C, H, W, Ho, Wo, slice, L, inv_B, unit, inv_unit, shift);
+      };
+      ForEachChunk(context, groups, work16, std::max<int64_t>(1, groups / 16));
+      return Ort::Status(nullptr);
+    }
+#endif
     auto work = [&](int64_t begin, int64_t len) {
       // the decoded values of kh input rows, and per-element constants of one row
       std::vector<float> rows(static_cast<size_t>(kh * row)), cu(static_cast<size_t>(row)),

@@ -431,17 +431,27 @@ inline float FloorClip(float z, float hi) {
 // (GCC 12 flags its own AVX-512 conversion intrinsics with -Wmaybe-uninitialized: a false alarm.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#if defined(__AVX512F__)
+// FloorClip of 16 lanes (FloorClipArray's AVX-512 body; for kernels that keep values in registers)
+struct FloorClip16 {
+  explicit FloorClip16(float hi)
+      : lo(_mm512_set1_ps(-1.0f)), top(_mm512_set1_ps(hi + 1.0f)), h(_mm512_set1_ps(hi)),
+        zero(_mm512_setzero_ps()), one(_mm512_set1_ps(1.0f)) {}
+  __m512 operator()(__m512 z) const {
+    const __m512 zc = _mm512_min_ps(_mm512_max_ps(z, lo), top);
+    const __m512 t = _mm512_cvtepi32_ps(_mm512_cvttps_epi32(zc));
+    const __m512 floored = _mm512_mask_sub_ps(t, _mm512_cmp_ps_mask(t, zc, _CMP_GT_OQ), t, one);
+    return _mm512_min_ps(_mm512_max_ps(floored, zero), h);
+  }
+  __m512 lo, top, h, zero, one;
+};
+#endif
+
 inline void FloorClipArray(float* a, int64_t n, float hi) {
   int64_t j = 0;
 #if defined(__AVX512F__)
-  const __m512 lo16 = _mm512_set1_ps(-1.0f), top16 = _mm512_set1_ps(hi + 1.0f), h16 = _mm512_set1_ps(hi);
-  const __m512 zero16 = _mm512_setzero_ps(), one16 = _mm512_set1_ps(1.0f);
-  for (; j + 16 <= n; j += 16) {
-    const __m512 zc = _mm512_min_ps(_mm512_max_ps(_mm512_loadu_ps(a + j), lo16), top16);
-    const __m512 t = _mm512_cvtepi32_ps(_mm512_cvttps_epi32(zc));
-    const __m512 floored = _mm512_mask_sub_ps(t, _mm512_cmp_ps_mask(t, zc, _CMP_GT_OQ), t, one16);
-    _mm512_storeu_ps(a + j, _mm512_min_ps(_mm512_max_ps(floored, zero16), h16));
-  }
+  const FloorClip16 clip(hi);
+  for (; j + 16 <= n; j += 16) _mm512_storeu_ps(a + j, clip(_mm512_loadu_ps(a + j)));
 #elif defined(__AVX2__)
   const __m256 lo8 = _mm256_set1_ps(-1.0f), top8 = _mm256_set1_ps(hi + 1.0f), h8 = _mm256_set1_ps(hi);
   const __m256 zero8 = _mm256_setzero_ps(), one8 = _mm256_set1_ps(1.0f);

@@ -103,8 +103,8 @@ def _neuron(rng, T, const_input, per_channel, C=16):
 @pytest.mark.parametrize("pool", sorted(POOLS))
 def test_kernel_equals_reference(pool, T, const_input, per_channel):
     rng = np.random.default_rng(T * 5 + const_input + len(pool))
-    N, C, H, W = 3, 16, 9, 11
-    neuron = _neuron(rng, T, const_input, per_channel)
+    N, C, H, W = 3, 48, 9, 11  # three channel blocks of 16, six of 8: per-block constants
+    neuron = _neuron(rng, T, const_input, per_channel, C)
     x = rng.normal(0.6, 1.0, ((1 if const_input else T) * N, C, H, W)).astype(F32)
     want = _reference(x, neuron, POOLS[pool])
     assert np.count_nonzero(want) > 0
