@@ -448,21 +448,24 @@ struct FloorClip16 {
 #endif
 
 #if defined(__AVX512F__)
-// The vectors of elements [begin, begin + len) of a slice of a call in ORT's NCHWc layout with
-// 16-channel blocks (call.block == 16; begin and len multiples of 16, as ForEachChunk's items
-// are): body(e, value) per vector at element e, with `value` the 16 lanes' entries of `table`
-// (C values, lane l of a block = channel block * 16 + l; or one value for every lane). A
-// per-channel constant is then one register per run of one block, not a per-element table.
-template <class Body>
-inline void ForEachVector16(const Call& call, const std::vector<float>& table, int64_t begin,
-                            int64_t len, Body&& body) {
+// Runs of one channel block in elements [begin, begin + len) of a slice of a call in ORT's NCHWc
+// layout with 16-channel blocks (call.block == 16; begin and len multiples of 16, as
+// ForEachChunk's items are): run(e, stop, c0) per run [e, stop) of whole 16-element vectors,
+// each holding channels c0 ... c0 + 15 in lane order. A per-channel constant is then one
+// register per run (Lanes16), not a per-element table.
+template <class Run>
+inline void ForEachBlockRun16(const Call& call, int64_t begin, int64_t len, Run&& run) {
   const int64_t span = 16 * call.inner, blocks = call.C / 16, end = begin + len;
   for (int64_t e = begin; e < end;) {
     const int64_t stop = std::min(end, (e / span + 1) * span);
-    const __m512 value = table.size() == 1 ? _mm512_set1_ps(table[0])
-                                           : _mm512_loadu_ps(&table[((e / span) % blocks) * 16]);
-    for (; e < stop; e += 16) body(e, value);
+    run(e, stop, ((e / span) % blocks) * 16);
+    e = stop;
   }
+}
+
+// table[c0 ... c0 + 15] as one register (a table of one value: that value in every lane).
+inline __m512 Lanes16(const std::vector<float>& table, int64_t c0) {
+  return table.size() == 1 ? _mm512_set1_ps(table[0]) : _mm512_loadu_ps(&table[c0]);
 }
 #endif
 

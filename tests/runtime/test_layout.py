@@ -38,7 +38,8 @@ def _attrs(key: str, const_input: int, **extra) -> dict:
     attrs = {a.name: a.default for a in spec.all_attributes}
     rng = np.random.default_rng(7)
     attrs.update(T=T, const_input=const_input,
-                 theta=[float(v) for v in rng.uniform(0.3, 2.0, C).astype(np.float32)], **extra)
+                 theta=[float(v) for v in rng.uniform(0.3, 2.0, C).astype(np.float32)])
+    attrs.update(extra)
     if key == "mt":
         attrs["fractions"] = [1.0, 0.5, 0.25]
     if key == "lif":
@@ -47,12 +48,18 @@ def _attrs(key: str, const_input: int, **extra) -> dict:
 
 
 CASES = [(key, ci, {}) for key in sorted(NEURONS) for ci in (0, 1)] + [
-    ("bitserial", 0, {"decoded": 1}), ("bitserial", 1, {"decoded": 1})]
+    ("bitserial", 0, {"decoded": 1}), ("bitserial", 1, {"decoded": 1}),
+    # one theta for every channel (per-layer calibration)
+    ("if", 0, {"theta": [0.7]}), ("bitserial", 1, {"decoded": 1, "theta": [0.7]})]
+
+
+def _case_id(key: str, const_input: int, extra: dict) -> str:
+    return (f"{key}-c{const_input}{'-decoded' if extra.get('decoded') else ''}"
+            f"{'-layer' if 'theta' in extra else ''}")
 
 
 @pytest.mark.parametrize("block", [8, 16])
-@pytest.mark.parametrize("key, const_input, extra", CASES,
-                         ids=[f"{k}-c{c}{'-decoded' if e else ''}" for k, c, e in CASES])
+@pytest.mark.parametrize("key, const_input, extra", CASES, ids=[_case_id(*c) for c in CASES])
 def test_kernel_in_blocked_layout_equals_plain(key, const_input, extra, block):
     rng = np.random.default_rng(3)
     rows = N if const_input else T * N

@@ -75,22 +75,16 @@ struct BitSerialNeuron {
     std::vector<float> unit(n_theta), inv_unit(n_theta), shift(n_theta);
     for (size_t i = 0; i < n_theta; ++i) Constants(attrs_.theta[i], L, attrs_.v_init, unit[i], inv_unit[i], shift[i]);
 #if defined(__AVX512F__)
-    if (n_theta > 1 && call.block == 16) {
-      // ORT's NCHWc layout, blocks of 16 channels: each aligned vector of 16 elements holds one
-      // block's channels in lane order, so the constants are one vector per run of a block;
-      // the same arithmetic as `run` below, in registers
+    if (call.block == 16) {
+      // ORT's NCHWc layout, blocks of 16 channels: the constants are one register per run of a
+      // block; the same arithmetic as `run` below, in registers
       const FloorClip16 clip(L);
-      const int64_t span = 16 * call.inner, blocks = call.C / 16;
       const __m512 vB = _mm512_set1_ps(inv_B);
       auto chunk16 = [&](int64_t begin, int64_t len) {
         if (call.state_out) std::fill_n(call.StateOut(0) + begin, len, 0.0f);
         float* q_out = call.state_out ? call.StateOut(1) : nullptr;
-        const int64_t end = begin + len;
-        for (int64_t e = begin; e < end;) {
-          const int64_t stop = std::min(end, (e / span + 1) * span);
-          const int64_t c0 = ((e / span) % blocks) * 16;
-          const __m512 u = _mm512_loadu_ps(&unit[c0]), iu = _mm512_loadu_ps(&inv_unit[c0]),
-                       sh = _mm512_loadu_ps(&shift[c0]);
+        ForEachBlockRun16(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {
+          const __m512 u = Lanes16(unit, c0), iu = Lanes16(inv_unit, c0), sh = Lanes16(shift, c0);
           for (; e < stop; e += 16) {
             __m512 z;
             if (call.const_input) {
@@ -105,9 +99,8 @@ struct BitSerialNeuron {
             _mm512_storeu_ps(call.y + e, _mm512_mul_ps(q, u));
             if (q_out) _mm512_storeu_ps(q_out + e, q);
           }
-        }
+        });
       };
-      // work items start at multiples of 16 elements, and a slice holds whole vectors (C % 16 == 0)
       ForEachChunk(context, call.E, chunk16, 16 * kChunk);
       return Ort::Status(nullptr);
     }

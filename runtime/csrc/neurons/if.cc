@@ -18,15 +18,18 @@ struct IFNeuron {
     if (call.block == 16) {  // the update below, one register of 16 channels at a time
       const __m512 vi = _mm512_set1_ps(v_init);
       auto chunk16 = [&](int64_t begin, int64_t len) {
-        ForEachVector16(call, attrs_.theta, begin, len, [&](int64_t e, __m512 th) {
-          __m512 v = call.state_in ? _mm512_loadu_ps(call.StateIn(0) + e) : _mm512_mul_ps(vi, th);
-          for (int64_t t = 0; t < call.T; ++t) {
-            const __m512 m = _mm512_add_ps(v, _mm512_loadu_ps(call.XSlice(t) + e));
-            const __mmask16 s = _mm512_cmp_ps_mask(m, th, _CMP_GE_OQ);
-            v = _mm512_mask_sub_ps(m, s, m, th);
-            _mm512_storeu_ps(call.YSlice(t) + e, _mm512_maskz_mov_ps(s, th));
+        ForEachBlockRun16(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {
+          const __m512 th = Lanes16(attrs_.theta, c0);
+          for (; e < stop; e += 16) {
+            __m512 v = call.state_in ? _mm512_loadu_ps(call.StateIn(0) + e) : _mm512_mul_ps(vi, th);
+            for (int64_t t = 0; t < call.T; ++t) {
+              const __m512 m = _mm512_add_ps(v, _mm512_loadu_ps(call.XSlice(t) + e));
+              const __mmask16 s = _mm512_cmp_ps_mask(m, th, _CMP_GE_OQ);
+              v = _mm512_mask_sub_ps(m, s, m, th);
+              _mm512_storeu_ps(call.YSlice(t) + e, _mm512_maskz_mov_ps(s, th));
+            }
+            if (call.state_out) _mm512_storeu_ps(call.StateOut(0) + e, v);
           }
-          if (call.state_out) _mm512_storeu_ps(call.StateOut(0) + e, v);
         });
       };
       ForEachChunk(context, call.E, chunk16);
