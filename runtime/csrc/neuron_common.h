@@ -414,9 +414,11 @@ inline int64_t PooledSize(int64_t in, int64_t k, int64_t s, int64_t p0, int64_t 
 // Exact float helpers (bit-identical to NumPy float32)
 
 // clip(floor(z), 0, hi) for hi >= 0 an integer-valued float below 2^24, using SSE2-vectorisable
-// conversions: z is first clamped to [-1, hi + 1], which leaves the result unchanged.
+// conversions: z is first clamped to [-1, hi + 1], which leaves the result unchanged. A NaN
+// clamps to -1 and gives 0, as in FloorClipArray's vector bodies (the NumPy references give NaN;
+// converting a NaN to int is undefined, and GCC's -march=native code kept it NaN here).
 inline float FloorClip(float z, float hi) {
-  float zc = z < -1.0f ? -1.0f : z;
+  float zc = z >= -1.0f ? z : -1.0f;
   zc = zc > hi + 1.0f ? hi + 1.0f : zc;
   const float truncated = static_cast<float>(static_cast<int32_t>(zc));
   const float floored = truncated > zc ? truncated - 1.0f : truncated;
@@ -427,7 +429,7 @@ inline float FloorClip(float z, float hi) {
 // a[j] = FloorClip(a[j], hi) for j < n. 16, 8 or 4 lanes at a time (AVX-512, AVX2, or SSE2: every
 // x86-64; the widest the build targets) through max/min/truncate, which GCC does not derive from FloorClip's NaN-safe selects (those compile to
 // about 3x more blend instructions). Equal to FloorClip for every input, NaN included (both give
-// 0: max(NaN, -1) = -1 here, and a NaN truncates to INT_MIN there).
+// 0: max(NaN, -1) = -1 here, and FloorClip's first select sends a NaN to -1).
 // (GCC 12 flags its own AVX-512 conversion intrinsics with -Wmaybe-uninitialized: a false alarm.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
