@@ -102,6 +102,9 @@ struct MTNeuron {
 
   template <int N>
   void ParallelSoftN(const Call& call, int64_t begin, int64_t len, float v_init) const {
+#if defined(__AVX512F__)
+    if (call.block == 16) return ParallelSoft16<N>(call, begin, len, v_init);
+#endif
     float th[kChunk], v[kChunk], th_k[N][kChunk];
     call.FillTheta(begin, len, th);
     for (int k = 0; k < N; ++k)
@@ -120,6 +123,32 @@ struct MTNeuron {
     }
     if (call.state_out) std::copy_n(v, len, call.StateOut(0) + begin);
   }
+
+#if defined(__AVX512F__)
+  // ParallelSoftN in ORT's NCHWc layout with 16-channel blocks: the N thresholds of a block are
+  // N registers and the membrane a register over the T slices; the same operations in order.
+  template <int N>
+  void ParallelSoft16(const Call& call, int64_t begin, int64_t len, float v_init) const {
+    const __m512 vi = _mm512_set1_ps(v_init);
+    ForEachBlockRun16(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {
+      const __m512 th = Lanes16(attrs_.theta, c0);
+      __m512 th_k[N];
+      for (int k = 0; k < N; ++k) th_k[k] = _mm512_mul_ps(th, _mm512_set1_ps(fractions_[k]));
+      for (; e < stop; e += 16) {
+        __m512 v = call.state_in ? _mm512_loadu_ps(call.StateIn(0) + e) : _mm512_mul_ps(vi, th);
+        for (int64_t t = 0; t < call.T; ++t) {
+          const __m512 m = _mm512_add_ps(v, _mm512_loadu_ps(call.XSlice(t) + e));
+          __m512 out = _mm512_setzero_ps();
+          for (int k = N - 1; k >= 0; --k)
+            out = _mm512_mask_mov_ps(out, _mm512_cmp_ps_mask(m, th_k[k], _CMP_GE_OQ), th_k[k]);
+          v = _mm512_sub_ps(m, out);
+          _mm512_storeu_ps(call.YSlice(t) + e, out);
+        }
+        if (call.state_out) _mm512_storeu_ps(call.StateOut(0) + e, v);
+      }
+    });
+  }
+#endif
 
   CommonAttrs attrs_;
   std::vector<float> fractions_;
