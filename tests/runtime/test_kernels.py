@@ -407,6 +407,24 @@ def test_bitserial_decoded_dense_layer_per_channel(const_input):
     np.testing.assert_array_equal(state, want_state)
 
 
+@pytest.mark.parametrize("block", [0, 16])
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5), (4, 4)])
+def test_bitserial_decoded_nan_gives_zero_everywhere(hw, block):
+    """A NaN current decodes to 0 in the scalar tails and the vector bodies alike (FloorClip sends
+    it to -1), so layouts and builds agree; finite neighbours are untouched."""
+    from snncc.runtime import run_neuron
+
+    x = np.full((2, 16, *hw), np.nan, F32)
+    x[:, ::2] = 0.8
+    attrs = {"T": 3, "const_input": 1, "theta": [1.0], "decoded": 1, "v_init": 0.5}
+    if block:
+        attrs["channel_block"] = block
+    y = run_neuron("BitSerialNeuron", x, attrs)
+    assert not np.isnan(y).any()
+    np.testing.assert_array_equal(y[:, 1::2], 0.0)
+    np.testing.assert_array_equal(y[:, ::2], np.float32(np.floor(0.8 * 7 + 0.5)) * np.float32(1 / 7))
+
+
 def test_bitserial_decoded_refuses_streaming():
     attrs = {"T": 2, "bits": 2, "decoded": 1}
     sess = kernel_session(neuron_model("BitSerialNeuron", attrs, streaming=True))
