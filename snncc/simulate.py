@@ -301,23 +301,20 @@ def in_place_states(proto: onnx.ModelProto) -> set[str]:
     MaxPool input's shape). Nothing else: an op such as Gemm may write its output before it has
     read all of its input. A state read inside a subgraph or also fetched as a graph output is
     never written in place."""
-    from snncc.runtime.gates import subgraph_reads, value_shapes
+    from snncc.runtime.gates import subgraph_reads, value_shapes, wiring
 
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in proto.graph.node:
-        for name in set(node.input):
-            readers.setdefault(name, []).append(node)
+    _, readers, graph_outputs = wiring(proto.graph)
     shapes = value_shapes(proto.graph)
-    hidden = subgraph_reads(proto.graph) | {o.name for o in proto.graph.output}
+    hidden = subgraph_reads(proto.graph) | graph_outputs
     out = set()
     for inp in proto.graph.input:
         if not inp.name.startswith("state_in/") or inp.name in hidden:
             continue
         name = inp.name[len("state_in/"):]
-        nodes = readers.get(inp.name, [])
+        nodes = {id(n): n for n in readers.get(inp.name, [])}  # a node reading it twice: one
         if len(nodes) != 1:
             continue
-        node = nodes[0]
+        node = next(iter(nodes.values()))
         if node.domain == SNN_DOMAIN:
             ok = (len(node.input) == 3 and node.input[1] == inp.name and len(node.output) == 2
                   and node.output[1] == "state_out/" + name)

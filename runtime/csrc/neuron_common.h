@@ -447,9 +447,7 @@ struct FloorClip16 {
   }
   __m512 lo, top, h, zero, one;
 };
-#endif
 
-#if defined(__AVX512F__)
 // Runs of one channel block in elements [begin, begin + len) of a slice of a call in ORT's NCHWc
 // layout with 16-channel blocks (call.block == 16; begin and len multiples of 16, as
 // ForEachChunk's items are): run(e, stop, c0) per run [e, stop) of whole 16-element vectors,
