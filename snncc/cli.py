@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -259,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "/ MODEL.nir")
     p.add_argument("--force", action="store_true",
                    help="write into an existing directory that snncc did not create (nothing "
-                   "else there is deleted); inputs are never overwritten")
+                   "else there is deleted), or replace a file that snncc names after -o "
+                   "(OUT.onnx.json) but did not write; inputs are never overwritten")
     p.add_argument("--target", default="ort", choices=("qann", "ort", "loihi", "nir"),
                    help="qann: quantized-clip ANN; ort: ONNX Runtime SNN (default); "
                    "loihi: Loihi 2 netlist; nir: NIR file (IF/LIF networks)")
@@ -386,9 +388,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every temporary file is removed on the way out."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    from snncc.outputs import installed
+
+    done = installed()
+    what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+    print(f"{what}; " + (f"already written: {', '.join(str(p) for p in done)}" if done
+                         else "nothing was written"), file=sys.stderr)
+    return 143 if isinstance(exc, Terminated) else 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # SIGTERM cleans up like Ctrl-C, except under torchrun, which stops ranks waiting in a
+    # collective with SIGTERM (a Python handler would not run until the collective returned)
+    if not {"TORCHELASTIC_RUN_ID", "WORLD_SIZE"} & set(os.environ):
+        try:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # main() called from a thread other than the main one
+            pass
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt as exc:  # Ctrl-C while the modules load
+        return _interrupted(exc)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
     try:
@@ -398,9 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"snncc {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except BrokenPipeError:  # e.g. `snncc run ... | head`: the reader left; not an error of ours
         try:
             sys.stdout = open(os.devnull, "w")

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from snncc import __version__, fidelity, ir
 from snncc.context import MAX_LEVELS, MAX_TIMESTEPS, TARGETS, CompileContext, CompileOptions
 from snncc.errors import BackendCapabilityError, OptionError
 from snncc.outputs import (Output, atomic_dir, atomic_file, check_outputs, default_output,
-                           write_errors)
+                           file_output, temp_dir, transaction, write_errors)
 from snncc.passes.calibrate import MIN_CALIB_SAMPLES
 from snncc.pipeline import DumpAfter, PipelineReport, Snapshot, default_pipeline
 
@@ -210,7 +209,12 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
             raise OptionError("--min-agreement needs the fidelity estimate: calibration samples "
                               "(--calib) and --fidelity-samples above 0", code="SNN-E368",
                               hint="drop --no-fidelity / pass --calib, or drop --min-agreement")
-    out = Path(out) if out is not None else default_output(model_path, options.target)
+    if out is None:
+        out = default_output(model_path, options.target)
+    elif options.target == "loihi":
+        out = Path(out)
+    else:
+        out = file_output(out, example=default_output(model_path, options.target).name)
     check_outputs(declared_outputs(out, options, report_path=report_path, dump_after=dump_after,
                                    dump_dir=dump_dir),
                   [model_path, options.calib_path], force=force)
@@ -255,17 +259,29 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
     if fid is not None:
         warnings += fidelity.check(fid, options, min_agreement)
     synops = _synops(snap, model, ctx) if options.target == "ort" else None
-    if backend is None:
-        proto = ir.to_proto(model, opset=options.opset)
-        ir.check_onnx(proto)
-        ir.save(proto, out)
-        files = [out]
-    else:
-        artifact = _emit_atomically(backend, model, ctx, out)
-        artifact_report = artifact.report
-        files = artifact.files
+    with transaction():  # the output, its manifest, the dump and the report: all or none
+        if backend is None:
+            proto = ir.to_proto(model, opset=options.opset)
+            ir.check_onnx(proto)
+            ir.save(proto, out)
+            files = [out]
+        else:
+            artifact = _emit_atomically(backend, model, ctx, out)
+            artifact_report = artifact.report
+            files = artifact.files
+        report = _compile_report(model_path, out, options, rows, ctx, artifact_report, fid,
+                                 synops, start)
+        if dump:
+            files += dump.write()
+        if report_path:
+            _write_json_atomic(Path(report_path), report)
+    return CompileResult(out, report, files, warnings)
 
-    report = {
+
+def _compile_report(model_path, out: Path, options: CompileOptions, rows: PipelineReport,
+                    ctx: CompileContext, artifact_report: dict[str, Any], fid, synops,
+                    start: float) -> dict[str, Any]:
+    return {
         "snncc_version": __version__,
         "model": str(model_path),
         "output": str(out),
@@ -279,11 +295,6 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
         "synops": synops if synops is not None else artifact_report.get("synops_section"),
         "seconds": round(time.perf_counter() - start, 3),
     }
-    if dump:
-        files += dump.write()
-    if report_path:
-        _write_json_atomic(Path(report_path), report)
-    return CompileResult(out, report, files, warnings)
 
 
 def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext) -> dict[str, Any]:
@@ -325,9 +336,7 @@ def _emit_atomically(backend, model: ir.Model, ctx: CompileContext, out: Path):
             artifact.report = _relocated(artifact.report, tmp, out)
         artifact.path = out
         return artifact
-    with write_errors(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.snncc-", dir=out.parent))
+    tmpdir = temp_dir(out)
     try:
         with write_errors(out):
             artifact = backend.emit(model, ctx, tmpdir / out.name)

@@ -24,12 +24,24 @@ all reported at once:
   ``--force`` snncc writes its files into it and deletes nothing it did not write; a foreign file
   with the name of one of snncc's files is refused too (SNN-E364, found before anything moves).
 
-Writing: a file goes to a temporary sibling ``.NAME.snncc-XXXX`` and is renamed into place only
+* **Nothing inside a directory output.** A file output inside a directory output (``--report``
+  inside the Loihi folder) is refused (SNN-E361); a file output written with a trailing ``/``
+  names a directory (SNN-E363).
+
+Writing: a file goes to a temporary sibling ``.NAME.snncc-PID-XXXX`` and is renamed into place only
 when the writer finished (so a failure or Ctrl-C leaves no half-written output, and concurrent
 writers to one path leave one complete file). A directory is written into a temporary sibling;
 then, if the destination does not exist, the whole directory is renamed into place, otherwise each
 file is renamed into it and the files that the previous marker listed and the new output no longer
 has are removed. Modes follow the umask (0666/0777 masked), not the 0600/0700 of temporary files.
+
+All outputs of one command at once: inside :func:`transaction` the writers only stage their
+temporaries; when the block ends without an error every output is installed, with SIGINT and
+SIGTERM held back until the last rename (a signal that came meanwhile is delivered after it). An
+install that fails (a file made immutable, a full disk) undoes those before it: each replaced file
+was first moved to a temporary sibling and is moved back. An error or interrupt before the end
+removes the temporaries, including one created just as the interrupt came (they carry the PID).
+:func:`installed` lists what this process has installed, so an interrupt can say what was written.
 """
 from __future__ import annotations
 
@@ -37,16 +49,19 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from snncc import __version__
 from snncc.errors import Diagnostic, OutputPathError
 
 __all__ = ["MARKER", "Output", "check_outputs", "atomic_file", "atomic_dir", "default_output",
-           "same_path", "write_errors"]
+           "same_path", "write_errors", "transaction", "installed", "temp_dir", "written_by_snncc",
+           "file_output"]
 
 #: File that marks a directory as written by snncc; lists the files snncc put there.
 MARKER = ".snncc-output.json"
@@ -71,6 +86,18 @@ def default_output(model: str | os.PathLike, target: str) -> Path:
     model = Path(model)
     stem = model.name[: -len(model.suffix)] if model.suffix else model.name
     return model.with_name(stem + _DEFAULT_SUFFIX.get(target, f".{target}"))
+
+
+def file_output(value: str | os.PathLike, option: str = "-o", example: str = "model.onnx",
+                command: str = "compile") -> Path:
+    """``value`` as a file output path; refuses (SNN-E369) an empty one and one written as a
+    directory (``out/``), which ``Path`` would quietly turn into the file ``out``."""
+    text = os.fspath(value)
+    if not str(text).strip() or str(text).endswith(("/", os.sep)):
+        what = "names no file" if not str(text).strip() else "names a directory (it ends with '/')"
+        raise OutputPathError(f"{command}: {option} '{text}' {what}", code="SNN-E369",
+                              hint=f"name a file, e.g. {option} {example}")
+    return Path(text)
 
 
 def _resolve(path: str | os.PathLike) -> Path:
@@ -106,10 +133,26 @@ def _dir_contents(directory: Path) -> set[str]:
     return {str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()}
 
 
-def _written_by_snncc(path: Path) -> bool:
+#: First line of every report page snncc writes (how a later run knows the page is its own).
+REPORT_MARK = "<!-- written by snncc report -->"
+
+
+def written_by_snncc(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` is one snncc wrote: JSON with ``snncc_version``, an ONNX model
+    with ``snncc.*`` metadata, or a report page starting with :data:`REPORT_MARK`."""
+    path = Path(path)
     try:
+        if path.suffix.lower() == ".onnx":
+            import onnx
+
+            model = onnx.load(str(path), load_external_data=False)
+            return any(p.key.startswith("snncc") for p in model.metadata_props)
+        with open(path, "rb") as f:
+            head = f.read(256)
+        if REPORT_MARK.encode() in head:
+            return True
         return "snncc_version" in json.loads(path.read_text())
-    except (OSError, ValueError, TypeError, UnicodeDecodeError):
+    except Exception:  # unreadable, not JSON, not ONNX: not ours  # noqa: BLE001
         return False
 
 
@@ -145,6 +188,13 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
             if same_path(other.path, path):
                 diags.append(Diagnostic("SNN-E361", f"{where} is the same path as {other.option}",
                                         command, hint="give each output its own path"))
+            elif "dir" in (other.kind, out.kind):
+                outer, inner = (other, out) if other.kind == "dir" else (out, other)
+                if _is_within(_resolve(inner.path), _resolve(outer.path)):
+                    diags.append(Diagnostic(
+                        "SNN-E361", f"{inner.option} '{inner.path}' lies inside the directory "
+                        f"{outer.option} '{outer.path}', whose contents snncc manages", command,
+                        hint=f"put {inner.option.split()[0]} outside that directory"))
         seen.append(out)
         if out.kind == "dir" and (str(out.path).strip() in (".", "..", "~", "/", "")
                                   or path.resolve() in (home, Path("/"))
@@ -185,7 +235,7 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 diags.append(Diagnostic(
                     "SNN-E363", f"{where} exists and is not a regular file (it is "
                     f"a {'directory' if path.is_dir() else 'special file'})", command, hint=hint))
-            elif out.implied and not force and not _written_by_snncc(path):
+            elif out.implied and not force and not written_by_snncc(path):
                 diags.append(Diagnostic(
                     "SNN-E364", f"{where} exists and was not written by snncc",
                     command, hint="choose another -o" + (", or pass --force to replace it"
@@ -242,65 +292,300 @@ def write_errors(path: str | os.PathLike) -> Iterator[None]:
                               ) from exc
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path to write; rename it onto ``path`` only on success."""
+# ------------------------------------------------------------------ temporaries and installing
+
+def _temp_prefix(path: Path) -> str:
+    """Name prefix of this process's temporaries beside ``path``."""
+    return f".{path.name}.snncc-{os.getpid()}-"
+
+
+def _remove_temps(path: Path) -> None:
+    """Remove every temporary this process made beside ``path`` (by its PID-tagged prefix), also
+    one whose creation an interrupt cut short before anyone held its name."""
+    prefix = _temp_prefix(path)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            if entry.name.startswith(prefix):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+
+def temp_dir(path: str | os.PathLike) -> Path:
+    """A new temporary directory beside ``path``, named like the other temporaries (so an
+    interrupted command's cleanup finds it)."""
     path = _resolve(path)
     with write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.snncc-", dir=path.parent)
-        os.close(fd)
-    tmp_path = Path(tmp)
+        return Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+
+
+def _backup_name(path: Path) -> Path:
+    return path.with_name(_temp_prefix(path) + "old-" + os.urandom(6).hex())
+
+
+class _Installed:
+    """Undo information of one rename: ``path`` now holds the new file; the file it replaced
+    (if any) waits at ``backup``."""
+
+    def __init__(self, path: Path, backup: Path | None, new_dir: bool = False):
+        self.path, self.backup, self.new_dir = path, backup, new_dir
+
+    def rollback(self, staging: Path | None = None) -> None:
+        if self.new_dir and staging is not None:  # a whole new directory: move it back out
+            os.rename(self.path, staging)
+            return
+        if self.backup is not None:
+            os.replace(self.backup, self.path)
+        else:
+            os.unlink(self.path)
+
+    def finish(self) -> None:
+        if self.backup is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if self.backup.is_dir() and not self.backup.is_symlink():
+                    shutil.rmtree(self.backup)
+                else:
+                    self.backup.unlink()
+
+
+def _install_file(tmp: Path, path: Path) -> _Installed:
+    """Rename ``tmp`` onto ``path``, keeping the file it replaces aside for an undo."""
+    backup = None
+    if os.path.lexists(path):
+        backup = _backup_name(path)
+        os.rename(path, backup)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, path)
+        raise
+    return _Installed(path, backup)
+
+
+def _install_dir(tmp: Path, path: Path, files: Sequence[str],
+                 adopt: Sequence[str]) -> list[tuple[_Installed, Path | None]]:
+    """Install the filled temporary directory ``tmp`` at ``path`` (module doc); returns the undo
+    list: (what was installed, the staging path a whole new directory goes back to)."""
+    if not path.exists():
+        try:
+            os.rename(tmp, path)
+            return [(_Installed(path, None, new_dir=True), tmp)]
+        except OSError:  # another process created it meanwhile: merge below
+            pass
+    old = {f for f in (_marker_files(path) or set()) | set(adopt)
+           if not Path(f).is_absolute() and ".." not in Path(f).parts}
+    foreign = sorted(f for f in files if f not in old and os.path.lexists(path / f))
+    if foreign:  # --force into a foreign folder: never replace a file snncc did not write
+        raise OutputPathError(
+            f"refusing to write into '{path}': it holds files of the same names that snncc "
+            f"did not write ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})",
+            code="SNN-E364", hint="move those files away, or name a new directory")
+    done: list[tuple[_Installed, Path | None]] = []
+    try:
+        for rel in files:
+            dest = path / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            done.append((_install_file(tmp / rel, dest), None))
+        for rel in sorted(old - set(files)):  # stale files of the previous output: set aside
+            stale = path / rel
+            if stale.is_file() or stale.is_symlink():
+                backup = _backup_name(stale)
+                os.rename(stale, backup)
+                done.append((_Installed(stale, backup), None))  # undo: moved back
+        done.append((_install_file(tmp / MARKER, path / MARKER), None))
+    except BaseException:
+        _undo(done)
+        raise
+    return done
+
+
+def _undo(done: Sequence[tuple[_Installed, Path | None]]) -> None:
+    for item, staging in reversed(done):
+        with contextlib.suppress(OSError):
+            item.rollback(staging)
+
+
+# -------------------------------------------------------------------------------- transactions
+
+_open: list["_Transaction"] = []     # the open transaction of this process (nested ones join it)
+_installed_paths: list[Path] = []    # every output this process installed, in order
+
+
+_scratch: list[bool] = []           # inside scratch(): installs are not the user's outputs
+
+
+def installed() -> list[Path]:
+    """The outputs this process has installed so far (for an honest message on interrupt)."""
+    return list(_installed_paths)
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[None]:
+    """Writes inside the block go to a command's own scratch space (the report's compiles into
+    a temporary directory): they are not listed by :func:`installed`."""
+    _scratch.append(True)
+    try:
+        yield
+    finally:
+        _scratch.pop()
+
+
+class _Transaction:
+    def __init__(self) -> None:
+        self.steps: list[tuple[Callable[[], list[tuple[_Installed, Path | None]]], Path]] = []
+        self.places: list[Path] = []   # outputs whose PID-tagged temporaries to clean up
+
+    def commit(self) -> None:
+        done: list[tuple[_Installed, Path | None]] = []
+        with _signals_held():
+            try:
+                for step, path in self.steps:
+                    with write_errors(path):
+                        done += step()
+            except BaseException:
+                _undo(done)
+                raise
+            for item, _ in done:
+                with contextlib.suppress(OSError):
+                    item.finish()
+            if not _scratch:
+                _installed_paths.extend(path for _, path in self.steps if not _in_staging(path))
+
+    def cleanup(self) -> None:
+        for path in self.places:
+            _remove_temps(path)
+
+
+@contextlib.contextmanager
+def transaction() -> Iterator[None]:
+    """Install every output written inside the block together at its end, or none of them (see
+    the module doc). Nested blocks join the outer one."""
+    if _open:
+        yield
+        return
+    t = _Transaction()
+    _open.append(t)
+    try:
+        yield
+        _open.pop()
+        t.commit()
+    finally:
+        if _open and _open[-1] is t:
+            _open.pop()
+        t.cleanup()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the outputs are renamed into place; a signal that came
+    meanwhile is raised again right after (main thread only: Python handles signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        old[sig] = signal.getsignal(sig)
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def _in_staging(path: Path) -> bool:
+    """Whether ``path`` lies inside one of this process's temporary directories (a backend
+    writing into the staging folder of an output): such a write is not an output itself."""
+    tag = f".snncc-{os.getpid()}-"
+    return any(part.startswith(".") and tag in part for part in path.parent.parts)
+
+
+def _deferred(path: Path) -> bool:
+    return bool(_open) and not _in_staging(path)
+
+
+def _stage(install: Callable[[], list[tuple[_Installed, Path | None]]], path: Path) -> None:
+    """Run ``install`` now (outside a transaction or inside a staging folder: atomically, with
+    signals held) or at the end of the open transaction."""
+    if _deferred(path):
+        _open[-1].steps.append((install, path))
+        return
+    t = _Transaction()
+    t.steps.append((install, path))
+    t.commit()
+
+
+def _place(path: Path) -> None:
+    if _deferred(path):
+        _open[-1].places.append(path)
+
+
+def _discard(tmp: Path | None, path: Path) -> None:
+    """Remove an unstaged temporary; when an interrupt came before its name was known, remove
+    this process's temporaries beside ``path`` (inside a transaction its cleanup does that)."""
+    if tmp is not None:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    elif not _deferred(path):
+        _remove_temps(path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; rename it onto ``path`` only on success (at the
+    end of the open :func:`transaction`, if there is one)."""
+    path = _resolve(path)
+    _place(path)
+    tmp_path: Path | None = None
+    staged = False
     try:
         with write_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
+            os.close(fd)
+            tmp_path = Path(tmp)
             yield tmp_path
             _chmod_tree(tmp_path)
-            os.replace(tmp_path, path)
+        _stage(lambda: [(_install_file(tmp_path, path), None)], path)
+        staged = _deferred(path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        if not staged:
+            _discard(tmp_path, path)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, adopt: Sequence[str] = ()) -> Iterator[Path]:
-    """Yield a temporary sibling directory to fill; install it at ``path`` only on success.
+    """Yield a temporary sibling directory to fill; install it at ``path`` only on success (at the
+    end of the open :func:`transaction`, if there is one).
 
     Installing writes :data:`MARKER` (the list of files) and never deletes or replaces a file
     that the previous marker did not list (see the module doc). ``adopt``: file names to treat as
-    snncc's own although no marker lists them (outputs of versions that wrote no marker).
+    snncc's own although no marker lists them.
     """
     path = _resolve(path)
-    with write_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.snncc-", dir=path.parent))
+    _place(path)
+    tmp: Path | None = None
+    staged = False
     try:
+        tmp = temp_dir(path)
         with write_errors(path):
             yield tmp
-        files = sorted(_dir_contents(tmp) - {MARKER})
-        (tmp / MARKER).write_text(json.dumps({"snncc_version": __version__, "files": files},
-                                             indent=1) + "\n")
-        _chmod_tree(tmp)
-        if not path.exists():
-            try:
-                os.rename(tmp, path)
-                return
-            except OSError:  # another process created it meanwhile: merge below
-                pass
-        old = {f for f in (_marker_files(path) or set()) | set(adopt)
-               if not Path(f).is_absolute() and ".." not in Path(f).parts}
-        foreign = sorted(f for f in files if f not in old and os.path.lexists(path / f))
-        if foreign:  # --force into a foreign folder: never replace a file snncc did not write
-            raise OutputPathError(
-                f"refusing to write into '{path}': it holds files of the same names that snncc "
-                f"did not write ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})",
-                code="SNN-E364", hint="move those files away, or name a new directory")
-        for rel in files:
-            dest = path / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / rel, dest)
-        for rel in sorted(old - set(files)):
-            with contextlib.suppress(OSError):
-                (path / rel).unlink()
-        os.replace(tmp / MARKER, path / MARKER)
+            files = sorted(_dir_contents(tmp) - {MARKER})
+            (tmp / MARKER).write_text(json.dumps({"snncc_version": __version__, "files": files},
+                                                 indent=1) + "\n")
+            _chmod_tree(tmp)
+        _stage(lambda: _install_dir(tmp, path, files, adopt), path)
+        staged = _deferred(path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not staged:
+            _discard(tmp, path)

@@ -78,10 +78,13 @@ class _Page:
                           if self.html else f"![{alt}]({rel})\n")
 
     def render(self, title: str) -> str:
+        from snncc.outputs import REPORT_MARK  # how a later run knows the page is snncc's
+
         if not self.html:
-            return "\n".join(self.parts)
-        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-                "</title></head><body>" + "\n".join(self.parts) + "</body></html>\n")
+            return REPORT_MARK + "\n" + "\n".join(self.parts)
+        return (f"<!DOCTYPE html>{REPORT_MARK}<html><head><meta charset='utf-8'><title>"
+                f"{html.escape(title)}</title></head><body>" + "\n".join(self.parts)
+                + "</body></html>\n")
 
 
 def short_label(name: str) -> str:
@@ -110,43 +113,46 @@ def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]
     plt.close(fig)
 
 
-#: The plot files a report writes into ``<stem>_files/``.
-PLOTS = ("accuracy_vs_T.png", "spike_rates.png", "synops.png", "energy.png", "cores.png")
-
-
 def plots_dir(out_path: str | os.PathLike) -> Path:
     """The folder beside the page that holds its plots: ``<stem>_files``."""
     out = Path(out_path)
     return out.parent / f"{out.stem}_files"
 
 
-def check_report_outputs(out_path: str | os.PathLike,
-                         inputs: Sequence[str | os.PathLike | None] = ()) -> None:
-    """Refuse a page or plot folder that would touch an input or anything snncc did not write
-    (:func:`snncc.outputs.check_outputs`). A plot folder from an earlier report that holds
-    nothing but report plots (written before folders carried snncc's marker) is replaced."""
-    from snncc.outputs import MARKER, Output, check_outputs
+def default_report_path(model: str | os.PathLike) -> Path:
+    """The page beside the model when ``-o`` is not given: ``resnet34.report.md``."""
+    model = Path(model)
+    stem = model.name[: -len(model.suffix)] if model.suffix else model.name
+    return model.with_name(stem + ".report.md")
 
-    figs = plots_dir(out_path)
-    ours = figs.is_dir() and all(p.is_file() and p.name in (*PLOTS, MARKER)
-                                 for p in figs.iterdir())
-    check_outputs([Output(Path(out_path), "file", "-o", "report.md"), Output(figs, "dir", "-o (plots)")],
-                  inputs, force=ours, command="report", has_force=False)
+
+def check_report_outputs(out_path: str | os.PathLike,
+                         inputs: Sequence[str | os.PathLike | None] = (), *,
+                         implied: bool = False) -> None:
+    """Refuse a page or plot folder that would touch an input or anything snncc did not write
+    (:func:`snncc.outputs.check_outputs`). ``implied``: the page is the default name, not one
+    the user gave, so an existing page there is replaced only when snncc wrote it."""
+    from snncc.outputs import Output, check_outputs
+
+    check_outputs([Output(Path(out_path), "file", "-o", "report.md", implied=implied),
+                   Output(plots_dir(out_path), "dir", "-o (plots)")],
+                  inputs, command="report", has_force=False)
 
 
 def write_report(out_path: str | os.PathLike, data: Mapping[str, Any], *,
-                 inputs: Sequence[str | os.PathLike | None] = ()) -> list[Path]:
+                 inputs: Sequence[str | os.PathLike | None] = (), implied: bool = False
+                 ) -> list[Path]:
     """Write the report page and its plots; returns the written paths.
 
     The outputs are checked first (:func:`check_report_outputs`, never one of ``inputs``) and
     written atomically: the page and its plot folder appear together, or not at all.
     """
-    from snncc.outputs import atomic_dir, atomic_file
+    from snncc.outputs import atomic_dir, atomic_file, transaction
 
-    check_report_outputs(out_path, inputs)
+    check_report_outputs(out_path, inputs, implied=implied)
     out = Path(out_path)
     figs = plots_dir(out)
-    with atomic_dir(figs, adopt=PLOTS) as tmp_figs, atomic_file(out) as tmp_page:
+    with transaction(), atomic_dir(figs) as tmp_figs, atomic_file(out) as tmp_page:
         written = _render(out, figs, tmp_figs, tmp_page, data)
     return [out, *written]
 
@@ -261,7 +267,9 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    "compile: SNN-aware, per channel)")
     p.add_argument("--samples", type=int, default=256,
                    help="samples used, at least 1 (default 256)")
-    p.add_argument("-o", "--output", default="report.md", help="report .md or .html")
+    p.add_argument("-o", "--output", default=None,
+                   help="report .md or .html, its plots in a folder beside it named "
+                   "<stem>_files (default: beside the model, MODEL.report.md)")
 
 
 def _accuracy(out: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -276,6 +284,7 @@ def report_command(args: argparse.Namespace) -> int:
     from snncc.backends.loihi.simulator import run_netlist
     from snncc.driver import compile_model, make_options
     from snncc.errors import OptionError
+    from snncc.outputs import file_output, scratch
     from snncc.run import load_inputs
     from snncc.simulate import run_compiled
 
@@ -288,7 +297,10 @@ def report_command(args: argparse.Namespace) -> int:
         raise OptionError(f"--samples must be at least 1, got {args.samples}", code="SNN-E661",
                           hint="e.g. --samples 256")
     inputs = [args.model, args.data, args.calib]
-    check_report_outputs(args.output, inputs)
+    implied = args.output is None
+    args.output = str(default_report_path(args.model) if implied else
+                      file_output(args.output, example="report.md", command="report"))
+    check_report_outputs(args.output, inputs, implied=implied)
     for T in ts:  # every option checked before the first (slow) compile
         make_options(target=args.target, timesteps=T, neuron=args.neuron,
                      calib_path=args.calib or args.data, calib_method=args.calib_method)
@@ -302,7 +314,7 @@ def report_command(args: argparse.Namespace) -> int:
                             "notes": [f"{len(x)} samples, neuron {args.neuron}, "
                                       f"target {args.target}, calibration {args.calib_method}"]}
     for T in ts:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, scratch():
             tmp = Path(tmp)
             opts = make_options(target="ort", timesteps=T, neuron=args.neuron, calib_path=calib,
                                 calib_method=args.calib_method)
@@ -341,7 +353,7 @@ def report_command(args: argparse.Namespace) -> int:
     elif args.target == "loihi":
         data["accuracy"] = {f"{name} (T={ts[-1]}): agreement with the ORT SNN (no labels)":
                             values[-1] for name, values in series.items() if name != "ORT SNN"}
-    for path in write_report(args.output, data, inputs=inputs):
+    for path in write_report(args.output, data, inputs=inputs, implied=implied):
         print(f"wrote {path}")
     return 0
 

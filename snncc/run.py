@@ -185,11 +185,11 @@ def _summary(all_outputs: dict[str, np.ndarray], labels: np.ndarray | None,
 
 def _check_run_output(args: argparse.Namespace) -> Path | None:
     """Refuse a bad ``-o`` before any work (the rules of :mod:`snncc.outputs`)."""
-    from snncc.outputs import Output, check_outputs
+    from snncc.outputs import Output, check_outputs, file_output
 
-    if not args.output:
+    if args.output is None:
         return None
-    out = Path(args.output)
+    out = file_output(args.output, example="outputs.npz", command="run")
     model = Path(args.model)
     where = Path(os.path.abspath(os.path.expanduser(out))).resolve()
     if model.is_dir() and model.resolve() in where.parents:

@@ -261,6 +261,89 @@ def test_a_foreign_file_where_the_manifest_goes_needs_force(corpus, tmp_path, ca
     expect_ok(capsys, argv)  # now it is snncc's own manifest: replaced without --force
 
 
+def test_report_inside_the_loihi_folder_is_refused(corpus, tmp_path, capsys):
+    """--report l/cores.json replaced snncc's core map, l/.snncc-output.json its marker."""
+    for name in ("cores.json", ".snncc-output.json", "report.json"):
+        expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib",
+                     corpus.calib, "--target", "loihi", "-o", tmp_path / "l", "--report",
+                     tmp_path / "l" / name], "SNN-E361")
+
+
+@pytest.mark.parametrize("command", ["compile", "run", "report"])
+def test_a_file_output_written_as_a_directory_is_refused(corpus, tmp_path, capsys, command):
+    """-o out/ wrote a file named 'out'."""
+    bad = f"{tmp_path}/newdir/"
+    argv = {"compile": ["compile", corpus.model, "--calib", corpus.calib, "-o", bad],
+            "run": ["run", corpus.snn, "--input", corpus.data, "-o", bad],
+            "report": ["report", corpus.model, "--data", corpus.data, "-o", bad]}[command]
+    expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E369")
+
+
+def test_an_install_that_fails_undoes_the_outputs_before_it(corpus, tmp_path, capsys,
+                                                           monkeypatch):
+    """The manifest could not be renamed into place (an immutable file): the model renamed just
+    before it is taken back and the previous model restored (it stayed, without its manifest)."""
+    import snncc.outputs as outputs
+
+    out = tmp_path / "m.onnx"
+    argv = ["compile", corpus.model, "--calib", corpus.calib, "-o", out, "-q"]
+    expect_ok(capsys, argv)
+    before = snapshot(tmp_path)
+    real = outputs._install_file
+
+    def failing(tmp, path):
+        if path.name.endswith(".onnx.json"):
+            raise PermissionError(1, "Operation not permitted")
+        return real(tmp, path)
+
+    monkeypatch.setattr(outputs, "_install_file", failing)
+    err = expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E369")
+    assert "m.onnx.json" in err and snapshot(tmp_path) == before
+    out.unlink()
+    (tmp_path / "m.onnx.json").unlink()
+    expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E369")
+    assert not list(tmp_path.iterdir())
+
+
+def test_all_outputs_appear_together(corpus, tmp_path, capsys, monkeypatch):
+    """An error while the report is written (the last output): neither the model nor its
+    manifest appears (the model was in place before the report failed)."""
+    import snncc.driver as driver
+
+    def broken(path, data):
+        with driver.atomic_file(path) as tmp:
+            tmp.write_text("{")
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(driver, "_write_json_atomic", broken)
+    expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib",
+                 corpus.calib, "-o", tmp_path / "m.onnx", "--report", tmp_path / "r.json"],
+                 "SNN-E369")
+
+
+def test_signals_during_the_install_are_held_back(tmp_path, monkeypatch):
+    """Ctrl-C while the outputs are renamed: every output is installed, then the interrupt."""
+    import signal
+
+    from snncc.outputs import atomic_file, installed, transaction
+
+    real = os.replace
+
+    def replace_then_interrupt(src, dst):
+        real(src, dst)
+        if Path(dst).name == "a":
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        with transaction():
+            for name in ("a", "b"):
+                with atomic_file(tmp_path / name) as tmp:
+                    tmp.write_text(name)
+            monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    assert {tmp_path / "a", tmp_path / "b"} <= set(installed())
+
+
 def test_a_failing_write_is_a_coded_error(tmp_path):
     from snncc.errors import OutputPathError
     from snncc.outputs import atomic_file
@@ -364,6 +447,31 @@ def test_four_processes_compiling_to_one_output(corpus, tmp_path, capsys, target
     a = main(["run", str(out), "--input", corpus.data, "--json", "--no-library"])
     first = json.loads(capsys.readouterr().out)
     assert a == 0 and first["samples"] == 6
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_outputs_are_written_leaves_all_or_nothing(corpus, tmp_path, signame):
+    """The signal comes the moment the first temporary appears: no temporary is left (SIGTERM
+    left them every time), and the model, manifest and report appear all together or not at
+    all, with a message that says which."""
+    import signal
+    import time
+
+    out = tmp_path / "o.onnx"
+    p = subprocess.Popen([sys.executable, "-m", "snncc", "compile", corpus.model, "--calib",
+                          corpus.calib, "-o", str(out), "--report", str(tmp_path / "r.json"),
+                          "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while p.poll() is None and time.monotonic() < deadline:
+        if any(n.startswith(".o.onnx.snncc-") for n in os.listdir(tmp_path)):
+            p.send_signal(getattr(signal, signame))
+            break
+    _, err = p.communicate(timeout=120)
+    names = sorted(os.listdir(tmp_path))
+    assert "Traceback" not in err and not [n for n in names if ".snncc-" in n], (names, err)
+    assert names in ([], ["o.onnx", "o.onnx.json", "r.json"]), names
+    if p.returncode in (130, 143):
+        assert ("nothing was written" in err) == (names == []), err
 
 
 # ------------------------------------------------------------------------------ run
@@ -500,10 +608,32 @@ def test_report_refuses_a_foreign_plot_folder(corpus, tmp_path, capsys):
                  corpus.data, "-o", tmp_path / "r.md"], "SNN-E364")
 
 
+def test_report_never_adopts_a_plot_folder_without_the_marker(corpus, tmp_path, capsys):
+    """A folder named like the plots, holding a user's file named like a plot: refused, kept
+    (it was treated as an old report's and the file replaced or deleted)."""
+    folder = tmp_path / "r_files"
+    folder.mkdir()
+    (folder / "accuracy_vs_T.png").write_bytes(b"my own plot")
+    expect_error(capsys, [corpus.root, tmp_path], ["report", corpus.model, "--data", corpus.data,
+                 "-o", tmp_path / "r.md"], "SNN-E364")
+
+
+def test_report_default_page_sits_beside_the_model_and_keeps_a_user_file(corpus, tmp_path,
+                                                                         capsys):
+    model = tmp_path / "net.onnx"
+    model.write_bytes(Path(corpus.model).read_bytes())
+    argv = ["report", model, "--data", corpus.data, "--calib", corpus.calib, "-T", "1",
+            "--target", "ort", "--samples", "4"]
+    (tmp_path / "net.report.md").write_text("my notes")
+    expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E364")
+    (tmp_path / "net.report.md").unlink()
+    expect_ok(capsys, argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "net.report.md",
+                                                          "net.report_files"]
+    expect_ok(capsys, argv)  # its own page now: replaced
+
+
 def test_report_writes_page_and_plots_atomically_with_the_umask(corpus, tmp_path, capsys):
-    legacy = tmp_path / "r_files"  # a plot folder from before folders carried snncc's marker
-    legacy.mkdir()
-    (legacy / "energy.png").write_bytes(b"old plot")
     before = snapshot(corpus.root)
     old = os.umask(0o027)
     try:
@@ -515,7 +645,7 @@ def test_report_writes_page_and_plots_atomically_with_the_umask(corpus, tmp_path
         os.umask(old)
     assert snapshot(corpus.root) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md", "r_files"]
-    assert (legacy / "energy.png").read_bytes() != b"old plot" and (legacy / MARKER).is_file()
+    assert (tmp_path / "r_files" / MARKER).is_file()
     assert not list(tmp_path.rglob(".*.snncc-*"))
-    for p in tmp_path.rglob("*"):  # the legacy folder keeps its own mode
-        assert p == legacy or p.stat().st_mode & 0o777 == (0o750 if p.is_dir() else 0o640), p
+    for p in tmp_path.rglob("*"):
+        assert p.stat().st_mode & 0o777 == (0o750 if p.is_dir() else 0o640), p

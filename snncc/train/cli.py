@@ -245,23 +245,25 @@ def run_finetune(args: argparse.Namespace) -> int:
     except ImportError:
         raise OptionError("finetune: torch is not installed", code="SNN-E807",
                           hint="pip install 'snncc[train]' (torch==2.13.0)") from None
-    from snncc.outputs import Output, atomic_file, check_outputs, same_path
+    from snncc.outputs import Output, atomic_file, check_outputs, file_output, same_path
 
     from snncc.train.finetune import pick_device
 
     snn = args.iir or args.mt is not None
     _check_args(args, snn)
     pick_device(args.device)   # a bad --device is refused before anything is read or written
-    output = Path(args.output)
+    output = file_output(args.output, example="qcfs.onnx", command="finetune")
     outs = [Output(output, "file", "-o")]
     if snn:
-        outs += [Output(_stage_path(output, T), "file", "-o (stage)") for T in dict.fromkeys(args.timesteps)]
+        # named by snncc after -o: an existing file there is replaced only when snncc wrote it
+        outs += [Output(_stage_path(output, T), "file", "-o (stage)", implied=True)
+                 for T in dict.fromkeys(args.timesteps)]
     if args.checkpoint:
         outs.append(Output(Path(args.checkpoint), "file", "--checkpoint"))
     inputs = [args.model, args.data, args.val]
     if args.resume and not (args.checkpoint and same_path(args.resume, args.checkpoint)):
         inputs.append(args.resume)   # resuming into the same checkpoint file is allowed
-    check_outputs(outs, inputs=inputs, command="finetune")
+    check_outputs(outs, inputs=inputs, command="finetune", has_force=False)
 
     distributed = _init_distributed(args.device)
     if not distributed:

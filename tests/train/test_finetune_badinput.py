@@ -198,3 +198,16 @@ def test_api_refuses_the_same_values():
     with pytest.raises(CalibrationError) as err:
         finetune_module(net, bad, progress=False)
     assert err.value.code == "SNN-E803"
+
+
+def test_a_foreign_file_where_a_stage_goes_is_refused(tmp_path, data, capsys):
+    """--iir writes OUT.T<T>.onnx for each stage, named by snncc: a user's file of that name was
+    replaced without a word."""
+    (tmp_path / "out.T1.onnx").write_text("my own stage file")
+    before = _snapshot(tmp_path)
+    rc = main(["finetune", str(MODEL), "--data", str(data[0]), "--iir", "--timesteps", "2,1",
+               "--device", "cpu", "-o", str(tmp_path / "out.onnx"), "--epochs", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "[SNN-E364]" in err and "out.T1.onnx" in err, err
+    assert "--force" not in err and "Traceback" not in err  # finetune has no --force
+    assert _snapshot(tmp_path) == before
