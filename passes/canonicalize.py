@@ -44,6 +44,8 @@ Errors (all problems of a kind collected, raised once):
   forms (x*Sigmoid(x), erf-GELU, x*HardSigmoid(x), x*tanh(softplus(x))); SNN-E203 a
   Softmax/LogSoftmax with a spiking layer after it (it is fine in the output head); SNN-E204 the
   model has no activation to convert at all (an SNN with no neurons), checked last.
+- SNN-E205 (always an error): an op of a domain ONNX Runtime does not know; SNN-E206 (always an
+  error): control flow (If, Loop, Scan).
 
 What converts is decided by one function, :func:`conversion_roles`, shared with ``snncc inspect``
 and schedule-timesteps: every node is *spiking* (ReLU / clipped ReLU / QCFS clip / neuron op),
@@ -73,8 +75,8 @@ from onnx import version_converter
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
-from snncc.op_classes import (META_OPS, ORT_DOMAINS, OUTPUT_ONLY, PATTERN_HINTS, RECURRENT,
-                               TIME_OPS, op_info)
+from snncc.op_classes import (CONTROL_FLOW, META_OPS, ORT_DOMAINS, OUTPUT_ONLY, PATTERN_HINTS,
+                               RECURRENT, TIME_OPS, op_info)
 from snncc.passes.base import Decline, Pass, PassResult
 from snncc.passes.quant_clip import activation_sites
 
@@ -111,6 +113,10 @@ class CanonicalizePass(Pass):
             raise UnsupportedNodeError(
                 f"{len(bad)} node(s) of op domains ONNX Runtime does not know", diagnostics=bad,
                 code="SNN-E205", hint="replace them with standard ONNX ops")
+        if bad and all(d.code in ("SNN-E205", "SNN-E206") for d in bad):
+            raise UnsupportedNodeError(
+                f"{len(bad)} node(s) cannot be converted", diagnostics=bad, code="SNN-E206",
+                hint="export a static graph of standard ONNX ops")
         if bad:
             raise UnsupportedNodeError(
                 f"{len(bad)} node(s) have no spiking equivalent", diagnostics=bad,
@@ -324,6 +330,13 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
             diags.append(_diag("SNN-E205", f"op {node.op} of domain '{node.domain}' is unknown to "
                                "ONNX Runtime, so snncc can neither calibrate nor run the model",
                                label, "replace it with standard ONNX ops", "error"))
+            continue
+        if node.op in CONTROL_FLOW and (node.domain or "") in ("", "ai.onnx"):
+            diags.append(_diag("SNN-E206", f"{node.op} is control flow: its subgraphs run "
+                               "per call, which snncc can neither calibrate per layer nor "
+                               "schedule over timesteps", label,
+                               "export a static graph (torch.onnx.export unrolls Python loops "
+                               "and branches when they do not depend on the data)", "error"))
             continue
         info = op_info(node.op, node.domain or "")
         if info.spiking or _inside_pattern(node):

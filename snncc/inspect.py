@@ -143,9 +143,11 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
         diags.append(missing)
     report["unsupported"] = [
         {"node": d.node, "code": d.code, "message": d.message, "hint": d.hint} for d in diags]
+    flagged = {d.node for d in diags}  # a node that cannot convert is no head either
     report["output_head"] = [
         {"node": n.name, "op": n.op} for n in graph.nodes
         if roles.get(id(n)) == HEAD and op_info(n.op, n.domain or "").group != LINEAR
+        and ir.node_label(n) not in flagged
         and n.op not in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")
         and (n.domain or "") in ORT_DOMAINS]
     known = [layer["macs"] for layer in layers if layer["macs"] is not None]

@@ -180,6 +180,8 @@ def node_label(node: gs.Node, provenance: dict[str, str] | None = None) -> str:
     dom = node.domain or "ai.onnx"
     src = (provenance or {}).get(node.name)
     extra = f", from {src}" if src else ""
+    if not node.name and node.outputs:  # an unnamed node: name it by what it writes
+        return f"writing '{node.outputs[0].name}' ({dom}::{node.op}{extra})"
     return f"'{node.name}' ({dom}::{node.op}{extra})"
 
 

@@ -95,6 +95,9 @@ OPS: dict[str, OpInfo] = {
        for op in ("LSTM", "GRU", "RNN")},
 }
 
+#: Control flow: subgraphs that run data-dependent ops; never converted (SNN-E206).
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
 #: Recurrent ops (their input X is [seq, batch, ...] unless layout=1).
 RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
 

@@ -313,3 +313,67 @@ def test_cli_inspect_cycle_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "snncc", "inspect", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "[SNN-E113]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _loop_model(loop_after_relu: bool = True, name: str = "myloop") -> onnx.ModelProto:
+    """x -> Relu -> Loop (two iterations of Add 1 on the carried tensor) -> y."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["v_in", "one"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", F, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", F, None)],
+        initializer=[numpy_helper.from_array(np.ones((), np.float32), "one")])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Loop", ["n", "", "r"], ["y"], name=name, body=body)]
+    return _graph_model(nodes, [helper.make_tensor_value_info("x", F, [1, 4])],
+                        [helper.make_tensor_value_info("y", F, [1, 4])],
+                        [numpy_helper.from_array(np.array(2, np.int64), "n")])
+
+
+def test_control_flow_is_named_at_once_by_canonicalize_and_inspect():
+    """A Loop or If ran through calibration and failed late in ONNX Runtime or the checker; inspect
+    said 'cannot convert: none' and listed the Loop as the output head."""
+    with pytest.raises(UnsupportedNodeError) as info:
+        _canonicalize(_loop_model())
+    (diag,) = info.value.diagnostics
+    assert info.value.code == diag.code == "SNN-E206" and diag.node == "'myloop' (ai.onnx::Loop)"
+    assert "control flow" in diag.message and diag.hint
+    with pytest.raises(UnsupportedNodeError):  # not an analog island either
+        _canonicalize(_loop_model(), allow_analog=True)
+    report = inspect_model(_loop_model())
+    assert [u["code"] for u in report["unsupported"]] == ["SNN-E206"]
+    assert report["output_head"] == []
+
+
+def test_an_unnamed_node_is_named_by_what_it_writes():
+    with pytest.raises(UnsupportedNodeError) as info:
+        _canonicalize(_loop_model(name=""))
+    assert info.value.diagnostics[0].node == "writing 'y' (ai.onnx::Loop)"
+
+
+def test_a_1d_network_compiles_for_ort_and_loihi_refuses_it_before_calibration(tmp_path):
+    """Two Conv1d layers: the ORT target's SynOp count went through the Loihi lowering, which
+    assumed 2-D maps (IndexError, exit 1); Loihi itself crashed the same way."""
+    from snncc.driver import compile_model, make_options
+    from snncc.errors import BackendCapabilityError
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, s).astype(np.float32), n)
+             for n, s in (("w1", (4, 2, 3)), ("w2", (4, 4, 3)), ("wf", (32, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Flatten", ["r2"], ["f"]), helper.make_node("MatMul", ["f", "wf"], ["y"])]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", F, [1, 2, 12])],
+                         [helper.make_tensor_value_info("y", F, [1, 3])], inits)
+    onnx.save(model, tmp_path / "c1d.onnx")
+    np.save(tmp_path / "calib.npy", rng.random((40, 2, 12), dtype=np.float32))
+    opts = dict(calib_path=str(tmp_path / "calib.npy"), timesteps=2)
+    res = compile_model(tmp_path / "c1d.onnx", tmp_path / "o.onnx", make_options(**opts))
+    assert res.output.is_file()
+    with pytest.raises(BackendCapabilityError) as info:
+        compile_model(tmp_path / "c1d.onnx", tmp_path / "o.loihi", make_options(target="loihi", **opts))
+    assert "before calibration" in str(info.value)
+    assert {d.code for d in info.value.diagnostics} == {"SNN-E271"}

@@ -430,6 +430,12 @@ def _spatial(attrs: dict[str, Any], k: tuple[int, int]) -> tuple[tuple[int, int]
                                                                    tuple[int, int, int, int]]:
     strides = tuple(attrs.get("strides", (1, 1)))
     pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
+    spatial = {len(strides), len(pads) // 2, len(attrs.get("kernel_shape", (0, 0))),
+               len(attrs.get("dilations", (1, 1)))} | ({len(k)} if any(k) else set())
+    if spatial != {2}:
+        raise _LowerError("SNN-E271", "only 2-D convolutions and poolings are supported",
+                          "use --target ort for 1-D/3-D networks, or export the model with "
+                          "2-D maps (N, C, 1, L)")
     if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise _LowerError("SNN-E271", f"auto_pad={attrs['auto_pad']} is not supported",
                           "canonicalize the model (explicit pads)")
@@ -616,8 +622,9 @@ class _Lowering:
         b = self._const_input(node, 2)
         attrs = _attrs(node)
         if len(x.shape) != 3 or w.ndim != 4:
-            raise _LowerError("SNN-E271", "only 2-D convolutions are supported",
-                              "use Conv2d")
+            raise _LowerError("SNN-E271", "only 2-D convolutions and poolings are supported",
+                              "use --target ort for 1-D/3-D networks, or export the model with "
+                              "2-D maps (N, C, 1, L)")
         stride, pads = _spatial(attrs, w.shape[2:])
         groups = int(attrs.get("group", 1))
         out_hw = _out_hw(x.view, w.shape[2:], stride, pads)
