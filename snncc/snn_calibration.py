@@ -392,6 +392,13 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
             last_use[name] = i
 
     trains: dict[str, np.ndarray] = {}       # site y -> [S*N, ...] spike train
+    # accumulate-then-fire neurons (bit-serial): every reader of the train sees only its window
+    # mean in the compiled model (linear ops commute with it, the next such neuron quantizes the
+    # window mean of its current, and a MaxPool after it is swapped in front of it, pooling the
+    # mean current); so downstream segments get the mean in every slice. Their per-slice bit
+    # planes would make a plain MaxPool in a segment pool the bits, which no compiled model does
+    window_mean = (neuron_spec is not None and neuron_spec.window_attr is not None
+                   and options.maxpool == "auto" and options.schedule != "streaming")
     # site y -> the ANN's activation [N, ...]: the site's target, and the input of the ANN's
     # own segments downstream (so only the activations still to be read are held, like trains)
     ann_y: dict[str, np.ndarray] = {}
@@ -428,12 +435,16 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
                     hint="use --calib-method mse, which needs no segment models") from exc
             for name in [k for k in trains if last_use.get(k, -1) <= i]:  # read for the last time
                 del trains[name], ann_y[name]
-            params, train, report = _refine_site(site, z, not temporal, target,
-                                                 _Neuron(neuron_spec, options, start[site.y]))
+            neuron = _Neuron(neuron_spec, options, start[site.y])
+            params, train, report = _refine_site(site, z, not temporal, target, neuron)
             result[site.y] = params
             reports.append(report)
             if last_use.get(site.y, -1) > i:  # a later segment reads this train
-                trains[site.y] = train.reshape((-1,) + train.shape[2:])
+                if window_mean:  # downstream sees only the window mean (module doc)
+                    _, counted = neuron.steps(np.asarray(params.lam, np.float32))
+                    train = np.broadcast_to(train[-counted:].mean(axis=0, dtype=np.float32),
+                                            train.shape)
+                trains[site.y] = np.ascontiguousarray(train).reshape((-1,) + train.shape[2:])
                 ann_y[site.y] = target
             del z, target, train
             bar.update(1)
