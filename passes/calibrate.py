@@ -61,6 +61,26 @@ def split_holdout(samples: dict[str, np.ndarray], holdout: int, limit: int | Non
             {name: a[n - k:] for name, a in samples.items()})
 
 
+def _sample_warnings(options, available: int, used: int,
+                     holdout: dict[str, np.ndarray] | None) -> list[str]:
+    """What the user should know about the sample counts: too few to calibrate well, no
+    fidelity estimate, or fewer held out than asked for."""
+    out = []
+    if used < MIN_CALIB_SAMPLES:
+        out.append(f"warning: calibrating on {used} sample(s); lambda and bias are noisy below "
+                   f"{MIN_CALIB_SAMPLES} (256 is the default; give more samples in --calib)")
+    if options.wants_fidelity:
+        held = 0 if holdout is None else len(next(iter(holdout.values())))
+        if held == 0:
+            out.append(f"warning: no fidelity estimate: the calibration file has {available} "
+                       f"sample(s), and {MIN_CALIB_SAMPLES} must stay to calibrate (give at "
+                       f"least {MIN_CALIB_SAMPLES + 32} samples, or --no-fidelity)")
+        elif options.fidelity_samples is not None and held < options.fidelity_samples:
+            out.append(f"warning: held out {held} of the {options.fidelity_samples} fidelity "
+                       f"samples asked for ({available} in the file, {used} kept to calibrate)")
+    return out
+
+
 class CalibratePass(Pass):
     """``progress``: tqdm bar (None = only on a terminal); ``batch_size`` for dynamic batch axes;
     ``max_values``: per-site sample budget of percentile/mse."""
@@ -114,9 +134,12 @@ class CalibratePass(Pass):
             samples = calibration.load_samples(
                 options.calib_path, calibration.model_inputs(proto),
                 max_samples=options.calib_max_samples + options.fidelity_max)
-            holdout = options.fidelity_holdout(len(next(iter(samples.values()))))
+            available = len(next(iter(samples.values())))
+            holdout = options.fidelity_holdout(available)
             samples, ctx.holdout = split_holdout(samples, holdout, options.calib_max_samples)
-            ctx.notes["calibration_samples"] = len(next(iter(samples.values())))
+            used = len(next(iter(samples.values())))
+            ctx.notes["calibration_samples"] = used
+            ctx.warnings += _sample_warnings(options, available, used, ctx.holdout)
             names = list(dict.fromkeys(s.z.name for s in need))
             stats = calibration.collect_statistics(
                 proto, names, samples, per_channel=options.calib_per_channel is not False,

@@ -43,7 +43,12 @@ def _parse_kv(text: str) -> tuple[str, Any]:
         except ValueError:
             pass
     if "," in value:
-        return key, [float(v) for v in value.split(",")]
+        try:
+            return key, [float(v) for v in value.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad neuron parameter {text!r}: a list must hold numbers only, e.g. "
+                f"{key}=0.5,1,2") from None
     return key, value
 
 

@@ -112,6 +112,8 @@ class CompileContext:
     options: CompileOptions
     quant: dict[str, QuantClipParams] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
+    #: things the user should hear about although the compile succeeds (printed on stderr)
+    warnings: list[str] = field(default_factory=list)
     holdout: dict[str, np.ndarray] | None = None   # held-out samples (fidelity estimate)
     #: neuron node -> int64 [1, ...] unit events over all slices, summed over the
     #: ``measured_samples`` held-out samples by the backend's predict (reused by the SynOp section

@@ -159,7 +159,12 @@ def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
                      dump_after: Sequence[str] = (), dump_dir=None) -> list[Output]:
     """Every path a compile writes: the output, the ORT manifest, the report, the dump folder."""
     kind = "dir" if options.target == "loihi" else "file"
-    outs = [Output(out, kind, "-o")]
+    names: tuple[str, ...] = ()
+    if kind == "dir":
+        from snncc.backends.registry import get_backend
+
+        names = get_backend(options.target).output_names
+    outs = [Output(out, kind, "-o", names=names)]
     if options.target == "ort" and out.name:  # no name: the -o check reports it
         outs.append(Output(out.with_name(out.name + ".json"), "file", "-o (manifest)",
                            implied=True))
@@ -258,7 +263,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
                           hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
         warnings += fidelity.check(fid, options, min_agreement)
-    warnings += _streaming_gate_warning(ctx, options)
+    warnings += ctx.warnings + _streaming_gate_warning(ctx, options)
     synops = _synops(snap, model, ctx) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none
         if backend is None:

@@ -78,6 +78,7 @@ class Output:
     option: str = "-o"
     example: str = "model.onnx"   # a file name to suggest when the path is a directory
     implied: bool = False         # named by snncc after another output (the ORT manifest)
+    names: tuple[str, ...] = ()   # a directory output: the files snncc will write into it
 
 
 def default_output(model: str | os.PathLike, target: str) -> Path:
@@ -248,7 +249,13 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
         contents = _dir_contents(path)
         listed = _marker_files(path)
         foreign = contents - (listed | {MARKER} if listed is not None else set())
-        if foreign and not force:
+        clash = sorted(foreign & set(out.names))
+        if clash and force:  # --force never replaces a file snncc did not write
+            diags.append(Diagnostic(
+                "SNN-E364", f"{where} holds files of the names snncc writes that snncc did not "
+                f"write ({', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''})", command,
+                hint="move those files away, or name a new directory"))
+        elif foreign and not force:
             what = ("files snncc did not write" if listed is not None
                     else "files and was not written by snncc")
             diags.append(Diagnostic(

@@ -392,6 +392,45 @@ def test_foreign_directory_needs_force_and_force_keeps_user_files(corpus, tmp_pa
     assert not list(tmp_path.rglob(".*.snncc-*"))
 
 
+def test_force_into_a_folder_with_a_user_file_of_snnccs_name_is_refused_up_front(
+        corpus, tmp_path, capsys, monkeypatch):
+    """--force with a user's cores.json in the folder was refused only after the whole compile."""
+    import snncc.driver as driver
+
+    out = tmp_path / "userdir"
+    out.mkdir()
+    (out / "cores.json").write_text("my core map")
+    monkeypatch.setattr(driver, "default_pipeline", lambda *a, **k: pytest.fail("compiled"))
+    expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib",
+                 corpus.calib, "--target", "loihi", "-o", out, "--force"], "SNN-E364")
+
+
+def test_sample_counts_the_user_should_hear_about(corpus, tmp_path, capsys):
+    """One calibration sample, no fidelity estimate, fewer held out than asked: each said once
+    on stderr (all three were silent)."""
+    x = np.load(corpus.calib) if str(corpus.calib).endswith(".npy") else \
+        next(iter(np.load(corpus.calib).values()))
+    np.save(tmp_path / "one.npy", x[:1])
+    np.save(tmp_path / "many.npy", np.repeat(x, -(-100 // len(x)), axis=0)[:100])
+    rc = main(["compile", str(corpus.model), "--calib", str(tmp_path / "one.npy"), "-o",
+               str(tmp_path / "a.onnx"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "calibrating on 1 sample(s)" in err and "no fidelity estimate" in err, err
+    rc = main(["compile", str(corpus.model), "--calib", str(tmp_path / "many.npy"), "-o",
+               str(tmp_path / "b.onnx"), "-q", "--fidelity-samples", "100000"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "held out 68 of the 100000 fidelity samples asked for" in err, err
+    assert "calibrating on" not in err
+
+
+def test_a_list_neuron_parameter_with_a_word_says_so(corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compile", str(corpus.model), "--neuron", "mt", "--neuron-param",
+              "thresholds=1,2,x", "-o", str(tmp_path / "o.onnx")])
+    err = capsys.readouterr().err
+    assert "a list must hold numbers only" in err and "_parse_kv" not in err, err
+
+
 def test_recompiling_replaces_own_outputs(corpus, tmp_path, capsys):
     for target, out in (("ort", tmp_path / "o.onnx"), ("loihi", tmp_path / "o.loihi")):
         for _ in range(2):

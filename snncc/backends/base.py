@@ -27,6 +27,8 @@ class Backend(abc.ABC):
     name: str
     #: "file" when -o names a file, "dir" when it names a directory
     output_kind: str = "file"
+    #: files a directory output holds (checked against foreign files before any work)
+    output_names: tuple[str, ...] = ()
 
     def lowering_passes(self, options: CompileOptions) -> Sequence[Pass]:
         """Target-specific passes run after insert-neurons."""

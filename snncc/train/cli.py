@@ -227,9 +227,13 @@ def _load_checkpoint(path: str, levels: int) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         ok = isinstance(state, dict) and {"model", "optimizer", "scheduler", "epoch"} <= set(state)
-    except Exception as exc:  # torch raises many types for foreign or truncated files
-        raise CalibrationError(f"finetune: cannot read checkpoint '{path}' ({type(exc).__name__}: {exc})",
+    except OSError as exc:
+        raise CalibrationError(f"finetune: cannot read checkpoint '{path}' ({exc.strerror or exc})",
                                code="SNN-E811", hint="give a file written by --checkpoint") from None
+    except Exception:  # torch raises many types (IndexError, UnpicklingError...) for other files
+        raise CalibrationError(f"finetune: '{path}' is not a checkpoint torch can read (a foreign or "
+                               "truncated file)", code="SNN-E811",
+                               hint="give a file written by --checkpoint") from None
     if not ok:
         raise CalibrationError(f"finetune: '{path}' is not an snncc finetune checkpoint", code="SNN-E811",
                                hint="give a file written by --checkpoint")

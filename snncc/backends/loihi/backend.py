@@ -55,6 +55,7 @@ class _Prepared:
 class LoihiBackend(Backend):
     name = "loihi"
     output_kind = "dir"
+    output_names = ("netlist.json", "netlist.npz", "network.net", "cores.json", "synops.json")
 
     def __init__(self, fixed_point: FixedPoint = FixedPoint(),
                  limits: CoreLimits = CoreLimits()):
