@@ -551,8 +551,8 @@ def _fold_constants(graph: gs.Graph, *, fold_shapes: bool) -> int:
 
 
 def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Decline]) -> None:
-    """Remove Dropout/Identity and redundant ReLUs, expand Sum, make
-    Reshape/Flatten batch-agnostic; keeps order."""
+    """Remove Dropout/Identity and redundant ReLUs, expand Sum, turn a spatial ReduceMean into
+    GlobalAveragePool, make Reshape/Flatten batch-agnostic; keeps order."""
     nodes: list[gs.Node] = []
     for node in graph.nodes:
         if node.op == "Identity":
@@ -571,6 +571,9 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         elif node.op == "Sum":
             nodes.extend(_sum_to_adds(graph, node))
             counts["sum_rewritten"] += 1
+        elif node.op == "ReduceMean" and _spatial_mean(node):
+            nodes.extend(_mean_to_global_pool(graph, node))
+            counts["spatial_mean_to_global_pool"] += 1
         elif node.op == "Reshape":
             _fix_reshape(graph, node, batch, counts, declines)
         elif node.op == "Flatten":
@@ -633,6 +636,35 @@ def _sum_to_adds(graph: gs.Graph, node: gs.Node) -> list[gs.Node]:
                             inputs=[acc, term], outputs=[res]))
         acc = res
     return adds
+
+
+def _spatial_mean(node: gs.Node) -> bool:
+    """ReduceMean over both spatial axes of a 4-D map (PyTorch's ``x.mean((2, 3))`` idiom for
+    global average pooling), axes as an attribute (opset < 18) or a constant input."""
+    shape = node.inputs[0].shape
+    if shape is None or len(shape) != 4:
+        return False
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
+        value = ir.const_value(node.inputs[1])
+        axes = None if value is None else value.reshape(-1).tolist()
+    return axes is not None and sorted(int(a) % 4 for a in axes) == [2, 3]
+
+
+def _mean_to_global_pool(graph: gs.Graph, node: gs.Node) -> list[gs.Node]:
+    """ReduceMean(x, axes=[2, 3]) -> GlobalAveragePool (then Flatten when keepdims=0), which
+    every target maps (Loihi and NIR have no ReduceMean)."""
+    x, out = node.inputs[0], node.outputs[0]
+    node.inputs.clear()
+    node.outputs.clear()
+    if int(node.attrs.get("keepdims", 1)):
+        return [gs.Node("GlobalAveragePool", ir.unique_name(graph, f"{NAME}/mean_pool"),
+                        inputs=[x], outputs=[out])]
+    pooled = gs.Variable(ir.unique_name(graph, f"{NAME}/mean_pooled"), dtype=out.dtype)
+    return [gs.Node("GlobalAveragePool", ir.unique_name(graph, f"{NAME}/mean_pool"),
+                    inputs=[x], outputs=[pooled]),
+            gs.Node("Flatten", ir.unique_name(graph, f"{NAME}/mean_flatten"), attrs={"axis": 1},
+                    inputs=[pooled], outputs=[out])]
 
 
 def _per_sample(shape) -> int | None:

@@ -256,3 +256,25 @@ def test_redundant_relus_are_removed():
     assert sorted(op_types(out)) == ["Clip", "Conv", "Conv", "Relu"]
     assert [o.name for o in out.graph.output] == ["y", "y6"]
 
+
+
+SPATIAL_MEANS = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,3,8,8] x) => (float[N,5] y, float[N,4,1,1] k)
+<float[4,3,3,3] w = {{{','.join(['0'] * 108)}}}, float[5,4] wf = {{{','.join(['0'] * 20)}}}> {{
+  c = Conv <pads = [1,1,1,1]> (x, w)
+  a = Relu(c)
+  m = ReduceMean <axes = [-2, -1], keepdims = 0> (a)
+  y = Gemm <transB = 1> (m, wf)
+  k = ReduceMean <axes = [2, 3]> (a)
+}}
+"""
+
+
+def test_a_spatial_mean_becomes_global_average_pooling():
+    """x.mean((2, 3)) (PyTorch's global average pool idiom) exports as ReduceMean, which the
+    Loihi and NIR backends refuse (E270/E692) although they map GlobalAveragePool."""
+    out, report, _ = assert_pass_equivalent(tiny_model(SPATIAL_MEANS), [CanonicalizePass()],
+                                            options=_options("", allow_analog=False))
+    assert report.rows[0].counts.get("spatial_mean_to_global_pool") == 2
+    assert "ReduceMean" not in op_types(out) and op_types(out).count("GlobalAveragePool") == 2
