@@ -461,7 +461,10 @@ class _Builder:
                 not isinstance(producer, (self.nir.Conv2d, self.nir.Affine)) or \
                 sum(1 for e in self.edges if e[0] == x.node):
             raise _Refuse("SNN-E693", "Add of a constant that does not fold into the bias of "
-                          "the Conv/Gemm before it", "fold constants into the layer's bias")
+                          "the Conv/Gemm before it (e.g. a BatchNormalization after the "
+                          "activation, whose shift NIR's spiking layers cannot carry)",
+                          "put BatchNormalization before the ReLU (Conv-BN-ReLU), or use "
+                          "--target ort or loihi")
         producer.bias = (np.asarray(producer.bias, np.float64) + c).astype(np.float32)
         self.values[node.output[0]] = x
 
