@@ -26,7 +26,7 @@ all reported at once:
 
 * **Nothing inside a directory output.** A file output inside a directory output (``--report``
   inside the Loihi folder) is refused (SNN-E361); a file output written with a trailing ``/``
-  names a directory (SNN-E363).
+  names a directory (SNN-E369, :func:`file_output`).
 
 Writing: a file goes to a temporary sibling ``.NAME.snncc-PID-XXXX`` and is renamed into place only
 when the writer finished (so a failure or Ctrl-C leaves no half-written output, and concurrent
@@ -134,13 +134,13 @@ def _dir_contents(directory: Path) -> set[str]:
     return {str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()}
 
 
-#: First line of every report page snncc writes (how a later run knows the page is its own).
+#: Written at the top of every report page (how a later run knows the page is snncc's own).
 REPORT_MARK = "<!-- written by snncc report -->"
 
 
 def written_by_snncc(path: str | os.PathLike) -> bool:
     """Whether the file at ``path`` is one snncc wrote: JSON with ``snncc_version``, an ONNX model
-    with ``snncc.*`` metadata, or a report page starting with :data:`REPORT_MARK`."""
+    with ``snncc.*`` metadata, or a report page with :data:`REPORT_MARK` in its first bytes."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".onnx":
@@ -420,9 +420,7 @@ def _undo(done: Sequence[tuple[_Installed, Path | None]]) -> None:
 
 _open: list["_Transaction"] = []     # the open transaction of this process (nested ones join it)
 _installed_paths: list[Path] = []    # every output this process installed, in order
-
-
-_scratch: list[bool] = []           # inside scratch(): installs are not the user's outputs
+_scratch: list[bool] = []            # inside scratch(): installs are not the user's outputs
 
 
 def installed() -> list[Path]:
