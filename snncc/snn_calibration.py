@@ -31,6 +31,13 @@ already calibrated:
    the rounds.
 4. The site's spike train with the chosen ``(lam, b)`` feeds the segments downstream.
 
+Pools as the compiled model runs them. A segment on spike trains spike-gates its MaxPools (the
+schedule's gate: per window the slice of the unit with the highest running sum; its calls then
+take all S slices of a few samples, :func:`_run_slices`); ``--maxpool avg`` makes them
+AveragePools. After an accumulate-then-fire neuron (bit-serial) the downstream segments get the
+window mean in every slice instead of the bit planes: the compiled model pools that neuron's mean
+current (the MaxPool moves in front of it), and every other reader sees only the mean.
+
 The bias ends up in ``QuantClipParams.bias``; fold-batchnorm adds it to the bias of the linear op
 producing ``z`` (or inserts an ``Add``), so the QANN and every target see the same corrected
 current. For the ``qann`` target the "neuron" is the quantized clip itself (one slice), which
@@ -182,6 +189,39 @@ class _Segments:
         infos = [self._input_info(name, shapes) for name in inputs]
         return self._submodel(f"segment_{z}", nodes, infos, z), inputs
 
+    def as_compiled(self, model: onnx.ModelProto, slices: int | None,
+                    maxpool: str) -> onnx.ModelProto | None:
+        """``model`` with its MaxPools as the compiled model runs them (None: no change):
+        ``--maxpool avg`` makes them AveragePools; with ``slices`` (a segment on spike trains,
+        time-major ``[S*N, ...]``) they become the schedule's spike gate: per pooling window
+        the slice of the input unit with the highest running sum (schedule_timesteps doc)."""
+        pools = [n for n in model.graph.node if n.op_type == "MaxPool"]
+        if not pools or (maxpool != "avg" and slices is None):
+            return None
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        graph = out.graph
+        nodes = []
+        for k, node in enumerate(graph.node):
+            if node.op_type != "MaxPool":
+                nodes.append(node)
+                continue
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute
+                     if a.name != "storage_order"}
+            if maxpool == "avg":
+                if any(d != 1 for d in attrs.pop("dilations", [1])):
+                    nodes.append(node)
+                    continue
+                nodes.append(onnx.helper.make_node("AveragePool", [node.input[0]],
+                                                   [node.output[0]], count_include_pad=0,
+                                                   **attrs))
+                continue
+            nodes += _gate_nodes(graph, f"walk_gate{k}", node.input[0], node.output[0],
+                                 int(slices), attrs)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        return out
+
     def activation(self, site: Site, z: np.ndarray, inputs: Mapping[str, np.ndarray],
                    batch: int) -> np.ndarray:
         """The ANN's activation ``y`` of ``site`` from its pre-activation ``z``: the nodes between
@@ -212,6 +252,45 @@ class _Segments:
             return self.value_info[name]  # the walk made the model batch-agnostic
         shape = ["batch", *shapes[name][1:]]
         return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+
+
+def _gate_nodes(graph: onnx.GraphProto, tag: str, x: str, y: str, slices: int,
+                attrs: Mapping[str, Any]) -> list[onnx.NodeProto]:
+    """The spike gate of a MaxPool over a time-major ``[S*N, ...]`` input ``x`` writing ``y``."""
+    def const(name: str, value) -> str:
+        graph.initializer.append(onnx.numpy_helper.from_array(
+            np.asarray(value, np.int64), f"{tag}/{name}"))
+        return f"{tag}/{name}"
+
+    t = lambda name: f"{tag}/{name}"  # noqa: E731
+    mk = onnx.helper.make_node
+    return [mk("Shape", [x], [t("shape")]),
+            mk("Reshape", [x, const("time", [slices, -1])], [t("view")]),
+            mk("CumSum", [t("view"), const("axis", 0)], [t("sum")]),
+            mk("Reshape", [t("sum"), t("shape")], [t("running")]),
+            mk("MaxPool", [t("running")], [t("pooled"), t("indices")], **attrs),
+            mk("Reshape", [x, const("flat", [-1])], [t("x_flat")]),
+            mk("Reshape", [t("indices"), f"{tag}/flat"], [t("i_flat")]),
+            mk("GatherElements", [t("x_flat"), t("i_flat")], [t("picked")]),
+            mk("Shape", [t("indices")], [t("out_shape")]),
+            mk("Reshape", [t("picked"), t("out_shape")], [y])]
+
+
+def _run_slices(session: ort.InferenceSession, output: str, feeds: Mapping[str, np.ndarray],
+                slices: int, batch: int) -> np.ndarray:
+    """:func:`_run` on time-major ``[S*N, ...]`` feeds whose ops mix the slices of a sample (the
+    spike gate): each call gets all S slices of up to ``batch`` samples."""
+    views = {k: v.reshape((slices, -1) + v.shape[1:]) for k, v in feeds.items()}
+    n = next(iter(views.values())).shape[1]
+    out = None
+    for start in range(0, n, batch):
+        part = session.run([output], {k: np.ascontiguousarray(v[:, start:start + batch])
+                                      .reshape((-1,) + v.shape[2:]) for k, v in views.items()})[0]
+        part = part.reshape((slices, -1) + part.shape[1:])
+        if out is None:
+            out = np.empty((slices, n) + part.shape[2:], part.dtype)
+        out[:, start:start + part.shape[1]] = part
+    return out.reshape((-1,) + out.shape[2:])
 
 
 def _run(session: ort.InferenceSession, output: str, feeds: Mapping[str, np.ndarray],
@@ -421,8 +500,15 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
                         if temporal else inputs[name]
             try:
                 session = _session(model)
+                compiled = None if neuron_spec is None else segments.as_compiled(
+                    model, S if temporal and not window_mean else None, options.maxpool)
                 rows = _rows(batch_size * (S if temporal else 1), shapes[site.y])
-                z = _run(session, site.z, feeds, rows)
+                if compiled is None:
+                    z = _run(session, site.z, feeds, rows)
+                elif temporal and not window_mean:  # gates mix a sample's slices
+                    z = _run_slices(_session(compiled), site.z, feeds, S, max(1, rows // S))
+                else:
+                    z = _run(_session(compiled), site.z, feeds, rows)
                 rows = _rows(batch_size, shapes[site.y])
                 target = segments.activation(site, _run(
                     session, site.z, {k: ann_y.get(k, inputs.get(k)) for k in seg_inputs},
