@@ -401,10 +401,12 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
-def _interrupted(exc: KeyboardInterrupt) -> int:
+def _interrupted(exc: KeyboardInterrupt, before: int) -> int:
+    """The message on Ctrl-C or SIGTERM: what this command (its outputs installed after the
+    first ``before`` of the thread's) had already written."""
     from snncc.outputs import installed
 
-    done = installed()
+    done = installed()[before:]
     what = "terminated" if isinstance(exc, Terminated) else "interrupted"
     print(f"{what}; " + (f"already written: {', '.join(str(p) for p in done)}" if done
                          else "nothing was written"), file=sys.stderr)
@@ -412,18 +414,30 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from snncc.outputs import installed
+
+    before = len(installed())
     # SIGTERM cleans up like Ctrl-C, except under torchrun, which stops ranks waiting in a
     # collective with SIGTERM (a Python handler would not run until the collective returned)
+    previous = None
     if not {"TORCHELASTIC_RUN_ID", "WORLD_SIZE"} & set(os.environ):
         try:
-            signal.signal(signal.SIGTERM, _on_sigterm)
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         except ValueError:  # main() called from a thread other than the main one
             pass
+    try:
+        return _main(argv, before)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None, before: int) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
     except KeyboardInterrupt as exc:  # Ctrl-C while the modules load
-        return _interrupted(exc)
+        return _interrupted(exc, before)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
     try:
@@ -434,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"snncc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        return _interrupted(exc)
+        return _interrupted(exc, before)
     except BrokenPipeError:  # e.g. `snncc run ... | head`: the reader left; not an error of ours
         try:
             sys.stdout = open(os.devnull, "w")

@@ -167,7 +167,7 @@ def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
     outs = [Output(out, kind, "-o", names=names)]
     if options.target == "ort" and out.name:  # no name: the -o check reports it
         outs.append(Output(out.with_name(out.name + ".json"), "file", "-o (manifest)",
-                           implied=True))
+                           implied="manifest"))
     if report_path:
         outs.append(Output(Path(report_path), "file", "--report", "report.json"))
     if dump_after:

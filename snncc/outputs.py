@@ -16,9 +16,10 @@ all reported at once:
 * **A place that can hold it.** An output whose parent is a file, or whose nearest existing
   parent directory is not writable (or a file output with no name, like ``.``), is refused
   (SNN-E369); a write that still fails (a full disk, ``/proc``) is reported with that code too.
-* **Implied files are snncc's.** A file snncc names after ``-o`` (the ORT manifest
-  ``MODEL.onnx.json``) replaces an existing file only when snncc wrote it (JSON with
-  ``snncc_version``); another file there is refused unless ``force`` (SNN-E364).
+* **Implied files are snncc's.** A file snncc names itself (the ORT manifest ``MODEL.onnx.json``,
+  finetune's stage files, the report's default page) replaces an existing file only when snncc
+  wrote that kind of file there (:func:`written_by_snncc`); another file there is refused unless
+  ``force`` (SNN-E364).
 * **Foreign directories need --force.** A non-empty directory that snncc did not write, or one
   that holds files beyond what its marker lists, is refused unless ``force`` (SNN-E364). With
   ``--force`` snncc writes its files into it and deletes nothing it did not write; a foreign file
@@ -39,9 +40,14 @@ All outputs of one command at once: inside :func:`transaction` the writers only 
 temporaries; when the block ends without an error every output is installed, with SIGINT and
 SIGTERM held back until the last rename (a signal that came meanwhile is delivered after it). An
 install that fails (a file made immutable, a full disk) undoes those before it: each replaced file
-was first moved to a temporary sibling and is moved back. An error or interrupt before the end
-removes the temporaries, including one created just as the interrupt came (they carry the PID).
-:func:`installed` lists what this process has installed, so an interrupt can say what was written.
+is kept as a hard link beside it until the end and moved back (only while the path still holds
+what this command installed: a concurrent writer's file is left alone). Each install is one
+``os.replace``, so a concurrent writer or reader sees the old file or the new one, and nothing that
+is not a plain file is ever moved aside (a directory that appeared at a file output's path since
+the check makes the rename fail, and stays). An error or interrupt before the end removes the
+temporaries, including one created just as the interrupt came (they carry the PID and thread).
+Transactions are per thread. :func:`installed` lists what this thread has installed, so an
+interrupt can say what was written.
 """
 from __future__ import annotations
 
@@ -77,7 +83,10 @@ class Output:
     kind: str = "file"
     option: str = "-o"
     example: str = "model.onnx"   # a file name to suggest when the path is a directory
-    implied: bool = False         # named by snncc after another output (the ORT manifest)
+    # named by snncc, not by the user: "manifest" (MODEL.onnx.json), "stage" (finetune's
+    # OUT.T<T>.onnx), "report" (the default report page); replaced only when snncc wrote that
+    # kind of file there (:func:`written_by_snncc`)
+    implied: str = ""
     names: tuple[str, ...] = ()   # a directory output: the files snncc will write into it
 
 
@@ -138,21 +147,24 @@ def _dir_contents(directory: Path) -> set[str]:
 REPORT_MARK = "<!-- written by snncc report -->"
 
 
-def written_by_snncc(path: str | os.PathLike) -> bool:
-    """Whether the file at ``path`` is one snncc wrote: JSON with ``snncc_version``, an ONNX model
-    with ``snncc.*`` metadata, or a report page with :data:`REPORT_MARK` in its first bytes."""
+def written_by_snncc(path: str | os.PathLike, kind: str) -> bool:
+    """Whether the file at ``path`` is the ``kind`` of file snncc writes there: an ORT manifest
+    (JSON with ``snncc_version`` and ``neuron_ops``), a fine-tuning stage (ONNX whose
+    ``snncc.train`` metadata says ``"kind": "snn"``) or a report page (:data:`REPORT_MARK` in its
+    first bytes). Another file of snncc's (a compiled model, a --report JSON) is not."""
     path = Path(path)
     try:
-        if path.suffix.lower() == ".onnx":
+        if kind == "report":
+            with open(path, "rb") as f:
+                return REPORT_MARK.encode() in f.read(256)
+        if kind == "stage":
             import onnx
 
-            model = onnx.load(str(path), load_external_data=False)
-            return any(p.key.startswith("snncc") for p in model.metadata_props)
-        with open(path, "rb") as f:
-            head = f.read(256)
-        if REPORT_MARK.encode() in head:
-            return True
-        return "snncc_version" in json.loads(path.read_text())
+            meta = {p.key: p.value for p in
+                    onnx.load(str(path), load_external_data=False).metadata_props}
+            return json.loads(meta.get("snncc.train", "{}")).get("kind") == "snn"
+        doc = json.loads(path.read_text())
+        return kind == "manifest" and {"snncc_version", "neuron_ops"} <= set(doc)
     except Exception:  # unreadable, not JSON, not ONNX: not ours  # noqa: BLE001
         return False
 
@@ -189,13 +201,15 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
             if same_path(other.path, path):
                 diags.append(Diagnostic("SNN-E361", f"{where} is the same path as {other.option}",
                                         command, hint="give each output its own path"))
-            elif "dir" in (other.kind, out.kind):
-                outer, inner = (other, out) if other.kind == "dir" else (out, other)
-                if _is_within(_resolve(inner.path), _resolve(outer.path)):
-                    diags.append(Diagnostic(
-                        "SNN-E361", f"{inner.option} '{inner.path}' lies inside the directory "
-                        f"{outer.option} '{outer.path}', whose contents snncc manages", command,
-                        hint=f"put {inner.option.split()[0]} outside that directory"))
+            else:
+                for outer, inner in ((other, out), (out, other)):
+                    if outer.kind == "dir" and _is_within(_resolve(inner.path),
+                                                          _resolve(outer.path)):
+                        diags.append(Diagnostic(
+                            "SNN-E361", f"{inner.option} '{inner.path}' lies inside the "
+                            f"directory {outer.option} '{outer.path}', whose contents snncc "
+                            "manages", command,
+                            hint=f"put {inner.option.split()[0]} outside that directory"))
         seen.append(out)
         if out.kind == "dir" and (str(out.path).strip() in (".", "..", "~", "/", "")
                                   or path.resolve() in (home, Path("/"))
@@ -236,7 +250,7 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 diags.append(Diagnostic(
                     "SNN-E363", f"{where} exists and is not a regular file (it is "
                     f"a {'directory' if path.is_dir() else 'special file'})", command, hint=hint))
-            elif out.implied and not force and not written_by_snncc(path):
+            elif out.implied and not force and not written_by_snncc(path, out.implied):
                 diags.append(Diagnostic(
                     "SNN-E364", f"{where} exists and was not written by snncc",
                     command, hint="choose another -o" + (", or pass --force to replace it"
@@ -302,8 +316,8 @@ def write_errors(path: str | os.PathLike) -> Iterator[None]:
 # ------------------------------------------------------------------ temporaries and installing
 
 def _temp_prefix(path: Path) -> str:
-    """Name prefix of this process's temporaries beside ``path``."""
-    return f".{path.name}.snncc-{os.getpid()}-"
+    """Name prefix of this process's (and thread's) temporaries beside ``path``."""
+    return f".{path.name}.snncc-{os.getpid()}-{threading.get_ident() % 100000}-"
 
 
 def _remove_temps(path: Path) -> None:
@@ -334,16 +348,19 @@ def _backup_name(path: Path) -> Path:
 
 
 class _Installed:
-    """Undo information of one rename: ``path`` now holds the new file; the file it replaced
-    (if any) waits at ``backup``."""
+    """Undo information of one install: ``path`` now holds the new file (inode ``ino``); the
+    file it replaced (if any) is kept at ``backup``."""
 
-    def __init__(self, path: Path, backup: Path | None, new_dir: bool = False):
-        self.path, self.backup, self.new_dir = path, backup, new_dir
+    def __init__(self, path: Path, backup: Path | None, new_dir: bool = False,
+                 ino: tuple[int, int] | None = None):
+        self.path, self.backup, self.new_dir, self.ino = path, backup, new_dir, ino
 
     def rollback(self, staging: Path | None = None) -> None:
         if self.new_dir and staging is not None:  # a whole new directory: move it back out
             os.rename(self.path, staging)
             return
+        if self.ino is not None and _inode(self.path) != self.ino:
+            return  # another writer's file is there now: not ours to undo
         if self.backup is not None:
             os.replace(self.backup, self.path)
         else:
@@ -352,25 +369,39 @@ class _Installed:
     def finish(self) -> None:
         if self.backup is not None:
             with contextlib.suppress(FileNotFoundError):
-                if self.backup.is_dir() and not self.backup.is_symlink():
-                    shutil.rmtree(self.backup)
-                else:
-                    self.backup.unlink()
+                self.backup.unlink()
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _install_file(tmp: Path, path: Path) -> _Installed:
-    """Rename ``tmp`` onto ``path``, keeping the file it replaces aside for an undo."""
+    """Rename ``tmp`` onto ``path`` in one step (``os.replace``: a concurrent writer sees the old
+    file or the new one), keeping a hard link to the file it replaces for an undo. Nothing that
+    is not a plain file is ever moved aside: ``os.replace`` refuses a directory that appeared at
+    ``path`` since the check, which then stays as it is."""
     backup = None
-    if os.path.lexists(path):
+    if os.path.isfile(path) and not os.path.islink(path):
         backup = _backup_name(path)
-        os.rename(path, backup)
+        try:
+            os.link(path, backup)
+        except FileNotFoundError:  # another writer moved it meanwhile: nothing to keep
+            backup = None
+        except OSError:  # no hard links here: keep a copy
+            shutil.copy2(path, backup)
     try:
         os.replace(tmp, path)
     except BaseException:
         if backup is not None:
-            os.replace(backup, path)
+            with contextlib.suppress(OSError):
+                backup.unlink()
         raise
-    return _Installed(path, backup)
+    return _Installed(path, backup, ino=_inode(path))
 
 
 def _install_dir(tmp: Path, path: Path, files: Sequence[str],
@@ -401,7 +432,10 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
             stale = path / rel
             if stale.is_file() or stale.is_symlink():
                 backup = _backup_name(stale)
-                os.rename(stale, backup)
+                try:
+                    os.rename(stale, backup)
+                except FileNotFoundError:  # gone meanwhile
+                    continue
                 done.append((_Installed(stale, backup), None))  # undo: moved back
         done.append((_install_file(tmp / MARKER, path / MARKER), None))
     except BaseException:
@@ -418,25 +452,33 @@ def _undo(done: Sequence[tuple[_Installed, Path | None]]) -> None:
 
 # -------------------------------------------------------------------------------- transactions
 
-_open: list["_Transaction"] = []     # the open transaction of this process (nested ones join it)
-_installed_paths: list[Path] = []    # every output this process installed, in order
-_scratch: list[bool] = []            # inside scratch(): installs are not the user's outputs
+class _ThreadState(threading.local):
+    """Per thread (a compile in another thread has its own): the open transaction (nested ones
+    join it), every output installed, in order, and the scratch() depth."""
+
+    def __init__(self) -> None:
+        self.open: list["_Transaction"] = []
+        self.installed: list[Path] = []
+        self.scratch: list[bool] = []
+
+
+_state = _ThreadState()
 
 
 def installed() -> list[Path]:
     """The outputs this process has installed so far (for an honest message on interrupt)."""
-    return list(_installed_paths)
+    return list(_state.installed)
 
 
 @contextlib.contextmanager
 def scratch() -> Iterator[None]:
     """Writes inside the block go to a command's own scratch space (the report's compiles into
     a temporary directory): they are not listed by :func:`installed`."""
-    _scratch.append(True)
+    _state.scratch.append(True)
     try:
         yield
     finally:
-        _scratch.pop()
+        _state.scratch.pop()
 
 
 class _Transaction:
@@ -446,7 +488,7 @@ class _Transaction:
 
     def commit(self) -> None:
         done: list[tuple[_Installed, Path | None]] = []
-        with _signals_held():
+        with _signals_held(), _parents_locked([path for _, path in self.steps]):
             try:
                 for step, path in self.steps:
                     with write_errors(path):
@@ -457,8 +499,8 @@ class _Transaction:
             for item, _ in done:
                 with contextlib.suppress(OSError):
                     item.finish()
-            if not _scratch:
-                _installed_paths.extend(path for _, path in self.steps if not _in_staging(path))
+            if not _state.scratch:
+                _state.installed.extend(path for _, path in self.steps if not _in_staging(path))
 
     def cleanup(self) -> None:
         for path in self.places:
@@ -469,19 +511,51 @@ class _Transaction:
 def transaction() -> Iterator[None]:
     """Install every output written inside the block together at its end, or none of them (see
     the module doc). Nested blocks join the outer one."""
-    if _open:
+    if _state.open:
         yield
         return
     t = _Transaction()
-    _open.append(t)
+    _state.open.append(t)
     try:
         yield
-        _open.pop()
+        _state.open.pop()
         t.commit()
     finally:
-        if _open and _open[-1] is t:
-            _open.pop()
+        if _state.open and _state.open[-1] is t:
+            _state.open.pop()
         t.cleanup()
+
+
+@contextlib.contextmanager
+def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on each output's parent directory (in path order) while the
+    outputs are installed, so that commands writing the same outputs at once install them one
+    after the other: the model and its manifest come from the same command. Nothing is created
+    for it; where a lock is not possible the install goes on without it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fds = []
+    try:
+        for parent in sorted({str(p.parent) for p in paths}):
+            try:
+                fd = os.open(parent, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                os.close(fd)
+                continue
+            fds.append(fd)
+        yield
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -513,14 +587,14 @@ def _in_staging(path: Path) -> bool:
 
 
 def _deferred(path: Path) -> bool:
-    return bool(_open) and not _in_staging(path)
+    return bool(_state.open) and not _in_staging(path)
 
 
 def _stage(install: Callable[[], list[tuple[_Installed, Path | None]]], path: Path) -> None:
     """Run ``install`` now (outside a transaction or inside a staging folder: atomically, with
     signals held) or at the end of the open transaction."""
     if _deferred(path):
-        _open[-1].steps.append((install, path))
+        _state.open[-1].steps.append((install, path))
         return
     t = _Transaction()
     t.steps.append((install, path))
@@ -529,7 +603,7 @@ def _stage(install: Callable[[], list[tuple[_Installed, Path | None]]], path: Pa
 
 def _place(path: Path) -> None:
     if _deferred(path):
-        _open[-1].places.append(path)
+        _state.open[-1].places.append(path)
 
 
 def _discard(tmp: Path | None, path: Path) -> None:

@@ -134,7 +134,8 @@ def check_report_outputs(out_path: str | os.PathLike,
     the user gave, so an existing page there is replaced only when snncc wrote it."""
     from snncc.outputs import Output, check_outputs
 
-    check_outputs([Output(Path(out_path), "file", "-o", "report.md", implied=implied),
+    check_outputs([Output(Path(out_path), "file", "-o", "report.md",
+                          implied="report" if implied else ""),
                    Output(plots_dir(out_path), "dir", "-o (plots)")],
                   inputs, command="report", has_force=False)
 

@@ -34,9 +34,10 @@ already calibrated:
 Pools as the compiled model runs them. A segment on spike trains spike-gates its MaxPools (the
 schedule's gate: per window the slice of the unit with the highest running sum; its calls then
 take all S slices of a few samples, :func:`_run_slices`); ``--maxpool avg`` makes them
-AveragePools. After an accumulate-then-fire neuron (bit-serial) the downstream segments get the
-window mean in every slice instead of the bit planes: the compiled model pools that neuron's mean
-current (the MaxPool moves in front of it), and every other reader sees only the mean.
+AveragePools. After an accumulate-then-fire neuron (bit-serial) a segment whose MaxPools all read
+a neuron's output gets the window mean in every slice instead of the bit planes: the compiled
+model pools that neuron's mean current (the MaxPool moves in front of it), and every other reader
+sees only the mean. A MaxPool further down (after a conv) is gated on the bit planes, as compiled.
 
 The bias ends up in ``QuantClipParams.bias``; fold-batchnorm adds it to the bias of the linear op
 producing ``z`` (or inserts an ``Add``), so the QANN and every target see the same corrected
@@ -189,6 +190,10 @@ class _Segments:
         infos = [self._input_info(name, shapes) for name in inputs]
         return self._submodel(f"segment_{z}", nodes, infos, z), inputs
 
+    def pools_read_sites(self, model: onnx.ModelProto) -> bool:
+        """Every MaxPool of the segment ``model`` reads a site output (a neuron's train)."""
+        return all(n.input[0] in self.site_y for n in model.graph.node if n.op_type == "MaxPool")
+
     def as_compiled(self, model: onnx.ModelProto, slices: int | None,
                     maxpool: str) -> onnx.ModelProto | None:
         """``model`` with its MaxPools as the compiled model runs them (None: no change):
@@ -252,6 +257,14 @@ class _Segments:
             return self.value_info[name]  # the walk made the model batch-agnostic
         shape = ["batch", *shapes[name][1:]]
         return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+
+
+def _window_mean(train: np.ndarray, slices: int, counted: int) -> np.ndarray:
+    """A time-major ``[S*N, ...]`` train with every slice replaced by the mean of the last
+    ``counted`` slices."""
+    view = train.reshape((slices, -1) + train.shape[1:])
+    mean = view[-counted:].mean(axis=0, dtype=np.float32)
+    return np.ascontiguousarray(np.broadcast_to(mean, view.shape)).reshape(train.shape)
 
 
 def _gate_nodes(graph: onnx.GraphProto, tag: str, x: str, y: str, slices: int,
@@ -454,7 +467,7 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
     del ann
     sizes = [int(np.prod(a.shape[1:])) for a in probed]
     first = _Neuron(neuron_spec, options, start[sites[0].y])
-    S = first.steps(np.asarray(start[sites[0].y].lam))[0]
+    S, counted = first.steps(np.asarray(start[sites[0].y].lam))
     per_sample = 4 * sum(sizes) * (1 + S)
     keep = max(MIN_SAMPLES, min(n, int(MEMORY_BUDGET // max(per_sample, 1)),
                                 int(SIMULATION_BUDGET // max(max(sizes), 1))))
@@ -471,11 +484,12 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
             last_use[name] = i
 
     trains: dict[str, np.ndarray] = {}       # site y -> [S*N, ...] spike train
-    # accumulate-then-fire neurons (bit-serial): every reader of the train sees only its window
-    # mean in the compiled model (linear ops commute with it, the next such neuron quantizes the
-    # window mean of its current, and a MaxPool after it is swapped in front of it, pooling the
-    # mean current); so downstream segments get the mean in every slice. Their per-slice bit
-    # planes would make a plain MaxPool in a segment pool the bits, which no compiled model does
+    # accumulate-then-fire neurons (bit-serial): a MaxPool reading such a neuron's output moves
+    # in front of it in the compiled model and pools its mean current, and the other readers
+    # (linear ops, the next such neuron) see only the window mean. So a segment whose MaxPools
+    # all read a site output gets the window mean in every slice (its bit planes would make a
+    # plain MaxPool pool the bits); one with a MaxPool further down (after a conv: the compiled
+    # model gates it on the bit planes) gets the trains and the gate, like the other neurons
     window_mean = (neuron_spec is not None and neuron_spec.window_attr is not None
                    and options.maxpool == "auto" and options.schedule != "streaming")
     # site y -> the ANN's activation [N, ...]: the site's target, and the input of the ANN's
@@ -491,21 +505,24 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
                 on_site(site.y)
             model, seg_inputs = segments.model(site.z, shapes)
             temporal = any(name in segments.site_y for name in seg_inputs)
+            use_mean = window_mean and temporal and segments.pools_read_sites(model)
+            gate = temporal and not use_mean
             feeds = {}
             for name in seg_inputs:
                 if name in trains:
-                    feeds[name] = trains[name]
+                    feeds[name] = _window_mean(trains[name], S, counted) if use_mean \
+                        else trains[name]
                 else:
                     feeds[name] = np.tile(inputs[name], (S,) + (1,) * (inputs[name].ndim - 1)) \
                         if temporal else inputs[name]
             try:
                 session = _session(model)
                 compiled = None if neuron_spec is None else segments.as_compiled(
-                    model, S if temporal and not window_mean else None, options.maxpool)
+                    model, S if gate else None, options.maxpool)
                 rows = _rows(batch_size * (S if temporal else 1), shapes[site.y])
                 if compiled is None:
                     z = _run(session, site.z, feeds, rows)
-                elif temporal and not window_mean:  # gates mix a sample's slices
+                elif gate:  # gates mix a sample's slices
                     z = _run_slices(_session(compiled), site.z, feeds, S, max(1, rows // S))
                 else:
                     z = _run(_session(compiled), site.z, feeds, rows)
@@ -526,11 +543,7 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
             result[site.y] = params
             reports.append(report)
             if last_use.get(site.y, -1) > i:  # a later segment reads this train
-                if window_mean:  # downstream sees only the window mean (module doc)
-                    _, counted = neuron.steps(np.asarray(params.lam, np.float32))
-                    train = np.broadcast_to(train[-counted:].mean(axis=0, dtype=np.float32),
-                                            train.shape)
-                trains[site.y] = np.ascontiguousarray(train).reshape((-1,) + train.shape[2:])
+                trains[site.y] = train.reshape((-1,) + train.shape[2:])
                 ann_y[site.y] = target
             del z, target, train
             bar.update(1)

@@ -344,6 +344,121 @@ def test_signals_during_the_install_are_held_back(tmp_path, monkeypatch):
     assert {tmp_path / "a", tmp_path / "b"} <= set(installed())
 
 
+def test_a_directory_that_appears_at_a_file_output_is_kept(tmp_path):
+    """A directory made at the output's path after the up-front check (during calibration) was
+    moved aside and deleted with its files at install time."""
+    from snncc.errors import OutputPathError
+    from snncc.outputs import atomic_file, transaction
+
+    out = tmp_path / "results"
+    with pytest.raises(OutputPathError) as err:
+        with transaction():
+            with atomic_file(out) as tmp:
+                tmp.write_text("model")
+            out.mkdir()
+            (out / "thesis.tex").write_text("years of work")
+    assert err.value.code == "SNN-E369"
+    assert (out / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_an_implied_file_must_be_snnccs_file_of_that_kind(corpus, tmp_path, capsys):
+    """A compiled model where a fine-tuning stage goes, or a --report JSON where the manifest
+    goes, is snncc's but not that file: refused (it was replaced)."""
+    from snncc.outputs import written_by_snncc
+
+    expect_ok(capsys, ["compile", corpus.model, "--calib", corpus.calib, "-o", tmp_path / "a.onnx",
+                       "--report", tmp_path / "r.json", "-q"])
+    assert written_by_snncc(tmp_path / "a.onnx.json", "manifest")
+    assert not written_by_snncc(tmp_path / "r.json", "manifest")
+    assert not written_by_snncc(tmp_path / "a.onnx", "stage")
+    (tmp_path / "b.onnx.json").write_bytes((tmp_path / "r.json").read_bytes())
+    expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib", corpus.calib,
+                 "-o", tmp_path / "b.onnx"], "SNN-E364")
+
+
+def test_transactions_belong_to_their_thread(tmp_path):
+    """A compile in another thread joined the first thread's transaction: when the first failed,
+    the second's output never appeared although it returned normally."""
+    import threading
+
+    from snncc.outputs import atomic_file, transaction
+
+    inside, done = threading.Event(), threading.Event()
+
+    def other():
+        inside.wait()
+        with transaction():
+            with atomic_file(tmp_path / "b") as tmp:
+                tmp.write_text("b")
+        done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with pytest.raises(RuntimeError):
+        with transaction():
+            with atomic_file(tmp_path / "a") as tmp:
+                tmp.write_text("a")
+            inside.set()
+            done.wait(30)
+            raise RuntimeError("the first command fails")
+    thread.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_an_interrupt_names_only_this_commands_outputs_and_sigterm_is_restored(
+        corpus, tmp_path, capsys, monkeypatch):
+    import signal
+
+    import snncc.driver as driver
+
+    before = signal.getsignal(signal.SIGTERM)
+    expect_ok(capsys, ["compile", corpus.model, "--calib", corpus.calib, "-o", tmp_path / "a.onnx",
+                       "-q"])
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "compile_model", interrupted)
+    rc = main(["compile", str(corpus.model), "--calib", str(corpus.calib), "-o",
+               str(tmp_path / "b.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted; nothing was written" in err, err
+
+
+def test_a_directory_output_inside_another_is_refused(corpus, tmp_path):
+    """--dump-after into a folder that holds the Loihi folder: every later run was refused."""
+    from snncc.driver import compile_model, make_options
+    from snncc.errors import OutputPathError
+
+    with pytest.raises(OutputPathError) as err:
+        compile_model(corpus.model, tmp_path / "d" / "m.loihi",
+                      make_options(target="loihi", calib_path=str(corpus.calib)),
+                      dump_after=["canonicalize"], dump_dir=tmp_path / "d")
+    assert err.value.code == "SNN-E361" and not list(tmp_path.iterdir())
+
+
+def test_writers_of_one_output_install_it_one_after_the_other(tmp_path):
+    """Four processes writing a model and its manifest at once: the two files come from the same
+    process (they could come from two), and none fails (an install raced another's)."""
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from snncc.outputs import atomic_file, transaction\n"
+        "d, i = Path(sys.argv[1]), sys.argv[2]\n"
+        "for _ in range(20):\n"
+        "    with transaction():\n"
+        "        for name in ('m.onnx', 'm.onnx.json'):\n"
+        "            with atomic_file(d / name) as t:\n"
+        "                t.write_text(i)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(i)],
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    for proc in procs:
+        assert proc.wait(120) == 0, proc.stderr.read()
+    assert (tmp_path / "m.onnx").read_text() == (tmp_path / "m.onnx.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
+
+
 def test_a_failing_write_is_a_coded_error(tmp_path):
     from snncc.errors import OutputPathError
     from snncc.outputs import atomic_file

@@ -260,7 +260,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     outs = [Output(output, "file", "-o")]
     if snn:
         # named by snncc after -o: an existing file there is replaced only when snncc wrote it
-        outs += [Output(_stage_path(output, T), "file", "-o (stage)", implied=True)
+        outs += [Output(_stage_path(output, T), "file", "-o (stage)", implied="stage")
                  for T in dict.fromkeys(args.timesteps)]
     if args.checkpoint:
         outs.append(Output(Path(args.checkpoint), "file", "--checkpoint"))
