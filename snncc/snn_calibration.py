@@ -191,8 +191,11 @@ class _Segments:
         return self._submodel(f"segment_{z}", nodes, infos, z), inputs
 
     def pools_read_sites(self, model: onnx.ModelProto) -> bool:
-        """Every MaxPool of the segment ``model`` reads a site output (a neuron's train)."""
-        return all(n.input[0] in self.site_y for n in model.graph.node if n.op_type == "MaxPool")
+        """The segment ``model`` has MaxPools, and each reads a site output (a neuron's train).
+        (Without one, trains and window means give the same current up to float rounding: the
+        trains are kept, so that every schedule calibrates alike.)"""
+        pools = [n for n in model.graph.node if n.op_type == "MaxPool"]
+        return bool(pools) and all(n.input[0] in self.site_y for n in pools)
 
     def as_compiled(self, model: onnx.ModelProto, slices: int | None,
                     maxpool: str) -> onnx.ModelProto | None:
