@@ -46,16 +46,24 @@ what this command installed: a concurrent writer's file is left alone). Each ins
 is not a plain file is ever moved aside (a directory that appeared at a file output's path since
 the check makes the rename fail, and stays). An error or interrupt before the end removes the
 temporaries, including one created just as the interrupt came (they carry the PID and thread).
-Transactions are per thread. :func:`installed` lists what this thread has installed, so an
-interrupt can say what was written.
+A replaced symlink is kept as the link itself. A directory output is never written through a
+symlinked subfolder (nothing behind a link is snncc's: SNN-E364). The installs take an ``flock``
+on each parent directory (by inode, in one order), so that concurrent commands writing the same
+outputs install them one after the other. Folders made for an output are removed again when
+the command fails. Transactions are per thread; a nested one joins the outer one, so its writes
+are installed or dropped with the outer block, even if the nested block's error was caught.
+:func:`installed` lists what this thread has installed, so an interrupt can say what was
+written.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -140,7 +148,10 @@ def _marker_files(directory: Path) -> set[str] | None:
 
 
 def _dir_contents(directory: Path) -> set[str]:
-    return {str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()}
+    """Every entry under ``directory`` that is not a real directory (a symlink, also one to a
+    directory, counts: nothing behind it is snncc's)."""
+    return {str(p.relative_to(directory)) for p in directory.rglob("*")
+            if p.is_symlink() or not p.is_dir()}
 
 
 #: Written at the top of every report page (how a later run knows the page is snncc's own).
@@ -334,12 +345,32 @@ def _remove_temps(path: Path) -> None:
                         os.unlink(entry.path)
 
 
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing directories above ``path``; returns them, deepest first."""
+    missing = []
+    parent = path.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_if_empty(dirs: Sequence[Path]) -> None:
+    for d in dirs:  # deepest first
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
 def temp_dir(path: str | os.PathLike) -> Path:
     """A new temporary directory beside ``path``, named like the other temporaries (so an
-    interrupted command's cleanup finds it)."""
+    interrupted command's cleanup finds it). Directories it had to create above ``path`` are
+    removed again if the open transaction fails."""
     path = _resolve(path)
     with write_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_parents(path)
+        if _state.open:
+            _state.open[-1].created += created
         return Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
 
 
@@ -382,26 +413,57 @@ def _inode(path: Path) -> tuple[int, int] | None:
 
 def _install_file(tmp: Path, path: Path) -> _Installed:
     """Rename ``tmp`` onto ``path`` in one step (``os.replace``: a concurrent writer sees the old
-    file or the new one), keeping a hard link to the file it replaces for an undo. Nothing that
-    is not a plain file is ever moved aside: ``os.replace`` refuses a directory that appeared at
-    ``path`` since the check, which then stays as it is."""
+    file or the new one), keeping a hard link to the file or symlink it replaces for an undo.
+    Nothing else is ever moved aside: ``os.replace`` refuses a directory that appeared at
+    ``path`` since the check, which then stays as it is. Across file systems (a directory
+    output that is a mount point) the file is copied beside ``path`` first."""
     backup = None
-    if os.path.isfile(path) and not os.path.islink(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         backup = _backup_name(path)
         try:
-            os.link(path, backup)
+            os.link(path, backup, follow_symlinks=False)
         except FileNotFoundError:  # another writer moved it meanwhile: nothing to keep
             backup = None
-        except OSError:  # no hard links here: keep a copy
-            shutil.copy2(path, backup)
+        except OSError:  # no hard links here: keep a copy (of the link itself, if one)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(path), backup)
+            else:
+                shutil.copy2(path, backup)
     try:
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            near = _backup_name(path)  # a temporary on path's own file system
+            shutil.copy2(tmp, near)
+            os.replace(near, path)
+            os.unlink(tmp)
     except BaseException:
         if backup is not None:
             with contextlib.suppress(OSError):
                 backup.unlink()
         raise
     return _Installed(path, backup, ino=_inode(path))
+
+
+def _real_dirs_below(root: Path, rel: str) -> bool:
+    """Every existing directory between ``root`` and ``root/rel`` is a real one (no symlink, no
+    file): writing there stays inside ``root``."""
+    cur = root
+    for part in Path(rel).parts[:-1]:
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            return True  # created by snncc below here
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+    return True
 
 
 def _install_dir(tmp: Path, path: Path, files: Sequence[str],
@@ -417,6 +479,7 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
     old = {f for f in (_marker_files(path) or set()) | set(adopt)
            if not Path(f).is_absolute() and ".." not in Path(f).parts}
     foreign = sorted(f for f in files if f not in old and os.path.lexists(path / f))
+    foreign += sorted(f for f in set(files) | old if not _real_dirs_below(path, f))
     if foreign:  # --force into a foreign folder: never replace a file snncc did not write
         raise OutputPathError(
             f"refusing to write into '{path}': it holds files of the same names that snncc "
@@ -474,21 +537,25 @@ def installed() -> list[Path]:
 def scratch() -> Iterator[None]:
     """Writes inside the block go to a command's own scratch space (the report's compiles into
     a temporary directory): they are not listed by :func:`installed`."""
-    _state.scratch.append(True)
     try:
+        _state.scratch.append(True)
         yield
     finally:
-        _state.scratch.pop()
+        if _state.scratch:
+            _state.scratch.pop()
 
 
 class _Transaction:
     def __init__(self) -> None:
         self.steps: list[tuple[Callable[[], list[tuple[_Installed, Path | None]]], Path]] = []
         self.places: list[Path] = []   # outputs whose PID-tagged temporaries to clean up
+        self.created: list[Path] = []  # directories made for the outputs (removed on failure)
+        self.committed = False
 
-    def commit(self) -> None:
+    def commit(self, pending: list[int]) -> None:
+        """Install every staged output; signals that come meanwhile go to ``pending``."""
         done: list[tuple[_Installed, Path | None]] = []
-        with _signals_held(), _parents_locked([path for _, path in self.steps]):
+        with _parents_locked([path for _, path in self.steps]), _signals_held(pending):
             try:
                 for step, path in self.steps:
                     with write_errors(path):
@@ -501,10 +568,13 @@ class _Transaction:
                     item.finish()
             if not _state.scratch:
                 _state.installed.extend(path for _, path in self.steps if not _in_staging(path))
+            self.committed = True
 
     def cleanup(self) -> None:
         for path in self.places:
             _remove_temps(path)
+        if not self.committed:
+            _remove_if_empty(sorted(set(self.created), key=lambda d: -len(d.parts)))
 
 
 @contextlib.contextmanager
@@ -515,21 +585,25 @@ def transaction() -> Iterator[None]:
         yield
         return
     t = _Transaction()
-    _state.open.append(t)
+    pending: list[int] = []
     try:
+        _state.open.append(t)
         yield
         _state.open.pop()
-        t.commit()
+        t.commit(pending)
     finally:
-        if _state.open and _state.open[-1] is t:
-            _state.open.pop()
-        t.cleanup()
+        if t in _state.open:
+            _state.open.remove(t)
+        with _signals_held(pending):
+            t.cleanup()
+        if pending:  # a signal held back while installing or cleaning up: now
+            signal.raise_signal(pending[0])
 
 
 @contextlib.contextmanager
 def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on each output's parent directory (in path order) while the
-    outputs are installed, so that commands writing the same outputs at once install them one
+    """Hold an exclusive ``flock`` on each output's parent directory (each directory once, in
+    (device, inode) order) while the outputs are installed, so that commands writing the same outputs at once install them one
     after the other: the model and its manifest come from the same command. Nothing is created
     for it; where a lock is not possible the install goes on without it."""
     try:
@@ -537,46 +611,46 @@ def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
     except ImportError:  # not POSIX
         yield
         return
-    fds = []
+    fds: dict[tuple[int, int], int] = {}  # (device, inode) of a parent -> its descriptor
     try:
-        for parent in sorted({str(p.parent) for p in paths}):
+        for parent in {str(p.parent) for p in paths}:
             try:
                 fd = os.open(parent, os.O_RDONLY)
             except OSError:
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in fds:  # one directory by two names: one lock
                 os.close(fd)
-                continue
-            fds.append(fd)
+            else:
+                fds[(st.st_dev, st.st_ino)] = fd
+        for key in sorted(fds):  # one global order: no two commands wait on each other
+            with contextlib.suppress(OSError):
+                fcntl.flock(fds[key], fcntl.LOCK_EX)
         yield
     finally:
-        for fd in fds:
+        for fd in fds.values():
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back while the outputs are renamed into place; a signal that came
-    meanwhile is raised again right after (main thread only: Python handles signals there)."""
+def _signals_held(pending: list[int]) -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the outputs are renamed into place (and temporaries
+    removed); a signal that comes meanwhile is appended to ``pending``, for the caller to raise
+    once all is done (main thread only: Python handles signals there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[int] = []
     old = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        old[sig] = signal.getsignal(sig)
-        signal.signal(sig, lambda signum, frame: caught.append(signum))
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.getsignal(sig)
+            signal.signal(sig, lambda signum, frame: pending.append(signum))
         yield
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        if caught:
-            signal.raise_signal(caught[0])
 
 
 def _in_staging(path: Path) -> bool:
@@ -596,9 +670,11 @@ def _stage(install: Callable[[], list[tuple[_Installed, Path | None]]], path: Pa
     if _deferred(path):
         _state.open[-1].steps.append((install, path))
         return
-    t = _Transaction()
+    t, pending = _Transaction(), []
     t.steps.append((install, path))
-    t.commit()
+    t.commit(pending)
+    if pending:
+        signal.raise_signal(pending[0])
 
 
 def _place(path: Path) -> None:
@@ -626,20 +702,25 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = _resolve(path)
     _place(path)
     tmp_path: Path | None = None
-    staged = False
+    created: list[Path] = []
+    staged = ok = False
     try:
         with write_errors(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            created = _make_parents(path)
+            if _deferred(path):
+                _state.open[-1].created += created
             fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
             os.close(fd)
             tmp_path = Path(tmp)
             yield tmp_path
             _chmod_tree(tmp_path)
         _stage(lambda: [(_install_file(tmp_path, path), None)], path)
-        staged = _deferred(path)
+        staged, ok = _deferred(path), True
     finally:
         if not staged:
             _discard(tmp_path, path)
+            if not ok:
+                _remove_if_empty(created)
 
 
 @contextlib.contextmanager
@@ -654,7 +735,8 @@ def atomic_dir(path: str | os.PathLike, *, adopt: Sequence[str] = ()) -> Iterato
     path = _resolve(path)
     _place(path)
     tmp: Path | None = None
-    staged = False
+    created = [] if _deferred(path) else [d for d in path.parents if not os.path.lexists(d)]
+    staged = ok = False
     try:
         tmp = temp_dir(path)
         with write_errors(path):
@@ -664,7 +746,9 @@ def atomic_dir(path: str | os.PathLike, *, adopt: Sequence[str] = ()) -> Iterato
                                                  indent=1) + "\n")
             _chmod_tree(tmp)
         _stage(lambda: _install_dir(tmp, path, files, adopt), path)
-        staged = _deferred(path)
+        staged, ok = _deferred(path), True
     finally:
         if not staged:
             _discard(tmp, path)
+            if not ok:
+                _remove_if_empty(created)

@@ -459,6 +459,93 @@ def test_writers_of_one_output_install_it_one_after_the_other(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
 
 
+def test_an_undone_install_puts_back_a_symlink_that_stood_there(tmp_path, monkeypatch):
+    """A symlink at an output path was not kept aside, so undoing the install deleted it."""
+    import snncc.outputs as outputs
+    from snncc.errors import OutputPathError
+
+    (tmp_path / "target.onnx").write_text("the user's model")
+    (tmp_path / "m.onnx").symlink_to("target.onnx")
+    real = outputs._install_file
+
+    def failing(tmp, path):
+        if path.name == "r.json":
+            raise PermissionError(1, "Operation not permitted")
+        return real(tmp, path)
+
+    monkeypatch.setattr(outputs, "_install_file", failing)
+    with pytest.raises(OutputPathError):
+        with outputs.transaction():
+            for name in ("m.onnx", "r.json"):
+                with outputs.atomic_file(tmp_path / name) as tmp:
+                    tmp.write_text("new")
+    assert os.readlink(tmp_path / "m.onnx") == "target.onnx"
+    assert (tmp_path / "target.onnx").read_text() == "the user's model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "target.onnx"]
+
+
+def test_a_symlinked_subfolder_of_a_directory_output_is_never_written_through(tmp_path):
+    """An output folder whose subfolder became a link to the user's folder: the next install
+    replaced and deleted the user's files through it."""
+    from snncc.errors import OutputPathError
+    from snncc.outputs import Output, atomic_dir, check_outputs
+
+    out, mine = tmp_path / "out", tmp_path / "mine"
+    with atomic_dir(out) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "x").write_text("v1")
+        (tmp / "sub" / "y").write_text("v1")
+    mine.mkdir()
+    for name in "xyz":
+        (mine / name).write_text("the user's " + name)
+    for f in (out / "sub").iterdir():
+        f.unlink()
+    (out / "sub").rmdir()
+    (out / "sub").symlink_to(mine)
+    with pytest.raises(OutputPathError) as err:
+        check_outputs([Output(out, "dir")])
+    assert err.value.code == "SNN-E364"
+    with pytest.raises(OutputPathError) as err:  # also when the check is skipped (--force)
+        with atomic_dir(out) as tmp:
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "x").write_text("v2")
+    assert err.value.code == "SNN-E364"
+    assert {f.name: f.read_text() for f in mine.iterdir()} == {n: "the user's " + n for n in "xyz"}
+
+
+def test_one_directory_by_two_names_does_not_deadlock(tmp_path):
+    """Outputs in real/ and in link/ (a symlink to real/): the commit locked the directory twice
+    and waited on itself forever."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    script = ("import sys; from pathlib import Path\n"
+              "from snncc.outputs import atomic_file, transaction\n"
+              "d = Path(sys.argv[1])\n"
+              "with transaction():\n"
+              "    for name in ('link/m.onnx', 'real/r.json'):\n"
+              "        with atomic_file(d / name) as t:\n"
+              "            t.write_text('x')\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], timeout=60,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["m.onnx", "r.json"]
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    from snncc.errors import OutputPathError
+    from snncc.outputs import atomic_file, transaction
+
+    with pytest.raises(OutputPathError):
+        with transaction():
+            with atomic_file(tmp_path / "new" / "sub" / "m.onnx") as tmp:
+                tmp.write_text("x")
+                raise OSError(28, "No space left on device")
+    with pytest.raises(OutputPathError):
+        with atomic_file(tmp_path / "other" / "m.onnx"):
+            raise OSError(28, "No space left on device")
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_failing_write_is_a_coded_error(tmp_path):
     from snncc.errors import OutputPathError
     from snncc.outputs import atomic_file
