@@ -256,6 +256,33 @@ def test_targets_come_from_the_segments_exactly():
     assert np.array_equal(odd.activation(Site("c2", "y"), z2, {"x": X}, 16), full[1])
 
 
+def _bitserial_schedules(tmp_path, model: onnx.ModelProto, T: int) -> dict:
+    """``model`` compiled to bit-serial at ``T`` under the folded and streaming schedules."""
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", X)
+    return {schedule: compile_model(tmp_path / "m.onnx", tmp_path / f"{schedule}.onnx",
+                                    make_options(neuron="bitserial", timesteps=T,
+                                                 calib_path=str(tmp_path / "c.npy"),
+                                                 schedule=schedule, fidelity_samples=0))
+            for schedule in ("folded", "streaming")}
+
+
+def _spy_on_walk(monkeypatch) -> dict:
+    """Record what the walk hands each site: ``{y: (current z, chosen params)}``."""
+    import snncc.snn_calibration as sc
+
+    seen = {}
+    real = sc._refine_site
+
+    def spy(site, z, const, target, n):
+        result = real(site, z, const, target, n)
+        seen[site.y] = (z, result[0])
+        return result
+
+    monkeypatch.setattr(sc, "_refine_site", spy)
+    return seen
+
+
 def _maxpool_model(pool_first: bool = False) -> onnx.ModelProto:
     """x[N,2,6,6] -> Conv -> Relu (r1) -> MaxPool 2x2 -> Conv -> Relu (y); ``pool_first``: the
     second MaxPool comes after the second Conv, before its Relu (relu(max_pool(conv(x))))."""
@@ -284,37 +311,24 @@ def test_a_max_pool_after_a_bit_serial_layer_pools_the_window_mean(monkeypatch, 
     plain MaxPool over the per-slice bit planes pooled bits, which no compiled model does, and
     fitted the next layer to another network (relative logit error 4-5x that of mse on small
     max-pool nets). Other neurons keep their trains."""
-    import snncc.snn_calibration as sc
-
     model = _maxpool_model()
-    seen = {}
-    real = sc._refine_site
-
-    def spy(site, z, const, target, n):
-        seen[site.y] = z
-        return real(site, z, const, target, n)
-
-    monkeypatch.setattr(sc, "_refine_site", spy)
+    seen = _spy_on_walk(monkeypatch)
     options = make_options(neuron=neuron, timesteps=4)
     sites = [Site("z1", "r1"), Site("z2", "y")]
     refine_sites(model, sites, _start(options.levels), {"x": X}, options,
                  neuron_spec=get_neuron(neuron), progress=False)
-    S = len(seen["y"]) // len(X)
-    slices = seen["y"].reshape((S, len(X)) + seen["y"].shape[1:])
+    z = seen["y"][0]
+    S = len(z) // len(X)
+    slices = z.reshape((S, len(X)) + z.shape[1:])
     assert S > 1 and np.array_equal(slices, np.broadcast_to(slices[:1], slices.shape)) == mean_slices
 
 
 def test_streaming_warns_that_it_gates_a_max_pool(tmp_path):
     """Bit-serial streaming spike-gates a MaxPool (folded and window pool the mean current
     exactly): the outputs differed by up to 0.47 of the folded ones, and nothing said so."""
-    onnx.save(_maxpool_model(), tmp_path / "m.onnx")
-    np.save(tmp_path / "c.npy", X)
-    warned = {}
-    for schedule in ("streaming", "folded"):
-        options = make_options(neuron="bitserial", timesteps=2, calib_path=str(tmp_path / "c.npy"),
-                               schedule=schedule, fidelity_samples=0)
-        result = compile_model(tmp_path / "m.onnx", tmp_path / f"{schedule}.onnx", options)
-        warned[schedule] = [w for w in result.warnings if "spike-gates 1 MaxPool" in w]
+    results = _bitserial_schedules(tmp_path, _maxpool_model(), 2)
+    warned = {k: [w for w in r.warnings if "spike-gates 1 MaxPool" in w]
+              for k, r in results.items()}
     assert len(warned["streaming"]) == 1 and "pool exactly for bitserial" in warned["streaming"][0]
     assert warned["folded"] == []
 
@@ -329,20 +343,11 @@ def test_the_walk_sees_the_current_the_compiled_model_computes_after_a_max_pool(
     pooled the spike slices with a plain MaxPool (IF: off by up to 3.6 on a scale of 8.5), and
     a bit-serial pool after a conv must stay gated on the bit planes (only a pool reading the
     neuron itself moves in front of it: the window-mean test above)."""
-    import snncc.snn_calibration as sc
     from snncc import ir, runtime
 
     onnx.save(_maxpool_model(pool_first), tmp_path / "m.onnx")
     np.save(tmp_path / "c.npy", X)
-    seen = {}
-    real = sc._refine_site
-
-    def spy(site, z, const, target, n):
-        result = real(site, z, const, target, n)
-        seen[site.y] = (z, result[0])
-        return result
-
-    monkeypatch.setattr(sc, "_refine_site", spy)
+    seen = _spy_on_walk(monkeypatch)
     options = make_options(neuron=neuron, timesteps=4, calib_path=str(tmp_path / "c.npy"),
                            fidelity_samples=0, schedule="folded")
     compile_model(tmp_path / "m.onnx", tmp_path / "o.onnx", options)
@@ -363,27 +368,12 @@ def test_every_schedule_calibrates_a_net_without_max_pools_alike(tmp_path, monke
     moved a few thresholds: streaming and folded bit-serial models of nets without a MaxPool
     stopped being identical (coverage sweep: up to 6e-3 of the output). The walk keeps the
     trains wherever no MaxPool needs the mean, as streaming does, so both calibrate alike."""
-    import snncc.snn_calibration as sc
-
-    seen = {}
-    real = sc._refine_site
-
-    def spy(site, z, const, target, n):
-        seen[site.y] = z
-        return real(site, z, const, target, n)
-
-    monkeypatch.setattr(sc, "_refine_site", spy)
+    seen = _spy_on_walk(monkeypatch)
     options = make_options(neuron="bitserial", timesteps=4)
     refine_sites(_model(), SITES, _start(options.levels), {"x": X}, options,
                  neuron_spec=get_neuron("bitserial"), progress=False)
-    slices = seen["y"].reshape((-1, len(X)) + seen["y"].shape[1:])
+    z = seen["y"][0]
+    slices = z.reshape((-1, len(X)) + z.shape[1:])
     assert not np.array_equal(slices, np.broadcast_to(slices[:1], slices.shape))  # the bit planes
-    onnx.save(_model(), tmp_path / "m.onnx")
-    np.save(tmp_path / "c.npy", X)
-    quant = {}
-    for schedule in ("folded", "streaming"):
-        options = make_options(neuron="bitserial", timesteps=4, calib_path=str(tmp_path / "c.npy"),
-                               schedule=schedule, fidelity_samples=0)
-        quant[schedule] = compile_model(tmp_path / "m.onnx", tmp_path / f"{schedule}.onnx",
-                                        options).report["quant"]
-    assert quant["folded"] == quant["streaming"]
+    results = _bitserial_schedules(tmp_path, _model(), 4)
+    assert results["folded"].report["quant"] == results["streaming"].report["quant"]
