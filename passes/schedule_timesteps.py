@@ -111,7 +111,9 @@ head ops and analog islands need the folded schedule (SNN-E322). Streaming needs
 library: the model-local functions implement the folded form only.
 
 Notes: ``ctx.notes["latency_steps"]`` (S, or ``(D+1)*S`` for bit-serial neurons, pipelined);
-``ctx.notes["schedule"]``; model metadata ``snncc.*`` for :mod:`snncc.simulate`.
+``ctx.notes["schedule"]``; model metadata ``snncc.*`` for :mod:`snncc.simulate`. A streaming model
+that spike-gates a MaxPool adds a warning to ``ctx.warnings`` (the folded and window schedules
+pool a bit-serial neuron's mean current exactly).
 """
 from __future__ import annotations
 
@@ -362,6 +364,13 @@ class ScheduleTimestepsPass(Pass):
             raise cls("schedule-timesteps: the graph cannot be laid out in time",
                       diagnostics=self.diags, code=code)
 
+        gated = sum(1 for v in self.notes_maxpool.values() if v == "gated")
+        if streaming and gated and options.target == "ort":
+            ctx.warnings.append(
+                f"warning: --schedule streaming spike-gates {gated} MaxPool(s), which "
+                "approximates max pooling" + (f"; the folded and window schedules pool exactly "
+                                              f"for {options.neuron}" if bit_serial else "")
+                + " (use --maxpool avg for a net trained with average pooling)")
         latency = (depth + 1) * slices if bit_serial else slices
         steps, decode_from = (latency, latency - slices) if streaming and bit_serial else \
             (slices, slices - counted)

@@ -263,7 +263,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
                           hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
         warnings += fidelity.check(fid, options, min_agreement)
-    warnings += ctx.warnings + _streaming_gate_warning(ctx, options)
+    warnings += ctx.warnings
     synops = _synops(snap, model, ctx) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none
         if backend is None:
@@ -282,21 +282,6 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
         if report_path:
             _write_json_atomic(Path(report_path), report)
     return CompileResult(out, report, files, warnings)
-
-
-def _streaming_gate_warning(ctx: CompileContext, options: CompileOptions) -> list[str]:
-    """A streaming model spike-gates its MaxPools (an approximation), also where the folded and
-    window schedules pool exactly (accumulate-then-fire neurons such as bit-serial)."""
-    gated = [k for k, v in (ctx.notes.get("maxpool") or {}).items() if v == "gated"]
-    if options.schedule != "streaming" or not gated or options.target != "ort":
-        return []
-    from snncc.neurons.registry import get_neuron
-
-    exact = get_neuron(options.neuron).window_attr is not None
-    return [f"warning: --schedule streaming spike-gates {len(gated)} MaxPool(s), which "
-            "approximates max pooling" + (f"; the folded and window schedules pool exactly for "
-                                          f"{options.neuron}" if exact else "")
-            + " (use --maxpool avg for a net trained with average pooling)"]
 
 
 def _compile_report(model_path, out: Path, options: CompileOptions, rows: PipelineReport,

@@ -81,18 +81,9 @@ struct BitSerialAveragePool {
         for (int64_t a = 0; a < kh; ++a) {
           const float* x0 = in + in_base + (i * sh + a) * row;
           float* r = &rows[a * row];
-          for (int64_t k = 0; k < row; k += 16) {
-            __m512 z;
-            if (const_input_) {
-              z = _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(x0 + k), sft), iu);
-            } else {
-              __m512 acc = _mm512_add_ps(_mm512_setzero_ps(), _mm512_loadu_ps(x0 + k));
-              for (int64_t t = 1; t < T_; ++t)
-                acc = _mm512_add_ps(acc, _mm512_loadu_ps(x0 + t * slice + k));
-              z = _mm512_mul_ps(_mm512_add_ps(_mm512_mul_ps(acc, vB), sft), iu);
-            }
-            _mm512_storeu_ps(r + k, _mm512_mul_ps(clip(z), u));
-          }
+          for (int64_t k = 0; k < row; k += 16)
+            _mm512_storeu_ps(r + k, _mm512_mul_ps(
+                clip(WindowCurrent16(x0 + k, slice, T_, const_input_, vB, sft, iu)), u));
         }
         float* o = out + out_base + i * Wo * 16;
         for (int64_t j = 0; j < Wo; ++j) {

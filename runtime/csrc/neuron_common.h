@@ -463,6 +463,17 @@ inline void ForEachBlockRun16(const Call& call, int64_t begin, int64_t len, Run&
   }
 }
 
+// The decoded bit-serial quantizer's input for 16 lanes, (window mean + shift) * inv_unit: from
+// one constant current at x, or from the T slices x, x + stride, ... (summed in slice order).
+// Shared by BitSerialNeuron and BitSerialAveragePool, which must decode alike.
+inline __m512 WindowCurrent16(const float* x, int64_t stride, int64_t T, bool const_input,
+                              __m512 inv_B, __m512 shift, __m512 inv_unit) {
+  if (const_input) return _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(x), shift), inv_unit);
+  __m512 acc = _mm512_add_ps(_mm512_setzero_ps(), _mm512_loadu_ps(x));
+  for (int64_t t = 1; t < T; ++t) acc = _mm512_add_ps(acc, _mm512_loadu_ps(x + t * stride));
+  return _mm512_mul_ps(_mm512_add_ps(_mm512_mul_ps(acc, inv_B), shift), inv_unit);
+}
+
 // table[c0 ... c0 + 15] as one register (a table of one value: that value in every lane).
 inline __m512 Lanes16(const std::vector<float>& table, int64_t c0) {
   return table.size() == 1 ? _mm512_set1_ps(table[0]) : _mm512_loadu_ps(&table[c0]);

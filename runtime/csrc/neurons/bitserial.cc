@@ -86,16 +86,8 @@ struct BitSerialNeuron {
         ForEachBlockRun16(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {
           const __m512 u = Lanes16(unit, c0), iu = Lanes16(inv_unit, c0), sh = Lanes16(shift, c0);
           for (; e < stop; e += 16) {
-            __m512 z;
-            if (call.const_input) {
-              z = _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(call.x + e), sh), iu);
-            } else {
-              __m512 acc = _mm512_add_ps(_mm512_setzero_ps(), _mm512_loadu_ps(call.XSlice(0) + e));
-              for (int64_t t = 1; t < call.T; ++t)
-                acc = _mm512_add_ps(acc, _mm512_loadu_ps(call.XSlice(t) + e));
-              z = _mm512_mul_ps(_mm512_add_ps(_mm512_mul_ps(acc, vB), sh), iu);
-            }
-            const __m512 q = clip(z);
+            const __m512 q = clip(WindowCurrent16(call.x + e, call.E, call.T, call.const_input,
+                                                  vB, sh, iu));
             _mm512_storeu_ps(call.y + e, _mm512_mul_ps(q, u));
             if (q_out) _mm512_storeu_ps(q_out + e, q);
           }
