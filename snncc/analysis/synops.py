@@ -26,8 +26,8 @@ import numpy as np
 import onnx
 
 from snncc.backends.loihi.mapping import hwc_order
-from snncc.backends.loihi.netlist import (Block, Netlist, conv_box_sum, conv_fanout, load,
-                                          lower)
+from snncc.backends.loihi.lowering import lower
+from snncc.backends.loihi.netlist import Block, Netlist, conv_box_sum, conv_fanout, load
 from snncc.errors import BackendCapabilityError
 
 __all__ = ["fanout_map", "synops_per_target", "count_synops", "ort_events", "static_synops",

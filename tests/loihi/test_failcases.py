@@ -36,7 +36,7 @@ def test_large_weights_lower_the_fraction_bits_instead_of_saturating():
     """2 / 2**-6 = 128 thresholds per spike is 2**23 state integers at the default F = 16: with
     mantissas up to 127 that needs exponent 17, 4 above Loihi's 13, so the quantizer lowers that
     group's F to 12 and the weights stay exact."""
-    from snncc.backends.loihi.netlist import lower
+    from snncc.backends.loihi.lowering import lower
     from snncc.backends.loihi.quantize import quantize
 
     net = lower(saturating_weights(2.0 ** -6), 4)

@@ -6,7 +6,7 @@ import pytest
 
 from loihi import Graph, residual_pool_model
 from snncc.analysis.synops import count_synops
-from snncc.backends.loihi import netlist as nl
+from snncc.backends.loihi.lowering import lower
 from snncc.backends.loihi.mapping import (CoreLimits, fanin_map, hwc_order, map_cores,
                                           source_mask)
 from snncc.backends.loihi.quantize import quantize
@@ -29,7 +29,7 @@ def small_resnet(ch=(16, 32), hw=32):
 
 @pytest.fixture(scope="module")
 def net():
-    n = nl.lower(residual_pool_model(0), 4)
+    n = lower(residual_pool_model(0), 4)
     quantize(n)
     return n
 
@@ -55,7 +55,7 @@ def test_in_axons_are_the_receptive_field_union():
     g = Graph((2, 8, 8))
     s = g.neuron(g.conv("x", 2, 2, k=1))
     out = g.neuron(g.conv(s, 2, 3, k=3, pad=1))
-    n = nl.lower(g.model(out), 2)
+    n = lower(g.model(out), 2)
     block = n.blocks[-1]
     mask = np.zeros((3, 8, 8), dtype=bool)
     mask[:, 0, 0] = True                      # the corner pixel, all channels
@@ -69,7 +69,7 @@ def test_out_axons_count_destination_cores():
     g = Graph((1, 4, 4))
     s = g.neuron(g.conv("x", 1, 1, k=1))
     out = g.neuron(g.conv(s, 1, 1, k=1, pad=0))   # one synapse per neuron
-    n = nl.lower(g.model(out), 2)
+    n = lower(g.model(out), 2)
     limits = CoreLimits(neurons=4)
     report, _ = map_cores(n, limits)
     # each source neuron reaches exactly one destination chunk: out axons = neurons per core
@@ -86,7 +86,7 @@ def test_per_core_synops_add_up(net):
 
 
 def test_resnet_within_ten_percent_of_the_bound():
-    n = nl.lower(small_resnet(), 4)
+    n = lower(small_resnet(), 4)
     report, diags = map_cores(n)
     assert not diags
     assert report["cores_used"] <= 1.10 * report["lower_bound"]
@@ -94,7 +94,7 @@ def test_resnet_within_ten_percent_of_the_bound():
 
 
 def test_wide_readout_goes_to_the_host():
-    n = nl.lower(small_resnet(), 4)
+    n = lower(small_resnet(), 4)
     report, diags = map_cores(n, CoreLimits(in_axons=4096))  # the FC reads 32*16*16 = 8192
     assert not diags
     assert [h["group"] for h in report["host_groups"]] == [n.groups[-1].name]
@@ -119,7 +119,7 @@ def test_windowed_in_axons_equal_the_full_source_masks(build):
     equals the union of the full-size source masks (the definition) for random chunks."""
     from snncc.backends.loihi.mapping import _GroupSplitter
 
-    net = nl.lower(build(), 4)
+    net = lower(build(), 4)
     rng = np.random.default_rng(0)
     checked = 0
     for group in net.groups:

@@ -8,6 +8,7 @@ import pytest
 
 from loihi import Graph, dyadic_input, residual_pool_model
 from snncc.backends.loihi import netlist as nl
+from snncc.backends.loihi.lowering import lower
 from snncc.backends.loihi.quantize import quantize
 from snncc.backends.loihi.simulator import simulate
 from snncc.errors import SnnccError
@@ -15,7 +16,7 @@ from snncc.errors import SnnccError
 
 @pytest.fixture
 def net():
-    n = nl.lower(residual_pool_model(0), 4)
+    n = lower(residual_pool_model(0), 4)
     quantize(n)
     return n
 
@@ -43,7 +44,7 @@ def test_concat_into_conv_gives_a_block_per_branch():
     a = g.neuron(g.conv("x", 2, 3))
     b = g.neuron(g.conv("x", 2, 5))
     out = g.neuron(g.conv(g.op("Concat", [a, b], axis=1), 8, 2))
-    n = nl.lower(g.model(out), 2)
+    n = lower(g.model(out), 2)
     blocks = n.blocks_into(n.groups[-1].name)
     assert [(x.src, x.shape) for x in blocks] == [(n.groups[1].name, (2, 3, 3, 3)),
                                                    (n.groups[2].name, (2, 5, 3, 3))]
@@ -53,7 +54,7 @@ def test_concat_offsets_rows_of_the_destination():
     g = Graph((2, 4, 4))
     a = g.neuron(g.conv("x", 2, 3))
     cat = g.op("Concat", [g.conv(a, 3, 2), g.conv(a, 3, 4)], axis=1)
-    n = nl.lower(g.model(g.neuron(cat)), 2)
+    n = lower(g.model(g.neuron(cat)), 2)
     assert [(b.offset, b.rows) for b in n.blocks_into(n.groups[-1].name)] == [(0, 2), (2, 4)]
 
 

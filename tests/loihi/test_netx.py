@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from loihi import Graph, residual_pool_model
-from snncc.backends.loihi import netlist as nl
+from snncc.backends.loihi.lowering import lower
 from snncc.backends.loihi.netx import check_netx, write_netx
 from snncc.backends.loihi.quantize import quantize
 
@@ -21,7 +21,7 @@ def sequential(op="IFNeuron", **attrs):
 
 
 def exported(model, path):
-    net = nl.lower(model, 4)
+    net = lower(model, 4)
     quantize(net)
     return net, write_netx(net, path)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from loihi import Graph, dyadic_input, ort_reference, residual_pool_model
-from snncc.backends.loihi import netlist as nl
+from snncc.backends.loihi.lowering import lower
 from snncc.backends.loihi.backend import LoihiBackend
 from snncc.backends.loihi.quantize import quantize
 from snncc.backends.loihi.simulator import run_netlist, simulate
@@ -29,7 +29,7 @@ EXACT = {  # neuron op and attributes whose quantized netlist is exact (dyadic u
 def _run(op, attrs, T=4, seed=0):
     model = residual_pool_model(seed, op, **attrs)
     x = dyadic_input((3, 2, 8, 8), seed=seed + 1)
-    net = nl.lower(model, T)
+    net = lower(model, T)
     report, diags = quantize(net)
     return model, x, net, report, diags
 
@@ -72,7 +72,7 @@ def one_neuron(op="IFNeuron", current=0.75, **attrs):
     (0.375, "hardware", 0.25),  # 0.5, 1.0 (not > 1), 1.5 s, 0.5 -> 1 spike / 4
 ])
 def test_reset_semantics_by_hand(current, semantics, expected):
-    net = nl.lower(one_neuron(current=current), 4)
+    net = lower(one_neuron(current=current), 4)
     quantize(net)
     out = simulate(net, np.ones((1, 1, 1, 1), np.float32), semantics=semantics).outputs
     assert out[net.outputs[0]["name"]].item() == expected
@@ -92,7 +92,7 @@ def test_hardware_semantics_differ_and_are_reported(tmp_path):
 
 
 def test_bad_inputs_to_the_simulator():
-    net = nl.lower(one_neuron(), 4)
+    net = lower(one_neuron(), 4)
     quantize(net)
     with pytest.raises(SnnccError) as err:
         simulate(net, np.ones((1, 2, 2, 2), np.float32))
@@ -103,7 +103,7 @@ def test_bad_inputs_to_the_simulator():
 
 
 def test_membrane_saturation_is_counted():
-    net = nl.lower(one_neuron(current=-100.0), 4)
+    net = lower(one_neuron(current=-100.0), 4)
     quantize(net)
     assert simulate(net, np.full((1, 1, 1, 1), 100.0, np.float32)).saturations > 0
 
@@ -131,7 +131,7 @@ def test_run_command_semantics_option(tmp_path, capsys):
 
 
 def test_hardware_membrane_saturation_is_counted():
-    net = nl.lower(one_neuron(current=-100.0), 4)
+    net = lower(one_neuron(current=-100.0), 4)
     quantize(net)
     res = simulate(net, np.full((1, 1, 1, 1), 100.0, np.float32), semantics="hardware")
     assert res.saturations > 0
@@ -149,9 +149,9 @@ def _pool_model(pool_op: str, **pool_attrs):
 def test_maxpool_avg_lowers_as_average_pool_counting_the_padding():
     """`--maxpool avg` on Loihi: MaxPool runs as AveragePool(count_include_pad=1), exactly."""
     with pytest.raises(SnnccError) as err:
-        nl.lower(_pool_model("MaxPool"), 4)
+        lower(_pool_model("MaxPool"), 4)
     assert err.value.code == "SNN-E270"
-    net = nl.lower(_pool_model("MaxPool"), 4, maxpool="avg")
+    net = lower(_pool_model("MaxPool"), 4, maxpool="avg")
     report, diags = quantize(net)
     x = dyadic_input((3, 2, 8, 8), seed=3)
     ref = ort_reference(_pool_model("AveragePool", count_include_pad=1), x, 4)
@@ -196,9 +196,9 @@ def test_relay_group_lowers_a_chain_one_conv_cannot_express(case):
     op, attrs = EXACT[case]
     model = _border_pool_model(op, **attrs)
     with pytest.raises(SnnccError) as err:
-        nl.lower(model, 4, relay=False)
+        lower(model, 4, relay=False)
     assert err.value.code == "SNN-E273"
-    net = nl.lower(model, 4)
+    net = lower(model, 4)
     relays = [g for g in net.groups if g.kind == "relay"]
     assert len(relays) == 1 and relays[0].view == (4, 3, 3)
     report, diags = quantize(net)
@@ -220,7 +220,7 @@ def test_netx_export_stops_at_a_relay_and_says_why(tmp_path):
     before it and lists the relay (and what follows) with reasons."""
     from snncc.backends.loihi.netx import check_netx, write_netx
 
-    net = nl.lower(_border_pool_model(), 4)
+    net = lower(_border_pool_model(), 4)
     quantize(net)
     meta = write_netx(net, tmp_path / "network.net")
     assert len(meta["layers"]) >= 1 and check_netx(tmp_path / "network.net") == []

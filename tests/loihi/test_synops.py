@@ -8,6 +8,7 @@ from loihi import Graph, compiled_ort, dyadic_input, residual_pool_model
 from snncc.analysis.energy import estimate
 from snncc.analysis.synops import count_synops, fanout_map, ort_events, synops_per_target
 from snncc.backends.loihi import netlist as nl
+from snncc.backends.loihi.lowering import lower
 from snncc.backends.loihi.quantize import quantize
 from snncc.backends.loihi.simulator import simulate
 from snncc.errors import SnnccError
@@ -40,7 +41,7 @@ def spiking_conv(cin, hw, cout, k, stride, pad, groups, pool=False):
     if pool:
         src = g.op("AveragePool", [src], kernel_shape=[2, 2], strides=[2, 2])
     out = g.neuron(g.conv(src, cin, cout, k=k, stride=stride, pad=pad, group=groups))
-    net = nl.lower(g.model(out), 4)
+    net = lower(g.model(out), 4)
     return net, net.blocks[-1]
 
 
@@ -104,7 +105,7 @@ def test_dense_fanout_is_out_features():
     g = Graph((2, 3, 3))
     s = g.neuron(g.conv("x", 2, 2))
     out = g.gemm(g.op("Flatten", [s], axis=1), 18, 7)
-    net = nl.lower(g.model(out), 2)
+    net = lower(g.model(out), 2)
     block = net.blocks[-1]
     assert block.kind == "dense" and np.all(fanout_map(block) == 7)
     ev = {net.groups[1].name: np.ones((1, 2, 3, 3), dtype=np.int64)}
@@ -115,7 +116,7 @@ def test_dense_fanout_is_out_features():
 def test_analog_first_layer_counts_macs(analog_once, factor):
     g = Graph((1, 4, 4))
     out = g.neuron(g.conv("x", 1, 2))
-    net = nl.lower(g.model(out), 4)
+    net = lower(g.model(out), 4)
     rep = count_synops(net, {net.groups[1].name: np.zeros((1, 2, 4, 4), np.int64)},
                        analog_once=analog_once)
     # fan-in summed over a 4x4 map with a 3x3/pad-1 kernel: 4*4 + 8*6 + 4*9 = 100 per channel
@@ -126,7 +127,7 @@ def test_analog_first_layer_counts_macs(analog_once, factor):
 def test_graded_events_match_ort_per_position():
     model = residual_pool_model(0, "GroupNeuron", tau=4)
     x = dyadic_input((2, 2, 8, 8))
-    net = nl.lower(model, 4)
+    net = lower(model, 4)
     quantize(net)
     sim = simulate(net, x)
     ort_ev = ort_events(compiled_ort(model, 4), {"x": x})

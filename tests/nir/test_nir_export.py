@@ -16,7 +16,7 @@ from onnx import numpy_helper
 nir = pytest.importorskip("nir")
 
 from loihi import Graph, dyadic_input, ort_reference, residual_pool_model  # noqa: E402
-from snncc.backends.loihi import netlist as nl  # noqa: E402
+from snncc.backends.loihi.lowering import lower  # noqa: E402
 from snncc.backends.loihi.quantize import quantize  # noqa: E402
 from snncc.backends.loihi.simulator import simulate  # noqa: E402
 from snncc.backends.nir.backend import NirBackend  # noqa: E402
@@ -161,7 +161,7 @@ def test_fidelity_run_is_nir_semantics(tmp_path):
     assert rows == slice(0, 10)
     art = backend.emit(model, ctx, tmp_path / "net.nir")
     np.testing.assert_allclose(out, nir_reference(nir.read(art.path), x, 4), atol=1e-6)
-    net = nl.lower(model, 4)
+    net = lower(model, 4)
     quantize(net)
     hw = next(iter(simulate(net, x, semantics="hardware").outputs.values()))
     np.testing.assert_allclose(out, hw, atol=1e-6)
@@ -280,7 +280,7 @@ def test_norse_runs_the_file_like_loihi_hardware_semantics(tmp_path):
     ours = _norse_run(tmp_path / "net.nir", x, T)
     np.testing.assert_allclose(ours, nir_reference(nir.read(tmp_path / "net.nir"), x, T),
                                atol=1e-6)
-    net = nl.lower(model, T)
+    net = lower(model, T)
     quantize(net)
     assert net.meta["quantization"]["all_exact"]
     hw = next(iter(simulate(net, x, semantics="hardware").outputs.values()))
@@ -295,7 +295,7 @@ def test_norse_runs_the_initial_charge_export_like_loihi_hardware(tmp_path):
     emit(model, tmp_path)
     x = dyadic_input((24, 2, 8, 8)) * np.float32(0.5)
     ours = _norse_run(tmp_path / "net.nir", x, 4)
-    net = nl.lower(model, 4)
+    net = lower(model, 4)
     quantize(net)
     hw = next(iter(simulate(net, x, semantics="hardware").outputs.values()))
     np.testing.assert_allclose(ours, hw, atol=1e-6)

@@ -31,6 +31,7 @@ from snncc.analysis.synops import (artifact_sample_count, format_synops_line, lo
                                    synops_section)
 from snncc.backends.base import Artifact, Backend
 from snncc.backends.loihi import netlist as nl
+from snncc.backends.loihi.lowering import lower
 from snncc.backends.loihi.mapping import CoreLimits, map_cores
 from snncc.backends.loihi.netx import write_netx
 from snncc.backends.loihi.quantize import FixedPoint, quantize
@@ -69,7 +70,7 @@ class LoihiBackend(Backend):
             return self._cache[2]
         proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
         try:
-            net = nl.lower(proto, ctx.options.timesteps, ctx.options.maxpool)
+            net = lower(proto, ctx.options.timesteps, ctx.options.maxpool)
         except SnnccError as exc:
             diags = list(exc.diagnostics) or [Diagnostic(exc.code, exc.message, hint=exc.hint)]
             prepared = _Prepared(None, None, diags)
@@ -87,7 +88,7 @@ class LoihiBackend(Backend):
         """Lowering only (ops, attributes, shapes: SNN-E27x); fixed point and core mapping
         depend on the calibrated lambda and run in :meth:`check`."""
         try:
-            nl.lower(ir.to_proto(model), ctx.options.timesteps,
+            lower(ir.to_proto(model), ctx.options.timesteps,
                      ctx.options.maxpool)
         except SnnccError as exc:
             return list(exc.diagnostics) or [Diagnostic(exc.code, exc.message, hint=exc.hint)]
