@@ -33,7 +33,7 @@ import numpy as np
 
 from snncc import calibration, ir
 from snncc.context import CompileContext, QuantClipParams
-from snncc.errors import CalibrationError, Diagnostic
+from snncc.errors import CalibrationError
 from snncc.passes.base import Pass, PassResult
 from snncc.passes.quant_clip import activation_sites
 

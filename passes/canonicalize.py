@@ -47,13 +47,9 @@ Errors (all problems of a kind collected, raised once):
 - SNN-E205 (always an error): an op of a domain ONNX Runtime does not know; SNN-E206 (always an
   error): control flow (If, Loop, Scan).
 
-What converts is decided by one function, :func:`conversion_roles`, shared with ``snncc inspect``
-and schedule-timesteps: every node is *spiking* (ReLU / clipped ReLU / QCFS clip / neuron op),
-*time* (fed by spikes and a per-row op from :data:`snncc.op_classes.TIME_OPS`, or a MaxPool: runs
-on the spike train), *head* (any other op computed from spikes with no spiking layer after it: the
-output head, which runs once on the decoded output), *island* (fed by spikes, not a time op, a
-spiking layer after it: needs ``--allow-analog``) or *static* (the rest: not computed from spikes;
-runs once, on analog data). Softmax / LogSoftmax must be *head* (else SNN-E203).
+What converts is decided by :func:`snncc.passes.support.conversion_roles`, the rule this pass,
+``snncc inspect`` and schedule-timesteps share; :func:`snncc.passes.support.unsupported_nodes`
+lists the nodes this pass refuses.
 
 Declines (the graph is left as it is at that site): DROPOUT_MASK_USED, DROPOUT_TRAINING_MODE,
 RESHAPE_MIXES_BATCH (a Reshape that moves data between the batch and other dims),
@@ -75,20 +71,17 @@ from onnx import version_converter
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
-from snncc.op_classes import (CONTROL_FLOW, META_OPS, ORT_DOMAINS, OUTPUT_ONLY, PATTERN_HINTS,
-                               RECURRENT, TIME_OPS, op_info)
+from snncc.op_classes import RECURRENT
 from snncc.passes.base import Decline, Pass, PassResult
-from snncc.passes.quant_clip import activation_sites
+from snncc.passes.support import no_activation, unsupported_nodes
 
-__all__ = ["CanonicalizePass", "unsupported_nodes", "check_model_input", "conversion_roles",
-           "no_activation", "SPIKING", "STATIC", "TIME", "HEAD", "ISLAND"]
+__all__ = ["CanonicalizePass", "check_model_input"]
 
 logger = logging.getLogger("snncc.passes.canonicalize")
 
 NAME = "canonicalize"
 MIN_OPSET = 7
 LIFT_MIN_ELEMENTS = 1024  # float constants at least this big skip serialisation
-_PASS_THROUGH = frozenset({"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 
 
 class CanonicalizePass(Pass):
@@ -310,172 +303,6 @@ def _e114_hint(inp: gs.Variable) -> str:
 def _fmt(shape) -> str:
     return "unknown rank" if shape is None else "x".join(str(d) for d in shape)
 
-
-# ----------------------------------------------------------------------------- unsupported ops
-
-def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnostic]:
-    """Every node whose activation has no spiking equivalent, one diagnostic each.
-
-    Composite forms are reported once, as the activation they spell (SNN-E202); a Softmax or
-    LogSoftmax is fine only where :func:`conversion_roles` puts it in the output head (else
-    SNN-E203). The severity is ``warning`` when ``options.allow_analog`` keeps such
-    nodes as analog islands.
-    """
-    severity = "warning" if options.allow_analog else "error"
-    roles = conversion_roles(graph)
-    diags = []
-    for node in graph.nodes:
-        label = ir.node_label(node)
-        if (node.domain or "") not in ORT_DOMAINS:  # nothing runs it: not even a head
-            diags.append(_diag("SNN-E205", f"op {node.op} of domain '{node.domain}' is unknown to "
-                               "ONNX Runtime, so snncc can neither calibrate nor run the model",
-                               label, "replace it with standard ONNX ops", "error"))
-            continue
-        if node.op in CONTROL_FLOW and (node.domain or "") in ("", "ai.onnx"):
-            diags.append(_diag("SNN-E206", f"{node.op} is control flow: its subgraphs run "
-                               "per call, which snncc can neither calibrate per layer nor "
-                               "schedule over timesteps", label,
-                               "export a static graph (torch.onnx.export unrolls Python loops "
-                               "and branches when they do not depend on the data)", "error"))
-            continue
-        info = op_info(node.op, node.domain or "")
-        if info.spiking or _inside_pattern(node):
-            continue
-        pattern = _pattern(node)
-        if pattern:
-            diags.append(_diag("SNN-E202", f"{pattern} has no spiking equivalent", label,
-                               PATTERN_HINTS[pattern], severity))
-        elif node.op in OUTPUT_ONLY:
-            if roles.get(id(node)) != HEAD:
-                diags.append(_diag("SNN-E203", f"{node.op} is not in the output head (after the "
-                                   "last spiking layer)", label, info.hint, severity))
-        else:
-            diags.append(_diag("SNN-E201", f"{node.op} has no spiking equivalent", label,
-                               info.hint, severity))
-    return diags
-
-
-def _times_own_input(node: gs.Node) -> bool:
-    """The node's output multiplies its own input: x * f(x)."""
-    x = node.inputs[0]
-    return any(c.op == "Mul" and x in c.inputs for c in node.outputs[0].outputs)
-
-
-def _pattern(node: gs.Node) -> str | None:
-    if node.op == "Sigmoid" and _times_own_input(node):
-        return "SiLU"
-    if node.op == "HardSigmoid" and _times_own_input(node):
-        return "HardSwish"
-    if node.op == "Erf":
-        return "GELU"
-    if node.op == "Softplus" and any(c.op == "Tanh" for c in node.outputs[0].outputs):
-        return "Mish"
-    return None
-
-
-def _inside_pattern(node: gs.Node) -> bool:
-    """The Tanh of x*tanh(softplus(x)): already reported with its Softplus."""
-    prod = ir.producer(node.inputs[0]) if node.inputs else None
-    return node.op == "Tanh" and prod is not None and prod.op == "Softplus"
-
-
-def feeds_only_outputs(tensor: gs.Tensor, outputs: set[int]) -> bool:
-    """Only reshapes (and Identity/Dropout) lie between ``tensor`` and graph outputs."""
-    if id(tensor) in outputs:
-        return True
-    return bool(tensor.outputs) and all(
-        c.op in _PASS_THROUGH and c.outputs and feeds_only_outputs(c.outputs[0], outputs)
-        for c in tensor.outputs)
-
-
-# ----------------------------------------------------------------------------- what converts
-
-SPIKING, STATIC, TIME, HEAD, ISLAND = "spiking", "static", "time", "head", "island"
-
-
-def _legacy_relu_clip(node: gs.Node) -> bool:
-    """Clip(min=0, max>0) in the attribute form of opsets < 11 (before conversion)."""
-    return (node.op == "Clip" and len(node.inputs) == 1 and node.attrs.get("min", None) == 0
-            and node.attrs.get("max", 1.0) > 0)
-
-
-def _spiking_nodes(graph: gs.Graph) -> set[int]:
-    ids = {id(n) for site in activation_sites(graph) for n in site.nodes}
-    return ids | {id(n) for n in graph.nodes
-                  if n.domain == ir.SNN_DOMAIN or _legacy_relu_clip(n)}
-
-
-def _order(graph: gs.Graph) -> list[gs.Node]:
-    """Nodes in dependency order (the node list itself when the graph has a cycle)."""
-    index = {id(n): i for i, n in enumerate(graph.nodes)}
-    dag = nx.DiGraph()
-    dag.add_nodes_from(index.values())
-    for i, node in enumerate(graph.nodes):
-        for out in node.outputs:
-            dag.add_edges_from((i, index[id(c)]) for c in out.outputs if id(c) in index)
-    try:
-        return [graph.nodes[i] for i in nx.lexicographical_topological_sort(dag)]
-    except nx.NetworkXUnfeasible:
-        return list(graph.nodes)
-
-
-def time_op_ok(op: str, domain: str | None, spiking_inputs: Sequence[int]) -> bool:
-    """Whether ``op`` runs on spike trains as they are with spikes on those input indices."""
-    if op not in TIME_OPS or domain not in ("", "ai.onnx", None):
-        return False
-    allowed = TIME_OPS[op]
-    if allowed is None:
-        return True
-    return set(spiking_inputs) <= set(allowed) and (op != "Mul" or len(spiking_inputs) == 1)
-
-
-def conversion_roles(graph: gs.Graph) -> dict[int, str]:
-    """``id(node) -> role`` (module doc): the one rule for what converts, shared by canonicalize,
-    ``snncc inspect`` and schedule-timesteps. Works before (ReLU, QCFS clips) and after neuron
-    insertion (``snncc.ops`` nodes)."""
-    spiking = _spiking_nodes(graph)
-    order = _order(graph)
-    below: dict[int, bool] = {}  # a spiking node lies downstream
-    for node in reversed(order):
-        below[id(node)] = any(id(c) in spiking or below.get(id(c), False)
-                              for out in node.outputs for c in out.outputs)
-    carries: set[int] = set()  # ids of tensors that carry spikes
-    after: set[int] = set()    # ids of tensors computed from spikes (decoded or not)
-    roles: dict[int, str] = {}
-    for node in order:
-        t_idx = [i for i, t in enumerate(node.inputs) if id(t) in carries]
-        derived = bool(t_idx) or any(id(t) in after for t in node.inputs)
-        domain = node.domain or ""
-        if id(node) in spiking:
-            role = SPIKING
-        elif node.op in META_OPS and domain in ("", "ai.onnx"):
-            role = STATIC
-        elif t_idx and ((node.op == "MaxPool" and domain in ("", "ai.onnx"))
-                        or time_op_ok(node.op, domain, t_idx)):
-            role = TIME
-        elif derived and not below[id(node)]:
-            role = HEAD
-        else:
-            role = ISLAND if t_idx else STATIC
-        roles[id(node)] = role
-        if role in (SPIKING, TIME):
-            carries.update(id(t) for t in node.outputs)
-        if role == SPIKING or (derived and node.op not in META_OPS):  # a shape is no value
-            after.update(id(t) for t in node.outputs)
-    return roles
-
-
-def no_activation(graph: gs.Graph) -> Diagnostic | None:
-    """SNN-E204 when nothing in the graph would become a neuron (an SNN without neurons)."""
-    if _spiking_nodes(graph):
-        return None
-    ops = Counter(n.op for n in graph.nodes)
-    listing = ", ".join(f"{op} x{k}" if k > 1 else op for op, k in ops.most_common(8))
-    outs = ", ".join(f"'{t.name}'" for t in graph.outputs[:4]) or "none"
-    return _diag("SNN-E204", f"no ReLU, clipped ReLU or QCFS activation feeds the outputs "
-                 f"({outs}), so the SNN would have no neurons (ops: {listing or 'none'})",
-                 hint="snncc converts CNNs whose hidden layers use ReLU (or ReLU6 / a QCFS "
-                 "clip); a model without one has nothing to turn into spikes")
 
 # ----------------------------------------------------------------------------- rebuild helper
 

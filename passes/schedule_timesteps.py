@@ -26,7 +26,7 @@ A temporal graph output is decoded::
 The graph output keeps its name; the temporal tensor is renamed.
 
 Output head: an op fed by spikes that is not a per-row time op and has no neuron after it (role
-*head* of :func:`snncc.passes.canonicalize.conversion_roles`, the rule ``snncc inspect`` and
+*head* of :func:`snncc.passes.support.conversion_roles`, the rule ``snncc inspect`` and
 canonicalize use too) runs once on the decoded output: each spiking input is decoded first, so a
 Softmax / LogSoftmax after ``GlobalAveragePool -> Flatten -> Gemm`` sees the time-mean of the
 logits, exactly what the SNN without the head outputs. Linear ops before it stay on the spike
@@ -129,7 +129,7 @@ from snncc.errors import Diagnostic, OptionError, UnsupportedNodeError
 from snncc.op_classes import META_OPS as _META_OPS
 from snncc.op_classes import OUTPUT_ONLY, TIME_OPS
 from snncc.passes.base import Pass, PassResult
-from snncc.passes.canonicalize import HEAD, conversion_roles, feeds_only_outputs, time_op_ok
+from snncc.passes.support import HEAD, conversion_roles, feeds_only_outputs, time_op_ok
 from snncc.passes.insert_neurons import spec_for_op
 
 __all__ = ["ScheduleTimestepsPass", "TIME_OPS", "SCHEDULES", "MAXPOOL_MODES",

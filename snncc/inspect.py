@@ -10,7 +10,7 @@ back to the raw graph (no MACs where shapes are unknown). A model that is broken
 tensor produced by nothing, a cycle, NaN/Inf weights, no outputs, channel mismatch:
 :data:`FATAL`) raises the same error as ``snncc compile``.
 
-What converts is decided by :func:`snncc.passes.canonicalize.conversion_roles`, the rule compile
+What converts is decided by :func:`snncc.passes.support.conversion_roles`, the rule compile
 uses: ``unsupported`` lists the canonicalize findings on the graph as given (SNN-E201..E203,
 where compile checks them), then, on the canonical graph, ops that would be analog islands in an
 SNN (SNN-E244) or work across the batch axis that holds time (SNN-E242/E243), as
@@ -77,8 +77,9 @@ def _layer_macs(node: ir.Node) -> int | None:
 def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
                   input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Build the inspect report (a JSON-ready dict) for a model file or proto."""
-    from snncc.passes.canonicalize import (HEAD, ISLAND, TIME, CanonicalizePass,
-                                           conversion_roles, no_activation, unsupported_nodes)
+    from snncc.passes.canonicalize import CanonicalizePass
+    from snncc.passes.support import (HEAD, ISLAND, TIME, conversion_roles, no_activation,
+                                      unsupported_nodes)
     from snncc.passes.schedule_timesteps import batch_axis_problem
     from snncc.pipeline import Pipeline
 

@@ -10,7 +10,7 @@ form of GELU, x*HardSigmoid(x), x*tanh(softplus(x))) have their own hints in
 
 How ops behave once time is folded into the batch (``[S*N, ...]``, schedule-timesteps) is also
 tabled here, so that the front end (canonicalize, inspect) and the scheduler decide the same way
-(:func:`snncc.passes.canonicalize.conversion_roles`): :data:`TIME_OPS` are per-row ops that run on
+(:func:`snncc.passes.support.conversion_roles`): :data:`TIME_OPS` are per-row ops that run on
 spike trains as they are (linear in time, so decoding after them equals decoding before);
 :data:`META_OPS` never carry spikes; :data:`OUTPUT_ONLY` ops are allowed without
 ``--allow-analog`` only in the output head (after the last spiking layer), where they run once

@@ -245,7 +245,7 @@ def _load_checkpoint(path: str, levels: int) -> dict:
 
 def run_finetune(args: argparse.Namespace) -> int:
     try:
-        import torch
+        import torch  # noqa: F401  (only whether it is installed)
     except ImportError:
         raise OptionError("finetune: torch is not installed", code="SNN-E807",
                           hint="pip install 'snncc[train]' (torch==2.13.0)") from None

@@ -10,7 +10,8 @@ from helpers import assert_pass_equivalent, op_types, run_ort, run_passes, tiny_
 from snncc import ir
 from snncc.context import CompileOptions
 from snncc.errors import UnsupportedNodeError
-from snncc.passes.canonicalize import CanonicalizePass, unsupported_nodes
+from snncc.passes.canonicalize import CanonicalizePass
+from snncc.passes.support import unsupported_nodes
 
 
 def _options(name: str, **kw) -> CompileOptions:
