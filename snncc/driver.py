@@ -25,7 +25,7 @@ from snncc.outputs import (Output, atomic_dir, atomic_file, check_outputs, defau
 from snncc.passes.calibrate import MIN_CALIB_SAMPLES
 from snncc.pipeline import DumpAfter, PipelineReport, Snapshot, default_pipeline
 
-__all__ = ["make_options", "compile_model", "declared_outputs", "CompileResult", "MAX_TIMESTEPS", "CALIB_METHODS"]
+__all__ = ["make_options", "compile_model", "rehearse", "declared_outputs", "CompileResult", "MAX_TIMESTEPS", "CALIB_METHODS"]
 
 log = logging.getLogger("snncc.driver")
 
@@ -317,6 +317,15 @@ def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext) -> dict[str, A
     return artifact_synops(ir.to_proto(model), ann, samples, ctx.options,
                            events=ctx.measured_events if samples is ctx.holdout else None,
                            events_samples=ctx.measured_samples)
+
+
+def rehearse(model_path, options: CompileOptions) -> None:
+    """The compile's fail-fast check on its own (``snncc report`` runs it before its loop):
+    raises what :func:`compile_model` would raise before calibrating."""
+    from snncc.backends.registry import get_backend
+
+    _rehearse(model_path, options,
+              get_backend(options.target) if options.target != "qann" else None)
 
 
 def _rehearse(model_path, options: CompileOptions, backend) -> None:

@@ -25,9 +25,12 @@ measured on the data), energy and core mapping.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
+import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -260,9 +263,18 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-T", "--timesteps", default="4",
                    help="comma-separated T values for accuracy vs T (default 4)")
     p.add_argument("--target", default="loihi", choices=("ort", "loihi"),
-                   help="loihi also runs the netlist simulator and the core mapping")
-    p.add_argument("--neuron", default="if", help="neuron model (default if)")
-    p.add_argument("--calib", metavar="FILE", help="calibration samples (default: --data)")
+                   help="loihi (default): the ONNX Runtime SNN, the Loihi netlist simulator "
+                   "(emulated and stock hardware neurons) and the core mapping; ort: the ONNX "
+                   "Runtime SNN only")
+    from snncc.cli import NEURON_KEYS
+    p.add_argument("--neuron", default="if", choices=NEURON_KEYS,
+                   help="neuron model (default if)")
+    p.add_argument("--maxpool", default="auto", choices=("auto", "avg"),
+                   help="as for compile: avg lowers MaxPool as AveragePool (Loihi has no max "
+                   "pooling; default auto)")
+    p.add_argument("--calib", metavar="FILE",
+                   help="calibration samples (default: --data, which makes the accuracy "
+                   "figures optimistic: they are measured on the samples calibrated on)")
     p.add_argument("--calib-method", default="snn", choices=("snn", "mse", "percentile", "max"),
                    help="how lambda is chosen from the calibration samples (default snn, as "
                    "compile: SNN-aware, per channel)")
@@ -283,8 +295,8 @@ def report_command(args: argparse.Namespace) -> int:
     from snncc.analysis.energy import estimate
     from snncc.analysis.synops import count_synops, ort_events
     from snncc.backends.loihi.simulator import run_netlist
-    from snncc.driver import compile_model, make_options
-    from snncc.errors import OptionError
+    from snncc.driver import compile_model, make_options, rehearse
+    from snncc.errors import OptionError, SnnccError
     from snncc.outputs import file_output, scratch
     from snncc.run import load_inputs
     from snncc.simulate import run_compiled
@@ -302,23 +314,29 @@ def report_command(args: argparse.Namespace) -> int:
     args.output = str(default_report_path(args.model) if implied else
                       file_output(args.output, example="report.md", command="report"))
     check_report_outputs(args.output, inputs, implied=implied)
+    common = dict(neuron=args.neuron, calib_path=args.calib or args.data,
+                  calib_method=args.calib_method, maxpool=args.maxpool)
     for T in ts:  # every option checked before the first (slow) compile
-        make_options(target=args.target, timesteps=T, neuron=args.neuron,
-                     calib_path=args.calib or args.data, calib_method=args.calib_method)
+        make_options(target=args.target, timesteps=T, **common)
+    rehearse(args.model, make_options(target=args.target, timesteps=ts[0], **common))
     x, labels = load_inputs(args.data)
     x = x[:args.samples]
-    calib = args.calib or args.data
+    if args.calib is None:
+        print("snncc report: warning: calibrating on --data, the samples the accuracy is "
+              "measured on, so the figures are optimistic; give --calib other samples",
+              file=sys.stderr)
     series: dict[str, list[Any]] = {"ORT SNN": []}
     if args.target == "loihi":
         series.update({"Loihi emulated": [], "Loihi hardware (reset to 0)": []})
-    data: dict[str, Any] = {"title": f"snncc report: {Path(args.model).name}",
-                            "notes": [f"{len(x)} samples, neuron {args.neuron}, "
-                                      f"target {args.target}, calibration {args.calib_method}"]}
+    notes = [f"{len(x)} samples, neuron {args.neuron}, target {args.target}, calibration "
+             f"{args.calib_method}" + (" on the same samples" if args.calib is None else "")]
+    data: dict[str, Any] = {"title": f"snncc report: {Path(args.model).name}", "notes": notes}
+    saturation = _Collect("snncc.backends.loihi.simulator")
     for T in ts:
-        with tempfile.TemporaryDirectory() as tmp, scratch():
+        with tempfile.TemporaryDirectory() as tmp, scratch(), saturation.at(f"T = {T}"):
             tmp = Path(tmp)
-            opts = make_options(target="ort", timesteps=T, neuron=args.neuron, calib_path=calib,
-                                calib_method=args.calib_method)
+            _progress(f"T = {T}: compiling and running the ONNX Runtime SNN")
+            opts = make_options(target="ort", timesteps=T, **common)
             compile_model(args.model, tmp / "snn.onnx", opts, dump_after=["insert-neurons"],
                           dump_dir=tmp / "dump")
             ort_out = next(iter(run_compiled(tmp / "snn.onnx", x, use_library=False,
@@ -327,9 +345,9 @@ def report_command(args: argparse.Namespace) -> int:
             # without labels, Loihi runs are scored by agreement with the ORT SNN's predictions
             ref = labels if labels is not None else ort_out.argmax(axis=1)
             if args.target == "loihi":
-                compile_model(args.model, tmp / "loihi", make_options(
-                    target="loihi", timesteps=T, neuron=args.neuron, calib_path=calib,
-                    calib_method=args.calib_method))
+                _progress(f"T = {T}: compiling and simulating the Loihi netlist")
+                compile_model(args.model, tmp / "loihi",
+                              make_options(target="loihi", timesteps=T, **common))
                 out, events = run_netlist(tmp / "loihi", x)
                 hw, _ = run_netlist(tmp / "loihi", x, semantics="hardware")
                 series["Loihi emulated"].append(_accuracy(next(iter(out.values())), ref))
@@ -342,9 +360,23 @@ def report_command(args: argparse.Namespace) -> int:
             else:
                 import onnx
                 events = ort_events(onnx.load(str(tmp / "snn.onnx")), {_input_name(tmp): x})
-                syn = count_synops(onnx.load(str(tmp / "dump" / "after-insert-neurons.onnx")),
-                                   events, timesteps=T)
-            data.update(synops=syn, energy=estimate(syn))
+                try:
+                    syn = count_synops(onnx.load(str(tmp / "dump" / "after-insert-neurons.onnx")),
+                                       events, timesteps=T)
+                except SnnccError as exc:   # e.g. a MaxPool: the count runs on the Loihi lowering
+                    syn = None
+                    data.pop("synops", None), data.pop("energy", None)
+                    first = exc.diagnostics[0] if exc.diagnostics else None
+                    why = (f"node {first.node}: {first.message}" if first and first.node
+                           else first.message if first else exc.message)
+                    notes.append("SynOps and energy: not available (the SynOp count uses the "
+                                 f"Loihi lowering, which refuses {why})")
+            if syn is not None:
+                data.update(synops=syn, energy=estimate(syn))
+    if saturation.messages:
+        notes.extend(f"Loihi simulator, {m}" for m in saturation.messages)
+        print(f"snncc report: warning: the Loihi simulator saturated membrane updates in "
+              f"{len(saturation.messages)} run(s); the page lists them", file=sys.stderr)
     if labels is not None:
         ann = run_compiled(args.model, x, use_library=False, spike_counts=False)
         data["accuracy_vs_T"] = {"T": ts, "series": series}
@@ -357,6 +389,32 @@ def report_command(args: argparse.Namespace) -> int:
     for path in write_report(args.output, data, inputs=inputs, implied=implied):
         print(f"wrote {path}")
     return 0
+
+
+def _progress(message: str) -> None:
+    print(f"snncc report: {message} ...", file=sys.stderr, flush=True)
+
+
+class _Collect(logging.Handler):
+    """Keeps one logger's warnings (labelled by :meth:`at`) instead of printing each."""
+
+    def __init__(self, name: str):
+        super().__init__(logging.WARNING)
+        self.logger, self.label, self.messages = logging.getLogger(name), "", []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{self.label}: {record.getMessage()}")
+
+    @contextlib.contextmanager
+    def at(self, label: str):
+        self.label, propagate = label, self.logger.propagate
+        self.logger.addHandler(self)
+        self.logger.propagate = False
+        try:
+            yield
+        finally:
+            self.logger.removeHandler(self)
+            self.logger.propagate = propagate
 
 
 def _input_name(tmp: Path) -> str:

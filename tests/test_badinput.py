@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 
+import zoo
 from badinput_corpus import build_corpus, snapshot
 from snncc.cli import main
 from snncc.outputs import MARKER
@@ -890,3 +891,35 @@ def test_report_writes_page_and_plots_atomically_with_the_umask(corpus, tmp_path
     assert not list(tmp_path.rglob(".*.snncc-*"))
     for p in tmp_path.rglob("*"):
         assert p.stat().st_mode & 0o777 == (0o750 if p.is_dir() else 0o640), p
+
+
+def test_report_on_a_max_pool_net_fails_fast_and_takes_the_hinted_flag(corpus, tmp_path, capsys,
+                                                                        monkeypatch):
+    """The default target (loihi) has no MaxPool: refused before any calibration, with a hint
+    (--maxpool avg) that report now accepts; --target ort reports without SynOps (their count
+    runs on the Loihi lowering) instead of failing."""
+    import snncc.calibration as calibration
+
+    model = tmp_path / "pools.onnx"
+    onnx.save(zoo.ZOO["pools"](), model)
+    argv = ["report", model, "--data", corpus.data, "--calib", corpus.calib, "-T", "1",
+            "--samples", "4", "-o", tmp_path / "r.md"]
+    real = calibration.load_samples
+    monkeypatch.setattr(calibration, "load_samples",
+                        lambda *a, **k: pytest.fail("calibrated before the capability check"))
+    err = expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E270")
+    assert "--maxpool avg" in err
+    monkeypatch.setattr(calibration, "load_samples", real)
+    expect_ok(capsys, argv + ["--maxpool", "avg"])
+    expect_ok(capsys, argv[:-1] + [tmp_path / "o.md", "--target", "ort"])
+    page = (tmp_path / "o.md").read_text()
+    assert "SynOps and energy: not available" in page and "MaxPool" in page
+
+
+def test_report_warns_when_it_calibrates_on_the_data_it_scores(corpus, tmp_path, capsys):
+    argv = ["report", corpus.model, "--data", corpus.data, "-T", "1", "--target", "ort",
+            "--samples", "4", "-o", tmp_path / "r.md"]
+    assert main([str(a) for a in argv]) == 0
+    err = capsys.readouterr().err
+    assert "calibrating on --data" in err and "T = 1: compiling" in err
+    assert "on the same samples" in (tmp_path / "r.md").read_text()
