@@ -239,12 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"snncc {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each pass and decision")
+    # the same two flags after the command (`snncc compile ... --debug`); SUPPRESS keeps the
+    # value given before it when they are not repeated
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks on errors")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log each pass and decision")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     shape_help = "fix dynamic dimensions, e.g. input=1x3x32x32 (repeatable)"
 
-    p = sub.add_parser("inspect", help="list inputs, layers, MACs and unsupported ops",
+    p = sub.add_parser("inspect", parents=[common],
+                       help="list inputs, layers, MACs and unsupported ops",
                        description="Show the opset, inputs and shapes, each node grouped as "
                        "linear/activation/pooling/other, every op snncc cannot convert, and MACs "
                        "per layer and in total.")
@@ -254,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("compile", help="compile an ONNX CNN to a QANN or a spiking network",
+    p = sub.add_parser("compile", parents=[common],
+                       help="compile an ONNX CNN to a QANN or a spiking network",
                        description="Run the pass pipeline (canonicalize, calibrate, "
                        "fold-batchnorm, relu-to-quant-clip, insert-neurons, schedule-timesteps) "
                        "and emit the chosen target. Nothing is written unless it succeeds.")
@@ -349,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print nothing on success but warnings (stderr), e.g. low fidelity")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("run", help="run a compiled model on inputs; print outputs and spikes",
+    p = sub.add_parser("run", parents=[common],
+                       help="run a compiled model on inputs; print outputs and spikes",
                        description="Run a compiled .onnx (ONNX Runtime, with the C++ kernels "
                        "when built) or a Loihi output directory (bit-accurate simulator).")
     p.add_argument("model", help="compiled .onnx file or Loihi output directory")
@@ -370,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "deploys them (v from 0, fire on >, reset to 0; bit-equal to Lava)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("report", help="write a Markdown/HTML report with plots",
+    p = sub.add_parser("report", parents=[common],
+                       help="write a Markdown/HTML report with plots",
                        description="Spike rates, SynOps and energy per layer, core use and "
                        "accuracy against T.")
     try:
@@ -380,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("finetune", help="QCFS fine-tuning / IIR training (needs torch)",
+    p = sub.add_parser("finetune", parents=[common],
+                       help="QCFS fine-tuning / IIR training (needs torch)",
                        description="Fine-tune an ONNX CNN with trainable-lambda QCFS activations "
                        "(optionally with the spike-count regulariser), or train LIF/MT SNNs "
                        "directly, and export a graph snncc compiles without calibration.")
@@ -432,14 +444,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+class _LogFormat(logging.Formatter):
+    """Warnings read like the CLI's own (``snncc run: warning: ...``); ``-v`` logs keep the
+    logger's name, which says which pass or module decided."""
+
+    def __init__(self, command: str):
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING:
+            return f"snncc {self.command}: {record.levelname.lower()}: {record.getMessage()}"
+        return f"{record.name}: {record.getMessage()}"
+
+
 def _main(argv: Sequence[str] | None, before: int) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
     except KeyboardInterrupt as exc:  # Ctrl-C while the modules load
         return _interrupted(exc, before)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormat(args.command))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+                        handlers=[handler])
     try:
         return args.func(args)
     except SnnccError as exc:

@@ -27,6 +27,28 @@ def test_help_lists_every_command(capsys):
         assert cmd in out
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_and_verbose_work_before_or_after_the_command(capsys, tmp_path, where):
+    """The hints say 'rerun with --debug'; users put it after the command."""
+    argv = ["inspect", str(tmp_path / "missing.onnx")]
+    flags = ["--debug", "-v"]
+    argv = flags + argv if where == "before" else argv + flags
+    with pytest.raises(Exception, match="SNN-E101"):   # --debug: the error itself, raised
+        main(argv)
+    assert main([a for a in argv if a != "--debug"]) == 2
+    assert "snncc inspect: error: [SNN-E101]" in capsys.readouterr().err
+
+
+def test_library_warnings_read_like_the_cli_own(capsys):
+    import logging
+
+    from snncc.cli import _LogFormat
+
+    record = logging.LogRecord("snncc.backends.loihi.simulator", logging.WARNING, __file__, 1,
+                               "%d saturated", (3,), None)
+    assert _LogFormat("run").format(record) == "snncc run: warning: 3 saturated"
+
+
 def test_inspect_prints_macs(capsys):
     assert main(["inspect", MNIST]) == 0
     out = capsys.readouterr().out
