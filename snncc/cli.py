@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs (.npy, or .npz with the input name or 'x'; labels 'y' optional)")
     p.add_argument("-o", "--output", metavar="OUT.npz",
                    help="save the outputs ('outputs': the first; 'output/NAME': each by name) "
-                        "and the spike events per layer ('events/LAYER')")
+                        "and each layer's spike events summed over all samples and timesteps "
+                        "('events/LAYER', one number)")
     p.add_argument("--no-library", action="store_true",
                    help="use the portable ONNX function bodies instead of the C++ kernels")
     p.add_argument("--batch-size", type=int, default=16,

@@ -205,7 +205,7 @@ def _check_run_output(args: argparse.Namespace) -> Path | None:
 def _write_outputs(out: Path, all_outputs: dict[str, np.ndarray], summary: dict[str, Any]
                    ) -> None:
     """``outputs``: the first model output; ``output/<name>``: every output by name;
-    ``events/<layer>``: spike events per layer."""
+    ``events/<layer>``: the layer's spike events summed over all samples and slices (a scalar)."""
     from snncc.outputs import atomic_file
 
     events = {f"events/{k}": np.asarray(v)
