@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model = random_model(args.model, shape, seed=args.seed, num_classes=args.num_classes)
     export(model, args.output, shape, dynamic_batch=args.dynamic_batch)
-    print(f"wrote {args.output} ({args.model}, input {'x'.join(map(str, shape))})")
+    dims = ("batch",) + tuple(shape[1:]) if args.dynamic_batch else shape
+    print(f"wrote {args.output} ({args.model}, input {'x'.join(map(str, dims))})")
 
 
 if __name__ == "__main__":
