@@ -167,6 +167,11 @@ def measure(ann: np.ndarray, qann: np.ndarray, snn: np.ndarray | None,
     return out
 
 
+def _interval(pair_json: Mapping[str, Any]) -> str:
+    iv = pair_json.get("top1_agreement_95")
+    return f" (95 % interval {100 * iv[0]:.0f}-{100 * iv[1]:.0f} %)" if iv else ""
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 
@@ -177,15 +182,14 @@ def summary(fid: Mapping[str, Any]) -> str:
     if "snn_vs_ann" not in fid:
         q = fid["qann_vs_ann"]
         return (f"fidelity: QANN agrees with the ANN on {_pct(q['top1_agreement'])} of {n} "
-                f"held-out samples (relative logit error {q['rel_logit_error']:.3f})")
+                f"held-out samples{_interval(q)} (relative logit error "
+                f"{q['rel_logit_error']:.3f})")
     s, q = fid["snn_vs_ann"], fid["qann_vs_ann"]
-    interval = s.get("top1_agreement_95")
-    text = (f"fidelity: SNN agrees with the ANN on {_pct(s['top1_agreement'])} of {n} "
-            f"held-out samples" + (f" (95 % interval {100 * interval[0]:.0f}-"
-                                   f"{100 * interval[1]:.0f} %)" if interval else "") +
-            f"; QANN {_pct(q['top1_agreement'])}; relative logit error "
+    text = (f"fidelity: {fid.get('snn_is', 'SNN')} agrees with the ANN on "
+            f"{_pct(s['top1_agreement'])} of {n} held-out samples{_interval(s)}; QANN "
+            f"{_pct(q['top1_agreement'])}{_interval(q)}; relative logit error "
             f"{s['rel_logit_error']:.3f}")
-    if fid.get("error_grows_from"):
+    if fid.get("error_grows_from") and (s["top1_agreement"] or 0) < 1.0:
         text += f"; error grows from layer {fid['error_grows_from']}"
     for name, v in fid.get("variants", {}).items():
         text += f"; {v['what'].split(' (')[0]} {_pct(v['top1_agreement'])}"
@@ -262,6 +266,8 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
     if backend is not None and snn_all is None:
         fid["note"] = f"the {backend.name} target cannot evaluate this model at compile time"
     if backend is not None and snn_all is not None:
+        if backend.fidelity_subject != "SNN":
+            fid["snn_is"] = backend.fidelity_subject
         variants = backend.predict_variants(model, ctx, feeds)
         if variants:
             fid["variants"] = {

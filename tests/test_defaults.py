@@ -53,6 +53,7 @@ def test_default_command_writes_beside_the_model_and_reports_fidelity(workdir, c
     # the SNN-aware default keeps a trained CNN close to its ANN at T = 4
     assert fid["snn_vs_ann"]["top1_agreement"] >= 0.9
     assert "SNN agrees with the ANN on" in out and "95 % interval" in out and "warning" not in err
+    assert out.count("95 % interval") == 2   # the SNN's and the QANN's
 
 
 def test_low_fidelity_warns_with_ranked_hints(workdir, capsys):

@@ -29,6 +29,8 @@ class Backend(abc.ABC):
     output_kind: str = "file"
     #: files a directory output holds (checked against foreign files before any work)
     output_names: tuple[str, ...] = ()
+    #: what :meth:`predict` runs, as the fidelity line names it ("SNN agrees with the ANN ...")
+    fidelity_subject: str = "SNN"
 
     def lowering_passes(self, options: CompileOptions) -> Sequence[Pass]:
         """Target-specific passes run after insert-neurons."""

@@ -232,6 +232,10 @@ def test_compile_allow_lossy_writes_file_and_report(tmp_path):
     assert rep["options"]["allow_lossy"] is True
     assert rep["backend"]["lossy"] is True
     assert any("v_reset" in n for n in rep["backend"]["lossy_notes"])
+    # the estimate is of the reset-to-zero network NIR defines, and says so
+    assert rep["fidelity"]["snn_is"] == "NIR network (reset to 0)"
+    from snncc.fidelity import summary
+    assert summary(rep["fidelity"]).startswith("fidelity: NIR network (reset to 0) agrees")
 
 
 def test_cli_lossy_refusal_exit_code(tmp_path, capsys):

@@ -36,6 +36,7 @@ PASS = "nir-export"
 class NirBackend(Backend):
     name = "nir"
     output_kind = "file"
+    fidelity_subject = "NIR network (reset to 0)"
 
     def __init__(self):
         self._cache: tuple[Any, Any, tuple[ExportResult | None, list[Diagnostic]]] | None = None
