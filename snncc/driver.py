@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -262,7 +263,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
                           code="SNN-E368",
                           hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
-        warnings += fidelity.check(fid, options, min_agreement)
+        warnings += fidelity.check(fid, options, min_agreement, shlex.quote(str(model_path)))
     warnings += ctx.warnings
     synops = _synops(snap, model, ctx) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none

@@ -204,9 +204,10 @@ def _per_channel_ok(options: Any) -> bool:
     return get_neuron(options.neuron).per_channel_threshold
 
 
-def hints(options: Any, fid: Mapping[str, Any]) -> list[str]:
+def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx") -> list[str]:
     """Ranked, concrete ways to a closer SNN, most effective first (measured on the trained
-    examples, examples/results/defaults.md)."""
+    examples, examples/results/defaults.md); ``model``: the source model's path, for the
+    commands."""
     out = []
     if options.calib_method != "snn":
         out.append("--calib-method snn (SNN-aware calibration of lambda and bias per layer)")
@@ -219,7 +220,7 @@ def hints(options: Any, fid: Mapping[str, Any]) -> list[str]:
         out.append(f"-T {min(2 * options.timesteps, 8)} (more timesteps)")
     q = fid.get("qann_vs_ann", {}).get("top1_agreement", 1.0)
     if q < WARN_BELOW or options.timesteps <= 2:
-        out.append("snncc finetune MODEL.onnx --data TRAIN.npz (QCFS fine-tuning recovers the "
+        out.append(f"snncc finetune {model} --data TRAIN.npz (QCFS fine-tuning recovers the "
                    "quantization loss)")
     return out
 
@@ -277,7 +278,8 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
     return fid
 
 
-def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None) -> list[str]:
+def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
+          model: str = "MODEL.onnx") -> list[str]:
     """Warnings (for stderr) when the agreement is below :data:`WARN_BELOW`;
     :class:`~snncc.errors.FidelityError` (SNN-E370) below ``min_agreement``."""
     key = "snn_vs_ann" if "snn_vs_ann" in fid else "qann_vs_ann"
@@ -286,7 +288,7 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None) -> 
         return []
     what = "the compiled network" if key == "snn_vs_ann" else "the QANN (the target cannot " \
         "evaluate the SNN at compile time)"
-    ranked = hints(options, fid)
+    ranked = hints(options, fid, model)
     if min_agreement is not None and agree < min_agreement:
         raise FidelityError(f"compile: {summary(fid)}; below --min-agreement {min_agreement:g}",
                             code="SNN-E370", hint="try, in this order: " + "; ".join(ranked)

@@ -113,8 +113,9 @@ def file_output(value: str | os.PathLike, option: str = "-o", example: str = "mo
     text = os.fspath(value)
     if not str(text).strip() or str(text).endswith(("/", os.sep)):
         what = "names no file" if not str(text).strip() else "names a directory (it ends with '/')"
+        inside = os.path.join(text, example) if str(text).strip() else example
         raise OutputPathError(f"{command}: {option} '{text}' {what}", code="SNN-E369",
-                              hint=f"name a file, e.g. {option} {example}")
+                              hint=f"name a file, e.g. {option} {inside}")
     return Path(text)
 
 

@@ -277,7 +277,8 @@ def test_a_file_output_written_as_a_directory_is_refused(corpus, tmp_path, capsy
     argv = {"compile": ["compile", corpus.model, "--calib", corpus.calib, "-o", bad],
             "run": ["run", corpus.snn, "--input", corpus.data, "-o", bad],
             "report": ["report", corpus.model, "--data", corpus.data, "-o", bad]}[command]
-    expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E369")
+    err = expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E369")
+    assert f"e.g. -o {bad}" in err   # the hint keeps the directory the user meant
 
 
 def test_an_install_that_fails_undoes_the_outputs_before_it(corpus, tmp_path, capsys,

@@ -66,6 +66,15 @@ def test_low_fidelity_warns_with_ranked_hints(workdir, capsys):
     assert "1. --calib-method snn" in err and "2. --per-channel" in err
 
 
+def test_the_finetune_hint_names_the_users_model():
+    from snncc.driver import make_options
+    from snncc.fidelity import hints
+
+    fid = {"qann_vs_ann": {"top1_agreement": 0.5}}
+    ranked = hints(make_options(timesteps=2, neuron="if"), fid, "nets/my\\ resnet.onnx")
+    assert ranked[-1].startswith("snncc finetune nets/my\\ resnet.onnx --data TRAIN.npz")
+
+
 def test_min_agreement_fails_and_writes_nothing(workdir, capsys):
     before = _files(workdir)
     rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "-T", "4", "--neuron", "if",

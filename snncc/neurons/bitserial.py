@@ -181,10 +181,14 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
     T, L = options.timesteps, clip.levels
     if L != 2 ** T - 1:
         fits = L >= 1 and not (L & (L + 1))
+        other_t = f"-T {int(math.log2(L + 1))}" if fits else ""
+        if options.levels not in (None, 2 ** T - 1):   # -L was given (the default is 2^T - 1)
+            hint = (f"drop -L (bitserial takes L = {2 ** T - 1} at T = {T})"
+                    + (f", or use {other_t}" if other_t else ""))
+        else:                              # the clip comes from a QCFS-trained graph
+            hint = other_t or f"retrain the QCFS model with L = 2^T - 1 (e.g. {2 ** T - 1})"
         raise OptionError(f"bitserial needs L = 2^T - 1 = {2 ** T - 1} levels at T={T}, the "
-                          f"clip has L={L}", code="SNN-E308",
-                          hint=f"-T {int(math.log2(L + 1))}" if fits else
-                          f"retrain the QCFS model with L = 2^T - 1 (e.g. {2 ** T - 1})")
+                          f"clip has L={L}", code="SNN-E308", hint=hint)
     return {"theta": c.float32_list(clip.lam), "v_init": float(clip.phi), "bits": T}
 
 

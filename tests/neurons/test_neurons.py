@@ -44,8 +44,8 @@ def qcfs_level(z, lam, L, phi=0.5):
     return np.clip(np.floor(np.asarray(z, np.float64) * L / lam + phi), 0, L)
 
 
-def options(T, **params):
-    return CompileOptions(timesteps=T, neuron_params=params)
+def options(T, levels=None, **params):
+    return CompileOptions(timesteps=T, levels=levels, neuron_params=params)
 
 
 # odd multiples of 1/128 never sit on a QCFS bin edge for the L and dyadic λ used below
@@ -416,6 +416,9 @@ def test_bad_shapes_and_state(key, code, x, attrs, state, step):
     ("mt", 10, 4, {}, "SNN-E307", "-L 16"),
     ("bitserial", 7, 4, {}, "SNN-E308", "-T 3"),
     ("bitserial", 8, 3, {}, "SNN-E308", "L = 2^T - 1"),
+    ("bitserial", 5, 3, {"levels": 5}, "SNN-E308", "drop -L (bitserial takes L = 7 at T = 3)"),
+    ("bitserial", 15, 3, {"levels": 15}, "SNN-E308", "drop -L (bitserial takes L = 7 at T = 3), "
+     "or use -T 4"),
     ("mt", 4, 1, {"preset": "octal"}, "SNN-E309", "pow2"),
     ("gn", 8, 2, {"tau": 0}, "SNN-E309", "tau"),
     ("mt", 8, 1, {"preset": "pow2"}, "SNN-E310", "2^n - 1"),
