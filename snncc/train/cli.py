@@ -338,9 +338,16 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
                 meta["trained_for"] = f"if T={loop_T}"
             export_onnx(res.module, sample, str(output), **names, metadata=meta)
         last = res.history[-1] if res.history else None
-        snn_note = f" (IF SNN T={loop_T}; QANN {_fmt(res.qann_val_acc)})" if loop_T else ""
-        say(f"QCFS L={args.levels}: val acc ANN {_fmt(res.ann_val_acc)} -> QCFS before training "
-            f"{_fmt(res.qcfs_init_val_acc)} -> after {_fmt(res.val_acc)}{snn_note}")
+        if res.ann_val_acc is None:
+            say(f"QCFS L={args.levels}: no --val data, so no validation accuracy")
+        elif loop_T:
+            say(f"QCFS L={args.levels}, trained with the IF SNN at T={loop_T} in the loop; val acc: "
+                f"ANN {_fmt(res.ann_val_acc)}; IF SNN T={loop_T} before training "
+                f"{_fmt(res.qcfs_init_val_acc)} -> after {_fmt(res.val_acc)}; the QCFS net "
+                f"(QANN) after {_fmt(res.qann_val_acc)}")
+        else:
+            say(f"QCFS L={args.levels}: val acc: ANN {_fmt(res.ann_val_acc)}; the QCFS net "
+                f"(QANN) before training {_fmt(res.qcfs_init_val_acc)} -> after {_fmt(res.val_acc)}")
         if last and last.bits_per_neuron:
             say("bits per neuron: " + ", ".join(f"{k} {v:.3f}" for k, v in last.bits_per_neuron.items()))
         say(f"wrote {output}")
@@ -361,14 +368,17 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
             meta["mt_mode"] = args.mt
         path = _stage_path(output, stage.T)
         protos.append(export_onnx(model, sample, str(path), **names, metadata=meta))
-        say(f"stage T={stage.T}: val acc {_fmt(stage.init_val_acc)} at start -> {_fmt(stage.val_acc)}; wrote {path}")
+        acc = (f"val acc {_fmt(stage.init_val_acc)} at start -> {_fmt(stage.val_acc)}; "
+               if stage.val_acc is not None else "")
+        say(f"stage T={stage.T}: {acc}wrote {path}")
 
     res = train_snn(module, train, val, timesteps=args.timesteps, mt=args.mt, mt_thresholds=args.mt_thresholds,
                     epochs=args.epochs or 10, lr=args.lr or 1e-4, batch_size=args.batch_size or 64,
                     threshold_percentile=args.threshold_percentile, threshold_steps=args.threshold_steps,
                     threshold_batch=args.threshold_batch, on_stage_end=export_stage, **common)
     ir.save(protos[-1], output)
-    say(f"ANN val acc {_fmt(res.ann_val_acc)}; wrote {output} (= stage T={res.stages[-1].T})")
+    say((f"ANN val acc {_fmt(res.ann_val_acc)}; " if res.ann_val_acc is not None else "")
+        + f"wrote {output} (= stage T={res.stages[-1].T})")
     return 0
 
 
