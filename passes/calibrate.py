@@ -103,7 +103,7 @@ class CalibratePass(Pass):
             proto = ir.to_proto(model)  # no calibration needed: all samples may measure fidelity
             ctx.holdout = calibration.load_samples(
                 options.calib_path, calibration.model_inputs(proto),
-                max_samples=options.fidelity_max)
+                max_samples=options.fidelity_max, mean=options.calib_mean, std=options.calib_std)
         for site in sites:
             if site.kind == "pattern":
                 ctx.quant[site.y.name] = site.params
@@ -133,7 +133,8 @@ class CalibratePass(Pass):
             proto = ir.to_proto(model)
             samples = calibration.load_samples(
                 options.calib_path, calibration.model_inputs(proto),
-                max_samples=options.calib_max_samples + options.fidelity_max)
+                max_samples=options.calib_max_samples + options.fidelity_max,
+                mean=options.calib_mean, std=options.calib_std)
             available = len(next(iter(samples.values())))
             holdout = options.fidelity_holdout(available)
             samples, ctx.holdout = split_holdout(samples, holdout, options.calib_max_samples)

@@ -125,7 +125,8 @@ def not_numpy(path: Path) -> str | None:
     return "is not a NumPy .npy/.npz file (it starts with neither header)"
 
 
-def _read_folder(path: Path, inputs: Sequence[InputSpec], max_samples: int | None
+def _read_folder(path: Path, inputs: Sequence[InputSpec], max_samples: int | None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None
                  ) -> dict[str, np.ndarray]:
     """A directory, as ``snncc finetune --data`` reads it: an image folder (one subfolder per
     class; PNG/JPEG via PIL, resized to the model input) or an ``x.npy`` (+ ``y.npy``) pair read
@@ -142,7 +143,7 @@ def _read_folder(path: Path, inputs: Sequence[InputSpec], max_samples: int | Non
     size = tuple(shape[2:4]) if len(shape) == 4 and None not in shape[2:4] else None
     try:  # the finetune reader's errors, told as calibration errors
         ds = open_dataset(path, channels=shape[1] if len(shape) > 1 else None, size=size,
-                          labels=False, what="calibration data")
+                          mean=mean, std=std, labels=False, what="calibration data")
         n = len(ds) if max_samples is None else min(len(ds), max_samples)
         if n == 0:
             raise _fail("SNN-E408", f"'{path}' holds no samples", "provide at least one sample")
@@ -153,10 +154,13 @@ def _read_folder(path: Path, inputs: Sequence[InputSpec], max_samples: int | Non
 
 
 def load_samples(path: str | Path, inputs: Sequence[InputSpec], *,
-                 max_samples: int | None = None) -> dict[str, np.ndarray]:
-    """Read and validate calibration samples; returns input name -> array (at most max_samples)."""
+                 max_samples: int | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+    """Read and validate calibration samples; returns input name -> array (at most max_samples).
+    ``mean``/``std`` normalise the images of a folder (``--mean``/``--std``)."""
     path = Path(path)
-    arrays = _read_folder(path, inputs, max_samples) if path.is_dir() else _read_arrays(path)
+    arrays = (_read_folder(path, inputs, max_samples, mean, std) if path.is_dir()
+              else _read_arrays(path))
     names = [spec.name for spec in inputs]
     if len(arrays) == 1 and len(inputs) == 1:
         arrays = {names[0]: next(iter(arrays.values()))}

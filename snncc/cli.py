@@ -21,6 +21,14 @@ __all__ = ["main", "build_parser"]
 NEURON_KEYS = ("if", "bitserial", "mt", "gn", "srp", "lif")
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers"
+                                         ) from None
+
+
 def _parse_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
     """``input=1x3x32x32`` or ``1x3x32x32`` (for the single input)."""
     name, _, dims = text.rpartition("=")
@@ -158,6 +166,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         levels=args.levels,
         calib_path=args.calib, calib_method=args.calib_method, calib_percentile=args.percentile,
         calib_per_channel=args.per_channel, calib_max_samples=args.calib_samples,
+        calib_mean=args.mean, calib_std=args.std,
         fidelity_samples=args.fidelity_samples,
         input_shapes=_input_shapes(args.model, args.input_shape), bias_shift=args.bias_shift,
         maxpool=args.maxpool, allow_analog=args.allow_analog, allow_lossy=args.allow_lossy,
@@ -292,7 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("calibration")
     g.add_argument("--calib", metavar="FILE", help=".npy or .npz of input samples (N x shape), "
                    "preprocessed as for inference; or a folder: images in one subfolder per "
-                   "class (PNG/JPEG) or an x.npy")
+                   "class (PNG/JPEG, read as pixel/255, then --mean/--std) or an x.npy")
+    g.add_argument("--mean", type=_floats, metavar="M[,M,..]",
+                   help="for a --calib folder: per-channel mean subtracted from pixel/255, "
+                   "e.g. 0.485,0.456,0.406 for ImageNet models (default none)")
+    g.add_argument("--std", type=_floats, metavar="S[,S,..]",
+                   help="for a --calib folder: per-channel std divided by, e.g. "
+                   "0.229,0.224,0.225 (default none)")
     g.add_argument("--calib-method", default="snn", choices=("snn", "mse", "percentile", "max"),
                    help="how lambda is chosen: snn = SNN-aware, layer by layer, lambda and bias "
                    "from the simulated spiking layer (default); mse / percentile / max = from "

@@ -68,6 +68,10 @@ class CompileOptions:
     calib_percentile: float = 99.99
     calib_per_channel: bool | None = None  # None = per channel unless the neuron cannot
     calib_max_samples: int = 256
+    #: normalise images read from a --calib folder: x/255, then (x - mean) / std (one value or
+    #: one per channel); None = none. Arrays (.npy/.npz) are taken as the model's input as they are
+    calib_mean: tuple[float, ...] | None = None
+    calib_std: tuple[float, ...] | None = None
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     bias_shift: bool | None = None         # None = what the neuron needs
     maxpool: str = "auto"                  # auto | avg | gate

@@ -72,6 +72,16 @@ def _typed(kw: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
             raise _api_type_error("calib_percentile", value, "a number")
         kw["calib_percentile"] = float(value)
+    for name in ("calib_mean", "calib_std"):
+        value = kw.get(name)
+        if value is not None:
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+                value = [value]
+            if not isinstance(value, (list, tuple, np.ndarray)) or not all(
+                    isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                    for v in value):
+                raise _api_type_error(name, value, "a number or a sequence of numbers")
+            kw[name] = tuple(float(v) for v in value)
     value = kw.get("calib_path")
     if value is not None and not isinstance(value, (str, os.PathLike)):
         raise _api_type_error("calib_path", value, "a path (str or os.PathLike)")
@@ -112,6 +122,13 @@ def make_options(**kw: Any) -> CompileOptions:
     if opts.calib_path is not None and not Path(opts.calib_path).exists():
         raise OptionError(f"calibration data '{opts.calib_path}' does not exist", code="SNN-E357",
                           hint="pass a .npy or .npz file of input samples, or an image folder")
+    if (opts.calib_mean or opts.calib_std) and not (opts.calib_path and
+                                                  Path(opts.calib_path).is_dir()):
+        raise OptionError("--mean/--std normalise images read from a --calib folder, and "
+                          + (f"'{opts.calib_path}' is a file" if opts.calib_path else
+                             "no --calib is given"), code="SNN-E371",
+                          hint="a .npy/.npz holds samples as the model takes them: normalise them "
+                          "before saving, or drop --mean/--std")
     if opts.fidelity_samples is not None and (not isinstance(opts.fidelity_samples, int)
                                               or opts.fidelity_samples < 0):
         raise OptionError(f"--fidelity-samples must be 0 or more, got {opts.fidelity_samples!r}",
@@ -314,6 +331,7 @@ def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext) -> dict[str, A
     ann = snap.proto("insert-neurons")
     if samples is None and ctx.options.calib_path:
         samples = calibration.load_samples(ctx.options.calib_path, calibration.model_inputs(ann),
+                                           mean=ctx.options.calib_mean, std=ctx.options.calib_std,
                                            max_samples=ARTIFACT_SAMPLES)
     return artifact_synops(ir.to_proto(model), ann, samples, ctx.options,
                            events=ctx.measured_events if samples is ctx.holdout else None,

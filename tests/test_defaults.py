@@ -209,6 +209,34 @@ def test_calibration_reads_the_folder_forms_finetune_reads(workdir, capsys):
             "calibration_samples"] == 40
 
 
+@pytest.mark.requires_torch
+def test_mean_and_std_normalise_a_calibration_folder_like_the_saved_arrays(workdir, capsys):
+    """--mean/--std (ImageNet-style models): a folder of PNGs calibrates exactly like the same
+    images saved normalised; with an array file they are refused (E371), nothing written."""
+    from PIL import Image
+
+    pixels = (np.load(workdir / "calib.npz")["input"][:40] * 255).round().astype(np.uint8)
+    for i, img in enumerate(pixels):
+        (workdir / "imgs" / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0]).save(workdir / "imgs" / "a" / f"{i:02d}.png")
+    np.savez(workdir / "norm.npz", input=(pixels / np.float32(255) - np.float32(0.1))
+             / np.float32(0.3))
+    lams = []
+    for src, extra in (("imgs", ["--mean", "0.1", "--std", "0.3"]), ("norm.npz", [])):
+        rc = main(["compile", str(workdir / "mnist_cnn.onnx"), "--target", "qann",
+                   "--calib", str(workdir / src), *extra, "--calib-method", "max",
+                   "--no-fidelity", "-o", str(workdir / "q.onnx"), "--force",
+                   "--report", str(workdir / "q.json"), "-q"])
+        assert rc == 0, capsys.readouterr().err
+        quant = json.loads((workdir / "q.json").read_text())["quant"]
+        lams.append({k: r["lam"] for k, r in quant.items()})
+    assert lams[0] == lams[1]
+    before = _files(workdir)
+    assert main(["compile", str(workdir / "mnist_cnn.onnx"), "--calib", str(workdir / "norm.npz"),
+                 "--mean", "0.1", "-o", str(workdir / "n.onnx")]) == 2
+    assert "[SNN-E371]" in capsys.readouterr().err and _files(workdir) == before
+
+
 def test_wilson_interval():
     """The 95 % interval printed with the estimate (Wilson score; checked against the formula's
     textbook values)."""

@@ -20,7 +20,7 @@ Error codes: SNN-E670 events missing or of the wrong shape.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -260,13 +260,14 @@ def synops_section(net: Netlist, events: Mapping[str, np.ndarray] | None = None,
 
 
 def loihi_samples(path: str | os.PathLike, input_name: str, input_shape: tuple[int, ...],
-                  limit: int = ARTIFACT_SAMPLES) -> np.ndarray:
+                  limit: int = ARTIFACT_SAMPLES, mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None) -> np.ndarray:
     """Up to ``limit`` calibration samples for the one input of a netlist (same checks as the
     calibrate pass)."""
     from snncc.calibration import InputSpec, load_samples
 
     spec = InputSpec(input_name, (None, *input_shape), np.dtype(np.float32))
-    return load_samples(path, [spec], max_samples=limit)[input_name]
+    return load_samples(path, [spec], max_samples=limit, mean=mean, std=std)[input_name]
 
 
 def _stream_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray]

@@ -186,7 +186,8 @@ class LoihiBackend(Backend):
         if not path:
             return synops_section(net, timesteps=ctx.options.timesteps)
         inp = net.groups[0]
-        x = loihi_samples(path, inp.name, inp.shape)
+        x = loihi_samples(path, inp.name, inp.shape, mean=ctx.options.calib_mean,
+                          std=ctx.options.calib_std)
         x = x[:artifact_sample_count(net.ann_macs, net.total_steps, len(x))]
         _, events = run_netlist(net, x)
         return synops_section(net, events, mapping=mapping, timesteps=ctx.options.timesteps,
