@@ -94,7 +94,14 @@ def _typed(kw: dict[str, Any]) -> dict[str, Any]:
 def make_options(**kw: Any) -> CompileOptions:
     """Build validated CompileOptions; resolves levels and bias shift from the chosen neuron.
 
-    Values of the wrong type (Python API) are SNN-E349; numpy integers are taken as ints."""
+    The keywords are the fields of :class:`snncc.context.CompileOptions` (the CLI flag in
+    brackets): ``target`` (--target), ``timesteps`` (-T), ``neuron``, ``levels`` (-L),
+    ``calib_path`` (--calib), ``calib_method``, ``calib_percentile``, ``calib_per_channel``,
+    ``calib_max_samples`` (--calib-samples), ``calib_mean``/``calib_std`` (--mean/--std),
+    ``fidelity_samples`` (None = automatic, 0 = --no-fidelity), ``input_shapes``, ``bias_shift``,
+    ``maxpool``, ``allow_analog``, ``allow_lossy``, ``schedule``, ``neuron_params``
+    (--neuron-param, --tau, --mt-*). Values of the wrong type (Python API) are SNN-E349; numpy
+    integers are taken as ints."""
     try:
         opts = CompileOptions(**_typed(kw))
     except TypeError as exc:  # an unknown keyword
@@ -194,18 +201,19 @@ def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
     return outs
 
 
-def compile_model(model_path: str | os.PathLike, out: str | os.PathLike,
+def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
                   options: CompileOptions, *, report_path: str | os.PathLike | None = None,
                   dump_after: Sequence[str] = (), dump_dir: str | os.PathLike | None = None,
                   verify: str = "ends", force: bool = False,
                   min_agreement: float | None = None) -> CompileResult:
-    """Compile ``model_path`` into ``out`` (a file for qann/ort, a directory for loihi).
+    """Compile ``model_path`` into ``out`` (a file for qann/ort/nir, a directory for loihi).
 
     ``out=None`` writes beside the model (:func:`snncc.outputs.default_output`). Every output is
     checked before any work starts (:func:`snncc.outputs.check_outputs`; ``force`` allows writing
     into a foreign non-empty directory) and written atomically.
 
-    With calibration samples and ``options.fidelity_samples > 0``, the held-out samples measure
+    With calibration samples and ``options.fidelity_samples`` None (automatic: the samples beyond
+    ``calib_max_samples``, 32 to 64) or above 0, the held-out samples measure
     ANN vs QANN vs SNN (:mod:`snncc.fidelity`) before anything is written; ``min_agreement``
     turns an SNN-ANN top-1 agreement below it into :class:`FidelityError` (nothing written).
     """
