@@ -38,7 +38,7 @@ Errors (all problems of a kind collected, raised once):
   SNN-E119 shape inference failed, SNN-E120 a weight holds NaN or Inf, SNN-E121 the model has no
   outputs, SNN-E122 a layer's weight does not fit its input channels (Conv / ConvTranspose
   in-channels x groups, bias or BatchNormalization lengths); several at once: SNN-E110 carrying
-  each diagnostic.
+  each diagnostic; SNN-E123 the model is already an snncc output (its metadata names a schedule).
 - UnsupportedNodeError SNN-E201 (only without ``--allow-analog``): activations with no spiking
   equivalent (see :mod:`snncc.op_classes`; recurrent LSTM/GRU/RNN too); SNN-E202 marks composite
   forms (x*Sigmoid(x), erf-GELU, x*HardSigmoid(x), x*tanh(softplus(x))); SNN-E203 a
@@ -94,6 +94,13 @@ class CanonicalizePass(Pass):
 
     def run(self, model: ir.Model, ctx: CompileContext) -> PassResult:
         options = ctx.options
+        schedule = model.metadata.get("snncc.schedule")
+        if schedule and self.require_activation:   # inspect describes it instead
+            raise ModelInputError(
+                f"{NAME}: the model is already an snncc output (schedule {schedule}, T = "
+                f"{model.metadata.get('snncc.timesteps', '?')}): its time axis is folded into "
+                "the batch", code="SNN-E123",
+                hint="compile the source ANN again (snncc run runs this model as it is)")
         batch = check_model_input(model.graph, options)
         bad = unsupported_nodes(model.graph, options)
         if options.allow_analog:  # analog islands allowed: only what cannot run at all

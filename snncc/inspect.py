@@ -142,6 +142,10 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     missing = no_activation(graph)
     if missing is not None:
         diags.append(missing)
+    compiled = _compiled_by_snncc(path_or_proto, graph)
+    if compiled:   # its own decode ops (time in the batch) are no conversion problem
+        report["compiled"] = compiled
+        diags = []
     report["unsupported"] = [
         {"node": d.node, "code": d.code, "message": d.message, "hint": d.hint} for d in diags]
     flagged = {d.node for d in diags}  # a node that cannot convert is no head either
@@ -155,6 +159,18 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     report["macs"] = {"layers": layers, "total": sum(known),
                       "complete": len(known) == len(layers)}
     return report
+
+
+def _compiled_by_snncc(path_or_proto, graph) -> dict[str, Any] | None:
+    """What an snncc output says of itself (schedule, T, neuron ops), None for a source model."""
+    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(
+        os.fspath(path_or_proto), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props if p.key.startswith("snncc.")}
+    neurons = sum(1 for n in graph.nodes if n.domain == ir.SNN_DOMAIN)
+    if "snncc.schedule" not in meta and not neurons:
+        return None
+    return {"schedule": meta.get("snncc.schedule"), "timesteps": meta.get("snncc.timesteps"),
+            "neuron_ops": neurons}
 
 
 def _shape(shape) -> str:
@@ -175,7 +191,12 @@ def format_inspect(report: Mapping[str, Any]) -> str:
         for n in nodes:
             macs = f"  MACs {n['macs']:,}" if n.get("macs") is not None else ""
             lines.append(f"  {n['op']:<20} {n['node']:<40} -> {_shape(n['output_shape'])}{macs}")
-    if report["unsupported"]:
+    compiled = report.get("compiled")
+    if compiled:
+        lines.append(f"already compiled by snncc: schedule {compiled['schedule'] or '?'}, "
+                     f"T = {compiled['timesteps'] or '?'}, {compiled['neuron_ops']} neuron op(s); "
+                     "run it with snncc run, or inspect the source ANN to compile again")
+    elif report["unsupported"]:
         lines.append(f"cannot convert ({len(report['unsupported'])}):")
         for u in report["unsupported"]:
             where = f" {u['node']}:" if u["node"] else ""

@@ -60,6 +60,8 @@ def expect_ok(capsys, argv) -> str:
 COMPILE_CASES = {
     # broken files
     "truncated-onnx": (lambda c: [c.truncated, "--calib", c.calib], "SNN-E102"),
+    "already-compiled": (lambda c: [c.snn, "--calib", c.calib], "SNN-E123"),
+    "already-compiled-streaming": (lambda c: [c.stream, "--calib", c.calib], "SNN-E123"),
     "not-onnx": (lambda c: [c.not_onnx, "--calib", c.calib], "SNN-E102"),
     "empty-file": (lambda c: [c.empty_model, "--calib", c.calib], "SNN-E102"),
     "directory-as-model": (lambda c: [c.model_dir, "--calib", c.calib], "SNN-E101"),
@@ -924,3 +926,9 @@ def test_report_warns_when_it_calibrates_on_the_data_it_scores(corpus, tmp_path,
     err = capsys.readouterr().err
     assert "calibrating on --data" in err and "T = 1: compiling" in err
     assert "on the same samples" in (tmp_path / "r.md").read_text()
+
+
+def test_inspect_says_a_compiled_model_is_one(corpus, capsys):
+    """It listed snncc's own decode Reshape/ReduceMean as 'cannot convert' (E243/E242)."""
+    out = expect_ok(capsys, ["inspect", corpus.snn])
+    assert "already compiled by snncc: schedule folded" in out and "cannot convert" not in out
