@@ -42,10 +42,12 @@ class PipelineReport:
         return [r.to_json() for r in self.rows]
 
     def format(self) -> str:
-        lines = [f"{'pass':<22} {'changed':<8} {'ms':>8}  counts / declines"]
+        # 'graph': whether the pass rewrote the graph (calibrate only measures: 'no')
+        lines = [f"{'pass':<22} {'graph':<8} {'ms':>8}  counts / declines"]
         for r in self.rows:
             counts = ", ".join(f"{k}={v}" for k, v in r.counts.items()) or "-"
-            lines.append(f"{r.name:<22} {str(r.modified):<8} {r.ms:>8.1f}  {counts}")
+            lines.append(f"{r.name:<22} {'changed' if r.modified else 'same':<8} {r.ms:>8.1f}  "
+                         f"{counts}")
             for d in r.declines:
                 lines.append(f"{'':<41}declined {d['node']}: [{d['code']}] {d['reason']}")
         return "\n".join(lines)
