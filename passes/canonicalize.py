@@ -75,7 +75,7 @@ from snncc.op_classes import RECURRENT
 from snncc.passes.base import Decline, Pass, PassResult
 from snncc.passes.support import no_activation, unsupported_nodes
 
-__all__ = ["CanonicalizePass", "check_model_input"]
+__all__ = ["CanonicalizePass", "check_model_input", "compiled_output"]
 
 logger = logging.getLogger("snncc.passes.canonicalize")
 
@@ -85,7 +85,8 @@ LIFT_MIN_ELEMENTS = 1024  # float constants at least this big skip serialisation
 
 
 class CanonicalizePass(Pass):
-    """``require_activation=False`` (used by ``snncc inspect``) skips the SNN-E204 check."""
+    """``require_activation=False`` (used by ``snncc inspect``) skips the SNN-E204 check and the
+    SNN-E123 refusal of an snncc output (inspect describes one instead)."""
 
     name = NAME
 
@@ -94,12 +95,12 @@ class CanonicalizePass(Pass):
 
     def run(self, model: ir.Model, ctx: CompileContext) -> PassResult:
         options = ctx.options
-        schedule = model.metadata.get("snncc.schedule")
-        if schedule and self.require_activation:   # inspect describes it instead
+        compiled = compiled_output(model)
+        if compiled and self.require_activation:   # inspect describes it instead
             raise ModelInputError(
-                f"{NAME}: the model is already an snncc output (schedule {schedule}, T = "
-                f"{model.metadata.get('snncc.timesteps', '?')}): its time axis is folded into "
-                "the batch", code="SNN-E123",
+                f"{NAME}: the model is already an snncc output (schedule {compiled['schedule']}, "
+                f"T = {compiled['timesteps']}): its time axis is folded into the batch",
+                code="SNN-E123",
                 hint="compile the source ANN again (snncc run runs this model as it is)")
         batch = check_model_input(model.graph, options)
         bad = unsupported_nodes(model.graph, options)
@@ -148,6 +149,16 @@ class CanonicalizePass(Pass):
 
 
 # ----------------------------------------------------------------------------- input checks
+
+def compiled_output(model: ir.Model) -> dict | None:
+    """What a model snncc compiled says of itself (its metadata names a schedule), else None.
+    A QANN output or a ``snncc finetune`` stage (neuron ops, no schedule) is a source model."""
+    schedule = model.metadata.get("snncc.schedule")
+    if not schedule:
+        return None
+    return {"schedule": schedule, "timesteps": model.metadata.get("snncc.timesteps", "?"),
+            "neuron_ops": sum(1 for n in model.graph.nodes if n.domain == ir.SNN_DOMAIN)}
+
 
 def _diag(code: str, message: str, node: str = "", hint: str = "",
           severity: str = "error") -> Diagnostic:

@@ -21,7 +21,7 @@ __all__ = ["main", "build_parser"]
 NEURON_KEYS = ("if", "bitserial", "mt", "gn", "srp", "lif")
 
 
-def _floats(text: str) -> list[float]:
+def parse_floats(text: str) -> list[float]:
     try:
         return [float(t) for t in text.split(",")]
     except ValueError:
@@ -302,10 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calib", metavar="FILE", help=".npy or .npz of input samples (N x shape), "
                    "preprocessed as for inference; or a folder: images in one subfolder per "
                    "class (PNG/JPEG, read as pixel/255, then --mean/--std) or an x.npy")
-    g.add_argument("--mean", type=_floats, metavar="M[,M,..]",
+    g.add_argument("--mean", type=parse_floats, metavar="M[,M,..]",
                    help="for a --calib folder: per-channel mean subtracted from pixel/255, "
                    "e.g. 0.485,0.456,0.406 for ImageNet models (default none)")
-    g.add_argument("--std", type=_floats, metavar="S[,S,..]",
+    g.add_argument("--std", type=parse_floats, metavar="S[,S,..]",
                    help="for a --calib folder: per-channel std divided by, e.g. "
                    "0.229,0.224,0.225 (default none)")
     g.add_argument("--calib-method", default="snn", choices=("snn", "mse", "percentile", "max"),
@@ -461,17 +461,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _LogFormat(logging.Formatter):
-    """Warnings read like the CLI's own (``snncc run: warning: ...``); ``-v`` logs keep the
-    logger's name, which says which pass or module decided."""
+    """snncc's own warnings read like the CLI's (``snncc run: warning: ...``); ``-v`` logs and
+    other libraries' records keep the logger's name; a logged exception keeps its traceback."""
 
     def __init__(self, command: str):
         super().__init__()
         self.command = command
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.levelno >= logging.WARNING:
-            return f"snncc {self.command}: {record.levelname.lower()}: {record.getMessage()}"
-        return f"{record.name}: {record.getMessage()}"
+        own = record.name == "snncc" or record.name.startswith("snncc.")
+        if own and record.levelno >= logging.WARNING:
+            text = f"snncc {self.command}: {record.levelname.lower()}: {record.getMessage()}"
+        else:
+            text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to the sys.stderr of the moment (a caller may have replaced it since)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _log_to_stderr(command: str, verbose: bool) -> None:
+    """One stderr handler for the process, naming the current command (main() may run several
+    commands in one process: tests, notebooks)."""
+    root = logging.getLogger()
+    mine = [h for h in root.handlers if isinstance(h.formatter, _LogFormat)]
+    if mine:
+        mine[0].formatter.command = command
+    else:
+        handler = _Stderr()
+        handler.setFormatter(_LogFormat(command))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _main(argv: Sequence[str] | None, before: int) -> int:
@@ -480,10 +507,7 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
         args = parser.parse_args(argv)
     except KeyboardInterrupt as exc:  # Ctrl-C while the modules load
         return _interrupted(exc, before)
-    handler = logging.StreamHandler()
-    handler.setFormatter(_LogFormat(args.command))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        handlers=[handler])
+    _log_to_stderr(args.command, args.verbose)
     try:
         return args.func(args)
     except SnnccError as exc:

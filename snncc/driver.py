@@ -77,10 +77,12 @@ def _typed(kw: dict[str, Any]) -> dict[str, Any]:
         if value is not None:
             if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
                 value = [value]
-            if not isinstance(value, (list, tuple, np.ndarray)) or not all(
+            if isinstance(value, np.ndarray):
+                value = value.reshape(-1).tolist()
+            if not isinstance(value, (list, tuple)) or not value or not all(
                     isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
                     for v in value):
-                raise _api_type_error(name, value, "a number or a sequence of numbers")
+                raise _api_type_error(name, value, "a number or a non-empty sequence of numbers")
             kw[name] = tuple(float(v) for v in value)
     value = kw.get("calib_path")
     if value is not None and not isinstance(value, (str, os.PathLike)):
@@ -129,10 +131,11 @@ def make_options(**kw: Any) -> CompileOptions:
     if opts.calib_path is not None and not Path(opts.calib_path).exists():
         raise OptionError(f"calibration data '{opts.calib_path}' does not exist", code="SNN-E357",
                           hint="pass a .npy or .npz file of input samples, or an image folder")
-    if (opts.calib_mean or opts.calib_std) and not (opts.calib_path and
-                                                  Path(opts.calib_path).is_dir()):
-        raise OptionError("--mean/--std normalise images read from a --calib folder, and "
-                          + (f"'{opts.calib_path}' is a file" if opts.calib_path else
+    images = bool(opts.calib_path) and Path(opts.calib_path).is_dir() and \
+        not (Path(opts.calib_path) / "x.npy").is_file()
+    if (opts.calib_mean or opts.calib_std) and not images:
+        raise OptionError("--mean/--std normalise images read from a --calib image folder, and "
+                          + (f"'{opts.calib_path}' holds arrays" if opts.calib_path else
                              "no --calib is given"), code="SNN-E371",
                           hint="a .npy/.npz holds samples as the model takes them: normalise them "
                           "before saving, or drop --mean/--std")

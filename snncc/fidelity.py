@@ -182,8 +182,8 @@ def summary(fid: Mapping[str, Any]) -> str:
     if "snn_vs_ann" not in fid:
         q = fid["qann_vs_ann"]
         return (f"fidelity: QANN agrees with the ANN on {_pct(q['top1_agreement'])} of {n} "
-                f"held-out samples{_interval(q)} (relative logit error "
-                f"{q['rel_logit_error']:.3f})")
+                f"held-out samples{_interval(q)}; relative logit error "
+                f"{q['rel_logit_error']:.3f}")
     s, q = fid["snn_vs_ann"], fid["qann_vs_ann"]
     text = (f"fidelity: {fid.get('snn_is', 'SNN')} agrees with the ANN on "
             f"{_pct(s['top1_agreement'])} of {n} held-out samples{_interval(s)}; QANN "

@@ -77,7 +77,7 @@ def _layer_macs(node: ir.Node) -> int | None:
 def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
                   input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Build the inspect report (a JSON-ready dict) for a model file or proto."""
-    from snncc.passes.canonicalize import CanonicalizePass
+    from snncc.passes.canonicalize import CanonicalizePass, compiled_output
     from snncc.passes.support import (HEAD, ISLAND, TIME, conversion_roles, no_activation,
                                       unsupported_nodes)
     from snncc.passes.schedule_timesteps import batch_axis_problem
@@ -142,7 +142,7 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     missing = no_activation(graph)
     if missing is not None:
         diags.append(missing)
-    compiled = _compiled_by_snncc(path_or_proto, graph)
+    compiled = compiled_output(raw)
     if compiled:   # its own decode ops (time in the batch) are no conversion problem
         report["compiled"] = compiled
         diags = []
@@ -159,18 +159,6 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     report["macs"] = {"layers": layers, "total": sum(known),
                       "complete": len(known) == len(layers)}
     return report
-
-
-def _compiled_by_snncc(path_or_proto, graph) -> dict[str, Any] | None:
-    """What an snncc output says of itself (schedule, T, neuron ops), None for a source model."""
-    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(
-        os.fspath(path_or_proto), load_external_data=False)
-    meta = {p.key: p.value for p in proto.metadata_props if p.key.startswith("snncc.")}
-    neurons = sum(1 for n in graph.nodes if n.domain == ir.SNN_DOMAIN)
-    if "snncc.schedule" not in meta and not neurons:
-        return None
-    return {"schedule": meta.get("snncc.schedule"), "timesteps": meta.get("snncc.timesteps"),
-            "neuron_ops": neurons}
 
 
 def _shape(shape) -> str:
@@ -193,8 +181,8 @@ def format_inspect(report: Mapping[str, Any]) -> str:
             lines.append(f"  {n['op']:<20} {n['node']:<40} -> {_shape(n['output_shape'])}{macs}")
     compiled = report.get("compiled")
     if compiled:
-        lines.append(f"already compiled by snncc: schedule {compiled['schedule'] or '?'}, "
-                     f"T = {compiled['timesteps'] or '?'}, {compiled['neuron_ops']} neuron op(s); "
+        lines.append(f"already compiled by snncc: schedule {compiled['schedule']}, "
+                     f"T = {compiled['timesteps']}, {compiled['neuron_ops']} neuron op(s); "
                      "run it with snncc run, or inspect the source ANN to compile again")
     elif report["unsupported"]:
         lines.append(f"cannot convert ({len(report['unsupported'])}):")

@@ -55,9 +55,18 @@ def read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if isinstance(source, onnx.ModelProto):
         return source
     path = Path(source)
+    if path.is_dir() and ((path / "netlist.json").is_file()
+                          or (path / ".snncc-output.json").is_file()):
+        raise ModelInputError(f"'{path}' is a Loihi output directory of snncc, not an ONNX model",
+                              code="SNN-E101", hint=f"run it with snncc run {path}; to compile "
+                              "again, give the source ANN")
     if path.is_dir():
         raise ModelInputError(f"'{path}' is a directory, not an ONNX model file", code="SNN-E101",
                               hint="give the path of the .onnx file inside it")
+    if path.suffix.lower() == ".nir" and path.is_file():
+        raise ModelInputError(f"'{path}' is a NIR file, not an ONNX model", code="SNN-E102",
+                              hint="read it with nir.read (or a NIR simulator); to compile again, "
+                              "give the source ANN")
     if not path.is_file():
         raise ModelInputError(f"model file '{path}' does not exist", code="SNN-E101",
                               hint="check the path")

@@ -332,8 +332,9 @@ def report_command(args: argparse.Namespace) -> int:
              f"{args.calib_method}" + (" on the same samples" if args.calib is None else "")]
     data: dict[str, Any] = {"title": f"snncc report: {Path(args.model).name}", "notes": notes}
     saturation = _Collect("snncc.backends.loihi.simulator")
+    no_synops = None
     for T in ts:
-        with tempfile.TemporaryDirectory() as tmp, scratch(), saturation.at(f"T = {T}"):
+        with tempfile.TemporaryDirectory() as tmp, scratch():
             tmp = Path(tmp)
             _progress(f"T = {T}: compiling and running the ONNX Runtime SNN")
             opts = make_options(target="ort", timesteps=T, **common)
@@ -346,10 +347,14 @@ def report_command(args: argparse.Namespace) -> int:
             ref = labels if labels is not None else ort_out.argmax(axis=1)
             if args.target == "loihi":
                 _progress(f"T = {T}: compiling and simulating the Loihi netlist")
-                compile_model(args.model, tmp / "loihi",
-                              make_options(target="loihi", timesteps=T, **common))
-                out, events = run_netlist(tmp / "loihi", x)
-                hw, _ = run_netlist(tmp / "loihi", x, semantics="hardware")
+                with saturation.at(f"T = {T}, the compile's own runs (fidelity and SynOps, "
+                                   "on the calibration samples)"):
+                    compile_model(args.model, tmp / "loihi",
+                                  make_options(target="loihi", timesteps=T, **common))
+                with saturation.at(f"T = {T}, emulated neurons on --data"):
+                    out, events = run_netlist(tmp / "loihi", x)
+                with saturation.at(f"T = {T}, stock hardware neurons on --data"):
+                    hw, _ = run_netlist(tmp / "loihi", x, semantics="hardware")
                 series["Loihi emulated"].append(_accuracy(next(iter(out.values())), ref))
                 series["Loihi hardware (reset to 0)"].append(
                     _accuracy(next(iter(hw.values())), ref))
@@ -362,17 +367,24 @@ def report_command(args: argparse.Namespace) -> int:
                 events = ort_events(onnx.load(str(tmp / "snn.onnx")), {_input_name(tmp): x})
                 try:
                     syn = count_synops(onnx.load(str(tmp / "dump" / "after-insert-neurons.onnx")),
-                                       events, timesteps=T)
+                                       events, timesteps=T, maxpool=args.maxpool)
                 except SnnccError as exc:   # e.g. a MaxPool: the count runs on the Loihi lowering
                     syn = None
                     data.pop("synops", None), data.pop("energy", None)
                     first = exc.diagnostics[0] if exc.diagnostics else None
-                    why = (f"node {first.node}: {first.message}" if first and first.node
-                           else first.message if first else exc.message)
-                    notes.append("SynOps and energy: not available (the SynOp count uses the "
-                                 f"Loihi lowering, which refuses {why})")
+                    no_synops = (f"node {first.node}: {first.message}" if first and first.node
+                                 else first.message if first else exc.message)
             if syn is not None:
                 data.update(synops=syn, energy=estimate(syn))
+    if no_synops:
+        notes.append("Spike rates, SynOps and energy: not available (they are counted on the "
+                     f"Loihi lowering, which refuses {no_synops}; --maxpool avg lowers a "
+                     "MaxPool)" if "MaxPool" in no_synops and args.maxpool != "avg" else
+                     "Spike rates, SynOps and energy: not available (they are counted on the "
+                     f"Loihi lowering, which refuses {no_synops})")
+    if labels is None and args.target == "ort":
+        notes.append("--data has no labels 'y', so no accuracy: the ORT target has nothing to "
+                     "compare with")
     if saturation.messages:
         notes.extend(f"Loihi simulator, {m}" for m in saturation.messages)
         print(f"snncc report: warning: the Loihi simulator saturated membrane updates in "

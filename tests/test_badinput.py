@@ -932,3 +932,43 @@ def test_inspect_says_a_compiled_model_is_one(corpus, capsys):
     """It listed snncc's own decode Reshape/ReduceMean as 'cannot convert' (E243/E242)."""
     out = expect_ok(capsys, ["inspect", corpus.snn])
     assert "already compiled by snncc: schedule folded" in out and "cannot convert" not in out
+
+
+def test_only_a_scheduled_model_counts_as_compiled(corpus, tmp_path, capsys):
+    """A model with neuron ops but no schedule (what snncc finetune --iir writes) is a source
+    model for inspect too, as for compile."""
+    proto = onnx.load(corpus.snn)
+    del proto.metadata_props[:]
+    onnx.save(proto, tmp_path / "stage.onnx")
+    out = expect_ok(capsys, ["inspect", tmp_path / "stage.onnx"])
+    assert "already compiled" not in out
+
+
+def test_loihi_and_nir_outputs_given_as_a_model_are_named(corpus, tmp_path, capsys):
+    for command in ("inspect", "compile"):
+        err = expect_error(capsys, [corpus.root, tmp_path], [command, corpus.loihi], "SNN-E101")
+        assert "Loihi output directory of snncc" in err and "snncc run" in err
+    (tmp_path / "m.nir").write_bytes(b"\x89HDF\r\n\x1a\n")
+    err = expect_error(capsys, [corpus.root, tmp_path], ["inspect", tmp_path / "m.nir"],
+                       "SNN-E102")
+    assert "is a NIR file" in err
+
+
+def test_report_ort_counts_synops_through_maxpool_avg_and_notes_a_refusal_once(corpus, tmp_path,
+                                                                             capsys):
+    model = tmp_path / "pools.onnx"
+    onnx.save(zoo.ZOO["pools"](), model)
+    argv = ["report", model, "--data", corpus.data, "--calib", corpus.calib, "-T", "1,2",
+            "--samples", "4", "--target", "ort"]
+    expect_ok(capsys, argv + ["-o", tmp_path / "a.md"])
+    assert (tmp_path / "a.md").read_text().count("not available") == 1
+    expect_ok(capsys, argv + ["--maxpool", "avg", "-o", tmp_path / "b.md"])
+    page = (tmp_path / "b.md").read_text()
+    assert "not available" not in page and "SynOps" in page
+
+
+def test_mean_std_refused_for_an_array_folder(corpus, tmp_path, capsys):
+    (tmp_path / "arr").mkdir()
+    np.save(tmp_path / "arr" / "x.npy", np.zeros((8, 3, 8, 8), np.float32))
+    expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib",
+                 tmp_path / "arr", "--mean", "0.5", "-o", tmp_path / "o.onnx"], "SNN-E371")

@@ -47,6 +47,16 @@ def test_library_warnings_read_like_the_cli_own(capsys):
     record = logging.LogRecord("snncc.backends.loihi.simulator", logging.WARNING, __file__, 1,
                                "%d saturated", (3,), None)
     assert _LogFormat("run").format(record) == "snncc run: warning: 3 saturated"
+    other = logging.LogRecord("PIL.Image", logging.ERROR, __file__, 1, "odd file", (), None)
+    assert _LogFormat("run").format(other) == "PIL.Image: odd file"   # not snncc's own error
+    try:
+        raise ValueError("inner")
+    except ValueError:
+        import sys
+        failed = logging.LogRecord("snncc.x", logging.ERROR, __file__, 1, "boom", (),
+                                   sys.exc_info())
+    text = _LogFormat("run").format(failed)
+    assert text.startswith("snncc run: error: boom\n") and "ValueError: inner" in text
 
 
 def test_inspect_prints_macs(capsys):

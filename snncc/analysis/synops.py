@@ -51,7 +51,7 @@ def synops_per_target(block: Block, events: np.ndarray) -> np.ndarray:
     return conv_box_sum(block, ev[0])
 
 
-def _netlist(source: Any, timesteps: int | None) -> Netlist:
+def _netlist(source: Any, timesteps: int | None, maxpool: str = "auto") -> Netlist:
     if isinstance(source, Netlist):
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -62,13 +62,13 @@ def _netlist(source: Any, timesteps: int | None) -> Netlist:
     if timesteps is None:
         raise BackendCapabilityError("count_synops on an ONNX model needs timesteps",
                                      code="SNN-E670", hint="pass timesteps=T")
-    return lower(source, timesteps, relay=False)
+    return lower(source, timesteps, maxpool, relay=False)
 
 
 def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
                  events_per_layer: Mapping[str, np.ndarray], *, timesteps: int | None = None,
                  analog_once: bool = True, mapping: Mapping[str, Any] | None = None,
-                 summed_over: int | None = None) -> dict[str, Any]:
+                 summed_over: int | None = None, maxpool: str = "auto") -> dict[str, Any]:
     """Count SynOps and MACs per inference.
 
     ``source``: a netlist, a compiled Loihi directory, or the ANN-shaped ONNX model after
@@ -78,9 +78,10 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
     to add ``cores`` (SynOps received by each core's neurons) and ``host_synops`` (received by
     readouts the host accumulates). ``summed_over``: the events are already summed over this
     many samples, each array [1, *shape] (what the compile-time fidelity run keeps: per-sample
-    counts of a 224x224 ResNet-34 take about 190 MB per sample).
+    counts of a 224x224 ResNet-34 take about 190 MB per sample). ``maxpool``: as the compile's
+    ``--maxpool`` (an ONNX source with MaxPool lowers only with ``"avg"``).
     """
-    net = _netlist(source, timesteps)
+    net = _netlist(source, timesteps, maxpool)
     kinds = {g.name: g for g in net.groups}
     spiking = [g for g in net.groups if g.sends_events]
     missing = [g.name for g in spiking if g.name not in events_per_layer]

@@ -182,7 +182,7 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
     if L != 2 ** T - 1:
         fits = L >= 1 and not (L & (L + 1))
         other_t = f"-T {int(math.log2(L + 1))}" if fits else ""
-        if options.levels not in (None, 2 ** T - 1):   # -L was given (the default is 2^T - 1)
+        if L == options.levels:   # calibrated with -L (else the clip's L comes from the graph)
             hint = (f"drop -L (bitserial takes L = {2 ** T - 1} at T = {T})"
                     + (f", or use {other_t}" if other_t else ""))
         else:                              # the clip comes from a QCFS-trained graph

@@ -19,6 +19,7 @@ import argparse
 import os
 from pathlib import Path
 
+from snncc.cli import parse_floats
 from snncc.errors import CalibrationError, OptionError
 
 __all__ = ["add_finetune_arguments", "run_finetune"]
@@ -30,13 +31,6 @@ def _timesteps(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
     return values
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -90,9 +84,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--input-size", type=_size, metavar="HxW",
                       help="resize image-folder images to HxW (default: the model's input size)")
-    data.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling to [0, 1], "
+    data.add_argument("--mean", type=parse_floats, help="per-channel mean subtracted after scaling to [0, 1], "
                                                    "e.g. 0.485,0.456,0.406")
-    data.add_argument("--std", type=_floats, help="per-channel std divided by, e.g. 0.229,0.224,0.225")
+    data.add_argument("--std", type=parse_floats, help="per-channel std divided by, e.g. 0.229,0.224,0.225")
     data.add_argument("--workers", type=int, default=None,
                       help="DataLoader worker processes (default 0 for .npz; for images and .npy 4, at most "
                            "the CPU count)")

@@ -62,7 +62,7 @@ class Preprocess:
                 raise _fail("SNN-E804", f"{flag} {values.tolist()} must be finite numbers",
                             "e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225")
         if self.std is not None and np.any(self.std <= 0):
-            raise _fail("SNN-E804", f"--std {list(self.std)} must be positive", "e.g. --std 0.229,0.224,0.225")
+            raise _fail("SNN-E804", f"--std {self.std.tolist()} must be positive", "e.g. --std 0.229,0.224,0.225")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         integer = np.issubdtype(x.dtype, np.integer) or x.dtype == bool

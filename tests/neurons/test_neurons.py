@@ -419,6 +419,7 @@ def test_bad_shapes_and_state(key, code, x, attrs, state, step):
     ("bitserial", 5, 3, {"levels": 5}, "SNN-E308", "drop -L (bitserial takes L = 7 at T = 3)"),
     ("bitserial", 15, 3, {"levels": 15}, "SNN-E308", "drop -L (bitserial takes L = 7 at T = 3), "
      "or use -T 4"),
+    ("bitserial", 4, 3, {"levels": 5}, "SNN-E308", "retrain the QCFS model"),  # L from the graph
     ("mt", 4, 1, {"preset": "octal"}, "SNN-E309", "pow2"),
     ("gn", 8, 2, {"tau": 0}, "SNN-E309", "tau"),
     ("mt", 8, 1, {"preset": "pow2"}, "SNN-E310", "2^n - 1"),
