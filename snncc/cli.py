@@ -294,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-T", "--timesteps", type=int, default=None,
                    help="timesteps (default 4, or the T snncc finetune trained the model for)")
     p.add_argument("--neuron", default=None, choices=NEURON_KEYS,
-                   help="spiking neuron model (default if)")
+                   help="spiking neuron model (default if: binary spikes, what every target and "
+                   "stock neuromorphic neurons run; mt, gn and bitserial send graded spikes and "
+                   "stay closer to the ANN at T <= 4: examples/results/defaults.md)")
     p.add_argument("--levels", "-L", type=int, default=None,
                    help="quantization levels L of the clip (default: what the neuron needs at "
                    "T, e.g. T for if, 2^T-1 for bitserial; 8 for --target qann)")
