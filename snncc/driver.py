@@ -26,7 +26,8 @@ from snncc.outputs import (Output, atomic_dir, atomic_file, check_outputs, defau
 from snncc.passes.calibrate import MIN_CALIB_SAMPLES
 from snncc.pipeline import DumpAfter, PipelineReport, Snapshot, default_pipeline
 
-__all__ = ["make_options", "compile_model", "rehearse", "declared_outputs", "CompileResult", "MAX_TIMESTEPS", "CALIB_METHODS"]
+__all__ = ["make_options", "compile_model", "rehearse", "declared_outputs", "CompileResult",
+           "MAX_TIMESTEPS", "CALIB_METHODS"]
 
 log = logging.getLogger("snncc.driver")
 
