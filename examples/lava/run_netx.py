@@ -9,7 +9,9 @@ Loads NET with lava-dl's reader (``lava.lib.dl.netx.hdf5.Network``) and runs eve
 * ``voltage`` (the last layer is snncc's non-spiking readout): the readout layer's integer voltage
   gained over the counted steps, in Lava's units; ``snncc run DIR --semantics hardware`` computes
   the same integers (``SimResult.raw``) and decodes them to the network outputs;
-* ``spikes`` (a spiking last layer): its spike counts over the counted steps.
+* ``spikes`` (a spiking last layer, e.g. a residual net's sequential first piece): its spike
+  counts over the counted steps, flattened in snncc's (C, H, W) order (Lava's own is (x, y, c)),
+  so that they equal ``SimResult.raw`` of the simulator's hardware semantics.
 
 How the file is driven comes from its root attributes (``snncc_*``, written by snncc; the NetX
 reader ignores them): the analog input is sent every step as graded payloads
@@ -81,6 +83,7 @@ def run(net_path: str, x: np.ndarray) -> np.ndarray:
     finally:
         net.stop()
     record = np.asarray(record).reshape(steps, -1).astype(np.int64)   # row i: after step i + 1
+    out_shape = tuple(int(s) for s in target.shape)
     out = np.zeros((n, record.shape[1]), dtype=np.int64)
     first = total - counted
     for k in range(n):
@@ -89,6 +92,8 @@ def run(net_path: str, x: np.ndarray) -> np.ndarray:
             out[k] = record[end - 1] - (record[end - 1 - counted] if first > 0 else 0)
         else:
             out[k] = record[end - counted:end].sum(axis=0)
+    if len(out_shape) == 3:          # Lava's (x, y, c) = (W, H, C) -> snncc's (C, H, W)
+        out = out.reshape((n,) + out_shape).transpose(0, 3, 2, 1).reshape(n, -1)
     return out
 
 
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("net", help="NetX file (network.net)")
     p.add_argument("x", help="inputs, .npy float [N, *input shape]")
-    p.add_argument("out", help="readout per sample, .npy int64 [N, classes]")
+    p.add_argument("out", help="readout per sample, .npy int64 [N, classes] (or [N, units] in "
+                   "(C, H, W) order for a spiking last layer)")
     args = p.parse_args(argv)
     x = np.load(args.x)
     out = run(args.net, x)

@@ -67,3 +67,29 @@ def test_lava_readout_equals_the_hardware_simulation_bit_for_bit(exported):
     emulated = simulate(net, x).outputs[net.outputs[0]["name"]]
     assert not np.array_equal(hw, emulated)    # the semantics do differ ...
     assert (hw.argmax(1) == emulated.argmax(1)).mean() >= 0.5   # ... but not wildly
+
+
+def test_a_residual_nets_netx_piece_runs_in_lava_with_snnccs_unit_order(tmp_path):
+    """A ResNet's NetX file holds its sequential first layers only (NetX layers are sequential);
+    real Lava runs that piece, and its spike counts, reordered from Lava's (x, y, c) into
+    snncc's (C, H, W), equal the hardware simulation's bit for bit (they came back in Lava's
+    order, so no unit matched)."""
+    from snncc.backends.loihi import netlist as nl
+    from snncc.backends.loihi.simulator import simulate
+
+    out = tmp_path / "digits_resnet"
+    _snncc("compile", "examples/digits_resnet.onnx", "--calib", "examples/digits_resnet_calib.npz",
+           "-T", "4", "--neuron", "if", "--target", "loihi", "--no-fidelity", "-q", "-o", str(out))
+    net = nl.load(out)
+    netx = net.meta["netx"]
+    assert 0 < len(netx["layers"]) < len(net.groups) - 1    # a piece, and it says so
+    x = np.load(ROOT / "examples" / "digits_resnet_test.npz")["x"][:4].astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    subprocess.run([str(LAVA_PY), str(ROOT / "examples" / "lava" / "run_netx.py"),
+                    str(out / "network.net"), str(tmp_path / "x.npy"), str(tmp_path / "l.npy")],
+                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lava = np.load(tmp_path / "l.npy")
+    last = net.group(netx["layers"][-1])
+    raw = simulate(net, x, semantics="hardware").raw[last.name].reshape(len(x), -1)
+    assert last.kind == "neuron" and np.any(raw != 0)
+    np.testing.assert_array_equal(lava, raw)
