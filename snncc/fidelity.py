@@ -192,7 +192,9 @@ def summary(fid: Mapping[str, Any]) -> str:
     if fid.get("error_grows_from") and (s["top1_agreement"] or 0) < 1.0:
         text += f"; error grows from layer {fid['error_grows_from']}"
     for name, v in fid.get("variants", {}).items():
-        text += f"; {v['what'].split(' (')[0]} {_pct(v['top1_agreement'])}"
+        text += (f"; {v['what'].split(' (')[0]} {_pct(v['top1_agreement'])}{_interval(v)}"
+                 + (f", {v['saturations']} membrane updates saturated"
+                    if v.get("saturations") else ""))
     return text
 
 
@@ -213,6 +215,11 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx") -> li
         out.append("--calib-method snn (SNN-aware calibration of lambda and bias per layer)")
     if not options.calib_per_channel and _per_channel_ok(options):
         out.append("--per-channel (one lambda per channel)")
+    if options.target == "nir":   # NIR takes IF/LIF only; its loss is the reset to zero
+        out.append("--target ort or loihi: NIR's IF/LIF nodes reset to zero (the --allow-lossy "
+                   "export), which drops the charge above threshold that the compiled SNN keeps; "
+                   "the NIR estimate measures that network")
+        return out
     if options.neuron != "bitserial" and options.timesteps >= 2:
         out.append(f"--neuron bitserial (equals its {2 ** options.timesteps - 1}-level QANN at "
                    f"T = {options.timesteps})")

@@ -250,9 +250,13 @@ def validate_neuron_params(options: CompileOptions) -> None:
     unknown = sorted(set(given) - set(known))
     if unknown:
         valid = "; ".join(f"{p.name}: {p.doc}" for p in spec.params)
+        attrs = sorted(set(unknown) & {a.name for a in spec.attributes})
+        where = (f" ({', '.join(attrs)}: an attribute of the compiled op, set by conversion or "
+                 "read from a trained graph, e.g. snncc finetune --iir for lif)" if attrs else "")
         raise OptionError(f"neuron '{spec.key}' has no parameter(s) {', '.join(unknown)}",
-                          code="SNN-E302", hint=f"valid parameters of '{spec.key}': {valid}"
-                          if valid else f"'{spec.key}' takes no parameters; drop them")
+                          code="SNN-E302", hint=(f"valid parameters of '{spec.key}': {valid}"
+                          if valid else f"'{spec.key}' takes no conversion parameters; drop "
+                          "them") + where)
     for name, value in given.items():
         p = known[name]
         problem = _problem(p, value)

@@ -257,10 +257,12 @@ def test_graded_neuron_compile_is_refused(tmp_path):
 
 def _norse_run(path: Path, x: np.ndarray, T: int) -> np.ndarray:
     """Norse's NIR import runs the file; one sample at a time (unbatched C x H x W input, as
-    Norse's Flatten(start_dim=0) then flattens the sample only)."""
+    Norse's Flatten(start_dim=0) then flattens the sample only), with the file's time step
+    (metadata dt = 1; Norse's own default is 0.001 and it does not read the metadata)."""
     torch = pytest.importorskip("torch")
     norse = pytest.importorskip("norse.torch")
-    net = norse.from_nir(nir.read(path), ignore_warnings=True)
+    graph = nir.read(path)
+    net = norse.from_nir(graph, ignore_warnings=True, dt=float(graph.metadata.get("dt", 1.0)))
     outs = []
     with torch.no_grad():
         for sample in x:
@@ -319,8 +321,9 @@ def test_norse_runs_the_pooled_export(tmp_path):
 
 
 def test_lif_maps_to_lif_or_if(tmp_path):
-    """leak < 1: NIR LIF with tau = 1/(1-leak), r = tau (forward Euler, dt = 1: v = leak*v + I);
-    leak == 1 is an IF. The spike amplitude folds into the next layer's weights."""
+    """leak < 1: NIR LIF with tau = 1/(1-leak), r = 1 and the threshold over tau (forward Euler,
+    dt = 1: v = leak*v + I/tau, the membrane in units of 1/tau); leak == 1 is an IF. The spike
+    amplitude folds into the next layer's weights."""
     g = Graph((2, 4, 4), seed=2)
     s1 = g.neuron(g.conv("x", 2, 3), "LIFNeuron", theta=[0.5], leak=0.75, amplitude=0.5)
     s2 = g.neuron(g.conv(s1, 3, 3), "LIFNeuron", theta=[1.0], leak=1.0, amplitude=1.0)
@@ -329,12 +332,48 @@ def test_lif_maps_to_lif_or_if(tmp_path):
     assert diags == []
     nodes = [res.graph.nodes[n] for n in res.nodes]
     lif = next(n for n in nodes if isinstance(n, nir.LIF))
-    assert np.allclose(lif.tau, 4.0) and np.allclose(lif.r, 4.0) and np.allclose(lif.v_leak, 0)
-    assert np.allclose(lif.v_threshold, 0.5)
+    assert np.allclose(lif.tau, 4.0) and np.allclose(lif.r, 1.0) and np.allclose(lif.v_leak, 0)
+    assert np.allclose(lif.v_threshold, 0.5 / 4.0)
     assert sum(isinstance(n, nir.IF) for n in nodes) == 1
     convs = [n for n in nodes if isinstance(n, nir.Conv2d)]
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     np.testing.assert_allclose(convs[1].weight, inits[model.graph.node[2].input[1]] * 0.5)
+
+
+def test_norse_runs_a_leaky_lif_export(tmp_path):
+    """A LIF with leak < 1 ran differently in Norse (which ignores r: it differed from the NIR
+    reference by 0.58 with dt = 1 when r = tau carried the input gain); with r = 1 and the
+    threshold over tau it equals snncc's NIR simulator (the compile-time fidelity run)."""
+    pytest.importorskip("norse.torch")
+    g = Graph((2, 4, 4), seed=2)
+    s1 = g.neuron(g.conv("x", 2, 3), "LIFNeuron", theta=[0.5], leak=0.75, amplitude=0.5)
+    s2 = g.neuron(g.conv(s1, 3, 3), "LIFNeuron", theta=[1.0], leak=1.0, amplitude=1.0)
+    model = g.model(g.gemm(g.op("Flatten", [s2], axis=1), 48, 2))
+    emit(model, tmp_path)
+    x = dyadic_input((16, 2, 4, 4))
+    ours = _norse_run(tmp_path / "net.nir", x, 4)
+    assert np.any(ours != 0)
+    graph = nir.read(tmp_path / "net.nir")
+    np.testing.assert_allclose(ours, next(iter(run_graph(graph, x, 4).values())), atol=1e-5)
+
+
+def test_norse_runs_a_padded_pool(tmp_path):
+    """Norse's reader drops a SumPool2d's padding (it failed with a shape mismatch); a padded
+    pool is exported as a Conv2d with a 0/1 kernel, the same sum, which Norse runs."""
+    pytest.importorskip("norse.torch")
+    g = Graph((2, 8, 8), seed=5)
+    s1 = g.neuron(g.conv("x", 2, 4), theta=[0.5])
+    p = g.op("AveragePool", [s1], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1],
+             count_include_pad=1)
+    s2 = g.neuron(g.conv(p, 4, 6), theta=[0.75])
+    model = g.model(g.gemm(g.op("Flatten", [s2], axis=1), 6 * 5 * 5, 5))
+    emit(model, tmp_path)
+    graph = nir.read(tmp_path / "net.nir")
+    assert not any(isinstance(n, nir.SumPool2d) for n in graph.nodes.values())
+    x = dyadic_input((8, 2, 8, 8))
+    ours = _norse_run(tmp_path / "net.nir", x, 4)
+    assert np.any(ours != 0)
+    np.testing.assert_allclose(ours, next(iter(run_graph(graph, x, 4).values())), atol=1e-5)
 
 
 def test_maxpool_refused_unless_maxpool_avg():

@@ -159,6 +159,12 @@ class LoihiBackend(Backend):
                 "loihi: network.net holds the first %d of %d layers: '%s' %s; the netlist and "
                 "snncc run hold the whole network", len(netx["layers"]), total, stop["group"],
                 stop["reason"])
+        chip = [n.split(":")[0] for n in netx["notes"] if "a chip would not" in n]
+        if chip:   # Lava's CPU model runs it; say where the user looks that a chip would not
+            logging.getLogger("snncc.backends.loihi").warning(
+                "loihi: the biases of %d layer(s) (%s) exceed the 13-bit bias mantissa of "
+                "Loihi's CUBA neuron: real Lava's CPU simulation runs network.net, a chip "
+                "would not (details: netlist.json meta.netx.notes)", len(chip), ", ".join(chip))
         synops = self._synops(net, mapping, ctx)
         (out / "synops.json").write_text(_dumps(synops))
         files.append(out / "synops.json")

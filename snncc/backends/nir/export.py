@@ -7,11 +7,14 @@ Mapping (NIR 1.0 primitives; shapes exclude the batch axis, time is discrete wit
 * ``Conv`` (2-D, symmetric pads) -> ``Conv2d``; ``Gemm`` -> ``Affine``; ``MatMul`` by a constant
   matrix -> ``Linear``; a constant ``Add`` after a Conv/Gemm folds into its bias;
 * ``AveragePool`` / ``GlobalAveragePool`` (and ``MaxPool`` under ``--maxpool avg``, counting the
-  padding as the Loihi lowering does) -> ``SumPool2d``; ``Flatten`` / ``Reshape(N, -1)`` ->
+  padding as the Loihi lowering does) -> ``SumPool2d`` (a padded one as a ``Conv2d`` with a 0/1
+  kernel: the same sum, and Norse's reader drops a SumPool2d's padding); ``Flatten`` / ``Reshape(N, -1)`` ->
   ``Flatten(start_dim=0)``; ``Identity`` / ``Dropout`` vanish;
 * ``IFNeuron`` -> ``IF(r=1, v_threshold, v_reset=0)``; ``LIFNeuron`` -> ``IF`` when leak == 1,
-  else ``LIF(tau = 1/(1-leak), r = tau, v_leak = 0)`` (forward Euler with dt = 1 gives
-  ``v = leak*v + I``).
+  else ``LIF(tau = 1/(1-leak), r = 1, v_threshold / tau, v_leak = 0)`` (forward Euler with
+  dt = 1 gives ``v = leak*v + I/tau``: the membrane in units of 1/tau, so it crosses
+  ``v_threshold/tau`` exactly when ``v = leak*v + I`` crosses ``v_threshold``; Norse's reader
+  ignores ``r``, and needs ``dt=1``, the file's ``metadata["dt"]``).
 
 Spike amplitudes: NIR neurons emit unit spikes, snncc's neurons emit theta (IF) or amplitude (LIF)
 per spike. That factor, the 1/k of average pooling and any constant ``Mul`` are carried as a
@@ -274,8 +277,12 @@ class _Builder:
         if info.node == "IF" or leak == 1.0:
             nn = nir.IF(r=ones, v_threshold=vth, v_reset=zeros)
         else:
+            # tau dv/dt = -v + r*I with dt = 1 is v <- leak*v + (r/tau)*I; r = 1 and the threshold
+            # over tau (v in units of 1/tau) spikes exactly when r = tau would, and Norse, which
+            # ignores r, then runs it (with dt = 1, the file's metadata)
             tau = np.full(shape, 1.0 / (1.0 - leak), dtype=np.float32)
-            nn = nir.LIF(tau=tau, r=tau.copy(), v_leak=zeros, v_threshold=vth, v_reset=zeros)
+            nn = nir.LIF(tau=tau, r=ones, v_leak=zeros, v_threshold=(vth / tau).astype(np.float32),
+                         v_reset=zeros)
         name = self._add(self._name(node.name, spec.key), nn, x)
         self.neurons[name] = spec.key
         amp = theta if info.amplitude_attr is None else \
@@ -358,8 +365,16 @@ class _Builder:
     def _sumpool(self, node, x: _Value, k, stride, pad):
         if len(x.shape) != 3:
             raise _Refuse("SNN-E693", "pooling of a tensor that is not C x H x W", "pool 2-D maps")
-        pool = self.nir.SumPool2d(kernel_size=np.array(k), stride=np.array(stride),
-                                  padding=np.array(pad))
+        if any(pad):   # Norse's SumPool2d drops the padding: the same sum as a 0/1 Conv2d
+            c = x.shape[0]
+            ones = np.zeros((c, c) + tuple(k), dtype=np.float32)
+            ones[np.arange(c), np.arange(c)] = 1.0
+            pool = self.nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=ones,
+                                   stride=tuple(stride), padding=tuple(pad), dilation=(1, 1),
+                                   groups=1, bias=np.zeros(c, dtype=np.float32))
+        else:
+            pool = self.nir.SumPool2d(kernel_size=np.array(k), stride=np.array(stride),
+                                      padding=np.array(pad))
         h = (x.shape[1] + 2 * pad[0] - k[0]) // stride[0] + 1
         w = (x.shape[2] + 2 * pad[1] - k[1]) // stride[1] + 1
         name = self._add(self._name(node.name, "pool"), pool, x)
