@@ -287,6 +287,30 @@ def test_loihi_reports_and_warns_about_stock_neuron_semantics(workdir, capsys):
     assert set(stock) >= {"top1_agreement", "top1_agreement_95", "rel_logit_error"}
     err = capsys.readouterr().err
     assert "warning: on stock Loihi neurons" in err and "--semantics hardware" in err
+    # a chip limit that Lava's CPU model does not enforce is said at compile time, not only in
+    # netlist.json (layer 1's biases exceed the 13-bit mantissa)
+    assert "exceed the 13-bit bias mantissa" in err
+    from snncc.fidelity import summary
+    line = summary(fid)
+    assert "stock Loihi neurons" in line and line.count("95 % interval") == 3
+
+
+def test_nir_hints_name_the_reset_not_what_nir_refuses():
+    from snncc.driver import make_options
+    from snncc.fidelity import hints
+
+    ranked = hints(make_options(target="nir", neuron="if", timesteps=4, allow_lossy=True),
+                   {"qann_vs_ann": {"top1_agreement": 1.0}})
+    assert len(ranked) == 1 and "reset to zero" in ranked[0] and "bitserial" not in ranked[0]
+
+
+def test_a_lif_attribute_given_as_a_parameter_says_where_it_comes_from():
+    from snncc.driver import make_options
+    from snncc.errors import OptionError
+
+    with pytest.raises(OptionError, match="SNN-E302") as exc:
+        make_options(neuron="lif", neuron_params={"leak": 0.75})
+    assert "snncc finetune --iir" in exc.value.hint
 
 
 def test_layer_errors_over_parts_equal_the_whole():
