@@ -370,18 +370,18 @@ def report_command(args: argparse.Namespace) -> int:
                                        events, timesteps=T, maxpool=args.maxpool)
                 except SnnccError as exc:   # e.g. a MaxPool: the count runs on the Loihi lowering
                     syn = None
-                    data.pop("synops", None), data.pop("energy", None)
+                    data.pop("synops", None)
+                    data.pop("energy", None)
                     first = exc.diagnostics[0] if exc.diagnostics else None
                     no_synops = (f"node {first.node}: {first.message}" if first and first.node
                                  else first.message if first else exc.message)
             if syn is not None:
                 data.update(synops=syn, energy=estimate(syn))
     if no_synops:
+        hint = "; --maxpool avg lowers a MaxPool" if "MaxPool" in no_synops and \
+            args.maxpool != "avg" else ""
         notes.append("Spike rates, SynOps and energy: not available (they are counted on the "
-                     f"Loihi lowering, which refuses {no_synops}; --maxpool avg lowers a "
-                     "MaxPool)" if "MaxPool" in no_synops and args.maxpool != "avg" else
-                     "Spike rates, SynOps and energy: not available (they are counted on the "
-                     f"Loihi lowering, which refuses {no_synops})")
+                     f"Loihi lowering, which refuses {no_synops}{hint})")
     if labels is None and args.target == "ort":
         notes.append("--data has no labels 'y', so no accuracy: the ORT target has nothing to "
                      "compare with")
