@@ -38,6 +38,8 @@ AveragePools. After an accumulate-then-fire neuron (bit-serial) a segment whose 
 a neuron's output gets the window mean in every slice instead of the bit planes: the compiled
 model pools that neuron's mean current (the MaxPool moves in front of it), and every other reader
 sees only the mean. A MaxPool further down (after a conv) is gated on the bit planes, as compiled.
+An analog island (``--allow-analog``) gets its inputs decoded as the schedule decodes them (the
+mean over the counted slices, in every slice), so it runs on what the compiled model feeds it.
 
 The bias ends up in ``QuantClipParams.bias``; fold-batchnorm adds it to the bias of the linear op
 producing ``z`` (or inserts an ``Add``), so the QANN and every target see the same corrected
@@ -230,6 +232,33 @@ class _Segments:
         graph.node.extend(nodes)
         return out
 
+    def decode_islands(self, model: onnx.ModelProto, islands: set[str], slices: int,
+                       counted: int) -> onnx.ModelProto | None:
+        """``model`` (a segment on time-major ``[S*N, ...]`` trains) with the inputs of each
+        analog island (``--allow-analog``: an op with no spiking form between spiking layers)
+        decoded as the schedule decodes them: the mean over the counted slices, here given to
+        every slice, so the island runs on what the compiled model feeds it. None: no island."""
+        if not any(n.output and n.output[0] in islands for n in model.graph.node):
+            return None
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        graph = out.graph
+        opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 17)
+        dynamic = {i.name for i in graph.input} | {o for n in graph.node for o in n.output}
+        nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            if node.output and node.output[0] in islands:
+                for j, name in enumerate(node.input):
+                    if name in dynamic:
+                        tag = f"walk_decode{len(nodes)}"
+                        nodes += _decode_nodes(graph, tag, name, f"{tag}/y", slices, counted,
+                                               opset)
+                        node.input[j] = f"{tag}/y"
+            nodes.append(node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        return out
+
     def activation(self, site: Site, z: np.ndarray, inputs: Mapping[str, np.ndarray],
                    batch: int) -> np.ndarray:
         """The ANN's activation ``y`` of ``site`` from its pre-activation ``z``: the nodes between
@@ -290,6 +319,38 @@ def _gate_nodes(graph: onnx.GraphProto, tag: str, x: str, y: str, slices: int,
             mk("GatherElements", [t("x_flat"), t("i_flat")], [t("picked")]),
             mk("Shape", [t("indices")], [t("out_shape")]),
             mk("Reshape", [t("picked"), t("out_shape")], [y])]
+
+
+def _decode_nodes(graph: onnx.GraphProto, tag: str, x: str, y: str, slices: int, counted: int,
+                  opset: int) -> list[onnx.NodeProto]:
+    """``y``: the time-major ``[S*N, ...]`` ``x`` with every slice replaced by the mean of its
+    last ``counted`` slices (the schedule's decode, broadcast back over time)."""
+    def const(name: str, value) -> str:
+        graph.initializer.append(onnx.numpy_helper.from_array(
+            np.asarray(value, np.int64), f"{tag}/{name}"))
+        return f"{tag}/{name}"
+
+    t = lambda name: f"{tag}/{name}"  # noqa: E731
+    mk = onnx.helper.make_node
+    mean = (mk("ReduceMean", [t("counted"), const("axes", [0])], [t("mean")], keepdims=1)
+            if opset >= 18 else mk("ReduceMean", [t("counted")], [t("mean")], axes=[0],
+                                   keepdims=1))
+    return [mk("Shape", [x], [t("shape")]),
+            mk("Reshape", [x, const("time", [slices, -1])], [t("view")]),
+            mk("Slice", [t("view"), const("start", [slices - counted]), const("end", [slices]),
+                         const("axis", [0])], [t("counted")]),
+            mean,
+            mk("Tile", [t("mean"), const("reps", [slices, 1])], [t("tiled")]),
+            mk("Reshape", [t("tiled"), t("shape")], [y])]
+
+
+def _island_outputs(proto: onnx.ModelProto) -> set[str]:
+    """First outputs of the nodes the schedule makes analog islands (the shared rule)."""
+    from snncc.passes.support import ISLAND, conversion_roles
+
+    graph = ir.load(proto).graph
+    roles = conversion_roles(graph)
+    return {n.outputs[0].name for n in graph.nodes if n.outputs and roles.get(id(n)) == ISLAND}
 
 
 def _run_slices(session: ort.InferenceSession, output: str, feeds: Mapping[str, np.ndarray],
@@ -495,6 +556,9 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
     # model gates it on the bit planes) gets the trains and the gate, like the other neurons
     window_mean = (neuron_spec is not None and neuron_spec.window_attr is not None
                    and options.maxpool == "auto" and options.schedule != "streaming")
+    # analog islands (--allow-analog) run once on their decoded inputs in the compiled model
+    islands = _island_outputs(proto) if options.allow_analog and neuron_spec is not None \
+        else set()
     # site y -> the ANN's activation [N, ...]: the site's target, and the input of the ANN's
     # own segments downstream (so only the activations still to be read are held, like trains)
     ann_y: dict[str, np.ndarray] = {}
@@ -520,12 +584,15 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
                         if temporal else inputs[name]
             try:
                 session = _session(model)
+                decoded = segments.decode_islands(model, islands, S, counted) \
+                    if temporal and islands else None
                 compiled = None if neuron_spec is None else segments.as_compiled(
-                    model, S if gate else None, options.maxpool)
+                    decoded or model, S if gate else None, options.maxpool)
+                compiled = compiled or decoded
                 rows = _rows(batch_size * (S if temporal else 1), shapes[site.y])
                 if compiled is None:
                     z = _run(session, site.z, feeds, rows)
-                elif gate:  # gates mix a sample's slices
+                elif gate or decoded is not None:  # gates and decodes mix a sample's slices
                     z = _run_slices(_session(compiled), site.z, feeds, S, max(1, rows // S))
                 else:
                     z = _run(_session(compiled), site.z, feeds, rows)
