@@ -7,7 +7,9 @@ any quantization), the QANN (the graph after relu-to-quant-clip) and the SNN (th
 execution: ONNX Runtime with the kernel library for ``ort``, the bit-accurate simulator for
 ``loihi``). For each pair it reports
 
-* ``top1_agreement``: the fraction of samples whose arg-max class agrees;
+* ``top1_agreement``: the fraction of samples whose arg-max class agrees (for a dense output
+  ``[N, C, H, W]``, e.g. segmentation, the fraction of output positions whose arg-max over C
+  agrees; ``per_position`` is then set);
 * ``top1_agreement_95``: the 95 % Wilson interval of that fraction for the number of held-out
   samples (32 samples at 100 %: 89-100 %), where unseen data may put it;
 * ``rel_logit_error``: ``||a - b|| / ||b||`` over all outputs (b the reference, the later name);
@@ -94,9 +96,16 @@ def _rel(a: np.ndarray, ref: np.ndarray) -> float:
 
 
 def pair(a: np.ndarray, ref: np.ndarray) -> Pair:
-    a2, r2 = a.reshape(len(a), -1), ref.reshape(len(ref), -1)
-    agree = float(np.mean(a2.argmax(1) == r2.argmax(1))) if a2.shape[1] > 1 else None
-    return Pair(agree, _rel(a, ref), len(a2))
+    """Top-1 agreement of ``a`` with ``ref`` (the arg-max over the class axis 1; for a dense
+    output ``[N, C, H, W]`` at every position, as a segmentation net is read) and the relative
+    error. The interval counts samples, not positions (positions of a sample are not
+    independent)."""
+    if a.ndim > 2 and a.shape[1] > 1:
+        agree = float(np.mean(a.argmax(1) == ref.argmax(1)))
+    else:
+        a2, r2 = a.reshape(len(a), -1), ref.reshape(len(ref), -1)
+        agree = float(np.mean(a2.argmax(1) == r2.argmax(1))) if a2.shape[1] > 1 else None
+    return Pair(agree, _rel(a, ref), len(a))
 
 
 def _squares(a: np.ndarray, ref: np.ndarray | None = None, step: int = 1 << 20) -> float:
@@ -153,6 +162,8 @@ def measure(ann: np.ndarray, qann: np.ndarray, snn: np.ndarray | None,
     """The ``fidelity`` section of the compile report from the three networks' outputs and the
     per-layer rows of :class:`LayerErrors` (graph order)."""
     out: dict[str, Any] = {"samples": int(len(ann)), "qann_vs_ann": pair(qann, ann).to_json()}
+    if ann.ndim > 2 and ann.shape[1] > 1:   # a dense output: agreement per position
+        out["per_position"] = True
     if snn is None:
         return out
     out["snn_vs_qann"] = pair(snn, qann).to_json()
@@ -176,17 +187,22 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
+def _of_samples(fid: Mapping[str, Any]) -> str:
+    n = fid["samples"]
+    return (f"of the output positions of {n} held-out samples" if fid.get("per_position")
+            else f"of {n} held-out samples")
+
+
 def summary(fid: Mapping[str, Any]) -> str:
     """One line: 'SNN agrees with the ANN on 97.2 % of 64 held-out samples; ...'."""
-    n = fid["samples"]
     if "snn_vs_ann" not in fid:
         q = fid["qann_vs_ann"]
-        return (f"fidelity: QANN agrees with the ANN on {_pct(q['top1_agreement'])} of {n} "
-                f"held-out samples{_interval(q)}; relative logit error "
+        return (f"fidelity: QANN agrees with the ANN on {_pct(q['top1_agreement'])} "
+                f"{_of_samples(fid)}{_interval(q)}; relative logit error "
                 f"{q['rel_logit_error']:.3f}")
     s, q = fid["snn_vs_ann"], fid["qann_vs_ann"]
     text = (f"fidelity: {fid.get('snn_is', 'SNN')} agrees with the ANN on "
-            f"{_pct(s['top1_agreement'])} of {n} held-out samples{_interval(s)}; QANN "
+            f"{_pct(s['top1_agreement'])} {_of_samples(fid)}{_interval(s)}; QANN "
             f"{_pct(q['top1_agreement'])}{_interval(q)}; relative logit error "
             f"{s['rel_logit_error']:.3f}")
     if fid.get("error_grows_from") and (s["top1_agreement"] or 0) < 1.0:
@@ -303,14 +319,14 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
     out = []
     if agree < WARN_BELOW:
         lines = [f"warning: {what} agrees with the ANN on only {100 * agree:.1f} % "
-                 f"of {fid['samples']} held-out samples. To get closer, try (best first):"]
+                 f"{_of_samples(fid)}. To get closer, try (best first):"]
         lines += [f"  {i + 1}. {h}" for i, h in enumerate(ranked)]
         out.append("\n".join(lines))
     for v in fid.get("variants", {}).values():
         low = v["top1_agreement"]
         if low is not None and low < WARN_BELOW:
             out.append(f"warning: on {v['what']}, the SNN agrees with the ANN on only "
-                       f"{100 * low:.1f} % of {fid['samples']} held-out samples"
+                       f"{100 * low:.1f} % {_of_samples(fid)}"
                        + (f" ({v['saturations']} membrane updates saturated)"
                           if v.get("saturations") else "") + f"; {v.get('advice', '')}")
     return out

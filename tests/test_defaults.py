@@ -295,6 +295,19 @@ def test_loihi_reports_and_warns_about_stock_neuron_semantics(workdir, capsys):
     assert "stock Loihi neurons" in line and line.count("95 % interval") == 3
 
 
+def test_a_dense_output_agrees_per_position():
+    """A segmentation-like output [N, C, H, W]: one arg-max over the flattened C*H*W said 75 %
+    (and warned) where every pixel's class agreed."""
+    from snncc.fidelity import measure, pair, summary
+
+    ann = np.random.default_rng(0).normal(size=(8, 2, 16, 16)).astype(np.float32)
+    snn = ann - ann.max(axis=1, keepdims=True)   # each position's class kept, the global max moved
+    assert np.mean(snn.reshape(8, -1).argmax(1) == ann.reshape(8, -1).argmax(1)) < 0.5
+    assert pair(snn, ann).top1_agreement == 1.0
+    fid = measure(ann, ann, snn)
+    assert fid["per_position"] and "of the output positions of 8 held-out samples" in summary(fid)
+
+
 def test_nir_hints_name_the_reset_not_what_nir_refuses():
     from snncc.driver import make_options
     from snncc.fidelity import hints
