@@ -14,7 +14,9 @@ Output, the canonical graph:
   (the input's own symbol, else ``N``); ``options.input_shapes`` fixes dynamic dims;
 - weights computed by constant subgraphs (Constant, ConstantOfShape, arithmetic on
   initializers, Shape->Gather chains over static dims) are folded into initializers;
-- no Dropout, no Identity, no Sum: Sum(a, b, c) becomes Add(Add(a, b), c);
+- no Dropout, no Identity, no Sum: Sum(a, b, c) becomes Add(Add(a, b), c); ``x - c`` and
+  ``x / c`` by a float constant become ``x + (-c)`` and ``x * (1/c)`` (the one form the
+  backends fold);
 - BatchNormalization is kept as a node (fold-batchnorm handles it and its Mul/Add form);
 - Reshape / Flatten are batch-agnostic, because later schedules fold time into the batch
   (batch dim becomes T*N): a constant Reshape target whose dim 0 is the export batch B becomes
@@ -419,6 +421,9 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         elif node.op == "ReduceMean" and _spatial_mean(node):
             nodes.extend(_mean_to_global_pool(graph, node))
             counts["spatial_mean_to_global_pool"] += 1
+        elif node.op in ("Sub", "Div") and _by_constant(node):
+            _to_add_or_mul(node)   # one form for the backends: x*(1/c), x + (-c)
+            counts["sub_div_by_constant_rewritten"] += 1
         elif node.op == "Reshape":
             _fix_reshape(graph, node, batch, counts, declines)
         elif node.op == "Flatten":
@@ -426,6 +431,23 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         if node.outputs:
             nodes.append(node)
     graph.nodes = nodes
+
+
+def _by_constant(node: gs.Node) -> bool:
+    """``x - c`` or ``x / c`` with ``c`` a finite float constant (non-zero for Div)."""
+    if len(node.inputs) != 2 or isinstance(node.inputs[0], gs.Constant) or \
+            not isinstance(node.inputs[1], gs.Constant):
+        return False
+    c = np.asarray(node.inputs[1].values)
+    return c.dtype.kind == "f" and bool(np.all(np.isfinite(c))) and \
+        (node.op == "Sub" or bool(np.all(c != 0)))
+
+
+def _to_add_or_mul(node: gs.Node) -> None:
+    c = np.asarray(node.inputs[1].values)
+    node.inputs[1] = gs.Constant(f"{node.inputs[1].name}_{'neg' if node.op == 'Sub' else 'inv'}",
+                                 np.asarray(-c if node.op == "Sub" else 1 / c, dtype=c.dtype))
+    node.op = "Add" if node.op == "Sub" else "Mul"
 
 
 def _non_negative(tensor: gs.Tensor) -> bool:

@@ -178,6 +178,15 @@ def bn_mul_add() -> onnx.ModelProto:
     return b.model(_head(b, b.op("Relu", [h]), 4))
 
 
+def sub_div_const() -> onnx.ModelProto:
+    """(conv - m) / s, the input-normalisation form: canonicalize makes it Add / Mul, which the
+    backends fold (the Loihi lowering refused Sub/Div with E270)."""
+    b = _Builder(11)
+    h = b.op("Sub", [b.conv("x", 3, 4), b.rand((1, 4, 1, 1), "norm_m")])
+    h = b.op("Div", [h, b.const(np.abs(b.rng.normal(0, 0.5, (1, 4, 1, 1))) + 0.5, "norm_s")])
+    return b.model(_head(b, b.op("Relu", [h]), 4))
+
+
 # ----------------------------------------------------------------------- batch hard-coded to 1
 
 def reshape_batch1() -> onnx.ModelProto:
@@ -338,7 +347,7 @@ ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
         ir3_opset7_inits_as_inputs, opset9, opset11, opset13, opset21, constant_weights,
         dropout_identity, sum3, bn_node, bn_mul_add, reshape_batch1, reshape_batch1_minus1,
         flatten_axis0, channel_shuffle, view_batch_from_shape, matmul_add_head, concat, pools,
-        softmax_output, logsoftmax_output, dynamic_batch, dynamic_hw, act_many)
+        softmax_output, logsoftmax_output, dynamic_batch, dynamic_hw, act_many, sub_div_const)
 }
 ZOO.update({name: build for name, (build, _) in _ACTS.items()})
 

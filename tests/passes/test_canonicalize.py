@@ -92,6 +92,8 @@ def test_batch_agnostic(name):
     ("bn_node", {}, ["Conv", "BatchNormalization", "Relu", "GlobalAveragePool", "Flatten",
                      "Gemm"]),
     ("bn_mul_add", {}, ["Conv", "Mul", "Add", "Relu", "GlobalAveragePool", "Flatten", "Gemm"]),
+    ("sub_div_const", {"sub_div_by_constant_rewritten": 2},
+     ["Conv", "Add", "Mul", "Relu", "GlobalAveragePool", "Flatten", "Gemm"]),
     ("constant_weights", {}, ["Conv", "Relu", "Reshape", "Gemm"]),
     ("reshape_batch1", {"reshape_batch_fixed": 1}, None),
     ("reshape_batch1_minus1", {"reshape_batch_fixed": 1}, None),
