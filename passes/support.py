@@ -17,7 +17,7 @@ canonicalize pass, which raises them (see :mod:`snncc.passes.canonicalize`).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import networkx as nx
 import onnx_graphsurgeon as gs
@@ -29,7 +29,7 @@ from snncc.op_classes import (CONTROL_FLOW, META_OPS, ORT_DOMAINS, OUTPUT_ONLY, 
                                TIME_OPS, op_info)
 from snncc.passes.quant_clip import activation_sites
 
-__all__ = ["unsupported_nodes", "conversion_roles", "no_activation", "time_op_ok",
+__all__ = ["unsupported_nodes", "conversion_roles", "analog_prefix", "no_activation", "time_op_ok",
            "feeds_only_outputs", "SPIKING", "STATIC", "TIME", "HEAD", "ISLAND"]
 
 PASS_NAME = "canonicalize"  # the pass that raises these diagnostics
@@ -48,11 +48,13 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
 
     Composite forms are reported once, as the activation they spell (SNN-E202); a Softmax or
     LogSoftmax is fine only where :func:`conversion_roles` puts it in the output head (else
-    SNN-E203). The severity is ``warning`` when ``options.allow_analog`` keeps such
-    nodes as analog islands.
+    SNN-E203). An activation in the analog prefix (fed by no spikes, a spiking layer after it:
+    it runs once on the input, exactly, like a Clip there) is fine too. The severity is
+    ``warning`` when ``options.allow_analog`` keeps such nodes as analog islands.
     """
     severity = "warning" if options.allow_analog else "error"
     roles = conversion_roles(graph)
+    prefix = analog_prefix(graph, roles)
     diags = []
     for node in graph.nodes:
         label = ir.node_label(node)
@@ -69,7 +71,7 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
                                "and branches when they do not depend on the data)", "error"))
             continue
         info = op_info(node.op, node.domain or "")
-        if info.spiking or _inside_pattern(node):
+        if info.spiking or _inside_pattern(node) or id(node) in prefix:
             continue
         pattern = _pattern(node)
         if pattern:
@@ -159,16 +161,31 @@ def time_op_ok(op: str, domain: str | None, spiking_inputs: Sequence[int]) -> bo
     return set(spiking_inputs) <= set(allowed) and (op != "Mul" or len(spiking_inputs) == 1)
 
 
+def _spiking_below(order: Sequence[gs.Node], spiking: set[int]) -> dict[int, bool]:
+    """``id(node) -> whether a spiking node lies downstream of it``."""
+    below: dict[int, bool] = {}
+    for node in reversed(order):
+        below[id(node)] = any(id(c) in spiking or below.get(id(c), False)
+                              for out in node.outputs for c in out.outputs)
+    return below
+
+
+def analog_prefix(graph: gs.Graph, roles: Mapping[int, str] | None = None) -> set[int]:
+    """Ids of the *static* nodes with a spiking layer after them: the analog prefix that runs
+    once on the input (a stem's normalisation, a first activation of another kind)."""
+    roles = conversion_roles(graph) if roles is None else roles
+    spiking = _spiking_nodes(graph)
+    below = _spiking_below(_order(graph), spiking)
+    return {id(n) for n in graph.nodes if roles.get(id(n)) == STATIC and below.get(id(n))}
+
+
 def conversion_roles(graph: gs.Graph) -> dict[int, str]:
     """``id(node) -> role`` (module doc): the one rule for what converts, shared by canonicalize,
     ``snncc inspect`` and schedule-timesteps. Works before (ReLU, QCFS clips) and after neuron
     insertion (``snncc.ops`` nodes)."""
     spiking = _spiking_nodes(graph)
     order = _order(graph)
-    below: dict[int, bool] = {}  # a spiking node lies downstream
-    for node in reversed(order):
-        below[id(node)] = any(id(c) in spiking or below.get(id(c), False)
-                              for out in node.outputs for c in out.outputs)
+    below = _spiking_below(order, spiking)  # a spiking node lies downstream
     carries: set[int] = set()  # ids of tensors that carry spikes
     after: set[int] = set()    # ids of tensors computed from spikes (decoded or not)
     roles: dict[int, str] = {}

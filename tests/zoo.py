@@ -275,9 +275,11 @@ def dynamic_hw() -> onnx.ModelProto:
 # ----------------------------------------------------------------------- unsupported activations
 
 def _act_model(act: Callable[[_Builder, str], str], *, opset: int = 17, seed: int = 30):
+    """The activation between two spiking (ReLU) layers, where it needs a spiking form (in the
+    analog prefix, before the first ReLU, it would run once on the input and convert)."""
     def build() -> onnx.ModelProto:
         b = _Builder(seed)
-        h = act(b, b.conv("x", 3, 4))
+        h = act(b, b.conv(_stem(b), 4, 4))
         return b.model(_head(b, b.op("Relu", [b.conv(h, 4, 4)]), 4), opset=opset)
     return build
 

@@ -281,3 +281,20 @@ def test_a_spatial_mean_becomes_global_average_pooling():
                                             options=_options("", allow_analog=False))
     assert report.rows[0].counts.get("spatial_mean_to_global_pool") == 2
     assert "ReduceMean" not in op_types(out) and op_types(out).count("GlobalAveragePool") == 2
+
+
+def test_an_activation_in_the_analog_prefix_converts_but_not_elsewhere():
+    """Before the first spiking layer an activation runs once on the input, exactly, as a Clip
+    there always did (the coverage sweep found LeakyReLU/PReLU refused where Clip(-1, 6) was
+    not); between spiking layers, or in a net with no ReLU at all, it is still refused."""
+    def model(first: str, second: str) -> onnx.ModelProto:
+        b = zoo._Builder(40)
+        h = b.op(first, [b.conv("x", 3, 4)], alpha=0.1)
+        h = b.op(second, [b.conv(h, 4, 4)], **({"alpha": 0.1} if second != "Relu" else {}))
+        return b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [h])], axis=1), 4, 5))
+
+    options = CompileOptions(target="ort")
+    prefix = ir.load(model("LeakyRelu", "Relu"))
+    assert unsupported_nodes(prefix.graph, options) == []
+    everywhere = ir.load(model("LeakyRelu", "LeakyRelu"))
+    assert [d.code for d in unsupported_nodes(everywhere.graph, options)] == ["SNN-E201"] * 2
