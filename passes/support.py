@@ -219,7 +219,10 @@ def no_activation(graph: gs.Graph) -> Diagnostic | None:
     ops = Counter(n.op for n in graph.nodes)
     listing = ", ".join(f"{op} x{k}" if k > 1 else op for op, k in ops.most_common(8))
     outs = ", ".join(f"'{t.name}'" for t in graph.outputs[:4]) or "none"
+    clips = [ir.node_label(n) for n in graph.nodes if n.op == "Clip"]
+    why = (f"; {', '.join(clips[:3])}{' ...' if len(clips) > 3 else ''}: a Clip is a clipped "
+           "ReLU only with min 0 and a max above 0" if clips else "")
     return _diag("SNN-E204", f"no ReLU, clipped ReLU or QCFS activation feeds the outputs "
-                 f"({outs}), so the SNN would have no neurons (ops: {listing or 'none'})",
+                 f"({outs}), so the SNN would have no neurons (ops: {listing or 'none'}){why}",
                  hint="snncc converts CNNs whose hidden layers use ReLU (or ReLU6 / a QCFS "
                  "clip); a model without one has nothing to turn into spikes")

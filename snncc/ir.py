@@ -194,6 +194,14 @@ def node_label(node: gs.Node, provenance: dict[str, str] | None = None) -> str:
     return f"'{node.name}' ({dom}::{node.op}{extra})"
 
 
+def proto_node_label(node: onnx.NodeProto) -> str:
+    """:func:`node_label` for an ``onnx.NodeProto`` (the backends read protos)."""
+    dom = node.domain or "ai.onnx"
+    if not node.name and node.output:
+        return f"writing '{node.output[0]}' ({dom}::{node.op_type})"
+    return f"'{node.name}' ({dom}::{node.op_type})"
+
+
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
 

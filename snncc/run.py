@@ -239,7 +239,7 @@ def run_command(args: argparse.Namespace) -> int:
     ignored = ([f for f, v in (("--no-library", args.no_library),
                                ("--batch-size", args.batch_size not in (None, 16))) if v]
                if target.is_dir() else (["--semantics"] if args.semantics else []))
-    if ignored:
+    if ignored and target.exists():   # a missing path gets its own error, without this
         kind = "a Loihi directory" if target.is_dir() else "an ONNX model"
         print(f"snncc run: warning: ignored for {kind}: {', '.join(ignored)}", file=sys.stderr)
     if target.is_dir():

@@ -972,3 +972,21 @@ def test_mean_std_refused_for_an_array_folder(corpus, tmp_path, capsys):
     np.save(tmp_path / "arr" / "x.npy", np.zeros((8, 3, 8, 8), np.float32))
     expect_error(capsys, [corpus.root, tmp_path], ["compile", corpus.model, "--calib",
                  tmp_path / "arr", "--mean", "0.5", "-o", tmp_path / "o.onnx"], "SNN-E371")
+
+
+def test_messages_name_what_to_change(corpus, tmp_path, capsys):
+    """A final Softmax on Loihi/NIR: the hint says to drop it (the arg-max is the same); a Clip
+    that is no clipped ReLU is named in E204 with the reason."""
+    onnx.save(zoo.ZOO["softmax_output"](), tmp_path / "sm.onnx")
+    for target, code in (("loihi", "SNN-E270"), ("nir", "SNN-E692")):
+        err = expect_error(capsys, [corpus.root, tmp_path], ["compile", tmp_path / "sm.onnx",
+                           "--calib", corpus.calib, "--target", target, "--allow-lossy",
+                           "-o", tmp_path / f"o.{target}"], code)
+        assert "without its final Softmax" in err
+    b = zoo._Builder(41)
+    clip = b.op("Clip", [b.conv("x", 3, 4), b.const(-1.0, "lo"), b.const(6.0, "hi")])
+    onnx.save(b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [clip])], axis=1), 4, 5)),
+              tmp_path / "clip.onnx")
+    err = expect_error(capsys, [corpus.root, tmp_path], ["compile", tmp_path / "clip.onnx",
+                       "--calib", corpus.calib, "-o", tmp_path / "c.onnx"], "SNN-E204")
+    assert "Clip): a Clip is a clipped ReLU only with min 0" in err

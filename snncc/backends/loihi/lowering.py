@@ -27,7 +27,7 @@ from onnx import numpy_helper
 from snncc.backends.common import matrix_weights, node_attrs as _attrs
 from snncc.backends.loihi.netlist import (Block, Group, Netlist, conv2d, conv2d_adjoint)
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
-from snncc.ir import SNN_DOMAIN
+from snncc.ir import SNN_DOMAIN, proto_node_label
 
 __all__ = ["lower", "PASS", "MAX_FOLDED_ELEMENTS"]
 
@@ -253,7 +253,7 @@ class _Lowering:
 
     # -- helpers
     def _diag(self, node: onnx.NodeProto | None, err: _LowerError) -> None:
-        where = f"'{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})" if node else ""
+        where = proto_node_label(node) if node else ""
         self.diags.append(Diagnostic(err.code, err.message, pass_name=PASS, node=where,
                                      hint=err.hint))
 
@@ -358,6 +358,9 @@ class _Lowering:
             handler = self._maxpool_as_avg
         if handler is None or node.domain not in ("", "ai.onnx"):
             hint = ("use --maxpool avg (or train with average pooling)" if node.op_type == "MaxPool"
+                    else "export the model without its final Softmax/LogSoftmax (the arg-max, "
+                         "the predicted class, is the same), or use --target ort, which runs it "
+                         "as the output head" if node.op_type in ("Softmax", "LogSoftmax")
                     else "the Loihi backend maps Conv, Gemm, MatMul, Add, Mul, Concat, "
                          "AveragePool, GlobalAveragePool, Flatten, Reshape and neuron ops")
             raise _LowerError("SNN-E270", f"op {node.op_type} has no Loihi form", hint)

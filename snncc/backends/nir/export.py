@@ -45,7 +45,7 @@ from onnx import numpy_helper
 
 from snncc.backends.common import matrix_weights, node_attrs as _attrs
 from snncc.errors import Diagnostic
-from snncc.ir import SNN_DOMAIN
+from snncc.ir import SNN_DOMAIN, proto_node_label
 
 __all__ = ["build_graph", "lossy_notes", "ExportResult", "RESET_NOTE"]
 
@@ -187,7 +187,7 @@ class _Builder:
                     continue
                 self._node(node)
             except _Refuse as err:
-                where = f"'{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})"
+                where = proto_node_label(node)
                 self.diags.append(Diagnostic(err.code, err.message, PASS, where, err.hint))
                 failed.update(node.output)
         order = list(self.nodes)
@@ -234,6 +234,9 @@ class _Builder:
             handler = self._maxpool_as_avg
         if handler is None or node.domain not in ("", "ai.onnx"):
             raise _Refuse("SNN-E692", f"op {node.op_type} has no NIR form in snncc's export",
+                          "export the model without its final Softmax/LogSoftmax (the arg-max, "
+                          "the predicted class, is the same)"
+                          if node.op_type in ("Softmax", "LogSoftmax") else
                           "the NIR export maps Conv, Gemm, MatMul, AveragePool, "
                           "GlobalAveragePool, Flatten, Reshape (flatten), Mul/Add by a "
                           "constant and IF/LIF neurons; use --target ort or loihi")
