@@ -8,8 +8,8 @@ Mapping (NIR 1.0 primitives; shapes exclude the batch axis, time is discrete wit
   matrix -> ``Linear``; a constant ``Add`` after a Conv/Gemm folds into its bias;
 * ``AveragePool`` / ``GlobalAveragePool`` (and ``MaxPool`` under ``--maxpool avg``, counting the
   padding as the Loihi lowering does) -> ``SumPool2d`` (a padded one as a ``Conv2d`` with a 0/1
-  kernel: the same sum, and Norse's reader drops a SumPool2d's padding); ``Flatten`` / ``Reshape(N, -1)`` ->
-  ``Flatten(start_dim=0)``; ``Identity`` / ``Dropout`` vanish;
+  kernel: the same sum, and Norse's reader drops a SumPool2d's padding);
+  ``Flatten`` / ``Reshape(N, -1)`` -> ``Flatten(start_dim=0)``; ``Identity`` / ``Dropout`` vanish;
 * ``IFNeuron`` -> ``IF(r=1, v_threshold, v_reset=0)``; ``LIFNeuron`` -> ``IF`` when leak == 1,
   else ``LIF(tau = 1/(1-leak), r = 1, v_threshold / tau, v_leak = 0)`` (forward Euler with
   dt = 1 gives ``v = leak*v + I/tau``: the membrane in units of 1/tau, so it crosses
