@@ -83,6 +83,10 @@ class CompileOptions:
     #: calib_max_samples, at least FIDELITY_MIN and at most FIDELITY_AUTO_MAX
     fidelity_samples: int | None = 0
     opset: int = 17
+    #: set by make_options: what levels / bias_shift / per-channel were derived from (target,
+    #: neuron, T, neuron params) and their values as given (None: derived). compile_model derives
+    #: them again when options were built otherwise or changed since (dataclasses.replace)
+    derived_from: tuple = field(default=(), compare=False, repr=False)
 
     @property
     def wants_fidelity(self) -> bool:

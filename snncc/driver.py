@@ -42,12 +42,14 @@ def _choice(name: str, value: Any, allowed: Sequence[Any], code: str) -> None:
                           hint="choose one of: " + ", ".join(map(str, allowed)))
 
 
-_INT_OPTIONS = ("timesteps", "levels", "fidelity_samples", "calib_max_samples")
+_INT_OPTIONS = ("timesteps", "levels", "fidelity_samples", "calib_max_samples", "opset")
 _BOOL_OPTIONS = ("bias_shift", "calib_per_channel", "allow_analog", "allow_lossy")
 
 
 def _api_type_error(name: str, value: Any, want: str) -> OptionError:
-    return OptionError(f"option {name}={value!r} ({type(value).__name__}) must be {want}",
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."   # a model's bytes, say
+    return OptionError(f"option {name}={shown} ({type(value).__name__}) must be {want}",
                        code="SNN-E349", hint=f"pass {name} as {want}")
 
 
@@ -91,6 +93,19 @@ def _typed(kw: dict[str, Any]) -> dict[str, Any]:
     for name in ("input_shapes", "neuron_params"):
         if name in kw and kw[name] is not None and not isinstance(kw[name], Mapping):
             raise _api_type_error(name, kw[name], "a mapping (dict)")
+    if "opset" in kw and kw["opset"] is None:
+        raise _api_type_error("opset", None, "an integer (17)")
+    shapes = kw.get("input_shapes") or {}
+    for name, dims in shapes.items():
+        if isinstance(dims, np.ndarray):
+            dims = dims.tolist()
+        if isinstance(dims, (str, bytes)) or not isinstance(dims, (list, tuple)) or not all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))
+                for d in dims):
+            raise _api_type_error(f"input_shapes[{name!r}]", dims, "a sequence of integers")
+    if shapes:
+        kw["input_shapes"] = {k: tuple(int(d) for d in (v.tolist() if isinstance(v, np.ndarray)
+                                                          else v)) for k, v in shapes.items()}
     return kw
 
 
@@ -163,7 +178,26 @@ def make_options(**kw: Any) -> CompileOptions:
         shift = spec.needs_bias_shift if opts.bias_shift is None else opts.bias_shift
         if per_channel is None:
             per_channel = spec.per_channel_threshold
-    return replace(opts, levels=levels, bias_shift=shift, calib_per_channel=per_channel)
+    return replace(opts, levels=levels, bias_shift=shift, calib_per_channel=per_channel,
+                   derived_from=(_derivation_key(opts), opts.levels, opts.bias_shift,
+                                 opts.calib_per_channel))
+
+
+def _derivation_key(opts: CompileOptions) -> tuple:
+    return (opts.target, opts.neuron, opts.timesteps,
+            repr(sorted((opts.neuron_params or {}).items())))
+
+
+def _revalidated(options: CompileOptions) -> CompileOptions:
+    """``options`` as make_options would build them now: checked, and levels / bias shift /
+    per-channel derived from the current target, neuron and T, unless they were given."""
+    if options.derived_from and options.derived_from[0] == _derivation_key(options):
+        return options
+    given = options.derived_from[1:] if options.derived_from else (
+        options.levels, options.bias_shift, options.calib_per_channel)
+    fields = {k: v for k, v in options.__dict__.items() if k != "derived_from"}
+    fields.update(levels=given[0], bias_shift=given[1], calib_per_channel=given[2])
+    return make_options(**fields)
 
 
 @dataclass
@@ -224,6 +258,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     start = time.perf_counter()
     if not isinstance(options, CompileOptions):
         raise _api_type_error("options", options, "CompileOptions from make_options(...)")
+    options = _revalidated(options)   # built directly, or changed by dataclasses.replace
     for name, value in (("model_path", model_path), ("out", out), ("report_path", report_path),
                         ("dump_dir", dump_dir)):
         if value is not None and not isinstance(value, (str, os.PathLike)):
@@ -233,6 +268,11 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
                           hint="verify='ends' (the default)")
     if isinstance(dump_after, str):
         dump_after = [dump_after]
+    if not isinstance(dump_after, (list, tuple)) or not all(isinstance(d, str)
+                                                             for d in dump_after):
+        raise _api_type_error("dump_after", dump_after, "a pass name or a list of pass names")
+    if not isinstance(force, (bool, np.bool_)):
+        raise _api_type_error("force", force, "True or False")
     if min_agreement is not None:
         if isinstance(min_agreement, (bool, np.bool_)) or not isinstance(
                 min_agreement, (int, float, np.number)):
@@ -293,7 +333,6 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
                           hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
         warnings += fidelity.check(fid, options, min_agreement, shlex.quote(str(model_path)))
-    warnings += ctx.warnings
     synops = _synops(snap, model, ctx) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none
         if backend is None:
@@ -311,7 +350,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
             files += dump.write()
         if report_path:
             _write_json_atomic(Path(report_path), report)
-    return CompileResult(out, report, files, warnings)
+    return CompileResult(out, report, files, warnings + ctx.warnings)   # the passes' and emit's
 
 
 def _compile_report(model_path, out: Path, options: CompileOptions, rows: PipelineReport,
@@ -321,8 +360,9 @@ def _compile_report(model_path, out: Path, options: CompileOptions, rows: Pipeli
         "snncc_version": __version__,
         "model": str(model_path),
         "output": str(out),
-        "options": {k: (dict(v) if isinstance(v, Mapping) else v)
-                    for k, v in options.__dict__.items()},
+        "options": {k: (dict(v) if isinstance(v, Mapping) else
+                        os.fspath(v) if isinstance(v, os.PathLike) else v)
+                    for k, v in options.__dict__.items() if k != "derived_from"},
         "passes": rows.to_json(),
         "quant": _quant_table(ctx),
         "notes": ctx.notes,

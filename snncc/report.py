@@ -347,10 +347,8 @@ def report_command(args: argparse.Namespace) -> int:
             ref = labels if labels is not None else ort_out.argmax(axis=1)
             if args.target == "loihi":
                 _progress(f"T = {T}: compiling and simulating the Loihi netlist")
-                with saturation.at(f"T = {T}, the compile's own runs (fidelity and SynOps, "
-                                   "on the calibration samples)"):
-                    compile_model(args.model, tmp / "loihi",
-                                  make_options(target="loihi", timesteps=T, **common))
+                compile_model(args.model, tmp / "loihi",
+                              make_options(target="loihi", timesteps=T, **common))
                 with saturation.at(f"T = {T}, emulated neurons on --data"):
                     out, events = run_netlist(tmp / "loihi", x)
                 with saturation.at(f"T = {T}, stock hardware neurons on --data"):

@@ -52,23 +52,9 @@ def _read(data, path: Path, key: str) -> np.ndarray:
 
 
 def _check_samples(x: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """Floating point, at least one dimension, at least one sample, every value finite."""
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ModelInputError(f"{what} in '{path}' are {x.dtype}, not floating point",
-                              code="SNN-E104", hint="convert the samples to float32")
-    if x.ndim == 0:
-        raise ModelInputError(f"{what} in '{path}' are a single number, not a batch of samples",
-                              code="SNN-E105", hint="pass samples shaped [N, ...] (N first)")
-    if x.shape[0] == 0 or x.size == 0:
-        raise ModelInputError(f"{what} in '{path}' hold no samples (shape {list(x.shape)})",
-                              code="SNN-E682", hint="pass at least one sample")
-    bad = x.size - int(np.count_nonzero(np.isfinite(x)))
-    if bad:
-        raise ModelInputError(f"{what} in '{path}' hold {bad} NaN or Inf value(s) (of {x.size})",
-                              code="SNN-E681",
-                              hint="a spiking network maps NaN/Inf to finite spikes silently; "
-                              "clean or drop those samples")
-    return x.astype(np.float32)
+    from snncc.simulate import check_samples
+
+    return check_samples(x, f"{what} in '{path}'")
 
 
 def _check_labels(labels: Any, n: int, path: Path) -> np.ndarray | None:

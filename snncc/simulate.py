@@ -104,6 +104,27 @@ def data_inputs(proto: onnx.ModelProto) -> list[str]:
             and not i.name.startswith("state_in/")]
 
 
+def check_samples(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` as float32 samples: floating point, at least one dimension and one sample, every
+    value finite (``snncc run`` and :func:`run_compiled` check alike); ``what`` names them."""
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ModelInputError(f"{what} are {x.dtype}, not floating point", code="SNN-E104",
+                              hint="convert the samples to float32")
+    if x.ndim == 0:
+        raise ModelInputError(f"{what} are a single number, not a batch of samples",
+                              code="SNN-E105", hint="pass samples shaped [N, ...] (N first)")
+    if x.shape[0] == 0 or x.size == 0:
+        raise ModelInputError(f"{what} hold no samples (shape {list(x.shape)})",
+                              code="SNN-E682", hint="pass at least one sample")
+    bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise ModelInputError(f"{what} hold {bad} NaN or Inf value(s) (of {x.size})",
+                              code="SNN-E681",
+                              hint="a spiking network maps NaN/Inf to finite spikes silently; "
+                              "clean or drop those samples")
+    return x.astype(np.float32, copy=False)
+
+
 def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
                  inputs: Mapping[str, np.ndarray] | np.ndarray, *, use_library: bool = True,
                  spike_counts: bool = True, optimize: bool = True,
@@ -112,8 +133,9 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     in batches of ``batch_size`` samples (all at once by default). ``optimize=False`` disables ORT
     graph optimisations (bit-exact comparisons)."""
     if not isinstance(model_path, (str, os.PathLike, onnx.ModelProto)):
-        raise OptionError(f"model {model_path!r} is not a path or an onnx.ModelProto",
-                          code="SNN-E349", hint="pass the compiled model's path")
+        raise OptionError(f"the model ({type(model_path).__name__}) is not a path or an "
+                          "onnx.ModelProto", code="SNN-E349",
+                          hint="pass the compiled model's path (bytes: onnx.load_from_string)")
     proto = ir.read_proto(model_path)  # SNN-E101 / E102 like the CLI
     if batch_size is not None and (isinstance(batch_size, (bool, np.bool_)) or not isinstance(
             batch_size, (int, np.integer)) or batch_size < 1):
@@ -135,9 +157,15 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
         raise ModelInputError(f"no samples for the model input(s) {', '.join(missing)}",
                               code="SNN-E683", hint="feed every input: "
                               + ", ".join(wanted_inputs))
+    extra = [n for n in inputs if n not in wanted_inputs]
+    if extra:
+        raise ModelInputError(f"the model has no input(s) {', '.join(map(str, extra))}",
+                              code="SNN-E683", hint="feed exactly: " + ", ".join(wanted_inputs))
     if not inputs or any(np.size(v) == 0 for v in inputs.values()):
         raise ModelInputError("no samples to run", code="SNN-E682",
                               hint="pass at least one sample")
+    inputs = {k: check_samples(np.asarray(v), f"the samples for input '{k}'")
+              for k, v in inputs.items()}
     meta = {p.key: p.value for p in proto.metadata_props}
     if meta.get("snncc.schedule") == "streaming" and not use_library:
         raise RuntimeLibraryError(

@@ -38,6 +38,17 @@ X = np.zeros((2, 1, 28, 28), np.float32)
     (lambda: run_compiled(CALIB, X), "SNN-E102"),
     (lambda: run_compiled(MODEL, X, batch_size=2.5), "SNN-E684"),
     (lambda: run_compiled(MODEL, None), "SNN-E683"),
+    # found by a library-user audit: bare TypeErrors, or an internal E500 later
+    (lambda: make_options(opset="17"), "SNN-E349"),
+    (lambda: make_options(input_shapes={"input": "abc"}), "SNN-E349"),
+    (lambda: compile_model(MODEL, "o.onnx", make_options(calib_path=CALIB), dump_after=5),
+     "SNN-E349"),
+    (lambda: compile_model(MODEL, "o.onnx", make_options(calib_path=CALIB), force="no"),
+     "SNN-E349"),
+    (lambda: run_compiled(b"model bytes", X), "SNN-E349"),
+    (lambda: run_compiled(MODEL, X.astype(np.int32)), "SNN-E104"),
+    (lambda: run_compiled(MODEL, np.full_like(X, np.nan)), "SNN-E681"),
+    (lambda: run_compiled(MODEL, {"input": X, "other": X}), "SNN-E683"),
 ])
 def test_wrong_types_are_coded_errors(tmp_path, monkeypatch, call, code):
     monkeypatch.chdir(tmp_path)
@@ -51,3 +62,32 @@ def test_numpy_integers_are_taken_as_ints():
     """T read from an npz or a numpy-typed config."""
     opts = make_options(timesteps=np.int64(4), levels=np.int32(4), neuron="mt")
     assert (opts.timesteps, opts.levels) == (4, 4) and type(opts.timesteps) is int
+
+
+def test_run_compiled_takes_float64_like_snncc_run():
+    x = np.random.default_rng(0).random((2, 1, 28, 28))
+    a = next(iter(run_compiled(MODEL, x).outputs.values()))
+    b = next(iter(run_compiled(MODEL, x.astype(np.float32)).outputs.values()))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_options_changed_after_make_options_are_derived_again(tmp_path):
+    """dataclasses.replace(make_options(timesteps=4), timesteps=8) compiled at T = 8 with the
+    L = 4 of T = 4; options built without make_options were not checked at all."""
+    from dataclasses import replace
+
+    from snncc.context import CompileOptions
+
+    res = compile_model(MODEL, tmp_path / "a.onnx", replace(make_options(
+        calib_path=CALIB, fidelity_samples=0), timesteps=8))
+    assert res.report["options"]["levels"] == 8 and "derived_from" not in res.report["options"]
+    with pytest.raises(SnnccError) as err:
+        compile_model(MODEL, tmp_path / "b.onnx", CompileOptions(timesteps=0, calib_path=CALIB))
+    assert err.value.code == "SNN-E354" and not (tmp_path / "b.onnx").exists()
+
+
+def test_loihi_warnings_reach_the_compile_result(tmp_path):
+    """They went through logging only: a library user's CompileResult.warnings was empty."""
+    res = compile_model(MODEL, tmp_path / "l", make_options(target="loihi", calib_path=CALIB,
+                                                            fidelity_samples=0))
+    assert any("13-bit bias mantissa" in w for w in res.warnings)

@@ -19,7 +19,6 @@ accuracies; the artifact report says which groups differ.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from snncc.backends.loihi.lowering import lower
 from snncc.backends.loihi.mapping import CoreLimits, map_cores
 from snncc.backends.loihi.netx import write_netx
 from snncc.backends.loihi.quantize import FixedPoint, quantize
-from snncc.backends.loihi.simulator import run_netlist
+from snncc.backends.loihi.simulator import saturation_message, simulate
 from snncc.context import CompileContext
 from snncc.errors import BackendCapabilityError, Diagnostic, SnnccError
 
@@ -96,13 +95,11 @@ class LoihiBackend(Backend):
 
     def predict(self, model: ir.Model, ctx: CompileContext, feeds: dict):
         """The bit-accurate simulator (emulated soft reset), for the fidelity estimate."""
-        from snncc.backends.loihi.simulator import run_netlist
-
         prepared = self._prepare(model, ctx)
         if prepared.net is None or len(feeds) != 1:
             return None
         x = next(iter(feeds.values()))
-        outputs, _ = run_netlist(prepared.net, x)
+        outputs, _ = _simulate(prepared.net, x, ctx)
         return iter([(slice(0, len(x)), next(iter(outputs.values())), None)])
 
     def predict_variants(self, model: ir.Model, ctx: CompileContext, feeds: dict):
@@ -151,20 +148,20 @@ class LoihiBackend(Backend):
         files += [cores] + ([out / "network.net"] if netx["path"] else [])
         netx_text = netx["reason"] or f"network.net: {len(netx['layers'])} layers"
         if not netx["path"]:  # never a stub: no layer NetX can run, no file
-            logging.getLogger("snncc.backends.loihi").warning("loihi: %s", netx["reason"])
+            ctx.warnings.append(f"warning: loihi: {netx['reason']}")
         elif netx["not_exported"]:   # a prefix only: say so where the user looks
             stop, total = netx["not_exported"][0], len(netx["layers"]) + len(netx["not_exported"])
             netx_text = f"network.net: {len(netx['layers'])} of {total} layers (a sequential prefix)"
-            logging.getLogger("snncc.backends.loihi").warning(
-                "loihi: network.net holds the first %d of %d layers: '%s' %s; the netlist and "
-                "snncc run hold the whole network", len(netx["layers"]), total, stop["group"],
-                stop["reason"])
+            ctx.warnings.append(
+                f"warning: loihi: network.net holds the first {len(netx['layers'])} of {total} "
+                f"layers: '{stop['group']}' {stop['reason']}; the netlist and snncc run hold "
+                "the whole network")
         chip = [n.split(":")[0] for n in netx["notes"] if "a chip would not" in n]
         if chip:   # Lava's CPU model runs it; say where the user looks that a chip would not
-            logging.getLogger("snncc.backends.loihi").warning(
-                "loihi: the biases of %d layer(s) (%s) exceed the 13-bit bias mantissa of "
-                "Loihi's CUBA neuron: real Lava's CPU simulation runs network.net, a chip "
-                "would not (details: netlist.json meta.netx.notes)", len(chip), ", ".join(chip))
+            ctx.warnings.append(
+                f"warning: loihi: the biases of {len(chip)} layer(s) ({', '.join(chip)}) exceed "
+                "the 13-bit bias mantissa of Loihi's CUBA neuron: real Lava's CPU simulation "
+                "runs network.net, a chip would not (details: netlist.json meta.netx.notes)")
         synops = self._synops(net, mapping, ctx)
         (out / "synops.json").write_text(_dumps(synops))
         files.append(out / "synops.json")
@@ -195,10 +192,20 @@ class LoihiBackend(Backend):
         x = loihi_samples(path, inp.name, inp.shape, mean=ctx.options.calib_mean,
                           std=ctx.options.calib_std)
         x = x[:artifact_sample_count(net.ann_macs, net.total_steps, len(x))]
-        _, events = run_netlist(net, x)
+        _, events = _simulate(net, x, ctx)
         return synops_section(net, events, mapping=mapping, timesteps=ctx.options.timesteps,
                               source="loihi netlist simulator (emulated semantics), "
                                      f"{len(x)} calibration samples")
+
+
+def _simulate(net: nl.Netlist, x, ctx: CompileContext):
+    """The emulated run of the compile's own checks; a saturation warning goes to the compile's
+    warnings once (not to the log: library users read CompileResult.warnings)."""
+    res = simulate(net, x)
+    message = saturation_message(res)
+    if message and not any("membrane updates saturated at" in w for w in ctx.warnings):
+        ctx.warnings.append(f"warning: {message}")
+    return res.outputs, res.events
 
 
 def _dumps(value: Any) -> str:

@@ -334,10 +334,17 @@ def run_netlist(out_dir: str | os.PathLike | Netlist, x: np.ndarray, *,
     """
     net = out_dir if isinstance(out_dir, Netlist) else load(out_dir)
     res = simulate(net, x, semantics=semantics)
-    if res.saturations:
-        worst = max(res.saturated, key=res.saturated.get)
-        logger.warning("%d membrane updates saturated at %d bits (%d in '%s'); the simulator "
-                       "clips them as Loihi does, so its outputs, accuracy and fidelity figures "
-                       "include their effect", res.saturations, FixedPoint().state_bits,
-                       res.saturated[worst], worst)
+    message = saturation_message(res)
+    if message:
+        logger.warning("%s", message)
     return res.outputs, res.events
+
+
+def saturation_message(res: SimResult) -> str | None:
+    """What a run's saturated membrane updates mean, or None when there were none."""
+    if not res.saturations:
+        return None
+    worst = max(res.saturated, key=res.saturated.get)
+    return (f"{res.saturations} membrane updates saturated at {FixedPoint().state_bits} bits "
+            f"({res.saturated[worst]} in '{worst}'); the simulator clips them as Loihi does, so "
+            "its outputs, accuracy and fidelity figures include their effect")
