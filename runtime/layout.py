@@ -256,6 +256,10 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     so = so if so is not None else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
     src: str | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    if src is not None and not os.path.isfile(src):
+        from snncc.errors import ModelInputError
+        raise ModelInputError(f"model file '{src}' does not exist", code="SNN-E101",
+                              hint="check the path")
     if blocked and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
         try:
             proto = model if src is None else onnx.load(src)

@@ -250,6 +250,10 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     checked before any work starts (:func:`snncc.outputs.check_outputs`; ``force`` allows writing
     into a foreign non-empty directory) and written atomically.
 
+    Two things only the CLI does: without ``-T`` it compiles a ``snncc finetune`` output at the T
+    it was trained for (here, give ``timesteps``), and it warns when spiking options come with
+    ``--target qann`` (here they are ignored: the QANN has no neurons or time).
+
     With calibration samples and ``options.fidelity_samples`` None (automatic: the samples beyond
     ``calib_max_samples``, 32 to 64) or above 0, the held-out samples measure
     ANN vs QANN vs SNN (:mod:`snncc.fidelity`) before anything is written; ``min_agreement``

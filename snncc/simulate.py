@@ -271,8 +271,27 @@ class StreamStepper:
     passed on to the next step. Data inputs are bound once; only the step number changes, in
     place."""
 
-    def __init__(self, sess: ort.InferenceSession, proto: onnx.ModelProto,
-                 inputs: Mapping[str, np.ndarray], out_names: list[str]) -> None:
+    def __init__(self, sess: ort.InferenceSession, proto: onnx.ModelProto | str | os.PathLike,
+                 inputs: Mapping[str, np.ndarray], out_names: list[str] | None = None) -> None:
+        if not isinstance(sess, ort.InferenceSession):
+            raise OptionError(f"sess ({type(sess).__name__}) is not an onnxruntime session",
+                              code="SNN-E349", hint="pass snncc.runtime.layout.session(model)")
+        proto = ir.read_proto(proto)   # a path is read (SNN-E101/E102)
+        if "step" not in {i.name for i in proto.graph.input}:   # the streaming protocol's
+            schedule = {p.key: p.value for p in proto.metadata_props}.get("snncc.schedule")
+            raise OptionError("StreamStepper steps a model of the streaming protocol (a 'step' "
+                              f"input); this one has none (schedule {schedule or 'unknown'})",
+                              code="SNN-E349",
+                              hint="compile with --schedule streaming, or use run_compiled")
+        wanted = data_inputs(proto)
+        if not isinstance(inputs, Mapping) or sorted(inputs) != sorted(wanted):
+            raise ModelInputError(f"inputs must map exactly the model's data input(s) "
+                                  f"({', '.join(wanted)}) to samples", code="SNN-E683",
+                                  hint="e.g. {'" + (wanted[0] if wanted else "input") + "': x}")
+        inputs = {k: check_samples(np.asarray(v), f"the samples for input '{k}'")
+                  for k, v in inputs.items()}
+        if out_names is None:
+            out_names = [o.name for o in sess.get_outputs()]
         self.sess = sess
         self.binding = sess.io_binding()
         batch = len(next(iter(inputs.values())))

@@ -91,3 +91,31 @@ def test_loihi_warnings_reach_the_compile_result(tmp_path):
     res = compile_model(MODEL, tmp_path / "l", make_options(target="loihi", calib_path=CALIB,
                                                             fidelity_samples=0))
     assert any("13-bit bias mantissa" in w for w in res.warnings)
+
+
+def test_runtime_helpers_give_coded_errors(tmp_path):
+    """layout.session on a missing path raised ORT's NoSuchFile; StreamStepper took a folded
+    model, a wrong input name or float64 samples with bare RuntimeError/TypeError."""
+    import onnxruntime as ort
+
+    from snncc.runtime import layout, session_options
+    from snncc.simulate import StreamStepper
+
+    with pytest.raises(SnnccError) as err:
+        layout.session(tmp_path / "missing.onnx")
+    assert err.value.code == "SNN-E101"
+    folded = tmp_path / "f.onnx"
+    compile_model(MODEL, folded, make_options(calib_path=CALIB, fidelity_samples=0))
+    sess = ort.InferenceSession(str(folded), session_options())
+    with pytest.raises(SnnccError) as err:
+        StreamStepper(sess, str(folded), {"input": X})
+    assert err.value.code == "SNN-E349"
+    stream = tmp_path / "s.onnx"
+    compile_model(MODEL, stream, make_options(calib_path=CALIB, fidelity_samples=0,
+                                              schedule="streaming"))
+    sess = ort.InferenceSession(str(stream), session_options())
+    with pytest.raises(SnnccError) as err:
+        StreamStepper(sess, str(stream), {"x": X})
+    assert err.value.code == "SNN-E683"
+    stepper = StreamStepper(sess, str(stream), {"input": X.astype(np.float64)})   # a path, f64
+    assert next(iter(stepper.step(0).values())).shape == (2, 10)
