@@ -136,6 +136,11 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
         raise OptionError(f"the model ({type(model_path).__name__}) is not a path or an "
                           "onnx.ModelProto", code="SNN-E349",
                           hint="pass the compiled model's path (bytes: onnx.load_from_string)")
+    for name, flag in (("use_library", use_library), ("spike_counts", spike_counts),
+                       ("optimize", optimize)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise OptionError(f"{name}={flag!r} ({type(flag).__name__}) must be True or False",
+                              code="SNN-E349", hint=f"pass {name} as True or False")
     proto = ir.read_proto(model_path)  # SNN-E101 / E102 like the CLI
     if batch_size is not None and (isinstance(batch_size, (bool, np.bool_)) or not isinstance(
             batch_size, (int, np.integer)) or batch_size < 1):

@@ -49,6 +49,7 @@ X = np.zeros((2, 1, 28, 28), np.float32)
     (lambda: run_compiled(MODEL, X.astype(np.int32)), "SNN-E104"),
     (lambda: run_compiled(MODEL, np.full_like(X, np.nan)), "SNN-E681"),
     (lambda: run_compiled(MODEL, {"input": X, "other": X}), "SNN-E683"),
+    (lambda: run_compiled(MODEL, X, use_library="no"), "SNN-E349"),
 ])
 def test_wrong_types_are_coded_errors(tmp_path, monkeypatch, call, code):
     monkeypatch.chdir(tmp_path)
