@@ -299,15 +299,21 @@ def _window_mean(train: np.ndarray, slices: int, counted: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(mean, view.shape)).reshape(train.shape)
 
 
-def _gate_nodes(graph: onnx.GraphProto, tag: str, x: str, y: str, slices: int,
-                attrs: Mapping[str, Any]) -> list[onnx.NodeProto]:
-    """The spike gate of a MaxPool over a time-major ``[S*N, ...]`` input ``x`` writing ``y``."""
+def _tagged(graph: onnx.GraphProto, tag: str):
+    """(``const(name, ints)``: an int64 initializer named ``tag/name``; ``t(name)``: a tensor
+    name under ``tag``) for the subgraphs the walk splices into a segment."""
     def const(name: str, value) -> str:
         graph.initializer.append(onnx.numpy_helper.from_array(
             np.asarray(value, np.int64), f"{tag}/{name}"))
         return f"{tag}/{name}"
 
-    t = lambda name: f"{tag}/{name}"  # noqa: E731
+    return const, lambda name: f"{tag}/{name}"
+
+
+def _gate_nodes(graph: onnx.GraphProto, tag: str, x: str, y: str, slices: int,
+                attrs: Mapping[str, Any]) -> list[onnx.NodeProto]:
+    """The spike gate of a MaxPool over a time-major ``[S*N, ...]`` input ``x`` writing ``y``."""
+    const, t = _tagged(graph, tag)
     mk = onnx.helper.make_node
     return [mk("Shape", [x], [t("shape")]),
             mk("Reshape", [x, const("time", [slices, -1])], [t("view")]),
@@ -325,12 +331,7 @@ def _decode_nodes(graph: onnx.GraphProto, tag: str, x: str, y: str, slices: int,
                   opset: int) -> list[onnx.NodeProto]:
     """``y``: the time-major ``[S*N, ...]`` ``x`` with every slice replaced by the mean of its
     last ``counted`` slices (the schedule's decode, broadcast back over time)."""
-    def const(name: str, value) -> str:
-        graph.initializer.append(onnx.numpy_helper.from_array(
-            np.asarray(value, np.int64), f"{tag}/{name}"))
-        return f"{tag}/{name}"
-
-    t = lambda name: f"{tag}/{name}"  # noqa: E731
+    const, t = _tagged(graph, tag)
     mk = onnx.helper.make_node
     mean = (mk("ReduceMean", [t("counted"), const("axes", [0])], [t("mean")], keepdims=1)
             if opset >= 18 else mk("ReduceMean", [t("counted")], [t("mean")], axes=[0],
