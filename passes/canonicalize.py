@@ -139,6 +139,7 @@ class CanonicalizePass(Pass):
         _rewrite(model.graph, batch, counts, declines)
         _rebuild(model, options.opset)
         counts["constants_folded"] += _fold_constants(model.graph, fold_shapes=True)
+        counts["sub_div_by_constant_rewritten"] = _sub_div_to_add_mul(model.graph)
         _check_layers(model.graph)
         if self.require_activation:
             diag = no_activation(model.graph)
@@ -421,9 +422,6 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         elif node.op == "ReduceMean" and _spatial_mean(node):
             nodes.extend(_mean_to_global_pool(graph, node))
             counts["spatial_mean_to_global_pool"] += 1
-        elif node.op in ("Sub", "Div") and _by_constant(node):
-            _to_add_or_mul(node)   # one form for the backends: x*(1/c), x + (-c)
-            counts["sub_div_by_constant_rewritten"] += 1
         elif node.op == "Reshape":
             _fix_reshape(graph, node, batch, counts, declines)
         elif node.op == "Flatten":
@@ -433,21 +431,62 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
     graph.nodes = nodes
 
 
+def _sub_div_to_add_mul(graph: gs.Graph) -> int:
+    """``x - c`` / ``x / c`` by a float constant on the data path become ``x + (-c)`` /
+    ``x * (1/c)``, the one form the backends fold. Runs after the last constant fold; a Div fed
+    by shape arithmetic (``Shape`` upstream) keeps its exact division (``82 * (1/41)`` floors to
+    1). A constant shared by several nodes gets one negated / inverted copy."""
+    made: dict[tuple[int, str], gs.Constant] = {}
+    names = {t for t in ir.tensor_map(graph)}
+    count = 0
+    for node in graph.nodes:
+        if node.op not in ("Sub", "Div") or not _by_constant(node) or \
+                _from_shape(node.inputs[0]):
+            continue
+        src = node.inputs[1]
+        key = (id(src), node.op)
+        if key not in made:
+            c = np.asarray(src.values)
+            name = f"{src.name}_{'neg' if node.op == 'Sub' else 'inv'}"
+            while name in names:
+                name += "_"
+            names.add(name)
+            made[key] = gs.Constant(name, np.asarray(-c if node.op == "Sub" else 1 / c,
+                                                     dtype=c.dtype))
+        node.inputs[1] = made[key]
+        node.op = "Add" if node.op == "Sub" else "Mul"
+        count += 1
+    return count
+
+
 def _by_constant(node: gs.Node) -> bool:
-    """``x - c`` or ``x / c`` with ``c`` a finite float constant (non-zero for Div)."""
+    """``x - c`` or ``x / c`` with ``c`` a float constant, finite, and for Div with a finite
+    ``1/c`` (no zero, no subnormal)."""
     if len(node.inputs) != 2 or isinstance(node.inputs[0], gs.Constant) or \
             not isinstance(node.inputs[1], gs.Constant):
         return False
     c = np.asarray(node.inputs[1].values)
-    return c.dtype.kind == "f" and bool(np.all(np.isfinite(c))) and \
-        (node.op == "Sub" or bool(np.all(c != 0)))
+    if c.dtype.kind != "f" or not np.all(np.isfinite(c)):
+        return False
+    if node.op == "Div":
+        with np.errstate(divide="ignore", over="ignore"):
+            return bool(np.all(c != 0) and np.all(np.isfinite(1 / c)))
+    return True
 
 
-def _to_add_or_mul(node: gs.Node) -> None:
-    c = np.asarray(node.inputs[1].values)
-    node.inputs[1] = gs.Constant(f"{node.inputs[1].name}_{'neg' if node.op == 'Sub' else 'inv'}",
-                                 np.asarray(-c if node.op == "Sub" else 1 / c, dtype=c.dtype))
-    node.op = "Add" if node.op == "Sub" else "Mul"
+def _from_shape(tensor: gs.Tensor, depth: int = 16) -> bool:
+    """Shape arithmetic: a ``Shape`` lies upstream of ``tensor`` (within ``depth`` nodes)."""
+    stack, seen = [(tensor, 0)], set()
+    while stack:
+        t, d = stack.pop()
+        prod = ir.producer(t)
+        if prod is None or id(prod) in seen or d > depth:
+            continue
+        seen.add(id(prod))
+        if prod.op == "Shape":
+            return True
+        stack.extend((i, d + 1) for i in prod.inputs if not isinstance(i, gs.Constant))
+    return False
 
 
 def _non_negative(tensor: gs.Tensor) -> bool:

@@ -25,8 +25,8 @@ import onnx_graphsurgeon as gs
 from snncc import ir
 from snncc.context import CompileOptions
 from snncc.errors import Diagnostic
-from snncc.op_classes import (CONTROL_FLOW, META_OPS, ORT_DOMAINS, OUTPUT_ONLY, PATTERN_HINTS,
-                               TIME_OPS, op_info)
+from snncc.op_classes import (ACTIVATION, CONTROL_FLOW, META_OPS, ORT_DOMAINS, OUTPUT_ONLY,
+                               PATTERN_HINTS, RECURRENT, TIME_OPS, op_info)
 from snncc.passes.quant_clip import activation_sites
 
 __all__ = ["unsupported_nodes", "conversion_roles", "analog_prefix", "no_activation", "time_op_ok",
@@ -71,7 +71,9 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
                                "and branches when they do not depend on the data)", "error"))
             continue
         info = op_info(node.op, node.domain or "")
-        if info.spiking or _inside_pattern(node) or id(node) in prefix:
+        if info.spiking or _inside_pattern(node) or (id(node) in prefix
+                                                      and info.group == ACTIVATION
+                                                      and node.op not in RECURRENT):
             continue
         pattern = _pattern(node)
         if pattern:

@@ -257,9 +257,8 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
     src: str | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     if src is not None and not os.path.isfile(src):
-        from snncc.errors import ModelInputError
-        raise ModelInputError(f"model file '{src}' does not exist", code="SNN-E101",
-                              hint="check the path")
+        from snncc import ir
+        ir.read_proto(src)   # the front end's SNN-E101 (missing, a directory, a Loihi folder)
     if blocked and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
         try:
             proto = model if src is None else onnx.load(src)

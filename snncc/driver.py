@@ -179,8 +179,9 @@ def make_options(**kw: Any) -> CompileOptions:
         if per_channel is None:
             per_channel = spec.per_channel_threshold
     return replace(opts, levels=levels, bias_shift=shift, calib_per_channel=per_channel,
-                   derived_from=(_derivation_key(opts), opts.levels, opts.bias_shift,
-                                 opts.calib_per_channel))
+                   derived_from=(_derivation_key(opts),
+                                 (opts.levels, opts.bias_shift, opts.calib_per_channel),
+                                 (levels, shift, per_channel)))
 
 
 def _derivation_key(opts: CompileOptions) -> tuple:
@@ -188,15 +189,19 @@ def _derivation_key(opts: CompileOptions) -> tuple:
             repr(sorted((opts.neuron_params or {}).items())))
 
 
+_DERIVED = ("levels", "bias_shift", "calib_per_channel")
+
+
 def _revalidated(options: CompileOptions) -> CompileOptions:
-    """``options`` as make_options would build them now: checked, and levels / bias shift /
-    per-channel derived from the current target, neuron and T, unless they were given."""
-    if options.derived_from and options.derived_from[0] == _derivation_key(options):
-        return options
-    given = options.derived_from[1:] if options.derived_from else (
-        options.levels, options.bias_shift, options.calib_per_channel)
+    """``options`` as make_options builds them from their current fields: every check runs, and
+    levels / bias shift / per-channel are derived again from the current target, neuron and T
+    unless they were given (to make_options, or changed since, e.g. by dataclasses.replace)."""
     fields = {k: v for k, v in options.__dict__.items() if k != "derived_from"}
-    fields.update(levels=given[0], bias_shift=given[1], calib_per_channel=given[2])
+    if options.derived_from:
+        key, given, derived = options.derived_from
+        for name, was_given, was_derived in zip(_DERIVED, given, derived):
+            if fields[name] == was_derived:      # untouched since make_options
+                fields[name] = was_given if key != _derivation_key(options) else was_derived
     return make_options(**fields)
 
 
@@ -399,6 +404,7 @@ def rehearse(model_path, options: CompileOptions) -> None:
     raises what :func:`compile_model` would raise before calibrating."""
     from snncc.backends.registry import get_backend
 
+    options = _revalidated(options)
     _rehearse(model_path, options,
               get_backend(options.target) if options.target != "qann" else None)
 

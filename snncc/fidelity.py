@@ -95,12 +95,17 @@ def _rel(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(a - ref)) / denom if denom > 0 else float(np.linalg.norm(a))
 
 
+def _dense(a: np.ndarray) -> bool:
+    """An output with classes at several positions, ``[N, C, H, W]`` (not ``[N, C, 1, 1]``)."""
+    return a.ndim > 2 and a.shape[1] > 1 and int(np.prod(a.shape[2:])) > 1
+
+
 def pair(a: np.ndarray, ref: np.ndarray) -> Pair:
     """Top-1 agreement of ``a`` with ``ref`` (the arg-max over the class axis 1; for a dense
     output ``[N, C, H, W]`` at every position, as a segmentation net is read) and the relative
     error. The interval counts samples, not positions (positions of a sample are not
     independent)."""
-    if a.ndim > 2 and a.shape[1] > 1:
+    if _dense(a):
         agree = float(np.mean(a.argmax(1) == ref.argmax(1)))
     else:
         a2, r2 = a.reshape(len(a), -1), ref.reshape(len(ref), -1)
@@ -162,7 +167,7 @@ def measure(ann: np.ndarray, qann: np.ndarray, snn: np.ndarray | None,
     """The ``fidelity`` section of the compile report from the three networks' outputs and the
     per-layer rows of :class:`LayerErrors` (graph order)."""
     out: dict[str, Any] = {"samples": int(len(ann)), "qann_vs_ann": pair(qann, ann).to_json()}
-    if ann.ndim > 2 and ann.shape[1] > 1:   # a dense output: agreement per position
+    if _dense(ann):   # a dense output: agreement per position
         out["per_position"] = True
     if snn is None:
         return out

@@ -347,8 +347,10 @@ def report_command(args: argparse.Namespace) -> int:
             ref = labels if labels is not None else ort_out.argmax(axis=1)
             if args.target == "loihi":
                 _progress(f"T = {T}: compiling and simulating the Loihi netlist")
-                compile_model(args.model, tmp / "loihi",
-                              make_options(target="loihi", timesteps=T, **common))
+                compiled = compile_model(args.model, tmp / "loihi",
+                                         make_options(target="loihi", timesteps=T, **common))
+                notes.extend(f"T = {T}, Loihi compile: {w.removeprefix('warning: ')}"
+                             for w in compiled.warnings if "loihi:" in w or "saturated" in w)
                 with saturation.at(f"T = {T}, emulated neurons on --data"):
                     out, events = run_netlist(tmp / "loihi", x)
                 with saturation.at(f"T = {T}, stock hardware neurons on --data"):

@@ -87,6 +87,23 @@ def test_options_changed_after_make_options_are_derived_again(tmp_path):
     assert err.value.code == "SNN-E354" and not (tmp_path / "b.onnx").exists()
 
 
+def test_revalidation_keeps_what_was_given_and_checks_everything():
+    """A review: levels given together with a T change were derived over, and an unchanged key
+    skipped every check (levels=0 compiled with 8 in the quant table)."""
+    from dataclasses import replace
+
+    from snncc.driver import _revalidated
+
+    base = make_options(timesteps=4, calib_path=CALIB)
+    assert _revalidated(replace(base, timesteps=8, levels=3)).levels == 3
+    assert _revalidated(replace(base, timesteps=8)).levels == 8
+    assert _revalidated(replace(make_options(neuron="mt"), neuron="if")).levels == 4
+    for bad, code in (({"levels": 0}, "SNN-E355"), ({"calib_method": "bogus"}, "SNN-E351")):
+        with pytest.raises(SnnccError) as err:
+            _revalidated(replace(base, **bad))
+        assert err.value.code == code
+
+
 def test_loihi_warnings_reach_the_compile_result(tmp_path):
     """They went through logging only: a library user's CompileResult.warnings was empty."""
     res = compile_model(MODEL, tmp_path / "l", make_options(target="loihi", calib_path=CALIB,

@@ -306,6 +306,8 @@ def test_a_dense_output_agrees_per_position():
     assert pair(snn, ann).top1_agreement == 1.0
     fid = measure(ann, ann, snn)
     assert fid["per_position"] and "of the output positions of 8 held-out samples" in summary(fid)
+    logits = ann[:, :, :1, :1]   # [N, C, 1, 1]: one class per sample, as a classifier
+    assert "per_position" not in measure(logits, logits, logits)
 
 
 def test_nir_hints_name_the_reset_not_what_nir_refuses():

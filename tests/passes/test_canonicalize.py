@@ -298,3 +298,30 @@ def test_an_activation_in_the_analog_prefix_converts_but_not_elsewhere():
     assert unsupported_nodes(prefix.graph, options) == []
     everywhere = ir.load(model("LeakyRelu", "LeakyRelu"))
     assert [d.code for d in unsupported_nodes(everywhere.graph, options)] == ["SNN-E201"] * 2
+
+
+def test_sub_div_rewrite_keeps_shape_arithmetic_exact_and_shares_one_constant():
+    """A review found the Div -> Mul rewrite running on shape arithmetic: floor(82 * (1/41)) is
+    1, not 2, and the Reshape target came out wrong (E412 at calibration); and a constant read by
+    two Sub nodes gave two tensors of one name (graph-surgeon warnings on every compile)."""
+    from onnx import TensorProto
+
+    b = zoo._Builder(3)
+    h = b.op("Relu", [b.conv("x", 3, 4)])
+    f = b.op("Cast", [b.op("Gather", [b.op("Shape", [h]), b.const(2, "i", np.int64)])],
+             to=TensorProto.FLOAT)
+    k = b.op("Cast", [b.op("Floor", [b.op("Div", [f, b.const(41.0, "d")])])],
+             to=TensorProto.INT64)
+    rows = b.op("Mul", [b.op("Unsqueeze", [k, b.const([0], "ax", np.int64)]),
+                        b.const([41], "h41", np.int64)])
+    target = b.op("Concat", [b.const([0], "z", np.int64), b.const([-1], "m1", np.int64), rows,
+                             b.const([41], "w", np.int64)], axis=0)
+    h = b.op("Relu", [b.conv(b.op("Reshape", [h, target]), 4, 4)])
+    mean = b.rand((1, 4, 1, 1), "mean")
+    h = b.op("Add", [b.op("Sub", [h, mean]), b.op("Sub", [h, mean])])
+    model = b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [h])], axis=1), 4, 5),
+                    input_shape=(1, 3, 82, 41))
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], rtol=1e-5)
+    assert report.rows[0].counts["sub_div_by_constant_rewritten"] == 2
+    adds = [n for n in out.graph.node if n.op_type == "Add" and n.input[1].endswith("_neg")]
+    assert len(adds) == 2 and adds[0].input[1] == adds[1].input[1]
