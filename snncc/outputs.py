@@ -381,15 +381,16 @@ def _backup_name(path: Path) -> Path:
 
 class _Installed:
     """Undo information of one install: ``path`` now holds the new file (inode ``ino``); the
-    file it replaced (if any) is kept at ``backup``."""
+    file it replaced (if any) is kept at ``backup``; a whole new directory goes back to
+    ``staging``."""
 
-    def __init__(self, path: Path, backup: Path | None, new_dir: bool = False,
+    def __init__(self, path: Path, backup: Path | None, *, staging: Path | None = None,
                  ino: tuple[int, int] | None = None):
-        self.path, self.backup, self.new_dir, self.ino = path, backup, new_dir, ino
+        self.path, self.backup, self.staging, self.ino = path, backup, staging, ino
 
-    def rollback(self, staging: Path | None = None) -> None:
-        if self.new_dir and staging is not None:  # a whole new directory: move it back out
-            os.rename(self.path, staging)
+    def rollback(self) -> None:
+        if self.staging is not None:  # a whole new directory: move it back out
+            os.rename(self.path, self.staging)
             return
         if self.ino is not None and _inode(self.path) != self.ino:
             return  # another writer's file is there now: not ours to undo
@@ -468,13 +469,13 @@ def _real_dirs_below(root: Path, rel: str) -> bool:
 
 
 def _install_dir(tmp: Path, path: Path, files: Sequence[str],
-                 adopt: Sequence[str]) -> list[tuple[_Installed, Path | None]]:
+                 adopt: Sequence[str]) -> list[_Installed]:
     """Install the filled temporary directory ``tmp`` at ``path`` (module doc); returns the undo
-    list: (what was installed, the staging path a whole new directory goes back to)."""
+    list."""
     if not path.exists():
         try:
             os.rename(tmp, path)
-            return [(_Installed(path, None, new_dir=True), tmp)]
+            return [_Installed(path, None, staging=tmp)]
         except OSError:  # another process created it meanwhile: merge below
             pass
     old = {f for f in (_marker_files(path) or set()) | set(adopt)
@@ -486,12 +487,12 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
             f"refusing to write into '{path}': it holds files of the same names that snncc "
             f"did not write ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})",
             code="SNN-E364", hint="move those files away, or name a new directory")
-    done: list[tuple[_Installed, Path | None]] = []
+    done: list[_Installed] = []
     try:
         for rel in files:
             dest = path / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            done.append((_install_file(tmp / rel, dest), None))
+            done.append(_install_file(tmp / rel, dest))
         for rel in sorted(old - set(files)):  # stale files of the previous output: set aside
             stale = path / rel
             if stale.is_file() or stale.is_symlink():
@@ -500,18 +501,18 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
                     os.rename(stale, backup)
                 except FileNotFoundError:  # gone meanwhile
                     continue
-                done.append((_Installed(stale, backup), None))  # undo: moved back
-        done.append((_install_file(tmp / MARKER, path / MARKER), None))
+                done.append(_Installed(stale, backup))  # undo: moved back
+        done.append(_install_file(tmp / MARKER, path / MARKER))
     except BaseException:
         _undo(done)
         raise
     return done
 
 
-def _undo(done: Sequence[tuple[_Installed, Path | None]]) -> None:
-    for item, staging in reversed(done):
+def _undo(done: Sequence[_Installed]) -> None:
+    for item in reversed(done):
         with contextlib.suppress(OSError):
-            item.rollback(staging)
+            item.rollback()
 
 
 # -------------------------------------------------------------------------------- transactions
@@ -548,14 +549,14 @@ def scratch() -> Iterator[None]:
 
 class _Transaction:
     def __init__(self) -> None:
-        self.steps: list[tuple[Callable[[], list[tuple[_Installed, Path | None]]], Path]] = []
+        self.steps: list[tuple[Callable[[], list[_Installed]], Path]] = []
         self.places: list[Path] = []   # outputs whose PID-tagged temporaries to clean up
         self.created: list[Path] = []  # directories made for the outputs (removed on failure)
         self.committed = False
 
     def commit(self, pending: list[int]) -> None:
         """Install every staged output; signals that come meanwhile go to ``pending``."""
-        done: list[tuple[_Installed, Path | None]] = []
+        done: list[_Installed] = []
         with _parents_locked([path for _, path in self.steps]), _signals_held(pending):
             try:
                 for step, path in self.steps:
@@ -564,7 +565,7 @@ class _Transaction:
             except BaseException:
                 _undo(done)
                 raise
-            for item, _ in done:
+            for item in done:
                 with contextlib.suppress(OSError):
                     item.finish()
             if not _state.scratch:
@@ -665,7 +666,7 @@ def _deferred(path: Path) -> bool:
     return bool(_state.open) and not _in_staging(path)
 
 
-def _stage(install: Callable[[], list[tuple[_Installed, Path | None]]], path: Path) -> None:
+def _stage(install: Callable[[], list[_Installed]], path: Path) -> None:
     """Run ``install`` now (outside a transaction or inside a staging folder: atomically, with
     signals held) or at the end of the open transaction."""
     if _deferred(path):
@@ -715,7 +716,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path = Path(tmp)
             yield tmp_path
             _chmod_tree(tmp_path)
-        _stage(lambda: [(_install_file(tmp_path, path), None)], path)
+        _stage(lambda: [_install_file(tmp_path, path)], path)
         staged, ok = _deferred(path), True
     finally:
         if not staged:
