@@ -25,10 +25,8 @@ measured on the data), energy and core mapping.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import html
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -294,7 +292,8 @@ def _accuracy(out: np.ndarray, labels: np.ndarray | None) -> float | None:
 def report_command(args: argparse.Namespace) -> int:
     from snncc.analysis.energy import estimate
     from snncc.analysis.synops import count_synops, ort_events
-    from snncc.backends.loihi.simulator import run_netlist
+    from snncc.backends.loihi.netlist import load
+    from snncc.backends.loihi.simulator import saturation_message, simulate
     from snncc.driver import compile_model, make_options, rehearse
     from snncc.errors import OptionError, SnnccError
     from snncc.outputs import file_output, scratch
@@ -331,7 +330,7 @@ def report_command(args: argparse.Namespace) -> int:
     notes = [f"{len(x)} samples, neuron {args.neuron}, target {args.target}, calibration "
              f"{args.calib_method}" + (" on the same samples" if args.calib is None else "")]
     data: dict[str, Any] = {"title": f"snncc report: {Path(args.model).name}", "notes": notes}
-    saturation = _Collect("snncc.backends.loihi.simulator")
+    saturated: list[str] = []   # the simulator's saturation notes, one per run
     no_synops = None
     for T in ts:
         with tempfile.TemporaryDirectory() as tmp, scratch():
@@ -351,10 +350,13 @@ def report_command(args: argparse.Namespace) -> int:
                                          make_options(target="loihi", timesteps=T, **common))
                 notes.extend(f"T = {T}, Loihi compile: {w.removeprefix('warning: ')}"
                              for w in compiled.warnings if "loihi:" in w or "saturated" in w)
-                with saturation.at(f"T = {T}, emulated neurons on --data"):
-                    out, events = run_netlist(tmp / "loihi", x)
-                with saturation.at(f"T = {T}, stock hardware neurons on --data"):
-                    hw, _ = run_netlist(tmp / "loihi", x, semantics="hardware")
+                net = load(tmp / "loihi")
+                runs = {"emulated": simulate(net, x),
+                        "stock hardware": simulate(net, x, semantics="hardware")}
+                saturated += [f"T = {T}, {name} neurons on --data: {saturation_message(r)}"
+                              for name, r in runs.items() if r.saturations]
+                out, events = runs["emulated"].outputs, runs["emulated"].events
+                hw = runs["stock hardware"].outputs
                 series["Loihi emulated"].append(_accuracy(next(iter(out.values())), ref))
                 series["Loihi hardware (reset to 0)"].append(
                     _accuracy(next(iter(hw.values())), ref))
@@ -385,10 +387,10 @@ def report_command(args: argparse.Namespace) -> int:
     if labels is None and args.target == "ort":
         notes.append("--data has no labels 'y', so no accuracy: the ORT target has nothing to "
                      "compare with")
-    if saturation.messages:
-        notes.extend(f"Loihi simulator, {m}" for m in saturation.messages)
+    if saturated:
+        notes.extend(f"Loihi simulator, {m}" for m in saturated)
         print(f"snncc report: warning: the Loihi simulator saturated membrane updates in "
-              f"{len(saturation.messages)} run(s); the page lists them", file=sys.stderr)
+              f"{len(saturated)} run(s); the page lists them", file=sys.stderr)
     if labels is not None:
         ann = run_compiled(args.model, x, use_library=False, spike_counts=False)
         data["accuracy_vs_T"] = {"T": ts, "series": series}
@@ -405,28 +407,6 @@ def report_command(args: argparse.Namespace) -> int:
 
 def _progress(message: str) -> None:
     print(f"snncc report: {message} ...", file=sys.stderr, flush=True)
-
-
-class _Collect(logging.Handler):
-    """Keeps one logger's warnings (labelled by :meth:`at`) instead of printing each."""
-
-    def __init__(self, name: str):
-        super().__init__(logging.WARNING)
-        self.logger, self.label, self.messages = logging.getLogger(name), "", []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(f"{self.label}: {record.getMessage()}")
-
-    @contextlib.contextmanager
-    def at(self, label: str):
-        self.label, propagate = label, self.logger.propagate
-        self.logger.addHandler(self)
-        self.logger.propagate = False
-        try:
-            yield
-        finally:
-            self.logger.removeHandler(self)
-            self.logger.propagate = propagate
 
 
 def _input_name(tmp: Path) -> str:
