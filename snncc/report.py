@@ -35,10 +35,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["write_report", "add_report_arguments", "report_command"]
 
@@ -96,8 +92,20 @@ def short_label(name: str) -> str:
     return parts[-1] if parts else name
 
 
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported when a plot is drawn (the CLI builds
+    report's parser for every command; pyplot takes 0.2-0.3 s to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str,
          log: bool = False) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(labels) + 2), 3.2))
     width = 0.8 / max(1, len(series))
     for i, (name, values) in enumerate(series.items()):
@@ -183,6 +191,7 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
                                           for i, t in enumerate(acc["T"])])
 
         def draw_acc(path: Path) -> None:
+            plt = _pyplot()
             fig, ax = plt.subplots(figsize=(4.5, 3.2))
             for name, values in acc["series"].items():
                 ax.plot(acc["T"], values, marker="o", label=name)
@@ -230,6 +239,7 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
         resources = list(cores[0]["utilisation"]) if cores else []
 
         def draw_cores(path: Path) -> None:
+            plt = _pyplot()
             fig, ax = plt.subplots(figsize=(6, 3.2))
             for r in resources:
                 ax.plot([c["utilisation"][r] for c in cores], marker=".", linestyle="",
