@@ -435,9 +435,11 @@ def _sub_div_to_add_mul(graph: gs.Graph) -> int:
     """``x - c`` / ``x / c`` by a float constant on the data path become ``x + (-c)`` /
     ``x * (1/c)``, the one form the backends fold. Runs after the last constant fold; a Div fed
     by shape arithmetic (``Shape`` upstream) keeps its exact division (``82 * (1/41)`` floors to
-    1). A constant shared by several nodes gets one negated / inverted copy."""
+    1). A constant shared by several nodes gets one negated / inverted copy; a rewritten node is
+    renamed ``NAME/as_Add`` (``/as_Mul``), so that a later refusal names what the user wrote."""
     made: dict[tuple[int, str], gs.Constant] = {}
     names = {t for t in ir.tensor_map(graph)}
+    node_names = {n.name for n in graph.nodes}
     count = 0
     for node in graph.nodes:
         if node.op not in ("Sub", "Div") or not _by_constant(node) or \
@@ -455,6 +457,12 @@ def _sub_div_to_add_mul(graph: gs.Graph) -> int:
                                                      dtype=c.dtype))
         node.inputs[1] = made[key]
         node.op = "Add" if node.op == "Sub" else "Mul"
+        if node.name:  # a later message names the user's node and what it became
+            name = f"{node.name}/as_{node.op}"
+            while name in node_names:
+                name += "_"
+            node_names.add(name)
+            node.name = name
         count += 1
     return count
 

@@ -325,3 +325,6 @@ def test_sub_div_rewrite_keeps_shape_arithmetic_exact_and_shares_one_constant():
     assert report.rows[0].counts["sub_div_by_constant_rewritten"] == 2
     adds = [n for n in out.graph.node if n.op_type == "Add" and n.input[1].endswith("_neg")]
     assert len(adds) == 2 and adds[0].input[1] == adds[1].input[1]
+    # renamed after what they became (a NIR refusal named '/Sub_3' an Add), names still unique
+    assert all(n.name.endswith("/as_Add") for n in adds)
+    assert len({n.name for n in out.graph.node}) == len(out.graph.node)
