@@ -381,7 +381,10 @@ class ScheduleTimestepsPass(Pass):
                                  "decode_from": decode_from, "spiking_depth": depth}
         model.metadata.update({"snncc.schedule": schedule, "snncc.timesteps":
                                str(options.timesteps), "snncc.steps": str(steps),
-                               "snncc.decode_from": str(decode_from)})
+                               "snncc.decode_from": str(decode_from),
+                               # the model-local functions implement the folded form only: an
+                               # app holding just the .onnx can tell it needs libsnncc_ops
+                               "snncc.requires_runtime_library": str(streaming).lower()})
         return PassResult(modified=True, counts=self.counts)
 
     # ------------------------------------------------------------------------------ helpers

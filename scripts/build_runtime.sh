@@ -43,7 +43,9 @@ command -v cmake >/dev/null || die "cmake not found (apt-get install cmake g++)"
 cmake -S "$ROOT/runtime" -B "$ROOT/runtime/build" -DCMAKE_BUILD_TYPE=Release \
       -DORT_INCLUDE_DIR="$ORT_INC" -DSNNCC_NATIVE="$([[ "${SNNCC_PORTABLE:-0}" == 1 ]] && echo OFF || echo ON)" \
       >/dev/null || die "cmake configure failed"
-cmake --build "$ROOT/runtime/build" --parallel || die "cmake build failed"
+# one compiler per core (a bare --parallel is make -j: one per source file, all at once)
+cmake --build "$ROOT/runtime/build" --parallel "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
+      || die "cmake build failed"
 mkdir -p "$ROOT/runtime/_lib"
 cp "$ROOT/runtime/build/libsnncc_ops.so" "$ROOT/runtime/_lib/libsnncc_ops.so.tmp"
 mv -f "$ROOT/runtime/_lib/libsnncc_ops.so.tmp" "$ROOT/runtime/_lib/libsnncc_ops.so"

@@ -47,6 +47,15 @@ int Run(int argc, char** argv) {
   Ort::Session session(env, argv[1], options);
 
   Ort::AllocatorWithDefaultOptions allocator;
+  // A streaming model takes neuron states and a step counter besides the image, one call per
+  // time step (snncc's compile --help, --schedule); this program makes one call per image.
+  const Ort::AllocatedStringPtr schedule =
+      session.GetModelMetadata().LookupCustomMetadataMapAllocated("snncc.schedule", allocator);
+  if (schedule && std::string(schedule.get()) == "streaming") {
+    throw std::runtime_error(std::string(argv[1]) + " is a streaming model (one call per time step, "
+                             "with states); classify runs folded and window models: compile without "
+                             "--schedule streaming");
+  }
   const std::string input_name = session.GetInputNameAllocated(0, allocator).get();
   const std::string output_name = session.GetOutputNameAllocated(0, allocator).get();
   std::vector<int64_t> shape = session.GetInputTypeInfo(0).GetTensorTypeAndShapeInfo().GetShape();

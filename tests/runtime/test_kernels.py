@@ -724,3 +724,10 @@ def test_cpp_example_builds_and_runs(tmp_path):
     (want,) = kernel_session(model).run(None, {"x": x})
     np.testing.assert_array_equal(logits, want.ravel())
     assert cls == int(np.argmax(want))
+    # a streaming model (states and a step besides the image) is refused by name, up front (it
+    # failed inside a kernel with "the ort_value must contain a constructed tensor")
+    onnx.helper.set_model_props(model, {"snncc.schedule": "streaming"})
+    onnx.save(model, model_path)
+    proc = subprocess.run([str(ROOT / "examples" / "cpp" / "build_and_run.sh"), str(model_path), str(input_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1 and "is a streaming model" in proc.stderr, proc.stderr

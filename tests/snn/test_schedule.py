@@ -49,7 +49,9 @@ def test_folded_single_layer_layout():
     assert [o.name for o in out.graph.output] == ["a1"]
     assert report.rows[-1].counts["const_input"] == 1
     assert ctx.notes["latency_steps"] == 4
-    assert {p.key: p.value for p in out.metadata_props}["snncc.schedule"] == "folded"
+    meta = {p.key: p.value for p in out.metadata_props}
+    assert meta["snncc.schedule"] == "folded"
+    assert meta["snncc.requires_runtime_library"] == "false"  # the model-local functions run it
 
 
 def test_static_input_of_a_temporal_op_is_tiled_once():
@@ -165,6 +167,7 @@ def test_streaming_layout(key, T, levels):
             assert attrs["bits"] == slices
     meta = {p.key: p.value for p in out.metadata_props}
     assert meta["snncc.schedule"] == "streaming"
+    assert meta["snncc.requires_runtime_library"] == "true"  # an app with only the .onnx can tell
     assert (int(meta["snncc.steps"]), int(meta["snncc.decode_from"])) == (
         ctx.notes["schedule"]["steps"], ctx.notes["schedule"]["decode_from"])
     assert "ReduceMean" not in op_types(out)
