@@ -13,6 +13,8 @@ off, medians), so that background load on a shared machine hits every variant al
   standard-op window decode;
 * ``<variant>@K``: the same model, the batch run as consecutive calls of at most K images
   (tiling the batch keeps the ``[T*K, ...]`` working set in cache); ``ann@K`` tiles the ANN;
+* ``<neuron>/<schedule>+<maxpool>``: compiled with ``--maxpool <maxpool>`` (``if/folded+gate``:
+  every MaxPool after a neuron spike-gated, the stem's too, as before the pool-first pass);
 * ``<variant>:plain``: the same model with ORT's own layout handling, which wraps every neuron
   in a reorder out of and back into its blocked (NCHWc) layout; without ``:plain`` the neurons
   run inside the blocked layout (``snncc.runtime.layout``, the default of ``snncc run``).
@@ -96,8 +98,9 @@ def compile_variants(net: str, T: int, variants: list[str], tmp: Path, files: tu
             opts = make_options(target="qann", levels=2 ** T - 1, calib_path=str(calib), **extra)
         else:
             neuron, schedule = v.split("/")
+            schedule, _, maxpool = schedule.partition("+")
             opts = make_options(target="ort", timesteps=T, neuron=neuron, schedule=schedule,
-                                calib_path=str(calib), **extra)
+                                maxpool=maxpool or "auto", calib_path=str(calib), **extra)
         compile_model(str(model), path, opts)
         out[v] = path
     return out

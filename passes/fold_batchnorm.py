@@ -38,9 +38,11 @@ False here; the driver resolves it). For every activation site whose ``ctx.quant
 producing the site input ``z`` and the site's ``phi`` becomes 0.0 in ``ctx.quant``. Where ``z`` is
 produced by a residual ``Add`` of two tensors, exactly one branch is shifted: the first Add input
 produced by a Conv, Gemm or Add-with-constant whose output feeds only that Add (nothing else is
-walked through). A Conv/Gemm without bias gets one. If no such producer exists (or ``z`` has other
-users), an explicit ``Add(z, shift)`` is inserted before the activation. QCFS patterns present in
-the graph are re-emitted with ``phi = 0``. Counts: ``bias_shifted``, ``shift_add_inserted``.
+walked through), or the Conv/Gemm before a MaxPool that is its only reader (per channel
+``max(t) + b = max(t + b)``; pool-first puts stem pools there). A Conv/Gemm without bias gets
+one. If no such producer exists (or ``z`` has other users), an explicit ``Add(z, shift)`` is
+inserted before the activation. QCFS patterns present in the graph are re-emitted with
+``phi = 0``. Counts: ``bias_shifted``, ``shift_add_inserted``.
 
 Calibrated bias (whatever ``options.bias_shift``): a site whose params carry ``bias`` (a per-channel
 current chosen by SNN-aware calibration, :mod:`snncc.snn_calibration`) gets it added the same way
@@ -337,6 +339,14 @@ class FoldBatchNormPass(Pass):
             return None
         if self._owns_bias(prod):
             return prod
+        if prod.op == "MaxPool" and not (len(prod.outputs) > 1 and prod.outputs[1].outputs):
+            # max(t) + b = max(t + b) per channel (pool-first put the pool there): the bias of
+            # the op before the pool, when the pool is its only reader
+            owner = ir.producer(prod.inputs[0])
+            if owner is not None and not self._has_other_users(prod.inputs[0]) and \
+                    self._owns_bias(owner) and owner.op != "Add":
+                return owner
+            return None
         if prod.op == "Add" and all(ir.const_value(t) is None for t in prod.inputs):
             for branch in prod.inputs:
                 owner = ir.producer(branch)

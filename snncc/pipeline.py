@@ -145,17 +145,18 @@ def frontend_passes(options: CompileOptions, *, rehearse: bool = False) -> list[
     from snncc.passes.calibrate import CalibratePass
     from snncc.passes.canonicalize import CanonicalizePass
     from snncc.passes.fold_batchnorm import FoldBatchNormPass
+    from snncc.passes.pool_first import PoolFirstPass
     from snncc.passes.relu_to_quant_clip import ReluToQuantClipPass
 
-    return [CanonicalizePass(), CalibratePass(placeholder=rehearse), FoldBatchNormPass(),
-            ReluToQuantClipPass()]
+    return [CanonicalizePass(), PoolFirstPass(), CalibratePass(placeholder=rehearse),
+            FoldBatchNormPass(), ReluToQuantClipPass()]
 
 
 def default_pipeline(options: CompileOptions, *, rehearse: bool = False,
                      **kwargs: Any) -> Pipeline:
     """The one place that fixes the pass order for a target.
 
-    canonicalize -> calibrate -> fold-batchnorm -> relu-to-quant-clip
+    canonicalize -> pool-first -> calibrate -> fold-batchnorm -> relu-to-quant-clip
     [-> insert-neurons -> the backend's lowering passes, e.g. schedule-timesteps for ort].
     ``calibrate`` changes no node: it fills ``ctx.quant`` with (lambda, L) per activation site, from
     QCFS patterns already in the graph or from calibration data, because fold-batchnorm's bias

@@ -72,8 +72,8 @@ def test_compile_qann_writes_model_and_report(tmp_path):
                  "-o", str(out), "--report", str(report), "-q"]) == 0
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     rows = json.loads(report.read_text())["passes"]
-    assert [r["pass"] for r in rows] == ["canonicalize", "calibrate", "fold-batchnorm",
-                                         "relu-to-quant-clip"]
+    assert [r["pass"] for r in rows] == ["canonicalize", "pool-first", "calibrate",
+                                         "fold-batchnorm", "relu-to-quant-clip"]
     assert all({"changed", "counts", "declined", "ms"} <= set(r) for r in rows)
 
 

@@ -187,6 +187,31 @@ def sub_div_const() -> onnx.ModelProto:
     return b.model(_head(b, b.op("Relu", [h]), 4))
 
 
+def stem_net(act: str = "Relu", *, extra_reader: bool = False, indices: bool = False,
+             second_pool: bool = True, bn: bool = True):
+    """conv [-> BN] -> act -> MaxPool(3, 2, pad 1) -> conv -> Relu [-> MaxPool 2] -> head."""
+    b = _Builder(7)
+    h = b.conv("x", 3, 4)
+    if bn:
+        h = b.bn(h, 4)
+    h = b.op("Relu", [h]) if act == "Relu" else \
+        b.op("Clip", [h, b.const(0.0, "lo"), b.const(6.0, "hi")])
+    a = h
+    if indices:
+        h, idx = b.op("MaxPool", [h], n_out=2, kernel_shape=[3, 3], strides=[2, 2],
+                      pads=[1, 1, 1, 1])
+    else:
+        h = b.op("MaxPool", [h], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    h = b.op("Relu", [b.conv(h, 4, 4)])
+    if second_pool:
+        h = b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    if indices:
+        idx = b.op("Cast", [idx], to=1)  # read (the zoo declares float outputs)
+    outs = [a] if extra_reader else ([idx] if indices else [])
+    return b.model(_head(b, h, 4), input_shape=(1, 3, 12, 12), extra_outputs=outs)
+
+
+
 # ----------------------------------------------------------------------- batch hard-coded to 1
 
 def reshape_batch1() -> onnx.ModelProto:

@@ -229,7 +229,7 @@ class _Builder:
         handler = getattr(self, f"_op_{node.op_type}", None)
         if node.op_type == "MaxPool":
             if self.maxpool != "avg":
-                raise _Refuse("SNN-E692", "MaxPool of spikes has no NIR form",
+                raise _Refuse("SNN-E692", "MaxPool has no NIR form (NIR has no max pooling)",
                               "use --maxpool avg (or train with average pooling)")
             handler = self._maxpool_as_avg
         if handler is None or node.domain not in ("", "ai.onnx"):

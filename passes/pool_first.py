@@ -1,0 +1,101 @@
+"""pool-first: a MaxPool after a first-layer activation moves in front of it.
+
+Before::   z -> act -> y -> MaxPool -> p          (act: ReLU, Clip(0, max) or a QCFS clip)
+After::    z -> MaxPool -> z' -> act -> p
+
+``act`` is elementwise, non-decreasing and per channel, so ``MaxPool(act(z)) = act(MaxPool(z))``
+exactly (MaxPool ignores its padding): the ANN, and every QANN made from it, compute the same
+function. The rewrite matters for the SNN. Only activations whose input ``z`` is *static* (computed
+from the analog input alone, no activation upstream: a stem after direct encoding) move. Their
+neuron then gets the pooled current as a constant input, so its spike train is exactly the train
+of the unit with the largest current, which is what max pooling of the ANN activation asks for;
+left after the neuron, the pool would run on spike trains and be spike-gated
+(:mod:`snncc.passes.schedule_timesteps`), an approximation. The neuron also runs on the pooled
+map (a quarter of the values for a 2x2 or 3x3/2 pool) and calibration sees the positions the
+network keeps.
+
+Declines (the pool stays after the activation, ``PassResult.declines``):
+
+* ``TEMPORAL_INPUT``: an activation lies upstream of ``z`` (the neuron gets spikes, each slice a
+  different current; the schedule's gate or exact swap handles that pool).
+* ``OTHER_READERS``: ``y`` is read by another node too, or is a graph output.
+* ``INDICES_USED``: the MaxPool's indices output is read.
+* ``POSITIONAL_CONSTANT``: a constant of a QCFS pattern varies along the pooled axes.
+
+Runs only with ``--maxpool auto`` (``avg`` makes every MaxPool an AveragePool, which does not
+commute with the activation; ``gate`` asks for the gate). Count: ``maxpool_moved``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from snncc import ir
+from snncc.context import CompileContext
+from snncc.passes.base import Decline, Pass, PassResult
+from snncc.passes.quant_clip import ActivationSite, activation_sites
+from snncc.passes.support import SPIKING, STATIC, conversion_roles
+
+__all__ = ["PoolFirstPass"]
+
+
+class PoolFirstPass(Pass):
+    name = "pool-first"
+
+    def run(self, model: ir.Model, ctx: CompileContext) -> PassResult:
+        if ctx.options.maxpool != "auto":
+            return PassResult(modified=False, counts={"maxpool_moved": 0})
+        graph = model.graph
+        roles = conversion_roles(graph)
+        outputs = {id(t) for t in graph.outputs}
+        moved, declines = 0, []
+        for site in activation_sites(graph, model.provenance):
+            pools = [n for n in site.y.outputs if n.op == "MaxPool"]
+            if not pools:
+                continue
+            reason = self._decline(site, pools, roles, outputs)
+            if reason:
+                declines.append(Decline(ir.node_label(pools[0], model.provenance), *reason))
+                continue
+            self._move(graph, site, pools[0])
+            moved += 1
+            ctx.logger.debug("%s: %s moved in front of %s", self.name,
+                             ir.node_label(pools[0]), site.label)
+        return PassResult(modified=moved > 0, counts={"maxpool_moved": moved},
+                          declines=tuple(declines))
+
+    @staticmethod
+    def _decline(site: ActivationSite, pools: list[gs.Node], roles: dict[int, str],
+                 outputs: set[int]) -> tuple[str, str] | None:
+        mp = pools[0]
+        if len(site.y.outputs) != 1 or id(site.y) in outputs:
+            return "OTHER_READERS", f"'{site.y.name}' is read by other nodes too"
+        if len(mp.outputs) > 1 and (mp.outputs[1].outputs or id(mp.outputs[1]) in outputs):
+            return "INDICES_USED", "the MaxPool's indices output is read"
+        prod = ir.producer(site.z)
+        if prod is not None and roles.get(id(prod)) != STATIC:
+            return "TEMPORAL_INPUT", (f"{site.label} is fed by spikes "
+                                      f"({'a neuron' if roles.get(id(prod)) == SPIKING else 'a layer after one'})")
+        spatial = len(mp.attrs.get("kernel_shape", ()))
+        for node in site.nodes:
+            for t in node.inputs:
+                c = ir.const_value(t)
+                if c is not None and c.size > 1 and (
+                        c.ndim <= spatial or any(d != 1 for d in c.shape[-spatial:])):
+                    return "POSITIONAL_CONSTANT", (f"constant '{t.name}' of {site.label} varies "
+                                                   "along the pooled axes")
+        return None
+
+    @staticmethod
+    def _move(graph: gs.Graph, site: ActivationSite, mp: gs.Node) -> None:
+        z, y, p = site.z, site.y, mp.outputs[0]
+        pooled = gs.Variable(ir.unique_name(graph, f"{z.name}/pooled"), dtype=z.dtype or np.float32,
+                             shape=p.shape)
+        mp.inputs[0] = z
+        mp.outputs[0] = pooled
+        for node in site.nodes:
+            for i, t in enumerate(node.inputs):
+                if t is z:
+                    node.inputs[i] = pooled
+        last = site.nodes[-1]
+        last.outputs[[i for i, t in enumerate(last.outputs) if t is y][0]] = p
