@@ -6,7 +6,8 @@ SNN-E101/E102/E103; gs drops initializers that old IR-3 exports list as graph in
 
 Output, the canonical graph:
 
-- default-domain opset ``options.opset`` (17), converted with ``onnx.version_converter``;
+- default-domain opset ``options.opset`` (17), converted with ``onnx.version_converter``
+  (:mod:`snncc.passes.opset_down`: Pad and Split of opset 18+, which it cannot take down);
   activations newer than that (Gelu, Mish, Swish) are first decomposed into older ops
   (Gelu: 0.5*x*(1+erf(x/sqrt 2)) or its tanh form; Mish: x*tanh(softplus(x));
   Swish: x*sigmoid(alpha*x));
@@ -68,13 +69,13 @@ import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import version_converter
 
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
 from snncc.op_classes import RECURRENT
 from snncc.passes.base import Decline, Pass, PassResult
+from snncc.passes.opset_down import convert_version
 from snncc.passes.support import no_activation, unsupported_nodes
 
 __all__ = ["CanonicalizePass", "check_model_input", "compiled_output"]
@@ -135,6 +136,7 @@ class CanonicalizePass(Pass):
         _rebuild(model, options.opset)
         if source_opset != options.opset:
             counts["opset_converted_from"] = source_opset
+        counts["weights_dequantized"] = _fold_dequantize(model.graph)
         counts["constants_folded"] = _fold_constants(model.graph, fold_shapes=False)
         _rewrite(model.graph, batch, counts, declines)
         _rebuild(model, options.opset)
@@ -354,12 +356,7 @@ def _rebuild(model: ir.Model, opset: int) -> None:
     graph.inputs.extend(placeholders.values())
     proto = ir.to_proto(model)
     if model.opset != opset:
-        try:
-            proto = version_converter.convert_version(proto, opset)
-        except Exception as exc:  # the converter raises RuntimeError / ValueError
-            raise ModelInputError(f"{NAME}: converting opset {model.opset} to {opset} failed: "
-                                  f"{exc}", code="SNN-E118",
-                                  hint=f"re-export the model with opset {opset}") from exc
+        proto = convert_version(proto, opset, NAME)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except Exception as exc:  # InferenceError, or RuntimeError from the C++ side
@@ -378,6 +375,45 @@ def _rebuild(model: ir.Model, opset: int) -> None:
 
 
 # ----------------------------------------------------------------------------- rewrites
+
+def _fold_dequantize(graph: gs.Graph) -> int:
+    """``DequantizeLinear`` of constants (int8 weights with a float scale: weight-only quantized
+    exports) becomes the float constant ``(x - zero_point) * scale``, per tensor or along
+    ``axis``. gs's constant folding leaves Q/DQ nodes alone, so the weights stayed non-constant
+    and fold-batchnorm failed (an internal E500). Blocked scales (opset 21 ``block_size``) stay."""
+    done = 0
+    for node in graph.nodes:
+        if node.op != "DequantizeLinear" or node.domain not in (None, "", "ai.onnx") or \
+                not node.inputs or node.attrs.get("block_size", 0) or \
+                not all(isinstance(t, gs.Constant) for t in node.inputs if t.name):
+            continue
+        x = np.asarray(node.inputs[0].values)
+        scale = np.asarray(node.inputs[1].values, np.float32)
+        zero = np.asarray(node.inputs[2].values) if len(node.inputs) > 2 and \
+            node.inputs[2].name else np.zeros((), x.dtype)
+        if x.dtype.kind not in "iu" or scale.ndim > 1:
+            continue
+        axis = node.attrs.get("axis", 1) % max(x.ndim, 1)
+        shape = [1] * x.ndim
+        if scale.ndim == 1 and scale.size > 1:
+            shape[axis] = scale.size
+        value = (x.astype(np.int64) - zero.astype(np.int64).reshape(
+            shape if zero.size > 1 else ())).astype(np.float32) * scale.reshape(
+            shape if scale.size > 1 else ())
+        out = node.outputs[0]
+        const = gs.Constant(ir.unique_name(graph, f"{out.name}/float"), value.astype(np.float32))
+        for reader in list(out.outputs):
+            for i, t in enumerate(reader.inputs):
+                if t is out:
+                    reader.inputs[i] = const
+        if out in graph.outputs:
+            continue
+        node.inputs.clear()
+        node.outputs.clear()
+        done += 1
+    graph.nodes = [n for n in graph.nodes if n.outputs]
+    return done
+
 
 def _fold_constants(graph: gs.Graph, *, fold_shapes: bool) -> int:
     """gs constant folding (evaluated with ORT); drops the nodes it made dead, returns how many.

@@ -357,6 +357,8 @@ class FoldBatchNormPass(Pass):
 
     def _owns_bias(self, node: gs.Node) -> bool:
         if node.op in ("Conv", "Gemm"):
+            if len(node.inputs) < 2 or ir.const_value(node.inputs[1]) is None:
+                return False  # a computed weight: its channel count is unknown here
             return not self._has_bias(node) or ir.const_value(node.inputs[2]) is not None
         return node.op == "Add" and len(node.inputs) == 2 and \
             sum(ir.const_value(t) is not None for t in node.inputs) == 1

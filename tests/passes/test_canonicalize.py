@@ -9,7 +9,7 @@ from helpers import assert_pass_equivalent, op_types, run_ort, run_passes, tiny_
 
 from snncc import ir
 from snncc.context import CompileOptions
-from snncc.errors import UnsupportedNodeError
+from snncc.errors import ModelInputError, UnsupportedNodeError
 from snncc.passes.canonicalize import CanonicalizePass
 from snncc.passes.support import unsupported_nodes
 
@@ -328,3 +328,59 @@ def test_sub_div_rewrite_keeps_shape_arithmetic_exact_and_shares_one_constant():
     # renamed after what they became (a NIR refusal named '/Sub_3' an Add), names still unique
     assert all(n.name.endswith("/as_Add") for n in adds)
     assert len({n.name for n in out.graph.node}) == len(out.graph.node)
+
+
+@pytest.mark.parametrize("opset", [18, 19, 21])
+def test_pad_and_split_of_opset_18_and_newer_come_down_to_17(opset):
+    """torch's default (dynamo) exporter writes opset 18+; the version converter has no adapter
+    below 18 for Pad (axes input) or Split (num_outputs), so such models failed with SNN-E118."""
+    b = zoo._Builder(5)
+    h = b.op("Relu", [b.conv("x", 3, 5)])
+    # pad only H and W (the axes input), reflect; then an uneven 3-way split of 5 channels (2/2/1)
+    h = b.op("Pad", [h, b.const([1, 2, 0, 1], "pads", np.int64), "",
+                     b.const([2, 3], "axes", np.int64)], mode="reflect")
+    a, c, d = b.op("Split", [h], n_out=3, axis=1, num_outputs=3)
+    h = b.op("Concat", [b.op("Relu", [b.conv(a, 2, 2)]), c, d], axis=1)
+    h = b.op("Pad", [h, b.const([0, 0, 1, 1, 0, 0, 1, 1], "pads4", np.int64)])  # no axes
+    model = b.model(zoo._head(b, b.op("Relu", [b.conv(h, 5, 4)]), 4), opset=opset)
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], rtol=1e-5)
+    assert report.rows[0].counts["opset_converted_from"] == opset
+    assert out.opset_import[0].version == 17 and len(out.opset_import) == 1
+    split = next(n for n in out.graph.node if n.op_type == "Split")
+    assert not [a for a in split.attribute if a.name == "num_outputs"]
+    assert all(len(n.input) <= 3 for n in out.graph.node if n.op_type == "Pad")
+
+
+def test_pad_wrap_has_no_opset_17_form():
+    b = zoo._Builder(5)
+    h = b.op("Pad", [b.op("Relu", [b.conv("x", 3, 4)]), b.const([0, 0, 1, 1, 0, 0, 1, 1], "p",
+                                                                  np.int64)], mode="wrap")
+    model = b.model(zoo._head(b, b.op("Relu", [b.conv(h, 4, 4)]), 4), opset=19)
+    with pytest.raises(ModelInputError) as err:
+        run_passes(model, [CanonicalizePass()])
+    assert err.value.code == "SNN-E118" and "wrap" in str(err.value)
+
+
+def test_dequantized_weights_become_float_constants():
+    """int8 weights behind DequantizeLinear (weight-only quantized exports): gs's folding leaves
+    Q/DQ alone, so fold-batchnorm met a computed weight and failed with an internal E500."""
+    from onnx import TensorProto
+
+    b = zoo._Builder(9)
+    q = b.const(b.rng.integers(-127, 128, (4, 3, 3, 3)), "wq", np.int8)
+    w = b.op("DequantizeLinear", [q, b.const(np.full(4, 0.01) + b.rng.random(4) * 0.01, "ws")],
+             axis=0)  # per output channel
+    h = b.op("Relu", [b.bn(b.op("Conv", ["x", w], kernel_shape=[3, 3], pads=[1, 1, 1, 1]), 4)])
+    q2 = b.const(b.rng.integers(0, 256, (4, 4, 3, 3)), "wq2", np.uint8)
+    w2 = b.op("DequantizeLinear", [q2, b.const(0.004, "s2"), b.const(128, "z2", np.uint8)])
+    h = b.op("Relu", [b.op("Conv", [h, w2, b.rand((4,), "b2")], kernel_shape=[3, 3],
+                           pads=[1, 1, 1, 1])])
+    model = b.model(zoo._head(b, h, 4))
+    assert TensorProto.INT8 in [t.data_type for t in model.graph.initializer]
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], rtol=1e-5)
+    assert report.rows[0].counts["weights_dequantized"] == 2
+    assert "DequantizeLinear" not in op_types(out)
+    # and the whole front end takes it (fold-batchnorm folds into the dequantized weight)
+    from snncc.passes.fold_batchnorm import FoldBatchNormPass
+    assert_pass_equivalent(model, [CanonicalizePass(), FoldBatchNormPass()], rtol=1e-4,
+                           atol=1e-5)
