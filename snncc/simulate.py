@@ -179,6 +179,8 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
             code="SNN-E703", hint="drop --no-library (build the kernels with "
             "scripts/build_runtime.sh), or compile with --schedule folded")
     names: dict[str, str] = {}
+    # the model's own outputs (a streaming model may output a neuron's spikes as they are)
+    own_outputs = [o.name for o in proto.graph.output if not o.name.startswith("state_out/")]
     if spike_counts:
         proto, names = with_neuron_outputs(proto)
     attrs = {n.name: node_attrs(n) for n in neuron_nodes(proto)}
@@ -197,8 +199,7 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
                               hint="run a model written by snncc compile (or any valid "
                               "ONNX model)") from exc
     out_names = [o.name for o in sess.get_outputs()]
-    wanted = [o.name for o in proto.graph.output
-              if not o.name.startswith("state_out/") and o.name not in names.values()] or out_names
+    wanted = own_outputs or out_names
     result = RunResult({}, {n: 0 for n in names} if spike_counts else None,
                        {n: 0 for n in names} if spike_counts else None,
                        samples=len(next(iter(inputs.values()))),

@@ -323,14 +323,50 @@ def test_a_max_pool_after_a_bit_serial_layer_pools_the_window_mean(monkeypatch, 
     assert S > 1 and np.array_equal(slices, np.broadcast_to(slices[:1], slices.shape)) == mean_slices
 
 
+def _deeper(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with one more Conv -> Relu in front (x -> Conv -> Relu -> the old graph), so
+    that its first MaxPool reads a neuron fed by spikes (pool-first leaves it in place)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    w0 = RNG.normal(0, 0.6, (2, 2, 3, 3)).astype(np.float32)
+    old = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend([helper.make_node("Conv", ["x", "w0"], ["z0"], pads=[1, 1, 1, 1]),
+                             helper.make_node("Relu", ["z0"], ["x0"])])
+    for node in old:
+        node.input[:] = ["x0" if i == "x" else i for i in node.input]
+    model.graph.node.extend(old)
+    model.graph.initializer.append(numpy_helper.from_array(w0, "w0"))
+    return model
+
+
 def test_streaming_warns_that_it_gates_a_max_pool(tmp_path):
-    """Bit-serial streaming spike-gates a MaxPool (folded and window pool the mean current
-    exactly): the outputs differed by up to 0.47 of the folded ones, and nothing said so."""
-    results = _bitserial_schedules(tmp_path, _maxpool_model(), 2)
+    """Bit-serial streaming spike-gates a MaxPool after a neuron fed by spikes (folded and window
+    pool the mean current exactly): the outputs differed by up to 0.47 of the folded ones, and
+    nothing said so."""
+    results = _bitserial_schedules(tmp_path, _deeper(_maxpool_model()), 2)
     warned = {k: [w for w in r.warnings if "spike-gates 1 MaxPool" in w]
               for k, r in results.items()}
     assert len(warned["streaming"]) == 1 and "pool exactly for bitserial" in warned["streaming"][0]
     assert warned["folded"] == []
+
+
+@pytest.mark.parametrize("neuron", ["if", "bitserial"])
+def test_a_first_layer_max_pool_is_exact_in_every_schedule(tmp_path, neuron):
+    """pool-first moves a MaxPool after a first-layer activation in front of it: no gate, no
+    warning, and streaming equals folded (the gate made them differ)."""
+    from snncc.simulate import run_compiled
+
+    onnx.save(_maxpool_model(), tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", X)
+    outs = {}
+    for schedule in ("folded", "streaming"):
+        res = compile_model(tmp_path / "m.onnx", tmp_path / f"{schedule}.onnx",
+                            make_options(neuron=neuron, timesteps=4, schedule=schedule,
+                                         calib_path=str(tmp_path / "c.npy"), fidelity_samples=0))
+        assert not [w for w in res.warnings if "MaxPool" in w]
+        assert set(res.report["notes"]["maxpool"].values()) <= {"swapped"}
+        outs[schedule] = run_compiled(res.output, X, batch_size=len(X)).outputs["y"]
+    np.testing.assert_allclose(outs["streaming"], outs["folded"], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("neuron, pool_first", [("if", False), ("mt", False), ("srp", False),

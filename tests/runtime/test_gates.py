@@ -165,7 +165,9 @@ def test_runtime_op_table_matches_loader_list():
 
 @pytest.fixture(scope="module")
 def stem_nets(tmp_path_factory):
-    """A small ResNet-18 with the torchvision stem (7x7/2 conv, 3x3/2 max-pool), compiled."""
+    """A small ResNet-18 with the torchvision stem (7x7/2 conv, 3x3/2 max-pool), compiled with
+    the stem pool spike-gated (--maxpool gate; by default pool-first moves it in front of the
+    stem neuron, and the gate serves pools after deeper neurons)."""
     import torch
 
     from examples.export_models import build, export, model_kwargs
@@ -183,7 +185,7 @@ def stem_nets(tmp_path_factory):
     for neuron in ("if", "mt"):
         path = tmp / f"r18_{neuron}.onnx"
         compile_model(str(src), path, make_options(neuron=neuron, timesteps=4, calib_method="max",
-                                                   calib_path=str(calib)))
+                                                   calib_path=str(calib), maxpool="gate"))
         out[neuron] = onnx.load(path)
     return out
 

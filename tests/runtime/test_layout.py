@@ -234,9 +234,10 @@ def residual(tmp_path_factory):
                           dynamic_axes={"x": {0: "n"}}, dynamo=False)
         for neuron, schedule in (("if", "folded"), ("mt", "folded"), ("if", "streaming")):
             path = d / f"{stem}_{neuron}_{schedule}.onnx"
-            compile_model(str(src), path, make_options(
+            compile_model(str(src), path, make_options(  # gate: pool-first would move it
                 target="ort", timesteps=4, neuron=neuron, schedule=schedule,
-                calib_path=str(d / "c.npy"), fidelity_samples=0))
+                calib_path=str(d / "c.npy"), fidelity_samples=0,
+                maxpool="gate" if pool else "auto"))
             out[stem, neuron, schedule] = onnx.load(str(path))
     return out
 
