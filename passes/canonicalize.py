@@ -106,6 +106,8 @@ class CanonicalizePass(Pass):
                 code="SNN-E123",
                 hint="compile the source ANN again (snncc run runs this model as it is)")
         batch = check_model_input(model.graph, options)
+        relu_forms = _relu_forms(model.graph)
+        float16 = _promote_float16(model.graph)
         bad = unsupported_nodes(model.graph, options)
         if options.allow_analog:  # analog islands allowed: only what cannot run at all
             bad = [d for d in bad if d.severity == "error"]
@@ -113,6 +115,9 @@ class CanonicalizePass(Pass):
             missing = no_activation(model.graph) if bad and self.require_activation else None
             if missing is not None:
                 bad.append(missing)  # all at once: fixing the ops above would not be enough
+        if bad and all(d.code in ("SNN-E207", "SNN-E204") for d in bad):
+            raise UnsupportedNodeError(_quantized_summary(bad), code="SNN-E207",
+                                       hint=bad[0].hint)
         if bad and all(d.code == "SNN-E205" for d in bad):
             raise UnsupportedNodeError(
                 f"{len(bad)} node(s) of op domains ONNX Runtime does not know", diagnostics=bad,
@@ -123,9 +128,11 @@ class CanonicalizePass(Pass):
                 hint="export a static graph of standard ONNX ops")
         if bad:
             raise UnsupportedNodeError(
-                f"{len(bad)} node(s) have no spiking equivalent", diagnostics=bad,
+                f"{sum(d.code != 'SNN-E204' for d in bad)} node(s) have no spiking equivalent",
+                diagnostics=bad,
                 code="SNN-E201", hint="retrain with ReLU, or compile with --allow-analog")
-        counts: Counter = Counter()
+        counts: Counter = Counter({"relu_forms_rewritten": relu_forms,
+                                   "float16_promoted": float16})
         declines: list[Decline] = []
         source_opset = model.opset
         if source_opset < MIN_OPSET:
@@ -136,6 +143,7 @@ class CanonicalizePass(Pass):
         _rebuild(model, options.opset)
         if source_opset != options.opset:
             counts["opset_converted_from"] = source_opset
+        _drop_float_casts(model.graph)
         counts["weights_dequantized"] = _fold_dequantize(model.graph)
         counts["constants_folded"] = _fold_constants(model.graph, fold_shapes=False)
         _rewrite(model.graph, batch, counts, declines)
@@ -375,6 +383,82 @@ def _rebuild(model: ir.Model, opset: int) -> None:
 
 
 # ----------------------------------------------------------------------------- rewrites
+
+def _quantized_summary(diags: Sequence[Diagnostic]) -> str:
+    """One line for a quantized or ORT-fused model: its op kinds, counted, and a few nodes."""
+    ops = Counter(d.message.split(" ")[0] for d in diags if d.code == "SNN-E207")
+    nodes = [d.node for d in diags if d.code == "SNN-E207"]
+    kind = "an ONNX Runtime-optimized" if "fused" in diags[0].message else "a quantized"
+    return (f"{NAME}: this is {kind} model: " + ", ".join(f"{op} x{k}" for op, k in
+                                                           ops.most_common()) +
+            f" (e.g. {', '.join(nodes[:3])})")
+
+
+def _promote_float16(graph: gs.Graph) -> int:
+    """A model that computes in float16 behind float32 inputs and outputs (onnxconverter's
+    ``keep_io_types``) is compiled as its float32 form: float16 constants, tensors and casts
+    become float32 (calibration taps and the neuron ops are float32). Returns the number of
+    float16 tensors and casts changed."""
+    f16, f32 = np.dtype(np.float16), np.dtype(np.float32)
+    done = 0
+
+    def promote(t) -> None:
+        nonlocal done
+        if isinstance(t, gs.Constant) and np.asarray(t.values).dtype == f16:
+            t.values = np.asarray(t.values).astype(f32)
+            done += 1
+        elif isinstance(t, gs.Variable) and t.dtype is not None and np.dtype(t.dtype) == f16:
+            t.dtype = f32
+            done += 1
+
+    for t in graph.tensors().values():
+        promote(t)
+    for node in graph.nodes:
+        if node.op == "Cast" and node.attrs.get("to") == onnx.TensorProto.FLOAT16:
+            node.attrs["to"] = onnx.TensorProto.FLOAT
+            done += 1
+        for value in node.attrs.values():  # Constant / ConstantOfShape values
+            if isinstance(value, gs.Constant):
+                promote(value)
+    return done
+
+
+def _drop_float_casts(graph: gs.Graph) -> None:
+    """Cast to float32 of a float32 tensor (left by :func:`_promote_float16`, or exported so)
+    becomes Identity, which the rewrites then remove. Needs inferred types."""
+    for node in graph.nodes:
+        x = node.inputs[0] if node.op == "Cast" and node.inputs else None
+        if x is not None and node.attrs.get("to") == onnx.TensorProto.FLOAT and \
+                x.dtype is not None and np.dtype(x.dtype) == np.float32:
+            node.op = "Identity"
+            node.attrs.clear()
+
+
+def _relu_forms(graph: gs.Graph) -> int:
+    """Other spellings of ReLU become Relu: ``LeakyRelu(alpha=0)`` and ``Max(x, 0)`` with a
+    one-element zero constant (a Keras/TF export form); they were refused as having no spiking
+    equivalent, or as a model without activations."""
+    done = 0
+    for node in graph.nodes:
+        if node.domain not in (None, "", "ai.onnx"):
+            continue
+        if node.op == "LeakyRelu" and float(node.attrs.get("alpha", 0.01)) == 0.0:
+            node.attrs.clear()
+        elif node.op == "Max" and len(node.inputs) == 2:
+            zero = [i for i, t in enumerate(node.inputs) if isinstance(t, gs.Constant)
+                    and np.asarray(t.values).size == 1 and float(np.asarray(t.values).ravel()[0])
+                    == 0.0 and np.asarray(t.values).dtype.kind == "f"]
+            if len(zero) != 1 or isinstance(node.inputs[1 - zero[0]], gs.Constant):
+                continue
+            x = node.inputs[1 - zero[0]]
+            node.inputs.clear()
+            node.inputs.append(x)
+        else:
+            continue
+        node.op = "Relu"
+        done += 1
+    return done
+
 
 def _fold_dequantize(graph: gs.Graph) -> int:
     """``DequantizeLinear`` of constants (int8 weights with a float scale: weight-only quantized

@@ -25,8 +25,9 @@ import onnx_graphsurgeon as gs
 from snncc import ir
 from snncc.context import CompileOptions
 from snncc.errors import Diagnostic
-from snncc.op_classes import (ACTIVATION, CONTROL_FLOW, META_OPS, ORT_DOMAINS, OUTPUT_ONLY,
-                               PATTERN_HINTS, RECURRENT, TIME_OPS, op_info)
+from snncc.op_classes import (ACTIVATION, CONTROL_FLOW, FUSED_HINT, META_OPS, ORT_DOMAINS,
+                               ORT_FUSED, OUTPUT_ONLY, PATTERN_HINTS, QUANTIZED, QUANTIZED_HINT,
+                               RECURRENT, TIME_OPS, op_info)
 from snncc.passes.quant_clip import activation_sites
 
 __all__ = ["unsupported_nodes", "conversion_roles", "analog_prefix", "no_activation", "time_op_ok",
@@ -69,6 +70,16 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
                                "schedule over timesteps", label,
                                "export a static graph (torch.onnx.export unrolls Python loops "
                                "and branches when they do not depend on the data)", "error"))
+            continue
+        if node.op in QUANTIZED and (node.domain or "") in ("", "ai.onnx", "com.microsoft") \
+                and not (node.op == "DequantizeLinear" and node.inputs
+                         and isinstance(node.inputs[0], gs.Constant)):
+            diags.append(_diag("SNN-E207", f"{node.op} belongs to a quantized model", label,
+                               QUANTIZED_HINT, severity))  # --allow-analog: islands
+            continue
+        if node.op in ORT_FUSED and (node.domain or "") == "com.microsoft":
+            diags.append(_diag("SNN-E207", f"{node.op} is an ONNX Runtime fused op", label,
+                               FUSED_HINT, "error"))
             continue
         info = op_info(node.op, node.domain or "")
         if info.spiking or _inside_pattern(node) or (id(node) in prefix
@@ -177,8 +188,16 @@ def analog_prefix(graph: gs.Graph, roles: Mapping[int, str] | None = None) -> se
     once on the input (a stem's normalisation, a first activation of another kind)."""
     roles = conversion_roles(graph) if roles is None else roles
     spiking = _spiking_nodes(graph)
-    below = _spiking_below(_order(graph), spiking)
-    return {id(n) for n in graph.nodes if roles.get(id(n)) == STATIC and below.get(id(n))}
+    order = _order(graph)
+    below = _spiking_below(order, spiking)
+    # static nodes computed from spikes (after an analog island: a Tanh after a Sigmoid on spikes)
+    # are not the prefix: they run on decoded spikes, not on the input
+    tainted: set[int] = set()
+    for node in order:
+        if id(node) in spiking or any(id(t) in tainted for t in node.inputs):
+            tainted.update(id(t) for t in node.outputs)
+    return {id(n) for n in order if roles.get(id(n)) == STATIC and below.get(id(n))
+            and not any(id(t) in tainted for t in n.inputs)}
 
 
 def conversion_roles(graph: gs.Graph) -> dict[int, str]:

@@ -10,6 +10,8 @@ Tests assert on the stable ``code`` strings, never on prose. The codes are liste
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -82,7 +84,12 @@ class SnnccError(Exception):
             head += f". Hint: {self.hint}"
         if not self.diagnostics:
             return head
-        lines = [head + ":"] + [f"  - {d.format()}" for d in self.diagnostics]
+        lines, seen = [head + ":"], set()
+        for d in self.diagnostics:  # a hint shared by several lines is printed once
+            if d.hint and d.hint in seen:
+                d = dataclasses.replace(d, hint="as above")
+            seen.add(d.hint)
+            lines.append(f"  - {d.format()}")
         return "\n".join(lines)
 
 

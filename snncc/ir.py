@@ -71,11 +71,47 @@ def read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise ModelInputError(f"model file '{path}' does not exist", code="SNN-E101",
                               hint="check the path")
     try:
-        return onnx.load(str(path), load_external_data=True)
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types for corrupt files
         raise ModelInputError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {exc})",
                               code="SNN-E102",
                               hint="the file may be truncated or not ONNX; re-export it") from exc
+    from onnx.external_data_helper import (_get_all_tensors, load_external_data_for_model,
+                                           uses_external_data)
+    external = sorted({next((e.value for e in t.external_data if e.key == "location"), "?")
+                       for t in _get_all_tensors(proto) if uses_external_data(t)})
+    if external:
+        missing = [loc for loc in external if not (path.parent / loc).is_file()]
+        if missing:
+            raise ModelInputError(
+                f"'{path}' keeps its weights in external data file(s) that are not beside it: "
+                + ", ".join(f"'{path.parent / loc}'" for loc in missing), code="SNN-E102",
+                hint="copy the data file(s) saved with the model next to the .onnx, under the "
+                "same name")
+        try:
+            load_external_data_for_model(proto, str(path.parent))
+        except Exception as exc:
+            raise ModelInputError(f"the external data of '{path}' could not be read "
+                                  f"({type(exc).__name__}: {exc})", code="SNN-E102",
+                                  hint="the data file may be truncated; save the model again") \
+                from exc
+    return proto
+
+
+def _inline_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Calls of the model's own functions (torch's ``export_modules_as_functions``) inlined: each
+    call would otherwise be one opaque node of an unknown op. snncc's neuron functions stay."""
+    own = [(f.domain, f.name) for f in proto.functions if f.domain != SNN_DOMAIN]
+    if not own:
+        return proto
+    import onnx.inliner
+
+    try:
+        return onnx.inliner.inline_selected_functions(proto, own)
+    except Exception as exc:
+        raise ModelInputError(f"the model's local functions could not be inlined "
+                              f"({type(exc).__name__}: {exc})", code="SNN-E102",
+                              hint="export without export_modules_as_functions") from exc
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -87,7 +123,7 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 
 def load(source: str | os.PathLike | onnx.ModelProto) -> Model:
     """Read a model, keep provenance and metadata, check names, and import it into gs."""
-    proto = read_proto(source)
+    proto = _inline_functions(read_proto(source))
     if not proto.graph.node:
         raise ModelInputError("the model has no nodes", code="SNN-E102",
                               hint="the file may be truncated or empty; re-export it")
@@ -101,6 +137,12 @@ def load(source: str | os.PathLike | onnx.ModelProto) -> Model:
     if dups:
         raise ModelInputError("tensor names are produced more than once: " + ", ".join(dups[:10]),
                               code="SNN-E103", hint="the graph is not valid SSA; re-export it")
+    twice = [f"'{n.name or n.output[0]}' ({n.op_type}): {a}" for n in proto.graph.node
+             for a, c in Counter(a.name for a in n.attribute).items() if c > 1]
+    if twice:
+        raise ModelInputError("attributes given twice on one node (onnx.checker and ONNX Runtime "
+                              "refuse the model): " + "; ".join(twice[:5]), code="SNN-E103",
+                              hint="the graph is not valid ONNX; re-export it")
     try:
         graph = gs.import_onnx(proto)
     except Exception as exc:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "snncc.ops")
 
 __all__ = ["LINEAR", "ACTIVATION", "POOLING", "OTHER", "GROUPS", "OpInfo", "OPS", "op_info",
-           "OUTPUT_ONLY", "PATTERN_HINTS", "TIME_OPS", "META_OPS", "RECURRENT"]
+           "OUTPUT_ONLY", "PATTERN_HINTS", "TIME_OPS", "META_OPS", "RECURRENT", "QUANTIZED",
+           "ORT_FUSED", "QUANTIZED_HINT", "FUSED_HINT"]
 
 LINEAR, ACTIVATION, POOLING, OTHER = "linear", "activation", "pooling", "other"
 GROUPS = (LINEAR, ACTIVATION, POOLING, OTHER)
@@ -95,6 +96,21 @@ OPS: dict[str, OpInfo] = {
        for op in ("LSTM", "GRU", "RNN")},
 }
 
+#: Quantized-model ops (QDQ and QOperator formats, ORT's own quantized ops): SNN-E207. A
+#: DequantizeLinear of a constant (a weight-only quantized export) is folded instead.
+QUANTIZED = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                       "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+                       "QLinearAdd", "QLinearMul", "QLinearAveragePool",
+                       "QLinearGlobalAveragePool", "QLinearConcat", "QLinearLeakyRelu",
+                       "QLinearSigmoid", "QGemm", "DynamicQuantizeMatMul"})
+#: ONNX Runtime's fused ops (an ORT-optimized model saved to file): SNN-E207.
+ORT_FUSED = frozenset({"FusedConv", "FusedGemm", "FusedMatMul", "NhwcConv", "NhwcMaxPool",
+                       "QuickGelu", "BiasGelu", "FastGelu"})
+QUANTIZED_HINT = ("snncc compiles float models and quantizes them itself (the QANN): compile the "
+                  "float model this one was quantized from")
+FUSED_HINT = ("compile the model as exported, not one saved after ONNX Runtime's extended "
+              "optimizations (they fuse activations into com.microsoft ops)")
+
 #: Control flow: subgraphs that run data-dependent ops; never converted (SNN-E206).
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 
@@ -105,11 +121,11 @@ RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
 OUTPUT_ONLY = frozenset({"Softmax", "LogSoftmax"})
 
 #: Hints for activations exported as several ops, keyed by the activation's usual name.
-PATTERN_HINTS = {
-    "SiLU": "SiLU (x*Sigmoid(x)) has no spiking equivalent: " + _RETRAIN,
-    "HardSwish": "HardSwish (x*HardSigmoid(x)) has no spiking equivalent: " + _RETRAIN,
-    "GELU": "GELU has no spiking equivalent: " + _RETRAIN,
-    "Mish": "Mish (x*tanh(softplus(x))) has no spiking equivalent: " + _RETRAIN,
+PATTERN_HINTS = {  # the message already says "<pattern> has no spiking equivalent"
+    "SiLU": "x*Sigmoid(x) is SiLU: " + _RETRAIN,
+    "HardSwish": "x*HardSigmoid(x) is HardSwish: " + _RETRAIN,
+    "GELU": _RETRAIN,
+    "Mish": "x*tanh(softplus(x)) is Mish: " + _RETRAIN,
 }
 
 #: Per-row ops that commute with folding time into the batch: op -> input indices that may carry

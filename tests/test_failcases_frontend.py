@@ -377,3 +377,104 @@ def test_a_1d_network_compiles_for_ort_and_loihi_refuses_it_before_calibration(t
         compile_model(tmp_path / "c1d.onnx", tmp_path / "o.loihi", make_options(target="loihi", **opts))
     assert "before calibration" in str(info.value)
     assert {d.code for d in info.value.diagnostics} == {"SNN-E271"}
+
+
+# ------------------------------------------------------- forms other exporters write (a sweep)
+
+def test_attribute_given_twice_is_refused():
+    """onnx.checker and ORT refuse such a model; snncc picked one value silently."""
+    node = helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)
+    node.attribute.extend([helper.make_attribute("alpha", 0.2)])
+    with pytest.raises(ModelInputError) as info:
+        ir.load(_graph_model([node], [helper.make_tensor_value_info("x", F, [1, 4])],
+                             [helper.make_tensor_value_info("y", F, [1, 4])]))
+    assert info.value.code == "SNN-E103" and "alpha" in str(info.value)
+
+
+def test_missing_external_data_is_named(tmp_path):
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    model = zoo.bn_node()
+    convert_model_to_external_data(model, location="weights.data", size_threshold=0)
+    onnx.save(model, tmp_path / "m.onnx")
+    ir.load(tmp_path / "m.onnx")  # with its data file: fine
+    (tmp_path / "weights.data").unlink()
+    with pytest.raises(ModelInputError) as info:
+        ir.load(tmp_path / "m.onnx")
+    assert info.value.code == "SNN-E102" and "weights.data" in str(info.value)
+    assert "next to the .onnx" in info.value.hint
+
+
+def test_local_functions_are_inlined():
+    """torch's export_modules_as_functions: each call was an unknown op (E205), though ORT runs
+    the model."""
+    body = helper.make_function("my.blocks", "ConvRelu", ["x", "w"], ["y"],
+                                [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                                 helper.make_node("Relu", ["c"], ["y"])],
+                                [helper.make_opsetid("", 17)])
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.5, (3, 3, 3, 3))
+                                .astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("ConvRelu", ["x", "w"], ["y"], domain="my.blocks")],
+                              "f", [helper.make_tensor_value_info("x", F, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", F, [1, 3, 6, 6])], [w])
+    model = helper.make_model(graph, functions=[body], opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("my.blocks", 1)])
+    loaded = ir.load(model)
+    assert [n.op for n in loaded.graph.nodes] == ["Conv", "Relu"] and not loaded.functions
+
+
+@pytest.mark.parametrize("spelling", ["leaky0", "max0"])
+def test_other_spellings_of_relu_convert(spelling):
+    """LeakyRelu(alpha=0) and Max(x, 0) (Keras/TF exports) were refused as having no spiking
+    equivalent / no activation."""
+    b = zoo._Builder(2)
+    h = b.conv("x", 3, 4)
+    h = b.op("LeakyRelu", [h], alpha=0.0) if spelling == "leaky0" else \
+        b.op("Max", [b.const(0.0, "zero"), h])
+    model = b.model(zoo._head(b, h, 4))
+    out, report, _ = run_passes(model, [CanonicalizePass()],
+                                options=CompileOptions(target="qann"))
+    assert report.rows[0].counts["relu_forms_rewritten"] == 1
+    assert "Relu" in [n.op_type for n in out.graph.node]
+
+
+def test_a_float16_model_behind_float32_io_compiles_as_float32():
+    """onnxconverter's keep_io_types: calibration declared its float16 taps as float32 (E412)."""
+    b = zoo._Builder(3)
+    h = b.op("Cast", ["x"], to=TensorProto.FLOAT16)
+    w = b.const(b.rng.normal(0, 0.5, (4, 3, 3, 3)), "w16", np.float16)
+    h = b.op("Relu", [b.op("Conv", [h, w], kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
+    h = b.op("Cast", [h], to=TensorProto.FLOAT)
+    model = b.model(zoo._head(b, h, 4))
+    out, report, _ = run_passes(model, [CanonicalizePass()], options=CompileOptions(target="qann"))
+    assert report.rows[0].counts["float16_promoted"] >= 2
+    assert TensorProto.FLOAT16 not in [t.data_type for t in out.graph.initializer]
+    assert "Cast" not in [n.op_type for n in out.graph.node]
+
+
+def test_quantized_models_are_named_in_one_line():
+    b = zoo._Builder(4)
+    s, z = b.const(0.02, "s"), b.const(0, "z", np.uint8)
+    h = b.op("DequantizeLinear", [b.op("QuantizeLinear", ["x", s, z]), s, z])
+    h = b.op("Relu", [b.conv(h, 3, 4)])
+    h = b.op("DequantizeLinear", [b.op("QuantizeLinear", [h, s, z]), s, z])
+    with pytest.raises(UnsupportedNodeError) as info:
+        _canonicalize(b.model(zoo._head(b, b.op("Relu", [b.conv(h, 4, 4)]), 4)))
+    assert info.value.code == "SNN-E207" and "QuantizeLinear x2, DequantizeLinear x2" in str(
+        info.value) and "float model" in info.value.hint
+    assert "\n" not in str(info.value)  # one line, not one per Q/DQ node
+
+
+def test_every_unsupported_activation_of_a_chain_is_listed_and_a_shared_hint_once():
+    """Sigmoid -> Tanh -> Softplus after a ReLU: only the Sigmoid was listed (the ones after it
+    were taken for the analog prefix), and every line repeated the same long hint."""
+    b = zoo._Builder(5)
+    h = b.op("Relu", [b.conv("x", 3, 4)])
+    for op in ("Sigmoid", "Tanh", "Softplus"):
+        h = b.op(op, [h])
+    with pytest.raises(UnsupportedNodeError) as info:
+        _canonicalize(b.model(zoo._head(b, b.op("Relu", [b.conv(h, 4, 4)]), 4)))
+    text = str(info.value)
+    assert [d.node.split("'")[1].split("_")[0] for d in info.value.diagnostics] == [
+        "/Sigmoid", "/Tanh", "/Softplus"]
+    assert text.count("retrain the model") == 1 and text.count("Hint: as above") == 2
