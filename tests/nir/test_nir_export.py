@@ -421,3 +421,37 @@ def test_norse_runs_grouped_and_dilated_convs(tmp_path):
     x = dyadic_input((6, 2, 8, 8))
     ours = _norse_run(tmp_path / "net.nir", x, 4)
     np.testing.assert_allclose(ours, next(iter(run_graph(graph, x, 4).values())), atol=1e-5)
+
+
+def test_matmul_plus_add_exports_like_gemm(tmp_path):
+    """The Keras Dense / tf2onnx form (MatMul, then Add of the bias) was refused with E693 (the
+    bias could not fold into a bias-less nir.Linear) while its Gemm form exported."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(DIGITS)
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "Gemm":
+            nodes.append(node)
+            continue
+        w = next(t for t in model.graph.initializer if t.name == node.input[1])
+        model.graph.initializer.append(numpy_helper.from_array(
+            numpy_helper.to_array(w).T.copy(), w.name + "_T"))  # transB=1 in the export
+        nodes += [helper.make_node("MatMul", [node.input[0], w.name + "_T"], [node.output[0] + "_mm"]),
+                  helper.make_node("Add", [node.output[0] + "_mm", node.input[2]], [node.output[0]])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, tmp_path / "mm.onnx")
+    graphs = {}
+    for name, src in (("gemm", DIGITS), ("mm", str(tmp_path / "mm.onnx"))):
+        compile_model(src, tmp_path / f"{name}.nir", make_options(
+            target="nir", allow_lossy=True, timesteps=4, neuron="if", calib_path=DIGITS_CALIB,
+            fidelity_samples=0))
+        graphs[name] = nir.read(tmp_path / f"{name}.nir")
+    chains = {k: [g.nodes[n] for n in _chain(g)] for k, g in graphs.items()}
+    assert [type(n).__name__ for n in chains["mm"]] == [type(n).__name__ for n in chains["gemm"]]
+    for a, b in zip(chains["mm"], chains["gemm"]):
+        if isinstance(a, nir.Affine):
+            np.testing.assert_allclose(a.weight, b.weight, rtol=1e-6)
+            np.testing.assert_allclose(a.bias, b.bias, rtol=1e-5, atol=1e-6)

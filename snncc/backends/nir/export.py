@@ -475,6 +475,12 @@ class _Builder:
         x = self._value(b if a in self.inits else a)
         c = self._channel_const(self.inits[a if a in self.inits else b], x)
         producer = self.nodes.get(x.node)
+        if c is not None and isinstance(producer, self.nir.Linear) and x.scale is None and \
+                not any(e[0] == x.node for e in self.edges):
+            # MatMul + Add (the Keras Dense / tf2onnx form): the Linear becomes an Affine
+            producer = self.nodes[x.node] = self.nir.Affine(
+                weight=np.asarray(producer.weight, np.float32),
+                bias=np.zeros(np.asarray(producer.weight).shape[0], np.float32))
         if c is None or x.scale is not None or \
                 not isinstance(producer, (self.nir.Conv2d, self.nir.Affine)) or \
                 sum(1 for e in self.edges if e[0] == x.node):
