@@ -84,11 +84,12 @@ class SnnccError(Exception):
             head += f". Hint: {self.hint}"
         if not self.diagnostics:
             return head
-        lines, seen = [head + ":"], set()
+        lines, first = [head + ":"], {}
         for d in self.diagnostics:  # a hint shared by several lines is printed once
-            if d.hint and d.hint in seen:
-                d = dataclasses.replace(d, hint="as above")
-            seen.add(d.hint)
+            if d.hint and d.hint in first:
+                d = dataclasses.replace(d, hint=f"as for {first[d.hint]}")
+            elif d.hint and d.node:
+                first[d.hint] = d.node.split(" (")[0]
             lines.append(f"  - {d.format()}")
         return "\n".join(lines)
 

@@ -186,9 +186,18 @@ def format_inspect(report: Mapping[str, Any]) -> str:
                      "run it with snncc run, or inspect the source ANN to compile again")
     elif report["unsupported"]:
         lines.append(f"cannot convert ({len(report['unsupported'])}):")
+        first: dict[str, str] = {}
         for u in report["unsupported"]:
             where = f" {u['node']}:" if u["node"] else ""
-            lines.append(f"  [{u['code']}]{where} {u['message']}. Hint: {u['hint']}")
+            hint = u["hint"]
+            if hint in first:  # a shared hint once
+                hint = f"as for {first[hint]}"
+            elif u["node"]:
+                first[hint] = u["node"].split(" (")[0]
+            lines.append(f"  [{u['code']}]{where} {u['message']}. Hint: {hint}")
+    elif report["problems"]:
+        lines.append("cannot convert: no op, but compile stops on the problem above until it "
+                     "is fixed")
     else:
         lines.append("cannot convert: none")
     head = report.get("output_head") or []

@@ -477,4 +477,4 @@ def test_every_unsupported_activation_of_a_chain_is_listed_and_a_shared_hint_onc
     text = str(info.value)
     assert [d.node.split("'")[1].split("_")[0] for d in info.value.diagnostics] == [
         "/Sigmoid", "/Tanh", "/Softplus"]
-    assert text.count("retrain the model") == 1 and text.count("Hint: as above") == 2
+    assert text.count("retrain the model") == 1 and text.count("Hint: as for '/Sigmoid") == 2

@@ -37,12 +37,16 @@ def test_unsupported_listed_with_hints():
     report = inspect_model(zoo.act_many())
     assert [u["code"] for u in report["unsupported"]] == ["SNN-E201"] * 3 + ["SNN-E204"]
     assert all(u["hint"] for u in report["unsupported"])
+    text = format_inspect(report)
+    assert text.count("retrain the model") == 2 and "Hint: as for '/Sigmoid_6'" in text
 
 
 def test_dynamic_model_reports_problem_then_uses_input_shape():
     report = inspect_model(zoo.dynamic_hw())
     assert [p["code"] for p in report["problems"]] == ["SNN-E114"]
     assert not report["macs"]["complete"]
+    # not "cannot convert: none" under a problem that stops compile (an export sweep)
+    assert "compile stops on the problem above" in format_inspect(report)
     report = inspect_model(zoo.dynamic_hw(), {"x": [1, 3, 8, 8]})
     assert report["problems"] == [] and report["macs"]["complete"]
     assert report["canonical_inputs"][0]["shape"] == ["batch", 3, 8, 8]
