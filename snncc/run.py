@@ -160,7 +160,12 @@ def _summary(all_outputs: dict[str, np.ndarray], labels: np.ndarray | None,
     summary: dict[str, Any] = {"samples": int(outputs.shape[0]),
                                "output_shape": list(outputs.shape),
                                "outputs": {k: list(v.shape) for k, v in all_outputs.items()}}
-    if outputs.ndim == 2:
+    if outputs.dtype.kind in "iu" and (outputs.ndim == 1 or outputs.shape[1:] == (1,)):
+        pred = outputs.reshape(len(outputs))  # an ArgMax head: the classes themselves
+        summary["predictions_head"] = pred[:10].tolist()
+        if labels is not None:
+            summary["accuracy"] = float((pred == labels[: len(pred)]).mean())
+    elif outputs.ndim == 2:
         pred = outputs.argmax(axis=1)
         summary["predictions_head"] = pred[:10].tolist()
         if labels is not None:
@@ -252,7 +257,8 @@ def run_command(args: argparse.Namespace) -> int:
         all_outputs = dict(result.outputs)
         activity = result.activity()
     first = next(iter(all_outputs.values()))
-    if labels is not None and first.ndim == 2 and len(labels) and labels.max() >= first.shape[1]:
+    if labels is not None and first.ndim == 2 and first.dtype.kind == "f" and len(labels) and \
+            labels.max() >= first.shape[1]:
         raise ModelInputError(f"labels 'y' in '{args.input}' go up to {int(labels.max())}, but "
                               f"the model has {first.shape[1]} outputs", code="SNN-E680",
                               hint="store y as class indices 0.."

@@ -244,3 +244,34 @@ def test_inspect_and_compile_agree_on_the_zoo(tmp_path, name):
     except SnnccError as exc:
         raised = {(d.code, d.node) for d in exc.diagnostics}
     assert listed == raised
+
+
+def test_an_argmax_head_is_read_as_classes(tmp_path, capsys):
+    """An ArgMax head outputs class indices [N, 1]: snncc run took them for one logit (every
+    prediction 0, labels refused with E680 'store y as class indices 0..0') and the fidelity
+    check had no arg-max to compare."""
+    import json
+
+    from snncc.cli import main
+
+    examples = os.path.join(os.path.dirname(__file__), "..", "examples")
+    model = onnx.load(os.path.join(examples, "digits_cnn.onnx"))
+    logits = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("ArgMax", [logits], ["cls"], axis=1, keepdims=1))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("cls", TensorProto.INT64, ["N", 1]))
+    onnx.save(model, tmp_path / "am.onnx")
+    calib = os.path.join(examples, "digits_cnn_calib.npz")
+    test = os.path.join(examples, "digits_cnn_test.npz")
+    accuracy = {}
+    for name, src in (("plain", os.path.join(examples, "digits_cnn.onnx")),
+                      ("argmax", str(tmp_path / "am.onnx"))):
+        out = tmp_path / f"{name}.snn.onnx"
+        assert main(["compile", src, "-T", "4", "--neuron", "mt", "--calib", calib, "-o",
+                     str(out), "-q", "--report", str(tmp_path / f"{name}.json")]) == 0
+        fid = json.loads((tmp_path / f"{name}.json").read_text())["fidelity"]
+        assert fid["snn_vs_ann"]["top1_agreement"] is not None
+        capsys.readouterr()
+        assert main(["run", str(out), "--input", test, "--json"]) == 0
+        accuracy[name] = json.loads(capsys.readouterr().out)["accuracy"]
+    assert accuracy["argmax"] == accuracy["plain"] > 0.9
