@@ -76,7 +76,7 @@ from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
 from snncc.op_classes import RECURRENT
 from snncc.passes.base import Decline, Pass, PassResult
 from snncc.passes.opset_down import convert_version
-from snncc.passes.support import no_activation, unsupported_nodes
+from snncc.passes.support import no_activation, relu_spellings, unsupported_nodes
 
 __all__ = ["CanonicalizePass", "check_model_input", "compiled_output"]
 
@@ -106,7 +106,7 @@ class CanonicalizePass(Pass):
                 code="SNN-E123",
                 hint="compile the source ANN again (snncc run runs this model as it is)")
         batch = check_model_input(model.graph, options)
-        relu_forms = _relu_forms(model.graph)
+        relu_forms = relu_spellings(model.graph)
         float16 = _promote_float16(model.graph)
         bad = unsupported_nodes(model.graph, options)
         if options.allow_analog:  # analog islands allowed: only what cannot run at all
@@ -117,7 +117,8 @@ class CanonicalizePass(Pass):
                 bad.append(missing)  # all at once: fixing the ops above would not be enough
         if bad and all(d.code in ("SNN-E207", "SNN-E204") for d in bad):
             raise UnsupportedNodeError(_quantized_summary(bad), code="SNN-E207",
-                                       hint=bad[0].hint)
+                                       hint="; ".join(dict.fromkeys(
+                                           d.hint for d in bad if d.code == "SNN-E207")))
         if bad and all(d.code == "SNN-E205" for d in bad):
             raise UnsupportedNodeError(
                 f"{len(bad)} node(s) of op domains ONNX Runtime does not know", diagnostics=bad,
@@ -386,19 +387,19 @@ def _rebuild(model: ir.Model, opset: int) -> None:
 
 def _quantized_summary(diags: Sequence[Diagnostic]) -> str:
     """One line for a quantized or ORT-fused model: its op kinds, counted, and a few nodes."""
-    ops = Counter(d.message.split(" ")[0] for d in diags if d.code == "SNN-E207")
-    nodes = [d.node for d in diags if d.code == "SNN-E207"]
-    kind = "an ONNX Runtime-optimized" if "fused" in diags[0].message else "a quantized"
-    return (f"{NAME}: this is {kind} model: " + ", ".join(f"{op} x{k}" for op, k in
-                                                           ops.most_common()) +
-            f" (e.g. {', '.join(nodes[:3])})")
+    mine = [d for d in diags if d.code == "SNN-E207"]
+    ops = Counter(d.message.split(" ")[0] for d in mine)
+    kinds = {"an ONNX Runtime-optimized" if "fused" in d.message else "a quantized" for d in mine}
+    return (f"{NAME}: this is {' and '.join(sorted(kinds)).replace(' and an', ' and')} model: "
+            + ", ".join(f"{op} x{k}" for op, k in ops.most_common())
+            + f" (e.g. {', '.join(d.node for d in mine[:3])})")
 
 
 def _promote_float16(graph: gs.Graph) -> int:
     """A model that computes in float16 behind float32 inputs and outputs (onnxconverter's
     ``keep_io_types``) is compiled as its float32 form: float16 constants, tensors and casts
-    become float32 (calibration taps and the neuron ops are float32). Returns the number of
-    float16 tensors and casts changed."""
+    become float32 (calibration taps and the neuron ops are float32; a float16 graph output, too).
+    Returns the number of float16 tensors and casts changed."""
     f16, f32 = np.dtype(np.float16), np.dtype(np.float32)
     done = 0
 
@@ -434,32 +435,6 @@ def _drop_float_casts(graph: gs.Graph) -> None:
             node.attrs.clear()
 
 
-def _relu_forms(graph: gs.Graph) -> int:
-    """Other spellings of ReLU become Relu: ``LeakyRelu(alpha=0)`` and ``Max(x, 0)`` with a
-    one-element zero constant (a Keras/TF export form); they were refused as having no spiking
-    equivalent, or as a model without activations."""
-    done = 0
-    for node in graph.nodes:
-        if node.domain not in (None, "", "ai.onnx"):
-            continue
-        if node.op == "LeakyRelu" and float(node.attrs.get("alpha", 0.01)) == 0.0:
-            node.attrs.clear()
-        elif node.op == "Max" and len(node.inputs) == 2:
-            zero = [i for i, t in enumerate(node.inputs) if isinstance(t, gs.Constant)
-                    and np.asarray(t.values).size == 1 and float(np.asarray(t.values).ravel()[0])
-                    == 0.0 and np.asarray(t.values).dtype.kind == "f"]
-            if len(zero) != 1 or isinstance(node.inputs[1 - zero[0]], gs.Constant):
-                continue
-            x = node.inputs[1 - zero[0]]
-            node.inputs.clear()
-            node.inputs.append(x)
-        else:
-            continue
-        node.op = "Relu"
-        done += 1
-    return done
-
-
 def _fold_dequantize(graph: gs.Graph) -> int:
     """``DequantizeLinear`` of constants (int8 weights with a float scale: weight-only quantized
     exports) becomes the float constant ``(x - zero_point) * scale``, per tensor or along
@@ -468,13 +443,14 @@ def _fold_dequantize(graph: gs.Graph) -> int:
     done = 0
     for node in graph.nodes:
         if node.op != "DequantizeLinear" or node.domain not in (None, "", "ai.onnx") or \
-                not node.inputs or node.attrs.get("block_size", 0) or \
-                not all(isinstance(t, gs.Constant) for t in node.inputs if t.name):
+                not node.inputs or node.attrs.get("block_size", 0):
             continue
-        x = np.asarray(node.inputs[0].values)
-        scale = np.asarray(node.inputs[1].values, np.float32)
-        zero = np.asarray(node.inputs[2].values) if len(node.inputs) > 2 and \
-            node.inputs[2].name else np.zeros((), x.dtype)
+        values = [ir.const_value(t) if t.name else None for t in node.inputs]
+        if any(v is None for v, t in zip(values, node.inputs) if t.name) or len(values) < 2:
+            continue  # initializers or Constant nodes only
+        x = values[0]
+        scale = values[1].astype(np.float32)
+        zero = values[2] if len(values) > 2 and values[2] is not None else np.zeros((), x.dtype)
         if x.dtype.kind not in "iu" or scale.ndim > 1:
             continue
         axis = node.attrs.get("axis", 1) % max(x.ndim, 1)

@@ -124,7 +124,9 @@ def _split(graph, node, shapes, consts, label: str) -> None:
     del node.attribute[:]
     node.attribute.extend(keep)
     if len(node.input) > 1 and node.input[1]:
-        return
+        raise ModelInputError(f"{label}: has both a split input and num_outputs, which ONNX "
+                              "forbids", code="SNN-E118", hint="the model is not valid ONNX; "
+                              "re-export it")
     n = len(node.output)
     axis = attrs["axis"].i if "axis" in attrs else 0
     shape = shapes.get(node.input[0])
@@ -137,6 +139,10 @@ def _split(graph, node, shapes, consts, label: str) -> None:
         return
     part = math.ceil(dim / n)
     sizes = np.array([part] * (n - 1) + [dim - part * (n - 1)], np.int64)
+    if sizes[-1] < 0:
+        raise ModelInputError(f"{label}: an axis of length {dim} cannot be split into {n} "
+                              f"parts of {part} (opset 18's rule)", code="SNN-E118",
+                              hint="the model is not valid ONNX; re-export it")
     while len(node.input) < 2:
         node.input.append("")
     node.input[1] = _new_initializer(graph, f"{node.name or node.output[0]}_split", sizes)

@@ -16,8 +16,8 @@ network keeps.
 
 Declines (the pool stays after the activation, ``PassResult.declines``):
 
-* ``TEMPORAL_INPUT``: an activation lies upstream of ``z`` (the neuron gets spikes, each slice a
-  different current; the schedule's gate or exact swap handles that pool).
+* ``TEMPORAL_INPUT``: an activation lies upstream of ``z``, directly or through an analog island
+  (the neuron's current differs per slice; the schedule's gate or exact swap handles that pool).
 * ``OTHER_READERS``: ``y`` is read by another node too, or is a graph output.
 * ``INDICES_USED``: the MaxPool's indices output is read.
 * ``POSITIONAL_CONSTANT``: a constant of a QCFS pattern varies along the pooled axes.
@@ -34,7 +34,7 @@ from snncc import ir
 from snncc.context import CompileContext
 from snncc.passes.base import Decline, Pass, PassResult
 from snncc.passes.quant_clip import ActivationSite, activation_sites
-from snncc.passes.support import SPIKING, STATIC, conversion_roles
+from snncc.passes.support import spike_fed
 
 __all__ = ["PoolFirstPass"]
 
@@ -46,14 +46,14 @@ class PoolFirstPass(Pass):
         if ctx.options.maxpool != "auto":
             return PassResult(modified=False, counts={"maxpool_moved": 0})
         graph = model.graph
-        roles = conversion_roles(graph)
+        fed = spike_fed(graph)
         outputs = {id(t) for t in graph.outputs}
         moved, declines = 0, []
         for site in activation_sites(graph, model.provenance):
             pools = [n for n in site.y.outputs if n.op == "MaxPool"]
             if not pools:
                 continue
-            reason = self._decline(site, pools, roles, outputs)
+            reason = self._decline(site, pools, fed, outputs)
             if reason:
                 declines.append(Decline(ir.node_label(pools[0], model.provenance), *reason))
                 continue
@@ -65,17 +65,15 @@ class PoolFirstPass(Pass):
                           declines=tuple(declines))
 
     @staticmethod
-    def _decline(site: ActivationSite, pools: list[gs.Node], roles: dict[int, str],
+    def _decline(site: ActivationSite, pools: list[gs.Node], fed: set[int],
                  outputs: set[int]) -> tuple[str, str] | None:
         mp = pools[0]
         if len(site.y.outputs) != 1 or id(site.y) in outputs:
             return "OTHER_READERS", f"'{site.y.name}' is read by other nodes too"
         if len(mp.outputs) > 1 and (mp.outputs[1].outputs or id(mp.outputs[1]) in outputs):
             return "INDICES_USED", "the MaxPool's indices output is read"
-        prod = ir.producer(site.z)
-        if prod is not None and roles.get(id(prod)) != STATIC:
-            return "TEMPORAL_INPUT", (f"{site.label} is fed by spikes "
-                                      f"({'a neuron' if roles.get(id(prod)) == SPIKING else 'a layer after one'})")
+        if id(site.z) in fed:  # an activation upstream, also through an analog island
+            return "TEMPORAL_INPUT", f"{site.label} is computed from spikes"
         spatial = len(mp.attrs.get("kernel_shape", ()))
         for node in site.nodes:
             for t in node.inputs:

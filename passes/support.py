@@ -31,7 +31,8 @@ from snncc.op_classes import (ACTIVATION, CONTROL_FLOW, FUSED_HINT, META_OPS, OR
 from snncc.passes.quant_clip import activation_sites
 
 __all__ = ["unsupported_nodes", "conversion_roles", "analog_prefix", "no_activation", "time_op_ok",
-           "feeds_only_outputs", "SPIKING", "STATIC", "TIME", "HEAD", "ISLAND"]
+           "feeds_only_outputs", "spike_fed", "relu_spellings", "SPIKING", "STATIC", "TIME",
+           "HEAD", "ISLAND"]
 
 PASS_NAME = "canonicalize"  # the pass that raises these diagnostics
 _PASS_THROUGH = frozenset({"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
@@ -73,7 +74,7 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
             continue
         if node.op in QUANTIZED and (node.domain or "") in ("", "ai.onnx", "com.microsoft") \
                 and not (node.op == "DequantizeLinear" and node.inputs
-                         and isinstance(node.inputs[0], gs.Constant)):
+                         and ir.const_value(node.inputs[0]) is not None):
             diags.append(_diag("SNN-E207", f"{node.op} belongs to a quantized model", label,
                                QUANTIZED_HINT, severity))  # --allow-analog: islands
             continue
@@ -192,12 +193,47 @@ def analog_prefix(graph: gs.Graph, roles: Mapping[int, str] | None = None) -> se
     below = _spiking_below(order, spiking)
     # static nodes computed from spikes (after an analog island: a Tanh after a Sigmoid on spikes)
     # are not the prefix: they run on decoded spikes, not on the input
-    tainted: set[int] = set()
-    for node in order:
-        if id(node) in spiking or any(id(t) in tainted for t in node.inputs):
-            tainted.update(id(t) for t in node.outputs)
+    tainted = spike_fed(graph)
     return {id(n) for n in order if roles.get(id(n)) == STATIC and below.get(id(n))
             and not any(id(t) in tainted for t in n.inputs)}
+
+
+def spike_fed(graph: gs.Graph) -> set[int]:
+    """Ids of the tensors computed from spikes: downstream of any spiking node (ReLU, clipped
+    ReLU, QCFS clip, neuron op), through islands and decodes too."""
+    spiking = _spiking_nodes(graph)
+    tainted: set[int] = set()
+    for node in _order(graph):
+        if id(node) in spiking or any(id(t) in tainted for t in node.inputs):
+            tainted.update(id(t) for t in node.outputs)
+    return tainted
+
+
+def relu_spellings(graph: gs.Graph) -> int:
+    """Other spellings of ReLU become Relu, in place: ``LeakyRelu(alpha=0)`` and ``Max(x, 0)``
+    with a zero constant of at most one element and rank (a Keras/TF export form; a higher rank
+    would broadcast x). Canonicalize runs it first, and ``snncc inspect`` before it lists what
+    cannot convert, so both agree. Returns how many."""
+    done = 0
+    for node in graph.nodes:
+        if node.domain not in (None, "", "ai.onnx"):
+            continue
+        if node.op == "LeakyRelu" and float(node.attrs.get("alpha", 0.01)) == 0.0:
+            node.attrs.clear()
+        elif node.op == "Max" and len(node.inputs) == 2:
+            values = [ir.const_value(t) for t in node.inputs]
+            zero = [i for i, v in enumerate(values) if v is not None and v.size == 1 and
+                    v.ndim <= 1 and v.dtype.kind == "f" and float(v.ravel()[0]) == 0.0]
+            if len(zero) != 1 or values[1 - zero[0]] is not None:
+                continue
+            x = node.inputs[1 - zero[0]]
+            node.inputs.clear()
+            node.inputs.append(x)
+        else:
+            continue
+        node.op = "Relu"
+        done += 1
+    return done
 
 
 def conversion_roles(graph: gs.Graph) -> dict[int, str]:

@@ -105,7 +105,7 @@ def pair(a: np.ndarray, ref: np.ndarray) -> Pair:
     output ``[N, C, H, W]`` at every position, as a segmentation net is read) and the relative
     error. The interval counts samples, not positions (positions of a sample are not
     independent)."""
-    if np.asarray(a).dtype.kind in "iub":  # an ArgMax head: class indices, compared as such
+    if np.asarray(a).dtype.kind in "iu":  # an ArgMax head: class indices, compared as such
         agree = float(np.mean(np.all(a.reshape(len(a), -1) == ref.reshape(len(ref), -1),
                                      axis=1)))
     elif _dense(a):

@@ -79,7 +79,7 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     """Build the inspect report (a JSON-ready dict) for a model file or proto."""
     from snncc.passes.canonicalize import CanonicalizePass, compiled_output
     from snncc.passes.support import (HEAD, ISLAND, TIME, conversion_roles, no_activation,
-                                      unsupported_nodes)
+                                      relu_spellings, unsupported_nodes)
     from snncc.passes.schedule_timesteps import batch_axis_problem
     from snncc.pipeline import Pipeline
 
@@ -121,6 +121,7 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
             layers.append({"node": node.name, "op": node.op, "macs": entry["macs"]})
         groups[group].append(entry)
     report["nodes"] = groups
+    relu_spellings(raw.graph)  # as canonicalize does first: LeakyRelu(alpha=0), Max(x, 0)
     diags = list(unsupported_nodes(raw.graph, CompileOptions(target="qann")))
     roles = conversion_roles(graph)
     for node in graph.nodes:
@@ -196,8 +197,7 @@ def format_inspect(report: Mapping[str, Any]) -> str:
                 first[hint] = u["node"].split(" (")[0]
             lines.append(f"  [{u['code']}]{where} {u['message']}. Hint: {hint}")
     elif report["problems"]:
-        lines.append("cannot convert: no op, but compile stops on the problem above until it "
-                     "is fixed")
+        lines.append("cannot convert: none of the ops (but compile stops on the problem above)")
     else:
         lines.append("cannot convert: none")
     head = report.get("output_head") or []

@@ -478,3 +478,44 @@ def test_every_unsupported_activation_of_a_chain_is_listed_and_a_shared_hint_onc
     assert [d.node.split("'")[1].split("_")[0] for d in info.value.diagnostics] == [
         "/Sigmoid", "/Tanh", "/Softplus"]
     assert text.count("retrain the model") == 1 and text.count("Hint: as for '/Sigmoid") == 2
+
+
+def test_review_findings_on_the_export_fixes():
+    """A DequantizeLinear of a Constant node's int8 weight is folded (was E207); a Max(x, 0)
+    whose zero has rank 5 is no ReLU (it broadcasts x to rank 5); a model both quantized and
+    ORT-fused says both; inspect takes LeakyRelu(alpha=0) for ReLU as compile does."""
+    b = zoo._Builder(6)
+    q = b.op("Constant", [], value=numpy_helper.from_array(
+        b.rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8), "wq"))
+    w = b.op("DequantizeLinear", [q, b.const(0.01, "s")])
+    h = b.op("Relu", [b.op("Conv", ["x", w], kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
+    _, report, _ = _canonicalize(b.model(zoo._head(b, h, 4)))
+    assert report.rows[0].counts["weights_dequantized"] == 1
+
+    from snncc.passes.support import relu_spellings
+
+    max5 = _graph_model([helper.make_node("Max", ["x", "z5"], ["y"])],
+                        [helper.make_tensor_value_info("x", F, [1, 3, 4, 4])],
+                        [helper.make_tensor_value_info("y", F, [1, 1, 3, 4, 4])],
+                        [numpy_helper.from_array(np.zeros((1, 1, 1, 1, 1), np.float32), "z5")])
+    assert relu_spellings(ir.load(max5).graph) == 0
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    s = numpy_helper.from_array(np.array(0.02, np.float32), "s")
+    model = _graph_model(
+        [helper.make_node("FusedConv", ["x", "w"], ["c"], domain="com.microsoft",
+                          activation="Relu", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("QuantizeLinear", ["c", "s"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s"], ["y"])],
+        [helper.make_tensor_value_info("x", F, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", F, [1, 4, 4, 4])], [w, s])
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with pytest.raises(UnsupportedNodeError) as info:
+        _canonicalize(model)
+    assert "quantized and ONNX Runtime-optimized" in str(info.value)
+    assert "float model" in info.value.hint and "extended optimizations" in info.value.hint
+
+    b = zoo._Builder(6)
+    h = b.op("LeakyRelu", [b.conv("x", 3, 4)], alpha=0.0)
+    report = inspect_model(b.model(zoo._head(b, h, 4)))
+    assert report["unsupported"] == []

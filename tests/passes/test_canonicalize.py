@@ -384,3 +384,24 @@ def test_dequantized_weights_become_float_constants():
     from snncc.passes.fold_batchnorm import FoldBatchNormPass
     assert_pass_equivalent(model, [CanonicalizePass(), FoldBatchNormPass()], rtol=1e-4,
                            atol=1e-5)
+
+
+@pytest.mark.parametrize("channels, parts, split", [(5, 4, None), (4, 2, [2, 2])])
+def test_invalid_opset_18_splits_are_named(channels, parts, split):
+    """num_outputs that cannot be met (5 into 4 parts of 2), or given with a split input: ORT
+    refuses both; canonicalize said nothing and ORT's raw message surfaced later."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(split, np.int64), "sp")] if split else []
+    outs = [f"o{i}" for i in range(parts)]
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Split", ["r"] + (["sp"] if split else []), outs, axis=1,
+                              num_outputs=parts),
+             helper.make_node("Concat", outs, ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, channels, 4, 4])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(ModelInputError) as err:
+        run_passes(model, [CanonicalizePass()], verify="off")
+    assert err.value.code == "SNN-E118" and "Split" in str(err.value)

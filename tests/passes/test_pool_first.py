@@ -62,3 +62,19 @@ def test_the_bias_goes_into_the_conv_before_the_pool(tmp_path):
     assert rows["pool-first"]["counts"]["maxpool_moved"] == 1
     assert rows["fold-batchnorm"]["counts"].get("shift_add_inserted", 0) == 0
     assert rows["fold-batchnorm"]["counts"]["bias_shifted"] == 2
+
+
+def test_a_pool_after_an_analog_island_is_left_to_the_gate():
+    """conv -> relu -> Sigmoid (an island with --allow-analog) -> conv -> relu -> MaxPool: the
+    second relu's producer is 'static' in the roles, but its current is computed from spikes
+    (a review: the pool moved, silently inexact)."""
+    from zoo import _Builder, _head
+
+    b = _Builder(8)
+    h = b.op("Sigmoid", [b.op("Relu", [b.conv("x", 3, 4)])])
+    h = b.op("MaxPool", [b.op("Relu", [b.conv(h, 4, 4)])], kernel_shape=[2, 2], strides=[2, 2])
+    model = b.model(_head(b, b.op("Relu", [b.conv(h, 4, 4)]), 4), input_shape=(1, 3, 8, 8))
+    _, report, _ = run_passes(model, [CanonicalizePass(), PoolFirstPass()],
+                              options=CompileOptions(target="ort", allow_analog=True))
+    moved, declines = _moved_and_declines(report)
+    assert moved == 0 and [c for c, _ in declines] == ["TEMPORAL_INPUT"]
