@@ -699,6 +699,9 @@ def _fix_reshape(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter,
     if target is None:
         _fix_reshape_to_shape(graph, node, batch, counts)
         return
+    if node.attrs.get("allowzero", 0) and not np.any(np.asarray(target) == 0):
+        node.attrs["allowzero"] = 0  # no 0 in the target: the flag changes nothing (torch's
+        # default exporter writes allowzero=1 on every view), and the rewrite below may use 0
     if (target is None or target.ndim != 1 or target.size == 0 or not data
             or not _is_batch_dim(data[0], batch) or node.attrs.get("allowzero", 0)):
         return
@@ -730,14 +733,16 @@ def _fix_reshape_to_shape(graph: gs.Graph, node: gs.Node, batch: int, counts: Co
     Reshape(x, [0, ...]): the same result for every batch size, and no Shape of a spike train
     that would carry the folded T*N rows (backends without Shape ops can then lower it).
     """
-    if node.attrs.get("allowzero", 0):
-        return
     dims = _shape_value(node.inputs[1], batch)
     data = node.inputs[0].shape
     if not dims or not data or not _is_batch_dim(data[0], batch) or dims[0] != _BATCH or \
             _BATCH in dims[1:]:
         return
     rest = [int(d) for d in dims[1:]]
+    if node.attrs.get("allowzero", 0):
+        if 0 in rest:
+            return
+        node.attrs["allowzero"] = 0  # no literal 0: the flag changes nothing
     per_sample = _per_sample(data)
     if any(d < -1 for d in rest) or rest.count(-1) > 1 or per_sample is None or (
             -1 not in rest and math.prod(rest) != per_sample):

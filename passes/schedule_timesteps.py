@@ -236,8 +236,9 @@ def batch_axis_problem(node: ir.Node, rank: int | None) -> tuple[str, str, str] 
     predicts the same with this function."""
     if _literal_batch(node):
         return ("SNN-E243", "the Reshape target fixes or merges the batch dimension, which holds "
-                "time in the folded schedule", "run canonicalize (it rewrites the batch "
-                "dimension to -1), or re-export with a dynamic batch")
+                "time in the folded schedule", "re-export the model with a dynamic batch "
+                "(canonicalize rewrites a batch dimension to -1 only where the target keeps the "
+                "samples apart; its declines say why not here)")
     if _touches_batch(node, rank):
         return ("SNN-E242", f"{node.op} works across the batch axis, which holds time in the "
                 "folded schedule", "keep axis 0 out of reshapes, transposes, concatenations and "

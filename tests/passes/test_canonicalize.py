@@ -405,3 +405,19 @@ def test_invalid_opset_18_splits_are_named(channels, parts, split):
     with pytest.raises(ModelInputError) as err:
         run_passes(model, [CanonicalizePass()], verify="off")
     assert err.value.code == "SNN-E118" and "Split" in str(err.value)
+
+
+@pytest.mark.parametrize("target", [[1, 256], [1, -1]])
+def test_allowzero_without_a_zero_still_gets_the_batch_fixed(target):
+    """torch's default (dynamo) exporter writes Reshape(x, [1, 512], allowzero=1) for every
+    flatten of a static-batch export; canonicalize skipped it (allowzero) and every classifier
+    failed later with SNN-E243 'run canonicalize'. With no 0 in the target the flag changes
+    nothing."""
+    b = zoo._Builder(11)
+    h = b.op("Reshape", [b.op("Relu", [b.conv("x", 3, 4)]), b.const(target, "shape", np.int64)],
+             allowzero=1)
+    model = b.model(b.gemm(h, 256, 5))
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], rtol=1e-5)
+    assert report.rows[0].counts["reshape_batch_fixed"] == 1
+    reshape = next(n for n in out.graph.node if n.op_type == "Reshape")
+    assert all(a.i == 0 for a in reshape.attribute if a.name == "allowzero")
