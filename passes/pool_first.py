@@ -22,6 +22,9 @@ Declines (the pool stays after the activation, ``PassResult.declines``):
 * ``INDICES_USED``: the MaxPool's indices output is read.
 * ``POSITIONAL_CONSTANT``: a constant of a QCFS pattern varies along the pooled axes.
 
+First, a MaxPool over a channel Concat becomes a Concat of MaxPools, one per branch (exact), so
+that each can move (count ``maxpool_split_over_concat``).
+
 Runs only with ``--maxpool auto`` (``avg`` makes every MaxPool an AveragePool, which does not
 commute with the activation; ``gate`` asks for the gate). Count: ``maxpool_moved``.
 """
@@ -46,8 +49,9 @@ class PoolFirstPass(Pass):
         if ctx.options.maxpool != "auto":
             return PassResult(modified=False, counts={"maxpool_moved": 0})
         graph = model.graph
-        fed = spike_fed(graph)
         outputs = {id(t) for t in graph.outputs}
+        split = self._split_over_concats(graph, outputs)
+        fed = spike_fed(graph)
         moved, declines = 0, []
         for site in activation_sites(graph, model.provenance):
             pools = [n for n in site.y.outputs if n.op == "MaxPool"]
@@ -61,8 +65,49 @@ class PoolFirstPass(Pass):
             moved += 1
             ctx.logger.debug("%s: %s moved in front of %s", self.name,
                              ir.node_label(pools[0]), site.label)
-        return PassResult(modified=moved > 0, counts={"maxpool_moved": moved},
+        return PassResult(modified=moved + split > 0,
+                          counts={"maxpool_moved": moved, "maxpool_split_over_concat": split},
                           declines=tuple(declines))
+
+    @staticmethod
+    def _split_over_concats(graph: gs.Graph, outputs: set[int]) -> int:
+        """``MaxPool(Concat(a, b, ..., axis=channels))`` -> ``Concat(MaxPool(a), MaxPool(b),
+        ...)``, also when the Concat has other readers (they keep it): exact (the pool is per
+        channel), and each pool then reads one branch, so that it
+        can move in front of that branch's activation (here, or in the schedule for bit-serial
+        and T = 1) instead of being spike-gated (an Inception block's pooled concatenation)."""
+        done = 0
+        for mp in [n for n in graph.nodes if n.op == "MaxPool"]:
+            cat = ir.producer(mp.inputs[0])
+            if cat is None or cat.op != "Concat" or \
+                    (len(mp.outputs) > 1 and (mp.outputs[1].outputs or
+                                              id(mp.outputs[1]) in outputs)):
+                continue
+            shape = cat.outputs[0].shape
+            axis = int(cat.attrs.get("axis", 0))
+            if axis < 0:
+                axis += len(shape) if shape is not None else 0
+            if axis != 1 or len(cat.inputs) < 2:
+                continue
+            attrs = {k: v for k, v in mp.attrs.items() if k != "storage_order"}
+            pooled = []
+            y_shape = mp.outputs[0].shape
+            for i, t in enumerate(cat.inputs):
+                shape = None if y_shape is None or t.shape is None else \
+                    [y_shape[0], t.shape[1], *y_shape[2:]]
+                out = gs.Variable(ir.unique_name(graph, f"{t.name}/pooled"), dtype=t.dtype,
+                                  shape=shape)
+                graph.nodes.append(gs.Node("MaxPool", ir.unique_name(
+                    graph, f"{mp.name or 'MaxPool'}/part{i}"), dict(attrs), [t], [out]))
+                pooled.append(out)
+            y = mp.outputs[0]
+            graph.nodes.append(gs.Node("Concat", ir.unique_name(graph, f"{cat.name or 'Concat'}"
+                                                                        "/pooled"),
+                                       {"axis": 1}, pooled, [y]))
+            mp.inputs.clear()  # the Concat stays for its other readers (an Inception block's
+            mp.outputs.clear()  # branches), or is dropped as dead
+            done += 1
+        return done
 
     @staticmethod
     def _decline(site: ActivationSite, pools: list[gs.Node], fed: set[int],

@@ -372,6 +372,12 @@ class ScheduleTimestepsPass(Pass):
                 "approximates max pooling" + (f"; the folded and window schedules pool exactly "
                                               f"for {options.neuron}" if bit_serial else "")
                 + " (use --maxpool avg for a net trained with average pooling)")
+        elif bit_serial and gated and options.target == "ort":
+            ctx.warnings.append(
+                f"warning: {options.neuron} spike-gates {gated} MaxPool(s) that read no neuron "
+                "output directly (nor a channel Concat of them), which approximates max pooling: "
+                "the SNN is not exact against its QANN there (a MaxPool right after the neuron "
+                "is)")
         latency = (depth + 1) * slices if bit_serial else slices
         steps, decode_from = (latency, latency - slices) if streaming and bit_serial else \
             (slices, slices - counted)
