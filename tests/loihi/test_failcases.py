@@ -126,3 +126,11 @@ def test_two_inputs_are_rejected():
     model.graph.input[1].name = "x2"
     (diag,) = LoihiBackend().check(model, CTX)
     assert diag.code == "SNN-E276"
+
+
+def test_saturation_hints_name_per_layer_calibration():
+    """A sweep's random-weight ResNet-18 hit E631 through dead channels (per-channel lambda down
+    to 7e-6); 'recalibrate (a larger theta)' named no option, and --per-layer compiled it."""
+    for build in (saturating_weights, saturating_bias):
+        (diag,) = LoihiBackend().check(build(), CTX)
+        assert "--per-layer" in diag.hint

@@ -298,8 +298,9 @@ def quantize(net: Netlist, fp: FixedPoint = FixedPoint()) -> tuple[dict[str, Any
                 "SNN-E630", f"block {b.name}: weights need an exponent above "
                 f"{fp.weight_exp_max}, so 8-bit mantissas saturate (max relative error "
                 f"{rec['max_rel_err']:.3g})", pass_name=PASS, node=dst.source,
-                hint="the weights are too large for the threshold of the target layer; "
-                     "recalibrate (a larger theta) or rescale the layer"))
+                hint="the weights are too large for the threshold of the target layer "
+                     "(per channel: a tiny lambda); compile with --per-layer, or recalibrate "
+                     "on more samples"))
     biases = []
     for g in net.groups:
         if g.kind in ("neuron", "readout", "relay"):
@@ -309,7 +310,10 @@ def quantize(net: Netlist, fp: FixedPoint = FixedPoint()) -> tuple[dict[str, Any
                 diags.append(Diagnostic(
                     "SNN-E631", f"group {g.name}: biases exceed the 13-bit mantissa with "
                     f"exponent <= {fp.bias_exp_max} (max error {rec['max_abs_err']:.3g})",
-                    pass_name=PASS, node=g.source, hint="recalibrate (a larger theta)"))
+                    pass_name=PASS, node=g.source,
+                    hint="the bias is too large for the layer's threshold, typically a channel "
+                         "calibrated to a tiny lambda (a dead channel); compile with --per-layer "
+                         "(one lambda per layer), or recalibrate on more samples"))
     report = {"fixed_point": fp.to_json(), "weights": weights, "biases": biases,
               "all_exact": all(r["exact"] for r in weights + biases)}
     net.meta["quantization"] = report
