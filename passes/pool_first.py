@@ -62,6 +62,8 @@ class PoolFirstPass(Pass):
                 declines.append(Decline(ir.node_label(pools[0], model.provenance), *reason))
                 continue
             self._move(graph, site, pools[0])
+            ctx.notes.setdefault("pool_first", []).append(pools[0].name or
+                                                          pools[0].outputs[0].name)
             moved += 1
             ctx.logger.debug("%s: %s moved in front of %s", self.name,
                              ir.node_label(pools[0]), site.label)

@@ -81,7 +81,8 @@ MaxPool (``--maxpool``)
   Streaming keeps the running sum as a state pair ``state_in/<node>`` / ``state_out/<node>``
   shaped like the MaxPool input. Gating approximates max pooling; it is not exact.
 
-MaxPools whose input is static stay as they are. ``ctx.notes["maxpool"]`` maps each MaxPool to its
+MaxPools whose input is static stay as they are. ``ctx.notes["maxpool"]`` maps each MaxPool (the
+pool-first pass's moved ones included, as "moved before its activation (pool-first)") to its
 treatment; counts ``maxpool_swapped``, ``maxpool_gated``, ``maxpool_avg``.
 
 Analog islands (``--allow-analog``)
@@ -346,7 +347,9 @@ class ScheduleTimestepsPass(Pass):
         self.shapes = self._shapes(model)
         self.emit = _Emitter(graph, model.opset, slices)
         self.counts: dict[str, int] = {"neurons": len(neurons)}
-        self.notes_maxpool: dict[str, str] = {}
+        # pools the pool-first pass moved in front of their first-layer activation (exact)
+        self.notes_maxpool: dict[str, str] = {name: "moved before its activation (pool-first)"
+                                              for name in ctx.notes.get("pool_first", [])}
         self.diags: list[Diagnostic] = []
         self.model, self.ctx = model, ctx
         schedule = self._resolve(options.schedule, neurons, options.timesteps, slices, counted)
