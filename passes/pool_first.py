@@ -75,9 +75,9 @@ class PoolFirstPass(Pass):
     def _split_over_concats(graph: gs.Graph, outputs: set[int]) -> int:
         """``MaxPool(Concat(a, b, ..., axis=channels))`` -> ``Concat(MaxPool(a), MaxPool(b),
         ...)``, also when the Concat has other readers (they keep it): exact (the pool is per
-        channel), and each pool then reads one branch, so that it
-        can move in front of that branch's activation (here, or in the schedule for bit-serial
-        and T = 1) instead of being spike-gated (an Inception block's pooled concatenation)."""
+        channel), and each pool then reads one branch, so that it can move in front of that
+        branch's activation (here, or in the schedule for bit-serial and T = 1) instead of being
+        spike-gated (an Inception block's pooled concatenation)."""
         done = 0
         for mp in [n for n in graph.nodes if n.op == "MaxPool"]:
             cat = ir.producer(mp.inputs[0])
