@@ -48,12 +48,22 @@ class PipelineReport:
             counts = ", ".join(f"{k}={v}" for k, v in r.counts.items()) or "-"
             lines.append(f"{r.name:<22} {'changed' if r.modified else 'same':<8} {r.ms:>8.1f}  "
                          f"{counts}")
-            for d in r.declines:
-                lines.append(f"{'':<41}declined {d['node']}: [{d['code']}] {d['reason']}")
+            shown: dict[str, int] = {}
+            for d in r.declines:  # at most SHOWN_DECLINES per code (a DenseNet listed 12 BNs)
+                shown[d["code"]] = shown.get(d["code"], 0) + 1
+                if shown[d["code"]] <= SHOWN_DECLINES:
+                    lines.append(f"{'':<41}declined {d['node']}: [{d['code']}] {d['reason']}")
+            for code, n in shown.items():
+                if n > SHOWN_DECLINES:
+                    lines.append(f"{'':<41}... and {n - SHOWN_DECLINES} more [{code}] "
+                                 "(every one in the --report JSON)")
         return "\n".join(lines)
 
 
 Instrument = Callable[[Pass, ir.Model, CompileContext], None]
+
+#: declines of one code the pass table prints before "... and N more"
+SHOWN_DECLINES = 3
 
 
 class Snapshot:

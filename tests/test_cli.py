@@ -181,3 +181,15 @@ def test_calibration_shape_error_says_what_is_wrong(tmp_path, capsys, shape, hin
                  "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
     assert "SNN-E406" in err and hint in err and not (tmp_path / "x.onnx").exists()
+
+
+def test_the_pass_table_lists_a_few_declines_per_code():
+    """A DenseNet-style net listed 12 'declined ... NO_LINEAR_PRODUCER' lines (a sweep): the
+    table shows three per code and counts the rest, which the --report JSON keeps."""
+    from snncc.pipeline import PassRow, PipelineReport
+
+    declines = [{"node": f"'bn{i}'", "code": "NO_LINEAR_PRODUCER", "reason": "after a Concat"}
+                for i in range(12)] + [{"node": "'b'", "code": "SHARED_WEIGHT", "reason": "x"}]
+    text = PipelineReport([PassRow("fold-batchnorm", True, {"bn_to_affine": 12}, declines,
+                                   1.0)]).format()
+    assert text.count("declined") == 4 and "... and 9 more [NO_LINEAR_PRODUCER]" in text
