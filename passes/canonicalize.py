@@ -496,7 +496,8 @@ def _fold_constants(graph: gs.Graph, *, fold_shapes: bool) -> int:
 
 def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Decline]) -> None:
     """Remove Dropout/Identity and redundant ReLUs, expand Sum, turn a spatial ReduceMean into
-    GlobalAveragePool, make Reshape/Flatten batch-agnostic; keeps order."""
+    GlobalAveragePool, fold a zero Pad into the Conv after it, make Reshape/Flatten
+    batch-agnostic; keeps order."""
     nodes: list[gs.Node] = []
     for node in graph.nodes:
         if node.op == "Identity":
@@ -518,6 +519,8 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         elif node.op == "ReduceMean" and _spatial_mean(node):
             nodes.extend(_mean_to_global_pool(graph, node))
             counts["spatial_mean_to_global_pool"] += 1
+        elif node.op == "Pad" and _pad_into_conv(node):
+            counts["pad_folded"] += 1
         elif node.op == "Reshape":
             _fix_reshape(graph, node, batch, counts, declines)
         elif node.op == "Flatten":
@@ -525,6 +528,52 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         if node.outputs:
             nodes.append(node)
     graph.nodes = nodes
+
+
+def _pad_into_conv(node: gs.Node) -> bool:
+    """A zero ``Pad`` of the spatial axes read only by a Conv becomes that Conv's own padding
+    (torch's ``F.pad`` / ``ZeroPad2d`` before a conv): the same values, one op less, and a form
+    the Loihi and NIR backends (and the SynOp count) take. Also before an AveragePool (which
+    then counts the padding) and before a MaxPool of non-negative values (a ReLU's: a zero
+    beside them changes no maximum). Returns whether it was folded."""
+    if len(node.inputs) < 2 or node.attrs.get("mode", "constant") not in ("constant", b"constant"):
+        return False
+    pads = ir.const_value(node.inputs[1])
+    value = ir.const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name \
+        else np.zeros(1)
+    if pads is None or value is None or np.any(np.asarray(value) != 0) or \
+            (len(node.inputs) > 3 and node.inputs[3].name):
+        return False
+    pads = np.asarray(pads, np.int64).ravel()
+    rank = len(pads) // 2
+    y = node.outputs[0]
+    conv = y.outputs[0] if len(y.outputs) == 1 else None
+    if rank < 3 or np.any(pads < 0) or np.any(pads[[0, 1, rank, rank + 1]] != 0) or \
+            conv is None or conv.inputs[0] is not y or \
+            conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        return False
+    spatial = rank - 2
+    old = list(conv.attrs.get("pads", [0] * (2 * spatial)))
+    new = [int(old[i] + pads[2 + i]) for i in range(spatial)] + \
+        [int(old[spatial + i] + pads[rank + 2 + i]) for i in range(spatial)]
+    if conv.op in ("MaxPool", "AveragePool"):
+        kernel = list(conv.attrs.get("kernel_shape", []))
+        if conv.attrs.get("ceil_mode", 0) or (len(conv.outputs) > 1 and conv.outputs[1].outputs) \
+                or len(kernel) != spatial or any(p >= k for p, k in zip(new, 2 * kernel)):
+            return False  # (ONNX pools take pads smaller than the kernel only)
+        if conv.op == "MaxPool" and not _non_negative(node.inputs[0]):
+            return False  # zeros beside negative values would change the maximum
+        if conv.op == "AveragePool":
+            if any(old) and not conv.attrs.get("count_include_pad", 0):
+                return False
+            conv.attrs["count_include_pad"] = 1  # the padded zeros count, as they did
+    elif conv.op != "Conv":
+        return False
+    conv.attrs["pads"] = new
+    conv.inputs[0] = node.inputs[0]
+    node.inputs.clear()
+    node.outputs.clear()
+    return True
 
 
 def _sub_div_to_add_mul(graph: gs.Graph) -> int:

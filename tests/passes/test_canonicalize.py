@@ -421,3 +421,27 @@ def test_allowzero_without_a_zero_still_gets_the_batch_fixed(target):
     assert report.rows[0].counts["reshape_batch_fixed"] == 1
     reshape = next(n for n in out.graph.node if n.op_type == "Reshape")
     assert all(a.i == 0 for a in reshape.attribute if a.name == "allowzero")
+
+
+@pytest.mark.parametrize("reader, after_relu, folded", [
+    ("Conv", False, True), ("AveragePool", False, True), ("MaxPool", True, True),
+    ("MaxPool", False, False)])
+def test_a_zero_pad_folds_into_the_layer_after_it(reader, after_relu, folded):
+    """torch's F.pad / ZeroPad2d export a Pad node, which neither Loihi nor NIR (nor the SynOp
+    count) takes; before a Conv, an AveragePool (then counting the padding) or a MaxPool of a
+    ReLU's output it is that layer's own padding. Before a MaxPool of signed values a zero can
+    be the maximum: left."""
+    b = zoo._Builder(14)
+    h = b.conv("x", 3, 4)
+    if after_relu:
+        h = b.op("Relu", [h])
+    pads = [0, 0, 1, 2, 0, 0, 2, 1] if reader == "Conv" else [0, 0, 1, 0, 0, 0, 0, 1]
+    h = b.op("Pad", [h, b.const(pads, "pads", np.int64)])
+    if reader == "Conv":
+        h = b.op("Conv", [h, b.rand((4, 4, 3, 3), "w")], kernel_shape=[3, 3], pads=[1, 0, 0, 1])
+    else:
+        h = b.op(reader, [h], kernel_shape=[2, 2], strides=[2, 2])
+    model = b.model(zoo._head(b, b.op("Relu", [h]), 4))
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], rtol=1e-5)
+    assert report.rows[0].counts.get("pad_folded", 0) == int(folded)
+    assert ("Pad" in op_types(out)) != folded
