@@ -519,7 +519,7 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         elif node.op == "ReduceMean" and _spatial_mean(node):
             nodes.extend(_mean_to_global_pool(graph, node))
             counts["spatial_mean_to_global_pool"] += 1
-        elif node.op == "Pad" and _pad_into_conv(node):
+        elif node.op == "Pad" and node.outputs[0] not in graph.outputs and _pad_into_conv(node):
             counts["pad_folded"] += 1
         elif node.op == "Reshape":
             _fix_reshape(graph, node, batch, counts, declines)
