@@ -558,9 +558,12 @@ def _pad_into_conv(node: gs.Node) -> bool:
         [int(old[spatial + i] + pads[rank + 2 + i]) for i in range(spatial)]
     if conv.op in ("MaxPool", "AveragePool"):
         kernel = list(conv.attrs.get("kernel_shape", []))
-        if conv.attrs.get("ceil_mode", 0) or (len(conv.outputs) > 1 and conv.outputs[1].outputs) \
-                or len(kernel) != spatial or any(p >= k for p, k in zip(new, 2 * kernel)):
-            return False  # (ONNX pools take pads smaller than the kernel only)
+        if conv.attrs.get("ceil_mode", 0) or len(conv.outputs) > 1 or \
+                any(d != 1 for d in conv.attrs.get("dilations", [1])) or \
+                len(kernel) != spatial or any(p >= k for p, k in zip(new, 2 * kernel)):
+            # indices would count other positions; a dilated window may hold only padding,
+            # whose max is then -FLT_MAX instead of 0; ONNX pools take pads below the kernel
+            return False
         if conv.op == "MaxPool" and not _non_negative(node.inputs[0]):
             return False  # zeros beside negative values would change the maximum
         if conv.op == "AveragePool":

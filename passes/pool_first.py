@@ -78,9 +78,10 @@ class PoolFirstPass(Pass):
         channel), and each pool then reads one branch, so that it can move in front of that
         branch's activation (here, or in the schedule for bit-serial and T = 1) instead of being
         spike-gated (an Inception block's pooled concatenation)."""
-        done = 0
-        for mp in [n for n in graph.nodes if n.op == "MaxPool"]:
-            cat = ir.producer(mp.inputs[0])
+        done, todo = 0, [n for n in graph.nodes if n.op == "MaxPool"]
+        while todo:  # a new pool over an inner Concat is split in turn
+            mp = todo.pop()
+            cat = ir.producer(mp.inputs[0]) if mp.inputs else None
             if cat is None or cat.op != "Concat" or \
                     (len(mp.outputs) > 1 and (mp.outputs[1].outputs or
                                               id(mp.outputs[1]) in outputs)):
@@ -99,16 +100,22 @@ class PoolFirstPass(Pass):
                     [y_shape[0], t.shape[1], *y_shape[2:]]
                 out = gs.Variable(ir.unique_name(graph, f"{t.name}/pooled"), dtype=t.dtype,
                                   shape=shape)
-                graph.nodes.append(gs.Node("MaxPool", ir.unique_name(
-                    graph, f"{mp.name or 'MaxPool'}/part{i}"), dict(attrs), [t], [out]))
+                part = gs.Node("MaxPool", ir.unique_name(graph, f"{mp.name or 'MaxPool'}/part{i}"),
+                               dict(attrs), [t], [out])
+                graph.nodes.append(part)
+                todo.append(part)
                 pooled.append(out)
             y = mp.outputs[0]
             graph.nodes.append(gs.Node("Concat", ir.unique_name(graph, f"{cat.name or 'Concat'}"
                                                                         "/pooled"),
                                        {"axis": 1}, pooled, [y]))
             mp.inputs.clear()  # the Concat stays for its other readers (an Inception block's
-            mp.outputs.clear()  # branches), or is dropped as dead
+            mp.outputs.clear()  # branches); dropped at once when it has none, as its inputs'
+            if not cat.outputs[0].outputs and id(cat.outputs[0]) not in outputs:  # readers count
+                cat.inputs.clear()
+                cat.outputs.clear()
             done += 1
+        graph.nodes = [n for n in graph.nodes if n.outputs]
         return done
 
     @staticmethod

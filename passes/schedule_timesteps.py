@@ -372,8 +372,9 @@ class ScheduleTimestepsPass(Pass):
         if streaming and gated and options.target == "ort":
             ctx.warnings.append(
                 f"warning: --schedule streaming spike-gates {gated} MaxPool(s), which "
-                "approximates max pooling" + (f"; the folded and window schedules pool exactly "
-                                              f"for {options.neuron}" if bit_serial else "")
+                "approximates max pooling" + (f"; the folded and window schedules pool a MaxPool "
+                                              f"right after a {options.neuron} neuron exactly"
+                                              if bit_serial else "")
                 + " (use --maxpool avg for a net trained with average pooling)")
         elif bit_serial and gated and options.target == "ort":
             ctx.warnings.append(

@@ -445,3 +445,26 @@ def test_a_zero_pad_folds_into_the_layer_after_it(reader, after_relu, folded):
     out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], rtol=1e-5)
     assert report.rows[0].counts.get("pad_folded", 0) == int(folded)
     assert ("Pad" in op_types(out)) != folded
+
+
+@pytest.mark.parametrize("case", ["indices_output", "dilated"])
+def test_a_zero_pad_stays_where_folding_would_change_the_pool(case):
+    """A review: a MaxPool whose indices are a graph output would index another tensor, and a
+    dilated window can hold only padding (its max 0 would become -FLT_MAX)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    F = TensorProto.FLOAT
+    pool = dict(kernel_shape=[2, 2], dilations=[3, 3]) if case == "dilated" else \
+        dict(kernel_shape=[2, 2], strides=[2, 2])
+    outs = ["y", "idx"] if case == "indices_output" else ["y"]
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Pad", ["r", "pads"], ["p"]),
+             helper.make_node("MaxPool", ["p"], outs, **pool)]
+    outputs = [helper.make_tensor_value_info("y", F, None)] + (
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, None)] if len(outs) > 1 else [])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [1, 2, 2, 2])],
+                              outputs, [numpy_helper.from_array(
+                                  np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out, report, _ = run_passes(model, [CanonicalizePass(require_activation=False)], verify="off")
+    assert "Pad" in op_types(out) and not report.rows[0].counts.get("pad_folded")

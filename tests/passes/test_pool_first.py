@@ -150,3 +150,22 @@ def test_bitserial_warns_when_a_pool_stays_gated(tmp_path):
     res = compile_model(tmp_path / "m.onnx", tmp_path / "s.onnx", make_options(
         neuron="bitserial", timesteps=4, calib_path=str(tmp_path / "c.npy"), fidelity_samples=0))
     assert [w for w in res.warnings if "spike-gates 1 MaxPool" in w and "not exact" in w]
+
+
+def test_a_split_first_layer_concat_moves_every_part_and_nested_concats_split_fully():
+    """A review: after the split the dead Concat still counted as a reader of each branch
+    (OTHER_READERS, the parts stayed gated); a pool over a Concat of Concats split one level."""
+    from zoo import _Builder, _head
+
+    b = _Builder(15)
+    a = b.op("Relu", [b.conv("x", 3, 2)])
+    c = b.op("Relu", [b.conv("x", 3, 3)])
+    d = b.op("Relu", [b.conv("x", 3, 3)])
+    cat = b.op("Concat", [b.op("Concat", [a, c], axis=1), d], axis=1)
+    h = b.op("MaxPool", [cat], kernel_shape=[2, 2], strides=[2, 2])
+    model = b.model(_head(b, b.op("Relu", [b.conv(h, 8, 4)]), 4), input_shape=(1, 3, 8, 8))
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass(), PoolFirstPass()],
+                                            options=CompileOptions(target="ort"))
+    counts = report.rows[-1].counts
+    assert counts["maxpool_split_over_concat"] == 2 and counts["maxpool_moved"] == 3
+    assert report.rows[-1].declines == []
