@@ -340,8 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: on for bitserial)")
     g.add_argument("--no-bias-shift", dest="bias_shift", action="store_false")
     g.add_argument("--maxpool", default="auto", choices=("auto", "avg", "gate"),
-                   help="auto: exact where possible else spike gating; avg: replace by "
-                   "AveragePool (models trained that way); gate: always spike gating")
+                   help="auto: exact where possible (a pool after a first-layer activation "
+                   "moves in front of it; bit-serial and T = 1: every pool right after a neuron), "
+                   "else spike gating; avg: replace by AveragePool (models trained that way); "
+                   "gate: spike gating for every pool after a neuron")
     g.add_argument("--allow-analog", action="store_true",
                    help="keep ops with no spiking form (Sigmoid, LRN, ...) as analog islands")
     g.add_argument("--schedule", default="auto",
