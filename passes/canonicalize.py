@@ -78,7 +78,7 @@ from snncc.passes.base import Decline, Pass, PassResult
 from snncc.passes.opset_down import convert_version
 from snncc.passes.support import no_activation, relu_spellings, unsupported_nodes
 
-__all__ = ["CanonicalizePass", "check_model_input", "compiled_output"]
+__all__ = ["CanonicalizePass", "check_model_input", "compiled_output", "flatten_static_ifs"]
 
 logger = logging.getLogger("snncc.passes.canonicalize")
 
@@ -108,6 +108,7 @@ class CanonicalizePass(Pass):
         batch = check_model_input(model.graph, options)
         relu_forms = relu_spellings(model.graph)
         float16 = _promote_float16(model.graph)
+        static_ifs = flatten_static_ifs(model, batch)
         bad = unsupported_nodes(model.graph, options)
         if options.allow_analog:  # analog islands allowed: only what cannot run at all
             bad = [d for d in bad if d.severity == "error"]
@@ -133,7 +134,7 @@ class CanonicalizePass(Pass):
                 diagnostics=bad,
                 code="SNN-E201", hint="retrain with ReLU, or compile with --allow-analog")
         counts: Counter = Counter({"relu_forms_rewritten": relu_forms,
-                                   "float16_promoted": float16})
+                                   "float16_promoted": float16, "static_if_flattened": static_ifs})
         declines: list[Decline] = []
         source_opset = model.opset
         if source_opset < MIN_OPSET:
@@ -384,6 +385,79 @@ def _rebuild(model: ir.Model, opset: int) -> None:
 
 
 # ----------------------------------------------------------------------------- rewrites
+
+def flatten_static_ifs(model: ir.Model, export_batch: int | None = None) -> int:
+    """``If`` nodes whose condition depends on shapes only (torch's legacy export of
+    ``nn.LocalResponseNorm`` tests the input's rank) become the branch they take: the conditions
+    are computed by ONNX Runtime on zero inputs of the model's shape, at batch 1 and 2 (they must
+    agree: a condition on the batch size is not static), then gs flattens the taken branch into
+    the graph. Ifs whose condition reads data stay (SNN-E206). Returns how many went;
+    ``snncc inspect`` runs it too, so both see the same graph."""
+    graph = model.graph
+    ifs = [n for n in graph.nodes if n.op == "If" and n.inputs and _shape_only(n.inputs[0])]
+    shapes = [[d if isinstance(d, int) else None for d in (t.shape or [])][1:]
+              for t in graph.inputs]
+    if not ifs or any(not s or None in s for s in shapes):
+        return 0
+    import onnxruntime as ort
+
+    proto = ir.to_proto(model)
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(n.inputs[0].name,
+                                                                 onnx.TensorProto.BOOL, None)
+                              for n in ifs)
+    options, quiet = ort.SessionOptions(), ort.RunOptions()
+    options.log_severity_level = quiet.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # (its logs)
+
+    def conditions(batch: int) -> list:
+        return session.run(None, {t.name: np.zeros([batch, *s], np.dtype(t.dtype))
+                                  for t, s in zip(graph.inputs, shapes)}, quiet)
+
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        values = [conditions(1)]
+    except Exception as exc:  # leave the Ifs to the SNN-E206 report
+        logger.debug("%s: the If conditions could not be computed: %s", NAME, exc)
+        return 0
+    try:
+        values.append(conditions(2))
+    except Exception:  # an export with its batch fixed at 1 runs at batch 1 only
+        if export_batch != 1 and any(not (t.shape and t.shape[0] == 1) for t in graph.inputs):
+            return 0
+        values.append(values[0])
+    done = 0
+    for node, one, two in zip(ifs, *values):
+        if np.asarray(one).size == 1 and np.array_equal(one, two):
+            node.inputs[0] = gs.Constant(ir.unique_name(graph, f"{node.inputs[0].name}/static"),
+                                         np.asarray(one, bool).reshape(np.asarray(one).shape))
+            done += 1
+    if done:
+        graph.fold_constants(fold_shapes=False, flatten_subgraphs=True, recurse_subgraphs=False)
+        graph.cleanup()
+    return done - sum(n.op == "If" and isinstance(n.inputs[0], gs.Constant) for n in graph.nodes)
+
+
+def _shape_only(tensor: gs.Tensor, depth: int = 64) -> bool:
+    """Computed from constants and the shapes of tensors only (every path back to a graph input
+    passes a Shape or Size node)."""
+    stack, seen = [tensor], set()
+    while stack:
+        t = stack.pop()
+        if id(t) in seen or isinstance(t, gs.Constant):
+            continue
+        seen.add(id(t))
+        prod = ir.producer(t)
+        if prod is None:
+            return False  # a graph input reached without a Shape
+        if prod.op in ("Shape", "Size") or len(seen) > depth:
+            if prod.op not in ("Shape", "Size"):
+                return False
+            continue
+        stack.extend(prod.inputs)
+    return True
+
 
 def _quantized_summary(diags: Sequence[Diagnostic]) -> str:
     """One line for a quantized or ORT-fused model: its op kinds, counted, and a few nodes."""

@@ -512,6 +512,10 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C while the modules load
         return _interrupted(exc, before)
     _log_to_stderr(args.command, args.verbose)
+    if not (args.verbose or args.debug):  # ORT's graph-optimizer warnings ("cannot remove
+        import onnxruntime  # node ...") say nothing a user can act on; -v / --debug keep them
+
+        onnxruntime.set_default_logger_severity(3)
     try:
         return args.func(args)
     except SnnccError as exc:

@@ -77,7 +77,7 @@ def _layer_macs(node: ir.Node) -> int | None:
 def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
                   input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Build the inspect report (a JSON-ready dict) for a model file or proto."""
-    from snncc.passes.canonicalize import CanonicalizePass, compiled_output
+    from snncc.passes.canonicalize import CanonicalizePass, compiled_output, flatten_static_ifs
     from snncc.passes.support import (HEAD, ISLAND, TIME, conversion_roles, no_activation,
                                       relu_spellings, unsupported_nodes)
     from snncc.passes.schedule_timesteps import batch_axis_problem
@@ -121,7 +121,8 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
             layers.append({"node": node.name, "op": node.op, "macs": entry["macs"]})
         groups[group].append(entry)
     report["nodes"] = groups
-    relu_spellings(raw.graph)  # as canonicalize does first: LeakyRelu(alpha=0), Max(x, 0)
+    relu_spellings(raw.graph)  # as canonicalize does first: LeakyRelu(alpha=0), Max(x, 0),
+    flatten_static_ifs(raw)    # Ifs on static shapes
     diags = list(unsupported_nodes(raw.graph, CompileOptions(target="qann")))
     roles = conversion_roles(graph)
     for node in graph.nodes:

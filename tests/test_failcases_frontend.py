@@ -519,3 +519,34 @@ def test_review_findings_on_the_export_fixes():
     h = b.op("LeakyRelu", [b.conv("x", 3, 4)], alpha=0.0)
     report = inspect_model(b.model(zoo._head(b, h, 4)))
     assert report["unsupported"] == []
+
+
+def test_an_if_on_static_shapes_takes_its_branch_and_one_on_data_stays():
+    """torch's legacy export of nn.LocalResponseNorm tests the input's rank with an If: refused
+    as control flow (E206, whose hint does not apply). An If whose condition reads only shapes
+    is now the branch it takes; one that reads data stays E206."""
+    from snncc.passes.canonicalize import flatten_static_ifs
+
+    def model(static: bool) -> onnx.ModelProto:
+        then = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                                 [helper.make_tensor_value_info("t", F, [1, 3, 4, 4])])
+        other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                                  [helper.make_tensor_value_info("e", F, [1, 3, 4, 4])])
+        if static:
+            cond = [helper.make_node("Shape", ["x"], ["s"]),
+                    helper.make_node("Size", ["s"], ["rank"]),
+                    helper.make_node("Equal", ["rank", "four"], ["c"])]
+        else:
+            cond = [helper.make_node("ReduceSum", ["x"], ["sum"], keepdims=0),
+                    helper.make_node("Greater", ["sum", "zero"], ["c"])]
+        nodes = cond + [helper.make_node("If", ["c"], ["y"], then_branch=then,
+                                         else_branch=other)]
+        inits = [numpy_helper.from_array(np.array(4, np.int64), "four"),
+                 numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+        return _graph_model(nodes, [helper.make_tensor_value_info("x", F, [1, 3, 4, 4])],
+                            [helper.make_tensor_value_info("y", F, [1, 3, 4, 4])], inits)
+
+    m = ir.load(model(True))
+    assert flatten_static_ifs(m, 1) == 1 and [n.op for n in m.graph.nodes] == ["Relu"]
+    m = ir.load(model(False))
+    assert flatten_static_ifs(m, 1) == 0 and "If" in [n.op for n in m.graph.nodes]
