@@ -151,6 +151,13 @@ class CanonicalizePass(Pass):
         _rewrite(model.graph, batch, counts, declines)
         _rebuild(model, options.opset)
         counts["constants_folded"] += _fold_constants(model.graph, fold_shapes=True)
+        fixed = counts["reshape_batch_fixed"]
+        for node in [n for n in model.graph.nodes if n.op == "Reshape"]:
+            # a target that only the shape folding made constant (a legacy LRN export's
+            # Reshape to [1, C, H, W]) gets its batch fixed like any other
+            _fix_reshape(model.graph, node, batch, counts, [])
+        if counts["reshape_batch_fixed"] != fixed:
+            _rebuild(model, options.opset)  # the batch dims after it were inferred as 1
         counts["sub_div_by_constant_rewritten"] = _sub_div_to_add_mul(model.graph)
         _check_layers(model.graph)
         if self.require_activation:

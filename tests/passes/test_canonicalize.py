@@ -468,3 +468,25 @@ def test_a_zero_pad_stays_where_folding_would_change_the_pool(case):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     out, report, _ = run_passes(model, [CanonicalizePass(require_activation=False)], verify="off")
     assert "Pad" in op_types(out) and not report.rows[0].counts.get("pad_folded")
+
+
+def test_a_reshape_target_made_constant_by_shape_folding_gets_its_batch_fixed():
+    """A target that canonicalize's shape reader cannot follow ([1] ++ (Shape[1:] + 0) here; in
+    the sweep a legacy LRN export) became the constant [1, C, H, W] only in the last fold, kept
+    its batch of 1, and calibration failed (E412) on 8 samples."""
+    import onnxruntime as ort
+
+    b = zoo._Builder(16)
+    h = b.op("Relu", [b.conv("x", 3, 4)])
+    dims = b.op("Slice", [b.op("Shape", [h]), b.const([1], "s", np.int64),
+                          b.const([4], "e", np.int64)])
+    target = b.op("Concat", [b.const([1], "one", np.int64),
+                             b.op("Add", [dims, b.const(np.zeros(3), "z", np.int64)])], axis=0)
+    h = b.op("Relu", [b.conv(b.op("Reshape", [h, target]), 4, 4)])
+    model = b.model(zoo._head(b, h, 4))
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], rtol=1e-5)
+    assert report.rows[0].counts["reshape_batch_fixed"] >= 1
+    x = np.random.default_rng(0).random((3, 3, 8, 8), np.float32)
+    (y,) = ort.InferenceSession(out.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert y.shape[0] == 3
