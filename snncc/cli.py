@@ -274,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", parents=[common],
                        help="compile an ONNX CNN to a QANN or a spiking network",
                        description="Run the pass pipeline (canonicalize, pool-first, "
-                       "calibrate, fold-batchnorm, relu-to-quant-clip, insert-neurons, schedule-timesteps) "
-                       "and emit the chosen target. Nothing is written unless it succeeds.")
+                       "calibrate, fold-batchnorm, relu-to-quant-clip, insert-neurons, "
+                       "schedule-timesteps) and emit the chosen target. Nothing is written "
+                       "unless it succeeds.")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("-o", "--output", default=None,
                    help="output .onnx file (qann, ort), directory (loihi) or .nir file (nir); "

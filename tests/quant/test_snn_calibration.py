@@ -346,7 +346,8 @@ def test_streaming_warns_that_it_gates_a_max_pool(tmp_path):
     results = _bitserial_schedules(tmp_path, _deeper(_maxpool_model()), 2)
     warned = {k: [w for w in r.warnings if "spike-gates 1 MaxPool" in w]
               for k, r in results.items()}
-    assert len(warned["streaming"]) == 1 and "right after a bitserial neuron exactly" in warned["streaming"][0]
+    assert len(warned["streaming"]) == 1
+    assert "right after a bitserial neuron exactly" in warned["streaming"][0]
     assert warned["folded"] == []
 
 
