@@ -73,7 +73,7 @@ import onnx_graphsurgeon as gs
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
-from snncc.op_classes import RECURRENT
+from snncc.op_classes import FUSED_HINT, RECURRENT
 from snncc.passes.base import Decline, Pass, PassResult
 from snncc.passes.opset_down import convert_version
 from snncc.passes.support import no_activation, relu_spellings, unsupported_nodes
@@ -456,12 +456,10 @@ def _shape_only(tensor: gs.Tensor, depth: int = 64) -> bool:
             continue
         seen.add(id(t))
         prod = ir.producer(t)
-        if prod is None:
-            return False  # a graph input reached without a Shape
-        if prod.op in ("Shape", "Size") or len(seen) > depth:
-            if prod.op not in ("Shape", "Size"):
-                return False
+        if prod is not None and prod.op in ("Shape", "Size"):
             continue
+        if prod is None or len(seen) > depth:
+            return False  # a graph input reached without a Shape (or too far to tell)
         stack.extend(prod.inputs)
     return True
 
@@ -470,7 +468,7 @@ def _quantized_summary(diags: Sequence[Diagnostic]) -> str:
     """One line for a quantized or ORT-fused model: its op kinds, counted, and a few nodes."""
     mine = [d for d in diags if d.code == "SNN-E207"]
     ops = Counter(d.message.split(" ")[0] for d in mine)
-    kinds = {"an ONNX Runtime-optimized" if "fused" in d.message else "a quantized" for d in mine}
+    kinds = {"an ONNX Runtime-optimized" if d.hint == FUSED_HINT else "a quantized" for d in mine}
     return (f"{NAME}: this is {' and '.join(sorted(kinds)).replace(' and an', ' and')} model: "
             + ", ".join(f"{op} x{k}" for op, k in ops.most_common())
             + f" (e.g. {', '.join(d.node for d in mine[:3])})")
