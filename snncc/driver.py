@@ -332,6 +332,12 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
         if diags:
             raise BackendCapabilityError(f"the {backend.name} backend cannot express this model",
                                          diagnostics=diags)
+    count_net = None
+    if options.target == "ort":   # the SynOp count's netlist; its pool taps join the fidelity run
+        from snncc.analysis.synops import artifact_netlist, pool_taps
+
+        count_net = artifact_netlist(snap.proto("insert-neurons"), options, model)
+        ctx.event_taps = pool_taps(count_net) if not isinstance(count_net, dict) else {}
     fid = fidelity.estimate(snap.proto("canonicalize"), snap.proto("relu-to-quant-clip"),
                             backend, model, ctx) if fidelity_wanted and ctx.holdout else None
     if min_agreement is not None and fid is None:
@@ -342,7 +348,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
                           hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
         warnings += fidelity.check(fid, options, min_agreement, shlex.quote(str(model_path)))
-    synops = _synops(snap, model, ctx) if options.target == "ort" else None
+    synops = _synops(snap, model, ctx, count_net) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none
         if backend is None:
             proto = ir.to_proto(model, opset=options.opset)
@@ -382,7 +388,7 @@ def _compile_report(model_path, out: Path, options: CompileOptions, rows: Pipeli
     }
 
 
-def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext) -> dict[str, Any]:
+def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext, net: Any) -> dict[str, Any]:
     """The ORT target's SynOp section (snncc.analysis.synops), measured on the held-out samples,
     else on the first calibration samples, else static only."""
     from snncc import calibration
@@ -396,7 +402,7 @@ def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext) -> dict[str, A
                                            max_samples=ARTIFACT_SAMPLES)
     return artifact_synops(ir.to_proto(model), ann, samples, ctx.options,
                            events=ctx.measured_events if samples is ctx.holdout else None,
-                           events_samples=ctx.measured_samples)
+                           events_samples=ctx.measured_samples, net=net)
 
 
 def rehearse(model_path, options: CompileOptions) -> None:

@@ -208,10 +208,14 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
         names = list(layers)
         page.heading("Spikes and synaptic operations (per inference)")
         page.table(["layer", "neurons", "events", "spike rate", "SynOps", "MACs"],
-                   [[n, r.get("neurons", ""), r.get("events", ""), r.get("spike_rate", ""),
+                   [[n, r.get("neurons", r.get("kind", "")),
+                     r.get("events", r.get("pooled_events", "")), r.get("spike_rate", ""),
                      r["synops"], r["macs"]] for n, r in layers.items()])
+        pooled = " A max-pool's events are the spikes it passes on (some of its neuron's)." \
+            if any("pooled_events" in r for r in layers.values()) else ""
         page.para(f"Total: {syn['total_synops']:.4g} SynOps, {syn['total_macs']:.4g} MACs "
-                  f"(analog layers), ANN {syn['ann_macs']:.4g} MACs, {syn['steps']} slices.")
+                  f"(analog layers), ANN {syn['ann_macs']:.4g} MACs, {syn['steps']} slices."
+                  + pooled)
         rated = [n for n in names if "spike_rate" in layers[n]]
         plot("spike_rates.png", "spike rate per layer", lambda p: _bar(
             p, rated, {"events / (neuron x slice)": [layers[n]["spike_rate"] for n in rated]},
@@ -301,7 +305,7 @@ def _accuracy(out: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 def report_command(args: argparse.Namespace) -> int:
     from snncc.analysis.energy import estimate
-    from snncc.analysis.synops import count_synops, ort_events
+    from snncc.analysis.synops import count_netlist, count_synops, ort_events, pool_taps
     from snncc.backends.loihi.netlist import load
     from snncc.backends.loihi.simulator import saturation_message, simulate
     from snncc.driver import compile_model, make_options, rehearse
@@ -376,11 +380,13 @@ def report_command(args: argparse.Namespace) -> int:
                 data.update(mapping=mapping, quantization=meta["quantization"])
             else:
                 import onnx
-                events = ort_events(onnx.load(str(tmp / "snn.onnx")), {_input_name(tmp): x})
+                snn = onnx.load(str(tmp / "snn.onnx"))
                 try:
-                    syn = count_synops(onnx.load(str(tmp / "dump" / "after-insert-neurons.onnx")),
-                                       events, timesteps=T, maxpool=args.maxpool)
-                except SnnccError as exc:   # e.g. a MaxPool: the count runs on the Loihi lowering
+                    net = count_netlist(onnx.load(str(tmp / "dump" / "after-insert-neurons.onnx")),
+                                        T, args.maxpool, snn)
+                    events = ort_events(snn, {_input_name(tmp): x}, pool_taps(net))
+                    syn = count_synops(net, events)
+                except SnnccError as exc:   # what the count's lowering cannot express
                     syn = None
                     data.pop("synops", None)
                     data.pop("energy", None)

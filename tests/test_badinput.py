@@ -905,8 +905,8 @@ def test_report_writes_page_and_plots_atomically_with_the_umask(corpus, tmp_path
 def test_report_on_a_max_pool_net_fails_fast_and_takes_the_hinted_flag(corpus, tmp_path, capsys,
                                                                         monkeypatch):
     """The default target (loihi) has no MaxPool: refused before any calibration, with a hint
-    (--maxpool avg) that report now accepts; --target ort reports without SynOps (their count
-    runs on the Loihi lowering) instead of failing."""
+    (--maxpool avg) that report now accepts; --target ort reports SynOps through the MaxPool
+    (the count's own lowering takes it; it had said 'not available')."""
     import snncc.calibration as calibration
 
     model = tmp_path / "pools.onnx"
@@ -922,7 +922,7 @@ def test_report_on_a_max_pool_net_fails_fast_and_takes_the_hinted_flag(corpus, t
     expect_ok(capsys, argv + ["--maxpool", "avg"])
     expect_ok(capsys, argv[:-1] + [tmp_path / "o.md", "--target", "ort"])
     page = (tmp_path / "o.md").read_text()
-    assert "SynOps and energy: not available" in page and "MaxPool" in page
+    assert "not available" not in page and "SynOps" in page
 
 
 def test_report_warns_when_it_calibrates_on_the_data_it_scores(corpus, tmp_path, capsys):
@@ -960,17 +960,29 @@ def test_loihi_and_nir_outputs_given_as_a_model_are_named(corpus, tmp_path, caps
     assert "is a NIR file" in err
 
 
-def test_report_ort_counts_synops_through_maxpool_avg_and_notes_a_refusal_once(corpus, tmp_path,
-                                                                             capsys):
+def test_report_ort_counts_synops_through_maxpool_and_notes_a_refusal_once(corpus, tmp_path,
+                                                                         capsys):
     model = tmp_path / "pools.onnx"
     onnx.save(zoo.ZOO["pools"](), model)
     argv = ["report", model, "--data", corpus.data, "--calib", corpus.calib, "-T", "1,2",
             "--samples", "4", "--target", "ort"]
     expect_ok(capsys, argv + ["-o", tmp_path / "a.md"])
-    assert (tmp_path / "a.md").read_text().count("not available") == 1
-    expect_ok(capsys, argv + ["--maxpool", "avg", "-o", tmp_path / "b.md"])
-    page = (tmp_path / "b.md").read_text()
-    assert "not available" not in page and "SynOps" in page
+    assert "not available" not in (tmp_path / "a.md").read_text()
+    # a MaxPool over the sum of two neurons' spikes has no count: one note for both T
+    summed = tmp_path / "sum.onnx"
+    onnx.save(_pool_over_a_sum(), summed)
+    expect_ok(capsys, ["report", summed, "--data", corpus.data, "--calib", corpus.calib, "-T",
+                       "1,2", "--samples", "4", "--target", "ort", "-o", tmp_path / "c.md"])
+    page = (tmp_path / "c.md").read_text()
+    assert page.count("not available") == 1 and "a MaxPool over a sum, a concatenation" in page
+
+
+def _pool_over_a_sum() -> onnx.ModelProto:
+    b = zoo._Builder(31)
+    a = b.op("Relu", [b.conv("x", 3, 4)])
+    c = b.op("Relu", [b.conv("x", 3, 4)])
+    h = b.op("MaxPool", [b.op("Add", [a, c])], kernel_shape=[2, 2], strides=[2, 2])
+    return b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [h])], axis=1), 4, 4))
 
 
 def test_mean_std_refused_for_an_array_folder(corpus, tmp_path, capsys):

@@ -15,6 +15,12 @@ simulator (:func:`snncc.backends.loihi.simulator.run_netlist`) or from an ORT ru
 computation), counted once when the schedule computes that current once (``analog_once``).
 Results are per inference (divided by the batch size N).
 
+A MaxPool has no synapses. An ONNX source is lowered count-only (``lower(count_only=True)``): a
+MaxPool over a neuron's spikes is a ``pool`` group whose events (the spikes the pool passes on,
+measured at its output tensor: :func:`pool_taps`) feed the blocks after it; a MaxPool over analog
+currents (a stem pool that pool-first moved in front of its activation) is an ``analog`` group
+whose incoming conv is counted as MACs.
+
 Error codes: SNN-E670 events missing or of the wrong shape.
 """
 from __future__ import annotations
@@ -31,6 +37,7 @@ from snncc.backends.loihi.netlist import Block, Netlist, conv_box_sum, conv_fano
 from snncc.errors import BackendCapabilityError
 
 __all__ = ["fanout_map", "synops_per_target", "count_synops", "ort_events", "static_synops",
+           "count_netlist", "pool_taps", "artifact_netlist",
            "synops_section", "artifact_synops", "format_synops_line",
            "ARTIFACT_SAMPLES", "artifact_sample_count"]
 
@@ -51,24 +58,48 @@ def synops_per_target(block: Block, events: np.ndarray) -> np.ndarray:
     return conv_box_sum(block, ev[0])
 
 
-def _netlist(source: Any, timesteps: int | None, maxpool: str = "auto") -> Netlist:
+def count_netlist(source: onnx.ModelProto | Any, timesteps: int, maxpool: str = "auto",
+                  compiled: onnx.ModelProto | Any | None = None) -> Netlist:
+    """The count-only netlist of the ANN-shaped spiking graph (after insert-neurons;
+    ``ModelProto`` or ``ir.Model``): no relay groups (ONNX Runtime events have none), MaxPools
+    as ``pool`` / ``analog`` groups. ``compiled``: the model compiled from it, whose events
+    will be counted; it shows which MaxPools the schedule swapped with their neuron."""
+    from snncc import ir
+
+    if not isinstance(source, onnx.ModelProto):
+        source = ir.to_proto(source)
+    outputs = {}
+    if compiled is not None:
+        graph = compiled.graph if isinstance(compiled, onnx.ModelProto) else \
+            ir.to_proto(compiled).graph
+        outputs = {n.output[0]: n.name for n in graph.node if n.domain == ir.SNN_DOMAIN}
+    return lower(source, timesteps, maxpool, relay=False, count_only=True,
+                 neuron_outputs=outputs)
+
+
+def pool_taps(net: Netlist) -> dict[str, tuple[str, str]]:
+    """Pool group -> (the pool's output tensor, the neuron node whose spec counts its events):
+    what :func:`ort_events` fetches besides the neurons' own outputs."""
+    return {g.name: (g.source, g.attrs["events_of"]) for g in net.groups if g.kind == "pool"}
+
+
+def _netlist(source: Any, timesteps: int | None, maxpool: str = "auto",
+             compiled: Any = None) -> Netlist:
     if isinstance(source, Netlist):
         return source
     if isinstance(source, (str, os.PathLike)):
         return load(source)
-    if not isinstance(source, onnx.ModelProto):
-        from snncc import ir
-        source = ir.to_proto(source)
     if timesteps is None:
         raise BackendCapabilityError("count_synops on an ONNX model needs timesteps",
                                      code="SNN-E670", hint="pass timesteps=T")
-    return lower(source, timesteps, maxpool, relay=False)
+    return count_netlist(source, timesteps, maxpool, compiled)
 
 
 def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
                  events_per_layer: Mapping[str, np.ndarray], *, timesteps: int | None = None,
                  analog_once: bool = True, mapping: Mapping[str, Any] | None = None,
-                 summed_over: int | None = None, maxpool: str = "auto") -> dict[str, Any]:
+                 summed_over: int | None = None, maxpool: str = "auto",
+                 compiled: onnx.ModelProto | None = None) -> dict[str, Any]:
     """Count SynOps and MACs per inference.
 
     ``source``: a netlist, a compiled Loihi directory, or the ANN-shaped ONNX model after
@@ -79,9 +110,10 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
     readouts the host accumulates). ``summed_over``: the events are already summed over this
     many samples, each array [1, *shape] (what the compile-time fidelity run keeps: per-sample
     counts of a 224x224 ResNet-34 take about 190 MB per sample). ``maxpool``: as the compile's
-    ``--maxpool`` (an ONNX source with MaxPool lowers only with ``"avg"``).
+    ``--maxpool``. ``compiled``: for an ONNX source, the model the events were measured on
+    (:func:`count_netlist`).
     """
-    net = _netlist(source, timesteps, maxpool)
+    net = _netlist(source, timesteps, maxpool, compiled)
     kinds = {g.name: g for g in net.groups}
     spiking = [g for g in net.groups if g.sends_events]
     missing = [g.name for g in spiking if g.name not in events_per_layer]
@@ -111,13 +143,14 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
     blocks, layers = [], {}
     for b in net.blocks:
         src = kinds[b.src]
-        if src.kind == "input":
+        if src.kind in ("input", "analog"):
             times = 1 if analog_once else steps
             value, kind = float(fanout_map(b).sum() * times), "macs"
         else:
             ev = np.asarray(events_per_layer[b.src])
             target = synops_per_target(b, ev) / batch
-            per_neuron[b.dst][b.offset:b.offset + b.rows] += target
+            if target.shape[1:] == per_neuron[b.dst].shape[1:]:   # else a max-pooled current
+                per_neuron[b.dst][b.offset:b.offset + b.rows] += target
             value, kind = float(target.sum()), "synops"
         blocks.append({"block": b.name, "src": b.src, "dst": b.dst, "kind": kind,
                        "per_inference": value})
@@ -127,17 +160,26 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
         if g.kind == "input":
             continue
         row = layers.setdefault(g.name, {"synops": 0.0, "macs": 0.0})
+        if g.kind == "pool":   # the spikes it passes on are some of its neuron's: not summed
+            row["pooled_events"] = float(np.asarray(events_per_layer[g.name]).sum(
+                dtype=np.int64)) / batch
+            row["pool_of"] = g.attrs["events_of"]
+        if g.kind in ("pool", "analog"):
+            row["kind"] = "max-pool"
+            continue
         row["neurons"] = g.size
         if g.sends_events:
             events = float(np.asarray(events_per_layer[g.name]).sum(dtype=np.int64)) / batch
             row["events"] = events
             row["spike_rate"] = events / (g.size * steps)
+    order = [g.name for g in net.groups if g.name in layers]   # the netlist's (topological)
+    layers = {name: layers[name] for name in order + [n for n in layers if n not in order]}
     report = {"steps": steps, "batch": batch, "analog_once": analog_once, "blocks": blocks,
               "layers": layers,
               "total_synops": sum(r["synops"] for r in layers.values()),
               "total_macs": sum(r["macs"] for r in layers.values()),
               "ann_macs": net.ann_macs,
-              "neuron_updates": sum(g.size for g in net.groups if g.kind != "input") * steps}
+              "neuron_updates": sum(g.size for g in net.groups if g.updates) * steps}
     if mapping is not None:
         report["cores"] = _per_core(net, per_neuron, mapping)
         report["host_synops"] = float(sum(per_neuron[h["group"]].sum()
@@ -152,25 +194,45 @@ def _per_core(net: Netlist, per_neuron: dict[str, np.ndarray], mapping: Mapping[
             for core in mapping["cores"]]
 
 
-def ort_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> dict[str,
-                                                                                   np.ndarray]:
-    """Per-position events of every neuron node of a *folded* compiled ORT model:
-    node name -> int64 [N, *shape] summed over slices (``spec.events`` per slice)."""
-    import onnxruntime as ort
-
-    from snncc.simulate import neuron_nodes, node_attrs, summed_events, with_neuron_outputs
+def _tapped(compiled: onnx.ModelProto, taps: Mapping[str, tuple[str, str]] | None
+            ) -> tuple[onnx.ModelProto, dict[str, tuple[str, onnx.NodeProto]]]:
+    """``compiled`` with every neuron's output and every tapped tensor as graph outputs; group
+    -> (tensor, the neuron node whose spec counts its events)."""
+    from snncc import ir
+    from snncc.simulate import neuron_nodes, with_neuron_outputs
 
     proto, names = with_neuron_outputs(compiled)
+    nodes = {n.name: n for n in neuron_nodes(proto)}
+    produced = {o for n in proto.graph.node for o in n.output}
+    reads = {name: (names[name], node) for name, node in nodes.items()}
+    for group, (tensor, neuron) in (taps or {}).items():
+        if tensor not in produced or neuron not in nodes:
+            raise BackendCapabilityError(f"the compiled model has no tensor '{tensor}' of the "
+                                         f"MaxPool '{group}' (or no neuron '{neuron}')",
+                                         code="SNN-E670", hint="count events on the model "
+                                         "compiled from the same graph")
+        reads[group] = (tensor, nodes[neuron])
+    return ir.with_outputs(proto, [t for t, _ in reads.values()]), reads
+
+
+def ort_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
+               taps: Mapping[str, tuple[str, str]] | None = None) -> dict[str, np.ndarray]:
+    """Per-position events of every neuron node of a *folded* compiled ORT model:
+    node name -> int64 [N, *shape] summed over slices (``spec.events`` per slice); with
+    ``taps`` (:func:`pool_taps`) also of every pool group, from its output tensor."""
+    import onnxruntime as ort
+
+    from snncc.simulate import node_attrs, summed_events
+
+    proto, reads = _tapped(compiled, taps)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(proto.SerializeToString(), so,
                                 providers=["CPUExecutionProvider"])
     values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, dict(inputs))))
     batch = next(iter(inputs.values())).shape[0]
-    out = {}
-    for node in neuron_nodes(proto):
-        out[node.name] = summed_events(node, values[names[node.name]], node_attrs(node), batch)
-    return out
+    return {key: summed_events(node, values[tensor], node_attrs(node), batch)
+            for key, (tensor, node) in reads.items()}
 
 
 # ----------------------------------------------------------------------------- artifact section
@@ -200,7 +262,8 @@ def static_synops(net: Netlist) -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {}
     fan: dict[str, np.ndarray] = {}
     for g in net.groups:
-        groups[g.name] = {"kind": g.kind, "neuron": g.neuron, "neurons": g.size,
+        groups[g.name] = {"kind": g.kind, "neuron": g.neuron,
+                          "neurons": g.size if g.updates or g.kind == "input" else 0,
                           "synapses_in": 0, "synapses_out": 0}
     for b in net.blocks:
         f = fanout_map(b)
@@ -243,7 +306,8 @@ def synops_section(net: Netlist, events: Mapping[str, np.ndarray] | None = None,
     syn = count_synops(net, events, mapping=mapping, summed_over=summed_over)
     for name, row in syn["layers"].items():
         target = section["groups"].setdefault(name, {})
-        target.update({k: row[k] for k in ("events", "spike_rate") if k in row},
+        target.update({k: row[k] for k in ("events", "spike_rate", "pooled_events", "pool_of")
+                       if k in row},
                       synops_in=row["synops"], macs_in=row["macs"])
     section["measured"] = {
         "source": source, "samples": syn["batch"],
@@ -271,34 +335,54 @@ def loihi_samples(path: str | os.PathLike, input_name: str, input_shape: tuple[i
     return load_samples(path, [spec], max_samples=limit, mean=mean, std=std)[input_name]
 
 
-def _stream_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray]
-                   ) -> dict[str, np.ndarray]:
+def _stream_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
+                   taps: Mapping[str, tuple[str, str]] | None = None,
+                   window: int | None = None) -> dict[str, np.ndarray]:
     """Per-position events of a *streaming* compiled model (step protocol of
-    :mod:`snncc.simulate`), with the kernel library."""
+    :mod:`snncc.simulate`), with the kernel library; ``taps`` as :func:`ort_events`.
+    ``window``: count only the last this many steps (a pipelined model runs one window per
+    layer of depth to fill its pipeline; once full, every step of a stream costs what the
+    last window's steps cost, which is what one inference costs in the folded schedule)."""
     from snncc.passes.insert_neurons import spec_for_op
-    from snncc.simulate import (_run_streaming, _session, neuron_nodes, node_attrs,
-                                with_neuron_outputs)
+    from snncc.simulate import _run_streaming, _session, node_attrs
 
-    proto, names = with_neuron_outputs(compiled)
+    proto, reads = _tapped(compiled, taps)
     meta = {p.key: p.value for p in proto.metadata_props}
     sess = _session(proto, True, False)
     out_names = [o.name for o in sess.get_outputs()]
-    nodes = {n.name: n for n in neuron_nodes(proto)}
     acc: dict[str, np.ndarray] = {}
+    skip = [max(0, int(meta["snncc.steps"]) - window) if window else 0]
 
     def count(values: dict[str, np.ndarray]) -> None:
-        for node, tensor in names.items():
-            ev = spec_for_op(nodes[node].op_type).events(values[tensor], node_attrs(nodes[node]))
-            acc[node] = ev.astype(np.int64) + acc[node] if node in acc else ev.astype(np.int64)
+        if skip[0] > 0:
+            skip[0] -= 1
+            return
+        for key, (tensor, node) in reads.items():
+            ev = spec_for_op(node.op_type).events(values[tensor], node_attrs(node))
+            acc[key] = ev.astype(np.int64) + acc[key] if key in acc else ev.astype(np.int64)
 
     _run_streaming(sess, proto, meta, dict(inputs), out_names, out_names[:1], count)
     return acc
 
 
+def artifact_netlist(ann_proto: onnx.ModelProto | Any, options: Any,
+                     compiled: onnx.ModelProto | Any) -> Netlist | dict[str, Any]:
+    """:func:`count_netlist` for an artifact's section (``options``: the compile's), or the
+    section that says why it is not available."""
+    from snncc.errors import SnnccError
+
+    try:
+        return count_netlist(ann_proto, options.timesteps, getattr(options, "maxpool", "auto"),
+                             compiled)
+    except SnnccError as exc:
+        return {"available": False, "reason": exc.render()}
+
+
 def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto | Any,
                     samples: Mapping[str, np.ndarray] | None, options: Any, *,
                     events: Mapping[str, np.ndarray] | None = None,
-                    events_samples: int | None = None) -> dict[str, Any]:
+                    events_samples: int | None = None,
+                    net: Netlist | dict[str, Any] | None = None) -> dict[str, Any]:
     """The SynOp section for an ORT SNN (the ``synops`` key of ``compile --report``).
 
     ``snn_proto``: the compiled spiking model (what the ORT backend wrote, folded or streaming).
@@ -307,40 +391,43 @@ def artifact_synops(snn_proto: onnx.ModelProto | Any, ann_proto: onnx.ModelProto
     (synapses, fan-out, ANN MACs). ``samples``: calibration inputs (name -> array), of which the
     first :data:`ARTIFACT_SAMPLES` (fewer for big networks: :func:`artifact_sample_count`) are
     run to measure spikes; None gives the static part only.
-    ``events``: per-position events already measured on ``samples`` (node -> integer [N, ...],
-    :func:`ort_events`' form, e.g. by the compile-time fidelity run); used instead of a new run.
-    With ``events_samples`` they are sums over that many samples, [1, ...] (as the fidelity run
-    keeps them).
+    ``events``: per-position events already measured on ``samples`` (node or pool group ->
+    integer [N, ...], :func:`ort_events`' form, e.g. by the compile-time fidelity run); used
+    instead of a new run when they cover every group. With ``events_samples`` they are sums over
+    that many samples, [1, ...] (as the fidelity run keeps them).
+    ``net``: :func:`artifact_netlist` of ``ann_proto``, when the caller has it already.
     A model the structural lowering cannot express (e.g. analog islands) gives
     ``{"available": False, "reason": ...}`` instead of failing the compile.
     """
     from snncc import ir
     from snncc.errors import SnnccError
 
-    if not isinstance(ann_proto, onnx.ModelProto):
-        ann_proto = ir.to_proto(ann_proto)
     if not isinstance(snn_proto, onnx.ModelProto):
         snn_proto = ir.to_proto(snn_proto)
-    try:
-        net = lower(ann_proto, options.timesteps, getattr(options, "maxpool", "auto"),
-                    relay=False)   # ONNX Runtime events have no relay groups
-    except SnnccError as exc:
-        return {"available": False, "reason": exc.render()}
+    net = artifact_netlist(ann_proto, options, snn_proto) if net is None else net
+    if isinstance(net, dict):
+        return net
     if not samples:
         return synops_section(net, timesteps=options.timesteps)
-    if events is not None:
-        return synops_section(net, dict(events), source="ONNX Runtime (kernels, fidelity run)",
-                              timesteps=options.timesteps, summed_over=events_samples)
-    n = artifact_sample_count(net.ann_macs, net.total_steps,
-                              min(len(v) for v in samples.values()),
-                              budget=10 * ARTIFACT_MAC_STEPS)   # ONNX Runtime is faster
-    feeds = {k: np.asarray(v)[:n] for k, v in samples.items()}
-    meta = {p.key: p.value for p in snn_proto.metadata_props}
-    if meta.get("snncc.schedule") == "streaming":
-        events, source = _stream_events(snn_proto, feeds), "ONNX Runtime (streaming, kernels)"
-    else:
-        events, source = ort_events(snn_proto, feeds), "ONNX Runtime (folded)"
-    return synops_section(net, events, source=source, timesteps=options.timesteps)
+    try:   # a count that does not fit what was compiled: not available, not a failed compile
+        if events is not None and all(g.name in events for g in net.groups if g.sends_events):
+            return synops_section(net, dict(events),
+                                  source="ONNX Runtime (kernels, fidelity run)",
+                                  timesteps=options.timesteps, summed_over=events_samples)
+        n = artifact_sample_count(net.ann_macs, net.total_steps,
+                                  min(len(v) for v in samples.values()),
+                                  budget=10 * ARTIFACT_MAC_STEPS)   # ONNX Runtime is faster
+        feeds = {k: np.asarray(v)[:n] for k, v in samples.items()}
+        meta = {p.key: p.value for p in snn_proto.metadata_props}
+        taps = pool_taps(net)
+        if meta.get("snncc.schedule") == "streaming":
+            events = _stream_events(snn_proto, feeds, taps, window=net.total_steps)
+            source = "ONNX Runtime (streaming, kernels)"
+        else:
+            events, source = ort_events(snn_proto, feeds, taps), "ONNX Runtime (folded)"
+        return synops_section(net, events, source=source, timesteps=options.timesteps)
+    except SnnccError as exc:
+        return {"available": False, "reason": exc.render()}
 
 
 def format_synops_line(section: Mapping[str, Any] | None) -> str:

@@ -45,7 +45,10 @@ VERSION = 1
 @dataclass
 class Group:
     """One population. ``kind``: ``input`` (analog graph input), ``neuron``, ``readout``,
-    ``relay`` (graded pass-through of its current, zero delay)."""
+    ``relay`` (graded pass-through of its current, zero delay); in a count-only netlist
+    (``lower(..., count_only=True)``) also ``pool`` (a MaxPool over one neuron's spikes:
+    ``attrs["events_of"]`` names that neuron node, ``source`` the pool's output tensor) and
+    ``analog`` (a MaxPool over currents computed from the input)."""
 
     name: str
     kind: str
@@ -70,8 +73,15 @@ class Group:
 
     @property
     def sends_events(self) -> bool:
-        """A neuron or a relay: its payloads are events whose count the SynOp figures need."""
-        return self.kind in ("neuron", "relay")
+        """A neuron, a relay or a pool: its payloads are events whose count the SynOp figures
+        need."""
+        return self.kind in ("neuron", "relay", "pool")
+
+    @property
+    def updates(self) -> bool:
+        """Its units are updated every slice (neurons, relays, readouts; not an input or a
+        max-pool, which holds no state)."""
+        return self.kind in ("neuron", "relay", "readout")
 
 
 @dataclass

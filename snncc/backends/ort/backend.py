@@ -91,7 +91,7 @@ class OrtBackend(Backend):
         it is not built), one session for all parts; per neuron layer the mean over the counted
         slices. The per-position events of every neuron node, summed over the samples, go to
         ``ctx.measured_events`` once the last part is read (for the SynOp section, so the SNN runs
-        once on the held-out samples).
+        once on the held-out samples), and so do those of every MaxPool in ``ctx.event_taps``.
 
         The first part is one sample; the others are up to ``batch`` samples, as many as keep
         the fetched spike trains within :data:`PREDICT_BYTES` (a 224x224 ResNet-34 fetches about
@@ -132,8 +132,14 @@ class OrtBackend(Backend):
         produced = {o for node in proto.graph.node for o in node.output}
         layers = [name for name in ctx.quant if name in produced]
         neurons = neuron_nodes(proto)
+        # the events of each neuron node, and of each MaxPool the SynOp count taps
+        reads = {n.name: (n.output[0], n) for n in neurons}
+        by_name = {n.name: n for n in neurons}
+        reads.update({group: (tensor, by_name[neuron])
+                      for group, (tensor, neuron) in ctx.event_taps.items()
+                      if tensor in produced and neuron in by_name})
         first = proto.graph.output[0].name
-        fetch = list(dict.fromkeys([first, *layers, *(n.output[0] for n in neurons)]))
+        fetch = list(dict.fromkeys([first, *layers, *(t for t, _ in reads.values())]))
         proto = ir.with_outputs(proto, fetch)
         attrs = {node.name: ir.node_attrs(node) for node in neurons}
         so = runtime.session_options() if runtime.is_built() else ort.SessionOptions()
@@ -157,10 +163,10 @@ class OrtBackend(Backend):
                 if y.shape[0] == steps * rows and steps > 1:
                     y = y.reshape((steps, -1) + y.shape[1:])[start:].mean(axis=0)
                 means[name] = y
-            for node in neurons:  # unit events summed over all slices and samples
-                part_sum = summed_events(node, values[node.output[0]], attrs[node.name], rows
+            for key, (tensor, node) in reads.items():  # unit events, all slices and samples
+                part_sum = summed_events(node, values[tensor], attrs[node.name], rows
                                          ).sum(axis=0, keepdims=True, dtype=np.int64)
-                events[node.name] = part_sum + events.get(node.name, 0)
+                events[key] = part_sum + events.get(key, 0)
             out = values[first]
             del values
             yield slice(i, i + rows), out, means
