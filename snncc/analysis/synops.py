@@ -37,7 +37,7 @@ from snncc.backends.loihi.netlist import Block, Netlist, conv_box_sum, conv_fano
 from snncc.errors import BackendCapabilityError
 
 __all__ = ["fanout_map", "synops_per_target", "count_synops", "ort_events", "static_synops",
-           "count_netlist", "pool_taps", "artifact_netlist",
+           "count_netlist", "pool_taps", "event_reads", "artifact_netlist",
            "synops_section", "artifact_synops", "format_synops_line",
            "ARTIFACT_SAMPLES", "artifact_sample_count"]
 
@@ -77,10 +77,12 @@ def count_netlist(source: onnx.ModelProto | Any, timesteps: int, maxpool: str = 
                  neuron_outputs=outputs)
 
 
-def pool_taps(net: Netlist) -> dict[str, tuple[str, str]]:
-    """Pool group -> (the pool's output tensor, the neuron node whose spec counts its events):
-    what :func:`ort_events` fetches besides the neurons' own outputs."""
-    return {g.name: (g.source, g.attrs["events_of"]) for g in net.groups if g.kind == "pool"}
+def pool_taps(net: Netlist) -> dict[str, tuple[str, str, int, int]]:
+    """Pool group -> (the pool's output tensor, the neuron node whose spec counts its events,
+    its channels' start and stop in that tensor): what :func:`ort_events` fetches besides the
+    neurons' own outputs."""
+    return {g.name: (g.source, g.attrs["events_of"], *g.attrs["channels"])
+            for g in net.groups if g.kind == "pool"}
 
 
 def _netlist(source: Any, timesteps: int | None, maxpool: str = "auto",
@@ -194,29 +196,39 @@ def _per_core(net: Netlist, per_neuron: dict[str, np.ndarray], mapping: Mapping[
             for core in mapping["cores"]]
 
 
-def _tapped(compiled: onnx.ModelProto, taps: Mapping[str, tuple[str, str]] | None
-            ) -> tuple[onnx.ModelProto, dict[str, tuple[str, onnx.NodeProto]]]:
-    """``compiled`` with every neuron's output and every tapped tensor as graph outputs; group
-    -> (tensor, the neuron node whose spec counts its events)."""
-    from snncc import ir
-    from snncc.simulate import neuron_nodes, with_neuron_outputs
-
-    proto, names = with_neuron_outputs(compiled)
-    nodes = {n.name: n for n in neuron_nodes(proto)}
-    produced = {o for n in proto.graph.node for o in n.output}
-    reads = {name: (names[name], node) for name, node in nodes.items()}
-    for group, (tensor, neuron) in (taps or {}).items():
-        if tensor not in produced or neuron not in nodes:
+def event_reads(nodes: Sequence[onnx.NodeProto],
+                taps: Mapping[str, tuple[str, str, int, int]] | None, produced: set[str]
+                ) -> dict[str, tuple[str, onnx.NodeProto, slice]]:
+    """What to read for the events of every neuron node (its output) and of every tapped pool
+    group (its channels of the pool's output): key -> (tensor, the neuron node whose spec
+    counts them, channel slice). A tap the compiled model lacks is SNN-E670."""
+    by_name = {n.name: n for n in nodes}
+    reads = {n.name: (n.output[0], n, slice(None)) for n in nodes}
+    for group, (tensor, neuron, lo, hi) in (taps or {}).items():
+        if tensor not in produced or neuron not in by_name:
             raise BackendCapabilityError(f"the compiled model has no tensor '{tensor}' of the "
                                          f"MaxPool '{group}' (or no neuron '{neuron}')",
                                          code="SNN-E670", hint="count events on the model "
                                          "compiled from the same graph")
-        reads[group] = (tensor, nodes[neuron])
-    return ir.with_outputs(proto, [t for t, _ in reads.values()]), reads
+        reads[group] = (tensor, by_name[neuron], slice(lo, hi))
+    return reads
+
+
+def _tapped(compiled: onnx.ModelProto, taps: Mapping[str, tuple[str, str, int, int]] | None
+            ) -> tuple[onnx.ModelProto, dict[str, tuple[str, onnx.NodeProto, slice]]]:
+    """``compiled`` with every neuron's output and every tapped tensor as graph outputs, and
+    its :func:`event_reads`."""
+    from snncc import ir
+    from snncc.simulate import neuron_nodes
+
+    produced = {o for n in compiled.graph.node for o in n.output}
+    reads = event_reads(neuron_nodes(compiled), taps, produced)
+    return ir.with_outputs(compiled, [t for t, _, _ in reads.values()]), reads
 
 
 def ort_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
-               taps: Mapping[str, tuple[str, str]] | None = None) -> dict[str, np.ndarray]:
+               taps: Mapping[str, tuple[str, str, int, int]] | None = None
+               ) -> dict[str, np.ndarray]:
     """Per-position events of every neuron node of a *folded* compiled ORT model:
     node name -> int64 [N, *shape] summed over slices (``spec.events`` per slice); with
     ``taps`` (:func:`pool_taps`) also of every pool group, from its output tensor."""
@@ -231,8 +243,8 @@ def ort_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
                                 providers=["CPUExecutionProvider"])
     values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, dict(inputs))))
     batch = next(iter(inputs.values())).shape[0]
-    return {key: summed_events(node, values[tensor], node_attrs(node), batch)
-            for key, (tensor, node) in reads.items()}
+    return {key: summed_events(node, values[tensor][:, sl], node_attrs(node), batch)
+            for key, (tensor, node, sl) in reads.items()}
 
 
 # ----------------------------------------------------------------------------- artifact section
@@ -336,7 +348,7 @@ def loihi_samples(path: str | os.PathLike, input_name: str, input_shape: tuple[i
 
 
 def _stream_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
-                   taps: Mapping[str, tuple[str, str]] | None = None,
+                   taps: Mapping[str, tuple[str, str, int, int]] | None = None,
                    window: int | None = None) -> dict[str, np.ndarray]:
     """Per-position events of a *streaming* compiled model (step protocol of
     :mod:`snncc.simulate`), with the kernel library; ``taps`` as :func:`ort_events`.
@@ -357,8 +369,8 @@ def _stream_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
         if skip[0] > 0:
             skip[0] -= 1
             return
-        for key, (tensor, node) in reads.items():
-            ev = spec_for_op(node.op_type).events(values[tensor], node_attrs(node))
+        for key, (tensor, node, sl) in reads.items():
+            ev = spec_for_op(node.op_type).events(values[tensor][:, sl], node_attrs(node))
             acc[key] = ev.astype(np.int64) + acc[key] if key in acc else ev.astype(np.int64)
 
     _run_streaming(sess, proto, meta, dict(inputs), out_names, out_names[:1], count)

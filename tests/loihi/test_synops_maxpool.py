@@ -5,7 +5,8 @@ its events measured at the pool's output), over analog currents (pool-first) or 
 current (the swap the schedule makes for bit-serial and T = 1) the neuron after it runs on the
 pooled map. Checked by what theory makes exact: a 1x1 pool passes every spike (same SynOps as
 no pool), at T = 1 spike gating equals max pooling (gate and auto count the same SynOps and
-MACs), and the streaming schedule counts what the folded one does.
+MACs), and the streaming schedule counts what the folded one does. An output head (Softmax,
+LogSoftmax, ArgMax) acts after every synapse: counted as without it.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zoo  # noqa: E402
+from snncc import ir  # noqa: E402
 from snncc.analysis.synops import count_netlist, count_synops, ort_events, pool_taps  # noqa: E402
 from snncc.driver import compile_model, make_options  # noqa: E402
 
@@ -140,7 +143,7 @@ def test_count_synops_takes_the_pool_taps(nets, tmp_path):
     events = ort_events(snn, x, taps)
     rep = count_synops(net, events)
     pooled = {g: rep["layers"][g]["pooled_events"] for g in taps}
-    for g, (_, neuron) in taps.items():
+    for g, (_, neuron, _, _) in taps.items():
         assert 0 < pooled[g] <= rep["layers"][neuron]["events"]
         assert rep["layers"][g]["pool_of"] == neuron
     spikes = sum(r.get("events", 0.0) for r in rep["layers"].values())
@@ -150,3 +153,81 @@ def test_count_synops_takes_the_pool_taps(nets, tmp_path):
     from snncc.errors import BackendCapabilityError
     with pytest.raises(BackendCapabilityError, match="events are missing"):
         count_synops(net, ort_events(snn, x))
+
+
+def inception_pool_net() -> onnx.ModelProto:
+    """Two neurons joined by a Concat, then a MaxPool over the Concat (an Inception pool branch
+    reading the block's input), then a conv: pooled spikes of two neurons."""
+    b = zoo._Builder(7)
+    h = b.op("AveragePool", [b.op("Relu", [b.conv("x", 3, 4)])], kernel_shape=[2, 2],
+             strides=[2, 2])
+    a = b.op("Relu", [b.conv(h, 4, 3)])
+    c = b.op("Relu", [b.conv(h, 4, 5, k=1)])
+    cat = b.op("Concat", [a, c], axis=1)
+    p = b.op("MaxPool", [cat], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    h = b.op("Relu", [b.conv(b.op("Concat", [cat, p], axis=1), 16, 6)])
+    return b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [h])], axis=1), 6, 5),
+                   input_shape=("N", 3, 16, 16))
+
+
+@pytest.mark.parametrize("neuron", ["if", "mt"])
+def test_a_pool_over_a_concat_counts_each_neuron_s_share(nets, tmp_path, neuron):
+    """One pool group per neuron of the Concat, each its channels of the pool's output (the
+    pool is not split here: its Concat has another reader); with binary spikes its events are
+    the nonzeros of those channels."""
+    onnx.save(inception_pool_net(), tmp_path / "inc.onnx")
+    opts = make_options(target="ort", timesteps=4, neuron=neuron, maxpool="gate",
+                        calib_path=str(nets / "calib.npz"), calib_method="max")
+    res = compile_model(str(tmp_path / "inc.onnx"), tmp_path / "s.onnx", opts,
+                        dump_after=["insert-neurons"], dump_dir=tmp_path / "dump")
+    sec = res.report["synops"]
+    assert sec["available"], sec.get("reason")
+    pools = {n: r for n, r in sec["groups"].items() if r["kind"] == "pool"}
+    assert len(pools) == 2 and {r["neurons"] for r in pools.values()} == {0}
+    for r in pools.values():   # a 3x3 window at stride 1 may pass one spike up to 9 times
+        assert 0 < r["pooled_events"] <= 9 * sec["groups"][r["pool_of"]]["events"]
+    snn = onnx.load(str(tmp_path / "s.onnx"))
+    net = count_netlist(onnx.load(str(tmp_path / "dump" / "after-insert-neurons.onnx")), 4,
+                        "gate", snn)
+    taps = pool_taps(net)
+    assert sorted((lo, hi) for _, _, lo, hi in taps.values()) == [(0, 3), (3, 8)]
+    x = {"x": np.load(nets / "calib.npz")["x"][:8]}
+    events = ort_events(snn, x, taps)
+    tensor = next(iter(taps.values()))[0]
+    sess = ort.InferenceSession(ir.with_outputs(snn, [tensor]).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    y = sess.run([tensor], x)[0]
+    for group, (_, neuron_node, lo, hi) in taps.items():
+        assert int(events[group].sum()) > 0
+        if neuron == "if":   # binary spikes: one event per nonzero of its channels
+            assert int(events[group].sum()) == int(np.count_nonzero(y[:, lo:hi]))
+
+
+@pytest.mark.parametrize("head", ["Softmax", "LogSoftmax", "ArgMax"])
+def test_an_output_head_counts_as_without_it(nets, tmp_path, head):
+    def net(with_head: bool) -> onnx.ModelProto:
+        b = zoo._Builder(9)
+        h = b.op("Relu", [b.conv(b.op("Relu", [b.conv("x", 3, 4)]), 4, 6)])
+        y = b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [h])], axis=1), 6, 5)
+        if with_head and head != "ArgMax":
+            y = b.op(head, [y], axis=1)
+        model = b.model(y, input_shape=("N", 3, 16, 16))
+        if with_head and head == "ArgMax":   # an int64 output
+            model.graph.node.append(onnx.helper.make_node("ArgMax", [y], ["cls"], axis=1,
+                                                          keepdims=0, name="/ArgMax"))
+            del model.graph.output[:]
+            model.graph.output.append(onnx.helper.make_tensor_value_info(
+                "cls", onnx.TensorProto.INT64, ["N"]))
+        return model
+
+    secs = []
+    for with_head in (False, True):
+        onnx.save(net(with_head), tmp_path / "m.onnx")
+        opts = make_options(target="ort", timesteps=4, calib_path=str(nets / "calib.npz"),
+                            calib_method="max")
+        sec = compile_model(str(tmp_path / "m.onnx"), tmp_path / "s.onnx", opts,
+                            force=True).report["synops"]
+        assert sec["available"], sec.get("reason")
+        secs.append(sec["measured"])
+    for key in ("synops_per_inference", "macs_per_inference", "spikes_per_inference"):
+        assert secs[1][key] == secs[0][key], key

@@ -19,7 +19,8 @@ that the schedule swapped with the neuron before it (``neuron_outputs``: the com
 neuron nodes by output tensor; bit-serial, T = 1) pools that neuron's current: the neuron group
 takes the pooled view (its incoming blocks keep the conv's output size), or, where the neuron
 has other readers and the schedule duplicated it, a second neuron group with no synapses of its
-own. Such a netlist is for counting only.
+own. An output head (Softmax, LogSoftmax, ArgMax on a graph output) passes through. Such a
+netlist is for counting only.
 
 Error codes (all collected, raised once): SNN-E270 op with no Loihi form, SNN-E271 unsupported
 attribute, SNN-E272 non-constant weights, SNN-E273 linear chain that cannot be folded,
@@ -45,6 +46,8 @@ __all__ = ["lower", "PASS", "MAX_FOLDED_ELEMENTS"]
 PASS = "loihi-lower"
 #: Largest composed kernel (elements) the lowering builds before giving up (SNN-E273).
 MAX_FOLDED_ELEMENTS = 1 << 26
+#: Output heads the count-only lowering passes through (they act on the decoded output).
+HEADS = ("Softmax", "LogSoftmax", "ArgMax")
 
 
 @dataclass
@@ -105,6 +108,15 @@ def _is_identity(term: _Term, view: tuple[int, int, int], *, ones: bool = False)
             and term.offset == 0 and term.stride == (1, 1) and term.pads == (0, 0)
             and tuple(term.src_view) == tuple(view)
             and (not ones or bool(np.all(term.weight == 1.0))))
+
+
+def _channel_copy(term: _Term, hw: tuple[int, int]) -> bool:
+    """``term`` reads every channel of its source at the same position (times a per-channel
+    factor), into rows ``offset ...`` of a wider tensor (a Concat part)."""
+    rows = term.weight.shape[0]
+    return (term.kind == "conv" and term.weight.shape == (rows, 1, 1, 1) and term.groups == rows
+            and term.stride == (1, 1) and term.pads == (0, 0)
+            and tuple(term.src_view) == (rows,) + tuple(hw))
 
 
 def _pool_out_hw(view: tuple[int, int, int], attrs: dict[str, Any]) -> tuple[int, int]:
@@ -406,6 +418,9 @@ class _Lowering:
             handler = self._maxpool_as_avg
         elif node.op_type == "MaxPool" and self.count_only:
             handler = self._maxpool_count
+        elif node.op_type in HEADS and self.count_only and \
+                node.output[0] in {o.name for o in self.proto.graph.output}:
+            handler = self._head_count
         if handler is None or node.domain not in ("", "ai.onnx"):
             hint = ("use --maxpool avg (or train with average pooling)" if node.op_type == "MaxPool"
                     else "export the model without its final Softmax/LogSoftmax (the arg-max, "
@@ -515,9 +530,15 @@ class _Lowering:
         stride, pads = _spatial(attrs, k)
         self._pool(node, self._expr(node.input[0]), k, stride, pads)
 
+    def _head_count(self, node):
+        """``count_only``: an output head (Softmax, LogSoftmax, ArgMax on the graph output)
+        runs on the decoded logits, after every synapse: the readout counts as without it."""
+        self.values[node.output[0]] = self._expr(node.input[0])
+
     def _maxpool_count(self, node):
-        """``count_only``: a MaxPool as a ``pool`` group (over one neuron's spikes) or an
-        ``analog`` group (over currents computed from the input); see the module docstring."""
+        """``count_only``: a MaxPool as a ``pool`` group (over one neuron's spikes; over a
+        Concat of several, one per neuron) or an ``analog`` group (over currents computed from
+        the input); see the module docstring."""
         if len(node.output) > 1 and node.output[1]:
             raise _LowerError("SNN-E271", "the MaxPool indices output is used",
                               "export the model without MaxPool indices")
@@ -541,18 +562,20 @@ class _Lowering:
             self.values[node.output[0]] = _identity(name, view, view)
             return
         flat_bias = x.bias.reshape(x.view[0], -1)
-        if len(x.terms) != 1 or not _is_identity(x.terms[0], x.view) or \
-                srcs[0].kind not in ("neuron", "pool") or \
-                not np.all(flat_bias == flat_bias[:, :1]):
-            raise _LowerError("SNN-E271", "a MaxPool over a sum, a concatenation or a "
-                              "transform of spikes has no SynOp count",
-                              "pool each neuron's spikes on their own (--maxpool auto splits a "
-                              "pool over a Concat)")
-        src, term = srcs[0], x.terms[0]
+        parts = sorted(zip(x.terms, srcs), key=lambda p: p[0].offset)
+        starts = np.cumsum([0] + [t.weight.shape[0] for t, _ in parts])
+        if not parts or [t.offset for t, _ in parts] != starts[:-1].tolist() or \
+                starts[-1] != x.view[0] or \
+                not all(_channel_copy(t, x.view[1:]) and g.kind in ("neuron", "pool")
+                        for t, g in parts) or not np.all(flat_bias == flat_bias[:, :1]):
+            raise _LowerError("SNN-E271", "a MaxPool over a sum or a transform of spikes has "
+                              "no SynOp count", "pool each neuron's spikes on their own")
+        bias = np.broadcast_to(flat_bias[:, :1, None], view).copy()
         swapped_into = self.neuron_outputs.get(node.output[0])
-        if swapped_into is not None and src.kind == "neuron":
+        if swapped_into is not None and len(parts) == 1 and parts[0][1].kind == "neuron":
             # the schedule pooled the neuron's current: the neuron (or its duplicate) runs on
             # the pooled map, and its own events are what the next blocks receive
+            (term, src), = parts
             if swapped_into == src.source:
                 src.shape, src.view = view, view
                 src.bias = np.zeros(view)
@@ -562,16 +585,20 @@ class _Lowering:
                             bias=np.zeros(view))
                 self.groups.append(src)
             out = _Term(src.name, "conv", term.weight, view, groups=view[0])
-            bias = np.broadcast_to(flat_bias[:, :1, None], view).copy()
             self.values[node.output[0]] = _Expr(view, view, [out], bias)
             return
-        events_of = src.attrs["events_of"] if src.kind == "pool" else src.source
-        self.groups.append(Group(name, "pool", view, view, neuron=src.neuron,
-                                 attrs={"events_of": events_of}, spike=src.spike,
-                                 source=node.output[0], bias=np.zeros(view)))
-        out = _Term(name, "conv", term.weight, view, groups=view[0])
-        bias = np.broadcast_to(flat_bias[:, :1, None], view).copy()
-        self.values[node.output[0]] = _Expr(view, view, [out], bias)
+        terms = []
+        for k, (term, src) in enumerate(parts):   # a Concat: one pool group per neuron
+            rows, lo = term.weight.shape[0], term.offset
+            part = (rows,) + view[1:]
+            pname = name if len(parts) == 1 else f"{name}/{k}"
+            events_of = src.attrs["events_of"] if src.kind == "pool" else src.source
+            self.groups.append(Group(pname, "pool", part, part, neuron=src.neuron,
+                                     attrs={"events_of": events_of, "channels": [lo, lo + rows]},
+                                     spike=src.spike, source=node.output[0],
+                                     bias=np.zeros(part)))
+            terms.append(_Term(pname, "conv", term.weight, part, lo, groups=rows))
+        self.values[node.output[0]] = _Expr(view, view, terms, bias)
 
     def _pool(self, node, x: _Expr, k, stride, pads):
         c = x.view[0]

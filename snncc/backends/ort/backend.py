@@ -133,13 +133,15 @@ class OrtBackend(Backend):
         layers = [name for name in ctx.quant if name in produced]
         neurons = neuron_nodes(proto)
         # the events of each neuron node, and of each MaxPool the SynOp count taps
-        reads = {n.name: (n.output[0], n) for n in neurons}
-        by_name = {n.name: n for n in neurons}
-        reads.update({group: (tensor, by_name[neuron])
-                      for group, (tensor, neuron) in ctx.event_taps.items()
-                      if tensor in produced and neuron in by_name})
+        from snncc.analysis.synops import event_reads
+        from snncc.errors import SnnccError
+
+        try:
+            reads = event_reads(neurons, ctx.event_taps, produced)
+        except SnnccError:   # the SynOp section then says why
+            reads = event_reads(neurons, None, produced)
         first = proto.graph.output[0].name
-        fetch = list(dict.fromkeys([first, *layers, *(t for t, _ in reads.values())]))
+        fetch = list(dict.fromkeys([first, *layers, *(t for t, _, _ in reads.values())]))
         proto = ir.with_outputs(proto, fetch)
         attrs = {node.name: ir.node_attrs(node) for node in neurons}
         so = runtime.session_options() if runtime.is_built() else ort.SessionOptions()
@@ -163,8 +165,8 @@ class OrtBackend(Backend):
                 if y.shape[0] == steps * rows and steps > 1:
                     y = y.reshape((steps, -1) + y.shape[1:])[start:].mean(axis=0)
                 means[name] = y
-            for key, (tensor, node) in reads.items():  # unit events, all slices and samples
-                part_sum = summed_events(node, values[tensor], attrs[node.name], rows
+            for key, (tensor, node, sl) in reads.items():  # unit events, all slices, samples
+                part_sum = summed_events(node, values[tensor][:, sl], attrs[node.name], rows
                                          ).sum(axis=0, keepdims=True, dtype=np.int64)
                 events[key] = part_sum + events.get(key, 0)
             out = values[first]
