@@ -58,6 +58,8 @@ VGG_CONFIGS = {
     # channel counts per conv; "P" is a 2x2 pool. Five pools take 32x32 down to 1x1.
     "vgg11": [64, "P", 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P"],
     "vgg16": [64, 64, "P", 128, 128, "P", 256, 256, 256, "P", 512, 512, 512, "P", 512, 512, 512, "P"],
+    # MNIST-sized (width 1.0): three pools take 28x28 to 3x3, each after a conv fed by spikes
+    "mnist_vgg": [16, 32, "P", 64, "P", 64, 64, "P"],
 }
 
 

@@ -69,9 +69,22 @@ MaxPool (``--maxpool``)
   (pooling its per-slice bits instead would not be exact). If the neuron output has other
   consumers, the neuron is duplicated. Other MaxPools with a temporal input are spike-gated
   (below); the streaming schedule swaps only when ``S == 1``.
-* ``gate``: spike gating for every MaxPool with a temporal input. Per output window the spike of
-  the input unit with the highest cumulative (weighted) spike count so far, the current slice
-  included, passes (ties: the first unit in MaxPool order)::
+  In the folded and window schedules those are *window-gated*: per pooling window the input
+  unit with the largest (weighted) spike total over all S slices passes its whole train (ties:
+  the first unit in MaxPool order), so the pooled train's mean is exactly the largest of the
+  input means, the max pooling of the decoded values (for bit-serial, whose totals rank the
+  units as their q does, exact against the QANN). It looks at the whole window before passing
+  a slice, which the folded schedule allows (a layer runs all its slices before the next) and
+  a step-by-step one does not: the streaming schedule uses the running-sum gate below::
+
+      v = Reshape(x, [S, -1]) ; c = MatMul(ones(S, S), v) ; c' = Reshape(c, Shape(x))
+      _, idx = MaxPool(c')                          # same attributes, flat indices into x
+      y = Reshape(GatherElements(Reshape(x, [-1]), Reshape(idx, [-1])), Shape(idx))
+
+* ``gate``: spike gating with a running sum for every MaxPool with a temporal input, in every
+  schedule (folded = streaming). Per output window the spike of the input unit with the highest
+  cumulative (weighted) spike count so far, the current slice included, passes (ties: the first
+  unit in MaxPool order)::
 
       v = Reshape(x, [S, -1]) ; c = MatMul(tril(ones(S, S)), v) ; c' = Reshape(c, Shape(x))
                                 # (= CumSum over the slices, faster; CumSum itself when S > 32)
@@ -79,11 +92,13 @@ MaxPool (``--maxpool``)
       y = Reshape(GatherElements(Reshape(x, [-1]), Reshape(idx, [-1])), Shape(idx))
 
   Streaming keeps the running sum as a state pair ``state_in/<node>`` / ``state_out/<node>``
-  shaped like the MaxPool input. Gating approximates max pooling; it is not exact.
+  shaped like the MaxPool input. The running-sum gate approximates max pooling; it is not
+  exact (a unit that leads early passes spikes a unit that ends higher does not).
 
 MaxPools whose input is static stay as they are. ``ctx.notes["maxpool"]`` maps each MaxPool (the
 pool-first pass's moved ones included, as "moved before its activation (pool-first)") to its
-treatment; counts ``maxpool_swapped``, ``maxpool_gated``, ``maxpool_avg``.
+treatment ("swapped", "gated over the window", "gated", "avg"); counts ``maxpool_swapped``,
+``maxpool_gated``, ``maxpool_avg``.
 
 Analog islands (``--allow-analog``)
 -----------------------------------
@@ -368,6 +383,8 @@ class ScheduleTimestepsPass(Pass):
             raise cls("schedule-timesteps: the graph cannot be laid out in time",
                       diagnostics=self.diags, code=code)
 
+        # the window gate is exact for bit-serial (its totals rank the units as their decoded
+        # values do, and its neuron reads only the window mean); the running-sum gate is not
         gated = sum(1 for v in self.notes_maxpool.values() if v == "gated")
         if streaming and gated and options.target == "ort":
             ctx.warnings.append(
@@ -378,10 +395,9 @@ class ScheduleTimestepsPass(Pass):
                 + " (use --maxpool avg for a net trained with average pooling)")
         elif bit_serial and gated and options.target == "ort":
             ctx.warnings.append(
-                f"warning: {options.neuron} spike-gates {gated} MaxPool(s) that read no neuron "
-                "output directly (nor a channel Concat of them), which approximates max pooling: "
-                "the SNN is not exact against its QANN there (a MaxPool right after the neuron "
-                "is)")
+                f"warning: {options.neuron} spike-gates {gated} MaxPool(s) with a running sum "
+                "(--maxpool gate), which approximates max pooling: the SNN is not exact against "
+                "its QANN there (--maxpool auto pools them exactly)")
         latency = (depth + 1) * slices if bit_serial else slices
         steps, decode_from = (latency, latency - slices) if streaming and bit_serial else \
             (slices, slices - counted)
@@ -629,8 +645,10 @@ class ScheduleTimestepsPass(Pass):
                     batched.update(t.name for t in outputs)
             elif node.op == "MaxPool":
                 x = node.inputs[0]
-                self._note_gate(node)
-                emit.gate(node, self._cumulative_folded(x, hint), x, hint)
+                window = self.ctx.options.maxpool == "auto"
+                self._note_gate(node, window)
+                emit.gate(node, self._window_total_folded(x, hint) if window
+                          else self._cumulative_folded(x, hint), x, hint)
                 temporal.add(outputs[0].name)
             elif self._time_op_ok(node, t_idx):
                 self._check_axes(node)
@@ -703,8 +721,8 @@ class ScheduleTimestepsPass(Pass):
         if when:
             self.counts[key] = self.counts.get(key, 0) + 1
 
-    def _note_gate(self, node: ir.Node) -> None:
-        self.notes_maxpool[_hint(node)] = "gated"
+    def _note_gate(self, node: ir.Node, window: bool = False) -> None:
+        self.notes_maxpool[_hint(node)] = "gated over the window" if window else "gated"
         self._count("maxpool_gated")
 
     def _time_op_ok(self, node: ir.Node, t_idx: list[int]) -> bool:
@@ -741,6 +759,15 @@ class ScheduleTimestepsPass(Pass):
                                         emit.const(f"{hint}/axis", 0)], hint)[0]
             return emit.op("Reshape", [summed, shape], hint)[0]
         summed = self._slice_matmul(x, np.tril(np.ones((S, S))), "cumulative", hint)
+        return emit.op("Reshape", [summed, shape], hint)[0]
+
+    def _window_total_folded(self, x: ir.Tensor, hint: str) -> ir.Tensor:
+        """Every slice holds the sum over all S slices (the window gate's key): an all-ones
+        [S, S] x [S, rest] product, each row summed as the last row of the running sum's
+        lower-triangular one."""
+        emit, S = self.emit, self.emit.S
+        shape = emit.op("Shape", [x], hint, dtype=np.int64)[0]
+        summed = self._slice_matmul(x, np.ones((S, S)), "window_total", hint)
         return emit.op("Reshape", [summed, shape], hint)[0]
 
     def _unsupported(self, node: ir.Node) -> None:

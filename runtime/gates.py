@@ -2,8 +2,8 @@
 
 ``schedule-timesteps`` writes a MaxPool over spike trains as a spike gate in standard ops
 (``passes/schedule_timesteps.py``, ``gate``): a cumulative sum over the slices as a MatMul with
-``tril(ones(T, T))``, a MaxPool with indices on it, and a GatherElements of the spikes at those
-indices. ORT runs the MaxPool with indices and the gather outside its blocked layout, with
+``tril(ones(T, T))`` (the window gate: ``ones(T, T)``, every slice keyed by the total), a MaxPool
+with indices on it, and a GatherElements of the spikes at those indices. ORT runs the MaxPool with indices and the gather outside its blocked layout, with
 reorders around them: on an ImageNet-shaped ResNet-34 the stem's gate costs about a fifth of
 T x the ANN (bench/results/profile_resnet34.md). :func:`fuse_gates` replaces each such pattern
 by the kernel library's ``SpikeGateMaxPool`` (runtime/csrc/gate.cc), which computes the same
@@ -106,7 +106,9 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if window is None or tril is None or tril.ndim != 2 or tril.shape[0] != tril.shape[1]:
             continue
         T = int(tril.shape[0])
-        if not np.array_equal(tril, np.tril(np.ones((T, T), tril.dtype))):
+        ones = np.ones((T, T), tril.dtype)
+        whole = int(np.array_equal(tril, ones))   # the window gate's all-ones product
+        if not whole and not np.array_equal(tril, np.tril(ones)):
             continue
         x = window.input[0]
         shape_x = made_by(shaped.input[1], "Shape")
@@ -142,7 +144,8 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             "SpikeGateMaxPool", [x], [last.output[0]], name=name,
             domain=DOMAIN, T=T, kernel_shape=kernel,
             strides=list(attrs.get("strides", [1, 1])), pads=list(attrs.get("pads", [0, 0, 0, 0])),
-            dilations=list(attrs.get("dilations", [1, 1])), ceil_mode=int(attrs.get("ceil_mode", 0)))
+            dilations=list(attrs.get("dilations", [1, 1])), ceil_mode=int(attrs.get("ceil_mode", 0)),
+            window=whole)
         replace.append((nodes, fused))
     if not replace:
         return model, 0

@@ -343,8 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--maxpool", default="auto", choices=("auto", "avg", "gate"),
                    help="auto: exact where possible (a pool after a first-layer activation "
                    "moves in front of it; bit-serial and T = 1: every pool right after a neuron), "
-                   "else spike gating; avg: replace by AveragePool (models trained that way); "
-                   "gate: spike gating for every pool after a neuron")
+                   "else a window gate: the unit with the largest spike total of the window "
+                   "passes its train, so the pooled rate is the largest rate (folded schedules; "
+                   "streaming gates with a running sum); avg: replace by AveragePool (models "
+                   "trained that way); gate: the running-sum spike gate for every pool after a "
+                   "neuron, in every schedule")
     g.add_argument("--allow-analog", action="store_true",
                    help="keep ops with no spiking form (Sigmoid, LRN, ...) as analog islands")
     g.add_argument("--schedule", default="auto",

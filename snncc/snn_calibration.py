@@ -200,11 +200,13 @@ class _Segments:
         return bool(pools) and all(n.input[0] in self.site_y for n in pools)
 
     def as_compiled(self, model: onnx.ModelProto, slices: int | None,
-                    maxpool: str) -> onnx.ModelProto | None:
+                    maxpool: str, window: bool = False) -> onnx.ModelProto | None:
         """``model`` with its MaxPools as the compiled model runs them (None: no change):
         ``--maxpool avg`` makes them AveragePools; with ``slices`` (a segment on spike trains,
         time-major ``[S*N, ...]``) they become the schedule's spike gate: per pooling window
-        the slice of the input unit with the highest running sum (schedule_timesteps doc)."""
+        the slice of the input unit with the highest running sum, or with ``window`` (the
+        folded schedules under ``--maxpool auto``) the train of the unit with the highest total
+        (schedule_timesteps doc)."""
         pools = [n for n in model.graph.node if n.op_type == "MaxPool"]
         if not pools or (maxpool != "avg" and slices is None):
             return None
@@ -227,7 +229,7 @@ class _Segments:
                                                    **attrs))
                 continue
             nodes += _gate_nodes(graph, f"walk_gate{k}", node.input[0], node.output[0],
-                                 int(slices), attrs)
+                                 int(slices), attrs, window)
         del graph.node[:]
         graph.node.extend(nodes)
         return out
@@ -311,13 +313,20 @@ def _tagged(graph: onnx.GraphProto, tag: str):
 
 
 def _gate_nodes(graph: onnx.GraphProto, tag: str, x: str, y: str, slices: int,
-                attrs: Mapping[str, Any]) -> list[onnx.NodeProto]:
-    """The spike gate of a MaxPool over a time-major ``[S*N, ...]`` input ``x`` writing ``y``."""
+                attrs: Mapping[str, Any], window: bool = False) -> list[onnx.NodeProto]:
+    """The spike gate of a MaxPool over a time-major ``[S*N, ...]`` input ``x`` writing ``y``:
+    keyed by the running sum, or with ``window`` by the total over the slices (the schedule's
+    all-ones product, so that the sums are the compiled model's)."""
     const, t = _tagged(graph, tag)
     mk = onnx.helper.make_node
+    if window:
+        graph.initializer.append(onnx.numpy_helper.from_array(
+            np.ones((slices, slices), np.float32), t("ones")))
+    total = mk("MatMul", [t("ones"), t("view")], [t("sum")]) if window else \
+        mk("CumSum", [t("view"), const("axis", 0)], [t("sum")])
     return [mk("Shape", [x], [t("shape")]),
             mk("Reshape", [x, const("time", [slices, -1])], [t("view")]),
-            mk("CumSum", [t("view"), const("axis", 0)], [t("sum")]),
+            total,
             mk("Reshape", [t("sum"), t("shape")], [t("running")]),
             mk("MaxPool", [t("running")], [t("pooled"), t("indices")], **attrs),
             mk("Reshape", [x, const("flat", [-1])], [t("x_flat")]),
@@ -557,6 +566,8 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
     # model gates it on the bit planes) gets the trains and the gate, like the other neurons
     window_mean = (neuron_spec is not None and neuron_spec.window_attr is not None
                    and options.maxpool == "auto" and options.schedule != "streaming")
+    # the folded schedules window-gate the other MaxPools under --maxpool auto
+    window_gate = options.maxpool == "auto" and options.schedule != "streaming"
     # analog islands (--allow-analog) run once on their decoded inputs in the compiled model
     islands = _island_outputs(proto) if options.allow_analog and neuron_spec is not None \
         else set()
@@ -588,7 +599,7 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
                 decoded = segments.decode_islands(model, islands, S, counted) \
                     if temporal and islands else None
                 compiled = None if neuron_spec is None else segments.as_compiled(
-                    decoded or model, S if gate else None, options.maxpool)
+                    decoded or model, S if gate else None, options.maxpool, window_gate)
                 compiled = compiled or decoded
                 rows = _rows(batch_size * (S if temporal else 1), shapes[site.y])
                 if compiled is None:

@@ -7,7 +7,9 @@
 // slices is c_t = c_{t-1} + x_t in float32 (the MatMul's order: one product 1 * x_u per slice,
 // added in slice order); per output position and slice, y_t = x_t at the first position of the
 // window, in row-major order and skipping padding, where c_t is largest (ORT's MaxPool indices:
-// strict >). channel_block = B > 1: x and y are ORT's NCHWc tensors (blocks of B channels).
+// strict >). window = 1: the window gate, MatMul(ones(T, T), ...): every slice is keyed by the
+// total c_{T-1} (the same sums), so one unit per pooling window passes its whole train.
+// channel_block = B > 1: x and y are ORT's NCHWc tensors (blocks of B channels).
 #include "neuron_common.h"
 
 namespace snncc {
@@ -22,8 +24,10 @@ struct SpikeGateMaxPool {
         pads_(attrs.Ints("pads", {0, 0, 0, 0})),
         dilations_(attrs.Ints("dilations", {1, 1})),
         ceil_(attrs.Int("ceil_mode", 0)),
-        block_(attrs.Int("channel_block", 1)) {
+        block_(attrs.Int("channel_block", 1)),
+        window_(attrs.Int("window", 0)) {
     if (T_ < 1) attrs.Fail("attribute 'T' must be >= 1, got " + std::to_string(T_));
+    if (window_ != 0 && window_ != 1) attrs.Fail("attribute 'window' must be 0 or 1");
     if (kernel_.size() != 2 || strides_.size() != 2 || pads_.size() != 4 || dilations_.size() != 2)
       attrs.Fail("a 2-D pool needs kernel_shape[2], strides[2], pads[4] and dilations[2]");
     for (int64_t v : kernel_) if (v < 1) attrs.Fail("kernel_shape must be >= 1");
@@ -81,10 +85,17 @@ struct SpikeGateMaxPool {
         // (plain layout: Bk = 1, one channel plane)
         const int64_t in_base = g * H * W * Bk, out_base = g * Ho * Wo * Bk;
         std::fill(cum.begin(), cum.end(), 0.0f);
+        if (window_) {  // the key of every slice: the total over the window
+          for (int64_t t = 0; t < T_; ++t) {
+            const float* xt = in + t * in_slice + in_base;
+            for (int64_t k = 0; k < H * W * Bk; ++k) cum[k] = cum[k] + 1.0f * xt[k];
+          }
+        }
         for (int64_t t = 0; t < T_; ++t) {
           const float* xt = in + t * in_slice + in_base;
           float* yt = out + t * out_slice + out_base;
-          for (int64_t k = 0; k < H * W * Bk; ++k) cum[k] = cum[k] + 1.0f * xt[k];
+          if (!window_)
+            for (int64_t k = 0; k < H * W * Bk; ++k) cum[k] = cum[k] + 1.0f * xt[k];
           for (int64_t i = 0; i < Ho; ++i) {
             // plain layout: the columns whose window lies inside the row run a tap at a time
             // over all of them (vectorised; the same comparisons in the same order per column)
@@ -150,7 +161,7 @@ struct SpikeGateMaxPool {
   std::string where_;
   int64_t T_;
   std::vector<int64_t> kernel_, strides_, pads_, dilations_;
-  int64_t ceil_, block_;
+  int64_t ceil_, block_, window_;
 };
 
 }  // namespace snncc

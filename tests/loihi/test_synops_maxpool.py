@@ -84,10 +84,12 @@ def test_at_one_step_gating_counts_what_max_pooling_does(nets):
 
 
 @pytest.mark.requires_runtime
-@pytest.mark.parametrize("neuron,maxpool", [("if", "auto"), ("mt", "gate")])
-def test_streaming_counts_what_folded_counts(nets, neuron, maxpool):
-    folded = measured(nets, "two", "f.onnx", timesteps=4, neuron=neuron, maxpool=maxpool)
-    stream = measured(nets, "two", "s.onnx", timesteps=4, neuron=neuron, maxpool=maxpool,
+@pytest.mark.parametrize("neuron,maxpool,net", [("if", "auto", "one"), ("mt", "gate", "two")])
+def test_streaming_counts_what_folded_counts(nets, neuron, maxpool, net):
+    """Where both schedules gate alike: the running-sum gate (--maxpool gate), or auto's
+    pool-first stem and a 1x1 pool (which the window gate and the running sum pass whole)."""
+    folded = measured(nets, net, "f.onnx", timesteps=4, neuron=neuron, maxpool=maxpool)
+    stream = measured(nets, net, "s.onnx", timesteps=4, neuron=neuron, maxpool=maxpool,
                       schedule="streaming")
     assert stream["measured"]["source"].startswith("ONNX Runtime (streaming")
     for key in ("synops_per_inference", "spikes_per_inference"):

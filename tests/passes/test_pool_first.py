@@ -133,22 +133,37 @@ def test_bitserial_is_exact_through_a_pooled_concat(tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max(), rtol=0)
 
 
-def test_bitserial_warns_when_a_pool_stays_gated(tmp_path):
+def test_bitserial_is_exact_through_a_window_gate_and_warns_with_the_running_sum(tmp_path):
     """relu -> conv -> MaxPool -> relu: the pool reads a conv of spikes, not a neuron, and stays
-    spike-gated; bit-serial's folded schedule said nothing (only streaming warned)."""
+    spike-gated. Window-gated (the default) it passes the unit of the largest total, i.e. the
+    largest window mean: bit-serial equals its QANN, no warning. With the running-sum gate
+    (--maxpool gate) it is not exact, and says so (the folded schedule had said nothing)."""
     import onnx
     from zoo import _Builder, _head
 
     from snncc.driver import compile_model, make_options
+    from snncc.simulate import run_compiled
 
     b = _Builder(13)
     h = b.op("MaxPool", [b.conv(b.op("Relu", [b.conv("x", 3, 4)]), 4, 4)], kernel_shape=[2, 2],
              strides=[2, 2])
     onnx.save(b.model(_head(b, b.op("Relu", [h]), 4), input_shape=(1, 3, 8, 8)),
               tmp_path / "m.onnx")
-    np.save(tmp_path / "c.npy", np.random.default_rng(2).random((40, 3, 8, 8), np.float32))
-    res = compile_model(tmp_path / "m.onnx", tmp_path / "s.onnx", make_options(
-        neuron="bitserial", timesteps=4, calib_path=str(tmp_path / "c.npy"), fidelity_samples=0))
+    x = np.random.default_rng(2).random((40, 3, 8, 8), np.float32)
+    np.save(tmp_path / "c.npy", x)
+    common = dict(calib_path=str(tmp_path / "c.npy"), calib_method="mse", fidelity_samples=0)
+    res = compile_model(tmp_path / "m.onnx", tmp_path / "s.onnx",
+                        make_options(neuron="bitserial", timesteps=4, **common))
+    assert not res.warnings
+    assert list(res.report["notes"]["maxpool"].values()) == ["gated over the window"]
+    compile_model(tmp_path / "m.onnx", tmp_path / "q.onnx",
+                  make_options(target="qann", levels=15, bias_shift=True, **common))
+    a = run_compiled(tmp_path / "s.onnx", x[:16]).outputs
+    q = run_compiled(tmp_path / "q.onnx", x[:16], spike_counts=False).outputs
+    (a,), (q,) = a.values(), q.values()
+    np.testing.assert_allclose(a, q, atol=1e-4 * np.abs(q).max(), rtol=0)
+    res = compile_model(tmp_path / "m.onnx", tmp_path / "g.onnx",
+                        make_options(neuron="bitserial", timesteps=4, maxpool="gate", **common))
     assert [w for w in res.warnings if "spike-gates 1 MaxPool" in w and "not exact" in w]
 
 

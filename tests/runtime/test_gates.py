@@ -30,9 +30,11 @@ def _session(model: onnx.ModelProto, level=ort.GraphOptimizationLevel.ORT_DISABL
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _gate_model(T: int, pool: dict) -> onnx.ModelProto:
-    """x -> the pass's standard-op gate -> y (passes/schedule_timesteps.py, ``gate``)."""
-    tril = helper.make_tensor("tril", TensorProto.FLOAT, [T, T], np.tril(np.ones((T, T), F32)).ravel())
+def _gate_model(T: int, pool: dict, window: bool = False) -> onnx.ModelProto:
+    """x -> the pass's standard-op gate -> y (passes/schedule_timesteps.py, ``gate``); with
+    ``window`` the window gate (all-ones product: every slice keyed by the total)."""
+    keys = np.ones((T, T), F32) if window else np.tril(np.ones((T, T), F32))
+    tril = helper.make_tensor("tril", TensorProto.FLOAT, [T, T], keys.ravel())
     window = helper.make_tensor("window", TensorProto.INT64, [2], [T, -1])
     flat = helper.make_tensor("flat", TensorProto.INT64, [1], [-1])
     nodes = [
@@ -53,12 +55,14 @@ def _gate_model(T: int, pool: dict) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _kernel(T: int, pool: dict, block: int = 1) -> ort.InferenceSession:
+def _kernel(T: int, pool: dict, block: int = 1, window: bool = False) -> ort.InferenceSession:
     attrs = {"kernel_shape": pool["kernel_shape"], "strides": pool.get("strides", [1, 1]),
              "pads": pool.get("pads", [0, 0, 0, 0]), "dilations": pool.get("dilations", [1, 1]),
              "ceil_mode": pool.get("ceil_mode", 0)}
     if block > 1:
         attrs["channel_block"] = block
+    if window:
+        attrs["window"] = 1
     node = helper.make_node("SpikeGateMaxPool", ["x"], ["y"], domain=DOMAIN, T=T, **attrs)
     graph = helper.make_graph([node], "k", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
@@ -94,20 +98,39 @@ POOLS = {
 }
 
 
+@pytest.mark.parametrize("window", [False, True], ids=["running", "window"])
 @pytest.mark.parametrize("kind", ["binary", "graded", "float"])
-@pytest.mark.parametrize("T", [1, 3, 4])
+@pytest.mark.parametrize("T", [1, 3, 4, 8])
 @pytest.mark.parametrize("pool", sorted(POOLS))
-def test_kernel_equals_standard_op_gate(pool, T, kind):
+def test_kernel_equals_standard_op_gate(pool, T, kind, window):
     rng = np.random.default_rng(T * 7 + len(pool))
     N, C, H, W = 2, 16, 9, 11
     x = _trains(rng, T, N, C, H, W, kind)
-    want = _session(_gate_model(T, POOLS[pool])).run(None, {"x": x})[0]
-    got = _kernel(T, POOLS[pool]).run(None, {"x": x})[0]
+    want = _session(_gate_model(T, POOLS[pool], window)).run(None, {"x": x})[0]
+    got = _kernel(T, POOLS[pool], window=window).run(None, {"x": x})[0]
     assert got.shape == want.shape
     np.testing.assert_array_equal(got, want)
     for block in (8, 16):  # ORT's NCHWc order in and out
-        inside = _kernel(T, POOLS[pool], block).run(None, {"x": _blocked(x, block)})[0]
+        inside = _kernel(T, POOLS[pool], block, window).run(None, {"x": _blocked(x, block)})[0]
         np.testing.assert_array_equal(inside, _blocked(want, block))
+
+
+@pytest.mark.parametrize("T", [2, 4, 8])
+def test_the_window_gate_passes_the_train_of_the_largest_total(T):
+    """Its pooled train's total is the largest total of its window (the max pooling of the
+    decoded values), and it is one input unit's whole train."""
+    rng = np.random.default_rng(T)
+    N, C, H, W = 3, 8, 6, 6
+    x = _trains(rng, T, N, C, H, W, "graded")
+    y = _kernel(T, POOLS["2x2s2"], window=True).run(None, {"x": x})[0]
+    xs, ys = x.reshape(T, N, C, H, W), y.reshape(T, N, C, H // 2, W // 2)
+    totals = xs.sum(axis=0)
+    pooled = totals.reshape(N, C, H // 2, 2, W // 2, 2).max(axis=(3, 5))
+    np.testing.assert_allclose(ys.sum(axis=0), pooled, rtol=1e-6)
+    windows = xs.reshape(T, N, C, H // 2, 2, W // 2, 2).transpose(1, 2, 3, 5, 4, 6, 0)
+    for n, c, i, j in np.ndindex(N, C, H // 2, W // 2):
+        units = windows[n, c, i, j].reshape(4, T)
+        assert any(np.array_equal(u, ys[:, n, c, i, j]) for u in units)
 
 
 def test_kernel_refuses_bad_input():
@@ -209,3 +232,17 @@ def test_session_with_fused_gate_equals_ort_session(stem_nets, neuron, fetch_tra
         rewritten, moved = layout.blocked_model(fuse_gates(model)[0])
         gates = [n for n in rewritten.graph.node if n.op_type == "SpikeGateMaxPool"]
         assert len(gates) == 1 and any(a.name == "channel_block" for a in gates[0].attribute)
+
+
+def test_fuse_gates_takes_the_window_gate():
+    model = _gate_model(4, POOLS["2x2s2"], window=True)
+    fused, count = fuse_gates(model)
+    assert count == 1
+    [node] = fused.graph.node
+    assert {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}["window"] == 1
+    x = _trains(np.random.default_rng(3), 4, 2, 8, 12, 12, "binary")
+    np.testing.assert_array_equal(_session(fused).run(None, {"x": x})[0],
+                                  _session(model).run(None, {"x": x})[0])
+    running, _ = fuse_gates(_gate_model(4, POOLS["2x2s2"]))
+    assert {a.name: a.i for a in running.graph.node[0].attribute
+            if a.type == onnx.AttributeProto.INT}["window"] == 0

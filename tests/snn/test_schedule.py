@@ -204,7 +204,7 @@ def test_maxpool_swap_keeps_other_consumers():
 def test_maxpool_spike_gating(key, T, mode):
     model = maxpool_net(lam=2.0, levels=4 if key != "srp" else 2)
     out, report, ctx = compile_snn(model, options(key, T, maxpool=mode))
-    assert ctx.notes["maxpool"] == {"p": "gated"}
+    assert ctx.notes["maxpool"] == {"p": "gated over the window" if mode == "auto" else "gated"}
     assert report.rows[-1].counts["maxpool_gated"] == 1
     assert {"MatMul", "GatherElements"} <= set(op_types(out))   # MatMul: the running sum
     x = feeds(model)
@@ -212,6 +212,33 @@ def test_maxpool_spike_gating(key, T, mode):
     assert got.shape == (3, 3) and np.all(np.isfinite(got))
     if T == 1:  # one slice: the gate passes the window maximum, i.e. MaxPool exactly
         np.testing.assert_array_equal(got, run_ort(model, x)[0])
+
+
+@pytest.mark.parametrize("key, T", [("if", 4), ("mt", 4), ("srp", 2), ("lif", 8)])
+def test_the_window_gate_pools_the_window_means(key, T):
+    """Folded, --maxpool auto: per pooling window the unit with the largest spike total passes
+    its whole train, so the pooled train's total is the max pooling of the input totals (the
+    running-sum gate's is not: it passes the leader of each slice)."""
+    import onnxruntime as ort
+
+    from snncc import ir
+
+    model = maxpool_net(lam=2.0, levels=4)
+    x = feeds(model, batch=5, scale=2.0)
+    gated = {}
+    for mode in ("auto", "gate"):
+        out, _, ctx = compile_snn(model, options(key, T, maxpool=mode))
+        slices = ctx.notes["schedule"]["total_slices"]
+        sess = ort.InferenceSession(ir.with_outputs(out, ["a2", "p"]).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        a2, p = sess.run(["a2", "p"], x)
+        n = a2.shape[0] // slices
+        totals = a2.reshape((slices, n) + a2.shape[1:]).sum(axis=0)
+        pooled = p.reshape((slices, n) + p.shape[1:]).sum(axis=0)
+        c, h, w = totals.shape[1:]
+        gated[mode] = (pooled, totals.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5)))
+    np.testing.assert_allclose(*gated["auto"], rtol=1e-6, atol=1e-6)
+    assert np.any(gated["gate"][0] != gated["gate"][1])
 
 
 def test_maxpool_gating_streams_with_a_state():
