@@ -183,7 +183,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         rows = PipelineReport([PassRow(r["pass"], r["changed"], r["counts"],
                                        r["declined"], r["ms"]) for r in result.report["passes"]])
         print(rows.format())
-        _print_notes(result.report["notes"])
+        _print_notes(result.report["notes"], options.target)
         if result.report.get("synops"):
             from snncc.analysis.synops import format_synops_line
             print(format_synops_line(result.report["synops"]))
@@ -196,7 +196,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_notes(notes: dict[str, Any]) -> None:
+def _print_notes(notes: dict[str, Any], target: str = "ort") -> None:
     """One short line per compile note; the full detail is in the --report JSON."""
     for key, value in notes.items():
         if key == "neurons":
@@ -207,8 +207,10 @@ def _print_notes(notes: dict[str, Any]) -> None:
         elif key == "snn_calibration" and value:
             before = sum(r["rel_error_before"] for r in value) / len(value)
             after = sum(r["rel_error_after"] for r in value) / len(value)
-            key, value = "calibration (snn)", (f"mean relative layer error {before:.3f} -> "
-                                               f"{after:.3f} over {len(value)} layers")
+            key = "calibration (snn method: the clip plays the neuron)" if target == "qann" \
+                else "calibration (snn)"
+            value = (f"mean relative layer error {before:.3f} -> {after:.3f} over "
+                     f"{len(value)} layers")
         elif isinstance(value, (list, dict)) and not value:
             continue
         elif isinstance(value, dict):

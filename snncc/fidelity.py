@@ -12,7 +12,8 @@ execution: ONNX Runtime with the kernel library for ``ort``, the bit-accurate si
   agrees; ``per_position`` is then set);
 * ``top1_agreement_95``: the 95 % Wilson interval of that fraction for the number of held-out
   samples (32 samples at 100 %: 89-100 %), where unseen data may put it;
-* ``rel_logit_error``: ``||a - b|| / ||b||`` over all outputs (b the reference, the later name);
+* ``rel_logit_error``: ``||a - b|| / ||b||`` over all outputs (b the reference, the later name;
+  None for class indices, an ArgMax head);
 
 and per neuron layer (ORT target) the relative error of the layer's time-mean output against the
 QANN activation at the same site (``rel_error``) and against the ANN activation
@@ -76,13 +77,14 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 @dataclass(frozen=True)
 class Pair:
     top1_agreement: float | None   # None: one output value per sample, no arg-max to compare
-    rel_logit_error: float
+    rel_logit_error: float | None  # None: class indices (an ArgMax head), no logits to compare
     samples: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"top1_agreement": None if self.top1_agreement is None
                                else round(self.top1_agreement, 4),
-                               "rel_logit_error": round(self.rel_logit_error, 4)}
+                               "rel_logit_error": None if self.rel_logit_error is None
+                               else round(self.rel_logit_error, 4)}
         if self.top1_agreement is not None and self.samples:
             lo, hi = wilson_interval(self.top1_agreement, self.samples)
             out["top1_agreement_95"] = [round(float(lo), 4), round(float(hi), 4)]
@@ -108,6 +110,7 @@ def pair(a: np.ndarray, ref: np.ndarray) -> Pair:
     if np.asarray(a).dtype.kind in "iu":  # an ArgMax head: class indices, compared as such
         agree = float(np.mean(np.all(a.reshape(len(a), -1) == ref.reshape(len(ref), -1),
                                      axis=1)))
+        return Pair(agree, None, len(a))
     elif _dense(a):
         agree = float(np.mean(a.argmax(1) == ref.argmax(1)))
     else:
@@ -201,18 +204,21 @@ def _of_samples(fid: Mapping[str, Any]) -> str:
             else f"of {n} held-out samples")
 
 
+def _logit_error(p: Mapping[str, Any]) -> str:
+    e = p.get("rel_logit_error")
+    return "" if e is None else f"; relative logit error {e:.3f}"
+
+
 def summary(fid: Mapping[str, Any]) -> str:
     """One line: 'SNN agrees with the ANN on 97.2 % of 64 held-out samples; ...'."""
     if "snn_vs_ann" not in fid:
         q = fid["qann_vs_ann"]
         return (f"fidelity: QANN agrees with the ANN on {_pct(q['top1_agreement'])} "
-                f"{_of_samples(fid)}{_interval(q)}; relative logit error "
-                f"{q['rel_logit_error']:.3f}")
+                f"{_of_samples(fid)}{_interval(q)}{_logit_error(q)}")
     s, q = fid["snn_vs_ann"], fid["qann_vs_ann"]
     text = (f"fidelity: {fid.get('snn_is', 'SNN')} agrees with the ANN on "
             f"{_pct(s['top1_agreement'])} {_of_samples(fid)}{_interval(s)}; QANN "
-            f"{_pct(q['top1_agreement'])}{_interval(q)}; relative logit error "
-            f"{s['rel_logit_error']:.3f}")
+            f"{_pct(q['top1_agreement'])}{_interval(q)}{_logit_error(s)}")
     if fid.get("error_grows_from") and (s["top1_agreement"] or 0) < 1.0:
         text += f"; error grows from layer {fid['error_grows_from']}"
     for name, v in fid.get("variants", {}).items():

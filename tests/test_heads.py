@@ -271,6 +271,12 @@ def test_an_argmax_head_is_read_as_classes(tmp_path, capsys):
                      str(out), "-q", "--report", str(tmp_path / f"{name}.json")]) == 0
         fid = json.loads((tmp_path / f"{name}.json").read_text())["fidelity"]
         assert fid["snn_vs_ann"]["top1_agreement"] is not None
+        # class indices have no logit error (it was the relative error of the indices)
+        assert (fid["snn_vs_ann"]["rel_logit_error"] is None) == (name == "argmax")
+        capsys.readouterr()
+        assert main(["compile", src, "-T", "4", "--neuron", "mt", "--calib", calib, "-o",
+                     str(out), "--force"]) == 0
+        assert ("relative logit error" in capsys.readouterr().out) == (name == "plain")
         capsys.readouterr()
         assert main(["run", str(out), "--input", test, "--json"]) == 0
         accuracy[name] = json.loads(capsys.readouterr().out)["accuracy"]
