@@ -70,14 +70,16 @@ MaxPool (``--maxpool``)
   consumers, the neuron is duplicated. Other MaxPools with a temporal input are spike-gated
   (below); the streaming schedule swaps only when ``S == 1``.
   In the folded and window schedules those are *window-gated*: per pooling window the input
-  unit with the largest (weighted) spike total over all S slices passes its whole train (ties:
-  the first unit in MaxPool order), so the pooled train's mean is exactly the largest of the
-  input means, the max pooling of the decoded values (for bit-serial, whose totals rank the
-  units as their q does, exact against the QANN). It looks at the whole window before passing
-  a slice, which the folded schedule allows (a layer runs all its slices before the next) and
-  a step-by-step one does not: the streaming schedule uses the running-sum gate below::
+  unit with the largest (weighted) spike total over the decoded slices (all S but SRP's
+  pre-run) passes its whole train (ties: the first unit in MaxPool order), so the pooled train's
+  decoded mean is exactly the largest of the input means, the max pooling of the decoded values
+  (for bit-serial, whose totals rank the units as their q does, exact against the QANN). It
+  looks at the whole window before passing a slice, which the folded schedule allows (a layer
+  runs all its slices before the next) and a step-by-step one does not: the streaming schedule
+  uses the running-sum gate below::
 
-      v = Reshape(x, [S, -1]) ; c = MatMul(ones(S, S), v) ; c' = Reshape(c, Shape(x))
+      K = [0 ... 0, 1 ... 1] in every row (ones from the first decoded slice), [S, S]
+      v = Reshape(x, [S, -1]) ; c = MatMul(K, v) ; c' = Reshape(c, Shape(x))
       _, idx = MaxPool(c')                          # same attributes, flat indices into x
       y = Reshape(GatherElements(Reshape(x, [-1]), Reshape(idx, [-1])), Shape(idx))
 
@@ -647,7 +649,7 @@ class ScheduleTimestepsPass(Pass):
                 x = node.inputs[0]
                 window = self.ctx.options.maxpool == "auto"
                 self._note_gate(node, window)
-                emit.gate(node, self._window_total_folded(x, hint) if window
+                emit.gate(node, self._window_total_folded(x, hint, counted) if window
                           else self._cumulative_folded(x, hint), x, hint)
                 temporal.add(outputs[0].name)
             elif self._time_op_ok(node, t_idx):
@@ -761,13 +763,15 @@ class ScheduleTimestepsPass(Pass):
         summed = self._slice_matmul(x, np.tril(np.ones((S, S))), "cumulative", hint)
         return emit.op("Reshape", [summed, shape], hint)[0]
 
-    def _window_total_folded(self, x: ir.Tensor, hint: str) -> ir.Tensor:
-        """Every slice holds the sum over all S slices (the window gate's key): an all-ones
-        [S, S] x [S, rest] product, each row summed as the last row of the running sum's
-        lower-triangular one."""
+    def _window_total_folded(self, x: ir.Tensor, hint: str, counted: int) -> ir.Tensor:
+        """Every slice holds the sum over the ``counted`` (decoded) slices, the window gate's
+        key: a [S, S] x [S, rest] product whose rows are all ``[0 ... 0, 1 ... 1]`` (SRP's
+        pre-run slices are not decoded, so they do not rank the units), each row summed as the
+        running sum's lower-triangular product sums its last row."""
         emit, S = self.emit, self.emit.S
         shape = emit.op("Shape", [x], hint, dtype=np.int64)[0]
-        summed = self._slice_matmul(x, np.ones((S, S)), "window_total", hint)
+        keys = np.broadcast_to(np.arange(S) >= S - counted, (S, S)).astype(np.float64)
+        summed = self._slice_matmul(x, keys, "window_total", hint)
         return emit.op("Reshape", [summed, shape], hint)[0]
 
     def _unsupported(self, node: ir.Node) -> None:

@@ -27,7 +27,7 @@ DOMAIN = "snncc.ops"
 OP_NAMES = ("IFNeuron", "LIFNeuron", "GroupNeuron", "MTNeuron", "BitSerialNeuron", "SRPNeuron")
 # Runtime ops (SNNCC_RUNTIME_OPS in csrc/ops.cc): never in a compiled model; snncc.runtime.layout
 # puts them in place of a standard-op pattern on the machine that runs it.
-RUNTIME_OP_NAMES = ("SpikeGateMaxPool", "BitSerialAveragePool")
+RUNTIME_OP_NAMES = ("SpikeGateMaxPool", "SpikeGateWindowMaxPool", "BitSerialAveragePool")
 ENV_VAR = "SNNCC_RUNTIME_LIB"
 _BUILD_HINT = "run scripts/build_runtime.sh"
 

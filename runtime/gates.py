@@ -2,8 +2,9 @@
 
 ``schedule-timesteps`` writes a MaxPool over spike trains as a spike gate in standard ops
 (``passes/schedule_timesteps.py``, ``gate``): a cumulative sum over the slices as a MatMul with
-``tril(ones(T, T))`` (the window gate: ``ones(T, T)``, every slice keyed by the total), a MaxPool
-with indices on it, and a GatherElements of the spikes at those indices. ORT runs the MaxPool with indices and the gather outside its blocked layout, with
+``tril(ones(T, T))`` (the window gate: every row ``[0 ... 0, 1 ... 1]``, every slice keyed by the
+total of the decoded slices; ``SpikeGateWindowMaxPool``), a MaxPool with indices on it, and a
+GatherElements of the spikes at those indices. ORT runs the MaxPool with indices and the gather outside its blocked layout, with
 reorders around them: on an ImageNet-shaped ResNet-34 the stem's gate costs about a fifth of
 T x the ANN (bench/results/profile_resnet34.md). :func:`fuse_gates` replaces each such pattern
 by the kernel library's ``SpikeGateMaxPool`` (runtime/csrc/gate.cc), which computes the same
@@ -20,7 +21,11 @@ from onnx import helper, numpy_helper
 from snncc.ir import node_attrs
 from snncc.runtime import DOMAIN
 
-__all__ = ["fuse_gates", "subgraph_reads", "value_shapes", "wiring"]
+__all__ = ["fuse_gates", "subgraph_reads", "value_shapes", "wiring", "WINDOW_MATMUL_MAX"]
+
+#: The window gate is fused up to this many slices: beyond, MLAS adds the product's K axis in
+#: blocks, in another order than the kernel's slice-by-slice sum.
+WINDOW_MATMUL_MAX = 128
 
 
 def wiring(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto],
@@ -106,9 +111,14 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if window is None or tril is None or tril.ndim != 2 or tril.shape[0] != tril.shape[1]:
             continue
         T = int(tril.shape[0])
-        ones = np.ones((T, T), tril.dtype)
-        whole = int(np.array_equal(tril, ones))   # the window gate's all-ones product
-        if not whole and not np.array_equal(tril, np.tril(ones)):
+        # the window gate: every row [0 ... 0, 1 ... 1], ones from the first decoded slice
+        row = tril[0]
+        key_from = int(np.argmax(row == 1)) if np.any(row == 1) else -1
+        whole = key_from >= 0 and bool(np.all(tril == row)) and np.array_equal(
+            row, (np.arange(T) >= key_from).astype(row.dtype))
+        if whole and T > WINDOW_MATMUL_MAX:
+            continue   # MLAS adds blocks of the slices in another order than the kernel's
+        if not whole and not np.array_equal(tril, np.tril(np.ones((T, T), tril.dtype))):
             continue
         x = window.input[0]
         shape_x = made_by(shaped.input[1], "Shape")
@@ -136,16 +146,17 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                  for n in nodes if n is not last for o in n.output)
         if not ok:
             continue
-        name = f"{pool.name or 'gate'}/SpikeGateMaxPool"
+        op = "SpikeGateWindowMaxPool" if whole else "SpikeGateMaxPool"
+        name = f"{pool.name or 'gate'}/{op}"
         while name in names:
             name += "_"
         names.add(name)
         fused = helper.make_node(
-            "SpikeGateMaxPool", [x], [last.output[0]], name=name,
+            op, [x], [last.output[0]], name=name,
             domain=DOMAIN, T=T, kernel_shape=kernel,
             strides=list(attrs.get("strides", [1, 1])), pads=list(attrs.get("pads", [0, 0, 0, 0])),
             dilations=list(attrs.get("dilations", [1, 1])), ceil_mode=int(attrs.get("ceil_mode", 0)),
-            window=whole)
+            **({"key_from": key_from} if whole else {}))
         replace.append((nodes, fused))
     if not replace:
         return model, 0

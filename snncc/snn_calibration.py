@@ -200,13 +200,13 @@ class _Segments:
         return bool(pools) and all(n.input[0] in self.site_y for n in pools)
 
     def as_compiled(self, model: onnx.ModelProto, slices: int | None,
-                    maxpool: str, window: bool = False) -> onnx.ModelProto | None:
+                    maxpool: str, window: int = 0) -> onnx.ModelProto | None:
         """``model`` with its MaxPools as the compiled model runs them (None: no change):
         ``--maxpool avg`` makes them AveragePools; with ``slices`` (a segment on spike trains,
         time-major ``[S*N, ...]``) they become the schedule's spike gate: per pooling window
         the slice of the input unit with the highest running sum, or with ``window`` (the
-        folded schedules under ``--maxpool auto``) the train of the unit with the highest total
-        (schedule_timesteps doc)."""
+        folded schedules under ``--maxpool auto``: the number of decoded slices) the train of
+        the unit with the highest total over those (schedule_timesteps doc)."""
         pools = [n for n in model.graph.node if n.op_type == "MaxPool"]
         if not pools or (maxpool != "avg" and slices is None):
             return None
@@ -313,15 +313,16 @@ def _tagged(graph: onnx.GraphProto, tag: str):
 
 
 def _gate_nodes(graph: onnx.GraphProto, tag: str, x: str, y: str, slices: int,
-                attrs: Mapping[str, Any], window: bool = False) -> list[onnx.NodeProto]:
+                attrs: Mapping[str, Any], window: int = 0) -> list[onnx.NodeProto]:
     """The spike gate of a MaxPool over a time-major ``[S*N, ...]`` input ``x`` writing ``y``:
-    keyed by the running sum, or with ``window`` by the total over the slices (the schedule's
-    all-ones product, so that the sums are the compiled model's)."""
+    keyed by the running sum, or with ``window`` by the total over the last ``window`` (the
+    decoded) slices (the schedule's product, so that the sums are the compiled model's)."""
     const, t = _tagged(graph, tag)
     mk = onnx.helper.make_node
     if window:
-        graph.initializer.append(onnx.numpy_helper.from_array(
-            np.ones((slices, slices), np.float32), t("ones")))
+        keys = np.broadcast_to(np.arange(slices) >= slices - window, (slices, slices))
+        graph.initializer.append(onnx.numpy_helper.from_array(keys.astype(np.float32),
+                                                              t("ones")))
     total = mk("MatMul", [t("ones"), t("view")], [t("sum")]) if window else \
         mk("CumSum", [t("view"), const("axis", 0)], [t("sum")])
     return [mk("Shape", [x], [t("shape")]),
@@ -567,7 +568,8 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
     window_mean = (neuron_spec is not None and neuron_spec.window_attr is not None
                    and options.maxpool == "auto" and options.schedule != "streaming")
     # the folded schedules window-gate the other MaxPools under --maxpool auto
-    window_gate = options.maxpool == "auto" and options.schedule != "streaming"
+    window_gate = counted if options.maxpool == "auto" and options.schedule != "streaming" \
+        else 0
     # analog islands (--allow-analog) run once on their decoded inputs in the compiled model
     islands = _island_outputs(proto) if options.allow_analog and neuron_spec is not None \
         else set()

@@ -7,16 +7,19 @@
 // slices is c_t = c_{t-1} + x_t in float32 (the MatMul's order: one product 1 * x_u per slice,
 // added in slice order); per output position and slice, y_t = x_t at the first position of the
 // window, in row-major order and skipping padding, where c_t is largest (ORT's MaxPool indices:
-// strict >). window = 1: the window gate, MatMul(ones(T, T), ...): every slice is keyed by the
-// total c_{T-1} (the same sums), so one unit per pooling window passes its whole train.
-// channel_block = B > 1: x and y are ORT's NCHWc tensors (blocks of B channels).
+// strict >). SpikeGateWindowMaxPool: the window gate, MatMul(K, ...) with every row of K equal to
+// [0 ... 0, 1 ... 1] (ones from column key_from, the first decoded slice): every slice is keyed by
+// the total of the slices key_from ... T-1 (the same sums), so one unit per pooling window passes
+// its whole train. (A separate op, so that a library built before it refuses the model instead of
+// running the running-sum gate in its place.) channel_block = B > 1: x and y are ORT's NCHWc
+// tensors (blocks of B channels).
 #include "neuron_common.h"
 
 namespace snncc {
 
 struct SpikeGateMaxPool {
   SpikeGateMaxPool(const OrtApi*, const OrtKernelInfo* info) : SpikeGateMaxPool(AttrReader(info, "SpikeGateMaxPool")) {}
-  explicit SpikeGateMaxPool(const AttrReader& attrs)
+  explicit SpikeGateMaxPool(const AttrReader& attrs, bool window = false)
       : where_(attrs.where()),
         T_(attrs.Int("T", 0)),
         kernel_(attrs.Ints("kernel_shape", {})),
@@ -25,9 +28,11 @@ struct SpikeGateMaxPool {
         dilations_(attrs.Ints("dilations", {1, 1})),
         ceil_(attrs.Int("ceil_mode", 0)),
         block_(attrs.Int("channel_block", 1)),
-        window_(attrs.Int("window", 0)) {
+        window_(window),
+        key_from_(window ? attrs.Int("key_from", 0) : 0) {
     if (T_ < 1) attrs.Fail("attribute 'T' must be >= 1, got " + std::to_string(T_));
-    if (window_ != 0 && window_ != 1) attrs.Fail("attribute 'window' must be 0 or 1");
+    if (key_from_ < 0 || key_from_ >= T_)
+      attrs.Fail("attribute 'key_from' must be in [0, T), got " + std::to_string(key_from_));
     if (kernel_.size() != 2 || strides_.size() != 2 || pads_.size() != 4 || dilations_.size() != 2)
       attrs.Fail("a 2-D pool needs kernel_shape[2], strides[2], pads[4] and dilations[2]");
     for (int64_t v : kernel_) if (v < 1) attrs.Fail("kernel_shape must be >= 1");
@@ -85,8 +90,8 @@ struct SpikeGateMaxPool {
         // (plain layout: Bk = 1, one channel plane)
         const int64_t in_base = g * H * W * Bk, out_base = g * Ho * Wo * Bk;
         std::fill(cum.begin(), cum.end(), 0.0f);
-        if (window_) {  // the key of every slice: the total over the window
-          for (int64_t t = 0; t < T_; ++t) {
+        if (window_) {  // the key of every slice: the total over the decoded slices
+          for (int64_t t = key_from_; t < T_; ++t) {
             const float* xt = in + t * in_slice + in_base;
             for (int64_t k = 0; k < H * W * Bk; ++k) cum[k] = cum[k] + 1.0f * xt[k];
           }
@@ -161,9 +166,20 @@ struct SpikeGateMaxPool {
   std::string where_;
   int64_t T_;
   std::vector<int64_t> kernel_, strides_, pads_, dilations_;
-  int64_t ceil_, block_, window_;
+  int64_t ceil_, block_;
+  bool window_;
+  int64_t key_from_;
+};
+
+struct SpikeGateWindowMaxPool : SpikeGateMaxPool {
+  SpikeGateWindowMaxPool(const OrtApi*, const OrtKernelInfo* info)
+      : SpikeGateMaxPool(AttrReader(info, "SpikeGateWindowMaxPool"), true) {}
+  Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& x, Tensor<float>& y) {
+    return SpikeGateMaxPool::Compute(context, x, y);
+  }
 };
 
 }  // namespace snncc
 
 SNNCC_DEFINE_OP(SpikeGateMaxPool)
+SNNCC_DEFINE_OP(SpikeGateWindowMaxPool)

@@ -20,7 +20,7 @@
 
 // Runtime ops: not emitted by the compiler; snncc.runtime.layout substitutes them on the machine
 // that runs a model (snncc/runtime/__init__.py RUNTIME_OP_NAMES lists the same names).
-#define SNNCC_RUNTIME_OPS(X) X(SpikeGateMaxPool) X(BitSerialAveragePool)
+#define SNNCC_RUNTIME_OPS(X) X(SpikeGateMaxPool) X(SpikeGateWindowMaxPool) X(BitSerialAveragePool)
 
 namespace snncc {
 #define SNNCC_DECLARE_FACTORY(Op) Ort::Custom::OrtLiteCustomOp* Make##Op();
@@ -125,7 +125,7 @@ std::vector<int64_t> IntsAttr(Ort::ShapeInferContext& ctx, const char* name, std
   }
 }
 
-// SpikeGateMaxPool: y = [T*N, C, Ho, Wo] from x = [T*N, C, H, W] with ORT's MaxPool size, when H
+// SpikeGateMaxPool, SpikeGateWindowMaxPool: y = [T*N, C, Ho, Wo] from x = [T*N, C, H, W] with ORT's MaxPool size, when H
 // and W are known numbers (else unknown). Without it ORT's optimised model has no shape for the
 // gate's output, and snncc.runtime.layout cannot tell that a residual Add reading it adds two
 // tensors of one shape.
@@ -168,8 +168,10 @@ struct Library {
     const size_t neurons = ops.size();
     SNNCC_RUNTIME_OPS(SNNCC_ADD_OP)
 #undef SNNCC_ADD_OP
-    for (size_t i = neurons; i < ops.size(); ++i)  // the gate: its pooled shape
-      if (std::string(ops[i]->GetName(ops[i].get())) == "SpikeGateMaxPool") ops[i]->InferOutputShapeFn = InferGateShape;
+    for (size_t i = neurons; i < ops.size(); ++i) {  // the gates: their pooled shape
+      const std::string name = ops[i]->GetName(ops[i].get());
+      if (name == "SpikeGateMaxPool" || name == "SpikeGateWindowMaxPool") ops[i]->InferOutputShapeFn = InferGateShape;
+    }
     for (auto& op : ops) domain.Add(op.get());
   }
 };

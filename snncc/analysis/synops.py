@@ -166,8 +166,8 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
             row["pooled_events"] = float(np.asarray(events_per_layer[g.name]).sum(
                 dtype=np.int64)) / batch
             row["pool_of"] = g.attrs["events_of"]
-        if g.kind in ("pool", "analog"):
-            row["kind"] = "max-pool"
+        if g.kind in ("pool", "analog"):   # analog: its MACs are the conv's before the pool
+            row["kind"] = "max-pool" if g.kind == "pool" else "conv + max-pool"
             continue
         row["neurons"] = g.size
         if g.sends_events:

@@ -564,13 +564,17 @@ class _Lowering:
         flat_bias = x.bias.reshape(x.view[0], -1)
         parts = sorted(zip(x.terms, srcs), key=lambda p: p[0].offset)
         starts = np.cumsum([0] + [t.weight.shape[0] for t, _ in parts])
+        # the spikes themselves: a scale or a shift (a BatchNorm after the ReLU) would make the
+        # neuron's spec count transformed values as events
         if not parts or [t.offset for t, _ in parts] != starts[:-1].tolist() or \
                 starts[-1] != x.view[0] or \
-                not all(_channel_copy(t, x.view[1:]) and g.kind in ("neuron", "pool")
-                        for t, g in parts) or not np.all(flat_bias == flat_bias[:, :1]):
-            raise _LowerError("SNN-E271", "a MaxPool over a sum or a transform of spikes has "
-                              "no SynOp count", "pool each neuron's spikes on their own")
-        bias = np.broadcast_to(flat_bias[:, :1, None], view).copy()
+                not all(_channel_copy(t, x.view[1:]) and np.all(t.weight == 1.0)
+                        and g.kind in ("neuron", "pool") for t, g in parts) or \
+                np.any(flat_bias != 0):
+            raise _LowerError("SNN-E271", "a MaxPool over a sum or a transform of spikes (a "
+                              "scale, a shift) has no SynOp count",
+                              "pool each neuron's spikes themselves")
+        bias = np.zeros(view)
         swapped_into = self.neuron_outputs.get(node.output[0])
         if swapped_into is not None and len(parts) == 1 and parts[0][1].kind == "neuron":
             # the schedule pooled the neuron's current: the neuron (or its duplicate) runs on
