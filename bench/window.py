@@ -46,9 +46,11 @@ from bench.common import bundled, bundled_inputs, interleaved, session  # noqa: 
 
 #: ImageNet-shaped nets with random weights (timing only: no accuracy is read from them), built
 #: in the temporary directory: torchvision stem (``resnet34q``: the QCFS stem, 3x3 stride 1 and
-#: no max-pool, the layout of the QCFS/SRP/GN ImageNet ResNet-34), 224x224, 1000 classes; max
-#: calibration on 16 random images (the calibration method does not change the graph that runs)
-RANDOM_NETS = ("resnet18", "resnet34", "resnet34q")
+#: no max-pool, the layout of the QCFS/SRP/GN ImageNet ResNet-34), 224x224, 1000 classes;
+#: ``vgg11m``: a CIFAR-shaped VGG-11 (width 0.25) with its five pools as MaxPools (the first
+#: moved by pool-first, four spike-gated); max calibration on 16 random images (the calibration
+#: method does not change the graph that runs)
+RANDOM_NETS = ("resnet18", "resnet34", "resnet34q", "vgg11m")
 
 
 def _net_files(net: str, tmp: Path, batch: int) -> tuple[Path, Path, np.ndarray, str | None]:
@@ -60,12 +62,17 @@ def _net_files(net: str, tmp: Path, batch: int) -> tuple[Path, Path, np.ndarray,
 
     from examples.export_models import build, export, model_kwargs
 
-    shape = (1, 3, 224, 224)
     path = tmp / f"{net}.onnx"
     torch.manual_seed(0)
-    arch, stem = (net[:-1], "qcfs") if net.endswith("q") else (net, "torchvision")
-    export(build(arch, **model_kwargs(arch, shape, 1000), stem=stem), path, shape,
-           dynamic_batch=True)
+    if net == "vgg11m":  # CIFAR-shaped VGG-11 with max-pools: four of them read spikes
+        shape = (1, 3, 32, 32)
+        export(build("vgg11", **model_kwargs("vgg11", shape, 10), pool="max"), path, shape,
+               dynamic_batch=True)
+    else:
+        shape = (1, 3, 224, 224)
+        arch, stem = (net[:-1], "qcfs") if net.endswith("q") else (net, "torchvision")
+        export(build(arch, **model_kwargs(arch, shape, 1000), stem=stem), path, shape,
+               dynamic_batch=True)
     rng = np.random.default_rng(0)
     calib = tmp / f"{net}_calib.npy"
     np.save(calib, rng.random((16, *shape[1:]), dtype=np.float32))
@@ -159,7 +166,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", default="cnn,resnet",
                     help="cnn, resnet (trained, bundled), resnet18, resnet34, resnet34q (224x224, "
-                         "random weights: timing only; resnet34q has the QCFS stem)")
+                         "random weights: timing only; resnet34q has the QCFS stem), vgg11m "
+                         "(32x32 VGG-11 with max-pools, random weights)")
     ap.add_argument("-T", type=int, default=4)
     ap.add_argument("--batch", default="1,16,100")
     ap.add_argument("--rounds", type=int, default=9)
