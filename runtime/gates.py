@@ -23,8 +23,10 @@ from snncc.runtime import DOMAIN
 
 __all__ = ["fuse_gates", "subgraph_reads", "value_shapes", "wiring", "WINDOW_MATMUL_MAX"]
 
-#: The window gate is fused up to this many slices: beyond, MLAS adds the product's K axis in
-#: blocks, in another order than the kernel's slice-by-slice sum.
+#: The window gate is fused up to this many slices: beyond, MLAS may add the product's K axis in
+#: blocks, in another order than the kernel's slice-by-slice sum (a review saw it at 136 slices;
+#: the compiler makes at most 128). The running sum is a MatMul only up to 32 slices (then CumSum,
+#: which is not fused).
 WINDOW_MATMUL_MAX = 128
 
 
@@ -78,7 +80,8 @@ def _is_const(graph: onnx.GraphProto, name: str, value: list[int]) -> bool:
 
 
 def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """(model with every 2-D spike gate as one ``SpikeGateMaxPool``, number replaced). A pattern
+    """(model with every 2-D spike gate as one ``SpikeGateMaxPool``, or ``SpikeGateWindowMaxPool``
+    for the window gate, number replaced). A pattern
     that differs in any way is left as it is: the CumSum form, auto_pad, dilation, padding as
     wide as the kernel, other Reshape targets, other readers of its tensors. ``model`` itself is
     not changed."""
@@ -111,14 +114,15 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if window is None or tril is None or tril.ndim != 2 or tril.shape[0] != tril.shape[1]:
             continue
         T = int(tril.shape[0])
+        running = np.array_equal(tril, np.tril(np.ones((T, T), tril.dtype)))  # (T = 1: both)
         # the window gate: every row [0 ... 0, 1 ... 1], ones from the first decoded slice
         row = tril[0]
         key_from = int(np.argmax(row == 1)) if np.any(row == 1) else -1
-        whole = key_from >= 0 and bool(np.all(tril == row)) and np.array_equal(
+        whole = not running and key_from >= 0 and bool(np.all(tril == row)) and np.array_equal(
             row, (np.arange(T) >= key_from).astype(row.dtype))
         if whole and T > WINDOW_MATMUL_MAX:
             continue   # MLAS adds blocks of the slices in another order than the kernel's
-        if not whole and not np.array_equal(tril, np.tril(np.ones((T, T), tril.dtype))):
+        if not whole and not running:
             continue
         x = window.input[0]
         shape_x = made_by(shaped.input[1], "Shape")

@@ -33,6 +33,8 @@ struct SpikeGateMaxPool {
     if (T_ < 1) attrs.Fail("attribute 'T' must be >= 1, got " + std::to_string(T_));
     if (key_from_ < 0 || key_from_ >= T_)
       attrs.Fail("attribute 'key_from' must be in [0, T), got " + std::to_string(key_from_));
+    if (!window && attrs.Int("window", 0) != 0)  // an early form of the window gate: refused
+      attrs.Fail("attribute 'window' is not supported: the window gate is SpikeGateWindowMaxPool");
     if (kernel_.size() != 2 || strides_.size() != 2 || pads_.size() != 4 || dilations_.size() != 2)
       attrs.Fail("a 2-D pool needs kernel_shape[2], strides[2], pads[4] and dilations[2]");
     for (int64_t v : kernel_) if (v < 1) attrs.Fail("kernel_shape must be >= 1");

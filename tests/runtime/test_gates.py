@@ -267,7 +267,21 @@ def test_fuse_gates_takes_the_window_gate(key_from):
     assert fuse_gates(other)[1] == 0
 
 
-def test_the_window_kernel_refuses_a_bad_key_from():
+def test_the_window_kernel_refuses_a_bad_key_from_and_the_running_one_a_window_attribute():
     with pytest.raises(Exception, match="key_from"):
         _kernel(4, POOLS["2x2s2"], window=True, key_from=4).run(
             None, {"x": np.zeros((4, 2, 4, 4), F32)})
+    node = helper.make_node("SpikeGateMaxPool", ["x"], ["y"], domain=DOMAIN, T=4,
+                            kernel_shape=[2, 2], strides=[2, 2], window=1)  # an early form
+    graph = helper.make_graph([node], "k", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                          None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(Exception, match="SpikeGateWindowMaxPool"):
+        _session(helper.make_model(graph, opset_imports=[
+            helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])).run(
+            None, {"x": np.zeros((4, 2, 4, 4), F32)})
+
+
+def test_one_slice_fuses_as_the_running_sum_gate():
+    fused, count = fuse_gates(_gate_model(1, POOLS["2x2s2"]))
+    assert count == 1 and fused.graph.node[0].op_type == "SpikeGateMaxPool"
