@@ -114,23 +114,29 @@ def test_bitserial_is_exact_through_a_pooled_concat(tmp_path):
     branch, each pool moves in front of its neuron: SNN = QANN up to float summation."""
     import onnx
 
-    from snncc.driver import compile_model, make_options
-
     onnx.save(_inception(True), tmp_path / "m.onnx")
-    x = np.random.default_rng(1).random((40, 3, 8, 8), np.float32)
+    snn = _bitserial_equals_its_qann(tmp_path, seed=1, samples=8)
+    assert not snn.warnings and "gated" not in snn.report["notes"]["maxpool"].values()
+
+
+def _bitserial_equals_its_qann(tmp_path, seed: int, samples: int):
+    """Compile ``tmp_path/m.onnx`` bit-serial (T = 4) and as its L = 15 QANN, calibrated alike
+    on 40 random images; assert equal outputs up to float summation; the bit-serial result."""
+    from snncc.driver import compile_model, make_options
+    from snncc.simulate import run_compiled
+
+    x = np.random.default_rng(seed).random((40, 3, 8, 8), np.float32)
     np.save(tmp_path / "c.npy", x)
     common = dict(calib_path=str(tmp_path / "c.npy"), calib_method="mse", fidelity_samples=0)
     snn = compile_model(tmp_path / "m.onnx", tmp_path / "s.onnx",
                         make_options(neuron="bitserial", timesteps=4, **common))
-    assert not snn.warnings and "gated" not in snn.report["notes"]["maxpool"].values()
     compile_model(tmp_path / "m.onnx", tmp_path / "q.onnx",
                   make_options(target="qann", levels=15, bias_shift=True, **common))
-    from snncc.simulate import run_compiled
-
-    a = run_compiled(tmp_path / "s.onnx", x[:8]).outputs
-    b = run_compiled(tmp_path / "q.onnx", x[:8], spike_counts=False).outputs
-    (a,), (b,) = a.values(), b.values()
-    np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max(), rtol=0)
+    a = run_compiled(tmp_path / "s.onnx", x[:samples]).outputs
+    q = run_compiled(tmp_path / "q.onnx", x[:samples], spike_counts=False).outputs
+    (a,), (q,) = a.values(), q.values()
+    np.testing.assert_allclose(a, q, atol=1e-4 * np.abs(q).max(), rtol=0)
+    return snn
 
 
 def test_bitserial_is_exact_through_a_window_gate_and_warns_with_the_running_sum(tmp_path):
@@ -142,28 +148,19 @@ def test_bitserial_is_exact_through_a_window_gate_and_warns_with_the_running_sum
     from zoo import _Builder, _head
 
     from snncc.driver import compile_model, make_options
-    from snncc.simulate import run_compiled
 
     b = _Builder(13)
     h = b.op("MaxPool", [b.conv(b.op("Relu", [b.conv("x", 3, 4)]), 4, 4)], kernel_shape=[2, 2],
              strides=[2, 2])
     onnx.save(b.model(_head(b, b.op("Relu", [h]), 4), input_shape=(1, 3, 8, 8)),
               tmp_path / "m.onnx")
-    x = np.random.default_rng(2).random((40, 3, 8, 8), np.float32)
-    np.save(tmp_path / "c.npy", x)
-    common = dict(calib_path=str(tmp_path / "c.npy"), calib_method="mse", fidelity_samples=0)
-    res = compile_model(tmp_path / "m.onnx", tmp_path / "s.onnx",
-                        make_options(neuron="bitserial", timesteps=4, **common))
+    res = _bitserial_equals_its_qann(tmp_path, seed=2, samples=16)
     assert not res.warnings
     assert list(res.report["notes"]["maxpool"].values()) == ["gated over the window"]
-    compile_model(tmp_path / "m.onnx", tmp_path / "q.onnx",
-                  make_options(target="qann", levels=15, bias_shift=True, **common))
-    a = run_compiled(tmp_path / "s.onnx", x[:16]).outputs
-    q = run_compiled(tmp_path / "q.onnx", x[:16], spike_counts=False).outputs
-    (a,), (q,) = a.values(), q.values()
-    np.testing.assert_allclose(a, q, atol=1e-4 * np.abs(q).max(), rtol=0)
     res = compile_model(tmp_path / "m.onnx", tmp_path / "g.onnx",
-                        make_options(neuron="bitserial", timesteps=4, maxpool="gate", **common))
+                        make_options(neuron="bitserial", timesteps=4, maxpool="gate",
+                                     calib_path=str(tmp_path / "c.npy"), calib_method="mse",
+                                     fidelity_samples=0))
     assert [w for w in res.warnings if "spike-gates 1 MaxPool" in w and "not exact" in w]
 
 
