@@ -15,7 +15,7 @@ simulator (:func:`snncc.backends.loihi.simulator.run_netlist`) or from an ORT ru
 computation), counted once when the schedule computes that current once (``analog_once``).
 Results are per inference (divided by the batch size N).
 
-A MaxPool has no synapses. An ONNX source is lowered count-only (``lower(count_only=True)``): a
+A MaxPool has no synapses. An ONNX source is lowered count-only (:mod:`.count_lowering`): a
 MaxPool over a neuron's spikes is a ``pool`` group whose events (the spikes the pool passes on,
 measured at its output tensor: :func:`pool_taps`) feed the blocks after it; a MaxPool over analog
 currents (a stem pool that pool-first moved in front of its activation) is an ``analog`` group
@@ -31,8 +31,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
+from snncc.analysis.count_lowering import count_lower
 from snncc.backends.loihi.mapping import hwc_order
-from snncc.backends.loihi.lowering import lower
 from snncc.backends.loihi.netlist import Block, Netlist, conv_box_sum, conv_fanout, load
 from snncc.errors import BackendCapabilityError
 
@@ -73,8 +73,7 @@ def count_netlist(source: onnx.ModelProto | Any, timesteps: int, maxpool: str = 
         graph = compiled.graph if isinstance(compiled, onnx.ModelProto) else \
             ir.to_proto(compiled).graph
         outputs = {n.output[0]: n.name for n in graph.node if n.domain == ir.SNN_DOMAIN}
-    return lower(source, timesteps, maxpool, relay=False, count_only=True,
-                 neuron_outputs=outputs)
+    return count_lower(source, timesteps, maxpool, outputs)
 
 
 def pool_taps(net: Netlist) -> dict[str, tuple[str, str, int, int]]:

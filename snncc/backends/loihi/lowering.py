@@ -10,18 +10,6 @@ neuron op turns its input expression into synapse blocks into a new group
 A linear chain that one conv cannot express (a padded conv reading border positions of a pooled
 map, a too large composed kernel, a conv after a dense map) gets a relay group in between.
 
-``count_only=True`` (the SynOp count of an ONNX Runtime SNN, :mod:`snncc.analysis.synops`): a
-MaxPool, which has no synapses and no Loihi form, becomes a group of its own. Over a neuron's
-spikes it is a ``pool`` group whose events are measured at the MaxPool's output tensor (the
-spike gate's, or the decoded pool's); over analog currents (a stem pool that pool-first moved in
-front of its activation) an ``analog`` group, whose incoming conv blocks are MACs. A MaxPool
-that the schedule swapped with the neuron before it (``neuron_outputs``: the compiled model's
-neuron nodes by output tensor; bit-serial, T = 1) pools that neuron's current: the neuron group
-takes the pooled view (its incoming blocks keep the conv's output size), or, where the neuron
-has other readers and the schedule duplicated it, a second neuron group with no synapses of its
-own. An output head (Softmax, LogSoftmax, ArgMax on a graph output) passes through. Such a
-netlist is for counting only.
-
 Error codes (all collected, raised once): SNN-E270 op with no Loihi form, SNN-E271 unsupported
 attribute, SNN-E272 non-constant weights, SNN-E273 linear chain that cannot be folded,
 SNN-E275 concat / shape not expressible, SNN-E276 missing input shape.
@@ -46,8 +34,6 @@ __all__ = ["lower", "PASS", "MAX_FOLDED_ELEMENTS"]
 PASS = "loihi-lower"
 #: Largest composed kernel (elements) the lowering builds before giving up (SNN-E273).
 MAX_FOLDED_ELEMENTS = 1 << 26
-#: Output heads the count-only lowering passes through (they act on the decoded output).
-HEADS = ("Softmax", "LogSoftmax", "ArgMax")
 
 
 @dataclass
@@ -98,45 +84,6 @@ def _identity(src: str, view: tuple[int, int, int], shape: tuple[int, ...]) -> _
     c = view[0]
     term = _Term(src, "conv", np.ones((c, 1, 1, 1)), view, groups=c)
     return _Expr(shape, view, [term], np.zeros(view))
-
-
-def _is_identity(term: _Term, view: tuple[int, int, int], *, ones: bool = False) -> bool:
-    """``term`` reads channel c of its source at the same position (times a per-channel factor;
-    exactly 1 with ``ones``)."""
-    c = view[0]
-    return (term.kind == "conv" and term.weight.shape == (c, 1, 1, 1) and term.groups == c
-            and term.offset == 0 and term.stride == (1, 1) and term.pads == (0, 0)
-            and tuple(term.src_view) == tuple(view)
-            and (not ones or bool(np.all(term.weight == 1.0))))
-
-
-def _channel_copy(term: _Term, hw: tuple[int, int]) -> bool:
-    """``term`` reads every channel of its source at the same position (times a per-channel
-    factor), into rows ``offset ...`` of a wider tensor (a Concat part)."""
-    rows = term.weight.shape[0]
-    return (term.kind == "conv" and term.weight.shape == (rows, 1, 1, 1) and term.groups == rows
-            and term.stride == (1, 1) and term.pads == (0, 0)
-            and tuple(term.src_view) == (rows,) + tuple(hw))
-
-
-def _pool_out_hw(view: tuple[int, int, int], attrs: dict[str, Any]) -> tuple[int, int]:
-    """Output size of a 2-D MaxPool (pads, strides, dilations, ceil_mode as ONNX defines them)."""
-    k = tuple(attrs["kernel_shape"])
-    strides = tuple(attrs.get("strides", (1, 1)))
-    pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
-    dil = tuple(attrs.get("dilations", (1, 1)))
-    if {len(k), len(strides), len(dil), len(pads) // 2} != {2} or attrs.get("auto_pad", "NOTSET") \
-            not in ("NOTSET", ""):
-        raise _LowerError("SNN-E271", "only 2-D MaxPools with explicit pads are counted",
-                          "canonicalize the model (explicit pads)")
-    out = []
-    for a in range(2):
-        span = view[1 + a] + pads[a] + pads[a + 2] - ((k[a] - 1) * dil[a] + 1)
-        n = (-(-span // strides[a]) if attrs.get("ceil_mode", 0) else span // strides[a]) + 1
-        if attrs.get("ceil_mode", 0) and (n - 1) * strides[a] >= view[1 + a] + pads[a]:
-            n -= 1   # the last window must start inside the input or its begin padding
-        out.append(int(n))
-    return out[0], out[1]
 
 
 def _full_weight(w: np.ndarray, groups: int) -> np.ndarray:
@@ -288,14 +235,12 @@ def _out_hw(view, k, stride, pads) -> tuple[int, int]:
 
 class _Lowering:
     def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto",
-                 relay: bool = True, count_only: bool = False,
-                 neuron_outputs: dict[str, str] | None = None):
+                 relay: bool = True):
         from snncc.passes.insert_neurons import spec_for_op
         from snncc.neurons.registry import validate_attrs
 
         self.spec_for_op, self.validate = spec_for_op, validate_attrs
         self.proto, self.T, self.maxpool, self.relay = proto, timesteps, maxpool, relay
-        self.count_only, self.neuron_outputs = count_only, dict(neuron_outputs or {})
         self.inits = {i.name: numpy_helper.to_array(i).astype(np.float64)
                       if numpy_helper.to_array(i).dtype.kind == "f"
                       else numpy_helper.to_array(i) for i in proto.graph.initializer}
@@ -331,10 +276,7 @@ class _Lowering:
 
     def _new_group(self, g: Group, expr: _Expr | None) -> None:
         self.groups.append(g)
-        kinds = {x.name: x.kind for x in self.groups}
         for i, t in enumerate(expr.terms if expr else []):
-            if kinds[t.src] == "analog" and _is_identity(t, g.view, ones=True):
-                continue   # the value of a max-pooled current itself: no synapse, no MAC
             self.blocks.append(Block(f"{g.name}/in{i}", t.src, g.name, t.kind, t.weight,
                                      t.src_view, g.view, t.offset, t.stride, t.pads, t.groups))
 
@@ -406,21 +348,14 @@ class _Lowering:
         conv attributes (auto_pad, dilations, ceil_mode) that the lowering refuses."""
         if node.domain == SNN_DOMAIN:
             return
-        handler = self._handler(node)
-        if handler == self._maxpool_count:
-            _pool_out_hw((1, 1, 1), _attrs(node))
-        elif node.op_type in ("Conv", "AveragePool", "MaxPool"):
+        self._handler(node)
+        if node.op_type in ("Conv", "AveragePool", "MaxPool"):
             _spatial(_attrs(node), (0, 0))
 
     def _handler(self, node: onnx.NodeProto):
         handler = getattr(self, f"_op_{node.op_type}", None)
         if node.op_type == "MaxPool" and self.maxpool == "avg":
             handler = self._maxpool_as_avg
-        elif node.op_type == "MaxPool" and self.count_only:
-            handler = self._maxpool_count
-        elif node.op_type in HEADS and self.count_only and \
-                node.output[0] in {o.name for o in self.proto.graph.output}:
-            handler = self._head_count
         if handler is None or node.domain not in ("", "ai.onnx"):
             hint = ("use --maxpool avg (or train with average pooling)" if node.op_type == "MaxPool"
                     else "export the model without its final Softmax/LogSoftmax (the arg-max, "
@@ -529,80 +464,6 @@ class _Lowering:
         k = tuple(attrs["kernel_shape"])
         stride, pads = _spatial(attrs, k)
         self._pool(node, self._expr(node.input[0]), k, stride, pads)
-
-    def _head_count(self, node):
-        """``count_only``: an output head (Softmax, LogSoftmax, ArgMax on the graph output)
-        runs on the decoded logits, after every synapse: the readout counts as without it."""
-        self.values[node.output[0]] = self._expr(node.input[0])
-
-    def _maxpool_count(self, node):
-        """``count_only``: a MaxPool as a ``pool`` group (over one neuron's spikes; over a
-        Concat of several, one per neuron) or an ``analog`` group (over currents computed from
-        the input); see the module docstring."""
-        if len(node.output) > 1 and node.output[1]:
-            raise _LowerError("SNN-E271", "the MaxPool indices output is used",
-                              "export the model without MaxPool indices")
-        x = self._expr(node.input[0])
-        if len(x.shape) != 3:
-            raise _LowerError("SNN-E271", "only 2-D MaxPools are counted",
-                              "use 2-D maps (N, C, H, W)")
-        view = (x.view[0],) + _pool_out_hw(x.view, _attrs(node))
-        name = node.name or node.output[0]
-        kinds = {g.name: g for g in self.groups}
-        srcs = [kinds[t.src] for t in x.terms]
-        if all(g.kind in ("input", "analog") for g in srcs):
-            self.groups.append(Group(name, "analog", view, view, source=node.output[0],
-                                     bias=np.zeros(view)))
-            for i, t in enumerate(x.terms):
-                if srcs[i].kind == "analog" and _is_identity(t, x.view, ones=True):
-                    continue
-                self.blocks.append(Block(f"{name}/in{i}", t.src, name, t.kind, t.weight,
-                                         t.src_view, x.view, t.offset, t.stride, t.pads,
-                                         t.groups))
-            self.values[node.output[0]] = _identity(name, view, view)
-            return
-        flat_bias = x.bias.reshape(x.view[0], -1)
-        parts = sorted(zip(x.terms, srcs), key=lambda p: p[0].offset)
-        starts = np.cumsum([0] + [t.weight.shape[0] for t, _ in parts])
-        # the spikes themselves: a scale or a shift (a BatchNorm after the ReLU) would make the
-        # neuron's spec count transformed values as events
-        if not parts or [t.offset for t, _ in parts] != starts[:-1].tolist() or \
-                starts[-1] != x.view[0] or \
-                not all(_channel_copy(t, x.view[1:]) and np.all(t.weight == 1.0)
-                        and g.kind in ("neuron", "pool") for t, g in parts) or \
-                np.any(flat_bias != 0):
-            raise _LowerError("SNN-E271", "a MaxPool over a sum or a transform of spikes (a "
-                              "scale, a shift) has no SynOp count",
-                              "pool each neuron's spikes themselves")
-        bias = np.zeros(view)
-        swapped_into = self.neuron_outputs.get(node.output[0])
-        if swapped_into is not None and len(parts) == 1 and parts[0][1].kind == "neuron":
-            # the schedule pooled the neuron's current: the neuron (or its duplicate) runs on
-            # the pooled map, and its own events are what the next blocks receive
-            (term, src), = parts
-            if swapped_into == src.source:
-                src.shape, src.view = view, view
-                src.bias = np.zeros(view)
-            else:
-                src = Group(swapped_into, "neuron", view, view, neuron=src.neuron,
-                            attrs=src.attrs, spike=src.spike, source=swapped_into,
-                            bias=np.zeros(view))
-                self.groups.append(src)
-            out = _Term(src.name, "conv", term.weight, view, groups=view[0])
-            self.values[node.output[0]] = _Expr(view, view, [out], bias)
-            return
-        terms = []
-        for k, (term, src) in enumerate(parts):   # a Concat: one pool group per neuron
-            rows, lo = term.weight.shape[0], term.offset
-            part = (rows,) + view[1:]
-            pname = name if len(parts) == 1 else f"{name}/{k}"
-            events_of = src.attrs["events_of"] if src.kind == "pool" else src.source
-            self.groups.append(Group(pname, "pool", part, part, neuron=src.neuron,
-                                     attrs={"events_of": events_of, "channels": [lo, lo + rows]},
-                                     spike=src.spike, source=node.output[0],
-                                     bias=np.zeros(part)))
-            terms.append(_Term(pname, "conv", term.weight, part, lo, groups=rows))
-        self.values[node.output[0]] = _Expr(view, view, terms, bias)
 
     def _pool(self, node, x: _Expr, k, stride, pads):
         c = x.view[0]
@@ -725,17 +586,13 @@ class _Lowering:
 
 
 def lower(proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto", *,
-          relay: bool = True, count_only: bool = False,
-          neuron_outputs: dict[str, str] | None = None) -> Netlist:
+          relay: bool = True) -> Netlist:
     """Lower the ANN-shaped spiking graph (after insert-neurons) to a float netlist.
 
     ``maxpool="avg"`` (``--maxpool avg``) lowers MaxPool as AveragePool counting the padding;
     otherwise MaxPool has no Loihi form. A linear chain that one conv cannot express (a padded
     conv reading border positions of a pooled map, a too large composed kernel, a conv after a
     dense map) gets a relay group in between (``relay=False``: SNN-E273 instead). Raises
-    :class:`UnsupportedNodeError` listing every node that has no Loihi form. ``count_only``:
-    MaxPools become ``pool`` / ``analog`` groups, or pool a neuron's current where the compiled
-    model's ``neuron_outputs`` (tensor -> neuron node) show the schedule swapped them (module
-    docstring): a netlist for the SynOp count of an ONNX Runtime SNN, not for Loihi.
+    :class:`UnsupportedNodeError` listing every node that has no Loihi form.
     """
-    return _Lowering(proto, timesteps, maxpool, relay, count_only, neuron_outputs).run()
+    return _Lowering(proto, timesteps, maxpool, relay).run()

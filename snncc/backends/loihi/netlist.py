@@ -46,7 +46,7 @@ VERSION = 1
 class Group:
     """One population. ``kind``: ``input`` (analog graph input), ``neuron``, ``readout``,
     ``relay`` (graded pass-through of its current, zero delay); in a count-only netlist
-    (``lower(..., count_only=True)``) also ``pool`` (a MaxPool over one neuron's spikes:
+    (:mod:`snncc.analysis.count_lowering`) also ``pool`` (a MaxPool over one neuron's spikes:
     ``attrs["events_of"]`` names that neuron node, ``source`` the pool's output tensor) and
     ``analog`` (a MaxPool over currents computed from the input)."""
 
