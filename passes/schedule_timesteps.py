@@ -393,7 +393,9 @@ class ScheduleTimestepsPass(Pass):
                 f"warning: --schedule streaming spike-gates {gated} MaxPool(s), which "
                 "approximates max pooling" + (f"; the folded and window schedules pool a MaxPool "
                                               f"right after a {options.neuron} neuron exactly"
-                                              if bit_serial else "")
+                                              if bit_serial else
+                                              "; the folded schedule window-gates them (the "
+                                              "pooled rate is the largest rate)")
                 + " (use --maxpool avg for a net trained with average pooling)")
         elif bit_serial and gated and options.target == "ort":
             ctx.warnings.append(
