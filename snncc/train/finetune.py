@@ -27,8 +27,9 @@ IF neuron ``snncc compile --neuron if -T T`` puts there, on T folded time slices
 on the mean over T of the logits (what the compiled SNN outputs); gradients go through the QCFS
 clip of the time-mean input. The exported graph is the same QCFS pattern. (Other layers run per
 slice, which is exact for convolutions, linear layers, average pooling and folded BN; a MaxPool
-takes the max of each slice's spikes, which is not compile's spike gating: use ``maxpool="avg"``
-for exactness.) ``snncc finetune`` turns
+runs as compile's window gate, :class:`~snncc.train.qcfs.SpikeMaxPool2d`, where it had taken the
+max of each slice's spikes; a stem pool, which compile moves in front of its activation, is
+gated too, which differs when two units of a window fire alike.) ``snncc finetune`` turns
 it on at T = L (L <= 8) by default: trained on the QANN alone, the IF SNN at T = L = 4 fell to
 43 % on the MNIST CNN (neurons whose QANN output is 0 fire from uneven input, ~23 % of them per
 layer); in the loop, it reached 98.3 % with the QANN at 98.4 % (ANN 98.6 %); see

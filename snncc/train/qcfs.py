@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 __all__ = ["FloorSTE", "QCFS", "replace_modules", "replace_relu_with_qcfs", "replace_maxpool_with_avgpool",
-           "qcfs_modules", "set_spiking"]
+           "qcfs_modules", "set_spiking", "SpikeMaxPool2d"]
 
 
 class FloorSTE(torch.autograd.Function):
@@ -131,12 +131,45 @@ def replace_maxpool_with_avgpool(module: nn.Module) -> list[str]:
                                                    ceil_mode=old.ceil_mode))
 
 
+class SpikeMaxPool2d(nn.MaxPool2d):
+    """A MaxPool2d that, with the IF SNN in the loop (``timesteps`` T: the input holds T slices
+    folded slice-major), pools as ``snncc compile``'s folded schedule does: per pooling window
+    the unit with the largest total over the slices passes its whole train (the window gate,
+    passes/schedule_timesteps.py); the gradient reaches that unit's train. Without
+    ``timesteps`` it is the MaxPool itself, and exports as one."""
+
+    timesteps: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.timesteps or self.return_indices or x.dim() != 4:
+            return super().forward(x)
+        T = int(self.timesteps)
+        xt = x.reshape(T, -1, *x.shape[1:])
+        _, idx = nn.functional.max_pool2d(xt.detach().sum(0), self.kernel_size, self.stride,
+                                          self.padding, self.dilation, self.ceil_mode,
+                                          return_indices=True)
+        picked = xt.flatten(3).gather(3, idx.flatten(2).unsqueeze(0).expand(T, -1, -1, -1))
+        return picked.reshape(T * idx.shape[0], *idx.shape[1:])
+
+
 def qcfs_modules(module: nn.Module) -> dict[str, QCFS]:
     return {name: m for name, m in module.named_modules() if isinstance(m, QCFS)}
 
 
 def set_spiking(module: nn.Module, timesteps: int | None) -> None:
-    """Run every QCFS of ``module`` as an IF neuron over ``timesteps`` folded slices (None: QCFS)."""
+    """Run every QCFS of ``module`` as an IF neuron over ``timesteps`` folded slices (None: QCFS),
+    and every MaxPool2d as the compiled model's window gate over them (:class:`SpikeMaxPool2d`;
+    a per-slice max of the spikes had trained another network than the one compile builds)."""
     for m in qcfs_modules(module).values():
         m.timesteps = timesteps
+    if timesteps:
+        def gated(name: str, old: nn.MaxPool2d) -> SpikeMaxPool2d:
+            new = SpikeMaxPool2d(old.kernel_size, old.stride, old.padding, old.dilation,
+                                 old.return_indices, old.ceil_mode)
+            return new.train(old.training)
+
+        replace_modules(module, lambda m: type(m) is nn.MaxPool2d, gated)
+    for m in module.modules():
+        if isinstance(m, SpikeMaxPool2d):
+            m.timesteps = timesteps
 

@@ -102,3 +102,42 @@ def test_model_without_relu_is_rejected():
     with pytest.raises(ModelInputError) as err:
         finetune_module(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), _blobs(8, 0), epochs=0, progress=False)
     assert err.value.code == "SNN-E805"
+
+
+@pytest.mark.parametrize("T", [1, 3, 4])
+def test_the_in_loop_max_pool_is_compile_s_window_gate(T):
+    """With the IF SNN in the loop a MaxPool ran a per-slice max of the spikes, not what compile
+    builds; SpikeMaxPool2d is the window gate, equal to the schedule's standard-op gate (the
+    unit of the largest total passes its train), and the MaxPool itself when not spiking."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from snncc.train.qcfs import SpikeMaxPool2d, set_spiking
+
+    rng = np.random.default_rng(T)
+    spikes = (rng.random((T * 2, 3, 6, 6)) < 0.4) * rng.uniform(0.5, 2.0, (1, 3, 1, 1))
+    x = torch.tensor(spikes, dtype=torch.float32, requires_grad=True)
+    net = nn.Sequential(nn.MaxPool2d(2, 2))
+    set_spiking(net, T)
+    assert isinstance(net[0], SpikeMaxPool2d)
+    y = net(x)
+    y.sum().backward()
+    keys = helper.make_tensor("k", TensorProto.FLOAT, [T, T], np.ones((T, T), np.float32).ravel())
+    nodes = [helper.make_node("Reshape", ["x", "w"], ["v"]), helper.make_node("MatMul", ["k", "v"], ["c"]),
+             helper.make_node("Shape", ["x"], ["xs"]), helper.make_node("Reshape", ["c", "xs"], ["c4"]),
+             helper.make_node("MaxPool", ["c4"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Reshape", ["x", "f"], ["xf"]), helper.make_node("Reshape", ["i", "f"], ["if"]),
+             helper.make_node("GatherElements", ["xf", "if"], ["g"]), helper.make_node("Shape", ["i"], ["is"]),
+             helper.make_node("Reshape", ["g", "is"], ["y"])]
+    graph = helper.make_graph(nodes, "gate", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [keys, numpy_helper.from_array(np.array([T, -1]), "w"),
+                               numpy_helper.from_array(np.array([-1]), "f")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": spikes.astype(np.float32)})[0]
+    np.testing.assert_array_equal(y.detach().numpy(), want)
+    assert float(x.grad.sum()) == float(np.prod(want.shape))   # one input unit per output value
+    set_spiking(net, None)
+    np.testing.assert_array_equal(net(x).detach().numpy(),
+                                  nn.functional.max_pool2d(x, 2, 2).detach().numpy())
