@@ -337,6 +337,14 @@ class _Emitter:
                 outputs=[out])
 
 
+def window_keys(slices: int, counted: int) -> np.ndarray:
+    """The window gate's [S, S] float32 product: every row ``[0 ... 0, 1 ... 1]``, ones in the
+    last ``counted`` (decoded) columns, so that every slice is keyed by the total of those. The
+    schedule emits it, the calibration walk copies it, runtime.gates recognises it."""
+    return np.broadcast_to(np.arange(slices) >= slices - counted,
+                           (slices, slices)).astype(np.float32)
+
+
 class ScheduleTimestepsPass(Pass):
     name = "schedule-timesteps"
 
@@ -767,13 +775,12 @@ class ScheduleTimestepsPass(Pass):
 
     def _window_total_folded(self, x: ir.Tensor, hint: str, counted: int) -> ir.Tensor:
         """Every slice holds the sum over the ``counted`` (decoded) slices, the window gate's
-        key: a [S, S] x [S, rest] product whose rows are all ``[0 ... 0, 1 ... 1]`` (SRP's
-        pre-run slices are not decoded, so they do not rank the units), each row summed as the
-        running sum's lower-triangular product sums its last row."""
+        key: the [S, S] x [S, rest] product with :func:`window_keys` (SRP's pre-run slices are
+        not decoded, so they do not rank the units), each row summed as the running sum's
+        lower-triangular product sums its last row."""
         emit, S = self.emit, self.emit.S
         shape = emit.op("Shape", [x], hint, dtype=np.int64)[0]
-        keys = np.broadcast_to(np.arange(S) >= S - counted, (S, S)).astype(np.float64)
-        summed = self._slice_matmul(x, keys, "window_total", hint)
+        summed = self._slice_matmul(x, window_keys(S, counted), "window_total", hint)
         return emit.op("Reshape", [summed, shape], hint)[0]
 
     def _unsupported(self, node: ir.Node) -> None:

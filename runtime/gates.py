@@ -85,6 +85,8 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     that differs in any way is left as it is: the CumSum form, auto_pad, dilation, padding as
     wide as the kernel, other Reshape targets, other readers of its tensors. ``model`` itself is
     not changed."""
+    from snncc.passes.schedule_timesteps import window_keys
+
     graph = model.graph
     producer, readers, outputs = wiring(graph)
 
@@ -116,10 +118,9 @@ def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         T = int(tril.shape[0])
         running = np.array_equal(tril, np.tril(np.ones((T, T), tril.dtype)))  # (T = 1: both)
         # the window gate: every row [0 ... 0, 1 ... 1], ones from the first decoded slice
-        row = tril[0]
-        key_from = int(np.argmax(row == 1)) if np.any(row == 1) else -1
-        whole = not running and key_from >= 0 and bool(np.all(tril == row)) and np.array_equal(
-            row, (np.arange(T) >= key_from).astype(row.dtype))
+        counted = int(np.count_nonzero(tril[0]))
+        key_from = T - counted
+        whole = not running and counted > 0 and np.array_equal(tril, window_keys(T, counted))
         if whole and T > WINDOW_MATMUL_MAX:
             continue   # MLAS adds blocks of the slices in another order than the kernel's
         if not whole and not running:

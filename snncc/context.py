@@ -128,8 +128,9 @@ class CompileContext:
     #: instead of a second run)
     measured_events: dict[str, np.ndarray] | None = None
     measured_samples: int = 0
-    #: pool group -> (tensor, neuron node): MaxPool outputs whose events the SynOp count needs
-    #: besides the neurons' (:func:`snncc.analysis.synops.pool_taps`); predict measures them too
-    event_taps: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: pool group -> (tensor, neuron node, first channel, channel stop): MaxPool outputs whose
+    #: events the SynOp count needs besides the neurons' (:func:`snncc.analysis.synops.pool_taps`);
+    #: predict measures them too
+    event_taps: dict[str, tuple[str, str, int, int]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("snncc"))

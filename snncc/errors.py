@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 __all__ = [
     "Diagnostic",
+    "hints_once",
     "SnnccError",
     "ModelInputError",
     "UnsupportedNodeError",
@@ -84,14 +85,23 @@ class SnnccError(Exception):
             head += f". Hint: {self.hint}"
         if not self.diagnostics:
             return head
-        lines, first = [head + ":"], {}
-        for d in self.diagnostics:  # a hint shared by several lines is printed once
-            if d.hint and d.hint in first:
-                d = dataclasses.replace(d, hint=f"as for {first[d.hint]}")
-            elif d.hint and d.node:
-                first[d.hint] = d.node.split(" (")[0]
-            lines.append(f"  - {d.format()}")
-        return "\n".join(lines)
+        hints = hints_once([(d.hint, d.node) for d in self.diagnostics])
+        return "\n".join([head + ":"] + [f"  - {dataclasses.replace(d, hint=h).format()}"
+                                         for d, h in zip(self.diagnostics, hints)])
+
+
+def hints_once(lines: Sequence[tuple[str, str]]) -> list[str]:
+    """Per (hint, node) line, the hint to print: a hint shared by several lines in full once,
+    at the first line with a node, then "as for <that node>" (its label without the op)."""
+    first: dict[str, str] = {}
+    out = []
+    for hint, node in lines:
+        if hint and hint in first:
+            hint = f"as for {first[hint]}"
+        elif hint and node:
+            first[hint] = node.split(" (")[0]
+        out.append(hint)
+    return out
 
 
 class ModelInputError(SnnccError):

@@ -32,7 +32,7 @@ import onnx
 
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
-from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
+from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError, hints_once
 from snncc.op_classes import GROUPS, LINEAR, ORT_DOMAINS, op_info
 
 __all__ = ["inspect_model", "format_inspect", "FATAL"]
@@ -188,14 +188,9 @@ def format_inspect(report: Mapping[str, Any]) -> str:
                      "run it with snncc run, or inspect the source ANN to compile again")
     elif report["unsupported"]:
         lines.append(f"cannot convert ({len(report['unsupported'])}):")
-        first: dict[str, str] = {}
-        for u in report["unsupported"]:
+        hints = hints_once([(u["hint"], u["node"]) for u in report["unsupported"]])
+        for u, hint in zip(report["unsupported"], hints):  # a shared hint once
             where = f" {u['node']}:" if u["node"] else ""
-            hint = u["hint"]
-            if hint in first:  # a shared hint once
-                hint = f"as for {first[hint]}"
-            elif u["node"]:
-                first[hint] = u["node"].split(" (")[0]
             lines.append(f"  [{u['code']}]{where} {u['message']}. Hint: {hint}")
     elif report["problems"]:
         lines.append("cannot convert: none of the ops (but compile stops on the problem above)")

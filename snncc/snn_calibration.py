@@ -320,8 +320,9 @@ def _gate_nodes(graph: onnx.GraphProto, tag: str, x: str, y: str, slices: int,
     const, t = _tagged(graph, tag)
     mk = onnx.helper.make_node
     if window:
-        keys = np.broadcast_to(np.arange(slices) >= slices - window, (slices, slices))
-        graph.initializer.append(onnx.numpy_helper.from_array(keys.astype(np.float32),
+        from snncc.passes.schedule_timesteps import window_keys
+
+        graph.initializer.append(onnx.numpy_helper.from_array(window_keys(slices, window),
                                                               t("ones")))
     total = mk("MatMul", [t("ones"), t("view")], [t("sum")]) if window else \
         mk("CumSum", [t("view"), const("axis", 0)], [t("sum")])

@@ -69,10 +69,11 @@ def count_netlist(source: onnx.ModelProto | Any, timesteps: int, maxpool: str = 
     if not isinstance(source, onnx.ModelProto):
         source = ir.to_proto(source)
     outputs = {}
-    if compiled is not None:
-        graph = compiled.graph if isinstance(compiled, onnx.ModelProto) else \
-            ir.to_proto(compiled).graph
-        outputs = {n.output[0]: n.name for n in graph.node if n.domain == ir.SNN_DOMAIN}
+    if isinstance(compiled, onnx.ModelProto):
+        outputs = {n.output[0]: n.name for n in compiled.graph.node if n.domain == ir.SNN_DOMAIN}
+    elif compiled is not None:   # an ir.Model: read its nodes, no serialisation of the weights
+        outputs = {n.outputs[0].name: n.name for n in compiled.graph.nodes
+                   if n.domain == ir.SNN_DOMAIN}
     return count_lower(source, timesteps, maxpool, outputs)
 
 
