@@ -16,6 +16,14 @@ have none), and also takes what an ORT SNN runs but Loihi has no form for:
   neuron has other readers and the schedule duplicated it, a second neuron group with no
   synapses of its own. A MaxPool over a sum or a transform of spikes (a scale, a shift) has no
   count (SNN-E271);
+* a nearest-neighbour Resize (an upsampling) copies spikes, as a MaxPool passes some of them
+  on: it is a ``pool`` group too (``attrs["op"]`` tells them apart), whose events are the copies,
+  measured at its output tensor. A Resize that interpolates (linear, cubic) mixes spikes into
+  analog values and has no count (SNN-E271);
+* a ConvTranspose is a block of kind ``deconv`` (its synapses in conv layout, see
+  :class:`~snncc.backends.loihi.netlist.Block`); a stride-1 conv after it without a neuron in
+  between (a U-Net's Concat + conv) composes into one larger deconv block, as two convs compose
+  into one (a strided conv or a pooling after it has no count, SNN-E273);
 * an output head (Softmax, LogSoftmax, ArgMax on a graph output) acts on the decoded output,
   after every synapse, and passes through.
 
@@ -23,14 +31,17 @@ Such a netlist is for counting only (:mod:`snncc.analysis.synops`), never for Lo
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import onnx
 
 from snncc.backends.common import node_attrs as _attrs
-from snncc.backends.loihi.lowering import _Expr, _identity, _Lowering, _LowerError, _Term
-from snncc.backends.loihi.netlist import Block, Group, Netlist
+from snncc.backends.loihi.lowering import (MAX_FOLDED_ELEMENTS, _compress_groups, _Expr,
+                                           _full_weight, _identity, _Lowering, _LowerError,
+                                           _Term, _trim_rows)
+from snncc.backends.loihi.netlist import Block, Group, Netlist, conv2d_adjoint
 from snncc.ir import SNN_DOMAIN
 
 __all__ = ["count_lower", "HEADS"]
@@ -76,6 +87,65 @@ def _pool_out_hw(view: tuple[int, int, int], attrs: dict[str, Any]) -> tuple[int
     return out[0], out[1]
 
 
+def _deconv_then_conv(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarray,
+                      stride2: tuple[int, int], pads2: tuple[int, int, int, int], groups2: int,
+                      out_hw: tuple[int, int]) -> _Term | None:
+    """A stride-1 conv ``w2`` after a deconv ``term``: one deconv with the composed kernel.
+    Deconv output r reads input i by tap t = r - i*s + p1, the conv output q reads r = q - p2 + u,
+    so q reads i by tap t - u + k2 - 1 of a deconv with kernel k1 + k2 - 1 and pad
+    p1 - p2 + k2 - 1. Exact unless the conv's zero padding covers positions that the deconv
+    computes but crops away (SNN-E273)."""
+    if tuple(stride2) != (1, 1):
+        raise _LowerError("SNN-E273", "a strided conv or a pooling follows a ConvTranspose "
+                          "without a neuron in between", "put a neuron between them")
+    w1 = _full_weight(term.weight, term.groups)                     # [M, C, k1h, k1w]
+    w2f = _full_weight(w2, groups2)[:, term.offset:term.offset + w1.shape[0]]
+    pads = []
+    for a in range(2):
+        s1, p1, k1, k2 = term.stride[a], term.pads[a], w1.shape[2 + a], w2.shape[2 + a]
+        p2b, n_in, n_mid = pads2[a], term.src_view[1 + a], mid_view[1 + a]
+        last_read = out_hw[a] - 1 - p2b + k2 - 1
+        last_computed = (n_in - 1) * s1 - p1 + k1 - 1
+        if (p2b > 0 and p1 > 0) or min(last_read, last_computed) >= n_mid:
+            raise _LowerError("SNN-E273", "the padding of a conv reads positions that the "
+                              "ConvTranspose before it crops, so the two cannot be composed",
+                              "put a neuron between them")
+        pads.append(p1 - p2b + k2 - 1)
+    kh, kw = w1.shape[2] + w2.shape[2] - 1, w1.shape[3] + w2.shape[3] - 1
+    if w2f.shape[0] * w1.shape[1] * kh * kw > MAX_FOLDED_ELEMENTS:
+        raise _LowerError("SNN-E273", f"composing gives a {kh}x{kw} kernel with "
+                          f"{w2f.shape[0]}x{w1.shape[1]} channels, too large",
+                          "put a neuron between the linear layers")
+    w = np.zeros((w2f.shape[0], w1.shape[1], kh, kw))
+    k2h, k2w = w2.shape[2:]
+    for a in range(k2h):
+        for b in range(k2w):
+            w[:, :, k2h - 1 - a:k2h - 1 - a + w1.shape[2], k2w - 1 - b:k2w - 1 - b + w1.shape[3]] \
+                += np.einsum("om,mckl->ockl", w2f[:, :, a, b], w1)
+    cands = [groups2, term.groups, math.gcd(w.shape[0], w.shape[1])]
+    w, g = _compress_groups(w, cands + [d for d in range(2, cands[-1] + 1) if cands[-1] % d == 0])
+    return _trim_rows(_Term(term.src, "deconv", w, term.src_view, 0, term.stride, tuple(pads), g))
+
+
+def _resize_hw(x: _Expr, node: onnx.NodeProto, const) -> tuple[int, int]:
+    """Output size of a 2-D nearest Resize from its constant scales or sizes."""
+    ins = list(node.input) + [""] * 4
+    scales_at, sizes_at = (1, None) if len(node.input) == 2 else (2, 3)   # opset 10: (X, scales)
+    sizes = const(node, sizes_at) if sizes_at is not None and ins[sizes_at] else None
+    scales = const(node, scales_at) if ins[scales_at] else None
+    if sizes is not None and sizes.size:
+        sizes = [int(v) for v in sizes.reshape(-1)]
+        if len(sizes) != 4 or sizes[1] != x.view[0]:
+            raise _LowerError("SNN-E271", f"Resize to sizes {sizes} changes more than height "
+                              "and width", "resize only the spatial axes")
+        return sizes[2], sizes[3]
+    if scales is None or scales.size != 4 or np.any(scales.reshape(-1)[:2] != 1):
+        raise _LowerError("SNN-E271", "a Resize with other than 4 scales, or scaling the batch "
+                          "or channel axis, is not counted", "resize only the spatial axes")
+    f = scales.reshape(-1)
+    return int(math.floor(x.view[1] * f[2])), int(math.floor(x.view[2] * f[3]))
+
+
 class _CountLowering(_Lowering):
     def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str,
                  neuron_outputs: dict[str, str] | None):
@@ -94,6 +164,8 @@ class _CountLowering(_Lowering):
         if node.domain in ("", "ai.onnx"):
             if node.op_type == "MaxPool" and self.maxpool != "avg":
                 return self._maxpool_count
+            if node.op_type in ("ConvTranspose", "Resize"):
+                return getattr(self, f"_count_{node.op_type}")
             if node.op_type in HEADS and node.output[0] in self.graph_outputs:
                 return self._head_count
         return super()._handler(node)
@@ -103,6 +175,67 @@ class _CountLowering(_Lowering):
             _pool_out_hw((1, 1, 1), _attrs(node))
             return
         super()._own_check(node)
+
+    def _conv_term(self, term: _Term, mid_view, w, stride, pads, groups, out_hw) -> _Term | None:
+        if term.kind == "deconv":
+            return _deconv_then_conv(term, mid_view, w, stride, pads, groups, out_hw)
+        return super()._conv_term(term, mid_view, w, stride, pads, groups, out_hw)
+
+    def _count_ConvTranspose(self, node):
+        """A ConvTranspose over spikes (or the input): ``deconv`` terms, its weight in conv
+        layout, one per source (module docstring)."""
+        x = self._expr(node.input[0])
+        w, b = self._const_input(node, 1), self._const_input(node, 2)
+        attrs = _attrs(node)
+        if len(x.shape) != 3 or w.ndim != 4 or w.shape[0] != x.view[0]:
+            raise _LowerError("SNN-E271", "only 2-D ConvTransposes are counted",
+                              "use 2-D maps (N, C, H, W)")
+        if attrs.get("output_shape") or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
+                or any(d != 1 for d in attrs.get("dilations", (1, 1))):
+            raise _LowerError("SNN-E271", "a ConvTranspose with output_shape, auto_pad or "
+                              "dilation is not counted", "export it with explicit pads")
+        groups = int(attrs.get("group", 1))
+        cin, og, kh, kw = w.shape
+        stride = tuple(int(v) for v in attrs.get("strides", (1, 1)))
+        pads = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0)))
+        extra = tuple(int(v) for v in attrs.get("output_padding", (0, 0)))
+        out_hw = tuple(stride[a] * (x.view[1 + a] - 1) + extra[a] + w.shape[2 + a] - pads[a]
+                       - pads[a + 2] for a in range(2))
+        view = (og * groups,) + out_hw
+        self.ann_macs += int(w.size * x.view[1] * x.view[2])
+        full = _full_weight(w.reshape(groups, cin // groups, og, kh, kw).transpose(0, 2, 1, 3, 4)
+                            .reshape(og * groups, cin // groups, kh, kw), groups)   # [O, C, ..]
+        terms = []
+        for t in x.terms:
+            if not _channel_copy(t, x.view[1:]):
+                raise _LowerError("SNN-E273", "a ConvTranspose follows another linear layer "
+                                  "without a neuron in between", "put a neuron between them")
+            rows = t.weight.shape[0]
+            part = full[:, t.offset:t.offset + rows] * t.weight[:, 0, 0, 0].reshape(1, -1, 1, 1)
+            part, g = _compress_groups(part, [d for d in range(2, rows + 1) if rows % d == 0])
+            terms.append(_trim_rows(_Term(t.src, "deconv", part, t.src_view, 0, stride,
+                                          (pads[0], pads[1]), g)))
+        bias = conv2d_adjoint(x.bias[None], w, stride, pads[:2], groups, out_hw)[0]
+        if b is not None:
+            bias = bias + b.reshape(-1, 1, 1)
+        self.values[node.output[0]] = _Expr(view, view, [t for t in terms if t is not None], bias)
+
+    def _count_Resize(self, node):
+        """A nearest-neighbour Resize copies spikes: a ``pool`` group (module docstring)."""
+        attrs = _attrs(node)
+        if attrs.get("mode", "nearest") != "nearest":
+            raise _LowerError("SNN-E271", f"a Resize in mode {attrs['mode']} mixes spikes into "
+                              "analog values and has no SynOp count",
+                              "upsample with mode nearest or a ConvTranspose")
+        if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" or \
+                attrs.get("axes") is not None:
+            raise _LowerError("SNN-E271", "a Resize with a crop or with axes is not counted",
+                              "resize the spatial axes of the whole map")
+        x = self._expr(node.input[0])
+        if len(x.shape) != 3:
+            raise _LowerError("SNN-E271", "only 2-D Resizes are counted",
+                              "use 2-D maps (N, C, H, W)")
+        self._copy_group(node, x, (x.view[0],) + _resize_hw(x, node, self._const_input))
 
     def _head_count(self, node):
         """An output head (Softmax, LogSoftmax, ArgMax on the graph output)
@@ -120,13 +253,18 @@ class _CountLowering(_Lowering):
         if len(x.shape) != 3:
             raise _LowerError("SNN-E271", "only 2-D MaxPools are counted",
                               "use 2-D maps (N, C, H, W)")
-        view = (x.view[0],) + _pool_out_hw(x.view, _attrs(node))
+        self._copy_group(node, x, (x.view[0],) + _pool_out_hw(x.view, _attrs(node)))
+
+    def _copy_group(self, node, x: _Expr, view: tuple[int, int, int]) -> None:
+        """The groups of a MaxPool or a nearest Resize of size ``view`` over ``x``: ``analog``
+        over currents from the input, else ``pool`` (one per neuron of a Concat), or the
+        swapped neuron's pooled view (module docstring)."""
         name = node.name or node.output[0]
         kinds = {g.name: g for g in self.groups}
         srcs = [kinds[t.src] for t in x.terms]
         if all(g.kind in ("input", "analog") for g in srcs):
             self.groups.append(Group(name, "analog", view, view, source=node.output[0],
-                                     bias=np.zeros(view)))
+                                     attrs={"op": node.op_type}, bias=np.zeros(view)))
             for i, t in enumerate(x.terms):
                 if srcs[i].kind == "analog" and _is_copy(t, x.view):
                     continue
@@ -145,9 +283,10 @@ class _CountLowering(_Lowering):
                 not all(_channel_copy(t, x.view[1:]) and np.all(t.weight == 1.0)
                         and g.kind in ("neuron", "pool") for t, g in parts) or \
                 np.any(flat_bias != 0):
-            raise _LowerError("SNN-E271", "a MaxPool over a sum or a transform of spikes (a "
-                              "scale, a shift) has no SynOp count",
-                              "pool each neuron's spikes themselves")
+            raise _LowerError("SNN-E271", f"a {node.op_type} over a sum or a transform of "
+                              "spikes (a scale, a shift) has no SynOp count",
+                              f"{'pool' if node.op_type == 'MaxPool' else 'resize'} each "
+                              "neuron's spikes themselves")
         bias = np.zeros(view)
         swapped_into = self.neuron_outputs.get(node.output[0])
         if swapped_into is not None and len(parts) == 1 and parts[0][1].kind == "neuron":
@@ -172,7 +311,8 @@ class _CountLowering(_Lowering):
             pname = name if len(parts) == 1 else f"{name}/{k}"
             events_of = src.attrs["events_of"] if src.kind == "pool" else src.source
             self.groups.append(Group(pname, "pool", part, part, neuron=src.neuron,
-                                     attrs={"events_of": events_of, "channels": [lo, lo + rows]},
+                                     attrs={"events_of": events_of, "channels": [lo, lo + rows],
+                                            "op": node.op_type},
                                      spike=src.spike, source=node.output[0],
                                      bias=np.zeros(part)))
             terms.append(_Term(pname, "conv", term.weight, part, lo, groups=rows))

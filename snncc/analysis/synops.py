@@ -167,7 +167,10 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
                 dtype=np.int64)) / batch
             row["pool_of"] = g.attrs["events_of"]
         if g.kind in ("pool", "analog"):   # analog: its MACs are the conv's before the pool
-            row["kind"] = "max-pool" if g.kind == "pool" else "conv + max-pool"
+            resize = g.attrs.get("op") == "Resize"
+            row["kind"] = {("pool", False): "max-pool", ("analog", False): "conv + max-pool",
+                           ("pool", True): "upsample", ("analog", True): "upsampled current"
+                           }[g.kind, resize]
             continue
         row["neurons"] = g.size
         if g.sends_events:

@@ -38,7 +38,8 @@ MAX_FOLDED_ELEMENTS = 1 << 26
 
 @dataclass
 class _Term:
-    """One source's contribution to a tensor: a conv or dense map, rows at ``offset``."""
+    """One source's contribution to a tensor: a conv or dense map (in the count-only lowering
+    also a deconv, :class:`~snncc.backends.loihi.netlist.Block`), rows at ``offset``."""
 
     src: str
     kind: str
@@ -143,9 +144,9 @@ def _conv_after(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarray,
                 out_hw: tuple[int, int]) -> _Term | None:
     """Compose ``conv2(term)``; exact, or raises SNN-E273."""
     if term.kind != "conv":
-        raise _LowerError("SNN-E273", "a conv or pooling follows a dense map (Gemm/MatMul) "
-                          "without a neuron in between", "put a neuron between them",
-                          relay=True)
+        what = "a dense map (Gemm/MatMul)" if term.kind == "dense" else f"a {term.kind} map"
+        raise _LowerError("SNN-E273", f"a conv or pooling follows {what} without a neuron in "
+                          "between", "put a neuron between them", relay=True)
     rows = term.weight.shape[0]
     if (term.weight.shape[1:] == (1, 1, 1) and term.groups == rows == term.src_view[0]
             and term.offset == 0 and rows == mid_view[0] and term.stride == (1, 1)
@@ -194,6 +195,9 @@ def _conv_after(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarray,
 
 def _dense_after(term: _Term, in_view: tuple[int, int, int], wg: np.ndarray) -> _Term | None:
     """Compose a matrix ``wg`` [F_out, F_in] (F_in = prod(in_view)) after ``term``."""
+    if term.kind not in ("conv", "dense"):
+        raise _LowerError("SNN-E273", f"a Gemm/MatMul follows a {term.kind} map without a "
+                          "neuron in between", "put a neuron between them")
     c, h, w = in_view
     rows = term.weight.shape[0]
     cols = wg[:, term.offset * h * w:(term.offset + rows) * h * w]
@@ -432,12 +436,16 @@ class _Lowering:
 
     def _conv_like(self, node, x: _Expr, w, stride, pads, groups, out_hw, b=None):
         view = (w.shape[0],) + out_hw
-        x, terms = self._relayed(node, x, lambda t: _conv_after(t, x.view, w, stride, pads,
-                                                                 groups, out_hw))
+        x, terms = self._relayed(node, x, lambda t: self._conv_term(t, x.view, w, stride, pads,
+                                                                     groups, out_hw))
         bias = conv2d(x.bias[None], w, stride, pads[:2], groups, out_hw)[0]
         if b is not None:
             bias = bias + b.reshape(-1, 1, 1)
         self.values[node.output[0]] = _Expr(view, view, terms, bias)
+
+    def _conv_term(self, term: _Term, mid_view, w, stride, pads, groups, out_hw) -> _Term | None:
+        """One term of ``conv(x)`` (:func:`_conv_after`; the count-only lowering adds kinds)."""
+        return _conv_after(term, mid_view, w, stride, pads, groups, out_hw)
 
     def _op_AveragePool(self, node):
         x = self._expr(node.input[0])

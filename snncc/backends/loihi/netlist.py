@@ -46,9 +46,10 @@ VERSION = 1
 class Group:
     """One population. ``kind``: ``input`` (analog graph input), ``neuron``, ``readout``,
     ``relay`` (graded pass-through of its current, zero delay); in a count-only netlist
-    (:mod:`snncc.analysis.count_lowering`) also ``pool`` (a MaxPool over one neuron's spikes:
-    ``attrs["events_of"]`` names that neuron node, ``source`` the pool's output tensor) and
-    ``analog`` (a MaxPool over currents computed from the input)."""
+    (:mod:`snncc.analysis.count_lowering`) also ``pool`` (a MaxPool over one neuron's spikes,
+    or a nearest Resize copying them: ``attrs["events_of"]`` names that neuron node,
+    ``attrs["op"]`` the op, ``source`` its output tensor) and ``analog`` (such an op over
+    currents computed from the input)."""
 
     name: str
     kind: str
@@ -91,8 +92,11 @@ class Block:
     name: str
     src: str
     dst: str
-    kind: str                               # conv | dense
-    weight: np.ndarray | None               # float64; conv [O, Cin/g, kh, kw], dense [O, F_in]
+    kind: str                               # conv | dense (| deconv, count-only netlists)
+    # float64; conv and deconv [O, Cin/g, kh, kw], dense [O, F_in]. A deconv block is a
+    # transposed conv (ONNX ConvTranspose: output o reads input i where o = i*stride - pad + k)
+    # with its weight in conv layout: w[o_ch, c, k] = ConvTranspose weight[c, o_ch, k]
+    weight: np.ndarray | None
     src_view: tuple[int, int, int]
     dst_view: tuple[int, int, int]
     offset: int = 0
@@ -208,8 +212,13 @@ def window_matrix(size: int, out: int, kernel: int, stride: int, pad: int) -> np
 
 
 def _windows(block: Block) -> tuple[np.ndarray, np.ndarray]:
+    """The block's two 1-D window matrices [out, in]: 1 where an output position reads an input
+    position (a deconv block's are the transposes of the conv's it is the adjoint of)."""
     _, _, kh, kw = block.shape
     (_, h, w), (ho, wo) = block.src_view, block.out_hw
+    if block.kind == "deconv":
+        return (window_matrix(ho, h, kh, block.stride[0], block.pads[0]).T,
+                window_matrix(wo, w, kw, block.stride[1], block.pads[1]).T)
     return (window_matrix(h, ho, kh, block.stride[0], block.pads[0]),
             window_matrix(w, wo, kw, block.stride[1], block.pads[1]))
 

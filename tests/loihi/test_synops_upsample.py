@@ -1,0 +1,150 @@
+"""SynOps through upsampling: ConvTranspose and nearest Resize (the count-only lowering).
+
+A ConvTranspose is a block of synapses (kind ``deconv``); a stride-1 conv after it, with no
+neuron in between (a U-Net's Concat + conv), composes with it into one larger deconv block. A
+nearest Resize copies spikes: a ``pool`` group whose events are the copies. Checked against a
+count made without the netlist: per source position, the destinations that the ANN's linear
+chain connects it to (the chain run in torch with all-ones weights on one-hot inputs), times
+the events measured at that position.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import zoo  # noqa: E402
+from snncc.analysis.synops import count_netlist, count_synops, ort_events, pool_taps  # noqa: E402
+from snncc.driver import compile_model, make_options  # noqa: E402
+from snncc.ir import SNN_DOMAIN  # noqa: E402
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def unet() -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A (8x8) -> B (stride 2, 4x4) -> ConvTranspose 2x2/2 -> Concat(A, .) -> conv -> D;
+    Concat(D, nearest Resize x2 of B) -> conv -> E; ConvTranspose 3x3/2 pad 1 + output padding
+    1 -> G (16x16); GAP, Gemm. Returns the model and the ReLU outputs by letter."""
+    b = zoo._Builder(11)
+    relu = {}
+    relu["A"] = b.op("Relu", [b.conv("x", 3, 4)])
+    relu["B"] = b.op("Relu", [b.conv(relu["A"], 4, 6, strides=[2, 2])])
+    up = b.op("ConvTranspose", [relu["B"], b.rand((6, 5, 2, 2)), b.rand((5,))],
+              kernel_shape=[2, 2], strides=[2, 2])
+    relu["D"] = b.op("Relu", [b.conv(b.op("Concat", [relu["A"], up], axis=1), 9, 7)])
+    rs = b.op("Resize", [relu["B"], "", b.const([1, 1, 2, 2])], mode="nearest")
+    relu["E"] = b.op("Relu", [b.conv(b.op("Concat", [relu["D"], rs], axis=1), 13, 8)])
+    g = b.op("ConvTranspose", [relu["E"], b.rand((8, 4, 3, 3)), b.rand((4,))],
+             kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])
+    relu["G"] = b.op("Relu", [g])
+    y = b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [relu["G"]])], axis=1), 4, 5)
+    return b.model(y, input_shape=("N", 3, 8, 8)), relu
+
+
+def _fanout(shape: tuple[int, int, int], chain) -> np.ndarray:
+    """Destinations connected to each source position: ``chain`` (torch, all-ones weights) run
+    on one one-hot map per position, nonzeros counted."""
+    n = int(np.prod(shape))
+    out = chain(torch.eye(n, dtype=torch.float64).reshape((n,) + shape))
+    return (out.reshape(n, -1) != 0).sum(dim=1).numpy().reshape(shape)
+
+
+def _ones(o, i, k):
+    return torch.ones((o, i, k, k), dtype=torch.float64)
+
+
+def _deconv(x, cout, k, **kw):
+    return F.conv_transpose2d(x, torch.ones((x.shape[1], cout, k, k), dtype=torch.float64), **kw)
+
+
+@pytest.mark.parametrize("neuron", ["if", "mt"])
+def test_upsampling_counts_what_the_ann_s_linear_chains_connect(tmp_path, neuron):
+    model, relu = unet()
+    onnx.save(model, tmp_path / "u.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).normal(
+        size=(64, 3, 8, 8)).astype(np.float32))
+    opts = make_options(target="ort", timesteps=4, neuron=neuron, calib_method="max",
+                        calib_path=str(tmp_path / "calib.npz"))
+    res = compile_model(str(tmp_path / "u.onnx"), tmp_path / "s.onnx", opts,
+                        dump_after=["insert-neurons"], dump_dir=tmp_path / "dump")
+    sec = res.report["synops"]
+    assert sec["available"], sec.get("reason")
+    ann = onnx.load(str(tmp_path / "dump" / "after-insert-neurons.onnx"))
+    snn = onnx.load(str(tmp_path / "s.onnx"))
+    node = {n.output[0]: n.name for n in ann.graph.node if n.domain == SNN_DOMAIN}
+    name = {k: node[v] for k, v in relu.items()}
+    net = count_netlist(ann, 4, "auto", snn)
+    taps = pool_taps(net)
+    (resize, (_, of, lo, hi)), = taps.items()
+    assert of == name["B"] and (lo, hi) == (0, 6)
+    assert {b.kind for b in net.blocks} == {"conv", "deconv", "dense"}
+    x = {"x": np.load(tmp_path / "calib.npz")["x"][:8]}
+    events = ort_events(snn, x, taps)
+    rep = count_synops(net, events)
+    ev = {k: events[v].sum(axis=0) for k, v in name.items()}
+    # the Resize copies B's events: each position's count twice along both axes
+    assert np.array_equal(events[resize].sum(axis=0), ev["B"].repeat(2, 1).repeat(2, 2))
+
+    def synops(src: str, chain) -> float:
+        return float((ev[src] * _fanout(ev[src].shape, chain)).sum()) / 8
+
+    expect = {
+        "B": synops("A", lambda t: F.conv2d(t, _ones(6, 4, 3), stride=2, padding=1)),
+        "D": synops("A", lambda t: F.conv2d(t, _ones(7, 4, 3), padding=1))
+        + synops("B", lambda t: F.conv2d(_deconv(t, 5, 2, stride=2), _ones(7, 5, 3),
+                                         padding=1)),
+        "E": synops("D", lambda t: F.conv2d(t, _ones(8, 7, 3), padding=1))
+        + float((ev["B"].repeat(2, 1).repeat(2, 2)
+                 * _fanout((6, 8, 8), lambda t: F.conv2d(t, _ones(8, 6, 3), padding=1))
+                 ).sum()) / 8,
+        "G": synops("E", lambda t: _deconv(t, 4, 3, stride=2, padding=1, output_padding=1)),
+    }
+    for k, value in expect.items():
+        assert rep["layers"][name[k]]["synops"] == pytest.approx(value, rel=1e-12), k
+    assert rep["layers"][resize]["kind"] == "upsample"
+    # the ANN's MACs include both ConvTransposes (every weight at every input position)
+    assert net.ann_macs == (4 * 3 * 9 * 64 + 6 * 4 * 9 * 16 + 6 * 5 * 4 * 16 + 7 * 9 * 9 * 64
+                            + 8 * 13 * 9 * 64 + 8 * 4 * 9 * 64 + 5 * 4)
+
+
+def _one_upsample(op: str, **attrs) -> onnx.ModelProto:
+    b = zoo._Builder(12)
+    h = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
+    if op == "Resize":
+        h = b.op("Resize", [h, "", b.const([1, 1, 2, 2])], **attrs)
+    else:
+        h = b.op("ConvTranspose", [h, b.rand((4, 4, 2, 2))], kernel_shape=[2, 2], strides=[2, 2],
+                 **attrs)
+    h = b.op("Relu", [b.conv(h, 4, 6, **({"strides": [2, 2]} if op == "strided" else {}))])
+    return b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [h])], axis=1), 6, 5),
+                   input_shape=("N", 3, 8, 8))
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("linear", "mode linear mixes spikes into analog values"),
+    ("strided", "a strided conv or a pooling follows a ConvTranspose"),
+    ("cropped", "reads positions that the ConvTranspose before it crops"),
+])
+def test_what_upsampling_has_no_count_for_says_why(tmp_path, case, reason):
+    """A linear Resize's values are not spikes; a strided conv after a ConvTranspose, or one
+    whose padding reads what the ConvTranspose cropped, does not compose with it exactly."""
+    model = (_one_upsample("Resize", mode="linear") if case == "linear"
+             else _one_upsample("ConvTranspose", pads=[1, 1, 1, 1]) if case == "cropped"
+             else _one_upsample("ConvTranspose"))
+    if case == "strided":   # the conv after the ConvTranspose at stride 2
+        conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[0].startswith(
+            "convtranspose"))
+        conv.attribute.append(onnx.helper.make_attribute("strides", [2, 2]))
+        model = onnx.shape_inference.infer_shapes(model)
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(2).normal(
+        size=(48, 3, 8, 8)).astype(np.float32))
+    opts = make_options(target="ort", timesteps=4, calib_method="max",
+                        calib_path=str(tmp_path / "calib.npz"))
+    sec = compile_model(str(tmp_path / "m.onnx"), tmp_path / "s.onnx", opts).report["synops"]
+    assert not sec["available"] and reason in sec["reason"]
