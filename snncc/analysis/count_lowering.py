@@ -147,6 +147,13 @@ def _resize_hw(x: _Expr, node: onnx.NodeProto, const) -> tuple[int, int]:
 
 
 class _CountLowering(_Lowering):
+    pass_name = "synop-count"
+    cannot = "the graph has no SynOp count"
+    no_form = "no SynOp count"
+    ops_hint = ("the count takes Conv, ConvTranspose, Gemm, MatMul, Add, Mul, Concat, "
+                "AveragePool, MaxPool, GlobalAveragePool, nearest Resize, Flatten, Reshape, "
+                "an output head and neuron ops")
+
     def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str,
                  neuron_outputs: dict[str, str] | None):
         super().__init__(proto, timesteps, maxpool, relay=False)

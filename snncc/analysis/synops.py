@@ -453,7 +453,7 @@ def format_synops_line(section: Mapping[str, Any] | None) -> str:
         items = [line.strip()[2:] for line in lines[1:] if line.strip().startswith("- ")]
         reason = (items[0] if items else lines[0]).split(". Hint: ")[0]  # the first diagnostic
         more = f"; {len(items) - 1} more in the report" if len(items) > 1 else ""
-        return f"SynOps: not available (the count uses the Loihi lowering: {reason}{more})"
+        return f"SynOps: not available ({reason}{more})"
     ann = section["ann"]
     m = section.get("measured")
     if not m:

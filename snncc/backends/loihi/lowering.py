@@ -238,6 +238,12 @@ def _out_hw(view, k, stride, pads) -> tuple[int, int]:
 
 
 class _Lowering:
+    # in messages: the pass, what a diagnosed graph's error says, an op with no form
+    pass_name = PASS
+    cannot = "the graph cannot be lowered for Loihi"
+    no_form = "no Loihi form"
+    ops_hint = ("the Loihi backend maps Conv, Gemm, MatMul, Add, Mul, Concat, AveragePool, "
+                "GlobalAveragePool, Flatten, Reshape and neuron ops")
     def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto",
                  relay: bool = True):
         from snncc.passes.insert_neurons import spec_for_op
@@ -258,7 +264,7 @@ class _Lowering:
     # -- helpers
     def _diag(self, node: onnx.NodeProto | None, err: _LowerError) -> None:
         where = proto_node_label(node) if node else ""
-        self.diags.append(Diagnostic(err.code, err.message, pass_name=PASS, node=where,
+        self.diags.append(Diagnostic(err.code, err.message, pass_name=self.pass_name, node=where,
                                      hint=err.hint))
 
     def _const_input(self, node, i: int) -> np.ndarray:
@@ -289,13 +295,15 @@ class _Lowering:
         graph = self.proto.graph
         graph_inputs = [i for i in graph.input if i.name not in self.inits]
         if len(graph_inputs) != 1:
-            raise UnsupportedNodeError(f"{PASS}: the model has {len(graph_inputs)} inputs",
+            raise UnsupportedNodeError(f"{self.pass_name}: the model has {len(graph_inputs)} "
+                                       "inputs",
                                        code="SNN-E276", hint="the Loihi backend takes one input")
         inp = graph_inputs[0]
         dims = [d.dim_value if d.HasField("dim_value") else 0
                 for d in inp.type.tensor_type.shape.dim][1:]
         if not dims or any(d <= 0 for d in dims):
-            raise ModelInputError(f"{PASS}: input '{inp.name}' has no static shape {dims}",
+            raise ModelInputError(f"{self.pass_name}: input '{inp.name}' has no static shape "
+                                  f"{dims}",
                                   code="SNN-E276", hint="pass --input-shape")
         shape = tuple(dims)
         view = _view_of(shape)
@@ -322,12 +330,12 @@ class _Lowering:
                 continue  # its producer was diagnosed
             outputs.append({"name": out.name, "group": self._output_group(out.name)})
         if self.diags:
-            raise UnsupportedNodeError(f"{PASS}: the graph cannot be lowered for Loihi",
+            raise UnsupportedNodeError(f"{self.pass_name}: {self.cannot}",
                                        diagnostics=self.diags,
                                        code=sorted({d.code for d in self.diags})[0])
         if len(self.steps) > 1:
-            raise UnsupportedNodeError(f"{PASS}: neurons disagree on the number of slices "
-                                       f"{sorted(self.steps)}", code="SNN-E275",
+            raise UnsupportedNodeError(f"{self.pass_name}: neurons disagree on the number of "
+                                       f"slices {sorted(self.steps)}", code="SNN-E275",
                                        hint="use one neuron type per network")
         total, counted = next(iter(self.steps)) if self.steps else (self.T, self.T)
         return Netlist(self.groups, self.blocks, outputs, self.T, total, counted, self.ann_macs)
@@ -365,9 +373,8 @@ class _Lowering:
                     else "export the model without its final Softmax/LogSoftmax (the arg-max, "
                          "the predicted class, is the same), or use --target ort, which runs it "
                          "as the output head" if node.op_type in ("Softmax", "LogSoftmax")
-                    else "the Loihi backend maps Conv, Gemm, MatMul, Add, Mul, Concat, "
-                         "AveragePool, GlobalAveragePool, Flatten, Reshape and neuron ops")
-            raise _LowerError("SNN-E270", f"op {node.op_type} has no Loihi form", hint)
+                    else self.ops_hint)
+            raise _LowerError("SNN-E270", f"op {node.op_type} has {self.no_form}", hint)
         return handler
 
     # -- neurons
