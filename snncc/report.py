@@ -211,8 +211,12 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
                    [[n, r.get("neurons", r.get("kind", "")),
                      r.get("events", r.get("pooled_events", "")), r.get("spike_rate", ""),
                      r["synops"], r["macs"]] for n, r in layers.items()])
-        pooled = " A max-pool's events are the spikes it passes on (some of its neuron's)." \
-            if any("pooled_events" in r for r in layers.values()) else ""
+        kinds = {r.get("kind") for r in layers.values() if "pooled_events" in r}
+        pooled = "".join(text for kind, text in (
+            ("max-pool", " A max-pool's events are the spikes it passes on (some of its "
+             "neuron's)."),
+            ("upsample", " An upsample's events are copies of its neuron's spikes."))
+            if kind in kinds)
         page.para(f"Total: {syn['total_synops']:.4g} SynOps, {syn['total_macs']:.4g} MACs "
                   f"(analog layers), ANN {syn['ann_macs']:.4g} MACs, {syn['steps']} slices."
                   + pooled)
@@ -274,7 +278,7 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    help="samples ('x', or the input name) and labels 'y' for accuracy")
     p.add_argument("-T", "--timesteps", default="4",
                    help="comma-separated T values for accuracy vs T (default 4)")
-    p.add_argument("--target", default="loihi", choices=("ort", "loihi"),
+    p.add_argument("--target", default=None, choices=("ort", "loihi"),
                    help="loihi (default): the ONNX Runtime SNN, the Loihi netlist simulator "
                    "(emulated and stock hardware neurons) and the core mapping; ort: the ONNX "
                    "Runtime SNN only")
@@ -309,7 +313,7 @@ def report_command(args: argparse.Namespace) -> int:
     from snncc.backends.loihi.netlist import load
     from snncc.backends.loihi.simulator import saturation_message, simulate
     from snncc.driver import compile_model, make_options, rehearse
-    from snncc.errors import OptionError, SnnccError
+    from snncc.errors import BackendCapabilityError, OptionError, SnnccError
     from snncc.outputs import file_output, scratch
     from snncc.run import load_inputs
     from snncc.simulate import run_compiled
@@ -322,6 +326,7 @@ def report_command(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise OptionError(f"--samples must be at least 1, got {args.samples}", code="SNN-E661",
                           hint="e.g. --samples 256")
+    chosen, args.target = args.target is not None, args.target or "loihi"
     inputs = [args.model, args.data, args.calib]
     implied = args.output is None
     args.output = str(default_report_path(args.model) if implied else
@@ -331,7 +336,19 @@ def report_command(args: argparse.Namespace) -> int:
                   calib_method=args.calib_method, maxpool=args.maxpool)
     for T in ts:  # every option checked before the first (slow) compile
         make_options(target=args.target, timesteps=T, **common)
-    rehearse(args.model, make_options(target=args.target, timesteps=ts[0], **common))
+    try:
+        rehearse(args.model, make_options(target=args.target, timesteps=ts[0], **common))
+    except BackendCapabilityError as exc:
+        if chosen:
+            raise
+        try:   # say so only where it is true
+            rehearse(args.model, make_options(target="ort", timesteps=ts[0], **common))
+        except SnnccError:
+            raise exc from None
+        raise BackendCapabilityError(exc.message, diagnostics=exc.diagnostics, code=exc.code,
+                                     hint="the report's default target is loihi; --target ort "
+                                     "reports the ONNX Runtime SNN alone, which runs this "
+                                     "model") from None
     x, labels = load_inputs(args.data)
     x = x[:args.samples]
     if args.calib is None:

@@ -918,6 +918,10 @@ def test_report_on_a_max_pool_net_fails_fast_and_takes_the_hinted_flag(corpus, t
                         lambda *a, **k: pytest.fail("calibrated before the capability check"))
     err = expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E270")
     assert "--maxpool avg" in err
+    # loihi by default, so report names the target that runs the net; not when asked for
+    assert "the report's default target is loihi; --target ort" in err
+    err = expect_error(capsys, [corpus.root, tmp_path], argv + ["--target", "loihi"], "SNN-E270")
+    assert "--target ort" not in err
     monkeypatch.setattr(calibration, "load_samples", real)
     expect_ok(capsys, argv + ["--maxpool", "avg"])
     expect_ok(capsys, argv[:-1] + [tmp_path / "o.md", "--target", "ort"])
