@@ -41,7 +41,7 @@ from snncc.backends.common import node_attrs as _attrs
 from snncc.backends.loihi.lowering import (MAX_FOLDED_ELEMENTS, _compress_groups, _Expr,
                                            _full_weight, _identity, _Lowering, _LowerError,
                                            _Term, _trim_rows)
-from snncc.backends.loihi.netlist import Block, Group, Netlist, conv2d_adjoint
+from snncc.backends.loihi.netlist import Block, Group, Netlist, conv2d_adjoint, window_matrix
 from snncc.ir import SNN_DOMAIN
 
 __all__ = ["count_lower", "HEADS"]
@@ -93,8 +93,10 @@ def _deconv_then_conv(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarra
     """A stride-1 conv ``w2`` after a deconv ``term``: one deconv with the composed kernel.
     Deconv output r reads input i by tap t = r - i*s + p1, the conv output q reads r = q - p2 + u,
     so q reads i by tap t - u + k2 - 1 of a deconv with kernel k1 + k2 - 1 and pad
-    p1 - p2 + k2 - 1. Exact unless the conv's zero padding covers positions that the deconv
-    computes but crops away (SNN-E273)."""
+    p1 - p2 + k2 - 1. That deconv also reaches q through positions r that the ConvTranspose
+    crops (the conv reads zeros there): where a pair (i, q) is joined only so, the structure
+    differs, and the chain has no count (SNN-E273). (Its weights then differ at the border
+    too; a count-only netlist uses only the structure.)"""
     if tuple(stride2) != (1, 1):
         raise _LowerError("SNN-E273", "a strided conv or a pooling follows a ConvTranspose "
                           "without a neuron in between", "put a neuron between them")
@@ -103,14 +105,15 @@ def _deconv_then_conv(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarra
     pads = []
     for a in range(2):
         s1, p1, k1, k2 = term.stride[a], term.pads[a], w1.shape[2 + a], w2.shape[2 + a]
-        p2b, n_in, n_mid = pads2[a], term.src_view[1 + a], mid_view[1 + a]
-        last_read = out_hw[a] - 1 - p2b + k2 - 1
-        last_computed = (n_in - 1) * s1 - p1 + k1 - 1
-        if (p2b > 0 and p1 > 0) or min(last_read, last_computed) >= n_mid:
+        n_in, n_mid, n_out = term.src_view[1 + a], mid_view[1 + a], out_hw[a]
+        pads.append(p1 - pads2[a] + k2 - 1)
+        real = window_matrix(n_mid, n_out, k2, 1, pads2[a]) @ window_matrix(n_mid, n_in, k1, s1,
+                                                                              p1).T
+        composed = window_matrix(n_out, n_in, k1 + k2 - 1, s1, pads[-1]).T
+        if not np.array_equal(real > 0, composed > 0):
             raise _LowerError("SNN-E273", "the padding of a conv reads positions that the "
                               "ConvTranspose before it crops, so the two cannot be composed",
                               "put a neuron between them")
-        pads.append(p1 - p2b + k2 - 1)
     kh, kw = w1.shape[2] + w2.shape[2] - 1, w1.shape[3] + w2.shape[3] - 1
     if w2f.shape[0] * w1.shape[1] * kh * kw > MAX_FOLDED_ELEMENTS:
         raise _LowerError("SNN-E273", f"composing gives a {kh}x{kw} kernel with "

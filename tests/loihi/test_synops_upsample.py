@@ -131,10 +131,11 @@ def _one_upsample(op: str, **attrs) -> onnx.ModelProto:
     ("cropped", "reads positions that the ConvTranspose before it crops"),
 ])
 def test_what_upsampling_has_no_count_for_says_why(tmp_path, case, reason):
-    """A linear Resize's values are not spikes; a strided conv after a ConvTranspose, or one
-    whose padding reads what the ConvTranspose cropped, does not compose with it exactly."""
+    """A linear Resize's values are not spikes; a strided conv after a ConvTranspose does not
+    compose with it, nor does a conv that reaches a spike only through positions the
+    ConvTranspose cropped (a crop as large as its kernel)."""
     model = (_one_upsample("Resize", mode="linear") if case == "linear"
-             else _one_upsample("ConvTranspose", pads=[1, 1, 1, 1]) if case == "cropped"
+             else _one_upsample("ConvTranspose", pads=[2, 2, 2, 2]) if case == "cropped"
              else _one_upsample("ConvTranspose"))
     if case == "strided":   # the conv after the ConvTranspose at stride 2
         conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[0].startswith(
@@ -148,3 +149,33 @@ def test_what_upsampling_has_no_count_for_says_why(tmp_path, case, reason):
                         calib_path=str(tmp_path / "calib.npz"))
     sec = compile_model(str(tmp_path / "m.onnx"), tmp_path / "s.onnx", opts).report["synops"]
     assert not sec["available"] and reason in sec["reason"]
+
+
+def test_a_cropping_conv_transpose_then_a_padded_conv_counts_exactly(tmp_path):
+    """ConvTranspose 4x4/2 with pads 1 (the DCGAN form), then a 3x3 conv with pads 1 and no
+    neuron between: the conv's padding reads positions the ConvTranspose cropped, but every
+    (spike, neuron) pair is also joined inside the map, so the composed structure is exact."""
+    b = zoo._Builder(13)
+    a = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
+    up = b.op("ConvTranspose", [a, b.rand((4, 5, 4, 4))], kernel_shape=[4, 4], strides=[2, 2],
+              pads=[1, 1, 1, 1])
+    d = b.op("Relu", [b.conv(up, 5, 6)])
+    model = b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [d])], axis=1), 6, 5),
+                    input_shape=("N", 3, 8, 8))
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(3).normal(
+        size=(48, 3, 8, 8)).astype(np.float32))
+    opts = make_options(target="ort", timesteps=4, calib_method="max",
+                        calib_path=str(tmp_path / "calib.npz"))
+    compile_model(str(tmp_path / "m.onnx"), tmp_path / "s.onnx", opts,
+                  dump_after=["insert-neurons"], dump_dir=tmp_path / "dump")
+    ann = onnx.load(str(tmp_path / "dump" / "after-insert-neurons.onnx"))
+    snn = onnx.load(str(tmp_path / "s.onnx"))
+    node = {n.output[0]: n.name for n in ann.graph.node if n.domain == SNN_DOMAIN}
+    events = ort_events(snn, {"x": np.load(tmp_path / "calib.npz")["x"][:8]})
+    rep = count_synops(count_netlist(ann, 4, "auto", snn), events)
+    ev = events[node[a]].sum(axis=0)
+    fan = _fanout(ev.shape, lambda t: F.conv2d(_deconv(t, 5, 4, stride=2, padding=1),
+                                               _ones(6, 5, 3), padding=1))
+    assert rep["layers"][node[d]]["synops"] == pytest.approx(float((ev * fan).sum()) / 8,
+                                                               rel=1e-12)
