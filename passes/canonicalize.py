@@ -24,7 +24,9 @@ Output, the canonical graph:
   -1 (0 when the target already has a -1), e.g. [1, 512] -> [-1, 512]; Flatten(axis=0) with
   B = 1 becomes Flatten(axis=1); a target read from ``Shape(y)`` (the opset < 13 Softmax
   conversion writes ``Reshape(Softmax(Flatten(y)), Shape(y))``) becomes the constant
-  ``[0, *y.shape[1:]]`` when y's other dims are static and the sample sizes agree;
+  ``[0, *y.shape[1:]]`` when y's other dims are static and the sample sizes agree; a
+  Resize to constant ``sizes`` [B, C, H', W'] becomes the same resize by ``scales``
+  [1, 1, H'/H, W'/W] (where float32 gives exactly H' and W');
 - every tensor has a shape from ONNX shape inference (strict, with data propagation).
 
 Shapes are fixed in this order so that a batch hard-coded by a Reshape never leaks into a folded
@@ -604,6 +606,8 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
             _fix_reshape(graph, node, batch, counts, declines)
         elif node.op == "Flatten":
             _fix_flatten(node, batch, counts, declines)
+        elif node.op == "Resize":
+            _fix_resize_sizes(graph, node, batch, counts)
         if node.outputs:
             nodes.append(node)
     graph.nodes = nodes
@@ -816,6 +820,27 @@ def _per_sample(shape) -> int | None:
 
 def _is_batch_dim(d, batch: int) -> bool:
     return isinstance(d, str) or d is None or d == batch
+
+
+def _fix_resize_sizes(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter) -> None:
+    """A constant Resize ``sizes`` [B, C, H', W'] names the export batch, which a folded
+    schedule's T*N rows then contradict (ONNX Runtime refuses the model): the same resize as
+    ``scales`` [1, 1, H'/H, W'/W], where those give exactly H' and W' (float32, as ONNX Runtime
+    computes floor(H * scale))."""
+    sizes = ir.const_value(node.inputs[3]) if len(node.inputs) > 3 else None
+    data = node.inputs[0].shape
+    if sizes is None or sizes.size != 4 or not data or len(data) != 4 or \
+            not all(_is_static(d) for d in data[1:]) or not _is_batch_dim(data[0], batch) or \
+            int(sizes[0]) not in (batch, 1) or int(sizes[1]) != int(data[1]):
+        return
+    scales = np.array([1, 1, sizes[2] / data[2], sizes[3] / data[3]], dtype=np.float32)
+    if any(int(np.floor(np.float32(d) * f)) != int(n)
+           for d, f, n in zip(data[2:], scales[2:], sizes[2:])):
+        return
+    x, roi = node.inputs[0], node.inputs[1]
+    node.inputs.clear()
+    node.inputs.extend([x, roi, ir.new_const(graph, f"{NAME}/resize_scales", scales)])
+    counts["resize_sizes_to_scales"] += 1
 
 
 def _fix_reshape(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter,

@@ -179,3 +179,77 @@ def test_a_cropping_conv_transpose_then_a_padded_conv_counts_exactly(tmp_path):
                                                _ones(6, 5, 3), padding=1))
     assert rep["layers"][node[d]]["synops"] == pytest.approx(float((ev * fan).sum()) / 8,
                                                                rel=1e-12)
+
+
+def _count(tmp_path, model, seed=4):
+    """Compile ``model`` (IF, T = 4, max calibration) and count: the count's layers, the events
+    by neuron output tensor (summed over 8 samples) and the neuron names by output tensor."""
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(seed).normal(
+        size=(48,) + tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
+    ).astype(np.float32))
+    opts = make_options(target="ort", timesteps=4, calib_method="max",
+                        calib_path=str(tmp_path / "calib.npz"))
+    res = compile_model(str(tmp_path / "m.onnx"), tmp_path / "s.onnx", opts,
+                        dump_after=["insert-neurons"], dump_dir=tmp_path / "dump")
+    assert res.report["synops"]["available"], res.report["synops"].get("reason")
+    ann = onnx.load(str(tmp_path / "dump" / "after-insert-neurons.onnx"))
+    snn = onnx.load(str(tmp_path / "s.onnx"))
+    net = count_netlist(ann, 4, "auto", snn)
+    events = ort_events(snn, {"x": np.load(tmp_path / "calib.npz")["x"][:8]}, pool_taps(net))
+    node = {n.output[0]: n.name for n in ann.graph.node if n.domain == SNN_DOMAIN}
+    ev = {t: events[name].sum(axis=0) for t, name in node.items()}
+    return count_synops(net, events)["layers"], ev, node
+
+
+def test_grouped_conv_transposes_over_a_concat_count_each_part_s_own_synapses(tmp_path):
+    """A depthwise ConvTranspose over Concat(A, B), then a depthwise conv over Concat(A, that):
+    each spike reaches one channel's taps (the groups used to be lost to the other part's
+    zero rows: 4x the synapses). And a grouped ConvTranspose with an all-zero output channel
+    (it crashed the count; its zero weights inside a group count, as stored synapses do)."""
+    b = zoo._Builder(14)
+    a = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
+    c = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
+    up = b.op("ConvTranspose", [b.op("Concat", [a, c], axis=1), b.rand((8, 1, 2, 2))],
+              kernel_shape=[2, 2], strides=[2, 2], group=8)
+    d = b.op("Relu", [up])
+    w = b.rng.normal(size=(4, 3, 2, 2))
+    w[2:, 2] = 0   # output channel 5 (the last of group 1): no synapse
+    e = b.op("Relu", [b.op("ConvTranspose", [a, b.const(w)], kernel_shape=[2, 2],
+                                               strides=[2, 2], group=2)])
+    f = b.op("Relu", [b.conv(b.op("Concat", [d, e], axis=1), 14, 14, group=14)])
+    model = b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [f])], axis=1), 14, 5),
+                    input_shape=("N", 3, 8, 8))
+    layers, ev, node = _count(tmp_path, model)
+
+    def dw_deconv(t):
+        return F.conv_transpose2d(t, torch.ones((4, 1, 2, 2), dtype=torch.float64), stride=2,
+                                  groups=4)
+
+    wz = torch.ones((4, 3, 2, 2), dtype=torch.float64)
+    expect = {
+        d: sum(float((ev[s] * _fanout(ev[s].shape, dw_deconv)).sum()) for s in (a, c)) / 8,
+        e: float((ev[a] * _fanout(ev[a].shape, lambda t: F.conv_transpose2d(
+            t, wz, stride=2, groups=2))).sum()) / 8,
+        f: sum(float((ev[s] * _fanout(ev[s].shape, lambda t: F.conv2d(
+            t, torch.ones((t.shape[1], 1, 3, 3), dtype=torch.float64), padding=1,
+            groups=t.shape[1]))).sum()) for s in (d, e)) / 8,
+    }
+    for t, value in expect.items():
+        assert layers[node[t]]["synops"] == pytest.approx(value, rel=1e-12), t
+
+
+def test_a_resize_to_constant_sizes_compiles_and_counts(tmp_path):
+    """Resize(x, sizes=[1, C, 8, 8]) named the export batch, which the folded T*N rows
+    contradict (the compiled model did not load); canonicalize now writes it as scales."""
+    b = zoo._Builder(15)
+    a = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
+    up = b.op("Resize", [a, "", "", b.const([1, 4, 8, 8], dtype=np.int64)], mode="nearest")
+    d = b.op("Relu", [b.conv(up, 4, 6)])
+    model = b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [d])], axis=1), 6, 5),
+                    input_shape=(1, 3, 8, 8))
+    layers, ev, node = _count(tmp_path, model)
+    copies = ev[a].repeat(2, 1).repeat(2, 2)
+    fan = _fanout(copies.shape, lambda t: F.conv2d(t, _ones(6, 4, 3), padding=1))
+    assert layers[node[d]]["synops"] == pytest.approx(float((copies * fan).sum()) / 8,
+                                                      rel=1e-12)

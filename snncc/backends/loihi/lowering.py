@@ -123,7 +123,7 @@ def _trim_rows(term: _Term) -> _Term | None:
     lo, hi = int(nz[0]), int(nz[-1]) + 1
     if (lo, hi) == (0, term.weight.shape[0]):
         return term
-    if term.kind == "conv" and term.groups > 1:
+    if term.kind in ("conv", "deconv") and term.groups > 1:
         og = term.weight.shape[0] // term.groups
         lo, hi = lo // og * og, -(-hi // og) * og
         if (lo, hi) == (0, term.weight.shape[0]):
