@@ -23,7 +23,8 @@ have none), and also takes what an ORT SNN runs but Loihi has no form for:
 * a ConvTranspose is a block of kind ``deconv`` (its synapses in conv layout, see
   :class:`~snncc.backends.loihi.netlist.Block`); a stride-1 conv after it without a neuron in
   between (a U-Net's Concat + conv) composes into one larger deconv block, as two convs compose
-  into one (a strided conv or a pooling after it has no count, SNN-E273);
+  into one (a strided conv, pooling or Gemm after it, or a conv that reaches a spike only
+  through positions the ConvTranspose crops, has no count: SNN-E273);
 * an output head (Softmax, LogSoftmax, ArgMax on a graph output) acts on the decoded output,
   after every synapse, and passes through.
 
@@ -134,9 +135,9 @@ def _deconv_then_conv(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarra
                                                                               p1).T
         composed = window_matrix(n_out, n_in, k1 + k2 - 1, s1, pads[-1]).T
         if not np.array_equal(real > 0, composed > 0):
-            raise _LowerError("SNN-E273", "the padding of a conv reads positions that the "
-                              "ConvTranspose before it crops, so the two cannot be composed",
-                              "put a neuron between them")
+            raise _LowerError("SNN-E273", "a conv reaches some spikes only through positions "
+                              "that the ConvTranspose before it crops, so the two cannot be "
+                              "composed", "put a neuron between them")
     kh, kw = w1.shape[2] + w2.shape[2] - 1, w1.shape[3] + w2.shape[3] - 1
     if w2f.shape[0] * w1.shape[1] * kh * kw > MAX_FOLDED_ELEMENTS:
         raise _LowerError("SNN-E273", f"composing gives a {kh}x{kw} kernel with "

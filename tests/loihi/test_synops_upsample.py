@@ -128,7 +128,7 @@ def _one_upsample(op: str, **attrs) -> onnx.ModelProto:
 @pytest.mark.parametrize("case,reason", [
     ("linear", "mode linear mixes spikes into analog values"),
     ("strided", "a strided conv or a pooling follows a ConvTranspose"),
-    ("cropped", "reads positions that the ConvTranspose before it crops"),
+    ("cropped", "only through positions that the ConvTranspose before it crops"),
 ])
 def test_what_upsampling_has_no_count_for_says_why(tmp_path, case, reason):
     """A linear Resize's values are not spikes; a strided conv after a ConvTranspose does not
