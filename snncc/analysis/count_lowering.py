@@ -18,8 +18,9 @@ have none), and also takes what an ORT SNN runs but Loihi has no form for:
   count (SNN-E271);
 * a nearest-neighbour Resize (an upsampling) copies spikes, as a MaxPool passes some of them
   on: it is a ``pool`` group too (``attrs["op"]`` tells them apart), whose events are the copies,
-  measured at its output tensor. A Resize that interpolates (linear, cubic) mixes spikes into
-  analog values and has no count (SNN-E271);
+  measured at its output tensor. A linear Resize is a fixed per-channel linear map: where its
+  structure is a deconv window (an integer upscale) it is counted as that deconv (below);
+  otherwise, and in mode cubic, it has no count (SNN-E271);
 * a ConvTranspose is a block of kind ``deconv`` (its synapses in conv layout, see
   :class:`~snncc.backends.loihi.netlist.Block`); a stride-1 conv after it without a neuron in
   between (a U-Net's Concat + conv) composes into one larger deconv block, as two convs compose
@@ -153,8 +154,9 @@ def _deconv_then_conv(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarra
                     (groups2, term.groups))
 
 
-def _resize_hw(x: _Expr, node: onnx.NodeProto, const) -> tuple[int, int]:
-    """Output size of a 2-D nearest Resize from its constant scales or sizes."""
+def _resize_hw(x: _Expr, node: onnx.NodeProto, const) -> tuple[tuple[int, int],
+                                                              tuple[float, float]]:
+    """Output size and scale factors of a 2-D Resize from its constant scales or sizes."""
     ins = list(node.input) + [""] * 4
     scales_at, sizes_at = (1, None) if len(node.input) == 2 else (2, 3)   # opset 10: (X, scales)
     sizes = const(node, sizes_at) if sizes_at is not None and ins[sizes_at] else None
@@ -164,12 +166,56 @@ def _resize_hw(x: _Expr, node: onnx.NodeProto, const) -> tuple[int, int]:
         if len(sizes) != 4 or sizes[1] != x.view[0]:
             raise _LowerError("SNN-E271", f"Resize to sizes {sizes} changes more than height "
                               "and width", "resize only the spatial axes")
-        return sizes[2], sizes[3]
+        return (sizes[2], sizes[3]), (sizes[2] / x.view[1], sizes[3] / x.view[2])
     if scales is None or scales.size != 4 or np.any(scales.reshape(-1)[:2] != 1):
         raise _LowerError("SNN-E271", "a Resize with other than 4 scales, or scaling the batch "
                           "or channel axis, is not counted", "resize only the spatial axes")
-    f = scales.reshape(-1)
-    return int(math.floor(x.view[1] * f[2])), int(math.floor(x.view[2] * f[3]))
+    f = scales.reshape(-1).astype(np.float32)
+    return ((int(math.floor(np.float32(x.view[1]) * f[2])),
+             int(math.floor(np.float32(x.view[2]) * f[3]))), (float(f[2]), float(f[3])))
+
+
+def _linear_taps(n_in: int, n_out: int, scale: float, mode: str) -> np.ndarray:
+    """[n_out, n_in]: the weights of a 1-D linear Resize (ONNX's coordinate transforms, the
+    source coordinate clamped to the input as ONNX Runtime does)."""
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        if mode in ("half_pixel", "pytorch_half_pixel"):
+            x = (o + 0.5) / scale - 0.5 if n_out > 1 or mode == "half_pixel" else 0.0
+        elif mode == "align_corners":
+            x = o * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        elif mode == "asymmetric":
+            x = o / scale
+        else:
+            raise _LowerError("SNN-E271", f"a linear Resize with coordinate_transformation_mode "
+                              f"{mode} is not counted", "use half_pixel or asymmetric")
+        x = min(max(x, 0.0), n_in - 1.0)
+        i = int(math.floor(x))
+        m[o, i] += 1 - (x - i)
+        m[o, min(i + 1, n_in - 1)] += x - i
+    return m
+
+
+def _as_deconv(m: np.ndarray) -> tuple[int, int, int, np.ndarray]:
+    """A 1-D linear map [n_out, n_in] whose structure is a deconv window: (kernel, stride,
+    pad, taps), or SNN-E271."""
+    n_out, n_in = m.shape
+    if n_out % n_in == 0:
+        s = n_out // n_in
+        for k in range(1, 2 * s + 2):
+            for pad in range(k):
+                window = window_matrix(n_out, n_in, k, s, pad).T
+                if np.array_equal(window > 0, m != 0):
+                    taps = np.ones(k)
+                    i = n_in // 2
+                    for t in range(k):
+                        o = i * s - pad + t
+                        if 0 <= o < n_out and m[o, i]:
+                            taps[t] = m[o, i]
+                    return k, s, pad, taps
+    raise _LowerError("SNN-E271", f"a linear Resize from {n_in} to {n_out} is not a fixed "
+                      "window (an integer upscale with half_pixel or asymmetric coordinates)",
+                      "upsample by an integer factor, or with mode nearest")
 
 
 class _CountLowering(_Lowering):
@@ -260,10 +306,10 @@ class _CountLowering(_Lowering):
     def _count_Resize(self, node):
         """A nearest-neighbour Resize copies spikes: a ``pool`` group (module docstring)."""
         attrs = _attrs(node)
-        if attrs.get("mode", "nearest") != "nearest":
-            raise _LowerError("SNN-E271", f"a Resize in mode {attrs['mode']} mixes spikes into "
-                              "analog values and has no SynOp count",
-                              "upsample with mode nearest or a ConvTranspose")
+        mode = attrs.get("mode", "nearest")
+        if mode not in ("nearest", "linear"):
+            raise _LowerError("SNN-E271", f"a Resize in mode {mode} is not counted",
+                              "upsample with mode nearest or linear, or a ConvTranspose")
         if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" or \
                 attrs.get("axes") is not None:
             raise _LowerError("SNN-E271", "a Resize with a crop or with axes is not counted",
@@ -272,7 +318,25 @@ class _CountLowering(_Lowering):
         if len(x.shape) != 3:
             raise _LowerError("SNN-E271", "only 2-D Resizes are counted",
                               "use 2-D maps (N, C, H, W)")
-        self._copy_group(node, x, (x.view[0],) + _resize_hw(x, node, self._const_input))
+        out_hw, scales = _resize_hw(x, node, self._const_input)
+        if mode == "nearest":
+            return self._copy_group(node, x, (x.view[0],) + out_hw)
+        # linear: a fixed per-channel linear map, counted as the deconv of its window
+        ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
+        taps = [_linear_taps(x.view[1 + a], out_hw[a], scales[a], ctm) for a in range(2)]
+        (kh, sh, ph, th), (kw, sw, pw, tw) = map(_as_deconv, taps)
+        terms = []
+        for t in x.terms:
+            if not _channel_copy(t, x.view[1:]):
+                raise _LowerError("SNN-E273", "a linear Resize follows another linear layer "
+                                  "without a neuron in between", "put a neuron between them")
+            rows = t.weight.shape[0]
+            w = t.weight[:, 0, 0, 0].reshape(-1, 1, 1, 1) * np.outer(th, tw)[None, None]
+            terms.append(_Term(t.src, "deconv", w, t.src_view, t.offset, (sh, sw), (ph, pw),
+                               rows))
+        view = (x.view[0],) + out_hw
+        bias = np.einsum("oh,chw,pw->cop", taps[0], x.bias, taps[1])
+        self.values[node.output[0]] = _Expr(view, view, terms, bias)
 
     def _head_count(self, node):
         """An output head (Softmax, LogSoftmax, ArgMax on the graph output)

@@ -112,11 +112,11 @@ def test_upsampling_counts_what_the_ann_s_linear_chains_connect(tmp_path, neuron
                             + 8 * 13 * 9 * 64 + 8 * 4 * 9 * 64 + 5 * 4)
 
 
-def _one_upsample(op: str, **attrs) -> onnx.ModelProto:
+def _one_upsample(op: str, scales=(1, 1, 2, 2), **attrs) -> onnx.ModelProto:
     b = zoo._Builder(12)
     h = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
     if op == "Resize":
-        h = b.op("Resize", [h, "", b.const([1, 1, 2, 2])], **attrs)
+        h = b.op("Resize", [h, "", b.const(list(scales))], **attrs)
     else:
         h = b.op("ConvTranspose", [h, b.rand((4, 4, 2, 2))], kernel_shape=[2, 2], strides=[2, 2],
                  **attrs)
@@ -126,15 +126,15 @@ def _one_upsample(op: str, **attrs) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("case,reason", [
-    ("linear", "mode linear mixes spikes into analog values"),
+    ("cubic", "a Resize in mode cubic is not counted"),
     ("strided", "a strided conv or a pooling follows a ConvTranspose"),
     ("cropped", "only through positions that the ConvTranspose before it crops"),
 ])
 def test_what_upsampling_has_no_count_for_says_why(tmp_path, case, reason):
-    """A linear Resize's values are not spikes; a strided conv after a ConvTranspose does not
-    compose with it, nor does a conv that reaches a spike only through positions the
-    ConvTranspose cropped (a crop as large as its kernel)."""
-    model = (_one_upsample("Resize", mode="linear") if case == "linear"
+    """A cubic Resize is not counted; a strided conv after a ConvTranspose does not compose
+    with it, nor does a conv that reaches a spike only through positions the ConvTranspose
+    cropped (a crop as large as its kernel)."""
+    model = (_one_upsample("Resize", mode="cubic") if case == "cubic"
              else _one_upsample("ConvTranspose", pads=[2, 2, 2, 2]) if case == "cropped"
              else _one_upsample("ConvTranspose"))
     if case == "strided":   # the conv after the ConvTranspose at stride 2
@@ -253,3 +253,54 @@ def test_a_resize_to_constant_sizes_compiles_and_counts(tmp_path):
     fan = _fanout(copies.shape, lambda t: F.conv2d(t, _ones(6, 4, 3), padding=1))
     assert layers[node[d]]["synops"] == pytest.approx(float((copies * fan).sum()) / 8,
                                                       rel=1e-12)
+
+
+def _ort_fanout(shape: tuple[int, int, int], build) -> np.ndarray:
+    """As :func:`_fanout`, with the chain run by ONNX Runtime: ``build(b, x)`` adds its nodes
+    (all-ones weights) to a zoo builder and returns the output."""
+    import onnxruntime as ort
+
+    b = zoo._Builder(0)
+    model = b.model(build(b, "x"), input_shape=("N",) + tuple(shape))
+    n = int(np.prod(shape))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"x": np.eye(n, dtype=np.float32).reshape((n,) + tuple(shape))})[0]
+    return (out.reshape(n, -1) != 0).sum(axis=1).reshape(shape)
+
+
+@pytest.mark.parametrize("ctm", ["half_pixel", "asymmetric", "align_corners"])
+def test_a_linear_resize_counts_as_its_window(tmp_path, ctm):
+    """A linear Resize is a fixed per-channel linear map: counted as the deconv of its window
+    (composed with the conv after it, or straight into a neuron), against ONNX Runtime's own
+    Resize on one-hot inputs."""
+    attrs = dict(mode="linear", coordinate_transformation_mode=ctm)
+    b = zoo._Builder(16)
+    a = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
+    up = b.op("Resize", [a, "", b.const([1, 1, 2, 2])], **attrs)
+    d = b.op("Relu", [b.conv(up, 4, 6)])
+    e = b.op("Relu", [b.op("Resize", [d, "", b.const([1, 1, 2, 2])], **attrs)])
+    model = b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [e])], axis=1), 6, 5),
+                    input_shape=("N", 3, 8, 8))
+    layers, ev, node = _count(tmp_path, model)
+
+    def resize(bb, x):
+        return bb.op("Resize", [x, "", bb.const([1, 1, 2, 2])], **attrs)
+
+    conv_ones = (lambda bb, x: bb.op("Conv", [resize(bb, x), bb.const(np.ones((6, 4, 3, 3)))],
+                                     kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    for src, dst, chain in ((a, d, conv_ones), (d, e, resize)):
+        fan = _ort_fanout(ev[src].shape, chain)
+        assert layers[node[dst]]["synops"] == pytest.approx(float((ev[src] * fan).sum()) / 8,
+                                                            rel=1e-12), dst
+
+
+def test_a_linear_resize_that_is_no_fixed_window_says_why(tmp_path):
+    """4 -> 6 positions: no deconv window has that structure. (align_corners at x2 has one.)"""
+    model = _one_upsample("Resize", scales=(1, 1, 1.5, 1.5), mode="linear")
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(2).normal(
+        size=(48, 3, 8, 8)).astype(np.float32))
+    opts = make_options(target="ort", timesteps=4, calib_method="max",
+                        calib_path=str(tmp_path / "calib.npz"))
+    sec = compile_model(str(tmp_path / "m.onnx"), tmp_path / "s.onnx", opts).report["synops"]
+    assert not sec["available"] and "is not a fixed window" in sec["reason"]
