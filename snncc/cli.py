@@ -464,10 +464,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError:  # main() called from a thread other than the main one
             pass
     try:
-        return _main(argv, before)
-    finally:
-        if previous is not None:
+        try:
+            return _main(argv, before)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    except KeyboardInterrupt as exc:  # came just as _main returned, past its own handler
+        if previous is not None:      # (the restore above may be what it cut short)
             signal.signal(signal.SIGTERM, previous)
+        return _interrupted(exc, before)
 
 
 class _LogFormat(logging.Formatter):

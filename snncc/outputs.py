@@ -368,6 +368,9 @@ def temp_dir(path: str | os.PathLike) -> Path:
     interrupted command's cleanup finds it). Directories it had to create above ``path`` are
     removed again if the open transaction fails."""
     path = _resolve(path)
+    # registered before it exists: an interrupt just after mkdtemp made it (before the caller
+    # holds its name) still has the open transaction's cleanup remove it by its prefix
+    _place(path)
     with write_errors(path):
         created = _make_parents(path)
         if _state.open:

@@ -354,6 +354,26 @@ def test_signals_during_the_install_are_held_back(tmp_path, monkeypatch):
     assert {tmp_path / "a", tmp_path / "b"} <= set(installed())
 
 
+def test_an_interrupt_just_as_a_temporary_directory_is_made_leaves_none(tmp_path, monkeypatch):
+    """SIGTERM the moment compile's staging directory appeared (mkdtemp made it, the caller did
+    not hold its name yet): the empty `.o.onnx.snncc-*` folder was left behind."""
+    import tempfile
+
+    from snncc.outputs import temp_dir, transaction
+
+    real = tempfile.mkdtemp
+
+    def mkdtemp_then_interrupt(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with transaction():
+            temp_dir(tmp_path / "o.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_directory_that_appears_at_a_file_output_is_kept(tmp_path):
     """A directory made at the output's path after the up-front check (during calibration) was
     moved aside and deleted with its files at install time."""
