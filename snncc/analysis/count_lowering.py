@@ -218,6 +218,19 @@ def _as_deconv(m: np.ndarray) -> tuple[int, int, int, np.ndarray]:
                       "upsample by an integer factor, or with mode nearest")
 
 
+def _per_source(x: _Expr, what: str, make) -> list[_Term]:
+    """``make(term, factors)`` for every term of ``x``, each a source's own channels at the same
+    positions times per-channel ``factors`` (a neuron's spikes, a Concat part, a scale), or
+    SNN-E273; the terms it drops (None) left out."""
+    terms = []
+    for t in x.terms:
+        if not _channel_copy(t, x.view[1:]):
+            raise _LowerError("SNN-E273", f"a {what} follows another linear layer without a "
+                              "neuron in between", "put a neuron between them")
+        terms.append(make(t, t.weight[:, 0, 0, 0]))
+    return [t for t in terms if t is not None]
+
+
 class _CountLowering(_Lowering):
     pass_name = "synop-count"
     cannot = "the graph has no SynOp count"
@@ -268,10 +281,10 @@ class _CountLowering(_Lowering):
     def _count_ConvTranspose(self, node):
         """A ConvTranspose over spikes (or the input): ``deconv`` terms, its weight in conv
         layout, one per source (module docstring)."""
-        x = self._expr(node.input[0])
+        x = self._map(node)
         w, b = self._const_input(node, 1), self._const_input(node, 2)
         attrs = _attrs(node)
-        if len(x.shape) != 3 or w.ndim != 4 or w.shape[0] != x.view[0]:
+        if w.ndim != 4 or w.shape[0] != x.view[0]:
             raise _LowerError("SNN-E271", "only 2-D ConvTransposes are counted",
                               "use 2-D maps (N, C, H, W)")
         if attrs.get("output_shape") or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
@@ -289,19 +302,13 @@ class _CountLowering(_Lowering):
         self.ann_macs += int(w.size * x.view[1] * x.view[2])
         full = _full_weight(w.reshape(groups, cin // groups, og, kh, kw).transpose(0, 2, 1, 3, 4)
                             .reshape(og * groups, cin // groups, kh, kw), groups)   # [O, C, ..]
-        terms = []
-        for t in x.terms:
-            if not _channel_copy(t, x.view[1:]):
-                raise _LowerError("SNN-E273", "a ConvTranspose follows another linear layer "
-                                  "without a neuron in between", "put a neuron between them")
-            rows = t.weight.shape[0]
-            part = full[:, t.offset:t.offset + rows] * t.weight[:, 0, 0, 0].reshape(1, -1, 1, 1)
-            terms.append(_grouped(_Term(t.src, "deconv", part, t.src_view, 0, stride,
-                                        (pads[0], pads[1])), (groups,)))
+        terms = _per_source(x, "ConvTranspose", lambda t, f: _grouped(_Term(
+            t.src, "deconv", full[:, t.offset:t.offset + f.size] * f.reshape(1, -1, 1, 1),
+            t.src_view, 0, stride, (pads[0], pads[1])), (groups,)))
         bias = conv2d_adjoint(x.bias[None], w, stride, pads[:2], groups, out_hw)[0]
         if b is not None:
             bias = bias + b.reshape(-1, 1, 1)
-        self.values[node.output[0]] = _Expr(view, view, [t for t in terms if t is not None], bias)
+        self.values[node.output[0]] = _Expr(view, view, terms, bias)
 
     def _count_Resize(self, node):
         """A nearest-neighbour Resize copies spikes: a ``pool`` group (module docstring)."""
@@ -314,10 +321,7 @@ class _CountLowering(_Lowering):
                 attrs.get("axes") is not None:
             raise _LowerError("SNN-E271", "a Resize with a crop or with axes is not counted",
                               "resize the spatial axes of the whole map")
-        x = self._expr(node.input[0])
-        if len(x.shape) != 3:
-            raise _LowerError("SNN-E271", "only 2-D Resizes are counted",
-                              "use 2-D maps (N, C, H, W)")
+        x = self._map(node)
         out_hw, scales = _resize_hw(x, node, self._const_input)
         if mode == "nearest":
             return self._copy_group(node, x, (x.view[0],) + out_hw)
@@ -325,18 +329,20 @@ class _CountLowering(_Lowering):
         ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
         taps = [_linear_taps(x.view[1 + a], out_hw[a], scales[a], ctm) for a in range(2)]
         (kh, sh, ph, th), (kw, sw, pw, tw) = map(_as_deconv, taps)
-        terms = []
-        for t in x.terms:
-            if not _channel_copy(t, x.view[1:]):
-                raise _LowerError("SNN-E273", "a linear Resize follows another linear layer "
-                                  "without a neuron in between", "put a neuron between them")
-            rows = t.weight.shape[0]
-            w = t.weight[:, 0, 0, 0].reshape(-1, 1, 1, 1) * np.outer(th, tw)[None, None]
-            terms.append(_Term(t.src, "deconv", w, t.src_view, t.offset, (sh, sw), (ph, pw),
-                               rows))
+        terms = _per_source(x, "linear Resize", lambda t, f: _Term(
+            t.src, "deconv", f.reshape(-1, 1, 1, 1) * np.outer(th, tw)[None, None], t.src_view,
+            t.offset, (sh, sw), (ph, pw), f.size))
         view = (x.view[0],) + out_hw
         bias = np.einsum("oh,chw,pw->cop", taps[0], x.bias, taps[1])
         self.values[node.output[0]] = _Expr(view, view, terms, bias)
+
+    def _map(self, node) -> _Expr:
+        """The node's input, which must be a 2-D map (N, C, H, W), or SNN-E271."""
+        x = self._expr(node.input[0])
+        if len(x.shape) != 3:
+            raise _LowerError("SNN-E271", f"only 2-D {node.op_type}s are counted",
+                              "use 2-D maps (N, C, H, W)")
+        return x
 
     def _head_count(self, node):
         """An output head (Softmax, LogSoftmax, ArgMax on the graph output)
@@ -350,10 +356,7 @@ class _CountLowering(_Lowering):
         if len(node.output) > 1 and node.output[1]:
             raise _LowerError("SNN-E271", "the MaxPool indices output is used",
                               "export the model without MaxPool indices")
-        x = self._expr(node.input[0])
-        if len(x.shape) != 3:
-            raise _LowerError("SNN-E271", "only 2-D MaxPools are counted",
-                              "use 2-D maps (N, C, H, W)")
+        x = self._map(node)
         self._copy_group(node, x, (x.view[0],) + _pool_out_hw(x.view, _attrs(node)))
 
     def _copy_group(self, node, x: _Expr, view: tuple[int, int, int]) -> None:

@@ -127,14 +127,18 @@ def _one_upsample(op: str, scales=(1, 1, 2, 2), **attrs) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("case,reason", [
     ("cubic", "a Resize in mode cubic is not counted"),
+    ("linear-1.5", "is not a fixed window"),
     ("strided", "a strided conv or a pooling follows a ConvTranspose"),
     ("cropped", "only through positions that the ConvTranspose before it crops"),
 ])
 def test_what_upsampling_has_no_count_for_says_why(tmp_path, case, reason):
-    """A cubic Resize is not counted; a strided conv after a ConvTranspose does not compose
-    with it, nor does a conv that reaches a spike only through positions the ConvTranspose
-    cropped (a crop as large as its kernel)."""
+    """A cubic Resize is not counted, nor a linear one whose structure is no deconv window
+    (4 -> 6 positions; align_corners at x2 has one); a strided conv after a ConvTranspose does
+    not compose with it, nor does a conv that reaches a spike only through positions the
+    ConvTranspose cropped (a crop as large as its kernel)."""
     model = (_one_upsample("Resize", mode="cubic") if case == "cubic"
+             else _one_upsample("Resize", scales=(1, 1, 1.5, 1.5), mode="linear")
+             if case == "linear-1.5"
              else _one_upsample("ConvTranspose", pads=[2, 2, 2, 2]) if case == "cropped"
              else _one_upsample("ConvTranspose"))
     if case == "strided":   # the conv after the ConvTranspose at stride 2
@@ -292,15 +296,3 @@ def test_a_linear_resize_counts_as_its_window(tmp_path, ctm):
         fan = _ort_fanout(ev[src].shape, chain)
         assert layers[node[dst]]["synops"] == pytest.approx(float((ev[src] * fan).sum()) / 8,
                                                             rel=1e-12), dst
-
-
-def test_a_linear_resize_that_is_no_fixed_window_says_why(tmp_path):
-    """4 -> 6 positions: no deconv window has that structure. (align_corners at x2 has one.)"""
-    model = _one_upsample("Resize", scales=(1, 1, 1.5, 1.5), mode="linear")
-    onnx.save(model, tmp_path / "m.onnx")
-    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(2).normal(
-        size=(48, 3, 8, 8)).astype(np.float32))
-    opts = make_options(target="ort", timesteps=4, calib_method="max",
-                        calib_path=str(tmp_path / "calib.npz"))
-    sec = compile_model(str(tmp_path / "m.onnx"), tmp_path / "s.onnx", opts).report["synops"]
-    assert not sec["available"] and "is not a fixed window" in sec["reason"]
