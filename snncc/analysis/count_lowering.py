@@ -235,6 +235,7 @@ class _CountLowering(_Lowering):
     pass_name = "synop-count"
     cannot = "the graph has no SynOp count"
     no_form = "no SynOp count"
+    one_input = "the SynOp count takes models with one input"
     ops_hint = ("the count takes Conv, ConvTranspose, Gemm, MatMul, Add, Mul, Concat, "
                 "AveragePool, MaxPool, GlobalAveragePool, nearest Resize, Flatten, Reshape, "
                 "an output head and neuron ops")

@@ -242,6 +242,7 @@ class _Lowering:
     pass_name = PASS
     cannot = "the graph cannot be lowered for Loihi"
     no_form = "no Loihi form"
+    one_input = "the Loihi backend takes one input"
     ops_hint = ("the Loihi backend maps Conv, Gemm, MatMul, Add, Mul, Concat, AveragePool, "
                 "GlobalAveragePool, Flatten, Reshape and neuron ops")
     def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto",
@@ -297,7 +298,7 @@ class _Lowering:
         if len(graph_inputs) != 1:
             raise UnsupportedNodeError(f"{self.pass_name}: the model has {len(graph_inputs)} "
                                        "inputs",
-                                       code="SNN-E276", hint="the Loihi backend takes one input")
+                                       code="SNN-E276", hint=self.one_input)
         inp = graph_inputs[0]
         dims = [d.dim_value if d.HasField("dim_value") else 0
                 for d in inp.type.tensor_type.shape.dim][1:]
@@ -555,7 +556,7 @@ class _Lowering:
     def _op_Mul(self, node):
         a, b = node.input[:2]
         if not (a in self.inits or b in self.inits):
-            raise _LowerError("SNN-E270", "product of two tensors has no Loihi form",
+            raise _LowerError("SNN-E270", f"product of two tensors has {self.no_form}",
                               "only multiplication by a constant is supported")
         x = self._expr(b if a in self.inits else a)
         c = np.asarray(self.inits[a if a in self.inits else b], dtype=np.float64)
