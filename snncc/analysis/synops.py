@@ -19,7 +19,9 @@ A MaxPool has no synapses. An ONNX source is lowered count-only (:mod:`.count_lo
 MaxPool over a neuron's spikes is a ``pool`` group whose events (the spikes the pool passes on,
 measured at its output tensor: :func:`pool_taps`) feed the blocks after it; a MaxPool over analog
 currents (a stem pool that pool-first moved in front of its activation) is an ``analog`` group
-whose incoming conv is counted as MACs.
+whose incoming conv is counted as MACs. Upsampling likewise: a nearest Resize copies spikes (a
+``pool`` group), a ConvTranspose or an integer-scale linear Resize is a ``deconv`` block
+(:mod:`.count_lowering`).
 
 Error codes: SNN-E670 events missing or of the wrong shape.
 """
