@@ -1,11 +1,12 @@
-"""SynOps through upsampling: ConvTranspose and nearest Resize (the count-only lowering).
+"""SynOps through upsampling: ConvTranspose and Resize (the count-only lowering).
 
 A ConvTranspose is a block of synapses (kind ``deconv``); a stride-1 conv after it, with no
 neuron in between (a U-Net's Concat + conv), composes with it into one larger deconv block. A
-nearest Resize copies spikes: a ``pool`` group whose events are the copies. Checked against a
-count made without the netlist: per source position, the destinations that the ANN's linear
-chain connects it to (the chain run in torch with all-ones weights on one-hot inputs), times
-the events measured at that position.
+nearest Resize copies spikes: a ``pool`` group whose events are the copies; an integer-scale
+linear Resize is the deconv of its fixed window. Checked against a count made without the
+netlist: per source position, the destinations that the ANN's linear chain connects it to (the
+chain run in torch, or ONNX Runtime for its own Resize, with all-ones weights on one-hot
+inputs), times the events measured at that position.
 """
 from __future__ import annotations
 
