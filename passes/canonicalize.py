@@ -26,7 +26,8 @@ Output, the canonical graph:
   conversion writes ``Reshape(Softmax(Flatten(y)), Shape(y))``) becomes the constant
   ``[0, *y.shape[1:]]`` when y's other dims are static and the sample sizes agree; a
   Resize to constant ``sizes`` [B, C, H', W'] becomes the same resize by ``scales``
-  [1, 1, H'/H, W'/W] (where float32 gives exactly H' and W');
+  [1, 1, H'/H, W'/W] where float32 and double both give exactly H' and W', else its batch is
+  read from its input;
 - every tensor has a shape from ONNX shape inference (strict, with data propagation).
 
 Shapes are fixed in this order so that a batch hard-coded by a Reshape never leaks into a folded
@@ -607,7 +608,7 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         elif node.op == "Flatten":
             _fix_flatten(node, batch, counts, declines)
         elif node.op == "Resize":
-            _fix_resize_sizes(graph, node, batch, counts)
+            nodes.extend(_fix_resize_sizes(graph, node, batch, counts))
         if node.outputs:
             nodes.append(node)
     graph.nodes = nodes
@@ -822,25 +823,40 @@ def _is_batch_dim(d, batch: int) -> bool:
     return isinstance(d, str) or d is None or d == batch
 
 
-def _fix_resize_sizes(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter) -> None:
+def _fix_resize_sizes(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter
+                      ) -> list[gs.Node]:
     """A constant Resize ``sizes`` [B, C, H', W'] names the export batch, which a folded
-    schedule's T*N rows then contradict (ONNX Runtime refuses the model): the same resize as
-    ``scales`` [1, 1, H'/H, W'/W], where those give exactly H' and W' (float32, as ONNX Runtime
-    computes floor(H * scale))."""
+    schedule's T*N rows then contradict (ONNX Runtime refuses the model). Where ``scales``
+    [1, 1, H'/H, W'/W] give exactly H' and W' both in float32 (ONNX Runtime's floor(H * scale))
+    and in double (ONNX shape inference's), e.g. x2 or 4 -> 6, the resize is written with
+    them (a constant the SynOp count reads); an uneven ratio such as 5 -> 7 keeps its sizes,
+    with the batch read from the input (Shape, the nodes returned to insert before it)."""
     sizes = ir.const_value(node.inputs[3]) if len(node.inputs) > 3 else None
     data = node.inputs[0].shape
     if sizes is None or sizes.size != 4 or not data or len(data) != 4 or \
             not all(_is_static(d) for d in data[1:]) or not _is_batch_dim(data[0], batch) or \
-            int(sizes[0]) not in (batch, 1) or int(sizes[1]) != int(data[1]):
-        return
-    scales = np.array([1, 1, sizes[2] / data[2], sizes[3] / data[3]], dtype=np.float32)
-    if any(int(np.floor(np.float32(d) * f)) != int(n)
-           for d, f, n in zip(data[2:], scales[2:], sizes[2:])):
-        return
+            int(sizes[0]) not in (batch, 1) or int(sizes[1]) != int(data[1]) or \
+            any(k in node.attrs for k in ("axes", "keep_aspect_ratio_policy", "antialias")):
+        return []   # (opset 18+ forms: sizes are not plain per-axis targets there)
     x, roi = node.inputs[0], node.inputs[1]
-    node.inputs.clear()
-    node.inputs.extend([x, roi, ir.new_const(graph, f"{NAME}/resize_scales", scales)])
-    counts["resize_sizes_to_scales"] += 1
+    scales = np.array([1, 1, sizes[2] / data[2], sizes[3] / data[3]], dtype=np.float32)
+    if all(int(np.floor(np.float32(d) * f)) == int(n) and math.floor(float(d) * float(f)) == int(n)
+           for d, f, n in zip(data[2:], scales[2:], sizes[2:])):
+        node.inputs.clear()
+        node.inputs.extend([x, roi, ir.new_const(graph, f"{NAME}/resize_scales", scales)])
+        counts["resize_sizes_to_scales"] += 1
+        return []
+    first = gs.Variable(ir.unique_name(graph, f"{NAME}/resize_batch"), dtype=np.int64, shape=[1])
+    dynamic = gs.Variable(ir.unique_name(graph, f"{NAME}/resize_sizes"), dtype=np.int64,
+                          shape=[4])
+    rest = ir.new_const(graph, f"{NAME}/resize_sizes_chw", sizes[1:], dtype=np.int64)
+    made = [gs.Node("Shape", ir.unique_name(graph, f"{NAME}/resize_shape"),
+                    attrs={"start": 0, "end": 1}, inputs=[x], outputs=[first]),
+            gs.Node("Concat", ir.unique_name(graph, f"{NAME}/resize_concat"), attrs={"axis": 0},
+                    inputs=[first, rest], outputs=[dynamic])]
+    node.inputs[3] = dynamic
+    counts["resize_sizes_batch_read"] += 1
+    return made
 
 
 def _fix_reshape(graph: gs.Graph, node: gs.Node, batch: int, counts: Counter,

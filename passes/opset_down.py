@@ -48,10 +48,23 @@ def convert_version(proto: onnx.ModelProto, opset: int, name: str = "canonicaliz
     for node in out.graph.node:
         if node.domain == _HELD:
             node.domain = ""
+        elif source < 11 and node.op_type == "Resize" and node.domain in ("", "ai.onnx"):
+            _keep_asymmetric(node)
     keep = [o for o in out.opset_import if o.domain != _HELD]
     del out.opset_import[:]
     out.opset_import.extend(keep)
     return out
+
+
+def _keep_asymmetric(node: onnx.NodeProto) -> None:
+    """An opset-10 (or Upsample) linear resize samples at x_out / scale; the converter leaves
+    the opset-11 default, half_pixel, which ONNX Runtime then samples elsewhere (nearest agrees
+    either way)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("mode", b"nearest") in (b"linear", "linear") and \
+            "coordinate_transformation_mode" not in attrs:
+        node.attribute.append(onnx.helper.make_attribute("coordinate_transformation_mode",
+                                                         "asymmetric"))
 
 
 def _hold(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:

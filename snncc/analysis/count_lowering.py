@@ -123,8 +123,9 @@ def _deconv_then_conv(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarra
     differs, and the chain has no count (SNN-E273). (Its weights then differ at the border
     too; a count-only netlist uses only the structure.)"""
     if tuple(stride2) != (1, 1):
-        raise _LowerError("SNN-E273", "a strided conv or a pooling follows a ConvTranspose "
-                          "without a neuron in between", "put a neuron between them")
+        raise _LowerError("SNN-E273", "a strided conv or a pooling follows a ConvTranspose or "
+                          "a linear Resize without a neuron in between",
+                          "put a neuron between them")
     w1 = _full_weight(term.weight, term.groups)                     # [M, C, k1h, k1w]
     w2f = _full_weight(w2, groups2)[:, term.offset:term.offset + w1.shape[0]]
     pads = []
@@ -214,7 +215,7 @@ def _as_deconv(m: np.ndarray) -> tuple[int, int, int, np.ndarray]:
                             taps[t] = m[o, i]
                     return k, s, pad, taps
     raise _LowerError("SNN-E271", f"a linear Resize from {n_in} to {n_out} is not a fixed "
-                      "window (an integer upscale with half_pixel or asymmetric coordinates)",
+                      "window (an integer upscale; align_corners only at x2)",
                       "upsample by an integer factor, or with mode nearest")
 
 
@@ -237,7 +238,8 @@ class _CountLowering(_Lowering):
     no_form = "no SynOp count"
     one_input = "the SynOp count takes models with one input"
     ops_hint = ("the count takes Conv, ConvTranspose, Gemm, MatMul, Add, Mul, Concat, "
-                "AveragePool, MaxPool, GlobalAveragePool, nearest Resize, Flatten, Reshape, "
+                "AveragePool, MaxPool, GlobalAveragePool, Resize (nearest, or linear by an "
+                "integer factor), Flatten, Reshape, "
                 "an output head and neuron ops")
 
     def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str,
@@ -324,6 +326,9 @@ class _CountLowering(_Lowering):
                               "resize the spatial axes of the whole map")
         x = self._map(node)
         out_hw, scales = _resize_hw(x, node, self._const_input)
+        if out_hw == tuple(x.view[1:]):   # ONNX Runtime copies the input, whatever the scales
+            self.values[node.output[0]] = x
+            return
         if mode == "nearest":
             return self._copy_group(node, x, (x.view[0],) + out_hw)
         # linear: a fixed per-channel linear map, counted as the deconv of its window

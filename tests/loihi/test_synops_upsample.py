@@ -297,3 +297,19 @@ def test_a_linear_resize_counts_as_its_window(tmp_path, ctm):
         fan = _ort_fanout(ev[src].shape, chain)
         assert layers[node[dst]]["synops"] == pytest.approx(float((ev[src] * fan).sum()) / 8,
                                                             rel=1e-12), dst
+
+
+def test_a_resize_to_the_same_size_counts_as_the_copy_it_is(tmp_path):
+    """Scales 1.2 on a 4x4 map give 4x4: ONNX Runtime copies the input (whatever the mode),
+    so the conv after it counts as if there were no Resize (it had counted a 2-tap window)."""
+    attrs = dict(mode="linear")
+    b = zoo._Builder(17)
+    a = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
+    d = b.op("Relu", [b.conv(b.op("Resize", [a, "", b.const([1, 1, 1.2, 1.2])], **attrs), 4, 6)])
+    model = b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [d])], axis=1), 6, 5),
+                    input_shape=("N", 3, 8, 8))
+    layers, ev, node = _count(tmp_path, model)
+    fan = _ort_fanout(ev[a].shape, lambda bb, x: bb.op("Conv", [
+        bb.op("Resize", [x, "", bb.const([1, 1, 1.2, 1.2])], **attrs),
+        bb.const(np.ones((6, 4, 3, 3)))], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    assert layers[node[d]]["synops"] == pytest.approx(float((ev[a] * fan).sum()) / 8, rel=1e-12)

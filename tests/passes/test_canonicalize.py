@@ -490,3 +490,41 @@ def test_a_reshape_target_made_constant_by_shape_folding_gets_its_batch_fixed():
     (y,) = ort.InferenceSession(out.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert y.shape[0] == 3
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+@pytest.mark.parametrize("size,to,rewrite", [(4, 8, "resize_sizes_to_scales"),
+                                             (4, 6, "resize_sizes_to_scales"),
+                                             (5, 7, "resize_sizes_batch_read")])
+def test_a_resize_to_constant_sizes_keeps_its_result_for_any_batch(mode, size, to, rewrite):
+    """Resize(x, sizes=[1, C, H', W']) names the export batch, which the folded T*N rows then
+    contradict. It becomes scales where float32 (ONNX Runtime) and double (shape inference)
+    both give exactly H' (5 -> 7 would be 7 in one and 6 in the other: there the batch is read
+    from the input instead). ORT outputs equal at batch 1 and 3; shapes inferred right."""
+    b = zoo._Builder(6)
+    h = b.op("Relu", [b.conv("x", 3, 4)])
+    h = b.op("Resize", [h, "", "", b.const([1, 4, to, to], "sizes", np.int64)], mode=mode)
+    model = b.model(zoo._head(b, b.op("Relu", [b.conv(h, 4, 4)]), 4),
+                    input_shape=(1, 3, size, size))
+    x = np.random.default_rng(1).normal(size=(3, 3, size, size)).astype(np.float32)
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], feeds={"x": x[:1]})
+    assert report.rows[0].counts[rewrite] == 1
+    each = np.concatenate([run_ort(model, {"x": x[i:i + 1]})[0] for i in range(3)])
+    np.testing.assert_allclose(run_ort(out, {"x": x})[0], each, rtol=1e-5, atol=1e-6)
+    resize = next(n for n in out.graph.node if n.op_type == "Resize")
+    shape = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+             for v in out.graph.value_info}[resize.output[0]]
+    assert shape[1:] == [4, to, to] and isinstance(shape[0], str)
+
+
+def test_an_opset_10_linear_resize_keeps_its_asymmetric_coordinates():
+    """Opset 10 samples a linear resize at x_out / scale; the version converter left the
+    opset-11 default (half_pixel), another result in ONNX Runtime."""
+    b = zoo._Builder(7)
+    h = b.op("Relu", [b.conv("x", 3, 4)])
+    h = b.op("Resize", [h, b.const([1, 1, 2, 2], "scales")], mode="linear")
+    model = b.model(zoo._head(b, b.op("Relu", [b.conv(h, 4, 4)]), 4), opset=10,
+                    input_shape=(1, 3, 4, 4))
+    out, _, _ = assert_pass_equivalent(model, [CanonicalizePass()])
+    resize = next(n for n in out.graph.node if n.op_type == "Resize")
+    assert ir.node_attrs(resize)["coordinate_transformation_mode"] == "asymmetric"
