@@ -245,6 +245,18 @@ class _CountLowering(_Lowering):
     def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str,
                  neuron_outputs: dict[str, str] | None):
         super().__init__(proto, timesteps, maxpool, relay=False)
+        # the count needs the structure only: every stored weight of a layer is a one, so no
+        # composition cancels to zero and a zero kernel is one the graph does not store
+        # (groups). A Mul keeps its factors: a pool over scaled spikes must still show them.
+        for node in proto.graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            names = node.input[1:2] if node.op_type in ("Conv", "ConvTranspose", "Gemm",
+                                                         "MatMul") else []
+            for name in names:
+                value = self.inits.get(name)
+                if value is not None and value.dtype.kind == "f":
+                    self.inits[name] = np.ones_like(value)
         self.neuron_outputs = dict(neuron_outputs or {})
         self.graph_outputs = {o.name for o in proto.graph.output}
 
@@ -431,6 +443,9 @@ class _CountLowering(_Lowering):
 
 def count_lower(proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto",
                 neuron_outputs: dict[str, str] | None = None) -> Netlist:
-    """The count-only netlist of the ANN-shaped spiking graph (module docstring). Raises what
+    """The count-only netlist of the ANN-shaped spiking graph (module docstring), its weights
+    the graph's structure (``meta["structural"]``). Raises what
     :func:`snncc.backends.loihi.lowering.lower` raises for what neither can express."""
-    return _CountLowering(proto, timesteps, maxpool, neuron_outputs).run()
+    net = _CountLowering(proto, timesteps, maxpool, neuron_outputs).run()
+    net.meta["structural"] = True
+    return net

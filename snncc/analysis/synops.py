@@ -35,7 +35,8 @@ import onnx
 
 from snncc.analysis.count_lowering import count_lower
 from snncc.backends.loihi.mapping import hwc_order
-from snncc.backends.loihi.netlist import Block, Netlist, conv_box_sum, conv_fanout, load
+from snncc.backends.loihi.netlist import (Block, Netlist, conv_box_sum, conv_fanout, load,
+                                         pair_mask)
 from snncc.errors import BackendCapabilityError
 
 __all__ = ["fanout_map", "synops_per_target", "count_synops", "ort_events", "static_synops",
@@ -44,20 +45,29 @@ __all__ = ["fanout_map", "synops_per_target", "count_synops", "ort_events", "sta
            "ARTIFACT_SAMPLES", "artifact_sample_count"]
 
 
-def fanout_map(block: Block) -> np.ndarray:
-    """Synapses leaving every source neuron of the block: int64 [*src_view]."""
+def fanout_map(block: Block, structural: bool = False) -> np.ndarray:
+    """Synapses leaving every source neuron of the block: int64 [*src_view]. ``structural``: the
+    block is a count-only netlist's, whose weights are the ONNX graph's structure (ones where
+    it stores a weight): a (row, channel) pair with an all-zero kernel has no synapse (a group
+    structure the block cannot express, e.g. a grouped conv over a part of a Concat)."""
+    mask = pair_mask(block) if structural else None
     if block.kind == "dense":
-        return np.full(block.src_view, block.rows, dtype=np.int64)
-    return conv_fanout(block)
+        if mask is None:
+            return np.full(block.src_view, block.rows, dtype=np.int64)
+        return mask.sum(axis=0).astype(np.int64).reshape(block.src_view)
+    return conv_fanout(block, mask)
 
 
-def synops_per_target(block: Block, events: np.ndarray) -> np.ndarray:
+def synops_per_target(block: Block, events: np.ndarray, structural: bool = False) -> np.ndarray:
     """SynOps received by each destination neuron of the block, summed over the batch:
-    [rows, H, W]. Its total equals ``sum(events * fanout_map(block))``."""
+    [rows, H, W]. Its total equals ``sum(events * fanout_map(block, structural))``."""
     ev = events.reshape((-1,) + block.src_view).sum(axis=0, keepdims=True).astype(np.int64)
+    mask = pair_mask(block) if structural else None
     if block.kind == "dense":
-        return np.full((block.rows,) + block.out_hw, int(ev.sum()), dtype=np.int64)
-    return conv_box_sum(block, ev[0])
+        if mask is None:
+            return np.full((block.rows,) + block.out_hw, int(ev.sum()), dtype=np.int64)
+        return (mask.astype(np.int64) @ ev.reshape(-1)).reshape((block.rows,) + block.out_hw)
+    return conv_box_sum(block, ev[0], mask)
 
 
 def count_netlist(source: onnx.ModelProto | Any, timesteps: int, maxpool: str = "auto",
@@ -143,16 +153,17 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
         batch = summed_over
     batch = batch or 1
     steps = net.total_steps
+    structural = bool(net.meta.get("structural"))
     per_neuron = {g.name: np.zeros(g.view) for g in net.groups if g.kind != "input"}
     blocks, layers = [], {}
     for b in net.blocks:
         src = kinds[b.src]
         if src.kind in ("input", "analog"):
             times = 1 if analog_once else steps
-            value, kind = float(fanout_map(b).sum() * times), "macs"
+            value, kind = float(fanout_map(b, structural).sum() * times), "macs"
         else:
             ev = np.asarray(events_per_layer[b.src])
-            target = synops_per_target(b, ev) / batch
+            target = synops_per_target(b, ev, structural) / batch
             if target.shape[1:] == per_neuron[b.dst].shape[1:]:   # else a max-pooled current
                 per_neuron[b.dst][b.offset:b.offset + b.rows] += target
             value, kind = float(target.sum()), "synops"
@@ -283,7 +294,7 @@ def static_synops(net: Netlist) -> dict[str, Any]:
                           "neurons": g.size if g.updates or g.kind == "input" else 0,
                           "synapses_in": 0, "synapses_out": 0}
     for b in net.blocks:
-        f = fanout_map(b)
+        f = fanout_map(b, bool(net.meta.get("structural")))
         total = int(f.sum())
         groups[b.dst]["synapses_in"] += total
         groups[b.src]["synapses_out"] += total

@@ -313,3 +313,36 @@ def test_a_resize_to_the_same_size_counts_as_the_copy_it_is(tmp_path):
         bb.op("Resize", [x, "", bb.const([1, 1, 1.2, 1.2])], **attrs),
         bb.const(np.ones((6, 4, 3, 3)))], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
     assert layers[node[d]]["synops"] == pytest.approx(float((ev[a] * fan).sum()) / 8, rel=1e-12)
+
+
+def test_group_structures_the_block_cannot_express_count_only_their_synapses(tmp_path):
+    """A conv with groups 2 over Concat(A: 2 channels, B: 4): B's first channel is in group 0,
+    its others in group 1; and a ConvTranspose with groups 2 before a conv with groups 3. The
+    blocks store such terms densely; the count reads the structure (the count-only netlist's
+    weights are ones where the graph stores one) and charges only connected pairs (it had
+    counted 1.5-1.7x)."""
+    b = zoo._Builder(18)
+    a = b.op("Relu", [b.conv("x", 3, 2, strides=[2, 2])])
+    c = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
+    d = b.op("Relu", [b.conv(b.op("Concat", [a, c], axis=1), 6, 6, group=2)])
+    up = b.op("ConvTranspose", [c, b.rand((4, 3, 2, 2))], kernel_shape=[2, 2], strides=[2, 2],
+              group=2)
+    e = b.op("Relu", [b.conv(up, 6, 6, group=3)])
+    pooled = [b.op("Flatten", [b.op("GlobalAveragePool", [t])], axis=1) for t in (d, e)]
+    model = b.model(b.gemm(b.op("Concat", pooled, axis=1), 12, 5), input_shape=("N", 3, 8, 8))
+    layers, ev, node = _count(tmp_path, model)
+
+    def into_d(lo, hi):
+        def chain(t):
+            full = torch.zeros((t.shape[0], 6) + tuple(t.shape[2:]), dtype=torch.float64)
+            full[:, lo:hi] = t
+            return F.conv2d(full, _ones(6, 3, 3), padding=1, groups=2)
+        return chain
+
+    expect_d = sum(float((ev[s] * _fanout(ev[s].shape, into_d(lo, hi))).sum())
+                   for s, lo, hi in ((a, 0, 2), (c, 2, 6))) / 8
+    expect_e = float((ev[c] * _fanout(ev[c].shape, lambda t: F.conv2d(F.conv_transpose2d(
+        t, torch.ones((4, 3, 2, 2), dtype=torch.float64), stride=2, groups=2),
+        _ones(6, 2, 3), padding=1, groups=3))).sum()) / 8
+    assert layers[node[d]]["synops"] == pytest.approx(expect_d, rel=1e-12)
+    assert layers[node[e]]["synops"] == pytest.approx(expect_e, rel=1e-12)

@@ -223,14 +223,25 @@ def _windows(block: Block) -> tuple[np.ndarray, np.ndarray]:
             window_matrix(w, wo, kw, block.stride[1], block.pads[1]))
 
 
-def conv_fanout(block: Block) -> np.ndarray:
+def pair_mask(block: Block) -> np.ndarray:
+    """bool [rows, C/g] (dense: [rows, F_in]): which (row, source channel of its group) pairs
+    have a kernel with any nonzero weight."""
+    w = block.weight if block.weight is not None else block.mant
+    return np.any(w.reshape(w.shape[0], w.shape[1], -1) != 0, axis=2)
+
+
+def conv_fanout(block: Block, mask: np.ndarray | None = None) -> np.ndarray:
     """Synapses leaving each source position of a conv block (every tap counts, zero weights
     too): int64 [*src_view]. Equals ``conv2d_adjoint`` of ones with a ones kernel, computed from
-    the two 1-D window matrices (the count is separable)."""
+    the two 1-D window matrices (the count is separable). With a :func:`pair_mask`, only the
+    pairs it marks count (a count-only netlist, whose weights are its structure)."""
     ah, aw = _windows(block)
-    per_group = block.rows // block.groups
-    plane = per_group * np.outer(ah.sum(axis=0), aw.sum(axis=0))
-    return np.broadcast_to(plane, block.src_view).copy()
+    plane = np.outer(ah.sum(axis=0), aw.sum(axis=0))
+    if mask is None:
+        return np.broadcast_to(block.rows // block.groups * plane, block.src_view).copy()
+    g = block.groups
+    rows = mask.reshape(g, block.rows // g, -1).sum(axis=1).reshape(-1)     # per source channel
+    return (rows[:, None, None] * plane[None]).astype(np.int64)
 
 
 def conv_fanin(block: Block) -> np.ndarray:
@@ -241,15 +252,22 @@ def conv_fanin(block: Block) -> np.ndarray:
     return np.broadcast_to(plane, (block.rows,) + block.out_hw).copy()
 
 
-def conv_box_sum(block: Block, values: np.ndarray) -> np.ndarray:
+def conv_box_sum(block: Block, values: np.ndarray, mask: np.ndarray | None = None
+                 ) -> np.ndarray:
     """:func:`conv2d` of one integer map ``values`` [*src_view] with a ones kernel of the
-    block's shape: per destination row, the sum over its group's channels and its window.
-    int64 [rows, *out_hw], exact."""
+    block's shape: per destination row, the sum over its group's channels (those ``mask``
+    marks, :func:`conv_fanout`) and its window. int64 [rows, *out_hw], exact."""
     ah, aw = _windows(block)
     c, h, w = block.src_view
-    per_group = values.astype(np.int64).reshape(block.groups, c // block.groups, h, w).sum(axis=1)
-    boxed = np.matmul(np.matmul(ah, per_group), aw.T)                  # [groups, ho, wo]
-    return np.repeat(boxed, block.rows // block.groups, axis=0)
+    g = block.groups
+    if mask is None:
+        per_group = values.astype(np.int64).reshape(g, c // g, h, w).sum(axis=1)
+        boxed = np.matmul(np.matmul(ah, per_group), aw.T)              # [groups, ho, wo]
+        return np.repeat(boxed, block.rows // g, axis=0)
+    boxed = np.matmul(np.matmul(ah, values.astype(np.int64).reshape(c, h, w)), aw.T)
+    out = np.einsum("goc,gchw->gohw", mask.reshape(g, block.rows // g, c // g).astype(np.int64),
+                    boxed.reshape((g, c // g) + boxed.shape[1:]))
+    return out.reshape((block.rows,) + boxed.shape[1:])
 
 
 def block_apply(block: Block, x: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
