@@ -258,6 +258,10 @@ class _CountLowering(_Lowering):
                 if value is not None and value.dtype.kind == "f":
                     self.inits[name] = np.ones_like(value)
         self.neuron_outputs = dict(neuron_outputs or {})
+        self.shape_values: set[str] = set()
+        self.dims = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                              for d in v.type.tensor_type.shape.dim]
+                     for v in (*proto.graph.value_info, *proto.graph.output)}
         self.graph_outputs = {o.name for o in proto.graph.output}
 
     def _new_group(self, g: Group, expr: _Expr | None) -> None:
@@ -271,8 +275,11 @@ class _CountLowering(_Lowering):
         if node.domain in ("", "ai.onnx"):
             if node.op_type == "MaxPool" and self.maxpool != "avg":
                 return self._maxpool_count
-            if node.op_type in ("ConvTranspose", "Resize"):
+            if node.op_type in ("ConvTranspose", "Resize", "Shape"):
                 return getattr(self, f"_count_{node.op_type}")
+            if node.op_type == "Concat" and node.input and all(
+                    i in self.shape_values or i in self.inits for i in node.input):
+                return self._count_Shape
             if node.op_type in HEADS and node.output[0] in self.graph_outputs:
                 return self._head_count
         return super()._handler(node)
@@ -325,6 +332,11 @@ class _CountLowering(_Lowering):
             bias = bias + b.reshape(-1, 1, 1)
         self.values[node.output[0]] = _Expr(view, view, terms, bias)
 
+    def _count_Shape(self, node):
+        """A shape (or a Concat of one with constants): no tensor of the count, only a value a
+        Resize may take its sizes from."""
+        self.shape_values.add(node.output[0])
+
     def _count_Resize(self, node):
         """A nearest-neighbour Resize copies spikes: a ``pool`` group (module docstring)."""
         attrs = _attrs(node)
@@ -337,7 +349,18 @@ class _CountLowering(_Lowering):
             raise _LowerError("SNN-E271", "a Resize with a crop or with axes is not counted",
                               "resize the spatial axes of the whole map")
         x = self._map(node)
-        out_hw, scales = _resize_hw(x, node, self._const_input)
+        ins = list(node.input) + [""] * 4
+        if len(node.input) > 3 and ins[3] in self.shape_values:
+            # sizes made from the input's batch (canonicalize): the output size shape inference
+            # gave, which the sizes' constant part fixes
+            dims = self.dims.get(node.output[0], [])
+            if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+                raise _LowerError("SNN-E271", "a Resize to sizes read from a shape has no "
+                                  "static output size", "resize by constant scales")
+            out_hw = (dims[2], dims[3])
+            scales = (out_hw[0] / x.view[1], out_hw[1] / x.view[2])
+        else:
+            out_hw, scales = _resize_hw(x, node, self._const_input)
         if out_hw == tuple(x.view[1:]):   # ONNX Runtime copies the input, whatever the scales
             self.values[node.output[0]] = x
             return

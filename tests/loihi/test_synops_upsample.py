@@ -346,3 +346,26 @@ def test_group_structures_the_block_cannot_express_count_only_their_synapses(tmp
         _ones(6, 2, 3), padding=1, groups=3))).sum()) / 8
     assert layers[node[d]]["synops"] == pytest.approx(expect_d, rel=1e-12)
     assert layers[node[e]]["synops"] == pytest.approx(expect_e, rel=1e-12)
+
+
+def test_a_resize_to_uneven_sizes_counts_its_copies(tmp_path):
+    """Resize to sizes [1, 4, 7, 7] from 5x5 (canonicalize reads its batch from the input: no
+    float scale gives 7 in both ONNX Runtime and shape inference): the copies are counted at
+    the size shape inference gives, each with the conv's fan-out."""
+    import onnxruntime as ort
+
+    b = zoo._Builder(19)
+    a = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
+    up = b.op("Resize", [a, "", "", b.const([1, 4, 7, 7], dtype=np.int64)], mode="nearest")
+    d = b.op("Relu", [b.conv(up, 4, 6)])
+    model = b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [d])], axis=1), 6, 5),
+                    input_shape=(1, 3, 10, 10))
+    layers, ev, node = _count(tmp_path, model)
+    rb = zoo._Builder(0)
+    resize = rb.model(rb.op("Resize", ["x", "", "", rb.const([1, 4, 7, 7], dtype=np.int64)],
+                            mode="nearest"), input_shape=(1, 4, 5, 5))
+    copies = ort.InferenceSession(resize.SerializeToString(), providers=[
+        "CPUExecutionProvider"]).run(None, {"x": ev[a][None].astype(np.float32)})[0][0]
+    fan = _fanout((4, 7, 7), lambda t: F.conv2d(t, _ones(6, 4, 3), padding=1))
+    assert layers[node[d]]["synops"] == pytest.approx(float((copies * fan).sum()) / 8,
+                                                      rel=1e-12)
