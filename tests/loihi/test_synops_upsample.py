@@ -244,22 +244,6 @@ def test_grouped_conv_transposes_over_a_concat_count_each_part_s_own_synapses(tm
         assert layers[node[t]]["synops"] == pytest.approx(value, rel=1e-12), t
 
 
-def test_a_resize_to_constant_sizes_compiles_and_counts(tmp_path):
-    """Resize(x, sizes=[1, C, 8, 8]) named the export batch, which the folded T*N rows
-    contradict (the compiled model did not load); canonicalize now writes it as scales."""
-    b = zoo._Builder(15)
-    a = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
-    up = b.op("Resize", [a, "", "", b.const([1, 4, 8, 8], dtype=np.int64)], mode="nearest")
-    d = b.op("Relu", [b.conv(up, 4, 6)])
-    model = b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [d])], axis=1), 6, 5),
-                    input_shape=(1, 3, 8, 8))
-    layers, ev, node = _count(tmp_path, model)
-    copies = ev[a].repeat(2, 1).repeat(2, 2)
-    fan = _fanout(copies.shape, lambda t: F.conv2d(t, _ones(6, 4, 3), padding=1))
-    assert layers[node[d]]["synops"] == pytest.approx(float((copies * fan).sum()) / 8,
-                                                      rel=1e-12)
-
-
 def _ort_fanout(shape: tuple[int, int, int], build) -> np.ndarray:
     """As :func:`_fanout`, with the chain run by ONNX Runtime: ``build(b, x)`` adds its nodes
     (all-ones weights) to a zoo builder and returns the output."""
@@ -348,24 +332,27 @@ def test_group_structures_the_block_cannot_express_count_only_their_synapses(tmp
     assert layers[node[e]]["synops"] == pytest.approx(expect_e, rel=1e-12)
 
 
-def test_a_resize_to_uneven_sizes_counts_its_copies(tmp_path):
-    """Resize to sizes [1, 4, 7, 7] from 5x5 (canonicalize reads its batch from the input: no
-    float scale gives 7 in both ONNX Runtime and shape inference): the copies are counted at
-    the size shape inference gives, each with the conv's fan-out."""
+@pytest.mark.parametrize("size,to", [(8, 8), (10, 7)])
+def test_a_resize_to_constant_sizes_compiles_and_counts_its_copies(tmp_path, size, to):
+    """Resize(x, sizes=[1, 4, H', W']) named the export batch, which the folded T*N rows
+    contradict (the compiled model did not load). canonicalize writes 4 -> 8 as scales, and
+    reads 5 -> 7's batch from the input (no float scale gives 7 in both ONNX Runtime and shape
+    inference); the copies (ORT's own Resize of the event map) are counted with the conv's
+    fan-out, at the size shape inference gives."""
     import onnxruntime as ort
 
     b = zoo._Builder(19)
     a = b.op("Relu", [b.conv("x", 3, 4, strides=[2, 2])])
-    up = b.op("Resize", [a, "", "", b.const([1, 4, 7, 7], dtype=np.int64)], mode="nearest")
+    up = b.op("Resize", [a, "", "", b.const([1, 4, to, to], dtype=np.int64)], mode="nearest")
     d = b.op("Relu", [b.conv(up, 4, 6)])
     model = b.model(b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [d])], axis=1), 6, 5),
-                    input_shape=(1, 3, 10, 10))
+                    input_shape=(1, 3, size, size))
     layers, ev, node = _count(tmp_path, model)
     rb = zoo._Builder(0)
-    resize = rb.model(rb.op("Resize", ["x", "", "", rb.const([1, 4, 7, 7], dtype=np.int64)],
-                            mode="nearest"), input_shape=(1, 4, 5, 5))
+    resize = rb.model(rb.op("Resize", ["x", "", "", rb.const([1, 4, to, to], dtype=np.int64)],
+                            mode="nearest"), input_shape=(1, 4, size // 2, size // 2))
     copies = ort.InferenceSession(resize.SerializeToString(), providers=[
         "CPUExecutionProvider"]).run(None, {"x": ev[a][None].astype(np.float32)})[0][0]
-    fan = _fanout((4, 7, 7), lambda t: F.conv2d(t, _ones(6, 4, 3), padding=1))
+    fan = _fanout((4, to, to), lambda t: F.conv2d(t, _ones(6, 4, 3), padding=1))
     assert layers[node[d]]["synops"] == pytest.approx(float((copies * fan).sum()) / 8,
                                                       rel=1e-12)
