@@ -89,27 +89,12 @@ def _pool_out_hw(view: tuple[int, int, int], attrs: dict[str, Any]) -> tuple[int
     return out[0], out[1]
 
 
-def _grouped(t: _Term | None, candidates: tuple[int, ...] = ()) -> _Term | None:
-    """``t`` with its weight grouped and its all-zero edge rows dropped, in whichever order
-    stores fewer synapses: a grouped layer over one part of a Concat is block-diagonal only once
-    the other parts' zero rows are gone, while a zero channel inside a group must stay for the
-    groups to hold."""
-    if t is None or max(candidates, default=1) <= 1:   # dense channels: nothing to find
-        return _trim_rows(t) if t is not None else None
-    full = _full_weight(t.weight, t.groups)
-
-    def compress(w: np.ndarray, offset: int) -> _Term:
-        n = math.gcd(w.shape[0], w.shape[1])
-        w, g = _compress_groups(w, list(candidates) + [d for d in range(2, n + 1) if n % d == 0])
-        return _Term(t.src, t.kind, w, t.src_view, offset, t.stride, t.pads, g)
-
-    nz = np.flatnonzero(np.any(full.reshape(full.shape[0], -1) != 0, axis=1))
-    if nz.size == 0:
-        return None
-    lo, hi = int(nz[0]), int(nz[-1]) + 1
-    options = [o for o in (_trim_rows(compress(full, t.offset)),
-                           compress(full[lo:hi], t.offset + lo)) if o is not None]
-    return min(options, key=lambda o: o.weight.shape[0] * o.weight.shape[1])
+def _packed(t: _Term, candidates: tuple[int, ...]) -> _Term | None:
+    """``t`` stored compactly: grouped where its weight is block-diagonal in one of the
+    ``candidates``, all-zero edge rows dropped. (Only the size of the block: the count charges
+    only pairs with a nonzero kernel, ``netlist.pair_mask``, however the block is stored.)"""
+    w, g = _compress_groups(_full_weight(t.weight, t.groups), candidates)
+    return _trim_rows(_Term(t.src, t.kind, w, t.src_view, t.offset, t.stride, t.pads, g))
 
 
 def _deconv_then_conv(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarray,
@@ -151,8 +136,8 @@ def _deconv_then_conv(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarra
         for b in range(k2w):
             w[:, :, k2h - 1 - a:k2h - 1 - a + w1.shape[2], k2w - 1 - b:k2w - 1 - b + w1.shape[3]] \
                 += np.einsum("om,mckl->ockl", w2f[:, :, a, b], w1)
-    return _grouped(_Term(term.src, "deconv", w, term.src_view, 0, term.stride, tuple(pads)),
-                    (groups2, term.groups))
+    return _packed(_Term(term.src, "deconv", w, term.src_view, 0, term.stride, tuple(pads)),
+                   (groups2, term.groups))
 
 
 def _resize_hw(x: _Expr, node: onnx.NodeProto, const) -> tuple[tuple[int, int],
@@ -293,12 +278,7 @@ class _CountLowering(_Lowering):
     def _conv_term(self, term: _Term, mid_view, w, stride, pads, groups, out_hw) -> _Term | None:
         if term.kind == "deconv":
             return _deconv_then_conv(term, mid_view, w, stride, pads, groups, out_hw)
-        # regrouped: the Loihi lowering groups before it drops a Concat's other rows, and
-        # stores (and counts) a depthwise conv over one part as a dense one
-        out = super()._conv_term(term, mid_view, w, stride, pads, groups, out_hw)
-        if out is None or out.groups > 1 or groups == 1:
-            return out
-        return _grouped(out, (groups,))
+        return super()._conv_term(term, mid_view, w, stride, pads, groups, out_hw)
 
     def _count_ConvTranspose(self, node):
         """A ConvTranspose over spikes (or the input): ``deconv`` terms, its weight in conv
@@ -324,7 +304,7 @@ class _CountLowering(_Lowering):
         self.ann_macs += int(w.size * x.view[1] * x.view[2])
         full = _full_weight(w.reshape(groups, cin // groups, og, kh, kw).transpose(0, 2, 1, 3, 4)
                             .reshape(og * groups, cin // groups, kh, kw), groups)   # [O, C, ..]
-        terms = _per_source(x, "ConvTranspose", lambda t, f: _grouped(_Term(
+        terms = _per_source(x, "ConvTranspose", lambda t, f: _packed(_Term(
             t.src, "deconv", full[:, t.offset:t.offset + f.size] * f.reshape(1, -1, 1, 1),
             t.src_view, 0, stride, (pads[0], pads[1])), (groups,)))
         bias = conv2d_adjoint(x.bias[None], w, stride, pads[:2], groups, out_hw)[0]
