@@ -140,15 +140,17 @@ def _deconv_then_conv(term: _Term, mid_view: tuple[int, int, int], w2: np.ndarra
                    (groups2, term.groups))
 
 
-def _resize_hw(x: _Expr, node: onnx.NodeProto, const) -> tuple[tuple[int, int],
-                                                              tuple[float, float]]:
-    """Output size and scale factors of a 2-D Resize from its constant scales or sizes."""
+def _resize_hw(x: _Expr, node: onnx.NodeProto, const, inferred: list | None = None
+               ) -> tuple[tuple[int, int], tuple[float, float]]:
+    """Output size and scale factors of a 2-D Resize from its constant scales or sizes (or, for
+    sizes read from a shape, the ``inferred`` output dims)."""
     ins = list(node.input) + [""] * 4
     scales_at, sizes_at = (1, None) if len(node.input) == 2 else (2, 3)   # opset 10: (X, scales)
-    sizes = const(node, sizes_at) if sizes_at is not None and ins[sizes_at] else None
-    scales = const(node, scales_at) if ins[scales_at] else None
-    if sizes is not None and sizes.size:
-        sizes = [int(v) for v in sizes.reshape(-1)]
+    sizes = inferred if inferred is not None else \
+        const(node, sizes_at) if sizes_at is not None and ins[sizes_at] else None
+    scales = const(node, scales_at) if ins[scales_at] and inferred is None else None
+    if sizes is not None and len(sizes):
+        sizes = [None] + [int(v) for v in list(np.reshape(sizes, -1))[1:]]
         if len(sizes) != 4 or sizes[1] != x.view[0]:
             raise _LowerError("SNN-E271", f"Resize to sizes {sizes} changes more than height "
                               "and width", "resize only the spatial axes")
@@ -329,18 +331,15 @@ class _CountLowering(_Lowering):
             raise _LowerError("SNN-E271", "a Resize with a crop or with axes is not counted",
                               "resize the spatial axes of the whole map")
         x = self._map(node)
-        ins = list(node.input) + [""] * 4
-        if len(node.input) > 3 and ins[3] in self.shape_values:
+        dims = None
+        if len(node.input) > 3 and node.input[3] in self.shape_values:
             # sizes made from the input's batch (canonicalize): the output size shape inference
             # gave, which the sizes' constant part fixes
             dims = self.dims.get(node.output[0], [])
             if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
                 raise _LowerError("SNN-E271", "a Resize to sizes read from a shape has no "
                                   "static output size", "resize by constant scales")
-            out_hw = (dims[2], dims[3])
-            scales = (out_hw[0] / x.view[1], out_hw[1] / x.view[2])
-        else:
-            out_hw, scales = _resize_hw(x, node, self._const_input)
+        out_hw, scales = _resize_hw(x, node, self._const_input, dims)
         if out_hw == tuple(x.view[1:]):   # ONNX Runtime copies the input, whatever the scales
             self.values[node.output[0]] = x
             return
