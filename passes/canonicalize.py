@@ -444,7 +444,8 @@ def flatten_static_ifs(model: ir.Model, export_batch: int | None = None) -> int:
                                          np.asarray(one, bool).reshape(np.asarray(one).shape))
             done += 1
     if done:
-        graph.fold_constants(fold_shapes=False, flatten_subgraphs=True, recurse_subgraphs=False)
+        graph.fold_constants(fold_shapes=False, flatten_subgraphs=True, recurse_subgraphs=False,
+                             recurse_functions=False)
         graph.cleanup()
     return done - sum(n.op == "If" and isinstance(n.inputs[0], gs.Constant) for n in graph.nodes)
 
@@ -563,7 +564,10 @@ def _fold_constants(graph: gs.Graph, *, fold_shapes: bool) -> int:
     Folding turns the folded outputs into constants (and may detach them from their producer);
     the producers must go before the next export or their outputs would also be initializers.
     """
-    graph.fold_constants(fold_shapes=fold_shapes, recurse_subgraphs=False)
+    # never into the model's functions: snncc's neuron functions (a compiled model given to
+    # inspect) hold string Constants that gs cannot import, and it warned on stdout
+    graph.fold_constants(fold_shapes=fold_shapes, recurse_subgraphs=False,
+                         recurse_functions=False)
     keep, dead = [], 0
     for node in graph.nodes:
         if all(isinstance(t, gs.Constant) for t in node.outputs):  # gs may also clear them

@@ -44,7 +44,9 @@ def convert_version(proto: onnx.ModelProto, opset: int, name: str = "canonicaliz
     except Exception as exc:  # the converter raises RuntimeError / ValueError
         raise ModelInputError(f"{name}: converting opset {source} to {opset} failed: {exc}",
                               code="SNN-E118",
-                              hint=f"re-export the model with opset {opset}") from exc
+                              hint=f"re-export the model with opset {opset}" + (
+                                  "" if opset >= 17 else ", or leave the opset option at 17 "
+                                  "(the default)")) from exc
     for node in out.graph.node:
         if node.domain == _HELD:
             node.domain = ""

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from snncc.errors import RuntimeLibraryError
 
 __all__ = ["DOMAIN", "OP_NAMES", "RUNTIME_OP_NAMES", "library_path", "is_built", "register",
-           "session_options", "op_names", "run_neuron"]
+           "session_options", "op_names", "run_neuron", "model_proto"]
 
 DOMAIN = "snncc.ops"
 # Same names, same order as the SNNCC_NEURON_OPS table in csrc/ops.cc (tests/runtime checks both ways).
@@ -61,6 +61,21 @@ def register(so: ort.SessionOptions) -> ort.SessionOptions:
         raise RuntimeLibraryError(f"runtime: ONNX Runtime could not load {path}: {exc}", code="SNN-E702",
                                   hint=f"rebuild it ({_BUILD_HINT}) for this machine") from exc
     return so
+
+
+def model_proto(model: Any) -> "onnx.ModelProto":
+    """``model`` itself if it is an ``onnx.ModelProto``, else the model at that path, external
+    data included; the front end's coded errors for anything else (SNN-E101/E102/E349)."""
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    from snncc import ir
+
+    proto = ir.read_proto(model)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        onnx.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(model)))
+    return proto
 
 
 def session_options() -> ort.SessionOptions:

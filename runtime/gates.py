@@ -19,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from snncc.ir import node_attrs
-from snncc.runtime import DOMAIN
+from snncc.runtime import DOMAIN, model_proto
 
 __all__ = ["fuse_gates", "subgraph_reads", "value_shapes", "wiring", "WINDOW_MATMUL_MAX"]
 
@@ -79,12 +79,13 @@ def _is_const(graph: onnx.GraphProto, name: str, value: list[int]) -> bool:
     return a is not None and a.ndim == 1 and a.tolist() == value
 
 
-def fuse_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def fuse_gates(model: onnx.ModelProto | str) -> tuple[onnx.ModelProto, int]:
     """(model with every 2-D spike gate as one ``SpikeGateMaxPool``, or ``SpikeGateWindowMaxPool``
     for the window gate, number replaced). A pattern
     that differs in any way is left as it is: the CumSum form, auto_pad, dilation, padding as
     wide as the kernel, other Reshape targets, other readers of its tensors. ``model`` itself is
     not changed."""
+    model = model_proto(model)   # or a path
     from snncc.passes.schedule_timesteps import window_keys
 
     graph = model.graph

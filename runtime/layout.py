@@ -40,8 +40,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
-from snncc.runtime import DOMAIN, session_options
+from snncc.runtime import DOMAIN, model_proto, session_options
 from snncc.runtime.gates import fuse_gates, subgraph_reads, value_shapes, wiring
 from snncc.runtime.pools import fuse_avg_pools
 
@@ -121,12 +122,14 @@ def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
-def blocked_model(model: onnx.ModelProto, so: ort.SessionOptions | None = None,
+def blocked_model(model: onnx.ModelProto | str | os.PathLike,
+                  so: ort.SessionOptions | None = None,
                   **kwargs: Any) -> tuple[onnx.ModelProto, int]:
     """(ORT-optimised model with neurons in the blocked layout, neurons moved). ORT optimises
     under ``so`` (default :func:`session_options`) and ``kwargs`` (``disabled_optimizers``...),
     as the session that runs the model would. With no NCHWc on this machine, or nothing to
     move, returns (model, 0) unchanged."""
+    model = model_proto(model)
     block = block_size()
     if block <= 1 or not any(n.domain == DOMAIN for n in model.graph.node):
         return model, 0
@@ -253,12 +256,16 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     (:func:`~snncc.runtime.pools.fuse_avg_pools`); bit-identical outputs. ``so`` (default
     :func:`session_options`; it must have the kernel library registered) and ``kwargs`` go to
     ORT as given; ``so`` is left as it was. A model that protobuf cannot serialise (over 2 GB) keeps ORT's own layout."""
+    from snncc import ir
+
+    if not isinstance(model, (onnx.ModelProto, str, os.PathLike)):
+        ir.read_proto(model)   # SNN-E349
     so = so if so is not None else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
     src: str | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
-    if src is not None and not os.path.isfile(src):
-        from snncc import ir
-        ir.read_proto(src)   # the front end's SNN-E101 (missing, a directory, a Loihi folder)
+    if src is not None and (not os.path.isfile(src) or src.lower().endswith(".nir")):
+        ir.read_proto(src)   # the front end's SNN-E101/E102 (missing, a directory, a Loihi
+        #                      folder, a NIR file)
     if blocked and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
         try:
             proto = model if src is None else onnx.load(src)
@@ -279,5 +286,10 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
                 return ort.InferenceSession(proto.SerializeToString(), so, **kwargs)
         except Exception as exc:  # anything ORT cannot optimise and save: its own layout
             logger.debug("layout: kept ORT's own layout (%s)", exc)
-    return ort.InferenceSession(src if src is not None else model.SerializeToString(), so,
-                                **kwargs)
+    try:
+        return ort.InferenceSession(src if src is not None else model.SerializeToString(), so,
+                                    **kwargs)
+    except InvalidProtobuf:
+        if src is not None:
+            ir.read_proto(src)   # SNN-E102: not a readable ONNX model
+        raise

@@ -19,7 +19,7 @@ import onnx
 from onnx import helper
 
 from snncc.ir import node_attrs
-from snncc.runtime import DOMAIN
+from snncc.runtime import DOMAIN, model_proto
 from snncc.runtime.gates import wiring
 
 __all__ = ["fuse_avg_pools"]
@@ -27,7 +27,7 @@ __all__ = ["fuse_avg_pools"]
 NCHWC = "com.microsoft.nchwc"
 
 
-def fuse_avg_pools(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def fuse_avg_pools(model: onnx.ModelProto | str) -> tuple[onnx.ModelProto, int]:
     """(model with every blocked-layout pair fused, number fused). ``model`` is what
     :func:`snncc.runtime.layout.blocked_model` returns: a ``BitSerialNeuron`` with
     ``decoded=1`` and ``channel_block = B`` whose only reader is ORT's NCHWc ``AveragePool``
@@ -37,6 +37,7 @@ def fuse_avg_pools(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     column sums), padding, auto_pad, ceil_mode, dilation, a neuron with a state or a second
     output, a neuron output that is also read elsewhere or is a graph output (fetched spike
     counts). ``model`` itself is not changed."""
+    model = model_proto(model)   # or a path
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
            for n in graph.node for a in n.attribute):

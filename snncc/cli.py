@@ -14,7 +14,7 @@ import sys
 from typing import Any, Sequence
 
 from snncc import __version__
-from snncc.errors import OptionError, SnnccError
+from snncc.errors import OptionError, SnnccError, cli_wording
 
 __all__ = ["main", "build_parser"]
 
@@ -465,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
     try:
         try:
-            return _main(argv, before)
+            with cli_wording():
+                return _main(argv, before)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

@@ -20,7 +20,7 @@ import numpy as np
 
 from snncc import __version__, fidelity, ir
 from snncc.context import MAX_LEVELS, MAX_TIMESTEPS, TARGETS, CompileContext, CompileOptions
-from snncc.errors import BackendCapabilityError, OptionError
+from snncc.errors import BackendCapabilityError, OptionError, api_wording, in_cli
 from snncc.outputs import (Output, atomic_dir, atomic_file, check_outputs, default_output,
                            file_output, temp_dir, transaction, write_errors)
 from snncc.passes.calibrate import MIN_CALIB_SAMPLES
@@ -59,6 +59,8 @@ def _typed(kw: dict[str, Any]) -> dict[str, Any]:
     kw = dict(kw)
     for name in _INT_OPTIONS:
         value = kw.get(name)
+        if value is None and name == "calib_max_samples" and name in kw:
+            raise _api_type_error(name, value, "an integer (256)")
         if value is None:
             continue
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -88,13 +90,18 @@ def _typed(kw: dict[str, Any]) -> dict[str, Any]:
                 raise _api_type_error(name, value, "a number or a non-empty sequence of numbers")
             kw[name] = tuple(float(v) for v in value)
     value = kw.get("calib_path")
-    if value is not None and not isinstance(value, (str, os.PathLike)):
-        raise _api_type_error("calib_path", value, "a path (str or os.PathLike)")
+    if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
+        raise _api_type_error("calib_path", value, "a path (str or os.PathLike) or None")
     for name in ("input_shapes", "neuron_params"):
         if name in kw and kw[name] is not None and not isinstance(kw[name], Mapping):
             raise _api_type_error(name, kw[name], "a mapping (dict)")
     if "opset" in kw and kw["opset"] is None:
         raise _api_type_error("opset", None, "an integer (17)")
+    if "opset" in kw and not 13 <= kw["opset"] <= 17:
+        # the passes write opset-17 forms; onnx's converter takes a model down to 13 at best
+        raise OptionError(f"option opset={kw['opset']} is outside 13..17", code="SNN-E349",
+                          hint="the passes write opset 17 (the default); a lower one is only "
+                          "for an older runtime")
     shapes = kw.get("input_shapes") or {}
     for name, dims in shapes.items():
         if isinstance(dims, np.ndarray):
@@ -270,7 +277,8 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     options = _revalidated(options)   # built directly, or changed by dataclasses.replace
     for name, value in (("model_path", model_path), ("out", out), ("report_path", report_path),
                         ("dump_dir", dump_dir)):
-        if value is not None and not isinstance(value, (str, os.PathLike)):
+        if (value is not None or name == "model_path") and not isinstance(value, (str,
+                                                                                  os.PathLike)):
             raise _api_type_error(name, value, "a path (str or os.PathLike)")
     if verify not in ("off", "ends", "each"):
         raise OptionError(f"verify={verify!r} is not one of off, ends, each", code="SNN-E349",
@@ -292,7 +300,10 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
         if not options.wants_fidelity:
             raise OptionError("--min-agreement needs the fidelity estimate: calibration samples "
                               "(--calib) and --fidelity-samples above 0", code="SNN-E368",
-                              hint="drop --no-fidelity / pass --calib, or drop --min-agreement")
+                              hint="drop --no-fidelity / pass --calib, or drop --min-agreement"
+                              if in_cli() else "pass fidelity_samples=None (automatic) or N > 0 "
+                              "to make_options (its default is 0) and a calib_path, or drop "
+                              "min_agreement")
     if out is None:
         out = default_output(model_path, options.target)
     elif options.target == "loihi":
@@ -365,7 +376,8 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
             files += dump.write()
         if report_path:
             _write_json_atomic(Path(report_path), report)
-    return CompileResult(out, report, files, warnings + ctx.warnings)   # the passes' and emit's
+    # the passes' and emit's warnings too; worded for the caller (flags or keywords)
+    return CompileResult(out, report, files, [api_wording(w) for w in warnings + ctx.warnings])
 
 
 def _compile_report(model_path, out: Path, options: CompileOptions, rows: PipelineReport,
@@ -410,6 +422,8 @@ def rehearse(model_path, options: CompileOptions) -> None:
     raises what :func:`compile_model` would raise before calibrating."""
     from snncc.backends.registry import get_backend
 
+    if not isinstance(options, CompileOptions):
+        raise _api_type_error("options", options, "CompileOptions from make_options(...)")
     options = _revalidated(options)
     _rehearse(model_path, options,
               get_backend(options.target) if options.target != "qann" else None)

@@ -10,10 +10,12 @@ Tests assert on the stable ``code`` strings, never on prose. The codes are liste
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 __all__ = [
     "Diagnostic",
@@ -30,6 +32,9 @@ __all__ = [
     "VerificationError",
     "BackendCapabilityError",
     "RuntimeLibraryError",
+    "api_wording",
+    "cli_wording",
+    "in_cli",
 ]
 
 
@@ -84,10 +89,84 @@ class SnnccError(Exception):
         if self.hint:
             head += f". Hint: {self.hint}"
         if not self.diagnostics:
-            return head
+            return api_wording(head)
         hints = hints_once([(d.hint, d.node) for d in self.diagnostics])
-        return "\n".join([head + ":"] + [f"  - {dataclasses.replace(d, hint=h).format()}"
-                                         for d, h in zip(self.diagnostics, hints)])
+        return api_wording("\n".join([head + ":"] + [
+            f"  - {dataclasses.replace(d, hint=h).format()}"
+            for d, h in zip(self.diagnostics, hints)]))
+
+
+# The messages name the CLI's flags. Raised to a Python caller (not under ``cli_wording``), they
+# name the keyword arguments of make_options / compile_model / run_compiled instead.
+_CLI = False
+
+
+@contextlib.contextmanager
+def cli_wording() -> Iterator[None]:
+    """Errors and warnings made inside name CLI flags (``snncc`` commands), not keywords."""
+    global _CLI
+    before, _CLI = _CLI, True
+    try:
+        yield
+    finally:
+        _CLI = before
+
+
+def in_cli() -> bool:
+    """Whether the code runs under :func:`cli_wording` (an ``snncc`` command)."""
+    return _CLI
+
+
+def _shape(m: re.Match) -> str:
+    dims = ", ".join(m.group(2).split("x")) + ("," if "x" not in m.group(2) else "")
+    return f"input_shapes={{'{m.group(1)}': ({dims})}}"
+
+
+_FLAG = r"(?<![\w-]){}(?![\w-])"
+_API_WORDS: list[tuple[str, str | Callable[[re.Match], str]]] = [
+    (r"rerun with --debug( for the traceback)?", "see the chained exception (__cause__) for the "
+     "traceback"),
+    (_FLAG.format(r"--input-shape ([\w./:-]+)=(\d+(?:x\d+)*)"), _shape),
+    (_FLAG.format(r"--mean/--std"), "calib_mean/calib_std"),
+    *[(_FLAG.format(flag + r" ([a-z][\w-]*)"), key + "='\\1'") for flag, key in (
+        ("--neuron", "neuron"), ("--target", "target"), ("--schedule", "schedule"),
+        ("--maxpool", "maxpool"), ("--calib-method", "calib_method"),
+        ("--semantics", "semantics"), ("--verify", "verify"))],
+    *[(_FLAG.format(flag + r" (\d[\d.e-]*)"), key + "=\\1") for flag, key in (
+        ("-T", "timesteps"), ("--timesteps", "timesteps"), ("-L", "levels"),
+        ("--levels", "levels"), ("--calib-samples", "calib_max_samples"),
+        ("--fidelity-samples", "fidelity_samples"), ("--min-agreement", "min_agreement"),
+        ("--batch-size", "batch_size"), ("--percentile", "calib_percentile"))],
+    *[(_FLAG.format(flag), key) for flag, key in (
+        ("--per-channel", "calib_per_channel=True"), ("--per-layer", "calib_per_channel=False"),
+        ("--no-fidelity", "fidelity_samples=0"), ("--allow-analog", "allow_analog=True"),
+        ("--allow-lossy", "allow_lossy=True"), ("--no-bias-shift", "bias_shift=False"),
+        ("--bias-shift", "bias_shift=True"), ("--no-library", "use_library=False"),
+        ("--force", "force=True"), ("--tau", "neuron_params['tau']"),
+        ("--mt-mode", "neuron_params['mode']"), ("--mt-n", "neuron_params['n']"),
+        ("--mt-preset", "neuron_params['preset']"), ("--neuron-param", "neuron_params"),
+        ("--neuron", "neuron"), ("--target", "target"), ("--schedule", "schedule"),
+        ("--maxpool", "maxpool"), ("--calib-method", "calib_method"),
+        ("--calib-samples", "calib_max_samples"), ("--calib", "calib_path"),
+        ("--fidelity-samples", "fidelity_samples"), ("--min-agreement", "min_agreement"),
+        ("--percentile", "calib_percentile"), ("--mean", "calib_mean"), ("--std", "calib_std"),
+        ("--input-shape", "input_shapes"), ("--batch-size", "batch_size"),
+        ("--report", "report_path"), ("--dump-after", "dump_after"), ("-T", "timesteps"),
+        ("--timesteps", "timesteps"), ("-L", "levels"), ("--levels", "levels"),
+        ("-o", "the output path"), ("--output", "the output path"))],
+]
+_API_RES = [(re.compile(pattern), repl) for pattern, repl in _API_WORDS]
+
+
+def api_wording(text: str) -> str:
+    """``text`` as a Python caller reads it: under :func:`cli_wording` unchanged, else with the
+    CLI's flags written as the API's keywords (``-T 4`` -> ``timesteps=4``, ``--per-channel`` ->
+    ``calib_per_channel=True``)."""
+    if _CLI or "-" not in text:
+        return text
+    for pattern, repl in _API_RES:
+        text = pattern.sub(repl, text)
+    return text
 
 
 def hints_once(lines: Sequence[tuple[str, str]]) -> list[str]:

@@ -302,7 +302,8 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
     ann_all = np.concatenate(anns)
     fid = measure(ann_all, np.concatenate(qanns), snn_all, errors.rows())
     if backend is not None and snn_all is None:
-        fid["note"] = f"the {backend.name} target cannot evaluate this model at compile time"
+        fid["note"] = ctx.notes.pop("no_snn_estimate", None) or (
+            f"the {backend.name} target cannot evaluate this model at compile time")
     if backend is not None and snn_all is not None:
         if backend.fidelity_subject != "SNN":
             fid["snn_is"] = backend.fidelity_subject
@@ -323,8 +324,8 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
     agree = fid[key]["top1_agreement"]
     if agree is None:  # one output per sample: nothing to gate on
         return []
-    what = "the compiled network" if key == "snn_vs_ann" else "the QANN (the target cannot " \
-        "evaluate the SNN at compile time)"
+    what = "the compiled network" if key == "snn_vs_ann" else "the QANN (" + fid.get(
+        "note", "the target cannot evaluate the SNN at compile time") + ")"
     ranked = hints(options, fid, model)
     if min_agreement is not None and agree < min_agreement:
         raise FidelityError(f"compile: {summary(fid)}; below --min-agreement {min_agreement:g}",

@@ -93,8 +93,10 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
                    for t in model.graph.inputs],
         "problems": [],
     }
-    options = CompileOptions(target="qann", allow_analog=True,
-                             input_shapes={k: tuple(v) for k, v in (input_shapes or {}).items()})
+    from snncc.driver import _typed
+
+    shapes = _typed({"input_shapes": input_shapes})["input_shapes"]   # SNN-E349 if not ints
+    options = CompileOptions(target="qann", allow_analog=True, input_shapes=shapes or {})
     try:
         Pipeline([CanonicalizePass(require_activation=False)], verify="off").run(
             model, CompileContext(options))

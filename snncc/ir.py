@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from snncc.errors import Diagnostic, ModelInputError, VerificationError
+from snncc.errors import Diagnostic, ModelInputError, OptionError, VerificationError
 
 __all__ = [
     "Graph", "Node", "Tensor", "Constant", "Variable", "Model", "SNN_DOMAIN", "SNN_DOMAIN_VERSION",
@@ -54,6 +54,11 @@ class Model:
 def read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if isinstance(source, onnx.ModelProto):
         return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise OptionError(f"the model is a {type(source).__name__}, not a path or an "
+                          "onnx.ModelProto", code="SNN-E349", hint="pass the .onnx file's path"
+                          + (" or onnx.load_from_string(data)" if isinstance(
+                              source, (bytes, bytearray)) else ""))
     path = Path(source)
     if path.is_dir() and ((path / "netlist.json").is_file()
                           or (path / ".snncc-output.json").is_file()):

@@ -87,6 +87,9 @@ def load_feeds(path: str | Path, input_names: Sequence[str]
     besides ``y``. Several inputs: the .npz must hold an array named after each (SNN-E683).
     Every array is checked (see the module doc) and all share the sample count N (SNN-E105).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise OptionError(f"the samples are a {type(path).__name__}, not a path",
+                          code="SNN-E349", hint="pass the path of a .npy or .npz file")
     path = Path(path)
     names = list(input_names) or ["x"]
     data = _open(path)
@@ -139,18 +142,6 @@ def load_inputs(path: str | Path, input_name: str | None = None
     """Samples for a single-input model (and labels 'y' if present); see :func:`load_feeds`."""
     feeds, labels = load_feeds(path, [input_name or "x"])
     return next(iter(feeds.values())), labels
-
-
-def _check_shape(proto, name: str, x: np.ndarray) -> None:
-    """Samples must match the model input in every non-batch dimension that the model fixes."""
-    inp = next(i for i in proto.graph.input if i.name == name)
-    dims = [d.dim_value if d.HasField("dim_value") else None
-            for d in inp.type.tensor_type.shape.dim]
-    want = ["N"] + [d if d else "?" for d in dims[1:]]
-    if x.ndim != len(dims) or any(d and d != g for d, g in zip(dims[1:], x.shape[1:])):
-        raise ModelInputError(f"samples have shape {list(x.shape)} but the model input '{name}' "
-                              f"is {want}", code="SNN-E105",
-                              hint="pass samples shaped like the model input (N first)")
 
 
 def _summary(all_outputs: dict[str, np.ndarray], labels: np.ndarray | None,
@@ -244,14 +235,14 @@ def run_command(args: argparse.Namespace) -> int:
         activity = _netlist_activity(net, events, max(len(x), 1))
     else:
         from snncc import ir
-        from snncc.simulate import data_inputs, run_compiled
+        from snncc.simulate import check_shape, data_inputs, run_compiled
 
         proto = ir.read_proto(target)
         names = data_inputs(proto)
         feeds, labels = load_feeds(args.input, names)
         for name, x in feeds.items():
             if name in names:
-                _check_shape(proto, name, x)
+                check_shape(proto, name, x)
         result = run_compiled(proto, feeds if names else next(iter(feeds.values())),
                               use_library=not args.no_library, batch_size=args.batch_size)
         all_outputs = dict(result.outputs)

@@ -27,7 +27,7 @@ from snncc.neurons.common import binary_events
 from snncc.passes.insert_neurons import spec_for_op
 
 __all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "summed_events",
-           "node_attrs", "data_inputs", "StreamStepper", "in_place_states"]
+           "node_attrs", "data_inputs", "StreamStepper", "in_place_states", "check_shape"]
 
 
 @dataclass
@@ -125,6 +125,20 @@ def check_samples(x: np.ndarray, what: str) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
+def check_shape(proto, name: str, x: np.ndarray) -> None:
+    """Samples must match the model input in every non-batch dimension that the model fixes."""
+    inp = next(i for i in proto.graph.input if i.name == name)
+    if not inp.type.tensor_type.HasField("shape"):   # rank unknown: ONNX Runtime judges
+        return
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in inp.type.tensor_type.shape.dim]
+    want = ["N"] + [d if d else "?" for d in dims[1:]]
+    if x.ndim != len(dims) or any(d and d != g for d, g in zip(dims[1:], x.shape[1:])):
+        raise ModelInputError(f"samples have shape {list(x.shape)} but the model input '{name}' "
+                              f"is {want}", code="SNN-E105",
+                              hint="pass samples shaped like the model input (N first)")
+
+
 def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
                  inputs: Mapping[str, np.ndarray] | np.ndarray, *, use_library: bool = True,
                  spike_counts: bool = True, optimize: bool = True,
@@ -171,6 +185,8 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
                               hint="pass at least one sample")
     inputs = {k: check_samples(np.asarray(v), f"the samples for input '{k}'")
               for k, v in inputs.items()}
+    for k, v in inputs.items():
+        check_shape(proto, k, v)
     meta = {p.key: p.value for p in proto.metadata_props}
     if meta.get("snncc.schedule") == "streaming" and not use_library:
         raise RuntimeLibraryError(
@@ -191,6 +207,12 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
                for k, spec in specs.items()}
     try:
         sess = _session(proto, use_library, optimize)
+    except RuntimeLibraryError as exc:
+        if exc.code == "SNN-E701" and meta.get("snncc.schedule") != "streaming":
+            raise RuntimeLibraryError(exc.message, code=exc.code, hint=exc.hint + "; or run "
+                                      "without it: --no-library (the model's portable ONNX "
+                                      "functions, same outputs, slower)") from None
+        raise
     except SnnccError:
         raise
     except Exception as exc:  # ORT rejects the graph: not a model snncc (or ORT) can run
@@ -296,6 +318,13 @@ class StreamStepper:
                                   hint="e.g. {'" + (wanted[0] if wanted else "input") + "': x}")
         inputs = {k: check_samples(np.asarray(v), f"the samples for input '{k}'")
                   for k, v in inputs.items()}
+        for k, v in inputs.items():
+            check_shape(proto, k, v)
+        graph_inputs = sorted(i.name for i in proto.graph.input
+                              if i.name not in {t.name for t in proto.graph.initializer})
+        if sorted(i.name for i in sess.get_inputs()) != graph_inputs:
+            raise OptionError("sess is a session of another model (its inputs differ)",
+                              code="SNN-E349", hint="pass a session of the same model")
         if out_names is None:
             out_names = [o.name for o in sess.get_outputs()]
         self.sess = sess
@@ -329,6 +358,9 @@ class StreamStepper:
 
     def step(self, g: int) -> dict[str, np.ndarray]:
         """Run global step ``g``; returns copies of the outputs other than the states."""
+        if isinstance(g, (bool, np.bool_)) or not isinstance(g, (int, np.integer)) or g < 0:
+            raise OptionError(f"step {g!r} is not a step number (an integer from 0)",
+                              code="SNN-E349", hint="step 0, 1, ... in turn, as run_compiled does")
         self.step_value[()] = g
         self.sess.run_with_iobinding(self.binding)
         if self.buffers and not self.passed:

@@ -18,6 +18,21 @@ CALIB = str(EXAMPLES / "mnist_calib.npz")
 X = np.zeros((2, 1, 28, 28), np.float32)
 
 
+def _inspect(model, shapes=None):
+    from snncc.inspect import inspect_model
+    return inspect_model(model, shapes)
+
+
+def _load_inputs(path):
+    from snncc.run import load_inputs
+    return load_inputs(path)
+
+
+def _session(model):
+    from snncc.runtime.layout import session
+    return session(model)
+
+
 @pytest.mark.parametrize("call, code", [
     (lambda: make_options(target="qann", levels="8"), "SNN-E349"),
     (lambda: make_options(target="qann", levels=4.5), "SNN-E349"),
@@ -50,6 +65,21 @@ X = np.zeros((2, 1, 28, 28), np.float32)
     (lambda: run_compiled(MODEL, np.full_like(X, np.nan)), "SNN-E681"),
     (lambda: run_compiled(MODEL, {"input": X, "other": X}), "SNN-E683"),
     (lambda: run_compiled(MODEL, X, use_library="no"), "SNN-E349"),
+    # a second audit: an internal E500 later, bare TypeErrors, a misleading E118
+    (lambda: compile_model(MODEL, "o.onnx", make_options(calib_path=CALIB,
+                                                         calib_max_samples=None)), "SNN-E349"),
+    (lambda: make_options(calib_path=""), "SNN-E349"),
+    (lambda: make_options(opset=18), "SNN-E349"),
+    (lambda: make_options(opset=12), "SNN-E349"),
+    (lambda: compile_model(None, "o.onnx", make_options()), "SNN-E349"),
+    (lambda: _inspect(None), "SNN-E349"),
+    (lambda: _inspect(b"model bytes"), "SNN-E349"),
+    (lambda: _inspect(MODEL, {"input": "1x1x28x28"}), "SNN-E349"),
+    (lambda: _load_inputs(None), "SNN-E349"),
+    (lambda: _session(None), "SNN-E349"),
+    (lambda: _session(CALIB), "SNN-E102"),
+    (lambda: run_compiled(MODEL, X[:, :, :14]), "SNN-E105"),
+    (lambda: run_compiled(MODEL, X[None]), "SNN-E105"),
 ])
 def test_wrong_types_are_coded_errors(tmp_path, monkeypatch, call, code):
     monkeypatch.chdir(tmp_path)

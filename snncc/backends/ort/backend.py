@@ -99,20 +99,23 @@ class OrtBackend(Backend):
         without the check to 7.0 GB; now 3.9 GB)."""
         sched = ctx.notes.get("schedule", {})
         if sched.get("schedule") == "streaming":
-            return self._predict_streaming(model, feeds, batch)
+            return self._predict_streaming(model, ctx, feeds, batch)
         if sched.get("schedule") not in ("folded", "window"):
             return None
         return self._predict_parts(model, ctx, feeds, batch, int(sched["steps"]),
                                    int(sched["decode_from"]))
 
     @staticmethod
-    def _predict_streaming(model: ir.Model, feeds: dict[str, np.ndarray], batch: int):
+    def _predict_streaming(model: ir.Model, ctx: CompileContext, feeds: dict[str, np.ndarray],
+                           batch: int):
         """A streaming model through its step protocol (the kernel library runs it): outputs
         only, no per-layer rows; the SynOp section measures its own events."""
         from snncc import runtime
         from snncc.simulate import run_compiled
 
         if not runtime.is_built():
+            ctx.notes["no_snn_estimate"] = ("a streaming model runs only with the C++ kernel "
+                                            "library, which is not built here")
             return None
         proto = ir.to_proto(model)
         n = len(next(iter(feeds.values())))
@@ -204,6 +207,13 @@ class OrtBackend(Backend):
             "inputs": [i.name for i in proto.graph.input],
             "outputs": [i.name for i in proto.graph.output],
         }
+        from snncc import runtime
+
+        if manifest["requires_runtime_library"] and not runtime.is_built():
+            ctx.warnings.append(f"warning: ort: the kernel library ({runtime.library_path()}) is "
+                                "not built here, and a --schedule streaming model runs only "
+                                "with it: build it with scripts/build_runtime.sh before running "
+                                "this model, or compile with --schedule folded")
         manifest_path = out.with_name(out.name + ".json")
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
         logger.info("ort: wrote %s (%d nodes, %d neuron ops)", out, len(proto.graph.node),

@@ -1,0 +1,138 @@
+"""What a library user of the Python API met (an audit): errors that name the API's keywords, not
+the CLI's flags; the stepper and the runtime helpers taking what the README shows them with;
+inspect's JSON on a compiled model; a flat image folder as calibration data; a streaming compile
+on a machine without the kernel library."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snncc.cli import main
+from snncc.driver import compile_model, make_options
+from snncc.errors import SnnccError, api_wording
+from snncc.simulate import StreamStepper, run_compiled
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+MODEL = str(EXAMPLES / "mnist_cnn.onnx")
+CALIB = str(EXAMPLES / "mnist_calib.npz")
+
+
+@pytest.mark.parametrize("cli, api", [
+    ("-T must be at most 8; try -T 4", "timesteps must be at most 8; try timesteps=4"),
+    ("drop --per-channel for --neuron lif", "drop calib_per_channel=True for neuron='lif'"),
+    ("use --input-shape input=1x3x224x224", "use input_shapes={'input': (1, 3, 224, 224)}"),
+    ("drop --no-fidelity / pass --calib, or drop --min-agreement",
+     "drop fidelity_samples=0 / pass calib_path, or drop min_agreement"),
+    ("-L 12 with --neuron-param", "levels=12 with neuron_params"),
+    ("rerun with --debug for the traceback", "see the chained exception (__cause__) for the "
+     "traceback"),
+    ("pass --force to write into it; --calib-samples 256", "pass force=True to write into it; "
+     "calib_max_samples=256"),
+    ("SNN-E349 a-T b--force", "SNN-E349 a-T b--force"),   # not flags: unchanged
+])
+def test_api_wording_names_keywords(cli, api):
+    assert api_wording(cli) == api
+
+
+def test_api_errors_name_keywords_and_the_cli_names_flags(capsys):
+    with pytest.raises(SnnccError) as err:
+        make_options(timesteps=0)
+    assert "-T" not in str(err.value) and "timesteps=4" in str(err.value)
+    assert main(["compile", MODEL, "-T", "0"]) == 2
+    assert "-T 4" in capsys.readouterr().err
+
+
+def test_min_agreement_without_estimate_says_the_api_default(tmp_path):
+    with pytest.raises(SnnccError) as err:
+        compile_model(MODEL, tmp_path / "o.onnx", make_options(calib_path=CALIB),
+                      min_agreement=0.9)
+    assert err.value.code == "SNN-E368" and "fidelity_samples=None" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def streaming_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stream") / "s.onnx"
+    compile_model(MODEL, out, make_options(calib_path=CALIB, schedule="streaming",
+                                           calib_max_samples=64))
+    return str(out)
+
+
+@pytest.mark.requires_runtime
+@pytest.mark.parametrize("g", [-1, "a", 1.5, True])
+def test_stepper_refuses_a_step_that_is_not_a_step_number(streaming_model, g):
+    from snncc.runtime.layout import session
+
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    stepper = StreamStepper(session(streaming_model), streaming_model, {"input": x})
+    with pytest.raises(SnnccError) as err:
+        stepper.step(g)
+    assert err.value.code == "SNN-E349"
+    stepper.step(0)
+
+
+@pytest.mark.requires_runtime
+def test_stepper_refuses_wrong_samples_and_another_models_session(streaming_model):
+    from snncc.runtime.layout import session
+
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    with pytest.raises(SnnccError) as err:
+        StreamStepper(session(streaming_model), streaming_model, {"input": x[:, :, :14]})
+    assert err.value.code == "SNN-E105"
+    with pytest.raises(SnnccError) as err:
+        StreamStepper(session(MODEL), streaming_model, {"input": x})
+    assert err.value.code == "SNN-E349"
+
+
+@pytest.mark.requires_runtime
+def test_runtime_helpers_take_a_path_like_a_proto(tmp_path):
+    import onnx
+
+    from snncc.runtime.gates import fuse_gates
+    from snncc.runtime.layout import blocked_model
+    from snncc.runtime.pools import fuse_avg_pools
+
+    out = tmp_path / "b.onnx"
+    compile_model(MODEL, out, make_options(calib_path=CALIB, neuron="bitserial",
+                                           calib_max_samples=64))
+    proto = onnx.load(str(out))
+    for fn in (fuse_gates, fuse_avg_pools):
+        assert fn(str(out))[1] == fn(proto)[1]
+    assert blocked_model(out)[1] == blocked_model(proto)[1]
+
+
+def test_inspect_json_of_a_compiled_mt_model_is_json(tmp_path, capfd):
+    out = tmp_path / "mt.onnx"
+    compile_model(MODEL, out, make_options(calib_path=CALIB, neuron="mt", calib_max_samples=64))
+    capfd.readouterr()
+    assert main(["inspect", str(out), "--json"]) == 0
+    json.loads(capfd.readouterr().out)   # onnx-graphsurgeon's warnings went to stdout
+
+
+def test_a_flat_image_folder_calibrates(tmp_path):
+    from PIL import Image
+
+    x = np.load(CALIB)["input"]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray((x[i, 0] * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    res = compile_model(MODEL, tmp_path / "o.onnx", make_options(calib_path=str(folder)))
+    assert res.output.is_file()
+
+
+def test_streaming_without_the_library_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNNCC_RUNTIME_LIB", str(tmp_path / "missing.so"))
+    res = compile_model(MODEL, tmp_path / "s.onnx",
+                        make_options(calib_path=CALIB, schedule="streaming", fidelity_samples=32))
+    assert "kernel library" in res.report["fidelity"]["note"]
+    assert any("runs only with it" in w for w in res.warnings)
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    folded = tmp_path / "f.onnx"
+    compile_model(MODEL, folded, make_options(calib_path=CALIB, calib_max_samples=64))
+    with pytest.raises(SnnccError) as err:
+        run_compiled(folded, x)
+    assert err.value.code == "SNN-E701" and "use_library=False" in str(err.value)
+    run_compiled(folded, x, use_library=False)
