@@ -29,8 +29,10 @@ Methods (:func:`choose_lambda`), all over the pre-activation ``z``:
   evaluated wins (ties go to the larger lam), so the result lies in ``(0, max]``. The error is
   evaluated on a fixed random subset of at most 65536 positive values (4096 per channel).
 
-A layer (or channel) whose ``z`` is never positive gets ``lam = 1.0`` (any value quantizes it to 0);
-one whose subsample holds no positive value falls back to its max.
+A layer (or channel) whose ``z`` is never positive gets ``lam = 1.0`` (any value quantizes it to 0),
+and so does a channel whose largest value is below ``DEAD_FRACTION`` of its layer's largest (float
+noise: it quantizes to 0 under any lambda of the layer's scale); one whose subsample holds no
+positive value falls back to its max.
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ METHODS = ("max", "percentile", "mse")
 _GRID = 32
 _MIN_PER_CHANNEL = 4096
 _MSE_VALUES = 1 << 16
+#: a channel whose max is below this fraction of its layer's largest channel max counts as dead
+DEAD_FRACTION = 1e-6
 
 
 @dataclass(frozen=True)
@@ -387,6 +391,10 @@ def choose_lambda(stats: SiteStats, method: str, *, levels: int,
     else:
         lam = _mse_lambda(stats.positives(), np.where(top > 0, top, 1.0), levels)
     lam = np.where(np.isfinite(lam) & (lam > 0), lam, top)
-    lam = np.where(top > 0, lam, 1.0)
+    # dead: never positive, or positive only at float-noise level against the layer's largest
+    # channel (a ReLU after BN gave one channel 9.4e-14 against ~1, and that lambda took every
+    # weight of a Loihi block to the exponent limit: 68 % instead of 99 %)
+    live = top > DEAD_FRACTION * np.max(top) if np.ndim(top) else top > 0
+    lam = np.where(live, lam, 1.0)
     return np.asarray(lam, np.float32)
 

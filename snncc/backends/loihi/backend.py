@@ -40,6 +40,9 @@ from snncc.errors import BackendCapabilityError, Diagnostic, SnnccError
 
 __all__ = ["LoihiBackend"]
 
+#: warn when more than this fraction of a block's nonzero weights round to a zero mantissa
+#: (a healthy 3136 x 128 dense layer of the bundled MNIST CNN: 38 %; the dead-channel bug: 66-98 %)
+ZEROED_WARN = 0.6
 RESET_NOTE = ("soft reset / >= comparison emulated by a Loihi 2 microcoded neuron; stock Loihi "
               "neurons reset to 0 and fire on v > vth: simulate with semantics='hardware' and "
               "compare the accuracies")
@@ -162,6 +165,17 @@ class LoihiBackend(Backend):
                 f"warning: loihi: the biases of {len(chip)} layer(s) ({', '.join(chip)}) exceed "
                 "the 13-bit bias mantissa of Loihi's CUBA neuron: real Lava's CPU simulation "
                 "runs network.net, a chip would not (details: netlist.json meta.netx.notes)")
+        lost = [w for w in net.meta["quantization"]["weights"]
+                if w["nonzero"] and w["zeroed"] > ZEROED_WARN * w["nonzero"]]
+        if lost:   # one large weight sets a block's shared exponent; the small ones round to 0
+            ctx.warnings.append(
+                "warning: loihi: " + "; ".join(f"block {w['block']} rounds {w['zeroed']} of its "
+                                               f"{w['nonzero']} weights to 0" for w in lost[:3])
+                + (f" (and {len(lost) - 3} more blocks)" if len(lost) > 3 else "")
+                + ": their 8-bit mantissas share one exponent per block, set by its largest "
+                "weight (often one channel with a much smaller threshold than the others); "
+                "compile with --per-layer, or check the layer's calibration (netlist.json "
+                "meta.quantization)")
         synops = self._synops(net, mapping, ctx)
         (out / "synops.json").write_text(_dumps(synops))
         files.append(out / "synops.json")

@@ -256,7 +256,8 @@ def _quantize_block(b: Block, wf: np.ndarray, fp: FixedPoint) -> dict[str, Any]:
             "max_rel_err": float(np.abs(err).max() / peak) if peak else 0.0,
             "rms_rel_err": float(np.sqrt(np.mean(err ** 2)) / peak) if peak else 0.0,
             "exact": bool(not np.any(err)),
-            "zeroed": int(np.count_nonzero(nonzero & (mant == 0)))}
+            "zeroed": int(np.count_nonzero(nonzero & (mant == 0))),
+            "nonzero": int(np.count_nonzero(nonzero))}
 
 
 def _quantize_bias(g: Group, fp: FixedPoint) -> dict[str, Any]:
