@@ -236,10 +236,11 @@ def _per_channel_ok(options: Any) -> bool:
     return get_neuron(options.neuron).per_channel_threshold
 
 
-def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx") -> list[str]:
+def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
+          finetune: bool = True) -> list[str]:
     """Ranked, concrete ways to a closer SNN, most effective first (measured on the trained
     examples, examples/results/defaults.md); ``model``: the source model's path, for the
-    commands."""
+    commands; ``finetune``: whether ``snncc finetune`` takes the model (it trains ReLUs)."""
     out = []
     if options.calib_method != "snn":
         out.append("--calib-method snn (SNN-aware calibration of lambda and bias per layer)")
@@ -256,9 +257,9 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx") -> li
     if options.timesteps < 8:
         out.append(f"-T {min(2 * options.timesteps, 8)} (more timesteps)")
     q = fid.get("qann_vs_ann", {}).get("top1_agreement", 1.0)
-    if q < WARN_BELOW or options.timesteps <= 2:
-        out.append(f"snncc finetune {model} --data TRAIN.npz (QCFS fine-tuning recovers the "
-                   "quantization loss)")
+    if finetune and (q < WARN_BELOW or options.timesteps <= 2):
+        out.append(f"snncc finetune {model} --data TRAIN.npz (QCFS fine-tuning trains the "
+                   "net for its quantization: examples/results/training)")
     return out
 
 
@@ -317,7 +318,7 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
 
 
 def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
-          model: str = "MODEL.onnx") -> list[str]:
+          model: str = "MODEL.onnx", finetune: bool = True) -> list[str]:
     """Warnings (for stderr) when the agreement is below :data:`WARN_BELOW`;
     :class:`~snncc.errors.FidelityError` (SNN-E370) below ``min_agreement``."""
     key = "snn_vs_ann" if "snn_vs_ann" in fid else "qann_vs_ann"
@@ -326,7 +327,7 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
         return []
     what = "the compiled network" if key == "snn_vs_ann" else "the QANN (" + fid.get(
         "note", "the target cannot evaluate the SNN at compile time") + ")"
-    ranked = hints(options, fid, model)
+    ranked = hints(options, fid, model, finetune)
     if min_agreement is not None and agree < min_agreement:
         raise FidelityError(f"compile: {summary(fid)}; below --min-agreement {min_agreement:g}",
                             code="SNN-E370", hint="try, in this order: " + "; ".join(ranked)

@@ -73,6 +73,32 @@ def test_the_finetune_hint_names_the_users_model():
     fid = {"qann_vs_ann": {"top1_agreement": 0.5}}
     ranked = hints(make_options(timesteps=2, neuron="if"), fid, "nets/my\\ resnet.onnx")
     assert ranked[-1].startswith("snncc finetune nets/my\\ resnet.onnx --data TRAIN.npz")
+    # a ReLU6 (Clip) net: finetune trains ReLUs and refuses it (E805), so no such hint
+    assert not any("finetune" in h for h in hints(make_options(timesteps=2, neuron="if"), fid,
+                                                  "m.onnx", finetune=False))
+
+
+def test_no_finetune_hint_for_a_relu6_net(tmp_path):
+    """The compile of a net whose activations are all Clip(0, 6) does not send the user to
+    snncc finetune, which refuses it (E805: no nn.ReLU)."""
+    import onnx
+
+    from snncc.driver import compile_model, make_options
+
+    m = onnx.load(str(EXAMPLES / "mnist_cnn.onnx"))
+    six = onnx.helper.make_tensor("six", onnx.TensorProto.FLOAT, [], [6.0])
+    zero = onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT, [], [0.0])
+    m.graph.initializer.extend([six, zero])
+    for n in m.graph.node:
+        if n.op_type == "Relu":
+            n.op_type = "Clip"
+            n.input.extend(["zero", "six"])
+    onnx.save(m, str(tmp_path / "relu6.onnx"))
+    options = make_options(timesteps=2, neuron="if", fidelity_samples=32, calib_method="max",
+                           calib_per_channel=False, calib_path=str(EXAMPLES / "mnist_calib.npz"))
+    for model, hinted in (EXAMPLES / "mnist_cnn.onnx", True), (tmp_path / "relu6.onnx", False):
+        res = compile_model(model, tmp_path / "o.onnx", options)
+        assert res.warnings and any("finetune" in w for w in res.warnings) == hinted
 
 
 def test_min_agreement_fails_and_writes_nothing(workdir, capsys):
