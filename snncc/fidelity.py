@@ -175,6 +175,10 @@ def measure(ann: np.ndarray, qann: np.ndarray, snn: np.ndarray | None,
     out: dict[str, Any] = {"samples": int(len(ann)), "qann_vs_ann": pair(qann, ann).to_json()}
     if _dense(ann):   # a dense output: agreement per position
         out["per_position"] = True
+    elif ann.ndim == 2 and ann.shape[1] > 1 and len(ann) >= ONE_CLASS_MIN:
+        top = np.unique(ann.argmax(axis=1))
+        if len(top) == 1:   # e.g. samples not scaled or normalised as the model expects
+            out["ann_one_class"] = int(top[0])
     if snn is None:
         return out
     out["snn_vs_qann"] = pair(snn, qann).to_json()
@@ -263,6 +267,9 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
     return out
 
 
+#: held-out samples from which one ANN class for all of them is warned about
+ONE_CLASS_MIN = 16
+
 #: samples per ORT call for the ANN and QANN where no SNN part sets the size
 REFERENCE_PART = 16
 
@@ -333,6 +340,11 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
                             code="SNN-E370", hint="try, in this order: " + "; ".join(ranked)
                             if ranked else "lower --min-agreement")
     out = []
+    if "ann_one_class" in fid:
+        out.append(f"warning: the ANN itself gives class {fid['ann_one_class']} to all "
+                   f"{fid['samples']} held-out calibration samples: are they scaled and "
+                   "normalised as the model expects (--mean/--std for an image folder)? "
+                   "Calibration and this estimate use them as they are")
     if agree < WARN_BELOW:
         lines = [f"warning: {what} agrees with the ANN on only {100 * agree:.1f} % "
                  f"{_of_samples(fid)}. To get closer, try (best first):"]

@@ -388,3 +388,21 @@ def test_fidelity_batches_by_memory_without_changing_the_estimate(workdir, monke
         return {"fidelity": rep["fidelity"], "synops": rep.get("synops", {}).get("measured")}
 
     assert report(1) == report(1 << 30)
+
+
+def test_one_ann_class_for_every_held_out_sample_is_warned_about():
+    """Calibration images not normalised as the model expects (a helper's MobileNet: the ANN
+    said 8 for all 256) passed with 100 % agreement and a 9 % SNN; now a warning says so."""
+    from snncc.driver import make_options
+    from snncc.fidelity import check, measure
+
+    rng = np.random.default_rng(0)
+    one = rng.normal(size=(32, 10)).astype(np.float32)
+    one[:, 8] += 100.0
+    fid = measure(one, one, one)
+    assert fid["ann_one_class"] == 8
+    warned = check(fid, make_options(neuron="mt"), None)
+    assert len(warned) == 1 and "class 8 to all 32" in warned[0]
+    mixed = rng.normal(size=(32, 10)).astype(np.float32)
+    assert "ann_one_class" not in measure(mixed, mixed, mixed)
+    assert not check(measure(mixed, mixed, mixed), make_options(neuron="mt"), None)
