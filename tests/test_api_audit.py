@@ -136,3 +136,12 @@ def test_streaming_without_the_library_says_so(tmp_path, monkeypatch):
         run_compiled(folded, x)
     assert err.value.code == "SNN-E701" and "use_library=False" in str(err.value)
     run_compiled(folded, x, use_library=False)
+
+
+def test_run_says_why_there_is_no_accuracy(tmp_path, capsys):
+    """Labels saved under another name than 'y' gave no accuracy and no word about it."""
+    test = np.load(EXAMPLES / "mnist_test.npz")
+    np.savez(tmp_path / "t.npz", x=test["x"][:8], labels=test["y"][:8])
+    assert main(["run", MODEL, "--input", str(tmp_path / "t.npz")]) == 0
+    out, err = capsys.readouterr()
+    assert "no labels under 'y' (its other arrays: labels)" in err and "accuracy" not in out
