@@ -406,3 +406,17 @@ def test_one_ann_class_for_every_held_out_sample_is_warned_about():
     mixed = rng.normal(size=(32, 10)).astype(np.float32)
     assert "ann_one_class" not in measure(mixed, mixed, mixed)
     assert not check(measure(mixed, mixed, mixed), make_options(neuron="mt"), None)
+
+
+@pytest.mark.parametrize("error, warned", [(0.2, False), (0.35, True)])
+def test_a_high_logit_error_is_warned_about_even_at_full_agreement(error, warned):
+    """32 held-out samples all agreeing said nothing of a MobileNet whose SRP SNN lost 13.7 pt
+    on test data; its relative logit error (0.55) did (examples/results/other_nets.md)."""
+    from snncc.driver import make_options
+    from snncc.fidelity import check
+
+    fid = {"samples": 32, "snn_vs_ann": {"top1_agreement": 1.0, "rel_logit_error": error}}
+    out = check(fid, make_options(neuron="srp"), None)
+    assert bool(out) == warned
+    if warned:
+        assert "relative logit error is 0.35" in out[0] and "1. --neuron bitserial" in out[0]
