@@ -130,8 +130,7 @@ _API_WORDS: list[tuple[str, str | Callable[[re.Match], str]]] = [
     (_FLAG.format(r"--mean/--std"), "calib_mean/calib_std"),
     *[(_FLAG.format(flag + r" ([a-z][\w-]*)"), key + "='\\1'") for flag, key in (
         ("--neuron", "neuron"), ("--target", "target"), ("--schedule", "schedule"),
-        ("--maxpool", "maxpool"), ("--calib-method", "calib_method"),
-        ("--semantics", "semantics"), ("--verify", "verify"))],
+        ("--maxpool", "maxpool"), ("--calib-method", "calib_method"), ("--verify", "verify"))],
     *[(_FLAG.format(flag + r" (\d[\d.e-]*)"), key + "=\\1") for flag, key in (
         ("-T", "timesteps"), ("--timesteps", "timesteps"), ("-L", "levels"),
         ("--levels", "levels"), ("--calib-samples", "calib_max_samples"),
