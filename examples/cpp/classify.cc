@@ -56,6 +56,12 @@ int Run(int argc, char** argv) {
                              "with states); classify runs folded and window models: compile without "
                              "--schedule streaming");
   }
+  // Any ONNX model runs; one without the schedule metadata is not a compiled SNN: say so.
+  if (!schedule) {
+    std::fprintf(stderr, "classify: note: %s has no snncc.schedule metadata, so it is not a "
+                 "spiking model from snncc compile (an ANN or a --target qann model); running it "
+                 "as a plain ONNX model\n", argv[1]);
+  }
   const std::string input_name = session.GetInputNameAllocated(0, allocator).get();
   const std::string output_name = session.GetOutputNameAllocated(0, allocator).get();
   std::vector<int64_t> shape = session.GetInputTypeInfo(0).GetTensorTypeAndShapeInfo().GetShape();
@@ -72,10 +78,16 @@ int Run(int argc, char** argv) {
   const char* output_names[] = {output_name.c_str()};
   std::vector<Ort::Value> outputs = session.Run(Ort::RunOptions{nullptr}, input_names, &tensor, 1, output_names, 1);
 
-  const std::vector<int64_t> out_shape = outputs[0].GetTensorTypeAndShapeInfo().GetShape();
+  const Ort::TensorTypeAndShapeInfo out_info = outputs[0].GetTensorTypeAndShapeInfo();
+  if (out_info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+    throw std::runtime_error("the first output '" + output_name + "' is not float32 logits "
+                             "(element type " + std::to_string(out_info.GetElementType()) +
+                             "); classify prints float logits");
+  }
+  const std::vector<int64_t> out_shape = out_info.GetShape();
   const float* logits = outputs[0].GetTensorData<float>();
   const size_t classes = out_shape.empty() ? 1 : static_cast<size_t>(out_shape.back());
-  const size_t total = outputs[0].GetTensorTypeAndShapeInfo().GetElementCount();
+  const size_t total = out_info.GetElementCount();
   for (size_t row = 0; classes > 0 && row < total / classes; ++row) {
     const float* r = logits + row * classes;
     size_t best = 0;

@@ -719,6 +719,7 @@ def test_cpp_example_builds_and_runs(tmp_path):
     proc = subprocess.run([str(ROOT / "examples" / "cpp" / "build_and_run.sh"), str(model_path), str(input_path)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert "no snncc.schedule metadata" in proc.stderr   # not from snncc compile: said, then run
     logits = np.array(re.search(r"logits:(.*)", proc.stdout).group(1).split(), F32)
     cls = int(re.search(r"class: (\d+)", proc.stdout).group(1))
     (want,) = kernel_session(model).run(None, {"x": x})
@@ -731,3 +732,12 @@ def test_cpp_example_builds_and_runs(tmp_path):
     proc = subprocess.run([str(ROOT / "examples" / "cpp" / "build_and_run.sh"), str(model_path), str(input_path)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1 and "is a streaming model" in proc.stderr, proc.stderr
+    # an int64 head (ArgMax) was printed as float garbage, read past its buffer
+    head = tiny_classifier()
+    head.graph.node.append(helper.make_node("ArgMax", ["logits"], ["cls"], axis=1))
+    del head.graph.output[:]
+    head.graph.output.append(helper.make_tensor_value_info("cls", TensorProto.INT64, [1, 1]))
+    onnx.save(head, model_path)
+    proc = subprocess.run([str(ROOT / "examples" / "cpp" / "build_and_run.sh"), str(model_path), str(input_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1 and "is not float32 logits" in proc.stderr, proc.stderr
