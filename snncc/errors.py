@@ -117,6 +117,12 @@ def in_cli() -> bool:
     return _CLI
 
 
+def _quoted(key: str) -> Callable[[re.Match], str]:
+    """``--neuron gn`` -> ``neuron='gn'``; ``--calib-method max|mse`` ->
+    ``calib_method='max'|'mse'``."""
+    return lambda m: key + "=" + "|".join(f"'{v}'" for v in m.group(1).split("|"))
+
+
 def _shape(m: re.Match) -> str:
     dims = ", ".join(m.group(2).split("x")) + ("," if "x" not in m.group(2) else "")
     return f"input_shapes={{'{m.group(1)}': ({dims})}}"
@@ -128,7 +134,8 @@ _API_WORDS: list[tuple[str, str | Callable[[re.Match], str]]] = [
      "traceback"),
     (_FLAG.format(r"--input-shape ([\w./:-]+)=(\d+(?:x\d+)*)"), _shape),
     (_FLAG.format(r"--mean/--std"), "calib_mean/calib_std"),
-    *[(_FLAG.format(flag + r" ([a-z][\w-]*)"), key + "='\\1'") for flag, key in (
+    (_FLAG.format(r"-o ([\w~-]*[./][\w./~-]*)"), "out='\\1'"),   # a path, not "-o names a file"
+    *[(_FLAG.format(flag + r" ([a-z][\w-]*(?:\|[a-z][\w-]*)*)"), _quoted(key)) for flag, key in (
         ("--neuron", "neuron"), ("--target", "target"), ("--schedule", "schedule"),
         ("--maxpool", "maxpool"), ("--calib-method", "calib_method"), ("--verify", "verify"))],
     *[(_FLAG.format(flag + r" (\d[\d.e-]*)"), key + "=\\1") for flag, key in (
@@ -152,7 +159,7 @@ _API_WORDS: list[tuple[str, str | Callable[[re.Match], str]]] = [
         ("--input-shape", "input_shapes"), ("--batch-size", "batch_size"),
         ("--report", "report_path"), ("--dump-after", "dump_after"), ("-T", "timesteps"),
         ("--timesteps", "timesteps"), ("-L", "levels"), ("--levels", "levels"),
-        ("-o", "the output path"), ("--output", "the output path"))],
+        ("-o", "out (the output path)"), ("--output", "out (the output path)"))],
 ]
 _API_RES = [(re.compile(pattern), repl) for pattern, repl in _API_WORDS]
 

@@ -31,6 +31,9 @@ CALIB = str(EXAMPLES / "mnist_calib.npz")
      "traceback"),
     ("pass --force to write into it; --calib-samples 256", "pass force=True to write into it; "
      "calib_max_samples=256"),
+    ("pass --calib-method max|mse; e.g. -o out/m.loihi, when -o names a file",
+     "pass calib_method='max'|'mse'; e.g. out='out/m.loihi', when out (the output path) names "
+     "a file"),
     ("SNN-E349 a-T b--force", "SNN-E349 a-T b--force"),   # not flags: unchanged
 ])
 def test_api_wording_names_keywords(cli, api):
