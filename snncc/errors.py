@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import threading
 
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
@@ -73,10 +74,10 @@ class SnnccError(Exception):
         self.diagnostics = tuple(diagnostics)
         if code is not None:
             self.code = code
-        self.hint = hint
+        self.hint = api_wording(hint)
         if message is None:
             message = f"{len(self.diagnostics)} problem(s) found"
-        self.message = message
+        self.message = api_wording(message)
         super().__init__(self.render())
 
     @property
@@ -97,47 +98,62 @@ class SnnccError(Exception):
 
 
 # The messages name the CLI's flags. Raised to a Python caller (not under ``cli_wording``), they
-# name the keyword arguments of make_options / compile_model / run_compiled instead.
-_CLI = False
+# name the keyword arguments of make_options / compile_model / run_compiled instead. Per thread:
+# main() may run in one thread while another calls the API.
+_STATE = threading.local()
 
 
 @contextlib.contextmanager
 def cli_wording() -> Iterator[None]:
     """Errors and warnings made inside name CLI flags (``snncc`` commands), not keywords."""
-    global _CLI
-    before, _CLI = _CLI, True
+    before = in_cli()
+    _STATE.cli = True
     try:
         yield
     finally:
-        _CLI = before
+        _STATE.cli = before
 
 
 def in_cli() -> bool:
-    """Whether the code runs under :func:`cli_wording` (an ``snncc`` command)."""
-    return _CLI
+    """Whether the code runs under :func:`cli_wording` (an ``snncc`` command) in this thread."""
+    return getattr(_STATE, "cli", False)
 
 
 def _quoted(key: str) -> Callable[[re.Match], str]:
     """``--neuron gn`` -> ``neuron='gn'``; ``--calib-method max|mse`` ->
     ``calib_method='max'|'mse'``."""
-    return lambda m: key + "=" + "|".join(f"'{v}'" for v in m.group(1).split("|"))
+    def repl(m: re.Match) -> str:
+        parts = re.split(r"(\|| or | / )", m.group(1))   # values, separators, values...
+        return key + "=" + "".join(p if i % 2 else f"'{p}'" for i, p in enumerate(parts))
+    return repl
 
 
 def _shape(m: re.Match) -> str:
     dims = ", ".join(m.group(2).split("x")) + ("," if "x" not in m.group(2) else "")
+    dims = re.sub(r"<(\w+)>", r"\1", dims)
     return f"input_shapes={{'{m.group(1)}': ({dims})}}"
 
 
 _FLAG = r"(?<![\w-]){}(?![\w-])"
+_CHOICES = [("--neuron", "neuron", "if|bitserial|mt|gn|srp|lif"),
+            ("--target", "target", "qann|ort|loihi|nir"),
+            ("--schedule", "schedule", "auto|folded|window|streaming"),
+            ("--maxpool", "maxpool", "auto|avg|gate"),
+            ("--calib-method", "calib_method", "snn|mse|percentile|max"),
+            ("--verify", "verify", "off|ends|each")]
 _API_WORDS: list[tuple[str, str | Callable[[re.Match], str]]] = [
     (r"rerun with --debug( for the traceback)?", "see the chained exception (__cause__) for the "
      "traceback"),
-    (_FLAG.format(r"--input-shape ([\w./:-]+)=(\d+(?:x\d+)*)"), _shape),
+    (_FLAG.format(r"--input-shape ([\w./:-]+)=([\w<>]+(?:x[\w<>]+)*)"), _shape),
+    (_FLAG.format(r"--(mean|std) (-?[\d.]+(?:,-?[\d.]+)*)"),
+     lambda m: f"calib_{m.group(1)}=({m.group(2).replace(',', ', ')}"
+               + ("," if "," not in m.group(2) else "") + ")"),
+    (_FLAG.format(r"--neuron-param (\w+)=([\w.,-]+)"),
+     lambda m: f"neuron_params={{'{m.group(1)}': {m.group(2)}}}"),
     (_FLAG.format(r"--mean/--std"), "calib_mean/calib_std"),
     (_FLAG.format(r"-o ([\w~-]*[./][\w./~-]*)"), "out='\\1'"),   # a path, not "-o names a file"
-    *[(_FLAG.format(flag + r" ([a-z][\w-]*(?:\|[a-z][\w-]*)*)"), _quoted(key)) for flag, key in (
-        ("--neuron", "neuron"), ("--target", "target"), ("--schedule", "schedule"),
-        ("--maxpool", "maxpool"), ("--calib-method", "calib_method"), ("--verify", "verify"))],
+    *[(_FLAG.format(flag + rf" ((?:{values})(?:(?:\|| or | / )(?:{values}))*)"), _quoted(key))
+      for flag, key, values in _CHOICES],
     *[(_FLAG.format(flag + r" (\d[\d.e-]*)"), key + "=\\1") for flag, key in (
         ("-T", "timesteps"), ("--timesteps", "timesteps"), ("-L", "levels"),
         ("--levels", "levels"), ("--calib-samples", "calib_max_samples"),
@@ -168,11 +184,14 @@ def api_wording(text: str) -> str:
     """``text`` as a Python caller reads it: under :func:`cli_wording` unchanged, else with the
     CLI's flags written as the API's keywords (``-T 4`` -> ``timesteps=4``, ``--per-channel`` ->
     ``calib_per_channel=True``)."""
-    if _CLI or "-" not in text:
+    if in_cli() or "-" not in text:
         return text
-    for pattern, repl in _API_RES:
-        text = pattern.sub(repl, text)
-    return text
+    # a shell command quoted in a message keeps its flags: "snncc compile --target loihi"
+    parts = re.split(r"(snncc (?:compile|run|report|finetune|inspect)\b[^;)\n]*)", text)
+    for i in range(0, len(parts), 2):
+        for pattern, repl in _API_RES:
+            parts[i] = pattern.sub(repl, parts[i])
+    return "".join(parts)
 
 
 def hints_once(lines: Sequence[tuple[str, str]]) -> list[str]:
