@@ -132,15 +132,15 @@ def not_numpy(path: Path) -> str | None:
 def _read_folder(path: Path, inputs: Sequence[InputSpec], max_samples: int | None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None
                  ) -> dict[str, np.ndarray]:
-    """A directory, as ``snncc finetune --data`` reads it: an image folder (one subfolder per
-    class; PNG/JPEG via PIL, resized to the model input) or an ``x.npy`` (+ ``y.npy``) pair read
-    memory-mapped; only the first ``max_samples`` images are read."""
+    """A directory: an image folder (every PNG/JPEG/... under it, read via PIL and resized to the
+    model input; ``max_samples`` of them in a fixed shuffled order, so that class folders mix)
+    or an ``x.npy`` (+ ``y.npy``) pair read memory-mapped (its first ``max_samples``)."""
     if len(inputs) != 1:
         raise _fail("SNN-E407", f"'{path}' is a folder but the model has {len(inputs)} inputs",
                     "save a .npz keyed by input name")
     shape = inputs[0].shape
     try:
-        from snncc.train.data import open_dataset
+        from snncc.train.data import ImageFolderDataset, open_dataset
     except ImportError as exc:
         raise _fail("SNN-E403", f"reading the folder '{path}' needs torch and PIL ({exc})",
                     "pip install -e .[train], or save the samples with numpy.save") from exc
@@ -151,7 +151,12 @@ def _read_folder(path: Path, inputs: Sequence[InputSpec], max_samples: int | Non
         n = len(ds) if max_samples is None else min(len(ds), max_samples)
         if n == 0:
             raise _fail("SNN-E408", f"'{path}' holds no samples", "provide at least one sample")
-        return {"": np.stack([np.asarray(ds[i], dtype=np.float32) for i in range(n)])}
+        # image files come in path order, class folder by class folder: the first n would all
+        # be one class, and so would the held-out samples; a fixed shuffle mixes them (an x.npy
+        # folder keeps the user's order, as a .npz does)
+        order = (np.random.default_rng(0).permutation(len(ds))[:n]
+                 if isinstance(ds, ImageFolderDataset) else range(n))
+        return {"": np.stack([np.asarray(ds[int(i)], dtype=np.float32) for i in order])}
     except CalibrationError as exc:
         raise _fail(exc.code, exc.message.removeprefix("finetune: ").removeprefix(
             "calibrate: "), exc.hint) from exc
@@ -394,7 +399,9 @@ def choose_lambda(stats: SiteStats, method: str, *, levels: int,
     # dead: never positive, or positive only at float-noise level against the layer's largest
     # channel (a ReLU after BN gave one channel 9.4e-14 against ~1, and that lambda took every
     # weight of a Loihi block to the exponent limit: 68 % instead of 99 %)
-    live = top > DEAD_FRACTION * np.max(top) if np.ndim(top) else top > 0
+    finite = top[np.isfinite(top)] if np.ndim(top) else top
+    largest = float(np.max(finite)) if np.size(finite) else 0.0
+    live = top > DEAD_FRACTION * largest if np.ndim(top) else top > 0
     lam = np.where(live, lam, 1.0)
     return np.asarray(lam, np.float32)
 

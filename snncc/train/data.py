@@ -10,7 +10,8 @@
 * an image folder: one subfolder per class (class index = position of the folder name in sorted
   order), PNG / JPEG / BMP / GIF / TIFF / WebP files read with PIL, converted to the model's channel
   count (1: grey, 3: RGB) and resized to the model's input size (``size``) with bilinear filtering;
-  with ``labels=False`` (calibration) also a folder of images side by side, with no class folders.
+  with ``labels=False`` (calibration) every image under the folder, in any layout (side by side,
+  class folders, or both).
 
 Pixel values: integer data (uint8 arrays, image files) are divided by 255; then, when ``mean`` and
 ``std`` are given (one value, or one per channel), ``(x - mean) / std``. Float arrays are used as
@@ -257,15 +258,18 @@ def check_labels(y: np.ndarray, n: int, num_classes: int | None, where: str) -> 
 def _image_folder(root: Path, channels: int, size: tuple[int, int] | None, preprocess: Preprocess,
                   labels: bool, num_classes: int | None) -> ImageFolderDataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    flat = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not classes and flat and not labels:   # calibration needs no labels: images side by side
-        if size is None:
-            from PIL import Image
+    if not labels:   # calibration needs no labels: every image under the folder, in any layout
+        found = sorted(p for p in root.rglob("*") if p.is_file()
+                       and p.suffix.lower() in IMAGE_SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        if found:
+            if size is None:
+                from PIL import Image
 
-            with Image.open(flat[0]) as img:
-                size = (img.size[1], img.size[0])
-        return ImageFolderDataset(root, flat, np.zeros(len(flat), np.int64), [], channels, size,
-                                  preprocess, labels)
+                with Image.open(found[0]) as img:
+                    size = (img.size[1], img.size[0])
+            return ImageFolderDataset(root, found, np.zeros(len(found), np.int64), [], channels,
+                                      size, preprocess, labels)
     if not classes:
         raise _fail("SNN-E810", f"'{root}' holds no class subfolders",
                     "lay the data out as ROOT/<class name>/<image>.png, one folder per class, or give .npz/.npy")
