@@ -420,3 +420,18 @@ def test_a_high_logit_error_is_warned_about_even_at_full_agreement(error, warned
     assert bool(out) == warned
     if warned:
         assert "relative logit error is 0.35" in out[0] and "1. --neuron bitserial" in out[0]
+
+
+def test_qann_target_hints_name_levels_not_neurons():
+    """--target qann got SNN hints (--neuron bitserial, -T 8), which that target ignores, and the
+    logit-error warning, whose figures are SNN cells."""
+    from snncc.driver import make_options
+    from snncc.fidelity import check, hints
+
+    options = make_options(target="qann", levels=2)
+    ranked = hints(options, {"qann_vs_ann": {"top1_agreement": 0.5}}, "m.onnx")
+    assert ranked[0].startswith("-L 4") and not any("--neuron" in h or "-T " in h for h in ranked)
+    fid = {"samples": 32, "qann_vs_ann": {"top1_agreement": 1.0, "rel_logit_error": 0.4}}
+    assert not check(fid, options, None)
+    fid["qann_vs_ann"]["top1_agreement"] = 0.5
+    assert check(fid, options, None)[0].startswith("warning: the compiled QANN agrees")

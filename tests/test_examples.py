@@ -133,3 +133,18 @@ def test_the_readme_python_api_example_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), scope)
     acc = (scope["run"].outputs["logits"].argmax(1) == scope["test"]["y"]).mean()
     assert acc > 0.97 and scope["res"].report["fidelity"]["snn_vs_ann"]["top1_agreement"] > 0.9
+
+
+def test_other_nets_table_is_the_json_it_came_from():
+    """examples/results/other_nets.md is other_nets.py's rendering of other_nets.json, and every
+    net of the script was measured; each architecture builds and exports (no training here)."""
+    import json
+
+    from examples import other_nets
+
+    rows = json.loads((EXAMPLES / "results" / "other_nets.json").read_text())
+    assert list(rows) == list(other_nets.NETS)
+    assert (EXAMPLES / "results" / "other_nets.md").read_text() == other_nets.markdown(rows)
+    for name, (make, _) in other_nets.NETS.items():
+        out = make().eval()(torch.zeros(2, 1, 28, 28))
+        assert out.shape == (2, 10), name

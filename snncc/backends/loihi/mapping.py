@@ -289,9 +289,10 @@ def map_cores(net: Netlist, limits: CoreLimits = CoreLimits()) -> tuple[dict, li
                 "SNN-E640", f"group {name}: a single neuron exceeds the core limits even when "
                 f"the layer is split ({_over(failed, limits)}; it reads {reads})",
                 pass_name=PASS, node=net.group(name).source,
-                hint="reduce the layer's fan-in (fewer input channels or features; an average "
-                     "pool before it is folded into its synapses, so it reads the pool's input, "
-                     "not its output), or raise the limits in CoreLimits if the target allows it"))
+                hint="reduce the layer's fan-in (fewer input channels or features; where an "
+                     "average pool comes before it, the pool is folded into its synapses, so it "
+                     "reads the pool's input), or raise the limits in CoreLimits if the target "
+                     "allows it"))
             continue
         for a, b, cost in parts:
             chunks.append({"group": name, "start": a, "stop": b, "cost": cost})
