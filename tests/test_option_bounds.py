@@ -17,7 +17,7 @@ import pytest
 from snncc.cli import main
 from snncc.context import MAX_LEVELS, MAX_TIMESTEPS, QuantClipParams
 from snncc.driver import make_options
-from snncc.errors import OptionError
+from snncc.errors import OptionError, cli_wording
 from snncc.neurons import get_neuron
 from snncc.neurons.registry import validate_attrs
 
@@ -152,4 +152,10 @@ def test_lif_per_channel_hint_names_the_real_flag():
     with pytest.raises(OptionError) as err:
         get_neuron("lif").from_quant_clip(
             QuantClipParams(lam=np.array([1.0, 2.0], np.float32), levels=4), options)
-    assert "--per-channel" in err.value.hint and "calib-per-channel" not in err.value.hint
+    assert "calib_per_channel=True" in err.value.hint   # the API's name (the CLI: --per-channel)
+    assert "calib-per-channel" not in err.value.hint
+    with cli_wording():
+        with pytest.raises(OptionError) as err:
+            get_neuron("lif").from_quant_clip(
+                QuantClipParams(lam=np.array([1.0, 2.0], np.float32), levels=4), options)
+    assert "--per-channel" in err.value.hint
