@@ -444,10 +444,11 @@ def _interrupted(exc: KeyboardInterrupt, before: int) -> int:
     first ``before`` of the thread's) had already written."""
     from snncc.outputs import installed
 
-    done = installed()[before:]
+    done = list(dict.fromkeys(str(p) for p in installed()[before:]))   # a checkpoint: once
     what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-    print(f"{what}; " + (f"already written: {', '.join(str(p) for p in done)}" if done
-                         else "nothing was written"), file=sys.stderr)
+    # on a line of its own: a progress bar may hold the cursor at the end of its line
+    print(f"\n{what}; " + (f"already written: {', '.join(done)}" if done
+                           else "nothing was written"), file=sys.stderr)
     return 143 if isinstance(exc, Terminated) else 130
 
 

@@ -351,15 +351,24 @@ def report_command(args: argparse.Namespace) -> int:
                                      "model") from None
     x, labels = load_inputs(args.data)
     x = x[:args.samples]
-    if args.calib is None:
+    from snncc import ir
+    from snncc.passes.quant_clip import activation_sites
+
+    # a QCFS-trained graph (snncc finetune) carries its lambdas: --data calibrates nothing
+    calibrates = any(s.kind != "pattern" for s in activation_sites(ir.load(args.model).graph))
+    if args.calib is None and calibrates:
         print("snncc report: warning: calibrating on --data, the samples the accuracy is "
               "measured on, so the figures are optimistic; give --calib other samples",
               file=sys.stderr)
     series: dict[str, list[Any]] = {"ORT SNN": []}
     if args.target == "loihi":
         series.update({"Loihi emulated": [], "Loihi hardware (reset to 0)": []})
-    notes = [f"{len(x)} samples, neuron {args.neuron}, target {args.target}, calibration "
-             f"{args.calib_method}" + (" on the same samples" if args.calib is None else "")]
+    notes = [f"{len(x)} samples, neuron {args.neuron}, target {args.target}, " + (
+        f"calibration {args.calib_method}" + (" on the same samples" if args.calib is None
+                                               else "")
+        + " (all of them: compile holds 32 of 256 out for its fidelity estimate by default, so "
+        "its figures can differ a little)" if calibrates
+        else "lambdas from the QCFS-trained graph (no calibration)")]
     data: dict[str, Any] = {"title": f"snncc report: {Path(args.model).name}", "notes": notes}
     saturated: list[str] = []   # the simulator's saturation notes, one per run
     no_synops = None

@@ -461,8 +461,12 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
                                 seed=seed)
     sites = replace_relu_with_qcfs(model, levels, lam)
     if not sites:
-        raise ModelInputError("finetune: the model has no nn.ReLU activation to replace", code="SNN-E805",
-                              hint="QCFS fine-tuning needs ReLU activations (nn.ReLU modules)")
+        clips = sum(s.op == "Clip" for s in getattr(model, "steps", []))
+        raise ModelInputError("finetune: the model has no Relu activation to replace"
+                              + (f"; its {clips} Clip node(s) (ReLU6 and the like) QCFS fine-tuning does not "
+                                 "train" if clips else ""), code="SNN-E805",
+                              hint="QCFS fine-tuning trains ReLU nets: retrain or export with ReLU; "
+                              "post-training compile takes Clip activations as they are")
     model.to(dev)
     rank, world = dist_info()
     net = model

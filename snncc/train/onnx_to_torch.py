@@ -19,8 +19,8 @@ small, so :class:`OnnxGraphModule` interprets the graph directly:
 * ``forward`` runs the nodes in graph order; the module has one input and one output.
 
 Supported ops: Conv (2-D), Gemm, MatMul, Add, Sub, Mul, Div, BatchNormalization, Relu, Clip,
-AveragePool, MaxPool, GlobalAveragePool, Flatten, Reshape, Concat, Split, Transpose, Softmax,
-Squeeze, Unsqueeze, Identity, Dropout, Constant. Anything else raises ``SNN-E801`` listing every such node;
+AveragePool, MaxPool, GlobalAveragePool, ReduceMean, Flatten, Reshape, Concat, Split, Transpose,
+Softmax, Squeeze, Unsqueeze, Identity, Dropout, Constant. Anything else raises ``SNN-E801`` listing every such node;
 an unsupported form of a supported op (auto_pad, 1-D/3-D pooling...) raises ``SNN-E802``.
 """
 from __future__ import annotations
@@ -43,7 +43,8 @@ __all__ = ["OnnxGraphModule", "SUPPORTED_OPS", "load_onnx_module"]
 PASS = "finetune"
 
 # input positions read as constants (never trained)
-_STATIC_INPUTS = {"Reshape": (1,), "Clip": (1, 2), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,)}
+_STATIC_INPUTS = {"Reshape": (1,), "Clip": (1, 2), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,),
+                  "ReduceMean": (1,)}
 _MODULE_INPUTS = {"BatchNormalization": (1, 2, 3, 4)}  # owned by the node's BatchNorm module
 
 
@@ -312,6 +313,18 @@ def _axes(m: OnnxGraphModule, s: _Step) -> list[int]:
     return list(s.attrs.get("axes", []))
 
 
+def _reduce_mean(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
+    """``x.mean((2, 3))``, torch's global average pool, exports as ReduceMean (axes as an
+    attribute before opset 18, as an input from 18 on)."""
+    x = get(s.inputs[0])
+    axes = _axes(m, s)
+    if not axes:
+        if s.attrs.get("noop_with_empty_axes", 0):
+            return x
+        axes = list(range(x.dim()))
+    return x.mean(dim=tuple(axes), keepdim=bool(s.attrs.get("keepdims", 1)))
+
+
 def _squeeze(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
     x = get(s.inputs[0])
     axes = _axes(m, s)
@@ -368,6 +381,7 @@ _OPS: dict[str, Callable[[OnnxGraphModule, _Step, Callable], torch.Tensor]] = {
     "AveragePool": None,   # module
     "Clip": _clip,
     "GlobalAveragePool": lambda m, s, g: F.adaptive_avg_pool2d(g(s.inputs[0]), 1),
+    "ReduceMean": _reduce_mean,
     "Flatten": _flatten,
     "Reshape": _reshape,
     "Concat": lambda m, s, g: torch.cat([g(n) for n in s.inputs], dim=s.attrs["axis"]),

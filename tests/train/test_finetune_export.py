@@ -93,6 +93,28 @@ def test_loaded_graph_exports_with_its_ops_and_a_free_batch():
     np.testing.assert_array_equal(run_ort(proto, {"input": x})[0], net(torch.from_numpy(x)).detach().numpy())
 
 
+@pytest.mark.parametrize("opset, mean", [
+    (17, "p = ReduceMean <axes = [2, 3], keepdims = 0> (r)"),
+    (18, "p = ReduceMean <keepdims = 0> (r, axes)")])
+def test_reduce_mean_global_pool_loads(opset, mean):
+    """torch's x.mean((2, 3)) exports as ReduceMean; finetune refused it (E801) while compile
+    takes it (a helper's Inception, MobileNet and bottleneck nets)."""
+    model = tiny_model(f"""
+        <ir_version: 8, opset_import: ["" : {opset}]>
+        net (float[N, 2, 4, 4] input) => (float[N, 3] logits)
+        <float[3, 2, 1, 1] w = {{1, 0.5, -1, 0.25, 0.5, 2}}, float[3, 3] w2 = {{1, 0, 0, 0, 1, 0, 0, 0, 1}},
+         int64[2] axes = {{2, 3}}> {{
+            c = Conv (input, w)
+            r = Relu (c)
+            {mean}
+            logits = MatMul (p, w2)
+        }}""", dyadic=True)
+    net = load_onnx_module(model).eval()
+    x = np.round(np.random.default_rng(0).normal(0, 1, (5, 2, 4, 4)) * 8).astype(np.float32) / 8
+    np.testing.assert_array_equal(net(torch.from_numpy(x)).detach().numpy(),
+                                  run_ort(model, {"input": x})[0])
+
+
 def test_qcfs_export_runs_in_ort_and_equals_torch_exactly():
     """Exact: the conv/linear sums are exact (dyadic data), every QCFS op is one correctly rounded
     float32 operation in the same order in torch and ORT, and λ is stored as the same float32."""
