@@ -81,3 +81,4 @@ def test_a_block_that_loses_most_of_its_weights_is_warned_about(tmp_path, monkey
     warned = [w for w in compile_model(model, tmp_path / "b.loihi", options).warnings
               if "weights to 0" in w]
     assert len(warned) == 1 and "calib_per_channel=False" in warned[0]   # the API wording
+

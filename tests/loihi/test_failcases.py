@@ -134,3 +134,32 @@ def test_saturation_hints_name_per_layer_calibration():
     for build in (saturating_weights, saturating_bias):
         (diag,) = LoihiBackend().check(build(), CTX)
         assert "--per-layer" in diag.hint
+
+
+def test_a_dense_fan_in_no_core_takes_fails_before_calibration(tmp_path):
+    """A helper's LeNet with --maxpool avg failed with E640 only after calibrating (the folded
+    pool makes its Gemm read 12544 spikes; a core takes 8192 input axons)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from snncc.driver import compile_model, make_options
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), n)
+             for n, s in (("w", (64, 1, 3, 3)), ("g1", (10, 64 * 12 * 12)), ("g2", (10, 10)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "g1"], ["h"], transB=1),
+             helper.make_node("Relu", ["h"], ["s"]),
+             helper.make_node("Gemm", ["s", "g2"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 1, 12, 12])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, ["N", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "wide.onnx"))
+    np.savez(tmp_path / "c.npz", x=rng.random((40, 1, 12, 12)).astype(np.float32))
+    with pytest.raises(SnnccError) as err:
+        compile_model(tmp_path / "wide.onnx", tmp_path / "o.loihi",
+                      make_options(target="loihi", calib_path=str(tmp_path / "c.npz")))
+    assert "SNN-E640" in err.value.codes and "found before calibration" in str(err.value)
+    assert "9216 neurons" in str(err.value)

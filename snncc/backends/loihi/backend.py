@@ -31,7 +31,7 @@ from snncc.analysis.synops import (artifact_sample_count, format_synops_line, lo
 from snncc.backends.base import Artifact, Backend
 from snncc.backends.loihi import netlist as nl
 from snncc.backends.loihi.lowering import lower
-from snncc.backends.loihi.mapping import CoreLimits, map_cores
+from snncc.backends.loihi.mapping import CoreLimits, dense_fanin_problems, map_cores
 from snncc.backends.loihi.netx import write_netx
 from snncc.backends.loihi.quantize import FixedPoint, quantize
 from snncc.backends.loihi.simulator import saturation_message, simulate
@@ -87,14 +87,14 @@ class LoihiBackend(Backend):
         return list(self._prepare(model, ctx).diagnostics)
 
     def precheck(self, model: ir.Model, ctx: CompileContext) -> list[Diagnostic]:
-        """Lowering only (ops, attributes, shapes: SNN-E27x); fixed point and core mapping
-        depend on the calibrated lambda and run in :meth:`check`."""
+        """Lowering (ops, attributes, shapes: SNN-E27x) and the dense fan-in a core cannot take
+        (SNN-E640), both structural; fixed point and the rest of the core mapping depend on the
+        calibrated lambda and run in :meth:`check`."""
         try:
-            lower(ir.to_proto(model), ctx.options.timesteps,
-                     ctx.options.maxpool)
+            net = lower(ir.to_proto(model), ctx.options.timesteps, ctx.options.maxpool)
         except SnnccError as exc:
             return list(exc.diagnostics) or [Diagnostic(exc.code, exc.message, hint=exc.hint)]
-        return []
+        return dense_fanin_problems(net, self.limits)
 
     def predict(self, model: ir.Model, ctx: CompileContext, feeds: dict):
         """The bit-accurate simulator (emulated soft reset), for the fidelity estimate."""

@@ -220,6 +220,12 @@ class _GroupSplitter:
         return chunks, None
 
 
+_FANIN_HINT = ("reduce the layer's fan-in (fewer input channels or features; where an average "
+               "pool comes before it, the pool is folded into its synapses, so it reads the "
+               "pool's input), use --target ort, or raise the limits in CoreLimits (Python API) "
+               "if the target allows it")
+
+
 def _over(cost: dict[str, int], limits: CoreLimits) -> str:
     return ", ".join(f"{r} {cost[r]} > {getattr(limits, r)}" for r in RESOURCES
                      if cost[r] > getattr(limits, r))
@@ -260,6 +266,26 @@ def _pack(chunks: list[dict], limits: CoreLimits) -> list[dict]:
     return out
 
 
+def dense_fanin_problems(net: Netlist, limits: CoreLimits = CoreLimits()) -> list[Diagnostic]:
+    """SNN-E640 before calibration: a spiking group whose dense inputs alone need more input
+    axons per neuron than a core has (no split of the layer helps). Structural, so the compile
+    checks it with placeholder lambdas instead of failing after calibration (a LeNet's Gemm
+    after a folded average pool: 12544 inputs)."""
+    diags = []
+    for g in net.groups:
+        if g.kind != "neuron":
+            continue   # a too wide readout is accumulated by the host (map_cores)
+        dense = [b for b in net.blocks_into(g.name) if b.kind == "dense"]
+        axons = sum(net.group(b.src).size for b in {b.src: b for b in dense}.values())
+        if axons > limits.in_axons:
+            reads = ", ".join(f"{net.group(b.src).size} neurons of {b.src}" for b in dense)
+            diags.append(Diagnostic(
+                "SNN-E640", f"group {g.name}: a single neuron exceeds the core limits even when "
+                f"the layer is split (in_axons {axons} > {limits.in_axons}; it reads {reads})",
+                pass_name=PASS, node=g.source, hint=_FANIN_HINT))
+    return diags
+
+
 def map_cores(net: Netlist, limits: CoreLimits = CoreLimits()) -> tuple[dict, list[Diagnostic]]:
     """Place every neuron / readout group on cores; returns (mapping report, diagnostics)."""
     graph = net.graph()
@@ -289,10 +315,7 @@ def map_cores(net: Netlist, limits: CoreLimits = CoreLimits()) -> tuple[dict, li
                 "SNN-E640", f"group {name}: a single neuron exceeds the core limits even when "
                 f"the layer is split ({_over(failed, limits)}; it reads {reads})",
                 pass_name=PASS, node=net.group(name).source,
-                hint="reduce the layer's fan-in (fewer input channels or features; where an "
-                     "average pool comes before it, the pool is folded into its synapses, so it "
-                     "reads the pool's input), or raise the limits in CoreLimits if the target "
-                     "allows it"))
+                hint=_FANIN_HINT))
             continue
         for a, b, cost in parts:
             chunks.append({"group": name, "start": a, "stop": b, "cost": cost})
