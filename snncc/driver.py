@@ -359,9 +359,9 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
                           hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
         # snncc finetune trains the ReLUs (a ReLU6 / Clip net it refuses: no finetune hint)
-        relu = any(n.op_type == "Relu" for n in snap.proto("canonicalize").graph.node)
+        ops = {n.op_type for n in snap.proto("canonicalize").graph.node}
         warnings += fidelity.check(fid, options, min_agreement, shlex.quote(str(model_path)),
-                                   finetune=relu)
+                                   finetune="Relu" in ops, max_pools="MaxPool" in ops)
     synops = _synops(snap, model, ctx, count_net) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none
         if backend is None:

@@ -246,11 +246,18 @@ def _per_channel_ok(options: Any) -> bool:
 
 
 def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
-          finetune: bool = True) -> list[str]:
+          finetune: bool = True, max_pools: bool = False) -> list[str]:
     """Ranked, concrete ways to a closer SNN, most effective first (measured on the trained
     examples, examples/results/defaults.md); ``model``: the source model's path, for the
-    commands; ``finetune``: whether ``snncc finetune`` takes the model (it trains ReLUs)."""
+    commands; ``finetune``: whether ``snncc finetune`` takes the model (it trains ReLUs);
+    ``max_pools``: whether the ANN pools by max (``--maxpool avg`` then changes the network)."""
     out = []
+    if max_pools and options.maxpool == "avg":
+        q = fid.get("qann_vs_ann", {}).get("top1_agreement")
+        out.append("drop --maxpool avg: this net pools by max, and averaging instead changes it "
+                   "before any spiking" + (f" (the QANN agrees {100 * q:.1f} %)" if q is not None
+                                           else "") + "; --target ort pools by max exactly, or "
+                   "train the net with average pooling")
     if options.calib_method != "snn":
         out.append("--calib-method snn (SNN-aware calibration of lambda and bias per layer)")
     if not options.calib_per_channel and _per_channel_ok(options):
@@ -336,7 +343,8 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
 
 
 def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
-          model: str = "MODEL.onnx", finetune: bool = True) -> list[str]:
+          model: str = "MODEL.onnx", finetune: bool = True, max_pools: bool = False
+          ) -> list[str]:
     """Warnings (for stderr) when the agreement is below :data:`WARN_BELOW`;
     :class:`~snncc.errors.FidelityError` (SNN-E370) below ``min_agreement``."""
     key = "snn_vs_ann" if "snn_vs_ann" in fid else "qann_vs_ann"
@@ -346,7 +354,7 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
     what = ("the compiled network" if key == "snn_vs_ann" else "the compiled QANN"
             if options.target == "qann" else "the QANN (" + fid.get(
                 "note", "the target cannot evaluate the SNN at compile time") + ")")
-    ranked = hints(options, fid, model, finetune)
+    ranked = hints(options, fid, model, finetune, max_pools)
     if min_agreement is not None and agree < min_agreement:
         raise FidelityError(f"compile: {summary(fid)}; below --min-agreement {min_agreement:g}",
                             code="SNN-E370", hint="try, in this order: " + "; ".join(ranked)

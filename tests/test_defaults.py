@@ -435,3 +435,15 @@ def test_qann_target_hints_name_levels_not_neurons():
     assert not check(fid, options, None)
     fid["qann_vs_ann"]["top1_agreement"] = 0.5
     assert check(fid, options, None)[0].startswith("warning: the compiled QANN agrees")
+
+
+def test_maxpool_avg_on_a_max_pool_net_is_the_first_hint():
+    """A helper's Inception net for Loihi with --maxpool avg: the QANN itself agreed 50 %, and
+    the hints offered bit-serial, -T 8 and finetune, none of them the cause."""
+    from snncc.driver import make_options
+    from snncc.fidelity import hints
+
+    fid = {"qann_vs_ann": {"top1_agreement": 0.5}}
+    ranked = hints(make_options(maxpool="avg"), fid, "m.onnx", max_pools=True)
+    assert ranked[0].startswith("drop --maxpool avg") and "50.0 %" in ranked[0]
+    assert not hints(make_options(maxpool="avg"), fid, "m.onnx")[0].startswith("drop")
