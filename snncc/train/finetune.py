@@ -503,9 +503,13 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
     history: list[EpochStats] = []
     start_epoch = 1
     if resume is not None:
-        if resume["scheduler"].get("total_steps") != steps:
-            raise OptionError(f"finetune: the checkpoint's schedule has {resume['scheduler'].get('total_steps')} "
-                              f"steps, this run {steps} (other --epochs, --batch-size, data or process count)",
+        total = resume["scheduler"].get("total_steps")
+        if total != steps:
+            per_epoch = len(train_loader)
+            guess = (f"; with this data and batch size that is --epochs {total // per_epoch}"
+                     if isinstance(total, int) and per_epoch and total % per_epoch == 0 else "")
+            raise OptionError(f"finetune: the checkpoint's schedule has {total} steps, this run {steps} (other "
+                              f"--epochs, --batch-size, data or process count{guess})",
                               code="SNN-E811", hint="resume with the options the checkpoint was written with")
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])

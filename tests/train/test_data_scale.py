@@ -244,6 +244,9 @@ def test_resume_continues_where_the_checkpoint_stopped(tmp_path):
     with pytest.raises(CalibrationError) as err:
         _finetune(*common, "-L", "3", "-o", tmp_path / "x.onnx", "--resume", tmp_path / "c.pt")
     assert err.value.code == "SNN-E811"
+    with pytest.raises(OptionError) as err:   # the schedule's length names the --epochs to give
+        _finetune(*common, "--epochs", "3", "-o", tmp_path / "x.onnx", "--resume", tmp_path / "c.pt")
+    assert err.value.code == "SNN-E811" and "that is --epochs 2" in str(err.value)
 
 
 # ------------------------------------------------------------------------------- two processes
