@@ -46,6 +46,8 @@ GROWTH_LEVEL = 0.1
 #: or more, and 12 of them lost 1.3 to 13.7 pt of test accuracy (the two others: LIF, -0.3);
 #: below 0.3 the largest loss is 2.2 pt, most are under 0.5
 LOGIT_WARN = 0.3
+#: held-out samples from which one ANN class for all of them is warned about
+ONE_CLASS_MIN = 16
 
 
 class Reference:
@@ -284,9 +286,6 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
                    "net for its quantization: examples/results/training)")
     return out
 
-
-#: held-out samples from which one ANN class for all of them is warned about
-ONE_CLASS_MIN = 16
 
 #: samples per ORT call for the ANN and QANN where no SNN part sets the size
 REFERENCE_PART = 16

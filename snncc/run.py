@@ -119,8 +119,9 @@ def load_feeds(path: str | Path, input_names: Sequence[str]
                     "numpy.savez(FILE, " + ", ".join(f"{n}=..." for n in names) + ")")
             arrays = {n: _read(data, path, n) for n in names}
         labels = _read(data, path, "y") if "y" in keys else None
-        unused = [k for k in keys if k not in names and k != "y" and k != "x"]
-        if labels is None and unused and len(names) == 1 and key != unused[0]:
+        read = set(names) | ({key} if len(names) == 1 else set())
+        unused = [k for k in keys if k not in read and k not in ("x", "y")]
+        if labels is None and unused:
             logging.getLogger("snncc.run").warning(
                 "no accuracy: '%s' has no labels under 'y' (its other arrays: %s); save them "
                 "as y=... to get one", path, ", ".join(unused))
