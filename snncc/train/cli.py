@@ -108,7 +108,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", help="torch device (default cuda when available, else cpu; torchrun: one GPU "
                                       "per process, cuda:LOCAL_RANK)")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (with -v, one log line per epoch instead)")
 
 
 def _stage_path(output: Path, T: int) -> Path:
