@@ -6,7 +6,8 @@ absent:
 * ``title`` (str), ``notes`` (list of str)
 * ``accuracy``: ``{"name": value}`` side by side (e.g. QANN, ORT SNN, Loihi emulated, Loihi
   hardware reset-to-zero)
-* ``accuracy_vs_T``: ``{"T": [1, 2, 4], "series": {"ORT SNN": [...], ...}}``
+* ``accuracy_vs_T``: ``{"T": [1, 2, 4], "series": {"ORT SNN": [...], ...}}`` (and
+  ``"measure": "agreement with the ANN"`` when the data has no labels)
 * ``synops``: :func:`snncc.analysis.synops.count_synops` report (spike rates, SynOps per layer,
   per core when mapped)
 * ``energy``: :func:`snncc.analysis.energy.estimate` result
@@ -181,12 +182,13 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
 
     for note in data.get("notes", ()):
         page.para(note)
+    measure = data.get("accuracy_vs_T", {}).get("measure", "accuracy")
     if "accuracy" in data:
-        page.heading("Accuracy")
-        page.table(["run", "accuracy"], list(data["accuracy"].items()))
+        page.heading(measure[0].upper() + measure[1:])
+        page.table(["run", measure], list(data["accuracy"].items()))
     if "accuracy_vs_T" in data:
         acc = data["accuracy_vs_T"]
-        page.heading("Accuracy vs T")
+        page.heading(f"{measure[0].upper() + measure[1:]} vs T")
         page.table(["T", *acc["series"]], [[t, *(s[i] for s in acc["series"].values())]
                                           for i, t in enumerate(acc["T"])])
 
@@ -196,7 +198,7 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
             for name, values in acc["series"].items():
                 ax.plot(acc["T"], values, marker="o", label=name)
             ax.set_xlabel("T")
-            ax.set_ylabel("accuracy")
+            ax.set_ylabel(measure)
             ax.legend(fontsize=7)
             fig.tight_layout()
             fig.savefig(path, dpi=100)
@@ -360,6 +362,11 @@ def report_command(args: argparse.Namespace) -> int:
         print("snncc report: warning: calibrating on --data, the samples the accuracy is "
               "measured on, so the figures are optimistic; give --calib other samples",
               file=sys.stderr)
+    # without labels every run is scored by its top-1 agreement with the ANN (as compile's
+    # fidelity estimate is); the ANN itself then scores 1
+    ann = next(iter(run_compiled(args.model, x, use_library=False,
+                                 spike_counts=False).outputs.values()))
+    ref = labels if labels is not None else (ann.argmax(axis=1) if ann.ndim == 2 else None)
     series: dict[str, list[Any]] = {"ORT SNN": []}
     if args.target == "loihi":
         series.update({"Loihi emulated": [], "Loihi hardware (reset to 0)": []})
@@ -381,9 +388,7 @@ def report_command(args: argparse.Namespace) -> int:
                           dump_dir=tmp / "dump")
             ort_out = next(iter(run_compiled(tmp / "snn.onnx", x, use_library=False,
                                              spike_counts=False).outputs.values()))
-            series["ORT SNN"].append(_accuracy(ort_out, labels))
-            # without labels, Loihi runs are scored by agreement with the ORT SNN's predictions
-            ref = labels if labels is not None else ort_out.argmax(axis=1)
+            series["ORT SNN"].append(_accuracy(ort_out, ref))
             if args.target == "loihi":
                 _progress(f"T = {T}: compiling and simulating the Loihi netlist")
                 compiled = compile_model(args.model, tmp / "loihi",
@@ -426,22 +431,20 @@ def report_command(args: argparse.Namespace) -> int:
             args.maxpool != "avg" else ""
         notes.append("Spike rates, SynOps and energy: not available (they are counted on the "
                      f"Loihi lowering, which refuses {no_synops}{hint})")
-    if labels is None and args.target == "ort":
-        notes.append("--data has no labels 'y', so no accuracy: the ORT target has nothing to "
-                     "compare with")
+    if labels is None:
+        notes.append("--data has no labels 'y': each run is scored by its top-1 agreement with "
+                     "the ANN on these samples, not by accuracy")
     if saturated:
         notes.extend(f"Loihi simulator, {m}" for m in saturated)
         print(f"snncc report: warning: the Loihi simulator saturated membrane updates in "
               f"{len(saturated)} run(s); the page lists them", file=sys.stderr)
-    if labels is not None:
-        ann = run_compiled(args.model, x, use_library=False, spike_counts=False)
+    if ref is not None:
         data["accuracy_vs_T"] = {"T": ts, "series": series}
-        data["accuracy"] = {"ANN": _accuracy(next(iter(ann.outputs.values())), labels),
+        if labels is None:
+            data["accuracy_vs_T"]["measure"] = "agreement with the ANN"
+        data["accuracy"] = {"ANN": _accuracy(ann, ref),
                             **{f"{name} (T={ts[-1]})": values[-1]
                                for name, values in series.items()}}
-    elif args.target == "loihi":
-        data["accuracy"] = {f"{name} (T={ts[-1]}): agreement with the ORT SNN (no labels)":
-                            values[-1] for name, values in series.items() if name != "ORT SNN"}
     for path in write_report(args.output, data, inputs=inputs, implied=implied):
         print(f"wrote {path}")
     return 0

@@ -202,3 +202,13 @@ def test_an_image_folder_calibrates_on_every_class_and_every_image(tmp_path):
     assert len(x) == 40 and len(np.unique(x[:20])) >= 3 and len(np.unique(x[20:])) >= 3
     x = load_samples(tmp_path, model_inputs(onnx.load(MODEL)), max_samples=None)["input"]
     assert len(x) == 121 and x.max() == 1.0
+
+
+def test_report_without_labels_scores_agreement_with_the_ann(tmp_path):
+    """A helper's unlabelled --data compiled and ran T = 2 and showed nothing for it."""
+    x = np.load(CALIB)["input"][:8]
+    np.savez(tmp_path / "d.npz", x=x)
+    assert main(["report", MODEL, "--data", str(tmp_path / "d.npz"), "--calib", CALIB, "-T",
+                 "1,2", "--target", "ort", "-o", str(tmp_path / "r.md")]) == 0
+    page = (tmp_path / "r.md").read_text()
+    assert "## Agreement with the ANN vs T" in page and "| ANN | 1 |" in page
