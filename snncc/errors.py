@@ -5,7 +5,9 @@ message without a traceback (``--debug`` shows it). Messages always have the sha
 
     <pass>: node <label> (<domain>::<op_type>): <what is wrong>. Hint: <how to fix>.
 
-When several nodes are at fault, the checking code collects them all and raises once.
+When several nodes are at fault, the checking code collects them all and raises once. Messages
+are written with the CLI's flags; raised outside an ``snncc`` command (the Python API) they name
+the API's keywords instead (:func:`api_wording`: ``-T 4`` -> ``timesteps=4``).
 Tests assert on the stable ``code`` strings, never on prose. The codes are listed in README.md.
 """
 from __future__ import annotations
