@@ -399,9 +399,11 @@ def choose_lambda(stats: SiteStats, method: str, *, levels: int,
     # dead: never positive, or positive only at float-noise level against the layer's largest
     # channel (a ReLU after BN gave one channel 9.4e-14 against ~1, and that lambda took every
     # weight of a Loihi block to the exponent limit: 68 % instead of 99 %)
-    finite = top[np.isfinite(top)] if np.ndim(top) else top
-    largest = float(np.max(finite)) if np.size(finite) else 0.0
-    live = top > DEAD_FRACTION * largest if np.ndim(top) else top > 0
+    if np.ndim(top):
+        finite = top[np.isfinite(top)]
+        live = top > DEAD_FRACTION * (float(finite.max()) if finite.size else 0.0)
+    else:
+        live = top > 0
     lam = np.where(live, lam, 1.0)
     return np.asarray(lam, np.float32)
 

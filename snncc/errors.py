@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import re
 import threading
 
@@ -137,49 +138,55 @@ def _shape(m: re.Match) -> str:
 
 
 _FLAG = r"(?<![\w-]){}(?![\w-])"
-_CHOICES = [("--neuron", "neuron", "if|bitserial|mt|gn|srp|lif"),
-            ("--target", "target", "qann|ort|loihi|nir"),
-            ("--schedule", "schedule", "auto|folded|window|streaming"),
-            ("--maxpool", "maxpool", "auto|avg|gate"),
-            ("--calib-method", "calib_method", "snn|mse|percentile|max"),
-            ("--verify", "verify", "off|ends|each")]
-_API_WORDS: list[tuple[str, str | Callable[[re.Match], str]]] = [
-    (r"rerun with --debug( for the traceback)?", "see the chained exception (__cause__) for the "
-     "traceback"),
-    (_FLAG.format(r"--input-shape ([\w./:-]+)=([\w<>]+(?:x[\w<>]+)*)"), _shape),
-    (_FLAG.format(r"--(mean|std) (-?[\d.]+(?:,-?[\d.]+)*)"),
-     lambda m: f"calib_{m.group(1)}=({m.group(2).replace(',', ', ')}"
-               + ("," if "," not in m.group(2) else "") + ")"),
-    (_FLAG.format(r"--neuron-param (\w+)=([\w.,-]+)"),
-     lambda m: f"neuron_params={{'{m.group(1)}': {m.group(2)}}}"),
-    (_FLAG.format(r"--mean/--std"), "calib_mean/calib_std"),
-    (_FLAG.format(r"-o ([\w~-]*[./][\w./~-]*)"), "out='\\1'"),   # a path, not "-o names a file"
-    *[(_FLAG.format(flag + rf" ((?:{values})(?:(?:\|| or | / )(?:{values}))*)"), _quoted(key))
-      for flag, key, values in _CHOICES],
-    *[(_FLAG.format(flag + r" (\d[\d.e-]*)"), key + "=\\1") for flag, key in (
-        ("-T", "timesteps"), ("--timesteps", "timesteps"), ("-L", "levels"),
-        ("--levels", "levels"), ("--calib-samples", "calib_max_samples"),
-        ("--fidelity-samples", "fidelity_samples"), ("--min-agreement", "min_agreement"),
-        ("--batch-size", "batch_size"), ("--percentile", "calib_percentile"))],
-    *[(_FLAG.format(flag), key) for flag, key in (
-        ("--per-channel", "calib_per_channel=True"), ("--per-layer", "calib_per_channel=False"),
-        ("--no-fidelity", "fidelity_samples=0"), ("--allow-analog", "allow_analog=True"),
-        ("--allow-lossy", "allow_lossy=True"), ("--no-bias-shift", "bias_shift=False"),
-        ("--bias-shift", "bias_shift=True"), ("--no-library", "use_library=False"),
-        ("--force", "force=True"), ("--tau", "neuron_params['tau']"),
-        ("--mt-mode", "neuron_params['mode']"), ("--mt-n", "neuron_params['n']"),
-        ("--mt-preset", "neuron_params['preset']"), ("--neuron-param", "neuron_params"),
-        ("--neuron", "neuron"), ("--target", "target"), ("--schedule", "schedule"),
-        ("--maxpool", "maxpool"), ("--calib-method", "calib_method"),
-        ("--calib-samples", "calib_max_samples"), ("--calib", "calib_path"),
-        ("--fidelity-samples", "fidelity_samples"), ("--min-agreement", "min_agreement"),
-        ("--percentile", "calib_percentile"), ("--mean", "calib_mean"), ("--std", "calib_std"),
-        ("--input-shape", "input_shapes"), ("--batch-size", "batch_size"),
-        ("--report", "report_path"), ("--dump-after", "dump_after"), ("-T", "timesteps"),
-        ("--timesteps", "timesteps"), ("-L", "levels"), ("--levels", "levels"),
-        ("-o", "out (the output path)"), ("--output", "out (the output path)"))],
-]
-_API_RES = [(re.compile(pattern), repl) for pattern, repl in _API_WORDS]
+#: every CLI flag a message may name -> the API's keyword (make_options, compile_model, ...)
+_KEYWORDS = {
+    "-T": "timesteps", "--timesteps": "timesteps", "-L": "levels", "--levels": "levels",
+    "--neuron": "neuron", "--target": "target", "--schedule": "schedule", "--maxpool": "maxpool",
+    "--calib-method": "calib_method", "--verify": "verify", "--calib": "calib_path",
+    "--calib-samples": "calib_max_samples", "--fidelity-samples": "fidelity_samples",
+    "--min-agreement": "min_agreement", "--batch-size": "batch_size",
+    "--percentile": "calib_percentile", "--mean": "calib_mean", "--std": "calib_std",
+    "--input-shape": "input_shapes", "--report": "report_path", "--dump-after": "dump_after",
+    "--neuron-param": "neuron_params", "--tau": "neuron_params['tau']",
+    "--mt-mode": "neuron_params['mode']", "--mt-n": "neuron_params['n']",
+    "--mt-preset": "neuron_params['preset']",
+    "-o": "out (the output path)", "--output": "out (the output path)"}
+#: flags that take one of a few words: "--neuron gn" -> neuron='gn'
+_CHOICES = {"--neuron": "if|bitserial|mt|gn|srp|lif", "--target": "qann|ort|loihi|nir",
+            "--schedule": "auto|folded|window|streaming", "--maxpool": "auto|avg|gate",
+            "--calib-method": "snn|mse|percentile|max", "--verify": "off|ends|each"}
+#: flags that take a number: "-T 4" -> timesteps=4
+_NUMBERS = ("-T", "--timesteps", "-L", "--levels", "--calib-samples", "--fidelity-samples",
+            "--min-agreement", "--batch-size", "--percentile")
+#: flags without a value
+_SWITCHES = {"--per-channel": "calib_per_channel=True", "--per-layer": "calib_per_channel=False",
+             "--no-fidelity": "fidelity_samples=0", "--allow-analog": "allow_analog=True",
+             "--allow-lossy": "allow_lossy=True", "--no-bias-shift": "bias_shift=False",
+             "--bias-shift": "bias_shift=True", "--no-library": "use_library=False",
+             "--force": "force=True"}
+
+
+@functools.cache
+def _api_words() -> list[tuple[re.Pattern, str | Callable[[re.Match], str]]]:
+    """The rewrites, most specific first (compiled on first use, not at import)."""
+    words: list[tuple[str, str | Callable[[re.Match], str]]] = [
+        (r"rerun with --debug( for the traceback)?", "see the chained exception (__cause__) "
+         "for the traceback"),
+        (_FLAG.format(r"--input-shape ([\w./:-]+)=([\w<>]+(?:x[\w<>]+)*)"), _shape),
+        (_FLAG.format(r"--(mean|std) (-?[\d.]+(?:,-?[\d.]+)*)"),
+         lambda m: f"calib_{m.group(1)}=({m.group(2).replace(',', ', ')}"
+                   + ("," if "," not in m.group(2) else "") + ")"),
+        (_FLAG.format(r"--neuron-param (\w+)=([\w.,-]+)"),
+         lambda m: f"neuron_params={{'{m.group(1)}': {m.group(2)}}}"),
+        (_FLAG.format(r"--mean/--std"), "calib_mean/calib_std"),
+        (_FLAG.format(r"-o ([\w~-]*[./][\w./~-]*)"), "out='\\1'"),   # a path, not "-o names a"
+        *[(_FLAG.format(flag + rf" ((?:{values})(?:(?:\|| or | / )(?:{values}))*)"),
+           _quoted(_KEYWORDS[flag])) for flag, values in _CHOICES.items()],
+        *[(_FLAG.format(flag + r" (\d[\d.e-]*)"), _KEYWORDS[flag] + "=\\1")
+          for flag in _NUMBERS],
+        *[(_FLAG.format(flag), key) for flag, key in (*_SWITCHES.items(), *_KEYWORDS.items())],
+    ]
+    return [(re.compile(pattern), repl) for pattern, repl in words]
 
 
 def api_wording(text: str) -> str:
@@ -191,7 +198,7 @@ def api_wording(text: str) -> str:
     # a shell command quoted in a message keeps its flags: "snncc compile --target loihi"
     parts = re.split(r"(snncc (?:compile|run|report|finetune|inspect)\b[^;)\n]*)", text)
     for i in range(0, len(parts), 2):
-        for pattern, repl in _API_RES:
+        for pattern, repl in _api_words():
             parts[i] = pattern.sub(repl, parts[i])
     return "".join(parts)
 

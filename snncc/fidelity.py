@@ -364,20 +364,18 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
                    f"{fid['samples']} held-out calibration samples: are they scaled and "
                    "normalised as the model expects (--mean/--std for an image folder)? "
                    "Calibration and this estimate use them as they are")
+    head = None
     if agree < WARN_BELOW:
-        lines = [f"warning: {what} agrees with the ANN on only {100 * agree:.1f} % "
-                 f"{_of_samples(fid)}. To get closer, try (best first):"]
-        lines += [f"  {i + 1}. {h}" for i, h in enumerate(ranked)]
-        out.append("\n".join(lines))
+        head = f"warning: {what} agrees with the ANN on only {100 * agree:.1f} % {_of_samples(fid)}"
     elif (fid[key].get("rel_logit_error") or 0.0) >= LOGIT_WARN and key == "snn_vs_ann" \
             and ranked:
-        lines = [f"warning: {what} agrees with the ANN on {100 * agree:.1f} % "
-                 f"{_of_samples(fid)}, but its relative logit error is "
-                 f"{fid[key]['rel_logit_error']:.2f}: 12 of 14 trained-net SNNs that agreed this "
-                 "well with an error of 0.3 or more lost 1.3 to 13.7 pt on test data "
-                 "(examples/results/other_nets.md). To get closer, try (best first):"]
-        lines += [f"  {i + 1}. {h}" for i, h in enumerate(ranked)]
-        out.append("\n".join(lines))
+        head = (f"warning: {what} agrees with the ANN on {100 * agree:.1f} % {_of_samples(fid)}, "
+                f"but its relative logit error is {fid[key]['rel_logit_error']:.2f}: 12 of 14 "
+                "trained-net SNNs that agreed this well with an error of 0.3 or more lost 1.3 to "
+                "13.7 pt on test data (examples/results/other_nets.md)")
+    if head:
+        out.append("\n".join([head + ". To get closer, try (best first):"]
+                              + [f"  {i + 1}. {h}" for i, h in enumerate(ranked)]))
     for v in fid.get("variants", {}).values():
         low = v["top1_agreement"]
         if low is not None and low < WARN_BELOW:

@@ -255,21 +255,9 @@ def check_labels(y: np.ndarray, n: int, num_classes: int | None, where: str) -> 
     return y
 
 
-def _image_folder(root: Path, channels: int, size: tuple[int, int] | None, preprocess: Preprocess,
-                  labels: bool, num_classes: int | None) -> ImageFolderDataset:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not labels:   # calibration needs no labels: every image under the folder, in any layout
-        found = sorted(p for p in root.rglob("*") if p.is_file()
-                       and p.suffix.lower() in IMAGE_SUFFIXES
-                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
-        if found:
-            if size is None:
-                from PIL import Image
-
-                with Image.open(found[0]) as img:
-                    size = (img.size[1], img.size[0])
-            return ImageFolderDataset(root, found, np.zeros(len(found), np.int64), [], channels,
-                                      size, preprocess, labels)
+def _class_folders(root: Path, classes: list[str], num_classes: int | None
+                   ) -> tuple[list[Path], list[int]]:
+    """Image files and class indices of ROOT/<class>/..., checked (SNN-E809/E810)."""
     if not classes:
         raise _fail("SNN-E810", f"'{root}' holds no class subfolders",
                     "lay the data out as ROOT/<class name>/<image>.png, one folder per class, or give .npz/.npy")
@@ -287,6 +275,21 @@ def _image_folder(root: Path, channels: int, size: tuple[int, int] | None, prepr
     if num_classes is not None and len(classes) > num_classes:
         raise _fail("SNN-E809", f"image folder '{root}' has {len(classes)} class folders, the model has "
                     f"{num_classes} outputs", "one subfolder per model class")
+    return files, ys
+
+
+def _image_folder(root: Path, channels: int, size: tuple[int, int] | None, preprocess: Preprocess,
+                  labels: bool, num_classes: int | None) -> ImageFolderDataset:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files, ys = [], []
+    if not labels:   # calibration needs no labels: every image under the folder, in any layout
+        files = sorted(p for p in root.rglob("*") if p.is_file()
+                       and p.suffix.lower() in IMAGE_SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        if files:
+            ys, classes = [0] * len(files), []
+    if not files:
+        files, ys = _class_folders(root, classes, num_classes)
     if size is None:
         from PIL import Image
 

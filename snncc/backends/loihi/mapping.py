@@ -278,12 +278,16 @@ def dense_fanin_problems(net: Netlist, limits: CoreLimits = CoreLimits()) -> lis
         dense = [b for b in net.blocks_into(g.name) if b.kind == "dense"]
         axons = sum(net.group(b.src).size for b in {b.src: b for b in dense}.values())
         if axons > limits.in_axons:
-            reads = ", ".join(f"{net.group(b.src).size} neurons of {b.src}" for b in dense)
-            diags.append(Diagnostic(
-                "SNN-E640", f"group {g.name}: a single neuron exceeds the core limits even when "
-                f"the layer is split (in_axons {axons} > {limits.in_axons}; it reads {reads})",
-                pass_name=PASS, node=g.source, hint=_FANIN_HINT))
+            diags.append(_too_wide(net, g.name, f"in_axons {axons} > {limits.in_axons}", dense))
     return diags
+
+
+def _too_wide(net: Netlist, name: str, over: str, blocks: list[Block]) -> Diagnostic:
+    """SNN-E640 for group ``name``, naming what its neurons read through ``blocks``."""
+    reads = ", ".join(f"{net.group(b.src).size} neurons of {b.src}" for b in blocks)
+    return Diagnostic("SNN-E640", f"group {name}: a single neuron exceeds the core limits even "
+                      f"when the layer is split ({over}; it reads {reads})", pass_name=PASS,
+                      node=net.group(name).source, hint=_FANIN_HINT)
 
 
 def map_cores(net: Netlist, limits: CoreLimits = CoreLimits()) -> tuple[dict, list[Diagnostic]]:
@@ -309,13 +313,7 @@ def map_cores(net: Netlist, limits: CoreLimits = CoreLimits()) -> tuple[dict, li
             host.append({"group": name, "reason": _over(failed, limits)})
             continue
         if failed is not None:
-            reads = ", ".join(f"{net.group(b.src).size} neurons of {b.src}"
-                              for b in net.blocks_into(name))
-            diags.append(Diagnostic(
-                "SNN-E640", f"group {name}: a single neuron exceeds the core limits even when "
-                f"the layer is split ({_over(failed, limits)}; it reads {reads})",
-                pass_name=PASS, node=net.group(name).source,
-                hint=_FANIN_HINT))
+            diags.append(_too_wide(net, name, _over(failed, limits), net.blocks_into(name)))
             continue
         for a, b, cost in parts:
             chunks.append({"group": name, "start": a, "stop": b, "cost": cost})
