@@ -184,11 +184,14 @@ def markdown(rows: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="+", choices=sorted(NETS), default=list(NETS))
-    p.add_argument("--work", help="folder for the trained nets and compiled models "
-                   "(default: a temporary one, removed at the end)")
+    p.add_argument("--work", help="a new or empty folder for the trained nets and compiled "
+                   "models (default: a temporary one, removed at the end)")
     p.add_argument("--from-json", action="store_true",
                    help="only rewrite other_nets.md from other_nets.json (no training)")
     args = p.parse_args(argv)
+    if args.work and os.path.isdir(args.work) and os.listdir(args.work):
+        p.error(f"--work {args.work} is not empty: give a new or empty folder (the script "
+                "writes NAME.onnx, NAME_calib.npz and compiled models there)")
     json_path = os.path.join(RESULTS, "other_nets.json")
     if args.from_json:
         with open(json_path) as f:

@@ -148,3 +148,14 @@ def test_other_nets_table_is_the_json_it_came_from():
     for name, (make, _) in other_nets.NETS.items():
         out = make().eval()(torch.zeros(2, 1, 28, 28))
         assert out.shape == (2, 10), name
+
+
+def test_other_nets_refuses_a_work_folder_with_files(tmp_path, capsys):
+    """Its trained nets and compiled models would overwrite files of the same name there."""
+    from examples import other_nets
+
+    (tmp_path / "mobilenet.onnx").write_text("mine")
+    with pytest.raises(SystemExit):
+        other_nets.main(["--work", str(tmp_path)])
+    assert (tmp_path / "mobilenet.onnx").read_text() == "mine"
+    assert "not empty" in capsys.readouterr().err
