@@ -47,7 +47,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="ONNX CNN with ReLU activations")
+    parser.add_argument("model", help="ONNX CNN with ReLU or ReLU6-like Clip(0, c) activations")
     parser.add_argument("--data", required=True,
                         help="training data: .npz (keys x, y), x.npy/y.npy pair or a directory holding them "
                              "(memory-mapped), or an image folder ROOT/<class>/<image>")

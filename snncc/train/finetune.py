@@ -1,7 +1,8 @@
 """QCFS fine-tuning of a ReLU CNN (neurons.md §1.1, §2.6) and the training loop shared with IIR.
 
 ``finetune_module`` copies the module, optionally turns MaxPool into AvgPool, replaces every
-``nn.ReLU`` by a :class:`~snncc.train.qcfs.QCFS` with a trainable λ and trains it. The default
+``nn.ReLU`` (and every ReLU6-like :class:`~snncc.train.qcfs.BoundedReLU`, λ capped at its bound) by
+a :class:`~snncc.train.qcfs.QCFS` with a trainable λ and trains it. The default
 recipe (measured in examples/results/training/README.md) is the one that keeps an L = 4 QANN at the
 ANN's accuracy in a few epochs:
 
@@ -57,7 +58,7 @@ from tqdm.auto import tqdm
 
 from snncc.errors import ModelInputError, OptionError
 from snncc.train.data import DataLike, as_dataset, first_images, make_loader
-from snncc.train.qcfs import (qcfs_modules, replace_maxpool_with_avgpool, replace_relu_with_qcfs,
+from snncc.train.qcfs import (ACTIVATIONS, qcfs_modules, replace_maxpool_with_avgpool, replace_relu_with_qcfs,
                               set_spiking)
 from snncc.train.sparsity import SpikeCountRegularizer
 
@@ -345,7 +346,7 @@ def fit(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], trai
 
 
 def _relu_modules(module: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in module.named_modules() if type(m) is nn.ReLU}
+    return {name: m for name, m in module.named_modules() if type(m) in ACTIVATIONS}
 
 
 @torch.no_grad()
@@ -462,11 +463,11 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
     sites = replace_relu_with_qcfs(model, levels, lam)
     if not sites:
         clips = sum(s.op == "Clip" for s in getattr(model, "steps", []))
-        raise ModelInputError("finetune: the model has no Relu activation to replace"
-                              + (f"; its {clips} Clip node(s) (ReLU6 and the like) QCFS fine-tuning does not "
-                                 "train" if clips else ""), code="SNN-E805",
-                              hint="QCFS fine-tuning trains ReLU nets: retrain or export with ReLU; "
-                              "post-training compile takes Clip activations as they are")
+        raise ModelInputError("finetune: the model has no Relu or Clip(0, c) activation to replace"
+                              + (f"; its {clips} Clip node(s) do not clip at 0 below and a finite bound above"
+                                 if clips else ""), code="SNN-E805",
+                              hint="QCFS fine-tuning trains ReLU and ReLU6-like nets; "
+                              "post-training compile takes other Clip activations as they are")
     model.to(dev)
     rank, world = dist_info()
     net = model

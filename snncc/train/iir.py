@@ -42,7 +42,7 @@ from torch import nn
 from snncc.errors import ModelInputError
 from snncc.train.data import DataLike, first_images
 from snncc.train.finetune import EpochStats, check_option, evaluate, fit, percentile, prepare_training
-from snncc.train.qcfs import replace_modules
+from snncc.train.qcfs import ACTIVATIONS, replace_modules
 
 __all__ = ["SpikeFn", "SpikingNeuron", "LIF", "MTNeuron", "MT_FRACTIONS", "convert_to_snn", "spiking_neurons",
            "run_snn", "init_thresholds", "StageResult", "SnnResult", "train_snn"]
@@ -163,8 +163,9 @@ class _StopForward(Exception):
 
 
 def convert_to_snn(module: nn.Module, make_neuron: Callable[[], SpikingNeuron]) -> list[str]:
-    """Replace every ``nn.ReLU`` child by a fresh neuron; returns the replaced names."""
-    return replace_modules(module, lambda m: type(m) is nn.ReLU, lambda name, old: make_neuron())
+    """Replace every ``nn.ReLU`` (and ReLU6-like BoundedReLU) child by a fresh neuron; returns the
+    replaced names."""
+    return replace_modules(module, lambda m: type(m) in ACTIVATIONS, lambda name, old: make_neuron())
 
 
 def spiking_neurons(module: nn.Module) -> dict[str, SpikingNeuron]:
@@ -273,8 +274,8 @@ def train_snn(module: nn.Module, train_data: DataLike, val_data: DataLike | None
     train_loader, val_loader, ann_acc = setup.train_loader, setup.val_loader, setup.ann_acc
     sites = convert_to_snn(model, (lambda: MTNeuron(mt, mt_thresholds)) if mt else LIF)
     if not sites:
-        raise ModelInputError("finetune: the model has no nn.ReLU activation to make spiking", code="SNN-E805",
-                              hint="SNN training converts ReLU activations (nn.ReLU modules)")
+        raise ModelInputError("finetune: the model has no Relu or Clip(0, c) activation to make spiking",
+                              code="SNN-E805", hint="SNN training converts ReLU and ReLU6-like activations")
     model.to(dev)
     neurons = spiking_neurons(model)
     batch = first_images(train, threshold_batch).to(dev)

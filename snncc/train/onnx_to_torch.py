@@ -10,7 +10,9 @@ small, so :class:`OnnxGraphModule` interprets the graph directly:
 
 * every float initializer becomes a trainable ``nn.Parameter``; shape-like inputs (Reshape shape,
   Clip bounds, Squeeze/Unsqueeze/Split sizes) must be constants and are read once;
-* every ``Relu`` node becomes its own ``nn.ReLU`` child module, every ``MaxPool`` an
+* every ``Relu`` node becomes its own ``nn.ReLU`` child module, every ReLU6-like ``Clip(0, c)``
+  (constant bounds, c > 0 finite; the Clips compile takes as activations) a
+  :class:`~snncc.train.qcfs.BoundedReLU` (``Clip(0)``: an ``nn.ReLU``), every ``MaxPool`` an
   ``nn.MaxPool2d`` (so :mod:`snncc.train.qcfs` and :mod:`snncc.train.iir` can swap them by type) and
   every ``BatchNormalization`` a :class:`BatchNorm` module (a torch ``_BatchNorm``, so callers can
   freeze its statistics as for ``nn.BatchNorm2d``; its four inputs must be initializers);
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
+from snncc.train.qcfs import BoundedReLU
 
 __all__ = ["OnnxGraphModule", "SUPPORTED_OPS", "load_onnx_module"]
 
@@ -168,6 +171,11 @@ class OnnxGraphModule(nn.Module):
         if op == "Relu":
             step.module = _key(step.name, taken)
             self.layers[step.module] = nn.ReLU()
+        elif op == "Clip":   # an activation site where compile takes it as one: Clip(0, c > 0) or Clip(0)
+            lo, hi = _clip_bounds(self, step)
+            if lo == 0.0 and (hi is None or hi > 0.0):
+                step.module = _key(step.name, taken)
+                self.layers[step.module] = BoundedReLU(hi) if hi is not None and hi < np.inf else nn.ReLU()
         elif op in ("MaxPool", "AveragePool"):
             kernel = list(attrs.get("kernel_shape", []))
             if len(kernel) != 2 or list(attrs.get("dilations", [1, 1])) != [1, 1]:
@@ -294,9 +302,17 @@ def _gemm(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
     return y
 
 
+def _clip_bounds(m: OnnxGraphModule, s: _Step) -> tuple[float | None, float | None]:
+    """(min, max) of a Clip: constant inputs 1 and 2 (opset >= 11) or the min/max attributes (opset 6)."""
+    def bound(pos: int, attr: str) -> float | None:
+        if len(s.inputs) > pos and s.inputs[pos]:
+            return float(m.const(s.inputs[pos]))
+        return float(s.attrs[attr]) if attr in s.attrs else None
+    return bound(1, "min"), bound(2, "max")
+
+
 def _clip(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
-    lo = float(m.const(s.inputs[1])) if len(s.inputs) > 1 and s.inputs[1] else None
-    hi = float(m.const(s.inputs[2])) if len(s.inputs) > 2 and s.inputs[2] else None
+    lo, hi = _clip_bounds(m, s)
     return torch.clamp(get(s.inputs[0]), lo, hi)
 
 
@@ -379,7 +395,7 @@ _OPS: dict[str, Callable[[OnnxGraphModule, _Step, Callable], torch.Tensor]] = {
     "Relu": None,          # module
     "MaxPool": None,       # module
     "AveragePool": None,   # module
-    "Clip": _clip,
+    "Clip": _clip,         # a module where it is ReLU6-like (BoundedReLU)
     "GlobalAveragePool": lambda m, s, g: F.adaptive_avg_pool2d(g(s.inputs[0]), 1),
     "ReduceMean": _reduce_mean,
     "Flatten": _flatten,

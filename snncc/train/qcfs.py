@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FloorSTE", "QCFS", "replace_modules", "replace_relu_with_qcfs", "replace_maxpool_with_avgpool",
+__all__ = ["FloorSTE", "QCFS", "BoundedReLU", "ACTIVATIONS", "replace_modules", "replace_relu_with_qcfs", "replace_maxpool_with_avgpool",
            "qcfs_modules", "set_spiking", "SpikeMaxPool2d"]
 
 
@@ -102,6 +102,18 @@ class QCFS(nn.Module):
         return f"levels={self.levels}, lam={text}" + (f", IF in the loop T={self.timesteps}" if self.timesteps else "")
 
 
+class BoundedReLU(nn.Hardtanh):
+    """``clip(x, 0, max)``: an ONNX ``Clip(0, c)`` activation (ReLU6 for c = 6) as its own module, so
+    that fine-tuning finds it beside ``nn.ReLU`` (:data:`ACTIVATIONS`). QCFS replaces it with λ
+    initialised at most ``max`` (its output then never exceeds the clip the ANN had)."""
+
+    def __init__(self, max_val: float):
+        super().__init__(0.0, float(max_val))
+
+
+ACTIVATIONS = (nn.ReLU, BoundedReLU)   # the module types QCFS fine-tuning replaces
+
+
 def replace_modules(module: nn.Module, match: Callable[[nn.Module], bool],
              make: Callable[[str, nn.Module], nn.Module]) -> list[str]:
     """Replace every child module (recursively) for which ``match`` holds; returns their names."""
@@ -115,13 +127,18 @@ def replace_modules(module: nn.Module, match: Callable[[nn.Module], bool],
 
 
 def replace_relu_with_qcfs(module: nn.Module, levels: int, lam: float | dict[str, float] = 8.0) -> list[str]:
-    """Swap each ``nn.ReLU`` child for a :class:`QCFS` (λ from ``lam``, per name if a dict; a
-    dict value may be a per-channel array).
+    """Swap each ``nn.ReLU`` and :class:`BoundedReLU` child for a :class:`QCFS` (λ from ``lam``, per
+    name if a dict; a dict value may be a per-channel array; a BoundedReLU's λ is capped at its max).
 
     Functional ``F.relu`` calls are not modules and stay ReLUs.
     """
-    return replace_modules(module, lambda m: type(m) is nn.ReLU,
-                    lambda name, old: QCFS(levels, lam[name] if isinstance(lam, dict) else lam))
+    def make(name: str, old: nn.Module) -> QCFS:
+        value = lam[name] if isinstance(lam, dict) else lam
+        if isinstance(old, BoundedReLU):
+            value = np.minimum(np.asarray(value, np.float32), np.float32(old.max_val))
+        return QCFS(levels, value)
+
+    return replace_modules(module, lambda m: type(m) in ACTIVATIONS, make)
 
 
 def replace_maxpool_with_avgpool(module: nn.Module) -> list[str]:

@@ -115,6 +115,36 @@ def test_reduce_mean_global_pool_loads(opset, mean):
                                   run_ort(model, {"input": x})[0])
 
 
+@pytest.mark.parametrize("opset, clip, kind", [
+    (17, "r = Clip (c, zero, six)", "BoundedReLU"),        # ReLU6 as torch exports it
+    (6, "r = Clip <min = 0.0, max = 6.0> (c)", "BoundedReLU"),   # bounds as attributes (opset < 11)
+    (17, "r = Clip (c, zero)", "ReLU"),                   # no upper bound: a ReLU
+    (17, "r = Clip (c, neg, six)", None)])                # not an activation site: stays a clamp
+def test_relu6_clips_load_as_activation_sites(opset, clip, kind):
+    """A Clip(0, c) is an activation site for finetune as for compile (it had refused ReLU6 nets,
+    E805); the loaded module equals ORT."""
+    model = tiny_model(f"""
+        <ir_version: 8, opset_import: ["" : {opset}]>
+        net (float[N, 2, 4, 4] input) => (float[N, 3] logits)
+        <float[3, 2, 1, 1] w = {{1, 1, 1, 1, 1, 1}}, float zero = {{0}}, float six = {{6}}, float neg = {{-1}},
+         float[3, 3] w2 = {{1, 0, 0, 0, 1, 0, 0, 0, 1}}> {{
+            c = Conv (input, w)
+            {clip}
+            p = GlobalAveragePool (r)
+            f = Flatten (p)
+            logits = MatMul (f, w2)
+        }}""", dyadic=True, params={"zero": np.float32(0), "six": np.float32(6), "neg": np.float32(-1),
+                                        "w": np.ones((3, 2, 1, 1), np.float32), "w2": np.eye(3, dtype=np.float32)})
+    net = load_onnx_module(model).eval()
+    assert [type(m).__name__ for m in net.layers.values()] == ([kind] if kind else [])
+    if kind == "BoundedReLU":
+        assert next(iter(net.layers.values())).max_val == 6.0
+    x = np.round(np.random.default_rng(0).normal(0, 10, (5, 2, 4, 4)) * 8).astype(np.float32) / 8
+    assert (x.sum(1) > 6).any() and (x.sum(1) < -1).any()   # the convolution's output passes both bounds
+    np.testing.assert_array_equal(net(torch.from_numpy(x)).detach().numpy(),
+                                  run_ort(model, {"input": x})[0])
+
+
 def test_qcfs_export_runs_in_ort_and_equals_torch_exactly():
     """Exact: the conv/linear sums are exact (dyadic data), every QCFS op is one correctly rounded
     float32 operation in the same order in torch and ORT, and λ is stored as the same float32."""
@@ -190,6 +220,39 @@ def test_cli_qcfs_finetune_writes_a_runnable_qcfs_model(tmp_path):
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
     assert sorted(float(v) for k, v in inits.items() if k.endswith(".L")) == [8.0, 8.0]
     assert run_ort(out, {"input": x[:5]})[0].shape == (5, 3)
+
+
+def test_cli_finetunes_a_relu6_net_with_lambda_within_the_clip(tmp_path):
+    """A ReLU6 net (Clip(0, 6)) fine-tunes like a ReLU net: each Clip becomes a QCFS site whose λ
+    starts at most 6, and compile reads the trained graph without calibration."""
+    from snncc.driver import compile_model, make_options
+    from snncc.train.finetune import finetune_module
+    from snncc.train.qcfs import QCFS
+
+    model = _cnn_model(dyadic=False)
+    six = onnx.helper.make_tensor("six", onnx.TensorProto.FLOAT, [], [6.0])
+    zero = onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT, [], [0.0])
+    model.graph.initializer.extend([six, zero])
+    for node in model.graph.node:
+        if node.op_type == "Relu":
+            node.op_type = "Clip"
+            node.input.extend(["zero", "six"])
+    with torch.no_grad():   # large weights: the pre-activations reach far above 6
+        net = load_onnx_module(model)
+        for p in net.parameters():
+            p.mul_(40.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (40, 1, 6, 6)).astype(np.float32)
+    y = (x[:, 0, :3].mean(axis=(1, 2)) > 0).astype(np.int64)
+    res = finetune_module(net, (x, y), epochs=0, lambda_init="max", progress=False)
+    lams = [m.lam.detach().numpy() for m in res.module.modules() if isinstance(m, QCFS)]
+    assert len(lams) == 2 and all(lam.max() <= 6.0 for lam in lams) and any(lam.max() == 6.0 for lam in lams)
+    out = export_onnx(res.module, torch.from_numpy(x[:1]))
+    assert [n.op_type for n in out.graph.node].count("Floor") == 2
+    onnx.save(out, tmp_path / "qcfs.onnx")
+    result = compile_model(tmp_path / "qcfs.onnx", tmp_path / "snn.onnx", make_options(timesteps=4, neuron="if"))
+    calibrate = next(p for p in result.report["passes"] if p["pass"] == "calibrate")
+    assert calibrate["counts"] == {"from_pattern": 2, "calibrated": 0}
 
 
 def test_cli_iir_writes_every_stage(tmp_path):
