@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import onnx
-import onnx.numpy_helper
 
 from snncc import __version__, fidelity, ir
 from snncc.context import MAX_LEVELS, MAX_TIMESTEPS, TARGETS, CompileContext, CompileOptions
@@ -360,10 +358,9 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
                           code="SNN-E368",
                           hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
-        source = snap.proto("canonicalize")
-        ops = {n.op_type for n in source.graph.node}
+        ops = {n.op_type for n in snap.proto("canonicalize").graph.node}
         warnings += fidelity.check(fid, options, min_agreement, shlex.quote(str(model_path)),
-                                   finetune=_finetune_takes(source), max_pools="MaxPool" in ops)
+                                   finetune=_finetune_takes(rows), max_pools="MaxPool" in ops)
     synops = _synops(snap, model, ctx, count_net) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none
         if backend is None:
@@ -405,20 +402,14 @@ def _compile_report(model_path, out: Path, options: CompileOptions, rows: Pipeli
     }
 
 
+def _finetune_takes(rows: PipelineReport) -> bool:
+    """Whether ``snncc finetune`` takes the model, by compile's own count of its activation sites:
+    ReLU or Clip(0, c) sites it converted (finetune trains those), and no QCFS pattern (a trained
+    graph's Floor, which finetune does not load)."""
+    counts = next((r.counts for r in rows.rows if r.name == "relu-to-quant-clip"), {})
+    return counts.get("relu_replaced", 0) + counts.get("clip_replaced", 0) > 0 \
+        and not counts.get("pattern_kept", 0)
 
-def _finetune_takes(proto: onnx.ModelProto) -> bool:
-    """Whether ``snncc finetune`` has activations to train in ``proto``: a Relu, or a Clip with
-    constant bounds 0 and c > 0 or none (the Clip sites compile converts: ReLU6 and the like)."""
-    bounds = {name for n in proto.graph.node if n.op_type == "Clip" for name in n.input[1:]}
-    consts = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.name in bounds}
-
-    def bound(node: onnx.NodeProto, pos: int) -> float | None:
-        value = consts.get(node.input[pos]) if len(node.input) > pos and node.input[pos] else None
-        return float(value) if value is not None and value.size == 1 else None
-
-    return any(node.op_type == "Relu" or (node.op_type == "Clip" and bound(node, 1) == 0.0
-                                          and (bound(node, 2) is None or bound(node, 2) > 0.0))
-               for node in proto.graph.node)
 
 def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext, net: Any) -> dict[str, Any]:
     """The ORT target's SynOp section (snncc.analysis.synops), measured on the held-out samples,

@@ -251,7 +251,8 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
           finetune: bool = True, max_pools: bool = False) -> list[str]:
     """Ranked, concrete ways to a closer SNN, most effective first (measured on the trained
     examples, examples/results/defaults.md); ``model``: the source model's path, for the
-    commands; ``finetune``: whether ``snncc finetune`` takes the model (it trains ReLUs);
+    commands; ``finetune``: whether ``snncc finetune`` takes the model (it trains ReLU and
+    Clip(0, c) activations, not a QCFS-trained graph);
     ``max_pools``: whether the ANN pools by max (``--maxpool avg`` then changes the network)."""
     out = []
     if max_pools and options.maxpool == "avg":

@@ -80,33 +80,39 @@ def test_the_finetune_hint_names_the_users_model():
 
 def test_the_finetune_hint_for_a_relu6_net(tmp_path):
     """A net whose activations are all Clip(0, 6) gets the snncc finetune hint like a ReLU net
-    (finetune trains ReLU6 sites; it had refused them, E805, and the hint had been dropped); a net
-    with no activation finetune takes does not."""
+    (finetune trains ReLU6 sites; it had refused them, E805, and the hint had been dropped)."""
     import onnx
 
-    from snncc.driver import _finetune_takes, compile_model, make_options
+    from snncc.driver import compile_model, make_options
 
     m = onnx.load(str(EXAMPLES / "mnist_cnn.onnx"))
-    assert _finetune_takes(m)
-    six = onnx.helper.make_tensor("six", onnx.TensorProto.FLOAT, [], [6.0])
-    zero = onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT, [], [0.0])
-    neg = onnx.helper.make_tensor("neg", onnx.TensorProto.FLOAT, [], [-1.0])
-    m.graph.initializer.extend([six, zero, neg])
+    six = onnx.helper.make_tensor("six", onnx.TensorProto.FLOAT, [1], [6.0])   # one-element bounds
+    zero = onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0])
+    m.graph.initializer.extend([six, zero])
     for n in m.graph.node:
         if n.op_type == "Relu":
             n.op_type = "Clip"
             n.input.extend(["zero", "six"])
     onnx.save(m, str(tmp_path / "relu6.onnx"))
-    assert _finetune_takes(m)
-    for n in m.graph.node:
-        if n.op_type == "Clip":
-            n.input[1] = "neg"   # Clip(-1, 6): neither compile nor finetune takes it as an activation
-    assert not _finetune_takes(m)
     options = make_options(timesteps=2, neuron="if", fidelity_samples=32, calib_method="max",
                            calib_per_channel=False, calib_path=str(EXAMPLES / "mnist_calib.npz"))
     for model in EXAMPLES / "mnist_cnn.onnx", tmp_path / "relu6.onnx":
         res = compile_model(model, tmp_path / "o.onnx", options)
         assert res.warnings and any("snncc finetune" in w for w in res.warnings)
+
+
+def test_the_finetune_hint_follows_compile_s_own_sites():
+    """finetune takes what compile converted from Relu / Clip(0, c), and not a QCFS-trained graph
+    (its Floor does not load: a hint had led a user of finetune's own output to SNN-E801)."""
+    from snncc.driver import _finetune_takes
+    from snncc.pipeline import PassRow, PipelineReport
+
+    def rows(relu=0, clip=0, pattern=0):
+        counts = {"relu_replaced": relu, "clip_replaced": clip, "pattern_kept": pattern}
+        return PipelineReport([PassRow("relu-to-quant-clip", True, counts, [], 0.0)])
+
+    assert _finetune_takes(rows(relu=2)) and _finetune_takes(rows(clip=3))
+    assert not _finetune_takes(rows(pattern=2)) and not _finetune_takes(rows(relu=1, pattern=1))
 
 
 def test_min_agreement_fails_and_writes_nothing(workdir, capsys):

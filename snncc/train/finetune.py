@@ -463,11 +463,11 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
     sites = replace_relu_with_qcfs(model, levels, lam)
     if not sites:
         clips = sum(s.op == "Clip" for s in getattr(model, "steps", []))
-        raise ModelInputError("finetune: the model has no Relu or Clip(0, c) activation to replace"
-                              + (f"; its {clips} Clip node(s) do not clip at 0 below and a finite bound above"
+        raise ModelInputError("finetune: the model has no Relu or Clip(0, c > 0) activation to replace"
+                              + (f"; its {clips} Clip node(s) have other or non-constant bounds"
                                  if clips else ""), code="SNN-E805",
-                              hint="QCFS fine-tuning trains ReLU and ReLU6-like nets; "
-                              "post-training compile takes other Clip activations as they are")
+                              hint="QCFS fine-tuning trains ReLU and ReLU6-like (Clip(0, c)) activations, "
+                              "those compile converts; retrain or export the model with one of them")
     model.to(dev)
     rank, world = dist_info()
     net = model

@@ -303,17 +303,21 @@ def _gemm(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
 
 
 def _clip_bounds(m: OnnxGraphModule, s: _Step) -> tuple[float | None, float | None]:
-    """(min, max) of a Clip: constant inputs 1 and 2 (opset >= 11) or the min/max attributes (opset 6)."""
+    """(min, max) of a Clip: constant inputs 1 and 2 (opset >= 11; one-element tensors) or the
+    min/max attributes (opset 6). A bound that is not a constant (already reported as SNN-E802)
+    reads as NaN, so the Clip is no activation site."""
     def bound(pos: int, attr: str) -> float | None:
         if len(s.inputs) > pos and s.inputs[pos]:
-            return float(m.const(s.inputs[pos]))
+            value = np.asarray(m._consts.get(s.inputs[pos], np.nan))
+            return float(value.reshape(-1)[0]) if value.size == 1 else float("nan")
         return float(s.attrs[attr]) if attr in s.attrs else None
     return bound(1, "min"), bound(2, "max")
 
 
 def _clip(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
     lo, hi = _clip_bounds(m, s)
-    return torch.clamp(get(s.inputs[0]), lo, hi)
+    x = get(s.inputs[0])
+    return x if lo is None and hi is None else torch.clamp(x, lo, hi)   # no bounds: the identity
 
 
 def _reshape(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:

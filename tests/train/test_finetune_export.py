@@ -119,6 +119,7 @@ def test_reduce_mean_global_pool_loads(opset, mean):
     (17, "r = Clip (c, zero, six)", "BoundedReLU"),        # ReLU6 as torch exports it
     (6, "r = Clip <min = 0.0, max = 6.0> (c)", "BoundedReLU"),   # bounds as attributes (opset < 11)
     (17, "r = Clip (c, zero)", "ReLU"),                   # no upper bound: a ReLU
+    (17, "r = Clip (c, zero1, six1)", "BoundedReLU"),      # one-element bounds
     (17, "r = Clip (c, neg, six)", None)])                # not an activation site: stays a clamp
 def test_relu6_clips_load_as_activation_sites(opset, clip, kind):
     """A Clip(0, c) is an activation site for finetune as for compile (it had refused ReLU6 nets,
@@ -127,13 +128,14 @@ def test_relu6_clips_load_as_activation_sites(opset, clip, kind):
         <ir_version: 8, opset_import: ["" : {opset}]>
         net (float[N, 2, 4, 4] input) => (float[N, 3] logits)
         <float[3, 2, 1, 1] w = {{1, 1, 1, 1, 1, 1}}, float zero = {{0}}, float six = {{6}}, float neg = {{-1}},
-         float[3, 3] w2 = {{1, 0, 0, 0, 1, 0, 0, 0, 1}}> {{
+         float[3, 3] w2 = {{1, 0, 0, 0, 1, 0, 0, 0, 1}}, float[1] zero1 = {{0}}, float[1] six1 = {{6}}> {{
             c = Conv (input, w)
             {clip}
             p = GlobalAveragePool (r)
             f = Flatten (p)
             logits = MatMul (f, w2)
         }}""", dyadic=True, params={"zero": np.float32(0), "six": np.float32(6), "neg": np.float32(-1),
+                                        "zero1": np.zeros(1, np.float32), "six1": np.full(1, 6, np.float32),
                                         "w": np.ones((3, 2, 1, 1), np.float32), "w2": np.eye(3, dtype=np.float32)})
     net = load_onnx_module(model).eval()
     assert [type(m).__name__ for m in net.layers.values()] == ([kind] if kind else [])
@@ -143,6 +145,26 @@ def test_relu6_clips_load_as_activation_sites(opset, clip, kind):
     assert (x.sum(1) > 6).any() and (x.sum(1) < -1).any()   # the convolution's output passes both bounds
     np.testing.assert_array_equal(net(torch.from_numpy(x)).detach().numpy(),
                                   run_ort(model, {"input": x})[0])
+
+
+def test_a_computed_clip_bound_is_a_coded_error():
+    """A Clip bound that a node computes is SNN-E802 (it had become an internal KeyError when the
+    loader looked for an activation site)."""
+    model = tiny_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 2, 4, 4] input) => (float[N, 3] logits)
+        <float[3, 2, 1, 1] w = {1, 1, 1, 1, 1, 1}, float zero = {0}, float three = {3},
+         float[3, 3] w2 = {1, 0, 0, 0, 1, 0, 0, 0, 1}> {
+            six = Add (three, three)
+            c = Conv (input, w)
+            r = Clip (c, zero, six)
+            p = GlobalAveragePool (r)
+            f = Flatten (p)
+            logits = MatMul (f, w2)
+        }""", params={"zero": np.float32(0), "three": np.float32(3)})
+    with pytest.raises(UnsupportedNodeError) as err:
+        load_onnx_module(model)
+    assert err.value.code == "SNN-E802" and "'six') must be a constant" in str(err.value)
 
 
 def test_qcfs_export_runs_in_ort_and_equals_torch_exactly():
@@ -253,6 +275,11 @@ def test_cli_finetunes_a_relu6_net_with_lambda_within_the_clip(tmp_path):
     result = compile_model(tmp_path / "qcfs.onnx", tmp_path / "snn.onnx", make_options(timesteps=4, neuron="if"))
     calibrate = next(p for p in result.report["passes"] if p["pass"] == "calibrate")
     assert calibrate["counts"] == {"from_pattern": 2, "calibrated": 0}
+    # SNN training (--iir, --mt) makes the same two sites spiking
+    from snncc.train.iir import spiking_neurons, train_snn
+
+    snn = train_snn(net, (x, y), timesteps=(1,), epochs=0, threshold_steps=1, progress=False)
+    assert len(spiking_neurons(snn.module)) == 2
 
 
 def test_cli_iir_writes_every_stage(tmp_path):
