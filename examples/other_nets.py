@@ -16,7 +16,8 @@ then compiled with the plain command, ``snncc compile NET.onnx -T t --neuron n -
 NET_calib.npz`` (the first 256 training images; defaults otherwise), for bitserial, mt, gn, srp and
 if at T = 4 and if at T = 8, and run on the 1000 test images. Then the path the low-fidelity hint
 names: ``snncc finetune NET.onnx --data train.npz`` (defaults: QCFS L = 4, 3 epochs, the IF SNN
-at T = 4 in the loop) and ``snncc compile`` of its output with ``--neuron if -T 4``. Writes
+at T = 4 in the loop), and again with ``--bn train``, and ``snncc compile`` of each output with
+``--neuron if -T 4``. Writes
 ``examples/results/other_nets.{json,md}``: the ANN's test accuracy, each SNN's, and the compile's
 own fidelity estimate (agreement with the ANN on its 32 held-out calibration samples).
 """
@@ -157,27 +158,32 @@ def measure(name: str, work: str) -> dict:
                                  "rel_logit_error": fid["rel_logit_error"]}
         print(f"  {neuron} T = {T}: {100 * row[f'{neuron}_T{T}']['acc']:.1f} % "
               f"(estimate {100 * est:.1f} %)", flush=True)
-    row["finetune_if_T4"] = finetuned(name, onnx_path, work, xtr, ytr, xte, yte)
+    for key, extra in FINETUNES:
+        row[key] = finetuned(name, onnx_path, work, extra, xtr, ytr, xte, yte)
     return row
 
 
-def finetuned(name: str, onnx_path: str, work: str, xtr, ytr, xte, yte) -> dict:
-    """``snncc finetune`` with its defaults, then ``snncc compile --neuron if -T 4`` of its output."""
+FINETUNES = [("finetune_if_T4", []), ("finetune_bn_train_if_T4", ["--bn", "train"])]
+
+
+def finetuned(name: str, onnx_path: str, work: str, extra: list[str], xtr, ytr, xte, yte) -> dict:
+    """``snncc finetune`` (defaults plus ``extra``), then ``snncc compile --neuron if -T 4`` of its output."""
     from snncc.cli import main as snncc
     from snncc.simulate import run_compiled
 
-    train_npz, qcfs = os.path.join(work, f"{name}_train.npz"), os.path.join(work, f"{name}_qcfs.onnx")
+    tag = "".join(extra).replace("--", "_")
+    train_npz, qcfs = os.path.join(work, f"{name}_train.npz"), os.path.join(work, f"{name}_qcfs{tag}.onnx")
     np.savez(train_npz, x=xtr, y=ytr)
     start = time.perf_counter()
-    if snncc(["finetune", onnx_path, "--data", train_npz, "-o", qcfs, "--no-progress"]) != 0:
+    if snncc(["finetune", onnx_path, "--data", train_npz, "-o", qcfs, "--no-progress", *extra]) != 0:
         raise SystemExit(f"{name}: snncc finetune failed")
     seconds = round(time.perf_counter() - start)
-    snn = os.path.join(work, f"{name}_qcfs_if_T4.onnx")
+    snn = os.path.join(work, f"{name}_qcfs{tag}_if_T4.onnx")
     if snncc(["compile", qcfs, "--neuron", "if", "-T", "4", "-o", snn, "-q"]) != 0:
         raise SystemExit(f"{name}: snncc compile of the fine-tuned graph failed")
     out = next(iter(run_compiled(snn, xte, batch_size=250, spike_counts=False).outputs.values()))
     acc = float((out.argmax(1) == yte).mean())
-    print(f"  finetune, then if T = 4: {100 * acc:.1f} % ({seconds} s of training)", flush=True)
+    print(f"  finetune{''.join(' ' + a for a in extra)}, then if T = 4: {100 * acc:.1f} % ({seconds} s of training)", flush=True)
     return {"acc": acc, "train_s": seconds}
 
 
@@ -205,13 +211,15 @@ def markdown(rows: dict) -> str:
                "\n\nThe path the warning's finetune hint names: `snncc finetune NET.onnx --data "
             "train.npz` (defaults: QCFS L = 4, 3 epochs on the 3500 training images, the IF SNN at "
             "T = 4 in the loop), then `snncc compile` of its output with `--neuron if -T 4` (no "
-            "calibration file). Test accuracy %, against IF at T = 4 from the plain command:\n\n"
-            "| net (ANN) | if T = 4, post-training | if T = 4 after finetune | finetune s |\n"
+            "calibration file), and the same with `--bn train` (BatchNorm statistics trained "
+            "instead of folded). Test accuracy %, against IF at T = 4 from the plain command, in "
+            "brackets the difference to the ANN; training seconds:\n\n"
+            "| net (ANN) | if T = 4, post-training | after finetune | after finetune --bn train |\n"
             "|---|---:|---:|---:|\n"
             + "".join(f"| {name} ({100 * r['ann']:.1f}) | {100 * r['if_T4']['acc']:.1f} | "
-                      f"{100 * r['finetune_if_T4']['acc']:.1f} ({100 * (r['finetune_if_T4']['acc'] - r['ann']):+.1f})"
-                      f" | {r['finetune_if_T4']['train_s']} |\n"
-                      for name, r in rows.items() if "finetune_if_T4" in r)))
+                      + " | ".join(f"{100 * r[k]['acc']:.1f} ({100 * (r[k]['acc'] - r['ann']):+.1f}), "
+                                   f"{r[k]['train_s']} s" if k in r else "-" for k, _ in FINETUNES)
+                      + " |\n" for name, r in rows.items() if "finetune_if_T4" in r)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FloorSTE", "QCFS", "BoundedReLU", "ACTIVATIONS", "replace_modules", "replace_relu_with_qcfs", "replace_maxpool_with_avgpool",
-           "qcfs_modules", "set_spiking", "SpikeMaxPool2d"]
+__all__ = ["FloorSTE", "QCFS", "BoundedReLU", "ACTIVATIONS", "replace_modules", "replace_relu_with_qcfs",
+           "replace_maxpool_with_avgpool", "qcfs_modules", "set_spiking", "SpikeMaxPool2d"]
 
 
 class FloorSTE(torch.autograd.Function):
