@@ -7,9 +7,10 @@ Per bundled trained network (``examples/trained_models.json``, on the data split
 finetune NET.onnx --data train.npz --seed S`` with every other option at its default (QCFS L = 4,
 3 epochs, the IF SNN at T = 4 in the loop), then the exported graph compiled (no calibration) with
 ``--neuron if -T 4``, ``--neuron gn -T 1`` (τ = 4) and ``--neuron if -T 8`` and scored on the test
-split in ONNX Runtime, as ``training_results.py --part recipe`` does for seed 0. The seed moves
-the batch order and the calibration images' sampling, nothing else. Writes
-``examples/results/training/seeds.{md,json}``. About 8 minutes for five seeds on two cores.
+split in ONNX Runtime, as ``training_results.py --part recipe`` does for seed 0. The seed sets
+torch's generator, the batch order and the calibration images' sampling; the data and the ANN stay
+the same. Writes ``examples/results/training/seeds.{md,json}`` (only for the default seeds and
+nets). About 6 minutes on two cores.
 """
 from __future__ import annotations
 

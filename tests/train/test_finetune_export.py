@@ -244,7 +244,7 @@ def test_cli_qcfs_finetune_writes_a_runnable_qcfs_model(tmp_path):
     assert run_ort(out, {"input": x[:5]})[0].shape == (5, 3)
 
 
-def test_cli_finetunes_a_relu6_net_with_lambda_within_the_clip(tmp_path):
+def test_a_relu6_net_finetunes_with_lambda_within_the_clip(tmp_path):
     """A ReLU6 net (Clip(0, 6)) fine-tunes like a ReLU net: each Clip becomes a QCFS site whose λ
     starts at most 6, and compile reads the trained graph without calibration."""
     from snncc.driver import compile_model, make_options
