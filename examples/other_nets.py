@@ -129,13 +129,14 @@ NETS = {"mobilenet": (MobileNetish, 15), "bottleneck": (BottleneckResNet, 10),
         "inception": (InceptionNet, 8), "lenet": (LeNetish, 5)}
 
 
-def measure(name: str, work: str) -> dict:
-    from snncc.driver import compile_model, make_options
-    from snncc.simulate import run_compiled
-
+def train_net(name: str, work: str):
+    """Train NAME (seed 0, the MNIST subset's fixed split), export ``NAME.onnx`` and
+    ``NAME_calib.npz`` (the first 256 training images) into ``work``. Returns (onnx path,
+    calibration path, the split, training seconds). Call with ``torch.set_num_threads(2)`` for
+    the weights of the results files."""
     make, epochs = NETS[name]
     split = load_mnist_subset()
-    (xtr, ytr), (xte, yte) = split.train, split.test
+    xtr, ytr = split.train
     torch.manual_seed(0)
     net = make()
     start = time.perf_counter()
@@ -144,7 +145,16 @@ def measure(name: str, work: str) -> dict:
     export(net, onnx_path, (1, 1, 28, 28), dynamic_batch=True)
     calib = os.path.join(work, f"{name}_calib.npz")
     np.savez(calib, **{INPUT_NAME: xtr[:CALIB_SIZE]})
-    row = {"ann": ort_accuracy(onnx_path, xte, yte), "train_s": round(time.perf_counter() - start)}
+    return onnx_path, calib, split, round(time.perf_counter() - start)
+
+
+def measure(name: str, work: str) -> dict:
+    from snncc.driver import compile_model, make_options
+    from snncc.simulate import run_compiled
+
+    onnx_path, calib, split, train_s = train_net(name, work)
+    (xtr, ytr), (xte, yte) = split.train, split.test
+    row = {"ann": ort_accuracy(onnx_path, xte, yte), "train_s": train_s}
     print(f"{name}: ANN {100 * row['ann']:.1f} % ({row['train_s']} s)", flush=True)
     for neuron, T in CELLS:
         res = compile_model(onnx_path, os.path.join(work, f"{name}_{neuron}_T{T}.onnx"),

@@ -58,6 +58,37 @@ def test_walk_never_raises_a_sites_error(neuron, T):
         assert lam.shape == (4,) and np.all(lam > 0)
 
 
+def test_margin_step_moves_a_shared_current_off_a_spike_count_edge():
+    """A channel whose positions mostly share one current (an image's background) and whose bias
+    left that current just above a spike-count edge moves away from the edge by one step; a
+    channel in the middle of a count's stretch stays where it is."""
+    import snncc.snn_calibration as sc
+
+    options = make_options(neuron="if", timesteps=4)          # edges at (k - 0.5) * lam / 4
+    lam = np.ones(2, np.float32)
+    neuron = _Neuron(get_neuron("if"), options, QuantClipParams(lam=lam, levels=options.levels))
+    z = np.zeros((16, 2, 8, 8), np.float32)
+    z[:, :, :2] = np.random.default_rng(1).random((16, 2, 2, 8))  # spread: a quarter of the map
+    target = np.maximum(z, 0)
+    target[:, 0, 2:], target[:, 1, 2:] = 0.42, 0.5                # what the ANN gives there
+    z[:, 0, 2:], z[:, 1, 2:] = 0.3, 0.5                           # the shared currents
+    bias = np.array([0.375 + 1e-6 - 0.3, 0.0])  # ch 0: 1e-6 above the edge; ch 1: mid-stretch
+
+    def decode(b):
+        return neuron.run(z + b.reshape(1, -1, 1, 1), lam, True).mean(axis=0)
+
+    moved = sc._margin_move(decode, target, bias, sc._channel_mse(decode(bias.astype(np.float32)),
+                                                                  target), lam, options.levels)
+    delta = sc.MARGIN_STEP / options.levels
+    assert moved is not None
+    assert moved[0] == pytest.approx(bias[0] + delta) and moved[1] == bias[1]
+    # the shared positions now keep their count under a current change of half a step
+    for shift in (-0.5 * delta, 0.5 * delta):
+        before = decode(np.float32(bias + shift))[:, 0, 2:]
+        after = decode(np.float32(moved + shift))[:, 0, 2:]
+        assert np.all(after == 0.5) and (shift > 0 or np.all(before == 0.25))
+
+
 @pytest.mark.requires_runtime
 @pytest.mark.parametrize("neuron, T", [("if", 4), ("mt", 4), ("gn", 2), ("srp", 2), ("bitserial", 3),
                                        ("lif", 4)])
