@@ -38,7 +38,7 @@ already calibrated:
    and moves the bias by the ``k`` in {-1, 0, 1} whose neighbourhood (k - 1, k, k + 1) has the
    smallest summed error: the middle of a flat stretch of the error, not its edge. The moves
    are undone if they leave the site's error above its error before the walk. (A bottleneck
-   ResNet at IF T = 4: 35 -> 85 % on Loihi's 8-bit weights, 88.3 % in ORT either way;
+   ResNet at IF T = 4: 34 -> 87 % on Loihi's 8-bit weights, 88.3 % in ORT either way;
    ``examples/results/margin.md``.)
 5. The site's spike train with the chosen ``(lam, b)`` feeds the segments downstream.
 
