@@ -103,7 +103,7 @@ class Block:
     stride: tuple[int, int] = (1, 1)
     pads: tuple[int, int] = (0, 0)          # begin pads (top, left); the end is implied by dst
     groups: int = 1
-    mant: np.ndarray | None = None          # int8 mantissas, filled by quantize
+    mant: np.ndarray | None = None          # integer mantissas (int8 at 8 bits), by quantize
     exp: int = 0
 
     @property

@@ -237,6 +237,13 @@ def _folded_bias(g: Group) -> np.ndarray:
     return bias / g.state_unit.reshape(-1, 1, 1) * 2.0 ** g.frac_bits
 
 
+def _mantissa_dtype(bits: int) -> type:
+    """The smallest signed integer type that holds ``bits``-bit mantissas (int8 for Loihi's 8-bit
+    weights; a wider ``FixedPoint`` must not wrap around in storage)."""
+    return next(t for t, width in ((np.int8, 8), (np.int16, 16), (np.int32, 32), (np.int64, 64))
+                if bits <= width)
+
+
 def weight_int(block: Block) -> np.ndarray:
     """The integer weights the simulator uses: ``mant * 2**exp`` as int64."""
     return block.mant.astype(np.int64) << block.exp
@@ -249,7 +256,7 @@ def _quantize_block(b: Block, wf: np.ndarray, fp: FixedPoint) -> dict[str, Any]:
     saturated = exp > fp.weight_exp_max
     exp = min(exp, fp.weight_exp_max)
     mant = np.clip(np.round(wf / 2.0 ** exp), -top - 1, top)
-    b.mant, b.exp = mant.astype(np.int8), int(exp)
+    b.mant, b.exp = mant.astype(_mantissa_dtype(fp.weight_bits)), int(exp)
     err = mant * 2.0 ** exp - wf
     nonzero = wf != 0
     return {"block": b.name, "exp": b.exp, "saturated": bool(saturated),
@@ -269,7 +276,7 @@ def _quantize_bias(g: Group, fp: FixedPoint) -> dict[str, Any]:
     saturated = bool(np.any(exp > fp.bias_exp_max))
     exp = np.minimum(exp, fp.bias_exp_max)
     mant = np.clip(np.round(bf / 2.0 ** exp), -top, top)
-    g.bias_mant, g.bias_exp = mant.astype(np.int16), exp.astype(np.int8)
+    g.bias_mant, g.bias_exp = mant.astype(_mantissa_dtype(fp.bias_mant_bits)), exp.astype(np.int8)
     err = mant * 2.0 ** exp - bf
     return {"group": g.name, "saturated": saturated,
             "max_abs_err": float(np.abs(err).max() / one) if err.size else 0.0,
