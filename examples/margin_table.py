@@ -16,8 +16,9 @@ switched off (``MARGIN_STEP = 0``, the walk before it) and once as shipped, it m
 
 - ``ort``: test accuracy in ONNX Runtime;
 - ``noise``: test accuracy when every Conv / Gemm / MatMul weight of the compiled model is
-  multiplied by ``1 + 0.004 * N(0, 1)`` (about the rms error of Loihi's 8-bit mantissas), mean and
-  minimum over five noise seeds;
+  multiplied by ``1 + 0.004 * N(0, 1)``, mean and minimum over five noise seeds (a milder stand-in
+  for Loihi's rounding: that error is about 0.4 % rms of each block's *largest* weight, so much
+  more than 0.4 % of a small weight);
 - ``loihi``: accuracy of ``--target loihi`` (same calibration) in the bit-accurate simulator
   (emulated neurons) on the first 256 test images, next to ``ort`` on the same images.
 
@@ -138,7 +139,9 @@ def markdown(data: dict) -> str:
              "without the margin step (`MARGIN_STEP = 0`, the walk before it) → with it (as "
              "shipped). `ORT`: test accuracy (%) in ONNX Runtime. `noise`: mean (min) test "
              f"accuracy over {NOISE_SEEDS} seeds with every Conv/Gemm/MatMul weight of the "
-             f"compiled model times 1 + {NOISE} N(0, 1). `Loihi`: `--target loihi`, bit-accurate "
+             f"compiled model times 1 + {NOISE} N(0, 1) (milder than Loihi's rounding, whose error "
+             "is about 0.4 % rms of each block's largest weight). `Loihi`: `--target loihi`, "
+             "bit-accurate "
              f"simulator (emulated neurons), first {LOIHI_IMAGES} test images, with ORT on the "
              "same images in brackets.", ""]
     for name, row in data["nets"].items():
