@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must be >= 1")
     nets = select_nets(parser, args.nets)
     out_md = args.out
-    out_json = declare_table_outputs(out_md, nets)
+    out_json = declare_table_outputs(out_md, nets, parser)
     command = "python examples/calibration_spread.py" + (
         "" if out_md == DEFAULT_OUT else f" --out {os.path.relpath(out_md, ROOT)}") + (
         "" if args.seeds == 5 else f" --seeds {args.seeds}") + (

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = table_parser(__doc__, DEFAULT_OUT)
     args = parser.parse_args(argv)
     nets = select_nets(parser, args.nets)
-    out_json = declare_table_outputs(args.out, nets)
+    out_json = declare_table_outputs(args.out, nets, parser)
     data: dict = {}
     lines = ["# Calibration: method x granularity x neuron at T = 4, and sample count", "",
              "Regenerate with `python examples/calibration_table.py`. Test accuracy (%) with "

@@ -35,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 from snncc import __version__  # noqa: E402
 from snncc.cli import main as snncc_main  # noqa: E402
+from snncc.errors import SnnccError  # noqa: E402
 from snncc.outputs import Output, atomic_file, check_outputs  # noqa: E402
 
 NEURONS = ("if", "bitserial", "mt", "gn", "srp", "lif")
@@ -73,12 +74,21 @@ def select_nets(parser: argparse.ArgumentParser, wanted: list[str] | None) -> di
     return nets
 
 
-def declare_table_outputs(out_md: Path, nets: dict[str, dict]) -> Path:
+def declare_table_outputs(out_md: Path, nets: dict[str, dict],
+                          parser: argparse.ArgumentParser | None = None) -> Path:
     """Check the Markdown table and the JSON beside it as the only outputs (never over a net's
-    files); returns the JSON path."""
+    files); returns the JSON path. With ``parser``, a refused output is its error (exit 2, one
+    message) instead of an exception."""
     out_json = out_md.with_suffix(".json")
     inputs = [p for n in nets.values() for p in (n["onnx_path"], n["calib_path"], n["test_path"])]
-    check_outputs([Output(out_md, "file", "--out"), Output(out_json, "file", "--out (json)")], inputs)
+    command = Path(parser.prog).name if parser is not None else Path(sys.argv[0]).name
+    try:
+        check_outputs([Output(out_md, "file", "--out"), Output(out_json, "file", "--out (json)")],
+                      inputs, command=command, has_force=False)
+    except SnnccError as exc:
+        if parser is None:
+            raise
+        parser.error(str(exc))
     return out_json
 
 
@@ -255,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out_md = args.out
     nets = select_nets(parser, args.nets)
-    out_json = declare_table_outputs(out_md, nets)
+    out_json = declare_table_outputs(out_md, nets, parser)
 
     command = "python examples/default_table.py" + (
         "" if out_md == DEFAULT_OUT else f" --out {os.path.relpath(out_md, ROOT)}")

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-T", nargs="+", type=int, default=[1, 2, 3, 4, 5, 6, 8], dest="timesteps")
     args = parser.parse_args(argv)
     nets = select_nets(parser, args.nets or ["mnist_cnn", "digits_resnet"])
-    out_json = declare_table_outputs(args.out, nets)
+    out_json = declare_table_outputs(args.out, nets, parser)
     start = time.perf_counter()
     data = {"snncc_version": __version__, "git_commit": git_commit(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "neurons": args.neurons,

@@ -711,8 +711,9 @@ def _refine_site(site: Site, z: np.ndarray, const: bool, target: np.ndarray,
         if err >= total:
             break
         bias, total, best_train, best_dec = trial, err, train, decoded
-    moved = _margin_move(lambda b: simulate(best_lam, b)[1], target, bias,
-                         _channel_mse(best_dec, target), best_lam, params.levels)
+    moved = None if target.ndim < 2 else _margin_move(
+        lambda b: simulate(best_lam, b)[1], target, bias, _channel_mse(best_dec, target),
+        best_lam, params.levels)
     if moved is not None:
         train, decoded = simulate(best_lam, moved.astype(np.float32))
         err = float(np.mean(_channel_mse(decoded, target)))

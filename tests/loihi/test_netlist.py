@@ -141,3 +141,8 @@ def test_wider_weight_mantissas_are_stored_without_wrapping(tmp_path, bits):
     back = nl.load(tmp_path)
     for a, b in zip(n.blocks, back.blocks):
         assert np.array_equal(a.mant, b.mant)
+    # NetX / Lava take 8-bit weights: no network.net for wider mantissas, and a reason
+    from snncc.backends.loihi.netx import write_netx
+    res = write_netx(n, tmp_path / "network.net")
+    assert res["path"] is None and f"{bits}-bit" in res["reason"]
+    assert not (tmp_path / "network.net").exists()

@@ -197,6 +197,12 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
     inp = net.groups[0]
     fp = net.meta.get("quantization", {}).get("fixed_point", {})
     in_bits, payload_bits = int(fp.get("input_frac_bits", 8)), int(fp.get("payload_bits", 24))
+    weight_bits = int(fp.get("weight_bits", 8))
+    if weight_bits > 8:   # a wider FixedPoint (Python API): Lava's synapses take 8-bit weights
+        return {"path": None, "layers": [], "not_exported": skipped, "notes": [],
+                "reason": f"the netlist has {weight_bits}-bit weight mantissas (FixedPoint("
+                          "weight_bits=...)) and NetX / Lava take 8-bit weights; network.net "
+                          "not written"}
     if not exported:
         first = skipped[0] if skipped else {"group": "-", "reason": "the netlist has no layers"}
         reason = (f"no layer NetX can express: the first layer '{first['group']}' "
