@@ -521,8 +521,9 @@ def _margin_move(decode: Callable[[np.ndarray], np.ndarray], target: np.ndarray,
                  levels: int) -> np.ndarray | None:
     """Step 4 of the walk: the bias moved per channel by -delta, 0 or +delta to the middle of a
     flat stretch of the error (``decode(bias float32) -> decoded output``; ``err``: the error per
-    channel at ``bias``), or None when no channel moves."""
-    if MARGIN_STEP <= 0:
+    channel at ``bias``), or None when no channel moves (always for a site without a channel
+    axis, whose bias is one number)."""
+    if MARGIN_STEP <= 0 or target.ndim < 2:
         return None
     channels = bias.shape[0]
     delta = MARGIN_STEP * np.broadcast_to(np.asarray(lam, np.float64), (channels,)) / levels
@@ -711,9 +712,8 @@ def _refine_site(site: Site, z: np.ndarray, const: bool, target: np.ndarray,
         if err >= total:
             break
         bias, total, best_train, best_dec = trial, err, train, decoded
-    moved = None if target.ndim < 2 else _margin_move(
-        lambda b: simulate(best_lam, b)[1], target, bias, _channel_mse(best_dec, target),
-        best_lam, params.levels)
+    moved = _margin_move(lambda b: simulate(best_lam, b)[1], target, bias,
+                         _channel_mse(best_dec, target), best_lam, params.levels)
     if moved is not None:
         train, decoded = simulate(best_lam, moved.astype(np.float32))
         err = float(np.mean(_channel_mse(decoded, target)))
