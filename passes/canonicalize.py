@@ -76,7 +76,7 @@ import onnx_graphsurgeon as gs
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
-from snncc.op_classes import FUSED_HINT, RECURRENT
+from snncc.op_classes import FUSED_HINT, RECURRENT, TRAINING_HINT
 from snncc.passes.base import Decline, Pass, PassResult
 from snncc.passes.opset_down import convert_version
 from snncc.passes.support import no_activation, relu_spellings, unsupported_nodes
@@ -131,11 +131,15 @@ class CanonicalizePass(Pass):
             raise UnsupportedNodeError(
                 f"{len(bad)} node(s) cannot be converted", diagnostics=bad, code="SNN-E206",
                 hint="export a static graph of standard ONNX ops")
-        if bad:
+        if bad and all(d.code in ("SNN-E208", "SNN-E204") for d in bad):
             raise UnsupportedNodeError(
-                f"{sum(d.code != 'SNN-E204' for d in bad)} node(s) have no spiking equivalent",
-                diagnostics=bad,
-                code="SNN-E201", hint="retrain with ReLU, or compile with --allow-analog")
+                f"the model was exported in training mode: "
+                f"{sum(d.code == 'SNN-E208' for d in bad)} node(s) would compute their training "
+                "form", diagnostics=bad, code="SNN-E208", hint=TRAINING_HINT)
+        if bad:
+            raise UnsupportedNodeError(_unsupported_summary(bad), diagnostics=bad,
+                                       code="SNN-E201",
+                                       hint="retrain with ReLU, or compile with --allow-analog")
         counts: Counter = Counter({"relu_forms_rewritten": relu_forms,
                                    "float16_promoted": float16, "static_if_flattened": static_ifs})
         declines: list[Decline] = []
@@ -466,6 +470,18 @@ def _shape_only(tensor: gs.Tensor, depth: int = 64) -> bool:
             return False  # a graph input reached without a Shape (or too far to tell)
         stack.extend(prod.inputs)
     return True
+
+
+def _unsupported_summary(diags: Sequence[Diagnostic]) -> str:
+    """One line that counts what the list below it holds."""
+    nodes = sum(d.code not in ("SNN-E204", "SNN-E208") for d in diags)
+    training = sum(d.code == "SNN-E208" for d in diags)
+    parts = ([f"{nodes} node(s) have no spiking equivalent"] if nodes else []) + \
+        ([f"{training} node(s) are in training mode"] if training else [])
+    summary = ", ".join(parts)
+    if any(d.code == "SNN-E204" for d in diags):
+        summary += ", and nothing would become a neuron"
+    return summary
 
 
 def _quantized_summary(diags: Sequence[Diagnostic]) -> str:

@@ -10,7 +10,8 @@ runs once, on analog data). Softmax / LogSoftmax must be *head* (else SNN-E203).
 
 :func:`unsupported_nodes` lists every node that cannot convert, one diagnostic each (SNN-E201
 activations with no spiking equivalent, SNN-E202 composite forms, SNN-E203 a Softmax before a
-spiking layer, SNN-E205 an op domain ONNX Runtime does not know, SNN-E206 control flow), and
+spiking layer, SNN-E205 an op domain ONNX Runtime does not know, SNN-E206 control flow, SNN-E208
+a BatchNormalization or Dropout exported in training mode), and
 :func:`no_activation` gives SNN-E204 when nothing would become a neuron. The diagnostics name the
 canonicalize pass, which raises them (see :mod:`snncc.passes.canonicalize`).
 """
@@ -20,6 +21,7 @@ from collections import Counter
 from typing import Mapping, Sequence
 
 import networkx as nx
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from snncc import ir
@@ -27,7 +29,7 @@ from snncc.context import CompileOptions
 from snncc.errors import Diagnostic
 from snncc.op_classes import (ACTIVATION, CONTROL_FLOW, FUSED_HINT, META_OPS, ORT_DOMAINS,
                                ORT_FUSED, OUTPUT_ONLY, PATTERN_HINTS, QUANTIZED, QUANTIZED_HINT,
-                               RECURRENT, TIME_OPS, op_info)
+                               RECURRENT, TIME_OPS, TRAINING_HINT, op_info)
 from snncc.passes.quant_clip import activation_sites
 
 __all__ = ["unsupported_nodes", "conversion_roles", "analog_prefix", "no_activation", "time_op_ok",
@@ -78,6 +80,11 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
             diags.append(_diag("SNN-E207", f"{node.op} belongs to a quantized model", label,
                                QUANTIZED_HINT, severity))  # --allow-analog: islands
             continue
+        training = _training_mode(graph, node)
+        if training:  # never a spiking layer, nor an island: its output changes with the batch
+            diags.append(_diag("SNN-E208", f"{node.op} is in training mode ({training})", label,
+                               TRAINING_HINT, "error"))
+            continue
         if node.op in ORT_FUSED and (node.domain or "") == "com.microsoft":
             diags.append(_diag("SNN-E207", f"{node.op} is an ONNX Runtime fused op", label,
                                FUSED_HINT, "error"))
@@ -99,6 +106,24 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
             diags.append(_diag("SNN-E201", f"{node.op} has no spiking equivalent", label,
                                info.hint, severity))
     return diags
+
+
+def _training_mode(graph: gs.Graph, node: gs.Node) -> str | None:
+    """Why a BatchNormalization or Dropout computes its training form, or None: what
+    ``torch.onnx.export`` writes for a model left in train() mode (batch statistics, random
+    masks), so the converted model's output would depend on the batch."""
+    if (node.domain or "") not in ("", "ai.onnx"):
+        return None
+    if node.op == "BatchNormalization":
+        if node.attrs.get("training_mode", 0):
+            return "training_mode=1: it normalises with each batch's own statistics"
+        if any(o.outputs or o in graph.outputs for o in node.outputs[1:]):
+            return "its running statistics are outputs read by the graph"
+    elif node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2].name:
+        mode = ir.const_value(node.inputs[2])
+        if mode is not None and bool(np.asarray(mode).reshape(-1)[0]):
+            return "training_mode=true: it zeroes random activations at every run"
+    return None
 
 
 def _times_own_input(node: gs.Node) -> bool:

@@ -108,6 +108,8 @@ ORT_FUSED = frozenset({"FusedConv", "FusedGemm", "FusedMatMul", "NhwcConv", "Nhw
                        "QuickGelu", "BiasGelu", "FastGelu"})
 QUANTIZED_HINT = ("snncc compiles float models and quantizes them itself (the QANN): compile the "
                   "float model this one was quantized from")
+TRAINING_HINT = ("export the model in inference mode: call model.eval() before torch.onnx.export "
+                 "(or pass training=torch.onnx.TrainingMode.EVAL)")
 FUSED_HINT = ("compile the model as exported, not one saved after ONNX Runtime's extended "
               "optimizations (they fuse activations into com.microsoft ops)")
 

@@ -184,7 +184,11 @@ g (float[1,4,8,8] x) => (float[4,64] y) <int64[2] s = {4, 64}> { y = Reshape(x, 
 
 DROPOUT_TRAINING = """
 <ir_version: 8, opset_import: ["" : 17]>
-g (float[1,4] x) => (float[1,4] y) <float r = {0.5}, bool t = {1}> { y = Dropout(x, r, t) }
+g (float[1,4] x) => (float[1,4] y) <float r = {0.5}, float z = {0.0}> {
+  m = ReduceMax <keepdims = 0> (x)
+  t = Greater(m, z)
+  y = Dropout(x, r, t)
+}
 """
 
 
@@ -194,6 +198,51 @@ def test_declines(text, code):
     out, report, _ = run_passes(tiny_model(text), [CanonicalizePass(require_activation=False)])
     assert code in {d["code"] for d in report.rows[0].declines}
     assert op_types(out) == op_types(tiny_model(text))
+
+
+TRAINING_EXPORT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2,4,6,6] x) => (float[2,10] y)
+  <float[4,4,3,3] w = {...}, float[4] g = {1,1,1,1}, float[4] b = {0,0,0,0},
+   float[4] m = {0,0,0,0}, float[4] v = {1,1,1,1}, float r = {0.5}, bool t = {1},
+   float[144,10] f = {...}> {
+  c = Conv <pads = [1,1,1,1]> (x, w)
+  n, rm, rv = BatchNormalization <training_mode = 1> (c, g, b, m, v)
+  a = Relu(n)
+  s = Flatten(a)
+  d = Dropout(s, r, t)
+  y = MatMul(d, f)
+}
+"""
+
+
+def test_a_model_exported_in_training_mode_is_refused_with_every_such_node_named():
+    """torch.onnx.export of a model left in train() mode: the BatchNormalization used each
+    batch's statistics and the Dropout its random mask inside the SNN (a user's net gave 97.6 /
+    98.4 / 98.6 % at batch 1 / 16 / 500). Now one SNN-E208 names both, and inspect agrees."""
+    from snncc.inspect import inspect_model
+    text = TRAINING_EXPORT.replace("{...}", "{" + ",".join(["0.1"] * 144) + "}", 1) \
+        .replace("{...}", "{" + ",".join(["0.01"] * 1440) + "}", 1)
+    model = tiny_model(text)
+    with pytest.raises(UnsupportedNodeError) as info:
+        run_passes(model, [CanonicalizePass()], options=_options("train_export",
+                                                                  allow_analog=True))
+    err = info.value
+    assert err.code == "SNN-E208" and "training mode" in str(err) and "model.eval()" in err.hint
+    assert sorted(d.node.split("::")[1].rstrip(")") for d in err.diagnostics) == \
+        ["BatchNormalization", "Dropout"]
+    assert {d.code for d in err.diagnostics} == {"SNN-E208"}
+    from snncc.inspect import format_inspect
+    assert "SNN-E208" in format_inspect(inspect_model(model))
+
+
+def test_the_summary_counts_what_its_list_holds():
+    """Three unsupported activations and no ReLU: the summary said "3 node(s)" over four items."""
+    with pytest.raises(UnsupportedNodeError) as info:
+        run_passes(zoo.act_many(), [CanonicalizePass()], options=_options("act_many",
+                                                                          allow_analog=False))
+    assert str(info.value).split(". Hint")[0].endswith(
+        "3 node(s) have no spiking equivalent, and nothing would become a neuron")
 
 
 
