@@ -28,10 +28,11 @@ and reads no file.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 
-from snncc import calibration, ir
+from snncc import calibration, input_range, ir
 from snncc.context import CompileContext, QuantClipParams
 from snncc.errors import CalibrationError
 from snncc.passes.base import Pass, PassResult
@@ -140,6 +141,7 @@ class CalibratePass(Pass):
             samples, ctx.holdout = split_holdout(samples, holdout, options.calib_max_samples)
             used = len(next(iter(samples.values())))
             ctx.notes["calibration_samples"] = used
+            model.metadata[input_range.METADATA_KEY] = json.dumps(input_range.summarize(samples))
             ctx.warnings += _sample_warnings(options, available, used, ctx.holdout)
             names = list(dict.fromkeys(s.z.name for s in need))
             stats = calibration.collect_statistics(

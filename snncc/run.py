@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from snncc import input_range
 from snncc.errors import Diagnostic, ModelInputError, OptionError, OutputPathError
 
 __all__ = ["load_inputs", "load_feeds", "run_command"]
@@ -237,6 +238,8 @@ def run_command(args: argparse.Namespace) -> int:
 
         net = load(target)
         x, labels = load_inputs(args.input)
+        stored = input_range.parse(net.meta.get("calibration_inputs"))
+        input_range.warn(stored, {name: x for name in stored} if len(stored) == 1 else {})
         all_outputs, events = run_netlist(net, x,
                                           semantics=getattr(args, "semantics", None) or "emulated")
         activity = _netlist_activity(net, events, max(len(x), 1))

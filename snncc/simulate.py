@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from snncc.errors import ModelInputError, OptionError, RuntimeLibraryError, SnnccError
-from snncc import ir
+from snncc import input_range, ir
 from snncc.ir import SNN_DOMAIN, node_attrs
 from snncc.neurons.common import binary_events
 from snncc.passes.insert_neurons import spec_for_op
@@ -188,6 +188,7 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     for k, v in inputs.items():
         check_shape(proto, k, v)
     meta = {p.key: p.value for p in proto.metadata_props}
+    input_range.warn(input_range.parse(meta.get(input_range.METADATA_KEY)), inputs)
     if meta.get("snncc.schedule") == "streaming" and not use_library:
         raise RuntimeLibraryError(
             "a --schedule streaming model runs only with the C++ kernel library: the portable "

@@ -25,7 +25,7 @@ from typing import Any
 
 import onnx
 
-from snncc import ir
+from snncc import input_range, ir
 from snncc.analysis.synops import (artifact_sample_count, format_synops_line, loihi_samples,
                                    synops_section)
 from snncc.backends.base import Artifact, Backend
@@ -144,7 +144,8 @@ class LoihiBackend(Backend):
         net.meta.update(
             netx=netx, reset={"emulated_soft_reset": soft, "note": RESET_NOTE if soft else ""},
             mapping={k: mapping[k] for k in ("cores_used", "lower_bound", "ratio_to_bound")},
-            core_limits=self.limits.to_json())
+            core_limits=self.limits.to_json(),
+            calibration_inputs=input_range.parse(model.metadata.get(input_range.METADATA_KEY)))
         files = nl.save(net, out)
         cores = out / "cores.json"
         cores.write_text(_dumps(mapping))
