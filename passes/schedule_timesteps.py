@@ -140,6 +140,7 @@ import logging
 
 import networkx as nx
 import numpy as np
+import onnx
 
 from snncc import ir
 from snncc.context import CompileContext, CompileOptions
@@ -151,7 +152,7 @@ from snncc.passes.support import HEAD, conversion_roles, feeds_only_outputs, tim
 from snncc.passes.insert_neurons import spec_for_op
 
 __all__ = ["ScheduleTimestepsPass", "TIME_OPS", "SCHEDULES", "MAXPOOL_MODES",
-           "batch_axis_problem"]
+           "batch_axis_problem", "maxpools_to_average"]
 
 logger = logging.getLogger("snncc.passes.schedule_timesteps")
 
@@ -335,6 +336,49 @@ class _Emitter:
         node.outputs.clear()
         self.op("Reshape", [picked, self.op("Shape", [indices], hint, dtype=np.int64)[0]], hint,
                 outputs=[out])
+
+
+def _average_attrs(maxpool_attrs) -> dict:
+    """``--maxpool avg``: the AveragePool that stands for a MaxPool (same window, padding not
+    counted)."""
+    attrs = {k: v for k, v in maxpool_attrs.items() if k in
+             ("kernel_shape", "strides", "pads", "auto_pad", "ceil_mode")}
+    attrs["count_include_pad"] = 0
+    return attrs
+
+
+def maxpools_to_average(proto: onnx.ModelProto) -> int:
+    """``--maxpool avg`` on a plain graph (the QANN: ``--target qann`` and the fidelity estimate's
+    QANN, so that it pools as the SNN does): every MaxPool of the main graph becomes the
+    AveragePool this pass emits for it, in place. Returns how many; a dilated MaxPool or one whose
+    indices are read -> SNN-E249 / SNN-E248, as in the pass."""
+    read = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+    bad, changed = [], 0
+    for node in proto.graph.node:
+        if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        label = f"node '{node.name}' (ai.onnx::MaxPool)"
+        if len(node.output) > 1 and node.output[1] in read:
+            bad.append(Diagnostic("SNN-E248", "the MaxPool indices output is used",
+                                  pass_name="maxpool-avg", node=label,
+                                  hint="export the model without return_indices"))
+            continue
+        if any(d != 1 for d in attrs.get("dilations", [1])):
+            bad.append(Diagnostic("SNN-E249", "a dilated MaxPool has no AveragePool equivalent",
+                                  pass_name="maxpool-avg", node=label,
+                                  hint="use --maxpool auto or gate"))
+            continue
+        node.op_type = "AveragePool"
+        del node.attribute[:]
+        node.attribute.extend(onnx.helper.make_attribute(k, v)
+                              for k, v in sorted(_average_attrs(attrs).items()))
+        del node.output[1:]
+        changed += 1
+    if bad:
+        raise UnsupportedNodeError("--maxpool avg: some MaxPools have no AveragePool form",
+                                   diagnostics=bad, code=bad[0].code)
+    return changed
 
 
 def window_keys(slices: int, counted: int) -> np.ndarray:
@@ -575,9 +619,7 @@ class ScheduleTimestepsPass(Pass):
             self._diag("SNN-E249", mp, "a dilated MaxPool has no AveragePool equivalent",
                        "use --maxpool auto or gate")
             return
-        attrs = {k: v for k, v in mp.attrs.items() if k in
-                 ("kernel_shape", "strides", "pads", "auto_pad", "ceil_mode")}
-        attrs["count_include_pad"] = 0
+        attrs = _average_attrs(mp.attrs)
         hint = _hint(mp)
         x, y = mp.inputs[0], mp.outputs[0]
         mp.inputs.clear()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import onnx
 
 from snncc import __version__, fidelity, ir
 from snncc.context import MAX_LEVELS, MAX_TIMESTEPS, TARGETS, CompileContext, CompileOptions
@@ -251,6 +252,18 @@ def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
     return outs
 
 
+def _as_pooled(qann: onnx.ModelProto, options: CompileOptions) -> onnx.ModelProto:
+    """The QANN as the SNN pools: with ``--maxpool avg`` its MaxPools become AveragePools (a
+    copy; the snapshot is left as it was)."""
+    if options.maxpool != "avg" or not any(n.op_type == "MaxPool" for n in qann.graph.node):
+        return qann
+    from snncc.passes.schedule_timesteps import maxpools_to_average
+
+    qann = onnx.ModelProto.FromString(qann.SerializeToString())
+    maxpools_to_average(qann)
+    return qann
+
+
 def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
                   options: CompileOptions, *, report_path: str | os.PathLike | None = None,
                   dump_after: Sequence[str] = (), dump_dir: str | os.PathLike | None = None,
@@ -349,8 +362,9 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
 
         count_net = artifact_netlist(snap.proto("insert-neurons"), options, model)
         ctx.event_taps = pool_taps(count_net) if not isinstance(count_net, dict) else {}
-    fid = fidelity.estimate(snap.proto("canonicalize"), snap.proto("relu-to-quant-clip"),
-                            backend, model, ctx) if fidelity_wanted and ctx.holdout else None
+    fid = fidelity.estimate(snap.proto("canonicalize"), _as_pooled(snap.proto(
+        "relu-to-quant-clip"), options), backend, model, ctx) \
+        if fidelity_wanted and ctx.holdout else None
     if min_agreement is not None and fid is None:
         kept = min(MIN_CALIB_SAMPLES, options.calib_max_samples or MIN_CALIB_SAMPLES)
         raise OptionError("--min-agreement: no samples could be held out for the fidelity "
@@ -364,7 +378,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     synops = _synops(snap, model, ctx, count_net) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none
         if backend is None:
-            proto = ir.to_proto(model, opset=options.opset)
+            proto = _as_pooled(ir.to_proto(model, opset=options.opset), options)
             ir.check_onnx(proto)
             ir.save(proto, out)
             files = [out]

@@ -257,10 +257,16 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
     out = []
     if max_pools and options.maxpool == "avg":
         q = fid.get("qann_vs_ann", {}).get("top1_agreement")
-        out.append("drop --maxpool avg: this net pools by max, and averaging instead changes it "
-                   "before any spiking" + (f" (the QANN agrees {100 * q:.1f} %)" if q is not None
-                                           else "") + "; --target ort pools by max exactly, or "
-                   "train the net with average pooling")
+        seen = f" (its QANN, pooling by average too, agrees {100 * q:.1f} %)" if q is not None \
+            else ""
+        if options.target in ("loihi", "nir"):   # they cannot pool by max: the net must change
+            out.append(f"this net pools by max, which {options.target} cannot, and --maxpool avg "
+                       f"changes the network itself{seen}: train it with average pooling (then "
+                       "compile without --maxpool), or use --target ort, which pools by max "
+                       "exactly")
+        else:
+            out.append(f"drop --maxpool avg: this net pools by max, and averaging instead "
+                       f"changes the network itself{seen}; --target ort pools by max exactly")
     if options.calib_method != "snn":
         out.append("--calib-method snn (SNN-aware calibration of lambda and bias per layer)")
     if not options.calib_per_channel and _per_channel_ok(options):

@@ -224,6 +224,7 @@ def test_capability_check_runs_before_calibration(tmp_path, capsys, monkeypatch)
                str(tmp_path / "c.npy"), "-o", str(tmp_path / "out")])
     _, err = capsys.readouterr()
     assert rc == 2 and "[SNN-E270]" in err and "before calibration" in err
+    assert "changes the network" in err     # the hint no longer sends users to avg unwarned
     assert not (tmp_path / "out").exists()
 
 
@@ -461,3 +462,60 @@ def test_maxpool_avg_on_a_max_pool_net_is_the_first_hint():
     ranked = hints(make_options(maxpool="avg"), fid, "m.onnx", max_pools=True)
     assert ranked[0].startswith("drop --maxpool avg") and "50.0 %" in ranked[0]
     assert not hints(make_options(maxpool="avg"), fid, "m.onnx")[0].startswith("drop")
+    # Loihi cannot pool by max (E270 had sent the user to avg): training is the way, not "drop"
+    ranked = hints(make_options(maxpool="avg", target="loihi"), fid, "m.onnx", max_pools=True)
+    assert ranked[0].startswith("this net pools by max, which loihi cannot") and \
+        "train it with average pooling" in ranked[0]
+
+
+def _max_pool_net(path, dilations=(1, 1)):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2],
+                          dilations=list(dilations)),
+         helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("MatMul", ["f", "m"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(rng.normal(size=(3, 2, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.normal(size=(3 * (16 if dilations[0] == 1 else 9), 4))
+                                 .astype(np.float32), "m")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return model
+
+
+def test_maxpool_avg_reaches_the_qann_target_and_the_fidelity_qann(tmp_path, capsys):
+    """--target qann --maxpool avg kept both MaxPools (a new user's net); the fidelity estimate's
+    QANN pooled by max while the SNN averaged, so its figure meant something else per target."""
+    import onnx
+
+    from snncc.driver import _as_pooled, make_options
+
+    model = _max_pool_net(tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).random((40, 2, 8, 8), np.float32))
+    for extra, pool in (([], "MaxPool"), (["--maxpool", "avg"], "AveragePool")):
+        out = tmp_path / f"q{len(extra)}.onnx"
+        assert main(["compile", str(tmp_path / "m.onnx"), "--target", "qann", "--calib",
+                     str(tmp_path / "c.npy"), "-o", str(out), "-q", *extra]) == 0
+        ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+        assert pool in ops and ({"MaxPool", "AveragePool"} - {pool}).isdisjoint(ops)
+    pooled = _as_pooled(model, make_options(maxpool="avg"))
+    avg = [n for n in pooled.graph.node if n.op_type == "AveragePool"]
+    assert len(avg) == 1 and {a.name: onnx.helper.get_attribute_value(a) for a in
+                              avg[0].attribute}["count_include_pad"] == 0
+    assert [n.op_type for n in model.graph.node].count("MaxPool") == 1   # the snapshot: a copy
+    assert _as_pooled(model, make_options()) is model
+
+
+def test_a_dilated_maxpool_with_avg_is_refused_for_the_qann_too(tmp_path, capsys):
+    _max_pool_net(tmp_path / "m.onnx", dilations=(2, 2))
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).random((40, 2, 8, 8), np.float32))
+    rc = main(["compile", str(tmp_path / "m.onnx"), "--target", "qann", "--calib",
+               str(tmp_path / "c.npy"), "-o", str(tmp_path / "q.onnx"), "--maxpool", "avg"])
+    assert rc == 2 and "[SNN-E249]" in capsys.readouterr().err
+    assert not (tmp_path / "q.onnx").exists()

@@ -16,6 +16,11 @@ from snncc.ir import node_attrs
 __all__ = ["node_attrs", "matrix_weights"]
 
 
+#: The hint of a refused MaxPool (a target with no max pooling).
+AVG_HINT = ("train the net with average pooling, or use --maxpool avg, which replaces each MaxPool "
+            "by an AveragePool and so changes the network (compile's fidelity line says how much)")
+
+
 def matrix_weights(node: onnx.NodeProto, const: Callable[[onnx.NodeProto, int], Any],
                    error: Callable[[str, str], Exception]
                    ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from snncc.backends.common import matrix_weights, node_attrs as _attrs
+from snncc.backends.common import AVG_HINT, matrix_weights, node_attrs as _attrs
 from snncc.backends.loihi.netlist import (Block, Group, Netlist, conv2d, conv2d_adjoint)
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
 from snncc.ir import SNN_DOMAIN, proto_node_label
@@ -370,7 +370,7 @@ class _Lowering:
         if node.op_type == "MaxPool" and self.maxpool == "avg":
             handler = self._maxpool_as_avg
         if handler is None or node.domain not in ("", "ai.onnx"):
-            hint = ("use --maxpool avg (or train with average pooling)" if node.op_type == "MaxPool"
+            hint = (AVG_HINT if node.op_type == "MaxPool"
                     else "export the model without its final Softmax/LogSoftmax (the arg-max, "
                          "the predicted class, is the same), or use --target ort, which runs it "
                          "as the output head" if node.op_type in ("Softmax", "LogSoftmax")

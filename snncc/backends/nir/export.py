@@ -43,7 +43,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from snncc.backends.common import matrix_weights, node_attrs as _attrs
+from snncc.backends.common import AVG_HINT, matrix_weights, node_attrs as _attrs
 from snncc.errors import Diagnostic
 from snncc.ir import SNN_DOMAIN, proto_node_label
 
@@ -230,7 +230,7 @@ class _Builder:
         if node.op_type == "MaxPool":
             if self.maxpool != "avg":
                 raise _Refuse("SNN-E692", "MaxPool has no NIR form (NIR has no max pooling)",
-                              "use --maxpool avg (or train with average pooling)")
+                              AVG_HINT)
             handler = self._maxpool_as_avg
         if handler is None or node.domain not in ("", "ai.onnx"):
             raise _Refuse("SNN-E692", f"op {node.op_type} has no NIR form in snncc's export",
