@@ -21,7 +21,8 @@ import onnx
 
 from snncc import __version__, fidelity, ir
 from snncc.context import MAX_LEVELS, MAX_TIMESTEPS, TARGETS, CompileContext, CompileOptions
-from snncc.errors import BackendCapabilityError, OptionError, api_wording, in_cli
+from snncc.errors import (BackendCapabilityError, OptionError, OutputPathError, api_wording,
+                          in_cli)
 from snncc.outputs import (Output, atomic_dir, atomic_file, check_outputs, default_output,
                            file_output, temp_dir, transaction, write_errors)
 from snncc.passes.calibrate import MIN_CALIB_SAMPLES
@@ -252,6 +253,26 @@ def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
     return outs
 
 
+#: What each target writes, and the suffixes that name something else (a user's slip: a Loihi
+#: folder called model.onnx, an ONNX model called x.npz).
+_OUTPUT_KIND = {"ort": ("an ONNX model", ".onnx"), "qann": ("an ONNX model", ".onnx"),
+                "nir": ("a NIR file", ".nir"), "loihi": ("a folder (network.net, netlist.json, ...)",
+                                                         ".loihi")}
+_OTHER_SUFFIXES = (".onnx", ".nir", ".loihi", ".npz", ".npy", ".json", ".net", ".pt", ".pth")
+
+
+def _check_output_suffix(out: Path, options: CompileOptions) -> None:
+    """Refuse (SNN-E372) an output named with the suffix of another kind of file."""
+    what, suffix = _OUTPUT_KIND.get(options.target, ("", ""))
+    got = out.suffix.lower()
+    if suffix and got != suffix and got in _OTHER_SUFFIXES:
+        raise OutputPathError(
+            f"-o '{out}': the {options.target} target writes {what}, and '{got}' names another "
+            "kind of file", code="SNN-E372",
+            hint=f"name it {out.with_suffix(suffix).name}"
+            + (f", or use --target ort to write {out.name}" if got == ".onnx" else ""))
+
+
 def _as_pooled(qann: onnx.ModelProto, options: CompileOptions) -> onnx.ModelProto:
     """The QANN as the SNN pools: with ``--maxpool avg`` its MaxPools become AveragePools (a
     copy; the snapshot is left as it was)."""
@@ -323,6 +344,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
         out = Path(out)
     else:
         out = file_output(out, example=default_output(model_path, options.target).name)
+    _check_output_suffix(out, options)
     check_outputs(declared_outputs(out, options, report_path=report_path, dump_after=dump_after,
                                    dump_dir=dump_dir),
                   [model_path, options.calib_path], force=force)

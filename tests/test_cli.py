@@ -193,3 +193,18 @@ def test_the_pass_table_lists_a_few_declines_per_code():
     text = PipelineReport([PassRow("fold-batchnorm", True, {"bn_to_affine": 12}, declines,
                                    1.0)]).format()
     assert text.count("declined") == 4 and "... and 9 more [NO_LINEAR_PRODUCER]" in text
+
+
+@pytest.mark.parametrize("target, name, hint", [("loihi", "m.onnx", "m.loihi"),
+                                                 ("ort", "m.npz", "m.onnx"),
+                                                 ("qann", "m.loihi", "m.onnx"),
+                                                 ("nir", "m.onnx", "m.nir")])
+def test_an_output_named_as_another_kind_of_file_is_refused(tmp_path, capsys, target, name,
+                                                             hint):
+    """A new user's `--target loihi -o out/z2.onnx` made a folder called z2.onnx, and
+    `-o out/z.npz` an ONNX model called z.npz. Refused before any work, nothing written."""
+    rc = main(["compile", MNIST, "-T", "4", "--calib", CALIB, "--target", target,
+               "-o", str(tmp_path / name)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "[SNN-E372]" in err and f"name it {hint}" in err
+    assert list(tmp_path.iterdir()) == []
