@@ -400,6 +400,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     synops = _synops(snap, model, ctx, count_net) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none
         if backend is None:
+            model.metadata["snncc.target"] = "qann"   # a QCFS graph's QANN has no other mark
             proto = _as_pooled(ir.to_proto(model, opset=options.opset), options)
             ir.check_onnx(proto)
             ir.save(proto, out)

@@ -245,6 +245,7 @@ def run_command(args: argparse.Namespace) -> int:
         activity = _netlist_activity(net, events, max(len(x), 1))
     else:
         from snncc import ir
+        from snncc.ir import SNN_DOMAIN
         from snncc.simulate import check_shape, data_inputs, run_compiled
 
         proto = ir.read_proto(target)
@@ -255,6 +256,11 @@ def run_command(args: argparse.Namespace) -> int:
                 check_shape(proto, name, x)
         result = run_compiled(proto, feeds if names else next(iter(feeds.values())),
                               use_library=not args.no_library, batch_size=args.batch_size)
+        if not any(p.key.startswith("snncc.") for p in proto.metadata_props) and \
+                not any(n.domain == SNN_DOMAIN for n in proto.graph.node):
+            print(f"snncc run: note: '{target}' holds no spiking neurons and is no snncc compile "
+                  "output: it ran as the plain ONNX model it is (compile it first: snncc "
+                  f"compile {target} --calib CALIB.npz)", file=sys.stderr)
         all_outputs = dict(result.outputs)
         activity = result.activity()
     first = next(iter(all_outputs.values()))

@@ -208,3 +208,16 @@ def test_an_output_named_as_another_kind_of_file_is_refused(tmp_path, capsys, ta
     err = capsys.readouterr().err
     assert rc == 2 and "[SNN-E372]" in err and f"name it {hint}" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_notes_a_model_that_snncc_did_not_compile(tmp_path, capsys):
+    """`snncc run ann.onnx` ran the ANN and printed an accuracy with no hint that it was no SNN."""
+    test = EXAMPLES / "mnist_test.npz"
+    assert main(["run", MNIST, "--input", str(test)]) == 0
+    assert "holds no spiking neurons and is no snncc compile output" in capsys.readouterr().err
+    out = tmp_path / "q.onnx"
+    assert main(["compile", MNIST, "--target", "qann", "-L", "4", "--calib", CALIB, "-o",
+                 str(out), "-q", "--no-fidelity"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(out), "--input", str(test)]) == 0
+    assert "no snncc compile output" not in capsys.readouterr().err
