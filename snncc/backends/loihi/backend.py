@@ -55,6 +55,13 @@ class _Prepared:
     diagnostics: list[Diagnostic]
 
 
+def _metadata(model: ir.Model | onnx.ModelProto) -> dict[str, str]:
+    """Model-level metadata of an IR model or (the Python API's emit) an ONNX proto."""
+    if isinstance(model, onnx.ModelProto):
+        return {p.key: p.value for p in model.metadata_props}
+    return dict(getattr(model, "metadata", {}) or {})
+
+
 class LoihiBackend(Backend):
     name = "loihi"
     output_kind = "dir"
@@ -145,7 +152,7 @@ class LoihiBackend(Backend):
             netx=netx, reset={"emulated_soft_reset": soft, "note": RESET_NOTE if soft else ""},
             mapping={k: mapping[k] for k in ("cores_used", "lower_bound", "ratio_to_bound")},
             core_limits=self.limits.to_json(),
-            calibration_inputs=input_range.parse(model.metadata.get(input_range.METADATA_KEY)))
+            calibration_inputs=input_range.parse(_metadata(model).get(input_range.METADATA_KEY)))
         files = nl.save(net, out)
         cores = out / "cores.json"
         cores.write_text(_dumps(mapping))
