@@ -344,10 +344,10 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
         out = Path(out)
     else:
         out = file_output(out, example=default_output(model_path, options.target).name)
-    _check_output_suffix(out, options)
     check_outputs(declared_outputs(out, options, report_path=report_path, dump_after=dump_after,
                                    dump_dir=dump_dir),
                   [model_path, options.calib_path], force=force)
+    _check_output_suffix(out, options)   # after E360: an input named as -o is said as such
     backend = None
     if options.target != "qann":
         from snncc.backends.registry import get_backend
