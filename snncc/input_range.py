@@ -9,7 +9,8 @@ nothing: a trained digits CNN calibrated on ``x * 255`` reached 100 % agreement 
 and 8.6 % on the test images. The ANN tolerates such scales (BN and ReLU are nearly
 scale-equivariant), which is why nothing else warns.
 
-:func:`summarize` gives per graph input the samples' count, mean and standard deviation; compile
+:func:`summarize` gives per graph input the samples' count, mean, standard deviation and largest
+magnitude (the Loihi backend sizes its input encoding by it); compile
 stores it as the model metadata ``snncc.calibration_inputs`` (a Loihi netlist: ``meta``).
 :func:`mismatches` compares a run's inputs with it: a standard deviation more than
 :data:`SCALE_FACTOR` times larger or smaller, or a mean more than :data:`MEAN_SHIFT` calibration
@@ -43,7 +44,8 @@ def summarize(samples: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
     for name, x in samples.items():
         mean, std = _moments(x)
         out[name] = {"samples": int(len(x)), "mean": float(f"{mean:.6g}"),
-                     "std": float(f"{std:.6g}")}
+                     "std": float(f"{std:.6g}"),
+                     "max_abs": float(f"{float(np.max(np.abs(x))) if np.size(x) else 0.0:.6g}")}
     return out
 
 
@@ -53,7 +55,9 @@ def parse(value: str | Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
         return {}
     try:
         data = json.loads(value) if isinstance(value, str) else dict(value)
-        return {k: {"mean": float(v["mean"]), "std": float(v["std"])} for k, v in data.items()}
+        return {k: {"mean": float(v["mean"]), "std": float(v["std"]),
+                    **({"max_abs": float(v["max_abs"])} if "max_abs" in v else {})}
+                for k, v in data.items()}
     except (ValueError, TypeError, KeyError, AttributeError):
         return {}
 

@@ -47,7 +47,7 @@ def test_a_noise_level_channel_is_calibrated_as_dead():
     stats.update(np.broadcast_to(top[None, :, None, None], (2, 4, 3, 3)).copy(), 2,
                  np.random.default_rng(0))
     lam = calibration.choose_lambda(stats, "max", levels=4)
-    assert lam.tolist() == [2.0, 1.0, 1.0, 0.5]
+    assert lam.tolist() == [2.0, 2.0, 2.0, 0.5]   # dead: the layer's largest live lambda
     # a NaN channel max (a NaN in the data) does not make every channel dead
     stats = calibration.SiteStats(per_channel=True, max_values=1 << 16)
     top = np.array([1.0, 0.5, np.nan], np.float32)

@@ -84,7 +84,9 @@ class LoihiBackend(Backend):
             diags = list(exc.diagnostics) or [Diagnostic(exc.code, exc.message, hint=exc.hint)]
             prepared = _Prepared(None, None, diags)
         else:
-            _, qdiags = quantize(net, self.fixed_point)
+            ranges = input_range.parse(_metadata(model).get(input_range.METADATA_KEY))
+            tops = [r["max_abs"] for r in ranges.values() if "max_abs" in r]
+            _, qdiags = quantize(net, self.fixed_point, input_max=max(tops) if tops else None)
             mapping, mdiags = map_cores(net, self.limits)
             prepared = _Prepared(net, mapping, qdiags + mdiags)
         self._cache = (*key, prepared)
@@ -193,6 +195,11 @@ class LoihiBackend(Backend):
             "ratio_to_bound": mapping["ratio_to_bound"],
             "quantization_exact": quant["all_exact"],
             "max_weight_rel_err": max((w["max_rel_err"] for w in quant["weights"]), default=0.0),
+            # the relative error is against each block's largest weight: it hides weights that
+            # round to 0 (94 % of a block read as max_weight_rel_err=0.0073)
+            "zeroed_weights": f"{sum(w['zeroed'] for w in quant['weights'])} of "
+                              f"{sum(w['nonzero'] for w in quant['weights'])}",
+            "input_frac_bits": quant["fixed_point"]["input_frac_bits"],
             "netx_layers": netx["layers"], "netx_not_exported": netx["not_exported"],
             "netx_notes": netx["notes"], "netx": netx_text, "reset": net.meta["reset"],
             "groups": len(net.groups), "blocks": len(net.blocks),
@@ -215,7 +222,10 @@ class LoihiBackend(Backend):
                           std=ctx.options.calib_std)
         x = x[:artifact_sample_count(net.ann_macs, net.total_steps, len(x))]
         _, events = _simulate(net, x, ctx)
+        # the netlist (and network.net) sends the analog input as graded payloads every step,
+        # so its first synapses work at every step, not once as in the ORT schedule
         return synops_section(net, events, mapping=mapping, timesteps=ctx.options.timesteps,
+                              analog_once=False,
                               source="loihi netlist simulator (emulated semantics), "
                                      f"{len(x)} calibration samples")
 

@@ -40,7 +40,7 @@ exceed the payload (SNN-E634).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -283,10 +283,8 @@ def _quantize_bias(g: Group, fp: FixedPoint) -> dict[str, Any]:
             "exact": bool(not np.any(err))}
 
 
-def quantize(net: Netlist, fp: FixedPoint = FixedPoint()) -> tuple[dict[str, Any],
-                                                                   list[Diagnostic]]:
-    """Fill the integer fields of ``net`` in place; returns (error report, diagnostics)."""
-    diags: list[Diagnostic] = []
+def _layout(net: Netlist, fp: FixedPoint, diags: list[Diagnostic]) -> None:
+    """Units, fraction bits and integer thresholds of every group (no weights yet)."""
     for g in net.groups:
         _units(net, g, fp, diags)
     for g in net.groups:
@@ -296,6 +294,39 @@ def quantize(net: Netlist, fp: FixedPoint = FixedPoint()) -> tuple[dict[str, Any
             g.frac_bits = _readout_frac_bits(net, g, fp)
         if g.kind in ("neuron", "readout"):
             _fix_thresholds(g, fp)
+
+
+def _input_frac_bits(net: Netlist, fp: FixedPoint, input_max: float) -> int:
+    """Fewer input fraction bits (negative ones too: the payload is ``round(x / 2**k)``) for
+    inputs larger than 1 (raw pixels, 16-bit samples), as long as the input keeps
+    ``fp.input_frac_bits`` bits below its largest value: the first blocks'
+    folded weights are ``W * 2**-bits``, and their exponent cannot go below 0, so with 8 bits a
+    net fed 0..255 pixels (its 1/255 folded into the first conv) rounded 35 of its 72 first-layer
+    weights to zero (11 % on hardware semantics). Lowered by as many bits as the largest folded
+    first-layer weight leaves the 8-bit mantissa unused, and never so far that the input
+    saturates the payload."""
+    top_w = (1 << (fp.weight_bits - 1)) - 1
+    floor = fp.input_frac_bits - math.ceil(math.log2(input_max))   # below 0: x / 2**k
+    while input_max * 2.0 ** floor > (1 << (fp.payload_bits - 1)) - 1:
+        floor -= 1
+    _layout(net, fp, [])
+    peak = max((float(np.abs(folded_weight(b, net.group(b.src), net.group(b.dst))).max(
+        initial=0.0)) for b in net.blocks if net.group(b.src).kind == "input"), default=0.0)
+    spare = math.floor(math.log2(top_w / peak)) if peak > 0 else 0
+    return max(floor, fp.input_frac_bits - max(0, spare))
+
+
+def quantize(net: Netlist, fp: FixedPoint = FixedPoint(), *,
+             input_max: float | None = None) -> tuple[dict[str, Any], list[Diagnostic]]:
+    """Fill the integer fields of ``net`` in place; returns (error report, diagnostics).
+    ``input_max``: the calibration samples' largest input magnitude, when known (above 1 it may
+    lower the input's fraction bits: :func:`_input_frac_bits`)."""
+    diags: list[Diagnostic] = []
+    if input_max is not None and input_max > 1:
+        bits = _input_frac_bits(net, fp, float(input_max))
+        if bits != fp.input_frac_bits:
+            fp = replace(fp, input_frac_bits=bits)
+    _layout(net, fp, diags)
     weights = []
     for b in net.blocks:
         src, dst = net.group(b.src), net.group(b.dst)
