@@ -406,7 +406,8 @@ def report_command(args: argparse.Namespace) -> int:
                 series["Loihi hardware (reset to 0)"].append(
                     _accuracy(next(iter(hw.values())), ref))
                 mapping = json.loads((tmp / "loihi" / "cores.json").read_text())
-                syn = count_synops(tmp / "loihi", events, mapping=mapping)
+                syn = count_synops(tmp / "loihi", events, mapping=mapping,
+                                   analog_once=False)   # its input is sent every step
                 meta = json.loads((tmp / "loihi" / "netlist.json").read_text())["meta"]
                 data.update(mapping=mapping, quantization=meta["quantization"])
             else:

@@ -311,13 +311,14 @@ def static_synops(net: Netlist) -> dict[str, Any]:
 
 def synops_section(net: Netlist, events: Mapping[str, np.ndarray] | None = None, *,
                    mapping: Mapping[str, Any] | None = None, source: str = "",
-                   timesteps: int | None = None, summed_over: int | None = None
-                   ) -> dict[str, Any]:
+                   timesteps: int | None = None, summed_over: int | None = None,
+                   analog_once: bool = True) -> dict[str, Any]:
     """The SynOp section of an artifact (``synops.json`` of a Loihi directory, ``synops`` of the
     ORT ``--report``): the static structure always; with ``events`` (per group, int [N, *shape],
     as :func:`run_netlist` or :func:`ort_events` give them) also the measured spikes and SynOps
     per inference, the energy under every model of :mod:`snncc.analysis.energy` and the ANN's
-    MACs and energy side by side. ``summed_over``: as :func:`count_synops`."""
+    MACs and energy side by side. ``summed_over``, ``analog_once``: as :func:`count_synops`
+    (a Loihi netlist sends its analog input every step: ``analog_once=False``)."""
     from snncc.analysis.energy import DEFAULT_MODELS, estimate
 
     static = static_synops(net)
@@ -331,7 +332,8 @@ def synops_section(net: Netlist, events: Mapping[str, np.ndarray] | None = None,
         "measured": None, "energy": None}
     if events is None:
         return section
-    syn = count_synops(net, events, mapping=mapping, summed_over=summed_over)
+    syn = count_synops(net, events, mapping=mapping, summed_over=summed_over,
+                       analog_once=analog_once)
     for name, row in syn["layers"].items():
         target = section["groups"].setdefault(name, {})
         target.update({k: row[k] for k in ("events", "spike_rate", "pooled_events", "pool_of")
