@@ -147,14 +147,19 @@ class CanonicalizePass(Pass):
         if source_opset < MIN_OPSET:
             raise ModelInputError(f"{NAME}: the model uses opset {source_opset}", code="SNN-E117",
                                   hint=f"re-export it with opset {MIN_OPSET} or newer (17 is best)")
+        folded_early = 0
         if source_opset > options.opset:
             counts["ops_decomposed"] = _decompose_new_ops(model.graph)
+            # constant subgraphs go before the version converter sees them: it has no adapter
+            # for some ops it would only have to carry (ConstantOfShape 20 -> 19, in the pads
+            # torch exports for nn.ZeroPad2d at its default opset: E118 before)
+            folded_early = _fold_constants(model.graph, fold_shapes=False)
         _rebuild(model, options.opset)
         if source_opset != options.opset:
             counts["opset_converted_from"] = source_opset
         _drop_float_casts(model.graph)
         counts["weights_dequantized"] = _fold_dequantize(model.graph)
-        counts["constants_folded"] = _fold_constants(model.graph, fold_shapes=False)
+        counts["constants_folded"] = folded_early + _fold_constants(model.graph, fold_shapes=False)
         _rewrite(model.graph, batch, counts, declines)
         _rebuild(model, options.opset)
         counts["constants_folded"] += _fold_constants(model.graph, fold_shapes=True)

@@ -577,3 +577,26 @@ def test_an_opset_10_linear_resize_keeps_its_asymmetric_coordinates():
     out, _, _ = assert_pass_equivalent(model, [CanonicalizePass()])
     resize = next(n for n in out.graph.node if n.op_type == "Resize")
     assert ir.node_attrs(resize)["coordinate_transformation_mode"] == "asymmetric"
+
+
+@pytest.mark.requires_torch
+def test_a_zero_pad_exported_at_torchs_default_opset_converts(tmp_path):
+    """nn.ZeroPad2d at torch's default opset exports its pads through ConstantOfShape, which the
+    version converter has no 20 -> 19 adapter for (SNN-E118 before): constant subgraphs are now
+    folded before the conversion, and the result equals the opset-17 export's."""
+    import onnxruntime as ort
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.ZeroPad2d((0, 1, 0, 1)),
+                        nn.Conv2d(4, 4, 3, stride=2), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 3 * 3, 3)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    path = tmp_path / "pad.onnx"
+    torch.onnx.export(net, x, str(path), dynamo=False, input_names=["x"])
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version > 17
+    out, _, _ = run_passes(model, [CanonicalizePass()])
+    got = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-5, atol=1e-6)
