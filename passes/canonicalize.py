@@ -63,6 +63,8 @@ FLATTEN_MIXES_BATCH.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 from collections import Counter
@@ -117,8 +119,11 @@ class CanonicalizePass(Pass):
             bad = [d for d in bad if d.severity == "error"]
         else:
             missing = no_activation(model.graph) if bad and self.require_activation else None
-            if missing is not None:
-                bad.append(missing)  # all at once: fixing the ops above would not be enough
+            if missing is not None:  # all at once: fixing the ops above would not be enough
+                # and --allow-analog would leave no neuron: no node's hint offers it then
+                bad = [dataclasses.replace(d, hint=d.hint.split(", or compile with "
+                                                               "--allow-analog")[0])
+                       for d in bad] + [missing]
         if bad and all(d.code in ("SNN-E207", "SNN-E204") for d in bad):
             raise UnsupportedNodeError(_quantized_summary(bad), code="SNN-E207",
                                        hint="; ".join(dict.fromkeys(
@@ -137,9 +142,12 @@ class CanonicalizePass(Pass):
                 f"{sum(d.code == 'SNN-E208' for d in bad)} node(s) would compute their training "
                 "form", diagnostics=bad, code="SNN-E208", hint=TRAINING_HINT)
         if bad:
-            raise UnsupportedNodeError(_unsupported_summary(bad), diagnostics=bad,
-                                       code="SNN-E201",
-                                       hint="retrain with ReLU, or compile with --allow-analog")
+            nothing = any(d.code == "SNN-E204" for d in bad)   # --allow-analog cannot help then
+            raise UnsupportedNodeError(
+                _unsupported_summary(bad), diagnostics=bad, code="SNN-E201",
+                hint="retrain with ReLU (or ReLU6) activations" + (
+                    ": with no ReLU at all, --allow-analog would leave no neuron either"
+                    if nothing else ", or compile with --allow-analog"))
         counts: Counter = Counter({"relu_forms_rewritten": relu_forms,
                                    "float16_promoted": float16, "static_if_flattened": static_ifs})
         declines: list[Decline] = []

@@ -243,6 +243,10 @@ def test_the_summary_counts_what_its_list_holds():
                                                                           allow_analog=False))
     assert str(info.value).split(". Hint")[0].endswith(
         "3 node(s) have no spiking equivalent, and nothing would become a neuron")
+    # --allow-analog would leave no neuron either: neither the header nor a node offers it
+    assert "would leave no neuron" in info.value.hint
+    assert not any("allow-analog" in d.hint or "allow_analog" in d.hint
+                   for d in info.value.diagnostics)
 
 
 

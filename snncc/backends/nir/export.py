@@ -239,7 +239,8 @@ class _Builder:
                           if node.op_type in ("Softmax", "LogSoftmax") else
                           "the NIR export maps Conv, Gemm, MatMul, AveragePool, "
                           "GlobalAveragePool, Flatten, Reshape (flatten), Mul/Add by a "
-                          "constant and IF/LIF neurons; use --target ort or loihi")
+                          "constant and IF/LIF neurons; use --target ort, which runs any "
+                          "ONNX op (the Loihi lowering takes about the same ops as NIR)")
         handler(node)
 
     # -- neurons
@@ -488,7 +489,7 @@ class _Builder:
                           "the Conv/Gemm before it (e.g. a BatchNormalization after the "
                           "activation, whose shift NIR's spiking layers cannot carry)",
                           "put BatchNormalization before the ReLU (Conv-BN-ReLU), or use "
-                          "--target ort or loihi")
+                          "--target ort")
         producer.bias = (np.asarray(producer.bias, np.float64) + c).astype(np.float32)
         self.values[node.output[0]] = x
 
