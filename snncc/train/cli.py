@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from snncc.cli import parse_floats
@@ -373,6 +374,16 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
     ir.save(protos[-1], output)
     say((f"ANN val acc {_fmt(res.ann_val_acc)}; " if res.ann_val_acc is not None else "")
         + f"wrote {output} (= stage T={res.stages[-1].T})")
+    scored = [st for st in res.stages if st.val_acc is not None]
+    best = max(scored, key=lambda st: st.val_acc, default=None)
+    last = res.stages[-1]
+    if best is not None and last.val_acc is not None and best.val_acc - last.val_acc > 0.05:
+        # a user's --timesteps 2,1 with one epoch: T = 2 at 82.4 %, T = 1 at 13.2 %, written as
+        # the output with no word
+        print(f"snncc finetune: warning: the last stage (T={last.T}) reaches {_fmt(last.val_acc)} "
+              f"on --val, stage T={best.T} {_fmt(best.val_acc)}; its file is "
+              f"{_stage_path(output, best.T)} (more --epochs per stage may carry it further)",
+              file=sys.stderr)
     return 0
 
 

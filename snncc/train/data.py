@@ -29,6 +29,7 @@ labels=False)`` gives the images only.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence, Union
@@ -102,6 +103,8 @@ def check_images(x: np.ndarray, where: str, chunk: int = 1 << 24) -> None:
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.issubdtype(x.dtype, np.complexfloating):
         raise _fail("SNN-E803", f"{where}: images have dtype {x.dtype}, not real numbers",
                     "save the images as uint8 (0..255) or float32")
+    if x.size and np.issubdtype(x.dtype, np.integer):
+        _check_pixel_range(x, where, chunk)
     if not np.issubdtype(x.dtype, np.floating) or x.size == 0:
         return
     per_sample = max(1, int(np.prod(x.shape[1:])))
@@ -117,6 +120,20 @@ def check_images(x: np.ndarray, where: str, chunk: int = 1 << 24) -> None:
     if bad:
         raise _fail("SNN-E803", f"{where}: {bad} image(s) of {len(x)} hold NaN or Inf values (the first: "
                     f"sample {first})", "clean or drop those samples (one NaN makes every trained weight NaN)")
+
+
+def _check_pixel_range(x: np.ndarray, where: str, chunk: int) -> None:
+    """Integer images are divided by 255 (8-bit pixels); warn when their values are not 8-bit
+    pixels (a user's digits stored as uint8 0..16 trained at 80 % against 98.8 % as floats)."""
+    per_sample = max(1, int(np.prod(x.shape[1:])))
+    step = max(1, chunk // per_sample)
+    lo = min(int(np.min(x[i:i + step])) for i in range(0, len(x), step))
+    hi = max(int(np.max(x[i:i + step])) for i in range(0, len(x), step))
+    if lo < 0 or hi > 255 or hi < 128:
+        logging.getLogger("snncc.train.data").warning(
+            "%s: integer images are divided by 255 (read as 8-bit pixels), but they span %d..%d; "
+            "if they are not 8-bit pixels, save them as float32 exactly as the model takes them",
+            where, lo, hi)
 
 
 class ArrayDataset(Dataset):

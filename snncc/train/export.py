@@ -108,6 +108,30 @@ def _inline_identity_initializers(graph: onnx.GraphProto) -> None:
     graph.node.extend(keep)
 
 
+_EXPORT_IN, _EXPORT_OUT = "snncc_export_input", "snncc_export_output"
+
+
+def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename the graph value ``old`` to ``new`` everywhere; a value already called ``new`` (a
+    torch-internal name) moves aside first."""
+    if old == new:
+        return
+    names = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer} | \
+        {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    if new in names:
+        aside = new + "_"
+        while aside in names:
+            aside += "_"
+        _rename_value(graph, new, aside)
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        node.output[:] = [new if o == old else o for o in node.output]
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info) + \
+            list(graph.initializer):
+        if value.name == old:
+            value.name = new
+
+
 def export_onnx(module: nn.Module, sample: torch.Tensor, path: str | None = None, *, input_name: str = "input",
                 output_name: str = "logits", input_dims: Sequence[int | str | None] | None = None,
                 metadata: dict[str, object] | None = None) -> onnx.ModelProto:
@@ -139,6 +163,10 @@ def export_onnx(module: nn.Module, sample: torch.Tensor, path: str | None = None
                               hint="fine-tune or convert the model first")
     dims = list(input_dims) if input_dims is not None else ["N"] + list(sample.shape[1:])
     axes = {i: d if isinstance(d, str) else f"dim{i}" for i, d in enumerate(dims) if not (isinstance(d, int) and d > 0)}
+    # torch names the graph's values by these and refuses some ONNX names (an output '14' of a plain
+    # nn.Sequential export: "Invalid name", after all the training): placeholders, renamed after
+    wanted = {_EXPORT_IN: input_name, _EXPORT_OUT: output_name}
+    input_name, output_name = _EXPORT_IN, _EXPORT_OUT
     dynamic_axes = {input_name: axes, output_name: {0: axes[0]} if 0 in axes else {}} if axes else None
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -150,6 +178,8 @@ def export_onnx(module: nn.Module, sample: torch.Tensor, path: str | None = None
                           custom_opsets={_MARKER_DOMAIN: 1})
     proto = onnx.load_from_string(buf.getvalue())
     graph = proto.graph
+    for old, new in wanted.items():
+        _rename_value(graph, old, new)
     _inline_identity_initializers(graph)
     nodes: list[onnx.NodeProto] = []
     seen: list[int] = []

@@ -452,6 +452,11 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
     if bn == "fold":
         folded = model.fold_batchnorm() if hasattr(model, "fold_batchnorm") else 0
         log.info("folded %d BatchNorm layer(s) into their convolutions", folded)
+    elif not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        # a user's --bn train gave a file byte-identical to the default: there was no BN
+        log.warning("--bn %s does nothing here: the model has no BatchNormalization (torch.onnx."
+                    "export folds it into the convolutions unless do_constant_folding=False); "
+                    "it trains as with --bn fold", bn)
     if resume is not None:
         lam = {k[: -len(".lam")]: v.cpu().numpy() for k, v in resume["model"].items() if k.endswith(".lam")}
     elif method == "const":
@@ -460,7 +465,14 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
         lam = calibrate_lambdas(model, first_images(train, calib_samples), levels,
                                 "percentile" if method == "percentile" else method, percentile=value or 99.99,
                                 seed=seed)
-    sites = replace_relu_with_qcfs(model, levels, lam)
+    try:
+        sites = replace_relu_with_qcfs(model, levels, lam)
+    except KeyError as exc:   # a checkpoint of another model: its layers are not this one's
+        if resume is None:
+            raise
+        raise OptionError(f"finetune: the checkpoint holds no layer {exc} of this model: it was "
+                          "written for another model", code="SNN-E811",
+                          hint="resume with the model the checkpoint was written for") from None
     if not sites:
         clips = sum(s.op == "Clip" for s in getattr(model, "steps", []))
         raise ModelInputError("finetune: the model has no Relu or Clip(0, c > 0) activation to replace"
@@ -512,7 +524,12 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
             raise OptionError(f"finetune: the checkpoint's schedule has {total} steps, this run {steps} (other "
                               f"--epochs, --batch-size, data or process count{guess})",
                               code="SNN-E811", hint="resume with the options the checkpoint was written with")
-        model.load_state_dict(resume["model"])
+        try:
+            model.load_state_dict(resume["model"])
+        except RuntimeError as exc:   # missing / unexpected keys or other shapes
+            raise OptionError(f"finetune: the checkpoint's weights do not fit this model "
+                              f"({str(exc).splitlines()[0][:200]})", code="SNN-E811",
+                              hint="resume with the model the checkpoint was written for") from None
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         history = [EpochStats(**h) for h in resume.get("history", [])]

@@ -1,0 +1,80 @@
+"""What a fine-tuning user's trial (helper) ran into: --bn train on an export without BatchNorm did
+nothing silently, integer images that are no 8-bit pixels were divided by 255 silently, --resume
+with another model's checkpoint ended in an internal KeyError, and (found writing these tests) a
+plain nn.Sequential export, whose output is named '14', failed after training ("Invalid name")."""
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from snncc.cli import main  # noqa: E402
+from snncc.train.data import check_images  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "examples" / "digits_cnn.onnx"
+TEST = ROOT / "examples" / "digits_cnn_test.npz"
+
+
+@pytest.fixture()
+def data(tmp_path):
+    with np.load(TEST) as t:
+        np.savez(tmp_path / "tr.npz", x=t["x"][:32].astype(np.float32), y=t["y"][:32])
+    return tmp_path / "tr.npz"
+
+
+def _plain_export(path: Path) -> Path:
+    """A small CNN exported the plain way: no BatchNormalization node survives torch's folding."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).eval()
+    torch.onnx.export(net, torch.rand(1, 1, 8, 8), str(path), dynamo=False,
+                      input_names=["input"], dynamic_axes={"input": {0: "N"}})
+    return path
+
+
+def _finetune(*argv) -> int:
+    return main(["finetune", *map(str, argv), "--epochs", "1", "--no-progress", "--device", "cpu"])
+
+
+def test_bn_train_without_batchnorm_in_the_model_says_it_does_nothing(tmp_path, data, capsys):
+    model = _plain_export(tmp_path / "plain.onnx")
+    assert _finetune(model, "--data", data, "--bn", "train", "-o", tmp_path / "o.onnx") == 0
+    assert "--bn train does nothing here: the model has no BatchNormalization" in \
+        capsys.readouterr().err
+    # the plain export names its output '14', which torch's exporter refuses: finetune had died
+    # with "Invalid name" after training; the output keeps the source model's names
+    import onnx
+    names = [[v.name for v in onnx.load(str(p)).graph.output] for p in (model, tmp_path / "o.onnx")]
+    assert names[0][0].isdigit() and names[1] == names[0]
+    assert _finetune(DIGITS, "--data", data, "--bn", "train", "-o", tmp_path / "d.onnx") == 0
+    assert "does nothing here" not in capsys.readouterr().err   # the bundled export keeps BN
+
+
+def test_integer_images_that_are_no_8_bit_pixels_are_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="snncc.train.data"):
+        check_images(np.arange(17, dtype=np.uint8).reshape(1, 1, 1, 17), "data 'u8.npz'")
+    assert any("span 0..16" in r.getMessage() and "save them as float32" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="snncc.train.data"):
+        check_images(np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16), "data 'img.npz'")
+        check_images(np.random.default_rng(0).random((2, 1, 4, 4), np.float32), "floats")
+    assert not caplog.records
+
+
+def test_resume_with_another_models_checkpoint_is_a_coded_error(tmp_path, data, capsys):
+    assert _finetune(DIGITS, "--data", data, "-o", tmp_path / "a.onnx",
+                     "--checkpoint", tmp_path / "a.pt") == 0
+    capsys.readouterr()
+    other = _plain_export(tmp_path / "plain.onnx")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _finetune(other, "--data", data, "-o", tmp_path / "b.onnx",
+                     "--resume", tmp_path / "a.pt") == 2
+    err = capsys.readouterr().err
+    assert "[SNN-E811]" in err and "written for another model" in err and "internal" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
