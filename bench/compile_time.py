@@ -29,7 +29,8 @@ t0 = time.perf_counter()
 if kind == "load":
     ir.to_proto(ir.load(model))
 else:
-    opts = dict(target="qann", levels=8, calib_method=method, calib_max_samples=256)
+    opts = dict(target="qann", levels=8, calib_method=method, calib_max_samples=256,
+                fidelity_samples=0)
     if calib != "-":
         opts["calib_path"] = calib
     result = compile_model(model, out, make_options(**opts))

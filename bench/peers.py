@@ -90,7 +90,7 @@ def snncc_runner(ann_path: Path, calib: Path, neuron: str, T: int, tmp: Path, th
 
     out = tmp / f"{ann_path.stem}_{neuron}_T{T}.onnx"
     compile_model(str(ann_path), out, make_options(target="ort", timesteps=T, neuron=neuron,
-                                                   calib_path=str(calib)))
+                                                   calib_path=str(calib), fidelity_samples=0))
     sess = session(out, True, threads)
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]

@@ -58,7 +58,8 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
     for schedule in ("folded", "streaming"):
         path = tmp / f"{name}_{schedule}.onnx"
         compile_model(src, path, make_options(target="ort", timesteps=T, neuron=neuron,
-                                              calib_path=str(calib), schedule=schedule))
+                                              calib_path=str(calib), schedule=schedule,
+                                              fidelity_samples=0))
         out[schedule] = path
     ann = session(src, False, threads)
     in_name = ann.get_inputs()[0].name

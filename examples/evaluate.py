@@ -70,7 +70,8 @@ def table_qann(args, tmp: Path) -> str:
         for method, pct in tqdm(CALIB_METHODS, desc=f"L={L}", leave=False):
             out = tmp / f"qann_{L}_{method}_{pct}.onnx"
             opts = make_options(target="qann", levels=L, calib_path=str(calib),
-                                calib_method=method, calib_percentile=pct or 99.99)
+                                calib_method=method, calib_percentile=pct or 99.99,
+                                fidelity_samples=0)
             compile_model(model, out, opts)
             row.append(f"{100 * (predict(out, x) == y).mean():.2f}")
         lines.append(f"| {L} | " + " | ".join(row) + " |")
@@ -97,7 +98,7 @@ def table_snn(args, tmp: Path) -> str:
         row = []
         for T in tqdm(Ts, desc=key, leave=False):
             opts = make_options(target="ort", timesteps=T, neuron=key, calib_path=str(calib),
-                                calib_method=args.calib_method)
+                                calib_method=args.calib_method, fidelity_samples=0)
             snn = tmp / f"{key}_{T}.onnx"
             qann = tmp / f"{key}_{T}_qann.onnx"
             try:
@@ -107,7 +108,7 @@ def table_snn(args, tmp: Path) -> str:
                 continue
             compile_model(model, qann, make_options(
                 target="qann", levels=opts.levels, calib_path=str(calib),
-                calib_method=args.calib_method, bias_shift=False))
+                calib_method=args.calib_method, bias_shift=False, fidelity_samples=0))
             p_snn = predict(snn, x, library=args.library)
             p_q = predict(qann, x)
             agree = 100 * (p_snn == p_q).mean()
@@ -138,7 +139,7 @@ def table_maxpool(args, tmp: Path) -> str:
         row = {}
         for mode in ("auto", "avg"):
             opts = make_options(target="ort", timesteps=T, neuron=key, calib_path=str(calib),
-                                calib_method=args.calib_method, maxpool=mode)
+                                calib_method=args.calib_method, maxpool=mode, fidelity_samples=0)
             out = tmp / f"{key}_{mode}.onnx"
             result = compile_model(model, out, opts)
             row[mode] = predict(out, x, library=args.library)
@@ -147,7 +148,8 @@ def table_maxpool(args, tmp: Path) -> str:
         qann = tmp / f"{key}_qann.onnx"
         compile_model(model, qann, make_options(target="qann", levels=opts.levels,
                                                 calib_path=str(calib),
-                                                calib_method=args.calib_method))
+                                                calib_method=args.calib_method,
+                                                fidelity_samples=0))
         q = predict(qann, x)
         cell = {m: f"{100 * (p == y).mean():.2f} ({100 * (p == q).mean():.1f})"
                 for m, p in row.items()}

@@ -169,7 +169,8 @@ def run_dataset(ds: str, work: Path, seed: int, smoke: bool = False) -> dict:
         for T in TIMESTEPS:
             out = work / f"ptq_L{T}.onnx"
             compile_model(ann_path, out, make_options(target="qann", levels=T, calib_method="mse",
-                                                      calib_path=str(work / "calib.npz")))
+                                                      calib_path=str(work / "calib.npz"),
+                                                      fidelity_samples=0))
             res["ptq"][T] = acc(predict(out, x_test))
 
     levels = sorted({BASE_LEVELS, *cfg["bitserial_levels"].values()})
@@ -435,7 +436,8 @@ def run_recipe(net: str, work: Path, seed: int) -> dict:
     # post-training baseline: the same per-channel MSE λ, no training (what compile does with --calib)
     with timer(f"{net}: post-training"):
         row = {}
-        base = dict(calib_method="mse", calib_per_channel=True, calib_path=str(work / "calib.npz"), levels=4)
+        base = dict(calib_method="mse", calib_per_channel=True, calib_path=str(work / "calib.npz"), levels=4,
+                    fidelity_samples=0)
         compile_model(ann_path, work / "ptq.onnx", make_options(target="qann", **base))
         row["qann"] = acc(work / "ptq.onnx")
         for key, neuron, T in EVALS[1:]:

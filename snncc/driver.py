@@ -125,10 +125,14 @@ def make_options(**kw: Any) -> CompileOptions:
     brackets): ``target`` (--target), ``timesteps`` (-T), ``neuron``, ``levels`` (-L),
     ``calib_path`` (--calib), ``calib_method``, ``calib_percentile``, ``calib_per_channel``,
     ``calib_max_samples`` (--calib-samples), ``calib_mean``/``calib_std`` (--mean/--std),
-    ``fidelity_samples`` (None = automatic, 0 = --no-fidelity), ``input_shapes``, ``bias_shift``,
+    ``fidelity_samples`` (None = automatic, the default here as in the CLI: with ``calib_path``
+    the samples beyond ``calib_max_samples`` measure fidelity; 0 = --no-fidelity, which
+    ``CompileOptions()`` itself defaults to), ``input_shapes``, ``bias_shift``,
     ``maxpool``, ``allow_analog``, ``allow_lossy``, ``schedule``, ``neuron_params``
     (--neuron-param, --tau, --mt-*). Values of the wrong type (Python API) are SNN-E349; numpy
     integers are taken as ints."""
+    kw.setdefault("fidelity_samples", None)   # the CLI's default (a user's API call gave
+    # another calibration set than the same CLI command, and no low-fidelity warning)
     try:
         opts = CompileOptions(**_typed(kw))
     except TypeError as exc:  # an unknown keyword

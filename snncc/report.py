@@ -335,7 +335,8 @@ def report_command(args: argparse.Namespace) -> int:
                       file_output(args.output, example="report.md", command="report"))
     check_report_outputs(args.output, inputs, implied=implied)
     common = dict(neuron=args.neuron, calib_path=args.calib or args.data,
-                  calib_method=args.calib_method, maxpool=args.maxpool)
+                  calib_method=args.calib_method, maxpool=args.maxpool,
+                  fidelity_samples=0)   # its own accuracy figures replace the estimate
     for T in ts:  # every option checked before the first (slow) compile
         make_options(target=args.target, timesteps=T, **common)
     try:
