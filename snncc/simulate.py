@@ -41,6 +41,8 @@ class RunResult:
     samples: int = 0
     slices: int = 1
     units_per_layer: dict[str, int] = field(default_factory=dict)
+    #: what the run warned about (also logged to ``snncc.run``), as CompileResult.warnings
+    warnings: list[str] = field(default_factory=list)
 
     def activity(self) -> dict[str, Any]:
         """Per layer: events and spikes per sample, and the firing rate (spikes per neuron and
@@ -188,7 +190,8 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     for k, v in inputs.items():
         check_shape(proto, k, v)
     meta = {p.key: p.value for p in proto.metadata_props}
-    input_range.warn(input_range.parse(meta.get(input_range.METADATA_KEY)), inputs)
+    scale_warnings = input_range.warn(input_range.parse(meta.get(input_range.METADATA_KEY)),
+                                      inputs)
     if meta.get("snncc.schedule") == "streaming" and not use_library:
         raise RuntimeLibraryError(
             "a --schedule streaming model runs only with the C++ kernel library: the portable "
@@ -226,7 +229,8 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     result = RunResult({}, {n: 0 for n in names} if spike_counts else None,
                        {n: 0 for n in names} if spike_counts else None,
                        samples=len(next(iter(inputs.values()))),
-                       slices=int(meta.get("snncc.steps", 1)))
+                       slices=int(meta.get("snncc.steps", 1)),
+                       warnings=[f"warning: {w}" for w in scale_warnings])
 
     def count(values: dict[str, np.ndarray]) -> None:
         for node, tensor in names.items():

@@ -64,6 +64,10 @@ def test_a_model_calibrated_on_another_scale_warns_at_run_time(tmp_path, capsys,
     assert any("narrower than the calibration samples" in r.getMessage()
                and "preprocess these inputs" in r.getMessage() for r in caplog.records)
     assert float(capsys.readouterr().out.split("accuracy: ")[1].split()[0]) < 0.5
+    from snncc.simulate import run_compiled   # the API: the same words in RunResult.warnings
+    run = run_compiled(out, test[:16])
+    assert len(run.warnings) == 1 and "narrower than the calibration samples" in run.warnings[0]
+    assert run_compiled(out, test[:16] * 255).warnings == []
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="snncc.run"):
         assert main(["run", str(out), "--input", str(tmp_path / "test255.npz")]) == 0
