@@ -201,6 +201,9 @@ def init_thresholds(module: nn.Module, x: torch.Tensor, steps: int, pct: float =
     found: dict[str, float] = {}
     bar = tqdm(total=len(neurons) * steps, desc="initial thresholds", unit="pass",
                disable=not progress, leave=False)
+    if not progress:   # -v --no-progress said nothing for a minute of it
+        log.info("initial thresholds: %d passes over %d layer(s)", len(neurons) * steps,
+                 len(neurons))
     for name, neuron in neurons.items():   # named_modules order = definition order
         for n in neurons.values():
             n.reset_state()
