@@ -45,15 +45,19 @@ def _compile(model: Path, calib: np.ndarray, out: Path) -> None:
                                            calib_path=str(out.with_suffix(".npy"))))
 
 
+def _scaled_net(path: Path, factor: float) -> Path:
+    """The MNIST CNN behind a Mul by 1 / factor: the same function of inputs ``x * factor``."""
+    m = onnx.load(str(EXAMPLES / "mnist_cnn.onnx"))
+    m.graph.node[0].input[0] = "input_scaled"
+    m.graph.initializer.append(numpy_helper.from_array(np.array(1 / factor, np.float32), "s"))
+    m.graph.node.insert(0, helper.make_node("Mul", ["input", "s"], ["input_scaled"]))
+    onnx.save(m, str(path))
+    return path
+
+
 def test_an_input_in_0_to_255_gets_fewer_input_fraction_bits(tmp_path):
     calib, x, y = _data()
-    m = onnx.load(str(EXAMPLES / "mnist_cnn.onnx"))
-    first = m.graph.node[0]
-    first.input[0] = "input_scaled"
-    m.graph.initializer.append(numpy_helper.from_array(np.array(1 / 255, np.float32), "s255"))
-    m.graph.node.insert(0, helper.make_node("Mul", ["input", "s255"], ["input_scaled"]))
-    onnx.save(m, str(tmp_path / "raw255.onnx"))
-    _compile(tmp_path / "raw255.onnx", calib * 255, tmp_path / "raw.loihi")
+    _compile(_scaled_net(tmp_path / "raw255.onnx", 255.0), calib * 255, tmp_path / "raw.loihi")
     _compile(EXAMPLES / "mnist_cnn.onnx", calib, tmp_path / "plain.loihi")
     raw, plain = _quant(tmp_path / "raw.loihi"), _quant(tmp_path / "plain.loihi")
     assert plain["fixed_point"]["input_frac_bits"] == 8           # inputs within 1: as before
@@ -82,3 +86,14 @@ def test_a_layer_scaled_by_1000_with_a_dead_channel_keeps_its_weights(tmp_path):
     weights = _quant(tmp_path / "x1000.loihi")["weights"]
     assert all(w["zeroed"] <= 0.4 * w["nonzero"] for w in weights)   # the dense block: 38 %
     assert _accuracy(tmp_path / "x1000.loihi", x, y) >= 0.95
+
+
+def test_a_huge_input_keeps_its_payload_within_24_bits(tmp_path):
+    """Inputs up to 1e6: the payload round(x * 2**bits) must stay below 2**23 (the 16-bit inputs of
+    the trial were clipped in 69 % of their non-zero pixels before)."""
+    calib, x, y = _data()
+    _compile(_scaled_net(tmp_path / "big.onnx", 1e6), calib * 1e6, tmp_path / "big.loihi")
+    q = _quant(tmp_path / "big.loihi")
+    assert 1e6 * 2.0 ** q["fixed_point"]["input_frac_bits"] <= 2 ** 23 - 1
+    assert q["weights"][0]["zeroed"] == 0
+    assert _accuracy(tmp_path / "big.loihi", x * 1e6, y) >= 0.95

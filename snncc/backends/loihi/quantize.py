@@ -306,14 +306,15 @@ def _input_frac_bits(net: Netlist, fp: FixedPoint, input_max: float) -> int:
     first-layer weight leaves the 8-bit mantissa unused, and never so far that the input
     saturates the payload."""
     top_w = (1 << (fp.weight_bits - 1)) - 1
+    cap = fp.input_frac_bits   # the most bits whose payload still fits
+    while input_max * 2.0 ** cap > (1 << (fp.payload_bits - 1)) - 1:
+        cap -= 1
     floor = fp.input_frac_bits - math.ceil(math.log2(input_max))   # below 0: x / 2**k
-    while input_max * 2.0 ** floor > (1 << (fp.payload_bits - 1)) - 1:
-        floor -= 1
     _layout(net, fp, [])
     peak = max((float(np.abs(folded_weight(b, net.group(b.src), net.group(b.dst))).max(
         initial=0.0)) for b in net.blocks if net.group(b.src).kind == "input"), default=0.0)
     spare = math.floor(math.log2(top_w / peak)) if peak > 0 else 0
-    return max(floor, fp.input_frac_bits - max(0, spare))
+    return min(cap, max(floor, fp.input_frac_bits - max(0, spare)))
 
 
 def quantize(net: Netlist, fp: FixedPoint = FixedPoint(), *,
