@@ -454,8 +454,9 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
         log.info("folded %d BatchNorm layer(s) into their convolutions", folded)
     elif not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         # a user's --bn train gave a file byte-identical to the default: there was no BN
-        log.warning("--bn %s does nothing here: the model has no BatchNormalization (torch.onnx."
-                    "export folds it into the convolutions unless do_constant_folding=False); "
+        log.warning("--bn %s does nothing here: the model has no BatchNormalization (a plain "
+                    "torch.onnx.export folds it into the convolutions; export with training="
+                    "torch.onnx.TrainingMode.PRESERVE or do_constant_folding=False to keep it); "
                     "it trains as with --bn fold", bn)
     if resume is not None:
         lam = {k[: -len(".lam")]: v.cpu().numpy() for k, v in resume["model"].items() if k.endswith(".lam")}
