@@ -137,6 +137,21 @@ def test_hardware_membrane_saturation_is_counted():
     assert res.saturations > 0
 
 
+def test_hardware_current_wraparound_is_counted_and_said():
+    """Lava's 24-bit synaptic current wraps (a large positive current turns negative); the
+    simulator did so bit for bit but said nothing (a hardware user's net: 3 of 500 predictions)."""
+    from snncc.backends.loihi.simulator import saturation_message
+
+    net = lower(one_neuron(current=0.75), 4)
+    quantize(net)
+    calm = simulate(net, np.full((1, 1, 1, 1), 1.0, np.float32), semantics="hardware")
+    assert calm.wraps == 0 and saturation_message(calm) is None
+    hot = simulate(net, np.full((1, 1, 1, 1), 1e5, np.float32), semantics="hardware")
+    assert hot.wraps > 0 and "synaptic currents wrapped around at 24 bits" in \
+        saturation_message(hot)
+    assert simulate(net, np.full((1, 1, 1, 1), 1e5, np.float32)).wraps == 0   # emulated
+
+
 def _pool_model(pool_op: str, **pool_attrs):
     g = Graph((2, 8, 8))
     s1 = g.neuron(g.conv("x", 2, 4), "IFNeuron")

@@ -61,6 +61,9 @@ class SimResult:
     #: (Lava units, NetX units x 64) over the counted steps, a spiking group's spike counts over
     #: the counted steps; int64 [N, *shape]
     raw: dict[str, np.ndarray] = field(default_factory=dict)
+    #: hardware semantics: synaptic currents that wrapped around at 24 bits, as Lava's do (a
+    #: large positive current turns negative); counted, not only simulated
+    wraps: int = 0
 
 
 class _Sim:
@@ -69,6 +72,7 @@ class _Sim:
         self.lo, self.hi = -(1 << (fp.state_bits - 1)), (1 << (fp.state_bits - 1)) - 1
         self.fp = fp
         self.saturations = 0
+        self.wraps = 0
         self.group = ""                                  # the group being simulated
         self.by_group: dict[str, int] = {}               # its saturations
         self.peaks: dict[str, int] = {}
@@ -182,7 +186,9 @@ class _Sim:
         p = netx_params(self.net, g)
         a = self.current(g, payloads, n, weights=p["weights"], bias=0)   # NetX units
         if any(b.kind == "conv" for b in self.net.blocks_into(g.name)):
-            a = _wrap_signed(a, 24)                # Lava's conv synapse: signed_clamp(x, 24)
+            wrapped = _wrap_signed(a, 24)          # Lava's conv synapse: signed_clamp(x, 24)
+            self.wraps += int(np.count_nonzero(wrapped != a)) * (steps if a.shape[0] == 1 else 1)
+            a = wrapped
         a = np.broadcast_to(a, (steps,) + a.shape[1:])
         top = (1 << (LAVA_UV_BITS - 1))
         bias = p["bias"].astype(np.int64) << LAVA_SHIFT
@@ -195,6 +201,7 @@ class _Sim:
             d = a[t] << LAVA_SHIFT
             u = np.where(d > top, d - 2 * top, d)
             u = np.where(u <= -top, d + 2 * top, u)
+            self.wraps += int(np.count_nonzero(u != d))
             dv = v * keep
             v = np.sign(dv) * (np.abs(dv) >> LAVA_DECAY_BITS) + u + bias
             clipped = np.clip(v, -top + 1, top - 1)
@@ -321,7 +328,8 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
             g.unit.reshape(-1, 1, 1)
     outputs = {o["name"]: values[o["group"]].reshape((n,) + net.group(o["group"]).shape)
                .astype(np.float32) for o in net.outputs}
-    return SimResult(outputs, events, payloads, sim.saturations, sim.by_group, raw)
+    return SimResult(outputs, events, payloads, sim.saturations, sim.by_group, raw,
+                     wraps=sim.wraps)
 
 
 def run_netlist(out_dir: str | os.PathLike | Netlist, x: np.ndarray, *,
@@ -342,9 +350,18 @@ def run_netlist(out_dir: str | os.PathLike | Netlist, x: np.ndarray, *,
 
 def saturation_message(res: SimResult) -> str | None:
     """What a run's saturated membrane updates mean, or None when there were none."""
-    if not res.saturations:
+    wraps = getattr(res, "wraps", 0)
+    if not res.saturations and not wraps:
         return None
-    worst = max(res.saturated, key=res.saturated.get)
-    return (f"{res.saturations} membrane updates saturated at {FixedPoint().state_bits} bits "
-            f"({res.saturated[worst]} in '{worst}'); the simulator clips them as Loihi does, so "
-            "its outputs, accuracy and fidelity figures include their effect")
+    parts = []
+    if res.saturations:
+        worst = max(res.saturated, key=res.saturated.get)
+        parts.append(f"{res.saturations} membrane updates saturated at "
+                     f"{FixedPoint().state_bits} bits ({res.saturated[worst]} in '{worst}')")
+    if wraps:   # a hardware user found these only by comparing with a wider state
+        parts.append(f"{wraps} synaptic currents wrapped around at 24 bits, as Lava's do (a "
+                     "large current changes sign)")
+    does = "clips them" if not wraps else "clips and wraps them" if res.saturations else \
+        "wraps them"
+    return ("; ".join(parts) + f"; the simulator {does} as Loihi does, so its outputs, accuracy "
+            "and fidelity figures include their effect")
