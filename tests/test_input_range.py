@@ -41,6 +41,12 @@ def test_scales_that_users_get_wrong_are_flagged_and_the_test_split_is_not():
         found = input_range.mismatches(stored, {"x": wrong})
         assert len(found) == 1 and words in found[0] and "input 'x'" in found[0]
     assert input_range.mismatches(stored, {"other": test * 255}) == []   # another input: no claim
+    # fewer than FEW_SAMPLES samples (a photo's brightness varies far more than a data set's):
+    # only a gross scale error counts, a normalised single image does not
+    assert "larger than" in input_range.mismatches(stored, {"x": test[:1] * 255})[0]
+    assert "smaller than" in input_range.mismatches(stored, {"x": test[:1] / 255})[0]
+    one = (test[:1] - test.mean()) / test.std()
+    assert input_range.mismatches(stored, {"x": one}) == []
     assert input_range.parse("not json") == {} and input_range.parse(None) == {}
 
 
@@ -65,9 +71,11 @@ def test_a_model_calibrated_on_another_scale_warns_at_run_time(tmp_path, capsys,
                and "preprocess these inputs" in r.getMessage() for r in caplog.records)
     assert float(capsys.readouterr().out.split("accuracy: ")[1].split()[0]) < 0.5
     from snncc.simulate import run_compiled   # the API: the same words in RunResult.warnings
-    run = run_compiled(out, test[:16])
+    run = run_compiled(out, test[:64])
     assert len(run.warnings) == 1 and "narrower than the calibration samples" in run.warnings[0]
-    assert run_compiled(out, test[:16] * 255).warnings == []
+    assert run_compiled(out, test[:64] * 255).warnings == []
+    one = run_compiled(out, test[:1])   # one sample: the gross scale error is still said
+    assert len(one.warnings) == 1 and "smaller than the calibration samples" in one.warnings[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="snncc.run"):
         assert main(["run", str(out), "--input", str(tmp_path / "test255.npz")]) == 0
@@ -86,4 +94,4 @@ def test_the_loihi_netlist_keeps_the_range_and_run_warns(tmp_path, caplog):
                  "--target", "loihi", "--no-fidelity", "-o", str(out), "-q"]) == 0
     with caplog.at_level(logging.WARNING, logger="snncc.run"):
         assert main(["run", str(out), "--input", str(tmp_path / "test255.npz")]) == 0
-    assert any("wider than the calibration samples" in r.getMessage() for r in caplog.records)
+    assert any("larger than the calibration samples" in r.getMessage() for r in caplog.records)
