@@ -352,7 +352,8 @@ def maxpools_to_average(proto: onnx.ModelProto) -> int:
     QANN, so that it pools as the SNN does): every MaxPool of the main graph becomes the
     AveragePool this pass emits for it, in place. Returns how many; a dilated MaxPool or one whose
     indices are read -> SNN-E249 / SNN-E248, as in the pass."""
-    read = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+    read = ({i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}) \
+        - {""}   # an empty name is an omitted optional input, not a read
     bad, changed = [], 0
     for node in proto.graph.node:
         if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx"):

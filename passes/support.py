@@ -117,7 +117,10 @@ def _training_mode(graph: gs.Graph, node: gs.Node) -> str | None:
     if node.op == "BatchNormalization":
         if node.attrs.get("training_mode", 0):
             return "training_mode=1: it normalises with each batch's own statistics"
-        if any(o.outputs or o in graph.outputs for o in node.outputs[1:]):
+        extra = [o for o in node.outputs[1:] if o.name]
+        if extra and (graph.opset or 14) < 14:   # before opset 14 extra outputs mean training
+            return "its running-statistics outputs mark the training form (opset < 14)"
+        if any(o.outputs or o in graph.outputs for o in extra):
             return "its running statistics are outputs read by the graph"
     elif node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2].name:
         mode = ir.const_value(node.inputs[2])

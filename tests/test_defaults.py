@@ -512,6 +512,46 @@ def test_maxpool_avg_reaches_the_qann_target_and_the_fidelity_qann(tmp_path, cap
     assert _as_pooled(model, make_options()) is model
 
 
+def test_the_fidelity_estimate_gets_the_qann_that_pools_as_the_snn(tmp_path, monkeypatch):
+    from snncc import driver
+
+    _max_pool_net(tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).random((80, 2, 8, 8), np.float32))
+    seen = {}
+    real = driver.fidelity.estimate
+
+    def spy(ann, qann, *args, **kw):
+        seen["ann"] = [n.op_type for n in ann.graph.node]
+        seen["qann"] = [n.op_type for n in qann.graph.node]
+        return real(ann, qann, *args, **kw)
+
+    monkeypatch.setattr(driver.fidelity, "estimate", spy)
+    driver.compile_model(tmp_path / "m.onnx", tmp_path / "s.onnx",
+                         driver.make_options(calib_path=str(tmp_path / "c.npy"), maxpool="avg"))
+    assert "MaxPool" in seen["ann"]                        # the reference stays the user's ANN
+    assert "AveragePool" in seen["qann"] and "MaxPool" not in seen["qann"]
+
+
+def test_an_omitted_optional_input_is_no_read_of_the_maxpool_indices():
+    """maxpools_to_average counted the empty name of an omitted input (Clip(y, '', hi)) as a read
+    of a MaxPool's unnamed indices output: a false SNN-E248."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from snncc.passes.schedule_timesteps import maxpools_to_average
+
+    g = helper.make_graph(
+        [helper.make_node("MaxPool", ["x"], ["p", ""], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Clip", ["p", "", "hi"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert maxpools_to_average(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["AveragePool", "Clip"]
+    onnx.checker.check_model(model)
+
+
 def test_a_dilated_maxpool_with_avg_is_refused_for_the_qann_too(tmp_path, capsys):
     _max_pool_net(tmp_path / "m.onnx", dilations=(2, 2))
     np.save(tmp_path / "c.npy", np.random.default_rng(0).random((40, 2, 8, 8), np.float32))

@@ -604,3 +604,27 @@ def test_a_zero_pad_exported_at_torchs_default_opset_converts(tmp_path):
     out, _, _ = run_passes(model, [CanonicalizePass()])
     got = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x.numpy()})[0]
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.requires_torch
+@pytest.mark.parametrize("opset", [9, 13, 15])
+def test_a_training_mode_batchnorm_is_refused_at_every_opset(tmp_path, opset):
+    """Before opset 14 a BatchNormalization's extra outputs themselves mean training mode (torch
+    leaves them unread): those exports had failed in the version converter (E118) and inspect had
+    found nothing."""
+    import torch
+    from torch import nn
+
+    from snncc.inspect import format_inspect, inspect_model
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(144, 10)).train()
+    path = tmp_path / f"bn{opset}.onnx"
+    torch.onnx.export(net, torch.randn(2, 1, 8, 8), str(path), opset_version=opset, dynamo=False,
+                      training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
+                      input_names=["input"])
+    model = onnx.load(str(path))
+    with pytest.raises(UnsupportedNodeError) as info:
+        run_passes(model, [CanonicalizePass()], options=_options(f"bn{opset}"))
+    assert info.value.code == "SNN-E208"
+    assert "SNN-E208" in format_inspect(inspect_model(model))
