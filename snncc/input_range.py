@@ -16,7 +16,8 @@ stores it as the model metadata ``snncc.calibration_inputs`` (a Loihi netlist: `
 :data:`SCALE_FACTOR` times larger or smaller, or a mean more than :data:`MEAN_SHIFT` calibration
 standard deviations away; on fewer than :data:`FEW_SAMPLES` samples only a root-mean-square
 :data:`GROSS_FACTOR` times larger or its square smaller (a single image's statistics vary too
-much for more; a blank one says nothing). ``snncc run`` and :func:`snncc.simulate.run_compiled` warn with it.
+much for more; a blank one says nothing). ``snncc run`` and :func:`snncc.simulate.run_compiled`
+warn with it.
 """
 from __future__ import annotations
 
@@ -34,8 +35,6 @@ METADATA_KEY = "snncc.calibration_inputs"
 SCALE_FACTOR = 2.0
 #: A run's mean this many calibration standard deviations away is a mismatch.
 MEAN_SHIFT = 1.0
-
-
 #: below this many samples only a gross scale error is said (one natural image's brightness and
 #: contrast vary far more than a data set's: 637 of 1000 single photo patches had warned)
 FEW_SAMPLES = 32
@@ -58,7 +57,8 @@ def _moments(x: np.ndarray) -> tuple[float, float]:
 
 
 def summarize(samples: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Per input name: ``samples``, ``mean`` and ``std`` over all values of all samples."""
+    """Per input name: ``samples``, and ``mean``, ``std`` and ``max_abs`` over all values of all
+    samples."""
     out = {}
     for name, x in samples.items():
         mean, std = _moments(x)
@@ -98,11 +98,8 @@ def mismatches(stored: Mapping[str, Mapping[str, float]],
                 continue
             how = (f"a magnitude {rms:.3g}x larger than" if rms > 1 else
                    f"a magnitude {1 / rms:.3g}x smaller than")
-            found.append(f"input '{name}' has {how} the calibration samples (mean {mean:.3g}, "
-                         f"std {std:.3g}; calibrated on mean {ref_mean:.3g}, std {ref_std:.3g})")
-            continue
-        ratio = std / ref_std
-        if ratio > SCALE_FACTOR or (std > 0 and ratio < 1 / SCALE_FACTOR):
+        elif std > SCALE_FACTOR * ref_std or 0 < std < ref_std / SCALE_FACTOR:
+            ratio = std / ref_std
             how = (f"a spread {ratio:.3g}x wider than" if ratio > 1 else
                    f"a spread {1 / ratio:.3g}x narrower than")
         elif abs(mean - ref_mean) > MEAN_SHIFT * ref_std:

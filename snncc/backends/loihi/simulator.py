@@ -350,7 +350,7 @@ def run_netlist(out_dir: str | os.PathLike | Netlist, x: np.ndarray, *,
 
 def saturation_message(res: SimResult) -> str | None:
     """What a run's saturated membrane updates mean, or None when there were none."""
-    wraps = getattr(res, "wraps", 0)
+    wraps = res.wraps
     if not res.saturations and not wraps:
         return None
     parts = []
