@@ -42,7 +42,7 @@ import onnx
 from snncc.backends.common import node_attrs as _attrs
 from snncc.backends.loihi.lowering import (MAX_FOLDED_ELEMENTS, _compress_groups, _Expr,
                                            _full_weight, _identity, _Lowering, _LowerError,
-                                           _Term, _trim_rows)
+                                           _Term, _trim_rows, as_2d)
 from snncc.backends.loihi.netlist import Block, Group, Netlist, conv2d_adjoint, window_matrix
 from snncc.ir import SNN_DOMAIN
 
@@ -273,7 +273,7 @@ class _CountLowering(_Lowering):
 
     def _own_check(self, node: onnx.NodeProto) -> None:
         if node.domain != SNN_DOMAIN and self._handler(node) == self._maxpool_count:
-            _pool_out_hw((1, 1, 1), _attrs(node))
+            _pool_out_hw((1, 1, 1), as_2d(_attrs(node)))
             return
         super()._own_check(node)
 
@@ -376,8 +376,11 @@ class _CountLowering(_Lowering):
         if len(node.output) > 1 and node.output[1]:
             raise _LowerError("SNN-E271", "the MaxPool indices output is used",
                               "export the model without MaxPool indices")
-        x = self._map(node)
-        self._copy_group(node, x, (x.view[0],) + _pool_out_hw(x.view, _attrs(node)))
+        x = self._expr(node.input[0])
+        if len(x.shape) != 2:   # a [N, C, L] map pools as its (C, L, 1) view
+            x = self._map(node)
+        self._copy_group(node, x, (x.view[0],) + _pool_out_hw(x.view,
+                                                              self._window_attrs(node, x)))
 
     def _copy_group(self, node, x: _Expr, view: tuple[int, int, int]) -> None:
         """The groups of a MaxPool or a nearest Resize of size ``view`` over ``x``: ``analog``
@@ -386,8 +389,9 @@ class _CountLowering(_Lowering):
         name = node.name or node.output[0]
         kinds = {g.name: g for g in self.groups}
         srcs = [kinds[t.src] for t in x.terms]
+        shape = view[:len(x.shape)]   # (C, L) for a 1-D map
         if all(g.kind in ("input", "analog") for g in srcs):
-            self.groups.append(Group(name, "analog", view, view, source=node.output[0],
+            self.groups.append(Group(name, "analog", shape, view, source=node.output[0],
                                      attrs={"op": node.op_type}, bias=np.zeros(view)))
             for i, t in enumerate(x.terms):
                 if srcs[i].kind == "analog" and _is_copy(t, x.view):
@@ -395,7 +399,7 @@ class _CountLowering(_Lowering):
                 self.blocks.append(Block(f"{name}/in{i}", t.src, name, t.kind, t.weight,
                                          t.src_view, x.view, t.offset, t.stride, t.pads,
                                          t.groups))
-            self.values[node.output[0]] = _identity(name, view, view)
+            self.values[node.output[0]] = _identity(name, view, shape)
             return
         flat_bias = x.bias.reshape(x.view[0], -1)
         parts = sorted(zip(x.terms, srcs), key=lambda p: p[0].offset)
@@ -418,15 +422,15 @@ class _CountLowering(_Lowering):
             # the pooled map, and its own events are what the next blocks receive
             (term, src), = parts
             if swapped_into == src.source:
-                src.shape, src.view = view, view
+                src.shape, src.view = shape, view
                 src.bias = np.zeros(view)
             else:
-                src = Group(swapped_into, "neuron", view, view, neuron=src.neuron,
+                src = Group(swapped_into, "neuron", shape, view, neuron=src.neuron,
                             attrs=src.attrs, spike=src.spike, source=swapped_into,
                             bias=np.zeros(view))
                 self.groups.append(src)
             out = _Term(src.name, "conv", term.weight, view, groups=view[0])
-            self.values[node.output[0]] = _Expr(view, view, [out], bias)
+            self.values[node.output[0]] = _Expr(shape, view, [out], bias)
             return
         terms = []
         for k, (term, src) in enumerate(parts):   # a Concat: one pool group per neuron
@@ -434,13 +438,13 @@ class _CountLowering(_Lowering):
             part = (rows,) + view[1:]
             pname = name if len(parts) == 1 else f"{name}/{k}"
             events_of = src.attrs["events_of"] if src.kind == "pool" else src.source
-            self.groups.append(Group(pname, "pool", part, part, neuron=src.neuron,
+            self.groups.append(Group(pname, "pool", part[:len(shape)], part, neuron=src.neuron,
                                      attrs={"events_of": events_of, "channels": [lo, lo + rows],
                                             "op": node.op_type},
                                      spike=src.spike, source=node.output[0],
                                      bias=np.zeros(part)))
             terms.append(_Term(pname, "conv", term.weight, part, lo, groups=rows))
-        self.values[node.output[0]] = _Expr(view, view, terms, bias)
+        self.values[node.output[0]] = _Expr(shape, view, terms, bias)
 
 
 def count_lower(proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto",

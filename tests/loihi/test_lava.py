@@ -93,3 +93,34 @@ def test_a_residual_nets_netx_piece_runs_in_lava_with_snnccs_unit_order(tmp_path
     raw = simulate(net, x, semantics="hardware").raw[last.name].reshape(len(x), -1)
     assert last.kind == "neuron" and np.any(raw != 0)
     np.testing.assert_array_equal(lava, raw)
+
+
+def test_a_1d_nets_netx_file_runs_in_lava_bit_for_bit(tmp_path):
+    """A 1-D net ([N, C, L] maps, Conv1d kernels) is written as its (C, L, 1) view with (k, 1)
+    kernels; real Lava runs the whole file and its readout equals the hardware simulation's."""
+    from loihi import Graph, dyadic_input
+    from snncc.backends.loihi.lowering import lower
+    from snncc.backends.loihi.netx import write_netx
+    from snncc.backends.loihi.quantize import quantize
+    from snncc.backends.loihi.simulator import simulate
+
+    g = Graph((2, 16))
+    s1 = g.neuron(g.op("Conv", ["x", g.const(g.dyadic((4, 2, 3))), g.const(g.dyadic((4,), 0.25))],
+                       kernel_shape=[3], pads=[1, 1]))
+    s2 = g.neuron(g.op("Conv", [s1, g.const(g.dyadic((6, 4, 5)))], kernel_shape=[5], pads=[2, 2],
+                       strides=[2]))
+    net = lower(g.model(g.gemm(g.op("Flatten", [s2], axis=1), 6 * 8, 5)), 4)
+    quantize(net)
+    info = write_netx(net, tmp_path / "network.net")
+    assert info["layers"] == [grp.name for grp in net.groups[1:]]
+    x = dyadic_input((4, 2, 16), seed=3)
+    np.save(tmp_path / "x.npy", x)
+    subprocess.run([str(LAVA_PY), str(ROOT / "examples" / "lava" / "run_netx.py"),
+                    str(tmp_path / "network.net"), str(tmp_path / "x.npy"),
+                    str(tmp_path / "l.npy")],
+                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lava = np.load(tmp_path / "l.npy")
+    readout = net.group(info["layers"][-1])
+    raw = simulate(net, x, semantics="hardware").raw[readout.name].reshape(len(x), -1)
+    assert readout.kind == "readout" and np.any(raw != 0)
+    np.testing.assert_array_equal(lava, raw)

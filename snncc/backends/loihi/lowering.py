@@ -210,6 +210,18 @@ def _dense_after(term: _Term, in_view: tuple[int, int, int], wg: np.ndarray) -> 
     return _trim_rows(_Term(term.src, "dense", dense, term.src_view))
 
 
+def as_2d(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A 1-D conv's or pooling's attributes as the 2-D ones over its (C, L, 1) view: the length
+    is the height, the width 1 (a [N, C, L] tensor's view, :func:`_view_of`)."""
+    out = dict(attrs)
+    for key in ("kernel_shape", "strides", "dilations"):
+        if len(attrs.get(key, ())) == 1:
+            out[key] = (int(attrs[key][0]), 1)
+    if len(attrs.get("pads", ())) == 2:
+        out["pads"] = (int(attrs["pads"][0]), 0, int(attrs["pads"][1]), 0)
+    return out
+
+
 def _spatial(attrs: dict[str, Any], k: tuple[int, int]) -> tuple[tuple[int, int],
                                                                    tuple[int, int, int, int]]:
     strides = tuple(attrs.get("strides", (1, 1)))
@@ -217,9 +229,8 @@ def _spatial(attrs: dict[str, Any], k: tuple[int, int]) -> tuple[tuple[int, int]
     spatial = {len(strides), len(pads) // 2, len(attrs.get("kernel_shape", (0, 0))),
                len(attrs.get("dilations", (1, 1)))} | ({len(k)} if any(k) else set())
     if spatial != {2}:
-        raise _LowerError("SNN-E271", "only 2-D convolutions and poolings are supported",
-                          "use --target ort for 1-D/3-D networks, or export the model with "
-                          "2-D maps (N, C, 1, L)")
+        raise _LowerError("SNN-E271", "only 1-D and 2-D convolutions and poolings are supported",
+                          "use --target ort for 3-D networks")
     if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise _LowerError("SNN-E271", f"auto_pad={attrs['auto_pad']} is not supported",
                           "canonicalize the model (explicit pads)")
@@ -363,7 +374,7 @@ class _Lowering:
             return
         self._handler(node)
         if node.op_type in ("Conv", "AveragePool", "MaxPool"):
-            _spatial(_attrs(node), (0, 0))
+            _spatial(as_2d(_attrs(node)), (0, 0))
 
     def _handler(self, node: onnx.NodeProto):
         handler = getattr(self, f"_op_{node.op_type}", None)
@@ -416,10 +427,11 @@ class _Lowering:
         w = self._const_input(node, 1)
         b = self._const_input(node, 2)
         attrs = _attrs(node)
-        if len(x.shape) != 3 or w.ndim != 4:
-            raise _LowerError("SNN-E271", "only 2-D convolutions and poolings are supported",
-                              "use --target ort for 1-D/3-D networks, or export the model with "
-                              "2-D maps (N, C, 1, L)")
+        if len(x.shape) == 2 and w.ndim == 3:   # 1-D: a [N, C, L] map runs as its (C, L, 1) view
+            w, attrs = w[..., None], as_2d(attrs)
+        elif len(x.shape) != 3 or w.ndim != 4:
+            raise _LowerError("SNN-E271", "only 1-D and 2-D convolutions and poolings are "
+                              "supported", "use --target ort for 3-D networks")
         stride, pads = _spatial(attrs, w.shape[2:])
         groups = int(attrs.get("group", 1))
         out_hw = _out_hw(x.view, w.shape[2:], stride, pads)
@@ -449,15 +461,20 @@ class _Lowering:
         bias = conv2d(x.bias[None], w, stride, pads[:2], groups, out_hw)[0]
         if b is not None:
             bias = bias + b.reshape(-1, 1, 1)
-        self.values[node.output[0]] = _Expr(view, view, terms, bias)
+        self.values[node.output[0]] = _Expr(view[:len(x.shape)], view, terms, bias)
 
     def _conv_term(self, term: _Term, mid_view, w, stride, pads, groups, out_hw) -> _Term | None:
         """One term of ``conv(x)`` (:func:`_conv_after`; the count-only lowering adds kinds)."""
         return _conv_after(term, mid_view, w, stride, pads, groups, out_hw)
 
+    def _window_attrs(self, node, x: _Expr) -> dict[str, Any]:
+        """A pooling's attributes, a 1-D one's over a [N, C, L] map as 2-D (:func:`as_2d`)."""
+        attrs = _attrs(node)
+        return as_2d(attrs) if len(x.shape) == 2 else attrs
+
     def _op_AveragePool(self, node):
         x = self._expr(node.input[0])
-        attrs = _attrs(node)
+        attrs = self._window_attrs(node, x)
         k = tuple(attrs["kernel_shape"])
         stride, pads = _spatial(attrs, k)
         if any(pads) and not attrs.get("count_include_pad", 0):
@@ -473,13 +490,14 @@ class _Lowering:
         if len(node.output) > 1 and node.output[1]:
             raise _LowerError("SNN-E271", "the MaxPool indices output is used",
                               "export the model without MaxPool indices")
-        attrs = _attrs(node)
+        x = self._expr(node.input[0])
+        attrs = self._window_attrs(node, x)
         if any(d != 1 for d in attrs.get("dilations", (1, 1))):
             raise _LowerError("SNN-E271", "a dilated MaxPool has no AveragePool equivalent",
                               "use an undilated MaxPool")
         k = tuple(attrs["kernel_shape"])
         stride, pads = _spatial(attrs, k)
-        self._pool(node, self._expr(node.input[0]), k, stride, pads)
+        self._pool(node, x, k, stride, pads)
 
     def _pool(self, node, x: _Expr, k, stride, pads):
         c = x.view[0]

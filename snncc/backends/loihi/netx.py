@@ -155,7 +155,7 @@ def _why_not(net: Netlist, g: Group, prev: Group, flat: bool) -> str | None:
     if b.offset != 0 or b.rows != g.view[0]:
         return "the block fills only part of the layer"
     if b.kind == "conv":
-        if flat or len(g.shape) != 3:
+        if flat or len(g.shape) == 1:   # (C, H, W), or (C, L) of a 1-D conv: its (C, L, 1) view
             return "a conv on a flattened input"
         k = b.shape[2:]
         for axis in range(2):
@@ -248,7 +248,7 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
                 notes.append(f"{g.name}: biases up to {int(np.abs(bias).max())} NetX units "
                              f"exceed the 13-bit mantissa (+-{BIAS_MANT_MAX}) of Loihi's CUBA "
                              "neuron; Lava's CPU model holds them, a chip would not")
-            if b.kind == "dense" and len(prev.shape) == 3 and prev is not inp:
+            if b.kind == "dense" and len(prev.shape) > 1 and prev is not inp:
                 fl = layers.create_group(str(len(layers)))
                 _type(fl, "flatten")
                 fl.create_dataset("shape", data=np.asarray([prev.size], dtype=np.int64))
