@@ -375,6 +375,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     rows: PipelineReport = pipeline.run(model, ctx)
 
     artifact_report: dict[str, Any] = {}
+    artifact = None
     files: list[Path] = []
     warnings: list[str] = []
     if backend is not None:
@@ -413,6 +414,8 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
             artifact = _emit_atomically(backend, model, ctx, out)
             artifact_report = artifact.report
             files = artifact.files
+        if synops is None and artifact is not None:
+            synops = artifact.synops
         report = _compile_report(model_path, out, options, rows, ctx, artifact_report, fid,
                                  synops, start)
         if dump:
@@ -438,7 +441,7 @@ def _compile_report(model_path, out: Path, options: CompileOptions, rows: Pipeli
         "notes": ctx.notes,
         "backend": artifact_report,
         "fidelity": fid,
-        "synops": synops if synops is not None else artifact_report.get("synops_section"),
+        "synops": synops,
         "seconds": round(time.perf_counter() - start, 3),
     }
 

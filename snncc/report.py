@@ -219,8 +219,14 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
              "neuron's)."),
             ("upsample", " An upsample's events are copies of its neuron's spikes."))
             if kind in kinds)
+        once = ("counted once: the schedule computes the input layer's current once" if
+                syn.get("analog_once", True) else "counted every slice: the input is sent "
+                "every step")
+        padding = syn.get("ann_macs_in_bounds", syn["ann_macs"])
         page.para(f"Total: {syn['total_synops']:.4g} SynOps, {syn['total_macs']:.4g} MACs "
-                  f"(analog layers), ANN {syn['ann_macs']:.4g} MACs, {syn['steps']} slices."
+                  f"(analog layers, {once}), ANN {syn['ann_macs']:.4g} MACs "
+                  f"(k·k·C_in·H_out·W_out·C_out per conv; {padding:.4g} without the taps on "
+                  f"the zero padding, where the SNN has no synapses), {syn['steps']} slices."
                   + pooled)
         rated = [n for n in names if "spike_rate" in layers[n]]
         plot("spike_rates.png", "spike rate per layer", lambda p: _bar(
@@ -233,8 +239,10 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
     if energy:
         page.heading("Energy per inference")
         models = energy["models"]
-        page.table(["model", "SNN pJ", "ANN pJ", "ANN / SNN", "constants (source)"],
-                   [[k, m["snn_pj"], m["ann_pj"], m["ratio"], m["constants"]["source"]]
+        page.table(["model", "SNN pJ", "ANN pJ", "ANN / SNN", "same, ANN without padding",
+                    "constants (source)"],
+                   [[k, m["snn_pj"], m["ann_pj"], m["ratio"],
+                     m.get("ratio_in_bounds", m["ratio"]), m["constants"]["source"]]
                     for k, m in models.items()])
         plot("energy.png", "ANN vs SNN energy", lambda p: _bar(
             p, list(models), {"SNN": [m["snn_pj"] for m in models.values()],

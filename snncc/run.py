@@ -208,15 +208,18 @@ def _write_outputs(out: Path, all_outputs: dict[str, np.ndarray], summary: dict[
 
 def _netlist_activity(net, events: dict[str, np.ndarray], n: int) -> dict[str, Any]:
     """The activity table of a Loihi run, in the units of :meth:`RunResult.activity`: the rate is
-    per neuron and slice. The simulator keeps events summed over the slices, so spikes equal
-    events for binary-spike groups and are not known (None) for graded ones."""
+    unit events per neuron and slice. The simulator keeps events summed over the slices, so
+    spikes (and the spike rate) equal events for binary-spike groups and are not known (None)
+    for graded ones."""
     spike = {g.name: g.spike for g in net.groups}
     layers = []
     for k, v in events.items():
         total = float(v.sum())
+        rate = total / (n * max(net.total_steps, 1) * max(v[0].size, 1))
+        binary = spike.get(k) == "binary"
         layers.append({"name": k, "events_per_sample": total / n,
-                       "spikes_per_sample": total / n if spike.get(k) == "binary" else None,
-                       "rate": total / (n * max(net.total_steps, 1) * max(v[0].size, 1))})
+                       "spikes_per_sample": total / n if binary else None,
+                       "rate": rate, "spike_rate": rate if binary else None})
     return {"events_per_layer": {k: float(v.sum()) for k, v in events.items()}, "layers": layers}
 
 
@@ -286,6 +289,7 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"predictions (first 10): {summary['predictions_head']}")
         rows = summary["activity"].get("layers", [])
         if rows:
+            # rate: unit events per neuron and slice (a graded neuron's output may carry several)
             print(f"{'layer':<48} {'events/sample':>14} {'rate':>8}")
             for row in rows:
                 name = row["name"] if len(row["name"]) <= 48 else "…" + row["name"][-47:]

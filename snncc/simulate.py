@@ -45,14 +45,22 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
 
     def activity(self) -> dict[str, Any]:
-        """Per layer: events and spikes per sample, and the firing rate (spikes per neuron and
-        slice); empty without spike counts."""
+        """Per layer: events and spikes per sample, the rate (unit events per neuron and slice,
+        neurons.md 7.2: what a SynOp count, a Loihi run and ``snncc report`` call the spike
+        rate) and the spike rate (nonzero outputs per neuron and slice; equal to the rate for
+        binary neurons, lower for graded ones, whose one output may carry several unit events);
+        empty without spike counts."""
         if self.spikes_per_layer is None:
             return {}
         n = max(self.samples, 1)
+
+        def per(name: str) -> float:
+            return n * self.slices * max(self.units_per_layer.get(name, 1), 1)
+
         layers = [{"name": name, "events_per_sample": self.events_per_layer[name] / n,
                    "spikes_per_sample": spikes / n,
-                   "rate": spikes / (n * self.slices * max(self.units_per_layer.get(name, 1), 1))}
+                   "rate": self.events_per_layer[name] / per(name),
+                   "spike_rate": spikes / per(name)}
                   for name, spikes in self.spikes_per_layer.items()]
         return {"events_per_layer": dict(self.events_per_layer), "layers": layers}
 

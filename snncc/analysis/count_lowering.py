@@ -304,6 +304,7 @@ class _CountLowering(_Lowering):
                        - pads[a + 2] for a in range(2))
         view = (og * groups,) + out_hw
         self.ann_macs += int(w.size * x.view[1] * x.view[2])
+        self.ann_macs_in_bounds += int(w.size * x.view[1] * x.view[2])   # cropped outputs too
         full = _full_weight(w.reshape(groups, cin // groups, og, kh, kw).transpose(0, 2, 1, 3, 4)
                             .reshape(og * groups, cin // groups, kh, kw), groups)   # [O, C, ..]
         terms = _per_source(x, "ConvTranspose", lambda t, f: _packed(_Term(

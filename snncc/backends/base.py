@@ -21,6 +21,9 @@ class Artifact:
     path: Path
     files: list[Path] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
+    #: the SynOp section the backend counted (``synops.json`` of a Loihi directory), or one that
+    #: says why there is none; the compile report's ``synops``
+    synops: dict[str, Any] | None = None
 
 
 class Backend(abc.ABC):

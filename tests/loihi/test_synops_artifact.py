@@ -89,6 +89,8 @@ def test_synops_json_with_calibration_is_the_simulators_count(digits_loihi):
     line = format_synops_line(syn)
     assert line.startswith("SynOps/inference") and "ANN MACs" in line and "uJ" in line
     assert res.report["backend"]["synops"] == line
+    # the compile report's synops section is synops.json's (it was null for Loihi)
+    assert json.loads(json.dumps(res.report["synops"])) == syn
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +157,11 @@ def test_streaming_schedule_counts_the_same_spikes(digits_ort, tmp_path):
         folded["measured"]["synops_per_inference"])
     assert stream["measured"]["spikes_per_inference"] == folded["measured"][
         "spikes_per_inference"]
+    # a step model computes the input layer at every step (the caller feeds the input each
+    # step); the folded one computes its current once
+    assert folded["measured"]["analog_once"] and not stream["measured"]["analog_once"]
+    assert stream["measured"]["macs_per_inference"] == 4 * folded["measured"][
+        "macs_per_inference"] > 0
 
 
 def test_sample_count_shrinks_with_the_network():
@@ -163,3 +170,27 @@ def test_sample_count_shrinks_with_the_network():
     assert artifact_sample_count(190_720, 4, 10) == 10                       # fewer given
     assert artifact_sample_count(1_800_000_000, 4, 256) == 1                 # ResNet-18 224
     assert artifact_sample_count(ARTIFACT_MAC_STEPS // 40, 4, 256) == 10
+
+
+@pytest.mark.parametrize("n_in,k,stride,pad", [(8, 3, 1, 1), (7, 3, 2, 1), (8, 5, 2, 2), (5, 1, 1, 0),
+                                             (6, 4, 3, 2)])
+def test_in_bounds_taps_count_what_reads_the_real_input(n_in, k, stride, pad):
+    from snncc.backends.loihi.lowering import in_bounds_taps
+
+    n_out = (n_in + 2 * pad - k) // stride + 1
+    brute = sum(0 <= o * stride - pad + t < n_in for o in range(n_out) for t in range(k))
+    assert in_bounds_taps(n_in, n_out, k, stride, pad) == brute
+
+
+def test_the_anns_macs_are_also_given_without_the_zero_padding(digits_ort):
+    """MACs_l (neurons.md 7.2) counts the taps on a conv's zero padding, which have no synapse in
+    the SNN count: the section gives both, and the energy ratio on both."""
+    snn, ann, opts = digits_ort
+    sec = artifact_synops(snn, ann, {"input": np.load(DIGITS_CALIB)["input"][:8]}, opts)
+    a = sec["ann"]
+    assert 0 < a["macs_in_bounds"] < a["macs"] == sec["ann_macs"]
+    assert a["energy_in_bounds_pj"] == pytest.approx(a["macs_in_bounds"] * 4.6)
+    e = sec["energy"]["digital45nm"]
+    assert e["ann_over_snn_in_bounds"] == pytest.approx(
+        e["ann_over_snn"] * a["macs_in_bounds"] / a["macs"])
+    assert "without padding" in format_synops_line(sec)

@@ -236,6 +236,11 @@ def test_compile_allow_lossy_writes_file_and_report(tmp_path):
     assert rep["fidelity"]["snn_is"] == "NIR network (reset to 0)"
     from snncc.fidelity import summary
     assert summary(rep["fidelity"]).startswith("fidelity: NIR network (reset to 0) agrees")
+    # no SynOp count (a NIR simulator's spikes are its own), said rather than null; the input
+    # scale the network was calibrated on travels in the file
+    assert rep["synops"]["available"] is False and "SNN-E695" in rep["synops"]["reason"]
+    scale = json.loads(g.metadata["calibration_inputs"])
+    assert set(scale["input"]) >= {"mean", "std", "max_abs"} and scale["input"]["max_abs"] <= 1
 
 
 def test_cli_lossy_refusal_exit_code(tmp_path, capsys):

@@ -179,4 +179,5 @@ def test_run_compiled_batches_single_arrays_and_reports_activity():
     layers = whole.activity()["layers"]
     assert [row["name"] for row in layers] == list(whole.spikes_per_layer)
     first = layers[0]  # 4 channels x 4 x 4 neurons, 4 slices, 5 samples
-    assert first["rate"] == whole.spikes_per_layer[first["name"]] / (5 * 4 * 64)
+    assert first["rate"] == whole.events_per_layer[first["name"]] / (5 * 4 * 64)
+    assert first["spike_rate"] == whole.spikes_per_layer[first["name"]] / (5 * 4 * 64)

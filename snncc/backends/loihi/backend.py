@@ -206,7 +206,7 @@ class LoihiBackend(Backend):
             "steps": net.total_steps, "counted_steps": net.counted_steps,
             "synops": format_synops_line(synops)}
         ctx.notes["loihi"] = report
-        return Artifact(path=out, files=files, report=report)
+        return Artifact(path=out, files=files, report=report, synops=synops)
 
     @staticmethod
     def _synops(net: nl.Netlist, mapping: dict[str, Any], ctx: CompileContext) -> dict[str, Any]:

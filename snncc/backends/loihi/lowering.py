@@ -243,6 +243,13 @@ def _spatial(attrs: dict[str, Any], k: tuple[int, int]) -> tuple[tuple[int, int]
     return (int(strides[0]), int(strides[1])), tuple(int(p) for p in pads)
 
 
+def in_bounds_taps(n_in: int, n_out: int, k: int, stride: int, pad: int) -> int:
+    """Kernel taps over all ``n_out`` outputs of one axis that read a real input position, not
+    the zero padding (the synapses the SNN count has; the ANN's MACs_l counts all k)."""
+    return sum(max(0, min(k, n_in + pad - o * stride) - max(0, pad - o * stride))
+               for o in range(n_out))
+
+
 def _out_hw(view, k, stride, pads) -> tuple[int, int]:
     return ((view[1] + pads[0] + pads[2] - k[0]) // stride[0] + 1,
             (view[2] + pads[1] + pads[3] - k[1]) // stride[1] + 1)
@@ -271,6 +278,7 @@ class _Lowering:
         self.blocks: list[Block] = []
         self.diags: list[Diagnostic] = []
         self.ann_macs = 0
+        self.ann_macs_in_bounds = 0   # without the multiplications by the zero padding
         self.steps: set[tuple[int, int]] = set()
 
     # -- helpers
@@ -350,7 +358,9 @@ class _Lowering:
                                        f"slices {sorted(self.steps)}", code="SNN-E275",
                                        hint="use one neuron type per network")
         total, counted = next(iter(self.steps)) if self.steps else (self.T, self.T)
-        return Netlist(self.groups, self.blocks, outputs, self.T, total, counted, self.ann_macs)
+        net = Netlist(self.groups, self.blocks, outputs, self.T, total, counted, self.ann_macs)
+        net.meta["ann_macs_in_bounds"] = int(self.ann_macs_in_bounds)
+        return net
 
     def _output_group(self, name: str) -> str:
         expr = self.values[name]
@@ -436,6 +446,9 @@ class _Lowering:
         groups = int(attrs.get("group", 1))
         out_hw = _out_hw(x.view, w.shape[2:], stride, pads)
         self.ann_macs += int(w.shape[0] * out_hw[0] * out_hw[1] * np.prod(w.shape[1:]))
+        self.ann_macs_in_bounds += int(w.shape[0] * w.shape[1] * np.prod(
+            [in_bounds_taps(x.view[1 + a], out_hw[a], w.shape[2 + a], stride[a], pads[a])
+             for a in range(2)]))
         self._conv_like(node, x, w, stride, pads, groups, out_hw, b)
 
     def _relayed(self, node, x: _Expr, compose):
@@ -533,6 +546,7 @@ class _Lowering:
             raise _LowerError("SNN-E271", f"Gemm/MatMul on a tensor of shape {x.shape}",
                               "flatten before the fully connected layer")
         self.ann_macs += int(wg.size)
+        self.ann_macs_in_bounds += int(wg.size)
         terms = [t for t in (_dense_after(t, x.view, wg) for t in x.terms) if t is not None]
         b = wg @ x.bias.reshape(-1)
         if bias is not None:

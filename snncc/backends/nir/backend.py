@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from snncc import ir
+from snncc import input_range, ir
 from snncc.backends.base import Artifact, Backend
 from snncc.backends.nir.export import ExportResult, build_graph, lossy_notes
 from snncc.context import CompileContext
@@ -97,6 +97,9 @@ class NirBackend(Backend):
         notes = [f"{k}: {n}" for k, v in sorted(lossy.items()) for n in v] + list(res.notes)
         res.graph.metadata = {"producer": "snncc", "timesteps": int(ctx.options.timesteps),
                               "dt": 1.0, "lossy": "; ".join(notes) or "none"}
+        meta = {p.key: p.value for p in proto.metadata_props}
+        if input_range.METADATA_KEY in meta:   # the scale to feed it on (mean, std, max_abs)
+            res.graph.metadata["calibration_inputs"] = meta[input_range.METADATA_KEY]
         out = Path(out)
         nir.write(out, res.graph)
         back = nir.read(out)                 # the real reader must accept what we wrote
@@ -111,4 +114,10 @@ class NirBackend(Backend):
         ctx.notes["nir"] = {"nodes": len(back.nodes), "lossy": bool(lossy),
                             **({"note": "lossy export (--allow-lossy): " + notes[0]}
                                if notes else {})}
-        return Artifact(path=out, files=[out], report=report)
+        # a NIR simulator's neurons (reset to v_reset, fire on >) spike otherwise than the
+        # compiled network, and each simulator differently: ORT's counts would not describe them
+        synops = {"available": False,
+                  "reason": "[SNN-E695] nir-export: a NIR file's spikes depend on the simulator "
+                            "that runs it (its neurons reset to v_reset): no SynOp count. "
+                            "Hint: compile with --target ort or loihi for SynOps and energy"}
+        return Artifact(path=out, files=[out], report=report, synops=synops)
