@@ -113,6 +113,19 @@ def _qann_ignores(args: argparse.Namespace) -> list[str]:
                                       ("--neuron-param", args.neuron_param)) if value]
     if args.schedule != "auto":
         given.append("--schedule")
+    if args.maxpool == "gate":   # a spike gate; --maxpool avg does change the QANN
+        given.append("--maxpool gate")
+    return given
+
+
+def _target_ignores(args: argparse.Namespace) -> list[str]:
+    """Options that only another target reads (they would be silently ignored)."""
+    given = []
+    if args.allow_lossy and args.target != "nir":
+        given.append("--allow-lossy (only --target nir exports lossily)")
+    if args.schedule != "auto" and args.target in ("loihi", "nir"):
+        given.append(f"--schedule {args.schedule} (an ONNX Runtime schedule; the {args.target} "
+                     "target runs every step itself)")
     return given
 
 
@@ -148,6 +161,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"snncc compile: warning: ignored with --target qann: {', '.join(ignored)} (a "
               "quantized-clip ANN has no neurons or timesteps; its levels come from -L, default "
               "8)", file=sys.stderr)
+    for what in _target_ignores(args):
+        print(f"snncc compile: warning: ignored with --target {args.target}: {what}",
+              file=sys.stderr)
     timesteps = 4 if args.timesteps is None else args.timesteps
     trained = _trained_timesteps(args.model, args.neuron) if args.target != "qann" else None
     if trained and trained[0] != timesteps:
@@ -319,29 +335,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "the ANN activations only")
     g.add_argument("--percentile", type=float, default=99.99,
                    help="percentile for --calib-method percentile (default 99.99)")
-    g.add_argument("--per-channel", dest="per_channel", action="store_true", default=None,
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--per-channel", dest="per_channel", action="store_true", default=None,
                    help="one lambda per channel (default, except for neurons with one threshold "
                    "per layer: lif)")
-    g.add_argument("--per-layer", dest="per_channel", action="store_false",
+    x.add_argument("--per-layer", dest="per_channel", action="store_false",
                    help="one lambda per layer")
     g.add_argument("--calib-samples", type=int, default=256,
                    help="at most this many samples are used (default 256)")
-    g.add_argument("--fidelity-samples", type=int, default=None, metavar="N",
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--fidelity-samples", type=int, default=None, metavar="N",
                    help="hold out the last N calibration samples to measure ANN vs QANN vs SNN "
                    "(default: those beyond --calib-samples, at least 32 and at most 64, so 32 of "
                    "a 256-sample file; at least 32 samples stay for calibration)")
-    g.add_argument("--no-fidelity", dest="fidelity_samples", action="store_const", const=0,
-                   help="skip the fidelity estimate (all samples calibrate)")
+    x.add_argument("--no-fidelity", dest="fidelity_samples", action="store_const", const=0,
+                   help="skip the fidelity estimate (the held-out samples calibrate too, up to "
+                   "--calib-samples); same as --fidelity-samples 0")
     g.add_argument("--min-agreement", type=float, metavar="X",
                    help="fail (exit 2, nothing written) when the SNN agrees with the ANN on fewer "
                    "than this fraction of held-out samples, e.g. 0.97")
     g = p.add_argument_group("conversion")
     g.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
                    help=shape_help)
-    g.add_argument("--bias-shift", dest="bias_shift", action="store_true", default=None,
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--bias-shift", dest="bias_shift", action="store_true", default=None,
                    help="fold +lambda/(2L) into the bias feeding each activation "
                    "(default: on for bitserial)")
-    g.add_argument("--no-bias-shift", dest="bias_shift", action="store_false")
+    x.add_argument("--no-bias-shift", dest="bias_shift", action="store_false")
     g.add_argument("--maxpool", default="auto", choices=("auto", "avg", "gate"),
                    help="auto: exact where possible (a pool after a first-layer activation "
                    "moves in front of it; bit-serial and T = 1: every pool right after a neuron), "

@@ -348,6 +348,11 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
     return fid
 
 
+#: fewer held-out samples than the automatic hold-out's least: a --min-agreement gate that passes
+#: on them is warned about (1 sample at 100 %: 95 % interval 21-100 %)
+MIN_GATE_SAMPLES = 32
+
+
 def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
           model: str = "MODEL.onnx", finetune: bool = True, max_pools: bool = False
           ) -> list[str]:
@@ -366,6 +371,13 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
                             code="SNN-E370", hint="try, in this order: " + "; ".join(ranked)
                             if ranked else "lower --min-agreement")
     out = []
+    n = int(fid.get("samples") or 0)
+    if min_agreement is not None and n < MIN_GATE_SAMPLES:   # passed, on too few to tell
+        lo, hi = wilson_interval(agree, n)
+        out.append(f"warning: --min-agreement {min_agreement:g} passed on {n} held-out "
+                   f"sample{'' if n == 1 else 's'} only (95 % interval {100 * lo:.0f}-"
+                   f"{100 * hi:.0f} %): too few to gate on; hold out at least "
+                   f"{MIN_GATE_SAMPLES} (--fidelity-samples)")
     if "ann_one_class" in fid:
         out.append(f"warning: the ANN itself gives class {fid['ann_one_class']} to all "
                    f"{fid['samples']} held-out calibration samples: are they scaled and "

@@ -221,3 +221,31 @@ def test_run_notes_a_model_that_snncc_did_not_compile(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(out), "--input", str(test)]) == 0
     assert "no snncc compile output" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pair", [["--per-channel", "--per-layer"], ["--bias-shift", "--no-bias-shift"],
+                                  ["--no-fidelity", "--fidelity-samples", "10"]])
+def test_contradicting_flags_are_a_usage_error(capsys, tmp_path, pair):
+    """The later flag had silently won (--no-fidelity then --fidelity-samples 10 estimated)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["compile", MNIST, "--calib", CALIB, "-o", str(tmp_path / "o.onnx"), *pair])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_options_another_target_reads_are_said_to_be_ignored(capsys, tmp_path):
+    """--allow-lossy (NIR only), an ONNX Runtime schedule for Loihi, -L a binary neuron cannot
+    reproduce at -T, and a --min-agreement that passed on too few samples: each warned."""
+    out = str(tmp_path / "o.onnx")
+    assert main(["compile", MNIST, "--calib", CALIB, "-o", out, "-q", "--allow-lossy", "-T", "1",
+                 "-L", "8", "--fidelity-samples", "4", "--min-agreement", "0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "ignored with --target ort: --allow-lossy" in err
+    assert "-L 8 with --neuron if at -T 1" in err and "drop -L" in err
+    assert "--min-agreement 0.5 passed on 4 held-out samples only" in err
+    assert main(["compile", MNIST, "--calib", CALIB, "-o", str(tmp_path / "l"), "-q",
+                 "--target", "loihi", "--schedule", "folded", "--no-fidelity"]) == 0
+    assert "ignored with --target loihi: --schedule folded" in capsys.readouterr().err
+    assert main(["compile", MNIST, "--calib", CALIB, "-o", out, "-q", "-T", "4", "-L", "4",
+                 "--no-fidelity"]) == 0
+    assert "drop -L" not in capsys.readouterr().err
