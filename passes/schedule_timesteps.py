@@ -137,6 +137,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 
 import networkx as nx
 import numpy as np
@@ -665,6 +666,8 @@ class ScheduleTimestepsPass(Pass):
         depth: dict[str, int] = {}
         tiles: dict[str, ir.Tensor] = {}
         islands: list[str] = []
+        analog: dict[str, int] = {}        # a decoded tensor an island computes -> its island
+        members: dict[int, list[str]] = {}  # island -> the ops after its first, on its values
         head: list[str] = []
         roles = conversion_roles(graph)
         for node in _topological(graph):
@@ -687,6 +690,10 @@ class ScheduleTimestepsPass(Pass):
             elif not t_idx:
                 if any(t.name in batched for t in node.inputs):
                     batched.update(t.name for t in outputs)
+                island = next((analog[t.name] for t in node.inputs if t.name in analog), None)
+                if island is not None:   # runs on an island's values: part of that island
+                    members.setdefault(island, []).append(node.op)
+                    analog.update((t.name, island) for t in outputs)
                 if any(t.name in self.window_static for t in node.inputs):  # decoded spikes
                     if roles.get(id(node)) == HEAD:
                         head.append(ir.node_label(node, self.model.provenance))
@@ -720,13 +727,20 @@ class ScheduleTimestepsPass(Pass):
                     node.inputs[i] = emit.decode(node.inputs[i], first, hint)
                 batched.update(t.name for t in outputs)
                 (head if in_head else islands).append(ir.node_label(node, self.model.provenance))
+                if not in_head:
+                    analog.update((t.name, len(islands) - 1) for t in outputs)
             for t in outputs:
                 depth[t.name] = d
         self._decode_outputs(temporal, first)
         for t in ir.tensor_map(graph).values():
             if t.name in temporal and isinstance(t, ir.Variable) and t.shape is not None:
                 t.shape = [None] + list(t.shape[1:])
-        self.ctx.notes["analog_islands"] = islands
+        # each island by its first node, and the ops that run after it on its values (an LSTM
+        # behind a Sigmoid was kept and not named)
+        self.ctx.notes["analog_islands"] = [
+            label + (f" + {len(members[i])} more: " + ", ".join(
+                f"{op} x{k}" if k > 1 else op for op, k in Counter(members[i]).items())
+                     if members.get(i) else "") for i, label in enumerate(islands)]
         self.ctx.notes["output_head"] = head
         if head:
             self.counts["output_head_ops"] = len(head)

@@ -234,7 +234,8 @@ def _print_notes(notes: dict[str, Any], target: str = "ort") -> None:
                               for k, v in value.items()
                               if isinstance(v, (int, float, str)) and k != "synops")
         elif isinstance(value, list):
-            value = f"{len(value)}: " + ", ".join(map(str, value[:5])) + (" ..." if len(value) > 5 else "")
+            sep = "; " if key == "analog_islands" else ", "   # an island lists its ops with ','
+            value = f"{len(value)}: " + sep.join(map(str, value[:5])) + (" ..." if len(value) > 5 else "")
         print(f"{key}: {value}")
 
 
@@ -479,11 +480,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM cleans up like Ctrl-C, except under torchrun, which stops ranks waiting in a
     # collective with SIGTERM (a Python handler would not run until the collective returned)
     previous = None
+    hangup = None   # a closed terminal (SIGHUP) cleans up like SIGTERM; under nohup it is ignored
     if not {"TORCHELASTIC_RUN_ID", "WORLD_SIZE"} & set(os.environ):
         try:
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+                hangup = signal.signal(signal.SIGHUP, _on_sigterm)
         except ValueError:  # main() called from a thread other than the main one
             pass
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     try:
         try:
             with cli_wording():
@@ -491,10 +497,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if hangup is not None:
+                signal.signal(signal.SIGHUP, hangup)
+            _restore(streams)
     except KeyboardInterrupt as exc:  # came just as _main returned, past its own handler
         if previous is not None:      # (the restore above may be what it cut short)
             signal.signal(signal.SIGTERM, previous)
+        if hangup is not None:
+            signal.signal(signal.SIGHUP, hangup)
         return _interrupted(exc, before)
+
+
+class _PipeSafe:
+    """stdout / stderr for one command: when the reader of a pipe leaves (``snncc report ... |
+    head``), what is printed after is dropped and the work goes on, so the outputs are still
+    written and the exit code is the command's own (a BrokenPipeError had ended finetune and
+    report with exit 0 and no output)."""
+
+    def __init__(self, stream):
+        self.stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self.gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.gone = True
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _restore(streams) -> None:
+    """Put back the streams :func:`main` wrapped; one whose reader left becomes /dev/null (the
+    interpreter's final flush would report the broken pipe otherwise)."""
+    for name, original in zip(("stdout", "stderr"), streams):
+        current = getattr(sys, name)
+        if isinstance(current, _PipeSafe):
+            if current.gone:
+                try:
+                    original = open(os.devnull, "w")
+                except OSError:
+                    pass
+            setattr(sys, name, original)
 
 
 class _LogFormat(logging.Formatter):

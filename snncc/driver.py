@@ -23,7 +23,8 @@ from snncc import __version__, fidelity, ir
 from snncc.context import MAX_LEVELS, MAX_TIMESTEPS, TARGETS, CompileContext, CompileOptions
 from snncc.errors import (BackendCapabilityError, Diagnostic, OptionError, OutputPathError,
                           SnnccError, UnsupportedNodeError, api_wording, in_cli)
-from snncc.outputs import (Output, atomic_dir, atomic_file, check_outputs, default_output,
+from snncc.outputs import (KNOWN_SUFFIXES, Output, atomic_dir, atomic_file, check_outputs,
+                           check_suffix, default_output,
                            file_output, temp_dir, transaction, write_errors)
 from snncc.passes.calibrate import MIN_CALIB_SAMPLES
 from snncc.pipeline import DumpAfter, PipelineReport, Snapshot, default_pipeline
@@ -237,15 +238,19 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 
 def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
-                     dump_after: Sequence[str] = (), dump_dir=None) -> list[Output]:
-    """Every path a compile writes: the output, the ORT manifest, the report, the dump folder."""
+                     dump_after: Sequence[str] = (), dump_dir=None,
+                     default: bool = False) -> list[Output]:
+    """Every path a compile writes: the output, the ORT manifest, the report, the dump folder.
+    ``default``: the output is the name snncc chose beside the model (no ``-o``): an existing
+    file there is replaced only when snncc compiled it (SNN-E364 otherwise)."""
     kind = "dir" if options.target == "loihi" else "file"
     names: tuple[str, ...] = ()
     if kind == "dir":
         from snncc.backends.registry import get_backend
 
         names = get_backend(options.target).output_names
-    outs = [Output(out, kind, "-o", names=names)]
+    outs = [Output(out, kind, "-o (default: beside the model)" if default else "-o", names=names,
+                   implied="compiled" if default and kind == "file" else "")]
     if options.target == "ort" and out.name:  # no name: the -o check reports it
         outs.append(Output(out.with_name(out.name + ".json"), "file", "-o (manifest)",
                            implied="manifest"))
@@ -262,7 +267,7 @@ def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
 _OUTPUT_KIND = {"ort": ("an ONNX model", ".onnx"), "qann": ("an ONNX model", ".onnx"),
                 "nir": ("a NIR file", ".nir"), "loihi": ("a folder (network.net, netlist.json, ...)",
                                                          ".loihi")}
-_OTHER_SUFFIXES = (".onnx", ".nir", ".loihi", ".npz", ".npy", ".json", ".net", ".pt", ".pth")
+_OTHER_SUFFIXES = KNOWN_SUFFIXES
 
 
 def _check_output_suffix(out: Path, options: CompileOptions) -> None:
@@ -342,6 +347,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
                               if in_cli() else "pass fidelity_samples=None (automatic) or N > 0 "
                               "to make_options (its default is 0) and a calib_path, or drop "
                               "min_agreement")
+    default = out is None
     if out is None:
         out = default_output(model_path, options.target)
     elif options.target == "loihi":
@@ -349,9 +355,11 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     else:
         out = file_output(out, example=default_output(model_path, options.target).name)
     check_outputs(declared_outputs(out, options, report_path=report_path, dump_after=dump_after,
-                                   dump_dir=dump_dir),
+                                   dump_dir=dump_dir, default=default),
                   [model_path, options.calib_path], force=force)
     _check_output_suffix(out, options)   # after E360: an input named as -o is said as such
+    if report_path:
+        check_suffix(report_path, "--report", "the compile report (JSON)", (".json",), "compile")
     backend = None
     if options.target != "qann":
         from snncc.backends.registry import get_backend

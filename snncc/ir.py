@@ -9,6 +9,7 @@ Performance rules (measured: looking tensors up by name inside a per-node loop i
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -78,7 +79,16 @@ def read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types for corrupt files
-        raise ModelInputError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {exc})",
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if len(first) > 120:   # protobuf's text parser lists every field of ModelProto
+            first = first[:117] + "..."
+        head = b""
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as f:
+                head = f.read(64).lstrip()
+        what = (" (it is JSON text: a compile report or an ORT manifest?)"
+                if head[:1] in (b"{", b"[") else f" ({type(exc).__name__}: {first})")
+        raise ModelInputError(f"'{path}' is not a readable ONNX model{what}",
                               code="SNN-E102",
                               hint="the file may be truncated or not ONNX; re-export it") from exc
     from onnx.external_data_helper import (_get_all_tensors, load_external_data_for_model,

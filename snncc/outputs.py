@@ -73,7 +73,7 @@ from typing import Callable, Iterator, Sequence
 from snncc import __version__
 from snncc.errors import Diagnostic, OutputPathError
 
-__all__ = ["MARKER", "Output", "check_outputs", "atomic_file", "atomic_dir", "default_output",
+__all__ = ["MARKER", "Output", "check_outputs", "check_suffix", "KNOWN_SUFFIXES", "atomic_file", "atomic_dir", "default_output",
            "same_path", "write_errors", "transaction", "installed", "temp_dir", "written_by_snncc",
            "file_output"]
 
@@ -96,6 +96,24 @@ class Output:
     # kind of file there (:func:`written_by_snncc`)
     implied: str = ""
     names: tuple[str, ...] = ()   # a directory output: the files snncc will write into it
+
+
+#: suffixes that name a known kind of file: an output named so while it writes another kind is
+#: a slip (a model over a calibration file, a report over a model): SNN-E372
+KNOWN_SUFFIXES = (".onnx", ".nir", ".loihi", ".npz", ".npy", ".json", ".net", ".pt", ".pth",
+                  ".md", ".html", ".htm")
+
+
+def check_suffix(path: str | os.PathLike, option: str, what: str, expected: Sequence[str],
+                 command: str) -> None:
+    """Refuse (SNN-E372) ``path`` when its suffix names another known kind of file than the
+    ``what`` (one of the ``expected`` suffixes) that ``option`` writes."""
+    path = Path(path)
+    got = path.suffix.lower()
+    if got in KNOWN_SUFFIXES and got not in expected:
+        raise OutputPathError(f"{command}: {option} '{path}' writes {what}, and '{got}' names "
+                              "another kind of file", code="SNN-E372",
+                              hint=f"name it {path.with_suffix(expected[0]).name}")
 
 
 def default_output(model: str | os.PathLike, target: str) -> Path:
@@ -175,10 +193,65 @@ def written_by_snncc(path: str | os.PathLike, kind: str) -> bool:
             meta = {p.key: p.value for p in
                     onnx.load(str(path), load_external_data=False).metadata_props}
             return json.loads(meta.get("snncc.train", "{}")).get("kind") == "snn"
+        if kind == "compiled":   # a default output: an ONNX model or NIR file snncc compiled
+            if path.suffix == ".nir":
+                import h5py
+
+                with h5py.File(path, "r") as f:
+                    return bytes(f["node/metadata/producer"][()]).decode() == "snncc"
+            import onnx
+
+            props = onnx.load(str(path), load_external_data=False).metadata_props
+            return any(p.key.startswith("snncc.") for p in props)
         doc = json.loads(path.read_text())
         return kind == "manifest" and {"snncc_version", "neuron_ops"} <= set(doc)
     except Exception:  # unreadable, not JSON, not ONNX: not ours  # noqa: BLE001
         return False
+
+
+#: files an input folder's loader reads: arrays, and images (snncc.train.data.IMAGE_SUFFIXES)
+DATA_SUFFIXES = (".npy", ".npz", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _reads_as_input(path: Path, folder: Path) -> bool:
+    """Whether an output at ``path`` would replace or become a file of the input ``folder``: an
+    existing file in it (an image, x.npy), anything in a subfolder (an image folder's classes),
+    or an array or image at its top (a loose image is read too). A new model or report beside an
+    x.npy folder's arrays is not."""
+    if not _is_within(path, folder) or same_path(folder, path):
+        return False
+    return (os.path.lexists(path) or path.resolve().parent != folder.resolve()
+            or path.suffix.lower() in DATA_SUFFIXES)
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The files an ONNX model keeps its external tensors in (``save_as_external_data``), beside
+    it: inputs as much as the model file itself. [] for anything else or an unreadable model."""
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return []
+    try:
+        import onnx
+
+        def tensors(graph):
+            yield from graph.initializer
+            for node in graph.node:
+                for a in node.attribute:
+                    if a.HasField("t"):
+                        yield a.t
+                    yield from a.tensors
+                    for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                        yield from tensors(g)
+
+        proto = onnx.load(str(path), load_external_data=False)
+        found = []
+        for t in tensors(proto.graph):
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                where = {e.key: e.value for e in t.external_data}.get("location")
+                if where:
+                    found.append(path.parent / where)
+        return list(dict.fromkeys(found))
+    except Exception:   # the front end reports unreadable models  # noqa: BLE001
+        return []
 
 
 def _place_problem(path: Path) -> str | None:
@@ -203,12 +276,20 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
     """
     diags: list[Diagnostic] = []
     ins = [Path(p) for p in inputs if p is not None]
+    ins += [f for p in ins for f in external_data_files(p)]   # a model's weights are inputs too
+    folders = [p for p in ins if p.is_dir()]   # every file inside is (or may become) an input
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
     seen: list[Output] = []
     places: set[str] = set()
     for out in outputs:
         path = _resolve(out.path)
         where = f"{out.option} '{out.path}'"
+        try:
+            path.resolve()
+        except (RuntimeError, OSError):   # a symlink loop (Python raises RuntimeError)
+            diags.append(Diagnostic("SNN-E369", f"{where} is a symbolic link that loops",
+                                    command, hint="remove the link, or name another path"))
+            continue
         for other in seen:
             if same_path(other.path, path):
                 diags.append(Diagnostic("SNN-E361", f"{where} is the same path as {other.option}",
@@ -251,6 +332,12 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 diags.append(Diagnostic(
                     "SNN-E360", f"{where} would overwrite the input '{inp}'", command,
                     hint="choose another output path; snncc never writes over its inputs"))
+        for folder in folders:
+            if _reads_as_input(path, _resolve(folder)):
+                diags.append(Diagnostic(
+                    "SNN-E360", f"{where} lies inside the input folder '{folder}', whose files "
+                    "are read as inputs", command,
+                    hint="write outputs outside the folders snncc reads"))
         if not os.path.lexists(path):
             continue
         if out.kind == "file":
@@ -274,6 +361,14 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
             continue
         contents = _dir_contents(path)
         listed = _marker_files(path)
+        if listed and out.names and not listed & set(out.names):
+            # snncc wrote it, but as another kind of output (a report's plots, a Loihi folder):
+            # installing would remove those files as stale ones
+            diags.append(Diagnostic(
+                "SNN-E364", f"{where} holds another kind of snncc output "
+                f"({', '.join(sorted(listed)[:3])}{' ...' if len(listed) > 3 else ''}), which "
+                "writing there would delete", command, hint="name another directory"))
+            continue
         foreign = contents - (listed | {MARKER} if listed is not None else set())
         clash = sorted(foreign & set(out.names))
         if clash and force:  # --force never replaces a file snncc did not write
@@ -445,8 +540,13 @@ def _install_file(tmp: Path, path: Path) -> _Installed:
             if exc.errno != errno.EXDEV:
                 raise
             near = _backup_name(path)  # a temporary on path's own file system
-            shutil.copy2(tmp, near)
-            os.replace(near, path)
+            try:
+                shutil.copy2(tmp, near)
+                os.replace(near, path)
+            except BaseException:   # a full disk: no half-copied file left beside path
+                with contextlib.suppress(OSError):
+                    near.unlink()
+                raise
             os.unlink(tmp)
     except BaseException:
         if backup is not None:
@@ -641,7 +741,7 @@ def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals_held(pending: list[int]) -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back while the outputs are renamed into place (and temporaries
+    """Hold SIGINT, SIGTERM and SIGHUP back while the outputs are renamed into place (and temporaries
     removed); a signal that comes meanwhile is appended to ``pending``, for the caller to raise
     once all is done (main thread only: Python handles signals there)."""
     if threading.current_thread() is not threading.main_thread():
@@ -649,8 +749,10 @@ def _signals_held(pending: list[int]) -> Iterator[None]:
         return
     old = {}
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             old[sig] = signal.getsignal(sig)
+            if old[sig] is signal.SIG_IGN:   # nohup: an ignored hang-up stays ignored
+                continue
             signal.signal(sig, lambda signum, frame: pending.append(signum))
         yield
     finally:

@@ -123,6 +123,10 @@ def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]
     plt.close(fig)
 
 
+#: the files a report's plot folder may hold
+PLOTS = ("accuracy_vs_T.png", "spike_rates.png", "synops.png", "energy.png", "cores.png")
+
+
 def plots_dir(out_path: str | os.PathLike) -> Path:
     """The folder beside the page that holds its plots: ``<stem>_files``."""
     out = Path(out_path)
@@ -142,12 +146,13 @@ def check_report_outputs(out_path: str | os.PathLike,
     """Refuse a page or plot folder that would touch an input or anything snncc did not write
     (:func:`snncc.outputs.check_outputs`). ``implied``: the page is the default name, not one
     the user gave, so an existing page there is replaced only when snncc wrote it."""
-    from snncc.outputs import Output, check_outputs
+    from snncc.outputs import Output, check_outputs, check_suffix
 
     check_outputs([Output(Path(out_path), "file", "-o", "report.md",
                           implied="report" if implied else ""),
-                   Output(plots_dir(out_path), "dir", "-o (plots)")],
+                   Output(plots_dir(out_path), "dir", "-o (plots)", names=PLOTS)],
                   inputs, command="report", has_force=False)
+    check_suffix(out_path, "-o", "a report page", (".md", ".html", ".htm"), "report")
 
 
 def write_report(out_path: str | os.PathLike, data: Mapping[str, Any], *,

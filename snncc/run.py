@@ -189,6 +189,10 @@ def _check_run_output(args: argparse.Namespace) -> Path | None:
     # the compiled model's manifest (MODEL.onnx.json) belongs to the model: never an output
     check_outputs([Output(out, "file", "-o", "outputs.npz")],
                   [args.model, f"{args.model}.json", args.input], command="run")
+    if out.suffix and out.suffix.lower() != ".npz":   # numpy writes a zip archive, whatever
+        raise OptionError(f"run: -o '{out}' ends in {out.suffix}, but the outputs are saved as "
+                          "a .npz archive", code="SNN-E372",
+                          hint=f"e.g. -o {out.with_suffix('.npz')}")
     return out
 
 
@@ -253,6 +257,10 @@ def run_command(args: argparse.Namespace) -> int:
 
         proto = ir.read_proto(target)
         names = data_inputs(proto)
+        if not proto.graph.node:   # an empty graph: nothing to feed or run
+            raise ModelInputError(f"'{target}' has no nodes: nothing to run", code="SNN-E102",
+                                  hint="run a compiled model (snncc compile MODEL.onnx --calib "
+                                  "CALIB.npz)")
         feeds, labels = load_feeds(args.input, names)
         for name, x in feeds.items():
             if name in names:
@@ -276,6 +284,7 @@ def run_command(args: argparse.Namespace) -> int:
     summary = _summary(all_outputs, labels, activity)
     if out is not None:
         _write_outputs(out, all_outputs, summary)
+        print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

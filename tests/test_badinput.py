@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
 import pytest
 
 import zoo
@@ -216,6 +217,65 @@ def test_report_equal_to_input_or_output_is_refused(corpus, tmp_path, capsys):
     (tmp_path / "rdir").mkdir()
     expect_error(capsys, roots, [*base, "-o", tmp_path / "o.onnx", "--report",
                                  tmp_path / "rdir"], "SNN-E363")
+
+
+def test_outputs_inside_an_input_folder_are_refused(corpus, tmp_path, capsys):
+    """A helper's --report cd/x.npy, with --calib cd, replaced the calibration data with the
+    JSON report (only the folder's own path counted as an input); finetune --checkpoint
+    dd/y.npy replaced the labels, report -o cd/x.npy likewise."""
+    folder = tmp_path / "cd"
+    folder.mkdir()
+    np.save(folder / "x.npy", np.load(corpus.calib)["x"])
+    roots = [corpus.root, tmp_path]
+    base = ["compile", corpus.model, "--calib", folder]
+    err = expect_error(capsys, roots, [*base, "-o", tmp_path / "o.onnx", "--report",
+                                       folder / "x.npy"], "SNN-E360")
+    assert "lies inside the input folder" in err
+    # a subfolder (an image folder's class) or an array or image beside the data is read next
+    expect_error(capsys, roots, [*base, "-o", folder / "cls" / "new.onnx"], "SNN-E360")
+    expect_error(capsys, roots, [*base, "--target", "loihi", "-o", folder / "sub" / "l"],
+                 "SNN-E360")
+    expect_error(capsys, roots, [*base, "-o", tmp_path / "o.onnx", "--report",
+                                 folder / "new.png"], "SNN-E360")
+    expect_error(capsys, roots, ["report", corpus.model, "--data", folder, "--target", "ort",
+                                 "-o", folder / "x.npy"], "SNN-E360")
+    # a new model beside an x.npy folder's arrays is no input (finetune --data . -o out.onnx)
+    expect_ok(capsys, [*base, "-o", folder / "new.onnx", "-q", "--no-fidelity"])
+    assert sorted(p.name for p in folder.iterdir()) == ["new.onnx", "new.onnx.json", "x.npy"]
+
+
+def test_a_models_external_data_file_is_an_input(corpus, tmp_path, capsys):
+    """compile e.onnx -o e.onnx.data replaced the model's weights with the compiled model (and
+    inspect then read NaN weights)."""
+    model = tmp_path / "e.onnx"
+    onnx.save(onnx.load(corpus.model), model, save_as_external_data=True,
+              all_tensors_to_one_file=True, location="e.onnx.data", size_threshold=0)
+    roots = [corpus.root, tmp_path]
+    for argv in (["-o", tmp_path / "e.onnx.data"],
+                 ["-o", tmp_path / "o.onnx", "--report", tmp_path / "e.onnx.data"],
+                 ["--target", "qann", "-o", tmp_path / "e.onnx.data"]):
+        err = expect_error(capsys, roots, ["compile", model, "--calib", corpus.calib, *argv],
+                           "SNN-E360")
+        assert "e.onnx.data" in err
+
+
+@pytest.mark.parametrize("target", ["ort", "qann"])
+def test_a_default_output_replaces_only_what_snncc_compiled(corpus, tmp_path, capsys, target):
+    """No -o: compile had replaced a user's own m.snn.onnx / m.qann.onnx / m.nir beside the
+    model; such a file is now refused unless snncc compiled it (or --force)."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(Path(corpus.model).read_bytes())
+    out = tmp_path / ("m.snn.onnx" if target == "ort" else "m.qann.onnx")
+    out.write_text("mine")
+    argv = ["compile", model, "--calib", corpus.calib, "--target", target, "-q", "--no-fidelity"]
+    err = expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E364")
+    assert "default: beside the model" in err and out.read_text() == "mine"
+    out.unlink()
+    expect_ok(capsys, argv)
+    expect_ok(capsys, argv)          # its own output: replaced
+    out.write_text("mine")
+    expect_ok(capsys, [*argv, "--force"])
+    assert out.read_bytes() != b"mine"
 
 
 @pytest.mark.parametrize("target", ["qann", "ort"])
@@ -469,6 +529,41 @@ def test_a_directory_output_inside_another_is_refused(corpus, tmp_path):
     assert err.value.code == "SNN-E361" and not list(tmp_path.iterdir())
 
 
+def test_another_kind_of_snncc_folder_is_not_replaced(corpus, tmp_path, capsys):
+    """compile --target loihi -o r_files (a report's plot folder, also snncc's) deleted the
+    report's plots as stale files."""
+    expect_ok(capsys, ["report", corpus.model, "--data", corpus.data, "--calib", corpus.calib,
+                       "--target", "ort", "-T", "1", "--samples", "6", "-o", tmp_path / "r.md"])
+    plots = sorted(p.name for p in (tmp_path / "r_files").iterdir())
+    err = expect_error(capsys, [corpus.root, tmp_path],
+                       ["compile", corpus.model, "--calib", corpus.calib, "--target", "loihi",
+                        "-o", tmp_path / "r_files", "--force"], "SNN-E364")
+    assert "another kind of snncc output" in err
+    assert sorted(p.name for p in (tmp_path / "r_files").iterdir()) == plots
+
+
+@pytest.mark.parametrize("argv", [
+    lambda c, t: ["report", c.model, "--data", c.data, "--target", "ort", "-o", t / "x.onnx"],
+    lambda c, t: ["finetune", c.model, "--data", c.data, "-o", t / "keep.npz"],
+    lambda c, t: ["finetune", c.model, "--data", c.data, "-o", t / "f.onnx", "--checkpoint",
+                  t / "c.onnx"],
+    lambda c, t: ["compile", c.model, "--calib", c.calib, "-o", t / "o.onnx", "--report",
+                  t / "r.onnx"],
+    lambda c, t: ["run", c.snn, "--input", c.data, "-o", t / "res.npy"],
+])
+def test_an_output_named_as_another_kind_of_file_is_refused(corpus, tmp_path, capsys, argv):
+    """report -o other.onnx replaced a model with Markdown, finetune -o keep.npz a data file,
+    run -o out.npy wrote a zip archive under that name: E372, as compile -o had."""
+    expect_error(capsys, [corpus.root, tmp_path], argv(corpus, tmp_path), "SNN-E372")
+
+
+def test_a_symlink_loop_as_an_output_is_a_user_error(corpus, tmp_path, capsys):
+    (tmp_path / "loop.onnx").symlink_to("loop.onnx")
+    err = expect_error(capsys, [corpus.root], ["compile", corpus.model, "--calib", corpus.calib,
+                                               "-o", tmp_path / "loop.onnx"], "SNN-E369")
+    assert "link that loops" in err
+
+
 def test_writers_of_one_output_install_it_one_after_the_other(tmp_path):
     """Four processes writing a model and its manifest at once: the two files come from the same
     process (they could come from two), and none fails (an install raced another's)."""
@@ -720,11 +815,12 @@ def test_four_processes_compiling_to_one_output(corpus, tmp_path, capsys, target
     assert a == 0 and first["samples"] == 6
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_while_the_outputs_are_written_leaves_all_or_nothing(corpus, tmp_path, signame):
     """The signal comes the moment the first temporary appears: no temporary is left (SIGTERM
-    left them every time), and the model, manifest and report appear all together or not at
-    all, with a message that says which."""
+    left them every time; a closed terminal's SIGHUP left a Loihi staging folder), and the
+    model, manifest and report appear all together or not at all, with a message that says
+    which."""
     import signal
     import time
 
@@ -743,6 +839,51 @@ def test_a_signal_while_the_outputs_are_written_leaves_all_or_nothing(corpus, tm
     assert names in ([], ["o.onnx", "o.onnx.json", "r.json"]), names
     if p.returncode in (130, 143):
         assert ("nothing was written" in err) == (names == []), err
+
+
+def test_a_copy_across_file_systems_that_fails_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A Loihi -o that is a mount point: each file is copied onto it first; a full disk there
+    left the half-copied temporary (987 KB of network.net) beside the kept old output."""
+    import errno
+
+    from snncc import outputs
+
+    staged, dest = tmp_path / "staged", tmp_path / "network.net"
+    staged.write_bytes(b"new" * 1000)
+    dest.write_bytes(b"old")
+    real_replace = outputs.os.replace
+
+    def replace(src, dst):
+        if Path(src) == staged:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(src, dst)
+
+    def copy2(src, dst):
+        Path(dst).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    monkeypatch.setattr(outputs.shutil, "copy2", copy2)
+    with pytest.raises(OSError):
+        outputs._install_file(staged, dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["network.net", "staged"]
+    assert dest.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("command", ["report", "finetune"])
+def test_a_reader_that_leaves_the_pipe_does_not_stop_the_work(corpus, tmp_path, command):
+    """`snncc report ... | head -c 10`: the BrokenPipeError had ended the command with exit 0
+    and no output; the printing stops, the work goes on and writes its output."""
+    out = tmp_path / ("r.md" if command == "report" else "f.onnx")
+    argv = (["report", corpus.model, "--data", corpus.data, "--calib", corpus.calib, "--target",
+             "ort", "-T", "1", "--samples", "8"] if command == "report" else
+            ["finetune", corpus.model, "--data", corpus.data, "--epochs", "1", "--batch-size", "4",
+             "--calib-samples", "8"])
+    p = subprocess.Popen([sys.executable, "-m", "snncc", *argv, "-o", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p.stdout.read(5)
+    p.stdout.close()   # the reader leaves
+    assert p.wait(timeout=300) == 0 and out.is_file()
 
 
 # ------------------------------------------------------------------------------ run
@@ -818,10 +959,26 @@ def test_run_feeds_a_batch_1_model_one_sample_at_a_time(corpus, capsys):
     assert summary["samples"] == 6 and summary["output_shape"] == [6, 5]
 
 
+def test_run_names_what_a_file_that_is_no_model_is(corpus, tmp_path, capsys):
+    """An empty graph was E683 ('the model has 0 inputs; pass a mapping'), a compile report
+    given as the model dumped protobuf's list of ModelProto fields."""
+    empty = helper.make_model(helper.make_graph([], "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3])], []), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(empty, tmp_path / "empty.onnx")
+    (tmp_path / "r.json").write_text('{"snncc_version": "0.1", "passes": []}')
+    err = expect_error(capsys, [corpus.root, tmp_path],
+                       ["run", tmp_path / "empty.onnx", "--input", corpus.data], "SNN-E102")
+    assert "has no nodes" in err
+    err = expect_error(capsys, [corpus.root, tmp_path],
+                       ["run", tmp_path / "r.json", "--input", corpus.data], "SNN-E102")
+    assert "JSON text" in err and "Available Fields" not in err and len(err) < 400
+
+
 def test_run_writes_exactly_the_given_output(corpus, tmp_path, capsys):
     before = snapshot(corpus.root)
-    expect_ok(capsys, ["run", corpus.snn, "--input", corpus.data, "-o", tmp_path / "res",
-                       "--no-library", "--batch-size", "4"])
+    out = expect_ok(capsys, ["run", corpus.snn, "--input", corpus.data, "-o", tmp_path / "res",
+                             "--no-library", "--batch-size", "4"])
+    assert f"wrote {tmp_path / 'res'}" in out
     assert [p.name for p in tmp_path.iterdir()] == ["res"]  # not res.npz, no temporary
     saved = np.load(tmp_path / "res")
     assert saved["outputs"].shape == (6, 5)
@@ -1032,3 +1189,10 @@ def test_messages_name_what_to_change(corpus, tmp_path, capsys):
     err = expect_error(capsys, [corpus.root, tmp_path], ["compile", tmp_path / "clip.onnx",
                        "--calib", corpus.calib, "-o", tmp_path / "c.onnx"], "SNN-E204")
     assert "Clip): a Clip is a clipped ReLU only with min 0" in err
+
+
+def test_the_output_check_knows_every_file_the_loaders_read():
+    from snncc.outputs import DATA_SUFFIXES
+    from snncc.train.data import IMAGE_SUFFIXES
+
+    assert set(IMAGE_SUFFIXES) | {".npy", ".npz"} <= set(DATA_SUFFIXES)

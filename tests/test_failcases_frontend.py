@@ -354,11 +354,11 @@ def test_an_unnamed_node_is_named_by_what_it_writes():
     assert info.value.diagnostics[0].node == "writing 'y' (ai.onnx::Loop)"
 
 
-def test_a_1d_network_compiles_for_ort_and_loihi_refuses_it_before_calibration(tmp_path):
+def test_a_1d_network_compiles_for_ort_loihi_and_its_synop_count(tmp_path):
     """Two Conv1d layers: the ORT target's SynOp count went through the Loihi lowering, which
-    assumed 2-D maps (IndexError, exit 1); Loihi itself crashed the same way."""
+    assumed 2-D maps (IndexError, exit 1); Loihi itself crashed the same way; then both were
+    refused (E271). A [N, C, L] map now lowers as its (C, L, 1) view."""
     from snncc.driver import compile_model, make_options
-    from snncc.errors import BackendCapabilityError
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(0, 0.5, s).astype(np.float32), n)
@@ -372,11 +372,11 @@ def test_a_1d_network_compiles_for_ort_and_loihi_refuses_it_before_calibration(t
     np.save(tmp_path / "calib.npy", rng.random((40, 2, 12), dtype=np.float32))
     opts = dict(calib_path=str(tmp_path / "calib.npy"), timesteps=2)
     res = compile_model(tmp_path / "c1d.onnx", tmp_path / "o.onnx", make_options(**opts))
-    assert res.output.is_file()
-    with pytest.raises(BackendCapabilityError) as info:
-        compile_model(tmp_path / "c1d.onnx", tmp_path / "o.loihi", make_options(target="loihi", **opts))
-    assert "before calibration" in str(info.value)
-    assert {d.code for d in info.value.diagnostics} == {"SNN-E271"}
+    assert res.output.is_file() and res.report["synops"]["available"]
+    assert res.report["synops"]["ann_macs"] == 4 * 10 * 2 * 3 + 4 * 8 * 4 * 3 + 32 * 3
+    res = compile_model(tmp_path / "c1d.onnx", tmp_path / "o.loihi",
+                        make_options(target="loihi", **opts))
+    assert (tmp_path / "o.loihi" / "network.net").is_file()
 
 
 # ------------------------------------------------------- forms other exporters write (a sweep)
@@ -591,3 +591,29 @@ def test_compile_lists_the_layout_problems_with_the_activations(tmp_path, calib)
                       make_options(target="qann", calib_path=calib_path))
     assert [d.code for d in info.value.diagnostics] == ["SNN-E201"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "m.onnx"]
+
+
+def test_an_analog_island_names_the_ops_after_its_first(tmp_path):
+    """--allow-analog kept an LSTM and a Sigmoid behind a LayerNormalization and the summary
+    named only the island's first node."""
+    from snncc.driver import compile_model, make_options
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in
+             (("w1", (8, 6)), ("w2", (6, 6)), ("w3", (6, 3)), ("g", (6,)), ("b", (6,)))]
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h1"], name="fc1"),
+             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+             helper.make_node("LayerNormalization", ["r1", "g", "b"], ["n1"], name="ln"),
+             helper.make_node("Sigmoid", ["n1"], ["s1"], name="sig"),
+             helper.make_node("Gemm", ["s1", "w2"], ["h2"], name="fc2"),
+             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+             helper.make_node("Gemm", ["r2", "w3"], ["y"], name="fc3")]
+    onnx.save(_graph_model(nodes, [helper.make_tensor_value_info("x", F, ["N", 8])],
+                           [helper.make_tensor_value_info("y", F, ["N", 3])], inits),
+              tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", rng.random((40, 8), dtype=np.float32))
+    res = compile_model(tmp_path / "m.onnx", tmp_path / "o.onnx",
+                        make_options(calib_path=str(tmp_path / "c.npy"), allow_analog=True,
+                                     fidelity_samples=0))
+    islands = res.report["notes"]["analog_islands"]
+    assert len(islands) == 1 and "'ln'" in islands[0] and islands[0].endswith("+ 2 more: Sigmoid, Gemm")

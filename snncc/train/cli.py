@@ -244,7 +244,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     except ImportError:
         raise OptionError("finetune: torch is not installed", code="SNN-E807",
                           hint="pip install 'snncc[train]' (torch==2.13.0)") from None
-    from snncc.outputs import Output, atomic_file, check_outputs, file_output, same_path
+    from snncc.outputs import (Output, atomic_file, check_outputs, check_suffix, file_output,
+                                same_path)
 
     from snncc.train.finetune import pick_device
 
@@ -263,6 +264,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.resume and not (args.checkpoint and same_path(args.resume, args.checkpoint)):
         inputs.append(args.resume)   # resuming into the same checkpoint file is allowed
     check_outputs(outs, inputs=inputs, command="finetune", has_force=False)
+    check_suffix(output, "-o", "an ONNX model", (".onnx",), "finetune")
+    if args.checkpoint:
+        check_suffix(args.checkpoint, "--checkpoint", "a torch checkpoint", (".pt", ".pth"),
+                     "finetune")
 
     distributed = _init_distributed(args.device)
     if not distributed:

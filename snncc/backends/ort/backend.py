@@ -216,8 +216,8 @@ class OrtBackend(Backend):
                                 "this model, or compile with --schedule folded")
         manifest_path = out.with_name(out.name + ".json")
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-        logger.info("ort: wrote %s (%d nodes, %d neuron ops)", out, len(proto.graph.node),
-                    sum(ops[k] for k in neuron_ops))
+        logger.info("ort: model %s: %d nodes, %d neuron ops", out.name, len(proto.graph.node),
+                    sum(ops[k] for k in neuron_ops))   # written to a temporary: its name only
         report = {"nodes": len(proto.graph.node), "ops": dict(sorted(ops.items())),
                   "neuron_nodes": sum(ops[k] for k in neuron_ops), "manifest": str(manifest_path),
                   **{k: manifest[k] for k in ("neuron_ops", "latency_steps", "schedule", "steps",
