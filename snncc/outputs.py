@@ -5,7 +5,12 @@ through :func:`atomic_file` or :func:`atomic_dir`. The rules, checked before any
 all reported at once:
 
 * **Never an input.** An output may not be (or, for a directory output, contain) any input file:
-  the model, calibration or data file. ``--force`` does not change this (SNN-E360).
+  the model, the files holding its external data, calibration or data file; nor, in an input
+  folder, an existing file, anything in a subfolder or an array or image at its top (what its
+  loader reads). ``--force`` does not change this (SNN-E360).
+* **Defaults replace only snncc's.** A default output (no ``-o``) replaces an existing file only
+  when snncc compiled it (SNN-E364 unless ``force``); a directory that holds another kind of
+  snncc output (a report's plots for a Loihi folder) is refused, with or without ``force``.
 * **Never twice.** Two outputs of one command may not be the same path (SNN-E361).
 * **Never a place.** ``.``, ``~``, ``/`` and any directory that holds the current directory are
   refused as directory outputs (SNN-E362), with or without ``--force``.
