@@ -124,3 +124,28 @@ def test_a_1d_nets_netx_file_runs_in_lava_bit_for_bit(tmp_path):
     raw = simulate(net, x, semantics="hardware").raw[readout.name].reshape(len(x), -1)
     assert readout.kind == "readout" and np.any(raw != 0)
     np.testing.assert_array_equal(lava, raw)
+
+
+def test_a_flat_input_reshaped_into_a_map_runs_in_lava_bit_for_bit(tmp_path):
+    """[N, 64] reshaped to [N, 1, 8, 8] in the graph: network.net's input layer is the map
+    (1, 8, 8), fed the flat C-order input; real Lava equals the hardware simulation."""
+    from loihi import dyadic_input
+    from loihi.test_input_reshape import net
+    from snncc.backends.loihi.lowering import lower
+    from snncc.backends.loihi.netx import write_netx
+    from snncc.backends.loihi.quantize import quantize
+    from snncc.backends.loihi.simulator import simulate
+
+    lowered = lower(net(True), 4)
+    quantize(lowered)
+    info = write_netx(lowered, tmp_path / "network.net")
+    x = dyadic_input((4, 64), seed=5)
+    np.save(tmp_path / "x.npy", x)
+    subprocess.run([str(LAVA_PY), str(ROOT / "examples" / "lava" / "run_netx.py"),
+                    str(tmp_path / "network.net"), str(tmp_path / "x.npy"),
+                    str(tmp_path / "l.npy")],
+                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    readout = lowered.group(info["layers"][-1])
+    raw = simulate(lowered, x, semantics="hardware").raw[readout.name].reshape(len(x), -1)
+    assert readout.kind == "readout" and np.any(raw != 0)
+    np.testing.assert_array_equal(np.load(tmp_path / "l.npy"), raw)

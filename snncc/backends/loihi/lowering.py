@@ -538,8 +538,29 @@ class _Lowering:
         rest = [d for d in target[1:]]
         if target[0] in (0, -1, 1) and (rest in ([-1], [size])):
             return self._flatten(node, x)
+        if self._input_reshape(node, x, target, size):
+            return
         raise _LowerError("SNN-E271", f"Reshape to {target} is not a flatten",
-                          "only Reshape(x, [N, -1]) (a flatten) is supported")
+                          "only Reshape(x, [N, -1]) (a flatten) is supported, and a reshape of "
+                          "the graph input into a map")
+
+    def _input_reshape(self, node, x: _Expr, target: list[int], size: int) -> bool:
+        """A flat graph input reshaped into a map ([N, 64] -> [N, 1, 8, 8]) before anything else
+        reads it: the input group takes the map's view (its flat order is the same C-order), so
+        the layers after it see a map. False for any other Reshape."""
+        inp = self.groups[0]
+        rest = [d for d in target[1:]]
+        if not (target[0] in (0, -1, 1) and len(rest) in (2, 3) and all(d > 0 for d in rest)
+                and int(np.prod(rest)) == size and len(inp.shape) == 1
+                and node.input[0] == inp.source and len(x.terms) == 1
+                and x.terms[0].src == inp.name and not np.any(x.bias)
+                and not any(b.src == inp.name for b in self.blocks)
+                and sum(inp.source in n.input for n in self.proto.graph.node) == 1):
+            return False
+        view = tuple(rest) if len(rest) == 3 else tuple(rest) + (1,)
+        inp.view = view
+        self.values[node.output[0]] = _identity(inp.name, view, tuple(rest))
+        return True
 
     def _matrix(self, node, x: _Expr, wg: np.ndarray, bias: np.ndarray | None):
         if len(x.shape) != 1 or wg.shape[1] != x.shape[0]:

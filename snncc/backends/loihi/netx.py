@@ -227,8 +227,10 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
         layers = f.create_group("layer")
         first = layers.create_group("0")
         _type(first, "input")
-        first.create_dataset("shape", data=np.asarray(inp.view if len(inp.shape) != 1
-                                                      else inp.shape, dtype=np.int64))
+        # a flat input a Reshape made a map of has that map's view
+        flat = len(inp.shape) == 1 and tuple(inp.view[1:]) == (1, 1)
+        first.create_dataset("shape", data=np.asarray(inp.shape if flat else inp.view,
+                                                      dtype=np.int64))
         prev = inp
         for g in exported:
             b = net.blocks_into(g.name)[0]
