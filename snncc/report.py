@@ -294,9 +294,10 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-T", "--timesteps", default="4",
                    help="comma-separated T values for accuracy vs T (default 4)")
     p.add_argument("--target", default=None, choices=("ort", "loihi"),
-                   help="loihi (default): the ONNX Runtime SNN, the Loihi netlist simulator "
+                   help="loihi: the ONNX Runtime SNN, the Loihi netlist simulator "
                    "(emulated and stock hardware neurons) and the core mapping; ort: the ONNX "
-                   "Runtime SNN only")
+                   "Runtime SNN only (default: loihi where the model has a Loihi form, else "
+                   "ort, with a note that says why)")
     from snncc.cli import NEURON_KEYS
     p.add_argument("--neuron", default="if", choices=NEURON_KEYS,
                    help="neuron model (default if)")
@@ -352,19 +353,22 @@ def report_command(args: argparse.Namespace) -> int:
                   fidelity_samples=0)   # its own accuracy figures replace the estimate
     for T in ts:  # every option checked before the first (slow) compile
         make_options(target=args.target, timesteps=T, **common)
+    fallback = None
     try:
         rehearse(args.model, make_options(target=args.target, timesteps=ts[0], **common))
     except BackendCapabilityError as exc:
         if chosen:
             raise
-        try:   # say so only where it is true
+        try:   # the default: Loihi where the model lowers, else the ONNX Runtime SNN alone
             rehearse(args.model, make_options(target="ort", timesteps=ts[0], **common))
         except SnnccError:
             raise exc from None
-        raise BackendCapabilityError(exc.message, diagnostics=exc.diagnostics, code=exc.code,
-                                     hint="the report's default target is loihi; --target ort "
-                                     "reports the ONNX Runtime SNN alone, which runs this "
-                                     "model") from None
+        first = exc.diagnostics[0] if exc.diagnostics else None
+        fallback = (f"target ort: the model has no Loihi form ({first.node}: {first.message}"
+                    if first and first.node else f"target ort: the model has no Loihi form ("
+                    f"{exc.message}") + "); --target loihi says all of why"
+        args.target = "ort"
+        print(f"snncc report: note: {fallback}", file=sys.stderr)
     x, labels = load_inputs(args.data)
     x = x[:args.samples]
     from snncc import ir
@@ -389,7 +393,8 @@ def report_command(args: argparse.Namespace) -> int:
                                                else "")
         + " (all of them: compile holds 32 of 256 out for its fidelity estimate by default, so "
         "its figures can differ a little)" if calibrates
-        else "lambdas from the QCFS-trained graph (no calibration)")]
+        else "lambdas from the QCFS-trained graph (no calibration)")] + (
+        [fallback[0].upper() + fallback[1:]] if fallback else [])
     data: dict[str, Any] = {"title": f"snncc report: {Path(args.model).name}", "notes": notes}
     saturated: list[str] = []   # the simulator's saturation notes, one per run
     no_synops = None
