@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    shape_help = "fix dynamic dimensions, e.g. input=1x3x32x32 (repeatable)"
+    shape_help = ("fix dynamic dimensions, e.g. input=1x3x32x32 (repeatable), or 1x3x32x32 for "
+                  "a model with one input")
 
     p = sub.add_parser("inspect", parents=[common],
                        help="list inputs, layers, MACs and unsupported ops",
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nir: export soft-reset neurons although NIR resets to v_reset (the "
                    "report notes the difference)")
     p.add_argument("-T", "--timesteps", type=int, default=None,
-                   help="timesteps (default 4, or the T snncc finetune trained the model for)")
+                   help="timesteps, 1..64 (bitserial 1..16: its levels are 2^T - 1; default 4, or the T snncc finetune trained the model for)")
     p.add_argument("--neuron", default=None, choices=NEURON_KEYS,
                    help="spiking neuron model (default if: binary spikes, what every target and "
                    "stock neuromorphic neurons run; mt, gn and bitserial send graded spikes and "
@@ -382,12 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "membrane state")
     g = p.add_argument_group("neuron parameters")
     g.add_argument("--tau", type=int, help="gn: members per group, 1..2^23 (the op's range), "
-                   "with tau*T <= 2^24 levels like -L; srp: pre-run steps, 0..64 (like -T: "
-                   "every pre-run slice holds the whole batch of activations)")
+                   "with tau*T <= 2^24 levels like -L (default 4: L = 4T, or L / T when -L is "
+                   "given); srp: pre-run steps, 0..64 (default 4; like -T: every pre-run slice "
+                   "holds the whole batch of activations)")
     g.add_argument("--mt-preset", choices=("equidistant", "pow2"),
                    help="mt threshold preset (default equidistant)")
-    g.add_argument("--mt-mode", choices=("parallel", "cascade"), help="mt firing mode")
-    g.add_argument("--mt-n", type=int, help="mt: number of thresholds, 1..64 (each slice "
+    g.add_argument("--mt-mode", choices=("parallel", "cascade"),
+                   help="mt firing mode (default: parallel for equidistant, cascade for pow2)")
+    g.add_argument("--mt-n", type=int, help="mt: number of thresholds, 1..64, default 4 (each slice "
                    "compares with all n, so time grows with n; more equidistant levels per "
                    "slice: --neuron gn); pow2 also needs (2^n - 1)*T <= 2^24")
     g.add_argument("--neuron-param", type=_parse_kv, action="append", metavar="KEY=VALUE",
@@ -399,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dump-after", action="append", metavar="PASS",
                    help="write the graph after PASS (or 'all') next to the output")
     g.add_argument("--verify", default="ends", choices=("off", "ends", "each"),
-                   help="structural verification after each pass or only at the ends")
+                   help="structural check of the graph (every input produced, unique names, "
+                   "acyclic and sorted) at the ends of the pipeline (default), after each pass, "
+                   "or off")
     g.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing on success but warnings (stderr), e.g. low fidelity")
     p.set_defaults(func=cmd_compile)

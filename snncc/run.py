@@ -230,7 +230,7 @@ def _netlist_activity(net, events: dict[str, np.ndarray], n: int) -> dict[str, A
 def run_command(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {args.batch_size}",
-                          code="SNN-E684", hint="e.g. --batch-size 256")
+                          code="SNN-E684", hint="e.g. --batch-size 16 (the default)")
     out = _check_run_output(args)
     target = Path(args.model)
     ignored = ([f for f, v in (("--no-library", args.no_library),

@@ -169,7 +169,7 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     if batch_size is not None and (isinstance(batch_size, (bool, np.bool_)) or not isinstance(
             batch_size, (int, np.integer)) or batch_size < 1):
         raise OptionError(f"batch size must be an integer of at least 1, got {batch_size!r}",
-                          code="SNN-E684", hint="e.g. --batch-size 256")
+                          code="SNN-E684", hint="e.g. batch_size=16")
     wanted_inputs = data_inputs(proto)
     if not isinstance(inputs, Mapping) and (not isinstance(inputs, np.ndarray) or inputs.ndim < 1):
         raise ModelInputError(f"inputs must be an array of samples or a mapping input name -> "

@@ -59,7 +59,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs (default 3 for QCFS; per stage in SNN mode, default 10)")
     parser.add_argument("--sparsity", type=float, default=0.0, metavar="KAPPA",
-                        help="weight of the spike-count regulariser (seed 000; e.g. 1e-8; default 0 = off)")
+                        help="weight of the spike-count regulariser (as the bit-serial paper trains; e.g. 1e-8; default 0 = off)")
     parser.add_argument("--maxpool", choices=("keep", "avg"), default="keep",
                         help="avg: turn MaxPool into AvgPool before training (default keep)")
     rec = parser.add_argument_group("QCFS recipe")
@@ -92,9 +92,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                       help="DataLoader worker processes (default 0 for .npz; for images and .npy 4, at most "
                            "the CPU count)")
     snn = parser.add_argument_group("SNN training (IIR-SNN, multi-threshold)")
-    snn.add_argument("--iir", action="store_true", help="train a LIF SNN with the IIR schedule (seed 001)")
+    snn.add_argument("--iir", action="store_true", help="train a LIF SNN with the IIR schedule (T = 5 -> 1, the IIR-SNN paper)")
     snn.add_argument("--mt", choices=("parallel", "cascade"),
-                     help="train multi-threshold neurons instead of LIF (seed 003)")
+                     help="train multi-threshold neurons instead of LIF (the multi-threshold paper)")
     snn.add_argument("--mt-thresholds", type=int, default=4, help="thresholds per MT neuron (default 4)")
     snn.add_argument("--timesteps", type=_timesteps, default=[5, 4, 3, 2, 1],
                      help="training stages, each starting from the previous (default 5,4,3,2,1)")
