@@ -37,6 +37,7 @@ share one exponent per block); one whose subsample holds no positive value falls
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import warnings
@@ -73,6 +74,18 @@ class InputSpec:
     shape: tuple[int | None, ...]
     dtype: np.dtype
 
+
+
+#: ``snncc compile -q``: no progress bars, whatever ``progress`` says (set per command)
+QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("snncc_quiet", default=False)
+
+
+def bar_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for a ``progress`` argument: None (a bar only on a terminal), or
+    its negation; always True under ``-q`` (:data:`QUIET`)."""
+    if QUIET.get():
+        return True
+    return None if progress is None else not progress
 
 def model_inputs(proto: onnx.ModelProto) -> list[InputSpec]:
     """The graph inputs that are not initializers."""
@@ -311,8 +324,7 @@ def collect_statistics(proto: onnx.ModelProto, names: Sequence[str],
     rng = np.random.default_rng(seed)
     stats = {name: SiteStats(per_channel, max_values) for name in names}
     fetch = [name for name in names if name not in samples]
-    with tqdm(total=n, desc="calibrate", unit="sample", disable=None if progress is None
-              else not progress) as bar:
+    with tqdm(total=n, desc="calibrate", unit="sample", disable=bar_disabled(progress)) as bar:
         for start in range(0, n, batch):
             feeds = {k: v[start:start + batch] for k, v in samples.items()}
             real = len(next(iter(feeds.values())))

@@ -154,6 +154,16 @@ def _trained_timesteps(path: str, neuron: str | None) -> tuple[int, str] | None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from snncc.calibration import QUIET
+
+    token = QUIET.set(bool(args.quiet))   # -q: no progress bars either
+    try:
+        return _compile(args)
+    finally:
+        QUIET.reset(token)
+
+
+def _compile(args: argparse.Namespace) -> int:
     from snncc.driver import compile_model, make_options
 
     ignored = _qann_ignores(args) if args.target == "qann" else []

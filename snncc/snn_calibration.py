@@ -81,6 +81,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from snncc import ir, runtime
+from snncc.calibration import bar_disabled
 from snncc.context import CompileOptions, QuantClipParams
 from snncc.errors import CalibrationError, RuntimeLibraryError
 from snncc.passes.insert_neurons import normalize_attrs
@@ -616,7 +617,7 @@ def refine_sites(proto: onnx.ModelProto, sites: Sequence[Site],
     result = dict(start)
     reports: list[SiteReport] = []
     with tqdm(total=len(sites), desc="calibrate (snn)", unit="layer",
-              disable=None if progress is None else not progress) as bar:
+              disable=bar_disabled(progress)) as bar:
         for i, site in enumerate(sites):
             if on_site:
                 on_site(site.y)
