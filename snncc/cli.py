@@ -464,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     p.set_defaults(func=cmd_finetune)
+    parser.commands = sub.choices   # name -> subparser, for its own usage line
     return parser
 
 
@@ -609,14 +610,28 @@ def _log_to_stderr(command: str, verbose: bool) -> None:
 def _main(argv: Sequence[str] | None, before: int) -> int:
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        given = sys.argv[1:] if argv is None else list(argv)
+        if not given:   # a bare `snncc`: the command list, not only "COMMAND is required"
+            parser.print_help(sys.stderr)
+            return 2
+        args, extra = parser.parse_known_args(given)
+        if extra:   # said with the command's own usage line, not the top-level one
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except KeyboardInterrupt as exc:  # Ctrl-C while the modules load
         return _interrupted(exc, before)
     _log_to_stderr(args.command, args.verbose)
-    if not (args.verbose or args.debug):  # ORT's graph-optimizer warnings ("cannot remove
-        import onnxruntime  # node ...") say nothing a user can act on; -v / --debug keep them
+    try:
+        if not (args.verbose or args.debug):  # ORT's graph-optimizer warnings ("cannot remove
+            import onnxruntime  # node ...") say nothing a user can act on; -v / --debug keep them
 
-        onnxruntime.set_default_logger_severity(3)
+            onnxruntime.set_default_logger_severity(3)
+    except KeyboardInterrupt as exc:  # Ctrl-C while ONNX Runtime loads
+        return _interrupted(exc, before)
+    except ImportError as exc:   # its extension turns a Ctrl-C into "initialization failed"
+        if isinstance(exc.__context__, KeyboardInterrupt) or \
+                isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted(KeyboardInterrupt(), before)
+        raise
     try:
         return args.func(args)
     except SnnccError as exc:

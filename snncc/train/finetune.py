@@ -507,8 +507,9 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
 
     set_spiking(model, snn_timesteps)
     init_acc = evaluate(forward, model, val_loader, dev) if val_loader is not None and resume is None else None
-    log.info("QCFS L=%d at %d sites (lambda init %s); val acc ANN %s -> before training %s", levels, len(sites),
-             lambda_init, ann_acc, init_acc)
+    log.info("QCFS L=%d at %d sites (lambda init %s)%s", levels, len(sites), lambda_init,
+             "" if ann_acc is None and init_acc is None else   # no --val: nothing measured
+             f"; val acc ANN {ann_acc} -> before training {init_acc}")
 
     def train_mode() -> None:
         model.train()

@@ -28,6 +28,7 @@ an unsupported form of a supported op (auto_pad, 1-D/3-D pooling...) raises ``SN
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -157,8 +158,21 @@ class OnnxGraphModule(nn.Module):
             self.steps.append(step)
         if problems:
             codes = {d.code for d in problems}
-            raise UnsupportedNodeError(f"{PASS}: {len(problems)} node(s) cannot be loaded for training",
-                                       diagnostics=problems, code="SNN-E801" if "SNN-E801" in codes else "SNN-E802")
+            # briefly: the unsupported ops counted in the header, one listed node per op (an
+            # LSTM export brings a dozen Shape/Gather/Expand nodes with it)
+            ops = Counter(d.node.rsplit("::", 1)[-1].rstrip(")") for d in problems
+                          if d.code == "SNN-E801")
+            shown, seen = [], set()
+            for d in problems:
+                op = d.node.rsplit("::", 1)[-1].rstrip(")")
+                if d.code != "SNN-E801" or op not in seen:
+                    shown.append(d)
+                    seen.add(op)
+            kinds = ", ".join(f"{op} x{k}" if k > 1 else op for op, k in ops.items())
+            raise UnsupportedNodeError(
+                f"{PASS}: {len(problems)} node(s) cannot be loaded for training"
+                + (f" ({kinds}; one node of each listed)" if len(shown) < len(problems) else ""),
+                diagnostics=shown, code="SNN-E801" if "SNN-E801" in codes else "SNN-E802")
 
     def _add_layer(self, node: onnx.NodeProto, step: _Step, attrs: dict[str, Any], taken: set[str],
                    problems: list[Diagnostic]) -> None:

@@ -316,3 +316,21 @@ def test_bad_data_and_options(tmp_path):
 def test_importing_the_cli_module_does_not_import_torch():
     code = "import sys, snncc.train, snncc.train.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_many_nodes_of_one_unsupported_op_are_listed_once():
+    """An LSTM export brought a dozen Shape/Gather/Expand nodes: twelve lines of the same
+    complaint. Counted per op in the header, one node of each listed."""
+    model = tiny_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[1, 4] x) => (float[1, 4] y) {
+            a = Sigmoid (x)
+            b = Sigmoid (a)
+            c = Sigmoid (b)
+            y = Tanh (c)
+        }""")
+    with pytest.raises(UnsupportedNodeError) as err:
+        load_onnx_module(model)
+    assert [d.node.split("::")[-1] for d in err.value.diagnostics] == ["Sigmoid)", "Tanh)"]
+    assert "4 node(s) cannot be loaded for training (Sigmoid x3, Tanh; one node of each " \
+        "listed)" in err.value.message
