@@ -526,9 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class _PipeSafe:
     """stdout / stderr for one command: when the reader of a pipe leaves (``snncc report ... |
-    head``), what is printed after is dropped and the work goes on, so the outputs are still
-    written and the exit code is the command's own (a BrokenPipeError had ended finetune and
-    report with exit 0 and no output)."""
+    head``) or the terminal hangs up, what is printed after is dropped and the work goes on (or
+    the SIGHUP cleanup runs), so the outputs are still written and the exit code is the
+    command's own (a BrokenPipeError had ended finetune and report with exit 0 and no output;
+    EIO after a hang-up turned the 'terminated' message into a traceback)."""
 
     def __init__(self, stream):
         self.stream, self.gone = stream, False
@@ -537,7 +538,7 @@ class _PipeSafe:
         if not self.gone:
             try:
                 return self.stream.write(text)
-            except BrokenPipeError:
+            except OSError:   # EPIPE: the reader left; EIO: the terminal hung up
                 self.gone = True
         return len(text)
 
@@ -545,7 +546,7 @@ class _PipeSafe:
         if not self.gone:
             try:
                 self.stream.flush()
-            except BrokenPipeError:
+            except OSError:
                 self.gone = True
 
     def __getattr__(self, name: str):

@@ -256,9 +256,10 @@ def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
                            implied="manifest"))
     if report_path:
         outs.append(Output(Path(report_path), "file", "--report", "report.json"))
-    if dump_after:
+    if dump_after:   # names: what sets a dump folder apart from another snncc folder
+        dumps = tuple(f"after-{p.name}.onnx" for p in default_pipeline(options).passes)
         outs.append(Output(Path(dump_dir or out.parent / f"{out.name}.dump"), "dir",
-                           "--dump-after"))
+                           "--dump-after", names=dumps))
     return outs
 
 

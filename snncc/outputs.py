@@ -149,8 +149,13 @@ def _resolve(path: str | os.PathLike) -> Path:
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True when ``a`` and ``b`` name one file (after ~, .., links; hard links by inode)."""
     ra, rb = _resolve(a), _resolve(b)
-    if ra == rb or ra.resolve() == rb.resolve():
+    if ra == rb:
         return True
+    try:
+        if ra.resolve() == rb.resolve():
+            return True
+    except (RuntimeError, OSError):   # a symlink loop names no file another path names
+        return False
     try:
         return os.path.samefile(ra, rb)
     except OSError:
@@ -158,7 +163,10 @@ def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def _is_within(child: Path, parent: Path) -> bool:
-    child, parent = child.resolve(), parent.resolve()
+    try:
+        child, parent = child.resolve(), parent.resolve()
+    except (RuntimeError, OSError):   # a symlink loop: compared as written
+        child, parent = _resolve(child), _resolve(parent)
     return child == parent or parent in child.parents
 
 
@@ -207,7 +215,8 @@ def written_by_snncc(path: str | os.PathLike, kind: str) -> bool:
             import onnx
 
             props = onnx.load(str(path), load_external_data=False).metadata_props
-            return any(p.key.startswith("snncc.") for p in props)
+            # a compiled model's marks; a fine-tuned one (snncc.train only) is the user's work
+            return bool({p.key for p in props} & {"snncc.target", "snncc.schedule"})
         doc = json.loads(path.read_text())
         return kind == "manifest" and {"snncc_version", "neuron_ops"} <= set(doc)
     except Exception:  # unreadable, not JSON, not ONNX: not ours  # noqa: BLE001
@@ -218,14 +227,15 @@ def written_by_snncc(path: str | os.PathLike, kind: str) -> bool:
 DATA_SUFFIXES = (".npy", ".npz", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def _reads_as_input(path: Path, folder: Path) -> bool:
-    """Whether an output at ``path`` would replace or become a file of the input ``folder``: an
-    existing file in it (an image, x.npy), anything in a subfolder (an image folder's classes),
-    or an array or image at its top (a loose image is read too). A new model or report beside an
-    x.npy folder's arrays is not."""
+def _reads_as_input(path: Path, kind: str, folder: Path) -> bool:
+    """Whether an output at ``path`` (a "file" or "dir") would replace or become data of the
+    input ``folder``: anything in a subfolder (an image folder's classes), a folder at its top
+    (it would become a class), or an array or image at its top (x.npy; a loose image is read
+    too). A model, report or checkpoint beside an x.npy folder's arrays is not, new or
+    replaced (finetune --data . -o out.onnx, run twice)."""
     if not _is_within(path, folder) or same_path(folder, path):
         return False
-    return (os.path.lexists(path) or path.resolve().parent != folder.resolve()
+    return (kind == "dir" or path.resolve().parent != folder.resolve()
             or path.suffix.lower() in DATA_SUFFIXES)
 
 
@@ -338,7 +348,7 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                     "SNN-E360", f"{where} would overwrite the input '{inp}'", command,
                     hint="choose another output path; snncc never writes over its inputs"))
         for folder in folders:
-            if _reads_as_input(path, _resolve(folder)):
+            if _reads_as_input(path, out.kind, _resolve(folder)):
                 diags.append(Diagnostic(
                     "SNN-E360", f"{where} lies inside the input folder '{folder}', whose files "
                     "are read as inputs", command,

@@ -175,13 +175,16 @@ def _summary(all_outputs: dict[str, np.ndarray], labels: np.ndarray | None,
 
 def _check_run_output(args: argparse.Namespace) -> Path | None:
     """Refuse a bad ``-o`` before any work (the rules of :mod:`snncc.outputs`)."""
-    from snncc.outputs import Output, check_outputs, file_output
+    from snncc.outputs import Output, check_outputs, check_suffix, file_output
 
     if args.output is None:
         return None
     out = file_output(args.output, example="outputs.npz", command="run")
     model = Path(args.model)
-    where = Path(os.path.abspath(os.path.expanduser(out))).resolve()
+    try:
+        where = Path(os.path.abspath(os.path.expanduser(out))).resolve()
+    except (RuntimeError, OSError):   # a symlink loop: check_outputs says so (E369)
+        where = Path(os.path.abspath(os.path.expanduser(out)))
     if model.is_dir() and model.resolve() in where.parents:
         raise OutputPathError("run: refusing to write the output", code="SNN-E360", diagnostics=[
             Diagnostic("SNN-E360", f"-o '{out}' lies inside the input model directory '{model}'",
@@ -189,10 +192,8 @@ def _check_run_output(args: argparse.Namespace) -> Path | None:
     # the compiled model's manifest (MODEL.onnx.json) belongs to the model: never an output
     check_outputs([Output(out, "file", "-o", "outputs.npz")],
                   [args.model, f"{args.model}.json", args.input], command="run")
-    if out.suffix and out.suffix.lower() != ".npz":   # numpy writes a zip archive, whatever
-        raise OptionError(f"run: -o '{out}' ends in {out.suffix}, but the outputs are saved as "
-                          "a .npz archive", code="SNN-E372",
-                          hint=f"e.g. -o {out.with_suffix('.npz')}")
+    # numpy writes a zip archive whatever the name says: not under another kind's suffix
+    check_suffix(out, "-o", "the outputs as a .npz archive", (".npz",), "run")
     return out
 
 

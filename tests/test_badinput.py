@@ -240,8 +240,15 @@ def test_outputs_inside_an_input_folder_are_refused(corpus, tmp_path, capsys):
                                  folder / "new.png"], "SNN-E360")
     expect_error(capsys, roots, ["report", corpus.model, "--data", folder, "--target", "ort",
                                  "-o", folder / "x.npy"], "SNN-E360")
-    # a new model beside an x.npy folder's arrays is no input (finetune --data . -o out.onnx)
-    expect_ok(capsys, [*base, "-o", folder / "new.onnx", "-q", "--no-fidelity"])
+    # a folder at its top would become a class of an image folder: a Loihi folder, report plots
+    expect_error(capsys, roots, [*base, "--target", "loihi", "-o", folder / "m.loihi"],
+                 "SNN-E360")
+    expect_error(capsys, roots, ["report", corpus.model, "--data", folder, "--target", "ort",
+                                 "-o", folder / "r.md"], "SNN-E360")
+    # a model beside an x.npy folder's arrays is no input (finetune --data . -o out.onnx), and
+    # running the command again replaces it (a review found the second run refused)
+    for _ in range(2):
+        expect_ok(capsys, [*base, "-o", folder / "new.onnx", "-q", "--no-fidelity"])
     assert sorted(p.name for p in folder.iterdir()) == ["new.onnx", "new.onnx.json", "x.npy"]
 
 
@@ -277,6 +284,13 @@ def test_a_default_output_replaces_only_what_snncc_compiled(corpus, tmp_path, ca
     out.write_text("mine")
     expect_ok(capsys, [*argv, "--force"])
     assert out.read_bytes() != b"mine"
+    # a fine-tuned model there (snncc.train metadata only) is the user's work, not a compile's
+    from snncc.outputs import written_by_snncc
+    trained = onnx.load(corpus.model)
+    onnx.helper.set_model_props(trained, {"snncc.train": '{"kind": "qcfs"}'})
+    onnx.save(trained, out)
+    assert not written_by_snncc(out, "compiled")
+    expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E364")
 
 
 @pytest.mark.parametrize("target", ["qann", "ort"])
@@ -563,6 +577,22 @@ def test_a_symlink_loop_as_an_output_is_a_user_error(corpus, tmp_path, capsys):
     err = expect_error(capsys, [corpus.root], ["compile", corpus.model, "--calib", corpus.calib,
                                                "-o", tmp_path / "loop.onnx"], "SNN-E369")
     assert "link that loops" in err
+    (tmp_path / "loop.npz").symlink_to("loop.npz")
+    expect_error(capsys, [corpus.root], ["run", corpus.snn, "--input", corpus.data, "-o",
+                                         tmp_path / "loop.npz"], "SNN-E369")
+
+
+def test_a_dump_folder_is_not_written_over_another_snncc_output(corpus, tmp_path, capsys):
+    """--dump-after into a Loihi folder (no -o names it) emptied it down to the dump."""
+    expect_ok(capsys, ["compile", corpus.model, "--calib", corpus.calib, "--target", "loihi",
+                       "-o", tmp_path / "d.onnx.dump", "-q", "--no-fidelity"])
+    expect_error(capsys, [corpus.root, tmp_path],
+                 ["compile", corpus.model, "--calib", corpus.calib, "-o", tmp_path / "d.onnx",
+                  "--dump-after", "canonicalize", "-q"], "SNN-E364")
+    argv = ["compile", corpus.model, "--calib", corpus.calib, "-o", tmp_path / "e.onnx",
+            "--dump-after", "canonicalize", "-q", "--no-fidelity"]
+    expect_ok(capsys, argv)
+    expect_ok(capsys, argv + ["--dump-after", "all"])   # its own dump: rewritten
 
 
 def test_writers_of_one_output_install_it_one_after_the_other(tmp_path):
@@ -836,6 +866,7 @@ def test_a_signal_while_the_outputs_are_written_leaves_all_or_nothing(corpus, tm
             break
     _, err = p.communicate(timeout=120)
     names = sorted(os.listdir(tmp_path))
+    assert p.returncode in (0, 130, 143), err   # terminated cleanly (or done before it)
     assert "Traceback" not in err and not [n for n in names if ".snncc-" in n], (names, err)
     assert names in ([], ["o.onnx", "o.onnx.json", "r.json"]), names
     if p.returncode in (130, 143):

@@ -61,12 +61,18 @@ def test_other_reshapes_of_the_input_are_still_refused(case):
     assert "SNN-E271" in err.value.codes
 
 
-def test_netx_writes_the_maps_input_shape(tmp_path):
+@pytest.mark.parametrize("to,shape", [((0, 1, 8, 8), [1, 8, 8]), ((-1, 64, 1, 1), [64, 1, 1])])
+def test_netx_writes_the_maps_input_shape(tmp_path, to, shape):
+    """The map's shape, also where it is [N, 64, 1, 1] (a review: written as [64] before a
+    conv)."""
     import h5py
 
-    lowered = lower(net(True), 4)
+    g = Graph((64,), seed=3)
+    x = g.op("Reshape", ["x", g.const(np.array(to, np.int64))])
+    s1 = g.neuron(g.conv(x, shape[0], 4, k=1, pad=0))
+    lowered = lower(g.model(g.gemm(g.op("Flatten", [s1], axis=1), 4 * 64 // shape[0], 5)), 4)
     quantize(lowered)
     info = write_netx(lowered, tmp_path / "network.net")
-    assert info["layers"] == [g.name for g in lowered.groups[1:]]
+    assert info["layers"] == [grp.name for grp in lowered.groups[1:]]
     with h5py.File(tmp_path / "network.net") as f:
-        assert list(f["layer/0/shape"][()]) == [1, 8, 8]
+        assert list(f["layer/0/shape"][()]) == shape

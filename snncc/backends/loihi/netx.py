@@ -227,8 +227,9 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
         layers = f.create_group("layer")
         first = layers.create_group("0")
         _type(first, "input")
-        # a flat input a Reshape made a map of has that map's view
-        flat = len(inp.shape) == 1 and tuple(inp.view[1:]) == (1, 1)
+        # a flat input stays flat for a dense first layer; a conv reads it as the map a Reshape
+        # made of it (its view, even [N, 64, 1, 1])
+        flat = len(inp.shape) == 1 and net.blocks_into(exported[0].name)[0].kind != "conv"
         first.create_dataset("shape", data=np.asarray(inp.shape if flat else inp.view,
                                                       dtype=np.int64))
         prev = inp
