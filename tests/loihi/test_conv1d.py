@@ -102,3 +102,16 @@ def test_netx_exports_the_whole_1d_net(tmp_path):
         assert types == ["input", "conv", "conv", "flatten", "dense"]
         assert list(f["layer/0/shape"][()]) == [2, L, 1]
         assert list(f["layer/2/kernelSize"][()]) == [3, 1]
+
+
+def test_a_per_channel_scale_on_a_1d_map_lowers():
+    """Mul by a (C, 1) constant (a BatchNorm1d's scale left unfolded) was refused (E275)."""
+    g = Graph((2, L))
+    c1 = g.op("Conv", ["x", g.const(g.dyadic((4, 2, 3)))], kernel_shape=[3], pads=[1, 1])
+    scaled = g.op("Mul", [c1, g.const(np.array([[0.5], [1.0], [0.5], [1.0]], np.float32))])
+    model = g.model(g.gemm(g.op("Flatten", [g.neuron(scaled)], axis=1), 4 * L, 3))
+    x = dyadic_input((2, 2, L), seed=4)
+    lowered = lower(model, 4)
+    assert quantize(lowered)[0]["all_exact"]   # the scales keep 8-bit mantissas exact
+    (name, out), = simulate(lowered, x).outputs.items()
+    np.testing.assert_array_equal(out, ort_reference(model, x, 4).outputs[name])

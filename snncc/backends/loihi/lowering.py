@@ -618,6 +618,8 @@ class _Lowering:
             scale = np.full(x.view[0], per[0])
         elif len(x.shape) == 3 and c.size == x.view[0] and c.shape[-2:] in ((1, 1),):
             scale = per
+        elif len(x.shape) == 2 and c.size == x.view[0] and c.shape[-1:] == (1,):   # 1-D map
+            scale = per
         elif len(x.shape) == 1 and c.size == x.shape[0] and x.view[0] == x.shape[0]:
             scale = per
         else:
