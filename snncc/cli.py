@@ -314,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "/ MODEL.nir")
     p.add_argument("--force", action="store_true",
                    help="write into an existing directory that snncc did not create (nothing "
-                   "else there is deleted), or replace a file that snncc names after -o "
-                   "(OUT.onnx.json) but did not write; inputs are never overwritten")
+                   "else there is deleted), or replace a file that snncc names itself (the "
+                   "default output beside the model, OUT.onnx.json) but did not write; inputs "
+                   "are never overwritten")
     p.add_argument("--target", default="ort", choices=("qann", "ort", "loihi", "nir"),
                    help="qann: quantized-clip ANN; ort: ONNX Runtime SNN (default); "
                    "loihi: Loihi 2 netlist; nir: NIR file (IF/LIF networks)")
@@ -532,7 +533,7 @@ class _PipeSafe:
     EIO after a hang-up turned the 'terminated' message into a traceback)."""
 
     def __init__(self, stream):
-        self.stream, self.gone = stream, False
+        self.stream, self.gone = stream, stream is None   # None: started with it closed (>&-)
 
     def write(self, text: str) -> int:
         if not self.gone:
@@ -550,6 +551,10 @@ class _PipeSafe:
                 self.gone = True
 
     def __getattr__(self, name: str):
+        if self.stream is None:   # a closed stream: no terminal, nothing to report
+            if name == "isatty":
+                return lambda: False
+            raise AttributeError(name)
         return getattr(self.stream, name)
 
 

@@ -205,7 +205,10 @@ def written_by_snncc(path: str | os.PathLike, kind: str) -> bool:
 
             meta = {p.key: p.value for p in
                     onnx.load(str(path), load_external_data=False).metadata_props}
-            return json.loads(meta.get("snncc.train", "{}")).get("kind") == "snn"
+            train = json.loads(meta.get("snncc.train", "{}"))
+            # a final --iir output is also kind snn: only a file marked (or, older, not marked
+            # otherwise) as a stage is one
+            return train.get("kind") == "snn" and train.get("file", "stage") == "stage"
         if kind == "compiled":   # a default output: an ONNX model or NIR file snncc compiled
             if path.suffix == ".nir":
                 import h5py
@@ -227,23 +230,31 @@ def written_by_snncc(path: str | os.PathLike, kind: str) -> bool:
 DATA_SUFFIXES = (".npy", ".npz", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+#: what the loader reads of a folder that holds x.npy (nothing else there is data)
+ARRAY_FOLDER_FILES = ("x.npy", "y.npy")
+
+
 def _reads_as_input(path: Path, kind: str, folder: Path) -> bool:
     """Whether an output at ``path`` (a "file" or "dir") would replace or become data of the
-    input ``folder``: anything in a subfolder (an image folder's classes), a folder at its top
-    (it would become a class), or an array or image at its top (x.npy; a loose image is read
-    too). A model, report or checkpoint beside an x.npy folder's arrays is not, new or
-    replaced (finetune --data . -o out.onnx, run twice)."""
+    input ``folder``. A folder holding x.npy is read for x.npy and y.npy alone: only those are
+    refused (a model, report, checkpoint or build/ folder beside them is written and rewritten:
+    finetune --data . -o out.onnx). An image folder reads every image below it: anything in a
+    subfolder (its classes), a folder at its top (it would become a class) and an array or
+    image at its top (a loose image is read too) are refused."""
     if not _is_within(path, folder) or same_path(folder, path):
         return False
-    return (kind == "dir" or path.resolve().parent != folder.resolve()
-            or path.suffix.lower() in DATA_SUFFIXES)
+    top = path.resolve().parent == folder.resolve()
+    if (folder / "x.npy").is_file():
+        return top and path.name in ARRAY_FOLDER_FILES
+    return kind == "dir" or not top or path.suffix.lower() in DATA_SUFFIXES
 
 
 def external_data_files(path: Path) -> list[Path]:
     """The files an ONNX model keeps its external tensors in (``save_as_external_data``), beside
     it: inputs as much as the model file itself. [] for anything else or an unreadable model."""
-    if path.suffix.lower() != ".onnx" or not path.is_file():
-        return []
+    if path.suffix.lower() in DATA_SUFFIXES + (".pt", ".pth", ".json", ".nir", ".net") or \
+            not path.is_file():   # data, a checkpoint, a manifest, a folder: no ONNX model
+        return []   # (a model may have any other name: ir.load reads a.model too)
     try:
         import onnx
 

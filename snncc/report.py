@@ -148,7 +148,8 @@ def check_report_outputs(out_path: str | os.PathLike,
     the user gave, so an existing page there is replaced only when snncc wrote it."""
     from snncc.outputs import Output, check_outputs, check_suffix
 
-    check_outputs([Output(Path(out_path), "file", "-o", "report.md",
+    check_outputs([Output(Path(out_path), "file",
+                          "-o (default: beside the model)" if implied else "-o", "report.md",
                           implied="report" if implied else ""),
                    Output(plots_dir(out_path), "dir", "-o (plots)", names=PLOTS)],
                   inputs, command="report", has_force=False)

@@ -252,6 +252,31 @@ def test_outputs_inside_an_input_folder_are_refused(corpus, tmp_path, capsys):
     assert sorted(p.name for p in folder.iterdir()) == ["new.onnx", "new.onnx.json", "x.npy"]
 
 
+def test_an_array_folder_is_read_for_x_and_y_alone(corpus, tmp_path, capsys, monkeypatch):
+    """--calib . with x.npy there: a re-audit found 'compile' refused on its second run, -o
+    build/m.snn.onnx and the default Loihi folder refused, all needlessly (the loader reads
+    x.npy and y.npy alone); y.npy itself stays refused."""
+    np.save(tmp_path / "x.npy", np.load(corpus.calib)["x"])
+    (tmp_path / "m.onnx").write_bytes(Path(corpus.model).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    base = ["compile", "m.onnx", "--calib", ".", "-q", "--no-fidelity"]
+    for argv in (base, base, base + ["-o", "build/m.snn.onnx"], base + ["--target", "loihi"],
+                 base + ["--target", "loihi"]):
+        expect_ok(capsys, argv)
+    expect_error(capsys, [corpus.root, tmp_path], base + ["--report", "y.npy"], "SNN-E360")
+
+
+def test_a_closed_stdout_is_no_internal_error(corpus, tmp_path):
+    """'snncc compile ... >&-' wrote its outputs, then failed 'internal error: AttributeError'."""
+    out = tmp_path / "o.onnx"
+    p = subprocess.run([sys.executable, "-m", "snncc", "compile", corpus.model, "--calib",
+                        corpus.calib, "-o", str(out), "--no-fidelity"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True, timeout=300,
+                       preexec_fn=lambda: os.close(1))
+    assert p.returncode == 0 and out.is_file(), p.stderr
+    assert "internal error" not in p.stderr
+
+
 def test_a_models_external_data_file_is_an_input(corpus, tmp_path, capsys):
     """compile e.onnx -o e.onnx.data replaced the model's weights with the compiled model (and
     inspect then read NaN weights)."""
@@ -265,6 +290,10 @@ def test_a_models_external_data_file_is_an_input(corpus, tmp_path, capsys):
         err = expect_error(capsys, roots, ["compile", model, "--calib", corpus.calib, *argv],
                            "SNN-E360")
         assert "e.onnx.data" in err
+    # a model read under another name (ir.load takes any): its weights are inputs all the same
+    (tmp_path / "e.model").write_bytes(model.read_bytes())
+    expect_error(capsys, roots, ["compile", tmp_path / "e.model", "--calib", corpus.calib, "-o",
+                                 tmp_path / "e.onnx.data"], "SNN-E360")
 
 
 @pytest.mark.parametrize("target", ["ort", "qann"])

@@ -103,7 +103,7 @@ def test_help_states_the_bounds(capsys):
     with pytest.raises(SystemExit):
         main(["compile", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "1..64 (each slice compares" in out      # --mt-n
+    assert "1..64, default 4 (each slice compares" in out      # --mt-n
     assert "0..64" in out and "1..2^23" in out      # --tau (srp, gn)
 
 

@@ -16,6 +16,7 @@ torchrun only rank 0 writes and prints.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -367,7 +368,9 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
         if args.mt:
             meta["mt_mode"] = args.mt
         path = _stage_path(output, stage.T)
-        protos.append(export_onnx(model, sample, str(path), **names, metadata=meta))
+        # marked as a stage file: a later run replaces it, never a final output of this name
+        protos.append(export_onnx(model, sample, str(path), **names,
+                                  metadata={**meta, "file": "stage"}))
         acc = (f"val acc {_fmt(stage.init_val_acc)} at start -> {_fmt(stage.val_acc)}; "
                if stage.val_acc is not None else "")
         say(f"stage T={stage.T}: {acc}wrote {path}")
@@ -376,7 +379,13 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
                     epochs=args.epochs or 10, lr=args.lr or 1e-4, batch_size=args.batch_size or 64,
                     threshold_percentile=args.threshold_percentile, threshold_steps=args.threshold_steps,
                     threshold_batch=args.threshold_batch, on_stage_end=export_stage, **common)
-    ir.save(protos[-1], output)
+    import onnx
+
+    final = onnx.ModelProto.FromString(protos[-1].SerializeToString())
+    for prop in final.metadata_props:   # the final output is the user's, not a stage file
+        if prop.key == "snncc.train":
+            prop.value = json.dumps({**json.loads(prop.value), "file": "final"})
+    ir.save(final, output)
     say((f"ANN val acc {_fmt(res.ann_val_acc)}; " if res.ann_val_acc is not None else "")
         + f"wrote {output} (= stage T={res.stages[-1].T})")
     scored = [st for st in res.stages if st.val_acc is not None]

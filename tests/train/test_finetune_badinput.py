@@ -211,3 +211,20 @@ def test_a_foreign_file_where_a_stage_goes_is_refused(tmp_path, data, capsys):
     assert rc == 2 and "[SNN-E364]" in err and "out.T1.onnx" in err, err
     assert "--force" not in err and "Traceback" not in err  # finetune has no --force
     assert _snapshot(tmp_path) == before
+
+
+def test_a_stage_file_never_replaces_a_final_output_of_that_name(tmp_path, capsys):
+    """A user's earlier 'finetune --iir --timesteps 2 -o a.T2.onnx' (a final output) was replaced
+    by a later '--timesteps 4,2 -o a.onnx' stage file: both carry kind 'snn'; finals are marked."""
+    import json
+
+    import onnx
+
+    from snncc.outputs import written_by_snncc
+
+    model = onnx.load(str(Path(__file__).resolve().parents[2] / "examples" / "digits_cnn.onnx"))
+    for which, ours in (("stage", True), ("final", False), (None, True)):   # None: older files
+        meta = {"kind": "snn", "timesteps": 2} | ({"file": which} if which else {})
+        onnx.helper.set_model_props(model, {"snncc.train": json.dumps(meta)})
+        onnx.save(model, tmp_path / "a.T2.onnx")
+        assert written_by_snncc(tmp_path / "a.T2.onnx", "stage") is ours

@@ -1,5 +1,6 @@
 """ONNX in -> trainable module -> ONNX out: loader, QCFS / LIF / MT export, the CLI command, errors."""
 import argparse
+import json
 import subprocess
 import sys
 
@@ -285,7 +286,11 @@ def test_a_relu6_net_finetunes_with_lambda_within_the_clip(tmp_path):
 def test_cli_iir_writes_every_stage(tmp_path):
     out, x = _run_cli(tmp_path, "--iir", "--timesteps", "2,1", "--threshold-steps", "2")
     assert (tmp_path / "out.T2.onnx").exists() and (tmp_path / "out.T1.onnx").exists()
-    assert out == onnx.load(tmp_path / "out.T1.onnx")
+    last = onnx.load(tmp_path / "out.T1.onnx")
+    assert out.graph == last.graph   # the last stage, marked as the final output
+    meta = {p.key: json.loads(p.value) for p in out.metadata_props if p.key == "snncc.train"}
+    assert meta["snncc.train"]["file"] == "final"
+    assert json.loads(last.metadata_props[0].value)["file"] == "stage"
     assert [n.op_type for n in out.graph.node].count("LIFNeuron") == 2
     assert "MaxPool" in [n.op_type for n in out.graph.node]  # kept without --maxpool avg
 
