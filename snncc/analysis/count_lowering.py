@@ -27,7 +27,11 @@ have none), and also takes what an ORT SNN runs but Loihi has no form for:
   into one (a strided conv, pooling or Gemm after it, or a conv that reaches a spike only
   through positions the ConvTranspose crops, has no count: SNN-E273);
 * an output head (Softmax, LogSoftmax, ArgMax on a graph output) acts on the decoded output,
-  after every synapse, and passes through.
+  after every synapse, and passes through;
+* an analog island (``--allow-analog``: an op with no spiking form that reads spikes, as
+  :func:`snncc.passes.support.conversion_roles` says, and the ops that read its values) is an
+  ``analog`` group of one input and a static output shape: the spikes it reads are decoded, so
+  they feed no synapse, and the layers after it count MACs, like those after the input.
 
 Such a netlist is for counting only (:mod:`snncc.analysis.synops`), never for Loihi.
 """
@@ -42,7 +46,7 @@ import onnx
 from snncc.backends.common import node_attrs as _attrs
 from snncc.backends.loihi.lowering import (MAX_FOLDED_ELEMENTS, _compress_groups, _Expr,
                                            _full_weight, _identity, _Lowering, _LowerError,
-                                           _Term, _trim_rows, as_2d)
+                                           _Term, _trim_rows, _view_of, as_2d)
 from snncc.backends.loihi.netlist import Block, Group, Netlist, conv2d_adjoint, window_matrix
 from snncc.ir import SNN_DOMAIN
 
@@ -250,6 +254,7 @@ class _CountLowering(_Lowering):
                               for d in v.type.tensor_type.shape.dim]
                      for v in (*proto.graph.value_info, *proto.graph.output)}
         self.graph_outputs = {o.name for o in proto.graph.output}
+        self.islands: set[str] | None = None   # outputs of analog-island nodes, when needed
 
     def _new_group(self, g: Group, expr: _Expr | None) -> None:
         if expr is not None:   # the value of a max-pooled current itself: no synapse, no MAC
@@ -269,7 +274,61 @@ class _CountLowering(_Lowering):
                 return self._count_Shape
             if node.op_type in HEADS and node.output[0] in self.graph_outputs:
                 return self._head_count
-        return super()._handler(node)
+        try:
+            return super()._handler(node)
+        except _LowerError as err:
+            if err.code == "SNN-E270" and self._is_island(node):
+                return self._count_island
+            raise
+
+    def _is_island(self, node: onnx.NodeProto) -> bool:
+        """An op with no spiking form that the compiled model runs as an analog island
+        (``--allow-analog``: it reads spikes, the schedule decodes them), or one that reads
+        such an island's values."""
+        if self.islands is None:   # the schedule's own rule, once per count
+            from snncc import ir
+            from snncc.passes.support import ISLAND, conversion_roles
+
+            graph = ir.load(self.proto).graph
+            roles = conversion_roles(graph)
+            self.islands = {n.outputs[0].name for n in graph.nodes
+                            if roles.get(id(n)) == ISLAND and n.outputs}
+        if node.output and node.output[0] in self.islands:
+            return True
+        kinds = {g.name: g.kind for g in self.groups}
+        ins = [i for i in node.input if i and i not in self.inits]
+        return bool(ins) and all(i in self.values and all(
+            kinds.get(t.src) == "analog" for t in self.values[i].terms) for i in ins)
+
+    def _count_island(self, node):
+        """An analog island (module docstring): an ``analog`` group of its output's size, with
+        no synapses of its own (the spikes it reads are decoded); the layers after it count
+        MACs. Synapses that reach it through linear ops from spikes (a conv right before it)
+        are its incoming blocks."""
+        ins = [i for i in node.input if i and i not in self.inits]
+        dims = self.dims.get(node.output[0], [])
+        if len(ins) != 1 or len(dims) < 2 or not all(isinstance(d, int) and d > 0
+                                                      for d in dims[1:]):
+            raise _LowerError("SNN-E270", f"op {node.op_type} has {self.no_form} (an analog "
+                              "island with several inputs or no static output shape)",
+                              self.ops_hint)
+        x = self._expr(ins[0])
+        shape = tuple(dims[1:])
+        view = _view_of(shape)
+        kinds = {g.name: g for g in self.groups}
+        terms = [t for t in x.terms if not (_is_copy(t, x.view) and kinds[t.src].kind in
+                                            ("neuron", "pool", "analog", "input"))]
+        if terms and tuple(x.view) != tuple(view):
+            raise _LowerError("SNN-E270", f"op {node.op_type} has {self.no_form} (an analog "
+                              "island of another shape after a linear op)", self.ops_hint)
+        name = node.name or node.output[0]
+        g = Group(name, "analog", shape, view, source=node.output[0],
+                  attrs={"op": node.op_type, "island": True}, bias=np.zeros(view))
+        self.groups.append(g)
+        for i, t in enumerate(terms):
+            self.blocks.append(Block(f"{name}/in{i}", t.src, name, t.kind, t.weight,
+                                     t.src_view, view, t.offset, t.stride, t.pads, t.groups))
+        self.values[node.output[0]] = _identity(name, view, shape)
 
     def _own_check(self, node: onnx.NodeProto) -> None:
         if node.domain != SNN_DOMAIN and self._handler(node) == self._maxpool_count:

@@ -181,9 +181,9 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
             row["pool_of"] = g.attrs["events_of"]
         if g.kind in ("pool", "analog"):   # analog: its MACs are the conv's before the pool
             resize = g.attrs.get("op") == "Resize"
-            row["kind"] = {("pool", False): "max-pool", ("analog", False): "conv + max-pool",
-                           ("pool", True): "upsample", ("analog", True): "upsampled current"
-                           }[g.kind, resize]
+            row["kind"] = f"analog island ({g.attrs['op']})" if g.attrs.get("island") else {
+                ("pool", False): "max-pool", ("analog", False): "conv + max-pool",
+                ("pool", True): "upsample", ("analog", True): "upsampled current"}[g.kind, resize]
             continue
         row["neurons"] = g.size
         if g.sends_events:
