@@ -423,8 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common],
                        help="run a compiled model on inputs; print outputs and spikes",
                        description="Run a compiled .onnx (ONNX Runtime, with the C++ kernels "
-                       "when built) or a Loihi output directory (bit-accurate simulator).")
-    p.add_argument("model", help="compiled .onnx file or Loihi output directory")
+                       "when built), a Loihi output directory (bit-accurate simulator) or a "
+                       ".nir file (as NIR defines it, the outputs Norse gives).")
+    p.add_argument("model", help="compiled .onnx file, Loihi output directory or .nir file")
     p.add_argument("--input", required=True, metavar="X.npy|X.npz",
                    help="inputs (.npy, or .npz with the input name or 'x'; labels 'y' optional)")
     p.add_argument("-o", "--output", metavar="OUT.npz",

@@ -71,8 +71,8 @@ def read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
                               hint="give the path of the .onnx file inside it")
     if path.suffix.lower() == ".nir" and path.is_file():
         raise ModelInputError(f"'{path}' is a NIR file, not an ONNX model", code="SNN-E102",
-                              hint="read it with nir.read (or a NIR simulator); to compile again, "
-                              "give the source ANN")
+                              hint="snncc run FILE.nir --input X.npz runs it as NIR defines it, "
+                              "nir.read reads it; to compile again, give the source ANN")
     if not path.is_file():
         raise ModelInputError(f"model file '{path}' does not exist", code="SNN-E101",
                               hint="check the path")

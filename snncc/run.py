@@ -228,19 +228,67 @@ def _netlist_activity(net, events: dict[str, np.ndarray], n: int) -> dict[str, A
     return {"events_per_layer": {k: float(v.sum()) for k, v in events.items()}, "layers": layers}
 
 
+def _run_nir(path: Path, inputs: str) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
+    """A ``--target nir`` file run as NIR defines it (snncc's NIR simulator, which Norse's
+    ``from_nir`` equals: tests/nir): outputs, the activity table (binary spikes: events =
+    spikes), labels."""
+    try:
+        import nir
+    except ImportError:
+        raise OptionError("run: reading a NIR file needs the nir package", code="SNN-E694",
+                          hint="pip install nir") from None
+    from snncc.backends.nir.simulate import run_graph
+
+    try:
+        graph = nir.read(str(path))
+    except Exception as exc:  # h5py / nir raise several types for a file that is no NIR graph
+        raise ModelInputError(f"'{path}' is not a readable NIR file ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:120] if str(exc) else ''})",
+                              code="SNN-E102", hint="give a file snncc compile --target nir "
+                              "wrote") from None
+    steps = int(graph.metadata.get("timesteps", 0) or 0)
+    if steps < 1:
+        raise ModelInputError(f"'{path}' names no timesteps in its metadata", code="SNN-E102",
+                              hint="give a file snncc compile --target nir wrote")
+    x, labels = load_inputs(inputs)
+    inp = next(n for n in graph.nodes.values() if isinstance(n, nir.Input))
+    want = tuple(int(d) for d in np.asarray(next(iter(inp.input_type.values()))).reshape(-1))
+    if tuple(x.shape[1:]) != want:
+        raise ModelInputError(f"inputs of shape {tuple(x.shape)}, the NIR graph takes "
+                              f"[N, {', '.join(map(str, want))}]", code="SNN-E105",
+                              hint="give the samples the compiled model took")
+    stored = input_range.parse(graph.metadata.get("calibration_inputs"))
+    input_range.warn(stored, {name: x for name in stored} if len(stored) == 1 else {})
+    spikes: dict[str, np.ndarray] = {}
+    outputs = {k: v.astype(np.float32) for k, v in run_graph(graph, x, steps, spikes).items()}
+    n = max(len(x), 1)
+    layers = [{"name": k, "events_per_sample": float(v.sum()) / n,
+               "spikes_per_sample": float(v.sum()) / n,
+               "rate": float(v.sum()) / (n * steps * max(v.size, 1)),
+               "spike_rate": float(v.sum()) / (n * steps * max(v.size, 1))}
+              for k, v in spikes.items()]
+    return outputs, {"events_per_layer": {k: float(v.sum()) for k, v in spikes.items()},
+                     "layers": layers}, labels
+
+
 def run_command(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {args.batch_size}",
                           code="SNN-E684", hint="e.g. --batch-size 16 (the default)")
     out = _check_run_output(args)
     target = Path(args.model)
+    is_nir = target.suffix.lower() == ".nir" and target.is_file()
     ignored = ([f for f, v in (("--no-library", args.no_library),
                                ("--batch-size", args.batch_size not in (None, 16))) if v]
-               if target.is_dir() else (["--semantics"] if args.semantics else []))
+               if target.is_dir() or is_nir else [])
+    ignored += ["--semantics"] if args.semantics and not target.is_dir() else []
     if ignored and target.exists():   # a missing path gets its own error, without this
-        kind = "a Loihi directory" if target.is_dir() else "an ONNX model"
+        kind = ("a Loihi directory" if target.is_dir() else "a NIR file" if is_nir
+                else "an ONNX model")
         print(f"snncc run: warning: ignored for {kind}: {', '.join(ignored)}", file=sys.stderr)
-    if target.is_dir():
+    if is_nir:
+        all_outputs, activity, labels = _run_nir(target, args.input)
+    elif target.is_dir():
         from snncc.backends.loihi.netlist import load
         from snncc.backends.loihi.simulator import run_netlist
 

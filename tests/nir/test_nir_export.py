@@ -460,3 +460,29 @@ def test_matmul_plus_add_exports_like_gemm(tmp_path):
         if isinstance(a, nir.Affine):
             np.testing.assert_allclose(a.weight, b.weight, rtol=1e-6)
             np.testing.assert_allclose(a.bias, b.bias, rtol=1e-5, atol=1e-6)
+
+
+def test_run_takes_a_nir_file(tmp_path, capsys):
+    """A helper wrote its own Norse loop (one sample at a time) to learn the NIR file's accuracy;
+    `snncc run FILE.nir` runs it with the NIR simulator (what Norse runs, above): outputs,
+    accuracy, spikes per IF node; a wrong input shape is E105, a file that is no NIR graph E102."""
+    out = tmp_path / "d.nir"
+    compile_model(DIGITS, out, make_options(target="nir", timesteps=4, calib_path=DIGITS_CALIB,
+                                            allow_lossy=True, fidelity_samples=0))
+    test = EXAMPLES / "digits_cnn_test.npz"
+    assert main(["run", str(out), "--input", str(test), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    data = np.load(test)
+    x = data[[k for k in data.files if k != "y"][0]].astype(np.float32)
+    spikes: dict = {}
+    ref = next(iter(run_graph(nir.read(out), x, 4, spikes).values()))
+    assert got["accuracy"] == pytest.approx(float((ref.argmax(1) == data["y"]).mean()))
+    assert {r["name"]: r["events_per_sample"] for r in got["activity"]["layers"]} == \
+        pytest.approx({k: float(v.sum()) / len(x) for k, v in spikes.items()})
+    assert len(spikes) == 4
+    np.savez(tmp_path / "bad.npz", x=np.zeros((2, 1, 4, 4), np.float32))
+    assert main(["run", str(out), "--input", str(tmp_path / "bad.npz")]) == 2
+    assert "[SNN-E105]" in capsys.readouterr().err
+    (tmp_path / "junk.nir").write_text("not hdf5")
+    assert main(["run", str(tmp_path / "junk.nir"), "--input", str(test)]) == 2
+    assert "[SNN-E102]" in capsys.readouterr().err

@@ -53,8 +53,11 @@ def _order(graph: Any) -> list[str]:
     return done
 
 
-def run_graph(graph: Any, x: np.ndarray, steps: int) -> dict[str, np.ndarray]:
-    """Outputs by ``Output`` node name: float64 [N, *shape], the mean over ``steps``."""
+def run_graph(graph: Any, x: np.ndarray, steps: int,
+              spikes: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Outputs by ``Output`` node name: float64 [N, *shape], the mean over ``steps``. With
+    ``spikes`` (a dict), each IF/LIF node's spikes summed over samples and steps are added to
+    ``spikes[name]`` (int64, the node's shape)."""
     import nir
 
     order = _order(graph)
@@ -100,6 +103,8 @@ def run_graph(graph: Any, x: np.ndarray, steps: int) -> dict[str, np.ndarray]:
                 z = v > f64(n.v_threshold)
                 state[name] = np.where(z, f64(n.v_reset), v)
                 h = z.astype(np.float64)
+                if spikes is not None:
+                    spikes[name] = z.sum(axis=0, dtype=np.int64) + spikes.get(name, 0)
             elif not isinstance(n, nir.Output):
                 raise ValueError(f"no rule for NIR node {type(n).__name__}")
             vals[name] = h
