@@ -111,3 +111,46 @@ def assert_pass_declines(model: onnx.ModelProto, pass_, *, code: str, **kw: Any)
     after = {i.name: onnx.numpy_helper.to_array(i).tobytes() for i in out.graph.initializer}
     assert before == after
     return report
+
+
+#: short node names of the ops :func:`dense_net` places
+_SHORT = {"LayerNormalization": "ln", "Sigmoid": "sig", "Tanh": "tanh"}
+
+
+def dense_net(mid: Sequence[str], tail: Sequence[str] = ()) -> onnx.ModelProto:
+    """x [N, 8] -> fc1 -> ReLU -> ``mid`` ops -> fc2 -> ReLU -> ``tail`` ops -> fc3 -> y [N, 3]
+    (random weights; a LayerNormalization gets a scale and bias). Nodes are named fc1, relu1,
+    fc2, relu2, fc3 and ln / sig / tanh: for the checks of what has no spiking form."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in
+             (("w1", (8, 6)), ("w2", (6, 6)), ("w3", (6, 3)), ("g", (6,)), ("b", (6,)))]
+    nodes, last = [], "x"
+
+    def add(op, *extra):
+        nonlocal last
+        name = _SHORT.get(op, op.lower())
+        nodes.append(helper.make_node(op, [last, *extra], [name + "_out"], name=name))
+        last = name + "_out"
+
+    def layer(i):
+        nonlocal last
+        nodes.append(helper.make_node("Gemm", [last, f"w{i}"], [f"h{i}"], name=f"fc{i}"))
+        last = f"h{i}"
+
+    layer(1)
+    nodes.append(helper.make_node("Relu", [last], ["r1"], name="relu1"))
+    last = "r1"
+    for op in mid:
+        add(op, *(("g", "b") if op == "LayerNormalization" else ()))
+    layer(2)
+    nodes.append(helper.make_node("Relu", [last], ["r2"], name="relu2"))
+    last = "r2"
+    for op in tail:
+        add(op)
+    nodes.append(helper.make_node("Gemm", [last, "w3"], ["y"], name="fc3"))
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import zoo
-from helpers import run_passes
+from helpers import dense_net, run_passes
 from onnx import TensorProto, helper, numpy_helper
 
 from snncc import ir
@@ -555,18 +555,7 @@ def test_an_if_on_static_shapes_takes_its_branch_and_one_on_data_stays():
 def _tanh_and_layernorm() -> onnx.ModelProto:
     """Gemm-ReLU-LayerNormalization-Gemm-ReLU-Tanh-Gemm: an activation with no spiking form
     (E201) and, once that is fixed, an op that would receive spikes (E244)."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in
-             (("w1", (8, 6)), ("w2", (6, 6)), ("w3", (6, 3)), ("g", (6,)), ("b", (6,)))]
-    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h1"], name="fc1"),
-             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
-             helper.make_node("LayerNormalization", ["r1", "g", "b"], ["n1"], name="ln"),
-             helper.make_node("Gemm", ["n1", "w2"], ["h2"], name="fc2"),
-             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
-             helper.make_node("Tanh", ["r2"], ["t2"], name="tanh"),
-             helper.make_node("Gemm", ["t2", "w3"], ["y"], name="fc3")]
-    return _graph_model(nodes, [helper.make_tensor_value_info("x", F, ["N", 8])],
-                        [helper.make_tensor_value_info("y", F, ["N", 3])], inits)
+    return dense_net(["LayerNormalization"], ["Tanh"])
 
 
 @pytest.mark.parametrize("calib", [False, True])
@@ -599,18 +588,7 @@ def test_an_analog_island_names_the_ops_after_its_first(tmp_path):
     from snncc.driver import compile_model, make_options
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in
-             (("w1", (8, 6)), ("w2", (6, 6)), ("w3", (6, 3)), ("g", (6,)), ("b", (6,)))]
-    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h1"], name="fc1"),
-             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
-             helper.make_node("LayerNormalization", ["r1", "g", "b"], ["n1"], name="ln"),
-             helper.make_node("Sigmoid", ["n1"], ["s1"], name="sig"),
-             helper.make_node("Gemm", ["s1", "w2"], ["h2"], name="fc2"),
-             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
-             helper.make_node("Gemm", ["r2", "w3"], ["y"], name="fc3")]
-    onnx.save(_graph_model(nodes, [helper.make_tensor_value_info("x", F, ["N", 8])],
-                           [helper.make_tensor_value_info("y", F, ["N", 3])], inits),
-              tmp_path / "m.onnx")
+    onnx.save(dense_net(["LayerNormalization", "Sigmoid"]), tmp_path / "m.onnx")
     np.save(tmp_path / "c.npy", rng.random((40, 8), dtype=np.float32))
     res = compile_model(tmp_path / "m.onnx", tmp_path / "o.onnx",
                         make_options(calib_path=str(tmp_path / "c.npy"), allow_analog=True,

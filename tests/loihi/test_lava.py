@@ -24,6 +24,23 @@ pytestmark = pytest.mark.skipif(not LAVA_PY.is_file(),
                                        "(build it with: bash scripts/lava_env.sh)")
 
 
+def _lava_equals_hardware(net, netx_file: Path, layers: list[str], x: np.ndarray, tmp: Path,
+                          kind: str) -> None:
+    """Run ``netx_file`` (holding the netlist groups ``layers``) in real Lava on ``x`` and compare
+    its last layer (a group of ``kind``) with ``simulate(net, x, semantics="hardware")`` bit for
+    bit."""
+    from snncc.backends.loihi.simulator import simulate
+
+    np.save(tmp / "x.npy", x)
+    subprocess.run([str(LAVA_PY), str(ROOT / "examples" / "lava" / "run_netx.py"),
+                    str(netx_file), str(tmp / "x.npy"), str(tmp / "l.npy")],
+                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    last = net.group(layers[-1])
+    raw = simulate(net, x, semantics="hardware").raw[last.name].reshape(len(x), -1)
+    assert last.kind == kind and np.any(raw != 0)
+    np.testing.assert_array_equal(np.load(tmp / "l.npy"), raw)
+
+
 def _snncc(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "snncc", *args], capture_output=True, text=True,
                           check=True, cwd=ROOT)
@@ -75,7 +92,6 @@ def test_a_residual_nets_netx_piece_runs_in_lava_with_snnccs_unit_order(tmp_path
     snncc's (C, H, W), equal the hardware simulation's bit for bit (they came back in Lava's
     order, so no unit matched)."""
     from snncc.backends.loihi import netlist as nl
-    from snncc.backends.loihi.simulator import simulate
 
     out = tmp_path / "digits_resnet"
     _snncc("compile", "examples/digits_resnet.onnx", "--calib", "examples/digits_resnet_calib.npz",
@@ -84,15 +100,7 @@ def test_a_residual_nets_netx_piece_runs_in_lava_with_snnccs_unit_order(tmp_path
     netx = net.meta["netx"]
     assert 0 < len(netx["layers"]) < len(net.groups) - 1    # a piece, and it says so
     x = np.load(ROOT / "examples" / "digits_resnet_test.npz")["x"][:4].astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    subprocess.run([str(LAVA_PY), str(ROOT / "examples" / "lava" / "run_netx.py"),
-                    str(out / "network.net"), str(tmp_path / "x.npy"), str(tmp_path / "l.npy")],
-                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    lava = np.load(tmp_path / "l.npy")
-    last = net.group(netx["layers"][-1])
-    raw = simulate(net, x, semantics="hardware").raw[last.name].reshape(len(x), -1)
-    assert last.kind == "neuron" and np.any(raw != 0)
-    np.testing.assert_array_equal(lava, raw)
+    _lava_equals_hardware(net, out / "network.net", netx["layers"], x, tmp_path, "neuron")
 
 
 def test_a_1d_nets_netx_file_runs_in_lava_bit_for_bit(tmp_path):
@@ -102,7 +110,6 @@ def test_a_1d_nets_netx_file_runs_in_lava_bit_for_bit(tmp_path):
     from snncc.backends.loihi.lowering import lower
     from snncc.backends.loihi.netx import write_netx
     from snncc.backends.loihi.quantize import quantize
-    from snncc.backends.loihi.simulator import simulate
 
     g = Graph((2, 16))
     s1 = g.neuron(g.op("Conv", ["x", g.const(g.dyadic((4, 2, 3))), g.const(g.dyadic((4,), 0.25))],
@@ -113,17 +120,8 @@ def test_a_1d_nets_netx_file_runs_in_lava_bit_for_bit(tmp_path):
     quantize(net)
     info = write_netx(net, tmp_path / "network.net")
     assert info["layers"] == [grp.name for grp in net.groups[1:]]
-    x = dyadic_input((4, 2, 16), seed=3)
-    np.save(tmp_path / "x.npy", x)
-    subprocess.run([str(LAVA_PY), str(ROOT / "examples" / "lava" / "run_netx.py"),
-                    str(tmp_path / "network.net"), str(tmp_path / "x.npy"),
-                    str(tmp_path / "l.npy")],
-                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    lava = np.load(tmp_path / "l.npy")
-    readout = net.group(info["layers"][-1])
-    raw = simulate(net, x, semantics="hardware").raw[readout.name].reshape(len(x), -1)
-    assert readout.kind == "readout" and np.any(raw != 0)
-    np.testing.assert_array_equal(lava, raw)
+    _lava_equals_hardware(net, tmp_path / "network.net", info["layers"],
+                          dyadic_input((4, 2, 16), seed=3), tmp_path, "readout")
 
 
 def test_a_flat_input_reshaped_into_a_map_runs_in_lava_bit_for_bit(tmp_path):
@@ -134,18 +132,9 @@ def test_a_flat_input_reshaped_into_a_map_runs_in_lava_bit_for_bit(tmp_path):
     from snncc.backends.loihi.lowering import lower
     from snncc.backends.loihi.netx import write_netx
     from snncc.backends.loihi.quantize import quantize
-    from snncc.backends.loihi.simulator import simulate
 
     lowered = lower(net(True), 4)
     quantize(lowered)
     info = write_netx(lowered, tmp_path / "network.net")
-    x = dyadic_input((4, 64), seed=5)
-    np.save(tmp_path / "x.npy", x)
-    subprocess.run([str(LAVA_PY), str(ROOT / "examples" / "lava" / "run_netx.py"),
-                    str(tmp_path / "network.net"), str(tmp_path / "x.npy"),
-                    str(tmp_path / "l.npy")],
-                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    readout = lowered.group(info["layers"][-1])
-    raw = simulate(lowered, x, semantics="hardware").raw[readout.name].reshape(len(x), -1)
-    assert readout.kind == "readout" and np.any(raw != 0)
-    np.testing.assert_array_equal(np.load(tmp_path / "l.npy"), raw)
+    _lava_equals_hardware(lowered, tmp_path / "network.net", info["layers"],
+                          dyadic_input((4, 64), seed=5), tmp_path, "readout")

@@ -200,24 +200,10 @@ def test_an_analog_island_is_counted_as_macs_after_it(tmp_path):
     """--allow-analog: SynOps had been 'not available' (the count had no form for the island's
     LayerNormalization). The island is an analog group with no synapses; the Gemm after it runs
     once on its values (MACs), the spikes before it feed no synapse."""
-    from onnx import TensorProto, helper, numpy_helper
+    from helpers import dense_net
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in
-             (("w1", (8, 6)), ("w2", (6, 6)), ("w3", (6, 3)), ("g", (6,)), ("b", (6,)))]
-    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h1"], name="fc1"),
-             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
-             helper.make_node("LayerNormalization", ["r1", "g", "b"], ["n1"], name="ln"),
-             helper.make_node("Sigmoid", ["n1"], ["s1"], name="sig"),
-             helper.make_node("Gemm", ["s1", "w2"], ["h2"], name="fc2"),
-             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
-             helper.make_node("Gemm", ["r2", "w3"], ["y"], name="fc3")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                        ["N", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-                              inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-              tmp_path / "m.onnx")
+    onnx.save(dense_net(["LayerNormalization", "Sigmoid"]), tmp_path / "m.onnx")
     np.save(tmp_path / "c.npy", rng.random((40, 8), dtype=np.float32))
     res = compile_model(tmp_path / "m.onnx", tmp_path / "o.onnx",
                         make_options(calib_path=str(tmp_path / "c.npy"), allow_analog=True))
