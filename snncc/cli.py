@@ -245,7 +245,8 @@ def _print_notes(notes: dict[str, Any], target: str = "ort") -> None:
                               if isinstance(v, (int, float, str)) and k != "synops")
         elif isinstance(value, list):
             sep = "; " if key == "analog_islands" else ", "   # an island lists its ops with ','
-            value = f"{len(value)}: " + sep.join(map(str, value[:5])) + (" ..." if len(value) > 5 else "")
+            value = (f"{len(value)}: " + sep.join(map(str, value[:5]))
+                     + (" ..." if len(value) > 5 else ""))
         print(f"{key}: {value}")
 
 
@@ -324,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nir: export soft-reset neurons although NIR resets to v_reset (the "
                    "report notes the difference)")
     p.add_argument("-T", "--timesteps", type=int, default=None,
-                   help="timesteps, 1..64 (bitserial 1..16: its levels are 2^T - 1; default 4, or the T snncc finetune trained the model for)")
+                   help="timesteps, 1..64 (bitserial 1..16: its levels are 2^T - 1; default 4, "
+                   "or the T snncc finetune trained the model for)")
     p.add_argument("--neuron", default=None, choices=NEURON_KEYS,
                    help="spiking neuron model (default if: binary spikes, what every target and "
                    "stock neuromorphic neurons run; mt, gn and bitserial send graded spikes and "
@@ -401,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mt threshold preset (default equidistant)")
     g.add_argument("--mt-mode", choices=("parallel", "cascade"),
                    help="mt firing mode (default: parallel for equidistant, cascade for pow2)")
-    g.add_argument("--mt-n", type=int, help="mt: number of thresholds, 1..64, default 4 (each slice "
+    g.add_argument("--mt-n", type=int, help="mt: number of thresholds, 1..64, default 4 (each "
+                   "slice "
                    "compares with all n, so time grows with n; more equidistant levels per "
                    "slice: --neuron gn); pow2 also needs (2^n - 1)*T <= 2^24")
     g.add_argument("--neuron-param", type=_parse_kv, action="append", metavar="KEY=VALUE",

@@ -5,9 +5,10 @@ through :func:`atomic_file` or :func:`atomic_dir`. The rules, checked before any
 all reported at once:
 
 * **Never an input.** An output may not be (or, for a directory output, contain) any input file:
-  the model, the files holding its external data, calibration or data file; nor, in an input
-  folder, an existing file, anything in a subfolder or an array or image at its top (what its
-  loader reads). ``--force`` does not change this (SNN-E360).
+  the model, the files holding its external data, calibration or data file; nor what an input
+  folder's loader reads: x.npy and y.npy of an array folder, and of an image folder anything in
+  a subfolder, a folder at its top and an array or image at its top. ``--force`` does not change
+  this (SNN-E360).
 * **Defaults replace only snncc's.** A default output (no ``-o``) replaces an existing file only
   when snncc compiled it (SNN-E364 unless ``force``); a directory that holds another kind of
   snncc output (a report's plots for a Loihi folder) is refused, with or without ``force``.
@@ -78,7 +79,8 @@ from typing import Callable, Iterator, Sequence
 from snncc import __version__
 from snncc.errors import Diagnostic, OutputPathError
 
-__all__ = ["MARKER", "Output", "check_outputs", "check_suffix", "KNOWN_SUFFIXES", "atomic_file", "atomic_dir", "default_output",
+__all__ = ["MARKER", "Output", "check_outputs", "check_suffix", "KNOWN_SUFFIXES", "atomic_file",
+           "atomic_dir", "default_output",
            "same_path", "write_errors", "transaction", "installed", "temp_dir", "written_by_snncc",
            "file_output"]
 
@@ -767,9 +769,9 @@ def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals_held(pending: list[int]) -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP back while the outputs are renamed into place (and temporaries
-    removed); a signal that comes meanwhile is appended to ``pending``, for the caller to raise
-    once all is done (main thread only: Python handles signals there)."""
+    """Hold SIGINT, SIGTERM and SIGHUP back while the outputs are renamed into place (and
+    temporaries removed); a signal that comes meanwhile is appended to ``pending``, for the
+    caller to raise once all is done (main thread only: Python handles signals there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -223,7 +223,10 @@ def test_report_equal_to_input_or_output_is_refused(corpus, tmp_path, capsys):
 def test_outputs_inside_an_input_folder_are_refused(corpus, tmp_path, capsys):
     """A helper's --report cd/x.npy, with --calib cd, replaced the calibration data with the
     JSON report (only the folder's own path counted as an input); finetune --checkpoint
-    dd/y.npy replaced the labels, report -o cd/x.npy likewise."""
+    dd/y.npy replaced the labels, report -o cd/x.npy likewise. An array folder's x.npy and
+    y.npy are refused; of an image folder, everything its loader reads or would read next."""
+    from PIL import Image
+
     folder = tmp_path / "cd"
     folder.mkdir()
     np.save(folder / "x.npy", np.load(corpus.calib)["x"])
@@ -232,21 +235,27 @@ def test_outputs_inside_an_input_folder_are_refused(corpus, tmp_path, capsys):
     err = expect_error(capsys, roots, [*base, "-o", tmp_path / "o.onnx", "--report",
                                        folder / "x.npy"], "SNN-E360")
     assert "lies inside the input folder" in err
-    # a subfolder (an image folder's class) or an array or image beside the data is read next
-    expect_error(capsys, roots, [*base, "-o", folder / "cls" / "new.onnx"], "SNN-E360")
-    expect_error(capsys, roots, [*base, "--target", "loihi", "-o", folder / "sub" / "l"],
+    expect_error(capsys, roots, ["report", corpus.model, "--data", folder, "--target", "ort",
+                                 "-o", folder / "y.npy"], "SNN-E360")
+    images = tmp_path / "imgs"
+    for c in range(2):
+        (images / str(c)).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i + c, np.uint8)).save(
+                images / str(c) / f"{i}.png")
+    base = ["compile", corpus.model, "--calib", images]
+    # in a class folder, a new folder at the top (a class: a Loihi folder, report plots), an
+    # image or array beside the classes (a loose image is read too)
+    expect_error(capsys, roots, [*base, "-o", images / "0" / "new.onnx"], "SNN-E360")
+    expect_error(capsys, roots, [*base, "--target", "loihi", "-o", images / "m.loihi"],
                  "SNN-E360")
     expect_error(capsys, roots, [*base, "-o", tmp_path / "o.onnx", "--report",
-                                 folder / "new.png"], "SNN-E360")
-    expect_error(capsys, roots, ["report", corpus.model, "--data", folder, "--target", "ort",
-                                 "-o", folder / "x.npy"], "SNN-E360")
-    # a folder at its top would become a class of an image folder: a Loihi folder, report plots
-    expect_error(capsys, roots, [*base, "--target", "loihi", "-o", folder / "m.loihi"],
-                 "SNN-E360")
-    expect_error(capsys, roots, ["report", corpus.model, "--data", folder, "--target", "ort",
-                                 "-o", folder / "r.md"], "SNN-E360")
+                                 images / "new.png"], "SNN-E360")
+    expect_error(capsys, roots, ["report", corpus.model, "--data", corpus.data, "--calib",
+                                 images, "--target", "ort", "-o", images / "r.md"], "SNN-E360")
     # a model beside an x.npy folder's arrays is no input (finetune --data . -o out.onnx), and
     # running the command again replaces it (a review found the second run refused)
+    base = ["compile", corpus.model, "--calib", folder]
     for _ in range(2):
         expect_ok(capsys, [*base, "-o", folder / "new.onnx", "-q", "--no-fidelity"])
     assert sorted(p.name for p in folder.iterdir()) == ["new.onnx", "new.onnx.json", "x.npy"]

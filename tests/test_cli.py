@@ -223,7 +223,8 @@ def test_run_notes_a_model_that_snncc_did_not_compile(tmp_path, capsys):
     assert "no snncc compile output" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("pair", [["--per-channel", "--per-layer"], ["--bias-shift", "--no-bias-shift"],
+@pytest.mark.parametrize("pair", [["--per-channel", "--per-layer"],
+                                  ["--bias-shift", "--no-bias-shift"],
                                   ["--no-fidelity", "--fidelity-samples", "10"]])
 def test_contradicting_flags_are_a_usage_error(capsys, tmp_path, pair):
     """The later flag had silently won (--no-fidelity then --fidelity-samples 10 estimated)."""

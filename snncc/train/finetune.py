@@ -302,9 +302,10 @@ def fit(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], trai
         (train_mode or module.train)()
         loss_sum = correct = seen = 0
         bits_sum: dict[str, float] = {}   # bits/neuron summed over batches (weighted by batch size)
-        # piped into a log: a frame every 30 s, not ten a second (each a '\r' line there)
+        # updated by hand: it stays open for the validation accuracy; piped into a log, a frame
+        # every 30 s, not ten a second (each a '\r' line there)
         bar = tqdm(total=len(train_loader), desc=f"{desc} epoch {epoch}/{epochs}", disable=not progress, leave=True,
-                   unit="batch", mininterval=0.1 if _tty() else 30.0)   # updated by hand: it stays open for the validation accuracy
+                   unit="batch", mininterval=0.1 if _tty() else 30.0)
         start = time.perf_counter()
         for x, y in _batches(train_loader):
             x, y = x.to(device), y.to(device)

@@ -172,8 +172,8 @@ def test_sample_count_shrinks_with_the_network():
     assert artifact_sample_count(ARTIFACT_MAC_STEPS // 40, 4, 256) == 10
 
 
-@pytest.mark.parametrize("n_in,k,stride,pad", [(8, 3, 1, 1), (7, 3, 2, 1), (8, 5, 2, 2), (5, 1, 1, 0),
-                                             (6, 4, 3, 2)])
+@pytest.mark.parametrize("n_in,k,stride,pad", [(8, 3, 1, 1), (7, 3, 2, 1), (8, 5, 2, 2),
+                                             (5, 1, 1, 0), (6, 4, 3, 2)])
 def test_in_bounds_taps_count_what_reads_the_real_input(n_in, k, stride, pad):
     from snncc.backends.loihi.lowering import in_bounds_taps
 
