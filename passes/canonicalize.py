@@ -634,6 +634,8 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         elif node.op == "ReduceMean" and _spatial_mean(node):
             nodes.extend(_mean_to_global_pool(graph, node))
             counts["spatial_mean_to_global_pool"] += 1
+        elif node.op in ("Conv", "AveragePool", "MaxPool") and _explicit_auto_pad(node):
+            counts["auto_pad_made_explicit"] += 1
         elif node.op == "Pad" and node.outputs[0] not in graph.outputs and _pad_into_conv(node):
             counts["pad_folded"] += 1
         elif node.op == "Reshape":
@@ -645,6 +647,44 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
         if node.outputs:
             nodes.append(node)
     graph.nodes = nodes
+
+
+def _explicit_auto_pad(node: gs.Node) -> bool:
+    """``auto_pad`` SAME_UPPER / SAME_LOWER / VALID (torch's ``padding='same'``) as the explicit
+    ``pads`` ONNX defines for it, from the input's static spatial size: ``out = ceil(in /
+    stride)``, total padding ``(out - 1) * stride + (k - 1) * dilation + 1 - in``, its odd unit
+    at the end (UPPER) or the start (LOWER). The same values; a form the Loihi and NIR backends
+    and the SynOp count take (they had refused it). Returns whether it rewrote the node."""
+    mode = node.attrs.get("auto_pad", "NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode in ("NOTSET", "") or node.attrs.get("ceil_mode", 0):
+        return False
+    shape = node.inputs[0].shape
+    if node.op == "Conv":
+        w = node.inputs[1].shape if len(node.inputs) > 1 else None
+        kernel = list(node.attrs.get("kernel_shape", w[2:] if w is not None else []))
+    else:
+        kernel = list(node.attrs.get("kernel_shape", []))
+    n = len(kernel)
+    if shape is None or len(shape) != n + 2 or not n or \
+            not all(isinstance(d, int) and d > 0 for d in list(shape[2:]) + kernel):
+        return False
+    strides = list(node.attrs.get("strides", [1] * n))
+    dilations = list(node.attrs.get("dilations", [1] * n))
+    begin, end = [0] * n, [0] * n
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        for a in range(n):
+            size = int(shape[2 + a])
+            out = -(-size // strides[a])
+            total = max(0, (out - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1 - size)
+            small = total // 2
+            begin[a], end[a] = (small, total - small) if mode == "SAME_UPPER" \
+                else (total - small, small)
+    elif mode != "VALID":
+        return False
+    node.attrs["pads"] = begin + end
+    del node.attrs["auto_pad"]
+    return True
 
 
 def _pad_into_conv(node: gs.Node) -> bool:

@@ -305,7 +305,7 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
     diags: list[Diagnostic] = []
     ins = [Path(p) for p in inputs if p is not None]
     ins += [f for p in ins for f in external_data_files(p)]   # a model's weights are inputs too
-    folders = [p for p in ins if p.is_dir()]   # every file inside is (or may become) an input
+    folders = list(dict.fromkeys(p for p in ins if p.is_dir()))   # --data and --val alike: once
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
     seen: list[Output] = []
     places: set[str] = set()
@@ -362,10 +362,12 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                     hint="choose another output path; snncc never writes over its inputs"))
         for folder in folders:
             if _reads_as_input(path, out.kind, _resolve(folder)):
-                diags.append(Diagnostic(
-                    "SNN-E360", f"{where} lies inside the input folder '{folder}', whose files "
-                    "are read as inputs", command,
-                    hint="write outputs outside the folders snncc reads"))
+                what = (f"is the input folder '{folder}''s {path.name}, read as input"
+                        if (folder / "x.npy").is_file() else
+                        f"lies inside the input image folder '{folder}', whose subfolders and "
+                        "images are read as inputs")
+                diags.append(Diagnostic("SNN-E360", f"{where} {what}", command,
+                                        hint="write outputs outside what snncc reads"))
         if not os.path.lexists(path):
             continue
         if out.kind == "file":

@@ -245,7 +245,8 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
     if energy:
         page.heading("Energy per inference")
         models = energy["models"]
-        page.table(["model", "SNN pJ", "ANN pJ", "ANN / SNN", "same, ANN without padding",
+        page.table(["model", "SNN pJ", "ANN pJ", "ANN / SNN",
+                    "ANN / SNN, the ANN's MACs on the zero padding left out",
                     "constants (source)"],
                    [[k, m["snn_pj"], m["ann_pj"], m["ratio"],
                      m.get("ratio_in_bounds", m["ratio"]), m["constants"]["source"]]

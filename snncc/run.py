@@ -260,7 +260,9 @@ def _run_nir(path: Path, inputs: str) -> tuple[dict[str, np.ndarray], dict[str, 
     stored = input_range.parse(graph.metadata.get("calibration_inputs"))
     input_range.warn(stored, {name: x for name in stored} if len(stored) == 1 else {})
     spikes: dict[str, np.ndarray] = {}
-    outputs = {k: v.astype(np.float32) for k, v in run_graph(graph, x, steps, spikes).items()}
+    # the export names each Output node output_<the ONNX output's name>: keyed as ONNX runs are
+    outputs = {k.removeprefix("output_"): v.astype(np.float32)
+               for k, v in run_graph(graph, x, steps, spikes).items()}
     n = max(len(x), 1)
     layers = [{"name": k, "events_per_sample": float(v.sum()) / n,
                "spikes_per_sample": float(v.sum()) / n,
@@ -333,7 +335,6 @@ def run_command(args: argparse.Namespace) -> int:
     summary = _summary(all_outputs, labels, activity)
     if out is not None:
         _write_outputs(out, all_outputs, summary)
-        print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -352,4 +353,6 @@ def run_command(args: argparse.Namespace) -> int:
             for row in rows:
                 name = row["name"] if len(row["name"]) <= 48 else "…" + row["name"][-47:]
                 print(f"{name:<48} {row['events_per_sample']:>14.1f} {row['rate']:>8.4f}")
+    if out is not None:   # last, under the table (on stderr beside --json's document)
+        print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -82,7 +82,8 @@ def _pool_out_hw(view: tuple[int, int, int], attrs: dict[str, Any]) -> tuple[int
     if {len(k), len(strides), len(dil), len(pads) // 2} != {2} or attrs.get("auto_pad", "NOTSET") \
             not in ("NOTSET", ""):
         raise _LowerError("SNN-E271", "only 2-D MaxPools with explicit pads are counted",
-                          "canonicalize the model (explicit pads)")
+                          "export with explicit pads (compile writes them for SAME and VALID "
+                          "where the input size is static)")
     out = []
     for a in range(2):
         span = view[1 + a] + pads[a] + pads[a + 2] - ((k[a] - 1) * dil[a] + 1)

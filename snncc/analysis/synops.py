@@ -493,9 +493,9 @@ def format_synops_line(section: Mapping[str, Any] | None) -> str:
                 f"(ANN MACs {ann['macs']:.3g}); no calibration samples, no measured SynOps")
     e = section["energy"]["digital45nm"]
     inner = ann.get("macs_in_bounds", ann["macs"])
-    padded = f", {inner:.3g} without padding" if inner < 0.99 * ann["macs"] else ""
-    line = (f"SynOps/inference {m['synops_per_inference']:.3g} (ANN MACs {ann['macs']:.3g}"
-            f"{padded}); "
+    macs = f"{ann['macs']:.3g}" if inner == ann["macs"] else \
+        f"{ann['macs']:.4g}, {inner:.4g} without padding"   # 4 digits: the two can be close
+    line = (f"SynOps/inference {m['synops_per_inference']:.3g} (ANN MACs {macs}); "
             f"energy 45nm: SNN {e['snn_pj'] * 1e-6:.3g} uJ vs ANN {e['ann_pj'] * 1e-6:.3g} uJ")
     if "loihi" in section["energy"]:
         line += f"; Loihi {section['energy']['loihi']['snn_pj'] * 1e-6:.3g} uJ"

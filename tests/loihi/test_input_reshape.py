@@ -76,3 +76,29 @@ def test_netx_writes_the_maps_input_shape(tmp_path, to, shape):
     assert info["layers"] == [grp.name for grp in lowered.groups[1:]]
     with h5py.File(tmp_path / "network.net") as f:
         assert list(f["layer/0/shape"][()]) == shape
+
+
+def test_an_unsqueezed_flat_input_is_the_1d_map():
+    """x.unsqueeze(1) of a flat [N, 64] input (a helper's Conv1d net) was E270 where
+    view(-1, 1, 64) lowered: the same (1, 64, 1) view, the same counts and outputs."""
+    def one_d(unsqueeze: bool):
+        g = Graph((64,), seed=4)
+        x = (g.op("Unsqueeze", ["x", g.const(np.array([1], np.int64))]) if unsqueeze else
+             g.op("Reshape", ["x", g.const(np.array([0, 1, 64], np.int64))]))
+        s1 = g.neuron(g.op("Conv", [x, g.const(g.dyadic((4, 1, 3)))], kernel_shape=[3],
+                           pads=[1, 1]))
+        return g.model(g.gemm(g.op("Flatten", [s1], axis=1), 4 * 64, 3))
+
+    a, b = lower(one_d(True), 4), lower(one_d(False), 4)
+    assert a.groups[0].view == b.groups[0].view == (1, 64, 1)
+    for net_ in (a, b):
+        quantize(net_)
+    x = dyadic_input((2, 64), seed=6)
+    (_, ya), = simulate(a, x).outputs.items()
+    (_, yb), = simulate(b, x).outputs.items()
+    np.testing.assert_array_equal(ya, yb)
+    g = Graph((2, 8), seed=4)   # not of the flat input: still no form
+    with pytest.raises(SnnccError) as err:
+        lower(g.model(g.gemm(g.op("Flatten", [g.op("Unsqueeze", [g.neuron("x"), g.const(
+            np.array([3], np.int64))])], axis=1), 16, 3)), 4)
+    assert "SNN-E270" in err.value.codes

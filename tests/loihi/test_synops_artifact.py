@@ -194,6 +194,12 @@ def test_the_anns_macs_are_also_given_without_the_zero_padding(digits_ort):
     assert e["ann_over_snn_in_bounds"] == pytest.approx(
         e["ann_over_snn"] * a["macs_in_bounds"] / a["macs"])
     assert "without padding" in format_synops_line(sec)
+    # shown however close the two are (within 1 % it had been dropped), with enough digits
+    close = dict(sec, ann=dict(a, macs_in_bounds=a["macs"] - 16))
+    assert f"ANN MACs {a['macs']:.4g}, {a['macs'] - 16:.4g} without padding" in \
+        format_synops_line(close)
+    same = dict(sec, ann=dict(a, macs_in_bounds=a["macs"]))
+    assert "without padding" not in format_synops_line(same)
 
 
 def test_an_analog_island_is_counted_as_macs_after_it(tmp_path):

@@ -480,6 +480,7 @@ def test_run_takes_a_nir_file(tmp_path, capsys):
     assert {r["name"]: r["events_per_sample"] for r in got["activity"]["layers"]} == \
         pytest.approx({k: float(v.sum()) / len(x) for k, v in spikes.items()})
     assert len(spikes) == 4
+    assert list(got["outputs"]) == ["logits"]   # the ONNX output's name, as `run` of the SNN
     np.savez(tmp_path / "bad.npz", x=np.zeros((2, 1, 4, 4), np.float32))
     assert main(["run", str(out), "--input", str(tmp_path / "bad.npz")]) == 2
     assert "[SNN-E105]" in capsys.readouterr().err

@@ -628,3 +628,25 @@ def test_a_training_mode_batchnorm_is_refused_at_every_opset(tmp_path, opset):
         run_passes(model, [CanonicalizePass()], options=_options(f"bn{opset}"))
     assert info.value.code == "SNN-E208"
     assert "SNN-E208" in format_inspect(inspect_model(model))
+
+
+@pytest.mark.parametrize("op,mode,stride,dilation", [
+    ("Conv", "SAME_UPPER", 1, 1), ("Conv", "SAME_LOWER", 1, 1), ("Conv", "SAME_UPPER", 2, 1),
+    ("Conv", "VALID", 2, 1), ("AveragePool", "SAME_UPPER", 2, 1),
+    ("MaxPool", "SAME_LOWER", 2, 1)])
+def test_auto_pad_becomes_explicit_pads(op, mode, stride, dilation):
+    """torch's padding='same' exports auto_pad=SAME_UPPER, which the Loihi lowering, NIR and the
+    SynOp count refused (their hint sent users to a step they could not run): the pads ONNX
+    defines for it, from the static input size (8 x 7 here: odd and even, an uneven total).
+    (ONNX Runtime runs no dilated SAME conv, so no exporter writes one.)"""
+    b = zoo._Builder(15)
+    h = b.op("Relu", [b.conv("x", 3, 4)])
+    if op == "Conv":
+        h = b.op("Conv", [h, b.rand((4, 4, 4, 3), "w")], kernel_shape=[4, 3], auto_pad=mode,
+                 strides=[stride, stride], dilations=[dilation, dilation])
+    else:
+        h = b.op(op, [h], kernel_shape=[3, 2], auto_pad=mode, strides=[stride, stride])
+    model = b.model(zoo._head(b, b.op("Relu", [h]), 4), input_shape=("N", 3, 8, 7))
+    out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], rtol=1e-5)
+    assert report.rows[0].counts["auto_pad_made_explicit"] == 1
+    assert not any(a.name == "auto_pad" for n in out.graph.node for a in n.attribute)

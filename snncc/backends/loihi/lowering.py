@@ -233,7 +233,8 @@ def _spatial(attrs: dict[str, Any], k: tuple[int, int]) -> tuple[tuple[int, int]
                           "use --target ort for 3-D networks")
     if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise _LowerError("SNN-E271", f"auto_pad={attrs['auto_pad']} is not supported",
-                          "canonicalize the model (explicit pads)")
+                          "export with explicit pads (compile writes them for SAME and VALID "
+                          "where the input size is static)")
     if any(d != 1 for d in attrs.get("dilations", (1, 1))):
         raise _LowerError("SNN-E271", "dilated convolutions are not supported",
                           "use dilation 1")
@@ -543,6 +544,23 @@ class _Lowering:
         raise _LowerError("SNN-E271", f"Reshape to {target} is not a flatten",
                           "only Reshape(x, [N, -1]) (a flatten) is supported, and a reshape of "
                           "the graph input into a map")
+
+    def _op_Unsqueeze(self, node):
+        """``x.unsqueeze(1)`` of a flat input ([N, 64] -> [N, 1, 64]): the same as the Reshape
+        (:meth:`_input_reshape`); any other Unsqueeze has no form."""
+        x = self._expr(node.input[0])
+        axes = _attrs(node).get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self._const_input(node, 1)
+        shape = [1] + list(x.shape)   # the batch axis as 1
+        rank = len(shape) + len(list(axes if axes is not None else []))
+        new = list(shape)
+        for a in sorted(int(v) % rank for v in (axes if axes is not None else [])):
+            new.insert(a, 1)
+        if axes is None or new[0] != 1 or not self._input_reshape(
+                node, x, [0] + new[1:], int(np.prod(x.shape))):
+            raise _LowerError("SNN-E270", f"op Unsqueeze has {self.no_form} (but of the flat "
+                              "input into a map)", self.ops_hint)
 
     def _input_reshape(self, node, x: _Expr, target: list[int], size: int) -> bool:
         """A flat graph input reshaped into a map ([N, 64] -> [N, 1, 8, 8]) before anything else
