@@ -487,3 +487,31 @@ def test_run_takes_a_nir_file(tmp_path, capsys):
     (tmp_path / "junk.nir").write_text("not hdf5")
     assert main(["run", str(tmp_path / "junk.nir"), "--input", str(test)]) == 2
     assert "[SNN-E102]" in capsys.readouterr().err
+
+
+def test_a_1d_nets_refusal_names_its_cause_alone(tmp_path, capsys):
+    """A 1-D net with --maxpool avg: the Conv1d is the cause (E693, the header's code); its
+    MaxPool, which --maxpool avg gives a form, is no follow-on entry (it had been, as E692, and
+    E692 headed the list)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("w", (4, 1, 3)), ("fc", (3, 4 * 8)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2], strides=[2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 1, 16])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", 3])], inits)
+    import onnx
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", rng.random((40, 1, 16), dtype=np.float32))
+    assert main(["compile", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npy"),
+                 "--target", "nir", "--allow-lossy", "--maxpool", "avg",
+                 "-o", str(tmp_path / "m.nir")]) == 2
+    err = capsys.readouterr().err
+    assert "error: [SNN-E693]" in err and "MaxPool" not in err

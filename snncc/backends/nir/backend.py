@@ -91,7 +91,7 @@ class NirBackend(Backend):
         res, diags = self._build(model, ctx)
         if diags or res is None:
             raise BackendCapabilityError("nir: the model cannot be emitted", diagnostics=diags,
-                                         code=sorted({d.code for d in diags})[0])
+                                         code=diags[0].code)   # the first in graph order: the cause
         proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
         lossy = {k: v for k, v in lossy_notes(proto).items() if v}
         notes = [f"{k}: {n}" for k, v in sorted(lossy.items()) for n in v] + list(res.notes)

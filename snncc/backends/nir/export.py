@@ -221,6 +221,9 @@ class _Builder:
                 node.domain in ("", "ai.onnx") and (node.op_type not in ("Add", "Mul") or
                                                    any(i in self.inits for i in node.input)):
             return
+        elif node.op_type == "MaxPool" and node.domain in ("", "ai.onnx") and \
+                self.maxpool == "avg":   # --maxpool avg gives it a form: nothing of its own
+            return
         self._node(node)
 
     def _node(self, node: onnx.NodeProto) -> None:
