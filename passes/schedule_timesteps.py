@@ -450,7 +450,8 @@ class ScheduleTimestepsPass(Pass):
                                               if bit_serial else
                                               "; the folded schedule window-gates them (the "
                                               "pooled rate is the largest rate)")
-                + " (use --maxpool avg for a net trained with average pooling)")
+                + " (--maxpool avg replaces them by average pools, which streams exactly "
+                "but changes the net)")
         elif bit_serial and gated and options.target == "ort":
             ctx.warnings.append(
                 f"warning: {options.neuron} spike-gates {gated} MaxPool(s) with a running sum "

@@ -368,7 +368,9 @@ def report_command(args: argparse.Namespace) -> int:
         first = exc.diagnostics[0] if exc.diagnostics else None
         fallback = (f"target ort: the model has no Loihi form ({first.node}: {first.message}"
                     if first and first.node else f"target ort: the model has no Loihi form ("
-                    f"{exc.message}") + "); --target loihi says all of why"
+                    f"{exc.message}") + "); --target loihi says all of why" + (
+            ", and --maxpool avg gives a max-pool net one (it changes the net)"
+            if any("MaxPool" in d.message for d in exc.diagnostics) else "")
         args.target = "ort"
         print(f"snncc report: note: {fallback}", file=sys.stderr)
     x, labels = load_inputs(args.data)
