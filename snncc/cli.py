@@ -429,8 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "when built), a Loihi output directory (bit-accurate simulator) or a "
                        ".nir file (as NIR defines it, the outputs Norse gives).")
     p.add_argument("model", help="compiled .onnx file, Loihi output directory or .nir file")
-    p.add_argument("--input", required=True, metavar="X.npy|X.npz",
-                   help="inputs (.npy, or .npz with the input name or 'x'; labels 'y' optional)")
+    p.add_argument("--input", required=True, metavar="X.npy|X.npz|DIR",
+                   help="inputs (.npy, or .npz with the input name or 'x'; labels 'y' optional; "
+                   "or a folder holding x.npy and y.npy)")
     p.add_argument("-o", "--output", metavar="OUT.npz",
                    help="save the outputs ('outputs': the first; 'output/NAME': each by name) "
                         "and each layer's spike events summed over all samples and timesteps "

@@ -291,8 +291,9 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="the source ONNX CNN")
-    p.add_argument("--data", required=True, metavar="X.npz",
-                   help="samples ('x', or the input name) and labels 'y' for accuracy")
+    p.add_argument("--data", required=True, metavar="X.npz|DIR",
+                   help="samples ('x', or the input name) and labels 'y' for accuracy (a .npz, "
+                   "or a folder holding x.npy and y.npy)")
     p.add_argument("-T", "--timesteps", default="4",
                    help="comma-separated T values for accuracy vs T (default 4)")
     p.add_argument("--target", default=None, choices=("ort", "loihi"),

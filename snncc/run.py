@@ -29,7 +29,8 @@ __all__ = ["load_inputs", "load_feeds", "run_command"]
 def _open(path: str | Path):
     path = Path(path)
     if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        what = ("is a directory, not a file (a folder holding x.npy, and y.npy for labels, is "
+                "read as those)" if path.is_dir() else "does not exist")
         raise ModelInputError(f"input file '{path}' {what}", code="SNN-E104",
                               hint="pass a .npy or .npz file of samples")
     from snncc.calibration import not_numpy
@@ -83,7 +84,8 @@ def _check_labels(labels: Any, n: int, path: Path) -> np.ndarray | None:
 
 def load_feeds(path: str | Path, input_names: Sequence[str]
                ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Samples for every model input (and labels 'y' if present) from .npy or .npz.
+    """Samples for every model input (and labels 'y' if present) from .npy or .npz (or a folder
+    holding x.npy and, for labels, y.npy, for a one-input model).
 
     One input: a .npy, or the .npz array named after the input, else ``x``, else the only array
     besides ``y``. Several inputs: the .npz must hold an array named after each (SNN-E683).
@@ -94,6 +96,11 @@ def load_feeds(path: str | Path, input_names: Sequence[str]
                           code="SNN-E349", hint="pass the path of a .npy or .npz file")
     path = Path(path)
     names = list(input_names) or ["x"]
+    if path.is_dir() and (path / "x.npy").is_file() and len(names) == 1:
+        # an x.npy (+ y.npy) folder, as --calib and finetune --data take it
+        x = _check_samples(np.asarray(_open(path / "x.npy")), path / "x.npy", "inputs")
+        labels = np.asarray(_open(path / "y.npy")) if (path / "y.npy").is_file() else None
+        return {names[0]: x}, _check_labels(labels, len(x), path / "y.npy")
     data = _open(path)
     labels = None
     if isinstance(data, np.lib.npyio.NpzFile):

@@ -1269,3 +1269,22 @@ def test_the_output_check_knows_every_file_the_loaders_read():
     from snncc.train.data import IMAGE_SUFFIXES
 
     assert set(IMAGE_SUFFIXES) | {".npy", ".npz"} <= set(DATA_SUFFIXES)
+
+
+def test_run_and_report_read_an_array_folder(corpus, tmp_path, capsys):
+    """--calib and finetune --data take a folder holding x.npy (+ y.npy); run --input and report
+    --data said 'is a directory' (a new-features user). Same samples, same figures."""
+    data = np.load(corpus.data)
+    folder = tmp_path / "xy"
+    folder.mkdir()
+    np.save(folder / "x.npy", data["x"])
+    np.save(folder / "y.npy", data["y"])
+    runs = []
+    for given in (corpus.data, folder):
+        assert main(["run", str(corpus.snn), "--input", str(given), "--json",
+                     "--no-library"]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert runs[0] == runs[1] and "accuracy" in runs[0]
+    expect_ok(capsys, ["report", corpus.model, "--data", folder, "--calib", corpus.calib,
+                       "--target", "ort", "-T", "1", "--samples", "6", "-o", tmp_path / "r.md"])
+    assert "## Accuracy" in (tmp_path / "r.md").read_text()   # labels y.npy were read
