@@ -367,11 +367,11 @@ def report_command(args: argparse.Namespace) -> int:
         except SnnccError:
             raise exc from None
         first = exc.diagnostics[0] if exc.diagnostics else None
-        fallback = (f"target ort: the model has no Loihi form ({first.node}: {first.message}"
-                    if first and first.node else f"target ort: the model has no Loihi form ("
-                    f"{exc.message}") + "); --target loihi says all of why" + (
-            ", and --maxpool avg gives a max-pool net one (it changes the net)"
-            if any("MaxPool" in d.message for d in exc.diagnostics) else "")
+        why = f"{first.node}: {first.message}" if first and first.node else exc.message
+        avg = (", and --maxpool avg gives a max-pool net one (it changes the net)"
+               if any("MaxPool" in d.message for d in exc.diagnostics) else "")
+        fallback = (f"target ort: the model has no Loihi form ({why}); --target loihi says all "
+                    f"of why{avg}")
         args.target = "ort"
         print(f"snncc report: note: {fallback}", file=sys.stderr)
     x, labels = load_inputs(args.data)

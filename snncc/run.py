@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -218,21 +218,26 @@ def _write_outputs(out: Path, all_outputs: dict[str, np.ndarray], summary: dict[
             np.savez_compressed(f, outputs=next(iter(all_outputs.values())), **named, **events)
 
 
-def _netlist_activity(net, events: dict[str, np.ndarray], n: int) -> dict[str, Any]:
-    """The activity table of a Loihi run, in the units of :meth:`RunResult.activity`: the rate is
-    unit events per neuron and slice. The simulator keeps events summed over the slices, so
-    spikes (and the spike rate) equal events for binary-spike groups and are not known (None)
-    for graded ones."""
-    spike = {g.name: g.spike for g in net.groups}
+def _activity_table(totals: dict[str, tuple[float, int]], n: int, steps: int,
+                    binary: Callable[[str], bool]) -> dict[str, Any]:
+    """The activity table of a simulator run, in the units of :meth:`RunResult.activity`, from
+    each layer's (events summed over samples and slices, neurons): the rate is unit events per
+    neuron and slice. Spikes (and the spike rate) equal the events for a ``binary`` layer and
+    are not known (None) for a graded one (the simulators keep events summed over slices)."""
     layers = []
-    for k, v in events.items():
-        total = float(v.sum())
-        rate = total / (n * max(net.total_steps, 1) * max(v[0].size, 1))
-        binary = spike.get(k) == "binary"
+    for k, (total, units) in totals.items():
+        rate = total / (n * max(steps, 1) * max(units, 1))
         layers.append({"name": k, "events_per_sample": total / n,
-                       "spikes_per_sample": total / n if binary else None,
-                       "rate": rate, "spike_rate": rate if binary else None})
-    return {"events_per_layer": {k: float(v.sum()) for k, v in events.items()}, "layers": layers}
+                       "spikes_per_sample": total / n if binary(k) else None,
+                       "rate": rate, "spike_rate": rate if binary(k) else None})
+    return {"events_per_layer": {k: total for k, (total, _) in totals.items()}, "layers": layers}
+
+
+def _netlist_activity(net, events: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+    """The activity table of a Loihi run (events per sample and position, [N, ...])."""
+    spike = {g.name: g.spike for g in net.groups}
+    return _activity_table({k: (float(v.sum()), v[0].size) for k, v in events.items()}, n,
+                           net.total_steps, lambda k: spike.get(k) == "binary")
 
 
 def _run_nir(path: Path, inputs: str) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
@@ -270,14 +275,8 @@ def _run_nir(path: Path, inputs: str) -> tuple[dict[str, np.ndarray], dict[str, 
     # the export names each Output node output_<the ONNX output's name>: keyed as ONNX runs are
     outputs = {k.removeprefix("output_"): v.astype(np.float32)
                for k, v in run_graph(graph, x, steps, spikes).items()}
-    n = max(len(x), 1)
-    layers = [{"name": k, "events_per_sample": float(v.sum()) / n,
-               "spikes_per_sample": float(v.sum()) / n,
-               "rate": float(v.sum()) / (n * steps * max(v.size, 1)),
-               "spike_rate": float(v.sum()) / (n * steps * max(v.size, 1))}
-              for k, v in spikes.items()]
-    return outputs, {"events_per_layer": {k: float(v.sum()) for k, v in spikes.items()},
-                     "layers": layers}, labels
+    totals = {k: (float(v.sum()), v.size) for k, v in spikes.items()}   # binary spikes only
+    return outputs, _activity_table(totals, max(len(x), 1), steps, lambda k: True), labels
 
 
 def run_command(args: argparse.Namespace) -> int:

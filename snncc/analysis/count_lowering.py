@@ -323,12 +323,9 @@ class _CountLowering(_Lowering):
             raise _LowerError("SNN-E270", f"op {node.op_type} has {self.no_form} (an analog "
                               "island of another shape after a linear op)", self.ops_hint)
         name = node.name or node.output[0]
-        g = Group(name, "analog", shape, view, source=node.output[0],
-                  attrs={"op": node.op_type, "island": True}, bias=np.zeros(view))
-        self.groups.append(g)
-        for i, t in enumerate(terms):
-            self.blocks.append(Block(f"{name}/in{i}", t.src, name, t.kind, t.weight,
-                                     t.src_view, view, t.offset, t.stride, t.pads, t.groups))
+        self._new_group(Group(name, "analog", shape, view, source=node.output[0],
+                              attrs={"op": node.op_type, "island": True}, bias=np.zeros(view)),
+                        _Expr(shape, view, terms, np.zeros(view)))
         self.values[node.output[0]] = _identity(name, view, shape)
 
     def _own_check(self, node: onnx.NodeProto) -> None:

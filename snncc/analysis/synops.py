@@ -197,7 +197,7 @@ def count_synops(source: Netlist | str | os.PathLike | onnx.ModelProto | Any,
               "total_synops": sum(r["synops"] for r in layers.values()),
               "total_macs": sum(r["macs"] for r in layers.values()),
               "ann_macs": net.ann_macs,
-              "ann_macs_in_bounds": int(net.meta.get("ann_macs_in_bounds", net.ann_macs)),
+              "ann_macs_in_bounds": net.ann_macs_in_bounds,
               "neuron_updates": sum(g.size for g in net.groups if g.updates) * steps}
     if mapping is not None:
         report["cores"] = _per_core(net, per_neuron, mapping)
@@ -311,7 +311,7 @@ def static_synops(net: Netlist) -> dict[str, Any]:
             "neurons": sum(r["neurons"] for r in groups.values() if r["kind"] != "input"),
             "synapses": sum(r["synapses_in"] for r in groups.values()),
             "ann_macs": int(net.ann_macs),
-            "ann_macs_in_bounds": int(net.meta.get("ann_macs_in_bounds", net.ann_macs))}
+            "ann_macs_in_bounds": net.ann_macs_in_bounds}
 
 
 def synops_section(net: Netlist, events: Mapping[str, np.ndarray] | None = None, *,

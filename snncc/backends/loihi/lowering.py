@@ -552,22 +552,22 @@ class _Lowering:
         axes = _attrs(node).get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             axes = self._const_input(node, 1)
-        shape = [1] + list(x.shape)   # the batch axis as 1
-        rank = len(shape) + len(list(axes if axes is not None else []))
-        new = list(shape)
-        for a in sorted(int(v) % rank for v in (axes if axes is not None else [])):
-            new.insert(a, 1)
-        if axes is None or new[0] != 1 or not self._input_reshape(
-                node, x, [0] + new[1:], int(np.prod(x.shape))):
-            raise _LowerError("SNN-E270", f"op Unsqueeze has {self.no_form} (but of the flat "
-                              "input into a map)", self.ops_hint)
+        if axes is not None:
+            new = [1, *x.shape]   # the batch axis as 1
+            for a in sorted(int(v) % (len(new) + len(axes)) for v in axes):
+                new.insert(a, 1)
+            if new[0] == 1 and self._input_reshape(node, x, [0, *new[1:]],
+                                                   int(np.prod(x.shape))):
+                return
+        raise _LowerError("SNN-E270", f"op Unsqueeze has {self.no_form} (but of the flat "
+                          "input into a map)", self.ops_hint)
 
     def _input_reshape(self, node, x: _Expr, target: list[int], size: int) -> bool:
         """A flat graph input reshaped into a map ([N, 64] -> [N, 1, 8, 8]) before anything else
         reads it: the input group takes the map's view (its flat order is the same C-order), so
         the layers after it see a map. False for any other Reshape."""
         inp = self.groups[0]
-        rest = [d for d in target[1:]]
+        rest = list(target[1:])
         if not (target[0] in (0, -1, 1) and len(rest) in (2, 3) and all(d > 0 for d in rest)
                 and int(np.prod(rest)) == size and len(inp.shape) == 1
                 and node.input[0] == inp.source and len(x.terms) == 1

@@ -130,6 +130,12 @@ class Netlist:
     ann_macs: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def ann_macs_in_bounds(self) -> int:
+        """The ANN's MACs without the kernel taps on a conv's zero padding (the lowering's
+        ``meta``; ``ann_macs`` for a netlist saved before it counted them)."""
+        return int(self.meta.get("ann_macs_in_bounds", self.ann_macs))
+
     def group(self, name: str) -> Group:
         return self._groups()[name]
 
