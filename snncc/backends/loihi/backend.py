@@ -169,12 +169,6 @@ class LoihiBackend(Backend):
                 f"warning: loihi: network.net holds the first {len(netx['layers'])} of {total} "
                 f"layers: '{stop['group']}' {stop['reason']}; the netlist and snncc run hold "
                 "the whole network")
-        chip = [n.split(":")[0] for n in netx["notes"] if "a chip would not" in n]
-        if chip:   # Lava's CPU model runs it; say where the user looks that a chip would not
-            ctx.warnings.append(
-                f"warning: loihi: the biases of {len(chip)} layer(s) ({', '.join(chip)}) exceed "
-                "the 13-bit bias mantissa of Loihi's CUBA neuron: real Lava's CPU simulation "
-                "runs network.net, a chip would not (details: netlist.json meta.netx.notes)")
         lost = [w for w in net.meta["quantization"]["weights"]
                 if w["nonzero"] and w["zeroed"] > ZEROED_WARN * w["nonzero"]]
         if lost:   # one large weight sets a block's shared exponent; the small ones round to 0

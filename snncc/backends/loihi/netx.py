@@ -11,7 +11,7 @@ the reader's source and in real Lava by ``tests/loihi/test_lava.py``):
   (features,) for dense;
 * the ``input`` layer has no neuron: the reader then connects ``Network.inp`` straight to the
   first synapse, which takes graded input (``input_message_bits``). The runner sends the analog
-  input as snncc does, ``round(x * 2**input_frac_bits)`` per step, in (x, y, c) order;
+  input as ``round(x * 2**snncc_input_frac_bits)`` per step, in (x, y, c) order;
 * conv: ``inChannels``, ``outChannels``, ``kernelSize``, ``stride``, ``padding``, ``dilation``
   (pairs in (y, x) order, reversed by the reader), ``groups``, ``weight`` PyTorch layout
   (out, in/groups, kH, kW) (the reader flips and transposes it; Lava's conv flips back), optional
@@ -34,8 +34,10 @@ state integers) counts in NetX units of ``2**(e - 1 + extra)`` state integers, `
 NetX weights are ``2 * mant << (e_b - e) >> extra`` (integers in [-256, 254]), thresholds
 ``vth * 2**(1 - e - extra)`` and biases rounded to the unit (NetX has no weight exponent and a
 fixed bias exponent, so a bias finer than the unit is rounded). ``extra`` is 0 unless a bias
-would not fit Lava's 16-bit bias word or the threshold its 17 bits; one extra bit keeps the
-weights exact (``mant``), more round them (noted). :func:`netx_params` computes these values;
+would not fit the chip's 13-bit bias mantissa or the threshold its 17 bits; one extra bit keeps
+the weights exact (``mant``), more round them (noted). The layers the input feeds count in units
+``2**s`` coarser and the input is sent with ``s`` fewer fraction bits (:func:`netx_input_shift`),
+so that their biases fit with exact weights. :func:`netx_params` computes these values;
 the simulator's ``semantics="hardware"`` uses the same ones, so that the Lava run of the exported
 file and ``snncc run DIR --semantics hardware`` agree bit for bit.
 
@@ -70,7 +72,6 @@ LOADABLE = ("input", "conv", "flatten", "dense")
 NEURON_TYPES = ("CUBA", "LOIHI", "SDNN")
 VTH_MANT_MAX = (1 << 17) - 1
 BIAS_MANT_MAX = (1 << 12) - 1  # 13-bit signed bias mantissa of Loihi's CUBA neuron
-BIAS_LAVA_MAX = (1 << 15) - 1  # Lava's CPU model holds bias_mant in int16 (wraps beyond)
 I_DECAY_FULL = 4096       # du = 4095: the current keeps nothing (Lava's du = iDecay - 1)
 
 
@@ -97,26 +98,52 @@ def netx_exportable(g: Group) -> bool:
     return g.kind == "neuron" and get_neuron(g.neuron).loihi.netx
 
 
+#: at most this many input fraction bits go to fitting the first layers' biases (then weights)
+MAX_INPUT_SHIFT = 4
+
+
+def netx_input_shift(net: Netlist) -> int:
+    """How many fewer fraction bits than the netlist's the NetX input gets: the smallest shift
+    (at most ``MAX_INPUT_SHIFT``) with which every NetX layer the input feeds keeps exact weights
+    (``extra`` <= 1) while its biases fit the 13-bit bias mantissa. Those layers' thresholds are
+    many of their input-scaled weights (one analog input step is 2**-8), and their biases carry
+    v_init / T, so at the netlist's input scale their biases need up to ~18,000 NetX units
+    (the MNIST CNN's first layer); sending the input ``2**s`` coarser makes their NetX unit
+    ``2**s`` coarser instead of rounding their 8-bit weights."""
+    fed = [g for g in net.groups if netx_exportable(g)
+           and any(net.group(b.src).kind == "input" for b in net.blocks_into(g.name))]
+    for s in range(MAX_INPUT_SHIFT + 1):
+        if all(_params(net, g, s)["extra"] <= 1 for g in fed):
+            return s
+    return MAX_INPUT_SHIFT
+
+
 def netx_params(net: Netlist, g: Group) -> dict[str, Any]:
     """The group's parameters in NetX units (see the module doc): ``e``, ``extra``, ``unit``
     (state integers per NetX unit), ``vth`` (int; ``VTH_MANT_MAX`` for a readout), ``vth_exact``,
     ``bias`` (int64, shape ``view``), ``bias_err`` (largest rounding error, NetX units),
-    ``decay_v``, ``weights`` {block name: int64 NetX weights}, ``weights_exact``.
+    ``decay_v``, ``weights`` {block name: int64 NetX weights}, ``weights_exact``,
+    ``input_shift`` (:func:`netx_input_shift`; the weights of blocks from the input expect the
+    input sent with that many fewer fraction bits).
     """
+    return _params(net, g, netx_input_shift(net))
+
+
+def _params(net: Netlist, g: Group, shift: int) -> dict[str, Any]:
     blocks = net.blocks_into(g.name)
-    e = min((b.exp for b in blocks), default=0)
+    # a block from the input: its payload comes 2**shift coarser, its weight 2**shift larger
+    exps = {b.name: b.exp + (shift if net.group(b.src).kind == "input" else 0) for b in blocks}
+    e = min(exps.values(), default=0)
     bias_state = g.bias_mant.astype(np.float64) * 2.0 ** g.bias_exp.astype(np.float64)
     if g.kind == "neuron":   # NetX has no initial voltage: spread v_init over the window
         bias_state = bias_state + float(g.fixed.get("v_init_int", 0)) / net.total_steps
     vth_state = float(VTH_MANT_MAX) if g.kind == "readout" else float(g.fixed["vth"][0])
     extra = 0
-    while True:   # the finest NetX unit whose bias and threshold fit Lava's words
+    while True:   # the finest NetX unit whose bias and threshold fit the chip's words
         scale = 2.0 ** (1 - e - extra)
         top_bias = float(np.abs(bias_state).max(initial=0.0)) * scale
-        if g.kind == "readout":
-            if round(top_bias) <= BIAS_LAVA_MAX:
-                break
-        elif round(top_bias) <= BIAS_LAVA_MAX and round(vth_state * scale) <= VTH_MANT_MAX:
+        if round(top_bias) <= BIAS_MANT_MAX and (
+                g.kind == "readout" or round(vth_state * scale) <= VTH_MANT_MAX):
             break
         extra += 1
     vth_float = float(VTH_MANT_MAX) if g.kind == "readout" else vth_state * scale
@@ -125,7 +152,7 @@ def netx_params(net: Netlist, g: Group) -> dict[str, Any]:
     bias = np.round(bias_f).astype(np.int64)
     weights, exact = {}, True
     for b in blocks:
-        w = 2 * b.mant.astype(np.int64) << (b.exp - e)
+        w = 2 * b.mant.astype(np.int64) << (exps[b.name] - e)
         if extra:
             exact = exact and not np.any(w % (1 << extra))
             w = np.round(w / 2.0 ** extra).astype(np.int64)
@@ -134,7 +161,7 @@ def netx_params(net: Netlist, g: Group) -> dict[str, Any]:
             "vth_exact": vth == vth_float, "bias": bias,
             "bias_err": float(np.abs(bias_f - bias).max(initial=0.0)),
             "decay_v": int(g.fixed.get("decay_v", 0) or 0), "weights": weights,
-            "weights_exact": exact}
+            "weights_exact": exact, "input_shift": shift}
 
 
 def _why_not(net: Netlist, g: Group, prev: Group, flat: bool) -> str | None:
@@ -209,9 +236,15 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
                   f"{first['reason']}; network.net not written")
         return {"path": None, "layers": [], "not_exported": skipped, "notes": [],
                 "reason": reason}
+    shift = netx_input_shift(net)
+    in_bits -= shift
     notes = [f"input: sent to the first synapse as graded payloads round(x * 2**{in_bits}) "
              "every step (Network(..., input_message_bits="
              f"{payload_bits})); the input layer has no neuron"]
+    if shift:
+        notes.append(f"input: {shift} fraction bits fewer than the netlist's "
+                     f"{in_bits + shift}, so that the first layer's biases fit the 13-bit bias "
+                     "mantissa with exact weights (the hardware semantics send the same)")
     last = exported[-1]
     readout = "voltage" if last.kind == "readout" else "spikes"
     with h5py.File(path, "w") as f:
@@ -240,17 +273,13 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
             if p["extra"]:
                 notes.append(f"{g.name}: NetX unit {p['unit']:g} state integers, 2**"
                              f"{p['extra']} coarser than the weights need, so that the biases "
-                             f"fit Lava's 16-bit bias word" + ("" if p["weights_exact"] else
-                                                              "; weights rounded"))
+                             f"fit the 13-bit bias mantissa" + ("" if p["weights_exact"] else
+                                                                "; weights rounded"))
             if not p["vth_exact"]:
                 notes.append(f"{g.name}: vThMant rounded/clipped to {p['vth']}")
             if p["bias_err"]:
                 notes.append(f"{g.name}: biases rounded to NetX units (max error "
                              f"{p['bias_err']:.3g}; the hardware semantics use the same values)")
-            if np.abs(bias).max(initial=0) > BIAS_MANT_MAX:
-                notes.append(f"{g.name}: biases up to {int(np.abs(bias).max())} NetX units "
-                             f"exceed the 13-bit mantissa (+-{BIAS_MANT_MAX}) of Loihi's CUBA "
-                             "neuron; Lava's CPU model holds them, a chip would not")
             if b.kind == "dense" and len(prev.shape) > 1 and prev is not inp:
                 fl = layers.create_group(str(len(layers)))
                 _type(fl, "flatten")

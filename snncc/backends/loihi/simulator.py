@@ -77,6 +77,13 @@ class _Sim:
         self.by_group: dict[str, int] = {}               # its saturations
         self.peaks: dict[str, int] = {}
         self.f32: tuple[str | None, np.ndarray | None] = (None, None)
+        self.x = np.zeros((0,))                           # the analog input, float64
+
+    def input_payload(self, frac_bits: int) -> np.ndarray:
+        """The analog input as integer payloads ``round(x * 2**frac_bits)`` [1, N, *view]."""
+        top = (1 << (self.fp.payload_bits - 1)) - 1
+        return np.clip(np.round(self.x * 2.0 ** frac_bits), -top, top).astype(np.int64) \
+            .reshape((1, len(self.x)) + self.net.groups[0].view)
 
     def clipped(self, count: int) -> None:
         if count:
@@ -184,7 +191,16 @@ class _Sim:
         group's NetX parameters (weights, threshold and bias as ``network.net`` holds them).
         Returns (spikes as int64 payload [S, N, *view], voltage after each step, same shape)."""
         p = netx_params(self.net, g)
+        if p["input_shift"]:   # the NetX input comes 2**shift coarser (netx_input_shift)
+            inp = self.net.groups[0].name
+            payloads = {**payloads, inp: self.input_payload(self.fp.input_frac_bits
+                                                            - p["input_shift"])}
+            self.peaks.pop(inp, None)          # the caches hold the netlist's input payload
+            self.f32 = (None, None)
         a = self.current(g, payloads, n, weights=p["weights"], bias=0)   # NetX units
+        if p["input_shift"]:
+            self.peaks.pop(inp, None)
+            self.f32 = (None, None)
         if any(b.kind == "conv" for b in self.net.blocks_into(g.name)):
             wrapped = _wrap_signed(a, 24)          # Lava's conv synapse: signed_clamp(x, 24)
             self.wraps += int(np.count_nonzero(wrapped != a)) * (steps if a.shape[0] == 1 else 1)
@@ -289,8 +305,8 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
     sim = _Sim(net, semantics == "hardware", fp)
     n, steps, counted = x.shape[0], net.total_steps, net.counted_steps
     top = (1 << (fp.payload_bits - 1)) - 1
-    payloads = {inp.name: np.clip(np.round(x * 2.0 ** fp.input_frac_bits), -top, top)
-                .astype(np.int64).reshape((1, n) + inp.view)}
+    sim.x = x
+    payloads = {inp.name: sim.input_payload(fp.input_frac_bits)}
     events, values, raw = {}, {}, {}
     for g in net.groups[1:]:
         sim.group = g.name
