@@ -628,6 +628,9 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
         args, extra = parser.parse_known_args(given)
         if extra:   # said with the command's own usage line, not the top-level one
             parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        if getattr(args, "quiet", False) and args.verbose:   # -v is global, -q the command's
+            parser.commands[args.command].error("argument -q/--quiet: not allowed with "
+                                                "argument -v/--verbose")
     except KeyboardInterrupt as exc:  # Ctrl-C while the modules load
         return _interrupted(exc, before)
     _log_to_stderr(args.command, args.verbose)

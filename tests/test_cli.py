@@ -225,9 +225,11 @@ def test_run_notes_a_model_that_snncc_did_not_compile(tmp_path, capsys):
 
 @pytest.mark.parametrize("pair", [["--per-channel", "--per-layer"],
                                   ["--bias-shift", "--no-bias-shift"],
-                                  ["--no-fidelity", "--fidelity-samples", "10"]])
+                                  ["--no-fidelity", "--fidelity-samples", "10"],
+                                  ["-q", "-v"]])
 def test_contradicting_flags_are_a_usage_error(capsys, tmp_path, pair):
-    """The later flag had silently won (--no-fidelity then --fidelity-samples 10 estimated)."""
+    """The later flag had silently won (--no-fidelity then --fidelity-samples 10 estimated; -q
+    -v logged some decisions and printed no pass table)."""
     with pytest.raises(SystemExit) as exc:
         main(["compile", MNIST, "--calib", CALIB, "-o", str(tmp_path / "o.onnx"), *pair])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
