@@ -320,7 +320,9 @@ def _check_inputs(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]) ->
             if shape is not None and len(shape) != len(given):
                 diags.append(_diag("SNN-E116", f"--input-shape gives {len(given)} dims for "
                                    f"'{inp.name}', the model has {len(shape)} ({_fmt(shape)})",
-                                   hint=f"use --input-shape {inp.name}={_fmt(shape)}"))
+                                   hint=f"use --input-shape {inp.name}="
+                                   + "x".join(str(d) if _is_static(d) else "1" for d in shape)
+                                   + " (sizes of the model's free dims are yours to choose)"))
                 continue
             clash = [i for i, (d, g) in enumerate(zip(shape or [], given))
                      if i > 0 and _is_static(d) and d != g]

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 import onnxruntime as ort
 
-from snncc.errors import RuntimeLibraryError
+from snncc.errors import OptionError, RuntimeLibraryError
 
 __all__ = ["DOMAIN", "OP_NAMES", "RUNTIME_OP_NAMES", "library_path", "is_built", "register",
            "session_options", "op_names", "run_neuron", "model_proto"]
@@ -51,6 +51,9 @@ def op_names() -> list[str]:
 
 def register(so: ort.SessionOptions) -> ort.SessionOptions:
     """Register the kernel library with ``so`` (in place) and return it."""
+    if not isinstance(so, ort.SessionOptions):
+        raise OptionError(f"so ({type(so).__name__}) is not an onnxruntime.SessionOptions",
+                          code="SNN-E349", hint="e.g. register(onnxruntime.SessionOptions())")
     path = library_path()
     if not os.path.isfile(path):
         raise RuntimeLibraryError(f"runtime: the kernel library {path} does not exist", code="SNN-E701",
@@ -91,6 +94,10 @@ def run_neuron(op_type: str, x: np.ndarray, attrs: Mapping[str, Any]) -> np.ndar
     them bit for bit (tests/runtime/test_kernels.py)."""
     from onnx import TensorProto, helper
 
+    if op_type not in OP_NAMES or not isinstance(attrs, Mapping):
+        raise OptionError(f"run_neuron({op_type!r}, x, {type(attrs).__name__}): the op must be "
+                          f"one of {', '.join(OP_NAMES)} and attrs a mapping", code="SNN-E349",
+                          hint="e.g. run_neuron('IFNeuron', x, {'T': 4, 'theta': [1.0]})")
     node = helper.make_node(op_type, ["x"], ["y"], domain=DOMAIN, **attrs)
     graph = helper.make_graph([node], op_type, [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])

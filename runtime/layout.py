@@ -22,8 +22,9 @@ both its inputs have a blocked source of the same shape: the Add then reads the 
 counts are fetched, or a Flatten) moves too, with one ReorderOutput for those readers.
 Streaming neurons move too: their state tensors (``state_in/*``, ``state_out/*``, same shapes)
 then hold the membrane in the blocked order. The protocol only passes them from one step to the next of the
-same session (step 0 ignores them), so only a caller that reads membrane values itself sees the
-difference; it should pass ``blocked=False``. Left as they are: neurons without a blocked
+same session (a neuron ignores its state at step 0; a spike-gated max-pool's running sum does not,
+so step 0 gets zero states, as the protocol says), so only a caller that reads membrane values
+itself sees the difference; it should pass ``blocked=False``. Left as they are: neurons without a blocked
 consumer (nothing to save), and everything on a machine without NCHWc (B = 1: ORT inserts no
 reorders).
 """
@@ -42,6 +43,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
+from snncc.errors import OptionError, RuntimeLibraryError
 from snncc.runtime import DOMAIN, model_proto, session_options
 from snncc.runtime.gates import fuse_gates, subgraph_reads, value_shapes, wiring
 from snncc.runtime.pools import fuse_avg_pools
@@ -260,6 +262,9 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
 
     if not isinstance(model, (onnx.ModelProto, str, os.PathLike)):
         ir.read_proto(model)   # SNN-E349
+    if so is not None and not isinstance(so, ort.SessionOptions):
+        raise OptionError(f"so ({type(so).__name__}) is not an onnxruntime.SessionOptions",
+                          code="SNN-E349", hint="pass snncc.runtime.session_options(), or none")
     so = so if so is not None else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
     src: str | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
@@ -293,3 +298,12 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
         if src is not None:
             ir.read_proto(src)   # SNN-E102: not a readable ONNX model
         raise
+    except Exception as exc:   # e.g. a streaming model's ops in SessionOptions without the library
+        proto = model if src is None else onnx.load(src, load_external_data=False)
+        if not any(n.domain == DOMAIN for n in proto.graph.node):
+            raise
+        raise RuntimeLibraryError(
+            f"ONNX Runtime cannot load the model with these SessionOptions ({type(exc).__name__}: "
+            f"{str(exc).strip()[:200]})", code="SNN-E703",
+            hint="register the kernel library in them (snncc.runtime.register(so)), or pass "
+            "no so (snncc.runtime.session_options() is the default)") from exc

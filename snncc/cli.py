@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     shape_help = ("fix dynamic dimensions, e.g. input=1x3x32x32 (repeatable), or 1x3x32x32 for "
-                  "a model with one input")
+                  "a model with one input; the batch dimension stays free")
 
     p = sub.add_parser("inspect", parents=[common],
                        help="list inputs, layers, MACs and unsupported ops",

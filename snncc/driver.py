@@ -146,7 +146,8 @@ def make_options(**kw: Any) -> CompileOptions:
     _choice("schedule", opts.schedule, SCHEDULES, "SNN-E353")
     if not isinstance(opts.timesteps, int) or opts.timesteps < 1:
         raise OptionError(f"-T must be a positive integer, got {opts.timesteps!r}", code="SNN-E354",
-                          hint="snncc targets T = 1 to 8 timesteps; try -T 4")
+                          hint=f"give -T from 1 to {MAX_TIMESTEPS} (snncc targets 1 to 8); "
+                          "try -T 4")
     if opts.timesteps > MAX_TIMESTEPS:
         raise OptionError(f"-T {opts.timesteps} is beyond the supported range 1..{MAX_TIMESTEPS}",
                           code="SNN-E354", hint=f"give -T from 1 to {MAX_TIMESTEPS}; snncc is "

@@ -12,6 +12,7 @@ outputs count several unit events), summed over all slices (a SRP pre-run includ
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -23,6 +24,7 @@ import onnxruntime as ort
 from snncc.errors import ModelInputError, OptionError, RuntimeLibraryError, SnnccError
 from snncc import input_range, ir
 from snncc.ir import SNN_DOMAIN, node_attrs
+from snncc.neurons import NEURONS
 from snncc.neurons.common import binary_events
 from snncc.passes.insert_neurons import spec_for_op
 
@@ -105,6 +107,24 @@ def _zero_states(proto: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
                     for d in inp.type.tensor_type.shape.dim]
             states[inp.name] = np.zeros(dims, dtype=np.float32)
     return states
+
+
+def runtime_rewritten(proto: onnx.ModelProto) -> str:
+    """What marks ``proto`` as rewritten by ``snncc.runtime`` (``layout.blocked_model``,
+    ``gates.fuse_gates``, ``pools.fuse_avg_pools``) for embedding, or '' for a compiled model:
+    ops of ORT's blocked layout, fused kernels that are no registry neuron, or neurons given a
+    ``channel_block``."""
+    marks = []
+    if any(n.domain == "com.microsoft.nchwc" for n in proto.graph.node):
+        marks.append("ORT's blocked layout")
+    from snncc.runtime import RUNTIME_OP_NAMES
+
+    fused = sorted({n.op_type for n in neuron_nodes(proto) if n.op_type in RUNTIME_OP_NAMES})
+    if fused:
+        marks.append("fused kernels " + ", ".join(fused))
+    if any(a.name == "channel_block" for n in neuron_nodes(proto) for a in n.attribute):
+        marks.append("neurons with channel_block")
+    return "; ".join(marks)
 
 
 def data_inputs(proto: onnx.ModelProto) -> list[str]:
@@ -206,19 +226,44 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
             "ONNX function bodies implement the folded form only (no state inputs)",
             code="SNN-E703", hint="drop --no-library (build the kernels with "
             "scripts/build_runtime.sh), or compile with --schedule folded")
+    from snncc.runtime import RUNTIME_OP_NAMES
+
+    unknown = sorted({n.op_type for n in neuron_nodes(proto) if spec_for_op(n.op_type) is None
+                      and n.op_type not in RUNTIME_OP_NAMES})
+    if unknown:
+        raise ModelInputError(f"op(s) {', '.join(unknown)} of domain {SNN_DOMAIN} are no snncc "
+                              "neuron or runtime kernel", code="SNN-E241",
+                              hint="run a model written by snncc compile (neuron ops: "
+                              + ", ".join(sorted(s.op_type for s in NEURONS.values())) + ")")
+    rewritten = runtime_rewritten(proto)
+    notes = []
+    if rewritten:   # snncc.runtime's embedding rewrite (blocked layout, fused kernels) of a model
+        if not use_library:
+            raise RuntimeLibraryError(
+                f"this model was rewritten by snncc.runtime for embedding ({rewritten}): it "
+                "runs only with the C++ kernel library", code="SNN-E703",
+                hint="drop --no-library, or run the compiled model it was made from")
+        if spike_counts:
+            notes.append(f"note: this model was rewritten by snncc.runtime ({rewritten}): it ran "
+                         "as it is, without spike counts (its neurons' outputs are in ORT's "
+                         "blocked layout or fused with the pool after them); run the compiled "
+                         "model it was made from for them (snncc run rewrites it the same way)")
+            logging.getLogger("snncc.run").warning("%s", notes[-1][len("note: "):])
+        spike_counts, optimize, use_library = False, False, True
     names: dict[str, str] = {}
     # the model's own outputs (a streaming model may output a neuron's spikes as they are)
     own_outputs = [o.name for o in proto.graph.output if not o.name.startswith("state_out/")]
     if spike_counts:
         proto, names = with_neuron_outputs(proto)
-    attrs = {n.name: node_attrs(n) for n in neuron_nodes(proto)}
-    specs = {n.name: spec_for_op(n.op_type) for n in neuron_nodes(proto)}
+    attrs = {n.name: node_attrs(n) for n in neuron_nodes(proto)} if not rewritten else {}
+    specs = {n.name: spec_for_op(n.op_type) for n in neuron_nodes(proto)} if not rewritten \
+        else {}
     # a decoded output (window mean) holds no spike elements: its events are binary spikes of
     # the train it stands for (bit-serial: popcount of q)
     decoded = {k: bool(spec.decoded_attr and attrs[k].get(spec.decoded_attr))
                for k, spec in specs.items()}
     try:
-        sess = _session(proto, use_library, optimize)
+        sess = _session(proto, use_library, optimize and not rewritten)
     except RuntimeLibraryError as exc:
         if exc.code == "SNN-E701" and meta.get("snncc.schedule") != "streaming":
             raise RuntimeLibraryError(exc.message, code=exc.code, hint=exc.hint + "; or run "
@@ -238,7 +283,7 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
                        {n: 0 for n in names} if spike_counts else None,
                        samples=len(next(iter(inputs.values()))),
                        slices=int(meta.get("snncc.steps", 1)),
-                       warnings=[f"warning: {w}" for w in scale_warnings])
+                       warnings=[f"warning: {w}" for w in scale_warnings] + notes)
 
     def count(values: dict[str, np.ndarray]) -> None:
         for node, tensor in names.items():

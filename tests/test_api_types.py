@@ -33,6 +33,21 @@ def _session(model):
     return session(model)
 
 
+def _layout_session(model, **kw):
+    from snncc.runtime.layout import session
+    return session(model, **kw)
+
+
+def _register(so):
+    from snncc.runtime import register
+    return register(so)
+
+
+def _run_neuron(op, x, attrs):
+    from snncc.runtime import run_neuron
+    return run_neuron(op, x, attrs)
+
+
 @pytest.mark.parametrize("call, code", [
     (lambda: make_options(target="qann", levels="8"), "SNN-E349"),
     (lambda: make_options(target="qann", levels=4.5), "SNN-E349"),
@@ -80,6 +95,12 @@ def _session(model):
     (lambda: _session(CALIB), "SNN-E102"),
     (lambda: run_compiled(MODEL, X[:, :, :14]), "SNN-E105"),
     (lambda: run_compiled(MODEL, X[None]), "SNN-E105"),
+    # an embedding user's audit: ORT's or Python's own errors, one blaming the library
+    (lambda: _register(None), "SNN-E349"),
+    (lambda: _register("x"), "SNN-E349"),
+    (lambda: _layout_session(MODEL, so="x"), "SNN-E349"),
+    (lambda: _run_neuron("IFNeuron", X, None), "SNN-E349"),
+    (lambda: _run_neuron("Relu", X, {}), "SNN-E349"),
 ])
 def test_wrong_types_are_coded_errors(tmp_path, monkeypatch, call, code):
     monkeypatch.chdir(tmp_path)
@@ -136,9 +157,9 @@ def test_revalidation_keeps_what_was_given_and_checks_everything():
 
 def test_loihi_warnings_reach_the_compile_result(tmp_path):
     """They went through logging only: a library user's CompileResult.warnings was empty."""
-    res = compile_model(MODEL, tmp_path / "l", make_options(target="loihi", calib_path=CALIB,
-                                                            fidelity_samples=0))
-    assert any("13-bit bias mantissa" in w for w in res.warnings)
+    res = compile_model(str(EXAMPLES / "mnist_resnet.onnx"), tmp_path / "l", make_options(
+        target="loihi", calib_path=str(EXAMPLES / "mnist_resnet_calib.npz"), fidelity_samples=0))
+    assert any("network.net holds the first" in w for w in res.warnings)   # a residual net
 
 
 def test_runtime_helpers_give_coded_errors(tmp_path):
@@ -167,3 +188,8 @@ def test_runtime_helpers_give_coded_errors(tmp_path):
     assert err.value.code == "SNN-E683"
     stepper = StreamStepper(sess, str(stream), {"input": X.astype(np.float64)})   # a path, f64
     assert next(iter(stepper.step(0).values())).shape == (2, 10)
+    # SessionOptions without the library: ORT's "Type parameter (Tin0) ... bound to different
+    # types" for a streaming model; now said to need the kernel library
+    with pytest.raises(SnnccError) as err:
+        layout.session(stream, ort.SessionOptions())
+    assert err.value.code == "SNN-E703" and "register" in err.value.hint

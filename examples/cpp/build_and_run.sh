@@ -3,10 +3,15 @@
 #   BUILD_DIR      build directory (default: build/examples-cpp at the repository root)
 #   ORT_LIBRARY    ONNX Runtime shared library (default: the onnxruntime Python wheel's capi/libonnxruntime.so.1.*)
 #   SNNCC_ORT_HEADERS, SNNCC_RUNTIME_LIB   as for scripts/build_runtime.sh / snncc.runtime
+#   SNNCC_ROOT     the snncc repository (default: two folders above this script; set it when
+#                  this folder was copied elsewhere: its sources are built, the repository's
+#                  scripts/build_runtime.sh provides the headers and the kernel library)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="${SNNCC_ROOT:-$(cd "$HERE/../.." && pwd)}"
 die() { echo "build_and_run.sh: error: $*" >&2; exit 1; }
 [[ $# -ge 1 && $# -le 2 ]] || die "usage: $0 MODEL.onnx [INPUT.f32]"
+[[ -f "$ROOT/scripts/build_runtime.sh" ]] || die "no snncc repository at $ROOT (no scripts/build_runtime.sh); set SNNCC_ROOT to it when this folder was copied elsewhere"
 
 "$ROOT/scripts/build_runtime.sh" >/dev/null   # headers + kernel library (idempotent)
 ORT_INC="${SNNCC_ORT_HEADERS:-$ROOT/third_party/onnxruntime-headers/usr/include/onnxruntime}"
@@ -19,7 +24,7 @@ if [[ -z "${ORT_LIBRARY:-}" ]]; then
 fi
 BUILD_DIR="${BUILD_DIR:-$ROOT/build/examples-cpp}"
 
-cmake -S "$ROOT/examples/cpp" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
+cmake -S "$HERE" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
       -DORT_INCLUDE_DIR="$ORT_INC" -DORT_LIBRARY="$ORT_LIBRARY" >/dev/null || die "cmake configure failed"
 cmake --build "$BUILD_DIR" >/dev/null || die "cmake build failed"
 exec "$BUILD_DIR/classify" "$1" "$KERNELS" ${2:+"$2"}

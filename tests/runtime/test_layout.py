@@ -274,3 +274,47 @@ def test_residual_adds_move_with_their_neurons(residual, stem, neuron, schedule)
         a, b = (s.step(g) for s in steppers)
         for k in b:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"step {g}, {k}")
+
+
+def test_snncc_run_takes_a_model_the_runtime_rewrote(compiled, residual, tmp_path, capsys):
+    """A model saved from blocked_model, fuse_gates or fuse_avg_pools (what the README tells a
+    C++ app to load) runs in `snncc run` as it is: the outputs of the compiled model it came
+    from, without spike counts (said). It had ended in an internal error (AttributeError on the
+    fused kernels) or SNN-E302 (channel_block). --no-library is SNN-E703; an unknown op of our
+    domain SNN-E241."""
+    from snncc.cli import main
+    from snncc.errors import ModelInputError, RuntimeLibraryError
+    from snncc.runtime.gates import fuse_gates
+    from snncc.runtime.pools import fuse_avg_pools
+    from snncc.simulate import run_compiled, runtime_rewritten
+
+    x = np.load(EXAMPLES / "mnist_test.npz")["x"][:16].astype(np.float32)
+    cases = [(compiled["mnist_cnn", "bitserial"],
+              lambda m: fuse_avg_pools(layout.blocked_model(m)[0])[0], x),
+             (compiled["mnist_cnn", "mt"], lambda m: layout.blocked_model(m)[0], x),
+             (residual["maxpool", "if", "folded"], lambda m: fuse_gates(m)[0],
+              np.random.default_rng(1).random((5, 3, 12, 12), dtype=np.float32))]
+    for model, rewrite, xs in cases:
+        new = rewrite(model)
+        assert not runtime_rewritten(model)
+        if not runtime_rewritten(new):   # no blocked layout on this machine: nothing to rewrite
+            assert layout.block_size() <= 1
+            continue
+        want = run_compiled(model, xs).outputs
+        got = run_compiled(new, xs)
+        assert got.spikes_per_layer is None and "without spike counts" in got.warnings[-1]
+        for k in want:
+            np.testing.assert_array_equal(got.outputs[k], want[k])
+        with pytest.raises(RuntimeLibraryError) as exc:
+            run_compiled(new, xs, use_library=False)
+        assert exc.value.code == "SNN-E703"
+    onnx.save(new, tmp_path / "r.onnx")
+    np.save(tmp_path / "x.npy", xs)
+    assert main(["run", str(tmp_path / "r.onnx"), "--input", str(tmp_path / "x.npy")]) == 0
+    assert "rewritten by snncc.runtime" in capsys.readouterr().err
+    for n in new.graph.node:
+        if n.domain == DOMAIN:
+            n.op_type = "FooNeuron"
+    with pytest.raises(ModelInputError) as exc:
+        run_compiled(new, xs)
+    assert exc.value.code == "SNN-E241" and "FooNeuron" in exc.value.message
