@@ -52,6 +52,13 @@ def saturating_bias():
                                                                 np.float32))]), theta=[1.0]))
 
 
+def too_many_levels():
+    """GN with tau = 2**18: its largest threshold is 2**18 state units, more than the 16-bit
+    threshold target leaves fraction bits for (a crash, 'negative shift count', before)."""
+    g = Graph((1, 4, 4))
+    return g.model(g.neuron(g.conv("x", 1, 2), "GroupNeuron", tau=1 << 18))
+
+
 def wide_dense():
     g = Graph((8, 8, 8))
     s = g.neuron(g.conv("x", 8, 8))
@@ -88,6 +95,7 @@ CASES = {  # builder, backend, expected codes (all collected)
     "maxpool_and_product": (unsupported_ops, LoihiBackend(), {"SNN-E270"}, 2),
     "weights_saturate": (saturating_weights, LoihiBackend(), {"SNN-E630"}, 1),
     "bias_saturates": (saturating_bias, LoihiBackend(), {"SNN-E631"}, 1),
+    "threshold_too_large": (too_many_levels, LoihiBackend(), {"SNN-E632"}, 1),
     "fan_in_exceeds_core": (wide_dense, LoihiBackend(limits=CoreLimits(in_axons=256)),
                             {"SNN-E640"}, 1),
     "dilation_and_reshape": (dilated_conv_and_reshape, LoihiBackend(), {"SNN-E271"}, 2),

@@ -175,6 +175,7 @@ def _units(net: Netlist, g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> N
                                 f"{g.frac_bits} fraction bits, fewer than {fp.vth_exp}",
                                 pass_name=PASS, node=g.source,
                                 hint="use fewer levels per neuron or raise vth_target_bits"))
+        g.frac_bits = fp.vth_exp   # an error already: the rest of the layout must not fail on it
 
 
 def _fit_frac_bits(net: Netlist, g: Group, fp: FixedPoint) -> None:
@@ -328,12 +329,15 @@ def quantize(net: Netlist, fp: FixedPoint = FixedPoint(), *,
         if bits != fp.input_frac_bits:
             fp = replace(fp, input_frac_bits=bits)
     _layout(net, fp, diags)
+    # a group whose threshold does not fit (E632) has no fraction bits to give: its weight and
+    # bias saturations follow from that, and would only repeat it
+    unfit = {d.node for d in diags if d.code == "SNN-E632"}
     weights = []
     for b in net.blocks:
         src, dst = net.group(b.src), net.group(b.dst)
         rec = _quantize_block(b, folded_weight(b, src, dst), fp)
         weights.append(rec)
-        if rec["saturated"]:
+        if rec["saturated"] and dst.source not in unfit:
             diags.append(Diagnostic(
                 "SNN-E630", f"block {b.name}: weights need an exponent above "
                 f"{fp.weight_exp_max}, so 8-bit mantissas saturate (max relative error "
@@ -346,7 +350,7 @@ def quantize(net: Netlist, fp: FixedPoint = FixedPoint(), *,
         if g.kind in ("neuron", "readout", "relay"):
             rec = _quantize_bias(g, fp)
             biases.append(rec)
-            if rec["saturated"]:
+            if rec["saturated"] and g.source not in unfit:
                 diags.append(Diagnostic(
                     "SNN-E631", f"group {g.name}: biases exceed the 13-bit mantissa with "
                     f"exponent <= {fp.bias_exp_max} (max error {rec['max_abs_err']:.3g})",
