@@ -29,6 +29,7 @@ import argparse
 import html
 import json
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -332,7 +333,8 @@ def report_command(args: argparse.Namespace) -> int:
     from snncc.backends.loihi.netlist import load
     from snncc.backends.loihi.simulator import saturation_message, simulate
     from snncc.driver import compile_model, make_options, rehearse
-    from snncc.errors import BackendCapabilityError, OptionError, SnnccError
+    from snncc.errors import BackendCapabilityError, ModelInputError, OptionError, SnnccError
+    from snncc.ir import SNN_DOMAIN, read_proto
     from snncc.outputs import file_output, scratch
     from snncc.run import load_inputs
     from snncc.simulate import run_compiled
@@ -351,6 +353,12 @@ def report_command(args: argparse.Namespace) -> int:
     args.output = str(default_report_path(args.model) if implied else
                       file_output(args.output, example="report.md", command="report"))
     check_report_outputs(args.output, inputs, implied=implied)
+    if any(n.domain == SNN_DOMAIN for n in read_proto(args.model).graph.node):
+        raise ModelInputError(f"'{args.model}' spikes already (a snncc finetune --iir or --mt "
+                              "output): snncc report compares an ANN with the SNNs compiled "
+                              "from it, and this model has no ANN", code="SNN-E662",
+                              hint=f"snncc compile {shlex.quote(args.model)}, then snncc run "
+                              "the result on labelled data")
     common = dict(neuron=args.neuron, calib_path=args.calib or args.data,
                   calib_method=args.calib_method, maxpool=args.maxpool,
                   fidelity_samples=0)   # its own accuracy figures replace the estimate
@@ -374,10 +382,11 @@ def report_command(args: argparse.Namespace) -> int:
                     f"of why{avg}")
         args.target = "ort"
         print(f"snncc report: note: {fallback}", file=sys.stderr)
-    x, labels = load_inputs(args.data)
-    x = x[:args.samples]
     from snncc import ir
     from snncc.passes.quant_clip import activation_sites
+
+    x, labels = load_inputs(args.data)
+    x = x[:args.samples]
 
     # a QCFS-trained graph (snncc finetune) carries its lambdas: --data calibrates nothing
     calibrates = any(s.kind != "pattern" for s in activation_sites(ir.load(args.model).graph))

@@ -295,6 +295,27 @@ def test_cli_iir_writes_every_stage(tmp_path):
     assert "MaxPool" in [n.op_type for n in out.graph.node]  # kept without --maxpool avg
 
 
+
+def test_a_spiking_source_compiles_with_calib_and_has_no_ann_to_compare(tmp_path, capsys):
+    """Compiling an --iir output with --calib ended in an internal error (the fidelity check ran
+    the source graph, LIF ops and all, in plain ORT); report failed with a misleading E102.
+    There is no ANN to compare with: compile says so and writes the SNN, --min-agreement is
+    SNN-E368, report SNN-E662 (nothing written)."""
+    from snncc.cli import main
+
+    _run_cli(tmp_path, "--iir", "--timesteps", "2", "--threshold-steps", "2")
+    capsys.readouterr()
+    base = ["compile", str(tmp_path / "out.onnx"), "--calib", str(tmp_path / "train.npz"),
+            "--fidelity-samples", "8", "-q"]
+    assert main([*base, "-o", str(tmp_path / "s.onnx")]) == 0
+    assert "no fidelity estimate: the model spikes already" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "m.onnx"), "--min-agreement", "0.9"]) == 2
+    assert "SNN-E368" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
+    assert main(["report", str(tmp_path / "out.onnx"), "--data", str(tmp_path / "val.npz"),
+                 "-o", str(tmp_path / "r.md")]) == 2
+    assert "SNN-E662" in capsys.readouterr().err and not (tmp_path / "r.md").exists()
+
+
 def test_unsupported_ops_are_listed_together():
     model = tiny_model("""
         <ir_version: 8, opset_import: ["" : 17]>
