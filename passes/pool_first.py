@@ -151,3 +151,7 @@ class PoolFirstPass(Pass):
                     node.inputs[i] = pooled
         last = site.nodes[-1]
         last.outputs[[i for i, t in enumerate(last.outputs) if t is y][0]] = p
+        for node in site.nodes:   # the activation's inner tensors now hold pooled maps: their
+            for t in node.outputs:  # shapes from before (a QCFS pattern's, in value_info) are
+                if t is not p:      # stale, and onnx.checker refused the QANN (SNN-E525)
+                    t.shape = None

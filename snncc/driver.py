@@ -404,14 +404,16 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
         ctx.event_taps = pool_taps(count_net) if not isinstance(count_net, dict) else {}
     # a source that spikes already (snncc finetune --iir / --mt) has no ANN to compare with:
     # its graph is the SNN itself (ORT could not even run it without the kernel library)
-    spiking_source = any(n.domain == ir.SNN_DOMAIN for n in snap.proto("canonicalize").graph.node)
-    if spiking_source and fidelity_wanted and ctx.holdout:
+    estimating = bool(fidelity_wanted and ctx.holdout)   # the snapshots exist only then
+    spiking_source = estimating and any(n.domain == ir.SNN_DOMAIN
+                                        for n in snap.proto("canonicalize").graph.node)
+    if spiking_source:
         warnings.append("note: no fidelity estimate: the model spikes already (a snncc finetune "
                         "--iir or --mt output), so there is no ANN to compare with; its "
                         "accuracy is what snncc run measures on labelled data")
     fid = fidelity.estimate(snap.proto("canonicalize"), _as_pooled(snap.proto(
         "relu-to-quant-clip"), options), backend, model, ctx) \
-        if fidelity_wanted and ctx.holdout and not spiking_source else None
+        if estimating and not spiking_source else None
     if min_agreement is not None and fid is None and spiking_source:
         raise OptionError("--min-agreement: the model spikes already, so there is no ANN to "
                           "measure the agreement against", code="SNN-E368",

@@ -181,3 +181,48 @@ def test_a_split_first_layer_concat_moves_every_part_and_nested_concats_split_fu
     counts = report.rows[-1].counts
     assert counts["maxpool_split_over_concat"] == 2 and counts["maxpool_moved"] == 3
     assert report.rows[-1].declines == []
+
+
+def test_a_qcfs_pattern_before_the_stem_pool_keeps_a_valid_qann(tmp_path):
+    """A snncc finetune output (QCFS pattern in ONNX ops, value_info from the exporter) with a
+    stem max-pool: pool-first moved the pool but left the pattern's inner tensors at their
+    unpooled shapes, and onnx.checker refused the QANN (SNN-E525). Its QANN now equals the
+    source on every sample."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from snncc.driver import compile_model, make_options
+
+    model = stem_net(second_pool=False, bn=False)
+    g = model.graph
+    consts = {"lam": 2.0, "L": 4.0, "half": 0.5, "zero": 0.0, "one": 1.0}
+    g.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), f"q.{k}")
+                         for k, v in consts.items())
+    for r, relu in enumerate([n for n in g.node if n.op_type == "Relu"]):   # both activations
+        z, y = relu.input[0], relu.output[0]
+        chain = [("Div", [z, "q.lam"]), ("Mul", ["q.L"]), ("Add", ["q.half"]), ("Floor", []),
+                 ("Div", ["q.L"]), ("Clip", ["q.zero", "q.one"]), ("Mul", ["q.lam"])]
+        nodes, prev = [], None
+        for i, (op, ins) in enumerate(chain):
+            out = y if i == len(chain) - 1 else f"q{r}/{i}"
+            nodes.append(helper.make_node(op, ins if prev is None else [prev, *ins], [out],
+                                          name=f"q{r}/{op}_{i}"))
+            prev = out
+        at = list(g.node).index(relu)
+        g.node.remove(relu)
+        for k, n in enumerate(nodes):
+            g.node.insert(at + k, n)
+    model = onnx.shape_inference.infer_shapes(model)   # value_info at the unpooled shape
+    assert any(v.name == "q0/3" for v in model.graph.value_info)
+    src = tmp_path / "qcfs.onnx"
+    onnx.save(model, src)
+    compile_model(src, tmp_path / "q.onnx", make_options(target="qann"))
+    x = np.random.default_rng(0).random((8, 3, 12, 12), dtype=np.float32)
+    name = model.graph.input[0].name
+    for path in (src, tmp_path / "q.onnx"):   # the model fixes its batch at 1
+        sess = ort.InferenceSession(str(path))
+        out = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(8)])
+        if path == src:
+            want = out
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5)
