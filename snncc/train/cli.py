@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from snncc.cli import parse_floats
-from snncc.errors import CalibrationError, OptionError
+from snncc.errors import CalibrationError, ModelInputError, OptionError
 
 __all__ = ["add_finetune_arguments", "run_finetune"]
 
@@ -198,7 +198,13 @@ def _num_classes(module, sample_shape) -> int | None:
             out = module.eval()(torch.zeros(1, *sample_shape))
     except Exception:   # the shape check reports it
         return None
-    return int(out.shape[1]) if out.dim() == 2 else None
+    if out.dim() != 2:   # e.g. [N, 10, 1, 1] of a final 1x1 conv: the loss needs [N, classes]
+        raise ModelInputError(
+            f"the model's output '{module.output_name}' has shape {list(out.shape)} for one "
+            "sample; fine-tuning trains a classifier whose output is [N, classes]",
+            code="SNN-E808", hint="export the model with a Flatten (or Reshape to [N, -1]) "
+            "after its last layer")
+    return int(out.shape[1])
 
 
 def _open(path: str, module, args: argparse.Namespace, what: str):
@@ -217,7 +223,7 @@ def _open(path: str, module, args: argparse.Namespace, what: str):
     return ds
 
 
-def _load_checkpoint(path: str, levels: int) -> dict:
+def _load_checkpoint(path: str, levels: int, recipe: dict) -> dict:
     import torch
 
     try:
@@ -236,6 +242,13 @@ def _load_checkpoint(path: str, levels: int) -> dict:
     if state.get("levels") != levels:
         raise CalibrationError(f"finetune: checkpoint '{path}' was written with -L {state.get('levels')}, not "
                                f"-L {levels}", code="SNN-E811", hint="resume with the same options")
+    saved = state.get("recipe") or {}   # none in checkpoints of an earlier snncc
+    differ = [f"{k} {recipe[k]} (checkpoint: {v})" for k, v in saved.items()
+              if k in recipe and v != recipe[k]]
+    if differ:
+        raise CalibrationError(f"finetune: checkpoint '{path}' was written with other options: "
+                               + ", ".join(differ), code="SNN-E811",
+                               hint="resume with the options the checkpoint was written with")
     return state
 
 
@@ -317,15 +330,24 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
     if not snn:
         from snncc.train.finetune import finetune_module
 
-        resume = _load_checkpoint(args.resume, args.levels) if args.resume else None
+        loop_T = args.snn_timesteps if args.snn_timesteps is not None else (args.levels if args.levels <= 8 else 0)
+        # what a resumed run must share with the checkpoint's (its optimizer and schedule state
+        # carry lr, weight decay and warmup: another value had been silently ignored, while
+        # another --distill or --snn-timesteps had silently applied to the remaining epochs)
+        recipe = {"--lr": args.lr or 0.003, "--weight-decay": args.weight_decay,
+                  "--warmup": args.warmup, "--distill": args.distill,
+                  "--temperature": args.temperature, "--snn-timesteps": loop_T,
+                  "--sparsity": args.sparsity, "--bn": args.bn, "--maxpool": args.maxpool,
+                  "--lambda-init": args.lambda_init}
+        resume = _load_checkpoint(args.resume, args.levels, recipe) if args.resume else None
 
         def save_checkpoint(state: dict) -> None:
             if args.checkpoint and rank == 0:
                 state["levels"] = args.levels
+                state["recipe"] = recipe
                 with atomic_file(args.checkpoint) as tmp:
                     torch.save(state, tmp)
 
-        loop_T = args.snn_timesteps if args.snn_timesteps is not None else (args.levels if args.levels <= 8 else 0)
         res = finetune_module(module, train, val, levels=args.levels, epochs=args.epochs or 3,
                               sparsity=args.sparsity, lr=args.lr or 0.003, batch_size=args.batch_size or 64,
                               lambda_init=args.lambda_init, calib_samples=args.calib_samples, distill=args.distill,

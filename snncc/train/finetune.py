@@ -546,7 +546,9 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
         scheduler.load_state_dict(resume["scheduler"])
         history = [EpochStats(**h) for h in resume.get("history", [])]
         start_epoch = int(resume["epoch"]) + 1
-        ann_acc, init_acc = resume.get("ann_val_acc", ann_acc), resume.get("init_val_acc")
+        # this run's --val measures the ANN (the checkpoint's run may have had none, or other
+        # data); before-training accuracy only the checkpoint's run could measure
+        init_acc = resume.get("init_val_acc") if val_loader is not None else None
         if "torch_rng" in resume:
             torch.set_rng_state(resume["torch_rng"])
 

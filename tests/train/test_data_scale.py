@@ -247,6 +247,13 @@ def test_resume_continues_where_the_checkpoint_stopped(tmp_path):
     with pytest.raises(OptionError) as err:   # the schedule's length names the --epochs to give
         _finetune(*common, "--epochs", "3", "-o", tmp_path / "x.onnx", "--resume", tmp_path / "c.pt")
     assert err.value.code == "SNN-E811" and "that is --epochs 2" in str(err.value)
+    # options the optimizer state carries (--lr: had been silently ignored) or that would change
+    # the remaining epochs (--distill: had silently applied)
+    with pytest.raises(CalibrationError) as err:
+        _finetune(*common, "--epochs", "2", "--lr", "0.3", "--distill", "0", "-o",
+                  tmp_path / "x.onnx", "--resume", tmp_path / "c.pt")
+    assert err.value.code == "SNN-E811" and "--lr 0.3 (checkpoint: 0.003)" in str(err.value)
+    assert "--distill 0.0 (checkpoint: 0.5)" in str(err.value)
 
 
 # ------------------------------------------------------------------------------- two processes

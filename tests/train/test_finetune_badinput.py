@@ -228,3 +228,25 @@ def test_a_stage_file_never_replaces_a_final_output_of_that_name(tmp_path, capsy
         onnx.helper.set_model_props(model, {"snncc.train": json.dumps(meta)})
         onnx.save(model, tmp_path / "a.T2.onnx")
         assert written_by_snncc(tmp_path / "a.T2.onnx", "stage") is ours
+
+
+def test_an_output_of_more_than_two_dims_is_refused(tmp_path, data, capsys):
+    """A classifier whose last layer is a 1x1 conv ([N, 10, 1, 1]) ended in an internal error
+    from the loss ('only batches of spatial targets supported')."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(MODEL)
+    g = model.graph
+    old = g.output[0].name
+    g.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), "axes23"))
+    g.node.append(helper.make_node("Unsqueeze", [old, "axes23"], ["y4"]))
+    g.output.pop()
+    g.output.append(helper.make_tensor_value_info("y4", onnx.TensorProto.FLOAT, None))
+    onnx.save(model, tmp_path / "four.onnx")
+    before = _snapshot(tmp_path)
+    rc = main(["finetune", str(tmp_path / "four.onnx"), "--data", str(data[0]), "-o",
+               str(tmp_path / "out.onnx"), "--epochs", "1", "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "[SNN-E808]" in err and "[1, 10, 1, 1]" in err and "Flatten" in err
+    assert _snapshot(tmp_path) == before
