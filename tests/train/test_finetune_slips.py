@@ -78,3 +78,22 @@ def test_resume_with_another_models_checkpoint_is_a_coded_error(tmp_path, data, 
     err = capsys.readouterr().err
     assert "[SNN-E811]" in err and "written for another model" in err and "internal" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_run_that_ends_below_where_it_started_warns(tmp_path, data, capsys):
+    """--lr 0.5 took a user's QCFS net from 91.5 % before training to 65.5 % after; the last
+    epoch was written with no word (the --iir stages had such a warning)."""
+    assert _finetune(DIGITS, "--data", data, "--val", data, "--lr", "0.5", "--snn-timesteps", "0",
+                     "-o", tmp_path / "o.onnx") == 0
+    err = capsys.readouterr().err
+    assert "warning: the written model (the last epoch) reaches" in err and "--lr" in err
+
+
+def test_data_and_val_on_other_scales_warn(tmp_path, data, capsys):
+    """Float images x 255 for --data and 0..1 for --val: a user's QCFS net went from 92.5 % to
+    12.5 % on --val with no word (integer images have their own check)."""
+    with np.load(data) as d:
+        np.savez(tmp_path / "x255.npz", x=d["x"] * 255, y=d["y"])
+    assert _finetune(DIGITS, "--data", tmp_path / "x255.npz", "--val", data, "--snn-timesteps",
+                     "0", "-o", tmp_path / "o.onnx") == 0
+    assert "warning: --data reaches 255 and --val 1" in capsys.readouterr().err
