@@ -278,9 +278,10 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
                        "fine-tuning trains the net for its quantization)")
         return out
     if options.target == "nir":   # NIR takes IF/LIF only; its loss is the reset to zero
-        out.append("--target ort or loihi: NIR's IF/LIF nodes reset to zero (the --allow-lossy "
-                   "export), which drops the charge above threshold that the compiled SNN keeps; "
-                   "the NIR estimate measures that network")
+        out.append("--target ort (or loihi, whose netlist keeps the soft reset; its "
+                   "network.net resets to zero as NIR does): NIR's IF/LIF nodes reset to zero "
+                   "(the --allow-lossy export), which drops the charge above threshold that the "
+                   "compiled SNN keeps; the NIR estimate measures that network")
         return out
     if options.neuron != "bitserial" and options.timesteps >= 2:
         out.append(f"--neuron bitserial (equals its {2 ** options.timesteps - 1}-level QANN at "
@@ -362,7 +363,8 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
     agree = fid[key]["top1_agreement"]
     if agree is None:  # one output per sample: nothing to gate on
         return []
-    what = ("the compiled network" if key == "snn_vs_ann" else "the compiled QANN"
+    what = (("the NIR network" if options.target == "nir" else "the compiled network")
+            if key == "snn_vs_ann" else "the compiled QANN"
             if options.target == "qann" else "the QANN (" + fid.get(
                 "note", "the target cannot evaluate the SNN at compile time") + ")")
     ranked = hints(options, fid, model, finetune, max_pools)

@@ -304,8 +304,17 @@ def run_command(args: argparse.Namespace) -> int:
         x, labels = load_inputs(args.input)
         stored = input_range.parse(net.meta.get("calibration_inputs"))
         input_range.warn(stored, {name: x for name in stored} if len(stored) == 1 else {})
-        all_outputs, events = run_netlist(net, x,
-                                          semantics=getattr(args, "semantics", None) or "emulated")
+        semantics = getattr(args, "semantics", None) or "emulated"
+        netx = net.meta.get("netx") or {}
+        if semantics == "hardware" and not (netx.get("path") and not netx.get("not_exported")):
+            held = (f"network.net holds the first {len(netx.get('layers', []))} of "
+                    f"{len(netx.get('layers', [])) + len(netx.get('not_exported', []))} layers"
+                    if netx.get("path") else "the folder has no network.net")
+            rest = "the other layers" if netx.get("path") else "every layer"
+            print(f"snncc run: note: {held}; the hardware semantics run {rest} with stock rules "
+                  "too (> and a reset to 0 for every neuron), which no Lava file checks",
+                  file=sys.stderr)
+        all_outputs, events = run_netlist(net, x, semantics=semantics)
         activity = _netlist_activity(net, events, max(len(x), 1))
     else:
         from snncc import ir

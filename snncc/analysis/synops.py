@@ -500,5 +500,7 @@ def format_synops_line(section: Mapping[str, Any] | None) -> str:
     if "loihi" in section["energy"]:
         line += f"; Loihi {section['energy']['loihi']['snn_pj'] * 1e-6:.3g} uJ"
     n = int(m["samples"])
-    return line + f" (measured on {n} sample{'' if n == 1 else 's'})"
+    # a Loihi netlist's spikes are its own neurons' (soft reset), not network.net's stock ones
+    how = ", the netlist's own neurons" if "emulated semantics" in str(m.get("source")) else ""
+    return line + f" (measured on {n} sample{'' if n == 1 else 's'}{how})"
 

@@ -113,6 +113,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                                       "per process, cuda:LOCAL_RANK)")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (with -v, one log line per epoch instead)")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="print nothing on success but warnings (stderr); no progress bars")
 
 
 def _stage_path(output: Path, T: int) -> Path:
@@ -237,7 +239,13 @@ def _open(path: str, module, args: argparse.Namespace, what: str):
     size = args.input_size
     if size is None and len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:]):
         size = (dims[2], dims[3])
-    ds = open_dataset(path, channels=channels, size=size, mean=args.mean, std=args.std, what=what)
+    # known before the data is read where the model fixes its input: an image folder with more
+    # class folders than outputs is then said as such (it was 'label 10 is out of range' for
+    # folder '9', the folders sorting as text)
+    known = _num_classes(module, (channels, *size)) if channels and size and len(dims) == 4 \
+        else None
+    ds = open_dataset(path, channels=channels, size=size, mean=args.mean, std=args.std, what=what,
+                      num_classes=known)
     check_input_shape(ds, dims, what)
     classes = _num_classes(module, ds.sample_shape)
     check_labels(ds.y, len(ds), classes, f"{what} '{path}'")
@@ -332,7 +340,7 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
     from snncc.train.onnx_to_torch import load_onnx_module
 
     rank = dist_info()[0]
-    say = print if rank == 0 else (lambda *a, **k: None)
+    say = print if rank == 0 and not args.quiet else (lambda *a, **k: None)
     module = load_onnx_module(args.model)
     train = _open(args.data, module, args, "training data")
     val = _open(args.val, module, args, "validation data") if args.val else None
@@ -347,7 +355,7 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
     if rank == 0 and val is not None:
         _warn_if_scales_differ(train, val)
     common = dict(maxpool=args.maxpool, val_every=args.val_every, device=args.device, seed=args.seed,
-                  progress=not args.no_progress and rank == 0)
+                  progress=not (args.no_progress or args.quiet) and rank == 0)
     names = dict(input_name=module.input_name, output_name=module.output_name, input_dims=module.input_dims)
 
     if not snn:

@@ -41,7 +41,8 @@ from torch import nn
 
 from snncc.errors import ModelInputError
 from snncc.train.data import DataLike, first_images
-from snncc.train.finetune import EpochStats, check_option, evaluate, fit, percentile, prepare_training
+from snncc.train.finetune import (EpochStats, _tty, check_option, evaluate, fit, percentile,
+                                  prepare_training)
 from snncc.train.qcfs import ACTIVATIONS, replace_modules
 
 __all__ = ["SpikeFn", "SpikingNeuron", "LIF", "MTNeuron", "MT_FRACTIONS", "convert_to_snn", "spiking_neurons",
@@ -200,7 +201,8 @@ def init_thresholds(module: nn.Module, x: torch.Tensor, steps: int, pct: float =
     neurons = spiking_neurons(module)
     found: dict[str, float] = {}
     bar = tqdm(total=len(neurons) * steps, desc="initial thresholds", unit="pass",
-               disable=not progress, leave=False)
+               disable=not progress, leave=False,
+               mininterval=0.1 if _tty() else 30.0)   # a log file: not 1,000 redraws
     if not progress:   # -v --no-progress said nothing for a minute of it
         log.info("initial thresholds: %d passes over %d layer(s)", len(neurons) * steps,
                  len(neurons))

@@ -188,3 +188,44 @@ def test_checker_catches_what_the_reader_rejects(seq, tmp_path, name):
     _corrupt(bad, edit)
     problems = check_netx(bad)
     assert any(words in p for p in problems), problems
+
+
+def test_an_older_folders_network_net_is_said_to_differ_from_the_hardware_semantics(tmp_path,
+                                                                                    caplog):
+    """The hardware semantics recompute the NetX parameters with today's rules. A folder from
+    an earlier snncc (16-bit biases, the input at the netlist's scale; no input_frac_bits in
+    meta.netx) differed from its own network.net in Lava with no word (a helper: 14 of 200
+    readouts); it is warned about, a fresh folder is not."""
+    from snncc.backends.loihi import netlist as nl
+    from snncc.backends.loihi.backend import LoihiBackend
+    from snncc.backends.loihi.simulator import simulate
+    from snncc.context import CompileContext, CompileOptions
+
+    ctx = CompileContext(CompileOptions(target="loihi", timesteps=4))
+    LoihiBackend().emit(sequential(), ctx, tmp_path / "out")
+    net = nl.load(tmp_path / "out")
+    x = np.random.default_rng(0).random((2, *net.groups[0].shape))
+    with caplog.at_level("WARNING"):
+        simulate(net, x, semantics="hardware")
+        simulate(net, x)
+    assert "earlier snncc" not in caplog.text
+    del net.meta["netx"]["input_frac_bits"]
+    with caplog.at_level("WARNING"):
+        simulate(net, x, semantics="hardware")
+    assert "written by an earlier snncc" in caplog.text
+
+
+def test_hardware_semantics_past_network_net_are_said(tmp_path, capsys):
+    """--help promised 'as network.net deploys them, bit-equal to Lava', yet a GN folder (no
+    network.net) or a residual net's prefix ran the whole net under stock rules with no word."""
+    from snncc.backends.loihi.backend import LoihiBackend
+    from snncc.cli import main
+    from snncc.context import CompileContext, CompileOptions
+
+    ctx = CompileContext(CompileOptions(target="loihi", timesteps=4))
+    LoihiBackend().emit(sequential("GroupNeuron", tau=4), ctx, tmp_path / "gn")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((2, 2, 8, 8), dtype=np.float32))
+    args = ["run", str(tmp_path / "gn"), "--input", str(tmp_path / "x.npy")]
+    assert main([*args, "--semantics", "hardware"]) == 0
+    assert "no network.net; the hardware semantics run every layer" in capsys.readouterr().err
+    assert main(args) == 0 and "note:" not in capsys.readouterr().err

@@ -281,3 +281,15 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # 64 samples over 2 ranks with batch 8: 4 steps per rank and epoch, so 8 scheduler steps in all
     assert state["scheduler"]["last_epoch"] == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "m.onnx", "out.onnx", "v.npz", "x.npy", "y.npy"]
+
+
+def test_more_class_folders_than_outputs_is_said_as_such(tmp_path):
+    """Three class folders for a 2-output model: the error had been 'label 2 is out of range'
+    (a label index the user never wrote); the model's fixed input size now tells the classes
+    before the folder is read."""
+    model = _tiny_onnx(tmp_path / "m.onnx", side=10, classes=2)
+    root = _image_folder(tmp_path / "imgs")
+    with pytest.raises(CalibrationError) as err:
+        _finetune(model, "--data", root, "-o", tmp_path / "o.onnx", "--no-progress")
+    assert err.value.code == "SNN-E809" and "has 3 class folders, the model has 2 outputs" in \
+        str(err.value)

@@ -97,3 +97,10 @@ def test_data_and_val_on_other_scales_warn(tmp_path, data, capsys):
     assert _finetune(DIGITS, "--data", tmp_path / "x255.npz", "--val", data, "--snn-timesteps",
                      "0", "-o", tmp_path / "o.onnx") == 0
     assert "warning: --data reaches 255 and --val 1" in capsys.readouterr().err
+
+
+def test_quiet_prints_nothing_on_success(tmp_path, data, capsys):
+    """compile had -q; finetune refused it ('unrecognized arguments')."""
+    assert _finetune(DIGITS, "--data", data, "-q", "-o", tmp_path / "o.onnx") == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == "" and (tmp_path / "o.onnx").exists()

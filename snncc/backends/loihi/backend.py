@@ -159,12 +159,14 @@ class LoihiBackend(Backend):
         cores = out / "cores.json"
         cores.write_text(_dumps(mapping))
         files += [cores] + ([out / "network.net"] if netx["path"] else [])
-        netx_text = netx["reason"] or f"network.net: {len(netx['layers'])} layers"
+        netx_text = netx["reason"] or (f"network.net: {len(netx['layers'])} layers, input "
+                                       f"round(x * 2**{netx['input_frac_bits']})")
         if not netx["path"]:  # never a stub: no layer NetX can run, no file
             ctx.warnings.append(f"warning: loihi: {netx['reason']}")
         elif netx["not_exported"]:   # a prefix only: say so where the user looks
             stop, total = netx["not_exported"][0], len(netx["layers"]) + len(netx["not_exported"])
-            netx_text = f"network.net: {len(netx['layers'])} of {total} layers (a sequential prefix)"
+            netx_text = (f"network.net: {len(netx['layers'])} of {total} layers (a sequential "
+                         f"prefix), input round(x * 2**{netx['input_frac_bits']})")
             ctx.warnings.append(
                 f"warning: loihi: network.net holds the first {len(netx['layers'])} of {total} "
                 f"layers: '{stop['group']}' {stop['reason']}; the netlist and snncc run hold "

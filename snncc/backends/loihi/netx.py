@@ -253,6 +253,9 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
                         "snncc_counted_steps": int(net.counted_steps),
                         "snncc_input_frac_bits": in_bits,
                         "snncc_input_message_bits": payload_bits,
+                        # Network(reset_interval=..., reset_offset=...): Lava's defaults (no
+                        # reset) let the biases integrate while the pipeline fills
+                        "snncc_reset_interval": int(net.total_steps), "snncc_reset_offset": 1,
                         "snncc_readout": readout, "snncc_readout_group": last.name})
         sim = f.create_group("simulation")
         sim.create_dataset("Ts", data=np.int64(1))
@@ -318,7 +321,8 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
                              "emulated semantics (the hardware semantics equal NetX)")
             prev = g
     return {"path": path.name, "layers": [g.name for g in exported], "not_exported": skipped,
-            "notes": notes, "reason": ""}
+            "notes": notes, "reason": "", "input_frac_bits": in_bits,
+            "bias_mant_bits": BIAS_MANT_MAX.bit_length() + 1}
 
 
 # ----------------------------------------------------------------------------- checker

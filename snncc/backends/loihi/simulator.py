@@ -270,6 +270,25 @@ def _pad_begin(x: np.ndarray, pads: tuple[int, int], need: tuple[int, int]) -> n
     return out
 
 
+def _check_netx_vintage(net: Netlist, fp: FixedPoint) -> None:
+    """The hardware semantics compute the NetX parameters from the netlist with today's rules;
+    warn when the folder's network.net was written under other ones (an earlier snncc held the
+    biases to 16 bits and sent the input at the netlist's scale), so that Lava and this run would
+    differ."""
+    netx = net.meta.get("netx") or {}
+    if not netx.get("path"):
+        return
+    from snncc.backends.loihi.netx import netx_input_shift
+
+    want = fp.input_frac_bits - netx_input_shift(net)
+    if netx.get("input_frac_bits") != want:
+        logger.warning("%s", "this folder's network.net was written by an earlier snncc, under "
+                       "other NetX rules (biases held to 16 bits, the input at the netlist's "
+                       "scale): the hardware semantics follow today's, so they may differ from "
+                       "what Lava computes from that file; compile the folder again to compare "
+                       "bit for bit")
+
+
 def _bias_int(g: Group) -> np.ndarray:
     return g.bias_mant.astype(np.int64) << g.bias_exp.astype(np.int64)
 
@@ -303,6 +322,8 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
                                      f"[N, {', '.join(map(str, inp.shape))}]", code="SNN-E651",
                                      hint="pass a batch of inputs of the compiled shape")
     sim = _Sim(net, semantics == "hardware", fp)
+    if sim.hw:
+        _check_netx_vintage(net, fp)
     n, steps, counted = x.shape[0], net.total_steps, net.counted_steps
     top = (1 << (fp.payload_bits - 1)) - 1
     sim.x = x

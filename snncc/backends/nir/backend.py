@@ -65,7 +65,8 @@ class NirBackend(Backend):
                     "SNN-E690", f"neuron '{key_}' resets by subtraction (soft reset), but NIR's "
                     f"IF/LIF reset to v_reset: the NIR network would not be the compiled "
                     f"one{more}", PASS, "", "pass --allow-lossy to export anyway (the report "
-                    "records the difference), or use --target loihi / ort for the exact network"))
+                    "records the difference), or use --target ort for the exact network (or loihi: its "
+                    "netlist keeps the soft reset, its network.net resets to zero like NIR)"))
         result = (res, diags)
         self._cache = (*key, result)
         return result
