@@ -251,7 +251,8 @@ def declared_outputs(out: Path, options: CompileOptions, *, report_path=None,
 
         names = get_backend(options.target).output_names
     outs = [Output(out, kind, "-o (default: beside the model)" if default else "-o", names=names,
-                   implied="compiled" if default and kind == "file" else "")]
+                   implied="compiled" if default and kind == "file" else "",
+                   example="model.nir" if options.target == "nir" else "model.onnx")]
     if options.target == "ort" and out.name:  # no name: the -o check reports it
         outs.append(Output(out.with_name(out.name + ".json"), "file", "-o (manifest)",
                            implied="manifest"))

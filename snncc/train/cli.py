@@ -247,6 +247,9 @@ def _open(path: str, module, args: argparse.Namespace, what: str):
     ds = open_dataset(path, channels=channels, size=size, mean=args.mean, std=args.std, what=what,
                       num_classes=known)
     check_input_shape(ds, dims, what)
+    if args.input_size is not None and type(ds).__name__ == "ArrayDataset":
+        print(f"snncc finetune: warning: --input-size resizes image-folder images; the arrays "
+              f"of '{path}' are used at their own size", file=sys.stderr)
     classes = _num_classes(module, ds.sample_shape)
     check_labels(ds.y, len(ds), classes, f"{what} '{path}'")
     return ds

@@ -367,6 +367,12 @@ def open_dataset(path: str | os.PathLike, *, channels: int | None = None, size: 
 
 def load_npz(path: str | os.PathLike, labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Read ``x`` and ``y`` from an ``.npz`` file; raises SNN-E803 when unusable."""
+    from snncc.calibration import not_numpy
+
+    why = not_numpy(Path(path))   # numpy calls a text file 'pickled (object) data'
+    if why:
+        raise _fail("SNN-E803", f"data file '{path}' {why}",
+                    "save it with np.savez(path, x=images, y=labels)")
     try:
         with np.load(path, allow_pickle=False) as f:
             if not hasattr(f, "files"):

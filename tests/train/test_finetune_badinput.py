@@ -98,6 +98,13 @@ def test_truncated_or_corrupt_npz_is_refused(tmp_path, data, capsys, flag, damag
     assert "cannot read data file" in err and "bad.npz" in err
 
 
+def test_a_text_file_named_npz_is_said_to_be_no_numpy_file(tmp_path, data, capsys):
+    """numpy calls it 'pickled (object) data'; compile and run already said what it is."""
+    (tmp_path / "t.npz").write_text("hello\n")
+    err = _expect_error(capsys, tmp_path, "SNN-E803", "--data", tmp_path / "t.npz")
+    assert "is not a NumPy .npy/.npz file" in err and "pickled" not in err
+
+
 def test_truncated_npy_is_refused(tmp_path, data, capsys):
     _, x, y = data
     (tmp_path / "pair").mkdir()
