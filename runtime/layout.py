@@ -265,7 +265,8 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     if so is not None and not isinstance(so, ort.SessionOptions):
         raise OptionError(f"so ({type(so).__name__}) is not an onnxruntime.SessionOptions",
                           code="SNN-E349", hint="pass snncc.runtime.session_options(), or none")
-    so = so if so is not None else session_options()
+    own = so is not None
+    so = so if own else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
     src: str | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     if src is not None and (not os.path.isfile(src) or src.lower().endswith(".nir")):
@@ -299,9 +300,13 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
             ir.read_proto(src)   # SNN-E102: not a readable ONNX model
         raise
     except Exception as exc:   # e.g. a streaming model's ops in SessionOptions without the library
-        proto = model if src is None else onnx.load(src, load_external_data=False)
-        if not any(n.domain == DOMAIN for n in proto.graph.node):
+        if not own:
             raise
+        try:   # the caller's options lack the library when ours load the model
+            ort.InferenceSession(src if src is not None else model.SerializeToString(),
+                                 session_options(), **kwargs)
+        except Exception:
+            raise exc from None
         raise RuntimeLibraryError(
             f"ONNX Runtime cannot load the model with these SessionOptions ({type(exc).__name__}: "
             f"{str(exc).strip()[:200]})", code="SNN-E703",

@@ -446,9 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Loihi directory: 'emulated' (default) runs each neuron's own rule as a "
                    "microcoded neuron; 'hardware' runs stock Loihi CUBA neurons (IF, LIF, the "
                    "readout) as network.net deploys them (v from 0, fire on >, reset to 0; "
-                   "bit-equal to Lava on the layers network.net holds), and every other neuron "
-                   "(MT, GN, bit-serial, SRP; no network.net) by its own rule with > and a reset "
-                   "to 0: the whole network, also past a residual net's NetX prefix")
+                   "bit-equal to Lava on the layers network.net holds); MT, GN and SRP (no "
+                   "network.net) keep their own rule with > and a reset to 0, bit-serial its own "
+                   "rule: the whole network, also past a residual net's NetX prefix")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", parents=[common],

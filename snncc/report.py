@@ -353,7 +353,10 @@ def report_command(args: argparse.Namespace) -> int:
     args.output = str(default_report_path(args.model) if implied else
                       file_output(args.output, example="report.md", command="report"))
     check_report_outputs(args.output, inputs, implied=implied)
-    if any(n.domain == SNN_DOMAIN for n in read_proto(args.model).graph.node):
+    source = read_proto(args.model)
+    compiled = any(p.key in ("snncc.schedule", "snncc.target") for p in source.metadata_props)
+    if not compiled and any(n.domain == SNN_DOMAIN for n in source.graph.node):
+        # (a compiled output gets canonicalize's E123: compile the source ANN again)
         raise ModelInputError(f"'{args.model}' spikes already (a snncc finetune --iir or --mt "
                               "output): snncc report compares an ANN with the SNNs compiled "
                               "from it, and this model has no ANN", code="SNN-E662",

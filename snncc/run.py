@@ -312,8 +312,8 @@ def run_command(args: argparse.Namespace) -> int:
                     if netx.get("path") else "the folder has no network.net")
             rest = "the other layers" if netx.get("path") else "every layer"
             print(f"snncc run: note: {held}; the hardware semantics run {rest} with stock rules "
-                  "too (> and a reset to 0 for every neuron), which no Lava file checks",
-                  file=sys.stderr)
+                  "too (> and a reset to 0; bit-serial by its own rule), which no Lava file "
+                  "checks", file=sys.stderr)
         all_outputs, events = run_netlist(net, x, semantics=semantics)
         activity = _netlist_activity(net, events, max(len(x), 1))
     else:

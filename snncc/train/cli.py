@@ -247,7 +247,7 @@ def _open(path: str, module, args: argparse.Namespace, what: str):
     ds = open_dataset(path, channels=channels, size=size, mean=args.mean, std=args.std, what=what,
                       num_classes=known)
     check_input_shape(ds, dims, what)
-    if args.input_size is not None and type(ds).__name__ == "ArrayDataset":
+    if args.input_size is not None and type(ds).__name__ != "ImageFolderDataset":
         print(f"snncc finetune: warning: --input-size resizes image-folder images; the arrays "
               f"of '{path}' are used at their own size", file=sys.stderr)
     classes = _num_classes(module, ds.sample_shape)
@@ -371,8 +371,7 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
         recipe = {"--lr": args.lr or 0.003, "--weight-decay": args.weight_decay,
                   "--warmup": args.warmup, "--distill": args.distill,
                   "--temperature": args.temperature, "--snn-timesteps": loop_T,
-                  "--sparsity": args.sparsity, "--bn": args.bn, "--maxpool": args.maxpool,
-                  "--lambda-init": args.lambda_init}
+                  "--sparsity": args.sparsity, "--bn": args.bn, "--maxpool": args.maxpool}
         resume = _load_checkpoint(args.resume, args.levels, recipe) if args.resume else None
 
         def save_checkpoint(state: dict) -> None:
@@ -410,8 +409,9 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
         scored = [h for h in res.history if h.val_acc is not None]
         best = max(scored, key=lambda h: h.val_acc, default=None)
         start = res.qcfs_init_val_acc
-        if res.val_acc is not None and ((best is not None and best.val_acc - res.val_acc > 0.05)
-                                        or (start is not None and start - res.val_acc > 0.05)):
+        if rank == 0 and res.val_acc is not None and (
+                (best is not None and best.val_acc - res.val_acc > 0.05)
+                or (start is not None and start - res.val_acc > 0.05)):
             # a user's --lr 0.05: 91.5 % before training, 65.5 % after, written with no word
             was = (f"epoch {best.epoch} {_fmt(best.val_acc)}" if best is not None
                    and (start is None or best.val_acc >= start) else f"before training {_fmt(start)}")

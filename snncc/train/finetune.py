@@ -278,6 +278,17 @@ def _tty() -> bool:
         return False
 
 
+def _data_id(loader) -> str:
+    """A fingerprint of a loader's data set (size, labels, first sample): whether a checkpoint's
+    --val figures were measured on the same data."""
+    import zlib
+
+    ds = loader.dataset
+    y = np.asarray(getattr(ds, "y", None) if getattr(ds, "y", None) is not None else [])
+    first = ds[0][0].numpy().tobytes() if len(ds) else b""
+    return f"{len(ds)}:{zlib.crc32(y.tobytes()):08x}:{zlib.crc32(first):08x}"
+
+
 def fit(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], train_loader, val_loader,
         epochs: int, optimizer: torch.optim.Optimizer, scheduler, device: torch.device, *,
         criterion: Criterion | None = None, scheduler_per_step: bool = False,
@@ -547,8 +558,13 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
         history = [EpochStats(**h) for h in resume.get("history", [])]
         start_epoch = int(resume["epoch"]) + 1
         # this run's --val measures the ANN (the checkpoint's run may have had none, or other
-        # data); before-training accuracy only the checkpoint's run could measure
-        init_acc = resume.get("init_val_acc") if val_loader is not None else None
+        # data); before-training accuracy only the checkpoint's run could measure, and it and
+        # the earlier epochs' figures count only on the same --val
+        same_val = val_loader is not None and resume.get("val_id") == _data_id(val_loader)
+        init_acc = resume.get("init_val_acc") if same_val else None
+        if not same_val:
+            for h in history:
+                h.val_acc = None
         if "torch_rng" in resume:
             torch.set_rng_state(resume["torch_rng"])
 
@@ -558,6 +574,7 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
             on_epoch_end({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "epoch": stats.epoch,
                           "history": [vars(h) for h in history], "ann_val_acc": ann_acc, "init_val_acc": init_acc,
+                          "val_id": _data_id(val_loader) if val_loader is not None else None,
                           "torch_rng": torch.get_rng_state()})
 
     reg = SpikeCountRegularizer(qcfs_modules(model), sparsity)

@@ -191,7 +191,7 @@ def test_cli_error_is_exit_2_without_traceback(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------- resume
 
-def test_resume_continues_where_the_checkpoint_stopped(tmp_path):
+def test_resume_continues_where_the_checkpoint_stopped(tmp_path, capsys):
     model = _tiny_onnx(tmp_path / "m.onnx")
     x, y = _blobs(64)
     np.savez(tmp_path / "d.npz", x=x, y=y)
@@ -254,6 +254,12 @@ def test_resume_continues_where_the_checkpoint_stopped(tmp_path):
                   tmp_path / "x.onnx", "--resume", tmp_path / "c.pt")
     assert err.value.code == "SNN-E811" and "--lr 0.3 (checkpoint: 0.003)" in str(err.value)
     assert "--distill 0.0 (checkpoint: 0.5)" in str(err.value)
+    # another --val: the checkpoint's before-training figure was measured on other data
+    capsys.readouterr()
+    assert _finetune(model, "--data", tmp_path / "d.npz", "--val", tmp_path / "d.npz",
+                     "--batch-size", "16", "--no-progress", "--seed", "3", "--epochs", "2", "-o",
+                     tmp_path / "y.onnx", "--resume", tmp_path / "c.pt") == 0
+    assert "before training - ->" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------- two processes

@@ -314,6 +314,10 @@ def test_a_spiking_source_compiles_with_calib_and_has_no_ann_to_compare(tmp_path
     assert main(["report", str(tmp_path / "out.onnx"), "--data", str(tmp_path / "val.npz"),
                  "-o", str(tmp_path / "r.md")]) == 2
     assert "SNN-E662" in capsys.readouterr().err and not (tmp_path / "r.md").exists()
+    # a compiled output is no trained spiking source: canonicalize's E123 (compile the ANN)
+    assert main(["report", str(tmp_path / "s.onnx"), "--data", str(tmp_path / "val.npz"),
+                 "-o", str(tmp_path / "r.md")]) == 2
+    assert "SNN-E123" in capsys.readouterr().err
 
 
 def test_unsupported_ops_are_listed_together():
