@@ -20,6 +20,7 @@ import onnxruntime as ort
 from snncc.errors import OptionError, RuntimeLibraryError
 
 __all__ = ["DOMAIN", "OP_NAMES", "RUNTIME_OP_NAMES", "library_path", "is_built", "register",
+           "check_session_options",
            "session_options", "op_names", "run_neuron", "model_proto"]
 
 DOMAIN = "snncc.ops"
@@ -49,11 +50,17 @@ def op_names() -> list[str]:
     return list(OP_NAMES)
 
 
-def register(so: ort.SessionOptions) -> ort.SessionOptions:
-    """Register the kernel library with ``so`` (in place) and return it."""
+def check_session_options(so: Any) -> None:
+    """SNN-E349 unless ``so`` is an ``onnxruntime.SessionOptions``."""
     if not isinstance(so, ort.SessionOptions):
         raise OptionError(f"so ({type(so).__name__}) is not an onnxruntime.SessionOptions",
-                          code="SNN-E349", hint="e.g. register(onnxruntime.SessionOptions())")
+                          code="SNN-E349", hint="e.g. onnxruntime.SessionOptions(), or "
+                          "snncc.runtime.session_options() (the library registered)")
+
+
+def register(so: ort.SessionOptions) -> ort.SessionOptions:
+    """Register the kernel library with ``so`` (in place) and return it."""
+    check_session_options(so)
     path = library_path()
     if not os.path.isfile(path):
         raise RuntimeLibraryError(f"runtime: the kernel library {path} does not exist", code="SNN-E701",

@@ -43,8 +43,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
-from snncc.errors import OptionError, RuntimeLibraryError
-from snncc.runtime import DOMAIN, model_proto, session_options
+from snncc.errors import RuntimeLibraryError
+from snncc.runtime import DOMAIN, check_session_options, model_proto, session_options
 from snncc.runtime.gates import fuse_gates, subgraph_reads, value_shapes, wiring
 from snncc.runtime.pools import fuse_avg_pools
 
@@ -262,9 +262,8 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
 
     if not isinstance(model, (onnx.ModelProto, str, os.PathLike)):
         ir.read_proto(model)   # SNN-E349
-    if so is not None and not isinstance(so, ort.SessionOptions):
-        raise OptionError(f"so ({type(so).__name__}) is not an onnxruntime.SessionOptions",
-                          code="SNN-E349", hint="pass snncc.runtime.session_options(), or none")
+    if so is not None:
+        check_session_options(so)
     own = so is not None
     so = so if own else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
