@@ -262,9 +262,9 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
 
     if not isinstance(model, (onnx.ModelProto, str, os.PathLike)):
         ir.read_proto(model)   # SNN-E349
-    if so is not None:
-        check_session_options(so)
     own = so is not None
+    if own:
+        check_session_options(so)
     so = so if own else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
     src: str | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)

@@ -27,6 +27,7 @@ from snncc.ir import SNN_DOMAIN, node_attrs
 from snncc.neurons import NEURONS
 from snncc.neurons.common import binary_events
 from snncc.passes.insert_neurons import spec_for_op
+from snncc.runtime import RUNTIME_OP_NAMES
 
 __all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "summed_events",
            "node_attrs", "data_inputs", "StreamStepper", "in_place_states", "check_shape"]
@@ -117,8 +118,6 @@ def runtime_rewritten(proto: onnx.ModelProto) -> str:
     marks = []
     if any(n.domain == "com.microsoft.nchwc" for n in proto.graph.node):
         marks.append("ORT's blocked layout")
-    from snncc.runtime import RUNTIME_OP_NAMES
-
     fused = sorted({n.op_type for n in neuron_nodes(proto) if n.op_type in RUNTIME_OP_NAMES})
     if fused:
         marks.append("fused kernels " + ", ".join(fused))
@@ -226,8 +225,6 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
             "ONNX function bodies implement the folded form only (no state inputs)",
             code="SNN-E703", hint="drop --no-library (build the kernels with "
             "scripts/build_runtime.sh), or compile with --schedule folded")
-    from snncc.runtime import RUNTIME_OP_NAMES
-
     unknown = sorted({n.op_type for n in neuron_nodes(proto) if spec_for_op(n.op_type) is None
                       and n.op_type not in RUNTIME_OP_NAMES})
     if unknown:

@@ -321,8 +321,7 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
                              "emulated semantics (the hardware semantics equal NetX)")
             prev = g
     return {"path": path.name, "layers": [g.name for g in exported], "not_exported": skipped,
-            "notes": notes, "reason": "", "input_frac_bits": in_bits,
-            "bias_mant_bits": BIAS_MANT_MAX.bit_length() + 1}
+            "notes": notes, "reason": "", "input_frac_bits": in_bits}
 
 
 # ----------------------------------------------------------------------------- checker
