@@ -318,33 +318,37 @@ def fit(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], trai
         bar = tqdm(total=len(train_loader), desc=f"{desc} epoch {epoch}/{epochs}", disable=not progress, leave=True,
                    unit="batch", mininterval=0.1 if _tty() else 30.0)
         start = time.perf_counter()
-        for x, y in _batches(train_loader):
-            x, y = x.to(device), y.to(device)
-            logits = forward(x)
-            loss = criterion(logits, y, x) if criterion is not None else F.cross_entropy(logits, y)
-            if extra_loss is not None:
-                reg, batch_bits = extra_loss()
-                loss = loss + reg
-                for k, v in batch_bits.items():
-                    bits_sum[k] = bits_sum.get(k, 0.0) + v * len(y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler_per_step:
-                scheduler.step()
-            if after_step is not None:
-                after_step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(y)
-            rate = seen * world / max(time.perf_counter() - start, 1e-9)
-            postfix = {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.3f}",
-                       "samples/s": f"{rate:.0f}"}
-            bits = {k: v / seen for k, v in bits_sum.items()}
-            if bits:
-                postfix["bits/neuron"] = f"{sum(bits.values()) / len(bits):.3f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
+        try:   # Ctrl-C: the bar ends before the 'interrupted' message, not after it
+            for x, y in _batches(train_loader):
+                x, y = x.to(device), y.to(device)
+                logits = forward(x)
+                loss = criterion(logits, y, x) if criterion is not None else F.cross_entropy(logits, y)
+                if extra_loss is not None:
+                    reg, batch_bits = extra_loss()
+                    loss = loss + reg
+                    for k, v in batch_bits.items():
+                        bits_sum[k] = bits_sum.get(k, 0.0) + v * len(y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler_per_step:
+                    scheduler.step()
+                if after_step is not None:
+                    after_step()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.detach().argmax(1) == y).sum())
+                seen += len(y)
+                rate = seen * world / max(time.perf_counter() - start, 1e-9)
+                postfix = {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.3f}",
+                           "samples/s": f"{rate:.0f}"}
+                bits = {k: v / seen for k, v in bits_sum.items()}
+                if bits:
+                    postfix["bits/neuron"] = f"{sum(bits.values()) / len(bits):.3f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+        except BaseException:
+            bar.close()
+            raise
         if not scheduler_per_step:
             scheduler.step()
         stats = EpochStats(epoch, loss_sum / max(seen, 1), correct / max(seen, 1),
