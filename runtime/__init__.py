@@ -105,6 +105,13 @@ def run_neuron(op_type: str, x: np.ndarray, attrs: Mapping[str, Any]) -> np.ndar
         raise OptionError(f"run_neuron({op_type!r}, x, {type(attrs).__name__}): the op must be "
                           f"one of {', '.join(OP_NAMES)} and attrs a mapping", code="SNN-E349",
                           hint="e.g. run_neuron('IFNeuron', x, {'T': 4, 'theta': [1.0]})")
+    from snncc.neurons.registry import validate_attrs
+    from snncc.passes.insert_neurons import spec_for_op
+
+    # SNN-E302/E303 by name (a bogus attribute had been taken silently); channel_block is the
+    # runtime's own (snncc.runtime.layout)
+    validate_attrs(spec_for_op(op_type), {k: v for k, v in attrs.items() if k != "channel_block"},
+                   "run_neuron: ")
     node = helper.make_node(op_type, ["x"], ["y"], domain=DOMAIN, **attrs)
     graph = helper.make_graph([node], op_type, [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
@@ -112,5 +119,13 @@ def run_neuron(op_type: str, x: np.ndarray, attrs: Mapping[str, Any]) -> np.ndar
     so = session_options()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+    run = ort.RunOptions()
+    run.log_severity_level = 3   # the kernel's own message goes into the coded error, once
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)}, run)[0]
+    except Exception as exc:   # the kernel refuses the shape (x not [T*N, C, ...], theta not C)
+        raise OptionError(f"run_neuron: the {op_type} kernel refused x of shape "
+                          f"{np.shape(x)}: {str(exc).strip().split('Status Message: ')[-1][:300]}",
+                          code="SNN-E305", hint="x is [T*N, C, ...] (time-major), or [N, C, ...] "
+                          "with const_input=1; theta holds 1 or C values") from None

@@ -43,7 +43,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
-from snncc.errors import RuntimeLibraryError
+from snncc.errors import OptionError, RuntimeLibraryError
 from snncc.runtime import DOMAIN, check_session_options, model_proto, session_options
 from snncc.runtime.gates import fuse_gates, subgraph_reads, value_shapes, wiring
 from snncc.runtime.pools import fuse_avg_pools
@@ -265,6 +265,9 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     own = so is not None
     if own:
         check_session_options(so)
+    if not isinstance(blocked, (bool, np.bool_)):
+        raise OptionError(f"blocked={blocked!r} must be True or False", code="SNN-E349",
+                          hint="blocked=False for ORT's own layout")
     so = so if own else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
     src: str | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)

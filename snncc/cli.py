@@ -515,11 +515,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
+    root = logging.getLogger()   # left as it was: main() also runs inside notebooks and apps
+    root_state = root.level, list(root.handlers)
     try:
         try:
             with cli_wording():
                 return _main(argv, before)
         finally:
+            root.setLevel(root_state[0])
+            for handler in [h for h in root.handlers if h not in root_state[1]]:
+                root.removeHandler(handler)
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             if hangup is not None:

@@ -96,8 +96,24 @@ def _typed(kw: dict[str, Any]) -> dict[str, Any]:
     if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
         raise _api_type_error("calib_path", value, "a path (str or os.PathLike) or None")
     for name in ("input_shapes", "neuron_params"):
-        if name in kw and kw[name] is not None and not isinstance(kw[name], Mapping):
+        if name in kw and not isinstance(kw[name], Mapping) and not (
+                name == "neuron_params" and kw[name] is None):
             raise _api_type_error(name, kw[name], "a mapping (dict)")
+    for name in ("target", "neuron", "calib_method", "maxpool", "schedule"):
+        if name in kw and not isinstance(kw[name], str):
+            raise _api_type_error(name, kw[name], "a string")
+    if "derived_from" in kw:   # make_options' own record of what it derived, not an option
+        raise OptionError("make_options: derived_from is set by make_options itself",
+                          code="SNN-E349", hint="leave it out")
+    params = kw.get("neuron_params")
+    if params:
+        bad = [k for k in params if not isinstance(k, str)]
+        if bad:
+            raise _api_type_error("neuron_params", params, "a dict with string keys")
+        # a copy: a dict the caller goes on changing (a loop over values) must not change
+        # options already made; numpy scalars as Python ones (the report's JSON)
+        kw["neuron_params"] = {k: v.item() if isinstance(v, np.generic) else v
+                               for k, v in params.items()}
     if "opset" in kw and kw["opset"] is None:
         raise _api_type_error("opset", None, "an integer (17)")
     if "opset" in kw and not 13 <= kw["opset"] <= 17:
@@ -213,6 +229,10 @@ def _revalidated(options: CompileOptions) -> CompileOptions:
     unless they were given (to make_options, or changed since, e.g. by dataclasses.replace)."""
     fields = {k: v for k, v in options.__dict__.items() if k != "derived_from"}
     if options.derived_from:
+        if not (isinstance(options.derived_from, tuple) and len(options.derived_from) == 3):
+            raise OptionError("derived_from is make_options' own record, not an option",
+                              code="SNN-E349", hint="build options with make_options(...) and "
+                              "change them with dataclasses.replace, leaving derived_from alone")
         key, given, derived = options.derived_from
         for name, was_given, was_derived in zip(_DERIVED, given, derived):
             if fields[name] == was_derived:      # untouched since make_options
@@ -222,6 +242,12 @@ def _revalidated(options: CompileOptions) -> CompileOptions:
 
 @dataclass
 class CompileResult:
+    """What :func:`compile_model` wrote and measured. ``output``: the model file or Loihi
+    folder; ``report``: the ``--report`` JSON as a dict (keys ``passes``, ``options``,
+    ``fidelity`` when estimated, ``synops``, the target's own section, ``seconds``...; the
+    README and docs/netlist.md section 7 describe ``fidelity`` and ``synops``); ``files``: the
+    files written (the output's, its manifest, a dump; not ``report_path``)."""
+
     output: Path
     report: dict[str, Any]
     files: list[Path] = field(default_factory=list)
@@ -347,9 +373,9 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
             raise OptionError("--min-agreement needs the fidelity estimate: calibration samples "
                               "(--calib) and --fidelity-samples above 0", code="SNN-E368",
                               hint="drop --no-fidelity / pass --calib, or drop --min-agreement"
-                              if in_cli() else "pass fidelity_samples=None (automatic) or N > 0 "
-                              "to make_options (its default is 0) and a calib_path, or drop "
-                              "min_agreement")
+                              if in_cli() else "pass fidelity_samples=None (automatic, "
+                              "make_options' default; CompileOptions() itself has 0) or N > 0 "
+                              "and a calib_path, or drop min_agreement")
     default = out is None
     if out is None:
         out = default_output(model_path, options.target)

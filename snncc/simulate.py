@@ -380,8 +380,13 @@ class StreamStepper:
         if sorted(i.name for i in sess.get_inputs()) != graph_inputs:
             raise OptionError("sess is a session of another model (its inputs differ)",
                               code="SNN-E349", hint="pass a session of the same model")
+        known = [o.name for o in sess.get_outputs()]
         if out_names is None:
-            out_names = [o.name for o in sess.get_outputs()]
+            out_names = known
+        elif isinstance(out_names, str) or not all(n in known for n in out_names):
+            raise OptionError(f"out_names {out_names!r} must be a list of the session's outputs",
+                              code="SNN-E349", hint="choose from: " + ", ".join(
+                                  n for n in known if not n.startswith("state_out/")))
         self.sess = sess
         self.binding = sess.io_binding()
         batch = len(next(iter(inputs.values())))

@@ -3,6 +3,7 @@ codes), instead of a TypeError/AttributeError from deep inside or, worse, compil
 else than asked (levels=4.5, timesteps=True)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,17 @@ def _run_neuron(op, x, attrs):
     (lambda: _layout_session(MODEL, so="x"), "SNN-E349"),
     (lambda: _run_neuron("IFNeuron", X, None), "SNN-E349"),
     (lambda: _run_neuron("Relu", X, {}), "SNN-E349"),
+    # a Python-API user's audit: bare TypeErrors, an internal E500, raw ORT errors
+    (lambda: make_options(input_shapes=None, calib_path=CALIB), "SNN-E349"),
+    (lambda: make_options(neuron=["if"]), "SNN-E349"),
+    (lambda: make_options(neuron="mt", neuron_params={1: 2}), "SNN-E349"),
+    (lambda: make_options(derived_from=5), "SNN-E349"),
+    (lambda: compile_model(MODEL, "o.onnx", replace(make_options(), derived_from=5)), "SNN-E349"),
+    (lambda: _layout_session(MODEL, blocked="no"), "SNN-E349"),
+    (lambda: _run_neuron("IFNeuron", np.ones((4, 3), np.float32), {"T": 3, "theta": [1.0]}),
+     "SNN-E305"),
+    (lambda: _run_neuron("IFNeuron", np.ones((4, 3), np.float32),
+                         {"T": 4, "theta": [1.0], "bogus": 1}), "SNN-E302"),
 ])
 def test_wrong_types_are_coded_errors(tmp_path, monkeypatch, call, code):
     monkeypatch.chdir(tmp_path)
@@ -126,7 +138,6 @@ def test_run_compiled_takes_float64_like_snncc_run():
 def test_options_changed_after_make_options_are_derived_again(tmp_path):
     """dataclasses.replace(make_options(timesteps=4), timesteps=8) compiled at T = 8 with the
     L = 4 of T = 4; options built without make_options were not checked at all."""
-    from dataclasses import replace
 
     from snncc.context import CompileOptions
 
@@ -141,7 +152,6 @@ def test_options_changed_after_make_options_are_derived_again(tmp_path):
 def test_revalidation_keeps_what_was_given_and_checks_everything():
     """A review: levels given together with a T change were derived over, and an unchanged key
     skipped every check (levels=0 compiled with 8 in the quant table)."""
-    from dataclasses import replace
 
     from snncc.driver import _revalidated
 
@@ -193,3 +203,44 @@ def test_runtime_helpers_give_coded_errors(tmp_path):
     with pytest.raises(SnnccError) as err:
         layout.session(stream, ort.SessionOptions())
     assert err.value.code == "SNN-E703" and "register" in err.value.hint
+
+
+def test_options_keep_their_own_copy_of_neuron_params():
+    """Options built in a loop over one reused dict all compiled with its last value."""
+    params, made = {}, []
+    for n in (1, 2, 4):
+        params["n"] = n
+        made.append(make_options(neuron="mt", timesteps=4, neuron_params=params))
+    assert [(o.levels, dict(o.neuron_params)) for o in made] == [
+        (4, {"n": 1}), (8, {"n": 2}), (16, {"n": 4})]
+    tau = make_options(neuron="srp", neuron_params={"tau": np.int64(2)}).neuron_params["tau"]
+    assert type(tau) is int   # the report's JSON
+
+
+def test_main_leaves_the_root_logger_as_it_was():
+    """main(['-v', ...]) in a notebook left the root logger at INFO with its handler attached,
+    so the user's own logging.info lines appeared."""
+    import logging
+
+    from snncc.cli import main
+
+    root = logging.getLogger()
+    before = root.level, list(root.handlers)
+    assert main(["-v", "inspect", MODEL]) == 0
+    assert (root.level, list(root.handlers)) == before
+
+
+def test_stream_stepper_names_bad_out_names(tmp_path):
+    import onnxruntime as ort
+
+    from snncc.runtime import session_options
+    from snncc.simulate import StreamStepper
+
+    stream = tmp_path / "s.onnx"
+    compile_model(MODEL, stream, make_options(calib_path=CALIB, fidelity_samples=0,
+                                              schedule="streaming"))
+    sess = ort.InferenceSession(str(stream), session_options())
+    for bad in (["nope"], "logits"):
+        with pytest.raises(SnnccError) as err:
+            StreamStepper(sess, str(stream), {"input": X}, out_names=bad)
+        assert err.value.code == "SNN-E349" and "logits" in err.value.hint
