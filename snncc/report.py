@@ -86,12 +86,37 @@ class _Page:
                 + "</body></html>\n")
 
 
-def short_label(name: str) -> str:
-    """'/features/features.0/features.0.2/Relu/IFNeuron' -> 'features.0.2' for plot axes."""
+def _label_parts(name: str) -> list[str]:
     parts = [p for p in name.split("/") if p]
     while len(parts) > 1 and (parts[-1].endswith("Neuron") or parts[-1] in ("Relu", "Clip")):
         parts.pop()
-    return parts[-1] if parts else name
+    return parts or [name]
+
+
+def short_label(name: str) -> str:
+    """'/features/features.0/features.0.2/Relu/IFNeuron' -> 'features.0.2' for plot axes."""
+    return _label_parts(name)[-1]
+
+
+def short_labels(names: Sequence[str]) -> list[str]:
+    """:func:`short_label` of each name, with as many more of its path parts as make it
+    unique among ``names`` (a ResNet's blocks each had 'relu1' and 'relu2': bars that could not
+    be told apart)."""
+    parts = [_label_parts(n) for n in names]
+    depth = [1] * len(names)
+    for _ in range(max((len(p) for p in parts), default=1)):
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        dup = {lb for lb in labels if labels.count(lb) > 1}
+        if not dup:
+            return labels
+        depth = [d + 1 if lb in dup and d < len(p) else d
+                 for p, d, lb in zip(parts, depth, labels)]
+    seen: dict[str, int] = {}
+    out = []
+    for lb in ["/".join(p[-d:]) for p, d in zip(parts, depth)]:
+        seen[lb] = seen.get(lb, 0) + 1
+        out.append(lb if seen[lb] == 1 else f"{lb} #{seen[lb]}")
+    return out
 
 
 def _pyplot():
@@ -113,7 +138,7 @@ def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]
     for i, (name, values) in enumerate(series.items()):
         ax.bar([x + i * width for x in range(len(labels))], values, width, label=name)
     ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))])
-    ax.set_xticklabels([short_label(lb) for lb in labels], rotation=45, ha="right", fontsize=7)
+    ax.set_xticklabels(short_labels(labels), rotation=45, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
@@ -202,8 +227,11 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
         def draw_acc(path: Path) -> None:
             plt = _pyplot()
             fig, ax = plt.subplots(figsize=(4.5, 3.2))
-            for name, values in acc["series"].items():
-                ax.plot(acc["T"], values, marker="o", label=name)
+            for i, (name, values) in enumerate(acc["series"].items()):
+                # each its own marker and dash: equal series (ORT and Loihi emulated often
+                # are) had hidden one line under the other
+                ax.plot(acc["T"], values, marker="osd^"[i % 4], linestyle=("-", "--", ":",
+                        "-.")[i % 4], markersize=7 - 1.5 * (i % 3), label=name)
             ax.set_xlabel("T")
             ax.set_ylabel(measure)
             ax.legend(fontsize=7)
@@ -340,7 +368,10 @@ def report_command(args: argparse.Namespace) -> int:
     from snncc.simulate import run_compiled
 
     try:
-        ts = [int(t) for t in str(args.timesteps).split(",")]
+        # ascending and once each: the tables and plot read T in order, and the per-layer,
+        # energy and core sections are the largest T's (they were the last listed: -T 8,2 gave
+        # T = 2's under a table whose largest T is 8)
+        ts = sorted({int(t) for t in str(args.timesteps).split(",")})
     except ValueError:
         raise OptionError(f"-T {args.timesteps!r} is not a comma-separated list of integers",
                           code="SNN-E660", hint="e.g. -T 1,2,4") from None
@@ -362,6 +393,10 @@ def report_command(args: argparse.Namespace) -> int:
                               "from it, and this model has no ANN", code="SNN-E662",
                               hint=f"snncc compile {shlex.quote(args.model)}, then snncc run "
                               "the result on labelled data")
+    # read before the options are checked: a missing --data is said as such (it had been
+    # 'calibration data ... does not exist', without --calib)
+    x, labels = load_inputs(args.data)
+    x = x[:args.samples]
     common = dict(neuron=args.neuron, calib_path=args.calib or args.data,
                   calib_method=args.calib_method, maxpool=args.maxpool,
                   fidelity_samples=0)   # its own accuracy figures replace the estimate
@@ -388,9 +423,6 @@ def report_command(args: argparse.Namespace) -> int:
     from snncc import ir
     from snncc.passes.quant_clip import activation_sites
 
-    x, labels = load_inputs(args.data)
-    x = x[:args.samples]
-
     # a QCFS-trained graph (snncc finetune) carries its lambdas: --data calibrates nothing
     calibrates = any(s.kind != "pattern" for s in activation_sites(ir.load(args.model).graph))
     if args.calib is None and calibrates:
@@ -405,17 +437,20 @@ def report_command(args: argparse.Namespace) -> int:
     series: dict[str, list[Any]] = {"ORT SNN": []}
     if args.target == "loihi":
         series.update({"Loihi emulated": [], "Loihi hardware (reset to 0)": []})
+    source = (f"--data '{args.data}', the samples it scores" if args.calib is None
+              else f"'{args.calib}'")
     notes = [f"{len(x)} samples, neuron {args.neuron}, target {args.target}, " + (
-        f"calibration {args.calib_method}" + (" on the same samples" if args.calib is None
-                                               else "")
-        + " (all of them: compile holds 32 of 256 out for its fidelity estimate by default, so "
-        "its figures can differ a little)" if calibrates
-        else "lambdas from the QCFS-trained graph (no calibration)")] + (
+        f"calibration {args.calib_method} on up to 256 samples of {source} (all of them; "
+        "compile holds some out for its fidelity estimate by default, so its figures can differ "
+        "a little)"
+        if calibrates else "lambdas from the QCFS-trained graph (no calibration)")
+        + (", --maxpool avg: every MaxPool an AveragePool in the SNN rows (the ANN row is the "
+           "model as given)" if args.maxpool == "avg" else "")] + (
         [fallback[0].upper() + fallback[1:]] if fallback else [])
     data: dict[str, Any] = {"title": f"snncc report: {Path(args.model).name}", "notes": notes}
     saturated: list[str] = []   # the simulator's saturation notes, one per run
     no_synops = None
-    for T in ts:
+    for T in reversed(ts):   # the largest first: the sections' T, and what fails first
         with tempfile.TemporaryDirectory() as tmp, scratch():
             tmp = Path(tmp)
             _progress(f"T = {T}: compiling and running the ONNX Runtime SNN")
@@ -425,10 +460,26 @@ def report_command(args: argparse.Namespace) -> int:
             ort_out = next(iter(run_compiled(tmp / "snn.onnx", x, use_library=False,
                                              spike_counts=False).outputs.values()))
             series["ORT SNN"].append(_accuracy(ort_out, ref))
+            compiled = None
             if args.target == "loihi":
                 _progress(f"T = {T}: compiling and simulating the Loihi netlist")
-                compiled = compile_model(args.model, tmp / "loihi",
-                                         make_options(target="loihi", timesteps=T, **common))
+                try:
+                    compiled = compile_model(args.model, tmp / "loihi",
+                                             make_options(target="loihi", timesteps=T, **common))
+                except BackendCapabilityError as exc:   # e.g. thresholds beyond the fixed point
+                    if chosen or T != ts[-1]:
+                        raise
+                    first = exc.diagnostics[0] if exc.diagnostics else None
+                    why = f"{first.node}: {first.message}" if first and first.node else exc.message
+                    args.target = "ort"
+                    for name in ("Loihi emulated", "Loihi hardware (reset to 0)"):
+                        series.pop(name)
+                    notes[0] = notes[0].replace("target loihi", "target ort")
+                    notes.append(f"Target ort: at T = {T} the Loihi fixed point cannot hold "
+                                 f"the model ({why}); --target loihi says all of why")
+                    print(f"snncc report: note: target ort: the Loihi compile failed at T = {T} "
+                          f"({exc.code}); --target loihi says all of why", file=sys.stderr)
+            if compiled is not None:
                 notes.extend(f"T = {T}, Loihi compile: {w.removeprefix('warning: ')}"
                              for w in compiled.warnings if "loihi:" in w or "saturated" in w)
                 net = load(tmp / "loihi")
@@ -443,9 +494,12 @@ def report_command(args: argparse.Namespace) -> int:
                     _accuracy(next(iter(hw.values())), ref))
                 mapping = json.loads((tmp / "loihi" / "cores.json").read_text())
                 syn = count_synops(tmp / "loihi", events, mapping=mapping,
-                                   analog_once=False)   # its input is sent every step
+                                   analog_once=False) if T == ts[-1] else None   # input: every step
                 meta = json.loads((tmp / "loihi" / "netlist.json").read_text())["meta"]
-                data.update(mapping=mapping, quantization=meta["quantization"])
+                if T == ts[-1]:
+                    data.update(mapping=mapping, quantization=meta["quantization"])
+            elif T != ts[-1]:
+                syn = None   # the per-layer sections are the largest T's
             else:
                 import onnx
                 snn = onnx.load(str(tmp / "snn.onnx"))
@@ -461,8 +515,13 @@ def report_command(args: argparse.Namespace) -> int:
                     first = exc.diagnostics[0] if exc.diagnostics else None
                     no_synops = (f"node {first.node}: {first.message}" if first and first.node
                                  else first.message if first else exc.message)
-            if syn is not None:
+            if syn is not None and T == ts[-1]:
                 data.update(synops=syn, energy=estimate(syn))
+    for values in series.values():   # run largest T first, tabled in ascending T
+        values.reverse()
+    notes.append("Spikes, SynOps and energy per layer" + (
+        ", cores and quantization are the emulated Loihi run's" if args.target == "loihi"
+        else " are the ONNX Runtime SNN's") + f", at the largest T ({ts[-1]})")
     if no_synops:
         hint = "; --maxpool avg lowers a MaxPool" if "MaxPool" in no_synops and \
             args.maxpool != "avg" else ""

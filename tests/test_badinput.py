@@ -1185,7 +1185,7 @@ def test_report_warns_when_it_calibrates_on_the_data_it_scores(corpus, tmp_path,
     assert main([str(a) for a in argv]) == 0
     err = capsys.readouterr().err
     assert "calibrating on --data" in err and "T = 1: compiling" in err
-    assert "on the same samples" in (tmp_path / "r.md").read_text()
+    assert "the samples it scores" in (tmp_path / "r.md").read_text()
 
 
 def test_inspect_says_a_compiled_model_is_one(corpus, capsys):

@@ -1,0 +1,54 @@
+"""snncc report as a user met it (a helper's audit): the per-layer sections are the largest T's
+whatever order -T lists, each T runs once, a Loihi fixed point that cannot hold the largest T
+falls back to ORT when no target was asked for, --maxpool avg is said, plot labels are unique."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from snncc.cli import main
+from snncc.report import short_labels
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _data(tmp_path: Path, name: str, n: int) -> Path:
+    with np.load(EXAMPLES / f"{name}_test.npz") as d:
+        np.savez(tmp_path / "t.npz", x=d["x"][:n], y=d["y"][:n])
+    return tmp_path / "t.npz"
+
+
+def test_sections_are_the_largest_ts_and_each_t_runs_once(tmp_path, capsys):
+    """-T 8,2 had given T = 2's spikes, SynOps and energy under an accuracy table of T = 2 and
+    8, saying so only by '2 slices'; -T 4,4 ran twice and tabled two rows."""
+    data = _data(tmp_path, "mnist", 24)
+    assert main(["report", str(EXAMPLES / "mnist_cnn.onnx"), "--data", str(data), "--calib",
+                 str(EXAMPLES / "mnist_calib.npz"), "-T", "4,2,4", "--target", "ort",
+                 "--maxpool", "avg", "-o", str(tmp_path / "r.md")]) == 0
+    page = (tmp_path / "r.md").read_text()
+    assert capsys.readouterr().err.count("compiling and running the ONNX Runtime SNN") == 2
+    assert "| 2 |" in page and page.count("| 4 |") == 1 and "ORT SNN (T=4)" in page
+    assert "at the largest T (4)" in page and "4 slices." in page
+    assert "--maxpool avg: every MaxPool an AveragePool" in page
+
+
+def test_a_loihi_fixed_point_failure_falls_back_to_ort_by_default(tmp_path, capsys):
+    """bit-serial at T = 16 leaves Loihi too few fraction bits (E632): the default target had
+    failed the whole report after T = 2's work; it now reports ORT, saying why."""
+    data = _data(tmp_path, "digits_cnn", 16)
+    assert main(["report", str(EXAMPLES / "digits_cnn.onnx"), "--data", str(data), "--calib",
+                 str(EXAMPLES / "digits_cnn_calib.npz"), "-T", "2,16", "--neuron", "bitserial",
+                 "-o", str(tmp_path / "r.md")]) == 0
+    assert "target ort: the Loihi compile failed at T = 16" in capsys.readouterr().err
+    page = (tmp_path / "r.md").read_text()
+    assert "target ort" in page and "Loihi emulated" not in page and "fraction bits" in page
+
+
+def test_plot_labels_are_unique():
+    names = ["/stem/stem.0/stem.0.2/Relu/IFNeuron",
+             "/layers/layers.0/layers.0.0/relu1/Relu/IFNeuron",
+             "/layers/layers.1/layers.1.0/relu1/Relu/IFNeuron", "/a/MaxPool", "/a/MaxPool"]
+    labels = short_labels(names)
+    assert labels[:3] == ["stem.0.2", "layers.0.0/relu1", "layers.1.0/relu1"]
+    assert len(set(labels)) == len(labels)
