@@ -74,7 +74,10 @@ class SnnccError(Exception):
 
     def __init__(self, message: str | None = None, *, diagnostics: Sequence[Diagnostic] = (),
                  code: str | None = None, hint: str = ""):
-        self.diagnostics = tuple(diagnostics)
+        # worded for the caller like the message (a script reads .diagnostics too)
+        self.diagnostics = tuple(diagnostics) if in_cli() else tuple(
+            dataclasses.replace(d, message=api_wording(d.message), hint=api_wording(d.hint))
+            for d in diagnostics)
         if code is not None:
             self.code = code
         self.hint = api_wording(hint)

@@ -230,3 +230,15 @@ def test_report_without_labels_scores_agreement_with_the_ann(tmp_path):
     # the energy ratio on both ANN counts, and how the input layer's MACs were counted
     assert "zero padding left out" in page and "without the taps on the zero padding" in page
     assert "counted once: the schedule computes the input layer's current once" in page
+
+
+def test_a_python_callers_diagnostics_name_keywords(tmp_path):
+    """str(error) was keyword-worded but error.diagnostics kept the CLI's flags
+    ('--input-shape names ...'), which a script reading them met."""
+    from snncc.driver import compile_model, make_options
+    from snncc.errors import SnnccError
+
+    with pytest.raises(SnnccError) as err:
+        compile_model(MODEL, tmp_path / "o.onnx", make_options(input_shapes={"zz": (1, 1, 28, 28)}))
+    assert err.value.code == "SNN-E115"
+    assert err.value.diagnostics[0].message.startswith("input_shapes names 'zz'")
