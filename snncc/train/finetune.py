@@ -432,6 +432,32 @@ def _lambda_init(value: float | str) -> tuple[str, float]:
     return "const", lam
 
 
+def _check_types(module: Any, train_data: Any, **values: Any) -> None:
+    """SNN-E349 for a Python caller's values of the wrong type (epochs='3' and a path given as
+    the module had raised bare TypeError / AttributeError; levels=4.5 trained silently)."""
+    def bad(name: str, value: Any, want: str) -> OptionError:
+        return OptionError(f"finetune: {name}={value!r} ({type(value).__name__}) must be {want}",
+                           code="SNN-E349", hint=f"pass {name} as {want}")
+
+    if not isinstance(module, nn.Module):
+        raise bad("module", module, "a torch module (snncc.train.load_onnx_module(path) "
+                  "reads an ONNX file)")
+    if isinstance(train_data, np.ndarray):
+        raise OptionError(f"finetune: train_data is an array of shape {train_data.shape} alone; "
+                          "training needs the labels too", code="SNN-E349",
+                          hint="pass train_data=(x, y)")
+    if train_data is None or (isinstance(train_data, (tuple, list)) and len(train_data) != 2):
+        raise bad("train_data", train_data, "an (x, y) pair, a path or a dataset")
+    for name, value in values.items():
+        integer = name in ("levels", "epochs", "batch_size", "calib_samples", "val_every",
+                           "workers", "seed", "snn_timesteps")
+        if value is None and name == "snn_timesteps":
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(
+                value, (int, np.integer) if integer else (int, float, np.number)):
+            raise bad(name, value, "an integer" if integer else "a number")
+
+
 def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike | None = None, *,
                     levels: int = 4, epochs: int = 3, sparsity: float = 0.0, lr: float = 0.003,
                     batch_size: int = 64, lambda_init: float | str = "mse", calib_samples: int = 256,
@@ -451,6 +477,10 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
     """
     from snncc.context import MAX_LEVELS, MAX_TIMESTEPS  # what `snncc compile` accepts for -L / -T
 
+    _check_types(module, train_data, levels=levels, epochs=epochs, batch_size=batch_size,
+                 calib_samples=calib_samples, val_every=val_every, workers=workers, seed=seed,
+                 snn_timesteps=snn_timesteps, sparsity=sparsity, lr=lr, distill=distill,
+                 temperature=temperature, warmup=warmup, weight_decay=weight_decay)
     check_option(1 <= levels <= MAX_LEVELS, f"levels L={levels} must lie in 1..{MAX_LEVELS} (what compile accepts)",
                  "use e.g. -L 4")
     check_option(epochs >= 0, f"epochs={epochs} must be >= 0", "use e.g. --epochs 3")

@@ -257,3 +257,20 @@ def test_an_output_of_more_than_two_dims_is_refused(tmp_path, data, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "[SNN-E808]" in err and "[1, 10, 1, 1]" in err and "Flatten" in err
     assert _snapshot(tmp_path) == before
+
+
+def test_the_python_apis_wrong_types_are_coded(data):
+    """finetune_module(epochs='3') and a path given as the module raised bare TypeError /
+    AttributeError, an x array alone a ValueError, and levels=4.5 trained silently."""
+    from snncc.errors import SnnccError
+    from snncc.train.finetune import finetune_module
+    from snncc.train.onnx_to_torch import load_onnx_module
+
+    module = load_onnx_module(str(MODEL))
+    _, x, y = data
+    for mod, train, kw in ((module, (x, y), {"epochs": "3"}), (module, None, {}),
+                           (module, x, {}), (str(MODEL), (x, y), {}),
+                           (module, (x, y), {"levels": 4.5})):
+        with pytest.raises(SnnccError) as err:
+            finetune_module(mod, train, progress=False, **kw)
+        assert err.value.code == "SNN-E349"
