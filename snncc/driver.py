@@ -96,8 +96,9 @@ def _typed(kw: dict[str, Any]) -> dict[str, Any]:
     if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
         raise _api_type_error("calib_path", value, "a path (str or os.PathLike) or None")
     for name in ("input_shapes", "neuron_params"):
-        if name in kw and not isinstance(kw[name], Mapping) and not (
-                name == "neuron_params" and kw[name] is None):
+        if name in kw and kw[name] is None:   # none given (inspect's own calls pass None)
+            kw[name] = {}
+        if name in kw and not isinstance(kw[name], Mapping):
             raise _api_type_error(name, kw[name], "a mapping (dict)")
     for name in ("target", "neuron", "calib_method", "maxpool", "schedule"):
         if name in kw and not isinstance(kw[name], str):

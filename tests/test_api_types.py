@@ -103,7 +103,6 @@ def _run_neuron(op, x, attrs):
     (lambda: _run_neuron("IFNeuron", X, None), "SNN-E349"),
     (lambda: _run_neuron("Relu", X, {}), "SNN-E349"),
     # a Python-API user's audit: bare TypeErrors, an internal E500, raw ORT errors
-    (lambda: make_options(input_shapes=None, calib_path=CALIB), "SNN-E349"),
     (lambda: make_options(neuron=["if"]), "SNN-E349"),
     (lambda: make_options(neuron="mt", neuron_params={1: 2}), "SNN-E349"),
     (lambda: make_options(derived_from=5), "SNN-E349"),

@@ -107,7 +107,7 @@ def test_dynamic_dims_need_input_shape():
         _canonicalize(zoo.dynamic_hw())
     (diag,) = info.value.diagnostics
     assert diag.code == "SNN-E114"
-    assert "--input-shape x=" in diag.hint
+    assert "input_shapes={'x': (1, 3, height, width)}" in diag.hint   # worded for the API
 
 
 def test_dynamic_batch_alone_is_fine():
