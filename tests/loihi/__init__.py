@@ -92,6 +92,22 @@ def ort_reference(model: onnx.ModelProto, x: np.ndarray, T: int):
     return run_compiled(compiled_ort(model, T), {"x": x}, use_library=False, optimize=False)
 
 
+def exact_lowering_equals_ort(model: onnx.ModelProto, x: np.ndarray, T: int = 4):
+    """Lower and quantize ``model`` (exactly: no diagnostics, all weights exact), simulate ``x``
+    and assert its one output equals the ORT folded run; returns (netlist, SimResult, RunResult)."""
+    from snncc.backends.loihi.lowering import lower
+    from snncc.backends.loihi.quantize import quantize
+    from snncc.backends.loihi.simulator import simulate
+
+    net = lower(model, T)
+    report, diags = quantize(net)
+    assert not diags and report["all_exact"]
+    sim, ref = simulate(net, x), ort_reference(model, x, T)
+    (name, out), = sim.outputs.items()
+    np.testing.assert_array_equal(out, ref.outputs[name])
+    return net, sim, ref
+
+
 def residual_pool_model(seed: int = 0, op: str = "IFNeuron", **attrs) -> onnx.ModelProto:
     """conv -> neuron -> [conv + identity] -> neuron -> avgpool -> conv -> neuron -> concat
     -> GAP -> flatten -> gemm."""

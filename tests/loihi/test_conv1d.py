@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loihi import Graph, dyadic_input, ort_reference
+from loihi import Graph, dyadic_input, exact_lowering_equals_ort, ort_reference
 from snncc.analysis.synops import count_netlist, static_synops
 from snncc.backends.loihi.lowering import lower
 from snncc.backends.loihi.netx import write_netx
@@ -52,12 +52,7 @@ def test_the_simulator_equals_onnxruntime_on_a_1d_net(op):
     attrs = {} if op == "IFNeuron" else {"fractions": [1.0, 0.5], "mode": "parallel"}
     model = conv1d_net(op=op, **attrs)
     x = dyadic_input((3, 2, L), seed=5)
-    net = lower(model, 4)
-    report, diags = quantize(net)
-    assert not diags and report["all_exact"]
-    sim, ref = simulate(net, x), ort_reference(model, x, 4)
-    (name, out), = sim.outputs.items()
-    np.testing.assert_array_equal(out, ref.outputs[name])
+    net, sim, ref = exact_lowering_equals_ort(model, x)
     assert {k: int(v.sum()) for k, v in sim.events.items()} == ref.events_per_layer
     assert [(g.shape, g.view) for g in net.groups if g.kind == "neuron"] == \
         [((4, L), (4, L, 1)), ((4, L), (4, L, 1)), ((6, L // 4), (6, L // 4, 1))]

@@ -113,23 +113,21 @@ def netx_input_shift(net: Netlist) -> int:
     fed = [g for g in net.groups if netx_exportable(g)
            and any(net.group(b.src).kind == "input" for b in net.blocks_into(g.name))]
     for s in range(MAX_INPUT_SHIFT + 1):
-        if all(_params(net, g, s)["extra"] <= 1 for g in fed):
+        if all(netx_params(net, g, s)["extra"] <= 1 for g in fed):
             return s
     return MAX_INPUT_SHIFT
 
 
-def netx_params(net: Netlist, g: Group) -> dict[str, Any]:
+def netx_params(net: Netlist, g: Group, shift: int | None = None) -> dict[str, Any]:
     """The group's parameters in NetX units (see the module doc): ``e``, ``extra``, ``unit``
     (state integers per NetX unit), ``vth`` (int; ``VTH_MANT_MAX`` for a readout), ``vth_exact``,
     ``bias`` (int64, shape ``view``), ``bias_err`` (largest rounding error, NetX units),
     ``decay_v``, ``weights`` {block name: int64 NetX weights}, ``weights_exact``,
-    ``input_shift`` (:func:`netx_input_shift`; the weights of blocks from the input expect the
-    input sent with that many fewer fraction bits).
+    ``input_shift`` (``shift``, by default :func:`netx_input_shift`; the weights of blocks from
+    the input expect the input sent with that many fewer fraction bits).
     """
-    return _params(net, g, netx_input_shift(net))
-
-
-def _params(net: Netlist, g: Group, shift: int) -> dict[str, Any]:
+    if shift is None:
+        shift = netx_input_shift(net)
     blocks = net.blocks_into(g.name)
     # a block from the input: its payload comes 2**shift coarser, its weight 2**shift larger
     exps = {b.name: b.exp + (shift if net.group(b.src).kind == "input" else 0) for b in blocks}
@@ -271,7 +269,7 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
         prev = inp
         for g in exported:
             b = net.blocks_into(g.name)[0]
-            p = netx_params(net, g)
+            p = netx_params(net, g, shift)
             weight, bias = p["weights"][b.name], p["bias"]
             if p["extra"]:
                 notes.append(f"{g.name}: NetX unit {p['unit']:g} state integers, 2**"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from snncc.backends.loihi.netlist import Group, Netlist, block_apply, load
-from snncc.backends.loihi.netx import netx_exportable, netx_params
+from snncc.backends.loihi.netx import netx_exportable, netx_input_shift, netx_params
 from snncc.backends.loihi.quantize import FixedPoint
 from snncc.errors import BackendCapabilityError, OptionError
 from snncc.neurons.registry import get_neuron
@@ -78,6 +78,7 @@ class _Sim:
         self.peaks: dict[str, int] = {}
         self.f32: tuple[str | None, np.ndarray | None] = (None, None)
         self.x = np.zeros((0,))                           # the analog input, float64
+        self.netx_shift = netx_input_shift(net) if hardware else 0   # computed once a run
 
     def input_payload(self, frac_bits: int) -> np.ndarray:
         """The analog input as integer payloads ``round(x * 2**frac_bits)`` [1, N, *view]."""
@@ -190,7 +191,7 @@ class _Sim:
         """Lava's ``PyLifModelBitAcc`` (and ``LIFReset`` from the start of the window) on the
         group's NetX parameters (weights, threshold and bias as ``network.net`` holds them).
         Returns (spikes as int64 payload [S, N, *view], voltage after each step, same shape)."""
-        p = netx_params(self.net, g)
+        p = netx_params(self.net, g, self.netx_shift)
         if p["input_shift"]:   # the NetX input comes 2**shift coarser (netx_input_shift)
             inp = self.net.groups[0].name
             payloads = {**payloads, inp: self.input_payload(self.fp.input_frac_bits
@@ -270,7 +271,7 @@ def _pad_begin(x: np.ndarray, pads: tuple[int, int], need: tuple[int, int]) -> n
     return out
 
 
-def _check_netx_vintage(net: Netlist, fp: FixedPoint) -> None:
+def _check_netx_vintage(net: Netlist, fp: FixedPoint, shift: int) -> None:
     """The hardware semantics compute the NetX parameters from the netlist with today's rules;
     warn when the folder's network.net was written under other ones (an earlier snncc held the
     biases to 16 bits and sent the input at the netlist's scale), so that Lava and this run would
@@ -278,9 +279,7 @@ def _check_netx_vintage(net: Netlist, fp: FixedPoint) -> None:
     netx = net.meta.get("netx") or {}
     if not netx.get("path"):
         return
-    from snncc.backends.loihi.netx import netx_input_shift
-
-    want = fp.input_frac_bits - netx_input_shift(net)
+    want = fp.input_frac_bits - shift
     if netx.get("input_frac_bits") != want:
         logger.warning("%s", "this folder's network.net was written by an earlier snncc, under "
                        "other NetX rules (biases held to 16 bits, the input at the netlist's "
@@ -323,7 +322,7 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
                                      hint="pass a batch of inputs of the compiled shape")
     sim = _Sim(net, semantics == "hardware", fp)
     if sim.hw:
-        _check_netx_vintage(net, fp)
+        _check_netx_vintage(net, fp, sim.netx_shift)
     n, steps, counted = x.shape[0], net.total_steps, net.counted_steps
     top = (1 << (fp.payload_bits - 1)) - 1
     sim.x = x
