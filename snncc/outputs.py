@@ -292,6 +292,12 @@ def _place_problem(path: Path) -> str | None:
         return f"'{parent}' is a file, not a directory"
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"the directory '{parent}' is not writable"
+    try:    # root passes os.access everywhere; /proc, a read-only or full mount refuse a file
+        fd, probe = tempfile.mkstemp(prefix=".snncc-probe-", dir=parent)
+    except OSError as exc:
+        return f"no file can be created in '{parent}' ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
     return None
 
 

@@ -186,8 +186,11 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
                               code="SNN-E349", hint=f"pass {name} as True or False")
     proto = ir.read_proto(model_path)  # SNN-E101 / E102 like the CLI
     if batch_size is not None and (isinstance(batch_size, (bool, np.bool_)) or not isinstance(
-            batch_size, (int, np.integer)) or batch_size < 1):
-        raise OptionError(f"batch size must be an integer of at least 1, got {batch_size!r}",
+            batch_size, (int, np.integer))):
+        raise OptionError(f"batch_size={batch_size!r} ({type(batch_size).__name__}) must be an "
+                          "integer", code="SNN-E349", hint="e.g. batch_size=16")
+    if batch_size is not None and batch_size < 1:
+        raise OptionError(f"batch size must be at least 1, got {batch_size!r}",
                           code="SNN-E684", hint="e.g. batch_size=16")
     wanted_inputs = data_inputs(proto)
     if not isinstance(inputs, Mapping) and (not isinstance(inputs, np.ndarray) or inputs.ndim < 1):

@@ -67,7 +67,9 @@ def _run_neuron(op, x, attrs):
      "SNN-E349"),
     (lambda: run_compiled("no/such/model.onnx", X), "SNN-E101"),
     (lambda: run_compiled(CALIB, X), "SNN-E102"),
-    (lambda: run_compiled(MODEL, X, batch_size=2.5), "SNN-E684"),
+    (lambda: run_compiled(MODEL, X, batch_size=2.5), "SNN-E349"),
+    (lambda: run_compiled(MODEL, X, batch_size="16"), "SNN-E349"),   # a type, not a range
+    (lambda: run_compiled(MODEL, X, batch_size=0), "SNN-E684"),
     (lambda: run_compiled(MODEL, None), "SNN-E683"),
     # found by a library-user audit: bare TypeErrors, or an internal E500 later
     (lambda: make_options(opset="17"), "SNN-E349"),

@@ -8,12 +8,14 @@ with nothing added (no output, no ``.*.snncc-*`` temporary). Commands run in-pro
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -346,10 +348,18 @@ def test_output_under_a_file_or_unwritable_directory_is_refused_up_front(corpus,
     work (was an internal FileExistsError / OSError, exit 1, after the compile)."""
     (tmp_path / "afile").write_text("mine")
     (tmp_path / "locked").mkdir()
+    (tmp_path / "refuses").mkdir()
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p).name == "locked"
                         else real_access(p, mode, **kw))  # root ignores chmod 555
-    for bad in (tmp_path / "afile" / "x", tmp_path / "locked" / "x"):
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, **kw):   # /proc, a read-only or full mount: access() yes, a file no
+        if Path(kw.get("dir") or "").name == "refuses":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_mkstemp(*args, **kw)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    for bad in (tmp_path / "afile" / "x", tmp_path / "locked" / "x", tmp_path / "refuses" / "x"):
         argv = {"compile": ["compile", corpus.model, "--calib", corpus.calib, "-o", bad],
                 "compile-report": ["compile", corpus.model, "--calib", corpus.calib, "-o",
                                    tmp_path / "ok.onnx", "--report", bad],
