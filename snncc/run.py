@@ -265,6 +265,8 @@ def _run_nir(path: Path, inputs: str) -> tuple[dict[str, np.ndarray], dict[str, 
     x, labels = load_inputs(inputs)
     inp = next(n for n in graph.nodes.values() if isinstance(n, nir.Input))
     want = tuple(int(d) for d in np.asarray(next(iter(inp.input_type.values()))).reshape(-1))
+    if graph.metadata.get("input_view") and tuple(x.shape[1:]) == want[:-1] and want[-1] == 1:
+        x = x[..., None]     # a 1-D net's (C, L, 1) view: the samples the ONNX model took
     if tuple(x.shape[1:]) != want:
         raise ModelInputError(f"inputs of shape {tuple(x.shape)}, the NIR graph takes "
                               f"[N, {', '.join(map(str, want))}]", code="SNN-E105",

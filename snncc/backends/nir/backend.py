@@ -31,6 +31,8 @@ from snncc.errors import BackendCapabilityError, Diagnostic
 __all__ = ["NirBackend"]
 
 PASS = "nir-export"
+VIEW_NOTE = ("a 1-D net exported on its (C, L, 1) view: feed each [C, L] sample as [C, L, 1] "
+             "(x[..., None]); snncc run does this itself")
 
 
 class NirBackend(Backend):
@@ -83,7 +85,8 @@ class NirBackend(Backend):
         if res is None or diags or len(feeds) != 1:
             return None
         x = next(iter(feeds.values()))
-        outputs = run_graph(res.graph, x, ctx.options.timesteps)
+        outputs = run_graph(res.graph, x[..., None] if res.input_view else x,
+                            ctx.options.timesteps)
         return iter([(slice(0, len(x)), next(iter(outputs.values())).astype(np.float32), None)])
 
     def emit(self, model: ir.Model, ctx: CompileContext, out: Path) -> Artifact:
@@ -98,6 +101,8 @@ class NirBackend(Backend):
         notes = [f"{k}: {n}" for k, v in sorted(lossy.items()) for n in v] + list(res.notes)
         res.graph.metadata = {"producer": "snncc", "timesteps": int(ctx.options.timesteps),
                               "dt": 1.0, "lossy": "; ".join(notes) or "none"}
+        if res.input_view:   # a 1-D net on its (C, L, 1) view: what a user feeds
+            res.graph.metadata["input_view"] = VIEW_NOTE
         meta = {p.key: p.value for p in proto.metadata_props}
         if input_range.METADATA_KEY in meta:   # the scale to feed it on (mean, std, max_abs)
             res.graph.metadata["calibration_inputs"] = meta[input_range.METADATA_KEY]
@@ -110,6 +115,7 @@ class NirBackend(Backend):
         report = {"nodes": len(back.nodes), "edges": len(back.edges), "node_types": kinds,
                   "neurons": res.neurons, "timesteps": ctx.options.timesteps,
                   "lossy": bool(lossy), "lossy_notes": notes,
+                  **({"input_view": VIEW_NOTE} if res.input_view else {}),
                   "semantics": "discrete time, dt = 1: each step feeds the analog input "
                                "again; the output is the mean over the steps"}
         ctx.notes["nir"] = {"nodes": len(back.nodes), "lossy": bool(lossy),

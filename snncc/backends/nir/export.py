@@ -4,7 +4,10 @@ Mapping (NIR 1.0 primitives; shapes exclude the batch axis, time is discrete wit
 
 * graph input -> ``Input``; graph output -> ``Output`` (a ``Scale`` before it when the value
   still carries a pending factor, see below);
-* ``Conv`` (2-D, symmetric pads) -> ``Conv2d``; ``Gemm`` -> ``Affine``; ``MatMul`` by a constant
+* ``Conv`` (2-D, symmetric pads) -> ``Conv2d``; a 1-D net (``[N, C, L]`` maps) is exported on its
+  ``(C, L, 1)`` view, as the Loihi lowering does (NIR has Conv1d but no 1-D pooling, and Norse
+  reads neither): its Input node takes ``(C, L, 1)`` and the file's metadata ``input_view``
+  says so (``snncc run`` adds the axis itself); ``Gemm`` -> ``Affine``; ``MatMul`` by a constant
   matrix -> ``Linear``; a constant ``Add`` after a Conv/Gemm folds into its bias;
 * ``AveragePool`` / ``GlobalAveragePool`` (and ``MaxPool`` under ``--maxpool avg``, counting the
   padding as the Loihi lowering does) -> ``SumPool2d`` (a padded one as a ``Conv2d`` with a 0/1
@@ -61,6 +64,7 @@ class ExportResult:
     nodes: list[str]                # NIR node names in order
     neurons: dict[str, str]         # NIR node name -> snncc neuron key
     notes: list[str]
+    input_view: bool = False        # a 1-D net: the Input node takes (C, L, 1) for (C, L)
 
 
 @dataclass
@@ -120,6 +124,7 @@ class _Builder:
         self.diags: list[Diagnostic] = []
         self.used: set[str] = set()
         self.notes: list[str] = []
+        self.view1d = False             # 1-D net exported on its (C, L, 1) view
 
     # -- helpers
     def _name(self, onnx_name: str, fallback: str) -> str:
@@ -151,13 +156,26 @@ class _Builder:
                           "see the other diagnostics")
         return self.values[name]
 
-    @staticmethod
-    def _pads(attrs: dict[str, Any], k: tuple[int, int]) -> tuple[int, int]:
+    def _spatial(self, attrs: dict[str, Any], key: str, default: int) -> tuple[int, int]:
+        """A 2-D attribute (kernel_shape, strides, dilations); a 1-D op's on the (L, 1) view."""
+        vals = tuple(int(v) for v in attrs.get(key, ()))
+        if len(vals) == 1 and self.view1d:
+            return vals[0], 1
+        if len(vals) == 2:
+            return vals
+        if not vals:
+            return default, default
+        raise _Refuse("SNN-E693", f"{key}={list(vals)}: only 1-D and 2-D maps are supported",
+                      "use Conv1d / Conv2d and their pools")
+
+    def _pads(self, attrs: dict[str, Any], k: tuple[int, int]) -> tuple[int, int]:
         if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             raise _Refuse("SNN-E693", f"auto_pad={attrs['auto_pad']} is not supported",
                           "export with explicit pads")
         pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
-        if pads[:2] != pads[2:]:
+        if len(pads) == 2 and self.view1d:
+            pads = [pads[0], 0, pads[1], 0]
+        if len(pads) != 4 or pads[:2] != pads[2:]:
             raise _Refuse("SNN-E693", f"asymmetric pads {pads}: NIR padding is symmetric",
                           "pad symmetrically")
         return pads[0], pads[1]
@@ -176,6 +194,9 @@ class _Builder:
             raise _Refuse("SNN-E693", f"input '{inputs[0].name}' has no static shape {dims}",
                           "pass --input-shape")
         name = self._name("input", "input")
+        if len(dims) == 2:      # [N, C, L]: the (C, L, 1) view (Norse reads no Conv1d)
+            self.view1d = True
+            dims = [*dims, 1]
         self._add(name, nir.Input(input_type={"input": np.array(dims)}), None)
         self.values[inputs[0].name] = _Value(name, tuple(dims), None)
         failed: set[str] = set()
@@ -202,7 +223,7 @@ class _Builder:
                            v.shape, None)
             self._add(self._name(f"output_{out.name}", "output"),
                       nir.Output(output_type={"output": np.array(v.shape)}), v)
-        return ExportResult(None, order, self.neurons, self.notes)
+        return ExportResult(None, order, self.neurons, self.notes, self.view1d)
 
     @staticmethod
     def _broadcast(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -325,8 +346,11 @@ class _Builder:
         w = self._const(node, 1)
         b = self._const(node, 2)
         a = _attrs(node)
+        if self.view1d and len(x.shape) == 3 and x.shape[2] == 1 and w.ndim == 3:
+            w = w[..., None]                    # a Conv1d on the (C, L, 1) view: (k, 1)
         if len(x.shape) != 3 or w.ndim != 4:
-            raise _Refuse("SNN-E693", "only 2-D convolutions are supported", "use Conv2d")
+            raise _Refuse("SNN-E693", "only 1-D and 2-D convolutions are supported",
+                          "use Conv1d or Conv2d")
         groups = int(a.get("group", 1))
         if groups > 1:
             # nir's Conv2d types its input as weight.shape[1] channels, so a grouped weight
@@ -336,16 +360,45 @@ class _Builder:
                               "dense Conv2d with block-diagonal (zero-padded) weights")
         if x.scale is not None:
             w = w * x.scale.reshape(1, -1, 1, 1)
-        stride = tuple(int(s) for s in a.get("strides", [1, 1]))
-        dil = tuple(int(d) for d in a.get("dilations", [1, 1]))
+        stride = self._spatial(a, "strides", 1)
+        dil = self._spatial(a, "dilations", 1)
         pad = self._pads(a, w.shape[2:])
         bias = np.zeros(w.shape[0]) if b is None else b.reshape(-1)
-        conv = self.nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=w.astype(np.float32),
-                               stride=stride, padding=pad, dilation=dil, groups=1,
-                               bias=bias.astype(np.float32))
+        conv = self._conv2d(node, x, w, stride, pad, dil, bias)
         out = conv.output_type["output"]
         name = self._add(self._name(node.name, "conv"), conv, x)
         self.values[node.output[0]] = _Value(name, tuple(int(d) for d in out), None)
+
+    def _conv2d(self, node, x: _Value, w: np.ndarray, stride, pad, dil, bias: np.ndarray):
+        """nir.Conv2d for ``w``; a non-square kernel as a square one giving the same output:
+        nir 1.0 types a Conv2d's output from the kernel's height alone (both axes), so a
+        (3, 1) kernel's file fails ``nir.read``'s type check. A (kh, kw) kernel is zero-padded
+        to (K, K) with the padding widened by as many taps (kh and kw of one parity); on a
+        width-1 map (the 1-D view) the (k, 1) kernel is the middle column of a (k, k) one with
+        width padding k // 2 and, for even k, width stride 2 (one output column either way)."""
+        kh, kw = w.shape[2:]
+        if kh != kw:
+            if x.shape[2] == 1 and kw == 1 and pad[1] == 0 and dil[1] == 1:
+                wide = np.zeros(w.shape[:2] + (kh, kh), w.dtype)
+                wide[..., kh // 2] = w[..., 0]
+                w, pad, stride = wide, (pad[0], kh // 2), (stride[0], 1 if kh % 2 else 2)
+            elif (kh - kw) % 2:
+                raise _Refuse("SNN-E693", f"a ({kh}, {kw}) kernel: nir 1.0 types a Conv2d's "
+                              "output as if its kernel were square, and a square kernel with "
+                              "the same output needs kh and kw of one parity",
+                              "use --target ort or loihi, or kernels of one parity")
+            else:
+                k = max(kh, kw)
+                eh, ew = (k - kh) // 2, (k - kw) // 2
+                wide = np.zeros(w.shape[:2] + (k, k), w.dtype)
+                wide[..., eh:eh + kh, ew:ew + kw] = w
+                w, pad = wide, (pad[0] + dil[0] * eh, pad[1] + dil[1] * ew)
+            self.notes.append(f"{node.name}: the ({kh}, {kw}) kernel is exported as a "
+                              f"zero-padded ({w.shape[2]}, {w.shape[3]}) one (nir 1.0 types "
+                              "Conv2d outputs from square kernels)")
+        return self.nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=w.astype(np.float32),
+                               stride=tuple(stride), padding=tuple(pad), dilation=tuple(dil),
+                               groups=1, bias=bias.astype(np.float32))
 
     def _affine(self, node, x: _Value, w: np.ndarray, bias: np.ndarray | None):
         if len(x.shape) != 1 or w.shape[1] != x.shape[0]:
@@ -371,14 +424,13 @@ class _Builder:
 
     def _sumpool(self, node, x: _Value, k, stride, pad):
         if len(x.shape) != 3:
-            raise _Refuse("SNN-E693", "pooling of a tensor that is not C x H x W", "pool 2-D maps")
+            raise _Refuse("SNN-E693", "pooling of a tensor that is not C x H x W or C x L",
+                          "pool 1-D or 2-D maps")
         if any(pad):   # Norse's SumPool2d drops the padding: the same sum as a 0/1 Conv2d
             c = x.shape[0]
             ones = np.zeros((c, c) + tuple(k), dtype=np.float32)
             ones[np.arange(c), np.arange(c)] = 1.0
-            pool = self.nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=ones,
-                                   stride=tuple(stride), padding=tuple(pad), dilation=(1, 1),
-                                   groups=1, bias=np.zeros(c, dtype=np.float32))
+            pool = self._conv2d(node, x, ones, stride, pad, (1, 1), np.zeros(c))
         else:
             pool = self.nir.SumPool2d(kernel_size=np.array(k), stride=np.array(stride),
                                       padding=np.array(pad))
@@ -390,7 +442,7 @@ class _Builder:
 
     def _op_AveragePool(self, node):
         a = _attrs(node)
-        k = tuple(int(v) for v in a["kernel_shape"])
+        k = self._spatial(a, "kernel_shape", 1)
         if a.get("ceil_mode", 0):
             raise _Refuse("SNN-E693", "ceil_mode=1 pooling is not supported",
                           "export the pooling with ceil_mode=0")
@@ -398,8 +450,7 @@ class _Builder:
         if any(pad) and not a.get("count_include_pad", 0):
             raise _Refuse("SNN-E693", "padded average pooling with count_include_pad=0 has "
                           "position-dependent weights", "pool without padding")
-        stride = tuple(int(s) for s in a.get("strides", [1, 1]))
-        self._sumpool(node, self._value(node.input[0]), k, stride, pad)
+        self._sumpool(node, self._value(node.input[0]), k, self._spatial(a, "strides", 1), pad)
 
     def _maxpool_as_avg(self, node):
         """``--maxpool avg``: MaxPool as an average pool counting the padding (as the Loihi
@@ -411,9 +462,9 @@ class _Builder:
         if any(int(d) != 1 for d in a.get("dilations", (1, 1))) or a.get("ceil_mode", 0):
             raise _Refuse("SNN-E693", "a dilated or ceil_mode MaxPool has no average-pool form",
                           "use an undilated MaxPool with ceil_mode=0")
-        k = tuple(int(v) for v in a["kernel_shape"])
-        stride = tuple(int(s) for s in a.get("strides", [1, 1]))
-        self._sumpool(node, self._value(node.input[0]), k, stride, self._pads(a, k))
+        k = self._spatial(a, "kernel_shape", 1)
+        self._sumpool(node, self._value(node.input[0]), k, self._spatial(a, "strides", 1),
+                      self._pads(a, k))
 
     def _op_GlobalAveragePool(self, node):
         x = self._value(node.input[0])
