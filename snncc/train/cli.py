@@ -230,6 +230,21 @@ def _warn_if_scales_differ(train, val) -> None:
               "--mean/--std)?", file=sys.stderr)
 
 
+#: fewer training samples per class than this is warned about (the recipe tables train on
+#: 144 per class on digits and 350 on the MNIST subset)
+FEW_PER_CLASS = 10
+
+
+def _warn_if_few(train, classes: int | None, path: str) -> None:
+    """A training set of a few samples per class fine-tunes without a word and overfits."""
+    if classes and len(train) < FEW_PER_CLASS * classes:
+        print(f"snncc finetune: warning: --data '{path}' holds {len(train)} samples for "
+              f"{classes} classes (fewer than {FEW_PER_CLASS} per class): fine-tuning on so few "
+              "fits them and rarely generalises; give the training set (the recipe tables use "
+              "150-350 per class) and --val to see the accuracy on other samples",
+              file=sys.stderr)
+
+
 def _open(path: str, module, args: argparse.Namespace, what: str):
     from snncc.train.data import check_input_shape, check_labels, check_normalisation, open_dataset
 
@@ -357,6 +372,8 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
     sample = first.expand(batch, *first.shape[1:]).contiguous()
     if rank == 0 and val is not None:
         _warn_if_scales_differ(train, val)
+    if rank == 0:
+        _warn_if_few(train, _num_classes(module, train.sample_shape), args.data)
     common = dict(maxpool=args.maxpool, val_every=args.val_every, device=args.device, seed=args.seed,
                   progress=not (args.no_progress or args.quiet) and rank == 0)
     names = dict(input_name=module.input_name, output_name=module.output_name, input_dims=module.input_dims)

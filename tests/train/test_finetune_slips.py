@@ -99,8 +99,17 @@ def test_data_and_val_on_other_scales_warn(tmp_path, data, capsys):
     assert "warning: --data reaches 255 and --val 1" in capsys.readouterr().err
 
 
-def test_quiet_prints_nothing_on_success(tmp_path, data, capsys):
+def test_quiet_prints_nothing_on_success(tmp_path, capsys):
     """compile had -q; finetune refused it ('unrecognized arguments')."""
-    assert _finetune(DIGITS, "--data", data, "-q", "-o", tmp_path / "o.onnx") == 0
+    with np.load(TEST) as t:     # 10 per class: no warning about a tiny training set
+        np.savez(tmp_path / "tr.npz", x=t["x"][:100].astype(np.float32), y=t["y"][:100])
+    assert _finetune(DIGITS, "--data", tmp_path / "tr.npz", "-q", "-o", tmp_path / "o.onnx") == 0
     out, err = capsys.readouterr()
     assert out == "" and err == "" and (tmp_path / "o.onnx").exists()
+
+
+def test_a_tiny_training_set_is_warned_about(tmp_path, data, capsys):
+    """32 samples for 10 classes fine-tuned without a word."""
+    assert _finetune(DIGITS, "--data", data, "-q", "-o", tmp_path / "o.onnx") == 0
+    err = capsys.readouterr().err
+    assert "holds 32 samples for 10 classes (fewer than 10 per class)" in err, err
