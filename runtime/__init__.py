@@ -2,7 +2,8 @@
 
 The library implements every neuron op of ``docs/neuron-ops.md`` as a native ONNX Runtime kernel.
 When it is registered, ORT runs these kernels instead of the model-local ONNX functions with the same
-names. Build it with ``scripts/build_runtime.sh``; ``SNNCC_RUNTIME_LIB`` overrides its location.
+names. Build it with ``python -m snncc.runtime.build`` (in a checkout ``scripts/build_runtime.sh``,
+which runs the same file); ``SNNCC_RUNTIME_LIB`` overrides its location.
 
 :func:`snncc.runtime.layout.session` also runs the kernels inside ORT's blocked (NCHWc) layout,
 which removes two tensor copies per neuron (``snncc run`` and ``run_compiled`` use it).
@@ -30,7 +31,7 @@ OP_NAMES = ("IFNeuron", "LIFNeuron", "GroupNeuron", "MTNeuron", "BitSerialNeuron
 # puts them in place of a standard-op pattern on the machine that runs it.
 RUNTIME_OP_NAMES = ("SpikeGateMaxPool", "SpikeGateWindowMaxPool", "BitSerialAveragePool")
 ENV_VAR = "SNNCC_RUNTIME_LIB"
-_BUILD_HINT = "run scripts/build_runtime.sh"
+_BUILD_HINT = "python -m snncc.runtime.build (in a source checkout: bash scripts/build_runtime.sh)"
 
 
 def library_path() -> str:
@@ -63,13 +64,19 @@ def register(so: ort.SessionOptions) -> ort.SessionOptions:
     check_session_options(so)
     path = library_path()
     if not os.path.isfile(path):
+        if os.environ.get(ENV_VAR):
+            raise RuntimeLibraryError(f"runtime: the kernel library {path} (named by {ENV_VAR}) "
+                                      "does not exist", code="SNN-E701",
+                                      hint=f"point {ENV_VAR} at a built libsnncc_ops.so, or unset "
+                                      f"it and build one with {_BUILD_HINT}")
         raise RuntimeLibraryError(f"runtime: the kernel library {path} does not exist", code="SNN-E701",
-                                  hint=f"{_BUILD_HINT}, or set {ENV_VAR} to the built libsnncc_ops.so")
+                                  hint=f"build it with {_BUILD_HINT}, or set {ENV_VAR} to a built "
+                                  "libsnncc_ops.so")
     try:
         so.register_custom_ops_library(path)
     except Exception as exc:  # ORT raises its own exception types (Fail, RuntimeException...)
         raise RuntimeLibraryError(f"runtime: ONNX Runtime could not load {path}: {exc}", code="SNN-E702",
-                                  hint=f"rebuild it ({_BUILD_HINT}) for this machine") from exc
+                                  hint=f"rebuild it for this machine with {_BUILD_HINT}") from exc
     return so
 
 

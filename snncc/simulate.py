@@ -100,6 +100,23 @@ def _session(proto: onnx.ModelProto, use_library: bool, optimize: bool) -> ort.I
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+def _library_or_functions(proto: onnx.ModelProto) -> tuple[bool, str | None]:
+    """Whether to run a folded model with the kernel library, and a note when it runs without.
+    A model with no snncc op needs no library; where the library was never built (an installed
+    snncc: ``pip install`` builds no C++), the model's portable ONNX functions compute the same
+    outputs, more slowly, so the run goes on with a note. A library that ``SNNCC_RUNTIME_LIB``
+    names is the caller's choice: missing, it stays an error (SNN-E701)."""
+    from snncc import runtime
+
+    if not any(n.domain == SNN_DOMAIN for n in proto.graph.node):
+        return runtime.is_built(), None
+    if runtime.is_built() or os.environ.get(runtime.ENV_VAR):
+        return True, None
+    return False, ("the C++ kernel library is not built here, so the neurons ran as the "
+                   "model's portable ONNX functions (the same outputs, slower); build it with "
+                   f"{runtime._BUILD_HINT}")
+
+
 def _zero_states(proto: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
     states = {}
     for inp in proto.graph.input:
@@ -226,8 +243,8 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
         raise RuntimeLibraryError(
             "a --schedule streaming model runs only with the C++ kernel library: the portable "
             "ONNX function bodies implement the folded form only (no state inputs)",
-            code="SNN-E703", hint="drop --no-library (build the kernels with "
-            "scripts/build_runtime.sh), or compile with --schedule folded")
+            code="SNN-E703", hint="drop --no-library (build the kernels: python -m "
+            "snncc.runtime.build), or compile with --schedule folded")
     unknown = sorted({n.op_type for n in neuron_nodes(proto) if spec_for_op(n.op_type) is None
                       and n.op_type not in RUNTIME_OP_NAMES})
     if unknown:
@@ -262,6 +279,11 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     # the train it stands for (bit-serial: popcount of q)
     decoded = {k: bool(spec.decoded_attr and attrs[k].get(spec.decoded_attr))
                for k, spec in specs.items()}
+    if use_library and not rewritten and meta.get("snncc.schedule") != "streaming":
+        use_library, note = _library_or_functions(proto)
+        if note:
+            notes.append(f"note: {note}")
+            logging.getLogger("snncc.run").warning("%s", note)
     try:
         sess = _session(proto, use_library, optimize and not rewritten)
     except RuntimeLibraryError as exc:

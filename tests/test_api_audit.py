@@ -189,6 +189,32 @@ def test_streaming_without_the_library_says_so(tmp_path, monkeypatch):
     run_compiled(folded, x, use_library=False)
 
 
+def test_a_library_never_built_runs_the_portable_functions_with_a_note(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A pip-installed snncc builds no C++: snncc run and run_compiled had stopped with E701,
+    even for a model with no neuron (a QANN, the ANN itself). Now a folded model runs its
+    portable ONNX functions (the same outputs) with a note, a model without neurons silently."""
+    import snncc.runtime as rt
+
+    folded = tmp_path / "f.onnx"
+    compile_model(MODEL, folded, make_options(calib_path=CALIB, calib_max_samples=64))
+    test = np.load(EXAMPLES / "mnist_test.npz")
+    x = test["x"][:16]
+    want = run_compiled(folded, x, use_library=False)
+    monkeypatch.delenv("SNNCC_RUNTIME_LIB", raising=False)
+    monkeypatch.setattr(rt, "library_path", lambda: str(tmp_path / "never_built.so"))
+    got = run_compiled(folded, x)
+    for k, v in want.outputs.items():
+        np.testing.assert_array_equal(got.outputs[k], v)
+    assert got.spikes_per_layer == want.spikes_per_layer
+    assert any("not built here" in w and "python -m snncc.runtime.build" in w
+               for w in got.warnings)
+    assert not any("not built" in w for w in run_compiled(MODEL, x).warnings)   # the ANN
+    np.savez(tmp_path / "t.npz", x=x, y=test["y"][:16])
+    assert main(["run", str(folded), "--input", str(tmp_path / "t.npz")]) == 0
+    assert "portable ONNX functions" in capsys.readouterr().err
+
+
 def test_run_says_why_there_is_no_accuracy(tmp_path, capsys):
     """Labels saved under another name than 'y' gave no accuracy and no word about it."""
     test = np.load(EXAMPLES / "mnist_test.npz")

@@ -212,8 +212,8 @@ class OrtBackend(Backend):
         if manifest["requires_runtime_library"] and not runtime.is_built():
             ctx.warnings.append(f"warning: ort: the kernel library ({runtime.library_path()}) is "
                                 "not built here, and a --schedule streaming model runs only "
-                                "with it: build it with scripts/build_runtime.sh before running "
-                                "this model, or compile with --schedule folded")
+                                f"with it: build it with {runtime._BUILD_HINT} before running this model, or "
+                                "compile with --schedule folded")
         manifest_path = out.with_name(out.name + ".json")
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
         logger.info("ort: model %s: %d nodes, %d neuron ops", out.name, len(proto.graph.node),

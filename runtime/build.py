@@ -1,0 +1,147 @@
+"""Build the snncc neuron kernel library (``libsnncc_ops.so``) from the sources beside this file.
+
+    python -m snncc.runtime.build          # an installed snncc (pip install, a wheel)
+    bash scripts/build_runtime.sh          # a source checkout (runs this file)
+
+1. ONNX Runtime C/C++ API headers: ``--headers DIR`` or ``$SNNCC_ORT_HEADERS`` (a directory
+   holding ``onnxruntime_lite_custom_op.h``) if given; else fetched once from Debian trixie's
+   ``libonnxruntime-dev`` .deb with a private apt configuration (nothing is installed), into
+   ``third_party/onnxruntime-headers`` of a checkout or ``$XDG_CACHE_HOME/snncc`` (``~/.cache``)
+   for an installed package.
+2. CMake Release build (``runtime/build`` of a checkout, a temporary folder otherwise), then the
+   library is copied into place: ``--dest`` or ``_lib/libsnncc_ops.so`` beside this file, where
+   :func:`snncc.runtime.library_path` looks. The library is tuned for this machine's CPU
+   (``-march=native``); ``--portable`` (or ``SNNCC_PORTABLE=1``) builds one that runs on any CPU
+   of the compiler's default target, for a library copied to other machines. Same outputs.
+
+Standard library only, so that a checkout builds before snncc is installed. Idempotent.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+HEADER = "onnxruntime_lite_custom_op.h"
+PROG = "build_runtime"
+
+
+class BuildError(Exception):
+    pass
+
+
+def _checkout() -> Path | None:
+    """The source checkout this file lives in (runtime/ beside passes/ and pyproject.toml)."""
+    root = HERE.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "passes").is_dir() else None
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snncc"
+
+
+def _fetch_headers(into: Path) -> None:
+    """Debian trixie's libonnxruntime-dev, unpacked into ``into`` (apt-get download + dpkg -x,
+    with a private sources list, lists and cache: nothing on the system changes)."""
+    if not (shutil.which("apt-get") and shutil.which("dpkg")):
+        raise BuildError("apt-get/dpkg not found; give --headers (or SNNCC_ORT_HEADERS) a "
+                         f"directory with the ONNX Runtime headers ({HEADER})")
+    print(f"{PROG}: fetching ONNX Runtime headers (Debian trixie libonnxruntime-dev)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        (t / "lists" / "partial").mkdir(parents=True)
+        (t / "cache" / "archives" / "partial").mkdir(parents=True)
+        (t / "sources.list").write_text("deb http://deb.debian.org/debian trixie main\n")
+        opts = ["-o", f"Dir::Etc::SourceList={t / 'sources.list'}",
+                "-o", "Dir::Etc::SourceParts=/dev/null", "-o", f"Dir::State::Lists={t / 'lists'}",
+                "-o", f"Dir::Cache={t / 'cache'}", "-o", "APT::Sandbox::User=root"]
+        if subprocess.run(["apt-get", *opts, "-qq", "update"]).returncode:
+            raise BuildError("apt-get update (private trixie list) failed; no network?")
+        if subprocess.run(["apt-get", *opts, "-qq", "download", "libonnxruntime-dev"],
+                          cwd=t).returncode:
+            raise BuildError("apt-get download libonnxruntime-dev failed")
+        debs = glob.glob(str(t / "libonnxruntime-dev_*.deb"))
+        into.mkdir(parents=True, exist_ok=True)
+        if not debs or subprocess.run(["dpkg", "-x", debs[0], str(into)]).returncode:
+            raise BuildError("dpkg -x of libonnxruntime-dev failed")
+
+
+def headers(given: str | None) -> Path:
+    if given:
+        inc = Path(given)
+        if not (inc / HEADER).is_file():
+            raise BuildError(f"the headers directory {inc} does not contain {HEADER}")
+        return inc
+    root = _checkout()
+    base = root / "third_party" / "onnxruntime-headers" if root else \
+        _cache() / "onnxruntime-headers"
+    inc = base / "usr" / "include" / "onnxruntime"
+    if not (inc / HEADER).is_file():
+        _fetch_headers(base)
+        if not (inc / HEADER).is_file():
+            raise BuildError(f"the .deb did not contain usr/include/onnxruntime/{HEADER}")
+    return inc
+
+
+def build(dest: Path | None = None, header_dir: str | None = None,
+          portable: bool = False) -> Path:
+    """Build the library and copy it to ``dest`` (default ``_lib/libsnncc_ops.so`` here)."""
+    inc = headers(header_dir)
+    if not shutil.which("cmake"):
+        raise BuildError("cmake not found (e.g. apt-get install cmake g++)")
+    dest = Path(dest) if dest else HERE / "_lib" / "libsnncc_ops.so"
+    root = _checkout()
+    with tempfile.TemporaryDirectory(prefix="snncc-build-") as tmp:
+        bdir = root / "runtime" / "build" if root else Path(tmp)
+        if subprocess.run(["cmake", "-S", str(HERE), "-B", str(bdir),
+                           "-DCMAKE_BUILD_TYPE=Release", f"-DORT_INCLUDE_DIR={inc}",
+                           f"-DSNNCC_NATIVE={'OFF' if portable else 'ON'}"],
+                          stdout=subprocess.DEVNULL).returncode:
+            raise BuildError("cmake configure failed")
+        # one compiler per core (a bare --parallel is make -j: one per source file, all at once)
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
+        if subprocess.run(["cmake", "--build", str(bdir), "--parallel", jobs]).returncode:
+            raise BuildError("cmake build failed")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(bdir / "libsnncc_ops.so", part)
+        os.replace(part, dest)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m snncc.runtime.build", description=(
+        "Build the C++ neuron kernel library (libsnncc_ops.so) that snncc run and the Python "
+        "API register with ONNX Runtime. Needs cmake and a C++17 compiler."))
+    ap.add_argument("--dest", type=Path, default=None,
+                    help="where to put the library (default: beside this package, where snncc "
+                    "looks; elsewhere, point SNNCC_RUNTIME_LIB at it)")
+    ap.add_argument("--headers", default=os.environ.get("SNNCC_ORT_HEADERS") or None,
+                    help=f"a directory holding the ONNX Runtime headers ({HEADER}); default: "
+                    "$SNNCC_ORT_HEADERS, else fetched once from Debian's libonnxruntime-dev")
+    ap.add_argument("--portable", action="store_true",
+                    default=os.environ.get("SNNCC_PORTABLE", "0") == "1",
+                    help="build for any CPU of the compiler's default target instead of this "
+                    "one (-march=native); the same outputs (also SNNCC_PORTABLE=1)")
+    args = ap.parse_args(argv)
+    try:
+        dest = build(args.dest, args.headers, args.portable)
+    except PermissionError as exc:
+        print(f"{PROG}: error: cannot write {exc.filename or args.dest}: give --dest a writable "
+              "path and set SNNCC_RUNTIME_LIB to it", file=sys.stderr)
+        return 1
+    except (BuildError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{PROG}: built {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
