@@ -61,7 +61,7 @@ __all__ = ["QuantClipSite", "ActivationSite", "emit_quant_clip", "numpy_quant_cl
            "find_quant_clips", "activation_sites", "tensor_rank", "channel_shape"]
 
 _AFFINE = ("Mul", "Div", "Add", "Sub")
-_CLAMP = ("Clip", "Min", "Max")
+_CLAMP = ("Clip", "Min", "Max", "Relu")   # Relu: canonicalize's spelling of Max(x, 0)
 _MAX_CHAIN = 8
 _REL_TOL = 1e-5
 
@@ -206,7 +206,7 @@ def _is_chain_op(node: gs.Node) -> bool:
     if found is None:
         return False
     var_idx, _ = found
-    if node.op in ("Clip",):
+    if node.op in ("Clip", "Relu"):
         return var_idx == 0
     if node.op == "Div":
         return var_idx == 0
@@ -253,6 +253,15 @@ def _channel_vector(value: np.ndarray, rank: int | None) -> tuple[np.ndarray, in
     return v.reshape(-1), implied
 
 
+def _near_integer(v) -> np.ndarray:
+    """``v`` with entries within _REL_TOL (relative, at least absolute) of an integer snapped."""
+    v = np.asarray(v, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        near = np.round(v)
+        close = np.isfinite(v) & (np.abs(v - near) <= _REL_TOL * np.maximum(np.abs(v), 1.0))
+    return np.where(close, near, v)
+
+
 class _Solver:
     """Composes ``y = c * clip(floor(a*z + b), lo, hi) + d`` along a chain (see module doc)."""
 
@@ -284,10 +293,16 @@ class _Solver:
         if self.floored:  # move the clamp inside: bounds on the integer-valued floor output
             lo, hi = (lo - self.d) / self.c, (hi - self.d) / self.c
             lo, hi = np.where(self.c > 0, lo, hi), np.where(self.c > 0, hi, lo)
+            # a bound within rounding of an integer is that integer: Div(L) written (or
+            # canonicalized) as Mul(float32(1/L)) puts Clip(0, 1) at 1/c = 7.0000003 for L = 7
+            lo, hi = _near_integer(lo), _near_integer(hi)
         self.lo, self.hi = np.maximum(self.lo, lo), np.minimum(self.hi, hi)
 
     def apply(self, node: gs.Node) -> None:
         var_idx, consts = _single_variable(node)
+        if node.op == "Relu":
+            self.clamp(np.float64(0), np.inf)
+            return
         if node.op == "Clip":
             lo = self.vector(consts[1]) if len(consts) > 1 and consts[1] is not None else -np.inf
             hi = self.vector(consts[2]) if len(consts) > 2 and consts[2] is not None else np.inf
@@ -424,9 +439,13 @@ def _best_site(head, floor_nodes, tail, u) -> QuantClipSite | None:
     a shorter head would also solve (Mul(lam)·Div(lam) cancel)."""
     splits = sorted(((n_head + n_tail, n_head, n_tail) for n_tail in range(len(tail), 0, -1)
                      for n_head in range(len(head), -1, -1)), reverse=True)
-    for _, n_head, n_tail in splits:
+    # a Relu joins a chain only where no split without one solves: canonicalize spells a chain's
+    # Max(x, 0) as Relu, while a Relu before or after a whole chain is an activation of its own
+    for with_relu, (_, n_head, n_tail) in [(r, sp) for r in (False, True) for sp in splits]:
         used_head = head[len(head) - n_head:]
         if used_head and used_head[0].op in ("Add", "Sub"):
+            continue
+        if with_relu != any(n.op == "Relu" for n in [*used_head, *tail[:n_tail]]):
             continue
         z = used_head[0].inputs[_single_variable(used_head[0])[0]] if used_head else u
         params = _solve(used_head, floor_nodes, tail[:n_tail], z)

@@ -96,6 +96,28 @@ def test_recognises_qcfs_exports(variant, lam):
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("levels", [3, 5, 6, 7, 15])
+@pytest.mark.parametrize("variant", ["old_repo", "reciprocal_minmax"])
+def test_levels_whose_reciprocal_float32_rounds(variant, levels):
+    """Div(L) as Mul(float32(1/L)) (written so, or after canonicalize, which rewrites every
+    Div by a constant): Clip(0, 1) then sits at 1/c = 7.0000003 floor units for L = 7, and the
+    chain was no QCFS site for any L but a power of two (bit-serial L = 2**T - 1 >= 3, IF at odd
+    T): compile asked for --calib, or with it kept Floor in the network and recalibrated."""
+    from snncc.context import CompileContext
+    from snncc.driver import make_options
+    from snncc.passes.canonicalize import CanonicalizePass
+
+    model = _model(VARIANTS[variant][0], levels, np.array(0.7, np.float32))
+    m = ir.load(model)
+    CanonicalizePass().run(m, CompileContext(make_options(timesteps=1, fidelity_samples=0)))
+    (site,) = find_quant_clips(m.graph)
+    assert site.params.levels == levels and site.params.source == "pattern"
+    np.testing.assert_allclose(site.params.lam, 0.7, rtol=1e-6)
+    x = np.random.default_rng(0).uniform(-1, 2, (2, 4, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(model, {"x": x})[0], numpy_quant_clip(x, site.params),
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("phi", [0.5, 0.0])
 @pytest.mark.parametrize("lam", [np.array(0.3, np.float32), LAM_C * np.float32(1.1)],
                          ids=["layer", "channel"])
