@@ -149,8 +149,11 @@ def function_proto(opset: int = c.FUNCTION_OPSET):
 
 
 def events(y: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
-    """Thresholds passed (parallel) or fired (cascade, decoded greedily from y, which is exact
-    whenever the fired sums are exact in float32, e.g. for pow2 fractions)."""
+    """Thresholds passed (parallel) or fired (cascade). A cascade's y is the float32 sum of the
+    thresholds it fired, added largest first (``_fire``); the decode repeats those additions and
+    takes a threshold where the running sum stays within y. (Subtracting from y instead missed the
+    last threshold whenever the sum rounded down: theta 0.7, fractions 1, 1/2, 1/4, 1/8, all four
+    fired, y = 1.3124999, three counted; 2.3 % of a compiled pow2 layer's events.)"""
     a = validate_attrs(SPEC, attrs)
     y = np.asarray(y, dtype=c.F32)
     thresholds = _thresholds(a, c.per_channel(a["theta"], y))
@@ -159,10 +162,11 @@ def events(y: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
         for th in thresholds:
             count += th <= y
         return count
-    r = y
+    acc = np.zeros(y.shape, dtype=c.F32)
     for th in thresholds:
-        fired = r >= th
-        r = np.where(fired, r - th, r)
+        cand = (acc + th).astype(c.F32)
+        fired = cand <= y
+        acc = np.where(fired, cand, acc)
         count += fired
     return count
 
