@@ -19,6 +19,7 @@ import inspect
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ..
     BatchNormalization nodes are kept (not fused into Conv). ``dynamic_batch`` makes axis 0 symbolic.
     """
     model.eval()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)   # -o r34/resnet34.onnx: a new folder
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated and that PRESERVE mode prefers no constant
