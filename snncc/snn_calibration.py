@@ -464,6 +464,7 @@ class _Neuron:
 
 #: False once the kernel library failed to load in this process (the references then simulate)
 _KERNELS_OK = [True]
+_NOT_BUILT_SAID = [False]
 
 
 def _kernel(spec: Any, z: np.ndarray, attrs: dict[str, Any]) -> np.ndarray | None:
@@ -471,7 +472,13 @@ def _kernel(spec: Any, z: np.ndarray, attrs: dict[str, Any]) -> np.ndarray | Non
     where there is none: the library is not built or does not load (e.g. built for another
     onnxruntime; calibration needs no library, so it falls back with a log line), or the neuron
     was registered without a kernel."""
-    if not (_KERNELS_OK[0] and runtime.is_built() and spec.op_type in runtime.OP_NAMES):
+    if not runtime.is_built():
+        if not _NOT_BUILT_SAID[0]:   # once per process (-v): calibration is about 2x slower
+            _NOT_BUILT_SAID[0] = True
+            logger.info("snn calibration: simulating with the NumPy references (the kernel "
+                        "library is not built: %s)", runtime._BUILD_HINT)
+        return None
+    if not (_KERNELS_OK[0] and spec.op_type in runtime.OP_NAMES):
         return None
     try:
         return runtime.run_neuron(spec.op_type, z, normalize_attrs(spec, attrs))
