@@ -142,3 +142,24 @@ def test_a_flat_input_reshaped_into_a_map_runs_in_lava_bit_for_bit(tmp_path):
     info = write_netx(lowered, tmp_path / "network.net")
     _lava_equals_hardware(lowered, tmp_path / "network.net", info["layers"],
                           dyadic_input((4, 64), seed=5), tmp_path, "readout")
+
+
+def test_a_dense_first_layer_far_out_of_range_wraps_as_lava_does(tmp_path):
+    """Lava shifts a layer's synaptic input left by 6 in int32 before its 24-bit wrap: a dense
+    layer fed by the analog input at 1e4 x its scale passes 2**25 NetX units there, and the
+    simulator, shifting in int64, had let such a neuron fire where Lava's current turned
+    negative (a helper's MLP: 80 of 80 readouts differed). Conv layers clamp to 24 bits first."""
+    from loihi import Graph, dyadic_input
+    from snncc.backends.loihi.lowering import lower
+    from snncc.backends.loihi.netx import write_netx
+    from snncc.backends.loihi.quantize import quantize
+    from snncc.backends.loihi.simulator import simulate
+
+    g = Graph((64,))
+    s1 = g.neuron(g.gemm("x", 64, 16))
+    net = lower(g.model(g.gemm(s1, 16, 5)), 4)
+    quantize(net)
+    info = write_netx(net, tmp_path / "network.net")
+    x = dyadic_input((4, 64), seed=7) * np.float32(2e4)
+    assert simulate(net, x, semantics="hardware").wraps > 0
+    _lava_equals_hardware(net, tmp_path / "network.net", info["layers"], x, tmp_path, "readout")

@@ -147,7 +147,7 @@ def test_hardware_current_wraparound_is_counted_and_said():
     calm = simulate(net, np.full((1, 1, 1, 1), 1.0, np.float32), semantics="hardware")
     assert calm.wraps == 0 and saturation_message(calm) is None
     hot = simulate(net, np.full((1, 1, 1, 1), 1e5, np.float32), semantics="hardware")
-    assert hot.wraps > 0 and "synaptic currents wrapped around at 24 bits" in \
+    assert hot.wraps > 0 and "synaptic currents wrapped around (at 24 bits" in \
         saturation_message(hot)
     assert simulate(net, np.full((1, 1, 1, 1), 1e5, np.float32)).wraps == 0   # emulated
 

@@ -27,7 +27,7 @@ the reader's source and in real Lava by ``tests/loihi/test_lava.py``):
 Initial voltage. NetX cannot set one (Lava's LIFReset restarts at v = 0), so a neuron's
 ``v_init`` (theta/2 for IF) is spread over the window as an extra bias ``v_init / total_steps``
 per step: the same charge by the end of the window. On the MNIST CNN (IF, T = 4) this keeps the
-hardware semantics at 98.5 % where v = 0 alone gives 43.5 % (emulated: 99.5 %).
+hardware semantics at 98.5 % where v = 0 alone gives 43.5 % (emulated: 99.0 %; docs/netlist.md).
 
 NetX units. A group whose incoming blocks have exponents ``e_b`` (integer weight ``mant << e_b``
 state integers) counts in NetX units of ``2**(e - 1 + extra)`` state integers, ``e = min(e_b)``:
@@ -110,12 +110,17 @@ def netx_input_shift(net: Netlist) -> int:
     v_init / T, so at the netlist's input scale their biases need up to ~18,000 NetX units
     (the MNIST CNN's first layer); sending the input ``2**s`` coarser makes their NetX unit
     ``2**s`` coarser instead of rounding their 8-bit weights."""
-    fed = [g for g in net.groups if netx_exportable(g)
-           and any(net.group(b.src).kind == "input" for b in net.blocks_into(g.name))]
     for s in range(MAX_INPUT_SHIFT + 1):
-        if all(netx_params(net, g, s)["extra"] <= 1 for g in fed):
+        if _exact_weights(net, s):
             return s
     return MAX_INPUT_SHIFT
+
+
+def _exact_weights(net: Netlist, shift: int) -> bool:
+    """Every NetX layer the input feeds keeps exact weights (``extra`` <= 1) at ``shift``."""
+    return all(netx_params(net, g, shift)["extra"] <= 1 for g in net.groups
+               if netx_exportable(g)
+               and any(net.group(b.src).kind == "input" for b in net.blocks_into(g.name)))
 
 
 def netx_params(net: Netlist, g: Group, shift: int | None = None) -> dict[str, Any]:
@@ -240,9 +245,12 @@ def write_netx(net: Netlist, path: str | os.PathLike) -> dict[str, Any]:
              "every step (Network(..., input_message_bits="
              f"{payload_bits})); the input layer has no neuron"]
     if shift:
+        exact = _exact_weights(net, shift)
         notes.append(f"input: {shift} fraction bits fewer than the netlist's "
                      f"{in_bits + shift}, so that the first layer's biases fit the 13-bit bias "
-                     "mantissa with exact weights (the hardware semantics send the same)")
+                     "mantissa " + ("with exact weights" if exact else
+                                    f"(at most {MAX_INPUT_SHIFT}: its weights are rounded too)")
+                     + " (the hardware semantics send the same)")
     last = exported[-1]
     readout = "voltage" if last.kind == "readout" else "spikes"
     with h5py.File(path, "w") as f:

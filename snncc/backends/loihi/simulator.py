@@ -215,10 +215,12 @@ class _Sim:
         spikes = np.zeros(a.shape, dtype=np.int64)
         volts = np.zeros(a.shape, dtype=np.int64)
         for t in range(steps):
-            d = a[t] << LAVA_SHIFT
+            # Lava shifts the synaptic input left in int32 (a dense layer on far out-of-range
+            # input can pass 2**25 NetX units and wrap there first), then wraps once at 24 bits
+            d = _wrap_signed(a[t] << LAVA_SHIFT, 32)
             u = np.where(d > top, d - 2 * top, d)
             u = np.where(u <= -top, d + 2 * top, u)
-            self.wraps += int(np.count_nonzero(u != d))
+            self.wraps += int(np.count_nonzero(u != (a[t] << LAVA_SHIFT)))
             dv = v * keep
             v = np.sign(dv) * (np.abs(dv) >> LAVA_DECAY_BITS) + u + bias
             clipped = np.clip(v, -top + 1, top - 1)
@@ -395,8 +397,9 @@ def saturation_message(res: SimResult) -> str | None:
         parts.append(f"{res.saturations} membrane updates saturated at "
                      f"{FixedPoint().state_bits} bits ({res.saturated[worst]} in '{worst}')")
     if wraps:   # a hardware user found these only by comparing with a wider state
-        parts.append(f"{wraps} synaptic currents wrapped around at 24 bits, as Lava's do (a "
-                     "large current changes sign)")
+        parts.append(f"{wraps} synaptic currents wrapped around (at 24 bits, or first at 32 "
+                     "when shifted into Lava's current register), as Lava's do (a large current "
+                     "changes sign)")
     does = "clips them" if not wraps else "clips and wraps them" if res.saturations else \
         "wraps them"
     return ("; ".join(parts) + f"; the simulator {does} as Loihi does, so its outputs, accuracy "
