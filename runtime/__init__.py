@@ -77,7 +77,32 @@ def register(so: ort.SessionOptions) -> ort.SessionOptions:
     except Exception as exc:  # ORT raises its own exception types (Fail, RuntimeException...)
         raise RuntimeLibraryError(f"runtime: ONNX Runtime could not load {path}: {exc}", code="SNN-E702",
                                   hint=f"rebuild it for this machine with {_BUILD_HINT}") from exc
+    _warn_if_stale(path)
     return so
+
+
+_STALE_CHECKED: set[str] = set()
+
+
+def _warn_if_stale(path: str) -> None:
+    """Once per library and process: warn when the stamp the build left beside the library names
+    other kernel sources than this snncc's (a library that outlived ``pip install -U`` or an
+    edit of ``csrc/``; ``pip uninstall`` leaves a built library in place)."""
+    if path in _STALE_CHECKED:
+        return
+    _STALE_CHECKED.add(path)
+    try:
+        with open(path + ".sources") as fh:
+            stamp = fh.read().strip()
+    except OSError:
+        return      # built by hand or elsewhere: nothing to compare
+    from snncc.runtime.build import sources_digest
+
+    if stamp != sources_digest():
+        import logging
+        logging.getLogger("snncc.runtime").warning(
+            "the kernel library %s was built from other kernel sources than this snncc's (an "
+            "earlier version?); rebuild it: %s", path, _BUILD_HINT)
 
 
 def model_proto(model: Any) -> "onnx.ModelProto":

@@ -10,7 +10,10 @@
    for an installed package.
 2. CMake Release build (``runtime/build`` of a checkout, a temporary folder otherwise), then the
    library is copied into place: ``--dest`` or ``_lib/libsnncc_ops.so`` beside this file, where
-   :func:`snncc.runtime.library_path` looks. The library is tuned for this machine's CPU
+   :func:`snncc.runtime.library_path` looks (run in a checkout that is also installed the regular
+   way, as ``pip install .`` leaves it, beside the installed package too). A stamp of the sources
+   it was built from goes beside it (``SOURCES_STAMP``): a library that outlived an upgrade of
+   snncc is then said to be stale when it is loaded. The library is tuned for this machine's CPU
    (``-march=native``); ``--portable`` (or ``SNNCC_PORTABLE=1``) builds one that runs on any CPU
    of the compiler's default target, for a library copied to other machines. Same outputs.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -29,7 +33,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 HEADER = "onnxruntime_lite_custom_op.h"
-PROG = "build_runtime"
+PROG = "snncc.runtime.build"
+LIB = "libsnncc_ops.so"
+SOURCES_STAMP = LIB + ".sources"
 
 
 class BuildError(Exception):
@@ -44,6 +50,60 @@ def _checkout() -> Path | None:
 
 def _cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snncc"
+
+
+def sources_digest(root: Path = HERE) -> str:
+    """sha256 over the kernel sources and the CMake file under ``root`` (a runtime folder)."""
+    h = hashlib.sha256()
+    files = sorted([*root.glob("csrc/**/*.cc"), *root.glob("csrc/**/*.h"),
+                    root / "CMakeLists.txt", root / "exports.lds"])
+    for f in files:
+        if f.is_file():
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _installed_runtime() -> Path | None:
+    """The runtime folder of a regular (not editable) install of snncc that is not this one:
+    a checkout where ``pip install .`` ran, with Python started in it, imports the checkout's
+    snncc, while snncc run elsewhere loads the installed package's library."""
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+        dist = distribution("snncc")
+    except (ImportError, PackageNotFoundError):
+        return None
+    try:
+        init = Path(str(dist.locate_file("snncc/runtime/__init__.py"))).resolve()
+    except (OSError, TypeError, ValueError):
+        return None
+    return init.parent if init.is_file() and init.parent != HERE else None
+
+
+def _writable(dest: Path) -> None:
+    """BuildError unless a file can be created as ``dest`` (checked before the build)."""
+    if dest.is_dir():
+        raise BuildError(f"--dest {dest} is a directory; name the library file, e.g. "
+                         f"{dest / LIB}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".snncc-probe-", dir=dest.parent)
+    except OSError as exc:
+        raise BuildError(f"cannot write {dest} ({exc.strerror or exc}): give --dest a writable "
+                         "path and set SNNCC_RUNTIME_LIB to it") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _install(built: Path, dest: Path, digest: str) -> None:
+    part = dest.with_name(dest.name + ".tmp")
+    try:
+        shutil.copyfile(built, part)
+        os.replace(part, dest)
+        dest.with_name(dest.name + ".sources").write_text(digest + "\n")
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise BuildError(f"cannot write {dest} ({exc.strerror or exc}): give --dest a writable "
+                         "path and set SNNCC_RUNTIME_LIB to it") from None
 
 
 def _fetch_headers(into: Path) -> None:
@@ -76,13 +136,19 @@ def headers(given: str | None) -> Path:
     if given:
         inc = Path(given)
         if not (inc / HEADER).is_file():
-            raise BuildError(f"the headers directory {inc} does not contain {HEADER}")
+            raise BuildError(f"the headers directory {inc} (--headers or SNNCC_ORT_HEADERS) "
+                             f"does not contain {HEADER}")
         return inc
     root = _checkout()
     base = root / "third_party" / "onnxruntime-headers" if root else \
         _cache() / "onnxruntime-headers"
     inc = base / "usr" / "include" / "onnxruntime"
     if not (inc / HEADER).is_file():
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BuildError(f"cannot create the header folder {base} ({exc.strerror or exc}): "
+                             "set XDG_CACHE_HOME to a writable folder, or give --headers") from None
         _fetch_headers(base)
         if not (inc / HEADER).is_file():
             raise BuildError(f"the .deb did not contain usr/include/onnxruntime/{HEADER}")
@@ -90,12 +156,16 @@ def headers(given: str | None) -> Path:
 
 
 def build(dest: Path | None = None, header_dir: str | None = None,
-          portable: bool = False) -> Path:
-    """Build the library and copy it to ``dest`` (default ``_lib/libsnncc_ops.so`` here)."""
-    inc = headers(header_dir)
+          portable: bool = False) -> list[Path]:
+    """Build the library and copy it to ``dest`` (default ``_lib/libsnncc_ops.so`` here, and
+    beside a regular install of snncc that is not this folder); returns where it went."""
+    targets = [Path(dest)] if dest else [HERE / "_lib" / LIB] + (
+        [other / "_lib" / LIB] if (other := _installed_runtime()) else [])
+    for target in targets:          # before the header download and the build
+        _writable(target)
     if not shutil.which("cmake"):
         raise BuildError("cmake not found (e.g. apt-get install cmake g++)")
-    dest = Path(dest) if dest else HERE / "_lib" / "libsnncc_ops.so"
+    inc = headers(header_dir)
     root = _checkout()
     with tempfile.TemporaryDirectory(prefix="snncc-build-") as tmp:
         bdir = root / "runtime" / "build" if root else Path(tmp)
@@ -104,15 +174,17 @@ def build(dest: Path | None = None, header_dir: str | None = None,
                            f"-DSNNCC_NATIVE={'OFF' if portable else 'ON'}"],
                           stdout=subprocess.DEVNULL).returncode:
             raise BuildError("cmake configure failed")
-        # one compiler per core (a bare --parallel is make -j: one per source file, all at once)
-        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
+        # one compiler per core this process may use (a bare --parallel is make -j: one per
+        # source file, all at once)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            (os.cpu_count() or 2)
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(cpus)
         if subprocess.run(["cmake", "--build", str(bdir), "--parallel", jobs]).returncode:
             raise BuildError("cmake build failed")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(bdir / "libsnncc_ops.so", part)
-        os.replace(part, dest)
-    return dest
+        digest = sources_digest()
+        for target in targets:
+            _install(bdir / LIB, target, digest)
+    return targets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,15 +203,12 @@ def main(argv: list[str] | None = None) -> int:
                     "one (-march=native); the same outputs (also SNNCC_PORTABLE=1)")
     args = ap.parse_args(argv)
     try:
-        dest = build(args.dest, args.headers, args.portable)
-    except PermissionError as exc:
-        print(f"{PROG}: error: cannot write {exc.filename or args.dest}: give --dest a writable "
-              "path and set SNNCC_RUNTIME_LIB to it", file=sys.stderr)
-        return 1
+        done = build(args.dest, args.headers, args.portable)
     except (BuildError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{PROG}: built {dest}")
+    for dest in done:
+        print(f"{PROG}: built {dest}")
     return 0
 
 

@@ -100,6 +100,10 @@ def _session(proto: onnx.ModelProto, use_library: bool, optimize: bool) -> ort.I
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+#: the note that a run fell back to the portable functions has been logged in this process
+_FALLBACK_SAID = [False]
+
+
 def _library_or_functions(proto: onnx.ModelProto) -> tuple[bool, str | None]:
     """Whether to run a folded model with the kernel library, and a note when it runs without.
     A model with no snncc op needs no library; where the library was never built (an installed
@@ -255,11 +259,18 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
     rewritten = runtime_rewritten(proto)
     notes = []
     if rewritten:   # snncc.runtime's embedding rewrite (blocked layout, fused kernels) of a model
+        from snncc import runtime
+
+        what = (f"this model was rewritten by snncc.runtime for embedding ({rewritten}): it "
+                "runs only with the C++ kernel library")
         if not use_library:
-            raise RuntimeLibraryError(
-                f"this model was rewritten by snncc.runtime for embedding ({rewritten}): it "
-                "runs only with the C++ kernel library", code="SNN-E703",
-                hint="drop --no-library, or run the compiled model it was made from")
+            raise RuntimeLibraryError(what, code="SNN-E703", hint="drop --no-library, or run "
+                                      "the compiled model it was made from")
+        if not runtime.is_built():
+            raise RuntimeLibraryError(f"{what}, which is not built here "
+                                      f"({runtime.library_path()})", code="SNN-E701",
+                                      hint=f"build it with {runtime._BUILD_HINT}, or run the "
+                                      "compiled model it was made from (it runs without it)")
         if spike_counts:
             notes.append(f"note: this model was rewritten by snncc.runtime ({rewritten}): it ran "
                          "as it is, without spike counts (its neurons' outputs are in ORT's "
@@ -283,7 +294,9 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
         use_library, note = _library_or_functions(proto)
         if note:
             notes.append(f"note: {note}")
-            logging.getLogger("snncc.run").warning("%s", note)
+            if not _FALLBACK_SAID[0]:   # once per process; every RunResult carries it
+                _FALLBACK_SAID[0] = True
+                logging.getLogger("snncc.run").warning("%s", note)
     try:
         sess = _session(proto, use_library, optimize and not rewritten)
     except RuntimeLibraryError as exc:
@@ -291,6 +304,10 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
             raise RuntimeLibraryError(exc.message, code=exc.code, hint=exc.hint + "; or run "
                                       "without it: --no-library (the model's portable ONNX "
                                       "functions, same outputs, slower)") from None
+        if exc.code == "SNN-E701":   # streaming: the functions have no state inputs
+            raise RuntimeLibraryError(exc.message + "; a --schedule streaming model runs only "
+                                      "with it", code=exc.code, hint=exc.hint + "; or compile "
+                                      "with --schedule folded") from None
         raise
     except SnnccError:
         raise

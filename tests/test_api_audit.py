@@ -211,6 +211,8 @@ def test_a_library_never_built_runs_the_portable_functions_with_a_note(tmp_path,
                for w in got.warnings)
     assert not any("not built" in w for w in run_compiled(MODEL, x).warnings)   # the ANN
     np.savez(tmp_path / "t.npz", x=x, y=test["y"][:16])
+    import snncc.simulate as sim
+    monkeypatch.setattr(sim, "_FALLBACK_SAID", [False])    # logged once per process
     assert main(["run", str(folded), "--input", str(tmp_path / "t.npz")]) == 0
     assert "portable ONNX functions" in capsys.readouterr().err
 

@@ -48,3 +48,41 @@ def test_the_wheel_ships_the_kernel_sources_and_the_builder_not_a_built_library(
     assert "snncc/runtime/build.py" in names and "snncc/runtime/CMakeLists.txt" in names
     assert "snncc/runtime/csrc/neurons/if.cc" in names and "snncc/passes/__init__.py" in names
     assert not [n for n in names if n.endswith(".so")], names
+
+
+def test_the_builder_refuses_a_destination_it_cannot_write_before_building(tmp_path):
+    """--dest naming a folder had failed after the 45 s build with a raw errno, leaving a .tmp."""
+    import subprocess
+
+    for dest, words in ((tmp_path, "is a directory"), (tmp_path / "f" / "x.so", "cannot write")):
+        if words == "cannot write":
+            (tmp_path / "f").write_text("a file, not a folder")
+        r = subprocess.run([sys.executable, str(ROOT / "runtime" / "build.py"), "--dest",
+                            str(dest), "--headers", str(tmp_path)], capture_output=True,
+                           text=True)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_library_built_from_other_sources_is_said_to_be_stale(tmp_path, monkeypatch, caplog):
+    """pip uninstall leaves a built library in place and pip install -U keeps it: loaded by a
+    newer snncc, nothing said it was built from other kernel sources."""
+    import logging
+    import shutil
+
+    import pytest
+    from snncc import runtime
+    from snncc.runtime.build import sources_digest
+
+    if not runtime.is_built():
+        pytest.skip("the kernel library is not built")
+    lib = tmp_path / "libsnncc_ops.so"
+    shutil.copyfile(runtime.library_path(), lib)
+    monkeypatch.setenv("SNNCC_RUNTIME_LIB", str(lib))
+    for stamp, stale in ((sources_digest(), False), ("0" * 64, True)):
+        (tmp_path / "libsnncc_ops.so.sources").write_text(stamp + "\n")
+        runtime._STALE_CHECKED.clear()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="snncc.runtime"):
+            runtime.session_options()
+        assert ("other kernel sources" in caplog.text) == stale

@@ -241,7 +241,7 @@ def _warn_if_few(train, classes: int | None, path: str) -> None:
         print(f"snncc finetune: warning: --data '{path}' holds {len(train)} samples for "
               f"{classes} classes (fewer than {FEW_PER_CLASS} per class): fine-tuning on so few "
               "fits them and rarely generalises; give the training set (the recipe tables use "
-              "150-350 per class) and --val to see the accuracy on other samples",
+              "144-350 per class) and --val to see the accuracy on other samples",
               file=sys.stderr)
 
 

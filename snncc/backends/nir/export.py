@@ -108,6 +108,12 @@ def lossy_notes(proto: onnx.ModelProto) -> dict[str, list[str]]:
     return notes
 
 
+def _has_1d_maps(graph: onnx.GraphProto) -> bool:
+    """A [N, C, L] input read by a Conv or a pool somewhere (a 1-D net), not only flattened."""
+    return any(n.op_type in ("Conv", "AveragePool", "MaxPool", "GlobalAveragePool")
+               for n in graph.node)
+
+
 class _Builder:
     def __init__(self, proto: onnx.ModelProto, timesteps: int, maxpool: str = "auto"):
         import nir
@@ -172,11 +178,10 @@ class _Builder:
         if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             raise _Refuse("SNN-E693", f"auto_pad={attrs['auto_pad']} is not supported",
                           "export with explicit pads")
-        pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
-        if len(pads) == 2 and self.view1d:
-            pads = [pads[0], 0, pads[1], 0]
+        given = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
+        pads = [given[0], 0, given[1], 0] if len(given) == 2 and self.view1d else given
         if len(pads) != 4 or pads[:2] != pads[2:]:
-            raise _Refuse("SNN-E693", f"asymmetric pads {pads}: NIR padding is symmetric",
+            raise _Refuse("SNN-E693", f"asymmetric pads {given}: NIR padding is symmetric",
                           "pad symmetrically")
         return pads[0], pads[1]
 
@@ -194,7 +199,8 @@ class _Builder:
             raise _Refuse("SNN-E693", f"input '{inputs[0].name}' has no static shape {dims}",
                           "pass --input-shape")
         name = self._name("input", "input")
-        if len(dims) == 2:      # [N, C, L]: the (C, L, 1) view (Norse reads no Conv1d)
+        if len(dims) == 2 and _has_1d_maps(graph):  # [N, C, L]: the (C, L, 1) view (Norse
+            # reads no Conv1d); an input only flattened keeps its own shape
             self.view1d = True
             dims = [*dims, 1]
         self._add(name, nir.Input(input_type={"input": np.array(dims)}), None)
