@@ -67,16 +67,18 @@ def _installed_runtime() -> Path | None:
     """The runtime folder of a regular (not editable) install of snncc that is not this one:
     a checkout where ``pip install .`` ran, with Python started in it, imports the checkout's
     snncc, while snncc run elsewhere loads the installed package's library."""
-    try:
-        from importlib.metadata import PackageNotFoundError, distribution
-        dist = distribution("snncc")
-    except (ImportError, PackageNotFoundError):
-        return None
-    try:
-        init = Path(str(dist.locate_file("snncc/runtime/__init__.py"))).resolve()
-    except (OSError, TypeError, ValueError):
-        return None
-    return init.parent if init.is_file() and init.parent != HERE else None
+    from importlib.metadata import distributions
+
+    # every snncc on the path: the checkout's own metadata (the egg-info pip leaves in it) comes
+    # first when Python starts there, and locates nothing
+    for dist in distributions(name="snncc"):
+        try:
+            init = Path(str(dist.locate_file("snncc/runtime/__init__.py"))).resolve()
+        except (OSError, TypeError, ValueError):
+            continue
+        if init.is_file() and init.parent != HERE:
+            return init.parent
+    return None
 
 
 def _writable(dest: Path) -> None:
