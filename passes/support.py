@@ -237,6 +237,22 @@ def spike_fed(graph: gs.Graph) -> set[int]:
     return tainted
 
 
+def _zeros_like(t: gs.Tensor, x: gs.Tensor) -> bool:
+    """``t`` is ``ConstantOfShape(Shape(x))`` with a float zero value (torch's ``zeros_like``
+    exported with a dynamic batch, which constant folding cannot remove)."""
+    cos = ir.producer(t)
+    if cos is None or cos.op != "ConstantOfShape" or len(cos.inputs) != 1:
+        return False
+    shape = ir.producer(cos.inputs[0])
+    if shape is None or shape.op != "Shape" or shape.inputs[0] is not x or \
+            any(k in shape.attrs for k in ("start", "end")):
+        return False
+    value = cos.attrs.get("value")
+    arr = np.zeros(1, np.float32) if value is None else np.asarray(
+        value.values if isinstance(value, gs.Constant) else value)
+    return arr.size == 1 and arr.dtype.kind == "f" and float(arr.ravel()[0]) == 0.0
+
+
 def relu_spellings(graph: gs.Graph) -> int:
     """Other spellings of ReLU become Relu, in place: ``LeakyRelu(alpha=0)`` and ``Max(x, 0)``
     with a zero constant of at most one element and rank (a Keras/TF export form; a higher rank
@@ -252,6 +268,8 @@ def relu_spellings(graph: gs.Graph) -> int:
             values = [ir.const_value(t) for t in node.inputs]
             zero = [i for i, v in enumerate(values) if v is not None and v.size == 1 and
                     v.ndim <= 1 and v.dtype.kind == "f" and float(v.ravel()[0]) == 0.0]
+            if not zero:    # torch.maximum(x, zeros_like(x)) with a dynamic batch
+                zero = [i for i in (0, 1) if _zeros_like(node.inputs[i], node.inputs[1 - i])]
             if len(zero) != 1 or values[1 - zero[0]] is not None:
                 continue
             x = node.inputs[1 - zero[0]]

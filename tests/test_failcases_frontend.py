@@ -438,6 +438,40 @@ def test_other_spellings_of_relu_convert(spelling):
     assert "Relu" in [n.op_type for n in out.graph.node]
 
 
+def test_max_with_zeros_like_is_a_relu_and_the_folded_model_runs(tmp_path):
+    """torch.maximum(x, torch.zeros_like(x)) exported with a dynamic batch is Max(x,
+    ConstantOfShape(Shape(x))): refused mid-network (E244), and in the head an internal error at
+    compile (the zeros kept the batch N while x had T*N rows) or, with --no-fidelity, a model
+    that ONNX Runtime refused to run (a fuzzer's net)."""
+    from snncc.cli import main
+
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.fc1, self.fc2 = torch.nn.Linear(4 * 8 * 8, 16), torch.nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = self.fc1(torch.relu(self.c(x)).flatten(1))
+            return self.fc2(torch.maximum(h, torch.zeros_like(h)))
+
+    torch.manual_seed(0)
+    torch.onnx.export(Net().eval(), torch.rand(1, 1, 8, 8), str(tmp_path / "m.onnx"),
+                      dynamo=False, input_names=["input"], dynamic_axes={"input": {0: "N"}},
+                      opset_version=17)
+    assert "ConstantOfShape" in [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", input=rng.random((64, 1, 8, 8), dtype=np.float32))
+    assert main(["compile", str(tmp_path / "m.onnx"), "-T", "2", "--calib", str(tmp_path / "c.npz"),
+                 "-o", str(tmp_path / "s.onnx"), "-q"]) == 0
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "s.onnx")).graph.node]
+    assert ops.count("IFNeuron") == 2 and "Max" not in ops
+    assert main(["run", str(tmp_path / "s.onnx"), "--input", str(tmp_path / "c.npz"), "-o",
+                 str(tmp_path / "o.npz")]) == 0
+
+
 def test_a_float16_model_behind_float32_io_compiles_as_float32():
     """onnxconverter's keep_io_types: calibration declared its float16 taps as float32 (E412)."""
     b = zoo._Builder(3)
