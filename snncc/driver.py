@@ -423,7 +423,8 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
         diags = backend.check(model, ctx)
         if diags:
             raise BackendCapabilityError(f"the {backend.name} backend cannot express this model",
-                                         diagnostics=diags)
+                                         diagnostics=diags,   # headed as the precheck heads it
+                                         code=sorted({d.code for d in diags})[0])
     count_net = None
     if options.target == "ort":   # the SynOp count's netlist; its pool taps join the fidelity run
         from snncc.analysis.synops import artifact_netlist, pool_taps

@@ -171,3 +171,34 @@ def test_a_dense_fan_in_no_core_takes_fails_before_calibration(tmp_path):
                       make_options(target="loihi", calib_path=str(tmp_path / "c.npz")))
     assert "SNN-E640" in err.value.codes and "found before calibration" in str(err.value)
     assert "9216 neurons" in str(err.value)
+
+
+def test_a_capability_error_is_headed_by_its_own_code_with_or_without_calibration(tmp_path,
+                                                                                  capsys):
+    """A Softmax head on Loihi was headed SNN-E270 when the model needed --calib (the
+    precheck), but SNN-E600 (documented as the ort backend's) for a QCFS graph that needs none."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+    from snncc.cli import main
+
+    rng = np.random.default_rng(0)
+    c = {"w": rng.normal(0, 0.5, (4, 1, 3, 3)), "fc": rng.normal(0, 0.5, (3, 4 * 8 * 8)),
+         "lam": 1.0, "L": 4.0, "half": 0.5, "zero": 0.0, "one": 1.0}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in c.items()]
+    chain = [("Conv", ["x", "w"], "z"), ("Div", ["z", "lam"], "a"), ("Mul", ["a", "L"], "b"),
+             ("Add", ["b", "half"], "d"), ("Floor", ["d"], "e"), ("Div", ["e", "L"], "f"),
+             ("Clip", ["f", "zero", "one"], "g"), ("Mul", ["g", "lam"], "h"),
+             ("Flatten", ["h"], "i"), ("Gemm", ["i", "fc"], "j"), ("Softmax", ["j"], "y")]
+    nodes = [helper.make_node(op, ins, [out], **({"pads": [1] * 4} if op == "Conv" else
+                                                 {"transB": 1} if op == "Gemm" else {}))
+             for op, ins, out in chain]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 1, 8, 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "q.onnx")
+    assert main(["compile", str(tmp_path / "q.onnx"), "-T", "4", "--target", "loihi", "-o",
+                 str(tmp_path / "lo")]) == 2
+    err = capsys.readouterr().err
+    assert "error: [SNN-E270] the loihi backend cannot express this model" in err, err
+    assert not (tmp_path / "lo").exists()
