@@ -202,3 +202,17 @@ def test_a_capability_error_is_headed_by_its_own_code_with_or_without_calibratio
     err = capsys.readouterr().err
     assert "error: [SNN-E270] the loihi backend cannot express this model" in err, err
     assert not (tmp_path / "lo").exists()
+
+
+def test_a_block_whose_every_weight_rounds_to_zero_is_warned_about_as_such(tmp_path):
+    """A fuzzer's net (a global pool over 144 input positions folded into its first conv) lost
+    all of its block's weights and was told about one large weight setting a shared exponent,
+    and to try --per-layer; the layer never spiked."""
+    g = Graph((2, 8, 8))
+    s1 = g.neuron(g.conv("x", 2, 4, weight=np.full((4, 2, 3, 3), 2.0 ** -20, np.float32)))
+    model = g.model(g.gemm(g.op("Flatten", [s1], axis=1), 4 * 8 * 8, 3))
+    ctx = CompileContext(CompileOptions(target="loihi", timesteps=4))
+    LoihiBackend().emit(model, ctx, tmp_path / "out")
+    (warned,) = [w for w in ctx.warnings if "weights to 0" in w]
+    assert "rounds all 72 of its weights to 0" in warned and "never spikes" in warned
+    assert "--per-layer" not in warned

@@ -173,6 +173,17 @@ class LoihiBackend(Backend):
                 "the whole network")
         lost = [w for w in net.meta["quantization"]["weights"]
                 if w["nonzero"] and w["zeroed"] > ZEROED_WARN * w["nonzero"]]
+        dead = [w for w in lost if w["zeroed"] == w["nonzero"]]
+        if dead:   # no shared exponent to blame: even the largest weight is below one step
+            ctx.warnings.append(
+                "warning: loihi: " + "; ".join(f"block {w['block']} rounds all {w['nonzero']} "
+                                               "of its weights to 0" for w in dead[:3])
+                + (f" (and {len(dead) - 3} more blocks)" if len(dead) > 3 else "")
+                + ": even its largest weight, in the layer's fixed point, is below one integer "
+                "step (exponents cannot go below 0), so the layer gets no current and never "
+                "spikes (e.g. an average pool over a large window folded into it); use --target "
+                "ort, which keeps float weights")
+            lost = [w for w in lost if w not in dead]
         if lost:   # one large weight sets a block's shared exponent; the small ones round to 0
             ctx.warnings.append(
                 "warning: loihi: " + "; ".join(f"block {w['block']} rounds {w['zeroed']} of its "
