@@ -133,7 +133,9 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
         if role == ISLAND and op_info(node.op, node.domain or "").spiking:
             diags.append(Diagnostic(
                 "SNN-E244", f"{node.op} has no spiking form and its input carries spikes (SNN "
-                "targets; the qann target keeps it)", pass_name="schedule-timesteps", node=label,
+                "targets; the qann target keeps it, and bit-serial's default window schedule "
+                "can run it on the decoded window mean)", pass_name="schedule-timesteps",
+                node=label,
                 hint="retrain without it, or compile with --allow-analog to keep it as a "
                 "non-spiking island (folded schedule)"))
         elif role == TIME and node.inputs:
