@@ -314,7 +314,9 @@ def train_snn(module: nn.Module, train_data: DataLike, val_data: DataLike | None
 
         init_acc = evaluate(forward, model, val_loader, dev) if val_loader is not None else None
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0, amsgrad=True)
-        milestones = [int(f * epochs) for f in (0.6, 0.8, 0.9)]
+        # decays at 60/80/90 % of the stage, never at its start (a 1-epoch stage had got
+        # milestones [0, 0, 0]: lr * 0.2**3 from the first step, and its weights barely moved)
+        milestones = [m for m in (int(f * epochs) for f in (0.6, 0.8, 0.9)) if m >= 1]
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
         history = fit(model, forward, train_loader, val_loader, epochs, optimizer, scheduler, dev,
                       after_step=clamp_leak, train_mode=train_mode, val_every=val_every, progress=progress,
