@@ -34,12 +34,25 @@ ENV_VAR = "SNNCC_RUNTIME_LIB"
 _BUILD_HINT = "python -m snncc.runtime.build (in a source checkout: bash scripts/build_runtime.sh)"
 
 
+_CACHED: list[str] = []
+
+
 def library_path() -> str:
-    """Path of the kernel library: ``$SNNCC_RUNTIME_LIB`` or ``_lib/libsnncc_ops.so`` next to this package."""
+    """Path of the kernel library: ``$SNNCC_RUNTIME_LIB``, else ``_lib/libsnncc_ops.so`` next to
+    this package where it exists or this is a source checkout, else the user cache folder of
+    this package's kernel sources (where ``python -m snncc.runtime.build`` puts it for an
+    installed snncc: :func:`snncc.runtime.build.cached_library`)."""
     override = os.environ.get(ENV_VAR)
     if override:
         return os.path.abspath(override)
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", "libsnncc_ops.so")
+    local = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", "libsnncc_ops.so")
+    from snncc.runtime import build
+
+    if os.path.isfile(local) or build._checkout() is not None:
+        return local
+    if not _CACHED:     # the sources' digest: once per process
+        _CACHED.append(str(build.cached_library()))
+    return _CACHED[0]
 
 
 def is_built() -> bool:

@@ -9,11 +9,15 @@
    ``third_party/onnxruntime-headers`` of a checkout or ``$XDG_CACHE_HOME/snncc`` (``~/.cache``)
    for an installed package.
 2. CMake Release build (``runtime/build`` of a checkout, a temporary folder otherwise), then the
-   library is copied into place: ``--dest`` or ``_lib/libsnncc_ops.so`` beside this file, where
-   :func:`snncc.runtime.library_path` looks (run in a checkout that is also installed the regular
-   way, as ``pip install .`` leaves it, beside the installed package too). A stamp of the sources
-   it was built from goes beside it (``SOURCES_STAMP``): a library that outlived an upgrade of
-   snncc is then said to be stale when it is loaded. The library is tuned for this machine's CPU
+   library is copied to where :func:`snncc.runtime.library_path` looks: ``_lib/libsnncc_ops.so``
+   of a checkout; for an installed snncc the user cache, one folder per digest of the kernel
+   sources (:func:`cached_library`), never the package folder, which pip would not remove (an
+   uninstall left ``site-packages/snncc`` holding only the library, a namespace package that hid
+   a later editable install), and a new version finds no library of other sources. Run in a
+   checkout that is also installed the regular way (``pip install .`` in it), it serves both when
+   their sources agree. ``--dest`` puts it elsewhere (then point ``SNNCC_RUNTIME_LIB`` at it). A
+   stamp of the sources goes beside it: a checkout's library built from older sources is said to
+   be stale when loaded. The library is tuned for this machine's CPU
    (``-march=native``); ``--portable`` (or ``SNNCC_PORTABLE=1``) builds one that runs on any CPU
    of the compiler's default target, for a library copied to other machines. Same outputs.
 
@@ -52,6 +56,11 @@ def _cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snncc"
 
 
+def cached_library(root: Path = HERE) -> Path:
+    """An installed snncc's library: ``$XDG_CACHE_HOME/snncc/lib/<digest>/libsnncc_ops.so``."""
+    return _cache() / "lib" / sources_digest(root)[:16] / LIB
+
+
 def sources_digest(root: Path = HERE) -> str:
     """sha256 over the kernel sources and the CMake file under ``root`` (a runtime folder)."""
     h = hashlib.sha256()
@@ -66,7 +75,7 @@ def sources_digest(root: Path = HERE) -> str:
 def _installed_runtime() -> Path | None:
     """The runtime folder of a regular (not editable) install of snncc that is not this one:
     a checkout where ``pip install .`` ran, with Python started in it, imports the checkout's
-    snncc, while snncc run elsewhere loads the installed package's library."""
+    snncc, while snncc run elsewhere looks for the installed package's library."""
     from importlib.metadata import distributions
 
     # every snncc on the path: the checkout's own metadata (the egg-info pip leaves in it) comes
@@ -159,10 +168,21 @@ def headers(given: str | None) -> Path:
 
 def build(dest: Path | None = None, header_dir: str | None = None,
           portable: bool = False) -> list[Path]:
-    """Build the library and copy it to ``dest`` (default ``_lib/libsnncc_ops.so`` here, and
-    beside a regular install of snncc that is not this folder); returns where it went."""
-    targets = [Path(dest)] if dest else [HERE / "_lib" / LIB] + (
-        [other / "_lib" / LIB] if (other := _installed_runtime()) else [])
+    """Build the library and copy it to ``dest`` (default: where ``library_path`` looks, module
+    doc); returns where it went."""
+    if dest:
+        targets = [Path(dest)]
+    elif _checkout() is None:
+        targets = [cached_library()]
+    else:
+        targets = [HERE / "_lib" / LIB]
+        other = _installed_runtime()
+        if other is not None and sources_digest(other) == sources_digest():
+            targets.append(cached_library(other))
+        elif other is not None:
+            print(f"{PROG}: note: the snncc installed at {other.parent} has other kernel "
+                  "sources than this checkout: run this outside the checkout to build its "
+                  "library", file=sys.stderr)
     for target in targets:          # before the header download and the build
         _writable(target)
     if not shutil.which("cmake"):

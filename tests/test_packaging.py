@@ -86,3 +86,23 @@ def test_a_library_built_from_other_sources_is_said_to_be_stale(tmp_path, monkey
         with caplog.at_level(logging.WARNING, logger="snncc.runtime"):
             runtime.session_options()
         assert ("other kernel sources" in caplog.text) == stale
+
+
+def test_an_installed_snnccs_library_lives_in_the_cache_keyed_by_its_kernel_sources(
+        tmp_path, monkeypatch):
+    """Built into site-packages/snncc, the library outlived pip uninstall as a namespace package
+    that hid a later editable install (a README walk-through), and a new version loaded it: an
+    installed snncc keeps it in the user cache, one folder per digest of its kernel sources."""
+    import shutil
+
+    from snncc.runtime import build
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pkg = tmp_path / "site" / "snncc" / "runtime"
+    shutil.copytree(ROOT / "runtime", pkg, ignore=shutil.ignore_patterns("_lib", "build"))
+    same = build.cached_library(pkg)
+    assert same == build.cached_library(ROOT / "runtime")
+    assert same.parent.parent == tmp_path / "cache" / "snncc" / "lib"
+    with open(pkg / "csrc" / "ops.cc", "a") as fh:
+        fh.write("\n// another version\n")
+    assert build.cached_library(pkg) != same

@@ -304,7 +304,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         import torch  # noqa: F401  (only whether it is installed)
     except ImportError:
         raise OptionError("finetune: torch is not installed", code="SNN-E807",
-                          hint="pip install 'snncc[train]' (torch==2.13.0)") from None
+                          hint="pip install torch==2.13.0 (snncc's '[train]' extra: "
+                          "pip install '.[train]' in a checkout)") from None
     from snncc.outputs import (Output, atomic_file, check_outputs, check_suffix, file_output,
                                 same_path)
 
