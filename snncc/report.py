@@ -364,7 +364,7 @@ def report_command(args: argparse.Namespace) -> int:
     from snncc.errors import BackendCapabilityError, ModelInputError, OptionError, SnnccError
     from snncc.ir import SNN_DOMAIN, read_proto
     from snncc.outputs import file_output, scratch
-    from snncc.run import load_inputs
+    from snncc.run import check_label_range, load_inputs
     from snncc.simulate import run_compiled
 
     try:
@@ -433,6 +433,7 @@ def report_command(args: argparse.Namespace) -> int:
     # fidelity estimate is); the ANN itself then scores 1
     ann = next(iter(run_compiled(args.model, x, use_library=False,
                                  spike_counts=False).outputs.values()))
+    check_label_range(labels, ann, args.data)
     ref = labels if labels is not None else (ann.argmax(axis=1) if ann.ndim == 2 else None)
     series: dict[str, list[Any]] = {"ORT SNN": []}
     if args.target == "loihi":

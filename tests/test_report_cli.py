@@ -52,3 +52,15 @@ def test_plot_labels_are_unique():
     labels = short_labels(names)
     assert labels[:3] == ["stem.0.2", "layers.0.0/relu1", "layers.1.0/relu1"]
     assert len(set(labels)) == len(labels)
+
+
+def test_labels_beyond_the_outputs_are_refused(tmp_path, capsys):
+    """report scored labels 10 on a 10-output net as misses (92 % shown as 73 %); run refused
+    the same file (E680)."""
+    test = np.load(EXAMPLES / "mnist_test.npz")
+    y = test["y"][:32].copy()
+    y[:5] = 10
+    np.savez(tmp_path / "d.npz", x=test["x"][:32], y=y)
+    assert main(["report", str(EXAMPLES / "mnist_cnn.onnx"), "--data", str(tmp_path / "d.npz"),
+                 "--target", "ort", "-o", str(tmp_path / "r.md")]) == 2
+    assert "[SNN-E680]" in capsys.readouterr().err and not (tmp_path / "r.md").exists()

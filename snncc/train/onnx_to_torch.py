@@ -436,4 +436,25 @@ def load_onnx_module(path_or_proto: Any) -> OnnxGraphModule:
     from snncc import ir
 
     proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else ir.read_proto(path_or_proto)
+    _refuse_training_mode(proto)
     return OnnxGraphModule(proto)
+
+
+def _refuse_training_mode(proto: onnx.ModelProto) -> None:
+    """SNN-E208 as compile gives it: a BatchNormalization or Dropout exported in training mode
+    (finetune had trained such a model, and its output then compiled past compile's check)."""
+    import onnx_graphsurgeon as gs
+
+    from snncc.ir import node_label
+    from snncc.op_classes import TRAINING_HINT
+    from snncc.passes.support import _training_mode
+
+    graph = gs.import_onnx(proto)
+    bad = [Diagnostic("SNN-E208", f"{n.op} is in training mode ({why})", PASS, node_label(n),
+                      TRAINING_HINT)
+           for n in graph.nodes if n.op in ("BatchNormalization", "Dropout")
+           and (why := _training_mode(graph, n))]
+    if bad:
+        raise UnsupportedNodeError(f"{PASS}: the model was exported in training mode: {len(bad)} "
+                                   "node(s) would compute their training form",
+                                   diagnostics=bad, code="SNN-E208", hint=TRAINING_HINT)

@@ -113,3 +113,19 @@ def test_a_tiny_training_set_is_warned_about(tmp_path, data, capsys):
     assert _finetune(DIGITS, "--data", data, "-q", "-o", tmp_path / "o.onnx") == 0
     err = capsys.readouterr().err
     assert "holds 32 samples for 10 classes (fewer than 10 per class)" in err, err
+
+
+def test_a_training_mode_export_is_refused_as_compile_refuses_it(tmp_path, data, capsys):
+    """finetune trained a model exported in train() mode (BatchNorm on batch statistics, live
+    Dropout), and its output then compiled past compile's own E208."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).train()
+    torch.onnx.export(net, torch.rand(2, 1, 8, 8), str(tmp_path / "t.onnx"), dynamo=False,
+                      opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
+                      do_constant_folding=False)
+    assert _finetune(tmp_path / "t.onnx", "--data", data, "-o", tmp_path / "o.onnx") == 2
+    err = capsys.readouterr().err
+    assert "[SNN-E208]" in err and "model.eval()" in err and not (tmp_path / "o.onnx").exists()
