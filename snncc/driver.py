@@ -456,7 +456,8 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     if fid is not None:
         ops = {n.op_type for n in snap.proto("canonicalize").graph.node}
         warnings += fidelity.check(fid, options, min_agreement, shlex.quote(str(model_path)),
-                                   finetune=_finetune_takes(rows), max_pools="MaxPool" in ops)
+                                   finetune=lambda: _finetune_takes(rows)
+                                   and _finetune_loads(model_path), max_pools="MaxPool" in ops)
     synops = _synops(snap, model, ctx, count_net) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none
         if backend is None:
@@ -508,6 +509,23 @@ def _finetune_takes(rows: PipelineReport) -> bool:
     counts = next((r.counts for r in rows.rows if r.name == "relu-to-quant-clip"), {})
     return counts.get("relu_replaced", 0) + counts.get("clip_replaced", 0) > 0 \
         and not counts.get("pattern_kept", 0)
+
+
+def _finetune_loads(model_path: str | os.PathLike) -> bool:
+    """Whether ``snncc finetune`` can build its trainable module from the model (asked only
+    when a hint would name it: it imports torch): a 1-D net or a Resize compiled, and the hint
+    to fine-tune led to E801/E802. Without torch the hint stays (finetune then says so)."""
+    try:
+        from snncc.train.onnx_to_torch import load_onnx_module
+    except ImportError:
+        return True
+    try:
+        load_onnx_module(model_path)
+    except SnnccError:
+        return False
+    except Exception:   # noqa: BLE001  (a hint is never worth a failed compile)
+        return True
+    return True
 
 
 def _synops(snap: Snapshot, model: ir.Model, ctx: CompileContext, net: Any) -> dict[str, Any]:

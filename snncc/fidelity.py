@@ -25,7 +25,7 @@ on the samples calibration was fitted to.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -248,11 +248,11 @@ def _per_channel_ok(options: Any) -> bool:
 
 
 def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
-          finetune: bool = True, max_pools: bool = False) -> list[str]:
+          finetune: bool | Callable[[], bool] = True, max_pools: bool = False) -> list[str]:
     """Ranked, concrete ways to a closer SNN, most effective first (measured on the trained
     examples, examples/results/defaults.md); ``model``: the source model's path, for the
     commands; ``finetune``: whether ``snncc finetune`` takes the model (it trains ReLU and
-    Clip(0, c) activations, not a QCFS-trained graph);
+    Clip(0, c) activations, not a QCFS-trained graph), or a callable that finds out when asked;
     ``max_pools``: whether the ANN pools by max (``--maxpool avg`` then changes the network)."""
     out = []
     if max_pools and options.maxpool == "avg":
@@ -273,7 +273,7 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
         out.append("--per-channel (one lambda per channel)")
     if options.target == "qann":   # the QANN itself is the output: more levels, or training
         out.append(f"-L {2 * options.levels} (more quantization levels)")
-        if finetune:
+        if _resolved(finetune):
             out.append(f"snncc finetune {model} --data TRAIN.npz -L {options.levels} (QCFS "
                        "fine-tuning trains the net for its quantization)")
         return out
@@ -289,7 +289,7 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
     if options.timesteps < 8:
         out.append(f"-T {min(2 * options.timesteps, 8)} (more timesteps)")
     q = fid.get("qann_vs_ann", {}).get("top1_agreement", 1.0)
-    if finetune and (q < WARN_BELOW or options.timesteps <= 2):
+    if (q < WARN_BELOW or options.timesteps <= 2) and _resolved(finetune):
         out.append(f"snncc finetune {model} --data TRAIN.npz (QCFS fine-tuning trains the "
                    "net for its quantization: examples/results/training)")
     return out
@@ -354,9 +354,13 @@ def estimate(ann_proto: onnx.ModelProto, qann_proto: onnx.ModelProto, backend: A
 MIN_GATE_SAMPLES = 32
 
 
+def _resolved(finetune: bool | Callable[[], bool]) -> bool:
+    return bool(finetune()) if callable(finetune) else bool(finetune)
+
+
 def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
-          model: str = "MODEL.onnx", finetune: bool = True, max_pools: bool = False
-          ) -> list[str]:
+          model: str = "MODEL.onnx", finetune: bool | Callable[[], bool] = True,
+          max_pools: bool = False) -> list[str]:
     """Warnings (for stderr) when the agreement is below :data:`WARN_BELOW`;
     :class:`~snncc.errors.FidelityError` (SNN-E370) below ``min_agreement``."""
     key = "snn_vs_ann" if "snn_vs_ann" in fid else "qann_vs_ann"
@@ -367,8 +371,15 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
             if key == "snn_vs_ann" else "the compiled QANN"
             if options.target == "qann" else "the QANN (" + fid.get(
                 "note", "the target cannot evaluate the SNN at compile time") + ")")
-    ranked = hints(options, fid, model, finetune, max_pools)
+    memo: list[list[str]] = []
+
+    def ranked_hints() -> list[str]:   # only where a message needs them (finetune may be a probe)
+        if not memo:
+            memo.append(hints(options, fid, model, finetune, max_pools))
+        return memo[0]
+
     if min_agreement is not None and agree < min_agreement:
+        ranked = ranked_hints()
         raise FidelityError(f"compile: {summary(fid)}; below --min-agreement {min_agreement:g}",
                             code="SNN-E370", hint="try, in this order: " + "; ".join(ranked)
                             if ranked else "lower --min-agreement")
@@ -389,14 +400,14 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
     if agree < WARN_BELOW:
         head = f"warning: {what} agrees with the ANN on only {100 * agree:.1f} % {_of_samples(fid)}"
     elif (fid[key].get("rel_logit_error") or 0.0) >= LOGIT_WARN and key == "snn_vs_ann" \
-            and ranked:
+            and ranked_hints():
         head = (f"warning: {what} agrees with the ANN on {100 * agree:.1f} % {_of_samples(fid)}, "
                 f"but its relative logit error is {fid[key]['rel_logit_error']:.2f}: 12 of 14 "
                 "trained-net SNNs that agreed this well with an error of 0.3 or more lost 1.3 to "
                 "13.7 pt on test data (examples/results/other_nets.md)")
     if head:
         out.append("\n".join([head + ". To get closer, try (best first):"]
-                              + [f"  {i + 1}. {h}" for i, h in enumerate(ranked)]))
+                              + [f"  {i + 1}. {h}" for i, h in enumerate(ranked_hints())]))
     for v in fid.get("variants", {}).values():
         low = v["top1_agreement"]
         if low is not None and low < WARN_BELOW:
