@@ -159,7 +159,10 @@ def check_samples(x: np.ndarray, what: str) -> np.ndarray:
     value finite (``snncc run`` and :func:`run_compiled` check alike); ``what`` names them."""
     if not np.issubdtype(x.dtype, np.floating):
         raise ModelInputError(f"{what} are {x.dtype}, not floating point", code="SNN-E104",
-                              hint="convert the samples to float32")
+                              hint="convert the samples to float32 on the scale the model was "
+                              "trained on (8-bit pixels: x.astype('float32') / 255, as snncc "
+                              "finetune reads them)" if x.dtype == np.uint8 else
+                              "convert the samples to float32")
     if x.ndim == 0:
         raise ModelInputError(f"{what} are a single number, not a batch of samples",
                               code="SNN-E105", hint="pass samples shaped [N, ...] (N first)")
