@@ -154,3 +154,24 @@ def dense_net(mid: Sequence[str], tail: Sequence[str] = ()) -> onnx.ModelProto:
         "x", TensorProto.FLOAT, ["N", 8])], [helper.make_tensor_value_info(
             "y", TensorProto.FLOAT, ["N", 3])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def conv1d_relu_net(path, *, maxpool: bool = False, length: int = 16, seed: int = 0) -> None:
+    """Save ``Conv1d(1 -> 4, k 3, pad 1) -> Relu [-> MaxPool 2] -> Flatten -> Gemm(3)`` with
+    random weights on ``[N, 1, length]`` inputs (opset 17) at ``path``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    flat = 4 * (length // 2 if maxpool else length)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("w", (4, 1, 3)), ("fc", (3, flat)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"])]
+    if maxpool:
+        nodes.append(helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2], strides=[2]))
+    nodes += [helper.make_node("Flatten", [nodes[-1].output[0]], ["f"]),
+              helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 1, length])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))

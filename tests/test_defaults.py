@@ -575,20 +575,9 @@ def test_the_finetune_hint_is_given_only_where_finetune_loads_the_model(tmp_path
     """compile's low-fidelity hint told the users of a 1-D net (and of a Resize net) to run
     snncc finetune, which refused the model (E802 'use Conv2d', E801)."""
     pytest.importorskip("torch")
-    from onnx import TensorProto, helper, numpy_helper
-    import onnx
+    from helpers import conv1d_relu_net
     from snncc.driver import _finetune_loads
 
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
-             for n, s in (("w", (4, 1, 3)), ("fc", (3, 4 * 16)))]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3], pads=[1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
-             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
-        "x", TensorProto.FLOAT, ["N", 1, 16])], [helper.make_tensor_value_info(
-            "y", TensorProto.FLOAT, ["N", 3])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-              tmp_path / "c1d.onnx")
+    conv1d_relu_net(tmp_path / "c1d.onnx")
     assert not _finetune_loads(tmp_path / "c1d.onnx")
     assert _finetune_loads(Path(__file__).resolve().parents[1] / "examples" / "mnist_cnn.onnx")

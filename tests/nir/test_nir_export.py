@@ -492,22 +492,10 @@ def test_run_takes_a_nir_file(tmp_path, capsys):
 def test_a_1d_net_with_maxpool_avg_compiles_to_nir(tmp_path, capsys):
     """A 1-D net with --maxpool avg (it had been refused: E693 on its Conv1d) compiles from the
     command line; the file reads back and says how to feed it."""
-    from onnx import TensorProto, helper
+    from helpers import conv1d_relu_net
 
+    conv1d_relu_net(tmp_path / "m.onnx", maxpool=True)
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
-             for n, s in (("w", (4, 1, 3)), ("fc", (3, 4 * 8)))]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3], pads=[1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2], strides=[2]),
-             helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
-        "x", TensorProto.FLOAT, ["N", 1, 16])], [helper.make_tensor_value_info(
-            "y", TensorProto.FLOAT, ["N", 3])], inits)
-    import onnx
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-              tmp_path / "m.onnx")
     np.save(tmp_path / "c.npy", rng.random((40, 1, 16), dtype=np.float32))
     assert main(["compile", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npy"),
                  "--target", "nir", "--allow-lossy", "--maxpool", "avg", "-q",
