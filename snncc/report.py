@@ -172,8 +172,21 @@ def check_report_outputs(out_path: str | os.PathLike,
     """Refuse a page or plot folder that would touch an input or anything snncc did not write
     (:func:`snncc.outputs.check_outputs`). ``implied``: the page is the default name, not one
     the user gave, so an existing page there is replaced only when snncc wrote it."""
-    from snncc.outputs import Output, check_outputs, check_suffix
+    from snncc.errors import OutputPathError
+    from snncc.outputs import Output, check_outputs, check_suffix, same_path, written_by_snncc
 
+    # rep.md and rep.html share rep_files/: a second page would replace the first one's plots
+    page = Path(out_path)
+    others = [page.with_suffix(sfx) for sfx in (".md", ".html", ".htm")
+              if page.suffix and not same_path(page.with_suffix(sfx), page)
+              and page.with_suffix(sfx).is_file()
+              and written_by_snncc(page.with_suffix(sfx), "report")]
+    if others and plots_dir(out_path).is_dir():
+        raise OutputPathError(
+            f"report: the plot folder '{plots_dir(out_path)}' holds the plots of another report "
+            f"page, '{others[0]}'; writing '{page}' would replace them", code="SNN-E364",
+            hint=f"give -o another name (e.g. {page.with_name(page.stem + '_2' + page.suffix)}), "
+            "or remove the other report first")
     check_outputs([Output(Path(out_path), "file",
                           "-o (default: beside the model)" if implied else "-o", "report.md",
                           implied="report" if implied else ""),

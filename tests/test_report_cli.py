@@ -64,3 +64,17 @@ def test_labels_beyond_the_outputs_are_refused(tmp_path, capsys):
     assert main(["report", str(EXAMPLES / "mnist_cnn.onnx"), "--data", str(tmp_path / "d.npz"),
                  "--target", "ort", "-o", str(tmp_path / "r.md")]) == 2
     assert "[SNN-E680]" in capsys.readouterr().err and not (tmp_path / "r.md").exists()
+
+
+def test_a_second_page_with_the_same_stem_does_not_take_the_first_ones_plots(tmp_path, capsys):
+    """report -o rep.html, then report -o rep.md: both pages use rep_files/, and the second
+    replaced the first one's plots without a word (a helper)."""
+    data = _data(tmp_path, "mnist", 8)
+    base = ["report", str(EXAMPLES / "mnist_cnn.onnx"), "--data", str(data), "--target", "ort",
+            "--samples", "8", "-T", "2"]
+    assert main([*base, "-o", str(tmp_path / "rep.html")]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "rep_files").iterdir()}
+    assert main([*base, "-o", str(tmp_path / "rep.md")]) == 2
+    assert "[SNN-E364]" in capsys.readouterr().err and not (tmp_path / "rep.md").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "rep_files").iterdir()} == before
+    assert main([*base, "-o", str(tmp_path / "rep.html")]) == 0    # its own page: replaced
