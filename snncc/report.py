@@ -360,6 +360,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default=None,
                    help="report .md or .html, its plots in a folder beside it named "
                    "<stem>_files (default: beside the model, MODEL.report.md)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing on success but warnings (stderr)")
 
 
 def _accuracy(out: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -369,6 +371,7 @@ def _accuracy(out: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    _QUIET[0] = bool(getattr(args, "quiet", False))
     from snncc.analysis.energy import estimate
     from snncc.analysis.synops import count_netlist, count_synops, ort_events, pool_taps
     from snncc.backends.loihi.netlist import load
@@ -432,7 +435,7 @@ def report_command(args: argparse.Namespace) -> int:
         fallback = (f"target ort: the model has no Loihi form ({why}); --target loihi says all "
                     f"of why{avg}")
         args.target = "ort"
-        print(f"snncc report: note: {fallback}", file=sys.stderr)
+        _say(f"snncc report: note: {fallback}")
     from snncc import ir
     from snncc.passes.quant_clip import activation_sites
 
@@ -491,8 +494,8 @@ def report_command(args: argparse.Namespace) -> int:
                     notes[0] = notes[0].replace("target loihi", "target ort")
                     notes.append(f"Target ort: at T = {T} the Loihi fixed point cannot hold "
                                  f"the model ({why}); --target loihi says all of why")
-                    print(f"snncc report: note: target ort: the Loihi compile failed at T = {T} "
-                          f"({exc.code}); --target loihi says all of why", file=sys.stderr)
+                    _say(f"snncc report: note: target ort: the Loihi compile failed at T = {T} "
+                         f"({exc.code}); --target loihi says all of why")
             if compiled is not None:
                 notes.extend(f"T = {T}, Loihi compile: {w.removeprefix('warning: ')}"
                              for w in compiled.warnings if "loihi:" in w or "saturated" in w)
@@ -556,12 +559,21 @@ def report_command(args: argparse.Namespace) -> int:
                             **{f"{name} (T={ts[-1]})": values[-1]
                                for name, values in series.items()}}
     for path in write_report(args.output, data, inputs=inputs, implied=implied):
-        print(f"wrote {path}")
+        _say(f"wrote {path}", err=False)
     return 0
 
 
+#: report -q: no progress, notes or 'wrote' lines (warnings still go to stderr)
+_QUIET = [False]
+
+
+def _say(text: str, *, err: bool = True) -> None:
+    if not _QUIET[0]:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
 def _progress(message: str) -> None:
-    print(f"snncc report: {message} ...", file=sys.stderr, flush=True)
+    _say(f"snncc report: {message} ...")
 
 
 def _input_name(tmp: Path) -> str:

@@ -78,3 +78,13 @@ def test_a_second_page_with_the_same_stem_does_not_take_the_first_ones_plots(tmp
     assert "[SNN-E364]" in capsys.readouterr().err and not (tmp_path / "rep.md").exists()
     assert {p.name: p.read_bytes() for p in (tmp_path / "rep_files").iterdir()} == before
     assert main([*base, "-o", str(tmp_path / "rep.html")]) == 0    # its own page: replaced
+
+
+def test_quiet_prints_nothing_on_success(tmp_path, capsys):
+    """compile and finetune had -q; report refused it ('unrecognized arguments')."""
+    data = _data(tmp_path, "mnist", 8)
+    assert main(["report", str(EXAMPLES / "mnist_cnn.onnx"), "--data", str(data), "--calib",
+                 str(EXAMPLES / "mnist_calib.npz"), "--target", "ort", "--samples", "8", "-T",
+                 "2", "-q", "-o", str(tmp_path / "r.md")]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == "" and (tmp_path / "r.md").is_file()
