@@ -187,8 +187,9 @@ def check_shape(proto, name: str, x: np.ndarray) -> None:
             for d in inp.type.tensor_type.shape.dim]
     want = ["N"] + [d if d else "?" for d in dims[1:]]
     if x.ndim != len(dims) or any(d and d != g for d, g in zip(dims[1:], x.shape[1:])):
-        raise ModelInputError(f"samples have shape {list(x.shape)} but the model input '{name}' "
-                              f"is {want}", code="SNN-E105",
+        # each sample's shape: the count may be a caller's subset (report's --samples)
+        raise ModelInputError(f"each sample has shape {list(x.shape[1:])} but the model input "
+                              f"'{name}' is {want}", code="SNN-E105",
                               hint="pass samples shaped like the model input (N first)")
 
 
