@@ -34,7 +34,7 @@ from snncc.passes.quant_clip import activation_sites
 
 __all__ = ["unsupported_nodes", "conversion_roles", "analog_prefix", "no_activation", "time_op_ok",
            "feeds_only_outputs", "spike_fed", "relu_spellings", "SPIKING", "STATIC", "TIME",
-           "HEAD", "ISLAND"]
+           "HEAD", "ISLAND", "training_mode"]
 
 PASS_NAME = "canonicalize"  # the pass that raises these diagnostics
 _PASS_THROUGH = frozenset({"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
@@ -80,7 +80,7 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
             diags.append(_diag("SNN-E207", f"{node.op} belongs to a quantized model", label,
                                QUANTIZED_HINT, severity))  # --allow-analog: islands
             continue
-        training = _training_mode(graph, node)
+        training = training_mode(graph, node)
         if training:  # never a spiking layer, nor an island: its output changes with the batch
             diags.append(_diag("SNN-E208", f"{node.op} is in training mode ({training})", label,
                                TRAINING_HINT, "error"))
@@ -108,7 +108,7 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
     return diags
 
 
-def _training_mode(graph: gs.Graph, node: gs.Node) -> str | None:
+def training_mode(graph: gs.Graph, node: gs.Node) -> str | None:
     """Why a BatchNormalization or Dropout computes its training form, or None: what
     ``torch.onnx.export`` writes for a model left in train() mode (batch statistics, random
     masks), so the converted model's output would depend on the batch."""

@@ -24,6 +24,7 @@ on the samples calibration was fitted to.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -371,12 +372,8 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
             if key == "snn_vs_ann" else "the compiled QANN"
             if options.target == "qann" else "the QANN (" + fid.get(
                 "note", "the target cannot evaluate the SNN at compile time") + ")")
-    memo: list[list[str]] = []
-
-    def ranked_hints() -> list[str]:   # only where a message needs them (finetune may be a probe)
-        if not memo:
-            memo.append(hints(options, fid, model, finetune, max_pools))
-        return memo[0]
+    # only where a message needs them, once (finetune may be a probe that imports torch)
+    ranked_hints = functools.cache(lambda: hints(options, fid, model, finetune, max_pools))
 
     if min_agreement is not None and agree < min_agreement:
         ranked = ranked_hints()

@@ -177,10 +177,9 @@ def check_report_outputs(out_path: str | os.PathLike,
 
     # rep.md and rep.html share rep_files/: a second page would replace the first one's plots
     page = Path(out_path)
-    others = [page.with_suffix(sfx) for sfx in (".md", ".html", ".htm")
-              if page.suffix and not same_path(page.with_suffix(sfx), page)
-              and page.with_suffix(sfx).is_file()
-              and written_by_snncc(page.with_suffix(sfx), "report")]
+    twins = [page.with_suffix(sfx) for sfx in (".md", ".html", ".htm")] if page.suffix else []
+    others = [p for p in twins if not same_path(p, page) and p.is_file()
+              and written_by_snncc(p, "report")]
     if others and plots_dir(out_path).is_dir():
         raise OutputPathError(
             f"report: the plot folder '{plots_dir(out_path)}' holds the plots of another report "
@@ -401,8 +400,9 @@ def report_command(args: argparse.Namespace) -> int:
                       file_output(args.output, example="report.md", command="report"))
     check_report_outputs(args.output, inputs, implied=implied)
     source = read_proto(args.model)
-    compiled = any(p.key in ("snncc.schedule", "snncc.target") for p in source.metadata_props)
-    if not compiled and any(n.domain == SNN_DOMAIN for n in source.graph.node):
+    was_compiled = any(p.key in ("snncc.schedule", "snncc.target")
+                       for p in source.metadata_props)
+    if not was_compiled and any(n.domain == SNN_DOMAIN for n in source.graph.node):
         # (a compiled output gets canonicalize's E123: compile the source ANN again)
         raise ModelInputError(f"'{args.model}' spikes already (a snncc finetune --iir or --mt "
                               "output): snncc report compares an ANN with the SNNs compiled "
@@ -428,8 +428,7 @@ def report_command(args: argparse.Namespace) -> int:
             rehearse(args.model, make_options(target="ort", timesteps=ts[0], **common))
         except SnnccError:
             raise exc from None
-        first = exc.diagnostics[0] if exc.diagnostics else None
-        why = f"{first.node}: {first.message}" if first and first.node else exc.message
+        why = _first_reason(exc)
         avg = (", and --maxpool avg gives a max-pool net one (it changes the net)"
                if any("MaxPool" in d.message for d in exc.diagnostics) else "")
         fallback = (f"target ort: the model has no Loihi form ({why}); --target loihi says all "
@@ -486,8 +485,7 @@ def report_command(args: argparse.Namespace) -> int:
                 except BackendCapabilityError as exc:   # e.g. thresholds beyond the fixed point
                     if chosen or T != ts[-1]:
                         raise
-                    first = exc.diagnostics[0] if exc.diagnostics else None
-                    why = f"{first.node}: {first.message}" if first and first.node else exc.message
+                    why = _first_reason(exc)
                     args.target = "ort"
                     for name in ("Loihi emulated", "Loihi hardware (reset to 0)"):
                         series.pop(name)
@@ -529,9 +527,7 @@ def report_command(args: argparse.Namespace) -> int:
                     syn = None
                     data.pop("synops", None)
                     data.pop("energy", None)
-                    first = exc.diagnostics[0] if exc.diagnostics else None
-                    no_synops = (f"node {first.node}: {first.message}" if first and first.node
-                                 else first.message if first else exc.message)
+                    no_synops = _first_reason(exc, "node ")
             if syn is not None and T == ts[-1]:
                 data.update(synops=syn, energy=estimate(syn))
     for values in series.values():   # run largest T first, tabled in ascending T
@@ -570,6 +566,15 @@ _QUIET = [False]
 def _say(text: str, *, err: bool = True) -> None:
     if not _QUIET[0]:
         print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _first_reason(exc: Exception, prefix: str = "") -> str:
+    """An error's first diagnostic as 'node: message' (``prefix`` before the node), else its
+    own message."""
+    first = exc.diagnostics[0] if getattr(exc, "diagnostics", None) else None
+    if first is None:
+        return getattr(exc, "message", str(exc))
+    return f"{prefix}{first.node}: {first.message}" if first.node else first.message
 
 
 def _progress(message: str) -> None:

@@ -246,6 +246,7 @@ def _warn_if_few(train, classes: int | None, path: str) -> None:
 
 
 def _open(path: str, module, args: argparse.Namespace, what: str):
+    """The data set at ``path`` checked against the model, and the model's class count."""
     from snncc.train.data import check_input_shape, check_labels, check_normalisation, open_dataset
 
     dims = module.input_dims
@@ -265,9 +266,10 @@ def _open(path: str, module, args: argparse.Namespace, what: str):
     if args.input_size is not None and type(ds).__name__ != "ImageFolderDataset":
         print(f"snncc finetune: warning: --input-size resizes image-folder images; the arrays "
               f"of '{path}' are used at their own size", file=sys.stderr)
-    classes = _num_classes(module, ds.sample_shape)
+    classes = known if known is not None and tuple(ds.sample_shape) == (channels, *size) \
+        else _num_classes(module, ds.sample_shape)
     check_labels(ds.y, len(ds), classes, f"{what} '{path}'")
-    return ds
+    return ds, classes
 
 
 def _load_checkpoint(path: str, levels: int, recipe: dict) -> dict:
@@ -361,8 +363,8 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
     rank = dist_info()[0]
     say = print if rank == 0 and not args.quiet else (lambda *a, **k: None)
     module = load_onnx_module(args.model)
-    train = _open(args.data, module, args, "training data")
-    val = _open(args.val, module, args, "validation data") if args.val else None
+    train, classes = _open(args.data, module, args, "training data")
+    val = _open(args.val, module, args, "validation data")[0] if args.val else None
     # image folders decode in worker processes: up to 4, never more than the CPUs this process
     # may use (torch warns three times otherwise)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -374,7 +376,7 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
     if rank == 0 and val is not None:
         _warn_if_scales_differ(train, val)
     if rank == 0:
-        _warn_if_few(train, _num_classes(module, train.sample_shape), args.data)
+        _warn_if_few(train, classes, args.data)
     common = dict(maxpool=args.maxpool, val_every=args.val_every, device=args.device, seed=args.seed,
                   progress=not (args.no_progress or args.quiet) and rank == 0)
     names = dict(input_name=module.input_name, output_name=module.output_name, input_dims=module.input_dims)

@@ -447,13 +447,13 @@ def _refuse_training_mode(proto: onnx.ModelProto) -> None:
 
     from snncc.ir import node_label
     from snncc.op_classes import TRAINING_HINT
-    from snncc.passes.support import _training_mode
+    from snncc.passes.support import training_mode
 
     graph = gs.import_onnx(proto)
     bad = [Diagnostic("SNN-E208", f"{n.op} is in training mode ({why})", PASS, node_label(n),
                       TRAINING_HINT)
            for n in graph.nodes if n.op in ("BatchNormalization", "Dropout")
-           and (why := _training_mode(graph, n))]
+           and (why := training_mode(graph, n))]
     if bad:
         raise UnsupportedNodeError(f"{PASS}: the model was exported in training mode: {len(bad)} "
                                    "node(s) would compute their training form",
