@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
+from snncc.errors import Diagnostic, ModelInputError, SnnccError, UnsupportedNodeError
 from snncc.train.qcfs import BoundedReLU
 
 __all__ = ["OnnxGraphModule", "SUPPORTED_OPS", "load_onnx_module"]
@@ -437,7 +437,38 @@ def load_onnx_module(path_or_proto: Any) -> OnnxGraphModule:
 
     proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else ir.read_proto(path_or_proto)
     _refuse_training_mode(proto)
-    return OnnxGraphModule(proto)
+    try:
+        return OnnxGraphModule(proto)
+    except UnsupportedNodeError as exc:
+        if not exc.codes <= {"SNN-E801", "SNN-E802"}:
+            raise
+        canonical = _canonical(proto)
+        if canonical is None:
+            raise
+        try:
+            return OnnxGraphModule(canonical)
+        except SnnccError:
+            raise exc from None
+
+
+def _canonical(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """The model as compile's canonicalize pass leaves it (shape computations folded, e.g. the
+    ``Shape -> Gather -> Concat -> Reshape`` of ``x.view(x.size(0), -1)`` with a dynamic batch;
+    ``Sum``, spatial ``ReduceMean`` and ``Max(x, 0)`` in their plain forms), or None where that
+    pass refuses it. Loaded only when the exported graph itself does not build, so a model the
+    builder takes as it is trains on exactly its own graph."""
+    from snncc import ir
+    from snncc.context import CompileContext, CompileOptions
+    from snncc.passes.canonicalize import CanonicalizePass
+    from snncc.pipeline import Pipeline
+
+    try:
+        model = ir.load(proto)
+        Pipeline([CanonicalizePass(require_activation=False)], verify="off").run(
+            model, CompileContext(CompileOptions(target="qann", allow_analog=True)))
+        return ir.to_proto(model)
+    except SnnccError:
+        return None
 
 
 def _refuse_training_mode(proto: onnx.ModelProto) -> None:

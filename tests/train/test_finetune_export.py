@@ -3,6 +3,7 @@ import argparse
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -148,9 +149,10 @@ def test_relu6_clips_load_as_activation_sites(opset, clip, kind):
                                   run_ort(model, {"input": x})[0])
 
 
-def test_a_computed_clip_bound_is_a_coded_error():
-    """A Clip bound that a node computes is SNN-E802 (it had become an internal KeyError when the
-    loader looked for an activation site)."""
+def test_a_computed_clip_bound_is_folded_as_compile_folds_it():
+    """A Clip bound that a node computes from constants had been SNN-E802 (and before that an
+    internal KeyError); the loader now folds it as compile's canonicalize does, and the Clip is an
+    activation site with that bound."""
     model = tiny_model("""
         <ir_version: 8, opset_import: ["" : 17]>
         net (float[N, 2, 4, 4] input) => (float[N, 3] logits)
@@ -163,9 +165,42 @@ def test_a_computed_clip_bound_is_a_coded_error():
             f = Flatten (p)
             logits = MatMul (f, w2)
         }""", params={"zero": np.float32(0), "three": np.float32(3)})
-    with pytest.raises(UnsupportedNodeError) as err:
-        load_onnx_module(model)
-    assert err.value.code == "SNN-E802" and "'six') must be a constant" in str(err.value)
+    net = load_onnx_module(model).eval()
+    assert [(type(m).__name__, m.max_val) for m in net.layers.values()] == [("BoundedReLU", 6.0)]
+    x = np.round(np.random.default_rng(0).normal(0, 10, (5, 2, 4, 4)) * 8).astype(np.float32) / 8
+    np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(),
+                               run_ort(model, {"input": x})[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("flatten", ["view", "reshape"])
+def test_a_dynamic_batch_view_loads(tmp_path, flatten):
+    """``x.view(x.size(0), -1)`` exported with a dynamic batch is a Shape -> Gather -> Concat ->
+    Reshape chain: compile folds it, finetune had refused it (E801 Shape, Gather; E802 Reshape).
+    The loader now folds it as compile does; the module equals ORT on the exported file and at
+    another batch size."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1, stride=2)
+            self.fc = nn.Linear(4 * 3 * 3, 3)
+
+        def forward(self, x):
+            x = torch.relu(self.conv(x))
+            return self.fc(x.view(x.size(0), -1) if flatten == "view" else x.reshape(x.shape[0], -1))
+
+    torch.manual_seed(0)
+    path = tmp_path / "view.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), torch.zeros(2, 1, 6, 6), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"], opset_version=13,
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    assert "Shape" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    net = load_onnx_module(str(path)).eval()
+    for batch in (2, 5):
+        x = np.random.default_rng(batch).normal(0, 1, (batch, 1, 6, 6)).astype(np.float32)
+        np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(),
+                                   run_ort(onnx.load(str(path)), {"x": x})[0], rtol=1e-5, atol=1e-6)
 
 
 def test_qcfs_export_runs_in_ort_and_equals_torch_exactly():
