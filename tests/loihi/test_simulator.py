@@ -230,6 +230,32 @@ def test_relay_group_lowers_a_chain_one_conv_cannot_express(case):
     assert sim.events[relays[0].name].sum() > 0
 
 
+def test_a_relay_fed_by_the_input_is_bounded_by_the_calibration_range():
+    """A pool of the input then a padded conv that one conv cannot express puts a relay on the
+    input. Its current had been bounded as if every input were a full 24-bit payload (a
+    torchvision-like stem, AvgPool 3/2/1 then a padded conv, on 8 x 8 digits in [0, 1]: 9 x 2**23,
+    SNN-E634); with the calibration samples' largest magnitude known it is bounded for inputs up
+    to twice that, and the netlist agrees with ORT bit for bit."""
+    g = Graph((2, 7, 7), 4)   # the conv's padding reads pooled position 3, i.e. input row 6
+    p = g.op("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2])
+    s = g.neuron(g.conv(p, 2, 4), "IFNeuron")
+    model = g.model(g.gemm(g.op("Flatten", [s], axis=1), 36, 3))
+    net = lower(model, 4)
+    relay, = [r.name for r in net.groups if r.kind == "relay"]
+    _, diags = quantize(net)
+    assert [d.code for d in diags] == ["SNN-E634"]       # no input range: the whole payload
+    net = lower(model, 4)
+    report, diags = quantize(net, input_max=1.0)
+    assert not diags and report["all_exact"]
+    assert net.group(relay).fixed["peak_payload"] == 4 * 2 * 256
+    x = dyadic_input((3, 2, 7, 7), seed=7)
+    sim = simulate(net, x)
+    ref = ort_reference(model, x, 4)
+    (name, out), = sim.outputs.items()
+    np.testing.assert_array_equal(out, ref.outputs[name])
+    assert sim.saturations == 0 and sim.wraps == 0
+
+
 def test_netx_export_stops_at_a_relay_and_says_why(tmp_path):
     """A relay is a graded pass-through: NetX has no such neuron, so the export keeps the layers
     before it and lists the relay (and what follows) with reasons."""

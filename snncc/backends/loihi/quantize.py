@@ -104,6 +104,9 @@ def _readout_frac_bits(net: Netlist, g: Group, fp: FixedPoint) -> int:
 
 #: a relay's largest incoming folded weight (see the table above)
 RELAY_WEIGHT = 64
+#: a relay fed by the input is bounded for inputs up to this many times the calibration
+#: samples' largest magnitude (the whole payload where that is not known)
+INPUT_HEADROOM = 2.0
 
 
 def _relay_units(net: Netlist, g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> None:
@@ -142,19 +145,25 @@ def _relay_units(net: Netlist, g: Group, fp: FixedPoint, diags: list[Diagnostic]
 
 def _peak_payload(g: Group, fp: FixedPoint) -> float:
     if g.kind == "input":
-        return float(1 << (fp.payload_bits - 1))
+        return float(g.fixed.get("peak_payload", 1 << (fp.payload_bits - 1)))
     if g.kind == "relay":
         return float(g.fixed["peak_payload"])
     peak = _loihi(g).peak_payload if g.kind == "neuron" else None
     return 1.0 if peak is None else peak(g.fixed)
 
 
-def _units(net: Netlist, g: Group, fp: FixedPoint, diags: list[Diagnostic]) -> None:
+def _units(net: Netlist, g: Group, fp: FixedPoint, diags: list[Diagnostic],
+           input_max: float | None = None) -> None:
     """Units, F and fixed fields of ``g``; called in topological order (a relay's units follow
-    from its sources')."""
+    from its sources'). An input's peak payload is ``INPUT_HEADROOM * input_max`` in its units
+    where the calibration samples' largest magnitude is known, else the whole payload."""
     if g.kind == "input":
         g.unit = np.full(g.view[0], 2.0 ** -fp.input_frac_bits)
         g.fixed = {"input_frac_bits": fp.input_frac_bits}
+        if input_max is not None and input_max > 0:
+            g.fixed["peak_payload"] = min(float(1 << (fp.payload_bits - 1)),
+                                          math.ceil(INPUT_HEADROOM * input_max
+                                                    * 2.0 ** fp.input_frac_bits))
         return
     if g.kind == "readout":
         g.unit = g.state_unit = np.ones(g.view[0])
@@ -284,10 +293,11 @@ def _quantize_bias(g: Group, fp: FixedPoint) -> dict[str, Any]:
             "exact": bool(not np.any(err))}
 
 
-def _layout(net: Netlist, fp: FixedPoint, diags: list[Diagnostic]) -> None:
+def _layout(net: Netlist, fp: FixedPoint, diags: list[Diagnostic],
+            input_max: float | None = None) -> None:
     """Units, fraction bits and integer thresholds of every group (no weights yet)."""
     for g in net.groups:
-        _units(net, g, fp, diags)
+        _units(net, g, fp, diags, input_max)
     for g in net.groups:
         if g.kind == "neuron":
             _fit_frac_bits(net, g, fp)
@@ -328,7 +338,7 @@ def quantize(net: Netlist, fp: FixedPoint = FixedPoint(), *,
         bits = _input_frac_bits(net, fp, float(input_max))
         if bits != fp.input_frac_bits:
             fp = replace(fp, input_frac_bits=bits)
-    _layout(net, fp, diags)
+    _layout(net, fp, diags, input_max)
     # a group whose threshold does not fit (E632) has no fraction bits to give: its weight and
     # bias saturations follow from that, and would only repeat it
     unfit = {d.node for d in diags if d.code == "SNN-E632"}
