@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snncc.errors import Diagnostic, ModelInputError, SnnccError, UnsupportedNodeError
+from snncc.op_classes import op_info
 from snncc.train.qcfs import BoundedReLU
 
 __all__ = ["OnnxGraphModule", "SUPPORTED_OPS", "load_onnx_module"]
@@ -127,8 +128,12 @@ class OnnxGraphModule(nn.Module):
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             step = _Step(node.op_type, node.name or node.output[0], list(node.input), list(node.output), attrs)
             if node.domain not in ("", "ai.onnx") or node.op_type not in _OPS:
-                problems.append(Diagnostic("SNN-E801", "op not supported by the fine-tuning builder", PASS,
-                                           _label(node), "supported: " + ", ".join(SUPPORTED_OPS)))
+                info = op_info(node.op_type, node.domain)
+                problems.append(
+                    Diagnostic("SNN-E801", f"{node.op_type} has no spiking equivalent", PASS, _label(node),
+                               info.hint) if not info.spiking else
+                    Diagnostic("SNN-E801", "op not supported by the fine-tuning builder", PASS,
+                               _label(node), "supported: " + ", ".join(SUPPORTED_OPS)))
                 continue
             if node.op_type == "Constant":
                 self._consts[node.output[0]] = onnx.numpy_helper.to_array(attrs["value"])

@@ -366,6 +366,10 @@ def test_unsupported_ops_are_listed_together():
     with pytest.raises(UnsupportedNodeError) as err:
         load_onnx_module(model)
     assert err.value.code == "SNN-E801" and len(err.value.diagnostics) == 2
+    # activations with no spiking equivalent say so, with compile's hint (it had listed the
+    # builder's supported ops, as for any op)
+    assert all("has no spiking equivalent" in d.message and "retrain" in d.hint
+               for d in err.value.diagnostics)
 
 
 def test_bad_data_and_options(tmp_path):
