@@ -21,6 +21,17 @@ AVG_HINT = ("train the net with average pooling, or use --maxpool avg, which rep
             "by an AveragePool and so changes the network (compile's fidelity line says how much)")
 
 
+def channels_last_hint(node: onnx.NodeProto, graph: onnx.GraphProto) -> str | None:
+    """The hint for a refused ``Transpose`` that reads a graph input (a channels-last model
+    permuting its input to NCHW), else None."""
+    if node.op_type != "Transpose" or not node.input or \
+            node.input[0] not in {i.name for i in graph.input}:
+        return None
+    return ("the model takes channels-last input and permutes it to NCHW: export it taking NCHW "
+            "input (drop the permute, and feed x.transpose(0, 3, 1, 2)), or use --target ort, "
+            "which runs the Transpose")
+
+
 def matrix_weights(node: onnx.NodeProto, const: Callable[[onnx.NodeProto, int], Any],
                    error: Callable[[str, str], Exception]
                    ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -216,3 +216,17 @@ def test_a_block_whose_every_weight_rounds_to_zero_is_warned_about_as_such(tmp_p
     (warned,) = [w for w in ctx.warnings if "weights to 0" in w]
     assert "rounds all 72 of its weights to 0" in warned and "never spikes" in warned
     assert "--per-layer" not in warned
+
+
+@pytest.mark.parametrize("target", ["loihi", "nir"])
+def test_a_channels_last_input_names_the_fix(target):
+    """A model that permutes its NHWC input to NCHW: the refused Transpose says so and how to
+    re-export it (both backends had listed the ops they map)."""
+    g = Graph((8, 8, 2))
+    t = g.op("Transpose", ["x"], perm=[0, 3, 1, 2])
+    model = g.model(g.neuron(g.conv(t, 2, 4)))
+    ctx = CompileContext(CompileOptions(target=target, timesteps=4))
+    diags = get_backend(target).check(model, ctx)
+    (diag,) = [d for d in diags if "Transpose" in d.node]
+    assert diag.code in ("SNN-E270", "SNN-E692") and "channels-last" in diag.hint \
+        and "x.transpose(0, 3, 1, 2)" in diag.hint

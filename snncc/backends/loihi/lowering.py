@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from snncc.backends.common import AVG_HINT, matrix_weights, node_attrs as _attrs
+from snncc.backends.common import AVG_HINT, channels_last_hint, matrix_weights, node_attrs as _attrs
 from snncc.backends.loihi.netlist import (Block, Group, Netlist, conv2d, conv2d_adjoint)
 from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
 from snncc.ir import SNN_DOMAIN, proto_node_label
@@ -396,7 +396,7 @@ class _Lowering:
                     else "export the model without its final Softmax/LogSoftmax (the arg-max, "
                          "the predicted class, is the same), or use --target ort, which runs it "
                          "as the output head" if node.op_type in ("Softmax", "LogSoftmax")
-                    else self.ops_hint)
+                    else channels_last_hint(node, self.proto.graph) or self.ops_hint)
             raise _LowerError("SNN-E270", f"op {node.op_type} has {self.no_form}", hint)
         return handler
 

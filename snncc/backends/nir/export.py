@@ -46,7 +46,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from snncc.backends.common import AVG_HINT, matrix_weights, node_attrs as _attrs
+from snncc.backends.common import AVG_HINT, channels_last_hint, matrix_weights, node_attrs as _attrs
 from snncc.errors import Diagnostic
 from snncc.ir import SNN_DOMAIN, proto_node_label
 
@@ -267,6 +267,7 @@ class _Builder:
                           "export the model without its final Softmax/LogSoftmax (the arg-max, "
                           "the predicted class, is the same)"
                           if node.op_type in ("Softmax", "LogSoftmax") else
+                          channels_last_hint(node, self.proto.graph) or
                           "the NIR export maps Conv, Gemm, MatMul, AveragePool, "
                           "GlobalAveragePool, Flatten, Reshape (flatten), Mul/Add by a "
                           "constant and IF/LIF neurons; use --target ort, which runs any "
