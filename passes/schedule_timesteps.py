@@ -468,6 +468,9 @@ class ScheduleTimestepsPass(Pass):
         model.metadata.update({"snncc.schedule": schedule, "snncc.timesteps":
                                str(options.timesteps), "snncc.steps": str(steps),
                                "snncc.decode_from": str(decode_from),
+                               # steps that only fill a pipelined model's pipeline: one inference
+                               # of a stream costs the steps after them (as the SynOps count)
+                               "snncc.pipeline_fill": str(steps - slices if streaming else 0),
                                # the model-local functions implement the folded form only: an
                                # app holding just the .onnx can tell it needs libsnncc_ops
                                "snncc.requires_runtime_library": str(streaming).lower()})

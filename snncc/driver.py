@@ -95,6 +95,8 @@ def _typed(kw: dict[str, Any]) -> dict[str, Any]:
     value = kw.get("calib_path")
     if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
         raise _api_type_error("calib_path", value, "a path (str or os.PathLike) or None")
+    if value is not None:
+        kw["calib_path"] = os.path.expanduser(os.fspath(value))   # '~/' as the outputs take it
     for name in ("input_shapes", "neuron_params"):
         if name in kw and kw[name] is None:   # none given (inspect's own calls pass None)
             kw[name] = {}
@@ -222,6 +224,14 @@ def _derivation_key(opts: CompileOptions) -> tuple:
 
 
 _DERIVED = ("levels", "bias_shift", "calib_per_channel")
+
+
+def _home(path: str | os.PathLike | None) -> str | Path | None:
+    """``path`` with a leading ``~`` expanded (a str stays a str), or None."""
+    if path is None:
+        return None
+    return os.path.expanduser(path) if isinstance(path, str) else Path(
+        os.path.expanduser(os.fspath(path)))
 
 
 def _revalidated(options: CompileOptions) -> CompileOptions:
@@ -353,6 +363,10 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
         if (value is not None or name == "model_path") and not isinstance(value, (str,
                                                                                   os.PathLike)):
             raise _api_type_error(name, value, "a path (str or os.PathLike)")
+    # '~/...' names the same file for reading as for writing (the outputs had expanded it, so
+    # CompileResult.output named a path that did not exist, and a '~/' model was not found)
+    model_path, out, report_path, dump_dir = (_home(v) for v in (model_path, out, report_path,
+                                                                 dump_dir))
     if verify not in ("off", "ends", "each"):
         raise OptionError(f"verify={verify!r} is not one of off, ends, each", code="SNN-E349",
                           hint="verify='ends' (the default)")

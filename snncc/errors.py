@@ -86,6 +86,12 @@ class SnnccError(Exception):
         self.message = api_wording(message)
         super().__init__(self.render())
 
+    def __reduce__(self):
+        # pickled (a worker process's error) or copied, the error keeps its text: Exception's
+        # own reduce called __init__ again with the rendered text as the message, which
+        # rendered '[SNN-E300] [SNN-E354] ...'
+        return _restore_error, (type(self), self.args, dict(self.__dict__))
+
     @property
     def codes(self) -> set[str]:
         """All codes carried by this error, its own and its diagnostics'."""
@@ -101,6 +107,13 @@ class SnnccError(Exception):
         return api_wording("\n".join([head + ":"] + [
             f"  - {dataclasses.replace(d, hint=h).format()}"
             for d, h in zip(self.diagnostics, hints)]))
+
+
+def _restore_error(cls: type, args: tuple, state: dict) -> SnnccError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 # The messages name the CLI's flags. Raised to a Python caller (not under ``cli_wording``), they

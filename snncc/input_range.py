@@ -114,11 +114,14 @@ def mismatches(stored: Mapping[str, Mapping[str, float]],
 
 def warn(stored: Mapping[str, Mapping[str, float]], inputs: Mapping[str, np.ndarray],
          logger: str = "snncc.run") -> list[str]:
-    """Log one warning for all mismatches (see :func:`mismatches`); returns them."""
+    """Log one warning for all mismatches (see :func:`mismatches`); returns it (as logged:
+    the mismatches and the advice), or [] when there are none."""
     found = mismatches(stored, inputs)
-    if found:
-        logging.getLogger(logger).warning(
-            "%s: the SNN's thresholds were calibrated for the calibration samples' scale, so its "
-            "accuracy can fall to chance (the ANN may not show it); preprocess these inputs "
-            "exactly as the calibration samples were (scaling, normalisation)", "; ".join(found))
-    return found
+    if not found:
+        return []
+    text = ("; ".join(found) + ": the SNN's thresholds were calibrated for the calibration "
+            "samples' scale, so its accuracy can fall to chance (the ANN may not show it); "
+            "preprocess these inputs exactly as the calibration samples were (scaling, "
+            "normalisation)")
+    logging.getLogger(logger).warning("%s", text)
+    return [text]

@@ -60,7 +60,7 @@ def read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
                           "onnx.ModelProto", code="SNN-E349", hint="pass the .onnx file's path"
                           + (" or onnx.load_from_string(data)" if isinstance(
                               source, (bytes, bytearray)) else ""))
-    path = Path(source)
+    path = Path(os.path.expanduser(os.fspath(source)))
     if path.is_dir() and ((path / "netlist.json").is_file()
                           or (path / ".snncc-output.json").is_file()):
         raise ModelInputError(f"'{path}' is a Loihi output directory of snncc, not an ONNX model",

@@ -144,12 +144,10 @@ def load_feeds(path: str | Path, input_names: Sequence[str]
     feeds = {n: _check_samples(np.asarray(a), path,
                                "inputs" if len(arrays) == 1 else f"input '{n}'")
              for n, a in arrays.items()}
-    counts = {n: len(a) for n, a in feeds.items()}
-    if len(set(counts.values())) > 1:
-        raise ModelInputError(f"the inputs in '{path}' disagree on the number of samples "
-                              f"({', '.join(f'{n}: {c}' for n, c in counts.items())})",
-                              code="SNN-E105", hint="give every input the same N")
-    return feeds, _check_labels(labels, next(iter(counts.values())), path)
+    from snncc.simulate import check_sample_counts
+
+    return feeds, _check_labels(labels, check_sample_counts(feeds, f"the inputs in '{path}'"),
+                                path)
 
 
 def load_inputs(path: str | Path, input_name: str | None = None

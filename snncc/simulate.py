@@ -7,7 +7,8 @@ and the outputs averaged over the steps from ``snncc.decode_from`` on.
 
 Spike counts: every neuron output becomes an extra graph output of a copy of the model, and per
 neuron node ``spikes`` = nonzero output elements and ``events`` = ``spec.events(y, attrs)`` (graded
-outputs count several unit events), summed over all slices (a SRP pre-run included).
+outputs count several unit events), summed over all slices (a SRP pre-run included; a pipelined bit-serial streaming model from the
+step its pipeline is full, ``snncc.pipeline_fill``: what one inference of a stream costs).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from snncc.passes.insert_neurons import spec_for_op
 from snncc.runtime import RUNTIME_OP_NAMES
 
 __all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "summed_events",
-           "node_attrs", "data_inputs", "StreamStepper", "in_place_states", "check_shape"]
+           "node_attrs", "data_inputs", "StreamStepper", "in_place_states", "check_shape",
+           "check_sample_counts"]
 
 
 @dataclass
@@ -178,6 +180,17 @@ def check_samples(x: np.ndarray, what: str) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
+def check_sample_counts(inputs: Mapping[str, np.ndarray], where: str = "the inputs") -> int:
+    """The number of samples every input holds; SNN-E105 when they disagree (ORT would
+    broadcast one sample over the batch, or a batch would drop the extra samples)."""
+    counts = {k: len(v) for k, v in inputs.items()}
+    if len(set(counts.values())) > 1:
+        raise ModelInputError(f"{where} disagree on the number of samples "
+                              f"({', '.join(f'{n}: {c}' for n, c in counts.items())})",
+                              code="SNN-E105", hint="give every input the same N")
+    return next(iter(counts.values()), 0)
+
+
 def check_shape(proto, name: str, x: np.ndarray) -> None:
     """Samples must match the model input in every non-batch dimension that the model fixes."""
     inp = next(i for i in proto.graph.input if i.name == name)
@@ -244,6 +257,7 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
               for k, v in inputs.items()}
     for k, v in inputs.items():
         check_shape(proto, k, v)
+    check_sample_counts(inputs)
     meta = {p.key: p.value for p in proto.metadata_props}
     scale_warnings = input_range.warn(input_range.parse(meta.get(input_range.METADATA_KEY)),
                                       inputs)
@@ -322,10 +336,14 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
                               "ONNX model)") from exc
     out_names = [o.name for o in sess.get_outputs()]
     wanted = own_outputs or out_names
+    # a pipelined streaming model (bit-serial) fills its pipeline first: spikes are counted from
+    # the step where every layer works on the input, i.e. what one inference of a stream costs,
+    # as compile's SynOps count (all (D+1)*T steps had been counted: 3.5-4.8x its events)
+    fill = int(meta.get("snncc.pipeline_fill", 0))
     result = RunResult({}, {n: 0 for n in names} if spike_counts else None,
                        {n: 0 for n in names} if spike_counts else None,
                        samples=len(next(iter(inputs.values()))),
-                       slices=int(meta.get("snncc.steps", 1)),
+                       slices=int(meta.get("snncc.steps", 1)) - fill,
                        warnings=[f"warning: {w}" for w in scale_warnings] + notes)
 
     def count(values: dict[str, np.ndarray]) -> None:
@@ -359,7 +377,8 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
                      for k, v in feeds.items()}
         try:
             if meta.get("snncc.schedule") == "streaming":
-                chunk = _run_streaming(sess, proto, meta, feeds, out_names, wanted, count)
+                chunk = _run_streaming(sess, proto, meta, feeds, out_names, wanted, count,
+                                       count_from=fill)
             else:
                 values = dict(zip(out_names, sess.run(out_names, feeds)))
                 count(values)
@@ -421,6 +440,7 @@ class StreamStepper:
                   for k, v in inputs.items()}
         for k, v in inputs.items():
             check_shape(proto, k, v)
+        check_sample_counts(inputs)
         graph_inputs = sorted(i.name for i in proto.graph.input
                               if i.name not in {t.name for t in proto.graph.initializer})
         if sorted(i.name for i in sess.get_inputs()) != graph_inputs:
@@ -436,7 +456,8 @@ class StreamStepper:
         self.sess = sess
         self.binding = sess.io_binding()
         batch = len(next(iter(inputs.values())))
-        self._keep = {k: np.ascontiguousarray(v) for k, v in inputs.items()}  # bound memory
+        # bound memory: a copy of the samples (the caller may reuse its arrays between steps)
+        self._keep = {k: np.array(v, dtype=np.float32, order="C") for k, v in inputs.items()}
         for k, v in self._keep.items():
             self.binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v))
         self.step_value = np.zeros((), dtype=np.int64)  # the binding reads it in place
@@ -445,6 +466,7 @@ class StreamStepper:
         in_place = in_place_states(proto)
         self.order: list[str] = []  # output names in binding order (that of get_outputs())
         self.passed: list[str] = []  # states that go through ORT's output buffers
+        self._stepped = False        # a step has run since the states were zero
         for k, v in _zero_states(proto, batch).items():
             name = k[len("state_in/"):]
             value = ort.OrtValue.ortvalue_from_numpy(v)
@@ -463,10 +485,15 @@ class StreamStepper:
         self.buffers: dict[str, np.ndarray] = {}  # the other outputs' own arrays, after step one
 
     def step(self, g: int) -> dict[str, np.ndarray]:
-        """Run global step ``g``; returns copies of the outputs other than the states."""
+        """Run global step ``g``; returns copies of the outputs other than the states. Step 0
+        starts a new sequence: every state is zero again, as the protocol prescribes (the
+        neuron kernels ignore theirs at step 0, a spike gate's running sum does not)."""
         if isinstance(g, (bool, np.bool_)) or not isinstance(g, (int, np.integer)) or g < 0:
             raise OptionError(f"step {g!r} is not a step number (an integer from 0)",
                               code="SNN-E349", hint="step 0, 1, ... in turn, as run_compiled does")
+        if g == 0 and self._stepped:
+            self._zero()
+        self._stepped = True
         self.step_value[()] = g
         self.sess.run_with_iobinding(self.binding)
         if self.buffers and not self.passed:
@@ -482,6 +509,21 @@ class StreamStepper:
                 self.binding.bind_ortvalue_output(
                     o, ort.OrtValue.ortvalue_from_numpy(self.buffers[o]))
         return {o: buf.copy() for o, buf in self.buffers.items()}
+
+
+    def _zero(self) -> None:
+        """Every state back to zero: in-place buffers cleared, passed states bound to zeros."""
+        for out in self.order:
+            if not out.startswith("state_out/"):
+                continue
+            name = "state_in/" + out[len("state_out/"):]
+            if name[len("state_in/"):] in self.passed:
+                shape = self._keep[name].shape
+                self._keep[name] = np.zeros(shape, np.float32)
+                self.binding.bind_ortvalue_input(
+                    name, ort.OrtValue.ortvalue_from_numpy(self._keep[name]))
+            else:
+                self._keep[name][...] = 0
 
 
 def in_place_states(proto: onnx.ModelProto) -> set[str]:
@@ -521,14 +563,17 @@ def in_place_states(proto: onnx.ModelProto) -> set[str]:
 
 def _run_streaming(sess: ort.InferenceSession, proto: onnx.ModelProto, meta: dict[str, str],
                    feeds: dict[str, np.ndarray], out_names: list[str], wanted: list[str],
-                   count: Callable[[dict[str, np.ndarray]], None]) -> dict[str, np.ndarray]:
-    """The step loop of the streaming protocol; returns the mean of the counted steps."""
+                   count: Callable[[dict[str, np.ndarray]], None],
+                   count_from: int = 0) -> dict[str, np.ndarray]:
+    """The step loop of the streaming protocol; returns the mean of the decoded steps.
+    ``count`` sees the outputs of the steps from ``count_from`` on."""
     steps, decode_from = int(meta["snncc.steps"]), int(meta["snncc.decode_from"])
     stepper = StreamStepper(sess, proto, feeds, out_names)
     sums: dict[str, np.ndarray] = {}
     for g in range(steps):
         values = stepper.step(g)
-        count(values)
+        if g >= count_from:
+            count(values)
         if g >= decode_from:
             for k in wanted:
                 sums[k] = values[k] if k not in sums else sums[k] + values[k]

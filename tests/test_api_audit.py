@@ -270,3 +270,88 @@ def test_a_python_callers_diagnostics_name_keywords(tmp_path):
         compile_model(MODEL, tmp_path / "o.onnx", make_options(input_shapes={"zz": (1, 1, 28, 28)}))
     assert err.value.code == "SNN-E115"
     assert err.value.diagnostics[0].message.startswith("input_shapes names 'zz'")
+
+
+def test_inputs_that_disagree_on_their_sample_count_are_e105():
+    """A two-input model fed 1 and 16 samples: ORT had broadcast the one over the batch (one
+    output row, sixteen samples' spikes counted as one), and 16 and 17 had dropped a sample;
+    the CLI said E105. Now the API says it too, and the stepper."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 2]) for n in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = np.ones((16, 2), np.float32)
+    for na, nb, batch in ((1, 16, None), (16, 17, 16)):
+        with pytest.raises(SnnccError) as err:
+            run_compiled(proto, {"a": a[:na], "b": np.ones((nb, 2), np.float32)},
+                         batch_size=batch)
+        assert err.value.code == "SNN-E105" and f"a: {na}, b: {nb}" in str(err.value)
+    assert run_compiled(proto, {"a": a, "b": a}).outputs["y"].shape == (16, 2)
+
+
+@pytest.mark.requires_runtime
+def test_a_pipelined_streaming_run_counts_one_inference(tmp_path):
+    """Bit-serial streaming runs (D + 1) x T steps to fill its pipeline; the run had counted the
+    spikes of every step (3.5-4.8x compile's SynOps events, rates over 20 slices). It counts
+    the steps where every layer works on the input, as compile does: the folded run's events."""
+    x = np.load(EXAMPLES / "mnist_test.npz")["x"][:8]
+    runs = {}
+    for schedule in ("folded", "streaming"):
+        out = tmp_path / f"{schedule}.onnx"
+        compile_model(MODEL, out, make_options(calib_path=CALIB, neuron="bitserial",
+                                               schedule=schedule, calib_max_samples=64,
+                                               fidelity_samples=0))
+        runs[schedule] = run_compiled(out, x)
+    assert runs["streaming"].slices == runs["folded"].slices == 4
+    assert runs["streaming"].events_per_layer == runs["folded"].events_per_layer
+    np.testing.assert_allclose(runs["streaming"].outputs["logits"],
+                               runs["folded"].outputs["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_errors_keep_their_text_when_pickled_or_copied():
+    """A worker process's error (pickled) or a copy had rendered '[SNN-E300] [SNN-E354] ...'."""
+    import copy
+    import pickle
+
+    with pytest.raises(SnnccError) as err:
+        make_options(timesteps=0)
+    e = err.value
+    for other in (pickle.loads(pickle.dumps(e)), copy.copy(e), copy.deepcopy(e)):
+        assert type(other) is type(e) and str(other) == str(e) and other.code == e.code \
+            and other.hint == e.hint and other.diagnostics == e.diagnostics
+
+
+def test_energy_estimate_takes_a_reports_synops_section(tmp_path):
+    """estimate(report['synops']) had been a bare KeyError: it reads the measured counts and
+    gives the report's own energy figures."""
+    from snncc.analysis.energy import estimate
+
+    res = compile_model(MODEL, tmp_path / "m.onnx", make_options(calib_path=CALIB,
+                                                                 calib_max_samples=64))
+    section = res.report["synops"]
+    got = estimate(section)["models"]
+    for name in ("digital45nm", "loihi"):
+        assert got[name]["snn_pj"] == pytest.approx(section["energy"][name]["snn_pj"])
+    with pytest.raises(SnnccError) as err:
+        estimate({**section, "measured": None})
+    assert err.value.code == "SNN-E349"
+
+
+def test_a_home_relative_path_reads_as_it_writes(tmp_path, monkeypatch):
+    """'~/...' had been expanded for the outputs only: CompileResult.output named '~/m.onnx',
+    which does not exist, and a '~/' model or calibration file was not found."""
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(MODEL, tmp_path / "m.onnx")
+    shutil.copy(CALIB, tmp_path / "c.npz")
+    res = compile_model("~/m.onnx", "~/out/s.onnx", make_options(
+        calib_path="~/c.npz", calib_max_samples=64, fidelity_samples=0),
+        report_path="~/out/r.json")
+    assert res.output == tmp_path / "out" / "s.onnx" and res.output.is_file()
+    assert (tmp_path / "out" / "r.json").is_file() and not Path("~").exists()
+    x = np.load(EXAMPLES / "mnist_test.npz")["x"][:4]
+    assert run_compiled("~/out/s.onnx", x).samples == 4

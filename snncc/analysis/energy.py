@@ -48,13 +48,15 @@ DEFAULT_MODELS: dict[str, EnergyModel] = {
 def estimate(synops: Mapping[str, Any], *,
              models: Mapping[str, EnergyModel | Mapping[str, float]] | None = None
              ) -> dict[str, Any]:
-    """Energy per inference from a :func:`snncc.analysis.synops.count_synops` report.
+    """Energy per inference from a :func:`snncc.analysis.synops.count_synops` report, or from
+    the ``synops`` section of a ``compile --report`` (its measured counts).
 
     ``models`` adds models or overrides constants, e.g. ``{"loihi": {"e_neuron_pj": 52.0}}``.
     Returns ``{"ann_pj", "models": {name: {"snn_pj", "ann_pj", "ratio", "breakdown",
     "constants"}}}`` where ``ratio`` = E_ANN / E_SNN (> 1: the SNN saves energy) and
     ``ratio_in_bounds`` the same with the ANN's MACs on the zero padding left out.
     """
+    synops = _counts(synops)
     chosen = dict(DEFAULT_MODELS)
     for name, value in (models or {}).items():
         if isinstance(value, EnergyModel):
@@ -77,3 +79,21 @@ def estimate(synops: Mapping[str, Any], *,
                      "breakdown": parts, "constants": asdict(m)}
     return {"ann_pj": ann, "ann_macs": synops["ann_macs"],
             "ann_in_bounds_pj": ann_in, "models": out}
+
+
+def _counts(synops: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``synops`` with the per-inference totals :func:`estimate` reads: a ``count_synops``
+    report as it is; a report's ``synops`` section (format ``snncc-synops``) from its measured
+    counts (it had been a bare KeyError 'total_macs')."""
+    if "total_macs" in synops or synops.get("format") != "snncc-synops":
+        return synops
+    from snncc.errors import OptionError
+
+    measured = synops.get("measured")
+    if not synops.get("available", True) or not measured:
+        raise OptionError("this synops section has no measured counts "
+                          f"({synops.get('reason') or 'structure only'})", code="SNN-E349",
+                          hint="compile with calibration samples, or pass count_synops(...)")
+    return {**synops, "total_macs": measured["macs_per_inference"],
+            "total_synops": measured["synops_per_inference"],
+            "neuron_updates": measured["neuron_updates"]}

@@ -393,17 +393,13 @@ def _stream_events(compiled: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
     sess = _session(proto, True, False)
     out_names = [o.name for o in sess.get_outputs()]
     acc: dict[str, np.ndarray] = {}
-    skip = [max(0, int(meta["snncc.steps"]) - window) if window else 0]
-
     def count(values: dict[str, np.ndarray]) -> None:
-        if skip[0] > 0:
-            skip[0] -= 1
-            return
         for key, (tensor, node, sl) in reads.items():
             ev = spec_for_op(node.op_type).events(values[tensor][:, sl], node_attrs(node))
             acc[key] = ev.astype(np.int64) + acc[key] if key in acc else ev.astype(np.int64)
 
-    _run_streaming(sess, proto, meta, dict(inputs), out_names, out_names[:1], count)
+    _run_streaming(sess, proto, meta, dict(inputs), out_names, out_names[:1], count,
+                   count_from=max(0, int(meta["snncc.steps"]) - window) if window else 0)
     return acc
 
 
