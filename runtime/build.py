@@ -190,7 +190,9 @@ def build(dest: Path | None = None, header_dir: str | None = None,
     inc = headers(header_dir)
     root = _checkout()
     with tempfile.TemporaryDirectory(prefix="snncc-build-") as tmp:
-        bdir = root / "runtime" / "build" if root else Path(tmp)
+        # the checkout's build folder serves its own library only: a --dest build (a portable
+        # one to copy elsewhere) had reconfigured it and replaced what it had built
+        bdir = root / "runtime" / "build" if root and not dest else Path(tmp)
         if subprocess.run(["cmake", "-S", str(HERE), "-B", str(bdir),
                            "-DCMAKE_BUILD_TYPE=Release", f"-DORT_INCLUDE_DIR={inc}",
                            f"-DSNNCC_NATIVE={'OFF' if portable else 'ON'}"],

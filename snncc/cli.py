@@ -482,14 +482,25 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum, frame) -> None:
+    from snncc.outputs import note_signal
+
+    note_signal(Terminated)   # so that it is not lost if raised where Python drops it
     raise Terminated()
+
+
+def _on_sigint(signum, frame) -> None:
+    from snncc.outputs import note_signal
+
+    note_signal(KeyboardInterrupt)
+    raise KeyboardInterrupt()
 
 
 def _interrupted(exc: KeyboardInterrupt, before: int) -> int:
     """The message on Ctrl-C or SIGTERM: what this command (its outputs installed after the
     first ``before`` of the thread's) had already written."""
-    from snncc.outputs import installed
+    from snncc.outputs import installed, take_signal
 
+    take_signal()   # handled here
     done = list(dict.fromkeys(str(p) for p in installed()[before:]))   # a checkpoint: once
     what = "terminated" if isinstance(exc, Terminated) else "interrupted"
     # on a line of its own: a progress bar may hold the cursor at the end of its line
@@ -499,18 +510,21 @@ def _interrupted(exc: KeyboardInterrupt, before: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from snncc.outputs import installed
+    from snncc.outputs import installed, take_signal
 
     before = len(installed())
+    take_signal()   # one left by an earlier main() in this process is not this command's
     # SIGTERM cleans up like Ctrl-C, except under torchrun, which stops ranks waiting in a
     # collective with SIGTERM (a Python handler would not run until the collective returned)
-    previous = None
+    previous = interrupt = None
     hangup = None   # a closed terminal (SIGHUP) cleans up like SIGTERM; under nohup it is ignored
     if not {"TORCHELASTIC_RUN_ID", "WORLD_SIZE"} & set(os.environ):
         try:
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
             if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
                 hangup = signal.signal(signal.SIGHUP, _on_sigterm)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                interrupt = signal.signal(signal.SIGINT, _on_sigint)
         except ValueError:  # main() called from a thread other than the main one
             pass
     streams = sys.stdout, sys.stderr
@@ -520,22 +534,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             with cli_wording():
-                return _main(argv, before)
+                code = _main(argv, before)
+            lost = take_signal()
+            if lost is not None:   # its exception was dropped (raised inside a __del__)
+                return _interrupted(lost(), before)
+            return code
         finally:
             root.setLevel(root_state[0])
             for handler in [h for h in root.handlers if h not in root_state[1]]:
                 root.removeHandler(handler)
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            if hangup is not None:
-                signal.signal(signal.SIGHUP, hangup)
+            _restore_handlers(previous, hangup, interrupt)
             _restore(streams)
     except KeyboardInterrupt as exc:  # came just as _main returned, past its own handler
-        if previous is not None:      # (the restore above may be what it cut short)
-            signal.signal(signal.SIGTERM, previous)
-        if hangup is not None:
-            signal.signal(signal.SIGHUP, hangup)
-        return _interrupted(exc, before)
+        _restore_handlers(previous, hangup, interrupt)   # (the restore above may be what it
+        return _interrupted(exc, before)                 # cut short)
+
+
+def _restore_handlers(sigterm, sighup, sigint) -> None:
+    for sig, handler in ((signal.SIGTERM, sigterm), (signal.SIGHUP, sighup),
+                         (signal.SIGINT, sigint)):
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 class _PipeSafe:

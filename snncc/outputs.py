@@ -67,6 +67,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -82,7 +83,8 @@ from snncc.errors import Diagnostic, OutputPathError
 __all__ = ["MARKER", "Output", "check_outputs", "check_suffix", "KNOWN_SUFFIXES", "atomic_file",
            "atomic_dir", "default_output",
            "same_path", "write_errors", "transaction", "installed", "temp_dir", "written_by_snncc",
-           "file_output"]
+           "file_output", "scratch_dir", "note_signal", "take_signal", "reading",
+           "stale_leftovers"]
 
 #: File that marks a directory as written by snncc; lists the files snncc put there.
 MARKER = ".snncc-output.json"
@@ -183,9 +185,69 @@ def _marker_files(directory: Path) -> set[str] | None:
 
 def _dir_contents(directory: Path) -> set[str]:
     """Every entry under ``directory`` that is not a real directory (a symlink, also one to a
-    directory, counts: nothing behind it is snncc's)."""
+    directory, counts: nothing behind it is snncc's), leaving out the leftovers of an snncc
+    install that was cut short (:func:`stale_leftovers`)."""
+    stale = set(stale_leftovers(directory))
     return {str(p.relative_to(directory)) for p in directory.rglob("*")
-            if p.is_symlink() or not p.is_dir()}
+            if (p.is_symlink() or not p.is_dir()) and p not in stale}
+
+
+_LEFTOVER = re.compile(r"^\..+\.snncc-(\d+)-\d+-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # another user's process: alive
+        return True
+    return True
+
+
+def stale_leftovers(directory: str | os.PathLike) -> list[Path]:
+    """Temporaries and backups that an snncc process which no longer runs left inside an
+    output folder (killed while it replaced the folder's files one by one: the folder may hold
+    files of two compiles), e.g. ``.netlist.json.snncc-PID-TID-old-XXXX``."""
+    found = []
+    with contextlib.suppress(OSError):
+        for p in Path(directory).rglob(".*"):
+            m = _LEFTOVER.match(p.name)
+            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                found.append(p)
+    return found
+
+
+@contextlib.contextmanager
+def reading(directory: str | os.PathLike) -> Iterator[None]:
+    """Read an output folder under a shared ``flock`` on its parent, the lock an install holds
+    exclusively (:func:`_parents_locked`): a reader sees the folder before or after a
+    concurrent compile replaces it, never half of each (a run during a Loihi recompile had
+    read the new netlist.json with the old netlist.npz). SNN-E373 when a killed install left
+    its leftovers there (:func:`stale_leftovers`)."""
+    try:
+        import fcntl
+    except ImportError:   # not POSIX
+        fcntl = None
+    fd = None
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fd = os.open(str(_resolve(directory).parent), os.O_RDONLY)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        stale = stale_leftovers(directory)
+        if stale:
+            raise OutputPathError(
+                f"'{directory}' holds the leftovers of an snncc install that was cut short "
+                f"({', '.join(p.name for p in stale[:2])}{' ...' if len(stale) > 2 else ''}): "
+                "its files may come from two compiles", code="SNN-E373",
+                hint="compile it again (the leftovers are removed then)")
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 #: Written at the top of every report page (how a later run knows the page is snncc's own).
@@ -450,17 +512,40 @@ def write_errors(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise OutputPathError(f"writing '{path}' failed: {exc.strerror or exc}",
+        raise OutputPathError(f"writing '{_shown(path)}' failed: {exc.strerror or exc}",
                               code="SNN-E369",
                               hint="choose a path in a writable directory with free space"
                               ) from exc
 
 
+def _shown(path: str | os.PathLike) -> Path:
+    """``path`` as the user named it: a file inside one of this process's temporaries (a
+    backend writing into the staging folder of ``out.onnx``) is shown as the output it becomes
+    (the error had named '.out.onnx.snncc-PID-TID-XXXX/out.onnx')."""
+    parts = Path(path).parts
+    tag = f".snncc-{os.getpid()}-"
+    for i, part in enumerate(parts):
+        if part.startswith(".") and tag in part:
+            name = part[1:part.index(tag)]
+            rest = parts[i + 1:]
+            if len(rest) == 1 and rest[0].startswith(name):   # a file output's staging
+                name, rest = rest[0], ()                        # folder holds the file itself
+            return Path(*parts[:i], name, *rest)
+    return Path(path)
+
+
 # ------------------------------------------------------------------ temporaries and installing
+
+#: the longest part of an output's name that its temporaries repeat: with the tag, the random
+#: part and a backup's suffix (about 40 characters) a name stays within the usual 255-byte limit
+#: (a 240-character -o had failed with 'File name too long' only after the whole compile)
+_TEMP_NAME_MAX = 200
+
 
 def _temp_prefix(path: Path) -> str:
     """Name prefix of this process's (and thread's) temporaries beside ``path``."""
-    return f".{path.name}.snncc-{os.getpid()}-{threading.get_ident() % 100000}-"
+    return (f".{path.name[:_TEMP_NAME_MAX]}.snncc-{os.getpid()}-"
+            f"{threading.get_ident() % 100000}-")
 
 
 def _remove_temps(path: Path) -> None:
@@ -617,6 +702,9 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
             return [_Installed(path, None, staging=tmp)]
         except OSError:  # another process created it meanwhile: merge below
             pass
+    for stale in stale_leftovers(path):   # a killed install's: snncc's own, and replaced now
+        with contextlib.suppress(OSError):
+            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
     old = {f for f in (_marker_files(path) or set()) | set(adopt)
            if not Path(f).is_absolute() and ".." not in Path(f).parts}
     foreign = sorted(f for f in files if f not in old and os.path.lexists(path / f))
@@ -675,6 +763,31 @@ def installed() -> list[Path]:
 
 
 @contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A private temporary directory (in ``$TMPDIR``) for a command's intermediate files,
+    removed at the end with signals held back (a second Ctrl-C during the removal of a
+    ``TemporaryDirectory`` had left it, with its models, in ``$TMPDIR``). A write that fails
+    there is SNN-E369 naming the scratch space and ``TMPDIR``, not the user's output."""
+    path = Path(tempfile.mkdtemp(prefix=f"snncc-{os.getpid()}-"))
+    pending: list[int] = []
+    try:
+        try:
+            yield path
+        except OutputPathError as exc:
+            if exc.code != "SNN-E369" or str(path) not in exc.message:
+                raise
+            raise OutputPathError(
+                f"snncc's scratch space failed: {exc.message.replace(str(path), '<scratch>')}",
+                code="SNN-E369", hint=f"free space in {path.parent}, or point TMPDIR at a "
+                "folder with room (the output path is fine)") from exc
+    finally:
+        with _signals_held(pending):
+            shutil.rmtree(path, ignore_errors=True)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+@contextlib.contextmanager
 def scratch() -> Iterator[None]:
     """Writes inside the block go to a command's own scratch space (the report's compiles into
     a temporary directory): they are not listed by :func:`installed`."""
@@ -686,6 +799,25 @@ def scratch() -> Iterator[None]:
             _state.scratch.pop()
 
 
+#: the exception classes of signals the CLI's handlers raised and no handler has yet taken
+#: (:func:`note_signal`): one raised inside a ``__del__`` (a progress bar's) is printed and
+#: dropped by Python, and the command had gone on to write its outputs and exit 0
+_signalled: list[type] = []
+
+
+def note_signal(kind: type) -> None:
+    """Record that a signal's exception ``kind`` is being raised (the CLI's handlers)."""
+    _signalled.append(kind)
+
+
+def take_signal() -> type | None:
+    """The first recorded signal no one has handled, and forget them all (the CLI, once it
+    has reported the interrupt or finished a command)."""
+    kind = _signalled[0] if _signalled else None
+    _signalled.clear()
+    return kind
+
+
 class _Transaction:
     def __init__(self) -> None:
         self.steps: list[tuple[Callable[[], list[_Installed]], Path]] = []
@@ -694,7 +826,10 @@ class _Transaction:
         self.committed = False
 
     def commit(self, pending: list[int]) -> None:
-        """Install every staged output; signals that come meanwhile go to ``pending``."""
+        """Install every staged output; signals that come meanwhile go to ``pending``. A
+        signal whose exception was lost on the way (:data:`_signalled`) stops it first."""
+        if _signalled and threading.current_thread() is threading.main_thread():
+            raise _signalled[0]()
         done: list[_Installed] = []
         with _parents_locked([path for _, path in self.steps]), _signals_held(pending):
             try:

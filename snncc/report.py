@@ -31,7 +31,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -378,7 +377,7 @@ def report_command(args: argparse.Namespace) -> int:
     from snncc.driver import compile_model, make_options, rehearse
     from snncc.errors import BackendCapabilityError, ModelInputError, OptionError, SnnccError
     from snncc.ir import SNN_DOMAIN, read_proto
-    from snncc.outputs import file_output, scratch
+    from snncc.outputs import file_output, scratch, scratch_dir
     from snncc.run import check_label_range, load_inputs
     from snncc.simulate import run_compiled
 
@@ -467,8 +466,7 @@ def report_command(args: argparse.Namespace) -> int:
     saturated: list[str] = []   # the simulator's saturation notes, one per run
     no_synops = None
     for T in reversed(ts):   # the largest first: the sections' T, and what fails first
-        with tempfile.TemporaryDirectory() as tmp, scratch():
-            tmp = Path(tmp)
+        with scratch_dir() as tmp, scratch():
             _progress(f"T = {T}: compiling and running the ONNX Runtime SNN")
             opts = make_options(target="ort", timesteps=T, **common)
             compile_model(args.model, tmp / "snn.onnx", opts, dump_after=["insert-neurons"],

@@ -580,6 +580,100 @@ def test_an_interrupt_names_only_this_commands_outputs_and_sigterm_is_restored(
     assert rc == 130 and "interrupted; nothing was written" in err, err
 
 
+@pytest.mark.parametrize("kind", ["int", "term"])
+def test_a_signal_whose_exception_was_lost_still_stops_the_command(corpus, tmp_path, capsys,
+                                                                  monkeypatch, kind):
+    """SIGTERM raised inside a __del__ (a progress bar's) is printed and dropped by Python: the
+    report had gone on, written its page and exited 0. The handler records it: no output is
+    installed after it, and the command ends as interrupted."""
+    import signal
+
+    import snncc.driver as driver
+    from snncc.cli import Terminated
+
+    real = driver.compile_model
+
+    def lost_then_compile(*args, **kwargs):
+        handler = signal.getsignal(signal.SIGTERM if kind == "term" else signal.SIGINT)
+        try:
+            handler(None, None)   # what the signal runs; its exception dropped as in a __del__
+        except KeyboardInterrupt:
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "compile_model", lost_then_compile)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        rc = main(["compile", str(corpus.model), "--calib", str(corpus.calib), "-o",
+                   str(tmp_path / "b.onnx"), "-q"])
+    finally:
+        signal.signal(signal.SIGINT, before)
+    err = capsys.readouterr().err
+    assert rc == (143 if kind == "term" else 130) and "nothing was written" in err, err
+    assert not list(tmp_path.iterdir())
+    assert issubclass(Terminated, KeyboardInterrupt)
+
+
+def test_a_long_output_name_gets_temporaries_that_fit(corpus, tmp_path, capsys):
+    """A 240-character -o (legal) failed with 'File name too long' after the whole compile: its
+    temporaries repeated the name with about 30 characters more."""
+    out = tmp_path / ("n" * 240 + ".onnx")
+    expect_ok(capsys, ["compile", corpus.model, "--calib", corpus.calib, "-o", out,
+                       "--no-fidelity", "-q"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json"]
+
+
+def test_a_killed_loihi_install_is_refused_by_run_and_mended_by_compile(corpus, tmp_path, capsys):
+    """A compile killed while it replaced a Loihi folder's files one by one left the new
+    netlist.json beside the old netlist.npz, and its backups: run read the mix silently, and a
+    recompile called the backups files snncc did not write (E364). Now run refuses (E373) and a
+    recompile removes them."""
+    import subprocess
+
+    out = tmp_path / "m.loihi"
+    args = ["compile", corpus.model, "--calib", corpus.calib, "--target", "loihi", "-o", out,
+            "--no-fidelity", "-q"]
+    expect_ok(capsys, args)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = out / f".netlist.npz.snncc-{dead.pid}-1-old-0123456789ab"
+    leftover.write_bytes(b"old")
+    assert main(["run", str(out), "--input", corpus.data_npy]) == 2
+    assert "SNN-E373" in capsys.readouterr().err
+    expect_ok(capsys, args)
+    assert not leftover.exists()
+    assert main(["run", str(out), "--input", corpus.data_npy]) == 0
+
+
+def test_a_scratch_space_failure_says_so_and_leaves_nothing():
+    """report's intermediate compiles: a full $TMPDIR named '/tmp/tmpXXXX/.snn.onnx...' and
+    told the user to choose another -o; a scratch folder is removed whatever happens."""
+    from snncc.errors import OutputPathError
+    from snncc.outputs import scratch_dir
+
+    with pytest.raises(OutputPathError) as err:
+        with scratch_dir() as d:
+            (d / "x").write_text("x")
+            raise OutputPathError(f"writing '{d / 'x'}' failed: No space left on device",
+                                  code="SNN-E369")
+    assert err.value.code == "SNN-E369" and "scratch space" in str(err.value) \
+        and "TMPDIR" in err.value.hint and not d.exists()
+
+
+def test_a_write_error_names_the_output_not_its_staging_folder(tmp_path):
+    import os
+
+    from snncc.outputs import _shown, _temp_prefix
+
+    out = tmp_path / "out.onnx"
+    staged = tmp_path / (_temp_prefix(out) + "abc123") / "out.onnx"
+    assert _shown(staged) == out
+    assert _shown(tmp_path / (_temp_prefix(out) + "abc123") / "sub" / "w.npz") == \
+        tmp_path / "out.onnx" / "sub" / "w.npz"
+    assert _shown(tmp_path / ".x.snncc-1-2-abc" / "y") == tmp_path / ".x.snncc-1-2-abc" / "y" \
+        or os.getpid() == 1
+
+
 def test_a_directory_output_inside_another_is_refused(corpus, tmp_path):
     """--dump-after into a folder that holds the Loihi folder: every later run was refused."""
     from snncc.driver import compile_model, make_options

@@ -13,9 +13,16 @@ die() { echo "build_and_run.sh: error: $*" >&2; exit 1; }
 [[ $# -ge 1 && $# -le 2 ]] || die "usage: $0 MODEL.onnx [INPUT.f32]"
 [[ -f "$ROOT/scripts/build_runtime.sh" ]] || die "no snncc repository at $ROOT (no scripts/build_runtime.sh); set SNNCC_ROOT to it when this folder was copied elsewhere"
 
-"$ROOT/scripts/build_runtime.sh" >/dev/null   # headers + kernel library (idempotent)
 ORT_INC="${SNNCC_ORT_HEADERS:-$ROOT/third_party/onnxruntime-headers/usr/include/onnxruntime}"
 KERNELS="${SNNCC_RUNTIME_LIB:-$ROOT/runtime/_lib/libsnncc_ops.so}"
+# headers + kernel library, built only when missing or built from other kernel sources: a
+# library that is up to date (e.g. a portable one, SNNCC_PORTABLE=1) is left as it is, and
+# SNNCC_RUNTIME_LIB names the caller's own
+digest() { python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import build; print(build.sources_digest())' "$ROOT/runtime" 2>/dev/null; }
+if [[ ! -f "$ORT_INC/onnxruntime_lite_custom_op.h" ]] || { [[ -z "${SNNCC_RUNTIME_LIB:-}" ]] &&
+        { [[ ! -f "$KERNELS" ]] || [[ "$(cat "$KERNELS.sources" 2>/dev/null)" != "$(digest)" ]]; }; }; then
+    "$ROOT/scripts/build_runtime.sh" >/dev/null
+fi
 if [[ -z "${ORT_LIBRARY:-}" ]]; then
     CAPI="$(python3 -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))')" \
         || die "python3 cannot import onnxruntime; set ORT_LIBRARY"

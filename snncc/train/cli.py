@@ -16,6 +16,7 @@ torchrun only rank 0 writes and prints.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -399,7 +400,11 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
                 state["levels"] = args.levels
                 state["recipe"] = recipe
                 with atomic_file(args.checkpoint) as tmp:
-                    torch.save(state, tmp)
+                    # serialised in memory, written by Python: torch.save's own writer raises a
+                    # RuntimeError on a full disk (an internal error), Python an OSError (E369)
+                    buffer = io.BytesIO()
+                    torch.save(state, buffer)
+                    tmp.write_bytes(buffer.getvalue())
 
         res = finetune_module(module, train, val, levels=args.levels, epochs=args.epochs or 3,
                               sparsity=args.sparsity, lr=args.lr or 0.003, batch_size=args.batch_size or 64,

@@ -339,7 +339,14 @@ def _json_default(value: Any) -> Any:
 
 def load(out_dir: str | os.PathLike) -> Netlist:
     """Read a netlist written by :func:`save`; SNN-E650 when missing or of another version."""
+    from snncc.outputs import reading
+
     out = Path(out_dir)
+    with reading(out):   # never half of a concurrent recompile (SNN-E373: a killed one's)
+        return _load(out)
+
+
+def _load(out: Path) -> Netlist:
     jpath, npath = out / "netlist.json", out / "netlist.npz"
     if not jpath.is_file() or not npath.is_file():
         raise BackendCapabilityError(f"'{out}' holds no netlist.json/netlist.npz",

@@ -16,6 +16,8 @@ before it returns, so a file that ``nir.read`` rejects is never left in place.
 """
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +109,11 @@ class NirBackend(Backend):
         if input_range.METADATA_KEY in meta:   # the scale to feed it on (mean, std, max_abs)
             res.graph.metadata["calibration_inputs"] = meta[input_range.METADATA_KEY]
         out = Path(out)
-        nir.write(out, res.graph)
+        # HDF5 is built in memory and written by Python: h5py writing the file itself had
+        # crashed the process (a segfault after a dozen tracebacks) on a full disk
+        buffer = io.BytesIO()
+        nir.write(buffer, res.graph)
+        out.write_bytes(buffer.getvalue())
         back = nir.read(out)                 # the real reader must accept what we wrote
         kinds: dict[str, int] = {}
         for node in back.nodes.values():
