@@ -78,10 +78,8 @@ def test_a_state_read_elsewhere_is_not_written_in_place():
     assert any(np.any(k["probe"]) for k in kept)  # the probe saw nonzero membranes
 
 
-@pytest.mark.requires_runtime
-def test_an_op_that_may_write_before_reading_keeps_its_state_out_of_place():
-    """state_out = Gemm(state_in, W, C=x): ORT's Gemm copies C into its output before reading A,
-    so the state cannot share a buffer; the stepper still equals the plain loop."""
+def _gemm_state_model() -> onnx.ModelProto:
+    """state_out = Gemm(state_in, W, C=x): a state that cannot be written in place."""
     from onnx import TensorProto, helper
 
     w = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [0.0, 1.0, 1.0, 0.0])
@@ -93,7 +91,14 @@ def test_an_op_that_may_write_before_reading_keeps_its_state_out_of_place():
          helper.make_tensor_value_info("step", TensorProto.INT64, [])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2]),
          helper.make_tensor_value_info("state_out/s", TensorProto.FLOAT, [1, 2])], [w])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.requires_runtime
+def test_an_op_that_may_write_before_reading_keeps_its_state_out_of_place():
+    """state_out = Gemm(state_in, W, C=x): ORT's Gemm copies C into its output before reading A,
+    so the state cannot share a buffer; the stepper still equals the plain loop."""
+    proto = _gemm_state_model()
     assert in_place_states(proto) == set()
     x = {"x": np.array([[1.0, 2.0]], np.float32)}
     kept, stepper = assert_stepper_equals_plain(proto, x, 4, False)
@@ -153,18 +158,7 @@ def test_step_zero_starts_a_new_sequence(net, key, levels):
 def test_a_restart_zeroes_states_passed_through_ort_buffers():
     """The out-of-place path of the restart (the Gemm state above): step 0 again starts from
     zero."""
-    from onnx import TensorProto, helper
-
-    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [0.0, 1.0, 1.0, 0.0])
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["state_in/s", "w", "x"], ["state_out/s"]),
-         helper.make_node("Identity", ["state_out/s"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
-         helper.make_tensor_value_info("state_in/s", TensorProto.FLOAT, [1, 2]),
-         helper.make_tensor_value_info("step", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2]),
-         helper.make_tensor_value_info("state_out/s", TensorProto.FLOAT, [1, 2])], [w])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto = _gemm_state_model()
     x = {"x": np.array([[1.0, 2.0]], np.float32)}
     sess = _session(proto, True, False)
     stepper = StreamStepper(sess, proto, x, ["y"])
