@@ -355,6 +355,12 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    "compile: SNN-aware, per channel)")
     p.add_argument("--samples", type=int, default=256,
                    help="samples used, at least 1 (default 256)")
+    from snncc.cli import _parse_shape
+
+    p.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
+                   metavar="[NAME=]1x3x32x32",
+                   help="as for compile: fix the model's dynamic input dims (an export with "
+                   "dynamic height and width)")
     p.add_argument("-o", "--output", default=None,
                    help="report .md or .html, its plots in a folder beside it named "
                    "<stem>_files (default: beside the model, MODEL.report.md)")
@@ -412,8 +418,11 @@ def report_command(args: argparse.Namespace) -> int:
     # 'calibration data ... does not exist', without --calib)
     x, labels = load_inputs(args.data)
     x = x[:args.samples]
+    from snncc.cli import _input_shapes
+
     common = dict(neuron=args.neuron, calib_path=args.calib or args.data,
                   calib_method=args.calib_method, maxpool=args.maxpool,
+                  input_shapes=_input_shapes(args.model, args.input_shape),
                   fidelity_samples=0)   # its own accuracy figures replace the estimate
     for T in ts:  # every option checked before the first (slow) compile
         make_options(target=args.target, timesteps=T, **common)

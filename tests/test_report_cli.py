@@ -88,3 +88,19 @@ def test_quiet_prints_nothing_on_success(tmp_path, capsys):
                  "2", "-q", "-o", str(tmp_path / "r.md")]) == 0
     out, err = capsys.readouterr()
     assert out == "" and err == "" and (tmp_path / "r.md").is_file()
+
+
+def test_input_shape_fixes_dynamic_height_and_width(tmp_path, capsys):
+    """An export with dynamic H and W: report's E114 told the user to pass --input-shape, which
+    report did not take ('unrecognized arguments')."""
+    import onnx
+
+    model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
+    for d in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.dim_param = "hw"
+    onnx.save(model, str(tmp_path / "hw.onnx"))
+    data = _data(tmp_path, "digits_cnn", 8)
+    args = ["report", str(tmp_path / "hw.onnx"), "--data", str(data), "-T", "2", "--target",
+            "ort", "-o", str(tmp_path / "r.md"), "-q"]
+    assert main(args) == 2 and "--input-shape" in capsys.readouterr().err
+    assert main(args + ["--input-shape", "1x1x8x8"]) == 0 and (tmp_path / "r.md").is_file()

@@ -89,6 +89,13 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--input-size", type=_size, metavar="HxW",
                       help="resize image-folder images to HxW (default: the model's input size)")
+    from snncc.cli import _parse_shape
+
+    data.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
+                      metavar="[NAME=]1x3x32x32",
+                      help="as for compile: fix a model's dynamic input dims where its shape "
+                      "computations need them (x.view(x.size(0), -1) in an export with "
+                      "dynamic height and width)")
     data.add_argument("--mean", type=parse_floats, help="per-channel mean subtracted after scaling to [0, 1], "
                                                    "e.g. 0.485,0.456,0.406")
     data.add_argument("--std", type=parse_floats, help="per-channel std divided by, e.g. 0.229,0.224,0.225")
@@ -363,7 +370,9 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
 
     rank = dist_info()[0]
     say = print if rank == 0 and not args.quiet else (lambda *a, **k: None)
-    module = load_onnx_module(args.model)
+    from snncc.cli import _input_shapes
+
+    module = load_onnx_module(args.model, _input_shapes(args.model, args.input_shape))
     train, classes = _open(args.data, module, args, "training data")
     val = _open(args.val, module, args, "validation data")[0] if args.val else None
     # image folders decode in worker processes: up to 4, never more than the CPUs this process

@@ -21,8 +21,8 @@ small, so :class:`OnnxGraphModule` interprets the graph directly:
 * ``forward`` runs the nodes in graph order; the module has one input and one output.
 
 Supported ops: Conv (2-D), Gemm, MatMul, Add, Sub, Mul, Div, BatchNormalization, Relu, Clip,
-AveragePool, MaxPool, GlobalAveragePool, ReduceMean, Flatten, Reshape, Concat, Split, Transpose,
-Softmax, Squeeze, Unsqueeze, Identity, Dropout, Constant. Anything else raises ``SNN-E801`` listing every such node;
+AveragePool, MaxPool, GlobalAveragePool, ReduceMean, Flatten, Reshape, Concat, Split, Slice,
+Transpose, Softmax, LogSoftmax, Log, Squeeze, Unsqueeze, Identity, Dropout, Constant. Anything else raises ``SNN-E801`` listing every such node;
 an unsupported form of a supported op (auto_pad, 1-D/3-D pooling...) raises ``SNN-E802``.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ PASS = "finetune"
 
 # input positions read as constants (never trained)
 _STATIC_INPUTS = {"Reshape": (1,), "Clip": (1, 2), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,),
-                  "ReduceMean": (1,)}
+                  "ReduceMean": (1,), "Slice": (1, 2, 3, 4)}
 _MODULE_INPUTS = {"BatchNormalization": (1, 2, 3, 4)}  # owned by the node's BatchNorm module
 
 
@@ -235,7 +235,7 @@ class OnnxGraphModule(nn.Module):
                 return env[name]
             if name in self._tensor_key:
                 return self._tensor(name)
-            return torch.as_tensor(self._consts[name])
+            return torch.as_tensor(np.array(self._consts[name]))   # writable (no torch warning)
 
         for step in self.steps:
             fn = _OPS[step.op]
@@ -397,6 +397,23 @@ def _split(m: OnnxGraphModule, s: _Step, get: Callable) -> tuple[torch.Tensor, .
     return tuple(torch.split(x, sizes, dim=axis))
 
 
+def _slice(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
+    """ONNX Slice with constant starts / ends / axes / steps (a channel slice of a concat)."""
+    x = get(s.inputs[0])
+    consts = [[int(v) for v in np.asarray(m.const(n)).reshape(-1)] if n else None
+              for n in (list(s.inputs[1:]) + [""] * 4)[:4]]
+    starts, ends, axes, steps = consts
+    axes = axes or list(range(len(starts)))
+    steps = steps or [1] * len(starts)
+    index = [slice(None)] * x.dim()
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step < 1:
+            raise ModelInputError(f"{PASS}: Slice '{s.name}' steps by {step}", code="SNN-E802",
+                                  hint="only forward slices (step >= 1) are trained")
+        index[axis % x.dim()] = slice(start, min(end, x.shape[axis % x.dim()]), step)
+    return x[tuple(index)]
+
+
 def _flatten(m: OnnxGraphModule, s: _Step, get: Callable) -> torch.Tensor:
     x = get(s.inputs[0])
     axis = s.attrs.get("axis", 1) % max(x.dim(), 1)
@@ -426,6 +443,10 @@ _OPS: dict[str, Callable[[OnnxGraphModule, _Step, Callable], torch.Tensor]] = {
     "Concat": lambda m, s, g: torch.cat([g(n) for n in s.inputs], dim=s.attrs["axis"]),
     "Transpose": _transpose,
     "Softmax": lambda m, s, g: torch.softmax(g(s.inputs[0]), dim=s.attrs.get("axis", -1)),
+    # a log-softmax head: cross-entropy on its output is cross-entropy on the logits
+    "LogSoftmax": lambda m, s, g: torch.log_softmax(g(s.inputs[0]), dim=s.attrs.get("axis", -1)),
+    "Log": lambda m, s, g: torch.log(g(s.inputs[0])),
+    "Slice": _slice,
     "Split": _split,
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
@@ -436,19 +457,26 @@ _OPS: dict[str, Callable[[OnnxGraphModule, _Step, Callable], torch.Tensor]] = {
 SUPPORTED_OPS = tuple(sorted(_OPS))
 
 
-def load_onnx_module(path_or_proto: Any) -> OnnxGraphModule:
-    """Read an ONNX file (or proto) and build the trainable module; raises typed errors."""
+def load_onnx_module(path_or_proto: Any,
+                     input_shapes: dict[str, tuple[int, ...]] | None = None) -> OnnxGraphModule:
+    """Read an ONNX file (or proto) and build the trainable module; raises typed errors.
+    ``input_shapes`` (input name -> shape, as compile's) fixes dynamic dims where the model's
+    shape computations must be folded."""
     from snncc import ir
 
     proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else ir.read_proto(path_or_proto)
+    _refuse_compiled(proto)
     _refuse_training_mode(proto)
     try:
         return OnnxGraphModule(proto)
     except UnsupportedNodeError as exc:
         if not exc.codes <= {"SNN-E801", "SNN-E802"}:
             raise
-        canonical = _canonical(proto)
-        if canonical is None:
+        canonical = _canonical(proto, input_shapes or {})
+        if not isinstance(canonical, onnx.ModelProto):
+            if canonical is not None and canonical.code in ("SNN-E114", "SNN-E110") \
+                    and "SNN-E114" in canonical.codes:
+                raise canonical from None   # dynamic dims: --input-shape makes it load
             raise
         try:
             return OnnxGraphModule(canonical)
@@ -456,12 +484,13 @@ def load_onnx_module(path_or_proto: Any) -> OnnxGraphModule:
             raise exc from None
 
 
-def _canonical(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+def _canonical(proto: onnx.ModelProto, input_shapes: dict
+               ) -> onnx.ModelProto | SnnccError | None:
     """The model as compile's canonicalize pass leaves it (shape computations folded, e.g. the
     ``Shape -> Gather -> Concat -> Reshape`` of ``x.view(x.size(0), -1)`` with a dynamic batch;
     ``Sum``, spatial ``ReduceMean`` and ``Max(x, 0)`` in their plain forms), or None where that
-    pass refuses it. Loaded only when the exported graph itself does not build, so a model the
-    builder takes as it is trains on exactly its own graph."""
+    pass refuses it (its error). Loaded only when the exported graph itself does not build, so a
+    model the builder takes as it is trains on exactly its own graph."""
     from snncc import ir
     from snncc.context import CompileContext, CompileOptions
     from snncc.passes.canonicalize import CanonicalizePass
@@ -470,10 +499,21 @@ def _canonical(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     try:
         model = ir.load(proto)
         Pipeline([CanonicalizePass(require_activation=False)], verify="off").run(
-            model, CompileContext(CompileOptions(target="qann", allow_analog=True)))
+            model, CompileContext(CompileOptions(target="qann", allow_analog=True,
+                                                 input_shapes=input_shapes)))
         return ir.to_proto(model)
-    except SnnccError:
-        return None
+    except SnnccError as err:
+        return err
+
+
+def _refuse_compiled(proto: onnx.ModelProto) -> None:
+    """SNN-E123 as compile gives it: a model snncc compiled (its time axis folded into the
+    batch) is no source to fine-tune (it had been E801 on its neuron and Shape/Slice nodes)."""
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("snncc.schedule"):
+        raise ModelInputError(f"{PASS}: the model is already an snncc output (schedule "
+                              f"{meta['snncc.schedule']}, T = {meta.get('snncc.timesteps')})",
+                              code="SNN-E123", hint="fine-tune the source ANN")
 
 
 def _refuse_training_mode(proto: onnx.ModelProto) -> None:

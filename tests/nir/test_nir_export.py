@@ -578,3 +578,14 @@ def test_run_feeds_a_1d_nir_file_the_samples_the_onnx_model_took(tmp_path, capsy
     graph = nir.read(tmp_path / "net.nir")
     np.testing.assert_allclose(got, next(iter(run_graph(graph, x[..., None], 4).values())),
                                atol=1e-6)
+
+
+def test_an_offset_on_the_input_names_the_fix():
+    """(x - mean) / std inside the model: refused (NIR has no input offset), but with the
+    reason and the fix (it had blamed a BatchNormalization after the activation)."""
+    g = Graph((2, 8, 8))
+    shifted = g.op("Add", ["x", g.const(np.full((1, 2, 1, 1), -0.5, np.float32), "mean")])
+    model = g.model(g.neuron(g.conv(shifted, 2, 4)))
+    diags = build_graph(model)[1]
+    assert [d.code for d in diags] == ["SNN-E693"] and "model input" in diags[0].message \
+        and "normalise the inputs" in diags[0].hint

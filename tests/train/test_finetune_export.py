@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from helpers import run_ort, tiny_model  # noqa: E402
-from snncc.errors import CalibrationError, OptionError, UnsupportedNodeError  # noqa: E402
+from snncc.errors import CalibrationError, OptionError, SnnccError, UnsupportedNodeError  # noqa: E402
 from snncc.train.cli import add_finetune_arguments, run_finetune  # noqa: E402
 from snncc.train.export import export_onnx  # noqa: E402
 from snncc.train.iir import LIF, MTNeuron, convert_to_snn, run_snn  # noqa: E402
@@ -172,7 +172,7 @@ def test_a_computed_clip_bound_is_folded_as_compile_folds_it():
                                run_ort(model, {"input": x})[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("flatten", ["view", "reshape"])
+@pytest.mark.parametrize("flatten", ["view", "reshape", "view_hw"])
 def test_a_dynamic_batch_view_loads(tmp_path, flatten):
     """``x.view(x.size(0), -1)`` exported with a dynamic batch is a Shape -> Gather -> Concat ->
     Reshape chain: compile folds it, finetune had refused it (E801 Shape, Gather; E802 Reshape).
@@ -186,7 +186,8 @@ def test_a_dynamic_batch_view_loads(tmp_path, flatten):
 
         def forward(self, x):
             x = torch.relu(self.conv(x))
-            return self.fc(x.view(x.size(0), -1) if flatten == "view" else x.reshape(x.shape[0], -1))
+            return self.fc(x.view(x.size(0), -1) if flatten != "reshape"
+                           else x.reshape(x.shape[0], -1))
 
     torch.manual_seed(0)
     path = tmp_path / "view.onnx"
@@ -194,9 +195,16 @@ def test_a_dynamic_batch_view_loads(tmp_path, flatten):
         warnings.simplefilter("ignore")
         torch.onnx.export(Net().eval(), torch.zeros(2, 1, 6, 6), str(path), dynamo=False,
                           input_names=["x"], output_names=["y"], opset_version=13,
-                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+                          dynamic_axes={"x": {0: "N", **({2: "h", 3: "w"} if flatten == "view_hw"
+                                                          else {})}, "y": {0: "N"}})
     assert "Shape" in {n.op_type for n in onnx.load(str(path)).graph.node}
-    net = load_onnx_module(str(path)).eval()
+    shapes = None
+    if flatten == "view_hw":   # dynamic H and W: the fold needs them (finetune --input-shape)
+        with pytest.raises(SnnccError) as err:
+            load_onnx_module(str(path))
+        assert err.value.code in ("SNN-E114", "SNN-E110") and "input_shape" in str(err.value)
+        shapes = {"x": (1, 1, 6, 6)}
+    net = load_onnx_module(str(path), shapes).eval()
     for batch in (2, 5):
         x = np.random.default_rng(batch).normal(0, 1, (batch, 1, 6, 6)).astype(np.float32)
         np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(),
@@ -403,3 +411,40 @@ def test_many_nodes_of_one_unsupported_op_are_listed_once():
     assert [d.node.split("::")[-1] for d in err.value.diagnostics] == ["Sigmoid)", "Tanh)"]
     assert "4 node(s) cannot be loaded for training (Sigmoid x3, Tanh; one node of each " \
         "listed)" in err.value.message
+
+
+def test_log_softmax_head_log_and_slice_load():
+    """A log_softmax head, log(softmax) and a channel slice: compile takes them, finetune had
+    refused them (E801, with a hint to use --allow-analog, which finetune has not)."""
+    model = tiny_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 2, 4, 4] input) => (float[N, 2] logits)
+        <float[4, 2, 1, 1] w = {1, 0.5, -1, 0.25, 0.5, 2, 1, 1}, float[2, 2] w2 = {1, 0, 0, 1},
+         int64[1] s0 = {1}, int64[1] s1 = {3}, int64[1] ax = {1}> {
+            c = Conv (input, w)
+            r = Relu (c)
+            k = Slice (r, s0, s1, ax)
+            p = GlobalAveragePool (k)
+            f = Flatten (p)
+            g = MatMul (f, w2)
+            sm = Softmax <axis = 1> (g)
+            l = Log (sm)
+            logits = LogSoftmax <axis = 1> (l)
+        }""", dyadic=True)
+    net = load_onnx_module(model).eval()
+    x = np.random.default_rng(0).normal(0, 1, (5, 2, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(),
+                               run_ort(model, {"input": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_compiled_model_is_e123_as_in_compile(tmp_path):
+    model = tiny_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 2] x) => (float[N, 2] y) <float[2, 2] w = {1, 0, 0, 1}> {
+            a = MatMul (x, w)
+            y = Relu (a)
+        }""")
+    onnx.helper.set_model_props(model, {"snncc.schedule": "folded", "snncc.timesteps": "4"})
+    with pytest.raises(SnnccError) as err:
+        load_onnx_module(model)
+    assert err.value.code == "SNN-E123"

@@ -543,6 +543,12 @@ class _Builder:
             producer = self.nodes[x.node] = self.nir.Affine(
                 weight=np.asarray(producer.weight, np.float32),
                 bias=np.zeros(np.asarray(producer.weight).shape[0], np.float32))
+        if isinstance(producer, self.nir.Input):
+            raise _Refuse("SNN-E693", "an offset on the model input (an in-model normalisation "
+                          "(x - mean) / std) has no NIR form: NIR feeds the input to the first "
+                          "layer as it is", "normalise the inputs before feeding them and "
+                          "export the model without it, or use --target ort or loihi, which "
+                          "take it")
         if c is None or x.scale is not None or \
                 not isinstance(producer, (self.nir.Conv2d, self.nir.Affine)) or \
                 sum(1 for e in self.edges if e[0] == x.node):
