@@ -6,6 +6,7 @@ the traceback. Heavy imports (torch, matplotlib) happen only inside the subcomma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -510,10 +511,9 @@ def _interrupted(exc: KeyboardInterrupt, before: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from snncc.outputs import installed, take_signal
+    from snncc.outputs import installed, signals_recorded, take_signal
 
     before = len(installed())
-    take_signal()   # one left by an earlier main() in this process is not this command's
     # SIGTERM cleans up like Ctrl-C, except under torchrun, which stops ranks waiting in a
     # collective with SIGTERM (a Python handler would not run until the collective returned)
     previous = interrupt = None
@@ -531,11 +531,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     root = logging.getLogger()   # left as it was: main() also runs inside notebooks and apps
     root_state = root.level, list(root.handlers)
+    # the main thread's command records its signals (a worker thread's main() gets none)
+    armed = previous is not None or hangup is not None or interrupt is not None
     try:
         try:
-            with cli_wording():
+            with cli_wording(), (signals_recorded() if armed else contextlib.nullcontext()):
                 code = _main(argv, before)
-            lost = take_signal()
+                lost = take_signal() if armed else None
             if lost is not None:   # its exception was dropped (raised inside a __del__)
                 return _interrupted(lost(), before)
             return code

@@ -67,7 +67,6 @@ import contextlib
 import errno
 import json
 import os
-import re
 import shutil
 import signal
 import stat
@@ -83,8 +82,8 @@ from snncc.errors import Diagnostic, OutputPathError
 __all__ = ["MARKER", "Output", "check_outputs", "check_suffix", "KNOWN_SUFFIXES", "atomic_file",
            "atomic_dir", "default_output",
            "same_path", "write_errors", "transaction", "installed", "temp_dir", "written_by_snncc",
-           "file_output", "scratch_dir", "note_signal", "take_signal", "reading",
-           "stale_leftovers"]
+           "file_output", "scratch_dir", "note_signal", "take_signal", "signals_recorded",
+           "reading", "leftovers"]
 
 #: File that marks a directory as written by snncc; lists the files snncc put there.
 MARKER = ".snncc-output.json"
@@ -185,57 +184,84 @@ def _marker_files(directory: Path) -> set[str] | None:
 
 def _dir_contents(directory: Path) -> set[str]:
     """Every entry under ``directory`` that is not a real directory (a symlink, also one to a
-    directory, counts: nothing behind it is snncc's), leaving out the leftovers of an snncc
-    install that was cut short (:func:`stale_leftovers`)."""
-    stale = set(stale_leftovers(directory))
+    directory, counts: nothing behind it is snncc's), leaving out snncc's own temporaries and
+    backups beside the files its marker lists (:func:`leftovers`)."""
+    stale = set(leftovers(directory))
     return {str(p.relative_to(directory)) for p in directory.rglob("*")
             if (p.is_symlink() or not p.is_dir()) and p not in stale}
 
 
-_LEFTOVER = re.compile(r"^\..+\.snncc-(\d+)-\d+-")
+def _short(name: str) -> str:
+    """The part of a file name that its temporaries repeat: at most :data:`_TEMP_NAME_MAX`
+    bytes of it (a name of 245 bytes is legal; with the tag, the random part and a backup's
+    suffix its temporaries must still fit the usual 255-byte limit)."""
+    return os.fsencode(name)[:_TEMP_NAME_MAX].decode(errors="ignore") if \
+        len(os.fsencode(name)) > _TEMP_NAME_MAX else name
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:   # another user's process: alive
-        return True
-    return True
-
-
-def stale_leftovers(directory: str | os.PathLike) -> list[Path]:
-    """Temporaries and backups that an snncc process which no longer runs left inside an
-    output folder (killed while it replaced the folder's files one by one: the folder may hold
-    files of two compiles), e.g. ``.netlist.json.snncc-PID-TID-old-XXXX``."""
+def leftovers(directory: str | os.PathLike) -> list[Path]:
+    """snncc's temporaries and backups beside the files an output folder's marker lists, e.g.
+    ``.netlist.json.snncc-PID-TID-old-XXXX``. Only an install makes them, while it holds the
+    exclusive lock on the folder's parent (:func:`_parents_locked`), and it removes them before
+    it lets go: found under that lock, or the shared one a reader holds, they are the leftovers
+    of an install that was killed (the folder may hold files of two compiles). Nothing else is
+    looked at: a folder without a marker has none, and the scan does not descend further."""
+    directory = Path(directory)
+    listed = _marker_files(directory)
+    if listed is None:
+        return []
+    prefixes: dict[Path, set[str]] = {}
+    for rel in listed | {MARKER}:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            continue
+        p = directory / rel
+        prefixes.setdefault(p.parent, set()).add(f".{_short(p.name)}.snncc-")
     found = []
-    with contextlib.suppress(OSError):
-        for p in Path(directory).rglob(".*"):
-            m = _LEFTOVER.match(p.name)
-            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
-                found.append(p)
-    return found
+    for folder, names in prefixes.items():
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if entry.name.startswith(tuple(names)):
+                    found.append(Path(entry.path))
+    return sorted(found)
+
+
+#: (device, inode) of the folders this process holds a shared lock on (:func:`reading`): an
+#: install into them from this process takes no exclusive lock there (it would wait for itself)
+_read_locked: dict[tuple[int, int], int] = {}
+#: (device, inode) of the parents this process holds the exclusive lock on, while installing
+_write_locked: set[tuple[int, int]] = set()
+#: threads of one process: an install and a read of an output folder one after the other (flock
+#: tells processes apart, not threads); re-entrant, so one thread may install while it reads
+_io_mutex = threading.RLock()
 
 
 @contextlib.contextmanager
 def reading(directory: str | os.PathLike) -> Iterator[None]:
-    """Read an output folder under a shared ``flock`` on its parent, the lock an install holds
-    exclusively (:func:`_parents_locked`): a reader sees the folder before or after a
-    concurrent compile replaces it, never half of each (a run during a Loihi recompile had
-    read the new netlist.json with the old netlist.npz). SNN-E373 when a killed install left
-    its leftovers there (:func:`stale_leftovers`)."""
+    """Read an snncc output folder under a shared ``flock`` on its parent, the lock an install
+    holds exclusively (:func:`_parents_locked`): a reader sees the folder before or after a
+    concurrent compile replaces it, never half of each (a run during a Loihi recompile had read
+    the new netlist.json with the old netlist.npz). Where the lock is held, a killed install's
+    leftovers are SNN-E373 (:func:`leftovers`); where it cannot be taken (no ``fcntl``, a file
+    system without flock), nothing is checked."""
     try:
         import fcntl
     except ImportError:   # not POSIX
-        fcntl = None
-    fd = None
+        yield
+        return
+    directory = Path(os.path.expanduser(os.fspath(directory)))
+    fd, key = None, None
+    _io_mutex.acquire()
     try:
-        if fcntl is not None:
-            with contextlib.suppress(OSError):
-                fd = os.open(str(_resolve(directory).parent), os.O_RDONLY)
+        try:
+            fd = os.open(str(_resolve(directory).parent), os.O_RDONLY)
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if key not in _read_locked and key not in _write_locked:
                 fcntl.flock(fd, fcntl.LOCK_SH)
-        stale = stale_leftovers(directory)
+            _read_locked[key] = _read_locked.get(key, 0) + 1
+        except OSError:
+            key = None
+        stale = leftovers(directory) if key is not None else []
         if stale:
             raise OutputPathError(
                 f"'{directory}' holds the leftovers of an snncc install that was cut short "
@@ -244,10 +270,14 @@ def reading(directory: str | os.PathLike) -> Iterator[None]:
                 hint="compile it again (the leftovers are removed then)")
         yield
     finally:
+        if key is not None:
+            _read_locked[key] -= 1
+            if not _read_locked[key]:
+                del _read_locked[key]
         if fd is not None:
             with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+                os.close(fd)   # closing the last descriptor releases the lock
+        _io_mutex.release()
 
 
 #: Written at the top of every report page (how a later run knows the page is snncc's own).
@@ -544,8 +574,7 @@ _TEMP_NAME_MAX = 200
 
 def _temp_prefix(path: Path) -> str:
     """Name prefix of this process's (and thread's) temporaries beside ``path``."""
-    return (f".{path.name[:_TEMP_NAME_MAX]}.snncc-{os.getpid()}-"
-            f"{threading.get_ident() % 100000}-")
+    return f".{_short(path.name)}.snncc-{os.getpid()}-{threading.get_ident() % 100000}-"
 
 
 def _remove_temps(path: Path) -> None:
@@ -702,9 +731,11 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
             return [_Installed(path, None, staging=tmp)]
         except OSError:  # another process created it meanwhile: merge below
             pass
-    for stale in stale_leftovers(path):   # a killed install's: snncc's own, and replaced now
-        with contextlib.suppress(OSError):
-            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+    if _locked_here(path.parent):   # under the exclusive lock: a killed install's, replaced now
+        for stale in leftovers(path):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else \
+                    stale.unlink()
     old = {f for f in (_marker_files(path) or set()) | set(adopt)
            if not Path(f).is_absolute() and ".." not in Path(f).parts}
     foreign = sorted(f for f in files if f not in old and os.path.lexists(path / f))
@@ -734,6 +765,15 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
         _undo(done)
         raise
     return done
+
+
+def _locked_here(folder: Path) -> bool:
+    """Whether this process holds the exclusive install lock on ``folder``."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in _write_locked
 
 
 def _undo(done: Sequence[_Installed]) -> None:
@@ -805,14 +845,34 @@ def scratch() -> Iterator[None]:
 _signalled: list[type] = []
 
 
+#: how many CLI commands (main() in the main thread, its handlers installed) are running
+_armed = [0]
+
+
+@contextlib.contextmanager
+def signals_recorded() -> Iterator[None]:
+    """A CLI command's span in the main thread: signals its handlers record stop a transaction
+    (:func:`note_signal`); the record is cleared when the outermost one ends."""
+    _armed[0] += 1
+    try:
+        yield
+    finally:
+        _armed[0] -= 1
+        if not _armed[0]:
+            _signalled.clear()
+
+
 def note_signal(kind: type) -> None:
     """Record that a signal's exception ``kind`` is being raised (the CLI's handlers)."""
-    _signalled.append(kind)
+    if _armed[0]:
+        _signalled.append(kind)
 
 
 def take_signal() -> type | None:
-    """The first recorded signal no one has handled, and forget them all (the CLI, once it
-    has reported the interrupt or finished a command)."""
+    """The first recorded signal no one has handled, and forget them all (the CLI in the main
+    thread, once it has reported the interrupt or finished a command); None elsewhere."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
     kind = _signalled[0] if _signalled else None
     _signalled.clear()
     return kind
@@ -828,10 +888,11 @@ class _Transaction:
     def commit(self, pending: list[int]) -> None:
         """Install every staged output; signals that come meanwhile go to ``pending``. A
         signal whose exception was lost on the way (:data:`_signalled`) stops it first."""
-        if _signalled and threading.current_thread() is threading.main_thread():
+        if _armed[0] and _signalled and threading.current_thread() is threading.main_thread():
             raise _signalled[0]()
         done: list[_Installed] = []
-        with _parents_locked([path for _, path in self.steps]), _signals_held(pending):
+        with _io_mutex, _parents_locked([path for _, path in self.steps]), \
+                _signals_held(pending):
             try:
                 for step, path in self.steps:
                     with write_errors(path):
@@ -888,6 +949,7 @@ def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
         yield
         return
     fds: dict[tuple[int, int], int] = {}  # (device, inode) of a parent -> its descriptor
+    got: list[tuple[int, int]] = []        # the locks obtained
     try:
         for parent in {str(p.parent) for p in paths}:
             try:
@@ -900,10 +962,16 @@ def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
             else:
                 fds[(st.st_dev, st.st_ino)] = fd
         for key in sorted(fds):  # one global order: no two commands wait on each other
+            if key in _read_locked:   # this process reads there: it would wait for itself
+                continue
             with contextlib.suppress(OSError):
                 fcntl.flock(fds[key], fcntl.LOCK_EX)
+                got.append(key)
+                _write_locked.add(key)
         yield
     finally:
+        for key in got:
+            _write_locked.discard(key)
         for fd in fds.values():
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)

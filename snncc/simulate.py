@@ -458,6 +458,7 @@ class StreamStepper:
         batch = len(next(iter(inputs.values())))
         # bound memory: a copy of the samples (the caller may reuse its arrays between steps)
         self._keep = {k: np.array(v, dtype=np.float32, order="C") for k, v in inputs.items()}
+        self.data_names = sorted(self._keep)
         for k, v in self._keep.items():
             self.binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v))
         self.step_value = np.zeros((), dtype=np.int64)  # the binding reads it in place
@@ -510,6 +511,22 @@ class StreamStepper:
                     o, ort.OrtValue.ortvalue_from_numpy(self.buffers[o]))
         return {o: buf.copy() for o, buf in self.buffers.items()}
 
+
+    def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Feed other samples from the next step on (a new frame of a stream; the stepper keeps
+        its own copy of what it is given): the same input names and shapes (SNN-E683/E105)."""
+        if not isinstance(inputs, Mapping) or sorted(inputs) != self.data_names:
+            raise ModelInputError("set_inputs takes the stepper's data inputs by name",
+                                  code="SNN-E683", hint="e.g. {'input': x}, as given to it")
+        for k, v in inputs.items():
+            v = check_samples(np.asarray(v), f"the samples for input '{k}'")
+            if v.shape != self._keep[k].shape:
+                raise ModelInputError(f"the samples for input '{k}' have shape {list(v.shape)}, "
+                                      f"the stepper's {list(self._keep[k].shape)}",
+                                      code="SNN-E105", hint="the same batch and sample shape; "
+                                      "a new StreamStepper for another batch size")
+        for k, v in inputs.items():
+            self._keep[k][...] = v
 
     def _zero(self) -> None:
         """Every state back to zero: in-place buffers cleared, passed states bound to zeros."""

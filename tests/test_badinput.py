@@ -645,6 +645,69 @@ def test_a_killed_loihi_install_is_refused_by_run_and_mended_by_compile(corpus, 
     assert main(["run", str(out), "--input", corpus.data_npy]) == 0
 
 
+def test_only_a_marked_folders_own_leftovers_count(tmp_path):
+    """The leftover scan looks beside the files an output folder's marker lists, nowhere else:
+    a folder without a marker (any folder a user runs) has none, other dotfiles and deeper
+    folders are not read, and names of any PID count (a killed install's, found under the
+    lock) while nothing that merely looks similar does."""
+    import json
+
+    from snncc.outputs import MARKER, leftovers, reading
+
+    plain = tmp_path / "plain"
+    (plain / "deep").mkdir(parents=True)
+    (plain / ".netlist.json.snncc-99999999999999999999-1-old-ab").write_text("x")
+    assert leftovers(plain) == []
+    with reading(plain):    # no marker: nothing to refuse
+        pass
+    out = tmp_path / "m.loihi"
+    (out / "sub").mkdir(parents=True)
+    (out / MARKER).write_text(json.dumps({"files": ["netlist.json", "sub/w.npz"]}))
+    kept = [out / ".notes.snncc-1-1-x", out / ".hidden", out / "sub" / "deep.snncc-1-1-x"]
+    gone = [out / ".netlist.json.snncc-4-5-old-0123", out / "sub" / ".w.npz.snncc-7-8-abc"]
+    for p in kept + gone:
+        p.write_text("x")
+    assert leftovers(out) == sorted(gone)
+
+
+def test_main_in_a_worker_thread_leaves_the_main_threads_signal_alone():
+    """The record of a signal is the main thread's command's: a main() in a worker thread had
+    cleared it (a main-thread report would then write its page after SIGTERM), or taken it."""
+    import threading
+
+    from snncc.cli import Terminated
+    from snncc.outputs import note_signal, signals_recorded, take_signal
+
+    with signals_recorded():
+        note_signal(Terminated)
+        t = threading.Thread(target=main, args=(["inspect", "--help"],))
+        t.start()
+        t.join()
+        assert take_signal() is Terminated
+    note_signal(Terminated)          # no command running: nothing is recorded
+    assert take_signal() is None
+
+
+def test_a_reader_and_an_install_in_one_process_do_not_wait_for_each_other(tmp_path):
+    """reading() holds the shared lock; an install from the same thread into the same parent
+    had waited for it forever."""
+    from snncc.outputs import atomic_file, reading
+
+    with reading(tmp_path / "y"):
+        with atomic_file(tmp_path / "x.txt") as tmp:
+            tmp.write_text("x")
+    assert (tmp_path / "x.txt").read_text() == "x"
+
+
+def test_a_long_non_ascii_name_gets_temporaries_that_fit(tmp_path):
+    from snncc.outputs import atomic_file
+
+    out = tmp_path / ("é" * 120 + ".onnx")   # 245 bytes
+    with atomic_file(out) as tmp:
+        tmp.write_text("x")
+    assert out.read_text() == "x"
+
+
 def test_a_scratch_space_failure_says_so_and_leaves_nothing():
     """report's intermediate compiles: a full $TMPDIR named '/tmp/tmpXXXX/.snn.onnx...' and
     told the user to choose another -o; a scratch folder is removed whatever happens."""

@@ -164,3 +164,28 @@ def test_a_restart_zeroes_states_passed_through_ort_buffers():
     stepper = StreamStepper(sess, proto, x, ["y"])
     runs = [[stepper.step(g)["y"].tolist() for g in range(4)] for _ in range(2)]
     assert stepper.passed == ["s"] and runs[0] == runs[1] and runs[0][0] != runs[0][-1]
+
+
+@pytest.mark.requires_runtime
+def test_set_inputs_feeds_new_samples():
+    """The stepper keeps its own copy of the samples; set_inputs feeds new ones (a caller had
+    streamed frames by overwriting its array, which the copy would ignore)."""
+    model = deep_net(lam=2.0, levels=4)
+    proto, _, ctx = compile_snn(model, streaming(options("if", 4)))
+    steps = ctx.notes["schedule"]["steps"]
+    a, b = feeds(model, batch=3, scale=2.0), feeds(model, batch=3, scale=1.0)
+    want, _ = assert_stepper_equals_plain(proto, b, steps, False)
+    sess = _session(proto, True, False)
+    stepper = StreamStepper(sess, proto, a, [o.name for o in sess.get_outputs()])
+    stepper.step(0)
+    stepper.set_inputs(b)
+    for g in range(steps):
+        got = stepper.step(g)
+        for k in want[g]:
+            np.testing.assert_array_equal(got[k], want[g][k])
+    from snncc.errors import SnnccError
+
+    with pytest.raises(SnnccError) as err:
+        stepper.set_inputs({k: v[:1] for k, v in b.items()})
+    assert err.value.code == "SNN-E105"
+

@@ -341,7 +341,7 @@ def load(out_dir: str | os.PathLike) -> Netlist:
     """Read a netlist written by :func:`save`; SNN-E650 when missing or of another version."""
     from snncc.outputs import reading
 
-    out = Path(out_dir)
+    out = Path(os.path.expanduser(os.fspath(out_dir)))
     with reading(out):   # never half of a concurrent recompile (SNN-E373: a killed one's)
         return _load(out)
 
