@@ -444,14 +444,14 @@ class ScheduleTimestepsPass(Pass):
         gated = sum(1 for v in self.notes_maxpool.values() if v == "gated")
         if streaming and gated and options.target == "ort":
             ctx.warnings.append(
-                f"warning: --schedule streaming spike-gates {gated} MaxPool(s), which "
-                "approximates max pooling" + (f"; the folded and window schedules pool a MaxPool "
-                                              f"right after a {options.neuron} neuron exactly"
-                                              if bit_serial else
-                                              "; the folded schedule window-gates them (the "
-                                              "pooled rate is the largest rate)")
-                + " (--maxpool avg replaces them by average pools, which streams exactly "
-                "but changes the net)")
+                f"warning: --schedule streaming spike-gates {gated} MaxPool(s) with a running "
+                "sum, which approximates max pooling (the fidelity line measures what it costs "
+                "here)" + (f"; the folded and window schedules pool a MaxPool right after a "
+                           f"{options.neuron} neuron exactly" if bit_serial else
+                           "; the folded schedule window-gates them, the pooled rate being the "
+                           "largest rate") + ": drop --schedule streaming where a stream is not "
+                "needed (--maxpool avg streams exactly only for a net trained with average "
+                "pooling: it changes the network)")
         elif bit_serial and gated and options.target == "ort":
             ctx.warnings.append(
                 f"warning: {options.neuron} spike-gates {gated} MaxPool(s) with a running sum "

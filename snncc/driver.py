@@ -469,9 +469,11 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
                           hint="give more calibration samples, or drop --min-agreement")
     if fid is not None:
         ops = {n.op_type for n in snap.proto("canonicalize").graph.node}
+        trained = {p.levels for p in ctx.quant.values() if p.source == "pattern"}
         warnings += fidelity.check(fid, options, min_agreement, shlex.quote(str(model_path)),
                                    finetune=lambda: _finetune_takes(rows)
-                                   and _finetune_loads(model_path), max_pools="MaxPool" in ops)
+                                   and _finetune_loads(model_path), max_pools="MaxPool" in ops,
+                                   trained_levels=min(trained) if trained else None)
     synops = _synops(snap, model, ctx, count_net) if options.target == "ort" else None
     with transaction():  # the output, its manifest, the dump and the report: all or none
         if backend is None:

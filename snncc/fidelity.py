@@ -34,6 +34,7 @@ import onnxruntime as ort
 
 from snncc import ir
 from snncc.errors import FidelityError
+from snncc.passes.calibrate import MIN_CALIB_SAMPLES
 
 __all__ = ["WARN_BELOW", "Reference", "LayerErrors", "pair", "wilson_interval", "measure", "summary",
            "hints", "estimate", "check"]
@@ -249,12 +250,15 @@ def _per_channel_ok(options: Any) -> bool:
 
 
 def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
-          finetune: bool | Callable[[], bool] = True, max_pools: bool = False) -> list[str]:
+          finetune: bool | Callable[[], bool] = True, max_pools: bool = False,
+          trained_levels: int | None = None) -> list[str]:
     """Ranked, concrete ways to a closer SNN, most effective first (measured on the trained
     examples, examples/results/defaults.md); ``model``: the source model's path, for the
     commands; ``finetune``: whether ``snncc finetune`` takes the model (it trains ReLU and
     Clip(0, c) activations, not a QCFS-trained graph), or a callable that finds out when asked;
-    ``max_pools``: whether the ANN pools by max (``--maxpool avg`` then changes the network)."""
+    ``max_pools``: whether the ANN pools by max (``--maxpool avg`` then changes the network);
+    ``trained_levels``: L of a QCFS-trained graph (a neuron that needs other levels is no
+    hint then: bit-serial at T needs L = 2^T - 1, SNN-E308)."""
     out = []
     if max_pools and options.maxpool == "avg":
         q = fid.get("qann_vs_ann", {}).get("top1_agreement")
@@ -267,7 +271,9 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
                        "exactly")
         else:
             out.append(f"drop --maxpool avg: this net pools by max, and averaging instead "
-                       f"changes the network itself{seen}; --target ort pools by max exactly")
+                       f"changes the network itself{seen}; the ORT target pools by max "
+                       + ("in the folded schedule (drop --schedule streaming)"
+                          if options.schedule == "streaming" else "exactly"))
     if options.calib_method != "snn":
         out.append("--calib-method snn (SNN-aware calibration of lambda and bias per layer)")
     if not options.calib_per_channel and _per_channel_ok(options):
@@ -284,15 +290,29 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
                    "(the --allow-lossy export), which drops the charge above threshold that the "
                    "compiled SNN keeps; the NIR estimate measures that network")
         return out
-    if options.neuron != "bitserial" and options.timesteps >= 2:
-        out.append(f"--neuron bitserial (equals its {2 ** options.timesteps - 1}-level QANN at "
-                   f"T = {options.timesteps})")
-    if options.timesteps < 8:
-        out.append(f"-T {min(2 * options.timesteps, 8)} (more timesteps)")
+    T = options.timesteps
+    graded = ("--neuron mt (graded spikes, one per threshold crossed: at T = 1 97.5 % on the "
+              "digits CNN where IF gave 90.6, examples/results/defaults.md"
+              + ("; Loihi runs it as a microcoded neuron, with no network.net" if
+                 options.target == "loihi" else "") + ")")
+    binary = options.neuron in ("if", "lif", "srp")
+    if binary and T == 1:
+        out.append(graded)
+    if options.neuron != "bitserial" and T >= 2 and trained_levels in (None, 2 ** T - 1):
+        out.append(f"--neuron bitserial (equals its {2 ** T - 1}-level QANN at T = {T})")
+    if binary and T == 2:
+        out.append(graded)
+    if T < 8:
+        out.append(f"-T {min(2 * T, 8)} (more timesteps)")
     q = fid.get("qann_vs_ann", {}).get("top1_agreement", 1.0)
-    if (q < WARN_BELOW or options.timesteps <= 2) and _resolved(finetune):
-        out.append(f"snncc finetune {model} --data TRAIN.npz (QCFS fine-tuning trains the "
-                   "net for its quantization: examples/results/training)")
+    if (q < WARN_BELOW or T <= 2) and _resolved(finetune):
+        if options.neuron == "lif":   # a QCFS graph's per-channel lambda is no LIF threshold
+            out.append(f"snncc finetune {model} --data TRAIN.npz --iir (trains LIF neurons "
+                       "directly, T = 5 down to 1)")
+        else:
+            out.append(f"snncc finetune {model} --data TRAIN.npz -L {max(T, 1)} (QCFS "
+                       f"fine-tuning trains the net for its quantization at T = {T}: "
+                       "examples/results/training)")
     return out
 
 
@@ -361,9 +381,10 @@ def _resolved(finetune: bool | Callable[[], bool]) -> bool:
 
 def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
           model: str = "MODEL.onnx", finetune: bool | Callable[[], bool] = True,
-          max_pools: bool = False) -> list[str]:
+          max_pools: bool = False, trained_levels: int | None = None) -> list[str]:
     """Warnings (for stderr) when the agreement is below :data:`WARN_BELOW`;
-    :class:`~snncc.errors.FidelityError` (SNN-E370) below ``min_agreement``."""
+    :class:`~snncc.errors.FidelityError` (SNN-E370) below ``min_agreement``, or when the ANN
+    gives one class to every held-out sample (an agreement then says nothing)."""
     key = "snn_vs_ann" if "snn_vs_ann" in fid else "qann_vs_ann"
     agree = fid[key]["top1_agreement"]
     if agree is None:  # one output per sample: nothing to gate on
@@ -373,8 +394,15 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
             if options.target == "qann" else "the QANN (" + fid.get(
                 "note", "the target cannot evaluate the SNN at compile time") + ")")
     # only where a message needs them, once (finetune may be a probe that imports torch)
-    ranked_hints = functools.cache(lambda: hints(options, fid, model, finetune, max_pools))
+    ranked_hints = functools.cache(lambda: hints(options, fid, model, finetune, max_pools,
+                                                 trained_levels))
 
+    if min_agreement is not None and "ann_one_class" in fid:
+        raise FidelityError(f"compile: the ANN itself gives class {fid['ann_one_class']} to all "
+                            f"{fid['samples']} held-out calibration samples, so the agreement "
+                            f"cannot pass --min-agreement {min_agreement:g}", code="SNN-E370",
+                            hint="check that the calibration samples are scaled and normalised "
+                            "as the model expects (--mean/--std for an image folder)")
     if min_agreement is not None and agree < min_agreement:
         ranked = ranked_hints()
         raise FidelityError(f"compile: {summary(fid)}; below --min-agreement {min_agreement:g}",
@@ -387,7 +415,9 @@ def check(fid: Mapping[str, Any], options: Any, min_agreement: float | None,
         out.append(f"warning: --min-agreement {min_agreement:g} passed on {n} held-out "
                    f"sample{'' if n == 1 else 's'} only (95 % interval {100 * lo:.0f}-"
                    f"{100 * hi:.0f} %): too few to gate on; hold out at least "
-                   f"{MIN_GATE_SAMPLES} (--fidelity-samples)")
+                   f"{MIN_GATE_SAMPLES} (--fidelity-samples), which needs a calibration file "
+                   f"of at least {MIN_GATE_SAMPLES + MIN_CALIB_SAMPLES} samples "
+                   f"({MIN_CALIB_SAMPLES} stay to calibrate on)")
     if "ann_one_class" in fid:
         out.append(f"warning: the ANN itself gives class {fid['ann_one_class']} to all "
                    f"{fid['samples']} held-out calibration samples: are they scaled and "

@@ -581,3 +581,43 @@ def test_the_finetune_hint_is_given_only_where_finetune_loads_the_model(tmp_path
     conv1d_relu_net(tmp_path / "c1d.onnx")
     assert not _finetune_loads(tmp_path / "c1d.onnx")
     assert _finetune_loads(Path(__file__).resolve().parents[1] / "examples" / "mnist_cnn.onnx")
+
+
+def test_hints_follow_what_was_measured_when_followed():
+    """A helper followed every hint on trained nets: at T = 1 the graded neuron (MT 97.5 % where
+    IF gave 90.6) had not been named; the finetune hint trained for T = 4 (compiled at T = 1 it
+    lost: 90.6 -> 86.1; with -L 1 92.8); for LIF it led to E311 (finetune --iir trains LIF); on
+    a QCFS graph of L = 4, bit-serial (which needs L = 2^T - 1) was hint 1 and failed E308."""
+    from snncc.driver import make_options
+    from snncc.fidelity import hints
+
+    fid = {"qann_vs_ann": {"top1_agreement": 0.9}}
+    t1 = hints(make_options(timesteps=1, neuron="if"), fid, "m.onnx")
+    assert t1[0].startswith("--neuron mt") and "-L 1" in t1[-1]
+    t2 = hints(make_options(timesteps=2, neuron="srp"), fid, "m.onnx")
+    assert [h.split(" (")[0] for h in t2[:3]] == ["--neuron bitserial", "--neuron mt", "-T 4"]
+    assert "--iir" in hints(make_options(timesteps=2, neuron="lif"), fid, "m.onnx")[-1]
+    assert not any("mt" in h for h in hints(make_options(timesteps=1, neuron="gn"), fid))
+    qcfs = hints(make_options(timesteps=4, neuron="if"), fid, "m.onnx", finetune=False,
+                 trained_levels=4)
+    assert not any("bitserial" in h for h in qcfs) and qcfs[0].startswith("-T 8")
+    assert any("bitserial" in h for h in hints(make_options(timesteps=2, neuron="if"), fid,
+                                               trained_levels=3))
+
+
+def test_min_agreement_fails_when_the_ann_gives_one_class_to_every_sample():
+    """A net calibrated on inputs of the wrong scale: its ANN gives one class to all held-out
+    samples, the SNN 'agrees' 100 %, and --min-agreement 0.97 had passed (test accuracy 10 %)."""
+    from snncc.driver import make_options
+    from snncc.errors import FidelityError
+    from snncc.fidelity import check, measure
+
+    one = np.zeros((32, 10), np.float32)
+    one[:, 3] = 1.0
+    fid = measure(one, one, one)
+    assert fid["ann_one_class"] == 3
+    opts = make_options(timesteps=4, neuron="if")
+    assert any("gives class 3" in w for w in check(fid, opts, None))
+    with pytest.raises(FidelityError) as err:
+        check(fid, opts, 0.97)
+    assert err.value.code == "SNN-E370" and "gives class 3" in str(err.value)

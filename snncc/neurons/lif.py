@@ -66,7 +66,10 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
     if lam.size != 1:
         raise OptionError("lif: the spike amplitude is one float, but lambda is per channel "
                           f"with {lam.size} different values", code="SNN-E311",
-                          hint="calibrate per layer (drop --per-channel) for --neuron lif")
+                          hint="a QCFS-trained graph's per-channel lambda (snncc finetune) "
+                          "fits --neuron if, mt or gn; for LIF train it with snncc finetune "
+                          "--iir" if clip.source == "pattern" else
+                          "calibrate per layer (--per-layer) for --neuron lif")
     return {"theta": c.float32_list(lam), "amplitude": float(lam[0]), "leak": 1.0, "v_init": 0.0}
 
 

@@ -191,8 +191,9 @@ class LoihiBackend(Backend):
                 + (f" (and {len(lost) - 3} more blocks)" if len(lost) > 3 else "")
                 + ": their 8-bit mantissas share one exponent per block, set by its largest "
                 "weight (often one channel with a much smaller threshold than the others); "
-                "compile with --per-layer, or check the layer's calibration (netlist.json "
-                "meta.quantization)")
+                "the fidelity line measures what it costs; --per-layer (one threshold per "
+                "layer) may keep more weights but calibrates less closely, so compare the two "
+                "lines; the layer's calibration is in netlist.json meta.quantization")
         synops = self._synops(net, mapping, ctx)
         (out / "synops.json").write_text(_dumps(synops))
         files.append(out / "synops.json")

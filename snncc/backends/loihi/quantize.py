@@ -183,7 +183,10 @@ def _units(net: Netlist, g: Group, fp: FixedPoint, diags: list[Diagnostic],
         diags.append(Diagnostic("SNN-E632", f"the largest threshold ({top:g} units) leaves "
                                 f"{g.frac_bits} fraction bits, fewer than {fp.vth_exp}",
                                 pass_name=PASS, node=g.source,
-                                hint="use fewer levels per neuron or raise vth_target_bits"))
+                                hint="compile with a smaller -T (each bit-serial step "
+                                "doubles the largest threshold)" if g.neuron == "bitserial"
+                                else "use fewer levels per neuron (a smaller --tau, fewer MT "
+                                "thresholds), or raise FixedPoint.vth_target_bits (Python API)"))
         g.frac_bits = fp.vth_exp   # an error already: the rest of the layout must not fail on it
 
 
