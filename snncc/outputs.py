@@ -67,6 +67,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -146,7 +147,17 @@ def file_output(value: str | os.PathLike, option: str = "-o", example: str = "mo
 
 
 def _resolve(path: str | os.PathLike) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    """``path`` absolute, its folder as the kernel finds it: ``lnk/../x.onnx`` with ``lnk`` a
+    symlink names ``x.onnx`` in the folder above the link's target, not beside the link (the
+    textual ``abspath`` had written, and replaced, a file the user did not name)."""
+    text = os.path.expanduser(os.fspath(path))
+    parent, name = os.path.split(os.path.abspath(text) if ".." not in Path(text).parts
+                                 else text)
+    if ".." not in Path(text).parts:
+        return Path(parent) / name
+    if name in ("", ".", ".."):
+        return Path(os.path.realpath(text))
+    return Path(os.path.realpath(parent or ".")) / name
 
 
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -215,12 +226,13 @@ def leftovers(directory: str | os.PathLike) -> list[Path]:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             continue
         p = directory / rel
-        prefixes.setdefault(p.parent, set()).add(f".{_short(p.name)}.snncc-")
+        prefixes.setdefault(p.parent, set()).add(re.escape(f".{_short(p.name)}.snncc-"))
     found = []
     for folder, names in prefixes.items():
+        pattern = re.compile(f"(?:{'|'.join(sorted(names))})" + r"\d+-\d+-")
         with contextlib.suppress(OSError):
             for entry in os.scandir(folder):
-                if entry.name.startswith(tuple(names)):
+                if pattern.match(entry.name):
                     found.append(Path(entry.path))
     return sorted(found)
 
@@ -237,7 +249,7 @@ _io_mutex = threading.RLock()
 
 @contextlib.contextmanager
 def reading(directory: str | os.PathLike) -> Iterator[None]:
-    """Read an snncc output folder under a shared ``flock`` on its parent, the lock an install
+    """Read an snncc output folder under a shared ``flock`` on it, the lock an install into it
     holds exclusively (:func:`_parents_locked`): a reader sees the folder before or after a
     concurrent compile replaces it, never half of each (a run during a Loihi recompile had read
     the new netlist.json with the old netlist.npz). Where the lock is held, a killed install's
@@ -253,11 +265,13 @@ def reading(directory: str | os.PathLike) -> Iterator[None]:
     _io_mutex.acquire()
     try:
         try:
-            fd = os.open(str(_resolve(directory).parent), os.O_RDONLY)
+            # the folder itself, which an install into it locks too (a parent may be
+            # unreadable, or the folder a link from another parent)
+            fd = os.open(str(directory), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             st = os.fstat(fd)
             key = (st.st_dev, st.st_ino)
             if key not in _read_locked and key not in _write_locked:
-                fcntl.flock(fd, fcntl.LOCK_SH)
+                _flock_saying(fd, fcntl.LOCK_SH, directory)
             _read_locked[key] = _read_locked.get(key, 0) + 1
         except OSError:
             key = None
@@ -498,6 +512,8 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 "writing there would delete", command, hint="name another directory"))
             continue
         foreign = contents - (listed | {MARKER} if listed is not None else set())
+        if leftovers(path):   # a killed install's own files, besides its leftovers
+            foreign -= set(out.names)
         clash = sorted(foreign & set(out.names))
         if clash and force:  # --force never replaces a file snncc did not write
             diags.append(Diagnostic(
@@ -731,12 +747,16 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
             return [_Installed(path, None, staging=tmp)]
         except OSError:  # another process created it meanwhile: merge below
             pass
-    if _locked_here(path.parent):   # under the exclusive lock: a killed install's, replaced now
-        for stale in leftovers(path):
+    killed = leftovers(path)
+    if _locked_here(path):   # under the exclusive lock: a killed install's, replaced now
+        for stale in killed:
             with contextlib.suppress(OSError):
                 shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else \
                     stale.unlink()
-    old = {f for f in (_marker_files(path) or set()) | set(adopt)
+    # a killed install may have put files the old marker does not list: the names this output
+    # writes are snncc's then (the folder had been stuck: E364, with --force too)
+    old = {f for f in (_marker_files(path) or set()) | set(adopt) | (set(files) if killed
+                                                                      else set())
            if not Path(f).is_absolute() and ".." not in Path(f).parts}
     foreign = sorted(f for f in files if f not in old and os.path.lexists(path / f))
     foreign += sorted(f for f in set(files) | old if not _real_dirs_below(path, f))
@@ -764,6 +784,9 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
     except BaseException:
         _undo(done)
         raise
+    # its files moved out: the emptied staging folder goes now (the cleanup's scan of the parent
+    # cannot find it where the parent is not readable: one had stayed per recompile)
+    shutil.rmtree(tmp, ignore_errors=True)
     return done
 
 
@@ -951,7 +974,8 @@ def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
     fds: dict[tuple[int, int], int] = {}  # (device, inode) of a parent -> its descriptor
     got: list[tuple[int, int]] = []        # the locks obtained
     try:
-        for parent in {str(p.parent) for p in paths}:
+        # each parent, and each existing directory output itself (what its readers lock)
+        for parent in {str(p.parent) for p in paths} | {str(p) for p in paths if p.is_dir()}:
             try:
                 fd = os.open(parent, os.O_RDONLY)
             except OSError:
@@ -965,7 +989,7 @@ def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
             if key in _read_locked:   # this process reads there: it would wait for itself
                 continue
             with contextlib.suppress(OSError):
-                fcntl.flock(fds[key], fcntl.LOCK_EX)
+                _flock_saying(fds[key], fcntl.LOCK_EX, None)
                 got.append(key)
                 _write_locked.add(key)
         yield
@@ -976,6 +1000,23 @@ def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _flock_saying(fd: int, mode: int, what: Path | None) -> None:
+    """``flock(fd, mode)``; when another process holds it, say so once before waiting (a
+    stopped reader would otherwise hold every install in that folder without a word)."""
+    import fcntl
+    import logging
+
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    logging.getLogger("snncc").warning(
+        "waiting for another snncc command that %s", f"writes '{what}'" if what is not None
+        else "reads or writes outputs in the same folder")
+    fcntl.flock(fd, mode)
 
 
 @contextlib.contextmanager

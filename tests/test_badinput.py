@@ -708,6 +708,53 @@ def test_a_long_non_ascii_name_gets_temporaries_that_fit(tmp_path):
     assert out.read_text() == "x"
 
 
+def test_dotdot_after_a_symlink_writes_where_the_kernel_goes(corpus, tmp_path, capsys):
+    """-o lnk/../m.onnx with lnk -> a/b names a/m.onnx (the kernel follows the link first);
+    snncc had read '..' as text and replaced ./m.onnx, a file the user had not named."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "a" / "b")
+    (tmp_path / "m.onnx").write_text("my notes")
+    expect_ok(capsys, ["compile", corpus.model, "--calib", corpus.calib, "-o",
+                       f"{tmp_path}/lnk/../m.onnx", "--no-fidelity", "-q"])
+    assert (tmp_path / "m.onnx").read_text() == "my notes"
+    assert (tmp_path / "a" / "m.onnx").is_file()
+
+
+def test_a_kill_that_added_a_file_does_not_leave_the_folder_stuck(corpus, tmp_path, capsys):
+    """A recompile killed after installing a file the old output lacked (network.net over an
+    MT folder, which has none): run said 'compile it again' and compile refused the new file
+    as not snncc's, with --force too (E364). Now the recompile takes it back."""
+    import json
+
+    from snncc.outputs import MARKER
+
+    out = tmp_path / "m.loihi"
+    args = ["compile", corpus.model, "--calib", corpus.calib, "--target", "loihi", "-o", out,
+            "--no-fidelity", "-q"]
+    expect_ok(capsys, args)
+    marker = json.loads((out / MARKER).read_text())
+    marker["files"] = [f for f in marker["files"] if f != "network.net"]   # the old output's
+    (out / MARKER).write_text(json.dumps(marker))
+    (out / ".netlist.json.snncc-4-5-old-0123456789ab").write_text("old")  # the killed one's
+    (out / "notes.snncc-1-1-.txt").write_text("mine")
+    assert main(["run", str(out), "--input", corpus.data_npy]) == 2
+    assert "SNN-E373" in capsys.readouterr().err
+    expect_ok(capsys, args + ["--force"])
+    assert not (out / ".netlist.json.snncc-4-5-old-0123456789ab").exists()
+    assert (out / "notes.snncc-1-1-.txt").read_text() == "mine"
+    assert main(["run", str(out), "--input", corpus.data_npy]) == 0
+
+
+def test_a_users_file_that_looks_like_a_leftover_is_kept(tmp_path):
+    import json
+
+    from snncc.outputs import MARKER, leftovers
+
+    (tmp_path / MARKER).write_text(json.dumps({"files": ["netlist.json"]}))
+    (tmp_path / ".netlist.json.snncc-notes.txt").write_text("mine")
+    assert leftovers(tmp_path) == []
+
+
 def test_a_scratch_space_failure_says_so_and_leaves_nothing():
     """report's intermediate compiles: a full $TMPDIR named '/tmp/tmpXXXX/.snn.onnx...' and
     told the user to choose another -o; a scratch folder is removed whatever happens."""
