@@ -54,8 +54,11 @@ the check makes the rename fail, and stays). An error or interrupt before the en
 temporaries, including one created just as the interrupt came (they carry the PID and thread).
 A replaced symlink is kept as the link itself. A directory output is never written through a
 symlinked subfolder (nothing behind a link is snncc's: SNN-E364). The installs take an ``flock``
-on each parent directory (by inode, in one order), so that concurrent commands writing the same
-outputs install them one after the other. Folders made for an output are removed again when
+on each parent directory and on each existing output folder (by inode, in one order), so that
+concurrent commands writing the same outputs install them one after the other, and a reader of
+an output folder (:func:`reading`, shared) sees it whole; a command that must wait says so.
+Leftovers of an install that was killed (:func:`leftovers`) make a reader refuse the folder
+(SNN-E373) and are removed by the next install into it. Folders made for an output are removed again when
 the command fails. Transactions are per thread; a nested one joins the outer one, so its writes
 are installed or dropped with the outer block, even if the nested block's error was caught.
 :func:`installed` lists what this thread has installed, so an interrupt can say what was
