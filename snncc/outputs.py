@@ -158,9 +158,12 @@ def _resolve(path: str | os.PathLike) -> Path:
                                  else text)
     if ".." not in Path(text).parts:
         return Path(parent) / name
-    if name in ("", ".", ".."):
-        return Path(os.path.realpath(text))
-    return Path(os.path.realpath(parent or ".")) / name
+    try:   # strict: a dangling link is not followed to create its target
+        if name in ("", ".", ".."):
+            return Path(os.path.realpath(text, strict=True))
+        return Path(os.path.realpath(parent or ".", strict=True)) / name
+    except OSError:   # a folder that does not exist yet: made as the path reads
+        return Path(os.path.abspath(text))
 
 
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -213,6 +216,17 @@ def _short(name: str) -> str:
         len(os.fsencode(name)) > _TEMP_NAME_MAX else name
 
 
+def _pending_names(directory: Path) -> set[str]:
+    """The files that a killed install into ``directory`` was putting there (its intent
+    records among the :func:`leftovers`)."""
+    names: set[str] = set()
+    for p in leftovers(directory):
+        if p.name.endswith("-pending"):
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                names |= {str(f) for f in json.loads(p.read_text())["files"]}
+    return names
+
+
 def leftovers(directory: str | os.PathLike) -> list[Path]:
     """snncc's temporaries and backups beside the files an output folder's marker lists, e.g.
     ``.netlist.json.snncc-PID-TID-old-XXXX``. Only an install makes them, while it holds the
@@ -232,7 +246,10 @@ def leftovers(directory: str | os.PathLike) -> list[Path]:
         prefixes.setdefault(p.parent, set()).add(re.escape(f".{_short(p.name)}.snncc-"))
     found = []
     for folder, names in prefixes.items():
-        pattern = re.compile(f"(?:{'|'.join(sorted(names))})" + r"\d+-\d+-")
+        # what _temp_prefix, mkstemp / mkdtemp (8 characters), _backup_name and an install's
+        # intent record (_install_dir) append: nothing that merely begins alike
+        pattern = re.compile(f"(?:{'|'.join(sorted(names))})"
+                             + r"\d+-\d+-(?:old-[0-9a-f]{12}|pending|[a-z0-9_]{8})$")
         with contextlib.suppress(OSError):
             for entry in os.scandir(folder):
                 if pattern.match(entry.name):
@@ -240,44 +257,57 @@ def leftovers(directory: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
-#: (device, inode) of the folders this process holds a shared lock on (:func:`reading`): an
-#: install into them from this process takes no exclusive lock there (it would wait for itself)
-_read_locked: dict[tuple[int, int], int] = {}
-#: (device, inode) of the parents this process holds the exclusive lock on, while installing
-_write_locked: set[tuple[int, int]] = set()
-#: threads of one process: an install and a read of an output folder one after the other (flock
-#: tells processes apart, not threads); re-entrant, so one thread may install while it reads
-_io_mutex = threading.RLock()
+class _HeldLocks(threading.local):
+    """(device, inode) of the folders this thread holds a shared lock on (:func:`reading`) and
+    the exclusive ones it holds while installing: the same thread takes no second lock there
+    (flock tells open files apart, so it would wait for itself); another thread opens its own
+    and waits like another process."""
+
+    def __init__(self) -> None:
+        self.read: dict[tuple[int, int], int] = {}
+        self.write: set[tuple[int, int]] = set()
+
+
+_held = _HeldLocks()
+
+
+def _open_dir(path: Path) -> int | None:
+    try:
+        return os.open(str(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
 def reading(directory: str | os.PathLike) -> Iterator[None]:
-    """Read an snncc output folder under a shared ``flock`` on it, the lock an install into it
-    holds exclusively (:func:`_parents_locked`): a reader sees the folder before or after a
-    concurrent compile replaces it, never half of each (a run during a Loihi recompile had read
-    the new netlist.json with the old netlist.npz). Where the lock is held, a killed install's
-    leftovers are SNN-E373 (:func:`leftovers`); where it cannot be taken (no ``fcntl``, a file
-    system without flock), nothing is checked."""
+    """Read an snncc output folder under a shared ``flock`` on it (on its parent where the
+    folder cannot be opened), the locks an install into it holds exclusively
+    (:func:`_parents_locked`): a reader sees the folder before or after a concurrent compile
+    replaces it, never half of each (a run during a Loihi recompile had read the new
+    netlist.json with the old netlist.npz). Where the lock is held, a killed install's leftovers
+    are SNN-E373 (:func:`leftovers`); where it cannot be taken (no ``fcntl``, a file system
+    without flock), nothing is checked. Nothing may be installed inside the block: snncc's own
+    reader (``netlist.load``) only reads."""
     try:
         import fcntl
     except ImportError:   # not POSIX
         yield
         return
     directory = Path(os.path.expanduser(os.fspath(directory)))
-    fd, key = None, None
-    _io_mutex.acquire()
+    key = None
+    fd = _open_dir(directory)
+    if fd is None:
+        fd = _open_dir(_resolve(directory).parent)
     try:
-        try:
-            # the folder itself, which an install into it locks too (a parent may be
-            # unreadable, or the folder a link from another parent)
-            fd = os.open(str(directory), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)
-            if key not in _read_locked and key not in _write_locked:
-                _flock_saying(fd, fcntl.LOCK_SH, directory)
-            _read_locked[key] = _read_locked.get(key, 0) + 1
-        except OSError:
-            key = None
+        if fd is not None:
+            try:
+                st = os.fstat(fd)
+                key = (st.st_dev, st.st_ino)
+                if key not in _held.read and key not in _held.write:
+                    _flock_saying(fd, fcntl.LOCK_SH, directory)
+                _held.read[key] = _held.read.get(key, 0) + 1
+            except OSError:
+                key = None
         stale = leftovers(directory) if key is not None else []
         if stale:
             raise OutputPathError(
@@ -288,13 +318,12 @@ def reading(directory: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         if key is not None:
-            _read_locked[key] -= 1
-            if not _read_locked[key]:
-                del _read_locked[key]
+            _held.read[key] -= 1
+            if not _held.read[key]:
+                del _held.read[key]
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)   # closing the last descriptor releases the lock
-        _io_mutex.release()
 
 
 #: Written at the top of every report page (how a later run knows the page is snncc's own).
@@ -515,8 +544,7 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 "writing there would delete", command, hint="name another directory"))
             continue
         foreign = contents - (listed | {MARKER} if listed is not None else set())
-        if leftovers(path):   # a killed install's own files, besides its leftovers
-            foreign -= set(out.names)
+        foreign -= _pending_names(path)   # a killed install's own files, besides its leftovers
         clash = sorted(foreign & set(out.names))
         if clash and force:  # --force never replaces a file snncc did not write
             diags.append(Diagnostic(
@@ -750,16 +778,15 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
             return [_Installed(path, None, staging=tmp)]
         except OSError:  # another process created it meanwhile: merge below
             pass
-    killed = leftovers(path)
+    adopted = _pending_names(path) if _locked_here(path) else set()
     if _locked_here(path):   # under the exclusive lock: a killed install's, replaced now
-        for stale in killed:
+        for stale in leftovers(path):
             with contextlib.suppress(OSError):
                 shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else \
                     stale.unlink()
-    # a killed install may have put files the old marker does not list: the names this output
-    # writes are snncc's then (the folder had been stuck: E364, with --force too)
-    old = {f for f in (_marker_files(path) or set()) | set(adopt) | (set(files) if killed
-                                                                      else set())
+    # a killed install may have put files the old marker does not list: those its intent
+    # record names are snncc's (the folder had been stuck: E364, with --force too)
+    old = {f for f in (_marker_files(path) or set()) | set(adopt) | adopted
            if not Path(f).is_absolute() and ".." not in Path(f).parts}
     foreign = sorted(f for f in files if f not in old and os.path.lexists(path / f))
     foreign += sorted(f for f in set(files) | old if not _real_dirs_below(path, f))
@@ -769,7 +796,11 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
             f"did not write ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})",
             code="SNN-E364", hint="move those files away, or name a new directory")
     done: list[_Installed] = []
+    # the intent record: what this install puts into the folder, for the next one to adopt if
+    # this one is killed half-way (a leftover name: readers refuse the folder meanwhile)
+    intent = path / (_temp_prefix(path / MARKER) + "pending")
     try:
+        intent.write_text(json.dumps({"files": list(files)}))
         for rel in files:
             dest = path / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -787,6 +818,9 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
     except BaseException:
         _undo(done)
         raise
+    finally:
+        with contextlib.suppress(OSError):
+            intent.unlink()
     # its files moved out: the emptied staging folder goes now (the cleanup's scan of the parent
     # cannot find it where the parent is not readable: one had stayed per recompile)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -799,7 +833,7 @@ def _locked_here(folder: Path) -> bool:
         st = os.stat(folder)
     except OSError:
         return False
-    return (st.st_dev, st.st_ino) in _write_locked
+    return (st.st_dev, st.st_ino) in _held.write
 
 
 def _undo(done: Sequence[_Installed]) -> None:
@@ -917,8 +951,7 @@ class _Transaction:
         if _armed[0] and _signalled and threading.current_thread() is threading.main_thread():
             raise _signalled[0]()
         done: list[_Installed] = []
-        with _io_mutex, _parents_locked([path for _, path in self.steps]), \
-                _signals_held(pending):
+        with _parents_locked([path for _, path in self.steps]), _signals_held(pending):
             try:
                 for step, path in self.steps:
                     with write_errors(path):
@@ -965,44 +998,59 @@ def transaction() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on each output's parent directory (each directory once, in
-    (device, inode) order) while the outputs are installed, so that commands writing the same outputs at once install them one
-    after the other: the model and its manifest come from the same command. Nothing is created
+    """Hold an exclusive ``flock`` on each output's parent directory and on each existing
+    directory output itself (each directory once, in (device, inode) order) while the outputs
+    are installed, so that commands writing the same outputs at once install them one after the
+    other (the model and its manifest come from the same command) and a reader of an output
+    folder sees it whole. A folder that appeared while the locks were taken (another compile's
+    new output) is locked too: all locks are let go and taken again in order. Nothing is created
     for it; where a lock is not possible the install goes on without it."""
     try:
         import fcntl
     except ImportError:  # not POSIX
         yield
         return
-    fds: dict[tuple[int, int], int] = {}  # (device, inode) of a parent -> its descriptor
+    fds: dict[tuple[int, int], int] = {}  # (device, inode) -> its descriptor
     got: list[tuple[int, int]] = []        # the locks obtained
-    try:
-        # each parent, and each existing directory output itself (what its readers lock)
-        for parent in {str(p.parent) for p in paths} | {str(p) for p in paths if p.is_dir()}:
-            try:
-                fd = os.open(parent, os.O_RDONLY)
-            except OSError:
-                continue
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) in fds:  # one directory by two names: one lock
-                os.close(fd)
-            else:
-                fds[(st.st_dev, st.st_ino)] = fd
-        for key in sorted(fds):  # one global order: no two commands wait on each other
-            if key in _read_locked:   # this process reads there: it would wait for itself
-                continue
-            with contextlib.suppress(OSError):
-                _flock_saying(fds[key], fcntl.LOCK_EX, None)
-                got.append(key)
-                _write_locked.add(key)
-        yield
-    finally:
+
+    def wanted() -> set[str]:
+        return {str(p.parent) for p in paths} | {str(p) for p in paths if p.is_dir()}
+
+    def release() -> None:
         for key in got:
-            _write_locked.discard(key)
+            _held.write.discard(key)
+        got.clear()
         for fd in fds.values():
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+        fds.clear()
+
+    try:
+        for _ in range(8):   # a folder appears at most once per output; bounded all the same
+            names = wanted()
+            for name in names:
+                fd = _open_dir(Path(name))
+                if fd is None:
+                    continue
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) in fds:  # one directory by two names: one lock
+                    os.close(fd)
+                else:
+                    fds[(st.st_dev, st.st_ino)] = fd
+            for key in sorted(fds):  # one global order: no two commands wait on each other
+                if key in _held.read or key in _held.write:   # this thread holds it already
+                    continue
+                with contextlib.suppress(OSError):
+                    _flock_saying(fds[key], fcntl.LOCK_EX, None)
+                    got.append(key)
+                    _held.write.add(key)
+            if wanted() <= names:
+                break
+            release()
+        yield
+    finally:
+        release()
 
 
 def _flock_saying(fd: int, mode: int, what: Path | None) -> None:

@@ -664,13 +664,15 @@ def test_only_a_marked_folders_own_leftovers_count(tmp_path):
     (out / "sub").mkdir(parents=True)
     (out / MARKER).write_text(json.dumps({"files": ["netlist.json", "sub/w.npz"]}))
     kept = [out / ".notes.snncc-1-1-x", out / ".hidden", out / "sub" / "deep.snncc-1-1-x"]
-    gone = [out / ".netlist.json.snncc-4-5-old-0123", out / "sub" / ".w.npz.snncc-7-8-abc"]
+    gone = [out / ".netlist.json.snncc-4-5-old-0123456789ab",
+            out / "sub" / ".w.npz.snncc-7-8-abcd_123", out / "..snncc-output.json.snncc-1-2-pending"]
+    kept += [out / ".netlist.json.snncc-1-2-notes", out / ".netlist.json.snncc-1-2-old-xyz"]
     for p in kept + gone:
         p.write_text("x")
     assert leftovers(out) == sorted(gone)
 
 
-def test_main_in_a_worker_thread_leaves_the_main_threads_signal_alone():
+def test_main_in_a_worker_thread_leaves_the_main_threads_signal_alone(corpus, capsys):
     """The record of a signal is the main thread's command's: a main() in a worker thread had
     cleared it (a main-thread report would then write its page after SIGTERM), or taken it."""
     import threading
@@ -680,7 +682,7 @@ def test_main_in_a_worker_thread_leaves_the_main_threads_signal_alone():
 
     with signals_recorded():
         note_signal(Terminated)
-        t = threading.Thread(target=main, args=(["inspect", "--help"],))
+        t = threading.Thread(target=main, args=(["inspect", corpus.model],))   # returns
         t.start()
         t.join()
         assert take_signal() is Terminated
@@ -736,6 +738,8 @@ def test_a_kill_that_added_a_file_does_not_leave_the_folder_stuck(corpus, tmp_pa
     marker["files"] = [f for f in marker["files"] if f != "network.net"]   # the old output's
     (out / MARKER).write_text(json.dumps(marker))
     (out / ".netlist.json.snncc-4-5-old-0123456789ab").write_text("old")  # the killed one's
+    (out / "..snncc-output.json.snncc-4-5-pending").write_text(json.dumps(
+        {"files": ["netlist.json", "network.net"]}))                      # and its intent
     (out / "notes.snncc-1-1-.txt").write_text("mine")
     assert main(["run", str(out), "--input", corpus.data_npy]) == 2
     assert "SNN-E373" in capsys.readouterr().err
@@ -743,6 +747,28 @@ def test_a_kill_that_added_a_file_does_not_leave_the_folder_stuck(corpus, tmp_pa
     assert not (out / ".netlist.json.snncc-4-5-old-0123456789ab").exists()
     assert (out / "notes.snncc-1-1-.txt").read_text() == "mine"
     assert main(["run", str(out), "--input", corpus.data_npy]) == 0
+
+
+def test_a_killed_install_adopts_only_what_it_meant_to_write(corpus, tmp_path, capsys):
+    """A leftover alone does not make every name snncc's: a user's network.net in a folder
+    whose output had none (MT) was replaced by the next IF compile after a killed one (a
+    review). Only the files a killed install's intent record names are adopted."""
+    import json
+
+    from snncc.outputs import MARKER
+
+    out = tmp_path / "m.loihi"
+    args = ["compile", corpus.model, "--calib", corpus.calib, "--target", "loihi", "-o", out,
+            "--no-fidelity", "-q"]
+    expect_ok(capsys, args)
+    marker = json.loads((out / MARKER).read_text())
+    marker["files"] = [f for f in marker["files"] if f != "network.net"]
+    (out / MARKER).write_text(json.dumps(marker))
+    (out / "network.net").write_text("USER DATA")
+    (out / ".netlist.json.snncc-4-5-old-0123456789ab").write_text("old")
+    assert main([str(a) for a in args]) == 2
+    assert "SNN-E364" in capsys.readouterr().err
+    assert (out / "network.net").read_text() == "USER DATA"
 
 
 def test_a_users_file_that_looks_like_a_leftover_is_kept(tmp_path):

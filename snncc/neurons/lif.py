@@ -69,7 +69,7 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
                           hint="a QCFS-trained graph's per-channel lambda (snncc finetune) "
                           "fits --neuron if, mt or gn; for LIF train it with snncc finetune "
                           "--iir" if clip.source == "pattern" else
-                          "calibrate per layer (--per-layer) for --neuron lif")
+                          "calibrate per layer (drop --per-channel) for --neuron lif")
     return {"theta": c.float32_list(lam), "amplitude": float(lam[0]), "leak": 1.0, "v_init": 0.0}
 
 
