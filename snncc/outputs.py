@@ -46,23 +46,23 @@ All outputs of one command at once: inside :func:`transaction` the writers only 
 temporaries; when the block ends without an error every output is installed, with SIGINT and
 SIGTERM held back until the last rename (a signal that came meanwhile is delivered after it). An
 install that fails (a file made immutable, a full disk) undoes those before it: each replaced file
-is kept as a hard link beside it until the end and moved back (only while the path still holds
-what this command installed: a concurrent writer's file is left alone). Each install is one
+is kept as a hard link beside it until the end and moved back (only while the path still holds what
+this command installed: a concurrent writer's file is left alone). Each install is one
 ``os.replace``, so a concurrent writer or reader sees the old file or the new one, and nothing that
 is not a plain file is ever moved aside (a directory that appeared at a file output's path since
 the check makes the rename fail, and stays). An error or interrupt before the end removes the
-temporaries, including one created just as the interrupt came (they carry the PID and thread).
-A replaced symlink is kept as the link itself. A directory output is never written through a
-symlinked subfolder (nothing behind a link is snncc's: SNN-E364). The installs take an ``flock``
-on each parent directory and on each existing output folder (by inode, in one order), so that
-concurrent commands writing the same outputs install them one after the other, and a reader of
-an output folder (:func:`reading`, shared) sees it whole; a command that must wait says so.
-Leftovers of an install that was killed (:func:`leftovers`) make a reader refuse the folder
-(SNN-E373) and are removed by the next install into it. Folders made for an output are removed again when
-the command fails. Transactions are per thread; a nested one joins the outer one, so its writes
-are installed or dropped with the outer block, even if the nested block's error was caught.
-:func:`installed` lists what this thread has installed, so an interrupt can say what was
-written.
+temporaries, including one created just as the interrupt came (they carry the PID and thread). A
+replaced symlink is kept as the link itself. A directory output is never written through a
+symlinked subfolder (nothing behind a link is snncc's: SNN-E364). The installs take an ``flock`` on
+each parent directory and on each existing output folder (by inode, in one order), so that
+concurrent commands writing the same outputs install them one after the other, and a reader of an
+output folder (:func:`reading`, shared) sees it whole; a command that must wait says so. Leftovers
+of an install that was killed (:func:`leftovers`) make a reader refuse the folder (SNN-E373) and
+are removed by the next install into it, which adopts the files the killed one's intent record
+names. Folders made for an output are removed again when the command fails. Transactions are per
+thread; a nested one joins the outer one, so its writes are installed or dropped with the outer
+block, even if the nested block's error was caught. :func:`installed` lists what this thread has
+installed, so an interrupt can say what was written.
 """
 from __future__ import annotations
 
@@ -230,8 +230,8 @@ def _pending_names(directory: Path) -> set[str]:
 def leftovers(directory: str | os.PathLike) -> list[Path]:
     """snncc's temporaries and backups beside the files an output folder's marker lists, e.g.
     ``.netlist.json.snncc-PID-TID-old-XXXX``. Only an install makes them, while it holds the
-    exclusive lock on the folder's parent (:func:`_parents_locked`), and it removes them before
-    it lets go: found under that lock, or the shared one a reader holds, they are the leftovers
+    exclusive lock on the folder (:func:`_parents_locked`), and it removes them before it lets
+    go: found under that lock, or the shared one a reader holds, they are the leftovers
     of an install that was killed (the folder may hold files of two compiles). Nothing else is
     looked at: a folder without a marker has none, and the scan does not descend further."""
     directory = Path(directory)

@@ -7,8 +7,9 @@ and the outputs averaged over the steps from ``snncc.decode_from`` on.
 
 Spike counts: every neuron output becomes an extra graph output of a copy of the model, and per
 neuron node ``spikes`` = nonzero output elements and ``events`` = ``spec.events(y, attrs)`` (graded
-outputs count several unit events), summed over all slices (a SRP pre-run included; a pipelined bit-serial streaming model from the
-step its pipeline is full, ``snncc.pipeline_fill``: what one inference of a stream costs).
+outputs count several unit events), summed over all slices (a SRP pre-run included; a pipelined
+bit-serial streaming model from the step its pipeline is full, ``snncc.pipeline_fill``: what one
+inference of a stream costs).
 """
 from __future__ import annotations
 
