@@ -150,20 +150,28 @@ def file_output(value: str | os.PathLike, option: str = "-o", example: str = "mo
 
 
 def _resolve(path: str | os.PathLike) -> Path:
-    """``path`` absolute, its folder as the kernel finds it: ``lnk/../x.onnx`` with ``lnk`` a
+    """``path`` absolute, its folders as the kernel finds them: ``lnk/../x.onnx`` with ``lnk`` a
     symlink names ``x.onnx`` in the folder above the link's target, not beside the link (the
-    textual ``abspath`` had written, and replaced, a file the user did not name)."""
+    textual ``abspath`` had written, and replaced, a file the user did not name). A ``..`` after
+    a folder that does not exist, or a dangling link on the way, names nothing the system would
+    find: SNN-E369."""
     text = os.path.expanduser(os.fspath(path))
-    parent, name = os.path.split(os.path.abspath(text) if ".." not in Path(text).parts
-                                 else text)
     if ".." not in Path(text).parts:
-        return Path(parent) / name
-    try:   # strict: a dangling link is not followed to create its target
-        if name in ("", ".", ".."):
-            return Path(os.path.realpath(text, strict=True))
-        return Path(os.path.realpath(parent or ".", strict=True)) / name
-    except OSError:   # a folder that does not exist yet: made as the path reads
         return Path(os.path.abspath(text))
+    full = os.path.join(os.getcwd(), text)
+    parts = Path(full).parts
+    if parts[-1] == ".." and os.path.exists(full):   # a folder: as the kernel finds it
+        return Path(os.path.realpath(full))
+    k = len(parts) - 1            # the longest run of folders that exists (links followed)
+    while k > 1 and not os.path.exists(os.path.join(*parts[:k])):
+        k -= 1
+    head, rest = os.path.join(*parts[:k]), parts[k:]
+    if rest == ("..",) or (len(rest) > 1 and (".." in rest or os.path.lexists(
+            os.path.join(head, rest[0])))):
+        raise OutputPathError(f"'{path}' goes through a folder that does not exist, or a "
+                              "dangling link, before a '..': the system would not find it",
+                              code="SNN-E369", hint="name the output without '..'")
+    return Path(os.path.realpath(head, strict=True)).joinpath(*rest)
 
 
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -233,11 +241,10 @@ def leftovers(directory: str | os.PathLike) -> list[Path]:
     exclusive lock on the folder (:func:`_parents_locked`), and it removes them before it lets
     go: found under that lock, or the shared one a reader holds, they are the leftovers
     of an install that was killed (the folder may hold files of two compiles). Nothing else is
-    looked at: a folder without a marker has none, and the scan does not descend further."""
+    looked at (a folder without a marker: only the marker's own), and the scan does not descend
+    further."""
     directory = Path(directory)
-    listed = _marker_files(directory)
-    if listed is None:
-        return []
+    listed = _marker_files(directory) or set()   # without one: a killed first merge's intent
     prefixes: dict[Path, set[str]] = {}
     for rel in listed | {MARKER}:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
@@ -772,18 +779,14 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
                  adopt: Sequence[str]) -> list[_Installed]:
     """Install the filled temporary directory ``tmp`` at ``path`` (module doc); returns the undo
     list."""
-    if not path.exists():
+    if not os.path.lexists(path):
         try:
             os.rename(tmp, path)
             return [_Installed(path, None, staging=tmp)]
         except OSError:  # another process created it meanwhile: merge below
             pass
-    adopted = _pending_names(path) if _locked_here(path) else set()
-    if _locked_here(path):   # under the exclusive lock: a killed install's, replaced now
-        for stale in leftovers(path):
-            with contextlib.suppress(OSError):
-                shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else \
-                    stale.unlink()
+    locked = _locked_here(path)
+    adopted = _pending_names(path) if locked else set()
     # a killed install may have put files the old marker does not list: those its intent
     # record names are snncc's (the folder had been stuck: E364, with --force too)
     old = {f for f in (_marker_files(path) or set()) | set(adopt) | adopted
@@ -796,11 +799,19 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
             f"did not write ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})",
             code="SNN-E364", hint="move those files away, or name a new directory")
     done: list[_Installed] = []
-    # the intent record: what this install puts into the folder, for the next one to adopt if
-    # this one is killed half-way (a leftover name: readers refuse the folder meanwhile)
+    # the intent record: what this install puts into the folder and what it adopted, for the
+    # next one to adopt if this one is killed half-way (a leftover name: readers refuse the
+    # folder meanwhile); written before a killed install's leftovers go, so that a kill in
+    # between still leaves a record
     intent = path / (_temp_prefix(path / MARKER) + "pending")
     try:
-        intent.write_text(json.dumps({"files": list(files)}))
+        intent.write_text(json.dumps({"files": sorted(set(files) | adopted)}))
+        if locked:   # under the exclusive lock: a killed install's leftovers, replaced now
+            for stale in leftovers(path):
+                if stale != intent:
+                    with contextlib.suppress(OSError):
+                        shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() \
+                            else stale.unlink()
         for rel in files:
             dest = path / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -1048,6 +1059,11 @@ def _parents_locked(paths: Sequence[Path]) -> Iterator[None]:
             if wanted() <= names:
                 break
             release()
+        else:
+            raise OutputPathError("output folders keep appearing and disappearing while snncc "
+                                  "waits to install its outputs", code="SNN-E369",
+                                  hint="another program is writing there: run again when it "
+                                  "is done")
         yield
     finally:
         release()

@@ -720,6 +720,12 @@ def test_dotdot_after_a_symlink_writes_where_the_kernel_goes(corpus, tmp_path, c
                        f"{tmp_path}/lnk/../m.onnx", "--no-fidelity", "-q"])
     assert (tmp_path / "m.onnx").read_text() == "my notes"
     assert (tmp_path / "a" / "m.onnx").is_file()
+    (tmp_path / "dang").symlink_to("/nonexistent/zz")   # the system would not find these
+    for out in ("dang/../m.onnx", "nope/../m.onnx"):
+        assert main(["compile", str(corpus.model), "--calib", str(corpus.calib), "-o",
+                     f"{tmp_path}/{out}", "--no-fidelity", "-q"]) == 2
+        assert "SNN-E369" in capsys.readouterr().err
+    assert (tmp_path / "m.onnx").read_text() == "my notes"
 
 
 def test_a_kill_that_added_a_file_does_not_leave_the_folder_stuck(corpus, tmp_path, capsys):
@@ -769,6 +775,26 @@ def test_a_killed_install_adopts_only_what_it_meant_to_write(corpus, tmp_path, c
     assert main([str(a) for a in args]) == 2
     assert "SNN-E364" in capsys.readouterr().err
     assert (out / "network.net").read_text() == "USER DATA"
+
+
+def test_a_killed_first_merge_into_an_unmarked_folder_is_seen_and_mended(corpus, tmp_path,
+                                                                          capsys):
+    """An install killed while merging into an existing folder with no marker (an empty one,
+    or --force into the user's) had been invisible to run (E650) and stuck for compile (E364,
+    --force too): its intent record is a leftover there as well."""
+    import json
+
+    out = tmp_path / "e.loihi"
+    out.mkdir()
+    (out / "netlist.json").write_text("{half")
+    (out / "..snncc-output.json.snncc-4-5-pending").write_text(json.dumps(
+        {"files": ["netlist.json", "netlist.npz", "cores.json"]}))
+    assert main(["run", str(out), "--input", corpus.data_npy]) == 2
+    assert "SNN-E373" in capsys.readouterr().err
+    expect_ok(capsys, ["compile", corpus.model, "--calib", corpus.calib, "--target", "loihi",
+                       "-o", out, "--no-fidelity", "-q"])
+    assert not list(out.glob(".*snncc-4-5*"))
+    assert main(["run", str(out), "--input", corpus.data_npy]) == 0
 
 
 def test_a_users_file_that_looks_like_a_leftover_is_kept(tmp_path):
