@@ -100,11 +100,18 @@ class CalibratePass(Pass):
         records = ctx.calibration if isinstance(ctx.calibration, dict) else {}
         sites = activation_sites(model.graph, model.provenance)
         need = [s for s in sites if s.kind != "pattern"]
-        if not need and options.wants_fidelity:
-            proto = ir.to_proto(model)  # no calibration needed: all samples may measure fidelity
-            ctx.holdout = calibration.load_samples(
+        if not need and options.calib_path and not self.placeholder:
+            # no calibration needed: all samples may measure fidelity, and they still give the
+            # input range (a QCFS graph's Loihi relay on the input had been bounded by the whole
+            # payload, E634, with --calib given)
+            proto = ir.to_proto(model)
+            samples = calibration.load_samples(
                 options.calib_path, calibration.model_inputs(proto),
-                max_samples=options.fidelity_max, mean=options.calib_mean, std=options.calib_std)
+                max_samples=options.fidelity_max if options.wants_fidelity else
+                options.calib_max_samples, mean=options.calib_mean, std=options.calib_std)
+            model.metadata[input_range.METADATA_KEY] = json.dumps(input_range.summarize(samples))
+            if options.wants_fidelity:
+                ctx.holdout = samples
         for site in sites:
             if site.kind == "pattern":
                 ctx.quant[site.y.name] = site.params

@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "per layer and in total.")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
-                   help=shape_help)
+                   metavar="[NAME=]1x3x32x32", help=shape_help)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_inspect)
 
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "than this fraction of held-out samples, e.g. 0.97")
     g = p.add_argument_group("conversion")
     g.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
-                   help=shape_help)
+                   metavar="[NAME=]1x3x32x32", help=shape_help)
     x = g.add_mutually_exclusive_group()
     x.add_argument("--bias-shift", dest="bias_shift", action="store_true", default=None,
                    help="fold +lambda/(2L) into the bias feeding each activation "

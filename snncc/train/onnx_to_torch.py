@@ -474,9 +474,9 @@ def load_onnx_module(path_or_proto: Any,
             raise
         canonical = _canonical(proto, input_shapes or {})
         if not isinstance(canonical, onnx.ModelProto):
-            if canonical is not None and canonical.code in ("SNN-E114", "SNN-E110") \
-                    and "SNN-E114" in canonical.codes:
-                raise canonical from None   # dynamic dims: --input-shape makes it load
+            if canonical is not None and (input_shapes or "SNN-E114" in canonical.codes):
+                # dynamic dims (--input-shape makes it load), or the shapes given do not fit
+                raise canonical from None
             raise
         try:
             return OnnxGraphModule(canonical)

@@ -105,17 +105,39 @@ def test_subsampling_bounds_memory():
     assert abs(lam - 0.674) < 0.1  # median of |N(0,1)|
 
 
-def test_patterns_need_no_data():
-    model = tiny_model(f"""{HEAD}
+def _pattern_model():
+    return tiny_model(f"""{HEAD}
         g (float[2,3] x) => (float[2,3] y)
         <float k = {{1.0}}, float zero = {{0.0}}, float L = {{1.0}}, float s = {{1.0}}>
         {{ a = Mul(x, k) \n b = Floor(a) \n c = Clip(b, zero, L) \n y = Mul(c, s) }}""",
-                       params={"k": np.float32(2.0), "zero": np.float32(0), "L": np.float32(4),
-                               "s": np.float32(0.5)})
-    out, report, ctx = run_passes(model, [CalibratePass()])
+                      params={"k": np.float32(2.0), "zero": np.float32(0), "L": np.float32(4),
+                              "s": np.float32(0.5)})
+
+
+def test_patterns_need_no_data():
+    out, report, ctx = run_passes(_pattern_model(), [CalibratePass()])
     params = ctx.quant["y"]
     assert (params.lam, params.levels, params.phi, params.source) == (2.0, 4, 0.0, "pattern")
     assert report.rows[0].counts == {"from_pattern": 1, "calibrated": 0}
+
+
+@pytest.mark.parametrize("fidelity", [0, None])
+def test_a_qcfs_graph_given_samples_records_the_input_range(tmp_path, fidelity):
+    """A QCFS graph needs no calibration, but samples given with --calib still record the input
+    range (a fine-tuned net's Loihi relay on the input had been bounded by the whole payload,
+    E634, with --calib given), with or without the fidelity check."""
+    import json
+
+    from snncc import input_range
+
+    np.save(tmp_path / "c.npy", np.full((40, 3), 2.5, np.float32))
+    ctx = CompileContext(CompileOptions(target="qann", calib_path=str(tmp_path / "c.npy"),
+                                        fidelity_samples=fidelity))
+    out, _, ctx = run_passes(_pattern_model(), [CalibratePass()], ctx=ctx)
+    meta = {p.key: p.value for p in out.metadata_props}
+    ranges = json.loads(meta[input_range.METADATA_KEY])
+    assert next(iter(ranges.values()))["max_abs"] == 2.5
+    assert bool(ctx.holdout) == (fidelity is None)
 
 
 def test_no_data_names_the_sites_briefly():

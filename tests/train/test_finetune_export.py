@@ -203,6 +203,9 @@ def test_a_dynamic_batch_view_loads(tmp_path, flatten):
         with pytest.raises(SnnccError) as err:
             load_onnx_module(str(path))
         assert err.value.code in ("SNN-E114", "SNN-E110") and "input_shape" in str(err.value)
+        with pytest.raises(SnnccError) as err:   # shapes that do not fit: said as such
+            load_onnx_module(str(path), {"x": (1, 1, 8, 8)})
+        assert not err.value.codes & {"SNN-E801", "SNN-E802"}
         shapes = {"x": (1, 1, 6, 6)}
     net = load_onnx_module(str(path), shapes).eval()
     for batch in (2, 5):
