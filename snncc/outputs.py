@@ -174,9 +174,18 @@ def _resolve(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(head, strict=True)).joinpath(*rest)
 
 
+def _resolve_any(path: str | os.PathLike) -> Path:
+    """:func:`_resolve`, or the path as written where it names nothing the system would find
+    (an input that does not exist clashes with nothing; its own check says so)."""
+    try:
+        return _resolve(path)
+    except OutputPathError:
+        return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True when ``a`` and ``b`` name one file (after ~, .., links; hard links by inode)."""
-    ra, rb = _resolve(a), _resolve(b)
+    ra, rb = _resolve_any(a), _resolve_any(b)
     if ra == rb:
         return True
     try:
@@ -194,7 +203,7 @@ def _is_within(child: Path, parent: Path) -> bool:
     try:
         child, parent = child.resolve(), parent.resolve()
     except (RuntimeError, OSError):   # a symlink loop: compared as written
-        child, parent = _resolve(child), _resolve(parent)
+        child, parent = _resolve_any(child), _resolve_any(parent)
     return child == parent or parent in child.parents
 
 
@@ -506,13 +515,14 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                                     hint="choose a path in a writable directory"))
             continue
         for inp in ins:
-            clash = same_path(inp, path) or (out.kind == "dir" and _is_within(_resolve(inp), path))
+            clash = same_path(inp, path) or (out.kind == "dir" and _is_within(_resolve_any(inp),
+                                                                               path))
             if clash:
                 diags.append(Diagnostic(
                     "SNN-E360", f"{where} would overwrite the input '{inp}'", command,
                     hint="choose another output path; snncc never writes over its inputs"))
         for folder in folders:
-            if _reads_as_input(path, out.kind, _resolve(folder)):
+            if _reads_as_input(path, out.kind, _resolve_any(folder)):
                 what = (f"is the input folder '{folder}''s {path.name}, read as input"
                         if (folder / "x.npy").is_file() else
                         f"lies inside the input image folder '{folder}', whose subfolders and "
@@ -828,10 +838,13 @@ def _install_dir(tmp: Path, path: Path, files: Sequence[str],
         done.append(_install_file(tmp / MARKER, path / MARKER))
     except BaseException:
         _undo(done)
-        raise
-    finally:
+        if adopted:   # a killed install's leftovers are gone: its record must stay, in ours
+            raise
         with contextlib.suppress(OSError):
             intent.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        intent.unlink()
     # its files moved out: the emptied staging folder goes now (the cleanup's scan of the parent
     # cannot find it where the parent is not readable: one had stayed per recompile)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -797,6 +797,50 @@ def test_a_killed_first_merge_into_an_unmarked_folder_is_seen_and_mended(corpus,
     assert main(["run", str(out), "--input", corpus.data_npy]) == 0
 
 
+def test_an_install_that_fails_after_adopting_a_killed_ones_files_keeps_a_record(
+        tmp_path, monkeypatch):
+    """An install that removed a killed one's leftovers and then failed (a full disk) had
+    removed its own intent record too: the mixed folder passed readers (a review)."""
+    import json
+
+    import snncc.outputs as outputs
+    from snncc.errors import SnnccError
+    from snncc.outputs import atomic_dir, leftovers, reading
+
+    out = tmp_path / "o"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("A1")
+        (tmp / "b.txt").write_text("B1")
+    (out / "a.txt").write_text("K")                     # a killed install got this far
+    (out / "..snncc-output.json.snncc-999-1-pending").write_text(
+        json.dumps({"files": ["a.txt", "b.txt"]}))
+    real, calls = outputs._install_file, []
+
+    def full_disk(tmp_file, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(tmp_file, path)
+
+    monkeypatch.setattr(outputs, "_install_file", full_disk)
+    with pytest.raises(SnnccError) as err:
+        with atomic_dir(out) as tmp:
+            (tmp / "a.txt").write_text("A2")
+            (tmp / "b.txt").write_text("B2")
+    assert err.value.code == "SNN-E369" and leftovers(out)
+    with pytest.raises(SnnccError) as err:
+        with reading(out):
+            pass
+    assert err.value.code == "SNN-E373"
+
+
+def test_a_missing_input_with_dotdot_is_said_as_an_input(corpus, tmp_path, capsys):
+    assert main(["compile", f"{tmp_path}/nope/../m.onnx", "--calib", str(corpus.calib), "-o",
+                 str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "name the output without" not in err and "SNN-E101" in err
+
+
 def test_a_users_file_that_looks_like_a_leftover_is_kept(tmp_path):
     import json
 
