@@ -119,9 +119,10 @@ def warn(stored: Mapping[str, Mapping[str, float]], inputs: Mapping[str, np.ndar
     found = mismatches(stored, inputs)
     if not found:
         return []
-    text = ("; ".join(found) + ": the SNN's thresholds were calibrated for the calibration "
-            "samples' scale, so its accuracy can fall to chance (the ANN may not show it); "
-            "preprocess these inputs exactly as the calibration samples were (scaling, "
-            "normalisation)")
+    text = ("; ".join(found) + ": the SNN's thresholds suit inputs on the scale of the samples "
+            "it was compiled with (--calib: calibrated there, or checked there for a trained "
+            "QCFS graph), so its accuracy can fall to chance (the ANN may not show it); "
+            "preprocess these inputs exactly as those samples were (scaling, normalisation), "
+            "or compile with samples on the scale it will run on")
     logging.getLogger(logger).warning("%s", text)
     return [text]
