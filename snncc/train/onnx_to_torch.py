@@ -465,8 +465,7 @@ def load_onnx_module(path_or_proto: Any,
     from snncc import ir
 
     proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else ir.read_proto(path_or_proto)
-    _refuse_compiled(proto)
-    _refuse_training_mode(proto)
+    _refuse_compiled_or_training_mode(proto)
     try:
         return OnnxGraphModule(proto)
     except UnsupportedNodeError as exc:
@@ -474,7 +473,7 @@ def load_onnx_module(path_or_proto: Any,
             raise
         canonical = _canonical(proto, input_shapes or {})
         if not isinstance(canonical, onnx.ModelProto):
-            if canonical is not None and (input_shapes or "SNN-E114" in canonical.codes):
+            if input_shapes or "SNN-E114" in canonical.codes:
                 # dynamic dims (--input-shape makes it load), or the shapes given do not fit
                 raise canonical from None
             raise
@@ -484,12 +483,11 @@ def load_onnx_module(path_or_proto: Any,
             raise exc from None
 
 
-def _canonical(proto: onnx.ModelProto, input_shapes: dict
-               ) -> onnx.ModelProto | SnnccError | None:
+def _canonical(proto: onnx.ModelProto, input_shapes: dict) -> onnx.ModelProto | SnnccError:
     """The model as compile's canonicalize pass leaves it (shape computations folded, e.g. the
     ``Shape -> Gather -> Concat -> Reshape`` of ``x.view(x.size(0), -1)`` with a dynamic batch;
-    ``Sum``, spatial ``ReduceMean`` and ``Max(x, 0)`` in their plain forms), or None where that
-    pass refuses it (its error). Loaded only when the exported graph itself does not build, so a
+    ``Sum``, spatial ``ReduceMean`` and ``Max(x, 0)`` in their plain forms), or the error of that
+    pass where it refuses it. Loaded only when the exported graph itself does not build, so a
     model the builder takes as it is trains on exactly its own graph."""
     from snncc import ir
     from snncc.context import CompileContext, CompileOptions
@@ -506,26 +504,23 @@ def _canonical(proto: onnx.ModelProto, input_shapes: dict
         return err
 
 
-def _refuse_compiled(proto: onnx.ModelProto) -> None:
-    """SNN-E123 as compile gives it: a model snncc compiled (its time axis folded into the
-    batch) is no source to fine-tune (it had been E801 on its neuron and Shape/Slice nodes)."""
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if meta.get("snncc.schedule"):
-        raise ModelInputError(f"{PASS}: the model is already an snncc output (schedule "
-                              f"{meta['snncc.schedule']}, T = {meta.get('snncc.timesteps')})",
-                              code="SNN-E123", hint="fine-tune the source ANN")
-
-
-def _refuse_training_mode(proto: onnx.ModelProto) -> None:
-    """SNN-E208 as compile gives it: a BatchNormalization or Dropout exported in training mode
-    (finetune had trained such a model, and its output then compiled past compile's check)."""
-    import onnx_graphsurgeon as gs
-
-    from snncc.ir import node_label
+def _refuse_compiled_or_training_mode(proto: onnx.ModelProto) -> None:
+    """What compile refuses up front, refused alike: a model snncc compiled (SNN-E123: its time
+    axis folded into the batch; it had been E801 on its neuron and Shape/Slice nodes), and a
+    BatchNormalization or Dropout exported in training mode (SNN-E208: finetune had trained such
+    a model, and its output then compiled past compile's check)."""
+    from snncc.ir import load, node_label
     from snncc.op_classes import TRAINING_HINT
+    from snncc.passes.canonicalize import compiled_output
     from snncc.passes.support import training_mode
 
-    graph = gs.import_onnx(proto)
+    model = load(proto)
+    compiled = compiled_output(model)
+    if compiled:
+        raise ModelInputError(f"{PASS}: the model is already an snncc output (schedule "
+                              f"{compiled['schedule']}, T = {compiled['timesteps']})",
+                              code="SNN-E123", hint="fine-tune the source ANN")
+    graph = model.graph
     bad = [Diagnostic("SNN-E208", f"{n.op} is in training mode ({why})", PASS, node_label(n),
                       TRAINING_HINT)
            for n in graph.nodes if n.op in ("BatchNormalization", "Dropout")
