@@ -410,20 +410,20 @@ def test_an_install_that_fails_undoes_the_outputs_before_it(corpus, tmp_path, ca
                                                            monkeypatch):
     """The manifest could not be renamed into place (an immutable file): the model renamed just
     before it is taken back and the previous model restored (it stayed, without its manifest)."""
-    import snncc.outputs as outputs
+    from snncc.outputs import install
 
     out = tmp_path / "m.onnx"
     argv = ["compile", corpus.model, "--calib", corpus.calib, "-o", out, "-q"]
     expect_ok(capsys, argv)
     before = snapshot(tmp_path)
-    real = outputs._install_file
+    real = install._install_file
 
     def failing(tmp, path):
         if path.name.endswith(".onnx.json"):
             raise PermissionError(1, "Operation not permitted")
         return real(tmp, path)
 
-    monkeypatch.setattr(outputs, "_install_file", failing)
+    monkeypatch.setattr(install, "_install_file", failing)
     err = expect_error(capsys, [corpus.root, tmp_path], argv, "SNN-E369")
     assert "m.onnx.json" in err and snapshot(tmp_path) == before
     out.unlink()
@@ -803,9 +803,8 @@ def test_an_install_that_fails_after_adopting_a_killed_ones_files_keeps_a_record
     removed its own intent record too: the mixed folder passed readers (a review)."""
     import json
 
-    import snncc.outputs as outputs
     from snncc.errors import SnnccError
-    from snncc.outputs import atomic_dir, leftovers, reading
+    from snncc.outputs import atomic_dir, install, leftovers, reading
 
     out = tmp_path / "o"
     with atomic_dir(out) as tmp:
@@ -814,7 +813,7 @@ def test_an_install_that_fails_after_adopting_a_killed_ones_files_keeps_a_record
     (out / "a.txt").write_text("K")                     # a killed install got this far
     (out / "..snncc-output.json.snncc-999-1-pending").write_text(
         json.dumps({"files": ["a.txt", "b.txt"]}))
-    real, calls = outputs._install_file, []
+    real, calls = install._install_file, []
 
     def full_disk(tmp_file, path):
         calls.append(path)
@@ -822,7 +821,7 @@ def test_an_install_that_fails_after_adopting_a_killed_ones_files_keeps_a_record
             raise OSError(28, "No space left on device")
         return real(tmp_file, path)
 
-    monkeypatch.setattr(outputs, "_install_file", full_disk)
+    monkeypatch.setattr(install, "_install_file", full_disk)
     with pytest.raises(SnnccError) as err:
         with atomic_dir(out) as tmp:
             (tmp / "a.txt").write_text("A2")
@@ -869,7 +868,8 @@ def test_a_scratch_space_failure_says_so_and_leaves_nothing():
 def test_a_write_error_names_the_output_not_its_staging_folder(tmp_path):
     import os
 
-    from snncc.outputs import _shown, _temp_prefix
+    from snncc.outputs.install import _shown
+    from snncc.outputs.names import _temp_prefix
 
     out = tmp_path / "out.onnx"
     staged = tmp_path / (_temp_prefix(out) + "abc123") / "out.onnx"
@@ -967,17 +967,18 @@ def test_an_undone_install_puts_back_a_symlink_that_stood_there(tmp_path, monkey
     """A symlink at an output path was not kept aside, so undoing the install deleted it."""
     import snncc.outputs as outputs
     from snncc.errors import OutputPathError
+    from snncc.outputs import install
 
     (tmp_path / "target.onnx").write_text("the user's model")
     (tmp_path / "m.onnx").symlink_to("target.onnx")
-    real = outputs._install_file
+    real = install._install_file
 
     def failing(tmp, path):
         if path.name == "r.json":
             raise PermissionError(1, "Operation not permitted")
         return real(tmp, path)
 
-    monkeypatch.setattr(outputs, "_install_file", failing)
+    monkeypatch.setattr(install, "_install_file", failing)
     with pytest.raises(OutputPathError):
         with outputs.transaction():
             for name in ("m.onnx", "r.json"):
@@ -1226,12 +1227,12 @@ def test_a_copy_across_file_systems_that_fails_leaves_no_partial_file(tmp_path, 
     left the half-copied temporary (987 KB of network.net) beside the kept old output."""
     import errno
 
-    from snncc import outputs
+    from snncc.outputs import install
 
     staged, dest = tmp_path / "staged", tmp_path / "network.net"
     staged.write_bytes(b"new" * 1000)
     dest.write_bytes(b"old")
-    real_replace = outputs.os.replace
+    real_replace = install.os.replace
 
     def replace(src, dst):
         if Path(src) == staged:
@@ -1242,10 +1243,10 @@ def test_a_copy_across_file_systems_that_fails_leaves_no_partial_file(tmp_path, 
         Path(dst).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(outputs.os, "replace", replace)
-    monkeypatch.setattr(outputs.shutil, "copy2", copy2)
+    monkeypatch.setattr(install.os, "replace", replace)
+    monkeypatch.setattr(install.shutil, "copy2", copy2)
     with pytest.raises(OSError):
-        outputs._install_file(staged, dest)
+        install._install_file(staged, dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["network.net", "staged"]
     assert dest.read_bytes() == b"old"
 

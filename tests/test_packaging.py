@@ -48,6 +48,11 @@ def test_the_wheel_ships_the_kernel_sources_and_the_builder_not_a_built_library(
     assert "snncc/runtime/build.py" in names and "snncc/runtime/CMakeLists.txt" in names
     assert "snncc/runtime/csrc/neurons/if.cc" in names and "snncc/passes/__init__.py" in names
     assert not [n for n in names if n.endswith(".so")], names
+    # every package of the source tree ships (a package missing from pyproject's list imports
+    # in a checkout and fails only where snncc was installed)
+    packages = {str(p.parent.relative_to(ROOT)) for p in ROOT.glob("snncc/**/__init__.py")}
+    missing = [p for p in sorted(packages) if f"{p}/__init__.py" not in names]
+    assert not missing, missing
 
 
 def test_the_builder_refuses_a_destination_it_cannot_write_before_building(tmp_path):
