@@ -47,6 +47,7 @@ inserted before the activation. QCFS patterns present in the graph are re-emitte
 Calibrated bias (whatever ``options.bias_shift``): a site whose params carry ``bias`` (a per-channel
 current chosen by SNN-aware calibration, :mod:`snncc.snn_calibration`) gets it added the same way
 (together with the rounding shift when both apply); its params then have ``bias = None``.
+Counts: ``calib_bias_folded`` (into a producer's bias, no rounding shift), or the counts above.
 """
 from __future__ import annotations
 
@@ -306,7 +307,8 @@ class FoldBatchNormPass(Pass):
         target = self._bias_owner(z) if sole_user else None
         if target is not None:
             self._add_to_bias(target, shift, z)
-            counts["bias_shifted"] += 1
+            # said as what it is: a compile without the bias shift had said bias_shifted=3
+            counts["bias_shifted" if rounding else "calib_bias_folded"] += 1
         else:
             rank = tensor_rank(z)
             if shift.ndim == 1 and rank is None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import urllib.parse
 import json
 import os
 import shlex
@@ -72,8 +73,11 @@ class _Page:
             self.parts.append("\n".join(lines) + "\n")
 
     def image(self, rel: str, alt: str) -> None:
-        self.parts.append(f'<img src="{html.escape(rel)}" alt="{html.escape(alt)}">'
-                          if self.html else f"![{alt}]({rel})\n")
+        # a link, percent-encoded: a page named 'run #1.html' had linked 'run ' (the rest a
+        # fragment), and Markdown takes no space in a link
+        url = urllib.parse.quote(rel)
+        self.parts.append(f'<img src="{html.escape(url)}" alt="{html.escape(alt)}">'
+                          if self.html else f"![{alt}]({url})\n")
 
     def render(self, title: str) -> str:
         from snncc.outputs import REPORT_MARK  # how a later run knows the page is snncc's
@@ -129,8 +133,8 @@ def _pyplot():
     return plt
 
 
-def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str,
-         log: bool = False) -> None:
+def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]],
+         ylabel: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(labels) + 2), 3.2))
     width = 0.8 / max(1, len(series))
@@ -138,9 +142,7 @@ def _bar(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]
         ax.bar([x + i * width for x in range(len(labels))], values, width, label=name)
     ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))])
     ax.set_xticklabels(short_labels(labels), rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel(ylabel)
-    if log:
-        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)   # linear: on a log axis bar lengths say nothing
     if len(series) > 1:
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -244,18 +246,19 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
                 ax.plot(acc["T"], values, marker="osd^"[i % 4], linestyle=("-", "--", ":",
                         "-.")[i % 4], markersize=7 - 1.5 * (i % 3), label=name)
             ax.set_xlabel("T")
+            ax.set_xticks(acc["T"])   # whole steps (the default ticks had put 2.5 between)
             ax.set_ylabel(measure)
             ax.legend(fontsize=7)
             fig.tight_layout()
             fig.savefig(path, dpi=100)
             plt.close(fig)
-        plot("accuracy_vs_T.png", "accuracy vs T", draw_acc)
+        plot("accuracy_vs_T.png", f"{measure} vs T", draw_acc)
     syn = data.get("synops")
     if syn:
         layers = syn["layers"]
         names = list(layers)
         page.heading("Spikes and synaptic operations (per inference)")
-        page.table(["layer", "neurons", "events", "spike rate", "SynOps", "MACs"],
+        page.table(["layer", "neurons", "events", "spike rate", "SynOps in", "MACs"],
                    [[n, r.get("neurons", r.get("kind", "")),
                      r.get("events", r.get("pooled_events", "")), r.get("spike_rate", ""),
                      r["synops"], r["macs"]] for n, r in layers.items()])
@@ -274,6 +277,11 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
                   f"(k·k·C_in·H_out·W_out·C_out per conv; {padding:.4g} without the taps on "
                   f"the zero padding, where the SNN has no synapses), {syn['steps']} slices."
                   + pooled)
+        page.para("Events: a layer's unit spikes (a graded output of k units, as MT, GN and "
+                  "bit-serial send, counts k). Spike rate: events / (neurons x slices), SRP's "
+                  "pre-run slices included. SynOps in: the synaptic operations that reach the "
+                  "layer, i.e. the events of the layer before times their fan-out; the first "
+                  "layer, fed by the analog input, has MACs instead.")
         rated = [n for n in names if "spike_rate" in layers[n]]
         plot("spike_rates.png", "spike rate per layer", lambda p: _bar(
             p, rated, {"events / (neuron x slice)": [layers[n]["spike_rate"] for n in rated]},
@@ -285,7 +293,7 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
     if energy:
         page.heading("Energy per inference")
         models = energy["models"]
-        page.table(["model", "SNN pJ", "ANN pJ", "ANN / SNN",
+        page.table(["model", "SNN pJ", "ANN pJ (45 nm MACs, every row)", "ANN / SNN",
                     "ANN / SNN, the ANN's MACs on the zero padding left out",
                     "constants (source)"],
                    [[k, m["snn_pj"], m["ann_pj"], m["ratio"],
@@ -294,7 +302,7 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
         plot("energy.png", "ANN vs SNN energy", lambda p: _bar(
             p, list(models), {"SNN": [m["snn_pj"] for m in models.values()],
                               "ANN (45 nm MACs)": [m["ann_pj"] for m in models.values()]},
-            "pJ per inference", log=True))
+            "pJ per inference"))
     mapping = data.get("mapping")
     if mapping:
         page.heading("Loihi core mapping")
@@ -461,10 +469,10 @@ def report_command(args: argparse.Namespace) -> int:
     series: dict[str, list[Any]] = {"ORT SNN": []}
     if args.target == "loihi":
         series.update({"Loihi emulated": [], "Loihi hardware (reset to 0)": []})
-    source = (f"--data '{args.data}', the samples it scores" if args.calib is None
+    source = (f"--data '{args.data}', the file it scores" if args.calib is None
               else f"'{args.calib}'")
     notes = [f"{len(x)} samples, neuron {args.neuron}, target {args.target}, " + (
-        f"calibration {args.calib_method} on up to 256 samples of {source} (all of them; "
+        f"calibration {args.calib_method} on up to 256 samples of {source} (none held out; "
         "compile holds some out for its fidelity estimate by default, so its figures can differ "
         "a little)"
         if calibrates else "lambdas from the QCFS-trained graph (no calibration)")

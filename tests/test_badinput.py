@@ -1496,13 +1496,15 @@ def test_report_warns_when_it_calibrates_on_the_data_it_scores(corpus, tmp_path,
     assert main([str(a) for a in argv]) == 0
     err = capsys.readouterr().err
     assert "calibrating on --data" in err and "T = 1: compiling" in err
-    assert "the samples it scores" in (tmp_path / "r.md").read_text()
+    assert "the file it scores" in (tmp_path / "r.md").read_text()
 
 
 def test_inspect_says_a_compiled_model_is_one(corpus, capsys):
     """It listed snncc's own decode Reshape/ReduceMean as 'cannot convert' (E243/E242)."""
     out = expect_ok(capsys, ["inspect", corpus.snn])
     assert "already compiled by snncc: schedule folded" in out and "cannot convert" not in out
+    # no per-sample MACs of a batch that holds T slices per sample (an audit read 2.3e6 so)
+    assert "not counted for a compiled model" in out and "MACs per sample: 2" not in out
 
 
 def test_only_a_scheduled_model_counts_as_compiled(corpus, tmp_path, capsys):

@@ -31,6 +31,8 @@ def test_sections_are_the_largest_ts_and_each_t_runs_once(tmp_path, capsys):
     assert "| 2 |" in page and page.count("| 4 |") == 1 and "ORT SNN (T=4)" in page
     assert "at the largest T (4)" in page and "4 slices." in page
     assert "--maxpool avg: every MaxPool an AveragePool" in page
+    # the columns say what they count (an audit read SynOps beside a layer's own events)
+    assert "| SynOps in |" in page and "Spike rate: events / (neurons x slices)" in page
 
 
 def test_a_loihi_fixed_point_failure_falls_back_to_ort_by_default(tmp_path, capsys):
@@ -43,6 +45,18 @@ def test_a_loihi_fixed_point_failure_falls_back_to_ort_by_default(tmp_path, caps
     assert "target ort: the Loihi compile failed at T = 16" in capsys.readouterr().err
     page = (tmp_path / "r.md").read_text()
     assert "target ort" in page and "Loihi emulated" not in page and "fraction bits" in page
+
+
+def test_plot_links_are_percent_encoded():
+    """A page named 'my run #1.html' had linked its plots as 'my run ' (the rest read as a
+    fragment), and the Markdown link held a space, which ends it."""
+    from snncc.report import _Page
+
+    for as_html, want in ((True, 'src="my%20run%20%231_files/a.png"'),
+                          (False, "(my%20run%20%231_files/a.png)")):
+        page = _Page(as_html)
+        page.image("my run #1_files/a.png", "a")
+        assert want in page.render("t")
 
 
 def test_plot_labels_are_unique():

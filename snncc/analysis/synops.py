@@ -284,8 +284,9 @@ _DEFINITION = ("SynOps per inference = sum over source neurons of unit events x 
                "MACs instead. fanout_per_spike = synapses leaving one neuron of the group "
                "(mean and max); synapses_in = stored synapses into the group. ann.macs = sum "
                "of k_h k_w C_in H_out W_out C_out per conv and in x out per dense layer "
-               "(neurons.md 7.2), including the taps on a conv's zero padding, which have no "
-               "synapse; ann.macs_in_bounds leaves them out (energy: ann_over_snn_in_bounds).")
+               "(docs/netlist.md, section 7), including the taps on a conv's zero padding, "
+               "which have no synapse; ann.macs_in_bounds leaves them out (energy: "
+               "ann_over_snn_in_bounds).")
 
 
 def static_synops(net: Netlist) -> dict[str, Any]:

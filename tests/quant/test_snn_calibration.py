@@ -226,6 +226,9 @@ def test_fold_batchnorm_adds_the_calibrated_bias(residual):
     ctx.quant["r1"] = QuantClipParams(lam=np.float32(1.5), levels=4)
     out, report, ctx = run_passes(model, [FoldBatchNormPass()], ctx=ctx)
     assert ctx.quant["y"].bias is None and ctx.quant["y"].phi == 0.5
+    # counted as what it is (without the bias shift it had been counted as bias_shifted)
+    assert report.rows[0].counts.get("calib_bias_folded") == 1
+    assert "bias_shifted" not in report.rows[0].counts
 
     def z_of(m):
         m2 = onnx.ModelProto()

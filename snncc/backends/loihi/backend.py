@@ -220,14 +220,18 @@ class LoihiBackend(Backend):
     def _synops(net: nl.Netlist, mapping: dict[str, Any], ctx: CompileContext) -> dict[str, Any]:
         """``synops.json``: the static structure always; with calibration samples also the
         spikes, SynOps and energy measured by the bit-accurate simulator (emulated semantics, the
-        neurons' own rules) on up to ``ARTIFACT_SAMPLES`` of them (fewer for big networks,
+        neurons' own rules) on up to ``ARTIFACT_SAMPLES`` of the held-out samples, as the ORT
+        target measures, else of the calibration samples (fewer for big networks,
         :func:`snncc.analysis.synops.artifact_sample_count`)."""
         path = ctx.options.calib_path
         if not path:
             return synops_section(net, timesteps=ctx.options.timesteps)
         inp = net.groups[0]
-        x = loihi_samples(path, inp.name, inp.shape, mean=ctx.options.calib_mean,
-                          std=ctx.options.calib_std)
+        if ctx.holdout and len(ctx.holdout) == 1:   # the samples the fidelity estimate scores
+            x, which = next(iter(ctx.holdout.values())), "held-out"
+        else:   # (the ORT target had measured on these, the Loihi one on calibrated ones)
+            x, which = loihi_samples(path, inp.name, inp.shape, mean=ctx.options.calib_mean,
+                                     std=ctx.options.calib_std), "calibration"
         x = x[:artifact_sample_count(net.ann_macs, net.total_steps, len(x))]
         _, events = _simulate(net, x, ctx)
         # the netlist (and network.net) sends the analog input as graded payloads every step,
@@ -235,7 +239,7 @@ class LoihiBackend(Backend):
         return synops_section(net, events, mapping=mapping, timesteps=ctx.options.timesteps,
                               analog_once=False,
                               source="loihi netlist simulator (emulated semantics), "
-                                     f"{len(x)} calibration samples")
+                                     f"{len(x)} {which} samples")
 
 
 def _simulate(net: nl.Netlist, x, ctx: CompileContext):
