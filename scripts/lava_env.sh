@@ -26,7 +26,8 @@ if [ ! -f "$MARK" ]; then
     PIP=("$VPY" -m pip install -q --disable-pip-version-check)
     "${PIP[@]}" "numpy>=1.24.4,<2" "scipy>=1.10.1,<1.17" "h5py>=3.7,<4" "asteval>=0.9.31,<0.10" \
         "networkx<=2.8.7" "scikit-learn>=1.5,<2" "matplotlib>=3.5.2,<4" "pillow>=10.0.1,<11" \
-        "ninja>=1.10.2.3,<2" "opencv-python-headless>=4.8.1.78,<4.11" "torch==2.13.0"
+        "ninja>=1.10.2.3,<2" "opencv-python-headless>=4.8.1.78,<4.11"
+    bash scripts/install_torch.sh "$VPY"   # the CPU wheel (PyPI's torch is the CUDA build)
     "${PIP[@]}" --no-deps --ignore-requires-python "lava-nc==0.10.0" "lava-dl==0.6.0"
     SITE=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     "$VPY" - "$SITE" <<'EOF'

@@ -4,7 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# torch is pinned to the CPU wheel this environment ships; a bare "torch" pulls multi-GB CUDA builds.
+# A system Python that refuses pip installs (PEP 668: Debian, Ubuntu): say how to make a venv,
+# before pip says it in twenty lines.
+if [ -z "${VIRTUAL_ENV:-}" ] && "$PY" -c "import sys, sysconfig, os; sys.exit(not (sys.prefix == \
+        sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path('stdlib'), \
+        'EXTERNALLY-MANAGED'))))" 2>/dev/null; then
+    echo "setup.sh: $("$PY" -c 'import sys; print(sys.executable)') is the system's Python, which" \
+         "takes no pip installs; make a venv first:" >&2
+    echo "    python3 -m venv .venv && . .venv/bin/activate && bash scripts/setup.sh" >&2
+    exit 2
+fi
+# torch as its CPU wheel first: the pin in pyproject (torch==2.13.0) would otherwise pull PyPI's
+# multi-GB CUDA build (scripts/install_torch.sh).
+bash scripts/install_torch.sh "$PY"
 "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
 # A real NIR consumer for the NIR export tests. norse declares torchvision, which does not import
 # beside the CPU torch here (and pip would replace torch to satisfy it), so it goes in without

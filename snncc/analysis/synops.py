@@ -481,6 +481,10 @@ def format_synops_line(section: Mapping[str, Any] | None) -> str:
         lines = (section or {}).get("reason", "no section").splitlines()
         items = [line.strip()[2:] for line in lines[1:] if line.strip().startswith("- ")]
         reason = (items[0] if items else lines[0]).split(". Hint: ")[0]  # the first diagnostic
+        if "SNN-E701" in reason:   # a streaming model counts its spikes with the library only
+            from snncc.runtime import _BUILD_HINT
+
+            reason += f"; build it with {_BUILD_HINT} to count them"
         more = f"; {len(items) - 1} more in the report" if len(items) > 1 else ""
         return f"SynOps: not available ({reason}{more})"
     ann = section["ann"]

@@ -314,8 +314,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         import torch  # noqa: F401  (only whether it is installed)
     except ImportError:
         raise OptionError("finetune: torch is not installed", code="SNN-E807",
-                          hint="pip install torch==2.13.0 (snncc's '[train]' extra: "
-                          "pip install '.[train]' in a checkout)") from None
+                          hint="pip install 'torch==2.13.0+cpu' --extra-index-url "
+                          "https://download.pytorch.org/whl/cpu (the CPU wheel; PyPI's torch "
+                          "is the multi-GB CUDA build), or bash scripts/setup.sh in a checkout"
+                          ) from None
     from snncc.outputs import (Output, atomic_file, check_outputs, check_suffix, file_output,
                                 same_path)
 

@@ -223,3 +223,15 @@ def test_an_analog_island_is_counted_as_macs_after_it(tmp_path):
     m = sec["measured"]
     assert m["macs_per_inference"] == 8 * 6 + 6 * 6   # fc1 on the input, fc2 on the island
     assert 0 < m["synops_per_inference"] <= 6 * 3 * 4  # relu2's spikes into fc3, 4 slices
+
+
+def test_a_missing_kernel_library_says_how_to_count_them():
+    """A streaming compile without the kernel library printed 'SynOps: not available
+    ([SNN-E701] ... does not exist)' and no way on (a fresh install met it)."""
+    from snncc.errors import RuntimeLibraryError
+
+    reason = RuntimeLibraryError("runtime: the kernel library /x/libsnncc_ops.so does not exist",
+                                 code="SNN-E701", hint="build it").render()
+    line = format_synops_line({"available": False, "reason": reason})
+    assert line.startswith("SynOps: not available ([SNN-E701]")
+    assert "python -m snncc.runtime.build" in line and "to count them" in line
