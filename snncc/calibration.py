@@ -110,7 +110,8 @@ def _fail(code: str, message: str, hint: str) -> CalibrationError:
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
-        raise _fail("SNN-E402", f"calibration file '{path}' does not exist", "check the path")
+        what = ("is not a regular file" if path.exists() else "does not exist")  # /dev/null
+        raise _fail("SNN-E402", f"calibration file '{path}' {what}", "check the path")
     if path.suffix not in (".npy", ".npz"):
         raise _fail("SNN-E404", f"calibration file '{path}' has suffix '{path.suffix}'; "
                     "accepted: .npy, .npz", "save the samples with numpy.save or numpy.savez")

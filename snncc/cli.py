@@ -165,7 +165,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from snncc.driver import compile_model, make_options
+    from snncc.driver import compile_model
 
     ignored = _qann_ignores(args) if args.target == "qann" else []
     if ignored:
@@ -175,6 +175,10 @@ def _compile(args: argparse.Namespace) -> int:
     for what in _target_ignores(args):
         print(f"snncc compile: warning: ignored with --target {args.target}: {what}",
               file=sys.stderr)
+    if args.percentile is not None and args.calib_method != "percentile":
+        print(f"snncc compile: warning: --percentile {args.percentile:g} is ignored: it sets "
+              "--calib-method percentile's percentile (the method is "
+              f"{args.calib_method or 'snn'})", file=sys.stderr)
     timesteps = 4 if args.timesteps is None else args.timesteps
     trained = _trained_timesteps(args.model, args.neuron) if args.target != "qann" else None
     if trained and trained[0] != timesteps:
@@ -187,11 +191,37 @@ def _compile(args: argparse.Namespace) -> int:
             print(f"snncc compile: warning: the model is {trained[1]}, trained at T = "
                   f"{trained[0]}; -T {timesteps} runs it at another T than it learned",
                   file=sys.stderr)
-    options = make_options(
+    try:
+        options = _compile_options(args, timesteps)
+    except OptionError as exc:
+        # said with the flags the user gave (it had said "neuron 'if' has no parameter(s)
+        # preset" for --mt-preset)
+        flags = {name: f"--{key.replace('_', '-')}" for key, name in _PARAM_FLAGS.items()
+                 if getattr(args, key) is not None}
+        if exc.code != "SNN-E302" or not flags:
+            raise
+        head, said, names = exc.message.partition("has no parameter(s) ")
+        names = ", ".join(f"{n} ({flags[n]})" if n in flags else n for n in names.split(", "))
+        raise OptionError(head + said + names, code=exc.code, hint=exc.hint) from None
+    result = compile_model(args.model, args.output, options, report_path=args.report,
+                           dump_after=args.dump_after or (), verify=args.verify,
+                           force=args.force, min_agreement=args.min_agreement)
+    return _compile_said(args, options, result)
+
+
+#: the dedicated flags of neuron parameters: --mt-preset sets 'preset'
+_PARAM_FLAGS = {"tau": "tau", "mt_preset": "preset", "mt_mode": "mode", "mt_n": "n"}
+
+
+def _compile_options(args: argparse.Namespace, timesteps: int):
+    from snncc.driver import make_options
+
+    return make_options(
         target=args.target, timesteps=timesteps,
         neuron=args.neuron or "if",
         levels=args.levels,
-        calib_path=args.calib, calib_method=args.calib_method, calib_percentile=args.percentile,
+        calib_path=args.calib, calib_method=args.calib_method or "snn",
+        calib_percentile=99.99 if args.percentile is None else args.percentile,
         calib_per_channel=args.per_channel, calib_max_samples=args.calib_samples,
         calib_mean=args.mean, calib_std=args.std,
         fidelity_samples=args.fidelity_samples,
@@ -199,11 +229,20 @@ def _compile(args: argparse.Namespace) -> int:
         maxpool=args.maxpool, allow_analog=args.allow_analog, allow_lossy=args.allow_lossy,
         schedule=args.schedule,
         neuron_params=_neuron_params(args))
-    result = compile_model(args.model, args.output, options, report_path=args.report,
-                           dump_after=args.dump_after or (), verify=args.verify,
-                           force=args.force, min_agreement=args.min_agreement)
+
+
+def _compile_said(args: argparse.Namespace, options, result) -> int:
+    """What compile prints once it wrote its outputs."""
     for warning in result.warnings:
         print(f"snncc compile: {warning}", file=sys.stderr)
+    given = [f for f, v in (("--calib-method", args.calib_method),
+                            ("--percentile", args.percentile)) if v is not None]
+    counts = next((r["counts"] for r in result.report["passes"] if r["pass"] == "calibrate"),
+                  {})
+    if given and counts.get("from_pattern") and not counts.get("calibrated"):
+        print(f"snncc compile: warning: {', '.join(given)} ignored: every activation of this "
+              "QCFS-trained graph keeps its trained lambda (the samples only feed the fidelity "
+              "estimate)", file=sys.stderr)
     if not args.quiet:
         from snncc.pipeline import PipelineReport, PassRow
 
@@ -321,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "are never overwritten")
     p.add_argument("--target", default="ort", choices=("qann", "ort", "loihi", "nir"),
                    help="qann: quantized-clip ANN; ort: ONNX Runtime SNN (default); "
-                   "loihi: Loihi 2 netlist; nir: NIR file (IF/LIF networks)")
+                   "loihi: Loihi 2 netlist; nir: NIR file (IF/LIF networks; NIR neurons "
+                   "reset to zero, so converted ones export only with --allow-lossy)")
     p.add_argument("--allow-lossy", action="store_true",
                    help="nir: export soft-reset neurons although NIR resets to v_reset (the "
                    "report notes the difference)")
@@ -345,11 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--std", type=parse_floats, metavar="S[,S,..]",
                    help="for a --calib folder: per-channel std divided by, e.g. "
                    "0.229,0.224,0.225 (default none)")
-    g.add_argument("--calib-method", default="snn", choices=("snn", "mse", "percentile", "max"),
+    g.add_argument("--calib-method", default=None, choices=("snn", "mse", "percentile", "max"),
                    help="how lambda is chosen: snn = SNN-aware, layer by layer, lambda and bias "
                    "from the simulated spiking layer (default); mse / percentile / max = from "
                    "the ANN activations only")
-    g.add_argument("--percentile", type=float, default=99.99,
+    g.add_argument("--percentile", type=float, default=None,
                    help="percentile for --calib-method percentile (default 99.99)")
     x = g.add_mutually_exclusive_group()
     x.add_argument("--per-channel", dest="per_channel", action="store_true", default=None,
@@ -678,8 +718,10 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
     try:
         return args.func(args)
     except SnnccError as exc:
-        if args.debug:
-            raise
+        if args.debug:   # the traceback, and still a user error's exit code (it had been 1)
+            import traceback
+
+            traceback.print_exc()
         print(f"snncc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

@@ -432,7 +432,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     artifact_report: dict[str, Any] = {}
     artifact = None
     files: list[Path] = []
-    warnings: list[str] = _levels_warning(options)
+    warnings: list[str] = _levels_warning(options, ctx)
     if backend is not None:
         diags = backend.check(model, ctx)
         if diags:
@@ -488,6 +488,12 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
             files = artifact.files
         if synops is None and artifact is not None:
             synops = artifact.synops
+        if fid is None and ctx.notes.get("nir", {}).get("lossy"):
+            # (an --iir net's NIR file scored 42.5 % against its ORT SNN's 81.0 %, unsaid)
+            warnings.append("warning: the NIR file is a lossy export and no fidelity estimate "
+                            "measured what it loses (it needs --calib samples and an ANN): "
+                            "compare snncc run FILE.nir with the --target ort compile on "
+                            "labelled data")
         report = _compile_report(model_path, out, options, rows, ctx, artifact_report, fid,
                                  synops, start)
         if dump:
@@ -589,13 +595,23 @@ def _rehearse(model_path, options: CompileOptions, backend) -> None:
                                      code=sorted({d.code for d in diags})[0])
 
 
-def _levels_warning(options: CompileOptions) -> list[str]:
+def _levels_warning(options: CompileOptions, ctx: CompileContext) -> list[str]:
     """An explicit -L that a binary neuron (if, lif, srp: at most one spike per step, T + 1
     output levels) cannot reproduce at -T: the SNN then approximates its L-level QANN. (A helper's
-    -T 1 -L 64 IF net: 75.4 % against 91.6 % with the defaults, and nothing said why.)"""
+    -T 1 -L 64 IF net: 75.4 % against 91.6 % with the defaults, and nothing said why.) A
+    QCFS-trained clip keeps its own L: an -L that differs is said to be ignored there."""
     from snncc.neurons.registry import get_neuron
 
-    if options.levels is None or options.target == "qann":
+    if options.levels is None:
+        return []
+    trained = sorted({int(p.levels) for p in ctx.quant.values() if p.source == "pattern"})
+    if trained and trained != [options.levels]:
+        rest = sum(p.source != "pattern" for p in ctx.quant.values())
+        # (it had warned about an L-level QANN that the output did not have)
+        return [f"warning: -L {options.levels} is ignored at the graph's QCFS-trained clips, "
+                f"which keep their trained L = {', '.join(map(str, trained))}"
+                + (f" (it applies to the {rest} other activation(s))" if rest else "")]
+    if options.target == "qann":
         return []
     spec = get_neuron(options.neuron)
     T = options.timesteps

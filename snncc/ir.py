@@ -140,7 +140,8 @@ def load(source: str | os.PathLike | onnx.ModelProto) -> Model:
     """Read a model, keep provenance and metadata, check names, and import it into gs."""
     proto = _inline_functions(read_proto(source))
     if not proto.graph.node:
-        raise ModelInputError("the model has no nodes", code="SNN-E102",
+        where = "" if isinstance(source, onnx.ModelProto) else f" '{source}'"
+        raise ModelInputError(f"the model{where} has no nodes", code="SNN-E102",
                               hint="the file may be truncated or empty; re-export it")
     provenance = {}
     for node in proto.graph.node:

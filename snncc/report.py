@@ -383,6 +383,26 @@ def _accuracy(out: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    """``snncc report``; an error whose hint names compile's --allow-analog says it of compile
+    (report has no such option: its hint had sent users to a flag it does not take)."""
+    import dataclasses
+
+    from snncc.errors import SnnccError
+
+    try:
+        return _report_command(args)
+    except SnnccError as exc:
+        if "--allow-analog" not in exc.render():
+            raise
+        def said(hint: str) -> str:
+            return hint.replace("compile with --allow-analog", "compile it with snncc compile "
+                                "--allow-analog (report runs no analog layers)")
+
+        raise type(exc)(exc.message, code=exc.code, hint=said(exc.hint), diagnostics=[
+            dataclasses.replace(d, hint=said(d.hint)) for d in exc.diagnostics]) from None
+
+
+def _report_command(args: argparse.Namespace) -> int:
     _QUIET[0] = bool(getattr(args, "quiet", False))
     from snncc.analysis.energy import estimate
     from snncc.analysis.synops import count_netlist, count_synops, ort_events, pool_taps

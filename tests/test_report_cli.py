@@ -118,3 +118,27 @@ def test_input_shape_fixes_dynamic_height_and_width(tmp_path, capsys):
             "ort", "-o", str(tmp_path / "r.md"), "-q"]
     assert main(args) == 2 and "--input-shape" in capsys.readouterr().err
     assert main(args + ["--input-shape", "1x1x8x8"]) == 0 and (tmp_path / "r.md").is_file()
+
+
+def test_an_analog_hint_names_compile_not_report_s_own_flags(tmp_path, capsys):
+    """report's E201 hint said 'or compile with --allow-analog', a flag report does not take."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    rng = np.random.default_rng(0)
+    w = {k: numpy_helper.from_array(rng.normal(0, 0.5, s).astype(np.float32), k)
+         for k, s in (("w1", (2, 1, 3, 3)), ("w2", (2, 2, 3, 3)), ("fw", (3, 2 * 4 * 4)))}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["b"]),
+             helper.make_node("Sigmoid", ["b"], ["s"]), helper.make_node("Flatten", ["s"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 1, 8, 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", 3])], list(w.values()))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", x=rng.random((40, 1, 8, 8), np.float32))
+    assert main(["report", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                 "--target", "ort", "-o", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err
+    assert "SNN-E201" in err and "snncc compile --allow-analog (report runs no analog" in err

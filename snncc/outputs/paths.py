@@ -396,6 +396,7 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 hint="name a new directory" + (", or pass --force to write snncc's files into "
                                                "it (nothing else there is deleted)"
                                                if has_force else "")))
+    diags = list(dict.fromkeys(diags))   # an input named twice (--data and --val): said once
     if diags:
         raise OutputPathError(f"{command}: refusing to write the output", diagnostics=diags,
                               code=diags[0].code)

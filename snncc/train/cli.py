@@ -28,6 +28,10 @@ from snncc.errors import CalibrationError, ModelInputError, OptionError
 __all__ = ["add_finetune_arguments", "run_finetune"]
 
 
+#: the --iir / --mt training stages by default
+STAGES = [5, 4, 3, 2, 1]
+
+
 def _timesteps(text: str) -> list[int]:
     try:
         values = [int(t) for t in text.split(",")]
@@ -57,9 +61,13 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val", help="validation data (same forms): accuracy before and after "
                         "training; the model written is the last epoch's, and a warning says when "
                         "it falls behind an earlier one")
-    parser.add_argument("-o", "--output", required=True, help="output ONNX path")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output ONNX path (--iir / --mt also write each earlier stage "
+                        "beside it as OUT.T<T>.onnx)")
     parser.add_argument("-L", "--levels", type=int, default=None,
-                        help="QCFS quantization steps L (default 4; QCFS mode only)")
+                        help="QCFS quantization steps L (default 4; QCFS mode only; compile's "
+                        "IF, MT and SRP use L = T, bit-serial L = 2^T-1: 3 for T = 2, 15 for "
+                        "T = 4)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs (default 3 for QCFS; per stage in SNN mode, default 10)")
     parser.add_argument("--sparsity", type=float, default=0.0, metavar="KAPPA",
@@ -107,8 +115,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     snn.add_argument("--mt", choices=("parallel", "cascade"),
                      help="train multi-threshold neurons instead of LIF (the multi-threshold paper)")
     snn.add_argument("--mt-thresholds", type=int, default=4, help="thresholds per MT neuron (default 4)")
-    snn.add_argument("--timesteps", type=_timesteps, default=[5, 4, 3, 2, 1],
-                     help="training stages, each starting from the previous (default 5,4,3,2,1)")
+    snn.add_argument("--timesteps", type=_timesteps, default=list(STAGES),
+                     help="--iir / --mt training stages, each starting from the previous "
+                     "(default 5,4,3,2,1; the QCFS mode's SNN T is --snn-timesteps)")
     snn.add_argument("--threshold-percentile", type=float, default=90.0,
                      help="percentile of the input current for the initial thresholds (default 90)")
     snn.add_argument("--threshold-steps", type=int, default=500,
@@ -177,6 +186,11 @@ def _check_args(args: argparse.Namespace, snn: bool) -> None:
         need(all(1 <= t <= MAX_TIMESTEPS for t in args.timesteps),
              f"--timesteps {args.timesteps} must lie in 1..{MAX_TIMESTEPS} (snncc compile accepts -T up to "
              f"{MAX_TIMESTEPS})", "e.g. 5,4,3,2,1")
+    else:   # (it had been ignored without a word)
+        need(args.timesteps == STAGES, f"--timesteps {','.join(map(str, args.timesteps))} sets "
+             "the --iir / --mt training stages; QCFS fine-tuning has none",
+             "drop it, or give --snn-timesteps T for the IF SNN that QCFS training runs in the "
+             "loop")
     for key, (_, default) in _QCFS_ONLY.items():
         if getattr(args, key) is None:
             setattr(args, key, default)

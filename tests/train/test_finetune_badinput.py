@@ -162,6 +162,8 @@ def test_bad_device_is_refused(tmp_path, data, capsys, device, text):
     (["--iir", "-L", "8"], "-L applies to QCFS fine-tuning and would be ignored with --iir/--mt"),
     (["--mt", "cascade", "--distill", "0", "--bn", "fold"], "--distill, --bn apply to QCFS fine-tuning"),
     (["--iir", "--timesteps", f"{MAX_TIMESTEPS + 1},1"], f"must lie in 1..{MAX_TIMESTEPS}"),
+    # QCFS mode: the stages were ignored without a word (a CLI audit)
+    (["--timesteps", "3,2"], "--timesteps 3,2 sets the --iir / --mt training stages"),
 ])
 def test_senseless_option_values_are_refused(tmp_path, data, capsys, extra, text):
     assert text in _expect_error(capsys, tmp_path, "SNN-E804", "--data", data[0], *extra)
