@@ -7,7 +7,7 @@ Measures, each in a fresh subprocess so that peak RSS belongs to that job alone:
      SNN-aware walk, here with the quantized clip as its neuron since the target is qann).
 Prints a Markdown table; ``--json`` writes the figures.
 
-    python bench/compile_time.py [--model resnet34.onnx] [--repeat 3]
+    python bench/compile_time.py [--repeat 3] [--json out.json]   # exports its own ResNet-34
 """
 from __future__ import annotations
 

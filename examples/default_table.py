@@ -100,6 +100,9 @@ def snncc(argv: list[str]) -> tuple[int, str, str]:
             rc = snncc_main(argv)
         except SystemExit as exc:  # argparse errors
             rc = exc.code if isinstance(exc.code, int) else 2
+    if rc in (130, 143):   # snncc's main() turned Ctrl-C / SIGTERM into a code: stop the script
+        # (it had gone on and written a table with an 'exit 130' cell over the committed one)
+        raise KeyboardInterrupt
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -198,8 +201,9 @@ def markdown(data: dict, command: str) -> str:
         command,
         "```",
         "",
-        f"snncc {data['snncc_version']} at commit {data['git_commit']} (`-dirty`: with uncommitted "
-        f"changes), {data['date']}; "
+        f"snncc {data['snncc_version']} at commit {data['git_commit']}"
+        + (" (`-dirty`: with uncommitted changes)" if data["git_commit"].endswith("-dirty")
+           else "") + f", {data['date']}; "
         f"{data['seconds']:.0f} s in all. Each cell is the test accuracy (%) of",
         "",
         "```sh",

@@ -6,7 +6,10 @@
     python examples/train_mnist.py --pool max --out-dir out/mnist_max
     python examples/evaluate.py maxpool --dir out/mnist_max   # MaxPool treatments at T = 4
 
-Tables are printed as Markdown and written to examples/results/.
+Tables are printed as Markdown and written to out/evaluate/ (``--out``). The pages in
+examples/results/ that name this script are early runs, kept for the record; the script
+reproduces them with the calibration of that time (one lambda per layer, pinned here: the default
+is per channel now).
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "examples" / "results"
 
 from snncc.driver import compile_model, make_options  # noqa: E402
+from snncc.outputs import atomic_file  # noqa: E402
 from snncc.neurons import NEURONS  # noqa: E402
 
 CALIB_METHODS = [("max", None), ("percentile", 99.9), ("percentile", 99.99), ("mse", None)]
@@ -71,7 +74,7 @@ def table_qann(args, tmp: Path) -> str:
             out = tmp / f"qann_{L}_{method}_{pct}.onnx"
             opts = make_options(target="qann", levels=L, calib_path=str(calib),
                                 calib_method=method, calib_percentile=pct or 99.99,
-                                fidelity_samples=0)
+                                fidelity_samples=0, calib_per_channel=False)
             compile_model(model, out, opts)
             row.append(f"{100 * (predict(out, x) == y).mean():.2f}")
         lines.append(f"| {L} | " + " | ".join(row) + " |")
@@ -98,7 +101,8 @@ def table_snn(args, tmp: Path) -> str:
         row = []
         for T in tqdm(Ts, desc=key, leave=False):
             opts = make_options(target="ort", timesteps=T, neuron=key, calib_path=str(calib),
-                                calib_method=args.calib_method, fidelity_samples=0)
+                                calib_method=args.calib_method, fidelity_samples=0,
+                                calib_per_channel=False)
             snn = tmp / f"{key}_{T}.onnx"
             qann = tmp / f"{key}_{T}_qann.onnx"
             try:
@@ -108,7 +112,8 @@ def table_snn(args, tmp: Path) -> str:
                 continue
             compile_model(model, qann, make_options(
                 target="qann", levels=opts.levels, calib_path=str(calib),
-                calib_method=args.calib_method, bias_shift=False, fidelity_samples=0))
+                calib_method=args.calib_method, bias_shift=False, fidelity_samples=0,
+                calib_per_channel=False))
             p_snn = predict(snn, x, library=args.library)
             p_q = predict(qann, x)
             agree = 100 * (p_snn == p_q).mean()
@@ -139,7 +144,8 @@ def table_maxpool(args, tmp: Path) -> str:
         row = {}
         for mode in ("auto", "avg"):
             opts = make_options(target="ort", timesteps=T, neuron=key, calib_path=str(calib),
-                                calib_method=args.calib_method, maxpool=mode, fidelity_samples=0)
+                                calib_method=args.calib_method, maxpool=mode, fidelity_samples=0,
+                                calib_per_channel=False)
             out = tmp / f"{key}_{mode}.onnx"
             result = compile_model(model, out, opts)
             row[mode] = predict(out, x, library=args.library)
@@ -149,7 +155,7 @@ def table_maxpool(args, tmp: Path) -> str:
         compile_model(model, qann, make_options(target="qann", levels=opts.levels,
                                                 calib_path=str(calib),
                                                 calib_method=args.calib_method,
-                                                fidelity_samples=0))
+                                                fidelity_samples=0, calib_per_channel=False))
         q = predict(qann, x)
         cell = {m: f"{100 * (p == y).mean():.2f} ({100 * (p == q).mean():.1f})"
                 for m, p in row.items()}
@@ -169,15 +175,21 @@ def main() -> None:
     ap.add_argument("--calib-method", default="max")
     ap.add_argument("--library", action="store_true", help="use the C++ kernels")
     ap.add_argument("--images", type=int, default=64, help="random images for the ResNet models")
+    ap.add_argument("--out", default=str(ROOT / "out" / "evaluate"),
+                    help="folder for the table (default out/evaluate; the pages in "
+                    "examples/results/ are kept for the record)")
     args = ap.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         text = {"qann": table_qann, "snn": table_snn, "maxpool": table_maxpool}[args.table](
             args, Path(d))
     print(text)
     name = (f"qann_{args.model}.md" if args.table == "qann"
             else f"{args.table}_{args.model}_{args.calib_method}.md")
-    (RESULTS / name).write_text(text + "\n")
+    with atomic_file(out_dir / name) as tmp:
+        tmp.write_text(text + "\n")
+    print(f"wrote {out_dir / name}")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     shape = args.input_shape or INPUT_SHAPES[args.model]
     if args.weights:
         model = build(args.model, **model_kwargs(args.model, shape, args.num_classes))
-        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+        try:
+            state = torch.load(args.weights, map_location="cpu")
+            model.load_state_dict(state)
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:   # not a traceback
+            parser.error(f"--weights {args.weights}: {exc}")
     else:
         model = random_model(args.model, shape, seed=args.seed, num_classes=args.num_classes)
     export(model, args.output, shape, dynamic_batch=args.dynamic_batch)

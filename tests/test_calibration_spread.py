@@ -49,3 +49,14 @@ def test_refuses_to_write_over_an_input(capsys):
     assert err.value.code == 2
     assert "SNN-E360" in capsys.readouterr().err
     assert target.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("rc", [130, 143])
+def test_a_ctrl_c_stops_the_table_scripts(monkeypatch, rc):
+    """snncc's main() returns 130 / 143 for Ctrl-C / SIGTERM: the table scripts had gone on and
+    written a table with an 'exit 130' cell over the committed one (a bit-rot check)."""
+    from examples import default_table
+
+    monkeypatch.setattr(default_table, "snncc_main", lambda argv: rc)
+    with pytest.raises(KeyboardInterrupt):
+        default_table.snncc(["inspect", "m.onnx"])
