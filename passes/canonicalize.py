@@ -614,7 +614,7 @@ def _fold_constants(graph: gs.Graph, *, fold_shapes: bool) -> int:
 def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Decline]) -> None:
     """Remove Dropout/Identity and redundant ReLUs, expand Sum, turn a spatial ReduceMean into
     GlobalAveragePool, fold a zero Pad into the Conv after it, make Reshape/Flatten
-    batch-agnostic; keeps order."""
+    batch-agnostic, undo a Transpose before Gemm(transA=1); keeps order."""
     nodes: list[gs.Node] = []
     for node in graph.nodes:
         if node.op == "Identity":
@@ -646,9 +646,31 @@ def _rewrite(graph: gs.Graph, batch: int, counts: Counter, declines: list[Declin
             _fix_flatten(node, batch, counts, declines)
         elif node.op == "Resize":
             nodes.extend(_fix_resize_sizes(graph, node, batch, counts))
+        elif node.op == "Gemm" and _untranspose_a(graph, node):
+            counts["gemm_transpose_folded"] += 1
         if node.outputs:
             nodes.append(node)
-    graph.nodes = nodes
+    graph.nodes = [n for n in nodes if n.outputs]   # a Transpose _untranspose_a emptied
+
+
+def _untranspose_a(graph: gs.Graph, node: gs.Node) -> bool:
+    """``Gemm(Transpose(x, perm=[1, 0]), B, transA=1)`` is ``Gemm(x, B)``: the same values,
+    without a Transpose across the batch axis (which the folded schedule refuses, SNN-E242, for
+    a graph whose Gemm was only written the other way round). The Transpose goes when nothing
+    else reads it. Returns whether it rewrote the node."""
+    if not node.attrs.get("transA", 0) or not node.inputs:
+        return False
+    a = node.inputs[0]
+    prod = ir.producer(a)
+    if prod is None or prod.op != "Transpose" or \
+            list(prod.attrs.get("perm", [1, 0])) != [1, 0] or len(prod.inputs) != 1:
+        return False
+    node.inputs[0] = prod.inputs[0]
+    node.attrs["transA"] = 0
+    if not a.outputs and a not in graph.outputs:
+        prod.inputs.clear()
+        prod.outputs.clear()
+    return True
 
 
 def _explicit_auto_pad(node: gs.Node) -> bool:

@@ -650,3 +650,33 @@ def test_auto_pad_becomes_explicit_pads(op, mode, stride, dilation):
     out, report, _ = assert_pass_equivalent(model, [CanonicalizePass()], rtol=1e-5)
     assert report.rows[0].counts["auto_pad_made_explicit"] == 1
     assert not any(a.name == "auto_pad" for n in out.graph.node for a in n.attribute)
+
+
+def test_a_transpose_before_gemm_trans_a_is_undone(tmp_path):
+    """Gemm(Transpose(x), W, transA=1) is x W^T: every spiking compile had refused it as a
+    Transpose across the batch axis (SNN-E242), after calibration (a graph-variety audit)."""
+    from pathlib import Path
+
+    from onnx import helper
+
+    from snncc.driver import compile_model, make_options
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    proto = onnx.load(str(examples / "digits_cnn.onnx"))
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type == "Gemm":
+            t = node.input[0] + "_T"
+            nodes.append(helper.make_node("Transpose", [node.input[0]], [t], perm=[1, 0]))
+            node.input[0] = t
+            node.attribute.append(helper.make_attribute("transA", 1))
+        nodes.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    x = np.load(examples / "digits_cnn_test.npz")["x"][:16]
+    out, report, _ = assert_pass_equivalent(proto, [CanonicalizePass()], feeds={"input": x})
+    assert "Transpose" not in op_types(out)
+    assert report.rows[0].counts["gemm_transpose_folded"] == 2
+    onnx.save(proto, str(tmp_path / "t.onnx"))
+    compile_model(tmp_path / "t.onnx", tmp_path / "t.snn.onnx", make_options(
+        neuron="mt", timesteps=4, calib_path=str(examples / "digits_cnn_calib.npz")))
