@@ -380,8 +380,9 @@ def load_npz(path: str | os.PathLike, labels: bool = True) -> tuple[np.ndarray, 
             need = ("x", "y") if labels else ("x",)
             missing = [k for k in need if k not in f.files]
             if missing:
+                held = ", ".join(f.files) or "nothing"   # (a user's image= / labels= keys)
                 raise _fail("SNN-E803", f"data file '{path}' has no key(s) {', '.join(missing)}"
-                            + (" (no labels)" if "y" in missing else ""),
+                            + (" (no labels)" if "y" in missing else "") + f"; it holds: {held}",
                             "save it with np.savez(path, x=images, y=labels)")
             return f["x"], (f["y"] if labels else None)
     except CalibrationError:

@@ -35,6 +35,7 @@ from onnx import helper
 from torch import nn
 
 from snncc.errors import ModelInputError
+from snncc.train.finetune import logits_for_training
 from snncc.train.iir import LIF, MTNeuron, SpikingNeuron
 from snncc.train.qcfs import QCFS, replace_modules
 
@@ -145,6 +146,7 @@ def export_onnx(module: nn.Module, sample: torch.Tensor, path: str | None = None
         if isinstance(m, SpikingNeuron):
             m.reset_state()  # drop membrane tensors (they may hold an autograd graph, which cannot be copied)
     model = copy.deepcopy(module).cpu().eval()
+    logits_for_training(model, False)   # the model's own output head, Softmax included
     for m in model.modules():
         if isinstance(m, QCFS):
             m.timesteps = None   # export the QCFS clip, not the training-time IF emulation

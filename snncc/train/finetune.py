@@ -138,10 +138,19 @@ def prepare_training(module: nn.Module, train_data: DataLike, val_data: DataLike
     train_loader = make_loader(train, batch_size, shuffle=True, seed=seed, workers=workers, sampler=sampler)
     val_loader = make_loader(val, 256, shuffle=False, workers=workers) if val is not None else None
     model = copy.deepcopy(module).to(dev)
+    logits_for_training(model, True)
     ann_acc = evaluate(model, model, val_loader, dev) if val_loader is not None else None
     if maxpool == "avg":
         replace_maxpool_with_avgpool(model)
     return TrainingSetup(model, dev, train, train_loader, val_loader, ann_acc, sampler)
+
+
+def logits_for_training(module: nn.Module, on: bool) -> None:
+    """A Softmax-headed graph's module outputs its logits while it trains (``on``), its own
+    output again after (what is exported)."""
+    for m in module.modules():
+        if getattr(m, "softmax_head", False):
+            m.train_on_logits = on
 
 
 def check_option(ok: bool, what: str, hint: str) -> None:
@@ -504,6 +513,8 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
     model, dev, train = setup.model, setup.device, setup.train
     train_loader, val_loader, ann_acc = setup.train_loader, setup.val_loader, setup.ann_acc
     teacher = copy.deepcopy(module).to(dev) if distill > 0 else None   # the source network as it is
+    if teacher is not None:
+        logits_for_training(teacher, True)
     if bn == "fold":
         folded = model.fold_batchnorm() if hasattr(model, "fold_batchnorm") else 0
         log.info("folded %d BatchNorm layer(s) into their convolutions", folded)
@@ -626,6 +637,7 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
         set_spiking(model, None)
         qann_acc = evaluate(model, model, val_loader, dev) if val_loader is not None else None
     model.eval()
+    logits_for_training(model, False)
     return FinetuneResult(model, history, ann_acc, init_acc, final,
                           {name: float(m.lam.detach().mean()) for name, m in qcfs_modules(model).items()},
                           qann_acc)

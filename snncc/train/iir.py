@@ -41,7 +41,7 @@ from torch import nn
 
 from snncc.errors import ModelInputError
 from snncc.train.data import DataLike, first_images
-from snncc.train.finetune import (EpochStats, _tty, check_option, evaluate, fit, percentile,
+from snncc.train.finetune import (EpochStats, _tty, check_option, evaluate, fit, logits_for_training, percentile,
                                   prepare_training)
 from snncc.train.qcfs import ACTIVATIONS, replace_modules
 
@@ -328,4 +328,5 @@ def train_snn(module: nn.Module, train_data: DataLike, val_data: DataLike | None
         stages.append(stage)
         if on_stage_end is not None:
             on_stage_end(stage, model)
+    logits_for_training(model, False)
     return SnnResult(model, ann_acc, thresholds, stages)

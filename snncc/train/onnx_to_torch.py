@@ -27,6 +27,7 @@ an unsupported form of a supported op (auto_pad, 1-D/3-D pooling...) raises ``SN
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -225,6 +226,13 @@ class OnnxGraphModule(nn.Module):
         key = self._tensor_key[name]
         return self.params[key] if key in self.params else getattr(self, key)
 
+    @property
+    def softmax_head(self) -> bool:
+        """Whether the graph ends in a Softmax over the classes: training reads the logits
+        before it (:attr:`train_on_logits`), the export keeps it."""
+        last = next((s for s in reversed(self.steps) if self.output_name in s.outputs), None)
+        return last is not None and last.op == "Softmax" and last.attrs.get("axis", -1) in (1, -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env: dict[str, torch.Tensor] = {self.input_name: x}
 
@@ -247,6 +255,11 @@ class OnnxGraphModule(nn.Module):
                 env.update(zip(step.outputs, out))
             else:
                 env[step.outputs[0]] = out
+            if getattr(self, "train_on_logits", False) and step.op == "Softmax" and \
+                    self.output_name in step.outputs:
+                # the loss (cross-entropy, distillation) takes logits: on probabilities a
+                # Softmax-headed net had trained ~10x slower, without a word
+                return env[step.inputs[0]]
         return env[self.output_name]
 
     def const(self, name: str) -> np.ndarray:
@@ -520,6 +533,13 @@ def _refuse_compiled_or_training_mode(proto: onnx.ModelProto) -> None:
         raise ModelInputError(f"{PASS}: the model is already an snncc output (schedule "
                               f"{compiled['schedule']}, T = {compiled['timesteps']})",
                               code="SNN-E123", hint="fine-tune the source ANN")
+    trained = json.loads(model.metadata.get("snncc.train", "{}") or "{}")
+    if trained.get("kind") == "qcfs":   # its Floor nodes had been E801 'op not supported'
+        raise ModelInputError(f"{PASS}: the model is already a snncc finetune output (QCFS, "
+                              f"L = {trained.get('levels')}): its clips are trained",
+                              code="SNN-E123", hint="compile it as it is, fine-tune the source "
+                              "ANN again (another -L or more --epochs), or continue a run with "
+                              "--checkpoint / --resume")
     graph = model.graph
     bad = [Diagnostic("SNN-E208", f"{n.op} is in training mode ({why})", PASS, node_label(n),
                       TRAINING_HINT)

@@ -129,3 +129,60 @@ def test_a_training_mode_export_is_refused_as_compile_refuses_it(tmp_path, data,
     assert _finetune(tmp_path / "t.onnx", "--data", data, "-o", tmp_path / "o.onnx") == 2
     err = capsys.readouterr().err
     assert "[SNN-E208]" in err and "model.eval()" in err and not (tmp_path / "o.onnx").exists()
+
+
+def test_a_softmax_head_trains_on_the_logits_and_stays_in_the_output(tmp_path, data, capsys):
+    """A Softmax-headed export was trained with cross-entropy on its probabilities (weights moved
+    ~10x less, no word); the head stays in the fine-tuned file."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    from snncc.train.finetune import logits_for_training
+    from snncc.train.onnx_to_torch import load_onnx_module
+
+    proto = onnx.load(str(DIGITS))
+    out = proto.graph.output[0]
+    proto.graph.node.append(helper.make_node("Softmax", [out.name], ["probs"], axis=1))
+    out.name = "probs"
+    onnx.save(proto, str(tmp_path / "smx.onnx"))
+    x = np.load(data)["x"][:8]
+    plain = load_onnx_module(str(DIGITS)).eval()
+    headed = load_onnx_module(str(tmp_path / "smx.onnx")).eval()
+    logits_for_training(headed, True)
+    with torch.no_grad():
+        np.testing.assert_allclose(headed(torch.from_numpy(x)).numpy(),
+                                   plain(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+    assert _finetune(tmp_path / "smx.onnx", "--data", data, "-q", "-o", tmp_path / "o.onnx") == 0
+    probs = ort.InferenceSession(str(tmp_path / "o.onnx")).run(None, {"input": x})[0]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)   # the head is exported
+
+
+def test_what_a_user_met_after_training(tmp_path, data, capsys):
+    """A fine-tuning user's trial: the output did not say what to run next; fed back to
+    finetune it was E801 'Floor not supported'; thresholds above every input (--lambda-init 20)
+    gave all but silent layers and a model at chance without a word; a finetune output written over a
+    compiled model left that model's manifest beside it, unsaid; a data file with other keys did
+    not say which it had."""
+    from snncc.cli import main as cli
+
+    out = tmp_path / "q.onnx"
+    assert _finetune(DIGITS, "--data", data, "-o", out) == 0
+    said = capsys.readouterr().out
+    assert f"next: snncc compile {out} -T 4 -o SNN.onnx" in said
+    assert _finetune(out, "--data", data, "-o", tmp_path / "again.onnx") == 2
+    err = capsys.readouterr().err
+    assert "SNN-E123" in err and "already a snncc finetune output (QCFS, L = 4)" in err
+    assert _finetune(DIGITS, "--data", data, "--val", data, "--lambda-init", "20", "-q", "-o",
+                     tmp_path / "mute.onnx") == 0
+    err = capsys.readouterr().err
+    assert "the written model reaches" in err and "barely spike" in err, err
+    calib = ROOT / "examples" / "digits_cnn_calib.npz"
+    assert cli(["compile", str(DIGITS), "--calib", str(calib), "-q", "-o",
+                str(tmp_path / "c.onnx")]) == 0
+    assert _finetune(DIGITS, "--data", data, "-q", "-o", tmp_path / "c.onnx") == 0
+    assert "c.onnx.json describes the compiled model this output replaced" in \
+        capsys.readouterr().err
+    np.savez(tmp_path / "keys.npz", image=np.load(data)["x"], labels=np.load(data)["y"])
+    assert _finetune(DIGITS, "--data", tmp_path / "keys.npz", "-o", tmp_path / "k.onnx") == 2
+    assert "it holds: image, labels" in capsys.readouterr().err
