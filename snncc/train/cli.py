@@ -290,6 +290,11 @@ def _open(path: str, module, args: argparse.Namespace, what: str):
     ds = open_dataset(path, channels=channels, size=size, mean=args.mean, std=args.std, what=what,
                       num_classes=known)
     check_input_shape(ds, dims, what)
+    if (args.mean is not None or args.std is not None) and type(ds).__name__ != "ImageFolderDataset":
+        # compile refuses them with arrays (SNN-E371): the same file and flags would not calibrate
+        print(f"snncc finetune: warning: --mean/--std normalised the arrays of '{path}'; compile's "
+              "--calib takes arrays as the model takes them, so calibrate on the normalised arrays "
+              "(or on an image folder with the same --mean/--std)", file=sys.stderr)
     if args.input_size is not None and type(ds).__name__ != "ImageFolderDataset":
         print(f"snncc finetune: warning: --input-size resizes image-folder images; the arrays "
               f"of '{path}' are used at their own size", file=sys.stderr)

@@ -186,3 +186,11 @@ def test_what_a_user_met_after_training(tmp_path, data, capsys):
     np.savez(tmp_path / "keys.npz", image=np.load(data)["x"], labels=np.load(data)["y"])
     assert _finetune(DIGITS, "--data", tmp_path / "keys.npz", "-o", tmp_path / "k.onnx") == 2
     assert "it holds: image, labels" in capsys.readouterr().err
+
+
+def test_mean_std_on_arrays_warn_that_compile_takes_them_otherwise(tmp_path, data, capsys):
+    """finetune applies --mean/--std to arrays; compile refuses them there (SNN-E371): a user
+    could not calibrate with the file and flags they fine-tuned with (a CLI audit)."""
+    assert _finetune(DIGITS, "--data", data, "--mean", "0.5", "--std", "0.5", "-q", "-o",
+                     tmp_path / "o.onnx") == 0
+    assert "--mean/--std normalised the arrays of" in capsys.readouterr().err
