@@ -6,9 +6,15 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # A system Python that refuses pip installs (PEP 668: Debian, Ubuntu): say how to make a venv,
 # before pip says it in twenty lines.
-if [ -z "${VIRTUAL_ENV:-}" ] && "$PY" -c "import sys, sysconfig, os; sys.exit(not (sys.prefix == \
-        sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path('stdlib'), \
-        'EXTERNALLY-MANAGED'))))" 2>/dev/null; then
+# (Unless pip is told to install there anyway: PIP_BREAK_SYSTEM_PACKAGES or pip's config, as CI
+# images often are.)
+pip_allowed() {
+    case "${PIP_BREAK_SYSTEM_PACKAGES:-}" in 1|true|True|TRUE|yes|on) return 0 ;; esac
+    "$PY" -m pip config list 2>/dev/null | grep -qiE "break-system-packages='?(1|true|yes|on)"
+}
+if "$PY" -c "import sys, sysconfig, os; sys.exit(not (sys.prefix == sys.base_prefix and \
+        os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED'))))" \
+        2>/dev/null && ! pip_allowed; then
     echo "setup.sh: $("$PY" -c 'import sys; print(sys.executable)') is the system's Python, which" \
          "takes no pip installs; make a venv first:" >&2
     echo "    python3 -m venv .venv && . .venv/bin/activate && bash scripts/setup.sh" >&2

@@ -604,22 +604,29 @@ def _levels_warning(options: CompileOptions, ctx: CompileContext) -> list[str]:
 
     if options.levels is None:
         return []
+    said: list[str] = []
+    # an -L the user gave: make_options fills in the neuron's own (L = T; 8 for qann) when none
+    # was, and that one is no choice to call ignored (a review: '-L 2 is ignored' for -T 2)
+    own = 8 if options.target == "qann" else \
+        get_neuron(options.neuron).levels_for(options.timesteps, options) or 8
+    given = None if options.levels == own else options.levels
     trained = sorted({int(p.levels) for p in ctx.quant.values() if p.source == "pattern"})
-    if trained and trained != [options.levels]:
-        rest = sum(p.source != "pattern" for p in ctx.quant.values())
+    rest = sum(p.source != "pattern" for p in ctx.quant.values())
+    if given is not None and trained and trained != [given]:
         # (it had warned about an L-level QANN that the output did not have)
-        return [f"warning: -L {options.levels} is ignored at the graph's QCFS-trained clips, "
-                f"which keep their trained L = {', '.join(map(str, trained))}"
-                + (f" (it applies to the {rest} other activation(s))" if rest else "")]
-    if options.target == "qann":
-        return []
+        said.append(f"warning: -L {given} is ignored at the graph's QCFS-trained clips, which "
+                    f"keep their trained L = {', '.join(map(str, trained))}"
+                    + (f" (it applies to the {rest} other activation(s))" if rest else ""))
+    if options.target == "qann" or (trained and not rest):   # -L changes no clip then
+        return said
     spec = get_neuron(options.neuron)
     T = options.timesteps
     if spec.loihi.spike != "binary" or options.levels == T:
-        return []
-    return [f"warning: -L {options.levels} with --neuron {spec.key} at -T {T}: a binary neuron "
-            f"sends at most one spike per step ({T + 1} output levels), so the SNN matches its "
-            f"{options.levels}-level QANN only at -T {options.levels}; drop -L (L = T)"]
+        return said
+    return said + [f"warning: -L {options.levels} with --neuron {spec.key} at -T {T}: a binary "
+                   f"neuron sends at most one spike per step ({T + 1} output levels), so the SNN "
+                   f"matches its {options.levels}-level QANN only at -T {options.levels}; drop "
+                   "-L (L = T)"]
 
 
 def _with_layout_problems(exc: UnsupportedNodeError, model_path,

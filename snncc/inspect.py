@@ -205,9 +205,10 @@ def format_inspect(report: Mapping[str, Any]) -> str:
         lines.append("output head (runs once on the decoded SNN output): " + ", ".join(
             f"{h['op']} {h['node']}".rstrip() for h in head))
     macs = report["macs"]
-    if compiled:   # its batch holds the T slices of each sample: no per-sample figure
-        lines.append("total MACs per sample: not counted for a compiled model (its ops run on "
-                     "T slices per sample); compile --report gives its SynOps and MACs")
+    if compiled:   # its batch holds the T slices of each sample: the figure is per slice
+        lines.append(f"total MACs per slice: {macs['total']:,} (the source ANN's per sample; a "
+                     "compiled model runs T slices per sample, and compile --report gives its "
+                     "SynOps and MACs)")
         return "\n".join(lines)
     note = "" if macs["complete"] else " (some layers have unknown shapes)"
     lines.append(f"total MACs per sample: {macs['total']:,}{note}")

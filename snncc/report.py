@@ -75,7 +75,7 @@ class _Page:
     def image(self, rel: str, alt: str) -> None:
         # a link, percent-encoded: a page named 'run #1.html' had linked 'run ' (the rest a
         # fragment), and Markdown takes no space in a link
-        url = urllib.parse.quote(rel)
+        url = urllib.parse.quote(rel, errors="surrogateescape")   # a non-UTF-8 name's bytes
         self.parts.append(f'<img src="{html.escape(url)}" alt="{html.escape(alt)}">'
                           if self.html else f"![{alt}]({url})\n")
 
@@ -387,11 +387,11 @@ def report_command(args: argparse.Namespace) -> int:
     (report has no such option: its hint had sent users to a flag it does not take)."""
     import dataclasses
 
-    from snncc.errors import SnnccError
+    from snncc.errors import UnsupportedNodeError
 
     try:
         return _report_command(args)
-    except SnnccError as exc:
+    except UnsupportedNodeError as exc:
         if "--allow-analog" not in exc.render():
             raise
         def said(hint: str) -> str:
@@ -399,7 +399,7 @@ def report_command(args: argparse.Namespace) -> int:
                                 "--allow-analog (report runs no analog layers)")
 
         raise type(exc)(exc.message, code=exc.code, hint=said(exc.hint), diagnostics=[
-            dataclasses.replace(d, hint=said(d.hint)) for d in exc.diagnostics]) from None
+            dataclasses.replace(d, hint=said(d.hint)) for d in exc.diagnostics]) from exc
 
 
 def _report_command(args: argparse.Namespace) -> int:

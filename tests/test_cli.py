@@ -296,8 +296,10 @@ def test_options_a_qcfs_graph_does_not_use_are_said_to_be_ignored(tmp_path, caps
     assert main([str(a) for a in base + ["--calib-method", "max", "-o", tmp_path / "b.onnx"]]) == 0
     assert "--calib-method ignored: every activation of this QCFS-trained graph" in \
         capsys.readouterr().err
-    assert main([str(a) for a in base + ["-o", tmp_path / "c.onnx"]]) == 0
-    assert "ignored" not in capsys.readouterr().err   # the plain command: nothing to say
+    for more in ([], ["-T", "2"], ["--target", "qann"]):   # no -L given: nothing to say (a
+        # review: make_options' own L = T, or 8 for qann, had been said to be ignored)
+        assert main([str(a) for a in base + more + ["-o", tmp_path / "c.onnx"]]) == 0
+        assert "ignored" not in capsys.readouterr().err
     assert main([str(a) for a in base + ["--percentile", "99", "-o", tmp_path / "d.onnx"]]) == 0
     err = capsys.readouterr().err
     assert "--percentile 99 is ignored: it sets --calib-method percentile's" in err

@@ -65,7 +65,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                              "(memory-mapped), or an image folder ROOT/<class>/<image>")
     parser.add_argument("--val", help="validation data (same forms): accuracy before and after "
                         "training; the model written is the last epoch's, and a warning says when "
-                        "it falls more than 1 point behind an earlier one")
+                        "it falls more than 1 point behind an earlier one (an --iir / --mt stage: 5)")
     parser.add_argument("-o", "--output", required=True,
                         help="output ONNX path (--iir / --mt also write each earlier stage "
                         "beside it as OUT.T<T>.onnx)")
@@ -290,7 +290,8 @@ def _open(path: str, module, args: argparse.Namespace, what: str):
     ds = open_dataset(path, channels=channels, size=size, mean=args.mean, std=args.std, what=what,
                       num_classes=known)
     check_input_shape(ds, dims, what)
-    if (args.mean is not None or args.std is not None) and type(ds).__name__ != "ImageFolderDataset":
+    if (args.mean is not None or args.std is not None) and what == "training data" and \
+            type(ds).__name__ != "ImageFolderDataset" and int(os.environ.get("RANK", "0")) == 0:
         # compile refuses them with arrays (SNN-E371): the same file and flags would not calibrate
         print(f"snncc finetune: warning: --mean/--std normalised the arrays of '{path}'; compile's "
               "--calib takes arrays as the model takes them, so calibrate on the normalised arrays "
@@ -491,10 +492,21 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
                   f"--val, the ANN {_fmt(res.ann_val_acc)}: {why}", file=sys.stderr)
         _stale_manifest(output)
         say(f"wrote {output}")
-        T = loop_T or args.levels
-        say(f"next: snncc compile {shlex.quote(str(output))} -T {T} -o SNN.onnx (--neuron if, mt "
-            f"or srp at T = L = {T}; bit-serial takes L = 2^T - 1; add --calib FILE for a "
-            "fidelity estimate)")
+        from snncc.context import MAX_TIMESTEPS
+
+        model = shlex.quote(str(output))
+        L = args.levels
+        if loop_T:
+            say(f"next: snncc compile {model} -T {loop_T} -o SNN.onnx (the IF SNN it trained "
+                "with; add --calib FILE for a fidelity estimate)")
+        elif L <= MAX_TIMESTEPS:
+            say(f"next: snncc compile {model} -T {L} -o SNN.onnx (--neuron if, mt or srp at "
+                f"T = L = {L}; bit-serial takes L = 2^T - 1; add --calib FILE for a fidelity "
+                "estimate)")
+        else:   # (it had named -T 100, which compile refuses: E354)
+            say(f"next: snncc compile {model} --neuron mt -o SNN.onnx with n * T = L = {L} (IF "
+                f"and SRP need T = L, beyond compile's {MAX_TIMESTEPS}; add --calib FILE for a "
+                "fidelity estimate)")
         return 0
 
     if distributed:
@@ -553,7 +565,8 @@ def _stale_manifest(output) -> None:
     from snncc.outputs import written_by_snncc
 
     manifest = Path(f"{output}.json")
-    if manifest.is_file() and written_by_snncc(manifest, "manifest"):
+    if int(os.environ.get("RANK", "0")) == 0 and manifest.is_file() and \
+            written_by_snncc(manifest, "manifest"):
         print(f"snncc finetune: warning: {manifest} describes the compiled model this output "
               "replaced; remove it, or compile the fine-tuned model to that name again",
               file=sys.stderr)

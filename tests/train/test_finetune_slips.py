@@ -131,7 +131,9 @@ def test_a_training_mode_export_is_refused_as_compile_refuses_it(tmp_path, data,
     assert "[SNN-E208]" in err and "model.eval()" in err and not (tmp_path / "o.onnx").exists()
 
 
-def test_a_softmax_head_trains_on_the_logits_and_stays_in_the_output(tmp_path, data, capsys):
+@pytest.mark.parametrize("after", [[], ["Flatten"]])
+def test_a_softmax_head_trains_on_the_logits_and_stays_in_the_output(tmp_path, data, capsys,
+                                                                     after):
     """A Softmax-headed export was trained with cross-entropy on its probabilities (weights moved
     ~10x less, no word); the head stays in the fine-tuned file."""
     import onnx
@@ -144,7 +146,11 @@ def test_a_softmax_head_trains_on_the_logits_and_stays_in_the_output(tmp_path, d
     proto = onnx.load(str(DIGITS))
     out = proto.graph.output[0]
     proto.graph.node.append(helper.make_node("Softmax", [out.name], ["probs"], axis=1))
-    out.name = "probs"
+    name = "probs"
+    for op in after:   # shape ops after the head (a review: Softmax -> Flatten had been missed)
+        proto.graph.node.append(helper.make_node(op, [name], [name + op]))
+        name += op
+    out.name = name
     onnx.save(proto, str(tmp_path / "smx.onnx"))
     x = np.load(data)["x"][:8]
     plain = load_onnx_module(str(DIGITS)).eval()
@@ -172,7 +178,7 @@ def test_what_a_user_met_after_training(tmp_path, data, capsys):
     assert f"next: snncc compile {out} -T 4 -o SNN.onnx" in said
     assert _finetune(out, "--data", data, "-o", tmp_path / "again.onnx") == 2
     err = capsys.readouterr().err
-    assert "SNN-E123" in err and "already a snncc finetune output (QCFS, L = 4)" in err
+    assert "SNN-E123" in err and "already a snncc finetune output (QCFS, L = 4: its clips" in err
     assert _finetune(DIGITS, "--data", data, "--val", data, "--lambda-init", "20", "-q", "-o",
                      tmp_path / "mute.onnx") == 0
     err = capsys.readouterr().err
@@ -194,3 +200,27 @@ def test_mean_std_on_arrays_warn_that_compile_takes_them_otherwise(tmp_path, dat
     assert _finetune(DIGITS, "--data", data, "--mean", "0.5", "--std", "0.5", "-q", "-o",
                      tmp_path / "o.onnx") == 0
     assert "--mean/--std normalised the arrays of" in capsys.readouterr().err
+
+
+def test_other_finetune_outputs_and_hand_edited_metadata(tmp_path, data, capsys):
+    """An --iir / --mt output fed to finetune was E801 on its neurons (a review); metadata that
+    is not JSON had been an internal error; the 'next:' line named -T 100 for -L 100 (compile
+    refuses it) and said 'T = L = 2' for L = 4 trained at T = 2."""
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(DIGITS))
+    proto.metadata_props.add(key="snncc.train", value=json.dumps({"kind": "snn"}))
+    onnx.save(proto, str(tmp_path / "snn.onnx"))
+    assert _finetune(tmp_path / "snn.onnx", "--data", data, "-q", "-o", tmp_path / "a.onnx") == 2
+    assert "already a snncc finetune output (an SNN trained with --iir / --mt" in \
+        capsys.readouterr().err
+    proto.metadata_props[-1].value = "not json"
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    assert _finetune(tmp_path / "bad.onnx", "--data", data, "-q", "-o", tmp_path / "b.onnx") == 0
+    capsys.readouterr()
+    assert _finetune(DIGITS, "--data", data, "-L", "100", "-o", tmp_path / "c.onnx") == 0
+    assert "--neuron mt -o SNN.onnx with n * T = L = 100" in capsys.readouterr().out
+    assert _finetune(DIGITS, "--data", data, "--snn-timesteps", "2", "-o", tmp_path / "d.onnx") == 0
+    assert "-T 2 -o SNN.onnx (the IF SNN it trained with" in capsys.readouterr().out
