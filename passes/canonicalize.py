@@ -81,7 +81,8 @@ from snncc.errors import Diagnostic, ModelInputError, UnsupportedNodeError
 from snncc.op_classes import FUSED_HINT, RECURRENT, TRAINING_HINT
 from snncc.passes.base import Decline, Pass, PassResult
 from snncc.passes.opset_down import convert_version
-from snncc.passes.support import no_activation, relu_spellings, unsupported_nodes
+from snncc.passes.support import (no_activation, prefix_activations, relu_spellings,
+                                  unsupported_nodes)
 
 __all__ = ["CanonicalizePass", "check_model_input", "compiled_output", "flatten_static_ifs"]
 
@@ -185,6 +186,9 @@ class CanonicalizePass(Pass):
             if diag is not None:
                 raise UnsupportedNodeError(f"{NAME}: the model has no activation to convert",
                                            diagnostics=[diag], code="SNN-E204")
+        prefix = prefix_activations(model.graph)
+        if prefix:   # said, not refused: exact, but no neurons (and Loihi / NIR refuse them)
+            ctx.notes["analog_prefix"] = prefix
         counts = Counter({k: v for k, v in counts.items() if v})
         logger.debug("%s: %s", NAME, dict(counts))
         return PassResult(modified=True, counts=dict(counts), declines=tuple(declines))

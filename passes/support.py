@@ -32,7 +32,8 @@ from snncc.op_classes import (ACTIVATION, CONTROL_FLOW, FUSED_HINT, META_OPS, OR
                                RECURRENT, TIME_OPS, TRAINING_HINT, op_info)
 from snncc.passes.quant_clip import activation_sites
 
-__all__ = ["unsupported_nodes", "conversion_roles", "analog_prefix", "no_activation", "time_op_ok",
+__all__ = ["unsupported_nodes", "conversion_roles", "analog_prefix", "prefix_activations",
+           "no_activation", "time_op_ok",
            "feeds_only_outputs", "spike_fed", "relu_spellings", "SPIKING", "STATIC", "TIME",
            "HEAD", "ISLAND", "training_mode"]
 
@@ -224,6 +225,16 @@ def analog_prefix(graph: gs.Graph, roles: Mapping[int, str] | None = None) -> se
     tainted = spike_fed(graph)
     return {id(n) for n in order if roles.get(id(n)) == STATIC and below.get(id(n))
             and not any(id(t) in tainted for t in n.inputs)}
+
+
+def prefix_activations(graph: gs.Graph) -> list[str]:
+    """The non-spiking activations (Sigmoid, Tanh, ...) of the analog prefix, by node label:
+    they run once on the input, exactly, and are no neurons (compile and inspect say so; a
+    user had taken their net for spiking throughout; Loihi and NIR refuse them)."""
+    prefix = analog_prefix(graph)
+    return [ir.node_label(n) for n in graph.nodes if id(n) in prefix
+            and op_info(n.op, n.domain or "").group == ACTIVATION
+            and not op_info(n.op, n.domain or "").spiking]
 
 
 def spike_fed(graph: gs.Graph) -> set[int]:

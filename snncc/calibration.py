@@ -196,7 +196,7 @@ def load_samples(path: str | Path, inputs: Sequence[InputSpec], *,
     missing = [n for n in names if n not in arrays]
     if missing:
         raise _fail("SNN-E407", f"'{path}' has no array for input(s) {', '.join(missing)} "
-                    f"(arrays: {', '.join(sorted(arrays))})",
+                    f"(arrays: {', '.join(sorted(arrays)) or 'none, the file is empty'})",
                     "key the .npz arrays by the model's input names")
     out = {}
     for spec in inputs:

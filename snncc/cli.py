@@ -277,6 +277,9 @@ def _print_notes(notes: dict[str, Any], target: str = "ort") -> None:
                 else "calibration (snn)"
             value = (f"mean relative layer error {before:.3f} -> {after:.3f} over "
                      f"{len(value)} layers")
+        elif key == "analog_prefix" and value:
+            key = "run once on the input, as analog ops, not neurons"
+            value = f"{len(value)}: " + ", ".join(value)
         elif isinstance(value, (list, dict)) and not value:
             continue
         elif isinstance(value, dict):
@@ -536,17 +539,25 @@ def _on_sigint(signum, frame) -> None:
     raise KeyboardInterrupt()
 
 
-def _interrupted(exc: KeyboardInterrupt, before: int) -> int:
+def _interrupted(exc: KeyboardInterrupt, before: int, args: argparse.Namespace | None = None
+                 ) -> int:
     """The message on Ctrl-C or SIGTERM: what this command (its outputs installed after the
-    first ``before`` of the thread's) had already written."""
+    first ``before`` of the thread's) had already written, and for a finetune checkpoint how to
+    go on from it."""
     from snncc.outputs import installed, take_signal
 
     take_signal()   # handled here
     done = list(dict.fromkeys(str(p) for p in installed()[before:]))   # a checkpoint: once
     what = "terminated" if isinstance(exc, Terminated) else "interrupted"
     # on a line of its own: a progress bar may hold the cursor at the end of its line
+    checkpoint = getattr(args, "checkpoint", None) if getattr(args, "command", "") == \
+        "finetune" else None
+    from pathlib import Path
+
+    more = (f"; go on with the same command and --resume {checkpoint}" if checkpoint and any(
+        Path(d).resolve() == Path(checkpoint).resolve() for d in done) else "")
     print(f"\n{what}; " + (f"already written: {', '.join(done)}" if done
-                           else "nothing was written"), file=sys.stderr)
+                           else "nothing was written") + more, file=sys.stderr)
     return 143 if isinstance(exc, Terminated) else 130
 
 
@@ -725,7 +736,7 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
         print(f"snncc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        return _interrupted(exc, before)
+        return _interrupted(exc, before, args)
     except BrokenPipeError:  # e.g. `snncc run ... | head`: the reader left; not an error of ours
         try:
             sys.stdout = open(os.devnull, "w")

@@ -79,7 +79,7 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     """Build the inspect report (a JSON-ready dict) for a model file or proto."""
     from snncc.passes.canonicalize import CanonicalizePass, compiled_output, flatten_static_ifs
     from snncc.passes.support import (HEAD, ISLAND, TIME, conversion_roles, no_activation,
-                                      relu_spellings, unsupported_nodes)
+                                      prefix_activations, relu_spellings, unsupported_nodes)
     from snncc.passes.schedule_timesteps import batch_axis_problem
     from snncc.pipeline import Pipeline
 
@@ -161,6 +161,7 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
         and ir.node_label(n) not in flagged
         and n.op not in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")
         and (n.domain or "") in ORT_DOMAINS]
+    report["analog_prefix"] = [] if compiled else prefix_activations(graph)
     known = [layer["macs"] for layer in layers if layer["macs"] is not None]
     report["macs"] = {"layers": layers, "total": sum(known),
                       "complete": len(known) == len(layers)}
@@ -200,6 +201,10 @@ def format_inspect(report: Mapping[str, Any]) -> str:
         lines.append("cannot convert: none of the ops (but compile stops on the problem above)")
     else:
         lines.append("cannot convert: none")
+    prefix = report.get("analog_prefix") or []
+    if prefix:
+        lines.append(f"run once on the input, as analog ops, not neurons ({len(prefix)}): "
+                     + ", ".join(prefix) + " (exact; the loihi and nir targets refuse them)")
     head = report.get("output_head") or []
     if head:
         lines.append("output head (runs once on the decoded SNN output): " + ", ".join(

@@ -320,3 +320,19 @@ def test_a_lossy_nir_file_without_an_estimate_says_its_loss_was_not_measured(tmp
     assert main(["compile", str(tmp_path / "q.onnx"), "--target", "nir", "--allow-lossy", "-o",
                  str(tmp_path / "q.nir"), "-q"]) == 0
     assert "no fidelity estimate measured what it loses" in capsys.readouterr().err
+
+
+def test_an_interrupted_finetune_says_how_to_go_on_from_its_checkpoint(tmp_path, capsys):
+    """Ctrl-C during finetune named the checkpoint it had written but not --resume."""
+    import argparse
+
+    from snncc.cli import _interrupted
+    from snncc.outputs import atomic_file, installed
+
+    before = len(installed())
+    with atomic_file(tmp_path / "ck.pt") as tmp:
+        tmp.write_bytes(b"state")
+    args = argparse.Namespace(command="finetune", checkpoint=str(tmp_path / "ck.pt"))
+    assert _interrupted(KeyboardInterrupt(), before, args) == 130
+    err = capsys.readouterr().err
+    assert "already written: " in err and f"--resume {tmp_path / 'ck.pt'}" in err

@@ -109,3 +109,24 @@ def test_an_op_of_an_unknown_domain_cannot_convert_in_inspect_or_compile(tmp_pat
                 calib_path=str(tmp_path / "c.npy"), allow_analog=analog))
         assert err.value.code == "SNN-E205"
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_an_activation_in_the_analog_prefix_is_said_to_run_once(tmp_path, capsys):
+    """A Sigmoid before the first spiking layer compiled as an analog op on the input, exact,
+    while inspect said 'cannot convert: none' and compile nothing (a CLI audit): both say it."""
+    from pathlib import Path
+
+    import onnx
+
+    from snncc.cli import main
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    proto = onnx.load(str(examples / "digits_cnn.onnx"))
+    next(n for n in proto.graph.node if n.op_type == "Relu").op_type = "Sigmoid"
+    onnx.save(proto, str(tmp_path / "sig.onnx"))
+    assert main(["inspect", str(tmp_path / "sig.onnx")]) == 0
+    assert "run once on the input, as analog ops, not neurons (1)" in capsys.readouterr().out
+    assert main(["compile", str(tmp_path / "sig.onnx"), "--calib",
+                 str(examples / "digits_cnn_calib.npz"), "--no-fidelity", "-o",
+                 str(tmp_path / "s.onnx")]) == 0
+    assert "run once on the input, as analog ops, not neurons: 1:" in capsys.readouterr().out

@@ -199,6 +199,14 @@ def _check_args(args: argparse.Namespace, snn: bool) -> None:
     for key, (_, default) in _QCFS_ONLY.items():
         if getattr(args, key) is None:
             setattr(args, key, default)
+    if not snn:   # before the data loads (these had failed only after it, ~10 s in)
+        from snncc.train.finetune import _lambda_init
+
+        need(0 <= args.distill <= 1 and 0 < args.temperature < math.inf,
+             f"--distill {args.distill} must lie in [0, 1] and --temperature {args.temperature} "
+             "be > 0 and finite", "e.g. --distill 0.5 --temperature 4")
+        need(0 < args.warmup < 1, f"--warmup {args.warmup} must lie in (0, 1)", "e.g. --warmup 0.3")
+        _lambda_init(args.lambda_init)
 
 
 def _init_distributed(device: str | None) -> bool:

@@ -153,6 +153,11 @@ def logits_for_training(module: nn.Module, on: bool) -> None:
             m.train_on_logits = on
 
 
+def _pct(acc: float | None) -> str:
+    """An accuracy for the -v log as the summary prints it ('-' when not measured)."""
+    return "-" if acc is None else f"{100 * acc:.2f}%"
+
+
 def check_option(ok: bool, what: str, hint: str) -> None:
     if not ok:
         raise OptionError(f"finetune: {what}", code="SNN-E804", hint=hint)
@@ -566,7 +571,7 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
     init_acc = evaluate(forward, model, val_loader, dev) if val_loader is not None and resume is None else None
     log.info("QCFS L=%d at %d sites (lambda init %s)%s", levels, len(sites), lambda_init,
              "" if ann_acc is None and init_acc is None else   # no --val: nothing measured
-             f"; val acc ANN {ann_acc} -> before training {init_acc}")
+             f"; val acc ANN {_pct(ann_acc)} -> before training {_pct(init_acc)}")
 
     def train_mode() -> None:
         model.train()

@@ -41,7 +41,7 @@ from torch import nn
 
 from snncc.errors import ModelInputError
 from snncc.train.data import DataLike, first_images
-from snncc.train.finetune import (EpochStats, _tty, check_option, evaluate, fit, logits_for_training, percentile,
+from snncc.train.finetune import (EpochStats, _pct, _tty, check_option, evaluate, fit, logits_for_training, percentile,
                                   prepare_training)
 from snncc.train.qcfs import ACTIVATIONS, replace_modules
 
@@ -324,7 +324,8 @@ def train_snn(module: nn.Module, train_data: DataLike, val_data: DataLike | None
         stage = StageResult(T, init_acc, history[-1].val_acc if history else init_acc, history,
                             {k: n.threshold.item() for k, n in neurons.items()},
                             {k: n.leak.item() for k, n in neurons.items() if isinstance(n, LIF)})
-        log.info("stage T=%d: val acc %s -> %s", T, init_acc, stage.val_acc)
+        if val_loader is not None:   # (without --val it had logged 'None -> None')
+            log.info("stage T=%d: val acc %s -> %s", T, _pct(init_acc), _pct(stage.val_acc))
         stages.append(stage)
         if on_stage_end is not None:
             on_stage_end(stage, model)

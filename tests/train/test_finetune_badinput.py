@@ -164,6 +164,10 @@ def test_bad_device_is_refused(tmp_path, data, capsys, device, text):
     (["--iir", "--timesteps", f"{MAX_TIMESTEPS + 1},1"], f"must lie in 1..{MAX_TIMESTEPS}"),
     # QCFS mode: the stages were ignored without a word (a CLI audit)
     (["--timesteps", "3,2"], "--timesteps 3,2 sets the --iir / --mt training stages"),
+    # refused before the data loads (they had failed only after it)
+    (["--distill", "2"], "--distill 2.0 must lie in [0, 1]"),
+    (["--warmup", "2"], "--warmup 2.0 must lie in (0, 1)"),
+    (["--lambda-init", "bogus"], "must be mse, max, pNN or a positive number"),
 ])
 def test_senseless_option_values_are_refused(tmp_path, data, capsys, extra, text):
     assert text in _expect_error(capsys, tmp_path, "SNN-E804", "--data", data[0], *extra)
