@@ -406,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--fidelity-samples", type=int, default=None, metavar="N",
                    help="hold out the last N calibration samples to measure ANN vs QANN vs SNN "
                    "(default: those beyond --calib-samples, at least 32 and at most 64, so 32 of "
-                   "a 256-sample file; at least 32 samples stay for calibration)")
+                   "a 256-sample file; at least 32 samples stay for calibration). The estimate "
+                   "holds for data like those samples: drawn from the training set, it reads "
+                   "high")
     x.add_argument("--no-fidelity", dest="fidelity_samples", action="store_const", const=0,
                    help="skip the fidelity estimate (the held-out samples calibrate too, up to "
                    "--calib-samples); same as --fidelity-samples 0")

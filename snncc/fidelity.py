@@ -299,7 +299,9 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
     if binary and T == 1:
         out.append(graded)
     if options.neuron != "bitserial" and T >= 2 and trained_levels in (None, 2 ** T - 1):
-        out.append(f"--neuron bitserial (equals its {2 ** T - 1}-level QANN at T = {T})")
+        out.append(f"--neuron bitserial (equals its {2 ** T - 1}-level QANN at T = {T}"
+                   + ("; Loihi runs it as a microcoded neuron, with no network.net" if
+                      options.target == "loihi" else "") + ")")
     if binary and T == 2:
         out.append(graded)
     if T < 8:

@@ -265,7 +265,8 @@ class _Builder:
         if handler is None or node.domain not in ("", "ai.onnx"):
             raise _Refuse("SNN-E692", f"op {node.op_type} has no NIR form in snncc's export",
                           "export the model without its final Softmax/LogSoftmax (the arg-max, "
-                          "the predicted class, is the same)"
+                          "the predicted class, is the same), or use --target ort, which runs it "
+                          "as the output head"
                           if node.op_type in ("Softmax", "LogSoftmax") else
                           channels_last_hint(node, self.proto.graph) or
                           "the NIR export maps Conv, Gemm, MatMul, AveragePool, "
@@ -533,7 +534,8 @@ class _Builder:
         a, b = node.input[:2]
         if not (a in self.inits or b in self.inits):
             raise _Refuse("SNN-E692", "Add of two tensors (a residual connection) is not "
-                          "exported to NIR", "the NIR export takes sequential networks")
+                          "exported to NIR", "the NIR export takes sequential networks; "
+                          "--target ort or loihi compile residual ones")
         x = self._value(b if a in self.inits else a)
         c = self._channel_const(self.inits[a if a in self.inits else b], x)
         producer = self.nodes.get(x.node)
