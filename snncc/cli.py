@@ -144,14 +144,30 @@ def _trained_timesteps(path: str, neuron: str | None) -> tuple[int, str] | None:
         return None
     if not isinstance(meta, dict):
         return None
-    if meta.get("kind") == "snn" and isinstance(meta.get("timesteps"), int) and \
-            neuron in (None, meta.get("neuron")):
-        return meta["timesteps"], f"a {meta.get('neuron', 'spiking')} SNN stage of snncc finetune"
+    if meta.get("kind") == "snn" and isinstance(meta.get("timesteps"), int):
+        # its neurons are in the graph: --neuron does not replace them (its T is the one)
+        return meta["timesteps"], f"a {meta.get('neuron', 'spiking')} SNN of snncc finetune"
     trained = str(meta.get("trained_for", ""))
     if meta.get("kind") == "qcfs" and trained.startswith("if T=") and trained[5:].isdigit() and \
             neuron in (None, "if"):
         return int(trained[5:]), "a QCFS net trained with the IF SNN in the loop"
     return None
+
+
+def _spiking_source(path: str) -> tuple[str, str] | None:
+    """(neuron, 'lif neurons trained by snncc finetune') when the model's neurons are in the
+    graph already (finetune --iir / --mt), else None."""
+    import onnx
+
+    try:
+        proto = onnx.load(path, load_external_data=False)
+        meta = json.loads({p.key: p.value for p in proto.metadata_props}.get("snncc.train", "{}"))
+    except Exception:   # the front end reports unreadable models
+        return None
+    if not isinstance(meta, dict) or meta.get("kind") != "snn":
+        return None
+    neuron = str(meta.get("neuron", "spiking"))
+    return neuron, f"{neuron} neurons trained by snncc finetune"
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -180,6 +196,15 @@ def _compile(args: argparse.Namespace) -> int:
               "--calib-method percentile's percentile (the method is "
               f"{args.calib_method or 'snn'})", file=sys.stderr)
     timesteps = 4 if args.timesteps is None else args.timesteps
+    spiking = _spiking_source(args.model)   # (its neuron, what it is) or None
+    if spiking and args.target == "qann":   # (it had written LIF ops as a 'QANN', 34.4 %)
+        raise OptionError(f"compile: the model spikes already ({spiking[1]}): it has no "
+                          "quantized-clip ANN form", code="SNN-E124",
+                          hint="compile it for --target ort, loihi or nir")
+    if spiking and args.neuron and args.neuron != spiking[0]:
+        # (--neuron if had kept the LIF neurons, at T = 4 instead of the trained 1: 79.2 %)
+        print(f"snncc compile: warning: --neuron {args.neuron} is ignored: the model's neurons "
+              f"are in the graph ({spiking[1]}) and stay", file=sys.stderr)
     trained = _trained_timesteps(args.model, args.neuron) if args.target != "qann" else None
     if trained and trained[0] != timesteps:
         if args.timesteps is None:   # the best measured choice is what it was trained for
@@ -545,7 +570,8 @@ def _interrupted(exc: KeyboardInterrupt, before: int, args: argparse.Namespace |
                  ) -> int:
     """The message on Ctrl-C or SIGTERM: what this command (its outputs installed after the
     first ``before`` of the thread's) had already written, and for a finetune checkpoint how to
-    go on from it."""
+    go on from it. Under torchrun only rank 0 says it (rank 1 had said 'nothing was written'
+    after rank 0 named the checkpoint)."""
     from snncc.outputs import installed, take_signal
 
     take_signal()   # handled here
@@ -558,8 +584,9 @@ def _interrupted(exc: KeyboardInterrupt, before: int, args: argparse.Namespace |
 
     more = (f"; go on with the same command and --resume {checkpoint}" if checkpoint and any(
         Path(d).resolve() == Path(checkpoint).resolve() for d in done) else "")
-    print(f"\n{what}; " + (f"already written: {', '.join(done)}" if done
-                           else "nothing was written") + more, file=sys.stderr)
+    if os.environ.get("RANK", "0") in ("", "0"):
+        print(f"\n{what}; " + (f"already written: {', '.join(done)}" if done
+                               else "nothing was written") + more, file=sys.stderr)
     return 143 if isinstance(exc, Terminated) else 130
 
 
@@ -735,7 +762,8 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"snncc {args.command}: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") in ("", "0"):   # torchrun: said once, by rank 0
+            print(f"snncc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         return _interrupted(exc, before, args)

@@ -490,10 +490,12 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
             synops = artifact.synops
         if fid is None and ctx.notes.get("nir", {}).get("lossy"):
             # (an --iir net's NIR file scored 42.5 % against its ORT SNN's 81.0 %, unsaid)
+            spikes = any(r.counts.get("already_spiking") for r in rows.rows)   # an --iir net
             warnings.append("warning: the NIR file is a lossy export and no fidelity estimate "
-                            "measured what it loses (it needs --calib samples and an ANN): "
-                            "compare snncc run FILE.nir with the --target ort compile on "
-                            "labelled data")
+                            "measured what it loses (" + (
+                                "the model spikes already: there is no ANN to compare with"
+                                if spikes else "it needs --calib samples") + "): compare snncc "
+                            "run FILE.nir with the --target ort compile on labelled data")
         report = _compile_report(model_path, out, options, rows, ctx, artifact_report, fid,
                                  synops, start)
         if dump:

@@ -336,3 +336,27 @@ def test_an_interrupted_finetune_says_how_to_go_on_from_its_checkpoint(tmp_path,
     assert _interrupted(KeyboardInterrupt(), before, args) == 130
     err = capsys.readouterr().err
     assert "already written: " in err and f"--resume {tmp_path / 'ck.pt'}" in err
+
+
+def test_a_spiking_finetune_output_keeps_its_neurons_and_t(tmp_path, capsys, monkeypatch):
+    """On an --iir output, --neuron if was ignored without a word and its trained T dropped for 4
+    (79.2 % against 96.4 %); --target qann wrote its LIF ops as a 'QANN' (34.4 %); under
+    torchrun every rank printed the same error (a fine-tuning user's second trial)."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    proto = onnx.load(str(examples / "digits_cnn.onnx"))
+    proto.metadata_props.add(key="snncc.train",
+                             value=json.dumps({"kind": "snn", "neuron": "lif", "timesteps": 1}))
+    onnx.save(proto, str(tmp_path / "iir.onnx"))
+    calib = str(examples / "digits_cnn_calib.npz")
+    assert main(["compile", str(tmp_path / "iir.onnx"), "--neuron", "if", "--calib", calib,
+                 "--no-fidelity", "-o", str(tmp_path / "a.onnx")]) == 0
+    err = capsys.readouterr().err
+    assert "--neuron if is ignored: the model's neurons are in the graph (lif neurons" in err
+    assert "note: -T 1: the model is a lif SNN of snncc finetune" in err
+    assert main(["compile", str(tmp_path / "iir.onnx"), "--target", "qann", "--calib", calib,
+                 "-o", str(tmp_path / "q.onnx")]) == 2
+    assert "SNN-E124" in capsys.readouterr().err and not (tmp_path / "q.onnx").exists()
+    monkeypatch.setenv("RANK", "1")   # torchrun's other ranks: the error is rank 0's to say
+    assert main(["compile", str(tmp_path / "iir.onnx"), "--target", "qann", "-o",
+                 str(tmp_path / "q.onnx")]) == 2
+    assert capsys.readouterr().err == ""

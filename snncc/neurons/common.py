@@ -156,10 +156,13 @@ def dividing_timesteps(levels: int, per_slice_max: int, T_max: int) -> int | Non
 def members_per_slice(levels: int, T: int, what: str) -> int:
     """L / T for neurons whose T slices together give L levels; SNN-E307 when not exact."""
     if levels % T:
+        fits = [t for t in range(1, min(levels, 64) + 1) if levels % t == 0][:4]
+        # (a QCFS-trained clip keeps its own L: the -L of this hint alone had led to E307 again)
         raise OptionError(f"{what}: the clip has L={levels} levels, which is not a multiple of "
                           f"T={T}", code="SNN-E307",
-                          hint=f"use L = k*T (e.g. -L {4 * T} for 4 per slice), or set the "
-                               "per-slice count explicitly with --neuron-param")
+                          hint=f"use a -T that divides L (-T {', '.join(map(str, fits))}), or "
+                               f"L = k*T (e.g. -L {4 * T} for 4 per slice; a QCFS-trained clip "
+                               "keeps its own L), or set the per-slice count with --neuron-param")
     return levels // T
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import shlex
 import sys
@@ -177,6 +178,9 @@ def _check_args(args: argparse.Namespace, snn: bool) -> None:
          f"--snn-timesteps {args.snn_timesteps} must lie in 0..{MAX_TIMESTEPS} (snncc compile accepts -T up to "
          f"{MAX_TIMESTEPS})", "e.g. --snn-timesteps 4, or 0 for none")
     if snn:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # before the group joins, the data loads
+            raise OptionError("finetune: --iir/--mt train in one process only", code="SNN-E812",
+                              hint="run SNN training without torchrun")
         if args.sparsity:
             raise OptionError("finetune: --sparsity applies to QCFS fine-tuning, not to --iir/--mt", code="SNN-E804",
                               hint="drop --sparsity or --iir/--mt")
@@ -404,6 +408,8 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
     from snncc.train.onnx_to_torch import load_onnx_module
 
     rank = dist_info()[0]
+    if rank:   # torchrun: the log once, from rank 0 (each rank had logged its own shard's figures)
+        logging.getLogger("snncc").setLevel(logging.WARNING)
     say = print if rank == 0 and not args.quiet else (lambda *a, **k: None)
     from snncc.cli import _input_shapes
 
@@ -563,7 +569,8 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
               f"{_stage_path(output, best.T)} (more --epochs per stage may carry it further)",
               file=sys.stderr)
     say(f"next: snncc compile {shlex.quote(str(output))} -o SNN.onnx (its neurons and T = "
-        f"{last.T} come with it; add --calib FILE for a fidelity estimate)")
+        f"{last.T} come with it; --calib FILE adds measured SynOps: a trained SNN has no ANN to "
+        "estimate against)")
     return 0
 
 

@@ -551,8 +551,13 @@ def _refuse_compiled_or_training_mode(proto: onnx.ModelProto) -> None:
                 else "an SNN trained with --iir / --mt: its neurons are in the graph")
         raise ModelInputError(f"{PASS}: the model is already a snncc finetune output ({what})",
                               code="SNN-E123", hint="compile it as it is, fine-tune the source "
-                              "ANN again (another -L or more --epochs), or continue a run with "
-                              "--checkpoint / --resume")
+                              "ANN again (" + ("another -L or more --epochs), or continue a run "
+                                               "with --checkpoint / --resume" if kind == "qcfs"
+                                               else "more --epochs or other --timesteps stages)"))
+    if model.metadata.get("snncc.target") == "qann":   # a compiled QANN (its Floor: E801 before)
+        raise ModelInputError(f"{PASS}: the model is already an snncc output (a quantized-clip "
+                              "ANN, --target qann)", code="SNN-E123",
+                              hint="fine-tune the source ANN")
     graph = model.graph
     bad = [Diagnostic("SNN-E208", f"{n.op} is in training mode ({why})", PASS, node_label(n),
                       TRAINING_HINT)

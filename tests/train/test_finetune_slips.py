@@ -224,3 +224,20 @@ def test_other_finetune_outputs_and_hand_edited_metadata(tmp_path, data, capsys)
     assert "--neuron mt -o SNN.onnx with n * T = L = 100" in capsys.readouterr().out
     assert _finetune(DIGITS, "--data", data, "--snn-timesteps", "2", "-o", tmp_path / "d.onnx") == 0
     assert "-T 2 -o SNN.onnx (the IF SNN it trained with" in capsys.readouterr().out
+
+
+def test_a_compiled_qann_and_torchrun_iir_are_refused_up_front(tmp_path, data, capsys,
+                                                              monkeypatch):
+    """A compiled QANN given to finetune was E801 on its Floor nodes; --iir under torchrun was
+    refused only after the group joined and the data loaded (a second fine-tuning trial)."""
+    from snncc.cli import main as cli
+
+    calib = ROOT / "examples" / "digits_cnn_calib.npz"
+    assert cli(["compile", str(DIGITS), "--target", "qann", "--calib", str(calib), "-q", "-o",
+                str(tmp_path / "q.onnx")]) == 0
+    assert _finetune(tmp_path / "q.onnx", "--data", data, "-o", tmp_path / "o.onnx") == 2
+    assert "already an snncc output (a quantized-clip ANN" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _finetune(DIGITS, "--data", tmp_path / "missing.npz", "--iir", "-o",
+                     tmp_path / "i.onnx") == 2
+    assert "SNN-E812" in capsys.readouterr().err   # before the (missing) data is read
