@@ -27,6 +27,24 @@ def test_a_checkout_imports_without_the_editable_mapping():
     assert out == [str(ROOT / "passes" / "__init__.py"), str(ROOT / "runtime" / "__init__.py")]
 
 
+def test_a_second_checkout_runs_its_own_passes_and_runtime(tmp_path):
+    """Python started in another checkout imported that checkout's snncc/ but the editable
+    install's passes/ and runtime/ (and kernel library) from the first one (a docs walk)."""
+    import shutil
+    import subprocess
+
+    for name in ("snncc", "passes", "runtime"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns(
+            "__pycache__", "_lib", "build"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    code = ("import snncc.passes.canonicalize as c, snncc.runtime as r; "
+            "print(c.__file__); print(r.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout.split()
+    assert out == [str(tmp_path / "passes" / "canonicalize.py"),
+                   str(tmp_path / "runtime" / "__init__.py")]
+
+
 def test_the_wheel_ships_the_kernel_sources_and_the_builder_not_a_built_library(tmp_path):
     """A wheel built from a tree with a built library carried that -march=native binary in a
     pure-Python wheel (and a stale one from setuptools' build/ cache after it was deleted)."""

@@ -66,7 +66,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                              "(memory-mapped), or an image folder ROOT/<class>/<image>")
     parser.add_argument("--val", help="validation data (same forms): accuracy before and after "
                         "training; the model written is the last epoch's, and a warning says when "
-                        "it falls more than 1 point behind an earlier one (an --iir / --mt stage: 5)")
+                        "it falls more than 1 point behind an earlier one (an --iir / --mt stage: "
+                        "5) or ends below half the ANN's accuracy")
     parser.add_argument("-o", "--output", required=True,
                         help="output ONNX path (--iir / --mt also write each earlier stage "
                         "beside it as OUT.T<T>.onnx)")

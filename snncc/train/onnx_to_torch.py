@@ -549,7 +549,7 @@ def _refuse_compiled_or_training_mode(proto: onnx.ModelProto) -> None:
     if kind in ("qcfs", "snn"):   # its Floor / neuron nodes had been E801 'op not supported'
         what = (f"QCFS, L = {trained.get('levels')}: its clips are trained" if kind == "qcfs"
                 else "an SNN trained with --iir / --mt: its neurons are in the graph")
-        raise ModelInputError(f"{PASS}: the model is already a snncc finetune output ({what})",
+        raise ModelInputError(f"{PASS}: the model is already an snncc finetune output ({what})",
                               code="SNN-E123", hint="compile it as it is, fine-tune the source "
                               "ANN again (" + ("another -L or more --epochs), or continue a run "
                                                "with --checkpoint / --resume" if kind == "qcfs"

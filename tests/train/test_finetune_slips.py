@@ -178,7 +178,7 @@ def test_what_a_user_met_after_training(tmp_path, data, capsys):
     assert f"next: snncc compile {out} -T 4 -o SNN.onnx" in said
     assert _finetune(out, "--data", data, "-o", tmp_path / "again.onnx") == 2
     err = capsys.readouterr().err
-    assert "SNN-E123" in err and "already a snncc finetune output (QCFS, L = 4: its clips" in err
+    assert "SNN-E123" in err and "already an snncc finetune output (QCFS, L = 4: its clips" in err
     assert _finetune(DIGITS, "--data", data, "--val", data, "--lambda-init", "20", "-q", "-o",
                      tmp_path / "mute.onnx") == 0
     err = capsys.readouterr().err
@@ -214,7 +214,7 @@ def test_other_finetune_outputs_and_hand_edited_metadata(tmp_path, data, capsys)
     proto.metadata_props.add(key="snncc.train", value=json.dumps({"kind": "snn"}))
     onnx.save(proto, str(tmp_path / "snn.onnx"))
     assert _finetune(tmp_path / "snn.onnx", "--data", data, "-q", "-o", tmp_path / "a.onnx") == 2
-    assert "already a snncc finetune output (an SNN trained with --iir / --mt" in \
+    assert "already an snncc finetune output (an SNN trained with --iir / --mt" in \
         capsys.readouterr().err
     proto.metadata_props[-1].value = "not json"
     onnx.save(proto, str(tmp_path / "bad.onnx"))
