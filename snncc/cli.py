@@ -566,6 +566,17 @@ def _on_sigint(signum, frame) -> None:
     raise KeyboardInterrupt()
 
 
+def _other_rank(args: argparse.Namespace | None) -> bool:
+    """A torchrun process of finetune other than rank 0 (WORLD_SIZE > 1, RANK > 0): what every
+    rank would say alike is said by rank 0 alone. Elsewhere a RANK variable (another launcher's)
+    hides nothing."""
+    try:
+        return getattr(args, "command", "") == "finetune" and \
+            int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+    except ValueError:
+        return False
+
+
 def _interrupted(exc: KeyboardInterrupt, before: int, args: argparse.Namespace | None = None
                  ) -> int:
     """The message on Ctrl-C or SIGTERM: what this command (its outputs installed after the
@@ -584,7 +595,7 @@ def _interrupted(exc: KeyboardInterrupt, before: int, args: argparse.Namespace |
 
     more = (f"; go on with the same command and --resume {checkpoint}" if checkpoint and any(
         Path(d).resolve() == Path(checkpoint).resolve() for d in done) else "")
-    if os.environ.get("RANK", "0") in ("", "0"):
+    if not _other_rank(args):
         print(f"\n{what}; " + (f"already written: {', '.join(done)}" if done
                                else "nothing was written") + more, file=sys.stderr)
     return 143 if isinstance(exc, Terminated) else 130
@@ -762,7 +773,7 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
             import traceback
 
             traceback.print_exc()
-        if os.environ.get("RANK", "0") in ("", "0"):   # torchrun: said once, by rank 0
+        if not _other_rank(args):   # torchrun: said once, by rank 0
             print(f"snncc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

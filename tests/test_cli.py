@@ -356,7 +356,11 @@ def test_a_spiking_finetune_output_keeps_its_neurons_and_t(tmp_path, capsys, mon
     assert main(["compile", str(tmp_path / "iir.onnx"), "--target", "qann", "--calib", calib,
                  "-o", str(tmp_path / "q.onnx")]) == 2
     assert "SNN-E124" in capsys.readouterr().err and not (tmp_path / "q.onnx").exists()
-    monkeypatch.setenv("RANK", "1")   # torchrun's other ranks: the error is rank 0's to say
+    monkeypatch.setenv("RANK", "1")   # another launcher's RANK hides nothing
     assert main(["compile", str(tmp_path / "iir.onnx"), "--target", "qann", "-o",
                  str(tmp_path / "q.onnx")]) == 2
+    assert "SNN-E124" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")   # finetune under torchrun: rank 0 says it
+    assert main(["finetune", str(tmp_path / "iir.onnx"), "--data", calib, "--epochs", "0",
+                 "-o", str(tmp_path / "f.onnx")]) == 2
     assert capsys.readouterr().err == ""
