@@ -231,10 +231,10 @@ def prefix_activations(graph: gs.Graph) -> list[str]:
     """The non-spiking activations (Sigmoid, Tanh, ...) of the analog prefix, by node label:
     they run once on the input, exactly, and are no neurons (compile and inspect say so; a
     user had taken their net for spiking throughout; Loihi and NIR refuse them)."""
-    prefix = analog_prefix(graph)
+    prefix = analog_prefix(graph)   # static nodes only: a spiking site (ReLU, Clip(0, c)) is none
+    # (a Clip(-1, 1) is an activation op that 'spikes' by its table entry, but not here)
     return [ir.node_label(n) for n in graph.nodes if id(n) in prefix
-            and op_info(n.op, n.domain or "").group == ACTIVATION
-            and not op_info(n.op, n.domain or "").spiking]
+            and op_info(n.op, n.domain or "").group == ACTIVATION]
 
 
 def spike_fed(graph: gs.Graph) -> set[int]:

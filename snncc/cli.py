@@ -567,9 +567,9 @@ def _on_sigint(signum, frame) -> None:
 
 
 def _other_rank(args: argparse.Namespace | None) -> bool:
-    """A torchrun process of finetune other than rank 0 (WORLD_SIZE > 1, RANK > 0): what every
-    rank would say alike is said by rank 0 alone. Elsewhere a RANK variable (another launcher's)
-    hides nothing."""
+    """A torchrun process of finetune other than rank 0 (WORLD_SIZE > 1, RANK > 0): its interrupt
+    message is rank 0's to say, its errors carry its rank. Elsewhere a RANK variable (another
+    launcher's) changes nothing."""
     try:
         return getattr(args, "command", "") == "finetune" and \
             int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
@@ -773,8 +773,9 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
             import traceback
 
             traceback.print_exc()
-        if not _other_rank(args):   # torchrun: said once, by rank 0
-            print(f"snncc {args.command}: error: {exc}", file=sys.stderr)
+        # torchrun: a rank above 0 says which it is (an error of its own shard is no duplicate)
+        rank = f" [rank {os.environ.get('RANK')}]" if _other_rank(args) else ""
+        print(f"snncc {args.command}{rank}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         return _interrupted(exc, before, args)

@@ -360,7 +360,7 @@ def test_a_spiking_finetune_output_keeps_its_neurons_and_t(tmp_path, capsys, mon
     assert main(["compile", str(tmp_path / "iir.onnx"), "--target", "qann", "-o",
                  str(tmp_path / "q.onnx")]) == 2
     assert "SNN-E124" in capsys.readouterr().err
-    monkeypatch.setenv("WORLD_SIZE", "2")   # finetune under torchrun: rank 0 says it
+    monkeypatch.setenv("WORLD_SIZE", "2")   # finetune under torchrun: the rank is said
     assert main(["finetune", str(tmp_path / "iir.onnx"), "--data", calib, "--epochs", "0",
                  "-o", str(tmp_path / "f.onnx")]) == 2
-    assert capsys.readouterr().err == ""
+    assert "snncc finetune [rank 1]: error: [SNN-E804]" in capsys.readouterr().err

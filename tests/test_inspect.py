@@ -130,3 +130,15 @@ def test_an_activation_in_the_analog_prefix_is_said_to_run_once(tmp_path, capsys
                  str(examples / "digits_cnn_calib.npz"), "--no-fidelity", "-o",
                  str(tmp_path / "s.onnx")]) == 0
     assert "run once on the input, as analog ops, not neurons: 1:" in capsys.readouterr().out
+    # a Clip that is no clipped ReLU is one too (a review: its table entry 'spikes')
+    import numpy as np
+    from onnx import numpy_helper
+
+    clip = next(n for n in proto.graph.node if n.op_type == "Sigmoid")
+    clip.op_type = "Clip"
+    clip.input.extend(["lo", "hi"])
+    proto.graph.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), k)
+                                    for k, v in (("lo", -1.0), ("hi", 1.0))])
+    onnx.save(proto, str(tmp_path / "clip.onnx"))
+    assert main(["inspect", str(tmp_path / "clip.onnx")]) == 0
+    assert "run once on the input, as analog ops, not neurons (1)" in capsys.readouterr().out

@@ -179,7 +179,7 @@ def _check_args(args: argparse.Namespace, snn: bool) -> None:
          f"--snn-timesteps {args.snn_timesteps} must lie in 0..{MAX_TIMESTEPS} (snncc compile accepts -T up to "
          f"{MAX_TIMESTEPS})", "e.g. --snn-timesteps 4, or 0 for none")
     if snn:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # before the group joins, the data loads
+        if _world_size() > 1:   # before the group joins and the data loads
             raise OptionError("finetune: --iir/--mt train in one process only", code="SNN-E812",
                               hint="run SNN training without torchrun")
         if args.sparsity:
@@ -214,9 +214,17 @@ def _check_args(args: argparse.Namespace, snn: bool) -> None:
         _lambda_init(args.lambda_init)
 
 
+def _world_size() -> int:
+    """torchrun's WORLD_SIZE (1 when unset, empty or not a number: an internal error before)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return 1
+
+
 def _init_distributed(device: str | None) -> bool:
     """Join the torchrun process group (gloo on CPU, nccl on CUDA); False when not under torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if _world_size() <= 1:
         return False
     import torch
     import torch.distributed as dist
