@@ -187,7 +187,7 @@ def _compile(args: argparse.Namespace) -> int:
     if ignored:
         print(f"snncc compile: warning: ignored with --target qann: {', '.join(ignored)} (a "
               "quantized-clip ANN has no neurons or timesteps; its levels come from -L, default "
-              "8)", file=sys.stderr)
+              "8, or from a QCFS-trained graph's own clips)", file=sys.stderr)
     for what in _target_ignores(args):
         print(f"snncc compile: warning: ignored with --target {args.target}: {what}",
               file=sys.stderr)

@@ -215,6 +215,9 @@ def format_inspect(report: Mapping[str, Any]) -> str:
                      "compiled model runs T slices per sample, and compile --report gives its "
                      "SynOps and MACs)")
         return "\n".join(lines)
+    if not macs["total"] and not macs["complete"]:   # (a training-mode export read '0')
+        lines.append("total MACs per sample: unknown (no layer's shapes are known)")
+        return "\n".join(lines)
     note = "" if macs["complete"] else " (some layers have unknown shapes)"
     lines.append(f"total MACs per sample: {macs['total']:,}{note}")
     return "\n".join(lines)

@@ -87,7 +87,10 @@ def read_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
             with open(path, "rb") as f:
                 head = f.read(64).lstrip()
         what = (" (it is JSON text: a compile report or an ORT manifest?)"
-                if head[:1] in (b"{", b"[") else f" ({type(exc).__name__}: {first})")
+                if head[:1] in (b"{", b"[") else
+                " (it is a torch file, e.g. a finetune --checkpoint: export the model to ONNX)"
+                if head[:2] == b"PK" and Path(path).suffix.lower() in (".pt", ".pth") else
+                f" ({type(exc).__name__}: {first})")
         raise ModelInputError(f"'{path}' is not a readable ONNX model{what}",
                               code="SNN-E102",
                               hint="the file may be truncated or not ONNX; re-export it") from exc

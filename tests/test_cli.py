@@ -364,3 +364,33 @@ def test_a_spiking_finetune_output_keeps_its_neurons_and_t(tmp_path, capsys, mon
     assert main(["finetune", str(tmp_path / "iir.onnx"), "--data", calib, "--epochs", "0",
                  "-o", str(tmp_path / "f.onnx")]) == 2
     assert "snncc finetune [rank 1]: error: [SNN-E804]" in capsys.readouterr().err
+
+
+def test_torch_files_and_shapeless_models_are_said_as_such(tmp_path, capsys):
+    """A finetune checkpoint given to compile was 'not a readable ONNX model ... re-export it',
+    an ONNX model given to --resume 'a foreign or truncated file', and inspect of a model with
+    no known shapes printed 'total MACs per sample: 0' (a fine-tuning user; an architectures
+    trial)."""
+    torch = pytest.importorskip("torch")
+    from onnx import TensorProto, helper, numpy_helper
+
+    torch.save({"model": {}}, str(tmp_path / "ck.pt"))
+    assert main(["compile", str(tmp_path / "ck.pt"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "it is a torch file, e.g. a finetune --checkpoint" in capsys.readouterr().err
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    with np.load(examples / "digits_cnn_test.npz") as t:
+        np.savez(tmp_path / "d.npz", x=t["x"][:20], y=t["y"][:20])
+    assert main(["finetune", str(examples / "digits_cnn.onnx"), "--data", str(tmp_path / "d.npz"),
+                 "--resume", str(examples / "digits_cnn.onnx"), "-o",
+                 str(tmp_path / "r.onnx")]) == 2
+    assert "is an ONNX model, not a checkpoint: --resume takes the .pt" in \
+        capsys.readouterr().err
+    w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "noshape.onnx"))
+    assert main(["inspect", str(tmp_path / "noshape.onnx")]) == 0
+    assert "total MACs per sample: unknown" in capsys.readouterr().out

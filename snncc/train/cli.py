@@ -336,8 +336,10 @@ def _load_checkpoint(path: str, levels: int, recipe: dict) -> dict:
         raise CalibrationError(f"finetune: cannot read checkpoint '{path}' ({exc.strerror or exc})",
                                code="SNN-E811", hint="give a file written by --checkpoint") from None
     except Exception:  # torch raises many types (IndexError, UnpicklingError...) for other files
-        raise CalibrationError(f"finetune: '{path}' is not a checkpoint torch can read (a foreign or "
-                               "truncated file)", code="SNN-E811",
+        what = ("an ONNX model, not a checkpoint: --resume takes the .pt that --checkpoint wrote"
+                if Path(path).suffix.lower() == ".onnx" else
+                "not a checkpoint torch can read (a foreign or truncated file)")
+        raise CalibrationError(f"finetune: '{path}' is {what}", code="SNN-E811",
                                hint="give a file written by --checkpoint") from None
     if not ok:
         raise CalibrationError(f"finetune: '{path}' is not an snncc finetune checkpoint", code="SNN-E811",
