@@ -88,14 +88,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the dedicated flags of neuron parameters (argparse dest -> parameter): --mt-preset sets 'preset'
+_PARAM_FLAGS = {"tau": "tau", "mt_preset": "preset", "mt_mode": "mode", "mt_n": "n"}
+
+
 def _neuron_params(args: argparse.Namespace) -> dict[str, Any]:
     from snncc.errors import OptionError
 
     params: dict[str, Any] = dict(args.neuron_param or [])
-    for key in ("tau", "mt_preset", "mt_mode", "mt_n"):
+    for key, name in _PARAM_FLAGS.items():
         value = getattr(args, key)
         if value is not None:
-            name = key.replace("mt_", "") if key != "tau" else key
             if name in params and str(params[name]) != str(value):
                 raise OptionError(f"--{key.replace('_', '-')} {value} and --neuron-param "
                                   f"{name}={params[name]} disagree", code="SNN-E309",
@@ -130,20 +133,25 @@ def _target_ignores(args: argparse.Namespace) -> list[str]:
     return given
 
 
-def _trained_timesteps(path: str, neuron: str | None) -> tuple[int, str] | None:
-    """(T, what) when ``snncc finetune`` trained the model for a number of timesteps and
-    ``neuron`` (``--neuron``, None when not given) is the one it trained with: an SNN stage
-    (``--iir``/``--mt``, whose neurons are in the graph) or a QCFS net trained with the IF SNN in
-    the loop (for gn at T = 1 or bit-serial, whose T counts bits, the IF's T means nothing)."""
+def _train_meta(path: str) -> dict:
+    """The model's ``snncc finetune`` record (:func:`snncc.ir.train_metadata`), {} if none."""
     import onnx
+
+    from snncc.ir import train_metadata
 
     try:
         proto = onnx.load(path, load_external_data=False)
-        meta = json.loads({p.key: p.value for p in proto.metadata_props}.get("snncc.train", "{}"))
     except Exception:   # the front end reports unreadable models
-        return None
-    if not isinstance(meta, dict):
-        return None
+        return {}
+    return train_metadata({p.key: p.value for p in proto.metadata_props})
+
+
+def _trained_timesteps(meta: dict, neuron: str | None) -> tuple[int, str] | None:
+    """(T, what) when ``snncc finetune`` trained the model (its record ``meta``) for a number of
+    timesteps: an SNN stage (``--iir``/``--mt``, whose neurons are in the graph, whatever
+    ``--neuron`` says) or a QCFS net trained with the IF SNN in the loop, when ``neuron``
+    (``--neuron``, None when not given) is IF (for gn at T = 1 or bit-serial, whose T counts
+    bits, the IF's T means nothing)."""
     if meta.get("kind") == "snn" and isinstance(meta.get("timesteps"), int):
         # its neurons are in the graph: --neuron does not replace them (its T is the one)
         return meta["timesteps"], f"a {meta.get('neuron', 'spiking')} SNN of snncc finetune"
@@ -154,17 +162,10 @@ def _trained_timesteps(path: str, neuron: str | None) -> tuple[int, str] | None:
     return None
 
 
-def _spiking_source(path: str) -> tuple[str, str] | None:
-    """(neuron, 'lif neurons trained by snncc finetune') when the model's neurons are in the
-    graph already (finetune --iir / --mt), else None."""
-    import onnx
-
-    try:
-        proto = onnx.load(path, load_external_data=False)
-        meta = json.loads({p.key: p.value for p in proto.metadata_props}.get("snncc.train", "{}"))
-    except Exception:   # the front end reports unreadable models
-        return None
-    if not isinstance(meta, dict) or meta.get("kind") != "snn":
+def _spiking_source(meta: dict) -> tuple[str, str] | None:
+    """(neuron, 'lif neurons trained by snncc finetune') when the model (its finetune record
+    ``meta``) has its neurons in the graph already (finetune --iir / --mt), else None."""
+    if meta.get("kind") != "snn":
         return None
     neuron = str(meta.get("neuron", "spiking"))
     return neuron, f"{neuron} neurons trained by snncc finetune"
@@ -196,7 +197,8 @@ def _compile(args: argparse.Namespace) -> int:
               "--calib-method percentile's percentile (the method is "
               f"{args.calib_method or 'snn'})", file=sys.stderr)
     timesteps = 4 if args.timesteps is None else args.timesteps
-    spiking = _spiking_source(args.model)   # (its neuron, what it is) or None
+    meta = _train_meta(args.model)
+    spiking = _spiking_source(meta)   # (its neuron, what it is) or None
     if spiking and args.target == "qann":   # (it had written LIF ops as a 'QANN', 34.4 %)
         raise OptionError(f"compile: the model spikes already ({spiking[1]}): it has no "
                           "quantized-clip ANN form", code="SNN-E124",
@@ -205,7 +207,7 @@ def _compile(args: argparse.Namespace) -> int:
         # (--neuron if had kept the LIF neurons, at T = 4 instead of the trained 1: 79.2 %)
         print(f"snncc compile: warning: --neuron {args.neuron} is ignored: the model's neurons "
               f"are in the graph ({spiking[1]}) and stay", file=sys.stderr)
-    trained = _trained_timesteps(args.model, args.neuron) if args.target != "qann" else None
+    trained = _trained_timesteps(meta, args.neuron) if args.target != "qann" else None
     if trained and trained[0] != timesteps:
         if args.timesteps is None:   # the best measured choice is what it was trained for
             timesteps = trained[0]
@@ -232,10 +234,6 @@ def _compile(args: argparse.Namespace) -> int:
                            dump_after=args.dump_after or (), verify=args.verify,
                            force=args.force, min_agreement=args.min_agreement)
     return _compile_said(args, options, result)
-
-
-#: the dedicated flags of neuron parameters: --mt-preset sets 'preset'
-_PARAM_FLAGS = {"tau": "tau", "mt_preset": "preset", "mt_mode": "mode", "mt_n": "n"}
 
 
 def _compile_options(args: argparse.Namespace, timesteps: int):
@@ -582,7 +580,9 @@ def _interrupted(exc: KeyboardInterrupt, before: int, args: argparse.Namespace |
     """The message on Ctrl-C or SIGTERM: what this command (its outputs installed after the
     first ``before`` of the thread's) had already written, and for a finetune checkpoint how to
     go on from it. Under torchrun only rank 0 says it (rank 1 had said 'nothing was written'
-    after rank 0 named the checkpoint)."""
+    after rank 0 named the checkpoint: :func:`_other_rank`)."""
+    from pathlib import Path
+
     from snncc.outputs import installed, take_signal
 
     take_signal()   # handled here
@@ -591,8 +591,6 @@ def _interrupted(exc: KeyboardInterrupt, before: int, args: argparse.Namespace |
     # on a line of its own: a progress bar may hold the cursor at the end of its line
     checkpoint = getattr(args, "checkpoint", None) if getattr(args, "command", "") == \
         "finetune" else None
-    from pathlib import Path
-
     more = (f"; go on with the same command and --resume {checkpoint}" if checkpoint and any(
         Path(d).resolve() == Path(checkpoint).resolve() for d in done) else "")
     if not _other_rank(args):

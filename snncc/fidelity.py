@@ -291,17 +291,17 @@ def hints(options: Any, fid: Mapping[str, Any], model: str = "MODEL.onnx",
                    "compiled SNN keeps; the NIR estimate measures that network")
         return out
     T = options.timesteps
+    # graded spikes: no stock Loihi neuron sends them
+    no_netx = ("; Loihi runs it as a microcoded neuron, with no network.net"
+               if options.target == "loihi" else "")
     graded = ("--neuron mt (graded spikes, one per threshold crossed: at T = 1 97.5 % on the "
-              "digits CNN where IF gave 90.6, examples/results/defaults.md"
-              + ("; Loihi runs it as a microcoded neuron, with no network.net" if
-                 options.target == "loihi" else "") + ")")
+              f"digits CNN where IF gave 90.6, examples/results/defaults.md{no_netx})")
     binary = options.neuron in ("if", "lif", "srp")
     if binary and T == 1:
         out.append(graded)
     if options.neuron != "bitserial" and T >= 2 and trained_levels in (None, 2 ** T - 1):
         out.append(f"--neuron bitserial (equals its {2 ** T - 1}-level QANN at T = {T}"
-                   + ("; Loihi runs it as a microcoded neuron, with no network.net" if
-                      options.target == "loihi" else "") + ")")
+                   f"{no_netx})")
     if binary and T == 2:
         out.append(graded)
     if T < 8:

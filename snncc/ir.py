@@ -10,11 +10,12 @@ Performance rules (measured: looking tensors up by name inside a per-node loop i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -26,7 +27,7 @@ __all__ = [
     "Graph", "Node", "Tensor", "Constant", "Variable", "Model", "SNN_DOMAIN", "SNN_DOMAIN_VERSION",
     "load", "read_proto", "to_proto", "save", "node_label", "node_attrs", "with_outputs", "producer", "tensor_map",
     "unique_name", "new_const", "const_value", "is_const", "replace_all_uses",
-    "bypass_node", "verify", "check_onnx", "infer_shapes",
+    "bypass_node", "verify", "check_onnx", "infer_shapes", "train_metadata",
 ]
 
 Graph = gs.Graph
@@ -37,6 +38,17 @@ Variable = gs.Variable
 
 SNN_DOMAIN = "snncc.ops"
 SNN_DOMAIN_VERSION = 1
+
+
+def train_metadata(metadata: Mapping[str, str]) -> dict:
+    """What ``snncc finetune`` recorded about a model (its ``snncc.train`` metadata, JSON: kind,
+    levels, neuron, timesteps...), or {} where there is none or it is no such record (a
+    hand-edited value)."""
+    try:
+        meta = json.loads(metadata.get("snncc.train") or "{}")
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 @dataclass

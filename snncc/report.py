@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import html
-import urllib.parse
 import json
 import os
 import shlex
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -394,6 +394,7 @@ def report_command(args: argparse.Namespace) -> int:
     except UnsupportedNodeError as exc:
         if "--allow-analog" not in exc.render():
             raise
+
         def said(hint: str) -> str:
             return hint.replace("compile with --allow-analog", "compile it with snncc compile "
                                 "--allow-analog (report runs no analog layers)")

@@ -264,6 +264,14 @@ def temp_dir(path: str | os.PathLike) -> Path:
         return Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
 
 
+def _unstaged(tmp: Path | None, path: Path, ok: bool, created: Sequence[Path]) -> None:
+    """A writer's output that was not staged (a failure, or installed already outside a
+    transaction): its temporary goes, and after a failure the folders made for it."""
+    _discard(tmp, path)
+    if not ok:
+        _remove_if_empty(created)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write; rename it onto ``path`` only on success (at the
@@ -287,9 +295,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         staged, ok = _deferred(path), True
     finally:
         if not staged:
-            _discard(tmp_path, path)
-            if not ok:
-                _remove_if_empty(created)
+            _unstaged(tmp_path, path, ok, created)
 
 
 @contextlib.contextmanager
@@ -318,6 +324,4 @@ def atomic_dir(path: str | os.PathLike, *, adopt: Sequence[str] = ()) -> Iterato
         staged, ok = _deferred(path), True
     finally:
         if not staged:
-            _discard(tmp, path)
-            if not ok:
-                _remove_if_empty(created)
+            _unstaged(tmp, path, ok, created)

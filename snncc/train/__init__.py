@@ -18,6 +18,11 @@ _WHERE = {
 }
 
 
+def percent(acc: float | None) -> str:
+    """An accuracy as finetune prints and logs it: '98.44%', '-' where none was measured."""
+    return "-" if acc is None else f"{100 * acc:.2f}%"
+
+
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name]), name)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from snncc.cli import parse_floats
 from snncc.errors import CalibrationError, ModelInputError, OptionError
+from snncc.train import percent as _fmt
 
 __all__ = ["add_finetune_arguments", "run_finetune"]
 
@@ -293,8 +294,9 @@ def _warn_if_few(train, classes: int | None, path: str) -> None:
               file=sys.stderr)
 
 
-def _open(path: str, module, args: argparse.Namespace, what: str):
-    """The data set at ``path`` checked against the model, and the model's class count."""
+def _open(path: str, module, args: argparse.Namespace, what: str, say_notes: bool = True):
+    """The data set at ``path`` checked against the model, and the model's class count;
+    ``say_notes``: warn about what it normalised (once: torchrun's rank 0, the training data)."""
     from snncc.train.data import check_input_shape, check_labels, check_normalisation, open_dataset
 
     dims = module.input_dims
@@ -311,8 +313,8 @@ def _open(path: str, module, args: argparse.Namespace, what: str):
     ds = open_dataset(path, channels=channels, size=size, mean=args.mean, std=args.std, what=what,
                       num_classes=known)
     check_input_shape(ds, dims, what)
-    if (args.mean is not None or args.std is not None) and what == "training data" and \
-            type(ds).__name__ != "ImageFolderDataset" and int(os.environ.get("RANK", "0")) == 0:
+    if (args.mean is not None or args.std is not None) and say_notes and \
+            type(ds).__name__ != "ImageFolderDataset":
         # compile refuses them with arrays (SNN-E371): the same file and flags would not calibrate
         print(f"snncc finetune: warning: --mean/--std normalised the arrays of '{path}'; compile's "
               "--calib takes arrays as the model takes them, so calibrate on the normalised arrays "
@@ -425,8 +427,9 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
     from snncc.cli import _input_shapes
 
     module = load_onnx_module(args.model, _input_shapes(args.model, args.input_shape))
-    train, classes = _open(args.data, module, args, "training data")
-    val = _open(args.val, module, args, "validation data")[0] if args.val else None
+    train, classes = _open(args.data, module, args, "training data", say_notes=rank == 0)
+    val = _open(args.val, module, args, "validation data", say_notes=False)[0] if args.val \
+        else None
     # image folders decode in worker processes: up to 4, never more than the CPUs this process
     # may use (torch warns three times otherwise)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -515,7 +518,8 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
                    if quiet else "try the default recipe, or more --epochs")
             print(f"snncc finetune: warning: the written model reaches {_fmt(res.val_acc)} on "
                   f"--val, the ANN {_fmt(res.ann_val_acc)}: {why}", file=sys.stderr)
-        _stale_manifest(output)
+        if rank == 0:
+            _stale_manifest(output)
         say(f"wrote {output}")
         from snncc.context import MAX_TIMESTEPS
 
@@ -591,12 +595,9 @@ def _stale_manifest(output) -> None:
     from snncc.outputs import written_by_snncc
 
     manifest = Path(f"{output}.json")
-    if int(os.environ.get("RANK", "0")) == 0 and manifest.is_file() and \
-            written_by_snncc(manifest, "manifest"):
+    if manifest.is_file() and written_by_snncc(manifest, "manifest"):
         print(f"snncc finetune: warning: {manifest} describes the compiled model this output "
               "replaced; remove it, or compile the fine-tuned model to that name again",
               file=sys.stderr)
 
 
-def _fmt(acc: float | None) -> str:
-    return "-" if acc is None else f"{100 * acc:.2f}%"

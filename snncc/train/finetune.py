@@ -58,6 +58,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from snncc.errors import ModelInputError, OptionError
+from snncc.train import percent
 from snncc.train.data import DataLike, as_dataset, first_images, make_loader
 from snncc.train.qcfs import (ACTIVATIONS, qcfs_modules, replace_maxpool_with_avgpool, replace_relu_with_qcfs,
                               set_spiking)
@@ -151,11 +152,6 @@ def logits_for_training(module: nn.Module, on: bool) -> None:
     for m in module.modules():
         if getattr(m, "softmax_head", False):
             m.train_on_logits = on
-
-
-def _pct(acc: float | None) -> str:
-    """An accuracy for the -v log as the summary prints it ('-' when not measured)."""
-    return "-" if acc is None else f"{100 * acc:.2f}%"
 
 
 def check_option(ok: bool, what: str, hint: str) -> None:
@@ -571,7 +567,7 @@ def finetune_module(module: nn.Module, train_data: DataLike, val_data: DataLike 
     init_acc = evaluate(forward, model, val_loader, dev) if val_loader is not None and resume is None else None
     log.info("QCFS L=%d at %d sites (lambda init %s)%s", levels, len(sites), lambda_init,
              "" if ann_acc is None and init_acc is None else   # no --val: nothing measured
-             f"; val acc ANN {_pct(ann_acc)} -> before training {_pct(init_acc)}")
+             f"; val acc ANN {percent(ann_acc)} -> before training {percent(init_acc)}")
 
     def train_mode() -> None:
         model.train()

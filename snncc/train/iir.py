@@ -41,7 +41,8 @@ from torch import nn
 
 from snncc.errors import ModelInputError
 from snncc.train.data import DataLike, first_images
-from snncc.train.finetune import (EpochStats, _pct, _tty, check_option, evaluate, fit, logits_for_training, percentile,
+from snncc.train import percent
+from snncc.train.finetune import (EpochStats, _tty, check_option, evaluate, fit, logits_for_training, percentile,
                                   prepare_training)
 from snncc.train.qcfs import ACTIVATIONS, replace_modules
 
@@ -325,7 +326,7 @@ def train_snn(module: nn.Module, train_data: DataLike, val_data: DataLike | None
                             {k: n.threshold.item() for k, n in neurons.items()},
                             {k: n.leak.item() for k, n in neurons.items() if isinstance(n, LIF)})
         if val_loader is not None:   # (without --val it had logged 'None -> None')
-            log.info("stage T=%d: val acc %s -> %s", T, _pct(init_acc), _pct(stage.val_acc))
+            log.info("stage T=%d: val acc %s -> %s", T, percent(init_acc), percent(stage.val_acc))
         stages.append(stage)
         if on_stage_end is not None:
             on_stage_end(stage, model)

@@ -27,7 +27,6 @@ an unsupported form of a supported op (auto_pad, 1-D/3-D pooling...) raises ``SN
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -530,7 +529,7 @@ def _refuse_compiled_or_training_mode(proto: onnx.ModelProto) -> None:
     axis folded into the batch; it had been E801 on its neuron and Shape/Slice nodes), and a
     BatchNormalization or Dropout exported in training mode (SNN-E208: finetune had trained such
     a model, and its output then compiled past compile's check)."""
-    from snncc.ir import load, node_label
+    from snncc.ir import load, node_label, train_metadata
     from snncc.op_classes import TRAINING_HINT
     from snncc.passes.canonicalize import compiled_output
     from snncc.passes.support import training_mode
@@ -541,11 +540,8 @@ def _refuse_compiled_or_training_mode(proto: onnx.ModelProto) -> None:
         raise ModelInputError(f"{PASS}: the model is already an snncc output (schedule "
                               f"{compiled['schedule']}, T = {compiled['timesteps']})",
                               code="SNN-E123", hint="fine-tune the source ANN")
-    try:
-        trained = json.loads(model.metadata.get("snncc.train", "{}") or "{}")
-    except ValueError:   # hand-edited metadata: not ours to judge, the builder decides
-        trained = {}
-    kind = trained.get("kind") if isinstance(trained, dict) else None
+    trained = train_metadata(model.metadata)
+    kind = trained.get("kind")
     if kind in ("qcfs", "snn"):   # its Floor / neuron nodes had been E801 'op not supported'
         what = (f"QCFS, L = {trained.get('levels')}: its clips are trained" if kind == "qcfs"
                 else "an SNN trained with --iir / --mt: its neurons are in the graph")

@@ -17,7 +17,6 @@ before it returns, so a file that ``nir.read`` rejects is never left in place.
 from __future__ import annotations
 
 import io
-
 from pathlib import Path
 from typing import Any
 
