@@ -369,7 +369,7 @@ def maxpools_to_average(proto: onnx.ModelProto) -> int:
         if any(d != 1 for d in attrs.get("dilations", [1])):
             bad.append(Diagnostic("SNN-E249", "a dilated MaxPool has no AveragePool equivalent",
                                   pass_name="maxpool-avg", node=label,
-                                  hint="use --maxpool auto or gate"))
+                                  hint="leave out --maxpool avg: the default keeps the max-pool (spike-gated where spikes feed it)"))
             continue
         node.op_type = "AveragePool"
         del node.attribute[:]
@@ -623,7 +623,7 @@ class ScheduleTimestepsPass(Pass):
     def _to_average(self, mp: ir.Node) -> None:
         if any(d != 1 for d in mp.attrs.get("dilations", [1])):
             self._diag("SNN-E249", mp, "a dilated MaxPool has no AveragePool equivalent",
-                       "use --maxpool auto or gate")
+                       "leave out --maxpool avg: the default keeps the max-pool (spike-gated where spikes feed it)")
             return
         attrs = _average_attrs(mp.attrs)
         hint = _hint(mp)

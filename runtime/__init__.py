@@ -72,9 +72,26 @@ def check_session_options(so: Any) -> None:
                           "snncc.runtime.session_options() (the library registered)")
 
 
+#: the config entry that marks SessionOptions which :func:`register` gave the library (ORT keeps
+#: unknown keys); a second register of one ``so`` had made ORT fail later, at the session, with
+#: a bare "Domain already set in registry"
+_REGISTERED_KEY = "snncc.kernel_library"
+
+
+def registered(so: ort.SessionOptions) -> str | None:
+    """The kernel library :func:`register` registered with ``so``, or None."""
+    try:
+        return so.get_session_config_entry(_REGISTERED_KEY) or None
+    except Exception:   # ORT raises when the key was never set
+        return None
+
+
 def register(so: ort.SessionOptions) -> ort.SessionOptions:
-    """Register the kernel library with ``so`` (in place) and return it."""
+    """Register the kernel library with ``so`` (in place) and return it; a ``so`` it registered
+    already is returned as it is."""
     check_session_options(so)
+    if registered(so):
+        return so
     path = library_path()
     if not os.path.isfile(path):
         if os.environ.get(ENV_VAR):
@@ -90,6 +107,7 @@ def register(so: ort.SessionOptions) -> ort.SessionOptions:
     except Exception as exc:  # ORT raises its own exception types (Fail, RuntimeException...)
         raise RuntimeLibraryError(f"runtime: ONNX Runtime could not load {path}: {exc}", code="SNN-E702",
                                   hint=f"rebuild it for this machine with {_BUILD_HINT}") from exc
+    so.add_session_config_entry(_REGISTERED_KEY, path)
     _warn_if_stale(path)
     return so
 

@@ -35,6 +35,7 @@ import functools
 import logging
 import os
 import tempfile
+import threading
 from typing import Any
 
 import numpy as np
@@ -56,18 +57,26 @@ _NCHWC = "com.microsoft.nchwc"
 _PROTO_LIMIT = 2**31 - 1  # protobuf's serialisation limit: larger models keep the plain layout
 
 
+#: held while a SessionOptions is changed for one session (:func:`_options`) and while
+#: :func:`session` builds from a caller's ``so``: one ``so`` may be shared by threads
+_SO_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _options(so: ort.SessionOptions, level: ort.GraphOptimizationLevel, save_to: str = ""):
     """``so`` with another optimisation level (and optimised-model path) for one session; the
-    caller's values come back afterwards."""
-    old = (so.graph_optimization_level, so.optimized_model_filepath, so.log_severity_level)
-    so.graph_optimization_level, so.optimized_model_filepath = level, save_to
-    if save_to:
-        so.log_severity_level = 3  # ORT warns that the saved layout is hardware-specific: it is
-    try:
-        yield so
-    finally:
-        so.graph_optimization_level, so.optimized_model_filepath, so.log_severity_level = old
+    caller's values come back afterwards. Under :data:`_SO_LOCK` (8 threads sharing one ``so``
+    had left it at ORT_DISABLE_ALL, built sessions from another thread's temporary path and
+    failed with a wrong E703)."""
+    with _SO_LOCK:
+        old = (so.graph_optimization_level, so.optimized_model_filepath, so.log_severity_level)
+        so.graph_optimization_level, so.optimized_model_filepath = level, save_to
+        if save_to:
+            so.log_severity_level = 3  # ORT warns that the saved layout is hardware-specific
+        try:
+            yield so
+        finally:
+            so.graph_optimization_level, so.optimized_model_filepath, so.log_severity_level = old
 
 
 def _optimized(model: onnx.ModelProto, so: ort.SessionOptions, **kwargs: Any) -> onnx.ModelProto:
@@ -256,8 +265,9 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
     neurons in ORT's blocked layout where that removes reorders (:func:`blocked_model`), and
     there each window-decoded bit-serial neuron with the AveragePool after it as one kernel
     (:func:`~snncc.runtime.pools.fuse_avg_pools`); bit-identical outputs. ``so`` (default
-    :func:`session_options`; it must have the kernel library registered) and ``kwargs`` go to
-    ORT as given; ``so`` is left as it was. A model that protobuf cannot serialise (over 2 GB) keeps ORT's own layout."""
+    :func:`session_options`; it must have the kernel library registered, or the neurons run
+    on their portable ONNX functions: the same outputs, several times slower) and ``kwargs`` go
+    to ORT as given; ``so`` is left as it was, and threads may share it. A model that protobuf cannot serialise (over 2 GB) keeps ORT's own layout."""
     from snncc import ir
 
     if not isinstance(model, (onnx.ModelProto, str, os.PathLike)):
@@ -270,6 +280,14 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
                           hint="blocked=False for ORT's own layout")
     so = so if own else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
+    with _SO_LOCK if own else contextlib.nullcontext():   # a caller's so: see _options
+        return _session(model, so, own, blocked, kwargs)
+
+
+def _session(model, so: ort.SessionOptions, own: bool, blocked: bool,
+             kwargs: dict[str, Any]) -> ort.InferenceSession:
+    from snncc import ir
+
     src: str | None = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     if src is not None and (not os.path.isfile(src) or src.lower().endswith(".nir")):
         ir.read_proto(src)   # the front end's SNN-E101/E102 (missing, a directory, a Loihi

@@ -391,14 +391,14 @@ def choose_lambda(stats: SiteStats, method: str, *, levels: int,
     """lambda (float32, shape () or (C,)) for one tensor by ``method`` (see the module doc)."""
     if method not in METHODS:
         raise _fail("SNN-E411", f"unknown calibration method '{method}'; accepted: "
-                    f"{', '.join(METHODS)}", "pass --calib-method max|percentile|mse")
+                    f"{', '.join(METHODS)}", f"pass --calib-method {'|'.join(METHODS)}")
     top = np.asarray(stats.max, np.float64)
     if method == "max":
         lam = top
     elif method == "percentile":
         if not 0 < percentile <= 100:
             raise _fail("SNN-E411", f"percentile {percentile} is outside (0, 100]",
-                        "pass e.g. --calib-percentile 99.99")
+                        "pass e.g. --percentile 99.99 (calib_percentile in the Python API)")
         values = stats.positives()
         if stats.per_channel:
             with warnings.catch_warnings():  # all-NaN channels: handled below

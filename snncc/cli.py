@@ -83,7 +83,13 @@ def _input_shapes(model: str, shapes: Sequence[tuple[str | None, tuple[int, ...]
 def cmd_inspect(args: argparse.Namespace) -> int:
     from snncc.inspect import format_inspect, inspect_model
 
-    report = inspect_model(args.model, _input_shapes(args.model, args.input_shape))
+    given = [f for f, v in (("--neuron", args.neuron), ("-T", args.timesteps)) if v is not None]
+    if given and args.target is None:
+        print(f"snncc inspect: warning: {', '.join(given)} ignored without --target (only its "
+              "check reads them)", file=sys.stderr)
+    report = inspect_model(args.model, _input_shapes(args.model, args.input_shape),
+                           target=args.target, neuron=args.neuron or "if",
+                           timesteps=4 if args.timesteps is None else args.timesteps)
     print(json.dumps(report, indent=2, default=str) if args.json else format_inspect(report))
     return 0
 
@@ -207,6 +213,13 @@ def _compile(args: argparse.Namespace) -> int:
         # (--neuron if had kept the LIF neurons, at T = 4 instead of the trained 1: 79.2 %)
         print(f"snncc compile: warning: --neuron {args.neuron} is ignored: the model's neurons "
               f"are in the graph ({spiking[1]}) and stay", file=sys.stderr)
+    params = [flag for flag, value in (("--tau", args.tau), ("--mt-n", args.mt_n),
+                                       ("--mt-preset", args.mt_preset),
+                                       ("--mt-mode", args.mt_mode),
+                                       ("--neuron-param", args.neuron_param)) if value]
+    if spiking and params:   # (they were checked against --neuron's default, 'if': E302)
+        print(f"snncc compile: warning: {', '.join(params)} ignored: the model's neurons are in "
+              f"the graph ({spiking[1]}) with their trained parameters", file=sys.stderr)
     trained = _trained_timesteps(meta, args.neuron) if args.target != "qann" else None
     if trained and trained[0] != timesteps:
         if args.timesteps is None:   # the best measured choice is what it was trained for
@@ -219,7 +232,7 @@ def _compile(args: argparse.Namespace) -> int:
                   f"{trained[0]}; -T {timesteps} runs it at another T than it learned",
                   file=sys.stderr)
     try:
-        options = _compile_options(args, timesteps)
+        options = _compile_options(args, timesteps, params=not spiking)
     except OptionError as exc:
         # said with the flags the user gave (it had said "neuron 'if' has no parameter(s)
         # preset" for --mt-preset)
@@ -236,7 +249,7 @@ def _compile(args: argparse.Namespace) -> int:
     return _compile_said(args, options, result)
 
 
-def _compile_options(args: argparse.Namespace, timesteps: int):
+def _compile_options(args: argparse.Namespace, timesteps: int, params: bool = True):
     from snncc.driver import make_options
 
     return make_options(
@@ -251,7 +264,7 @@ def _compile_options(args: argparse.Namespace, timesteps: int):
         input_shapes=_input_shapes(args.model, args.input_shape), bias_shift=args.bias_shift,
         maxpool=args.maxpool, allow_analog=args.allow_analog, allow_lossy=args.allow_lossy,
         schedule=args.schedule,
-        neuron_params=_neuron_params(args))
+        neuron_params=_neuron_params(args) if params else {})
 
 
 def _compile_said(args: argparse.Namespace, options, result) -> int:
@@ -336,8 +349,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- parser
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error form: a usage slip (an unknown flag, a bad choice, two
+    flags that exclude each other) is one coded line with a hint, exit 2, as every other
+    error; argparse had printed its whole usage block (20 lines for compile) and no code."""
+
+    def error(self, message: str):   # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: [SNN-E374] {message}. Hint: `{self.prog} --help` "
+                     "lists the options\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="snncc",
         description="Compile a trained ONNX CNN into an ultra-low-latency spiking neural network.",
         epilog="Example: snncc compile model.onnx -T 4 --neuron mt --calib calib.npz -o snn.onnx")
@@ -346,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log each pass and decision")
     # the same two flags after the command (`snncc compile ... --debug`); SUPPRESS keeps the
     # value given before it when they are not repeated
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks on errors")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -361,10 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list inputs, layers, MACs and unsupported ops",
                        description="Show the opset, inputs and shapes, each node grouped as "
                        "linear/activation/pooling/other, every op snncc cannot convert, and MACs "
-                       "per layer and in total.")
+                       "per layer and in total. With --target, also what that target's backend "
+                       "refuses (e.g. a MaxPool on loihi), as compile finds it before "
+                       "calibrating.")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
                    metavar="[NAME=]1x3x32x32", help=shape_help)
+    p.add_argument("--target", choices=("ort", "loihi", "nir"), default=None,
+                   help="also say what this target cannot express (as compile checks it before "
+                   "calibrating; no data needed), for --neuron at -T")
+    p.add_argument("--neuron", choices=NEURON_KEYS, default=None,
+                   help="the neuron the --target check assumes (default: if, as compile)")
+    p.add_argument("-T", "--timesteps", type=int, default=None,
+                   help="the timesteps the --target check assumes (default 4, as compile)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_inspect)
 
@@ -594,7 +626,9 @@ def _interrupted(exc: KeyboardInterrupt, before: int, args: argparse.Namespace |
     more = (f"; go on with the same command and --resume {checkpoint}" if checkpoint and any(
         Path(d).resolve() == Path(checkpoint).resolve() for d in done) else "")
     if not _other_rank(args):
-        print(f"\n{what}; " + (f"already written: {', '.join(done)}" if done
+        command = getattr(args, "command", None)
+        prog = f"snncc {command}" if command else "snncc"
+        print(f"\n{prog}: {what}; " + (f"already written: {', '.join(done)}" if done
                                else "nothing was written") + more, file=sys.stderr)
     return 143 if isinstance(exc, Terminated) else 130
 
@@ -773,7 +807,9 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
             traceback.print_exc()
         # torchrun: a rank above 0 says which it is (an error of its own shard is no duplicate)
         rank = f" [rank {os.environ.get('RANK')}]" if _other_rank(args) else ""
-        print(f"snncc {args.command}{rank}: error: {exc}", file=sys.stderr)
+        said = str(exc)   # "[SNN-E804] finetune: ..." under "snncc finetune: error:" said it twice
+        said = said.replace(f"] {args.command}: ", "] ", 1) if said.startswith("[") else said
+        print(f"snncc {args.command}{rank}: error: {said}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         return _interrupted(exc, before, args)

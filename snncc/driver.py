@@ -433,6 +433,11 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     artifact = None
     files: list[Path] = []
     warnings: list[str] = _levels_warning(options, ctx)
+    invalid = ir.checker_problem(model_path)
+    if invalid:
+        warnings.append(f"warning: onnx.checker rejects the input model ({invalid}), so ONNX "
+                        "Runtime may refuse it too; snncc compiled it as written. Fix what the "
+                        "checker names, or re-export the model")
     if backend is not None:
         diags = backend.check(model, ctx)
         if diags:

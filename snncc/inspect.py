@@ -75,8 +75,12 @@ def _layer_macs(node: ir.Node) -> int | None:
 
 
 def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
-                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
-    """Build the inspect report (a JSON-ready dict) for a model file or proto."""
+                  input_shapes: Mapping[str, Sequence[int]] | None = None,
+                  target: str | None = None, neuron: str = "if",
+                  timesteps: int = 4) -> dict[str, Any]:
+    """Build the inspect report (a JSON-ready dict) for a model file or proto. With ``target``
+    ('ort', 'loihi', 'nir') it also says what that backend refuses for ``neuron`` at
+    ``timesteps``, as compile checks it before calibrating (key ``target_check``)."""
     from snncc.passes.canonicalize import CanonicalizePass, compiled_output, flatten_static_ifs
     from snncc.passes.support import (HEAD, ISLAND, TIME, conversion_roles, no_activation,
                                       prefix_activations, relu_spellings, unsupported_nodes)
@@ -92,6 +96,7 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
         "inputs": [{"name": t.name, "dtype": str(t.dtype), "shape": _dims(t.shape)}
                    for t in model.graph.inputs],
         "problems": [],
+        "onnx_checker": ir.checker_problem(path_or_proto),
     }
     from snncc.driver import _typed
 
@@ -162,10 +167,38 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
         and n.op not in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")
         and (n.domain or "") in ORT_DOMAINS]
     report["analog_prefix"] = [] if compiled else prefix_activations(graph)
+    if target is not None:
+        report["target_check"] = _target_check(path_or_proto, shapes or {}, target, neuron,
+                                               timesteps, runs=not compiled and not diags)
     known = [layer["macs"] for layer in layers if layer["macs"] is not None]
     report["macs"] = {"layers": layers, "total": sum(known),
                       "complete": len(known) == len(layers)}
     return report
+
+
+def _target_check(source, shapes, target: str, neuron: str, timesteps: int, runs: bool
+                  ) -> dict[str, Any]:
+    """What compile's fail-fast rehearsal (the pipeline on placeholder clips, then the backend's
+    precheck) refuses for this target; not run when the ops already cannot convert."""
+    from snncc.backends.registry import get_backend
+    from snncc.driver import _rehearse, make_options
+    from snncc.errors import BackendCapabilityError
+
+    options = make_options(target=target, neuron=neuron, timesteps=timesteps,
+                           input_shapes=shapes)
+    check: dict[str, Any] = {"target": target, "neuron": neuron, "timesteps": timesteps,
+                             "checked": runs, "problems": []}
+    if not runs:
+        return check
+    if isinstance(source, onnx.ModelProto):
+        source = onnx.ModelProto.FromString(source.SerializeToString())   # the caller's stays
+    try:
+        _rehearse(source, options, get_backend(target))
+    except (BackendCapabilityError, UnsupportedNodeError) as exc:
+        check["problems"] = [{"node": d.node, "code": d.code, "message": d.message,
+                              "hint": d.hint} for d in exc.diagnostics] or [
+            {"node": None, "code": exc.code, "message": exc.message, "hint": exc.hint}]
+    return check
 
 
 def _shape(shape) -> str:
@@ -179,6 +212,9 @@ def format_inspect(report: Mapping[str, Any]) -> str:
     for inp, canon in zip(report["inputs"], report["canonical_inputs"]):
         lines.append(f"  {inp['name']}: {inp['dtype']} {_shape(inp['shape'])}"
                      f" (canonical {_shape(canon['shape'])})")
+    if report.get("onnx_checker"):
+        lines.append(f"invalid ONNX: onnx.checker says: {report['onnx_checker']} (ONNX Runtime "
+                     "may refuse it too; compile reads it as written)")
     for p in report["problems"]:
         lines.append(f"problem: {p['message']}")
     for group, nodes in report["nodes"].items():
@@ -205,6 +241,20 @@ def format_inspect(report: Mapping[str, Any]) -> str:
     if prefix:
         lines.append(f"run once on the input, as analog ops, not neurons ({len(prefix)}): "
                      + ", ".join(prefix) + " (exact; the loihi and nir targets refuse them)")
+    check = report.get("target_check")
+    if check:
+        what = f"--target {check['target']} (--neuron {check['neuron']}, -T {check['timesteps']})"
+        if not check["checked"]:
+            lines.append(f"{what}: not checked (the model does not convert as it is)")
+        elif check["problems"]:
+            lines.append(f"{what} cannot express ({len(check['problems'])}):")
+            hints = hints_once([(u["hint"], u["node"]) for u in check["problems"]])
+            for u, hint in zip(check["problems"], hints):
+                where = f" {u['node']}:" if u["node"] else ""
+                lines.append(f"  [{u['code']}]{where} {u['message']}" +
+                             (f". Hint: {hint}" if hint else ""))
+        else:
+            lines.append(f"{what}: nothing refused (compile's check before calibrating)")
     head = report.get("output_head") or []
     if head:
         lines.append("output head (runs once on the decoded SNN output): " + ", ".join(

@@ -27,7 +27,7 @@ __all__ = [
     "Graph", "Node", "Tensor", "Constant", "Variable", "Model", "SNN_DOMAIN", "SNN_DOMAIN_VERSION",
     "load", "read_proto", "to_proto", "save", "node_label", "node_attrs", "with_outputs", "producer", "tensor_map",
     "unique_name", "new_const", "const_value", "is_const", "replace_all_uses",
-    "bypass_node", "verify", "check_onnx", "infer_shapes", "train_metadata",
+    "bypass_node", "verify", "check_onnx", "checker_problem", "infer_shapes", "train_metadata",
 ]
 
 Graph = gs.Graph
@@ -395,6 +395,21 @@ def check_onnx(proto: onnx.ModelProto) -> None:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
         raise VerificationError(f"onnx.checker rejected the model: {exc}", code="SNN-E525") from exc
+
+
+def checker_problem(source: str | os.PathLike | onnx.ModelProto) -> str | None:
+    """What onnx.checker says against an input model, in one line; None when it accepts it.
+
+    A model invalid for its own opset (an attribute its opset's schema does not know, e.g.
+    MaxPool's ``ceil_mode`` at opset 9) is one ONNX Runtime refuses to load; snncc still reads
+    it as written, so the caller says so rather than compile it without a word.
+    """
+    try:
+        onnx.checker.check_model(source if isinstance(source, onnx.ModelProto) else str(source))
+    except Exception as exc:   # ValidationError, or a file the checker cannot read
+        first = str(exc).strip().splitlines()
+        return first[0] if first else type(exc).__name__
+    return None
 
 
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -146,7 +146,7 @@ FILES = {
     "empty_model": "empty.onnx", "model_dir": "model_dir.onnx", "free": "free.onnx",
     "batch1": "batch1.onnx",
     # calibration
-    "calib": "calib.npz", "two_calib": "two_calib.npz", "calib_shape": "calib_shape.npz",
+    "calib": "calib.npz", "two_calib": "two_calib.npz", "two_calib_counts": "two_calib_counts.npz", "calib_shape": "calib_shape.npz",
     "calib_nan": "calib_nan.npz", "calib_empty": "calib_empty.npz", "calib_int": "calib_int.npz",
     "calib_text": "calib_text.npz", "calib_txt": "calib.txt",
     # run inputs
@@ -192,6 +192,7 @@ def build_corpus(root: str | os.PathLike) -> Corpus:
 
     np.savez(c.calib, x=f32(16, 3, 8, 8))
     np.savez(c.two_calib, a=f32(16, 3, 8, 8), b=f32(16, 3, 8, 8))
+    np.savez(c.two_calib_counts, a=f32(16, 3, 8, 8), b=f32(12, 3, 8, 8))
     np.savez(c.calib_shape, x=f32(16, 3, 5, 5))
     np.savez(c.calib_nan, x=np.full((4, 3, 8, 8), np.nan, np.float32))
     np.savez(c.calib_empty, x=np.zeros((0, 3, 8, 8), np.float32))

@@ -112,6 +112,12 @@ COMPILE_CASES = {
     "calib-not-numpy": (lambda c: [c.model, "--calib", c.calib_text], "SNN-E403"),
     "calib-wrong-suffix": (lambda c: [c.model, "--calib", c.calib_txt], "SNN-E404"),
     "calib-for-two-inputs-missing-one": (lambda c: [c.two, "--calib", c.calib], "SNN-E407"),
+    "calib-two-inputs-counts-differ": (lambda c: [c.two, "--calib", c.two_calib_counts],
+                                       "SNN-E410"),
+    "input-shape-ambiguous": (lambda c: [c.two, "--calib", c.two_calib, "--input-shape",
+                                         "1x3x8x8"], "SNN-E358"),
+    "fidelity-samples-negative": (lambda c: [c.model, "--calib", c.calib, "--fidelity-samples",
+                                             "-1"], "SNN-E366"),
 }
 
 

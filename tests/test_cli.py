@@ -235,8 +235,22 @@ def test_contradicting_flags_are_a_usage_error(capsys, tmp_path, pair):
     -v logged some decisions and printed no pass table)."""
     with pytest.raises(SystemExit) as exc:
         main(["compile", MNIST, "--calib", CALIB, "-o", str(tmp_path / "o.onnx"), *pair])
-    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "[SNN-E374] argument" in err and "not allowed with argument" in err
+    assert "usage:" not in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["compile", "m.onnx", "--neuron", "foo"], ["bogus"],
+                                  ["compile", "m.onnx", "--no-such-flag"], ["run"],
+                                  ["compile", "m.onnx", "-T", "four"]])
+def test_usage_slips_are_one_coded_line(capsys, argv):
+    """argparse's errors had no code and came under a 20-line usage block."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "error: [SNN-E374] " in err and "--help` lists the options" in err
 
 
 def test_options_another_target_reads_are_said_to_be_ignored(capsys, tmp_path):
@@ -353,6 +367,11 @@ def test_a_spiking_finetune_output_keeps_its_neurons_and_t(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "--neuron if is ignored: the model's neurons are in the graph (lif neurons" in err
     assert "note: -T 1: the model is a lif SNN of snncc finetune" in err
+    # its trained parameters stay too: --tau had been checked against the default neuron (E302 'if')
+    assert main(["compile", str(tmp_path / "iir.onnx"), "--tau", "2", "--neuron-param",
+                 "tau=2", "--calib", calib, "--no-fidelity", "-o", str(tmp_path / "b.onnx")]) == 0
+    assert "--tau, --neuron-param ignored: the model's neurons are in the graph (lif neurons" \
+        in capsys.readouterr().err
     assert main(["compile", str(tmp_path / "iir.onnx"), "--target", "qann", "--calib", calib,
                  "-o", str(tmp_path / "q.onnx")]) == 2
     assert "SNN-E124" in capsys.readouterr().err and not (tmp_path / "q.onnx").exists()

@@ -630,3 +630,30 @@ def test_an_analog_island_names_the_ops_after_its_first(tmp_path):
     islands = res.report["notes"]["analog_islands"]
     assert len(islands) == 1 and "'ln'" in islands[0]
     assert islands[0].endswith("+ 2 more: Sigmoid, Gemm")
+
+
+def test_a_model_invalid_for_its_own_opset_is_said_by_compile_and_inspect(tmp_path):
+    """MaxPool's ceil_mode at opset 9 (it came at opset 10): ONNX Runtime refuses the model,
+    and compile had written an SNN from it without a word. Both commands now say what
+    onnx.checker says; a valid model gets no such line."""
+    from snncc.driver import compile_model, make_options
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (2, 1, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2],
+                              ceil_mode=1)]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", F, [1, 1, 5, 5])],
+                         [helper.make_tensor_value_info("y", F, [1, 2, 3, 3])], [w], opset=9)
+    model.ir_version = 7
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", rng.random((40, 1, 5, 5), dtype=np.float32))
+    res = compile_model(tmp_path / "m.onnx", tmp_path / "o.onnx",
+                        make_options(calib_path=str(tmp_path / "c.npy"), fidelity_samples=0))
+    said = [w for w in res.warnings if "onnx.checker" in w]
+    assert len(said) == 1 and "ceil_mode" in said[0], res.warnings
+    text = format_inspect(inspect_model(tmp_path / "m.onnx"))
+    assert "invalid ONNX: onnx.checker says: Unrecognized attribute: ceil_mode" in text
+    valid = format_inspect(inspect_model(zoo.bn_node()))
+    assert "onnx.checker" not in valid

@@ -142,3 +142,23 @@ def test_an_activation_in_the_analog_prefix_is_said_to_run_once(tmp_path, capsys
     onnx.save(proto, str(tmp_path / "clip.onnx"))
     assert main(["inspect", str(tmp_path / "clip.onnx")]) == 0
     assert "run once on the input, as analog ops, not neurons (1)" in capsys.readouterr().out
+
+
+def test_inspect_with_a_target_says_what_its_backend_refuses(tmp_path, capsys):
+    """inspect said 'cannot convert: none' for a max-pool net that compile --target loihi then
+    refused (E270) after loading its data; --target runs compile's check before calibrating."""
+    from snncc.cli import main
+    from snncc.inspect import inspect_model
+
+    onnx.save(zoo.stem_net(), tmp_path / "m.onnx")
+    report = inspect_model(tmp_path / "m.onnx", target="loihi")
+    check = report["target_check"]
+    assert check["checked"] and {p["code"] for p in check["problems"]} == {"SNN-E270"}
+    assert inspect_model(tmp_path / "m.onnx", target="ort")["target_check"]["problems"] == []
+    assert "target_check" not in inspect_model(tmp_path / "m.onnx")
+    assert main(["inspect", str(tmp_path / "m.onnx"), "--target", "nir", "--neuron", "mt"]) == 0
+    out = capsys.readouterr().out
+    assert "--target nir (--neuron mt, -T 4) cannot express" in out and "SNN-E691" in out
+    assert main(["inspect", str(tmp_path / "m.onnx"), "-T", "2"]) == 0
+    assert "-T ignored without --target" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

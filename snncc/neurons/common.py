@@ -153,16 +153,20 @@ def dividing_timesteps(levels: int, per_slice_max: int, T_max: int) -> int | Non
     return None
 
 
-def members_per_slice(levels: int, T: int, what: str) -> int:
-    """L / T for neurons whose T slices together give L levels; SNN-E307 when not exact."""
+def members_per_slice(levels: int, T: int, what: str, given: int | None = None) -> int:
+    """L / T for neurons whose T slices together give L levels; SNN-E307 when not exact.
+    ``given`` is the -L the clip was calibrated with: a clip with another L is a QCFS-trained
+    one, which keeps its L whatever -L says (-L and --neuron-param had been hinted there and
+    both led to an error again)."""
     if levels % T:
         fits = [t for t in range(1, min(levels, 64) + 1) if levels % t == 0][:4]
-        # (a QCFS-trained clip keeps its own L: the -L of this hint alone had led to E307 again)
+        dividing = f"-T {', '.join(map(str, fits))}"
+        hint = (f"use a -T that divides L ({dividing}), or L = k*T (e.g. -L {4 * T} for 4 per "
+                "slice)" if levels == given else
+                f"the clip is QCFS-trained with L = {levels}: use a -T that divides it "
+                f"({dividing}), or fine-tune with -L a multiple of T")
         raise OptionError(f"{what}: the clip has L={levels} levels, which is not a multiple of "
-                          f"T={T}", code="SNN-E307",
-                          hint=f"use a -T that divides L (-T {', '.join(map(str, fits))}), or "
-                               f"L = k*T (e.g. -L {4 * T} for 4 per slice; a QCFS-trained clip "
-                               "keeps its own L), or set the per-slice count with --neuron-param")
+                          f"T={T}", code="SNN-E307", hint=hint)
     return levels // T
 
 
@@ -393,7 +397,8 @@ class FunctionBuilder:
         if opset < MIN_FUNCTION_OPSET:
             raise OptionError(f"{op_type}: the model-local function needs opset >= "
                               f"{MIN_FUNCTION_OPSET}, got {opset}", code="SNN-E313",
-                              hint=f"compile with --opset {FUNCTION_OPSET}")
+                              hint=f"build the function at opset {MIN_FUNCTION_OPSET} or "
+                              f"above (e.g. {FUNCTION_OPSET})")
         self.nodes.append(helper.make_node("Identity", [output], ["y"]))
         defaults = [helper.make_attribute(a.name, list(a.default) if a.kind == "floats"
                                           else a.default) for a in attributes]

@@ -109,7 +109,7 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
     if tau:
         c.check_slice_levels("gn", tau, clip.levels, options.timesteps, "tau", tau)
     else:
-        tau = c.members_per_slice(clip.levels, options.timesteps, "gn")
+        tau = c.members_per_slice(clip.levels, options.timesteps, "gn", options.levels)
         _check_derived_tau(clip.levels, options.timesteps)
     return {"theta": c.float32_list(clip.lam), "tau": tau, "v_init": float(clip.phi)}
 

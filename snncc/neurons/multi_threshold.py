@@ -229,7 +229,7 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
         if n:
             c.check_slice_levels("mt", n, clip.levels, options.timesteps, "n", n)
         if not n:
-            n = c.members_per_slice(clip.levels, options.timesteps, "mt")
+            n = c.members_per_slice(clip.levels, options.timesteps, "mt", options.levels)
             _check_derived_n(n, clip.levels, options.timesteps)
         return {"theta": c.float32_list(lam),
                 "fractions": c.float32_list([(n - k) / n for k in range(n)]),
@@ -238,7 +238,7 @@ def from_quant_clip(clip: QuantClipParams, options: CompileOptions) -> dict[str,
         per_slice = 2 ** n - 1
         c.check_slice_levels("mt pow2", per_slice, clip.levels, options.timesteps, "n", n)
     else:
-        per_slice = c.members_per_slice(clip.levels, options.timesteps, "mt")
+        per_slice = c.members_per_slice(clip.levels, options.timesteps, "mt", options.levels)
         if per_slice & (per_slice + 1):
             raise OptionError(f"mt pow2: L/T = {per_slice} levels per slice is not 2^n - 1",
                               code="SNN-E310",

@@ -63,6 +63,16 @@ class _Step:
     module: str | None = None  # key in OnnxGraphModule.layers
 
 
+def _finetune_hint(hint: str | None) -> str | None:
+    """An op's conversion hint as finetune can follow it: finetune keeps no analog layers, so
+    compile's --allow-analog (named in the shared hint) is compile's way, said as such."""
+    if not hint:
+        return hint
+    return hint.replace("or compile with --allow-analog to keep it as a non-spiking layer",
+                        "or, without fine-tuning, snncc compile --allow-analog keeps it as a "
+                        "non-spiking layer (finetune trains spiking layers only)")
+
+
 def _label(node: onnx.NodeProto) -> str:
     return f"'{node.name or node.output[0]}' ({node.domain or 'ai.onnx'}::{node.op_type})"
 
@@ -131,7 +141,7 @@ class OnnxGraphModule(nn.Module):
                 info = op_info(node.op_type, node.domain)
                 problems.append(
                     Diagnostic("SNN-E801", f"{node.op_type} has no spiking equivalent", PASS, _label(node),
-                               info.hint) if not info.spiking else
+                               _finetune_hint(info.hint)) if not info.spiking else
                     Diagnostic("SNN-E801", "op not supported by the fine-tuning builder", PASS,
                                _label(node), "supported: " + ", ".join(SUPPORTED_OPS)))
                 continue

@@ -441,8 +441,11 @@ def test_bad_shapes_and_state(key, code, x, attrs, state, step):
 
 
 @pytest.mark.parametrize("key, L, T, params, code, hint", [
-    ("gn", 10, 4, {}, "SNN-E307", "-L 16"),
-    ("mt", 10, 4, {}, "SNN-E307", "-L 16"),
+    ("gn", 10, 4, {"levels": 10}, "SNN-E307", "-L 16"),
+    ("mt", 10, 4, {"levels": 10}, "SNN-E307", "-L 16"),
+    # a QCFS-trained clip keeps its L: only -T helps (-L and --neuron-param had led to errors)
+    ("mt", 10, 4, {}, "SNN-E307", "QCFS-trained with L = 10: use a -T that divides it (-T 1, 2, 5"),
+    ("gn", 10, 4, {"levels": 8}, "SNN-E307", "fine-tune with -L a multiple of T"),
     ("bitserial", 7, 4, {}, "SNN-E308", "-T 3"),
     ("bitserial", 8, 3, {}, "SNN-E308", "L = 2^T - 1"),
     ("bitserial", 5, 3, {"levels": 5}, "SNN-E308", "drop -L (bitserial takes L = 7 at T = 3)"),

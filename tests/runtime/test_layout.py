@@ -189,6 +189,32 @@ def test_session_leaves_the_callers_options_alone(compiled, tmp_path):
     np.testing.assert_array_equal(first, second)
 
 
+def test_threads_may_share_the_callers_options(compiled):
+    """Eight threads building sessions from one SessionOptions: about 1 in 30 had failed with a
+    wrong SNN-E703, others had read another thread's temporary model, and the options were left
+    at ORT_DISABLE_ALL. Every session now equals a one-thread one and the options stay."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from snncc.runtime import register
+
+    so = session_options()
+    severity = so.log_severity_level
+    assert register(so) is so   # a second register is a no-op (ORT had failed at the session)
+    x = np.load(EXAMPLES / "mnist_test.npz")["x"][:4].astype(np.float32)
+    keys = [k for k in compiled if k[1] != "if-streaming"]
+    want = {k: layout.session(compiled[k]).run(None, {"input": x})[0] for k in keys}
+
+    def build(i):
+        k = keys[i % len(keys)]
+        return k, layout.session(compiled[k], so).run(None, {"input": x})[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        for k, got in pool.map(build, range(24)):
+            np.testing.assert_array_equal(got, want[k])
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert so.optimized_model_filepath == "" and so.log_severity_level == severity
+
+
 def test_orts_own_options_reach_the_rewrite(compiled):
     """With ORT's NCHWc transformer disabled by the caller there is nothing to move."""
     model = compiled["mnist_resnet", "if"]
