@@ -169,11 +169,28 @@ class CalibratePass(Pass):
                                         "levels": levels, "method": options.calib_method,
                                         "samples": st.count, "subsampled": st.subsampled}
                 ctx.logger.debug("%s: %s lambda=%s", self.name, site.label, lam)
+            self._check_finite(need, ctx)
             if options.calib_method == "snn":
                 self._refine(proto, need, samples, ctx, records)
+                self._check_finite(need, ctx)
         ctx.calibration = records
         return PassResult(modified=False, counts={"from_pattern": len(sites) - len(need),
                                                   "calibrated": len(need)})
+
+    def _check_finite(self, need, ctx: CompileContext) -> None:
+        """SNN-E414 where a clipping level or bias is not finite: activations beyond float32 on
+        the calibration samples (samples x 1e37 had written a model with a -inf bias, exit 0;
+        x 1e38 failed in the walk as a bad neuron attribute, E303)."""
+        bad = [s.label for s in need if not all(
+            np.all(np.isfinite(np.asarray(v, np.float64))) for v in
+            (ctx.quant[s.y.name].lam, ctx.quant[s.y.name].bias) if v is not None)]
+        if bad:
+            raise CalibrationError(
+                f"{self.name}: {len(bad)} activation(s) overflow float32 on the calibration "
+                f"samples, so their clipping level or bias is not finite: "
+                f"{', '.join(bad[:3])}{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}",
+                code="SNN-E414", hint="preprocess the samples as for inference (their values "
+                "reach the float32 limit inside the network)")
 
     def _refine(self, proto, need, samples, ctx: CompileContext, records) -> None:
         """The SNN-aware walk over the calibrated sites, in graph order."""

@@ -303,6 +303,20 @@ def _check_finite(graph: gs.Graph) -> list[Diagnostic]:
                            f"value(s) of {arr.size}", node=label,
                            hint="the model's weights are broken (diverged training or a bad "
                            "export); retrain or re-export it, snncc needs finite weights"))
+    for node in graph.nodes:   # a variance below -epsilon: the folded weights had been NaN (a
+        if node.op != "BatchNormalization" or len(node.inputs) < 5:   # compile wrote them)
+            continue
+        var = node.inputs[4]
+        if not isinstance(var, gs.Constant):
+            continue
+        eps = float(node.attrs.get("epsilon", 1e-5))
+        bad = int((np.asarray(var.values, np.float64) + eps <= 0).sum())
+        if bad:
+            diags.append(_diag("SNN-E120", f"BatchNormalization variance '{var.name}' has {bad} "
+                               f"value(s) at or below -epsilon ({eps:g}): its scale "
+                               "1/sqrt(var + epsilon) is not a number", node=ir.node_label(node),
+                               hint="a variance is never negative: the model's statistics are "
+                               "broken; retrain or re-export it"))
     return diags
 
 

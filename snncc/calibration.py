@@ -230,9 +230,13 @@ def load_samples(path: str | Path, inputs: Sequence[InputSpec], *,
             raise _fail("SNN-E408", f"'{path}' holds no samples for '{spec.name}'",
                         "provide at least one sample")
         arr = arr[:max_samples] if max_samples else arr
-        if want_float and not np.all(np.isfinite(arr)):
-            raise _fail("SNN-E409", f"samples for '{spec.name}' contain NaN or infinity",
-                        "clean the calibration data")
+        if want_float:   # checked as the model takes them: float64 beyond float32 is Inf there
+            with np.errstate(over="ignore"):
+                arr = np.ascontiguousarray(arr, dtype=spec.dtype)
+            if not np.all(np.isfinite(arr)):
+                raise _fail("SNN-E409", f"samples for '{spec.name}' contain NaN or infinity "
+                            f"(as {np.dtype(spec.dtype).name}, the model's input type)",
+                            "clean the calibration data")
         out[spec.name] = np.ascontiguousarray(arr, dtype=spec.dtype)
     counts = {len(a) for a in out.values()}
     if len(counts) > 1:

@@ -657,3 +657,16 @@ def test_a_model_invalid_for_its_own_opset_is_said_by_compile_and_inspect(tmp_pa
     assert "invalid ONNX: onnx.checker says: Unrecognized attribute: ceil_mode" in text
     valid = format_inspect(inspect_model(zoo.bn_node()))
     assert "onnx.checker" not in valid
+
+
+def test_a_negative_batchnorm_variance_is_refused():
+    """A running_var of -1 folded into NaN weights, and compile wrote them (exit 0; every
+    sample then got the same answer)."""
+    model = zoo.bn_node()
+    var = next(t for t in model.graph.initializer if "bn_var" in t.name)
+    arr = numpy_helper.to_array(var).copy()
+    arr[1] = -1.0
+    var.CopyFrom(numpy_helper.from_array(arr, var.name))
+    with pytest.raises(ModelInputError) as info:
+        _canonicalize(model)
+    assert "SNN-E120" in _codes(info) and "at or below -epsilon" in info.value.render()

@@ -58,8 +58,8 @@ def check_thresholds(value: Any) -> str | None:
 def check_fractions(value: Any) -> str | None:
     """``fractions``: non-empty, strictly descending, each in (0, 1]."""
     arr = _float_list(value)
-    if (arr is None or arr.size == 0 or np.any(arr <= 0) or np.any(arr > 1)
-            or np.any(np.diff(arr) >= 0)):
+    if (arr is None or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0)
+            or np.any(arr > 1) or np.any(np.diff(arr) >= 0)):   # (NaN passed every comparison)
         return "must be a non-empty list of strictly descending floats in (0, 1]"
     return None
 

@@ -473,3 +473,10 @@ def test_lif_refuses_distinct_per_channel_lambda():
 def test_bitserial_folded_bits_must_match_t():
     expect_code("SNN-E312", NEURONS["bitserial"].reference, np.zeros((4, 1), F32),
                 {"T": 4, "bits": 3})
+
+
+def test_mt_refuses_nan_fractions():
+    """NaN passed every comparison of the fractions check: the reference ran with them while
+    the kernel refused them, as a bad input shape (a helper's edge-case audit)."""
+    expect_code("SNN-E303", NEURONS["mt"].reference, np.zeros((4, 2), F32),
+                {"fractions": [float("nan")], "T": 4}, None, 0)

@@ -1,6 +1,8 @@
 """calibrate: lambda per method on synthetic data, per-channel shape, patterns, file errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import run_passes, tiny_model
@@ -162,6 +164,8 @@ GOOD = np.zeros((4, C, 4, 4), np.float32)
     ("SNN-E407", "calib.npz", lambda p: np.savez(p, a=GOOD, b=GOOD)),
     ("SNN-E408", "calib.npy", lambda p: np.save(p, GOOD[:0])),
     ("SNN-E409", "calib.npy", lambda p: np.save(p, np.full_like(GOOD, np.nan))),
+    # finite as float64, Inf as the model's float32 (it had passed into lambda = inf: E303)
+    ("SNN-E409", "calib.npy", lambda p: np.save(p, np.full(GOOD.shape, 1e300))),
 ])
 def test_bad_calibration_files(tmp_path, code, name, write):
     path = tmp_path / name
@@ -184,3 +188,19 @@ def test_npz_keyed_by_input_and_unknown_method(tmp_path):
     with pytest.raises(CalibrationError) as err:
         run_passes(relu_model(), [CalibratePass(progress=False)], ctx=bad)
     assert err.value.code == "SNN-E411"
+
+
+def test_activations_beyond_float32_are_a_calibration_error(tmp_path):
+    """Samples x 1e37 had compiled (exit 0) to a model with a -inf bias; it is SNN-E414."""
+    from snncc.driver import compile_model, make_options
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    x = np.load(examples / "mnist_calib.npz")["input"]
+    for scale, method in ((1e37, "snn"), (1e38, "max")):
+        np.save(tmp_path / "c.npy", x * np.float32(scale))
+        with pytest.raises(CalibrationError) as err:
+            compile_model(examples / "mnist_cnn.onnx", tmp_path / "o.onnx", make_options(
+                calib_path=str(tmp_path / "c.npy"), calib_method=method, neuron="mt",
+                fidelity_samples=0))
+        assert err.value.code == "SNN-E414" and "overflow float32" in err.value.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy"]
