@@ -84,7 +84,8 @@ from snncc.passes.opset_down import convert_version
 from snncc.passes.support import (no_activation, prefix_activations, relu_spellings,
                                   unsupported_nodes)
 
-__all__ = ["CanonicalizePass", "check_model_input", "compiled_output", "flatten_static_ifs"]
+__all__ = ["CanonicalizePass", "check_model_input", "compiled_output", "flatten_static_ifs",
+           "fold_castlike"]
 
 logger = logging.getLogger("snncc.passes.canonicalize")
 
@@ -114,8 +115,9 @@ class CanonicalizePass(Pass):
         batch = check_model_input(model.graph, options)
         relu_forms = relu_spellings(model.graph)
         float16 = _promote_float16(model.graph)
+        castlike = fold_castlike(model.graph)
         static_ifs = flatten_static_ifs(model, batch)
-        bad = unsupported_nodes(model.graph, options)
+        bad = unsupported_nodes(model.graph, options, model.provenance)
         if options.allow_analog:  # analog islands allowed: only what cannot run at all
             bad = [d for d in bad if d.severity == "error"]
         else:
@@ -150,7 +152,8 @@ class CanonicalizePass(Pass):
                     ": with no ReLU at all, --allow-analog would leave no neuron either"
                     if nothing else ", or compile with --allow-analog"))
         counts: Counter = Counter({"relu_forms_rewritten": relu_forms,
-                                   "float16_promoted": float16, "static_if_flattened": static_ifs})
+                                   "float16_promoted": float16, "static_if_flattened": static_ifs,
+                                   "castlike_folded": castlike})
         declines: list[Decline] = []
         source_opset = model.opset
         if source_opset < MIN_OPSET:
@@ -167,6 +170,7 @@ class CanonicalizePass(Pass):
         if source_opset != options.opset:
             counts["opset_converted_from"] = source_opset
         _drop_float_casts(model.graph)
+        counts["castlike_folded"] += fold_castlike(model.graph)   # types inferred now
         counts["weights_dequantized"] = _fold_dequantize(model.graph)
         counts["constants_folded"] = folded_early + _fold_constants(model.graph, fold_shapes=False)
         _rewrite(model.graph, batch, counts, declines)
@@ -304,8 +308,9 @@ def _check_finite(graph: gs.Graph) -> list[Diagnostic]:
                            hint="the model's weights are broken (diverged training or a bad "
                            "export); retrain or re-export it, snncc needs finite weights"))
     for node in graph.nodes:   # a variance below -epsilon: the folded weights had been NaN (a
-        if node.op != "BatchNormalization" or len(node.inputs) < 5:   # compile wrote them)
-            continue
+        if node.op != "BatchNormalization" or len(node.inputs) < 5 or \
+                node.attrs.get("training_mode", 0):   # (compile wrote them; training mode
+            continue                                  # uses the batch's statistics: E208)
         var = node.inputs[4]
         if not isinstance(var, gs.Constant):
             continue
@@ -432,6 +437,34 @@ def _rebuild(model: ir.Model, opset: int) -> None:
 
 
 # ----------------------------------------------------------------------------- rewrites
+
+def fold_castlike(graph: gs.Graph) -> int:
+    """``CastLike(c, x)`` of a constant ``c`` becomes the constant ``c`` in ``x``'s type (float32
+    where ``x``'s type is unknown and ``c`` is a float: float16 is promoted before). torch's
+    dynamo exporter with ``optimize=False`` writes ReLU6 as ``Clip(x, CastLike(0, x),
+    CastLike(6, x))`` and a bias-free conv's bias as ``Expand(CastLike(0, x), Shape(W))``: the
+    clip had no constant bounds (E204) and the CastLike read spikes (E244). Returns how many."""
+    done = 0
+    for node in graph.nodes:
+        if node.op != "CastLike" or node.domain not in (None, "", "ai.onnx") or \
+                len(node.inputs) != 2 or not node.outputs:
+            continue
+        value = ir.const_value(node.inputs[0])
+        dtype = node.inputs[1].dtype
+        if value is None or (dtype is None and np.asarray(value).dtype.kind != "f"):
+            continue
+        dtype = np.float32 if dtype is None else np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+            dtype) if isinstance(dtype, int) else dtype)
+        out = node.outputs[0]
+        ir.replace_all_uses(graph, out, ir.new_const(graph, out.name + "_value",
+                                                     np.asarray(value).astype(dtype), None))
+        node.inputs.clear()
+        node.outputs.clear()
+        done += 1
+    if done:
+        graph.nodes = [n for n in graph.nodes if n.outputs]
+    return done
+
 
 def flatten_static_ifs(model: ir.Model, export_batch: int | None = None) -> int:
     """``If`` nodes whose condition depends on shapes only (torch's legacy export of

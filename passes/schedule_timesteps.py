@@ -266,6 +266,9 @@ def batch_axis_problem(node: ir.Node, rank: int | None) -> tuple[str, str, str] 
     return None
 
 
+#: ops that only reshape a head op's output: not named among the ops after it
+_SHAPE_ONLY = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity"})
+
 class _Emitter:
     """Builds the standard-op subgraphs of this pass (names under ``schedule-timesteps/``)."""
 
@@ -673,6 +676,8 @@ class ScheduleTimestepsPass(Pass):
         analog: dict[str, int] = {}        # a decoded tensor an island computes -> its island
         members: dict[int, list[str]] = {}  # island -> the ops after its first, on its values
         head: list[str] = []
+        after_head: dict[int, list[str]] = {}   # head op -> the ops after it, on its values
+        head_of: dict[str, int] = {}            # a value computed from a head op's output
         roles = conversion_roles(graph)
         for node in _topological(graph):
             outputs = list(node.outputs)
@@ -698,9 +703,15 @@ class ScheduleTimestepsPass(Pass):
                 if island is not None:   # runs on an island's values: part of that island
                     members.setdefault(island, []).append(node.op)
                     analog.update((t.name, island) for t in outputs)
-                if any(t.name in self.window_static for t in node.inputs):  # decoded spikes
+                lead = next((head_of[t.name] for t in node.inputs if t.name in head_of), None)
+                if lead is not None:   # after a head op (a Conv, a LeakyRelu after a HardSwish
+                    if node.op not in _SHAPE_ONLY:                    # had gone unnamed)
+                        after_head.setdefault(lead, []).append(node.op)
+                    head_of.update((t.name, lead) for t in outputs)
+                elif any(t.name in self.window_static for t in node.inputs):  # decoded spikes
                     if roles.get(id(node)) == HEAD:
                         head.append(ir.node_label(node, self.model.provenance))
+                        head_of.update((t.name, len(head) - 1) for t in outputs)
                     else:
                         self.window_static.update(t.name for t in outputs)
             elif id(node) in pooled:  # one slice: pool it as it is; else its time-mean
@@ -733,6 +744,8 @@ class ScheduleTimestepsPass(Pass):
                 (head if in_head else islands).append(ir.node_label(node, self.model.provenance))
                 if not in_head:
                     analog.update((t.name, len(islands) - 1) for t in outputs)
+                else:
+                    head_of.update((t.name, len(head) - 1) for t in outputs)
             for t in outputs:
                 depth[t.name] = d
         self._decode_outputs(temporal, first)
@@ -741,11 +754,13 @@ class ScheduleTimestepsPass(Pass):
                 t.shape = [None] + list(t.shape[1:])
         # each island by its first node, and the ops that run after it on its values (an LSTM
         # behind a Sigmoid was kept and not named)
-        self.ctx.notes["analog_islands"] = [
-            label + (f" + {len(members[i])} more: " + ", ".join(
-                f"{op} x{k}" if k > 1 else op for op, k in Counter(members[i]).items())
-                     if members.get(i) else "") for i, label in enumerate(islands)]
-        self.ctx.notes["output_head"] = head
+        def named(labels: list[str], more: dict[int, list[str]]) -> list[str]:
+            return [label + (f" + {len(more[i])} more: " + ", ".join(
+                f"{op} x{k}" if k > 1 else op for op, k in Counter(more[i]).items())
+                if more.get(i) else "") for i, label in enumerate(labels)]
+
+        self.ctx.notes["analog_islands"] = named(islands, members)
+        self.ctx.notes["output_head"] = named(head, after_head)
         if head:
             self.counts["output_head_ops"] = len(head)
         self.counts["tiles"] = len(tiles)

@@ -48,7 +48,8 @@ def _diag(code: str, message: str, node: str = "", hint: str = "",
 
 # ----------------------------------------------------------------------------- unsupported ops
 
-def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnostic]:
+def unsupported_nodes(graph: gs.Graph, options: CompileOptions,
+                      provenance: dict[str, str] | None = None) -> list[Diagnostic]:
     """Every node whose activation has no spiking equivalent, one diagnostic each.
 
     Composite forms are reported once, as the activation they spell (SNN-E202); a Softmax or
@@ -62,7 +63,7 @@ def unsupported_nodes(graph: gs.Graph, options: CompileOptions) -> list[Diagnost
     prefix = analog_prefix(graph, roles)
     diags = []
     for node in graph.nodes:
-        label = ir.node_label(node)
+        label = ir.node_label(node, provenance)
         if (node.domain or "") not in ORT_DOMAINS:  # nothing runs it: not even a head
             diags.append(_diag("SNN-E205", f"op {node.op} of domain '{node.domain}' is unknown to "
                                "ONNX Runtime, so snncc can neither calibrate nor run the model",

@@ -81,7 +81,8 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     """Build the inspect report (a JSON-ready dict) for a model file or proto. With ``target``
     ('ort', 'loihi', 'nir') it also says what that backend refuses for ``neuron`` at
     ``timesteps``, as compile checks it before calibrating (key ``target_check``)."""
-    from snncc.passes.canonicalize import CanonicalizePass, compiled_output, flatten_static_ifs
+    from snncc.passes.canonicalize import (CanonicalizePass, compiled_output, flatten_static_ifs,
+                                           fold_castlike)
     from snncc.passes.support import (HEAD, ISLAND, TIME, conversion_roles, no_activation,
                                       prefix_activations, relu_spellings, unsupported_nodes)
     from snncc.passes.schedule_timesteps import batch_axis_problem
@@ -130,7 +131,8 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     report["nodes"] = groups
     relu_spellings(raw.graph)  # as canonicalize does first: LeakyRelu(alpha=0), Max(x, 0),
     flatten_static_ifs(raw)    # Ifs on static shapes
-    diags = list(unsupported_nodes(raw.graph, CompileOptions(target="qann")))
+    fold_castlike(raw.graph)   # CastLike of constants (dynamo's unoptimised ReLU6 bounds)
+    diags = list(unsupported_nodes(raw.graph, CompileOptions(target="qann"), raw.provenance))
     roles = conversion_roles(graph)
     for node in graph.nodes:
         label = ir.node_label(node)

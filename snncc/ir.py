@@ -160,9 +160,9 @@ def load(source: str | os.PathLike | onnx.ModelProto) -> Model:
                               hint="the file may be truncated or empty; re-export it")
     provenance = {}
     for node in proto.graph.node:
-        for prop in node.metadata_props:
-            if prop.key in ("pkg.torch.onnx.name_scopes", "namespace", "module"):
-                provenance[node.name] = prop.value
+        src = _module_path({p.key: p.value for p in node.metadata_props})
+        if src:
+            provenance[node.name] = src
     outputs = Counter(o for n in proto.graph.node for o in n.output if o)
     dups = sorted(name for name, c in outputs.items() if c > 1)
     if dups:
@@ -183,6 +183,33 @@ def load(source: str | os.PathLike | onnx.ModelProto) -> Model:
                  provenance=provenance,
                  metadata={p.key: p.value for p in proto.metadata_props},
                  functions=list(proto.functions))
+
+
+def _module_path(props: Mapping[str, str]) -> str | None:
+    """The torch module a node came from, e.g. ``layer1.0.relu``, from the metadata exporters
+    write: torch's dynamo exporter gives ``pkg.torch.onnx.name_scopes`` as a list of scopes
+    ending with the op's own name (``['', 'layer1', 'layer1.0', 'relu_3']``) and ``namespace``
+    as ``name: class/.../op``; other tools ``module``. (The raw list had been printed.)"""
+    import ast
+
+    scopes = props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            names = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            names = None
+        if isinstance(names, (list, tuple)):
+            modules = [str(n) for n in names[:-1] if n]
+            return modules[-1] if modules else None
+        return scopes
+    if props.get("module"):
+        return props["module"]
+    namespace = props.get("namespace")
+    if namespace:
+        modules = [part.split(":")[0].strip() for part in namespace.split("/")[:-1]]
+        modules = [m for m in modules if m]
+        return modules[-1] if modules else None
+    return None
 
 
 def to_proto(model: Model, *, opset: int | None = None) -> onnx.ModelProto:
@@ -320,10 +347,20 @@ def const_value(tensor: gs.Tensor) -> np.ndarray | None:
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
     prod = producer(tensor)
-    if prod is not None and prod.op == "Constant" and "value" in prod.attrs:
+    if prod is None or prod.op != "Constant":
+        return None
+    if "value" in prod.attrs:
         val = prod.attrs["value"]
         return np.asarray(val.values if isinstance(val, gs.Constant) else val)
+    for key, dtype in _CONSTANT_FORMS.items():   # torch's dynamo exporter writes value_float
+        if key in prod.attrs:
+            return np.asarray(prod.attrs[key], dtype=dtype)
     return None
+
+
+#: the other value attributes of a Constant node, and their types (ONNX's float is float32)
+_CONSTANT_FORMS = {"value_float": np.float32, "value_floats": np.float32,
+                   "value_int": np.int64, "value_ints": np.int64}
 
 
 def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
@@ -406,9 +443,11 @@ def checker_problem(source: str | os.PathLike | onnx.ModelProto) -> str | None:
     """
     try:
         onnx.checker.check_model(source if isinstance(source, onnx.ModelProto) else str(source))
-    except Exception as exc:   # ValidationError, or a file the checker cannot read
+    except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()
         return first[0] if first else type(exc).__name__
+    except Exception:   # a path the binding cannot take (non-UTF-8 locale), or no file: no
+        return None     # verdict (it had warned a valid model invalid)
     return None
 
 

@@ -670,3 +670,37 @@ def test_a_negative_batchnorm_variance_is_refused():
     with pytest.raises(ModelInputError) as info:
         _canonicalize(model)
     assert "SNN-E120" in _codes(info) and "at or below -epsilon" in info.value.render()
+
+
+def test_dynamo_unoptimised_castlike_forms_compile(tmp_path):
+    """torch's dynamo exporter with optimize=False writes ReLU6 as Clip(x, CastLike(0, x),
+    CastLike(6, x)) with value_float Constants, and a bias-free conv's bias as
+    Expand(CastLike(0, x), Shape(W)): the ReLU6 net was E204 ('a Clip is a clipped ReLU only
+    with min 0'), the bias-free one E244 (a CastLike reading spikes). Both compile now, and
+    the compiled QANN equals the ANN's clip where the levels allow."""
+    from snncc.driver import compile_model, make_options
+
+    rng = np.random.default_rng(3)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), "w2")
+    wf = numpy_helper.from_array(rng.normal(0, 0.5, (64, 3)).astype(np.float32), "wf")
+    c = helper.make_node
+    nodes = [c("Constant", [], ["lo"], value_float=0.0), c("Constant", [], ["hi"], value_float=6.0),
+             c("Conv", ["x", "w1"], ["c1"]),
+             c("CastLike", ["lo", "c1"], ["lo_c"]), c("CastLike", ["hi", "c1"], ["hi_c"]),
+             c("Clip", ["c1", "lo_c", "hi_c"], ["r1"]),
+             c("Shape", ["w2"], ["ws"], start=0, end=1), c("Constant", [], ["z"], value_int=0),
+             c("CastLike", ["z", "r1"], ["z_c"]), c("Expand", ["z_c", "ws"], ["b2"]),
+             c("Conv", ["r1", "w2", "b2"], ["c2"]), c("Relu", ["c2"], ["r2"]),
+             c("Flatten", ["r2"], ["f"]), c("MatMul", ["f", "wf"], ["y"])]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", F, [1, 1, 8, 8])],
+                         [helper.make_tensor_value_info("y", F, [1, 3])], [w1, w2, wf], opset=18)
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", rng.random((48, 1, 8, 8), dtype=np.float32))
+    res = compile_model(tmp_path / "m.onnx", tmp_path / "o.onnx",
+                        make_options(calib_path=str(tmp_path / "c.npy"), fidelity_samples=16))
+    assert res.output.is_file()
+    canon = next(r for r in res.report["passes"] if r["pass"] == "canonicalize")
+    assert canon["counts"]["castlike_folded"] == 3
+    text = format_inspect(inspect_model(tmp_path / "m.onnx"))
+    assert "cannot convert: none" in text and "CastLike" not in text
