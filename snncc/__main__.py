@@ -1,5 +1,3 @@
-import sys
+from snncc.cli import entry
 
-from snncc.cli import main
-
-sys.exit(main())
+entry()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -582,9 +583,14 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every temporary file is removed on the way out."""
 
 
+#: the signals that stopped commands of this process, newest last (:func:`entry` ends by it)
+_SIGNALLED: list[int] = []
+
+
 def _on_sigterm(signum, frame) -> None:
     from snncc.outputs import note_signal
 
+    _SIGNALLED.append(signum)
     note_signal(Terminated)   # so that it is not lost if raised where Python drops it
     raise Terminated()
 
@@ -592,6 +598,7 @@ def _on_sigterm(signum, frame) -> None:
 def _on_sigint(signum, frame) -> None:
     from snncc.outputs import note_signal
 
+    _SIGNALLED.append(signum)
     note_signal(KeyboardInterrupt)
     raise KeyboardInterrupt()
 
@@ -641,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # collective with SIGTERM (a Python handler would not run until the collective returned)
     previous = interrupt = None
     hangup = None   # a closed terminal (SIGHUP) cleans up like SIGTERM; under nohup it is ignored
-    if not {"TORCHELASTIC_RUN_ID", "WORLD_SIZE"} & set(os.environ):
+    if not _torchrun_finetune(sys.argv[1:] if argv is None else list(argv)):
         try:
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
             if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
@@ -663,6 +670,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lost = take_signal() if armed else None
             if lost is not None:   # its exception was dropped (raised inside a __del__)
                 return _interrupted(lost(), before)
+            failed = sys.stdout.failed if isinstance(sys.stdout, _PipeSafe) else None
+            if failed is not None and code == 0:
+                print(f"snncc: error: [SNN-E369] writing the standard output failed ({failed}); "
+                      "what it printed is incomplete. Hint: free space where it is redirected",
+                      file=sys.stderr)
+                return 2
             return code
         finally:
             root.setLevel(root_state[0])
@@ -673,6 +686,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # came just as _main returned, past its own handler
         _restore_handlers(previous, hangup, interrupt)   # (the restore above may be what it
         return _interrupted(exc, before)                 # cut short)
+
+
+def _torchrun_finetune(argv: Sequence[str]) -> bool:
+    """finetune under torchrun (TORCHELASTIC_RUN_ID, or WORLD_SIZE above 1), which keeps the
+    default SIGTERM. A WORLD_SIZE that a cluster exports to every process had turned off the
+    cleanup of every command (a report's scratch folder stayed in TMPDIR)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command != "finetune":
+        return False
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return True
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def entry() -> None:
+    """The console script and ``python -m snncc``: exit with :func:`main`'s code, except that a
+    command a signal stopped ends, once it has cleaned up, by that same signal, as programs do:
+    a shell loop over snncc commands went on to the next one after Ctrl-C (bash stops a loop
+    only when its child dies of SIGINT, not when it exits with 130)."""
+    code = main()
+    if code in (130, 143) and _SIGNALLED:
+        signum = _SIGNALLED[-1]
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    sys.exit(code)
 
 
 def _restore_handlers(sigterm, sighup, sigint) -> None:
@@ -691,21 +737,32 @@ class _PipeSafe:
 
     def __init__(self, stream):
         self.stream, self.gone = stream, stream is None   # None: started with it closed (>&-)
+        self.failed: OSError | None = None   # a write that failed otherwise (a full disk)
+        self.errors = getattr(stream, "errors", None)
+        if self.errors == "strict":   # a name or path the terminal's encoding cannot show
+            try:                      # (LC_ALL=C, PYTHONUTF8=0) had been an internal error
+                stream.reconfigure(errors="backslashreplace")
+            except (AttributeError, ValueError, OSError):
+                self.errors = None
 
     def write(self, text: str) -> int:
         if not self.gone:
             try:
                 return self.stream.write(text)
-            except OSError:   # EPIPE: the reader left; EIO: the terminal hung up
+            except OSError as exc:   # EPIPE: the reader left; EIO: the terminal hung up
                 self.gone = True
+                if exc.errno not in (errno.EPIPE, errno.EIO):   # (> /dev/full had exit 0)
+                    self.failed = exc
         return len(text)
 
     def flush(self) -> None:
         if not self.gone:
             try:
                 self.stream.flush()
-            except OSError:
+            except OSError as exc:
                 self.gone = True
+                if exc.errno not in (errno.EPIPE, errno.EIO):
+                    self.failed = exc
 
     def __getattr__(self, name: str):
         if self.stream is None:   # a closed stream: no terminal, nothing to report
@@ -721,6 +778,11 @@ def _restore(streams) -> None:
     for name, original in zip(("stdout", "stderr"), streams):
         current = getattr(sys, name)
         if isinstance(current, _PipeSafe):
+            if current.errors == "strict":
+                try:
+                    current.stream.reconfigure(errors="strict")
+                except (AttributeError, ValueError, OSError):
+                    pass
             if current.gone:
                 try:
                     original = open(os.devnull, "w")

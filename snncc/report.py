@@ -331,7 +331,7 @@ def _render(out: Path, figs: Path, tmp_figs: Path, tmp_page: Path,
         page.table(["block", "exp", "max rel. error", "rms rel. error", "exact"],
                    [[w["block"], w["exp"], w["max_rel_err"], w["rms_rel_err"], w["exact"]]
                     for w in quant["weights"]])
-    tmp_page.write_text(page.render(title))
+    tmp_page.write_text(page.render(title), encoding="utf-8")   # (LC_ALL=C, PYTHONUTF8=0: it had failed on '·')
     return written
 
 

@@ -1221,10 +1221,12 @@ def test_a_signal_while_the_outputs_are_written_leaves_all_or_nothing(corpus, tm
             break
     _, err = p.communicate(timeout=120)
     names = sorted(os.listdir(tmp_path))
-    assert p.returncode in (0, 130, 143), err   # terminated cleanly (or done before it)
+    # cleaned up, then ended by the signal itself (python -m snncc, as the console script: a
+    # shell loop stops at Ctrl-C only then), or done before it came
+    assert p.returncode in (0, -getattr(signal, signame)), err
     assert "Traceback" not in err and not [n for n in names if ".snncc-" in n], (names, err)
     assert names in ([], ["o.onnx", "o.onnx.json", "r.json"]), names
-    if p.returncode in (130, 143):
+    if p.returncode:
         assert ("nothing was written" in err) == (names == []), err
 
 

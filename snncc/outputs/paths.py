@@ -273,6 +273,27 @@ def _place_problem(path: Path) -> str | None:
     return None
 
 
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` (or its nearest existing
+    parent) takes; 255 where the system does not say."""
+    for place in (folder, *folder.parents):
+        try:
+            return int(os.pathconf(place, "PC_NAME_MAX"))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return 255
+
+
+def _place(where) -> Path | None:
+    """The current or home directory, resolved; None where there is none (a deleted current
+    directory, no HOME and no passwd entry: both had been internal errors for every command
+    that writes, absolute -o included)."""
+    try:
+        return where().resolve()
+    except (OSError, RuntimeError, KeyError):
+        return None
+
+
 def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike | None] = (), *,
                   force: bool = False, command: str = "compile", has_force: bool = True) -> None:
     """Refuse outputs that would touch anything but the declared output (rules in the module doc).
@@ -284,12 +305,18 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
     ins = [Path(p) for p in inputs if p is not None]
     ins += [f for p in ins for f in external_data_files(p)]   # a model's weights are inputs too
     folders = list(dict.fromkeys(p for p in ins if p.is_dir()))   # --data and --val alike: once
-    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    cwd, home = _place(Path.cwd), _place(Path.home)
     seen: list[Output] = []
     places: set[str] = set()
     for out in outputs:
-        path = _resolve(out.path)
         where = f"{out.option} '{out.path}'"
+        try:
+            path = _resolve(out.path)
+        except FileNotFoundError:   # relative, and the current directory was deleted
+            diags.append(Diagnostic("SNN-E369", f"{where} is relative to a current directory "
+                                    "that no longer exists", command,
+                                    hint="cd to an existing folder, or give an absolute path"))
+            continue
         try:
             path.resolve()
         except (RuntimeError, OSError):   # a symlink loop (Python raises RuntimeError)
@@ -312,7 +339,7 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
         seen.append(out)
         if out.kind == "dir" and (str(out.path).strip() in (".", "..", "~", "/", "")
                                   or path.resolve() in (home, Path("/"))
-                                  or _is_within(cwd, path)):
+                                  or (cwd is not None and _is_within(cwd, path))):
             diags.append(Diagnostic(
                 "SNN-E362", f"{where} names the current, home or root directory (or one that "
                 "holds the current directory)", command,
@@ -323,6 +350,12 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
             diags.append(Diagnostic("SNN-E369", f"{where} names no file", command,
                                     hint=f"name a file, e.g. {out.option.split()[0]} "
                                     f"{out.example}"))
+            continue
+        if len(os.fsencode(path.name)) > _name_max(path.parent):   # (the manifest of a
+            diags.append(Diagnostic(                                # 250-byte -o had failed
+                "SNN-E369", f"{where}: its name is longer than this file system allows "  # at
+                f"({len(os.fsencode(path.name))} bytes)", command,     # the end of the work)
+                hint="name a shorter file"))
             continue
         problem = _place_problem(path)
         if problem in places:  # the manifest beside -o: said once

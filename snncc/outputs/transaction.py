@@ -58,7 +58,12 @@ def scratch_dir() -> Iterator[Path]:
     removed at the end with signals held back (a second Ctrl-C during the removal of a
     ``TemporaryDirectory`` had left it, with its models, in ``$TMPDIR``). A write that fails
     there is SNN-E369 naming the scratch space and ``TMPDIR``, not the user's output."""
-    path = Path(tempfile.mkdtemp(prefix=f"snncc-{os.getpid()}-"))
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f"snncc-{os.getpid()}-"))
+    except OSError as exc:   # no writable TMPDIR, /tmp or /var/tmp (an internal error before)
+        raise OutputPathError(f"snncc found no scratch space: {exc}", code="SNN-E369",
+                              hint="point TMPDIR at a writable folder with room (the output "
+                              "path is fine)") from None
     pending: list[int] = []
     try:
         try:
