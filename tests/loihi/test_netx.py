@@ -176,6 +176,9 @@ CORRUPTIONS = {
     "no flatten": (lambda f: _replace(f, "layer/3/type", np.array([b"dense"], "S10")),
                    "inFeatures"),
     "gap in keys": (lambda f: f["layer"].move("4", "7"), "are not"),
+    # lava-dl's optimize_weight_bits divides by the largest weight: OverflowError on zeros
+    "all-zero dense weight": (lambda f: _replace(f, "layer/4/weight",
+                                                 f["layer/4/weight"][()] * 0), "all zero"),
 }
 
 
@@ -229,3 +232,18 @@ def test_hardware_semantics_past_network_net_are_said(tmp_path, capsys):
     assert main([*args, "--semantics", "hardware"]) == 0
     assert "no network.net; the hardware semantics run every layer" in capsys.readouterr().err
     assert main(args) == 0 and "note:" not in capsys.readouterr().err
+
+
+def test_a_dense_layer_whose_weights_round_to_zero_is_not_exported(tmp_path):
+    """Weights x 1e-7 round to 0 in 8 bits: the layer went into network.net and real Lava's
+    reader crashed on it (OverflowError in optimize_weight_bits); check_netx passed it."""
+    from onnx import numpy_helper
+
+    model = sequential()
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    w = next(i for i in model.graph.initializer if i.name == gemm.input[1])
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float32(1e-7), w.name))
+    net, info = exported(model, tmp_path / "a.net")
+    reasons = {d["group"]: d["reason"] for d in info["not_exported"]}
+    assert "round to 0" in reasons[net.groups[-1].name], reasons
+    assert check_netx(tmp_path / "a.net") == []

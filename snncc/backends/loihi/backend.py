@@ -87,6 +87,8 @@ class LoihiBackend(Backend):
             ranges = input_range.parse(_metadata(model).get(input_range.METADATA_KEY))
             tops = [r["max_abs"] for r in ranges.values() if "max_abs" in r]
             _, qdiags = quantize(net, self.fixed_point, input_max=max(tops) if tops else None)
+            if not qdiags:
+                _readout_peaks(net, ctx)
             mapping, mdiags = map_cores(net, self.limits)
             prepared = _Prepared(net, mapping, qdiags + mdiags)
         self._cache = (*key, prepared)
@@ -240,6 +242,24 @@ class LoihiBackend(Backend):
                               analog_once=False,
                               source="loihi netlist simulator (emulated semantics), "
                                      f"{len(x)} {which} samples")
+
+
+def _readout_peaks(net: nl.Netlist, ctx: CompileContext) -> None:
+    """Each readout's largest |voltage| (state integers) on up to 64 calibration samples (fewer
+    for big nets, as synops.json), kept as
+    ``fixed["peak_state"]``: its NetX unit (network.net and the hardware semantics) is sized so
+    that Lava's 24-bit voltage holds it with headroom (``netx.netx_params``). Without samples
+    the unit stays the finest one (the voltage is then unchecked)."""
+    from snncc.analysis.synops import artifact_sample_count, loihi_samples
+
+    if not ctx.options.calib_path or not any(g.kind == "readout" for g in net.groups):
+        return
+    inp = net.groups[0]
+    x = loihi_samples(ctx.options.calib_path, inp.name, inp.shape, mean=ctx.options.calib_mean,
+                      std=ctx.options.calib_std)
+    x = x[:artifact_sample_count(net.ann_macs, net.total_steps, len(x))]
+    for name, peak in simulate(net, x).readout_peaks.items():
+        net.group(name).fixed["peak_state"] = peak
 
 
 def _simulate(net: nl.Netlist, x, ctx: CompileContext):

@@ -72,6 +72,9 @@ LOADABLE = ("input", "conv", "flatten", "dense")
 NEURON_TYPES = ("CUBA", "LOIHI", "SDNN")
 VTH_MANT_MAX = (1 << 17) - 1
 BIAS_MANT_MAX = (1 << 12) - 1  # 13-bit signed bias mantissa of Loihi's CUBA neuron
+#: a readout's NetX unit leaves its voltage room for this many times the largest the
+#: calibration samples reached (as a relay fed by the input, quantize.INPUT_HEADROOM)
+READOUT_HEADROOM = 2.0
 I_DECAY_FULL = 4096       # du = 4095: the current keeps nothing (Lava's du = iDecay - 1)
 
 
@@ -141,12 +144,18 @@ def netx_params(net: Netlist, g: Group, shift: int | None = None) -> dict[str, A
     if g.kind == "neuron":   # NetX has no initial voltage: spread v_init over the window
         bias_state = bias_state + float(g.fixed.get("v_init_int", 0)) / net.total_steps
     vth_state = float(VTH_MANT_MAX) if g.kind == "readout" else float(g.fixed["vth"][0])
+    # a readout has no threshold to bound its voltage: Lava's v (NetX units x 64, 24 bits) must
+    # stay below the readout's vThMant (crossing it fires and resets v to 0), for the peak the
+    # calibration samples reached (``peak_state``, state integers) with READOUT_HEADROOM
+    peak = float(g.fixed.get("peak_state", 0.0)) * READOUT_HEADROOM if g.kind == "readout" \
+        else 0.0
     extra = 0
-    while True:   # the finest NetX unit whose bias and threshold fit the chip's words
+    while True:   # the finest NetX unit whose bias, threshold and readout voltage fit
         scale = 2.0 ** (1 - e - extra)
         top_bias = float(np.abs(bias_state).max(initial=0.0)) * scale
         if round(top_bias) <= BIAS_MANT_MAX and (
-                g.kind == "readout" or round(vth_state * scale) <= VTH_MANT_MAX):
+                (g.kind == "readout" and peak * scale < VTH_MANT_MAX)
+                or (g.kind != "readout" and round(vth_state * scale) <= VTH_MANT_MAX)):
             break
         extra += 1
     vth_float = float(VTH_MANT_MAX) if g.kind == "readout" else vth_state * scale
@@ -169,6 +178,9 @@ def netx_params(net: Netlist, g: Group, shift: int | None = None) -> dict[str, A
 
 def _why_not(net: Netlist, g: Group, prev: Group, flat: bool) -> str | None:
     blocks = net.blocks_into(g.name)
+    if not blocks:
+        return ("receives no synapses (all its weights are 0 in the model); a NetX layer needs "
+                "a weight")
     if len(blocks) != 1:
         return (f"receives {len(blocks)} synapse blocks (a residual add or concat); NetX "
                 "layers are strictly sequential")
@@ -193,6 +205,9 @@ def _why_not(net: Netlist, g: Group, prev: Group, flat: bool) -> str | None:
                 b.out_hw[axis]
             if (n_in + 2 * p - k[axis]) // s + 1 != n_out:
                 return "its padding is not symmetric (NetX pads both sides equally)"
+    if b.kind == "dense" and not any(np.any(w) for w in netx_params(net, g)["weights"].values()):
+        return ("all its NetX weights round to 0, and lava-dl 0.6's reader fails on an all-zero "
+                "dense weight (netx/utils.py optimize_weight_bits: OverflowError)")
     return None
 
 
@@ -400,6 +415,9 @@ def _check_weight(layer: h5py.Group, where: str, shape: tuple[int, ...],
     if w.shape[:len(shape)] != shape or w.ndim not in (len(shape), len(shape) + 1) or \
             (w.ndim == len(shape) + 1 and w.shape[-1] != 1):
         problems.append(f"{where}/weight: shape {w.shape}, expected {shape}")
+    if w.size and not np.any(w) and layer["type"][0].decode("ascii") == "dense":
+        problems.append(f"{where}/weight: all zero; lava-dl 0.6's reader fails on it "
+                        "(optimize_weight_bits divides by the largest weight: OverflowError)")
     if w.size and (w.min() < -256 or w.max() > 254):
         problems.append(f"{where}/weight: weights must fit 8 bits with the sign: integers in "
                         "[-256, 254] (Lava's optimize_weight_bits shifts them into the word)")

@@ -64,6 +64,9 @@ class SimResult:
     #: hardware semantics: synaptic currents that wrapped around at 24 bits, as Lava's do (a
     #: large positive current turns negative); counted, not only simulated
     wraps: int = 0
+    #: per readout: the largest |voltage| over the window in state integers (emulated run; the
+    #: Loihi backend sizes the readout's NetX unit by it, ``netx.netx_params``)
+    readout_peaks: dict[str, int] = field(default_factory=dict)
 
 
 class _Sim:
@@ -329,7 +332,7 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
     top = (1 << (fp.payload_bits - 1)) - 1
     sim.x = x
     payloads = {inp.name: sim.input_payload(fp.input_frac_bits)}
-    events, values, raw = {}, {}, {}
+    events, values, raw, peaks = {}, {}, {}, {}
     for g in net.groups[1:]:
         sim.group = g.name
         if sim.hw and netx_exportable(g):
@@ -349,7 +352,9 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
             continue
         cur = sim.current(g, payloads, n)
         if g.kind == "readout":
-            per_step = np.broadcast_to(cur, (steps,) + cur.shape[1:])[steps - counted:]
+            full = np.broadcast_to(cur, (steps,) + cur.shape[1:])
+            peaks[g.name] = int(np.abs(np.cumsum(full, axis=0)).max(initial=0))
+            per_step = full[steps - counted:]
             values[g.name] = per_step.sum(axis=0) / counted / 2.0 ** g.frac_bits * \
                 g.state_unit.reshape(-1, 1, 1)
             continue
@@ -367,7 +372,7 @@ def simulate(net: Netlist, x: np.ndarray, *, semantics: str = "emulated",
     outputs = {o["name"]: values[o["group"]].reshape((n,) + net.group(o["group"]).shape)
                .astype(np.float32) for o in net.outputs}
     return SimResult(outputs, events, payloads, sim.saturations, sim.by_group, raw,
-                     wraps=sim.wraps)
+                     wraps=sim.wraps, readout_peaks=peaks)
 
 
 def run_netlist(out_dir: str | os.PathLike | Netlist, x: np.ndarray, *,
