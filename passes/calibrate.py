@@ -186,11 +186,13 @@ class CalibratePass(Pass):
             (ctx.quant[s.y.name].lam, ctx.quant[s.y.name].bias) if v is not None)]
         if bad:
             raise CalibrationError(
-                f"{self.name}: {len(bad)} activation(s) overflow float32 on the calibration "
-                f"samples, so their clipping level or bias is not finite: "
-                f"{', '.join(bad[:3])}{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}",
-                code="SNN-E414", hint="preprocess the samples as for inference (their values "
-                "reach the float32 limit inside the network)")
+                f"{self.name}: {len(bad)} activation(s) are not finite on the calibration "
+                f"samples (NaN, or beyond float32), so their clipping level or bias is not "
+                f"either: {', '.join(bad[:3])}"
+                f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}",
+                code="SNN-E414", hint="preprocess the samples as for inference (values that "
+                "reach the float32 limit inside the network), and check the model's weights "
+                "before these activations")
 
     def _refine(self, proto, need, samples, ctx: CompileContext, records) -> None:
         """The SNN-aware walk over the calibrated sites, in graph order."""

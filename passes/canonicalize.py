@@ -312,10 +312,11 @@ def _check_finite(graph: gs.Graph) -> list[Diagnostic]:
                 node.attrs.get("training_mode", 0):   # (compile wrote them; training mode
             continue                                  # uses the batch's statistics: E208)
         var = node.inputs[4]
-        if not isinstance(var, gs.Constant):
+        values = ir.const_value(var)   # an initializer or a Constant node's
+        if values is None:
             continue
         eps = float(node.attrs.get("epsilon", 1e-5))
-        bad = int((np.asarray(var.values, np.float64) + eps <= 0).sum())
+        bad = int((np.asarray(values, np.float64) + eps <= 0).sum())
         if bad:
             diags.append(_diag("SNN-E120", f"BatchNormalization variance '{var.name}' has {bad} "
                                f"value(s) at or below -epsilon ({eps:g}): its scale "

@@ -87,8 +87,9 @@ def registered(so: ort.SessionOptions) -> str | None:
 
 
 def register(so: ort.SessionOptions) -> ort.SessionOptions:
-    """Register the kernel library with ``so`` (in place) and return it; a ``so`` it registered
-    already is returned as it is."""
+    """Register the kernel library with ``so`` (in place) and return it; a ``so`` this function
+    registered already is returned as it is (one given the library some other way, e.g.
+    ``so.register_custom_ops_library``, is not known as such: ORT then refuses the second)."""
     check_session_options(so)
     if registered(so):
         return so

@@ -36,6 +36,7 @@ import logging
 import os
 import tempfile
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -57,18 +58,30 @@ _NCHWC = "com.microsoft.nchwc"
 _PROTO_LIMIT = 2**31 - 1  # protobuf's serialisation limit: larger models keep the plain layout
 
 
-#: held while a SessionOptions is changed for one session (:func:`_options`) and while
-#: :func:`session` builds from a caller's ``so``: one ``so`` may be shared by threads
-_SO_LOCK = threading.RLock()
+#: per SessionOptions: held while it is changed for one session (:func:`_options`) and while
+#: :func:`session` builds from a caller's ``so``, which threads may share; other options, and
+#: sessions built from options of their own, do not wait (one lock for all had built a thread
+#: pool's models one at a time)
+_SO_LOCKS: "weakref.WeakKeyDictionary[ort.SessionOptions, threading.RLock]" = \
+    weakref.WeakKeyDictionary()
+_SO_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(so: ort.SessionOptions) -> threading.RLock:
+    with _SO_LOCKS_GUARD:
+        lock = _SO_LOCKS.get(so)
+        if lock is None:
+            lock = _SO_LOCKS[so] = threading.RLock()
+        return lock
 
 
 @contextlib.contextmanager
 def _options(so: ort.SessionOptions, level: ort.GraphOptimizationLevel, save_to: str = ""):
     """``so`` with another optimisation level (and optimised-model path) for one session; the
-    caller's values come back afterwards. Under :data:`_SO_LOCK` (8 threads sharing one ``so``
+    caller's values come back afterwards. Under ``so``'s own lock (8 threads sharing one ``so``
     had left it at ORT_DISABLE_ALL, built sessions from another thread's temporary path and
     failed with a wrong E703)."""
-    with _SO_LOCK:
+    with _lock_for(so):
         old = (so.graph_optimization_level, so.optimized_model_filepath, so.log_severity_level)
         so.graph_optimization_level, so.optimized_model_filepath = level, save_to
         if save_to:
@@ -280,7 +293,7 @@ def session(model: str | os.PathLike | onnx.ModelProto, so: ort.SessionOptions |
                           hint="blocked=False for ORT's own layout")
     so = so if own else session_options()
     kwargs = {"providers": ["CPUExecutionProvider"], **kwargs}
-    with _SO_LOCK if own else contextlib.nullcontext():   # a caller's so: see _options
+    with _lock_for(so) if own else contextlib.nullcontext():   # a caller's so: see _options
         return _session(model, so, own, blocked, kwargs)
 
 

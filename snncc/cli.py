@@ -88,9 +88,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if given and args.target is None:
         print(f"snncc inspect: warning: {', '.join(given)} ignored without --target (only its "
               "check reads them)", file=sys.stderr)
+    neuron, timesteps = args.neuron or "if", args.timesteps
+    if args.target is not None:   # what compile would take: a finetune output's own neurons
+        meta = _train_meta(args.model)   # and trained T (inspect had checked -T 4 and 'if')
+        spiking = _spiking_source(meta)
+        neuron = spiking[0] if spiking and spiking[0] in NEURON_KEYS else neuron
+        trained = _trained_timesteps(meta, args.neuron)
+        if timesteps is None and trained:
+            timesteps = trained[0]
     report = inspect_model(args.model, _input_shapes(args.model, args.input_shape),
-                           target=args.target, neuron=args.neuron or "if",
-                           timesteps=4 if args.timesteps is None else args.timesteps)
+                           target=args.target, neuron=neuron,
+                           timesteps=4 if timesteps is None else timesteps)
     print(json.dumps(report, indent=2, default=str) if args.json else format_inspect(report))
     return 0
 
@@ -217,7 +225,8 @@ def _compile(args: argparse.Namespace) -> int:
     params = [flag for flag, value in (("--tau", args.tau), ("--mt-n", args.mt_n),
                                        ("--mt-preset", args.mt_preset),
                                        ("--mt-mode", args.mt_mode),
-                                       ("--neuron-param", args.neuron_param)) if value]
+                                       ("--neuron-param", args.neuron_param))
+              if value is not None]
     if spiking and params:   # (they were checked against --neuron's default, 'if': E302)
         print(f"snncc compile: warning: {', '.join(params)} ignored: the model's neurons are in "
               f"the graph ({spiking[1]}) with their trained parameters", file=sys.stderr)

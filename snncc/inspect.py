@@ -170,8 +170,10 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
         and (n.domain or "") in ORT_DOMAINS]
     report["analog_prefix"] = [] if compiled else prefix_activations(graph)
     if target is not None:
-        report["target_check"] = _target_check(path_or_proto, shapes or {}, target, neuron,
-                                               timesteps, runs=not compiled and not diags)
+        report["target_check"] = _target_check(
+            path_or_proto, shapes or {}, target, neuron, timesteps,
+            runs=not compiled and not diags and not report["problems"])
+        report["target_check"]["compiled"] = bool(compiled)
     known = [layer["macs"] for layer in layers if layer["macs"] is not None]
     report["macs"] = {"layers": layers, "total": sum(known),
                       "complete": len(known) == len(layers)}
@@ -184,7 +186,7 @@ def _target_check(source, shapes, target: str, neuron: str, timesteps: int, runs
     precheck) refuses for this target; not run when the ops already cannot convert."""
     from snncc.backends.registry import get_backend
     from snncc.driver import _rehearse, make_options
-    from snncc.errors import BackendCapabilityError
+    from snncc.errors import SnnccError
 
     options = make_options(target=target, neuron=neuron, timesteps=timesteps,
                            input_shapes=shapes)
@@ -196,8 +198,8 @@ def _target_check(source, shapes, target: str, neuron: str, timesteps: int, runs
         source = onnx.ModelProto.FromString(source.SerializeToString())   # the caller's stays
     try:
         _rehearse(source, options, get_backend(target))
-    except (BackendCapabilityError, UnsupportedNodeError) as exc:
-        check["problems"] = [{"node": d.node, "code": d.code, "message": d.message,
+    except SnnccError as exc:   # any refusal of compile's: listed, the report kept (E307 on a
+        check["problems"] = [{"node": d.node, "code": d.code, "message": d.message,  # QCFS L)
                               "hint": d.hint} for d in exc.diagnostics] or [
             {"node": None, "code": exc.code, "message": exc.message, "hint": exc.hint}]
     return check
@@ -246,10 +248,13 @@ def format_inspect(report: Mapping[str, Any]) -> str:
     check = report.get("target_check")
     if check:
         what = f"--target {check['target']} (--neuron {check['neuron']}, -T {check['timesteps']})"
-        if not check["checked"]:
+        if check.get("compiled"):
+            lines.append(f"{what}: not checked (the model is compiled already)")
+        elif not check["checked"]:
             lines.append(f"{what}: not checked (the model does not convert as it is)")
         elif check["problems"]:
-            lines.append(f"{what} cannot express ({len(check['problems'])}):")
+            lines.append(f"{what} cannot express ({len(check['problems'])}; the hints name "
+                         "compile's options):")
             hints = hints_once([(u["hint"], u["node"]) for u in check["problems"]])
             for u, hint in zip(check["problems"], hints):
                 where = f" {u['node']}:" if u["node"] else ""

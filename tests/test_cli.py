@@ -296,6 +296,20 @@ def _qcfs_graph(path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
+def test_inspect_target_lists_any_refusal_and_keeps_the_report(tmp_path, capsys):
+    """A QCFS-trained L = 4 graph at mt -T 3 is E307 in compile: inspect --target had exited 2
+    with that line alone; a compiled model is said to be compiled."""
+    _qcfs_graph(tmp_path / "q.onnx")
+    assert main(["inspect", str(tmp_path / "q.onnx"), "--target", "ort", "--neuron", "mt",
+                 "-T", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot express (1; the hints name compile's options)" in out and "SNN-E307" in out
+    assert "total MACs" in out
+    assert main(["compile", str(tmp_path / "q.onnx"), "-o", str(tmp_path / "s.onnx"), "-q"]) == 0
+    assert main(["inspect", str(tmp_path / "s.onnx"), "--target", "loihi"]) == 0
+    assert "not checked (the model is compiled already)" in capsys.readouterr().out
+
+
 def test_options_a_qcfs_graph_does_not_use_are_said_to_be_ignored(tmp_path, capsys):
     """-L 16 on a QCFS-trained graph warned about a 16-level QANN the output did not have (its
     clips kept L = 4, byte for byte the same model), and --calib-method / --percentile passed

@@ -670,6 +670,14 @@ def test_a_negative_batchnorm_variance_is_refused():
     with pytest.raises(ModelInputError) as info:
         _canonicalize(model)
     assert "SNN-E120" in _codes(info) and "at or below -epsilon" in info.value.render()
+    # the same variance from a Constant node (it had passed, to fail later as E414)
+    graph = model.graph
+    graph.initializer.remove(var)
+    graph.node.insert(0, helper.make_node("Constant", [], [var.name],
+                                          value=numpy_helper.from_array(arr, var.name)))
+    with pytest.raises(ModelInputError) as info:
+        _canonicalize(model)
+    assert "SNN-E120" in _codes(info) and "at or below -epsilon" in info.value.render()
 
 
 def test_dynamo_unoptimised_castlike_forms_compile(tmp_path):

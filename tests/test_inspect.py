@@ -162,3 +162,4 @@ def test_inspect_with_a_target_says_what_its_backend_refuses(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "m.onnx"), "-T", "2"]) == 0
     assert "-T ignored without --target" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
