@@ -889,6 +889,8 @@ class ScheduleTimestepsPass(Pass):
         graph.inputs.append(step)
         temporal: set[str] = set()
         depth: dict[str, int] = {}
+        uneven: tuple[str, list[int]] | None = None   # where branches of other depths meet
+        serial = False                                  # a bit-serial neuron among them
         dropped: list[str] = []
         heads: dict[str, dict[str, object]] = {}  # output -> the dropped Softmax/LogSoftmax
         roles = conversion_roles(graph)
@@ -900,8 +902,13 @@ class ScheduleTimestepsPass(Pass):
             hint = _hint(node)
             t_idx = [i for i, t in enumerate(node.inputs) if t.name in temporal]
             d = max((depth.get(t.name, 0) for t in node.inputs), default=0)
+            seen = {depth.get(node.inputs[i].name, 0) for i in t_idx}
+            if len(seen) > 1 and uneven is None:   # spike trains of different pipeline depths
+                uneven = (ir.node_label(node, self.model.provenance), sorted(seen))
             if _is_neuron(node):
                 self._stream_neuron(node, step)
+                spec = spec_for_op(node.op)
+                serial = serial or (spec is not None and _bit_serial(spec))
                 d += 1
                 temporal.add(node.outputs[0].name)
             elif not t_idx or id(node) in pooled or node.op in META_OPS:
@@ -936,6 +943,18 @@ class ScheduleTimestepsPass(Pass):
             for t in outputs:
                 depth[t.name] = d
         self.ctx.notes["streaming_dropped_softmax"] = dropped
+        if uneven is not None and serial:
+            # each bit-serial layer fires one epoch (T steps) late and a residual shortcut is not
+            # delayed: a helper's MNIST ResNet, a new digit each epoch, agreed with the frame
+            # D epochs back on 81 % of samples (the CNN, all chains equal: 100 %)
+            where, depths = uneven
+            self.ctx.warnings.append(
+                f"warning: bit-serial streaming: the spike trains that meet at {where} come "
+                f"through {' and '.join(map(str, depths))} neuron layers, each one epoch "
+                f"({self.ctx.options.timesteps} steps) late, and the shorter is not delayed: "
+                "the output is exact for an input held over the whole latency_steps (as snncc "
+                "run feeds it), not for frames that change every epoch (use --schedule folded "
+                "or window, one window per frame)")
         if heads:  # for the step loop's user: apply it to the averaged output
             self.model.metadata["snncc.output_head"] = json.dumps(heads, sort_keys=True)
         self.ctx.notes["analog_islands"] = []

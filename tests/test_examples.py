@@ -159,3 +159,18 @@ def test_other_nets_refuses_a_work_folder_with_files(tmp_path, capsys):
         other_nets.main(["--work", str(tmp_path)])
     assert (tmp_path / "mobilenet.onnx").read_text() == "mine"
     assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.requires_runtime
+@pytest.mark.parametrize("neuron", ["mt", "bitserial"])
+def test_the_streaming_example_runs_and_each_window_equals_run_compiled(tmp_path, neuron, capsys):
+    """examples/stream_frames.py: the streaming protocol with a new frame per window (a helper
+    found no runnable streaming example; the README's prose had left out the gate states)."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import stream_frames
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    assert stream_frames.main(["--neuron", neuron, "--frames", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "each window equals run_compiled on its frame: True" in out

@@ -189,3 +189,19 @@ def test_set_inputs_feeds_new_samples():
         stepper.set_inputs({k: v[:1] for k, v in b.items()})
     assert err.value.code == "SNN-E105"
 
+
+
+@pytest.mark.parametrize("neuron, net, warned", [("bitserial", residual_net, True),
+                                                 ("bitserial", deep_net, False),
+                                                 ("if", residual_net, False)])
+def test_bit_serial_streaming_warns_where_a_shortcut_is_not_delayed(neuron, net, warned):
+    """Each bit-serial layer fires one epoch late and the residual shortcut is not delayed: a
+    helper's MNIST ResNet, fed a new digit each epoch, mixed frames (81 % agreement with the
+    frame D epochs back, the CNN 100 %) and nothing said so."""
+    T = 3 if neuron == "bitserial" else 4
+    _, _, ctx = compile_snn(net(lam=2.0, levels=7 if neuron == "bitserial" else T),
+                            streaming(options(neuron, T)))
+    said = [w for w in ctx.warnings if "shorter is not delayed" in w]
+    assert bool(said) == warned, ctx.warnings
+    if warned:
+        assert "'r'" in said[0] and "come through 1 and 2 neuron layers" in said[0]
