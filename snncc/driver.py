@@ -409,6 +409,14 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
         from snncc.backends.registry import get_backend
 
         backend = get_backend(options.target)
+    shapes_said = []
+    if options.calib_path and not options.input_shapes:
+        fixed = _shapes_from_samples(model_path, options.calib_path)
+        if fixed:   # (E114 had asked for --input-shape the samples already gave)
+            options = replace(options, input_shapes=fixed)
+            shapes_said = [f"note: input '{k}' has free dims besides the batch: compiled for "
+                           f"{'x'.join(map(str, v[1:]))} samples, the calibration samples' shape "
+                           "(--input-shape to choose another)" for k, v in fixed.items()]
     if options.calib_path:
         _rehearse(model_path, options, backend)
     model = ir.load(model_path)
@@ -432,7 +440,7 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
     artifact_report: dict[str, Any] = {}
     artifact = None
     files: list[Path] = []
-    warnings: list[str] = _levels_warning(options, ctx)
+    warnings: list[str] = shapes_said + _levels_warning(options, ctx)
     invalid = ir.checker_problem(model_path)
     if invalid:
         warnings.append(f"warning: onnx.checker rejects the input model ({invalid}), so ONNX "
@@ -584,6 +592,46 @@ def rehearse(model_path, options: CompileOptions) -> None:
     options = _revalidated(options)
     _rehearse(model_path, options,
               get_backend(options.target) if options.target != "qann" else None)
+
+
+def _shapes_from_samples(model_path, calib_path) -> dict[str, tuple[int, ...]]:
+    """For inputs with free dims besides the batch (an export with dynamic height and width):
+    the shape of their calibration samples, where a .npy/.npz file (or an x.npy folder) holds
+    them with the model's rank and agrees with its fixed dims; {} where nothing is free."""
+    proto = ir.read_proto(model_path)
+    inits = {i.name for i in proto.graph.initializer}
+    free = {}
+    for inp in proto.graph.input:
+        if inp.name in inits or not inp.type.HasField("tensor_type"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in inp.type.tensor_type.shape.dim]
+        if inp.type.tensor_type.HasField("shape") and any(d is None for d in dims[1:]):
+            free[inp.name] = dims
+    if not free:
+        return {}
+    path = Path(calib_path)
+    if path.is_dir():
+        path = path / "x.npy"
+    arrays: dict[str, tuple[int, ...]] = {}
+    try:
+        if path.suffix == ".npy" and path.is_file():
+            arrays = {"": np.load(path, mmap_mode="r").shape}
+        elif path.suffix == ".npz" and path.is_file():
+            with np.load(path) as data:
+                arrays = {k: data[k].shape for k in data.files
+                          if k in free or len(data.files) == 1 or k in ("x", "input")}
+    except Exception:   # unreadable: calibration says why (E403)
+        return {}
+    fixed = {}
+    for name, dims in free.items():
+        shape = arrays.get(name) or (next(iter(arrays.values())) if len(free) == 1 and
+                                     len(arrays) == 1 else None)
+        if shape is None or len(shape) != len(dims) or any(
+                d is not None and d != s for d, s in zip(dims[1:], shape[1:])):
+            continue
+        fixed[name] = (1,) + tuple(int(s) for s in shape[1:])
+    return fixed
 
 
 def _rehearse(model_path, options: CompileOptions, backend) -> None:

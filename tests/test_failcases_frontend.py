@@ -712,3 +712,25 @@ def test_dynamo_unoptimised_castlike_forms_compile(tmp_path):
     assert canon["counts"]["castlike_folded"] == 3
     text = format_inspect(inspect_model(tmp_path / "m.onnx"))
     assert "cannot convert: none" in text and "CastLike" not in text
+
+
+def test_free_height_and_width_are_taken_from_the_calibration_samples(tmp_path):
+    """A dynamic-H/W export with --calib had been E114 ('pass --input-shape') although the
+    samples fix the shape; without samples of a fitting shape it still is."""
+    from snncc.driver import compile_model, make_options
+    from snncc.errors import SnnccError
+
+    onnx.save(zoo.dynamic_hw(), tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "c.npy", rng.random((40, 3, 10, 12), dtype=np.float32))
+    res = compile_model(tmp_path / "m.onnx", tmp_path / "o.onnx",
+                        make_options(calib_path=str(tmp_path / "c.npy"), fidelity_samples=0))
+    assert any("compiled for 3x10x12 samples, the calibration samples' shape" in w
+               for w in res.warnings), res.warnings
+    shape = onnx.load(tmp_path / "o.onnx").graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in shape[1:]] == [3, 10, 12]
+    np.save(tmp_path / "bad.npy", rng.random((40, 3, 10), dtype=np.float32))   # another rank
+    with pytest.raises(SnnccError) as info:
+        compile_model(tmp_path / "m.onnx", tmp_path / "p.onnx",
+                      make_options(calib_path=str(tmp_path / "bad.npy"), fidelity_samples=0))
+    assert info.value.codes & {"SNN-E114", "SNN-E406"}
