@@ -115,7 +115,7 @@ class CanonicalizePass(Pass):
         batch = check_model_input(model.graph, options)
         relu_forms = relu_spellings(model.graph)
         float16 = _promote_float16(model.graph)
-        castlike = fold_castlike(model.graph)
+        castlike = fold_castlike(model.graph, guess_bounds=True)
         static_ifs = flatten_static_ifs(model, batch)
         bad = unsupported_nodes(model.graph, options, model.provenance)
         if options.allow_analog:  # analog islands allowed: only what cannot run at all
@@ -439,9 +439,11 @@ def _rebuild(model: ir.Model, opset: int) -> None:
 
 # ----------------------------------------------------------------------------- rewrites
 
-def fold_castlike(graph: gs.Graph) -> int:
-    """``CastLike(c, x)`` of a constant ``c`` becomes the constant ``c`` in ``x``'s type (float32
-    where ``x``'s type is unknown and ``c`` is a float: float16 is promoted before). torch's
+def fold_castlike(graph: gs.Graph, *, guess_bounds: bool = False) -> int:
+    """``CastLike(c, x)`` of a constant ``c`` becomes the constant ``c`` in ``x``'s type; with
+    ``guess_bounds``, before types are inferred, float32 where ``x``'s type is unknown, ``c`` is a
+    float and a Clip's bound is all it feeds (float16 is promoted before; a -1 cast for a
+    Reshape's shape had become a float). torch's
     dynamo exporter with ``optimize=False`` writes ReLU6 as ``Clip(x, CastLike(0, x),
     CastLike(6, x))`` and a bias-free conv's bias as ``Expand(CastLike(0, x), Shape(W))``: the
     clip had no constant bounds (E204) and the CastLike read spikes (E244). Returns how many."""
@@ -452,7 +454,10 @@ def fold_castlike(graph: gs.Graph) -> int:
             continue
         value = ir.const_value(node.inputs[0])
         dtype = node.inputs[1].dtype
-        if value is None or (dtype is None and np.asarray(value).dtype.kind != "f"):
+        bound = guess_bounds and all(c.op == "Clip" and c.inputs[0] is not node.outputs[0]
+                                     for c in node.outputs[0].outputs)
+        if value is None or (dtype is None and not (bound and np.asarray(value).dtype.kind
+                                                     == "f")):
             continue
         dtype = np.float32 if dtype is None else np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
             dtype) if isinstance(dtype, int) else dtype)

@@ -675,7 +675,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             with cli_wording(), (signals_recorded() if armed else contextlib.nullcontext()):
-                code = _main(argv, before)
+                try:
+                    code = _main(argv, before)
+                except SystemExit as exc:   # --help / --version: what argparse printed counts
+                    if not (isinstance(sys.stdout, _PipeSafe) and sys.stdout.failed):
+                        raise
+                    code = exc.code if isinstance(exc.code, int) else 0
                 lost = take_signal() if armed else None
             if lost is not None:   # its exception was dropped (raised inside a __del__)
                 return _interrupted(lost(), before)

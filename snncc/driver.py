@@ -590,6 +590,9 @@ def rehearse(model_path, options: CompileOptions) -> None:
     if not isinstance(options, CompileOptions):
         raise _api_type_error("options", options, "CompileOptions from make_options(...)")
     options = _revalidated(options)
+    if options.calib_path and not options.input_shapes:   # as compile_model takes them
+        fixed = _shapes_from_samples(model_path, options.calib_path)
+        options = replace(options, input_shapes=fixed) if fixed else options
     _rehearse(model_path, options,
               get_backend(options.target) if options.target != "qann" else None)
 
@@ -619,14 +622,17 @@ def _shapes_from_samples(model_path, calib_path) -> dict[str, tuple[int, ...]]:
             arrays = {"": np.load(path, mmap_mode="r").shape}
         elif path.suffix == ".npz" and path.is_file():
             with np.load(path) as data:
-                arrays = {k: data[k].shape for k in data.files
-                          if k in free or len(data.files) == 1 or k in ("x", "input")}
+                arrays = {k: data[k].shape for k in data.files}
     except Exception:   # unreadable: calibration says why (E403)
         return {}
+    names = [i.name for i in proto.graph.input if i.name not in inits]
+    if len(names) == 1:   # the array load_samples feeds a one-input model
+        one = next(iter(arrays.values())) if len(arrays) == 1 else arrays.get(
+            names[0], arrays.get("x"))
+        arrays = {names[0]: one} if one is not None else {}
     fixed = {}
     for name, dims in free.items():
-        shape = arrays.get(name) or (next(iter(arrays.values())) if len(free) == 1 and
-                                     len(arrays) == 1 else None)
+        shape = arrays.get(name)
         if shape is None or len(shape) != len(dims) or any(
                 d is not None and d != s for d, s in zip(dims[1:], shape[1:])):
             continue

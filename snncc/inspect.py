@@ -131,7 +131,7 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     report["nodes"] = groups
     relu_spellings(raw.graph)  # as canonicalize does first: LeakyRelu(alpha=0), Max(x, 0),
     flatten_static_ifs(raw)    # Ifs on static shapes
-    fold_castlike(raw.graph)   # CastLike of constants (dynamo's unoptimised ReLU6 bounds)
+    fold_castlike(raw.graph, guess_bounds=True)   # dynamo's unoptimised ReLU6 bounds
     diags = list(unsupported_nodes(raw.graph, CompileOptions(target="qann"), raw.provenance))
     roles = conversion_roles(graph)
     for node in graph.nodes:

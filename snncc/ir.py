@@ -196,7 +196,7 @@ def _module_path(props: Mapping[str, str]) -> str | None:
     if scopes:
         try:
             names = ast.literal_eval(scopes)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except Exception:   # any text: literal_eval raises TypeError too ("{[]: 1}")
             names = None
         if isinstance(names, (list, tuple)):
             modules = [str(n) for n in names[:-1] if n]

@@ -44,6 +44,10 @@ def test_a_full_disk_under_stdout_is_an_error(tmp_path):
         p = subprocess.run([sys.executable, "-m", "snncc", "inspect", "--json", MODEL],
                            stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert p.returncode == 2 and "[SNN-E369] writing the standard output failed" in p.stderr
+    with open("/dev/full", "w") as full:   # argparse's own printing counts too (a review)
+        p = subprocess.run([sys.executable, "-m", "snncc", "--version"], stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=300)
+    assert p.returncode == 2 and "SNN-E369" in p.stderr
 
 
 def test_outputs_when_the_current_directory_was_deleted(tmp_path, monkeypatch):

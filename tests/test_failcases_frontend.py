@@ -729,8 +729,44 @@ def test_free_height_and_width_are_taken_from_the_calibration_samples(tmp_path):
                for w in res.warnings), res.warnings
     shape = onnx.load(tmp_path / "o.onnx").graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in shape[1:]] == [3, 10, 12]
+    from snncc.driver import rehearse   # what report runs first (it had stopped with E114)
+    rehearse(tmp_path / "m.onnx", make_options(calib_path=str(tmp_path / "c.npy")))
     np.save(tmp_path / "bad.npy", rng.random((40, 3, 10), dtype=np.float32))   # another rank
     with pytest.raises(SnnccError) as info:
         compile_model(tmp_path / "m.onnx", tmp_path / "p.onnx",
                       make_options(calib_path=str(tmp_path / "bad.npy"), fidelity_samples=0))
     assert info.value.codes & {"SNN-E114", "SNN-E406"}
+
+
+def test_a_float_constant_cast_like_an_integer_of_unknown_type_stays_an_integer(tmp_path):
+    """CastLike(-1.0, n) with n an int64 Gather of a Shape and no value_info: the untyped fold
+    had made -1 a float, and the Concat of a Reshape target failed (E412; a review). Folded
+    once types are known, it compiles as before the fold existed."""
+    from snncc.driver import compile_model, make_options
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (10, 64)).astype(np.float32), "w2")]
+    c = helper.make_node
+    nodes = [c("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), c("Relu", ["c"], ["r"]),
+             c("Shape", ["r"], ["s"]), c("Constant", [], ["i0"], value_ints=[0]),
+             c("Gather", ["s", "i0"], ["n"]), c("Constant", [], ["m1"], value_float=-1.0),
+             c("CastLike", ["m1", "n"], ["m1i"]), c("Unsqueeze", ["m1i", "i0"], ["m1u"]),
+             c("Concat", ["n", "m1u"], ["shp"], axis=0), c("Reshape", ["r", "shp"], ["f"]),
+             c("Gemm", ["f", "w2"], ["y"], transB=1)]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", F, [1, 1, 4, 4])],
+                         [helper.make_tensor_value_info("y", F, [1, 10])], inits)
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", rng.random((40, 1, 4, 4), dtype=np.float32))
+    res = compile_model(tmp_path / "m.onnx", tmp_path / "o.onnx",
+                        make_options(calib_path=str(tmp_path / "c.npy"), fidelity_samples=0))
+    assert res.output.is_file()
+
+
+def test_odd_name_scope_metadata_is_no_internal_error():
+    """literal_eval raises TypeError on '{[]: 1}' (a review): it is read as text."""
+    assert ir._module_path({"pkg.torch.onnx.name_scopes": "{[]: 1}"}) == "{[]: 1}"
+    assert ir._module_path({"pkg.torch.onnx.name_scopes": "['', 'layer1', 'layer1.0', 'relu']"}) \
+        == "layer1.0"
+    assert ir._module_path({"namespace": ": M/stem: torch.nn.Sequential/stem.2: ReLU/relu"}) \
+        == "stem.2"

@@ -136,7 +136,10 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", metavar="FILE.pt", help="continue from a checkpoint written by --checkpoint")
     run.add_argument("--device", help="torch device (default cuda when available, else cpu; torchrun: one GPU "
                                       "per process, cuda:LOCAL_RANK)")
-    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument("--seed", type=int, default=0,
+                     help="random seed (default 0). The same seed, torch build, thread count and CPU give a "
+                     "byte-identical output; another thread count or CPU sums in another order and can move "
+                     "a few test images (the output's snncc.train record keeps seed, threads and torch)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (with -v, one log line per epoch instead)")
     run.add_argument("-q", "--quiet", action="store_true",
                      help="print nothing on success but warnings (stderr); no progress bars")
@@ -262,6 +265,15 @@ def _num_classes(module, sample_shape) -> int | None:
 
 #: samples whose largest magnitude compares --data with --val
 SCALE_SAMPLES = 256
+
+
+def _made_with(args) -> dict:
+    """What a rerun needs to give the same bytes, for the output's ``snncc.train`` record: the
+    seed, torch's intra-op thread count and build (a second thread or another CPU sums the
+    gradients in another order: three MNIST test images moved between one and two threads)."""
+    import torch
+
+    return {"seed": args.seed, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def _warn_if_scales_differ(train, val) -> None:
@@ -478,7 +490,7 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
                               resume=resume, on_epoch_end=save_checkpoint, **common)
         if rank == 0:
             meta = {"kind": "qcfs", "levels": args.levels, "sparsity": args.sparsity, "lambda_init": args.lambda_init,
-                    "distill": args.distill, "epochs": args.epochs or 3}
+                    "distill": args.distill, "epochs": args.epochs or 3, **_made_with(args)}
             if loop_T:
                 meta["trained_for"] = f"if T={loop_T}"
             export_onnx(res.module, sample, str(output), **names, metadata=meta)
@@ -548,7 +560,8 @@ def _run(args: argparse.Namespace, snn: bool, output: Path, distributed: bool, a
 
     def export_stage(stage, model) -> None:
         meta = {"kind": "snn", "neuron": neuron, "timesteps": stage.T,
-                "output": "trained on the sum over T of the last layer; the mean has the same argmax"}
+                "output": "trained on the sum over T of the last layer; the mean has the same argmax",
+                **_made_with(args)}
         if args.mt:
             meta["mt_mode"] = args.mt
         path = _stage_path(output, stage.T)

@@ -336,6 +336,9 @@ def test_cli_iir_writes_every_stage(tmp_path):
     assert out.graph == last.graph   # the last stage, marked as the final output
     meta = {p.key: json.loads(p.value) for p in out.metadata_props if p.key == "snncc.train"}
     assert meta["snncc.train"]["file"] == "final"
+    import torch   # what a rerun needs for the same bytes (a helper's reproducibility check)
+    assert {k: meta["snncc.train"][k] for k in ("seed", "torch_threads", "torch")} == \
+        {"seed": 0, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     assert json.loads(last.metadata_props[0].value)["file"] == "stage"
     assert [n.op_type for n in out.graph.node].count("LIFNeuron") == 2
     assert "MaxPool" in [n.op_type for n in out.graph.node]  # kept without --maxpool avg
