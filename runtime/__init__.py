@@ -96,8 +96,9 @@ def register(so: ort.SessionOptions) -> ort.SessionOptions:
     path = library_path()
     if not os.path.isfile(path):
         if os.environ.get(ENV_VAR):
+            what = "is a directory" if os.path.isdir(path) else "does not exist"
             raise RuntimeLibraryError(f"runtime: the kernel library {path} (named by {ENV_VAR}) "
-                                      "does not exist", code="SNN-E701",
+                                      f"{what}", code="SNN-E701",
                                       hint=f"point {ENV_VAR} at a built libsnncc_ops.so, or unset "
                                       f"it and build one with {_BUILD_HINT}")
         raise RuntimeLibraryError(f"runtime: the kernel library {path} does not exist", code="SNN-E701",

@@ -53,7 +53,10 @@ def _checkout() -> Path | None:
 
 
 def _cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snncc"
+    """``$XDG_CACHE_HOME/snncc``; a relative XDG_CACHE_HOME is ignored, as the XDG spec says
+    (it had put the cache under whatever the current directory was)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "snncc"
 
 
 def cached_library(root: Path = HERE) -> Path:

@@ -111,3 +111,22 @@ def test_a_name_the_file_system_cannot_hold_is_refused_before_the_work(tmp_path)
                                                        option="-o (manifest)")])
     assert info.value.codes == {"SNN-E369"} and "longer than this file system allows" in \
         info.value.render()
+
+
+def test_a_relative_xdg_cache_home_is_ignored_and_a_library_folder_is_named(monkeypatch, tmp_path):
+    """The XDG spec says a relative XDG_CACHE_HOME is invalid (it had put the kernel cache under
+    the current directory); SNNCC_RUNTIME_LIB naming a folder said it 'does not exist'."""
+    from snncc.errors import RuntimeLibraryError
+    import onnxruntime as ort
+
+    from snncc.runtime import ENV_VAR, register
+    from snncc.runtime.build import _cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", "rel/cache")
+    assert _cache() == Path.home() / ".cache" / "snncc"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert _cache() == tmp_path / "snncc"
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    with pytest.raises(RuntimeLibraryError) as info:
+        register(ort.SessionOptions())
+    assert info.value.code == "SNN-E701" and "is a directory" in info.value.message
