@@ -10,7 +10,7 @@ finetune NET.onnx --data train.npz --seed S`` with every other option at its def
 split in ONNX Runtime, as ``training_results.py --part recipe`` does for seed 0. The seed sets
 torch's generator, the batch order and the calibration images' sampling; the data and the ANN stay
 the same. Writes ``examples/results/training/seeds.{md,json}`` (only for the default seeds and
-nets). About 6 minutes on two cores.
+nets). About 11 minutes on two cores.
 """
 from __future__ import annotations
 

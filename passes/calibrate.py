@@ -151,31 +151,39 @@ class CalibratePass(Pass):
             model.metadata[input_range.METADATA_KEY] = json.dumps(input_range.summarize(samples))
             ctx.warnings += _sample_warnings(options, available, used, ctx.holdout)
             names = list(dict.fromkeys(s.z.name for s in need))
-            stats = calibration.collect_statistics(
-                proto, names, samples, per_channel=options.calib_per_channel is not False,
-                batch_size=self.batch_size, max_values=self.max_values, progress=self.progress,
-                seed=self.seed)
-            method = "mse" if options.calib_method == "snn" else options.calib_method
-            for site in need:
-                st = stats[site.z.name]
-                lam = calibration.choose_lambda(st, method, levels=levels,
-                                                percentile=options.calib_percentile)
-                if site.clip_max is not None:
-                    lam = np.minimum(lam, np.float32(site.clip_max))
-                ctx.quant[site.y.name] = QuantClipParams(lam=lam, levels=levels, phi=0.5,
-                                                         source="calibration")
-                records[site.y.name] = {"min": np.asarray(st.min).tolist(),
-                                        "max": np.asarray(st.max).tolist(), "lam": lam.tolist(),
-                                        "levels": levels, "method": options.calib_method,
-                                        "samples": st.count, "subsampled": st.subsampled}
-                ctx.logger.debug("%s: %s lambda=%s", self.name, site.label, lam)
-            self._check_finite(need, ctx)
-            if options.calib_method == "snn":
-                self._refine(proto, need, samples, ctx, records)
-                self._check_finite(need, ctx)
+            with np.errstate(over="ignore", invalid="ignore"):   # E414 says it, not numpy
+                self._calibrate(proto, need, names, samples, ctx, records, levels)
         ctx.calibration = records
         return PassResult(modified=False, counts={"from_pattern": len(sites) - len(need),
                                                   "calibrated": len(need)})
+
+    def _calibrate(self, proto, need, names, samples, ctx: CompileContext, records,
+                   levels: int) -> None:
+        """λ per site by the chosen method, then the SNN-aware walk (``--calib-method snn``);
+        SNN-E414 where a value is not finite."""
+        options = ctx.options
+        stats = calibration.collect_statistics(
+            proto, names, samples, per_channel=options.calib_per_channel is not False,
+            batch_size=self.batch_size, max_values=self.max_values, progress=self.progress,
+            seed=self.seed)
+        method = "mse" if options.calib_method == "snn" else options.calib_method
+        for site in need:
+            st = stats[site.z.name]
+            lam = calibration.choose_lambda(st, method, levels=levels,
+                                            percentile=options.calib_percentile)
+            if site.clip_max is not None:
+                lam = np.minimum(lam, np.float32(site.clip_max))
+            ctx.quant[site.y.name] = QuantClipParams(lam=lam, levels=levels, phi=0.5,
+                                                     source="calibration")
+            records[site.y.name] = {"min": np.asarray(st.min).tolist(),
+                                    "max": np.asarray(st.max).tolist(), "lam": lam.tolist(),
+                                    "levels": levels, "method": options.calib_method,
+                                    "samples": st.count, "subsampled": st.subsampled}
+            ctx.logger.debug("%s: %s lambda=%s", self.name, site.label, lam)
+        self._check_finite(need, ctx)
+        if options.calib_method == "snn":
+            self._refine(proto, need, samples, ctx, records)
+            self._check_finite(need, ctx)
 
     def _check_finite(self, need, ctx: CompileContext) -> None:
         """SNN-E414 where a clipping level or bias is not finite: activations beyond float32 on
