@@ -270,7 +270,8 @@ SCALE_SAMPLES = 256
 def _made_with(args) -> dict:
     """What a rerun needs to give the same bytes, for the output's ``snncc.train`` record: the
     seed, torch's intra-op thread count and build (a second thread or another CPU sums the
-    gradients in another order: three MNIST test images moved between one and two threads)."""
+    gradients in another order: three MNIST test images had moved between one and two threads
+    at an earlier version)."""
     import torch
 
     return {"seed": args.seed, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
