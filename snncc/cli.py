@@ -122,14 +122,17 @@ def _neuron_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+def _param_flags(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(flag, value) of every neuron-parameter option, as the user spells it."""
+    return [(f"--{key.replace('_', '-')}", getattr(args, key)) for key in _PARAM_FLAGS] + \
+        [("--neuron-param", args.neuron_param)]
+
+
 def _qann_ignores(args: argparse.Namespace) -> list[str]:
     """Spiking options given with --target qann, which has no neurons or time (they would be
     silently ignored)."""
     given = [flag for flag, value in (("-T", args.timesteps), ("--neuron", args.neuron),
-                                      ("--tau", args.tau), ("--mt-n", args.mt_n),
-                                      ("--mt-preset", args.mt_preset),
-                                      ("--mt-mode", args.mt_mode),
-                                      ("--neuron-param", args.neuron_param)) if value]
+                                      *_param_flags(args)) if value]
     if args.schedule != "auto":
         given.append("--schedule")
     if args.maxpool == "gate":   # a spike gate; --maxpool avg does change the QANN
@@ -222,11 +225,7 @@ def _compile(args: argparse.Namespace) -> int:
         # (--neuron if had kept the LIF neurons, at T = 4 instead of the trained 1: 79.2 %)
         print(f"snncc compile: warning: --neuron {args.neuron} is ignored: the model's neurons "
               f"are in the graph ({spiking[1]}) and stay", file=sys.stderr)
-    params = [flag for flag, value in (("--tau", args.tau), ("--mt-n", args.mt_n),
-                                       ("--mt-preset", args.mt_preset),
-                                       ("--mt-mode", args.mt_mode),
-                                       ("--neuron-param", args.neuron_param))
-              if value is not None]
+    params = [flag for flag, value in _param_flags(args) if value is not None]
     if spiking and params:   # (they were checked against --neuron's default, 'if': E302)
         print(f"snncc compile: warning: {', '.join(params)} ignored: the model's neurons are in "
               f"the graph ({spiking[1]}) with their trained parameters", file=sys.stderr)

@@ -409,14 +409,10 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
         from snncc.backends.registry import get_backend
 
         backend = get_backend(options.target)
-    shapes_said = []
-    if options.calib_path and not options.input_shapes:
-        fixed = _shapes_from_samples(model_path, options.calib_path)
-        if fixed:   # (E114 had asked for --input-shape the samples already gave)
-            options = replace(options, input_shapes=fixed)
-            shapes_said = [f"note: input '{k}' has free dims besides the batch: compiled for "
-                           f"{'x'.join(map(str, v[1:]))} samples, the calibration samples' shape "
-                           "(--input-shape to choose another)" for k, v in fixed.items()]
+    options, fixed = _with_sample_shapes(model_path, options)
+    shapes_said = [f"note: input '{k}' has free dims besides the batch: compiled for "
+                   f"{'x'.join(map(str, v[1:]))} samples, the calibration samples' shape "
+                   "(--input-shape to choose another)" for k, v in fixed.items()]
     if options.calib_path:
         _rehearse(model_path, options, backend)
     model = ir.load(model_path)
@@ -589,12 +585,19 @@ def rehearse(model_path, options: CompileOptions) -> None:
 
     if not isinstance(options, CompileOptions):
         raise _api_type_error("options", options, "CompileOptions from make_options(...)")
-    options = _revalidated(options)
-    if options.calib_path and not options.input_shapes:   # as compile_model takes them
-        fixed = _shapes_from_samples(model_path, options.calib_path)
-        options = replace(options, input_shapes=fixed) if fixed else options
+    options, _ = _with_sample_shapes(model_path, _revalidated(options))   # as compile_model
     _rehearse(model_path, options,
               get_backend(options.target) if options.target != "qann" else None)
+
+
+def _with_sample_shapes(model_path, options: CompileOptions
+                        ) -> tuple[CompileOptions, dict[str, tuple[int, ...]]]:
+    """``options`` with the free input dims the calibration samples fix (none given with
+    --input-shape), and those shapes; E114 had asked for --input-shape the samples gave."""
+    if not options.calib_path or options.input_shapes:
+        return options, {}
+    fixed = _shapes_from_samples(model_path, options.calib_path)
+    return (replace(options, input_shapes=fixed) if fixed else options), fixed
 
 
 def _shapes_from_samples(model_path, calib_path) -> dict[str, tuple[int, ...]]:

@@ -184,8 +184,7 @@ def _target_check(source, shapes, target: str, neuron: str, timesteps: int, runs
                   ) -> dict[str, Any]:
     """What compile's fail-fast rehearsal (the pipeline on placeholder clips, then the backend's
     precheck) refuses for this target; not run when the ops already cannot convert."""
-    from snncc.backends.registry import get_backend
-    from snncc.driver import _rehearse, make_options
+    from snncc.driver import make_options, rehearse
     from snncc.errors import SnnccError
 
     options = make_options(target=target, neuron=neuron, timesteps=timesteps,
@@ -197,7 +196,7 @@ def _target_check(source, shapes, target: str, neuron: str, timesteps: int, runs
     if isinstance(source, onnx.ModelProto):
         source = onnx.ModelProto.FromString(source.SerializeToString())   # the caller's stays
     try:
-        _rehearse(source, options, get_backend(target))
+        rehearse(source, options)
     except SnnccError as exc:   # any refusal of compile's: listed, the report kept (E307 on a
         check["problems"] = [{"node": d.node, "code": d.code, "message": d.message,  # QCFS L)
                               "hint": d.hint} for d in exc.diagnostics] or [
