@@ -1611,3 +1611,33 @@ def test_run_and_report_read_an_array_folder(corpus, tmp_path, capsys):
     expect_ok(capsys, ["report", corpus.model, "--data", folder, "--calib", corpus.calib,
                        "--target", "ort", "-T", "1", "--samples", "6", "-o", tmp_path / "r.md"])
     assert "## Accuracy" in (tmp_path / "r.md").read_text()   # labels y.npy were read
+
+
+def test_an_output_that_is_a_symlink_is_refused_not_replaced(corpus, tmp_path, capsys):
+    """'--report /dev/stdout' (stdout redirected to a file) renamed a regular file over the
+    system's /dev/stdout link; any linked output lost its link while its target stayed old."""
+    (tmp_path / "t.json").write_text("old")
+    (tmp_path / "l.json").symlink_to("t.json")
+    err = expect_error(capsys, [corpus.root, tmp_path],
+                       ["compile", corpus.model, "--calib", corpus.calib, "-o",
+                        tmp_path / "x.onnx", "--report", tmp_path / "l.json"], "SNN-E363")
+    assert "symbolic link" in err and "t.json" in err
+    assert os.readlink(tmp_path / "l.json") == "t.json"
+    (tmp_path / "o.npz").symlink_to("t.json")
+    expect_error(capsys, [corpus.root, tmp_path],
+                 ["run", corpus.snn, "--input", corpus.data, "-o", tmp_path / "o.npz"],
+                 "SNN-E363")
+    assert (tmp_path / "t.json").read_text() == "old" and (tmp_path / "o.npz").is_symlink()
+
+
+def test_a_dash_output_is_not_a_file_named_dash(corpus, tmp_path, capsys, monkeypatch):
+    """'--report -' and 'run -o -' wrote a file named '-' into the current directory."""
+    monkeypatch.chdir(tmp_path)
+    err = expect_error(capsys, [corpus.root, tmp_path],
+                       ["compile", corpus.model, "--calib", corpus.calib, "-o",
+                        tmp_path / "x.onnx", "--report", "-"], "SNN-E369")
+    assert "standard output" in err
+    err = expect_error(capsys, [corpus.root, tmp_path],
+                       ["run", corpus.snn, "--input", corpus.data, "-o", "-"], "SNN-E369")
+    assert "--json" in err
+    assert not (tmp_path / "-").exists()

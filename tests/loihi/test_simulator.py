@@ -91,6 +91,18 @@ def test_hardware_semantics_differ_and_are_reported(tmp_path):
     assert {k: int(v.sum()) for k, v in ev.items()} == ref.events_per_layer
 
 
+@pytest.mark.parametrize("case,listed", [("mt_parallel", ["mt"]), ("mt_cascade_hard", [])])
+def test_an_mt_soft_reset_is_listed_as_emulated(case, listed, tmp_path):
+    """MT writes its reset as 'soft'/'hard', not 'subtract'/'zero': netlist.json's
+    reset.emulated_soft_reset was empty (and its note blank) for a soft-reset MT net."""
+    op, attrs = EXACT[case]
+    model, *_ = _run(op, attrs)
+    art = LoihiBackend().emit(model, CompileContext(CompileOptions(target="loihi", timesteps=4)),
+                              tmp_path / "out")
+    assert art.report["reset"]["emulated_soft_reset"] == listed
+    assert bool(art.report["reset"]["note"]) == bool(listed)
+
+
 def test_bad_inputs_to_the_simulator():
     net = lower(one_neuron(), 4)
     quantize(net)

@@ -55,6 +55,13 @@ class _Prepared:
     diagnostics: list[Diagnostic]
 
 
+def _soft_reset(group: nl.Group) -> bool:
+    """A neuron group whose reset subtracts (IF, LIF, GN, SRP, bit-serial: "subtract"; MT:
+    "soft"), which stock Loihi neurons (reset to 0) only emulate: MT had been left out of
+    ``reset.emulated_soft_reset``."""
+    return group.fixed.get("reset", "subtract") in ("subtract", "soft")
+
+
 def _metadata(model: ir.Model | onnx.ModelProto) -> dict[str, str]:
     """Model-level metadata of an IR model or (the Python API's emit) an ONNX proto."""
     if isinstance(model, onnx.ModelProto):
@@ -128,7 +135,7 @@ class LoihiBackend(Backend):
         net = prepared.net
         if net is None or len(feeds) != 1 or not any(
                 g.kind == "neuron" and netx_exportable(g)
-                and g.fixed.get("reset", "subtract") == "subtract" for g in net.groups):
+                and _soft_reset(g) for g in net.groups):
             return {}
         res = simulate(net, next(iter(feeds.values())), semantics="hardware")   # no warning
         return {"stock_loihi": {
@@ -149,8 +156,7 @@ class LoihiBackend(Backend):
         net, mapping = prepared.net, prepared.mapping
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        soft = sorted({g.neuron for g in net.groups if g.kind == "neuron"
-                       and g.fixed.get("reset", "subtract") == "subtract"})
+        soft = sorted({g.neuron for g in net.groups if g.kind == "neuron" and _soft_reset(g)})
         netx = write_netx(net, out / "network.net")
         net.meta.update(
             netx=netx, reset={"emulated_soft_reset": soft, "note": RESET_NOTE if soft else ""},
