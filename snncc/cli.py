@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from snncc import __version__
-from snncc.errors import OptionError, SnnccError, cli_wording
+from snncc.errors import FidelityError, OptionError, SnnccError, cli_wording
 
 __all__ = ["main", "build_parser"]
 
@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the fidelity estimate (the held-out samples calibrate too, up to "
                    "--calib-samples); same as --fidelity-samples 0")
     g.add_argument("--min-agreement", type=float, metavar="X",
-                   help="fail (exit 2, nothing written) when the SNN agrees with the ANN on fewer "
+                   help="fail (SNN-E370, exit 3, nothing written) when the SNN agrees with the ANN on fewer "
                    "than this fraction of held-out samples, e.g. 0.97")
     g = p.add_argument_group("conversion")
     g.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
@@ -885,7 +885,8 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
         said = str(exc)   # "[SNN-E804] finetune: ..." under "snncc finetune: error:" said it twice
         said = said.replace(f"] {args.command}: ", "] ", 1) if said.startswith("[") else said
         print(f"snncc {args.command}{rank}: error: {said}", file=sys.stderr)
-        return 2
+        # a fidelity gate that failed is not a usage slip: a pipeline tells them apart by code
+        return 3 if isinstance(exc, FidelityError) else 2
     except KeyboardInterrupt as exc:
         return _interrupted(exc, before, args)
     except BrokenPipeError:  # e.g. `snncc run ... | head`: the reader left; not an error of ours

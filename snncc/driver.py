@@ -507,12 +507,16 @@ def compile_model(model_path: str | os.PathLike, out: str | os.PathLike | None,
                             "run FILE.nir with the --target ort compile on labelled data")
         report = _compile_report(model_path, out, options, rows, ctx, artifact_report, fid,
                                  synops, start)
+        # what stderr said, for a script that reads the report (a T = 1 compile's warning of a
+        # 0.34 relative logit error had left no trace in it)
+        said = [api_wording(w) for w in warnings + ctx.warnings]
+        report["warnings"] = said
         if dump:
             files += dump.write()
         if report_path:
             _write_json_atomic(Path(report_path), report)
     # the passes' and emit's warnings too; worded for the caller (flags or keywords)
-    return CompileResult(out, report, files, [api_wording(w) for w in warnings + ctx.warnings])
+    return CompileResult(out, report, files, said)
 
 
 def _compile_report(model_path, out: Path, options: CompileOptions, rows: PipelineReport,

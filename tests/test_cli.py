@@ -95,6 +95,22 @@ def test_compile_ort_then_run_reports_accuracy_and_spikes(tmp_path, capsys):
     assert len(summary["activity"]["layers"]) == 4
 
 
+def test_the_report_keeps_the_warnings_stderr_gave(tmp_path, capsys):
+    """A T = 1 compile warned of a 0.41 relative logit error on stderr and its --report JSON
+    had no trace of it, for a script that reads the report."""
+    report = tmp_path / "r.json"
+    assert main(["compile", str(EXAMPLES / "digits_cnn.onnx"), "-T", "1", "--calib",
+                 str(EXAMPLES / "digits_cnn_calib.npz"), "-o", str(tmp_path / "a.onnx"),
+                 "--report", str(report), "-q"]) == 0
+    err = capsys.readouterr().err
+    said = json.loads(report.read_text())["warnings"]
+    assert said and all(w in err for w in said) and "relative logit error" in said[0]
+    # a clean compile says so with an empty list
+    assert main(["compile", MNIST, "--target", "qann", "--calib", CALIB, "-o",
+                 str(tmp_path / "q.onnx"), "--report", str(report), "-q"]) == 0
+    assert json.loads(report.read_text())["warnings"] == []
+
+
 def test_dump_after_writes_the_intermediate_graph(tmp_path):
     out = tmp_path / "q.onnx"
     assert main(["compile", MNIST, "--target", "qann", "--calib", CALIB, "-o", str(out), "-q",

@@ -281,3 +281,25 @@ def test_an_argmax_head_is_read_as_classes(tmp_path, capsys):
         assert main(["run", str(out), "--input", test, "--json"]) == 0
         accuracy[name] = json.loads(capsys.readouterr().out)["accuracy"]
     assert accuracy["argmax"] == accuracy["plain"] > 0.9
+
+
+@pytest.mark.parametrize("schedule, head", [("streaming", {"probs": {"op": "Softmax", "axis": 1}}),
+                                            ("folded", {})])
+def test_the_manifest_names_the_head_and_fill_a_streaming_caller_needs(calib, tmp_path,
+                                                                       schedule, head):
+    """MODEL.onnx.json had steps and decode_from but not the dropped head nor the pipeline
+    fill, which only the model's metadata held."""
+    import json
+
+    from snncc.driver import compile_model
+
+    src = tmp_path / "net.onnx"
+    onnx.save(_net("softmax"), src)
+    res = compile_model(src, tmp_path / "o.onnx", make_options(
+        calib_path=calib, timesteps=4, neuron="bitserial", schedule=schedule,
+        calib_method="max", fidelity_samples=0))
+    manifest = json.loads((tmp_path / "o.onnx.json").read_text())
+    meta = {p.key: p.value for p in onnx.load(res.output).metadata_props}
+    assert manifest["output_head"] == head == json.loads(meta.get("snncc.output_head", "{}"))
+    assert manifest["pipeline_fill"] == int(meta["snncc.pipeline_fill"])
+    assert (manifest["pipeline_fill"] > 0) == (schedule == "streaming")

@@ -206,6 +206,10 @@ class OrtBackend(Backend):
             "decode_from": ctx.notes.get("schedule", {}).get("decode_from"),
             "inputs": [i.name for i in proto.graph.input],
             "outputs": [i.name for i in proto.graph.output],
+            # what the streaming protocol's caller needs, as in the model's metadata (only there
+            # before): steps that only fill a pipeline, and the head left to the caller
+            "pipeline_fill": int(model.metadata.get("snncc.pipeline_fill", 0)),
+            "output_head": json.loads(model.metadata.get("snncc.output_head", "{}")),
         }
         from snncc import runtime
 
