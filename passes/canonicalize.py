@@ -206,7 +206,10 @@ def compiled_output(model: ir.Model) -> dict | None:
     schedule = model.metadata.get("snncc.schedule")
     if not schedule:
         return None
-    return {"schedule": schedule, "timesteps": model.metadata.get("snncc.timesteps", "?"),
+    timesteps = model.metadata.get("snncc.timesteps", "")
+    # a number, as in the manifest (inspect --json had written "4"); None where it is not one
+    return {"schedule": schedule,
+            "timesteps": int(timesteps) if timesteps.strip().isdigit() else None,
             "neuron_ops": sum(1 for n in model.graph.nodes if n.domain == ir.SNN_DOMAIN)}
 
 
