@@ -289,7 +289,36 @@ def check_label_range(labels: np.ndarray | None, out: np.ndarray, path: str) -> 
                               hint=f"store y as class indices 0..{out.shape[1] - 1}")
 
 
+class _Said(logging.Handler):
+    """What snncc's loggers warned about during a run (the input-scale warning, a simulator's
+    saturations), for ``--json``'s ``warnings``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.texts.append(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+def _say(said: list[str], text: str) -> None:
+    """Print a note or warning of the run on stderr, and keep it for ``--json``."""
+    print(f"snncc run: {text}", file=sys.stderr)
+    said.append(text)
+
+
 def run_command(args: argparse.Namespace) -> int:
+    handler = _Said()
+    root = logging.getLogger("snncc")
+    root.addHandler(handler)
+    try:
+        return _run_command(args, handler)
+    finally:
+        root.removeHandler(handler)
+
+
+def _run_command(args: argparse.Namespace, logged: _Said) -> int:
+    said = logged.texts   # in the order stderr shows them
     if args.batch_size is not None and args.batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {args.batch_size}",
                           code="SNN-E684", hint="e.g. --batch-size 16 (the default)")
@@ -303,7 +332,7 @@ def run_command(args: argparse.Namespace) -> int:
     if ignored and target.exists():   # a missing path gets its own error, without this
         kind = ("a Loihi directory" if target.is_dir() else "a NIR file" if is_nir
                 else "an ONNX model")
-        print(f"snncc run: warning: ignored for {kind}: {', '.join(ignored)}", file=sys.stderr)
+        _say(said, f"warning: ignored for {kind}: {', '.join(ignored)}")
     if is_nir:
         all_outputs, activity, labels = _run_nir(target, args.input)
     elif target.is_dir():
@@ -321,9 +350,9 @@ def run_command(args: argparse.Namespace) -> int:
                     f"{len(netx.get('layers', [])) + len(netx.get('not_exported', []))} layers"
                     if netx.get("path") else "the folder has no network.net")
             rest = "the other layers" if netx.get("path") else "every layer"
-            print(f"snncc run: note: {held}; the hardware semantics run {rest} with stock rules "
-                  "too (> and a reset to 0; bit-serial by its own rule), which no Lava file "
-                  "checks", file=sys.stderr)
+            _say(said, f"note: {held}; the hardware semantics run {rest} with stock rules "
+                 "too (> and a reset to 0; bit-serial by its own rule), which no Lava file "
+                 "checks")
         all_outputs, events = run_netlist(net, x, semantics=semantics)
         activity = _netlist_activity(net, events, max(len(x), 1))
     else:
@@ -345,9 +374,9 @@ def run_command(args: argparse.Namespace) -> int:
                               use_library=not args.no_library, batch_size=args.batch_size)
         if not any(p.key.startswith("snncc.") for p in proto.metadata_props) and \
                 not any(n.domain == SNN_DOMAIN for n in proto.graph.node):
-            print(f"snncc run: note: '{target}' holds no spiking neurons and is no snncc compile "
-                  "output: it ran as the plain ONNX model it is (compile it first: snncc "
-                  f"compile {target} --calib CALIB.npz)", file=sys.stderr)
+            _say(said, f"note: '{target}' holds no spiking neurons and is no snncc compile "
+                 "output: it ran as the plain ONNX model it is (compile it first: snncc "
+                 f"compile {target} --calib CALIB.npz)")
         all_outputs = dict(result.outputs)
         activity = result.activity()
     check_label_range(labels, next(iter(all_outputs.values())), args.input)
@@ -355,7 +384,8 @@ def run_command(args: argparse.Namespace) -> int:
     if out is not None:
         _write_outputs(out, all_outputs, summary)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        # what stderr said (input scale, ignored flags, notes), for a script that reads stdout
+        print(json.dumps({**summary, "warnings": list(said)}, indent=2))
     else:
         print(f"samples: {summary['samples']}  output shape: {summary['output_shape']}")
         if len(summary["outputs"]) > 1:

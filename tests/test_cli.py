@@ -93,6 +93,14 @@ def test_compile_ort_then_run_reports_accuracy_and_spikes(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples"] == 50 and summary["accuracy"] > 0.9
     assert len(summary["activity"]["layers"]) == 4
+    assert summary["warnings"] == []
+    # what stderr warns about is in the document too: inputs on another scale (pixels x 255)
+    np.savez(x, x=data["x"][:50] * 255, y=data["y"][:50])
+    assert main(["run", str(out), "--input", str(x), "--json", "--batch-size", "8"]) == 0
+    captured = capsys.readouterr()
+    said = json.loads(captured.out)["warnings"]
+    assert len(said) == 1 and "wider than the calibration samples" in said[0]
+    assert said[0] in captured.err
 
 
 def test_the_report_keeps_the_warnings_stderr_gave(tmp_path, capsys):
