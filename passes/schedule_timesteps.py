@@ -121,7 +121,11 @@ call feed ``state_out/*`` back as ``state_in/*`` and increase ``step`` by one; r
 ``model.metadata["snncc.steps"]`` steps and average the outputs of the steps from
 ``metadata["snncc.decode_from"]`` on (SRP decodes the steps ``>= tau``). A bit-serial layer fires
 the bits of epoch e during epoch e+1 (docs/neuron-ops.md), so a network whose longest chain has D
-neurons is exact from epoch D on: run ``(D+1)*S`` steps and decode the last S. A head
+neurons is exact from epoch D on: run ``(D+1)*S`` steps and decode the last S. Where spike trains
+of different depths meet (a residual Add), each shallower one passes a delay line of its depth
+difference in epochs (a ``[k*S, ...]`` shift register ``state_in/<node>/delay``), so that every input
+of the node carries the same frame and a stream of frames that change each epoch decodes frame
+e - D in epoch e (the shortcuts had not been delayed: 81 % agreement on a ResNet). A head
 Softmax/LogSoftmax with only reshapes after it is dropped: apply it to the averaged output (when
 it is itself the graph output, metadata ``snncc.output_head`` records it, JSON
 ``{output: {"op": "LogSoftmax", "axis": 1}}``, and :mod:`snncc.simulate` applies it); other
@@ -418,6 +422,7 @@ class ScheduleTimestepsPass(Pass):
             logger.info("schedule-timesteps: the graph has no neuron ops; nothing to schedule")
             return PassResult(modified=False, counts={"neurons": 0})
         slices, counted, bit_serial = self._slices(neurons, options.timesteps)
+        self.bit_serial = bit_serial
         self.shapes = self._shapes(model)
         self.emit = _Emitter(graph, model.opset, slices)
         self.counts: dict[str, int] = {"neurons": len(neurons)}
@@ -889,8 +894,6 @@ class ScheduleTimestepsPass(Pass):
         graph.inputs.append(step)
         temporal: set[str] = set()
         depth: dict[str, int] = {}
-        uneven: tuple[str, list[int]] | None = None   # where branches of other depths meet
-        serial = False                                  # a bit-serial neuron among them
         dropped: list[str] = []
         heads: dict[str, dict[str, object]] = {}  # output -> the dropped Softmax/LogSoftmax
         roles = conversion_roles(graph)
@@ -903,12 +906,16 @@ class ScheduleTimestepsPass(Pass):
             t_idx = [i for i, t in enumerate(node.inputs) if t.name in temporal]
             d = max((depth.get(t.name, 0) for t in node.inputs), default=0)
             seen = {depth.get(node.inputs[i].name, 0) for i in t_idx}
-            if len(seen) > 1 and uneven is None:   # spike trains of different pipeline depths
-                uneven = (ir.node_label(node, self.model.provenance), sorted(seen))
+            if len(seen) > 1 and self.bit_serial:
+                # spike trains of different pipeline depths meet (a residual Add): each
+                # bit-serial layer fires one epoch late, so the shallower trains wait in a delay
+                # line of (depth difference) epochs, and every input carries the same frame
+                for i in t_idx:
+                    lag = d - depth.get(node.inputs[i].name, 0)
+                    if lag:
+                        node.inputs[i] = self._delay(node, node.inputs[i], lag * emit.S)
             if _is_neuron(node):
                 self._stream_neuron(node, step)
-                spec = spec_for_op(node.op)
-                serial = serial or (spec is not None and _bit_serial(spec))
                 d += 1
                 temporal.add(node.outputs[0].name)
             elif not t_idx or id(node) in pooled or node.op in META_OPS:
@@ -943,26 +950,15 @@ class ScheduleTimestepsPass(Pass):
             for t in outputs:
                 depth[t.name] = d
         self.ctx.notes["streaming_dropped_softmax"] = dropped
-        if uneven is not None and serial:
-            # each bit-serial layer fires one epoch (T steps) late and a residual shortcut is not
-            # delayed: a helper's MNIST ResNet, a new digit each epoch, agreed with the frame
-            # D epochs back on 81 % of samples (the CNN, all chains equal: 100 %)
-            where, depths = uneven
-            self.ctx.warnings.append(
-                f"warning: bit-serial streaming: the spike trains that meet at {where} come "
-                f"through {' and '.join(map(str, depths))} neuron layers, each one epoch "
-                f"({self.ctx.options.timesteps} steps) late, and the shorter is not delayed: "
-                "the output is exact for an input held over the whole latency_steps (as snncc "
-                "run feeds it), not for frames that change every epoch (use --schedule folded "
-                "or window, one window per frame)")
         if heads:  # for the step loop's user: apply it to the averaged output
             self.model.metadata["snncc.output_head"] = json.dumps(heads, sort_keys=True)
         self.ctx.notes["analog_islands"] = []
         return max(depth.values(), default=0)
 
-    def _state_pair(self, node: ir.Node, shape) -> tuple[ir.Variable, ir.Variable]:
+    def _state_pair(self, node: ir.Node, shape, suffix: str = ""
+                    ) -> tuple[ir.Variable, ir.Variable]:
         graph = self.model.graph
-        name = _hint(node)
+        name = _hint(node) + suffix
         if shape is None:
             self._diag("SNN-E247", node, "the input shape is unknown, so the state tensor "
                        "cannot be declared", "run canonicalize (shape inference) first")
@@ -974,6 +970,27 @@ class ScheduleTimestepsPass(Pass):
         graph.outputs.append(state_out)
         self._count("state_pairs")
         return state_in, state_out
+
+    def _delay(self, node: ir.Node, x: ir.Tensor, steps: int) -> ir.Tensor:
+        """``x`` as it was ``steps`` steps ago: a shift register ``state_in/X`` of shape
+        ``[steps, *x]`` (zeros at step 0, as every state): the output is its first slice, and
+        ``state_out/X`` is the rest with ``x`` appended."""
+        emit, hint = self.emit, f"{_hint(node)}/delay"
+        x_shape = self.shapes.get(x.name)
+        state_in, state_out = self._state_pair(
+            node, None if x_shape is None else [steps] + list(x_shape), "/delay")
+        old = emit.op("Gather", [state_in, emit.const(f"{hint}/first", 0)], hint,
+                      attrs={"axis": 0})[0]
+        rest = emit.op("Slice", [state_in, emit.const(f"{hint}/one", [1]),
+                                 emit.const(f"{hint}/end", [_INT64_MAX]),
+                                 emit.const(f"{hint}/axis0", [0])], hint)[0]
+        one_more = emit.op("Concat", [emit.const(f"{hint}/lead", [1]),
+                                      emit.op("Shape", [x], hint, dtype=np.int64)[0]], hint,
+                           attrs={"axis": 0}, dtype=np.int64)[0]
+        emit.op("Concat", [rest, emit.op("Reshape", [x, one_more], hint)[0]], hint,
+                attrs={"axis": 0}, outputs=[state_out])
+        self._count("delays")
+        return old
 
     def _stream_neuron(self, node: ir.Node, step: ir.Variable) -> None:
         spec = spec_for_op(node.op)

@@ -50,7 +50,9 @@ def test_in_place_states_give_the_plain_loop_step_for_step(net, key, T, levels, 
     proto, _, ctx = compile_snn(model, streaming(options(key, T, maxpool="gate")))
     states = {i.name[len("state_in/"):] for i in proto.graph.input
               if i.name.startswith("state_in/")}
-    assert states and in_place_states(proto) == states  # every state is written in place
+    # every state is written in place but a bit-serial shortcut's delay line (a shift by Concat)
+    assert states and in_place_states(proto) == {s for s in states if not s.endswith("/delay")}
+    assert any(s.endswith("/delay") for s in states) == (key == "bitserial" and net == "residual")
     x = feeds(model, batch=4, scale=2.0)
     kept, _ = assert_stepper_equals_plain(proto, x, ctx.notes["schedule"]["steps"], optimize)
     # what a step returned stays as it was (the binding reuses its output buffers)
@@ -191,17 +193,33 @@ def test_set_inputs_feeds_new_samples():
 
 
 
-@pytest.mark.parametrize("neuron, net, warned", [("bitserial", residual_net, True),
-                                                 ("bitserial", deep_net, False),
-                                                 ("if", residual_net, False)])
-def test_bit_serial_streaming_warns_where_a_shortcut_is_not_delayed(neuron, net, warned):
-    """Each bit-serial layer fires one epoch late and the residual shortcut is not delayed: a
-    helper's MNIST ResNet, fed a new digit each epoch, mixed frames (81 % agreement with the
-    frame D epochs back, the CNN 100 %) and nothing said so."""
-    T = 3 if neuron == "bitserial" else 4
-    _, _, ctx = compile_snn(net(lam=2.0, levels=7 if neuron == "bitserial" else T),
-                            streaming(options(neuron, T)))
-    said = [w for w in ctx.warnings if "shorter is not delayed" in w]
-    assert bool(said) == warned, ctx.warnings
-    if warned:
-        assert "'r'" in said[0] and "come through 1 and 2 neuron layers" in said[0]
+@pytest.mark.parametrize("net", [residual_net, deep_net])
+def test_bit_serial_streaming_delays_shortcuts_so_changing_frames_stay_whole(net):
+    """Each bit-serial layer fires one epoch late, and the residual shortcut had not been
+    delayed: a helper's MNIST ResNet, fed a new digit each epoch, mixed frames (81 % agreement
+    with the frame D epochs back; the bundled one 74-94 % per epoch, logits up to 9.9 off). The
+    shallower train now waits in a delay line: epoch e of a stream of changing frames equals,
+    bit for bit, the held-input stream of frame e - D."""
+    proto, report, ctx = compile_snn(net(lam=2.0, levels=7), streaming(options("bitserial", 3)))
+    assert report.rows[-1].counts.get("delays", 0) == (1 if net is residual_net else 0)
+    assert not [w for w in ctx.warnings if "delayed" in w], ctx.warnings
+    meta = {p.key: p.value for p in proto.metadata_props}
+    steps, first = int(meta["snncc.steps"]), int(meta["snncc.decode_from"])
+    S, D = steps - first, first // (steps - first)
+    frames = [feeds(net(lam=2.0, levels=7), seed=s) for s in range(4)]
+    sess = _session(proto, True, True)
+
+    def window_means(stepper, per_epoch):
+        out, g = [], 0
+        for x in per_epoch:
+            stepper.set_inputs(x)
+            out.append(np.mean([next(iter(stepper.step(g + k).values())) for k in range(S)],
+                               axis=0))
+            g += S
+        return out
+
+    held = [window_means(StreamStepper(sess, proto, x), [x] * (D + 1))[-1] for x in frames]
+    changing = window_means(StreamStepper(sess, proto, frames[0]),
+                            frames + [frames[-1]] * D)[D:]
+    for e, (got, want) in enumerate(zip(changing, held)):
+        np.testing.assert_array_equal(got, want, err_msg=f"frame {e}")
