@@ -233,7 +233,7 @@ def summary(fid: Mapping[str, Any]) -> str:
             f"{_pct(s['top1_agreement'])} {_of_samples(fid)}{_interval(s)}; QANN "
             f"{_pct(q['top1_agreement'])}{_interval(q)}{_logit_error(s)}")
     if fid.get("error_grows_from") and (s["top1_agreement"] or 0) < 1.0:
-        text += f"; error grows from layer {fid['error_grows_from']}"
+        text += f"; error grows from layer {ir.shown(fid['error_grows_from'])}"
     for name, v in fid.get("variants", {}).items():
         text += (f"; {v['what'].split(' (')[0]} {_pct(v['top1_agreement'])}{_interval(v)}"
                  + (f", {v['saturations']} membrane updates saturated"

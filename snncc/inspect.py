@@ -213,7 +213,7 @@ def format_inspect(report: Mapping[str, Any]) -> str:
     lines = [f"model: {report['source']}",
              f"IR version {report['ir_version']}, opset {report['opset']}", "inputs:"]
     for inp, canon in zip(report["inputs"], report["canonical_inputs"]):
-        lines.append(f"  {inp['name']}: {inp['dtype']} {_shape(inp['shape'])}"
+        lines.append(f"  {ir.shown(inp['name'])}: {inp['dtype']} {_shape(inp['shape'])}"
                      f" (canonical {_shape(canon['shape'])})")
     if report.get("onnx_checker"):
         lines.append(f"invalid ONNX: onnx.checker says: {report['onnx_checker']} (ONNX Runtime "
@@ -224,7 +224,8 @@ def format_inspect(report: Mapping[str, Any]) -> str:
         lines.append(f"{group} ({len(nodes)}):")
         for n in nodes:
             macs = f"  MACs {n['macs']:,}" if n.get("macs") is not None else ""
-            lines.append(f"  {n['op']:<20} {n['node']:<40} -> {_shape(n['output_shape'])}{macs}")
+            lines.append(f"  {ir.shown(n['op']):<20} {ir.shown(n['node']):<40} -> "
+                         f"{_shape(n['output_shape'])}{macs}")
     compiled = report.get("compiled")
     if compiled:
         lines.append(f"already compiled by snncc: schedule {compiled['schedule']}, "

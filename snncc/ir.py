@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,22 +285,42 @@ def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
+#: characters a name from a model may not send to a terminal as they are: C0 and C1 controls
+#: (ESC starts the sequences that retitle a window or clear the screen; a newline forges a line)
+#: and the bidirectional overrides that reorder what a reader sees
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+SHOWN_MAX = 200
+
+
+def shown(name: str, limit: int = SHOWN_MAX) -> str:
+    """A name from the model as messages print it: control characters as ``\\xNN`` /
+    ``\\uNNNN`` escapes, and a name longer than ``limit`` cut in the middle (a 100,000-character
+    name had filled the terminal; one with ESC sequences and newlines had printed a forged
+    'wrote' line)."""
+    name = _UNSHOWN.sub(lambda m: (f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                   else f"\\u{ord(m.group()):04x}"), str(name))
+    if len(name) > limit:
+        half = (limit - 1) // 2
+        name = f"{name[:half]}…{name[-half:]}"
+    return name
+
+
 def node_label(node: gs.Node, provenance: dict[str, str] | None = None) -> str:
-    """``'/layer1/Relu' (ai.onnx::Relu, from layer1.relu)`` for messages."""
-    dom = node.domain or "ai.onnx"
+    """``'/layer1/Relu' (ai.onnx::Relu, from layer1.relu)`` for messages (names :func:`shown`)."""
+    dom = shown(node.domain or "ai.onnx")
     src = (provenance or {}).get(node.name)
-    extra = f", from {src}" if src else ""
+    extra = f", from {shown(src)}" if src else ""
     if not node.name and node.outputs:  # an unnamed node: name it by what it writes
-        return f"writing '{node.outputs[0].name}' ({dom}::{node.op}{extra})"
-    return f"'{node.name}' ({dom}::{node.op}{extra})"
+        return f"writing '{shown(node.outputs[0].name)}' ({dom}::{shown(node.op)}{extra})"
+    return f"'{shown(node.name)}' ({dom}::{shown(node.op)}{extra})"
 
 
 def proto_node_label(node: onnx.NodeProto) -> str:
     """:func:`node_label` for an ``onnx.NodeProto`` (the backends read protos)."""
-    dom = node.domain or "ai.onnx"
+    dom = shown(node.domain or "ai.onnx")
     if not node.name and node.output:
-        return f"writing '{node.output[0]}' ({dom}::{node.op_type})"
-    return f"'{node.name}' ({dom}::{node.op_type})"
+        return f"writing '{shown(node.output[0])}' ({dom}::{shown(node.op_type)})"
+    return f"'{shown(node.name)}' ({dom}::{shown(node.op_type)})"
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:

@@ -397,10 +397,13 @@ def _run_command(args: argparse.Namespace, logged: _Said) -> int:
             print(f"predictions (first 10): {summary['predictions_head']}")
         rows = summary["activity"].get("layers", [])
         if rows:
+            from snncc.ir import shown as ir_shown
+
             # rate: unit events per neuron and slice (a graded neuron's output may carry several)
             print(f"{'layer':<48} {'events/sample':>14} {'rate':>8}")
             for row in rows:
-                name = row["name"] if len(row["name"]) <= 48 else "…" + row["name"][-47:]
+                name = ir_shown(row["name"], 10 ** 9)   # (its control characters escaped)
+                name = name if len(name) <= 48 else "…" + name[-47:]
                 print(f"{name:<48} {row['events_per_sample']:>14.1f} {row['rate']:>8.4f}")
     if out is not None:   # last, under the table (on stderr beside --json's document)
         print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)

@@ -130,3 +130,42 @@ def test_a_relative_xdg_cache_home_is_ignored_and_a_library_folder_is_named(monk
     with pytest.raises(RuntimeLibraryError) as info:
         register(ort.SessionOptions())
     assert info.value.code == "SNN-E701" and "is a directory" in info.value.message
+
+
+def test_a_name_from_the_model_never_drives_the_terminal(tmp_path):
+    """A node and tensor named with ESC sequences (retitle the window, clear the screen) and a
+    newline printed them raw: inspect, compile's fidelity line and run's table forged a
+    'snncc compile: wrote /tmp/fake.onnx' line. Every control character prints as an escape."""
+    import onnx
+
+    evil = "r\x1b]0;PWNED\x07\x1b[2J\nsnncc compile: wrote /tmp/fake.onnx\u202e"
+    model = onnx.load(MODEL)
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    old = relu.output[0]
+    relu.name = evil
+    for node in model.graph.node:
+        node.input[:] = [evil if i == old else i for i in node.input]
+    relu.output[0] = evil
+    path = tmp_path / "evil.onnx"
+    onnx.save(model, path)
+    p = _snncc(["inspect", str(path)], tmp_path)
+    assert p.returncode == 0, p.stderr
+    calib = str(EXAMPLES / "digits_cnn_calib.npz")
+    c = _snncc(["compile", str(path), "-T", "2", "--calib", calib, "-o", "o.onnx"], tmp_path)
+    assert c.returncode == 0, c.stderr
+    r = _snncc(["run", "o.onnx", "--input", str(EXAMPLES / "digits_cnn_test.npz")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    for text in (p.stdout, p.stderr, c.stdout, c.stderr, r.stdout, r.stderr):
+        assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
+        assert not any(line.startswith("snncc compile: wrote /tmp/fake")
+                       for line in text.splitlines())
+    assert "r\\x1b]0;PWNED" in p.stdout and "fake.onnx\\u202e/IFNeuron" in r.stdout
+
+
+def test_shown_escapes_controls_and_cuts_long_names():
+    from snncc.ir import shown
+
+    assert shown("a\x1b[31mb\nc\u202ed") == "a\\x1b[31mb\\x0ac\\u202ed"
+    long = shown("x" * 100_000)
+    assert len(long) <= 200 and "…" in long
+    assert shown("/features/features.0/Relu") == "/features/features.0/Relu"
