@@ -113,6 +113,7 @@ class CanonicalizePass(Pass):
                 code="SNN-E123",
                 hint="compile the source ANN again (snncc run runs this model as it is)")
         batch = check_model_input(model.graph, options)
+        check_sizes(model.graph)
         relu_forms = relu_spellings(model.graph)
         float16 = _promote_float16(model.graph)
         castlike = fold_castlike(model.graph, guess_bounds=True)
@@ -216,6 +217,56 @@ def compiled_output(model: ir.Model) -> dict | None:
 def _diag(code: str, message: str, node: str = "", hint: str = "",
           severity: str = "error") -> Diagnostic:
     return Diagnostic(code, message, pass_name=NAME, node=node, hint=hint, severity=severity)
+
+
+#: the most elements a node may make from constants alone (256 MiB of float32): a 6 KB model's
+#: Range(0, 3e9, 1) had taken ONNX shape inference (data propagation) to 24 GB and a SIGKILL, a
+#: ConstantOfShape of 1 GiB inspect to 2.2 GB (a CNN's largest such tensor is a mask or a padding
+#: of a few million)
+MAX_CONSTANT_ELEMENTS = 2 ** 26
+
+
+def _constant_values(t: gs.Tensor) -> np.ndarray | None:
+    """The values of an initializer or of a Constant node's output, else None."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    node = ir.producer(t)
+    value = node.attrs.get("value") if node is not None and node.op == "Constant" else None
+    return np.asarray(value.values) if isinstance(value, gs.Constant) else None
+
+
+def _constant_size(node: gs.Node) -> float | None:
+    """How many elements ``node`` makes from constant inputs (Range, ConstantOfShape, Expand),
+    else None."""
+    try:
+        values = [_constant_values(t) for t in node.inputs]
+        if node.op == "Range" and len(values) == 3 and all(v is not None and v.size == 1
+                                                            for v in values):
+            start, limit, delta = (float(v.reshape(-1)[0]) for v in values)
+            return max(math.ceil((limit - start) / delta), 0) if delta else None
+        if node.op in ("ConstantOfShape", "Expand") and values and values[-1] is not None:
+            dims = [float(d) for d in values[-1].reshape(-1)]
+            return math.prod(max(d, 1.0) for d in dims) if node.op == "Expand" else \
+                math.prod(dims)
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        return None
+    return None
+
+
+def check_sizes(graph: gs.Graph) -> None:
+    """SNN-E125 for nodes that would make tensors over :data:`MAX_CONSTANT_ELEMENTS` elements
+    from constants, before shape inference or constant folding make them (listed at once)."""
+    diags = []
+    for node in graph.nodes:
+        size = _constant_size(node)
+        if size is not None and size > MAX_CONSTANT_ELEMENTS:
+            diags.append(_diag("SNN-E125", f"it would make a tensor of {size:.3g} elements from "
+                               f"constants (at most {MAX_CONSTANT_ELEMENTS:.3g})",
+                               ir.node_label(node), hint="check the node's inputs: a CNN needs no "
+                               "such tensor (a corrupt or hostile export)"))
+    if diags:
+        raise ModelInputError(f"{NAME}: {len(diags)} node(s) would make tensors too large to "
+                              "build", diagnostics=diags, code="SNN-E125")
 
 
 def check_model_input(graph: gs.Graph, options: CompileOptions) -> int:

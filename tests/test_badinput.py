@@ -1641,3 +1641,47 @@ def test_a_dash_output_is_not_a_file_named_dash(corpus, tmp_path, capsys, monkey
                        ["run", corpus.snn, "--input", corpus.data, "-o", "-"], "SNN-E369")
     assert "--json" in err
     assert not (tmp_path / "-").exists()
+
+
+def test_a_tiny_model_that_would_build_huge_constants_is_refused_first(tmp_path):
+    """A 6 KB model's Range(0, 3e9, 1) took ONNX shape inference (data propagation) to 24 GB and
+    a SIGKILL in inspect, compile and report; a ConstantOfShape of 1 GiB took inspect to 2.2 GB.
+    Both are SNN-E125, listed at once, before any of it is built (under a 3 GB memory cap)."""
+    import resource
+
+    from onnx import numpy_helper
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    model = onnx.load(str(examples / "digits_cnn.onnx"))
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{out}_pre" if o == out else o for o in node.output]
+    f = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.float32), name)  # noqa: E731
+    i = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int64), name)  # noqa: E731
+    model.graph.initializer.extend([f("r0", 0.0), f("rl", 3e9), f("r1", 1.0), i("st", [0]),
+                                    i("en", [10]), i("shp", [2 ** 27])])
+    model.graph.node.extend([
+        helper.make_node("Range", ["r0", "rl", "r1"], ["rg"], name="bomb_range"),
+        helper.make_node("ConstantOfShape", ["shp"], ["big"], name="bomb_fill",
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+        helper.make_node("Slice", ["rg", "st", "en"], ["k1"]),
+        helper.make_node("Slice", ["big", "st", "en"], ["k2"]),
+        helper.make_node("Add", [f"{out}_pre", "k1"], ["s1"]),
+        helper.make_node("Add", ["s1", "k2"], [out])])
+    path = tmp_path / "bomb.onnx"
+    onnx.save(model, path)
+
+    def capped():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    def snncc(*args):
+        return subprocess.run([sys.executable, "-m", "snncc", *map(str, args)], text=True,
+                              capture_output=True, cwd=tmp_path, timeout=300,
+                              preexec_fn=capped)
+
+    c = snncc("compile", path, "--calib", examples / "digits_cnn_calib.npz", "-o", "o.onnx")
+    assert c.returncode == 2 and "[SNN-E125]" in c.stderr, c.stderr
+    assert "'bomb_range'" in c.stderr and "'bomb_fill'" in c.stderr
+    assert not (tmp_path / "o.onnx").exists()
+    p = snncc("inspect", path)
+    assert p.returncode == 0 and "[SNN-E125]" in p.stdout, p.stderr
