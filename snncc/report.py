@@ -49,6 +49,25 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+_MD_SPECIAL = str.maketrans({"\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]",
+                             "`": "\\`", "*": "\\*", "_": "\\_", "#": "\\#",
+                             "<": "&lt;", ">": "&gt;", "&": "&amp;", "\n": " ", "\r": " "})
+
+
+def _md(text: str) -> str:
+    """Text from the model (layer names, the title) as Markdown shows it literally: a name
+    holding '<script>', '|' or a newline with '## ...' had gone into the page raw, breaking the
+    table and injecting HTML for any renderer that keeps it (the HTML page was escaped)."""
+    return str(text).translate(_MD_SPECIAL)
+
+
+def _md_prose(text: str) -> str:
+    """snncc's own sentences, which may quote names: HTML and line breaks escaped, Markdown's
+    emphasis left as written."""
+    return str(text).translate(str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;",
+                                              "\n": " ", "\r": " "}))
+
+
 class _Page:
     def __init__(self, html_out: bool):
         self.html = html_out
@@ -56,10 +75,10 @@ class _Page:
 
     def heading(self, text: str, level: int = 2) -> None:
         self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>" if self.html
-                          else f"{'#' * level} {text}\n")
+                          else f"{'#' * level} {_md(text)}\n")
 
     def para(self, text: str) -> None:
-        self.parts.append(f"<p>{html.escape(text)}</p>" if self.html else text + "\n")
+        self.parts.append(f"<p>{html.escape(text)}</p>" if self.html else _md_prose(text) + "\n")
 
     def table(self, head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self.html:
@@ -68,8 +87,8 @@ class _Page:
                            "</tr>" for r in rows)
             self.parts.append(f"<table><tr>{cells}</tr>{body}</table>")
         else:
-            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+            lines = ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(_md(_fmt(c)) for c in r) + " |" for r in rows]
             self.parts.append("\n".join(lines) + "\n")
 
     def image(self, rel: str, alt: str) -> None:
@@ -77,7 +96,7 @@ class _Page:
         # fragment), and Markdown takes no space in a link
         url = urllib.parse.quote(rel, errors="surrogateescape")   # a non-UTF-8 name's bytes
         self.parts.append(f'<img src="{html.escape(url)}" alt="{html.escape(alt)}">'
-                          if self.html else f"![{alt}]({url})\n")
+                          if self.html else f"![{_md(alt)}]({url})\n")
 
     def render(self, title: str) -> str:
         from snncc.outputs import REPORT_MARK  # how a later run knows the page is snncc's

@@ -144,3 +144,22 @@ def test_an_analog_hint_names_compile_not_report_s_own_flags(tmp_path, capsys):
                  "--target", "ort", "-o", str(tmp_path / "r.md")]) == 2
     err = capsys.readouterr().err
     assert "SNN-E201" in err and "snncc compile --allow-analog (report runs no analog" in err
+
+
+def test_markdown_pages_show_names_from_the_model_literally():
+    """A layer named '<script>alert(1)</script>\\n## INJECTED | x |' went into the Markdown page
+    raw: the script for any renderer that keeps HTML, a heading that broke the table. The HTML
+    page was escaped; the Markdown one now is too, and snncc's own prose keeps its emphasis."""
+    from snncc.report import _Page
+
+    evil = "<script>alert(1)</script>\n## INJECTED | x |"
+    page = _Page(False)
+    page.heading(evil)
+    page.table(["layer", "events"], [[evil, 1.5]])
+    page.para("**Total**: 3 SynOps <b>")
+    page.image("f/x.png", evil)
+    text = page.render("t")
+    assert "<script>" not in text and "\n## INJECTED" not in text and "<b>" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| &lt;script"))
+    assert row.count(" | ") == 1 and row.endswith(" | 1.5 |")
+    assert "**Total**: 3 SynOps &lt;b&gt;" in text
