@@ -1685,3 +1685,24 @@ def test_a_tiny_model_that_would_build_huge_constants_is_refused_first(tmp_path)
     assert not (tmp_path / "o.onnx").exists()
     p = snncc("inspect", path)
     assert p.returncode == 0 and "[SNN-E125]" in p.stdout, p.stderr
+
+
+def test_calibration_reads_only_the_members_and_samples_it_uses(tmp_path):
+    """An 8 MB .npz whose unused 'junk' member held 8 GiB of zeros was decompressed whole (38 s,
+    8.5 GB) before calibrating on 16 samples; a .npy was read whole before --calib-samples cut
+    it. Members other than the inputs (and 'x') are not read, a .npy is memory-mapped, and the
+    shapes that fix free dims come from the headers."""
+    from snncc.calibration import InputSpec, _read_arrays, load_samples, npz_shapes
+
+    x = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    np.savez_compressed(tmp_path / "c.npz", input=x, junk=np.zeros((4, 5)), y=np.arange(20))
+    arrays = _read_arrays(tmp_path / "c.npz", ["input"])
+    assert arrays["junk"] is None and arrays["y"] is None
+    np.testing.assert_array_equal(arrays["input"], x)
+    assert npz_shapes(tmp_path / "c.npz") == {"input": (20, 1, 8, 8), "junk": (4, 5), "y": (20,)}
+    np.save(tmp_path / "c.npy", x)
+    spec = [InputSpec("input", (None, 1, 8, 8), np.float32)]
+    got = load_samples(tmp_path / "c.npy", spec, max_samples=4)["input"]
+    assert not isinstance(got, np.memmap) and got.base is None   # a copy, not the mapped file
+    np.testing.assert_array_equal(got, x[:4])
+    np.testing.assert_array_equal(load_samples(tmp_path / "c.npz", spec)["input"], x)
