@@ -404,7 +404,8 @@ def _check_inputs(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]]) ->
                 continue
             clash = [i for i, (d, g) in enumerate(zip(shape or [], given))
                      if i > 0 and _is_static(d) and d != g]
-            if clash or any(not _is_static(g) for g in given):
+            # (a size of 2**31 or more: ONNX's protobuf refused it later, an E500)
+            if clash or any(not _is_static(g) or g >= 2 ** 31 for g in given):
                 diags.append(_diag("SNN-E116", f"--input-shape {_fmt(given)} for '{inp.name}' "
                                    f"does not fit the model's {_fmt(shape)}",
                                    hint="give positive sizes that agree with the model's fixed "
@@ -1214,6 +1215,10 @@ def _check_layers(graph: gs.Graph) -> None:
         if not w or len(w) < 3 or not all(_is_static(d) for d in w[:2]):
             continue
         group = int(node.attrs.get("group", 1))
+        if group < 1:   # (a ZeroDivisionError, E500, before)
+            bad(node, f"group = {group}: a convolution has at least one group",
+                "the model is inconsistent; re-export it")
+            continue
         if node.op == "Conv":
             cout, per_group = int(w[0]), int(w[1])
             if cin is not None and per_group * group != cin:

@@ -41,6 +41,9 @@ def _parse_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(f"bad shape {text!r}; write NAME=1x3x32x32") from None
     if not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"bad shape {text!r}; dimensions must be positive")
+    if any(d >= 2 ** 31 for d in shape):   # ONNX's protobuf refused it deep in canonicalize: E500
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}; a dimension of 2**31 or more "
+                                         "is no input a network takes")
     return (name or None), shape
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -152,6 +153,51 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return 1
 
 
+def _tensor_problem(t: onnx.TensorProto) -> str | None:
+    """Why a weight's stored data cannot be its declared shape and type (gs reads weights
+    lazily: a raw_data 4 bytes short, a string-typed bias or dims without data had surfaced as
+    an E500 deep in canonicalize), else None."""
+    P = onnx.TensorProto
+    if t.data_type == P.STRING:
+        return "holds strings, not numbers"
+    if t.data_type in (P.UNDEFINED,) or t.data_location == P.EXTERNAL:
+        return None if t.data_type != P.UNDEFINED else "has no data type"
+    packed = {getattr(P, k) for k in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(P, k)}
+    if t.data_type in packed:
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        field = onnx.helper.tensor_dtype_to_field(t.data_type)
+    except Exception:   # a type this onnx does not know: onnx.checker and ORT say more
+        return None
+    n = math.prod(t.dims)
+    if t.raw_data:
+        if len(t.raw_data) != n * itemsize:
+            return (f"stores {len(t.raw_data)} bytes, its dims {list(t.dims)} of "
+                    f"{onnx.helper.tensor_dtype_to_np_dtype(t.data_type)} need {n * itemsize}")
+        return None
+    per = 2 if t.data_type in (P.COMPLEX64, P.COMPLEX128) else 1
+    have = len(getattr(t, field))
+    if have != n * per:
+        return (f"stores {have} values, its dims {list(t.dims)} need {n * per}" if have
+                else f"stores no data for its dims {list(t.dims)}")
+    return None
+
+
+def _check_weights(proto: onnx.ModelProto) -> None:
+    """SNN-E102 for weights (initializers, Constant values) whose data do not fit them."""
+    tensors = [(t.name, t) for t in proto.graph.initializer] + [
+        (n.output[0] if n.output else n.name, a.t) for n in proto.graph.node
+        if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    bad = [f"'{shown(name)}' {problem}" for name, t in tensors
+           for problem in [_tensor_problem(t)] if problem]
+    if bad:
+        raise ModelInputError(f"{len(bad)} weight(s) do not fit their declared shape or type: "
+                              + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
+                              code="SNN-E102", hint="the file is corrupt or was written by a "
+                              "broken exporter; re-export the model")
+
+
 def load(source: str | os.PathLike | onnx.ModelProto) -> Model:
     """Read a model, keep provenance and metadata, check names, and import it into gs."""
     proto = _inline_functions(read_proto(source))
@@ -159,6 +205,7 @@ def load(source: str | os.PathLike | onnx.ModelProto) -> Model:
         where = "" if isinstance(source, onnx.ModelProto) else f" '{source}'"
         raise ModelInputError(f"the model{where} has no nodes", code="SNN-E102",
                               hint="the file may be truncated or empty; re-export it")
+    _check_weights(proto)
     provenance = {}
     for node in proto.graph.node:
         src = _module_path({p.key: p.value for p in node.metadata_props})

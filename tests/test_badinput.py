@@ -1706,3 +1706,69 @@ def test_calibration_reads_only_the_members_and_samples_it_uses(tmp_path):
     assert not isinstance(got, np.memmap) and got.base is None   # a copy, not the mapped file
     np.testing.assert_array_equal(got, x[:4])
     np.testing.assert_array_equal(load_samples(tmp_path / "c.npz", spec)["input"], x)
+
+
+@pytest.mark.parametrize("corrupt", ["short", "long", "string", "no_data", "group0"])
+def test_a_corrupt_weight_is_a_coded_error_not_an_internal_one(tmp_path, capsys, corrupt):
+    """raw_data 4 bytes short or long, a string-typed bias, dims without data and a Conv with
+    group = 0 had each ended in SNN-E500 (a ValueError, TypeError or ZeroDivisionError deep in
+    canonicalize): weights are checked as the model loads (E102), the group with the layer
+    shapes (E122)."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(Path(__file__).resolve().parents[1] / "examples" / "digits_cnn.onnx"))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
+    if corrupt == "group0":
+        next(a for a in conv.attribute if a.name == "group").i = 0
+    else:
+        arr = numpy_helper.to_array(weight)
+        if corrupt == "string":
+            new = helper.make_tensor(weight.name, onnx.TensorProto.STRING, [arr.shape[0]],
+                                     [b"x"] * arr.shape[0])
+            new.dims[:] = list(arr.shape)
+        else:
+            new = numpy_helper.from_array(arr, weight.name)
+            if corrupt == "short":
+                new.raw_data = new.raw_data[:-4]
+            elif corrupt == "long":
+                new.raw_data = new.raw_data + b"\0" * 8
+            else:
+                new.ClearField("raw_data")
+        weight.CopyFrom(new)
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, path)
+    code = "SNN-E122" if corrupt == "group0" else "SNN-E102"
+    err = expect_error(capsys, [tmp_path], ["inspect", path], code)
+    assert "E500" not in err and (corrupt == "group0" or f"'{weight.name}'" in err)
+
+
+def test_an_edited_netlist_is_a_coded_error(tmp_path, capsys):
+    """snncc run DIR on a hand-edited netlist.json (a missing key, a list for an object, a bad
+    array name, deep brackets, T = -5 or 1e9) had been an internal error (KeyError,
+    AttributeError, RecursionError, ValueError, MemoryError), exit 1."""
+    import json
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    out = tmp_path / "m.loihi"
+    expect_ok(capsys, ["compile", examples / "digits_cnn.onnx", "--target", "loihi", "-T", "2",
+                       "--calib", examples / "digits_cnn_calib.npz", "-o", out, "-q",
+                       "--no-fidelity"])
+    original = (out / "netlist.json").read_text()
+    doc = json.loads(original)
+    edits = {"missing key": lambda d: d["groups"][0].pop("kind"),
+             "list for an object": lambda d: d.__setitem__("meta", [1, 2]),
+             "bad array name": lambda d: d["blocks"][0]["arrays"].__setitem__("weight", "nope"),
+             "T = -5": lambda d: d.__setitem__("timesteps", -5),
+             "steps 1e9": lambda d: d.__setitem__("total_steps", 10 ** 9)}
+    for what, edit in edits.items():
+        d = json.loads(original)
+        edit(d)
+        (out / "netlist.json").write_text(json.dumps(d))
+        err = expect_error(capsys, [out], ["run", out, "--input",
+                                           examples / "digits_cnn_test.npz"], "SNN-E650")
+        assert "internal error" not in err, what
+    (out / "netlist.json").write_text('{"groups": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    expect_error(capsys, [out], ["run", out, "--input", examples / "digits_cnn_test.npz"],
+                 "SNN-E650")
+    assert doc["timesteps"] == 2

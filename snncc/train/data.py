@@ -208,7 +208,8 @@ class ImageFolderDataset(Dataset):
                 if img.size != (self.size[1], self.size[0]):
                     img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                Image.DecompressionBombError) as exc:   # (a 30000x30000 PNG had been an E500)
             raise _fail("SNN-E810", f"cannot read image '{path}' ({type(exc).__name__}: {exc})",
                         "remove or replace the file; PNG, JPEG, BMP, GIF, TIFF and WebP are read") from None
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -308,10 +309,16 @@ def _image_folder(root: Path, channels: int, size: tuple[int, int] | None, prepr
     if not files:
         files, ys = _class_folders(root, classes, num_classes)
     if size is None:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(files[0]) as img:
-            size = (img.size[1], img.size[0])
+        try:
+            with Image.open(files[0]) as img:
+                size = (img.size[1], img.size[0])
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                Image.DecompressionBombError) as exc:
+            raise _fail("SNN-E810", f"cannot read image '{files[0]}' ({type(exc).__name__}: "
+                        f"{exc})", "remove or replace the file; PNG, JPEG, BMP, GIF, TIFF and "
+                        "WebP are read") from None
     return ImageFolderDataset(root, files, np.asarray(ys, np.int64), classes, channels, size, preprocess, labels)
 
 

@@ -357,13 +357,36 @@ def _load(out: Path) -> Netlist:
         doc = json.loads(jpath.read_text())
         with np.load(npath, allow_pickle=False) as npz:
             arrays = dict(npz)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:  # a truncated .npz
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, RecursionError) as exc:
         raise BackendCapabilityError(f"'{out}': unreadable netlist ({exc})", code="SNN-E650",
                                      hint="recompile the model") from exc
     if doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise BackendCapabilityError(f"'{jpath}' is format {doc.get('format')!r} version "
                                      f"{doc.get('version')!r}, expected {FORMAT!r} {VERSION}",
                                      code="SNN-E650", hint="recompile with this snncc")
+    try:
+        net = _build(doc, arrays)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as exc:
+        # an edited netlist.json (a missing key, a list for an object, a bad array name) had
+        # been an internal error
+        raise BackendCapabilityError(f"'{jpath}' does not describe a netlist snncc can run "
+                                     f"({type(exc).__name__}: {exc}); was it edited?",
+                                     code="SNN-E650", hint="recompile the model") from exc
+    steps = (net.timesteps, net.total_steps, net.counted_steps)
+    # (T = -5 or 1e9 had ended in a ValueError or a MemoryError in the simulator)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in steps) or not (
+            1 <= net.timesteps and 1 <= net.counted_steps <= net.total_steps <= 64 * 64):
+        raise BackendCapabilityError(f"'{jpath}' gives timesteps / total_steps / counted_steps "
+                                     f"{' / '.join(map(repr, steps))}, which no compile writes; "
+                                     "was it edited?", code="SNN-E650",
+                                     hint="recompile the model")
+    return net
+
+
+def _build(doc: dict, arrays: dict[str, np.ndarray]) -> Netlist:
+    for key, kind in (("groups", list), ("blocks", list), ("outputs", list), ("meta", dict)):
+        if not isinstance(doc[key], kind):
+            raise TypeError(f"'{key}' is a {type(doc[key]).__name__}, not a {kind.__name__}")
     groups = []
     for e in doc["groups"]:
         g = Group(e["name"], e["kind"], tuple(e["shape"]), tuple(e["view"]), e["neuron"],
