@@ -231,8 +231,15 @@ def _constant_values(t: gs.Tensor) -> np.ndarray | None:
     if isinstance(t, gs.Constant):
         return np.asarray(t.values)
     node = ir.producer(t)
-    value = node.attrs.get("value") if node is not None and node.op == "Constant" else None
-    return np.asarray(value.values) if isinstance(value, gs.Constant) else None
+    if node is None or node.op != "Constant":
+        return None
+    value = node.attrs.get("value")
+    if isinstance(value, gs.Constant):
+        return np.asarray(value.values)
+    for key in ("value_ints", "value_floats", "value_int", "value_float"):   # (a review: a
+        if key in node.attrs:                      # value_ints shape had passed E125, 3.75 GB)
+            return np.asarray(node.attrs[key])
+    return None
 
 
 def _constant_size(node: gs.Node) -> float | None:

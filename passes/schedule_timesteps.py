@@ -181,6 +181,12 @@ def _is_neuron(node: ir.Node) -> bool:
     return node.domain == ir.SNN_DOMAIN
 
 
+def _analog_data(t: ir.Tensor) -> bool:
+    """A float tensor computed from the graph's inputs (not a weight, not a shape)."""
+    return isinstance(t, ir.Variable) and t.dtype is not None and \
+        np.dtype(t.dtype).kind == "f"
+
+
 def _bit_serial(spec) -> bool:
     """Accumulate-then-fire neurons (``spec.window_attr``) fire a whole window's bits one epoch
     later (docs/neuron-ops.md): their output depends only on the window's mean current."""
@@ -906,11 +912,14 @@ class ScheduleTimestepsPass(Pass):
             t_idx = [i for i, t in enumerate(node.inputs) if t.name in temporal]
             d = max((depth.get(t.name, 0) for t in node.inputs), default=0)
             seen = {depth.get(node.inputs[i].name, 0) for i in t_idx}
-            if len(seen) > 1 and self.bit_serial:
-                # spike trains of different pipeline depths meet (a residual Add): each
-                # bit-serial layer fires one epoch late, so the shallower trains wait in a delay
-                # line of (depth difference) epochs, and every input carries the same frame
-                for i in t_idx:
+            if self.bit_serial and t_idx and d > 0:
+                # branches of different pipeline depths meet (a residual Add): each bit-serial
+                # layer fires one epoch late, so the shallower ones wait in a delay line of
+                # (depth difference) epochs and every input carries the same frame; an analog
+                # branch from the input (depth 0, this step's frame: a review's conv shortcut
+                # from x into a block) waits the whole depth
+                for i in [i for i, t in enumerate(node.inputs)
+                          if i in t_idx or (_analog_data(t) and t is not step)]:
                     lag = d - depth.get(node.inputs[i].name, 0)
                     if lag:
                         node.inputs[i] = self._delay(node, node.inputs[i], lag * emit.S)

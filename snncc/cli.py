@@ -367,6 +367,12 @@ class _Parser(argparse.ArgumentParser):
     flags that exclude each other) is one coded line with a hint, exit 2, as every other
     error; argparse had printed its whole usage block (20 lines for compile) and no code."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Python 3.14's argparse colours help and errors on a terminal: its ESC codes would
+        # print as text through the stream wrapper, which escapes control characters
+        self.color = False
+
     def error(self, message: str):   # type: ignore[override]
         self.exit(2, f"{self.prog}: error: [SNN-E374] {message}. Hint: `{self.prog} --help` "
                      "lists the options\n")

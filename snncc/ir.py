@@ -162,7 +162,8 @@ def _tensor_problem(t: onnx.TensorProto) -> str | None:
         return "holds strings, not numbers"
     if t.data_type in (P.UNDEFINED,) or t.data_location == P.EXTERNAL:
         return None if t.data_type != P.UNDEFINED else "has no data type"
-    packed = {getattr(P, k) for k in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(P, k)}
+    packed = {getattr(P, k) for k in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2",
+                                      "FLOAT6E2M3", "FLOAT6E3M2") if hasattr(P, k)}   # sub-byte
     if t.data_type in packed:
         return None
     try:

@@ -1628,6 +1628,23 @@ def test_an_output_that_is_a_symlink_is_refused_not_replaced(corpus, tmp_path, c
                  ["run", corpus.snn, "--input", corpus.data, "-o", tmp_path / "o.npz"],
                  "SNN-E363")
     assert (tmp_path / "t.json").read_text() == "old" and (tmp_path / "o.npz").is_symlink()
+    # a manifest the user cannot name: the hint says to remove the link
+    (tmp_path / "m.onnx.json").symlink_to("t.json")
+    err = expect_error(capsys, [corpus.root, tmp_path],
+                       ["compile", corpus.model, "--calib", corpus.calib, "-o",
+                        tmp_path / "m.onnx"], "SNN-E363")
+    assert "remove the link, or choose another -o" in err
+
+
+def test_a_directory_output_through_a_symlink_is_written_into_its_target(corpus, tmp_path,
+                                                                         capsys):
+    """A review: 'results -> /big/disk/results' as a Loihi folder had been refused with the file
+    outputs' E363; a folder's files are renamed into it, so the link stays and is used."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "lo").symlink_to("real")
+    expect_ok(capsys, ["compile", corpus.model, "--calib", corpus.calib, "--target", "loihi",
+                       "-o", tmp_path / "lo", "-q", "--no-fidelity"])
+    assert (tmp_path / "lo").is_symlink() and (tmp_path / "real" / "netlist.json").is_file()
 
 
 def test_a_dash_output_is_not_a_file_named_dash(corpus, tmp_path, capsys, monkeypatch):
@@ -1640,6 +1657,10 @@ def test_a_dash_output_is_not_a_file_named_dash(corpus, tmp_path, capsys, monkey
     err = expect_error(capsys, [corpus.root, tmp_path],
                        ["run", corpus.snn, "--input", corpus.data, "-o", "-"], "SNN-E369")
     assert "--json" in err
+    err = expect_error(capsys, [corpus.root, tmp_path],   # a Loihi folder named '-' (a review)
+                       ["compile", corpus.model, "--calib", corpus.calib, "--target", "loihi",
+                        "-o", "-"], "SNN-E369")
+    assert "folder named '-'" in err
     assert not (tmp_path / "-").exists()
 
 
@@ -1660,6 +1681,10 @@ def test_a_tiny_model_that_would_build_huge_constants_is_refused_first(tmp_path)
     i = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int64), name)  # noqa: E731
     model.graph.initializer.extend([f("r0", 0.0), f("rl", 3e9), f("r1", 1.0), i("st", [0]),
                                     i("en", [10]), i("shp", [2 ** 27])])
+    model.graph.node.extend([   # a shape written as value_ints (a review: it passed E125)
+        helper.make_node("Constant", [], ["shp2"], value_ints=[1, 1, 30000, 30000]),
+        helper.make_node("ConstantOfShape", ["shp2"], ["big2"], name="bomb_ints",
+                         value=helper.make_tensor("v2", TensorProto.FLOAT, [1], [0.0]))])
     model.graph.node.extend([
         helper.make_node("Range", ["r0", "rl", "r1"], ["rg"], name="bomb_range"),
         helper.make_node("ConstantOfShape", ["shp"], ["big"], name="bomb_fill",
@@ -1681,7 +1706,7 @@ def test_a_tiny_model_that_would_build_huge_constants_is_refused_first(tmp_path)
 
     c = snncc("compile", path, "--calib", examples / "digits_cnn_calib.npz", "-o", "o.onnx")
     assert c.returncode == 2 and "[SNN-E125]" in c.stderr, c.stderr
-    assert "'bomb_range'" in c.stderr and "'bomb_fill'" in c.stderr
+    assert "'bomb_range'" in c.stderr and "'bomb_fill'" in c.stderr and "'bomb_ints'" in c.stderr
     assert not (tmp_path / "o.onnx").exists()
     p = snncc("inspect", path)
     assert p.returncode == 0 and "[SNN-E125]" in p.stdout, p.stderr
@@ -1741,6 +1766,20 @@ def test_a_corrupt_weight_is_a_coded_error_not_an_internal_one(tmp_path, capsys,
     code = "SNN-E122" if corrupt == "group0" else "SNN-E102"
     err = expect_error(capsys, [tmp_path], ["inspect", path], code)
     assert "E500" not in err and (corrupt == "group0" or f"'{weight.name}'" in err)
+
+
+def test_sub_byte_weights_are_not_taken_for_corrupt_ones():
+    """A review: INT2 / UINT2 tensors (packed, 4 per byte) read as 'stores 2 values, needs 6'."""
+    from onnx import helper
+
+    from snncc.ir import _tensor_problem
+
+    for name in ("INT2", "UINT2", "INT4", "UINT4"):
+        if hasattr(onnx.TensorProto, name):
+            t = helper.make_tensor("w", getattr(onnx.TensorProto, name), [2, 3], [1] * 6)
+            assert _tensor_problem(t) is None, name
+    t = helper.make_tensor("w", onnx.TensorProto.FLOAT16, [2, 3], np.ones(6, np.float16))
+    assert _tensor_problem(t) is None
 
 
 def test_an_edited_netlist_is_a_coded_error(tmp_path, capsys):

@@ -16,9 +16,9 @@
 * **Same kind only.** A file output replaces an existing regular file; an existing directory (or
   anything that is not a regular file) in its place is refused (SNN-E363). A directory output
   replaces a directory snncc itself wrote (it holds :data:`MARKER`, listing the files snncc put
-  there) or an empty directory; an existing file in its place is refused (SNN-E363). An output
-  that is a symbolic link is refused (SNN-E363): the rename into place would replace the link,
-  not write through it.
+  there) or an empty directory; an existing file in its place is refused (SNN-E363). A file
+  output that is a symbolic link is refused (SNN-E363): the rename into place would replace the
+  link, not write through it (a directory output's files are renamed into it, through a link).
 * **A place that can hold it.** An output whose parent is a file, or whose nearest existing
   parent directory is not writable (or a file output with no name, like ``.``), is refused
   (SNN-E369), as is ``-`` (standard output is not a file output here); a write that still fails (a full disk, ``/proc``) is reported with that code too.
@@ -353,12 +353,12 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                                     hint=f"name a file, e.g. {out.option.split()[0]} "
                                     f"{out.example}"))
             continue
-        if out.kind == "file" and str(out.path) == "-":
-            # the Unix convention for stdout, which snncc's file outputs do not follow: a file
-            # named '-' had appeared in the current directory
+        if str(out.path) == "-":
+            # the Unix convention for stdout, which snncc's outputs do not follow: a file (or a
+            # Loihi folder) named '-' had appeared in the current directory
             diags.append(Diagnostic(
                 "SNN-E369", f"{where}: '-' (standard output) is not supported here; it would "
-                "write a file named '-'", command,
+                f"write a {'folder' if out.kind == 'dir' else 'file'} named '-'", command,
                 hint=f"name a file, e.g. {out.option.split()[0]} {out.example} ('./-' for a "
                 "file of that name)" + ("; `snncc run --json` prints its results on stdout"
                                         if out.example.endswith(".npz") else "")))
@@ -394,7 +394,7 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                                         hint="write outputs outside what snncc reads"))
         if not os.path.lexists(path):
             continue
-        if os.path.islink(path):
+        if out.kind == "file" and os.path.islink(path):
             # an output is replaced by a rename, which replaces the link itself, not what it
             # points to: '--report /dev/stdout' with stdout redirected to a file had replaced
             # the system's /dev/stdout link with a regular file (as root), and a user's
@@ -404,7 +404,8 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
                 "SNN-E363", f"{where} is a symbolic link (to '{target}'); snncc writes its "
                 "outputs by renaming a finished file into place, which would replace the link, "
                 "not write through it", command,
-                hint="name the link's target itself, or another path" + (
+                hint=("remove the link, or choose another -o" if out.implied else
+                      "name the link's target itself, or another path") + (
                     "; to read a report on stdout, write it to a file and cat it"
                     if str(out.path).startswith(("/dev/", "/proc/")) else "")))
             continue
