@@ -123,8 +123,8 @@ call feed ``state_out/*`` back as ``state_in/*`` and increase ``step`` by one; r
 the bits of epoch e during epoch e+1 (docs/neuron-ops.md), so a network whose longest chain has D
 neurons is exact from epoch D on: run ``(D+1)*S`` steps and decode the last S. Where spike trains
 of different depths meet (a residual Add), each shallower one passes a delay line of its depth
-difference in epochs (a ``[k*S, ...]`` shift register ``state_in/<node>/delay``), so that every input
-of the node carries the same frame and a stream of frames that change each epoch decodes frame
+difference in epochs (a ``[k*S, ...]`` shift register ``state_in/<node>/delay``), so that every
+input of the node carries the same frame and a stream of frames that change each epoch decodes frame
 e - D in epoch e (the shortcuts had not been delayed: 81 % agreement on a ResNet). A head
 Softmax/LogSoftmax with only reshapes after it is dropped: apply it to the averaged output (when
 it is itself the graph output, metadata ``snncc.output_head`` records it, JSON

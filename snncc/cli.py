@@ -487,9 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the fidelity estimate (the held-out samples calibrate too, up to "
                    "--calib-samples); same as --fidelity-samples 0")
     g.add_argument("--min-agreement", type=float, metavar="X",
-                   help="fail (SNN-E370, exit 3, nothing written) when the SNN agrees with the ANN on fewer "
-                   "than this fraction of held-out samples, e.g. 0.97 (the main estimate: a Loihi "
-                   "compile's stock-neuron variant is warned about, not gated)")
+                   help="fail (SNN-E370, exit 3, nothing written) when the SNN agrees with the "
+                   "ANN on fewer than this fraction of held-out samples, e.g. 0.97 (the main "
+                   "estimate: a Loihi compile's stock-neuron variant is warned about, not gated)")
     g = p.add_argument_group("conversion")
     g.add_argument("--input-shape", type=_parse_shape, action="append", default=[],
                    metavar="[NAME=]1x3x32x32", help=shape_help)

@@ -228,8 +228,9 @@ def format_inspect(report: Mapping[str, Any]) -> str:
                          f"{_shape(n['output_shape'])}{macs}")
     compiled = report.get("compiled")
     if compiled:
+        T = compiled["timesteps"] if compiled["timesteps"] is not None else "?"
         lines.append(f"already compiled by snncc: schedule {compiled['schedule']}, "
-                     f"T = {compiled['timesteps'] if compiled['timesteps'] is not None else '?'}, {compiled['neuron_ops']} neuron op(s); "
+                     f"T = {T}, {compiled['neuron_ops']} neuron op(s); "
                      "run it with snncc run, or inspect the source ANN to compile again")
     elif report["unsupported"]:
         lines.append(f"cannot convert ({len(report['unsupported'])}):")

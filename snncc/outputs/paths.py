@@ -21,7 +21,8 @@
   link, not write through it (a directory output's files are renamed into it, through a link).
 * **A place that can hold it.** An output whose parent is a file, or whose nearest existing
   parent directory is not writable (or a file output with no name, like ``.``), is refused
-  (SNN-E369), as is ``-`` (standard output is not a file output here); a write that still fails (a full disk, ``/proc``) is reported with that code too.
+  (SNN-E369), as is ``-`` (standard output is not a file output here); a write that still
+  fails (a full disk, ``/proc``) is reported with that code too.
 * **Implied files are snncc's.** A file snncc names itself (the ORT manifest ``MODEL.onnx.json``,
   finetune's stage files, the report's default page) replaces an existing file only when snncc
   wrote that kind of file there (:func:`written_by_snncc`); another file there is refused unless
