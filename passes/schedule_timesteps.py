@@ -911,7 +911,6 @@ class ScheduleTimestepsPass(Pass):
             hint = _hint(node)
             t_idx = [i for i, t in enumerate(node.inputs) if t.name in temporal]
             d = max((depth.get(t.name, 0) for t in node.inputs), default=0)
-            seen = {depth.get(node.inputs[i].name, 0) for i in t_idx}
             if self.bit_serial and t_idx and d > 0:
                 # branches of different pipeline depths meet (a residual Add): each bit-serial
                 # layer fires one epoch late, so the shallower ones wait in a delay line of
