@@ -243,14 +243,18 @@ def _constant_values(t: gs.Tensor) -> np.ndarray | None:
 
 
 def _constant_size(node: gs.Node) -> float | None:
-    """How many elements ``node`` makes from constant inputs (Range, ConstantOfShape, Expand),
-    else None."""
+    """How many elements ``node`` makes from constant inputs (Range, ConstantOfShape, Expand; Tile
+    at least its repeats' product), else None."""
     try:
         values = [_constant_values(t) for t in node.inputs]
         if node.op == "Range" and len(values) == 3 and all(v is not None and v.size == 1
                                                             for v in values):
             start, limit, delta = (float(v.reshape(-1)[0]) for v in values)
             return max(math.ceil((limit - start) / delta), 0) if delta else None
+        if node.op == "Tile" and len(values) == 2 and values[1] is not None:
+            # (a review: Tile(c, [1, 1, 30000, 30000]) had built 9e8 elements, 35 s and GBs)
+            base = values[0].size if values[0] is not None else 1
+            return base * math.prod(float(r) for r in values[1].reshape(-1))
         if node.op in ("ConstantOfShape", "Expand") and values and values[-1] is not None:
             dims = [float(d) for d in values[-1].reshape(-1)]
             return math.prod(max(d, 1.0) for d in dims) if node.op == "Expand" else \

@@ -902,7 +902,9 @@ def _main(argv: Sequence[str] | None, before: int) -> int:
         if args.debug:   # the traceback, and still a user error's exit code (it had been 1)
             import traceback
 
-            traceback.print_exc()
+            # formatted, not printed: Python 3.13+ colours a printed traceback on a terminal,
+            # and the stream wrapper would show its codes as text
+            sys.stderr.write(traceback.format_exc())
         # torchrun: a rank above 0 says which it is (an error of its own shard is no duplicate)
         rank = f" [rank {os.environ.get('RANK')}]" if _other_rank(args) else ""
         said = str(exc)   # "[SNN-E804] finetune: ..." under "snncc finetune: error:" said it twice

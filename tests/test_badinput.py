@@ -1660,7 +1660,7 @@ def test_a_dash_output_is_not_a_file_named_dash(corpus, tmp_path, capsys, monkey
     err = expect_error(capsys, [corpus.root, tmp_path],   # a Loihi folder named '-' (a review)
                        ["compile", corpus.model, "--calib", corpus.calib, "--target", "loihi",
                         "-o", "-"], "SNN-E369")
-    assert "folder named '-'" in err
+    assert "folder named '-'" in err and "e.g. out/-" in err
     assert not (tmp_path / "-").exists()
 
 
@@ -1684,7 +1684,12 @@ def test_a_tiny_model_that_would_build_huge_constants_is_refused_first(tmp_path)
     model.graph.node.extend([   # a shape written as value_ints (a review: it passed E125)
         helper.make_node("Constant", [], ["shp2"], value_ints=[1, 1, 30000, 30000]),
         helper.make_node("ConstantOfShape", ["shp2"], ["big2"], name="bomb_ints",
-                         value=helper.make_tensor("v2", TensorProto.FLOAT, [1], [0.0]))])
+                         value=helper.make_tensor("v2", TensorProto.FLOAT, [1], [0.0])),
+        # and a Tile of a constant (a review: 9e8 elements built, 35 s and GBs)
+        helper.make_node("Constant", [], ["one"], value=helper.make_tensor(
+            "v3", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])),
+        helper.make_node("Constant", [], ["reps"], value_ints=[1, 1, 30000, 30000]),
+        helper.make_node("Tile", ["one", "reps"], ["big3"], name="bomb_tile")])
     model.graph.node.extend([
         helper.make_node("Range", ["r0", "rl", "r1"], ["rg"], name="bomb_range"),
         helper.make_node("ConstantOfShape", ["shp"], ["big"], name="bomb_fill",
@@ -1706,7 +1711,7 @@ def test_a_tiny_model_that_would_build_huge_constants_is_refused_first(tmp_path)
 
     c = snncc("compile", path, "--calib", examples / "digits_cnn_calib.npz", "-o", "o.onnx")
     assert c.returncode == 2 and "[SNN-E125]" in c.stderr, c.stderr
-    assert "'bomb_range'" in c.stderr and "'bomb_fill'" in c.stderr and "'bomb_ints'" in c.stderr
+    assert all(f"'{n}'" in c.stderr for n in ("bomb_range", "bomb_fill", "bomb_ints", "bomb_tile")), c.stderr
     assert not (tmp_path / "o.onnx").exists()
     p = snncc("inspect", path)
     assert p.returncode == 0 and "[SNN-E125]" in p.stdout, p.stderr

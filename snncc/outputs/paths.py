@@ -360,8 +360,9 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike 
             diags.append(Diagnostic(
                 "SNN-E369", f"{where}: '-' (standard output) is not supported here; it would "
                 f"write a {'folder' if out.kind == 'dir' else 'file'} named '-'", command,
-                hint=f"name a file, e.g. {out.option.split()[0]} {out.example} ('./-' for a "
-                "file of that name)" + ("; `snncc run --json` prints its results on stdout"
+                hint=f"name a {'folder' if out.kind == 'dir' else 'file'}, e.g. "
+                f"{out.option.split()[0]} {out.example} (one named '-' needs a folder in its "
+                "path, e.g. out/-)" + ("; `snncc run --json` prints its results on stdout"
                                         if out.example.endswith(".npz") else "")))
             continue
         if len(os.fsencode(path.name)) > _name_max(path.parent):   # (the manifest of a
