@@ -124,8 +124,8 @@ the bits of epoch e during epoch e+1 (docs/neuron-ops.md), so a network whose lo
 neurons is exact from epoch D on: run ``(D+1)*S`` steps and decode the last S. Where spike trains
 of different depths meet (a residual Add), each shallower one passes a delay line of its depth
 difference in epochs (a ``[k*S, ...]`` shift register ``state_in/<node>/delay``), so that every
-input of the node carries the same frame and a stream of frames that change each epoch decodes frame
-e - D in epoch e (the shortcuts had not been delayed: 81 % agreement on a ResNet), except
+input of the node carries the same frame and a stream of frames that change each epoch decodes
+frame e - D in epoch e (the shortcuts had not been delayed: 81 % agreement on a ResNet), except
 through a spike-gated MaxPool, whose running sum spans the stream. A head
 Softmax/LogSoftmax with only reshapes after it is dropped: apply it to the averaged output (when
 it is itself the graph output, metadata ``snncc.output_head`` records it, JSON
@@ -461,10 +461,11 @@ class ScheduleTimestepsPass(Pass):
             ctx.warnings.append(
                 f"warning: --schedule streaming spike-gates {gated} MaxPool(s) with a running "
                 "sum, which approximates max pooling (the fidelity line measures what it costs "
-                "here) and, summing over the whole stream, mixes frames that change" + (f"; the folded and window schedules pool a MaxPool right after a "
-                           f"{options.neuron} neuron exactly" if bit_serial else
-                           "; the folded schedule window-gates them, the pooled rate being the "
-                           "largest rate") + ": drop --schedule streaming where a stream is not "
+                "here) and, summing over the whole stream, mixes frames that change" + (
+                    "; the folded and window schedules pool a MaxPool right after a "
+                    f"{options.neuron} neuron exactly" if bit_serial else
+                    "; the folded schedule window-gates them, the pooled rate being the "
+                    "largest rate") + ": drop --schedule streaming where a stream is not "
                 "needed (--maxpool avg streams exactly only for a net trained with average "
                 "pooling: it changes the network)")
         elif bit_serial and gated and options.target == "ort":

@@ -93,6 +93,18 @@ def residual_net(**kw) -> onnx.ModelProto:
     return build(body, decls, 3, **kw)
 
 
+def input_skip_net(**kw) -> onnx.ModelProto:
+    """conv+QCFS, conv, plus a 1x1 conv straight from the input (an analog branch), QCFS, GAP,
+    Gemm: the analog shortcut meets a spike train one neuron deep."""
+    body = ("c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)\n" + chain(1, "c1", "a1")
+            + "c2 = Conv <pads = [1, 1, 1, 1]> (a1, w2, b2)\n cs = Conv (x, ws, bs)\n"
+            + " r = Add(c2, cs)\n" + chain(2, "r", "a2")
+            + "g = GlobalAveragePool(a2)\n h = Flatten(g)\n out = Gemm <transB = 1> (h, wf, bf)\n")
+    decls = ["float[4,2,3,3] w1", "float[4] b1", "float[4,4,3,3] w2", "float[4] b2",
+             "float[4,2,1,1] ws", "float[4] bs", "float[3,4] wf", "float[3] bf"]
+    return build(body, decls, 2, **kw)
+
+
 def maxpool_net(**kw) -> onnx.ModelProto:
     """conv+QCFS twice, MaxPool 2x2 on the second activation, conv+QCFS, GAP, Gemm."""
     body = ("c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)\n" + chain(1, "c1", "a1")
