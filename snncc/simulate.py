@@ -260,6 +260,7 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
         check_shape(proto, k, v)
     check_sample_counts(inputs)
     meta = {p.key: p.value for p in proto.metadata_props}
+    _check_schedule_metadata(meta)
     scale_warnings = input_range.warn(input_range.parse(meta.get(input_range.METADATA_KEY)),
                                       inputs)
     if meta.get("snncc.schedule") == "streaming" and not use_library:
@@ -577,6 +578,33 @@ def in_place_states(proto: onnx.ModelProto) -> set[str]:
         if ok:
             out.add(name)
     return out
+
+
+def _check_schedule_metadata(meta: Mapping[str, str]) -> None:
+    """SNN-E102 for schedule metadata no compile writes (a hand edit: snncc.timesteps -3 or a
+    pipeline fill of 1e9 had given negative spike rates at exit 0, or a ValueError)."""
+    def number(key: str, default: int) -> int | None:
+        try:
+            return int(meta.get(key, default))
+        except ValueError:
+            return None
+
+    steps, first = number("snncc.steps", 1), number("snncc.decode_from", 0)
+    fill, T = number("snncc.pipeline_fill", 0), number("snncc.timesteps", 1)
+    head = meta.get("snncc.output_head", "{}")
+    try:
+        head_ok = isinstance(json.loads(head), dict)
+    except ValueError:
+        head_ok = False
+    if None in (steps, first, fill, T) or not (
+            T >= 1 and 1 <= steps <= 64 * 1024 and 0 <= first < steps and 0 <= fill < steps) \
+            or not head_ok:
+        raise ModelInputError(
+            "the model's schedule metadata is not what any compile writes (snncc.steps "
+            f"{meta.get('snncc.steps')!r}, decode_from {meta.get('snncc.decode_from')!r}, "
+            f"pipeline_fill {meta.get('snncc.pipeline_fill')!r}, timesteps "
+            f"{meta.get('snncc.timesteps')!r}, output_head {ir.shown(head, 60)!r}): edited by "
+            "hand or by another tool", code="SNN-E102", hint="recompile the model")
 
 
 def _run_streaming(sess: ort.InferenceSession, proto: onnx.ModelProto, meta: dict[str, str],

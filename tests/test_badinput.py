@@ -1817,3 +1817,21 @@ def test_an_edited_netlist_is_a_coded_error(tmp_path, capsys):
     expect_error(capsys, [out], ["run", out, "--input", examples / "digits_cnn_test.npz"],
                  "SNN-E650")
     assert doc["timesteps"] == 2
+
+
+@pytest.mark.parametrize("key, value", [("snncc.timesteps", "-3"), ("snncc.steps", "1000000000"),
+                                        ("snncc.pipeline_fill", "1000000000"),
+                                        ("snncc.decode_from", "x"), ("snncc.output_head", "[")])
+def test_edited_schedule_metadata_is_a_coded_error(corpus, tmp_path, capsys, key, value):
+    """A compiled model's metadata edited by hand (snncc.timesteps -3, a pipeline fill of 1e9)
+    had given negative spike rates at exit 0, or a ValueError."""
+    model = onnx.load(str(corpus.snn))
+    props = {p.key: p for p in model.metadata_props}
+    if key in props:
+        props[key].value = value
+    else:
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, tmp_path / "edited.onnx")
+    err = expect_error(capsys, [tmp_path], ["run", tmp_path / "edited.onnx", "--input",
+                                            corpus.data], "SNN-E102")
+    assert "edited by hand or by another tool" in err

@@ -370,15 +370,16 @@ def _load(out: Path) -> Netlist:
         # an edited netlist.json (a missing key, a list for an object, a bad array name) had
         # been an internal error
         raise BackendCapabilityError(f"'{jpath}' does not describe a netlist snncc can run "
-                                     f"({type(exc).__name__}: {exc}); was it edited?",
+                                     f"({type(exc).__name__}: {exc}): edited by hand or by "
+                                     "another tool",
                                      code="SNN-E650", hint="recompile the model") from exc
     steps = (net.timesteps, net.total_steps, net.counted_steps)
     # (T = -5 or 1e9 had ended in a ValueError or a MemoryError in the simulator)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in steps) or not (
-            1 <= net.timesteps and 1 <= net.counted_steps <= net.total_steps <= 64 * 64):
+            1 <= net.timesteps and 1 <= net.counted_steps <= net.total_steps <= 64 * 1024):
         raise BackendCapabilityError(f"'{jpath}' gives timesteps / total_steps / counted_steps "
-                                     f"{' / '.join(map(repr, steps))}, which no compile writes; "
-                                     "was it edited?", code="SNN-E650",
+                                     f"{' / '.join(map(repr, steps))}, which no compile writes "
+                                     "(edited by hand or by another tool)", code="SNN-E650",
                                      hint="recompile the model")
     return net
 
