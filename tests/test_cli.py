@@ -456,9 +456,11 @@ def test_torch_files_and_shapeless_models_are_said_as_such(tmp_path, capsys):
 def test_argparse_never_colours_through_the_escaping_wrapper():
     """Python 3.14's argparse colours help and errors on a terminal; the CLI's stream wrapper
     escapes control characters, so the colour codes would print as text: colour is off."""
+    import argparse
+
     from snncc.cli import build_parser
 
     parser = build_parser()
-    subs = [a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction)]
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert parser.color is False and all(p.color is False for s in subs
                                          for p in s.choices.values())
