@@ -226,27 +226,11 @@ def _diag(code: str, message: str, node: str = "", hint: str = "",
 MAX_CONSTANT_ELEMENTS = 2 ** 26
 
 
-def _constant_values(t: gs.Tensor) -> np.ndarray | None:
-    """The values of an initializer or of a Constant node's output, else None."""
-    if isinstance(t, gs.Constant):
-        return np.asarray(t.values)
-    node = ir.producer(t)
-    if node is None or node.op != "Constant":
-        return None
-    value = node.attrs.get("value")
-    if isinstance(value, gs.Constant):
-        return np.asarray(value.values)
-    for key in ("value_ints", "value_floats", "value_int", "value_float"):   # (a review: a
-        if key in node.attrs:                      # value_ints shape had passed E125, 3.75 GB)
-            return np.asarray(node.attrs[key])
-    return None
-
-
 def _constant_size(node: gs.Node) -> float | None:
     """How many elements ``node`` makes from constant inputs (Range, ConstantOfShape, Expand; Tile
     at least its repeats' product), else None."""
     try:
-        values = [_constant_values(t) for t in node.inputs]
+        values = [ir.const_value(t) for t in node.inputs]
         if node.op == "Range" and len(values) == 3 and all(v is not None and v.size == 1
                                                             for v in values):
             start, limit, delta = (float(v.reshape(-1)[0]) for v in values)

@@ -11,13 +11,13 @@ import errno
 import json
 import logging
 import os
-import re
 import signal
 import sys
 from typing import Any, Sequence
 
 from snncc import __version__
-from snncc.errors import FidelityError, OptionError, SnnccError, cli_wording
+from snncc.errors import (FidelityError, OptionError, SnnccError, cli_wording,
+                          escape_controls)
 
 __all__ = ["main", "build_parser"]
 
@@ -752,15 +752,6 @@ def _restore_handlers(sigterm, sighup, sigint) -> None:
             signal.signal(sig, handler)
 
 
-_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
-                                "\u202a-\u202e\u2066-\u2069]")
-
-
-def _escaped(match: re.Match) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
 class _PipeSafe:
     """stdout / stderr for one command: when the reader of a pipe leaves (``snncc report ... |
     head``) or the terminal hangs up, what is printed after is dropped and the work goes on (or
@@ -784,7 +775,7 @@ class _PipeSafe:
                 # a name from a model never drives the terminal: its ESC sequences (window
                 # title, clearing the screen) and other controls print as escapes; snncc's own
                 # output uses none of them but newline, tab and carriage return
-                return self.stream.write(_TERMINAL_CONTROLS.sub(_escaped, text))
+                return self.stream.write(escape_controls(text, keep_layout=True))
             except OSError as exc:   # EPIPE: the reader left; EIO: the terminal hung up
                 self.gone = True
                 if exc.errno not in (errno.EPIPE, errno.EIO):   # (> /dev/full had exit 0)

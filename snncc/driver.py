@@ -714,7 +714,13 @@ def _bias_shift_warning(options: CompileOptions) -> list[str]:
     if spec.needs_bias_shift or spec.key not in ("if", "lif", "srp"):
         return []
     T, L = options.timesteps, options.levels
-    tau = int(dict(options.neuron_params or {}).get("tau", 4)) if spec.key == "srp" else L
+    if spec.key == "srp":   # its pre-run, read as the neuron reads --neuron-param tau
+        from snncc.neurons.common import neuron_param_int
+        from snncc.neurons.srp import DEFAULT_TAU
+
+        tau = neuron_param_int(options, "tau", DEFAULT_TAU, lo=0)
+    else:
+        tau = L
     if T == L and tau == L:
         return []
     steps = " and ".join(([f"T = {T} steps"] if T != L else [])

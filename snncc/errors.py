@@ -205,6 +205,24 @@ def _api_words() -> list[tuple[re.Pattern, str | Callable[[re.Match], str]]]:
     return [(re.compile(pattern), repl) for pattern, repl in words]
 
 
+#: characters that drive a terminal rather than print: C0 and C1 controls (ESC starts the
+#: sequences that retitle a window or clear the screen; a newline forges a line) and the
+#: bidirectional overrides that reorder what a reader sees
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_BUT_LAYOUT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+                                  "\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str, keep_layout: bool = False) -> str:
+    """``text`` with its control characters as ``\\xNN`` / ``\\uNNNN`` escapes; with
+    ``keep_layout``, newline, tab and carriage return stay (snncc's own output uses those)."""
+    def escaped(match: re.Match) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return (_CONTROLS_BUT_LAYOUT if keep_layout else _CONTROLS).sub(escaped, text)
+
+
 def api_wording(text: str) -> str:
     """``text`` as a Python caller reads it: under :func:`cli_wording` unchanged, else with the
     CLI's flags written as the API's keywords (``-T 4`` -> ``timesteps=4``, ``--per-channel`` ->

@@ -13,7 +13,6 @@ import contextlib
 import json
 import math
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from snncc.errors import Diagnostic, ModelInputError, OptionError, VerificationError
+from snncc.errors import (Diagnostic, ModelInputError, OptionError, VerificationError,
+                          escape_controls)
 
 __all__ = [
     "Graph", "Node", "Tensor", "Constant", "Variable", "Model", "SNN_DOMAIN", "SNN_DOMAIN_VERSION",
@@ -333,10 +333,6 @@ def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
-#: characters a name from a model may not send to a terminal as they are: C0 and C1 controls
-#: (ESC starts the sequences that retitle a window or clear the screen; a newline forges a line)
-#: and the bidirectional overrides that reorder what a reader sees
-_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 SHOWN_MAX = 200
 
 
@@ -345,8 +341,7 @@ def shown(name: str, limit: int = SHOWN_MAX) -> str:
     ``\\uNNNN`` escapes, and a name longer than ``limit`` cut in the middle (a 100,000-character
     name had filled the terminal; one with ESC sequences and newlines had printed a forged
     'wrote' line)."""
-    name = _UNSHOWN.sub(lambda m: (f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                                   else f"\\u{ord(m.group()):04x}"), str(name))
+    name = escape_controls(str(name))
     if len(name) > limit:
         half = (limit - 1) // 2
         name = f"{name[:half]}…{name[-half:]}"
