@@ -7,9 +7,11 @@ For each model (the bundled MNIST CNN and the exported ResNet-18/34):
   * the streaming one-step model: T steps against T x the ANN, and one step against the folded
     model's time / T; a step as ``snncc run`` takes it (``snncc.simulate.StreamStepper``: IO
     binding, every state written in place) and, in its own column, as a plain ``sess.run`` with
-    NumPy states (the protocol as written). Folding time into the batch multiplies the working
-    set by T; on small models whose ANN is cache-bound this costs more than the extra
-    arithmetic, and the streaming schedule (working set N) is the faster choice.
+    NumPy states (the protocol as written); and a step of a model of T steps per call
+    (``--steps-per-call T``: one call runs T steps on T frames, the state carried), i.e. the
+    call / T, against the folded model's time / T. Folding time into the batch multiplies
+    the working set by T; on small models whose ANN is cache-bound this costs more than the
+    extra arithmetic, and the streaming schedule (working set N) is the faster choice.
 All sessions use the same ORT settings (default graph optimisations, intra-op threads = cores).
 The SNN sessions run the neurons inside ORT's blocked layout (``snncc.runtime.layout``, as
 ``snncc run`` does); the last two columns repeat the ratios with ORT's plain handling of the
@@ -55,12 +57,13 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
     np.save(calib, rng.random((64, *shape), dtype=np.float32))
     x = rng.random((batch, *shape), dtype=np.float32)
     out = {}
-    for schedule in ("folded", "streaming"):
-        path = tmp / f"{name}_{schedule}.onnx"
+    for schedule, per_call in (("folded", 1), ("streaming", 1), ("streaming", T)):
+        key = schedule if per_call == 1 else f"{schedule}_{per_call}"
+        path = tmp / f"{name}_{key}.onnx"
         compile_model(src, path, make_options(target="ort", timesteps=T, neuron=neuron,
                                               calib_path=str(calib), schedule=schedule,
-                                              fidelity_samples=0))
-        out[schedule] = path
+                                              steps_per_call=per_call, fidelity_samples=0))
+        out[key] = path
     ann = session(src, False, threads)
     in_name = ann.get_inputs()[0].name
     snn = session(out["folded"], True, threads)
@@ -68,19 +71,24 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
     fallback = session(out["folded"], False, threads)
     stream = session(out["streaming"], True, threads)
     stream_plain = session(out["streaming"], True, threads, blocked=False)
+    chunk = session(out[f"streaming_{T}"], True, threads)
     feeds = step_feeds(stream, x)
     # one mid-window step as snncc run takes it (states in place), and as a plain sess.run
     proto = onnx.load(str(out["streaming"]))
     stepper, stepper_plain = (
         StreamStepper(s, proto, {in_name: x}, [o.name for o in s.get_outputs()])
         for s in (stream, stream_plain))
+    # T steps per call (--steps-per-call T): one call runs the window, the state carried
+    chunk_stepper = StreamStepper(chunk, onnx.load(str(out[f"streaming_{T}"])), {in_name: x},
+                                  [o.name for o in chunk.get_outputs()])
     t = interleaved_medians({
         "ann": lambda: ann.run(None, {in_name: x}),
         "snn": lambda: snn.run(None, {in_name: x}),
         "snn_plain": lambda: snn_plain.run(None, {in_name: x}),
         "step": lambda: stepper.step(1),
         "step_run": lambda: stream.run(None, feeds),
-        "step_plain": lambda: stepper_plain.step(1)}, repeat)
+        "step_plain": lambda: stepper_plain.step(1),
+        "call_of_T": lambda: chunk_stepper.step(T)}, repeat)
     # the fallback sweeps far more memory than the rest and leaves the caches cold for whatever
     # runs next (it used to precede the streaming step): timed in rounds of its own
     fb = interleaved_medians({"snn": lambda: snn.run(None, {in_name: x}),
@@ -93,6 +101,7 @@ def bench_model(name: str, T: int, neuron: str, batch: int, repeat: int, tmp: Pa
             "snn_over_T_ann": t_snn / (T * t_ann), "fallback_over_kernels": t_fb / t_snn,
             "stream_step_over_folded_per_step": t_step / (t_snn / T),
             "run_step_over_folded_per_step": t["step_run"] / (t_snn / T),
+            "call_of_T_step_over_folded_per_step": t["call_of_T"] / t_snn,
             "stream_T_steps_over_T_ann": t_step / t_ann,
             "plain_snn_over_T_ann": t_snn_plain / (T * t_ann),
             "plain_stream_step_over_folded_per_step": t_step_plain / (t_snn_plain / T)}
@@ -113,8 +122,9 @@ def main() -> None:
           f" onnxruntime={ort.__version__}\n")
     print("| model | batch | ANN ms/img | SNN ms/img | SNN/(T*ANN) | streaming T steps/(T*ANN) "
           "| fallback/kernels | stream step/(folded/T) | same, sess.run step | "
+          "T steps per call: step/(folded/T) | "
           "plain layout: SNN/(T*ANN) | plain layout: stream step/(folded/T) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as d:
         for name in args.models.split(","):
             for batch in (int(b) for b in str(args.batch).split(",")):
@@ -124,6 +134,7 @@ def main() -> None:
                       f"{r['fallback_over_kernels']:.2f} | "
                       f"{r['stream_step_over_folded_per_step']:.2f} | "
                       f"{r['run_step_over_folded_per_step']:.2f} | "
+                      f"{r['call_of_T_step_over_folded_per_step']:.2f} | "
                       f"{r['plain_snn_over_T_ann']:.2f} | "
                       f"{r['plain_stream_step_over_folded_per_step']:.2f} |", flush=True)
 

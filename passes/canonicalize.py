@@ -209,8 +209,10 @@ def compiled_output(model: ir.Model) -> dict | None:
         return None
     timesteps = model.metadata.get("snncc.timesteps", "")
     # a number, as in the manifest (inspect --json had written "4"); None where it is not one
+    per_call = model.metadata.get("snncc.steps_per_call", "1")
     return {"schedule": schedule,
             "timesteps": int(timesteps) if timesteps.strip().isdigit() else None,
+            "steps_per_call": int(per_call) if per_call.strip().isdigit() else None,
             "neuron_ops": sum(1 for n in model.graph.nodes if n.domain == ir.SNN_DOMAIN)}
 
 

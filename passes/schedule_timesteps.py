@@ -133,6 +133,14 @@ it is itself the graph output, metadata ``snncc.output_head`` records it, JSON
 head ops and analog islands need the folded schedule (SNN-E322). Streaming needs the kernel
 library: the model-local functions implement the folded form only.
 
+``--steps-per-call K`` (K dividing the steps; SNN-E375 otherwise): one call runs K steps. Every
+data tensor then holds K steps time-major, ``[K*N, ...]``, as in the folded schedule (the same
+batch-axis rules, SNN-E242/E243, hold for every op on them); the neurons get ``T=K`` and run
+their K slices from the state (``step`` = the global index of the first); a delay line is the
+register followed by the call's K steps, of which the first K leave and the last ``k*S`` stay; a
+spike gate's running sum is a CumSum over [state, K steps] (the one-step order of additions).
+States keep their one-step shapes. Metadata ``snncc.steps_per_call``.
+
 Notes: ``ctx.notes["latency_steps"]`` (S, or ``(D+1)*S`` for bit-serial neurons, pipelined);
 ``ctx.notes["schedule"]``; model metadata ``snncc.*`` for :mod:`snncc.simulate`. A streaming model
 that spike-gates a MaxPool adds a warning to ``ctx.warnings`` (the folded and window schedules
@@ -476,10 +484,19 @@ class ScheduleTimestepsPass(Pass):
         latency = (depth + 1) * slices if bit_serial else slices
         steps, decode_from = (latency, latency - slices) if streaming and bit_serial else \
             (slices, slices - counted)
+        per_call = options.steps_per_call if streaming else 1
+        if steps % per_call:
+            fits = [k for k in range(1, steps + 1) if steps % k == 0]
+            raise OptionError(f"--steps-per-call {per_call} does not divide the {steps} steps "
+                              "of this streaming model's window" + (
+                                  f" ({depth + 1} pipelined windows of {slices})"
+                                  if bit_serial else ""), code="SNN-E375",
+                              hint="give one of " + ", ".join(map(str, fits)))
         ctx.notes["latency_steps"] = latency
         ctx.notes["maxpool"] = self.notes_maxpool
         ctx.notes["schedule"] = {"schedule": schedule, "total_slices": slices,
                                  "counted_slices": counted, "steps": steps,
+                                 "steps_per_call": per_call,
                                  "decode_from": decode_from, "spiking_depth": depth}
         model.metadata.update({"snncc.schedule": schedule, "snncc.timesteps":
                                str(options.timesteps), "snncc.steps": str(steps),
@@ -487,6 +504,7 @@ class ScheduleTimestepsPass(Pass):
                                # steps that only fill a pipelined model's pipeline: one inference
                                # of a stream costs the steps after them (as the SynOps count)
                                "snncc.pipeline_fill": str(steps - slices if streaming else 0),
+                               "snncc.steps_per_call": str(per_call),
                                # the model-local functions implement the folded form only: an
                                # app holding just the .onnx can tell it needs libsnncc_ops
                                "snncc.requires_runtime_library": str(streaming).lower()})
@@ -898,6 +916,10 @@ class ScheduleTimestepsPass(Pass):
 
     def _stream(self, pooled: set[int]) -> int:
         graph, emit = self.model.graph, self.emit
+        self.per_call = K = self.ctx.options.steps_per_call
+        # with K steps per call every data tensor holds K steps, time-major ([K*N, ...]), as
+        # the folded schedule's do: the same batch-axis rules hold for every op on them
+        batched = {t.name for t in graph.inputs}
         step = ir.Variable(ir.unique_name(graph, "step"), dtype=np.int64, shape=[])
         graph.inputs.append(step)
         temporal: set[str] = set()
@@ -924,6 +946,10 @@ class ScheduleTimestepsPass(Pass):
                     lag = d - depth.get(node.inputs[i].name, 0)
                     if lag:
                         node.inputs[i] = self._delay(node, node.inputs[i], lag * emit.S)
+            if K > 1 and node.op not in META_OPS and any(t.name in batched
+                                                          for t in node.inputs):
+                self._check_axes(node)
+                batched.update(t.name for t in outputs)
             if _is_neuron(node):
                 self._stream_neuron(node, step)
                 d += 1
@@ -933,7 +959,10 @@ class ScheduleTimestepsPass(Pass):
             elif node.op == "MaxPool":
                 x = node.inputs[0]
                 state_in, state_out = self._state_pair(node, self.shapes.get(x.name))
-                cumulative = emit.op("Add", [state_in, x], hint, outputs=[state_out])[0]
+                if K == 1:
+                    cumulative = emit.op("Add", [state_in, x], hint, outputs=[state_out])[0]
+                else:
+                    cumulative = self._running_sum(x, state_in, state_out, hint)
                 self._note_gate(node)
                 emit.gate(node, cumulative, x, hint)
                 temporal.add(outputs[0].name)
@@ -960,6 +989,18 @@ class ScheduleTimestepsPass(Pass):
             for t in outputs:
                 depth[t.name] = d
         self.ctx.notes["streaming_dropped_softmax"] = dropped
+        if K > 1:   # the shapes inferred for one step: ORT infers those of K steps itself
+            data = {t.name for t in graph.inputs if t is not step
+                    and not t.name.startswith("state_in/")}
+            for t in ir.tensor_map(graph).values():
+                if (isinstance(t, ir.Variable) and t.name in batched and t.shape is not None
+                        and not t.name.startswith("state_")):
+                    if t.name in data or t in graph.outputs:
+                        n = t.shape[0] if t.shape else None
+                        t.shape = [K * n if isinstance(n, int) else f"{K}*{n or 'N'}"] + \
+                            list(t.shape[1:])
+                    else:
+                        t.shape = None
         if heads:  # for the step loop's user: apply it to the averaged output
             self.model.metadata["snncc.output_head"] = json.dumps(heads, sort_keys=True)
         self.ctx.notes["analog_islands"] = []
@@ -981,14 +1022,51 @@ class ScheduleTimestepsPass(Pass):
         self._count("state_pairs")
         return state_in, state_out
 
+    def _running_sum(self, x: ir.Tensor, state_in: ir.Tensor, state_out: ir.Tensor, hint: str
+                     ) -> ir.Tensor:
+        """The spike gate's running sum over the K steps of a call, from ``state_in`` (the sum
+        before the call): CumSum over [state, x_1 .. x_K] adds in the order K one-step calls
+        add, so the sums are the same floats; ``state_out`` is its last slice."""
+        emit, K = self.emit, self.per_call
+        shape = emit.op("Shape", [x], hint, dtype=np.int64)[0]
+        steps = emit.op("Reshape", [x, emit.op("Concat", [
+            emit.const(f"{hint}/K", [K, -1]), emit.rest_shape(x, hint)], hint,
+            attrs={"axis": 0}, dtype=np.int64)[0]], hint)[0]
+        first = emit.op("Unsqueeze", [state_in, emit.const(f"{hint}/axis0", [0])], hint)[0]
+        summed = emit.op("CumSum", [emit.op("Concat", [first, steps], hint, attrs={"axis": 0})[0],
+                                    emit.const(f"{hint}/cumsum_axis", 0)], hint)[0]
+        emit.op("Gather", [summed, emit.const(f"{hint}/last", K)], hint, attrs={"axis": 0},
+                outputs=[state_out])
+        after = emit.op("Slice", [summed, emit.const(f"{hint}/one", [1]),
+                                  emit.const(f"{hint}/end", [_INT64_MAX]),
+                                  emit.const(f"{hint}/slice_axis", [0])], hint)[0]
+        return emit.op("Reshape", [after, shape], hint)[0]
+
     def _delay(self, node: ir.Node, x: ir.Tensor, steps: int) -> ir.Tensor:
         """``x`` as it was ``steps`` steps ago: a shift register ``state_in/X`` of shape
         ``[steps, *x]`` (zeros at step 0, as every state): the output is its first slice, and
-        ``state_out/X`` is the rest with ``x`` appended."""
+        ``state_out/X`` is the rest with ``x`` appended. With K steps per call the register
+        followed by the call's K steps gives the first K slices out and keeps the last
+        ``steps``."""
         emit, hint = self.emit, f"{_hint(node)}/delay"
         x_shape = self.shapes.get(x.name)
         state_in, state_out = self._state_pair(
             node, None if x_shape is None else [steps] + list(x_shape), "/delay")
+        K = self.per_call
+        if K > 1:
+            shape = emit.op("Shape", [x], hint, dtype=np.int64)[0]
+            view = emit.op("Reshape", [x, emit.op("Concat", [
+                emit.const(f"{hint}/K", [K, -1]), emit.rest_shape(x, hint)], hint,
+                attrs={"axis": 0}, dtype=np.int64)[0]], hint)[0]
+            line = emit.op("Concat", [state_in, view], hint, attrs={"axis": 0})[0]
+            emit.op("Slice", [line, emit.const(f"{hint}/keep", [K]),
+                              emit.const(f"{hint}/end", [_INT64_MAX]),
+                              emit.const(f"{hint}/axis0", [0])], hint, outputs=[state_out])
+            out = emit.op("Slice", [line, emit.const(f"{hint}/zero", [0]),
+                                    emit.const(f"{hint}/K_end", [K]),
+                                    emit.const(f"{hint}/out_axis", [0])], hint)[0]
+            self._count("delays")
+            return emit.op("Reshape", [out, shape], hint)[0]
         old = emit.op("Gather", [state_in, emit.const(f"{hint}/first", 0)], hint,
                       attrs={"axis": 0})[0]
         rest = emit.op("Slice", [state_in, emit.const(f"{hint}/one", [1]),
@@ -1006,7 +1084,7 @@ class ScheduleTimestepsPass(Pass):
         spec = spec_for_op(node.op)
         if _bit_serial(spec):
             node.attrs[spec.window_attr] = self.emit.S
-        node.attrs["T"] = 1
+        node.attrs["T"] = self.per_call
         node.attrs["const_input"] = 0
         x_shape = self.shapes.get(node.inputs[0].name)
         shape = None if x_shape is None else [spec.state_planes] + list(x_shape)

@@ -78,6 +78,9 @@ class CompileOptions:
     allow_analog: bool = False
     allow_lossy: bool = False              # nir: export soft-reset neurons anyway
     schedule: str = "auto"                 # auto | folded | window | streaming
+    #: streaming: steps one call of the model runs (K frames in, K per-step outputs out, the
+    #: states carried over); 1 = the one-step model
+    steps_per_call: int = 1
     neuron_params: Mapping[str, Any] = field(default_factory=dict)
     #: samples held out for the fidelity check; None (the CLI default) = auto: the samples beyond
     #: calib_max_samples, at least FIDELITY_MIN and at most FIDELITY_AUTO_MAX

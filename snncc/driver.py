@@ -45,7 +45,8 @@ def _choice(name: str, value: Any, allowed: Sequence[Any], code: str) -> None:
                           hint="choose one of: " + ", ".join(map(str, allowed)))
 
 
-_INT_OPTIONS = ("timesteps", "levels", "fidelity_samples", "calib_max_samples", "opset")
+_INT_OPTIONS = ("timesteps", "levels", "fidelity_samples", "calib_max_samples", "opset",
+                "steps_per_call")
 _BOOL_OPTIONS = ("bias_shift", "calib_per_channel", "allow_analog", "allow_lossy")
 
 
@@ -148,8 +149,8 @@ def make_options(**kw: Any) -> CompileOptions:
     ``fidelity_samples`` (None = automatic, the default here as in the CLI: with ``calib_path``
     the samples beyond ``calib_max_samples`` measure fidelity; 0 = --no-fidelity, which
     ``CompileOptions()`` itself defaults to), ``input_shapes``, ``bias_shift``,
-    ``maxpool``, ``allow_analog``, ``allow_lossy``, ``schedule``, ``neuron_params``
-    (--neuron-param, --tau, --mt-*). Values of the wrong type (Python API) are SNN-E349; numpy
+    ``maxpool``, ``allow_analog``, ``allow_lossy``, ``schedule``, ``steps_per_call``
+    (--steps-per-call), ``neuron_params`` (--neuron-param, --tau, --mt-*). Values of the wrong type (Python API) are SNN-E349; numpy
     integers are taken as ints."""
     kw.setdefault("fidelity_samples", None)   # the CLI's default (a user's API call gave
     # another calibration set than the same CLI command, and no low-fidelity warning)
@@ -189,6 +190,18 @@ def make_options(**kw: Any) -> CompileOptions:
                              "no --calib is given"), code="SNN-E371",
                           hint="a .npy/.npz holds samples as the model takes them: normalise them "
                           "before saving, or drop --mean/--std")
+    if not isinstance(opts.steps_per_call, int) or opts.steps_per_call < 1:
+        raise OptionError(f"--steps-per-call must be a positive integer, got "
+                          f"{opts.steps_per_call!r}", code="SNN-E375",
+                          hint="e.g. --steps-per-call 4 with --schedule streaming (1: one step "
+                          "per call, the default)")
+    if opts.steps_per_call > 1 and (opts.schedule != "streaming" or opts.target != "ort"):
+        raise OptionError(f"--steps-per-call {opts.steps_per_call} sets the steps of one call "
+                          "of a streaming model, and this compile is "
+                          + (f"for --target {opts.target}" if opts.target != "ort"
+                             else f"--schedule {opts.schedule}"), code="SNN-E375",
+                          hint="add --schedule streaming (ORT target), or drop --steps-per-call: "
+                          "a folded or window model runs the whole window in one call already")
     if opts.fidelity_samples is not None and (not isinstance(opts.fidelity_samples, int)
                                               or opts.fidelity_samples < 0):
         raise OptionError(f"--fidelity-samples must be 0 or more, got {opts.fidelity_samples!r}",

@@ -229,7 +229,10 @@ def format_inspect(report: Mapping[str, Any]) -> str:
     compiled = report.get("compiled")
     if compiled:
         T = compiled["timesteps"] if compiled["timesteps"] is not None else "?"
-        lines.append(f"already compiled by snncc: schedule {compiled['schedule']}, "
+        per_call = compiled.get("steps_per_call")
+        calls = f" ({per_call} steps per call)" if compiled["schedule"] == "streaming" and \
+            per_call != 1 else ""
+        lines.append(f"already compiled by snncc: schedule {compiled['schedule']}{calls}, "
                      f"T = {T}, {compiled['neuron_ops']} neuron op(s); "
                      "run it with snncc run, or inspect the source ANN to compile again")
     elif report["unsupported"]:

@@ -33,6 +33,7 @@ from snncc.runtime import RUNTIME_OP_NAMES
 
 __all__ = ["RunResult", "run_compiled", "neuron_nodes", "with_neuron_outputs", "summed_events",
            "node_attrs", "data_inputs", "StreamStepper", "in_place_states", "check_shape",
+           "steps_per_call", "split_steps",
            "check_sample_counts"]
 
 
@@ -364,6 +365,8 @@ def run_compiled(model_path: str | os.PathLike | onnx.ModelProto,
 
     size = batch_size or result.samples or 1
     fixed = _fixed_batch(proto, wanted_inputs)
+    if fixed is not None and meta.get("snncc.schedule") == "streaming":
+        fixed //= steps_per_call(proto)   # a call takes K frames of the samples, time-major
     if fixed is not None:  # e.g. an ANN exported with batch 1: run it in batches of that size
         size = fixed
         if result.samples % fixed and names:
@@ -419,7 +422,10 @@ class StreamStepper:
     output buffer per step, its lines are still in cache when they are written, and nothing
     passes through NumPy. Every other state gets ORT's own output buffer, a fresh one per step,
     passed on to the next step. Data inputs are bound once; only the step number changes, in
-    place."""
+    place. A model of K steps per call (``--steps-per-call``, metadata ``snncc.steps_per_call``)
+    takes K frames time-major: ``inputs`` are the N samples held over the call (repeated K
+    times here) and :meth:`step` runs K steps and returns their outputs time-major,
+    ``[K*N, ...]`` (:func:`split_steps` cuts them into steps)."""
 
     def __init__(self, sess: ort.InferenceSession, proto: onnx.ModelProto | str | os.PathLike,
                  inputs: Mapping[str, np.ndarray], out_names: list[str] | None = None) -> None:
@@ -457,9 +463,13 @@ class StreamStepper:
                                   n for n in known if not n.startswith("state_out/")))
         self.sess = sess
         self.binding = sess.io_binding()
-        batch = len(next(iter(inputs.values())))
-        # bound memory: a copy of the samples (the caller may reuse its arrays between steps)
-        self._keep = {k: np.array(v, dtype=np.float32, order="C") for k, v in inputs.items()}
+        self.per_call = steps_per_call(proto)
+        self.batch = batch = len(next(iter(inputs.values())))
+        # bound memory: a copy of the samples (the caller may reuse its arrays between steps),
+        # repeated over the steps of one call
+        self._keep = {k: np.array(np.concatenate([v] * self.per_call) if self.per_call > 1
+                                  else v, dtype=np.float32, order="C")
+                      for k, v in inputs.items()}
         self.data_names = sorted(self._keep)
         for k, v in self._keep.items():
             self.binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v))
@@ -488,9 +498,10 @@ class StreamStepper:
         self.buffers: dict[str, np.ndarray] = {}  # the other outputs' own arrays, after step one
 
     def step(self, g: int) -> dict[str, np.ndarray]:
-        """Run global step ``g``; returns copies of the outputs other than the states. Step 0
-        starts a new sequence: every state is zero again, as the protocol prescribes (the
-        neuron kernels ignore theirs at step 0, a spike gate's running sum does not)."""
+        """Run global step ``g`` (with K steps per call, steps g .. g+K-1); returns copies of
+        the outputs other than the states. Step 0 starts a new sequence: every state is zero
+        again, as the protocol prescribes (the neuron kernels ignore theirs at step 0, a spike
+        gate's running sum does not)."""
         if isinstance(g, (bool, np.bool_)) or not isinstance(g, (int, np.integer)) or g < 0:
             raise OptionError(f"step {g!r} is not a step number (an integer from 0)",
                               code="SNN-E349", hint="step 0, 1, ... in turn, as run_compiled does")
@@ -516,19 +527,30 @@ class StreamStepper:
 
     def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Feed other samples from the next step on (a new frame of a stream; the stepper keeps
-        its own copy of what it is given): the same input names and shapes (SNN-E683/E105)."""
+        its own copy of what it is given): the same input names and shapes (SNN-E683/E105).
+        With K steps per call, N samples are held over the call's K steps, and K*N samples
+        (time-major: step k is rows k*N .. k*N+N-1) give each step its own frame."""
         if not isinstance(inputs, Mapping) or sorted(inputs) != self.data_names:
             raise ModelInputError("set_inputs takes the stepper's data inputs by name",
                                   code="SNN-E683", hint="e.g. {'input': x}, as given to it")
+        checked = {}
         for k, v in inputs.items():
             v = check_samples(np.asarray(v), f"the samples for input '{k}'")
-            if v.shape != self._keep[k].shape:
+            held = (self.batch, *self._keep[k].shape[1:])
+            if v.shape != self._keep[k].shape and (self.per_call == 1 or v.shape != held):
                 raise ModelInputError(f"the samples for input '{k}' have shape {list(v.shape)}, "
-                                      f"the stepper's {list(self._keep[k].shape)}",
+                                      f"the stepper's {list(held)}" + (
+                                          f" (or {list(self._keep[k].shape)}: a frame for "
+                                          f"each of the {self.per_call} steps of a call)"
+                                          if self.per_call > 1 else ""),
                                       code="SNN-E105", hint="the same batch and sample shape; "
                                       "a new StreamStepper for another batch size")
-        for k, v in inputs.items():
-            self._keep[k][...] = v
+            checked[k] = v
+        for k, v in checked.items():
+            if v.shape == self._keep[k].shape:
+                self._keep[k][...] = v
+            else:
+                self._keep[k].reshape(self.per_call, *v.shape)[...] = v
 
     def _zero(self) -> None:
         """Every state back to zero: in-place buffers cleared, passed states bound to zeros."""
@@ -543,6 +565,27 @@ class StreamStepper:
                     name, ort.OrtValue.ortvalue_from_numpy(self._keep[name]))
             else:
                 self._keep[name][...] = 0
+
+
+def steps_per_call(proto: onnx.ModelProto) -> int:
+    """Steps one call of a streaming model runs (metadata ``snncc.steps_per_call``; 1 for a
+    model written before it was recorded). A value that is not a positive integer (an edited
+    model) is SNN-E102."""
+    value = {p.key: p.value for p in proto.metadata_props}.get("snncc.steps_per_call", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ModelInputError(f"the model's metadata snncc.steps_per_call is {value!r}, not a "
+                              "positive integer", code="SNN-E102",
+                              hint="compile the model again (its metadata was edited)")
+    return int(value)
+
+
+def split_steps(values: Mapping[str, np.ndarray], per_call: int) -> list[dict[str, np.ndarray]]:
+    """The outputs of one call of ``per_call`` steps, time-major ``[K*N, ...]``, as one dict per
+    step (``[N, ...]`` each)."""
+    if per_call == 1:
+        return [dict(values)]
+    return [dict(zip(values, parts)) for parts in
+            zip(*(np.split(v, per_call) for v in values.values()))]
 
 
 def in_place_states(proto: onnx.ModelProto) -> set[str]:
@@ -616,13 +659,13 @@ def _run_streaming(sess: ort.InferenceSession, proto: onnx.ModelProto, meta: dic
     steps, decode_from = int(meta["snncc.steps"]), int(meta["snncc.decode_from"])
     stepper = StreamStepper(sess, proto, feeds, out_names)
     sums: dict[str, np.ndarray] = {}
-    for g in range(steps):
-        values = stepper.step(g)
-        if g >= count_from:
-            count(values)
-        if g >= decode_from:
-            for k in wanted:
-                sums[k] = values[k] if k not in sums else sums[k] + values[k]
+    for call in range(0, steps, stepper.per_call):
+        for g, values in enumerate(split_steps(stepper.step(call), stepper.per_call), call):
+            if g >= count_from:
+                count(values)
+            if g >= decode_from:
+                for k in wanted:
+                    sums[k] = values[k] if k not in sums else sums[k] + values[k]
     n = np.float32(steps - decode_from)
     means = {k: (v / n).astype(np.float32) for k, v in sums.items()}
     for name, head in json.loads(meta.get("snncc.output_head", "{}")).items():

@@ -209,6 +209,8 @@ class OrtBackend(Backend):
             # what the streaming protocol's caller needs, as in the model's metadata (only there
             # before): steps that only fill a pipeline, and the head left to the caller
             "pipeline_fill": int(model.metadata.get("snncc.pipeline_fill", 0)),
+            # a streaming call runs this many steps on as many frames, time-major
+            "steps_per_call": int(model.metadata.get("snncc.steps_per_call", 1)),
             "output_head": json.loads(model.metadata.get("snncc.output_head", "{}")),
         }
         from snncc import runtime

@@ -1,0 +1,145 @@
+"""A streaming model of K steps per call (``--steps-per-call K``) equals the one-step model step
+for step, bit for bit, in outputs and spike counts: the neurons run their K slices with the state
+carried (the kernels' chunked form), a bit-serial shortcut's delay line shifts by K, a
+spike-gated MaxPool's running sum adds the K steps in the one-step order."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+from snn import (compile_snn, deep_net, feeds, input_skip_net, maxpool_net, options,
+                 residual_net, streaming)
+
+from snncc.errors import SnnccError
+from snncc.simulate import (StreamStepper, _session, _zero_states, run_compiled, split_steps,
+                            steps_per_call)
+
+NETS = {"deep": deep_net, "residual": residual_net, "maxpool": maxpool_net,
+        "input_skip": input_skip_net}
+CASES = [("if", 4, 4, 2.0), ("gn", 2, 4, 2.0), ("mt", 1, 4, 2.0), ("lif", 4, 4, 2.0),
+         ("srp", 2, 2, 2.0), ("bitserial", 3, 7, 3.5)]
+
+
+def per_call(model, key, T, levels, K):
+    opts = streaming(options(key, T, maxpool="gate"))
+    return compile_snn(model, replace(opts, steps_per_call=K))
+
+
+def plain_calls(proto, frames, K):
+    """Every step's outputs by the protocol's plain loop, K frames per call, time-major."""
+    sess = _session(proto, True, True)
+    outs = [o.name for o in sess.get_outputs()]
+    f = dict(_zero_states(proto, len(next(iter(frames[0].values())))))
+    steps = []
+    for call in range(0, len(frames), K):
+        f.update({k: np.concatenate([fr[k] for fr in frames[call:call + K]])
+                  for k in frames[0]})
+        f["step"] = np.array(call, dtype=np.int64)
+        values = dict(zip(outs, sess.run(outs, f)))
+        for k in [k for k in f if k.startswith("state_in/")]:
+            f[k] = values["state_out/" + k[len("state_in/"):]]
+        steps += split_steps({k: v for k, v in values.items()
+                              if not k.startswith("state_out/")}, K)
+    return steps
+
+
+@pytest.mark.requires_runtime
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("key, T, levels, lam", CASES)
+def test_k_steps_per_call_equal_one_step_calls_with_changing_frames(net, key, T, levels, lam):
+    model = NETS[net](lam=lam, levels=levels)
+    one, _, ctx = per_call(model, key, T, levels, 1)
+    steps = ctx.notes["schedule"]["steps"]
+    # a frame that changes every step (the hardest case for the carried state) over two windows
+    frames = [feeds(model, batch=3, seed=s, scale=2.0) for s in range(2 * steps)]
+    want = plain_calls(one, frames, 1)
+    for K in sorted({2, steps} - {1}):
+        if steps % K:
+            continue
+        proto, _, kctx = per_call(model, key, T, levels, K)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert steps_per_call(proto) == K == kctx.notes["schedule"]["steps_per_call"]
+        assert meta["snncc.steps"] == str(steps)
+        got = plain_calls(proto, frames, K)
+        assert len(got) == len(want)
+        for g, (a, b) in enumerate(zip(got, want)):
+            assert a.keys() == b.keys()
+            for k in b:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"K={K}, step {g}, {k}")
+        # the stepper (IO binding, states in place): a frame per step through set_inputs
+        sess = _session(proto, True, True)
+        stepper = StreamStepper(sess, proto, frames[0], [o.name for o in sess.get_outputs()])
+        for call in range(0, len(frames), K):
+            stepper.set_inputs({k: np.concatenate([fr[k] for fr in frames[call:call + K]])
+                                for k in frames[0]})
+            for g, a in enumerate(split_steps(stepper.step(call), K), call):
+                for k in want[g]:
+                    np.testing.assert_array_equal(a[k], want[g][k], err_msg=f"step {g}, {k}")
+
+
+@pytest.mark.requires_runtime
+@pytest.mark.parametrize("key, T, levels, lam", [CASES[0], CASES[4], CASES[5]])
+def test_run_compiled_gives_the_same_results_and_spike_counts(key, T, levels, lam, tmp_path):
+    model = residual_net(lam=lam, levels=levels)
+    x = feeds(model, batch=5, scale=2.0)
+    results = []
+    for K in (1, 2):
+        proto, _, _ = per_call(model, key, T, levels, K)
+        onnx.save(proto, tmp_path / f"k{K}.onnx")
+        results.append(run_compiled(tmp_path / f"k{K}.onnx", x))
+    (a, b) = results
+    assert a.outputs.keys() == b.outputs.keys()
+    for k in a.outputs:
+        np.testing.assert_array_equal(a.outputs[k], b.outputs[k])
+    assert a.spikes_per_layer == b.spikes_per_layer and a.spikes_per_layer
+    assert a.events_per_layer == b.events_per_layer
+
+
+@pytest.mark.requires_runtime
+def test_held_samples_are_repeated_over_the_call():
+    """N samples given to the stepper are held over the K steps of a call, as the one-step model
+    holds them; a wrong shape is SNN-E105."""
+    model = deep_net(lam=2.0, levels=4)
+    one, _, ctx = per_call(model, "if", 4, 4, 1)
+    four, _, _ = per_call(model, "if", 4, 4, 4)
+    x = feeds(model, batch=2, scale=2.0)
+    want = plain_calls(one, [x] * 4, 1)
+    sess = _session(four, True, True)
+    stepper = StreamStepper(sess, four, x)
+    for g, a in enumerate(split_steps(stepper.step(0), 4)):
+        for k in want[g]:
+            np.testing.assert_array_equal(a[k], want[g][k])
+    with pytest.raises(SnnccError) as err:
+        stepper.set_inputs({k: np.concatenate([v] * 3) for k, v in x.items()})
+    assert err.value.code == "SNN-E105" and "each of the 4 steps" in err.value.message
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"steps_per_call": 3}, "does not divide the 4 steps"),
+    ({"steps_per_call": 0}, "positive integer"),
+    ({"steps_per_call": 2, "schedule": "folded"}, "folded"),
+])
+def test_steps_per_call_that_cannot_be_is_e375(kw, words, tmp_path):
+    from snncc.driver import compile_model, make_options
+
+    model = deep_net(lam=2.0, levels=4)
+    onnx.save(model, tmp_path / "m.onnx")
+    kw = {"schedule": "streaming", **kw}
+    with pytest.raises(SnnccError) as err:
+        compile_model(tmp_path / "m.onnx", tmp_path / "out.onnx",
+                      make_options(target="ort", neuron="if", timesteps=4, **kw))
+    assert err.value.code == "SNN-E375" and words in err.value.message
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_an_edited_steps_per_call_is_e102():
+    model = deep_net(lam=2.0, levels=4)
+    proto, _, _ = per_call(model, "if", 4, 4, 2)
+    for p in proto.metadata_props:
+        if p.key == "snncc.steps_per_call":
+            p.value = "-2"
+    with pytest.raises(SnnccError) as err:
+        steps_per_call(proto)
+    assert err.value.code == "SNN-E102"
