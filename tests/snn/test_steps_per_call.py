@@ -143,3 +143,25 @@ def test_an_edited_steps_per_call_is_e102():
     with pytest.raises(SnnccError) as err:
         steps_per_call(proto)
     assert err.value.code == "SNN-E102"
+
+
+@pytest.mark.requires_runtime
+def test_a_model_that_fixes_its_batch_runs_k_frames_of_it_per_call(tmp_path):
+    """A model exported with batch 1: its K-step model takes K frames of one sample per call, and
+    run_compiled still runs one sample at a time (it had read the input's K rows as the batch)."""
+    model = deep_net(lam=2.0, levels=4)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    x = feeds(model, batch=1, scale=2.0)
+    many = {k: np.concatenate([v, feeds(model, batch=1, seed=7, scale=2.0)[k] * 0.5])
+            for k, v in x.items()}
+    results = []
+    for K in (1, 4):
+        proto, _, _ = per_call(model, "if", 4, 4, K)
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == K
+        onnx.save(proto, tmp_path / f"k{K}.onnx")
+        results.append(run_compiled(tmp_path / f"k{K}.onnx", many))
+    a, b = results
+    for k in a.outputs:
+        assert a.outputs[k].shape[0] == 2
+        np.testing.assert_array_equal(a.outputs[k], b.outputs[k])
+    assert a.spikes_per_layer == b.spikes_per_layer
