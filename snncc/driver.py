@@ -150,8 +150,8 @@ def make_options(**kw: Any) -> CompileOptions:
     the samples beyond ``calib_max_samples`` measure fidelity; 0 = --no-fidelity, which
     ``CompileOptions()`` itself defaults to), ``input_shapes``, ``bias_shift``,
     ``maxpool``, ``allow_analog``, ``allow_lossy``, ``schedule``, ``steps_per_call``
-    (--steps-per-call), ``neuron_params`` (--neuron-param, --tau, --mt-*). Values of the wrong type (Python API) are SNN-E349; numpy
-    integers are taken as ints."""
+    (--steps-per-call), ``neuron_params`` (--neuron-param, --tau, --mt-*). Values of the wrong
+    type (Python API) are SNN-E349; numpy integers are taken as ints."""
     kw.setdefault("fidelity_samples", None)   # the CLI's default (a user's API call gave
     # another calibration set than the same CLI command, and no low-fidelity warning)
     try:

@@ -571,10 +571,13 @@ def steps_per_call(proto: onnx.ModelProto) -> int:
     """Steps one call of a streaming model runs (metadata ``snncc.steps_per_call``; 1 for a
     model written before it was recorded). A value that is not a positive integer (an edited
     model) is SNN-E102."""
-    value = {p.key: p.value for p in proto.metadata_props}.get("snncc.steps_per_call", "1")
-    if not value.isdigit() or int(value) < 1:
+    meta = {p.key: p.value for p in proto.metadata_props}
+    value, steps = meta.get("snncc.steps_per_call", "1"), meta.get("snncc.steps", "1")
+    if not (value.isdigit() and steps.isdigit() and int(value) >= 1
+            and int(steps) % int(value) == 0):
         raise ModelInputError(f"the model's metadata snncc.steps_per_call is {value!r}, not a "
-                              "positive integer", code="SNN-E102",
+                              f"positive integer dividing its steps ({steps!r})",
+                              code="SNN-E102",
                               hint="compile the model again (its metadata was edited)")
     return int(value)
 

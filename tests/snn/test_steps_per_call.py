@@ -137,12 +137,13 @@ def test_steps_per_call_that_cannot_be_is_e375(kw, words, tmp_path):
 def test_an_edited_steps_per_call_is_e102():
     model = deep_net(lam=2.0, levels=4)
     proto, _, _ = per_call(model, "if", 4, 4, 2)
-    for p in proto.metadata_props:
-        if p.key == "snncc.steps_per_call":
-            p.value = "-2"
-    with pytest.raises(SnnccError) as err:
-        steps_per_call(proto)
-    assert err.value.code == "SNN-E102"
+    for bad in ("-2", "3", "999999"):   # not a count, not dividing the 4 steps
+        for p in proto.metadata_props:
+            if p.key == "snncc.steps_per_call":
+                p.value = bad
+        with pytest.raises(SnnccError) as err:
+            steps_per_call(proto)
+        assert err.value.code == "SNN-E102"
 
 
 @pytest.mark.requires_runtime
