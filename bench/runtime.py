@@ -1,6 +1,6 @@
 """Time per image of compiled SNNs in ONNX Runtime, as ratios within one run (issue 3 benchmark).
 
-For each model (the bundled MNIST CNN and the exported ResNet-18/34):
+For each model (the bundled MNIST CNN and MNIST ResNet, and the exported ResNet-18/34):
   * ANN in ORT (the source model), SNN at T with our C++ kernels -> ratio SNN / (T x ANN)
     (target <= 1.15);
   * the portable function-body fallback (no library) against our kernels;
@@ -17,7 +17,8 @@ The SNN sessions run the neurons inside ORT's blocked layout (``snncc.runtime.la
 ``snncc run`` does); the last two columns repeat the ratios with ORT's plain handling of the
 custom ops (a reorder out of and back into the blocked layout around every neuron).
 
-    python bench/runtime.py [--models mnist,resnet18] [-T 4] [--neuron if] [--batch 1,4,16]
+    python bench/runtime.py [--models mnist,mnist_resnet,resnet18] [-T 4] [--neuron if]
+        [--batch 1,4,16]
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ from snncc.simulate import StreamStepper  # noqa: E402
 def prepare(name: str, tmp: Path) -> tuple[Path, tuple[int, ...]]:
     if name == "mnist":
         return ROOT / "examples" / "mnist_cnn.onnx", (1, 28, 28)
+    if name == "mnist_resnet":   # the bundled trained MNIST ResNet
+        return ROOT / "examples" / "mnist_resnet.onnx", (1, 28, 28)
     from examples.export_models import export, random_model
 
     path = tmp / f"{name}.onnx"
