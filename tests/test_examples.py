@@ -162,15 +162,18 @@ def test_other_nets_refuses_a_work_folder_with_files(tmp_path, capsys):
 
 
 @pytest.mark.requires_runtime
-@pytest.mark.parametrize("neuron", ["mt", "bitserial"])
-def test_the_streaming_example_runs_and_each_window_equals_run_compiled(tmp_path, neuron, capsys):
+@pytest.mark.parametrize("neuron, per_call", [("mt", 1), ("bitserial", 1), ("bitserial", 4)])
+def test_the_streaming_example_runs_and_each_window_equals_run_compiled(tmp_path, neuron,
+                                                                        per_call, capsys):
     """examples/stream_frames.py: the streaming protocol with a new frame per window (a helper
-    found no runnable streaming example; the README's prose had left out the gate states)."""
+    found no runnable streaming example; the README's prose had left out the gate states),
+    also with K steps per call."""
     sys.path.insert(0, str(EXAMPLES))
     try:
         import stream_frames
     finally:
         sys.path.remove(str(EXAMPLES))
-    assert stream_frames.main(["--neuron", neuron, "--frames", "2", "--out", str(tmp_path)]) == 0
+    assert stream_frames.main(["--neuron", neuron, "--frames", "2", "--out", str(tmp_path),
+                               "--steps-per-call", str(per_call)]) == 0
     out = capsys.readouterr().out
     assert "each window equals run_compiled on its frame: True" in out
