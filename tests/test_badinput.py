@@ -1667,7 +1667,7 @@ def test_a_dash_output_is_not_a_file_named_dash(corpus, tmp_path, capsys, monkey
 def test_a_tiny_model_that_would_build_huge_constants_is_refused_first(tmp_path):
     """A 6 KB model's Range(0, 3e9, 1) took ONNX shape inference (data propagation) to 24 GB and
     a SIGKILL in inspect, compile and report; a ConstantOfShape of 1 GiB took inspect to 2.2 GB.
-    Both are SNN-E125, listed at once, before any of it is built (under a 3 GB memory cap)."""
+    All are SNN-E125, listed at once, before any of it is built (under a 3 GB memory cap)."""
     import resource
 
     from onnx import numpy_helper
@@ -1689,7 +1689,14 @@ def test_a_tiny_model_that_would_build_huge_constants_is_refused_first(tmp_path)
         helper.make_node("Constant", [], ["one"], value=helper.make_tensor(
             "v3", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])),
         helper.make_node("Constant", [], ["reps"], value_ints=[1, 1, 30000, 30000]),
-        helper.make_node("Tile", ["one", "reps"], ["big3"], name="bomb_tile")])
+        helper.make_node("Tile", ["one", "reps"], ["big3"], name="bomb_tile"),
+        # a Resize and a Pad of a constant (a Resize by 20000 took a compile to 55 s, 6.8 GB)
+        helper.make_node("Constant", [], ["scales"], value=helper.make_tensor(
+            "v4", TensorProto.FLOAT, [4], [1.0, 1.0, 20000.0, 20000.0])),
+        helper.make_node("Resize", ["one", "", "scales"], ["big4"], name="bomb_resize",
+                         mode="nearest"),
+        helper.make_node("Constant", [], ["pads"], value_ints=[0, 0, 0, 0, 0, 0, 30000, 30000]),
+        helper.make_node("Pad", ["one", "pads"], ["big5"], name="bomb_pad")])
     model.graph.node.extend([
         helper.make_node("Range", ["r0", "rl", "r1"], ["rg"], name="bomb_range"),
         helper.make_node("ConstantOfShape", ["shp"], ["big"], name="bomb_fill",
@@ -1711,7 +1718,7 @@ def test_a_tiny_model_that_would_build_huge_constants_is_refused_first(tmp_path)
 
     c = snncc("compile", path, "--calib", examples / "digits_cnn_calib.npz", "-o", "o.onnx")
     assert c.returncode == 2 and "[SNN-E125]" in c.stderr, c.stderr
-    bombs = ("bomb_range", "bomb_fill", "bomb_ints", "bomb_tile")
+    bombs = ("bomb_range", "bomb_fill", "bomb_ints", "bomb_tile", "bomb_resize", "bomb_pad")
     assert all(f"'{n}'" in c.stderr for n in bombs), c.stderr
     assert not (tmp_path / "o.onnx").exists()
     p = snncc("inspect", path)
