@@ -162,6 +162,7 @@ from snncc.errors import Diagnostic, OptionError, UnsupportedNodeError
 from snncc.op_classes import META_OPS as _META_OPS
 from snncc.op_classes import OUTPUT_ONLY, TIME_OPS
 from snncc.passes.base import Pass, PassResult
+from snncc.passes.batch_axis import batch_axis_problem
 from snncc.passes.support import HEAD, conversion_roles, feeds_only_outputs, time_op_ok
 from snncc.passes.insert_neurons import spec_for_op
 
@@ -181,8 +182,6 @@ TRAILING = tuple(sorted(OUTPUT_ONLY))
 #: Ops whose output describes a tensor instead of holding its values: never temporal. The shape of
 #: a temporal tensor has S*N rows, which is what a reshape of that tensor needs.
 META_OPS = tuple(sorted(_META_OPS))
-_AXIS_ATTR_OPS = ("Concat", "Split", "Flatten")
-_AXES_OPS = ("Squeeze", "Unsqueeze", "ReduceMean", "ReduceSum")
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -218,71 +217,6 @@ def _topological(graph: ir.Graph) -> list[ir.Node]:
                 if id(prod) in index:
                     dag.add_edge(index[id(prod)], index[id(node)])
     return [graph.nodes[i] for i in nx.lexicographical_topological_sort(dag)]
-
-
-def _const_ints(node: ir.Node, attr: str | None, input_index: int) -> list[int] | None:
-    """An int list given as attribute ``attr`` or as constant input ``input_index``."""
-    if attr is not None and attr in node.attrs:
-        return [int(v) for v in np.atleast_1d(node.attrs[attr])]
-    if len(node.inputs) > input_index and node.inputs[input_index].name:
-        value = ir.const_value(node.inputs[input_index])
-        return None if value is None else [int(v) for v in np.atleast_1d(value)]
-    return None
-
-
-def _touches_batch(node: ir.Node, rank: int | None) -> bool:
-    """Whether the op mixes rows of the batch axis (which holds time in the folded schedule)."""
-    def is_zero(axis: int) -> bool:
-        return axis == 0 or (rank is not None and axis == -rank)
-
-    op = node.op
-    if op in _AXIS_ATTR_OPS:
-        return is_zero(int(node.attrs.get("axis", 1 if op == "Flatten" else 0)))
-    if op == "Transpose":
-        perm = node.attrs.get("perm")
-        return (perm is None and rank != 1) or (perm is not None and list(perm)[0] != 0)
-    if op in _AXES_OPS:
-        axes = _const_ints(node, "axes", 1)
-        if axes is None:
-            keeps = op.startswith("Reduce") and node.attrs.get("noop_with_empty_axes", 0)
-            return not keeps and op != "Unsqueeze"
-        return any(is_zero(a) for a in axes)
-    if op == "Slice":
-        axes = _const_ints(node, None, 3)
-        starts = ir.const_value(node.inputs[1]) if len(node.inputs) > 1 else None
-        if axes is None:
-            return starts is None or np.atleast_1d(starts).size > 0
-        return any(is_zero(a) for a in axes)
-    if op == "Gemm":
-        return bool(node.attrs.get("transA", 0))
-    return False
-
-
-def _literal_batch(node: ir.Node) -> bool:
-    """A Reshape whose constant target shape fixes the batch size (or flattens the batch)."""
-    if node.op != "Reshape":
-        return False
-    shape = ir.const_value(node.inputs[1])
-    if shape is None:
-        return False
-    shape = np.atleast_1d(shape)
-    return shape.size < 2 or int(shape[0]) > 0
-
-
-def batch_axis_problem(node: ir.Node, rank: int | None) -> tuple[str, str, str] | None:
-    """(code, what, hint) when a spike-carrying op cannot run with time folded into the batch:
-    SNN-E243 a Reshape with a literal batch, SNN-E242 an op across axis 0. ``snncc inspect``
-    predicts the same with this function."""
-    if _literal_batch(node):
-        return ("SNN-E243", "the Reshape target fixes or merges the batch dimension, which holds "
-                "time in the folded schedule", "re-export the model with a dynamic batch "
-                "(canonicalize rewrites a batch dimension to -1 only where the target keeps the "
-                "samples apart; its declines say why not here)")
-    if _touches_batch(node, rank):
-        return ("SNN-E242", f"{node.op} works across the batch axis, which holds time in the "
-                "folded schedule", "keep axis 0 out of reshapes, transposes, concatenations and "
-                "reductions")
-    return None
 
 
 #: ops that only reshape a head op's output: not named among the ops after it
@@ -759,7 +693,8 @@ class ScheduleTimestepsPass(Pass):
                           else self._cumulative_folded(x, hint), x, hint)
                 temporal.add(outputs[0].name)
             elif self._time_op_ok(node, t_idx):
-                self._check_axes(node)
+                self._check_axes(node, [i for i, t in enumerate(node.inputs)
+                                        if i in t_idx or t.name in batched])
                 for i, t in enumerate(node.inputs):
                     if i not in t_idx and t.name in batched:
                         node.inputs[i] = self._tiled(t, tiles, node)
@@ -847,8 +782,10 @@ class ScheduleTimestepsPass(Pass):
     def _time_op_ok(self, node: ir.Node, t_idx: list[int]) -> bool:
         return time_op_ok(node.op, node.domain, t_idx)
 
-    def _check_axes(self, node: ir.Node) -> None:
-        problem = batch_axis_problem(node, self._rank(node.inputs[0]))
+    def _check_axes(self, node: ir.Node, batched: list[int], per_call: int = 1) -> None:
+        """SNN-E242/E243 when ``node`` (its inputs ``batched`` holding the batch axis) would mix
+        the steps that axis holds."""
+        problem = batch_axis_problem(node, self._rank(node.inputs[0]), batched, per_call)
         if problem:
             self._diag(*problem[:1], node, *problem[1:])
 
@@ -946,9 +883,9 @@ class ScheduleTimestepsPass(Pass):
                     lag = d - depth.get(node.inputs[i].name, 0)
                     if lag:
                         node.inputs[i] = self._delay(node, node.inputs[i], lag * emit.S)
-            if K > 1 and node.op not in META_OPS and any(t.name in batched
-                                                          for t in node.inputs):
-                self._check_axes(node)
+            on_batch = [i for i, t in enumerate(node.inputs) if t.name in batched]
+            if K > 1 and node.op not in META_OPS and on_batch:
+                self._check_axes(node, on_batch, K)
                 batched.update(t.name for t in outputs)
             if _is_neuron(node):
                 self._stream_neuron(node, step)

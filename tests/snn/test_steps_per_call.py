@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import pytest
-from snn import (compile_snn, deep_net, feeds, input_skip_net, maxpool_net, options,
+from snn import (build, chain, compile_snn, deep_net, feeds, input_skip_net, maxpool_net, options,
                  residual_net, streaming)
 
 from snncc.errors import SnnccError
@@ -166,3 +166,70 @@ def test_a_model_that_fixes_its_batch_runs_k_frames_of_it_per_call(tmp_path):
         assert a.outputs[k].shape[0] == 2
         np.testing.assert_array_equal(a.outputs[k], b.outputs[k])
     assert a.spikes_per_layer == b.spikes_per_layer
+
+
+def stem_net(stem: str) -> onnx.ModelProto:
+    """An analog stem op (``p`` from ``x``) before conv+QCFS, GAP, Gemm: with K steps per call
+    the stem runs on the K steps too."""
+    body = (stem + "c1 = Conv <pads = [1, 1, 1, 1]> (p, w1, b1)\n" + chain(1, "c1", "a1")
+            + "g = GlobalAveragePool(a1)\n h = Flatten(g)\n out = Gemm <transB = 1> (h, wf, bf)\n")
+    decls = ["float[4,2,3,3] w1", "float[4] b1", "float[3,4] wf", "float[3] bf",
+             "int64 zero_ax = {0}", "int64 one_ax = {1}", "int64[4] rep1 = {1, 1, 1, 1}"]
+    return build(body, decls, 1, lam=2.0, levels=4)
+
+
+MIXING_STEMS = {   # each mixes the rows of axis 0: K steps of a call would be mixed
+    "cumsum": "p = CumSum(x, zero_ax)\n",
+    "reducemax": "r = ReduceMax <axes = [0], keepdims = 1> (x)\n p = Add(x, r)\n",
+    "softmax": "p = Softmax <axis = 0> (x)\n",
+    "argmax": "r = ArgMax (x)\n c = Cast <to = 1> (r)\n p = Add(x, c)\n",
+    "tile": None,   # _tile_net
+    "einsum": "p = Einsum <equation = \"nchw->nchw\"> (x)\n",
+}
+ROW_STEMS = {      # each keeps the rows apart
+    "cumsum": "p = CumSum(x, one_ax)\n",
+    "reducemax": "r = ReduceMax <axes = [1], keepdims = 1> (x)\n p = Sub(x, r)\n",
+    "softmax": "p = Softmax <axis = 1> (x)\n",
+    "tile": "p = Tile(x, rep1)\n",
+    "abs": "p = Abs(x)\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MIXING_STEMS))
+def test_an_op_across_the_k_steps_is_e242(name):
+    """A review found a CumSum or ReduceMax over axis 0 in the stem compiled at K = 2 and summed
+    the call's steps together: now SNN-E242 names the op and --steps-per-call 1, which
+    compiles (one step per call has one row per sample)."""
+    model = _tile_net() if name == "tile" else stem_net(MIXING_STEMS[name])
+    per_call(model, "if", 4, 4, 1)
+    with pytest.raises(SnnccError) as err:
+        per_call(model, "if", 4, 4, 2)
+    assert err.value.code == "SNN-E242"
+    text = str(err.value)
+    assert "holds the 2 steps of a call with --steps-per-call 2" in text
+    assert "use --steps-per-call 1" in text and "folded" not in text
+
+
+def _tile_net() -> onnx.ModelProto:
+    """Tile over axis 0 (two copies of the batch), then the first N rows kept by a Slice whose
+    end is the batch size: per sample at one step per call, mixed at K."""
+    body = ("n = Shape <start = 0, end = 1> (x)\n t = Tile(x, rep0)\n"
+            " p = Slice(t, zero1, n, zero1)\n c1 = Conv <pads = [1, 1, 1, 1]> (p, w1, b1)\n"
+            + chain(1, "c1", "a1")
+            + "g = GlobalAveragePool(a1)\n h = Flatten(g)\n out = Gemm <transB = 1> (h, wf, bf)\n")
+    decls = ["float[4,2,3,3] w1", "float[4] b1", "float[3,4] wf", "float[3] bf",
+             "int64[4] rep0 = {2, 1, 1, 1}", "int64[1] zero1 = {0}"]
+    return build(body, decls, 1, lam=2.0, levels=4)
+
+
+@pytest.mark.requires_runtime
+@pytest.mark.parametrize("name", sorted(ROW_STEMS))
+def test_a_row_wise_stem_runs_k_steps_per_call_as_one(name):
+    model = stem_net(ROW_STEMS[name])
+    one, _, _ = per_call(model, "if", 4, 4, 1)
+    frames = [feeds(model, batch=3, seed=s, scale=2.0) for s in range(4)]
+    want = plain_calls(one, frames, 1)
+    got = plain_calls(per_call(model, "if", 4, 4, 2)[0], frames, 2)
+    for g, (a, b) in enumerate(zip(got, want)):
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"step {g}, {k}")
