@@ -105,10 +105,14 @@ def test_analog_island_is_decoded_and_listed():
     ("t = Transpose <perm = [1, 0, 2, 3]> (a1)\n c2 = Transpose <perm = [1, 0, 2, 3]> (t)\n",
      "SNN-E242"),
     ("r = ReduceSum <keepdims = 1> (a1, ax)\n c2 = Add(a1, r)\n", "SNN-E242"),
+    # a pad of axis 0 adds time rows (it had compiled)
+    ("p = Pad(a1, pads)\n c2 = Slice(p, one, end, ax)\n", "SNN-E242"),
 ])
 def test_batch_axis_ops_are_rejected(middle, code):
     model = two_layers(middle, decls=["int64[2] shape = {3, -1}", "int64[4] back = {-1, 4, 4, 4}",
-                                      "int64[1] ax = {0}"], lam=2.0, levels=4,
+                                      "int64[1] ax = {0}", "int64[1] one = {1}",
+                                      "int64[8] pads = {1, 0, 0, 0, 0, 0, 0, 0}",
+                                      "int64[1] end = {4}"], lam=2.0, levels=4,
                        inputs="float[3,2,4,4] x")
     assert codes_of(model, options("if", 4)) == {code}
 
