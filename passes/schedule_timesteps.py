@@ -926,18 +926,14 @@ class ScheduleTimestepsPass(Pass):
             for t in outputs:
                 depth[t.name] = d
         self.ctx.notes["streaming_dropped_softmax"] = dropped
-        if K > 1:   # the shapes inferred for one step: ORT infers those of K steps itself
-            data = {t.name for t in graph.inputs if t is not step
-                    and not t.name.startswith("state_in/")}
+        if K > 1:   # the shapes inferred for one step hold K times the rows (inspect reads them)
             for t in ir.tensor_map(graph).values():
-                if (isinstance(t, ir.Variable) and t.name in batched and t.shape is not None
+                if (isinstance(t, ir.Variable) and t.name in batched and t.shape
                         and not t.name.startswith("state_")):
-                    if t.name in data or t in graph.outputs:
-                        n = t.shape[0] if t.shape else None
-                        t.shape = [K * n if isinstance(n, int) else f"{K}*{n or 'N'}"] + \
+                    n = t.shape[0]
+                    if n is not None and n != "":
+                        t.shape = [K * n if isinstance(n, int) else f"{K}*{n}"] + \
                             list(t.shape[1:])
-                    else:
-                        t.shape = None
         if heads:  # for the step loop's user: apply it to the averaged output
             self.model.metadata["snncc.output_head"] = json.dumps(heads, sort_keys=True)
         self.ctx.notes["analog_islands"] = []

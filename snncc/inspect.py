@@ -156,9 +156,10 @@ def inspect_model(path_or_proto: str | os.PathLike | onnx.ModelProto,
     if missing is not None:
         diags.append(missing)
     compiled = compiled_output(raw)
-    if compiled:   # its own decode ops (time in the batch) are no conversion problem
-        report["compiled"] = compiled
+    if compiled:   # its own decode ops (time in the batch) are no conversion problem, nor are
+        report["compiled"] = compiled   # a streaming model's int64 step and state inputs
         diags = []
+        report["problems"] = []
     report["unsupported"] = [
         {"node": d.node, "code": d.code, "message": d.message, "hint": d.hint} for d in diags]
     flagged = {d.node for d in diags}  # a node that cannot convert is no head either

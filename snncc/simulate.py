@@ -424,11 +424,13 @@ class StreamStepper:
     passed on to the next step. Data inputs are bound once; only the step number changes, in
     place. A model of K steps per call (``--steps-per-call``, metadata ``snncc.steps_per_call``)
     takes K frames time-major: ``inputs`` are the N samples held over the call (repeated K
-    times here) and :meth:`step` runs K steps and returns their outputs time-major,
+    times here), or with ``frames=True`` the K frames of the first call, ``[K*N, ...]`` (step k
+    in rows k*N .. k*N+N-1); :meth:`step` runs K steps and returns their outputs time-major,
     ``[K*N, ...]`` (:func:`split_steps` cuts them into steps)."""
 
     def __init__(self, sess: ort.InferenceSession, proto: onnx.ModelProto | str | os.PathLike,
-                 inputs: Mapping[str, np.ndarray], out_names: list[str] | None = None) -> None:
+                 inputs: Mapping[str, np.ndarray], out_names: list[str] | None = None, *,
+                 frames: bool = False) -> None:
         if not isinstance(sess, ort.InferenceSession):
             raise OptionError(f"sess ({type(sess).__name__}) is not an onnxruntime session",
                               code="SNN-E349", hint="pass snncc.runtime.layout.session(model)")
@@ -463,12 +465,21 @@ class StreamStepper:
                                   n for n in known if not n.startswith("state_out/")))
         self.sess = sess
         self.binding = sess.io_binding()
-        self.per_call = steps_per_call(proto)
-        self.batch = batch = len(next(iter(inputs.values())))
+        if not isinstance(frames, (bool, np.bool_)):
+            raise OptionError(f"frames={frames!r} ({type(frames).__name__}) must be True or "
+                              "False", code="SNN-E349", hint="pass frames as True or False")
+        self.per_call = K = steps_per_call(proto)
+        rows = len(next(iter(inputs.values())))
+        if frames and rows % K:
+            raise ModelInputError(f"frames=True takes the {K} frames of a call time-major, "
+                                  f"K*N rows; {rows} rows are not a multiple of {K}",
+                                  code="SNN-E105", hint=f"stack {K} frames of N samples "
+                                  "(np.concatenate), or pass frames=False to hold N samples")
+        self.batch = batch = rows // K if frames else rows
         # bound memory: a copy of the samples (the caller may reuse its arrays between steps),
-        # repeated over the steps of one call
-        self._keep = {k: np.array(np.concatenate([v] * self.per_call) if self.per_call > 1
-                                  else v, dtype=np.float32, order="C")
+        # repeated over the steps of one call unless given a frame each
+        self._keep = {k: np.array(np.concatenate([v] * K) if K > 1 and not frames else v,
+                                  dtype=np.float32, order="C")
                       for k, v in inputs.items()}
         self.data_names = sorted(self._keep)
         for k, v in self._keep.items():
@@ -502,9 +513,15 @@ class StreamStepper:
         the outputs other than the states. Step 0 starts a new sequence: every state is zero
         again, as the protocol prescribes (the neuron kernels ignore theirs at step 0, a spike
         gate's running sum does not)."""
+        K = self.per_call
         if isinstance(g, (bool, np.bool_)) or not isinstance(g, (int, np.integer)) or g < 0:
             raise OptionError(f"step {g!r} is not a step number (an integer from 0)",
-                              code="SNN-E349", hint="step 0, 1, ... in turn, as run_compiled does")
+                              code="SNN-E349", hint=f"step 0, {K}, {2 * K}, ... in turn, as "
+                              "run_compiled does")
+        if g % K:
+            raise OptionError(f"step {g} is not the first step of a call: with {K} steps per "
+                              f"call, calls start at multiples of {K}", code="SNN-E349",
+                              hint=f"step 0, {K}, {2 * K}, ... in turn, as run_compiled does")
         if g == 0 and self._stepped:
             self._zero()
         self._stepped = True

@@ -233,3 +233,51 @@ def test_a_row_wise_stem_runs_k_steps_per_call_as_one(name):
     for g, (a, b) in enumerate(zip(got, want)):
         for k in b:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"step {g}, {k}")
+
+
+def test_inspect_reads_a_k_step_model_as_the_one_step_model():
+    """The K-step model keeps its intermediate shapes, K times the rows (a review found them
+    cleared: inspect showed '?' and a total of 1,280 MACs); inspect lists no canonicalize
+    problems for the compiled model's int64 step and state inputs."""
+    from snncc.inspect import inspect_model
+
+    model = residual_net(lam=2.0, levels=4)
+    reports = [inspect_model(per_call(model, "if", 4, 4, K)[0]) for K in (1, 2)]
+    one, two = reports
+    assert two["macs"]["total"] == one["macs"]["total"] > 0
+    assert two["macs"]["complete"] and two["problems"] == one["problems"] == []
+    assert two["compiled"]["steps_per_call"] == 2
+    for group in one["nodes"]:
+        for a, b in zip(one["nodes"][group], two["nodes"][group]):
+            assert a["node"] == b["node"]
+            if a["output_shape"]:
+                assert b["output_shape"] == ["2*N"] + a["output_shape"][1:]
+
+
+@pytest.mark.requires_runtime
+def test_the_stepper_takes_a_frame_per_step_from_its_constructor_and_calls_at_multiples_of_k():
+    """``frames=True``: the K*N rows are the call's frames, not K*N held samples (a review found
+    them tiled again to K*K*N rows); step(g) with g not a multiple of K is SNN-E349 (it had run
+    the call as if it started at g)."""
+    model = deep_net(lam=2.0, levels=4)
+    one, _, _ = per_call(model, "if", 4, 4, 1)
+    two, _, _ = per_call(model, "if", 4, 4, 2)
+    frames = [feeds(model, batch=3, seed=s, scale=2.0) for s in range(4)]
+    want = plain_calls(one, frames, 1)
+    sess = _session(two, True, True)
+    first = {k: np.concatenate([frames[0][k], frames[1][k]]) for k in frames[0]}
+    stepper = StreamStepper(sess, two, first, frames=True)
+    assert stepper.batch == 3
+    got = split_steps(stepper.step(0), 2)
+    stepper.set_inputs({k: np.concatenate([frames[2][k], frames[3][k]]) for k in frames[0]})
+    got += split_steps(stepper.step(2), 2)
+    for g, (a, b) in enumerate(zip(got, want)):
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"step {g}, {k}")
+    with pytest.raises(SnnccError) as err:
+        stepper.step(3)
+    assert err.value.code == "SNN-E349" and "multiples of 2" in err.value.message
+    assert "step 0, 2, 4, ..." in err.value.hint
+    with pytest.raises(SnnccError) as err:
+        StreamStepper(sess, two, frames[0], frames=True)   # 3 rows: not K*N
+    assert err.value.code == "SNN-E105"
