@@ -139,6 +139,8 @@ def _qann_ignores(args: argparse.Namespace) -> list[str]:
                                       *_param_flags(args)) if value]
     if args.schedule != "auto":
         given.append("--schedule")
+    if args.steps_per_call != 1:
+        given.append("--steps-per-call")
     if args.maxpool == "gate":   # a spike gate; --maxpool avg does change the QANN
         given.append("--maxpool gate")
     return given
@@ -152,6 +154,9 @@ def _target_ignores(args: argparse.Namespace) -> list[str]:
     if args.schedule != "auto" and args.target in ("loihi", "nir"):
         given.append(f"--schedule {args.schedule} (an ONNX Runtime schedule; the {args.target} "
                      "target runs every step itself)")
+    if args.steps_per_call != 1 and args.target in ("loihi", "nir"):
+        given.append(f"--steps-per-call {args.steps_per_call} (a streaming ONNX Runtime model's; "
+                     f"the {args.target} target runs every step itself)")
     return given
 
 
@@ -276,7 +281,8 @@ def _compile_options(args: argparse.Namespace, timesteps: int, params: bool = Tr
         fidelity_samples=args.fidelity_samples,
         input_shapes=_input_shapes(args.model, args.input_shape), bias_shift=args.bias_shift,
         maxpool=args.maxpool, allow_analog=args.allow_analog, allow_lossy=args.allow_lossy,
-        schedule=args.schedule, steps_per_call=args.steps_per_call,
+        schedule=args.schedule,   # other targets warned that they ignore --steps-per-call
+        steps_per_call=args.steps_per_call if args.target == "ort" else 1,
         neuron_params=_neuron_params(args) if params else {})
 
 

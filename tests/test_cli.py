@@ -85,7 +85,8 @@ def test_compile_ort_then_run_reports_accuracy_and_spikes(tmp_path, capsys):
     assert main(["compile", MNIST, "-T", "4", "--neuron", "bitserial", "--calib", CALIB,
                  "-o", str(out), "--report", str(report), "-q"]) == 0
     # the report names the manifest where it ended up, not the temporary staging copy
-    assert json.loads(report.read_text())["backend"]["manifest"] == f"{out}.json"
+    backend = json.loads(report.read_text())["backend"]
+    assert backend["manifest"] == f"{out}.json" and backend["steps_per_call"] == 1
     data = np.load(EXAMPLES / "mnist_test.npz")
     x = tmp_path / "x.npz"
     np.savez(x, x=data["x"][:50], y=data["y"][:50])
@@ -290,6 +291,15 @@ def test_options_another_target_reads_are_said_to_be_ignored(capsys, tmp_path):
     assert main(["compile", MNIST, "--calib", CALIB, "-o", str(tmp_path / "l"), "-q",
                  "--target", "loihi", "--schedule", "folded", "--no-fidelity"]) == 0
     assert "ignored with --target loihi: --schedule folded" in capsys.readouterr().err
+    # --steps-per-call as well, as -T is for qann (it had been SNN-E375, after the Loihi
+    # warning that the streaming schedule it asked for was ignored)
+    assert main(["compile", MNIST, "--calib", CALIB, "-o", str(tmp_path / "l2"), "-q",
+                 "--target", "loihi", "--schedule", "streaming", "--steps-per-call", "2",
+                 "--no-fidelity"]) == 0
+    assert "ignored with --target loihi: --steps-per-call 2" in capsys.readouterr().err
+    assert main(["compile", MNIST, "--calib", CALIB, "-o", str(tmp_path / "q.onnx"), "-q",
+                 "--target", "qann", "--steps-per-call", "2"]) == 0
+    assert "ignored with --target qann: --steps-per-call" in capsys.readouterr().err
     assert main(["compile", MNIST, "--calib", CALIB, "-o", out, "-q", "-T", "4", "-L", "4",
                  "--no-fidelity"]) == 0
     assert "drop -L" not in capsys.readouterr().err

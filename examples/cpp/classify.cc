@@ -52,9 +52,9 @@ int Run(int argc, char** argv) {
   const Ort::AllocatedStringPtr schedule =
       session.GetModelMetadata().LookupCustomMetadataMapAllocated("snncc.schedule", allocator);
   if (schedule && std::string(schedule.get()) == "streaming") {
-    throw std::runtime_error(std::string(argv[1]) + " is a streaming model (one call per time step, "
-                             "with states); classify runs folded and window models: compile without "
-                             "--schedule streaming");
+    throw std::runtime_error(std::string(argv[1]) + " is a streaming model (a call per step, or "
+                             "per K steps, with states); classify runs folded and window models: "
+                             "compile without --schedule streaming");
   }
   // Any ONNX model runs; one without the schedule metadata is not a compiled SNN: say so.
   if (!schedule) {

@@ -227,5 +227,5 @@ class OrtBackend(Backend):
         report = {"nodes": len(proto.graph.node), "ops": dict(sorted(ops.items())),
                   "neuron_nodes": sum(ops[k] for k in neuron_ops), "manifest": str(manifest_path),
                   **{k: manifest[k] for k in ("neuron_ops", "latency_steps", "schedule", "steps",
-                                               "decode_from")}}
+                                               "decode_from", "steps_per_call")}}
         return Artifact(path=out, files=[out, manifest_path], report=report)
