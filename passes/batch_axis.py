@@ -50,33 +50,21 @@ ROW_WISE = (_ELEMENTWISE | _PER_SAMPLE | _AXES_OPS | frozenset(_AXIS_DEFAULT) | 
     "Reshape", "Gather", "CumSum"}))
 
 
-def _const_ints(node: ir.Node, attr: str | None, input_index: int) -> list[int] | None:
-    """An int list given as attribute ``attr`` or as constant input ``input_index``."""
+def _const_ints(node: ir.Node, attr: str | None, input_index: int, kind=int) -> list | None:
+    """A list given as attribute ``attr`` or as constant input ``input_index`` (of ``kind``)."""
     if attr is not None and attr in node.attrs:
-        return [int(v) for v in np.atleast_1d(node.attrs[attr])]
+        return [kind(v) for v in np.atleast_1d(node.attrs[attr])]
     if len(node.inputs) > input_index and node.inputs[input_index].name:
         value = ir.const_value(node.inputs[input_index])
-        return None if value is None else [int(v) for v in np.atleast_1d(value)]
+        return None if value is None else [kind(v) for v in np.atleast_1d(value)]
     return None
-
-
-def _const_floats(node: ir.Node, attr: str | None, input_index: int) -> list[float] | None:
-    if attr is not None and attr in node.attrs:
-        return [float(v) for v in np.atleast_1d(node.attrs[attr])]
-    if len(node.inputs) > input_index and node.inputs[input_index].name:
-        value = ir.const_value(node.inputs[input_index])
-        return None if value is None else [float(v) for v in np.atleast_1d(value)]
-    return None
-
-
-def _given(node: ir.Node, index: int) -> bool:
-    return len(node.inputs) > index and bool(node.inputs[index].name)
 
 
 def touches_batch(node: ir.Node, rank: int | None, batched: Collection[int] = (0,)) -> bool:
     """Whether the op mixes rows of the batch axis (time steps in the folded schedule, the K
-    steps of a call in streaming), or moves the axis: True where it cannot tell. ``rank`` is that
-    of input 0; ``batched`` the inputs that hold the batch axis."""
+    steps of a call in streaming), or moves the axis: True where it cannot tell (but a Pad's pads
+    or a Resize's sizes computed at run time, trusted as before this check knew those ops).
+    ``rank`` is that of input 0; ``batched`` the inputs that hold the batch axis."""
     def is_zero(axis: int) -> bool:
         return axis == 0 or (rank is not None and axis == -rank)
 
@@ -110,15 +98,15 @@ def touches_batch(node: ir.Node, rank: int | None, batched: Collection[int] = (0
     if op == "CumSum":
         axis = _const_ints(node, None, 1)
         return axis is None or is_zero(axis[0])
-    if op == "Pad":   # pads computed at run time: trusted, as before this check knew Pad
+    if op == "Pad":
         pads = _const_ints(node, "pads", 1)
         if pads is None or len(pads) % 2:
             return pads is not None
         i = first_axis(_const_ints(node, None, 3), len(pads) // 2)
         return i is not None and (pads[i] != 0 or pads[i + len(pads) // 2] != 0)
     if op in ("Resize", "Upsample"):   # opset 10's Resize takes its scales as input 1
-        scales = _const_floats(node, "scales", 1 if op == "Upsample" or len(node.inputs) == 2
-                               else 2)
+        scales = _const_ints(node, "scales", 1 if op == "Upsample" or len(node.inputs) == 2
+                             else 2, float)
         sizes = _const_ints(node, None, 3) if op == "Resize" else None
         axes = node.attrs.get("axes")
         axes = None if axes is None else [int(a) for a in axes]

@@ -283,3 +283,36 @@ def test_maxpool_avg_replaces():
     assert node_attrs(pool) == {"kernel_shape": [2, 2], "strides": [2, 2], "count_include_pad": 0}
     assert ctx.notes["maxpool"] == {"p": "avg"} and report.rows[-1].counts["maxpool_avg"] == 1
     assert run_ort(out, feeds(model))[0].shape == (3, 3)
+
+
+@pytest.mark.parametrize("op, attrs, consts, batched, mixes", [
+    ("Resize", {}, [None, [2.0, 1, 2, 2]], (0,), True),        # scales axis 0
+    ("Resize", {}, [None, [1.0, 1, 2, 2]], (0,), False),
+    ("Resize", {}, [None, None, [3, 4, 8, 8]], (0,), True),     # literal sizes fix the batch
+    ("Upsample", {}, [[1.0, 1, 2, 2]], (0,), False),
+    ("Pad", {}, [[0, 0, 1, 1, 0, 0, 1, 1]], (0,), False),
+    ("Pad", {}, [[1, 0, 0, 0, 0, 0, 0, 0]], (0,), True),
+    ("Expand", {}, [[1, 4, 4]], (0,), False),                    # broadcast from the right
+    ("Expand", {}, [[2, 1, 4, 4, 4]], (0,), True),               # a new leading axis
+    ("Gather", {"axis": 1}, [[0, 1]], (0,), False),
+    ("Gather", {"axis": 0}, [[0, 1]], (0,), True),
+    ("Tile", {}, [[1, 2, 1, 1]], (0,), False),
+    ("CumSum", {}, [1], (0,), False),
+    ("ArgMax", {"axis": 1}, [], (0,), False),
+    ("ArgMax", {}, [], (0,), True),                              # axis 0 by default
+    ("MatMul", {}, [], (0, 1), True),                            # batched rows as weights
+])
+def test_touches_batch_reads_each_ops_axis_rule(op, attrs, consts, batched, mixes):
+    import onnx_graphsurgeon as gs
+
+    from snncc.passes.batch_axis import touches_batch
+
+    inputs = [gs.Variable("x", dtype=np.float32, shape=["N", 4, 4, 4])]
+    for i, value in enumerate(consts):
+        inputs.append(gs.Variable("") if value is None else
+                      gs.Constant(f"c{i}", np.array(value, dtype=np.float32 if isinstance(
+                          value, list) and isinstance(value[0], float) else np.int64)))
+    if op == "MatMul":
+        inputs.append(gs.Variable("w", dtype=np.float32, shape=["N", 4]))
+    node = gs.Node(op, inputs=inputs, outputs=[gs.Variable("y")], attrs=attrs)
+    assert touches_batch(node, 4, batched) is mixes
