@@ -426,6 +426,28 @@ inline float FloorClip(float z, float hi) {
   return low > hi ? hi : low;
 }
 
+// Runs of one channel block in elements [begin, begin + len) of a slice of a call in ORT's NCHWc
+// layout with W-channel blocks (call.block == W; begin and len multiples of W, as ForEachChunk's
+// items are): run(e, stop, c0) per run [e, stop) of whole W-element vectors, each holding
+// channels c0 ... c0 + W - 1 in lane order. A per-channel constant is then one register per run
+// (Lanes16 / Lanes8), not a per-element table. W = 16: AVX-512's blocks; W = 8: AVX2's.
+template <int W, class Run>
+inline void ForEachBlockRun(const Call& call, int64_t begin, int64_t len, Run&& run) {
+  const int64_t span = W * call.inner, blocks = call.C / W, end = begin + len;
+  for (int64_t e = begin; e < end;) {
+    const int64_t stop = std::min(end, (e / span + 1) * span);
+    run(e, stop, ((e / span) % blocks) * W);
+    e = stop;
+  }
+}
+
+#if defined(__AVX2__)
+// table[c0 ... c0 + 7] as one register (a table of one value: that value in every lane).
+inline __m256 Lanes8(const std::vector<float>& table, int64_t c0) {
+  return table.size() == 1 ? _mm256_set1_ps(table[0]) : _mm256_loadu_ps(&table[c0]);
+}
+#endif
+
 // a[j] = FloorClip(a[j], hi) for j < n. 16, 8 or 4 lanes at a time (AVX-512, AVX2, or SSE2: every
 // x86-64; the widest the build targets) through max/min/truncate, which GCC does not derive from FloorClip's NaN-safe selects (those compile to
 // about 3x more blend instructions). Equal to FloorClip for every input, NaN included (both give
@@ -447,21 +469,6 @@ struct FloorClip16 {
   }
   __m512 lo, top, h, zero, one;
 };
-
-// Runs of one channel block in elements [begin, begin + len) of a slice of a call in ORT's NCHWc
-// layout with 16-channel blocks (call.block == 16; begin and len multiples of 16, as
-// ForEachChunk's items are): run(e, stop, c0) per run [e, stop) of whole 16-element vectors,
-// each holding channels c0 ... c0 + 15 in lane order. A per-channel constant is then one
-// register per run (Lanes16), not a per-element table.
-template <class Run>
-inline void ForEachBlockRun16(const Call& call, int64_t begin, int64_t len, Run&& run) {
-  const int64_t span = 16 * call.inner, blocks = call.C / 16, end = begin + len;
-  for (int64_t e = begin; e < end;) {
-    const int64_t stop = std::min(end, (e / span + 1) * span);
-    run(e, stop, ((e / span) % blocks) * 16);
-    e = stop;
-  }
-}
 
 // The decoded bit-serial quantizer's input for 16 lanes, (window mean + shift) * inv_unit: from
 // one constant current at x, or from the T slices x, x + stride, ... (summed in slice order).

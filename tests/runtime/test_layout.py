@@ -344,3 +344,46 @@ def test_snncc_run_takes_a_model_the_runtime_rewrote(compiled, residual, tmp_pat
     with pytest.raises(ModelInputError) as exc:
         run_compiled(new, xs)
     assert exc.value.code == "SNN-E241" and "FooNeuron" in exc.value.message
+
+
+def _stateful(op: str, attrs: dict, x: np.ndarray, state: np.ndarray, step: int):
+    """One call of a neuron op with a carried state: (y, state_out)."""
+    from onnx import TensorProto, helper
+    node = helper.make_node(op, ["x", "state", "step"], ["y", "state_out"], domain="snncc.ops",
+                            **attrs)
+    graph = helper.make_graph(
+        [node], op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                     helper.make_tensor_value_info("state", TensorProto.FLOAT, None),
+                     helper.make_tensor_value_info("step", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("snncc.ops", 1)])
+    return _session(model).run(None, {"x": x, "state": state,
+                                      "step": np.array(step, np.int64)})
+
+
+@pytest.mark.parametrize("block", [8, 16])
+@pytest.mark.parametrize("key", sorted(NEURONS))
+def test_carried_state_in_blocked_layout_equals_plain(key, block):
+    """Two calls chained through the state (the streaming form): the blocked kernel's outputs
+    and states equal the plain kernel's, permuted (the registers' paths for 16- and 8-channel
+    blocks read and write the state too)."""
+    rng = np.random.default_rng(5)
+    attrs = _attrs(key, 0)
+    op = NEURONS[key].op_type
+    planes = None
+    for call in range(2):
+        x = rng.normal(0.4, 1.0, (T * N, C, H, W)).astype(np.float32)
+        if planes is None:   # step 0: the kernel starts from its initial state
+            planes = np.zeros((NEURONS[key].state_planes, N, C, H, W), np.float32)
+            plain_state, blocked_state = planes, planes
+        y, plain_next = _stateful(op, attrs, x, plain_state, call * T)
+        yb, blocked_next = _stateful(op, {**attrs, "channel_block": block}, blocked(x, block),
+                                     blocked_state, call * T)
+        np.testing.assert_array_equal(yb, blocked(y, block))
+        np.testing.assert_array_equal(
+            blocked_next.reshape(-1, C, H, W),
+            blocked(plain_next.reshape(-1, C, H, W), block))
+        plain_state, blocked_state = plain_next, blocked_next
+    assert np.count_nonzero(y) > 0

@@ -83,7 +83,7 @@ struct BitSerialNeuron {
       auto chunk16 = [&](int64_t begin, int64_t len) {
         if (call.state_out) std::fill_n(call.StateOut(0) + begin, len, 0.0f);
         float* q_out = call.state_out ? call.StateOut(1) : nullptr;
-        ForEachBlockRun16(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {
+        ForEachBlockRun<16>(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {
           const __m512 u = Lanes16(unit, c0), iu = Lanes16(inv_unit, c0), sh = Lanes16(shift, c0);
           for (; e < stop; e += 16) {
             const __m512 q = clip(WindowCurrent16(call.x + e, call.E, call.T, call.const_input,

@@ -105,6 +105,9 @@ struct MTNeuron {
 #if defined(__AVX512F__)
     if (call.block == 16) return ParallelSoft16<N>(call, begin, len, v_init);
 #endif
+#if defined(__AVX2__)
+    if (call.block == 8) return ParallelSoft8<N>(call, begin, len, v_init);
+#endif
     float th[kChunk], v[kChunk], th_k[N][kChunk];
     call.FillTheta(begin, len, th);
     for (int k = 0; k < N; ++k)
@@ -130,7 +133,7 @@ struct MTNeuron {
   template <int N>
   void ParallelSoft16(const Call& call, int64_t begin, int64_t len, float v_init) const {
     const __m512 vi = _mm512_set1_ps(v_init);
-    ForEachBlockRun16(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {
+    ForEachBlockRun<16>(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {
       const __m512 th = Lanes16(attrs_.theta, c0);
       __m512 th_k[N];
       for (int k = 0; k < N; ++k) th_k[k] = _mm512_mul_ps(th, _mm512_set1_ps(fractions_[k]));
@@ -145,6 +148,31 @@ struct MTNeuron {
           _mm512_storeu_ps(call.YSlice(t) + e, out);
         }
         if (call.state_out) _mm512_storeu_ps(call.StateOut(0) + e, v);
+      }
+    });
+  }
+#endif
+
+#if defined(__AVX2__)
+  // ParallelSoft16 for AVX2's 8-channel blocks: the same operations in the same order.
+  template <int N>
+  void ParallelSoft8(const Call& call, int64_t begin, int64_t len, float v_init) const {
+    const __m256 vi = _mm256_set1_ps(v_init);
+    ForEachBlockRun<8>(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {
+      const __m256 th = Lanes8(attrs_.theta, c0);
+      __m256 th_k[N];
+      for (int k = 0; k < N; ++k) th_k[k] = _mm256_mul_ps(th, _mm256_set1_ps(fractions_[k]));
+      for (; e < stop; e += 8) {
+        __m256 v = call.state_in ? _mm256_loadu_ps(call.StateIn(0) + e) : _mm256_mul_ps(vi, th);
+        for (int64_t t = 0; t < call.T; ++t) {
+          const __m256 m = _mm256_add_ps(v, _mm256_loadu_ps(call.XSlice(t) + e));
+          __m256 out = _mm256_setzero_ps();
+          for (int k = N - 1; k >= 0; --k)
+            out = _mm256_blendv_ps(out, th_k[k], _mm256_cmp_ps(m, th_k[k], _CMP_GE_OQ));
+          v = _mm256_sub_ps(m, out);
+          _mm256_storeu_ps(call.YSlice(t) + e, out);
+        }
+        if (call.state_out) _mm256_storeu_ps(call.StateOut(0) + e, v);
       }
     });
   }
