@@ -387,3 +387,24 @@ def test_carried_state_in_blocked_layout_equals_plain(key, block):
             blocked(plain_next.reshape(-1, C, H, W), block))
         plain_state, blocked_state = plain_next, blocked_next
     assert np.count_nonzero(y) > 0
+
+
+@pytest.mark.parametrize("block", [8, 16])
+@pytest.mark.parametrize("key", ["if", "mt"])
+def test_register_paths_equal_plain_bit_for_bit_on_edge_values(key, block):
+    """NaN, infinities, signed zeros and currents exactly at a threshold: the blocked kernel's
+    register loop gives the plain kernel's bits (+0 where nothing fires, NaN kept in v)."""
+    rng = np.random.default_rng(11)
+    attrs = _attrs(key, 0)
+    theta = np.asarray(attrs["theta"], np.float32)
+    x = rng.normal(0.4, 1.0, (T * N, C, H, W)).astype(np.float32)
+    x[0, :, 0, 0] = theta - np.float32(0.5) * theta   # with v_init = theta/2: exactly at theta
+    x[1, :, 1, 1] = np.nan
+    x[2, :, 2, 2] = np.inf
+    x[3, :, 0, 3] = -np.inf
+    x[4, :, 1, 4] = -0.0
+    x[5, :, 2, 0] = 0.0
+    op = NEURONS[key].op_type
+    plain = run_neuron(op, x, attrs)
+    inside = run_neuron(op, blocked(x, block), {**attrs, "channel_block": block})
+    np.testing.assert_array_equal(inside.view(np.uint32), blocked(plain, block).view(np.uint32))
