@@ -115,10 +115,18 @@ def refit(compiled, ann, x: np.ndarray, alpha: float, slices: int, counted: int)
     ann_out = ann.graph.output[0].name
     n = len(x)
     for node in nodes[1:]:
+        if len(node.input) < 3 or node.input[2] not in inits or node.input[1] not in inits:
+            raise SystemExit(f"{node.name}: a {node.op_type} without constant weights and bias is "
+                             "out of this probe's scope")
         u_name, w_name, b_name = node.input[:3]
         w = numpy_helper.to_array(inits[w_name]).astype(np.float64)
-        if node.op_type == "Gemm" and not _attr(node, "transB", 0):
-            raise SystemExit(f"{node.name}: Gemm without transB is out of this probe's scope")
+        if node.op_type == "Gemm" and (not _attr(node, "transB", 0) or _attr(node, "transA", 0)
+                                       or _attr(node, "alpha", 1.0) != 1.0
+                                       or _attr(node, "beta", 1.0) != 1.0):
+            raise SystemExit(f"{node.name}: only Gemm(x, W^T) + b is in this probe's scope")
+        if node.op_type == "Conv" and _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET",
+                                                                                 "NOTSET"):
+            raise SystemExit(f"{node.name}: auto_pad is out of this probe's scope")
         b = numpy_helper.to_array(inits[b_name]).astype(np.float64)
         u = _session(model, [u_name]).run([u_name], {model.graph.input[0].name: x})[0]
         u = u.reshape((slices, n) + u.shape[1:])[-counted:].mean(axis=0)
@@ -164,7 +172,7 @@ def one_set(net: dict, calib: Path, work: Path, alpha: float, x_test, y_test, an
     ann = onnx.load(net["onnx_path"])
     x = np.load(calib)
     x = x[list(x.keys())[0]].astype(np.float32)
-    x = x[: len(x) - (report.get("fidelity", {}).get("samples") or 0)]  # the walk's (split_holdout)
+    x = x[: report["notes"]["calibration_samples"]]  # the first ones: what the walk calibrated on
     attrs = {a.name: a for a in next(n for n in compiled.graph.node
                                      if n.domain == "snncc.ops").attribute}
     slices, tau = attrs["T"].i, attrs["tau"].i   # T: every slice, the tau pre-run's included

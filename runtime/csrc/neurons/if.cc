@@ -37,7 +37,9 @@ struct IFNeuron {
     }
 #endif
 #if defined(__AVX2__)
-    if (call.block == 8) {  // the same update, one AVX2 register of 8 channels at a time
+    // the same update, one AVX2 register of 8 channels at a time: y bit for bit, and v too but
+    // for which NaN's payload survives where a NaN state meets a NaN current (the add's choice)
+    if (call.block == 8) {
       const __m256 vi = _mm256_set1_ps(v_init);
       auto chunk8 = [&](int64_t begin, int64_t len) {
         ForEachBlockRun<8>(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {

@@ -154,7 +154,8 @@ struct MTNeuron {
 #endif
 
 #if defined(__AVX2__)
-  // ParallelSoft16 for AVX2's 8-channel blocks: the same operations in the same order.
+  // ParallelSoft16 for AVX2's 8-channel blocks: the same operations in the same order (y bit for
+  // bit; v too, but for which NaN's payload survives where a NaN state meets a NaN current).
   template <int N>
   void ParallelSoft8(const Call& call, int64_t begin, int64_t len, float v_init) const {
     const __m256 vi = _mm256_set1_ps(v_init);
