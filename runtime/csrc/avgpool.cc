@@ -99,6 +99,44 @@ struct BitSerialAveragePool {
   }
 #endif
 
+#if defined(__AVX2__)
+  // Pool16 for AVX2's 8-channel blocks (Bk = 8): the same arithmetic in the same order.
+  void Pool8(const float* in, float* out, int64_t begin, int64_t len, int64_t C, int64_t H,
+             int64_t W, int64_t Ho, int64_t Wo, int64_t slice, float L, float inv_B,
+             const std::vector<float>& unit, const std::vector<float>& inv_unit,
+             const std::vector<float>& shift) const {
+    const int64_t kh = kernel_[0], kw = kernel_[1], sh = strides_[0], sw = strides_[1];
+    const int64_t row = W * 8;
+    const FloorClip8 clip(L);
+    const __m256 vB = _mm256_set1_ps(inv_B), vcount = _mm256_set1_ps(static_cast<float>(kh * kw));
+    std::vector<float> rows(static_cast<size_t>(kh * row));
+    for (int64_t g = begin; g < begin + len; ++g) {
+      const int64_t c0 = (g % (C / 8)) * 8;
+      const __m256 u = _mm256_loadu_ps(&unit[c0]), iu = _mm256_loadu_ps(&inv_unit[c0]),
+                   sft = _mm256_loadu_ps(&shift[c0]);
+      const int64_t in_base = g * H * row, out_base = g * Ho * Wo * 8;
+      for (int64_t i = 0; i < Ho; ++i) {
+        for (int64_t a = 0; a < kh; ++a) {
+          const float* x0 = in + in_base + (i * sh + a) * row;
+          float* r = &rows[a * row];
+          for (int64_t k = 0; k < row; k += 8)
+            _mm256_storeu_ps(r + k, _mm256_mul_ps(
+                clip(WindowCurrent8(x0 + k, slice, T_, const_input_, vB, sft, iu)), u));
+        }
+        float* o = out + out_base + i * Wo * 8;
+        for (int64_t j = 0; j < Wo; ++j) {
+          const float* first = rows.data() + j * sw * 8;
+          __m256 sum = _mm256_loadu_ps(first);
+          for (int64_t a = 0; a < kh; ++a)
+            for (int64_t b = a == 0 ? 1 : 0; b < kw; ++b)
+              sum = _mm256_add_ps(sum, _mm256_loadu_ps(first + a * row + b * 8));
+          _mm256_storeu_ps(o + j * 8, _mm256_div_ps(sum, vcount));
+        }
+      }
+    }
+  }
+#endif
+
   Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& x, Tensor<float>& z) {
     const std::vector<int64_t>& shape = x.Shape();
     if (shape.size() != 4)
@@ -137,6 +175,15 @@ struct BitSerialAveragePool {
         Pool16(in, out, begin, len, C, H, W, Ho, Wo, slice, L, inv_B, unit, inv_unit, shift);
       };
       ForEachChunk(context, groups, work16, std::max<int64_t>(1, groups / 16));
+      return Ort::Status(nullptr);
+    }
+#endif
+#if defined(__AVX2__)
+    if (Bk == 8) {  // the same, AVX2's 8-channel blocks
+      auto work8 = [&](int64_t begin, int64_t len) {
+        Pool8(in, out, begin, len, C, H, W, Ho, Wo, slice, L, inv_B, unit, inv_unit, shift);
+      };
+      ForEachChunk(context, groups, work8, std::max<int64_t>(1, groups / 16));
       return Ort::Status(nullptr);
     }
 #endif

@@ -487,6 +487,32 @@ inline __m512 Lanes16(const std::vector<float>& table, int64_t c0) {
 }
 #endif
 
+#if defined(__AVX2__)
+// FloorClip of 8 lanes (FloorClipArray's AVX2 body, for kernels that keep values in registers:
+// AVX2's 8-channel blocks)
+struct FloorClip8 {
+  explicit FloorClip8(float hi)
+      : lo(_mm256_set1_ps(-1.0f)), top(_mm256_set1_ps(hi + 1.0f)), h(_mm256_set1_ps(hi)),
+        zero(_mm256_setzero_ps()), one(_mm256_set1_ps(1.0f)) {}
+  __m256 operator()(__m256 z) const {
+    const __m256 zc = _mm256_min_ps(_mm256_max_ps(z, lo), top);
+    const __m256 t = _mm256_cvtepi32_ps(_mm256_cvttps_epi32(zc));
+    const __m256 floored = _mm256_sub_ps(t, _mm256_and_ps(_mm256_cmp_ps(t, zc, _CMP_GT_OQ), one));
+    return _mm256_min_ps(_mm256_max_ps(floored, zero), h);
+  }
+  __m256 lo, top, h, zero, one;
+};
+
+// WindowCurrent16 for 8 lanes: the same sums in the same order.
+inline __m256 WindowCurrent8(const float* x, int64_t stride, int64_t T, bool const_input,
+                             __m256 inv_B, __m256 shift, __m256 inv_unit) {
+  if (const_input) return _mm256_mul_ps(_mm256_add_ps(_mm256_loadu_ps(x), shift), inv_unit);
+  __m256 acc = _mm256_add_ps(_mm256_setzero_ps(), _mm256_loadu_ps(x));
+  for (int64_t t = 1; t < T; ++t) acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + t * stride));
+  return _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(acc, inv_B), shift), inv_unit);
+}
+#endif
+
 inline void FloorClipArray(float* a, int64_t n, float hi) {
   int64_t j = 0;
 #if defined(__AVX512F__)

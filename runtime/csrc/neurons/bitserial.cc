@@ -97,6 +97,27 @@ struct BitSerialNeuron {
       return Ort::Status(nullptr);
     }
 #endif
+#if defined(__AVX2__)
+    if (call.block == 8) {  // the same, one AVX2 register of 8 channels at a time
+      const FloorClip8 clip(L);
+      const __m256 vB = _mm256_set1_ps(inv_B);
+      auto chunk8 = [&](int64_t begin, int64_t len) {
+        if (call.state_out) std::fill_n(call.StateOut(0) + begin, len, 0.0f);
+        float* q_out = call.state_out ? call.StateOut(1) : nullptr;
+        ForEachBlockRun<8>(call, begin, len, [&](int64_t e, int64_t stop, int64_t c0) {
+          const __m256 u = Lanes8(unit, c0), iu = Lanes8(inv_unit, c0), sh = Lanes8(shift, c0);
+          for (; e < stop; e += 8) {
+            const __m256 q = clip(WindowCurrent8(call.x + e, call.E, call.T, call.const_input,
+                                                 vB, sh, iu));
+            _mm256_storeu_ps(call.y + e, _mm256_mul_ps(q, u));
+            if (q_out) _mm256_storeu_ps(q_out + e, q);
+          }
+        });
+      };
+      ForEachChunk(context, call.E, chunk8, 16 * kChunk);
+      return Ort::Status(nullptr);
+    }
+#endif
     auto chunk = [&](int64_t begin, int64_t len) {
       float acc[kChunk], cu[kChunk], ciu[kChunk], csh[kChunk];
       if (call.state_out) std::fill_n(call.StateOut(0) + begin, len, 0.0f);
