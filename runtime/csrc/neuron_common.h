@@ -416,13 +416,16 @@ inline int64_t PooledSize(int64_t in, int64_t k, int64_t s, int64_t p0, int64_t 
 // clip(floor(z), 0, hi) for hi >= 0 an integer-valued float below 2^24, using SSE2-vectorisable
 // conversions: z is first clamped to [-1, hi + 1], which leaves the result unchanged. A NaN
 // clamps to -1 and gives 0, as in FloorClipArray's vector bodies (the NumPy references give NaN;
-// converting a NaN to int is undefined, and GCC's -march=native code kept it NaN here).
+// converting a NaN to int is undefined, and GCC's -march=native code kept it NaN here). A zero
+// level is +0, as the vector bodies' max(floored, +0) gives it: the truncation of -0.0 (z in
+// (-1, -0]) keeps its sign, and `floored < 0 ? 0 : floored` had returned -0.0 in scalar tails
+// only. (The NumPy references and the ONNX function bodies may give -0.0 there: equal values.)
 inline float FloorClip(float z, float hi) {
   float zc = z >= -1.0f ? z : -1.0f;
   zc = zc > hi + 1.0f ? hi + 1.0f : zc;
   const float truncated = static_cast<float>(static_cast<int32_t>(zc));
   const float floored = truncated > zc ? truncated - 1.0f : truncated;
-  const float low = floored < 0.0f ? 0.0f : floored;
+  const float low = floored > 0.0f ? floored : 0.0f;
   return low > hi ? hi : low;
 }
 
@@ -451,7 +454,7 @@ inline __m256 Lanes8(const std::vector<float>& table, int64_t c0) {
 // a[j] = FloorClip(a[j], hi) for j < n. 16, 8 or 4 lanes at a time (AVX-512, AVX2, or SSE2: every
 // x86-64; the widest the build targets) through max/min/truncate, which GCC does not derive from FloorClip's NaN-safe selects (those compile to
 // about 3x more blend instructions). Equal to FloorClip for every input, NaN included (both give
-// 0: max(NaN, -1) = -1 here, and FloorClip's first select sends a NaN to -1).
+// 0: max(NaN, -1) = -1 here, and FloorClip's first select sends a NaN to -1), and -0.0 (both +0).
 // (GCC 12 flags its own AVX-512 conversion intrinsics with -Wmaybe-uninitialized: a false alarm.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -519,14 +522,8 @@ inline void FloorClipArray(float* a, int64_t n, float hi) {
   const FloorClip16 clip(hi);
   for (; j + 16 <= n; j += 16) _mm512_storeu_ps(a + j, clip(_mm512_loadu_ps(a + j)));
 #elif defined(__AVX2__)
-  const __m256 lo8 = _mm256_set1_ps(-1.0f), top8 = _mm256_set1_ps(hi + 1.0f), h8 = _mm256_set1_ps(hi);
-  const __m256 zero8 = _mm256_setzero_ps(), one8 = _mm256_set1_ps(1.0f);
-  for (; j + 8 <= n; j += 8) {
-    const __m256 zc = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(a + j), lo8), top8);
-    const __m256 t = _mm256_cvtepi32_ps(_mm256_cvttps_epi32(zc));
-    const __m256 floored = _mm256_sub_ps(t, _mm256_and_ps(_mm256_cmp_ps(t, zc, _CMP_GT_OQ), one8));
-    _mm256_storeu_ps(a + j, _mm256_min_ps(_mm256_max_ps(floored, zero8), h8));
-  }
+  const FloorClip8 clip(hi);
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(a + j, clip(_mm256_loadu_ps(a + j)));
 #endif
 #if defined(__SSE2__)
   const __m128 lo = _mm_set1_ps(-1.0f), top = _mm_set1_ps(hi + 1.0f), h = _mm_set1_ps(hi);

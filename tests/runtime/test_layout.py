@@ -433,3 +433,71 @@ def test_register_paths_across_chunks(key, extra, block):
     inside = run_neuron(op, blocked(x, block), {**attrs, "channel_block": block})
     np.testing.assert_array_equal(inside, blocked(plain, block))
     assert np.count_nonzero(plain) > 0
+
+
+def _decoded_with_state(attrs: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BitSerialNeuron(decoded=1) with its state_out (acc, q) requested: (y, state_out)."""
+    from onnx import TensorProto, helper
+    node = helper.make_node("BitSerialNeuron", ["x"], ["y", "state_out"],
+                            domain="snncc.ops", **attrs)
+    graph = helper.make_graph(
+        [node], "d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("snncc.ops", 1)])
+    y, state = _session(model).run(None, {"x": x})
+    return y, state
+
+
+def _edgy(rng, shape, theta, levels):
+    """Currents near the quantizer's level edges (the slice sums' order matters there), with
+    NaN, +-inf, +-0 and small negative currents."""
+    x = (rng.integers(-2, levels + 3, shape) * theta.reshape(1, -1, 1, 1) / levels
+         ).astype(np.float32)
+    x = x + rng.normal(0, 1e-6, shape).astype(np.float32)
+    flat = x.reshape(-1)
+    picks = rng.choice(flat.size, 64, replace=False)
+    flat[picks[:8]] = np.nan
+    flat[picks[8:16]] = np.inf
+    flat[picks[16:24]] = -np.inf
+    flat[picks[24:40]] = -0.0
+    flat[picks[40:64]] = -1e-7
+    return x
+
+
+@pytest.mark.parametrize("block", [8, 16])
+@pytest.mark.parametrize("T, const_input", [(1, 0), (4, 0), (16, 0), (4, 1)])
+def test_decoded_bitserial_register_paths_across_chunks_bit_for_bit(T, const_input, block):
+    """The decoded bit-serial neuron (the window schedule's) across several of its 16 * 1024-
+    element work items, boundaries inside a block's run (27x39 maps), T up to 16, currents at
+    level edges and edge values: y and the (acc, q) state, blocked = plain as uint32 (a zero
+    level is +0 on every path of the kernel)."""
+    n, c, h, w = 3, 32, 27, 39
+    rng = np.random.default_rng(17 + T)
+    theta = rng.uniform(0.3, 2.0, c).astype(np.float32)
+    attrs = {"T": T, "const_input": const_input, "theta": [float(v) for v in theta],
+             "v_init": 0.5, "bits": 0, "decoded": 1}
+    levels = (1 << T) - 1
+    x = _edgy(rng, ((1 if const_input else T) * n, c, h, w), theta, levels)
+    y, state = _decoded_with_state(attrs, x)
+    yb, state_b = _decoded_with_state({**attrs, "channel_block": block}, blocked(x, block))
+    np.testing.assert_array_equal(yb.view(np.uint32), blocked(y, block).view(np.uint32))
+    np.testing.assert_array_equal(state_b.reshape(-1, c, h, w).view(np.uint32),
+                                  blocked(state.reshape(-1, c, h, w), block).view(np.uint32))
+    assert np.count_nonzero(y) > 0 and not np.signbit(y[y == 0]).any()
+
+
+@pytest.mark.parametrize("block", [1, 8, 16])
+def test_a_zero_level_is_plus_zero_on_every_kernel_path(block):
+    """q = floor of a value in (-1, -0]: v_init = 0 and a current of -1e-45 scaled by
+    inv_unit = 1/3 underflow to -0.0, whose truncation keeps its sign. Every path of the kernel
+    (plain, 8- and 16-channel blocks; vector bodies and scalar tails) gives +0 (the scalar
+    FloorClip had given -0.0 where the vector bodies' max gave +0)."""
+    x = np.full((2, 16, 3, 5), -1e-45, np.float32)
+    x[1] = -0.0
+    attrs = {"T": 1, "const_input": 1, "theta": [3.0], "v_init": 0.0, "bits": 0, "decoded": 1}
+    if block > 1:
+        attrs["channel_block"] = block
+    y = run_neuron("BitSerialNeuron", x, attrs)
+    assert (y == 0).all() and not np.signbit(y).any()

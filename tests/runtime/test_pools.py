@@ -187,3 +187,29 @@ def compiled_bitserial_window(tmp_path_factory):
                                calib_path=str(examples / "mnist_calib.npz"), fidelity_samples=0))
     x = np.load(examples / "mnist_test.npz")["x"][:40].astype(F32)
     return onnx.load(str(out)), x
+
+
+@pytest.mark.parametrize("block", [8, 16])
+@pytest.mark.parametrize("T, const_input", [(1, 1), (4, 0), (16, 0)])
+def test_blocked_kernel_equals_plain_bit_for_bit_at_level_edges(T, const_input, block):
+    """Currents on the quantizer's level edges (the slice sums' order decides the level), NaN,
+    +-inf, +-0 and a zero level from -0.0 (v_init = 0): the blocked pool kernel gives the plain
+    kernel's bits (uint32), over several work items."""
+    rng = np.random.default_rng(29 + T + block)
+    N, C, H, W = 4, 32, 13, 17
+    L = (1 << T) - 1
+    theta = rng.uniform(0.3, 2.5, C).astype(F32)
+    neuron = {"T": T, "const_input": const_input, "theta": [float(t) for t in theta],
+              "v_init": 0.0 if const_input else 0.5, "bits": 0}
+    shape = ((1 if const_input else T) * N, C, H, W)
+    x = (rng.integers(-2, L + 3, shape) * theta.reshape(1, -1, 1, 1) / F32(L)).astype(F32)
+    x = (x + rng.normal(0, 1e-6, shape)).astype(F32)
+    flat = x.reshape(-1)
+    picks = rng.choice(flat.size, 96, replace=False)
+    flat[picks[:8]], flat[picks[8:16]], flat[picks[16:24]] = np.nan, np.inf, -np.inf
+    flat[picks[24:60]], flat[picks[60:]] = -0.0, -1e-45
+    for pool in POOLS.values():
+        plain = _kernel(neuron, pool).run(None, {"x": x})[0]
+        inside = _kernel(neuron, pool, block).run(None, {"x": _blocked(x, block)})[0]
+        np.testing.assert_array_equal(inside.view(np.uint32),
+                                      _blocked(plain, block).view(np.uint32))
