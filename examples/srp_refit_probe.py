@@ -160,7 +160,9 @@ def measure(model, x, y, ann_logits) -> dict:
             "rel_logit_error": float(np.linalg.norm(out - ann_logits) / np.linalg.norm(ann_logits))}
 
 
-def one_set(net: dict, calib: Path, work: Path, alpha: float, x_test, y_test, ann_logits) -> dict:
+def one_set(net: dict, ann, calib: Path, work: Path, alpha: float, x_test, y_test,
+            ann_logits) -> dict:
+    """The walk's and the refit's figures for one calibration set (``ann``: the net's proto)."""
     import onnx
     out = work / "srp.onnx"
     rc, _, err = snncc(["compile", str(net["onnx_path"]), "-T", "4", "--neuron", "srp", "--calib",
@@ -169,7 +171,6 @@ def one_set(net: dict, calib: Path, work: Path, alpha: float, x_test, y_test, an
         raise SystemExit(f"compile failed: {err.strip()[:400]}")
     report = json.loads((work / "r.json").read_text())
     compiled = onnx.load(out)
-    ann = onnx.load(net["onnx_path"])
     x = np.load(calib)
     x = x[list(x.keys())[0]].astype(np.float32)
     x = x[: report["notes"]["calibration_samples"]]  # the first ones: what the walk calibrated on
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds and --alpha must be >= 0")
     nets = select_nets(parser, args.nets)
     out_json = declare_table_outputs(args.out, nets, parser)
+    import onnx
     import onnxruntime as ort
     start = time.perf_counter()
     data = {"command": "python examples/srp_refit_probe.py" + " ".join(
@@ -210,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, net in nets.items():
             test = np.load(net["test_path"])
             x_test, y_test = test["x"].astype(np.float32), test["y"]
-            ann = ort.InferenceSession(str(net["onnx_path"]))
-            ann_logits = ann.run(None, {ann.get_inputs()[0].name: x_test})[0]
+            ann = onnx.load(net["onnx_path"])
+            session = ort.InferenceSession(ann.SerializeToString())
+            ann_logits = session.run(None, {session.get_inputs()[0].name: x_test})[0]
             train_x = LOADERS[net["dataset"]]().train[0]
             sets = [("bundled", net["calib_path"])]
             for seed in range(args.seeds):
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, path in sets:
                 work = Path(tmp) / f"{name}_{label.replace(' ', '_')}"
                 work.mkdir()
-                row = {"set": label} | one_set(net, path, work, args.alpha, x_test, y_test,
+                row = {"set": label} | one_set(net, ann, path, work, args.alpha, x_test, y_test,
                                                ann_logits)
                 print(f"{name} {label}: walk {row['walk']}, refit {row['refit']}", file=sys.stderr,
                       flush=True)

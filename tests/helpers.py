@@ -175,3 +175,15 @@ def conv1d_relu_net(path, *, maxpool: bool = False, length: int = 16, seed: int 
         "x", TensorProto.FLOAT, ["N", 1, length])], [helper.make_tensor_value_info(
             "y", TensorProto.FLOAT, ["N", 3])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def assert_table_script_refuses_an_input(main, argv: Sequence[str], target, capsys) -> None:
+    """A results script given one of its inputs (``target``) as ``--out``: one usage error
+    (exit 2, SNN-E360, no traceback) before any work, the input untouched."""
+    import pytest
+    before = target.stat().st_mtime_ns
+    with pytest.raises(SystemExit) as err:
+        main(["--out", str(target), *argv])
+    assert err.value.code == 2
+    assert "SNN-E360" in capsys.readouterr().err
+    assert target.stat().st_mtime_ns == before

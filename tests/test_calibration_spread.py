@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(ROOT))
 from examples import calibration_spread as spread  # noqa: E402
+from helpers import assert_table_script_refuses_an_input  # noqa: E402
 
 
 def _data(rows):
@@ -42,13 +43,8 @@ def test_verdicts_use_the_mean_gap_and_the_issue_limits():
 
 def test_refuses_to_write_over_an_input(capsys):
     """One usage error (exit 2, the code, no traceback), before any work."""
-    target = EXAMPLES / "mnist_test.npz"
-    before = target.stat().st_mtime_ns
-    with pytest.raises(SystemExit) as err:
-        spread.main(["--out", str(target), "--seeds", "1", "--nets", "mnist_cnn"])
-    assert err.value.code == 2
-    assert "SNN-E360" in capsys.readouterr().err
-    assert target.stat().st_mtime_ns == before
+    assert_table_script_refuses_an_input(spread.main, ["--seeds", "1", "--nets", "mnist_cnn"],
+                                         EXAMPLES / "mnist_test.npz", capsys)
 
 
 @pytest.mark.parametrize("rc", [130, 143])

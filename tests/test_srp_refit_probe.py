@@ -17,6 +17,7 @@ EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(ROOT))
 from examples import srp_refit_probe as probe  # noqa: E402
 from examples.default_table import snncc  # noqa: E402
+from helpers import assert_table_script_refuses_an_input  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +60,5 @@ def test_refit_moves_only_spike_fed_layers_and_lowers_the_fit_error(compiled):
 
 
 def test_refuses_to_write_over_an_input(capsys):
-    target = EXAMPLES / "mnist_test.npz"
-    before = target.stat().st_mtime_ns
-    with pytest.raises(SystemExit) as err:
-        probe.main(["--out", str(target), "--seeds", "1", "--nets", "mnist_cnn"])
-    assert err.value.code == 2
-    assert "SNN-E360" in capsys.readouterr().err
-    assert target.stat().st_mtime_ns == before
+    assert_table_script_refuses_an_input(probe.main, ["--seeds", "1", "--nets", "mnist_cnn"],
+                                         EXAMPLES / "mnist_test.npz", capsys)

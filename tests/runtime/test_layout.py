@@ -346,21 +346,23 @@ def test_snncc_run_takes_a_model_the_runtime_rewrote(compiled, residual, tmp_pat
     assert exc.value.code == "SNN-E241" and "FooNeuron" in exc.value.message
 
 
-def _stateful(op: str, attrs: dict, x: np.ndarray, state: np.ndarray, step: int):
-    """One call of a neuron op with a carried state: (y, state_out)."""
+def _neuron_call(op: str, attrs: dict, feeds: dict, outputs=("y", "state_out")) -> list:
+    """One call of a single neuron node whose inputs are ``feeds`` (x, and state / step when
+    given; step an int64 scalar): its ``outputs``."""
     from onnx import TensorProto, helper
-    node = helper.make_node(op, ["x", "state", "step"], ["y", "state_out"], domain="snncc.ops",
-                            **attrs)
-    graph = helper.make_graph(
-        [node], op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
-                     helper.make_tensor_value_info("state", TensorProto.FLOAT, None),
-                     helper.make_tensor_value_info("step", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None)])
+    node = helper.make_node(op, list(feeds), list(outputs), domain="snncc.ops", **attrs)
+    inputs = [helper.make_tensor_value_info(k, TensorProto.INT64, []) if k == "step" else
+              helper.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in feeds]
+    graph = helper.make_graph([node], op, inputs, [
+        helper.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
                                                     helper.make_opsetid("snncc.ops", 1)])
-    return _session(model).run(None, {"x": x, "state": state,
-                                      "step": np.array(step, np.int64)})
+    return _session(model).run(None, dict(feeds))
+
+
+def _stateful(op: str, attrs: dict, x: np.ndarray, state: np.ndarray, step: int):
+    """One call of a neuron op with a carried state: (y, state_out)."""
+    return _neuron_call(op, attrs, {"x": x, "state": state, "step": np.array(step, np.int64)})
 
 
 @pytest.mark.parametrize("block", [8, 16])
@@ -435,19 +437,9 @@ def test_register_paths_across_chunks(key, extra, block):
     assert np.count_nonzero(plain) > 0
 
 
-def _decoded_with_state(attrs: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _decoded_with_state(attrs: dict, x: np.ndarray) -> list:
     """BitSerialNeuron(decoded=1) with its state_out (acc, q) requested: (y, state_out)."""
-    from onnx import TensorProto, helper
-    node = helper.make_node("BitSerialNeuron", ["x"], ["y", "state_out"],
-                            domain="snncc.ops", **attrs)
-    graph = helper.make_graph(
-        [node], "d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
-                                                    helper.make_opsetid("snncc.ops", 1)])
-    y, state = _session(model).run(None, {"x": x})
-    return y, state
+    return _neuron_call("BitSerialNeuron", attrs, {"x": x})
 
 
 def _edgy(rng, shape, theta, levels):
