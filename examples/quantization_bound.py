@@ -1,5 +1,6 @@
-"""Probe (issue 8, SRP at T = 4): how close does the best (T + 1)-level activation quantizer we can
-calibrate (per-channel lambda and bias) bring a trained net to its ANN; which layer costs most?
+"""Probe (issue 8, SRP at T = 4): how close do (T + 1)-level activation quantizers with a
+per-channel lambda and bias, calibrated two ways, bring a trained net to its ANN; which layer
+costs the most?
 
     python examples/quantization_bound.py [--out examples/results/quantization_bound.md]
                                           [--seeds 5] [--levels 4] [--steps 300]
@@ -7,11 +8,12 @@ calibrate (per-channel lambda and bias) bring a trained net to its ANN; which la
 
 A binary IF-type neuron (IF, SRP) decodes to one of T + 1 values per window: at T = 4 it is a
 5-level quantizer (L = 4) at best, and on the first layer, whose input is the same analog image at
-every step, it *is* that quantizer (QCFS Theorem 2, neurons.md 1.3). So the best L-level quantized
-ANN (a per-channel lambda and bias: the walk's own freedom) is the yardstick for what a
-post-training calibration of those neurons can reach. This probe computes that QANN in torch,
-independently of snncc's pipeline: each ReLU of the trained net (its torch class from
-``examples/models.py``, weights from the ONNX file, checked against onnxruntime) becomes
+every step, it *is* that quantizer (QCFS Theorem 2, neurons.md 1.3). So an L-level quantized ANN
+with the walk's freedom (a per-channel lambda and bias) is the reference for what a post-training
+calibration of those neurons can reach: the two calibrations below are references, not proven
+optima. This probe computes those QANNs in torch, independently of snncc's pipeline: each ReLU of
+the trained net (its torch class from ``examples/models.py``, weights from the ONNX file, checked
+against onnxruntime) becomes
 ``lam / L * clip(floor((z + b) * L / lam + 1/2), 0, L)`` with a per-channel ``lam`` and ``b``,
 calibrated on the 256 images of a calibration set in two ways:
 
@@ -19,15 +21,17 @@ calibrated on the 256 images of a calibration set in two ways:
   the squared error against the ReLU, sites in forward order on the quantized upstream, ``b = 0``;
 - *e2e*: from there, ``log lam`` and ``b`` of every site trained end to end (Adam, lr 5e-3,
   ``--steps`` full-batch steps, straight-through floor) to match the ANN's logits (KL at
-  temperature 4): the calibration objective with the most freedom that keeps the trained weights.
+  temperature 4): the walk's freedom, fitted to the network's output instead of layer by layer.
 
-Then each site is quantized *alone* (every other site a plain ReLU; its MSE ``lam`` chosen on the
-ANN's own activations), which shows where the accuracy goes. (The *e2e* parameters would not do
-for that: they are trained jointly, each site's compensating the others'.) Test accuracy on the
-net's test split, for the bundled calibration file and ``--seeds`` sets of 256 training images
-drawn as ``examples/calibration_spread.py`` draws them. The SRP column beside it is the default
-compile's measured accuracy on the same sets, read from ``examples/results/calibration_spread.json``
-(not recomputed). The only files written are the table (``--out``) and its JSON beside it.
+Then ``lam`` is chosen by MSE on the ANN's own activations instead (*mse on ANN*: every site
+quantized with it, as ``--calib-method mse`` chooses lambda), and each site is quantized *alone*
+with it (every other site a plain ReLU), which shows where the accuracy goes (the *e2e* parameters
+would not do for that: they are trained jointly, each site's compensating the others'). Test
+accuracy on the net's test split, for the bundled calibration file and ``--seeds`` sets of 256
+training images drawn as ``examples/calibration_spread.py`` draws them.
+The SRP column beside it is the default compile's measured accuracy on the same sets, read from
+``examples/results/calibration_spread.json`` (not recomputed). The only files written are the table
+(``--out``) and its JSON beside it.
 """
 from __future__ import annotations
 
@@ -163,7 +167,8 @@ def e2e(module, quant: Quant, x, steps: int, lr: float = 5e-3) -> None:
     params = [p.clone().requires_grad_(True) for pair in quant.params for p in pair]
     quant.params = [tuple(params[i:i + 2]) for i in range(0, len(params), 2)]
     quant.active, quant.ste = set(range(len(quant.sites))), True
-    for p in module.parameters():
+    trained = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in trained:
         p.requires_grad_(False)
     opt = torch.optim.Adam(params, lr=lr)
     for _ in range(steps):
@@ -171,6 +176,8 @@ def e2e(module, quant: Quant, x, steps: int, lr: float = 5e-3) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    for p, flag in trained:
+        p.requires_grad_(flag)
     quant.ste = False
     quant.params = [tuple(p.detach() for p in pair) for pair in quant.params]
 
@@ -192,6 +199,7 @@ def one_set(module, x_calib, x_test, y_test, levels: int, steps: int) -> dict:
     e2e(module, quant, xc, steps)
     row["e2e"] = accuracy(module, quant, all_sites, x_test, y_test)
     mse_init(module, quant, xc, upstream=False)
+    row["mse_ann"] = accuracy(module, quant, all_sites, x_test, y_test)
     row["alone"] = [accuracy(module, quant, [k], x_test, y_test) for k in all_sites]
     return row
 
@@ -265,36 +273,41 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(data: dict) -> str:
     L = data["levels"]
-    lines = [f"# The best {L + 1}-level quantized ANN: the yardstick for post-training IF / SRP at "
-             f"T = {L}", "", "Regenerate with:", "", "```sh", data["command"], "```", "",
+    lines = [f"# {L + 1}-level quantized ANNs, the reference for post-training IF / SRP at "
+             f"T = {L}: two calibrations, and each layer alone", "", "Regenerate with:", "",
+             "```sh", data["command"], "```", "",
              f"snncc {data['snncc_version']} at commit {data['git_commit']}, {data['date']}; "
              f"{data['seconds']:.0f} s. Method: the module doc of "
              "`examples/quantization_bound.py`. Test accuracy (%) of the trained net with every "
              f"ReLU an L = {L} quantizer (per-channel lambda and bias): *mse* (lambda by MSE per "
              f"channel), *e2e* (lambda and bias of all sites trained to the ANN's logits, "
-             f"{data['steps']} steps); *site k alone*: only site k quantized (its MSE lambda "
-             "on the ANN's activations), the others ReLU. *SRP*: the default `snncc compile -T "
-             f"{L} --neuron srp` on the same set (`calibration_spread.json`). *gap*: mean minus "
-             "the ANN, in points.", ""]
+             f"{data['steps']} steps); *mse on ANN*: every site quantized with lambda chosen by "
+             "MSE on the ANN's own activations (as `--calib-method mse` chooses it) instead of on "
+             "the quantized upstream; *site k alone*: only site k quantized (those lambdas), the "
+             "others ReLU. *SRP*: the default `snncc compile -T "
+             f"{L} --neuron srp` on the same set (`calibration_spread.json`). *mean*: over all "
+             "the sets, the bundled one included (`calibration_spread.md` averages the drawn sets "
+             "only); *gap*: that mean minus the ANN, in points.", ""]
     for name, net in data["nets"].items():
         rows = net["rows"]
         sites = len(rows[0]["alone"])
         ann = 100 * net["ann_accuracy"]
         lines += [f"## {name} (ANN {ann:.1f} %, {net['test_samples']} test images)", "",
-                  "| calibration set | SRP | mse | e2e | "
+                  "| calibration set | SRP | mse | e2e | mse on ANN | "
                   + " | ".join(f"site {k} alone" for k in range(sites)) + " |",
-                  "|---|" + "---:|" * (3 + sites)]
-        srp = net["srp"] or [None] * len(rows)
+                  "|---|" + "---:|" * (4 + sites)]
+        srp = [*(net["srp"] or []), *[None] * len(rows)][:len(rows)]   # more sets than the spread
         for r, s in zip(rows, srp):
             lines.append(f"| {r['set']} | {'-' if s is None else f'{100 * s:.1f}'} "
-                         f"| {100 * r['mse']:.1f} | {100 * r['e2e']:.1f} | "
+                         f"| {100 * r['mse']:.1f} | {100 * r['e2e']:.1f} "
+                         f"| {100 * r['mse_ann']:.1f} | "
                          + " | ".join(f"{100 * a:.1f}" for a in r["alone"]) + " |")
 
         def mean(values):
             values = [v for v in values if v is not None]
             return 100 * float(np.mean(values)) if values else None
 
-        cells = [mean(srp), mean([r["mse"] for r in rows]), mean([r["e2e"] for r in rows]),
+        cells = [mean(srp), *(mean([r[k] for r in rows]) for k in ("mse", "e2e", "mse_ann")),
                  *(mean([r["alone"][k] for r in rows]) for k in range(sites))]
         lines.append("| **mean** | " + " | ".join("-" if c is None else f"**{c:.2f}**"
                                                   for c in cells) + " |")

@@ -37,21 +37,47 @@ def test_the_torch_net_is_the_onnx_net(nets, name):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_the_quantizer_is_qcfs_clip_floor_and_inactive_sites_are_relu(nets):
+def test_the_quantizer_is_qcfs_clip_floor_per_channel_and_inactive_sites_are_relu(nets):
     module = probe.torch_net(nets["digits_cnn"])
     quant = probe.Quant(module, levels=4)
     assert len(quant.sites) == 4
-    z = torch.tensor([[-1.0, 0.0, 0.12, 0.13, 0.37, 0.38, 0.99, 1.5]])
-    quant.params[0] = (torch.zeros(8), torch.zeros(8))       # lam = 1, no bias
+    rng = np.random.default_rng(0)
+    z = torch.from_numpy(rng.normal(0, 1, (2, 3, 4, 5)).astype(np.float32))
+    lam = np.array([1.0, 2.0, 0.5], np.float32)                 # lam / L = 0.25, 0.5, 0.125
+    bias = np.array([0.0, 0.25, -0.125], np.float32)
+    quant.params[0] = (torch.from_numpy(np.log(lam)), torch.from_numpy(bias))
     quant.active = {0}
-    lam_l = 0.25
-    want = np.clip(np.floor(z.numpy() / lam_l + 0.5), 0, 4) * lam_l
-    np.testing.assert_array_equal(quant.sites[0](z).numpy(), want)
-    quant.params[0] = (torch.zeros(8), torch.full((8,), 0.25))   # a bias shifts the current
-    np.testing.assert_array_equal(quant.sites[0](z).numpy(),
-                                  np.clip(np.floor((z.numpy() + 0.25) / lam_l + 0.5), 0, 4) * lam_l)
+    step = (lam / 4)[None, :, None, None]
+    want = np.clip(np.floor((z.numpy() + bias[None, :, None, None]) / step + 0.5), 0, 4) * step
+    np.testing.assert_allclose(quant.sites[0](z).numpy(), want, rtol=1e-6, atol=1e-7)
+    quant.ste = True                                # the same values, and a gradient to lam, b
+    z.requires_grad_(False)
+    params = [p.clone().requires_grad_(True) for p in quant.params[0]]
+    quant.params[0] = tuple(params)
+    out = quant.sites[0](z)
+    np.testing.assert_allclose(out.detach().numpy(), want, rtol=1e-6, atol=1e-7)
+    out.sum().backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in params)
+    quant.ste = False
     quant.active = set()
     np.testing.assert_array_equal(quant.sites[0](z).numpy(), np.maximum(z.numpy(), 0))
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn", "mnist_resnet"])
+def test_one_site_per_onnx_relu_each_called_once_in_order(nets, name):
+    import onnx
+    module = probe.torch_net(nets[name])
+    quant = probe.Quant(module, levels=4)
+    relus = [n for n in onnx.load(nets[name]["onnx_path"]).graph.node if n.op_type == "Relu"]
+    assert len(quant.sites) == len(relus)
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, i, o, k=k: calls.append(k))
+             for k, m in enumerate(quant.sites)]
+    with torch.no_grad():
+        module(torch.zeros(2, *np.load(nets[name]["test_path"])["x"].shape[1:]))
+    for h in hooks:
+        h.remove()
+    assert calls == list(range(len(relus)))
 
 
 def test_one_set_reports_every_site_and_a_fine_quantizer_keeps_the_ann(nets):
@@ -62,11 +88,16 @@ def test_one_set_reports_every_site_and_a_fine_quantizer_keeps_the_ann(nets):
     module = probe.torch_net(net)
     with torch.no_grad():
         ann = float((module(x).argmax(1).numpy() == y).mean())
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
     row = probe.one_set(module, calib, x, y, levels=4, steps=2)
-    assert set(row) == {"mse", "e2e", "alone"} and len(row["alone"]) == 4
-    assert all(0.5 < a <= 1 for a in [row["mse"], row["e2e"], *row["alone"]])
+    assert set(row) == {"mse", "e2e", "mse_ann", "alone"} and len(row["alone"]) == 4
+    assert all(0.5 < a <= 1 for a in [row["mse"], row["e2e"], row["mse_ann"], *row["alone"]])
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in weights.items())
+    assert all(p.requires_grad for p in module.parameters())     # as they were
     fine = probe.one_set(module, calib, x, y, levels=4096, steps=0)
-    assert abs(fine["mse"] - ann) <= 1 / len(y) + 1e-9      # 4096 levels: the ANN, within an image
+    # 4096 levels: the ANN, within an image
+    for a in [fine["mse"], fine["e2e"], fine["mse_ann"], *fine["alone"]]:
+        assert abs(a - ann) <= 1 / len(y) + 1e-9
 
 
 def test_refuses_to_write_over_an_input(capsys):
