@@ -1,6 +1,6 @@
-"""examples/quantization_bound.py: the quantized-ANN bound behind README's SRP paragraph (issue 8).
-The torch nets it builds are the trained ONNX nets (checked against onnxruntime), its quantizer is
-QCFS's clip-floor, and a site left out is a plain ReLU."""
+"""examples/quantization_bound.py: the quantized-ANN reference behind README's SRP paragraph
+(issue 8). The torch nets it builds are the trained ONNX nets (checked against onnxruntime), its
+quantizer is QCFS's clip-floor, and a site left out is a plain ReLU."""
 from __future__ import annotations
 
 import sys
@@ -51,7 +51,6 @@ def test_the_quantizer_is_qcfs_clip_floor_per_channel_and_inactive_sites_are_rel
     want = np.clip(np.floor((z.numpy() + bias[None, :, None, None]) / step + 0.5), 0, 4) * step
     np.testing.assert_allclose(quant.sites[0](z).numpy(), want, rtol=1e-6, atol=1e-7)
     quant.ste = True                                # the same values, and a gradient to lam, b
-    z.requires_grad_(False)
     params = [p.clone().requires_grad_(True) for p in quant.params[0]]
     quant.params[0] = tuple(params)
     out = quant.sites[0](z)
