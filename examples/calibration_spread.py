@@ -46,6 +46,16 @@ DEFAULT_OUT = HERE / "results" / "calibration_spread.md"
 LOADERS = {"mnist_subset": load_mnist_subset, "digits": load_digits_split}
 
 
+def drawn_calibration_sets(net: dict, seeds: int) -> list[np.ndarray]:
+    """The ``seeds`` other calibration sets of a trained net: ``CALIB_SIZE`` images of its training
+    split each, drawn without replacement by ``default_rng(1000 + seed)``, in training order (the
+    draw the spread, the refit probe and the quantization probe share)."""
+    train_x = LOADERS[net["dataset"]]().train[0]
+    return [train_x[np.sort(np.random.default_rng(1000 + seed).choice(len(train_x), CALIB_SIZE,
+                                                                       replace=False))]
+            for seed in range(seeds)]
+
+
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -110,13 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, net in nets.items():
             work = Path(tmp) / name
             work.mkdir()
-            train_x = LOADERS[net["dataset"]]().train[0]
             sets = []
-            for seed in range(args.seeds):
-                pick = np.random.default_rng(1000 + seed).choice(len(train_x), CALIB_SIZE,
-                                                                 replace=False)
+            for seed, images in enumerate(drawn_calibration_sets(net, args.seeds)):
                 path = work / f"calib_{seed}.npz"
-                np.savez(path, input=train_x[np.sort(pick)])
+                np.savez(path, input=images)
                 sets.append(path)
             rows = []
             for neuron, t in CONFIGS:

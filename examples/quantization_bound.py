@@ -35,7 +35,6 @@ The SRP column beside it is the default compile's measured accuracy on the same 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -47,16 +46,15 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from examples.data import load_digits_split, load_mnist_subset  # noqa: E402
-from examples.default_table import declare_table_outputs, git_commit, select_nets  # noqa: E402
+from examples.calibration_spread import drawn_calibration_sets  # noqa: E402
+from examples.default_table import (declare_table_outputs, git_commit, select_nets,  # noqa: E402
+                                    table_parser)
 from snncc import __version__  # noqa: E402
 from snncc.outputs import atomic_file  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "quantization_bound.md"
 SPREAD = HERE / "results" / "calibration_spread.json"
-LOADERS = {"mnist_subset": load_mnist_subset, "digits": load_digits_split}
 FRACTIONS = np.linspace(0.2, 1.0, 17)
-CALIB_SIZE = 256
 
 
 def torch_net(net: dict):
@@ -205,10 +203,7 @@ def one_set(module, x_calib, x_test, y_test, levels: int, steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="Markdown table to write; the JSON goes beside it (default: "
-                        "%(default)s)")
+    parser = table_parser(__doc__, DEFAULT_OUT)
     parser.add_argument("--seeds", type=int, default=5,
                         help="drawn calibration sets besides the bundled one (default: "
                         "%(default)s)")
@@ -216,8 +211,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="quantization levels L (T for IF and SRP; default: %(default)s)")
     parser.add_argument("--steps", type=int, default=300,
                         help="end-to-end training steps per set (default: %(default)s)")
-    parser.add_argument("--nets", nargs="+", default=None,
-                        help="nets of trained_models.json (default: all)")
     args = parser.parse_args(argv)
     if args.seeds < 0 or args.levels < 1 or args.steps < 0:
         parser.error("--seeds and --steps must be >= 0, --levels >= 1")
@@ -244,12 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         if diff > 1e-3:
             raise SystemExit(f"{name}: the torch net differs from onnxruntime by {diff:.3g}")
         xt = torch.from_numpy(x_test)
-        train_x = LOADERS[net["dataset"]]().train[0]
         sets = [("bundled", np.load(net["calib_path"])["input"].astype(np.float32))]
-        for seed in range(args.seeds):
-            pick = np.random.default_rng(1000 + seed).choice(len(train_x), CALIB_SIZE,
-                                                             replace=False)
-            sets.append((f"drawn {seed}", train_x[np.sort(pick)].astype(np.float32)))
+        sets += [(f"drawn {seed}", images.astype(np.float32))
+                 for seed, images in enumerate(drawn_calibration_sets(net, args.seeds))]
         rows = []
         for label, x_calib in sets:
             row = {"set": label} | one_set(module, x_calib, xt, y_test, args.levels, args.steps)

@@ -27,7 +27,6 @@ JSON beside it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -40,14 +39,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from examples.data import load_digits_split, load_mnist_subset  # noqa: E402
+from examples.calibration_spread import drawn_calibration_sets  # noqa: E402
 from examples.default_table import (declare_table_outputs, git_commit, select_nets,  # noqa: E402
-                                    snncc)
+                                    snncc, table_parser)
 from snncc import __version__  # noqa: E402
 from snncc.outputs import atomic_file  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "srp_refit.md"
-LOADERS = {"mnist_subset": load_mnist_subset, "digits": load_digits_split}
 CHAIN_OPS = {"Conv", "Gemm", "AveragePool", "Flatten"}
 
 
@@ -184,17 +182,13 @@ def one_set(net: dict, ann, calib: Path, work: Path, alpha: float, x_test, y_tes
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="Markdown table to write; the JSON goes beside it (default: "
-                        "%(default)s)")
+    parser = table_parser(__doc__, DEFAULT_OUT)
     parser.add_argument("--seeds", type=int, default=5,
                         help="drawn calibration sets besides the bundled one "
                         "(default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=0.1,
                         help="ridge strength toward the trained weights (default: %(default)s)")
-    parser.add_argument("--nets", nargs="+", default=["mnist_cnn", "digits_cnn"],
-                        help="chain nets of trained_models.json (default: %(default)s)")
+    parser.set_defaults(nets=["mnist_cnn", "digits_cnn"])   # the chain nets
     args = parser.parse_args(argv)
     if args.seeds < 0 or not args.alpha >= 0:
         parser.error("--seeds and --alpha must be >= 0")
@@ -215,12 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             ann = onnx.load(net["onnx_path"])
             session = ort.InferenceSession(ann.SerializeToString())
             ann_logits = session.run(None, {session.get_inputs()[0].name: x_test})[0]
-            train_x = LOADERS[net["dataset"]]().train[0]
             sets = [("bundled", net["calib_path"])]
-            for seed in range(args.seeds):
-                pick = np.random.default_rng(1000 + seed).choice(len(train_x), 256, replace=False)
+            for seed, images in enumerate(drawn_calibration_sets(net, args.seeds)):
                 path = Path(tmp) / f"{name}_calib_{seed}.npz"
-                np.savez(path, input=train_x[np.sort(pick)])
+                np.savez(path, input=images)
                 sets.append((f"drawn {seed}", path))
             rows = []
             for label, path in sets:
